@@ -1,0 +1,263 @@
+//! OLPC canonical JSON, as securesystemslib and python-tuf produce it.
+//!
+//! Rules: no whitespace; object keys sorted by Unicode code point; strings written with only `\`
+//! and `"` escaped (every other character, control characters included, raw UTF-8); integers in
+//! decimal; `true`, `false`, `null`. There are no floats. This is not RFC 8785.
+//!
+//! The encoder streams into a [`Sink`] (a hash, a signature verifier, a buffer) so that a device
+//! can verify metadata written in any layout — python-tuf's indented files included — without a
+//! heap. Without the `alloc` feature, object members are emitted by repeated selection
+//! (O(n²) key comparisons per object, no memory); with `alloc` they are sorted.
+//!
+//! Two members with the same key make an object that cannot be canonicalised: refused with
+//! [`JsonError::DuplicateKey`].
+
+use crate::json::{JStr, JsonError, Value};
+
+/// Where canonical bytes go.
+pub trait Sink {
+    fn write(&mut self, bytes: &[u8]);
+}
+
+impl<S: Sink + ?Sized> Sink for &mut S {
+    fn write(&mut self, bytes: &[u8]) {
+        (**self).write(bytes)
+    }
+}
+
+impl Sink for sha2::Sha256 {
+    fn write(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(self, bytes)
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Sink for alloc::vec::Vec<u8> {
+    fn write(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes)
+    }
+}
+
+/// Counts bytes (to size a buffer, or to bound work).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counter(pub usize);
+
+impl Sink for Counter {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len()
+    }
+}
+
+/// Write `value` in canonical form.
+pub fn write_canonical<S: Sink + ?Sized>(value: &Value<'_>, sink: &mut S) -> Result<(), JsonError> {
+    match value {
+        Value::Null => sink.write(b"null"),
+        Value::Bool(true) => sink.write(b"true"),
+        Value::Bool(false) => sink.write(b"false"),
+        Value::Int(i) => write_int(*i, sink),
+        Value::Str(s) => write_string(s, sink),
+        Value::Array(a) => {
+            sink.write(b"[");
+            for (n, v) in a.iter().enumerate() {
+                if n > 0 {
+                    sink.write(b",");
+                }
+                write_canonical(&v, sink)?;
+            }
+            sink.write(b"]");
+        }
+        Value::Object(o) => {
+            sink.write(b"{");
+            write_members(o, sink)?;
+            sink.write(b"}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "alloc"))]
+fn write_members<S: Sink + ?Sized>(o: &crate::json::Object<'_>, sink: &mut S) -> Result<(), JsonError> {
+    use core::cmp::Ordering;
+    let mut prev: Option<JStr<'_>> = None;
+    let mut first = true;
+    loop {
+        // the smallest key greater than the last one written
+        let mut best: Option<(JStr<'_>, Value<'_>)> = None;
+        let mut dup = false;
+        for (k, v) in o.members() {
+            if let Some(p) = &prev {
+                if k.cmp_decoded(p) != Ordering::Greater {
+                    continue;
+                }
+            }
+            match &best {
+                Some((bk, _)) => match k.cmp_decoded(bk) {
+                    Ordering::Less => {
+                        best = Some((k, v));
+                        dup = false;
+                    }
+                    Ordering::Equal => dup = true,
+                    Ordering::Greater => {}
+                },
+                None => best = Some((k, v)),
+            }
+        }
+        let Some((k, v)) = best else { return Ok(()) };
+        if dup {
+            return Err(JsonError::DuplicateKey);
+        }
+        if !first {
+            sink.write(b",");
+        }
+        first = false;
+        write_string(&k, sink);
+        sink.write(b":");
+        write_canonical(&v, sink)?;
+        prev = Some(k);
+    }
+}
+
+#[cfg(feature = "alloc")]
+fn write_members<S: Sink + ?Sized>(o: &crate::json::Object<'_>, sink: &mut S) -> Result<(), JsonError> {
+    let mut members: alloc::vec::Vec<(JStr<'_>, Value<'_>)> = o.members().collect();
+    members.sort_by(|a, b| a.0.cmp_decoded(&b.0));
+    for pair in members.windows(2) {
+        if let [a, b] = pair {
+            if a.0 == b.0 {
+                return Err(JsonError::DuplicateKey);
+            }
+        }
+    }
+    for (n, (k, v)) in members.iter().enumerate() {
+        if n > 0 {
+            sink.write(b",");
+        }
+        write_string(k, sink);
+        sink.write(b":");
+        write_canonical(v, sink)?;
+    }
+    Ok(())
+}
+
+fn write_int<S: Sink + ?Sized>(i: i64, sink: &mut S) {
+    let mut buf = [0u8; 20];
+    let mut n = buf.len();
+    let neg = i < 0;
+    let mut u = i.unsigned_abs();
+    loop {
+        n -= 1;
+        if let Some(slot) = buf.get_mut(n) {
+            *slot = b'0' + (u % 10) as u8;
+        }
+        u /= 10;
+        if u == 0 {
+            break;
+        }
+    }
+    if neg {
+        sink.write(b"-");
+    }
+    sink.write(buf.get(n..).unwrap_or(&[]));
+}
+
+fn write_string<S: Sink + ?Sized>(s: &JStr<'_>, sink: &mut S) {
+    sink.write(b"\"");
+    if let Some(p) = s.as_plain() {
+        // fast path: no escapes in the input; only `"` cannot appear unescaped, so only `\` could
+        // need escaping — and a plain string has none
+        sink.write(p.as_bytes());
+    } else {
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        for b in s.bytes() {
+            let esc = b == b'"' || b == b'\\';
+            if n + 2 > buf.len() {
+                sink.write(buf.get(..n).unwrap_or(&[]));
+                n = 0;
+            }
+            if esc {
+                if let Some(slot) = buf.get_mut(n) {
+                    *slot = b'\\';
+                }
+                n += 1;
+            }
+            if let Some(slot) = buf.get_mut(n) {
+                *slot = b;
+            }
+            n += 1;
+        }
+        sink.write(buf.get(..n).unwrap_or(&[]));
+    }
+    sink.write(b"\"");
+}
+
+/// Canonical bytes of a whole document (signing tools and servers).
+#[cfg(feature = "alloc")]
+pub fn to_canonical_vec(input: &[u8]) -> Result<alloc::vec::Vec<u8>, JsonError> {
+    let v = crate::json::parse(input)?;
+    let mut out = alloc::vec::Vec::with_capacity(input.len());
+    write_canonical(&v, &mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::parse;
+
+    struct Buf {
+        b: [u8; 512],
+        n: usize,
+    }
+    impl Sink for Buf {
+        fn write(&mut self, bytes: &[u8]) {
+            self.b[self.n..self.n + bytes.len()].copy_from_slice(bytes);
+            self.n += bytes.len();
+        }
+    }
+    fn canon(input: &str) -> Result<([u8; 512], usize), JsonError> {
+        let v = parse(input.as_bytes())?;
+        let mut b = Buf { b: [0; 512], n: 0 };
+        write_canonical(&v, &mut b)?;
+        Ok((b.b, b.n))
+    }
+    fn canon_str(input: &str) -> Result<&'static str, JsonError> {
+        let (b, n) = canon(input)?;
+        let s = core::str::from_utf8(&b[..n]).unwrap();
+        Ok(std::boxed::Box::leak(std::string::String::from(s).into_boxed_str()))
+    }
+
+    extern crate std;
+
+    #[test]
+    fn sorts_keys_and_strips_whitespace() {
+        assert_eq!(
+            canon_str("{ \"b\": [1, 2, {\"z\": null, \"a\": true}],\n  \"a\": \"x\" }"),
+            Ok(r#"{"a":"x","b":[1,2,{"a":true,"z":null}]}"#)
+        );
+    }
+
+    #[test]
+    fn escapes_only_quote_and_backslash() {
+        // \n decoded to a raw newline, é kept as UTF-8, \" and \\ kept escaped, \/ becomes /
+        assert_eq!(canon_str(r#"["a\nb\u00e9\"\\\/"]"#), Ok("[\"a\nbé\\\"\\\\/\"]"));
+    }
+
+    #[test]
+    fn sorts_by_code_point_with_escaped_keys() {
+        assert_eq!(canon_str(r#"{"\u00e9":1,"z":2,"A":3}"#), Ok("{\"A\":3,\"z\":2,\"é\":1}"));
+    }
+
+    #[test]
+    fn refuses_duplicate_keys() {
+        assert_eq!(canon_str(r#"{"a":1,"b":{"x":1,"x":2}}"#), Err(JsonError::DuplicateKey));
+        // the same key spelled with an escape is still the same key
+        assert_eq!(canon_str(r#"{"a":1,"\u0061":2}"#), Err(JsonError::DuplicateKey));
+    }
+
+    #[test]
+    fn writes_negative_and_extreme_integers() {
+        assert_eq!(canon_str("[-5,0,9223372036854775807,-9223372036854775808]"),
+            Ok("[-5,0,9223372036854775807,-9223372036854775808]"));
+    }
+}

@@ -1,0 +1,236 @@
+//! Every way verification can refuse something. Each variant names the check that failed and
+//! carries the data needed to assert on it exactly; "nothing new" is never an error.
+
+use core::fmt;
+
+use crate::json::{JStr, JsonError};
+use crate::limits::MAX_NAME_LEN;
+use crate::policy::PolicyError;
+use crate::time::UnixTime;
+
+/// A short owned string (role name, key id, target path) kept in errors and on the search stack.
+/// Longer input is truncated and marked with `…` — names only identify, they are never trusted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Name {
+    buf: [u8; MAX_NAME_LEN],
+    len: u8,
+    truncated: bool,
+}
+
+impl Name {
+    pub const fn empty() -> Self {
+        Name { buf: [0; MAX_NAME_LEN], len: 0, truncated: false }
+    }
+
+    pub fn new(s: &str) -> Self {
+        Self::from_bytes(s.bytes())
+    }
+
+    pub fn from_json(s: &JStr<'_>) -> Self {
+        Self::from_bytes(s.bytes())
+    }
+
+    fn from_bytes(it: impl Iterator<Item = u8>) -> Self {
+        let mut n = Name::empty();
+        let mut len = 0usize;
+        for b in it {
+            match n.buf.get_mut(len) {
+                Some(slot) => {
+                    *slot = b;
+                    len += 1;
+                }
+                None => {
+                    n.truncated = true;
+                    break;
+                }
+            }
+        }
+        // never cut a UTF-8 sequence in half
+        while len > 0 && core::str::from_utf8(n.buf.get(..len).unwrap_or(&[])).is_err() {
+            len -= 1;
+            n.truncated = true;
+        }
+        n.len = len as u8;
+        n
+    }
+
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(self.buf.get(..self.len as usize).unwrap_or(&[])).unwrap_or("")
+    }
+
+    /// True when the original was longer than [`MAX_NAME_LEN`] (so it cannot be used as a key).
+    pub fn is_truncated(&self) -> bool {
+        self.truncated
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}{}", self.as_str(), if self.truncated { "…" } else { "" })
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.as_str(), if self.truncated { "…" } else { "" })
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        !self.truncated && self.as_str() == *other
+    }
+}
+
+/// The four top-level roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Root,
+    Timestamp,
+    Snapshot,
+    Targets,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Root, Role::Timestamp, Role::Snapshot, Role::Targets];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Root => "root",
+            Role::Timestamp => "timestamp",
+            Role::Snapshot => "snapshot",
+            Role::Targets => "targets",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a trust decision refused.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The document is not acceptable JSON (or has a duplicate key where it is read).
+    Json { role: Name, error: JsonError },
+    /// The envelope or `signed` lacks a required field, or it has the wrong JSON type.
+    Field { role: Name, field: &'static str },
+    /// `signed._type` is not the role being loaded.
+    WrongType { expected: &'static str, found: Name },
+    /// `spec_version` is not `1.x`.
+    UnsupportedSpecVersion { role: Name, found: Name },
+    /// `expires` is not `YYYY-MM-DDTHH:MM:SSZ`.
+    BadExpires { role: Name },
+    /// A key entry we cannot use (unknown type or scheme, malformed key material).
+    BadKey { keyid: Name, reason: &'static str },
+    /// A role lists more keys than [`crate::limits::MAX_KEYS_PER_ROLE`].
+    TooManyKeys { role: Name, count: usize },
+    /// A role's threshold is zero, or larger than the number of distinct keys it lists.
+    BadThreshold { role: Name, threshold: u64, keys: usize },
+    /// Fewer valid signatures from distinct authorized keys than the threshold.
+    ThresholdNotMet { role: Name, threshold: u32, valid: u32 },
+    /// A new root's version is not the trusted version plus one.
+    RootVersionNotNext { trusted: u64, received: u64 },
+    /// More root rotations in one update than the configured cap.
+    TooManyRootRotations { cap: u32 },
+    /// A role's version went backwards (rollback attack).
+    Rollback { role: Name, trusted: u64, received: u64 },
+    /// Metadata version differs from what the referencing metadata (timestamp, snapshot) says.
+    VersionMismatch { role: Name, expected: u64, received: u64 },
+    /// A new snapshot no longer lists a role the trusted snapshot listed.
+    MissingFromSnapshot { role: Name },
+    /// The role is not listed in the trusted snapshot at all.
+    NotInSnapshot { role: Name },
+    /// Metadata whose `expires` is at or before the update start time (freeze attack).
+    Expired { role: Name, expires: UnixTime, now: UnixTime },
+    /// Bytes longer or shorter than the length the referencing metadata fixed.
+    LengthMismatch { what: Name, expected: u64, received: u64 },
+    /// Bytes whose hash differs from the referencing metadata.
+    HashMismatch { what: Name, algorithm: &'static str },
+    /// No hash algorithm we support (sha256, sha512) is listed for this file.
+    NoSupportedHash { what: Name },
+    /// More data than the limit for this download (endless-data attack).
+    TooLarge { what: Name, limit: u64 },
+    /// The caller's storage for this role is too small for the metadata.
+    StorageTooSmall { role: Role, capacity: usize, needed: usize },
+    /// A call made in the wrong order (e.g. snapshot before timestamp).
+    WrongOrder { operation: &'static str, requires: &'static str },
+    /// Trusted root has expired at the end of the root update.
+    ExpiredRoot { expires: UnixTime, now: UnixTime },
+    /// Delegations nested deeper than [`crate::limits::MAX_DELEGATION_DEPTH`].
+    DelegationTooDeep { role: Name },
+    /// More delegated roles visited than [`crate::limits::MAX_DELEGATION_VISITS`].
+    TooManyDelegations { cap: u32 },
+    /// A role or target name that could escape a directory or URL path (`..`, `/`, `\`, NUL, …).
+    UnsafeName { name: Name },
+    /// A succinct-bins delegation with parameters outside TAP 15 (bit_length 1..=32).
+    BadSuccinctRoles { reason: &'static str },
+    /// A firmware policy refusal (wrong hardware, older version, security counter, bootloader).
+    Policy(PolicyError),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Error::*;
+        match self {
+            Json { role, error } => write!(f, "{role}: {error}"),
+            Field { role, field } => write!(f, "{role}: missing or malformed field `{field}`"),
+            WrongType { expected, found } => write!(f, "expected _type \"{expected}\", found \"{found}\""),
+            UnsupportedSpecVersion { role, found } => {
+                write!(f, "{role}: spec_version \"{found}\" is not 1.x")
+            }
+            BadExpires { role } => write!(f, "{role}: expires is not YYYY-MM-DDTHH:MM:SSZ"),
+            BadKey { keyid, reason } => write!(f, "key {keyid}: {reason}"),
+            TooManyKeys { role, count } => write!(f, "{role}: lists {count} keys, more than the limit"),
+            BadThreshold { role, threshold, keys } => {
+                write!(f, "{role}: threshold {threshold} cannot be met with {keys} distinct keys")
+            }
+            ThresholdNotMet { role, threshold, valid } => {
+                write!(f, "{role}: {valid} valid signatures from distinct authorized keys, threshold is {threshold}")
+            }
+            RootVersionNotNext { trusted, received } => {
+                write!(f, "root version {received} does not follow trusted version {trusted}")
+            }
+            TooManyRootRotations { cap } => write!(f, "more than {cap} root rotations in one update"),
+            Rollback { role, trusted, received } => {
+                write!(f, "{role}: version {received} is older than trusted version {trusted} (rollback)")
+            }
+            VersionMismatch { role, expected, received } => {
+                write!(f, "{role}: version {received}, but {expected} was referenced")
+            }
+            MissingFromSnapshot { role } => write!(f, "new snapshot no longer lists {role}"),
+            NotInSnapshot { role } => write!(f, "{role} is not listed in the trusted snapshot"),
+            Expired { role, expires, now } => {
+                write!(f, "{role}: expired at {expires} (update started at {now})")
+            }
+            LengthMismatch { what, expected, received } => {
+                write!(f, "{what}: length {received}, expected {expected}")
+            }
+            HashMismatch { what, algorithm } => write!(f, "{what}: {algorithm} hash does not match"),
+            NoSupportedHash { what } => write!(f, "{what}: no sha256 or sha512 hash listed"),
+            TooLarge { what, limit } => write!(f, "{what}: more than {limit} bytes"),
+            StorageTooSmall { role, capacity, needed } => {
+                write!(f, "{role}: {needed} bytes do not fit the {capacity}-byte storage")
+            }
+            WrongOrder { operation, requires } => write!(f, "{operation} requires {requires} first"),
+            ExpiredRoot { expires, now } => write!(f, "root expired at {expires} (update started at {now})"),
+            DelegationTooDeep { role } => write!(f, "delegation to {role} nested too deep"),
+            TooManyDelegations { cap } => write!(f, "more than {cap} delegated roles visited"),
+            UnsafeName { name } => write!(f, "unsafe role or target name {name:?}"),
+            BadSuccinctRoles { reason } => write!(f, "succinct_roles: {reason}"),
+            Policy(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}
+
+impl From<PolicyError> for Error {
+    fn from(p: PolicyError) -> Self {
+        Error::Policy(p)
+    }
+}

@@ -1,0 +1,758 @@
+//! A validating JSON reader that never allocates.
+//!
+//! [`parse`] checks a whole document once: syntax (RFC 8259), UTF-8, escapes, a nesting limit, and
+//! integers only (canonical JSON has no floats). It returns a [`Value`] that borrows the input.
+//! Objects and arrays are views over the validated bytes; walking them re-reads those bytes and
+//! cannot fail. Strings stay escaped ([`JStr`]) and are decoded on the fly when compared.
+//!
+//! Duplicate object keys are a classic parser-differential attack (two readers disagree on which
+//! value counts). [`Object::get`] scans every member and refuses a key that appears twice, and the
+//! canonical encoder refuses them everywhere under `signed`, so a signed document can only be read
+//! one way.
+
+use core::cmp::Ordering;
+use core::fmt;
+
+use crate::limits::MAX_JSON_DEPTH;
+
+/// Why a document is not acceptable JSON.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonError {
+    /// Bad syntax at this byte offset.
+    Syntax { offset: usize },
+    /// Invalid UTF-8, a bad escape or a lone surrogate in a string at this offset.
+    BadString { offset: usize },
+    /// A number with a fraction or exponent, a leading zero, or outside the i64 range.
+    BadNumber { offset: usize },
+    /// Nested deeper than [`MAX_JSON_DEPTH`].
+    TooDeep { offset: usize },
+    /// Bytes after the top-level value.
+    TrailingData { offset: usize },
+    /// The same key twice in one object.
+    DuplicateKey,
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JsonError::Syntax { offset } => write!(f, "JSON syntax error at byte {offset}"),
+            JsonError::BadString { offset } => write!(f, "invalid JSON string at byte {offset}"),
+            JsonError::BadNumber { offset } => {
+                write!(f, "number at byte {offset} is not an integer in the i64 range")
+            }
+            JsonError::TooDeep { offset } => {
+                write!(f, "JSON nested deeper than {MAX_JSON_DEPTH} levels at byte {offset}")
+            }
+            JsonError::TrailingData { offset } => write!(f, "data after the JSON value at byte {offset}"),
+            JsonError::DuplicateKey => write!(f, "duplicate key in a JSON object"),
+        }
+    }
+}
+
+/// A validated JSON value borrowing its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Str(JStr<'a>),
+    Array(Array<'a>),
+    Object(Object<'a>),
+}
+
+impl<'a> Value<'a> {
+    pub fn as_object(&self) -> Option<Object<'a>> {
+        match self {
+            Value::Object(o) => Some(*o),
+            _ => None,
+        }
+    }
+    pub fn as_array(&self) -> Option<Array<'a>> {
+        match self {
+            Value::Array(a) => Some(*a),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> Option<JStr<'a>> {
+        match self {
+            Value::Str(s) => Some(*s),
+            _ => None,
+        }
+    }
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Value::Int(i) => u64::try_from(*i).ok(),
+            _ => None,
+        }
+    }
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+    /// The exact input bytes of this value (for objects and arrays, brackets included).
+    pub fn raw(&self) -> Option<&'a [u8]> {
+        match self {
+            Value::Str(s) => Some(s.raw),
+            Value::Array(a) => Some(a.raw),
+            Value::Object(o) => Some(o.raw),
+            _ => None,
+        }
+    }
+}
+
+/// A JSON string as it appears in the input, between the quotes, escapes not yet decoded.
+#[derive(Clone, Copy)]
+pub struct JStr<'a> {
+    raw: &'a [u8],
+}
+
+impl<'a> JStr<'a> {
+    /// The string itself when it has no escapes (the common case): no copy, no decoding.
+    pub fn as_plain(&self) -> Option<&'a str> {
+        if self.raw.contains(&b'\\') {
+            None
+        } else {
+            core::str::from_utf8(self.raw).ok()
+        }
+    }
+
+    /// Decoded UTF-8 bytes, one at a time.
+    pub fn bytes(&self) -> StrBytes<'a> {
+        StrBytes { raw: self.raw, i: 0, pending: [0; 4], p_len: 0, p_i: 0 }
+    }
+
+    /// Length of the decoded string in bytes.
+    pub fn decoded_len(&self) -> usize {
+        if self.as_plain().is_some() {
+            self.raw.len()
+        } else {
+            self.bytes().count()
+        }
+    }
+
+    pub fn eq_str(&self, s: &str) -> bool {
+        self.eq_bytes(s.as_bytes())
+    }
+
+    pub fn eq_bytes(&self, s: &[u8]) -> bool {
+        if let Some(p) = self.as_plain() {
+            return p.as_bytes() == s;
+        }
+        self.bytes().eq(s.iter().copied())
+    }
+
+    /// Equal to the concatenation of `parts` (e.g. a role name and ".json"), without building it.
+    pub fn eq_concat(&self, parts: &[&[u8]]) -> bool {
+        self.bytes().eq(parts.iter().flat_map(|p| p.iter().copied()))
+    }
+
+    /// Copy the decoded string into `buf`; `None` if it does not fit.
+    pub fn decode_into<'b>(&self, buf: &'b mut [u8]) -> Option<&'b str> {
+        let mut n = 0;
+        for b in self.bytes() {
+            *buf.get_mut(n)? = b;
+            n += 1;
+        }
+        core::str::from_utf8(buf.get(..n)?).ok()
+    }
+
+    #[cfg(feature = "alloc")]
+    pub fn to_string(&self) -> alloc::string::String {
+        let v: alloc::vec::Vec<u8> = self.bytes().collect();
+        // decoded from validated UTF-8 and escapes: always valid
+        alloc::string::String::from_utf8(v).unwrap_or_default()
+    }
+
+    /// Order by decoded bytes, which for UTF-8 is Unicode code point order (what canonical JSON
+    /// sorts keys by).
+    pub fn cmp_decoded(&self, other: &JStr<'_>) -> Ordering {
+        match (self.as_plain(), other.as_plain()) {
+            (Some(a), Some(b)) => a.as_bytes().cmp(b.as_bytes()),
+            _ => self.bytes().cmp(other.bytes()),
+        }
+    }
+}
+
+impl PartialEq for JStr<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp_decoded(other) == Ordering::Equal
+    }
+}
+impl Eq for JStr<'_> {}
+
+impl fmt::Debug for JStr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+impl fmt::Display for JStr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(p) = self.as_plain() {
+            return f.write_str(p);
+        }
+        let mut buf = [0u8; 4];
+        let mut n = 0;
+        for b in self.bytes() {
+            if let Some(slot) = buf.get_mut(n) {
+                *slot = b;
+            }
+            n += 1;
+            if let Ok(s) = core::str::from_utf8(buf.get(..n).unwrap_or(&[])) {
+                f.write_str(s)?;
+                n = 0;
+            } else if n >= 4 {
+                n = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Iterator over the decoded UTF-8 bytes of a [`JStr`].
+#[derive(Debug, Clone)]
+pub struct StrBytes<'a> {
+    raw: &'a [u8],
+    i: usize,
+    pending: [u8; 4],
+    p_len: u8,
+    p_i: u8,
+}
+
+impl Iterator for StrBytes<'_> {
+    type Item = u8;
+    fn next(&mut self) -> Option<u8> {
+        if self.p_i < self.p_len {
+            let b = self.pending.get(self.p_i as usize).copied();
+            self.p_i += 1;
+            return b;
+        }
+        let b = *self.raw.get(self.i)?;
+        if b != b'\\' {
+            self.i += 1;
+            return Some(b);
+        }
+        let e = *self.raw.get(self.i + 1)?;
+        self.i += 2;
+        let c = match e {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let (c, used) = decode_u_escape(self.raw.get(self.i..)?)?;
+                self.i += used;
+                c
+            }
+            _ => return None,
+        };
+        let s = c.encode_utf8(&mut self.pending);
+        self.p_len = s.len() as u8;
+        self.p_i = 1;
+        self.pending.first().copied()
+    }
+}
+
+fn hex4(b: &[u8]) -> Option<u32> {
+    let mut v = 0u32;
+    for &c in b.get(..4)? {
+        v = v * 16 + (c as char).to_digit(16)?;
+    }
+    Some(v)
+}
+
+/// Decode the rest of a `\u` escape (`b` starts at the 4 hex digits). Returns the char and how
+/// many bytes were used (4, or 10 for a surrogate pair).
+fn decode_u_escape(b: &[u8]) -> Option<(char, usize)> {
+    let hi = hex4(b)?;
+    if (0xD800..0xDC00).contains(&hi) {
+        if b.get(4) != Some(&b'\\') || b.get(5) != Some(&b'u') {
+            return None;
+        }
+        let lo = hex4(b.get(6..)?)?;
+        if !(0xDC00..0xE000).contains(&lo) {
+            return None;
+        }
+        let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+        Some((char::from_u32(c)?, 10))
+    } else {
+        Some((char::from_u32(hi)?, 4))
+    }
+}
+
+/// A validated JSON object (brackets included).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Object<'a> {
+    raw: &'a [u8],
+}
+
+impl fmt::Debug for Object<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Object({} bytes)", self.raw.len())
+    }
+}
+
+impl<'a> Object<'a> {
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+
+    pub fn members(&self) -> Members<'a> {
+        Members { r: Reader { b: self.raw, i: 1 }, done: false }
+    }
+
+    pub fn len(&self) -> usize {
+        self.members().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members().next().is_none()
+    }
+
+    /// The value of `key`; `Err(DuplicateKey)` if it appears more than once.
+    pub fn get(&self, key: &str) -> Result<Option<Value<'a>>, JsonError> {
+        self.get_by(|k| k.eq_str(key))
+    }
+
+    /// Lookup with a key predicate (e.g. [`JStr::eq_concat`]); duplicates refused as in [`get`](Self::get).
+    pub fn get_by(&self, mut pred: impl FnMut(&JStr<'a>) -> bool) -> Result<Option<Value<'a>>, JsonError> {
+        let mut found = None;
+        for (k, v) in self.members() {
+            if pred(&k) {
+                if found.is_some() {
+                    return Err(JsonError::DuplicateKey);
+                }
+                found = Some(v);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Iterator over `(key, value)` members of an [`Object`], in document order.
+#[derive(Debug, Clone)]
+pub struct Members<'a> {
+    r: Reader<'a>,
+    done: bool,
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (JStr<'a>, Value<'a>);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        self.r.ws();
+        match self.r.peek()? {
+            b'}' => {
+                self.done = true;
+                return None;
+            }
+            b',' => {
+                self.r.i += 1;
+                self.r.ws();
+            }
+            _ => {}
+        }
+        let k = self.r.string_span().ok()?;
+        self.r.ws();
+        self.r.expect(b':').ok()?;
+        let v = self.r.value(0, false).ok()?;
+        Some((JStr { raw: k }, v))
+    }
+}
+
+/// A validated JSON array (brackets included).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Array<'a> {
+    raw: &'a [u8],
+}
+
+impl fmt::Debug for Array<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Array({} bytes)", self.raw.len())
+    }
+}
+
+impl<'a> Array<'a> {
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+    pub fn iter(&self) -> Elements<'a> {
+        Elements { r: Reader { b: self.raw, i: 1 }, done: false }
+    }
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+}
+
+/// Iterator over the values of an [`Array`].
+#[derive(Debug, Clone)]
+pub struct Elements<'a> {
+    r: Reader<'a>,
+    done: bool,
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = Value<'a>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        self.r.ws();
+        match self.r.peek()? {
+            b']' => {
+                self.done = true;
+                return None;
+            }
+            b',' => {
+                self.r.i += 1;
+            }
+            _ => {}
+        }
+        self.r.value(0, false).ok()
+    }
+}
+
+/// Parse and validate a whole JSON document.
+pub fn parse(input: &[u8]) -> Result<Value<'_>, JsonError> {
+    let mut r = Reader { b: input, i: 0 };
+    // a UTF-8 byte order mark is not JSON (RFC 8259 §8.1 lets a parser ignore it; we refuse, so that
+    // two readers cannot disagree)
+    let v = r.value(0, true)?;
+    r.ws();
+    if r.i != input.len() {
+        return Err(JsonError::TrailingData { offset: r.i });
+    }
+    Ok(v)
+}
+
+#[derive(Debug, Clone)]
+struct Reader<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn expect(&mut self, c: u8) -> Result<(), JsonError> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(JsonError::Syntax { offset: self.i })
+        }
+    }
+
+    fn literal(&mut self, lit: &[u8]) -> Result<(), JsonError> {
+        if self.b.get(self.i..self.i + lit.len()) == Some(lit) {
+            self.i += lit.len();
+            Ok(())
+        } else {
+            Err(JsonError::Syntax { offset: self.i })
+        }
+    }
+
+    /// Read one value. `validate` checks everything; without it the input is known to be valid
+    /// (it came out of [`parse`]) and containers are skipped quickly.
+    fn value(&mut self, depth: usize, validate: bool) -> Result<Value<'a>, JsonError> {
+        self.ws();
+        let start = self.i;
+        match self.peek() {
+            Some(b'{') => {
+                if validate {
+                    if depth >= MAX_JSON_DEPTH {
+                        return Err(JsonError::TooDeep { offset: start });
+                    }
+                    self.object_body(depth)?;
+                } else {
+                    self.skip_container()?;
+                }
+                Ok(Value::Object(Object { raw: self.b.get(start..self.i).unwrap_or(&[]) }))
+            }
+            Some(b'[') => {
+                if validate {
+                    if depth >= MAX_JSON_DEPTH {
+                        return Err(JsonError::TooDeep { offset: start });
+                    }
+                    self.array_body(depth)?;
+                } else {
+                    self.skip_container()?;
+                }
+                Ok(Value::Array(Array { raw: self.b.get(start..self.i).unwrap_or(&[]) }))
+            }
+            Some(b'"') => {
+                let raw = if validate { self.string_validated()? } else { self.string_span()? };
+                Ok(Value::Str(JStr { raw }))
+            }
+            Some(b't') => self.literal(b"true").map(|_| Value::Bool(true)),
+            Some(b'f') => self.literal(b"false").map(|_| Value::Bool(false)),
+            Some(b'n') => self.literal(b"null").map(|_| Value::Null),
+            Some(b'-' | b'0'..=b'9') => self.number().map(Value::Int),
+            _ => Err(JsonError::Syntax { offset: start }),
+        }
+    }
+
+    fn object_body(&mut self, depth: usize) -> Result<(), JsonError> {
+        self.expect(b'{')?;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            if self.peek() != Some(b'"') {
+                return Err(JsonError::Syntax { offset: self.i });
+            }
+            self.string_validated()?;
+            self.ws();
+            self.expect(b':')?;
+            self.value(depth + 1, true)?;
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(JsonError::Syntax { offset: self.i }),
+            }
+        }
+    }
+
+    fn array_body(&mut self, depth: usize) -> Result<(), JsonError> {
+        self.expect(b'[')?;
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.value(depth + 1, true)?;
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(JsonError::Syntax { offset: self.i }),
+            }
+        }
+    }
+
+    /// Skip a container known to be valid: count brackets outside strings.
+    fn skip_container(&mut self) -> Result<(), JsonError> {
+        let mut depth = 0usize;
+        while let Some(c) = self.peek() {
+            match c {
+                b'"' => {
+                    self.string_span()?;
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        self.i += 1;
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+            self.i += 1;
+        }
+        Err(JsonError::Syntax { offset: self.i })
+    }
+
+    /// A string known to be valid: find its end. Returns the bytes between the quotes.
+    fn string_span(&mut self) -> Result<&'a [u8], JsonError> {
+        self.expect(b'"')?;
+        let start = self.i;
+        while let Some(c) = self.peek() {
+            match c {
+                b'"' => {
+                    let s = self.b.get(start..self.i).unwrap_or(&[]);
+                    self.i += 1;
+                    return Ok(s);
+                }
+                b'\\' => self.i += 2,
+                _ => self.i += 1,
+            }
+        }
+        Err(JsonError::Syntax { offset: self.i })
+    }
+
+    fn string_validated(&mut self) -> Result<&'a [u8], JsonError> {
+        self.expect(b'"')?;
+        let start = self.i;
+        loop {
+            let c = self.peek().ok_or(JsonError::Syntax { offset: self.i })?;
+            match c {
+                b'"' => break,
+                0x00..=0x1f => return Err(JsonError::BadString { offset: self.i }),
+                b'\\' => {
+                    let e = self.b.get(self.i + 1).copied();
+                    match e {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 2,
+                        Some(b'u') => {
+                            let rest = self.b.get(self.i + 2..).unwrap_or(&[]);
+                            let (_, used) =
+                                decode_u_escape(rest).ok_or(JsonError::BadString { offset: self.i })?;
+                            self.i += 2 + used;
+                        }
+                        _ => return Err(JsonError::BadString { offset: self.i }),
+                    }
+                }
+                0x80.. => {
+                    // one UTF-8 sequence, strictly
+                    let len = match c {
+                        0xC2..=0xDF => 2,
+                        0xE0..=0xEF => 3,
+                        0xF0..=0xF4 => 4,
+                        _ => return Err(JsonError::BadString { offset: self.i }),
+                    };
+                    let seq = self
+                        .b
+                        .get(self.i..self.i + len)
+                        .ok_or(JsonError::BadString { offset: self.i })?;
+                    if core::str::from_utf8(seq).is_err() {
+                        return Err(JsonError::BadString { offset: self.i });
+                    }
+                    self.i += len;
+                }
+                _ => self.i += 1,
+            }
+        }
+        let s = self.b.get(start..self.i).unwrap_or(&[]);
+        self.i += 1;
+        Ok(s)
+    }
+
+    fn number(&mut self) -> Result<i64, JsonError> {
+        let start = self.i;
+        let neg = self.peek() == Some(b'-');
+        if neg {
+            self.i += 1;
+        }
+        let digits_start = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        let digits = self.b.get(digits_start..self.i).unwrap_or(&[]);
+        let bad = JsonError::BadNumber { offset: start };
+        if digits.is_empty() || (digits.len() > 1 && digits.first() == Some(&b'0')) {
+            return Err(bad);
+        }
+        if let Some(b'.' | b'e' | b'E') = self.peek() {
+            return Err(bad);
+        }
+        // accumulate negatively so i64::MIN parses
+        let mut v: i64 = 0;
+        for &d in digits {
+            v = v.checked_mul(10).and_then(|v| v.checked_sub(i64::from(d - b'0'))).ok_or(bad)?;
+        }
+        if neg {
+            if v == 0 {
+                // "-0" has no canonical form
+                return Err(bad);
+            }
+            Ok(v)
+        } else {
+            v.checked_neg().ok_or(bad)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nested_values_and_walks_them() {
+        let doc = br#" {"a": [1, -2, {"b": null}], "c": "x\u00e9\"y", "d": true} "#;
+        let v = parse(doc).unwrap();
+        let o = v.as_object().unwrap();
+        assert_eq!(o.len(), 3);
+        let a = o.get("a").unwrap().unwrap().as_array().unwrap();
+        let items: heapless::Vec<Value<'_>, 4> = a.iter().collect();
+        assert_eq!(items[0], Value::Int(1));
+        assert_eq!(items[1], Value::Int(-2));
+        let c = o.get("c").unwrap().unwrap().as_str().unwrap();
+        assert!(c.eq_str("xé\"y"));
+        assert_eq!(c.as_plain(), None);
+        assert_eq!(o.get("d").unwrap(), Some(Value::Bool(true)));
+        assert_eq!(o.get("zz").unwrap(), None);
+    }
+
+    #[test]
+    fn refuses_duplicate_keys_on_lookup() {
+        let v = parse(br#"{"k":1,"k":2}"#).unwrap();
+        assert_eq!(v.as_object().unwrap().get("k"), Err(JsonError::DuplicateKey));
+    }
+
+    #[test]
+    fn refuses_floats_and_bad_numbers() {
+        assert_eq!(parse(b"1.5"), Err(JsonError::BadNumber { offset: 0 }));
+        assert_eq!(parse(b"1e3"), Err(JsonError::BadNumber { offset: 0 }));
+        assert_eq!(parse(b"01"), Err(JsonError::BadNumber { offset: 0 }));
+        assert_eq!(parse(b"-0"), Err(JsonError::BadNumber { offset: 0 }));
+        assert_eq!(parse(b"9223372036854775808"), Err(JsonError::BadNumber { offset: 0 }));
+        assert_eq!(parse(b"-9223372036854775808"), Ok(Value::Int(i64::MIN)));
+    }
+
+    #[test]
+    fn refuses_bad_strings() {
+        assert_eq!(parse(b"\"\\ud800\""), Err(JsonError::BadString { offset: 1 }));
+        assert_eq!(parse(b"\"a\x01\""), Err(JsonError::BadString { offset: 2 }));
+        assert_eq!(parse(b"\"\xff\""), Err(JsonError::BadString { offset: 1 }));
+        assert_eq!(parse(b"\"\\q\""), Err(JsonError::BadString { offset: 1 }));
+        assert!(parse("\"\\ud83d\\ude00\"".as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn refuses_deep_nesting_and_trailing_data() {
+        let mut deep = [b'['; 200];
+        deep[199] = b']';
+        assert!(matches!(parse(&deep), Err(JsonError::TooDeep { .. })));
+        assert_eq!(parse(b"{} x"), Err(JsonError::TrailingData { offset: 3 }));
+        assert_eq!(parse(b"\xef\xbb\xbf{}"), Err(JsonError::Syntax { offset: 0 }));
+    }
+
+    #[test]
+    fn decodes_surrogate_pairs_and_orders_by_code_point() {
+        let v = parse("[\"\\ud83d\\ude00\", \"\u{ffff}\"]".as_bytes()).unwrap();
+        let a: heapless::Vec<Value<'_>, 2> = v.as_array().unwrap().iter().collect();
+        let emoji = a[0].as_str().unwrap();
+        let ffff = a[1].as_str().unwrap();
+        assert!(emoji.eq_str("😀"));
+        // U+1F600 sorts after U+FFFF by code point (UTF-16 order would put it before)
+        assert_eq!(emoji.cmp_decoded(&ffff), Ordering::Greater);
+    }
+}

@@ -1,0 +1,60 @@
+//! # hale-core: the only code in Hale that decides trust
+//!
+//! Bytes and the current time go in; a verified value or a typed [`Error`] comes out. No clock,
+//! file, socket or flash is touched here, and nothing is allocated in the default build: a
+//! microcontroller runs exactly the checks the server and the signing tool run.
+//!
+//! | module | what it decides |
+//! |---|---|
+//! | [`json`] | a document is well-formed JSON with integers only and unambiguous keys |
+//! | [`canonical`] | the OLPC canonical bytes that signatures cover |
+//! | [`crypto`] | a key is usable; a signature verifies (ed25519, ECDSA P-256, RSA-PSS with `std`) |
+//! | [`metadata`] | a document has the shape of its TUF role; a file matches its length and hashes |
+//! | [`verify`] | a threshold of distinct authorised keys signed |
+//! | [`trusted`] | the client workflow of TUF spec §5: root chain, timestamp, snapshot, targets, delegations |
+//! | [`policy`] | a verified firmware target fits this device (model, revision, version, security counter, bootloader) |
+//!
+//! ## Threats and where each is stopped
+//! - *Arbitrary software*: [`verify::verify_threshold`] on every role; target hashes and length in
+//!   [`metadata::TargetFile::hasher`].
+//! - *Rollback*: [`Error::Rollback`] for timestamp, snapshot and every role the snapshot lists;
+//!   [`policy::PolicyError::NotNewer`] and the security counter for firmware.
+//! - *Indefinite freeze*: [`Error::Expired`] / [`Error::ExpiredRoot`] against the fixed start time.
+//! - *Mix-and-match*: versions and hashes must match what the referencing role names
+//!   ([`Error::VersionMismatch`], [`Error::HashMismatch`]).
+//! - *Endless data*: [`Error::TooLarge`] as soon as a target passes its listed length; every parser
+//!   bounded by [`limits`].
+//! - *Fast-forward*: a rotated timestamp/snapshot key drops the stored copy
+//!   ([`trusted::TrustedSet::load_trusted_timestamp`]).
+//! - *Key compromise below threshold*: distinct key material only; duplicates count once.
+//! - *Path traversal*: [`metadata::check_role_name`] / [`metadata::check_target_path`].
+//! - *Diamond delegation*: delegated roles are verified against the delegator that led to them,
+//!   never cached by name ([`trusted::TrustedSet::verify_delegated`]).
+//!
+//! ## Features
+//! - default: `no_std`, no heap.
+//! - `alloc`: sorts large objects when canonicalising instead of selecting (faster on big catalogs).
+//! - `std`: `alloc`, RSA-PSS keys, `std::error::Error`.
+#![no_std]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+pub mod canonical;
+pub mod crypto;
+mod error;
+pub mod json;
+pub mod limits;
+pub mod metadata;
+pub mod policy;
+pub mod time;
+pub mod trusted;
+pub mod verify;
+
+pub use error::{Error, Name, Role};
+pub use policy::{Device, Firmware, PolicyError, Version};
+pub use time::UnixTime;
+pub use trusted::{Found, Freshness, RoleSource, SearchError, Storage, TrustedSet, Update};

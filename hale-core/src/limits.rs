@@ -1,0 +1,34 @@
+//! Fixed limits. Every bound on work or memory that untrusted input could otherwise push is here,
+//! so an integrator can see and size them in one place.
+//!
+//! Metadata buffers are not limits of the crate: the caller hands the trusted set its storage (see
+//! [`crate::trusted::Storage`]) and sizes it for its repository. Everything else is bounded below.
+
+/// Deepest JSON nesting accepted. TUF metadata needs about 6.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Keys listed for one role that are kept while counting a threshold. A role listing more keys than
+/// this is refused ([`crate::Error::TooManyKeys`]).
+pub const MAX_KEYS_PER_ROLE: usize = 16;
+
+/// Longest role name, key id or target path kept in an error or on the search stack, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Deepest chain of delegations followed from `targets` (python-tuf has none beyond its visit cap).
+pub const MAX_DELEGATION_DEPTH: usize = 8;
+
+/// Delegated roles fetched and verified in one target search (python-tuf's `max_delegations`).
+pub const MAX_DELEGATION_VISITS: u32 = 32;
+
+/// Default cap on root versions applied in one update (python-tuf's `max_root_rotations` is 256;
+/// a device catching up through years of rotations needs far fewer). Configurable per trusted set.
+pub const DEFAULT_MAX_ROOT_ROTATIONS: u32 = 64;
+
+/// Longest PEM public key accepted (an RSA-4096 SPKI is about 800 bytes).
+pub const MAX_PEM_LEN: usize = 1024;
+
+/// Longest semantic-version pre-release tag kept, in bytes.
+pub const MAX_PRERELEASE_LEN: usize = 32;
+
+/// Hardware entries in one firmware target's `custom.hardware`, and revisions per entry, examined.
+pub const MAX_HARDWARE_ENTRIES: usize = 64;

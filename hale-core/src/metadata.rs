@@ -1,0 +1,784 @@
+//! TUF 1.0 metadata (spec 1.0.34) as zero-copy views over validated JSON.
+//!
+//! A view is only a reading of bytes: it checks shape (required fields, types, `_type`,
+//! `spec_version` 1.x, `expires` format) but decides nothing about trust. Signatures and the
+//! rules between documents live in [`crate::verify`] and [`crate::trusted`]. Unknown fields are
+//! kept (they stay in the bytes) and are covered by the signature, which is computed over the
+//! canonical form of the whole `signed` object.
+
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::error::{Error, Name};
+use crate::json::{self, Array, JStr, JsonError, Object, Value};
+use crate::time::{parse_expires, UnixTime};
+
+/// `{"signed": …, "signatures": […]}`.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    pub signed: Object<'a>,
+    pub signatures: Array<'a>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Parse the envelope of metadata for `role` (the name is only used in errors).
+    pub fn parse(bytes: &'a [u8], role: &str) -> Result<Self, Error> {
+        let name = Name::new(role);
+        let v = json::parse(bytes).map_err(|error| Error::Json { role: name, error })?;
+        let top = v.as_object().ok_or(Error::Field { role: name, field: "signed" })?;
+        let signed = obj(&top, "signed", name)?;
+        let signatures = get(&top, "signatures", name)?
+            .and_then(|v| v.as_array())
+            .ok_or(Error::Field { role: name, field: "signatures" })?;
+        Ok(Envelope { signed, signatures })
+    }
+}
+
+/// Fields every role has.
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    pub version: u64,
+    pub expires: UnixTime,
+}
+
+/// Check `_type`, `spec_version`, `version` and `expires` of `signed`.
+pub fn parse_header(signed: &Object<'_>, expected_type: &'static str, role: Name) -> Result<Header, Error> {
+    let ty = string(signed, "_type", role)?;
+    if !ty.eq_str(expected_type) {
+        return Err(Error::WrongType { expected: expected_type, found: Name::from_json(&ty) });
+    }
+    let spec = string(signed, "spec_version", role)?;
+    if !spec_version_supported(&spec) {
+        return Err(Error::UnsupportedSpecVersion { role, found: Name::from_json(&spec) });
+    }
+    let version = uint(signed, "version", role)?;
+    if version == 0 {
+        return Err(Error::Field { role, field: "version" });
+    }
+    let expires = string(signed, "expires", role)?;
+    let mut buf = [0u8; 32];
+    let expires = expires
+        .decode_into(&mut buf)
+        .and_then(|s| parse_expires(s.as_bytes()))
+        .ok_or(Error::BadExpires { role })?;
+    Ok(Header { version, expires })
+}
+
+/// Any `1.x` or `1.x.y` (python-tuf 7 writes 1.0.31, rust-tuf 1.0.0, older tools "1.0").
+fn spec_version_supported(s: &JStr<'_>) -> bool {
+    let mut buf = [0u8; 32];
+    let Some(s) = s.decode_into(&mut buf) else { return false };
+    let mut parts = s.split('.');
+    if parts.next() != Some("1") {
+        return false;
+    }
+    let mut n = 0;
+    for p in parts {
+        n += 1;
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+    }
+    (1..=2).contains(&n)
+}
+
+// --- field helpers: missing or wrongly typed fields name themselves in the error -------------
+
+pub(crate) fn get<'a>(o: &Object<'a>, field: &'static str, role: Name) -> Result<Option<Value<'a>>, Error> {
+    o.get(field).map_err(|error| Error::Json { role, error })
+}
+
+pub(crate) fn obj<'a>(o: &Object<'a>, field: &'static str, role: Name) -> Result<Object<'a>, Error> {
+    get(o, field, role)?.and_then(|v| v.as_object()).ok_or(Error::Field { role, field })
+}
+
+pub(crate) fn array<'a>(o: &Object<'a>, field: &'static str, role: Name) -> Result<Array<'a>, Error> {
+    get(o, field, role)?.and_then(|v| v.as_array()).ok_or(Error::Field { role, field })
+}
+
+pub(crate) fn string<'a>(o: &Object<'a>, field: &'static str, role: Name) -> Result<JStr<'a>, Error> {
+    get(o, field, role)?.and_then(|v| v.as_str()).ok_or(Error::Field { role, field })
+}
+
+pub(crate) fn uint(o: &Object<'_>, field: &'static str, role: Name) -> Result<u64, Error> {
+    get(o, field, role)?.and_then(|v| v.as_u64()).ok_or(Error::Field { role, field })
+}
+
+fn opt_uint(o: &Object<'_>, field: &'static str, role: Name) -> Result<Option<u64>, Error> {
+    match get(o, field, role)? {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or(Error::Field { role, field }),
+    }
+}
+
+// --- root ---------------------------------------------------------------------------------
+
+/// `root` metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct Root<'a> {
+    pub header: Header,
+    pub consistent_snapshot: bool,
+    pub keys: Object<'a>,
+    pub roles: Object<'a>,
+}
+
+impl<'a> Root<'a> {
+    pub fn parse(signed: &Object<'a>) -> Result<Self, Error> {
+        let role = Name::new("root");
+        let header = parse_header(signed, "root", role)?;
+        let consistent_snapshot = match get(signed, "consistent_snapshot", role)? {
+            None => false,
+            Some(v) => v.as_bool().ok_or(Error::Field { role, field: "consistent_snapshot" })?,
+        };
+        let keys = obj(signed, "keys", role)?;
+        let roles = obj(signed, "roles", role)?;
+        Ok(Root { header, consistent_snapshot, keys, roles })
+    }
+
+    /// `roles[name]`: its key ids and threshold.
+    pub fn role(&self, name: &'static str) -> Result<RoleKeys<'a>, Error> {
+        let role = Name::new("root");
+        let r = obj(&self.roles, name, role)?;
+        let keyids = array(&r, "keyids", role)?;
+        let threshold = uint(&r, "threshold", role)?;
+        Ok(RoleKeys { name: Name::new(name), keys: self.keys, keyids, threshold })
+    }
+}
+
+/// The keys a delegator authorises for one role, and how many must sign.
+#[derive(Debug, Clone, Copy)]
+pub struct RoleKeys<'a> {
+    pub name: Name,
+    /// The delegator's `keys` map (key id → key).
+    pub keys: Object<'a>,
+    pub keyids: Array<'a>,
+    pub threshold: u64,
+}
+
+// --- timestamp and snapshot ----------------------------------------------------------------
+
+/// An entry of `meta`: the version of a metadata file and, optionally, its length and hashes.
+#[derive(Debug, Clone, Copy)]
+pub struct MetaFile<'a> {
+    pub version: u64,
+    pub length: Option<u64>,
+    pub hashes: Option<Object<'a>>,
+}
+
+impl<'a> MetaFile<'a> {
+    fn parse(o: &Object<'a>, role: Name) -> Result<Self, Error> {
+        let version = uint(o, "version", role)?;
+        let length = opt_uint(o, "length", role)?;
+        let hashes = match get(o, "hashes", role)? {
+            None => None,
+            Some(v) => Some(v.as_object().ok_or(Error::Field { role, field: "hashes" })?),
+        };
+        Ok(MetaFile { version, length, hashes })
+    }
+
+    /// Check `bytes` against the length and hashes listed here (either may be absent).
+    pub fn verify_bytes(&self, bytes: &[u8], what: Name) -> Result<(), Error> {
+        if let Some(len) = self.length {
+            if bytes.len() as u64 != len {
+                return Err(Error::LengthMismatch { what, expected: len, received: bytes.len() as u64 });
+            }
+        }
+        if let Some(h) = &self.hashes {
+            let mut hs = Hasher::new(h, what)?;
+            hs.update(bytes);
+            hs.finish()?;
+        }
+        Ok(())
+    }
+}
+
+/// `timestamp` metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct Timestamp<'a> {
+    pub header: Header,
+    pub snapshot: MetaFile<'a>,
+}
+
+impl<'a> Timestamp<'a> {
+    pub fn parse(signed: &Object<'a>) -> Result<Self, Error> {
+        let role = Name::new("timestamp");
+        let header = parse_header(signed, "timestamp", role)?;
+        let meta = obj(signed, "meta", role)?;
+        let snap = obj(&meta, "snapshot.json", role)?;
+        Ok(Timestamp { header, snapshot: MetaFile::parse(&snap, role)? })
+    }
+}
+
+/// `snapshot` metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot<'a> {
+    pub header: Header,
+    pub meta: Object<'a>,
+}
+
+impl<'a> Snapshot<'a> {
+    pub fn parse(signed: &Object<'a>) -> Result<Self, Error> {
+        let role = Name::new("snapshot");
+        let header = parse_header(signed, "snapshot", role)?;
+        let meta = obj(signed, "meta", role)?;
+        // every entry must be well formed, so that later lookups cannot fail on shape
+        for (k, v) in meta.members() {
+            let o = v.as_object().ok_or(Error::Field { role: Name::from_json(&k), field: "meta" })?;
+            MetaFile::parse(&o, Name::from_json(&k))?;
+        }
+        Ok(Snapshot { header, meta })
+    }
+
+    /// The entry for role `name` (`<name>.json`).
+    pub fn role(&self, name: &str) -> Result<Option<MetaFile<'a>>, Error> {
+        let role = Name::new(name);
+        let v = self
+            .meta
+            .get_by(|k| k.eq_concat(&[name.as_bytes(), b".json"]))
+            .map_err(|error| Error::Json { role: Name::new("snapshot"), error })?;
+        match v {
+            None => Ok(None),
+            Some(v) => {
+                let o = v.as_object().ok_or(Error::Field { role, field: "meta" })?;
+                MetaFile::parse(&o, role).map(Some)
+            }
+        }
+    }
+}
+
+// --- targets -------------------------------------------------------------------------------
+
+/// `targets` metadata (top-level or delegated).
+#[derive(Debug, Clone, Copy)]
+pub struct Targets<'a> {
+    pub header: Header,
+    pub targets: Object<'a>,
+    pub delegations: Option<Delegations<'a>>,
+}
+
+impl<'a> Targets<'a> {
+    pub fn parse(signed: &Object<'a>, role: Name) -> Result<Self, Error> {
+        let header = parse_header(signed, "targets", role)?;
+        let targets = obj(signed, "targets", role)?;
+        let delegations = match get(signed, "delegations", role)? {
+            None => None,
+            Some(v) => {
+                let d = v.as_object().ok_or(Error::Field { role, field: "delegations" })?;
+                Some(Delegations::parse(&d, role)?)
+            }
+        };
+        Ok(Targets { header, targets, delegations })
+    }
+
+    /// The entry for target `path`, if this role lists it.
+    pub fn target(&self, path: &str, role: Name) -> Result<Option<TargetFile<'a>>, Error> {
+        match self.targets.get(path).map_err(|error| Error::Json { role, error })? {
+            None => Ok(None),
+            Some(v) => {
+                let o = v.as_object().ok_or(Error::Field { role, field: "targets" })?;
+                TargetFile::parse(&o, role).map(Some)
+            }
+        }
+    }
+}
+
+/// A target entry: length, hashes and the optional `custom` object.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetFile<'a> {
+    pub length: u64,
+    pub hashes: Object<'a>,
+    pub custom: Option<Object<'a>>,
+}
+
+impl<'a> TargetFile<'a> {
+    pub fn parse(o: &Object<'a>, role: Name) -> Result<Self, Error> {
+        let length = uint(o, "length", role)?;
+        let hashes = obj(o, "hashes", role)?;
+        let custom = match get(o, "custom", role)? {
+            None => None,
+            Some(v) => Some(v.as_object().ok_or(Error::Field { role, field: "custom" })?),
+        };
+        Ok(TargetFile { length, hashes, custom })
+    }
+
+    /// The sha256 digest, when listed.
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        let h = self.hashes.get("sha256").ok()??.as_str()?;
+        let mut out = [0u8; 32];
+        let mut buf = [0u8; 64];
+        let s = h.decode_into(&mut buf)?;
+        (crate::crypto::hex_decode(s.as_bytes(), &mut out)? == 32).then_some(out)
+    }
+
+    /// A streaming checker for this target's bytes: refuses more than `length` bytes as they
+    /// arrive (endless data) and checks every listed hash at the end.
+    pub fn hasher(&self, what: Name) -> Result<TargetHasher, Error> {
+        Ok(TargetHasher { inner: Hasher::new(&self.hashes, what)?, expected: self.length, received: 0, what })
+    }
+
+    /// Check a whole target held in memory.
+    pub fn verify_bytes(&self, bytes: &[u8], what: Name) -> Result<(), Error> {
+        let mut h = self.hasher(what)?;
+        h.update(bytes)?;
+        h.finish()
+    }
+}
+
+/// Streaming length and hash check of a target (see [`TargetFile::hasher`]).
+#[derive(Debug, Clone)]
+pub struct TargetHasher {
+    inner: Hasher,
+    expected: u64,
+    received: u64,
+    what: Name,
+}
+
+impl TargetHasher {
+    /// Feed the next chunk; refused as soon as the total passes the listed length.
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        self.received = self.received.saturating_add(chunk.len() as u64);
+        if self.received > self.expected {
+            return Err(Error::TooLarge { what: self.what, limit: self.expected });
+        }
+        self.inner.update(chunk);
+        Ok(())
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// All bytes arrived: check the length and every hash.
+    pub fn finish(self) -> Result<(), Error> {
+        if self.received != self.expected {
+            return Err(Error::LengthMismatch { what: self.what, expected: self.expected, received: self.received });
+        }
+        self.inner.finish()
+    }
+}
+
+/// Hashes listed for a file: sha256 and/or sha512 are checked; at least one must be listed.
+#[derive(Debug, Clone)]
+struct Hasher {
+    sha256: Option<(Sha256, [u8; 32])>,
+    sha512: Option<(Sha512, [u8; 64])>,
+    what: Name,
+}
+
+impl Hasher {
+    fn new(hashes: &Object<'_>, what: Name) -> Result<Self, Error> {
+        let mut h = Hasher { sha256: None, sha512: None, what };
+        let field = |alg: &'static str| -> Result<Option<[u8; 64]>, Error> {
+            let Some(v) = hashes.get(alg).map_err(|error| Error::Json { role: what, error })? else {
+                return Ok(None);
+            };
+            let s = v.as_str().ok_or(Error::Field { role: what, field: "hashes" })?;
+            let mut buf = [0u8; 128];
+            let mut out = [0u8; 64];
+            let s = s.decode_into(&mut buf).ok_or(Error::Field { role: what, field: "hashes" })?;
+            let n = crate::crypto::hex_decode(s.as_bytes(), &mut out).ok_or(Error::Field { role: what, field: "hashes" })?;
+            let want = if alg == "sha256" { 32 } else { 64 };
+            if n != want {
+                return Err(Error::Field { role: what, field: "hashes" });
+            }
+            Ok(Some(out))
+        };
+        if let Some(d) = field("sha256")? {
+            let mut d32 = [0u8; 32];
+            d32.copy_from_slice(d.get(..32).unwrap_or(&[0; 32]));
+            h.sha256 = Some((Sha256::new(), d32));
+        }
+        if let Some(d) = field("sha512")? {
+            h.sha512 = Some((Sha512::new(), d));
+        }
+        if h.sha256.is_none() && h.sha512.is_none() {
+            return Err(Error::NoSupportedHash { what });
+        }
+        Ok(h)
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        if let Some((h, _)) = &mut self.sha256 {
+            h.update(chunk);
+        }
+        if let Some((h, _)) = &mut self.sha512 {
+            h.update(chunk);
+        }
+    }
+
+    fn finish(self) -> Result<(), Error> {
+        if let Some((h, want)) = self.sha256 {
+            if h.finalize()[..] != want[..] {
+                return Err(Error::HashMismatch { what: self.what, algorithm: "sha256" });
+            }
+        }
+        if let Some((h, want)) = self.sha512 {
+            if h.finalize()[..] != want[..] {
+                return Err(Error::HashMismatch { what: self.what, algorithm: "sha512" });
+            }
+        }
+        Ok(())
+    }
+}
+
+// --- delegations ---------------------------------------------------------------------------
+
+/// `delegations`: keys, and either a list of roles or succinct hash bins (TAP 15).
+#[derive(Debug, Clone, Copy)]
+pub struct Delegations<'a> {
+    pub keys: Object<'a>,
+    pub roles: Option<Array<'a>>,
+    pub succinct: Option<SuccinctRoles<'a>>,
+}
+
+impl<'a> Delegations<'a> {
+    fn parse(d: &Object<'a>, role: Name) -> Result<Self, Error> {
+        let keys = obj(d, "keys", role)?;
+        let roles = match get(d, "roles", role)? {
+            None => None,
+            Some(v) => Some(v.as_array().ok_or(Error::Field { role, field: "roles" })?),
+        };
+        let succinct = match get(d, "succinct_roles", role)? {
+            None => None,
+            Some(v) => Some(SuccinctRoles::parse(&v.as_object().ok_or(Error::Field { role, field: "succinct_roles" })?, role)?),
+        };
+        if roles.is_some() == succinct.is_some() {
+            return Err(Error::Field { role, field: "roles or succinct_roles (exactly one)" });
+        }
+        if let Some(r) = roles {
+            for v in r.iter() {
+                let o = v.as_object().ok_or(Error::Field { role, field: "roles" })?;
+                DelegatedRole::parse(&o, role)?;
+            }
+        }
+        Ok(Delegations { keys, roles, succinct })
+    }
+}
+
+/// One entry of `delegations.roles`.
+#[derive(Debug, Clone, Copy)]
+pub struct DelegatedRole<'a> {
+    pub name: JStr<'a>,
+    pub keyids: Array<'a>,
+    pub threshold: u64,
+    pub terminating: bool,
+    pub paths: Option<Array<'a>>,
+    pub path_hash_prefixes: Option<Array<'a>>,
+}
+
+impl<'a> DelegatedRole<'a> {
+    pub fn parse(o: &Object<'a>, role: Name) -> Result<Self, Error> {
+        let name = string(o, "name", role)?;
+        let keyids = array(o, "keyids", role)?;
+        let threshold = uint(o, "threshold", role)?;
+        let terminating = get(o, "terminating", role)?
+            .and_then(|v| v.as_bool())
+            .ok_or(Error::Field { role, field: "terminating" })?;
+        let paths = match get(o, "paths", role)? {
+            None => None,
+            Some(v) => Some(v.as_array().ok_or(Error::Field { role, field: "paths" })?),
+        };
+        let path_hash_prefixes = match get(o, "path_hash_prefixes", role)? {
+            None => None,
+            Some(v) => Some(v.as_array().ok_or(Error::Field { role, field: "path_hash_prefixes" })?),
+        };
+        if paths.is_some() == path_hash_prefixes.is_some() {
+            return Err(Error::Field { role, field: "paths or path_hash_prefixes (exactly one)" });
+        }
+        for a in [paths, path_hash_prefixes].into_iter().flatten() {
+            if a.iter().any(|v| v.as_str().is_none()) {
+                return Err(Error::Field { role, field: "paths" });
+            }
+        }
+        Ok(DelegatedRole { name, keyids, threshold, terminating, paths, path_hash_prefixes })
+    }
+
+    pub fn keys(&self, delegator_keys: Object<'a>) -> RoleKeys<'a> {
+        RoleKeys { name: Name::from_json(&self.name), keys: delegator_keys, keyids: self.keyids, threshold: self.threshold }
+    }
+
+    /// Is `target` delegated to this role (by glob patterns or by hash prefixes)?
+    pub fn matches(&self, target: &str, target_hash: &[u8; 32]) -> bool {
+        if let Some(paths) = &self.paths {
+            return paths.iter().filter_map(|v| v.as_str()).any(|p| path_matches(&p, target));
+        }
+        if let Some(prefixes) = &self.path_hash_prefixes {
+            return prefixes.iter().filter_map(|v| v.as_str()).any(|p| hex_prefix_matches(&p, target_hash));
+        }
+        false
+    }
+}
+
+/// TAP 15 succinct hash bins: `2^bit_length` roles named `<prefix>-<bin in hex>`.
+#[derive(Debug, Clone, Copy)]
+pub struct SuccinctRoles<'a> {
+    pub keyids: Array<'a>,
+    pub threshold: u64,
+    pub bit_length: u32,
+    pub name_prefix: JStr<'a>,
+}
+
+impl<'a> SuccinctRoles<'a> {
+    fn parse(o: &Object<'a>, role: Name) -> Result<Self, Error> {
+        let keyids = array(o, "keyids", role)?;
+        let threshold = uint(o, "threshold", role)?;
+        let bit_length = uint(o, "bit_length", role)?;
+        let name_prefix = string(o, "name_prefix", role)?;
+        if !(1..=32).contains(&bit_length) {
+            return Err(Error::BadSuccinctRoles { reason: "bit_length must be 1..=32" });
+        }
+        Ok(SuccinctRoles { keyids, threshold, bit_length: bit_length as u32, name_prefix })
+    }
+
+    /// The bin a target belongs to: the first `bit_length` bits of sha256(target path).
+    pub fn bin_of(&self, target_hash: &[u8; 32]) -> u32 {
+        let first = u32::from_be_bytes([target_hash[0], target_hash[1], target_hash[2], target_hash[3]]);
+        first >> (32 - self.bit_length)
+    }
+
+    /// Hex digits in a bin name suffix (python-tuf: ceil(bit_length / 4)).
+    pub fn suffix_len(&self) -> usize {
+        self.bit_length.div_ceil(4) as usize
+    }
+
+    /// Write the name of `bin` (`<prefix>-<hex>`) into `out`.
+    pub fn bin_name<'b>(&self, bin: u32, out: &'b mut [u8]) -> Option<&'b str> {
+        let mut n = 0;
+        for b in self.name_prefix.bytes() {
+            *out.get_mut(n)? = b;
+            n += 1;
+        }
+        *out.get_mut(n)? = b'-';
+        n += 1;
+        let width = self.suffix_len();
+        for i in (0..width).rev() {
+            let d = (bin >> (4 * i)) & 0xf;
+            *out.get_mut(n)? = b"0123456789abcdef"[d as usize];
+            n += 1;
+        }
+        core::str::from_utf8(out.get(..n)?).ok()
+    }
+
+    pub fn keys(&self, delegator_keys: Object<'a>, bin_name: &str) -> RoleKeys<'a> {
+        RoleKeys { name: Name::new(bin_name), keys: delegator_keys, keyids: self.keyids, threshold: self.threshold }
+    }
+}
+
+fn hex_prefix_matches(prefix: &JStr<'_>, hash: &[u8; 32]) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut i = 0usize;
+    for c in prefix.bytes() {
+        let Some(byte) = hash.get(i / 2) else { return false };
+        let nib = if i % 2 == 0 { byte >> 4 } else { byte & 0xf };
+        if HEX.get(nib as usize) != Some(&c.to_ascii_lowercase()) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// python-tuf's rule: pattern and target split on `/` must have the same number of parts, and
+/// each part must match with shell-style wildcards (`*`, `?`, `[seq]`, `[!seq]`).
+pub fn path_matches(pattern: &JStr<'_>, target: &str) -> bool {
+    let mut buf = [0u8; crate::limits::MAX_NAME_LEN * 2];
+    let Some(pattern) = pattern.decode_into(&mut buf) else { return false };
+    let (mut p, mut t) = (pattern.split('/'), target.split('/'));
+    loop {
+        match (p.next(), t.next()) {
+            (None, None) => return true,
+            (Some(ps), Some(ts)) => {
+                if !fnmatch(ps.as_bytes(), ts.as_bytes()) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Shell-style match of one path segment (no `/` in either). Iterative with one backtrack point,
+/// so its work is bounded by `pattern.len() * name.len()`.
+fn fnmatch(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, n));
+                p += 1;
+                continue;
+            }
+            Some(b'?') => {
+                p += 1;
+                n += 1;
+                continue;
+            }
+            Some(b'[') => {
+                if let Some((matched, next)) = class_match(pattern, p, name.get(n).copied().unwrap_or(0)) {
+                    if matched {
+                        p = next;
+                        n += 1;
+                        continue;
+                    }
+                } else if name.get(n) == Some(&b'[') {
+                    // an unclosed `[` matches itself
+                    p += 1;
+                    n += 1;
+                    continue;
+                }
+            }
+            Some(c) if Some(c) == name.get(n) => {
+                p += 1;
+                n += 1;
+                continue;
+            }
+            _ => {}
+        }
+        match star {
+            Some((sp, sn)) => {
+                p = sp + 1;
+                n = sn + 1;
+                star = Some((sp, sn + 1));
+            }
+            None => return false,
+        }
+    }
+    while pattern.get(p) == Some(&b'*') {
+        p += 1;
+    }
+    p == pattern.len()
+}
+
+/// Match `c` against the class starting at `pattern[start] == '['`. Returns (matched, index after
+/// the class), or `None` if the class is not closed.
+fn class_match(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
+    let mut i = start + 1;
+    let negate = matches!(pattern.get(i), Some(b'!'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        let ch = *pattern.get(i)?;
+        if ch == b']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        first = false;
+        if pattern.get(i + 1) == Some(&b'-') && pattern.get(i + 2).is_some_and(|e| *e != b']') {
+            let hi = *pattern.get(i + 2)?;
+            if ch <= c && c <= hi {
+                matched = true;
+            }
+            i += 3;
+        } else {
+            if ch == c {
+                matched = true;
+            }
+            i += 1;
+        }
+    }
+}
+
+/// Names that become file names or URL path segments must not be able to leave their directory:
+/// no empty name, no `.` or `..` segment, no `\`, NUL or control characters, and for role names no
+/// `/` at all. Target paths may contain `/` (directories) but not a leading one.
+pub fn check_role_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || !safe_chars(name) {
+        return Err(Error::UnsafeName { name: Name::new(name) });
+    }
+    Ok(())
+}
+
+/// See [`check_role_name`].
+pub fn check_target_path(path: &str) -> Result<(), Error> {
+    if path.is_empty()
+        || path.starts_with('/')
+        || !safe_chars(path)
+        || path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(Error::UnsafeName { name: Name::new(path) });
+    }
+    Ok(())
+}
+
+fn safe_chars(s: &str) -> bool {
+    !s.chars().any(|c| c == '\\' || c.is_control())
+}
+
+/// Parse a whole metadata document of the given top-level type and return its header (for
+/// callers that only need version and expiry, e.g. to list what a directory holds).
+pub fn peek_header(bytes: &[u8], expected_type: &'static str) -> Result<Header, Error> {
+    let env = Envelope::parse(bytes, expected_type)?;
+    parse_header(&env.signed, expected_type, Name::new(expected_type))
+}
+
+#[allow(dead_code)]
+fn _assert_json_error_is_copy(e: JsonError) -> JsonError {
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn js(s: &str) -> JStr<'_> {
+        // JSON string literal → JStr; test inputs have no escapes
+        match json::parse(s.as_bytes()).unwrap() {
+            Value::Str(j) => j,
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn glob_matching_follows_python_tuf() {
+        let cases = [
+            ("\"pump-a/*\"", "pump-a/fw.bin", true),
+            ("\"pump-a/*\"", "pump-a/beta/fw.bin", false),
+            ("\"*\"", "a/b", false),
+            ("\"*/*\"", "a/b", true),
+            ("\"fw-?.bin\"", "fw-1.bin", true),
+            ("\"fw-[0-9].bin\"", "fw-7.bin", true),
+            ("\"fw-[!0-9].bin\"", "fw-7.bin", false),
+            ("\"*.bin\"", "firmware.bin", true),
+            ("\"*.bin\"", "firmware.hex", false),
+            ("\"a*b*c\"", "axxbyyc", true),
+            ("\"a*b*c\"", "axxbyy", false),
+        ];
+        for (p, t, want) in cases {
+            assert_eq!(path_matches(&js(p), t), want, "{p} vs {t}");
+        }
+    }
+
+    #[test]
+    fn hash_prefix_matching() {
+        let h = crate::crypto::sha256(b"file-00001.bin");
+        let hex0 = b"0123456789abcdef"[(h[0] >> 4) as usize] as char;
+        let mut p = std::string::String::from("\"");
+        p.push(hex0);
+        p.push('"');
+        assert!(hex_prefix_matches(&js(&p), &h));
+    }
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        for bad in ["", "..", "a/b", "a\\b", "x\0"] {
+            assert!(check_role_name(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["/etc/passwd", "../x", "a/../b", "a//b", "a\\b", "./a"] {
+            assert!(check_target_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_target_path("pump-a/v1.2/fw.bin").is_ok());
+        assert!(check_role_name("bin-0a").is_ok());
+    }
+
+    #[test]
+    fn spec_versions() {
+        for (v, ok) in [("\"1.0\"", true), ("\"1.0.0\"", true), ("\"1.0.31\"", true), ("\"1.0.34\"", true),
+            ("\"2.0.0\"", false), ("\"1\"", false), ("\"1.x\"", false), ("\"1.0.0.0\"", false)] {
+            assert_eq!(spec_version_supported(&js(v)), ok, "{v}");
+        }
+    }
+
+    extern crate std;
+}

@@ -1,0 +1,652 @@
+//! The trusted-metadata set and the client workflow of TUF spec §5, with no I/O.
+//!
+//! Modelled on python-tuf's `TrustedMetadataSet`. The caller fetches bytes; this type decides.
+//! Order is enforced: root chain → timestamp → snapshot → targets → delegated roles. Every check
+//! uses the update start time fixed at construction (spec 5.1), never a clock.
+//!
+//! ```text
+//! new(storage, trusted_root, now)       root verified by itself (threshold of its root role)
+//! update_root(N+1.root.json)*           signed by the trusted root AND by itself; version N+1;
+//!                                       at most `max_root_rotations` per update
+//! load_trusted_timestamp(local)?        previous timestamp: the rollback baseline. Fails when the
+//!                                       timestamp keys rotated -> dropped (fast-forward recovery)
+//! update_timestamp(remote)              root unexpired; threshold; no rollback of timestamp or of
+//!                                       the snapshot version it names; unexpired. Same version:
+//!                                       Ok(Unchanged), the trusted one stays (and must be unexpired)
+//! load_trusted_snapshot(local)?         baseline; `Current` means no download needed
+//! update_snapshot(remote)               hashes+length from timestamp; threshold; version as the
+//!                                       timestamp says; no role removed or rolled back; unexpired
+//! update_targets(local or remote)       hashes+length+version from snapshot; threshold; unexpired
+//! find_target(path, source)             pre-order DFS over delegations; each delegated role is
+//!                                       verified against the delegator that led to it
+//! ```
+//!
+//! A failed call leaves the set exactly as it was. Storage is the caller's: four buffers (one per
+//! top-level role) sized for its repository — a few KiB each on a microcontroller.
+
+use heapless::Vec as HVec;
+
+use crate::crypto::sha256;
+use crate::error::{Error, Name, Role};
+use crate::json::Value;
+use crate::limits::{DEFAULT_MAX_ROOT_ROTATIONS, MAX_DELEGATION_DEPTH, MAX_DELEGATION_VISITS, MAX_NAME_LEN};
+use crate::metadata::{
+    check_role_name, DelegatedRole, Envelope, Header, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp,
+};
+use crate::time::UnixTime;
+use crate::verify::verify_threshold;
+
+/// Storage for the four top-level roles. Any byte buffer works: `[u8; N]`, `&mut [u8]`, `Vec<u8>`
+/// (its current length is the capacity).
+#[derive(Debug)]
+pub struct Storage<B> {
+    pub root: B,
+    pub timestamp: B,
+    pub snapshot: B,
+    pub targets: B,
+}
+
+#[cfg(feature = "alloc")]
+impl Storage<alloc::vec::Vec<u8>> {
+    /// Heap buffers of `capacity` bytes each (hosts).
+    pub fn with_capacity(capacity: usize) -> Self {
+        let v = || alloc::vec![0u8; capacity];
+        Storage { root: v(), timestamp: v(), snapshot: v(), targets: v() }
+    }
+}
+
+/// Result of an update that may have nothing new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// New metadata was verified and is now trusted.
+    Updated { version: u64 },
+    /// The same version as the trusted one: nothing changed.
+    Unchanged { version: u64 },
+}
+
+/// Whether a locally stored snapshot is what the new timestamp names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Matches the timestamp and is unexpired: no download needed.
+    Current,
+    /// Kept as the rollback baseline only; download the snapshot the timestamp names.
+    Stale,
+}
+
+/// The trusted-metadata set. See the module documentation for the call order.
+#[derive(Debug)]
+pub struct TrustedSet<B> {
+    store: Storage<B>,
+    len: [usize; 4],
+    now: UnixTime,
+    max_root_rotations: u32,
+    rotations: u32,
+    /// the stored snapshot passed the final checks (version named by timestamp, unexpired)
+    snapshot_final: bool,
+}
+
+fn idx(r: Role) -> usize {
+    match r {
+        Role::Root => 0,
+        Role::Timestamp => 1,
+        Role::Snapshot => 2,
+        Role::Targets => 3,
+    }
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
+    /// Start an update from a trusted root (shipped with the device, or stored by the last
+    /// update). `now` is the update start time used for every expiry check.
+    pub fn new(store: Storage<B>, trusted_root: &[u8], now: UnixTime) -> Result<Self, Error> {
+        let mut set = TrustedSet {
+            store,
+            len: [0; 4],
+            now,
+            max_root_rotations: DEFAULT_MAX_ROOT_ROTATIONS,
+            rotations: 0,
+            snapshot_final: false,
+        };
+        let env = Envelope::parse(trusted_root, "root")?;
+        let root = Root::parse(&env.signed)?;
+        verify_threshold(&env, &root.role("root")?)?;
+        set.put(Role::Root, trusted_root)?;
+        Ok(set)
+    }
+
+    /// Cap the root versions applied in this update (default
+    /// [`DEFAULT_MAX_ROOT_ROTATIONS`](crate::limits::DEFAULT_MAX_ROOT_ROTATIONS)).
+    pub fn with_max_root_rotations(mut self, cap: u32) -> Self {
+        self.max_root_rotations = cap;
+        self
+    }
+
+    /// The update start time.
+    pub fn now(&self) -> UnixTime {
+        self.now
+    }
+
+    /// Verified bytes of a top-level role, exactly as received (to persist them).
+    pub fn stored(&self, role: Role) -> Option<&[u8]> {
+        let n = self.len[idx(role)];
+        if n == 0 {
+            return None;
+        }
+        self.buf(role).get(..n)
+    }
+
+    /// Give the storage back (e.g. to reuse the buffers for the next update).
+    pub fn into_storage(self) -> Storage<B> {
+        self.store
+    }
+
+    fn buf(&self, role: Role) -> &[u8] {
+        match role {
+            Role::Root => self.store.root.as_ref(),
+            Role::Timestamp => self.store.timestamp.as_ref(),
+            Role::Snapshot => self.store.snapshot.as_ref(),
+            Role::Targets => self.store.targets.as_ref(),
+        }
+    }
+
+    fn put(&mut self, role: Role, bytes: &[u8]) -> Result<(), Error> {
+        let buf = match role {
+            Role::Root => self.store.root.as_mut(),
+            Role::Timestamp => self.store.timestamp.as_mut(),
+            Role::Snapshot => self.store.snapshot.as_mut(),
+            Role::Targets => self.store.targets.as_mut(),
+        };
+        let capacity = buf.len();
+        let dst = buf
+            .get_mut(..bytes.len())
+            .ok_or(Error::StorageTooSmall { role, capacity, needed: bytes.len() })?;
+        dst.copy_from_slice(bytes);
+        self.len[idx(role)] = bytes.len();
+        Ok(())
+    }
+
+    fn signed(&self, role: Role) -> Option<Envelope<'_>> {
+        // stored bytes were parsed before they were stored: this cannot fail
+        Envelope::parse(self.stored(role)?, role.as_str()).ok()
+    }
+
+    /// The trusted root.
+    pub fn root(&self) -> Root<'_> {
+        // set in `new`, replaced only by verified roots
+        match self.signed(Role::Root).map(|e| Root::parse(&e.signed)) {
+            Some(Ok(r)) => r,
+            _ => unreachable_root(),
+        }
+    }
+
+    pub fn timestamp(&self) -> Option<Timestamp<'_>> {
+        self.signed(Role::Timestamp).and_then(|e| Timestamp::parse(&e.signed).ok())
+    }
+
+    pub fn snapshot(&self) -> Option<Snapshot<'_>> {
+        self.signed(Role::Snapshot).and_then(|e| Snapshot::parse(&e.signed).ok())
+    }
+
+    pub fn targets(&self) -> Option<Targets<'_>> {
+        self.signed(Role::Targets).and_then(|e| Targets::parse(&e.signed, Name::new("targets")).ok())
+    }
+
+    fn check_root_unexpired(&self) -> Result<(), Error> {
+        let root = self.root();
+        if root.header.expires <= self.now {
+            return Err(Error::ExpiredRoot { expires: root.header.expires, now: self.now });
+        }
+        Ok(())
+    }
+
+    fn check_unexpired(&self, role: Name, h: &Header) -> Result<(), Error> {
+        if h.expires <= self.now {
+            return Err(Error::Expired { role, expires: h.expires, now: self.now });
+        }
+        Ok(())
+    }
+
+    // --- root --------------------------------------------------------------------------------
+
+    /// Apply the next root version (spec 5.3).
+    pub fn update_root(&mut self, bytes: &[u8]) -> Result<u64, Error> {
+        if self.len[idx(Role::Timestamp)] != 0 {
+            return Err(Error::WrongOrder { operation: "update_root", requires: "no timestamp loaded yet" });
+        }
+        if self.rotations >= self.max_root_rotations {
+            return Err(Error::TooManyRootRotations { cap: self.max_root_rotations });
+        }
+        let trusted = self.root();
+        let env = Envelope::parse(bytes, "root")?;
+        // signed by the trusted root's root role (before reading anything else of it)
+        verify_threshold(&env, &trusted.role("root")?)?;
+        let new = Root::parse(&env.signed)?;
+        if new.header.version != trusted.header.version + 1 {
+            return Err(Error::RootVersionNotNext { trusted: trusted.header.version, received: new.header.version });
+        }
+        // and by its own root role
+        verify_threshold(&env, &new.role("root")?)?;
+        let version = new.header.version;
+        self.put(Role::Root, bytes)?;
+        self.rotations += 1;
+        Ok(version)
+    }
+
+    // --- timestamp ---------------------------------------------------------------------------
+
+    /// Load the previously trusted timestamp (from the device's storage) as the rollback baseline.
+    /// Expiry is not checked. An error here means "drop it": in particular, after the timestamp
+    /// keys rotated it no longer verifies, which is the fast-forward-attack recovery of spec 5.3.11.
+    pub fn load_trusted_timestamp(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if self.len[idx(Role::Timestamp)] != 0 {
+            return Err(Error::WrongOrder { operation: "load_trusted_timestamp", requires: "no timestamp loaded yet" });
+        }
+        self.check_root_unexpired()?;
+        let env = Envelope::parse(bytes, "timestamp")?;
+        verify_threshold(&env, &self.root().role("timestamp")?)?;
+        Timestamp::parse(&env.signed)?;
+        self.put(Role::Timestamp, bytes)
+    }
+
+    /// Verify a new timestamp (spec 5.4).
+    pub fn update_timestamp(&mut self, bytes: &[u8]) -> Result<Update, Error> {
+        if self.len[idx(Role::Snapshot)] != 0 {
+            return Err(Error::WrongOrder { operation: "update_timestamp", requires: "no snapshot loaded yet" });
+        }
+        self.check_root_unexpired()?;
+        let name = Name::new("timestamp");
+        let env = Envelope::parse(bytes, "timestamp")?;
+        verify_threshold(&env, &self.root().role("timestamp")?)?;
+        let new = Timestamp::parse(&env.signed)?;
+        if let Some(old) = self.timestamp() {
+            if new.header.version < old.header.version {
+                return Err(Error::Rollback { role: name, trusted: old.header.version, received: new.header.version });
+            }
+            if new.header.version == old.header.version {
+                self.check_unexpired(name, &old.header)?;
+                return Ok(Update::Unchanged { version: old.header.version });
+            }
+            if new.snapshot.version < old.snapshot.version {
+                return Err(Error::Rollback {
+                    role: Name::new("snapshot"),
+                    trusted: old.snapshot.version,
+                    received: new.snapshot.version,
+                });
+            }
+        }
+        self.check_unexpired(name, &new.header)?;
+        let version = new.header.version;
+        self.put(Role::Timestamp, bytes)?;
+        Ok(Update::Updated { version })
+    }
+
+    fn final_timestamp(&self) -> Result<Timestamp<'_>, Error> {
+        let ts = self
+            .timestamp()
+            .ok_or(Error::WrongOrder { operation: "snapshot update", requires: "a timestamp" })?;
+        self.check_unexpired(Name::new("timestamp"), &ts.header)?;
+        Ok(ts)
+    }
+
+    // --- snapshot ----------------------------------------------------------------------------
+
+    /// Load the previously trusted snapshot (the rollback baseline for the next one). Its hashes
+    /// are not checked against the new timestamp (it may be older); its signatures are.
+    pub fn load_trusted_snapshot(&mut self, bytes: &[u8]) -> Result<Freshness, Error> {
+        if self.len[idx(Role::Snapshot)] != 0 {
+            return Err(Error::WrongOrder { operation: "load_trusted_snapshot", requires: "no snapshot loaded yet" });
+        }
+        let (ts_version, expected) = {
+            let ts = self.final_timestamp()?;
+            (ts.header.version, ts.snapshot.version)
+        };
+        let _ = ts_version;
+        let env = Envelope::parse(bytes, "snapshot")?;
+        verify_threshold(&env, &self.root().role("snapshot")?)?;
+        let snap = Snapshot::parse(&env.signed)?;
+        let fresh = snap.header.version == expected && snap.header.expires > self.now;
+        self.put(Role::Snapshot, bytes)?;
+        self.snapshot_final = fresh;
+        Ok(if fresh { Freshness::Current } else { Freshness::Stale })
+    }
+
+    /// Verify a new snapshot (spec 5.5).
+    pub fn update_snapshot(&mut self, bytes: &[u8]) -> Result<Update, Error> {
+        if self.len[idx(Role::Targets)] != 0 {
+            return Err(Error::WrongOrder { operation: "update_snapshot", requires: "no targets loaded yet" });
+        }
+        let name = Name::new("snapshot");
+        let expected = {
+            let ts = self.final_timestamp()?;
+            ts.snapshot.verify_bytes(bytes, Name::new("snapshot.json"))?;
+            ts.snapshot.version
+        };
+        let env = Envelope::parse(bytes, "snapshot")?;
+        verify_threshold(&env, &self.root().role("snapshot")?)?;
+        let new = Snapshot::parse(&env.signed)?;
+        if let Some(old) = self.snapshot() {
+            if new.header.version < old.header.version {
+                return Err(Error::Rollback { role: name, trusted: old.header.version, received: new.header.version });
+            }
+            for (k, v) in old.meta.members() {
+                let role = Name::from_json(&k);
+                let old_version = v.as_object().and_then(|o| o.get("version").ok().flatten()).and_then(|v| v.as_u64());
+                let new_entry = new.meta.get_by(|nk| *nk == k).map_err(|error| Error::Json { role: name, error })?;
+                let Some(new_entry) = new_entry else { return Err(Error::MissingFromSnapshot { role }) };
+                let new_version = new_entry.as_object().and_then(|o| o.get("version").ok().flatten()).and_then(|v| v.as_u64());
+                if let (Some(o), Some(n)) = (old_version, new_version) {
+                    if n < o {
+                        return Err(Error::Rollback { role, trusted: o, received: n });
+                    }
+                }
+            }
+        }
+        if new.header.version != expected {
+            return Err(Error::VersionMismatch { role: name, expected, received: new.header.version });
+        }
+        self.check_unexpired(name, &new.header)?;
+        let version = new.header.version;
+        self.put(Role::Snapshot, bytes)?;
+        self.snapshot_final = true;
+        Ok(Update::Updated { version })
+    }
+
+    fn final_snapshot(&self) -> Result<Snapshot<'_>, Error> {
+        let snap = self
+            .snapshot()
+            .filter(|_| self.snapshot_final)
+            .ok_or(Error::WrongOrder { operation: "targets update", requires: "a current snapshot" })?;
+        self.check_unexpired(Name::new("snapshot"), &snap.header)?;
+        Ok(snap)
+    }
+
+    // --- targets -----------------------------------------------------------------------------
+
+    /// Verify top-level targets (spec 5.6), from local storage or the repository.
+    pub fn update_targets(&mut self, bytes: &[u8]) -> Result<Update, Error> {
+        if self.len[idx(Role::Targets)] != 0 {
+            return Err(Error::WrongOrder { operation: "update_targets", requires: "no targets loaded yet" });
+        }
+        let name = Name::new("targets");
+        let meta = {
+            let snap = self.final_snapshot()?;
+            let m = snap.role("targets")?.ok_or(Error::NotInSnapshot { role: name })?;
+            (m.version, m.length, m.hashes.is_some())
+        };
+        // re-borrow for the checks that need the MetaFile
+        {
+            let snap = self.final_snapshot()?;
+            if let Some(m) = snap.role("targets")? {
+                m.verify_bytes(bytes, Name::new("targets.json"))?;
+            }
+        }
+        let env = Envelope::parse(bytes, "targets")?;
+        verify_threshold(&env, &self.root().role("targets")?)?;
+        let new = Targets::parse(&env.signed, name)?;
+        if new.header.version != meta.0 {
+            return Err(Error::VersionMismatch { role: name, expected: meta.0, received: new.header.version });
+        }
+        self.check_unexpired(name, &new.header)?;
+        let version = new.header.version;
+        self.put(Role::Targets, bytes)?;
+        Ok(Update::Updated { version })
+    }
+
+    /// The snapshot entry for a delegated role (what to fetch: its version, maybe length/hashes).
+    pub fn delegated_meta(&self, role: &str) -> Result<MetaFile<'_>, Error> {
+        self.final_snapshot()?.role(role)?.ok_or(Error::NotInSnapshot { role: Name::new(role) })
+    }
+
+    /// Verify delegated role `name` against `delegator` (verified metadata that delegates to it)
+    /// and the trusted snapshot: length, hashes, threshold of the delegator's keys for it, version
+    /// as the snapshot says, expiry. The caller passes the delegator that led it here; a role
+    /// reachable from several delegators is checked against each separately (never cached by name).
+    pub fn verify_delegated<'b>(&self, delegator: &Targets<'_>, name: &str, bytes: &'b [u8]) -> Result<Targets<'b>, Error> {
+        check_role_name(name)?;
+        let role = Name::new(name);
+        let delegations = delegator.delegations.ok_or(Error::NotInSnapshot { role })?;
+        let meta = self.delegated_meta(name)?;
+        meta.verify_bytes(bytes, role)?;
+        let env = Envelope::parse(bytes, name)?;
+        let keys = if let Some(roles) = delegations.roles {
+            let entry = roles
+                .iter()
+                .filter_map(|v| v.as_object())
+                .filter_map(|o| DelegatedRole::parse(&o, role).ok())
+                .find(|r| r.name.eq_str(name))
+                .ok_or(Error::NotInSnapshot { role })?;
+            entry.keys(delegations.keys)
+        } else if let Some(s) = delegations.succinct {
+            if !is_bin_of(&s, name) {
+                return Err(Error::NotInSnapshot { role });
+            }
+            s.keys(delegations.keys, name)
+        } else {
+            return Err(Error::NotInSnapshot { role });
+        };
+        verify_threshold(&env, &keys)?;
+        let t = Targets::parse(&env.signed, role)?;
+        if t.header.version != meta.version {
+            return Err(Error::VersionMismatch { role, expected: meta.version, received: t.header.version });
+        }
+        self.check_unexpired(role, &t.header)?;
+        Ok(t)
+    }
+
+    /// Find `path` (spec 5.6.7): top-level targets first, then a pre-order depth-first walk of the
+    /// delegations that match it, in priority order. A terminating delegation ends the walk once
+    /// its subtree is done; at most [`MAX_DELEGATION_VISITS`] roles are fetched. `source` fetches
+    /// delegated roles; its errors come back apart from trust errors.
+    pub fn find_target<S: RoleSource>(&self, path: &str, source: &mut S) -> Result<Option<Found<'_, S::Buf>>, SearchError<S::Error>> {
+        let top_bytes = self
+            .stored(Role::Targets)
+            .ok_or(SearchError::Trust(Error::WrongOrder { operation: "find_target", requires: "targets" }))?;
+        let top = self.targets().ok_or(SearchError::Trust(Error::WrongOrder { operation: "find_target", requires: "targets" }))?;
+        if top.target(path, Name::new("targets"))?.is_some() {
+            return Ok(Some(Found { role: Name::new("targets"), holder: Holder::Top(top_bytes), path_hash: sha256(path.as_bytes()) }));
+        }
+        let hash = sha256(path.as_bytes());
+        let mut stack: HVec<Frame<S::Buf>, MAX_DELEGATION_DEPTH> = HVec::new();
+        let mut top_next = 0usize;
+        let mut visits = 0u32;
+        loop {
+            // 1. the next matching child of the current delegator, fetched and verified
+            let step = {
+                let (bytes, next, dname) = match stack.last() {
+                    Some(f) => (f.buf.as_ref(), f.next, f.name),
+                    None => (top_bytes, top_next, Name::new("targets")),
+                };
+                let env = Envelope::parse(bytes, dname.as_str())?;
+                let delegator = Targets::parse(&env.signed, dname)?;
+                match next_child(&delegator, path, &hash, next)? {
+                    None => Step::Exhausted,
+                    Some((after, child_name, terminating)) => {
+                        let cname = child_name.as_str();
+                        let on_stack = cname == "targets" || stack.iter().any(|f| f.name == cname);
+                        if on_stack || child_name.is_truncated() {
+                            // a cycle: skip it, like python-tuf skips visited roles
+                            Step::Skip { after }
+                        } else {
+                            visits += 1;
+                            if visits > MAX_DELEGATION_VISITS {
+                                return Err(SearchError::Trust(Error::TooManyDelegations { cap: MAX_DELEGATION_VISITS }));
+                            }
+                            check_role_name(cname)?;
+                            let meta = self.delegated_meta(cname)?;
+                            let buf = source.fetch_role(cname, &meta).map_err(SearchError::Fetch)?;
+                            let child = self.verify_delegated(&delegator, cname, buf.as_ref())?;
+                            let has = child.target(path, child_name)?.is_some();
+                            Step::Child { after, name: child_name, terminating, has, buf }
+                        }
+                    }
+                }
+            };
+            // 2. move along
+            match step {
+                Step::Exhausted => match stack.pop() {
+                    None => return Ok(None),
+                    Some(f) if f.terminating => return Ok(None),
+                    Some(_) => {}
+                },
+                Step::Skip { after } => set_next(&mut stack, &mut top_next, after),
+                Step::Child { after, name, terminating, has, buf } => {
+                    set_next(&mut stack, &mut top_next, after);
+                    if has {
+                        return Ok(Some(Found { role: name, holder: Holder::Delegated(buf), path_hash: hash }));
+                    }
+                    stack
+                        .push(Frame { name, buf, next: 0, terminating })
+                        .map_err(|_| SearchError::Trust(Error::DelegationTooDeep { role: name }))?;
+                }
+            }
+        }
+    }
+}
+
+fn unreachable_root() -> ! {
+    // `root()` re-reads bytes this type verified and stored itself; a failure here means memory
+    // corruption. Stop rather than trust anything.
+    #[allow(clippy::panic)]
+    {
+        panic!("trusted root storage corrupted")
+    }
+}
+
+fn set_next<B>(stack: &mut HVec<Frame<B>, MAX_DELEGATION_DEPTH>, top_next: &mut usize, after: usize) {
+    match stack.last_mut() {
+        Some(f) => f.next = after,
+        None => *top_next = after,
+    }
+}
+
+enum Step<B> {
+    Exhausted,
+    Skip { after: usize },
+    Child { after: usize, name: Name, terminating: bool, has: bool, buf: B },
+}
+
+struct Frame<B> {
+    name: Name,
+    buf: B,
+    next: usize,
+    terminating: bool,
+}
+
+/// The first delegation at or after index `from` that matches `path`: (index after it, role
+/// name, terminating).
+fn next_child(d: &Targets<'_>, path: &str, hash: &[u8; 32], from: usize) -> Result<Option<(usize, Name, bool)>, Error> {
+    let Some(del) = d.delegations else { return Ok(None) };
+    if let Some(s) = del.succinct {
+        if from > 0 {
+            return Ok(None);
+        }
+        let mut buf = [0u8; MAX_NAME_LEN];
+        let name = s.bin_name(s.bin_of(hash), &mut buf).ok_or(Error::BadSuccinctRoles { reason: "name_prefix too long" })?;
+        // succinct bins are terminating: a target belongs to exactly one bin
+        return Ok(Some((1, Name::new(name), true)));
+    }
+    let Some(roles) = del.roles else { return Ok(None) };
+    for (i, v) in roles.iter().enumerate().skip(from) {
+        let Some(o) = v.as_object() else { continue };
+        let r = DelegatedRole::parse(&o, Name::new("delegations"))?;
+        if r.matches(path, hash) {
+            return Ok(Some((i + 1, Name::from_json(&r.name), r.terminating)));
+        }
+    }
+    Ok(None)
+}
+
+fn is_bin_of(s: &crate::metadata::SuccinctRoles<'_>, name: &str) -> bool {
+    let prefix_len = s.name_prefix.decoded_len();
+    let Some(rest) = name.get(prefix_len..) else { return false };
+    let Some(hex) = rest.strip_prefix('-') else { return false };
+    if !s.name_prefix.eq_bytes(name.as_bytes().get(..prefix_len).unwrap_or(&[])) || hex.len() != s.suffix_len() {
+        return false;
+    }
+    if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return false;
+    }
+    u64::from_str_radix(hex, 16).is_ok_and(|bin| bin < (1u64 << s.bit_length))
+}
+
+/// Where delegated roles come from during a search (HTTP, flash, a bundle, a directory).
+pub trait RoleSource {
+    /// Bytes of one role; kept while its subtree is searched.
+    type Buf: AsRef<[u8]>;
+    /// Transport errors, kept apart from trust errors.
+    type Error;
+    /// Fetch delegated role `name` at `meta.version` (`N.name.json` with consistent snapshots).
+    /// The source must refuse more than `meta.length` bytes when it is given, and otherwise bound
+    /// what it reads.
+    fn fetch_role(&mut self, name: &str, meta: &MetaFile<'_>) -> Result<Self::Buf, Self::Error>;
+}
+
+/// A search failure: a trust decision, or the source could not deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchError<E> {
+    Trust(Error),
+    Fetch(E),
+}
+
+impl<E> From<Error> for SearchError<E> {
+    fn from(e: Error) -> Self {
+        SearchError::Trust(e)
+    }
+}
+
+impl<E: core::fmt::Display> core::fmt::Display for SearchError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SearchError::Trust(e) => write!(f, "{e}"),
+            SearchError::Fetch(e) => write!(f, "fetching delegated metadata: {e}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl<E: core::fmt::Debug + core::fmt::Display> std::error::Error for SearchError<E> {}
+
+/// A target found by [`TrustedSet::find_target`], with the verified role that lists it.
+#[derive(Debug)]
+pub struct Found<'s, B> {
+    role: Name,
+    holder: Holder<'s, B>,
+    path_hash: [u8; 32],
+}
+
+#[derive(Debug)]
+enum Holder<'s, B> {
+    Top(&'s [u8]),
+    Delegated(B),
+}
+
+impl<B: AsRef<[u8]>> Found<'_, B> {
+    /// The role that lists the target.
+    pub fn role(&self) -> Name {
+        self.role
+    }
+
+    /// The verified bytes of that role.
+    pub fn role_bytes(&self) -> &[u8] {
+        match &self.holder {
+            Holder::Top(b) => b,
+            Holder::Delegated(b) => b.as_ref(),
+        }
+    }
+
+    /// sha256 of the target path (for hashed-bin layouts).
+    pub fn path_hash(&self) -> [u8; 32] {
+        self.path_hash
+    }
+
+    /// The target entry (length, hashes, custom).
+    pub fn file(&self, path: &str) -> Result<TargetFile<'_>, Error> {
+        let env = Envelope::parse(self.role_bytes(), self.role.as_str())?;
+        let t = Targets::parse(&env.signed, self.role)?;
+        t.target(path, self.role)?.ok_or(Error::Field { role: self.role, field: "targets" })
+    }
+}
+
+/// Re-exported for shells that keep their own copy of the chain: the JSON value of `signed`.
+pub fn signed_value<'a>(bytes: &'a [u8], role: &str) -> Result<Value<'a>, Error> {
+    Ok(Value::Object(Envelope::parse(bytes, role)?.signed))
+}

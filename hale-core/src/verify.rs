@@ -1,0 +1,151 @@
+//! Threshold signature checks.
+//!
+//! A role is satisfied when at least `threshold` *distinct* keys that its delegator authorises have
+//! a valid signature over the canonical form of `signed`. Distinct means distinct key material: two
+//! key ids that name the same key count once. Signatures from keys the role does not list, and
+//! extra bad signatures, are ignored — they neither count nor fail metadata that meets its
+//! threshold. Keys we cannot use (an unknown scheme, RSA without `std`) are skipped, so a fleet of
+//! mixed devices can share one repository.
+
+use heapless::Vec as HVec;
+
+use crate::canonical::write_canonical;
+use crate::crypto::{hex_decode, PublicKey};
+use crate::error::{Error, Name};
+use crate::json::{Object, Value};
+use crate::limits::MAX_KEYS_PER_ROLE;
+use crate::metadata::{Envelope, RoleKeys};
+
+/// Signature entries tried for one key id (bounds work when an attacker repeats a key id).
+const MAX_SIGNATURES_PER_KEY: usize = 4;
+
+/// Longest signature accepted: RSA-4096 (512 bytes).
+const MAX_SIGNATURE_LEN: usize = 512;
+
+/// What each authorised key contributed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// A valid signature from this key.
+    Signed,
+    /// No signature entry carries this key id.
+    Missing,
+    /// A signature entry carries this key id but does not verify.
+    Invalid,
+    /// The key is listed but we cannot use it (reason), or duplicates a key already counted.
+    Unusable(&'static str),
+}
+
+/// Per-key result of a threshold check (for `hale-sign status`).
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub role: Name,
+    pub threshold: u32,
+    pub keys: HVec<(Name, KeyStatus), MAX_KEYS_PER_ROLE>,
+    /// Signature entries whose key id the role does not list.
+    pub unlisted: usize,
+}
+
+impl Report {
+    pub fn valid(&self) -> u32 {
+        self.keys.iter().filter(|(_, s)| *s == KeyStatus::Signed).count() as u32
+    }
+    pub fn met(&self) -> bool {
+        self.valid() >= self.threshold
+    }
+}
+
+/// Check every authorised key's signature on `env` and report, without deciding.
+pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Report, Error> {
+    let name = role.name;
+    if role.threshold == 0 || role.threshold > u64::from(u32::MAX) {
+        return Err(Error::BadThreshold { role: name, threshold: role.threshold, keys: role.keyids.len() });
+    }
+    let count = role.keyids.len();
+    if count > MAX_KEYS_PER_ROLE {
+        return Err(Error::TooManyKeys { role: name, count });
+    }
+    // the message must be canonicalisable at all (refuses duplicate keys anywhere in `signed`)
+    write_canonical(&Value::Object(env.signed), &mut crate::canonical::Counter::default())
+        .map_err(|error| Error::Json { role: name, error })?;
+
+    let mut report = Report { role: name, threshold: role.threshold as u32, keys: HVec::new(), unlisted: 0 };
+    let mut counted: HVec<PublicKey, MAX_KEYS_PER_ROLE> = HVec::new();
+    for kid in role.keyids.iter() {
+        let Some(kid) = kid.as_str() else {
+            return Err(Error::Field { role: name, field: "keyids" });
+        };
+        let kname = Name::from_json(&kid);
+        let status = match key_for(&role.keys, &kid) {
+            Err(reason) => KeyStatus::Unusable(reason),
+            Ok(key) if counted.iter().any(|k| k.same_key(&key)) => KeyStatus::Unusable("same key as another key id"),
+            Ok(key) => {
+                let s = signature_status(env, &kid, &key, name)?;
+                if s == KeyStatus::Signed {
+                    // bounded by the TooManyKeys check above
+                    let _ = counted.push(key);
+                }
+                s
+            }
+        };
+        let _ = report.keys.push((kname, status));
+    }
+    for sig in env.signatures.iter() {
+        let listed = sig
+            .as_object()
+            .and_then(|o| o.get("keyid").ok().flatten())
+            .and_then(|v| v.as_str())
+            .is_some_and(|k| role.keyids.iter().filter_map(|v| v.as_str()).any(|l| l == k));
+        if !listed {
+            report.unlisted += 1;
+        }
+    }
+    Ok(report)
+}
+
+/// Refuse unless the threshold is met.
+pub fn verify_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<(), Error> {
+    let report = check_signatures(env, role)?;
+    if report.met() {
+        Ok(())
+    } else {
+        Err(Error::ThresholdNotMet { role: role.name, threshold: report.threshold, valid: report.valid() })
+    }
+}
+
+fn key_for(keys: &Object<'_>, kid: &crate::json::JStr<'_>) -> Result<PublicKey, &'static str> {
+    let v = keys.get_by(|k| k == kid).map_err(|_| "duplicate key id in keys")?;
+    let o = v.and_then(|v| v.as_object()).ok_or("key id not in keys")?;
+    PublicKey::from_tuf(&o)
+}
+
+fn signature_status(
+    env: &Envelope<'_>,
+    kid: &crate::json::JStr<'_>,
+    key: &PublicKey,
+    role: Name,
+) -> Result<KeyStatus, Error> {
+    let mut tried = 0;
+    for sig in env.signatures.iter() {
+        let Some(o) = sig.as_object() else { continue };
+        let Some(k) = o.get("keyid").ok().flatten().and_then(|v| v.as_str()) else { continue };
+        if k != *kid {
+            continue;
+        }
+        tried += 1;
+        if tried > MAX_SIGNATURES_PER_KEY {
+            break;
+        }
+        let Some(s) = o.get("sig").ok().flatten().and_then(|v| v.as_str()) else { continue };
+        let mut hex = [0u8; MAX_SIGNATURE_LEN * 2];
+        let mut raw = [0u8; MAX_SIGNATURE_LEN];
+        let Some(hex) = s.decode_into(&mut hex) else { continue };
+        let Some(n) = hex_decode(hex.as_bytes(), &mut raw) else { continue };
+        let ok = key
+            .verify(raw.get(..n).unwrap_or(&[]), |sink| write_canonical(&Value::Object(env.signed), sink))
+            .map_err(|error| Error::Json { role, error })?;
+        if ok {
+            return Ok(KeyStatus::Signed);
+        }
+    }
+    Ok(if tried == 0 { KeyStatus::Missing } else { KeyStatus::Invalid })
+}
