@@ -1,0 +1,26 @@
+//! # hale-repo: writing TUF repositories
+//!
+//! The write side shared by `hale-sign` (offline) and `hale-server` (online timestamp and
+//! snapshot): keys encrypted at rest ([`keys`]), canonical signing ([`sign`]), metadata bodies
+//! ([`build`]) and the on-disk layout ([`layout`]). Nothing here decides trust: every file this
+//! crate writes is meant to be checked with `hale-core` before anyone relies on it.
+
+pub mod build;
+pub mod keys;
+pub mod layout;
+pub mod sign;
+
+pub use keys::{KeyKind, Passphrase, SigningKey};
+
+/// Errors of the write side.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Trust(#[from] hale_core::Error),
+}
