@@ -328,7 +328,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
                 return Err(Error::Rollback { role: name, trusted: old.header.version, received: new.header.version });
             }
             for (k, v) in old.meta.members() {
-                let role = Name::from_json(&k);
+                let role = role_of_meta_key(&k);
                 let old_version = v.as_object().and_then(|o| o.get("version").ok().flatten()).and_then(|v| v.as_u64());
                 let new_entry = new.meta.get_by(|nk| *nk == k).map_err(|error| Error::Json { role: name, error })?;
                 let Some(new_entry) = new_entry else { return Err(Error::MissingFromSnapshot { role }) };
@@ -499,6 +499,15 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
                 }
             }
         }
+    }
+}
+
+/// `pump-a.json` → `pump-a` (snapshot keys are file names; errors name roles).
+fn role_of_meta_key(k: &crate::json::JStr<'_>) -> Name {
+    let mut buf = [0u8; MAX_NAME_LEN + 8];
+    match k.decode_into(&mut buf) {
+        Some(s) => Name::new(s.strip_suffix(".json").unwrap_or(s)),
+        None => Name::from_json(k),
     }
 }
 

@@ -1,5 +1,9 @@
 //! Canonical signing. Canonical bytes always come from `hale-core`'s encoder, so the signer and
 //! every verifier agree byte for byte.
+//!
+//! Files are written as compact JSON with sorted keys, not in canonical form: OLPC canonical JSON
+//! leaves control characters raw (the newlines of a PEM key), which is not valid JSON for other
+//! parsers. Signatures cover the canonical form of `signed` as parsed, so both are equivalent.
 
 use serde_json::{json, Value};
 
@@ -17,7 +21,7 @@ pub fn canonical(v: &Value) -> Result<Vec<u8>, RepoError> {
 pub fn sign_new(signed: &Value, keys: &[&SigningKey]) -> Result<Vec<u8>, RepoError> {
     let msg = canonical(signed)?;
     let sigs: Vec<Value> = keys.iter().map(|k| json!({"keyid": k.keyid(), "sig": hex::encode(k.sign(&msg))})).collect();
-    canonical(&json!({"signatures": sigs, "signed": signed}))
+    to_file(&json!({"signatures": sigs, "signed": signed}))
 }
 
 /// Add (or replace) the signatures of `keys` on an existing envelope, keeping everyone else's.
@@ -35,7 +39,7 @@ pub fn add_signatures(envelope: &[u8], keys: &[&SigningKey]) -> Result<Vec<u8>, 
         sigs.retain(|s| s.get("keyid").and_then(|v| v.as_str()) != Some(kid.as_str()));
         sigs.push(json!({"keyid": kid, "sig": hex::encode(k.sign(&msg))}));
     }
-    canonical(&doc)
+    to_file(&doc)
 }
 
 /// The `signed` part of an envelope.
@@ -46,5 +50,12 @@ pub fn signed_of(envelope: &[u8]) -> Result<Value, RepoError> {
 
 /// Replace `signed` and drop every signature (the content changed: everyone signs again).
 pub fn unsigned(signed: &Value) -> Result<Vec<u8>, RepoError> {
-    canonical(&json!({"signatures": [], "signed": signed}))
+    to_file(&json!({"signatures": [], "signed": signed}))
+}
+
+/// The bytes of a metadata file: compact JSON, keys sorted, control characters escaped. Refuses
+/// what has no canonical form (floats), so every file written can be verified.
+pub fn to_file(doc: &Value) -> Result<Vec<u8>, RepoError> {
+    canonical(doc)?;
+    Ok(serde_json::to_vec(doc)?)
 }

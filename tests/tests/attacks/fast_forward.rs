@@ -1,0 +1,51 @@
+//! Fast-forward: a compromised online key pushes a huge version number, so that the real
+//! repository's metadata looks like a rollback forever. Rotating the key in root recovers
+//! (spec 5.3.11): the stored copy no longer verifies and is dropped.
+
+use hale_core::{Error, Name};
+use hale_repo::keys::KeyKind;
+use hale_tests::*;
+
+fn fast_forwarded() -> (RepoSim, Client) {
+    let mut r = RepoSim::new();
+    let mut c = Client::new(r.initial_root());
+    c.refresh(&r.files, NOW).unwrap();
+    // the attacker, holding the timestamp key, gets version 1000 onto the device
+    let tkey = r.timestamp.keys[0].clone();
+    let mut evil = r.files.clone();
+    evil.insert("timestamp.json".into(), resign(&r.files["timestamp.json"], &[&tkey], |s| s["version"] = 1000.into()));
+    c.refresh(&evil, NOW).unwrap();
+    assert_eq!(c.trusted().timestamp, Some(1000));
+    r.publish();
+    (r, c)
+}
+
+#[test]
+fn fast_forwarded_timestamp_blocks_updates_until_the_key_rotates() {
+    let (r, mut c) = fast_forwarded();
+    let before = c.trusted();
+    let err = c.refresh(&r.files, NOW).unwrap_err();
+    assert_eq!(err, ClientError::Trust(Error::Rollback { role: Name::new("timestamp"), trusted: 1000, received: 2 }));
+    assert_eq!(c.trusted(), before);
+}
+
+#[test]
+fn recovers_when_root_rotates_the_timestamp_key() {
+    let (mut r, mut c) = fast_forwarded();
+    r.rotate_root(|r| r.timestamp.keys = vec![key("timestamp-2", KeyKind::Ed25519)]);
+    r.publish();
+    c.refresh(&r.files, NOW).unwrap();
+    assert_eq!(c.trusted(), Trusted { root: 2, timestamp: Some(3), snapshot: Some(3), targets: Some(1) });
+}
+
+#[test]
+fn rotating_another_key_does_not_discard_the_timestamp_baseline() {
+    let (mut r, mut c) = fast_forwarded();
+    r.rotate_root(|r| r.targets.keys = vec![key("targets-2", KeyKind::Ed25519)]);
+    r.mark("targets");
+    r.publish();
+    let err = c.refresh(&r.files, NOW).unwrap_err();
+    assert_eq!(err, ClientError::Trust(Error::Rollback { role: Name::new("timestamp"), trusted: 1000, received: 3 }));
+    // root v2 verified, but the refresh as a whole failed: nothing was persisted
+    assert_eq!(c.trusted().root, 1);
+}

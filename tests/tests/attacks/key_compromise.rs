@@ -1,0 +1,113 @@
+//! Key compromise below threshold: one stolen key must not be enough where two are required,
+//! however the attacker arranges key ids and signatures.
+
+use hale_core::{Error, Name};
+use hale_repo::keys::{KeyKind, SigningKey};
+use hale_repo::sign;
+use hale_tests::*;
+use serde_json::json;
+
+fn two_of_three() -> (RepoSim, [SigningKey; 3]) {
+    let ks = [key("root-a", KeyKind::Ed25519), key("root-b", KeyKind::EcdsaP256), key("root-c", KeyKind::Ed25519)];
+    let mut r = RepoSim::new();
+    r.rotate_root(|r| {
+        r.root.keys = ks.to_vec();
+        r.root.threshold = 2;
+    });
+    (r, ks)
+}
+
+#[test]
+fn rejects_root_signed_by_one_of_two_required_keys() {
+    let (mut r, ks) = two_of_three();
+    let mut c = Client::new(r.initial_root());
+    c.refresh(&r.files, NOW).unwrap();
+    let before = c.trusted();
+    let evil = key("attacker", KeyKind::Ed25519);
+    let v3 = resign(&r.root_bytes(2), &[&ks[0]], |s| {
+        s["version"] = 3.into();
+        s["keys"][evil.keyid()] = evil.public();
+        s["roles"]["timestamp"]["keyids"] = json!([evil.keyid()]);
+    });
+    r.files.insert("3.root.json".into(), v3);
+    let err = c.refresh(&r.files, NOW).unwrap_err();
+    assert_eq!(err, ClientError::Trust(Error::ThresholdNotMet { role: Name::new("root"), threshold: 2, valid: 1 }));
+    assert_eq!(c.trusted(), before);
+}
+
+#[test]
+fn one_key_listed_under_two_key_ids_counts_once() {
+    let mut r = RepoSim::new();
+    let mut c = Client::new(r.initial_root());
+    let old = r.root.keys[0].clone();
+    let k = key("dup", KeyKind::Ed25519);
+    let mut doc: serde_json::Value = serde_json::from_slice(&r.root_bytes(1)).unwrap();
+    let s = &mut doc["signed"];
+    s["version"] = 2.into();
+    s["keys"]["dup-a"] = k.public();
+    s["keys"]["dup-b"] = k.public();
+    s["roles"]["root"] = json!({"keyids": ["dup-a", "dup-b"], "threshold": 2});
+    let msg = sign::canonical(s).unwrap();
+    let sig = hex::encode(k.sign(&msg));
+    let bytes = sign::to_file(&json!({
+        "signed": s,
+        "signatures": [
+            {"keyid": old.keyid(), "sig": hex::encode(old.sign(&msg))},
+            {"keyid": "dup-a", "sig": sig},
+            {"keyid": "dup-b", "sig": sig},
+        ],
+    }))
+    .unwrap();
+    r.files.insert("2.root.json".into(), bytes);
+    let err = c.refresh(&r.files, NOW).unwrap_err();
+    assert_eq!(err, ClientError::Trust(Error::ThresholdNotMet { role: Name::new("root"), threshold: 2, valid: 1 }));
+    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+}
+
+#[test]
+fn extra_bad_and_unlisted_signatures_do_not_fail_metadata_that_meets_its_threshold() {
+    let mut r = RepoSim::new();
+    let mut c = Client::new(r.initial_root());
+    let tkid = r.timestamp.keys[0].keyid();
+    let mut doc: serde_json::Value = serde_json::from_slice(&r.files["timestamp.json"]).unwrap();
+    let sigs = doc["signatures"].as_array_mut().unwrap();
+    // a bad signature from the listed key comes first, then an unknown key's
+    sigs.insert(0, json!({"keyid": tkid, "sig": "00".repeat(64)}));
+    sigs.push(json!({"keyid": "f".repeat(64), "sig": "ab"}));
+    r.files.insert("timestamp.json".into(), serde_json::to_vec(&doc).unwrap());
+    c.refresh(&r.files, NOW).unwrap();
+    assert_eq!(c.trusted().timestamp, Some(1));
+}
+
+#[test]
+fn rejects_rotation_signed_only_by_the_new_keys() {
+    let mut r = RepoSim::new();
+    let mut c = Client::new(r.initial_root());
+    let new = key("new-root", KeyKind::Ed25519);
+    let v2 = resign(&r.root_bytes(1), &[&new], |s| {
+        s["version"] = 2.into();
+        s["keys"][new.keyid()] = new.public();
+        s["roles"]["root"] = json!({"keyids": [new.keyid()], "threshold": 1});
+    });
+    r.files.insert("2.root.json".into(), v2);
+    let err = c.refresh(&r.files, NOW).unwrap_err();
+    assert_eq!(err, ClientError::Trust(Error::ThresholdNotMet { role: Name::new("root"), threshold: 1, valid: 0 }));
+    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+}
+
+#[test]
+fn rejects_rotation_not_signed_by_the_new_keys() {
+    let mut r = RepoSim::new();
+    let mut c = Client::new(r.initial_root());
+    let old = r.root.keys[0].clone();
+    let new = key("new-root", KeyKind::Ed25519);
+    let v2 = resign(&r.root_bytes(1), &[&old], |s| {
+        s["version"] = 2.into();
+        s["keys"][new.keyid()] = new.public();
+        s["roles"]["root"] = json!({"keyids": [new.keyid()], "threshold": 1});
+    });
+    r.files.insert("2.root.json".into(), v2);
+    let err = c.refresh(&r.files, NOW).unwrap_err();
+    assert_eq!(err, ClientError::Trust(Error::ThresholdNotMet { role: Name::new("root"), threshold: 1, valid: 0 }));
+    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+}

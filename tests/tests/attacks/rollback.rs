@@ -1,0 +1,123 @@
+//! Rollback: an attacker replays older metadata (or older firmware) to undo a fix.
+
+use hale_core::{Error, Name};
+use hale_tests::*;
+
+fn updated_twice() -> (RepoSim, Client, std::collections::BTreeMap<String, Vec<u8>>) {
+    let mut r = RepoSim::new();
+    r.add_target("targets", "fw.bin", b"v1", None);
+    r.publish();
+    let old = r.files.clone();
+    r.add_target("targets", "fw.bin", b"v2", None);
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    c.refresh(&r.files, NOW).unwrap();
+    (r, c, old)
+}
+
+#[test]
+fn rejects_rollback_when_timestamp_version_decreases() {
+    let (_r, mut c, old) = updated_twice();
+    let before = c.trusted();
+    let err = c.refresh(&old, NOW).unwrap_err();
+    assert_eq!(err, ClientError::Trust(Error::Rollback { role: Name::new("timestamp"), trusted: 3, received: 2 }));
+    assert_eq!(c.trusted(), before);
+}
+
+#[test]
+fn rejects_rollback_of_snapshot_version_named_by_timestamp() {
+    let (mut r, mut c, _) = updated_twice();
+    let before = c.trusted();
+    // a compromised timestamp key signs a newer timestamp naming an older snapshot
+    let tkey = r.timestamp.keys[0].clone();
+    let ts = resign(&r.files["timestamp.json"], &[&tkey], |s| {
+        s["version"] = 10.into();
+        s["meta"]["snapshot.json"]["version"] = 1.into();
+    });
+    r.files.insert("timestamp.json".into(), ts);
+    let err = c.refresh(&r.files, NOW).unwrap_err();
+    assert_eq!(err, ClientError::Trust(Error::Rollback { role: Name::new("snapshot"), trusted: 3, received: 1 }));
+    assert_eq!(c.trusted(), before);
+}
+
+#[test]
+fn rejects_rollback_of_targets_version_in_new_snapshot() {
+    let (mut r, mut c, _) = updated_twice();
+    let before = c.trusted();
+    // compromised online keys: a new snapshot that names targets v1 again
+    let (skey, tkey) = (r.snapshot.keys[0].clone(), r.timestamp.keys[0].clone());
+    let snap = resign(&r.files["3.snapshot.json"], &[&skey], |s| {
+        s["version"] = 4.into();
+        s["meta"]["targets.json"]["version"] = 1.into();
+    });
+    let ts = resign(&r.files["timestamp.json"], &[&tkey], |s| {
+        s["version"] = 4.into();
+        s["meta"]["snapshot.json"] = serde_json::json!({"version": 4});
+    });
+    r.files.insert("4.snapshot.json".into(), snap);
+    r.files.insert("timestamp.json".into(), ts);
+    let err = c.refresh(&r.files, NOW).unwrap_err();
+    assert_eq!(err, ClientError::Trust(Error::Rollback { role: Name::new("targets"), trusted: 3, received: 1 }));
+    assert_eq!(c.trusted(), before);
+}
+
+#[test]
+fn rejects_snapshot_that_drops_a_role() {
+    let mut r = RepoSim::new();
+    r.delegate("targets", "pump-a", &["pump-a/*"], true, vec![key("pump-a", hale_repo::keys::KeyKind::Ed25519)], 1);
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    c.refresh(&r.files, NOW).unwrap();
+    let before = c.trusted();
+    let (skey, tkey) = (r.snapshot.keys[0].clone(), r.timestamp.keys[0].clone());
+    let v = r.snapshot.version;
+    let snap = resign(&r.files[&format!("{v}.snapshot.json")], &[&skey], |s| {
+        s["version"] = (v + 1).into();
+        s["meta"].as_object_mut().unwrap().remove("pump-a.json");
+    });
+    let ts = resign(&r.files["timestamp.json"], &[&tkey], |s| {
+        s["version"] = (r.timestamp.version + 1).into();
+        s["meta"]["snapshot.json"] = serde_json::json!({"version": v + 1});
+    });
+    r.files.insert(format!("{}.snapshot.json", v + 1), snap);
+    r.files.insert("timestamp.json".into(), ts);
+    let err = c.refresh(&r.files, NOW).unwrap_err();
+    assert_eq!(err, ClientError::Trust(Error::MissingFromSnapshot { role: Name::new("pump-a") }));
+    assert_eq!(c.trusted(), before);
+}
+
+#[test]
+fn rejects_older_root_served_as_the_next_version() {
+    let mut r = RepoSim::new();
+    r.rotate_root(|_| {});
+    let mut c = Client::new(r.initial_root());
+    // the attacker serves root v1 where v2 is expected
+    let v1 = r.root_bytes(1);
+    r.files.insert("2.root.json".into(), v1);
+    let err = c.refresh(&r.files, NOW).unwrap_err();
+    assert_eq!(err, ClientError::Trust(Error::RootVersionNotNext { trusted: 1, received: 1 }));
+    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+}
+
+#[test]
+fn rejects_older_firmware_by_policy() {
+    use hale_core::policy::{evaluate, Device, PolicyError, Version};
+    let mut r = RepoSim::new();
+    let custom = serde_json::json!({"hardware": [{"model": "pump-a", "revisions": ["r1"]}], "version": "1.4.0", "security_counter": 2});
+    r.add_target("targets", "pump-a/fw.bin", b"old image", Some(custom));
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    let set = c.refresh(&r.files, NOW).unwrap();
+    let t = set.targets().unwrap().target("pump-a/fw.bin", Name::new("targets")).unwrap().unwrap();
+    let device = Device {
+        model: "pump-a",
+        revision: "r1",
+        running: Version::parse("1.5.0").unwrap(),
+        security_counter: 2,
+        bootloader: Version::new(1, 0, 0),
+    };
+    assert_eq!(
+        evaluate(t.custom.as_ref(), &device, false),
+        Err(PolicyError::NotNewer { running: Version::parse("1.5.0").unwrap(), offered: Version::parse("1.4.0").unwrap() })
+    );
+}
