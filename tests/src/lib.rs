@@ -7,6 +7,8 @@
 //! `hale-core`'s trusted set over such a map: it persists what verified, exactly like a device,
 //! so tests can assert that a rejected update left the trusted state where it was.
 
+pub mod peers;
+
 use std::collections::BTreeMap;
 
 use hale_core::trusted::{RoleSource, SearchError};
@@ -85,14 +87,20 @@ pub struct RepoSim {
 }
 
 impl RepoSim {
-    /// A repository with one key per role (root: ed25519 + ECDSA, threshold 1) — published once.
+    /// A repository with one key per role (targets ECDSA, the rest ed25519) — published once.
     pub fn new() -> Self {
+        Self::with_profile(Profile::Standard)
+    }
+
+    /// As [`new`](Self::new); the `Compat` profile (rust-tuf) uses ed25519 keys only.
+    pub fn with_profile(profile: Profile) -> Self {
+        let targets_kind = if profile == Profile::Compat { KeyKind::Ed25519 } else { KeyKind::EcdsaP256 };
         let mut sim = RepoSim {
-            profile: Profile::Standard,
+            profile,
             root: RoleState::new(vec![key("root-1", KeyKind::Ed25519)], 1, NOW + 365 * DAY),
             timestamp: RoleState::new(vec![key("timestamp", KeyKind::Ed25519)], 1, NOW + DAY),
             snapshot: RoleState::new(vec![key("snapshot", KeyKind::Ed25519)], 1, NOW + 7 * DAY),
-            targets: RoleState::new(vec![key("targets", KeyKind::EcdsaP256)], 1, NOW + 90 * DAY),
+            targets: RoleState::new(vec![key("targets", targets_kind)], 1, NOW + 90 * DAY),
             delegated: BTreeMap::new(),
             files: BTreeMap::new(),
             contents: BTreeMap::new(),
