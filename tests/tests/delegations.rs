@@ -1,0 +1,168 @@
+//! Target search through delegations (TUF spec 5.6.7): priority order, terminating roles, the
+//! visit cap, cycles, path hash prefixes and succinct hash bins. Cross-checked against what
+//! python-tuf's updater does for the same shapes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use hale_core::{Error, Name};
+use hale_repo::keys::KeyKind;
+use hale_tests::*;
+use serde_json::json;
+
+fn k(n: &str) -> hale_repo::keys::SigningKey {
+    key(n, KeyKind::Ed25519)
+}
+
+#[test]
+fn first_matching_delegation_wins_in_priority_order() {
+    let mut r = RepoSim::new();
+    r.delegate("targets", "first", &["fw-*"], false, vec![k("first")], 1);
+    r.delegate("targets", "second", &["fw-*"], false, vec![k("second")], 1);
+    r.add_target("first", "fw-1.bin", b"from first", None);
+    r.add_target("second", "fw-1.bin", b"from second", None);
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    // both list different bytes under one name: the files map holds both by hash, the
+    // higher-priority role decides which is fetched
+    assert_eq!(c.download(&r.files, "fw-1.bin", NOW).unwrap(), b"from first");
+}
+
+#[test]
+fn terminating_delegation_stops_the_search_after_its_subtree() {
+    let mut r = RepoSim::new();
+    r.delegate("targets", "term", &["fw-*"], true, vec![k("term")], 1);
+    r.delegate("targets", "later", &["fw-*"], false, vec![k("later")], 1);
+    r.add_target("later", "fw-2.bin", b"never reached", None);
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    assert_eq!(c.download(&r.files, "fw-2.bin", NOW).unwrap_err(), ClientError::NotFound("fw-2.bin".into()));
+    assert!(!c.fetched.iter().any(|f| f.contains("later")), "{:?}", c.fetched);
+
+    // without the terminating flag the search backtracks to the next delegation
+    let mut r2 = RepoSim::new();
+    r2.delegate("targets", "term", &["fw-*"], false, vec![k("term")], 1);
+    r2.delegate("targets", "later", &["fw-*"], false, vec![k("later")], 1);
+    r2.add_target("later", "fw-2.bin", b"reached", None);
+    r2.publish();
+    let mut c2 = Client::new(r2.initial_root());
+    assert_eq!(c2.download(&r2.files, "fw-2.bin", NOW).unwrap(), b"reached");
+}
+
+#[test]
+fn nested_delegations_are_walked_depth_first() {
+    let mut r = RepoSim::new();
+    r.delegate("targets", "pump-a", &["pump-a/*", "pump-a/*/*"], true, vec![k("pump-a")], 1);
+    r.delegate("pump-a", "pump-a-beta", &["pump-a/beta/*"], false, vec![k("beta")], 1);
+    r.add_target("pump-a-beta", "pump-a/beta/fw.bin", b"beta image", None);
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    assert_eq!(c.download(&r.files, "pump-a/beta/fw.bin", NOW).unwrap(), b"beta image");
+    let metas: Vec<_> = c.fetched.iter().filter(|f| f.ends_with(".json") && !f.contains("root")).cloned().collect();
+    assert!(metas.ends_with(&["1.pump-a.json".to_string(), "1.pump-a-beta.json".to_string()]), "{metas:?}");
+}
+
+#[test]
+fn delegation_cycles_are_skipped_and_the_visit_cap_holds() {
+    let mut r = RepoSim::new();
+    // a → b → a … : the cycle back to a is skipped
+    r.delegate("targets", "a", &["*"], false, vec![k("a")], 1);
+    r.delegate("a", "b", &["*"], false, vec![k("b")], 1);
+    let bkeys = vec![k("a")];
+    let entry = json!({"name": "a", "keyids": [bkeys[0].keyid()], "threshold": 1, "terminating": false, "paths": ["*"]});
+    let b = r.delegated.get_mut("b").unwrap();
+    b.delegations = Some(json!({"keys": {bkeys[0].keyid(): bkeys[0].public()}, "roles": [entry]}));
+    r.mark("b");
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    assert_eq!(c.download(&r.files, "none.bin", NOW).unwrap_err(), ClientError::NotFound("none.bin".into()));
+
+    // a wide fan-out: more matching roles than the cap
+    let mut r = RepoSim::new();
+    for i in 0..40 {
+        r.delegate("targets", &format!("r{i:02}"), &["*"], false, vec![k("fan")], 1);
+    }
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    assert_eq!(
+        c.download(&r.files, "none.bin", NOW).unwrap_err(),
+        ClientError::Trust(Error::TooManyDelegations { cap: hale_core::limits::MAX_DELEGATION_VISITS })
+    );
+}
+
+#[test]
+fn path_hash_prefixes_route_targets() {
+    use sha2::{Digest, Sha256};
+    let mut r = RepoSim::new();
+    let path = "catalog/item-42.bin";
+    let h = hex::encode(Sha256::digest(path.as_bytes()));
+    let (mine, other) = (h[..2].to_string(), if &h[..1] == "0" { "f" } else { "0" });
+    for (name, prefix) in [("other", other.to_string()), ("mine", mine)] {
+        let key = k(name);
+        let entry = json!({"name": name, "keyids": [key.keyid()], "threshold": 1, "terminating": false, "path_hash_prefixes": [prefix]});
+        let d = r.targets.delegations.get_or_insert_with(|| json!({"keys": {}, "roles": []}));
+        d["keys"][key.keyid()] = key.public();
+        d["roles"].as_array_mut().unwrap().push(entry);
+        r.delegated.insert(name.into(), RoleState { ..r.targets.clone() });
+        let st = r.delegated.get_mut(name).unwrap();
+        st.keys = vec![key];
+        st.targets = Default::default();
+        st.delegations = None;
+        st.version = 1;
+        r.mark(name);
+    }
+    r.mark("targets");
+    r.add_target("mine", path, b"routed by hash", None);
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    assert_eq!(c.download(&r.files, path, NOW).unwrap(), b"routed by hash");
+    assert!(!c.fetched.iter().any(|f| f.contains(".other.json")), "{:?}", c.fetched);
+}
+
+#[test]
+fn succinct_hash_bins_fetch_exactly_one_bin() {
+    let mut r = RepoSim::new();
+    r.delegate_bins("targets", 6, k("bins"));
+    let names: Vec<String> = (0..200).map(|i| format!("file-{i:04}.bin")).collect();
+    for n in &names {
+        let bin = hale_repo::build::bin_for(n, 6, "bin");
+        r.add_target(&bin, n, n.as_bytes(), None);
+    }
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    for n in names.iter().step_by(37) {
+        assert_eq!(c.download(&r.files, n, NOW).unwrap(), n.as_bytes());
+        let bins: Vec<_> = c.fetched.iter().filter(|f| f.contains(".bin-")).collect();
+        assert_eq!(bins.len(), 1, "{n}: {bins:?}");
+        assert_eq!(bins[0], &format!("1.{}.json", hale_repo::build::bin_for(n, 6, "bin")));
+    }
+}
+
+#[test]
+fn a_bin_role_signed_by_another_key_is_refused() {
+    let mut r = RepoSim::new();
+    r.delegate_bins("targets", 2, k("bins"));
+    let n = "file-1.bin";
+    let bin = hale_repo::build::bin_for(n, 2, "bin");
+    r.add_target(&bin, n, b"x", None);
+    r.delegated.get_mut(&bin).unwrap().signers = Some(vec![k("intruder")]);
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    assert_eq!(
+        c.download(&r.files, n, NOW).unwrap_err(),
+        ClientError::Trust(Error::ThresholdNotMet { role: Name::new(&bin), threshold: 1, valid: 0 })
+    );
+}
+
+#[test]
+fn a_device_agent_ignores_custom_fields_it_does_not_know() {
+    use hale_core::policy::{evaluate, Device, Version};
+    let mut r = RepoSim::new();
+    let custom = json!({"hardware": [{"model": "pump-a", "revisions": ["r1"], "x-radio": "ble5"}],
+        "version": "3.0.0", "security_counter": 1, "x-future": {"rollout": [1, 2, 3]}, "sbom": "pump-a/sbom.json"});
+    r.add_target("targets", "pump-a/fw.bin", b"fw", Some(custom));
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    let set = c.refresh(&r.files, NOW).unwrap();
+    let t = set.targets().unwrap().target("pump-a/fw.bin", Name::new("targets")).unwrap().unwrap();
+    let d = Device { model: "pump-a", revision: "r1", running: Version::new(2, 0, 0), security_counter: 1, bootloader: Version::new(1, 0, 0) };
+    assert_eq!(evaluate(t.custom.as_ref(), &d, false).unwrap().version, Version::new(3, 0, 0));
+}
