@@ -76,7 +76,10 @@ pub fn write_canonical<S: Sink + ?Sized>(value: &Value<'_>, sink: &mut S) -> Res
 }
 
 #[cfg(not(feature = "alloc"))]
-fn write_members<S: Sink + ?Sized>(o: &crate::json::Object<'_>, sink: &mut S) -> Result<(), JsonError> {
+fn write_members<S: Sink + ?Sized>(
+    o: &crate::json::Object<'_>,
+    sink: &mut S,
+) -> Result<(), JsonError> {
     use core::cmp::Ordering;
     let mut prev: Option<JStr<'_>> = None;
     let mut first = true;
@@ -118,7 +121,10 @@ fn write_members<S: Sink + ?Sized>(o: &crate::json::Object<'_>, sink: &mut S) ->
 }
 
 #[cfg(feature = "alloc")]
-fn write_members<S: Sink + ?Sized>(o: &crate::json::Object<'_>, sink: &mut S) -> Result<(), JsonError> {
+fn write_members<S: Sink + ?Sized>(
+    o: &crate::json::Object<'_>,
+    sink: &mut S,
+) -> Result<(), JsonError> {
     let mut members: alloc::vec::Vec<(JStr<'_>, Value<'_>)> = o.members().collect();
     members.sort_by(|a, b| a.0.cmp_decoded(&b.0));
     for pair in members.windows(2) {
@@ -224,7 +230,9 @@ mod tests {
     fn canon_str(input: &str) -> Result<&'static str, JsonError> {
         let (b, n) = canon(input)?;
         let s = core::str::from_utf8(&b[..n]).unwrap();
-        Ok(std::boxed::Box::leak(std::string::String::from(s).into_boxed_str()))
+        Ok(std::boxed::Box::leak(
+            std::string::String::from(s).into_boxed_str(),
+        ))
     }
 
     extern crate std;
@@ -240,24 +248,38 @@ mod tests {
     #[test]
     fn escapes_only_quote_and_backslash() {
         // \n decoded to a raw newline, é kept as UTF-8, \" and \\ kept escaped, \/ becomes /
-        assert_eq!(canon_str(r#"["a\nb\u00e9\"\\\/"]"#), Ok("[\"a\nbé\\\"\\\\/\"]"));
+        assert_eq!(
+            canon_str(r#"["a\nb\u00e9\"\\\/"]"#),
+            Ok("[\"a\nbé\\\"\\\\/\"]")
+        );
     }
 
     #[test]
     fn sorts_by_code_point_with_escaped_keys() {
-        assert_eq!(canon_str(r#"{"\u00e9":1,"z":2,"A":3}"#), Ok("{\"A\":3,\"z\":2,\"é\":1}"));
+        assert_eq!(
+            canon_str(r#"{"\u00e9":1,"z":2,"A":3}"#),
+            Ok("{\"A\":3,\"z\":2,\"é\":1}")
+        );
     }
 
     #[test]
     fn refuses_duplicate_keys() {
-        assert_eq!(canon_str(r#"{"a":1,"b":{"x":1,"x":2}}"#), Err(JsonError::DuplicateKey));
+        assert_eq!(
+            canon_str(r#"{"a":1,"b":{"x":1,"x":2}}"#),
+            Err(JsonError::DuplicateKey)
+        );
         // the same key spelled with an escape is still the same key
-        assert_eq!(canon_str(r#"{"a":1,"\u0061":2}"#), Err(JsonError::DuplicateKey));
+        assert_eq!(
+            canon_str(r#"{"a":1,"\u0061":2}"#),
+            Err(JsonError::DuplicateKey)
+        );
     }
 
     #[test]
     fn writes_negative_and_extreme_integers() {
-        assert_eq!(canon_str("[-5,0,9223372036854775807,-9223372036854775808]"),
-            Ok("[-5,0,9223372036854775807,-9223372036854775808]"));
+        assert_eq!(
+            canon_str("[-5,0,9223372036854775807,-9223372036854775808]"),
+            Ok("[-5,0,9223372036854775807,-9223372036854775808]")
+        );
     }
 }

@@ -51,14 +51,18 @@ impl PublicKey {
 
         if keytype.eq_str("ed25519") && scheme.eq_str("ed25519") {
             let mut raw = [0u8; 32];
-            hex_decode(public.as_bytes(), &mut raw).filter(|n| *n == 32).ok_or("ed25519 key is not 32 hex bytes")?;
+            hex_decode(public.as_bytes(), &mut raw)
+                .filter(|n| *n == 32)
+                .ok_or("ed25519 key is not 32 hex bytes")?;
             let k = EdKey::from_bytes(&raw).map_err(|_| "ed25519 key is not a curve point")?;
             if k.is_weak() {
                 return Err("ed25519 key has small order");
             }
             return Ok(PublicKey::Ed25519(k));
         }
-        if (keytype.eq_str("ecdsa") || keytype.eq_str("ecdsa-sha2-nistp256")) && scheme.eq_str("ecdsa-sha2-nistp256") {
+        if (keytype.eq_str("ecdsa") || keytype.eq_str("ecdsa-sha2-nistp256"))
+            && scheme.eq_str("ecdsa-sha2-nistp256")
+        {
             let mut der = [0u8; MAX_PEM_LEN];
             let k = if public.starts_with("-----BEGIN PUBLIC KEY-----") {
                 let n = pem_decode(public, &mut der).ok_or("malformed PEM")?;
@@ -66,15 +70,18 @@ impl PublicKey {
                 P256Key::from_public_key_der(der.get(..n).ok_or("malformed PEM")?)
                     .map_err(|_| "not a P-256 SubjectPublicKeyInfo")?
             } else {
-                let n = hex_decode(public.as_bytes(), &mut der).ok_or("P-256 key is neither PEM nor hex")?;
-                P256Key::from_sec1_bytes(der.get(..n).ok_or("bad key")?).map_err(|_| "not a P-256 point")?
+                let n = hex_decode(public.as_bytes(), &mut der)
+                    .ok_or("P-256 key is neither PEM nor hex")?;
+                P256Key::from_sec1_bytes(der.get(..n).ok_or("bad key")?)
+                    .map_err(|_| "not a P-256 point")?
             };
             return Ok(PublicKey::EcdsaP256(k));
         }
         #[cfg(feature = "std")]
         if keytype.eq_str("rsa") && scheme.eq_str("rsassa-pss-sha256") {
             use rsa::pkcs8::DecodePublicKey;
-            let k = rsa::RsaPublicKey::from_public_key_pem(public).map_err(|_| "not an RSA SubjectPublicKeyInfo")?;
+            let k = rsa::RsaPublicKey::from_public_key_pem(public)
+                .map_err(|_| "not an RSA SubjectPublicKeyInfo")?;
             if rsa::traits::PublicKeyParts::n(&k).bits() < 2048 {
                 return Err("RSA key shorter than 2048 bits");
             }
@@ -103,22 +110,30 @@ impl PublicKey {
     {
         match self {
             PublicKey::Ed25519(k) => {
-                let Ok(arr) = <[u8; 64]>::try_from(sig) else { return Ok(false) };
+                let Ok(arr) = <[u8; 64]>::try_from(sig) else {
+                    return Ok(false);
+                };
                 let sig = ed25519_dalek::Signature::from_bytes(&arr);
-                let Ok(mut v) = k.verify_stream(&sig) else { return Ok(false) };
+                let Ok(mut v) = k.verify_stream(&sig) else {
+                    return Ok(false);
+                };
                 write_msg(&mut EdSink(&mut v))?;
                 Ok(v.finalize_and_verify().is_ok())
             }
             PublicKey::EcdsaP256(k) => {
                 // DER, as securesystemslib writes and python-tuf requires (raw r||s is refused there too)
-                let Ok(sig) = p256::ecdsa::Signature::from_der(sig) else { return Ok(false) };
+                let Ok(sig) = p256::ecdsa::Signature::from_der(sig) else {
+                    return Ok(false);
+                };
                 let mut h = Sha256::new();
                 write_msg(&mut h)?;
                 Ok(k.verify_digest(h, &sig).is_ok())
             }
             #[cfg(feature = "std")]
             PublicKey::RsaPss(k) => {
-                let Ok(sig) = rsa::pss::Signature::try_from(sig) else { return Ok(false) };
+                let Ok(sig) = rsa::pss::Signature::try_from(sig) else {
+                    return Ok(false);
+                };
                 let vk = rsa::pss::VerifyingKey::<Sha256>::new((**k).clone());
                 let mut h = Sha256::new();
                 write_msg(&mut h)?;
@@ -151,7 +166,10 @@ pub fn hex_decode(s: &[u8], out: &mut [u8]) -> Option<usize> {
 
 /// Decode the body of a `PUBLIC KEY` PEM block into `out`.
 fn pem_decode(pem: &str, out: &mut [u8]) -> Option<usize> {
-    let body = pem.trim().strip_prefix("-----BEGIN PUBLIC KEY-----")?.strip_suffix("-----END PUBLIC KEY-----")?;
+    let body = pem
+        .trim()
+        .strip_prefix("-----BEGIN PUBLIC KEY-----")?
+        .strip_suffix("-----END PUBLIC KEY-----")?;
     let mut acc = 0u32;
     let mut bits = 0u32;
     let mut n = 0usize;
@@ -212,13 +230,19 @@ mod tests {
         // the identity point: every signature on every message would need special care
         let k = br#"{"keytype":"ed25519","scheme":"ed25519","keyval":{"public":"0100000000000000000000000000000000000000000000000000000000000000"}}"#;
         let o = parse(k).unwrap().as_object().unwrap();
-        assert_eq!(PublicKey::from_tuf(&o).err(), Some("ed25519 key has small order"));
+        assert_eq!(
+            PublicKey::from_tuf(&o).err(),
+            Some("ed25519 key has small order")
+        );
     }
 
     #[test]
     fn refuses_unknown_scheme() {
         let k = br#"{"keytype":"ed25519","scheme":"ed448","keyval":{"public":"00"}}"#;
         let o = parse(k).unwrap().as_object().unwrap();
-        assert_eq!(PublicKey::from_tuf(&o).err(), Some("unsupported keytype/scheme"));
+        assert_eq!(
+            PublicKey::from_tuf(&o).err(),
+            Some("unsupported keytype/scheme")
+        );
     }
 }

@@ -19,7 +19,11 @@ pub struct Name {
 
 impl Name {
     pub const fn empty() -> Self {
-        Name { buf: [0; MAX_NAME_LEN], len: 0, truncated: false }
+        Name {
+            buf: [0; MAX_NAME_LEN],
+            len: 0,
+            truncated: false,
+        }
     }
 
     pub fn new(s: &str) -> Self {
@@ -66,13 +70,23 @@ impl Name {
 
 impl fmt::Debug for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}{}", self.as_str(), if self.truncated { "…" } else { "" })
+        write!(
+            f,
+            "{:?}{}",
+            self.as_str(),
+            if self.truncated { "…" } else { "" }
+        )
     }
 }
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", self.as_str(), if self.truncated { "…" } else { "" })
+        write!(
+            f,
+            "{}{}",
+            self.as_str(),
+            if self.truncated { "…" } else { "" }
+        )
     }
 }
 
@@ -129,25 +143,49 @@ pub enum Error {
     /// A role lists more keys than [`crate::limits::MAX_KEYS_PER_ROLE`].
     TooManyKeys { role: Name, count: usize },
     /// A role's threshold is zero, or larger than the number of distinct keys it lists.
-    BadThreshold { role: Name, threshold: u64, keys: usize },
+    BadThreshold {
+        role: Name,
+        threshold: u64,
+        keys: usize,
+    },
     /// Fewer valid signatures from distinct authorized keys than the threshold.
-    ThresholdNotMet { role: Name, threshold: u32, valid: u32 },
+    ThresholdNotMet {
+        role: Name,
+        threshold: u32,
+        valid: u32,
+    },
     /// A new root's version is not the trusted version plus one.
     RootVersionNotNext { trusted: u64, received: u64 },
     /// More root rotations in one update than the configured cap.
     TooManyRootRotations { cap: u32 },
     /// A role's version went backwards (rollback attack).
-    Rollback { role: Name, trusted: u64, received: u64 },
+    Rollback {
+        role: Name,
+        trusted: u64,
+        received: u64,
+    },
     /// Metadata version differs from what the referencing metadata (timestamp, snapshot) says.
-    VersionMismatch { role: Name, expected: u64, received: u64 },
+    VersionMismatch {
+        role: Name,
+        expected: u64,
+        received: u64,
+    },
     /// A new snapshot no longer lists a role the trusted snapshot listed.
     MissingFromSnapshot { role: Name },
     /// The role is not listed in the trusted snapshot at all.
     NotInSnapshot { role: Name },
     /// Metadata whose `expires` is at or before the update start time (freeze attack).
-    Expired { role: Name, expires: UnixTime, now: UnixTime },
+    Expired {
+        role: Name,
+        expires: UnixTime,
+        now: UnixTime,
+    },
     /// Bytes longer or shorter than the length the referencing metadata fixed.
-    LengthMismatch { what: Name, expected: u64, received: u64 },
+    LengthMismatch {
+        what: Name,
+        expected: u64,
+        received: u64,
+    },
     /// Bytes whose hash differs from the referencing metadata.
     HashMismatch { what: Name, algorithm: &'static str },
     /// No hash algorithm we support (sha256, sha512) is listed for this file.
@@ -155,9 +193,16 @@ pub enum Error {
     /// More data than the limit for this download (endless-data attack).
     TooLarge { what: Name, limit: u64 },
     /// The caller's storage for this role is too small for the metadata.
-    StorageTooSmall { role: Role, capacity: usize, needed: usize },
+    StorageTooSmall {
+        role: Role,
+        capacity: usize,
+        needed: usize,
+    },
     /// A call made in the wrong order (e.g. snapshot before timestamp).
-    WrongOrder { operation: &'static str, requires: &'static str },
+    WrongOrder {
+        operation: &'static str,
+        requires: &'static str,
+    },
     /// Trusted root has expired at the end of the root update.
     ExpiredRoot { expires: UnixTime, now: UnixTime },
     /// Delegations nested deeper than [`crate::limits::MAX_DELEGATION_DEPTH`].
@@ -178,45 +223,97 @@ impl fmt::Display for Error {
         match self {
             Json { role, error } => write!(f, "{role}: {error}"),
             Field { role, field } => write!(f, "{role}: missing or malformed field `{field}`"),
-            WrongType { expected, found } => write!(f, "expected _type \"{expected}\", found \"{found}\""),
+            WrongType { expected, found } => {
+                write!(f, "expected _type \"{expected}\", found \"{found}\"")
+            }
             UnsupportedSpecVersion { role, found } => {
                 write!(f, "{role}: spec_version \"{found}\" is not 1.x")
             }
             BadExpires { role } => write!(f, "{role}: expires is not YYYY-MM-DDTHH:MM:SSZ"),
             BadKey { keyid, reason } => write!(f, "key {keyid}: {reason}"),
-            TooManyKeys { role, count } => write!(f, "{role}: lists {count} keys, more than the limit"),
-            BadThreshold { role, threshold, keys } => {
-                write!(f, "{role}: threshold {threshold} cannot be met with {keys} distinct keys")
+            TooManyKeys { role, count } => {
+                write!(f, "{role}: lists {count} keys, more than the limit")
             }
-            ThresholdNotMet { role, threshold, valid } => {
+            BadThreshold {
+                role,
+                threshold,
+                keys,
+            } => {
+                write!(
+                    f,
+                    "{role}: threshold {threshold} cannot be met with {keys} distinct keys"
+                )
+            }
+            ThresholdNotMet {
+                role,
+                threshold,
+                valid,
+            } => {
                 write!(f, "{role}: {valid} valid signatures from distinct authorized keys, threshold is {threshold}")
             }
             RootVersionNotNext { trusted, received } => {
-                write!(f, "root version {received} does not follow trusted version {trusted}")
+                write!(
+                    f,
+                    "root version {received} does not follow trusted version {trusted}"
+                )
             }
-            TooManyRootRotations { cap } => write!(f, "more than {cap} root rotations in one update"),
-            Rollback { role, trusted, received } => {
-                write!(f, "{role}: version {received} is older than trusted version {trusted} (rollback)")
+            TooManyRootRotations { cap } => {
+                write!(f, "more than {cap} root rotations in one update")
             }
-            VersionMismatch { role, expected, received } => {
-                write!(f, "{role}: version {received}, but {expected} was referenced")
+            Rollback {
+                role,
+                trusted,
+                received,
+            } => {
+                write!(
+                    f,
+                    "{role}: version {received} is older than trusted version {trusted} (rollback)"
+                )
+            }
+            VersionMismatch {
+                role,
+                expected,
+                received,
+            } => {
+                write!(
+                    f,
+                    "{role}: version {received}, but {expected} was referenced"
+                )
             }
             MissingFromSnapshot { role } => write!(f, "new snapshot no longer lists {role}"),
             NotInSnapshot { role } => write!(f, "{role} is not listed in the trusted snapshot"),
             Expired { role, expires, now } => {
                 write!(f, "{role}: expired at {expires} (update started at {now})")
             }
-            LengthMismatch { what, expected, received } => {
+            LengthMismatch {
+                what,
+                expected,
+                received,
+            } => {
                 write!(f, "{what}: length {received}, expected {expected}")
             }
-            HashMismatch { what, algorithm } => write!(f, "{what}: {algorithm} hash does not match"),
+            HashMismatch { what, algorithm } => {
+                write!(f, "{what}: {algorithm} hash does not match")
+            }
             NoSupportedHash { what } => write!(f, "{what}: no sha256 or sha512 hash listed"),
             TooLarge { what, limit } => write!(f, "{what}: more than {limit} bytes"),
-            StorageTooSmall { role, capacity, needed } => {
-                write!(f, "{role}: {needed} bytes do not fit the {capacity}-byte storage")
+            StorageTooSmall {
+                role,
+                capacity,
+                needed,
+            } => {
+                write!(
+                    f,
+                    "{role}: {needed} bytes do not fit the {capacity}-byte storage"
+                )
             }
-            WrongOrder { operation, requires } => write!(f, "{operation} requires {requires} first"),
-            ExpiredRoot { expires, now } => write!(f, "root expired at {expires} (update started at {now})"),
+            WrongOrder {
+                operation,
+                requires,
+            } => write!(f, "{operation} requires {requires} first"),
+            ExpiredRoot { expires, now } => {
+                write!(f, "root expired at {expires} (update started at {now})")
+            }
             DelegationTooDeep { role } => write!(f, "delegation to {role} nested too deep"),
             TooManyDelegations { cap } => write!(f, "more than {cap} delegated roles visited"),
             UnsafeName { name } => write!(f, "unsafe role or target name {name:?}"),

@@ -39,12 +39,20 @@ impl fmt::Display for JsonError {
             JsonError::Syntax { offset } => write!(f, "JSON syntax error at byte {offset}"),
             JsonError::BadString { offset } => write!(f, "invalid JSON string at byte {offset}"),
             JsonError::BadNumber { offset } => {
-                write!(f, "number at byte {offset} is not an integer in the i64 range")
+                write!(
+                    f,
+                    "number at byte {offset} is not an integer in the i64 range"
+                )
             }
             JsonError::TooDeep { offset } => {
-                write!(f, "JSON nested deeper than {MAX_JSON_DEPTH} levels at byte {offset}")
+                write!(
+                    f,
+                    "JSON nested deeper than {MAX_JSON_DEPTH} levels at byte {offset}"
+                )
             }
-            JsonError::TrailingData { offset } => write!(f, "data after the JSON value at byte {offset}"),
+            JsonError::TrailingData { offset } => {
+                write!(f, "data after the JSON value at byte {offset}")
+            }
             JsonError::DuplicateKey => write!(f, "duplicate key in a JSON object"),
         }
     }
@@ -127,7 +135,13 @@ impl<'a> JStr<'a> {
 
     /// Decoded UTF-8 bytes, one at a time.
     pub fn bytes(&self) -> StrBytes<'a> {
-        StrBytes { raw: self.raw, i: 0, pending: [0; 4], p_len: 0, p_i: 0 }
+        StrBytes {
+            raw: self.raw,
+            i: 0,
+            pending: [0; 4],
+            p_len: 0,
+            p_i: 0,
+        }
     }
 
     /// Length of the decoded string in bytes.
@@ -152,7 +166,8 @@ impl<'a> JStr<'a> {
 
     /// Equal to the concatenation of `parts` (e.g. a role name and ".json"), without building it.
     pub fn eq_concat(&self, parts: &[&[u8]]) -> bool {
-        self.bytes().eq(parts.iter().flat_map(|p| p.iter().copied()))
+        self.bytes()
+            .eq(parts.iter().flat_map(|p| p.iter().copied()))
     }
 
     /// Copy the decoded string into `buf`; `None` if it does not fit.
@@ -166,7 +181,7 @@ impl<'a> JStr<'a> {
     }
 
     #[cfg(feature = "alloc")]
-    pub fn to_string(&self) -> alloc::string::String {
+    pub fn to_owned_string(&self) -> alloc::string::String {
         let v: alloc::vec::Vec<u8> = self.bytes().collect();
         // decoded from validated UTF-8 and escapes: always valid
         alloc::string::String::from_utf8(v).unwrap_or_default()
@@ -311,7 +326,10 @@ impl<'a> Object<'a> {
     }
 
     pub fn members(&self) -> Members<'a> {
-        Members { r: Reader { b: self.raw, i: 1 }, done: false }
+        Members {
+            r: Reader { b: self.raw, i: 1 },
+            done: false,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -328,7 +346,10 @@ impl<'a> Object<'a> {
     }
 
     /// Lookup with a key predicate (e.g. [`JStr::eq_concat`]); duplicates refused as in [`get`](Self::get).
-    pub fn get_by(&self, mut pred: impl FnMut(&JStr<'a>) -> bool) -> Result<Option<Value<'a>>, JsonError> {
+    pub fn get_by(
+        &self,
+        mut pred: impl FnMut(&JStr<'a>) -> bool,
+    ) -> Result<Option<Value<'a>>, JsonError> {
         let mut found = None;
         for (k, v) in self.members() {
             if pred(&k) {
@@ -392,7 +413,10 @@ impl<'a> Array<'a> {
         self.raw
     }
     pub fn iter(&self) -> Elements<'a> {
-        Elements { r: Reader { b: self.raw, i: 1 }, done: false }
+        Elements {
+            r: Reader { b: self.raw, i: 1 },
+            done: false,
+        }
     }
     pub fn len(&self) -> usize {
         self.iter().count()
@@ -493,7 +517,9 @@ impl<'a> Reader<'a> {
                 } else {
                     self.skip_container()?;
                 }
-                Ok(Value::Object(Object { raw: self.b.get(start..self.i).unwrap_or(&[]) }))
+                Ok(Value::Object(Object {
+                    raw: self.b.get(start..self.i).unwrap_or(&[]),
+                }))
             }
             Some(b'[') => {
                 if validate {
@@ -504,10 +530,16 @@ impl<'a> Reader<'a> {
                 } else {
                     self.skip_container()?;
                 }
-                Ok(Value::Array(Array { raw: self.b.get(start..self.i).unwrap_or(&[]) }))
+                Ok(Value::Array(Array {
+                    raw: self.b.get(start..self.i).unwrap_or(&[]),
+                }))
             }
             Some(b'"') => {
-                let raw = if validate { self.string_validated()? } else { self.string_span()? };
+                let raw = if validate {
+                    self.string_validated()?
+                } else {
+                    self.string_span()?
+                };
                 Ok(Value::Str(JStr { raw }))
             }
             Some(b't') => self.literal(b"true").map(|_| Value::Bool(true)),
@@ -623,8 +655,8 @@ impl<'a> Reader<'a> {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 2,
                         Some(b'u') => {
                             let rest = self.b.get(self.i + 2..).unwrap_or(&[]);
-                            let (_, used) =
-                                decode_u_escape(rest).ok_or(JsonError::BadString { offset: self.i })?;
+                            let (_, used) = decode_u_escape(rest)
+                                .ok_or(JsonError::BadString { offset: self.i })?;
                             self.i += 2 + used;
                         }
                         _ => return Err(JsonError::BadString { offset: self.i }),
@@ -676,7 +708,10 @@ impl<'a> Reader<'a> {
         // accumulate negatively so i64::MIN parses
         let mut v: i64 = 0;
         for &d in digits {
-            v = v.checked_mul(10).and_then(|v| v.checked_sub(i64::from(d - b'0'))).ok_or(bad)?;
+            v = v
+                .checked_mul(10)
+                .and_then(|v| v.checked_sub(i64::from(d - b'0')))
+                .ok_or(bad)?;
         }
         if neg {
             if v == 0 {
@@ -714,7 +749,10 @@ mod tests {
     #[test]
     fn refuses_duplicate_keys_on_lookup() {
         let v = parse(br#"{"k":1,"k":2}"#).unwrap();
-        assert_eq!(v.as_object().unwrap().get("k"), Err(JsonError::DuplicateKey));
+        assert_eq!(
+            v.as_object().unwrap().get("k"),
+            Err(JsonError::DuplicateKey)
+        );
     }
 
     #[test]
@@ -723,13 +761,19 @@ mod tests {
         assert_eq!(parse(b"1e3"), Err(JsonError::BadNumber { offset: 0 }));
         assert_eq!(parse(b"01"), Err(JsonError::BadNumber { offset: 0 }));
         assert_eq!(parse(b"-0"), Err(JsonError::BadNumber { offset: 0 }));
-        assert_eq!(parse(b"9223372036854775808"), Err(JsonError::BadNumber { offset: 0 }));
+        assert_eq!(
+            parse(b"9223372036854775808"),
+            Err(JsonError::BadNumber { offset: 0 })
+        );
         assert_eq!(parse(b"-9223372036854775808"), Ok(Value::Int(i64::MIN)));
     }
 
     #[test]
     fn refuses_bad_strings() {
-        assert_eq!(parse(b"\"\\ud800\""), Err(JsonError::BadString { offset: 1 }));
+        assert_eq!(
+            parse(b"\"\\ud800\""),
+            Err(JsonError::BadString { offset: 1 })
+        );
         assert_eq!(parse(b"\"a\x01\""), Err(JsonError::BadString { offset: 2 }));
         assert_eq!(parse(b"\"\xff\""), Err(JsonError::BadString { offset: 1 }));
         assert_eq!(parse(b"\"\\q\""), Err(JsonError::BadString { offset: 1 }));
@@ -742,7 +786,10 @@ mod tests {
         deep[199] = b']';
         assert!(matches!(parse(&deep), Err(JsonError::TooDeep { .. })));
         assert_eq!(parse(b"{} x"), Err(JsonError::TrailingData { offset: 3 }));
-        assert_eq!(parse(b"\xef\xbb\xbf{}"), Err(JsonError::Syntax { offset: 0 }));
+        assert_eq!(
+            parse(b"\xef\xbb\xbf{}"),
+            Err(JsonError::Syntax { offset: 0 })
+        );
     }
 
     #[test]

@@ -24,11 +24,17 @@ impl<'a> Envelope<'a> {
     pub fn parse(bytes: &'a [u8], role: &str) -> Result<Self, Error> {
         let name = Name::new(role);
         let v = json::parse(bytes).map_err(|error| Error::Json { role: name, error })?;
-        let top = v.as_object().ok_or(Error::Field { role: name, field: "signed" })?;
+        let top = v.as_object().ok_or(Error::Field {
+            role: name,
+            field: "signed",
+        })?;
         let signed = obj(&top, "signed", name)?;
         let signatures = get(&top, "signatures", name)?
             .and_then(|v| v.as_array())
-            .ok_or(Error::Field { role: name, field: "signatures" })?;
+            .ok_or(Error::Field {
+                role: name,
+                field: "signatures",
+            })?;
         Ok(Envelope { signed, signatures })
     }
 }
@@ -41,18 +47,31 @@ pub struct Header {
 }
 
 /// Check `_type`, `spec_version`, `version` and `expires` of `signed`.
-pub fn parse_header(signed: &Object<'_>, expected_type: &'static str, role: Name) -> Result<Header, Error> {
+pub fn parse_header(
+    signed: &Object<'_>,
+    expected_type: &'static str,
+    role: Name,
+) -> Result<Header, Error> {
     let ty = string(signed, "_type", role)?;
     if !ty.eq_str(expected_type) {
-        return Err(Error::WrongType { expected: expected_type, found: Name::from_json(&ty) });
+        return Err(Error::WrongType {
+            expected: expected_type,
+            found: Name::from_json(&ty),
+        });
     }
     let spec = string(signed, "spec_version", role)?;
     if !spec_version_supported(&spec) {
-        return Err(Error::UnsupportedSpecVersion { role, found: Name::from_json(&spec) });
+        return Err(Error::UnsupportedSpecVersion {
+            role,
+            found: Name::from_json(&spec),
+        });
     }
     let version = uint(signed, "version", role)?;
     if version == 0 {
-        return Err(Error::Field { role, field: "version" });
+        return Err(Error::Field {
+            role,
+            field: "version",
+        });
     }
     let expires = string(signed, "expires", role)?;
     let mut buf = [0u8; 32];
@@ -66,7 +85,9 @@ pub fn parse_header(signed: &Object<'_>, expected_type: &'static str, role: Name
 /// Any `1.x` or `1.x.y` (python-tuf 7 writes 1.0.31, rust-tuf 1.0.0, older tools "1.0").
 fn spec_version_supported(s: &JStr<'_>) -> bool {
     let mut buf = [0u8; 32];
-    let Some(s) = s.decode_into(&mut buf) else { return false };
+    let Some(s) = s.decode_into(&mut buf) else {
+        return false;
+    };
     let mut parts = s.split('.');
     if parts.next() != Some("1") {
         return false;
@@ -83,24 +104,48 @@ fn spec_version_supported(s: &JStr<'_>) -> bool {
 
 // --- field helpers: missing or wrongly typed fields name themselves in the error -------------
 
-pub(crate) fn get<'a>(o: &Object<'a>, field: &'static str, role: Name) -> Result<Option<Value<'a>>, Error> {
+pub(crate) fn get<'a>(
+    o: &Object<'a>,
+    field: &'static str,
+    role: Name,
+) -> Result<Option<Value<'a>>, Error> {
     o.get(field).map_err(|error| Error::Json { role, error })
 }
 
-pub(crate) fn obj<'a>(o: &Object<'a>, field: &'static str, role: Name) -> Result<Object<'a>, Error> {
-    get(o, field, role)?.and_then(|v| v.as_object()).ok_or(Error::Field { role, field })
+pub(crate) fn obj<'a>(
+    o: &Object<'a>,
+    field: &'static str,
+    role: Name,
+) -> Result<Object<'a>, Error> {
+    get(o, field, role)?
+        .and_then(|v| v.as_object())
+        .ok_or(Error::Field { role, field })
 }
 
-pub(crate) fn array<'a>(o: &Object<'a>, field: &'static str, role: Name) -> Result<Array<'a>, Error> {
-    get(o, field, role)?.and_then(|v| v.as_array()).ok_or(Error::Field { role, field })
+pub(crate) fn array<'a>(
+    o: &Object<'a>,
+    field: &'static str,
+    role: Name,
+) -> Result<Array<'a>, Error> {
+    get(o, field, role)?
+        .and_then(|v| v.as_array())
+        .ok_or(Error::Field { role, field })
 }
 
-pub(crate) fn string<'a>(o: &Object<'a>, field: &'static str, role: Name) -> Result<JStr<'a>, Error> {
-    get(o, field, role)?.and_then(|v| v.as_str()).ok_or(Error::Field { role, field })
+pub(crate) fn string<'a>(
+    o: &Object<'a>,
+    field: &'static str,
+    role: Name,
+) -> Result<JStr<'a>, Error> {
+    get(o, field, role)?
+        .and_then(|v| v.as_str())
+        .ok_or(Error::Field { role, field })
 }
 
 pub(crate) fn uint(o: &Object<'_>, field: &'static str, role: Name) -> Result<u64, Error> {
-    get(o, field, role)?.and_then(|v| v.as_u64()).ok_or(Error::Field { role, field })
+    get(o, field, role)?
+        .and_then(|v| v.as_u64())
+        .ok_or(Error::Field { role, field })
 }
 
 fn opt_uint(o: &Object<'_>, field: &'static str, role: Name) -> Result<Option<u64>, Error> {
@@ -127,11 +172,19 @@ impl<'a> Root<'a> {
         let header = parse_header(signed, "root", role)?;
         let consistent_snapshot = match get(signed, "consistent_snapshot", role)? {
             None => false,
-            Some(v) => v.as_bool().ok_or(Error::Field { role, field: "consistent_snapshot" })?,
+            Some(v) => v.as_bool().ok_or(Error::Field {
+                role,
+                field: "consistent_snapshot",
+            })?,
         };
         let keys = obj(signed, "keys", role)?;
         let roles = obj(signed, "roles", role)?;
-        Ok(Root { header, consistent_snapshot, keys, roles })
+        Ok(Root {
+            header,
+            consistent_snapshot,
+            keys,
+            roles,
+        })
     }
 
     /// `roles[name]`: its key ids and threshold.
@@ -140,7 +193,12 @@ impl<'a> Root<'a> {
         let r = obj(&self.roles, name, role)?;
         let keyids = array(&r, "keyids", role)?;
         let threshold = uint(&r, "threshold", role)?;
-        Ok(RoleKeys { name: Name::new(name), keys: self.keys, keyids, threshold })
+        Ok(RoleKeys {
+            name: Name::new(name),
+            keys: self.keys,
+            keyids,
+            threshold,
+        })
     }
 }
 
@@ -170,16 +228,27 @@ impl<'a> MetaFile<'a> {
         let length = opt_uint(o, "length", role)?;
         let hashes = match get(o, "hashes", role)? {
             None => None,
-            Some(v) => Some(v.as_object().ok_or(Error::Field { role, field: "hashes" })?),
+            Some(v) => Some(v.as_object().ok_or(Error::Field {
+                role,
+                field: "hashes",
+            })?),
         };
-        Ok(MetaFile { version, length, hashes })
+        Ok(MetaFile {
+            version,
+            length,
+            hashes,
+        })
     }
 
     /// Check `bytes` against the length and hashes listed here (either may be absent).
     pub fn verify_bytes(&self, bytes: &[u8], what: Name) -> Result<(), Error> {
         if let Some(len) = self.length {
             if bytes.len() as u64 != len {
-                return Err(Error::LengthMismatch { what, expected: len, received: bytes.len() as u64 });
+                return Err(Error::LengthMismatch {
+                    what,
+                    expected: len,
+                    received: bytes.len() as u64,
+                });
             }
         }
         if let Some(h) = &self.hashes {
@@ -204,7 +273,10 @@ impl<'a> Timestamp<'a> {
         let header = parse_header(signed, "timestamp", role)?;
         let meta = obj(signed, "meta", role)?;
         let snap = obj(&meta, "snapshot.json", role)?;
-        Ok(Timestamp { header, snapshot: MetaFile::parse(&snap, role)? })
+        Ok(Timestamp {
+            header,
+            snapshot: MetaFile::parse(&snap, role)?,
+        })
     }
 }
 
@@ -222,7 +294,10 @@ impl<'a> Snapshot<'a> {
         let meta = obj(signed, "meta", role)?;
         // every entry must be well formed, so that later lookups cannot fail on shape
         for (k, v) in meta.members() {
-            let o = v.as_object().ok_or(Error::Field { role: Name::from_json(&k), field: "meta" })?;
+            let o = v.as_object().ok_or(Error::Field {
+                role: Name::from_json(&k),
+                field: "meta",
+            })?;
             MetaFile::parse(&o, Name::from_json(&k))?;
         }
         Ok(Snapshot { header, meta })
@@ -234,11 +309,17 @@ impl<'a> Snapshot<'a> {
         let v = self
             .meta
             .get_by(|k| k.eq_concat(&[name.as_bytes(), b".json"]))
-            .map_err(|error| Error::Json { role: Name::new("snapshot"), error })?;
+            .map_err(|error| Error::Json {
+                role: Name::new("snapshot"),
+                error,
+            })?;
         match v {
             None => Ok(None),
             Some(v) => {
-                let o = v.as_object().ok_or(Error::Field { role, field: "meta" })?;
+                let o = v.as_object().ok_or(Error::Field {
+                    role,
+                    field: "meta",
+                })?;
                 MetaFile::parse(&o, role).map(Some)
             }
         }
@@ -262,19 +343,33 @@ impl<'a> Targets<'a> {
         let delegations = match get(signed, "delegations", role)? {
             None => None,
             Some(v) => {
-                let d = v.as_object().ok_or(Error::Field { role, field: "delegations" })?;
+                let d = v.as_object().ok_or(Error::Field {
+                    role,
+                    field: "delegations",
+                })?;
                 Some(Delegations::parse(&d, role)?)
             }
         };
-        Ok(Targets { header, targets, delegations })
+        Ok(Targets {
+            header,
+            targets,
+            delegations,
+        })
     }
 
     /// The entry for target `path`, if this role lists it.
     pub fn target(&self, path: &str, role: Name) -> Result<Option<TargetFile<'a>>, Error> {
-        match self.targets.get(path).map_err(|error| Error::Json { role, error })? {
+        match self
+            .targets
+            .get(path)
+            .map_err(|error| Error::Json { role, error })?
+        {
             None => Ok(None),
             Some(v) => {
-                let o = v.as_object().ok_or(Error::Field { role, field: "targets" })?;
+                let o = v.as_object().ok_or(Error::Field {
+                    role,
+                    field: "targets",
+                })?;
                 TargetFile::parse(&o, role).map(Some)
             }
         }
@@ -295,9 +390,16 @@ impl<'a> TargetFile<'a> {
         let hashes = obj(o, "hashes", role)?;
         let custom = match get(o, "custom", role)? {
             None => None,
-            Some(v) => Some(v.as_object().ok_or(Error::Field { role, field: "custom" })?),
+            Some(v) => Some(v.as_object().ok_or(Error::Field {
+                role,
+                field: "custom",
+            })?),
         };
-        Ok(TargetFile { length, hashes, custom })
+        Ok(TargetFile {
+            length,
+            hashes,
+            custom,
+        })
     }
 
     /// The sha256 digest, when listed.
@@ -312,7 +414,12 @@ impl<'a> TargetFile<'a> {
     /// A streaming checker for this target's bytes: refuses more than `length` bytes as they
     /// arrive (endless data) and checks every listed hash at the end.
     pub fn hasher(&self, what: Name) -> Result<TargetHasher, Error> {
-        Ok(TargetHasher { inner: Hasher::new(&self.hashes, what)?, expected: self.length, received: 0, what })
+        Ok(TargetHasher {
+            inner: Hasher::new(&self.hashes, what)?,
+            expected: self.length,
+            received: 0,
+            what,
+        })
     }
 
     /// Check a whole target held in memory.
@@ -337,7 +444,10 @@ impl TargetHasher {
     pub fn update(&mut self, chunk: &[u8]) -> Result<(), Error> {
         self.received = self.received.saturating_add(chunk.len() as u64);
         if self.received > self.expected {
-            return Err(Error::TooLarge { what: self.what, limit: self.expected });
+            return Err(Error::TooLarge {
+                what: self.what,
+                limit: self.expected,
+            });
         }
         self.inner.update(chunk);
         Ok(())
@@ -350,7 +460,11 @@ impl TargetHasher {
     /// All bytes arrived: check the length and every hash.
     pub fn finish(self) -> Result<(), Error> {
         if self.received != self.expected {
-            return Err(Error::LengthMismatch { what: self.what, expected: self.expected, received: self.received });
+            return Err(Error::LengthMismatch {
+                what: self.what,
+                expected: self.expected,
+                received: self.received,
+            });
         }
         self.inner.finish()
     }
@@ -366,19 +480,38 @@ struct Hasher {
 
 impl Hasher {
     fn new(hashes: &Object<'_>, what: Name) -> Result<Self, Error> {
-        let mut h = Hasher { sha256: None, sha512: None, what };
+        let mut h = Hasher {
+            sha256: None,
+            sha512: None,
+            what,
+        };
         let field = |alg: &'static str| -> Result<Option<[u8; 64]>, Error> {
-            let Some(v) = hashes.get(alg).map_err(|error| Error::Json { role: what, error })? else {
+            let Some(v) = hashes
+                .get(alg)
+                .map_err(|error| Error::Json { role: what, error })?
+            else {
                 return Ok(None);
             };
-            let s = v.as_str().ok_or(Error::Field { role: what, field: "hashes" })?;
+            let s = v.as_str().ok_or(Error::Field {
+                role: what,
+                field: "hashes",
+            })?;
             let mut buf = [0u8; 128];
             let mut out = [0u8; 64];
-            let s = s.decode_into(&mut buf).ok_or(Error::Field { role: what, field: "hashes" })?;
-            let n = crate::crypto::hex_decode(s.as_bytes(), &mut out).ok_or(Error::Field { role: what, field: "hashes" })?;
+            let s = s.decode_into(&mut buf).ok_or(Error::Field {
+                role: what,
+                field: "hashes",
+            })?;
+            let n = crate::crypto::hex_decode(s.as_bytes(), &mut out).ok_or(Error::Field {
+                role: what,
+                field: "hashes",
+            })?;
             let want = if alg == "sha256" { 32 } else { 64 };
             if n != want {
-                return Err(Error::Field { role: what, field: "hashes" });
+                return Err(Error::Field {
+                    role: what,
+                    field: "hashes",
+                });
             }
             Ok(Some(out))
         };
@@ -408,12 +541,18 @@ impl Hasher {
     fn finish(self) -> Result<(), Error> {
         if let Some((h, want)) = self.sha256 {
             if h.finalize()[..] != want[..] {
-                return Err(Error::HashMismatch { what: self.what, algorithm: "sha256" });
+                return Err(Error::HashMismatch {
+                    what: self.what,
+                    algorithm: "sha256",
+                });
             }
         }
         if let Some((h, want)) = self.sha512 {
             if h.finalize()[..] != want[..] {
-                return Err(Error::HashMismatch { what: self.what, algorithm: "sha512" });
+                return Err(Error::HashMismatch {
+                    what: self.what,
+                    algorithm: "sha512",
+                });
             }
         }
         Ok(())
@@ -435,22 +574,41 @@ impl<'a> Delegations<'a> {
         let keys = obj(d, "keys", role)?;
         let roles = match get(d, "roles", role)? {
             None => None,
-            Some(v) => Some(v.as_array().ok_or(Error::Field { role, field: "roles" })?),
+            Some(v) => Some(v.as_array().ok_or(Error::Field {
+                role,
+                field: "roles",
+            })?),
         };
         let succinct = match get(d, "succinct_roles", role)? {
             None => None,
-            Some(v) => Some(SuccinctRoles::parse(&v.as_object().ok_or(Error::Field { role, field: "succinct_roles" })?, role)?),
+            Some(v) => Some(SuccinctRoles::parse(
+                &v.as_object().ok_or(Error::Field {
+                    role,
+                    field: "succinct_roles",
+                })?,
+                role,
+            )?),
         };
         if roles.is_some() == succinct.is_some() {
-            return Err(Error::Field { role, field: "roles or succinct_roles (exactly one)" });
+            return Err(Error::Field {
+                role,
+                field: "roles or succinct_roles (exactly one)",
+            });
         }
         if let Some(r) = roles {
             for v in r.iter() {
-                let o = v.as_object().ok_or(Error::Field { role, field: "roles" })?;
+                let o = v.as_object().ok_or(Error::Field {
+                    role,
+                    field: "roles",
+                })?;
                 DelegatedRole::parse(&o, role)?;
             }
         }
-        Ok(Delegations { keys, roles, succinct })
+        Ok(Delegations {
+            keys,
+            roles,
+            succinct,
+        })
     }
 }
 
@@ -472,37 +630,70 @@ impl<'a> DelegatedRole<'a> {
         let threshold = uint(o, "threshold", role)?;
         let terminating = get(o, "terminating", role)?
             .and_then(|v| v.as_bool())
-            .ok_or(Error::Field { role, field: "terminating" })?;
+            .ok_or(Error::Field {
+                role,
+                field: "terminating",
+            })?;
         let paths = match get(o, "paths", role)? {
             None => None,
-            Some(v) => Some(v.as_array().ok_or(Error::Field { role, field: "paths" })?),
+            Some(v) => Some(v.as_array().ok_or(Error::Field {
+                role,
+                field: "paths",
+            })?),
         };
         let path_hash_prefixes = match get(o, "path_hash_prefixes", role)? {
             None => None,
-            Some(v) => Some(v.as_array().ok_or(Error::Field { role, field: "path_hash_prefixes" })?),
+            Some(v) => Some(v.as_array().ok_or(Error::Field {
+                role,
+                field: "path_hash_prefixes",
+            })?),
         };
         if paths.is_some() == path_hash_prefixes.is_some() {
-            return Err(Error::Field { role, field: "paths or path_hash_prefixes (exactly one)" });
+            return Err(Error::Field {
+                role,
+                field: "paths or path_hash_prefixes (exactly one)",
+            });
         }
         for a in [paths, path_hash_prefixes].into_iter().flatten() {
             if a.iter().any(|v| v.as_str().is_none()) {
-                return Err(Error::Field { role, field: "paths" });
+                return Err(Error::Field {
+                    role,
+                    field: "paths",
+                });
             }
         }
-        Ok(DelegatedRole { name, keyids, threshold, terminating, paths, path_hash_prefixes })
+        Ok(DelegatedRole {
+            name,
+            keyids,
+            threshold,
+            terminating,
+            paths,
+            path_hash_prefixes,
+        })
     }
 
     pub fn keys(&self, delegator_keys: Object<'a>) -> RoleKeys<'a> {
-        RoleKeys { name: Name::from_json(&self.name), keys: delegator_keys, keyids: self.keyids, threshold: self.threshold }
+        RoleKeys {
+            name: Name::from_json(&self.name),
+            keys: delegator_keys,
+            keyids: self.keyids,
+            threshold: self.threshold,
+        }
     }
 
     /// Is `target` delegated to this role (by glob patterns or by hash prefixes)?
     pub fn matches(&self, target: &str, target_hash: &[u8; 32]) -> bool {
         if let Some(paths) = &self.paths {
-            return paths.iter().filter_map(|v| v.as_str()).any(|p| path_matches(&p, target));
+            return paths
+                .iter()
+                .filter_map(|v| v.as_str())
+                .any(|p| path_matches(&p, target));
         }
         if let Some(prefixes) = &self.path_hash_prefixes {
-            return prefixes.iter().filter_map(|v| v.as_str()).any(|p| hex_prefix_matches(&p, target_hash));
+            return prefixes
+                .iter()
+                .filter_map(|v| v.as_str())
+                .any(|p| hex_prefix_matches(&p, target_hash));
         }
         false
     }
@@ -524,14 +715,26 @@ impl<'a> SuccinctRoles<'a> {
         let bit_length = uint(o, "bit_length", role)?;
         let name_prefix = string(o, "name_prefix", role)?;
         if !(1..=32).contains(&bit_length) {
-            return Err(Error::BadSuccinctRoles { reason: "bit_length must be 1..=32" });
+            return Err(Error::BadSuccinctRoles {
+                reason: "bit_length must be 1..=32",
+            });
         }
-        Ok(SuccinctRoles { keyids, threshold, bit_length: bit_length as u32, name_prefix })
+        Ok(SuccinctRoles {
+            keyids,
+            threshold,
+            bit_length: bit_length as u32,
+            name_prefix,
+        })
     }
 
     /// The bin a target belongs to: the first `bit_length` bits of sha256(target path).
     pub fn bin_of(&self, target_hash: &[u8; 32]) -> u32 {
-        let first = u32::from_be_bytes([target_hash[0], target_hash[1], target_hash[2], target_hash[3]]);
+        let first = u32::from_be_bytes([
+            target_hash[0],
+            target_hash[1],
+            target_hash[2],
+            target_hash[3],
+        ]);
         first >> (32 - self.bit_length)
     }
 
@@ -552,27 +755,32 @@ impl<'a> SuccinctRoles<'a> {
         let width = self.suffix_len();
         for i in (0..width).rev() {
             let d = (bin >> (4 * i)) & 0xf;
-            *out.get_mut(n)? = b"0123456789abcdef"[d as usize];
+            *out.get_mut(n)? = *b"0123456789abcdef".get(d as usize)?;
             n += 1;
         }
         core::str::from_utf8(out.get(..n)?).ok()
     }
 
     pub fn keys(&self, delegator_keys: Object<'a>, bin_name: &str) -> RoleKeys<'a> {
-        RoleKeys { name: Name::new(bin_name), keys: delegator_keys, keyids: self.keyids, threshold: self.threshold }
+        RoleKeys {
+            name: Name::new(bin_name),
+            keys: delegator_keys,
+            keyids: self.keyids,
+            threshold: self.threshold,
+        }
     }
 }
 
 fn hex_prefix_matches(prefix: &JStr<'_>, hash: &[u8; 32]) -> bool {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut i = 0usize;
-    for c in prefix.bytes() {
-        let Some(byte) = hash.get(i / 2) else { return false };
+    for (i, c) in prefix.bytes().enumerate() {
+        let Some(byte) = hash.get(i / 2) else {
+            return false;
+        };
         let nib = if i % 2 == 0 { byte >> 4 } else { byte & 0xf };
         if HEX.get(nib as usize) != Some(&c.to_ascii_lowercase()) {
             return false;
         }
-        i += 1;
     }
     true
 }
@@ -581,7 +789,9 @@ fn hex_prefix_matches(prefix: &JStr<'_>, hash: &[u8; 32]) -> bool {
 /// each part must match with shell-style wildcards (`*`, `?`, `[seq]`, `[!seq]`).
 pub fn path_matches(pattern: &JStr<'_>, target: &str) -> bool {
     let mut buf = [0u8; crate::limits::MAX_NAME_LEN * 2];
-    let Some(pattern) = pattern.decode_into(&mut buf) else { return false };
+    let Some(pattern) = pattern.decode_into(&mut buf) else {
+        return false;
+    };
     let (mut p, mut t) = (pattern.split('/'), target.split('/'));
     loop {
         match (p.next(), t.next()) {
@@ -614,7 +824,9 @@ fn fnmatch(pattern: &[u8], name: &[u8]) -> bool {
                 continue;
             }
             Some(b'[') => {
-                if let Some((matched, next)) = class_match(pattern, p, name.get(n).copied().unwrap_or(0)) {
+                if let Some((matched, next)) =
+                    class_match(pattern, p, name.get(n).copied().unwrap_or(0))
+                {
                     if matched {
                         p = next;
                         n += 1;
@@ -685,7 +897,9 @@ fn class_match(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
 /// `/` at all. Target paths may contain `/` (directories) but not a leading one.
 pub fn check_role_name(name: &str) -> Result<(), Error> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || !safe_chars(name) {
-        return Err(Error::UnsafeName { name: Name::new(name) });
+        return Err(Error::UnsafeName {
+            name: Name::new(name),
+        });
     }
     Ok(())
 }
@@ -695,9 +909,13 @@ pub fn check_target_path(path: &str) -> Result<(), Error> {
     if path.is_empty()
         || path.starts_with('/')
         || !safe_chars(path)
-        || path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        || path
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
     {
-        return Err(Error::UnsafeName { name: Name::new(path) });
+        return Err(Error::UnsafeName {
+            name: Name::new(path),
+        });
     }
     Ok(())
 }
@@ -774,8 +992,16 @@ mod tests {
 
     #[test]
     fn spec_versions() {
-        for (v, ok) in [("\"1.0\"", true), ("\"1.0.0\"", true), ("\"1.0.31\"", true), ("\"1.0.34\"", true),
-            ("\"2.0.0\"", false), ("\"1\"", false), ("\"1.x\"", false), ("\"1.0.0.0\"", false)] {
+        for (v, ok) in [
+            ("\"1.0\"", true),
+            ("\"1.0.0\"", true),
+            ("\"1.0.31\"", true),
+            ("\"1.0.34\"", true),
+            ("\"2.0.0\"", false),
+            ("\"1\"", false),
+            ("\"1.x\"", false),
+            ("\"1.0.0.0\"", false),
+        ] {
             assert_eq!(spec_version_supported(&js(v)), ok, "{v}");
         }
     }

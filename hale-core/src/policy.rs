@@ -35,13 +35,19 @@ pub struct Version {
 
 impl Version {
     pub const fn new(major: u64, minor: u64, patch: u64) -> Self {
-        Version { major, minor, patch, pre: [0; MAX_PRERELEASE_LEN], pre_len: 0 }
+        Version {
+            major,
+            minor,
+            patch,
+            pre: [0; MAX_PRERELEASE_LEN],
+            pre_len: 0,
+        }
     }
 
     pub fn parse(s: &str) -> Option<Version> {
-        let core_pre = s.split_once('+').map_or(s, |(a, build)| {
-            if build.is_empty() { "" } else { a }
-        });
+        let core_pre =
+            s.split_once('+')
+                .map_or(s, |(a, build)| if build.is_empty() { "" } else { a });
         if core_pre.is_empty() {
             return None;
         }
@@ -52,7 +58,10 @@ impl Version {
         let mut it = core.split('.');
         let num = |p: Option<&str>| -> Option<u64> {
             let p = p?;
-            if p.is_empty() || (p.len() > 1 && p.starts_with('0')) || !p.bytes().all(|b| b.is_ascii_digit()) {
+            if p.is_empty()
+                || (p.len() > 1 && p.starts_with('0'))
+                || !p.bytes().all(|b| b.is_ascii_digit())
+            {
                 return None;
             }
             p.parse().ok()
@@ -194,7 +203,9 @@ impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PolicyError::NotFirmware => write!(f, "target has no firmware policy (custom)"),
-            PolicyError::Field { field } => write!(f, "firmware policy field `{field}` missing or malformed"),
+            PolicyError::Field { field } => {
+                write!(f, "firmware policy field `{field}` missing or malformed")
+            }
             PolicyError::WrongModel { model } => write!(f, "image is not built for model {model}"),
             PolicyError::WrongRevision { model, revision } => {
                 write!(f, "image is not built for {model} revision {revision}")
@@ -203,7 +214,10 @@ impl fmt::Display for PolicyError {
                 write!(f, "version {offered} is not newer than running {running}")
             }
             PolicyError::BelowSecurityCounter { floor, offered } => {
-                write!(f, "security counter {offered} is below the device's {floor}")
+                write!(
+                    f,
+                    "security counter {offered} is below the device's {floor}"
+                )
             }
             PolicyError::BootloaderTooOld { required, have } => {
                 write!(f, "needs bootloader {required}, device has {have}")
@@ -215,15 +229,26 @@ impl fmt::Display for PolicyError {
 /// Read the policy fields of `custom` without judging them against a device.
 pub fn parse_firmware(custom: Option<&Object<'_>>) -> Result<Firmware, PolicyError> {
     let custom = custom.ok_or(PolicyError::NotFirmware)?;
-    let version = version_field(custom, "version")?.ok_or(PolicyError::Field { field: "version" })?;
+    let version =
+        version_field(custom, "version")?.ok_or(PolicyError::Field { field: "version" })?;
     let security_counter = match custom.get("security_counter") {
-        Ok(Some(v)) => v.as_u64().ok_or(PolicyError::Field { field: "security_counter" })?,
+        Ok(Some(v)) => v.as_u64().ok_or(PolicyError::Field {
+            field: "security_counter",
+        })?,
         Ok(None) => 0,
-        Err(_) => return Err(PolicyError::Field { field: "security_counter" }),
+        Err(_) => {
+            return Err(PolicyError::Field {
+                field: "security_counter",
+            })
+        }
     };
     let min_bootloader = version_field(custom, "min_bootloader")?;
     hardware(custom)?;
-    Ok(Firmware { version, security_counter, min_bootloader })
+    Ok(Firmware {
+        version,
+        security_counter,
+        min_bootloader,
+    })
 }
 
 fn version_field(custom: &Object<'_>, field: &'static str) -> Result<Option<Version>, PolicyError> {
@@ -232,8 +257,12 @@ fn version_field(custom: &Object<'_>, field: &'static str) -> Result<Option<Vers
         Ok(Some(v)) => {
             let s = v.as_str().ok_or(PolicyError::Field { field })?;
             let mut buf = [0u8; 96];
-            let s = s.decode_into(&mut buf).ok_or(PolicyError::Field { field })?;
-            Version::parse(s).map(Some).ok_or(PolicyError::Field { field })
+            let s = s
+                .decode_into(&mut buf)
+                .ok_or(PolicyError::Field { field })?;
+            Version::parse(s)
+                .map(Some)
+                .ok_or(PolicyError::Field { field })
         }
         Err(_) => Err(PolicyError::Field { field }),
     }
@@ -241,16 +270,36 @@ fn version_field(custom: &Object<'_>, field: &'static str) -> Result<Option<Vers
 
 fn hardware<'a>(custom: &Object<'a>) -> Result<crate::json::Array<'a>, PolicyError> {
     let field = "hardware";
-    let hw = custom.get(field).ok().flatten().and_then(|v| v.as_array()).ok_or(PolicyError::Field { field })?;
+    let hw = custom
+        .get(field)
+        .ok()
+        .flatten()
+        .and_then(|v| v.as_array())
+        .ok_or(PolicyError::Field { field })?;
     if hw.is_empty() || hw.len() > MAX_HARDWARE_ENTRIES {
         return Err(PolicyError::Field { field });
     }
     for e in hw.iter() {
         let o = e.as_object().ok_or(PolicyError::Field { field })?;
-        o.get("model").ok().flatten().and_then(|v| v.as_str()).ok_or(PolicyError::Field { field: "hardware.model" })?;
-        let revs = o.get("revisions").ok().flatten().and_then(|v| v.as_array()).ok_or(PolicyError::Field { field: "hardware.revisions" })?;
+        o.get("model")
+            .ok()
+            .flatten()
+            .and_then(|v| v.as_str())
+            .ok_or(PolicyError::Field {
+                field: "hardware.model",
+            })?;
+        let revs = o
+            .get("revisions")
+            .ok()
+            .flatten()
+            .and_then(|v| v.as_array())
+            .ok_or(PolicyError::Field {
+                field: "hardware.revisions",
+            })?;
         if revs.len() > MAX_HARDWARE_ENTRIES || revs.iter().any(|r| r.as_str().is_none()) {
-            return Err(PolicyError::Field { field: "hardware.revisions" });
+            return Err(PolicyError::Field {
+                field: "hardware.revisions",
+            });
         }
     }
     Ok(hw)
@@ -261,7 +310,11 @@ fn hardware<'a>(custom: &Object<'a>) -> Result<crate::json::Array<'a>, PolicyErr
 /// `allow_downgrade_to`: set only after a rollback authorization naming this device and exactly
 /// this target verified (the rollback role's job); it lifts the "newer than running" rule and
 /// nothing else.
-pub fn evaluate(custom: Option<&Object<'_>>, device: &Device<'_>, allow_downgrade_to: bool) -> Result<Firmware, PolicyError> {
+pub fn evaluate(
+    custom: Option<&Object<'_>>,
+    device: &Device<'_>,
+    allow_downgrade_to: bool,
+) -> Result<Firmware, PolicyError> {
     let fw = parse_firmware(custom)?;
     let hw = custom.map(hardware).ok_or(PolicyError::NotFirmware)??;
     let mut model_seen = false;
@@ -273,25 +326,43 @@ pub fn evaluate(custom: Option<&Object<'_>>, device: &Device<'_>, allow_downgrad
         }
         model_seen = true;
         let revs = e.get("revisions").ok().flatten().and_then(|v| v.as_array());
-        if revs.is_some_and(|r| r.iter().filter_map(|v| v.as_str()).any(|r| r.eq_str(device.revision))) {
+        if revs.is_some_and(|r| {
+            r.iter()
+                .filter_map(|v| v.as_str())
+                .any(|r| r.eq_str(device.revision))
+        }) {
             fits = true;
         }
     }
     if !model_seen {
-        return Err(PolicyError::WrongModel { model: Name::new(device.model) });
+        return Err(PolicyError::WrongModel {
+            model: Name::new(device.model),
+        });
     }
     if !fits {
-        return Err(PolicyError::WrongRevision { model: Name::new(device.model), revision: Name::new(device.revision) });
+        return Err(PolicyError::WrongRevision {
+            model: Name::new(device.model),
+            revision: Name::new(device.revision),
+        });
     }
     if fw.security_counter < device.security_counter {
-        return Err(PolicyError::BelowSecurityCounter { floor: device.security_counter, offered: fw.security_counter });
+        return Err(PolicyError::BelowSecurityCounter {
+            floor: device.security_counter,
+            offered: fw.security_counter,
+        });
     }
     if fw.version <= device.running && !allow_downgrade_to {
-        return Err(PolicyError::NotNewer { running: device.running, offered: fw.version });
+        return Err(PolicyError::NotNewer {
+            running: device.running,
+            offered: fw.version,
+        });
     }
     if let Some(req) = fw.min_bootloader {
         if device.bootloader < req {
-            return Err(PolicyError::BootloaderTooOld { required: req, have: device.bootloader });
+            return Err(PolicyError::BootloaderTooOld {
+                required: req,
+                have: device.bootloader,
+            });
         }
     }
     Ok(fw)
@@ -308,13 +379,26 @@ mod tests {
 
     #[test]
     fn semver_precedence() {
-        let order = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2",
-            "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0", "1.0.1", "1.1.0", "2.0.0"];
+        let order = [
+            "1.0.0-alpha",
+            "1.0.0-alpha.1",
+            "1.0.0-alpha.beta",
+            "1.0.0-beta",
+            "1.0.0-beta.2",
+            "1.0.0-beta.11",
+            "1.0.0-rc.1",
+            "1.0.0",
+            "1.0.1",
+            "1.1.0",
+            "2.0.0",
+        ];
         for w in order.windows(2) {
             assert!(v(w[0]) < v(w[1]), "{} < {}", w[0], w[1]);
         }
         assert_eq!(v("1.2.3+build.5"), v("1.2.3"));
-        for bad in ["1.2", "1.2.3.4", "01.2.3", "1.2.3-", "1.2.3-01", "a.b.c", "", "1.2.3+"] {
+        for bad in [
+            "1.2", "1.2.3.4", "01.2.3", "1.2.3-", "1.2.3-01", "a.b.c", "", "1.2.3+",
+        ] {
             assert!(Version::parse(bad).is_none(), "{bad}");
         }
     }
@@ -323,7 +407,13 @@ mod tests {
         "security_counter":4,"min_bootloader":"1.2.0","some_future_field":{"x":[1,2]}}"#;
 
     fn device() -> Device<'static> {
-        Device { model: "pump-a", revision: "r2", running: v("2.0.0"), security_counter: 3, bootloader: v("1.2.0") }
+        Device {
+            model: "pump-a",
+            revision: "r2",
+            running: v("2.0.0"),
+            security_counter: 3,
+            bootloader: v("1.2.0"),
+        }
     }
 
     fn eval(d: &Device<'_>, allow: bool) -> Result<Firmware, PolicyError> {
@@ -340,23 +430,76 @@ mod tests {
 
     #[test]
     fn refuses_other_model_revision_older_counter_bootloader() {
-        let d = Device { model: "monitor-b", ..device() };
-        assert_eq!(eval(&d, false), Err(PolicyError::WrongModel { model: Name::new("monitor-b") }));
-        let d = Device { revision: "r1", ..device() };
-        assert_eq!(eval(&d, false), Err(PolicyError::WrongRevision { model: Name::new("pump-a"), revision: Name::new("r1") }));
-        let d = Device { running: v("2.1.0"), ..device() };
-        assert_eq!(eval(&d, false), Err(PolicyError::NotNewer { running: v("2.1.0"), offered: v("2.1.0") }));
-        let d = Device { security_counter: 5, ..device() };
-        assert_eq!(eval(&d, false), Err(PolicyError::BelowSecurityCounter { floor: 5, offered: 4 }));
+        let d = Device {
+            model: "monitor-b",
+            ..device()
+        };
+        assert_eq!(
+            eval(&d, false),
+            Err(PolicyError::WrongModel {
+                model: Name::new("monitor-b")
+            })
+        );
+        let d = Device {
+            revision: "r1",
+            ..device()
+        };
+        assert_eq!(
+            eval(&d, false),
+            Err(PolicyError::WrongRevision {
+                model: Name::new("pump-a"),
+                revision: Name::new("r1")
+            })
+        );
+        let d = Device {
+            running: v("2.1.0"),
+            ..device()
+        };
+        assert_eq!(
+            eval(&d, false),
+            Err(PolicyError::NotNewer {
+                running: v("2.1.0"),
+                offered: v("2.1.0")
+            })
+        );
+        let d = Device {
+            security_counter: 5,
+            ..device()
+        };
+        assert_eq!(
+            eval(&d, false),
+            Err(PolicyError::BelowSecurityCounter {
+                floor: 5,
+                offered: 4
+            })
+        );
         // an authorization never crosses the security counter
-        assert_eq!(eval(&d, true), Err(PolicyError::BelowSecurityCounter { floor: 5, offered: 4 }));
-        let d = Device { bootloader: v("1.1.9"), ..device() };
-        assert_eq!(eval(&d, false), Err(PolicyError::BootloaderTooOld { required: v("1.2.0"), have: v("1.1.9") }));
+        assert_eq!(
+            eval(&d, true),
+            Err(PolicyError::BelowSecurityCounter {
+                floor: 5,
+                offered: 4
+            })
+        );
+        let d = Device {
+            bootloader: v("1.1.9"),
+            ..device()
+        };
+        assert_eq!(
+            eval(&d, false),
+            Err(PolicyError::BootloaderTooOld {
+                required: v("1.2.0"),
+                have: v("1.1.9")
+            })
+        );
     }
 
     #[test]
     fn authorized_downgrade_lifts_only_the_version_rule() {
-        let d = Device { running: v("3.0.0"), ..device() };
+        let d = Device {
+            running: v("3.0.0"),
+            ..device()
+        };
         assert!(matches!(eval(&d, false), Err(PolicyError::NotNewer { .. })));
         assert_eq!(eval(&d, true).unwrap().version, v("2.1.0"));
     }
@@ -365,7 +508,13 @@ mod tests {
     fn refuses_targets_without_policy() {
         let d = device();
         assert_eq!(evaluate(None, &d, false), Err(PolicyError::NotFirmware));
-        let c = parse(br#"{"version":"1.0.0"}"#).unwrap().as_object().unwrap();
-        assert_eq!(evaluate(Some(&c), &d, false), Err(PolicyError::Field { field: "hardware" }));
+        let c = parse(br#"{"version":"1.0.0"}"#)
+            .unwrap()
+            .as_object()
+            .unwrap();
+        assert_eq!(
+            evaluate(Some(&c), &d, false),
+            Err(PolicyError::Field { field: "hardware" })
+        );
     }
 }

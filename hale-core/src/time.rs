@@ -21,12 +21,19 @@ pub fn parse_expires(s: &[u8]) -> Option<UnixTime> {
         Some(v)
     };
     let sep = |i: usize, c: u8| s.get(i) == Some(&c);
-    if !(sep(4, b'-') && sep(7, b'-') && sep(10, b'T') && sep(13, b':') && sep(16, b':') && sep(19, b'Z')) {
+    if !(sep(4, b'-')
+        && sep(7, b'-')
+        && sep(10, b'T')
+        && sep(13, b':')
+        && sep(16, b':')
+        && sep(19, b'Z'))
+    {
         return None;
     }
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || se > 59 {
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || se > 59
+    {
         return None;
     }
     Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se)
@@ -40,7 +47,14 @@ pub fn format_expires(t: UnixTime, out: &mut [u8; 20]) -> Option<&str> {
     if !(0..=9999).contains(&y) {
         return None;
     }
-    let fields = [(y, 4usize, 0usize), (m, 2, 5), (d, 2, 8), (secs / 3600, 2, 11), (secs / 60 % 60, 2, 14), (secs % 60, 2, 17)];
+    let fields = [
+        (y, 4usize, 0usize),
+        (m, 2, 5),
+        (d, 2, 8),
+        (secs / 3600, 2, 11),
+        (secs / 60 % 60, 2, 14),
+        (secs % 60, 2, 17),
+    ];
     *out = *b"0000-00-00T00:00:00Z";
     for (v, w, at) in fields {
         let mut v = v;
@@ -99,13 +113,23 @@ mod tests {
         assert_eq!(parse_expires(b"2030-01-01T00:00:00Z"), Some(1_893_456_000));
         assert_eq!(parse_expires(b"2024-02-29T23:59:59Z"), Some(1_709_251_199));
         let mut b = [0u8; 20];
-        assert_eq!(format_expires(1_709_251_199, &mut b), Some("2024-02-29T23:59:59Z"));
+        assert_eq!(
+            format_expires(1_709_251_199, &mut b),
+            Some("2024-02-29T23:59:59Z")
+        );
     }
 
     #[test]
     fn refuses_other_forms() {
-        for bad in [&b"2023-02-29T00:00:00Z"[..], b"2030-01-01T00:00:00.5Z", b"2030-01-01T00:00:00+00:00",
-            b"2030-13-01T00:00:00Z", b"2030-01-01 00:00:00Z", b"2030-01-01T24:00:00Z", b"+030-01-01T00:00:00Z"] {
+        for bad in [
+            &b"2023-02-29T00:00:00Z"[..],
+            b"2030-01-01T00:00:00.5Z",
+            b"2030-01-01T00:00:00+00:00",
+            b"2030-13-01T00:00:00Z",
+            b"2030-01-01 00:00:00Z",
+            b"2030-01-01T24:00:00Z",
+            b"+030-01-01T00:00:00Z",
+        ] {
             assert_eq!(parse_expires(bad), None, "{:?}", core::str::from_utf8(bad));
         }
     }

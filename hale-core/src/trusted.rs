@@ -29,9 +29,12 @@ use heapless::Vec as HVec;
 use crate::crypto::sha256;
 use crate::error::{Error, Name, Role};
 use crate::json::Value;
-use crate::limits::{DEFAULT_MAX_ROOT_ROTATIONS, MAX_DELEGATION_DEPTH, MAX_DELEGATION_VISITS, MAX_NAME_LEN};
+use crate::limits::{
+    DEFAULT_MAX_ROOT_ROTATIONS, MAX_DELEGATION_DEPTH, MAX_DELEGATION_VISITS, MAX_NAME_LEN,
+};
 use crate::metadata::{
-    check_role_name, DelegatedRole, Envelope, Header, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp,
+    check_role_name, DelegatedRole, Envelope, Header, MetaFile, Root, Snapshot, TargetFile,
+    Targets, Timestamp,
 };
 use crate::time::UnixTime;
 use crate::verify::verify_threshold;
@@ -51,7 +54,12 @@ impl Storage<alloc::vec::Vec<u8>> {
     /// Heap buffers of `capacity` bytes each (hosts).
     pub fn with_capacity(capacity: usize) -> Self {
         let v = || alloc::vec![0u8; capacity];
-        Storage { root: v(), timestamp: v(), snapshot: v(), targets: v() }
+        Storage {
+            root: v(),
+            timestamp: v(),
+            snapshot: v(),
+            targets: v(),
+        }
     }
 }
 
@@ -77,7 +85,7 @@ pub enum Freshness {
 #[derive(Debug)]
 pub struct TrustedSet<B> {
     store: Storage<B>,
-    len: [usize; 4],
+    len: Lens,
     now: UnixTime,
     max_root_rotations: u32,
     rotations: u32,
@@ -85,12 +93,31 @@ pub struct TrustedSet<B> {
     snapshot_final: bool,
 }
 
-fn idx(r: Role) -> usize {
-    match r {
-        Role::Root => 0,
-        Role::Timestamp => 1,
-        Role::Snapshot => 2,
-        Role::Targets => 3,
+/// Lengths of the stored bytes (0: nothing stored).
+#[derive(Debug, Default, Clone, Copy)]
+struct Lens {
+    root: usize,
+    timestamp: usize,
+    snapshot: usize,
+    targets: usize,
+}
+
+impl Lens {
+    fn get(&self, r: Role) -> usize {
+        match r {
+            Role::Root => self.root,
+            Role::Timestamp => self.timestamp,
+            Role::Snapshot => self.snapshot,
+            Role::Targets => self.targets,
+        }
+    }
+    fn set(&mut self, r: Role, n: usize) {
+        match r {
+            Role::Root => self.root = n,
+            Role::Timestamp => self.timestamp = n,
+            Role::Snapshot => self.snapshot = n,
+            Role::Targets => self.targets = n,
+        }
     }
 }
 
@@ -100,7 +127,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
     pub fn new(store: Storage<B>, trusted_root: &[u8], now: UnixTime) -> Result<Self, Error> {
         let mut set = TrustedSet {
             store,
-            len: [0; 4],
+            len: Lens::default(),
             now,
             max_root_rotations: DEFAULT_MAX_ROOT_ROTATIONS,
             rotations: 0,
@@ -127,7 +154,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
 
     /// Verified bytes of a top-level role, exactly as received (to persist them).
     pub fn stored(&self, role: Role) -> Option<&[u8]> {
-        let n = self.len[idx(role)];
+        let n = self.len.get(role);
         if n == 0 {
             return None;
         }
@@ -156,11 +183,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
             Role::Targets => self.store.targets.as_mut(),
         };
         let capacity = buf.len();
-        let dst = buf
-            .get_mut(..bytes.len())
-            .ok_or(Error::StorageTooSmall { role, capacity, needed: bytes.len() })?;
+        let dst = buf.get_mut(..bytes.len()).ok_or(Error::StorageTooSmall {
+            role,
+            capacity,
+            needed: bytes.len(),
+        })?;
         dst.copy_from_slice(bytes);
-        self.len[idx(role)] = bytes.len();
+        self.len.set(role, bytes.len());
         Ok(())
     }
 
@@ -179,28 +208,38 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
     }
 
     pub fn timestamp(&self) -> Option<Timestamp<'_>> {
-        self.signed(Role::Timestamp).and_then(|e| Timestamp::parse(&e.signed).ok())
+        self.signed(Role::Timestamp)
+            .and_then(|e| Timestamp::parse(&e.signed).ok())
     }
 
     pub fn snapshot(&self) -> Option<Snapshot<'_>> {
-        self.signed(Role::Snapshot).and_then(|e| Snapshot::parse(&e.signed).ok())
+        self.signed(Role::Snapshot)
+            .and_then(|e| Snapshot::parse(&e.signed).ok())
     }
 
     pub fn targets(&self) -> Option<Targets<'_>> {
-        self.signed(Role::Targets).and_then(|e| Targets::parse(&e.signed, Name::new("targets")).ok())
+        self.signed(Role::Targets)
+            .and_then(|e| Targets::parse(&e.signed, Name::new("targets")).ok())
     }
 
     fn check_root_unexpired(&self) -> Result<(), Error> {
         let root = self.root();
         if root.header.expires <= self.now {
-            return Err(Error::ExpiredRoot { expires: root.header.expires, now: self.now });
+            return Err(Error::ExpiredRoot {
+                expires: root.header.expires,
+                now: self.now,
+            });
         }
         Ok(())
     }
 
     fn check_unexpired(&self, role: Name, h: &Header) -> Result<(), Error> {
         if h.expires <= self.now {
-            return Err(Error::Expired { role, expires: h.expires, now: self.now });
+            return Err(Error::Expired {
+                role,
+                expires: h.expires,
+                now: self.now,
+            });
         }
         Ok(())
     }
@@ -209,11 +248,16 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
 
     /// Apply the next root version (spec 5.3).
     pub fn update_root(&mut self, bytes: &[u8]) -> Result<u64, Error> {
-        if self.len[idx(Role::Timestamp)] != 0 {
-            return Err(Error::WrongOrder { operation: "update_root", requires: "no timestamp loaded yet" });
+        if self.len.get(Role::Timestamp) != 0 {
+            return Err(Error::WrongOrder {
+                operation: "update_root",
+                requires: "no timestamp loaded yet",
+            });
         }
         if self.rotations >= self.max_root_rotations {
-            return Err(Error::TooManyRootRotations { cap: self.max_root_rotations });
+            return Err(Error::TooManyRootRotations {
+                cap: self.max_root_rotations,
+            });
         }
         let trusted = self.root();
         let env = Envelope::parse(bytes, "root")?;
@@ -221,7 +265,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
         verify_threshold(&env, &trusted.role("root")?)?;
         let new = Root::parse(&env.signed)?;
         if new.header.version != trusted.header.version + 1 {
-            return Err(Error::RootVersionNotNext { trusted: trusted.header.version, received: new.header.version });
+            return Err(Error::RootVersionNotNext {
+                trusted: trusted.header.version,
+                received: new.header.version,
+            });
         }
         // and by its own root role
         verify_threshold(&env, &new.role("root")?)?;
@@ -237,8 +284,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
     /// Expiry is not checked. An error here means "drop it": in particular, after the timestamp
     /// keys rotated it no longer verifies, which is the fast-forward-attack recovery of spec 5.3.11.
     pub fn load_trusted_timestamp(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        if self.len[idx(Role::Timestamp)] != 0 {
-            return Err(Error::WrongOrder { operation: "load_trusted_timestamp", requires: "no timestamp loaded yet" });
+        if self.len.get(Role::Timestamp) != 0 {
+            return Err(Error::WrongOrder {
+                operation: "load_trusted_timestamp",
+                requires: "no timestamp loaded yet",
+            });
         }
         self.check_root_unexpired()?;
         let env = Envelope::parse(bytes, "timestamp")?;
@@ -249,8 +299,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
 
     /// Verify a new timestamp (spec 5.4).
     pub fn update_timestamp(&mut self, bytes: &[u8]) -> Result<Update, Error> {
-        if self.len[idx(Role::Snapshot)] != 0 {
-            return Err(Error::WrongOrder { operation: "update_timestamp", requires: "no snapshot loaded yet" });
+        if self.len.get(Role::Snapshot) != 0 {
+            return Err(Error::WrongOrder {
+                operation: "update_timestamp",
+                requires: "no snapshot loaded yet",
+            });
         }
         self.check_root_unexpired()?;
         let name = Name::new("timestamp");
@@ -259,11 +312,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
         let new = Timestamp::parse(&env.signed)?;
         if let Some(old) = self.timestamp() {
             if new.header.version < old.header.version {
-                return Err(Error::Rollback { role: name, trusted: old.header.version, received: new.header.version });
+                return Err(Error::Rollback {
+                    role: name,
+                    trusted: old.header.version,
+                    received: new.header.version,
+                });
             }
             if new.header.version == old.header.version {
                 self.check_unexpired(name, &old.header)?;
-                return Ok(Update::Unchanged { version: old.header.version });
+                return Ok(Update::Unchanged {
+                    version: old.header.version,
+                });
             }
             if new.snapshot.version < old.snapshot.version {
                 return Err(Error::Rollback {
@@ -280,9 +339,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
     }
 
     fn final_timestamp(&self) -> Result<Timestamp<'_>, Error> {
-        let ts = self
-            .timestamp()
-            .ok_or(Error::WrongOrder { operation: "snapshot update", requires: "a timestamp" })?;
+        let ts = self.timestamp().ok_or(Error::WrongOrder {
+            operation: "snapshot update",
+            requires: "a timestamp",
+        })?;
         self.check_unexpired(Name::new("timestamp"), &ts.header)?;
         Ok(ts)
     }
@@ -292,8 +352,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
     /// Load the previously trusted snapshot (the rollback baseline for the next one). Its hashes
     /// are not checked against the new timestamp (it may be older); its signatures are.
     pub fn load_trusted_snapshot(&mut self, bytes: &[u8]) -> Result<Freshness, Error> {
-        if self.len[idx(Role::Snapshot)] != 0 {
-            return Err(Error::WrongOrder { operation: "load_trusted_snapshot", requires: "no snapshot loaded yet" });
+        if self.len.get(Role::Snapshot) != 0 {
+            return Err(Error::WrongOrder {
+                operation: "load_trusted_snapshot",
+                requires: "no snapshot loaded yet",
+            });
         }
         let (ts_version, expected) = {
             let ts = self.final_timestamp()?;
@@ -306,18 +369,26 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
         let fresh = snap.header.version == expected && snap.header.expires > self.now;
         self.put(Role::Snapshot, bytes)?;
         self.snapshot_final = fresh;
-        Ok(if fresh { Freshness::Current } else { Freshness::Stale })
+        Ok(if fresh {
+            Freshness::Current
+        } else {
+            Freshness::Stale
+        })
     }
 
     /// Verify a new snapshot (spec 5.5).
     pub fn update_snapshot(&mut self, bytes: &[u8]) -> Result<Update, Error> {
-        if self.len[idx(Role::Targets)] != 0 {
-            return Err(Error::WrongOrder { operation: "update_snapshot", requires: "no targets loaded yet" });
+        if self.len.get(Role::Targets) != 0 {
+            return Err(Error::WrongOrder {
+                operation: "update_snapshot",
+                requires: "no targets loaded yet",
+            });
         }
         let name = Name::new("snapshot");
         let expected = {
             let ts = self.final_timestamp()?;
-            ts.snapshot.verify_bytes(bytes, Name::new("snapshot.json"))?;
+            ts.snapshot
+                .verify_bytes(bytes, Name::new("snapshot.json"))?;
             ts.snapshot.version
         };
         let env = Envelope::parse(bytes, "snapshot")?;
@@ -325,23 +396,46 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
         let new = Snapshot::parse(&env.signed)?;
         if let Some(old) = self.snapshot() {
             if new.header.version < old.header.version {
-                return Err(Error::Rollback { role: name, trusted: old.header.version, received: new.header.version });
+                return Err(Error::Rollback {
+                    role: name,
+                    trusted: old.header.version,
+                    received: new.header.version,
+                });
             }
             for (k, v) in old.meta.members() {
                 let role = role_of_meta_key(&k);
-                let old_version = v.as_object().and_then(|o| o.get("version").ok().flatten()).and_then(|v| v.as_u64());
-                let new_entry = new.meta.get_by(|nk| *nk == k).map_err(|error| Error::Json { role: name, error })?;
-                let Some(new_entry) = new_entry else { return Err(Error::MissingFromSnapshot { role }) };
-                let new_version = new_entry.as_object().and_then(|o| o.get("version").ok().flatten()).and_then(|v| v.as_u64());
+                let old_version = v
+                    .as_object()
+                    .and_then(|o| o.get("version").ok().flatten())
+                    .and_then(|v| v.as_u64());
+                let new_entry = new
+                    .meta
+                    .get_by(|nk| *nk == k)
+                    .map_err(|error| Error::Json { role: name, error })?;
+                let Some(new_entry) = new_entry else {
+                    return Err(Error::MissingFromSnapshot { role });
+                };
+                let new_version = new_entry
+                    .as_object()
+                    .and_then(|o| o.get("version").ok().flatten())
+                    .and_then(|v| v.as_u64());
                 if let (Some(o), Some(n)) = (old_version, new_version) {
                     if n < o {
-                        return Err(Error::Rollback { role, trusted: o, received: n });
+                        return Err(Error::Rollback {
+                            role,
+                            trusted: o,
+                            received: n,
+                        });
                     }
                 }
             }
         }
         if new.header.version != expected {
-            return Err(Error::VersionMismatch { role: name, expected, received: new.header.version });
+            return Err(Error::VersionMismatch {
+                role: name,
+                expected,
+                received: new.header.version,
+            });
         }
         self.check_unexpired(name, &new.header)?;
         let version = new.header.version;
@@ -354,7 +448,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
         let snap = self
             .snapshot()
             .filter(|_| self.snapshot_final)
-            .ok_or(Error::WrongOrder { operation: "targets update", requires: "a current snapshot" })?;
+            .ok_or(Error::WrongOrder {
+                operation: "targets update",
+                requires: "a current snapshot",
+            })?;
         self.check_unexpired(Name::new("snapshot"), &snap.header)?;
         Ok(snap)
     }
@@ -363,13 +460,18 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
 
     /// Verify top-level targets (spec 5.6), from local storage or the repository.
     pub fn update_targets(&mut self, bytes: &[u8]) -> Result<Update, Error> {
-        if self.len[idx(Role::Targets)] != 0 {
-            return Err(Error::WrongOrder { operation: "update_targets", requires: "no targets loaded yet" });
+        if self.len.get(Role::Targets) != 0 {
+            return Err(Error::WrongOrder {
+                operation: "update_targets",
+                requires: "no targets loaded yet",
+            });
         }
         let name = Name::new("targets");
         let meta = {
             let snap = self.final_snapshot()?;
-            let m = snap.role("targets")?.ok_or(Error::NotInSnapshot { role: name })?;
+            let m = snap
+                .role("targets")?
+                .ok_or(Error::NotInSnapshot { role: name })?;
             (m.version, m.length, m.hashes.is_some())
         };
         // re-borrow for the checks that need the MetaFile
@@ -383,7 +485,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
         verify_threshold(&env, &self.root().role("targets")?)?;
         let new = Targets::parse(&env.signed, name)?;
         if new.header.version != meta.0 {
-            return Err(Error::VersionMismatch { role: name, expected: meta.0, received: new.header.version });
+            return Err(Error::VersionMismatch {
+                role: name,
+                expected: meta.0,
+                received: new.header.version,
+            });
         }
         self.check_unexpired(name, &new.header)?;
         let version = new.header.version;
@@ -393,14 +499,23 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
 
     /// The snapshot entry for a delegated role (what to fetch: its version, maybe length/hashes).
     pub fn delegated_meta(&self, role: &str) -> Result<MetaFile<'_>, Error> {
-        self.final_snapshot()?.role(role)?.ok_or(Error::NotInSnapshot { role: Name::new(role) })
+        self.final_snapshot()?
+            .role(role)?
+            .ok_or(Error::NotInSnapshot {
+                role: Name::new(role),
+            })
     }
 
     /// Verify delegated role `name` against `delegator` (verified metadata that delegates to it)
     /// and the trusted snapshot: length, hashes, threshold of the delegator's keys for it, version
     /// as the snapshot says, expiry. The caller passes the delegator that led it here; a role
     /// reachable from several delegators is checked against each separately (never cached by name).
-    pub fn verify_delegated<'b>(&self, delegator: &Targets<'_>, name: &str, bytes: &'b [u8]) -> Result<Targets<'b>, Error> {
+    pub fn verify_delegated<'b>(
+        &self,
+        delegator: &Targets<'_>,
+        name: &str,
+        bytes: &'b [u8],
+    ) -> Result<Targets<'b>, Error> {
         check_role_name(name)?;
         let role = Name::new(name);
         let delegations = delegator.delegations.ok_or(Error::NotInSnapshot { role })?;
@@ -426,7 +541,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
         verify_threshold(&env, &keys)?;
         let t = Targets::parse(&env.signed, role)?;
         if t.header.version != meta.version {
-            return Err(Error::VersionMismatch { role, expected: meta.version, received: t.header.version });
+            return Err(Error::VersionMismatch {
+                role,
+                expected: meta.version,
+                received: t.header.version,
+            });
         }
         self.check_unexpired(role, &t.header)?;
         Ok(t)
@@ -436,13 +555,27 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
     /// delegations that match it, in priority order. A terminating delegation ends the walk once
     /// its subtree is done; at most [`MAX_DELEGATION_VISITS`] roles are fetched. `source` fetches
     /// delegated roles; its errors come back apart from trust errors.
-    pub fn find_target<S: RoleSource>(&self, path: &str, source: &mut S) -> Result<Option<Found<'_, S::Buf>>, SearchError<S::Error>> {
-        let top_bytes = self
-            .stored(Role::Targets)
-            .ok_or(SearchError::Trust(Error::WrongOrder { operation: "find_target", requires: "targets" }))?;
-        let top = self.targets().ok_or(SearchError::Trust(Error::WrongOrder { operation: "find_target", requires: "targets" }))?;
+    pub fn find_target<S: RoleSource>(
+        &self,
+        path: &str,
+        source: &mut S,
+    ) -> Result<Option<Found<'_, S::Buf>>, SearchError<S::Error>> {
+        let top_bytes =
+            self.stored(Role::Targets)
+                .ok_or(SearchError::Trust(Error::WrongOrder {
+                    operation: "find_target",
+                    requires: "targets",
+                }))?;
+        let top = self.targets().ok_or(SearchError::Trust(Error::WrongOrder {
+            operation: "find_target",
+            requires: "targets",
+        }))?;
         if top.target(path, Name::new("targets"))?.is_some() {
-            return Ok(Some(Found { role: Name::new("targets"), holder: Holder::Top(top_bytes), path_hash: sha256(path.as_bytes()) }));
+            return Ok(Some(Found {
+                role: Name::new("targets"),
+                holder: Holder::Top(top_bytes),
+                path_hash: sha256(path.as_bytes()),
+            }));
         }
         let hash = sha256(path.as_bytes());
         let mut stack: HVec<Frame<S::Buf>, MAX_DELEGATION_DEPTH> = HVec::new();
@@ -468,14 +601,24 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
                         } else {
                             visits += 1;
                             if visits > MAX_DELEGATION_VISITS {
-                                return Err(SearchError::Trust(Error::TooManyDelegations { cap: MAX_DELEGATION_VISITS }));
+                                return Err(SearchError::Trust(Error::TooManyDelegations {
+                                    cap: MAX_DELEGATION_VISITS,
+                                }));
                             }
                             check_role_name(cname)?;
                             let meta = self.delegated_meta(cname)?;
-                            let buf = source.fetch_role(cname, &meta).map_err(SearchError::Fetch)?;
+                            let buf = source
+                                .fetch_role(cname, &meta)
+                                .map_err(SearchError::Fetch)?;
                             let child = self.verify_delegated(&delegator, cname, buf.as_ref())?;
                             let has = child.target(path, child_name)?.is_some();
-                            Step::Child { after, name: child_name, terminating, has, buf }
+                            Step::Child {
+                                after,
+                                name: child_name,
+                                terminating,
+                                has,
+                                buf,
+                            }
                         }
                     }
                 }
@@ -488,13 +631,28 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
                     Some(_) => {}
                 },
                 Step::Skip { after } => set_next(&mut stack, &mut top_next, after),
-                Step::Child { after, name, terminating, has, buf } => {
+                Step::Child {
+                    after,
+                    name,
+                    terminating,
+                    has,
+                    buf,
+                } => {
                     set_next(&mut stack, &mut top_next, after);
                     if has {
-                        return Ok(Some(Found { role: name, holder: Holder::Delegated(buf), path_hash: hash }));
+                        return Ok(Some(Found {
+                            role: name,
+                            holder: Holder::Delegated(buf),
+                            path_hash: hash,
+                        }));
                     }
                     stack
-                        .push(Frame { name, buf, next: 0, terminating })
+                        .push(Frame {
+                            name,
+                            buf,
+                            next: 0,
+                            terminating,
+                        })
                         .map_err(|_| SearchError::Trust(Error::DelegationTooDeep { role: name }))?;
                 }
             }
@@ -520,7 +678,11 @@ fn unreachable_root() -> ! {
     }
 }
 
-fn set_next<B>(stack: &mut HVec<Frame<B>, MAX_DELEGATION_DEPTH>, top_next: &mut usize, after: usize) {
+fn set_next<B>(
+    stack: &mut HVec<Frame<B>, MAX_DELEGATION_DEPTH>,
+    top_next: &mut usize,
+    after: usize,
+) {
     match stack.last_mut() {
         Some(f) => f.next = after,
         None => *top_next = after,
@@ -529,8 +691,16 @@ fn set_next<B>(stack: &mut HVec<Frame<B>, MAX_DELEGATION_DEPTH>, top_next: &mut 
 
 enum Step<B> {
     Exhausted,
-    Skip { after: usize },
-    Child { after: usize, name: Name, terminating: bool, has: bool, buf: B },
+    Skip {
+        after: usize,
+    },
+    Child {
+        after: usize,
+        name: Name,
+        terminating: bool,
+        has: bool,
+        buf: B,
+    },
 }
 
 struct Frame<B> {
@@ -542,18 +712,31 @@ struct Frame<B> {
 
 /// The first delegation at or after index `from` that matches `path`: (index after it, role
 /// name, terminating).
-fn next_child(d: &Targets<'_>, path: &str, hash: &[u8; 32], from: usize) -> Result<Option<(usize, Name, bool)>, Error> {
-    let Some(del) = d.delegations else { return Ok(None) };
+fn next_child(
+    d: &Targets<'_>,
+    path: &str,
+    hash: &[u8; 32],
+    from: usize,
+) -> Result<Option<(usize, Name, bool)>, Error> {
+    let Some(del) = d.delegations else {
+        return Ok(None);
+    };
     if let Some(s) = del.succinct {
         if from > 0 {
             return Ok(None);
         }
         let mut buf = [0u8; MAX_NAME_LEN];
-        let name = s.bin_name(s.bin_of(hash), &mut buf).ok_or(Error::BadSuccinctRoles { reason: "name_prefix too long" })?;
+        let name = s
+            .bin_name(s.bin_of(hash), &mut buf)
+            .ok_or(Error::BadSuccinctRoles {
+                reason: "name_prefix too long",
+            })?;
         // succinct bins are terminating: a target belongs to exactly one bin
         return Ok(Some((1, Name::new(name), true)));
     }
-    let Some(roles) = del.roles else { return Ok(None) };
+    let Some(roles) = del.roles else {
+        return Ok(None);
+    };
     for (i, v) in roles.iter().enumerate().skip(from) {
         let Some(o) = v.as_object() else { continue };
         let r = DelegatedRole::parse(&o, Name::new("delegations"))?;
@@ -566,9 +749,17 @@ fn next_child(d: &Targets<'_>, path: &str, hash: &[u8; 32], from: usize) -> Resu
 
 fn is_bin_of(s: &crate::metadata::SuccinctRoles<'_>, name: &str) -> bool {
     let prefix_len = s.name_prefix.decoded_len();
-    let Some(rest) = name.get(prefix_len..) else { return false };
-    let Some(hex) = rest.strip_prefix('-') else { return false };
-    if !s.name_prefix.eq_bytes(name.as_bytes().get(..prefix_len).unwrap_or(&[])) || hex.len() != s.suffix_len() {
+    let Some(rest) = name.get(prefix_len..) else {
+        return false;
+    };
+    let Some(hex) = rest.strip_prefix('-') else {
+        return false;
+    };
+    if !s
+        .name_prefix
+        .eq_bytes(name.as_bytes().get(..prefix_len).unwrap_or(&[]))
+        || hex.len() != s.suffix_len()
+    {
         return false;
     }
     if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
@@ -651,7 +842,10 @@ impl<B: AsRef<[u8]>> Found<'_, B> {
     pub fn file(&self, path: &str) -> Result<TargetFile<'_>, Error> {
         let env = Envelope::parse(self.role_bytes(), self.role.as_str())?;
         let t = Targets::parse(&env.signed, self.role)?;
-        t.target(path, self.role)?.ok_or(Error::Field { role: self.role, field: "targets" })
+        t.target(path, self.role)?.ok_or(Error::Field {
+            role: self.role,
+            field: "targets",
+        })
     }
 }
 

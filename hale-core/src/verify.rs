@@ -47,7 +47,10 @@ pub struct Report {
 
 impl Report {
     pub fn valid(&self) -> u32 {
-        self.keys.iter().filter(|(_, s)| *s == KeyStatus::Signed).count() as u32
+        self.keys
+            .iter()
+            .filter(|(_, s)| *s == KeyStatus::Signed)
+            .count() as u32
     }
     pub fn met(&self) -> bool {
         self.valid() >= self.threshold
@@ -58,26 +61,43 @@ impl Report {
 pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Report, Error> {
     let name = role.name;
     if role.threshold == 0 || role.threshold > u64::from(u32::MAX) {
-        return Err(Error::BadThreshold { role: name, threshold: role.threshold, keys: role.keyids.len() });
+        return Err(Error::BadThreshold {
+            role: name,
+            threshold: role.threshold,
+            keys: role.keyids.len(),
+        });
     }
     let count = role.keyids.len();
     if count > MAX_KEYS_PER_ROLE {
         return Err(Error::TooManyKeys { role: name, count });
     }
     // the message must be canonicalisable at all (refuses duplicate keys anywhere in `signed`)
-    write_canonical(&Value::Object(env.signed), &mut crate::canonical::Counter::default())
-        .map_err(|error| Error::Json { role: name, error })?;
+    write_canonical(
+        &Value::Object(env.signed),
+        &mut crate::canonical::Counter::default(),
+    )
+    .map_err(|error| Error::Json { role: name, error })?;
 
-    let mut report = Report { role: name, threshold: role.threshold as u32, keys: HVec::new(), unlisted: 0 };
+    let mut report = Report {
+        role: name,
+        threshold: role.threshold as u32,
+        keys: HVec::new(),
+        unlisted: 0,
+    };
     let mut counted: HVec<PublicKey, MAX_KEYS_PER_ROLE> = HVec::new();
     for kid in role.keyids.iter() {
         let Some(kid) = kid.as_str() else {
-            return Err(Error::Field { role: name, field: "keyids" });
+            return Err(Error::Field {
+                role: name,
+                field: "keyids",
+            });
         };
         let kname = Name::from_json(&kid);
         let status = match key_for(&role.keys, &kid) {
             Err(reason) => KeyStatus::Unusable(reason),
-            Ok(key) if counted.iter().any(|k| k.same_key(&key)) => KeyStatus::Unusable("same key as another key id"),
+            Ok(key) if counted.iter().any(|k| k.same_key(&key)) => {
+                KeyStatus::Unusable("same key as another key id")
+            }
             Ok(key) => {
                 let s = signature_status(env, &kid, &key, name)?;
                 if s == KeyStatus::Signed {
@@ -94,7 +114,12 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
             .as_object()
             .and_then(|o| o.get("keyid").ok().flatten())
             .and_then(|v| v.as_str())
-            .is_some_and(|k| role.keyids.iter().filter_map(|v| v.as_str()).any(|l| l == k));
+            .is_some_and(|k| {
+                role.keyids
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .any(|l| l == k)
+            });
         if !listed {
             report.unlisted += 1;
         }
@@ -108,12 +133,18 @@ pub fn verify_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<(), E
     if report.met() {
         Ok(())
     } else {
-        Err(Error::ThresholdNotMet { role: role.name, threshold: report.threshold, valid: report.valid() })
+        Err(Error::ThresholdNotMet {
+            role: role.name,
+            threshold: report.threshold,
+            valid: report.valid(),
+        })
     }
 }
 
 fn key_for(keys: &Object<'_>, kid: &crate::json::JStr<'_>) -> Result<PublicKey, &'static str> {
-    let v = keys.get_by(|k| k == kid).map_err(|_| "duplicate key id in keys")?;
+    let v = keys
+        .get_by(|k| k == kid)
+        .map_err(|_| "duplicate key id in keys")?;
     let o = v.and_then(|v| v.as_object()).ok_or("key id not in keys")?;
     PublicKey::from_tuf(&o)
 }
@@ -127,7 +158,9 @@ fn signature_status(
     let mut tried = 0;
     for sig in env.signatures.iter() {
         let Some(o) = sig.as_object() else { continue };
-        let Some(k) = o.get("keyid").ok().flatten().and_then(|v| v.as_str()) else { continue };
+        let Some(k) = o.get("keyid").ok().flatten().and_then(|v| v.as_str()) else {
+            continue;
+        };
         if k != *kid {
             continue;
         }
@@ -135,17 +168,29 @@ fn signature_status(
         if tried > MAX_SIGNATURES_PER_KEY {
             break;
         }
-        let Some(s) = o.get("sig").ok().flatten().and_then(|v| v.as_str()) else { continue };
+        let Some(s) = o.get("sig").ok().flatten().and_then(|v| v.as_str()) else {
+            continue;
+        };
         let mut hex = [0u8; MAX_SIGNATURE_LEN * 2];
         let mut raw = [0u8; MAX_SIGNATURE_LEN];
-        let Some(hex) = s.decode_into(&mut hex) else { continue };
-        let Some(n) = hex_decode(hex.as_bytes(), &mut raw) else { continue };
+        let Some(hex) = s.decode_into(&mut hex) else {
+            continue;
+        };
+        let Some(n) = hex_decode(hex.as_bytes(), &mut raw) else {
+            continue;
+        };
         let ok = key
-            .verify(raw.get(..n).unwrap_or(&[]), |sink| write_canonical(&Value::Object(env.signed), sink))
+            .verify(raw.get(..n).unwrap_or(&[]), |sink| {
+                write_canonical(&Value::Object(env.signed), sink)
+            })
             .map_err(|error| Error::Json { role, error })?;
         if ok {
             return Ok(KeyStatus::Signed);
         }
     }
-    Ok(if tried == 0 { KeyStatus::Missing } else { KeyStatus::Invalid })
+    Ok(if tried == 0 {
+        KeyStatus::Missing
+    } else {
+        KeyStatus::Invalid
+    })
 }

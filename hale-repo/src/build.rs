@@ -28,7 +28,9 @@ impl Profile {
         match s {
             "standard" => Ok(Profile::Standard),
             "compat" | "rust-tuf" => Ok(Profile::Compat),
-            o => Err(RepoError::Invalid(format!("unknown profile {o:?} (standard or compat)"))),
+            o => Err(RepoError::Invalid(format!(
+                "unknown profile {o:?} (standard or compat)"
+            ))),
         }
     }
     pub fn as_str(&self) -> &'static str {
@@ -69,7 +71,10 @@ pub fn root(
     roles: &BTreeMap<String, RoleKeys>,
     consistent_snapshot: bool,
 ) -> Value {
-    let roles: Map<String, Value> = roles.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+    let roles: Map<String, Value> = roles
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_json()))
+        .collect();
     json!({
         "_type": "root",
         "spec_version": profile.spec_version(),
@@ -91,7 +96,13 @@ pub fn target_entry(content: &[u8], custom: Option<Value>) -> Value {
 }
 
 /// `targets` (top-level or delegated).
-pub fn targets(profile: Profile, version: u64, expires: &str, targets: &Map<String, Value>, delegations: Option<&Value>) -> Value {
+pub fn targets(
+    profile: Profile,
+    version: u64,
+    expires: &str,
+    targets: &Map<String, Value>,
+    delegations: Option<&Value>,
+) -> Value {
     let mut v = json!({
         "_type": "targets",
         "spec_version": profile.spec_version(),
@@ -106,8 +117,16 @@ pub fn targets(profile: Profile, version: u64, expires: &str, targets: &Map<Stri
 }
 
 /// `snapshot`: `meta` maps role names to versions.
-pub fn snapshot(profile: Profile, version: u64, expires: &str, meta: &BTreeMap<String, u64>) -> Value {
-    let meta: Map<String, Value> = meta.iter().map(|(r, v)| (format!("{r}.json"), json!({"version": v}))).collect();
+pub fn snapshot(
+    profile: Profile,
+    version: u64,
+    expires: &str,
+    meta: &BTreeMap<String, u64>,
+) -> Value {
+    let meta: Map<String, Value> = meta
+        .iter()
+        .map(|(r, v)| (format!("{r}.json"), json!({"version": v})))
+        .collect();
     json!({
         "_type": "snapshot",
         "spec_version": profile.spec_version(),
@@ -118,7 +137,13 @@ pub fn snapshot(profile: Profile, version: u64, expires: &str, meta: &BTreeMap<S
 }
 
 /// `timestamp` naming `snapshot_bytes` (its version, length and sha256).
-pub fn timestamp(profile: Profile, version: u64, expires: &str, snapshot_version: u64, snapshot_bytes: &[u8]) -> Value {
+pub fn timestamp(
+    profile: Profile,
+    version: u64,
+    expires: &str,
+    snapshot_version: u64,
+    snapshot_bytes: &[u8],
+) -> Value {
     json!({
         "_type": "timestamp",
         "spec_version": profile.spec_version(),
@@ -134,7 +159,13 @@ pub fn timestamp(profile: Profile, version: u64, expires: &str, snapshot_version
 
 /// Hash-bin parameters for large catalogs (TAP 15 succinct delegations): `2^bit_length` bins
 /// named `<prefix>-<hex>`.
-pub fn succinct_delegation(keys: &BTreeMap<String, Value>, keyids: &[String], threshold: u32, bit_length: u32, prefix: &str) -> Value {
+pub fn succinct_delegation(
+    keys: &BTreeMap<String, Value>,
+    keyids: &[String],
+    threshold: u32,
+    bit_length: u32,
+    prefix: &str,
+) -> Value {
     json!({
         "keys": keys,
         "succinct_roles": {"keyids": keyids, "threshold": threshold, "bit_length": bit_length, "name_prefix": prefix},
@@ -143,7 +174,7 @@ pub fn succinct_delegation(keys: &BTreeMap<String, Value>, keyids: &[String], th
 
 /// The bin a target path falls in, and its name (same rule as `hale-core`).
 pub fn bin_for(path: &str, bit_length: u32, prefix: &str) -> String {
-    let h = Sha256::digest(path.as_bytes());
+    let h: [u8; 32] = Sha256::digest(path.as_bytes()).into();
     let first = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
     let bin = first >> (32 - bit_length);
     bin_name(bin, bit_length, prefix)
@@ -175,10 +206,16 @@ pub fn check_profile(profile: Profile, signed: &Value) -> Result<(), RepoError> 
         }
     }
     walk(signed)?;
-    if let Some(keys) = signed.get("keys").or_else(|| signed.pointer("/delegations/keys")).and_then(|k| k.as_object()) {
+    if let Some(keys) = signed
+        .get("keys")
+        .or_else(|| signed.pointer("/delegations/keys"))
+        .and_then(|k| k.as_object())
+    {
         for (id, k) in keys {
             if k.get("keytype").and_then(|t| t.as_str()) != Some("ed25519") {
-                return Err(RepoError::Invalid(format!("compat profile: key {id} is not ed25519")));
+                return Err(RepoError::Invalid(format!(
+                    "compat profile: key {id} is not ed25519"
+                )));
             }
         }
     }

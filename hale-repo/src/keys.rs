@@ -28,7 +28,9 @@ impl KeyKind {
         match s {
             "ed25519" => Ok(KeyKind::Ed25519),
             "ecdsa" | "ecdsa-p256" | "p256" | "ecdsa-sha2-nistp256" => Ok(KeyKind::EcdsaP256),
-            other => Err(RepoError::Invalid(format!("unknown key type {other:?} (ed25519 or ecdsa-p256)"))),
+            other => Err(RepoError::Invalid(format!(
+                "unknown key type {other:?} (ed25519 or ecdsa-p256)"
+            ))),
         }
     }
     pub fn as_str(&self) -> &'static str {
@@ -61,7 +63,8 @@ impl SigningKey {
     pub fn generate(kind: KeyKind) -> Result<Self, RepoError> {
         loop {
             let mut seed = Zeroizing::new([0u8; 32]);
-            getrandom::getrandom(seed.as_mut()).map_err(|e| RepoError::Invalid(format!("no randomness: {e}")))?;
+            getrandom::getrandom(seed.as_mut())
+                .map_err(|e| RepoError::Invalid(format!("no randomness: {e}")))?;
             if let Some(k) = Self::from_seed(kind, &seed) {
                 return Ok(k);
             }
@@ -72,8 +75,12 @@ impl SigningKey {
     /// the seed can sign.
     pub fn from_seed(kind: KeyKind, seed: &[u8; 32]) -> Option<Self> {
         match kind {
-            KeyKind::Ed25519 => Some(SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(seed))),
-            KeyKind::EcdsaP256 => p256::ecdsa::SigningKey::from_bytes(seed.into()).ok().map(SigningKey::EcdsaP256),
+            KeyKind::Ed25519 => Some(SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(
+                seed,
+            ))),
+            KeyKind::EcdsaP256 => p256::ecdsa::SigningKey::from_bytes(seed.into())
+                .ok()
+                .map(SigningKey::EcdsaP256),
         }
     }
 
@@ -95,7 +102,10 @@ impl SigningKey {
             }),
             SigningKey::EcdsaP256(k) => {
                 use p256::pkcs8::{EncodePublicKey, LineEnding};
-                let pem = k.verifying_key().to_public_key_pem(LineEnding::LF).unwrap_or_default();
+                let pem = k
+                    .verifying_key()
+                    .to_public_key_pem(LineEnding::LF)
+                    .unwrap_or_default();
                 json!({
                     "keytype": "ecdsa",
                     "scheme": "ecdsa-sha2-nistp256",
@@ -136,7 +146,11 @@ impl SigningKey {
 
     /// As [`to_encrypted_file`](Self::to_encrypted_file) with a chosen scrypt cost (tests use a
     /// low one; files record their cost).
-    pub fn to_encrypted_file_with_cost(&self, passphrase: &[u8], log_n: u8) -> Result<Vec<u8>, RepoError> {
+    pub fn to_encrypted_file_with_cost(
+        &self,
+        passphrase: &[u8],
+        log_n: u8,
+    ) -> Result<Vec<u8>, RepoError> {
         if passphrase.is_empty() {
             return Err(RepoError::Invalid("empty passphrase".into()));
         }
@@ -149,7 +163,13 @@ impl SigningKey {
         let aad = serde_json::to_vec(&json!([FILE_FORMAT, self.kind().as_str(), public]))?;
         let cipher = XChaCha20Poly1305::new(kek.as_ref().into());
         let ct = cipher
-            .encrypt(&XNonce::from(nonce), Payload { msg: self.secret_bytes().as_ref(), aad: &aad })
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: self.secret_bytes().as_ref(),
+                    aad: &aad,
+                },
+            )
             .map_err(|_| RepoError::Invalid("encryption failed".into()))?;
         let doc = json!({
             "format": FILE_FORMAT,
@@ -176,10 +196,15 @@ impl SigningKey {
         if kdf["name"] != "scrypt" || kdf["r"] != 8 || kdf["p"] != 1 {
             return Err(RepoError::Invalid("unsupported key-file KDF".into()));
         }
-        let log_n = kdf["log_n"].as_u64().filter(|n| (10..=20).contains(n)).ok_or_else(bad)? as u8;
+        let log_n = kdf["log_n"]
+            .as_u64()
+            .filter(|n| (10..=20).contains(n))
+            .ok_or_else(bad)? as u8;
         let salt = hex::decode(kdf["salt"].as_str().ok_or_else(bad)?).map_err(|_| bad())?;
-        let nonce = hex::decode(doc["cipher"]["nonce"].as_str().ok_or_else(bad)?).map_err(|_| bad())?;
-        let ct = hex::decode(doc["cipher"]["ciphertext"].as_str().ok_or_else(bad)?).map_err(|_| bad())?;
+        let nonce =
+            hex::decode(doc["cipher"]["nonce"].as_str().ok_or_else(bad)?).map_err(|_| bad())?;
+        let ct = hex::decode(doc["cipher"]["ciphertext"].as_str().ok_or_else(bad)?)
+            .map_err(|_| bad())?;
         let nonce: [u8; 24] = nonce.try_into().map_err(|_| bad())?;
         if doc["cipher"]["name"] != "xchacha20poly1305" {
             return Err(bad());
@@ -189,22 +214,32 @@ impl SigningKey {
         let cipher = XChaCha20Poly1305::new(kek.as_ref().into());
         let secret = Zeroizing::new(
             cipher
-                .decrypt(&XNonce::from(nonce), Payload { msg: &ct, aad: &aad })
+                .decrypt(
+                    &XNonce::from(nonce),
+                    Payload {
+                        msg: &ct,
+                        aad: &aad,
+                    },
+                )
                 .map_err(|_| RepoError::Invalid("wrong passphrase or damaged key file".into()))?,
         );
         let seed: [u8; 32] = secret.as_slice().try_into().map_err(|_| bad())?;
         let key = Self::from_seed(kind, &seed).ok_or_else(bad)?;
         if key.public() != doc["public"] {
-            return Err(RepoError::Invalid("key file's public key does not match its secret".into()));
+            return Err(RepoError::Invalid(
+                "key file's public key does not match its secret".into(),
+            ));
         }
         Ok(key)
     }
 }
 
 fn derive(passphrase: &[u8], salt: &[u8], log_n: u8) -> Result<Zeroizing<[u8; 32]>, RepoError> {
-    let params = scrypt::Params::new(log_n, 8, 1, 32).map_err(|e| RepoError::Invalid(e.to_string()))?;
+    let params =
+        scrypt::Params::new(log_n, 8, 1, 32).map_err(|e| RepoError::Invalid(e.to_string()))?;
     let mut out = Zeroizing::new([0u8; 32]);
-    scrypt::scrypt(passphrase, salt, &params, out.as_mut()).map_err(|e| RepoError::Invalid(e.to_string()))?;
+    scrypt::scrypt(passphrase, salt, &params, out.as_mut())
+        .map_err(|e| RepoError::Invalid(e.to_string()))?;
     Ok(out)
 }
 
@@ -233,7 +268,8 @@ impl Passphrase {
                 .map_err(|_| RepoError::Invalid(format!("environment variable {var} is not set")))?
                 .into_bytes(),
             Passphrase::File(p) => {
-                let raw = std::fs::read(p).map_err(|e| RepoError::Io(p.display().to_string(), e))?;
+                let raw =
+                    std::fs::read(p).map_err(|e| RepoError::Io(p.display().to_string(), e))?;
                 let line = raw.split(|b| *b == b'\n').next().unwrap_or(&[]);
                 line.strip_suffix(b"\r").unwrap_or(line).to_vec()
             }
@@ -271,9 +307,11 @@ mod tests {
     fn swapping_the_public_part_is_detected() {
         let a = SigningKey::generate(KeyKind::Ed25519).unwrap();
         let b = SigningKey::generate(KeyKind::Ed25519).unwrap();
-        let mut doc: Value = serde_json::from_slice(&a.to_encrypted_file_with_cost(b"pw", 10).unwrap()).unwrap();
+        let mut doc: Value =
+            serde_json::from_slice(&a.to_encrypted_file_with_cost(b"pw", 10).unwrap()).unwrap();
         doc["public"] = b.public();
-        let err = SigningKey::from_encrypted_file(&serde_json::to_vec(&doc).unwrap(), b"pw").unwrap_err();
+        let err =
+            SigningKey::from_encrypted_file(&serde_json::to_vec(&doc).unwrap(), b"pw").unwrap_err();
         assert_eq!(err.to_string(), "wrong passphrase or damaged key file");
     }
 

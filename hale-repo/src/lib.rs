@@ -21,6 +21,13 @@ pub enum RepoError {
     Json(#[from] serde_json::Error),
     #[error("{0}")]
     Invalid(String),
+    /// hale-core refused what was written (boxed: trust errors carry their names inline).
     #[error(transparent)]
-    Trust(#[from] hale_core::Error),
+    Trust(Box<hale_core::Error>),
+}
+
+impl From<hale_core::Error> for RepoError {
+    fn from(e: hale_core::Error) -> Self {
+        RepoError::Trust(Box::new(e))
+    }
 }

@@ -20,7 +20,10 @@ pub fn canonical(v: &Value) -> Result<Vec<u8>, RepoError> {
 /// A new envelope `{"signatures": [...], "signed": signed}` signed by `keys`, as canonical bytes.
 pub fn sign_new(signed: &Value, keys: &[&SigningKey]) -> Result<Vec<u8>, RepoError> {
     let msg = canonical(signed)?;
-    let sigs: Vec<Value> = keys.iter().map(|k| json!({"keyid": k.keyid(), "sig": hex::encode(k.sign(&msg))})).collect();
+    let sigs: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"keyid": k.keyid(), "sig": hex::encode(k.sign(&msg))}))
+        .collect();
     to_file(&json!({"signatures": sigs, "signed": signed}))
 }
 
@@ -28,7 +31,10 @@ pub fn sign_new(signed: &Value, keys: &[&SigningKey]) -> Result<Vec<u8>, RepoErr
 /// This is how a threshold is collected across people: each signer runs it on the same file.
 pub fn add_signatures(envelope: &[u8], keys: &[&SigningKey]) -> Result<Vec<u8>, RepoError> {
     let mut doc: Value = serde_json::from_slice(envelope)?;
-    let signed = doc.get("signed").cloned().ok_or_else(|| RepoError::Invalid("no `signed` in metadata".into()))?;
+    let signed = doc
+        .get("signed")
+        .cloned()
+        .ok_or_else(|| RepoError::Invalid("no `signed` in metadata".into()))?;
     let msg = canonical(&signed)?;
     let sigs = doc
         .get_mut("signatures")
@@ -45,7 +51,9 @@ pub fn add_signatures(envelope: &[u8], keys: &[&SigningKey]) -> Result<Vec<u8>, 
 /// The `signed` part of an envelope.
 pub fn signed_of(envelope: &[u8]) -> Result<Value, RepoError> {
     let doc: Value = serde_json::from_slice(envelope)?;
-    doc.get("signed").cloned().ok_or_else(|| RepoError::Invalid("no `signed` in metadata".into()))
+    doc.get("signed")
+        .cloned()
+        .ok_or_else(|| RepoError::Invalid("no `signed` in metadata".into()))
 }
 
 /// Replace `signed` and drop every signature (the content changed: everyone signs again).

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Shared test machinery for Hale's attack suite and interop tests.
 //!
 //! [`RepoSim`] is an in-memory TUF repository (after python-tuf's `repository_simulator.py`):
@@ -59,7 +64,10 @@ impl RoleState {
         }
     }
     fn role_keys(&self) -> RoleKeys {
-        RoleKeys { keyids: self.keys.iter().map(|k| k.keyid()).collect(), threshold: self.threshold }
+        RoleKeys {
+            keyids: self.keys.iter().map(|k| k.keyid()).collect(),
+            threshold: self.threshold,
+        }
     }
     fn signing(&self) -> Vec<&SigningKey> {
         self.signers.as_ref().unwrap_or(&self.keys).iter().collect()
@@ -94,7 +102,11 @@ impl RepoSim {
 
     /// As [`new`](Self::new); the `Compat` profile (rust-tuf) uses ed25519 keys only.
     pub fn with_profile(profile: Profile) -> Self {
-        let targets_kind = if profile == Profile::Compat { KeyKind::Ed25519 } else { KeyKind::EcdsaP256 };
+        let targets_kind = if profile == Profile::Compat {
+            KeyKind::Ed25519
+        } else {
+            KeyKind::EcdsaP256
+        };
         let mut sim = RepoSim {
             profile,
             root: RoleState::new(vec![key("root-1", KeyKind::Ed25519)], 1, NOW + 365 * DAY),
@@ -124,14 +136,26 @@ impl RepoSim {
     fn root_signed(&self) -> Value {
         let mut keys = BTreeMap::new();
         let mut roles = BTreeMap::new();
-        for (name, st) in [("root", &self.root), ("timestamp", &self.timestamp), ("snapshot", &self.snapshot), ("targets", &self.targets)] {
+        for (name, st) in [
+            ("root", &self.root),
+            ("timestamp", &self.timestamp),
+            ("snapshot", &self.snapshot),
+            ("targets", &self.targets),
+        ] {
             for k in &st.keys {
                 keys.insert(k.keyid(), k.public());
             }
             roles.insert(name.to_string(), st.role_keys());
         }
         let expires = build::expires_at(self.root.expires, 0).unwrap_or_default();
-        let mut v = build::root(self.profile, self.root.version, &expires, &keys, &roles, true);
+        let mut v = build::root(
+            self.profile,
+            self.root.version,
+            &expires,
+            &keys,
+            &roles,
+            true,
+        );
         merge(&mut v, &self.root.extra);
         v
     }
@@ -148,13 +172,17 @@ impl RepoSim {
             }
         }
         let bytes = sign::sign_new(&signed, &signers).expect("sign root");
-        self.files.insert(format!("{}.root.json", self.root.version), bytes.clone());
+        self.files
+            .insert(format!("{}.root.json", self.root.version), bytes.clone());
         self.files.insert("root.json".into(), bytes);
     }
 
     /// New root version with `change` applied; signed by the old and the new root keys.
     pub fn rotate_root(&mut self, change: impl FnOnce(&mut RepoSim)) {
-        self.previous_root_signers = Some((self.root.signing().into_iter().cloned().collect(), self.root.threshold));
+        self.previous_root_signers = Some((
+            self.root.signing().into_iter().cloned().collect(),
+            self.root.threshold,
+        ));
         change(self);
         self.root.version += 1;
         self.write_root();
@@ -175,7 +203,10 @@ impl RepoSim {
     pub fn role_mut(&mut self, role: &str) -> &mut RoleState {
         match role {
             "targets" => &mut self.targets,
-            other => self.delegated.get_mut(other).unwrap_or_else(|| panic!("no role {other}")),
+            other => self
+                .delegated
+                .get_mut(other)
+                .unwrap_or_else(|| panic!("no role {other}")),
         }
     }
 
@@ -186,7 +217,15 @@ impl RepoSim {
     }
 
     /// Delegate from `from` to a new role `name` with `paths` (glob patterns).
-    pub fn delegate(&mut self, from: &str, name: &str, paths: &[&str], terminating: bool, keys: Vec<SigningKey>, threshold: u32) {
+    pub fn delegate(
+        &mut self,
+        from: &str,
+        name: &str,
+        paths: &[&str],
+        terminating: bool,
+        keys: Vec<SigningKey>,
+        threshold: u32,
+    ) {
         let entry = json!({
             "name": name,
             "keyids": keys.iter().map(|k| k.keyid()).collect::<Vec<_>>(),
@@ -195,7 +234,9 @@ impl RepoSim {
             "paths": paths,
         });
         let delegator = self.role_mut(from);
-        let d = delegator.delegations.get_or_insert_with(|| json!({"keys": {}, "roles": []}));
+        let d = delegator
+            .delegations
+            .get_or_insert_with(|| json!({"keys": {}, "roles": []}));
         for k in &keys {
             d["keys"][k.keyid()] = k.public();
         }
@@ -203,7 +244,10 @@ impl RepoSim {
             roles.push(entry);
         }
         self.mark(from);
-        self.delegated.insert(name.to_string(), RoleState::new(keys, threshold, NOW + 90 * DAY));
+        self.delegated.insert(
+            name.to_string(),
+            RoleState::new(keys, threshold, NOW + 90 * DAY),
+        );
         self.mark(name);
     }
 
@@ -216,14 +260,23 @@ impl RepoSim {
         self.mark(from);
         for bin in 0..(1u32 << bit_length) {
             let name = build::bin_name(bin, bit_length, "bin");
-            self.delegated.insert(name.clone(), RoleState::new(vec![key.clone()], 1, NOW + 90 * DAY));
+            self.delegated.insert(
+                name.clone(),
+                RoleState::new(vec![key.clone()], 1, NOW + 90 * DAY),
+            );
             self.mark(&name);
         }
     }
 
     fn targets_signed(&self, st: &RoleState) -> Value {
         let expires = build::expires_at(st.expires, 0).unwrap_or_default();
-        let mut v = build::targets(self.profile, st.version, &expires, &st.targets, st.delegations.as_ref());
+        let mut v = build::targets(
+            self.profile,
+            st.version,
+            &expires,
+            &st.targets,
+            st.delegations.as_ref(),
+        );
         merge(&mut v, &st.extra);
         v
     }
@@ -232,22 +285,31 @@ impl RepoSim {
     pub fn publish(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         for role in &dirty {
-            let first = !self.files.keys().any(|f| f.ends_with(&format!(".{role}.json")));
+            let first = !self
+                .files
+                .keys()
+                .any(|f| f.ends_with(&format!(".{role}.json")));
             let st = self.role_mut(role);
             if !first {
                 st.version += 1;
             }
         }
         for role in std::iter::once("targets".to_string()).chain(self.delegated.keys().cloned()) {
-            let st = if role == "targets" { &self.targets } else { &self.delegated[&role] };
+            let st = if role == "targets" {
+                &self.targets
+            } else {
+                &self.delegated[&role]
+            };
             let name = format!("{}.{role}.json", st.version);
             if self.files.contains_key(&name) && !dirty.contains(&role) {
                 continue;
             }
-            let bytes = sign::sign_new(&self.targets_signed(st), &st.signing()).expect("sign targets");
+            let bytes =
+                sign::sign_new(&self.targets_signed(st), &st.signing()).expect("sign targets");
             self.files.insert(name, bytes);
         }
-        self.snapshot.version += u64::from(self.files.keys().any(|f| f.ends_with(".snapshot.json")));
+        self.snapshot.version +=
+            u64::from(self.files.keys().any(|f| f.ends_with(".snapshot.json")));
         self.write_snapshot();
         self.timestamp.version += u64::from(self.files.contains_key("timestamp.json"));
         self.write_timestamp();
@@ -264,14 +326,21 @@ impl RepoSim {
         let mut v = build::snapshot(self.profile, self.snapshot.version, &expires, &meta);
         merge(&mut v, &self.snapshot.extra);
         let bytes = sign::sign_new(&v, &self.snapshot.signing()).expect("sign snapshot");
-        self.files.insert(format!("{}.snapshot.json", self.snapshot.version), bytes);
+        self.files
+            .insert(format!("{}.snapshot.json", self.snapshot.version), bytes);
     }
 
     /// Timestamp naming the current snapshot.
     pub fn write_timestamp(&mut self) {
         let snap = self.files[&format!("{}.snapshot.json", self.snapshot.version)].clone();
         let expires = build::expires_at(self.timestamp.expires, 0).unwrap_or_default();
-        let mut v = build::timestamp(self.profile, self.timestamp.version, &expires, self.snapshot.version, &snap);
+        let mut v = build::timestamp(
+            self.profile,
+            self.timestamp.version,
+            &expires,
+            self.snapshot.version,
+            &snap,
+        );
         merge(&mut v, &self.timestamp.extra);
         let bytes = sign::sign_new(&v, &self.timestamp.signing()).expect("sign timestamp");
         self.files.insert("timestamp.json".into(), bytes);
@@ -389,16 +458,27 @@ struct MapSource<'a> {
 impl RoleSource for MapSource<'_> {
     type Buf = Vec<u8>;
     type Error = FetchError;
-    fn fetch_role(&mut self, name: &str, meta: &hale_core::metadata::MetaFile<'_>) -> Result<Vec<u8>, FetchError> {
+    fn fetch_role(
+        &mut self,
+        name: &str,
+        meta: &hale_core::metadata::MetaFile<'_>,
+    ) -> Result<Vec<u8>, FetchError> {
         let file = format!("{}.{name}.json", meta.version);
         let limit = meta.length.map_or(MAX_METADATA, |l| l as usize);
         fetch(self.files, &file, limit, self.fetched)
     }
 }
 
-fn fetch(files: &BTreeMap<String, Vec<u8>>, name: &str, limit: usize, log: &mut Vec<String>) -> Result<Vec<u8>, FetchError> {
+fn fetch(
+    files: &BTreeMap<String, Vec<u8>>,
+    name: &str,
+    limit: usize,
+    log: &mut Vec<String>,
+) -> Result<Vec<u8>, FetchError> {
     log.push(name.to_string());
-    let b = files.get(name).ok_or_else(|| FetchError::NotFound(name.to_string()))?;
+    let b = files
+        .get(name)
+        .ok_or_else(|| FetchError::NotFound(name.to_string()))?;
     if b.len() > limit {
         return Err(FetchError::TooLarge(name.to_string()));
     }
@@ -407,14 +487,29 @@ fn fetch(files: &BTreeMap<String, Vec<u8>>, name: &str, limit: usize, log: &mut 
 
 impl Client {
     pub fn new(trusted_root: Vec<u8>) -> Self {
-        Client { root: trusted_root, timestamp: None, snapshot: None, targets: None, max_root_rotations: 64, fetched: vec![] }
+        Client {
+            root: trusted_root,
+            timestamp: None,
+            snapshot: None,
+            targets: None,
+            max_root_rotations: 64,
+            fetched: vec![],
+        }
     }
 
     /// Versions of what the client trusts now.
     pub fn trusted(&self) -> Trusted {
-        let v = |b: &Option<Vec<u8>>, t: &'static str| b.as_ref().map(|b| hale_core::metadata::peek_header(b, t).expect("stored").version);
+        let v = |b: &Option<Vec<u8>>, t: &'static str| {
+            b.as_ref().map(|b| {
+                hale_core::metadata::peek_header(b, t)
+                    .expect("stored")
+                    .version
+            })
+        };
         Trusted {
-            root: hale_core::metadata::peek_header(&self.root, "root").expect("stored root").version,
+            root: hale_core::metadata::peek_header(&self.root, "root")
+                .expect("stored root")
+                .version,
             timestamp: v(&self.timestamp, "timestamp"),
             snapshot: v(&self.snapshot, "snapshot"),
             targets: v(&self.targets, "targets"),
@@ -423,13 +518,25 @@ impl Client {
 
     /// The spec §5 workflow over `files` at time `now`; on success the new state is persisted,
     /// on failure nothing is.
-    pub fn refresh(&mut self, files: &BTreeMap<String, Vec<u8>>, now: i64) -> Result<TrustedSet<Vec<u8>>, ClientError> {
+    pub fn refresh(
+        &mut self,
+        files: &BTreeMap<String, Vec<u8>>,
+        now: i64,
+    ) -> Result<TrustedSet<Vec<u8>>, ClientError> {
         self.fetched.clear();
         let mut set = TrustedSet::new(Storage::with_capacity(MAX_METADATA), &self.root, now)?
             .with_max_root_rotations(self.max_root_rotations);
         loop {
-            let next = hale_core::metadata::peek_header(set.stored(Role::Root).unwrap_or(&[]), "root")?.version + 1;
-            match fetch(files, &format!("{next}.root.json"), MAX_METADATA, &mut self.fetched) {
+            let next =
+                hale_core::metadata::peek_header(set.stored(Role::Root).unwrap_or(&[]), "root")?
+                    .version
+                    + 1;
+            match fetch(
+                files,
+                &format!("{next}.root.json"),
+                MAX_METADATA,
+                &mut self.fetched,
+            ) {
                 Ok(b) => {
                     set.update_root(&b)?;
                 }
@@ -441,7 +548,8 @@ impl Client {
             // a stored timestamp that no longer verifies (rotated keys) is dropped
             let _ = set.load_trusted_timestamp(ts);
         }
-        let ts = fetch(files, "timestamp.json", MAX_METADATA, &mut self.fetched).map_err(ClientError::Fetch)?;
+        let ts = fetch(files, "timestamp.json", MAX_METADATA, &mut self.fetched)
+            .map_err(ClientError::Fetch)?;
         set.update_timestamp(&ts)?;
         let mut fresh = Freshness::Stale;
         if let Some(s) = &self.snapshot {
@@ -462,8 +570,17 @@ impl Client {
         };
         if !local_ok {
             let meta = set.delegated_meta("targets")?;
-            let (v, limit) = (meta.version, meta.length.map_or(MAX_METADATA, |l| l as usize));
-            let t = fetch(files, &format!("{v}.targets.json"), limit, &mut self.fetched).map_err(ClientError::Fetch)?;
+            let (v, limit) = (
+                meta.version,
+                meta.length.map_or(MAX_METADATA, |l| l as usize),
+            );
+            let t = fetch(
+                files,
+                &format!("{v}.targets.json"),
+                limit,
+                &mut self.fetched,
+            )
+            .map_err(ClientError::Fetch)?;
             set.update_targets(&t)?;
         }
         // persist only now: the whole refresh verified
@@ -475,16 +592,28 @@ impl Client {
     }
 
     /// Refresh, find `path` through the delegations, download and check it.
-    pub fn download(&mut self, files: &BTreeMap<String, Vec<u8>>, path: &str, now: i64) -> Result<Vec<u8>, ClientError> {
+    pub fn download(
+        &mut self,
+        files: &BTreeMap<String, Vec<u8>>,
+        path: &str,
+        now: i64,
+    ) -> Result<Vec<u8>, ClientError> {
         let set = self.refresh(files, now)?;
         let mut log = std::mem::take(&mut self.fetched);
         let found = set
-            .find_target(path, &mut MapSource { files, fetched: &mut log })?
+            .find_target(
+                path,
+                &mut MapSource {
+                    files,
+                    fetched: &mut log,
+                },
+            )?
             .ok_or_else(|| ClientError::NotFound(path.to_string()))?;
         let tf = found.file(path)?;
         let sha = tf.sha256().map(hex::encode).unwrap_or_default();
         hale_core::metadata::check_target_path(path)?;
-        let name = hale_repo::layout::target_path(path, &sha, true).map_err(|_| ClientError::NotFound(path.to_string()))?;
+        let name = hale_repo::layout::target_path(path, &sha, true)
+            .map_err(|_| ClientError::NotFound(path.to_string()))?;
         let bytes = fetch(files, &name, usize::MAX, &mut log).map_err(ClientError::Fetch)?;
         // streamed check, as a device does it: refuses as soon as the data passes the length
         let mut h = tf.hasher(Name::new(path))?;

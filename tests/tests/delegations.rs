@@ -1,7 +1,12 @@
 //! Target search through delegations (TUF spec 5.6.7): priority order, terminating roles, the
 //! visit cap, cycles, path hash prefixes and succinct hash bins. Cross-checked against what
 //! python-tuf's updater does for the same shapes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use hale_core::{Error, Name};
 use hale_repo::keys::KeyKind;
@@ -23,7 +28,10 @@ fn first_matching_delegation_wins_in_priority_order() {
     let mut c = Client::new(r.initial_root());
     // both list different bytes under one name: the files map holds both by hash, the
     // higher-priority role decides which is fetched
-    assert_eq!(c.download(&r.files, "fw-1.bin", NOW).unwrap(), b"from first");
+    assert_eq!(
+        c.download(&r.files, "fw-1.bin", NOW).unwrap(),
+        b"from first"
+    );
 }
 
 #[test]
@@ -34,8 +42,15 @@ fn terminating_delegation_stops_the_search_after_its_subtree() {
     r.add_target("later", "fw-2.bin", b"never reached", None);
     r.publish();
     let mut c = Client::new(r.initial_root());
-    assert_eq!(c.download(&r.files, "fw-2.bin", NOW).unwrap_err(), ClientError::NotFound("fw-2.bin".into()));
-    assert!(!c.fetched.iter().any(|f| f.contains("later")), "{:?}", c.fetched);
+    assert_eq!(
+        c.download(&r.files, "fw-2.bin", NOW).unwrap_err(),
+        ClientError::NotFound("fw-2.bin".into())
+    );
+    assert!(
+        !c.fetched.iter().any(|f| f.contains("later")),
+        "{:?}",
+        c.fetched
+    );
 
     // without the terminating flag the search backtracks to the next delegation
     let mut r2 = RepoSim::new();
@@ -50,14 +65,42 @@ fn terminating_delegation_stops_the_search_after_its_subtree() {
 #[test]
 fn nested_delegations_are_walked_depth_first() {
     let mut r = RepoSim::new();
-    r.delegate("targets", "pump-a", &["pump-a/*", "pump-a/*/*"], true, vec![k("pump-a")], 1);
-    r.delegate("pump-a", "pump-a-beta", &["pump-a/beta/*"], false, vec![k("beta")], 1);
+    r.delegate(
+        "targets",
+        "pump-a",
+        &["pump-a/*", "pump-a/*/*"],
+        true,
+        vec![k("pump-a")],
+        1,
+    );
+    r.delegate(
+        "pump-a",
+        "pump-a-beta",
+        &["pump-a/beta/*"],
+        false,
+        vec![k("beta")],
+        1,
+    );
     r.add_target("pump-a-beta", "pump-a/beta/fw.bin", b"beta image", None);
     r.publish();
     let mut c = Client::new(r.initial_root());
-    assert_eq!(c.download(&r.files, "pump-a/beta/fw.bin", NOW).unwrap(), b"beta image");
-    let metas: Vec<_> = c.fetched.iter().filter(|f| f.ends_with(".json") && !f.contains("root")).cloned().collect();
-    assert!(metas.ends_with(&["1.pump-a.json".to_string(), "1.pump-a-beta.json".to_string()]), "{metas:?}");
+    assert_eq!(
+        c.download(&r.files, "pump-a/beta/fw.bin", NOW).unwrap(),
+        b"beta image"
+    );
+    let metas: Vec<_> = c
+        .fetched
+        .iter()
+        .filter(|f| f.ends_with(".json") && !f.contains("root"))
+        .cloned()
+        .collect();
+    assert!(
+        metas.ends_with(&[
+            "1.pump-a.json".to_string(),
+            "1.pump-a-beta.json".to_string()
+        ]),
+        "{metas:?}"
+    );
 }
 
 #[test]
@@ -66,25 +109,37 @@ fn delegation_cycles_are_skipped_and_the_visit_cap_holds() {
     // a → b → a … : the cycle back to a is skipped
     r.delegate("targets", "a", &["*"], false, vec![k("a")], 1);
     r.delegate("a", "b", &["*"], false, vec![k("b")], 1);
-    let bkeys = vec![k("a")];
+    let bkeys = [k("a")];
     let entry = json!({"name": "a", "keyids": [bkeys[0].keyid()], "threshold": 1, "terminating": false, "paths": ["*"]});
     let b = r.delegated.get_mut("b").unwrap();
     b.delegations = Some(json!({"keys": {bkeys[0].keyid(): bkeys[0].public()}, "roles": [entry]}));
     r.mark("b");
     r.publish();
     let mut c = Client::new(r.initial_root());
-    assert_eq!(c.download(&r.files, "none.bin", NOW).unwrap_err(), ClientError::NotFound("none.bin".into()));
+    assert_eq!(
+        c.download(&r.files, "none.bin", NOW).unwrap_err(),
+        ClientError::NotFound("none.bin".into())
+    );
 
     // a wide fan-out: more matching roles than the cap
     let mut r = RepoSim::new();
     for i in 0..40 {
-        r.delegate("targets", &format!("r{i:02}"), &["*"], false, vec![k("fan")], 1);
+        r.delegate(
+            "targets",
+            &format!("r{i:02}"),
+            &["*"],
+            false,
+            vec![k("fan")],
+            1,
+        );
     }
     r.publish();
     let mut c = Client::new(r.initial_root());
     assert_eq!(
         c.download(&r.files, "none.bin", NOW).unwrap_err(),
-        ClientError::Trust(Error::TooManyDelegations { cap: hale_core::limits::MAX_DELEGATION_VISITS })
+        ClientError::Trust(Error::TooManyDelegations {
+            cap: hale_core::limits::MAX_DELEGATION_VISITS
+        })
     );
 }
 
@@ -98,10 +153,18 @@ fn path_hash_prefixes_route_targets() {
     for (name, prefix) in [("other", other.to_string()), ("mine", mine)] {
         let key = k(name);
         let entry = json!({"name": name, "keyids": [key.keyid()], "threshold": 1, "terminating": false, "path_hash_prefixes": [prefix]});
-        let d = r.targets.delegations.get_or_insert_with(|| json!({"keys": {}, "roles": []}));
+        let d = r
+            .targets
+            .delegations
+            .get_or_insert_with(|| json!({"keys": {}, "roles": []}));
         d["keys"][key.keyid()] = key.public();
         d["roles"].as_array_mut().unwrap().push(entry);
-        r.delegated.insert(name.into(), RoleState { ..r.targets.clone() });
+        r.delegated.insert(
+            name.into(),
+            RoleState {
+                ..r.targets.clone()
+            },
+        );
         let st = r.delegated.get_mut(name).unwrap();
         st.keys = vec![key];
         st.targets = Default::default();
@@ -114,7 +177,11 @@ fn path_hash_prefixes_route_targets() {
     r.publish();
     let mut c = Client::new(r.initial_root());
     assert_eq!(c.download(&r.files, path, NOW).unwrap(), b"routed by hash");
-    assert!(!c.fetched.iter().any(|f| f.contains(".other.json")), "{:?}", c.fetched);
+    assert!(
+        !c.fetched.iter().any(|f| f.contains(".other.json")),
+        "{:?}",
+        c.fetched
+    );
 }
 
 #[test]
@@ -132,7 +199,10 @@ fn succinct_hash_bins_fetch_exactly_one_bin() {
         assert_eq!(c.download(&r.files, n, NOW).unwrap(), n.as_bytes());
         let bins: Vec<_> = c.fetched.iter().filter(|f| f.contains(".bin-")).collect();
         assert_eq!(bins.len(), 1, "{n}: {bins:?}");
-        assert_eq!(bins[0], &format!("1.{}.json", hale_repo::build::bin_for(n, 6, "bin")));
+        assert_eq!(
+            bins[0],
+            &format!("1.{}.json", hale_repo::build::bin_for(n, 6, "bin"))
+        );
     }
 }
 
@@ -148,7 +218,11 @@ fn a_bin_role_signed_by_another_key_is_refused() {
     let mut c = Client::new(r.initial_root());
     assert_eq!(
         c.download(&r.files, n, NOW).unwrap_err(),
-        ClientError::Trust(Error::ThresholdNotMet { role: Name::new(&bin), threshold: 1, valid: 0 })
+        ClientError::Trust(Error::ThresholdNotMet {
+            role: Name::new(&bin),
+            threshold: 1,
+            valid: 0
+        })
     );
 }
 
@@ -162,7 +236,21 @@ fn a_device_agent_ignores_custom_fields_it_does_not_know() {
     r.publish();
     let mut c = Client::new(r.initial_root());
     let set = c.refresh(&r.files, NOW).unwrap();
-    let t = set.targets().unwrap().target("pump-a/fw.bin", Name::new("targets")).unwrap().unwrap();
-    let d = Device { model: "pump-a", revision: "r1", running: Version::new(2, 0, 0), security_counter: 1, bootloader: Version::new(1, 0, 0) };
-    assert_eq!(evaluate(t.custom.as_ref(), &d, false).unwrap().version, Version::new(3, 0, 0));
+    let t = set
+        .targets()
+        .unwrap()
+        .target("pump-a/fw.bin", Name::new("targets"))
+        .unwrap()
+        .unwrap();
+    let d = Device {
+        model: "pump-a",
+        revision: "r1",
+        running: Version::new(2, 0, 0),
+        security_counter: 1,
+        bootloader: Version::new(1, 0, 0),
+    };
+    assert_eq!(
+        evaluate(t.custom.as_ref(), &d, false).unwrap().version,
+        Version::new(3, 0, 0)
+    );
 }

@@ -3,7 +3,12 @@
 //!   indented and compact JSON, delegations, succinct hash bins, root rotations) and their targets;
 //! - python-tuf's ngclient refreshes and downloads from a repository Hale wrote, served over HTTP
 //!   on loopback.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::process::Command;
 
@@ -24,7 +29,8 @@ fn python_repo(scenario: &str, extra: &[&str]) -> (tempfile::TempDir, Value) {
         .status()
         .unwrap();
     assert!(st.success(), "python_tuf_repo.py {scenario} failed");
-    let expected: Value = serde_json::from_slice(&std::fs::read(out.join("expected.json")).unwrap()).unwrap();
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(out.join("expected.json")).unwrap()).unwrap();
     (dir, expected)
 }
 
@@ -35,11 +41,25 @@ fn hale_core_reads_python_repo(scenario: &str, extra: &[&str]) {
     let targets = expected["targets"].as_object().unwrap();
     assert!(!targets.is_empty());
     for (name, want) in targets {
-        let bytes = c.download(&files, name, now()).unwrap_or_else(|e| panic!("{scenario}: {name}: {e:?}"));
-        assert_eq!(bytes.len() as u64, want["length"].as_u64().unwrap(), "{scenario}: {name}");
-        assert_eq!(hex::encode(Sha256::digest(&bytes)), want["sha256"].as_str().unwrap(), "{scenario}: {name}");
+        let bytes = c
+            .download(&files, name, now())
+            .unwrap_or_else(|e| panic!("{scenario}: {name}: {e:?}"));
+        assert_eq!(
+            bytes.len() as u64,
+            want["length"].as_u64().unwrap(),
+            "{scenario}: {name}"
+        );
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            want["sha256"].as_str().unwrap(),
+            "{scenario}: {name}"
+        );
     }
-    let newest_root = expected["root_versions"].as_array().and_then(|v| v.last()).and_then(|v| v.as_u64()).unwrap_or(1);
+    let newest_root = expected["root_versions"]
+        .as_array()
+        .and_then(|v| v.last())
+        .and_then(|v| v.as_u64())
+        .unwrap_or(1);
     assert_eq!(c.trusted().root, newest_root, "{scenario}");
 }
 
@@ -69,13 +89,24 @@ fn hale_core_verifies_python_tuf_root_rotations() {
 fn hale_core_rejects_python_tuf_repository_with_flipped_target_byte() {
     let (dir, expected) = python_repo("basic", &[]);
     let mut files = load_dir(&dir.path().join("repo"));
-    let (name, want) = expected["targets"].as_object().unwrap().iter().next().unwrap();
+    let (name, want) = expected["targets"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
     let sha = want["sha256"].as_str().unwrap();
     let file = hale_repo::layout::target_path(name, sha, true).unwrap();
     files.get_mut(&file).unwrap()[0] ^= 1;
     let mut c = Client::new(files["1.root.json"].clone());
     let err = c.download(&files, name, now()).unwrap_err();
-    assert_eq!(err, ClientError::Trust(hale_core::Error::HashMismatch { what: hale_core::Name::new(name), algorithm: "sha256" }));
+    assert_eq!(
+        err,
+        ClientError::Trust(hale_core::Error::HashMismatch {
+            what: hale_core::Name::new(name),
+            algorithm: "sha256"
+        })
+    );
 }
 
 /// A Hale repository (hale-repo writes what hale-sign writes) with ECDSA and ed25519 keys, a
@@ -83,15 +114,32 @@ fn hale_core_rejects_python_tuf_repository_with_flipped_target_byte() {
 fn hale_repository() -> (RepoSim, Vec<&'static str>) {
     let mut r = RepoSim::new();
     let shift = now() - NOW; // RepoSim dates are relative to NOW
-    for st in [&mut r.root, &mut r.timestamp, &mut r.snapshot, &mut r.targets] {
+    for st in [
+        &mut r.root,
+        &mut r.timestamp,
+        &mut r.snapshot,
+        &mut r.targets,
+    ] {
         st.expires += shift;
     }
     r.write_root();
-    r.delegate("targets", "pump-a", &["pump-a/*"], true, vec![key("pump-a", KeyKind::EcdsaP256)], 1);
+    r.delegate(
+        "targets",
+        "pump-a",
+        &["pump-a/*"],
+        true,
+        vec![key("pump-a", KeyKind::EcdsaP256)],
+        1,
+    );
     r.delegated.get_mut("pump-a").unwrap().expires += shift;
     let custom = serde_json::json!({"hardware": [{"model": "pump-a", "revisions": ["r1"]}], "version": "1.0.0"});
     r.add_target("targets", "monitor-b.bin", b"monitor firmware", None);
-    r.add_target("pump-a", "pump-a/fw-1.0.0.bin", b"pump firmware 1.0.0", Some(custom));
+    r.add_target(
+        "pump-a",
+        "pump-a/fw-1.0.0.bin",
+        b"pump firmware 1.0.0",
+        Some(custom),
+    );
     r.publish();
     r.rotate_root(|r| r.root.keys.push(key("root-2", KeyKind::EcdsaP256)));
     r.publish();
@@ -111,17 +159,31 @@ fn python_tuf_ngclient_updates_from_a_hale_repository_over_http() {
     cmd.arg(interop_script("python_tuf_client.py"))
         .arg("--root")
         .arg(&root)
-        .args(["--metadata-url", &server.base, "--target-base-url", &format!("{}/targets", server.base), "--work"])
+        .args([
+            "--metadata-url",
+            &server.base,
+            "--target-base-url",
+            &format!("{}/targets", server.base),
+            "--work",
+        ])
         .arg(dir.path().join("client"));
     for t in &targets {
         cmd.args(["--target", t]);
     }
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python-tuf refused the Hale repository: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python-tuf refused the Hale repository: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     for t in targets {
-        assert_eq!(report["targets"][t], hex::encode(Sha256::digest(&r.contents[t])), "{t}");
+        assert_eq!(
+            report["targets"][t],
+            hex::encode(Sha256::digest(&r.contents[t])),
+            "{t}"
+        );
     }
 }
 
@@ -140,11 +202,25 @@ fn python_tuf_ngclient_rejects_a_tampered_hale_repository() {
         .arg(interop_script("python_tuf_client.py"))
         .arg("--root")
         .arg(&root)
-        .args(["--metadata-url", &server.base, "--target-base-url", &format!("{}/targets", server.base), "--work"])
+        .args([
+            "--metadata-url",
+            &server.base,
+            "--target-base-url",
+            &format!("{}/targets", server.base),
+            "--work",
+        ])
         .arg(dir.path().join("client"))
         .args(["--target", "monitor-b.bin"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "python-tuf accepted a tampered target");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("hash"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "python-tuf accepted a tampered target"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hash"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -1,7 +1,12 @@
 //! Interop with rust-tuf 0.3.0-beta14, an example of an older client a repository may have to stay
 //! readable by: ed25519 only, `spec_version` "1.0"/"1.0.0" only, and it computes key ids itself.
 //! Hale writes such repositories with the `compat` profile.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::Path;
 
@@ -18,7 +23,11 @@ use tuf::repository::{EphemeralRepository, FileSystemRepository};
 /// rust-tuf's FileSystemRepository reads `<dir>/metadata/…` and `<dir>/targets/…`.
 fn write_for_rust_tuf(r: &RepoSim, dir: &Path) {
     for (name, bytes) in &r.files {
-        let p = if name.starts_with("targets/") { dir.join(name) } else { dir.join("metadata").join(name) };
+        let p = if name.starts_with("targets/") {
+            dir.join(name)
+        } else {
+            dir.join("metadata").join(name)
+        };
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, bytes).unwrap();
     }
@@ -29,7 +38,8 @@ fn fetch(root: &[u8], dir: &Path, target: &str) -> tuf::Result<Vec<u8>> {
         let root = RawSignedMetadata::<Pouf1, RootMetadata>::new(root.to_vec());
         let remote = FileSystemRepository::<Pouf1>::new(dir);
         let local = EphemeralRepository::<Pouf1>::new();
-        let mut client = TufClient::with_trusted_root(Config::default(), &root, local, remote).await?;
+        let mut client =
+            TufClient::with_trusted_root(Config::default(), &root, local, remote).await?;
         client.update().await?;
         let mut reader = client.fetch_target(&TargetPath::new(target)?).await?;
         let mut buf = Vec::new();
@@ -41,12 +51,22 @@ fn fetch(root: &[u8], dir: &Path, target: &str) -> tuf::Result<Vec<u8>> {
 fn compat_repo() -> RepoSim {
     let mut r = RepoSim::with_profile(Profile::Compat);
     let shift = now() - NOW;
-    for st in [&mut r.root, &mut r.timestamp, &mut r.snapshot, &mut r.targets] {
+    for st in [
+        &mut r.root,
+        &mut r.timestamp,
+        &mut r.snapshot,
+        &mut r.targets,
+    ] {
         st.expires += shift;
     }
     r.write_root();
     let custom = serde_json::json!({"hardware": [{"model": "pump-a", "revisions": ["r1", "r2"]}], "version": "2.0.0", "security_counter": 1});
-    r.add_target("targets", "pump-a/fw-2.0.0.bin", b"pump firmware 2.0.0", Some(custom));
+    r.add_target(
+        "targets",
+        "pump-a/fw-2.0.0.bin",
+        b"pump firmware 2.0.0",
+        Some(custom),
+    );
     r.add_target("targets", "monitor.bin", b"monitor firmware", None);
     r.publish();
     r
@@ -58,7 +78,11 @@ fn rust_tuf_updates_from_a_compat_profile_repository() {
     let dir = tempfile::tempdir().unwrap();
     write_for_rust_tuf(&r, dir.path());
     for t in ["pump-a/fw-2.0.0.bin", "monitor.bin"] {
-        assert_eq!(fetch(&r.initial_root(), dir.path(), t).unwrap(), r.contents[t], "{t}");
+        assert_eq!(
+            fetch(&r.initial_root(), dir.path(), t).unwrap(),
+            r.contents[t],
+            "{t}"
+        );
     }
 }
 
@@ -71,7 +95,10 @@ fn rust_tuf_follows_compat_root_rotations() {
     r.publish();
     let dir = tempfile::tempdir().unwrap();
     write_for_rust_tuf(&r, dir.path());
-    assert_eq!(fetch(&r.initial_root(), dir.path(), "monitor.bin").unwrap(), b"monitor firmware");
+    assert_eq!(
+        fetch(&r.initial_root(), dir.path(), "monitor.bin").unwrap(),
+        b"monitor firmware"
+    );
 }
 
 #[test]
@@ -82,7 +109,10 @@ fn rust_tuf_rejects_a_tampered_compat_repository() {
     let dir = tempfile::tempdir().unwrap();
     write_for_rust_tuf(&r, dir.path());
     let err = fetch(&r.initial_root(), dir.path(), "monitor.bin").unwrap_err();
-    assert!(err.to_string().to_lowercase().contains("hash") || err.to_string().contains("digest"), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("hash") || err.to_string().contains("digest"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -101,5 +131,8 @@ fn the_standard_profile_is_not_readable_by_rust_tuf_which_is_why_compat_exists()
 fn hale_core_reads_the_compat_profile_too() {
     let r = compat_repo();
     let mut c = Client::new(r.initial_root());
-    assert_eq!(c.download(&r.files, "monitor.bin", now()).unwrap(), b"monitor firmware");
+    assert_eq!(
+        c.download(&r.files, "monitor.bin", now()).unwrap(),
+        b"monitor firmware"
+    );
 }

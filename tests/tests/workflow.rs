@@ -1,6 +1,11 @@
 //! The client workflow itself: call order, unchanged metadata, stored snapshots, the root
 //! rotation cap, and a device that sat switched off through many rotations.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use hale_core::{Error, Freshness, Name, Role, Storage, TrustedSet, Update};
 use hale_repo::keys::KeyKind;
@@ -16,16 +21,25 @@ fn calls_out_of_order_are_refused_and_change_nothing() {
     let mut s = set(&r);
     assert_eq!(
         s.update_snapshot(&r.files["1.snapshot.json"]).unwrap_err(),
-        Error::WrongOrder { operation: "snapshot update", requires: "a timestamp" }
+        Error::WrongOrder {
+            operation: "snapshot update",
+            requires: "a timestamp"
+        }
     );
     assert_eq!(
         s.update_targets(&r.files["1.targets.json"]).unwrap_err(),
-        Error::WrongOrder { operation: "targets update", requires: "a current snapshot" }
+        Error::WrongOrder {
+            operation: "targets update",
+            requires: "a current snapshot"
+        }
     );
     s.update_timestamp(&r.files["timestamp.json"]).unwrap();
     assert_eq!(
         s.update_root(&r.files["1.root.json"]).unwrap_err(),
-        Error::WrongOrder { operation: "update_root", requires: "no timestamp loaded yet" }
+        Error::WrongOrder {
+            operation: "update_root",
+            requires: "no timestamp loaded yet"
+        }
     );
     assert!(s.stored(Role::Snapshot).is_none() && s.stored(Role::Targets).is_none());
 }
@@ -34,8 +48,12 @@ fn calls_out_of_order_are_refused_and_change_nothing() {
 fn same_timestamp_again_is_unchanged_not_an_error() {
     let r = RepoSim::new();
     let mut s = set(&r);
-    s.load_trusted_timestamp(&r.files["timestamp.json"]).unwrap();
-    assert_eq!(s.update_timestamp(&r.files["timestamp.json"]).unwrap(), Update::Unchanged { version: 1 });
+    s.load_trusted_timestamp(&r.files["timestamp.json"])
+        .unwrap();
+    assert_eq!(
+        s.update_timestamp(&r.files["timestamp.json"]).unwrap(),
+        Update::Unchanged { version: 1 }
+    );
 }
 
 #[test]
@@ -43,18 +61,32 @@ fn a_stored_snapshot_that_is_current_needs_no_download() {
     let mut r = RepoSim::new();
     let mut s = set(&r);
     s.update_timestamp(&r.files["timestamp.json"]).unwrap();
-    assert_eq!(s.load_trusted_snapshot(&r.files["1.snapshot.json"]).unwrap(), Freshness::Current);
+    assert_eq!(
+        s.load_trusted_snapshot(&r.files["1.snapshot.json"])
+            .unwrap(),
+        Freshness::Current
+    );
     s.update_targets(&r.files["1.targets.json"]).unwrap();
 
     r.publish();
     let mut s = set(&r);
     s.update_timestamp(&r.files["timestamp.json"]).unwrap();
-    assert_eq!(s.load_trusted_snapshot(&r.files["1.snapshot.json"]).unwrap(), Freshness::Stale);
+    assert_eq!(
+        s.load_trusted_snapshot(&r.files["1.snapshot.json"])
+            .unwrap(),
+        Freshness::Stale
+    );
     assert_eq!(
         s.update_targets(&r.files["1.targets.json"]).unwrap_err(),
-        Error::WrongOrder { operation: "targets update", requires: "a current snapshot" }
+        Error::WrongOrder {
+            operation: "targets update",
+            requires: "a current snapshot"
+        }
     );
-    assert_eq!(updated(s.update_snapshot(&r.files["2.snapshot.json"]).unwrap()), 2);
+    assert_eq!(
+        updated(s.update_snapshot(&r.files["2.snapshot.json"]).unwrap()),
+        2
+    );
 }
 
 #[test]
@@ -65,13 +97,28 @@ fn a_device_switched_off_for_years_catches_up_through_ten_root_rotations() {
     for i in 0..10 {
         // every rotation replaces the root key and one online key
         r.rotate_root(|r| {
-            r.root.keys = vec![key(&format!("root-gen-{i}"), if i % 2 == 0 { KeyKind::EcdsaP256 } else { KeyKind::Ed25519 })];
+            r.root.keys = vec![key(
+                &format!("root-gen-{i}"),
+                if i % 2 == 0 {
+                    KeyKind::EcdsaP256
+                } else {
+                    KeyKind::Ed25519
+                },
+            )];
             r.timestamp.keys = vec![key(&format!("ts-gen-{i}"), KeyKind::Ed25519)];
         });
         r.publish();
     }
     c.refresh(&r.files, NOW).unwrap();
-    assert_eq!(c.trusted(), Trusted { root: 11, timestamp: Some(11), snapshot: Some(11), targets: Some(1) });
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 11,
+            timestamp: Some(11),
+            snapshot: Some(11),
+            targets: Some(1)
+        }
+    );
 }
 
 #[test]
@@ -84,8 +131,16 @@ fn the_root_rotation_cap_bounds_one_update() {
     for v in 2..=4 {
         assert_eq!(s.update_root(&r.root_bytes(v)).unwrap(), v);
     }
-    assert_eq!(s.update_root(&r.root_bytes(5)).unwrap_err(), Error::TooManyRootRotations { cap: 3 });
-    assert_eq!(hale_core::metadata::peek_header(s.stored(Role::Root).unwrap(), "root").unwrap().version, 4);
+    assert_eq!(
+        s.update_root(&r.root_bytes(5)).unwrap_err(),
+        Error::TooManyRootRotations { cap: 3 }
+    );
+    assert_eq!(
+        hale_core::metadata::peek_header(s.stored(Role::Root).unwrap(), "root")
+            .unwrap()
+            .version,
+        4
+    );
 }
 
 #[test]
@@ -93,7 +148,14 @@ fn a_trusted_root_that_does_not_verify_itself_is_refused() {
     let r = RepoSim::new();
     let tampered = tamper_signed(&r.initial_root(), |s| s["version"] = 7.into());
     let err = TrustedSet::new(Storage::with_capacity(4096), &tampered, NOW).unwrap_err();
-    assert_eq!(err, Error::ThresholdNotMet { role: Name::new("root"), threshold: 1, valid: 0 });
+    assert_eq!(
+        err,
+        Error::ThresholdNotMet {
+            role: Name::new("root"),
+            threshold: 1,
+            valid: 0
+        }
+    );
 }
 
 #[test]
@@ -101,13 +163,26 @@ fn unsupported_spec_versions_and_wrong_types_are_named() {
     let r = RepoSim::new();
     let tkey = r.timestamp.keys[0].clone();
     let mut s = set(&r);
-    let two = resign(&r.files["timestamp.json"], &[&tkey], |s| s["spec_version"] = "2.0.0".into());
+    let two = resign(&r.files["timestamp.json"], &[&tkey], |s| {
+        s["spec_version"] = "2.0.0".into()
+    });
     assert_eq!(
         s.update_timestamp(&two).unwrap_err(),
-        Error::UnsupportedSpecVersion { role: Name::new("timestamp"), found: Name::new("2.0.0") }
+        Error::UnsupportedSpecVersion {
+            role: Name::new("timestamp"),
+            found: Name::new("2.0.0")
+        }
     );
-    let wrong = resign(&r.files["timestamp.json"], &[&tkey], |s| s["_type"] = "snapshot".into());
-    assert_eq!(s.update_timestamp(&wrong).unwrap_err(), Error::WrongType { expected: "timestamp", found: Name::new("snapshot") });
+    let wrong = resign(&r.files["timestamp.json"], &[&tkey], |s| {
+        s["_type"] = "snapshot".into()
+    });
+    assert_eq!(
+        s.update_timestamp(&wrong).unwrap_err(),
+        Error::WrongType {
+            expected: "timestamp",
+            found: Name::new("snapshot")
+        }
+    );
     assert!(s.stored(Role::Timestamp).is_none());
 }
 
@@ -115,12 +190,17 @@ fn unsupported_spec_versions_and_wrong_types_are_named() {
 fn rsa_pss_keys_verify_in_std_builds() {
     // python-tuf interop covers ECDSA and ed25519; RSA-PSS keys come from the unit vector below,
     // made with securesystemslib (rsassa-pss-sha256, 2048 bits)
-    let v: serde_json::Value = serde_json::from_str(include_str!("vectors/rsa-pss/root.json")).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(include_str!("vectors/rsa-pss/root.json")).unwrap();
     let bytes = serde_json::to_vec(&v).unwrap();
     TrustedSet::new(Storage::with_capacity(1 << 14), &bytes, NOW).unwrap();
     let tampered = tamper_signed(&bytes, |s| s["version"] = 2.into());
     assert_eq!(
         TrustedSet::new(Storage::with_capacity(1 << 14), &tampered, NOW).unwrap_err(),
-        Error::ThresholdNotMet { role: Name::new("root"), threshold: 1, valid: 0 }
+        Error::ThresholdNotMet {
+            role: Name::new("root"),
+            threshold: 1,
+            valid: 0
+        }
     );
 }

@@ -18,9 +18,23 @@ fn rejects_target_whose_content_was_replaced() {
     let name = r.target_file_name("pump-a/fw.bin");
     r.files.insert(name, b"malicious firmware!".to_vec()); // same length
     let err = c.download(&r.files, "pump-a/fw.bin", NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::HashMismatch { what: Name::new("pump-a/fw.bin"), algorithm: "sha256" }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::HashMismatch {
+            what: Name::new("pump-a/fw.bin"),
+            algorithm: "sha256"
+        })
+    );
     // the metadata refresh itself was fine and is what the client now trusts
-    assert_eq!(c.trusted(), Trusted { root: 1, timestamp: Some(2), snapshot: Some(2), targets: Some(2) });
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            timestamp: Some(2),
+            snapshot: Some(2),
+            targets: Some(2)
+        }
+    );
 }
 
 #[test]
@@ -38,7 +52,14 @@ fn rejects_targets_resigned_by_an_attacker_key() {
     });
     r.files.insert(name, forged);
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::ThresholdNotMet { role: Name::new("targets"), threshold: 1, valid: 0 }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::ThresholdNotMet {
+            role: Name::new("targets"),
+            threshold: 1,
+            valid: 0
+        })
+    );
     assert_eq!(c.trusted(), before);
 }
 
@@ -52,17 +73,33 @@ fn rejects_signed_content_changed_after_signing() {
     });
     r.files.insert(name, tampered);
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::ThresholdNotMet { role: Name::new("targets"), threshold: 1, valid: 0 }));
-    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::ThresholdNotMet {
+            role: Name::new("targets"),
+            threshold: 1,
+            valid: 0
+        })
+    );
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            ..Default::default()
+        }
+    );
 }
 
 #[test]
 fn rejects_unknown_field_added_after_signing_but_accepts_signed_ones() {
     let mut r = repo_with_firmware();
-    r.timestamp.extra.insert("x-hale-note".into(), "signed by the repository".into());
+    r.timestamp
+        .extra
+        .insert("x-hale-note".into(), "signed by the repository".into());
     r.publish();
     let mut c = Client::new(r.initial_root());
-    c.refresh(&r.files, NOW).expect("signed unknown fields are kept and verified");
+    c.refresh(&r.files, NOW)
+        .expect("signed unknown fields are kept and verified");
     let before = c.trusted();
     r.publish();
     let ts = tamper_signed(&r.files["timestamp.json"], |s| {
@@ -70,7 +107,14 @@ fn rejects_unknown_field_added_after_signing_but_accepts_signed_ones() {
     });
     r.files.insert("timestamp.json".into(), ts);
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::ThresholdNotMet { role: Name::new("timestamp"), threshold: 1, valid: 0 }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::ThresholdNotMet {
+            role: Name::new("timestamp"),
+            threshold: 1,
+            valid: 0
+        })
+    );
     assert_eq!(c.trusted(), before);
 }
 
@@ -82,8 +126,21 @@ fn rejects_timestamp_signed_with_another_roles_key() {
     let ts = resign(&r.files["timestamp.json"], &[&snapshot_key], |_| {});
     r.files.insert("timestamp.json".into(), ts);
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::ThresholdNotMet { role: Name::new("timestamp"), threshold: 1, valid: 0 }));
-    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::ThresholdNotMet {
+            role: Name::new("timestamp"),
+            threshold: 1,
+            valid: 0
+        })
+    );
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            ..Default::default()
+        }
+    );
 }
 
 #[test]
@@ -97,7 +154,16 @@ fn rejects_duplicate_keys_that_two_parsers_would_read_differently() {
     let err = c.refresh(&r.files, NOW).unwrap_err();
     assert_eq!(
         err,
-        ClientError::Trust(Error::Json { role: Name::new("timestamp"), error: hale_core::json::JsonError::DuplicateKey })
+        ClientError::Trust(Error::Json {
+            role: Name::new("timestamp"),
+            error: hale_core::json::JsonError::DuplicateKey
+        })
     );
-    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            ..Default::default()
+        }
+    );
 }

@@ -13,8 +13,22 @@ fn diamond() -> RepoSim {
     let mut r = RepoSim::new();
     let xkey = key("x", KeyKind::Ed25519);
     let evil = key("attacker", KeyKind::Ed25519);
-    r.delegate("targets", "a", &["*"], false, vec![key("a", KeyKind::Ed25519)], 1);
-    r.delegate("targets", "b", &["*"], false, vec![key("b", KeyKind::Ed25519)], 1);
+    r.delegate(
+        "targets",
+        "a",
+        &["*"],
+        false,
+        vec![key("a", KeyKind::Ed25519)],
+        1,
+    );
+    r.delegate(
+        "targets",
+        "b",
+        &["*"],
+        false,
+        vec![key("b", KeyKind::Ed25519)],
+        1,
+    );
     r.delegate("a", "x", &["a-*"], false, vec![xkey.clone()], 1);
     // b's delegation to x names another key; x itself is still signed by xkey
     r.delegate("b", "x", &["b-*"], false, vec![evil], 1);
@@ -33,7 +47,14 @@ fn role_reached_through_a_second_delegator_is_verified_against_that_delegator() 
     assert_eq!(c.download(&r.files, "a-firmware.bin", NOW).unwrap(), b"A");
     // through b, x is checked against b's keys for it, which did not sign it
     let err = c.download(&r.files, "b-firmware.bin", NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::ThresholdNotMet { role: Name::new("x"), threshold: 1, valid: 0 }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::ThresholdNotMet {
+            role: Name::new("x"),
+            threshold: 1,
+            valid: 0
+        })
+    );
 }
 
 #[test]
@@ -43,16 +64,33 @@ fn same_trusted_set_does_not_reuse_a_role_verified_through_another_path() {
     impl RoleSource for Src<'_> {
         type Buf = Vec<u8>;
         type Error = ();
-        fn fetch_role(&mut self, name: &str, m: &hale_core::metadata::MetaFile<'_>) -> Result<Vec<u8>, ()> {
-            self.0.get(&format!("{}.{name}.json", m.version)).cloned().ok_or(())
+        fn fetch_role(
+            &mut self,
+            name: &str,
+            m: &hale_core::metadata::MetaFile<'_>,
+        ) -> Result<Vec<u8>, ()> {
+            self.0
+                .get(&format!("{}.{name}.json", m.version))
+                .cloned()
+                .ok_or(())
         }
     }
     let r = diamond();
     let mut c = Client::new(r.initial_root());
     let set = c.refresh(&r.files, NOW).unwrap();
     let mut src = Src(&r.files);
-    assert!(set.find_target("a-firmware.bin", &mut src).unwrap().is_some());
+    assert!(set
+        .find_target("a-firmware.bin", &mut src)
+        .unwrap()
+        .is_some());
     // a second search in the same set, after x was verified through a
     let err = set.find_target("b-firmware.bin", &mut src).unwrap_err();
-    assert_eq!(err, SearchError::Trust(Error::ThresholdNotMet { role: Name::new("x"), threshold: 1, valid: 0 }));
+    assert_eq!(
+        err,
+        SearchError::Trust(Error::ThresholdNotMet {
+            role: Name::new("x"),
+            threshold: 1,
+            valid: 0
+        })
+    );
 }

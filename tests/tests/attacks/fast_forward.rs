@@ -13,7 +13,12 @@ fn fast_forwarded() -> (RepoSim, Client) {
     // the attacker, holding the timestamp key, gets version 1000 onto the device
     let tkey = r.timestamp.keys[0].clone();
     let mut evil = r.files.clone();
-    evil.insert("timestamp.json".into(), resign(&r.files["timestamp.json"], &[&tkey], |s| s["version"] = 1000.into()));
+    evil.insert(
+        "timestamp.json".into(),
+        resign(&r.files["timestamp.json"], &[&tkey], |s| {
+            s["version"] = 1000.into()
+        }),
+    );
     c.refresh(&evil, NOW).unwrap();
     assert_eq!(c.trusted().timestamp, Some(1000));
     r.publish();
@@ -25,7 +30,14 @@ fn fast_forwarded_timestamp_blocks_updates_until_the_key_rotates() {
     let (r, mut c) = fast_forwarded();
     let before = c.trusted();
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::Rollback { role: Name::new("timestamp"), trusted: 1000, received: 2 }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::Rollback {
+            role: Name::new("timestamp"),
+            trusted: 1000,
+            received: 2
+        })
+    );
     assert_eq!(c.trusted(), before);
 }
 
@@ -35,7 +47,15 @@ fn recovers_when_root_rotates_the_timestamp_key() {
     r.rotate_root(|r| r.timestamp.keys = vec![key("timestamp-2", KeyKind::Ed25519)]);
     r.publish();
     c.refresh(&r.files, NOW).unwrap();
-    assert_eq!(c.trusted(), Trusted { root: 2, timestamp: Some(3), snapshot: Some(3), targets: Some(1) });
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 2,
+            timestamp: Some(3),
+            snapshot: Some(3),
+            targets: Some(1)
+        }
+    );
 }
 
 #[test]
@@ -45,7 +65,14 @@ fn rotating_another_key_does_not_discard_the_timestamp_baseline() {
     r.mark("targets");
     r.publish();
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::Rollback { role: Name::new("timestamp"), trusted: 1000, received: 3 }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::Rollback {
+            role: Name::new("timestamp"),
+            trusted: 1000,
+            received: 3
+        })
+    );
     // root v2 verified, but the refresh as a whole failed: nothing was persisted
     assert_eq!(c.trusted().root, 1);
 }

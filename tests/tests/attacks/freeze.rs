@@ -10,8 +10,21 @@ fn rejects_expired_timestamp() {
     let mut c = Client::new(r.initial_root());
     let later = NOW + 2 * DAY; // timestamp expires after one day
     let err = c.refresh(&r.files, later).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::Expired { role: Name::new("timestamp"), expires: NOW + DAY, now: later }));
-    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::Expired {
+            role: Name::new("timestamp"),
+            expires: NOW + DAY,
+            now: later
+        })
+    );
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            ..Default::default()
+        }
+    );
 }
 
 #[test]
@@ -23,7 +36,14 @@ fn rejects_replayed_timestamp_once_it_expired() {
     // the same (equal-version) timestamp is served again, after its expiry
     let later = NOW + DAY;
     let err = c.refresh(&r.files, later).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::Expired { role: Name::new("timestamp"), expires: NOW + DAY, now: later }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::Expired {
+            role: Name::new("timestamp"),
+            expires: NOW + DAY,
+            now: later
+        })
+    );
     assert_eq!(c.trusted(), before);
 }
 
@@ -34,8 +54,21 @@ fn rejects_expired_snapshot_and_targets() {
     r.publish();
     let mut c = Client::new(r.initial_root());
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::Expired { role: Name::new("snapshot"), expires: NOW - 1, now: NOW }));
-    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::Expired {
+            role: Name::new("snapshot"),
+            expires: NOW - 1,
+            now: NOW
+        })
+    );
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            ..Default::default()
+        }
+    );
 
     let mut r = RepoSim::new();
     r.targets.expires = NOW;
@@ -43,8 +76,21 @@ fn rejects_expired_snapshot_and_targets() {
     r.publish();
     let mut c = Client::new(r.initial_root());
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::Expired { role: Name::new("targets"), expires: NOW, now: NOW }));
-    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::Expired {
+            role: Name::new("targets"),
+            expires: NOW,
+            now: NOW
+        })
+    );
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            ..Default::default()
+        }
+    );
 }
 
 #[test]
@@ -53,9 +99,21 @@ fn rejects_expired_final_root() {
     r.rotate_root(|r| r.root.expires = NOW - DAY);
     let mut c = Client::new(r.initial_root());
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::ExpiredRoot { expires: NOW - DAY, now: NOW }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::ExpiredRoot {
+            expires: NOW - DAY,
+            now: NOW
+        })
+    );
     // nothing persisted: the device still trusts root v1
-    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            ..Default::default()
+        }
+    );
 }
 
 #[test]

@@ -8,7 +8,11 @@ use hale_tests::*;
 use serde_json::json;
 
 fn two_of_three() -> (RepoSim, [SigningKey; 3]) {
-    let ks = [key("root-a", KeyKind::Ed25519), key("root-b", KeyKind::EcdsaP256), key("root-c", KeyKind::Ed25519)];
+    let ks = [
+        key("root-a", KeyKind::Ed25519),
+        key("root-b", KeyKind::EcdsaP256),
+        key("root-c", KeyKind::Ed25519),
+    ];
     let mut r = RepoSim::new();
     r.rotate_root(|r| {
         r.root.keys = ks.to_vec();
@@ -31,7 +35,14 @@ fn rejects_root_signed_by_one_of_two_required_keys() {
     });
     r.files.insert("3.root.json".into(), v3);
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::ThresholdNotMet { role: Name::new("root"), threshold: 2, valid: 1 }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::ThresholdNotMet {
+            role: Name::new("root"),
+            threshold: 2,
+            valid: 1
+        })
+    );
     assert_eq!(c.trusted(), before);
 }
 
@@ -60,8 +71,21 @@ fn one_key_listed_under_two_key_ids_counts_once() {
     .unwrap();
     r.files.insert("2.root.json".into(), bytes);
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::ThresholdNotMet { role: Name::new("root"), threshold: 2, valid: 1 }));
-    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::ThresholdNotMet {
+            role: Name::new("root"),
+            threshold: 2,
+            valid: 1
+        })
+    );
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            ..Default::default()
+        }
+    );
 }
 
 #[test]
@@ -74,7 +98,8 @@ fn extra_bad_and_unlisted_signatures_do_not_fail_metadata_that_meets_its_thresho
     // a bad signature from the listed key comes first, then an unknown key's
     sigs.insert(0, json!({"keyid": tkid, "sig": "00".repeat(64)}));
     sigs.push(json!({"keyid": "f".repeat(64), "sig": "ab"}));
-    r.files.insert("timestamp.json".into(), serde_json::to_vec(&doc).unwrap());
+    r.files
+        .insert("timestamp.json".into(), serde_json::to_vec(&doc).unwrap());
     c.refresh(&r.files, NOW).unwrap();
     assert_eq!(c.trusted().timestamp, Some(1));
 }
@@ -91,8 +116,21 @@ fn rejects_rotation_signed_only_by_the_new_keys() {
     });
     r.files.insert("2.root.json".into(), v2);
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::ThresholdNotMet { role: Name::new("root"), threshold: 1, valid: 0 }));
-    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::ThresholdNotMet {
+            role: Name::new("root"),
+            threshold: 1,
+            valid: 0
+        })
+    );
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            ..Default::default()
+        }
+    );
 }
 
 #[test]
@@ -108,6 +146,19 @@ fn rejects_rotation_not_signed_by_the_new_keys() {
     });
     r.files.insert("2.root.json".into(), v2);
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::ThresholdNotMet { role: Name::new("root"), threshold: 1, valid: 0 }));
-    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::ThresholdNotMet {
+            role: Name::new("root"),
+            threshold: 1,
+            valid: 0
+        })
+    );
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            ..Default::default()
+        }
+    );
 }

@@ -15,13 +15,26 @@ fn rejects_snapshot_other_than_the_one_timestamp_names() {
     r.files.insert("2.snapshot.json".into(), v1.clone());
     let err = c.refresh(&r.files, NOW).unwrap_err();
     let expected = if v1.len() as u64 == v2_len {
-        Error::HashMismatch { what: Name::new("snapshot.json"), algorithm: "sha256" }
+        Error::HashMismatch {
+            what: Name::new("snapshot.json"),
+            algorithm: "sha256",
+        }
     } else {
-        Error::LengthMismatch { what: Name::new("snapshot.json"), expected: v2_len, received: v1.len() as u64 }
+        Error::LengthMismatch {
+            what: Name::new("snapshot.json"),
+            expected: v2_len,
+            received: v1.len() as u64,
+        }
     };
     assert_eq!(err, ClientError::Trust(expected));
     // a failed refresh persists nothing
-    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            ..Default::default()
+        }
+    );
 }
 
 #[test]
@@ -33,14 +46,34 @@ fn rejects_targets_version_other_than_snapshot_names() {
     let old = r.files["1.targets.json"].clone();
     r.files.insert("2.targets.json".into(), old);
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::VersionMismatch { role: Name::new("targets"), expected: 2, received: 1 }));
-    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::VersionMismatch {
+            role: Name::new("targets"),
+            expected: 2,
+            received: 1
+        })
+    );
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            ..Default::default()
+        }
+    );
 }
 
 #[test]
 fn rejects_delegated_role_version_other_than_snapshot_names() {
     let mut r = RepoSim::new();
-    r.delegate("targets", "pump-a", &["pump-a/*"], true, vec![key("pump-a", hale_repo::keys::KeyKind::Ed25519)], 1);
+    r.delegate(
+        "targets",
+        "pump-a",
+        &["pump-a/*"],
+        true,
+        vec![key("pump-a", hale_repo::keys::KeyKind::Ed25519)],
+        1,
+    );
     r.add_target("pump-a", "pump-a/fw.bin", b"one", None);
     r.publish();
     r.add_target("pump-a", "pump-a/fw.bin", b"two", None);
@@ -49,5 +82,12 @@ fn rejects_delegated_role_version_other_than_snapshot_names() {
     let old = r.files["1.pump-a.json"].clone();
     r.files.insert("2.pump-a.json".into(), old);
     let err = c.download(&r.files, "pump-a/fw.bin", NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::VersionMismatch { role: Name::new("pump-a"), expected: 2, received: 1 }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::VersionMismatch {
+            role: Name::new("pump-a"),
+            expected: 2,
+            received: 1
+        })
+    );
 }

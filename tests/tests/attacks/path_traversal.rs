@@ -10,13 +10,30 @@ use hale_tests::*;
 fn rejects_delegated_role_name_that_climbs_out_of_the_metadata_directory() {
     for bad in ["../../etc/cron.d/x", "a/b", "..", "bad\\name"] {
         let mut r = RepoSim::new();
-        r.delegate("targets", bad, &["*"], false, vec![key("d", KeyKind::Ed25519)], 1);
+        r.delegate(
+            "targets",
+            bad,
+            &["*"],
+            false,
+            vec![key("d", KeyKind::Ed25519)],
+            1,
+        );
         r.publish();
         let mut c = Client::new(r.initial_root());
         let err = c.download(&r.files, "fw.bin", NOW).unwrap_err();
-        assert_eq!(err, ClientError::Trust(Error::UnsafeName { name: Name::new(bad) }), "{bad}");
+        assert_eq!(
+            err,
+            ClientError::Trust(Error::UnsafeName {
+                name: Name::new(bad)
+            }),
+            "{bad}"
+        );
         // nothing was fetched for the bad role
-        assert!(!c.fetched.iter().any(|f| f.contains(bad)), "{bad}: {:?}", c.fetched);
+        assert!(
+            !c.fetched.iter().any(|f| f.contains(bad)),
+            "{bad}: {:?}",
+            c.fetched
+        );
     }
 }
 
@@ -24,18 +41,34 @@ fn rejects_delegated_role_name_that_climbs_out_of_the_metadata_directory() {
 fn rejects_target_path_that_climbs_out_of_the_target_directory() {
     let mut r = RepoSim::new();
     let entry = hale_repo::build::target_entry(b"payload", None);
-    r.targets.targets.insert("../../boot/evil.bin".into(), entry);
+    r.targets
+        .targets
+        .insert("../../boot/evil.bin".into(), entry);
     r.mark("targets");
     r.publish();
     let mut c = Client::new(r.initial_root());
-    let err = c.download(&r.files, "../../boot/evil.bin", NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::UnsafeName { name: Name::new("../../boot/evil.bin") }));
+    let err = c
+        .download(&r.files, "../../boot/evil.bin", NOW)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::UnsafeName {
+            name: Name::new("../../boot/evil.bin")
+        })
+    );
 }
 
 #[test]
 fn the_repository_writer_refuses_unsafe_target_paths() {
     for bad in ["/abs.bin", "a/../../b", "a\\b", "a//b", ""] {
         let err = hale_repo::layout::target_path(bad, "00", true).unwrap_err();
-        assert_eq!(err.to_string(), Error::UnsafeName { name: Name::new(bad) }.to_string(), "{bad}");
+        assert_eq!(
+            err.to_string(),
+            Error::UnsafeName {
+                name: Name::new(bad)
+            }
+            .to_string(),
+            "{bad}"
+        );
     }
 }

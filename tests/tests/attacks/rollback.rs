@@ -20,7 +20,14 @@ fn rejects_rollback_when_timestamp_version_decreases() {
     let (_r, mut c, old) = updated_twice();
     let before = c.trusted();
     let err = c.refresh(&old, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::Rollback { role: Name::new("timestamp"), trusted: 3, received: 2 }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::Rollback {
+            role: Name::new("timestamp"),
+            trusted: 3,
+            received: 2
+        })
+    );
     assert_eq!(c.trusted(), before);
 }
 
@@ -36,7 +43,14 @@ fn rejects_rollback_of_snapshot_version_named_by_timestamp() {
     });
     r.files.insert("timestamp.json".into(), ts);
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::Rollback { role: Name::new("snapshot"), trusted: 3, received: 1 }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::Rollback {
+            role: Name::new("snapshot"),
+            trusted: 3,
+            received: 1
+        })
+    );
     assert_eq!(c.trusted(), before);
 }
 
@@ -57,14 +71,28 @@ fn rejects_rollback_of_targets_version_in_new_snapshot() {
     r.files.insert("4.snapshot.json".into(), snap);
     r.files.insert("timestamp.json".into(), ts);
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::Rollback { role: Name::new("targets"), trusted: 3, received: 1 }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::Rollback {
+            role: Name::new("targets"),
+            trusted: 3,
+            received: 1
+        })
+    );
     assert_eq!(c.trusted(), before);
 }
 
 #[test]
 fn rejects_snapshot_that_drops_a_role() {
     let mut r = RepoSim::new();
-    r.delegate("targets", "pump-a", &["pump-a/*"], true, vec![key("pump-a", hale_repo::keys::KeyKind::Ed25519)], 1);
+    r.delegate(
+        "targets",
+        "pump-a",
+        &["pump-a/*"],
+        true,
+        vec![key("pump-a", hale_repo::keys::KeyKind::Ed25519)],
+        1,
+    );
     r.publish();
     let mut c = Client::new(r.initial_root());
     c.refresh(&r.files, NOW).unwrap();
@@ -82,7 +110,12 @@ fn rejects_snapshot_that_drops_a_role() {
     r.files.insert(format!("{}.snapshot.json", v + 1), snap);
     r.files.insert("timestamp.json".into(), ts);
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::MissingFromSnapshot { role: Name::new("pump-a") }));
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::MissingFromSnapshot {
+            role: Name::new("pump-a")
+        })
+    );
     assert_eq!(c.trusted(), before);
 }
 
@@ -95,8 +128,20 @@ fn rejects_older_root_served_as_the_next_version() {
     let v1 = r.root_bytes(1);
     r.files.insert("2.root.json".into(), v1);
     let err = c.refresh(&r.files, NOW).unwrap_err();
-    assert_eq!(err, ClientError::Trust(Error::RootVersionNotNext { trusted: 1, received: 1 }));
-    assert_eq!(c.trusted(), Trusted { root: 1, ..Default::default() });
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::RootVersionNotNext {
+            trusted: 1,
+            received: 1
+        })
+    );
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 1,
+            ..Default::default()
+        }
+    );
 }
 
 #[test]
@@ -108,7 +153,12 @@ fn rejects_older_firmware_by_policy() {
     r.publish();
     let mut c = Client::new(r.initial_root());
     let set = c.refresh(&r.files, NOW).unwrap();
-    let t = set.targets().unwrap().target("pump-a/fw.bin", Name::new("targets")).unwrap().unwrap();
+    let t = set
+        .targets()
+        .unwrap()
+        .target("pump-a/fw.bin", Name::new("targets"))
+        .unwrap()
+        .unwrap();
     let device = Device {
         model: "pump-a",
         revision: "r1",
@@ -118,6 +168,9 @@ fn rejects_older_firmware_by_policy() {
     };
     assert_eq!(
         evaluate(t.custom.as_ref(), &device, false),
-        Err(PolicyError::NotNewer { running: Version::parse("1.5.0").unwrap(), offered: Version::parse("1.4.0").unwrap() })
+        Err(PolicyError::NotNewer {
+            running: Version::parse("1.5.0").unwrap(),
+            offered: Version::parse("1.4.0").unwrap()
+        })
     );
 }
