@@ -215,6 +215,19 @@ pub enum Error {
     BadSuccinctRoles { reason: &'static str },
     /// A firmware policy refusal (wrong hardware, older version, security counter, bootloader).
     Policy(PolicyError),
+    /// Top-level targets delegates to no `rollback` role: no authorization can be valid.
+    NoRollbackRole,
+    /// A rollback authorization that names neither this device nor its group.
+    NotForThisDevice { device: Name },
+    /// A rollback authorization for another target than the one being installed.
+    AuthorizationTargetMismatch { authorized: Name, requested: Name },
+    /// A rollback authorization for devices running another version than this one.
+    AuthorizationInstalledMismatch {
+        authorized: crate::policy::Version,
+        running: crate::policy::Version,
+    },
+    /// A rollback authorization valid for longer than the configured maximum (seconds).
+    AuthorizationTooLong { max: i64, validity: i64 },
 }
 
 impl fmt::Display for Error {
@@ -319,6 +332,31 @@ impl fmt::Display for Error {
             UnsafeName { name } => write!(f, "unsafe role or target name {name:?}"),
             BadSuccinctRoles { reason } => write!(f, "succinct_roles: {reason}"),
             Policy(p) => write!(f, "{p}"),
+            NoRollbackRole => write!(f, "targets delegates to no rollback role"),
+            NotForThisDevice { device } => {
+                write!(f, "rollback authorization does not name device {device}")
+            }
+            AuthorizationTargetMismatch {
+                authorized,
+                requested,
+            } => {
+                write!(
+                    f,
+                    "rollback authorization is for {authorized}, not {requested}"
+                )
+            }
+            AuthorizationInstalledMismatch {
+                authorized,
+                running,
+            } => {
+                write!(f, "rollback authorization is for devices running {authorized}, this one runs {running}")
+            }
+            AuthorizationTooLong { max, validity } => {
+                write!(
+                    f,
+                    "rollback authorization valid for {validity} s, more than the {max} s allowed"
+                )
+            }
         }
     }
 }

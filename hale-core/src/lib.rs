@@ -13,6 +13,8 @@
 //! | [`verify`] | a threshold of distinct authorised keys signed |
 //! | [`trusted`] | the client workflow of TUF spec §5: root chain, timestamp, snapshot, targets, delegations |
 //! | [`policy`] | a verified firmware target fits this device (model, revision, version, security counter, bootloader) |
+//! | [`rollback`] | a signed rollback authorization lets this device go back to exactly this image |
+//! | [`slots`] | which A/B image boots, trial, confirm, revert; when the security counter rises |
 //!
 //! ## Threats and where each is stopped
 //! - *Arbitrary software*: [`verify::verify_threshold`] on every role; target hashes and length in
@@ -36,7 +38,10 @@
 //! - `alloc`: sorts large objects when canonicalising instead of selecting (faster on big catalogs).
 //! - `std`: `alloc`, RSA-PSS keys, `std::error::Error`.
 #![no_std]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
@@ -50,6 +55,8 @@ pub mod json;
 pub mod limits;
 pub mod metadata;
 pub mod policy;
+pub mod rollback;
+pub mod slots;
 pub mod time;
 pub mod trusted;
 pub mod verify;

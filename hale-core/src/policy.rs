@@ -45,9 +45,9 @@ impl Version {
     }
 
     pub fn parse(s: &str) -> Option<Version> {
-        let core_pre =
-            s.split_once('+')
-                .map_or(s, |(a, build)| if build.is_empty() { "" } else { a });
+        let core_pre = s
+            .split_once('+')
+            .map_or(s, |(a, build)| if build.is_empty() { "" } else { a });
         if core_pre.is_empty() {
             return None;
         }

@@ -221,3 +221,53 @@ pub fn check_profile(profile: Profile, signed: &Value) -> Result<(), RepoError> 
     }
     Ok(())
 }
+
+/// What a rollback authorization says (see `hale_core::rollback`).
+#[derive(Debug, Clone)]
+pub struct RollbackAuthorization {
+    pub devices: Vec<String>,
+    pub group: Option<String>,
+    pub target: String,
+    pub target_sha256: String,
+    pub installed: Option<String>,
+    pub reason: String,
+    pub issued: i64,
+    pub expires: i64,
+}
+
+/// The `signed` body of a rollback authorization.
+pub fn rollback_authorization(
+    profile: Profile,
+    a: &RollbackAuthorization,
+) -> Result<Value, RepoError> {
+    if a.devices.is_empty() && a.group.is_none() {
+        return Err(RepoError::Invalid(
+            "a rollback authorization names devices or a group".into(),
+        ));
+    }
+    if a.reason.trim().is_empty() {
+        return Err(RepoError::Invalid(
+            "a rollback authorization needs a reason".into(),
+        ));
+    }
+    let mut v = json!({
+        "_type": "rollback-authorization",
+        "spec_version": profile.spec_version(),
+        "version": 1,
+        "issued": expires_at(a.issued, 0)?,
+        "expires": expires_at(a.expires, 0)?,
+        "devices": a.devices,
+        "target": a.target,
+        "hashes": {"sha256": a.target_sha256},
+        "reason": a.reason,
+    });
+    if let Some(o) = v.as_object_mut() {
+        if let Some(g) = &a.group {
+            o.insert("group".into(), json!(g));
+        }
+        if let Some(i) = &a.installed {
+            o.insert("installed".into(), json!(i));
+        }
+    }
+    Ok(v)
+}

@@ -1,0 +1,190 @@
+//! Rollback authorizations: the only way a device goes back to older firmware.
+//!
+//! A downgrade is the oldest attack on updaters, so a field technician can force one only with a
+//! document signed by a threshold of the **`rollback`** role — a role that top-level `targets`
+//! delegates to (its keys held by field service and clinical engineering), listed in
+//! `delegations.roles` with no paths, so it can never sign targets itself.
+//!
+//! ```json
+//! {"signed": {
+//!    "_type": "rollback-authorization", "spec_version": "1.0.34", "version": 1,
+//!    "issued": "2030-01-01T08:00:00Z", "expires": "2030-01-01T20:00:00Z",
+//!    "devices": ["pump-a-000123"],            // and/or "group": "ward-7"
+//!    "target": "pump-a/fw-2.0.0.bin",         // what to go back to ...
+//!    "hashes": {"sha256": "…"},               // ... exactly these bytes
+//!    "installed": "2.1.0",                    // the release it replaces (optional)
+//!    "reason": "INC-4711: occlusion alarm regression in 2.1.0"},
+//!  "signatures": [...]}
+//! ```
+//!
+//! [`verify_authorization`] checks the signatures against the trusted `targets`' delegation to
+//! `rollback`, the expiry and a maximum validity, that it names this device, this exact target
+//! and (if given) the version the device runs. The caller then evaluates firmware policy with
+//! `allow_downgrade_to = true`, which lifts only the version rule: the security counter is never
+//! crossed ([`crate::policy::PolicyError::BelowSecurityCounter`]).
+
+use crate::error::{Error, Name};
+use crate::json::{JStr, Object};
+use crate::metadata::{self, DelegatedRole, Envelope, Header, Targets};
+use crate::policy::Version;
+use crate::time::{parse_expires, UnixTime};
+use crate::verify::verify_threshold;
+
+/// The role that signs authorizations.
+pub const ROLLBACK_ROLE: &str = "rollback";
+/// `signed._type` of an authorization.
+pub const AUTHORIZATION_TYPE: &str = "rollback-authorization";
+/// Default longest validity (expires − issued) a device accepts: one day.
+pub const DEFAULT_MAX_VALIDITY: i64 = 24 * 3600;
+
+/// What the device is about to do.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub device_id: &'a str,
+    /// The device's group (ward, clinic, fleet), if it has one.
+    pub group: Option<&'a str>,
+    /// Version of the confirmed, running image.
+    pub running: Version,
+    /// The target it wants to install, and its sha256 from verified targets metadata.
+    pub target: &'a str,
+    pub target_sha256: [u8; 32],
+}
+
+/// A verified authorization.
+#[derive(Debug, Clone, Copy)]
+pub struct Authorization<'a> {
+    pub header: Header,
+    pub issued: UnixTime,
+    pub reason: JStr<'a>,
+    pub target: JStr<'a>,
+}
+
+/// Verify `bytes` as an authorization for `req`, against the trusted top-level `targets`.
+pub fn verify_authorization<'a>(
+    targets: &Targets<'_>,
+    bytes: &'a [u8],
+    req: &Request<'_>,
+    now: UnixTime,
+    max_validity: i64,
+) -> Result<Authorization<'a>, Error> {
+    let role = Name::new(ROLLBACK_ROLE);
+    let delegations = targets.delegations.ok_or(Error::NoRollbackRole)?;
+    let entry = delegations
+        .roles
+        .into_iter()
+        .flat_map(|a| a.iter())
+        .filter_map(|v| v.as_object())
+        .filter_map(|o| DelegatedRole::parse(&o, role).ok())
+        .find(|r| r.name.eq_str(ROLLBACK_ROLE))
+        .ok_or(Error::NoRollbackRole)?;
+
+    let env = Envelope::parse(bytes, AUTHORIZATION_TYPE)?;
+    verify_threshold(&env, &entry.keys(delegations.keys))?;
+
+    let what = Name::new(AUTHORIZATION_TYPE);
+    let s = env.signed;
+    let header = metadata::parse_header(&s, AUTHORIZATION_TYPE, what)?;
+    let issued = time_field(&s, "issued", what)?;
+    let validity = header.expires - issued;
+    if validity <= 0 || validity > max_validity {
+        return Err(Error::AuthorizationTooLong {
+            max: max_validity,
+            validity,
+        });
+    }
+    if header.expires <= now {
+        return Err(Error::Expired {
+            role: what,
+            expires: header.expires,
+            now,
+        });
+    }
+
+    let named = metadata::get(&s, "devices", what)?
+        .and_then(|v| v.as_array())
+        .is_some_and(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .any(|d| d.eq_str(req.device_id))
+        });
+    let in_group = match (
+        metadata::get(&s, "group", what)?.and_then(|v| v.as_str()),
+        req.group,
+    ) {
+        (Some(g), Some(mine)) => g.eq_str(mine),
+        _ => false,
+    };
+    if !named && !in_group {
+        return Err(Error::NotForThisDevice {
+            device: Name::new(req.device_id),
+        });
+    }
+
+    let target = metadata::string(&s, "target", what)?;
+    if !target.eq_str(req.target) {
+        return Err(Error::AuthorizationTargetMismatch {
+            authorized: Name::from_json(&target),
+            requested: Name::new(req.target),
+        });
+    }
+    let hashes = metadata::obj(&s, "hashes", what)?;
+    let sha = hashes
+        .get("sha256")
+        .ok()
+        .flatten()
+        .and_then(|v| v.as_str())
+        .ok_or(Error::Field {
+            role: what,
+            field: "hashes",
+        })?;
+    let mut hex = [0u8; 64];
+    let mut raw = [0u8; 32];
+    let ok = sha
+        .decode_into(&mut hex)
+        .and_then(|h| crate::crypto::hex_decode(h.as_bytes(), &mut raw))
+        .is_some_and(|n| n == 32);
+    if !ok {
+        return Err(Error::Field {
+            role: what,
+            field: "hashes",
+        });
+    }
+    if raw != req.target_sha256 {
+        return Err(Error::HashMismatch {
+            what: Name::new(req.target),
+            algorithm: "sha256",
+        });
+    }
+
+    if let Some(v) = metadata::get(&s, "installed", what)?.and_then(|v| v.as_str()) {
+        let mut buf = [0u8; 64];
+        let authorized = v
+            .decode_into(&mut buf)
+            .and_then(Version::parse)
+            .ok_or(Error::Field {
+                role: what,
+                field: "installed",
+            })?;
+        if authorized != req.running {
+            return Err(Error::AuthorizationInstalledMismatch {
+                authorized,
+                running: req.running,
+            });
+        }
+    }
+    let reason = metadata::string(&s, "reason", what)?;
+    Ok(Authorization {
+        header,
+        issued,
+        reason,
+        target,
+    })
+}
+
+fn time_field(o: &Object<'_>, field: &'static str, role: Name) -> Result<UnixTime, Error> {
+    let s = metadata::string(o, field, role)?;
+    let mut buf = [0u8; 32];
+    s.decode_into(&mut buf)
+        .and_then(|t| parse_expires(t.as_bytes()))
+        .ok_or(Error::Field { role, field })
+}

@@ -1,0 +1,514 @@
+//! The A/B slot state machine: which image boots, which one is on trial, when the security
+//! counter rises. Pure: a [`Slots`] value goes in, the next one (or a typed [`SlotError`]) comes
+//! out; the caller persists it atomically before acting on it.
+//!
+//! The rules follow MCUboot's, which a decade of power-loss and anti-rollback bugs shaped:
+//!
+//! ```text
+//!            begin_staging          finish_staging           boot                 confirm
+//! inactive: Empty/Good/Rejected ──> Staging ──────────> Pending ──(swap)──> Trial ───────────> Good
+//!                                                                              │ boot before confirm,
+//!                                                                              │ or reject()
+//!                                                                              v
+//!                                                      the other (Good) slot is active again,
+//!                                                      the trial slot is Rejected (never booted again)
+//! ```
+//!
+//! - An image is verified *before* it is staged (the agent's job); the slot machine only records it.
+//! - Nothing is staged while an image is on trial ([`SlotError::TrialRunning`]).
+//! - The previously good image stays `Good` during the whole trial, so a reset at any moment
+//!   leaves one bootable image: a revert restores it and it is not tried again (no revert loop).
+//! - The security counter rises at [`Slots::confirm`], never at the swap: a trial that fails must
+//!   not lock the device out of the image it falls back to.
+
+use core::fmt;
+
+use crate::policy::Version;
+
+/// One of the two image slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    /// The other slot.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    /// `0` for A, `1` for B.
+    pub fn index(self) -> usize {
+        match self {
+            Slot::A => 0,
+            Slot::B => 1,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+}
+
+/// What a slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// Nothing bootable.
+    Empty,
+    /// A verified target is being written; not bootable until finished.
+    Staging,
+    /// Completely written and verified; boots once as a trial at the next reset.
+    Pending,
+    /// Booted once, not yet confirmed by the application.
+    Trial,
+    /// Confirmed (or shipped from the factory): bootable.
+    Good,
+    /// Failed its trial: never booted again.
+    Rejected,
+}
+
+impl SlotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Empty => "empty",
+            SlotState::Staging => "staging",
+            SlotState::Pending => "pending",
+            SlotState::Trial => "trial",
+            SlotState::Good => "good",
+            SlotState::Rejected => "rejected",
+        }
+    }
+}
+
+/// What was written into a slot: enough to re-verify it at boot and to apply policy to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Image {
+    pub version: Version,
+    pub security_counter: u64,
+    pub length: u64,
+    pub sha256: [u8; 32],
+}
+
+/// A slot's state and the image it holds (`None` when [`SlotState::Empty`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub state: SlotState,
+    pub image: Option<Image>,
+}
+
+impl SlotInfo {
+    pub const EMPTY: SlotInfo = SlotInfo {
+        state: SlotState::Empty,
+        image: None,
+    };
+}
+
+/// Why a transition is refused.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotError {
+    /// An image is on trial (or pending its trial boot): confirm or revert it first.
+    TrialRunning { slot: Slot },
+    /// The operation needs the slot in another state.
+    WrongState {
+        slot: Slot,
+        state: SlotState,
+        operation: &'static str,
+    },
+    /// The running image is not `Good`: there would be nothing to fall back to.
+    NoFallback { slot: Slot, state: SlotState },
+}
+
+impl fmt::Display for SlotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SlotError::TrialRunning { slot } => write!(
+                f,
+                "slot {} is on trial: confirm or revert first",
+                slot.as_str()
+            ),
+            SlotError::WrongState {
+                slot,
+                state,
+                operation,
+            } => {
+                write!(
+                    f,
+                    "{operation}: slot {} is {}",
+                    slot.as_str(),
+                    state.as_str()
+                )
+            }
+            SlotError::NoFallback { slot, state } => {
+                write!(
+                    f,
+                    "running slot {} is {}, not good: nothing to fall back to",
+                    slot.as_str(),
+                    state.as_str()
+                )
+            }
+        }
+    }
+}
+
+/// What the boot step decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// Boot the confirmed image in `slot`.
+    Normal { slot: Slot },
+    /// Boot the new image in `slot` for the first time; the application must confirm it.
+    Trial { slot: Slot },
+    /// The trial of `rejected` ended without confirmation: boot the good image in `slot`.
+    Reverted { slot: Slot, rejected: Slot },
+}
+
+impl Boot {
+    /// The slot that runs.
+    pub fn slot(&self) -> Slot {
+        match *self {
+            Boot::Normal { slot } | Boot::Trial { slot } | Boot::Reverted { slot, .. } => slot,
+        }
+    }
+}
+
+/// The state of both slots, the active one, and the security counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slots {
+    active: Slot,
+    slots: [SlotInfo; 2],
+    security_counter: u64,
+}
+
+impl Slots {
+    /// A factory-fresh device: `image` in slot A, good; B empty; counter from the image.
+    pub fn factory(image: Image) -> Slots {
+        Slots {
+            active: Slot::A,
+            slots: [
+                SlotInfo {
+                    state: SlotState::Good,
+                    image: Some(image),
+                },
+                SlotInfo::EMPTY,
+            ],
+            security_counter: image.security_counter,
+        }
+    }
+
+    /// Rebuild from persisted parts (the caller checked their integrity).
+    pub fn from_parts(active: Slot, a: SlotInfo, b: SlotInfo, security_counter: u64) -> Slots {
+        Slots {
+            active,
+            slots: [a, b],
+            security_counter,
+        }
+    }
+
+    pub fn active(&self) -> Slot {
+        self.active
+    }
+
+    pub fn inactive(&self) -> Slot {
+        self.active.other()
+    }
+
+    pub fn info(&self, slot: Slot) -> SlotInfo {
+        match slot {
+            Slot::A => self.slots[0],
+            Slot::B => self.slots[1],
+        }
+    }
+
+    fn info_mut(&mut self, slot: Slot) -> &mut SlotInfo {
+        match slot {
+            Slot::A => &mut self.slots[0],
+            Slot::B => &mut self.slots[1],
+        }
+    }
+
+    /// The highest security counter ever confirmed.
+    pub fn security_counter(&self) -> u64 {
+        self.security_counter
+    }
+
+    /// The image of the active slot.
+    pub fn running(&self) -> Option<Image> {
+        self.info(self.active).image
+    }
+
+    /// An image is on trial, or waits for its trial boot.
+    pub fn in_trial(&self) -> Option<Slot> {
+        [self.active, self.active.other()]
+            .into_iter()
+            .find(|s| matches!(self.info(*s).state, SlotState::Trial | SlotState::Pending))
+    }
+
+    /// Start writing a verified `image` into the inactive slot (whatever it held is given up).
+    /// Resuming the same image is `begin_staging` again with the same `image`.
+    pub fn begin_staging(&self, image: Image) -> Result<Slots, SlotError> {
+        let active = self.info(self.active);
+        if active.state == SlotState::Trial {
+            return Err(SlotError::TrialRunning { slot: self.active });
+        }
+        if active.state != SlotState::Good {
+            return Err(SlotError::NoFallback {
+                slot: self.active,
+                state: active.state,
+            });
+        }
+        let mut next = *self;
+        *next.info_mut(self.inactive()) = SlotInfo {
+            state: SlotState::Staging,
+            image: Some(image),
+        };
+        Ok(next)
+    }
+
+    /// The inactive slot is completely written and its bytes verified: boot it as a trial next.
+    pub fn finish_staging(&self) -> Result<Slots, SlotError> {
+        let slot = self.inactive();
+        let info = self.info(slot);
+        if info.state != SlotState::Staging || info.image.is_none() {
+            return Err(SlotError::WrongState {
+                slot,
+                state: info.state,
+                operation: "finish_staging",
+            });
+        }
+        let mut next = *self;
+        next.info_mut(slot).state = SlotState::Pending;
+        Ok(next)
+    }
+
+    /// Give up a download in the inactive slot (its bytes did not verify): the slot is empty.
+    pub fn abandon_staging(&self) -> Result<Slots, SlotError> {
+        let slot = self.inactive();
+        let info = self.info(slot);
+        if info.state != SlotState::Staging {
+            return Err(SlotError::WrongState {
+                slot,
+                state: info.state,
+                operation: "abandon_staging",
+            });
+        }
+        let mut next = *self;
+        *next.info_mut(slot) = SlotInfo::EMPTY;
+        Ok(next)
+    }
+
+    /// Decide what boots after a reset. Persist the returned `Slots` before running the image.
+    pub fn boot(&self) -> (Slots, Boot) {
+        let mut next = *self;
+        let active = self.active;
+        if self.info(active).state == SlotState::Trial {
+            // reset before confirmation: go back to the image that was good
+            let back = active.other();
+            next.info_mut(active).state = SlotState::Rejected;
+            next.active = back;
+            return (
+                next,
+                Boot::Reverted {
+                    slot: back,
+                    rejected: active,
+                },
+            );
+        }
+        let inactive = active.other();
+        if self.info(inactive).state == SlotState::Pending
+            && self.info(active).state == SlotState::Good
+        {
+            next.info_mut(inactive).state = SlotState::Trial;
+            next.active = inactive;
+            return (next, Boot::Trial { slot: inactive });
+        }
+        (next, Boot::Normal { slot: active })
+    }
+
+    /// The application's health checks passed: the trial image becomes good and its security
+    /// counter becomes the floor (never lowered).
+    pub fn confirm(&self) -> Result<Slots, SlotError> {
+        let slot = self.active;
+        let info = self.info(slot);
+        let Some(image) = info.image.filter(|_| info.state == SlotState::Trial) else {
+            return Err(SlotError::WrongState {
+                slot,
+                state: info.state,
+                operation: "confirm",
+            });
+        };
+        let mut next = *self;
+        next.info_mut(slot).state = SlotState::Good;
+        next.security_counter = self.security_counter.max(image.security_counter);
+        Ok(next)
+    }
+
+    /// The application's health checks failed: give the trial up now (same result as a reset
+    /// before confirmation). Returns the new state and the slot to boot.
+    pub fn reject(&self) -> Result<(Slots, Boot), SlotError> {
+        let info = self.info(self.active);
+        if info.state != SlotState::Trial {
+            return Err(SlotError::WrongState {
+                slot: self.active,
+                state: info.state,
+                operation: "reject",
+            });
+        }
+        Ok(self.boot())
+    }
+
+    /// The boot step found the bytes of `slot` do not match its recorded image (flash damage):
+    /// a pending or trial image is rejected so the good one boots. A good image stays as it is —
+    /// the caller reports it; there is nothing better to boot.
+    pub fn image_damaged(&self, slot: Slot) -> Slots {
+        let mut next = *self;
+        let info = next.info_mut(slot);
+        if matches!(
+            info.state,
+            SlotState::Pending | SlotState::Trial | SlotState::Staging
+        ) {
+            info.state = SlotState::Rejected;
+            if next.active == slot {
+                next.active = slot.other();
+            }
+        }
+        next
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn img(v: u64, counter: u64) -> Image {
+        Image {
+            version: Version::new(v, 0, 0),
+            security_counter: counter,
+            length: 10,
+            sha256: [v as u8; 32],
+        }
+    }
+
+    fn staged(s: &Slots, i: Image) -> Slots {
+        s.begin_staging(i).unwrap().finish_staging().unwrap()
+    }
+
+    #[test]
+    fn update_trial_confirm_raises_counter_at_confirmation() {
+        let s = Slots::factory(img(1, 1));
+        let s = staged(&s, img(2, 5));
+        assert_eq!(s.security_counter(), 1);
+        let (s, boot) = s.boot();
+        assert_eq!(boot, Boot::Trial { slot: Slot::B });
+        // not at swap
+        assert_eq!(s.security_counter(), 1);
+        assert_eq!(s.info(Slot::A).state, SlotState::Good);
+        let s = s.confirm().unwrap();
+        assert_eq!(s.security_counter(), 5);
+        assert_eq!(s.active(), Slot::B);
+        assert_eq!(s.running(), Some(img(2, 5)));
+        assert_eq!(s.boot().1, Boot::Normal { slot: Slot::B });
+    }
+
+    #[test]
+    fn reset_before_confirmation_reverts_once_and_never_loops() {
+        let s = staged(&Slots::factory(img(1, 1)), img(2, 5));
+        let (s, _) = s.boot();
+        let (s, boot) = s.boot();
+        assert_eq!(
+            boot,
+            Boot::Reverted {
+                slot: Slot::A,
+                rejected: Slot::B
+            }
+        );
+        assert_eq!(s.info(Slot::B).state, SlotState::Rejected);
+        assert_eq!(s.info(Slot::A).state, SlotState::Good);
+        assert_eq!(s.security_counter(), 1);
+        // further resets keep booting the good image
+        for _ in 0..3 {
+            let (n, b) = s.boot();
+            assert_eq!(b, Boot::Normal { slot: Slot::A });
+            assert_eq!(n, s);
+        }
+    }
+
+    #[test]
+    fn failed_health_check_rejects_the_trial() {
+        let s = staged(&Slots::factory(img(1, 1)), img(2, 5));
+        let (s, _) = s.boot();
+        let (s, boot) = s.reject().unwrap();
+        assert_eq!(
+            boot,
+            Boot::Reverted {
+                slot: Slot::A,
+                rejected: Slot::B
+            }
+        );
+        assert_eq!(
+            s.reject(),
+            Err(SlotError::WrongState {
+                slot: Slot::A,
+                state: SlotState::Good,
+                operation: "reject"
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_staging_while_a_trial_runs() {
+        let s = staged(&Slots::factory(img(1, 1)), img(2, 5));
+        let (s, _) = s.boot();
+        assert_eq!(
+            s.begin_staging(img(3, 5)),
+            Err(SlotError::TrialRunning { slot: Slot::B })
+        );
+        assert_eq!(s.in_trial(), Some(Slot::B));
+    }
+
+    #[test]
+    fn confirm_outside_a_trial_is_refused() {
+        let s = Slots::factory(img(1, 1));
+        assert_eq!(
+            s.confirm(),
+            Err(SlotError::WrongState {
+                slot: Slot::A,
+                state: SlotState::Good,
+                operation: "confirm"
+            })
+        );
+        assert_eq!(
+            s.finish_staging(),
+            Err(SlotError::WrongState {
+                slot: Slot::B,
+                state: SlotState::Empty,
+                operation: "finish_staging"
+            })
+        );
+    }
+
+    #[test]
+    fn a_damaged_pending_image_is_rejected_and_the_good_one_boots() {
+        let s = staged(&Slots::factory(img(1, 1)), img(2, 5));
+        let s = s.image_damaged(Slot::B);
+        assert_eq!(s.boot().1, Boot::Normal { slot: Slot::A });
+        assert_eq!(s.info(Slot::B).state, SlotState::Rejected);
+    }
+
+    #[test]
+    fn staging_over_a_rejected_or_older_image_is_allowed() {
+        let s = staged(&Slots::factory(img(1, 1)), img(2, 5));
+        let (s, _) = s.boot();
+        let (s, _) = s.boot();
+        let s = staged(&s, img(3, 5));
+        assert_eq!(s.info(Slot::B).state, SlotState::Pending);
+        assert_eq!(s.info(Slot::B).image, Some(img(3, 5)));
+    }
+}
