@@ -228,6 +228,8 @@ pub enum Error {
     },
     /// A rollback authorization valid for longer than the configured maximum (seconds).
     AuthorizationTooLong { max: i64, validity: i64 },
+    /// An offline bundle whose structure is broken.
+    BadBundle { reason: &'static str },
 }
 
 impl fmt::Display for Error {
@@ -357,6 +359,7 @@ impl fmt::Display for Error {
                     "rollback authorization valid for {validity} s, more than the {max} s allowed"
                 )
             }
+            BadBundle { reason } => write!(f, "bundle: {reason}"),
         }
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! | module | what it decides |
 //! |---|---|
+//! | [`bundle`] | an offline bundle is well formed (its contents are then verified like a repository) |
 //! | [`json`] | a document is well-formed JSON with integers only and unambiguous keys |
 //! | [`canonical`] | the OLPC canonical bytes that signatures cover |
 //! | [`crypto`] | a key is usable; a signature verifies (ed25519, ECDSA P-256, RSA-PSS with `std`) |
@@ -48,6 +49,7 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+pub mod bundle;
 pub mod canonical;
 pub mod crypto;
 mod error;

@@ -6,6 +6,7 @@
 //! crate writes is meant to be checked with `hale-core` before anyone relies on it.
 
 pub mod build;
+pub mod bundle;
 pub mod keys;
 pub mod layout;
 pub mod sign;
