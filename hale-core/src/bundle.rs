@@ -195,7 +195,7 @@ pub fn encoded_len(entries: &[(&str, &[u8])]) -> usize {
 mod tests {
     use super::*;
 
-    fn sample<'o>(out: &'o mut [u8]) -> &'o [u8] {
+    fn sample(out: &mut [u8]) -> &[u8] {
         write(
             &[
                 ("2.root.json", b"{}"),
