@@ -1,0 +1,200 @@
+//! The running server's state and the operations that change it. Every change goes through
+//! [`App::apply`]: one at a time, verified, committed to disk, then swapped in for readers and
+//! recorded in the audit log.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::{json, Value};
+
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::publish::{Lifetimes, OnlineKeys, PublishError, Upload};
+use crate::repo::{Current, RepoDir, Served, State};
+use crate::store::Store;
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub metadata_requests: AtomicU64,
+    pub target_requests: AtomicU64,
+    pub not_modified: AtomicU64,
+    pub partial: AtomicU64,
+    pub range_not_satisfiable: AtomicU64,
+    pub not_found: AtomicU64,
+    pub target_bytes: AtomicU64,
+    pub publishes_accepted: AtomicU64,
+    pub publishes_rejected: AtomicU64,
+    pub resigns: AtomicU64,
+    pub resign_failures: AtomicU64,
+    pub uploads: AtomicU64,
+    pub reports: AtomicU64,
+    pub auth_failures: AtomicU64,
+}
+
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+#[derive(Debug)]
+pub struct App {
+    pub current: Current,
+    pub repo: RepoDir,
+    pub store: Arc<dyn Store>,
+    pub audit: Audit,
+    pub keys: OnlineKeys,
+    pub life: Lifetimes,
+    pub config: Config,
+    pub metrics: Metrics,
+    /// Serialises changes of the repository (publish, re-sign).
+    pub write_lock: Mutex<()>,
+    pub started: std::time::Instant,
+    pub data: PathBuf,
+}
+
+/// A change that failed: a refusal (the caller's fault) or an internal error.
+#[derive(Debug)]
+pub enum ApplyError {
+    Refused(Box<PublishError>),
+    Internal(String),
+}
+
+impl App {
+    pub fn served(&self) -> Arc<Served> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Verify, commit and serve one change. Blocking: call from `spawn_blocking`.
+    fn apply<F>(&self, kind: &str, actor: &str, f: F) -> Result<Option<Value>, ApplyError>
+    where
+        F: FnOnce(&State, i64) -> Result<Option<State>, PublishError>,
+    {
+        let _guard = self
+            .write_lock
+            .lock()
+            .map_err(|_| ApplyError::Internal("write lock poisoned".into()))?;
+        let prev = self.served();
+        let now = crate::now();
+        let new = match f(&prev.state, now) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(None),
+            Err(PublishError::Internal(e)) => return Err(ApplyError::Internal(e)),
+            Err(e) => return Err(ApplyError::Refused(Box::new(e))),
+        };
+        self.repo
+            .commit(&prev.state, &new)
+            .map_err(|e| ApplyError::Internal(e.to_string()))?;
+        let mut detail = crate::publish::summary(&new);
+        let key_change = root_online_keys(&prev.state) != root_online_keys(&new);
+        let served = Arc::new(Served::build(new, Some(&prev), &self.repo));
+        match self.current.write() {
+            Ok(mut g) => *g = served,
+            Err(p) => *p.into_inner() = served,
+        }
+        if key_change {
+            let _ = self.audit.append("key-change", actor, json!({"root": detail["root"], "online_keys": root_online_keys(&self.served().state)}));
+        }
+        // the change is committed and served: an audit failure cannot undo it, so it is reported
+        // (logged, and in the response) rather than turned into a failed publish
+        let audit = match self.audit.append(kind, actor, detail.clone()) {
+            Ok(hash) => Value::String(hash),
+            Err(e) => {
+                tracing::error!(error = %e, "committed change not recorded in the audit log");
+                json!({"error": e.to_string()})
+            }
+        };
+        if let Some(o) = detail.as_object_mut() {
+            o.insert("audit".into(), audit);
+        }
+        Ok(Some(detail))
+    }
+
+    pub fn publish(&self, actor: &str, upload: Upload) -> Result<Value, ApplyError> {
+        let r = self.apply("publish", actor, |old, now| {
+            crate::publish::prepare(old, &upload, &self.keys, &self.life, now, &self.repo).map(Some)
+        });
+        match &r {
+            Ok(_) => inc(&self.metrics.publishes_accepted),
+            Err(_) => inc(&self.metrics.publishes_rejected),
+        }
+        r.map(|v| v.unwrap_or(Value::Null))
+    }
+
+    /// Re-sign timestamp (and snapshot) if they expire soon. `Ok(None)`: nothing was due.
+    pub fn resign(&self) -> Result<Option<Value>, ApplyError> {
+        let r = self.apply("resign", "scheduler", |old, now| {
+            crate::publish::resign(old, &self.keys, &self.life, now, &self.repo)
+        });
+        match &r {
+            Ok(Some(_)) => inc(&self.metrics.resigns),
+            Ok(None) => {}
+            Err(_) => inc(&self.metrics.resign_failures),
+        }
+        r
+    }
+}
+
+impl App {
+    /// A crash between a commit and its audit record loses the record. At start, compare the
+    /// committed state with the last recorded one and record the difference as `recovered`.
+    pub fn reconcile_audit(&self) -> Result<(), String> {
+        let st = &self.served().state;
+        let last = self
+            .store
+            .audit_last_of(&["init", "publish", "resign", "recovered"])
+            .map_err(|e| e.to_string())?;
+        let recorded = last
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map(|r| {
+                (
+                    r.pointer("/detail/root")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
+                    r.pointer("/detail/timestamp")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
+                )
+            })
+            .unwrap_or((0, 0));
+        if (st.root_version(), st.timestamp_version()) != recorded {
+            let mut detail = crate::publish::summary(st);
+            if let Some(o) = detail.as_object_mut() {
+                o.insert(
+                    "recorded".into(),
+                    json!({"root": recorded.0, "timestamp": recorded.1}),
+                );
+            }
+            tracing::warn!(%detail, "committed state has no audit record (crash after commit): recording it");
+            self.audit
+                .append("recovered", "startup", detail)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Key ids the root lists for timestamp and snapshot (to notice key changes).
+fn root_online_keys(st: &State) -> Value {
+    let Some((_, root)) = st.root() else {
+        return Value::Null;
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(root) else {
+        return Value::Null;
+    };
+    json!({
+        "timestamp": v.pointer("/signed/roles/timestamp/keyids"),
+        "snapshot": v.pointer("/signed/roles/snapshot/keyids"),
+    })
+}
+
+/// Load the repository and build what is served.
+pub fn load_current(repo: &RepoDir) -> Result<Current, crate::repo::RepoError> {
+    let st = repo.load()?;
+    Ok(Arc::new(RwLock::new(Arc::new(Served::build(
+        st, None, repo,
+    )))))
+}

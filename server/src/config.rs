@@ -1,0 +1,108 @@
+//! Configuration: embedded defaults, an optional JSON file, environment variables, flags (each
+//! overriding the one before). There is no default password or token: keys need a passphrase from
+//! a file or the environment, and publishing needs a token made with `hale-server token add`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// File whose first line is the passphrase of the online key files.
+    pub passphrase_file: Option<PathBuf>,
+    /// Environment variable holding that passphrase (used when no file is given).
+    pub passphrase_env: String,
+    /// How long a signed timestamp is valid, and how long before expiry it is re-signed.
+    pub timestamp_lifetime_secs: i64,
+    pub timestamp_resign_before_secs: i64,
+    /// The same for the snapshot.
+    pub snapshot_lifetime_secs: i64,
+    pub snapshot_resign_before_secs: i64,
+    /// How often the re-sign schedule is checked.
+    pub resign_check_secs: u64,
+    /// Largest target upload.
+    pub max_target_bytes: u64,
+    /// Largest publish request (all metadata of one release).
+    pub max_publish_bytes: u64,
+    /// Largest device report.
+    pub max_report_bytes: u64,
+    /// "standard" (TUF 1.0.34) or "compat" (older clients such as rust-tuf).
+    pub profile: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            passphrase_file: None,
+            passphrase_env: "HALE_KEY_PASSPHRASE".into(),
+            timestamp_lifetime_secs: 86_400,
+            timestamp_resign_before_secs: 43_200,
+            snapshot_lifetime_secs: 7 * 86_400,
+            snapshot_resign_before_secs: 3 * 86_400,
+            resign_check_secs: 60,
+            max_target_bytes: 1 << 30,
+            max_publish_bytes: 16 << 20,
+            max_report_bytes: 16 << 10,
+            profile: "standard".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (or `DATA/config.json` when it exists), then `HALE_LISTEN` and
+    /// `HALE_PASSPHRASE_FILE`.
+    pub fn load(data: &Path, file: Option<&Path>) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let default_file = data.join("config.json");
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| default_file.exists().then_some(default_file));
+        let mut c = match file {
+            Some(f) => {
+                let bytes =
+                    std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("parsing {}", f.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Ok(l) = std::env::var("HALE_LISTEN") {
+            c.listen = l.parse().with_context(|| format!("HALE_LISTEN={l}"))?;
+        }
+        if let Ok(p) = std::env::var("HALE_PASSPHRASE_FILE") {
+            c.passphrase_file = Some(PathBuf::from(p));
+        }
+        c.check()?;
+        Ok(c)
+    }
+
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.timestamp_lifetime_secs > 0 && self.snapshot_lifetime_secs > 0,
+            "lifetimes must be positive"
+        );
+        anyhow::ensure!(
+            self.timestamp_resign_before_secs < self.timestamp_lifetime_secs
+                && self.snapshot_resign_before_secs < self.snapshot_lifetime_secs,
+            "resign_before must be shorter than the lifetime (or the server re-signs without end)"
+        );
+        anyhow::ensure!(
+            self.resign_check_secs > 0,
+            "resign_check_secs must be positive"
+        );
+        hale_repo::build::Profile::parse(&self.profile)?;
+        Ok(())
+    }
+
+    pub fn passphrase(&self) -> hale_repo::Passphrase {
+        match &self.passphrase_file {
+            Some(f) => hale_repo::Passphrase::File(f.clone()),
+            None => hale_repo::Passphrase::Env(self.passphrase_env.clone()),
+        }
+    }
+}

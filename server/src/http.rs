@@ -1,0 +1,1034 @@
+//! HTTP: the accept loop, the read path and the API.
+//!
+//! ```text
+//! TcpListener (TCP_NODELAY) ─▶ hyper_util auto (HTTP/1.1 + h2) ─▶ front service
+//!        (TLS slots in here, later)                                 │
+//!    GET/HEAD /timestamp.json, /N.role.json ◀── from memory ────────┤
+//!    GET/HEAD /targets/…                    ◀── streamed from disk ─┤
+//!    everything else                        ◀── warp filter ────────┘  (/api/v1/…, /healthz, /metrics)
+//! ```
+//!
+//! The read path is answered before warp's filter chain: it is what fleets poll, and warp 0.4 has
+//! no public streaming body besides `fs::dir` (measured at 0.1–0.3× nginx). Metadata comes from
+//! memory with a strong ETag (sha256 of the bytes); targets are content-addressed files streamed in
+//! large chunks with single-range support (RFC 9110 §14) for resumable downloads.
+//!
+//! Bounds on untrusted input: request heads are bounded by hyper; publish, report and upload
+//! bodies by configured limits (counted as they stream, not only by Content-Length); device ids,
+//! inventory pages and report fields by fixed limits.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use warp::{Filter, Rejection, Reply};
+
+use crate::app::{inc, App, ApplyError};
+use crate::publish::Upload;
+use crate::repo::{Entry, TargetRef};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Read size when streaming a target from disk.
+const CHUNK: usize = 1 << 20;
+/// Devices per inventory page.
+const MAX_PAGE: usize = 1000;
+
+fn full(b: Bytes) -> Body {
+    Full::new(b)
+        .map_err(|e: Infallible| -> BoxError { match e {} })
+        .boxed_unsync()
+}
+fn empty() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|e: Infallible| -> BoxError { match e {} })
+        .boxed_unsync()
+}
+
+fn status_only(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = status;
+    r
+}
+
+// --- accept loop -----------------------------------------------------------------------------
+
+/// Serve until `shutdown` completes, then stop accepting and let open requests finish (up to 10 s).
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let routes = api(app.clone());
+    let warp_svc = warp::service(routes);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // a client that never finishes its request head holds a connection at most this long
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(15));
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // small responses must not wait for Nagle's algorithm (~40 ms stalls)
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let warp_svc = warp_svc.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let app = app.clone();
+            let mut warp_svc = warp_svc.clone();
+            async move {
+                if let Some(resp) = read_path(&app, &req).await {
+                    return Ok::<_, Infallible>(resp);
+                }
+                let resp = match tower_service::Service::call(&mut warp_svc, req).await {
+                    Ok(r) => r,
+                    Err(e) => match e {},
+                };
+                Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
+            }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for open connections");
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("connections still open after 10 s; closing"),
+    }
+}
+
+/// Bind with the listener options the server needs.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+// --- read path -------------------------------------------------------------------------------
+
+/// GET/HEAD of repository files; `None` for anything else (handed to warp).
+async fn read_path(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let head = match *req.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        _ => return None,
+    };
+    let path = req.uri().path().strip_prefix('/')?;
+    if path == "__empty" {
+        return Some(status_only(StatusCode::NO_CONTENT));
+    }
+    if path.starts_with("targets/") {
+        inc(&app.metrics.target_requests);
+        let name = percent_decode(path)?;
+        let served = app.served();
+        let Some(t) = served.targets.get(&name) else {
+            inc(&app.metrics.not_found);
+            return Some(status_only(StatusCode::NOT_FOUND));
+        };
+        let t = t.clone();
+        drop(served);
+        return Some(serve_target(app, &t, head, req.headers()).await);
+    }
+    if path.contains('/') || !path.ends_with(".json") {
+        return None;
+    }
+    inc(&app.metrics.metadata_requests);
+    let name = percent_decode(path)?;
+    let served = app.served();
+    let Some(e) = served.metadata.get(&name) else {
+        inc(&app.metrics.not_found);
+        return Some(status_only(StatusCode::NOT_FOUND));
+    };
+    Some(serve_metadata(app, e, head, req.headers()))
+}
+
+fn serve_metadata(app: &App, e: &Entry, head: bool, h: &HeaderMap) -> Response<Body> {
+    let mut b = Response::builder()
+        .header(header::ETAG, e.etag.clone())
+        .header(header::CACHE_CONTROL, e.cache);
+    if none_match(h, &e.etag) {
+        inc(&app.metrics.not_modified);
+        return b
+            .status(StatusCode::NOT_MODIFIED)
+            .body(empty())
+            .unwrap_or_else(|_| status_only(StatusCode::INTERNAL_SERVER_ERROR));
+    }
+    b = b
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, e.bytes.len());
+    let body = if head { empty() } else { full(e.bytes.clone()) };
+    b.body(body)
+        .unwrap_or_else(|_| status_only(StatusCode::INTERNAL_SERVER_ERROR))
+}
+
+/// If-None-Match (RFC 9110 §13.1.2): weak comparison; `*` matches any current representation.
+fn none_match(h: &HeaderMap, etag: &HeaderValue) -> bool {
+    let tag = etag.as_bytes();
+    h.get_all(header::IF_NONE_MATCH).iter().any(|v| {
+        v.as_bytes().split(|b| *b == b',').any(|t| {
+            let t = t.trim_ascii();
+            let t = t.strip_prefix(b"W/").unwrap_or(t);
+            t == b"*" || t == tag
+        })
+    })
+}
+
+/// A satisfiable single byte range, or why not.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// No usable Range: send the whole representation.
+    Full,
+    /// first..=last
+    Part(u64, u64),
+    /// 416
+    Unsatisfiable,
+}
+
+/// Parse `Range` for a representation of `len` bytes (RFC 9110 §14.1.2, §14.2). Only one range is
+/// served; several ranges, other units or bad syntax are ignored (answered with 200), as the RFC
+/// allows.
+pub fn parse_range(value: Option<&[u8]>, len: u64) -> RangeSpec {
+    let Some(v) = value.and_then(|v| std::str::from_utf8(v).ok()) else {
+        return RangeSpec::Full;
+    };
+    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+        return RangeSpec::Full;
+    };
+    if spec.contains(',') {
+        return RangeSpec::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeSpec::Full;
+    };
+    let digits = |s: &str| !s.is_empty() && s.len() <= 19 && s.bytes().all(|c| c.is_ascii_digit());
+    if a.is_empty() {
+        // suffix range: the last N bytes
+        if !digits(b) {
+            return RangeSpec::Full;
+        }
+        let n: u64 = b.parse().unwrap_or(0);
+        if n == 0 || len == 0 {
+            return RangeSpec::Unsatisfiable;
+        }
+        return RangeSpec::Part(len.saturating_sub(n), len - 1);
+    }
+    if !digits(a) || !(b.is_empty() || digits(b)) {
+        return RangeSpec::Full;
+    }
+    let first: u64 = a.parse().unwrap_or(u64::MAX);
+    let last: u64 = if b.is_empty() {
+        u64::MAX
+    } else {
+        b.parse().unwrap_or(u64::MAX)
+    };
+    if last < first {
+        return RangeSpec::Full; // invalid range-spec: ignore the header
+    }
+    if first >= len {
+        return RangeSpec::Unsatisfiable;
+    }
+    RangeSpec::Part(first, last.min(len - 1))
+}
+
+async fn serve_target(app: &App, t: &TargetRef, head: bool, h: &HeaderMap) -> Response<Body> {
+    let base = || {
+        Response::builder()
+            .header(header::ETAG, t.etag.clone())
+            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+            .header(header::ACCEPT_RANGES, "bytes")
+    };
+    let err = |_| status_only(StatusCode::INTERNAL_SERVER_ERROR);
+    if none_match(h, &t.etag) {
+        inc(&app.metrics.not_modified);
+        return base()
+            .status(StatusCode::NOT_MODIFIED)
+            .body(empty())
+            .unwrap_or_else(err);
+    }
+    // Range applies to GET only; If-Range (strong comparison) must match our ETag to honour it
+    let if_range_ok = h
+        .get(header::IF_RANGE)
+        .is_none_or(|v| v.as_bytes() == t.etag.as_bytes());
+    let range = if head || !if_range_ok {
+        RangeSpec::Full
+    } else {
+        parse_range(h.get(header::RANGE).map(|v| v.as_bytes()), t.length)
+    };
+    let (status, start, count) = match range {
+        RangeSpec::Full => (StatusCode::OK, 0, t.length),
+        RangeSpec::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        RangeSpec::Unsatisfiable => {
+            inc(&app.metrics.range_not_satisfiable);
+            return base()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{}", t.length))
+                .body(empty())
+                .unwrap_or_else(err);
+        }
+    };
+    let mut b = base()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, count);
+    if status == StatusCode::PARTIAL_CONTENT {
+        inc(&app.metrics.partial);
+        b = b.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{}", start, start + count - 1, t.length),
+        );
+    }
+    if head {
+        return b.body(empty()).unwrap_or_else(err);
+    }
+    let blob = t.blob.clone();
+    let file = match tokio::task::spawn_blocking(move || std::fs::File::open(blob)).await {
+        Ok(Ok(f)) => Arc::new(f),
+        Ok(Err(e)) => {
+            tracing::error!(blob = %t.blob.display(), error = %e, "published target content missing");
+            return status_only(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        Err(_) => return status_only(StatusCode::INTERNAL_SERVER_ERROR),
+    };
+    app.metrics
+        .target_bytes
+        .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+    b.body(StreamBody::new(file_chunks(file, start, count)).boxed_unsync())
+        .unwrap_or_else(err)
+}
+
+/// `count` bytes of `file` from `offset`, read on the blocking pool in chunks of up to [`CHUNK`]
+/// bytes, each handed to hyper without another copy. A file shorter than its metadata says
+/// (damaged store) ends the response with an error rather than sending other bytes.
+fn file_chunks(
+    file: Arc<std::fs::File>,
+    offset: u64,
+    count: u64,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send {
+    futures_util::stream::try_unfold((file, offset, count), |(file, offset, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let n = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+        let f = file.clone();
+        let chunk = tokio::task::spawn_blocking(move || read_at(&f, offset, n))
+            .await
+            .map_err(|e| -> BoxError { Box::new(e) })?
+            .map_err(|e| -> BoxError { Box::new(e) })?;
+        Ok(Some((
+            Frame::data(chunk),
+            (file, offset + n as u64, left - n as u64),
+        )))
+    })
+}
+
+#[cfg(unix)]
+fn read_at(f: &std::fs::File, offset: u64, n: usize) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; n];
+    f.read_exact_at(&mut buf, offset)?;
+    Ok(Bytes::from(buf))
+}
+
+#[cfg(not(unix))]
+fn read_at(f: &std::fs::File, offset: u64, n: usize) -> std::io::Result<Bytes> {
+    use std::io::{Read, Seek};
+    let mut f = f.try_clone()?;
+    f.seek(std::io::SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; n];
+    f.read_exact(&mut buf)?;
+    Ok(Bytes::from(buf))
+}
+
+/// Decode %XX escapes; `None` for bad escapes or non-UTF-8 (answered by warp: 404).
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if c == b'%' {
+            let h = b.get(i + 1..i + 3)?;
+            let h = std::str::from_utf8(h).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+// --- API ---------------------------------------------------------------------------------------
+
+/// An API error: status, machine-readable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+impl warp::reject::Reject for ApiError {}
+
+fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Rejection {
+    warp::reject::custom(ApiError {
+        status,
+        code,
+        message: message.into(),
+    })
+}
+
+fn json_reply(status: StatusCode, v: &Value) -> warp::reply::Response {
+    warp::reply::with_status(warp::reply::json(v), status).into_response()
+}
+
+fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = Infallible> + Clone {
+    warp::any().map(move || app.clone())
+}
+
+/// `Authorization: Bearer <token>` → the operator's name. Tokens are compared by their sha256,
+/// the only form stored.
+fn operator(app: Arc<App>) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(with_app(app))
+        .and_then(|h: Option<String>, app: Arc<App>| async move {
+            let unauthorized = |app: &App| {
+                inc(&app.metrics.auth_failures);
+                api_error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a valid operator token is required (Authorization: Bearer …)",
+                )
+            };
+            let Some(token) = h
+                .as_deref()
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(str::trim)
+            else {
+                return Err(unauthorized(&app));
+            };
+            if token.is_empty() || token.len() > 256 {
+                return Err(unauthorized(&app));
+            }
+            let hash = hex::encode(Sha256::digest(token.as_bytes()));
+            let store = app.store.clone();
+            match tokio::task::spawn_blocking(move || store.token_operator(&hash)).await {
+                Ok(Ok(Some(name))) => Ok(name),
+                Ok(Ok(None)) => Err(unauthorized(&app)),
+                _ => Err(api_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "token store unavailable",
+                )),
+            }
+        })
+}
+
+pub fn api(
+    app: Arc<App>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let max_publish = app.config.max_publish_bytes;
+    let max_report = app.config.max_report_bytes;
+    let publish = warp::post()
+        .and(warp::path!("api" / "v1" / "publish"))
+        .and(operator(app.clone()))
+        .and(warp::body::content_length_limit(max_publish))
+        .and(warp::body::bytes())
+        .and(with_app(app.clone()))
+        .and_then(publish_handler);
+    let upload = warp::post()
+        .and(warp::path!("api" / "v1" / "targets"))
+        .and(operator(app.clone()))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .and(with_app(app.clone()))
+        .and_then(upload_handler);
+    let report = warp::post()
+        .and(warp::path!("api" / "v1" / "devices" / String / "report"))
+        .and(warp::body::content_length_limit(max_report))
+        .and(warp::body::bytes())
+        .and(with_app(app.clone()))
+        .and_then(report_handler);
+    let inventory = warp::get()
+        .and(warp::path!("api" / "v1" / "devices"))
+        .and(warp::query::<InventoryQuery>())
+        .and(with_app(app.clone()))
+        .and_then(inventory_handler);
+    let health = warp::get()
+        .and(warp::path!("healthz"))
+        .and(with_app(app.clone()))
+        .map(health_handler);
+    let metrics = warp::get()
+        .and(warp::path!("metrics"))
+        .and(with_app(app.clone()))
+        .map(metrics_handler);
+    publish
+        .or(upload)
+        .unify()
+        .or(report)
+        .unify()
+        .or(inventory)
+        .unify()
+        .or(health)
+        .unify()
+        .or(metrics)
+        .unify()
+        .recover(recover)
+        .unify()
+}
+
+async fn recover(r: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let (status, code, message) = if let Some(e) = r.find::<ApiError>() {
+        (e.status, e.code, e.message.clone())
+    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "request body is larger than the configured limit".to_string(),
+        )
+    } else if r.find::<warp::reject::LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "Content-Length is required".to_string(),
+        )
+    } else if r.is_not_found() || r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        // warp reports "method not allowed" for any path when some route has another method
+        (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such resource".to_string(),
+        )
+    } else {
+        (StatusCode::BAD_REQUEST, "bad_request", format!("{r:?}"))
+    };
+    Ok(json_reply(
+        status,
+        &json!({"error": code, "message": message}),
+    ))
+}
+
+/// `{"root": <envelope>?, "roles": {"targets": <envelope>, "<delegated>": <envelope>}}`. Each
+/// envelope is kept byte for byte as sent (RawValue): signatures cover its canonical form, and
+/// the served bytes are exactly what was signed and verified.
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(borrow, default)]
+    root: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    roles: std::collections::BTreeMap<String, &'a serde_json::value::RawValue>,
+}
+
+async fn publish_handler(
+    operator: String,
+    body: Bytes,
+    app: Arc<App>,
+) -> Result<warp::reply::Response, Rejection> {
+    let parsed: PublishBody<'_> = serde_json::from_slice(&body).map_err(|e| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("publish body: {e}"),
+        )
+    })?;
+    let upload = Upload {
+        root: parsed
+            .root
+            .map(|r| Bytes::copy_from_slice(r.get().as_bytes())),
+        roles: parsed
+            .roles
+            .iter()
+            .map(|(k, v)| (k.clone(), Bytes::copy_from_slice(v.get().as_bytes())))
+            .collect(),
+    };
+    let who = operator.clone();
+    let app2 = app.clone();
+    let r = tokio::task::spawn_blocking(move || app2.publish(&who, upload))
+        .await
+        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(match r {
+        Ok(summary) => {
+            tracing::info!(%operator, %summary, "publish accepted");
+            json_reply(StatusCode::OK, &json!({"published": summary}))
+        }
+        Err(ApplyError::Refused(e)) => {
+            tracing::warn!(%operator, error = %e, "publish refused");
+            json_reply(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": e.code(), "message": e.to_string()}),
+            )
+        }
+        Err(ApplyError::Internal(e)) => {
+            tracing::error!(%operator, error = %e, "publish failed");
+            json_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": "internal", "message": e}),
+            )
+        }
+    })
+}
+
+/// Target content upload, streamed to a temporary file while sha256/sha512 are computed, then
+/// moved to `blobs/<sha256>`. Refused (413) as soon as it passes the configured size, whatever
+/// Content-Length said. Content becomes visible only when published metadata names it.
+async fn upload_handler<S, B>(
+    operator: String,
+    declared: Option<u64>,
+    mut body: S,
+    app: Arc<App>,
+) -> Result<warp::reply::Response, Rejection>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    let limit = app.config.max_target_bytes;
+    let too_large = || {
+        api_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("target upload larger than {limit} bytes"),
+        )
+    };
+    if declared.is_some_and(|d| d > limit) {
+        return Err(too_large());
+    }
+    let internal =
+        |e: std::io::Error| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+    let dir = app.repo.upload_dir();
+    tokio::fs::create_dir_all(&dir).await.map_err(internal)?;
+    let mut rnd = [0u8; 16];
+    getrandom::getrandom(&mut rnd)
+        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let tmp = dir.join(format!("{}.part", hex::encode(rnd)));
+    let result = async {
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(internal)?;
+        let mut s256 = Sha256::new();
+        let mut s512 = sha2::Sha512::new();
+        let mut n: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let mut chunk = chunk
+                .map_err(|e| api_error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+            while chunk.has_remaining() {
+                let c = chunk.chunk();
+                n += c.len() as u64;
+                if n > limit {
+                    return Err(too_large());
+                }
+                s256.update(c);
+                s512.update(c);
+                f.write_all(c).await.map_err(internal)?;
+                let l = c.len();
+                chunk.advance(l);
+            }
+        }
+        f.sync_all().await.map_err(internal)?;
+        Ok((
+            hex::encode(s256.finalize()),
+            hex::encode(s512.finalize()),
+            n,
+        ))
+    }
+    .await;
+    let (sha256, sha512, length) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+    };
+    let dst = app.repo.blob_path(&sha256);
+    tokio::fs::create_dir_all(app.repo.blobs_dir())
+        .await
+        .map_err(internal)?;
+    tokio::fs::rename(&tmp, &dst).await.map_err(internal)?;
+    if let Ok(d) = std::fs::File::open(app.repo.blobs_dir()) {
+        let _ = d.sync_all();
+    }
+    inc(&app.metrics.uploads);
+    tracing::info!(%operator, %sha256, length, "target content uploaded");
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"length": length, "hashes": {"sha256": sha256, "sha512": sha512}}),
+    ))
+}
+
+// --- device reports --------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    Active,
+    Inactive,
+    Trial,
+    Pending,
+    Bad,
+    Empty,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultKind {
+    Installed,
+    Reverted,
+    Deferred,
+    Rejected,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slot {
+    pub name: String,
+    pub version: String,
+    pub state: SlotState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LastResult {
+    pub result: ResultKind,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What a device reports. Unauthenticated until device identity lands: treat it as a claim.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub slots: Vec<Slot>,
+    #[serde(default)]
+    pub last_result: Option<LastResult>,
+}
+
+impl Report {
+    fn check(&self) -> Result<(), String> {
+        if self.slots.is_empty() || self.slots.len() > 4 {
+            return Err("slots: 1 to 4 entries".into());
+        }
+        let short = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
+        for s in &self.slots {
+            if s.name.is_empty() || !short(&s.name, 32) || !short(&s.version, 64) {
+                return Err(
+                    "slot name (1-32) or version (≤64) too long or has control characters".into(),
+                );
+            }
+        }
+        if let Some(r) = &self.last_result {
+            if !r.target.as_deref().is_none_or(|t| short(t, 256))
+                || !r.version.as_deref().is_none_or(|t| short(t, 64))
+                || !r.reason.as_deref().is_none_or(|t| short(t, 512))
+            {
+                return Err("last_result: field too long or has control characters".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn valid_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+async fn report_handler(
+    id: String,
+    body: Bytes,
+    app: Arc<App>,
+) -> Result<warp::reply::Response, Rejection> {
+    if !valid_device_id(&id) {
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_device_id",
+            "device id: 1-64 of A-Z a-z 0-9 . _ : -",
+        ));
+    }
+    let report: Report = serde_json::from_slice(&body)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "bad_report", e.to_string()))?;
+    report
+        .check()
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "bad_report", e))?;
+    let record = json!({"device": id, "received": crate::now(), "report": report});
+    let app2 = app.clone();
+    let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let bytes = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+        app2.store
+            .device_put(&id, &bytes)
+            .map_err(|e| e.to_string())?;
+        app2.audit
+            .append("report", &id, record)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => {
+            inc(&app.metrics.reports);
+            Ok(status_reply(StatusCode::NO_CONTENT))
+        }
+        Ok(Err(e)) => Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)),
+        Err(e) => Err(api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.to_string(),
+        )),
+    }
+}
+
+fn status_reply(s: StatusCode) -> warp::reply::Response {
+    warp::reply::with_status(warp::reply(), s).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct InventoryQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn inventory_handler(
+    q: InventoryQuery,
+    app: Arc<App>,
+) -> Result<warp::reply::Response, Rejection> {
+    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let store = app.store.clone();
+    let rows = tokio::task::spawn_blocking(move || store.devices(q.after.as_deref(), limit))
+        .await
+        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.0.clone()))
+        .flatten();
+    let devices: Vec<Value> = rows
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+        .collect();
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"devices": devices, "next": next}),
+    ))
+}
+
+// --- operations --------------------------------------------------------------------------------
+
+fn health_handler(app: Arc<App>) -> warp::reply::Response {
+    let served = app.served();
+    let now = crate::now();
+    let ts_exp = served
+        .state
+        .timestamp
+        .as_ref()
+        .and_then(|t| hale_core::metadata::peek_header(&t.bytes, "timestamp").ok())
+        .map(|h| h.expires);
+    let ok = ts_exp.is_none_or(|e| e > now);
+    let v = json!({
+        "status": if ok { "ok" } else { "timestamp_expired" },
+        "root": served.state.root_version(),
+        "timestamp": served.state.timestamp_version(),
+        "snapshot": served.state.snapshot_version(),
+        "timestamp_expires_in": ts_exp.map(|e| e - now),
+    });
+    json_reply(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &v,
+    )
+}
+
+fn metrics_handler(app: Arc<App>) -> warp::reply::Response {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &app.metrics;
+    let served = app.served();
+    let mut s = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = write!(
+            s,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        );
+    };
+    counter(
+        "hale_metadata_requests_total",
+        "GET/HEAD of metadata files",
+        m.metadata_requests.load(Relaxed),
+    );
+    counter(
+        "hale_target_requests_total",
+        "GET/HEAD of target files",
+        m.target_requests.load(Relaxed),
+    );
+    counter(
+        "hale_not_modified_total",
+        "304 responses",
+        m.not_modified.load(Relaxed),
+    );
+    counter(
+        "hale_partial_content_total",
+        "206 responses",
+        m.partial.load(Relaxed),
+    );
+    counter(
+        "hale_range_not_satisfiable_total",
+        "416 responses",
+        m.range_not_satisfiable.load(Relaxed),
+    );
+    counter(
+        "hale_not_found_total",
+        "404 responses on the read path",
+        m.not_found.load(Relaxed),
+    );
+    counter(
+        "hale_target_bytes_total",
+        "target bytes sent",
+        m.target_bytes.load(Relaxed),
+    );
+    counter(
+        "hale_publishes_accepted_total",
+        "accepted publishes",
+        m.publishes_accepted.load(Relaxed),
+    );
+    counter(
+        "hale_publishes_rejected_total",
+        "refused publishes",
+        m.publishes_rejected.load(Relaxed),
+    );
+    counter(
+        "hale_resigns_total",
+        "scheduled re-signs of timestamp/snapshot",
+        m.resigns.load(Relaxed),
+    );
+    counter(
+        "hale_resign_failures_total",
+        "failed scheduled re-signs",
+        m.resign_failures.load(Relaxed),
+    );
+    counter(
+        "hale_uploads_total",
+        "target uploads",
+        m.uploads.load(Relaxed),
+    );
+    counter(
+        "hale_reports_total",
+        "device reports",
+        m.reports.load(Relaxed),
+    );
+    counter(
+        "hale_auth_failures_total",
+        "requests with a missing or unknown token",
+        m.auth_failures.load(Relaxed),
+    );
+    let mut gauge = |name: &str, help: &str, v: i64| {
+        let _ = write!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+    };
+    gauge(
+        "hale_root_version",
+        "current root version",
+        served.state.root_version() as i64,
+    );
+    gauge(
+        "hale_timestamp_version",
+        "current timestamp version",
+        served.state.timestamp_version() as i64,
+    );
+    gauge(
+        "hale_snapshot_version",
+        "current snapshot version",
+        served.state.snapshot_version() as i64,
+    );
+    let exp = served
+        .state
+        .timestamp
+        .as_ref()
+        .and_then(|t| hale_core::metadata::peek_header(&t.bytes, "timestamp").ok())
+        .map(|h| h.expires - crate::now())
+        .unwrap_or(0);
+    gauge(
+        "hale_timestamp_expires_in_seconds",
+        "seconds until the served timestamp expires",
+        exp,
+    );
+    gauge(
+        "hale_audit_records",
+        "records in the audit chain",
+        app.audit.len() as i64,
+    );
+    gauge(
+        "hale_uptime_seconds",
+        "seconds since start",
+        app.started.elapsed().as_secs() as i64,
+    );
+    let mut r = warp::reply::Response::new(s.into());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        let p = |s: &str, len| parse_range(Some(s.as_bytes()), len);
+        assert_eq!(p("bytes=0-9", 100), RangeSpec::Part(0, 9));
+        assert_eq!(p("bytes=90-", 100), RangeSpec::Part(90, 99));
+        assert_eq!(p("bytes=90-500", 100), RangeSpec::Part(90, 99));
+        assert_eq!(p("bytes=-10", 100), RangeSpec::Part(90, 99));
+        assert_eq!(p("bytes=-500", 100), RangeSpec::Part(0, 99));
+        assert_eq!(p("bytes=100-", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(p("bytes=-0", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(p("bytes=5-1", 100), RangeSpec::Full);
+        assert_eq!(p("bytes=0-1,5-6", 100), RangeSpec::Full);
+        assert_eq!(p("items=0-1", 100), RangeSpec::Full);
+        assert_eq!(p("bytes=x-1", 100), RangeSpec::Full);
+        assert_eq!(parse_range(None, 100), RangeSpec::Full);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb").as_deref(), Some("a/b"));
+        assert_eq!(percent_decode("a%2").as_deref(), None);
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+    }
+}

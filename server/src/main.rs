@@ -1,0 +1,697 @@
+//! `hale-server`: see `hale-server --help` and the crate documentation.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Parser, Subcommand};
+use hale_repo::{KeyKind, SigningKey};
+use hale_server::app::App;
+use hale_server::audit::Audit;
+use hale_server::config::Config;
+use hale_server::publish::{Lifetimes, OnlineKeys, Upload};
+use hale_server::repo::{RepoDir, MAX_METADATA_LEN};
+use hale_server::store::{SledStore, Store};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hale-server",
+    version,
+    about = "Hale update server: publish signed releases, sign timestamp/snapshot online, serve fleets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve an initialised data directory.
+    Serve {
+        #[arg(long, env = "HALE_DATA")]
+        data: PathBuf,
+        /// JSON config file (default: DATA/config.json when present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// File holding the online keys' passphrase (else $HALE_KEY_PASSPHRASE).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// One-command demo: throwaway keys, a demo release, a printed token. Never for production.
+    Demo {
+        #[arg(long, default_value = "hale-demo")]
+        data: PathBuf,
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Also publish `firmware.bin` of this many random bytes (for benchmarks).
+        #[arg(long)]
+        extra_target_size: Option<usize>,
+    },
+    /// Initialise a data directory with a root (made by hale-sign) and the online keys it lists.
+    Init {
+        #[arg(long, env = "HALE_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long = "timestamp-key", required = true)]
+        timestamp_keys: Vec<PathBuf>,
+        #[arg(long = "snapshot-key", required = true)]
+        snapshot_keys: Vec<PathBuf>,
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Operator tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Online keys (for rotation: add the new key, then publish a root that lists it).
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// The audit chain.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+    /// Write the served repository as plain files (for a CDN or an object store).
+    Export {
+        #[arg(long, env = "HALE_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Create a token for an operator and print it once (only its sha256 is stored).
+    Add {
+        #[arg(long, env = "HALE_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Add an online key file for `timestamp` or `snapshot`.
+    Add {
+        #[arg(long, env = "HALE_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Check the chain end to end; names the first broken record.
+    Verify {
+        #[arg(long, env = "HALE_DATA")]
+        data: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HALE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Serve {
+            data,
+            config,
+            listen,
+            passphrase_file,
+        } => {
+            let mut cfg = Config::load(&data, config.as_deref())?;
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            if let Some(p) = passphrase_file {
+                cfg.passphrase_file = Some(p);
+            }
+            serve(&data, cfg)
+        }
+        Cmd::Demo {
+            data,
+            listen,
+            extra_target_size,
+        } => demo(&data, listen, extra_target_size),
+        Cmd::Init {
+            data,
+            root,
+            timestamp_keys,
+            snapshot_keys,
+            passphrase_file,
+        } => {
+            let mut cfg = Config::load(&data, None)?;
+            if let Some(p) = passphrase_file {
+                cfg.passphrase_file = Some(p);
+            }
+            init(&data, &root, &timestamp_keys, &snapshot_keys, &cfg)
+        }
+        Cmd::Token {
+            cmd: TokenCmd::Add { data, name },
+        } => {
+            let token = token_add(&data, &name)?;
+            println!("{token}");
+            eprintln!("token for operator {name:?}: shown once, store it now (the server keeps only its sha256)");
+            Ok(())
+        }
+        Cmd::Key {
+            cmd:
+                KeyCmd::Add {
+                    data,
+                    role,
+                    key,
+                    passphrase_file,
+                },
+        } => {
+            let mut cfg = Config::load(&data, None)?;
+            if let Some(p) = passphrase_file {
+                cfg.passphrase_file = Some(p);
+            }
+            ensure!(
+                role == "timestamp" || role == "snapshot",
+                "--role must be timestamp or snapshot (root and targets keys stay offline)"
+            );
+            // the store first: it is locked while a server runs, and nothing must change then
+            let store = open_store(&data)?;
+            let k = install_key(&data, &role, &key, &cfg)?;
+            Audit::open(store)?.append(
+                "key-add",
+                "cli",
+                json!({"role": role, "keyid": k.keyid()}),
+            )?;
+            println!("added {role} key {}", k.keyid());
+            Ok(())
+        }
+        Cmd::Audit {
+            cmd: AuditCmd::Verify { data },
+        } => {
+            let store = open_store(&data)?;
+            match hale_server::audit::verify(store.as_ref()) {
+                Ok((n, head)) => {
+                    println!("audit chain OK: {n} records, head {head}");
+                    Ok(())
+                }
+                Err(e) => bail!("{e}"),
+            }
+        }
+        Cmd::Export { data, out } => export(&data, &out),
+    }
+}
+
+fn open_store(data: &Path) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(SledStore::open(&data.join("db"))?))
+}
+
+fn keys_dir(data: &Path) -> PathBuf {
+    data.join("keys")
+}
+
+/// Decrypt `src`, then copy it into `DATA/keys/<role>-<keyid prefix>.key`.
+fn install_key(data: &Path, role: &str, src: &Path, cfg: &Config) -> Result<SigningKey> {
+    let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+    let pass = cfg.passphrase().read()?;
+    let key = SigningKey::from_encrypted_file(&bytes, &pass)
+        .with_context(|| format!("opening {}", src.display()))?;
+    let id = key.keyid();
+    let dst = keys_dir(data).join(format!("{role}-{}.key", id.get(..16).unwrap_or(&id)));
+    hale_repo::layout::write_atomic(&dst, &bytes)?;
+    Ok(key)
+}
+
+fn load_keys(data: &Path, cfg: &Config) -> Result<OnlineKeys> {
+    let pass = cfg
+        .passphrase()
+        .read()
+        .context("reading the online keys' passphrase")?;
+    let mut keys = OnlineKeys::default();
+    let dir = keys_dir(data);
+    let rd = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let role = if name.starts_with("timestamp-") && name.ends_with(".key") {
+            &mut keys.timestamp
+        } else if name.starts_with("snapshot-") && name.ends_with(".key") {
+            &mut keys.snapshot
+        } else {
+            continue;
+        };
+        let bytes =
+            std::fs::read(e.path()).with_context(|| format!("reading {}", e.path().display()))?;
+        role.push(
+            SigningKey::from_encrypted_file(&bytes, &pass)
+                .with_context(|| format!("opening {}", e.path().display()))?,
+        );
+    }
+    ensure!(
+        !keys.timestamp.is_empty() && !keys.snapshot.is_empty(),
+        "no timestamp or snapshot key in {}",
+        dir.display()
+    );
+    Ok(keys)
+}
+
+fn init(
+    data: &Path,
+    root_path: &Path,
+    ts: &[PathBuf],
+    snap: &[PathBuf],
+    cfg: &Config,
+) -> Result<()> {
+    let repo = RepoDir::new(data);
+    ensure!(
+        !repo.is_initialised(),
+        "{} is already initialised",
+        data.display()
+    );
+    let root = hale_server::repo::read_bounded(root_path, MAX_METADATA_LEN)
+        .with_context(|| format!("reading {}", root_path.display()))?;
+    let now = hale_server::now();
+    // the root must verify by itself (threshold of its own root role) and be usable
+    hale_core::TrustedSet::new(
+        hale_core::Storage::with_capacity(MAX_METADATA_LEN),
+        &root,
+        now,
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", root_path.display()))?;
+    let env =
+        hale_core::metadata::Envelope::parse(&root, "root").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let r = hale_core::metadata::Root::parse(&env.signed).map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(
+        r.consistent_snapshot,
+        "root: consistent_snapshot must be true"
+    );
+    ensure!(r.header.expires > now, "root has expired");
+    let mut held = OnlineKeys::default();
+    for p in ts {
+        let b = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        held.timestamp.push(
+            SigningKey::from_encrypted_file(&b, &cfg.passphrase().read()?)
+                .with_context(|| format!("opening {}", p.display()))?,
+        );
+    }
+    for p in snap {
+        let b = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        held.snapshot.push(
+            SigningKey::from_encrypted_file(&b, &cfg.passphrase().read()?)
+                .with_context(|| format!("opening {}", p.display()))?,
+        );
+    }
+    // refuse keys the root does not list for their role
+    hale_server::publish::online_signers(&root, "timestamp", &held.timestamp)?;
+    hale_server::publish::online_signers(&root, "snapshot", &held.snapshot)?;
+    for p in ts {
+        install_key(data, "timestamp", p, cfg)?;
+    }
+    for p in snap {
+        install_key(data, "snapshot", p, cfg)?;
+    }
+    let v = r.header.version;
+    hale_repo::layout::write_atomic(&repo.meta_path("root", v), &root)?;
+    hale_repo::layout::write_atomic(
+        &repo.dir.join("CURRENT"),
+        json!({"root": v, "timestamp": null}).to_string().as_bytes(),
+    )?;
+    let store = open_store(data)?;
+    Audit::open(store)?.append(
+        "init",
+        "cli",
+        json!({"root": v, "timestamp_keys": held.timestamp.iter().map(|k| k.keyid()).collect::<Vec<_>>(),
+               "snapshot_keys": held.snapshot.iter().map(|k| k.keyid()).collect::<Vec<_>>()}),
+    )?;
+    println!("initialised {} with root version {v}", data.display());
+    Ok(())
+}
+
+fn token_add(data: &Path, name: &str) -> Result<String> {
+    ensure!(
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b)),
+        "operator name: 1-64 of A-Z a-z 0-9 . _ - @"
+    );
+    let mut rnd = [0u8; 32];
+    getrandom::getrandom(&mut rnd).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let token = format!("hale_{}", hex::encode(rnd));
+    let store = open_store(data)?;
+    store.token_put(&hex::encode(Sha256::digest(token.as_bytes())), name)?;
+    Audit::open(store.clone())?.append("token-add", "cli", json!({"operator": name}))?;
+    store.flush()?;
+    Ok(token)
+}
+
+fn serve(data: &Path, cfg: Config) -> Result<()> {
+    let repo = RepoDir::new(data);
+    ensure!(
+        repo.is_initialised(),
+        "{} is not initialised: run `hale-server init` (or `hale-server demo`)",
+        data.display()
+    );
+    repo.clean_temporaries();
+    let keys = load_keys(data, &cfg)?;
+    let store = open_store(data)?;
+    let audit = Audit::open(store.clone())?;
+    let current = hale_server::app::load_current(&repo)?;
+    let life = Lifetimes {
+        timestamp_secs: cfg.timestamp_lifetime_secs,
+        timestamp_resign_before_secs: cfg.timestamp_resign_before_secs,
+        snapshot_secs: cfg.snapshot_lifetime_secs,
+        snapshot_resign_before_secs: cfg.snapshot_resign_before_secs,
+        profile: hale_repo::build::Profile::parse(&cfg.profile)?,
+    };
+    let app = Arc::new(App {
+        current,
+        repo,
+        store,
+        audit,
+        keys,
+        life,
+        config: cfg.clone(),
+        metrics: Default::default(),
+        write_lock: Default::default(),
+        started: std::time::Instant::now(),
+        data: data.to_path_buf(),
+    });
+    if let Err(e) = app.reconcile_audit() {
+        tracing::error!(error = %e, "audit reconciliation failed");
+    }
+    // a server that was down may hold an expired timestamp: re-sign before serving
+    match app.resign() {
+        Ok(Some(s)) => tracing::info!(%s, "re-signed at start"),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = ?e, "re-sign at start failed"),
+    }
+    {
+        let st = &app.served().state;
+        let blob_len = |sha: &str| {
+            std::fs::metadata(app.repo.blob_path(sha))
+                .ok()
+                .map(|m| m.len())
+        };
+        match hale_server::repo::verify_as_client(None, st, hale_server::now(), &blob_len) {
+            Ok(()) => tracing::info!(
+                root = st.root_version(),
+                timestamp = st.timestamp_version(),
+                snapshot = st.snapshot_version(),
+                "repository verified as a client would"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "the repository does not verify as a client would: devices will refuse it until a new publish")
+            }
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = hale_server::http::bind(cfg.listen)
+            .await
+            .with_context(|| format!("listening on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, data = %data.display(), "hale-server listening");
+        // machine-readable line for scripts and tests (ephemeral ports)
+        println!("listening on http://{addr}");
+        let resigner = {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(
+                    app.config.resign_check_secs,
+                ));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let a = app.clone();
+                    match tokio::task::spawn_blocking(move || a.resign()).await {
+                        Ok(Ok(Some(s))) => tracing::info!(%s, "timestamp re-signed"),
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) => tracing::error!(error = ?e, "scheduled re-sign failed"),
+                        Err(e) => tracing::error!(error = %e, "re-sign task failed"),
+                    }
+                }
+            })
+        };
+        hale_server::http::serve(app, listener, shutdown_signal()).await;
+        resigner.abort();
+        tracing::info!("stopped");
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+/// Demo: throwaway keys and a first release, so `hale-server demo` alone gives a working server.
+fn demo(
+    data: &Path,
+    listen: Option<std::net::SocketAddr>,
+    extra_target_size: Option<usize>,
+) -> Result<()> {
+    let repo = RepoDir::new(data);
+    let pass_file = keys_dir(data).join("demo-passphrase");
+    if !repo.is_initialised() {
+        eprintln!(
+            "DEMO MODE: generating throwaway keys in {} — never use them for real devices",
+            data.display()
+        );
+        std::fs::create_dir_all(keys_dir(data))?;
+        let mut rnd = [0u8; 24];
+        getrandom::getrandom(&mut rnd).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let pass = hex::encode(rnd);
+        write_private(&pass_file, pass.as_bytes())?;
+        let gen = || SigningKey::generate(KeyKind::Ed25519);
+        let (root_k, targets_k, ts_k, snap_k) = (gen()?, gen()?, gen()?, gen()?);
+        let offline = data.join("demo-offline-keys");
+        for (name, k) in [("root", &root_k), ("targets", &targets_k)] {
+            write_private(
+                &offline.join(format!("{name}.key")),
+                &k.to_encrypted_file(pass.as_bytes())?,
+            )?;
+        }
+        let mut keys = std::collections::BTreeMap::new();
+        let mut roles = std::collections::BTreeMap::new();
+        for (role, k) in [
+            ("root", &root_k),
+            ("targets", &targets_k),
+            ("timestamp", &ts_k),
+            ("snapshot", &snap_k),
+        ] {
+            keys.insert(k.keyid(), k.public());
+            roles.insert(
+                role.to_string(),
+                hale_repo::build::RoleKeys {
+                    keyids: vec![k.keyid()],
+                    threshold: 1,
+                },
+            );
+        }
+        let now = hale_server::now();
+        let profile = hale_repo::build::Profile::Standard;
+        let root_body = hale_repo::build::root(
+            profile,
+            1,
+            &hale_repo::build::expires_at(now, 365 * 86_400)?,
+            &keys,
+            &roles,
+            true,
+        );
+        let root = hale_repo::sign::sign_new(&root_body, &[&root_k])?;
+        let root_path = data.join("demo-root.json");
+        std::fs::write(&root_path, &root)?;
+        let mut ts_files = Vec::new();
+        let mut snap_files = Vec::new();
+        for (k, list, n) in [
+            (&ts_k, &mut ts_files, "timestamp"),
+            (&snap_k, &mut snap_files, "snapshot"),
+        ] {
+            let p = offline.join(format!("{n}.key"));
+            write_private(&p, &k.to_encrypted_file(pass.as_bytes())?)?;
+            list.push(p);
+        }
+        let cfg = Config {
+            passphrase_file: Some(pass_file.clone()),
+            ..Config::default()
+        };
+        init(data, &root_path, &ts_files, &snap_files, &cfg)?;
+        for p in ts_files.iter().chain(&snap_files) {
+            let _ = std::fs::remove_file(p);
+        }
+        // a first release: one target
+        let content = b"Hello from Hale's demo release.\n";
+        let sha = hex::encode(Sha256::digest(content));
+        hale_repo::layout::write_atomic(&repo.blob_path(&sha), content)?;
+        let mut targets = serde_json::Map::new();
+        targets.insert(
+            "hello.txt".into(),
+            hale_repo::build::target_entry(content, None),
+        );
+        if let Some(n) = extra_target_size {
+            ensure!(n <= 1 << 30, "--extra-target-size: at most 1 GiB");
+            let mut big = vec![0u8; n];
+            getrandom::getrandom(&mut big).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let sha = hex::encode(Sha256::digest(&big));
+            hale_repo::layout::write_atomic(&repo.blob_path(&sha), &big)?;
+            targets.insert(
+                "firmware.bin".into(),
+                hale_repo::build::target_entry(&big, None),
+            );
+        }
+        let tbody = hale_repo::build::targets(
+            profile,
+            1,
+            &hale_repo::build::expires_at(now, 90 * 86_400)?,
+            &targets,
+            None,
+        );
+        let tbytes = hale_repo::sign::sign_new(&tbody, &[&targets_k])?;
+        let online = OnlineKeys {
+            timestamp: vec![ts_k],
+            snapshot: vec![snap_k],
+        };
+        let life = Lifetimes {
+            timestamp_secs: cfg.timestamp_lifetime_secs,
+            timestamp_resign_before_secs: cfg.timestamp_resign_before_secs,
+            snapshot_secs: cfg.snapshot_lifetime_secs,
+            snapshot_resign_before_secs: cfg.snapshot_resign_before_secs,
+            profile,
+        };
+        let old = repo.load()?;
+        let upload = Upload {
+            root: None,
+            roles: [("targets".to_string(), bytes::Bytes::from(tbytes))]
+                .into_iter()
+                .collect(),
+        };
+        let new = hale_server::publish::prepare(&old, &upload, &online, &life, now, &repo)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        repo.commit(&old, &new)?;
+        let token = token_add(data, "demo")?;
+        println!("demo operator token (shown once): {token}");
+        println!(
+            "trusted root for clients: {}",
+            data.join("demo-root.json").display()
+        );
+        println!(
+            "offline demo keys (root, targets), passphrase in {}: {}",
+            pass_file.display(),
+            offline.display()
+        );
+    }
+    let mut cfg = Config::load(data, None)?;
+    cfg.passphrase_file = Some(pass_file);
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    serve(data, cfg)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    hale_repo::layout::write_atomic(path, bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Plain files in the consistent-snapshot layout, timestamp.json written last.
+fn export(data: &Path, out: &Path) -> Result<()> {
+    let repo = RepoDir::new(data);
+    let st = repo.load()?;
+    let blob_len = |sha: &str| std::fs::metadata(repo.blob_path(sha)).ok().map(|m| m.len());
+    if let Err(e) = hale_server::repo::verify_as_client(None, &st, hale_server::now(), &blob_len) {
+        tracing::warn!(error = %e, "exporting a repository that does not verify now (expired? re-sign by running the server)");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut files = 0;
+    for (v, b) in &st.roots {
+        hale_repo::layout::write_atomic(&out.join(format!("{v}.root.json")), b)?;
+        files += 1;
+    }
+    if let Some((_, b)) = st.root() {
+        hale_repo::layout::write_atomic(&out.join("root.json"), b)?;
+    }
+    for (role, m) in &st.roles {
+        hale_repo::layout::write_atomic(&out.join(format!("{}.{role}.json", m.version)), &m.bytes)?;
+        files += 1;
+        for (path, sha, _) in hale_server::repo::role_targets(role, &m.bytes)
+            .map_err(|e| anyhow::anyhow!("{role}: {e}"))?
+        {
+            let rel = hale_repo::layout::target_path(&path, &sha, true)?;
+            let dst = out.join(&rel);
+            if dst.exists() {
+                continue;
+            }
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let src = repo.blob_path(&sha);
+            if std::fs::hard_link(&src, &dst).is_err() {
+                std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+            }
+            files += 1;
+        }
+    }
+    if let Some(s) = &st.snapshot {
+        hale_repo::layout::write_atomic(
+            &out.join(format!("{}.snapshot.json", s.version)),
+            &s.bytes,
+        )?;
+        files += 1;
+    }
+    if let Some(t) = &st.timestamp {
+        hale_repo::layout::write_atomic(&out.join("timestamp.json"), &t.bytes)?;
+        files += 1;
+    }
+    println!("exported {files} files to {}", out.display());
+    Ok(())
+}

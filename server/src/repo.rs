@@ -1,0 +1,637 @@
+//! The repository on disk and its committed state.
+//!
+//! ```text
+//! DATA/repo/metadata/N.root.json          every root, kept forever
+//! DATA/repo/metadata/N.<role>.json        snapshot, targets, delegated roles (immutable once committed)
+//! DATA/repo/metadata/ts/N.timestamp.json  every timestamp version
+//! DATA/repo/blobs/<sha256>                target contents, content-addressed
+//! DATA/repo/CURRENT                       {"root": R, "timestamp": T}: the one pointer
+//! ```
+//!
+//! **Crash safety.** A commit writes every new file first (each atomically: temporary file, fsync,
+//! rename, fsync of the directory) and flips `CURRENT` last. Files are named by version or by
+//! content, so writing them never changes what `CURRENT` names. A crash before the flip leaves the
+//! old repository (plus unreferenced files the next commit overwrites); after it, the new one.
+//! Readers are served only what `CURRENT` reaches, from memory, so a timestamp can never point at
+//! something not stored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hale_core::metadata::{Envelope, Snapshot, TargetFile, Targets, Timestamp};
+use hale_core::{Name, RoleSource, Storage, TrustedSet};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// Largest metadata document accepted or loaded.
+pub const MAX_METADATA_LEN: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("repository is not initialised: run `hale-server init` (no {0})")]
+    NotInitialised(String),
+    #[error("repository state is damaged: {0}")]
+    Damaged(String),
+    #[error(transparent)]
+    Write(#[from] hale_repo::RepoError),
+}
+
+/// One metadata document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub version: u64,
+    pub bytes: Bytes,
+}
+
+/// A complete repository state: what `CURRENT` reaches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    /// root version → bytes (every version the server has; the last is current)
+    pub roots: BTreeMap<u64, Bytes>,
+    pub timestamp: Option<Meta>,
+    pub snapshot: Option<Meta>,
+    /// `targets` and every delegated role the snapshot lists
+    pub roles: BTreeMap<String, Meta>,
+}
+
+impl State {
+    pub fn root(&self) -> Option<(u64, &Bytes)> {
+        self.roots.iter().next_back().map(|(v, b)| (*v, b))
+    }
+    pub fn root_version(&self) -> u64 {
+        self.root().map(|r| r.0).unwrap_or(0)
+    }
+    pub fn timestamp_version(&self) -> u64 {
+        self.timestamp.as_ref().map(|m| m.version).unwrap_or(0)
+    }
+    pub fn snapshot_version(&self) -> u64 {
+        self.snapshot.as_ref().map(|m| m.version).unwrap_or(0)
+    }
+}
+
+/// The files of a repository under `DATA/repo`.
+#[derive(Debug, Clone)]
+pub struct RepoDir {
+    pub dir: PathBuf,
+}
+
+fn io(p: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+    move |e| RepoError::Io(p.display().to_string(), e)
+}
+
+/// Read a whole file, refusing more than `limit` bytes.
+pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, RepoError> {
+    let f = std::fs::File::open(path).map_err(io(path))?;
+    let mut out = Vec::new();
+    f.take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(io(path))?;
+    if out.len() > limit {
+        return Err(RepoError::Damaged(format!(
+            "{} is larger than {limit} bytes",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+impl RepoDir {
+    pub fn new(data: &Path) -> Self {
+        RepoDir {
+            dir: data.join("repo"),
+        }
+    }
+    pub fn metadata_dir(&self) -> PathBuf {
+        self.dir.join("metadata")
+    }
+    pub fn meta_path(&self, role: &str, version: u64) -> PathBuf {
+        if role == "timestamp" {
+            self.metadata_dir()
+                .join("ts")
+                .join(format!("{version}.timestamp.json"))
+        } else {
+            self.metadata_dir().join(format!("{version}.{role}.json"))
+        }
+    }
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.dir.join("blobs")
+    }
+    pub fn blob_path(&self, sha256_hex: &str) -> PathBuf {
+        self.blobs_dir().join(sha256_hex)
+    }
+    pub fn upload_dir(&self) -> PathBuf {
+        self.dir.join("upload")
+    }
+    fn current_path(&self) -> PathBuf {
+        self.dir.join("CURRENT")
+    }
+
+    pub fn is_initialised(&self) -> bool {
+        self.current_path().exists()
+    }
+
+    /// Remove temporary files a crash left behind (uploads in progress, half-written files).
+    pub fn clean_temporaries(&self) {
+        let _ = std::fs::remove_dir_all(self.upload_dir());
+        for d in [
+            self.metadata_dir(),
+            self.metadata_dir().join("ts"),
+            self.dir.clone(),
+        ] {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    if n.starts_with('.') && n.contains(".tmp") {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Load the committed state.
+    pub fn load(&self) -> Result<State, RepoError> {
+        let cur_path = self.current_path();
+        if !cur_path.exists() {
+            return Err(RepoError::NotInitialised(cur_path.display().to_string()));
+        }
+        let cur: serde_json::Value = serde_json::from_slice(&read_bounded(&cur_path, 4096)?)
+            .map_err(|e| RepoError::Damaged(format!("CURRENT: {e}")))?;
+        let root_v = cur
+            .get("root")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| RepoError::Damaged("CURRENT has no root version".into()))?;
+        let ts_v = cur.get("timestamp").and_then(|v| v.as_u64());
+        let mut st = State::default();
+        for v in 1..=root_v {
+            let p = self.meta_path("root", v);
+            if p.exists() {
+                st.roots
+                    .insert(v, Bytes::from(read_bounded(&p, MAX_METADATA_LEN)?));
+            }
+        }
+        if !st.roots.contains_key(&root_v) {
+            return Err(RepoError::Damaged(format!("{root_v}.root.json is missing")));
+        }
+        let Some(ts_v) = ts_v else { return Ok(st) };
+        let ts = Bytes::from(read_bounded(
+            &self.meta_path("timestamp", ts_v),
+            MAX_METADATA_LEN,
+        )?);
+        let snap_v = {
+            let env =
+                Envelope::parse(&ts, "timestamp").map_err(|e| RepoError::Damaged(e.to_string()))?;
+            Timestamp::parse(&env.signed)
+                .map_err(|e| RepoError::Damaged(e.to_string()))?
+                .snapshot
+                .version
+        };
+        let snap = Bytes::from(read_bounded(
+            &self.meta_path("snapshot", snap_v),
+            MAX_METADATA_LEN,
+        )?);
+        for (role, v) in snapshot_roles(&snap).map_err(|e| RepoError::Damaged(e.to_string()))? {
+            let b = Bytes::from(read_bounded(&self.meta_path(&role, v), MAX_METADATA_LEN)?);
+            st.roles.insert(
+                role,
+                Meta {
+                    version: v,
+                    bytes: b,
+                },
+            );
+        }
+        st.timestamp = Some(Meta {
+            version: ts_v,
+            bytes: ts,
+        });
+        st.snapshot = Some(Meta {
+            version: snap_v,
+            bytes: snap,
+        });
+        Ok(st)
+    }
+
+    /// Write `new`'s files that `old` does not have, then flip `CURRENT`. See the module docs.
+    pub fn commit(&self, old: &State, new: &State) -> Result<(), RepoError> {
+        for (v, b) in &new.roots {
+            if old.roots.get(v) != Some(b) {
+                hale_repo::layout::write_atomic(&self.meta_path("root", *v), b)?;
+            }
+        }
+        for (role, m) in &new.roles {
+            if old.roles.get(role) != Some(m) {
+                hale_repo::layout::write_atomic(&self.meta_path(role, m.version), &m.bytes)?;
+            }
+        }
+        if let Some(s) = &new.snapshot {
+            if old.snapshot.as_ref() != Some(s) {
+                hale_repo::layout::write_atomic(&self.meta_path("snapshot", s.version), &s.bytes)?;
+            }
+        }
+        if let Some(t) = &new.timestamp {
+            if old.timestamp.as_ref() != Some(t) {
+                hale_repo::layout::write_atomic(&self.meta_path("timestamp", t.version), &t.bytes)?;
+            }
+        }
+        crate::crash_point("before-current");
+        let cur = json!({"root": new.root_version(), "timestamp": new.timestamp.as_ref().map(|t| t.version)});
+        hale_repo::layout::write_atomic(&self.current_path(), cur.to_string().as_bytes())?;
+        Ok(())
+    }
+}
+
+/// `(role, version)` for every `<role>.json` entry of a snapshot.
+pub fn snapshot_roles(snapshot: &[u8]) -> Result<Vec<(String, u64)>, hale_core::Error> {
+    let env = Envelope::parse(snapshot, "snapshot")?;
+    let snap = Snapshot::parse(&env.signed)?;
+    let mut out = Vec::new();
+    for (k, _) in snap.meta.members() {
+        let name = k.to_string();
+        let Some(role) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if let Some(m) = snap.role(role)? {
+            hale_core::metadata::check_role_name(role)?;
+            out.push((role.to_string(), m.version));
+        }
+    }
+    Ok(out)
+}
+
+/// Every target a role lists: (path, sha256 hex, length).
+pub fn role_targets(
+    role: &str,
+    bytes: &[u8],
+) -> Result<Vec<(String, String, u64)>, hale_core::Error> {
+    let env = Envelope::parse(bytes, role)?;
+    let t = Targets::parse(&env.signed, Name::new(role))?;
+    let mut out = Vec::new();
+    for (k, v) in t.targets.members() {
+        let path = k.to_string();
+        let o = v.as_object().ok_or(hale_core::Error::Field {
+            role: Name::new(role),
+            field: "targets",
+        })?;
+        let f = TargetFile::parse(&o, Name::new(role))?;
+        let sha = f.sha256().map(hex::encode).unwrap_or_default();
+        out.push((path, sha, f.length));
+    }
+    Ok(out)
+}
+
+/// Delegated roles as a search source for [`TrustedSet::find_target`], from a state in memory.
+struct StateSource<'a>(&'a State);
+
+impl RoleSource for StateSource<'_> {
+    type Buf = Bytes;
+    type Error = String;
+    fn fetch_role(
+        &mut self,
+        name: &str,
+        meta: &hale_core::metadata::MetaFile<'_>,
+    ) -> Result<Bytes, String> {
+        match self.0.roles.get(name) {
+            Some(m) if m.version == meta.version => Ok(m.bytes.clone()),
+            Some(m) => Err(format!(
+                "{name}: have version {}, snapshot names {}",
+                m.version, meta.version
+            )),
+            None => Err(format!("{name}: not stored")),
+        }
+    }
+}
+
+/// Run the whole client workflow of TUF §5 with hale-core over `new`, as a device holding `old`
+/// would (or a fresh device holding only the oldest root, when `old` has no timestamp): root chain,
+/// timestamp, snapshot, targets, every delegated role against every delegator that names it, and a
+/// search for every listed target, whose content must be stored. Anything a device would reject
+/// is refused here, before it is published.
+pub fn verify_as_client(
+    old: Option<&State>,
+    new: &State,
+    now: i64,
+    blob_len: &dyn Fn(&str) -> Option<u64>,
+) -> Result<(), String> {
+    let trusted_root = old
+        .and_then(|o| o.root())
+        .or_else(|| new.roots.iter().next().map(|(v, b)| (*v, b)))
+        .ok_or("no root")?;
+    let mut set = TrustedSet::new(
+        Storage::with_capacity(MAX_METADATA_LEN),
+        trusted_root.1,
+        now,
+    )
+    .map_err(|e| format!("trusted root: {e}"))?
+    .with_max_root_rotations(u32::MAX);
+    for (v, b) in new.roots.range(trusted_root.0 + 1..) {
+        set.update_root(b)
+            .map_err(|e| format!("{v}.root.json: {e}"))?;
+    }
+    let (Some(ts), Some(snap)) = (&new.timestamp, &new.snapshot) else {
+        return Ok(()); // nothing published yet: only the root chain to check
+    };
+    if let Some(old_ts) = old.and_then(|o| o.timestamp.as_ref()) {
+        // the rollback baseline; fails after a timestamp key rotation, as on a device (dropped)
+        let _ = set.load_trusted_timestamp(&old_ts.bytes);
+    }
+    set.update_timestamp(&ts.bytes)
+        .map_err(|e| format!("timestamp.json: {e}"))?;
+    let old_snap = old.and_then(|o| o.snapshot.as_ref());
+    // the snapshot baseline; dropped when it no longer verifies (snapshot key rotation)
+    let fresh = old_snap.map(|s| set.load_trusted_snapshot(&s.bytes));
+    if matches!(fresh, Some(Ok(hale_core::Freshness::Current))) {
+        if old_snap != Some(snap) {
+            return Err("snapshot changed without a new version".into());
+        }
+    } else {
+        set.update_snapshot(&snap.bytes)
+            .map_err(|e| format!("{}.snapshot.json: {e}", snap.version))?;
+    }
+    let targets = new.roles.get("targets").ok_or("targets: not stored")?;
+    set.update_targets(&targets.bytes)
+        .map_err(|e| format!("{}.targets.json: {e}", targets.version))?;
+
+    // every delegated role against every delegator that names it (diamonds included)
+    for (dname, d) in &new.roles {
+        let env = Envelope::parse(&d.bytes, dname).map_err(|e| format!("{dname}: {e}"))?;
+        let delegator =
+            Targets::parse(&env.signed, Name::new(dname)).map_err(|e| format!("{dname}: {e}"))?;
+        for child in crate::publish::delegated_names(&delegator, new.roles.keys()) {
+            if let Some(c) = new.roles.get(&child) {
+                set.verify_delegated(&delegator, &child, &c.bytes)
+                    .map_err(|e| format!("{child} (delegated by {dname}): {e}"))?;
+            }
+        }
+    }
+    // every listed target's content is stored with the listed length (what a device downloads
+    // when its search ends at that entry) ...
+    for (role, m) in &new.roles {
+        let list = role_targets(role, &m.bytes).map_err(|e| format!("{role}: {e}"))?;
+        for (path, sha, length) in &list {
+            if sha.is_empty() {
+                return Err(format!("{path}: no sha256 listed"));
+            }
+            match blob_len(sha) {
+                Some(len) if len == *length => {}
+                Some(len) => {
+                    return Err(format!(
+                        "{path}: stored content has {len} bytes, metadata says {length}"
+                    ))
+                }
+                None => return Err(format!("{path}: content {sha} is not stored")),
+            }
+        }
+        // ... and a device's search (pre-order, priorities, terminating roles, every delegated
+        // role verified on the way) succeeds for every target a delegated role lists. Top-level
+        // targets are found first by definition: no search needed (it would cost O(n) each).
+        if role == "targets" {
+            continue;
+        }
+        for (path, _, _) in &list {
+            let found = set
+                .find_target(path, &mut StateSource(new))
+                .map_err(|e| format!("searching {path}: {e}"))?;
+            if let Some(found) = found {
+                found.file(path).map_err(|e| format!("{path}: {e}"))?;
+            } // None: shadowed by a terminating delegation, never fetched
+        }
+    }
+    Ok(())
+}
+
+/// A response entry served from memory.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub bytes: Bytes,
+    /// strong validator: sha256 of the bytes
+    pub etag: hyper::header::HeaderValue,
+    pub cache: &'static str,
+}
+
+/// A target served from disk.
+#[derive(Debug, Clone)]
+pub struct TargetRef {
+    pub blob: PathBuf,
+    pub length: u64,
+    pub etag: hyper::header::HeaderValue,
+}
+
+/// What readers see: built once per commit, swapped in whole.
+#[derive(Debug, Default)]
+pub struct Served {
+    pub state: State,
+    pub metadata: HashMap<String, Entry>,
+    pub targets: HashMap<String, TargetRef>,
+}
+
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+const REVALIDATE: &str = "no-cache";
+
+fn entry(bytes: &Bytes, cache: &'static str) -> Entry {
+    let h = Sha256::digest(bytes);
+    let etag = hyper::header::HeaderValue::from_str(&format!("\"{}\"", hex::encode(h)))
+        .unwrap_or(hyper::header::HeaderValue::from_static("\"\""));
+    Entry {
+        bytes: bytes.clone(),
+        etag,
+        cache,
+    }
+}
+
+impl Served {
+    /// Index `state` for serving. `previous` keeps the versioned files of the state just replaced,
+    /// so a client in the middle of an update can still fetch what its timestamp named.
+    pub fn build(state: State, previous: Option<&Served>, repo: &RepoDir) -> Served {
+        let mut metadata = HashMap::new();
+        if let Some(p) = previous {
+            // only the previous state's own versioned files (not what it carried itself), so
+            // memory stays bounded by two generations
+            let own = p
+                .state
+                .snapshot
+                .iter()
+                .map(|s| format!("{}.snapshot.json", s.version))
+                .chain(
+                    p.state
+                        .roles
+                        .iter()
+                        .map(|(r, m)| format!("{}.{r}.json", m.version)),
+                );
+            for k in own {
+                if let Some(e) = p.metadata.get(&k) {
+                    metadata.insert(k, e.clone());
+                }
+            }
+        }
+        for (v, b) in &state.roots {
+            metadata.insert(format!("{v}.root.json"), entry(b, IMMUTABLE));
+        }
+        if let Some((_, b)) = state.root() {
+            metadata.insert("root.json".into(), entry(b, REVALIDATE));
+        }
+        if let Some(t) = &state.timestamp {
+            metadata.insert("timestamp.json".into(), entry(&t.bytes, REVALIDATE));
+        }
+        if let Some(s) = &state.snapshot {
+            metadata.insert(
+                format!("{}.snapshot.json", s.version),
+                entry(&s.bytes, IMMUTABLE),
+            );
+        }
+        let mut targets = HashMap::new();
+        // the previous state's targets too: a device mid-download keeps its content
+        for st in previous.map(|p| &p.state).into_iter().chain([&state]) {
+            for (role, m) in &st.roles {
+                index_targets(role, &m.bytes, repo, &mut targets);
+            }
+        }
+        for (role, m) in &state.roles {
+            metadata.insert(
+                format!("{}.{role}.json", m.version),
+                entry(&m.bytes, IMMUTABLE),
+            );
+        }
+        Served {
+            state,
+            metadata,
+            targets,
+        }
+    }
+}
+
+fn index_targets(role: &str, bytes: &[u8], repo: &RepoDir, out: &mut HashMap<String, TargetRef>) {
+    let Ok(list) = role_targets(role, bytes) else {
+        return;
+    };
+    for (path, sha, length) in list {
+        if let Ok(served) = hale_repo::layout::target_path(&path, &sha, true) {
+            let etag = hyper::header::HeaderValue::from_str(&format!("\"{sha}\""))
+                .unwrap_or(hyper::header::HeaderValue::from_static("\"\""));
+            out.insert(
+                served,
+                TargetRef {
+                    blob: repo.blob_path(&sha),
+                    length,
+                    etag,
+                },
+            );
+        }
+    }
+}
+
+/// Shared handle to what is served now.
+pub type Current = Arc<std::sync::RwLock<Arc<Served>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hale_repo::build::{self, Profile, RoleKeys};
+    use hale_repo::{KeyKind, SigningKey};
+
+    /// A state with `n` targets in top-level targets, signed by one key per role.
+    fn state(n: usize) -> State {
+        let k = |s: u8| SigningKey::from_seed(KeyKind::Ed25519, &[s; 32]).unwrap();
+        let (root_k, t_k, ts_k, s_k) = (k(1), k(2), k(3), k(4));
+        let now = crate::now();
+        let mut keys = BTreeMap::new();
+        let mut roles = BTreeMap::new();
+        for (r, key) in [
+            ("root", &root_k),
+            ("targets", &t_k),
+            ("timestamp", &ts_k),
+            ("snapshot", &s_k),
+        ] {
+            keys.insert(key.keyid(), key.public());
+            roles.insert(
+                r.to_string(),
+                RoleKeys {
+                    keyids: vec![key.keyid()],
+                    threshold: 1,
+                },
+            );
+        }
+        let exp = build::expires_at(now, 86_400).unwrap();
+        let root = hale_repo::sign::sign_new(
+            &build::root(Profile::Standard, 1, &exp, &keys, &roles, true),
+            &[&root_k],
+        )
+        .unwrap();
+        let mut t = serde_json::Map::new();
+        for i in 0..n {
+            t.insert(
+                format!("fw/{i:06}.bin"),
+                build::target_entry(format!("{i}").as_bytes(), None),
+            );
+        }
+        let targets = hale_repo::sign::sign_new(
+            &build::targets(Profile::Standard, 1, &exp, &t, None),
+            &[&t_k],
+        )
+        .unwrap();
+        let meta: BTreeMap<String, u64> = [("targets".to_string(), 1)].into_iter().collect();
+        let snap =
+            hale_repo::sign::sign_new(&build::snapshot(Profile::Standard, 1, &exp, &meta), &[&s_k])
+                .unwrap();
+        let ts = hale_repo::sign::sign_new(
+            &build::timestamp(Profile::Standard, 1, &exp, 1, &snap),
+            &[&ts_k],
+        )
+        .unwrap();
+        let mut st = State::default();
+        st.roots.insert(1, Bytes::from(root));
+        st.roles.insert(
+            "targets".into(),
+            Meta {
+                version: 1,
+                bytes: Bytes::from(targets),
+            },
+        );
+        st.snapshot = Some(Meta {
+            version: 1,
+            bytes: Bytes::from(snap),
+        });
+        st.timestamp = Some(Meta {
+            version: 1,
+            bytes: Bytes::from(ts),
+        });
+        st
+    }
+
+    #[test]
+    fn client_check_finds_every_target_and_refuses_missing_content() {
+        let st = state(20);
+        let len = |_: &str| Some(1u64);
+        // every entry's content is 1 or 2 bytes long ("0".."19"): lengths differ for two-digit ones
+        let err = verify_as_client(None, &st, crate::now(), &len).unwrap_err();
+        assert!(
+            err.contains("fw/000010.bin: stored content has 1 bytes, metadata says 2"),
+            "{err}"
+        );
+        let none = |_: &str| None;
+        let err = verify_as_client(None, &st, crate::now(), &none).unwrap_err();
+        assert!(err.starts_with("fw/000000.bin: content "), "{err}");
+    }
+
+    /// Cost of the final client check for a large single-role catalog (run with --ignored).
+    #[test]
+    #[ignore]
+    fn client_check_time_for_large_catalogs() {
+        for n in [1_000, 5_000] {
+            let st = state(n);
+            let t0 = std::time::Instant::now();
+            let lens: HashMap<String, u64> = role_targets("targets", &st.roles["targets"].bytes)
+                .unwrap()
+                .into_iter()
+                .map(|(_, sha, len)| (sha, len))
+                .collect();
+            verify_as_client(None, &st, crate::now(), &|s: &str| lens.get(s).copied()).unwrap();
+            eprintln!("{n} targets: {:?}", t0.elapsed());
+        }
+    }
+}

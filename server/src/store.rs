@@ -1,0 +1,172 @@
+//! Server-side state that is not the repository: operator tokens, device reports and the audit
+//! chain, behind the [`Store`] trait so a scale-out backend (PostgreSQL) can replace sled later.
+//!
+//! The TUF repository itself is not in here: it is a set of content-addressed files plus one
+//! pointer (see [`crate::repo`]), so it can be exported to any static host as it is.
+
+use std::path::Path;
+
+/// Errors of a storage backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(String),
+    #[error("audit record {0} already exists (concurrent writer?)")]
+    AuditConflict(u64),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+/// Everything the server keeps besides the repository files.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Record an operator token by the sha256 (hex) of the token. The token itself is never stored.
+    fn token_put(&self, token_sha256: &str, operator: &str) -> Result<(), StoreError>;
+    /// The operator whose token hashes to `token_sha256`.
+    fn token_operator(&self, token_sha256: &str) -> Result<Option<String>, StoreError>;
+    /// Operators with a token.
+    fn token_operators(&self) -> Result<Vec<String>, StoreError>;
+    /// Replace a device's latest report.
+    fn device_put(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
+    /// Devices in id order, after `after`, at most `limit`.
+    fn devices(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// The last audit record (sequence number and bytes).
+    fn audit_last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    /// Append audit record `seq`; refused if it exists.
+    fn audit_append(&self, seq: u64, record: &[u8]) -> Result<(), StoreError>;
+    /// The newest audit record whose `kind` is one of `kinds` (searching backwards).
+    fn audit_last_of(&self, kinds: &[&str]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// All audit records in sequence order.
+    fn audit_all(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Make everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// sled, in `DATA/db`. One process at a time: sled locks the directory, so CLI commands that open
+/// the store (`token add`, `audit verify`) need the server stopped.
+#[derive(Debug, Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    tokens: sled::Tree,
+    devices: sled::Tree,
+    audit: sled::Tree,
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open().map_err(|e| {
+            StoreError::Db(format!(
+                "{} (is another hale-server using it?): {e}",
+                dir.display()
+            ))
+        })?;
+        Ok(SledStore {
+            tokens: db.open_tree("tokens")?,
+            devices: db.open_tree("devices")?,
+            audit: db.open_tree("audit")?,
+            db,
+        })
+    }
+}
+
+impl Store for SledStore {
+    fn token_put(&self, token_sha256: &str, operator: &str) -> Result<(), StoreError> {
+        self.tokens
+            .insert(token_sha256.as_bytes(), operator.as_bytes())?;
+        Ok(())
+    }
+
+    fn token_operator(&self, token_sha256: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .tokens
+            .get(token_sha256.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn token_operators(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tokens.iter() {
+            let (_, v) = kv?;
+            out.push(String::from_utf8_lossy(&v).into_owned());
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn device_put(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.devices.insert(id.as_bytes(), record)?;
+        Ok(())
+    }
+
+    fn devices(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let iter = match after {
+            Some(a) => self.devices.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.devices.iter(),
+        };
+        let mut out = Vec::new();
+        for kv in iter.take(limit) {
+            let (k, v) = kv?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn audit_last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.audit.last()?.map(|(k, v)| (seq_of(&k), v.to_vec())))
+    }
+
+    fn audit_append(&self, seq: u64, record: &[u8]) -> Result<(), StoreError> {
+        self.audit
+            .compare_and_swap(seq.to_be_bytes(), None as Option<&[u8]>, Some(record))?
+            .map_err(|_| StoreError::AuditConflict(seq))
+    }
+
+    fn audit_last_of(&self, kinds: &[&str]) -> Result<Option<Vec<u8>>, StoreError> {
+        for kv in self.audit.iter().rev() {
+            let (_, v) = kv?;
+            let kind = serde_json::from_slice::<serde_json::Value>(&v)
+                .ok()
+                .and_then(|r| r.get("kind").and_then(|k| k.as_str()).map(str::to_string));
+            if kind.is_some_and(|k| kinds.contains(&k.as_str())) {
+                return Ok(Some(v.to_vec()));
+            }
+        }
+        Ok(None)
+    }
+
+    fn audit_all(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.audit.iter() {
+            let (k, v) = kv?;
+            out.push((seq_of(&k), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn seq_of(k: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(src) = k.get(..8) {
+        b.copy_from_slice(src);
+    }
+    u64::from_be_bytes(b)
+}

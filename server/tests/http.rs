@@ -1,0 +1,307 @@
+//! The read path as RFC 9110 says (ETag/If-None-Match, Range, HEAD), device reports, operations
+//! endpoints, graceful shutdown, the audit chain and export.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use sha2::Digest;
+
+fn published() -> (Fixture, Server, Vec<u8>, String) {
+    let f = Fixture::new();
+    let s = f.start();
+    let fw: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    assert_eq!(upload(&s, &f.token, &fw).unwrap().status, 200);
+    let t = f.targets(1, &[("dir/fw.bin", &fw, None)], None);
+    assert_eq!(
+        publish(&s, &f.token, None, &[("targets", &t)])
+            .unwrap()
+            .status,
+        200
+    );
+    let sha = hex::encode(sha2::Sha256::digest(&fw));
+    let url = s.url(&format!("targets/dir/{sha}.fw.bin"));
+    (f, s, fw, url)
+}
+
+#[test]
+fn metadata_has_strong_etags_and_answers_304() {
+    let (_f, s, _, _) = published();
+    let r = get(&s.url("timestamp.json"));
+    assert_eq!(r.status, 200);
+    let etag = r.header("etag").unwrap().to_string();
+    assert!(
+        etag.starts_with('"') && !etag.starts_with("W/"),
+        "strong ETag: {etag}"
+    );
+    assert_eq!(r.header("cache-control"), Some("no-cache"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let r304 = request(
+        "GET",
+        &s.url("timestamp.json"),
+        &[("If-None-Match", &etag)],
+        None,
+    )
+    .unwrap();
+    assert_eq!(r304.status, 304);
+    assert!(r304.body.is_empty());
+    assert_eq!(r304.header("etag"), Some(etag.as_str()));
+    // weak comparison for If-None-Match, lists, and *
+    for inm in [
+        format!("W/{etag}"),
+        format!("\"other\", {etag}"),
+        "*".to_string(),
+    ] {
+        assert_eq!(
+            request(
+                "GET",
+                &s.url("timestamp.json"),
+                &[("If-None-Match", &inm)],
+                None
+            )
+            .unwrap()
+            .status,
+            304,
+            "{inm}"
+        );
+    }
+    assert_eq!(
+        request(
+            "GET",
+            &s.url("timestamp.json"),
+            &[("If-None-Match", "\"other\"")],
+            None
+        )
+        .unwrap()
+        .status,
+        200
+    );
+    // versioned metadata is immutable
+    assert_eq!(
+        get(&s.url("1.snapshot.json")).header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    // HEAD: same headers, no body
+    let h = request("HEAD", &s.url("timestamp.json"), &[], None).unwrap();
+    assert_eq!(h.status, 200);
+    assert_eq!(
+        h.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+    assert!(h.body.is_empty());
+    assert_eq!(get(&s.url("9.snapshot.json")).status, 404);
+    assert_eq!(get(&s.url("../etc/passwd.json")).status, 404);
+}
+
+#[test]
+fn targets_support_range_resume_416_and_head() {
+    let (_f, s, fw, url) = published();
+    let full = get(&url);
+    assert_eq!(full.status, 200);
+    assert_eq!(full.body, fw);
+    assert_eq!(full.header("accept-ranges"), Some("bytes"));
+    let etag = full.header("etag").unwrap().to_string();
+    let len = fw.len();
+
+    // a resumed download: the first 100000 bytes, then the rest with If-Range
+    let a = request("GET", &url, &[("Range", "bytes=0-99999")], None).unwrap();
+    assert_eq!(a.status, 206);
+    assert_eq!(
+        a.header("content-range"),
+        Some(format!("bytes 0-99999/{len}").as_str())
+    );
+    assert_eq!(a.body.len(), 100_000);
+    let b = request(
+        "GET",
+        &url,
+        &[("Range", "bytes=100000-"), ("If-Range", &etag)],
+        None,
+    )
+    .unwrap();
+    assert_eq!(b.status, 206);
+    assert_eq!(
+        b.header("content-range"),
+        Some(format!("bytes 100000-{}/{len}", len - 1).as_str())
+    );
+    let mut joined = a.body.clone();
+    joined.extend_from_slice(&b.body);
+    assert_eq!(joined, fw);
+
+    // suffix range
+    let c = request("GET", &url, &[("Range", "bytes=-10")], None).unwrap();
+    assert_eq!((c.status, c.body.as_slice()), (206, &fw[len - 10..]));
+    // If-Range that does not match: the whole representation
+    let d = request(
+        "GET",
+        &url,
+        &[("Range", "bytes=0-9"), ("If-Range", "\"stale\"")],
+        None,
+    )
+    .unwrap();
+    assert_eq!((d.status, d.body.len()), (200, len));
+    // unsatisfiable: 416 with the current length
+    let e = request("GET", &url, &[("Range", &format!("bytes={len}-"))], None).unwrap();
+    assert_eq!(e.status, 416);
+    assert_eq!(
+        e.header("content-range"),
+        Some(format!("bytes */{len}").as_str())
+    );
+    // several ranges or bad syntax are ignored: 200
+    assert_eq!(
+        request("GET", &url, &[("Range", "bytes=0-1,5-6")], None)
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        request("GET", &url, &[("Range", "bytes=9-1")], None)
+            .unwrap()
+            .status,
+        200
+    );
+    // HEAD: length, no body, Range ignored
+    let h = request("HEAD", &url, &[("Range", "bytes=0-9")], None).unwrap();
+    assert_eq!(h.status, 200);
+    assert_eq!(h.header("content-length"), Some(len.to_string().as_str()));
+    assert!(h.body.is_empty());
+    // conditional GET of a target
+    assert_eq!(
+        request("GET", &url, &[("If-None-Match", &etag)], None)
+            .unwrap()
+            .status,
+        304
+    );
+    // unknown or unpublished content: 404 (uploaded but unpublished content is not served)
+    let extra = b"uploaded, never published".to_vec();
+    upload(&s, &_f.token, &extra).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&extra));
+    assert_eq!(get(&s.url(&format!("targets/{sha}.x"))).status, 404);
+}
+
+#[test]
+fn device_reports_inventory_health_metrics_audit_and_shutdown() {
+    let (f, mut s, _, _) = published();
+    let report = json!({
+        "slots": [{"name": "a", "version": "1.0.0", "state": "active"}, {"name": "b", "version": "0.9.0", "state": "inactive"}],
+        "last_result": {"result": "deferred", "target": "dir/fw.bin", "version": "1.1.0", "reason": "insulin delivery in progress"},
+    });
+    let post = |id: &str, body: &serde_json::Value| {
+        request(
+            "POST",
+            &s.url(&format!("api/v1/devices/{id}/report")),
+            &[("Content-Type", "application/json")],
+            Some(&serde_json::to_vec(body).unwrap()),
+        )
+        .unwrap()
+    };
+    assert_eq!(post("pump-0001", &report).status, 204);
+    assert_eq!(post("pump-0002", &json!({"slots": [{"name": "a", "version": "1.0.0", "state": "trial"}], "last_result": {"result": "reverted", "reason": "self-test failed"}})).status, 204);
+    let bad = post(
+        "pump-0003",
+        &json!({"slots": [{"name": "a", "version": "1", "state": "active"}], "last_result": {"result": "exploded"}}),
+    );
+    assert_eq!(
+        (bad.status, bad.json()["error"].as_str()),
+        (400, Some("bad_report"))
+    );
+    assert_eq!(post("bad%2Fid", &report).status, 400);
+    let big = json!({"slots": [{"name": "a", "version": "x".repeat(20_000), "state": "active"}]});
+    assert_eq!(post("pump-0004", &big).status, 413);
+
+    let inv = get(&s.url("api/v1/devices")).json();
+    let devices = inv["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2);
+    assert_eq!(devices[0]["device"], "pump-0001");
+    assert_eq!(devices[0]["report"]["last_result"]["result"], "deferred");
+    assert_eq!(devices[1]["report"]["last_result"]["result"], "reverted");
+    let page = get(&s.url("api/v1/devices?limit=1")).json();
+    assert_eq!(page["next"], "pump-0001");
+    assert_eq!(
+        get(&s.url("api/v1/devices?after=pump-0001")).json()["devices"][0]["device"],
+        "pump-0002"
+    );
+
+    let h = get(&s.url("healthz"));
+    assert_eq!(
+        (
+            h.status,
+            h.json()["status"].as_str(),
+            h.json()["timestamp"].as_u64()
+        ),
+        (200, Some("ok"), Some(1))
+    );
+    let m = String::from_utf8(get(&s.url("metrics")).body).unwrap();
+    assert!(
+        m.contains("# TYPE hale_reports_total counter\nhale_reports_total 2\n"),
+        "{m}"
+    );
+    assert!(m.contains("hale_publishes_accepted_total 1\n"));
+    assert!(m.contains("hale_timestamp_version 1\n"));
+
+    // graceful shutdown on SIGTERM
+    assert!(s.terminate().success());
+
+    // the audit chain verifies, and names the first record someone edited
+    let data = f.data.to_str().unwrap();
+    let out = run_bin(&["audit", "verify", "--data", data], &f.pass_file);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("audit chain OK: 5 records"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    {
+        use hale_server::store::Store;
+        let store = hale_server::store::SledStore::open(&f.data.join("db")).unwrap();
+        let recs = store.audit_all().unwrap();
+        let (seq, bytes) = &recs[3];
+        let mut v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(v["kind"], "report");
+        v["detail"]["report"]["last_result"]["result"] = json!("installed");
+        // rewrite record 3 in place (what an attacker with database access would do)
+        let db = sled::open(f.data.join("db")).err(); // the store holds the lock: go through it
+        assert!(db.is_some());
+        drop(store);
+        let db = sled::open(f.data.join("db")).unwrap();
+        db.open_tree("audit")
+            .unwrap()
+            .insert(seq.to_be_bytes(), serde_json::to_vec(&v).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let out = run_bin(&["audit", "verify", "--data", data], &f.pass_file);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: audit record 3 is broken: content does not match its hash (edited)"
+    );
+
+    // export: plain files a static server can serve, verified with a client after
+    let out_dir = f.dir.path().join("export");
+    let out = run_bin(
+        &["export", "--data", data, "--out", out_dir.to_str().unwrap()],
+        &f.pass_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "1.root.json",
+        "timestamp.json",
+        "1.snapshot.json",
+        "1.targets.json",
+    ] {
+        assert!(out_dir.join(name).exists(), "{name}");
+    }
+    assert_eq!(
+        std::fs::read(out_dir.join("1.targets.json")).unwrap(),
+        std::fs::read(f.data.join("repo/metadata/1.targets.json")).unwrap()
+    );
+}

@@ -1,0 +1,466 @@
+//! Publishing through the HTTP API: accepted releases are served; bad ones are refused with the
+//! exact error and leave the repository byte-identical.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn accepted_publish_is_served_and_verifies_as_a_client() {
+    let f = Fixture::new();
+    let s = f.start();
+    // nothing published yet: only the root
+    assert_eq!(get(&s.url("timestamp.json")).status, 404);
+    assert_eq!(get(&s.url("1.root.json")).body, f.root);
+
+    let fw = b"firmware image v1.0.0".repeat(1000);
+    let up = upload(&s, &f.token, &fw).unwrap();
+    assert_eq!(up.status, 200, "{}", String::from_utf8_lossy(&up.body));
+    assert_eq!(up.json()["length"], fw.len());
+    let custom = json!({"version": "1.0.0", "security_counter": 1, "hardware": [{"model": "pump-a", "revisions": ["r1"]}]});
+    let t = f.targets(1, &[("pump-a/fw.bin", &fw, Some(custom))], None);
+    let r = publish(&s, &f.token, None, &[("targets", &t)]).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["published"]["timestamp"], 1);
+    assert_eq!(r.json()["published"]["roles"]["targets"], 1);
+    // served exactly as signed
+    assert_eq!(get(&s.url("1.targets.json")).body, t);
+    let v = client_update(&s.base, &f.root, &["pump-a/fw.bin"]).unwrap();
+    assert_eq!((v.timestamp, v.snapshot, v.targets), (1, 1, 1));
+
+    // a second release with a delegated role
+    let fw2 = b"firmware for pump-b".to_vec();
+    assert_eq!(upload(&s, &f.token, &fw2).unwrap().status, 200);
+    let d = f.delegation("pump-b", &["pump-b/*"]);
+    let t2 = f.targets(2, &[("pump-a/fw.bin", &fw, None)], Some(&d));
+    let pb = f.delegated(1, &[("pump-b/fw.bin", &fw2, None)]);
+    let r = publish(&s, &f.token, None, &[("targets", &t2), ("pump-b", &pb)]).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = client_update(&s.base, &f.root, &["pump-a/fw.bin", "pump-b/fw.bin"]).unwrap();
+    assert_eq!((v.timestamp, v.targets), (2, 2));
+    assert_eq!(get(&s.url("1.pump-b.json")).body, pb);
+
+    // root rotation 1 -> 2 (same keys): accepted, served as 2.root.json, client follows it
+    let root2 = f.root_v(2, &f.ts_key, &f.snap_key, &[&f.root_key]);
+    let r = publish(&s, &f.token, Some(&root2), &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(get(&s.url("2.root.json")).body, root2);
+    assert_eq!(
+        client_update(&s.base, &f.root, &["pump-b/fw.bin"])
+            .unwrap()
+            .root,
+        2
+    );
+
+    // the audit chain holds every change and verifies
+    let mut s = s;
+    assert!(s.terminate().success());
+    let out = run_bin(
+        &["audit", "verify", "--data", f.data.to_str().unwrap()],
+        &f.pass_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("audit chain OK: 5 records"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Publish `roles` and expect a refusal with exactly `message`, the repository files unchanged
+/// and the served timestamp unchanged.
+fn refused(
+    f: &Fixture,
+    s: &Server,
+    root: Option<&[u8]>,
+    roles: &[(&str, &[u8])],
+    code: &str,
+    message: &str,
+) {
+    let before = f.repo_digest();
+    let ts_before = get(&s.url("timestamp.json")).body;
+    let r = publish(s, &f.token, root, roles).unwrap();
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["message"],
+        message,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json()["error"], code);
+    assert_eq!(
+        f.repo_digest(),
+        before,
+        "a refused publish changed the repository"
+    );
+    assert_eq!(get(&s.url("timestamp.json")).body, ts_before);
+}
+
+#[test]
+fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
+    let f = Fixture::new();
+    let s = f.start();
+    let fw = b"release one".to_vec();
+    upload(&s, &f.token, &fw).unwrap();
+    let t1 = f.targets(1, &[("fw.bin", &fw, None)], None);
+    assert_eq!(
+        publish(&s, &f.token, None, &[("targets", &t1)])
+            .unwrap()
+            .status,
+        200
+    );
+
+    let fw2 = b"release two".to_vec();
+    upload(&s, &f.token, &fw2).unwrap();
+
+    // bad signature: content changed after signing
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&f.targets(2, &[("fw.bin", &fw2, None)], None)).unwrap();
+    v["signed"]["version"] = json!(3);
+    let tampered = serde_json::to_vec(&v).unwrap();
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &tampered)],
+        "threshold_not_met",
+        "targets: 0 valid signatures from distinct authorized keys, threshold is 2",
+    );
+
+    // threshold not met: one of the two targets keys
+    let body = targets_body(2, &[("fw.bin", &fw2, None)], None);
+    let one = hale_repo::sign::sign_new(&body, &[&f.targets_keys[0]]).unwrap();
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &one)],
+        "threshold_not_met",
+        "targets: 1 valid signatures from distinct authorized keys, threshold is 2",
+    );
+
+    // version not increased
+    let same = f.targets(1, &[("fw.bin", &fw2, None)], None);
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &same)],
+        "version_not_increased",
+        "targets: version 1 is not greater than the published version 1",
+    );
+
+    // target missing: content never uploaded
+    let missing = b"never uploaded".to_vec();
+    let t = f.targets(2, &[("other.bin", &missing, None)], None);
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&missing));
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &t)],
+        "target_missing",
+        &format!("targets: target other.bin: content {sha} was not uploaded"),
+    );
+
+    // wrong target hash: sha256 of uploaded content, but sha512 of something else
+    let mut entry = hale_repo::build::target_entry(&fw2, None);
+    entry["hashes"]["sha512"] = json!(hex::encode([7u8; 64]));
+    let mut map = serde_json::Map::new();
+    map.insert("fw.bin".into(), entry);
+    let body = hale_repo::build::targets(
+        hale_repo::build::Profile::Standard,
+        2,
+        &hale_repo::build::expires_at(now(), 86_400).unwrap(),
+        &map,
+        None,
+    );
+    let wrong =
+        hale_repo::sign::sign_new(&body, &[&f.targets_keys[0], &f.targets_keys[1]]).unwrap();
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &wrong)],
+        "target_mismatch",
+        "targets: fw.bin: sha512 hash does not match",
+    );
+
+    // wrong length
+    let mut entry = hale_repo::build::target_entry(&fw2, None);
+    entry["length"] = json!(fw2.len() + 1);
+    let mut map = serde_json::Map::new();
+    map.insert("fw.bin".into(), entry);
+    let body = hale_repo::build::targets(
+        hale_repo::build::Profile::Standard,
+        2,
+        &hale_repo::build::expires_at(now(), 86_400).unwrap(),
+        &map,
+        None,
+    );
+    let long = hale_repo::sign::sign_new(&body, &[&f.targets_keys[0], &f.targets_keys[1]]).unwrap();
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &long)],
+        "target_mismatch",
+        "targets: fw.bin: length 11, expected 12",
+    );
+
+    // malformed firmware policy
+    let bad_policy = f.targets(
+        2,
+        &[(
+            "fw.bin",
+            &fw2,
+            Some(json!({"version": "one", "hardware": []})),
+        )],
+        None,
+    );
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &bad_policy)],
+        "bad_policy",
+        "targets: target fw.bin: firmware policy field `version` missing or malformed",
+    );
+
+    // a delegated role nobody delegates to
+    let orphan = f.delegated(1, &[("fw.bin", &fw2, None)]);
+    refused(
+        &f,
+        &s,
+        None,
+        &[("orphan", &orphan)],
+        "not_delegated",
+        "orphan: no published or uploaded role delegates to it",
+    );
+
+    // a root not signed by the trusted root key
+    let other = hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[9; 32]).unwrap();
+    let root2 = f.root_v(2, &f.ts_key, &f.snap_key, &[&other]);
+    refused(
+        &f,
+        &s,
+        Some(&root2),
+        &[],
+        "threshold_not_met",
+        "root: 0 valid signatures from distinct authorized keys, threshold is 1",
+    );
+
+    // a root listing online keys the server does not hold
+    let root2 = f.root_v(2, &other, &f.snap_key, &[&f.root_key]);
+    refused(
+        &f,
+        &s,
+        Some(&root2),
+        &[],
+        "online_keys_not_listed",
+        "root: timestamp needs 1 signatures but the server holds 0 of the keys it lists",
+    );
+
+    // no token, wrong token
+    let r = request(
+        "POST",
+        &s.url("/api/v1/publish"),
+        &[],
+        Some(&publish_body(None, &[("targets", &t1)])),
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let r = publish(&s, "hale_wrong", None, &[("targets", &t1)]).unwrap();
+    assert_eq!(r.status, 401);
+
+    // the good release still goes through afterwards
+    let good = f.targets(2, &[("fw.bin", &fw2, None)], None);
+    assert_eq!(
+        publish(&s, &f.token, None, &[("targets", &good)])
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        client_update(&s.base, &f.root, &["fw.bin"])
+            .unwrap()
+            .targets,
+        2
+    );
+}
+
+#[test]
+fn oversized_uploads_are_refused_and_change_nothing() {
+    let f = Fixture::with_config(json!({"max_target_bytes": 1000, "max_publish_bytes": 4096}));
+    let s = f.start();
+    let before = f.repo_digest();
+    let r = upload(&s, &f.token, &vec![0u8; 1001]).unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["message"], "target upload larger than 1000 bytes");
+    assert!(
+        std::fs::read_dir(f.data.join("repo/blobs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+    // a publish body over the limit
+    let big = f.targets(
+        1,
+        &[("x", b"x", Some(json!({"pad": "p".repeat(5000)})))],
+        None,
+    );
+    let r = publish(&s, &f.token, None, &[("targets", &big)]).unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"], "too_large");
+    assert_eq!(f.repo_digest(), before);
+    assert_eq!(upload(&s, &f.token, &vec![0u8; 1000]).unwrap().status, 200);
+}
+
+#[test]
+fn online_key_rotation_add_key_then_publish_root_listing_it() {
+    let f = Fixture::new();
+    let mut s = f.start();
+    let fw = b"fw".to_vec();
+    upload(&s, &f.token, &fw).unwrap();
+    assert_eq!(
+        publish(
+            &s,
+            &f.token,
+            None,
+            &[("targets", &f.targets(1, &[("fw.bin", &fw, None)], None))]
+        )
+        .unwrap()
+        .status,
+        200
+    );
+    assert!(s.terminate().success());
+
+    // the new timestamp key is added while the server is stopped (the store is locked otherwise)
+    let new_ts = hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[42; 32]).unwrap();
+    let p = f.write_key("new-ts.key", &new_ts);
+    let data = f.data.to_str().unwrap();
+    let out = run_bin(
+        &[
+            "key",
+            "add",
+            "--data",
+            data,
+            "--role",
+            "timestamp",
+            "--key",
+            p.to_str().unwrap(),
+        ],
+        &f.pass_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let s = f.start();
+    let root2 = f.root_v(2, &new_ts, &f.snap_key, &[&f.root_key]);
+    let r = publish(&s, &f.token, Some(&root2), &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // the timestamp is now signed by the new key only; a device on root 1 follows (fast-forward recovery)
+    let ts: serde_json::Value =
+        serde_json::from_slice(&get(&s.url("timestamp.json")).body).unwrap();
+    assert_eq!(ts["signatures"][0]["keyid"], new_ts.keyid());
+    let v = client_update(&s.base, &f.root, &["fw.bin"]).unwrap();
+    assert_eq!((v.root, v.timestamp), (2, 2));
+    let mut s = s;
+    assert!(s.terminate().success());
+    let out = run_bin(&["audit", "verify", "--data", data], &f.pass_file);
+    assert!(out.status.success());
+    let store = hale_server::store::SledStore::open(&f.data.join("db")).unwrap();
+    let kinds: Vec<String> = hale_server::store::Store::audit_all(&store)
+        .unwrap()
+        .iter()
+        .map(|(_, b)| {
+            serde_json::from_slice::<serde_json::Value>(b).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "init",
+            "token-add",
+            "publish",
+            "key-add",
+            "key-change",
+            "publish"
+        ]
+    );
+}
+
+#[test]
+fn init_refuses_online_keys_the_root_does_not_list() {
+    let f = Fixture::new(); // reuse its keys and root
+    let data = f.dir.path().join("other-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let root_path = f.dir.path().join("root.json");
+    let stranger =
+        hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[77; 32]).unwrap();
+    let bad = f.write_key("stranger.key", &stranger);
+    let snap = f.write_key("snap2.key", &f.snap_key);
+    let args = |ts: &str| {
+        run_bin(
+            &[
+                "init",
+                "--data",
+                data.to_str().unwrap(),
+                "--root",
+                root_path.to_str().unwrap(),
+                "--timestamp-key",
+                ts,
+                "--snapshot-key",
+                snap.to_str().unwrap(),
+            ],
+            &f.pass_file,
+        )
+    };
+    let out = args(bad.to_str().unwrap());
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: root: timestamp needs 1 signatures but the server holds 0 of the keys it lists"
+    );
+    assert!(!data.join("repo/CURRENT").exists());
+    // a wrong passphrase is refused too
+    let wrong = f.dir.path().join("wrong-pass");
+    std::fs::write(&wrong, "nope").unwrap();
+    let ts = f.write_key("ts2.key", &f.ts_key);
+    let out = run_bin(
+        &[
+            "init",
+            "--data",
+            data.to_str().unwrap(),
+            "--root",
+            root_path.to_str().unwrap(),
+            "--timestamp-key",
+            ts.to_str().unwrap(),
+            "--snapshot-key",
+            snap.to_str().unwrap(),
+        ],
+        &wrong,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase or damaged key file"));
+}
