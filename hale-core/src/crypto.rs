@@ -8,7 +8,9 @@
 //! nothing is buffered. Ed25519 keys of small order are refused when parsed.
 
 use ed25519_dalek::VerifyingKey as EdKey;
+#[cfg(feature = "ecdsa")]
 use p256::ecdsa::signature::DigestVerifier;
+#[cfg(feature = "ecdsa")]
 use p256::ecdsa::VerifyingKey as P256Key;
 use sha2::{Digest, Sha256};
 
@@ -20,6 +22,7 @@ use crate::limits::MAX_PEM_LEN;
 #[derive(Debug, Clone)]
 pub enum PublicKey {
     Ed25519(EdKey),
+    #[cfg(feature = "ecdsa")]
     EcdsaP256(P256Key),
     #[cfg(feature = "std")]
     RsaPss(alloc::boxed::Box<rsa::RsaPublicKey>),
@@ -60,6 +63,7 @@ impl PublicKey {
             }
             return Ok(PublicKey::Ed25519(k));
         }
+        #[cfg(feature = "ecdsa")]
         if (keytype.eq_str("ecdsa") || keytype.eq_str("ecdsa-sha2-nistp256"))
             && scheme.eq_str("ecdsa-sha2-nistp256")
         {
@@ -94,11 +98,38 @@ impl PublicKey {
     pub fn same_key(&self, other: &PublicKey) -> bool {
         match (self, other) {
             (PublicKey::Ed25519(a), PublicKey::Ed25519(b)) => a.as_bytes() == b.as_bytes(),
+            #[cfg(feature = "ecdsa")]
             (PublicKey::EcdsaP256(a), PublicKey::EcdsaP256(b)) => a == b,
             #[cfg(feature = "std")]
             (PublicKey::RsaPss(a), PublicKey::RsaPss(b)) => a == b,
+            #[allow(unreachable_patterns)] // only Ed25519 exists without `ecdsa` and `std`
             _ => false,
         }
+    }
+
+    /// sha256 over the key type and its public key material: equal iff [`same_key`](Self::same_key).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        match self {
+            PublicKey::Ed25519(k) => {
+                h.update(b"ed25519:");
+                h.update(k.as_bytes());
+            }
+            #[cfg(feature = "ecdsa")]
+            PublicKey::EcdsaP256(k) => {
+                h.update(b"p256:");
+                h.update(k.to_encoded_point(true).as_bytes());
+            }
+            #[cfg(feature = "std")]
+            PublicKey::RsaPss(k) => {
+                use rsa::traits::PublicKeyParts;
+                h.update(b"rsa:");
+                h.update(k.n().to_bytes_be());
+                h.update(b":");
+                h.update(k.e().to_bytes_be());
+            }
+        }
+        h.finalize().into()
     }
 
     /// Check `sig` (the decoded signature bytes) over the message that `write_msg` produces.
@@ -120,6 +151,7 @@ impl PublicKey {
                 write_msg(&mut EdSink(&mut v))?;
                 Ok(v.finalize_and_verify().is_ok())
             }
+            #[cfg(feature = "ecdsa")]
             PublicKey::EcdsaP256(k) => {
                 // DER, as securesystemslib writes and python-tuf requires (raw r||s is refused there too)
                 let Ok(sig) = p256::ecdsa::Signature::from_der(sig) else {
@@ -165,6 +197,7 @@ pub fn hex_decode(s: &[u8], out: &mut [u8]) -> Option<usize> {
 }
 
 /// Decode the body of a `PUBLIC KEY` PEM block into `out`.
+#[cfg(feature = "ecdsa")]
 fn pem_decode(pem: &str, out: &mut [u8]) -> Option<usize> {
     let body = pem
         .trim()

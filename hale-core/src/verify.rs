@@ -149,6 +149,7 @@ fn key_for(keys: &Object<'_>, kid: &crate::json::JStr<'_>) -> Result<PublicKey, 
     PublicKey::from_tuf(&o)
 }
 
+#[inline(never)]
 fn signature_status(
     env: &Envelope<'_>,
     kid: &crate::json::JStr<'_>,

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Cold and warm refresh + download: hale-conformance (whole process) against python-tuf's
+# ngclient (in-process and whole process), same repository, same loopback server, one run.
+#   device-agent/bench/client-bench.sh [ITERS]
+# Needs the python-tuf venv from .ci/install.sh (target/venv) and the shared bench client.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$REPO_ROOT"
+ITERS=${1:-20}
+PY=${PY:-$REPO_ROOT/target/venv/bin/python}
+SHARED_CLIENT=${SHARED_CLIENT:-$REPO_ROOT/../shared/bench/tuf-client.py}
+TMP=$(mktemp -d)
+cleanup() { [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$TMP"; }
+trap cleanup EXIT
+cargo build -q --release -p device-agent --features std --bin hale-conformance
+cargo run -q -p device-agent --example bench_repo -- "$TMP/repo" >/dev/null
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 -m http.server "$PORT" --bind 127.0.0.1 --directory "$TMP/repo" >/dev/null 2>&1 &
+SERVER_PID=$!
+sleep 1
+URL="http://127.0.0.1:$PORT"
+BIN=target/release/hale-conformance
+T=pump-a/firmware.bin
+
+hale_cold() {
+  rm -rf "$TMP/c"; mkdir -p "$TMP/c/md" "$TMP/c/t"
+  "$BIN" --metadata-dir "$TMP/c/md" init "$TMP/repo/1.root.json"
+  "$BIN" --metadata-url "$URL" --metadata-dir "$TMP/c/md" --target-name "$T" --target-dir "$TMP/c/t" --target-base-url "$URL/targets" download
+}
+hale_warm() {
+  "$BIN" --metadata-url "$URL" --metadata-dir "$TMP/c/md" --target-name "$T" --target-dir "$TMP/c/t" --target-base-url "$URL/targets" download
+}
+timeit() { # NAME N FN
+  local name=$1 n=$2 f=$3 i t0 t1
+  for i in $(seq "$n"); do t0=$(date +%s%N); $f >/dev/null; t1=$(date +%s%N); echo $((t1 - t0)); done |
+    python3 -c 'import statistics as s,sys; v=[int(x)/1e9 for x in sys.stdin]; print(f"{sys.argv[1]:<32} median {s.median(v):.4f} s (n={len(v)})")' "$name"
+}
+timeit "hale-conformance cold (process)" "$ITERS" hale_cold | tee "$TMP/hc"
+hale_cold >/dev/null
+timeit "hale-conformance warm (process)" "$ITERS" hale_warm | tee "$TMP/hw"
+if [ -x "$PY" ] && [ -f "$SHARED_CLIENT" ]; then
+  "$PY" "$SHARED_CLIENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode cold --iters "$ITERS" | tee "$TMP/pc"
+  "$PY" "$SHARED_CLIENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode warm --iters "$ITERS" | tee "$TMP/pw"
+  py_cold() { "$PY" "$SHARED_CLIENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode cold --iters 1; }
+  timeit "python-tuf cold (process)" "$ITERS" py_cold | tee "$TMP/pp"
+else
+  echo "python-tuf venv or shared client missing: skipped (bash .ci/install.sh)"
+fi

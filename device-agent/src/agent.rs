@@ -1,0 +1,699 @@
+//! One update check: hale-core decides, the agent fetches, gates and writes.
+
+use core::fmt;
+
+use embedded_storage::nor_flash::NorFlash;
+use hale_core::metadata::{MetaFile, TargetFile};
+use hale_core::policy::{self, Device, PolicyError, Version};
+use hale_core::slots::{Image, SlotError, SlotState};
+use hale_core::trusted::{RoleSource, SearchError};
+use hale_core::{Error, Freshness, Name, Role, Storage, TrustedSet, UnixTime, Update};
+use heapless::String as HString;
+
+use crate::store::{version_fits, FirmwareStore, Meta, StoreError};
+use crate::transport::Transport;
+
+/// What the device knows about itself.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceInfo<'a> {
+    pub model: &'a str,
+    pub revision: &'a str,
+    pub bootloader: Version,
+    /// The target path this device installs (e.g. `pump-a/firmware.bin`).
+    pub target: &'a str,
+}
+
+/// Why the application will not let an install start now.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeferReason {
+    /// Insulin (or another therapy) is being delivered.
+    TherapyRunning,
+    /// Not enough energy to finish writing and rebooting.
+    LowBattery,
+    /// Another reason the application names.
+    Other(&'static str),
+}
+
+impl DeferReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeferReason::TherapyRunning => "therapy running",
+            DeferReason::LowBattery => "battery low",
+            DeferReason::Other(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for DeferReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The device application's say in updates.
+pub trait Application {
+    /// Is it safe to start installing now? Never while therapy is being delivered.
+    fn safe_to_install(&mut self) -> Result<(), DeferReason>;
+}
+
+/// Where a signed rollback authorization will be checked (a later issue fills it in).
+pub trait RollbackHook {
+    /// `true` only when a verified rollback authorization names this device and exactly this
+    /// target: it lifts the "newer than running" rule and nothing else (never the security
+    /// counter).
+    fn allow_downgrade_to(
+        &mut self,
+        target: &str,
+        file: &TargetFile<'_>,
+        device: &Device<'_>,
+    ) -> bool;
+}
+
+/// No rollback authorizations: downgrades are always refused.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRollback;
+
+impl RollbackHook for NoRollback {
+    fn allow_downgrade_to(&mut self, _: &str, _: &TargetFile<'_>, _: &Device<'_>) -> bool {
+        false
+    }
+}
+
+/// Buffers for one update check (the caller's: static on a microcontroller).
+#[derive(Debug)]
+pub struct Workspace<'w> {
+    /// The trusted set's four role buffers.
+    pub metadata: Storage<&'w mut [u8]>,
+    /// Incoming metadata (as large as the largest role).
+    pub scratch: &'w mut [u8],
+    /// One block of a target: a multiple of the flash write size that divides the erase size.
+    pub chunk: &'w mut [u8],
+    /// Delegated roles held during a target search (may be empty without delegations).
+    pub delegations: &'w mut [u8],
+}
+
+/// What a check did, when nothing went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The running image is what the repository offers.
+    UpToDate { running: Version },
+    /// A verified image is in the inactive slot, pending: reboot to try it.
+    Staged { version: Version },
+    /// The application said not now; nothing was written to a slot.
+    Deferred {
+        offered: Version,
+        reason: DeferReason,
+    },
+    /// An image is on trial: nothing is checked or staged until it is confirmed or reverted.
+    TrialRunning { version: Version },
+    /// An image is staged and waits for the reboot that tries it.
+    AwaitingReboot { version: Version },
+}
+
+/// Why a check did not stage anything. The device keeps running its verified image.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentError<T, F> {
+    /// The transport failed fetching `what`.
+    Transport { what: Name, error: T },
+    /// A file the workflow needs is not in the repository.
+    Missing { what: Name },
+    /// The firmware store (flash) failed.
+    Store(StoreError<F>),
+    /// hale-core refused metadata or image bytes.
+    Trust(Error),
+    /// The verified target is not for this device, or not acceptable.
+    Policy(PolicyError),
+    /// The slot machine refused (e.g. a trial is running).
+    Slot(SlotError),
+    /// The verified metadata does not list this device's target.
+    TargetNotListed { target: Name },
+    /// The target lists no sha256 (needed to re-verify the slot at every boot).
+    NoSha256 { target: Name },
+    /// This exact image failed its trial on this device before: not retried.
+    PreviouslyReverted { version: Version },
+    /// The image is larger than a slot.
+    ImageTooLarge { length: u64, capacity: u32 },
+    /// A file name does not fit the agent's name buffer.
+    NameTooLong { what: Name },
+    /// The workspace's delegation buffer cannot hold delegated role `role`.
+    DelegationSpace { role: Name },
+    /// The workspace's chunk buffer does not suit the flash geometry.
+    ChunkSize {
+        chunk: usize,
+        write: usize,
+        erase: usize,
+    },
+}
+
+impl<T: fmt::Debug, F: fmt::Debug> fmt::Display for AgentError<T, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentError::Transport { what, error } => write!(f, "fetching {what}: {error:?}"),
+            AgentError::Missing { what } => write!(f, "{what} not found in the repository"),
+            AgentError::Store(e) => write!(f, "{e}"),
+            AgentError::Trust(e) => write!(f, "{e}"),
+            AgentError::Policy(e) => write!(f, "{e}"),
+            AgentError::Slot(e) => write!(f, "{e}"),
+            AgentError::TargetNotListed { target } => write!(f, "target {target} is not listed"),
+            AgentError::NoSha256 { target } => write!(f, "target {target} lists no sha256"),
+            AgentError::PreviouslyReverted { version } => {
+                write!(f, "version {version} failed its trial here before")
+            }
+            AgentError::ImageTooLarge { length, capacity } => write!(
+                f,
+                "image of {length} bytes exceeds the {capacity}-byte slot"
+            ),
+            AgentError::NameTooLong { what } => write!(f, "file name for {what} too long"),
+            AgentError::DelegationSpace { role } => {
+                write!(f, "no room left to hold delegated role {role}")
+            }
+            AgentError::ChunkSize {
+                chunk,
+                write,
+                erase,
+            } => {
+                write!(
+                    f,
+                    "chunk of {chunk} bytes must be a multiple of {write} dividing {erase}"
+                )
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl<T: fmt::Debug, F: fmt::Debug> std::error::Error for AgentError<T, F> {}
+
+impl<T, F> From<Error> for AgentError<T, F> {
+    fn from(e: Error) -> Self {
+        AgentError::Trust(e)
+    }
+}
+
+impl<T, F> From<StoreError<F>> for AgentError<T, F> {
+    fn from(e: StoreError<F>) -> Self {
+        AgentError::Store(e)
+    }
+}
+
+type Res<T, Tr, F> = Result<
+    T,
+    AgentError<<Tr as Transport>::Error, <F as embedded_storage::nor_flash::ErrorType>::Error>,
+>;
+
+const NAME_CAP: usize = 256;
+
+fn meta_name(role: &str, version: Option<u64>) -> Option<HString<NAME_CAP>> {
+    let mut s = HString::new();
+    if let Some(v) = version {
+        let mut digits = [0u8; 20];
+        s.push_str(crate::store::decimal(v, &mut digits)).ok()?;
+        s.push('.').ok()?;
+    }
+    s.push_str(role).ok()?;
+    s.push_str(".json").ok()?;
+    Some(s)
+}
+
+/// The served file name of target `path`: `dir/<sha256>.base` with consistent snapshots.
+pub fn target_file_name(
+    path: &str,
+    sha256: &[u8; 32],
+    consistent: bool,
+) -> Option<HString<NAME_CAP>> {
+    let mut s: HString<NAME_CAP> = HString::new();
+    if !consistent {
+        s.push_str(path).ok()?;
+        return Some(s);
+    }
+    let (dir, base) = match path.rsplit_once('/') {
+        Some((d, b)) => (Some(d), b),
+        None => (None, path),
+    };
+    if let Some(d) = dir {
+        s.push_str(d).ok()?;
+        s.push('/').ok()?;
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in sha256 {
+        for nibble in [b >> 4, b & 0xF] {
+            s.push(char::from(*HEX.get(usize::from(nibble))?)).ok()?;
+        }
+    }
+    s.push('.').ok()?;
+    s.push_str(base).ok()?;
+    Some(s)
+}
+
+/// Fetch `name` into `buf`; `Missing` when the repository has no such file.
+fn fetch_required<'b, T: Transport, E>(
+    t: &mut T,
+    name: &str,
+    buf: &'b mut [u8],
+) -> Result<&'b [u8], AgentError<T::Error, E>> {
+    match t.fetch_metadata(name, buf) {
+        Ok(Some(n)) => buf.get(..n).ok_or(AgentError::Missing {
+            what: Name::new(name),
+        }),
+        Ok(None) => Err(AgentError::Missing {
+            what: Name::new(name),
+        }),
+        Err(error) => Err(AgentError::Transport {
+            what: Name::new(name),
+            error,
+        }),
+    }
+}
+
+/// Delegated roles from the transport, each kept in its own piece of the arena.
+struct Delegated<'t, 'w, T> {
+    transport: &'t mut T,
+    arena: &'w mut [u8],
+    consistent: bool,
+}
+
+/// Why a delegated role could not be fetched.
+#[derive(Debug)]
+enum RoleFetch<E> {
+    Transport(Name, E),
+    Missing(Name),
+    ArenaFull(Name),
+}
+
+impl<'w, T: Transport> RoleSource for Delegated<'_, 'w, T> {
+    type Buf = &'w [u8];
+    type Error = RoleFetch<T::Error>;
+
+    fn fetch_role(&mut self, name: &str, meta: &MetaFile<'_>) -> Result<&'w [u8], Self::Error> {
+        let what = Name::new(name);
+        let file = meta_name(name, self.consistent.then_some(meta.version))
+            .ok_or(RoleFetch::ArenaFull(what))?;
+        let arena = core::mem::take(&mut self.arena);
+        let cap = meta
+            .length
+            .map_or(arena.len(), |l| (l as usize).min(arena.len()));
+        if meta.length.is_some_and(|l| l as usize > arena.len()) {
+            self.arena = arena;
+            return Err(RoleFetch::ArenaFull(what));
+        }
+        let (head, _) = arena.split_at_mut(cap);
+        let got = match self.transport.fetch_metadata(&file, head) {
+            Ok(Some(n)) => n.min(cap),
+            Ok(None) => return Err(RoleFetch::Missing(what)),
+            Err(e) => return Err(RoleFetch::Transport(what, e)),
+        };
+        let arena_len = arena.len();
+        let (used, rest) = arena.split_at_mut(got.min(arena_len));
+        self.arena = rest;
+        Ok(used)
+    }
+}
+
+/// Run one update check. On `Ok(Staged)` the image waits in the inactive slot; the caller
+/// reboots when the application allows, runs [`FirmwareStore::boot`], and the application
+/// calls [`FirmwareStore::confirm`] after its health checks.
+///
+/// `now` is the update start time for every expiry check. On any error the device keeps its
+/// running image, trusted metadata stays what verified, and an interrupted download resumes from
+/// its last checkpoint at the next check.
+#[allow(clippy::too_many_arguments)]
+pub fn check_for_update<F: NorFlash, T: Transport, A: Application, R: RollbackHook>(
+    store: &mut FirmwareStore<F>,
+    device: &DeviceInfo<'_>,
+    transport: &mut T,
+    app: &mut A,
+    rollback: &mut R,
+    now: UnixTime,
+    ws: Workspace<'_>,
+) -> Res<Outcome, T, F> {
+    let slots = store.slots();
+    if let Some(slot) = slots.in_trial() {
+        let info = slots.info(slot);
+        let version = info.image.map_or(Version::new(0, 0, 0), |i| i.version);
+        return Ok(match info.state {
+            SlotState::Pending => Outcome::AwaitingReboot { version },
+            _ => Outcome::TrialRunning { version },
+        });
+    }
+    if slots.running().is_none() {
+        return Err(AgentError::Slot(SlotError::NoFallback {
+            slot: slots.active(),
+            state: slots.info(slots.active()).state,
+        }));
+    }
+    if ws.chunk.is_empty()
+        || ws.chunk.len() % F::WRITE_SIZE != 0
+        || F::ERASE_SIZE % ws.chunk.len() != 0
+    {
+        return Err(AgentError::ChunkSize {
+            chunk: ws.chunk.len(),
+            write: F::WRITE_SIZE,
+            erase: F::ERASE_SIZE,
+        });
+    }
+    let Workspace {
+        metadata,
+        scratch,
+        chunk,
+        delegations,
+    } = ws;
+
+    // the stored trusted root; `refresh` walks the chain from it
+    let root = store
+        .read_metadata(Role::Root, scratch)?
+        .ok_or(AgentError::Missing {
+            what: Name::new("trusted root"),
+        })?;
+    let mut set = TrustedSet::new(metadata, root, now)?;
+    refresh(store, transport, &mut set, scratch)?;
+    install(
+        store,
+        device,
+        transport,
+        app,
+        rollback,
+        &set,
+        delegations,
+        chunk,
+    )
+}
+
+/// Find this device's target, apply policy and gating, stage it. Not inlined: its frame (the
+/// delegation search stack) is never on the stack together with signature verification.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn install<F: NorFlash, T: Transport, A: Application, R: RollbackHook>(
+    store: &mut FirmwareStore<F>,
+    device: &DeviceInfo<'_>,
+    transport: &mut T,
+    app: &mut A,
+    rollback: &mut R,
+    set: &TrustedSet<&mut [u8]>,
+    delegations: &mut [u8],
+    chunk: &mut [u8],
+) -> Res<Outcome, T, F> {
+    let slots = store.slots();
+    let running = slots
+        .running()
+        .ok_or(AgentError::Slot(SlotError::NoFallback {
+            slot: slots.active(),
+            state: slots.info(slots.active()).state,
+        }))?;
+    let consistent = set.root().consistent_snapshot;
+
+    // 6. this device's target, through delegations
+    let mut source = Delegated {
+        transport: &mut *transport,
+        arena: delegations,
+        consistent,
+    };
+    let found = match set.find_target(device.target, &mut source) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            return Err(AgentError::TargetNotListed {
+                target: Name::new(device.target),
+            })
+        }
+        Err(SearchError::Trust(e)) => return Err(AgentError::Trust(e)),
+        Err(SearchError::Fetch(RoleFetch::Transport(what, error))) => {
+            return Err(AgentError::Transport { what, error })
+        }
+        Err(SearchError::Fetch(RoleFetch::Missing(what))) => {
+            return Err(AgentError::Missing { what })
+        }
+        Err(SearchError::Fetch(RoleFetch::ArenaFull(what))) => {
+            return Err(AgentError::DelegationSpace { role: what })
+        }
+    };
+    let file = found.file(device.target)?;
+    let target = Name::new(device.target);
+    let sha256 = file.sha256().ok_or(AgentError::NoSha256 { target })?;
+
+    // 7. policy
+    let dev = Device {
+        model: device.model,
+        revision: device.revision,
+        running: running.version,
+        security_counter: slots.security_counter(),
+        bootloader: device.bootloader,
+    };
+    if sha256 == running.sha256 {
+        return Ok(Outcome::UpToDate {
+            running: running.version,
+        });
+    }
+    let allow = rollback.allow_downgrade_to(device.target, &file, &dev);
+    let fw = match policy::evaluate(file.custom.as_ref(), &dev, allow) {
+        Ok(fw) => fw,
+        Err(PolicyError::NotNewer {
+            running: r,
+            offered,
+        }) if offered == r => {
+            return Ok(Outcome::UpToDate { running: r });
+        }
+        Err(e) => return Err(AgentError::Policy(e)),
+    };
+    if !version_fits(&fw.version) {
+        return Err(AgentError::Policy(PolicyError::Field { field: "version" }));
+    }
+    let capacity = store.layout().slot_len;
+    if file.length > u64::from(capacity) {
+        return Err(AgentError::ImageTooLarge {
+            length: file.length,
+            capacity,
+        });
+    }
+    let image = Image {
+        version: fw.version,
+        security_counter: fw.security_counter,
+        length: file.length,
+        sha256,
+    };
+    let inactive = slots.inactive();
+    let info = slots.info(inactive);
+    if info.state == SlotState::Rejected && info.image.is_some_and(|i| i.sha256 == sha256) {
+        return Err(AgentError::PreviouslyReverted {
+            version: fw.version,
+        });
+    }
+
+    // 8. install gating
+    if let Err(reason) = app.safe_to_install() {
+        return Ok(Outcome::Deferred {
+            offered: fw.version,
+            reason,
+        });
+    }
+
+    stage(
+        store,
+        transport,
+        &file,
+        image,
+        device.target,
+        consistent,
+        chunk,
+    )
+}
+
+/// Stream a verified target into the inactive slot (resuming a checkpointed download of the
+/// same image), hashing what is read back from flash, then mark it pending.
+#[inline(never)]
+fn stage<F: NorFlash, T: Transport>(
+    store: &mut FirmwareStore<F>,
+    transport: &mut T,
+    file: &TargetFile<'_>,
+    image: Image,
+    path: &str,
+    consistent: bool,
+    chunk: &mut [u8],
+) -> Res<Outcome, T, F> {
+    let target = Name::new(path);
+    let sha256 = image.sha256;
+    let slots = store.slots();
+    let inactive = slots.inactive();
+    let info = slots.info(inactive);
+    // 9. stream into the inactive slot, resuming a checkpointed download of the same image
+    let file_name = target_file_name(path, &sha256, consistent)
+        .ok_or(AgentError::NameTooLong { what: target })?;
+    let mut hasher = file.hasher(target)?;
+    let resume = info.state == SlotState::Staging && info.image == Some(image);
+    let mut offset = if resume {
+        store.download_offset().min(image.length)
+    } else {
+        0
+    };
+    offset -= offset % F::ERASE_SIZE as u64;
+    if !resume {
+        let next = slots.begin_staging(image).map_err(AgentError::Slot)?;
+        store.commit(next, 0, [Meta::Keep; 4])?;
+    }
+    // re-hash what is already in flash: the hash covers the slot's bytes, not the network's
+    let mut pos = 0u64;
+    while pos < offset {
+        let n = (offset - pos).min(chunk.len() as u64) as usize;
+        let c = chunk.get_mut(..n).unwrap_or(&mut []);
+        store.read_slot(inactive, pos, c)?;
+        hasher.update(c)?;
+        pos += n as u64;
+    }
+    let staging = store.slots();
+    while offset < image.length {
+        if offset % F::ERASE_SIZE as u64 == 0 {
+            store.erase_slot_sector(inactive, offset)?;
+        }
+        let n = (image.length - offset).min(chunk.len() as u64) as usize;
+        let c = chunk.get_mut(..n).unwrap_or(&mut []);
+        transport
+            .fetch_target(&file_name, offset, c)
+            .map_err(|error| AgentError::Transport {
+                what: target,
+                error,
+            })?;
+        // pad the last block to the write size with erased bytes
+        let padded = n.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
+        if let Some(pad) = chunk.get_mut(n..padded) {
+            pad.fill(0xFF);
+        }
+        store.write_slot(inactive, offset, chunk.get(..padded).unwrap_or(&[]))?;
+        let c = chunk.get_mut(..n).unwrap_or(&mut []);
+        store.read_slot(inactive, offset, c)?;
+        if let Err(e) = hasher.update(c) {
+            let next = staging.abandon_staging().map_err(AgentError::Slot)?;
+            store.commit(next, 0, [Meta::Keep; 4])?;
+            return Err(AgentError::Trust(e));
+        }
+        offset += n as u64;
+        if offset % F::ERASE_SIZE as u64 == 0 && offset < image.length {
+            store.commit(staging, offset, [Meta::Keep; 4])?;
+        }
+    }
+    if let Err(e) = hasher.finish() {
+        let next = staging.abandon_staging().map_err(AgentError::Slot)?;
+        store.commit(next, 0, [Meta::Keep; 4])?;
+        return Err(AgentError::Trust(e));
+    }
+    let next = staging.finish_staging().map_err(AgentError::Slot)?;
+    store.commit(next, 0, [Meta::Keep; 4])?;
+    Ok(Outcome::Staged {
+        version: image.version,
+    })
+}
+
+/// Root chain, timestamp, snapshot, targets (spec §5.3–5.6), persisting what verified when
+/// anything changed. Not inlined: its frame and the staging frame are never on the stack
+/// together.
+#[inline(never)]
+fn refresh<F: NorFlash, T: Transport>(
+    store: &mut FirmwareStore<F>,
+    transport: &mut T,
+    set: &mut TrustedSet<&mut [u8]>,
+    scratch: &mut [u8],
+) -> Res<(), T, F> {
+    let mut changed = false;
+    // 1. the root chain: N+1.root.json until the repository has no next one
+    loop {
+        let next = set.root().header.version.saturating_add(1);
+        let name = meta_name("root", Some(next)).ok_or(AgentError::NameTooLong {
+            what: Name::new("root"),
+        })?;
+        match transport.fetch_metadata(&name, scratch) {
+            Ok(None) => break,
+            Ok(Some(n)) => {
+                let bytes = scratch.get(..n).ok_or(AgentError::Missing {
+                    what: Name::new(&name),
+                })?;
+                set.update_root(bytes)?;
+                changed = true;
+            }
+            Err(error) => {
+                return Err(AgentError::Transport {
+                    what: Name::new(&name),
+                    error,
+                })
+            }
+        }
+    }
+    let consistent = set.root().consistent_snapshot;
+
+    // 2. timestamp (the stored one is the rollback baseline; dropped if it no longer verifies)
+    if let Some(local) = store.read_metadata(Role::Timestamp, scratch)? {
+        let _ = set.load_trusted_timestamp(local);
+    }
+    let remote = fetch_required(transport, "timestamp.json", scratch)?;
+    if let Update::Updated { .. } = set.update_timestamp(remote)? {
+        changed = true;
+    }
+
+    // 3. snapshot
+    let mut fresh = false;
+    if let Some(local) = store.read_metadata(Role::Snapshot, scratch)? {
+        fresh = set.load_trusted_snapshot(local) == Ok(Freshness::Current);
+    }
+    if !fresh {
+        let (version, length) = {
+            let ts = set.timestamp().ok_or(Error::WrongOrder {
+                operation: "snapshot",
+                requires: "timestamp",
+            })?;
+            (ts.snapshot.version, ts.snapshot.length)
+        };
+        let name = meta_name("snapshot", consistent.then_some(version)).ok_or(
+            AgentError::NameTooLong {
+                what: Name::new("snapshot"),
+            },
+        )?;
+        let cap = length.map_or(scratch.len(), |l| (l as usize).min(scratch.len()));
+        let buf = scratch.get_mut(..cap).unwrap_or(&mut []);
+        let remote = fetch_required(transport, &name, buf)?;
+        set.update_snapshot(remote)?;
+        changed = true;
+    }
+
+    // 4. targets: the stored copy when it is still what the snapshot names
+    let local_ok = match store.read_metadata(Role::Targets, scratch)? {
+        Some(local) => set.update_targets(local).is_ok(),
+        None => false,
+    };
+    if !local_ok {
+        let (version, length) = {
+            let snap = set.snapshot().ok_or(Error::WrongOrder {
+                operation: "targets",
+                requires: "snapshot",
+            })?;
+            let m = snap.role("targets")?.ok_or(Error::NotInSnapshot {
+                role: Name::new("targets"),
+            })?;
+            (m.version, m.length)
+        };
+        let name =
+            meta_name("targets", consistent.then_some(version)).ok_or(AgentError::NameTooLong {
+                what: Name::new("targets"),
+            })?;
+        let cap = length.map_or(scratch.len(), |l| (l as usize).min(scratch.len()));
+        let buf = scratch.get_mut(..cap).unwrap_or(&mut []);
+        let remote = fetch_required(transport, &name, buf)?;
+        set.update_targets(remote)?;
+        changed = true;
+    }
+
+    // 5. persist what verified (only when something changed: flash wear)
+    if changed {
+        let meta = |r: Role| Meta::Set(set.stored(r).unwrap_or(&[]));
+        let slots = store.slots();
+        let off = store.download_offset();
+        store.commit(
+            slots,
+            off,
+            [
+                meta(Role::Root),
+                meta(Role::Timestamp),
+                meta(Role::Snapshot),
+                meta(Role::Targets),
+            ],
+        )?;
+    }
+    Ok(())
+}

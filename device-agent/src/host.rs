@@ -1,0 +1,661 @@
+//! Host shells (`std`): an HTTP(S) transport, file-backed flash for the simulated pump, the
+//! device report, and the TUF conformance client. Trust decisions stay in hale-core.
+
+use std::fmt;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use embedded_storage::nor_flash::{
+    ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
+};
+use hale_core::metadata::MetaFile;
+use hale_core::trusted::{RoleSource, SearchError};
+use hale_core::{Freshness, Role, Storage, TrustedSet, UnixTime, Update};
+use serde_json::{json, Value};
+
+use crate::agent::target_file_name;
+use crate::store::FirmwareStore;
+use crate::transport::Transport;
+use crate::{Slot, SlotState};
+
+/// The update start time from the C library's clock (`faketime` moves it).
+pub fn now() -> UnixTime {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as UnixTime,
+        Err(e) => -(e.duration().as_secs() as UnixTime),
+    }
+}
+
+// --- HTTP ------------------------------------------------------------------------------------
+
+/// Why an HTTP fetch failed.
+#[derive(Debug)]
+pub enum HttpError {
+    /// A status other than success or 404.
+    Status { url: String, code: u16 },
+    /// Connection, TLS or read failure.
+    Io { url: String, message: String },
+    /// The body is longer than allowed (endless data).
+    TooLarge { url: String, limit: usize },
+    /// The body is shorter than the range asked for.
+    Short {
+        url: String,
+        wanted: usize,
+        got: usize,
+    },
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::Status { url, code } => write!(f, "{url}: HTTP {code}"),
+            HttpError::Io { url, message } => write!(f, "{url}: {message}"),
+            HttpError::TooLarge { url, limit } => write!(f, "{url}: longer than {limit} bytes"),
+            HttpError::Short { url, wanted, got } => write!(f, "{url}: {got} of {wanted} bytes"),
+        }
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+/// A blocking HTTP(S) transport (rustls). `metadata_url` and `target_url` are base URLs.
+#[derive(Debug)]
+pub struct HttpTransport {
+    agent: ureq::Agent,
+    metadata_url: String,
+    target_url: String,
+    /// Every URL requested, in order (tests and the conformance suite count them).
+    pub requests: Vec<String>,
+}
+
+fn join(base: &str, name: &str) -> String {
+    format!("{}/{}", base.trim_end_matches('/'), name)
+}
+
+impl HttpTransport {
+    pub fn new(metadata_url: &str, target_url: &str) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build();
+        HttpTransport {
+            agent,
+            metadata_url: metadata_url.into(),
+            target_url: target_url.into(),
+            requests: vec![],
+        }
+    }
+
+    /// GET `url`: `None` on 404, otherwise at most `limit` bytes (more is an error).
+    pub fn get(&mut self, url: &str, limit: usize) -> Result<Option<Vec<u8>>, HttpError> {
+        self.requests.push(url.to_string());
+        let resp = match self.agent.get(url).call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(404, _)) => return Ok(None),
+            Err(ureq::Error::Status(code, _)) => {
+                return Err(HttpError::Status {
+                    url: url.into(),
+                    code,
+                })
+            }
+            Err(e) => {
+                return Err(HttpError::Io {
+                    url: url.into(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        let mut body = Vec::new();
+        resp.into_reader()
+            .take(limit as u64 + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| HttpError::Io {
+                url: url.into(),
+                message: e.to_string(),
+            })?;
+        if body.len() > limit {
+            return Err(HttpError::TooLarge {
+                url: url.into(),
+                limit,
+            });
+        }
+        Ok(Some(body))
+    }
+}
+
+impl Transport for HttpTransport {
+    type Error = HttpError;
+
+    fn fetch_metadata(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, HttpError> {
+        let url = join(&self.metadata_url, name);
+        let Some(body) = self.get(&url, buf.len())? else {
+            return Ok(None);
+        };
+        let dst = buf.get_mut(..body.len()).ok_or(HttpError::TooLarge {
+            url,
+            limit: body.len(),
+        })?;
+        dst.copy_from_slice(&body);
+        Ok(Some(body.len()))
+    }
+
+    fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), HttpError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let url = join(&self.target_url, name);
+        self.requests.push(format!("{url} bytes={offset}-"));
+        let last = offset + buf.len() as u64 - 1;
+        let resp = match self
+            .agent
+            .get(&url)
+            .set("Range", &format!("bytes={offset}-{last}"))
+            .call()
+        {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, _)) => return Err(HttpError::Status { url, code }),
+            Err(e) => {
+                return Err(HttpError::Io {
+                    url,
+                    message: e.to_string(),
+                })
+            }
+        };
+        let partial = resp.status() == 206;
+        let mut r = resp.into_reader();
+        if !partial {
+            // a server without Range support: skip to the offset
+            std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink()).map_err(|e| {
+                HttpError::Io {
+                    url: url.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        let mut got = 0;
+        while got < buf.len() {
+            let n = r
+                .read(buf.get_mut(got..).unwrap_or(&mut []))
+                .map_err(|e| HttpError::Io {
+                    url: url.clone(),
+                    message: e.to_string(),
+                })?;
+            if n == 0 {
+                return Err(HttpError::Short {
+                    url,
+                    wanted: buf.len(),
+                    got,
+                });
+            }
+            got += n;
+        }
+        Ok(())
+    }
+}
+
+// --- file-backed flash -----------------------------------------------------------------------
+
+/// Why the file-backed flash failed.
+#[derive(Debug)]
+pub enum FileFlashError {
+    Io(String),
+    OutOfBounds,
+    NotAligned,
+    NotErased { offset: u32 },
+}
+
+impl NorFlashError for FileFlashError {
+    fn kind(&self) -> NorFlashErrorKind {
+        match self {
+            FileFlashError::OutOfBounds => NorFlashErrorKind::OutOfBounds,
+            FileFlashError::NotAligned => NorFlashErrorKind::NotAligned,
+            _ => NorFlashErrorKind::Other,
+        }
+    }
+}
+
+/// NOR flash kept in a file (the simulated pump's flash survives the process, like a real one
+/// survives a reset). Every write and erase goes to the file before it returns.
+#[derive(Debug)]
+pub struct FileFlash {
+    file: fs::File,
+    mem: Vec<u8>,
+}
+
+/// Sector size of the simulated pump's flash.
+pub const FILE_FLASH_ERASE: usize = 4096;
+
+impl FileFlash {
+    /// Open `path`, creating an erased flash of `size` bytes when it does not exist or is
+    /// empty. A file of another size is refused (never silently erased).
+    pub fn open(path: &Path, size: usize) -> std::io::Result<Self> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let mut mem = Vec::new();
+        (&file).read_to_end(&mut mem)?;
+        if mem.is_empty() {
+            mem = vec![0xFF; size];
+            file.write_all_at(&mem, 0)?;
+            file.sync_data()?;
+        } else if mem.len() != size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{}: flash image is {} bytes, expected {size}",
+                    path.display(),
+                    mem.len()
+                ),
+            ));
+        }
+        Ok(FileFlash { file, mem })
+    }
+
+    fn range(&self, offset: u32, len: usize) -> Result<std::ops::Range<usize>, FileFlashError> {
+        let s = offset as usize;
+        let e = s
+            .checked_add(len)
+            .filter(|e| *e <= self.mem.len())
+            .ok_or(FileFlashError::OutOfBounds)?;
+        Ok(s..e)
+    }
+
+    fn persist(&self, r: std::ops::Range<usize>) -> Result<(), FileFlashError> {
+        let bytes = self.mem.get(r.clone()).ok_or(FileFlashError::OutOfBounds)?;
+        self.file
+            .write_all_at(bytes, r.start as u64)
+            .map_err(|e| FileFlashError::Io(e.to_string()))?;
+        self.file
+            .sync_data()
+            .map_err(|e| FileFlashError::Io(e.to_string()))
+    }
+}
+
+impl ErrorType for FileFlash {
+    type Error = FileFlashError;
+}
+
+impl ReadNorFlash for FileFlash {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), FileFlashError> {
+        let r = self.range(offset, bytes.len())?;
+        bytes.copy_from_slice(self.mem.get(r).ok_or(FileFlashError::OutOfBounds)?);
+        Ok(())
+    }
+    fn capacity(&self) -> usize {
+        self.mem.len()
+    }
+}
+
+impl NorFlash for FileFlash {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = FILE_FLASH_ERASE;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), FileFlashError> {
+        if from > to || from as usize % FILE_FLASH_ERASE != 0 || to as usize % FILE_FLASH_ERASE != 0
+        {
+            return Err(FileFlashError::NotAligned);
+        }
+        let r = self.range(from, (to - from) as usize)?;
+        self.mem
+            .get_mut(r.clone())
+            .ok_or(FileFlashError::OutOfBounds)?
+            .fill(0xFF);
+        self.persist(r)
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), FileFlashError> {
+        if offset as usize % 4 != 0 || bytes.len() % 4 != 0 {
+            return Err(FileFlashError::NotAligned);
+        }
+        let r = self.range(offset, bytes.len())?;
+        let dst = self
+            .mem
+            .get_mut(r.clone())
+            .ok_or(FileFlashError::OutOfBounds)?;
+        if let Some(i) = dst.iter().position(|b| *b != 0xFF) {
+            return Err(FileFlashError::NotErased {
+                offset: offset + i as u32,
+            });
+        }
+        dst.copy_from_slice(bytes);
+        self.persist(r)
+    }
+}
+
+// --- device report ---------------------------------------------------------------------------
+
+/// The report the pump POSTs to `{server}/api/v1/devices/{id}/report`.
+pub fn report_json<F: NorFlash>(
+    store: &FirmwareStore<F>,
+    device_id: &str,
+    model: &str,
+    revision: &str,
+    result: &str,
+    reason: &str,
+) -> Value {
+    let s = store.slots();
+    let slots: Vec<Value> = [Slot::A, Slot::B]
+        .iter()
+        .map(|slot| {
+            let info = s.info(*slot);
+            json!({
+                "slot": slot.as_str(),
+                "version": info.image.map(|i| i.version.to_string()),
+                "state": info.state.as_str(),
+                "active": *slot == s.active(),
+            })
+        })
+        .collect();
+    json!({
+        "device_id": device_id,
+        "model": model,
+        "revision": revision,
+        "security_counter": s.security_counter(),
+        "slots": slots,
+        "last_result": {"result": result, "reason": reason},
+    })
+}
+
+/// Whether a slot's state means a trial is under way (for the simulated pump's console).
+pub fn trial_running(s: &crate::Slots) -> bool {
+    s.info(s.active()).state == SlotState::Trial
+}
+
+// --- TUF conformance client ----------------------------------------------------------------
+
+/// Largest metadata document the conformance client accepts.
+pub const CONFORMANCE_MAX_METADATA: usize = 4 << 20;
+/// Largest timestamp (python-tuf's default).
+pub const CONFORMANCE_MAX_TIMESTAMP: usize = 16 << 10;
+/// Largest root (python-tuf's default).
+pub const CONFORMANCE_MAX_ROOT: usize = 512 << 10;
+
+/// Why the conformance client failed.
+#[derive(Debug)]
+pub enum ClientError {
+    Io(String, std::io::Error),
+    Http(HttpError),
+    Trust(hale_core::Error),
+    Missing(String),
+    TargetNotFound(String),
+    Usage(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Io(p, e) => write!(f, "{p}: {e}"),
+            ClientError::Http(e) => write!(f, "{e}"),
+            ClientError::Trust(e) => write!(f, "{e}"),
+            ClientError::Missing(u) => write!(f, "{u}: not found"),
+            ClientError::TargetNotFound(t) => write!(f, "target {t} not found"),
+            ClientError::Usage(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<hale_core::Error> for ClientError {
+    fn from(e: hale_core::Error) -> Self {
+        ClientError::Trust(e)
+    }
+}
+
+impl From<HttpError> for ClientError {
+    fn from(e: HttpError) -> Self {
+        ClientError::Http(e)
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
+    let io = |e| ClientError::Io(path.display().to_string(), e);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    fs::write(&tmp, bytes).map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, ClientError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ClientError::Io(path.display().to_string(), e)),
+    }
+}
+
+/// The conformance client: `init`, `refresh` and `download` over a metadata directory that holds
+/// exactly the bytes served, under unversioned names.
+#[derive(Debug)]
+pub struct ConformanceClient {
+    pub metadata_dir: PathBuf,
+    pub http: HttpTransport,
+}
+
+impl ConformanceClient {
+    pub fn new(metadata_dir: &Path, metadata_url: &str, target_url: &str) -> Self {
+        ConformanceClient {
+            metadata_dir: metadata_dir.into(),
+            http: HttpTransport::new(metadata_url, target_url),
+        }
+    }
+
+    /// Store the initial trusted root (no request, no check: the protocol says so).
+    pub fn init(metadata_dir: &Path, root_file: &Path) -> Result<(), ClientError> {
+        let bytes =
+            fs::read(root_file).map_err(|e| ClientError::Io(root_file.display().to_string(), e))?;
+        write_file(&metadata_dir.join("root.json"), &bytes)
+    }
+
+    fn path(&self, role: &str) -> PathBuf {
+        self.metadata_dir.join(format!("{role}.json"))
+    }
+
+    fn fetch(&mut self, name: &str, limit: usize) -> Result<Vec<u8>, ClientError> {
+        let url = join(&self.http.metadata_url, name);
+        self.http.get(&url, limit)?.ok_or(ClientError::Missing(url))
+    }
+
+    /// The top-level workflow (TUF spec §5.3–5.6); each verified file is persisted at once.
+    pub fn refresh(&mut self, now: UnixTime) -> Result<TrustedSet<Vec<u8>>, ClientError> {
+        let root = read_opt(&self.path("root"))?
+            .ok_or_else(|| ClientError::Missing("trusted root.json".into()))?;
+        let mut set =
+            TrustedSet::new(Storage::with_capacity(CONFORMANCE_MAX_METADATA), &root, now)?;
+        loop {
+            let next = set.root().header.version + 1;
+            let url = join(&self.http.metadata_url, &format!("{next}.root.json"));
+            let Some(bytes) = self.http.get(&url, CONFORMANCE_MAX_ROOT)? else {
+                break;
+            };
+            set.update_root(&bytes)?;
+            write_file(&self.path("root"), &bytes)?;
+        }
+        if let Some(local) = read_opt(&self.path("timestamp"))? {
+            let _ = set.load_trusted_timestamp(&local);
+        }
+        let ts = self.fetch("timestamp.json", CONFORMANCE_MAX_TIMESTAMP)?;
+        if let Update::Updated { .. } = set.update_timestamp(&ts)? {
+            write_file(&self.path("timestamp"), &ts)?;
+        }
+        let consistent = set.root().consistent_snapshot;
+        let mut fresh = false;
+        if let Some(local) = read_opt(&self.path("snapshot"))? {
+            fresh = set.load_trusted_snapshot(&local) == Ok(Freshness::Current);
+        }
+        if !fresh {
+            let (v, len) = {
+                let t = set.timestamp().ok_or(hale_core::Error::WrongOrder {
+                    operation: "snapshot",
+                    requires: "timestamp",
+                })?;
+                (t.snapshot.version, t.snapshot.length)
+            };
+            let name = if consistent {
+                format!("{v}.snapshot.json")
+            } else {
+                "snapshot.json".into()
+            };
+            let bytes = self.fetch(&name, len.map_or(CONFORMANCE_MAX_METADATA, |l| l as usize))?;
+            set.update_snapshot(&bytes)?;
+            write_file(&self.path("snapshot"), &bytes)?;
+        }
+        let local_ok = match read_opt(&self.path("targets"))? {
+            Some(local) => set.update_targets(&local).is_ok(),
+            None => false,
+        };
+        if !local_ok {
+            let (v, len) = {
+                let s = set.snapshot().ok_or(hale_core::Error::WrongOrder {
+                    operation: "targets",
+                    requires: "snapshot",
+                })?;
+                let m = s.role("targets")?.ok_or(hale_core::Error::NotInSnapshot {
+                    role: hale_core::Name::new("targets"),
+                })?;
+                (m.version, m.length)
+            };
+            let name = if consistent {
+                format!("{v}.targets.json")
+            } else {
+                "targets.json".into()
+            };
+            let bytes = self.fetch(&name, len.map_or(CONFORMANCE_MAX_METADATA, |l| l as usize))?;
+            set.update_targets(&bytes)?;
+            write_file(&self.path("targets"), &bytes)?;
+        }
+        Ok(set)
+    }
+
+    /// Refresh, then download each target (delegations walked in hale-core) into `target_dir`,
+    /// skipping a file already there with the right hashes.
+    pub fn download(
+        &mut self,
+        now: UnixTime,
+        targets: &[String],
+        target_dir: &Path,
+    ) -> Result<(), ClientError> {
+        let set = self.refresh(now)?;
+        let consistent = set.root().consistent_snapshot;
+        for path in targets {
+            hale_core::metadata::check_target_path(path)?;
+            let mut source = DirSource {
+                client: self,
+                consistent,
+                fetched: vec![],
+                error: None,
+            };
+            let found = match set.find_target(path, &mut source) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Err(ClientError::TargetNotFound(path.clone())),
+                Err(SearchError::Trust(e)) => return Err(ClientError::Trust(e)),
+                Err(SearchError::Fetch(())) => {
+                    return Err(source
+                        .error
+                        .unwrap_or_else(|| ClientError::Missing("delegated role".into())))
+                }
+            };
+            // every role fetched during a successful search was verified: persist them
+            for (role, bytes) in std::mem::take(&mut source.fetched) {
+                write_file(&self.path(&role), &bytes)?;
+            }
+            let file = found.file(path)?;
+            let out = target_dir.join(encode_target_name(path));
+            if let Some(have) = read_opt(&out)? {
+                if file.verify_bytes(&have, hale_core::Name::new(path)).is_ok() {
+                    continue;
+                }
+            }
+            let sha = file.sha256();
+            let name = match (consistent, sha) {
+                (true, Some(sha)) => {
+                    target_file_name(path, &sha, true).map(|s| s.as_str().to_string())
+                }
+                _ => Some(path.clone()),
+            }
+            .ok_or_else(|| ClientError::Usage(format!("target name too long: {path}")))?;
+            let url = join(&self.http.target_url, &name);
+            let body = self
+                .http
+                .get(&url, file.length as usize)?
+                .ok_or(ClientError::Missing(url))?;
+            file.verify_bytes(&body, hale_core::Name::new(path))?;
+            write_file(&out, &body)?;
+        }
+        Ok(())
+    }
+}
+
+/// A file name for a target path inside the target directory (percent-encoded, flat).
+pub fn encode_target_name(path: &str) -> String {
+    let mut s = String::new();
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+/// Delegated roles: the stored copy when it is the version the snapshot names, else the
+/// repository's.
+struct DirSource<'c> {
+    client: &'c mut ConformanceClient,
+    consistent: bool,
+    fetched: Vec<(String, Vec<u8>)>,
+    error: Option<ClientError>,
+}
+
+impl RoleSource for DirSource<'_> {
+    type Buf = Vec<u8>;
+    type Error = ();
+
+    fn fetch_role(&mut self, name: &str, meta: &MetaFile<'_>) -> Result<Vec<u8>, ()> {
+        let local = read_opt(&self.client.path(name)).ok().flatten();
+        if let Some(l) = local {
+            let ok = hale_core::metadata::peek_header(&l, "targets")
+                .is_ok_and(|h| h.version == meta.version)
+                && meta.verify_bytes(&l, hale_core::Name::new(name)).is_ok();
+            if ok {
+                return Ok(l);
+            }
+        }
+        let file = if self.consistent {
+            format!("{}.{name}.json", meta.version)
+        } else {
+            format!("{name}.json")
+        };
+        let limit = meta.length.map_or(CONFORMANCE_MAX_METADATA, |l| l as usize);
+        match self.client.fetch(&file, limit) {
+            Ok(b) => {
+                self.fetched.push((name.to_string(), b.clone()));
+                Ok(b)
+            }
+            Err(e) => {
+                self.error = Some(e);
+                Err(())
+            }
+        }
+    }
+}
+
+/// Role names for the stored top-level files.
+pub fn role_file(r: Role) -> &'static str {
+    match r {
+        Role::Root => "root.json",
+        Role::Timestamp => "timestamp.json",
+        Role::Snapshot => "snapshot.json",
+        Role::Targets => "targets.json",
+    }
+}

@@ -1,0 +1,64 @@
+//! # device-agent: what stands between a pump and a bad image
+//!
+//! The agent drives [`hale_core`]'s trusted set through a [`Transport`] (fetch metadata, fetch a
+//! byte range of a target) and a [`FirmwareStore`] on `embedded-storage` [`NorFlash`]
+//! (A/B image slots and a power-loss-safe state area). It installs only what hale-core verified
+//! and never leaves the device without a bootable, verified image.
+//!
+//! ```text
+//! check_for_update(now)
+//!   trial running? ──────────────────────────────> Outcome::TrialRunning / AwaitingReboot (nothing staged)
+//!   root chain N+1.root.json until not found       hale-core: both thresholds, version N+1
+//!   timestamp -> snapshot -> targets               hale-core: versions, hashes, expiry; persisted
+//!   find_target(device target)                     delegations walked and verified in hale-core
+//!   policy::evaluate(custom, device, rollback?)    model, revision, version, security counter, bootloader
+//!   Application::safe_to_install()? ─── no ──────> Outcome::Deferred { reason }
+//!   stream into the INACTIVE slot                  hashed as read back from flash, never past the
+//!                                                  listed length, checkpointed per erase sector (resume)
+//!   mark pending ────────────────────────────────> Outcome::Staged
+//! boot()      pending -> trial; trial without confirmation -> revert (trial slot rejected)
+//! confirm()   trial -> good; the security counter rises here
+//! ```
+//!
+//! ## Threats and where each is stopped
+//! - *Arbitrary software, rollback, freeze, mix-and-match, endless data*: every trust decision is
+//!   hale-core's; the agent only moves bytes and persists what verified.
+//! - *A bad image bricking the pump*: the running image stays `Good` during the whole trial; a
+//!   reset before the application confirms reverts to it, and the failed image is never retried.
+//! - *Power loss*: every change of state is one record written to the older of two alternating
+//!   records, each with a sequence number and a sha256 over its contents; a torn record is ignored
+//!   and the previous one stands. Image bytes are only trusted after they are re-read from flash
+//!   and hashed (at staging and at every boot).
+//! - *Anti-rollback*: the security counter is a floor raised only at confirmation.
+//! - *Installing during therapy*: [`Application::safe_to_install`] gates staging.
+//!
+//! ## Features
+//! - default: `no_std`, no heap.
+//! - `std`: the `hale-agent` binary (simulated pump over HTTP(S), TUF conformance client).
+#![cfg_attr(not(feature = "std"), no_std)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
+pub mod agent;
+pub mod memflash;
+pub mod store;
+pub mod transport;
+
+#[cfg(feature = "std")]
+pub mod host;
+
+pub use agent::{
+    check_for_update, AgentError, Application, DeferReason, DeviceInfo, NoRollback, Outcome,
+    RollbackHook, Workspace,
+};
+pub use embedded_storage::nor_flash::NorFlash;
+pub use hale_core::slots::{Boot, Image, Slot, SlotInfo, SlotState, Slots};
+pub use store::{FirmwareStore, Layout, StoreError};
+pub use transport::Transport;

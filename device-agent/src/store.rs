@@ -1,0 +1,927 @@
+//! The firmware store: two image slots and a state area on one [`NorFlash`].
+//!
+//! ## State records
+//! The state area holds two records; each change of state writes a complete new record into the
+//! region that does *not* hold the current one, so the current record is never touched while the
+//! next is written. A record is valid when its magic, lengths and trailing sha256 check out; the
+//! valid record with the highest sequence number is the state. A power cut during erase or write
+//! leaves an invalid record and the previous state stands.
+//!
+//! ```text
+//! 0    "HALS" format(1) active(1) pad(2) seq:u32 reserved:u32
+//! 16   security_counter:u64
+//! 24   slot A: state, has_image, version_len, pad, version[48], counter:u64, length:u64, sha256[32]
+//! 124  slot B: (same, 100 bytes)
+//! 224  download_offset:u64
+//! 232  metadata lengths: root, timestamp, snapshot, targets (u32 each)
+//! 256  metadata bytes, concatenated, exactly as verified
+//! ...  sha256 over everything before it
+//! ```
+
+use embedded_storage::nor_flash::NorFlash;
+use hale_core::slots::{Boot, Image, Slot, SlotInfo, SlotState, Slots};
+use hale_core::{Role, Version};
+use sha2::{Digest, Sha256};
+
+const MAGIC: &[u8; 4] = b"HALS";
+const FORMAT: u8 = 1;
+const HEADER_LEN: usize = 256;
+const SLOT_INFO_LEN: usize = 100;
+const VERSION_MAX: usize = 48;
+const DIGEST_LEN: usize = 32;
+/// Bytes moved per flash read or write when copying (stack buffer).
+const COPY_CHUNK: usize = 64;
+
+/// Where things are on the flash. Every offset and length must be a multiple of the erase size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Offsets of the two state records.
+    pub state: [u32; 2],
+    /// Size of each state record region.
+    pub state_len: u32,
+    /// Offsets of slots A and B.
+    pub slots: [u32; 2],
+    /// Size of each slot.
+    pub slot_len: u32,
+}
+
+impl Layout {
+    /// State records first, then slot A, then slot B, each region a whole number of sectors.
+    pub const fn contiguous(base: u32, state_len: u32, slot_len: u32) -> Layout {
+        Layout {
+            state: [base, base + state_len],
+            state_len,
+            slots: [base + 2 * state_len, base + 2 * state_len + slot_len],
+            slot_len,
+        }
+    }
+
+    /// Bytes of flash the layout covers from offset 0.
+    pub const fn end(&self) -> u32 {
+        let a = self.state[0] + self.state_len;
+        let b = self.state[1] + self.state_len;
+        let c = self.slots[0] + self.slot_len;
+        let d = self.slots[1] + self.slot_len;
+        let ab = if a > b { a } else { b };
+        let cd = if c > d { c } else { d };
+        if ab > cd {
+            ab
+        } else {
+            cd
+        }
+    }
+
+    fn slot(&self, s: Slot) -> u32 {
+        match s {
+            Slot::A => self.slots[0],
+            Slot::B => self.slots[1],
+        }
+    }
+}
+
+/// What the store refused.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError<E> {
+    /// The flash failed (or lost power).
+    Flash(E),
+    /// The layout does not fit this flash (alignment, overlap, capacity).
+    Layout { reason: &'static str },
+    /// Neither state record is valid: the device was never provisioned.
+    NoValidState,
+    /// The metadata does not fit a state record.
+    RecordTooSmall { needed: usize, capacity: usize },
+    /// A caller's buffer is too small for a stored document.
+    BufferTooSmall { needed: usize, capacity: usize },
+    /// No slot holds an image whose bytes match its record.
+    NoBootableImage,
+    /// The slot transition is not allowed.
+    Slot(hale_core::slots::SlotError),
+}
+
+impl<E: core::fmt::Debug> core::fmt::Display for StoreError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StoreError::Flash(e) => write!(f, "flash: {e:?}"),
+            StoreError::Layout { reason } => write!(f, "flash layout: {reason}"),
+            StoreError::NoValidState => write!(f, "no valid state record (device not provisioned)"),
+            StoreError::RecordTooSmall { needed, capacity } => {
+                write!(
+                    f,
+                    "state record needs {needed} bytes, region holds {capacity}"
+                )
+            }
+            StoreError::BufferTooSmall { needed, capacity } => {
+                write!(f, "buffer needs {needed} bytes, has {capacity}")
+            }
+            StoreError::NoBootableImage => write!(f, "no slot holds a verified image"),
+            StoreError::Slot(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Metadata to put in the next record.
+#[derive(Debug, Clone, Copy)]
+pub enum Meta<'a> {
+    /// What the current record holds.
+    Keep,
+    /// These bytes (empty: none).
+    Set(&'a [u8]),
+}
+
+/// The state in RAM (mirrors the current record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    seq: u32,
+    region: usize,
+    slots: Slots,
+    download_offset: u64,
+    meta_lens: [u32; 4],
+}
+
+/// A/B slots and persisted state on a [`NorFlash`].
+#[derive(Debug)]
+pub struct FirmwareStore<F> {
+    flash: F,
+    layout: Layout,
+    state: State,
+}
+
+fn role_idx(r: Role) -> usize {
+    match r {
+        Role::Root => 0,
+        Role::Timestamp => 1,
+        Role::Snapshot => 2,
+        Role::Targets => 3,
+    }
+}
+
+fn check_layout<F: NorFlash>(flash: &F, l: &Layout) -> Result<(), &'static str> {
+    let erase = F::ERASE_SIZE as u32;
+    if F::READ_SIZE != 1 {
+        return Err("READ_SIZE must be 1");
+    }
+    if F::WRITE_SIZE == 0 || COPY_CHUNK % F::WRITE_SIZE != 0 {
+        return Err("WRITE_SIZE must divide 64");
+    }
+    if erase == 0 {
+        return Err("ERASE_SIZE is 0");
+    }
+    let all = [
+        l.state[0],
+        l.state[1],
+        l.slots[0],
+        l.slots[1],
+        l.state_len,
+        l.slot_len,
+    ];
+    if all.iter().any(|v| v % erase != 0) {
+        return Err("offsets and lengths must be multiples of the erase size");
+    }
+    if (l.state_len as usize) < HEADER_LEN + DIGEST_LEN || l.slot_len == 0 {
+        return Err("regions too small");
+    }
+    let regions = [
+        (l.state[0], l.state_len),
+        (l.state[1], l.state_len),
+        (l.slots[0], l.slot_len),
+        (l.slots[1], l.slot_len),
+    ];
+    for (i, (a, alen)) in regions.iter().enumerate() {
+        let a_end = a.checked_add(*alen).ok_or("region past 4 GiB")?;
+        if a_end as usize > flash.capacity() {
+            return Err("region past the end of the flash");
+        }
+        for (b, blen) in regions.iter().skip(i + 1) {
+            if *a < b.saturating_add(*blen) && *b < a_end {
+                return Err("regions overlap");
+            }
+        }
+    }
+    Ok(())
+}
+
+// --- record encoding -------------------------------------------------------------------------
+
+fn put_u32(h: &mut [u8; HEADER_LEN], at: usize, v: u32) {
+    if let Some(d) = h.get_mut(at..at + 4) {
+        d.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn put_u64(h: &mut [u8; HEADER_LEN], at: usize, v: u64) {
+    if let Some(d) = h.get_mut(at..at + 8) {
+        d.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn get_u32(h: &[u8; HEADER_LEN], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    if let Some(s) = h.get(at..at + 4) {
+        b.copy_from_slice(s);
+    }
+    u32::from_le_bytes(b)
+}
+
+fn get_u64(h: &[u8; HEADER_LEN], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(s) = h.get(at..at + 8) {
+        b.copy_from_slice(s);
+    }
+    u64::from_le_bytes(b)
+}
+
+fn state_code(s: SlotState) -> u8 {
+    match s {
+        SlotState::Empty => 0,
+        SlotState::Staging => 1,
+        SlotState::Pending => 2,
+        SlotState::Trial => 3,
+        SlotState::Good => 4,
+        SlotState::Rejected => 5,
+    }
+}
+
+fn state_from(c: u8) -> Option<SlotState> {
+    Some(match c {
+        0 => SlotState::Empty,
+        1 => SlotState::Staging,
+        2 => SlotState::Pending,
+        3 => SlotState::Trial,
+        4 => SlotState::Good,
+        5 => SlotState::Rejected,
+        _ => return None,
+    })
+}
+
+struct FixedStr<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> FixedStr<N> {
+    fn push(&mut self, s: &str) -> Option<()> {
+        let end = self.len.checked_add(s.len())?;
+        self.buf
+            .get_mut(self.len..end)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Some(())
+    }
+
+    /// `MAJOR.MINOR.PATCH[-PRE]`, without `core::fmt` (it costs kilobytes of flash).
+    fn push_version(&mut self, v: &Version) -> Option<()> {
+        let mut d = [0u8; 20];
+        self.push(decimal(v.major, &mut d))?;
+        self.push(".")?;
+        self.push(decimal(v.minor, &mut d))?;
+        self.push(".")?;
+        self.push(decimal(v.patch, &mut d))?;
+        if !v.pre_release().is_empty() {
+            self.push("-")?;
+            self.push(v.pre_release())?;
+        }
+        Some(())
+    }
+}
+
+/// `v` in decimal, written into `buf`.
+pub fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        if let Some(b) = buf.get_mut(i) {
+            *b = b'0' + (v % 10) as u8;
+        }
+        v /= 10;
+        if v == 0 || i == 0 {
+            break;
+        }
+    }
+    core::str::from_utf8(buf.get(i..).unwrap_or(&[])).unwrap_or("")
+}
+
+fn encode_slot(h: &mut [u8; HEADER_LEN], at: usize, info: &SlotInfo) {
+    let Some(d) = h.get_mut(at..at + SLOT_INFO_LEN) else {
+        return;
+    };
+    d.fill(0);
+    if let Some(b) = d.get_mut(0) {
+        *b = state_code(info.state);
+    }
+    let Some(img) = info.image else { return };
+    let mut v = FixedStr::<VERSION_MAX> {
+        buf: [0; VERSION_MAX],
+        len: 0,
+    };
+    // a version longer than the field cannot be recorded: the agent refuses such targets first
+    let _ = v.push_version(&img.version);
+    if let Some(b) = d.get_mut(1) {
+        *b = 1;
+    }
+    if let Some(b) = d.get_mut(2) {
+        *b = v.len as u8;
+    }
+    if let (Some(dst), Some(src)) = (d.get_mut(4..4 + v.len), v.buf.get(..v.len)) {
+        dst.copy_from_slice(src);
+    }
+    let o = 4 + VERSION_MAX;
+    put_u64(h, at + o, img.security_counter);
+    put_u64(h, at + o + 8, img.length);
+    if let Some(dst) = h.get_mut(at + o + 16..at + o + 48) {
+        dst.copy_from_slice(&img.sha256);
+    }
+}
+
+fn decode_slot(h: &[u8; HEADER_LEN], at: usize) -> Option<SlotInfo> {
+    let d = h.get(at..at + SLOT_INFO_LEN)?;
+    let state = state_from(*d.first()?)?;
+    if *d.get(1)? == 0 {
+        return Some(SlotInfo { state, image: None });
+    }
+    let vlen = usize::from(*d.get(2)?);
+    let version = Version::parse(core::str::from_utf8(d.get(4..4 + vlen)?).ok()?)?;
+    let o = 4 + VERSION_MAX;
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(h.get(at + o + 16..at + o + 48)?);
+    let image = Image {
+        version,
+        security_counter: get_u64(h, at + o),
+        length: get_u64(h, at + o + 8),
+        sha256,
+    };
+    Some(SlotInfo {
+        state,
+        image: Some(image),
+    })
+}
+
+/// The printed version of an image fits its field in a record.
+pub fn version_fits(v: &Version) -> bool {
+    let mut s = FixedStr::<VERSION_MAX> {
+        buf: [0; VERSION_MAX],
+        len: 0,
+    };
+    s.push_version(v).is_some()
+}
+
+fn encode_header(st: &State) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    if let Some(d) = h.get_mut(0..4) {
+        d.copy_from_slice(MAGIC);
+    }
+    if let Some(b) = h.get_mut(4) {
+        *b = FORMAT;
+    }
+    if let Some(b) = h.get_mut(5) {
+        *b = st.slots.active().index() as u8;
+    }
+    put_u32(&mut h, 8, st.seq);
+    put_u64(&mut h, 16, st.slots.security_counter());
+    encode_slot(&mut h, 24, &st.slots.info(Slot::A));
+    encode_slot(&mut h, 24 + SLOT_INFO_LEN, &st.slots.info(Slot::B));
+    put_u64(&mut h, 224, st.download_offset);
+    for (i, l) in st.meta_lens.iter().enumerate() {
+        put_u32(&mut h, 232 + 4 * i, *l);
+    }
+    h
+}
+
+fn decode_header(h: &[u8; HEADER_LEN], region: usize) -> Option<State> {
+    if h.get(0..4)? != MAGIC || *h.get(4)? != FORMAT {
+        return None;
+    }
+    let active = match *h.get(5)? {
+        0 => Slot::A,
+        1 => Slot::B,
+        _ => return None,
+    };
+    let a = decode_slot(h, 24)?;
+    let b = decode_slot(h, 24 + SLOT_INFO_LEN)?;
+    let slots = Slots::from_parts(active, a, b, get_u64(h, 16));
+    let mut meta_lens = [0u32; 4];
+    for (i, l) in meta_lens.iter_mut().enumerate() {
+        *l = get_u32(h, 232 + 4 * i);
+    }
+    Some(State {
+        seq: get_u32(h, 8),
+        region,
+        slots,
+        download_offset: get_u64(h, 224),
+        meta_lens,
+    })
+}
+
+/// Sequential, write-size-aligned writer into an erased region, hashing what it writes.
+struct RecordWriter {
+    base: u32,
+    pos: u32,
+    buf: [u8; COPY_CHUNK],
+    fill: usize,
+    hash: Sha256,
+}
+
+impl RecordWriter {
+    fn push<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        mut data: &[u8],
+        hash: bool,
+    ) -> Result<(), F::Error> {
+        if hash {
+            self.hash.update(data);
+        }
+        while !data.is_empty() {
+            let room = COPY_CHUNK - self.fill;
+            let n = room.min(data.len());
+            let (head, rest) = data.split_at(n);
+            if let Some(d) = self.buf.get_mut(self.fill..self.fill + n) {
+                d.copy_from_slice(head);
+            }
+            self.fill += n;
+            data = rest;
+            if self.fill == COPY_CHUNK {
+                flash.write(self.base + self.pos, &self.buf)?;
+                self.pos += COPY_CHUNK as u32;
+                self.fill = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish<F: NorFlash>(mut self, flash: &mut F) -> Result<(), F::Error> {
+        let digest: [u8; 32] = self.hash.clone().finalize().into();
+        self.push(flash, &digest, false)?;
+        if self.fill > 0 {
+            let n = self.fill.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
+            if let Some(rest) = self.buf.get_mut(self.fill..n) {
+                rest.fill(0xFF);
+            }
+            if let Some(b) = self.buf.get(..n) {
+                flash.write(self.base + self.pos, b)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<F: NorFlash> FirmwareStore<F> {
+    /// Open a provisioned store: the newest valid state record.
+    pub fn open(mut flash: F, layout: Layout) -> Result<Self, StoreError<F::Error>> {
+        check_layout(&flash, &layout).map_err(|reason| StoreError::Layout { reason })?;
+        let mut best: Option<State> = None;
+        for region in 0..2 {
+            if let Some(st) = read_record(&mut flash, &layout, region).map_err(StoreError::Flash)? {
+                if best.is_none_or(|b| st.seq > b.seq) {
+                    best = Some(st);
+                }
+            }
+        }
+        let state = best.ok_or(StoreError::NoValidState)?;
+        Ok(FirmwareStore {
+            flash,
+            layout,
+            state,
+        })
+    }
+
+    /// Factory provisioning: the whole layout erased, `image` written to slot A and recorded as
+    /// good, `root` as the trusted root.
+    pub fn provision(
+        mut flash: F,
+        layout: Layout,
+        root: &[u8],
+        image: &[u8],
+        meta: Image,
+    ) -> Result<Self, StoreError<F::Error>> {
+        check_layout(&flash, &layout).map_err(|reason| StoreError::Layout { reason })?;
+        if image.len() as u64 != meta.length || image.len() > layout.slot_len as usize {
+            return Err(StoreError::Layout {
+                reason: "image does not match its record or does not fit slot A",
+            });
+        }
+        for (off, len) in [
+            (layout.state[0], layout.state_len),
+            (layout.state[1], layout.state_len),
+            (layout.slots[0], layout.slot_len),
+            (layout.slots[1], layout.slot_len),
+        ] {
+            flash.erase(off, off + len).map_err(StoreError::Flash)?;
+        }
+        let mut w = RecordWriter {
+            base: layout.slots[0],
+            pos: 0,
+            buf: [0xFF; COPY_CHUNK],
+            fill: 0,
+            hash: Sha256::new(),
+        };
+        w.push(&mut flash, image, true).map_err(StoreError::Flash)?;
+        // pad the tail (the writer's digest is not wanted here)
+        if w.fill > 0 {
+            let n = w.fill.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
+            if let Some(rest) = w.buf.get_mut(w.fill..n) {
+                rest.fill(0xFF);
+            }
+            if let Some(b) = w.buf.get(..n) {
+                flash.write(w.base + w.pos, b).map_err(StoreError::Flash)?;
+            }
+        }
+        let state = State {
+            seq: 0,
+            region: 1,
+            slots: Slots::factory(meta),
+            download_offset: 0,
+            meta_lens: [0; 4],
+        };
+        let mut store = FirmwareStore {
+            flash,
+            layout,
+            state,
+        };
+        store.commit(
+            Slots::factory(meta),
+            0,
+            [
+                Meta::Set(root),
+                Meta::Set(&[]),
+                Meta::Set(&[]),
+                Meta::Set(&[]),
+            ],
+        )?;
+        Ok(store)
+    }
+
+    /// Give the flash back.
+    pub fn into_flash(self) -> F {
+        self.flash
+    }
+
+    pub fn flash_mut(&mut self) -> &mut F {
+        &mut self.flash
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub fn slots(&self) -> Slots {
+        self.state.slots
+    }
+
+    /// Bytes of the staging image already written and checkpointed.
+    pub fn download_offset(&self) -> u64 {
+        self.state.download_offset
+    }
+
+    /// Sequence number of the current record (grows with every change of state).
+    pub fn sequence(&self) -> u32 {
+        self.state.seq
+    }
+
+    fn meta_offset(&self, idx: usize) -> u32 {
+        let before: u32 = self.state.meta_lens.iter().take(idx).sum();
+        self.layout
+            .state
+            .get(self.state.region)
+            .copied()
+            .unwrap_or(0)
+            + HEADER_LEN as u32
+            + before
+    }
+
+    /// Read the stored metadata of `role` into `buf`; `None` when none is stored.
+    pub fn read_metadata<'b>(
+        &mut self,
+        role: Role,
+        buf: &'b mut [u8],
+    ) -> Result<Option<&'b [u8]>, StoreError<F::Error>> {
+        let i = role_idx(role);
+        let len = self.state.meta_lens.get(i).copied().unwrap_or(0) as usize;
+        if len == 0 {
+            return Ok(None);
+        }
+        let capacity = buf.len();
+        let dst = buf.get_mut(..len).ok_or(StoreError::BufferTooSmall {
+            needed: len,
+            capacity,
+        })?;
+        self.flash
+            .read(self.meta_offset(i), dst)
+            .map_err(StoreError::Flash)?;
+        Ok(Some(dst))
+    }
+
+    /// Write a new state record (the power-loss-safe step every change of state goes through).
+    /// On error the previous record is still the state.
+    pub fn commit(
+        &mut self,
+        slots: Slots,
+        download_offset: u64,
+        meta: [Meta<'_>; 4],
+    ) -> Result<(), StoreError<F::Error>> {
+        let mut lens = [0u32; 4];
+        for (i, (m, l)) in meta.iter().zip(lens.iter_mut()).enumerate() {
+            *l = match m {
+                Meta::Keep => self.state.meta_lens.get(i).copied().unwrap_or(0),
+                Meta::Set(b) => b.len() as u32,
+            };
+        }
+        let total: usize =
+            lens.iter().map(|l| *l as usize).sum::<usize>() + HEADER_LEN + DIGEST_LEN;
+        let capacity = self.layout.state_len as usize;
+        if total > capacity {
+            return Err(StoreError::RecordTooSmall {
+                needed: total,
+                capacity,
+            });
+        }
+        let region = 1 - self.state.region.min(1);
+        let base = self.layout.state.get(region).copied().unwrap_or(0);
+        let next = State {
+            seq: self.state.seq.wrapping_add(1),
+            region,
+            slots,
+            download_offset,
+            meta_lens: lens,
+        };
+        let header = encode_header(&next);
+        let f = &mut self.flash;
+        f.erase(base, base + self.layout.state_len)
+            .map_err(StoreError::Flash)?;
+        let mut w = RecordWriter {
+            base,
+            pos: 0,
+            buf: [0xFF; COPY_CHUNK],
+            fill: 0,
+            hash: Sha256::new(),
+        };
+        w.push(f, &header, true).map_err(StoreError::Flash)?;
+        for (i, m) in meta.iter().enumerate() {
+            match m {
+                Meta::Set(b) => w.push(f, b, true).map_err(StoreError::Flash)?,
+                Meta::Keep => {
+                    let before: u32 = self.state.meta_lens.iter().take(i).sum();
+                    let mut src = self
+                        .layout
+                        .state
+                        .get(self.state.region)
+                        .copied()
+                        .unwrap_or(0)
+                        + HEADER_LEN as u32
+                        + before;
+                    let mut left = self.state.meta_lens.get(i).copied().unwrap_or(0) as usize;
+                    let mut tmp = [0u8; COPY_CHUNK];
+                    while left > 0 {
+                        let n = left.min(COPY_CHUNK);
+                        let t = tmp.get_mut(..n).unwrap_or(&mut []);
+                        f.read(src, t).map_err(StoreError::Flash)?;
+                        w.push(f, t, true).map_err(StoreError::Flash)?;
+                        src += n as u32;
+                        left -= n;
+                    }
+                }
+            }
+        }
+        w.finish(f).map_err(StoreError::Flash)?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// Commit new slot states, keeping metadata and the download offset.
+    pub fn set_slots(&mut self, slots: Slots) -> Result<(), StoreError<F::Error>> {
+        let off = self.state.download_offset;
+        self.commit(slots, off, [Meta::Keep; 4])
+    }
+
+    // --- slots -----------------------------------------------------------------------------
+
+    fn slot_range(&self, slot: Slot, offset: u64, len: usize) -> Result<u32, StoreError<F::Error>> {
+        let end = offset.checked_add(len as u64).ok_or(StoreError::Layout {
+            reason: "offset overflow",
+        })?;
+        if end > u64::from(self.layout.slot_len) {
+            return Err(StoreError::Layout {
+                reason: "past the end of the slot",
+            });
+        }
+        Ok(self.layout.slot(slot) + offset as u32)
+    }
+
+    /// Erase the sector of `slot` that starts at `offset`.
+    pub fn erase_slot_sector(
+        &mut self,
+        slot: Slot,
+        offset: u64,
+    ) -> Result<(), StoreError<F::Error>> {
+        let at = self.slot_range(slot, offset, F::ERASE_SIZE)?;
+        self.flash
+            .erase(at, at + F::ERASE_SIZE as u32)
+            .map_err(StoreError::Flash)
+    }
+
+    /// Write `data` (a multiple of the write size, into erased flash) at `offset` of `slot`.
+    pub fn write_slot(
+        &mut self,
+        slot: Slot,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StoreError<F::Error>> {
+        let at = self.slot_range(slot, offset, data.len())?;
+        self.flash.write(at, data).map_err(StoreError::Flash)
+    }
+
+    pub fn read_slot(
+        &mut self,
+        slot: Slot,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StoreError<F::Error>> {
+        let at = self.slot_range(slot, offset, buf.len())?;
+        self.flash.read(at, buf).map_err(StoreError::Flash)
+    }
+
+    /// Whether `slot` holds bytes matching its recorded image (length and sha256).
+    pub fn image_matches(&mut self, slot: Slot) -> Result<bool, StoreError<F::Error>> {
+        let Some(img) = self.state.slots.info(slot).image else {
+            return Ok(false);
+        };
+        if img.length > u64::from(self.layout.slot_len) {
+            return Ok(false);
+        }
+        let mut h = Sha256::new();
+        let mut tmp = [0u8; COPY_CHUNK];
+        let mut off = 0u64;
+        while off < img.length {
+            let n = (img.length - off).min(COPY_CHUNK as u64) as usize;
+            let t = tmp.get_mut(..n).unwrap_or(&mut []);
+            self.read_slot(slot, off, t)?;
+            h.update(&*t);
+            off += n as u64;
+        }
+        let d: [u8; 32] = h.finalize().into();
+        Ok(d == img.sha256)
+    }
+
+    /// The boot step (what a bootloader does after every reset): pending becomes trial, an
+    /// unconfirmed trial reverts, and the chosen image's bytes are checked against its record
+    /// before it may run. The decision is committed before it is returned.
+    pub fn boot(&mut self) -> Result<Boot, StoreError<F::Error>> {
+        let before = self.state.slots;
+        let (mut next, mut boot) = before.boot();
+        let slot = boot.slot();
+        let state_ok = matches!(next.info(slot).state, SlotState::Good | SlotState::Trial);
+        if !state_ok || !self.image_matches(slot)? {
+            next = next.image_damaged(slot);
+            let (n2, b2) = next.boot();
+            next = n2;
+            boot = match b2 {
+                Boot::Normal { slot: s } if s != slot => Boot::Reverted {
+                    slot: s,
+                    rejected: slot,
+                },
+                b => b,
+            };
+            let s = boot.slot();
+            if next.info(s).state != SlotState::Good || !self.image_matches(s)? {
+                return Err(StoreError::NoBootableImage);
+            }
+        }
+        if next != before {
+            self.set_slots(next)?;
+        }
+        Ok(boot)
+    }
+
+    /// The application's health checks passed: the trial image becomes good and the security
+    /// counter rises to its value.
+    pub fn confirm(&mut self) -> Result<(), StoreError<F::Error>> {
+        let next = self.state.slots.confirm().map_err(StoreError::Slot)?;
+        self.set_slots(next)
+    }
+
+    /// The application's health checks failed: revert now. Returns the slot that is good.
+    pub fn reject(&mut self) -> Result<Boot, StoreError<F::Error>> {
+        let (next, boot) = self.state.slots.reject().map_err(StoreError::Slot)?;
+        self.set_slots(next)?;
+        Ok(boot)
+    }
+}
+
+fn read_record<F: NorFlash>(
+    flash: &mut F,
+    layout: &Layout,
+    region: usize,
+) -> Result<Option<State>, F::Error> {
+    let base = layout.state.get(region).copied().unwrap_or(0);
+    let mut h = [0u8; HEADER_LEN];
+    flash.read(base, &mut h)?;
+    let Some(st) = decode_header(&h, region) else {
+        return Ok(None);
+    };
+    let meta: u64 = st.meta_lens.iter().map(|l| u64::from(*l)).sum();
+    if meta + (HEADER_LEN + DIGEST_LEN) as u64 > u64::from(layout.state_len) {
+        return Ok(None);
+    }
+    let mut hash = Sha256::new();
+    hash.update(h);
+    let mut off = base + HEADER_LEN as u32;
+    let mut left = meta as usize;
+    let mut tmp = [0u8; COPY_CHUNK];
+    while left > 0 {
+        let n = left.min(COPY_CHUNK);
+        let t = tmp.get_mut(..n).unwrap_or(&mut []);
+        flash.read(off, t)?;
+        hash.update(&*t);
+        off += n as u32;
+        left -= n;
+    }
+    let mut stored = [0u8; DIGEST_LEN];
+    flash.read(off, &mut stored)?;
+    let d: [u8; 32] = hash.finalize().into();
+    Ok((d == stored).then_some(st))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::drop_non_drop)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::memflash::MemFlash;
+    use std::vec;
+
+    const L: Layout = Layout::contiguous(0, 4096, 8192);
+
+    fn img(bytes: &[u8], v: u64) -> Image {
+        Image {
+            version: Version::new(v, 0, 0),
+            security_counter: v,
+            length: bytes.len() as u64,
+            sha256: Sha256::digest(bytes).into(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_a_torn_record_leaves_the_previous_state() {
+        let mut mem = vec![0u8; L.end() as usize];
+        let fw = b"firmware-1".as_slice();
+        let root = b"{\"root\":1}".as_slice();
+        {
+            let s =
+                FirmwareStore::provision(MemFlash::<1024>::new(&mut mem), L, root, fw, img(fw, 1))
+                    .unwrap();
+            assert_eq!(s.sequence(), 1);
+        }
+        let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(s.read_metadata(Role::Root, &mut buf).unwrap(), Some(root));
+        assert_eq!(s.read_metadata(Role::Timestamp, &mut buf).unwrap(), None);
+        assert!(s.image_matches(Slot::A).unwrap());
+        let before = s.slots();
+        drop(s);
+        // cut the power in every operation of the next commit: the old record stands or the new one
+        for cut in 0..20 {
+            let mut m2 = mem.clone();
+            let mut s =
+                FirmwareStore::open(MemFlash::<1024>::new(&mut m2).fail_after(cut), L).unwrap();
+            let r = s.commit(
+                before,
+                0,
+                [Meta::Keep, Meta::Set(b"ts"), Meta::Keep, Meta::Keep],
+            );
+            drop(s);
+            let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut m2), L).unwrap();
+            let ts = s
+                .read_metadata(Role::Timestamp, &mut buf)
+                .unwrap()
+                .map(<[u8]>::to_vec);
+            assert_eq!(s.read_metadata(Role::Root, &mut buf).unwrap(), Some(root));
+            if r.is_ok() {
+                assert_eq!(ts.as_deref(), Some(b"ts".as_slice()));
+                assert_eq!(s.sequence(), 2);
+            } else {
+                assert!(ts.is_none() || ts.as_deref() == Some(b"ts".as_slice()));
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_bad_layouts_and_unprovisioned_flash() {
+        let mut mem = vec![0u8; 32768];
+        let overlapping = Layout {
+            state: [0, 0],
+            state_len: 4096,
+            slots: [8192, 16384],
+            slot_len: 8192,
+        };
+        assert_eq!(
+            FirmwareStore::open(MemFlash::<1024>::new(&mut mem), overlapping).unwrap_err(),
+            StoreError::Layout {
+                reason: "regions overlap"
+            }
+        );
+        assert_eq!(
+            FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap_err(),
+            StoreError::NoValidState
+        );
+    }
+}

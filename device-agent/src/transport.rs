@@ -1,0 +1,29 @@
+//! How the agent reaches a repository: HTTP(S) on the host, anything on a device (a modem, a
+//! serial link to a technician's tool, an in-memory bundle). Transport errors stay apart from
+//! trust errors: a transport never decides anything.
+
+/// Fetches repository files. Names are repository-relative: `2.root.json`, `timestamp.json`,
+/// `7.snapshot.json`, and for targets `pump-a/<sha256>.fw.bin` (consistent snapshots).
+pub trait Transport {
+    /// Why a fetch failed (network, I/O). Kept apart from trust errors.
+    type Error: core::fmt::Debug;
+
+    /// Fetch metadata file `name` into `buf`, at most `buf.len()` bytes: a longer document must be
+    /// refused with an error (endless data), not truncated. `Ok(None)` when the repository does
+    /// not have the file (HTTP 404) — how the root chain ends.
+    fn fetch_metadata(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, Self::Error>;
+
+    /// Fill `buf` exactly with bytes `offset .. offset + buf.len()` of target file `name` (an
+    /// HTTP Range request). The agent never asks past the length the trusted metadata lists.
+    fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error>;
+}
+
+impl<T: Transport + ?Sized> Transport for &mut T {
+    type Error = T::Error;
+    fn fetch_metadata(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, Self::Error> {
+        (**self).fetch_metadata(name, buf)
+    }
+    fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error> {
+        (**self).fetch_target(name, offset, buf)
+    }
+}

@@ -1,0 +1,486 @@
+//! The agent end to end over an in-memory repository and simulated flash: every rejection test
+//! asserts the exact error and that nothing persisted changed (trusted metadata, slots).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+// `drop(store)` is the power going off: it ends the borrow of the flash memory
+#![allow(clippy::drop_non_drop)]
+
+mod common;
+
+use common::*;
+use device_agent::{AgentError, Boot, DeferReason, FirmwareStore, Outcome, Slot, SlotState};
+use hale_core::policy::PolicyError;
+use hale_core::{Error, Name, Version};
+
+fn v(s: &str) -> Version {
+    Version::parse(s).unwrap()
+}
+
+#[test]
+fn full_update_stages_trials_and_confirms_raising_the_counter_at_confirmation() {
+    let sim = repo_with("2.0.0", 7, 9000);
+    let mut mem = provisioned(&sim);
+    let mut t = MapTransport::new(&sim.files);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    let s = store.slots();
+    assert_eq!(s.info(Slot::B).state, SlotState::Pending);
+    assert_eq!(s.security_counter(), 1);
+    // workflow requests only: root chain probe, timestamp, snapshot, targets, then the image
+    assert_eq!(
+        &t.requests[..4],
+        &[
+            "2.root.json",
+            "timestamp.json",
+            "2.snapshot.json",
+            "2.targets.json"
+        ]
+    );
+    // a second check before the reboot changes nothing
+    let before = persisted(&mut store);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        Outcome::AwaitingReboot {
+            version: v("2.0.0")
+        }
+    );
+    assert_eq!(persisted(&mut store), before);
+    drop(store);
+
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+    assert_eq!(
+        store.slots().security_counter(),
+        1,
+        "not raised at the swap"
+    );
+    store.confirm().unwrap();
+    assert_eq!(store.slots().security_counter(), 7);
+    assert_eq!(store.slots().running().unwrap().version, v("2.0.0"));
+    drop(store);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::B });
+    // the slot holds exactly the published bytes
+    let mut buf = vec![0u8; 9000];
+    store.read_slot(Slot::B, 0, &mut buf).unwrap();
+    assert_eq!(buf, image_bytes("2.0.0", 9000));
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        Outcome::UpToDate {
+            running: v("2.0.0")
+        }
+    );
+    // metadata was kept: no snapshot or targets download when nothing changed
+    assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
+}
+
+#[test]
+fn reset_before_confirmation_reverts_and_the_image_is_not_retried() {
+    let sim = repo_with("2.0.0", 7, 9000);
+    let mut mem = provisioned(&sim);
+    let mut t = MapTransport::new(&sim.files);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    check(&mut store, &mut t, &mut Pump::default()).unwrap();
+    assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+    // nothing is staged while the trial runs, and nothing is even fetched
+    let mut t2 = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t2, &mut Pump::default()).unwrap(),
+        Outcome::TrialRunning {
+            version: v("2.0.0")
+        }
+    );
+    assert!(t2.requests.is_empty());
+    // crash before confirmation
+    drop(store);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    assert_eq!(
+        store.boot().unwrap(),
+        Boot::Reverted {
+            slot: Slot::A,
+            rejected: Slot::B
+        }
+    );
+    assert_eq!(store.slots().security_counter(), 1);
+    assert_eq!(
+        store.boot().unwrap(),
+        Boot::Normal { slot: Slot::A },
+        "no revert loop"
+    );
+    let before = persisted(&mut store);
+    let err = check(
+        &mut store,
+        &mut MapTransport::new(&sim.files),
+        &mut Pump::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        AgentError::PreviouslyReverted {
+            version: v("2.0.0")
+        }
+    );
+    assert_eq!(persisted(&mut store), before);
+}
+
+#[test]
+fn failing_health_check_reverts_immediately() {
+    let sim = repo_with("2.0.0", 7, 3000);
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    check(
+        &mut store,
+        &mut MapTransport::new(&sim.files),
+        &mut Pump::default(),
+    )
+    .unwrap();
+    store.boot().unwrap();
+    assert_eq!(
+        store.reject().unwrap(),
+        Boot::Reverted {
+            slot: Slot::A,
+            rejected: Slot::B
+        }
+    );
+    assert_eq!(store.slots().running().unwrap().version, v("1.0.0"));
+    assert_eq!(store.slots().info(Slot::B).state, SlotState::Rejected);
+}
+
+fn assert_refused(
+    sim: &hale_tests::RepoSim,
+    want: AgentError<MapError, device_agent::memflash::MemFlashError>,
+) {
+    let mut mem = provisioned(sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let before = persisted(&mut store);
+    let err = check(
+        &mut store,
+        &mut MapTransport::new(&sim.files),
+        &mut Pump::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err, want);
+    // the slots are untouched (metadata may have been refreshed: it verified)
+    assert_eq!(store.slots(), before.slots);
+    assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
+}
+
+#[test]
+fn refuses_image_for_another_model() {
+    let mut sim = hale_tests::RepoSim::new();
+    publish(&mut sim, "2.0.0", 1, 100, "monitor-b");
+    assert_refused(
+        &sim,
+        AgentError::Policy(PolicyError::WrongModel {
+            model: Name::new("pump-a"),
+        }),
+    );
+}
+
+#[test]
+fn refuses_older_image() {
+    let sim = repo_with("0.9.0", 1, 100);
+    assert_refused(
+        &sim,
+        AgentError::Policy(PolicyError::NotNewer {
+            running: v("1.0.0"),
+            offered: v("0.9.0"),
+        }),
+    );
+}
+
+#[test]
+fn refuses_image_below_security_counter() {
+    let sim = repo_with("2.0.0", 0, 100);
+    assert_refused(
+        &sim,
+        AgentError::Policy(PolicyError::BelowSecurityCounter {
+            floor: 1,
+            offered: 0,
+        }),
+    );
+}
+
+#[test]
+fn refuses_when_target_not_listed() {
+    let sim = hale_tests::RepoSim::new();
+    assert_refused(
+        &sim,
+        AgentError::TargetNotListed {
+            target: Name::new(TARGET),
+        },
+    );
+}
+
+#[test]
+fn refuses_tampered_targets_metadata_and_keeps_trusted_state() {
+    let mut sim = repo_with("2.0.0", 7, 100);
+    let mut mem = provisioned(&sim);
+    // a first good refresh so there is trusted metadata to keep
+    {
+        let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+        check(
+            &mut store,
+            &mut MapTransport::new(&sim.files),
+            &mut Pump { therapy: true },
+        )
+        .unwrap();
+    }
+    publish(&mut sim, "3.0.0", 7, 100, "pump-a");
+    let name = format!("{}.targets.json", sim.targets.version);
+    let bytes = sim.files[&name].clone();
+    sim.files.insert(
+        name,
+        hale_tests::tamper_signed(&bytes, |s| s["expires"] = "2099-01-01T00:00:00Z".into()),
+    );
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let before = persisted(&mut store);
+    let err = check(
+        &mut store,
+        &mut MapTransport::new(&sim.files),
+        &mut Pump::default(),
+    )
+    .unwrap_err();
+    // the snapshot names the targets file by version only: the signature check catches it
+    assert_eq!(
+        err,
+        AgentError::Trust(Error::ThresholdNotMet {
+            role: Name::new("targets"),
+            threshold: 1,
+            valid: 0
+        })
+    );
+    assert_eq!(persisted(&mut store), before);
+}
+
+#[test]
+fn refuses_tampered_image_bytes_and_keeps_the_running_slot() {
+    let mut sim = repo_with("2.0.0", 7, 3000);
+    let file = sim.target_file_name(TARGET);
+    sim.files.get_mut(&file).unwrap()[2000] ^= 1;
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let before = persisted(&mut store).slots;
+    let err = check(
+        &mut store,
+        &mut MapTransport::new(&sim.files),
+        &mut Pump::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        AgentError::Trust(Error::HashMismatch {
+            what: Name::new(TARGET),
+            algorithm: "sha256"
+        })
+    );
+    assert_eq!(
+        store.slots(),
+        before,
+        "the aborted download leaves the slots as they were"
+    );
+    assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
+}
+
+#[test]
+fn refuses_endless_image_data_beyond_the_listed_length() {
+    // the served file is longer than listed: the agent never asks for more than the length
+    let mut sim = repo_with("2.0.0", 7, 3000);
+    let file = sim.target_file_name(TARGET);
+    sim.files
+        .get_mut(&file)
+        .unwrap()
+        .extend_from_slice(&[0u8; 50_000]);
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    assert_eq!(t.target_bytes, 3000);
+}
+
+#[test]
+fn install_is_deferred_while_therapy_runs_and_happens_after() {
+    let sim = repo_with("2.0.0", 7, 3000);
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut t = MapTransport::new(&sim.files);
+    let before = store.slots();
+    let out = check(&mut store, &mut t, &mut Pump { therapy: true }).unwrap();
+    assert_eq!(
+        out,
+        Outcome::Deferred {
+            offered: v("2.0.0"),
+            reason: DeferReason::TherapyRunning
+        }
+    );
+    assert_eq!(store.slots(), before);
+    assert_eq!(t.target_bytes, 0, "nothing downloaded while deferred");
+    let out = check(
+        &mut store,
+        &mut MapTransport::new(&sim.files),
+        &mut Pump { therapy: false },
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+}
+
+#[test]
+fn interrupted_download_resumes_from_the_stored_offset() {
+    let sim = repo_with("2.0.0", 7, 9000);
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut t = MapTransport::new(&sim.files);
+    t.fail_target_after = Some(5000);
+    let err = check(&mut store, &mut t, &mut Pump::default()).unwrap_err();
+    assert_eq!(
+        err,
+        AgentError::Transport {
+            what: Name::new(TARGET),
+            error: MapError::Cut
+        }
+    );
+    assert_eq!(store.download_offset(), 4096);
+    assert_eq!(store.slots().info(Slot::B).state, SlotState::Staging);
+    assert_eq!(store.slots().active(), Slot::A);
+    drop(store);
+    // power cycle, then the next check picks up at the checkpoint
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    assert_eq!(t.target_bytes, 9000 - 4096);
+    assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+}
+
+#[test]
+fn follows_a_root_rotation() {
+    let mut sim = repo_with("2.0.0", 7, 100);
+    let mut mem = provisioned(&sim);
+    sim.rotate_root(|s| {
+        s.timestamp.keys = vec![hale_tests::key("timestamp-2", hale_repo::KeyKind::Ed25519)]
+    });
+    sim.publish();
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    assert_eq!(
+        &t.requests[..3],
+        &["2.root.json", "3.root.json", "timestamp.json"]
+    );
+    let mut buf = vec![0u8; 4096];
+    let root = store
+        .read_metadata(hale_core::Role::Root, &mut buf)
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    assert_eq!(root, sim.root_bytes(2));
+}
+
+#[test]
+fn expired_timestamp_is_refused_and_nothing_changes() {
+    let mut sim = repo_with("2.0.0", 7, 100);
+    sim.timestamp.expires = NOW - 1;
+    sim.write_timestamp();
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let before = persisted(&mut store);
+    let err = check(
+        &mut store,
+        &mut MapTransport::new(&sim.files),
+        &mut Pump::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        AgentError::Trust(Error::Expired {
+            role: Name::new("timestamp"),
+            expires: NOW - 1,
+            now: NOW
+        })
+    );
+    assert_eq!(persisted(&mut store), before);
+}
+
+#[test]
+fn finds_the_image_through_a_delegated_role() {
+    let mut sim = hale_tests::RepoSim::new();
+    let k = hale_tests::key("pump-a-team", hale_repo::KeyKind::Ed25519);
+    sim.delegate("targets", "pump-a", &["pump-a/*"], true, vec![k], 1);
+    sim.add_target(
+        "pump-a",
+        TARGET,
+        &image_bytes("2.0.0", 3000),
+        Some(custom("2.0.0", 7, "pump-a")),
+    );
+    sim.publish();
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    assert!(
+        t.requests.iter().any(|r| r.ends_with(".pump-a.json")),
+        "{:?}",
+        t.requests
+    );
+}
+
+#[test]
+fn refuses_a_delegated_role_signed_by_the_wrong_key() {
+    let mut sim = hale_tests::RepoSim::new();
+    let k = hale_tests::key("pump-a-team", hale_repo::KeyKind::Ed25519);
+    sim.delegate("targets", "pump-a", &["pump-a/*"], true, vec![k], 1);
+    sim.delegated.get_mut("pump-a").unwrap().signers = Some(vec![hale_tests::key(
+        "intruder",
+        hale_repo::KeyKind::Ed25519,
+    )]);
+    sim.add_target(
+        "pump-a",
+        TARGET,
+        &image_bytes("2.0.0", 3000),
+        Some(custom("2.0.0", 7, "pump-a")),
+    );
+    sim.publish();
+    assert_refused(
+        &sim,
+        AgentError::Trust(Error::ThresholdNotMet {
+            role: Name::new("pump-a"),
+            threshold: 1,
+            valid: 0,
+        }),
+    );
+}

@@ -1,0 +1,241 @@
+//! Shared fixtures: a signed repository (hale-tests' RepoSim, built with hale-repo), an
+//! in-memory transport over its files, and a provisioned pump on simulated flash.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+
+use device_agent::memflash::MemFlash;
+use device_agent::{
+    Application, DeferReason, DeviceInfo, FirmwareStore, Image, Layout, Outcome, Transport,
+    Workspace,
+};
+use hale_core::{Role, Storage, Version};
+use hale_tests::RepoSim;
+pub use hale_tests::NOW;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+pub const TARGET: &str = "pump-a/firmware.bin";
+pub const ERASE: usize = 1024;
+pub const LAYOUT: Layout = Layout::contiguous(0, 8 * 1024, 16 * 1024);
+
+pub type Flash<'a> = MemFlash<'a, ERASE>;
+
+pub fn device() -> DeviceInfo<'static> {
+    DeviceInfo {
+        model: "pump-a",
+        revision: "r2",
+        bootloader: Version::new(1, 2, 0),
+        target: TARGET,
+    }
+}
+
+/// A firmware image: deterministic bytes that name their version.
+pub fn image_bytes(version: &str, len: usize) -> Vec<u8> {
+    let mut v = format!("HALE-FW {version}\n").into_bytes();
+    let mut x: u32 = 0x1234_5678 ^ version.len() as u32;
+    while v.len() < len {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        v.push((x >> 24) as u8);
+    }
+    v
+}
+
+pub fn custom(version: &str, counter: u64, model: &str) -> Value {
+    json!({"hardware": [{"model": model, "revisions": ["r1", "r2"]}], "version": version, "security_counter": counter, "min_bootloader": "1.0.0"})
+}
+
+pub fn image_record(bytes: &[u8], version: &str, counter: u64) -> Image {
+    Image {
+        version: Version::parse(version).unwrap(),
+        security_counter: counter,
+        length: bytes.len() as u64,
+        sha256: Sha256::digest(bytes).into(),
+    }
+}
+
+/// A repository whose targets list `TARGET` as `version`.
+pub fn repo_with(version: &str, counter: u64, len: usize) -> RepoSim {
+    let mut sim = RepoSim::new();
+    publish(&mut sim, version, counter, len, "pump-a");
+    sim
+}
+
+pub fn publish(sim: &mut RepoSim, version: &str, counter: u64, len: usize, model: &str) {
+    sim.add_target(
+        "targets",
+        TARGET,
+        &image_bytes(version, len),
+        Some(custom(version, counter, model)),
+    );
+    sim.publish();
+}
+
+/// Serves a map of files; records every request; can fail target reads past a byte budget.
+#[derive(Debug, Default)]
+pub struct MapTransport {
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub requests: Vec<String>,
+    pub target_bytes: u64,
+    pub fail_target_after: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapError {
+    TooLarge { name: String },
+    Short { name: String },
+    Cut,
+}
+
+impl MapTransport {
+    pub fn new(files: &BTreeMap<String, Vec<u8>>) -> Self {
+        MapTransport {
+            files: files.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+impl Transport for MapTransport {
+    type Error = MapError;
+    fn fetch_metadata(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, MapError> {
+        self.requests.push(name.to_string());
+        let Some(f) = self.files.get(name) else {
+            return Ok(None);
+        };
+        if f.len() > buf.len() {
+            return Err(MapError::TooLarge { name: name.into() });
+        }
+        buf[..f.len()].copy_from_slice(f);
+        Ok(Some(f.len()))
+    }
+    fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), MapError> {
+        self.requests.push(format!("targets/{name}@{offset}"));
+        if self
+            .fail_target_after
+            .is_some_and(|cap| self.target_bytes + buf.len() as u64 > cap)
+        {
+            return Err(MapError::Cut);
+        }
+        let f = self
+            .files
+            .get(&format!("targets/{name}"))
+            .ok_or(MapError::Short { name: name.into() })?;
+        let src = f
+            .get(offset as usize..offset as usize + buf.len())
+            .ok_or(MapError::Short { name: name.into() })?;
+        buf.copy_from_slice(src);
+        self.target_bytes += buf.len() as u64;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Pump {
+    pub therapy: bool,
+}
+
+impl Application for Pump {
+    fn safe_to_install(&mut self) -> Result<(), DeferReason> {
+        if self.therapy {
+            Err(DeferReason::TherapyRunning)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Buffers for one check.
+pub struct Bufs {
+    pub meta: [Vec<u8>; 4],
+    pub scratch: Vec<u8>,
+    pub chunk: Vec<u8>,
+    pub delegations: Vec<u8>,
+}
+
+impl Bufs {
+    pub fn new() -> Self {
+        Bufs {
+            meta: std::array::from_fn(|_| vec![0; 4096]),
+            scratch: vec![0; 4096],
+            chunk: vec![0; 256],
+            delegations: vec![0; 8192],
+        }
+    }
+    pub fn ws(&mut self) -> Workspace<'_> {
+        let [r, t, s, g] = &mut self.meta;
+        Workspace {
+            metadata: Storage {
+                root: r.as_mut_slice(),
+                timestamp: t.as_mut_slice(),
+                snapshot: s.as_mut_slice(),
+                targets: g.as_mut_slice(),
+            },
+            scratch: &mut self.scratch,
+            chunk: &mut self.chunk,
+            delegations: &mut self.delegations,
+        }
+    }
+}
+
+/// Flash memory of a pump provisioned with v1.0.0 (counter 1) and the repository's root v1.
+pub fn provisioned(sim: &RepoSim) -> Vec<u8> {
+    let mut mem = vec![0u8; LAYOUT.end() as usize];
+    let fw = image_bytes("1.0.0", 5000);
+    FirmwareStore::provision(
+        Flash::new(&mut mem),
+        LAYOUT,
+        &sim.initial_root(),
+        &fw,
+        image_record(&fw, "1.0.0", 1),
+    )
+    .unwrap();
+    mem
+}
+
+/// Everything the store persists, to assert "nothing changed".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persisted {
+    pub slots: device_agent::Slots,
+    pub metadata: Vec<Option<Vec<u8>>>,
+}
+
+pub fn persisted(store: &mut FirmwareStore<Flash<'_>>) -> Persisted {
+    let mut buf = vec![0u8; 8192];
+    let metadata = Role::ALL
+        .iter()
+        .map(|r| {
+            store
+                .read_metadata(*r, &mut buf)
+                .unwrap()
+                .map(<[u8]>::to_vec)
+        })
+        .collect();
+    Persisted {
+        slots: store.slots(),
+        metadata,
+    }
+}
+
+pub fn check(
+    store: &mut FirmwareStore<Flash<'_>>,
+    t: &mut MapTransport,
+    pump: &mut Pump,
+) -> Result<Outcome, device_agent::AgentError<MapError, device_agent::memflash::MemFlashError>> {
+    let mut bufs = Bufs::new();
+    device_agent::check_for_update(
+        store,
+        &device(),
+        t,
+        pump,
+        &mut device_agent::NoRollback,
+        NOW,
+        bufs.ws(),
+    )
+}

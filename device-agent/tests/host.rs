@@ -1,0 +1,446 @@
+//! Host shells against a repository served over HTTP on loopback (a tiny server in this test
+//! that answers Range requests and records device reports): the conformance client
+//! (`hale-conformance`) and the simulated pump (`hale-agent`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use serde_json::Value;
+
+#[derive(Default)]
+struct Served {
+    files: BTreeMap<String, Vec<u8>>,
+    requests: Vec<String>,
+    reports: Vec<Value>,
+}
+
+/// Serve `/metadata/<name>` and `/targets/<name>` from the map; record POSTed reports.
+fn serve() -> (String, Arc<Mutex<Served>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let state = Arc::new(Mutex::new(Served::default()));
+    let st = state.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (method, path) = (
+                parts.next().unwrap_or("").to_string(),
+                parts.next().unwrap_or("").to_string(),
+            );
+            let mut range = None;
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                let lower = h.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("range: bytes=") {
+                    let (a, b) = v.trim().split_once('-').unwrap();
+                    range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().ok()));
+                }
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).unwrap();
+            let mut s = st.lock().unwrap();
+            s.requests.push(format!("{method} {path}"));
+            let resp = if method == "POST" && path.starts_with("/api/v1/devices/") {
+                s.reports.push(serde_json::from_slice(&body).unwrap());
+                (200, "OK", vec![], None)
+            } else {
+                let key = path
+                    .strip_prefix("/metadata/")
+                    .map(str::to_string)
+                    .or_else(|| path.strip_prefix("/").map(str::to_string));
+                match key.and_then(|k| s.files.get(&k).cloned()) {
+                    None => (404, "Not Found", vec![], None),
+                    Some(f) => match range {
+                        None => (200, "OK", f, None),
+                        Some((a, b)) => {
+                            let end = b.map_or(f.len(), |b| (b + 1).min(f.len()));
+                            let total = f.len();
+                            (
+                                206,
+                                "Partial Content",
+                                f[a.min(end)..end].to_vec(),
+                                Some(format!("bytes {a}-{}/{total}", end - 1)),
+                            )
+                        }
+                    },
+                }
+            };
+            drop(s);
+            let (code, text, body, cr) = resp;
+            let mut head = format!(
+                "HTTP/1.1 {code} {text}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            if let Some(cr) = cr {
+                head.push_str(&format!("Content-Range: {cr}\r\n"));
+            }
+            head.push_str("\r\n");
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&body);
+        }
+    });
+    (addr, state)
+}
+
+fn set_files(state: &Arc<Mutex<Served>>, sim: &hale_tests::RepoSim) {
+    let mut s = state.lock().unwrap();
+    s.files = sim.files.clone();
+    s.requests.clear();
+}
+
+fn conformance(args: &[&str]) -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_hale-conformance"))
+        .args(args)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(1),
+        "exit code 0 or 1"
+    );
+    out.status.success()
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+#[test]
+fn conformance_client_init_refresh_download() {
+    let sim = repo_with("2.0.0", 7, 3000);
+    let (addr, state) = serve();
+    set_files(&state, &sim);
+    let tmp = tempfile::tempdir().unwrap();
+    let md = tmp.path().join("metadata");
+    let td = tmp.path().join("targets");
+    std::fs::create_dir_all(&md).unwrap();
+    std::fs::create_dir_all(&td).unwrap();
+    let root = tmp.path().join("root.json");
+    std::fs::write(&root, sim.initial_root()).unwrap();
+    let (mds, tds, murl, turl) = (
+        md.to_str().unwrap(),
+        td.to_str().unwrap(),
+        format!("{addr}/metadata"),
+        format!("{addr}/targets"),
+    );
+
+    assert!(conformance(&[
+        "--metadata-dir",
+        mds,
+        "init",
+        root.to_str().unwrap()
+    ]));
+    assert!(
+        state.lock().unwrap().requests.is_empty(),
+        "init makes no request"
+    );
+    assert!(conformance(&[
+        "--metadata-url",
+        &murl,
+        "--metadata-dir",
+        mds,
+        "refresh"
+    ]));
+    assert_eq!(
+        state.lock().unwrap().requests,
+        [
+            "GET /metadata/2.root.json",
+            "GET /metadata/timestamp.json",
+            "GET /metadata/2.snapshot.json",
+            "GET /metadata/2.targets.json"
+        ]
+    );
+    // exactly the served bytes, unversioned names
+    assert_eq!(
+        read(&md.join("timestamp.json")),
+        sim.files["timestamp.json"]
+    );
+    assert_eq!(
+        read(&md.join("snapshot.json")),
+        sim.files["2.snapshot.json"]
+    );
+    assert_eq!(read(&md.join("targets.json")), sim.files["2.targets.json"]);
+    assert_eq!(read(&md.join("root.json")), sim.initial_root());
+
+    state.lock().unwrap().requests.clear();
+    let dl = [
+        "--metadata-url",
+        &murl,
+        "--metadata-dir",
+        mds,
+        "--target-name",
+        TARGET,
+        "--target-dir",
+        tds,
+        "--target-base-url",
+        &turl,
+        "download",
+    ];
+    assert!(conformance(&dl));
+    let name = device_agent::host::encode_target_name(TARGET);
+    assert_eq!(read(&td.join(&name)), image_bytes("2.0.0", 3000));
+    let reqs = state.lock().unwrap().requests.clone();
+    assert_eq!(
+        reqs.len(),
+        3,
+        "{reqs:?}: root probe, timestamp, target (snapshot and targets are current)"
+    );
+    // cached: a second download fetches no target
+    state.lock().unwrap().requests.clear();
+    assert!(conformance(&dl));
+    assert!(!state
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .any(|r| r.contains("/targets/")));
+
+    // a tampered timestamp fails with exit 1 and leaves the trusted files as they were
+    let mut bad = sim.clone();
+    bad.timestamp.version += 1;
+    bad.write_timestamp();
+    let ts = bad.files["timestamp.json"].clone();
+    bad.files.insert(
+        "timestamp.json".into(),
+        hale_tests::tamper_signed(&ts, |s| s["version"] = 99.into()),
+    );
+    set_files(&state, &bad);
+    assert!(!conformance(&[
+        "--metadata-url",
+        &murl,
+        "--metadata-dir",
+        mds,
+        "refresh"
+    ]));
+    assert_eq!(
+        read(&md.join("timestamp.json")),
+        sim.files["timestamp.json"]
+    );
+    // a missing target name fails
+    set_files(&state, &sim);
+    let missing = [
+        "--metadata-url",
+        &murl,
+        "--metadata-dir",
+        mds,
+        "--target-name",
+        "nope.bin",
+        "--target-dir",
+        tds,
+        "--target-base-url",
+        &turl,
+        "download",
+    ];
+    assert!(!conformance(&missing));
+}
+
+#[test]
+fn conformance_client_honours_faketime_style_clock_via_expiry() {
+    // expired timestamp → refresh fails with exit 1 (time comes from the system clock)
+    let mut sim = repo_with("2.0.0", 7, 100);
+    sim.timestamp.expires = 1_000_000_000; // 2001
+    sim.write_timestamp();
+    let (addr, state) = serve();
+    set_files(&state, &sim);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root.json");
+    std::fs::write(&root, sim.initial_root()).unwrap();
+    let md = tmp.path().to_str().unwrap();
+    assert!(conformance(&[
+        "--metadata-dir",
+        md,
+        "init",
+        root.to_str().unwrap()
+    ]));
+    assert!(!conformance(&[
+        "--metadata-url",
+        &format!("{addr}/metadata"),
+        "--metadata-dir",
+        md,
+        "refresh"
+    ]));
+    assert!(!tmp.path().join("timestamp.json").exists());
+}
+
+fn agent(state: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+        .arg("--state")
+        .arg(state)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "hale-agent {args:?}: {text}");
+    text
+}
+
+fn last_report(state: &Arc<Mutex<Served>>) -> Value {
+    state.lock().unwrap().reports.last().cloned().unwrap()
+}
+
+#[test]
+fn simulated_pump_installs_defers_reverts_and_reports() {
+    // the repository's "now" is fixed in 2030; expiry must be past the real clock
+    let mut sim = repo_with("2.0.0", 7, 3000);
+    let (addr, state) = serve();
+    set_files(&state, &sim);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pump1");
+    let root = tmp.path().join("root.json");
+    let v1 = tmp.path().join("v1.bin");
+    std::fs::write(&root, sim.initial_root()).unwrap();
+    std::fs::write(&v1, image_bytes("1.0.0", 5000)).unwrap();
+    agent(
+        &dir,
+        &[
+            "provision",
+            "--root",
+            root.to_str().unwrap(),
+            "--image",
+            v1.to_str().unwrap(),
+            "--version",
+            "1.0.0",
+            "--security-counter",
+            "1",
+            "--id",
+            "pump-0001",
+            "--model",
+            "pump-a",
+            "--revision",
+            "r2",
+            "--target",
+            TARGET,
+        ],
+    );
+    let run = ["run", "--server", addr.as_str(), "--once"];
+
+    // therapy running: deferred, nothing installed
+    agent(&dir, &["therapy", "on"]);
+    agent(&dir, &run);
+    let r = last_report(&state);
+    assert_eq!(r["last_result"]["result"], "deferred");
+    assert_eq!(r["last_result"]["reason"], "therapy running");
+    assert_eq!(r["device_id"], "pump-0001");
+    // therapy stops: installed and confirmed
+    agent(&dir, &["therapy", "off"]);
+    agent(&dir, &run);
+    let r = last_report(&state);
+    assert_eq!(r["last_result"]["result"], "installed", "{r}");
+    assert_eq!(r["slots"][1]["version"], "2.0.0");
+    assert_eq!(r["slots"][1]["state"], "good");
+    assert_eq!(r["slots"][1]["active"], true);
+
+    // v3 fails its health check: reverted to v2, and not retried
+    publish(&mut sim, "3.0.0", 7, 3000, "pump-a");
+    set_files(&state, &sim);
+    agent(&dir, &["health", "fail"]);
+    agent(&dir, &run);
+    let r = last_report(&state);
+    assert_eq!(r["last_result"]["result"], "reverted", "{r}");
+    assert_eq!(r["slots"][1]["version"], "2.0.0");
+    assert_eq!(r["slots"][1]["active"], true);
+    assert_eq!(r["slots"][0]["state"], "rejected");
+    agent(&dir, &["health", "pass"]);
+    agent(&dir, &run);
+    let r = last_report(&state);
+    assert_eq!(r["last_result"]["result"], "rejected");
+
+    // v4 crashes before confirmation: reverted too
+    publish(&mut sim, "4.0.0", 8, 3000, "pump-a");
+    set_files(&state, &sim);
+    agent(&dir, &["crash"]);
+    agent(&dir, &run);
+    let r = last_report(&state);
+    assert_eq!(r["last_result"]["result"], "reverted", "{r}");
+    assert_eq!(r["security_counter"], 7);
+
+    // an image for another model is refused
+    publish(&mut sim, "5.0.0", 8, 3000, "monitor-b");
+    set_files(&state, &sim);
+    agent(&dir, &run);
+    let r = last_report(&state);
+    assert_eq!(r["last_result"]["result"], "rejected");
+    assert!(
+        r["last_result"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("monitor")
+            || r["last_result"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("model"),
+        "{r}"
+    );
+}
+
+#[test]
+fn conformance_client_reads_time_from_the_c_library_so_faketime_moves_it() {
+    if Command::new("faketime").arg("--version").output().is_err() {
+        eprintln!("faketime not installed: skipped (bash .ci/install.sh installs it)");
+        return;
+    }
+    // the fixture repository's timestamp expires on 2030-01-02 (NOW + 1 day)
+    let sim = repo_with("2.0.0", 7, 100);
+    let (addr, state) = serve();
+    set_files(&state, &sim);
+    let murl = format!("{addr}/metadata");
+    let run = |when: &str| {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root.json");
+        std::fs::write(&root, sim.initial_root()).unwrap();
+        let md = tmp.path().join("md");
+        std::fs::create_dir_all(&md).unwrap();
+        let bin = env!("CARGO_BIN_EXE_hale-conformance");
+        let mds = md.to_str().unwrap();
+        let init = Command::new(bin)
+            .args(["--metadata-dir", mds, "init", root.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(init.success());
+        let st = Command::new("faketime")
+            .arg(when)
+            .arg(bin)
+            .args(["--metadata-url", &murl, "--metadata-dir", mds, "refresh"])
+            .status()
+            .unwrap();
+        st.code()
+    };
+    assert_eq!(run("2030-01-01 12:00:00"), Some(0));
+    assert_eq!(
+        run("2030-01-03 00:00:00"),
+        Some(1),
+        "expired timestamp under faketime"
+    );
+}
