@@ -1,0 +1,723 @@
+//! The device end: a [`Receiver`] that takes blocks only in order, persists progress through a
+//! [`BundleSink`], and hands a complete, checksum-verified bundle to the agent.
+//!
+//! The receiver does no I/O of its own: bytes from the serial port go in ([`Receiver::push`]),
+//! one reply frame and an [`Event`] or typed [`Error`] come out. [`Receiver::serve`] is a thin
+//! loop over an `embedded_io` port for agents that want one.
+//!
+//! What it guarantees whatever the host sends:
+//! - memory stays bounded: a frame longer than `max_frame_len(mtu)` is dropped (up to the next
+//!   `0x00`) without being decoded;
+//! - nothing is written out of order: a block is stored only at exactly the offset the device
+//!   expects (its persisted offset), and never past the bundle's declared length, which may not
+//!   exceed `min(Config::max_bundle_len, sink capacity)`;
+//! - nothing is handed off unless the SHA-256 of the whole **stored** bundle (read back from the
+//!   sink) equals both `Swap`'s checksum and the bundle id; otherwise the transfer is discarded;
+//! - a command that is refused changes nothing, except a checksum mismatch (discards the
+//!   transfer) and a new bundle id (discards the old transfer, reported as `Event::Started`).
+//!
+//! A `BundleComplete` bundle is still untrusted: the agent installs it through hale-core's
+//! verified path (`hale_core::bundle::Bundle::parse`, then the trusted set from the device's own
+//! root), exactly as an online update.
+
+use crate::id::BundleId;
+use crate::wire::{max_frame_len, Command, Outcome, Refusal, Report, Status, MAX_REPORT_FRAME};
+use sha2::{Digest, Sha256};
+
+pub use crate::wire::MAX_VERSION_LEN;
+
+/// Durable storage for the bundle being received (a flash partition on a pump).
+///
+/// Contract (what makes resumption after a reset or a dropped cable safe): after `begin(id)`
+/// returns, `persisted_id()` is `Some(id)` and `persisted_offset()` is 0; after
+/// `write_at(offset, data)` returns `Ok`, the bytes are durable and `persisted_offset()` is
+/// `offset + data.len()`. A power cut during a call may leave the old or the new state, never an
+/// offset covering bytes that were not written.
+pub trait BundleSink {
+    type Error: core::fmt::Debug;
+    /// Most bytes the store can hold.
+    fn capacity(&self) -> u32;
+    /// The bundle the store holds bytes of, if any.
+    fn persisted_id(&mut self) -> Result<Option<BundleId>, Self::Error>;
+    /// How many leading bytes of that bundle are durably stored.
+    fn persisted_offset(&mut self) -> Result<u32, Self::Error>;
+    /// Discard what is stored and start holding `id`, at offset 0.
+    fn begin(&mut self, id: &BundleId) -> Result<(), Self::Error>;
+    /// Append `data` at `offset`; the receiver only calls this with `offset ==
+    /// persisted_offset()`.
+    fn write_at(&mut self, offset: u32, data: &[u8]) -> Result<(), Self::Error>;
+    /// Fill `buf` with the stored bytes at `offset` (read-back for the checksum).
+    fn read_at(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Self::Error>;
+    /// Discard what is stored; afterwards `persisted_id()` is `None`.
+    fn reset(&mut self) -> Result<(), Self::Error>;
+}
+
+/// How the receiver presents itself and what it accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct Config<'v> {
+    /// The running firmware's version, reported in every `Status` (at most [`MAX_VERSION_LEN`]).
+    pub running_version: &'v [u8],
+    /// Largest block the host may send.
+    pub mtu: u32,
+    /// Largest bundle accepted (further capped by the sink's capacity).
+    pub max_bundle_len: u32,
+}
+
+/// What a handled command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A `Wait` or `Sync`: status reported, nothing changed.
+    Status,
+    /// A block was stored; `offset` is the next one expected.
+    Stored { offset: u32 },
+    /// A block at `received` was ignored; the device expects `expected`.
+    Resync { expected: u32, received: u32 },
+    /// A new transfer began; `replaced` is the one it discarded, `offset` the next expected.
+    Started {
+        id: BundleId,
+        replaced: Option<BundleId>,
+        offset: u32,
+    },
+    /// The whole bundle is stored and its SHA-256 checks out: install it from the sink through
+    /// hale-core (it is still unverified), then call [`Receiver::discard`].
+    BundleComplete { id: BundleId, len: u32 },
+}
+
+/// A frame or command the receiver refused, or a storage failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error<E> {
+    /// Frame content longer than `max` bytes; dropped undecoded.
+    FrameTooLong { len: usize, max: usize },
+    /// Not a COBS-framed postcard `Command` (or bytes left over after one).
+    Undecodable,
+    /// `version` is not a bundle id.
+    BadBundleId,
+    /// The bundle's declared length exceeds what this device accepts.
+    BundleTooLarge { declared: u32, max: u32 },
+    /// A block larger than the MTU.
+    BlockTooLarge { len: usize, mtu: u32 },
+    /// A block ending past the bundle's declared length.
+    PastEnd {
+        offset: u32,
+        len: usize,
+        declared: u32,
+    },
+    /// `Swap` for a bundle other than the one being received.
+    NotInProgress,
+    /// `Swap` before the whole bundle is stored.
+    Incomplete { offset: u32, declared: u32 },
+    /// `Swap`'s checksum is not 32 bytes.
+    ChecksumLength { len: usize },
+    /// The stored bundle's SHA-256 (`computed`) is not `Swap`'s (`expected`) or does not start
+    /// with the id's prefix. The transfer was discarded.
+    ChecksumMismatch {
+        expected: [u8; 32],
+        computed: [u8; 32],
+    },
+    /// The configuration cannot work (checked by [`Receiver::new`]).
+    Config { reason: &'static str },
+    /// The sink failed.
+    Sink(E),
+}
+
+impl<E> Error<E> {
+    /// How the host hears about it.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            Error::FrameTooLong { .. } | Error::Undecodable | Error::ChecksumLength { .. } => {
+                Refusal::BadFrame
+            }
+            Error::BadBundleId => Refusal::BadBundleId,
+            Error::BundleTooLarge { declared, max } => Refusal::BundleTooLarge {
+                declared: *declared,
+                max: *max,
+            },
+            Error::BlockTooLarge { len, mtu } => Refusal::BlockTooLarge {
+                len: u32::try_from(*len).unwrap_or(u32::MAX),
+                mtu: *mtu,
+            },
+            Error::PastEnd {
+                offset,
+                len,
+                declared,
+            } => Refusal::PastEnd {
+                offset: *offset,
+                len: u32::try_from(*len).unwrap_or(u32::MAX),
+                declared: *declared,
+            },
+            Error::NotInProgress => Refusal::NotInProgress,
+            Error::Incomplete { offset, declared } => Refusal::Incomplete {
+                offset: *offset,
+                declared: *declared,
+            },
+            Error::ChecksumMismatch { .. } => Refusal::ChecksumMismatch,
+            Error::Config { .. } | Error::Sink(_) => Refusal::Storage,
+        }
+    }
+}
+
+impl<E: core::fmt::Debug> core::fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::FrameTooLong { len, max } => {
+                write!(f, "frame of {len} bytes exceeds {max}; dropped")
+            }
+            Error::Undecodable => write!(f, "frame is not a link command"),
+            Error::ChecksumLength { len } => write!(f, "checksum of {len} bytes, not 32"),
+            Error::ChecksumMismatch { .. } => write!(
+                f,
+                "stored bundle does not match the swap checksum; transfer discarded"
+            ),
+            Error::Config { reason } => write!(f, "link configuration: {reason}"),
+            Error::Sink(e) => write!(f, "bundle storage: {e:?}"),
+            other => write!(f, "{}", other.refusal()),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl<E: core::fmt::Debug> std::error::Error for Error<E> {}
+
+/// The result of one frame: what it did, and the report frame to send back (COBS-encoded with
+/// its delimiter; empty only if encoding failed, which the bounds in `wire` rule out).
+#[derive(Debug)]
+pub struct Handled<'r, E> {
+    pub outcome: Result<Event, Error<E>>,
+    pub reply: &'r [u8],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Transfer {
+    id: BundleId,
+    offset: u32,
+}
+
+#[derive(Debug)]
+struct Core<S> {
+    sink: S,
+    version: [u8; MAX_VERSION_LEN],
+    version_len: usize,
+    mtu: u32,
+    max_bundle_len: u32,
+    transfer: Option<Transfer>,
+    reply: [u8; MAX_REPORT_FRAME],
+}
+
+/// The device's end of the link. `N` is the frame buffer: at least `max_frame_len(mtu) - 1`.
+#[derive(Debug)]
+pub struct Receiver<S, const N: usize> {
+    core: Core<S>,
+    frame: [u8; N],
+    /// Frame content accepted into `frame` (never above `frame_limit`).
+    len: usize,
+    /// Bytes of the current frame dropped because it is too long.
+    dropped: usize,
+    frame_limit: usize,
+}
+
+/// Why [`Receiver::serve`] stopped without a complete bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServeError<P> {
+    /// The port failed.
+    Port(P),
+    /// The port reached its end (the host closed the link).
+    Closed,
+}
+
+/// Read the sink's progress: `None` unless it names a bundle this receiver accepts and an offset
+/// within it.
+fn load<S: BundleSink>(sink: &mut S, max_bundle_len: u32) -> Result<Option<Transfer>, S::Error> {
+    let Some(id) = sink.persisted_id()? else {
+        return Ok(None);
+    };
+    let offset = sink.persisted_offset()?;
+    if id.bundle_len() > max_bundle_len || offset > id.bundle_len() {
+        sink.reset()?;
+        return Ok(None);
+    }
+    Ok(Some(Transfer { id, offset }))
+}
+
+impl<S: BundleSink, const N: usize> Receiver<S, N> {
+    /// A receiver resuming whatever transfer `sink` holds.
+    pub fn new(mut sink: S, config: Config<'_>) -> Result<Self, Error<S::Error>> {
+        if config.running_version.len() > MAX_VERSION_LEN {
+            return Err(Error::Config {
+                reason: "running version longer than MAX_VERSION_LEN",
+            });
+        }
+        if config.mtu == 0 {
+            return Err(Error::Config {
+                reason: "mtu is zero",
+            });
+        }
+        let frame_limit = max_frame_len(config.mtu).saturating_sub(1);
+        if N < frame_limit {
+            return Err(Error::Config {
+                reason: "frame buffer smaller than max_frame_len(mtu) - 1",
+            });
+        }
+        let max_bundle_len = config.max_bundle_len.min(sink.capacity());
+        let transfer = load(&mut sink, max_bundle_len).map_err(Error::Sink)?;
+        let mut version = [0u8; MAX_VERSION_LEN];
+        for (d, s) in version.iter_mut().zip(config.running_version) {
+            *d = *s;
+        }
+        Ok(Self {
+            core: Core {
+                sink,
+                version,
+                version_len: config.running_version.len(),
+                mtu: config.mtu,
+                max_bundle_len,
+                transfer,
+                reply: [0; MAX_REPORT_FRAME],
+            },
+            frame: [0; N],
+            len: 0,
+            dropped: 0,
+            frame_limit,
+        })
+    }
+
+    /// Feed one byte from the port. At the end of a frame returns what it did and the reply to
+    /// write back; `None` while a frame is incomplete (and for empty frames, which hosts send to
+    /// resynchronise).
+    pub fn push(&mut self, byte: u8) -> Option<Handled<'_, S::Error>> {
+        if byte != 0 {
+            match self.frame.get_mut(self.len) {
+                Some(slot) if self.len < self.frame_limit && self.dropped == 0 => {
+                    *slot = byte;
+                    self.len += 1;
+                }
+                _ => self.dropped = self.dropped.saturating_add(1),
+            }
+            return None;
+        }
+        let len = core::mem::take(&mut self.len);
+        let dropped = core::mem::take(&mut self.dropped);
+        if len == 0 && dropped == 0 {
+            return None;
+        }
+        let outcome = if dropped > 0 {
+            Err(Error::FrameTooLong {
+                len: len.saturating_add(dropped),
+                max: self.frame_limit,
+            })
+        } else {
+            match self.frame.get_mut(..len) {
+                Some(frame) => self.core.handle_frame(frame),
+                None => Err(Error::Undecodable),
+            }
+        };
+        let reply = self.core.report(&outcome);
+        Some(Handled { outcome, reply })
+    }
+
+    /// Serve `port` until a bundle is complete (returns `BundleComplete`'s id and length), the
+    /// port ends, or it fails. `on_event` sees every frame's outcome (for the agent's log).
+    pub fn serve<P>(
+        &mut self,
+        port: &mut P,
+        mut on_event: impl FnMut(&Result<Event, Error<S::Error>>),
+    ) -> Result<(BundleId, u32), ServeError<P::Error>>
+    where
+        P: embedded_io::Read + embedded_io::Write,
+    {
+        let mut buf = [0u8; 64];
+        loop {
+            let n = port.read(&mut buf).map_err(ServeError::Port)?;
+            if n == 0 {
+                return Err(ServeError::Closed);
+            }
+            for byte in buf.iter().take(n) {
+                if let Some(handled) = self.push(*byte) {
+                    port.write_all(handled.reply).map_err(ServeError::Port)?;
+                    port.flush().map_err(ServeError::Port)?;
+                    on_event(&handled.outcome);
+                    if let Ok(Event::BundleComplete { id, len }) = handled.outcome {
+                        return Ok((id, len));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The transfer in progress and the next offset expected.
+    pub fn transfer(&self) -> Option<(BundleId, u32)> {
+        self.core.transfer.map(|t| (t.id, t.offset))
+    }
+
+    /// Largest bundle accepted: `min(Config::max_bundle_len, sink capacity)`.
+    pub fn max_bundle_len(&self) -> u32 {
+        self.core.max_bundle_len
+    }
+
+    /// Discard the stored bundle (after installing it, or to abandon a transfer).
+    pub fn discard(&mut self) -> Result<(), Error<S::Error>> {
+        self.core.transfer = None;
+        self.core.sink.reset().map_err(Error::Sink)
+    }
+
+    /// The sink, to read a complete bundle back for installation.
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.core.sink
+    }
+
+    pub fn sink(&self) -> &S {
+        &self.core.sink
+    }
+
+    pub fn into_sink(self) -> S {
+        self.core.sink
+    }
+}
+
+impl<S: BundleSink> Core<S> {
+    fn handle_frame(&mut self, frame: &mut [u8]) -> Result<Event, Error<S::Error>> {
+        let len = frame.len();
+        let report = cobs::decode_in_place_report(frame).map_err(|_| Error::Undecodable)?;
+        if report.src_used != len {
+            return Err(Error::Undecodable);
+        }
+        let decoded = frame.get(..report.dst_used).ok_or(Error::Undecodable)?;
+        let (command, rest) =
+            postcard::take_from_bytes::<Command<'_>>(decoded).map_err(|_| Error::Undecodable)?;
+        if !rest.is_empty() {
+            return Err(Error::Undecodable);
+        }
+        match command {
+            Command::Wait { .. } | Command::Sync { .. } => Ok(Event::Status),
+            Command::Write {
+                version,
+                offset,
+                data,
+                ..
+            } => self.write(&version, offset, &data),
+            Command::Swap {
+                version, checksum, ..
+            } => self.swap(&version, &checksum),
+        }
+    }
+
+    fn write(
+        &mut self,
+        version: &[u8],
+        offset: u32,
+        data: &[u8],
+    ) -> Result<Event, Error<S::Error>> {
+        // Checks that need no state first: a refused block changes nothing.
+        let id = BundleId::from_wire(version).ok_or(Error::BadBundleId)?;
+        let declared = id.bundle_len();
+        if declared > self.max_bundle_len {
+            return Err(Error::BundleTooLarge {
+                declared,
+                max: self.max_bundle_len,
+            });
+        }
+        if data.len() > self.mtu as usize {
+            return Err(Error::BlockTooLarge {
+                len: data.len(),
+                mtu: self.mtu,
+            });
+        }
+        let end = u32::try_from(data.len())
+            .ok()
+            .and_then(|n| offset.checked_add(n))
+            .filter(|end| *end <= declared)
+            .ok_or(Error::PastEnd {
+                offset,
+                len: data.len(),
+                declared,
+            })?;
+
+        let mut started = None;
+        let expected = match self.transfer {
+            Some(t) if t.id == id => t.offset,
+            previous => {
+                self.transfer = None;
+                self.sink.begin(&id).map_err(Error::Sink)?;
+                self.transfer = Some(Transfer { id, offset: 0 });
+                started = Some(previous.map(|t| t.id));
+                0
+            }
+        };
+        if offset != expected {
+            return Ok(match started {
+                Some(replaced) => Event::Started {
+                    id,
+                    replaced,
+                    offset: expected,
+                },
+                None => Event::Resync {
+                    expected,
+                    received: offset,
+                },
+            });
+        }
+        if !data.is_empty() {
+            if let Err(e) = self.sink.write_at(offset, data) {
+                // The sink knows how far it got; believe it, or start over.
+                let max = self.max_bundle_len;
+                self.transfer = load(&mut self.sink, max).ok().flatten();
+                return Err(Error::Sink(e));
+            }
+        }
+        self.transfer = Some(Transfer { id, offset: end });
+        Ok(match started {
+            Some(replaced) => Event::Started {
+                id,
+                replaced,
+                offset: end,
+            },
+            None => Event::Stored { offset: end },
+        })
+    }
+
+    fn swap(&mut self, version: &[u8], checksum: &[u8]) -> Result<Event, Error<S::Error>> {
+        let id = BundleId::from_wire(version).ok_or(Error::BadBundleId)?;
+        let transfer = self
+            .transfer
+            .filter(|t| t.id == id)
+            .ok_or(Error::NotInProgress)?;
+        let declared = id.bundle_len();
+        if transfer.offset != declared {
+            return Err(Error::Incomplete {
+                offset: transfer.offset,
+                declared,
+            });
+        }
+        let expected: [u8; 32] = checksum.try_into().map_err(|_| Error::ChecksumLength {
+            len: checksum.len(),
+        })?;
+        let computed = self.stored_sha256(declared)?;
+        if computed != expected || !id.matches_digest(&computed) {
+            self.transfer = None;
+            self.sink.reset().map_err(Error::Sink)?;
+            return Err(Error::ChecksumMismatch { expected, computed });
+        }
+        Ok(Event::BundleComplete { id, len: declared })
+    }
+
+    /// SHA-256 of the first `len` stored bytes, streamed through the sink's read-back.
+    fn stored_sha256(&mut self, len: u32) -> Result<[u8; 32], Error<S::Error>> {
+        let mut hasher = Sha256::new();
+        let mut buf = [0u8; 256];
+        let mut offset = 0u32;
+        while offset < len {
+            let n = (len - offset).min(buf.len() as u32);
+            let chunk = buf.get_mut(..n as usize).ok_or(Error::Undecodable)?;
+            self.sink.read_at(offset, chunk).map_err(Error::Sink)?;
+            hasher.update(&*chunk);
+            offset += n;
+        }
+        Ok(hasher.finalize().into())
+    }
+
+    fn report(&mut self, outcome: &Result<Event, Error<S::Error>>) -> &[u8] {
+        let outcome = match outcome {
+            Ok(Event::Status) => Outcome::Status,
+            Ok(Event::Stored { .. }) => Outcome::Stored,
+            Ok(Event::Resync { .. }) => Outcome::Resync,
+            Ok(Event::Started { .. }) => Outcome::Started,
+            Ok(Event::BundleComplete { .. }) => Outcome::Complete,
+            Err(e) => Outcome::Refused(e.refusal()),
+        };
+        let version = self.version.get(..self.version_len).unwrap_or(&[]);
+        let wire_id;
+        let status = match self.transfer {
+            Some(t) => {
+                wire_id = t.id.to_wire();
+                Status::update(version, Some(self.mtu), t.offset, &wire_id, None)
+            }
+            None => Status::first(version, Some(self.mtu), None),
+        };
+        match postcard::to_slice_cobs(&Report { status, outcome }, &mut self.reply) {
+            Ok(frame) => frame,
+            Err(_) => &[],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Refusal;
+
+    const MTU: u32 = 16;
+    const N: usize = max_frame_len(MTU);
+
+    /// A 256-byte store whose `write_at` can be made to fail.
+    #[derive(Debug)]
+    struct ArraySink {
+        data: [u8; 256],
+        id: Option<BundleId>,
+        offset: u32,
+        fail_writes: bool,
+    }
+
+    impl ArraySink {
+        fn empty() -> Self {
+            Self {
+                data: [0; 256],
+                id: None,
+                offset: 0,
+                fail_writes: false,
+            }
+        }
+    }
+
+    impl BundleSink for ArraySink {
+        type Error = &'static str;
+        fn capacity(&self) -> u32 {
+            256
+        }
+        fn persisted_id(&mut self) -> Result<Option<BundleId>, Self::Error> {
+            Ok(self.id)
+        }
+        fn persisted_offset(&mut self) -> Result<u32, Self::Error> {
+            Ok(self.offset)
+        }
+        fn begin(&mut self, id: &BundleId) -> Result<(), Self::Error> {
+            self.id = Some(*id);
+            self.offset = 0;
+            Ok(())
+        }
+        fn write_at(&mut self, offset: u32, data: &[u8]) -> Result<(), Self::Error> {
+            if self.fail_writes {
+                return Err("flash write failed");
+            }
+            let o = offset as usize;
+            self.data[o..o + data.len()].copy_from_slice(data);
+            self.offset = offset + data.len() as u32;
+            Ok(())
+        }
+        fn read_at(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Self::Error> {
+            let o = offset as usize;
+            buf.copy_from_slice(&self.data[o..o + buf.len()]);
+            Ok(())
+        }
+        fn reset(&mut self) -> Result<(), Self::Error> {
+            self.id = None;
+            self.offset = 0;
+            Ok(())
+        }
+    }
+
+    fn config() -> Config<'static> {
+        Config {
+            running_version: b"4.1.0",
+            mtu: MTU,
+            max_bundle_len: 200,
+        }
+    }
+
+    /// Feed a command's frame byte by byte; return the outcome of the frame.
+    fn feed(
+        rx: &mut Receiver<ArraySink, N>,
+        cmd: &Command<'_>,
+    ) -> Result<Event, Error<&'static str>> {
+        let mut buf = [0u8; N];
+        let frame = postcard::to_slice_cobs(cmd, &mut buf).unwrap();
+        let (last, body) = frame.split_last().unwrap();
+        for b in body {
+            assert!(rx.push(*b).is_none());
+        }
+        let handled = rx.push(*last).unwrap();
+        assert!(!handled.reply.is_empty());
+        handled.outcome
+    }
+
+    #[test]
+    fn resumes_the_transfer_the_sink_holds() {
+        let id = BundleId::from_digest(&[7; 32], 100);
+        let mut sink = ArraySink::empty();
+        sink.id = Some(id);
+        sink.offset = 48;
+        let rx = Receiver::<_, N>::new(sink, config()).unwrap();
+        assert_eq!(rx.transfer(), Some((id, 48)));
+    }
+
+    #[test]
+    fn discards_progress_past_the_declared_end_or_the_maximum() {
+        for (len, offset) in [(100u32, 101u32), (201, 0)] {
+            let mut sink = ArraySink::empty();
+            sink.id = Some(BundleId::from_digest(&[7; 32], len));
+            sink.offset = offset;
+            let rx = Receiver::<_, N>::new(sink, config()).unwrap();
+            assert_eq!(rx.transfer(), None);
+            assert_eq!(rx.sink().id, None);
+        }
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_offset_the_sink_reports() {
+        let data = [0x5au8; 40];
+        let id = BundleId::of(&data).unwrap();
+        let wire = id.to_wire();
+        let mut rx = Receiver::<_, N>::new(ArraySink::empty(), config()).unwrap();
+        assert!(feed(&mut rx, &Command::new_write(&wire, 0, &data[..16], None)).is_ok());
+        rx.sink_mut().fail_writes = true;
+        let outcome = feed(&mut rx, &Command::new_write(&wire, 16, &data[16..32], None));
+        assert_eq!(outcome, Err(Error::Sink("flash write failed")));
+        assert_eq!(outcome.unwrap_err().refusal(), Refusal::Storage);
+        assert_eq!(rx.transfer(), Some((id, 16)));
+        rx.sink_mut().fail_writes = false;
+        assert_eq!(
+            feed(&mut rx, &Command::new_write(&wire, 16, &data[16..32], None)),
+            Ok(Event::Stored { offset: 32 })
+        );
+    }
+
+    #[test]
+    fn swap_hands_off_only_a_complete_matching_bundle() {
+        let data = [0x11u8; 20];
+        let id = BundleId::of(&data).unwrap();
+        let wire = id.to_wire();
+        let sha: [u8; 32] = Sha256::digest(data).into();
+        let mut rx = Receiver::<_, N>::new(ArraySink::empty(), config()).unwrap();
+        let other = BundleId::of(b"other").unwrap().to_wire();
+        assert_eq!(
+            feed(&mut rx, &Command::new_swap(&other, &sha, None)),
+            Err(Error::NotInProgress)
+        );
+        feed(&mut rx, &Command::new_write(&wire, 0, &data[..16], None)).unwrap();
+        feed(&mut rx, &Command::new_write(&wire, 16, &data[16..], None)).unwrap();
+        assert_eq!(
+            feed(&mut rx, &Command::new_swap(&wire, &sha[..31], None)),
+            Err(Error::ChecksumLength { len: 31 })
+        );
+        assert_eq!(
+            feed(&mut rx, &Command::new_swap(&wire, &sha, None)),
+            Ok(Event::BundleComplete { id, len: 20 })
+        );
+        // a lost reply: the host swaps again and gets the same answer
+        assert_eq!(
+            feed(&mut rx, &Command::new_swap(&wire, &sha, None)),
+            Ok(Event::BundleComplete { id, len: 20 })
+        );
+        rx.discard().unwrap();
+        assert_eq!(rx.transfer(), None);
+    }
+
+    #[test]
+    fn empty_frames_are_ignored_and_the_config_is_checked() {
+        let mut rx = Receiver::<_, N>::new(ArraySink::empty(), config()).unwrap();
+        assert!(rx.push(0).is_none());
+        assert!(rx.push(0).is_none());
+        let long = Config {
+            running_version: &[1; MAX_VERSION_LEN + 1],
+            ..config()
+        };
+        assert!(matches!(
+            Receiver::<_, N>::new(ArraySink::empty(), long),
+            Err(Error::Config { .. })
+        ));
+        let zero = Config { mtu: 0, ..config() };
+        assert!(matches!(
+            Receiver::<_, N>::new(ArraySink::empty(), zero),
+            Err(Error::Config { .. })
+        ));
+    }
+}

@@ -1,0 +1,215 @@
+//! The technician's end: [`push`] a bundle to a device over any byte stream.
+
+use crate::id::BundleId;
+use crate::wire::{Command, Outcome, Refusal, Report, MAX_REPORT_FRAME};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+
+/// How to push.
+#[derive(Debug, Clone, Copy)]
+pub struct PushOptions {
+    /// Largest block to send; the device's MTU caps it further.
+    pub block_len: u32,
+    /// Consecutive replies without progress (resyncs, dropped frames) before giving up.
+    pub max_stalls: u32,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        Self {
+            block_len: 1024,
+            max_stalls: 8,
+        }
+    }
+}
+
+/// A finished push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    pub id: BundleId,
+    /// The offset the device reported holding when this push began (0 for a fresh transfer).
+    pub resumed_from: u32,
+    /// Bundle bytes sent in `Write` blocks by this push.
+    pub bytes_sent: u64,
+    pub blocks: u32,
+    /// Replies that moved the offset elsewhere than the next block (resyncs, restarts).
+    pub resyncs: u32,
+}
+
+/// Why a push failed. Transport failures ([`Io`](PushError::Io), [`Closed`](PushError::Closed))
+/// leave the device's progress in place: push again to resume.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("bundle of {len} bytes exceeds the link's 4 GiB limit")]
+    BundleTooLarge { len: usize },
+    #[error("link I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("device closed the link")]
+    Closed,
+    #[error("device refused: {0}")]
+    Refused(Refusal),
+    #[error("device sent a reply longer than {max} bytes")]
+    ReplyTooLong { max: usize },
+    #[error("device sent a reply that is not a report")]
+    BadReply,
+    #[error("could not encode a command")]
+    Encode,
+    #[error("device reports offset {offset} past the bundle's end {len}")]
+    OffsetPastEnd { offset: u32, len: u32 },
+    #[error("no progress at offset {offset} after {stalls} replies")]
+    Stalled { offset: u32, stalls: u32 },
+}
+
+/// Reads `0x00`-ended frames from a byte stream.
+struct Frames<R> {
+    reader: R,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> Frames<R> {
+    fn next(&mut self) -> Result<Vec<u8>, PushError> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == 0) {
+                let mut frame: Vec<u8> = self.buf.drain(..=end).collect();
+                frame.pop();
+                if frame.is_empty() {
+                    continue;
+                }
+                return Ok(frame);
+            }
+            if self.buf.len() > MAX_REPORT_FRAME {
+                return Err(PushError::ReplyTooLong {
+                    max: MAX_REPORT_FRAME,
+                });
+            }
+            let mut chunk = [0u8; 256];
+            let n = match self.reader.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(PushError::Closed)
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                return Err(PushError::Closed);
+            }
+            self.buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+        }
+    }
+}
+
+/// What the host needs from a report.
+struct Reply {
+    outcome: Outcome,
+    mtu: Option<u32>,
+    /// The device's next offset for **our** bundle (0 if it holds another or none).
+    offset: u32,
+}
+
+fn decode_reply(mut frame: Vec<u8>, id: &[u8]) -> Result<Reply, PushError> {
+    let report: Report<'_> =
+        postcard::from_bytes_cobs(&mut frame).map_err(|_| PushError::BadReply)?;
+    let offset = match &report.status.update {
+        Some(update) if *update.version == *id => update.offset,
+        _ => 0,
+    };
+    Ok(Reply {
+        outcome: report.outcome,
+        mtu: report.status.mtu,
+        offset,
+    })
+}
+
+fn send<W: Write>(writer: &mut W, command: &Command<'_>) -> Result<(), PushError> {
+    let frame = postcard::to_allocvec_cobs(command).map_err(|_| PushError::Encode)?;
+    writer.write_all(&frame)?;
+    writer.flush()?;
+    Ok(())
+}
+
+/// Push `bundle` to the device at the other end of `reader`/`writer`.
+///
+/// Asks the device's status, sends `Write` blocks of `min(device mtu, opts.block_len)` bytes from
+/// the offset the device reports for this bundle (so a push after a dropped connection resends
+/// nothing the device already holds), follows every re-reported offset, and ends with `Swap`.
+/// Returns once the device reports the bundle complete and checksum-verified; installing it is
+/// then the device agent's business (hale-core verifies it from the device's own root).
+pub fn push<R: Read, W: Write>(
+    bundle: &[u8],
+    reader: R,
+    mut writer: W,
+    opts: &PushOptions,
+) -> Result<Pushed, PushError> {
+    let id = BundleId::of(bundle).ok_or(PushError::BundleTooLarge { len: bundle.len() })?;
+    let wire_id = id.to_wire();
+    let len = id.bundle_len();
+    let checksum: [u8; 32] = Sha256::digest(bundle).into();
+    let mut frames = Frames {
+        reader,
+        buf: Vec::new(),
+    };
+
+    // A lone delimiter ends whatever partial frame the device may hold from an earlier session.
+    writer.write_all(&[0])?;
+    send(&mut writer, &Command::new_wait(None, None))?;
+    let first = decode_reply(frames.next()?, &wire_id)?;
+    let block = first
+        .mtu
+        .unwrap_or(opts.block_len)
+        .min(opts.block_len)
+        .max(1);
+    let mut offset = first.offset;
+    let mut pushed = Pushed {
+        id,
+        resumed_from: offset,
+        bytes_sent: 0,
+        blocks: 0,
+        resyncs: 0,
+    };
+    let mut stalls = 0u32;
+    loop {
+        if offset > len {
+            return Err(PushError::OffsetPastEnd { offset, len });
+        }
+        let reply = if offset == len {
+            send(&mut writer, &Command::new_swap(&wire_id, &checksum, None))?;
+            let reply = decode_reply(frames.next()?, &wire_id)?;
+            if reply.outcome == Outcome::Complete {
+                return Ok(pushed);
+            }
+            reply
+        } else {
+            let end = offset.saturating_add(block).min(len);
+            let data = bundle
+                .get(offset as usize..end as usize)
+                .ok_or(PushError::OffsetPastEnd { offset, len })?;
+            send(
+                &mut writer,
+                &Command::new_write(&wire_id, offset, data, None),
+            )?;
+            pushed.bytes_sent += data.len() as u64;
+            pushed.blocks += 1;
+            let reply = decode_reply(frames.next()?, &wire_id)?;
+            if reply.offset != end {
+                pushed.resyncs += 1;
+            }
+            reply
+        };
+        match reply.outcome {
+            // a frame lost or garbled on the line: resend from where the device is
+            Outcome::Refused(Refusal::BadFrame) => {}
+            Outcome::Refused(refusal) => return Err(PushError::Refused(refusal)),
+            _ => {}
+        }
+        if reply.offset > offset {
+            stalls = 0;
+        } else {
+            stalls += 1;
+            if stalls > opts.max_stalls {
+                return Err(PushError::Stalled { offset, stalls });
+            }
+        }
+        offset = reply.offset;
+    }
+}
