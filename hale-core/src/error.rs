@@ -142,7 +142,8 @@ pub enum Error {
     BadKey { keyid: Name, reason: &'static str },
     /// A role lists more keys than [`crate::limits::MAX_KEYS_PER_ROLE`].
     TooManyKeys { role: Name, count: usize },
-    /// A role's threshold is zero, or larger than the number of distinct keys it lists.
+    /// A role's threshold is zero or does not fit 32 bits. (A threshold above the number of usable
+    /// keys is not an error of its own: it cannot be met, [`Error::ThresholdNotMet`].)
     BadThreshold {
         role: Name,
         threshold: u64,

@@ -24,8 +24,19 @@ pub const MAX_DELEGATION_VISITS: u32 = 32;
 /// a device catching up through years of rotations needs far fewer). Configurable per trusted set.
 pub const DEFAULT_MAX_ROOT_ROTATIONS: u32 = 64;
 
-/// Longest PEM public key accepted (an RSA-4096 SPKI is about 800 bytes).
+/// Longest PEM public key accepted: an RSA-4096 SPKI is about 800 bytes (`std` builds); a P-256
+/// SPKI in PEM is 178 bytes (device builds, smaller stack).
+#[cfg(feature = "std")]
 pub const MAX_PEM_LEN: usize = 1024;
+#[cfg(not(feature = "std"))]
+pub const MAX_PEM_LEN: usize = 256;
+
+/// Longest signature accepted: RSA-4096 is 512 bytes (`std` builds); ECDSA P-256 DER is at most 72
+/// and ed25519 64 (device builds).
+#[cfg(feature = "std")]
+pub const MAX_SIGNATURE_LEN: usize = 512;
+#[cfg(not(feature = "std"))]
+pub const MAX_SIGNATURE_LEN: usize = 80;
 
 /// Longest semantic-version pre-release tag kept, in bytes.
 pub const MAX_PRERELEASE_LEN: usize = 32;

@@ -357,6 +357,24 @@ impl<'a> Targets<'a> {
         })
     }
 
+    /// Every target entry in one pass (bulk checks on hosts: looking each path up with
+    /// [`target`](Self::target) re-reads the role and is quadratic).
+    pub fn entries(
+        &self,
+        role: Name,
+    ) -> impl Iterator<Item = (JStr<'a>, Result<TargetFile<'a>, Error>)> + 'a {
+        self.targets.members().map(move |(k, v)| {
+            let t = v
+                .as_object()
+                .ok_or(Error::Field {
+                    role,
+                    field: "targets",
+                })
+                .and_then(|o| TargetFile::parse(&o, role));
+            (k, t)
+        })
+    }
+
     /// The entry for target `path`, if this role lists it.
     pub fn target(&self, path: &str, role: Name) -> Result<Option<TargetFile<'a>>, Error> {
         match self
@@ -759,6 +777,25 @@ impl<'a> SuccinctRoles<'a> {
             n += 1;
         }
         core::str::from_utf8(out.get(..n)?).ok()
+    }
+
+    /// Is `name` one of the `2^bit_length` bin role names (`<prefix>-<hex>`, exact width)?
+    pub fn is_bin(&self, name: &str) -> bool {
+        let prefix_len = self.name_prefix.decoded_len();
+        let (Some(head), Some(rest)) = (name.as_bytes().get(..prefix_len), name.get(prefix_len..))
+        else {
+            return false;
+        };
+        let Some(hex) = rest.strip_prefix('-') else {
+            return false;
+        };
+        if !self.name_prefix.eq_bytes(head) || hex.len() != self.suffix_len() {
+            return false;
+        }
+        if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return false;
+        }
+        u64::from_str_radix(hex, 16).is_ok_and(|bin| bin < (1u64 << self.bit_length))
     }
 
     pub fn keys(&self, delegator_keys: Object<'a>, bin_name: &str) -> RoleKeys<'a> {

@@ -531,7 +531,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
                 .ok_or(Error::NotInSnapshot { role })?;
             entry.keys(delegations.keys)
         } else if let Some(s) = delegations.succinct {
-            if !is_bin_of(&s, name) {
+            if !s.is_bin(name) {
                 return Err(Error::NotInSnapshot { role });
             }
             s.keys(delegations.keys, name)
@@ -745,27 +745,6 @@ fn next_child(
         }
     }
     Ok(None)
-}
-
-fn is_bin_of(s: &crate::metadata::SuccinctRoles<'_>, name: &str) -> bool {
-    let prefix_len = s.name_prefix.decoded_len();
-    let Some(rest) = name.get(prefix_len..) else {
-        return false;
-    };
-    let Some(hex) = rest.strip_prefix('-') else {
-        return false;
-    };
-    if !s
-        .name_prefix
-        .eq_bytes(name.as_bytes().get(..prefix_len).unwrap_or(&[]))
-        || hex.len() != s.suffix_len()
-    {
-        return false;
-    }
-    if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return false;
-    }
-    u64::from_str_radix(hex, 16).is_ok_and(|bin| bin < (1u64 << s.bit_length))
 }
 
 /// Where delegated roles come from during a search (HTTP, flash, a bundle, a directory).

@@ -13,14 +13,11 @@ use crate::canonical::write_canonical;
 use crate::crypto::{hex_decode, PublicKey};
 use crate::error::{Error, Name};
 use crate::json::{Object, Value};
-use crate::limits::MAX_KEYS_PER_ROLE;
+use crate::limits::{MAX_KEYS_PER_ROLE, MAX_SIGNATURE_LEN};
 use crate::metadata::{Envelope, RoleKeys};
 
 /// Signature entries tried for one key id (bounds work when an attacker repeats a key id).
 const MAX_SIGNATURES_PER_KEY: usize = 4;
-
-/// Longest signature accepted: RSA-4096 (512 bytes).
-const MAX_SIGNATURE_LEN: usize = 512;
 
 /// What each authorised key contributed.
 #[derive(Debug, Clone, PartialEq, Eq)]

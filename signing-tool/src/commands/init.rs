@@ -1,0 +1,123 @@
+//! `hale-sign init DIR`: root k-of-n, targets keys, the online snapshot/timestamp public keys,
+//! the expiry policy and the profile. Stages root v1 and an empty targets v1, unsigned.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use hale_repo::build::{self, Profile, RoleKeys};
+use serde_json::Map;
+
+use super::{check_threshold, key_map, load_keys};
+use crate::config::{self, Config, Expiry};
+use crate::durable::Batch;
+use crate::state::State;
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// The new repository working directory.
+    dir: PathBuf,
+    /// A root key (.pub); repeat for k-of-n.
+    #[arg(long = "root-key", value_name = "PUB", required = true)]
+    root_keys: Vec<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    root_threshold: u32,
+    /// A targets key (.pub); repeatable.
+    #[arg(long = "targets-key", value_name = "PUB", required = true)]
+    targets_keys: Vec<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    targets_threshold: u32,
+    /// The (online) snapshot key (.pub); repeatable.
+    #[arg(long = "snapshot-key", value_name = "PUB", required = true)]
+    snapshot_keys: Vec<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    snapshot_threshold: u32,
+    /// The (online) timestamp key (.pub); repeatable.
+    #[arg(long = "timestamp-key", value_name = "PUB", required = true)]
+    timestamp_keys: Vec<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    timestamp_threshold: u32,
+    /// Expiry per role, e.g. root=365d,targets=90d,snapshot=7d,timestamp=1d,delegated=90d.
+    #[arg(long, value_name = "ROLE=DURATION,...")]
+    expires: Option<String>,
+    /// standard (TUF 1.0.34) or compat (rust-tuf 0.3 clients: spec 1.0.0, ed25519 only).
+    #[arg(long, default_value = "standard")]
+    profile: String,
+}
+
+pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
+    let profile = Profile::parse(&a.profile)?;
+    let cfg_path = a.dir.join(config::CONFIG_FILE);
+    if cfg_path.exists() {
+        bail!(
+            "{}: already a repository (found {})",
+            a.dir.display(),
+            cfg_path.display()
+        );
+    }
+    let mut expires = Expiry::default();
+    if let Some(e) = &a.expires {
+        expires.apply(e)?;
+    }
+    let mut keys = BTreeMap::new();
+    let mut roles = BTreeMap::new();
+    for (role, paths, threshold) in [
+        ("root", &a.root_keys, a.root_threshold),
+        ("targets", &a.targets_keys, a.targets_threshold),
+        ("snapshot", &a.snapshot_keys, a.snapshot_threshold),
+        ("timestamp", &a.timestamp_keys, a.timestamp_threshold),
+    ] {
+        let ks = load_keys(paths, profile, role)?;
+        check_threshold(role, threshold, ks.len())?;
+        keys.extend(key_map(&ks));
+        roles.insert(
+            role.to_string(),
+            RoleKeys {
+                keyids: ks.iter().map(|k| k.keyid.clone()).collect(),
+                threshold,
+            },
+        );
+    }
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
+    let cfg = Config::new(profile, expires);
+    cfg.save(&a.dir)?;
+    let mut state = State::load(&a.dir)?;
+    let now = state.now;
+    let root = build::root(
+        profile,
+        1,
+        &build::expires_at(now, cfg.expires.root)?,
+        &keys,
+        &roles,
+        true,
+    );
+    let targets = build::targets(
+        profile,
+        1,
+        &build::expires_at(now, cfg.expires.targets)?,
+        &Map::new(),
+        None,
+    );
+    let mut batch = Batch::new();
+    state.stage(&mut batch, "root", root)?;
+    state.stage(&mut batch, "targets", targets)?;
+    std::fs::create_dir_all(config::repository_dir(&a.dir).join("targets"))
+        .with_context(|| format!("creating {}", config::repository_dir(&a.dir).display()))?;
+    batch
+        .commit()
+        .with_context(|| format!("staging metadata in {}", a.dir.display()))?;
+    state.warn_demo();
+    println!(
+        "initialised {} ({} profile): root {}-of-{}, targets {}-of-{}",
+        a.dir.display(),
+        profile.as_str(),
+        a.root_threshold,
+        a.root_keys.len(),
+        a.targets_threshold,
+        a.targets_keys.len()
+    );
+    super::staged_hint(&state);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,207 @@
+//! `hale-sign sign FILE --key K.key`: add K's signature to staged metadata, in place. Each signer
+//! runs it on the same file on their own machine. A key the role does not list is refused before
+//! any passphrase is asked and the file stays byte-for-byte unchanged; which keys a role lists is
+//! read by hale-core from the delegator (root, the previous root for a new root, or the
+//! delegating targets role).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use hale_repo::SigningKey;
+
+use crate::durable::Batch;
+use crate::error::read;
+use crate::key_source::{load_private, peek_private, PublicKey};
+use crate::state::{Authority, State};
+use crate::PassArgs;
+
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    /// Staged metadata file(s) (DIR/staged/<role>.json), or a repository directory: then every
+    /// staged file that lists one of the keys is signed.
+    #[arg(required = true, value_name = "FILE-or-DIR")]
+    paths: Vec<PathBuf>,
+    /// Encrypted private key file (.key); repeatable.
+    #[arg(long = "key", value_name = "KEY", required = true)]
+    keys: Vec<PathBuf>,
+    /// The repository directory, when FILE is not inside DIR/staged/.
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    #[command(flatten)]
+    pass: PassArgs,
+}
+
+/// The repository directory a staged file belongs to.
+pub fn repo_of(file: &Path, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(r) = explicit {
+        return Ok(r.to_path_buf());
+    }
+    let parent = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let abs = parent
+        .canonicalize()
+        .with_context(|| format!("{}", parent.display()))?;
+    if abs.file_name().and_then(|n| n.to_str()) == Some(crate::config::STAGED_DIR) {
+        if let Some(dir) = abs.parent() {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    bail!("{}: cannot tell which repository it belongs to (it is not in DIR/staged/); pass --repo DIR", file.display())
+}
+
+/// The role a metadata file holds: its name without `.json` (and without a `N.` version prefix
+/// for published copies).
+pub fn role_of(file: &Path) -> anyhow::Result<String> {
+    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if let Some((_, role)) = crate::state::split_versioned(name) {
+        return Ok(role.to_string());
+    }
+    match name.strip_suffix(".json") {
+        Some(r) if !r.is_empty() => Ok(r.to_string()),
+        _ => bail!("{}: expected a <role>.json metadata file", file.display()),
+    }
+}
+
+struct Job {
+    path: PathBuf,
+    role: String,
+    bytes: Vec<u8>,
+    auths: Vec<Authority>,
+    keys: Vec<usize>,
+}
+
+/// Key ids the authorities list for `role`, as hale-core reads them.
+fn listed(role: &str, bytes: &[u8], auths: &[Authority]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for a in auths {
+        let r = a.report(role, bytes)?;
+        out.extend(r.keys.iter().map(|(k, _)| k.as_str().to_string()));
+    }
+    Ok(out)
+}
+
+pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
+    let signers: Vec<PublicKey> = a
+        .keys
+        .iter()
+        .map(|k| peek_private(k))
+        .collect::<Result<_, _>>()?;
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut states: BTreeMap<PathBuf, State> = BTreeMap::new();
+    for p in &a.paths {
+        if p.is_dir() {
+            let st = State::load(p)?;
+            for m in st.staged() {
+                let auths = st
+                    .authorities(&m.name)
+                    .with_context(|| format!("{}", m.path.display()))?;
+                let ids = listed(&m.name, &m.bytes, &auths)
+                    .with_context(|| format!("{}", m.path.display()))?;
+                let keys: Vec<usize> = (0..signers.len())
+                    .filter(|i| signers.get(*i).is_some_and(|s| ids.contains(&s.keyid)))
+                    .collect();
+                if !keys.is_empty() {
+                    jobs.push(Job {
+                        path: m.path.clone(),
+                        role: m.name.clone(),
+                        bytes: m.bytes.clone(),
+                        auths,
+                        keys,
+                    });
+                }
+            }
+            states.insert(p.clone(), st);
+            continue;
+        }
+        let dir = repo_of(p, a.repo.as_deref())?;
+        let st = match states.remove(&dir) {
+            Some(s) => s,
+            None => State::load(&dir)?,
+        };
+        let role = role_of(p)?;
+        let bytes = read(p)?;
+        let auths = st
+            .authorities(&role)
+            .with_context(|| format!("{}", p.display()))?;
+        let ids = listed(&role, &bytes, &auths).with_context(|| format!("{}", p.display()))?;
+        for s in &signers {
+            if !ids.contains(&s.keyid) {
+                let who: Vec<&str> = auths.iter().map(|a| a.label.as_str()).collect();
+                bail!(
+                    "refusing to sign {}: key {} ({}) is not listed for role {role} by {} (listed keys: {}); the file is unchanged",
+                    p.display(),
+                    s.keyid,
+                    s.path.display(),
+                    who.join(" / "),
+                    if ids.is_empty() { "none".to_string() } else { ids.join(", ") }
+                );
+            }
+        }
+        jobs.push(Job {
+            path: p.clone(),
+            role,
+            bytes,
+            auths,
+            keys: (0..signers.len()).collect(),
+        });
+        states.insert(dir, st);
+    }
+    if jobs.is_empty() {
+        bail!(
+            "no staged metadata lists any of the given keys ({})",
+            signers
+                .iter()
+                .map(|s| s.keyid.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for s in &states {
+        s.1.warn_demo();
+    }
+    // open only the keys some job needs, once each
+    let mut opened: BTreeMap<usize, SigningKey> = BTreeMap::new();
+    for i in jobs.iter().flat_map(|j| j.keys.iter().copied()) {
+        if opened.contains_key(&i) {
+            continue;
+        }
+        let Some(path) = a.keys.get(i) else { continue };
+        let key = load_private(path, &a.pass.source(&path.display().to_string()))?;
+        if let Some(name) = crate::demo::name_of(&key.keyid()) {
+            eprintln!(
+                "WARNING: signing with DEMO key {name} ({}): never use demo keys in production",
+                path.display()
+            );
+        }
+        opened.insert(i, key);
+    }
+    let mut batch = Batch::new();
+    let mut done = Vec::new();
+    for j in &jobs {
+        let ks: Vec<&SigningKey> = j.keys.iter().filter_map(|i| opened.get(i)).collect();
+        let signed = hale_repo::sign::add_signatures(&j.bytes, &ks)
+            .with_context(|| format!("signing {}", j.path.display()))?;
+        batch.add(&j.path, &signed)?;
+        done.push((j, signed));
+    }
+    batch.commit().context("writing signed metadata")?;
+    for (j, signed) in done {
+        let mut parts = Vec::new();
+        for auth in &j.auths {
+            let r = auth.report(&j.role, &signed)?;
+            parts.push(format!("{}/{} by {}", r.valid(), r.threshold, auth.label));
+        }
+        println!(
+            "signed {} ({}): {}",
+            j.path.display(),
+            j.role,
+            parts.join("; ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

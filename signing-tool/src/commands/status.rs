@@ -1,0 +1,195 @@
+//! `hale-sign status FILE-or-DIR`: for each staged file, who signed, who is missing, which
+//! signatures are invalid and which come from keys the role does not list. hale-core's
+//! `check_signatures` decides; this command prints. Exit 0 when every threshold is met, 1 otherwise.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use hale_core::verify::{KeyStatus, Report};
+use serde_json::Value;
+
+use super::sign::{repo_of, role_of};
+use crate::error::read;
+use crate::state::{Authority, State};
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// A repository directory (every staged file) or one staged file.
+    #[arg(value_name = "FILE-or-DIR")]
+    path: PathBuf,
+    /// The repository directory, when FILE is not inside DIR/staged/.
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    /// One line per file.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// One file to report on: role, path, bytes, "vN (expires …)".
+type Staged = (String, PathBuf, Vec<u8>, String);
+
+/// The threshold reports of one staged file, one per authority.
+pub fn reports(
+    role: &str,
+    bytes: &[u8],
+    auths: &[Authority],
+) -> anyhow::Result<Vec<(String, Report)>> {
+    auths
+        .iter()
+        .map(|a| Ok((a.label.clone(), a.report(role, bytes)?)))
+        .collect()
+}
+
+fn label(keyid: &str) -> String {
+    match crate::demo::name_of(keyid) {
+        Some(n) => format!("{keyid} (DEMO {n})"),
+        None => keyid.to_string(),
+    }
+}
+
+fn print_report(auth: &str, r: &Report, quiet: bool) {
+    let met = if r.met() { "MET" } else { "NOT MET" };
+    println!(
+        "  {auth}: threshold {} — {} valid — {met}",
+        r.threshold,
+        r.valid()
+    );
+    if quiet {
+        return;
+    }
+    let pick = |want: &dyn Fn(&KeyStatus) -> bool| -> Vec<String> {
+        r.keys
+            .iter()
+            .filter(|(_, s)| want(s))
+            .map(|(k, s)| match s {
+                KeyStatus::Unusable(why) => format!("{} ({why})", label(k.as_str())),
+                _ => label(k.as_str()),
+            })
+            .collect()
+    };
+    for (title, list) in [
+        ("signed", pick(&|s| *s == KeyStatus::Signed)),
+        ("missing", pick(&|s| *s == KeyStatus::Missing)),
+        ("invalid", pick(&|s| *s == KeyStatus::Invalid)),
+        ("unusable", pick(&|s| matches!(s, KeyStatus::Unusable(_)))),
+    ] {
+        if !list.is_empty() || title == "missing" || title == "signed" {
+            let shown = if list.is_empty() {
+                "-".to_string()
+            } else {
+                list.join(", ")
+            };
+            println!("    {title:<8} {shown}");
+        }
+    }
+}
+
+/// Key ids of signatures no authority lists.
+fn unlisted(bytes: &[u8], reps: &[(String, Report)]) -> Vec<String> {
+    let doc: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let listed: Vec<&str> = reps
+        .iter()
+        .flat_map(|(_, r)| r.keys.iter().map(|(k, _)| k.as_str()))
+        .collect();
+    doc.get("signatures")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.get("keyid").and_then(Value::as_str))
+                .filter(|k| !listed.contains(k))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let (state, files): (State, Vec<Staged>) = if a.path.is_dir() {
+        let st = State::load(&a.path)?;
+        let f = st
+            .staged()
+            .map(|m| (m.name.clone(), m.path.clone(), m.bytes.clone(), describe(m)))
+            .collect();
+        (st, f)
+    } else {
+        let dir = repo_of(&a.path, a.repo.as_deref())?;
+        let st = State::load(&dir)?;
+        let role = role_of(&a.path)?;
+        let bytes = read(&a.path)?;
+        let meta = crate::state::Meta::from_bytes(&role, bytes.clone(), &a.path, true)?;
+        (st, vec![(role, a.path.clone(), bytes, describe(&meta))])
+    };
+    state.warn_demo();
+    if files.is_empty() {
+        println!("{}: nothing staged", state.dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut all_met = true;
+    let mut unmet = Vec::new();
+    for (role, path, bytes, version) in &files {
+        let auths = state
+            .authorities(role)
+            .with_context(|| format!("{}", path.display()))?;
+        let reps = reports(role, bytes, &auths).with_context(|| format!("{}", path.display()))?;
+        let met = reps.iter().all(|(_, r)| r.met());
+        all_met &= met;
+        if !met {
+            unmet.push(role.clone());
+        }
+        if a.quiet && files.len() > 16 && met {
+            continue;
+        }
+        println!(
+            "{}: {role} {version} — {}",
+            path.display(),
+            if met { "ready" } else { "needs signatures" }
+        );
+        for (auth, r) in &reps {
+            print_report(auth, r, a.quiet);
+        }
+        let extra = unlisted(bytes, &reps);
+        if !extra.is_empty() {
+            println!(
+                "    unlisted signatures (ignored): {}",
+                extra
+                    .iter()
+                    .map(|k| label(k))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    if all_met {
+        println!(
+            "all {} staged file(s) meet their thresholds: ready to publish",
+            files.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "{} of {} staged file(s) below threshold: {}",
+            unmet.len(),
+            files.len(),
+            summarize(&unmet)
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn describe(m: &crate::state::Meta) -> String {
+    format!("v{} (expires {})", m.version, m.expires())
+}
+
+fn summarize(names: &[String]) -> String {
+    if names.len() <= 6 {
+        names.join(", ")
+    } else {
+        format!(
+            "{} ... ({} more)",
+            names.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            names.len() - 5
+        )
+    }
+}

@@ -1,0 +1,210 @@
+//! `hale-repo.json`: how a repository working directory is set up.
+//!
+//! ```text
+//! DIR/hale-repo.json      this file (profile, expiry policy, hashed bins)
+//! DIR/staged/<role>.json  metadata being signed, one signer after another
+//! DIR/repository/         the published, servable repository (hale_repo::layout)
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use hale_repo::build::Profile;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{invalid, read, Result, ToolError};
+
+pub const CONFIG_FILE: &str = "hale-repo.json";
+pub const STAGED_DIR: &str = "staged";
+pub const REPOSITORY_DIR: &str = "repository";
+const FORMAT: &str = "hale-repo-v1";
+
+const DAY: i64 = 86_400;
+
+/// Expiry policy: seconds from signing time, per role.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Expiry {
+    pub root: i64,
+    pub targets: i64,
+    pub snapshot: i64,
+    pub timestamp: i64,
+    /// Every delegated role (including hashed bins).
+    pub delegated: i64,
+}
+
+impl Default for Expiry {
+    fn default() -> Self {
+        Expiry {
+            root: 365 * DAY,
+            targets: 90 * DAY,
+            snapshot: 7 * DAY,
+            timestamp: DAY,
+            delegated: 90 * DAY,
+        }
+    }
+}
+
+impl Expiry {
+    pub fn for_role(&self, role: &str) -> i64 {
+        match role {
+            "root" => self.root,
+            "targets" => self.targets,
+            "snapshot" => self.snapshot,
+            "timestamp" => self.timestamp,
+            _ => self.delegated,
+        }
+    }
+
+    /// Apply `root=365d,targets=90d,…` on top of the current values.
+    pub fn apply(&mut self, spec: &str) -> Result<()> {
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (role, dur) = part.split_once('=').ok_or_else(|| {
+                invalid(format!(
+                    "--expires: {part:?} is not ROLE=DURATION (e.g. targets=90d)"
+                ))
+            })?;
+            let secs = parse_duration(dur)?;
+            let slot = match role.trim() {
+                "root" => &mut self.root,
+                "targets" => &mut self.targets,
+                "snapshot" => &mut self.snapshot,
+                "timestamp" => &mut self.timestamp,
+                "delegated" => &mut self.delegated,
+                other => {
+                    return Err(invalid(format!(
+                        "--expires: unknown role {other:?} (root, targets, snapshot, timestamp, delegated)"
+                    )))
+                }
+            };
+            *slot = secs;
+        }
+        Ok(())
+    }
+}
+
+/// `90d`, `12h`, `30m`, `3600s`, `2w` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<i64> {
+    let s = s.trim();
+    let bad = || invalid(format!("{s:?} is not a duration (e.g. 90d, 12h, 3600s)"));
+    let (num, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (s.get(..i).ok_or_else(bad)?, s.get(i..).ok_or_else(bad)?),
+        None => (s, "s"),
+    };
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    let mul = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => DAY,
+        "w" => 7 * DAY,
+        _ => return Err(bad()),
+    };
+    let v = n.checked_mul(mul).ok_or_else(bad)?;
+    if v <= 0 {
+        return Err(invalid(format!("duration {s:?} must be positive")));
+    }
+    Ok(v)
+}
+
+/// TAP 15 hashed bins delegated from one targets role.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Bins {
+    pub from: String,
+    pub bit_length: u32,
+    pub prefix: String,
+}
+
+/// The contents of `hale-repo.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub format: String,
+    pub profile: String,
+    pub consistent_snapshot: bool,
+    pub expires: Expiry,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bins: Option<Bins>,
+    /// Unknown fields are kept.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Config {
+    pub fn new(profile: Profile, expires: Expiry) -> Self {
+        Config {
+            format: FORMAT.into(),
+            profile: profile.as_str().into(),
+            consistent_snapshot: true,
+            expires,
+            bins: None,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    pub fn profile(&self) -> Result<Profile> {
+        Ok(Profile::parse(&self.profile)?)
+    }
+
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(CONFIG_FILE);
+        if !path.exists() {
+            return Err(invalid(format!(
+                "{}: not a hale-sign repository directory (no {CONFIG_FILE}; create one with `hale-sign init`)",
+                dir.display()
+            )));
+        }
+        let c: Config =
+            serde_json::from_slice(&read(&path)?).map_err(|e| ToolError::json(&path, e))?;
+        if c.format != FORMAT {
+            return Err(invalid(format!(
+                "{}: unknown format {:?} (expected {FORMAT})",
+                path.display(),
+                c.format
+            )));
+        }
+        if !c.consistent_snapshot {
+            return Err(invalid(format!(
+                "{}: hale-sign writes consistent snapshots only",
+                path.display()
+            )));
+        }
+        c.profile()
+            .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        Ok(c)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(CONFIG_FILE);
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| ToolError::json(&path, e))?;
+        bytes.push(b'\n');
+        crate::durable::write_one(&path, &bytes)
+    }
+}
+
+pub fn staged_dir(dir: &Path) -> PathBuf {
+    dir.join(STAGED_DIR)
+}
+
+pub fn repository_dir(dir: &Path) -> PathBuf {
+    dir.join(REPOSITORY_DIR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_expiry_specs() {
+        assert_eq!(parse_duration("90d").unwrap(), 90 * DAY);
+        assert_eq!(parse_duration("12h").unwrap(), 12 * 3600);
+        assert_eq!(parse_duration("3600").unwrap(), 3600);
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("0d").is_err());
+        let mut e = Expiry::default();
+        e.apply("root=730d, timestamp=6h").unwrap();
+        assert_eq!(
+            (e.root, e.timestamp, e.targets),
+            (730 * DAY, 6 * 3600, 90 * DAY)
+        );
+        assert!(e.apply("bogus=1d").is_err());
+    }
+}

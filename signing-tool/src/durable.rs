@@ -1,0 +1,157 @@
+//! Crash-safe writes of many files at once.
+//!
+//! Each file goes to a temporary name in its directory; then all temporary files are flushed to
+//! disk — in parallel, so the filesystem's journal commits many of them together (~10x faster
+//! than one `fsync` after another for hundreds of hashed-bin roles) — renamed over their final
+//! names, and every touched directory is flushed. A crash leaves the old file or the new one,
+//! never half of one.
+//!
+//! Target *contents* use [`Batch::contents`]: written and renamed the same way (never half a file
+//! under its name) but not flushed one by one — thousands of `fsync`s would dominate a big
+//! catalog, and python-tuf, tough and rust-tuf do not flush them either. Content is
+//! content-addressed and re-derivable from the release build: after a crash, `hale-sign verify`
+//! finds any lost file and `target add` of the same file restores it. Signed metadata is always
+//! flushed before it is renamed.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::error::{Result, ToolError};
+
+/// Parallel flushes in flight.
+const FSYNC_WORKERS: usize = 32;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Files written to temporary names, waiting for [`Batch::commit`]. Dropping an uncommitted batch
+/// removes its temporary files.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pending: Vec<(PathBuf, PathBuf)>,
+    /// Directories already created by this batch.
+    made: BTreeSet<PathBuf>,
+    /// Leave flushing to the operating system (target contents).
+    unflushed: bool,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    /// A batch for target contents: atomic renames, no per-file flush (see the module docs).
+    pub fn contents() -> Self {
+        Batch {
+            pending: Vec::new(),
+            made: BTreeSet::new(),
+            unflushed: true,
+        }
+    }
+
+    /// Write `bytes` to a temporary file next to `path`.
+    pub fn add(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = temp_name(path, &mut self.made)?;
+        let io = |e| ToolError::io(&tmp, e);
+        let mut f = fs::File::create(&tmp).map_err(io)?;
+        self.pending.push((tmp.clone(), path.to_path_buf()));
+        f.write_all(bytes).map_err(io)?;
+        Ok(())
+    }
+
+    /// Flush every temporary file, rename each over its final name, flush the directories.
+    pub fn commit(mut self) -> Result<Vec<PathBuf>> {
+        let pending = std::mem::take(&mut self.pending);
+        if self.unflushed {
+            return finish(pending, true);
+        }
+        let next = AtomicUsize::new(0);
+        let failure: std::sync::Mutex<Option<ToolError>> = std::sync::Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..FSYNC_WORKERS.min(pending.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((tmp, _)) = pending.get(i) else {
+                        break;
+                    };
+                    let r = fs::File::open(tmp).and_then(|f| f.sync_all());
+                    if let Err(e) = r {
+                        if let Ok(mut slot) = failure.lock() {
+                            slot.get_or_insert(ToolError::io(tmp, e));
+                        }
+                        break;
+                    }
+                });
+            }
+        });
+        let failed = failure.lock().ok().and_then(|mut f| f.take());
+        if let Some(e) = failed {
+            for (tmp, _) in &pending {
+                let _ = fs::remove_file(tmp);
+            }
+            return Err(e);
+        }
+        finish(pending, false)
+    }
+}
+
+/// Rename every temporary file over its final name, then flush the directories.
+fn finish(pending: Vec<(PathBuf, PathBuf)>, unflushed: bool) -> Result<Vec<PathBuf>> {
+    {
+        let mut dirs = BTreeSet::new();
+        let mut done = Vec::with_capacity(pending.len());
+        let mut iter = pending.into_iter();
+        while let Some((tmp, path)) = iter.next() {
+            if let Err(e) = fs::rename(&tmp, &path) {
+                let _ = fs::remove_file(&tmp);
+                for (t, _) in iter {
+                    let _ = fs::remove_file(t);
+                }
+                return Err(ToolError::io(&path, e));
+            }
+            if let Some(d) = path.parent() {
+                dirs.insert(d.to_path_buf());
+            }
+            done.push(path);
+        }
+        if !unflushed {
+            for d in dirs {
+                if let Ok(f) = fs::File::open(&d) {
+                    let _ = f.sync_all();
+                }
+            }
+        }
+        Ok(done)
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.pending {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+fn temp_name(path: &Path, made: &mut BTreeSet<PathBuf>) -> Result<PathBuf> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !made.contains(&dir) {
+        fs::create_dir_all(&dir).map_err(|e| ToolError::io(&dir, e))?;
+        made.insert(dir.clone());
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    Ok(dir.join(format!(".{name}.tmp{}.{n}", std::process::id())))
+}
+
+/// Write one file crash-safely.
+pub fn write_one(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut b = Batch::new();
+    b.add(path, bytes)?;
+    b.commit().map(|_| ())
+}

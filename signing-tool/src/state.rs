@@ -1,0 +1,424 @@
+//! The state of a repository working directory: for every role, its *effective* metadata — the
+//! staged copy when one is being signed, else the latest published version — and who may sign
+//! it. Who signed what is always computed by `hale_core::verify::check_signatures`; this module
+//! only finds the delegator bytes to hand it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use hale_core::metadata::{DelegatedRole, Envelope, Root, Targets};
+use hale_core::verify::{check_signatures, Report};
+use hale_core::Name;
+use hale_repo::build::Profile;
+use serde_json::{json, Value};
+
+use crate::config::{repository_dir, staged_dir, Config};
+use crate::durable::Batch;
+use crate::error::{invalid, read, Result, ToolError};
+
+pub const TOP_LEVEL: [&str; 4] = ["root", "targets", "snapshot", "timestamp"];
+
+/// The `'static` name of a top-level role (hale-core's `Root::role` takes one).
+pub fn top_level(name: &str) -> Option<&'static str> {
+    TOP_LEVEL.iter().copied().find(|r| *r == name)
+}
+
+/// One role's metadata as it stands.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub name: String,
+    pub bytes: Vec<u8>,
+    pub signed: Value,
+    pub version: u64,
+    pub staged: bool,
+    pub path: PathBuf,
+}
+
+impl Meta {
+    pub fn from_bytes(name: &str, bytes: Vec<u8>, path: &Path, staged: bool) -> Result<Self> {
+        let doc: Value = serde_json::from_slice(&bytes).map_err(|e| ToolError::json(path, e))?;
+        let signed = doc.get("signed").cloned().ok_or_else(|| {
+            invalid(format!(
+                "{}: no `signed` object (not TUF metadata)",
+                path.display()
+            ))
+        })?;
+        let version = signed
+            .get("version")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| invalid(format!("{}: `signed.version` missing", path.display())))?;
+        Ok(Meta {
+            name: name.to_string(),
+            bytes,
+            signed,
+            version,
+            staged,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn kind(&self) -> &str {
+        self.signed
+            .get("_type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+
+    pub fn expires(&self) -> &str {
+        self.signed
+            .get("expires")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+    }
+}
+
+/// Who authorises a role's signatures: root (for top-level roles), the previous root (for a new
+/// root version), or a delegating targets role.
+#[derive(Debug, Clone)]
+pub struct Authority {
+    pub label: String,
+    /// "root" or the delegating role's name.
+    pub delegator: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Authority {
+    /// hale-core's per-key report of `env_bytes` (metadata of `role`) against this authority.
+    pub fn report(&self, role: &str, env_bytes: &[u8]) -> Result<Report> {
+        let what = |e| ToolError::trust(format!("{role} ({})", self.label), e);
+        let env = Envelope::parse(env_bytes, role).map_err(what)?;
+        if self.delegator == "root" {
+            let top = top_level(role)
+                .ok_or_else(|| invalid(format!("{role} is not a top-level role")))?;
+            let renv = Envelope::parse(&self.bytes, "root").map_err(what)?;
+            let root = Root::parse(&renv.signed).map_err(what)?;
+            let keys = root.role(top).map_err(what)?;
+            return check_signatures(&env, &keys).map_err(what);
+        }
+        let denv = Envelope::parse(&self.bytes, &self.delegator).map_err(what)?;
+        let d = Targets::parse(&denv.signed, Name::new(&self.delegator)).map_err(what)?;
+        let dels = d
+            .delegations
+            .ok_or_else(|| invalid(format!("{} delegates nothing", self.delegator)))?;
+        let keys = if let Some(roles) = dels.roles {
+            roles
+                .iter()
+                .filter_map(|v| v.as_object())
+                .filter_map(|o| DelegatedRole::parse(&o, Name::new(&self.delegator)).ok())
+                .find(|r| r.name.eq_str(role))
+                .map(|r| r.keys(dels.keys))
+                .ok_or_else(|| invalid(format!("{} does not delegate to {role}", self.delegator)))?
+        } else if let Some(s) = dels.succinct {
+            s.keys(dels.keys, role)
+        } else {
+            return Err(invalid(format!("{} delegates nothing", self.delegator)));
+        };
+        check_signatures(&env, &keys).map_err(what)
+    }
+}
+
+/// Is `name` one of the succinct bins `prefix-<hex>` with `bit_length` bits?
+pub fn is_bin(name: &str, prefix: &str, bit_length: u64) -> bool {
+    let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let width = bit_length.div_ceil(4) as usize;
+    rest.len() == width
+        && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && u64::from_str_radix(rest, 16).is_ok_and(|b| bit_length <= 32 && b < (1u64 << bit_length))
+}
+
+/// The working directory: configuration, effective roles, published versions.
+#[derive(Debug)]
+pub struct State {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub profile: Profile,
+    pub roles: BTreeMap<String, Meta>,
+    /// Latest published version of each role (root and the `N.role.json` files).
+    pub published: BTreeMap<String, u64>,
+    pub now: i64,
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `N.role.json` → (N, role).
+pub fn split_versioned(file: &str) -> Option<(u64, &str)> {
+    let stem = file.strip_suffix(".json")?;
+    let (n, role) = stem.split_once('.')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || role.is_empty() {
+        return None;
+    }
+    Some((n.parse().ok()?, role))
+}
+
+impl State {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config = Config::load(dir)?;
+        let profile = config.profile()?;
+        let mut st = State {
+            dir: dir.to_path_buf(),
+            config,
+            profile,
+            roles: BTreeMap::new(),
+            published: BTreeMap::new(),
+            now: unix_now(),
+        };
+        let repo = repository_dir(dir);
+        if repo.is_dir() {
+            for e in std::fs::read_dir(&repo).map_err(|e| ToolError::io(&repo, e))? {
+                let e = e.map_err(|e| ToolError::io(&repo, e))?;
+                let name = e.file_name();
+                let Some((v, role)) = name.to_str().and_then(split_versioned) else {
+                    continue;
+                };
+                let slot = st.published.entry(role.to_string()).or_insert(0);
+                *slot = (*slot).max(v);
+            }
+            for (role, v) in st.published.clone() {
+                if role == "snapshot" {
+                    continue;
+                }
+                let path = repo.join(format!("{v}.{role}.json"));
+                let meta = Meta::from_bytes(&role, read(&path)?, &path, false)?;
+                st.roles.insert(role, meta);
+            }
+        }
+        let staged = staged_dir(dir);
+        if staged.is_dir() {
+            for e in std::fs::read_dir(&staged).map_err(|e| ToolError::io(&staged, e))? {
+                let e = e.map_err(|e| ToolError::io(&staged, e))?;
+                let fname = e.file_name();
+                let Some(fname) = fname.to_str() else {
+                    continue;
+                };
+                if fname.starts_with('.') {
+                    continue;
+                }
+                let Some(role) = fname.strip_suffix(".json") else {
+                    continue;
+                };
+                let path = e.path();
+                let meta = Meta::from_bytes(role, read(&path)?, &path, true)?;
+                st.roles.insert(role.to_string(), meta);
+            }
+        }
+        Ok(st)
+    }
+
+    pub fn staged(&self) -> impl Iterator<Item = &Meta> {
+        self.roles.values().filter(|m| m.staged)
+    }
+
+    pub fn root(&self) -> Result<&Meta> {
+        self.roles.get("root").ok_or_else(|| {
+            invalid(format!(
+                "{}: no root metadata (staged or published)",
+                self.dir.display()
+            ))
+        })
+    }
+
+    pub fn get(&self, role: &str) -> Result<&Meta> {
+        self.roles.get(role).ok_or_else(|| {
+            invalid(format!(
+                "{}: role {role:?} has no metadata (staged or published)",
+                self.dir.display()
+            ))
+        })
+    }
+
+    /// The published root of version `v`.
+    pub fn published_root(&self, v: u64) -> Result<Vec<u8>> {
+        read(&repository_dir(&self.dir).join(format!("{v}.root.json")))
+    }
+
+    /// Who must sign `role`'s current metadata.
+    pub fn authorities(&self, role: &str) -> Result<Vec<Authority>> {
+        let root = self.root()?;
+        if role == "root" {
+            let mut v = vec![Authority {
+                label: format!("root v{} (its own root role)", root.version),
+                delegator: "root".into(),
+                bytes: root.bytes.clone(),
+            }];
+            if root.version > 1 && root.staged {
+                let prev = root.version - 1;
+                let bytes = self.published_root(prev).map_err(|e| {
+                    invalid(format!(
+                        "root v{} is staged but the previous root v{prev} is not published: {e}",
+                        root.version
+                    ))
+                })?;
+                v.push(Authority {
+                    label: format!("root v{prev} (the trusted root it rotates from)"),
+                    delegator: "root".into(),
+                    bytes,
+                });
+            }
+            return Ok(v);
+        }
+        if top_level(role).is_some() {
+            return Ok(vec![Authority {
+                label: format!("root v{}", root.version),
+                delegator: "root".into(),
+                bytes: root.bytes.clone(),
+            }]);
+        }
+        let out: Vec<Authority> = self
+            .delegators_of(role)
+            .into_iter()
+            .filter_map(|d| self.roles.get(&d))
+            .map(|m| Authority {
+                label: format!("delegated by {} v{}", m.name, m.version),
+                delegator: m.name.clone(),
+                bytes: m.bytes.clone(),
+            })
+            .collect();
+        if out.is_empty() {
+            return Err(invalid(format!(
+                "role {role:?} is not delegated by any targets role"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Targets roles whose delegations name `role` (by name or as a succinct bin).
+    pub fn delegators_of(&self, role: &str) -> Vec<String> {
+        self.roles
+            .values()
+            .filter(|m| m.kind() == "targets")
+            .filter(|m| {
+                let Some(d) = m.signed.get("delegations") else {
+                    return false;
+                };
+                if let Some(rs) = d.get("roles").and_then(Value::as_array) {
+                    return rs
+                        .iter()
+                        .any(|r| r.get("name").and_then(Value::as_str) == Some(role));
+                }
+                if let Some(s) = d.get("succinct_roles") {
+                    let prefix = s.get("name_prefix").and_then(Value::as_str).unwrap_or("");
+                    let bits = s.get("bit_length").and_then(Value::as_u64).unwrap_or(0);
+                    return is_bin(role, prefix, bits);
+                }
+                false
+            })
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    /// The body to modify for `role`: the staged one as is, or a copy of the published one with
+    /// the next version. Expiry and spec_version are renewed.
+    pub fn next_body(&self, role: &str) -> Result<Value> {
+        let m = self.get(role)?;
+        let mut body = m.signed.clone();
+        if !m.staged {
+            body["version"] = json!(m.version + 1);
+        }
+        self.renew(role, &mut body)?;
+        Ok(body)
+    }
+
+    /// Set `expires` by the policy and `spec_version` by the profile.
+    pub fn renew(&self, role: &str, body: &mut Value) -> Result<()> {
+        let exp = hale_repo::build::expires_at(self.now, self.config.expires.for_role(role))?;
+        body["expires"] = json!(exp);
+        body["spec_version"] = json!(self.profile.spec_version());
+        Ok(())
+    }
+
+    /// Stage `signed` for `role` without signatures (its content changed: everyone signs again).
+    pub fn stage(&mut self, batch: &mut Batch, role: &str, signed: Value) -> Result<()> {
+        hale_core::metadata::check_role_name(role).map_err(|e| ToolError::trust(role, e))?;
+        hale_repo::build::check_profile(self.profile, &signed)
+            .map_err(|e| invalid(format!("{role}: {e}")))?;
+        let bytes = hale_repo::sign::unsigned(&signed)?;
+        let path = staged_dir(&self.dir).join(format!("{role}.json"));
+        batch.add(&path, &bytes)?;
+        let meta = Meta::from_bytes(role, bytes, &path, true)?;
+        self.roles.insert(role.to_string(), meta);
+        Ok(())
+    }
+
+    /// Roles (with labels) that trust demo keys, in the root and every delegation.
+    pub fn demo_hits(&self) -> Vec<(String, Vec<&'static str>)> {
+        let mut hits = Vec::new();
+        let ids = |v: Option<&Value>| -> Vec<&'static str> {
+            v.and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .filter_map(crate::demo::name_of)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if let Some(root) = self.roles.get("root") {
+            if let Some(roles) = root.signed.get("roles").and_then(Value::as_object) {
+                for (r, v) in roles {
+                    let names = ids(v.get("keyids"));
+                    if !names.is_empty() {
+                        hits.push((r.clone(), names));
+                    }
+                }
+            }
+        }
+        for m in self.roles.values().filter(|m| m.kind() == "targets") {
+            let Some(d) = m.signed.get("delegations") else {
+                continue;
+            };
+            for r in d
+                .get("roles")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let names = ids(r.get("keyids"));
+                if !names.is_empty() {
+                    let n = r.get("name").and_then(Value::as_str).unwrap_or("?");
+                    hits.push((format!("{n} (delegated by {})", m.name), names));
+                }
+            }
+            if let Some(s) = d.get("succinct_roles") {
+                let names = ids(s.get("keyids"));
+                if !names.is_empty() {
+                    let p = s.get("name_prefix").and_then(Value::as_str).unwrap_or("?");
+                    hits.push((format!("{p}-* bins (delegated by {})", m.name), names));
+                }
+            }
+        }
+        hits
+    }
+
+    /// Warn loudly when any role trusts a demo key.
+    pub fn warn_demo(&self) {
+        crate::demo::warn(
+            &format!("repository {}", self.dir.display()),
+            &self.demo_hits(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bin_names_and_versioned_files() {
+        assert!(is_bin("bin-0a", "bin", 8));
+        assert!(!is_bin("bin-a", "bin", 8));
+        assert!(!is_bin("bin-1f", "bin", 4));
+        assert!(is_bin("bin-1", "bin", 1));
+        assert!(!is_bin("bin-2", "bin", 1));
+        assert!(!is_bin("x-00", "bin", 8));
+        assert_eq!(split_versioned("12.pump-a.json"), Some((12, "pump-a")));
+        assert_eq!(split_versioned("timestamp.json"), None);
+        assert_eq!(split_versioned("1.a.b.json"), Some((1, "a.b")));
+    }
+}

@@ -1,0 +1,484 @@
+//! Key ceremonies through the real binary: threshold signing across signers, refusals, root
+//! rotation with both thresholds, the compat profile and the demo-key warning.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use common::{snapshot_tree, Env, PW, PW_ENV};
+
+#[test]
+fn two_of_three_root_ceremony_signers_sign_one_at_a_time_and_status_shows_who_is_missing() {
+    let e = Env::new();
+    e.standard_keys();
+    let (a, b, c) = (e.keyid("root-a"), e.keyid("root-b"), e.keyid("root-c"));
+    e.init();
+    let staged = e.json("repo/staged/root.json");
+    assert_eq!(staged["signed"]["version"], 1);
+    assert_eq!(staged["signed"]["roles"]["root"]["threshold"], 2);
+    assert_eq!(staged["signed"]["consistent_snapshot"], true);
+    assert_eq!(staged["signatures"], serde_json::json!([]));
+
+    // nobody signed yet: exit 1, every root key missing
+    let s = e.run(&["status", "repo"]);
+    assert_eq!(s.code, 1, "{}", s.stdout);
+    assert!(
+        s.stdout
+            .contains("root v1 (its own root role): threshold 2 — 0 valid — NOT MET"),
+        "{}",
+        s.stdout
+    );
+    assert!(
+        s.stdout.contains(&format!("missing  {a}, {b}, {c}")),
+        "{}",
+        s.stdout
+    );
+
+    // signer 1, passphrase from the environment
+    e.sign("repo/staged/root.json", "root-a");
+    let s = e.run(&["status", "repo/staged/root.json"]);
+    assert_eq!(s.code, 1);
+    assert!(
+        s.stdout.contains(&format!("signed   {a}\n")),
+        "{}",
+        s.stdout
+    );
+    assert!(
+        s.stdout.contains(&format!("missing  {b}, {c}\n")),
+        "{}",
+        s.stdout
+    );
+
+    // signer 2 on "another machine", passphrase from a file, ECDSA key
+    e.write("pw.txt", format!("{PW}\n").as_bytes());
+    e.ok(&[
+        "sign",
+        "repo/staged/root.json",
+        "--key",
+        "root-b.key",
+        "--passphrase-file",
+        "pw.txt",
+    ]);
+    let s = e.run(&["status", "repo/staged/root.json"]);
+    assert_eq!(s.code, 0, "{}", s.stdout);
+    assert!(
+        s.stdout.contains("threshold 2 — 2 valid — MET"),
+        "{}",
+        s.stdout
+    );
+    assert!(
+        s.stdout.contains(&format!("missing  {c}\n")),
+        "{}",
+        s.stdout
+    );
+
+    // the whole directory: targets still unsigned
+    assert_eq!(e.run(&["status", "repo"]).code, 1);
+    e.sign("repo/staged/targets.json", "targets");
+    let s = e.run(&["status", "repo"]);
+    assert_eq!(s.code, 0, "{}", s.stdout);
+    assert!(s
+        .stdout
+        .contains("all 2 staged file(s) meet their thresholds"));
+
+    let p = e.publish();
+    assert!(
+        p.stdout
+            .contains("published root v1, targets v1, snapshot v1 (1 roles), timestamp v1"),
+        "{}",
+        p.stdout
+    );
+    for f in [
+        "root.json",
+        "1.root.json",
+        "1.targets.json",
+        "1.snapshot.json",
+        "timestamp.json",
+    ] {
+        assert!(e.path("repo/repository").join(f).exists(), "{f}");
+    }
+    assert!(
+        std::fs::read_dir(e.path("repo/staged"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "staged files are removed after publish"
+    );
+    let v = e.verify();
+    assert_eq!(v.code, 0, "{}{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains("root       chain 1 "), "{}", v.stdout);
+}
+
+#[test]
+fn refuses_a_signature_from_a_key_the_role_does_not_list_and_leaves_the_file_unchanged() {
+    let e = Env::new();
+    e.standard_keys();
+    e.init();
+    e.sign("repo/staged/root.json", "root-a");
+    let before = std::fs::read(e.path("repo/staged/root.json")).unwrap();
+    let (a, b, c, t) = (
+        e.keyid("root-a"),
+        e.keyid("root-b"),
+        e.keyid("root-c"),
+        e.keyid("targets"),
+    );
+    let r = e.run(&[
+        "sign",
+        "repo/staged/root.json",
+        "--key",
+        "targets.key",
+        "--passphrase-env",
+        PW_ENV,
+    ]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "error: refusing to sign repo/staged/root.json: key {t} (targets.key) is not listed for role root by root v1 \
+             (its own root role) (listed keys: {a}, {b}, {c}); the file is unchanged"
+        )
+    );
+    assert_eq!(
+        std::fs::read(e.path("repo/staged/root.json")).unwrap(),
+        before,
+        "byte for byte"
+    );
+
+    // and the other way round: a root key cannot sign targets
+    let r = e.run(&[
+        "sign",
+        "repo/staged/targets.json",
+        "--key",
+        "root-c.key",
+        "--passphrase-env",
+        PW_ENV,
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains(&format!(
+            "key {c} (root-c.key) is not listed for role targets by root v1"
+        )),
+        "{}",
+        r.stderr
+    );
+
+    // a wrong passphrase is refused before anything is written
+    let r = e.run(&[
+        "sign",
+        "repo/staged/targets.json",
+        "--key",
+        "targets.key",
+        "--passphrase-env",
+        "NO_SUCH_VAR",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("environment variable NO_SUCH_VAR is not set"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn publish_refuses_below_threshold_and_leaves_the_repository_unchanged() {
+    let e = Env::new();
+    e.published_repo();
+    // a new targets version, signed by nobody; a root rotation signed by one of two
+    e.write("fw.bin", b"firmware");
+    e.ok(&["target", "add", "repo", "--file", "fw.bin"]);
+    e.key("root-d", "ed25519");
+    e.ok(&[
+        "rotate",
+        "repo",
+        "--role",
+        "root",
+        "--add-key",
+        "root-d.pub",
+        "--remove-key",
+        "root-c.pub",
+    ]);
+    e.sign("repo/staged/root.json", "root-a");
+    let before = snapshot_tree(&e.path("repo/repository"));
+    let staged_before = snapshot_tree(&e.path("repo/staged"));
+    let r = e.run(&[
+        "publish",
+        "repo",
+        "--snapshot-key",
+        "snapshot.key",
+        "--timestamp-key",
+        "timestamp.key",
+        "--passphrase-env",
+        PW_ENV,
+    ]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.trim_end(),
+        "error: refusing to publish repo: 3 threshold(s) not met: root v2: 1/2 by root v2 (its own root role); \
+         root v2: 1/2 by root v1 (the trusted root it rotates from); targets v2: 0/1 by root v2 \
+         (repository unchanged; see `hale-sign status repo`)"
+    );
+    assert_eq!(snapshot_tree(&e.path("repo/repository")), before);
+    assert_eq!(snapshot_tree(&e.path("repo/staged")), staged_before);
+}
+
+#[test]
+fn root_rotation_needs_the_old_and_the_new_threshold() {
+    let e = Env::new();
+    e.published_repo();
+    let (a, b, c) = (e.keyid("root-a"), e.keyid("root-b"), e.keyid("root-c"));
+    let d = e.key("root-d", "ed25519");
+    let r = e.ok(&[
+        "rotate",
+        "repo",
+        "--role",
+        "root",
+        "--add-key",
+        "root-d.pub",
+        "--remove-key",
+        &a,
+    ]);
+    assert!(
+        r.stdout.contains("root v2 staged: root is now 2-of-3"),
+        "{}",
+        r.stdout
+    );
+    let root = e.json("repo/staged/root.json");
+    assert_eq!(root["signed"]["version"], 2);
+    assert!(
+        root["signed"]["keys"].get(&a).is_none(),
+        "the removed key is dropped from keys"
+    );
+
+    // the new keys alone: the new threshold is met, the old one is not
+    e.sign("repo/staged/root.json", "root-d");
+    e.sign("repo/staged/root.json", "root-c");
+    let s = e.run(&["status", "repo"]);
+    assert_eq!(s.code, 1, "{}", s.stdout);
+    assert!(
+        s.stdout
+            .contains("root v2 (its own root role): threshold 2 — 2 valid — MET"),
+        "{}",
+        s.stdout
+    );
+    assert!(
+        s.stdout.contains(
+            "root v1 (the trusted root it rotates from): threshold 2 — 1 valid — NOT MET"
+        ),
+        "{}",
+        s.stdout
+    );
+    assert!(
+        s.stdout.contains(&format!("missing  {a}, {b}\n")),
+        "{}",
+        s.stdout
+    );
+    assert_eq!(e.run(&["publish", "repo"]).code, 2);
+
+    // a key of the OLD root may sign the new root (it is needed for the old threshold)
+    e.sign("repo/staged/root.json", "root-a");
+    let s = e.run(&["status", "repo"]);
+    assert_eq!(s.code, 0, "{}", s.stdout);
+    assert!(
+        s.stdout
+            .contains("root v1 (the trusted root it rotates from): threshold 2 — 2 valid — MET"),
+        "{}",
+        s.stdout
+    );
+    e.publish();
+    let v = e.verify();
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    assert!(
+        v.stdout.contains("root       chain 1 -> 2 "),
+        "{}",
+        v.stdout
+    );
+    assert!(e.path("repo/repository/2.root.json").exists());
+    assert_eq!(e.json("repo/repository/root.json")["signed"]["version"], 2);
+    let _ = (c, d);
+}
+
+#[test]
+fn compat_profile_refuses_an_ecdsa_key_and_writes_spec_1_0_0() {
+    let e = Env::new();
+    e.standard_keys();
+    let b = e.keyid("root-b");
+    let r = e.run(&[
+        "init",
+        "compat",
+        "--profile",
+        "compat",
+        "--root-key",
+        "root-a.pub",
+        "--root-key",
+        "root-b.pub",
+        "--targets-key",
+        "targets.pub",
+        "--snapshot-key",
+        "snapshot.pub",
+        "--timestamp-key",
+        "timestamp.pub",
+    ]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!("error: root-b.pub: compat profile refuses key {b} of type ecdsa: its clients (rust-tuf 0.3) verify ed25519 only")
+    );
+    assert!(!e.path("compat").exists(), "nothing written");
+
+    e.ok(&[
+        "init",
+        "compat",
+        "--profile",
+        "compat",
+        "--root-key",
+        "root-a.pub",
+        "--targets-key",
+        "targets.pub",
+        "--snapshot-key",
+        "snapshot.pub",
+        "--timestamp-key",
+        "timestamp.pub",
+    ]);
+    assert_eq!(
+        e.json("compat/staged/root.json")["signed"]["spec_version"],
+        "1.0.0"
+    );
+    // no ECDSA key can come in later either
+    let r = e.run(&[
+        "rotate",
+        "compat",
+        "--role",
+        "targets",
+        "--add-key",
+        "root-b.pub",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("compat profile refuses key"),
+        "{}",
+        r.stderr
+    );
+    e.sign("compat/staged/root.json", "root-a");
+    e.sign("compat/staged/targets.json", "targets");
+    e.ok(&[
+        "publish",
+        "compat",
+        "--snapshot-key",
+        "snapshot.key",
+        "--timestamp-key",
+        "timestamp.key",
+        "--passphrase-env",
+        PW_ENV,
+    ]);
+    assert_eq!(
+        e.json("compat/repository/timestamp.json")["signed"]["spec_version"],
+        "1.0.0"
+    );
+    e.ok(&[
+        "verify",
+        "compat",
+        "--root",
+        "compat/repository/1.root.json",
+    ]);
+}
+
+#[test]
+fn demo_keys_are_reproducible_and_trigger_the_loud_warning() {
+    let e = Env::new();
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../keys-example");
+    // the committed demo keys are exactly what the seeds give (what CI checks)
+    let r = e.ok(&[
+        "key",
+        "demo",
+        "--out",
+        &demo.display().to_string(),
+        "--check",
+    ]);
+    assert!(
+        r.stdout.contains("all 8 demo keys match their seeds"),
+        "{}",
+        r.stdout
+    );
+    // regenerating gives the same .pub files byte for byte
+    e.ok(&["key", "demo", "--out", "regen"]);
+    for name in [
+        "root-1",
+        "root-2",
+        "root-3",
+        "targets-1",
+        "snapshot",
+        "timestamp",
+        "rollback-1",
+        "rollback-2",
+    ] {
+        assert_eq!(
+            std::fs::read(e.path(&format!("regen/{name}.pub"))).unwrap(),
+            std::fs::read(demo.join(format!("{name}.pub"))).unwrap(),
+            "{name}.pub"
+        );
+    }
+    let k = |n: &str| demo.join(n).display().to_string();
+    let r = e.ok(&[
+        "init",
+        "repo",
+        "--root-key",
+        &k("root-1.pub"),
+        "--root-key",
+        &k("root-2.pub"),
+        "--root-key",
+        &k("root-3.pub"),
+        "--root-threshold",
+        "2",
+        "--targets-key",
+        &k("targets-1.pub"),
+        "--snapshot-key",
+        &k("snapshot.pub"),
+        "--timestamp-key",
+        &k("timestamp.pub"),
+    ]);
+    assert!(
+        r.stderr
+            .contains("!! WARNING: repository repo is rooted in DEMO KEYS from keys-example/."),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("!!   role root trusts demo key(s): root-1, root-2, root-3"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("NEVER use this in production"),
+        "{}",
+        r.stderr
+    );
+    // every command touching the repository warns, and signing with a demo key too
+    let s = e.run(&["status", "repo"]);
+    assert!(s.stderr.contains("rooted in DEMO KEYS"), "{}", s.stderr);
+    let r = e.ok(&[
+        "sign",
+        "repo",
+        "--key",
+        &k("root-1.key"),
+        "--key",
+        &k("targets-1.key"),
+        "--passphrase-file",
+        &k("PASSPHRASE"),
+    ]);
+    assert!(
+        r.stderr.contains("WARNING: signing with DEMO key root-1"),
+        "{}",
+        r.stderr
+    );
+    // a repository with real keys does not warn
+    let e2 = Env::new();
+    e2.standard_keys();
+    e2.init();
+    assert!(!e2.run(&["status", "repo"]).stderr.contains("DEMO"));
+}
