@@ -467,6 +467,14 @@ pub fn parse(input: &[u8]) -> Result<Value<'_>, JsonError> {
     Ok(v)
 }
 
+/// Re-read a document that [`parse`] already accepted (bytes this crate stored after checking
+/// them): no validation pass, so repeated access is cheap. Never panics on any input; on bytes that
+/// were not validated it may misread, so it is crate-private.
+pub(crate) fn reparse(input: &[u8]) -> Option<Value<'_>> {
+    let mut r = Reader { b: input, i: 0 };
+    r.value(0, false).ok()
+}
+
 #[derive(Debug, Clone)]
 struct Reader<'a> {
     b: &'a [u8],

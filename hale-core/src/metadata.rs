@@ -39,6 +39,16 @@ impl<'a> Envelope<'a> {
     }
 }
 
+impl<'a> Envelope<'a> {
+    /// Re-read bytes that [`Envelope::parse`] accepted before (see [`json::reparse`]).
+    pub(crate) fn reparse(bytes: &'a [u8]) -> Option<Self> {
+        let top = json::reparse(bytes)?.as_object()?;
+        let signed = top.get("signed").ok()??.as_object()?;
+        let signatures = top.get("signatures").ok()??.as_array()?;
+        Some(Envelope { signed, signatures })
+    }
+}
+
 /// Fields every role has.
 #[derive(Debug, Clone, Copy)]
 pub struct Header {
@@ -300,6 +310,15 @@ impl<'a> Snapshot<'a> {
             })?;
             MetaFile::parse(&o, Name::from_json(&k))?;
         }
+        Ok(Snapshot { header, meta })
+    }
+
+    /// Re-read a snapshot that [`Snapshot::parse`] accepted before, without re-checking every
+    /// entry (walking many hash bins would otherwise be quadratic).
+    pub(crate) fn parse_stored(signed: &Object<'a>) -> Result<Self, Error> {
+        let role = Name::new("snapshot");
+        let header = parse_header(signed, "snapshot", role)?;
+        let meta = obj(signed, "meta", role)?;
         Ok(Snapshot { header, meta })
     }
 

@@ -194,8 +194,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
     }
 
     fn signed(&self, role: Role) -> Option<Envelope<'_>> {
-        // stored bytes were parsed before they were stored: this cannot fail
-        Envelope::parse(self.stored(role)?, role.as_str()).ok()
+        // stored bytes were fully validated before they were stored: re-read them cheaply
+        Envelope::reparse(self.stored(role)?)
     }
 
     /// The trusted root.
@@ -214,7 +214,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
 
     pub fn snapshot(&self) -> Option<Snapshot<'_>> {
         self.signed(Role::Snapshot)
-            .and_then(|e| Snapshot::parse(&e.signed).ok())
+            .and_then(|e| Snapshot::parse_stored(&e.signed).ok())
     }
 
     pub fn targets(&self) -> Option<Targets<'_>> {
