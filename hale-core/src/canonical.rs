@@ -50,6 +50,15 @@ impl Sink for Counter {
 
 /// Write `value` in canonical form.
 pub fn write_canonical<S: Sink + ?Sized>(value: &Value<'_>, sink: &mut S) -> Result<(), JsonError> {
+    let mut budget = crate::limits::MAX_CANONICAL_WORK;
+    write_value(value, sink, &mut budget)
+}
+
+fn write_value<S: Sink + ?Sized>(
+    value: &Value<'_>,
+    sink: &mut S,
+    budget: &mut usize,
+) -> Result<(), JsonError> {
     match value {
         Value::Null => sink.write(b"null"),
         Value::Bool(true) => sink.write(b"true"),
@@ -62,13 +71,13 @@ pub fn write_canonical<S: Sink + ?Sized>(value: &Value<'_>, sink: &mut S) -> Res
                 if n > 0 {
                     sink.write(b",");
                 }
-                write_canonical(&v, sink)?;
+                write_value(&v, sink, budget)?;
             }
             sink.write(b"]");
         }
         Value::Object(o) => {
             sink.write(b"{");
-            write_members(o, sink)?;
+            write_members(o, sink, budget)?;
             sink.write(b"}");
         }
     }
@@ -79,11 +88,16 @@ pub fn write_canonical<S: Sink + ?Sized>(value: &Value<'_>, sink: &mut S) -> Res
 fn write_members<S: Sink + ?Sized>(
     o: &crate::json::Object<'_>,
     sink: &mut S,
+    budget: &mut usize,
 ) -> Result<(), JsonError> {
     use core::cmp::Ordering;
     let mut prev: Option<JStr<'_>> = None;
     let mut first = true;
     loop {
+        // every pass re-scans the whole object
+        *budget = budget
+            .checked_sub(o.raw().len())
+            .ok_or(JsonError::TooComplex)?;
         // the smallest key greater than the last one written
         let mut best: Option<(JStr<'_>, Value<'_>)> = None;
         let mut dup = false;
@@ -115,7 +129,7 @@ fn write_members<S: Sink + ?Sized>(
         first = false;
         write_string(&k, sink);
         sink.write(b":");
-        write_canonical(&v, sink)?;
+        write_value(&v, sink, budget)?;
         prev = Some(k);
     }
 }
@@ -124,6 +138,7 @@ fn write_members<S: Sink + ?Sized>(
 fn write_members<S: Sink + ?Sized>(
     o: &crate::json::Object<'_>,
     sink: &mut S,
+    budget: &mut usize,
 ) -> Result<(), JsonError> {
     let mut members: alloc::vec::Vec<(JStr<'_>, Value<'_>)> = o.members().collect();
     members.sort_by(|a, b| a.0.cmp_decoded(&b.0));
@@ -140,7 +155,7 @@ fn write_members<S: Sink + ?Sized>(
         }
         write_string(k, sink);
         sink.write(b":");
-        write_canonical(v, sink)?;
+        write_value(v, sink, budget)?;
     }
     Ok(())
 }
@@ -273,6 +288,33 @@ mod tests {
             canon_str(r#"{"a":1,"\u0061":2}"#),
             Err(JsonError::DuplicateKey)
         );
+    }
+
+    /// Found by fuzzing: without a heap, canonicalising re-scans an object once per member, so a
+    /// hostile object with thousands of members cost seconds. The work is bounded now.
+    #[cfg(not(feature = "alloc"))]
+    #[test]
+    fn refuses_objects_too_large_to_canonicalise_without_a_heap() {
+        let mut doc = std::string::String::from("{");
+        for i in 0..3000 {
+            doc.push_str(&std::format!("\"member-{i:05}\":{{\"version\":{i}}},"));
+        }
+        doc.pop();
+        doc.push('}');
+        let v = parse(doc.as_bytes()).unwrap();
+        assert_eq!(
+            write_canonical(&v, &mut Counter::default()),
+            Err(JsonError::TooComplex)
+        );
+        // a snapshot with 256 hash bins still fits the budget
+        let mut snap = std::string::String::from("{");
+        for i in 0..257 {
+            snap.push_str(&std::format!("\"bin-{i:02x}.json\":{{\"version\":{i}}},"));
+        }
+        snap.pop();
+        snap.push('}');
+        let v = parse(snap.as_bytes()).unwrap();
+        assert!(write_canonical(&v, &mut Counter::default()).is_ok());
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub enum JsonError {
     TrailingData { offset: usize },
     /// The same key twice in one object.
     DuplicateKey,
+    /// Canonicalising would take more work than [`crate::limits::MAX_CANONICAL_WORK`] allows
+    /// (objects too large for a build without `alloc`).
+    TooComplex,
 }
 
 impl fmt::Display for JsonError {
@@ -54,6 +57,9 @@ impl fmt::Display for JsonError {
                 write!(f, "data after the JSON value at byte {offset}")
             }
             JsonError::DuplicateKey => write!(f, "duplicate key in a JSON object"),
+            JsonError::TooComplex => {
+                write!(f, "JSON objects too large to canonicalise without a heap")
+            }
         }
     }
 }

@@ -43,3 +43,14 @@ pub const MAX_PRERELEASE_LEN: usize = 32;
 
 /// Hardware entries in one firmware target's `custom.hardware`, and revisions per entry, examined.
 pub const MAX_HARDWARE_ENTRIES: usize = 64;
+
+/// Without `alloc`, canonical JSON emits object members by repeated selection, re-scanning an
+/// object once per member. This bounds the bytes re-scanned in one canonicalisation, so that a
+/// hostile document costs bounded CPU (found by fuzzing: a 120 KB timestamp cost 10+ s). A
+/// 257-entry snapshot (256 hash bins) needs about 2 MiB. Builds with `alloc` sort instead and
+/// need no budget.
+pub const MAX_CANONICAL_WORK: usize = 4 << 20;
+
+/// Signature entries verified for one document in all (each verification canonicalises
+/// `signed` once more): the threshold plus this many.
+pub const EXTRA_SIGNATURE_ATTEMPTS: u32 = 2;

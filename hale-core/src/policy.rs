@@ -128,12 +128,14 @@ fn cmp_pre(a: &str, b: &str) -> Ordering {
             (None, Some(_)) => return Ordering::Less,
             (Some(_), None) => return Ordering::Greater,
             (Some(p), Some(q)) => {
-                let (pn, qn) = (p.parse::<u64>().ok(), q.parse::<u64>().ok());
-                let o = match (pn, qn) {
-                    (Some(m), Some(n)) => m.cmp(&n),
-                    (Some(_), None) => Ordering::Less,
-                    (None, Some(_)) => Ordering::Greater,
-                    (None, None) => p.cmp(q),
+                let numeric = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+                // numeric identifiers compare as numbers of any size: no leading zeros (refused at
+                // parse), so the longer is the larger and equal lengths compare digit by digit
+                let o = match (numeric(p), numeric(q)) {
+                    (true, true) => p.len().cmp(&q.len()).then_with(|| p.cmp(q)),
+                    (true, false) => Ordering::Less,
+                    (false, true) => Ordering::Greater,
+                    (false, false) => p.cmp(q),
                 };
                 if o != Ordering::Equal {
                     return o;
@@ -396,6 +398,9 @@ mod tests {
             assert!(v(w[0]) < v(w[1]), "{} < {}", w[0], w[1]);
         }
         assert_eq!(v("1.2.3+build.5"), v("1.2.3"));
+        // numeric identifiers beyond u64 still compare as numbers (found by fuzzing)
+        assert!(v("1.0.0-99999999999999999999") < v("1.0.0-100000000000000000000"));
+        assert!(v("2.1.0-rc.73705c.1") > v("2.1.0-rc.7370909595000776585509"));
         for bad in [
             "1.2", "1.2.3.4", "01.2.3", "1.2.3-", "1.2.3-01", "a.b.c", "", "1.2.3+",
         ] {

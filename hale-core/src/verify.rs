@@ -13,7 +13,7 @@ use crate::canonical::write_canonical;
 use crate::crypto::{hex_decode, PublicKey};
 use crate::error::{Error, Name};
 use crate::json::{Object, Value};
-use crate::limits::{MAX_KEYS_PER_ROLE, MAX_SIGNATURE_LEN};
+use crate::limits::{EXTRA_SIGNATURE_ATTEMPTS, MAX_KEYS_PER_ROLE, MAX_SIGNATURE_LEN};
 use crate::metadata::{Envelope, RoleKeys};
 
 /// Signature entries tried for one key id (bounds work when an attacker repeats a key id).
@@ -81,7 +81,9 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
         keys: HVec::new(),
         unlisted: 0,
     };
-    let mut counted: HVec<PublicKey, MAX_KEYS_PER_ROLE> = HVec::new();
+    let mut counted: HVec<[u8; 32], MAX_KEYS_PER_ROLE> = HVec::new();
+    // the report looks at every key, but still within a bound
+    let mut unlimited = (MAX_KEYS_PER_ROLE * MAX_SIGNATURES_PER_KEY) as u32;
     for kid in role.keyids.iter() {
         let Some(kid) = kid.as_str() else {
             return Err(Error::Field {
@@ -92,14 +94,14 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
         let kname = Name::from_json(&kid);
         let status = match key_for(&role.keys, &kid) {
             Err(reason) => KeyStatus::Unusable(reason),
-            Ok(key) if counted.iter().any(|k| k.same_key(&key)) => {
+            Ok(key) if counted.contains(&key.fingerprint()) => {
                 KeyStatus::Unusable("same key as another key id")
             }
             Ok(key) => {
-                let s = signature_status(env, &kid, &key, name)?;
+                let s = signature_status(env, &kid, &key, name, &mut unlimited)?;
                 if s == KeyStatus::Signed {
                     // bounded by the TooManyKeys check above
-                    let _ = counted.push(key);
+                    let _ = counted.push(key.fingerprint());
                 }
                 s
             }
@@ -124,20 +126,57 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
     Ok(report)
 }
 
-/// Refuse unless the threshold is met.
+/// Refuse unless the threshold is met. Same rules as [`check_signatures`], without the report:
+/// it stops verifying as soon as the threshold is met and tries at most `threshold +`
+/// [`EXTRA_SIGNATURE_ATTEMPTS`] signature entries.
 pub fn verify_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<(), Error> {
-    let report = check_signatures(env, role)?;
-    if report.met() {
-        Ok(())
-    } else {
-        Err(Error::ThresholdNotMet {
-            role: role.name,
-            threshold: report.threshold,
-            valid: report.valid(),
-        })
+    let name = role.name;
+    if role.threshold == 0 || role.threshold > u64::from(u32::MAX) {
+        return Err(Error::BadThreshold {
+            role: name,
+            threshold: role.threshold,
+            keys: role.keyids.len(),
+        });
     }
+    let count = role.keyids.len();
+    if count > MAX_KEYS_PER_ROLE {
+        return Err(Error::TooManyKeys { role: name, count });
+    }
+    // No separate canonicalisation pass: each signature check canonicalises `signed` (refusing
+    // duplicate keys) and the number of checks is bounded, so hostile input costs bounded CPU.
+    let threshold = role.threshold as u32;
+    let mut attempts = threshold.saturating_add(EXTRA_SIGNATURE_ATTEMPTS);
+    // a fingerprint per counted key, not the keys: small stack on a device
+    let mut counted: HVec<[u8; 32], MAX_KEYS_PER_ROLE> = HVec::new();
+    for kid in role.keyids.iter() {
+        let Some(kid) = kid.as_str() else {
+            return Err(Error::Field {
+                role: name,
+                field: "keyids",
+            });
+        };
+        let Ok(key) = key_for(&role.keys, &kid) else {
+            continue;
+        };
+        let fp = key.fingerprint();
+        if counted.contains(&fp) {
+            continue;
+        }
+        if signature_status(env, &kid, &key, name, &mut attempts)? == KeyStatus::Signed {
+            let _ = counted.push(fp);
+            if counted.len() as u32 >= threshold {
+                return Ok(());
+            }
+        }
+    }
+    Err(Error::ThresholdNotMet {
+        role: name,
+        threshold,
+        valid: counted.len() as u32,
+    })
 }
 
+#[inline(never)]
 fn key_for(keys: &Object<'_>, kid: &crate::json::JStr<'_>) -> Result<PublicKey, &'static str> {
     let v = keys
         .get_by(|k| k == kid)
@@ -152,6 +191,7 @@ fn signature_status(
     kid: &crate::json::JStr<'_>,
     key: &PublicKey,
     role: Name,
+    attempts: &mut u32,
 ) -> Result<KeyStatus, Error> {
     let mut tried = 0;
     for sig in env.signatures.iter() {
@@ -163,9 +203,10 @@ fn signature_status(
             continue;
         }
         tried += 1;
-        if tried > MAX_SIGNATURES_PER_KEY {
+        if tried > MAX_SIGNATURES_PER_KEY || *attempts == 0 {
             break;
         }
+        *attempts -= 1;
         let Some(s) = o.get("sig").ok().flatten().and_then(|v| v.as_str()) else {
             continue;
         };

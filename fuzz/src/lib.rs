@@ -1,0 +1,109 @@
+//! Helpers shared by the fuzz targets: a heap sink for canonical bytes, a bounded walk over parsed
+//! JSON, and the fixture repository (keys from the test suite's fixed seeds) that the trusted-set
+//! target signs fuzzed metadata with.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use hale_core::canonical::Sink;
+use hale_core::json::{JStr, Value};
+
+pub mod fixture;
+
+/// Canonical bytes into a `Vec` (hale-core only implements `Sink for Vec` with `alloc`).
+#[derive(Debug, Default)]
+pub struct VecSink(pub Vec<u8>);
+
+impl Sink for VecSink {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes)
+    }
+}
+
+/// Decode a JSON string with every API hale-core offers and check they agree.
+pub fn check_jstr(s: &JStr<'_>) {
+    let decoded: Vec<u8> = s.bytes().collect();
+    assert_eq!(
+        s.decoded_len(),
+        decoded.len(),
+        "decoded_len disagrees with bytes()"
+    );
+    assert!(s.eq_bytes(&decoded), "eq_bytes(own decoding) is false");
+    assert!(s.eq_concat(&[&decoded]), "eq_concat(own decoding) is false");
+    let text = core::str::from_utf8(&decoded).expect("a parsed JSON string decodes to valid UTF-8");
+    assert!(s.eq_str(text));
+    assert_eq!(s.to_string(), text, "Display disagrees with bytes()");
+    if let Some(p) = s.as_plain() {
+        assert_eq!(
+            p.as_bytes(),
+            &decoded[..],
+            "as_plain disagrees with bytes()"
+        );
+    }
+    let mut buf = [0u8; 256];
+    match s.decode_into(&mut buf) {
+        Some(d) => assert_eq!(d.as_bytes(), &decoded[..]),
+        None => assert!(
+            decoded.len() > buf.len(),
+            "decode_into refused a string that fits"
+        ),
+    }
+    // too small a buffer must be refused, not overrun
+    if !decoded.is_empty() {
+        let mut small = vec![0u8; decoded.len() - 1];
+        assert!(s.decode_into(&mut small).is_none());
+    }
+    assert_eq!(s.cmp_decoded(s), core::cmp::Ordering::Equal);
+}
+
+/// Visit every value below `v`: members, elements, strings; check lengths and lookups agree.
+/// Returns the number of values seen.
+pub fn walk(v: &Value<'_>, depth: usize) -> usize {
+    assert!(
+        depth <= hale_core::limits::MAX_JSON_DEPTH + 1,
+        "parser accepted nesting deeper than MAX_JSON_DEPTH"
+    );
+    let mut n = 1;
+    match v {
+        Value::Str(s) => check_jstr(s),
+        Value::Int(i) => {
+            assert_eq!(v.as_i64(), Some(*i));
+            assert_eq!(v.as_u64(), u64::try_from(*i).ok());
+        }
+        Value::Array(a) => {
+            let mut count = 0;
+            for e in a.iter() {
+                n += walk(&e, depth + 1);
+                count += 1;
+            }
+            assert_eq!(a.len(), count, "Array::len disagrees with iter()");
+            assert_eq!(a.is_empty(), count == 0);
+        }
+        Value::Object(o) => {
+            let mut count = 0;
+            let members: Vec<_> = o.members().collect();
+            for (k, val) in &members {
+                check_jstr(k);
+                n += walk(val, depth + 1);
+                count += 1;
+                // a lookup by the decoded key finds a value, or reports the duplicate
+                let dup = members.iter().filter(|(k2, _)| k2 == k).count() > 1;
+                match o.get_by(|k2| k2 == k) {
+                    Ok(Some(_)) => assert!(!dup, "get_by returned a value for a duplicate key"),
+                    Ok(None) => panic!("get_by did not find a key that members() yields"),
+                    Err(_) => assert!(dup, "get_by failed on a unique key"),
+                }
+                if let Some(plain) = k.as_plain() {
+                    assert_eq!(o.get(plain).is_ok(), !dup);
+                }
+            }
+            assert_eq!(o.len(), count, "Object::len disagrees with members()");
+            assert_eq!(o.is_empty(), count == 0);
+        }
+        Value::Null | Value::Bool(_) => {}
+    }
+    n
+}

@@ -1,0 +1,481 @@
+//! Seed corpora and the fixture root for `fuzz/` (see fuzz/README.md), from a [`RepoSim`]
+//! repository: deterministic (fixed key seeds, fixed "now"), so regenerating gives the same files.
+//!
+//! `cargo run -p hale-tests --example fuzz_seeds -- fuzz`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::{Path, PathBuf};
+
+use hale_repo::build;
+use hale_repo::keys::KeyKind;
+use hale_tests::{key, RepoSim};
+use serde_json::{json, Value};
+use sha2::Digest;
+
+/// Flags of the trusted_set target (fuzz/fuzz_targets/trusted_set.rs).
+const ROOT: u8 = 16;
+const AS_BASELINE: u8 = 64;
+const TWICE: u8 = 128;
+
+fn signed(bytes: &[u8]) -> Value {
+    let v: Value = serde_json::from_slice(bytes).unwrap();
+    v["signed"].clone()
+}
+
+fn compact(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
+}
+
+fn pretty(v: &Value) -> Vec<u8> {
+    serde_json::to_vec_pretty(v).unwrap()
+}
+
+/// Hashes and length are computed over the envelope the fuzz target builds, not this one: drop them.
+fn strip_hashes(mut ts: Value) -> Value {
+    if let Some(m) = ts["meta"]["snapshot.json"].as_object_mut() {
+        m.remove("hashes");
+        m.remove("length");
+    }
+    ts
+}
+
+fn join(flags: u8, parts: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = vec![flags];
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(0xFF);
+        }
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
+    let d = dir.join("seeds").join(target);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join(name), bytes).unwrap();
+}
+
+fn firmware_custom(version: &str) -> Value {
+    json!({
+        "hardware": [{"model": "pump-a", "revisions": ["r2", "r3"]}, {"model": "pump-b", "revisions": ["r1"]}],
+        "version": version,
+        "security_counter": 4,
+        "min_bootloader": "1.2.0",
+        "sbom": format!("pump-a/{version}/sbom.spdx.json"),
+    })
+}
+
+/// The fixture repository: every role signed by one ed25519 key the fuzz target can rebuild
+/// (`fuzz-targets` for targets instead of the suite's ECDSA key, `fuzz-delegate` for delegations).
+fn repo() -> RepoSim {
+    let mut sim = RepoSim::new();
+    sim.targets.keys = vec![key("fuzz-targets", KeyKind::Ed25519)];
+    sim.write_root();
+    sim.add_target("targets", "readme.txt", b"hello", None);
+    sim.delegate(
+        "targets",
+        "firmware",
+        &["pump-a/*", "pump-b/*/*.bin"],
+        false,
+        vec![key("fuzz-delegate", KeyKind::Ed25519)],
+        1,
+    );
+    sim.add_target(
+        "firmware",
+        "pump-a/firmware.bin",
+        b"firmware image",
+        Some(firmware_custom("2.1.0")),
+    );
+    // the rollback role: no paths, it only signs rollback authorizations
+    sim.delegate(
+        "targets",
+        "rollback",
+        &[],
+        false,
+        vec![key("fuzz-delegate", KeyKind::Ed25519)],
+        1,
+    );
+    sim.publish();
+    sim
+}
+
+fn main() {
+    let out: PathBuf = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("fuzz"));
+    let sim = repo();
+    let f = |name: &str| sim.files[name].clone();
+    let latest = |role: &str| {
+        let (_, b) = sim
+            .files
+            .iter()
+            .filter(|(k, _)| {
+                k.ends_with(&format!(".{role}.json"))
+                    && k.split('.').next().unwrap().parse::<u64>().is_ok()
+            })
+            .max_by_key(|(k, _)| k.split('.').next().unwrap().parse::<u64>().unwrap())
+            .unwrap();
+        b.clone()
+    };
+    let root1 = f("1.root.json");
+    let (ts, snap, targets, firmware) = (
+        f("timestamp.json"),
+        latest("snapshot"),
+        latest("targets"),
+        latest("firmware"),
+    );
+
+    std::fs::create_dir_all(out.join("fixtures")).unwrap();
+    std::fs::write(out.join("fixtures/root.json"), &root1).unwrap();
+    std::fs::write(out.join("fixtures/targets.json"), &targets).unwrap();
+
+    // a second repository: succinct hash bins (TAP 15)
+    let mut bins = repo();
+    bins.delegate_bins("targets", 2, key("fuzz-delegate", KeyKind::Ed25519));
+    let bin = build::bin_for("pump-a/firmware.bin", 2, "bin");
+    bins.add_target(
+        &bin,
+        "pump-a/firmware.bin",
+        b"firmware image",
+        Some(firmware_custom("3.0.0")),
+    );
+    bins.publish();
+    let bins_latest = |role: &str| {
+        let (_, b) = bins
+            .files
+            .iter()
+            .filter(|(k, _)| {
+                k.ends_with(&format!(".{role}.json"))
+                    && k.split('.').next().unwrap().parse::<u64>().is_ok()
+            })
+            .max_by_key(|(k, _)| k.split('.').next().unwrap().parse::<u64>().unwrap())
+            .unwrap();
+        b.clone()
+    };
+    let (bts, bsnap, btargets, bbin) = (
+        bins.files["timestamp.json"].clone(),
+        bins_latest("snapshot"),
+        bins_latest("targets"),
+        bins_latest(&bin),
+    );
+
+    // the next root, signed by the fixture root key (ROOT flag)
+    let mut rotated = repo();
+    rotated.rotate_root(|_| {});
+    let root2 = rotated.files["2.root.json"].clone();
+
+    // json_parse, canonical, metadata: whole documents
+    let docs: Vec<(&str, Vec<u8>)> = vec![
+        ("root.json", root1.clone()),
+        ("timestamp.json", ts.clone()),
+        ("snapshot.json", snap.clone()),
+        ("targets.json", targets.clone()),
+        ("firmware.json", firmware.clone()),
+        ("bins-targets.json", btargets.clone()),
+        ("bin.json", bbin.clone()),
+        (
+            "root-pretty.json",
+            pretty(&serde_json::from_slice::<Value>(&root1).unwrap()),
+        ),
+    ];
+    for (name, b) in &docs {
+        write(&out, "metadata", name, b);
+        write(&out, "json_parse", name, b);
+    }
+    let tricky: &[(&str, &str)] = &[
+        (
+            "escapes.json",
+            r#"{"a\u0000b":"\"\\\/\b\f\n\r\t","\ud83d\ude00":"é\u00e9","z":[-0,1,-9223372036854775808,9223372036854775807]}"#,
+        ),
+        ("nested.json", "[[[[[[[[[[[[[[[[{\"a\":[{}]}]]]]]]]]]]]]]]]"),
+        ("dup.json", r#"{"a":1,"\u0061":2}"#),
+        ("scalars.json", " [ true , false , null , \"\" , 0 ] "),
+    ];
+    for (name, s) in tricky {
+        write(&out, "json_parse", name, s.as_bytes());
+        write(&out, "canonical", name, s.as_bytes());
+    }
+    for (name, b) in docs
+        .iter()
+        .filter(|(n, _)| matches!(*n, "root-pretty.json" | "targets.json" | "timestamp.json"))
+    {
+        write(&out, "canonical", name, b);
+    }
+
+    // trusted_set: flags, then signed bodies
+    let body = |b: &[u8]| compact(&signed(b));
+    let ts_body = compact(&strip_hashes(signed(&ts)));
+    let chain = |path: &str| {
+        vec![
+            ts_body.clone(),
+            body(&snap),
+            body(&targets),
+            path.as_bytes().to_vec(),
+            body(&firmware),
+        ]
+    };
+    write(
+        &out,
+        "trusted_set",
+        "delegated",
+        &join(0, &chain("pump-a/firmware.bin")),
+    );
+    write(
+        &out,
+        "trusted_set",
+        "top-level",
+        &join(0, &chain("readme.txt")),
+    );
+    write(
+        &out,
+        "trusted_set",
+        "baseline-twice",
+        &join(AS_BASELINE | TWICE, &chain("pump-a/firmware.bin")),
+    );
+    let mut with_root = vec![body(&root2)];
+    with_root.extend(chain("pump-a/firmware.bin"));
+    write(
+        &out,
+        "trusted_set",
+        "root-rotation",
+        &join(ROOT, &with_root),
+    );
+    write(
+        &out,
+        "trusted_set",
+        "pretty",
+        &join(
+            0,
+            &[
+                pretty(&strip_hashes(signed(&ts))),
+                pretty(&signed(&snap)),
+                pretty(&signed(&targets)),
+                b"pump-b/x/y.bin".to_vec(),
+                pretty(&signed(&firmware)),
+            ],
+        ),
+    );
+    write(
+        &out,
+        "trusted_set",
+        "succinct",
+        &join(
+            0,
+            &[
+                compact(&strip_hashes(signed(&bts))),
+                body(&bsnap),
+                body(&btargets),
+                b"pump-a/firmware.bin".to_vec(),
+                body(&bbin),
+            ],
+        ),
+    );
+
+    // policy: three versions, then a custom object
+    let custom = |v: &str| compact(&firmware_custom(v));
+    for (name, versions, c) in [
+        ("newer", "1.0.0\n1.2.0\n2.1.0", custom("2.1.0")),
+        (
+            "prerelease",
+            "2.1.0-rc.1\n2.1.0-rc.1.5\n2.1.0-alpha.beta+build.7",
+            custom("2.1.0-rc.2"),
+        ),
+        (
+            "numeric-pre",
+            "1.0.0-2\n1.0.0-10\n1.0.0-a-1",
+            custom("1.0.0"),
+        ),
+        (
+            "no-custom",
+            "0.0.1\n18446744073709551615.0.0\n1.2.3+x",
+            b"null".to_vec(),
+        ),
+        (
+            "min-fields",
+            "1.0.0\n1.0.0\n1.0.0",
+            br#"{"hardware":[{"model":"pump-a","revisions":["r2"]}],"version":"1.0.1"}"#.to_vec(),
+        ),
+    ] {
+        let mut b = versions.as_bytes().to_vec();
+        b.push(b'\n');
+        b.extend_from_slice(&c);
+        write(&out, "policy", name, &b);
+    }
+
+    // expires
+    for (name, s) in [
+        ("epoch", "1970-01-01T00:00:00Z"),
+        ("fixture-now", "2030-01-01T00:00:00Z"),
+        ("leap", "2024-02-29T23:59:59Z"),
+        ("max", "9999-12-31T23:59:59Z"),
+    ] {
+        write(&out, "expires", name, s.as_bytes());
+    }
+
+    // key: key object, 0xFF, hex signature, 0xFF, message
+    let msg = b"{\"_type\":\"timestamp\"}";
+    for (name, k) in [
+        ("ed25519", key("fuzz-key", KeyKind::Ed25519)),
+        ("ecdsa-pem", key("fuzz-key", KeyKind::EcdsaP256)),
+    ] {
+        let sig = hex::encode(k.sign(msg));
+        write(
+            &out,
+            "key",
+            name,
+            &join_plain(&[compact(&k.public()), sig.into_bytes(), msg.to_vec()]),
+        );
+    }
+    // ECDSA as a hex SEC1 point
+    {
+        let k = key("fuzz-key", KeyKind::EcdsaP256);
+        let pem = k.public()["keyval"]["public"].as_str().unwrap().to_string();
+        let der = pem_body(&pem);
+        // the SPKI of a P-256 key ends with the 65-byte uncompressed point
+        let point = hex::encode(&der[der.len() - 65..]);
+        let obj = json!({"keytype": "ecdsa-sha2-nistp256", "scheme": "ecdsa-sha2-nistp256", "keyval": {"public": point}});
+        let sig = hex::encode(k.sign(msg));
+        write(
+            &out,
+            "key",
+            "ecdsa-hex",
+            &join_plain(&[compact(&obj), sig.into_bytes(), msg.to_vec()]),
+        );
+    }
+    // RSA-PSS (parsed with --features std; refused as unsupported otherwise)
+    let rsa_root: Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/rsa-pss/root.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    if let Some((_, k)) = rsa_root["signed"]["keys"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, k)| k["keytype"] == "rsa")
+    {
+        write(
+            &out,
+            "key",
+            "rsa-pss",
+            &join_plain(&[compact(k), b"00".to_vec(), msg.to_vec()]),
+        );
+    }
+    // rollback: flags, authorization body, device id, group, target
+    let auth = json!({
+        "_type": "rollback-authorization",
+        "spec_version": "1.0.34",
+        "version": 1,
+        "issued": "2029-12-31T20:00:00Z",
+        "expires": "2030-01-01T08:00:00Z",
+        "devices": ["pump-a-000123"],
+        "group": "ward-7",
+        "target": "pump-a/firmware.bin",
+        "hashes": {"sha256": hex::encode(sha2::Sha256::digest(b"firmware image"))},
+        "installed": "2.1.0",
+        "reason": "INC-4711: occlusion alarm regression in 2.1.0",
+    });
+    write(
+        &out,
+        "rollback",
+        "device",
+        &join(
+            0,
+            &[
+                compact(&auth),
+                b"pump-a-000123".to_vec(),
+                Vec::new(),
+                b"pump-a/firmware.bin".to_vec(),
+            ],
+        ),
+    );
+    write(
+        &out,
+        "rollback",
+        "group",
+        &join(
+            0,
+            &[
+                pretty(&auth),
+                b"pump-b-9".to_vec(),
+                b"ward-7".to_vec(),
+                b"pump-a/firmware.bin".to_vec(),
+            ],
+        ),
+    );
+
+    // bundle: a whole offline update
+    let image_name = sim.target_file_name("pump-a/firmware.bin");
+    let auth_env = compact(&json!({"signatures": [], "signed": auth}));
+    let entries: Vec<(&str, &[u8])> = vec![
+        ("1.root.json", &root1),
+        ("timestamp.json", &ts),
+        ("2.snapshot.json", &snap),
+        ("2.targets.json", &targets),
+        ("1.firmware.json", &firmware),
+        (image_name.as_str(), b"firmware image"),
+        ("rollback-authorization.json", &auth_env),
+    ];
+    let mut buf = vec![0u8; hale_core::bundle::encoded_len(&entries)];
+    write(
+        &out,
+        "bundle",
+        "update",
+        hale_core::bundle::write(&entries, &mut buf).unwrap(),
+    );
+    let mut small = vec![0u8; 64];
+    write(
+        &out,
+        "bundle",
+        "empty",
+        hale_core::bundle::write(&[], &mut small).unwrap(),
+    );
+
+    println!(
+        "wrote {}/fixtures/root.json and {}/seeds/",
+        out.display(),
+        out.display()
+    );
+}
+
+fn join_plain(parts: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(0xFF);
+        }
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// Base64 body of a PEM block (tiny decoder: no extra dependency for one fixture).
+fn pem_body(pem: &str) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (mut acc, mut bits, mut out) = (0u32, 0u32, Vec::new());
+    for c in pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .flat_map(|l| l.bytes())
+    {
+        let Some(v) = A.iter().position(|a| *a == c) else {
+            continue;
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
