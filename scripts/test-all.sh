@@ -6,7 +6,8 @@
 #
 # 1. installs what the tests need (.ci/install.sh: QEMU, nginx, faketime, python-tuf venv, targets)
 # 2. cargo fmt --check; clippy -D warnings on every package and on the no_std core for Cortex-M
-# 3. cargo test --workspace (unit, attack suite, interop with python-tuf and rust-tuf, e2e)
+# 3. cargo test --workspace (unit, attack suite, interop with python-tuf and rust-tuf, server,
+#    agent with its power-loss sweep, PKI with real TLS handshakes, link, end to end)
 # 4. hale-core for thumbv7em-none-eabihf with default (no-heap) features
 # 5. the QEMU firmware: a whole update passes, tampered metadata fails
 # 6. a short fuzz smoke run of every parser
@@ -24,6 +25,9 @@ cargo fmt --all -- --check
 step "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p hale-core --target thumbv7em-none-eabihf --locked -- -D warnings
+
+step "binaries (the end-to-end test drives them; same command as scripts/demo.sh)"
+cargo build -p hale-sign -p hale-server -p device-agent --features device-agent/std --bins --locked
 
 step "tests"
 cargo test --workspace --locked
