@@ -361,6 +361,51 @@ pub fn report_json<F: NorFlash>(
     })
 }
 
+/// The body the pump POSTs to hale-server's `{server}/api/v1/devices/{id}/report`, in the
+/// server's schema: `{"slots": [{"name", "version", "state"}], "last_result": {"result",
+/// "target", "version", "reason"}}`, slot states `active | inactive | trial | pending | bad |
+/// empty` (the server refuses unknown fields). The device id is in the URL. `report_json` is
+/// the pump's fuller local view (`hale-agent status`).
+pub fn server_report_json<F: NorFlash>(
+    store: &FirmwareStore<F>,
+    target: &str,
+    result: &str,
+    reason: &str,
+) -> Value {
+    let s = store.slots();
+    let slots: Vec<Value> = [Slot::A, Slot::B]
+        .iter()
+        .map(|slot| {
+            let info = s.info(*slot);
+            let state = match info.state {
+                SlotState::Empty => "empty",
+                SlotState::Staging | SlotState::Pending => "pending",
+                SlotState::Trial => "trial",
+                SlotState::Good if *slot == s.active() => "active",
+                SlotState::Good => "inactive",
+                SlotState::Rejected => "bad",
+            };
+            json!({
+                "name": slot.as_str(),
+                "version": info.image.map(|i| i.version.to_string()).unwrap_or_default(),
+                "state": state,
+            })
+        })
+        .collect();
+    if result.is_empty() {
+        return json!({ "slots": slots });
+    }
+    let running = s
+        .info(s.active())
+        .image
+        .map(|i| i.version.to_string())
+        .unwrap_or_default();
+    json!({
+        "slots": slots,
+        "last_result": {"result": result, "target": target, "version": running, "reason": reason},
+    })
+}
+
 /// Whether a slot's state means a trial is under way (for the simulated pump's console).
 pub fn trial_running(s: &crate::Slots) -> bool {
     s.info(s.active()).state == SlotState::Trial

@@ -306,8 +306,28 @@ fn agent(state: &Path, args: &[&str]) -> String {
     text
 }
 
-fn last_report(state: &Arc<Mutex<Served>>) -> Value {
-    state.lock().unwrap().reports.last().cloned().unwrap()
+/// The pump's own view (`hale-agent status`), after checking that what it POSTed to the
+/// server is in hale-server's report schema and agrees with it.
+fn last_report(state: &Arc<Mutex<Served>>, dir: &Path) -> Value {
+    let posted = state.lock().unwrap().reports.last().cloned().unwrap();
+    let local: Value = serde_json::from_str(&agent(dir, &["status"])).unwrap();
+    assert_eq!(posted["slots"][0]["name"], "a", "{posted}");
+    assert_eq!(posted["slots"][1]["name"], "b", "{posted}");
+    assert_eq!(
+        posted["last_result"]["result"],
+        local["last_result"]["result"]
+    );
+    assert_eq!(
+        posted["last_result"]["reason"],
+        local["last_result"]["reason"]
+    );
+    for (i, slot) in local["slots"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(
+            posted["slots"][i]["version"],
+            slot["version"].as_str().unwrap_or("")
+        );
+    }
+    local
 }
 
 #[test]
@@ -349,14 +369,14 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
     // therapy running: deferred, nothing installed
     agent(&dir, &["therapy", "on"]);
     agent(&dir, &run);
-    let r = last_report(&state);
+    let r = last_report(&state, &dir);
     assert_eq!(r["last_result"]["result"], "deferred");
     assert_eq!(r["last_result"]["reason"], "therapy running");
     assert_eq!(r["device_id"], "pump-0001");
     // therapy stops: installed and confirmed
     agent(&dir, &["therapy", "off"]);
     agent(&dir, &run);
-    let r = last_report(&state);
+    let r = last_report(&state, &dir);
     assert_eq!(r["last_result"]["result"], "installed", "{r}");
     assert_eq!(r["slots"][1]["version"], "2.0.0");
     assert_eq!(r["slots"][1]["state"], "good");
@@ -367,14 +387,14 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
     set_files(&state, &sim);
     agent(&dir, &["health", "fail"]);
     agent(&dir, &run);
-    let r = last_report(&state);
+    let r = last_report(&state, &dir);
     assert_eq!(r["last_result"]["result"], "reverted", "{r}");
     assert_eq!(r["slots"][1]["version"], "2.0.0");
     assert_eq!(r["slots"][1]["active"], true);
     assert_eq!(r["slots"][0]["state"], "rejected");
     agent(&dir, &["health", "pass"]);
     agent(&dir, &run);
-    let r = last_report(&state);
+    let r = last_report(&state, &dir);
     assert_eq!(r["last_result"]["result"], "rejected");
 
     // v4 crashes before confirmation: reverted too
@@ -382,7 +402,7 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
     set_files(&state, &sim);
     agent(&dir, &["crash"]);
     agent(&dir, &run);
-    let r = last_report(&state);
+    let r = last_report(&state, &dir);
     assert_eq!(r["last_result"]["result"], "reverted", "{r}");
     assert_eq!(r["security_counter"], 7);
 
@@ -390,7 +410,7 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
     publish(&mut sim, "5.0.0", 8, 3000, "monitor-b");
     set_files(&state, &sim);
     agent(&dir, &run);
-    let r = last_report(&state);
+    let r = last_report(&state, &dir);
     assert_eq!(r["last_result"]["result"], "rejected");
     assert!(
         r["last_result"]["reason"]

@@ -24,7 +24,7 @@ pub fn sign_new(signed: &Value, keys: &[&SigningKey]) -> Result<Vec<u8>, RepoErr
         .iter()
         .map(|k| json!({"keyid": k.keyid(), "sig": hex::encode(k.sign(&msg))}))
         .collect();
-    to_file(&json!({"signatures": sigs, "signed": signed}))
+    envelope_bytes(&json!({"signatures": sigs, "signed": signed}))
 }
 
 /// Add (or replace) the signatures of `keys` on an existing envelope, keeping everyone else's.
@@ -33,9 +33,8 @@ pub fn add_signatures(envelope: &[u8], keys: &[&SigningKey]) -> Result<Vec<u8>, 
     let mut doc: Value = serde_json::from_slice(envelope)?;
     let signed = doc
         .get("signed")
-        .cloned()
         .ok_or_else(|| RepoError::Invalid("no `signed` in metadata".into()))?;
-    let msg = canonical(&signed)?;
+    let msg = canonical(signed)?;
     let sigs = doc
         .get_mut("signatures")
         .and_then(|s| s.as_array_mut())
@@ -45,7 +44,7 @@ pub fn add_signatures(envelope: &[u8], keys: &[&SigningKey]) -> Result<Vec<u8>, 
         sigs.retain(|s| s.get("keyid").and_then(|v| v.as_str()) != Some(kid.as_str()));
         sigs.push(json!({"keyid": kid, "sig": hex::encode(k.sign(&msg))}));
     }
-    to_file(&doc)
+    envelope_bytes(&doc)
 }
 
 /// The `signed` part of an envelope.
@@ -65,5 +64,11 @@ pub fn unsigned(signed: &Value) -> Result<Vec<u8>, RepoError> {
 /// what has no canonical form (floats), so every file written can be verified.
 pub fn to_file(doc: &Value) -> Result<Vec<u8>, RepoError> {
     canonical(doc)?;
+    Ok(serde_json::to_vec(doc)?)
+}
+
+/// [`to_file`] for an envelope whose `signed` was just canonicalised to sign it: the signatures
+/// are objects of strings, so the whole document has a canonical form without checking it again.
+fn envelope_bytes(doc: &Value) -> Result<Vec<u8>, RepoError> {
     Ok(serde_json::to_vec(doc)?)
 }

@@ -17,7 +17,8 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::error::{Result, ToolError};
 
@@ -25,6 +26,19 @@ use crate::error::{Result, ToolError};
 const FSYNC_WORKERS: usize = 32;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Wall time spent flushing files and directories to disk, in nanoseconds (for `--timings`).
+static FLUSH_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Wall time this process has spent waiting for [`Batch::commit`]'s flushes.
+pub fn flush_time() -> Duration {
+    Duration::from_nanos(FLUSH_NANOS.load(Ordering::Relaxed))
+}
+
+fn count_flush(since: Instant) {
+    let n = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    FLUSH_NANOS.fetch_add(n, Ordering::Relaxed);
+}
 
 /// Files written to temporary names, waiting for [`Batch::commit`]. Dropping an uncommitted batch
 /// removes its temporary files.
@@ -67,6 +81,7 @@ impl Batch {
         if self.unflushed {
             return finish(pending, true);
         }
+        let flush_start = Instant::now();
         let next = AtomicUsize::new(0);
         let failure: std::sync::Mutex<Option<ToolError>> = std::sync::Mutex::new(None);
         std::thread::scope(|s| {
@@ -86,6 +101,7 @@ impl Batch {
                 });
             }
         });
+        count_flush(flush_start);
         let failed = failure.lock().ok().and_then(|mut f| f.take());
         if let Some(e) = failed {
             for (tmp, _) in &pending {
@@ -117,11 +133,13 @@ fn finish(pending: Vec<(PathBuf, PathBuf)>, unflushed: bool) -> Result<Vec<PathB
             done.push(path);
         }
         if !unflushed {
+            let flush_start = Instant::now();
             for d in dirs {
                 if let Ok(f) = fs::File::open(&d) {
                     let _ = f.sync_all();
                 }
             }
+            count_flush(flush_start);
         }
         Ok(done)
     }

@@ -17,7 +17,9 @@ mod demo;
 mod durable;
 mod error;
 mod key_source;
+mod par;
 mod state;
+mod timings;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,6 +95,8 @@ enum Cmd {
     Rotate(commands::rotate::RotateArgs),
     /// Publish fully signed staged metadata into repository/ (and sign snapshot/timestamp).
     Publish(commands::publish::PublishArgs),
+    /// Send a signed release (root, targets, delegated roles and their contents) to hale-server.
+    Push(commands::push::PushArgs),
     /// Run the full client workflow over a repository directory with hale-core.
     Verify(commands::verify::VerifyArgs),
 }
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
         Cmd::Bins(a) => commands::bins::run(a),
         Cmd::Rotate(a) => commands::rotate::run(a),
         Cmd::Publish(a) => commands::publish::run(a),
+        Cmd::Push(a) => commands::push::run(a),
         Cmd::Verify(a) => commands::verify::run(a),
     };
     match result {

@@ -36,8 +36,9 @@ pub struct Meta {
 
 impl Meta {
     pub fn from_bytes(name: &str, bytes: Vec<u8>, path: &Path, staged: bool) -> Result<Self> {
-        let doc: Value = serde_json::from_slice(&bytes).map_err(|e| ToolError::json(path, e))?;
-        let signed = doc.get("signed").cloned().ok_or_else(|| {
+        let mut doc: Value =
+            serde_json::from_slice(&bytes).map_err(|e| ToolError::json(path, e))?;
+        let signed = doc.get_mut("signed").map(Value::take).ok_or_else(|| {
             invalid(format!(
                 "{}: no `signed` object (not TUF metadata)",
                 path.display()
@@ -169,6 +170,9 @@ impl State {
             published: BTreeMap::new(),
             now: unix_now(),
         };
+        // (role, file, staged): the newest published version of each role, then the staged files
+        // that override them; read and parsed in parallel (hundreds of hashed bins)
+        let mut files: Vec<(String, PathBuf, bool)> = Vec::new();
         let repo = repository_dir(dir);
         if repo.is_dir() {
             for e in std::fs::read_dir(&repo).map_err(|e| ToolError::io(&repo, e))? {
@@ -185,8 +189,7 @@ impl State {
                     continue;
                 }
                 let path = repo.join(format!("{v}.{role}.json"));
-                let meta = Meta::from_bytes(&role, read(&path)?, &path, false)?;
-                st.roles.insert(role, meta);
+                files.push((role, path, false));
             }
         }
         let staged = staged_dir(dir);
@@ -203,10 +206,15 @@ impl State {
                 let Some(role) = fname.strip_suffix(".json") else {
                     continue;
                 };
-                let path = e.path();
-                let meta = Meta::from_bytes(role, read(&path)?, &path, true)?;
-                st.roles.insert(role.to_string(), meta);
+                files.push((role.to_string(), e.path(), true));
             }
+        }
+        let metas = crate::par::map(&files, |(role, path, staged)| {
+            Meta::from_bytes(role, read(path)?, path, *staged)
+        });
+        for meta in metas {
+            let meta = meta?;
+            st.roles.insert(meta.name.clone(), meta);
         }
         Ok(st)
     }
@@ -335,14 +343,38 @@ impl State {
 
     /// Stage `signed` for `role` without signatures (its content changed: everyone signs again).
     pub fn stage(&mut self, batch: &mut Batch, role: &str, signed: Value) -> Result<()> {
-        hale_core::metadata::check_role_name(role).map_err(|e| ToolError::trust(role, e))?;
-        hale_repo::build::check_profile(self.profile, &signed)
-            .map_err(|e| invalid(format!("{role}: {e}")))?;
-        let bytes = hale_repo::sign::unsigned(&signed)?;
-        let path = staged_dir(&self.dir).join(format!("{role}.json"));
-        batch.add(&path, &bytes)?;
-        let meta = Meta::from_bytes(role, bytes, &path, true)?;
-        self.roles.insert(role.to_string(), meta);
+        self.stage_all(batch, vec![(role.to_string(), signed)])
+    }
+
+    /// [`stage`](Self::stage) many roles at once: checked and serialised in parallel (hundreds
+    /// of hashed bins), written to `batch` in order.
+    pub fn stage_all(&mut self, batch: &mut Batch, bodies: Vec<(String, Value)>) -> Result<()> {
+        let profile = self.profile;
+        let encoded = crate::par::map(&bodies, |(role, signed)| -> Result<(Vec<u8>, u64)> {
+            hale_core::metadata::check_role_name(role).map_err(|e| ToolError::trust(role, e))?;
+            hale_repo::build::check_profile(profile, signed)
+                .map_err(|e| invalid(format!("{role}: {e}")))?;
+            let version = signed
+                .get("version")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| invalid(format!("{role}: `version` missing")))?;
+            Ok((hale_repo::sign::unsigned(signed)?, version))
+        });
+        for ((role, signed), enc) in bodies.into_iter().zip(encoded) {
+            let (bytes, version) = enc?;
+            let path = staged_dir(&self.dir).join(format!("{role}.json"));
+            batch.add(&path, &bytes)?;
+            // the body just serialised, not a re-parse of its bytes
+            let meta = Meta {
+                name: role.clone(),
+                bytes,
+                signed,
+                version,
+                staged: true,
+                path,
+            };
+            self.roles.insert(role, meta);
+        }
         Ok(())
     }
 

@@ -266,12 +266,17 @@ fn poll(
         server.trim_end_matches('/'),
         field(&d, "id")
     );
-    let body = report(o, store)?;
+    let (result, reason) = last(o);
+    let body = host::server_report_json(store, &target, &result, &reason);
     match ureq::post(&url)
         .set("Content-Type", "application/json")
         .send_string(&body.to_string())
     {
         Ok(_) => {}
+        Err(ureq::Error::Status(code, r)) => println!(
+            "report to {url} refused (HTTP {code}): {}",
+            r.into_string().unwrap_or_default().trim()
+        ),
         Err(e) => println!("report to {url} failed: {e}"),
     }
     Ok(())
@@ -328,7 +333,8 @@ fn main() -> Result<()> {
         "run" => {
             let server = o.req("--server")?;
             let base = server.trim_end_matches('/').to_string();
-            let murl = o.opt("--metadata-url").unwrap_or_else(|| format!("{base}/metadata"));
+            // hale-server serves the TUF metadata at its root and contents under /targets
+            let murl = o.opt("--metadata-url").unwrap_or_else(|| base.clone());
             let turl = o.opt("--target-base-url").unwrap_or_else(|| format!("{base}/targets"));
             let interval: u64 = o.opt("--interval").map_or(Ok(60), |s| s.parse()).context("--interval")?;
             let jit: u64 = o.opt("--jitter").map_or(Ok(interval / 4), |s| s.parse()).context("--jitter")?;

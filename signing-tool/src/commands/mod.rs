@@ -6,6 +6,7 @@ pub mod delegate;
 pub mod init;
 pub mod key;
 pub mod publish;
+pub mod push;
 pub mod rotate;
 pub mod sign;
 pub mod status;

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -19,6 +20,7 @@ use crate::config::repository_dir;
 use crate::durable::Batch;
 use crate::key_source::load_private;
 use crate::state::{Authority, State};
+use crate::timings::Timings;
 use crate::PassArgs;
 
 #[derive(Args, Debug)]
@@ -33,6 +35,9 @@ pub struct PublishArgs {
     timestamp_key: Option<PathBuf>,
     #[command(flatten)]
     pass: PassArgs,
+    /// Print phase timings as one JSON line on stderr (also HALE_SIGN_TIMINGS=1).
+    #[arg(long)]
+    timings: bool,
 }
 
 /// Files written by this publish and what they held before (to roll back).
@@ -92,7 +97,8 @@ fn timestamp_version(repo: &Path) -> anyhow::Result<u64> {
 }
 
 pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
-    let state = State::load(&a.dir)?;
+    let mut t = Timings::start("publish", a.timings);
+    let state = t.time("load", || State::load(&a.dir))?;
     state.warn_demo();
     let repo = repository_dir(&a.dir);
     let staged: Vec<_> = state.staged().collect();
@@ -104,8 +110,9 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
     }
 
     // 1. every staged file meets every threshold it needs (hale-core decides)
-    let mut unmet = Vec::new();
-    for m in &staged {
+    let check_start = Instant::now();
+    let checked = crate::par::map(&staged, |m| -> anyhow::Result<Vec<String>> {
+        let mut unmet = Vec::new();
         if m.name == "snapshot" || m.name == "timestamp" {
             bail!("{}: snapshot and timestamp are signed at publish time (--snapshot-key, --timestamp-key) or by the server", m.path.display());
         }
@@ -143,6 +150,11 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
                 m.version
             );
         }
+        Ok(unmet)
+    });
+    let mut unmet = Vec::new();
+    for c in checked {
+        unmet.extend(c?);
     }
     if !unmet.is_empty() {
         let shown: Vec<String> = unmet.iter().take(10).cloned().collect();
@@ -156,7 +168,10 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
+    t.add("check", check_start.elapsed());
+
     // 2. what to write
+    let build_start = Instant::now();
     let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     for m in &staged {
         let name = hale_repo::layout::metadata_name(&m.name, m.version, true);
@@ -186,7 +201,9 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
             bytes: root.bytes.clone(),
         };
         let (snap_version, snap_bytes) = if let Some(sk) = &a.snapshot_key {
-            let key = load_private(sk, &a.pass.source(&sk.display().to_string()))?;
+            let key = t.time("unlock", || {
+                load_private(sk, &a.pass.source(&sk.display().to_string()))
+            })?;
             let meta: BTreeMap<String, u64> = state
                 .roles
                 .values()
@@ -196,7 +213,7 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
             let v = state.published.get("snapshot").copied().unwrap_or(0) + 1;
             let exp = build::expires_at(state.now, state.config.expires.snapshot)?;
             let body = build::snapshot(state.profile, v, &exp, &meta);
-            let bytes = hale_repo::sign::sign_new(&body, &[&key])?;
+            let bytes = t.time("sign", || hale_repo::sign::sign_new(&body, &[&key]))?;
             let r = root_auth.report("snapshot", &bytes)?;
             if !r.met() {
                 bail!(
@@ -223,11 +240,13 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
                 std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
             )
         };
-        let key = load_private(ts_key, &a.pass.source(&ts_key.display().to_string()))?;
+        let key = t.time("unlock", || {
+            load_private(ts_key, &a.pass.source(&ts_key.display().to_string()))
+        })?;
         let v = timestamp_version(&repo)? + 1;
         let exp = build::expires_at(state.now, state.config.expires.timestamp)?;
         let body = build::timestamp(state.profile, v, &exp, snap_version, &snap_bytes);
-        let bytes = hale_repo::sign::sign_new(&body, &[&key])?;
+        let bytes = t.time("sign", || hale_repo::sign::sign_new(&body, &[&key]))?;
         let r = root_auth.report("timestamp", &bytes)?;
         if !r.met() {
             bail!(
@@ -243,13 +262,20 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
         snapshot_note.push_str(&format!(", timestamp v{v}"));
     }
 
+    // build: everything since the threshold check but unlocking and signing
+    let signing = t.get("unlock") + t.get("sign");
+    t.add("build", build_start.elapsed().saturating_sub(signing));
+
     // 4. write: metadata and snapshot first, the timestamp that points at them last
+    let write_start = Instant::now();
     let mut written = Written { undo: Vec::new() };
     let (ts, rest): (Vec<_>, Vec<_>) = online
         .into_iter()
         .partition(|(p, _)| p.ends_with("timestamp.json"));
     files.extend(rest);
     let result = written.write(&files).and_then(|_| written.write(&ts));
+    t.add("write", write_start.elapsed());
+    let verify_start = Instant::now();
     // 5. the client workflow over the result, from the first root
     let check = result.and_then(|_| {
         let first = std::fs::read(repo.join("1.root.json"))
@@ -264,6 +290,7 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
                 .map_err(anyhow::Error::from)
         }
     });
+    t.add("verify", verify_start.elapsed());
     let summary = match check {
         Ok(s) => s,
         Err(e) => {
@@ -282,10 +309,12 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
             );
         }
     };
-    for m in &staged {
-        std::fs::remove_file(&m.path)
-            .with_context(|| format!("removing published {}", m.path.display()))?;
-    }
+    t.time("write", || {
+        staged.iter().try_for_each(|m| {
+            std::fs::remove_file(&m.path)
+                .with_context(|| format!("removing published {}", m.path.display()))
+        })
+    })?;
     let names: Vec<String> = staged
         .iter()
         .map(|m| format!("{} v{}", m.name, m.version))
@@ -308,5 +337,6 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
         ),
         None => println!("root chain verified with hale-core; no timestamp yet (give --snapshot-key and --timestamp-key, or let the server sign them)"),
     }
+    t.finish();
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -15,7 +16,9 @@ use hale_repo::SigningKey;
 use crate::durable::Batch;
 use crate::error::read;
 use crate::key_source::{load_private, peek_private, PublicKey};
-use crate::state::{Authority, State};
+use crate::par;
+use crate::state::{Authority, Meta, State};
+use crate::timings::Timings;
 use crate::PassArgs;
 
 #[derive(Args, Debug)]
@@ -32,6 +35,9 @@ pub struct SignArgs {
     repo: Option<PathBuf>,
     #[command(flatten)]
     pass: PassArgs,
+    /// Print phase timings as one JSON line on stderr (also HALE_SIGN_TIMINGS=1).
+    #[arg(long)]
+    timings: bool,
 }
 
 /// The repository directory a staged file belongs to.
@@ -86,6 +92,7 @@ fn listed(role: &str, bytes: &[u8], auths: &[Authority]) -> anyhow::Result<Vec<S
 }
 
 pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
+    let mut t = Timings::start("sign", a.timings);
     let signers: Vec<PublicKey> = a
         .keys
         .iter()
@@ -95,8 +102,10 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
     let mut states: BTreeMap<PathBuf, State> = BTreeMap::new();
     for p in &a.paths {
         if p.is_dir() {
-            let st = State::load(p)?;
-            for m in st.staged() {
+            let st = t.time("load", || State::load(p))?;
+            let check_start = Instant::now();
+            let staged: Vec<&Meta> = st.staged().collect();
+            let found = par::map(&staged, |m| -> anyhow::Result<Option<Job>> {
                 let auths = st
                     .authorities(&m.name)
                     .with_context(|| format!("{}", m.path.display()))?;
@@ -105,24 +114,27 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
                 let keys: Vec<usize> = (0..signers.len())
                     .filter(|i| signers.get(*i).is_some_and(|s| ids.contains(&s.keyid)))
                     .collect();
-                if !keys.is_empty() {
-                    jobs.push(Job {
-                        path: m.path.clone(),
-                        role: m.name.clone(),
-                        bytes: m.bytes.clone(),
-                        auths,
-                        keys,
-                    });
-                }
+                Ok((!keys.is_empty()).then(|| Job {
+                    path: m.path.clone(),
+                    role: m.name.clone(),
+                    bytes: m.bytes.clone(),
+                    auths,
+                    keys,
+                }))
+            });
+            for job in found {
+                jobs.extend(job?);
             }
             states.insert(p.clone(), st);
+            t.add("check", check_start.elapsed());
             continue;
         }
         let dir = repo_of(p, a.repo.as_deref())?;
         let st = match states.remove(&dir) {
             Some(s) => s,
-            None => State::load(&dir)?,
+            None => t.time("load", || State::load(&dir))?,
         };
+        let check_start = Instant::now();
         let role = role_of(p)?;
         let bytes = read(p)?;
         let auths = st
@@ -150,6 +162,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
             keys: (0..signers.len()).collect(),
         });
         states.insert(dir, st);
+        t.add("check", check_start.elapsed());
     }
     if jobs.is_empty() {
         bail!(
@@ -165,6 +178,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
         s.1.warn_demo();
     }
     // open only the keys some job needs, once each
+    let unlock_start = Instant::now();
     let mut opened: BTreeMap<usize, SigningKey> = BTreeMap::new();
     for i in jobs.iter().flat_map(|j| j.keys.iter().copied()) {
         if opened.contains_key(&i) {
@@ -180,28 +194,45 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
         }
         opened.insert(i, key);
     }
-    let mut batch = Batch::new();
-    let mut done = Vec::new();
-    for j in &jobs {
-        let ks: Vec<&SigningKey> = j.keys.iter().filter_map(|i| opened.get(i)).collect();
-        let signed = hale_repo::sign::add_signatures(&j.bytes, &ks)
-            .with_context(|| format!("signing {}", j.path.display()))?;
-        batch.add(&j.path, &signed)?;
-        done.push((j, signed));
-    }
-    batch.commit().context("writing signed metadata")?;
-    for (j, signed) in done {
+    t.add("unlock", unlock_start.elapsed());
+    let signed = t.time("sign", || {
+        par::map(&jobs, |j| {
+            let ks: Vec<&SigningKey> = j.keys.iter().filter_map(|i| opened.get(i)).collect();
+            hale_repo::sign::add_signatures(&j.bytes, &ks)
+                .with_context(|| format!("signing {}", j.path.display()))
+        })
+    });
+    let done: Vec<(&Job, Vec<u8>)> = jobs
+        .iter()
+        .zip(signed)
+        .map(|(j, s)| s.map(|s| (j, s)))
+        .collect::<anyhow::Result<_>>()?;
+    t.time("write", || {
+        let mut batch = Batch::new();
+        for (j, signed) in &done {
+            batch.add(&j.path, signed)?;
+        }
+        batch.commit()
+    })
+    .context("writing signed metadata")?;
+    let check_start = Instant::now();
+    let lines = par::map(&done, |(j, signed)| -> anyhow::Result<String> {
         let mut parts = Vec::new();
         for auth in &j.auths {
-            let r = auth.report(&j.role, &signed)?;
+            let r = auth.report(&j.role, signed)?;
             parts.push(format!("{}/{} by {}", r.valid(), r.threshold, auth.label));
         }
-        println!(
+        Ok(format!(
             "signed {} ({}): {}",
             j.path.display(),
             j.role,
             parts.join("; ")
-        );
+        ))
+    });
+    for line in lines {
+        println!("{}", line?);
     }
+    t.add("check", check_start.elapsed());
+    t.finish();
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::config::repository_dir;
 use crate::durable::Batch;
 use crate::state::State;
+use crate::timings::Timings;
 
 #[derive(Subcommand, Debug)]
 pub enum TargetCmd {
@@ -65,6 +67,9 @@ pub struct AddArgs {
     /// Target name of the SBOM (default: next to the firmware, with the SBOM's file name).
     #[arg(long, value_name = "NAME")]
     sbom_name: Option<String>,
+    /// Print phase timings as one JSON line on stderr (also HALE_SIGN_TIMINGS=1).
+    #[arg(long)]
+    timings: bool,
 }
 
 struct Input {
@@ -205,7 +210,8 @@ fn true_bin(state: &State, role: &str, name: &str) -> bool {
 
 pub fn run(cmd: TargetCmd) -> anyhow::Result<ExitCode> {
     let TargetCmd::Add(a) = cmd;
-    let mut state = State::load(&a.dir)?;
+    let mut t = Timings::start("target add", a.timings);
+    let mut state = t.time("load", || State::load(&a.dir))?;
     state.warn_demo();
     let profile = state.profile;
     let role_meta = state
@@ -312,17 +318,19 @@ pub fn run(cmd: TargetCmd) -> anyhow::Result<ExitCode> {
 
     // hash and copy (one thread: creating files in one directory serialises on its lock anyway)
     let repo = repository_dir(&a.dir);
-    let (entries, batch, copied) = hash_and_copy(&inputs, &repo)?;
+    let (entries, batch, copied) = hash_and_copy(&inputs, &repo, &mut t)?;
+    t.time("copy", || batch.commit())
+        .with_context(|| format!("copying target contents into {}", repo.display()))?;
+
+    let build_start = Instant::now();
     let mut by_role: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
     for (name, entry) in entries {
         by_role.entry(route(&name)).or_default().push((name, entry));
     }
-    batch
-        .commit()
-        .with_context(|| format!("copying target contents into {}", repo.display()))?;
 
     let mut meta_batch = Batch::new();
     let mut summary = Vec::new();
+    let mut bodies = Vec::with_capacity(by_role.len());
     for (role, entries) in by_role {
         let mut body = state
             .next_body(&role)
@@ -338,12 +346,15 @@ pub fn run(cmd: TargetCmd) -> anyhow::Result<ExitCode> {
             }
         }
         let version = body.get("version").and_then(Value::as_u64).unwrap_or(0);
-        state.stage(&mut meta_batch, &role, body)?;
+        bodies.push((role.clone(), body));
         summary.push(format!("{role} v{version} (+{n})"));
     }
-    meta_batch
-        .commit()
-        .with_context(|| format!("staging metadata in {}", a.dir.display()))?;
+    t.add("build", build_start.elapsed());
+    t.time("write", || {
+        state.stage_all(&mut meta_batch, bodies)?;
+        meta_batch.commit()
+    })
+    .with_context(|| format!("staging metadata in {}", a.dir.display()))?;
     let shown = if summary.len() > 6 {
         format!("{} roles", summary.len())
     } else {
@@ -356,6 +367,7 @@ pub fn run(cmd: TargetCmd) -> anyhow::Result<ExitCode> {
     if let Some(s) = sbom_target {
         println!("sbom: {s}");
     }
+    t.finish();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -367,16 +379,19 @@ type Copied = (Vec<(String, Value)>, Batch, usize);
 /// The name holds the content's sha256, so new content is written straight to it (`create_new`:
 /// no temporary file and rename per target). A name that already exists is re-hashed: equal
 /// content is kept, anything else (a file cut short by a crash) is replaced atomically.
-fn hash_and_copy(part: &[Input], repo: &Path) -> anyhow::Result<Copied> {
+fn hash_and_copy(part: &[Input], repo: &Path, t: &mut Timings) -> anyhow::Result<Copied> {
     use std::io::Write as _;
     let mut batch = Batch::contents();
     let mut made: BTreeSet<PathBuf> = BTreeSet::new();
     let mut out = Vec::with_capacity(part.len());
     let mut written = 0usize;
     for i in part {
+        let hash_start = Instant::now();
         let bytes =
             std::fs::read(&i.src).with_context(|| format!("reading {}", i.src.display()))?;
         let sha = hex::encode(Sha256::digest(&bytes));
+        t.add("hash", hash_start.elapsed());
+        let copy_start = Instant::now();
         let rel = hale_repo::layout::target_path(&i.name, &sha, true)?;
         let dest = repo.join(&rel);
         if let Some(dir) = dest.parent() {
@@ -406,6 +421,7 @@ fn hash_and_copy(part: &[Input], repo: &Path) -> anyhow::Result<Copied> {
             }
             Err(e) => return Err(e).with_context(|| format!("creating {}", dest.display())),
         }
+        t.add("copy", copy_start.elapsed());
         let mut entry = json!({"length": bytes.len(), "hashes": {"sha256": sha}});
         if let (Some(c), Some(o)) = (&i.custom, entry.as_object_mut()) {
             o.insert("custom".into(), c.clone());

@@ -1,0 +1,406 @@
+//! `hale-sign push DIR --server URL (--token-env VAR | --token-file PATH)`: publish a release to
+//! hale-server instead of a static directory. The server holds the online snapshot and timestamp
+//! keys; this command sends what only the offline side can sign — a new root, `targets` and the
+//! delegated roles — plus the target contents they name.
+//!
+//! 1. Every role to send (staged, else the latest published in `repository/`) must meet every
+//!    threshold it needs, as hale-core's `check_signatures` reports them (the same check as
+//!    `status` and `publish`). Otherwise nothing is sent.
+//! 2. What the server already serves is read from its repository (`timestamp.json` → snapshot),
+//!    only to choose what to send: roles whose local version is newer, and contents the server's
+//!    copy of a role does not already list. The server verifies everything itself (signatures,
+//!    thresholds, version increase, every named target present with its length and hashes).
+//! 3. Contents go to `POST /api/v1/targets`, then the metadata to `POST /api/v1/publish`. A
+//!    refusal is printed verbatim (the server's `{"error", "message"}`), exit 2, nothing local
+//!    changes. On success the pushed staged files move into `repository/` under their consistent
+//!    names (as `publish` without online keys does), so the next `target add` starts a new
+//!    version.
+//!
+//! The operator token comes from an environment variable or a file, never the command line.
+//! Transport failures (connection, timeouts) are reported apart from the server's refusals.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::status::reports;
+use crate::config::repository_dir;
+use crate::durable::Batch;
+use crate::state::{Meta, State};
+
+/// Largest metadata document read from the server to decide what to send.
+const MAX_SERVER_METADATA: u64 = 16 << 20;
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// The repository working directory.
+    dir: PathBuf,
+    /// hale-server's base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// Read the operator token from this environment variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "token_file")]
+    token_env: Option<String>,
+    /// Read the operator token from the first line of this file.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Per-request timeout in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    timeout: u64,
+}
+
+fn token(a: &PushArgs) -> anyhow::Result<String> {
+    let t = if let Some(var) = &a.token_env {
+        std::env::var(var).with_context(|| format!("reading the token from ${var}"))?
+    } else if let Some(p) = &a.token_file {
+        std::fs::read_to_string(p)
+            .with_context(|| format!("reading the token from {}", p.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    } else {
+        bail!(
+            "no operator token: give --token-env VAR or --token-file PATH (never the token itself)"
+        );
+    };
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        bail!("the operator token is empty");
+    }
+    Ok(t)
+}
+
+/// The server's answer to a refused request, as it sent it.
+fn refusal(url: &str, code: u16, resp: ureq::Response) -> anyhow::Error {
+    let body = resp
+        .into_string()
+        .unwrap_or_else(|e| format!("(unreadable body: {e})"));
+    anyhow::anyhow!("{url}: the server refused (HTTP {code}): {}", body.trim())
+}
+
+struct Server {
+    base: String,
+    agent: ureq::Agent,
+    token: String,
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
+    /// GET a metadata file the server serves: `None` on 404.
+    fn metadata(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        use std::io::Read as _;
+        let url = self.url(name);
+        match self.agent.get(&url).call() {
+            Ok(r) => {
+                let mut out = Vec::new();
+                r.into_reader()
+                    .take(MAX_SERVER_METADATA + 1)
+                    .read_to_end(&mut out)
+                    .with_context(|| format!("reading {url}"))?;
+                if out.len() as u64 > MAX_SERVER_METADATA {
+                    bail!("{url}: longer than {MAX_SERVER_METADATA} bytes");
+                }
+                Ok(Some(out))
+            }
+            Err(ureq::Error::Status(404, _)) => Ok(None),
+            Err(ureq::Error::Status(code, r)) => Err(refusal(&url, code, r)),
+            Err(e) => Err(anyhow::anyhow!("{url}: {e}")),
+        }
+    }
+
+    /// Role → version of the targets roles the server serves now (empty before the first publish).
+    fn served_versions(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let Some(ts) = self.metadata("timestamp.json")? else {
+            return Ok(BTreeMap::new());
+        };
+        let ts: Value = serde_json::from_slice(&ts).context("the server's timestamp.json")?;
+        let v = ts
+            .pointer("/signed/meta/snapshot.json/version")
+            .and_then(Value::as_u64)
+            .context("the server's timestamp.json names no snapshot version")?;
+        let name = format!("{v}.snapshot.json");
+        let snap = self.metadata(&name)?.with_context(|| {
+            format!("the server's timestamp names {name}, which it does not serve")
+        })?;
+        let snap: Value =
+            serde_json::from_slice(&snap).with_context(|| format!("the server's {name}"))?;
+        let meta = snap
+            .pointer("/signed/meta")
+            .and_then(Value::as_object)
+            .with_context(|| format!("the server's {name} has no meta"))?;
+        Ok(meta
+            .iter()
+            .filter_map(|(k, m)| {
+                let role = k.strip_suffix(".json")?;
+                Some((role.to_string(), m.get("version")?.as_u64()?))
+            })
+            .collect())
+    }
+
+    /// Upload one target's content; the server's hashes must be the ones the metadata lists.
+    fn upload(&self, path: &Path, length: u64, sha256: &str) -> anyhow::Result<()> {
+        let url = self.url("api/v1/targets");
+        let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let resp = match self
+            .agent
+            .post(&url)
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .set("Content-Type", "application/octet-stream")
+            .set("Content-Length", &length.to_string())
+            .send(f)
+        {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => return Err(refusal(&url, code, r)),
+            Err(e) => bail!("{url}: uploading {}: {e}", path.display()),
+        };
+        let body: Value = serde_json::from_str(
+            &resp
+                .into_string()
+                .with_context(|| format!("{url}: reading the answer"))?,
+        )
+        .with_context(|| format!("{url}: the answer is not JSON"))?;
+        let got = body.pointer("/hashes/sha256").and_then(Value::as_str);
+        let got_len = body.get("length").and_then(Value::as_u64);
+        if got != Some(sha256) || got_len != Some(length) {
+            bail!(
+                "{}: the server stored {} bytes with sha256 {} but the metadata lists {length} bytes with sha256 {sha256} (the local content is damaged: re-run `hale-sign target add`)",
+                path.display(),
+                got_len.map_or("?".into(), |l| l.to_string()),
+                got.unwrap_or("?")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// (name, length, sha256) of every target a targets role lists.
+fn listed_targets(m: &Meta) -> anyhow::Result<Vec<(String, u64, String)>> {
+    let Some(targets) = m.signed.get("targets").and_then(Value::as_object) else {
+        return Ok(Vec::new());
+    };
+    targets
+        .iter()
+        .map(|(name, t)| {
+            let len = t.get("length").and_then(Value::as_u64);
+            let sha = t.pointer("/hashes/sha256").and_then(Value::as_str);
+            match (len, sha) {
+                (Some(l), Some(s)) => Ok((name.clone(), l, s.to_string())),
+                _ => bail!(
+                    "{}: target {name:?} has no length or sha256",
+                    m.path.display()
+                ),
+            }
+        })
+        .collect()
+}
+
+fn sha256s(doc: &[u8]) -> BTreeSet<String> {
+    let v: Value = serde_json::from_slice(doc).unwrap_or(Value::Null);
+    v.pointer("/signed/targets")
+        .and_then(Value::as_object)
+        .map(|t| {
+            t.values()
+                .filter_map(|e| e.pointer("/hashes/sha256").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
+    let state = State::load(&a.dir)?;
+    state.warn_demo();
+    let token = token(&a)?;
+    let timeout = Duration::from_secs(a.timeout.max(1));
+    let server = Server {
+        base: a.server.trim_end_matches('/').to_string(),
+        agent: ureq::AgentBuilder::new()
+            .timeout_connect(timeout)
+            .timeout(timeout)
+            .build(),
+        token,
+    };
+
+    // 1. what the server serves now, and what is newer here
+    let served = server.served_versions()?;
+    let root = state.root()?;
+    // root v1 is the one the server was initialised with (`hale-server init --root`)
+    let send_root = match server.metadata(&format!("{}.root.json", root.version))? {
+        Some(b) if b == root.bytes => false,
+        Some(_) => bail!(
+            "{}: the server serves a different root v{} (not the repository the server was initialised with)",
+            root.path.display(),
+            root.version
+        ),
+        None => root.version > 1,
+    };
+    let roles: Vec<&Meta> = state
+        .roles
+        .values()
+        .filter(|m| m.kind() == "targets")
+        .filter(|m| served.get(&m.name).is_none_or(|v| m.version > *v))
+        .collect();
+    if !send_root && roles.is_empty() {
+        bail!(
+            "{}: nothing to push: the server already serves every role at its local version ({})",
+            a.dir.display(),
+            state
+                .roles
+                .values()
+                .filter(|m| m.kind() == "targets")
+                .map(|m| format!("{} v{}", m.name, m.version))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    // 2. every threshold met (hale-core decides)
+    let mut to_send: Vec<&Meta> = roles.clone();
+    if send_root {
+        to_send.insert(0, root);
+    }
+    let mut unmet = Vec::new();
+    for m in &to_send {
+        let auths = state
+            .authorities(&m.name)
+            .with_context(|| format!("{}", m.path.display()))?;
+        for (label, r) in
+            reports(&m.name, &m.bytes, &auths).with_context(|| format!("{}", m.path.display()))?
+        {
+            if !r.met() {
+                unmet.push(format!(
+                    "{} v{}: {}/{} by {label}",
+                    m.name,
+                    m.version,
+                    r.valid(),
+                    r.threshold
+                ));
+            }
+        }
+    }
+    if !unmet.is_empty() {
+        bail!(
+            "refusing to push {}: {} threshold(s) not met: {} (nothing sent; see `hale-sign status {}`)",
+            a.dir.display(),
+            unmet.len(),
+            unmet.join("; "),
+            a.dir.display()
+        );
+    }
+
+    // 3. target contents the server's current roles do not already list
+    let repo = repository_dir(&a.dir);
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    for m in &roles {
+        if let Some(v) = served.get(&m.name) {
+            if let Some(doc) = server.metadata(&format!("{v}.{}.json", m.name))? {
+                known.extend(sha256s(&doc));
+            }
+        }
+    }
+    let mut uploaded = 0usize;
+    let mut bytes_up = 0u64;
+    for m in &roles {
+        for (name, length, sha) in listed_targets(m)? {
+            if !known.insert(sha.clone()) {
+                continue;
+            }
+            let rel = hale_repo::layout::target_path(&name, &sha, true)
+                .with_context(|| format!("{}: target {name:?}", m.path.display()))?;
+            let path = repo.join(rel);
+            let local = std::fs::read(&path).with_context(|| {
+                format!(
+                    "reading {} (content of {name} listed by {})",
+                    path.display(),
+                    m.name
+                )
+            })?;
+            if local.len() as u64 != length || hex::encode(Sha256::digest(&local)) != sha {
+                bail!(
+                    "{}: does not match the {length} bytes with sha256 {sha} that {} lists for {name} (nothing published)",
+                    path.display(),
+                    m.name
+                );
+            }
+            server.upload(&path, length, &sha)?;
+            uploaded += 1;
+            bytes_up += length;
+        }
+    }
+    println!(
+        "uploaded {uploaded} target file(s), {bytes_up} bytes, to {}",
+        server.base
+    );
+
+    // 4. the metadata, byte for byte as signed (the server serves exactly what it verified)
+    let raw = |m: &Meta| -> anyhow::Result<String> {
+        std::str::from_utf8(&m.bytes)
+            .map(|s| s.trim().to_string())
+            .with_context(|| format!("{}: not UTF-8", m.path.display()))
+    };
+    let mut body = String::from("{");
+    if send_root {
+        body.push_str(&format!("\"root\":{},", raw(root)?));
+    }
+    body.push_str("\"roles\":{");
+    for (i, m) in roles.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!("{}:{}", Value::String(m.name.clone()), raw(m)?));
+    }
+    body.push_str("}}");
+    let url = server.url("api/v1/publish");
+    let resp = match server
+        .agent
+        .post(&url)
+        .set("Authorization", &format!("Bearer {}", server.token))
+        .set("Content-Type", "application/json")
+        .send_string(&body)
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => return Err(refusal(&url, code, r)),
+        Err(e) => bail!("{url}: {e}"),
+    };
+    let answer = resp
+        .into_string()
+        .with_context(|| format!("{url}: reading the answer"))?;
+    let names: Vec<String> = to_send
+        .iter()
+        .map(|m| format!("{} v{}", m.name, m.version))
+        .collect();
+    println!("pushed {} to {}", names.join(", "), server.base);
+    println!("server: {}", answer.trim());
+
+    // 5. what was pushed from staged/ is now published
+    let mut batch = Batch::new();
+    let mut moved = Vec::new();
+    //    (a staged root not sent is the one the server already has)
+    let mut pushed = to_send.clone();
+    if root.staged && !send_root {
+        pushed.push(root);
+    }
+    for m in pushed.iter().filter(|m| m.staged) {
+        let name = hale_repo::layout::metadata_name(&m.name, m.version, true);
+        batch.add(&repo.join(name), &m.bytes)?;
+        if m.name == "root" {
+            batch.add(&repo.join("root.json"), &m.bytes)?;
+        }
+        moved.push(m.path.clone());
+    }
+    batch.commit()?;
+    for p in moved {
+        std::fs::remove_file(&p).with_context(|| format!("removing pushed {}", p.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
