@@ -57,17 +57,7 @@ impl Report {
 /// Check every authorised key's signature on `env` and report, without deciding.
 pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Report, Error> {
     let name = role.name;
-    if role.threshold == 0 || role.threshold > u64::from(u32::MAX) {
-        return Err(Error::BadThreshold {
-            role: name,
-            threshold: role.threshold,
-            keys: role.keyids.len(),
-        });
-    }
-    let count = role.keyids.len();
-    if count > MAX_KEYS_PER_ROLE {
-        return Err(Error::TooManyKeys { role: name, count });
-    }
+    let threshold = check_role(role)?;
     // the message must be canonicalisable at all (refuses duplicate keys anywhere in `signed`)
     write_canonical(
         &Value::Object(env.signed),
@@ -77,7 +67,7 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
 
     let mut report = Report {
         role: name,
-        threshold: role.threshold as u32,
+        threshold,
         keys: HVec::new(),
         unlisted: 0,
     };
@@ -131,20 +121,9 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
 /// [`EXTRA_SIGNATURE_ATTEMPTS`] signature entries.
 pub fn verify_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<(), Error> {
     let name = role.name;
-    if role.threshold == 0 || role.threshold > u64::from(u32::MAX) {
-        return Err(Error::BadThreshold {
-            role: name,
-            threshold: role.threshold,
-            keys: role.keyids.len(),
-        });
-    }
-    let count = role.keyids.len();
-    if count > MAX_KEYS_PER_ROLE {
-        return Err(Error::TooManyKeys { role: name, count });
-    }
+    let threshold = check_role(role)?;
     // No separate canonicalisation pass: each signature check canonicalises `signed` (refusing
     // duplicate keys) and the number of checks is bounded, so hostile input costs bounded CPU.
-    let threshold = role.threshold as u32;
     let mut attempts = threshold.saturating_add(EXTRA_SIGNATURE_ATTEMPTS);
     // a fingerprint per counted key, not the keys: small stack on a device
     let mut counted: HVec<[u8; 32], MAX_KEYS_PER_ROLE> = HVec::new();
@@ -174,6 +153,26 @@ pub fn verify_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<(), E
         threshold,
         valid: counted.len() as u32,
     })
+}
+
+/// A usable threshold (1..=u32::MAX) and at most [`MAX_KEYS_PER_ROLE`] key ids.
+fn check_role(role: &RoleKeys<'_>) -> Result<u32, Error> {
+    let threshold = u32::try_from(role.threshold)
+        .ok()
+        .filter(|t| *t > 0)
+        .ok_or(Error::BadThreshold {
+            role: role.name,
+            threshold: role.threshold,
+            keys: role.keyids.len(),
+        })?;
+    let count = role.keyids.len();
+    if count > MAX_KEYS_PER_ROLE {
+        return Err(Error::TooManyKeys {
+            role: role.name,
+            count,
+        });
+    }
+    Ok(threshold)
 }
 
 #[inline(never)]

@@ -14,7 +14,7 @@ use clap::Args;
 use hale_repo::build;
 use serde_json::Value;
 
-use super::status::reports;
+use super::status::unmet_thresholds;
 use crate::client;
 use crate::config::repository_dir;
 use crate::durable::Batch;
@@ -116,22 +116,7 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
         if m.name == "snapshot" || m.name == "timestamp" {
             bail!("{}: snapshot and timestamp are signed at publish time (--snapshot-key, --timestamp-key) or by the server", m.path.display());
         }
-        let auths = state
-            .authorities(&m.name)
-            .with_context(|| format!("{}", m.path.display()))?;
-        for (label, r) in
-            reports(&m.name, &m.bytes, &auths).with_context(|| format!("{}", m.path.display()))?
-        {
-            if !r.met() {
-                unmet.push(format!(
-                    "{} v{}: {}/{} by {label}",
-                    m.name,
-                    m.version,
-                    r.valid(),
-                    r.threshold
-                ));
-            }
-        }
+        unmet.extend(unmet_thresholds(&state, m)?);
         build::check_profile(state.profile, &m.signed)
             .map_err(|e| anyhow::anyhow!("{}: {e}", m.path.display()))?;
         let published = state.published.get(&m.name).copied().unwrap_or(0);

@@ -29,7 +29,7 @@ use clap::Args;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::status::reports;
+use super::status::unmet_thresholds;
 use crate::config::repository_dir;
 use crate::durable::Batch;
 use crate::state::{Meta, State};
@@ -271,22 +271,7 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
     }
     let mut unmet = Vec::new();
     for m in &to_send {
-        let auths = state
-            .authorities(&m.name)
-            .with_context(|| format!("{}", m.path.display()))?;
-        for (label, r) in
-            reports(&m.name, &m.bytes, &auths).with_context(|| format!("{}", m.path.display()))?
-        {
-            if !r.met() {
-                unmet.push(format!(
-                    "{} v{}: {}/{} by {label}",
-                    m.name,
-                    m.version,
-                    r.valid(),
-                    r.threshold
-                ));
-            }
-        }
+        unmet.extend(unmet_thresholds(&state, m)?);
     }
     if !unmet.is_empty() {
         bail!(

@@ -42,6 +42,31 @@ pub fn reports(
         .collect()
 }
 
+/// "role vN: valid/threshold by authority" for every threshold `m` does not meet yet (empty: all met).
+pub fn unmet_thresholds(
+    state: &crate::state::State,
+    m: &crate::state::Meta,
+) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    let auths = state
+        .authorities(&m.name)
+        .with_context(|| format!("{}", m.path.display()))?;
+    Ok(reports(&m.name, &m.bytes, &auths)
+        .with_context(|| format!("{}", m.path.display()))?
+        .into_iter()
+        .filter(|(_, r)| !r.met())
+        .map(|(label, r)| {
+            format!(
+                "{} v{}: {}/{} by {label}",
+                m.name,
+                m.version,
+                r.valid(),
+                r.threshold
+            )
+        })
+        .collect())
+}
+
 fn label(keyid: &str) -> String {
     match crate::demo::name_of(keyid) {
         Some(n) => format!("{keyid} (DEMO {n})"),
