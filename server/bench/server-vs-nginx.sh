@@ -9,7 +9,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BENCH=${BENCH:-$ROOT/../shared/bench}
-[ -d "$BENCH" ] || BENCH=/work/shared/bench
+[ -d "$BENCH" ] || { echo "benchmark harness not found at $BENCH (set BENCH=.../shared/bench)" >&2; exit 2; }
 export WORK=${WORK:-/tmp/hale-bench}
 export DURATION=${DURATION:-10} CONNS=${CONNS:-64}
 HALE_PORT=${HALE_PORT:-18181} NGINX_PORT=${NGINX_PORT:-18182}
