@@ -581,6 +581,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
         let mut stack: HVec<Frame<S::Buf>, MAX_DELEGATION_DEPTH> = HVec::new();
         let mut top_next = 0usize;
         let mut visits = 0u32;
+        // name hashes of every role visited so far (spec 5.6.7.1: a visited role is skipped,
+        // whichever delegator names it again; this also breaks cycles)
+        let mut visited: HVec<[u8; 32], { MAX_DELEGATION_VISITS as usize }> = HVec::new();
         loop {
             // 1. the next matching child of the current delegator, fetched and verified
             let step = {
@@ -594,17 +597,21 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
                     None => Step::Exhausted,
                     Some((after, child_name, terminating)) => {
                         let cname = child_name.as_str();
-                        let on_stack = cname == "targets" || stack.iter().any(|f| f.name == cname);
-                        if on_stack || child_name.is_truncated() {
-                            // a cycle: skip it, like python-tuf skips visited roles
+                        let name_hash = sha256(cname.as_bytes());
+                        let seen = cname == "targets" || visited.contains(&name_hash);
+                        if seen || child_name.is_truncated() {
+                            // visited before (a cycle, or a second delegator): skip it, like
+                            // python-tuf skips visited roles
                             Step::Skip { after }
                         } else {
                             visits += 1;
+                            let too_many = SearchError::Trust(Error::TooManyDelegations {
+                                cap: MAX_DELEGATION_VISITS,
+                            });
                             if visits > MAX_DELEGATION_VISITS {
-                                return Err(SearchError::Trust(Error::TooManyDelegations {
-                                    cap: MAX_DELEGATION_VISITS,
-                                }));
+                                return Err(too_many);
                             }
+                            visited.push(name_hash).map_err(|_| too_many)?;
                             check_role_name(cname)?;
                             let meta = self.delegated_meta(cname)?;
                             let buf = source

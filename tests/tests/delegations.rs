@@ -104,6 +104,35 @@ fn nested_delegations_are_walked_depth_first() {
 }
 
 #[test]
+fn role_delegated_by_two_delegators_is_visited_once() {
+    // spec 5.6.7.1: a role visited before is skipped, whichever delegator names it again
+    // (tuf-conformance test_graph_traversal[two-roles-delegating-to-a-third])
+    let mut r = RepoSim::new();
+    r.delegate("targets", "a", &["*"], false, vec![k("a")], 1);
+    r.delegate("targets", "b", &["*"], false, vec![k("b")], 1);
+    r.delegate("b", "c", &["*"], false, vec![k("c")], 1);
+    r.delegate("b", "d", &["*"], false, vec![k("d")], 1);
+    r.delegate("a", "c", &["*"], false, vec![k("c")], 1);
+    r.add_target("d", "fw.bin", b"from d", None);
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    assert_eq!(c.download(&r.files, "fw.bin", NOW).unwrap(), b"from d");
+    let delegated: Vec<_> = c
+        .fetched
+        .iter()
+        .filter(|f| [".a.", ".b.", ".c.", ".d."].iter().any(|s| f.contains(s)))
+        .cloned()
+        .collect();
+    // c is reached through a first; b's entry for it is skipped
+    assert_eq!(
+        delegated,
+        ["1.a.json", "1.c.json", "1.b.json", "1.d.json"],
+        "{:?}",
+        c.fetched
+    );
+}
+
+#[test]
 fn delegation_cycles_are_skipped_and_the_visit_cap_holds() {
     let mut r = RepoSim::new();
     // a → b → a … : the cycle back to a is skipped
