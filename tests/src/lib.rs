@@ -600,12 +600,24 @@ impl Client {
     ) -> Result<Vec<u8>, ClientError> {
         let set = self.refresh(files, now)?;
         let mut log = std::mem::take(&mut self.fetched);
+        // the log is kept whatever the outcome: tests check what a failed search fetched
+        let result = Self::find_and_fetch(&set, files, path, &mut log);
+        self.fetched = log;
+        result
+    }
+
+    fn find_and_fetch(
+        set: &TrustedSet<Vec<u8>>,
+        files: &BTreeMap<String, Vec<u8>>,
+        path: &str,
+        log: &mut Vec<String>,
+    ) -> Result<Vec<u8>, ClientError> {
         let found = set
             .find_target(
                 path,
                 &mut MapSource {
                     files,
-                    fetched: &mut log,
+                    fetched: &mut *log,
                 },
             )?
             .ok_or_else(|| ClientError::NotFound(path.to_string()))?;
@@ -614,14 +626,13 @@ impl Client {
         hale_core::metadata::check_target_path(path)?;
         let name = hale_repo::layout::target_path(path, &sha, true)
             .map_err(|_| ClientError::NotFound(path.to_string()))?;
-        let bytes = fetch(files, &name, usize::MAX, &mut log).map_err(ClientError::Fetch)?;
+        let bytes = fetch(files, &name, usize::MAX, log).map_err(ClientError::Fetch)?;
         // streamed check, as a device does it: refuses as soon as the data passes the length
         let mut h = tf.hasher(Name::new(path))?;
         for chunk in bytes.chunks(4096) {
             h.update(chunk)?;
         }
         h.finish()?;
-        self.fetched = log;
         Ok(bytes)
     }
 }
