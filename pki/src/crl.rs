@@ -137,3 +137,95 @@ impl Ca {
         })
     }
 }
+
+/// A CRL whose signature verified with its CA ([`verify_crl`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCrl {
+    /// The CRL number (0 when absent; at most 8 bytes are accepted).
+    pub number: u64,
+    pub this_update: SystemTime,
+    pub next_update: SystemTime,
+    /// Hex serials listed.
+    pub revoked: Vec<String>,
+}
+
+const OID_CRL_NUMBER: x509_cert::der::oid::ObjectIdentifier =
+    x509_cert::der::oid::ObjectIdentifier::new_unwrap("2.5.29.20");
+
+/// Check a CRL before a listener trusts it: issued by the CA in `ca_cert_der` (issuer name and an
+/// ECDSA P-256 / SHA-256 signature by its key), current at `now` (`this_update <= now <
+/// next_update`). A CRL that fails any of these would lock every certificate of that CA out (or
+/// let a forged "nothing revoked" list in), so it is refused before it reaches rustls.
+pub fn verify_crl(
+    crl_der: &[u8],
+    ca_cert_der: &[u8],
+    now: SystemTime,
+) -> Result<VerifiedCrl, PkiError> {
+    use p256::ecdsa::signature::Verifier;
+    use p256::pkcs8::DecodePublicKey;
+    use x509_cert::der::{Decode, Encode};
+    let bad = |m: String| PkiError::CertificateMalformed(format!("CRL: {m}"));
+    let ca = x509::parse_certificate(ca_cert_der)?;
+    let crl = x509_cert::crl::CertificateList::from_der(crl_der).map_err(|e| bad(e.to_string()))?;
+    let tbs = &crl.tbs_cert_list;
+    if tbs.issuer != ca.tbs_certificate.subject {
+        return Err(bad("issued by another CA".into()));
+    }
+    if crl.signature_algorithm.oid != x509::OID_ECDSA_SHA256 {
+        return Err(PkiError::UnsupportedSignatureAlgorithm {
+            oid: crl.signature_algorithm.oid.to_string(),
+        });
+    }
+    let spki = ca
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| bad(e.to_string()))?;
+    let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&spki)
+        .map_err(|e| bad(format!("CA key: {e}")))?;
+    let signed = tbs.to_der().map_err(|e| bad(e.to_string()))?;
+    let sig = crl
+        .signature
+        .as_bytes()
+        .and_then(|b| p256::ecdsa::Signature::from_der(b).ok())
+        .ok_or_else(|| bad("signature is not an ECDSA signature".into()))?;
+    vk.verify(&signed, &sig)
+        .map_err(|_| bad("signature does not verify with the CA key".into()))?;
+    let this_update = tbs.this_update.to_system_time();
+    let next_update = tbs
+        .next_update
+        .map(|t| t.to_system_time())
+        .ok_or_else(|| bad("no nextUpdate".into()))?;
+    if now < this_update {
+        return Err(bad("not yet valid (thisUpdate in the future)".into()));
+    }
+    if now >= next_update {
+        return Err(bad("expired (nextUpdate has passed)".into()));
+    }
+    let mut number = 0u64;
+    for ext in tbs.crl_extensions.as_deref().unwrap_or(&[]) {
+        if ext.extn_id == OID_CRL_NUMBER {
+            let n = x509_cert::der::asn1::Int::from_der(ext.extn_value.as_bytes())
+                .map_err(|e| bad(format!("CRL number: {e}")))?;
+            let bytes = n.as_bytes();
+            let bytes = bytes.strip_prefix(&[0]).unwrap_or(bytes);
+            if bytes.len() > 8 {
+                return Err(bad("CRL number longer than 8 bytes".into()));
+            }
+            number = bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        }
+    }
+    let revoked = tbs
+        .revoked_certificates
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .map(|r| hex::encode(r.serial_number.as_bytes()))
+        .collect();
+    Ok(VerifiedCrl {
+        number,
+        this_update,
+        next_update,
+        revoked,
+    })
+}

@@ -166,3 +166,69 @@ pub fn generate_key_and_csr(alg: KeyAlgorithm, common_name: &str) -> Result<KeyA
         csr_pem: csr.pem()?,
     })
 }
+
+/// What a server needs to know about a CSR besides its key: the name it asks for (a hint, or the
+/// device id in EST) and whether it asks to be a CA (refused outright: such a request is hostile,
+/// even though the profile would ignore it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsrSummary {
+    /// The verified public key (proof of possession checked).
+    pub key: RequestedKey,
+    /// The first subject common name, if any.
+    pub common_name: Option<String>,
+    /// The request carries an extensionRequest with basicConstraints `CA:TRUE`.
+    pub requests_ca: bool,
+}
+
+/// The OID of the PKCS#9 extensionRequest attribute.
+const OID_EXTENSION_REQUEST: x509_cert::der::oid::ObjectIdentifier =
+    x509_cert::der::oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.14");
+
+impl CsrSummary {
+    /// Parse a PEM CSR, verify its self-signature, and read its CN and requested CA flag.
+    pub fn from_pem(csr_pem: &str) -> Result<CsrSummary, PkiError> {
+        let req = CertReq::from_pem(csr_pem.as_bytes())
+            .map_err(|e| PkiError::CsrMalformed(e.to_string()))?;
+        Self::from_req(&req)
+    }
+
+    /// As [`from_pem`](Self::from_pem) for a DER CSR.
+    pub fn from_der(csr_der: &[u8]) -> Result<CsrSummary, PkiError> {
+        use x509_cert::der::Decode;
+        let req = CertReq::from_der(csr_der).map_err(|e| PkiError::CsrMalformed(e.to_string()))?;
+        Self::from_req(&req)
+    }
+
+    fn from_req(req: &CertReq) -> Result<CsrSummary, PkiError> {
+        let key = RequestedKey::from_req(req)?;
+        let common_name = crate::x509::common_name(&req.info.subject);
+        let mut requests_ca = false;
+        for attr in req.info.attributes.iter() {
+            if attr.oid != OID_EXTENSION_REQUEST {
+                continue;
+            }
+            for value in attr.values.iter() {
+                let exts: x509_cert::request::ExtensionReq = value
+                    .decode_as()
+                    .map_err(|e| PkiError::CsrMalformed(format!("extensionRequest: {e}")))?;
+                for ext in exts.0.iter() {
+                    if ext.extn_id != crate::x509::OID_BASIC_CONSTRAINTS {
+                        continue;
+                    }
+                    use x509_cert::der::Decode;
+                    let bc =
+                        x509_cert::ext::pkix::BasicConstraints::from_der(ext.extn_value.as_bytes())
+                            .map_err(|e| {
+                                PkiError::CsrMalformed(format!("basicConstraints: {e}"))
+                            })?;
+                    requests_ca |= bc.ca;
+                }
+            }
+        }
+        Ok(CsrSummary {
+            key,
+            common_name,
+            requests_ca,
+        })
+    }
+}

@@ -236,3 +236,45 @@ pub fn crl_from_pem(pem: &str) -> Result<CertificateRevocationListDer<'static>, 
         pem, "X509 CRL",
     )?))
 }
+
+/// Seal a PEM PKCS#8 private key (P-256 or ed25519, as [`crate::generate_key_and_csr`] makes
+/// it) for storage at rest: hale-repo's key file (scrypt + XChaCha20-Poly1305). What
+/// `hale-sign ca server-cert` writes as `server.key` and `hale-server` opens with
+/// [`open_private_key`].
+pub fn seal_private_key(pem: &str, passphrase: &[u8]) -> Result<Vec<u8>, PkiError> {
+    seal_private_key_with_cost(pem, passphrase, crate::ca::CA_FILE_SCRYPT_LOG_N)
+}
+
+/// As [`seal_private_key`] with a chosen scrypt cost (tests use 10).
+pub fn seal_private_key_with_cost(
+    pem: &str,
+    passphrase: &[u8],
+    log_n: u8,
+) -> Result<Vec<u8>, PkiError> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+    let der = zeroize::Zeroizing::new(x509::pem_to_der(pem, "PRIVATE KEY")?);
+    let key = if let Ok(k) = p256::ecdsa::SigningKey::from_pkcs8_der(&der) {
+        hale_repo::SigningKey::EcdsaP256(k)
+    } else if let Ok(k) = ed25519_dalek::SigningKey::from_pkcs8_der(&der) {
+        hale_repo::SigningKey::Ed25519(k)
+    } else {
+        return Err(PkiError::CertificateMalformed(
+            "private key is neither P-256 nor ed25519 PKCS#8".into(),
+        ));
+    };
+    Ok(key.to_encrypted_file_with_cost(passphrase, log_n)?)
+}
+
+/// Open a key sealed by [`seal_private_key`] as a rustls private key (PKCS#8 DER).
+pub fn open_private_key(
+    sealed: &[u8],
+    passphrase: &[u8],
+) -> Result<PrivateKeyDer<'static>, PkiError> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    let der = match hale_repo::SigningKey::from_encrypted_file(sealed, passphrase)? {
+        hale_repo::SigningKey::EcdsaP256(k) => p256::pkcs8::EncodePrivateKey::to_pkcs8_der(&k),
+        hale_repo::SigningKey::Ed25519(k) => k.to_pkcs8_der(),
+    }
+    .map_err(|e| PkiError::CertificateMalformed(format!("private key: {e}")))?;
+    Ok(PrivateKeyDer::Pkcs8(der.as_bytes().to_vec().into()))
+}

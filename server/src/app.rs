@@ -51,6 +51,8 @@ pub struct App {
     pub write_lock: Mutex<()>,
     pub started: std::time::Instant,
     pub data: PathBuf,
+    /// Device identity (EST, mTLS listeners), when `--tls-dir` is given.
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 /// A change that failed: a refusal (the caller's fault) or an internal error.

@@ -32,6 +32,12 @@ pub struct Config {
     pub max_report_bytes: u64,
     /// "standard" (TUF 1.0.34) or "compat" (older clients such as rust-tuf).
     pub profile: String,
+    /// Validity of operational device certificates issued by EST.
+    pub device_certificate_validity_secs: u64,
+    /// Lifetime of the Device Issuing CA's CRL (re-signed after half of it, and on revocation).
+    pub device_crl_lifetime_secs: u64,
+    /// How often CRL files in the TLS directory are checked and the server's CRL kept fresh.
+    pub crl_check_secs: u64,
 }
 
 impl Default for Config {
@@ -49,6 +55,9 @@ impl Default for Config {
             max_publish_bytes: 16 << 20,
             max_report_bytes: 16 << 10,
             profile: "standard".into(),
+            device_certificate_validity_secs: 30 * 86_400,
+            device_crl_lifetime_secs: 7 * 86_400,
+            crl_check_secs: 5,
         }
     }
 }
@@ -94,6 +103,12 @@ impl Config {
         anyhow::ensure!(
             self.resign_check_secs > 0,
             "resign_check_secs must be positive"
+        );
+        anyhow::ensure!(
+            self.device_certificate_validity_secs > 0
+                && self.device_crl_lifetime_secs > 0
+                && self.crl_check_secs > 0,
+            "device certificate validity, CRL lifetime and CRL check interval must be positive"
         );
         hale_repo::build::Profile::parse(&self.profile)?;
         Ok(())

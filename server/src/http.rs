@@ -101,6 +101,11 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             let app = app.clone();
             let mut warp_svc = warp_svc.clone();
             async move {
+                // with device identity configured, reports and the inventory exist only on the
+                // mTLS listeners (docs/pki.md)
+                if app.identity.is_some() && req.uri().path().starts_with("/api/v1/devices") {
+                    return Ok(crate::identity_http::plain_refused());
+                }
                 if let Some(resp) = read_path(&app, &req).await {
                     return Ok::<_, Infallible>(resp);
                 }
@@ -137,7 +142,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 // --- read path -------------------------------------------------------------------------------
 
 /// GET/HEAD of repository files; `None` for anything else (handed to warp).
-async fn read_path(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
+pub(crate) async fn read_path(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
     let head = match *req.method() {
         Method::GET => false,
         Method::HEAD => true,
@@ -402,7 +407,11 @@ pub struct ApiError {
 }
 impl warp::reject::Reject for ApiError {}
 
-fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Rejection {
+pub(crate) fn api_error(
+    status: StatusCode,
+    code: &'static str,
+    message: impl Into<String>,
+) -> Rejection {
     warp::reject::custom(ApiError {
         status,
         code,
@@ -410,7 +419,7 @@ fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>)
     })
 }
 
-fn json_reply(status: StatusCode, v: &Value) -> warp::reply::Response {
+pub(crate) fn json_reply(status: StatusCode, v: &Value) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(v), status).into_response()
 }
 
@@ -509,7 +518,7 @@ pub fn api(
         .unify()
 }
 
-async fn recover(r: Rejection) -> Result<warp::reply::Response, Infallible> {
+pub(crate) async fn recover(r: Rejection) -> Result<warp::reply::Response, Infallible> {
     let (status, code, message) = if let Some(e) = r.find::<ApiError>() {
         (e.status, e.code, e.message.clone())
     } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
@@ -733,6 +742,34 @@ pub struct Report {
     pub slots: Vec<Slot>,
     #[serde(default)]
     pub last_result: Option<LastResult>,
+    /// An offline install or authorized rollback since the last report (audited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_record: Option<InstallRecord>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InstallKind {
+    /// Installed from an offline bundle (no network).
+    Offline,
+    /// A downgrade under a rollback authorization the device verified.
+    Rollback,
+}
+
+/// What the device verified for an offline install or a rollback (a claim, like the report).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallRecord {
+    pub kind: InstallKind,
+    pub target: String,
+    pub version: String,
+    /// The authorization's reason, issue time and the rollback-role key ids that signed it.
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub issued: Option<String>,
+    #[serde(default)]
+    pub signers: Vec<String>,
 }
 
 impl Report {
@@ -756,6 +793,17 @@ impl Report {
                 return Err("last_result: field too long or has control characters".into());
             }
         }
+        if let Some(r) = &self.install_record {
+            if !short(&r.target, 256)
+                || !short(&r.version, 64)
+                || !r.reason.as_deref().is_none_or(|t| short(t, 512))
+                || !r.issued.as_deref().is_none_or(|t| short(t, 32))
+                || r.signers.len() > 16
+                || r.signers.iter().any(|k| k.is_empty() || !short(k, 128))
+            {
+                return Err("install_record: field too long or has control characters".into());
+            }
+        }
         Ok(())
     }
 }
@@ -768,7 +816,7 @@ fn valid_device_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
-async fn report_handler(
+pub(crate) async fn report_handler(
     id: String,
     body: Bytes,
     app: Arc<App>,
@@ -785,6 +833,10 @@ async fn report_handler(
     report
         .check()
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, "bad_report", e))?;
+    let install = report
+        .install_record
+        .as_ref()
+        .map(|r| json!({"device": id, "record": r}));
     let record = json!({"device": id, "received": crate::now(), "report": report});
     let app2 = app.clone();
     let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
@@ -795,6 +847,12 @@ async fn report_handler(
         app2.audit
             .append("report", &id, record)
             .map_err(|e| e.to_string())?;
+        if let Some(install) = install {
+            // its own audit entry: what was installed offline or rolled back, and who signed
+            app2.audit
+                .append("install-record", &id, install)
+                .map_err(|e| e.to_string())?;
+        }
         Ok(())
     })
     .await;

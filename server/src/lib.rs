@@ -11,6 +11,9 @@
 //! | [`app`] | one change at a time: verify → commit → swap in for readers → audit |
 //! | [`http`] | accept loop, read path from memory / disk, the API (warp) |
 //! | [`store`] | tokens, device reports, audit records behind the `Store` trait (sled) |
+//! | [`identity`] | device records, EST enrollment/renewal, tokens, manifests, revocation, the Device Issuing CA CRL |
+//! | [`identity_http`] | routes of the enrollment, device and staff listeners |
+//! | [`tls`] | TLS directory, per-trust-domain rustls configs with CRL hot reload, the mTLS accept loop |
 //! | [`audit`] | the hash chain and its verification |
 //! | [`config`] | defaults, config file, environment |
 //!
@@ -30,9 +33,12 @@ pub mod app;
 pub mod audit;
 pub mod config;
 pub mod http;
+pub mod identity;
+pub mod identity_http;
 pub mod publish;
 pub mod repo;
 pub mod store;
+pub mod tls;
 
 /// Seconds since the Unix epoch (the one clock read of the server; hale-core takes it as input).
 pub fn now() -> i64 {

@@ -9,6 +9,7 @@ use hale_repo::{KeyKind, SigningKey};
 use hale_server::app::App;
 use hale_server::audit::Audit;
 use hale_server::config::Config;
+use hale_server::identity::{Identity, SledIdentityStore};
 use hale_server::publish::{Lifetimes, OnlineKeys, Upload};
 use hale_server::repo::{RepoDir, MAX_METADATA_LEN};
 use hale_server::store::{SledStore, Store};
@@ -40,6 +41,8 @@ enum Cmd {
         /// File holding the online keys' passphrase (else $HALE_KEY_PASSPHRASE).
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// One-command demo: throwaway keys, a demo release, a printed token. Never for production.
     Demo {
@@ -79,12 +82,78 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Manufacturing manifests (device identity).
+    Manifest {
+        #[command(subcommand)]
+        cmd: ManifestCmd,
+    },
+    /// Make a single-use enrollment token for one device serial; printed once, only its hash is
+    /// stored.
+    EnrollToken {
+        #[arg(long, env = "HALE_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        serial: String,
+        /// Model for the certificate (default: the model the imported manifest lists).
+        #[arg(long)]
+        model: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
     /// Write the served repository as plain files (for a CDN or an object store).
     Export {
         #[arg(long, env = "HALE_DATA")]
         data: PathBuf,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+/// Device identity: mTLS listeners (docs/pki.md). Without --tls-dir the server speaks plain HTTP
+/// only (development and interop) and accepts unauthenticated device reports.
+#[derive(clap::Args, Debug)]
+struct TlsArgs {
+    /// TLS directory: server.crt (chain), server.key (sealed), ca/<slug>.crt,
+    /// ca/device-issuing.key (the Device Issuing CA file), crl/manufacturing.crl,
+    /// crl/technician.crl. With it, device reports are accepted only on --device-listen.
+    #[arg(long, requires_all = ["device_listen", "enroll_listen", "staff_listen"])]
+    tls_dir: Option<PathBuf>,
+    /// Device API (mTLS, Device Issuing CA): TUF metadata, targets, reports.
+    #[arg(long)]
+    device_listen: Option<std::net::SocketAddr>,
+    /// EST enrollment (TLS, client certificate optional): cacerts, simpleenroll, simplereenroll,
+    /// /crl/device-issuing.crl.
+    #[arg(long)]
+    enroll_listen: Option<std::net::SocketAddr>,
+    /// Staff API (mTLS, Technician CA): fleet, revocation, tokens, manifests, audit, CRLs.
+    #[arg(long)]
+    staff_listen: Option<std::net::SocketAddr>,
+    /// File whose first line opens ca/device-issuing.key and server.key (else
+    /// $HALE_CA_PASSPHRASE).
+    #[arg(long)]
+    ca_passphrase_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn passphrase(&self) -> hale_repo::Passphrase {
+        match &self.ca_passphrase_file {
+            Some(f) => hale_repo::Passphrase::File(f.clone()),
+            None => hale_repo::Passphrase::Env("HALE_CA_PASSPHRASE".into()),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum ManifestCmd {
+    /// Verify a manufacturing manifest against the Manufacturing CA and store its entries.
+    Import {
+        #[arg(long, env = "HALE_DATA")]
+        data: PathBuf,
+        /// TLS directory holding ca/manufacturing.crt (default $HALE_TLS_DIR, else DATA/tls).
+        #[arg(long, env = "HALE_TLS_DIR")]
+        tls_dir: Option<PathBuf>,
+        file: PathBuf,
     },
 }
 
@@ -147,6 +216,7 @@ fn run(cli: Cli) -> Result<()> {
             config,
             listen,
             passphrase_file,
+            tls,
         } => {
             let mut cfg = Config::load(&data, config.as_deref())?;
             if let Some(l) = listen {
@@ -155,7 +225,50 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(p) = passphrase_file {
                 cfg.passphrase_file = Some(p);
             }
-            serve(&data, cfg)
+            serve(&data, cfg, Some(&tls))
+        }
+        Cmd::Manifest {
+            cmd:
+                ManifestCmd::Import {
+                    data,
+                    tls_dir,
+                    file,
+                },
+        } => {
+            let tls_dir = tls_dir.unwrap_or_else(|| data.join("tls"));
+            let mca = tls_dir.join("ca").join("manufacturing.crt");
+            let pem = std::fs::read_to_string(&mca)
+                .with_context(|| format!("reading {}", mca.display()))?;
+            let der = hale_pki::tls::certificate_from_pem(&pem)
+                .with_context(|| format!("parsing {}", mca.display()))?;
+            let bytes = hale_server::repo::read_bounded(&file, 16 << 20)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let id = offline_identity(&data, Some(der.to_vec()))?;
+            let r = id
+                .import_manifest(&bytes, "cli")
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!("imported manifest {}", r);
+            Ok(())
+        }
+        Cmd::EnrollToken {
+            data,
+            serial,
+            model,
+            ttl,
+        } => {
+            let id = offline_identity(&data, None)?;
+            let (secret, expires_at) = id
+                .issue_token(
+                    &serial,
+                    model.as_deref(),
+                    std::time::Duration::from_secs(ttl),
+                    "cli",
+                    std::time::SystemTime::now(),
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", secret.as_str());
+            eprintln!("enrollment token for serial {serial:?}, single use, expires at {expires_at} (unix): shown once, only its sha256 is stored");
+            Ok(())
         }
         Cmd::Demo {
             data,
@@ -229,6 +342,31 @@ fn run(cli: Cli) -> Result<()> {
 
 fn open_store(data: &Path) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(SledStore::open(&data.join("db"))?))
+}
+
+fn identity_settings(cfg: &Config) -> hale_server::identity::IdentitySettings {
+    hale_server::identity::IdentitySettings {
+        device_certificate_validity: std::time::Duration::from_secs(
+            cfg.device_certificate_validity_secs,
+        ),
+        device_crl_lifetime: std::time::Duration::from_secs(cfg.device_crl_lifetime_secs),
+    }
+}
+
+/// The identity service without the CA key (tokens, manifests: CLI commands, server stopped).
+fn offline_identity(data: &Path, manufacturing_der: Option<Vec<u8>>) -> Result<Identity> {
+    let cfg = Config::load(data, None)?;
+    let sled = SledStore::open(&data.join("db"))?;
+    let store: Arc<dyn Store> = Arc::new(sled.clone());
+    Identity::new(
+        Arc::new(SledIdentityStore::new(&sled)?),
+        Audit::open(store)?,
+        None,
+        None,
+        manufacturing_der,
+        identity_settings(&cfg),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn keys_dir(data: &Path) -> PathBuf {
@@ -370,7 +508,7 @@ fn token_add(data: &Path, name: &str) -> Result<String> {
     Ok(token)
 }
 
-fn serve(data: &Path, cfg: Config) -> Result<()> {
+fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
     let repo = RepoDir::new(data);
     ensure!(
         repo.is_initialised(),
@@ -379,8 +517,51 @@ fn serve(data: &Path, cfg: Config) -> Result<()> {
     );
     repo.clean_temporaries();
     let keys = load_keys(data, &cfg)?;
-    let store = open_store(data)?;
+    let sled = SledStore::open(&data.join("db"))?;
+    let store: Arc<dyn Store> = Arc::new(sled.clone());
     let audit = Audit::open(store.clone())?;
+    let tls = tls.and_then(|t| t.tls_dir.as_ref().map(|d| (t, d)));
+    let (identity, listeners) = match tls {
+        None => (None, None),
+        Some((args, dir)) => {
+            let pass = args.passphrase().read().context(
+                "reading the CA passphrase (--ca-passphrase-file or HALE_CA_PASSPHRASE)",
+            )?;
+            let mut m = hale_server::tls::TlsMaterial::load(dir, &pass)?;
+            // the CA moves into the identity service; the listeners need only its certificate
+            let ca = m
+                .device_issuing
+                .take()
+                .context("Device Issuing CA not loaded")?;
+            let identity = Arc::new(
+                Identity::new(
+                    Arc::new(SledIdentityStore::new(&sled)?),
+                    audit.clone(),
+                    Some(ca),
+                    Some(&m.root_pem),
+                    Some(m.manufacturing_der.to_vec()),
+                    identity_settings(&cfg),
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
+            identity
+                .refresh_crl(std::time::SystemTime::now())
+                .map_err(|e| anyhow::anyhow!("signing the Device Issuing CA CRL: {e}"))?;
+            let crl = identity.device_crl().context("no Device Issuing CA CRL")?;
+            let listeners = Arc::new(hale_server::tls::Listeners::new(
+                &m,
+                &crl.der,
+                std::time::SystemTime::now(),
+            )?);
+            identity.set_crl_listener(listeners.clone());
+            let addrs = (
+                args.device_listen.context("--device-listen")?,
+                args.enroll_listen.context("--enroll-listen")?,
+                args.staff_listen.context("--staff-listen")?,
+            );
+            (Some(identity), Some((listeners, addrs)))
+        }
+    };
     let current = hale_server::app::load_current(&repo)?;
     let life = Lifetimes {
         timestamp_secs: cfg.timestamp_lifetime_secs,
@@ -401,6 +582,7 @@ fn serve(data: &Path, cfg: Config) -> Result<()> {
         write_lock: Default::default(),
         started: std::time::Instant::now(),
         data: data.to_path_buf(),
+        identity: identity.clone(),
     });
     if let Err(e) = app.reconcile_audit() {
         tracing::error!(error = %e, "audit reconciliation failed");
@@ -460,7 +642,70 @@ fn serve(data: &Path, cfg: Config) -> Result<()> {
                 }
             })
         };
-        hale_server::http::serve(app, listener, shutdown_signal()).await;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let mut tasks = Vec::new();
+        let mut maintenance = None;
+        if let (Some(identity), Some((listeners, (dev, enr, stf)))) = (&identity, &listeners) {
+            use hale_pki::tls::TrustDomain;
+            use hale_server::identity_http as ih;
+            let bind = |a: std::net::SocketAddr| async move {
+                hale_server::http::bind(a)
+                    .await
+                    .with_context(|| format!("listening on {a}"))
+            };
+            let (dl, el, sl) = (bind(*dev).await?, bind(*enr).await?, bind(*stf).await?);
+            for (name, l) in [("device", &dl), ("enroll", &el), ("staff", &sl)] {
+                let addr = l.local_addr()?;
+                tracing::info!(%addr, "{name} listener (TLS)");
+                println!("{name} listening on https://{addr}");
+            }
+            tasks.push(tokio::spawn(hale_server::tls::serve(
+                TrustDomain::DeviceApi,
+                dl,
+                listeners.device_config.clone(),
+                ih::device_handler(app.clone(), identity.clone()),
+                stopped(),
+            )));
+            tasks.push(tokio::spawn(hale_server::tls::serve(
+                TrustDomain::Enrollment,
+                el,
+                listeners.enroll_config.clone(),
+                ih::warp_handler(ih::enroll_routes(identity.clone())),
+                stopped(),
+            )));
+            tasks.push(tokio::spawn(hale_server::tls::serve(
+                TrustDomain::Staff,
+                sl,
+                listeners.staff_config.clone(),
+                ih::warp_handler(ih::staff_routes(
+                    app.clone(),
+                    identity.clone(),
+                    listeners.clone(),
+                )),
+                stopped(),
+            )));
+            maintenance = Some(tokio::spawn(hale_server::tls::maintain_crls(
+                identity.clone(),
+                listeners.clone(),
+                std::time::Duration::from_secs(app.config.crl_check_secs),
+            )));
+        }
+        let plain = tokio::spawn(hale_server::http::serve(app, listener, stopped()));
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+        let _ = plain.await;
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Some(m) = maintenance {
+            m.abort();
+        }
         resigner.abort();
         tracing::info!("stopped");
         Ok::<(), anyhow::Error>(())
@@ -630,7 +875,7 @@ fn demo(
     if let Some(l) = listen {
         cfg.listen = l;
     }
-    serve(data, cfg)
+    serve(data, cfg, None)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -76,6 +76,19 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// Another tree of the same database (device identity keeps its own trees, see
+    /// [`crate::identity`]).
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// The database (for multi-tree transactions and flushes).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
 impl Store for SledStore {
     fn token_put(&self, token_sha256: &str, operator: &str) -> Result<(), StoreError> {
         self.tokens

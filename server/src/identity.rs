@@ -1,0 +1,1132 @@
+//! Device identity on the server: device records, EST enrollment and renewal, enrollment tokens,
+//! manufacturing manifests, revocation and the Device Issuing CA's CRL.
+//!
+//! Everything here is synchronous and takes `now` as a parameter; HTTP handlers call it from
+//! `spawn_blocking`. Changes are serialised by one lock and written in one atomic sled batch (a
+//! redeemed token, the device record, the certificate index and a new CRL commit together or not
+//! at all), then recorded in the audit log.
+//!
+//! Threats and what answers them (see `docs/pki.md` for the contract):
+//! - *A CSR that asks for more* (`CA:TRUE`, other names): refused with `csr_requests_ca` before
+//!   anything is read or written; otherwise only its public key is used ([`hale_pki::profile`]).
+//! - *A stolen factory certificate of a device the factory never made*: the serial and key must be
+//!   in an imported, Manufacturing-CA-signed manifest.
+//! - *A leaked or replayed enrollment token*: stored as a hash, single use (the redemption commits
+//!   with the certificate), expiring, bound to one serial.
+//! - *A revoked, superseded or decommissioned device certificate*: every device request checks the
+//!   record (immediate); the CRL that the listeners load makes new handshakes fail too.
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hale_pki::crl::{RevocationReason, RevokedCertificate};
+use hale_pki::csr::CsrSummary;
+use hale_pki::manifest::{self, Manifest, ManifestEntry};
+use hale_pki::token::token_hash;
+use hale_pki::{Ca, PeerIdentity, PeerKind, PkiError, Token, TokenError, TokenRecord};
+use hyper::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::audit::Audit;
+use crate::store::StoreError;
+
+/// Largest CSR body accepted.
+pub const MAX_CSR_BYTES: usize = 8 << 10;
+/// Events kept in a device record (the audit log keeps all of them).
+pub const MAX_HISTORY: usize = 32;
+/// Devices per page of the staff listing.
+pub const MAX_PAGE: usize = 1000;
+
+/// Why an identity operation was refused. Each variant has a stable code ([`code`](Self::code)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    #[error("{0}")]
+    ClientCertificateRequired(String),
+    #[error("serial {0:?} is not in any imported manufacturing manifest")]
+    NotInManifest(String),
+    #[error("the key or model of {0:?} is not the one in the manufacturing manifest")]
+    ManifestKeyMismatch(String),
+    #[error("unknown enrollment token")]
+    TokenInvalid,
+    #[error("enrollment token already used at {redeemed_at} (unix seconds)")]
+    TokenUsed { redeemed_at: u64 },
+    #[error("enrollment token expired at {expired_at} (unix seconds)")]
+    TokenExpired { expired_at: u64 },
+    #[error("enrollment token is for serial {bound:?}, not {presented:?}")]
+    TokenWrongSerial { bound: String, presented: String },
+    #[error("bad certificate signing request: {0}")]
+    BadCsr(String),
+    #[error("the certificate signing request asks for a CA certificate")]
+    CsrRequestsCa,
+    #[error("{0}")]
+    IdentityMismatch(String),
+    #[error("device {0:?} is not enrolled")]
+    DeviceUnknown(String),
+    #[error("device {0:?} is quarantined")]
+    DeviceQuarantined(String),
+    #[error("device {0:?} is decommissioned")]
+    DeviceDecommissioned(String),
+    #[error(
+        "certificate {serial} is not the device's current certificate (revoked or superseded)"
+    )]
+    CertificateRevoked { serial: String },
+    #[error("no certificate with serial {0}")]
+    CertificateUnknown(String),
+    #[error("a {role} may not {action}")]
+    RoleForbidden { role: String, action: &'static str },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("manufacturing manifest refused: {0}")]
+    BadManifest(String),
+    #[error("CRL refused: {0}")]
+    BadCrl(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl IdentityError {
+    /// The stable error code of the JSON answer.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IdentityError::ClientCertificateRequired(_) => "client_certificate_required",
+            IdentityError::NotInManifest(_) => "not_in_manifest",
+            IdentityError::ManifestKeyMismatch(_) => "manifest_key_mismatch",
+            IdentityError::TokenInvalid => "token_invalid",
+            IdentityError::TokenUsed { .. } => "token_used",
+            IdentityError::TokenExpired { .. } => "token_expired",
+            IdentityError::TokenWrongSerial { .. } => "token_wrong_serial",
+            IdentityError::BadCsr(_) => "bad_csr",
+            IdentityError::CsrRequestsCa => "csr_requests_ca",
+            IdentityError::IdentityMismatch(_) => "identity_mismatch",
+            IdentityError::DeviceUnknown(_) => "device_unknown",
+            IdentityError::DeviceQuarantined(_) => "device_quarantined",
+            IdentityError::DeviceDecommissioned(_) => "device_decommissioned",
+            IdentityError::CertificateRevoked { .. } => "certificate_revoked",
+            IdentityError::CertificateUnknown(_) => "certificate_unknown",
+            IdentityError::RoleForbidden { .. } => "role_forbidden",
+            IdentityError::BadRequest(_) => "bad_request",
+            IdentityError::BadManifest(_) => "bad_manifest",
+            IdentityError::BadCrl(_) => "bad_crl",
+            IdentityError::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status of the JSON answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IdentityError::ClientCertificateRequired(_)
+            | IdentityError::TokenInvalid
+            | IdentityError::TokenUsed { .. }
+            | IdentityError::TokenExpired { .. } => StatusCode::UNAUTHORIZED,
+            IdentityError::NotInManifest(_)
+            | IdentityError::ManifestKeyMismatch(_)
+            | IdentityError::TokenWrongSerial { .. }
+            | IdentityError::IdentityMismatch(_)
+            | IdentityError::DeviceQuarantined(_)
+            | IdentityError::DeviceDecommissioned(_)
+            | IdentityError::CertificateRevoked { .. }
+            | IdentityError::RoleForbidden { .. } => StatusCode::FORBIDDEN,
+            IdentityError::DeviceUnknown(_) | IdentityError::CertificateUnknown(_) => {
+                StatusCode::NOT_FOUND
+            }
+            IdentityError::BadCsr(_)
+            | IdentityError::CsrRequestsCa
+            | IdentityError::BadRequest(_)
+            | IdentityError::BadManifest(_)
+            | IdentityError::BadCrl(_) => StatusCode::BAD_REQUEST,
+            IdentityError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<StoreError> for IdentityError {
+    fn from(e: StoreError) -> Self {
+        IdentityError::Internal(e.to_string())
+    }
+}
+
+impl From<sled::Error> for IdentityError {
+    fn from(e: sled::Error) -> Self {
+        IdentityError::Internal(e.to_string())
+    }
+}
+
+impl From<TokenError> for IdentityError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Unknown => IdentityError::TokenInvalid,
+            TokenError::Reused { redeemed_at } => IdentityError::TokenUsed { redeemed_at },
+            TokenError::WrongSerial { bound, presented } => {
+                IdentityError::TokenWrongSerial { bound, presented }
+            }
+            TokenError::Expired { expired_at } => IdentityError::TokenExpired { expired_at },
+            other => IdentityError::TokenInvalid.with_log(&other.to_string()),
+        }
+    }
+}
+
+impl IdentityError {
+    fn with_log(self, detail: &str) -> Self {
+        tracing::warn!(%detail, "token refused");
+        self
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn internal(e: impl std::fmt::Display) -> IdentityError {
+    IdentityError::Internal(e.to_string())
+}
+
+// --- records ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    Active,
+    Quarantined,
+    Decommissioned,
+}
+
+/// The certificate a device currently holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateRef {
+    pub serial: String,
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    pub time: u64,
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    pub actor: String,
+}
+
+/// What the server knows about one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub serial: String,
+    pub model: String,
+    pub status: DeviceStatus,
+    pub certificate: Option<CertificateRef>,
+    pub enrolled_at: u64,
+    pub updated_at: u64,
+    pub history: Vec<HistoryEvent>,
+}
+
+impl DeviceRecord {
+    fn event(&mut self, now: u64, event: &str, certificate: Option<&str>, actor: &str) {
+        self.updated_at = now;
+        self.history.push(HistoryEvent {
+            time: now,
+            event: event.to_string(),
+            certificate: certificate.map(str::to_string),
+            actor: actor.to_string(),
+        });
+        if self.history.len() > MAX_HISTORY {
+            let extra = self.history.len() - MAX_HISTORY;
+            self.history.drain(..extra);
+        }
+    }
+}
+
+/// An enrollment token as stored: the hash record plus what the certificate will carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredToken {
+    pub record: TokenRecord,
+    pub model: String,
+    pub issued_by: String,
+}
+
+/// A revoked certificate, kept until it would have expired anyway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedEntry {
+    pub serial: String,
+    pub device: String,
+    pub revoked_at: u64,
+    pub not_after: u64,
+    /// `superseded`, `key_compromise`, `cessation_of_operation` or `unspecified`.
+    pub reason: String,
+}
+
+/// An issued certificate: which device it belongs to and until when it is valid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateIndex {
+    pub device: String,
+    pub not_after: u64,
+}
+
+/// The Device Issuing CA's current CRL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlState {
+    pub number: u64,
+    pub this_update: u64,
+    pub next_update: u64,
+    #[serde(with = "hex_bytes")]
+    pub der: Vec<u8>,
+}
+
+mod hex_bytes {
+    pub fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+// --- storage -----------------------------------------------------------------------------------
+
+/// Writes that commit together.
+#[derive(Debug, Default)]
+pub struct IdentityBatch {
+    pub devices: Vec<DeviceRecord>,
+    pub tokens: Vec<StoredToken>,
+    pub manifest: Vec<ManifestEntry>,
+    pub certificates: Vec<(String, CertificateIndex)>,
+    pub revoked: Vec<RevokedEntry>,
+    pub unrevoked: Vec<String>,
+    pub crl: Option<CrlState>,
+}
+
+/// Device-identity storage, behind a trait like [`crate::store::Store`] (a SQL backend later).
+pub trait IdentityStore: Send + Sync + std::fmt::Debug + 'static {
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, IdentityError>;
+    fn devices(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, IdentityError>;
+    fn token(&self, hash: &str) -> Result<Option<StoredToken>, IdentityError>;
+    fn manifest_entry(&self, serial: &str) -> Result<Option<ManifestEntry>, IdentityError>;
+    fn certificate(&self, serial: &str) -> Result<Option<CertificateIndex>, IdentityError>;
+    fn revoked(&self) -> Result<Vec<RevokedEntry>, IdentityError>;
+    fn crl(&self) -> Result<Option<CrlState>, IdentityError>;
+    /// Apply `batch` atomically and durably.
+    fn commit(&self, batch: IdentityBatch) -> Result<(), IdentityError>;
+}
+
+/// sled: one tree `identity`, keys prefixed by kind (`d/` devices, `t/` token hashes, `m/`
+/// manifest serials, `c/` certificate serials, `r/` revoked serials, `crl` the CRL), so one
+/// `apply_batch` is atomic across them.
+#[derive(Debug, Clone)]
+pub struct SledIdentityStore {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl SledIdentityStore {
+    pub fn new(store: &crate::store::SledStore) -> Result<Self, StoreError> {
+        Ok(SledIdentityStore {
+            db: store.db().clone(),
+            tree: store.open_tree("identity")?,
+        })
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, IdentityError> {
+        match self.tree.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| internal(format!("record {key}: {e}"))),
+        }
+    }
+}
+
+fn put<T: Serialize>(b: &mut sled::Batch, key: String, v: &T) -> Result<(), IdentityError> {
+    b.insert(key.as_bytes(), serde_json::to_vec(v).map_err(internal)?);
+    Ok(())
+}
+
+impl IdentityStore for SledIdentityStore {
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, IdentityError> {
+        self.get(&format!("d/{id}"))
+    }
+
+    fn devices(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, IdentityError> {
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(format!("d/{a}").into_bytes()),
+            None => std::ops::Bound::Included(b"d/".to_vec()),
+        };
+        let mut out = Vec::new();
+        for kv in self
+            .tree
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Excluded(b"d0".to_vec())))
+            .take(limit)
+        {
+            let (_, v) = kv?;
+            out.push(serde_json::from_slice(&v).map_err(internal)?);
+        }
+        Ok(out)
+    }
+
+    fn token(&self, hash: &str) -> Result<Option<StoredToken>, IdentityError> {
+        self.get(&format!("t/{hash}"))
+    }
+
+    fn manifest_entry(&self, serial: &str) -> Result<Option<ManifestEntry>, IdentityError> {
+        self.get(&format!("m/{serial}"))
+    }
+
+    fn certificate(&self, serial: &str) -> Result<Option<CertificateIndex>, IdentityError> {
+        self.get(&format!("c/{serial}"))
+    }
+
+    fn revoked(&self) -> Result<Vec<RevokedEntry>, IdentityError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(b"r/") {
+            let (_, v) = kv?;
+            out.push(serde_json::from_slice(&v).map_err(internal)?);
+        }
+        Ok(out)
+    }
+
+    fn crl(&self) -> Result<Option<CrlState>, IdentityError> {
+        self.get("crl")
+    }
+
+    fn commit(&self, batch: IdentityBatch) -> Result<(), IdentityError> {
+        let mut b = sled::Batch::default();
+        for d in &batch.devices {
+            put(&mut b, format!("d/{}", d.id), d)?;
+        }
+        for t in &batch.tokens {
+            put(&mut b, format!("t/{}", t.record.hash), t)?;
+        }
+        for m in &batch.manifest {
+            put(&mut b, format!("m/{}", m.serial), m)?;
+        }
+        for (serial, c) in &batch.certificates {
+            put(&mut b, format!("c/{serial}"), c)?;
+        }
+        for r in &batch.revoked {
+            put(&mut b, format!("r/{}", r.serial), r)?;
+        }
+        for s in &batch.unrevoked {
+            b.remove(format!("r/{s}").as_bytes());
+        }
+        if let Some(c) = &batch.crl {
+            put(&mut b, "crl".to_string(), c)?;
+        }
+        self.tree.apply_batch(b)?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+// --- the service -------------------------------------------------------------------------------
+
+/// Settings of the identity service.
+#[derive(Debug, Clone)]
+pub struct IdentitySettings {
+    /// Validity of operational device certificates.
+    pub device_certificate_validity: Duration,
+    /// Lifetime of the Device Issuing CA's CRL (re-signed after half of it).
+    pub device_crl_lifetime: Duration,
+}
+
+/// Told when the Device Issuing CA's CRL changed (the TLS listeners reload).
+pub trait CrlListener: Send + Sync + std::fmt::Debug {
+    fn device_crl_changed(&self, crl_der: &[u8]);
+}
+
+/// What an enrollment returns.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    pub record: DeviceRecord,
+    /// PEM: the operational certificate, then the Device Issuing CA certificate.
+    pub chain_pem: String,
+}
+
+/// How a caller of `simpleenroll` authenticated.
+#[derive(Debug, Clone)]
+pub enum EnrollAuth<'a> {
+    Token(&'a str),
+    Certificate(Option<&'a PeerIdentity>),
+}
+
+/// The identity service. `ca` (the Device Issuing CA) is needed to enroll and to sign the CRL; CLI
+/// commands that only store tokens or manifests run without it.
+#[derive(Debug)]
+pub struct Identity {
+    store: Arc<dyn IdentityStore>,
+    audit: Audit,
+    ca: Option<Ca>,
+    /// PEM of the Device Issuing CA then the root (`cacerts`).
+    cacerts_pem: String,
+    manufacturing_der: Option<Vec<u8>>,
+    settings: IdentitySettings,
+    lock: Mutex<()>,
+    crl: RwLock<Option<Arc<CrlState>>>,
+    listener: OnceLock<Arc<dyn CrlListener>>,
+}
+
+impl Identity {
+    pub fn new(
+        store: Arc<dyn IdentityStore>,
+        audit: Audit,
+        ca: Option<Ca>,
+        root_pem: Option<&str>,
+        manufacturing_der: Option<Vec<u8>>,
+        settings: IdentitySettings,
+    ) -> Result<Identity, IdentityError> {
+        let mut cacerts_pem = String::new();
+        if let Some(ca) = &ca {
+            cacerts_pem.push_str(&ca.certificate_pem().map_err(internal)?);
+        }
+        if let Some(r) = root_pem {
+            cacerts_pem.push_str(r);
+        }
+        let crl = store.crl()?.map(Arc::new);
+        Ok(Identity {
+            store,
+            audit,
+            ca,
+            cacerts_pem,
+            manufacturing_der,
+            settings,
+            lock: Mutex::new(()),
+            crl: RwLock::new(crl),
+            listener: OnceLock::new(),
+        })
+    }
+
+    pub fn set_crl_listener(&self, l: Arc<dyn CrlListener>) {
+        let _ = self.listener.set(l);
+    }
+
+    pub fn store(&self) -> &Arc<dyn IdentityStore> {
+        &self.store
+    }
+
+    pub fn cacerts_pem(&self) -> &str {
+        &self.cacerts_pem
+    }
+
+    /// The current Device Issuing CA CRL.
+    pub fn device_crl(&self) -> Option<Arc<CrlState>> {
+        self.crl
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn ca(&self) -> Result<&Ca, IdentityError> {
+        self.ca
+            .as_ref()
+            .ok_or_else(|| internal("the Device Issuing CA key is not loaded"))
+    }
+
+    fn audit(&self, kind: &str, actor: &str, detail: Value) {
+        if let Err(e) = self.audit.append(kind, actor, detail) {
+            // committed already: report, cannot undo
+            tracing::error!(error = %e, kind, "identity change not recorded in the audit log");
+        }
+    }
+
+    fn locked(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new CRL over the stored revocations plus `adding`, minus what expired: number + 1.
+    fn next_crl(
+        &self,
+        adding: &[RevokedEntry],
+        now: SystemTime,
+    ) -> Result<(CrlState, Vec<String>), IdentityError> {
+        let ca = self.ca()?;
+        let now_s = unix(now);
+        let mut list = Vec::new();
+        let mut expired = Vec::new();
+        let stored = self.store.revoked()?;
+        for r in stored.iter().chain(adding) {
+            if r.not_after <= now_s {
+                expired.push(r.serial.clone());
+                continue;
+            }
+            list.push(RevokedCertificate {
+                serial_hex: r.serial.clone(),
+                revoked_at: UNIX_EPOCH + Duration::from_secs(r.revoked_at),
+                reason: Some(match r.reason.as_str() {
+                    "superseded" => RevocationReason::Superseded,
+                    "key_compromise" => RevocationReason::KeyCompromise,
+                    "cessation_of_operation" => RevocationReason::CessationOfOperation,
+                    _ => RevocationReason::Unspecified,
+                }),
+            });
+        }
+        let number = self.store.crl()?.map(|c| c.number).unwrap_or(0) + 1;
+        let crl = ca
+            .crl(&list, number, now, self.settings.device_crl_lifetime)
+            .map_err(internal)?;
+        Ok((
+            CrlState {
+                number,
+                this_update: unix(crl.this_update),
+                next_update: unix(crl.next_update),
+                der: crl.der.to_vec(),
+            },
+            expired,
+        ))
+    }
+
+    fn install_crl(&self, crl: CrlState) {
+        let der = crl.der.clone();
+        *self.crl.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(crl));
+        if let Some(l) = self.listener.get() {
+            l.device_crl_changed(&der);
+        }
+    }
+
+    /// Sign a new CRL if there is none or half of its lifetime has passed. Returns whether it did.
+    pub fn refresh_crl(&self, now: SystemTime) -> Result<bool, IdentityError> {
+        let _g = self.locked();
+        let due = match self.store.crl()? {
+            None => true,
+            Some(c) => {
+                unix(now) >= c.this_update + (c.next_update - c.this_update.min(c.next_update)) / 2
+            }
+        };
+        if !due {
+            return Ok(false);
+        }
+        let (crl, expired) = self.next_crl(&[], now)?;
+        self.store.commit(IdentityBatch {
+            unrevoked: expired,
+            crl: Some(crl.clone()),
+            ..Default::default()
+        })?;
+        self.install_crl(crl);
+        Ok(true)
+    }
+
+    fn parse_csr(body: &[u8]) -> Result<(CsrSummary, String), IdentityError> {
+        if body.len() > MAX_CSR_BYTES {
+            return Err(IdentityError::BadCsr(format!(
+                "larger than {MAX_CSR_BYTES} bytes"
+            )));
+        }
+        let text = std::str::from_utf8(body)
+            .map_err(|_| IdentityError::BadCsr("not text (PEM or base64 DER)".into()))?
+            .trim();
+        let pem = if text.starts_with("-----BEGIN") {
+            text.to_string()
+        } else {
+            // RFC 7030: base64 DER, possibly with line breaks
+            use base64::Engine as _;
+            let compact: String = text.split_ascii_whitespace().collect();
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(compact.as_bytes())
+                .map_err(|_| IdentityError::BadCsr("neither PEM nor base64 DER".into()))?;
+            x509_pem("CERTIFICATE REQUEST", &der)
+        };
+        let summary =
+            CsrSummary::from_pem(&pem).map_err(|e| IdentityError::BadCsr(e.to_string()))?;
+        if summary.requests_ca {
+            return Err(IdentityError::CsrRequestsCa);
+        }
+        Ok((summary, pem))
+    }
+
+    /// `simpleenroll`: a factory certificate in the manifest, or a token, for the CSR's CN.
+    pub fn enroll(
+        &self,
+        auth: EnrollAuth<'_>,
+        csr_body: &[u8],
+        now: SystemTime,
+    ) -> Result<Enrolled, IdentityError> {
+        let (csr, csr_pem) = Self::parse_csr(csr_body)?;
+        let id = csr.common_name.clone().ok_or_else(|| {
+            IdentityError::BadCsr("no subject common name (the device id)".into())
+        })?;
+        let _g = self.locked();
+        let mut batch = IdentityBatch::default();
+        let (model, actor, method) = match auth {
+            EnrollAuth::Token(secret) => {
+                let mut stored = self
+                    .store
+                    .token(&token_hash(secret))?
+                    .ok_or(IdentityError::TokenInvalid)?;
+                stored.record.redeem(secret, &id, now)?;
+                let model = stored.model.clone();
+                batch.tokens.push(stored);
+                (model, format!("token:{id}"), "token")
+            }
+            EnrollAuth::Certificate(Some(peer)) if peer.kind == PeerKind::Factory => {
+                let entry = self
+                    .store
+                    .manifest_entry(&peer.name)?
+                    .ok_or_else(|| IdentityError::NotInManifest(peer.name.clone()))?;
+                manifest::check_factory_identity(std::slice::from_ref(&entry), peer).map_err(
+                    |e| match e {
+                        PkiError::NotInManifest(s) => IdentityError::NotInManifest(s),
+                        _ => IdentityError::ManifestKeyMismatch(peer.name.clone()),
+                    },
+                )?;
+                if id != peer.name {
+                    return Err(IdentityError::IdentityMismatch(format!(
+                        "the CSR names {id:?}, the factory certificate {:?}",
+                        peer.name
+                    )));
+                }
+                (entry.model, format!("factory:{id}"), "factory certificate")
+            }
+            EnrollAuth::Certificate(_) => {
+                return Err(IdentityError::ClientCertificateRequired(
+                    "simpleenroll needs a factory certificate or an enrollment token".into(),
+                ))
+            }
+        };
+        let old = self.store.device(&id)?;
+        if let Some(d) = &old {
+            match d.status {
+                DeviceStatus::Decommissioned => {
+                    return Err(IdentityError::DeviceDecommissioned(id))
+                }
+                DeviceStatus::Quarantined => return Err(IdentityError::DeviceQuarantined(id)),
+                DeviceStatus::Active => {}
+            }
+        }
+        let enrolled = self.issue(old, &id, &model, &csr_pem, &actor, "enroll", batch, now)?;
+        self.audit(
+            "enroll",
+            &actor,
+            json!({"device": id, "model": model, "method": method,
+                   "certificate": enrolled.record.certificate}),
+        );
+        Ok(enrolled)
+    }
+
+    /// `simplereenroll`: the device's current operational certificate, a CSR for the same id.
+    pub fn reenroll(
+        &self,
+        peer: Option<&PeerIdentity>,
+        csr_body: &[u8],
+        now: SystemTime,
+    ) -> Result<Enrolled, IdentityError> {
+        let (csr, csr_pem) = Self::parse_csr(csr_body)?;
+        let peer = peer.ok_or_else(|| {
+            IdentityError::ClientCertificateRequired(
+                "simplereenroll needs the device's current certificate".into(),
+            )
+        })?;
+        let Some(id) = peer.device_id() else {
+            return Err(IdentityError::IdentityMismatch(format!(
+                "simplereenroll needs an operational device certificate, not a {} certificate",
+                peer.kind
+            )));
+        };
+        if csr.common_name.as_deref() != Some(id) {
+            return Err(IdentityError::IdentityMismatch(format!(
+                "the CSR names {:?}, the certificate {id:?}",
+                csr.common_name
+            )));
+        }
+        let _g = self.locked();
+        let record = self.check_device_locked(peer)?;
+        if record.status == DeviceStatus::Quarantined {
+            return Err(IdentityError::DeviceQuarantined(id.to_string()));
+        }
+        let model = record.model.clone();
+        let actor = format!("device:{id}");
+        let enrolled = self.issue(
+            Some(record),
+            id,
+            &model,
+            &csr_pem,
+            &actor,
+            "reenroll",
+            IdentityBatch::default(),
+            now,
+        )?;
+        self.audit(
+            "reenroll",
+            &actor,
+            json!({"device": id, "previous": peer.certificate_serial,
+                   "certificate": enrolled.record.certificate}),
+        );
+        Ok(enrolled)
+    }
+
+    /// Issue, supersede the previous certificate, commit with `batch`, reload the CRL.
+    #[allow(clippy::too_many_arguments)]
+    fn issue(
+        &self,
+        old: Option<DeviceRecord>,
+        id: &str,
+        model: &str,
+        csr_pem: &str,
+        actor: &str,
+        event: &str,
+        mut batch: IdentityBatch,
+        now: SystemTime,
+    ) -> Result<Enrolled, IdentityError> {
+        let ca = self.ca()?;
+        let cert = ca
+            .issue_device_certificate(
+                csr_pem,
+                id,
+                model,
+                id,
+                self.settings.device_certificate_validity,
+                now,
+            )
+            .map_err(|e| match e {
+                PkiError::InvalidName { .. } => IdentityError::BadCsr(e.to_string()),
+                other => internal(other),
+            })?;
+        let now_s = unix(now);
+        let mut record = old.unwrap_or_else(|| DeviceRecord {
+            id: id.to_string(),
+            serial: id.to_string(),
+            model: model.to_string(),
+            status: DeviceStatus::Active,
+            certificate: None,
+            enrolled_at: now_s,
+            updated_at: now_s,
+            history: Vec::new(),
+        });
+        let mut superseded = Vec::new();
+        if let Some(prev) = record.certificate.take() {
+            superseded.push(RevokedEntry {
+                serial: prev.serial,
+                device: id.to_string(),
+                revoked_at: now_s,
+                not_after: prev.not_after,
+                reason: "superseded".into(),
+            });
+        }
+        let cref = CertificateRef {
+            serial: cert.serial_hex.clone(),
+            not_before: unix(cert.not_before),
+            not_after: unix(cert.not_after),
+        };
+        record.model = model.to_string();
+        record.certificate = Some(cref.clone());
+        record.event(now_s, event, Some(&cref.serial), actor);
+        batch.certificates.push((
+            cref.serial.clone(),
+            CertificateIndex {
+                device: id.to_string(),
+                not_after: cref.not_after,
+            },
+        ));
+        let new_crl = if superseded.is_empty() {
+            None
+        } else {
+            let (crl, expired) = self.next_crl(&superseded, now)?;
+            batch.unrevoked = expired;
+            batch.revoked = superseded;
+            Some(crl)
+        };
+        batch.crl = new_crl.clone();
+        batch.devices.push(record.clone());
+        self.store.commit(batch)?;
+        if let Some(c) = new_crl {
+            self.install_crl(c);
+        }
+        let mut chain_pem = cert.pem.clone();
+        if !chain_pem.ends_with('\n') {
+            chain_pem.push('\n');
+        }
+        chain_pem.push_str(&ca.certificate_pem().map_err(internal)?);
+        Ok(Enrolled { record, chain_pem })
+    }
+
+    /// The per-request check of the device listener: the record exists, is not decommissioned,
+    /// and `peer` holds its current certificate. Returns the record (the caller decides what a
+    /// quarantined device may do).
+    pub fn check_device(&self, peer: &PeerIdentity) -> Result<DeviceRecord, IdentityError> {
+        self.check_device_locked(peer)
+    }
+
+    fn check_device_locked(&self, peer: &PeerIdentity) -> Result<DeviceRecord, IdentityError> {
+        let Some(id) = peer.device_id() else {
+            return Err(IdentityError::IdentityMismatch(format!(
+                "a {} certificate is not a device certificate",
+                peer.kind
+            )));
+        };
+        let record = self
+            .store
+            .device(id)?
+            .ok_or_else(|| IdentityError::DeviceUnknown(id.to_string()))?;
+        if record.status == DeviceStatus::Decommissioned {
+            return Err(IdentityError::DeviceDecommissioned(id.to_string()));
+        }
+        if record.certificate.as_ref().map(|c| c.serial.as_str())
+            != Some(peer.certificate_serial.as_str())
+        {
+            return Err(IdentityError::CertificateRevoked {
+                serial: peer.certificate_serial.clone(),
+            });
+        }
+        Ok(record)
+    }
+
+    /// Quarantine, reactivate or decommission a device.
+    pub fn set_status(
+        &self,
+        id: &str,
+        action: StatusAction,
+        actor: &str,
+        reason: Option<&str>,
+        now: SystemTime,
+    ) -> Result<DeviceRecord, IdentityError> {
+        let _g = self.locked();
+        let mut record = self
+            .store
+            .device(id)?
+            .ok_or_else(|| IdentityError::DeviceUnknown(id.to_string()))?;
+        if record.status == DeviceStatus::Decommissioned {
+            return Err(IdentityError::DeviceDecommissioned(id.to_string()));
+        }
+        let now_s = unix(now);
+        let mut batch = IdentityBatch::default();
+        let (target, event) = match action {
+            StatusAction::Quarantine => (DeviceStatus::Quarantined, "quarantine"),
+            StatusAction::Reactivate => (DeviceStatus::Active, "reactivate"),
+            StatusAction::Decommission => (DeviceStatus::Decommissioned, "decommission"),
+        };
+        if record.status == target {
+            return Ok(record);
+        }
+        let mut new_crl = None;
+        let mut revoked_serial = None;
+        if action == StatusAction::Decommission {
+            if let Some(c) = record.certificate.take() {
+                let entry = RevokedEntry {
+                    serial: c.serial.clone(),
+                    device: id.to_string(),
+                    revoked_at: now_s,
+                    not_after: c.not_after,
+                    reason: "cessation_of_operation".into(),
+                };
+                let (crl, expired) = self.next_crl(std::slice::from_ref(&entry), now)?;
+                batch.unrevoked = expired;
+                batch.revoked.push(entry);
+                new_crl = Some(crl);
+                revoked_serial = Some(c.serial);
+            }
+        }
+        record.status = target;
+        record.event(now_s, event, revoked_serial.as_deref(), actor);
+        batch.devices.push(record.clone());
+        batch.crl = new_crl.clone();
+        self.store.commit(batch)?;
+        if let Some(c) = new_crl {
+            self.install_crl(c);
+        }
+        self.audit(
+            &format!("device-{event}"),
+            actor,
+            json!({"device": id, "reason": reason, "revoked": revoked_serial}),
+        );
+        Ok(record)
+    }
+
+    /// Revoke a device certificate by serial (lower-case hex).
+    pub fn revoke(
+        &self,
+        serial: &str,
+        reason: &str,
+        actor: &str,
+        now: SystemTime,
+    ) -> Result<Value, IdentityError> {
+        let serial = serial.to_ascii_lowercase();
+        if serial.is_empty() || serial.len() > 40 || !serial.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(IdentityError::BadRequest(
+                "certificate serial: 1-40 hex digits".into(),
+            ));
+        }
+        let reason = match reason {
+            "key_compromise" | "cessation_of_operation" | "superseded" | "unspecified" => reason,
+            _ => {
+                return Err(IdentityError::BadRequest(
+                    "reason: key_compromise, cessation_of_operation, superseded or unspecified"
+                        .into(),
+                ))
+            }
+        };
+        let _g = self.locked();
+        let idx = self
+            .store
+            .certificate(&serial)?
+            .ok_or_else(|| IdentityError::CertificateUnknown(serial.clone()))?;
+        if self.store.revoked()?.iter().any(|r| r.serial == serial) {
+            return Ok(json!({"revoked": serial, "device": idx.device, "already": true}));
+        }
+        let now_s = unix(now);
+        let entry = RevokedEntry {
+            serial: serial.clone(),
+            device: idx.device.clone(),
+            revoked_at: now_s,
+            not_after: idx.not_after,
+            reason: reason.to_string(),
+        };
+        let (crl, expired) = self.next_crl(std::slice::from_ref(&entry), now)?;
+        let mut batch = IdentityBatch {
+            unrevoked: expired,
+            revoked: vec![entry],
+            crl: Some(crl.clone()),
+            ..Default::default()
+        };
+        if let Some(mut d) = self.store.device(&idx.device)? {
+            if d.certificate.as_ref().is_some_and(|c| c.serial == serial) {
+                d.certificate = None;
+            }
+            d.event(now_s, "revoke", Some(&serial), actor);
+            batch.devices.push(d);
+        }
+        self.store.commit(batch)?;
+        self.install_crl(crl);
+        self.audit(
+            "certificate-revoke",
+            actor,
+            json!({"certificate": serial, "device": idx.device, "reason": reason}),
+        );
+        Ok(json!({"revoked": serial, "device": idx.device}))
+    }
+
+    /// Store a new enrollment token for `serial`; returns the secret (shown once) and its expiry.
+    pub fn issue_token(
+        &self,
+        serial: &str,
+        model: Option<&str>,
+        ttl: Duration,
+        actor: &str,
+        now: SystemTime,
+    ) -> Result<(zeroize::Zeroizing<String>, u64), IdentityError> {
+        let _g = self.locked();
+        let (secret, record) =
+            Token::new(serial, ttl, now).map_err(|e| IdentityError::BadRequest(e.to_string()))?;
+        if let Some(d) = self.store.device(serial)? {
+            if d.status == DeviceStatus::Decommissioned {
+                return Err(IdentityError::DeviceDecommissioned(serial.to_string()));
+            }
+        }
+        let model = match (self.store.manifest_entry(serial)?, model) {
+            (Some(e), Some(m)) if e.model != m => {
+                return Err(IdentityError::BadRequest(format!(
+                    "the manifest says {serial:?} is a {:?}, not a {m:?}",
+                    e.model
+                )))
+            }
+            (Some(e), _) => e.model,
+            (None, Some(m)) => m.to_string(),
+            (None, None) => {
+                return Err(IdentityError::BadRequest(format!(
+                    "{serial:?} is in no imported manifest: give the model"
+                )))
+            }
+        };
+        check_model(&model)?;
+        let expires_at = record.expires_at;
+        self.store.commit(IdentityBatch {
+            tokens: vec![StoredToken {
+                record,
+                model: model.clone(),
+                issued_by: actor.to_string(),
+            }],
+            ..Default::default()
+        })?;
+        self.audit(
+            "enroll-token",
+            actor,
+            json!({"serial": serial, "model": model, "expires_at": expires_at}),
+        );
+        Ok((secret, expires_at))
+    }
+
+    /// Verify a manufacturing manifest against the Manufacturing CA and store its entries.
+    pub fn import_manifest(&self, bytes: &[u8], actor: &str) -> Result<Value, IdentityError> {
+        let mca = self
+            .manufacturing_der
+            .as_deref()
+            .ok_or_else(|| internal("the Manufacturing CA certificate is not loaded"))?;
+        let m =
+            Manifest::verify(bytes, mca).map_err(|e| IdentityError::BadManifest(e.to_string()))?;
+        let _g = self.locked();
+        let batch_name = m.batch().to_string();
+        let n = m.entries().len();
+        let entries = m.into_entries();
+        let replaced: Vec<String> = entries
+            .iter()
+            .filter_map(|e| match self.store.manifest_entry(&e.serial) {
+                Ok(Some(old)) if old != *e => Some(e.serial.clone()),
+                _ => None,
+            })
+            .collect();
+        self.store.commit(IdentityBatch {
+            manifest: entries,
+            ..Default::default()
+        })?;
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+        self.audit(
+            "manifest-import",
+            actor,
+            json!({"batch": batch_name, "entries": n, "sha256": sha, "replaced": replaced}),
+        );
+        Ok(json!({"batch": batch_name, "entries": n, "replaced": replaced}))
+    }
+
+    /// Record that a CRL of an offline CA was loaded.
+    pub fn record_crl_load(&self, ca: &str, number: u64, source: &str, actor: &str) {
+        self.audit(
+            "crl-load",
+            actor,
+            json!({"ca": ca, "crl_number": number, "source": source}),
+        );
+    }
+}
+
+fn check_model(m: &str) -> Result<(), IdentityError> {
+    let ok = !m.is_empty()
+        && m.len() <= 64
+        && !m.starts_with(['.', '-'])
+        && m.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(IdentityError::BadRequest(format!(
+            "model {m:?}: 1 to 64 of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+fn x509_pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Staff status changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusAction {
+    Quarantine,
+    Reactivate,
+    Decommission,
+}

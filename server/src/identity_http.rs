@@ -1,0 +1,550 @@
+//! The routes of the three mTLS listeners (see `docs/pki.md`): EST enrollment, the device API
+//! (TUF read path and reports, each request checked against the device record), and the staff
+//! API (role from the Technician CA certificate).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use hale_pki::{CaRole, PeerIdentity, PeerKind};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::{Filter, Rejection, Reply};
+
+use crate::app::App;
+use crate::http::{json_reply, Body};
+use crate::identity::{
+    DeviceStatus, EnrollAuth, Identity, IdentityError, StatusAction, MAX_CSR_BYTES, MAX_PAGE,
+};
+use crate::tls::Listeners;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest manifest or CRL pushed through the staff API.
+const MAX_STAFF_BODY: u64 = 4 << 20;
+/// Longest token lifetime the staff API issues.
+const MAX_TOKEN_TTL: u64 = 30 * 86_400;
+
+fn error_reply(e: &IdentityError) -> warp::reply::Response {
+    json_reply(
+        e.status(),
+        &json!({"error": e.code(), "message": e.to_string()}),
+    )
+}
+
+fn to_body(r: warp::reply::Response) -> Response<Body> {
+    r.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
+}
+
+/// The plain listener's answer to device API calls when TLS is configured.
+pub fn plain_refused() -> Response<Body> {
+    to_body(json_reply(
+        StatusCode::FORBIDDEN,
+        &json!({"error": "client_certificate_required",
+                "message": "device calls are served only on the mTLS device listener"}),
+    ))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, IdentityError> + Send + 'static,
+) -> Result<T, IdentityError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| IdentityError::Internal(e.to_string()))?
+}
+
+fn with<T: Clone + Send + Sync + 'static>(
+    v: T,
+) -> impl Filter<Extract = (T,), Error = Infallible> + Clone {
+    warp::any().map(move || v.clone())
+}
+
+// --- enrollment --------------------------------------------------------------------------------
+
+const PEM_CHAIN: &str = "application/pem-certificate-chain";
+
+fn chain_reply(pem: String) -> warp::reply::Response {
+    warp::reply::with_header(pem, "content-type", PEM_CHAIN).into_response()
+}
+
+/// EST in RFC 7030's shape, PEM instead of PKCS#7.
+pub fn enroll_routes(
+    identity: Arc<Identity>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let cacerts = warp::get()
+        .and(warp::path!(".well-known" / "est" / "cacerts"))
+        .and(with(identity.clone()))
+        .map(|id: Arc<Identity>| chain_reply(id.cacerts_pem().to_string()));
+    let crl = warp::get()
+        .and(warp::path!("crl" / "device-issuing.crl"))
+        .and(with(identity.clone()))
+        .map(|id: Arc<Identity>| match id.device_crl() {
+            Some(c) => {
+                warp::reply::with_header(c.der.clone(), "content-type", "application/pkix-crl")
+                    .into_response()
+            }
+            None => error_reply(&IdentityError::Internal("no CRL yet".into())),
+        });
+    let enroll =
+        warp::post()
+            .and(warp::path!(".well-known" / "est" / "simpleenroll"))
+            .and(warp::ext::optional::<PeerIdentity>())
+            .and(warp::header::optional::<String>("authorization"))
+            .and(warp::body::content_length_limit(MAX_CSR_BYTES as u64))
+            .and(warp::body::bytes())
+            .and(with(identity.clone()))
+            .then(
+                |peer: Option<PeerIdentity>,
+                 auth: Option<String>,
+                 body: Bytes,
+                 id: Arc<Identity>| async move {
+                    let r = blocking(move || {
+                        let token = match auth.as_deref() {
+                            None => None,
+                            Some(h) => Some(
+                                h.strip_prefix("Bearer ")
+                                    .map(str::trim)
+                                    .filter(|t| !t.is_empty() && t.len() <= 256)
+                                    .ok_or(IdentityError::TokenInvalid)?
+                                    .to_string(),
+                            ),
+                        };
+                        let auth = match &token {
+                            Some(t) => EnrollAuth::Token(t),
+                            None => EnrollAuth::Certificate(peer.as_ref()),
+                        };
+                        id.enroll(auth, &body, SystemTime::now())
+                    })
+                    .await;
+                    match r {
+                        Ok(e) => chain_reply(e.chain_pem),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "simpleenroll refused");
+                            error_reply(&e)
+                        }
+                    }
+                },
+            );
+    let reenroll = warp::post()
+        .and(warp::path!(".well-known" / "est" / "simplereenroll"))
+        .and(warp::ext::optional::<PeerIdentity>())
+        .and(warp::body::content_length_limit(MAX_CSR_BYTES as u64))
+        .and(warp::body::bytes())
+        .and(with(identity))
+        .then(
+            |peer: Option<PeerIdentity>, body: Bytes, id: Arc<Identity>| async move {
+                match blocking(move || id.reenroll(peer.as_ref(), &body, SystemTime::now())).await {
+                    Ok(e) => chain_reply(e.chain_pem),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "simplereenroll refused");
+                        error_reply(&e)
+                    }
+                }
+            },
+        );
+    cacerts
+        .or(crl)
+        .unify()
+        .or(enroll)
+        .unify()
+        .or(reenroll)
+        .unify()
+        .recover(crate::http::recover)
+        .unify()
+}
+
+// --- device API ----------------------------------------------------------------------------------
+
+fn device_report_routes(
+    app: Arc<App>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    warp::post()
+        .and(warp::path!("api" / "v1" / "devices" / String / "report"))
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(warp::body::content_length_limit(
+            app.config.max_report_bytes,
+        ))
+        .and(warp::body::bytes())
+        .and(with(app))
+        .and_then(
+            |id: String, peer: PeerIdentity, body: Bytes, app: Arc<App>| async move {
+                if peer.device_id() != Some(id.as_str()) {
+                    return Ok::<_, Rejection>(error_reply(&IdentityError::IdentityMismatch(
+                        format!(
+                            "the report is for {id:?}, the certificate is {:?}'s",
+                            peer.name
+                        ),
+                    )));
+                }
+                crate::http::report_handler(id, body, app).await
+            },
+        )
+        .recover(crate::http::recover)
+        .unify()
+}
+
+/// The device listener's handler: the device record check, then the TUF read path, then reports.
+pub fn device_handler(
+    app: Arc<App>,
+    identity: Arc<Identity>,
+) -> impl Fn(
+    Request<Incoming>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    let warp_svc = warp::service(device_report_routes(app.clone()));
+    move |req: Request<Incoming>| {
+        let app = app.clone();
+        let identity = identity.clone();
+        let mut warp_svc = warp_svc.clone();
+        Box::pin(async move {
+            let Some(peer) = req.extensions().get::<PeerIdentity>().cloned() else {
+                return to_body(error_reply(&IdentityError::ClientCertificateRequired(
+                    "the device API needs a device certificate".into(),
+                )));
+            };
+            // a sled read: in memory for a polling fleet, so inline rather than spawn_blocking
+            match identity.check_device(&peer) {
+                Err(e) => return to_body(error_reply(&e)),
+                Ok(record) if record.status == DeviceStatus::Quarantined => {
+                    let is_report = req.method() == Method::POST
+                        && req.uri().path().starts_with("/api/v1/devices/");
+                    if !is_report {
+                        return to_body(error_reply(&IdentityError::DeviceQuarantined(record.id)));
+                    }
+                }
+                Ok(_) => {}
+            }
+            if let Some(resp) = crate::http::read_path(&app, &req).await {
+                return resp;
+            }
+            match tower_service::Service::call(&mut warp_svc, req).await {
+                Ok(r) => to_body(r),
+                Err(e) => match e {},
+            }
+        })
+    }
+}
+
+/// A warp filter as the handler of [`crate::tls::serve`].
+pub fn warp_handler<F>(
+    filter: F,
+) -> impl Fn(
+    Request<Incoming>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static
+where
+    F: Filter<Extract = (warp::reply::Response,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let svc = warp::service(filter);
+    move |req: Request<Incoming>| {
+        let mut svc = svc.clone();
+        Box::pin(async move {
+            match tower_service::Service::call(&mut svc, req).await {
+                Ok(r) => to_body(r),
+                Err(e) => match e {},
+            }
+        })
+    }
+}
+
+// --- staff API -----------------------------------------------------------------------------------
+
+/// What a staff role may do.
+fn allow(
+    peer: &PeerIdentity,
+    action: &'static str,
+    operator_only: bool,
+) -> Result<String, IdentityError> {
+    let role = match peer.kind {
+        PeerKind::Operator => "operator",
+        PeerKind::Technician if !operator_only => "technician",
+        PeerKind::Technician => {
+            return Err(IdentityError::RoleForbidden {
+                role: "technician".into(),
+                action,
+            })
+        }
+        other => {
+            return Err(IdentityError::RoleForbidden {
+                role: other.to_string(),
+                action,
+            })
+        }
+    };
+    Ok(format!("{role}:{}", peer.name))
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    serial: String,
+    ttl_secs: Option<u64>,
+    model: Option<String>,
+}
+
+fn reply(r: Result<Value, IdentityError>) -> warp::reply::Response {
+    match r {
+        Ok(v) => json_reply(StatusCode::OK, &v),
+        Err(e) => error_reply(&e),
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, IdentityError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| IdentityError::BadRequest(e.to_string()))
+}
+
+/// The staff API.
+pub fn staff_routes(
+    app: Arc<App>,
+    identity: Arc<Identity>,
+    listeners: Arc<Listeners>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let base = || {
+        warp::path("api")
+            .and(warp::path("v1"))
+            .and(warp::path("staff"))
+    };
+    let peer = || warp::ext::get::<PeerIdentity>();
+    let list = warp::get()
+        .and(base())
+        .and(warp::path("devices"))
+        .and(warp::path::end())
+        .and(peer())
+        .and(warp::query::<PageQuery>())
+        .and(with(identity.clone()))
+        .then(
+            |p: PeerIdentity, q: PageQuery, id: Arc<Identity>| async move {
+                reply(
+                    blocking(move || {
+                        allow(&p, "list devices", false)?;
+                        let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+                        let rows = id.store().devices(q.after.as_deref(), limit)?;
+                        let next = (rows.len() == limit)
+                            .then(|| rows.last().map(|r| r.id.clone()))
+                            .flatten();
+                        Ok(json!({"devices": rows, "next": next}))
+                    })
+                    .await,
+                )
+            },
+        );
+    let status = warp::post()
+        .and(base())
+        .and(warp::path!("devices" / String / String))
+        .and(peer())
+        .and(warp::body::content_length_limit(4096))
+        .and(warp::body::bytes())
+        .and(with(identity.clone()))
+        .then(
+            |dev: String, action: String, p: PeerIdentity, body: Bytes, id: Arc<Identity>| async move {
+                reply(
+                    blocking(move || {
+                        let (action, what, operator_only) = match action.as_str() {
+                            "quarantine" => (StatusAction::Quarantine, "quarantine a device", false),
+                            "reactivate" => (StatusAction::Reactivate, "reactivate a device", false),
+                            "decommission" => {
+                                (StatusAction::Decommission, "decommission a device", true)
+                            }
+                            _ => {
+                                return Err(IdentityError::BadRequest(format!(
+                                    "unknown action {action:?}"
+                                )))
+                            }
+                        };
+                        let actor = allow(&p, what, operator_only)?;
+                        let b: ReasonBody = parse_json(&body)?;
+                        if b.reason.as_ref().is_some_and(|r| r.len() > 512) {
+                            return Err(IdentityError::BadRequest("reason: at most 512 bytes".into()));
+                        }
+                        let r = id.set_status(&dev, action, &actor, b.reason.as_deref(), SystemTime::now())?;
+                        serde_json::to_value(r).map_err(|e| IdentityError::Internal(e.to_string()))
+                    })
+                    .await,
+                )
+            },
+        );
+    let revoke = warp::post()
+        .and(base())
+        .and(warp::path!("certificates" / String / "revoke"))
+        .and(peer())
+        .and(warp::body::content_length_limit(4096))
+        .and(warp::body::bytes())
+        .and(with(identity.clone()))
+        .then(
+            |serial: String, p: PeerIdentity, body: Bytes, id: Arc<Identity>| async move {
+                reply(
+                    blocking(move || {
+                        let actor = allow(&p, "revoke a certificate", true)?;
+                        let b: ReasonBody = parse_json(&body)?;
+                        id.revoke(
+                            &serial,
+                            b.reason.as_deref().unwrap_or("unspecified"),
+                            &actor,
+                            SystemTime::now(),
+                        )
+                    })
+                    .await,
+                )
+            },
+        );
+    let token = warp::post()
+        .and(base())
+        .and(warp::path!("enroll-tokens"))
+        .and(peer())
+        .and(warp::body::content_length_limit(4096))
+        .and(warp::body::bytes())
+        .and(with(identity.clone()))
+        .then(|p: PeerIdentity, body: Bytes, id: Arc<Identity>| async move {
+            reply(
+                blocking(move || {
+                    let actor = allow(&p, "issue an enrollment token", false)?;
+                    let b: TokenBody = serde_json::from_slice(&body)
+                        .map_err(|e| IdentityError::BadRequest(e.to_string()))?;
+                    let ttl = b.ttl_secs.unwrap_or(86_400);
+                    if ttl == 0 || ttl > MAX_TOKEN_TTL {
+                        return Err(IdentityError::BadRequest(format!(
+                            "ttl_secs: 1 to {MAX_TOKEN_TTL}"
+                        )));
+                    }
+                    let (secret, expires_at) = id.issue_token(
+                        &b.serial,
+                        b.model.as_deref(),
+                        Duration::from_secs(ttl),
+                        &actor,
+                        SystemTime::now(),
+                    )?;
+                    Ok(json!({"token": secret.as_str(), "serial": b.serial, "expires_at": expires_at}))
+                })
+                .await,
+            )
+        });
+    let manifest = warp::post()
+        .and(base())
+        .and(warp::path!("manifests"))
+        .and(peer())
+        .and(warp::body::content_length_limit(MAX_STAFF_BODY))
+        .and(warp::body::bytes())
+        .and(with(identity.clone()))
+        .then(
+            |p: PeerIdentity, body: Bytes, id: Arc<Identity>| async move {
+                reply(
+                    blocking(move || {
+                        let actor = allow(&p, "import a manifest", true)?;
+                        id.import_manifest(&body, &actor)
+                    })
+                    .await,
+                )
+            },
+        );
+    let audit = warp::get()
+        .and(base())
+        .and(warp::path!("audit"))
+        .and(peer())
+        .and(warp::query::<AuditQuery>())
+        .and(with(app))
+        .then(|p: PeerIdentity, q: AuditQuery, app: Arc<App>| async move {
+            reply(
+                blocking(move || {
+                    allow(&p, "read the audit log", true)?;
+                    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+                    let from = q.after.map_or(0, |a| a.saturating_add(1));
+                    let all = app.store.audit_all()?;
+                    let records: Vec<Value> = all
+                        .iter()
+                        .filter(|(seq, _)| *seq >= from)
+                        .take(limit)
+                        .filter_map(|(_, b)| serde_json::from_slice(b).ok())
+                        .collect();
+                    let next = (records.len() == limit)
+                        .then(|| records.last().and_then(|r| r.get("seq").cloned()))
+                        .flatten();
+                    Ok(json!({"records": records, "next": next}))
+                })
+                .await,
+            )
+        });
+    let crl =
+        warp::put()
+            .and(base())
+            .and(warp::path!("crl" / String))
+            .and(peer())
+            .and(warp::body::content_length_limit(MAX_STAFF_BODY))
+            .and(warp::body::bytes())
+            .and(with(identity))
+            .and(with(listeners))
+            .then(
+                |slug: String,
+                 p: PeerIdentity,
+                 body: Bytes,
+                 id: Arc<Identity>,
+                 l: Arc<Listeners>| async move {
+                    reply(
+                        blocking(move || {
+                            let actor = allow(&p, "load a CRL", true)?;
+                            let ca = CaRole::from_slug(&slug)
+                                .filter(|c| matches!(c, CaRole::Manufacturing | CaRole::Technician))
+                                .ok_or_else(|| {
+                                    IdentityError::BadRequest(
+                                        "CRLs can be pushed for technician or manufacturing".into(),
+                                    )
+                                })?;
+                            let pem = std::str::from_utf8(&body)
+                                .map_err(|_| IdentityError::BadCrl("not PEM".into()))?;
+                            let n = l.load_offline_crl(ca, pem, SystemTime::now(), true)?;
+                            id.record_crl_load(ca.slug(), n, "staff api", &actor);
+                            Ok(json!({"ca": ca.slug(), "crl_number": n}))
+                        })
+                        .await,
+                    )
+                },
+            );
+    list.or(status)
+        .unify()
+        .or(revoke)
+        .unify()
+        .or(token)
+        .unify()
+        .or(manifest)
+        .unify()
+        .or(audit)
+        .unify()
+        .or(crl)
+        .unify()
+        .recover(crate::http::recover)
+        .unify()
+}

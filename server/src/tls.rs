@@ -1,0 +1,487 @@
+//! The mTLS listeners: the TLS directory, one rustls configuration per trust domain (each
+//! anchored only on the CA it needs, CRLs enforced, hot-reloaded), and the accept loop.
+//!
+//! ```text
+//! TcpListener ─▶ TlsAcceptor(ReloadableServerConfig::current()) ─▶ verified peer certificate
+//!   ─▶ PeerIdentity in the request extensions ─▶ hyper_util auto builder ─▶ handler (warp)
+//! ```
+//!
+//! warp 0.4 has no TLS and never sees the peer certificate, hence the own loop (ARCHITECTURE §4).
+//! A new configuration (after a CRL change) has a new session-ticket key: sessions from before a
+//! revocation cannot resume. Connections that are already open keep their handshake; the device
+//! listener therefore checks the device record on every request ([`crate::identity`]).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use hale_pki::tls::{ListenerTls, ReloadableServerConfig, TrustDomain};
+use hale_pki::{Ca, CaRole, PeerIdentity};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use tokio::net::TcpListener;
+
+use crate::http::Body;
+use crate::identity::{CrlListener, Identity, IdentityError};
+
+/// A TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest certificate, key or CRL file read from the TLS directory.
+const MAX_TLS_FILE: u64 = 4 << 20;
+
+/// What the TLS directory holds (see `docs/pki.md`).
+#[derive(Debug)]
+pub struct TlsMaterial {
+    pub dir: PathBuf,
+    /// Taken by the identity service (the one online CA key).
+    pub device_issuing: Option<Ca>,
+    pub device_issuing_der: CertificateDer<'static>,
+    pub root_pem: String,
+    pub manufacturing_der: CertificateDer<'static>,
+    pub technician_der: CertificateDer<'static>,
+    pub server_chain: Vec<CertificateDer<'static>>,
+    pub server_key: rustls_pki_types::PrivateKeyDer<'static>,
+}
+
+fn read_small(path: &Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    anyhow::ensure!(len <= MAX_TLS_FILE, "{} is too large", path.display());
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    String::from_utf8(read_small(path)?).with_context(|| format!("{} is not text", path.display()))
+}
+
+/// Every `CERTIFICATE` block of a PEM file, in order.
+pub fn certificates_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let after = rest.get(start..).unwrap_or_default();
+        let end = after
+            .find(END)
+            .context("PEM certificate without an END line")?;
+        let block = after.get(..end + END.len()).unwrap_or_default();
+        out.push(hale_pki::tls::certificate_from_pem(block)?);
+        rest = after.get(end + END.len()..).unwrap_or_default();
+    }
+    anyhow::ensure!(!out.is_empty(), "no certificate in the PEM file");
+    Ok(out)
+}
+
+impl TlsMaterial {
+    /// Load the TLS directory; `passphrase` opens `ca/device-issuing.key` and `server.key`.
+    pub fn load(dir: &Path, passphrase: &[u8]) -> Result<TlsMaterial> {
+        let ca_dir = dir.join("ca");
+        let ca_key = ca_dir.join("device-issuing.key");
+        let device_issuing = Ca::from_file(&read_small(&ca_key)?, passphrase)
+            .with_context(|| format!("opening {}", ca_key.display()))?;
+        anyhow::ensure!(
+            device_issuing.role() == CaRole::DeviceIssuing,
+            "{} is the {}, not the Device Issuing CA",
+            ca_key.display(),
+            device_issuing.role()
+        );
+        let cert = |slug: &str| -> Result<(String, CertificateDer<'static>)> {
+            let p = ca_dir.join(format!("{slug}.crt"));
+            let pem = read_text(&p)?;
+            let der = hale_pki::tls::certificate_from_pem(&pem)
+                .with_context(|| format!("parsing {}", p.display()))?;
+            Ok((pem, der))
+        };
+        let (root_pem, _) = cert(CaRole::Root.slug())?;
+        let (_, manufacturing_der) = cert(CaRole::Manufacturing.slug())?;
+        let (_, technician_der) = cert(CaRole::Technician.slug())?;
+        let (_, issuing_file) = cert(CaRole::DeviceIssuing.slug())?;
+        anyhow::ensure!(
+            issuing_file == *device_issuing.certificate_der(),
+            "ca/device-issuing.crt is not the certificate in ca/device-issuing.key"
+        );
+        let chain_path = dir.join("server.crt");
+        let server_chain = certificates_from_pem(&read_text(&chain_path)?)
+            .with_context(|| format!("parsing {}", chain_path.display()))?;
+        let key_path = dir.join("server.key");
+        let server_key = hale_pki::tls::open_private_key(&read_small(&key_path)?, passphrase)
+            .with_context(|| format!("opening {}", key_path.display()))?;
+        Ok(TlsMaterial {
+            dir: dir.to_path_buf(),
+            device_issuing_der: device_issuing.certificate_der().clone(),
+            device_issuing: Some(device_issuing),
+            root_pem,
+            manufacturing_der,
+            technician_der,
+            server_chain,
+            server_key,
+        })
+    }
+}
+
+/// A loaded CRL of an offline CA, with the file state it came from.
+#[derive(Debug, Clone)]
+struct OfflineCrl {
+    der: CertificateRevocationListDer<'static>,
+    number: u64,
+    modified: Option<SystemTime>,
+}
+
+#[derive(Debug)]
+struct Crls {
+    device: Option<CertificateRevocationListDer<'static>>,
+    manufacturing: OfflineCrl,
+    technician: OfflineCrl,
+}
+
+/// The three listeners' TLS: built from the material, rebuilt when a CRL changes.
+#[derive(Debug)]
+pub struct Listeners {
+    dir: PathBuf,
+    device: ListenerTls,
+    enroll: ListenerTls,
+    staff: ListenerTls,
+    pub device_config: Arc<ReloadableServerConfig>,
+    pub enroll_config: Arc<ReloadableServerConfig>,
+    pub staff_config: Arc<ReloadableServerConfig>,
+    manufacturing_der: CertificateDer<'static>,
+    technician_der: CertificateDer<'static>,
+    crls: Mutex<Crls>,
+}
+
+fn crl_path(dir: &Path, ca: CaRole) -> PathBuf {
+    dir.join("crl").join(format!("{}.crl", ca.slug()))
+}
+
+fn modified(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl Listeners {
+    /// Build the listeners' configurations. `device_crl` is the server's Device Issuing CA CRL.
+    pub fn new(m: &TlsMaterial, device_crl: &[u8], now: SystemTime) -> Result<Listeners> {
+        let issuing = m.device_issuing_der.clone();
+        let chain = m.server_chain.clone();
+        let key = |m: &TlsMaterial| m.server_key.clone_key();
+        let device = ListenerTls::new(
+            TrustDomain::DeviceApi,
+            std::slice::from_ref(&issuing),
+            chain.clone(),
+            key(m),
+        )?;
+        let enroll = ListenerTls::new(
+            TrustDomain::Enrollment,
+            &[m.manufacturing_der.clone(), issuing],
+            chain.clone(),
+            key(m),
+        )?;
+        let staff = ListenerTls::new(
+            TrustDomain::Staff,
+            std::slice::from_ref(&m.technician_der),
+            chain,
+            key(m),
+        )?;
+        let load = |ca: CaRole, cert: &CertificateDer<'static>| -> Result<OfflineCrl> {
+            let p = crl_path(&m.dir, ca);
+            let pem = read_text(&p)?;
+            let (der, number) =
+                check_offline_crl(&pem, cert, now).with_context(|| format!("{}", p.display()))?;
+            Ok(OfflineCrl {
+                der,
+                number,
+                modified: modified(&p),
+            })
+        };
+        let crls = Crls {
+            device: Some(CertificateRevocationListDer::from(device_crl.to_vec())),
+            manufacturing: load(CaRole::Manufacturing, &m.manufacturing_der)?,
+            technician: load(CaRole::Technician, &m.technician_der)?,
+        };
+        let device_config = Arc::new(ReloadableServerConfig::new(
+            device.server_config(&device_crls(&crls))?,
+        ));
+        let enroll_config = Arc::new(ReloadableServerConfig::new(
+            enroll.server_config(&enroll_crls(&crls))?,
+        ));
+        let staff_config = Arc::new(ReloadableServerConfig::new(
+            staff.server_config(std::slice::from_ref(&crls.technician.der))?,
+        ));
+        Ok(Listeners {
+            dir: m.dir.clone(),
+            device,
+            enroll,
+            staff,
+            device_config,
+            enroll_config,
+            staff_config,
+            manufacturing_der: m.manufacturing_der.clone(),
+            technician_der: m.technician_der.clone(),
+            crls: Mutex::new(crls),
+        })
+    }
+
+    fn crls(&self) -> std::sync::MutexGuard<'_, Crls> {
+        self.crls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Load a CRL of the Manufacturing or Technician CA (from the staff API or the TLS
+    /// directory): verified with its CA, current, and not older than the loaded one. Returns its
+    /// number. On success the affected listener uses it for every new connection.
+    pub fn load_offline_crl(
+        &self,
+        ca: CaRole,
+        pem: &str,
+        now: SystemTime,
+        write_file: bool,
+    ) -> Result<u64, IdentityError> {
+        let bad = |e: anyhow::Error| IdentityError::BadCrl(format!("{e:#}"));
+        let cert = match ca {
+            CaRole::Manufacturing => &self.manufacturing_der,
+            CaRole::Technician => &self.technician_der,
+            other => {
+                return Err(IdentityError::BadRequest(format!(
+                    "the server loads CRLs of the Manufacturing and Technician CAs, not the {other}"
+                )))
+            }
+        };
+        let (der, number) = check_offline_crl(pem, cert, now).map_err(bad)?;
+        let mut crls = self.crls();
+        let current = match ca {
+            CaRole::Manufacturing => &crls.manufacturing,
+            _ => &crls.technician,
+        };
+        if number < current.number {
+            return Err(IdentityError::BadCrl(format!(
+                "CRL number {number} is older than the loaded {}",
+                current.number
+            )));
+        }
+        let path = crl_path(&self.dir, ca);
+        if write_file {
+            hale_repo::layout::write_atomic(&path, pem.as_bytes())
+                .map_err(|e| IdentityError::Internal(e.to_string()))?;
+        }
+        let new = OfflineCrl {
+            der,
+            number,
+            modified: modified(&path),
+        };
+        let old = match ca {
+            CaRole::Manufacturing => std::mem::replace(&mut crls.manufacturing, new),
+            _ => std::mem::replace(&mut crls.technician, new),
+        };
+        let built = match ca {
+            CaRole::Manufacturing => self
+                .enroll
+                .server_config(&enroll_crls(&crls))
+                .map(|c| self.enroll_config.replace(c)),
+            _ => self
+                .staff
+                .server_config(std::slice::from_ref(&crls.technician.der))
+                .map(|c| self.staff_config.replace(c)),
+        };
+        if let Err(e) = built {
+            // keep what worked
+            match ca {
+                CaRole::Manufacturing => crls.manufacturing = old,
+                _ => crls.technician = old,
+            }
+            return Err(IdentityError::BadCrl(e.to_string()));
+        }
+        Ok(number)
+    }
+
+    /// Re-read CRL files that changed on disk. Returns the (CA, number) of each one loaded.
+    pub fn poll_crl_files(&self, now: SystemTime) -> Vec<(CaRole, Result<u64, IdentityError>)> {
+        let mut out = Vec::new();
+        for ca in [CaRole::Manufacturing, CaRole::Technician] {
+            let p = crl_path(&self.dir, ca);
+            let m = modified(&p);
+            let known = {
+                let crls = self.crls();
+                match ca {
+                    CaRole::Manufacturing => crls.manufacturing.modified,
+                    _ => crls.technician.modified,
+                }
+            };
+            if m.is_none() || m == known {
+                continue;
+            }
+            let r = read_text(&p)
+                .map_err(|e| IdentityError::BadCrl(format!("{e:#}")))
+                .and_then(|pem| self.load_offline_crl(ca, &pem, now, false));
+            if r.is_err() {
+                // do not retry the same file every poll: remember its time
+                let mut crls = self.crls();
+                match ca {
+                    CaRole::Manufacturing => crls.manufacturing.modified = m,
+                    _ => crls.technician.modified = m,
+                }
+            }
+            out.push((ca, r));
+        }
+        out
+    }
+}
+
+fn device_crls(c: &Crls) -> Vec<CertificateRevocationListDer<'static>> {
+    c.device.iter().cloned().collect()
+}
+
+fn enroll_crls(c: &Crls) -> Vec<CertificateRevocationListDer<'static>> {
+    let mut v = device_crls(c);
+    v.push(c.manufacturing.der.clone());
+    v
+}
+
+fn check_offline_crl(
+    pem: &str,
+    ca_cert: &CertificateDer<'static>,
+    now: SystemTime,
+) -> Result<(CertificateRevocationListDer<'static>, u64)> {
+    let der = hale_pki::tls::crl_from_pem(pem)?;
+    let v = hale_pki::crl::verify_crl(&der, ca_cert, now)?;
+    Ok((der, v.number))
+}
+
+impl CrlListener for Listeners {
+    fn device_crl_changed(&self, crl_der: &[u8]) {
+        let mut crls = self.crls();
+        crls.device = Some(CertificateRevocationListDer::from(crl_der.to_vec()));
+        match self.device.server_config(&device_crls(&crls)) {
+            Ok(c) => self.device_config.replace(c),
+            Err(e) => tracing::error!(error = %e, "device listener: new CRL not loaded"),
+        }
+        match self.enroll.server_config(&enroll_crls(&crls)) {
+            Ok(c) => self.enroll_config.replace(c),
+            Err(e) => tracing::error!(error = %e, "enrollment listener: new CRL not loaded"),
+        }
+    }
+}
+
+/// Keep the server's CRL fresh and pick up CRL files dropped into the TLS directory.
+pub async fn maintain_crls(identity: Arc<Identity>, listeners: Arc<Listeners>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (id, l) = (identity.clone(), listeners.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            let now = SystemTime::now();
+            if let Err(e) = id.refresh_crl(now) {
+                tracing::error!(error = %e, "Device Issuing CA CRL not re-signed");
+            }
+            for (ca, r) in l.poll_crl_files(now) {
+                match r {
+                    Ok(n) => {
+                        tracing::info!(ca = %ca, crl_number = n, "CRL file loaded");
+                        id.record_crl_load(ca.slug(), n, "file", "tls-dir");
+                    }
+                    Err(e) => tracing::error!(ca = %ca, error = %e, "CRL file refused"),
+                }
+            }
+        })
+        .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "CRL maintenance task failed");
+        }
+    }
+}
+
+/// Serve TLS connections on `listener` until `shutdown`. Each request carries the verified
+/// client's [`PeerIdentity`] in its extensions (none on the enrollment listener without a
+/// certificate). A verified certificate that does not follow our profiles closes the connection.
+pub async fn serve<F, Fut>(
+    domain: TrustDomain,
+    listener: TcpListener,
+    config: Arc<ReloadableServerConfig>,
+    handler: F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(15));
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    let builder = Arc::new(builder);
+    let (watch_tx, watch_rx) = tokio::sync::watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer_addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config.current());
+        let handler = handler.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let mut stop = watch_rx.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer_addr, listener = %domain, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer_addr, listener = %domain, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                None => None,
+                Some(cert) => match PeerIdentity::from_der(cert) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        tracing::warn!(%peer_addr, listener = %domain, error = %e, "verified certificate outside our profiles: closing");
+                        return;
+                    }
+                },
+            };
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                if let Some(id) = &identity {
+                    req.extensions_mut().insert(id.clone());
+                }
+                let fut = handler(req);
+                async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .into_owned();
+            let conn = watcher.watch(conn);
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer_addr, error = %e, "connection ended with an error");
+                },
+                _ = stop.changed() => {}
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => {
+            tracing::warn!(listener = %domain, "connections still open after 10 s; closing");
+        }
+    }
+    drop(watch_tx);
+}

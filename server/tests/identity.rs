@@ -1,0 +1,1331 @@
+//! Device identity over real TLS handshakes on loopback: EST enrollment (factory certificate and
+//! token), the device API behind mTLS with a per-request record check, the staff API with roles,
+//! revocation with CRL hot reload, and the audit trail. Every refusal asserts the exact error (a
+//! handshake alert or a JSON code) and that nothing was stored.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use hale_pki::manifest::{Manifest, ManifestEntry};
+use hale_pki::tls::{client_config, client_config_without_certificate, private_key_from_pem};
+use hale_pki::{generate_key_and_csr, Hierarchy, IssuedCertificate, KeyAlgorithm, StaffRole};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::ClientConfig;
+use serde_json::{json, Value};
+use sha2::Digest;
+
+const CA_PASS: &str = "ca passphrase for tests";
+const MODEL: &str = "pump-x1";
+
+struct Pki {
+    h: Hierarchy,
+    server_ca: CertificateDer<'static>,
+}
+
+fn write(p: &Path, b: &[u8]) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, b).unwrap();
+}
+
+/// A hierarchy and the TLS directory the server reads (docs/pki.md).
+fn tls_dir(dir: &Path) -> Pki {
+    let now = SystemTime::now();
+    let h = Hierarchy::create(Duration::from_secs(365 * 86_400), now).unwrap();
+    for ca in [
+        &h.root,
+        &h.manufacturing,
+        &h.device_issuing,
+        &h.technician,
+        &h.server,
+    ] {
+        write(
+            &dir.join("ca").join(format!("{}.crt", ca.role().slug())),
+            ca.certificate_pem().unwrap().as_bytes(),
+        );
+    }
+    write(
+        &dir.join("ca/device-issuing.key"),
+        &h.device_issuing
+            .to_file_with_cost(CA_PASS.as_bytes(), 10)
+            .unwrap(),
+    );
+    let k = generate_key_and_csr(KeyAlgorithm::P256, "server").unwrap();
+    let cert = h
+        .server
+        .issue_server_certificate(
+            &k.csr_pem,
+            &["localhost"],
+            &["127.0.0.1".parse().unwrap()],
+            Duration::from_secs(86_400),
+            now,
+        )
+        .unwrap();
+    write(
+        &dir.join("server.crt"),
+        format!("{}{}", cert.pem, h.server.certificate_pem().unwrap()).as_bytes(),
+    );
+    write(
+        &dir.join("server.key"),
+        &hale_pki::tls::seal_private_key_with_cost(&k.private_key_pem, CA_PASS.as_bytes(), 10)
+            .unwrap(),
+    );
+    for ca in [&h.manufacturing, &h.technician] {
+        let crl = ca
+            .crl(&[], 1, now, Duration::from_secs(7 * 86_400))
+            .unwrap();
+        write(
+            &dir.join("crl").join(format!("{}.crl", ca.role().slug())),
+            crl.pem.as_bytes(),
+        );
+    }
+    Pki {
+        server_ca: h.server.certificate_der().clone(),
+        h,
+    }
+}
+
+struct TlsServer {
+    child: Child,
+    device: String,
+    enroll: String,
+    staff: String,
+    plain: String,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_tls(f: &Fixture, tls: &Path) -> TlsServer {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(f.data.join("server.log"))
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--data",
+            f.data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--tls-dir", tls.to_str().unwrap()])
+        .args([
+            "--device-listen",
+            "127.0.0.1:0",
+            "--enroll-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--staff-listen", "127.0.0.1:0"])
+        .env("HALE_PASSPHRASE_FILE", &f.pass_file)
+        .env("HALE_CA_PASSPHRASE", CA_PASS)
+        .env("HALE_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let mut r = BufReader::new(child.stdout.take().unwrap());
+    let (mut device, mut enroll, mut staff, mut plain) = (None, None, None, None);
+    let mut line = String::new();
+    while device.is_none() || enroll.is_none() || staff.is_none() || plain.is_none() {
+        line.clear();
+        if r.read_line(&mut line).unwrap() == 0 {
+            panic!(
+                "server did not start: {}",
+                std::fs::read_to_string(f.data.join("server.log")).unwrap_or_default()
+            );
+        }
+        let l = line.trim();
+        let addr = |p: &str| l.strip_prefix(p).map(str::to_string);
+        device = device.or(addr("device listening on https://"));
+        enroll = enroll.or(addr("enroll listening on https://"));
+        staff = staff.or(addr("staff listening on https://"));
+        plain = plain.or(l.strip_prefix("listening on ").map(str::to_string));
+    }
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = r.read_to_string(&mut sink);
+    });
+    TlsServer {
+        child,
+        device: device.unwrap(),
+        enroll: enroll.unwrap(),
+        staff: staff.unwrap(),
+        plain: plain.unwrap(),
+    }
+}
+
+// --- a minimal HTTP/1.1 client over rustls -----------------------------------------------------
+
+struct Conn(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    fn code(&self) -> String {
+        self.json()["error"].as_str().unwrap_or("").to_string()
+    }
+    fn header(&self, n: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn connect(addr: &str, cfg: Arc<ClientConfig>) -> Conn {
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let conn =
+        rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+    Conn(rustls::StreamOwned::new(conn, sock))
+}
+
+impl Conn {
+    /// One request on this connection (kept alive). Err: the TLS or transport error.
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Reply, String> {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let mut all = req.into_bytes();
+        all.extend_from_slice(body);
+        self.0.write_all(&all).map_err(|e| e.to_string())?;
+        self.0.flush().map_err(|e| e.to_string())?;
+        let mut r = BufReader::new(&mut self.0);
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.is_empty() {
+            return Err("connection closed".into());
+        }
+        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            r.read_line(&mut line).map_err(|e| e.to_string())?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').unwrap();
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let len = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.parse::<usize>().unwrap());
+        let mut body = Vec::new();
+        if method != "HEAD" && status != 204 && status != 304 {
+            match len {
+                Some(n) => {
+                    body.resize(n, 0);
+                    r.read_exact(&mut body).map_err(|e| e.to_string())?;
+                }
+                None => loop {
+                    // chunked
+                    line.clear();
+                    r.read_line(&mut line).map_err(|e| e.to_string())?;
+                    let n = usize::from_str_radix(line.trim(), 16).unwrap();
+                    let mut c = vec![0; n + 2];
+                    r.read_exact(&mut c).map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&c[..n]);
+                },
+            }
+        }
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+fn once(
+    addr: &str,
+    cfg: Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Reply, String> {
+    connect(addr, cfg).send(method, path, headers, body)
+}
+
+// --- identities --------------------------------------------------------------------------------
+
+struct Holder {
+    key_pem: String,
+    cert: IssuedCertificate,
+}
+
+fn cfg_for(p: &Pki, chain: Vec<CertificateDer<'static>>, key_pem: &str) -> Arc<ClientConfig> {
+    client_config(
+        p.server_ca.clone(),
+        chain,
+        private_key_from_pem(key_pem).unwrap(),
+    )
+    .unwrap()
+}
+
+fn holder_cfg(p: &Pki, h: &Holder) -> Arc<ClientConfig> {
+    cfg_for(p, vec![h.cert.der.clone()], &h.key_pem)
+}
+
+fn staff(p: &Pki, name: &str, role: StaffRole) -> Arc<ClientConfig> {
+    let k = generate_key_and_csr(KeyAlgorithm::P256, name).unwrap();
+    let c =
+        p.h.technician
+            .issue_staff_certificate(
+                &k.csr_pem,
+                name,
+                role,
+                Duration::from_secs(3600),
+                SystemTime::now(),
+            )
+            .unwrap();
+    cfg_for(p, vec![c.der], &k.private_key_pem)
+}
+
+fn factory(p: &Pki, serial: &str) -> Holder {
+    let k = generate_key_and_csr(KeyAlgorithm::P256, serial).unwrap();
+    let cert =
+        p.h.manufacturing
+            .issue_factory_certificate(
+                &k.csr_pem,
+                serial,
+                MODEL,
+                Duration::from_secs(86_400),
+                SystemTime::now(),
+            )
+            .unwrap();
+    Holder {
+        key_pem: k.private_key_pem.to_string(),
+        cert,
+    }
+}
+
+/// The operational certificate in an EST answer (first PEM block).
+fn operational(chain_pem: &[u8], key_pem: &str) -> Holder {
+    let text = std::str::from_utf8(chain_pem).unwrap();
+    let end = text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+    let der = hale_pki::tls::certificate_from_pem(&text[..end]).unwrap();
+    let id = hale_pki::PeerIdentity::from_der(&der).unwrap();
+    Holder {
+        key_pem: key_pem.to_string(),
+        cert: IssuedCertificate {
+            pem: text[..end].to_string(),
+            serial_hex: id.certificate_serial,
+            not_before: id.not_before,
+            not_after: id.not_after,
+            spki_sha256: id.spki_sha256,
+            der,
+        },
+    }
+}
+
+/// The server's state as staff see it: device records and the number of audit records.
+fn state(t: &TlsServer, op: &Arc<ClientConfig>) -> (Value, usize) {
+    let d = once(
+        &t.staff,
+        op.clone(),
+        "GET",
+        "/api/v1/staff/devices",
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(d.status, 200, "{:?}", String::from_utf8_lossy(&d.body));
+    let a = once(&t.staff, op.clone(), "GET", "/api/v1/staff/audit", &[], b"").unwrap();
+    assert_eq!(a.status, 200);
+    (
+        d.json()["devices"].clone(),
+        a.json()["records"].as_array().unwrap().len(),
+    )
+}
+
+fn assert_alert(r: Result<Reply, String>, alert: &str) {
+    match r {
+        Err(e) => assert!(e.contains(alert), "expected alert {alert}, got {e}"),
+        Ok(r) => panic!(
+            "expected a refused handshake ({alert}), got HTTP {}",
+            r.status
+        ),
+    }
+}
+
+fn assert_refused(r: Result<Reply, String>, status: u16, code: &str) {
+    let r = r.unwrap();
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (status, code),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+const PKCS10: (&str, &str) = ("Content-Type", "application/pkcs10");
+
+#[test]
+fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
+    // a repository with one target
+    let f = Fixture::new();
+    let fw: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    {
+        let s = f.start();
+        assert_eq!(upload(&s, &f.token, &fw).unwrap().status, 200);
+        let t = f.targets(1, &[("fw.bin", &fw, None)], None);
+        assert_eq!(
+            publish(&s, &f.token, None, &[("targets", &t)])
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    let tls = f.dir.path().join("tls");
+    let p = tls_dir(&tls);
+    let t = start_tls(&f, &tls);
+    let op = staff(&p, "olivia", StaffRole::Operator);
+    let tech = staff(&p, "theo", StaffRole::Technician);
+
+    // cacerts: Device Issuing CA then root, no client certificate needed
+    let anon = client_config_without_certificate(p.server_ca.clone()).unwrap();
+    let r = once(
+        &t.enroll,
+        anon.clone(),
+        "GET",
+        "/.well-known/est/cacerts",
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/pem-certificate-chain")
+    );
+    assert_eq!(
+        String::from_utf8(r.body).unwrap(),
+        format!(
+            "{}{}",
+            p.h.device_issuing.certificate_pem().unwrap(),
+            p.h.root.certificate_pem().unwrap()
+        )
+    );
+
+    // the manifest: pump-1 with its factory key; imported by an operator, not a technician
+    let f1 = factory(&p, "pump-1");
+    let manifest = Manifest::sign(
+        &p.h.manufacturing,
+        "batch-7",
+        &[ManifestEntry::new("pump-1", MODEL, &f1.cert.spki_sha256)],
+        SystemTime::now(),
+    )
+    .unwrap();
+    let before = state(&t, &op);
+    assert_refused(
+        once(
+            &t.staff,
+            tech.clone(),
+            "POST",
+            "/api/v1/staff/manifests",
+            &[],
+            &manifest,
+        ),
+        403,
+        "role_forbidden",
+    );
+    assert_eq!(state(&t, &op), before);
+    let r = once(
+        &t.staff,
+        op.clone(),
+        "POST",
+        "/api/v1/staff/manifests",
+        &[],
+        &manifest,
+    )
+    .unwrap();
+    assert_eq!((r.status, r.json()["entries"].clone()), (200, json!(1)));
+
+    // refused: a factory certificate not in the manifest (valid, from the Manufacturing CA)
+    let stranger = factory(&p, "pump-9");
+    let k9 = generate_key_and_csr(KeyAlgorithm::P256, "pump-9").unwrap();
+    let before = state(&t, &op);
+    assert_refused(
+        once(
+            &t.enroll,
+            holder_cfg(&p, &stranger),
+            "POST",
+            "/.well-known/est/simpleenroll",
+            &[PKCS10],
+            k9.csr_pem.as_bytes(),
+        ),
+        403,
+        "not_in_manifest",
+    );
+    // refused: a hostile CSR asking for CA:TRUE, with a valid factory certificate
+    let hostile_key = rcgen::KeyPair::generate().unwrap();
+    let mut hp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    hp.distinguished_name
+        .push(rcgen::DnType::CommonName, "pump-1");
+    hp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let hostile = hp.serialize_request(&hostile_key).unwrap().pem().unwrap();
+    assert_refused(
+        once(
+            &t.enroll,
+            holder_cfg(&p, &f1),
+            "POST",
+            "/.well-known/est/simpleenroll",
+            &[PKCS10],
+            hostile.as_bytes(),
+        ),
+        400,
+        "csr_requests_ca",
+    );
+    // refused: no factory certificate and no token
+    let k1 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    assert_refused(
+        once(
+            &t.enroll,
+            anon.clone(),
+            "POST",
+            "/.well-known/est/simpleenroll",
+            &[PKCS10],
+            k1.csr_pem.as_bytes(),
+        ),
+        401,
+        "client_certificate_required",
+    );
+    // refused: a CSR for another device than the factory certificate
+    let other = generate_key_and_csr(KeyAlgorithm::P256, "pump-2").unwrap();
+    assert_refused(
+        once(
+            &t.enroll,
+            holder_cfg(&p, &f1),
+            "POST",
+            "/.well-known/est/simpleenroll",
+            &[PKCS10],
+            other.csr_pem.as_bytes(),
+        ),
+        403,
+        "identity_mismatch",
+    );
+    assert_eq!(state(&t, &op), before, "refusals stored nothing");
+
+    // accepted: enroll with the factory certificate
+    let r = once(
+        &t.enroll,
+        holder_cfg(&p, &f1),
+        "POST",
+        "/.well-known/est/simpleenroll",
+        &[PKCS10],
+        k1.csr_pem.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/pem-certificate-chain")
+    );
+    assert!(
+        String::from_utf8_lossy(&r.body).ends_with(&p.h.device_issuing.certificate_pem().unwrap())
+    );
+    let d1 = operational(&r.body, &k1.private_key_pem);
+    let id1 = hale_pki::PeerIdentity::from_der(&d1.cert.der).unwrap();
+    assert_eq!(
+        (
+            id1.kind,
+            id1.name.as_str(),
+            id1.model.as_deref(),
+            id1.hardware_serial.as_deref()
+        ),
+        (
+            hale_pki::PeerKind::Device,
+            "pump-1",
+            Some(MODEL),
+            Some("pump-1")
+        )
+    );
+
+    // poll metadata, download the target, report — on one kept-alive connection
+    let mut c1 = connect(&t.device, holder_cfg(&p, &d1));
+    let ts = c1.send("GET", "/timestamp.json", &[], b"").unwrap();
+    assert_eq!(ts.status, 200);
+    let etag = ts.header("etag").unwrap().to_string();
+    assert_eq!(
+        c1.send("GET", "/timestamp.json", &[("If-None-Match", &etag)], b"")
+            .unwrap()
+            .status,
+        304
+    );
+    let sha = hex::encode(sha2::Sha256::digest(&fw));
+    let tr = c1
+        .send("GET", &format!("/targets/{sha}.fw.bin"), &[], b"")
+        .unwrap();
+    assert_eq!((tr.status, tr.body == fw), (200, true));
+    let report =
+        json!({"slots": [{"name": "a", "version": "1.0.0", "state": "active"}]}).to_string();
+    assert_eq!(
+        c1.send(
+            "POST",
+            "/api/v1/devices/pump-1/report",
+            &[("Content-Type", "application/json")],
+            report.as_bytes()
+        )
+        .unwrap()
+        .status,
+        204
+    );
+    // a report for another device id than the certificate's
+    assert_refused(
+        c1.send(
+            "POST",
+            "/api/v1/devices/pump-2/report",
+            &[],
+            report.as_bytes(),
+        ),
+        403,
+        "identity_mismatch",
+    );
+    // the plain listener takes no device reports (nor lists devices) when TLS is configured
+    let before = state(&t, &op);
+    for (m, path) in [
+        ("POST", "/api/v1/devices/pump-1/report"),
+        ("GET", "/api/v1/devices"),
+    ] {
+        let r = request(
+            m,
+            &format!("{}{path}", t.plain),
+            &[],
+            (m == "POST").then_some(report.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.status, r.json()["error"].clone()),
+            (403, json!("client_certificate_required"))
+        );
+    }
+    assert_eq!(state(&t, &op), before);
+
+    // refused at the handshake: no client certificate, another CA's certificate, a technician
+    // certificate, a factory certificate, an expired certificate
+    assert_alert(
+        once(&t.device, anon.clone(), "GET", "/timestamp.json", &[], b""),
+        "CertificateRequired",
+    );
+    // another hierarchy's Device Issuing CA has the same name: webpki finds the anchor by name
+    // and the signature does not verify (alert decrypt_error)
+    let foreign = Hierarchy::create(Duration::from_secs(86_400), SystemTime::now()).unwrap();
+    let kf = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let fc = foreign
+        .device_issuing
+        .issue_device_certificate(
+            &kf.csr_pem,
+            "pump-1",
+            MODEL,
+            "pump-1",
+            Duration::from_secs(86_400),
+            SystemTime::now(),
+        )
+        .unwrap();
+    assert_alert(
+        once(
+            &t.device,
+            cfg_for(&p, vec![fc.der], &kf.private_key_pem),
+            "GET",
+            "/timestamp.json",
+            &[],
+            b"",
+        ),
+        "DecryptError",
+    );
+    assert_alert(
+        once(&t.device, tech.clone(), "GET", "/timestamp.json", &[], b""),
+        "UnknownCA",
+    );
+    assert_alert(
+        once(
+            &t.device,
+            holder_cfg(&p, &f1),
+            "GET",
+            "/timestamp.json",
+            &[],
+            b"",
+        ),
+        "UnknownCA",
+    );
+    let ke = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let expired =
+        p.h.device_issuing
+            .issue_device_certificate(
+                &ke.csr_pem,
+                "pump-1",
+                MODEL,
+                "pump-1",
+                Duration::from_secs(3600),
+                SystemTime::now() - Duration::from_secs(3 * 86_400),
+            )
+            .unwrap();
+    assert_alert(
+        once(
+            &t.device,
+            cfg_for(&p, vec![expired.der], &ke.private_key_pem),
+            "GET",
+            "/timestamp.json",
+            &[],
+            b"",
+        ),
+        "CertificateExpired",
+    );
+    // a device certificate from the right CA that the server never issued for this record
+    let kx = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let unrecorded =
+        p.h.device_issuing
+            .issue_device_certificate(
+                &kx.csr_pem,
+                "pump-1",
+                MODEL,
+                "pump-1",
+                Duration::from_secs(3600),
+                SystemTime::now(),
+            )
+            .unwrap();
+    assert_refused(
+        once(
+            &t.device,
+            cfg_for(&p, vec![unrecorded.der], &kx.private_key_pem),
+            "GET",
+            "/timestamp.json",
+            &[],
+            b"",
+        ),
+        403,
+        "certificate_revoked",
+    );
+    // staff API: a device certificate is not staff
+    assert_alert(
+        once(
+            &t.staff,
+            holder_cfg(&p, &d1),
+            "GET",
+            "/api/v1/staff/devices",
+            &[],
+            b"",
+        ),
+        "UnknownCA",
+    );
+
+    // token enrollment: issued by a technician for pump-2 (not in the manifest: model given)
+    let r = once(
+        &t.staff,
+        tech.clone(),
+        "POST",
+        "/api/v1/staff/enroll-tokens",
+        &[],
+        json!({"serial": "pump-2", "model": MODEL, "ttl_secs": 600})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    let bearer = format!("Bearer {token}");
+    let k2 = generate_key_and_csr(KeyAlgorithm::Ed25519, "pump-2").unwrap();
+    let k3 = generate_key_and_csr(KeyAlgorithm::P256, "pump-3").unwrap();
+    let before = state(&t, &op);
+    // refused: a token for another serial
+    assert_refused(
+        once(
+            &t.enroll,
+            anon.clone(),
+            "POST",
+            "/.well-known/est/simpleenroll",
+            &[PKCS10, ("Authorization", &bearer)],
+            k3.csr_pem.as_bytes(),
+        ),
+        403,
+        "token_wrong_serial",
+    );
+    assert_refused(
+        once(
+            &t.enroll,
+            anon.clone(),
+            "POST",
+            "/.well-known/est/simpleenroll",
+            &[PKCS10, ("Authorization", "Bearer hale-et-nope")],
+            k2.csr_pem.as_bytes(),
+        ),
+        401,
+        "token_invalid",
+    );
+    assert_eq!(state(&t, &op), before);
+    let r = once(
+        &t.enroll,
+        anon.clone(),
+        "POST",
+        "/.well-known/est/simpleenroll",
+        &[PKCS10, ("Authorization", &bearer)],
+        k2.csr_pem.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let d2 = operational(&r.body, &k2.private_key_pem);
+    // refused: the token again
+    let before = state(&t, &op);
+    assert_refused(
+        once(
+            &t.enroll,
+            anon.clone(),
+            "POST",
+            "/.well-known/est/simpleenroll",
+            &[PKCS10, ("Authorization", &bearer)],
+            k2.csr_pem.as_bytes(),
+        ),
+        401,
+        "token_used",
+    );
+    assert_eq!(state(&t, &op), before);
+    assert_eq!(
+        once(
+            &t.device,
+            holder_cfg(&p, &d2),
+            "GET",
+            "/timestamp.json",
+            &[],
+            b""
+        )
+        .unwrap()
+        .status,
+        200
+    );
+
+    // renew pump-1 with its current certificate; the old one is superseded
+    let k1b = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let r = once(
+        &t.enroll,
+        holder_cfg(&p, &d1),
+        "POST",
+        "/.well-known/est/simplereenroll",
+        &[PKCS10],
+        k1b.csr_pem.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let d1b = operational(&r.body, &k1b.private_key_pem);
+    assert_ne!(d1b.cert.serial_hex, d1.cert.serial_hex);
+    // the kept-alive connection with the old certificate: refused per request
+    assert_refused(
+        c1.send("GET", "/timestamp.json", &[], b""),
+        403,
+        "certificate_revoked",
+    );
+    // a new handshake with the old certificate: on the CRL now
+    assert_alert(
+        once(
+            &t.device,
+            holder_cfg(&p, &d1),
+            "GET",
+            "/timestamp.json",
+            &[],
+            b"",
+        ),
+        "CertificateRevoked",
+    );
+    let mut c1b = connect(&t.device, holder_cfg(&p, &d1b));
+    assert_eq!(
+        c1b.send("GET", "/timestamp.json", &[], b"").unwrap().status,
+        200
+    );
+
+    // quarantine (technician): no metadata, reports still taken; reactivate
+    let r = once(
+        &t.staff,
+        tech.clone(),
+        "POST",
+        "/api/v1/staff/devices/pump-1/quarantine",
+        &[],
+        br#"{"reason":"field check"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("quarantined"))
+    );
+    assert_refused(
+        c1b.send("GET", "/timestamp.json", &[], b""),
+        403,
+        "device_quarantined",
+    );
+    assert_eq!(
+        c1b.send(
+            "POST",
+            "/api/v1/devices/pump-1/report",
+            &[],
+            report.as_bytes()
+        )
+        .unwrap()
+        .status,
+        204
+    );
+    assert_eq!(
+        once(
+            &t.staff,
+            tech.clone(),
+            "POST",
+            "/api/v1/staff/devices/pump-1/reactivate",
+            &[],
+            b""
+        )
+        .unwrap()
+        .status,
+        200
+    );
+    assert_eq!(
+        c1b.send("GET", "/timestamp.json", &[], b"").unwrap().status,
+        200
+    );
+
+    // revoke pump-2's certificate: technicians may not; operators may
+    let path = format!("/api/v1/staff/certificates/{}/revoke", d2.cert.serial_hex);
+    let mut c2 = connect(&t.device, holder_cfg(&p, &d2));
+    assert_eq!(
+        c2.send("GET", "/timestamp.json", &[], b"").unwrap().status,
+        200
+    );
+    let before = state(&t, &op);
+    assert_refused(
+        once(&t.staff, tech.clone(), "POST", &path, &[], b""),
+        403,
+        "role_forbidden",
+    );
+    assert_eq!(state(&t, &op), before);
+    let r = once(
+        &t.staff,
+        op.clone(),
+        "POST",
+        &path,
+        &[],
+        br#"{"reason":"key_compromise"}"#,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_refused(
+        c2.send("GET", "/timestamp.json", &[], b""),
+        403,
+        "certificate_revoked",
+    );
+    assert_alert(
+        once(
+            &t.device,
+            holder_cfg(&p, &d2),
+            "GET",
+            "/timestamp.json",
+            &[],
+            b"",
+        ),
+        "CertificateRevoked",
+    );
+    // the published CRL lists it
+    let crl = once(
+        &t.enroll,
+        anon.clone(),
+        "GET",
+        "/crl/device-issuing.crl",
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(crl.header("content-type"), Some("application/pkix-crl"));
+    let v = hale_pki::crl::verify_crl(
+        &crl.body,
+        p.h.device_issuing.certificate_der(),
+        SystemTime::now(),
+    )
+    .unwrap();
+    assert!(v.revoked.contains(&d2.cert.serial_hex) && v.revoked.contains(&d1.cert.serial_hex));
+
+    // decommission pump-1 (operator only): the open connection is refused per request, the
+    // certificate fails new handshakes, and it cannot enroll again
+    assert_refused(
+        once(
+            &t.staff,
+            tech.clone(),
+            "POST",
+            "/api/v1/staff/devices/pump-1/decommission",
+            &[],
+            b"",
+        ),
+        403,
+        "role_forbidden",
+    );
+    assert_eq!(
+        once(
+            &t.staff,
+            op.clone(),
+            "POST",
+            "/api/v1/staff/devices/pump-1/decommission",
+            &[],
+            b""
+        )
+        .unwrap()
+        .status,
+        200
+    );
+    assert_refused(
+        c1b.send("GET", "/timestamp.json", &[], b""),
+        403,
+        "device_decommissioned",
+    );
+    assert_alert(
+        once(
+            &t.device,
+            holder_cfg(&p, &d1b),
+            "GET",
+            "/timestamp.json",
+            &[],
+            b"",
+        ),
+        "CertificateRevoked",
+    );
+    let before = state(&t, &op);
+    let k1c = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    assert_refused(
+        once(
+            &t.enroll,
+            holder_cfg(&p, &f1),
+            "POST",
+            "/.well-known/est/simpleenroll",
+            &[PKCS10],
+            k1c.csr_pem.as_bytes(),
+        ),
+        403,
+        "device_decommissioned",
+    );
+    assert_eq!(state(&t, &op), before);
+
+    // a technician CRL dropped into the TLS dir revokes the technician without a restart
+    let r = once(
+        &t.staff,
+        tech.clone(),
+        "GET",
+        "/api/v1/staff/devices",
+        &[],
+        b"",
+    )
+    .unwrap();
+    let statuses: Vec<Value> = r.json()["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["status"].clone())
+        .collect();
+    assert_eq!(statuses, vec![json!("decommissioned"), json!("active")]);
+    let k_tom = generate_key_and_csr(KeyAlgorithm::P256, "tom").unwrap();
+    let tom =
+        p.h.technician
+            .issue_staff_certificate(
+                &k_tom.csr_pem,
+                "tom",
+                StaffRole::Technician,
+                Duration::from_secs(3600),
+                SystemTime::now(),
+            )
+            .unwrap();
+    let tom_cfg = cfg_for(&p, vec![tom.der.clone()], &k_tom.private_key_pem);
+    assert_eq!(
+        once(
+            &t.staff,
+            tom_cfg.clone(),
+            "GET",
+            "/api/v1/staff/devices",
+            &[],
+            b""
+        )
+        .unwrap()
+        .status,
+        200
+    );
+    let crl =
+        p.h.technician
+            .crl(
+                &[hale_pki::crl::RevokedCertificate {
+                    serial_hex: tom.serial_hex.clone(),
+                    revoked_at: SystemTime::now(),
+                    reason: None,
+                }],
+                2,
+                SystemTime::now(),
+                Duration::from_secs(86_400),
+            )
+            .unwrap();
+    write(&tls.join("crl/technician.crl"), crl.pem.as_bytes());
+    wait_until("technician CRL reload", Duration::from_secs(20), || {
+        once(
+            &t.staff,
+            tom_cfg.clone(),
+            "GET",
+            "/api/v1/staff/devices",
+            &[],
+            b"",
+        )
+        .is_err()
+    });
+    assert_alert(
+        once(
+            &t.staff,
+            tom_cfg.clone(),
+            "GET",
+            "/api/v1/staff/devices",
+            &[],
+            b"",
+        ),
+        "CertificateRevoked",
+    );
+    // an older CRL pushed through the API is refused; the operator still gets in
+    let old =
+        p.h.technician
+            .crl(&[], 1, SystemTime::now(), Duration::from_secs(86_400))
+            .unwrap();
+    assert_refused(
+        once(
+            &t.staff,
+            op.clone(),
+            "PUT",
+            "/api/v1/staff/crl/technician",
+            &[],
+            old.pem.as_bytes(),
+        ),
+        400,
+        "bad_crl",
+    );
+
+    // every step is in the audit log, and the chain verifies
+    let a = once(&t.staff, op.clone(), "GET", "/api/v1/staff/audit", &[], b"").unwrap();
+    let kinds: Vec<String> = a.json()["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap().to_string())
+        .collect();
+    for k in [
+        "manifest-import",
+        "enroll",
+        "enroll-token",
+        "reenroll",
+        "device-quarantine",
+        "device-reactivate",
+        "certificate-revoke",
+        "device-decommission",
+        "crl-load",
+        "report",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "no {k} in {kinds:?}");
+    }
+    assert_refused(
+        once(
+            &t.staff,
+            tech.clone(),
+            "GET",
+            "/api/v1/staff/audit",
+            &[],
+            b"",
+        ),
+        403,
+        "role_forbidden",
+    );
+    drop(t);
+    let out = run_bin(
+        &["audit", "verify", "--data", f.data.to_str().unwrap()],
+        &f.pass_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn audit_records(f: &Fixture) -> String {
+    let out = run_bin(
+        &["audit", "verify", "--data", f.data.to_str().unwrap()],
+        &f.pass_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn cli_imports_manifests_and_issues_tokens_the_server_honours() {
+    let f = Fixture::new();
+    let tls = f.dir.path().join("tls");
+    let p = tls_dir(&tls);
+    let data = f.data.to_str().unwrap();
+    let k5 = generate_key_and_csr(KeyAlgorithm::P256, "pump-5").unwrap();
+    let spki =
+        p.h.manufacturing
+            .issue_factory_certificate(
+                &k5.csr_pem,
+                "pump-5",
+                MODEL,
+                Duration::from_secs(3600),
+                SystemTime::now(),
+            )
+            .unwrap()
+            .spki_sha256;
+    let entries = [ManifestEntry::new("pump-5", MODEL, &spki)];
+
+    // refused: a manifest signed by another Manufacturing CA; nothing recorded
+    let foreign = Hierarchy::create(Duration::from_secs(86_400), SystemTime::now()).unwrap();
+    let forged = f.dir.path().join("forged.json");
+    write(
+        &forged,
+        &Manifest::sign(&foreign.manufacturing, "b1", &entries, SystemTime::now()).unwrap(),
+    );
+    let before = audit_records(&f);
+    let out = run_bin(
+        &[
+            "manifest",
+            "import",
+            "--data",
+            data,
+            "--tls-dir",
+            tls.to_str().unwrap(),
+            forged.to_str().unwrap(),
+        ],
+        &f.pass_file,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "manufacturing manifest signature does not verify with the Manufacturing CA key"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // refused: a token for a serial in no manifest, without a model
+    let out = run_bin(
+        &["enroll-token", "--data", data, "--serial", "pump-5"],
+        &f.pass_file,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("\"pump-5\" is in no imported manifest: give the model"));
+    assert_eq!(audit_records(&f), before);
+
+    let good = f.dir.path().join("manifest.json");
+    write(
+        &good,
+        &Manifest::sign(&p.h.manufacturing, "b1", &entries, SystemTime::now()).unwrap(),
+    );
+    let out = run_bin(
+        &[
+            "manifest",
+            "import",
+            "--data",
+            data,
+            "--tls-dir",
+            tls.to_str().unwrap(),
+            good.to_str().unwrap(),
+        ],
+        &f.pass_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_bin(
+        &[
+            "enroll-token",
+            "--data",
+            data,
+            "--serial",
+            "pump-5",
+            "--ttl",
+            "600",
+        ],
+        &f.pass_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("hale-et-"));
+    assert_ne!(audit_records(&f), before);
+
+    // the server takes the token once; the certificate carries the manifest's model
+    let t = start_tls(&f, &tls);
+    let anon = client_config_without_certificate(p.server_ca.clone()).unwrap();
+    let bearer = format!("Bearer {token}");
+    let r = once(
+        &t.enroll,
+        anon.clone(),
+        "POST",
+        "/.well-known/est/simpleenroll",
+        &[PKCS10, ("Authorization", &bearer)],
+        k5.csr_pem.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let d5 = operational(&r.body, &k5.private_key_pem);
+    let id = hale_pki::PeerIdentity::from_der(&d5.cert.der).unwrap();
+    assert_eq!(
+        (id.name.as_str(), id.model.as_deref()),
+        ("pump-5", Some(MODEL))
+    );
+    assert_refused(
+        once(
+            &t.enroll,
+            anon,
+            "POST",
+            "/.well-known/est/simpleenroll",
+            &[PKCS10, ("Authorization", &bearer)],
+            k5.csr_pem.as_bytes(),
+        ),
+        401,
+        "token_used",
+    );
+}
