@@ -99,6 +99,23 @@ enum Cmd {
     Push(commands::push::PushArgs),
     /// Run the full client workflow over a repository directory with hale-core.
     Verify(commands::verify::VerifyArgs),
+    /// Device-identity PKI: CA hierarchy, server and staff certificates, CRLs.
+    Ca {
+        #[command(subcommand)]
+        cmd: commands::ca::CaCmd,
+    },
+    /// Factory station: factory certificates from device CSRs, the manufacturing manifest.
+    Factory {
+        #[command(subcommand)]
+        cmd: commands::factory::FactoryCmd,
+    },
+    /// Rollback authorizations signed by the `rollback` role: authorize, sign, status.
+    Rollback {
+        #[command(subcommand)]
+        cmd: commands::rollback::RollbackCmd,
+    },
+    /// Write an offline bundle: the metadata a device needs, the image, an authorization.
+    Bundle(commands::bundle::BundleArgs),
 }
 
 fn main() -> ExitCode {
@@ -115,6 +132,10 @@ fn main() -> ExitCode {
         Cmd::Publish(a) => commands::publish::run(a),
         Cmd::Push(a) => commands::push::run(a),
         Cmd::Verify(a) => commands::verify::run(a),
+        Cmd::Ca { cmd } => commands::ca::run(cmd),
+        Cmd::Factory { cmd } => commands::factory::run(cmd),
+        Cmd::Rollback { cmd } => commands::rollback::run(cmd),
+        Cmd::Bundle(a) => commands::bundle::run(a),
     };
     match result {
         Ok(code) => code,

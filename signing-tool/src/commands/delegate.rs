@@ -28,13 +28,10 @@ pub struct DelegateArgs {
     keys: Vec<PathBuf>,
     #[arg(long, default_value_t = 1)]
     threshold: u32,
-    /// Path patterns delegated (python-tuf rules: `*` does not cross `/`); repeatable.
-    #[arg(
-        long = "paths",
-        value_name = "PATTERN",
-        required = true,
-        value_delimiter = ','
-    )]
+    /// Path patterns delegated (python-tuf rules: `*` does not cross `/`); repeatable. Required,
+    /// except for the `rollback` role, which is delegated no paths (it signs authorizations,
+    /// never targets).
+    #[arg(long = "paths", value_name = "PATTERN", value_delimiter = ',')]
     paths: Vec<String>,
     /// Stop the search here for matching paths (later delegations are not consulted).
     #[arg(long)]
@@ -58,6 +55,13 @@ pub fn run(a: DelegateArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--from {}", a.from))?;
     if from.kind() != "targets" {
         bail!("--from {}: not a targets role", a.from);
+    }
+    if a.to == hale_core::rollback::ROLLBACK_ROLE {
+        if !a.paths.is_empty() || a.from != "targets" {
+            bail!("--to rollback: the rollback role is delegated by top-level targets with no --paths (it can never sign targets)");
+        }
+    } else if a.paths.is_empty() {
+        bail!("--paths is required");
     }
     for p in &a.paths {
         if p.is_empty() || p.chars().any(char::is_control) || p.starts_with('/') {

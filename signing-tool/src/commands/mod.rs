@@ -2,11 +2,15 @@
 //! file or directory they worked on.
 
 pub mod bins;
+pub mod bundle;
+pub mod ca;
 pub mod delegate;
+pub mod factory;
 pub mod init;
 pub mod key;
 pub mod publish;
 pub mod push;
+pub mod rollback;
 pub mod rotate;
 pub mod sign;
 pub mod status;

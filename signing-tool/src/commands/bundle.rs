@@ -1,0 +1,247 @@
+//! `hale-sign bundle DIR --target PATH [--from-root-version N] [--authorization FILE] --out FILE`:
+//! one file a technician carries to a pump with no network (USB, or `hale-link` over a serial
+//! line). It holds exactly what a device trusting root version N fetches to install PATH from the
+//! published repository — roots N+1…, timestamp, snapshot, targets, the delegated roles on the
+//! way, the image — and optionally a rollback authorization.
+//!
+//! Like `publish`, nothing is written unless hale-core accepts it: the repository is walked with
+//! the client workflow from root N, the authorization is verified against the published
+//! `targets` (threshold of the `rollback` role, validity, this exact image), and the finished
+//! bundle is walked again from its own bytes, as the device will.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use hale_core::bundle::{Bundle, AUTHORIZATION};
+use hale_core::metadata::MetaFile;
+use hale_core::trusted::{RoleSource, SearchError};
+use hale_core::{Name, Storage, TrustedSet};
+
+use crate::config::repository_dir;
+use crate::state::{unix_now, State};
+
+#[derive(Args, Debug)]
+pub struct BundleArgs {
+    /// The repository working directory (its published `repository/` is bundled).
+    dir: PathBuf,
+    /// The target to install (e.g. `pump-a/fw-2.0.0.bin`).
+    #[arg(long, value_name = "PATH")]
+    target: String,
+    /// Root version the devices trust now (the bundle carries the chain from there).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    from_root_version: u64,
+    /// A rollback authorization to include (verified first).
+    #[arg(long, value_name = "FILE")]
+    authorization: Option<PathBuf>,
+    /// Where to write the bundle.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+/// Largest metadata file read while resolving (the host-side bound).
+const MAX_METADATA: usize = 4 << 20;
+/// Largest image put in a bundle (hale-core's format bounds an entry at u32).
+const MAX_IMAGE: u64 = u32::MAX as u64;
+
+/// What the client workflow fetched and verified on the way to one target.
+#[derive(Debug)]
+pub struct Resolved {
+    /// Repository names and bytes, in fetch order (the image last).
+    pub files: Vec<(String, Vec<u8>)>,
+    pub sha256: [u8; 32],
+    /// The verified top-level targets (to check rollback authorizations against).
+    pub targets: Vec<u8>,
+}
+
+type Get<'a> = dyn FnMut(&str) -> anyhow::Result<Option<Vec<u8>>> + 'a;
+
+struct Source<'g, 'a> {
+    get: &'g mut Get<'a>,
+    files: Vec<(String, Vec<u8>)>,
+    error: Option<anyhow::Error>,
+}
+
+impl RoleSource for Source<'_, '_> {
+    type Buf = Vec<u8>;
+    type Error = ();
+    fn fetch_role(&mut self, name: &str, meta: &MetaFile<'_>) -> Result<Vec<u8>, ()> {
+        let file = format!("{}.{name}.json", meta.version);
+        match (self.get)(&file) {
+            Ok(Some(b)) => {
+                if meta.length.is_some_and(|l| b.len() as u64 != l) {
+                    self.error = Some(anyhow::anyhow!("{file}: length differs from the snapshot"));
+                    return Err(());
+                }
+                self.files.push((file, b.clone()));
+                Ok(b)
+            }
+            Ok(None) => {
+                self.error = Some(anyhow::anyhow!("{file}: not found"));
+                Err(())
+            }
+            Err(e) => {
+                self.error = Some(e);
+                Err(())
+            }
+        }
+    }
+}
+
+fn need(get: &mut Get<'_>, name: &str) -> anyhow::Result<Vec<u8>> {
+    get(name)?.with_context(|| format!("{name}: not found"))
+}
+
+/// The TUF client workflow (hale-core decides every step) from `trusted_root` to `target`,
+/// over files served by `get` (repository names, consistent snapshots).
+pub fn resolve(
+    get: &mut Get<'_>,
+    trusted_root: &[u8],
+    target: &str,
+    now: i64,
+) -> anyhow::Result<Resolved> {
+    hale_core::metadata::check_target_path(target).map_err(|e| anyhow::anyhow!("{target}: {e}"))?;
+    let trust = |what: String| move |e: hale_core::Error| anyhow::anyhow!("{what}: {e}");
+    let mut set = TrustedSet::new(Storage::with_capacity(MAX_METADATA), trusted_root, now)
+        .map_err(trust("trusted root".into()))?;
+    let mut files = Vec::new();
+    loop {
+        let name = format!("{}.root.json", set.root().header.version + 1);
+        let Some(bytes) = get(&name)? else { break };
+        set.update_root(&bytes).map_err(trust(name.clone()))?;
+        files.push((name, bytes));
+    }
+    if !set.root().consistent_snapshot {
+        bail!("bundles need a repository with consistent snapshots");
+    }
+    let ts = need(get, "timestamp.json")?;
+    set.update_timestamp(&ts)
+        .map_err(trust("timestamp.json".into()))?;
+    files.push(("timestamp.json".into(), ts));
+    let sv = set.timestamp().map(|t| t.snapshot.version).unwrap_or(0);
+    let name = format!("{sv}.snapshot.json");
+    let snap = need(get, &name)?;
+    set.update_snapshot(&snap).map_err(trust(name.clone()))?;
+    files.push((name, snap));
+    let tv = set
+        .snapshot()
+        .map(|s| s.role("targets"))
+        .transpose()
+        .map_err(trust("snapshot".into()))?
+        .flatten()
+        .map_or(0, |m| m.version);
+    let name = format!("{tv}.targets.json");
+    let targets = need(get, &name)?;
+    set.update_targets(&targets).map_err(trust(name.clone()))?;
+    files.push((name, targets.clone()));
+
+    let mut source = Source {
+        get: &mut *get,
+        files: Vec::new(),
+        error: None,
+    };
+    let found = match set.find_target(target, &mut source) {
+        Ok(Some(f)) => f,
+        Ok(None) => bail!("target {target} is not in the repository"),
+        Err(SearchError::Trust(e)) => bail!("{target}: {e}"),
+        Err(SearchError::Fetch(())) => {
+            return Err(source
+                .error
+                .take()
+                .unwrap_or_else(|| anyhow::anyhow!("{target}: a delegated role is missing")))
+        }
+    };
+    let file = found.file(target).map_err(trust(target.into()))?;
+    let sha256 = file
+        .sha256()
+        .with_context(|| format!("{target}: lists no sha256"))?;
+    if file.length > MAX_IMAGE {
+        bail!("{target}: {} bytes, too large for a bundle", file.length);
+    }
+    let image_name = hale_repo::layout::target_path(target, &hex::encode(sha256), true)?;
+    let image = need(source.get, &image_name)?;
+    file.verify_bytes(&image, Name::new(target))
+        .map_err(trust(image_name.clone()))?;
+    let mut all = files;
+    all.append(&mut source.files);
+    all.push((image_name, image));
+    Ok(Resolved {
+        files: all,
+        sha256,
+        targets,
+    })
+}
+
+/// Files of the published repository in `dir` (refusing names that leave it).
+pub fn repository_source(dir: &Path) -> impl FnMut(&str) -> anyhow::Result<Option<Vec<u8>>> {
+    let repo = repository_dir(dir);
+    move |name: &str| {
+        if name
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            bail!("{name}: not a repository file name");
+        }
+        let p = repo.join(name);
+        match std::fs::metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", p.display())),
+            Ok(m) if m.len() > MAX_IMAGE => bail!("{}: too large", p.display()),
+            Ok(_) => {}
+        }
+        std::fs::read(&p)
+            .map(Some)
+            .with_context(|| p.display().to_string())
+    }
+}
+
+/// The published root of version `v` in `dir`.
+pub fn published_root(dir: &Path, v: u64) -> anyhow::Result<Vec<u8>> {
+    let p = repository_dir(dir).join(format!("{v}.root.json"));
+    std::fs::read(&p).with_context(|| format!("{}: no published root v{v}", p.display()))
+}
+
+pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
+    let state = State::load(&a.dir)?;
+    state.warn_demo();
+    let now = unix_now();
+    let root = published_root(&a.dir, a.from_root_version)?;
+    let resolved = resolve(&mut repository_source(&a.dir), &root, &a.target, now)
+        .with_context(|| format!("resolving {} in {}", a.target, a.dir.display()))?;
+    let mut entries = resolved.files.clone();
+    let mut note = String::new();
+    if let Some(path) = &a.authorization {
+        let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+        let max = super::rollback::max_validity(&state, None)?;
+        let a_ok = super::rollback::verify_for_target(
+            &resolved.targets,
+            &bytes,
+            &a.target,
+            resolved.sha256,
+            now,
+            max,
+        )
+        .with_context(|| format!("{}: rollback authorization refused", path.display()))?;
+        note = format!(", rollback authorization ({a_ok})");
+        entries.push((AUTHORIZATION.to_string(), bytes));
+    }
+    let bundle = hale_repo::bundle::encode(&entries)?;
+
+    // the device's view: the finished bundle alone, from the same root
+    let parsed = Bundle::parse(&bundle).map_err(|e| anyhow::anyhow!("bundle: {e}"))?;
+    let mut from_bundle = |name: &str| Ok(parsed.get(name).map(<[u8]>::to_vec));
+    resolve(&mut from_bundle, &root, &a.target, now)
+        .context("the written bundle does not verify on its own")?;
+
+    crate::durable::write_one(&a.out, &bundle)?;
+    println!(
+        "wrote {} ({} bytes): {} for devices trusting root v{}, {} files{note}",
+        a.out.display(),
+        bundle.len(),
+        a.target,
+        a.from_root_version,
+        entries.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

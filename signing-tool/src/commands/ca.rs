@@ -1,0 +1,478 @@
+//! `hale-sign ca …`: the offline ceremony of the device-identity PKI (ARCHITECTURE §5).
+//!
+//! ```text
+//! ca init        --out CA_DIR                       Device Root CA + Manufacturing, Device Issuing,
+//!                                                   Technician and Server CA: CA_DIR/<slug>.crt (PEM)
+//!                                                   and CA_DIR/<slug>.key (hale-pki CA file, key sealed)
+//! ca server-cert --ca-dir D --dns N... [--ip IP...] --out PREFIX    PREFIX.crt (chain), PREFIX.key
+//! ca staff       --ca-dir D --role R --name N --hours H --out PREFIX PREFIX.crt, PREFIX.key
+//! ca crl         --ca-dir D --ca SLUG [--revoke SERIAL...] --out FILE
+//! ```
+//!
+//! Every private key is sealed at rest: CA keys inside hale-pki's CA file, issued keys (server TLS,
+//! staff) with `hale_pki::tls::seal_private_key` (hale-repo's key file: scrypt +
+//! XChaCha20-Poly1305, the public key bound as associated data), opened with
+//! `hale_pki::tls::open_private_key`. Passphrases come from the environment, a file or a prompt, never argv.
+//!
+//! Threat notes: `init` can give the CA files the server holds (Device Issuing, Technician, Server)
+//! their own passphrase (`--server-passphrase-*`), so the server's secret never opens the root or
+//! the Manufacturing CA. `crl` keeps the revoked list and the CRL number in
+//! `CA_DIR/<slug>.crl.json`: a serial once revoked stays in every later CRL, and numbers only rise.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use hale_pki::crl::RevokedCertificate;
+use hale_pki::{Ca, CaRole, Hierarchy, HierarchyOptions, KeyAlgorithm, StaffRole};
+use hale_repo::Passphrase;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use crate::durable;
+use crate::key_source;
+use crate::PassArgs;
+
+#[derive(Subcommand, Debug)]
+pub enum CaCmd {
+    /// Create the CA hierarchy: root, Manufacturing, Device Issuing, Technician and Server CA.
+    Init(InitArgs),
+    /// Issue a TLS server certificate (Server CA) with a fresh, sealed key.
+    ServerCert(ServerCertArgs),
+    /// Issue a short-lived technician or operator certificate (Technician CA), key sealed.
+    Staff(StaffArgs),
+    /// Sign the CRL of a CA, adding serials to its revoked list.
+    Crl(CrlArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Directory for the CA certificates and CA files (created; existing CA files are refused).
+    #[arg(long, value_name = "CA_DIR")]
+    out: PathBuf,
+    /// Validity of the CA certificates, in days.
+    #[arg(long, default_value_t = 3650)]
+    days: u64,
+    /// Base URL of the CRLs (`<url><slug>.crl`): every certificate's CRL distribution point.
+    #[arg(long, value_name = "URL", default_value = hale_pki::ca::DEFAULT_CRL_BASE_URL)]
+    crl_base_url: String,
+    /// DNS subtree(s) the Server CA may issue for (name constraints); none = unconstrained.
+    #[arg(long = "server-dns-constraint", value_name = "DOMAIN")]
+    server_dns_constraints: Vec<String>,
+    /// Passphrase of the root and Manufacturing CA files (and of all, unless --server-passphrase-*).
+    #[command(flatten)]
+    pass: PassArgs,
+    /// Separate passphrase for the CA files the server holds (Device Issuing, Technician,
+    /// Server): read from this environment variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "server_passphrase_file")]
+    server_passphrase_env: Option<String>,
+    /// As --server-passphrase-env, from the first line of this file.
+    #[arg(long, value_name = "PATH")]
+    server_passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CaDirArgs {
+    /// The directory `ca init` wrote.
+    #[arg(long, value_name = "CA_DIR")]
+    pub ca_dir: PathBuf,
+    /// Passphrase of the CA file used.
+    #[command(flatten)]
+    pub pass: PassArgs,
+}
+
+/// Where the passphrase of a newly issued key comes from.
+#[derive(Args, Debug, Clone, Default)]
+pub struct OutPassArgs {
+    /// Seal the new private key with the passphrase in this environment variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "key_passphrase_file")]
+    pub key_passphrase_env: Option<String>,
+    /// Seal the new private key with the first line of this file.
+    #[arg(long, value_name = "PATH")]
+    pub key_passphrase_file: Option<PathBuf>,
+}
+
+impl OutPassArgs {
+    fn source(&self, what: &str) -> Passphrase {
+        if let Some(v) = &self.key_passphrase_env {
+            Passphrase::Env(v.clone())
+        } else if let Some(p) = &self.key_passphrase_file {
+            Passphrase::File(p.clone())
+        } else {
+            Passphrase::Prompt(format!("new passphrase for {what}: "))
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServerCertArgs {
+    #[command(flatten)]
+    ca: CaDirArgs,
+    /// DNS name(s) of the server.
+    #[arg(long = "dns", value_name = "NAME")]
+    dns: Vec<String>,
+    /// IP address(es) of the server.
+    #[arg(long = "ip", value_name = "IP")]
+    ip: Vec<IpAddr>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 397)]
+    days: u64,
+    /// Output prefix: PREFIX.crt (server certificate then Server CA) and PREFIX.key (sealed).
+    #[arg(long, value_name = "PREFIX")]
+    out: PathBuf,
+    #[command(flatten)]
+    key_pass: OutPassArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct StaffArgs {
+    #[command(flatten)]
+    ca: CaDirArgs,
+    /// operator or technician.
+    #[arg(long, value_name = "ROLE")]
+    role: String,
+    /// The person (1–64 of A-Z a-z 0-9 . _ -).
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Validity in hours (at most one shift: 12).
+    #[arg(long, value_name = "H")]
+    hours: u64,
+    /// Key type: p256 (default) or ed25519.
+    #[arg(long, default_value = "p256")]
+    key_type: String,
+    /// Output prefix: PREFIX.crt (certificate then Technician CA) and PREFIX.key (sealed).
+    #[arg(long, value_name = "PREFIX")]
+    out: PathBuf,
+    #[command(flatten)]
+    key_pass: OutPassArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CrlArgs {
+    #[command(flatten)]
+    ca: CaDirArgs,
+    /// The CA whose CRL to sign (root, manufacturing, device-issuing, technician, server).
+    #[arg(long = "ca", value_name = "SLUG")]
+    role: String,
+    /// Certificate serial(s) (hex) to add to the revoked list.
+    #[arg(long = "revoke", value_name = "SERIAL")]
+    revoke: Vec<String>,
+    /// Days until the CRL's nextUpdate (listeners refuse every certificate after it).
+    #[arg(long, default_value_t = 7)]
+    next_update_days: u64,
+    /// Where to write the CRL (PEM).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+pub fn run(cmd: CaCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        CaCmd::Init(a) => init(a),
+        CaCmd::ServerCert(a) => server_cert(a),
+        CaCmd::Staff(a) => staff(a),
+        CaCmd::Crl(a) => crl(a),
+    }
+}
+
+/// `CA_DIR/<slug>.crt`.
+pub fn cert_path(dir: &Path, role: CaRole) -> PathBuf {
+    dir.join(format!("{}.crt", role.slug()))
+}
+
+/// `CA_DIR/<slug>.key` (the CA file).
+pub fn key_path(dir: &Path, role: CaRole) -> PathBuf {
+    dir.join(format!("{}.key", role.slug()))
+}
+
+fn with_ext(base: &Path, ext: &str) -> PathBuf {
+    let mut s = base.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+fn days(d: u64) -> anyhow::Result<Duration> {
+    d.checked_mul(86_400)
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .with_context(|| format!("invalid validity of {d} days"))
+}
+
+/// Read a passphrase; a prompt asks twice when it creates something.
+fn read_new(source: &Passphrase, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let pass = source
+        .read()
+        .with_context(|| format!("passphrase for {what}"))?;
+    if let Passphrase::Prompt(_) = source {
+        let again = Passphrase::Prompt("repeat the passphrase: ".into()).read()?;
+        if *again != *pass {
+            bail!("{what}: the passphrases do not match");
+        }
+    }
+    Ok(pass)
+}
+
+/// Seal a CA with the test knob's scrypt cost when set (hale-sign warns), else the default.
+fn seal_ca(ca: &Ca, pass: &[u8]) -> anyhow::Result<Vec<u8>> {
+    Ok(match key_source::new_key_cost()? {
+        Some(n) => ca.to_file_with_cost(pass, n)?,
+        None => ca.to_file(pass)?,
+    })
+}
+
+/// Open `CA_DIR/<slug>.key`, checking it is the CA asked for.
+pub fn open_ca(a: &CaDirArgs, role: CaRole) -> anyhow::Result<Ca> {
+    let path = key_path(&a.ca_dir, role);
+    let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+    let pass = a
+        .pass
+        .source(&path.display().to_string())
+        .read()
+        .with_context(|| format!("passphrase for {}", path.display()))?;
+    let ca = Ca::from_file(&bytes, &pass).with_context(|| path.display().to_string())?;
+    if ca.role() != role {
+        bail!(
+            "{}: holds the {}, expected the {role}",
+            path.display(),
+            ca.role()
+        );
+    }
+    Ok(ca)
+}
+
+/// Seal a PKCS#8 PEM private key (hale-pki's sealed key file, opened by
+/// `hale_pki::tls::open_private_key`), at the test knob's scrypt cost when it is set.
+fn seal_key(pem: &str, pass: &[u8]) -> anyhow::Result<Vec<u8>> {
+    Ok(match key_source::new_key_cost()? {
+        Some(n) => hale_pki::tls::seal_private_key_with_cost(pem, pass, n)?,
+        None => hale_pki::tls::seal_private_key(pem, pass)?,
+    })
+}
+
+fn refuse_existing(paths: &[&Path]) -> anyhow::Result<()> {
+    for p in paths {
+        if p.exists() {
+            bail!("{}: exists; refusing to overwrite", p.display());
+        }
+    }
+    Ok(())
+}
+
+fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
+    let paths: Vec<PathBuf> = CaRole::ALL
+        .iter()
+        .flat_map(|r| [cert_path(&a.out, *r), key_path(&a.out, *r)])
+        .collect();
+    refuse_existing(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
+    let offline_src = a.pass.source("the offline CA files (root, manufacturing)");
+    let offline = read_new(&offline_src, "the offline CA files")?;
+    let online = match (&a.server_passphrase_env, &a.server_passphrase_file) {
+        (Some(v), _) => Some(Passphrase::Env(v.clone()).read()?),
+        (None, Some(p)) => Some(Passphrase::File(p.clone()).read()?),
+        (None, None) => None,
+    };
+    if online.as_ref().is_some_and(|o| **o == *offline) {
+        bail!("the server's passphrase must differ from the offline CA files' passphrase");
+    }
+    let h = Hierarchy::create_with(
+        &HierarchyOptions {
+            validity: days(a.days)?,
+            crl_base_url: a.crl_base_url.clone(),
+            server_dns_constraints: a.server_dns_constraints.clone(),
+        },
+        SystemTime::now(),
+    )?;
+    let mut batch = durable::Batch::new();
+    for role in CaRole::ALL {
+        let ca = h.get(role);
+        let pass = match (role, &online) {
+            (CaRole::DeviceIssuing | CaRole::Technician | CaRole::Server, Some(o)) => o,
+            _ => &offline,
+        };
+        batch.add(&cert_path(&a.out, role), ca.certificate_pem()?.as_bytes())?;
+        batch.add(&key_path(&a.out, role), &seal_ca(ca, pass)?)?;
+        println!("{:<15} {}", role.slug(), cert_path(&a.out, role).display());
+    }
+    batch
+        .commit()
+        .with_context(|| format!("writing the CA hierarchy to {}", a.out.display()))?;
+    eprintln!(
+        "the root and manufacturing CA files belong offline; the server needs device-issuing, \
+         technician and server .key/.crt and root.crt"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn server_cert(a: ServerCertArgs) -> anyhow::Result<ExitCode> {
+    let (crt, key) = (with_ext(&a.out, "crt"), with_ext(&a.out, "key"));
+    refuse_existing(&[&crt, &key])?;
+    if a.dns.is_empty() && a.ip.is_empty() {
+        bail!("give the server's names with --dns and/or --ip");
+    }
+    let ca = open_ca(&a.ca, CaRole::Server)?;
+    let cn = a
+        .dns
+        .first()
+        .cloned()
+        .or_else(|| a.ip.first().map(IpAddr::to_string))
+        .unwrap_or_default();
+    let kc = hale_pki::generate_key_and_csr(KeyAlgorithm::P256, &cn)?;
+    let dns: Vec<&str> = a.dns.iter().map(String::as_str).collect();
+    let cert =
+        ca.issue_server_certificate(&kc.csr_pem, &dns, &a.ip, days(a.days)?, SystemTime::now())?;
+    let pass = read_new(
+        &a.key_pass.source(&key.display().to_string()),
+        "the server key",
+    )?;
+    let mut batch = durable::Batch::new();
+    batch.add(
+        &crt,
+        format!("{}{}", cert.pem, ca.certificate_pem()?).as_bytes(),
+    )?;
+    batch.add(&key, &seal_key(&kc.private_key_pem, &pass)?)?;
+    batch.commit()?;
+    println!(
+        "server certificate {} serial {}",
+        crt.display(),
+        cert.serial_hex
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_key_type(s: &str) -> anyhow::Result<KeyAlgorithm> {
+    match s {
+        "p256" | "ecdsa-p256" => Ok(KeyAlgorithm::P256),
+        "ed25519" => Ok(KeyAlgorithm::Ed25519),
+        _ => bail!("--key-type {s:?}: expected p256 or ed25519"),
+    }
+}
+
+fn staff(a: StaffArgs) -> anyhow::Result<ExitCode> {
+    let (crt, key) = (with_ext(&a.out, "crt"), with_ext(&a.out, "key"));
+    refuse_existing(&[&crt, &key])?;
+    let role = match a.role.as_str() {
+        "operator" => StaffRole::Operator,
+        "technician" => StaffRole::Technician,
+        r => bail!("--role {r:?}: expected operator or technician"),
+    };
+    let validity = a
+        .hours
+        .checked_mul(3600)
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .with_context(|| format!("--hours {}: invalid", a.hours))?;
+    let alg = parse_key_type(&a.key_type)?;
+    let ca = open_ca(&a.ca, CaRole::Technician)?;
+    let kc = hale_pki::generate_key_and_csr(alg, &a.name)?;
+    let cert =
+        ca.issue_staff_certificate(&kc.csr_pem, &a.name, role, validity, SystemTime::now())?;
+    let pass = read_new(
+        &a.key_pass.source(&key.display().to_string()),
+        "the staff key",
+    )?;
+    let mut batch = durable::Batch::new();
+    batch.add(
+        &crt,
+        format!("{}{}", cert.pem, ca.certificate_pem()?).as_bytes(),
+    )?;
+    batch.add(&key, &seal_key(&kc.private_key_pem, &pass)?)?;
+    batch.commit()?;
+    println!(
+        "{} certificate for {} {} serial {} valid until {}",
+        role.as_str(),
+        a.name,
+        crt.display(),
+        cert.serial_hex,
+        unix(cert.not_after)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The revoked list and CRL number of a CA, kept next to its CA file.
+fn crl_state_path(dir: &Path, role: CaRole) -> PathBuf {
+    dir.join(format!("{}.crl.json", role.slug()))
+}
+
+fn normalise_serial(s: &str) -> anyhow::Result<String> {
+    let s = s
+        .trim()
+        .trim_start_matches("0x")
+        .replace(':', "")
+        .to_ascii_lowercase();
+    let ok = !s.is_empty() && s.len() <= 40 && s.len() % 2 == 0 && hex::decode(&s).is_ok();
+    if !ok {
+        bail!("certificate serial {s:?}: expected 1 to 20 bytes of hex");
+    }
+    Ok(s)
+}
+
+fn crl(a: CrlArgs) -> anyhow::Result<ExitCode> {
+    let role = CaRole::from_slug(&a.role).with_context(|| {
+        format!(
+            "--ca {:?}: expected root, manufacturing, device-issuing, technician or server",
+            a.role
+        )
+    })?;
+    let state_path = crl_state_path(&a.ca.ca_dir, role);
+    let state: Value = match std::fs::read(&state_path) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| state_path.display().to_string())?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({"number": 0, "revoked": []}),
+        Err(e) => return Err(e).with_context(|| state_path.display().to_string()),
+    };
+    let number = state["number"]
+        .as_u64()
+        .with_context(|| format!("{}: no CRL number", state_path.display()))?
+        .checked_add(1)
+        .context("CRL number overflow")?;
+    let mut revoked: Vec<(String, u64)> = state["revoked"]
+        .as_array()
+        .with_context(|| format!("{}: no revoked list", state_path.display()))?
+        .iter()
+        .map(|r| {
+            Some((
+                r.get("serial")?.as_str()?.to_string(),
+                r.get("revoked_at")?.as_u64()?,
+            ))
+        })
+        .collect::<Option<_>>()
+        .with_context(|| format!("{}: malformed revoked list", state_path.display()))?;
+    let now = SystemTime::now();
+    for s in &a.revoke {
+        let s = normalise_serial(s)?;
+        if !revoked.iter().any(|(r, _)| *r == s) {
+            revoked.push((s, unix(now)));
+        }
+    }
+    let ca = open_ca(&a.ca, role)?;
+    let list: Vec<RevokedCertificate> = revoked
+        .iter()
+        .map(|(s, at)| RevokedCertificate {
+            serial_hex: s.clone(),
+            revoked_at: UNIX_EPOCH + Duration::from_secs(*at),
+            reason: None,
+        })
+        .collect();
+    let crl = ca.crl(&list, number, now, days(a.next_update_days)?)?;
+    let new_state = json!({
+        "number": number,
+        "revoked": revoked.iter().map(|(s, at)| json!({"serial": s, "revoked_at": at})).collect::<Vec<_>>(),
+    });
+    let mut batch = durable::Batch::new();
+    batch.add(&a.out, crl.pem.as_bytes())?;
+    batch.add(&state_path, &serde_json::to_vec_pretty(&new_state)?)?;
+    batch.commit()?;
+    println!(
+        "CRL {} of the {role}: {} revoked, next update {}",
+        number,
+        revoked.len(),
+        unix(crl.next_update)
+    );
+    Ok(ExitCode::SUCCESS)
+}

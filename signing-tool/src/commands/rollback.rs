@@ -1,0 +1,359 @@
+//! `hale-sign rollback authorize|sign|status`: rollback authorizations, signed by a threshold of
+//! the `rollback` role that the published top-level `targets` delegates to (create it once with
+//! `hale-sign delegate DIR --to rollback --key A.pub --key B.pub --threshold 2`, no paths).
+//!
+//! ```text
+//! hale-sign rollback authorize DIR (--device ID ... | --group G) --target PATH --reason TEXT
+//!           --expires-in DURATION [--installed V] --key K.key ... --out FILE
+//! hale-sign rollback sign DIR FILE --key K.key ...     a second signer adds a signature
+//! hale-sign rollback status DIR FILE                    who signed, who still has to (exit 1)
+//! ```
+//!
+//! Threats handled here: the target must be in the published repository (found by the client
+//! workflow from root v1, so its sha256 is the one devices verify); a validity above the maximum
+//! (`--max-validity`, else `rollback_max_validity` in hale-repo.json, else
+//! `hale_core::rollback::DEFAULT_MAX_VALIDITY`) is refused — devices refuse it too; a key the
+//! rollback role does not list is refused before any passphrase is asked; once the threshold is
+//! met, hale-core verifies the document exactly as a device will.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use hale_core::metadata::{Envelope, Targets};
+use hale_core::rollback::{verify_authorization, Request, DEFAULT_MAX_VALIDITY, ROLLBACK_ROLE};
+use hale_core::verify::{KeyStatus, Report};
+use hale_core::{Name, Version};
+use hale_repo::build::{self, RollbackAuthorization};
+use hale_repo::{sign, SigningKey};
+use serde_json::Value;
+
+use super::bundle::{published_root, repository_source, resolve};
+use crate::config::parse_duration;
+use crate::key_source::{load_private, peek_private};
+use crate::state::{unix_now, Authority, State};
+use crate::PassArgs;
+
+#[derive(Subcommand, Debug)]
+pub enum RollbackCmd {
+    /// Write a new authorization signed by your rollback-role key(s).
+    Authorize(AuthorizeArgs),
+    /// Add your signature to an existing authorization file (in place).
+    Sign(SignArgs),
+    /// Who signed an authorization and who still has to (exit 1 while below threshold).
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizeArgs {
+    /// The repository working directory (its published repository is used).
+    dir: PathBuf,
+    /// A device the authorization names; repeatable.
+    #[arg(long = "device", value_name = "ID", required_unless_present = "group")]
+    devices: Vec<String>,
+    /// A device group (ward, clinic) the authorization names.
+    #[arg(long, value_name = "G")]
+    group: Option<String>,
+    /// The target to go back to (must be in the published repository).
+    #[arg(long, value_name = "PATH")]
+    target: String,
+    /// Why (an incident reference): reported by the device and audited by the server.
+    #[arg(long, value_name = "TEXT")]
+    reason: String,
+    /// How long the authorization is valid (e.g. 8h).
+    #[arg(long, value_name = "DURATION")]
+    expires_in: String,
+    /// The version the devices must be running (the release being replaced).
+    #[arg(long, value_name = "V")]
+    installed: Option<String>,
+    /// Longest validity allowed (default: `rollback_max_validity` in hale-repo.json, else 24h).
+    #[arg(long, value_name = "DURATION")]
+    max_validity: Option<String>,
+    /// Encrypted private key file (.key) of the rollback role; repeatable.
+    #[arg(long = "key", value_name = "KEY", required = true)]
+    keys: Vec<PathBuf>,
+    /// Where to write the authorization.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    #[command(flatten)]
+    pass: PassArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    dir: PathBuf,
+    /// The authorization file (signed in place).
+    file: PathBuf,
+    #[arg(long = "key", value_name = "KEY", required = true)]
+    keys: Vec<PathBuf>,
+    #[arg(long, value_name = "DURATION")]
+    max_validity: Option<String>,
+    #[command(flatten)]
+    pass: PassArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    dir: PathBuf,
+    file: PathBuf,
+    #[arg(long, value_name = "DURATION")]
+    max_validity: Option<String>,
+}
+
+pub fn run(cmd: RollbackCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RollbackCmd::Authorize(a) => authorize(a),
+        RollbackCmd::Sign(a) => sign_existing(a),
+        RollbackCmd::Status(a) => status(a),
+    }
+}
+
+/// The longest validity accepted: the flag, else `rollback_max_validity` in hale-repo.json
+/// (a duration string or seconds), else hale-core's default.
+pub fn max_validity(state: &State, flag: Option<&str>) -> anyhow::Result<i64> {
+    if let Some(f) = flag {
+        return Ok(parse_duration(f)?);
+    }
+    match state.config.extra.get("rollback_max_validity") {
+        None => Ok(DEFAULT_MAX_VALIDITY),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .filter(|n| *n > 0)
+            .context("hale-repo.json: rollback_max_validity must be positive"),
+        Some(Value::String(s)) => Ok(parse_duration(s)?),
+        Some(_) => bail!("hale-repo.json: rollback_max_validity must be a duration"),
+    }
+}
+
+/// Verify `auth` with hale-core as a device it names would, for `target` with `sha256`, against
+/// the verified top-level `targets`. Returns a one-line summary.
+pub fn verify_for_target(
+    targets: &[u8],
+    auth: &[u8],
+    target: &str,
+    sha256: [u8; 32],
+    now: i64,
+    max_validity: i64,
+) -> anyhow::Result<String> {
+    let doc: Value = serde_json::from_slice(auth).context("not JSON")?;
+    let s = &doc["signed"];
+    let device = s["devices"]
+        .as_array()
+        .and_then(|d| d.first())
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let group = s["group"].as_str();
+    let running = match s["installed"].as_str() {
+        Some(v) => Version::parse(v).context("`installed` is not a semantic version")?,
+        None => Version::new(0, 0, 0),
+    };
+    let env = Envelope::parse(targets, "targets").map_err(|e| anyhow::anyhow!("targets: {e}"))?;
+    let t = Targets::parse(&env.signed, Name::new("targets"))
+        .map_err(|e| anyhow::anyhow!("targets: {e}"))?;
+    let req = Request {
+        device_id: device,
+        group,
+        running,
+        target,
+        target_sha256: sha256,
+    };
+    let a = verify_authorization(&t, auth, &req, now, max_validity)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(format!(
+        "{}, valid until {}",
+        a.reason.to_owned_string(),
+        hale_repo::build::expires_at(a.header.expires, 0)?
+    ))
+}
+
+/// The published repository's verified targets and the target's sha256 (refusing a target the
+/// repository does not list).
+fn published_target(dir: &Path, target: &str, now: i64) -> anyhow::Result<(Vec<u8>, [u8; 32])> {
+    let root = published_root(dir, 1)?;
+    let r = resolve(&mut repository_source(dir), &root, target, now)
+        .with_context(|| format!("{target} in the published repository of {}", dir.display()))?;
+    Ok((r.targets, r.sha256))
+}
+
+/// hale-core's per-key report of `auth` against the rollback role of `targets`.
+fn report(targets: &[u8], auth: &[u8]) -> anyhow::Result<Report> {
+    let env = Envelope::parse(targets, "targets").map_err(|e| anyhow::anyhow!("targets: {e}"))?;
+    let t = Targets::parse(&env.signed, Name::new("targets"))
+        .map_err(|e| anyhow::anyhow!("targets: {e}"))?;
+    let delegates = t.delegations.is_some_and(|d| {
+        d.roles.is_some_and(|r| {
+            r.iter().any(|v| {
+                v.as_object()
+                    .and_then(|o| o.get("name").ok().flatten())
+                    .and_then(|n| n.as_str())
+                    .is_some_and(|n| n.eq_str(ROLLBACK_ROLE))
+            })
+        })
+    });
+    if !delegates {
+        bail!("the published targets delegates to no `rollback` role: create it with `hale-sign delegate DIR --to rollback --key A.pub --key B.pub --threshold 2`, sign and publish");
+    }
+    let auth_of = Authority {
+        label: "published targets".into(),
+        delegator: "targets".into(),
+        bytes: targets.to_vec(),
+    };
+    Ok(auth_of.report(ROLLBACK_ROLE, auth)?)
+}
+
+/// Open the keys after checking (without a passphrase) that the rollback role lists each.
+fn signing_keys(
+    keys: &[PathBuf],
+    listed: &Report,
+    pass: &PassArgs,
+) -> anyhow::Result<Vec<SigningKey>> {
+    let mut out = Vec::new();
+    for k in keys {
+        let p = peek_private(k)?;
+        if !listed.keys.iter().any(|(id, _)| id.as_str() == p.keyid) {
+            bail!(
+                "{}: key {} is not a key of the rollback role (nothing written)",
+                k.display(),
+                p.keyid
+            );
+        }
+        out.push(load_private(k, &pass.source(&k.display().to_string()))?);
+    }
+    Ok(out)
+}
+
+fn print_status(file: &Path, r: &Report) -> bool {
+    println!(
+        "{}: {} of {} required signatures from the rollback role",
+        file.display(),
+        r.valid(),
+        r.threshold
+    );
+    for (id, s) in &r.keys {
+        let what = match s {
+            KeyStatus::Signed => "signed",
+            KeyStatus::Missing => "missing",
+            KeyStatus::Invalid => "INVALID signature",
+            KeyStatus::Unusable(why) => why,
+        };
+        println!("  {id}  {what}");
+    }
+    if r.met() {
+        true
+    } else {
+        let missing: Vec<String> = r
+            .keys
+            .iter()
+            .filter(|(_, s)| *s != KeyStatus::Signed)
+            .map(|(id, _)| id.as_str().to_string())
+            .collect();
+        println!(
+            "still to sign: {} more of {}",
+            r.threshold - r.valid(),
+            missing.join(", ")
+        );
+        false
+    }
+}
+
+/// After a signature: status, and hale-core's full verification once the threshold is met.
+fn finish(
+    dir: &Path,
+    file: &Path,
+    bytes: &[u8],
+    targets: &[u8],
+    sha: [u8; 32],
+    max: i64,
+) -> anyhow::Result<bool> {
+    let r = report(targets, bytes)?;
+    let met = print_status(file, &r);
+    if met {
+        let target = target_of(bytes)?;
+        let summary = verify_for_target(targets, bytes, &target, sha, unix_now(), max)
+            .with_context(|| format!("{}: hale-core refuses it", file.display()))?;
+        println!(
+            "complete: verified by hale-core against {} ({summary})",
+            dir.display()
+        );
+    }
+    Ok(met)
+}
+
+fn target_of(bytes: &[u8]) -> anyhow::Result<String> {
+    let doc = sign::signed_of(bytes)?;
+    if doc["_type"].as_str() != Some(hale_core::rollback::AUTHORIZATION_TYPE) {
+        bail!("not a rollback authorization");
+    }
+    doc["target"]
+        .as_str()
+        .map(str::to_string)
+        .context("authorization names no target")
+}
+
+fn authorize(a: AuthorizeArgs) -> anyhow::Result<ExitCode> {
+    let state = State::load(&a.dir)?;
+    state.warn_demo();
+    let now = unix_now();
+    let max = max_validity(&state, a.max_validity.as_deref())?;
+    let validity = parse_duration(&a.expires_in)?;
+    if validity > max {
+        bail!(
+            "--expires-in {}: {validity} s is longer than the maximum validity of {max} s (devices refuse it)",
+            a.expires_in
+        );
+    }
+    if let Some(v) = &a.installed {
+        Version::parse(v).with_context(|| format!("--installed {v}: not a semantic version"))?;
+    }
+    let (targets, sha) = published_target(&a.dir, &a.target, now)?;
+    let body = build::rollback_authorization(
+        state.profile,
+        &RollbackAuthorization {
+            devices: a.devices.clone(),
+            group: a.group.clone(),
+            target: a.target.clone(),
+            target_sha256: hex::encode(sha),
+            installed: a.installed.clone(),
+            reason: a.reason.clone(),
+            issued: now,
+            expires: now + validity,
+        },
+    )?;
+    let listed = report(&targets, &sign::unsigned(&body)?)?;
+    let keys = signing_keys(&a.keys, &listed, &a.pass)?;
+    let refs: Vec<&SigningKey> = keys.iter().collect();
+    let bytes = sign::sign_new(&body, &refs)?;
+    crate::durable::write_one(&a.out, &bytes)?;
+    println!("wrote {}", a.out.display());
+    finish(&a.dir, &a.out, &bytes, &targets, sha, max)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign_existing(a: SignArgs) -> anyhow::Result<ExitCode> {
+    let state = State::load(&a.dir)?;
+    let max = max_validity(&state, a.max_validity.as_deref())?;
+    let bytes = std::fs::read(&a.file).with_context(|| a.file.display().to_string())?;
+    let target = target_of(&bytes).with_context(|| a.file.display().to_string())?;
+    let (targets, sha) = published_target(&a.dir, &target, unix_now())?;
+    let listed = report(&targets, &bytes)?;
+    let keys = signing_keys(&a.keys, &listed, &a.pass)?;
+    let refs: Vec<&SigningKey> = keys.iter().collect();
+    let signed = sign::add_signatures(&bytes, &refs)?;
+    crate::durable::write_one(&a.file, &signed)?;
+    finish(&a.dir, &a.file, &signed, &targets, sha, max)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let state = State::load(&a.dir)?;
+    let max = max_validity(&state, a.max_validity.as_deref())?;
+    let bytes = std::fs::read(&a.file).with_context(|| a.file.display().to_string())?;
+    let target = target_of(&bytes).with_context(|| a.file.display().to_string())?;
+    let (targets, sha) = published_target(&a.dir, &target, unix_now())?;
+    Ok(if finish(&a.dir, &a.file, &bytes, &targets, sha, max)? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

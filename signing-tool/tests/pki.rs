@@ -1,0 +1,604 @@
+//! `hale-sign ca` and `hale-sign factory`: the real binary on real files.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{snapshot_tree, Env, PW, PW_ENV};
+use hale_pki::tls::certificate_from_pem;
+use hale_pki::{Ca, CaRole, Manifest, PeerIdentity, PeerKind, PkiError};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use x509_cert::der::Decode;
+
+const PW_ARGS: [&str; 2] = ["--passphrase-env", PW_ENV];
+const KEY_PW: [&str; 2] = ["--key-passphrase-env", PW_ENV];
+
+fn ca_init(env: &Env) {
+    let out = env.p("ca");
+    env.ok(&["ca", "init", "--out", &out, PW_ARGS[0], PW_ARGS[1]]);
+}
+
+fn cert(env: &Env, p: &str) -> CertificateDer<'static> {
+    certificate_from_pem(&std::fs::read_to_string(env.path(p)).unwrap()).unwrap()
+}
+
+/// All PEM certificates of a chain file, in order.
+fn chain(env: &Env, p: &str) -> Vec<CertificateDer<'static>> {
+    let text = std::fs::read_to_string(env.path(p)).unwrap();
+    text.split_inclusive("-----END CERTIFICATE-----\n")
+        .filter(|b| b.contains("BEGIN CERTIFICATE"))
+        .map(|b| certificate_from_pem(b).unwrap())
+        .collect()
+}
+
+fn roots(env: &Env) -> Arc<RootCertStore> {
+    let mut r = RootCertStore::empty();
+    r.add(cert(env, "ca/root.crt")).unwrap();
+    Arc::new(r)
+}
+
+/// Verify a client certificate chain up to the Device Root CA with webpki (no revocation).
+fn verify_client_to_root(env: &Env, leaf: &CertificateDer<'_>, intermediate: &str) {
+    let v = WebPkiClientVerifier::builder_with_provider(roots(env), hale_pki::tls::provider())
+        .build()
+        .unwrap();
+    v.verify_client_cert(leaf, &[cert(env, intermediate)], UnixTime::now())
+        .unwrap();
+}
+
+/// A CSR as a hostile device would send it: asking for CA:TRUE, serverAuth and extra names.
+fn hostile_csr() -> String {
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p =
+        rcgen::CertificateParams::new(vec!["evil.example".to_string(), "hale.example".to_string()])
+            .unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    p.subject_alt_names.push(rcgen::SanType::URI(
+        "urn:hale:device:someone-else".try_into().unwrap(),
+    ));
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "Hale Device Root CA");
+    p.serialize_request(&kp).unwrap().pem().unwrap()
+}
+
+fn device_csr(cn: &str) -> String {
+    hale_pki::generate_key_and_csr(hale_pki::KeyAlgorithm::P256, cn)
+        .unwrap()
+        .csr_pem
+}
+
+#[test]
+fn ca_init_writes_a_hierarchy_that_verifies_with_sealed_keys() {
+    let env = Env::new();
+    ca_init(&env);
+    for role in CaRole::ALL {
+        let key = std::fs::read(env.path(&format!("ca/{}.key", role.slug()))).unwrap();
+        let text = String::from_utf8(key.clone()).unwrap();
+        assert!(!text.contains("PRIVATE KEY"), "{role}: key in the clear");
+        // the CA file opens with the passphrase, not without
+        let ca = Ca::from_file(&key, PW.as_bytes()).unwrap();
+        assert_eq!(ca.role(), role);
+        assert_eq!(
+            ca.certificate_der(),
+            &cert(&env, &format!("ca/{}.crt", role.slug()))
+        );
+        let err = Ca::from_file(&key, b"wrong passphrase").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "key file: wrong passphrase or damaged key file"
+        );
+    }
+
+    // a factory certificate chains to the root through the Manufacturing CA ...
+    env.write("dev.csr", device_csr("pump-0001").as_bytes());
+    env.ok(&[
+        "factory",
+        "issue",
+        "--ca-dir",
+        &env.p("ca"),
+        "--csr",
+        &env.p("dev.csr"),
+        "--serial",
+        "SN-0001",
+        "--model",
+        "pump-x",
+        "--out",
+        &env.p("dev-factory.crt"),
+        PW_ARGS[0],
+        PW_ARGS[1],
+    ]);
+    verify_client_to_root(&env, &cert(&env, "dev-factory.crt"), "ca/manufacturing.crt");
+
+    // ... a staff certificate through the Technician CA ...
+    env.ok(&[
+        "ca",
+        "staff",
+        "--ca-dir",
+        &env.p("ca"),
+        "--role",
+        "technician",
+        "--name",
+        "alice",
+        "--hours",
+        "8",
+        "--out",
+        &env.p("alice"),
+        PW_ARGS[0],
+        PW_ARGS[1],
+        KEY_PW[0],
+        KEY_PW[1],
+    ]);
+    let alice = chain(&env, "alice.crt");
+    assert_eq!(alice.len(), 2, "certificate then Technician CA");
+    assert_eq!(alice[1], cert(&env, "ca/technician.crt"));
+    verify_client_to_root(&env, &alice[0], "ca/technician.crt");
+    let id = PeerIdentity::from_der(&alice[0]).unwrap();
+    assert_eq!((id.kind, id.name.as_str()), (PeerKind::Technician, "alice"));
+    let life = id
+        .not_after
+        .duration_since(id.not_before)
+        .unwrap()
+        .as_secs();
+    assert_eq!(life, 8 * 3600 + hale_pki::profile::BACKDATE.as_secs());
+    let sealed = std::fs::read(env.path("alice.key")).unwrap();
+    assert!(!String::from_utf8_lossy(&sealed).contains("PRIVATE KEY"));
+    let key = hale_repo::SigningKey::from_encrypted_file(&sealed, PW.as_bytes()).unwrap();
+    assert_eq!(key.kind(), hale_repo::KeyKind::EcdsaP256);
+
+    // ... and a server certificate through the Server CA, for its names only
+    env.ok(&[
+        "ca",
+        "server-cert",
+        "--ca-dir",
+        &env.p("ca"),
+        "--dns",
+        "updates.hale.example",
+        "--ip",
+        "127.0.0.1",
+        "--out",
+        &env.p("server"),
+        PW_ARGS[0],
+        PW_ARGS[1],
+        KEY_PW[0],
+        KEY_PW[1],
+    ]);
+    let server = chain(&env, "server.crt");
+    assert_eq!(server[1], cert(&env, "ca/server.crt"));
+    let sv = WebPkiServerVerifier::builder_with_provider(roots(&env), hale_pki::tls::provider())
+        .build()
+        .unwrap();
+    for name in ["updates.hale.example", "127.0.0.1"] {
+        sv.verify_server_cert(
+            &server[0],
+            &server[1..],
+            &ServerName::try_from(name).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .unwrap();
+    }
+    let wrong = sv
+        .verify_server_cert(
+            &server[0],
+            &server[1..],
+            &ServerName::try_from("evil.example").unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            wrong,
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. }
+            )
+        ),
+        "{wrong:?}"
+    );
+    // the sealed server key is the key of the certificate
+    let sealed = std::fs::read(env.path("server.key")).unwrap();
+    // what hale-server opens
+    hale_pki::tls::open_private_key(&sealed, PW.as_bytes()).unwrap();
+    let sk = hale_repo::SigningKey::from_encrypted_file(&sealed, PW.as_bytes()).unwrap();
+    let hale_repo::SigningKey::EcdsaP256(sk) = sk else {
+        panic!("P-256 expected")
+    };
+    let parsed = x509_cert::Certificate::from_der(&server[0]).unwrap();
+    assert_eq!(
+        parsed
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes(),
+        sk.verifying_key().to_encoded_point(false).as_bytes()
+    );
+}
+
+#[test]
+fn ca_init_refuses_to_overwrite_and_changes_nothing() {
+    let env = Env::new();
+    ca_init(&env);
+    let before = snapshot_tree(&env.path("ca"));
+    let r = env.run(&["ca", "init", "--out", &env.p("ca"), PW_ARGS[0], PW_ARGS[1]]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.lines().last().unwrap(),
+        format!(
+            "error: {}: exists; refusing to overwrite",
+            env.path("ca/root.crt").display()
+        )
+    );
+    assert_eq!(snapshot_tree(&env.path("ca")), before);
+}
+
+#[test]
+fn server_files_get_their_own_passphrase() {
+    let env = Env::new();
+    env.write("server-pass", b"the server's own passphrase\n");
+    env.ok(&[
+        "ca",
+        "init",
+        "--out",
+        &env.p("ca"),
+        PW_ARGS[0],
+        PW_ARGS[1],
+        "--server-passphrase-file",
+        &env.p("server-pass"),
+    ]);
+    for (role, pass) in [
+        (CaRole::Root, PW),
+        (CaRole::Manufacturing, PW),
+        (CaRole::DeviceIssuing, "the server's own passphrase"),
+        (CaRole::Technician, "the server's own passphrase"),
+        (CaRole::Server, "the server's own passphrase"),
+    ] {
+        let file = std::fs::read(env.path(&format!("ca/{}.key", role.slug()))).unwrap();
+        Ca::from_file(&file, pass.as_bytes()).unwrap();
+        let other = if pass == PW {
+            "the server's own passphrase"
+        } else {
+            PW
+        };
+        assert!(
+            Ca::from_file(&file, other.as_bytes()).is_err(),
+            "{role} opens with the other passphrase"
+        );
+    }
+}
+
+#[test]
+fn factory_certificate_from_a_hostile_csr_carries_only_our_profile() {
+    let env = Env::new();
+    ca_init(&env);
+    env.write("evil.csr", hostile_csr().as_bytes());
+    env.ok(&[
+        "factory",
+        "issue",
+        "--ca-dir",
+        &env.p("ca"),
+        "--csr",
+        &env.p("evil.csr"),
+        "--serial",
+        "SN-0002",
+        "--model",
+        "pump-x",
+        "--out",
+        &env.p("f.crt"),
+        "--manifest",
+        &env.p("manifest.json"),
+        PW_ARGS[0],
+        PW_ARGS[1],
+    ]);
+    let der = cert(&env, "f.crt");
+    // PeerIdentity refuses CA certificates and checks the issuer against the URI
+    let id = PeerIdentity::from_der(&der).unwrap();
+    assert_eq!(id.kind, PeerKind::Factory);
+    assert_eq!(id.name, "SN-0002");
+    assert_eq!(id.hardware_serial.as_deref(), Some("SN-0002"));
+    assert_eq!(id.model.as_deref(), Some("pump-x"));
+
+    let c = x509_cert::Certificate::from_der(&der).unwrap();
+    let exts = c.tbs_certificate.extensions.unwrap();
+    let san = exts
+        .iter()
+        .find(|e| e.extn_id.to_string() == "2.5.29.17")
+        .unwrap();
+    let san = x509_cert::ext::pkix::SubjectAltName::from_der(san.extn_value.as_bytes()).unwrap();
+    assert_eq!(san.0.len(), 1, "only our identity URI: {san:?}");
+    match &san.0[0] {
+        x509_cert::ext::pkix::name::GeneralName::UniformResourceIdentifier(u) => {
+            assert_eq!(u.as_str(), "urn:hale:factory:SN-0002")
+        }
+        other => panic!("unexpected SAN {other:?}"),
+    }
+    let bc = exts
+        .iter()
+        .find(|e| e.extn_id.to_string() == "2.5.29.19")
+        .unwrap();
+    let bc = x509_cert::ext::pkix::BasicConstraints::from_der(bc.extn_value.as_bytes()).unwrap();
+    assert!(!bc.ca);
+    let eku = exts
+        .iter()
+        .find(|e| e.extn_id.to_string() == "2.5.29.37")
+        .unwrap();
+    let eku = x509_cert::ext::pkix::ExtendedKeyUsage::from_der(eku.extn_value.as_bytes()).unwrap();
+    assert_eq!(
+        eku.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["1.3.6.1.5.5.7.3.2"],
+        "clientAuth only"
+    );
+    assert!(hale_pki::tls::certificate_from_pem(
+        &std::fs::read_to_string(env.path("f.crt")).unwrap()
+    )
+    .is_ok());
+}
+
+#[test]
+fn manifest_verifies_with_the_manufacturing_ca_and_a_tampered_one_does_not() {
+    let env = Env::new();
+    ca_init(&env);
+    for (i, sn) in ["SN-1", "SN-2"].iter().enumerate() {
+        let csr = format!("d{i}.csr");
+        env.write(&csr, device_csr("x").as_bytes());
+        env.ok(&[
+            "factory",
+            "issue",
+            "--ca-dir",
+            &env.p("ca"),
+            "--csr",
+            &env.p(&csr),
+            "--serial",
+            sn,
+            "--model",
+            "pump-x",
+            "--out",
+            &env.p(&format!("d{i}.crt")),
+            "--manifest",
+            &env.p("manifest.json"),
+            "--batch",
+            "line-7",
+            PW_ARGS[0],
+            PW_ARGS[1],
+        ]);
+    }
+    let bytes = std::fs::read(env.path("manifest.json")).unwrap();
+    let mfg = cert(&env, "ca/manufacturing.crt");
+    let m = Manifest::verify(&bytes, &mfg).unwrap();
+    assert_eq!(m.batch(), "line-7");
+    assert_eq!(m.entries().len(), 2);
+    for i in 0..2 {
+        let id = PeerIdentity::from_der(&cert(&env, &format!("d{i}.crt"))).unwrap();
+        m.check_factory_identity(&id).unwrap();
+    }
+
+    // another CA's certificate is not the Manufacturing CA
+    let err = Manifest::verify(&bytes, &cert(&env, "ca/device-issuing.crt")).unwrap_err();
+    assert!(
+        matches!(&err, PkiError::NotACaCertificate { subject } if subject == "Hale Device Issuing CA"),
+        "{err}"
+    );
+
+    // a tampered manifest (model changed) does not verify ...
+    let mut doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    doc["signed"]["entries"][0]["model"] = "pump-y".into();
+    let tampered = serde_json::to_vec_pretty(&doc).unwrap();
+    let err = Manifest::verify(&tampered, &mfg).unwrap_err();
+    assert!(matches!(err, PkiError::ManifestSignatureInvalid), "{err}");
+
+    // ... and the factory refuses to add to it (nothing written)
+    env.write("manifest.json", &tampered);
+    env.write("d9.csr", device_csr("x").as_bytes());
+    let before = snapshot_tree(env.tmp.path());
+    let r = env.run(&[
+        "factory",
+        "issue",
+        "--ca-dir",
+        &env.p("ca"),
+        "--csr",
+        &env.p("d9.csr"),
+        "--serial",
+        "SN-9",
+        "--model",
+        "pump-x",
+        "--out",
+        &env.p("d9.crt"),
+        "--manifest",
+        &env.p("manifest.json"),
+        PW_ARGS[0],
+        PW_ARGS[1],
+    ]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.lines().last().unwrap(),
+        format!(
+            "error: {}: manufacturing manifest signature does not verify with the Manufacturing CA key",
+            env.path("manifest.json").display()
+        )
+    );
+    assert_eq!(snapshot_tree(env.tmp.path()), before);
+}
+
+#[test]
+fn factory_refuses_a_serial_already_in_the_manifest_and_changes_nothing() {
+    let env = Env::new();
+    ca_init(&env);
+    env.write("a.csr", device_csr("x").as_bytes());
+    env.write("b.csr", device_csr("x").as_bytes());
+    let issue = |csr: &str, out: &str| {
+        env.run(&[
+            "factory",
+            "issue",
+            "--ca-dir",
+            &env.p("ca"),
+            "--csr",
+            &env.p(csr),
+            "--serial",
+            "SN-1",
+            "--model",
+            "pump-x",
+            "--out",
+            &env.p(out),
+            "--manifest",
+            &env.p("manifest.json"),
+            PW_ARGS[0],
+            PW_ARGS[1],
+        ])
+    };
+    assert_eq!(issue("a.csr", "a.crt").code, 0);
+    let before = snapshot_tree(env.tmp.path());
+    let r = issue("b.csr", "b.crt");
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.lines().last().unwrap(),
+        format!(
+            "error: {}: serial \"SN-1\" is already listed",
+            env.path("manifest.json").display()
+        )
+    );
+    assert_eq!(snapshot_tree(env.tmp.path()), before);
+}
+
+#[test]
+fn factory_refuses_a_csr_whose_signature_does_not_verify() {
+    let env = Env::new();
+    ca_init(&env);
+    // flip a byte of the signature (the last bytes of the DER)
+    let pem = device_csr("x");
+    let (label, mut der) = x509_cert::der::pem::decode_vec(pem.as_bytes()).unwrap();
+    let n = der.len();
+    der[n - 3] ^= 0x01;
+    let bad = x509_cert::der::pem::encode_string(label, x509_cert::der::pem::LineEnding::LF, &der)
+        .unwrap();
+    env.write("bad.csr", bad.as_bytes());
+    let before = snapshot_tree(env.tmp.path());
+    let r = env.run(&[
+        "factory",
+        "issue",
+        "--ca-dir",
+        &env.p("ca"),
+        "--csr",
+        &env.p("bad.csr"),
+        "--serial",
+        "SN-1",
+        "--model",
+        "pump-x",
+        "--out",
+        &env.p("bad.crt"),
+        "--manifest",
+        &env.p("manifest.json"),
+        PW_ARGS[0],
+        PW_ARGS[1],
+    ]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.lines().last().unwrap(),
+        format!(
+            "error: {}: certificate signing request signature does not verify",
+            env.path("bad.csr").display()
+        )
+    );
+    assert_eq!(snapshot_tree(env.tmp.path()), before);
+}
+
+#[test]
+fn staff_certificates_are_limited_to_one_shift() {
+    let env = Env::new();
+    ca_init(&env);
+    let before = snapshot_tree(env.tmp.path());
+    let r = env.run(&[
+        "ca",
+        "staff",
+        "--ca-dir",
+        &env.p("ca"),
+        "--role",
+        "operator",
+        "--name",
+        "bob",
+        "--hours",
+        "13",
+        "--out",
+        &env.p("bob"),
+        PW_ARGS[0],
+        PW_ARGS[1],
+        KEY_PW[0],
+        KEY_PW[1],
+    ]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.lines().last().unwrap(),
+        "error: validity of 46800 s exceeds the profile's maximum of 43200 s"
+    );
+    assert_eq!(snapshot_tree(env.tmp.path()), before);
+}
+
+#[test]
+fn crl_accumulates_revocations_with_rising_numbers() {
+    let env = Env::new();
+    ca_init(&env);
+    let crl_args = |revoke: &[&str], out: &str| {
+        let mut a = vec![
+            "ca".to_string(),
+            "crl".into(),
+            "--ca-dir".into(),
+            env.p("ca"),
+            "--ca".into(),
+            "technician".into(),
+            "--out".into(),
+            env.p(out),
+            PW_ARGS[0].into(),
+            PW_ARGS[1].into(),
+        ];
+        for r in revoke {
+            a.push("--revoke".into());
+            a.push((*r).into());
+        }
+        a
+    };
+    let run = |a: Vec<String>| env.run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run(crl_args(&["4a01"], "1.crl")).code, 0);
+    assert_eq!(run(crl_args(&["4A:02"], "2.crl")).code, 0);
+    let parse = |p: &str| {
+        let der =
+            hale_pki::tls::crl_from_pem(&std::fs::read_to_string(env.path(p)).unwrap()).unwrap();
+        x509_cert::crl::CertificateList::from_der(&der).unwrap()
+    };
+    let serials = |p: &str| -> Vec<String> {
+        parse(p)
+            .tbs_cert_list
+            .revoked_certificates
+            .unwrap_or_default()
+            .iter()
+            .map(|r| hex::encode(r.serial_number.as_bytes()))
+            .collect()
+    };
+    assert_eq!(serials("1.crl"), ["4a01"]);
+    assert_eq!(
+        serials("2.crl"),
+        ["4a01", "4a02"],
+        "a revoked serial stays revoked"
+    );
+    let issuer = parse("2.crl").tbs_cert_list.issuer.to_string();
+    assert!(issuer.contains("Hale Technician CA"), "{issuer}");
+
+    // a malformed serial is refused, nothing changes
+    let before = snapshot_tree(env.tmp.path());
+    let r = run(crl_args(&["xyz"], "3.crl"));
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.lines().last().unwrap(),
+        "error: certificate serial \"xyz\": expected 1 to 20 bytes of hex"
+    );
+    assert_eq!(snapshot_tree(env.tmp.path()), before);
+    assert_eq!(env.json("ca/technician.crl.json")["number"], 2);
+}
