@@ -333,6 +333,12 @@ impl Slots {
 
     /// The application's health checks passed: the trial image becomes good and its security
     /// counter becomes the floor (never lowered).
+    ///
+    /// Confirming an image *older* than the good one it replaced (an authorized rollback: the
+    /// agent stages a downgrade only with a verified authorization) marks the replaced image
+    /// `Rejected`, like a revert does: the device was taken back because that release
+    /// misbehaved on it, so the same bytes are not installed again at the next check. A newer
+    /// release installs as usual.
     pub fn confirm(&self) -> Result<Slots, SlotError> {
         let slot = self.active;
         let info = self.info(slot);
@@ -346,6 +352,12 @@ impl Slots {
         let mut next = *self;
         next.info_mut(slot).state = SlotState::Good;
         next.security_counter = self.security_counter.max(image.security_counter);
+        let replaced = next.info_mut(slot.other());
+        if replaced.state == SlotState::Good
+            && replaced.image.is_some_and(|r| r.version > image.version)
+        {
+            replaced.state = SlotState::Rejected;
+        }
         Ok(next)
     }
 
@@ -415,6 +427,25 @@ mod tests {
         assert_eq!(s.active(), Slot::B);
         assert_eq!(s.running(), Some(img(2, 5)));
         assert_eq!(s.boot().1, Boot::Normal { slot: Slot::B });
+    }
+
+    #[test]
+    fn confirming_a_rollback_rejects_the_image_it_replaced() {
+        let s = Slots::factory(img(2, 1));
+        let s = staged(&s, img(1, 1));
+        let (s, boot) = s.boot();
+        assert_eq!(boot, Boot::Trial { slot: Slot::B });
+        // during the trial the newer image stays good: a reset falls back to it
+        assert_eq!(s.info(Slot::A).state, SlotState::Good);
+        let s = s.confirm().unwrap();
+        assert_eq!(s.running(), Some(img(1, 1)));
+        assert_eq!(s.info(Slot::A).state, SlotState::Rejected);
+        assert_eq!(s.info(Slot::A).image, Some(img(2, 1)));
+        assert_eq!(s.security_counter(), 1);
+        // an upgrade after that leaves the replaced image good
+        let s = staged(&s, img(3, 1));
+        let s = s.boot().0.confirm().unwrap();
+        assert_eq!(s.info(Slot::B).state, SlotState::Good);
     }
 
     #[test]
