@@ -261,6 +261,36 @@ where
     }
 }
 
+/// The staff listener's handler: the Technician CA CRL is checked on every request (the handshake
+/// only checks it when a connection opens), then the staff routes.
+pub fn staff_handler(
+    app: Arc<App>,
+    identity: Arc<Identity>,
+    listeners: Arc<Listeners>,
+) -> impl Fn(
+    Request<Incoming>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    let routes = warp_handler(staff_routes(app, identity, listeners.clone()));
+    move |req: Request<Incoming>| {
+        let revoked = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .filter(|p| listeners.staff_certificate_revoked(&p.certificate_serial))
+            .map(|p| p.certificate_serial.clone());
+        match revoked {
+            Some(serial) => {
+                let r = to_body(error_reply(&IdentityError::CertificateRevoked { serial }));
+                Box::pin(async move { r })
+            }
+            None => routes(req),
+        }
+    }
+}
+
 // --- staff API -----------------------------------------------------------------------------------
 
 /// What a staff role may do.

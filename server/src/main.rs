@@ -683,11 +683,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
                 TrustDomain::Staff,
                 sl,
                 listeners.staff_config.clone(),
-                ih::warp_handler(ih::staff_routes(
-                    app.clone(),
-                    identity.clone(),
-                    listeners.clone(),
-                )),
+                ih::staff_handler(app.clone(), identity.clone(), listeners.clone()),
                 stopped(),
             )));
             maintenance = Some(tokio::spawn(hale_server::tls::maintain_crls(

@@ -131,6 +131,9 @@ struct OfflineCrl {
     der: CertificateRevocationListDer<'static>,
     number: u64,
     modified: Option<SystemTime>,
+    /// Hex serials it lists: checked on every staff request too, so a connection opened
+    /// before the revocation cannot go on using it.
+    revoked: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -190,12 +193,13 @@ impl Listeners {
         let load = |ca: CaRole, cert: &CertificateDer<'static>| -> Result<OfflineCrl> {
             let p = crl_path(&m.dir, ca);
             let pem = read_text(&p)?;
-            let (der, number) =
+            let (der, number, revoked) =
                 check_offline_crl(&pem, cert, now).with_context(|| format!("{}", p.display()))?;
             Ok(OfflineCrl {
                 der,
                 number,
                 modified: modified(&p),
+                revoked,
             })
         };
         let crls = Crls {
@@ -226,6 +230,13 @@ impl Listeners {
         })
     }
 
+    /// Is this staff certificate (hex serial) on the loaded Technician CA CRL? The handshake
+    /// checks it for new connections; staff requests check it again, for connections that were
+    /// open when the CRL arrived.
+    pub fn staff_certificate_revoked(&self, certificate_serial: &str) -> bool {
+        self.crls().technician.revoked.contains(certificate_serial)
+    }
+
     fn crls(&self) -> std::sync::MutexGuard<'_, Crls> {
         self.crls.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -250,7 +261,7 @@ impl Listeners {
                 )))
             }
         };
-        let (der, number) = check_offline_crl(pem, cert, now).map_err(bad)?;
+        let (der, number, revoked) = check_offline_crl(pem, cert, now).map_err(bad)?;
         let mut crls = self.crls();
         let current = match ca {
             CaRole::Manufacturing => &crls.manufacturing,
@@ -271,6 +282,7 @@ impl Listeners {
             der,
             number,
             modified: modified(&path),
+            revoked,
         };
         let old = match ca {
             CaRole::Manufacturing => std::mem::replace(&mut crls.manufacturing, new),
@@ -340,14 +352,20 @@ fn enroll_crls(c: &Crls) -> Vec<CertificateRevocationListDer<'static>> {
     v
 }
 
+type CheckedCrl = (
+    CertificateRevocationListDer<'static>,
+    u64,
+    std::collections::BTreeSet<String>,
+);
+
 fn check_offline_crl(
     pem: &str,
     ca_cert: &CertificateDer<'static>,
     now: SystemTime,
-) -> Result<(CertificateRevocationListDer<'static>, u64)> {
+) -> Result<CheckedCrl> {
     let der = hale_pki::tls::crl_from_pem(pem)?;
     let v = hale_pki::crl::verify_crl(&der, ca_cert, now)?;
-    Ok((der, v.number))
+    Ok((der, v.number, v.revoked.into_iter().collect()))
 }
 
 impl CrlListener for Listeners {

@@ -1083,6 +1083,15 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
         .status,
         200
     );
+    // a connection tom opened before the revocation, kept alive across it
+    let mut tom_open = connect(&t.staff, tom_cfg.clone());
+    assert_eq!(
+        tom_open
+            .send("GET", "/api/v1/staff/devices", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
     let crl =
         p.h.technician
             .crl(
@@ -1118,6 +1127,12 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
             b"",
         ),
         "CertificateRevoked",
+    );
+    // the connection opened before the CRL is refused on its next request
+    assert_refused(
+        tom_open.send("GET", "/api/v1/staff/devices", &[], b""),
+        403,
+        "certificate_revoked",
     );
     // an older CRL pushed through the API is refused; the operator still gets in
     let old =
