@@ -48,6 +48,8 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 const CHUNK: usize = 1 << 20;
 /// Devices per inventory page.
 const MAX_PAGE: usize = 1000;
+/// Offline installs and rollbacks kept in a device's record (older ones stay in the audit log).
+const MAX_INSTALL_HISTORY: usize = 32;
 
 fn full(b: Bytes) -> Body {
     Full::new(b)
@@ -833,17 +835,40 @@ pub(crate) async fn report_handler(
     report
         .check()
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, "bad_report", e))?;
+    let received = crate::now();
     let install = report
         .install_record
         .as_ref()
         .map(|r| json!({"device": id, "record": r}));
-    let record = json!({"device": id, "received": crate::now(), "report": report});
+    let entry = report
+        .install_record
+        .as_ref()
+        .map(|r| json!({"received": received, "record": r}));
+    let record = json!({"device": id, "received": received, "report": report});
     let app2 = app.clone();
     let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let bytes = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+        // the latest report replaces the previous one; offline installs and rollbacks are kept
+        // in the device's history (the newest MAX_INSTALL_HISTORY), whatever it reports next
+        let mut encode_error = None;
         app2.store
-            .device_put(&id, &bytes)
+            .device_update(&id, &mut |old| {
+                let mut history = old
+                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                    .and_then(|v| v.get("history").and_then(Value::as_array).cloned())
+                    .unwrap_or_default();
+                history.extend(entry.clone());
+                let excess = history.len().saturating_sub(MAX_INSTALL_HISTORY);
+                history.drain(..excess);
+                let mut next = record.clone();
+                next["history"] = Value::Array(history);
+                serde_json::to_vec(&next)
+                    .map_err(|e| encode_error = Some(e.to_string()))
+                    .ok()
+            })
             .map_err(|e| e.to_string())?;
+        if let Some(e) = encode_error {
+            return Err(e);
+        }
         app2.audit
             .append("report", &id, record)
             .map_err(|e| e.to_string())?;

@@ -31,6 +31,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn token_operators(&self) -> Result<Vec<String>, StoreError>;
     /// Replace a device's latest report.
     fn device_put(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
+    /// Replace a device's record with `next(previous)`, atomically (`next` may run more than once
+    /// when reports of the same device race); `None` leaves the record as it is.
+    fn device_update(
+        &self,
+        id: &str,
+        next: &mut dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    ) -> Result<(), StoreError>;
     /// Devices in id order, after `after`, at most `limit`.
     fn devices(
         &self,
@@ -115,6 +122,19 @@ impl Store for SledStore {
 
     fn device_put(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
         self.devices.insert(id.as_bytes(), record)?;
+        Ok(())
+    }
+
+    fn device_update(
+        &self,
+        id: &str,
+        next: &mut dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.devices.fetch_and_update(id.as_bytes(), |old| {
+            next(old)
+                .map(sled::IVec::from)
+                .or_else(|| old.map(sled::IVec::from))
+        })?;
         Ok(())
     }
 
