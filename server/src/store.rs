@@ -22,6 +22,9 @@ impl From<sled::Error> for StoreError {
 }
 
 /// Everything the server keeps besides the repository files.
+/// How [`Store::device_update`] makes a device's next record from its previous one.
+pub type RecordUpdate<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
+
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Record an operator token by the sha256 (hex) of the token. The token itself is never stored.
     fn token_put(&self, token_sha256: &str, operator: &str) -> Result<(), StoreError>;
@@ -33,11 +36,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn device_put(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
     /// Replace a device's record with `next(previous)`, atomically (`next` may run more than once
     /// when reports of the same device race); `None` leaves the record as it is.
-    fn device_update(
-        &self,
-        id: &str,
-        next: &mut dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
-    ) -> Result<(), StoreError>;
+    fn device_update(&self, id: &str, next: &mut RecordUpdate<'_>) -> Result<(), StoreError>;
     /// Devices in id order, after `after`, at most `limit`.
     fn devices(
         &self,
@@ -125,11 +124,7 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn device_update(
-        &self,
-        id: &str,
-        next: &mut dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
-    ) -> Result<(), StoreError> {
+    fn device_update(&self, id: &str, next: &mut RecordUpdate<'_>) -> Result<(), StoreError> {
         self.devices.fetch_and_update(id.as_bytes(), |old| {
             next(old)
                 .map(sled::IVec::from)
