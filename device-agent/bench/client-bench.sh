@@ -10,13 +10,29 @@ ITERS=${1:-20}
 PY=${PY:-$REPO_ROOT/target/venv/bin/python}
 SHARED_CLIENT=${SHARED_CLIENT:-$REPO_ROOT/../shared/bench/tuf-client.py}
 TMP=$(mktemp -d)
-cleanup() { [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$TMP"; }
+NGINX_REPO=${NGINX_REPO:-$REPO_ROOT/../shared/bench/nginx-repo.sh}
+export NGINX_RUN="$TMP/nginx"
+cleanup() {
+  [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null
+  [ -n "${NGINX_UP:-}" ] && bash "$NGINX_REPO" stop >/dev/null 2>&1
+  rm -rf "$TMP"
+}
 trap cleanup EXIT
-cargo build -q --release -p device-agent --features std --bin hale-conformance
+cargo build -q --release -p device-agent --features std --bin hale-conformance --example bench_client
 cargo run -q -p device-agent --example bench_repo -- "$TMP/repo" >/dev/null
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 -m http.server "$PORT" --bind 127.0.0.1 --directory "$TMP/repo" >/dev/null 2>&1 &
-SERVER_PID=$!
+# nginx (the shared harness's server) when it is installed: a slow server would hide the clients'
+# own cost; else python's http.server
+if command -v nginx >/dev/null && [ -f "$NGINX_REPO" ]; then
+  chmod -R a+rX "$TMP"   # nginx's workers run as another user
+  bash "$NGINX_REPO" start "$TMP/repo" "$PORT" >/dev/null
+  NGINX_UP=1
+  echo "server: nginx on 127.0.0.1:$PORT"
+else
+  python3 -m http.server "$PORT" --bind 127.0.0.1 --directory "$TMP/repo" >/dev/null 2>&1 &
+  SERVER_PID=$!
+  echo "server: python http.server on 127.0.0.1:$PORT (nginx not installed)"
+fi
 sleep 1
 URL="http://127.0.0.1:$PORT"
 BIN=target/release/hale-conformance
@@ -35,6 +51,10 @@ timeit() { # NAME N FN
   for i in $(seq "$n"); do t0=$(date +%s%N); $f >/dev/null; t1=$(date +%s%N); echo $((t1 - t0)); done |
     python3 -c 'import statistics as s,sys; v=[int(x)/1e9 for x in sys.stdin]; print(f"{sys.argv[1]:<32} median {s.median(v):.4f} s (n={len(v)})")' "$name"
 }
+# in process, shaped like the shared python client (new client per iteration, same steps)
+HALE_INPROC=target/release/examples/bench_client
+"$HALE_INPROC" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode cold --iters "$ITERS" | tee "$TMP/ic"
+"$HALE_INPROC" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode warm --iters "$ITERS" | tee "$TMP/iw"
 timeit "hale-conformance cold (process)" "$ITERS" hale_cold | tee "$TMP/hc"
 hale_cold >/dev/null
 timeit "hale-conformance warm (process)" "$ITERS" hale_warm | tee "$TMP/hw"
@@ -43,6 +63,17 @@ if [ -x "$PY" ] && [ -f "$SHARED_CLIENT" ]; then
   "$PY" "$SHARED_CLIENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode warm --iters "$ITERS" | tee "$TMP/pw"
   py_cold() { "$PY" "$SHARED_CLIENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode cold --iters 1; }
   timeit "python-tuf cold (process)" "$ITERS" py_cold | tee "$TMP/pp"
+  python3 - "$TMP" <<'PYEOF'
+import json, re, sys
+d = sys.argv[1]
+med = lambda f: json.load(open(f"{d}/{f}"))["seconds"]["total"]["median"]
+proc = lambda f: float(re.search(r"median ([0-9.]+)", open(f"{d}/{f}").read()).group(1))
+print("\nratios (python-tuf / hale, same server, this run; > 1: hale faster)")
+for label, p, h in (("in process, cold (refresh + download)", med("pc"), med("ic")),
+                    ("in process, warm (refresh + cached check)", med("pw"), med("iw")),
+                    ("whole process, cold", proc("pp"), proc("hc"))):
+    print(f"  {label:<44} python-tuf {p * 1e3:8.2f} ms   hale {h * 1e3:8.2f} ms   {p / h:6.1f}x")
+PYEOF
 else
   echo "python-tuf venv or shared client missing: skipped (bash .ci/install.sh)"
 fi
