@@ -162,23 +162,38 @@ fn write_members<S: Sink + ?Sized>(
 
 fn write_int<S: Sink + ?Sized>(i: i64, sink: &mut S) {
     let mut buf = [0u8; 20];
-    let mut n = buf.len();
-    let neg = i < 0;
-    let mut u = i.unsigned_abs();
+    if i < 0 {
+        sink.write(b"-");
+    }
+    sink.write(decimal(i.unsigned_abs(), &mut buf).as_bytes());
+}
+
+/// `v` in decimal, written at the end of `buf`. Only 32-bit divisions: a 64-bit one pulls about
+/// 1 KB of library code into a Cortex-M build.
+pub fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
     loop {
-        n -= 1;
-        if let Some(slot) = buf.get_mut(n) {
-            *slot = b'0' + (u % 10) as u8;
+        let (q, digit) = div10(v);
+        i -= 1;
+        if let Some(b) = buf.get_mut(i) {
+            *b = b'0' + digit;
         }
-        u /= 10;
-        if u == 0 {
+        v = q;
+        if v == 0 || i == 0 {
             break;
         }
     }
-    if neg {
-        sink.write(b"-");
-    }
-    sink.write(buf.get(n..).unwrap_or(&[]));
+    core::str::from_utf8(buf.get(i..).unwrap_or(&[])).unwrap_or("")
+}
+
+/// `(v / 10, v % 10)` by long division in 16-bit steps (every partial dividend fits 32 bits).
+fn div10(v: u64) -> (u64, u8) {
+    let hi = (v >> 32) as u32;
+    let lo = v as u32;
+    let x = (hi % 10) << 16 | lo >> 16;
+    let y = (x % 10) << 16 | (lo & 0xFFFF);
+    let q = u64::from(hi / 10) << 32 | u64::from(x / 10) << 16 | u64::from(y / 10);
+    (q, (y % 10) as u8)
 }
 
 fn write_string<S: Sink + ?Sized>(s: &JStr<'_>, sink: &mut S) {
@@ -225,6 +240,36 @@ pub fn to_canonical_vec(input: &[u8]) -> Result<alloc::vec::Vec<u8>, JsonError> 
 mod tests {
     use super::*;
     use crate::json::parse;
+
+    #[test]
+    fn decimal_matches_64_bit_division() {
+        let mut buf = [0u8; 20];
+        for v in [
+            0u64,
+            9,
+            10,
+            4_294_967_295,
+            4_294_967_296,
+            12_345_678_901_234_567_890,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            assert_eq!(div10(v), (v / 10, (v % 10) as u8));
+            let mut expected = [0u8; 20];
+            let mut n = expected.len();
+            let mut u = v;
+            loop {
+                n -= 1;
+                expected[n] = b'0' + (u % 10) as u8;
+                u /= 10;
+                if u == 0 {
+                    break;
+                }
+            }
+            assert_eq!(decimal(v, &mut buf).as_bytes(), &expected[n..]);
+        }
+        assert_eq!(decimal(u64::MAX, &mut buf), "18446744073709551615");
+    }
 
     struct Buf {
         b: [u8; 512],

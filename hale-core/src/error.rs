@@ -4,38 +4,55 @@
 use core::fmt;
 
 use crate::json::{JStr, JsonError};
-use crate::limits::MAX_NAME_LEN;
+use crate::limits::{MAX_ERROR_NAME_LEN, MAX_NAME_LEN};
 use crate::policy::PolicyError;
 use crate::time::UnixTime;
 
-/// A short owned string (role name, key id, target path) kept in errors and on the search stack.
-/// Longer input is truncated and marked with `…` — names only identify, they are never trusted.
+/// A short owned string (role name, key id, target path) kept in errors: diagnostic only.
+/// Longer input is truncated and marked with `…` — names in errors only identify, they are never
+/// trusted. Small ([`MAX_ERROR_NAME_LEN`] bytes) so that every `Result` a device moves is small.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Name {
-    buf: [u8; MAX_NAME_LEN],
+pub struct Name(Bounded<MAX_ERROR_NAME_LEN>);
+
+/// A role name (or key id) kept in full up to [`MAX_NAME_LEN`] bytes: the delegation search's
+/// stack and signature reports. A truncated one ([`RoleName::is_truncated`]) is never used as a
+/// key: the search skips it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RoleName(Bounded<MAX_NAME_LEN>);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Bounded<const N: usize> {
+    buf: [u8; N],
     len: u8,
     truncated: bool,
 }
 
-impl Name {
-    pub const fn empty() -> Self {
-        Name {
-            buf: [0; MAX_NAME_LEN],
+impl<const N: usize> Bounded<N> {
+    const fn empty() -> Self {
+        Bounded {
+            buf: [0; N],
             len: 0,
             truncated: false,
         }
     }
 
-    pub fn new(s: &str) -> Self {
-        Self::from_bytes(s.bytes())
-    }
-
-    pub fn from_json(s: &JStr<'_>) -> Self {
-        Self::from_bytes(s.bytes())
+    /// The longest prefix of `s` that fits and ends on a character boundary.
+    fn from_str(s: &str) -> Self {
+        let mut n = Self::empty();
+        let mut len = s.len().min(N);
+        while !s.is_char_boundary(len) {
+            len -= 1;
+        }
+        if let (Some(dst), Some(src)) = (n.buf.get_mut(..len), s.as_bytes().get(..len)) {
+            dst.copy_from_slice(src);
+            n.len = len as u8;
+        }
+        n.truncated = usize::from(n.len) < s.len();
+        n
     }
 
     fn from_bytes(it: impl Iterator<Item = u8>) -> Self {
-        let mut n = Name::empty();
+        let mut n = Self::empty();
         let mut len = 0usize;
         for b in it {
             match n.buf.get_mut(len) {
@@ -58,41 +75,74 @@ impl Name {
         n
     }
 
-    pub fn as_str(&self) -> &str {
+    fn as_str(&self) -> &str {
         core::str::from_utf8(self.buf.get(..self.len as usize).unwrap_or(&[])).unwrap_or("")
     }
 
-    /// True when the original was longer than [`MAX_NAME_LEN`] (so it cannot be used as a key).
-    pub fn is_truncated(&self) -> bool {
-        self.truncated
+    fn ellipsis(&self) -> &'static str {
+        if self.truncated {
+            "…"
+        } else {
+            ""
+        }
     }
 }
 
-impl fmt::Debug for Name {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:?}{}",
-            self.as_str(),
-            if self.truncated { "…" } else { "" }
-        )
-    }
+macro_rules! bounded_name {
+    ($t:ident) => {
+        impl $t {
+            pub const fn empty() -> Self {
+                $t(Bounded::empty())
+            }
+
+            pub fn new(s: &str) -> Self {
+                $t(Bounded::from_str(s))
+            }
+
+            pub fn from_json(s: &JStr<'_>) -> Self {
+                $t(Bounded::from_bytes(s.bytes()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                self.0.as_str()
+            }
+
+            /// True when the original was longer than the capacity (so it cannot be used as a
+            /// key).
+            pub fn is_truncated(&self) -> bool {
+                self.0.truncated
+            }
+        }
+
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}{}", self.as_str(), self.0.ellipsis())
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}{}", self.as_str(), self.0.ellipsis())
+            }
+        }
+
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                !self.0.truncated && self.as_str() == *other
+            }
+        }
+    };
 }
 
-impl fmt::Display for Name {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}{}",
-            self.as_str(),
-            if self.truncated { "…" } else { "" }
-        )
-    }
-}
+bounded_name!(Name);
+bounded_name!(RoleName);
 
-impl PartialEq<&str> for Name {
-    fn eq(&self, other: &&str) -> bool {
-        !self.truncated && self.as_str() == *other
+impl From<RoleName> for Name {
+    /// The same name for an error (truncated to [`MAX_ERROR_NAME_LEN`], marked if it was).
+    fn from(r: RoleName) -> Self {
+        let mut n = Name::new(r.as_str());
+        n.0.truncated |= r.0.truncated;
+        n
     }
 }
 
@@ -371,5 +421,35 @@ impl std::error::Error for Error {}
 impl From<PolicyError> for Error {
     fn from(p: PolicyError) -> Self {
         Error::Policy(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_names_are_short_and_marked_when_truncated() {
+        let long = "a-delegated-role-name-longer-than-thirty-two-bytes";
+        let n = Name::new(long);
+        assert!(n.is_truncated());
+        assert_eq!(n.as_str(), &long[..MAX_ERROR_NAME_LEN]);
+        assert!(n != long);
+        let r = RoleName::new(long);
+        assert!(!r.is_truncated());
+        assert!(r == long);
+        assert_eq!(Name::from(r), n);
+        // never cut a character in half
+        let s = "ééééééééééééééééé"; // 17 × 2 bytes
+        let n = Name::new(s);
+        assert!(n.is_truncated());
+        assert_eq!(n.as_str().len(), 32);
+        let odd = "xééééééééééééééééé";
+        assert_eq!(Name::new(odd).as_str().len(), 31);
+        // a role name too long for the search stack is marked, so it is never used as a key
+        let huge = [b'r'; MAX_NAME_LEN + 1];
+        let huge = core::str::from_utf8(&huge).unwrap_or("");
+        assert!(RoleName::new(huge).is_truncated());
+        assert!(Name::from(RoleName::new(huge)).is_truncated());
     }
 }

@@ -11,8 +11,13 @@ pub const MAX_JSON_DEPTH: usize = 32;
 /// this is refused ([`crate::Error::TooManyKeys`]).
 pub const MAX_KEYS_PER_ROLE: usize = 16;
 
-/// Longest role name, key id or target path kept in an error or on the search stack, in bytes.
+/// Longest role name kept on the delegation search's stack (and key id in a signature report), in
+/// bytes. A longer delegated role name is never fetched: the search skips it.
 pub const MAX_NAME_LEN: usize = 128;
+
+/// Longest role name, key id or target path kept in an error, in bytes (diagnostic only: a longer
+/// one is shown truncated, marked with `…`). Small, because every `Result` carries an error.
+pub const MAX_ERROR_NAME_LEN: usize = 32;
 
 /// Deepest chain of delegations followed from `targets` (python-tuf has none beyond its visit cap).
 pub const MAX_DELEGATION_DEPTH: usize = 8;

@@ -24,14 +24,14 @@ impl<'a> Envelope<'a> {
     pub fn parse(bytes: &'a [u8], role: &str) -> Result<Self, Error> {
         let name = Name::new(role);
         let v = json::parse(bytes).map_err(|error| Error::Json { role: name, error })?;
-        let top = v.as_object().ok_or(Error::Field {
+        let top = v.as_object().ok_or_else(|| Error::Field {
             role: name,
             field: "signed",
         })?;
         let signed = obj(&top, "signed", name)?;
         let signatures = get(&top, "signatures", name)?
             .and_then(|v| v.as_array())
-            .ok_or(Error::Field {
+            .ok_or_else(|| Error::Field {
                 role: name,
                 field: "signatures",
             })?;
@@ -88,7 +88,7 @@ pub fn parse_header(
     let expires = expires
         .decode_into(&mut buf)
         .and_then(|s| parse_expires(s.as_bytes()))
-        .ok_or(Error::BadExpires { role })?;
+        .ok_or_else(|| Error::BadExpires { role })?;
     Ok(Header { version, expires })
 }
 
@@ -129,7 +129,7 @@ pub(crate) fn obj<'a>(
 ) -> Result<Object<'a>, Error> {
     get(o, field, role)?
         .and_then(|v| v.as_object())
-        .ok_or(Error::Field { role, field })
+        .ok_or_else(|| Error::Field { role, field })
 }
 
 pub(crate) fn array<'a>(
@@ -139,7 +139,7 @@ pub(crate) fn array<'a>(
 ) -> Result<Array<'a>, Error> {
     get(o, field, role)?
         .and_then(|v| v.as_array())
-        .ok_or(Error::Field { role, field })
+        .ok_or_else(|| Error::Field { role, field })
 }
 
 pub(crate) fn string<'a>(
@@ -149,19 +149,22 @@ pub(crate) fn string<'a>(
 ) -> Result<JStr<'a>, Error> {
     get(o, field, role)?
         .and_then(|v| v.as_str())
-        .ok_or(Error::Field { role, field })
+        .ok_or_else(|| Error::Field { role, field })
 }
 
 pub(crate) fn uint(o: &Object<'_>, field: &'static str, role: Name) -> Result<u64, Error> {
     get(o, field, role)?
         .and_then(|v| v.as_u64())
-        .ok_or(Error::Field { role, field })
+        .ok_or_else(|| Error::Field { role, field })
 }
 
 fn opt_uint(o: &Object<'_>, field: &'static str, role: Name) -> Result<Option<u64>, Error> {
     match get(o, field, role)? {
         None => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or(Error::Field { role, field }),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| Error::Field { role, field }),
     }
 }
 
@@ -182,7 +185,7 @@ impl<'a> Root<'a> {
         let header = parse_header(signed, "root", role)?;
         let consistent_snapshot = match get(signed, "consistent_snapshot", role)? {
             None => false,
-            Some(v) => v.as_bool().ok_or(Error::Field {
+            Some(v) => v.as_bool().ok_or_else(|| Error::Field {
                 role,
                 field: "consistent_snapshot",
             })?,
@@ -238,7 +241,7 @@ impl<'a> MetaFile<'a> {
         let length = opt_uint(o, "length", role)?;
         let hashes = match get(o, "hashes", role)? {
             None => None,
-            Some(v) => Some(v.as_object().ok_or(Error::Field {
+            Some(v) => Some(v.as_object().ok_or_else(|| Error::Field {
                 role,
                 field: "hashes",
             })?),
@@ -304,7 +307,7 @@ impl<'a> Snapshot<'a> {
         let meta = obj(signed, "meta", role)?;
         // every entry must be well formed, so that later lookups cannot fail on shape
         for (k, v) in meta.members() {
-            let o = v.as_object().ok_or(Error::Field {
+            let o = v.as_object().ok_or_else(|| Error::Field {
                 role: Name::from_json(&k),
                 field: "meta",
             })?;
@@ -335,7 +338,7 @@ impl<'a> Snapshot<'a> {
         match v {
             None => Ok(None),
             Some(v) => {
-                let o = v.as_object().ok_or(Error::Field {
+                let o = v.as_object().ok_or_else(|| Error::Field {
                     role,
                     field: "meta",
                 })?;
@@ -362,7 +365,7 @@ impl<'a> Targets<'a> {
         let delegations = match get(signed, "delegations", role)? {
             None => None,
             Some(v) => {
-                let d = v.as_object().ok_or(Error::Field {
+                let d = v.as_object().ok_or_else(|| Error::Field {
                     role,
                     field: "delegations",
                 })?;
@@ -385,7 +388,7 @@ impl<'a> Targets<'a> {
         self.targets.members().map(move |(k, v)| {
             let t = v
                 .as_object()
-                .ok_or(Error::Field {
+                .ok_or_else(|| Error::Field {
                     role,
                     field: "targets",
                 })
@@ -403,7 +406,7 @@ impl<'a> Targets<'a> {
         {
             None => Ok(None),
             Some(v) => {
-                let o = v.as_object().ok_or(Error::Field {
+                let o = v.as_object().ok_or_else(|| Error::Field {
                     role,
                     field: "targets",
                 })?;
@@ -427,7 +430,7 @@ impl<'a> TargetFile<'a> {
         let hashes = obj(o, "hashes", role)?;
         let custom = match get(o, "custom", role)? {
             None => None,
-            Some(v) => Some(v.as_object().ok_or(Error::Field {
+            Some(v) => Some(v.as_object().ok_or_else(|| Error::Field {
                 role,
                 field: "custom",
             })?),
@@ -529,20 +532,21 @@ impl Hasher {
             else {
                 return Ok(None);
             };
-            let s = v.as_str().ok_or(Error::Field {
+            let s = v.as_str().ok_or_else(|| Error::Field {
                 role: what,
                 field: "hashes",
             })?;
             let mut buf = [0u8; 128];
             let mut out = [0u8; 64];
-            let s = s.decode_into(&mut buf).ok_or(Error::Field {
+            let s = s.decode_into(&mut buf).ok_or_else(|| Error::Field {
                 role: what,
                 field: "hashes",
             })?;
-            let n = crate::crypto::hex_decode(s.as_bytes(), &mut out).ok_or(Error::Field {
-                role: what,
-                field: "hashes",
-            })?;
+            let n =
+                crate::crypto::hex_decode(s.as_bytes(), &mut out).ok_or_else(|| Error::Field {
+                    role: what,
+                    field: "hashes",
+                })?;
             let want = if alg == "sha256" { 32 } else { 64 };
             if n != want {
                 return Err(Error::Field {
@@ -611,7 +615,7 @@ impl<'a> Delegations<'a> {
         let keys = obj(d, "keys", role)?;
         let roles = match get(d, "roles", role)? {
             None => None,
-            Some(v) => Some(v.as_array().ok_or(Error::Field {
+            Some(v) => Some(v.as_array().ok_or_else(|| Error::Field {
                 role,
                 field: "roles",
             })?),
@@ -619,7 +623,7 @@ impl<'a> Delegations<'a> {
         let succinct = match get(d, "succinct_roles", role)? {
             None => None,
             Some(v) => Some(SuccinctRoles::parse(
-                &v.as_object().ok_or(Error::Field {
+                &v.as_object().ok_or_else(|| Error::Field {
                     role,
                     field: "succinct_roles",
                 })?,
@@ -634,7 +638,7 @@ impl<'a> Delegations<'a> {
         }
         if let Some(r) = roles {
             for v in r.iter() {
-                let o = v.as_object().ok_or(Error::Field {
+                let o = v.as_object().ok_or_else(|| Error::Field {
                     role,
                     field: "roles",
                 })?;
@@ -667,20 +671,20 @@ impl<'a> DelegatedRole<'a> {
         let threshold = uint(o, "threshold", role)?;
         let terminating = get(o, "terminating", role)?
             .and_then(|v| v.as_bool())
-            .ok_or(Error::Field {
+            .ok_or_else(|| Error::Field {
                 role,
                 field: "terminating",
             })?;
         let paths = match get(o, "paths", role)? {
             None => None,
-            Some(v) => Some(v.as_array().ok_or(Error::Field {
+            Some(v) => Some(v.as_array().ok_or_else(|| Error::Field {
                 role,
                 field: "paths",
             })?),
         };
         let path_hash_prefixes = match get(o, "path_hash_prefixes", role)? {
             None => None,
-            Some(v) => Some(v.as_array().ok_or(Error::Field {
+            Some(v) => Some(v.as_array().ok_or_else(|| Error::Field {
                 role,
                 field: "path_hash_prefixes",
             })?),

@@ -58,13 +58,14 @@ impl Version {
         let mut it = core.split('.');
         let num = |p: Option<&str>| -> Option<u64> {
             let p = p?;
-            if p.is_empty()
-                || (p.len() > 1 && p.starts_with('0'))
-                || !p.bytes().all(|b| b.is_ascii_digit())
-            {
+            if p.is_empty() || (p.len() > 1 && p.starts_with('0')) {
                 return None;
             }
-            p.parse().ok()
+            // digits only, refused on overflow (what `str::parse::<u64>` accepts here, in less code)
+            p.bytes().try_fold(0u64, |v, b| {
+                let d = b.checked_sub(b'0').filter(|d| *d < 10)?;
+                v.checked_mul(10)?.checked_add(u64::from(d))
+            })
         };
         let (major, minor, patch) = (num(it.next())?, num(it.next())?, num(it.next())?);
         if it.next().is_some() {
@@ -230,11 +231,11 @@ impl fmt::Display for PolicyError {
 
 /// Read the policy fields of `custom` without judging them against a device.
 pub fn parse_firmware(custom: Option<&Object<'_>>) -> Result<Firmware, PolicyError> {
-    let custom = custom.ok_or(PolicyError::NotFirmware)?;
+    let custom = custom.ok_or_else(|| PolicyError::NotFirmware)?;
     let version =
-        version_field(custom, "version")?.ok_or(PolicyError::Field { field: "version" })?;
+        version_field(custom, "version")?.ok_or_else(|| PolicyError::Field { field: "version" })?;
     let security_counter = match custom.get("security_counter") {
-        Ok(Some(v)) => v.as_u64().ok_or(PolicyError::Field {
+        Ok(Some(v)) => v.as_u64().ok_or_else(|| PolicyError::Field {
             field: "security_counter",
         })?,
         Ok(None) => 0,
@@ -257,14 +258,14 @@ fn version_field(custom: &Object<'_>, field: &'static str) -> Result<Option<Vers
     match custom.get(field) {
         Ok(None) => Ok(None),
         Ok(Some(v)) => {
-            let s = v.as_str().ok_or(PolicyError::Field { field })?;
+            let s = v.as_str().ok_or_else(|| PolicyError::Field { field })?;
             let mut buf = [0u8; 96];
             let s = s
                 .decode_into(&mut buf)
-                .ok_or(PolicyError::Field { field })?;
+                .ok_or_else(|| PolicyError::Field { field })?;
             Version::parse(s)
                 .map(Some)
-                .ok_or(PolicyError::Field { field })
+                .ok_or_else(|| PolicyError::Field { field })
         }
         Err(_) => Err(PolicyError::Field { field }),
     }
@@ -277,17 +278,17 @@ fn hardware<'a>(custom: &Object<'a>) -> Result<crate::json::Array<'a>, PolicyErr
         .ok()
         .flatten()
         .and_then(|v| v.as_array())
-        .ok_or(PolicyError::Field { field })?;
+        .ok_or_else(|| PolicyError::Field { field })?;
     if hw.is_empty() || hw.len() > MAX_HARDWARE_ENTRIES {
         return Err(PolicyError::Field { field });
     }
     for e in hw.iter() {
-        let o = e.as_object().ok_or(PolicyError::Field { field })?;
+        let o = e.as_object().ok_or_else(|| PolicyError::Field { field })?;
         o.get("model")
             .ok()
             .flatten()
             .and_then(|v| v.as_str())
-            .ok_or(PolicyError::Field {
+            .ok_or_else(|| PolicyError::Field {
                 field: "hardware.model",
             })?;
         let revs = o
@@ -295,7 +296,7 @@ fn hardware<'a>(custom: &Object<'a>) -> Result<crate::json::Array<'a>, PolicyErr
             .ok()
             .flatten()
             .and_then(|v| v.as_array())
-            .ok_or(PolicyError::Field {
+            .ok_or_else(|| PolicyError::Field {
                 field: "hardware.revisions",
             })?;
         if revs.len() > MAX_HARDWARE_ENTRIES || revs.iter().any(|r| r.as_str().is_none()) {
@@ -318,7 +319,9 @@ pub fn evaluate(
     allow_downgrade_to: bool,
 ) -> Result<Firmware, PolicyError> {
     let fw = parse_firmware(custom)?;
-    let hw = custom.map(hardware).ok_or(PolicyError::NotFirmware)??;
+    let hw = custom
+        .map(hardware)
+        .ok_or_else(|| PolicyError::NotFirmware)??;
     let mut model_seen = false;
     let mut fits = false;
     for e in hw.iter().filter_map(|e| e.as_object()) {
@@ -398,11 +401,22 @@ mod tests {
             assert!(v(w[0]) < v(w[1]), "{} < {}", w[0], w[1]);
         }
         assert_eq!(v("1.2.3+build.5"), v("1.2.3"));
+        assert_eq!(v("18446744073709551615.0.0").major, u64::MAX);
         // numeric identifiers beyond u64 still compare as numbers (found by fuzzing)
         assert!(v("1.0.0-99999999999999999999") < v("1.0.0-100000000000000000000"));
         assert!(v("2.1.0-rc.73705c.1") > v("2.1.0-rc.7370909595000776585509"));
         for bad in [
-            "1.2", "1.2.3.4", "01.2.3", "1.2.3-", "1.2.3-01", "a.b.c", "", "1.2.3+",
+            "1.2",
+            "1.2.3.4",
+            "01.2.3",
+            "1.2.3-",
+            "1.2.3-01",
+            "a.b.c",
+            "",
+            "1.2.3+",
+            "+1.2.3",
+            "1.-2.3",
+            "18446744073709551616.0.0",
         ] {
             assert!(Version::parse(bad).is_none(), "{bad}");
         }

@@ -68,7 +68,7 @@ pub fn verify_authorization<'a>(
     max_validity: i64,
 ) -> Result<Authorization<'a>, Error> {
     let role = Name::new(ROLLBACK_ROLE);
-    let delegations = targets.delegations.ok_or(Error::NoRollbackRole)?;
+    let delegations = targets.delegations.ok_or_else(|| Error::NoRollbackRole)?;
     let entry = delegations
         .roles
         .into_iter()
@@ -76,7 +76,7 @@ pub fn verify_authorization<'a>(
         .filter_map(|v| v.as_object())
         .filter_map(|o| DelegatedRole::parse(&o, role).ok())
         .find(|r| r.name.eq_str(ROLLBACK_ROLE))
-        .ok_or(Error::NoRollbackRole)?;
+        .ok_or_else(|| Error::NoRollbackRole)?;
 
     let env = Envelope::parse(bytes, AUTHORIZATION_TYPE)?;
     verify_threshold(&env, &entry.keys(delegations.keys))?;
@@ -133,7 +133,7 @@ pub fn verify_authorization<'a>(
         .ok()
         .flatten()
         .and_then(|v| v.as_str())
-        .ok_or(Error::Field {
+        .ok_or_else(|| Error::Field {
             role: what,
             field: "hashes",
         })?;
@@ -161,7 +161,7 @@ pub fn verify_authorization<'a>(
         let authorized = v
             .decode_into(&mut buf)
             .and_then(Version::parse)
-            .ok_or(Error::Field {
+            .ok_or_else(|| Error::Field {
                 role: what,
                 field: "installed",
             })?;
@@ -186,5 +186,5 @@ fn time_field(o: &Object<'_>, field: &'static str, role: Name) -> Result<UnixTim
     let mut buf = [0u8; 32];
     s.decode_into(&mut buf)
         .and_then(|t| parse_expires(t.as_bytes()))
-        .ok_or(Error::Field { role, field })
+        .ok_or_else(|| Error::Field { role, field })
 }

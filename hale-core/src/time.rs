@@ -10,13 +10,14 @@ pub fn parse_expires(s: &[u8]) -> Option<UnixTime> {
     if s.len() != 20 {
         return None;
     }
-    let num = |r: core::ops::Range<usize>| -> Option<i64> {
-        let mut v = 0i64;
+    // every field has at most 4 digits: 32-bit arithmetic (no 64-bit division on a device)
+    let num = |r: core::ops::Range<usize>| -> Option<i32> {
+        let mut v = 0i32;
         for &c in s.get(r)? {
             if !c.is_ascii_digit() {
                 return None;
             }
-            v = v * 10 + i64::from(c - b'0');
+            v = v * 10 + i32::from(c - b'0');
         }
         Some(v)
     };
@@ -36,7 +37,7 @@ pub fn parse_expires(s: &[u8]) -> Option<UnixTime> {
     {
         return None;
     }
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se)
+    Some(i64::from(days_from_civil(y, mo, d)) * 86_400 + i64::from(h * 3600 + mi * 60 + se))
 }
 
 /// Write `t` as `YYYY-MM-DDTHH:MM:SSZ` (years 0..=9999).
@@ -66,11 +67,11 @@ pub fn format_expires(t: UnixTime, out: &mut [u8; 20]) -> Option<&str> {
     core::str::from_utf8(out).ok()
 }
 
-fn is_leap(y: i64) -> bool {
+fn is_leap(y: i32) -> bool {
     (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
 }
 
-fn days_in_month(y: i64, m: i64) -> i64 {
+fn days_in_month(y: i32, m: i32) -> i32 {
     match m {
         2 if is_leap(y) => 29,
         2 => 28,
@@ -79,8 +80,8 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     }
 }
 
-// Howard Hinnant's civil-date algorithms.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+// Howard Hinnant's civil-date algorithms. Years 0..=9999: days fit 32 bits.
+fn days_from_civil(y: i32, m: i32, d: i32) -> i32 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;

@@ -27,7 +27,7 @@
 use heapless::Vec as HVec;
 
 use crate::crypto::sha256;
-use crate::error::{Error, Name, Role};
+use crate::error::{Error, Name, Role, RoleName};
 use crate::json::Value;
 use crate::limits::{
     DEFAULT_MAX_ROOT_ROTATIONS, MAX_DELEGATION_DEPTH, MAX_DELEGATION_VISITS, MAX_NAME_LEN,
@@ -183,11 +183,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
             Role::Targets => self.store.targets.as_mut(),
         };
         let capacity = buf.len();
-        let dst = buf.get_mut(..bytes.len()).ok_or(Error::StorageTooSmall {
-            role,
-            capacity,
-            needed: bytes.len(),
-        })?;
+        let dst = buf
+            .get_mut(..bytes.len())
+            .ok_or_else(|| Error::StorageTooSmall {
+                role,
+                capacity,
+                needed: bytes.len(),
+            })?;
         dst.copy_from_slice(bytes);
         self.len.set(role, bytes.len());
         Ok(())
@@ -222,6 +224,16 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
             .and_then(|e| Targets::parse(&e.signed, Name::new("targets")).ok())
     }
 
+    /// Parse `bytes` as metadata of top-level `role` and verify the threshold of the trusted
+    /// root's keys for it: the first checks of every top-level update, shared (not inlined) so a
+    /// device holds one copy.
+    #[inline(never)]
+    fn verified_by_root<'b>(&self, role: Role, bytes: &'b [u8]) -> Result<Envelope<'b>, Error> {
+        let env = Envelope::parse(bytes, role.as_str())?;
+        verify_threshold(&env, &self.root().role(role.as_str())?)?;
+        Ok(env)
+    }
+
     fn check_root_unexpired(&self) -> Result<(), Error> {
         let root = self.root();
         if root.header.expires <= self.now {
@@ -233,6 +245,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
         Ok(())
     }
 
+    #[inline(never)]
     fn check_unexpired(&self, role: Name, h: &Header) -> Result<(), Error> {
         if h.expires <= self.now {
             return Err(Error::Expired {
@@ -259,10 +272,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
                 cap: self.max_root_rotations,
             });
         }
-        let trusted = self.root();
-        let env = Envelope::parse(bytes, "root")?;
         // signed by the trusted root's root role (before reading anything else of it)
-        verify_threshold(&env, &trusted.role("root")?)?;
+        let env = self.verified_by_root(Role::Root, bytes)?;
+        let trusted = self.root();
         let new = Root::parse(&env.signed)?;
         if new.header.version != trusted.header.version + 1 {
             return Err(Error::RootVersionNotNext {
@@ -291,8 +303,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
             });
         }
         self.check_root_unexpired()?;
-        let env = Envelope::parse(bytes, "timestamp")?;
-        verify_threshold(&env, &self.root().role("timestamp")?)?;
+        let env = self.verified_by_root(Role::Timestamp, bytes)?;
         Timestamp::parse(&env.signed)?;
         self.put(Role::Timestamp, bytes)
     }
@@ -307,8 +318,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
         }
         self.check_root_unexpired()?;
         let name = Name::new("timestamp");
-        let env = Envelope::parse(bytes, "timestamp")?;
-        verify_threshold(&env, &self.root().role("timestamp")?)?;
+        let env = self.verified_by_root(Role::Timestamp, bytes)?;
         let new = Timestamp::parse(&env.signed)?;
         if let Some(old) = self.timestamp() {
             if new.header.version < old.header.version {
@@ -339,7 +349,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
     }
 
     fn final_timestamp(&self) -> Result<Timestamp<'_>, Error> {
-        let ts = self.timestamp().ok_or(Error::WrongOrder {
+        let ts = self.timestamp().ok_or_else(|| Error::WrongOrder {
             operation: "snapshot update",
             requires: "a timestamp",
         })?;
@@ -363,8 +373,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
             (ts.header.version, ts.snapshot.version)
         };
         let _ = ts_version;
-        let env = Envelope::parse(bytes, "snapshot")?;
-        verify_threshold(&env, &self.root().role("snapshot")?)?;
+        let env = self.verified_by_root(Role::Snapshot, bytes)?;
         let snap = Snapshot::parse(&env.signed)?;
         let fresh = snap.header.version == expected && snap.header.expires > self.now;
         self.put(Role::Snapshot, bytes)?;
@@ -391,8 +400,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
                 .verify_bytes(bytes, Name::new("snapshot.json"))?;
             ts.snapshot.version
         };
-        let env = Envelope::parse(bytes, "snapshot")?;
-        verify_threshold(&env, &self.root().role("snapshot")?)?;
+        let env = self.verified_by_root(Role::Snapshot, bytes)?;
         let new = Snapshot::parse(&env.signed)?;
         if let Some(old) = self.snapshot() {
             if new.header.version < old.header.version {
@@ -448,7 +456,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
         let snap = self
             .snapshot()
             .filter(|_| self.snapshot_final)
-            .ok_or(Error::WrongOrder {
+            .ok_or_else(|| Error::WrongOrder {
                 operation: "targets update",
                 requires: "a current snapshot",
             })?;
@@ -467,27 +475,20 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
             });
         }
         let name = Name::new("targets");
-        let meta = {
+        let expected = {
             let snap = self.final_snapshot()?;
             let m = snap
                 .role("targets")?
-                .ok_or(Error::NotInSnapshot { role: name })?;
-            (m.version, m.length, m.hashes.is_some())
+                .ok_or_else(|| Error::NotInSnapshot { role: name })?;
+            m.verify_bytes(bytes, Name::new("targets.json"))?;
+            m.version
         };
-        // re-borrow for the checks that need the MetaFile
-        {
-            let snap = self.final_snapshot()?;
-            if let Some(m) = snap.role("targets")? {
-                m.verify_bytes(bytes, Name::new("targets.json"))?;
-            }
-        }
-        let env = Envelope::parse(bytes, "targets")?;
-        verify_threshold(&env, &self.root().role("targets")?)?;
+        let env = self.verified_by_root(Role::Targets, bytes)?;
         let new = Targets::parse(&env.signed, name)?;
-        if new.header.version != meta.0 {
+        if new.header.version != expected {
             return Err(Error::VersionMismatch {
                 role: name,
-                expected: meta.0,
+                expected,
                 received: new.header.version,
             });
         }
@@ -501,7 +502,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
     pub fn delegated_meta(&self, role: &str) -> Result<MetaFile<'_>, Error> {
         self.final_snapshot()?
             .role(role)?
-            .ok_or(Error::NotInSnapshot {
+            .ok_or_else(|| Error::NotInSnapshot {
                 role: Name::new(role),
             })
     }
@@ -518,7 +519,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
     ) -> Result<Targets<'b>, Error> {
         check_role_name(name)?;
         let role = Name::new(name);
-        let delegations = delegator.delegations.ok_or(Error::NotInSnapshot { role })?;
+        let delegations = delegator
+            .delegations
+            .ok_or_else(|| Error::NotInSnapshot { role })?;
         let meta = self.delegated_meta(name)?;
         meta.verify_bytes(bytes, role)?;
         let env = Envelope::parse(bytes, name)?;
@@ -528,7 +531,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
                 .filter_map(|v| v.as_object())
                 .filter_map(|o| DelegatedRole::parse(&o, role).ok())
                 .find(|r| r.name.eq_str(name))
-                .ok_or(Error::NotInSnapshot { role })?;
+                .ok_or_else(|| Error::NotInSnapshot { role })?;
             entry.keys(delegations.keys)
         } else if let Some(s) = delegations.succinct {
             if !s.is_bin(name) {
@@ -560,16 +563,18 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
         path: &str,
         source: &mut S,
     ) -> Result<Option<Found<'_, S::Buf>>, SearchError<S::Error>> {
-        let top_bytes =
-            self.stored(Role::Targets)
-                .ok_or(SearchError::Trust(Error::WrongOrder {
-                    operation: "find_target",
-                    requires: "targets",
-                }))?;
-        let top = self.targets().ok_or(SearchError::Trust(Error::WrongOrder {
-            operation: "find_target",
-            requires: "targets",
-        }))?;
+        let top_bytes = self.stored(Role::Targets).ok_or_else(|| {
+            SearchError::Trust(Error::WrongOrder {
+                operation: "find_target",
+                requires: "targets",
+            })
+        })?;
+        let top = self.targets().ok_or_else(|| {
+            SearchError::Trust(Error::WrongOrder {
+                operation: "find_target",
+                requires: "targets",
+            })
+        })?;
         if top.target(path, Name::new("targets"))?.is_some() {
             return Ok(Some(Found {
                 role: Name::new("targets"),
@@ -591,6 +596,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
                     Some(f) => (f.buf.as_ref(), f.next, f.name),
                     None => (top_bytes, top_next, Name::new("targets")),
                 };
+                // verified bytes: the name is only used in errors
                 let env = Envelope::parse(bytes, dname.as_str())?;
                 let delegator = Targets::parse(&env.signed, dname)?;
                 match next_child(&delegator, path, &hash, next)? {
@@ -618,10 +624,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
                                 .fetch_role(cname, &meta)
                                 .map_err(SearchError::Fetch)?;
                             let child = self.verify_delegated(&delegator, cname, buf.as_ref())?;
-                            let has = child.target(path, child_name)?.is_some();
+                            let name = Name::from(child_name);
+                            let has = child.target(path, name)?.is_some();
                             Step::Child {
                                 after,
-                                name: child_name,
+                                name,
                                 terminating,
                                 has,
                                 buf,
@@ -703,6 +710,7 @@ enum Step<B> {
     },
     Child {
         after: usize,
+        /// from here on only named in errors: the role was found by its full name
         name: Name,
         terminating: bool,
         has: bool,
@@ -724,7 +732,7 @@ fn next_child(
     path: &str,
     hash: &[u8; 32],
     from: usize,
-) -> Result<Option<(usize, Name, bool)>, Error> {
+) -> Result<Option<(usize, RoleName, bool)>, Error> {
     let Some(del) = d.delegations else {
         return Ok(None);
     };
@@ -735,11 +743,11 @@ fn next_child(
         let mut buf = [0u8; MAX_NAME_LEN];
         let name = s
             .bin_name(s.bin_of(hash), &mut buf)
-            .ok_or(Error::BadSuccinctRoles {
+            .ok_or_else(|| Error::BadSuccinctRoles {
                 reason: "name_prefix too long",
             })?;
         // succinct bins are terminating: a target belongs to exactly one bin
-        return Ok(Some((1, Name::new(name), true)));
+        return Ok(Some((1, RoleName::new(name), true)));
     }
     let Some(roles) = del.roles else {
         return Ok(None);
@@ -748,7 +756,7 @@ fn next_child(
         let Some(o) = v.as_object() else { continue };
         let r = DelegatedRole::parse(&o, Name::new("delegations"))?;
         if r.matches(path, hash) {
-            return Ok(Some((i + 1, Name::from_json(&r.name), r.terminating)));
+            return Ok(Some((i + 1, RoleName::from_json(&r.name), r.terminating)));
         }
     }
     Ok(None)
@@ -806,7 +814,8 @@ enum Holder<'s, B> {
 }
 
 impl<B: AsRef<[u8]>> Found<'_, B> {
-    /// The role that lists the target.
+    /// The role that lists the target, as errors name it (at most
+    /// [`MAX_ERROR_NAME_LEN`](crate::limits::MAX_ERROR_NAME_LEN) bytes, `…` when longer).
     pub fn role(&self) -> Name {
         self.role
     }
@@ -828,7 +837,7 @@ impl<B: AsRef<[u8]>> Found<'_, B> {
     pub fn file(&self, path: &str) -> Result<TargetFile<'_>, Error> {
         let env = Envelope::parse(self.role_bytes(), self.role.as_str())?;
         let t = Targets::parse(&env.signed, self.role)?;
-        t.target(path, self.role)?.ok_or(Error::Field {
+        t.target(path, self.role)?.ok_or_else(|| Error::Field {
             role: self.role,
             field: "targets",
         })

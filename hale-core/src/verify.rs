@@ -11,7 +11,7 @@ use heapless::Vec as HVec;
 
 use crate::canonical::write_canonical;
 use crate::crypto::{hex_decode, PublicKey};
-use crate::error::{Error, Name};
+use crate::error::{Error, Name, RoleName};
 use crate::json::{Object, Value};
 use crate::limits::{EXTRA_SIGNATURE_ATTEMPTS, MAX_KEYS_PER_ROLE, MAX_SIGNATURE_LEN};
 use crate::metadata::{Envelope, RoleKeys};
@@ -37,7 +37,8 @@ pub enum KeyStatus {
 pub struct Report {
     pub role: Name,
     pub threshold: u32,
-    pub keys: HVec<(Name, KeyStatus), MAX_KEYS_PER_ROLE>,
+    /// Key ids in full (up to [`crate::limits::MAX_NAME_LEN`] bytes).
+    pub keys: HVec<(RoleName, KeyStatus), MAX_KEYS_PER_ROLE>,
     /// Signature entries whose key id the role does not list.
     pub unlisted: usize,
 }
@@ -81,7 +82,7 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
                 field: "keyids",
             });
         };
-        let kname = Name::from_json(&kid);
+        let kname = RoleName::from_json(&kid);
         let status = match key_for(&role.keys, &kid) {
             Err(reason) => KeyStatus::Unusable(reason),
             Ok(key) if counted.contains(&key.fingerprint()) => {
@@ -160,7 +161,7 @@ fn check_role(role: &RoleKeys<'_>) -> Result<u32, Error> {
     let threshold = u32::try_from(role.threshold)
         .ok()
         .filter(|t| *t > 0)
-        .ok_or(Error::BadThreshold {
+        .ok_or_else(|| Error::BadThreshold {
             role: role.name,
             threshold: role.threshold,
             keys: role.keyids.len(),
