@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build and run Hale's test firmware under QEMU (Cortex-M4, mps2-an386):
 #   1. the genuine update must exit 0;
-#   2. the tampered-metadata variant must exit non-zero (1), with the exact trust error.
+#   2. the tampered-metadata variant must exit non-zero (1), with the exact trust error;
+#   3. the rollback variant must refuse an authorization for another device (exact error, slots
+#      unchanged), then roll back from 2.0.0 to 1.0.0 with this device's authorization: exit 0.
 # Prints flash (.text+.rodata+.data), static RAM (.data+.bss), the stack high-water mark and the
 # instructions for one update check. Needs qemu-system-arm, arm-none-eabi-size and the
 # thumbv7em-none-eabihf target (bash .ci/install.sh).
@@ -28,14 +30,23 @@ run_variant() { # name, expected exit, cargo args...
   LAST_OUT="$out"
 }
 
+# flash of an ELF less the embedded fixture payload (files given): agent + core + harness
+agent_flash() { # elf, fixture files...
+  local elf="$1"; shift
+  local sizes text rodata data vt fixtures
+  sizes="$(arm-none-eabi-size -A "$elf")"
+  sec() { awk -v s="$1" '$1 == s { print $2 }' <<<"$sizes" | head -1; }
+  text=$(sec .text); rodata=$(sec .rodata); data=$(sec .data); vt=$(sec .vector_table)
+  fixtures=$(cd fixtures && cat "$@" | wc -c)
+  echo $(( ${vt:-0} + ${text:-0} + ${rodata:-0} + ${data:-0} - fixtures )) "$fixtures"
+}
+
 run_variant update 0
+read -r flash_update fixtures_update < <(agent_flash target/update.elf root.json timestamp.json snapshot.json targets.json firmware-v1.bin firmware-v2.bin names.txt)
 sizes="$(arm-none-eabi-size -A target/update.elf)"
 sec() { awk -v s="$1" '$1 == s { print $2 }' <<<"$sizes" | head -1; }
-text=$(sec .text); rodata=$(sec .rodata); data=$(sec .data); bss=$(sec .bss); vt=$(sec .vector_table)
-text=${text:-0}; rodata=${rodata:-0}; data=${data:-0}; bss=${bss:-0}; vt=${vt:-0}
-flash=$((vt + text + rodata + data))
-fixtures=$(cat fixtures/root.json fixtures/timestamp.json fixtures/snapshot.json fixtures/targets.json fixtures/firmware-v1.bin fixtures/firmware-v2.bin fixtures/names.txt | wc -c)
-ram=$((data + bss))
+data=$(sec .data); bss=$(sec .bss)
+ram=$(( ${data:-0} + ${bss:-0} ))
 stack=$(grep -oE 'stack high-water mark: [0-9]+' <<<"$LAST_OUT" | grep -oE '[0-9]+$' || echo 0)
 instr=$(grep -oE '= [0-9]+ instructions' <<<"$LAST_OUT" | grep -oE '[0-9]+' || echo 0)
 
@@ -44,13 +55,32 @@ if ! grep -q "ThresholdNotMet for targets (exact): yes; slots unchanged: yes" <<
   echo "FAIL: tampered variant did not report the exact error with unchanged slots"; fail=1
 fi
 
+run_variant rollback 0 --features rollback
+if ! grep -q "authorization for another device refused: NotForThisDevice (exact): yes; slots unchanged: yes" <<<"$LAST_OUT" \
+  || ! grep -q "authorized rollback: confirmed 1.0.0 in slot b" <<<"$LAST_OUT"; then
+  echo "FAIL: rollback variant did not refuse the other device's authorization exactly or did not roll back"; fail=1
+fi
+read -r flash_rollback fixtures_rollback < <(agent_flash target/rollback.elf rollback-root.json rollback-timestamp.json rollback-snapshot.json rollback-targets.json rollback-authorization.json rollback-authorization-other-device.json rollback-names.txt firmware-v1.bin firmware-v2.bin)
+rb_stack=$(grep -oE 'stack high-water mark: [0-9]+' <<<"$LAST_OUT" | grep -oE '[0-9]+$' || echo 0)
+rb_sizes="$(arm-none-eabi-size -A target/rollback.elf)"
+rb_ram=$(awk '$1 == ".data" || $1 == ".bss" { s += $2 } END { print s + 0 }' <<<"$rb_sizes")
+
 echo "=== figures (release, opt-level z, LTO)"
-echo "flash (.vector_table+.text+.rodata+.data): $flash bytes; of which embedded test payload (metadata + two images): $fixtures bytes; agent+core: $((flash - fixtures)) bytes (budget $FLASH_BUDGET)"
+echo "flash less the embedded test payload (agent + core + test harness):"
+echo "  update variant:   $flash_update bytes (payload excluded: $fixtures_update bytes)"
+echo "  rollback variant: $flash_rollback bytes (payload excluded: $fixtures_rollback bytes; includes the rollback-authorization check)"
+echo "  budget $FLASH_BUDGET"
 echo "static RAM (.data+.bss): $ram bytes; stack high-water mark: $stack bytes; total: $((ram + stack)) bytes (budget $RAM_BUDGET)"
+echo "rollback variant: static RAM $rb_ram bytes; stack high-water mark: $rb_stack bytes; total: $((rb_ram + rb_stack)) bytes"
 echo "one update check: $instr instructions (SysTick ticks x 40 at 25 MHz under -icount shift=0)"
 over=0
-[ $((flash - fixtures)) -le $FLASH_BUDGET ] || { echo "OVER BUDGET: flash"; over=1; }
-[ $((ram + stack)) -le $RAM_BUDGET ] || { echo "OVER BUDGET: RAM"; over=1; }
+for f in "$flash_update" "$flash_rollback"; do
+  [ "$f" -le $FLASH_BUDGET ] || over=1
+done
+[ "$over" = 0 ] || echo "OVER BUDGET: flash"
+for r in $((ram + stack)) $((rb_ram + rb_stack)); do
+  [ "$r" -le $RAM_BUDGET ] || { echo "OVER BUDGET: RAM"; over=1; }
+done
 if [ "${HALE_ENFORCE_BUDGET:-0}" = 1 ] && [ "$over" = 1 ]; then fail=1; fi
 if [ "$fail" -ne 0 ]; then echo "firmware-qemu: FAILED"; exit 1; fi
-echo "firmware-qemu: both variants behaved (update exit 0, tampered exit 1)"
+echo "firmware-qemu: all variants behaved (update exit 0, tampered exit 1, rollback exit 0)"

@@ -3,14 +3,14 @@
 use core::fmt;
 
 use embedded_storage::nor_flash::NorFlash;
-use hale_core::metadata::{MetaFile, TargetFile};
+use hale_core::metadata::{parse_header, Envelope, MetaFile, TargetFile, Targets};
 use hale_core::policy::{self, Device, PolicyError, Version};
 use hale_core::slots::{Image, SlotError, SlotState};
 use hale_core::trusted::{RoleSource, SearchError};
 use hale_core::{Error, Freshness, Name, Role, Storage, TrustedSet, UnixTime, Update};
 use heapless::String as HString;
 
-use crate::store::{version_fits, FirmwareStore, Meta, StoreError};
+use crate::store::{version_fits, Conclusion, FirmwareStore, LastCheck, Meta, StoreError};
 use crate::transport::Transport;
 
 /// What the device knows about itself.
@@ -57,17 +57,33 @@ pub trait Application {
     fn safe_to_install(&mut self) -> Result<(), DeferReason>;
 }
 
-/// Where a signed rollback authorization will be checked (a later issue fills it in).
+/// A downgrade the verified metadata offers: what a rollback authorization must name.
+#[derive(Debug, Clone, Copy)]
+pub struct Downgrade<'a> {
+    /// The target path and its sha256, both from verified targets metadata.
+    pub target: &'a str,
+    pub sha256: [u8; 32],
+    /// The device as policy sees it (its `running` version is what the image would replace).
+    pub device: &'a Device<'a>,
+    /// Version of the offered (older or equal) image.
+    pub offered: Version,
+}
+
+/// Where a signed rollback authorization is checked ([`crate::rollback::RollbackAuthorization`]).
+///
+/// Consulted only when policy refused the offered image as not newer than the running one. It
+/// lifts that rule and nothing else: the security counter, hardware and bootloader checks stand.
 pub trait RollbackHook {
-    /// `true` only when a verified rollback authorization names this device and exactly this
-    /// target: it lifts the "newer than running" rule and nothing else (never the security
-    /// counter).
-    fn allow_downgrade_to(
+    /// `Ok(true)`: a rollback authorization verified by hale-core against the trusted top-level
+    /// `targets` at `now` names this device and exactly this image. `Ok(false)`: the hook holds
+    /// no authorization (the downgrade is refused as `NotNewer`). `Err`: it holds one and
+    /// hale-core refused it — reported as [`AgentError::Authorization`].
+    fn authorize_downgrade(
         &mut self,
-        target: &str,
-        file: &TargetFile<'_>,
-        device: &Device<'_>,
-    ) -> bool;
+        targets: &Targets<'_>,
+        downgrade: &Downgrade<'_>,
+        now: UnixTime,
+    ) -> Result<bool, Error>;
 }
 
 /// No rollback authorizations: downgrades are always refused.
@@ -75,8 +91,13 @@ pub trait RollbackHook {
 pub struct NoRollback;
 
 impl RollbackHook for NoRollback {
-    fn allow_downgrade_to(&mut self, _: &str, _: &TargetFile<'_>, _: &Device<'_>) -> bool {
-        false
+    fn authorize_downgrade(
+        &mut self,
+        _: &Targets<'_>,
+        _: &Downgrade<'_>,
+        _: UnixTime,
+    ) -> Result<bool, Error> {
+        Ok(false)
     }
 }
 
@@ -123,6 +144,8 @@ pub enum AgentError<T, F> {
     Store(StoreError<F>),
     /// hale-core refused metadata or image bytes.
     Trust(Error),
+    /// hale-core refused the rollback authorization offered for a downgrade.
+    Authorization(Error),
     /// The verified target is not for this device, or not acceptable.
     Policy(PolicyError),
     /// The slot machine refused (e.g. a trial is running).
@@ -154,6 +177,7 @@ impl<T: fmt::Debug, F: fmt::Debug> fmt::Display for AgentError<T, F> {
             AgentError::Missing { what } => write!(f, "{what} not found in the repository"),
             AgentError::Store(e) => write!(f, "{e}"),
             AgentError::Trust(e) => write!(f, "{e}"),
+            AgentError::Authorization(e) => write!(f, "rollback authorization refused: {e}"),
             AgentError::Policy(e) => write!(f, "{e}"),
             AgentError::Slot(e) => write!(f, "{e}"),
             AgentError::TargetNotListed { target } => write!(f, "target {target} is not listed"),
@@ -254,7 +278,7 @@ fn fetch_required<'b, T: Transport, E>(
     buf: &'b mut [u8],
 ) -> Result<&'b [u8], AgentError<T::Error, E>> {
     match t.fetch_metadata(name, buf) {
-        Ok(Some(n)) => buf.get(..n).ok_or(AgentError::Missing {
+        Ok(Some(n)) => buf.get(..n).ok_or_else(|| AgentError::Missing {
             what: Name::new(name),
         }),
         Ok(None) => Err(AgentError::Missing {
@@ -272,6 +296,9 @@ struct Delegated<'t, 'w, T> {
     transport: &'t mut T,
     arena: &'w mut [u8],
     consistent: bool,
+    /// Earliest `expires` of the roles fetched. Read only after `find_target` succeeded, when
+    /// each of them has been verified.
+    expires: UnixTime,
 }
 
 /// Why a delegated role could not be fetched.
@@ -289,7 +316,7 @@ impl<'w, T: Transport> RoleSource for Delegated<'_, 'w, T> {
     fn fetch_role(&mut self, name: &str, meta: &MetaFile<'_>) -> Result<&'w [u8], Self::Error> {
         let what = Name::new(name);
         let file = meta_name(name, self.consistent.then_some(meta.version))
-            .ok_or(RoleFetch::ArenaFull(what))?;
+            .ok_or_else(|| RoleFetch::ArenaFull(what))?;
         let arena = core::mem::take(&mut self.arena);
         let cap = meta
             .length
@@ -307,6 +334,11 @@ impl<'w, T: Transport> RoleSource for Delegated<'_, 'w, T> {
         let arena_len = arena.len();
         let (used, rest) = arena.split_at_mut(got.min(arena_len));
         self.arena = rest;
+        if let Ok(h) = Envelope::parse(used, name)
+            .and_then(|env| parse_header(&env.signed, "targets", Name::empty()))
+        {
+            self.expires = self.expires.min(h.expires);
+        }
         Ok(used)
     }
 }
@@ -363,12 +395,18 @@ pub fn check_for_update<F: NorFlash, T: Transport, A: Application, R: RollbackHo
     // the stored trusted root; `refresh` walks the chain from it
     let root = store
         .read_metadata(Role::Root, scratch)?
-        .ok_or(AgentError::Missing {
+        .ok_or_else(|| AgentError::Missing {
             what: Name::new("trusted root"),
         })?;
     let mut set = TrustedSet::new(metadata, root, now)?;
-    refresh(store, transport, &mut set, scratch)?;
-    install(
+    let running = slots.running().map_or([0; 32], |i| i.sha256);
+    if refresh(store, transport, &mut set, scratch, &running)? {
+        return Ok(Outcome::UpToDate {
+            running: slots.running().map_or(Version::new(0, 0, 0), |i| i.version),
+        });
+    }
+    let mut delegated_expires = UnixTime::MAX;
+    let outcome = install(
         store,
         device,
         transport,
@@ -377,7 +415,42 @@ pub fn check_for_update<F: NorFlash, T: Transport, A: Application, R: RollbackHo
         &set,
         delegations,
         chunk,
-    )
+        &mut delegated_expires,
+    )?;
+    if let Outcome::UpToDate { .. } = outcome {
+        remember_up_to_date::<F, T>(store, &set, running, delegated_expires)?;
+    }
+    Ok(outcome)
+}
+
+/// Remember that the check of the current snapshot concluded "up to date" about the running
+/// image, valid until the earliest expiry of what it relied on (one record write).
+fn remember_up_to_date<F: NorFlash, T: Transport>(
+    store: &mut FirmwareStore<F>,
+    set: &TrustedSet<&mut [u8]>,
+    running_sha256: [u8; 32],
+    delegated_expires: UnixTime,
+) -> Res<(), T, F> {
+    let missing = || Error::WrongOrder {
+        operation: "remember the check",
+        requires: "snapshot and targets",
+    };
+    let snapshot = set.snapshot().ok_or_else(missing)?;
+    let targets = set.targets().ok_or_else(missing)?;
+    let check = LastCheck {
+        snapshot_version: snapshot.header.version,
+        running_sha256,
+        valid_until: snapshot
+            .header
+            .expires
+            .min(targets.header.expires)
+            .min(delegated_expires),
+        conclusion: Conclusion::UpToDate,
+    };
+    if store.last_check() != Some(check) {
+        store.record_check(Some(check), [Meta::Keep; 4])?;
+    }
+    Ok(())
 }
 
 /// Find this device's target, apply policy and gating, stage it. Not inlined: its frame (the
@@ -393,14 +466,15 @@ fn install<F: NorFlash, T: Transport, A: Application, R: RollbackHook>(
     set: &TrustedSet<&mut [u8]>,
     delegations: &mut [u8],
     chunk: &mut [u8],
+    delegated_expires: &mut UnixTime,
 ) -> Res<Outcome, T, F> {
     let slots = store.slots();
-    let running = slots
-        .running()
-        .ok_or(AgentError::Slot(SlotError::NoFallback {
+    let running = slots.running().ok_or_else(|| {
+        AgentError::Slot(SlotError::NoFallback {
             slot: slots.active(),
             state: slots.info(slots.active()).state,
-        }))?;
+        })
+    })?;
     let consistent = set.root().consistent_snapshot;
 
     // 6. this device's target, through delegations
@@ -408,6 +482,7 @@ fn install<F: NorFlash, T: Transport, A: Application, R: RollbackHook>(
         transport: &mut *transport,
         arena: delegations,
         consistent,
+        expires: UnixTime::MAX,
     };
     let found = match set.find_target(device.target, &mut source) {
         Ok(Some(f)) => f,
@@ -427,9 +502,12 @@ fn install<F: NorFlash, T: Transport, A: Application, R: RollbackHook>(
             return Err(AgentError::DelegationSpace { role: what })
         }
     };
+    *delegated_expires = source.expires;
     let file = found.file(device.target)?;
     let target = Name::new(device.target);
-    let sha256 = file.sha256().ok_or(AgentError::NoSha256 { target })?;
+    let sha256 = file
+        .sha256()
+        .ok_or_else(|| AgentError::NoSha256 { target })?;
 
     // 7. policy
     let dev = Device {
@@ -444,14 +522,33 @@ fn install<F: NorFlash, T: Transport, A: Application, R: RollbackHook>(
             running: running.version,
         });
     }
-    let allow = rollback.allow_downgrade_to(device.target, &file, &dev);
-    let fw = match policy::evaluate(file.custom.as_ref(), &dev, allow) {
+    let fw = match policy::evaluate(file.custom.as_ref(), &dev, false) {
         Ok(fw) => fw,
         Err(PolicyError::NotNewer {
             running: r,
             offered,
         }) if offered == r => {
             return Ok(Outcome::UpToDate { running: r });
+        }
+        // a downgrade: only a verified rollback authorization lifts the version rule
+        Err(e @ PolicyError::NotNewer { offered, .. }) => {
+            let targets = set.targets().ok_or_else(|| Error::WrongOrder {
+                operation: "rollback",
+                requires: "targets",
+            })?;
+            let downgrade = Downgrade {
+                target: device.target,
+                sha256,
+                device: &dev,
+                offered,
+            };
+            if !rollback
+                .authorize_downgrade(&targets, &downgrade, set.now())
+                .map_err(AgentError::Authorization)?
+            {
+                return Err(AgentError::Policy(e));
+            }
+            policy::evaluate(file.custom.as_ref(), &dev, true).map_err(AgentError::Policy)?
         }
         Err(e) => return Err(AgentError::Policy(e)),
     };
@@ -517,7 +614,7 @@ fn stage<F: NorFlash, T: Transport>(
     let info = slots.info(inactive);
     // 9. stream into the inactive slot, resuming a checkpointed download of the same image
     let file_name = target_file_name(path, &sha256, consistent)
-        .ok_or(AgentError::NameTooLong { what: target })?;
+        .ok_or_else(|| AgentError::NameTooLong { what: target })?;
     let mut hasher = file.hasher(target)?;
     let resume = info.state == SlotState::Staging && info.image == Some(image);
     let mut offset = if resume {
@@ -582,8 +679,28 @@ fn stage<F: NorFlash, T: Transport>(
     })
 }
 
+/// Fetch `role` (`N.role.json` with consistent snapshots) into `scratch`, at most `length` bytes
+/// when the trusted metadata lists one.
+fn fetch_listed<'b, T: Transport, E>(
+    transport: &mut T,
+    role: &'static str,
+    version: Option<u64>,
+    length: Option<u64>,
+    scratch: &'b mut [u8],
+) -> Result<&'b [u8], AgentError<T::Error, E>> {
+    let name = meta_name(role, version).ok_or_else(|| AgentError::NameTooLong {
+        what: Name::new(role),
+    })?;
+    let cap = length.map_or(scratch.len(), |l| (l as usize).min(scratch.len()));
+    let buf = scratch.get_mut(..cap).unwrap_or(&mut []);
+    fetch_required(transport, &name, buf)
+}
+
 /// Root chain, timestamp, snapshot, targets (spec §5.3–5.6), persisting what verified when
-/// anything changed. Not inlined: its frame and the staging frame are never on the stack
+/// anything changed. Returns `true` when the check may stop after the timestamp: no new root,
+/// the timestamp names the snapshot version of a check that concluded "up to date" about the
+/// image still running, and nothing that check relied on has expired (see
+/// [`check_for_update`]). Not inlined: its frame and the staging frame are never on the stack
 /// together.
 #[inline(never)]
 fn refresh<F: NorFlash, T: Transport>(
@@ -591,18 +708,19 @@ fn refresh<F: NorFlash, T: Transport>(
     transport: &mut T,
     set: &mut TrustedSet<&mut [u8]>,
     scratch: &mut [u8],
-) -> Res<(), T, F> {
+    running_sha256: &[u8; 32],
+) -> Res<bool, T, F> {
     let mut changed = false;
     // 1. the root chain: N+1.root.json until the repository has no next one
     loop {
         let next = set.root().header.version.saturating_add(1);
-        let name = meta_name("root", Some(next)).ok_or(AgentError::NameTooLong {
+        let name = meta_name("root", Some(next)).ok_or_else(|| AgentError::NameTooLong {
             what: Name::new("root"),
         })?;
         match transport.fetch_metadata(&name, scratch) {
             Ok(None) => break,
             Ok(Some(n)) => {
-                let bytes = scratch.get(..n).ok_or(AgentError::Missing {
+                let bytes = scratch.get(..n).ok_or_else(|| AgentError::Missing {
                     what: Name::new(&name),
                 })?;
                 set.update_root(bytes)?;
@@ -616,15 +734,41 @@ fn refresh<F: NorFlash, T: Transport>(
             }
         }
     }
+    let root_changed = changed;
     let consistent = set.root().consistent_snapshot;
 
-    // 2. timestamp (the stored one is the rollback baseline; dropped if it no longer verifies)
+    // 2. timestamp (the stored one is the rollback baseline; dropped if it no longer verifies).
+    // Verified, fresh and unexpired at every check.
     if let Some(local) = store.read_metadata(Role::Timestamp, scratch)? {
         let _ = set.load_trusted_timestamp(local);
     }
     let remote = fetch_required(transport, "timestamp.json", scratch)?;
     if let Update::Updated { .. } = set.update_timestamp(remote)? {
         changed = true;
+    }
+    let (snapshot_version, snapshot_length) = {
+        let ts = set.timestamp().ok_or_else(|| Error::WrongOrder {
+            operation: "snapshot",
+            requires: "timestamp",
+        })?;
+        (ts.snapshot.version, ts.snapshot.length)
+    };
+
+    // 2b. nothing changed since a check that concluded "up to date": snapshot, targets and the
+    // target search would repeat it
+    let last = store.last_check();
+    let unchanged = last.is_some_and(|c| {
+        c.conclusion == Conclusion::UpToDate
+            && c.snapshot_version == snapshot_version
+            && c.running_sha256 == *running_sha256
+            && set.now() < c.valid_until
+    });
+    if unchanged && !root_changed {
+        if changed {
+            let ts = Meta::Set(set.stored(Role::Timestamp).unwrap_or(&[]));
+            store.record_check(last, [Meta::Keep, ts, Meta::Keep, Meta::Keep])?;
+        }
+        return Ok(true);
     }
 
     // 3. snapshot
@@ -633,21 +777,8 @@ fn refresh<F: NorFlash, T: Transport>(
         fresh = set.load_trusted_snapshot(local) == Ok(Freshness::Current);
     }
     if !fresh {
-        let (version, length) = {
-            let ts = set.timestamp().ok_or(Error::WrongOrder {
-                operation: "snapshot",
-                requires: "timestamp",
-            })?;
-            (ts.snapshot.version, ts.snapshot.length)
-        };
-        let name = meta_name("snapshot", consistent.then_some(version)).ok_or(
-            AgentError::NameTooLong {
-                what: Name::new("snapshot"),
-            },
-        )?;
-        let cap = length.map_or(scratch.len(), |l| (l as usize).min(scratch.len()));
-        let buf = scratch.get_mut(..cap).unwrap_or(&mut []);
-        let remote = fetch_required(transport, &name, buf)?;
+        let version = consistent.then_some(snapshot_version);
+        let remote = fetch_listed(transport, "snapshot", version, snapshot_length, scratch)?;
         set.update_snapshot(remote)?;
         changed = true;
     }
@@ -659,34 +790,27 @@ fn refresh<F: NorFlash, T: Transport>(
     };
     if !local_ok {
         let (version, length) = {
-            let snap = set.snapshot().ok_or(Error::WrongOrder {
+            let snap = set.snapshot().ok_or_else(|| Error::WrongOrder {
                 operation: "targets",
                 requires: "snapshot",
             })?;
-            let m = snap.role("targets")?.ok_or(Error::NotInSnapshot {
+            let m = snap.role("targets")?.ok_or_else(|| Error::NotInSnapshot {
                 role: Name::new("targets"),
             })?;
             (m.version, m.length)
         };
-        let name =
-            meta_name("targets", consistent.then_some(version)).ok_or(AgentError::NameTooLong {
-                what: Name::new("targets"),
-            })?;
-        let cap = length.map_or(scratch.len(), |l| (l as usize).min(scratch.len()));
-        let buf = scratch.get_mut(..cap).unwrap_or(&mut []);
-        let remote = fetch_required(transport, &name, buf)?;
+        let version = consistent.then_some(version);
+        let remote = fetch_listed(transport, "targets", version, length, scratch)?;
         set.update_targets(remote)?;
         changed = true;
     }
 
-    // 5. persist what verified (only when something changed: flash wear)
-    if changed {
+    // 5. persist what verified (only when something changed: flash wear), and forget a last
+    // check this one does not confirm (it concludes afresh)
+    if changed || last.is_some() {
         let meta = |r: Role| Meta::Set(set.stored(r).unwrap_or(&[]));
-        let slots = store.slots();
-        let off = store.download_offset();
-        store.commit(
-            slots,
-            off,
+        store.record_check(
+            None,
             [
                 meta(Role::Root),
                 meta(Role::Timestamp),
@@ -695,5 +819,5 @@ fn refresh<F: NorFlash, T: Transport>(
             ],
         )?;
     }
-    Ok(())
+    Ok(false)
 }

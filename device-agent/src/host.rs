@@ -46,6 +46,33 @@ pub enum HttpError {
         wanted: usize,
         got: usize,
     },
+    /// The server refused with its JSON error (`{"error": CODE, "message": TEXT}`), e.g.
+    /// `device_decommissioned` or `certificate_revoked` on the device listener.
+    Refused {
+        url: String,
+        code: u16,
+        error: String,
+        message: String,
+    },
+}
+
+/// A non-success status: [`HttpError::Refused`] when the body is the server's JSON error (read
+/// up to 4 KiB), else [`HttpError::Status`].
+fn status_error(url: &str, code: u16, r: ureq::Response) -> HttpError {
+    let mut body = Vec::new();
+    let _ = r.into_reader().take(4096).read_to_end(&mut body);
+    match crate::identity::error_body(&body) {
+        (error, message) if !error.is_empty() => HttpError::Refused {
+            url: url.into(),
+            code,
+            error,
+            message,
+        },
+        _ => HttpError::Status {
+            url: url.into(),
+            code,
+        },
+    }
 }
 
 impl fmt::Display for HttpError {
@@ -55,6 +82,12 @@ impl fmt::Display for HttpError {
             HttpError::Io { url, message } => write!(f, "{url}: {message}"),
             HttpError::TooLarge { url, limit } => write!(f, "{url}: longer than {limit} bytes"),
             HttpError::Short { url, wanted, got } => write!(f, "{url}: {got} of {wanted} bytes"),
+            HttpError::Refused {
+                url,
+                code,
+                error,
+                message,
+            } => write!(f, "{url}: refused (HTTP {code} {error}): {message}"),
         }
     }
 }
@@ -89,18 +122,33 @@ impl HttpTransport {
         }
     }
 
+    /// Every request over this TLS configuration (mTLS with the device's operational
+    /// certificate, the server verified against the Server CA only: [`crate::identity`]).
+    pub fn with_tls(
+        metadata_url: &str,
+        target_url: &str,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Self {
+        HttpTransport {
+            agent: crate::identity::agent(tls),
+            metadata_url: metadata_url.into(),
+            target_url: target_url.into(),
+            requests: vec![],
+        }
+    }
+
+    /// The HTTP agent (reports go through it, so they use the same TLS identity).
+    pub fn agent(&self) -> &ureq::Agent {
+        &self.agent
+    }
+
     /// GET `url`: `None` on 404, otherwise at most `limit` bytes (more is an error).
     pub fn get(&mut self, url: &str, limit: usize) -> Result<Option<Vec<u8>>, HttpError> {
         self.requests.push(url.to_string());
         let resp = match self.agent.get(url).call() {
             Ok(r) => r,
             Err(ureq::Error::Status(404, _)) => return Ok(None),
-            Err(ureq::Error::Status(code, _)) => {
-                return Err(HttpError::Status {
-                    url: url.into(),
-                    code,
-                })
-            }
+            Err(ureq::Error::Status(code, r)) => return Err(status_error(url, code, r)),
             Err(e) => {
                 return Err(HttpError::Io {
                     url: url.into(),
@@ -156,7 +204,7 @@ impl Transport for HttpTransport {
             .call()
         {
             Ok(r) => r,
-            Err(ureq::Error::Status(code, _)) => return Err(HttpError::Status { url, code }),
+            Err(ureq::Error::Status(code, r)) => return Err(status_error(&url, code, r)),
             Err(e) => {
                 return Err(HttpError::Io {
                     url,

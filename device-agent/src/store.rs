@@ -14,13 +14,17 @@
 //! 124  slot B: (same, 100 bytes)
 //! 224  download_offset:u64
 //! 232  metadata lengths: root, timestamp, snapshot, targets (u32 each)
-//! 256  metadata bytes, concatenated, exactly as verified
+//! 248  length of the last-check record: 0 (none) or 49 (u32)
+//! 256  metadata bytes, concatenated, exactly as verified; then the last-check record:
+//!      snapshot_version:u64 running_sha256[32] valid_until:i64 conclusion:u8
 //! ...  sha256 over everything before it
 //! ```
+//!
+//! A record written before the last-check field existed has 0 at 248: no last check.
 
 use embedded_storage::nor_flash::NorFlash;
 use hale_core::slots::{Boot, Image, Slot, SlotInfo, SlotState, Slots};
-use hale_core::{Role, Version};
+use hale_core::{Role, UnixTime, Version};
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 4] = b"HALS";
@@ -29,6 +33,7 @@ const HEADER_LEN: usize = 256;
 const SLOT_INFO_LEN: usize = 100;
 const VERSION_MAX: usize = 48;
 const DIGEST_LEN: usize = 32;
+const LAST_CHECK_LEN: usize = 49;
 /// Bytes moved per flash read or write when copying (stack buffer).
 const COPY_CHUNK: usize = 64;
 
@@ -129,6 +134,63 @@ pub enum Meta<'a> {
     Set(&'a [u8]),
 }
 
+/// What the last completed update check concluded, so the next one can skip the target search
+/// when nothing changed (see [`crate::agent::check_for_update`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastCheck {
+    /// The snapshot version (as the timestamp named it) the check searched.
+    pub snapshot_version: u64,
+    /// The running image it concluded about.
+    pub running_sha256: [u8; 32],
+    /// The earliest expiry of the snapshot, targets and delegated roles it relied on.
+    pub valid_until: UnixTime,
+    /// What it concluded.
+    pub conclusion: Conclusion,
+}
+
+/// A conclusion worth remembering. Only "up to date" is: a deferred or refused update is
+/// evaluated again at the next check.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conclusion {
+    /// The running image is what the repository offers.
+    UpToDate,
+}
+
+impl LastCheck {
+    fn encode(&self) -> [u8; LAST_CHECK_LEN] {
+        let mut b = [0u8; LAST_CHECK_LEN];
+        let (v, rest) = b.split_at_mut(8);
+        v.copy_from_slice(&self.snapshot_version.to_le_bytes());
+        let (sha, rest) = rest.split_at_mut(32);
+        sha.copy_from_slice(&self.running_sha256);
+        let (until, rest) = rest.split_at_mut(8);
+        until.copy_from_slice(&self.valid_until.to_le_bytes());
+        if let Some(c) = rest.first_mut() {
+            *c = match self.conclusion {
+                Conclusion::UpToDate => 1,
+            };
+        }
+        b
+    }
+
+    fn decode(b: &[u8; LAST_CHECK_LEN]) -> Option<LastCheck> {
+        let (v, rest) = b.split_first_chunk::<8>()?;
+        let (sha, rest) = rest.split_first_chunk::<32>()?;
+        let (until, rest) = rest.split_first_chunk::<8>()?;
+        let conclusion = match rest.first()? {
+            1 => Conclusion::UpToDate,
+            _ => return None,
+        };
+        Some(LastCheck {
+            snapshot_version: u64::from_le_bytes(*v),
+            running_sha256: *sha,
+            valid_until: i64::from_le_bytes(*until),
+            conclusion,
+        })
+    }
+}
+
 /// The state in RAM (mirrors the current record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct State {
@@ -137,6 +199,7 @@ struct State {
     slots: Slots,
     download_offset: u64,
     meta_lens: [u32; 4],
+    last_check: Option<LastCheck>,
 }
 
 /// A/B slots and persisted state on a [`NorFlash`].
@@ -286,19 +349,8 @@ impl<const N: usize> FixedStr<N> {
 }
 
 /// `v` in decimal, written into `buf`.
-pub fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        if let Some(b) = buf.get_mut(i) {
-            *b = b'0' + (v % 10) as u8;
-        }
-        v /= 10;
-        if v == 0 || i == 0 {
-            break;
-        }
-    }
-    core::str::from_utf8(buf.get(i..).unwrap_or(&[])).unwrap_or("")
+pub fn decimal(v: u64, buf: &mut [u8; 20]) -> &str {
+    hale_core::canonical::decimal(v, buf)
 }
 
 fn encode_slot(h: &mut [u8; HEADER_LEN], at: usize, info: &SlotInfo) {
@@ -384,6 +436,9 @@ fn encode_header(st: &State) -> [u8; HEADER_LEN] {
     for (i, l) in st.meta_lens.iter().enumerate() {
         put_u32(&mut h, 232 + 4 * i, *l);
     }
+    if st.last_check.is_some() {
+        put_u32(&mut h, 248, LAST_CHECK_LEN as u32);
+    }
     h
 }
 
@@ -409,6 +464,8 @@ fn decode_header(h: &[u8; HEADER_LEN], region: usize) -> Option<State> {
         slots,
         download_offset: get_u64(h, 224),
         meta_lens,
+        // filled in by `read_record` once the record's digest checks out
+        last_check: None,
     })
 }
 
@@ -477,7 +534,7 @@ impl<F: NorFlash> FirmwareStore<F> {
                 }
             }
         }
-        let state = best.ok_or(StoreError::NoValidState)?;
+        let state = best.ok_or_else(|| StoreError::NoValidState)?;
         Ok(FirmwareStore {
             flash,
             layout,
@@ -532,6 +589,7 @@ impl<F: NorFlash> FirmwareStore<F> {
             slots: Slots::factory(meta),
             download_offset: 0,
             meta_lens: [0; 4],
+            last_check: None,
         };
         let mut store = FirmwareStore {
             flash,
@@ -601,23 +659,52 @@ impl<F: NorFlash> FirmwareStore<F> {
             return Ok(None);
         }
         let capacity = buf.len();
-        let dst = buf.get_mut(..len).ok_or(StoreError::BufferTooSmall {
-            needed: len,
-            capacity,
-        })?;
+        let dst = buf
+            .get_mut(..len)
+            .ok_or_else(|| StoreError::BufferTooSmall {
+                needed: len,
+                capacity,
+            })?;
         self.flash
             .read(self.meta_offset(i), dst)
             .map_err(StoreError::Flash)?;
         Ok(Some(dst))
     }
 
-    /// Write a new state record (the power-loss-safe step every change of state goes through).
-    /// On error the previous record is still the state.
+    /// What the last completed update check concluded (`None`: search in full).
+    pub fn last_check(&self) -> Option<LastCheck> {
+        self.state.last_check
+    }
+
+    /// Write a new state record (the power-loss-safe step every change of state goes through),
+    /// keeping the last-check record. On error the previous record is still the state.
     pub fn commit(
         &mut self,
         slots: Slots,
         download_offset: u64,
         meta: [Meta<'_>; 4],
+    ) -> Result<(), StoreError<F::Error>> {
+        let last = self.state.last_check;
+        self.commit_with(slots, download_offset, meta, last)
+    }
+
+    /// Record what an update check concluded, with the metadata it verified (one record: both
+    /// or neither survive a power cut).
+    pub fn record_check(
+        &mut self,
+        last_check: Option<LastCheck>,
+        meta: [Meta<'_>; 4],
+    ) -> Result<(), StoreError<F::Error>> {
+        let (slots, off) = (self.state.slots, self.state.download_offset);
+        self.commit_with(slots, off, meta, last_check)
+    }
+
+    fn commit_with(
+        &mut self,
+        slots: Slots,
+        download_offset: u64,
+        meta: [Meta<'_>; 4],
+        last_check: Option<LastCheck>,
     ) -> Result<(), StoreError<F::Error>> {
         let mut lens = [0u32; 4];
         for (i, (m, l)) in meta.iter().zip(lens.iter_mut()).enumerate() {
@@ -626,8 +713,13 @@ impl<F: NorFlash> FirmwareStore<F> {
                 Meta::Set(b) => b.len() as u32,
             };
         }
+        let check_len = if last_check.is_some() {
+            LAST_CHECK_LEN
+        } else {
+            0
+        };
         let total: usize =
-            lens.iter().map(|l| *l as usize).sum::<usize>() + HEADER_LEN + DIGEST_LEN;
+            lens.iter().map(|l| *l as usize).sum::<usize>() + check_len + HEADER_LEN + DIGEST_LEN;
         let capacity = self.layout.state_len as usize;
         if total > capacity {
             return Err(StoreError::RecordTooSmall {
@@ -643,6 +735,7 @@ impl<F: NorFlash> FirmwareStore<F> {
             slots,
             download_offset,
             meta_lens: lens,
+            last_check,
         };
         let header = encode_header(&next);
         let f = &mut self.flash;
@@ -682,6 +775,9 @@ impl<F: NorFlash> FirmwareStore<F> {
                 }
             }
         }
+        if let Some(c) = &last_check {
+            w.push(f, &c.encode(), true).map_err(StoreError::Flash)?;
+        }
         w.finish(f).map_err(StoreError::Flash)?;
         self.state = next;
         Ok(())
@@ -696,9 +792,11 @@ impl<F: NorFlash> FirmwareStore<F> {
     // --- slots -----------------------------------------------------------------------------
 
     fn slot_range(&self, slot: Slot, offset: u64, len: usize) -> Result<u32, StoreError<F::Error>> {
-        let end = offset.checked_add(len as u64).ok_or(StoreError::Layout {
-            reason: "offset overflow",
-        })?;
+        let end = offset
+            .checked_add(len as u64)
+            .ok_or_else(|| StoreError::Layout {
+                reason: "offset overflow",
+            })?;
         if end > u64::from(self.layout.slot_len) {
             return Err(StoreError::Layout {
                 reason: "past the end of the slot",
@@ -815,11 +913,16 @@ fn read_record<F: NorFlash>(
     let base = layout.state.get(region).copied().unwrap_or(0);
     let mut h = [0u8; HEADER_LEN];
     flash.read(base, &mut h)?;
-    let Some(st) = decode_header(&h, region) else {
+    let Some(mut st) = decode_header(&h, region) else {
         return Ok(None);
     };
+    let check_len = match get_u32(&h, 248) {
+        0 => 0,
+        n if n as usize == LAST_CHECK_LEN => LAST_CHECK_LEN,
+        _ => return Ok(None),
+    };
     let meta: u64 = st.meta_lens.iter().map(|l| u64::from(*l)).sum();
-    if meta + (HEADER_LEN + DIGEST_LEN) as u64 > u64::from(layout.state_len) {
+    if meta + (check_len + HEADER_LEN + DIGEST_LEN) as u64 > u64::from(layout.state_len) {
         return Ok(None);
     }
     let mut hash = Sha256::new();
@@ -835,10 +938,23 @@ fn read_record<F: NorFlash>(
         off += n as u32;
         left -= n;
     }
+    let mut check = [0u8; LAST_CHECK_LEN];
+    if check_len > 0 {
+        flash.read(off, &mut check)?;
+        hash.update(check);
+        off += LAST_CHECK_LEN as u32;
+    }
     let mut stored = [0u8; DIGEST_LEN];
     flash.read(off, &mut stored)?;
     let d: [u8; 32] = hash.finalize().into();
-    Ok((d == stored).then_some(st))
+    if d != stored {
+        return Ok(None);
+    }
+    if check_len > 0 {
+        // an unknown conclusion (a newer format) is dropped: the next check searches in full
+        st.last_check = LastCheck::decode(&check);
+    }
+    Ok(Some(st))
 }
 
 #[cfg(test)]
@@ -900,6 +1016,54 @@ mod tests {
                 assert_eq!(s.sequence(), 2);
             } else {
                 assert!(ts.is_none() || ts.as_deref() == Some(b"ts".as_slice()));
+            }
+        }
+    }
+
+    #[test]
+    fn the_last_check_persists_survives_other_commits_and_a_torn_write() {
+        let mut mem = vec![0u8; L.end() as usize];
+        let fw = b"firmware-1".as_slice();
+        drop(
+            FirmwareStore::provision(MemFlash::<1024>::new(&mut mem), L, b"{}", fw, img(fw, 1))
+                .unwrap(),
+        );
+        let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        assert_eq!(
+            s.last_check(),
+            None,
+            "a record without the field: no last check"
+        );
+        let check = LastCheck {
+            snapshot_version: 7,
+            running_sha256: [0xAB; 32],
+            valid_until: 1_900_000_000,
+            conclusion: Conclusion::UpToDate,
+        };
+        s.record_check(Some(check), [Meta::Keep; 4]).unwrap();
+        let slots = s.slots();
+        s.commit(
+            slots,
+            0,
+            [Meta::Keep, Meta::Set(b"ts"), Meta::Keep, Meta::Keep],
+        )
+        .unwrap();
+        drop(s);
+        let s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        assert_eq!(s.last_check(), Some(check));
+        drop(s);
+        // a power cut in every operation of clearing it: the old record or the new one stands
+        for cut in 0..20 {
+            let mut m2 = mem.clone();
+            let mut s =
+                FirmwareStore::open(MemFlash::<1024>::new(&mut m2).fail_after(cut), L).unwrap();
+            let r = s.record_check(None, [Meta::Keep; 4]);
+            drop(s);
+            let s = FirmwareStore::open(MemFlash::<1024>::new(&mut m2), L).unwrap();
+            if r.is_ok() {
+                assert_eq!(s.last_check(), None);
+            } else {
+                assert!(s.last_check().is_none() || s.last_check() == Some(check));
             }
         }
     }

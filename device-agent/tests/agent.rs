@@ -484,3 +484,313 @@ fn refuses_a_delegated_role_signed_by_the_wrong_key() {
         }),
     );
 }
+
+// --- no needless work: a check whose timestamp names the snapshot of a check that concluded
+// "up to date" stops after the timestamp ------------------------------------------------------
+
+/// A repository offering the pump's own image (1.0.0, counter 1) through delegated role
+/// `pump-a`, so a target search costs a request the counting transport sees.
+fn delegated_repo_offering_the_running_image() -> hale_tests::RepoSim {
+    let mut sim = hale_tests::RepoSim::new();
+    let k = hale_tests::key("pump-a-team", hale_repo::KeyKind::Ed25519);
+    sim.delegate("targets", "pump-a", &["pump-a/*"], true, vec![k], 1);
+    sim.add_target(
+        "pump-a",
+        TARGET,
+        &image_bytes("1.0.0", 5000),
+        Some(custom("1.0.0", 1, "pump-a")),
+    );
+    sim.publish();
+    sim
+}
+
+fn up_to_date() -> Outcome {
+    Outcome::UpToDate {
+        running: v("1.0.0"),
+    }
+}
+
+#[test]
+fn unchanged_snapshot_skips_the_search_but_the_timestamp_is_verified_every_check() {
+    let mut sim = delegated_repo_offering_the_running_image();
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    assert_eq!(store.last_check(), None);
+
+    // the first check searches in full and remembers its conclusion
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        up_to_date()
+    );
+    assert_eq!(
+        t.requests,
+        [
+            "2.root.json",
+            "timestamp.json",
+            "2.snapshot.json",
+            "2.targets.json",
+            "1.pump-a.json"
+        ]
+    );
+    let last = store.last_check().unwrap();
+    assert_eq!(last.snapshot_version, 2);
+    assert_eq!(last.running_sha256, store.slots().running().unwrap().sha256);
+    assert_eq!(last.conclusion, device_agent::Conclusion::UpToDate);
+    drop(store);
+
+    // after a power cycle: root probe and timestamp only, no record written
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    assert_eq!(store.last_check(), Some(last));
+    let (seq, before) = (store.sequence(), persisted(&mut store));
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        up_to_date()
+    );
+    assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
+    assert_eq!(store.sequence(), seq, "no flash write when nothing changed");
+    assert_eq!(persisted(&mut store), before);
+
+    // a new timestamp naming the same snapshot: verified and persisted, still no search
+    sim.timestamp.version += 1;
+    sim.write_timestamp();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        up_to_date()
+    );
+    assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
+    let after = persisted(&mut store);
+    assert_eq!(
+        after.metadata[1].as_deref(),
+        Some(&sim.files["timestamp.json"][..])
+    );
+    assert_eq!(after.metadata[2..], before.metadata[2..]);
+    assert_eq!(store.last_check(), Some(last));
+
+    // an expired timestamp is refused even though the snapshot it names is unchanged
+    sim.timestamp.version += 1;
+    sim.timestamp.expires = NOW - 1;
+    sim.write_timestamp();
+    let before = persisted(&mut store);
+    let err = check(
+        &mut store,
+        &mut MapTransport::new(&sim.files),
+        &mut Pump::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        AgentError::Trust(Error::Expired {
+            role: Name::new("timestamp"),
+            expires: NOW - 1,
+            now: NOW
+        })
+    );
+    assert_eq!(persisted(&mut store), before);
+    assert_eq!(store.last_check(), Some(last));
+}
+
+#[test]
+fn a_new_snapshot_searches_again() {
+    let mut sim = delegated_repo_offering_the_running_image();
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    check(
+        &mut store,
+        &mut MapTransport::new(&sim.files),
+        &mut Pump::default(),
+    )
+    .unwrap();
+    // a release that changes nothing for this pump still means a new snapshot: search again,
+    // then remember the new snapshot
+    sim.add_target("pump-a", "pump-a/notes.txt", b"release notes", None);
+    sim.publish();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        up_to_date()
+    );
+    assert_eq!(
+        t.requests,
+        [
+            "2.root.json",
+            "timestamp.json",
+            "3.snapshot.json",
+            "2.pump-a.json"
+        ]
+    );
+    assert_eq!(store.last_check().unwrap().snapshot_version, 3);
+    let mut t = MapTransport::new(&sim.files);
+    check(&mut store, &mut t, &mut Pump::default()).unwrap();
+    assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
+
+    // a new image behind a new snapshot is found and staged
+    sim.add_target(
+        "pump-a",
+        TARGET,
+        &image_bytes("2.0.0", 3000),
+        Some(custom("2.0.0", 7, "pump-a")),
+    );
+    sim.publish();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    assert!(t.requests.contains(&"3.pump-a.json".to_string()));
+    assert_eq!(
+        store.last_check(),
+        None,
+        "a staged update is not remembered"
+    );
+}
+
+#[test]
+fn a_deferred_update_is_evaluated_again_at_the_next_check() {
+    let mut sim = delegated_repo_offering_the_running_image();
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    check(
+        &mut store,
+        &mut MapTransport::new(&sim.files),
+        &mut Pump::default(),
+    )
+    .unwrap();
+    sim.add_target(
+        "pump-a",
+        TARGET,
+        &image_bytes("2.0.0", 3000),
+        Some(custom("2.0.0", 7, "pump-a")),
+    );
+    sim.publish();
+    let deferred = Outcome::Deferred {
+        offered: v("2.0.0"),
+        reason: DeferReason::TherapyRunning,
+    };
+    for _ in 0..2 {
+        let mut t = MapTransport::new(&sim.files);
+        let before = store.slots();
+        assert_eq!(
+            check(&mut store, &mut t, &mut Pump { therapy: true }).unwrap(),
+            deferred
+        );
+        // the search ran again (the delegated role was fetched), nothing was staged
+        assert!(
+            t.requests.contains(&"2.pump-a.json".to_string()),
+            "{:?}",
+            t.requests
+        );
+        assert_eq!(store.slots(), before);
+        assert_eq!(store.last_check(), None);
+    }
+    assert_eq!(
+        check(
+            &mut store,
+            &mut MapTransport::new(&sim.files),
+            &mut Pump::default()
+        )
+        .unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+}
+
+#[test]
+fn a_refused_update_is_evaluated_again_at_the_next_check() {
+    let mut sim = delegated_repo_offering_the_running_image();
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    check(
+        &mut store,
+        &mut MapTransport::new(&sim.files),
+        &mut Pump::default(),
+    )
+    .unwrap();
+    // an image for another model: refused, and refused again (not remembered as up to date)
+    sim.add_target(
+        "pump-a",
+        TARGET,
+        &image_bytes("2.0.0", 3000),
+        Some(custom("2.0.0", 7, "pump-b")),
+    );
+    sim.publish();
+    for _ in 0..2 {
+        let before = persisted(&mut store);
+        let mut t = MapTransport::new(&sim.files);
+        let err = check(&mut store, &mut t, &mut Pump::default()).unwrap_err();
+        assert_eq!(
+            err,
+            AgentError::Policy(PolicyError::WrongModel {
+                model: Name::new("pump-a"),
+            })
+        );
+        assert!(t.requests.contains(&"2.pump-a.json".to_string()));
+        assert_eq!(persisted(&mut store).slots, before.slots);
+        assert_eq!(store.last_check(), None);
+    }
+}
+
+#[test]
+fn an_expired_delegated_role_is_not_hidden_by_the_remembered_check() {
+    let mut sim = delegated_repo_offering_the_running_image();
+    sim.delegated.get_mut("pump-a").unwrap().expires = NOW + 100;
+    sim.mark("pump-a");
+    sim.publish();
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    check(
+        &mut store,
+        &mut MapTransport::new(&sim.files),
+        &mut Pump::default(),
+    )
+    .unwrap();
+    assert_eq!(store.last_check().unwrap().valid_until, NOW + 100);
+    // past the delegated role's expiry the check searches again and refuses it
+    let slots = store.slots();
+    let mut t = MapTransport::new(&sim.files);
+    let err = check_at(&mut store, &mut t, &mut Pump::default(), NOW + 100).unwrap_err();
+    assert_eq!(
+        err,
+        AgentError::Trust(Error::Expired {
+            role: Name::new("pump-a"),
+            expires: NOW + 100,
+            now: NOW + 100
+        })
+    );
+    assert!(t.requests.contains(&"2.pump-a.json".to_string()));
+    assert_eq!(store.slots(), slots);
+}
+
+#[test]
+fn a_new_root_searches_again_even_with_the_same_snapshot() {
+    let mut sim = delegated_repo_offering_the_running_image();
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    check(
+        &mut store,
+        &mut MapTransport::new(&sim.files),
+        &mut Pump::default(),
+    )
+    .unwrap();
+    let last = store.last_check().unwrap();
+    // a root rotation alone (timestamp and snapshot unchanged): targets may no longer verify
+    // under the new root, so the check is made again in full
+    sim.rotate_root(|_| {});
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        up_to_date()
+    );
+    assert_eq!(t.requests.first().map(String::as_str), Some("2.root.json"));
+    assert!(
+        t.requests.contains(&"1.pump-a.json".to_string()),
+        "{:?}",
+        t.requests
+    );
+    assert_eq!(store.last_check(), Some(last));
+}

@@ -5,6 +5,10 @@
 //! inactive slot — from an in-memory transport, boots the trial and confirms it. Exits 0 only if
 //! 2.0.0 ends up confirmed. With `--features tampered` the targets metadata is altered and the
 //! firmware exits 1 after checking that the exact trust error came back and nothing changed.
+//! With `--features rollback` the pump runs 2.0.0 and the repository lists 1.0.0: an
+//! authorization for another device must be refused (exact error, slots unchanged), then the
+//! authorization for this device (signed by the `rollback` role that targets delegates to) lets
+//! the agent stage 1.0.0; exits 0 only if 1.0.0 ends up confirmed.
 //!
 //! Prints the stack high-water mark and the instructions executed by the update check (SysTick
 //! under `-icount shift=0`: instructions = ticks × 40 at 25 MHz).
@@ -19,26 +23,58 @@ use cortex_m::peripheral::SYST;
 use cortex_m_rt::{entry, exception};
 use cortex_m_semihosting::debug::{self, EXIT_FAILURE, EXIT_SUCCESS};
 use cortex_m_semihosting::hio;
-use device_agent::memflash::MemFlash;
+use device_agent::memflash::{MemFlash, MemFlashError};
+#[cfg(not(feature = "rollback"))]
+use device_agent::NoRollback;
+#[cfg(feature = "rollback")]
+use device_agent::RollbackAuthorization;
 use device_agent::{
     check_for_update, AgentError, Application, Boot, DeferReason, DeviceInfo, FirmwareStore, Image,
-    Layout, NoRollback, Outcome, Slot, SlotState, Transport, Workspace,
+    Layout, Outcome, RollbackHook, Slot, SlotState, Transport, Workspace,
 };
-use hale_core::{Error, Name, Storage, Version};
+use hale_core::{Error, Storage, Version};
 use sha2::{Digest, Sha256};
 
-const ROOT: &[u8] = include_bytes!("../fixtures/root.json");
-const TIMESTAMP: &[u8] = include_bytes!("../fixtures/timestamp.json");
-const SNAPSHOT: &[u8] = include_bytes!("../fixtures/snapshot.json");
-#[cfg(not(feature = "tampered"))]
-const TARGETS: &[u8] = include_bytes!("../fixtures/targets.json");
-#[cfg(feature = "tampered")]
-const TARGETS: &[u8] = include_bytes!("../fixtures/targets-tampered.json");
-const FW_V1: &[u8] = include_bytes!("../fixtures/firmware-v1.bin");
-const FW_V2: &[u8] = include_bytes!("../fixtures/firmware-v2.bin");
-const NAMES: &str = include_str!("../fixtures/names.txt");
+#[cfg(not(feature = "rollback"))]
+mod fixtures {
+    pub const ROOT: &[u8] = include_bytes!("../fixtures/root.json");
+    pub const TIMESTAMP: &[u8] = include_bytes!("../fixtures/timestamp.json");
+    pub const SNAPSHOT: &[u8] = include_bytes!("../fixtures/snapshot.json");
+    #[cfg(not(feature = "tampered"))]
+    pub const TARGETS: &[u8] = include_bytes!("../fixtures/targets.json");
+    #[cfg(feature = "tampered")]
+    pub const TARGETS: &[u8] = include_bytes!("../fixtures/targets-tampered.json");
+    pub const NAMES: &str = include_str!("../fixtures/names.txt");
+    /// Provisioned: 1.0.0. Served: 2.0.0.
+    pub const RUNNING: &[u8] = include_bytes!("../fixtures/firmware-v1.bin");
+    pub const SERVED: &[u8] = include_bytes!("../fixtures/firmware-v2.bin");
+}
+
+/// The pump runs 2.0.0 and the repository lists 1.0.0 again: only a rollback authorization for
+/// this device lets it go back.
+#[cfg(feature = "rollback")]
+mod fixtures {
+    pub const ROOT: &[u8] = include_bytes!("../fixtures/rollback-root.json");
+    pub const TIMESTAMP: &[u8] = include_bytes!("../fixtures/rollback-timestamp.json");
+    pub const SNAPSHOT: &[u8] = include_bytes!("../fixtures/rollback-snapshot.json");
+    pub const TARGETS: &[u8] = include_bytes!("../fixtures/rollback-targets.json");
+    pub const NAMES: &str = include_str!("../fixtures/rollback-names.txt");
+    pub const AUTHORIZATION: &[u8] = include_bytes!("../fixtures/rollback-authorization.json");
+    pub const AUTHORIZATION_OTHER: &[u8] =
+        include_bytes!("../fixtures/rollback-authorization-other-device.json");
+    /// Provisioned: 2.0.0. Served: 1.0.0.
+    pub const RUNNING: &[u8] = include_bytes!("../fixtures/firmware-v2.bin");
+    pub const SERVED: &[u8] = include_bytes!("../fixtures/firmware-v1.bin");
+}
+
+use fixtures::{NAMES, ROOT, RUNNING, SERVED, SNAPSHOT, TARGETS, TIMESTAMP};
 
 const TARGET: &str = "pump-a/firmware.bin";
+/// The trusted set's buffer for top-level targets (the rollback repository's also delegates).
+#[cfg(not(feature = "rollback"))]
+const TARGETS_BUF: usize = 1024;
+#[cfg(feature = "rollback")]
+const TARGETS_BUF: usize = 2048;
 const ERASE: usize = 1024;
 const LAYOUT: Layout = Layout::contiguous(0, 4096, 8192);
 /// The simulated NOR flash: PSRAM, outside the program's 32 KiB RAM budget.
@@ -78,7 +114,7 @@ impl Transport for MemTransport {
             return Err(MemError::NoSuchTarget);
         }
         let start = offset as usize;
-        let src = FW_V2
+        let src = SERVED
             .get(start..start + buf.len())
             .ok_or(MemError::NoSuchTarget)?;
         buf.copy_from_slice(src);
@@ -93,6 +129,16 @@ impl Application for Pump {
         Ok(())
     }
 }
+
+extern "C" {
+    fn DefaultHandler();
+}
+
+/// One interrupt vector (the harness uses no interrupt). cortex-m-rt's generic table holds 240,
+/// ~1 KB of flash that belongs to the device application's vector table, not to the agent.
+#[link_section = ".vector_table.interrupts"]
+#[no_mangle]
+static __INTERRUPTS: [unsafe extern "C" fn(); 1] = [DefaultHandler];
 
 // --- measurements ------------------------------------------------------------------------------
 
@@ -155,17 +201,43 @@ fn out(parts: &[&str]) {
     }
 }
 
-fn num(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
+/// Lines of `names.txt` (a byte scan: `str::lines` pulls in a generic searcher).
+struct Lines(&'static str);
+
+impl Iterator for Lines {
+    type Item = &'static str;
+    fn next(&mut self) -> Option<&'static str> {
+        let end = self.0.bytes().position(|b| b == b'\n')?;
+        let (line, rest) = self.0.split_at(end);
+        self.0 = rest.get(1..)?;
+        Some(line)
     }
-    core::str::from_utf8(&buf[i..]).unwrap_or("?")
+}
+
+/// A non-negative decimal Unix time (the fixture's fixed "now").
+fn parse_time(s: &str) -> Option<i64> {
+    let mut v: i64 = 0;
+    for b in s.bytes() {
+        v = v
+            .checked_mul(10)?
+            .checked_add(i64::from(b.checked_sub(b'0').filter(|d| *d < 10)?))?;
+    }
+    (!s.is_empty()).then_some(v)
+}
+
+/// The update check's buffers (one static: one critical section to take them).
+struct Buffers {
+    root: [u8; 2048],
+    timestamp: [u8; 1024],
+    snapshot: [u8; 1024],
+    targets: [u8; TARGETS_BUF],
+    scratch: [u8; 2048],
+    chunk: [u8; 256],
+}
+
+/// Decimal without a 64-bit division (the agent's own formatter).
+fn num(n: u64, buf: &mut [u8; 20]) -> &str {
+    device_agent::store::decimal(n, buf)
 }
 
 #[panic_handler]
@@ -206,13 +278,13 @@ fn main() -> ! {
     syst.enable_interrupt();
     syst.enable_counter();
 
-    let mut lines = NAMES.lines();
+    let mut lines = Lines(NAMES);
     let (Some(snapshot_name), Some(targets_name), Some(image_name), Some(now)) =
         (lines.next(), lines.next(), lines.next(), lines.next())
     else {
         fail("names.txt")
     };
-    let Ok(now) = now.parse::<i64>() else {
+    let Some(now) = parse_time(now) else {
         fail("now")
     };
     let mut transport = MemTransport {
@@ -221,67 +293,66 @@ fn main() -> ! {
         image_name,
     };
 
-    let Some(meta_root) = cortex_m::singleton!(: [u8; 2048] = [0; 2048]) else {
-        fail("buffers")
-    };
-    let Some(meta_ts) = cortex_m::singleton!(: [u8; 1024] = [0; 1024]) else {
-        fail("buffers")
-    };
-    let Some(meta_snap) = cortex_m::singleton!(: [u8; 1024] = [0; 1024]) else {
-        fail("buffers")
-    };
-    let Some(meta_targets) = cortex_m::singleton!(: [u8; 1024] = [0; 1024]) else {
-        fail("buffers")
-    };
-    let Some(scratch) = cortex_m::singleton!(: [u8; 2048] = [0; 2048]) else {
-        fail("buffers")
-    };
-    let Some(chunk) = cortex_m::singleton!(: [u8; 256] = [0; 256]) else {
+    let Some(b) = cortex_m::singleton!(: Buffers = Buffers {
+        root: [0; 2048],
+        timestamp: [0; 1024],
+        snapshot: [0; 1024],
+        targets: [0; TARGETS_BUF],
+        scratch: [0; 2048],
+        chunk: [0; 256],
+    }) else {
         fail("buffers")
     };
 
-    // the device's flash, provisioned at the factory with 1.0.0 and the trusted root
+    // the device's flash, provisioned at the factory with the running image and the trusted root
     let mem: &'static mut [u8] =
         unsafe { core::slice::from_raw_parts_mut(SIM_FLASH as *mut u8, LAYOUT.end() as usize) };
     let flash = MemFlash::<ERASE>::new(mem);
-    let v1 = Version::new(1, 0, 0);
-    let mut store = match FirmwareStore::provision(flash, LAYOUT, ROOT, FW_V1, image(FW_V1, v1, 1))
-    {
-        Ok(s) => s,
-        Err(_) => fail("provision"),
-    };
+    #[cfg(not(feature = "rollback"))]
+    let (running, offered) = (Version::new(1, 0, 0), Version::new(2, 0, 0));
+    #[cfg(feature = "rollback")]
+    let (running, offered) = (Version::new(2, 0, 0), Version::new(1, 0, 0));
+    let mut store =
+        match FirmwareStore::provision(flash, LAYOUT, ROOT, RUNNING, image(RUNNING, running, 1)) {
+            Ok(s) => s,
+            Err(_) => fail("provision"),
+        };
     if store.boot() != Ok(Boot::Normal { slot: Slot::A }) {
         fail("factory boot");
     }
     let before = store.slots();
+    let yn = |b: bool| if b { "yes" } else { "no" };
 
-    let device = DeviceInfo {
-        model: "pump-a",
-        revision: "r2",
-        bootloader: Version::new(1, 0, 0),
-        target: TARGET,
-    };
-    let ws = Workspace {
-        metadata: Storage {
-            root: &mut meta_root[..],
-            timestamp: &mut meta_ts[..],
-            snapshot: &mut meta_snap[..],
-            targets: &mut meta_targets[..],
-        },
-        scratch: &mut scratch[..],
-        chunk: &mut chunk[..],
-        delegations: &mut [],
-    };
+    // the negative check first: an authorization for another pump is refused, nothing installed
+    #[cfg(feature = "rollback")]
+    {
+        let device_id = device_id();
+        let mut other = RollbackAuthorization::new(fixtures::AUTHORIZATION_OTHER, device_id, None);
+        let result = update_check(&mut store, &mut transport, &mut other, now, b);
+        let exact = matches!(
+            result,
+            Err(AgentError::Authorization(Error::NotForThisDevice { device }))
+                if device == device_id
+        );
+        let unchanged =
+            store.slots() == before && store.boot() == Ok(Boot::Normal { slot: Slot::A });
+        out(&[
+            "authorization for another device refused: NotForThisDevice (exact): ",
+            yn(exact),
+            "; slots unchanged: ",
+            yn(unchanged),
+        ]);
+        if !exact || !unchanged {
+            fail("authorization for another device");
+        }
+    }
+
+    #[cfg(not(feature = "rollback"))]
+    let mut hook = NoRollback;
+    #[cfg(feature = "rollback")]
+    let mut hook = RollbackAuthorization::new(fixtures::AUTHORIZATION, device_id(), None);
     let t0 = ticks();
-    let result = check_for_update(
-        &mut store,
-        &device,
-        &mut transport,
-        &mut Pump,
-        &mut NoRollback,
-        now,
-        ws,
-    );
+    let result = update_check(&mut store, &mut transport, &mut hook, now, b);
     let t1 = ticks();
     let instructions = (t1 - t0) * 40;
     let (mut b1, mut b2) = ([0u8; 20], [0u8; 20]);
@@ -295,10 +366,10 @@ fn main() -> ! {
 
     let code = match result {
         Ok(Outcome::Staged { version }) => {
-            if version != Version::new(2, 0, 0) {
+            if version != offered {
                 fail("staged version");
             }
-            out(&["staged 2.0.0"]);
+            out(&["staged the offered image"]);
             if store.boot() != Ok(Boot::Trial { slot: Slot::B }) {
                 fail("trial boot");
             }
@@ -306,13 +377,21 @@ fn main() -> ! {
                 fail("confirm");
             }
             let s = store.slots();
-            let ok = s.running().map(|i| i.version) == Some(Version::new(2, 0, 0))
-                && s.security_counter() == 2
-                && s.info(Slot::A).state == SlotState::Good;
+            // a confirmed rollback rejects the newer image it replaced (hale-core `Slots::confirm`)
+            #[cfg(not(feature = "rollback"))]
+            let (counter, replaced) = (2, SlotState::Good);
+            #[cfg(feature = "rollback")]
+            let (counter, replaced) = (1, SlotState::Rejected);
+            let ok = s.running().map(|i| i.version) == Some(offered)
+                && s.security_counter() == counter
+                && s.info(Slot::A).state == replaced;
             if !ok || store.boot() != Ok(Boot::Normal { slot: Slot::B }) {
                 fail("state after confirm");
             }
+            #[cfg(not(feature = "rollback"))]
             out(&["confirmed 2.0.0 in slot b; security counter 2"]);
+            #[cfg(feature = "rollback")]
+            out(&["authorized rollback: confirmed 1.0.0 in slot b; security counter 1"]);
             EXIT_SUCCESS
         }
         Ok(_) => {
@@ -320,15 +399,14 @@ fn main() -> ! {
             EXIT_FAILURE
         }
         Err(e) => {
-            let want = AgentError::Trust(Error::ThresholdNotMet {
-                role: Name::new("targets"),
-                threshold: 1,
-                valid: 0,
-            });
-            let exact = e == want;
+            // the exact error (a pattern, not `==`: no PartialEq code for the whole error type)
+            let exact = matches!(
+                e,
+                AgentError::Trust(Error::ThresholdNotMet { role, threshold: 1, valid: 0 })
+                    if role == "targets"
+            );
             let unchanged =
                 store.slots() == before && store.boot() == Ok(Boot::Normal { slot: Slot::A });
-            let yn = |b: bool| if b { "yes" } else { "no" };
             out(&[
                 "update refused: ThresholdNotMet for targets (exact): ",
                 yn(exact),
@@ -347,6 +425,40 @@ fn main() -> ! {
     debug::exit(code);
     #[allow(clippy::empty_loop)]
     loop {}
+}
+
+/// This pump's device ID (the fifth line of the rollback names file).
+#[cfg(feature = "rollback")]
+fn device_id() -> &'static str {
+    Lines(NAMES).nth(4).unwrap_or("")
+}
+
+/// One update check with the static buffers.
+fn update_check<R: RollbackHook>(
+    store: &mut FirmwareStore<MemFlash<'static, ERASE>>,
+    transport: &mut MemTransport,
+    hook: &mut R,
+    now: i64,
+    b: &mut Buffers,
+) -> Result<Outcome, AgentError<MemError, MemFlashError>> {
+    let device = DeviceInfo {
+        model: "pump-a",
+        revision: "r2",
+        bootloader: Version::new(1, 0, 0),
+        target: TARGET,
+    };
+    let ws = Workspace {
+        metadata: Storage {
+            root: &mut b.root[..],
+            timestamp: &mut b.timestamp[..],
+            snapshot: &mut b.snapshot[..],
+            targets: &mut b.targets[..],
+        },
+        scratch: &mut b.scratch[..],
+        chunk: &mut b.chunk[..],
+        delegations: &mut [],
+    };
+    check_for_update(store, &device, transport, &mut Pump, hook, now, ws)
 }
 
 #[exception]

@@ -4,26 +4,48 @@
 //!
 //! ```text
 //! hale-agent --state DIR provision --root ROOT --image FILE --version V [--security-counter N]
-//!            --id ID --model M --revision R --target PATH [--bootloader V]
+//!            --id ID --model M --revision R --target PATH [--bootloader V] [--group G]
 //! hale-agent --state DIR run --server URL [--metadata-url U] [--target-base-url U]
-//!            [--interval S] [--jitter S] [--once]
+//!            [--interval S] [--jitter S] [--once] [--authorization FILE]
+//! hale-agent --state DIR bundle install FILE   offline install from a bundle (no network)
+//! hale-agent --state DIR link --device PATH|- [--mtu N] [--capacity N]
+//!                                              receive a bundle from a technician (hale-link), install it
 //! hale-agent --state DIR therapy on|off        tester: is insulin being delivered?
 //! hale-agent --state DIR health pass|fail      tester: result of the next health checks
 //! hale-agent --state DIR crash                 tester: the next trial crashes before confirming
 //! hale-agent --state DIR reboot                simulate a reset (boot step + application start)
 //! hale-agent --state DIR status                print the report as JSON
+//! hale-agent --state DIR factory-csr --serial S [--key-type p256|ed25519] [--out CSR]
+//! hale-agent --state DIR factory-install --cert FACTORY_CERT
+//! hale-agent --state DIR enroll --est URL --ca-cert SERVER_CA [--token T]
 //! ```
+//!
+//! Identity commands and `run --server https://…` (mTLS with the operational certificate,
+//! renewal at 2/3 of its lifetime, re-enrollment after expiry) read the device secret that seals
+//! the device's keys from `--device-secret-file F` or `HALE_DEVICE_SECRET`.
+
+/// `println!` that never panics: the technician link (`link --device -`) talks over stdout, and a
+/// host that hangs up must not crash the pump in the middle of an install.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use device_agent::host::{self, FileFlash, HttpTransport};
+use device_agent::identity::{Action, DeviceSecret, Identity};
+use device_agent::offline;
 use device_agent::{
-    check_for_update, AgentError, Application, Boot, DeferReason, DeviceInfo, FirmwareStore, Image,
-    Layout, NoRollback, Outcome, Workspace,
+    check_for_update, AgentError, Application, Boot, BundleTransport, DeferReason, DeviceInfo,
+    FirmwareStore, Image, Layout, Outcome, RollbackAuthorization, Transport, Workspace,
 };
 use hale_core::{Storage, Version};
+use hale_pki::KeyAlgorithm;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -123,9 +145,9 @@ fn report(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<Value> {
 fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
     let boot = store.boot().map_err(|e| anyhow::anyhow!("boot: {e}"))?;
     match boot {
-        Boot::Normal { slot } => println!("booted slot {}", slot.as_str()),
+        Boot::Normal { slot } => say!("booted slot {}", slot.as_str()),
         Boot::Reverted { slot, rejected } => {
-            println!(
+            say!(
                 "reverted to slot {} (slot {} was never confirmed)",
                 slot.as_str(),
                 rejected.as_str()
@@ -139,22 +161,22 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
                 .image
                 .map(|i| i.version.to_string())
                 .unwrap_or_default();
-            println!("trial boot of {version} in slot {}", slot.as_str());
+            say!("trial boot of {version} in slot {}", slot.as_str());
             let crash = o.file("crash-before-confirm");
             if crash.exists() {
                 std::fs::remove_file(&crash).with_context(|| crash.display().to_string())?;
-                println!("crash before confirmation (simulated): resetting");
+                say!("crash before confirmation (simulated): resetting");
                 return power_on(o, store);
             }
             if std::fs::read_to_string(o.file("health")).is_ok_and(|s| s.trim() == "fail") {
                 store.reject().map_err(|e| anyhow::anyhow!("reject: {e}"))?;
-                println!("health check failed: reverted");
+                say!("health check failed: reverted");
                 set_last(o, "reverted", &format!("{version} failed its health check"))?;
             } else {
                 store
                     .confirm()
                     .map_err(|e| anyhow::anyhow!("confirm: {e}"))?;
-                println!("health check passed: {version} confirmed");
+                say!("health check passed: {version} confirmed");
                 set_last(o, "installed", &version)?;
             }
         }
@@ -189,11 +211,12 @@ fn provision(o: &Opts) -> Result<()> {
     let cfg = json!({
         "id": o.req("--id")?, "model": o.req("--model")?, "revision": o.req("--revision")?,
         "target": o.req("--target")?, "bootloader": o.opt("--bootloader").unwrap_or_else(|| "1.0.0".into()),
+        "group": o.opt("--group").unwrap_or_default(),
     });
     std::fs::write(o.file("device.json"), serde_json::to_vec_pretty(&cfg)?)
         .context("device.json")?;
     set_last(o, "installed", &version.to_string())?;
-    println!("provisioned {} with {version}", o.state.display());
+    say!("provisioned {} with {version}", o.state.display());
     Ok(())
 }
 
@@ -205,12 +228,76 @@ fn poll(
     http: &mut HttpTransport,
 ) -> Result<()> {
     let d = device_config(o)?;
-    let (model, revision, target) = (
-        field(&d, "model"),
-        field(&d, "revision"),
-        field(&d, "target"),
+    let target = field(&d, "target");
+    // a rollback authorization handed to this run (a bundle's comes with the bundle)
+    let authorization = match o.opt("--authorization") {
+        Some(p) => Some(
+            offline::read_bounded(Path::new(&p), offline::MAX_AUTHORIZATION)
+                .with_context(|| p.clone())?,
+        ),
+        None => None,
+    };
+    install_once(o, store, &d, http, authorization.as_deref(), "online")?;
+    let url = format!(
+        "{}/api/v1/devices/{}/report",
+        server.trim_end_matches('/'),
+        field(&d, "id")
     );
-    let bootloader = Version::parse(&field(&d, "bootloader")).unwrap_or(Version::new(1, 0, 0));
+    let (result, reason) = last(o);
+    let mut body = host::server_report_json(store, &target, &result, &reason);
+    // an offline install or rollback since the last sync: reported once, then forgotten
+    let pending = o.file(INSTALL_RECORD);
+    let record: Option<Value> = std::fs::read(&pending)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(r) = &record {
+        body["install_record"] = r.clone();
+    }
+    match http
+        .agent()
+        .post(&url)
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+    {
+        Ok(_) => {
+            if record.is_some() {
+                let _ = std::fs::remove_file(&pending);
+            }
+        }
+        Err(ureq::Error::Status(code, r)) => say!(
+            "report to {url} refused (HTTP {code}): {}",
+            r.into_string().unwrap_or_default().trim()
+        ),
+        Err(e) => say!("report to {url} failed: {e}"),
+    }
+    Ok(())
+}
+
+/// Pending install record (offline install or rollback), reported at the next sync.
+const INSTALL_RECORD: &str = "install_record.json";
+
+/// One check over `transport` (the server, or an offline bundle), with `authorization` for a
+/// downgrade: gate, stage, reboot into the trial, and remember what an offline install or a
+/// rollback verified for the next report. `via` is "online" or "bundle".
+fn install_once<T: Transport>(
+    o: &Opts,
+    store: &mut FirmwareStore<FileFlash>,
+    d: &Value,
+    transport: &mut T,
+    authorization: Option<&[u8]>,
+    via: &str,
+) -> Result<()> {
+    let (model, revision, id, group) = (
+        field(d, "model"),
+        field(d, "revision"),
+        field(d, "id"),
+        field(d, "group"),
+    );
+    // an authorization names the target to go back to; hale-core checks it is exactly that
+    let target = authorization
+        .and_then(offline::authorization_target)
+        .unwrap_or_else(|| field(d, "target"));
+    let bootloader = Version::parse(&field(d, "bootloader")).unwrap_or(Version::new(1, 0, 0));
     let device = DeviceInfo {
         model: &model,
         revision: &revision,
@@ -232,52 +319,359 @@ fn poll(
         delegations: &mut deleg,
     };
     let mut app = Pump { dir: &o.state };
+    let group = (!group.is_empty()).then_some(group.as_str());
+    let mut hook = authorization.map(|a| RollbackAuthorization::new(a, &id, group));
     match check_for_update(
         store,
         &device,
-        http,
+        transport,
         &mut app,
-        &mut NoRollback,
+        &mut hook,
         host::now(),
         ws,
     ) {
         Ok(Outcome::Staged { version }) => {
-            println!("staged {version}: rebooting into it");
+            say!("staged {version}: rebooting into it");
+            let verified = hook.as_ref().and_then(|h| h.verified().copied());
+            if let Some(a) = &verified {
+                say!(
+                    "rollback authorized: {} (target {})",
+                    a.reason.to_owned_string(),
+                    a.target.to_owned_string()
+                );
+            }
+            if verified.is_some() || via != "online" {
+                let mut buf = vec![0u8; BUF];
+                let targets_bytes = store
+                    .read_metadata(hale_core::Role::Targets, &mut buf)
+                    .map_err(|e| anyhow::anyhow!("flash: {e}"))?
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default();
+                let env = hale_core::metadata::Envelope::parse(&targets_bytes, "targets");
+                let targets = env.ok().and_then(|e| {
+                    hale_core::metadata::Targets::parse(&e.signed, hale_core::Name::new("targets"))
+                        .ok()
+                });
+                let auth = match (&verified, &targets, authorization) {
+                    (Some(a), Some(t), Some(b)) => Some((a, t, b)),
+                    _ => None,
+                };
+                let rec = offline::install_record("offline", &target, &version.to_string(), auth);
+                std::fs::write(o.file(INSTALL_RECORD), rec.to_string()).context(INSTALL_RECORD)?;
+            }
             power_on(o, store)?;
         }
         Ok(Outcome::Deferred { offered, reason }) => {
-            println!("{offered} deferred: {reason}");
+            say!("{offered} deferred: {reason}");
             set_last(o, "deferred", reason.as_str())?;
         }
-        Ok(other) => println!("{other:?}"),
+        Ok(other) => say!("{other:?}"),
         Err(
             e @ (AgentError::Transport { .. } | AgentError::Missing { .. } | AgentError::Store(_)),
         ) => {
             // cannot reach the repository (or flash trouble): keep running, say why
-            println!("update check failed: {e}");
+            say!("update check failed: {e}");
         }
         Err(e) => {
-            println!("update refused: {e}");
+            say!("update refused: {e}");
             set_last(o, "rejected", &e.to_string())?;
         }
     }
-    let url = format!(
-        "{}/api/v1/devices/{}/report",
-        server.trim_end_matches('/'),
-        field(&d, "id")
-    );
-    let (result, reason) = last(o);
-    let body = host::server_report_json(store, &target, &result, &reason);
-    match ureq::post(&url)
-        .set("Content-Type", "application/json")
-        .send_string(&body.to_string())
-    {
+    Ok(())
+}
+
+/// `bundle install FILE`: an offline install from a technician's bundle (no network).
+fn bundle_install(o: &Opts) -> Result<()> {
+    let (Some("install"), Some(file)) = (o.args.first().map(String::as_str), o.args.get(1)) else {
+        bail!("bundle install FILE");
+    };
+    let bytes = offline::read_bounded(Path::new(file), offline::MAX_BUNDLE)
+        .with_context(|| file.clone())?;
+    let mut transport =
+        BundleTransport::parse(&bytes).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+    let d = device_config(o)?;
+    let mut store = open_store(o)?;
+    let authorization = transport.authorization();
+    install_once(o, &mut store, &d, &mut transport, authorization, "bundle")
+}
+
+// --- technician link (see hale_link and device_agent::link_store) ------------------------------
+
+/// Largest block the pump accepts over the link; its frame buffer is sized for it.
+const LINK_MAX_MTU: u32 = 4096;
+const LINK_FRAME: usize = hale_link::max_frame_len(LINK_MAX_MTU);
+
+/// A std byte stream as the `embedded_io` port the receiver serves (a serial driver on a pump).
+struct LinkPort<R, W> {
+    reader: R,
+    writer: W,
+}
+
+impl<R, W> embedded_io::ErrorType for LinkPort<R, W> {
+    type Error = std::io::Error;
+}
+
+impl<R: std::io::Read, W> embedded_io::Read for LinkPort<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.reader.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+}
+
+impl<R, W: std::io::Write> embedded_io::Write for LinkPort<R, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writer.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+/// `link --device PATH|- [--mtu N] [--capacity N]`: receive a bundle from a technician over a
+/// byte stream (a serial device, or stdin/stdout with `-`) into the state directory's bundle
+/// store, then install it through the same `install_once` as `bundle install`. Progress is
+/// durable before it is acknowledged, so a transfer cut or killed mid-way resumes from the offset
+/// the pump reports. The link's own log goes to stderr (with `-`, stdout is the link until the
+/// bundle is complete; the install's output follows it).
+fn link(o: &Opts) -> Result<()> {
+    use device_agent::link_store::LinkStore;
+    use hale_link::device::{Config, Event, Receiver, ServeError};
+
+    let device = o.req("--device")?;
+    let mtu: u32 = o
+        .opt("--mtu")
+        .map_or(Ok(1024), |s| s.parse())
+        .context("--mtu")?;
+    if mtu == 0 || mtu > LINK_MAX_MTU {
+        bail!("--mtu {mtu}: 1 to {LINK_MAX_MTU}");
+    }
+    let max = u32::try_from(offline::MAX_BUNDLE).unwrap_or(u32::MAX);
+    let capacity: u32 = o
+        .opt("--capacity")
+        .map_or(Ok(max), |s| s.parse())
+        .context("--capacity")?;
+    if capacity == 0 || capacity > max {
+        bail!("--capacity {capacity}: 1 to {max}");
+    }
+    let d = device_config(o)?;
+    let mut store = open_store(o)?;
+    let running = store
+        .slots()
+        .running()
+        .map(|i| i.version.to_string())
+        .unwrap_or_default();
+    let version = running
+        .as_bytes()
+        .get(..hale_link::device::MAX_VERSION_LEN)
+        .unwrap_or(running.as_bytes());
+    let dir = o.file("link");
+    let sink = LinkStore::open(&dir, capacity).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some((id, offset)) = sink.progress() {
+        eprintln!(
+            "link: holding bundle {id}: {offset} of {} bytes",
+            id.bundle_len()
+        );
+    }
+    let config = Config {
+        running_version: version,
+        mtu,
+        max_bundle_len: capacity,
+    };
+    let mut rx = Receiver::<_, LINK_FRAME>::new(sink, config)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let log = |e: &Result<Event, hale_link::Error<_>>| match e {
+        Ok(Event::Stored { .. } | Event::Status) => {}
+        Ok(Event::Resync { expected, received }) => {
+            eprintln!("link: block at {received} ignored; expecting {expected}")
+        }
+        Ok(Event::Started {
+            id,
+            replaced,
+            offset,
+        }) => match replaced {
+            Some(old) => eprintln!("link: receiving bundle {id} at {offset} (discarded {old})"),
+            None => eprintln!("link: receiving bundle {id} at {offset}"),
+        },
+        Ok(Event::BundleComplete { id, len }) => {
+            eprintln!("link: bundle {id} complete ({len} bytes, checksum verified)")
+        }
+        Err(e) => eprintln!("link: refused: {e}"),
+    };
+    let served = if device == "-" {
+        let mut port = LinkPort {
+            reader: std::io::stdin().lock(),
+            writer: std::io::stdout().lock(),
+        };
+        rx.serve(&mut port, log)
+    } else {
+        let port = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&device)
+            .with_context(|| device.clone())?;
+        let writer = port.try_clone().with_context(|| device.clone())?;
+        rx.serve(
+            &mut LinkPort {
+                reader: port,
+                writer,
+            },
+            log,
+        )
+    };
+    match served {
         Ok(_) => {}
-        Err(ureq::Error::Status(code, r)) => println!(
-            "report to {url} refused (HTTP {code}): {}",
-            r.into_string().unwrap_or_default().trim()
+        Err(ServeError::Closed) => {
+            let held = rx
+                .transfer()
+                .map(|(id, offset)| format!("{offset} of {} bytes stored", id.bundle_len()))
+                .unwrap_or_else(|| "nothing stored".into());
+            bail!(
+                "link {device} closed before a bundle was complete ({held}; push again to resume)"
+            );
+        }
+        Err(ServeError::Port(e)) => bail!("link {device}: {e}"),
+    }
+    let bytes = rx
+        .sink_mut()
+        .read_complete()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .context("link: complete bundle not in the store")?;
+    let mut transport = match BundleTransport::parse(&bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            rx.discard().map_err(|e| anyhow::anyhow!("{e}"))?;
+            bail!("link: received bundle refused: {e}");
+        }
+    };
+    let authorization = transport.authorization();
+    install_once(o, &mut store, &d, &mut transport, authorization, "bundle")?;
+    // installed, deferred or refused: the bundle has been through the verified path; a kill before
+    // this line leaves it complete in the store, and the next push re-offers it
+    rx.discard().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+// --- device identity (see device_agent::identity) ---------------------------------------------
+
+fn identity(o: &Opts) -> Result<Identity> {
+    let secret = DeviceSecret::load(o.opt("--device-secret-file").as_deref().map(Path::new))?;
+    Ok(Identity::new(&o.file("identity"), secret))
+}
+
+/// The device makes its factory key (sealed under the device secret) and a CSR for the station.
+fn factory_csr(o: &Opts) -> Result<()> {
+    let serial = o.req("--serial")?;
+    let alg = match o.opt("--key-type").as_deref() {
+        None | Some("p256") => KeyAlgorithm::P256,
+        Some("ed25519") => KeyAlgorithm::Ed25519,
+        Some(k) => bail!("--key-type {k:?}: expected p256 or ed25519"),
+    };
+    let csr = identity(o)?.factory_csr(&serial, alg)?;
+    match o.opt("--out") {
+        Some(p) => std::fs::write(&p, csr.as_bytes()).with_context(|| p.clone())?,
+        None => print!("{csr}"),
+    }
+    Ok(())
+}
+
+/// Store the factory certificate the station issued (checked against the factory key).
+fn factory_install(o: &Opts) -> Result<()> {
+    let p = o.req("--cert")?;
+    let pem = std::fs::read_to_string(&p).with_context(|| p.clone())?;
+    identity(o)?
+        .install_factory_certificate(&pem)
+        .with_context(|| p.clone())?;
+    say!("factory certificate installed");
+    Ok(())
+}
+
+fn print_action(a: &Action) {
+    match a {
+        Action::Current => {}
+        Action::Enrolled { serial_hex } => {
+            say!("enrolled: operational certificate {serial_hex}")
+        }
+        Action::Renewed { serial_hex } => {
+            say!("renewed: operational certificate {serial_hex}")
+        }
+        Action::ReEnrolled { serial_hex } => say!(
+            "certificate had expired: enrolled again with the factory certificate ({serial_hex})"
         ),
-        Err(e) => println!("report to {url} failed: {e}"),
+        Action::RenewalFailed { reason } => {
+            say!("renewal failed (current certificate still valid): {reason}")
+        }
+    }
+}
+
+/// `enroll --est URL --ca-cert FILE [--token T]`: first enrollment, with the factory certificate
+/// or a single-use token. A refusal prints the server's error code and exits 1.
+fn enroll(o: &Opts) -> Result<()> {
+    let id = identity(o)?;
+    let est = o.req("--est")?;
+    let ca_path = o.req("--ca-cert")?;
+    let ca = std::fs::read_to_string(&ca_path).with_context(|| ca_path.clone())?;
+    id.configure(&est, &ca).with_context(|| ca_path.clone())?;
+    let result = match o.opt("--token") {
+        Some(t) => id.enroll_with_token(&t),
+        None => id.ensure(std::time::SystemTime::now()),
+    };
+    match result {
+        Ok(Action::Current) => say!("already enrolled: operational certificate is current"),
+        Ok(a) => print_action(&a),
+        Err(e) => {
+            say!("enrollment refused: {e}");
+            std::process::exit(1);
+        }
+    }
+    Ok(())
+}
+
+/// `run` against the device listener: before each poll, renew (2/3 of the lifetime) or re-enroll
+/// (expired) as needed; every request uses the current operational certificate. Failures are
+/// printed and the pump keeps running its verified firmware.
+#[allow(clippy::too_many_arguments)]
+fn run_mtls(
+    o: &Opts,
+    store: &mut FirmwareStore<FileFlash>,
+    server: &str,
+    murl: &str,
+    turl: &str,
+    interval: u64,
+    jit: u64,
+) -> Result<()> {
+    let id = identity(o)?;
+    let serial = id.serial()?;
+    let dev = field(&device_config(o)?, "id");
+    if dev != serial {
+        bail!("device.json id {dev:?} is not the certificate identity {serial:?}");
+    }
+    let mut http: Option<HttpTransport> = None;
+    loop {
+        match id.ensure(std::time::SystemTime::now()) {
+            Ok(a) => {
+                if a != Action::Current {
+                    http = None;
+                }
+                print_action(&a);
+            }
+            Err(e) => say!("enrollment failed: {e}"),
+        }
+        if http.is_none() {
+            match id.device_tls() {
+                Ok(tls) => http = Some(HttpTransport::with_tls(murl, turl, tls)),
+                Err(e) => say!("no usable device certificate: {e}"),
+            }
+        }
+        if let Some(h) = http.as_mut() {
+            poll(o, store, server, h)?;
+        }
+        if o.flag("--once") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(interval + jitter(jit)));
     }
     Ok(())
 }
@@ -326,9 +720,14 @@ fn main() -> Result<()> {
             let mut store = open_store(&o)?;
             power_on(&o, &mut store)?;
         }
+        "bundle" => bundle_install(&o)?,
+        "link" => link(&o)?,
+        "factory-csr" => factory_csr(&o)?,
+        "factory-install" => factory_install(&o)?,
+        "enroll" => enroll(&o)?,
         "status" => {
             let store = open_store(&o)?;
-            println!("{}", serde_json::to_string_pretty(&report(&o, &store)?)?);
+            say!("{}", serde_json::to_string_pretty(&report(&o, &store)?)?);
         }
         "run" => {
             let server = o.req("--server")?;
@@ -341,6 +740,10 @@ fn main() -> Result<()> {
             let mut store = open_store(&o)?;
             // the process start is a power-on
             power_on(&o, &mut store)?;
+            if server.starts_with("https://") {
+                // device listener: mTLS with the operational certificate for every call
+                return run_mtls(&o, &mut store, &server, &murl, &turl, interval, jit);
+            }
             let mut http = HttpTransport::new(&murl, &turl);
             loop {
                 poll(&o, &mut store, &server, &mut http)?;

@@ -228,6 +228,16 @@ pub fn check(
     t: &mut MapTransport,
     pump: &mut Pump,
 ) -> Result<Outcome, device_agent::AgentError<MapError, device_agent::memflash::MemFlashError>> {
+    check_at(store, t, pump, NOW)
+}
+
+/// One check with `now` as the update start time.
+pub fn check_at(
+    store: &mut FirmwareStore<Flash<'_>>,
+    t: &mut MapTransport,
+    pump: &mut Pump,
+    now: i64,
+) -> Result<Outcome, device_agent::AgentError<MapError, device_agent::memflash::MemFlashError>> {
     let mut bufs = Bufs::new();
     device_agent::check_for_update(
         store,
@@ -235,7 +245,60 @@ pub fn check(
         t,
         pump,
         &mut device_agent::NoRollback,
+        now,
+        bufs.ws(),
+    )
+}
+
+/// One check at `NOW` by the pump `device` describes (model, revision, bootloader, target path).
+pub fn check_as(
+    store: &mut FirmwareStore<Flash<'_>>,
+    device: &DeviceInfo<'_>,
+    t: &mut MapTransport,
+    pump: &mut Pump,
+) -> Result<Outcome, device_agent::AgentError<MapError, device_agent::memflash::MemFlashError>> {
+    let mut bufs = Bufs::new();
+    device_agent::check_for_update(
+        store,
+        device,
+        t,
+        pump,
+        &mut device_agent::NoRollback,
         NOW,
         bufs.ws(),
     )
+}
+
+/// Rewrite every state record on `mem` in the format written before the last-check record
+/// existed (as of commit b5ae37b): header byte 248.. zero, metadata, then the sha256 — no
+/// last-check bytes. Built from the documented layout, not from the store's code.
+pub fn strip_last_check_records(mem: &mut [u8]) {
+    const HEADER: usize = 256;
+    const CHECK: usize = 49;
+    for base in LAYOUT.state {
+        let base = base as usize;
+        let len = LAYOUT.state_len as usize;
+        let region = &mut mem[base..base + len];
+        if &region[0..4] != b"HALS" {
+            continue;
+        }
+        let u32_at = |r: &[u8], at: usize| u32::from_le_bytes(r[at..at + 4].try_into().unwrap());
+        let meta: usize = (0..4).map(|i| u32_at(region, 232 + 4 * i) as usize).sum();
+        let check = match u32_at(region, 248) as usize {
+            0 => 0,
+            CHECK => CHECK,
+            other => panic!("unknown last-check length {other}"),
+        };
+        let body = HEADER + meta;
+        let digest: [u8; 32] = Sha256::digest(&region[..body + check]).into();
+        assert_eq!(
+            &region[body + check..body + check + 32],
+            digest.as_slice(),
+            "a valid record"
+        );
+        region[248..252].fill(0);
+        let old: [u8; 32] = Sha256::digest(&region[..body]).into();
+        region[body..body + 32].copy_from_slice(&old);
+        region[body + 32..].fill(0xFF);
+    }
 }

@@ -1,0 +1,445 @@
+//! The agent's identity client (`device_agent::identity`) against a small in-test EST server over
+//! real rustls (the enrollment listener's configuration from hale-pki): factory enrollment,
+//! renewal at 2/3 of the lifetime, re-enrollment after expiry, token refusal, and a misissued
+//! certificate that must not be stored. Time is a parameter: `ensure(now)`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use device_agent::identity::{Action, DeviceSecret, Identity, IdentityError};
+use hale_pki::tls::TrustDomain;
+use hale_pki::{Hierarchy, KeyAlgorithm, PeerIdentity, PeerKind};
+
+const SECRET: &[u8] = b"device secret of the simulated secure element";
+const DAY: u64 = 86_400;
+
+/// How the test server answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Issue,
+    /// Issue, but for another device id.
+    IssueForOther,
+}
+
+struct Est {
+    url: String,
+    server_ca_pem: String,
+    hierarchy: Arc<Hierarchy>,
+    /// (path, how the client authenticated) per request
+    log: Arc<Mutex<Vec<(String, String)>>>,
+    mode: Arc<Mutex<Mode>>,
+}
+
+fn start() -> Est {
+    std::env::set_var("HALE_AGENT_INSECURE_TEST_SCRYPT_LOG_N", "10");
+    let now = SystemTime::now();
+    let h = Arc::new(Hierarchy::create(Duration::from_secs(365 * DAY), now).unwrap());
+    let kc = hale_pki::generate_key_and_csr(KeyAlgorithm::P256, "localhost").unwrap();
+    let server = h
+        .server
+        .issue_server_certificate(
+            &kc.csr_pem,
+            &["localhost"],
+            &["127.0.0.1".parse().unwrap()],
+            Duration::from_secs(DAY),
+            now,
+        )
+        .unwrap();
+    let tls = hale_pki::tls::ListenerTls::new(
+        TrustDomain::Enrollment,
+        &[
+            h.manufacturing.certificate_der().clone(),
+            h.device_issuing.certificate_der().clone(),
+        ],
+        vec![server.der.clone(), h.server.certificate_der().clone()],
+        hale_pki::tls::private_key_from_pem(&kc.private_key_pem).unwrap(),
+    )
+    .unwrap();
+    let crls = [
+        h.manufacturing
+            .crl(&[], 1, now, Duration::from_secs(DAY))
+            .unwrap()
+            .der,
+        h.device_issuing
+            .crl(&[], 1, now, Duration::from_secs(DAY))
+            .unwrap()
+            .der,
+    ];
+    let config = tls.server_config(&crls).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mode = Arc::new(Mutex::new(Mode::Issue));
+    let (h2, log2, mode2) = (h.clone(), log.clone(), mode.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, stream);
+            // a refused handshake just ends this connection
+            let _ = serve_one(&mut tls, &h2, &log2, *mode2.lock().unwrap());
+        }
+    });
+    Est {
+        url,
+        server_ca_pem: h.server.certificate_pem().unwrap(),
+        hierarchy: h,
+        log,
+        mode,
+    }
+}
+
+fn serve_one(
+    tls: &mut rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>,
+    h: &Hierarchy,
+    log: &Mutex<Vec<(String, String)>>,
+    mode: Mode,
+) -> std::io::Result<()> {
+    let mut r = BufReader::new(&mut *tls);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let path = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut l = String::new();
+        r.read_line(&mut l)?;
+        let l = l.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    let csr = String::from_utf8(body).unwrap();
+    let peer = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first().cloned())
+        .map(|c| PeerIdentity::from_der(&c).unwrap());
+    let auth = match (headers.get("authorization"), &peer) {
+        (Some(a), _) => a.clone(),
+        (None, Some(p)) => format!("{}:{}:{}", p.kind, p.name, p.certificate_serial),
+        (None, None) => "none".into(),
+    };
+    log.lock().unwrap().push((path.clone(), auth.clone()));
+    let (status, ctype, out) = match (path.as_str(), auth.as_str(), &peer) {
+        (_, "Bearer used-token", _) => (
+            "401 Unauthorized",
+            "application/json",
+            r#"{"error":"token_used","message":"token already redeemed"}"#.to_string(),
+        ),
+        ("/.well-known/est/simpleenroll", "Bearer good-token", _)
+        | (
+            "/.well-known/est/simpleenroll",
+            _,
+            Some(PeerIdentity {
+                kind: PeerKind::Factory,
+                ..
+            }),
+        )
+        | (
+            "/.well-known/est/simplereenroll",
+            _,
+            Some(PeerIdentity {
+                kind: PeerKind::Device,
+                ..
+            }),
+        ) => {
+            let summary = hale_pki::csr::CsrSummary::from_pem(&csr).unwrap();
+            let mut cn = summary.common_name.unwrap();
+            if mode == Mode::IssueForOther {
+                cn = "SOMEONE-ELSE".into();
+            }
+            let cert = h
+                .device_issuing
+                .issue_device_certificate(
+                    &csr,
+                    &cn,
+                    "pump-x",
+                    &cn,
+                    Duration::from_secs(30 * DAY),
+                    SystemTime::now(),
+                )
+                .unwrap();
+            (
+                "200 OK",
+                "application/pem-certificate-chain",
+                format!(
+                    "{}{}",
+                    cert.pem,
+                    h.device_issuing.certificate_pem().unwrap()
+                ),
+            )
+        }
+        _ => (
+            "401 Unauthorized",
+            "application/json",
+            r#"{"error":"client_certificate_required","message":"no usable credential"}"#.into(),
+        ),
+    };
+    write!(
+        tls,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{out}",
+        out.len()
+    )?;
+    tls.flush()?;
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    Ok(())
+}
+
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            m.insert(
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            );
+        }
+    }
+    m
+}
+
+/// A device made at the factory: key + CSR, certificate from the Manufacturing CA installed.
+fn factory_device(est: &Est, dir: &Path, serial: &str) -> Identity {
+    let id = Identity::new(dir, DeviceSecret::from_bytes(SECRET));
+    let csr = id.factory_csr(serial, KeyAlgorithm::P256).unwrap();
+    let cert = est
+        .hierarchy
+        .manufacturing
+        .issue_factory_certificate(
+            &csr,
+            serial,
+            "pump-x",
+            Duration::from_secs(3650 * DAY),
+            SystemTime::now(),
+        )
+        .unwrap();
+    id.install_factory_certificate(&cert.pem).unwrap();
+    id.configure(&est.url, &est.server_ca_pem).unwrap();
+    id
+}
+
+#[test]
+fn enrolls_with_the_factory_certificate_renews_at_two_thirds_and_reenrolls_after_expiry() {
+    let est = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("identity");
+    let id = factory_device(&est, &dir, "SN-100");
+    let now = SystemTime::now();
+
+    let Action::Enrolled { serial_hex: first } = id.ensure(now).unwrap() else {
+        panic!()
+    };
+    let op = id.operational().unwrap().unwrap();
+    assert_eq!(
+        (op.identity.kind, op.identity.name.as_str()),
+        (PeerKind::Device, "SN-100")
+    );
+    assert_eq!(op.identity.certificate_serial, first);
+    assert_eq!(op.chain[1], *est.hierarchy.device_issuing.certificate_der());
+    {
+        let log = est.log.lock().unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].0, "/.well-known/est/simpleenroll");
+        assert!(log[0].1.starts_with("factory:SN-100:"), "{:?}", log[0]);
+    }
+    // no key is stored in the clear
+    for (name, bytes) in tree(&dir) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("PRIVATE KEY"),
+            "{name}"
+        );
+    }
+    // the wrong device secret opens nothing
+    let wrong = Identity::new(
+        &dir,
+        DeviceSecret::from_bytes(b"not the device secret at all"),
+    );
+    assert!(matches!(wrong.operational(), Err(IdentityError::Pki(_))));
+
+    // current: no request
+    let (nb, na) = (op.identity.not_before, op.identity.not_after);
+    let life = na.duration_since(nb).unwrap();
+    assert_eq!(id.ensure(nb + life / 2).unwrap(), Action::Current);
+    assert_eq!(est.log.lock().unwrap().len(), 1);
+
+    // 2/3 through: simplereenroll, authenticated by the current certificate
+    let Action::Renewed { serial_hex: second } = id.ensure(nb + life / 3 * 2).unwrap() else {
+        panic!()
+    };
+    assert_ne!(second, first);
+    {
+        let log = est.log.lock().unwrap();
+        assert_eq!(log[1].0, "/.well-known/est/simplereenroll");
+        assert_eq!(log[1].1, format!("device:SN-100:{first}"));
+    }
+    let renewed = id.operational().unwrap().unwrap();
+    assert_eq!(renewed.identity.certificate_serial, second);
+    assert_ne!(
+        renewed.identity.spki_sha256, op.identity.spki_sha256,
+        "a new key at each renewal"
+    );
+
+    // back from storage past expiry: simpleenroll with the factory certificate
+    let Action::ReEnrolled { serial_hex: third } = id
+        .ensure(renewed.identity.not_after + Duration::from_secs(1))
+        .unwrap()
+    else {
+        panic!()
+    };
+    let log = est.log.lock().unwrap();
+    assert_eq!(log[2].0, "/.well-known/est/simpleenroll");
+    assert!(log[2].1.starts_with("factory:SN-100:"), "{:?}", log[2]);
+    assert_eq!(
+        id.operational()
+            .unwrap()
+            .unwrap()
+            .identity
+            .certificate_serial,
+        third
+    );
+}
+
+#[test]
+fn token_refusal_shows_the_servers_error_and_changes_nothing() {
+    let est = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("identity");
+    let id = Identity::new(&dir, DeviceSecret::from_bytes(SECRET));
+    id.factory_csr("SN-200", KeyAlgorithm::P256).unwrap();
+    id.configure(&est.url, &est.server_ca_pem).unwrap();
+    let before = tree(&dir);
+    let err = id.enroll_with_token("used-token").unwrap_err();
+    match &err {
+        IdentityError::Refused {
+            url,
+            status,
+            code,
+            message,
+        } => {
+            assert_eq!(url, &format!("{}/.well-known/est/simpleenroll", est.url));
+            assert_eq!(
+                (*status, code.as_str(), message.as_str()),
+                (401, "token_used", "token already redeemed")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!("{}/.well-known/est/simpleenroll: refused (HTTP 401 token_used): token already redeemed", est.url)
+    );
+    assert_eq!(tree(&dir), before);
+    assert!(id.operational().unwrap().is_none());
+
+    // a good token enrolls (no client certificate on the connection)
+    assert!(matches!(
+        id.enroll_with_token("good-token").unwrap(),
+        Action::Enrolled { .. }
+    ));
+    assert_eq!(
+        est.log.lock().unwrap().last().unwrap().1,
+        "Bearer good-token"
+    );
+}
+
+#[test]
+fn a_certificate_for_another_device_is_not_stored() {
+    let est = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("identity");
+    let id = factory_device(&est, &dir, "SN-300");
+    *est.mode.lock().unwrap() = Mode::IssueForOther;
+    let before = tree(&dir);
+    let err = id.ensure(SystemTime::now()).unwrap_err();
+    match &err {
+        IdentityError::BadResponse { reason, .. } => assert_eq!(
+            reason,
+            "a device certificate for \"SOMEONE-ELSE\", expected a device certificate for \"SN-300\""
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(tree(&dir), before);
+}
+
+#[test]
+fn a_server_not_under_the_server_ca_is_refused_at_the_handshake() {
+    let est = start();
+    let other = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("identity");
+    let id = factory_device(&est, &dir, "SN-400");
+    // trust the other hierarchy's Server CA: the handshake must fail, nothing stored
+    id.configure(&est.url, &other.server_ca_pem).unwrap();
+    let before = tree(&dir);
+    let err = id.ensure(SystemTime::now()).unwrap_err();
+    match &err {
+        IdentityError::Transport { message, .. } => {
+            // same CA name, another key: the signature check fails
+            assert!(
+                message.ends_with("invalid peer certificate: BadSignature"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(tree(&dir), before);
+    assert!(
+        est.log.lock().unwrap().is_empty(),
+        "no request reached the server"
+    );
+}
+
+#[test]
+fn a_factory_certificate_for_another_key_is_not_installed() {
+    let est = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("identity");
+    let id = Identity::new(&dir, DeviceSecret::from_bytes(SECRET));
+    id.factory_csr("SN-500", KeyAlgorithm::Ed25519).unwrap();
+    let stranger = hale_pki::generate_key_and_csr(KeyAlgorithm::P256, "SN-500").unwrap();
+    let cert = est
+        .hierarchy
+        .manufacturing
+        .issue_factory_certificate(
+            &stranger.csr_pem,
+            "SN-500",
+            "pump-x",
+            Duration::from_secs(DAY),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let before = tree(&dir);
+    let err = id.install_factory_certificate(&cert.pem).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the factory certificate is not for this device's factory key"
+    );
+    assert_eq!(tree(&dir), before);
+}

@@ -1,0 +1,363 @@
+//! Authorized rollback through the agent: a pump goes back to an older image only with a
+//! rollback authorization that hale-core verified against its trusted `targets`, and never
+//! below its security counter. Every refusal asserts the exact error and that nothing persisted
+//! changed (slots, running version, security counter, trusted metadata).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+// `drop(store)` is the power going off: it ends the borrow of the flash memory
+#![allow(clippy::drop_non_drop)]
+
+mod common;
+mod offline;
+
+use common::*;
+use device_agent::rollback::signers;
+use device_agent::{
+    AgentError, Boot, FirmwareStore, NoRollback, Outcome, RollbackAuthorization, RollbackHook, Slot,
+};
+use hale_core::metadata::Targets;
+use hale_core::policy::PolicyError;
+use hale_core::rollback::DEFAULT_MAX_VALIDITY;
+use hale_core::verify::KeyStatus;
+use hale_core::{Error, Name, Role, Version};
+use hale_tests::RepoSim;
+use offline::*;
+
+fn v(s: &str) -> Version {
+    Version::parse(s).unwrap()
+}
+
+fn not_newer() -> Err<MapError> {
+    AgentError::Policy(PolicyError::NotNewer {
+        running: v("1.0.0"),
+        offered: v("0.9.0"),
+    })
+}
+
+/// The pump (running 1.0.0, counter 1) first checks without an authorization (refused; the
+/// verified metadata is stored), then with `hook`: refused with `want`, and nothing changed.
+fn assert_refused<R: RollbackHook>(sim: &RepoSim, hook: &mut R, want: Err<MapError>) {
+    let mut mem = provisioned(sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut t = MapTransport::new(&sim.files);
+    check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback).unwrap_err();
+    let before = persisted(&mut store);
+    let err = check_with(&mut store, &mut t, &mut Pump::default(), hook).unwrap_err();
+    assert_eq!(err, want);
+    assert_eq!(
+        persisted(&mut store),
+        before,
+        "slots or trusted metadata changed"
+    );
+    assert_eq!(store.slots().running().unwrap().version, v("1.0.0"));
+    assert_eq!(store.slots().security_counter(), 1);
+    drop(store);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
+}
+
+fn hook(bytes: &[u8]) -> RollbackAuthorization<'_> {
+    RollbackAuthorization::new(bytes, DEVICE_ID, Some(GROUP))
+}
+
+fn trusted_targets<'a>(store: &mut FirmwareStore<Flash<'_>>, buf: &'a mut [u8]) -> Targets<'a> {
+    let bytes = store.read_metadata(Role::Targets, buf).unwrap().unwrap();
+    let env = hale_core::metadata::Envelope::parse(bytes, "targets").unwrap();
+    Targets::parse(&env.signed, Name::new("targets")).unwrap()
+}
+
+#[test]
+fn an_authorized_rollback_installs_and_never_lowers_the_security_counter() {
+    let sim = repo_offering("0.9.0", 1);
+    let auth = signed(&authorization_for("0.9.0"), &rollback_keys());
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut h = hook(&auth);
+    assert_eq!(
+        check_with(
+            &mut store,
+            &mut MapTransport::new(&sim.files),
+            &mut Pump::default(),
+            &mut h
+        ),
+        Ok(Outcome::Staged {
+            version: v("0.9.0")
+        })
+    );
+    // what verified, for the report
+    let a = h.verified().unwrap();
+    assert_eq!(a.reason.as_plain(), Some(REASON));
+    assert_eq!(a.target.as_plain(), Some(TARGET));
+    assert_eq!(a.issued, NOW - 3600);
+    let mut buf = vec![0u8; 8192];
+    let targets = trusted_targets(&mut store, &mut buf);
+    let report = signers(&targets, &auth).unwrap();
+    assert_eq!(report.valid(), 2);
+    assert!(report.keys.iter().all(|(_, s)| *s == KeyStatus::Signed));
+
+    assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+    store.confirm().unwrap();
+    assert_eq!(store.slots().running().unwrap().version, v("0.9.0"));
+    assert_eq!(store.slots().security_counter(), 1);
+}
+
+#[test]
+fn the_image_a_device_was_rolled_back_from_is_not_installed_again() {
+    let mut sim = repo_offering("0.9.0", 1);
+    let auth = signed(&authorization_for("0.9.0"), &rollback_keys());
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut t = MapTransport::new(&sim.files);
+    check_with(&mut store, &mut t, &mut Pump::default(), &mut hook(&auth)).unwrap();
+    assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+    store.confirm().unwrap();
+    assert_eq!(store.slots().running().unwrap().version, v("0.9.0"));
+
+    // the repository offers the release the technician took the pump back from: same bytes
+    sim.add_target(
+        "targets",
+        TARGET,
+        &image_bytes("1.0.0", 5000),
+        Some(custom_for("1.0.0", 1, &["r1", "r2"], "1.0.0")),
+    );
+    sim.publish();
+    let slots = store.slots();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback),
+        Err(AgentError::PreviouslyReverted {
+            version: v("1.0.0")
+        })
+    );
+    assert_eq!(store.slots(), slots, "slots changed");
+
+    // a newer release installs as usual
+    sim.add_target(
+        "targets",
+        TARGET,
+        &image_bytes("1.1.0", 4000),
+        Some(custom_for("1.1.0", 1, &["r1", "r2"], "1.0.0")),
+    );
+    sim.publish();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback),
+        Ok(Outcome::Staged {
+            version: v("1.1.0")
+        })
+    );
+}
+
+#[test]
+fn an_authorization_for_the_devices_group_is_accepted() {
+    let sim = repo_offering("0.9.0", 1);
+    let mut a = authorization_for("0.9.0");
+    a.devices.clear();
+    a.group = Some(GROUP.into());
+    let auth = signed(&a, &rollback_keys());
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    assert_eq!(
+        check_with(
+            &mut store,
+            &mut MapTransport::new(&sim.files),
+            &mut Pump::default(),
+            &mut hook(&auth)
+        ),
+        Ok(Outcome::Staged {
+            version: v("0.9.0")
+        })
+    );
+}
+
+#[test]
+fn an_upgrade_never_consults_the_authorization() {
+    // an unrelated (even unparsable) authorization neither blocks nor changes a normal update
+    let sim = repo_offering("2.0.0", 2);
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut h = hook(b"not an authorization");
+    assert_eq!(
+        check_with(
+            &mut store,
+            &mut MapTransport::new(&sim.files),
+            &mut Pump::default(),
+            &mut h
+        ),
+        Ok(Outcome::Staged {
+            version: v("2.0.0")
+        })
+    );
+    assert!(h.verified().is_none());
+}
+
+#[test]
+fn refuses_a_downgrade_without_authorization() {
+    let sim = repo_offering("0.9.0", 1);
+    assert_refused(&sim, &mut NoRollback, not_newer());
+    assert_refused(&sim, &mut None::<RollbackAuthorization<'_>>, not_newer());
+}
+
+#[test]
+fn refuses_an_authorization_for_another_device() {
+    let sim = repo_offering("0.9.0", 1);
+    let mut a = authorization_for("0.9.0");
+    a.devices = vec!["pump-a-000999".into()];
+    a.group = Some("ward-9".into());
+    let auth = signed(&a, &rollback_keys());
+    assert_refused(
+        &sim,
+        &mut hook(&auth),
+        AgentError::Authorization(Error::NotForThisDevice {
+            device: Name::new(DEVICE_ID),
+        }),
+    );
+}
+
+#[test]
+fn refuses_an_expired_authorization() {
+    let sim = repo_offering("0.9.0", 1);
+    let mut a = authorization_for("0.9.0");
+    a.issued = NOW - 10 * 3600;
+    a.expires = NOW - 60;
+    let auth = signed(&a, &rollback_keys());
+    assert_refused(
+        &sim,
+        &mut hook(&auth),
+        AgentError::Authorization(Error::Expired {
+            role: Name::new("rollback-authorization"),
+            expires: NOW - 60,
+            now: NOW,
+        }),
+    );
+}
+
+#[test]
+fn refuses_an_authorization_valid_longer_than_the_device_allows() {
+    let sim = repo_offering("0.9.0", 1);
+    let auth = signed(&authorization_for("0.9.0"), &rollback_keys());
+    // the default allows a day; this device is configured for one hour, the document says nine
+    assert_refused(
+        &sim,
+        &mut hook(&auth).with_max_validity(3600),
+        AgentError::Authorization(Error::AuthorizationTooLong {
+            max: 3600,
+            validity: 9 * 3600,
+        }),
+    );
+    let mut a = authorization_for("0.9.0");
+    a.expires = NOW + 2 * 86_400;
+    let auth = signed(&a, &rollback_keys());
+    assert_refused(
+        &sim,
+        &mut hook(&auth),
+        AgentError::Authorization(Error::AuthorizationTooLong {
+            max: DEFAULT_MAX_VALIDITY,
+            validity: 3600 + 2 * 86_400,
+        }),
+    );
+}
+
+#[test]
+fn refuses_a_rollback_below_the_security_counter_even_when_authorized() {
+    let sim = repo_offering("0.9.0", 0);
+    let auth = signed(&authorization_for("0.9.0"), &rollback_keys());
+    assert_refused(
+        &sim,
+        &mut hook(&auth),
+        AgentError::Policy(PolicyError::BelowSecurityCounter {
+            floor: 1,
+            offered: 0,
+        }),
+    );
+}
+
+#[test]
+fn refuses_an_authorization_signed_below_threshold() {
+    let sim = repo_offering("0.9.0", 1);
+    let auth = signed(&authorization_for("0.9.0"), &rollback_keys()[..1]);
+    assert_refused(
+        &sim,
+        &mut hook(&auth),
+        AgentError::Authorization(Error::ThresholdNotMet {
+            role: Name::new("rollback"),
+            threshold: 2,
+            valid: 1,
+        }),
+    );
+}
+
+#[test]
+fn refuses_an_authorization_for_another_installed_version() {
+    let sim = repo_offering("0.9.0", 1);
+    let mut a = authorization_for("0.9.0");
+    a.installed = Some("1.1.0".into());
+    let auth = signed(&a, &rollback_keys());
+    assert_refused(
+        &sim,
+        &mut hook(&auth),
+        AgentError::Authorization(Error::AuthorizationInstalledMismatch {
+            authorized: v("1.1.0"),
+            running: v("1.0.0"),
+        }),
+    );
+}
+
+#[test]
+fn refuses_an_authorization_for_other_image_bytes() {
+    let sim = repo_offering("0.9.0", 1);
+    // names the right path, but the sha256 of another build
+    let auth = signed(&authorization_for("0.8.0"), &rollback_keys());
+    assert_refused(
+        &sim,
+        &mut hook(&auth),
+        AgentError::Authorization(Error::HashMismatch {
+            what: Name::new(TARGET),
+            algorithm: "sha256",
+        }),
+    );
+}
+
+#[test]
+fn refuses_an_authorized_image_for_another_hardware_revision() {
+    let sim = repo_offering_custom("0.9.0", custom_for("0.9.0", 1, &["r3"], "1.0.0"));
+    let auth = signed(&authorization_for("0.9.0"), &rollback_keys());
+    assert_refused(
+        &sim,
+        &mut hook(&auth),
+        AgentError::Policy(PolicyError::WrongRevision {
+            model: Name::new("pump-a"),
+            revision: Name::new("r2"),
+        }),
+    );
+}
+
+#[test]
+fn refuses_an_authorized_image_that_needs_a_newer_bootloader() {
+    let sim = repo_offering_custom("0.9.0", custom_for("0.9.0", 1, &["r2"], "2.0.0"));
+    let auth = signed(&authorization_for("0.9.0"), &rollback_keys());
+    assert_refused(
+        &sim,
+        &mut hook(&auth),
+        AgentError::Policy(PolicyError::BootloaderTooOld {
+            required: v("2.0.0"),
+            have: v("1.2.0"),
+        }),
+    );
+}
+
+#[test]
+fn refuses_when_targets_delegates_to_no_rollback_role() {
+    let mut sim = RepoSim::new();
+    publish(&mut sim, "0.9.0", 1, 3000, "pump-a");
+    let auth = signed(&authorization_for("0.9.0"), &rollback_keys());
+    assert_refused(
+        &sim,
+        &mut hook(&auth),
+        AgentError::Authorization(Error::NoRollbackRole),
+    );
+}

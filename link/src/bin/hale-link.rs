@@ -1,0 +1,124 @@
+//! `hale-link`: the technician's end of the link. Pushes an offline bundle (made by
+//! `hale-sign bundle`) to a pump over a serial device, or over the stdin/stdout of a process it
+//! spawns (a pump simulator, or a tool that bridges to the pump), with [`hale_link::host::push`].
+//!
+//! ```text
+//! hale-link push --bundle FILE --device PATH [--block N]
+//! hale-link push --bundle FILE [--block N] -- COMMAND [ARGS...]
+//! ```
+//!
+//! A push that is cut resumes where the pump's store stands: run it again. The pump reports the
+//! offset it holds and only the rest is sent. The link is a transport, never a source of trust:
+//! the pump verifies the bundle from its own root before it installs anything (see `lib.rs`).
+//! With a spawned process, whatever it writes to stdout after the bundle is complete (its install
+//! log) is copied to this process's stdout, and its exit status is this command's.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use hale_link::host::{push, PushOptions, Pushed};
+
+/// Largest bundle read from a file (the link's offsets are `u32`; pumps cap it far lower).
+const MAX_BUNDLE: u64 = 256 << 20;
+/// Largest install log copied from a spawned process.
+const MAX_LOG: u64 = 1 << 20;
+
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    let f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let mut out = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut out)
+        .with_context(|| path.display().to_string())?;
+    if out.len() as u64 > max {
+        bail!("{}: longer than {max} bytes", path.display());
+    }
+    Ok(out)
+}
+
+fn describe(p: &Pushed) -> String {
+    format!(
+        "pushed bundle {}: {} bytes in {} blocks, resumed from offset {} ({} resyncs); the pump verified its checksum",
+        p.id, p.bytes_sent, p.blocks, p.resumed_from, p.resyncs
+    )
+}
+
+fn push_cmd(args: &[String]) -> Result<()> {
+    let (opts_args, command) = match args.iter().position(|a| a == "--") {
+        Some(i) => (args.get(..i).unwrap_or(&[]), args.get(i + 1..)),
+        None => (args, None),
+    };
+    let opt = |name: &str| {
+        opts_args
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| opts_args.get(i + 1))
+    };
+    let bundle_path = opt("--bundle").context("--bundle FILE is required")?;
+    let bundle = read_bounded(Path::new(bundle_path), MAX_BUNDLE)?;
+    let mut opts = PushOptions::default();
+    if let Some(b) = opt("--block") {
+        opts.block_len = b.parse().context("--block")?;
+        if opts.block_len == 0 {
+            bail!("--block must be at least 1");
+        }
+    }
+    match (opt("--device"), command) {
+        (Some(device), None) => {
+            let port = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(device)
+                .with_context(|| device.clone())?;
+            let writer = port.try_clone().with_context(|| device.clone())?;
+            let pushed = push(&bundle, port, writer, &opts).with_context(|| device.clone())?;
+            println!("{}", describe(&pushed));
+            Ok(())
+        }
+        (None, Some([program, rest @ ..])) => {
+            let mut child = Command::new(program)
+                .args(rest)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .with_context(|| program.clone())?;
+            let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                bail!("{program}: no stdin/stdout");
+            };
+            let result = push(&bundle, &mut stdout, stdin, &opts);
+            // `push` consumed stdin: the device sees the end of the link now
+            if let Ok(p) = &result {
+                println!("{}", describe(p));
+                let mut log = Vec::new();
+                (&mut stdout)
+                    .take(MAX_LOG)
+                    .read_to_end(&mut log)
+                    .with_context(|| program.clone())?;
+                print!("{}", String::from_utf8_lossy(&log));
+            }
+            drop(stdout);
+            let status = child.wait().with_context(|| program.clone())?;
+            let pushed = result.with_context(|| program.clone())?;
+            if !status.success() {
+                bail!(
+                    "{program} exited with {status} after receiving bundle {}",
+                    pushed.id
+                );
+            }
+            Ok(())
+        }
+        _ => bail!("push: give exactly one of --device PATH or -- COMMAND [ARGS...]"),
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.split_first() {
+        Some((cmd, rest)) if cmd == "push" => push_cmd(rest),
+        _ => bail!(
+            "usage: hale-link push --bundle FILE (--device PATH | -- COMMAND [ARGS...]) [--block N]"
+        ),
+    }
+}
