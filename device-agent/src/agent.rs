@@ -723,7 +723,16 @@ fn refresh<F: NorFlash, T: Transport>(
                 let bytes = scratch.get(..n).ok_or_else(|| AgentError::Missing {
                     what: Name::new(&name),
                 })?;
-                set.update_root(bytes)?;
+                if let Err(e) = set.update_root(bytes) {
+                    if changed && matches!(e, Error::TooManyRootRotations { .. }) {
+                        // keep the roots verified so far, as python-tuf does: the next check
+                        // goes on from the newest one instead of failing at the same place forever
+                        // (the stored timestamp/snapshot are re-verified against it then)
+                        let root = Meta::Set(set.stored(Role::Root).unwrap_or(&[]));
+                        store.record_check(None, [root, Meta::Keep, Meta::Keep, Meta::Keep])?;
+                    }
+                    return Err(e.into());
+                }
                 changed = true;
             }
             Err(error) => {

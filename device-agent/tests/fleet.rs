@@ -587,9 +587,9 @@ fn a_pump_switched_off_for_years_catches_up_through_ten_root_rotations_and_insta
 }
 
 #[test]
-fn one_rotation_more_than_the_cap_is_refused_and_changes_nothing() {
+fn one_rotation_more_than_the_cap_stops_there_and_the_next_check_goes_on() {
     let cap = DEFAULT_MAX_ROOT_ROTATIONS as usize;
-    let (sim, mut mem, _) = years_of_rotations(cap + 1);
+    let (sim, mut mem, image) = years_of_rotations(cap + 1);
     let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
     let before = persisted(&mut store);
     let mut t = MapTransport::new(&sim.files);
@@ -600,13 +600,36 @@ fn one_rotation_more_than_the_cap_is_refused_and_changes_nothing() {
             cap: DEFAULT_MAX_ROOT_ROTATIONS
         })
     );
-    assert_untouched(&mut store, &before);
     // it stopped at the root past the cap: nothing else fetched
     assert_eq!(
         t.requests.last().unwrap(),
         &format!("{}.root.json", cap + 2)
     );
     assert_eq!(t.requests.len(), cap + 1);
+    // the roots it verified are kept (and only they): root cap+1 is trusted, slots and the
+    // other metadata are as they were
+    let after = persisted(&mut store);
+    assert_eq!(after.slots, before.slots);
+    assert_eq!(after.metadata[1..], before.metadata[1..]);
+    let root = after.metadata[0].as_ref().unwrap();
+    assert_eq!(
+        root,
+        sim.files.get(&format!("{}.root.json", cap + 1)).unwrap()
+    );
+    assert_eq!(store.slots().running().unwrap().version, v("1.0.0"));
+
+    // the next check goes on from there: one more root, then the update
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()),
+        Ok(Outcome::Staged {
+            version: v("2.0.0")
+        })
+    );
+    assert_eq!(t.requests[0], format!("{}.root.json", cap + 2));
+    assert_eq!(t.requests[1], format!("{}.root.json", cap + 3));
+    let staged = store.slots().info(Slot::B).image.unwrap();
+    assert_eq!(staged.sha256, <[u8; 32]>::from(Sha256::digest(&image)));
 }
 
 // --- 5. ed25519 and ECDSA P-256 in one repository ----------------------------------------------
