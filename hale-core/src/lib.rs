@@ -70,4 +70,6 @@ pub mod verify;
 pub use error::{Error, Name, Role, RoleName};
 pub use policy::{Device, Firmware, PolicyError, Version};
 pub use time::UnixTime;
-pub use trusted::{Found, Freshness, RoleSource, SearchError, Storage, TrustedSet, Update};
+pub use trusted::{
+    Found, Freshness, RoleBuffer, RoleSource, SearchError, Storage, TrustedSet, Update,
+};

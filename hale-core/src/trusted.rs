@@ -39,8 +39,46 @@ use crate::metadata::{
 use crate::time::UnixTime;
 use crate::verify::verify_threshold;
 
-/// Storage for the four top-level roles. Any byte buffer works: `[u8; N]`, `&mut [u8]`, `Vec<u8>`
-/// (its current length is the capacity).
+/// A buffer one trusted role is kept in: `&mut [u8]` and `[u8; N]` (their length is the
+/// capacity), or `Vec<u8>` (its allocated capacity is the limit: it is never grown, so no
+/// allocation happens while verifying, and nothing is zeroed up front).
+pub trait RoleBuffer: AsRef<[u8]> {
+    /// Replace what is kept with `bytes`; `Err(capacity)` when they do not fit.
+    fn keep(&mut self, bytes: &[u8]) -> Result<(), usize>;
+}
+
+impl RoleBuffer for &mut [u8] {
+    fn keep(&mut self, bytes: &[u8]) -> Result<(), usize> {
+        let capacity = self.len();
+        let dst = self.get_mut(..bytes.len()).ok_or(capacity)?;
+        dst.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl<const N: usize> RoleBuffer for [u8; N] {
+    fn keep(&mut self, bytes: &[u8]) -> Result<(), usize> {
+        let dst = self.get_mut(..bytes.len()).ok_or(N)?;
+        dst.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl RoleBuffer for alloc::vec::Vec<u8> {
+    fn keep(&mut self, bytes: &[u8]) -> Result<(), usize> {
+        let capacity = self.capacity();
+        if bytes.len() > capacity {
+            return Err(capacity);
+        }
+        self.clear();
+        // within the capacity: never reallocates
+        self.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Storage for the four top-level roles (see [`RoleBuffer`]).
 #[derive(Debug)]
 pub struct Storage<B> {
     pub root: B,
@@ -51,9 +89,10 @@ pub struct Storage<B> {
 
 #[cfg(feature = "alloc")]
 impl Storage<alloc::vec::Vec<u8>> {
-    /// Heap buffers of `capacity` bytes each (hosts).
+    /// Heap buffers of `capacity` bytes each (hosts). Allocated, not zeroed: a 4 MiB limit per
+    /// role costs nothing until metadata that large arrives.
     pub fn with_capacity(capacity: usize) -> Self {
-        let v = || alloc::vec![0u8; capacity];
+        let v = || alloc::vec::Vec::with_capacity(capacity);
         Storage {
             root: v(),
             timestamp: v(),
@@ -121,7 +160,7 @@ impl Lens {
     }
 }
 
-impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
+impl<B: RoleBuffer> TrustedSet<B> {
     /// Start an update from a trusted root (shipped with the device, or stored by the last
     /// update). `now` is the update start time used for every expiry check.
     pub fn new(store: Storage<B>, trusted_root: &[u8], now: UnixTime) -> Result<Self, Error> {
@@ -177,20 +216,16 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> TrustedSet<B> {
 
     fn put(&mut self, role: Role, bytes: &[u8]) -> Result<(), Error> {
         let buf = match role {
-            Role::Root => self.store.root.as_mut(),
-            Role::Timestamp => self.store.timestamp.as_mut(),
-            Role::Snapshot => self.store.snapshot.as_mut(),
-            Role::Targets => self.store.targets.as_mut(),
+            Role::Root => &mut self.store.root,
+            Role::Timestamp => &mut self.store.timestamp,
+            Role::Snapshot => &mut self.store.snapshot,
+            Role::Targets => &mut self.store.targets,
         };
-        let capacity = buf.len();
-        let dst = buf
-            .get_mut(..bytes.len())
-            .ok_or_else(|| Error::StorageTooSmall {
-                role,
-                capacity,
-                needed: bytes.len(),
-            })?;
-        dst.copy_from_slice(bytes);
+        buf.keep(bytes).map_err(|capacity| Error::StorageTooSmall {
+            role,
+            capacity,
+            needed: bytes.len(),
+        })?;
         self.len.set(role, bytes.len());
         Ok(())
     }
