@@ -46,8 +46,10 @@ fn binaries() -> PathBuf {
         "hale-server",
         "-p",
         "device-agent",
+        "-p",
+        "hale-link",
         "--features",
-        "device-agent/std",
+        "device-agent/std,hale-link/std",
         "--bins",
     ])
     .env("CARGO_TARGET_DIR", target_dir)
@@ -77,7 +79,10 @@ fn binaries() -> PathBuf {
         cmd.arg("--release");
     }
     let st = cmd.status().unwrap();
-    assert!(st.success(), "building hale-sign, hale-server, hale-agent");
+    assert!(
+        st.success(),
+        "building hale-sign, hale-server, hale-agent, hale-link"
+    );
     profile_dir
 }
 
@@ -608,4 +613,1332 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
         "scenario took {:?}",
         total - built
     );
+}
+
+/// hale-server with the TLS listeners; (plain, device, enroll, staff) URLs.
+fn start_tls_server(t: &Tools) -> (Server, [String; 4]) {
+    let mut child = Command::new(t.bin.join("hale-server"))
+        .args([
+            "serve",
+            "--data",
+            &t.p("server"),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-dir",
+            &t.p("server/tls"),
+            "--device-listen",
+            "127.0.0.1:0",
+            "--enroll-listen",
+            "127.0.0.1:0",
+            "--staff-listen",
+            "127.0.0.1:0",
+        ])
+        .env("HALE_KEY_PASSPHRASE", PASS)
+        .env("HALE_CA_PASSPHRASE", PASS)
+        .env("HALE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            for (i, p) in [
+                "listening on ",
+                "device listening on ",
+                "enroll listening on ",
+                "staff listening on ",
+            ]
+            .iter()
+            .enumerate()
+            {
+                if let Some(url) = line.strip_prefix(p) {
+                    let _ = tx.send((i, url.to_string()));
+                }
+            }
+        }
+    });
+    let mut urls: [String; 4] = Default::default();
+    for _ in 0..4 {
+        let (i, u) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("hale-server did not print its listeners within 20 s");
+        urls[i] = u;
+    }
+    let url = urls[0].clone();
+    (Server { child, url }, urls)
+}
+
+/// Issue 5, client side: a pump made at the factory (key + CSR, factory certificate, manifest)
+/// enrolls over EST with its factory certificate, polls, updates and reports over mTLS on the
+/// device listener, renews at 2/3 of its (short) certificate lifetime; the audit log (staff API,
+/// operator certificate) has every step.
+#[test]
+fn pump_enrolls_updates_reports_and_renews_over_mtls() {
+    let bin = binaries();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tools {
+        bin,
+        work: tmp.path().to_path_buf(),
+    };
+    std::fs::create_dir_all(t.work.join("keys")).unwrap();
+    for name in ["root", "targets", "snapshot", "timestamp"] {
+        t.sign(&[
+            "key",
+            "generate",
+            "--type",
+            "ed25519",
+            "--out",
+            &t.p(&format!("keys/{name}")),
+        ]);
+    }
+    let repo = t.p("release");
+    let k = |n: &str| t.p(&format!("keys/{n}"));
+    t.ok(
+        "hale-sign",
+        &[
+            "init",
+            &repo,
+            "--root-key",
+            &k("root.pub"),
+            "--root-threshold",
+            "1",
+            "--targets-key",
+            &k("targets.pub"),
+            "--snapshot-key",
+            &k("snapshot.pub"),
+            "--timestamp-key",
+            &k("timestamp.pub"),
+        ],
+    );
+    let staged_root = format!("{repo}/staged/root.json");
+    t.sign(&["sign", &staged_root, "--key", &k("root.key")]);
+    let data = t.p("server");
+    t.ok(
+        "hale-server",
+        &[
+            "init",
+            "--data",
+            &data,
+            "--root",
+            &staged_root,
+            "--timestamp-key",
+            &k("timestamp.key"),
+            "--snapshot-key",
+            &k("snapshot.key"),
+        ],
+    );
+    let token = t.ok(
+        "hale-server",
+        &["token", "add", "--data", &data, "--name", "e2e"],
+    );
+    std::fs::write(t.work.join("token"), token.trim()).unwrap();
+    // short device certificates, so renewal happens within the test: issued backdated by 300 s,
+    // valid 180 s ahead, a 480 s lifetime whose 2/3 point is 20 s after issue
+    std::fs::write(
+        t.work.join("server/config.json"),
+        br#"{"device_certificate_validity_secs": 180}"#,
+    )
+    .unwrap();
+
+    // the PKI (hale-sign, offline) and the server's TLS directory
+    let pass = ["--passphrase-env", PASS_VAR];
+    let kpass = ["--key-passphrase-env", PASS_VAR];
+    t.ok(
+        "hale-sign",
+        &["ca", "init", "--out", &t.p("ca"), pass[0], pass[1]],
+    );
+    std::fs::create_dir_all(t.work.join("server/tls/ca")).unwrap();
+    std::fs::create_dir_all(t.work.join("server/tls/crl")).unwrap();
+    t.ok(
+        "hale-sign",
+        &[
+            "ca",
+            "server-cert",
+            "--ca-dir",
+            &t.p("ca"),
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            &t.p("server/tls/server"),
+            pass[0],
+            pass[1],
+            kpass[0],
+            kpass[1],
+        ],
+    );
+    for slug in [
+        "root",
+        "manufacturing",
+        "device-issuing",
+        "technician",
+        "server",
+    ] {
+        std::fs::copy(
+            t.work.join(format!("ca/{slug}.crt")),
+            t.work.join(format!("server/tls/ca/{slug}.crt")),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        t.work.join("ca/device-issuing.key"),
+        t.work.join("server/tls/ca/device-issuing.key"),
+    )
+    .unwrap();
+    for slug in ["manufacturing", "technician"] {
+        t.ok(
+            "hale-sign",
+            &[
+                "ca",
+                "crl",
+                "--ca-dir",
+                &t.p("ca"),
+                "--ca",
+                slug,
+                "--out",
+                &t.p(&format!("server/tls/crl/{slug}.crl")),
+                pass[0],
+                pass[1],
+            ],
+        );
+    }
+    t.ok(
+        "hale-sign",
+        &[
+            "ca",
+            "staff",
+            "--ca-dir",
+            &t.p("ca"),
+            "--role",
+            "operator",
+            "--name",
+            "olga",
+            "--hours",
+            "1",
+            "--out",
+            &t.p("olga"),
+            pass[0],
+            pass[1],
+            kpass[0],
+            kpass[1],
+        ],
+    );
+
+    // the factory: the pump makes its key and CSR, the station issues and records it
+    let serial = "SN-E2E-0001";
+    let state = t.p("pump1");
+    let secret = [(
+        "HALE_DEVICE_SECRET",
+        "e2e device secret, a secure element stands here",
+    )];
+    let agent = |args: &[&str]| -> Output {
+        let mut a = vec!["--state", state.as_str()];
+        a.extend(args);
+        Command::new(t.bin.join("hale-agent"))
+            .args(&a)
+            .envs(secret)
+            .env("HALE_AGENT_INSECURE_TEST_SCRYPT_LOG_N", "10")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = agent(&[
+        "factory-csr",
+        "--serial",
+        serial,
+        "--out",
+        &t.p("pump1.csr"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    t.ok(
+        "hale-sign",
+        &[
+            "factory",
+            "issue",
+            "--ca-dir",
+            &t.p("ca"),
+            "--csr",
+            &t.p("pump1.csr"),
+            "--serial",
+            serial,
+            "--model",
+            "pump-a",
+            "--out",
+            &t.p("pump1-factory.crt"),
+            "--manifest",
+            &t.p("manifest.json"),
+            pass[0],
+            pass[1],
+        ],
+    );
+    let out = agent(&["factory-install", "--cert", &t.p("pump1-factory.crt")]);
+    assert!(out.status.success(), "{}", text(&out));
+    for f in ["factory.key", "identity.json"] {
+        let b = std::fs::read_to_string(t.work.join("pump1/identity").join(f)).unwrap();
+        assert!(!b.contains("PRIVATE KEY"), "{f} holds a plaintext key");
+    }
+    t.ok(
+        "hale-server",
+        &["manifest", "import", "--data", &data, &t.p("manifest.json")],
+    );
+
+    let (server, [plain, device, enroll, staff]) = start_tls_server(&t);
+    let out = t.release(&plain, "1.0.0", "1", "pump-a");
+    assert!(out.status.success(), "push v1: {}", text(&out));
+    t.pump(
+        1,
+        &[
+            "provision",
+            "--root",
+            &t.p("release/repository/1.root.json"),
+            "--image",
+            &t.p("fw-1.0.0-pump-a.bin"),
+            "--version",
+            "1.0.0",
+            "--security-counter",
+            "1",
+            "--id",
+            serial,
+            "--model",
+            "pump-a",
+            "--revision",
+            "r2",
+            "--target",
+            TARGET,
+        ],
+    );
+
+    let out = t.release(&plain, "2.0.0", "2", "pump-a");
+    assert!(out.status.success(), "push v2: {}", text(&out));
+
+    // enroll with the factory certificate; the pump trusts only the Server CA
+    let out = agent(&[
+        "enroll",
+        "--est",
+        &enroll,
+        "--ca-cert",
+        &t.p("ca/server.crt"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).starts_with("enrolled: operational certificate "),
+        "{}",
+        text(&out)
+    );
+
+    // v2 over mTLS: poll, stage, trial boot, confirm, report
+    let poll = || agent(&["run", "--server", &device, "--once", "--jitter", "0"]);
+    let out = poll();
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("health check passed: 2.0.0 confirmed"),
+        "{log}"
+    );
+    assert!(!log.contains("refused") && !log.contains("failed"), "{log}");
+    let (result, reason, running) = t.status(1);
+    assert_eq!(
+        (result.as_str(), reason.as_str(), running.as_str()),
+        ("installed", "2.0.0", "2.0.0")
+    );
+
+    // reports are bound to the certificate: the plain listener refuses them
+    let rest = plain.strip_prefix("http://").unwrap();
+    let mut s = TcpStream::connect(rest).unwrap();
+    write!(s, "POST /api/v1/devices/{serial}/report HTTP/1.1\r\nHost: {rest}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert!(resp.contains("client_certificate_required"), "{resp}");
+
+    // past the 2/3 point (20 s after issue): the next poll renews with simplereenroll first
+    std::thread::sleep(Duration::from_secs(22));
+    let out = poll();
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("renewed: operational certificate "), "{log}");
+    assert!(!log.contains("refused") && !log.contains("failed"), "{log}");
+
+    // the audit log, read by an operator over the staff listener
+    let sealed = std::fs::read(t.work.join("olga.key")).unwrap();
+    let key = hale_pki::tls::open_private_key(&sealed, PASS.as_bytes()).unwrap();
+    let chain_pem = std::fs::read_to_string(t.work.join("olga.crt")).unwrap();
+    let chain: Vec<_> = chain_pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .map(|c| hale_pki::tls::certificate_from_pem(c).unwrap())
+        .collect();
+    let server_ca = hale_pki::tls::certificate_from_pem(
+        &std::fs::read_to_string(t.work.join("ca/server.crt")).unwrap(),
+    )
+    .unwrap();
+    let cfg = hale_pki::tls::client_config(server_ca, chain, key).unwrap();
+    let mut cfg = (*cfg).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let http = ureq::AgentBuilder::new()
+        .tls_config(std::sync::Arc::new(cfg))
+        .build();
+    let audit: Value = http
+        .get(&format!("{staff}/api/v1/staff/audit?limit=1000"))
+        .call()
+        .map(|r| serde_json::from_str(&r.into_string().unwrap()).unwrap())
+        .unwrap();
+    let kinds: Vec<&str> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    eprintln!("audit kinds: {kinds:?}");
+    let count = |step: &str| kinds.iter().filter(|k| **k == step).count();
+    for (step, n) in [
+        ("manifest-import", 1),
+        ("enroll", 1),
+        ("reenroll", 1),
+        ("report", 2),
+    ] {
+        assert_eq!(count(step), n, "audit {step}: {kinds:?}");
+    }
+    drop(server);
+    t.ok("hale-server", &["audit", "verify", "--data", &data]);
+}
+
+/// GET with ureq, bounded; the body bytes (200 only).
+fn http_get_bytes(url: &str) -> Vec<u8> {
+    let r = ureq::get(url)
+        .timeout(Duration::from_secs(20))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let mut out = Vec::new();
+    r.into_reader()
+        .take(64 << 20)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// Mirror what the server publishes (timestamp, snapshot, every role it lists, `target`'s
+/// content) into `repo/repository/`: hale-sign's `rollback authorize` and `bundle` resolve from
+/// the published repository, and with online timestamp/snapshot keys that lives on the server.
+fn mirror(url: &str, repo: &str, target: &str) {
+    let dir = PathBuf::from(repo).join("repository");
+    let put = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    };
+    let ts = http_get_bytes(&format!("{url}/timestamp.json"));
+    put("timestamp.json", &ts);
+    let ts: Value = serde_json::from_slice(&ts).unwrap();
+    let sv = ts["signed"]["meta"]["snapshot.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let snap = http_get_bytes(&format!("{url}/{sv}.snapshot.json"));
+    put(&format!("{sv}.snapshot.json"), &snap);
+    let snap: Value = serde_json::from_slice(&snap).unwrap();
+    for (file, meta) in snap["signed"]["meta"].as_object().unwrap() {
+        let v = meta["version"].as_u64().unwrap();
+        let name = format!("{v}.{file}");
+        let bytes = http_get_bytes(&format!("{url}/{name}"));
+        if file == "targets.json" {
+            let t: Value = serde_json::from_slice(&bytes).unwrap();
+            let sha = t["signed"]["targets"][target]["hashes"]["sha256"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let (d, base) = target.rsplit_once('/').unwrap();
+            let content = format!("targets/{d}/{sha}.{base}");
+            put(&content, &http_get_bytes(&format!("{url}/{content}")));
+        }
+        put(&name, &bytes);
+    }
+}
+
+/// Authorized rollback delivered offline (issue: rollback + bundles + technician link):
+/// hale-sign delegates a 2-of-2 `rollback` role; the pump updates online to 1.1.0; 1.1.0 is
+/// pulled and 1.0.0 re-listed, which the pump refuses online and from a bundle without an
+/// authorization; two signers authorize the rollback for this pump, hale-sign bundles it, a
+/// technician pushes it with `hale-link` into `hale-agent link`, the pump verifies and installs
+/// 1.0.0; at its next sync the server's inventory and audit show the rollback and who signed.
+#[test]
+fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_signers() {
+    let bin = binaries();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tools {
+        bin,
+        work: tmp.path().to_path_buf(),
+    };
+    std::fs::create_dir_all(t.work.join("keys")).unwrap();
+    for (name, kind) in [
+        ("root", "ed25519"),
+        ("targets", "ed25519"),
+        ("snapshot", "ed25519"),
+        ("timestamp", "ed25519"),
+        ("field-service", "ecdsa-p256"),
+        ("clinical-eng", "ed25519"),
+    ] {
+        t.sign(&[
+            "key",
+            "generate",
+            "--type",
+            kind,
+            "--out",
+            &t.p(&format!("keys/{name}")),
+        ]);
+    }
+    let repo = t.p("release");
+    let k = |n: &str| t.p(&format!("keys/{n}"));
+    t.ok(
+        "hale-sign",
+        &[
+            "init",
+            &repo,
+            "--root-key",
+            &k("root.pub"),
+            "--targets-key",
+            &k("targets.pub"),
+            "--snapshot-key",
+            &k("snapshot.pub"),
+            "--timestamp-key",
+            &k("timestamp.pub"),
+        ],
+    );
+    let staged_root = format!("{repo}/staged/root.json");
+    t.sign(&["sign", &staged_root, "--key", &k("root.key")]);
+    let data = t.p("server");
+    t.ok(
+        "hale-server",
+        &[
+            "init",
+            "--data",
+            &data,
+            "--root",
+            &staged_root,
+            "--timestamp-key",
+            &k("timestamp.key"),
+            "--snapshot-key",
+            &k("snapshot.key"),
+        ],
+    );
+    let token = t.ok(
+        "hale-server",
+        &["token", "add", "--data", &data, "--name", "e2e"],
+    );
+    std::fs::write(t.work.join("token"), token.trim()).unwrap();
+    let server = start_server(&t);
+    let url = server.url.clone();
+
+    // the rollback role: two people, both needed; it is delegated no paths
+    t.ok(
+        "hale-sign",
+        &[
+            "delegate",
+            &repo,
+            "--to",
+            "rollback",
+            "--key",
+            &k("field-service.pub"),
+            "--key",
+            &k("clinical-eng.pub"),
+            "--threshold",
+            "2",
+        ],
+    );
+    for key in ["field-service", "clinical-eng"] {
+        t.sign(&[
+            "sign",
+            &format!("{repo}/staged/rollback.json"),
+            "--key",
+            &k(&format!("{key}.key")),
+        ]);
+    }
+    let out = t.release(&url, "1.0.0", "1", "pump-a");
+    assert!(out.status.success(), "push v1: {}", text(&out));
+    provision(&t, 1);
+    let v1 = std::fs::read(t.work.join("fw-1.0.0-pump-a.bin")).unwrap();
+
+    // 1.1.0 (same security counter) goes out online
+    let out = t.release(&url, "1.1.0", "1", "pump-a");
+    assert!(out.status.success(), "push v1.1: {}", text(&out));
+    t.poll(1, &url);
+    assert_eq!(t.status(1).2, "1.1.0");
+
+    // 1.1.0 is pulled: TARGET lists the 1.0.0 image again (same bytes, same counter)
+    std::fs::write(t.work.join("fw-1.0.0-pump-a.bin"), &v1).unwrap();
+    let out = t.release(&url, "1.0.0", "1", "pump-a");
+    assert!(out.status.success(), "re-list v1: {}", text(&out));
+    let refused = "update refused: version 1.0.0 is not newer than running 1.1.0";
+    let out = t.poll(1, &url);
+    assert!(out.contains(refused), "online downgrade: {out}");
+    assert_eq!(t.status(1).2, "1.1.0");
+
+    // a bundle without an authorization is refused in the same words
+    mirror(&url, &repo, TARGET);
+    t.ok(
+        "hale-sign",
+        &[
+            "bundle",
+            &repo,
+            "--target",
+            TARGET,
+            "--out",
+            &t.p("plain.bin"),
+        ],
+    );
+    let out = t.pump(1, &["bundle", "install", &t.p("plain.bin")]);
+    assert!(out.contains(refused), "offline downgrade: {out}");
+    assert_eq!(
+        t.status(1),
+        (
+            "rejected".into(),
+            refused["update refused: ".len()..].into(),
+            "1.1.0".into()
+        )
+    );
+    assert!(!t.work.join("pump1/install_record.json").exists());
+
+    // two signers authorize the rollback for this pump; hale-sign bundles it
+    let reason = "INC-4711: occlusion alarm regression in 1.1.0";
+    let auth = t.p("auth.json");
+    t.sign(&[
+        "rollback",
+        "authorize",
+        &repo,
+        "--device",
+        "pump-0001",
+        "--target",
+        TARGET,
+        "--reason",
+        reason,
+        "--installed",
+        "1.1.0",
+        "--expires-in",
+        "8h",
+        "--key",
+        &k("field-service.key"),
+        "--out",
+        &auth,
+    ]);
+    let st = t.run("hale-sign", &["rollback", "status", &repo, &auth]);
+    assert_eq!(st.status.code(), Some(1), "one of two: {}", text(&st));
+    t.sign(&[
+        "rollback",
+        "sign",
+        &repo,
+        &auth,
+        "--key",
+        &k("clinical-eng.key"),
+    ]);
+    t.ok("hale-sign", &["rollback", "status", &repo, &auth]);
+    t.ok(
+        "hale-sign",
+        &[
+            "bundle",
+            &repo,
+            "--target",
+            TARGET,
+            "--authorization",
+            &auth,
+            "--out",
+            &t.p("rollback.bin"),
+        ],
+    );
+
+    // the technician pushes it over the link (the pump's stdin/stdout as its serial line)
+    let state = t.p("pump1");
+    let out = t.ok(
+        "hale-link",
+        &[
+            "push",
+            "--bundle",
+            &t.p("rollback.bin"),
+            "--",
+            t.bin.join("hale-agent").to_str().unwrap(),
+            "--state",
+            &state,
+            "link",
+            "--device",
+            "-",
+        ],
+    );
+    assert!(out.contains("resumed from offset 0"), "{out}");
+    assert!(
+        out.contains(&format!("rollback authorized: {reason}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("health check passed: 1.0.0 confirmed"),
+        "{out}"
+    );
+    assert_eq!(t.status(1).2, "1.0.0");
+    let keyid = |n: &str| -> String {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(k(&format!("{n}.pub"))).unwrap()).unwrap();
+        v["keyid"].as_str().unwrap().to_string()
+    };
+    let mut signers = vec![keyid("field-service"), keyid("clinical-eng")];
+    signers.sort();
+
+    // the next sync reports it once; the server keeps it with the device and audits it
+    t.poll(1, &url);
+    assert!(!t.work.join("pump1/install_record.json").exists());
+    let inv: Value = serde_json::from_str(&http_get(&format!("{url}/api/v1/devices"))).unwrap();
+    let dev = inv["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == "pump-0001")
+        .unwrap_or_else(|| panic!("pump-0001 not in the inventory: {inv}"));
+    let rec = &dev["report"]["install_record"];
+    assert_eq!(rec["kind"], "rollback", "{dev}");
+    assert_eq!(rec["target"], TARGET);
+    assert_eq!(rec["version"], "1.0.0");
+    assert_eq!(rec["reason"], reason);
+    let mut got: Vec<String> = rec["signers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, signers);
+    let (_, _, slots) = inventory(&url, "pump-0001");
+    assert!(
+        slots
+            .iter()
+            .any(|s| s.starts_with("b=1.0.0") || s.starts_with("a=1.0.0")),
+        "{slots:?}"
+    );
+    drop(server);
+    let out = t.ok("hale-server", &["audit", "verify", "--data", &data]);
+    assert!(out.contains("audit chain OK"), "{out}");
+}
+
+// --- device identity: token enrollment and decommission (issue 5) ------------------------------
+
+/// A TUF repository, an initialised hale-server (`server/`), the device-identity hierarchy
+/// (`ca/`), the server's TLS directory and an operator (`olga.crt`/`olga.key`) and a technician
+/// (`tom.crt`/`tom.key`) certificate, all through the real binaries. The hale-sign and hale-server
+/// steps of `pump_enrolls_updates_reports_and_renews_over_mtls`, without its manifest.
+fn identity_setup(t: &Tools) {
+    std::fs::create_dir_all(t.work.join("keys")).unwrap();
+    for name in ["root", "targets", "snapshot", "timestamp"] {
+        let out = t.p(&format!("keys/{name}"));
+        t.sign(&["key", "generate", "--type", "ed25519", "--out", &out]);
+    }
+    let k = |n: &str| t.p(&format!("keys/{n}"));
+    let repo = t.p("release");
+    t.ok(
+        "hale-sign",
+        &[
+            "init",
+            &repo,
+            "--root-key",
+            &k("root.pub"),
+            "--root-threshold",
+            "1",
+            "--targets-key",
+            &k("targets.pub"),
+            "--snapshot-key",
+            &k("snapshot.pub"),
+            "--timestamp-key",
+            &k("timestamp.pub"),
+        ],
+    );
+    let staged_root = format!("{repo}/staged/root.json");
+    t.sign(&["sign", &staged_root, "--key", &k("root.key")]);
+    let data = t.p("server");
+    t.ok(
+        "hale-server",
+        &[
+            "init",
+            "--data",
+            &data,
+            "--root",
+            &staged_root,
+            "--timestamp-key",
+            &k("timestamp.key"),
+            "--snapshot-key",
+            &k("snapshot.key"),
+        ],
+    );
+    let token = t.ok(
+        "hale-server",
+        &["token", "add", "--data", &data, "--name", "e2e"],
+    );
+    std::fs::write(t.work.join("token"), token.trim()).unwrap();
+
+    let pass = ["--passphrase-env", PASS_VAR];
+    let kpass = ["--key-passphrase-env", PASS_VAR];
+    let ca = t.p("ca");
+    t.ok("hale-sign", &["ca", "init", "--out", &ca, pass[0], pass[1]]);
+    std::fs::create_dir_all(t.work.join("server/tls/ca")).unwrap();
+    std::fs::create_dir_all(t.work.join("server/tls/crl")).unwrap();
+    let server_prefix = t.p("server/tls/server");
+    t.ok(
+        "hale-sign",
+        &[
+            "ca",
+            "server-cert",
+            "--ca-dir",
+            &ca,
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            &server_prefix,
+            pass[0],
+            pass[1],
+            kpass[0],
+            kpass[1],
+        ],
+    );
+    for f in [
+        "root.crt",
+        "manufacturing.crt",
+        "device-issuing.crt",
+        "technician.crt",
+        "server.crt",
+        "device-issuing.key",
+    ] {
+        std::fs::copy(
+            t.work.join("ca").join(f),
+            t.work.join("server/tls/ca").join(f),
+        )
+        .unwrap();
+    }
+    for slug in ["manufacturing", "technician"] {
+        let out = t.p(&format!("server/tls/crl/{slug}.crl"));
+        t.ok(
+            "hale-sign",
+            &[
+                "ca", "crl", "--ca-dir", &ca, "--ca", slug, "--out", &out, pass[0], pass[1],
+            ],
+        );
+    }
+    for (role, name) in [("operator", "olga"), ("technician", "tom")] {
+        let out = t.p(name);
+        t.ok(
+            "hale-sign",
+            &[
+                "ca", "staff", "--ca-dir", &ca, "--role", role, "--name", name, "--hours", "1",
+                "--out", &out, pass[0], pass[1], kpass[0], kpass[1],
+            ],
+        );
+    }
+}
+
+/// Every certificate of a PEM chain file.
+fn pem_chain(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    pem.split_inclusive("-----END CERTIFICATE-----")
+        .filter(|c| c.contains("-----BEGIN CERTIFICATE-----"))
+        .map(|c| hale_pki::tls::certificate_from_pem(c.trim_start()).unwrap())
+        .collect()
+}
+
+/// An HTTP/1.1 client over mTLS trusting only the Server CA, presenting `chain` and `key`.
+fn mtls_agent(
+    t: &Tools,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> ureq::Agent {
+    let server_ca = hale_pki::tls::certificate_from_pem(
+        &std::fs::read_to_string(t.work.join("ca/server.crt")).unwrap(),
+    )
+    .unwrap();
+    let mut cfg = (*hale_pki::tls::client_config(server_ca, chain, key).unwrap()).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    ureq::AgentBuilder::new()
+        .tls_config(std::sync::Arc::new(cfg))
+        .timeout(Duration::from_secs(20))
+        .build()
+}
+
+/// The staff API client of the person `name` (`hale-sign ca staff --out WORK/name`).
+fn staff_agent(t: &Tools, name: &str) -> ureq::Agent {
+    let sealed = std::fs::read(t.work.join(format!("{name}.key"))).unwrap();
+    let key = hale_pki::tls::open_private_key(&sealed, PASS.as_bytes()).unwrap();
+    let chain = pem_chain(&std::fs::read_to_string(t.work.join(format!("{name}.crt"))).unwrap());
+    mtls_agent(t, chain, key)
+}
+
+/// (HTTP status, JSON body) of a request, error statuses included.
+fn json_call(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let resp = match r {
+        Ok(resp) => resp,
+        Err(ureq::Error::Status(_, resp)) => resp,
+        Err(e) => panic!("transport: {e}"),
+    };
+    let status = resp.status();
+    let body = resp.into_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
+    )
+}
+
+/// Handshake with the device API as the device whose `operational.json` is `op` (key sealed under
+/// the pump1 device secret), send nothing, and return the TLS error the server answers with.
+fn handshake_refusal(
+    t: &Tools,
+    url: &str,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    op: &Value,
+) -> rustls::Error {
+    let key = hale_pki::tls::open_private_key(
+        &serde_json::to_vec(&op["key"]).unwrap(),
+        b"e2e device secret of pump1, a secure element stands here",
+    )
+    .unwrap();
+    let server_ca = hale_pki::tls::certificate_from_pem(
+        &std::fs::read_to_string(t.work.join("ca/server.crt")).unwrap(),
+    )
+    .unwrap();
+    let cfg = hale_pki::tls::client_config(server_ca, chain, key).unwrap();
+    let hostport = url.strip_prefix("https://").unwrap();
+    let host = hostport.rsplit_once(':').unwrap().0.to_string();
+    let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+    let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
+    let mut tcp = TcpStream::connect(hostport).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let rustls_error = |e: std::io::Error| -> rustls::Error {
+        e.get_ref()
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+            .cloned()
+            .unwrap_or_else(|| panic!("not a TLS error: {e}"))
+    };
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut tcp) {
+            return rustls_error(e);
+        }
+    }
+    loop {
+        while conn.wants_write() {
+            conn.write_tls(&mut tcp).unwrap();
+        }
+        let n = conn.read_tls(&mut tcp).unwrap();
+        assert!(n > 0, "the server closed without an alert");
+        if let Err(e) = conn.process_new_packets() {
+            return e;
+        }
+    }
+}
+
+/// POST a JSON body; (HTTP status, JSON body).
+fn post_json(agent: &ureq::Agent, url: &str, body: Value) -> (u16, Value) {
+    json_call(
+        agent
+            .post(url)
+            .set("Content-Type", "application/json")
+            .send_string(&body.to_string()),
+    )
+}
+
+/// The server's device record of `id`, read by operator olga over the staff API.
+fn device_record(t: &Tools, staff: &str, id: &str) -> Value {
+    let (status, v) = json_call(
+        staff_agent(t, "olga")
+            .get(&format!("{staff}/api/v1/staff/devices?limit=1000"))
+            .call(),
+    );
+    assert_eq!(status, 200, "{v}");
+    v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Audit record kinds, read by operator olga over the staff API.
+fn audit_kinds(t: &Tools, staff: &str) -> Vec<String> {
+    let (status, v) = json_call(
+        staff_agent(t, "olga")
+            .get(&format!("{staff}/api/v1/staff/audit?limit=1000"))
+            .call(),
+    );
+    assert_eq!(status, 200, "{v}");
+    v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `hale-agent --state WORK/STATE ARGS` with the device secret of that state (and a low scrypt
+/// cost for new device keys); the output whatever the exit status.
+fn agent_in(t: &Tools, state: &str, args: &[&str]) -> Output {
+    let dir = t.p(state);
+    let secret = format!("e2e device secret of {state}, a secure element stands here");
+    let mut a = vec!["--state", dir.as_str()];
+    a.extend(args);
+    Command::new(t.bin.join("hale-agent"))
+        .args(&a)
+        .env("HALE_DEVICE_SECRET", secret)
+        .env("HALE_AGENT_INSECURE_TEST_SCRYPT_LOG_N", "10")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Provision pump `n` (state `pumpN`, id `serial`) with v1 and the trusted root.
+fn provision_serial(t: &Tools, n: u32, serial: &str) {
+    t.pump(
+        n,
+        &[
+            "provision",
+            "--root",
+            &t.p("release/repository/1.root.json"),
+            "--image",
+            &t.p("fw-1.0.0-pump-a.bin"),
+            "--version",
+            "1.0.0",
+            "--security-counter",
+            "1",
+            "--id",
+            serial,
+            "--model",
+            "pump-a",
+            "--revision",
+            "r2",
+            "--target",
+            TARGET,
+        ],
+    );
+}
+
+/// The operational certificate serial an `enroll` printed.
+fn enrolled_serial(o: &Output) -> String {
+    let log = text(o);
+    assert!(o.status.success(), "{log}");
+    log.strip_prefix("enrolled: operational certificate ")
+        .unwrap_or_else(|| panic!("{log}"))
+        .trim()
+        .to_string()
+}
+
+/// Issue 5: `hale-server enroll-token` → `hale-agent enroll --token`; the token-enrolled pump
+/// updates over mTLS. The same token presented again — by a second device claiming the same
+/// serial with its own fresh key — is refused with `token_used`: no certificate is written on that
+/// device, the server's record keeps the first certificate and the audit log one enrollment.
+#[test]
+fn token_enrolled_pump_updates_over_mtls_and_a_reused_token_is_refused() {
+    let bin = binaries();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tools {
+        bin,
+        work: tmp.path().to_path_buf(),
+    };
+    identity_setup(&t);
+    let serial = "SN-TOKEN-0001";
+    let data = t.p("server");
+    let token = t.ok(
+        "hale-server",
+        &[
+            "enroll-token",
+            "--data",
+            &data,
+            "--serial",
+            serial,
+            "--model",
+            "pump-a",
+            "--ttl",
+            "600",
+        ],
+    );
+    let token = token.trim().to_string();
+    assert!(token.starts_with("hale-et-"), "{token}");
+
+    let (server, [plain, device, enroll, staff]) = start_tls_server(&t);
+    let out = t.release(&plain, "1.0.0", "1", "pump-a");
+    assert!(out.status.success(), "push v1: {}", text(&out));
+    provision_serial(&t, 1, serial);
+    // the pump makes its key (and records its serial); the factory certified nothing
+    let out = agent_in(&t, "pump1", &["factory-csr", "--serial", serial]);
+    assert!(out.status.success(), "{}", text(&out));
+    let server_ca = t.p("ca/server.crt");
+    let est = ["enroll", "--est", &enroll, "--ca-cert", &server_ca];
+    let mut with_token = est.to_vec();
+    with_token.extend(["--token", token.as_str()]);
+    let issued = enrolled_serial(&agent_in(&t, "pump1", &with_token));
+
+    // the token-enrolled certificate works on the device API: v2 installs over mTLS
+    let out = t.release(&plain, "2.0.0", "2", "pump-a");
+    assert!(out.status.success(), "push v2: {}", text(&out));
+    let out = agent_in(
+        &t,
+        "pump1",
+        &["run", "--server", &device, "--once", "--jitter", "0"],
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("health check passed: 2.0.0 confirmed"),
+        "{log}"
+    );
+    assert!(!log.contains("refused") && !log.contains("failed"), "{log}");
+    let record = device_record(&t, &staff, serial);
+    assert_eq!(record["status"], "active", "{record}");
+    assert_eq!(record["certificate"]["serial"], issued.as_str(), "{record}");
+    let operational = std::fs::read(t.work.join("pump1/identity/operational.json")).unwrap();
+
+    // the same token again, from a clone with the same serial and its own key
+    let out = agent_in(&t, "clone", &["factory-csr", "--serial", serial]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = agent_in(&t, "clone", &with_token);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    let refusal = format!(
+        "enrollment refused: {enroll}/.well-known/est/simpleenroll: refused (HTTP 401 token_used): "
+    );
+    assert!(log.starts_with(&refusal), "{log}");
+    assert!(
+        !t.work.join("clone/identity/operational.json").exists(),
+        "a refused enrollment stored a certificate"
+    );
+    // and from the pump that redeemed it: refused the same way, its certificate untouched
+    let out = agent_in(&t, "pump1", &with_token);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).starts_with(&refusal), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(t.work.join("pump1/identity/operational.json")).unwrap(),
+        operational,
+        "a refused enrollment changed the pump's certificate"
+    );
+    // the server: same record, same certificate, one enrollment
+    let after = device_record(&t, &staff, serial);
+    assert_eq!(after["status"], "active", "{after}");
+    assert_eq!(after["certificate"], record["certificate"], "{after}");
+    let kinds = audit_kinds(&t, &staff);
+    let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
+    assert_eq!(
+        (count("enroll-token"), count("enroll")),
+        (1, 1),
+        "{kinds:?}"
+    );
+    drop(server);
+    t.ok("hale-server", &["audit", "verify", "--data", &data]);
+}
+
+/// Issue 5: decommission through the staff API. A technician may not decommission
+/// (`role_forbidden`, the pump stays active); operator olga does. The pump's certificate is revoked
+/// with it, so the device API refuses it at the handshake (TLS alert `certificate_revoked`): the
+/// pump's next poll fails, installs nothing of the v2 on offer, and the pump keeps running its
+/// verified v1 (state and flash unchanged); a connection the pump opened before the decommission
+/// gets `403 device_decommissioned` from the per-request record check; the pump cannot enroll
+/// again (`device_decommissioned`, with a token issued before, and no new token).
+#[test]
+fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
+    let bin = binaries();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tools {
+        bin,
+        work: tmp.path().to_path_buf(),
+    };
+    identity_setup(&t);
+    let serial = "SN-DECOM-0001";
+    let data = t.p("server");
+    let (server, [plain, device, enroll, staff]) = start_tls_server(&t);
+
+    // a token from the staff API (technician), then enrollment and a first poll
+    let (status, v) = post_json(
+        &staff_agent(&t, "tom"),
+        &format!("{staff}/api/v1/staff/enroll-tokens"),
+        serde_json::json!({"serial": serial, "model": "pump-a", "ttl_secs": 600}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+    let out = t.release(&plain, "1.0.0", "1", "pump-a");
+    assert!(out.status.success(), "push v1: {}", text(&out));
+    provision_serial(&t, 1, serial);
+    let out = agent_in(&t, "pump1", &["factory-csr", "--serial", serial]);
+    assert!(out.status.success(), "{}", text(&out));
+    let server_ca = t.p("ca/server.crt");
+    let issued = enrolled_serial(&agent_in(
+        &t,
+        "pump1",
+        &[
+            "enroll",
+            "--est",
+            &enroll,
+            "--ca-cert",
+            &server_ca,
+            "--token",
+            &token,
+        ],
+    ));
+    let poll = || {
+        agent_in(
+            &t,
+            "pump1",
+            &["run", "--server", &device, "--once", "--jitter", "0"],
+        )
+    };
+    let out = poll();
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(!log.contains("refused") && !log.contains("failed"), "{log}");
+
+    // a connection of the pump's own certificate, opened while it is active
+    let op: Value = serde_json::from_slice(
+        &std::fs::read(t.work.join("pump1/identity/operational.json")).unwrap(),
+    )
+    .unwrap();
+    let key = hale_pki::tls::open_private_key(
+        &serde_json::to_vec(&op["key"]).unwrap(),
+        b"e2e device secret of pump1, a secure element stands here",
+    )
+    .unwrap();
+    let open = mtls_agent(&t, pem_chain(op["chain"].as_str().unwrap()), key);
+    let r = open
+        .get(&format!("{device}/timestamp.json"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.into_string().unwrap();
+
+    // v2 is on offer from now on
+    let out = t.release(&plain, "2.0.0", "2", "pump-a");
+    assert!(out.status.success(), "push v2: {}", text(&out));
+    let before_status = t.pump(1, &["status"]);
+    let before_flash = std::fs::read(t.work.join("pump1/flash.bin")).unwrap();
+
+    // a spare token for the pump, issued while it is active
+    let (status, v) = post_json(
+        &staff_agent(&t, "olga"),
+        &format!("{staff}/api/v1/staff/enroll-tokens"),
+        serde_json::json!({"serial": serial, "model": "pump-a"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let spare_token = v["token"].as_str().unwrap().to_string();
+
+    // a technician may not decommission: refused, nothing changed
+    let decommission = format!("{staff}/api/v1/staff/devices/{serial}/decommission");
+    let (status, v) = post_json(
+        &staff_agent(&t, "tom"),
+        &decommission,
+        serde_json::json!({"reason": "e2e"}),
+    );
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (403, Some("role_forbidden")),
+        "{v}"
+    );
+    let record = device_record(&t, &staff, serial);
+    assert_eq!(record["status"], "active", "{record}");
+    assert_eq!(record["certificate"]["serial"], issued.as_str(), "{record}");
+
+    // the operator does
+    let (status, v) = post_json(
+        &staff_agent(&t, "olga"),
+        &decommission,
+        serde_json::json!({"reason": "returned to the manufacturer"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "decommissioned", "{v}");
+    let record = device_record(&t, &staff, serial);
+    assert_eq!(record["status"], "decommissioned", "{record}");
+
+    // the connection opened before: the record check answers device_decommissioned
+    let (status, v) = json_call(open.get(&format!("{device}/timestamp.json")).call());
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (403, Some("device_decommissioned")),
+        "{v}"
+    );
+
+    // the pump's certificate is refused at the handshake: a client that sends nothing after its
+    // Finished reads the server's alert (with a request already in flight, the server's close can
+    // reach the client as a reset first, so the agent's poll shows the alert or a broken pipe)
+    assert_eq!(
+        handshake_refusal(&t, &device, pem_chain(op["chain"].as_str().unwrap()), &op),
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)
+    );
+    // the pump's next poll fails at the transport, nothing is installed, it keeps running
+    let out = poll();
+    let log = text(&out);
+    assert!(out.status.success(), "the pump keeps running: {log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    assert_eq!(lines[0], "booted slot a", "{log}");
+    assert!(
+        lines[1].starts_with(&format!(
+            "update check failed: fetching 2.root.json: Io {{ url: \"{device}/2.root.json\""
+        )),
+        "{log}"
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "report to {device}/api/v1/devices/{serial}/report failed: "
+        )),
+        "{log}"
+    );
+    assert_eq!(
+        t.pump(1, &["status"]),
+        before_status,
+        "the pump's state changed"
+    );
+    assert_eq!(
+        std::fs::read(t.work.join("pump1/flash.bin")).unwrap(),
+        before_flash,
+        "the pump's flash changed"
+    );
+    let (_, _, running) = t.status(1);
+    assert_eq!(running, "1.0.0");
+
+    // and it cannot come back: a token issued before the decommission is refused at enrollment
+    // (nothing stored), and no new token is issued for it
+    let operational = std::fs::read(t.work.join("pump1/identity/operational.json")).unwrap();
+    let out = agent_in(
+        &t,
+        "pump1",
+        &[
+            "enroll",
+            "--est",
+            &enroll,
+            "--ca-cert",
+            &server_ca,
+            "--token",
+            &spare_token,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).starts_with(&format!(
+            "enrollment refused: {enroll}/.well-known/est/simpleenroll: refused (HTTP 403 device_decommissioned): "
+        )),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read(t.work.join("pump1/identity/operational.json")).unwrap(),
+        operational
+    );
+    let (status, v) = post_json(
+        &staff_agent(&t, "olga"),
+        &format!("{staff}/api/v1/staff/enroll-tokens"),
+        serde_json::json!({"serial": serial, "model": "pump-a"}),
+    );
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (403, Some("device_decommissioned")),
+        "{v}"
+    );
+    let record = device_record(&t, &staff, serial);
+    assert_eq!(record["status"], "decommissioned", "{record}");
+    assert!(record["certificate"].is_null(), "{record}");
+    let kinds = audit_kinds(&t, &staff);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "device-decommission").count(),
+        1,
+        "{kinds:?}"
+    );
+    drop(server);
+    t.ok("hale-server", &["audit", "verify", "--data", &data]);
 }
