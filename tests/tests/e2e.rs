@@ -20,7 +20,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,29 +35,39 @@ const TARGET: &str = "pump-a/firmware.bin";
 fn binaries() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let target_dir = profile_dir.parent().unwrap();
+    let target_dir = profile_dir.parent().unwrap().to_path_buf();
+    // device-agent on its own: with other packages, `--features device-agent/std` lands on its
+    // dev-dependency on itself and hale-agent is skipped
+    for args in [
+        &[
+            "-p",
+            "hale-sign",
+            "-p",
+            "hale-server",
+            "-p",
+            "hale-link",
+            "--features",
+            "hale-link/std",
+        ][..],
+        &["-p", "device-agent", "--features", "std"][..],
+    ] {
+        build(args, &target_dir, &profile_dir);
+    }
+    profile_dir
+}
+
+fn build(packages: &[&str], target_dir: &Path, profile_dir: &Path) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "-p",
-        "hale-sign",
-        "-p",
-        "hale-server",
-        "-p",
-        "device-agent",
-        "-p",
-        "hale-link",
-        "--features",
-        "device-agent/std,hale-link/std",
-        "--bins",
-    ])
-    .env("CARGO_TARGET_DIR", target_dir)
-    // as if typed in a shell: without the variables cargo sets for this test (some build
-    // scripts track them, and a different value rebuilds their crates every time)
-    .env_remove("LD_LIBRARY_PATH")
-    .env_remove("OUT_DIR")
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.arg("build")
+        .args(packages)
+        .arg("--bins")
+        .env("CARGO_TARGET_DIR", target_dir)
+        // as if typed in a shell: without the variables cargo sets for this test (some build
+        // scripts track them, and a different value rebuilds their crates every time)
+        .env_remove("LD_LIBRARY_PATH")
+        .env_remove("OUT_DIR")
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
         if [
@@ -79,11 +89,7 @@ fn binaries() -> PathBuf {
         cmd.arg("--release");
     }
     let st = cmd.status().unwrap();
-    assert!(
-        st.success(),
-        "building hale-sign, hale-server, hale-agent, hale-link"
-    );
-    profile_dir
+    assert!(st.success(), "building {packages:?}");
 }
 
 struct Tools {
