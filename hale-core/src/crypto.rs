@@ -135,6 +135,7 @@ impl PublicKey {
     /// Check `sig` (the decoded signature bytes) over the message that `write_msg` produces.
     /// Returns `Ok(false)` for a wrong or malformed signature; `Err` only if the message itself
     /// cannot be produced.
+    #[inline(never)]
     pub fn verify<F>(&self, sig: &[u8], write_msg: F) -> Result<bool, JsonError>
     where
         F: FnOnce(&mut dyn Sink) -> Result<(), JsonError>,
