@@ -549,8 +549,11 @@ impl ConformanceClient {
         write_file(&metadata_dir.join("root.json"), &bytes)
     }
 
+    /// The stored file of a role. Delegated role names are arbitrary strings ("../x", "/x",
+    /// "?"), so the name is percent-encoded: it can never leave `metadata_dir`.
     fn path(&self, role: &str) -> PathBuf {
-        self.metadata_dir.join(format!("{role}.json"))
+        self.metadata_dir
+            .join(format!("{}.json", encode_target_name(role)))
     }
 
     fn fetch(&mut self, name: &str, limit: usize) -> Result<Vec<u8>, ClientError> {
@@ -649,7 +652,15 @@ impl ConformanceClient {
             };
             let found = match set.find_target(path, &mut source) {
                 Ok(Some(f)) => f,
-                Ok(None) => return Err(ClientError::TargetNotFound(path.clone())),
+                Ok(None) => {
+                    // the search ran to its end, so every role it fetched was verified:
+                    // persist them even though no role lists the target (spec 5.6.7.2
+                    // updates a delegated role "as in 5.6", persisting included)
+                    for (role, bytes) in std::mem::take(&mut source.fetched) {
+                        write_file(&self.path(&role), &bytes)?;
+                    }
+                    return Err(ClientError::TargetNotFound(path.clone()));
+                }
                 Err(SearchError::Trust(e)) => return Err(ClientError::Trust(e)),
                 Err(SearchError::Fetch(())) => {
                     return Err(source
@@ -688,7 +699,8 @@ impl ConformanceClient {
     }
 }
 
-/// A file name for a target path inside the target directory (percent-encoded, flat).
+/// A file name for a target path inside the target directory, or for a role name in the
+/// metadata directory and in a metadata URL (percent-encoded: only `A-Za-z0-9-_.~` kept).
 pub fn encode_target_name(path: &str) -> String {
     let mut s = String::new();
     for b in path.bytes() {
@@ -724,10 +736,13 @@ impl RoleSource for DirSource<'_> {
                 return Ok(l);
             }
         }
+        // the role name is one URL path segment: percent-encode it (as python-tuf's
+        // `parse.quote(name, "")` does), so "?", "#" and "/" stay part of the name
+        let quoted = encode_target_name(name);
         let file = if self.consistent {
-            format!("{}.{name}.json", meta.version)
+            format!("{}.{quoted}.json", meta.version)
         } else {
-            format!("{name}.json")
+            format!("{quoted}.json")
         };
         let limit = meta.length.map_or(CONFORMANCE_MAX_METADATA, |l| l as usize);
         match self.client.fetch(&file, limit) {

@@ -464,3 +464,60 @@ fn conformance_client_reads_time_from_the_c_library_so_faketime_moves_it() {
         "expired timestamp under faketime"
     );
 }
+
+#[test]
+fn conformance_client_quotes_delegated_role_names_and_keeps_verified_roles() {
+    // a role name with URL delimiters: fetched as one percent-encoded path segment, stored
+    // under that encoded name, and kept after a search that finds no target (tuf-conformance
+    // test_unusual_role_name)
+    let mut sim = repo_with("2.0.0", 7, 3000);
+    let k = hale_tests::key("odd-role", hale_repo::KeyKind::Ed25519);
+    sim.delegate("targets", "a?b#c", &["*"], false, vec![k], 1);
+    sim.publish();
+    let role_file = sim.files["1.a?b#c.json"].clone();
+    let (addr, state) = serve();
+    set_files(&state, &sim);
+    state
+        .lock()
+        .unwrap()
+        .files
+        .insert("1.a%3Fb%23c.json".into(), role_file.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let md = tmp.path().join("metadata");
+    let td = tmp.path().join("targets");
+    std::fs::create_dir_all(&md).unwrap();
+    std::fs::create_dir_all(&td).unwrap();
+    let root = tmp.path().join("root.json");
+    std::fs::write(&root, sim.initial_root()).unwrap();
+    let (mds, tds, murl, turl) = (
+        md.to_str().unwrap(),
+        td.to_str().unwrap(),
+        format!("{addr}/metadata"),
+        format!("{addr}/targets"),
+    );
+    assert!(conformance(&[
+        "--metadata-dir",
+        mds,
+        "init",
+        root.to_str().unwrap()
+    ]));
+    assert!(!conformance(&[
+        "--metadata-url",
+        &murl,
+        "--metadata-dir",
+        mds,
+        "--target-name",
+        "no-such-target",
+        "--target-dir",
+        tds,
+        "--target-base-url",
+        &turl,
+        "download",
+    ]));
+    let reqs = state.lock().unwrap().requests.clone();
+    assert!(
+        reqs.iter().any(|r| r == "GET /metadata/1.a%3Fb%23c.json"),
+        "{reqs:?}"
+    );
+    assert_eq!(read(&md.join("a%3Fb%23c.json")), role_file);
+}
