@@ -638,8 +638,16 @@ impl<B: RoleBuffer> TrustedSet<B> {
                     None => Step::Exhausted,
                     Some((after, child_name, terminating)) => {
                         let cname = child_name.as_str();
+                        if matches!(cname, "root" | "timestamp" | "snapshot" | "targets") {
+                            // a delegated role may not take a top-level role's name (python-tuf
+                            // refuses such delegations too): its metadata would be confused with
+                            // the top-level role's wherever roles are kept by name
+                            return Err(SearchError::Trust(Error::UnsafeName {
+                                name: Name::new(cname),
+                            }));
+                        }
                         let name_hash = sha256(cname.as_bytes());
-                        let seen = cname == "targets" || visited.contains(&name_hash);
+                        let seen = visited.contains(&name_hash);
                         if seen || child_name.is_truncated() {
                             // visited before (a cycle, or a second delegator): skip it, like
                             // python-tuf skips visited roles

@@ -38,6 +38,51 @@ fn rejects_delegated_role_name_that_climbs_out_of_the_metadata_directory() {
 }
 
 #[test]
+fn rejects_delegated_role_that_takes_a_top_level_role_name() {
+    // stored by name, a delegated "root" would be confused with the trusted root (python-tuf
+    // refuses such delegations too)
+    for reserved in ["root", "timestamp", "snapshot", "targets"] {
+        let mut r = RepoSim::new();
+        r.delegate(
+            "targets",
+            "d",
+            &["*"],
+            false,
+            vec![key("d", KeyKind::Ed25519)],
+            1,
+        );
+        // the delegation entry (signed by targets) names the reserved role
+        let roles = r.targets.delegations.as_mut().unwrap()["roles"]
+            .as_array_mut()
+            .unwrap();
+        roles[0]["name"] = reserved.into();
+        r.mark("targets");
+        r.publish();
+        let mut c = Client::new(r.initial_root());
+        let err = c.download(&r.files, "fw.bin", NOW).unwrap_err();
+        assert_eq!(
+            err,
+            ClientError::Trust(Error::UnsafeName {
+                name: Name::new(reserved)
+            }),
+            "{reserved}"
+        );
+        // nothing delegated was fetched: the search stopped at the name
+        let top = [
+            "root.json",
+            "timestamp.json",
+            "snapshot.json",
+            "targets.json",
+        ];
+        assert!(
+            c.fetched.iter().all(|f| top.iter().any(|t| f.ends_with(t))),
+            "{reserved}: {:?}",
+            c.fetched
+        );
+    }
+}
+
+#[test]
 fn rejects_target_path_that_climbs_out_of_the_target_directory() {
     let mut r = RepoSim::new();
     let entry = hale_repo::build::target_entry(b"payload", None);
