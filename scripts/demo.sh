@@ -125,12 +125,10 @@ ident 1 factory-install --cert "$WORK/pump1-factory.crt"
 ident 2 factory-csr --serial pump-0002 --out "$WORK/pump2.csr"
 note "pump2 left the station without a factory certificate: it will enroll with a token"
 
-say "5. hale-server: init with the root and the online keys; operator token, manifest, enrollment token"
+say "5. hale-server: init with the root and the online keys; manifest, enrollment token"
 "$SERVER" init --data "$DATA" --root "$REPO/staged/root.json" \
     --timestamp-key "$KEYS/timestamp.key" --snapshot-key "$KEYS/snapshot.key" 2>/dev/null | sed 's/^/   /'
-HALE_TOKEN=$("$SERVER" token add --data "$DATA" --name release-engineer 2>/dev/null)
-export HALE_TOKEN
-note "release token created (kept in \$HALE_TOKEN, never on a command line)"
+note "releases are pushed by operator olga with her certificate (no operator token with TLS on)"
 "$SERVER" manifest import --data "$DATA" --tls-dir "$TLS" "$WORK/manifest.json" 2>/dev/null | sed 's/^/   /'
 ENROLL_TOKEN=$("$SERVER" enroll-token --data "$DATA" --serial pump-0002 --model pump-a --ttl 3600 2>/dev/null)
 note "single-use enrollment token for pump-0002 (${ENROLL_TOKEN:0:12}…), handed to the pump"
@@ -152,7 +150,8 @@ note "hale-server (pid $SERVER_PID):"
 note "  device API (mTLS, Device Issuing CA)  $DEVICE"
 note "  enrollment (EST)                      $ENROLL"
 note "  staff API (mTLS, Technician CA)       $STAFF"
-note "  publish API + read path (plain HTTP)  $URL"
+note "  staff API also takes releases from operator certificates (hale-sign push --cert)"
+note "  TUF read path (plain HTTP)            $URL"
 
 # make_image VERSION: a firmware image (random bytes after a readable header)
 make_image() {
@@ -169,7 +168,8 @@ release() {
         --min-bootloader 1.0.0 >/dev/null 2>&1
     "$SIGN" sign "$REPO/staged/targets.json" --key "$KEYS/targets-1.key" "${PASS[@]}" >/dev/null 2>&1
     "$SIGN" status "$REPO" --quiet 2>/dev/null | sed 's/^/   /'
-    "$SIGN" push "$REPO" --server "$URL" --token-env HALE_TOKEN 2>/dev/null | sed 's/^/   /'
+    "$SIGN" push "$REPO" --server "$STAFF" --cert "$WORK/olga.crt" --key "$WORK/olga.key" \
+        --ca-cert "$CA/server.crt" --key-passphrase-env HALE_STAFF_PASSPHRASE 2>/dev/null | sed 's/^/   /'
 }
 # staff METHOD PATH [ARGS]: one staff API request as operator olga (mTLS)
 staff() {
@@ -224,15 +224,11 @@ sys.exit(0 if ok else "expected %s running %s" % (want, version))' "$2" "$3"
 }
 
 # the server's fleet view, read by operator olga over the staff API (mTLS): each device's record
-# (status, certificate) and the last report it sent over the device API (from the audit log)
+# (status, certificate) and the last report it sent over the device API (GET /api/v1/staff/reports)
 read -r -d '' INVENTORY_PY <<'EOF_PY' || true
 import json, sys
 devices = json.load(open(sys.argv[1]))["devices"]
-last = {}
-for line in open(sys.argv[2]):
-    r = json.loads(line)
-    if r["kind"] == "report":
-        last[r["actor"]] = r["detail"]["report"]
+last = {r["device"]: r["report"] for r in json.load(open(sys.argv[2]))["reports"]}
 for d in devices:
     c = d.get("certificate") or {}
     r = last.get(d["id"]) or {}
@@ -243,21 +239,8 @@ for d in devices:
 EOF_PY
 inventory() {
     staff GET /api/v1/staff/devices >"$WORK/devices.json"
-    local after="" next
-    : >"$WORK/audit.jsonl"
-    while :; do
-        staff GET "/api/v1/staff/audit?limit=1000${after:+&after=$after}" >"$WORK/audit-page.json"
-        next=$(python3 -c '
-import json, sys
-page = json.load(open(sys.argv[1]))
-with open(sys.argv[2], "a") as out:
-    for r in page["records"]:
-        out.write(json.dumps(r) + "\n")
-print(page.get("next") or "")' "$WORK/audit-page.json" "$WORK/audit.jsonl")
-        [[ -n "$next" ]] || break
-        after=$next
-    done
-    python3 -c "$INVENTORY_PY" "$WORK/devices.json" "$WORK/audit.jsonl"
+    staff GET /api/v1/staff/reports >"$WORK/reports.json"
+    python3 -c "$INVENTORY_PY" "$WORK/devices.json" "$WORK/reports.json"
 }
 
 say "10. pump1 polls over mTLS: installs v2, reboots into the trial, health check passes, confirms"

@@ -104,9 +104,18 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             let mut warp_svc = warp_svc.clone();
             async move {
                 // with device identity configured, reports and the inventory exist only on the
-                // mTLS listeners (docs/pki.md)
-                if app.identity.is_some() && req.uri().path().starts_with("/api/v1/devices") {
-                    return Ok(crate::identity_http::plain_refused());
+                // mTLS listeners, and publishing only on the staff listener (docs/pki.md)
+                if app.identity.is_some() {
+                    let path = req.uri().path();
+                    if path.starts_with("/api/v1/devices") {
+                        return Ok(crate::identity_http::plain_refused());
+                    }
+                    if is_publish_path(path) {
+                        // read a small body first: a client still sending it would otherwise get
+                        // a reset instead of the answer
+                        drain(req.into_body(), REFUSAL_DRAIN_BYTES).await;
+                        return Ok(crate::identity_http::plain_publish_refused());
+                    }
                 }
                 if let Some(resp) = read_path(&app, &req).await {
                     return Ok::<_, Infallible>(resp);
@@ -134,6 +143,26 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("connections still open after 10 s; closing"),
     }
+}
+
+/// Request body read (and dropped) before a refusal is answered.
+const REFUSAL_DRAIN_BYTES: u64 = 1 << 20;
+
+/// Read and drop up to `limit` bytes of `body` (at most 10 s), so that the answer that follows
+/// reaches a client still sending; a larger or slower body is left unread (the connection closes).
+async fn drain(mut body: Incoming, limit: u64) {
+    let read = async {
+        let mut n = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(d) = frame.data_ref() {
+                n += d.len() as u64;
+                if n > limit {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
 }
 
 /// Bind with the listener options the server needs.
@@ -467,25 +496,46 @@ fn operator(app: Arc<App>) -> impl Filter<Extract = (String,), Error = Rejection
         })
 }
 
-pub fn api(
+/// The paths of the publish API (target upload and publish).
+pub(crate) fn is_publish_path(path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    path == "/api/v1/targets" || path == "/api/v1/publish"
+}
+
+/// The publish API — `POST /api/v1/targets` (content upload) and `POST /api/v1/publish` — behind
+/// `auth`, which yields the actor recorded in the audit log or rejects. The plain listener
+/// authorizes with operator tokens ([`operator`]), the staff listener with an operator
+/// certificate (`identity_http::staff_routes`).
+pub(crate) fn publish_routes<A>(
     app: Arc<App>,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    auth: A,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone
+where
+    A: Filter<Extract = (String,), Error = Rejection> + Clone + Send + Sync + 'static,
+{
     let max_publish = app.config.max_publish_bytes;
-    let max_report = app.config.max_report_bytes;
     let publish = warp::post()
         .and(warp::path!("api" / "v1" / "publish"))
-        .and(operator(app.clone()))
+        .and(auth.clone())
         .and(warp::body::content_length_limit(max_publish))
         .and(warp::body::bytes())
         .and(with_app(app.clone()))
         .and_then(publish_handler);
     let upload = warp::post()
         .and(warp::path!("api" / "v1" / "targets"))
-        .and(operator(app.clone()))
+        .and(auth)
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
-        .and(with_app(app.clone()))
+        .and(with_app(app))
         .and_then(upload_handler);
+    publish.or(upload).unify()
+}
+
+pub fn api(
+    app: Arc<App>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let max_report = app.config.max_report_bytes;
+    let publish = publish_routes(app.clone(), operator(app.clone()));
     let report = warp::post()
         .and(warp::path!("api" / "v1" / "devices" / String / "report"))
         .and(warp::body::content_length_limit(max_report))
@@ -506,8 +556,6 @@ pub fn api(
         .and(with_app(app.clone()))
         .map(metrics_handler);
     publish
-        .or(upload)
-        .unify()
         .or(report)
         .unify()
         .or(inventory)
@@ -909,23 +957,36 @@ async fn inventory_handler(
     q: InventoryQuery,
     app: Arc<App>,
 ) -> Result<warp::reply::Response, Rejection> {
-    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let store = app.store.clone();
-    let rows = tokio::task::spawn_blocking(move || store.devices(q.after.as_deref(), limit))
-        .await
-        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let next = (rows.len() == limit)
-        .then(|| rows.last().map(|r| r.0.clone()))
-        .flatten();
-    let devices: Vec<Value> = rows
-        .iter()
-        .filter_map(|(_, v)| serde_json::from_slice(v).ok())
-        .collect();
+    let (devices, next) =
+        tokio::task::spawn_blocking(move || report_page(&*store, q.after.as_deref(), q.limit))
+            .await
+            .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+            .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(json_reply(
         StatusCode::OK,
         &json!({"devices": devices, "next": next}),
     ))
+}
+
+/// One page of the device reports (each device's latest report and its install history), in
+/// device-id order after `after`, at most `limit` (1 to 1000, default 1000) records, and the id to
+/// continue after when the page is full. Blocking (sled).
+pub(crate) fn report_page(
+    store: &dyn crate::store::Store,
+    after: Option<&str>,
+    limit: Option<usize>,
+) -> Result<(Vec<Value>, Option<String>), crate::store::StoreError> {
+    let limit = limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let rows = store.devices(after, limit)?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.0.clone()))
+        .flatten();
+    let records = rows
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+        .collect();
+    Ok((records, next))
 }
 
 // --- operations --------------------------------------------------------------------------------

@@ -49,6 +49,17 @@ pub fn plain_refused() -> Response<Body> {
     ))
 }
 
+/// The plain listener's answer to the publish API when TLS is configured.
+pub fn plain_publish_refused() -> Response<Body> {
+    to_body(json_reply(
+        StatusCode::FORBIDDEN,
+        &json!({"error": "client_certificate_required",
+                "message": "with TLS configured, releases are published only on the mTLS staff listener \
+                            (--staff-listen) with an operator certificate: hale-sign push --server \
+                            https://STAFF --cert OPERATOR.crt --key OPERATOR.key --ca-cert SERVER_CA.crt"}),
+    ))
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, IdentityError> + Send + 'static,
 ) -> Result<T, IdentityError> {
@@ -262,7 +273,8 @@ where
 }
 
 /// The staff listener's handler: the Technician CA CRL is checked on every request (the handshake
-/// only checks it when a connection opens), then the staff routes.
+/// only checks it when a connection opens), then the TUF read path (what `hale-sign push` reads
+/// to choose what to send), then the staff routes and the publish API.
 pub fn staff_handler(
     app: Arc<App>,
     identity: Arc<Identity>,
@@ -274,7 +286,7 @@ pub fn staff_handler(
        + Send
        + Sync
        + 'static {
-    let routes = warp_handler(staff_routes(app, identity, listeners.clone()));
+    let routes = warp_handler(staff_routes(app.clone(), identity, listeners.clone()));
     move |req: Request<Incoming>| {
         let revoked = req
             .extensions()
@@ -286,7 +298,16 @@ pub fn staff_handler(
                 let r = to_body(error_reply(&IdentityError::CertificateRevoked { serial }));
                 Box::pin(async move { r })
             }
-            None => routes(req),
+            None => {
+                let app = app.clone();
+                let routes = routes.clone();
+                Box::pin(async move {
+                    if let Some(resp) = crate::http::read_path(&app, &req).await {
+                        return resp;
+                    }
+                    routes(req).await
+                })
+            }
         }
     }
 }
@@ -316,6 +337,17 @@ fn allow(
         }
     };
     Ok(format!("{role}:{}", peer.name))
+}
+
+/// The publish API's authorization on the staff listener: an operator certificate; the audit
+/// actor is `operator:<certificate name>`.
+fn operator_certificate() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+    warp::ext::get::<PeerIdentity>().and_then(|p: PeerIdentity| async move {
+        allow(&p, "publish", true).map_err(|e| {
+            tracing::warn!(peer = %p.name, error = %e, "publish refused");
+            crate::http::api_error(e.status(), e.code(), e.to_string())
+        })
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -501,6 +533,26 @@ pub fn staff_routes(
                 )
             },
         );
+    let reports = warp::get()
+        .and(base())
+        .and(warp::path("reports"))
+        .and(warp::path::end())
+        .and(peer())
+        .and(warp::query::<PageQuery>())
+        .and(with(app.clone()))
+        .then(|p: PeerIdentity, q: PageQuery, app: Arc<App>| async move {
+            reply(
+                blocking(move || {
+                    allow(&p, "list device reports", false)?;
+                    let (reports, next) =
+                        crate::http::report_page(&*app.store, q.after.as_deref(), q.limit)
+                            .map_err(|e| IdentityError::Internal(e.to_string()))?;
+                    Ok(json!({"reports": reports, "next": next}))
+                })
+                .await,
+            )
+        });
+    let publish = crate::http::publish_routes(app.clone(), operator_certificate());
     let audit = warp::get()
         .and(base())
         .and(warp::path!("audit"))
@@ -574,6 +626,10 @@ pub fn staff_routes(
         .or(audit)
         .unify()
         .or(crl)
+        .unify()
+        .or(reports)
+        .unify()
+        .or(publish)
         .unify()
         .recover(crate::http::recover)
         .unify()

@@ -111,12 +111,16 @@ enum Cmd {
 }
 
 /// Device identity: mTLS listeners (docs/pki.md). Without --tls-dir the server speaks plain HTTP
-/// only (development and interop) and accepts unauthenticated device reports.
+/// only (development and interop), accepts unauthenticated device reports and publishes with
+/// operator tokens.
 #[derive(clap::Args, Debug)]
 struct TlsArgs {
     /// TLS directory: server.crt (chain), server.key (sealed), ca/<slug>.crt,
     /// ca/device-issuing.key (the Device Issuing CA file), crl/manufacturing.crl,
-    /// crl/technician.crl. With it, device reports are accepted only on --device-listen.
+    /// crl/technician.crl. With it, device reports are accepted only on --device-listen, and
+    /// the publish API (POST /api/v1/targets, /api/v1/publish) only on --staff-listen with an
+    /// operator certificate: the plain listener refuses it and operator tokens
+    /// (403 client_certificate_required).
     #[arg(long, requires_all = ["device_listen", "enroll_listen", "staff_listen"])]
     tls_dir: Option<PathBuf>,
     /// Device API (mTLS, Device Issuing CA): TUF metadata, targets, reports.
@@ -126,7 +130,9 @@ struct TlsArgs {
     /// /crl/device-issuing.crl.
     #[arg(long)]
     enroll_listen: Option<std::net::SocketAddr>,
-    /// Staff API (mTLS, Technician CA): fleet, revocation, tokens, manifests, audit, CRLs.
+    /// Staff API (mTLS, Technician CA): fleet, device reports, revocation, tokens, manifests,
+    /// audit, CRLs; the publish API for operator certificates (`hale-sign push --cert`) and the
+    /// TUF read path it reads.
     #[arg(long)]
     staff_listen: Option<std::net::SocketAddr>,
     /// File whose first line opens ca/device-issuing.key and server.key (else

@@ -1344,3 +1344,229 @@ fn cli_imports_manifests_and_issues_tokens_the_server_honours() {
         "token_used",
     );
 }
+
+/// Served versions as the plain listener's `/healthz` reports them.
+fn served_versions(t: &TlsServer) -> Value {
+    let h = get(&format!("{}/healthz", t.plain)).json();
+    json!({"timestamp": h["timestamp"], "snapshot": h["snapshot"], "root": h["root"]})
+}
+
+#[test]
+fn operators_publish_over_the_staff_listener_and_staff_read_device_reports() {
+    let f = Fixture::new();
+    let tls = f.dir.path().join("tls");
+    let p = tls_dir(&tls);
+    let t = start_tls(&f, &tls);
+    let op = staff(&p, "olivia", StaffRole::Operator);
+    let tech = staff(&p, "theo", StaffRole::Technician);
+    let fw: Vec<u8> = (0..40_000u32).map(|i| (i % 241) as u8).collect();
+    let sha = hex::encode(sha2::Sha256::digest(&fw));
+    let blob = f.data.join("repo/blobs").join(&sha);
+    let targets_v1 = f.targets(1, &[("fw.bin", &fw, None)], None);
+    let body = publish_body(None, &[("targets", &targets_v1)]);
+    let json_ct = ("Content-Type", "application/json");
+
+    // refused: a technician certificate may neither upload nor publish; nothing changes
+    let repo_before = f.repo_digest();
+    let versions_before = served_versions(&t);
+    let before = state(&t, &op);
+    assert_refused(
+        once(&t.staff, tech.clone(), "POST", "/api/v1/targets", &[], &fw),
+        403,
+        "role_forbidden",
+    );
+    let r = once(
+        &t.staff,
+        tech.clone(),
+        "POST",
+        "/api/v1/publish",
+        &[json_ct],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.code().as_str(), r.json()["message"].clone()),
+        (403, "role_forbidden", json!("a technician may not publish")),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(f.repo_digest(), repo_before);
+    assert_eq!(served_versions(&t), versions_before);
+    assert!(!blob.exists());
+    assert_eq!(state(&t, &op), before);
+
+    // refused: with TLS on, the plain listener takes no publish API call, even with a valid
+    // operator token; nothing changes
+    for (path, b, ct) in [
+        ("/api/v1/targets", &fw, "application/octet-stream"),
+        ("/api/v1/publish", &body, "application/json"),
+    ] {
+        let r = request(
+            "POST",
+            &format!("{}{path}", t.plain),
+            &[
+                ("Authorization", &format!("Bearer {}", f.token)),
+                ("Content-Type", ct),
+            ],
+            Some(b),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.status, r.json()["error"].clone()),
+            (403, json!("client_certificate_required")),
+            "{path}"
+        );
+        assert!(
+            r.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("staff listener (--staff-listen) with an operator certificate"),
+            "{}",
+            r.json()
+        );
+    }
+    assert_eq!(f.repo_digest(), repo_before);
+    assert_eq!(served_versions(&t), versions_before);
+    assert!(!blob.exists());
+    assert_eq!(state(&t, &op), before);
+
+    // an operator certificate: what `hale-sign push` reads (the read path), then upload and
+    // publish on one kept-alive connection
+    let mut c = connect(&t.staff, op.clone());
+    let ts0 = c.send("GET", "/timestamp.json", &[], b"").unwrap();
+    assert_eq!(ts0.status, 404, "nothing published yet");
+    let root1 = c.send("GET", "/1.root.json", &[], b"").unwrap();
+    assert_eq!((root1.status, &root1.body), (200, &f.root));
+    let r = c
+        .send(
+            "POST",
+            "/api/v1/targets",
+            &[("Content-Type", "application/octet-stream")],
+            &fw,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        (
+            r.json()["length"].clone(),
+            r.json()["hashes"]["sha256"].clone()
+        ),
+        (json!(fw.len()), json!(sha))
+    );
+    let r = c
+        .send("POST", "/api/v1/publish", &[json_ct], &body)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_ne!(served_versions(&t), versions_before);
+    // the audit actor is the operator's certificate
+    let a = once(&t.staff, op.clone(), "GET", "/api/v1/staff/audit", &[], b"").unwrap();
+    let last = a.json()["records"]
+        .as_array()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (last["kind"].clone(), last["actor"].clone()),
+        (json!("publish"), json!("operator:olivia"))
+    );
+    let ts = c.send("GET", "/timestamp.json", &[], b"").unwrap();
+    assert_eq!(ts.status, 200);
+
+    // a pump enrolled with a token gets the release on the device listener and reports
+    let r = once(
+        &t.staff,
+        tech.clone(),
+        "POST",
+        "/api/v1/staff/enroll-tokens",
+        &[],
+        json!({"serial": "pump-7", "model": MODEL})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let bearer = format!("Bearer {}", r.json()["token"].as_str().unwrap());
+    let k = generate_key_and_csr(KeyAlgorithm::P256, "pump-7").unwrap();
+    let r = once(
+        &t.enroll,
+        client_config_without_certificate(p.server_ca.clone()).unwrap(),
+        "POST",
+        "/.well-known/est/simpleenroll",
+        &[PKCS10, ("Authorization", &bearer)],
+        k.csr_pem.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let pump = operational(&r.body, &k.private_key_pem);
+    let mut d = connect(&t.device, holder_cfg(&p, &pump));
+    let dts = d.send("GET", "/timestamp.json", &[], b"").unwrap();
+    assert_eq!((dts.status, &dts.body), (200, &ts.body));
+    let tr = d
+        .send("GET", &format!("/targets/{sha}.fw.bin"), &[], b"")
+        .unwrap();
+    assert_eq!((tr.status, tr.body == fw), (200, true));
+
+    // the staff report inventory: empty, then the pump's report, for operators and technicians
+    let empty = once(
+        &t.staff,
+        tech.clone(),
+        "GET",
+        "/api/v1/staff/reports",
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(
+        (empty.status, empty.json()),
+        (200, json!({"reports": [], "next": null}))
+    );
+    let report = json!({"slots": [{"name": "a", "version": "1.0.0", "state": "active"}],
+                        "last_result": {"result": "installed", "target": "fw.bin", "version": "1.0.0"}});
+    let r = d
+        .send(
+            "POST",
+            "/api/v1/devices/pump-7/report",
+            &[json_ct],
+            report.to_string().as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    // as stored: the parsed report (absent optional fields as null)
+    let mut stored = report.clone();
+    stored["last_result"]["reason"] = Value::Null;
+    for who in [&op, &tech] {
+        let r = once(
+            &t.staff,
+            who.clone(),
+            "GET",
+            "/api/v1/staff/reports?limit=1",
+            &[],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let v = r.json();
+        let rows = v["reports"].as_array().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (
+                rows[0]["device"].clone(),
+                rows[0]["report"].clone(),
+                rows[0]["history"].clone(),
+                v["next"].clone()
+            ),
+            (json!("pump-7"), stored.clone(), json!([]), json!("pump-7"))
+        );
+        let after = once(
+            &t.staff,
+            who.clone(),
+            "GET",
+            "/api/v1/staff/reports?after=pump-7",
+            &[],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(after.json(), json!({"reports": [], "next": null}));
+    }
+}

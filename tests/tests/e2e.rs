@@ -136,6 +136,43 @@ impl Tools {
 
     /// target add + sign + push of one firmware image under TARGET.
     fn release(&self, url: &str, version: &str, counter: &str, model: &str) -> Output {
+        self.stage(version, counter, model);
+        self.push(url)
+    }
+
+    /// As [`Self::release`], pushed to the staff listener with operator olga's certificate (the
+    /// server has TLS on: the plain listener refuses the publish API).
+    fn release_as_operator(
+        &self,
+        staff: &str,
+        version: &str,
+        counter: &str,
+        model: &str,
+    ) -> Output {
+        self.stage(version, counter, model);
+        self.run(
+            "hale-sign",
+            &[
+                "push",
+                &self.p("release"),
+                "--server",
+                staff,
+                "--cert",
+                &self.p("olga.crt"),
+                "--key",
+                &self.p("olga.key"),
+                "--ca-cert",
+                &self.p("ca/server.crt"),
+                "--key-passphrase-env",
+                PASS_VAR,
+                "--timeout",
+                "20",
+            ],
+        )
+    }
+
+    /// target add + sign of one firmware image under TARGET (staged, not pushed).
+    fn stage(&self, version: &str, counter: &str, model: &str) {
         let fw = self.work.join(format!("fw-{version}-{model}.bin"));
         let mut bytes = format!("HALE PUMP FIRMWARE {version} for {model}\n").into_bytes();
         bytes.extend((0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
@@ -169,7 +206,6 @@ impl Tools {
             "--key",
             &self.p("keys/targets.key"),
         ]);
-        self.push(url)
     }
 
     fn push(&self, url: &str) -> Output {
@@ -893,7 +929,7 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
     );
 
     let (server, [plain, device, enroll, staff]) = start_tls_server(&t);
-    let out = t.release(&plain, "1.0.0", "1", "pump-a");
+    let out = t.release_as_operator(&staff, "1.0.0", "1", "pump-a");
     assert!(out.status.success(), "push v1: {}", text(&out));
     t.pump(
         1,
@@ -918,7 +954,7 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
         ],
     );
 
-    let out = t.release(&plain, "2.0.0", "2", "pump-a");
+    let out = t.release_as_operator(&staff, "2.0.0", "2", "pump-a");
     assert!(out.status.success(), "push v2: {}", text(&out));
 
     // enroll with the factory certificate; the pump trusts only the Server CA
@@ -1661,8 +1697,8 @@ fn token_enrolled_pump_updates_over_mtls_and_a_reused_token_is_refused() {
     let token = token.trim().to_string();
     assert!(token.starts_with("hale-et-"), "{token}");
 
-    let (server, [plain, device, enroll, staff]) = start_tls_server(&t);
-    let out = t.release(&plain, "1.0.0", "1", "pump-a");
+    let (server, [_plain, device, enroll, staff]) = start_tls_server(&t);
+    let out = t.release_as_operator(&staff, "1.0.0", "1", "pump-a");
     assert!(out.status.success(), "push v1: {}", text(&out));
     provision_serial(&t, 1, serial);
     // the pump makes its key (and records its serial); the factory certified nothing
@@ -1675,7 +1711,7 @@ fn token_enrolled_pump_updates_over_mtls_and_a_reused_token_is_refused() {
     let issued = enrolled_serial(&agent_in(&t, "pump1", &with_token));
 
     // the token-enrolled certificate works on the device API: v2 installs over mTLS
-    let out = t.release(&plain, "2.0.0", "2", "pump-a");
+    let out = t.release_as_operator(&staff, "2.0.0", "2", "pump-a");
     assert!(out.status.success(), "push v2: {}", text(&out));
     let out = agent_in(
         &t,
@@ -1750,7 +1786,7 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
     identity_setup(&t);
     let serial = "SN-DECOM-0001";
     let data = t.p("server");
-    let (server, [plain, device, enroll, staff]) = start_tls_server(&t);
+    let (server, [_plain, device, enroll, staff]) = start_tls_server(&t);
 
     // a token from the staff API (technician), then enrollment and a first poll
     let (status, v) = post_json(
@@ -1760,7 +1796,7 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
     );
     assert_eq!(status, 200, "{v}");
     let token = v["token"].as_str().unwrap().to_string();
-    let out = t.release(&plain, "1.0.0", "1", "pump-a");
+    let out = t.release_as_operator(&staff, "1.0.0", "1", "pump-a");
     assert!(out.status.success(), "push v1: {}", text(&out));
     provision_serial(&t, 1, serial);
     let out = agent_in(&t, "pump1", &["factory-csr", "--serial", serial]);
@@ -1810,7 +1846,7 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
     r.into_string().unwrap();
 
     // v2 is on offer from now on
-    let out = t.release(&plain, "2.0.0", "2", "pump-a");
+    let out = t.release_as_operator(&staff, "2.0.0", "2", "pump-a");
     assert!(out.status.success(), "push v2: {}", text(&out));
     let before_status = t.pump(1, &["status"]);
     let before_flash = std::fs::read(t.work.join("pump1/flash.bin")).unwrap();

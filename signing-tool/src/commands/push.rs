@@ -1,5 +1,5 @@
-//! `hale-sign push DIR --server URL (--token-env VAR | --token-file PATH)`: publish a release to
-//! hale-server instead of a static directory. The server holds the online snapshot and timestamp
+//! `hale-sign push DIR --server URL (--cert FILE --key FILE --ca-cert FILE | --token-env VAR |
+//! --token-file PATH)`: publish a release to hale-server instead of a static directory. The server holds the online snapshot and timestamp
 //! keys; this command sends what only the offline side can sign — a new root, `targets` and the
 //! delegated roles — plus the target contents they name.
 //!
@@ -16,16 +16,24 @@
 //!    names (as `publish` without online keys does), so the next `target add` starts a new
 //!    version.
 //!
-//! The operator token comes from an environment variable or a file, never the command line.
-//! Transport failures (connection, timeouts) are reported apart from the server's refusals.
+//! Authentication: with the server's TLS listeners (`--tls-dir`), the operator's own staff
+//! certificate over mTLS to the **staff listener** (`--server https://STAFF`): `--cert` / `--key`
+//! from `hale-sign ca staff --role operator` (the key stays sealed at rest; its passphrase comes
+//! from `--key-passphrase-env`, `--key-passphrase-file` or a prompt), the server verified against
+//! the Server CA certificate only (`--ca-cert`). The server records `operator:<name>` as the
+//! actor. Without TLS (development) an operator token over plain HTTP, from an environment
+//! variable or a file, never the command line. Transport failures (connection, TLS, timeouts) are
+//! reported apart from the server's refusals.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use hale_repo::Passphrase;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -41,13 +49,41 @@ const MAX_SERVER_METADATA: u64 = 16 << 20;
 pub struct PushArgs {
     /// The repository working directory.
     dir: PathBuf,
-    /// hale-server's base URL, e.g. http://127.0.0.1:8080.
+    /// hale-server's base URL: the staff listener with --cert (https://HOST:PORT), else the
+    /// plain listener of a development server (e.g. http://127.0.0.1:8080).
     #[arg(long, value_name = "URL")]
     server: String,
-    /// Read the operator token from this environment variable.
+    /// Operator certificate chain (PEM) from `hale-sign ca staff --role operator`: publish over
+    /// mTLS on the staff listener.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires_all = ["key", "ca_cert"],
+        conflicts_with_all = ["token_env", "token_file"]
+    )]
+    cert: Option<PathBuf>,
+    /// The certificate's private key, sealed as `hale-sign ca staff` writes it.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// The Server CA certificate (PEM): the only anchor the server's certificate is checked against.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    ca_cert: Option<PathBuf>,
+    /// Open --key with the passphrase in this environment variable (else --key-passphrase-file,
+    /// else a prompt).
+    #[arg(
+        long,
+        value_name = "VAR",
+        requires = "cert",
+        conflicts_with = "key_passphrase_file"
+    )]
+    key_passphrase_env: Option<String>,
+    /// Open --key with the first line of this file.
+    #[arg(long, value_name = "PATH", requires = "cert")]
+    key_passphrase_file: Option<PathBuf>,
+    /// Read the operator token from this environment variable (development: plain HTTP).
     #[arg(long, value_name = "VAR", conflicts_with = "token_file")]
     token_env: Option<String>,
-    /// Read the operator token from the first line of this file.
+    /// Read the operator token from the first line of this file (development: plain HTTP).
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
     /// Per-request timeout in seconds.
@@ -67,7 +103,9 @@ fn token(a: &PushArgs) -> anyhow::Result<String> {
             .to_string()
     } else {
         bail!(
-            "no operator token: give --token-env VAR or --token-file PATH (never the token itself)"
+            "no credentials: give --cert FILE --key FILE --ca-cert FILE (operator certificate, \
+             staff listener), or for a development server --token-env VAR or --token-file PATH \
+             (never the token itself)"
         );
     };
     let t = t.trim().to_string();
@@ -75,6 +113,63 @@ fn token(a: &PushArgs) -> anyhow::Result<String> {
         bail!("the operator token is empty");
     }
     Ok(t)
+}
+
+/// Every certificate of a PEM chain, in order.
+fn pem_chain(pem: &str) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    let certs = pem
+        .split_inclusive("-----END CERTIFICATE-----")
+        .filter(|c| c.contains("-----BEGIN CERTIFICATE-----"))
+        .map(hale_pki::tls::certificate_from_pem)
+        .collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        bail!("no certificate");
+    }
+    Ok(certs)
+}
+
+/// The mTLS client of the staff listener: the operator's certificate and unsealed key, the
+/// Server CA as the only trust anchor, HTTP/1.1 (what ureq speaks).
+fn certificate_agent(
+    a: &PushArgs,
+    cert: &Path,
+    timeout: Duration,
+) -> anyhow::Result<ureq::AgentBuilder> {
+    let (Some(key), Some(ca_cert)) = (&a.key, &a.ca_cert) else {
+        bail!("--cert needs --key and --ca-cert");
+    };
+    if !a.server.starts_with("https://") {
+        bail!(
+            "--server {}: with --cert, give the staff listener's https:// URL",
+            a.server
+        );
+    }
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let chain = pem_chain(&read(cert)?).with_context(|| cert.display().to_string())?;
+    let server_ca = hale_pki::tls::certificate_from_pem(&read(ca_cert)?)
+        .with_context(|| ca_cert.display().to_string())?;
+    let sealed = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+    let source = if let Some(v) = &a.key_passphrase_env {
+        Passphrase::Env(v.clone())
+    } else if let Some(p) = &a.key_passphrase_file {
+        Passphrase::File(p.clone())
+    } else {
+        Passphrase::Prompt(format!("passphrase for {}: ", key.display()))
+    };
+    let pass = source
+        .read()
+        .with_context(|| format!("passphrase for {}", key.display()))?;
+    let key_der = hale_pki::tls::open_private_key(&sealed, &pass)
+        .with_context(|| format!("opening {}", key.display()))?;
+    let config = hale_pki::tls::client_config(server_ca, chain, key_der)
+        .with_context(|| format!("{}: certificate and key", cert.display()))?;
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(ureq::AgentBuilder::new()
+        .timeout_connect(timeout)
+        .timeout(timeout)
+        .tls_config(Arc::new(config)))
 }
 
 /// The server's answer to a refused request, as it sent it.
@@ -88,10 +183,20 @@ fn refusal(url: &str, code: u16, resp: ureq::Response) -> anyhow::Error {
 struct Server {
     base: String,
     agent: ureq::Agent,
-    token: String,
+    /// None with a certificate (mTLS authenticates).
+    token: Option<String>,
 }
 
 impl Server {
+    /// A POST with the operator token when there is one.
+    fn post(&self, url: &str) -> ureq::Request {
+        let r = self.agent.post(url);
+        match &self.token {
+            Some(t) => r.set("Authorization", &format!("Bearer {t}")),
+            None => r,
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/{path}", self.base)
     }
@@ -152,9 +257,7 @@ impl Server {
         let url = self.url("api/v1/targets");
         let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let resp = match self
-            .agent
             .post(&url)
-            .set("Authorization", &format!("Bearer {}", self.token))
             .set("Content-Type", "application/octet-stream")
             .set("Content-Length", &length.to_string())
             .send(f)
@@ -220,14 +323,20 @@ fn sha256s(doc: &[u8]) -> BTreeSet<String> {
 pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
     let state = State::load(&a.dir)?;
     state.warn_demo();
-    let token = token(&a)?;
     let timeout = Duration::from_secs(a.timeout.max(1));
+    let (agent, token) = match &a.cert {
+        Some(cert) => (certificate_agent(&a, cert, timeout)?.build(), None),
+        None => (
+            ureq::AgentBuilder::new()
+                .timeout_connect(timeout)
+                .timeout(timeout)
+                .build(),
+            Some(token(&a)?),
+        ),
+    };
     let server = Server {
         base: a.server.trim_end_matches('/').to_string(),
-        agent: ureq::AgentBuilder::new()
-            .timeout_connect(timeout)
-            .timeout(timeout)
-            .build(),
+        agent,
         token,
     };
 
@@ -347,9 +456,7 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
     body.push_str("}}");
     let url = server.url("api/v1/publish");
     let resp = match server
-        .agent
         .post(&url)
-        .set("Authorization", &format!("Bearer {}", server.token))
         .set("Content-Type", "application/json")
         .send_string(&body)
     {
