@@ -70,33 +70,53 @@ fn status_only(status: StatusCode) -> Response<Body> {
 
 // --- accept loop -----------------------------------------------------------------------------
 
-/// Serve until `shutdown` completes, then stop accepting and let open requests finish (up to 10 s).
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let routes = api(app.clone());
-    let warp_svc = warp::service(routes);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+/// HTTP/1.1 and HTTP/2 on one port; a client that never finishes its request head holds a
+/// connection at most 15 s. Shared by the plain and the TLS listeners.
+pub(crate) fn connection_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // a client that never finishes its request head holds a connection at most this long
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(15));
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    tokio::pin!(shutdown);
+    builder
+}
+
+/// The next accepted connection (Nagle off: small responses must not wait ~40 ms), or `None`
+/// once `shutdown` completes. A failed accept (e.g. out of file descriptors) is logged and
+/// retried after 50 ms.
+pub(crate) async fn next_connection(
+    listener: &TcpListener,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
     loop {
-        let (stream, peer) = tokio::select! {
+        tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer));
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => return None,
+        }
+    }
+}
+
+/// Serve until `shutdown` completes, then stop accepting and let open requests finish (up to 10 s).
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let routes = api(app.clone());
+    let warp_svc = warp::service(routes);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = connection_builder();
+    tokio::pin!(shutdown);
+    loop {
+        let Some((stream, peer)) = next_connection(&listener, shutdown.as_mut()).await else {
+            break;
         };
-        // small responses must not wait for Nagle's algorithm (~40 ms stalls)
-        let _ = stream.set_nodelay(true);
         let app = app.clone();
         let warp_svc = warp_svc.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {

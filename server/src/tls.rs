@@ -21,7 +21,7 @@ use hale_pki::tls::{ListenerTls, ReloadableServerConfig, TrustDomain};
 use hale_pki::{Ca, CaRole, PeerIdentity};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use tokio::net::TcpListener;
 
@@ -426,28 +426,15 @@ pub async fn serve<F, Fut>(
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(15));
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    let builder = Arc::new(builder);
+    let builder = Arc::new(crate::http::connection_builder());
     let (watch_tx, watch_rx) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer_addr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
+        let Some((stream, peer_addr)) =
+            crate::http::next_connection(&listener, shutdown.as_mut()).await
+        else {
+            break;
         };
-        let _ = stream.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(config.current());
         let handler = handler.clone();
         let builder = builder.clone();

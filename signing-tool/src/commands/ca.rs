@@ -245,6 +245,27 @@ pub fn open_ca(a: &CaDirArgs, role: CaRole) -> anyhow::Result<Ca> {
 
 /// Seal a PKCS#8 PEM private key (hale-pki's sealed key file, opened by
 /// `hale_pki::tls::open_private_key`), at the test knob's scrypt cost when it is set.
+/// Write an issued certificate (followed by its CA's, so a peer gets the chain) and its new key,
+/// sealed under a passphrase from `key_pass`, together: both files or neither.
+fn write_issued(
+    (crt, key): (&Path, &Path),
+    cert_pem: &str,
+    ca: &Ca,
+    private_key_pem: &str,
+    key_pass: &OutPassArgs,
+    what: &str,
+) -> anyhow::Result<()> {
+    let pass = read_new(&key_pass.source(&key.display().to_string()), what)?;
+    let mut batch = durable::Batch::new();
+    batch.add(
+        crt,
+        format!("{cert_pem}{}", ca.certificate_pem()?).as_bytes(),
+    )?;
+    batch.add(key, &seal_key(private_key_pem, &pass)?)?;
+    batch.commit()?;
+    Ok(())
+}
+
 fn seal_key(pem: &str, pass: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(match key_source::new_key_cost()? {
         Some(n) => hale_pki::tls::seal_private_key_with_cost(pem, pass, n)?,
@@ -323,17 +344,14 @@ fn server_cert(a: ServerCertArgs) -> anyhow::Result<ExitCode> {
     let dns: Vec<&str> = a.dns.iter().map(String::as_str).collect();
     let cert =
         ca.issue_server_certificate(&kc.csr_pem, &dns, &a.ip, days(a.days)?, SystemTime::now())?;
-    let pass = read_new(
-        &a.key_pass.source(&key.display().to_string()),
+    write_issued(
+        (&crt, &key),
+        &cert.pem,
+        &ca,
+        &kc.private_key_pem,
+        &a.key_pass,
         "the server key",
     )?;
-    let mut batch = durable::Batch::new();
-    batch.add(
-        &crt,
-        format!("{}{}", cert.pem, ca.certificate_pem()?).as_bytes(),
-    )?;
-    batch.add(&key, &seal_key(&kc.private_key_pem, &pass)?)?;
-    batch.commit()?;
     println!(
         "server certificate {} serial {}",
         crt.display(),
@@ -369,17 +387,14 @@ fn staff(a: StaffArgs) -> anyhow::Result<ExitCode> {
     let kc = hale_pki::generate_key_and_csr(alg, &a.name)?;
     let cert =
         ca.issue_staff_certificate(&kc.csr_pem, &a.name, role, validity, SystemTime::now())?;
-    let pass = read_new(
-        &a.key_pass.source(&key.display().to_string()),
+    write_issued(
+        (&crt, &key),
+        &cert.pem,
+        &ca,
+        &kc.private_key_pem,
+        &a.key_pass,
         "the staff key",
     )?;
-    let mut batch = durable::Batch::new();
-    batch.add(
-        &crt,
-        format!("{}{}", cert.pem, ca.certificate_pem()?).as_bytes(),
-    )?;
-    batch.add(&key, &seal_key(&kc.private_key_pem, &pass)?)?;
-    batch.commit()?;
     println!(
         "{} certificate for {} {} serial {} valid until {}",
         role.as_str(),
