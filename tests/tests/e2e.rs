@@ -725,58 +725,9 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
         bin,
         work: tmp.path().to_path_buf(),
     };
-    std::fs::create_dir_all(t.work.join("keys")).unwrap();
-    for name in ["root", "targets", "snapshot", "timestamp"] {
-        t.sign(&[
-            "key",
-            "generate",
-            "--type",
-            "ed25519",
-            "--out",
-            &t.p(&format!("keys/{name}")),
-        ]);
-    }
-    let repo = t.p("release");
-    let k = |n: &str| t.p(&format!("keys/{n}"));
-    t.ok(
-        "hale-sign",
-        &[
-            "init",
-            &repo,
-            "--root-key",
-            &k("root.pub"),
-            "--root-threshold",
-            "1",
-            "--targets-key",
-            &k("targets.pub"),
-            "--snapshot-key",
-            &k("snapshot.pub"),
-            "--timestamp-key",
-            &k("timestamp.pub"),
-        ],
-    );
-    let staged_root = format!("{repo}/staged/root.json");
-    t.sign(&["sign", &staged_root, "--key", &k("root.key")]);
+    identity_setup(&t);
     let data = t.p("server");
-    t.ok(
-        "hale-server",
-        &[
-            "init",
-            "--data",
-            &data,
-            "--root",
-            &staged_root,
-            "--timestamp-key",
-            &k("timestamp.key"),
-            "--snapshot-key",
-            &k("snapshot.key"),
-        ],
-    );
-    let token = t.ok(
-        "hale-server",
-        &["token", "add", "--data", &data, "--name", "e2e"],
-    );
-    std::fs::write(t.work.join("token"), token.trim()).unwrap();
+    let pass = ["--passphrase-env", PASS_VAR];
     // short device certificates, so renewal happens within the test: issued backdated by 300 s,
     // valid 180 s ahead, a 480 s lifetime whose 2/3 point is 20 s after issue
     std::fs::write(
@@ -784,91 +735,6 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
         br#"{"device_certificate_validity_secs": 180}"#,
     )
     .unwrap();
-
-    // the PKI (hale-sign, offline) and the server's TLS directory
-    let pass = ["--passphrase-env", PASS_VAR];
-    let kpass = ["--key-passphrase-env", PASS_VAR];
-    t.ok(
-        "hale-sign",
-        &["ca", "init", "--out", &t.p("ca"), pass[0], pass[1]],
-    );
-    std::fs::create_dir_all(t.work.join("server/tls/ca")).unwrap();
-    std::fs::create_dir_all(t.work.join("server/tls/crl")).unwrap();
-    t.ok(
-        "hale-sign",
-        &[
-            "ca",
-            "server-cert",
-            "--ca-dir",
-            &t.p("ca"),
-            "--dns",
-            "localhost",
-            "--ip",
-            "127.0.0.1",
-            "--out",
-            &t.p("server/tls/server"),
-            pass[0],
-            pass[1],
-            kpass[0],
-            kpass[1],
-        ],
-    );
-    for slug in [
-        "root",
-        "manufacturing",
-        "device-issuing",
-        "technician",
-        "server",
-    ] {
-        std::fs::copy(
-            t.work.join(format!("ca/{slug}.crt")),
-            t.work.join(format!("server/tls/ca/{slug}.crt")),
-        )
-        .unwrap();
-    }
-    std::fs::copy(
-        t.work.join("ca/device-issuing.key"),
-        t.work.join("server/tls/ca/device-issuing.key"),
-    )
-    .unwrap();
-    for slug in ["manufacturing", "technician"] {
-        t.ok(
-            "hale-sign",
-            &[
-                "ca",
-                "crl",
-                "--ca-dir",
-                &t.p("ca"),
-                "--ca",
-                slug,
-                "--out",
-                &t.p(&format!("server/tls/crl/{slug}.crl")),
-                pass[0],
-                pass[1],
-            ],
-        );
-    }
-    t.ok(
-        "hale-sign",
-        &[
-            "ca",
-            "staff",
-            "--ca-dir",
-            &t.p("ca"),
-            "--role",
-            "operator",
-            "--name",
-            "olga",
-            "--hours",
-            "1",
-            "--out",
-            &t.p("olga"),
-            pass[0],
-            pass[1],
-            kpass[0],
-            kpass[1],
-        ],
-    );
 
     // the factory: the pump makes its key and CSR, the station issues and records it
     let serial = "SN-E2E-0001";
@@ -1363,8 +1229,7 @@ fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_
 
 /// A TUF repository, an initialised hale-server (`server/`), the device-identity hierarchy
 /// (`ca/`), the server's TLS directory and an operator (`olga.crt`/`olga.key`) and a technician
-/// (`tom.crt`/`tom.key`) certificate, all through the real binaries. The hale-sign and hale-server
-/// steps of `pump_enrolls_updates_reports_and_renews_over_mtls`, without its manifest.
+/// (`tom.crt`/`tom.key`) certificate, all through the real binaries.
 fn identity_setup(t: &Tools) {
     std::fs::create_dir_all(t.work.join("keys")).unwrap();
     for name in ["root", "targets", "snapshot", "timestamp"] {
