@@ -565,11 +565,10 @@ pub fn staff_routes(
                     allow(&p, "read the audit log", true)?;
                     let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
                     let from = q.after.map_or(0, |a| a.saturating_add(1));
-                    let all = app.store.audit_all()?;
-                    let records: Vec<Value> = all
+                    let records: Vec<Value> = app
+                        .store
+                        .audit_page(from, limit)?
                         .iter()
-                        .filter(|(seq, _)| *seq >= from)
-                        .take(limit)
                         .filter_map(|(_, b)| serde_json::from_slice(b).ok())
                         .collect();
                     let next = (records.len() == limit)

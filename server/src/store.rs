@@ -51,6 +51,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn audit_last_of(&self, kinds: &[&str]) -> Result<Option<Vec<u8>>, StoreError>;
     /// All audit records in sequence order.
     fn audit_all(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Audit records from sequence number `from` on, in order, at most `limit` (a page: never
+    /// more of the log in memory than the caller asked for).
+    fn audit_page(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// Make everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 }
@@ -179,6 +182,15 @@ impl Store for SledStore {
     fn audit_all(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
         for kv in self.audit.iter() {
+            let (k, v) = kv?;
+            out.push((seq_of(&k), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn audit_page(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for kv in self.audit.range(from.to_be_bytes()..).take(limit) {
             let (k, v) = kv?;
             out.push((seq_of(&k), v.to_vec()));
         }

@@ -1174,6 +1174,31 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
     ] {
         assert!(kinds.iter().any(|x| x == k), "no {k} in {kinds:?}");
     }
+    // pages of 3 from the store's range, in order, each `next` continuing where the last stopped
+    let all: Vec<u64> = a.json()["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert!(all.len() > 6, "{all:?}");
+    let mut paged = vec![];
+    let mut query = "/api/v1/staff/audit?limit=3".to_string();
+    for _ in 0..2 {
+        let page = once(&t.staff, op.clone(), "GET", &query, &[], b"").unwrap();
+        let page = page.json();
+        let seqs: Vec<u64> = page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs.len(), 3, "{page}");
+        assert_eq!(page["next"].as_u64(), seqs.last().copied());
+        paged.extend(seqs);
+        query = format!("/api/v1/staff/audit?limit=3&after={}", page["next"]);
+    }
+    assert_eq!(paged, all[..6]);
     assert_refused(
         once(
             &t.staff,
