@@ -543,12 +543,18 @@ where
         .and_then(publish_handler);
     let upload = warp::post()
         .and(warp::path!("api" / "v1" / "targets"))
-        .and(auth)
+        .and(auth.clone())
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .and(with_app(app))
         .and_then(upload_handler);
-    publish.or(upload).unify()
+    // `GET /api/v1/publish`: the same authorization without a body, so a publisher learns of a
+    // refusal before uploading (a refused upload ends in a reset while the body is being sent)
+    let check = warp::get()
+        .and(warp::path!("api" / "v1" / "publish"))
+        .and(auth)
+        .map(|actor: String| json_reply(StatusCode::OK, &json!({"publisher": actor})));
+    publish.or(upload).unify().or(check).unify()
 }
 
 pub fn api(

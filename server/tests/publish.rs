@@ -286,6 +286,30 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
     );
     let r = publish(&s, "hale_wrong", None, &[("targets", &t1)]).unwrap();
     assert_eq!(r.status, 401);
+    // the body-less check a publisher makes before uploading: the same refusals, and the name
+    let check = |headers: &[(&str, &str)]| {
+        let r = request("GET", &s.url("/api/v1/publish"), headers, None).unwrap();
+        (r.status, r.json())
+    };
+    let (status, body) = check(&[]);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, body) = check(&[("Authorization", "Bearer hale_wrong")]);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let bearer = format!("Bearer {}", f.token);
+    let (status, body) = check(&[("Authorization", bearer.as_str())]);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["publisher"]
+            .as_str()
+            .is_some_and(|p| p.contains("alice")),
+        "{body}"
+    );
 
     // the good release still goes through afterwards
     let good = f.targets(2, &[("fw.bin", &fw2, None)], None);

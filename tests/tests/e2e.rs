@@ -823,6 +823,56 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
     let out = t.release_as_operator(&staff, "2.0.0", "2", "pump-a");
     assert!(out.status.success(), "push v2: {}", text(&out));
 
+    // a technician's certificate cannot publish, and a wrong passphrase opens no key: both
+    // refused with their reason, and the served repository stays at v2
+    let served = || -> Value {
+        serde_json::from_slice(&http_get_bytes(&format!("{plain}/timestamp.json"))).unwrap()
+    };
+    let before = served();
+    t.stage("3.0.0", "3", "pump-a");
+    let push_as = |name: &str, pass: &str| -> Output {
+        Command::new(t.bin.join("hale-sign"))
+            .args([
+                "push",
+                &t.p("release"),
+                "--server",
+                &staff,
+                "--cert",
+                &t.p(&format!("{name}.crt")),
+                "--key",
+                &t.p(&format!("{name}.key")),
+                "--ca-cert",
+                &t.p("ca/server.crt"),
+                "--key-passphrase-env",
+                "HALE_E2E_PUSH_PASS",
+                "--timeout",
+                "20",
+            ])
+            .env("HALE_E2E_PUSH_PASS", pass)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = push_as("tom", PASS);
+    assert!(
+        !out.status.success(),
+        "technician published: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("HTTP 403") && text(&out).contains("role_forbidden"),
+        "{}",
+        text(&out)
+    );
+    let out = push_as("olga", "not olga's passphrase");
+    assert!(
+        !out.status.success(),
+        "wrong passphrase published: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("olga.key"), "{}", text(&out));
+    assert_eq!(served(), before);
+
     // enroll with the factory certificate; the pump trusts only the Server CA
     let out = agent(&[
         "enroll",

@@ -197,6 +197,33 @@ impl Server {
         }
     }
 
+    /// Ask whether these credentials may publish (no body: a refusal arrives as the server's
+    /// answer, where a refused upload would end in a reset mid-body). The publisher's name.
+    fn may_publish(&self) -> anyhow::Result<String> {
+        let url = self.url("api/v1/publish");
+        let r = self.agent.get(&url);
+        let r = match &self.token {
+            Some(t) => r.set("Authorization", &format!("Bearer {t}")),
+            None => r,
+        };
+        let resp = match r.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => return Err(refusal(&url, code, r)),
+            Err(e) => bail!("{url}: {e}"),
+        };
+        let body: Value = serde_json::from_str(
+            &resp
+                .into_string()
+                .with_context(|| format!("{url}: reading the answer"))?,
+        )
+        .with_context(|| format!("{url}: the answer is not JSON"))?;
+        Ok(body
+            .get("publisher")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string())
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/{path}", self.base)
     }
@@ -340,7 +367,8 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
         token,
     };
 
-    // 1. what the server serves now, and what is newer here
+    // 1. may we publish at all; what the server serves now, and what is newer here
+    let publisher = server.may_publish()?;
     let served = server.served_versions()?;
     let root = state.root()?;
     // root v1 is the one the server was initialised with (`hale-server init --root`)
@@ -471,7 +499,11 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|m| format!("{} v{}", m.name, m.version))
         .collect();
-    println!("pushed {} to {}", names.join(", "), server.base);
+    println!(
+        "pushed {} to {} as {publisher}",
+        names.join(", "),
+        server.base
+    );
     println!("server: {}", answer.trim());
 
     // 5. what was pushed from staged/ is now published
