@@ -1,6 +1,7 @@
 //! Key parsing (`PublicKey::from_tuf`: hex, PEM/SPKI, SEC1, RSA with `--features std`) and
-//! signature verification. Input: key object JSON, 0xFF, signature (hex, as metadata carries it;
-//! raw bytes if it is not hex), 0xFF, message.
+//! signature verification (with `--features std`, ring's P-256 verifier against p256's). Input:
+//! key object JSON, 0xFF, signature (hex, as metadata carries it; raw bytes if it is not hex),
+//! 0xFF, message.
 #![no_main]
 use hale_core::crypto::{hex_decode, PublicKey};
 use libfuzzer_sys::fuzz_target;
@@ -42,5 +43,15 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(
         direct, chunked,
         "verification depends on how the message is chunked"
+    );
+    // with `std`, P-256 is verified by ring; the device's verifier (p256) must answer the same
+    #[cfg(feature = "std")]
+    assert_eq!(
+        direct,
+        key.verify_with_p256_crate(sig, |sink| {
+            sink.write(msg);
+            Ok(())
+        }),
+        "ring and p256 disagree"
     );
 });

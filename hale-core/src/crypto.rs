@@ -5,7 +5,14 @@
 //! SEC1 points); and with `std`, RSA-PSS with SHA-256 (`rsassa-pss-sha256`, PEM keys).
 //!
 //! Messages are streamed: the caller writes the canonical bytes of `signed` into the verifier, so
-//! nothing is buffered. Ed25519 keys of small order are refused when parsed.
+//! nothing is buffered (except for P-256 with `std`, below). Ed25519 keys of small order are
+//! refused when parsed.
+//!
+//! ECDSA P-256 has two verifiers. The device build (no `std`) uses RustCrypto's `p256`. With `std`
+//! the arithmetic is ring's (several times faster on hosts, which verify every refresh), and the
+//! message is buffered because ring hashes it itself. Both accept exactly the same signatures:
+//! `p256` parses the DER in both builds, and `hale-core/tests/p256_backends.rs` holds ring's answer
+//! to the device verifier's (docs/decisions.md).
 
 use ed25519_dalek::VerifyingKey as EdKey;
 #[cfg(feature = "ecdsa")]
@@ -152,16 +159,10 @@ impl PublicKey {
                 write_msg(&mut EdSink(&mut v))?;
                 Ok(v.finalize_and_verify().is_ok())
             }
-            #[cfg(feature = "ecdsa")]
-            PublicKey::EcdsaP256(k) => {
-                // DER, as securesystemslib writes and python-tuf requires (raw r||s is refused there too)
-                let Ok(sig) = p256::ecdsa::Signature::from_der(sig) else {
-                    return Ok(false);
-                };
-                let mut h = Sha256::new();
-                write_msg(&mut h)?;
-                Ok(k.verify_digest(h, &sig).is_ok())
-            }
+            #[cfg(all(feature = "ecdsa", not(feature = "std")))]
+            PublicKey::EcdsaP256(k) => verify_p256(k, sig, write_msg),
+            #[cfg(feature = "std")]
+            PublicKey::EcdsaP256(k) => verify_p256_ring(k, sig, write_msg),
             #[cfg(feature = "std")]
             PublicKey::RsaPss(k) => {
                 let Ok(sig) = rsa::pss::Signature::try_from(sig) else {
@@ -174,6 +175,63 @@ impl PublicKey {
             }
         }
     }
+
+    /// [`verify`](Self::verify) with the device build's ECDSA P-256 verifier (RustCrypto `p256`)
+    /// instead of ring; other key types as `verify`. Only for the differential test that holds
+    /// the two verifiers equal (`tests/p256_backends.rs`): not part of the API.
+    #[cfg(feature = "std")]
+    #[doc(hidden)]
+    pub fn verify_with_p256_crate<F>(&self, sig: &[u8], write_msg: F) -> Result<bool, JsonError>
+    where
+        F: FnOnce(&mut dyn Sink) -> Result<(), JsonError>,
+    {
+        match self {
+            PublicKey::EcdsaP256(k) => verify_p256(k, sig, write_msg),
+            _ => self.verify(sig, write_msg),
+        }
+    }
+}
+
+/// ECDSA P-256 with SHA-256 over the streamed message, RustCrypto `p256`: the device's verifier
+/// (and, in `std` builds, the reference for ring's).
+#[cfg(feature = "ecdsa")]
+fn verify_p256<F>(k: &P256Key, sig: &[u8], write_msg: F) -> Result<bool, JsonError>
+where
+    F: FnOnce(&mut dyn Sink) -> Result<(), JsonError>,
+{
+    // DER, as securesystemslib writes and python-tuf requires (raw r||s is refused there too)
+    let Ok(sig) = p256::ecdsa::Signature::from_der(sig) else {
+        return Ok(false);
+    };
+    let mut h = Sha256::new();
+    write_msg(&mut h)?;
+    Ok(k.verify_digest(h, &sig).is_ok())
+}
+
+/// ECDSA P-256 with SHA-256, ring's arithmetic (`std` builds).
+///
+/// `p256` still decides which DER is well formed, as in [`verify_p256`], and a malformed signature
+/// is refused before the message is produced, as there; ring then checks the same bytes. The two
+/// parsers agree anyway (strict DER, `r` and `s` in `1..n`, nothing trailing; high `s` accepted by
+/// both), so ring never refuses what `p256` parsed except by the arithmetic.
+#[cfg(feature = "std")]
+fn verify_p256_ring<F>(k: &P256Key, sig: &[u8], write_msg: F) -> Result<bool, JsonError>
+where
+    F: FnOnce(&mut dyn Sink) -> Result<(), JsonError>,
+{
+    if p256::ecdsa::Signature::from_der(sig).is_err() {
+        return Ok(false);
+    }
+    // ring hashes the message itself (it has no prehashed ECDSA verify)
+    let mut msg = alloc::vec::Vec::new();
+    write_msg(&mut msg)?;
+    // the uncompressed SEC1 point ring takes; a key given compressed was decompressed when parsed
+    let point = k.to_encoded_point(false);
+    let key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        point.as_bytes(),
+    );
+    Ok(key.verify(&msg, sig).is_ok())
 }
 
 struct EdSink<'a>(&'a mut ed25519_dalek::StreamVerifier);

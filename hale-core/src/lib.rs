@@ -37,7 +37,8 @@
 //! ## Features
 //! - default: `no_std`, no heap.
 //! - `alloc`: sorts large objects when canonicalising instead of selecting (faster on big catalogs).
-//! - `std`: `alloc`, RSA-PSS keys, `std::error::Error`.
+//! - `std`: `alloc`, RSA-PSS keys, `std::error::Error`, and ECDSA P-256 verified with ring (faster
+//!   on hosts; the device build uses `p256`, and `tests/p256_backends.rs` holds the two equal).
 #![no_std]
 // Errors are built only when they are returned: `ok_or_else(|| Error::…)`, not `ok_or(Error::…)`.
 // An eager error (up to 136 bytes) is constructed on the success path too; lazily, the Cortex-M4
