@@ -351,6 +351,28 @@ impl<'a> Object<'a> {
         self.get_by(|k| k.eq_str(key))
     }
 
+    /// The values of `keys` in one pass over the members (a lookup per key would walk the object
+    /// once each); duplicates of any of them refused as in [`get`](Self::get).
+    pub fn fields<const N: usize>(
+        &self,
+        keys: [&str; N],
+    ) -> Result<[Option<Value<'a>>; N], JsonError> {
+        let mut found = [None; N];
+        for (k, v) in self.members() {
+            if let Some(slot) = keys
+                .iter()
+                .position(|key| k.eq_str(key))
+                .and_then(|i| found.get_mut(i))
+            {
+                if slot.is_some() {
+                    return Err(JsonError::DuplicateKey);
+                }
+                *slot = Some(v);
+            }
+        }
+        Ok(found)
+    }
+
     /// Lookup with a key predicate (e.g. [`JStr::eq_concat`]); duplicates refused as in [`get`](Self::get).
     pub fn get_by(
         &self,
@@ -742,6 +764,24 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_in_one_pass_answer_as_get_does() {
+        let doc = br#"{"b": 2, "a": {"x": 1}, "\u0063": "c", "z": 0, "z": 1}"#;
+        let o = parse(doc).unwrap().as_object().unwrap();
+        let [a, b, c, d] = o.fields(["a", "b", "c", "d"]).unwrap();
+        assert_eq!(a, o.get("a").unwrap());
+        assert_eq!(b, Some(Value::Int(2)));
+        // keys compare decoded, as in `get`
+        assert_eq!(
+            c.and_then(|v| v.as_str()).map(|s| s.eq_str("c")),
+            Some(true)
+        );
+        assert_eq!(d, None);
+        // a duplicate of a requested key is refused; one of another key is not looked at
+        assert_eq!(o.fields(["a", "z"]), Err(JsonError::DuplicateKey));
+        assert_eq!(o.get("z"), Err(JsonError::DuplicateKey));
+    }
 
     #[test]
     fn parses_nested_values_and_walks_them() {

@@ -62,30 +62,44 @@ pub fn parse_header(
     expected_type: &'static str,
     role: Name,
 ) -> Result<Header, Error> {
-    let ty = string(signed, "_type", role)?;
+    // one pass over `signed` for the four fields (a lookup each would walk the object 4 times)
+    let [ty, spec, version, expires] = signed
+        .fields(["_type", "spec_version", "version", "expires"])
+        .map_err(|error| Error::Json { role, error })?;
+    let ty = ty.and_then(|v| v.as_str()).ok_or_else(|| Error::Field {
+        role,
+        field: "_type",
+    })?;
     if !ty.eq_str(expected_type) {
         return Err(Error::WrongType {
             expected: expected_type,
             found: Name::from_json(&ty),
         });
     }
-    let spec = string(signed, "spec_version", role)?;
+    let spec = spec.and_then(|v| v.as_str()).ok_or_else(|| Error::Field {
+        role,
+        field: "spec_version",
+    })?;
     if !spec_version_supported(&spec) {
         return Err(Error::UnsupportedSpecVersion {
             role,
             found: Name::from_json(&spec),
         });
     }
-    let version = uint(signed, "version", role)?;
-    if version == 0 {
-        return Err(Error::Field {
+    let version = version
+        .and_then(|v| v.as_u64())
+        .filter(|v| *v > 0)
+        .ok_or_else(|| Error::Field {
             role,
             field: "version",
-        });
-    }
-    let expires = string(signed, "expires", role)?;
+        })?;
     let mut buf = [0u8; 32];
     let expires = expires
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| Error::Field {
+            role,
+            field: "expires",
+        })?
         .decode_into(&mut buf)
         .and_then(|s| parse_expires(s.as_bytes()))
         .ok_or_else(|| Error::BadExpires { role })?;
@@ -183,15 +197,22 @@ impl<'a> Root<'a> {
     pub fn parse(signed: &Object<'a>) -> Result<Self, Error> {
         let role = Name::new("root");
         let header = parse_header(signed, "root", role)?;
-        let consistent_snapshot = match get(signed, "consistent_snapshot", role)? {
+        let [consistent_snapshot, keys, roles] = signed
+            .fields(["consistent_snapshot", "keys", "roles"])
+            .map_err(|error| Error::Json { role, error })?;
+        let consistent_snapshot = match consistent_snapshot {
             None => false,
             Some(v) => v.as_bool().ok_or_else(|| Error::Field {
                 role,
                 field: "consistent_snapshot",
             })?,
         };
-        let keys = obj(signed, "keys", role)?;
-        let roles = obj(signed, "roles", role)?;
+        let object = |v: Option<Value<'a>>, field| {
+            v.and_then(|v| v.as_object())
+                .ok_or_else(|| Error::Field { role, field })
+        };
+        let keys = object(keys, "keys")?;
+        let roles = object(roles, "roles")?;
         Ok(Root {
             header,
             consistent_snapshot,
@@ -361,8 +382,16 @@ pub struct Targets<'a> {
 impl<'a> Targets<'a> {
     pub fn parse(signed: &Object<'a>, role: Name) -> Result<Self, Error> {
         let header = parse_header(signed, "targets", role)?;
-        let targets = obj(signed, "targets", role)?;
-        let delegations = match get(signed, "delegations", role)? {
+        let [targets, delegations] = signed
+            .fields(["targets", "delegations"])
+            .map_err(|error| Error::Json { role, error })?;
+        let targets = targets
+            .and_then(|v| v.as_object())
+            .ok_or_else(|| Error::Field {
+                role,
+                field: "targets",
+            })?;
+        let delegations = match delegations {
             None => None,
             Some(v) => {
                 let d = v.as_object().ok_or_else(|| Error::Field {

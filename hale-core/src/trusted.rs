@@ -353,6 +353,18 @@ impl<B: RoleBuffer> TrustedSet<B> {
         }
         self.check_root_unexpired()?;
         let name = Name::new("timestamp");
+        // The same bytes as the trusted timestamp: verified by this root when they were loaded
+        // (`update_root` is refused once a timestamp is loaded), so verifying them again could
+        // only give the same answer. The usual poll when nothing changed: one signature check
+        // less. Expiry is still checked against the update start time.
+        if self.stored(Role::Timestamp) == Some(bytes) {
+            if let Some(old) = self.timestamp() {
+                self.check_unexpired(name, &old.header)?;
+                return Ok(Update::Unchanged {
+                    version: old.header.version,
+                });
+            }
+        }
         let env = self.verified_by_root(Role::Timestamp, bytes)?;
         let new = Timestamp::parse(&env.signed)?;
         if let Some(old) = self.timestamp() {
@@ -598,104 +610,50 @@ impl<B: RoleBuffer> TrustedSet<B> {
         path: &str,
         source: &mut S,
     ) -> Result<Option<Found<'_, S::Buf>>, SearchError<S::Error>> {
-        let top_bytes = self.stored(Role::Targets).ok_or_else(|| {
-            SearchError::Trust(Error::WrongOrder {
-                operation: "find_target",
-                requires: "targets",
-            })
-        })?;
-        let top = self.targets().ok_or_else(|| {
-            SearchError::Trust(Error::WrongOrder {
-                operation: "find_target",
-                requires: "targets",
-            })
-        })?;
-        if top.target(path, Name::new("targets"))?.is_some() {
+        // The trust steps live in two non-generic functions (`probe`, `accept`): each trust
+        // error leaves them through one return, so the generic walk below stays small.
+        let (top_bytes, listed) = self.top_lookup(path)?;
+        let hash = sha256(path.as_bytes());
+        if listed {
             return Ok(Some(Found {
                 role: Name::new("targets"),
                 holder: Holder::Top(top_bytes),
-                path_hash: sha256(path.as_bytes()),
+                path_hash: hash,
             }));
         }
-        let hash = sha256(path.as_bytes());
-        let mut stack: HVec<Frame<S::Buf>, MAX_DELEGATION_DEPTH> = HVec::new();
-        let mut top_next = 0usize;
-        let mut visits = 0u32;
-        // name hashes of every role visited so far (spec 5.6.7.1: a visited role is skipped,
-        // whichever delegator names it again; this also breaks cycles)
-        let mut visited: HVec<[u8; 32], { MAX_DELEGATION_VISITS as usize }> = HVec::new();
+        let mut walk = Walk {
+            frames: HVec::new(),
+            top_next: 0,
+            visits: 0,
+            visited: HVec::new(),
+        };
+        let mut bufs: HVec<S::Buf, MAX_DELEGATION_DEPTH> = HVec::new();
         loop {
-            // 1. the next matching child of the current delegator, fetched and verified
-            let step = {
-                let (bytes, next, dname) = match stack.last() {
-                    Some(f) => (f.buf.as_ref(), f.next, f.name),
-                    None => (top_bytes, top_next, Name::new("targets")),
-                };
-                // verified bytes: the name is only used in errors
-                let env = Envelope::parse(bytes, dname.as_str())?;
-                let delegator = Targets::parse(&env.signed, dname)?;
-                match next_child(&delegator, path, &hash, next)? {
-                    None => Step::Exhausted,
-                    Some((after, child_name, terminating)) => {
-                        let cname = child_name.as_str();
-                        if matches!(cname, "root" | "timestamp" | "snapshot" | "targets") {
-                            // a delegated role may not take a top-level role's name (python-tuf
-                            // refuses such delegations too): its metadata would be confused with
-                            // the top-level role's wherever roles are kept by name
-                            return Err(SearchError::Trust(Error::UnsafeName {
-                                name: Name::new(cname),
-                            }));
-                        }
-                        let name_hash = sha256(cname.as_bytes());
-                        let seen = visited.contains(&name_hash);
-                        if seen || child_name.is_truncated() {
-                            // visited before (a cycle, or a second delegator): skip it, like
-                            // python-tuf skips visited roles
-                            Step::Skip { after }
-                        } else {
-                            visits += 1;
-                            let too_many = SearchError::Trust(Error::TooManyDelegations {
-                                cap: MAX_DELEGATION_VISITS,
-                            });
-                            if visits > MAX_DELEGATION_VISITS {
-                                return Err(too_many);
-                            }
-                            visited.push(name_hash).map_err(|_| too_many)?;
-                            check_role_name(cname)?;
-                            let meta = self.delegated_meta(cname)?;
-                            let buf = source
-                                .fetch_role(cname, &meta)
-                                .map_err(SearchError::Fetch)?;
-                            let child = self.verify_delegated(&delegator, cname, buf.as_ref())?;
-                            let name = Name::from(child_name);
-                            let has = child.target(path, name)?.is_some();
-                            Step::Child {
-                                after,
-                                name,
-                                terminating,
-                                has,
-                                buf,
-                            }
-                        }
+            // 1. the next matching child of the current delegator
+            match self.probe(current(&bufs, top_bytes), &mut walk, path, &hash)? {
+                Probe::Exhausted => {
+                    let _ = bufs.pop();
+                    match walk.frames.pop() {
+                        None => return Ok(None),
+                        Some(f) if f.terminating => return Ok(None),
+                        Some(_) => {}
                     }
                 }
-            };
-            // 2. move along
-            match step {
-                Step::Exhausted => match stack.pop() {
-                    None => return Ok(None),
-                    Some(f) if f.terminating => return Ok(None),
-                    Some(_) => {}
-                },
-                Step::Skip { after } => set_next(&mut stack, &mut top_next, after),
-                Step::Child {
+                Probe::Skip { after } => walk.set_next(after),
+                // 2. fetched, then verified against the delegator that led here
+                Probe::Fetch {
                     after,
                     name,
                     terminating,
-                    has,
-                    buf,
+                    meta,
                 } => {
-                    set_next(&mut stack, &mut top_next, after);
+                    let buf = source
+                        .fetch_role(name.as_str(), &meta)
+                        .map_err(SearchError::Fetch)?;
+                    let has =
+                        self.accept(current(&bufs, top_bytes), &walk, &name, buf.as_ref(), path)?;
+                    walk.set_next(after);
+                    let name = Name::from(name);
                     if has {
                         return Ok(Some(Found {
                             role: name,
@@ -703,18 +661,149 @@ impl<B: RoleBuffer> TrustedSet<B> {
                             path_hash: hash,
                         }));
                     }
-                    stack
-                        .push(Frame {
-                            name,
-                            buf,
-                            next: 0,
-                            terminating,
-                        })
-                        .map_err(|_| SearchError::Trust(Error::DelegationTooDeep { role: name }))?;
+                    let frame = Frame {
+                        name,
+                        next: 0,
+                        terminating,
+                    };
+                    if walk.frames.push(frame).is_err() || bufs.push(buf).is_err() {
+                        return Err(SearchError::Trust(Error::DelegationTooDeep { role: name }));
+                    }
                 }
             }
         }
     }
+
+    /// The trusted top-level targets' bytes, and whether they list `path` themselves.
+    #[inline(never)]
+    fn top_lookup(&self, path: &str) -> Result<(&[u8], bool), Error> {
+        let order = || Error::WrongOrder {
+            operation: "find_target",
+            requires: "targets",
+        };
+        let bytes = self.stored(Role::Targets).ok_or_else(order)?;
+        let top = self.targets().ok_or_else(order)?;
+        Ok((bytes, top.target(path, Name::new("targets"))?.is_some()))
+    }
+
+    /// The next delegation of the current delegator (`bytes`, verified) that matches `path`, and
+    /// what to fetch for it: skipped when visited before (spec 5.6.7.1: whichever delegator
+    /// names it again; this also breaks cycles), refused when unsafe or past the visit cap.
+    #[inline(never)]
+    fn probe(
+        &self,
+        bytes: &[u8],
+        walk: &mut Walk,
+        path: &str,
+        hash: &[u8; 32],
+    ) -> Result<Probe<'_>, Error> {
+        let (dname, next) = walk.current();
+        // verified bytes: the name is only used in errors
+        let env = Envelope::parse(bytes, dname.as_str())?;
+        let delegator = Targets::parse(&env.signed, dname)?;
+        let Some((after, child_name, terminating)) = next_child(&delegator, path, hash, next)?
+        else {
+            return Ok(Probe::Exhausted);
+        };
+        let cname = child_name.as_str();
+        if matches!(cname, "root" | "timestamp" | "snapshot" | "targets") {
+            // a delegated role may not take a top-level role's name (python-tuf refuses such
+            // delegations too): its metadata would be confused with the top-level role's
+            // wherever roles are kept by name
+            return Err(Error::UnsafeName {
+                name: Name::new(cname),
+            });
+        }
+        let name_hash = sha256(cname.as_bytes());
+        if child_name.is_truncated() || walk.visited.contains(&name_hash) {
+            // visited before (a cycle, or a second delegator): skip it, like python-tuf
+            return Ok(Probe::Skip { after });
+        }
+        walk.visits += 1;
+        if walk.visits > MAX_DELEGATION_VISITS || walk.visited.push(name_hash).is_err() {
+            return Err(Error::TooManyDelegations {
+                cap: MAX_DELEGATION_VISITS,
+            });
+        }
+        check_role_name(cname)?;
+        let meta = self.delegated_meta(cname)?;
+        Ok(Probe::Fetch {
+            after,
+            name: child_name,
+            terminating,
+            meta,
+        })
+    }
+
+    /// Verify the fetched `child` against the current delegator (`bytes`); whether it lists
+    /// `path`.
+    #[inline(never)]
+    fn accept(
+        &self,
+        bytes: &[u8],
+        walk: &Walk,
+        name: &RoleName,
+        child: &[u8],
+        path: &str,
+    ) -> Result<bool, Error> {
+        let (dname, _) = walk.current();
+        let env = Envelope::parse(bytes, dname.as_str())?;
+        let delegator = Targets::parse(&env.signed, dname)?;
+        let child = self.verify_delegated(&delegator, name.as_str(), child)?;
+        Ok(child.target(path, Name::from(*name))?.is_some())
+    }
+}
+
+/// The bytes of the delegator being searched: the last fetched role, or top-level targets.
+fn current<'a, B: AsRef<[u8]>>(bufs: &'a HVec<B, MAX_DELEGATION_DEPTH>, top: &'a [u8]) -> &'a [u8] {
+    bufs.last().map_or(top, |b| b.as_ref())
+}
+
+/// The delegation walk's state apart from the fetched roles: one frame per delegator being
+/// searched below the top-level targets.
+struct Walk {
+    frames: HVec<Frame, MAX_DELEGATION_DEPTH>,
+    top_next: usize,
+    visits: u32,
+    /// name hashes of every role visited so far
+    visited: HVec<[u8; 32], { MAX_DELEGATION_VISITS as usize }>,
+}
+
+impl Walk {
+    /// The current delegator's name (errors only) and the index of its next delegation to try.
+    fn current(&self) -> (Name, usize) {
+        match self.frames.last() {
+            Some(f) => (f.name, f.next),
+            None => (Name::new("targets"), self.top_next),
+        }
+    }
+
+    fn set_next(&mut self, after: usize) {
+        match self.frames.last_mut() {
+            Some(f) => f.next = after,
+            None => self.top_next = after,
+        }
+    }
+}
+
+enum Probe<'s> {
+    Exhausted,
+    Skip {
+        after: usize,
+    },
+    Fetch {
+        after: usize,
+        name: RoleName,
+        terminating: bool,
+        meta: MetaFile<'s>,
+    },
+}
+
+struct Frame {
+    /// only named in errors from here on: the role was found by its full name
+    name: Name,
+    next: usize,
+    terminating: bool,
 }
 
 /// `pump-a.json` → `pump-a` (snapshot keys are file names; errors name roles).
@@ -733,39 +822,6 @@ fn unreachable_root() -> ! {
     {
         panic!("trusted root storage corrupted")
     }
-}
-
-fn set_next<B>(
-    stack: &mut HVec<Frame<B>, MAX_DELEGATION_DEPTH>,
-    top_next: &mut usize,
-    after: usize,
-) {
-    match stack.last_mut() {
-        Some(f) => f.next = after,
-        None => *top_next = after,
-    }
-}
-
-enum Step<B> {
-    Exhausted,
-    Skip {
-        after: usize,
-    },
-    Child {
-        after: usize,
-        /// from here on only named in errors: the role was found by its full name
-        name: Name,
-        terminating: bool,
-        has: bool,
-        buf: B,
-    },
-}
-
-struct Frame<B> {
-    name: Name,
-    buf: B,
-    next: usize,
-    terminating: bool,
 }
 
 /// The first delegation at or after index `from` that matches `path`: (index after it, role

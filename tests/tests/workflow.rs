@@ -54,6 +54,25 @@ fn same_timestamp_again_is_unchanged_not_an_error() {
         s.update_timestamp(&r.files["timestamp.json"]).unwrap(),
         Update::Unchanged { version: 1 }
     );
+
+    // the same bytes once they expired: refused, and the trusted timestamp stays
+    let expires = r.timestamp.expires;
+    let mut s =
+        TrustedSet::new(Storage::with_capacity(1 << 16), &r.initial_root(), expires).unwrap();
+    s.load_trusted_timestamp(&r.files["timestamp.json"])
+        .unwrap();
+    assert_eq!(
+        s.update_timestamp(&r.files["timestamp.json"]).unwrap_err(),
+        Error::Expired {
+            role: Name::new("timestamp"),
+            expires,
+            now: expires,
+        }
+    );
+    assert_eq!(
+        s.stored(Role::Timestamp),
+        Some(&r.files["timestamp.json"][..])
+    );
 }
 
 #[test]
