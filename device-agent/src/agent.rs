@@ -5,7 +5,7 @@ use core::fmt;
 use embedded_storage::nor_flash::NorFlash;
 use hale_core::metadata::{parse_header, Envelope, MetaFile, TargetFile, Targets};
 use hale_core::policy::{self, Device, PolicyError, Version};
-use hale_core::slots::{Image, SlotError, SlotState};
+use hale_core::slots::{Image, SlotError, SlotState, Slots};
 use hale_core::trusted::{RoleSource, SearchError};
 use hale_core::{Error, Freshness, Name, Role, Storage, TrustedSet, UnixTime, Update};
 use heapless::String as HString;
@@ -229,8 +229,14 @@ type Res<T, Tr, F> = Result<
 
 const NAME_CAP: usize = 256;
 
-fn meta_name(role: &str, version: Option<u64>) -> Option<HString<NAME_CAP>> {
-    let mut s = HString::new();
+/// `[N.]role.json` into `s` (cleared first); `None` when it does not fit. Written in place: a
+/// returned `String<256>` is copied twice at every call site on a Cortex-M.
+fn meta_name<'s>(
+    s: &'s mut HString<NAME_CAP>,
+    role: &str,
+    version: Option<u64>,
+) -> Option<&'s str> {
+    s.clear();
     if let Some(v) = version {
         let mut digits = [0u8; 20];
         s.push_str(crate::store::decimal(v, &mut digits)).ok()?;
@@ -238,7 +244,7 @@ fn meta_name(role: &str, version: Option<u64>) -> Option<HString<NAME_CAP>> {
     }
     s.push_str(role).ok()?;
     s.push_str(".json").ok()?;
-    Some(s)
+    Some(s.as_str())
 }
 
 /// The served file name of target `path`: `dir/<sha256>.base` with consistent snapshots.
@@ -248,9 +254,19 @@ pub fn target_file_name(
     consistent: bool,
 ) -> Option<HString<NAME_CAP>> {
     let mut s: HString<NAME_CAP> = HString::new();
+    write_target_file_name(&mut s, path, sha256, consistent)?;
+    Some(s)
+}
+
+/// [`target_file_name`] into `s` (empty).
+fn write_target_file_name(
+    s: &mut HString<NAME_CAP>,
+    path: &str,
+    sha256: &[u8; 32],
+    consistent: bool,
+) -> Option<()> {
     if !consistent {
-        s.push_str(path).ok()?;
-        return Some(s);
+        return s.push_str(path).ok();
     }
     let (dir, base) = match path.rsplit_once('/') {
         Some((d, b)) => (Some(d), b),
@@ -267,8 +283,7 @@ pub fn target_file_name(
         }
     }
     s.push('.').ok()?;
-    s.push_str(base).ok()?;
-    Some(s)
+    s.push_str(base).ok()
 }
 
 /// Fetch `name` into `buf`; `Missing` when the repository has no such file.
@@ -315,7 +330,8 @@ impl<'w, T: Transport> RoleSource for Delegated<'_, 'w, T> {
 
     fn fetch_role(&mut self, name: &str, meta: &MetaFile<'_>) -> Result<&'w [u8], Self::Error> {
         let what = Name::new(name);
-        let file = meta_name(name, self.consistent.then_some(meta.version))
+        let mut file = HString::new();
+        let file = meta_name(&mut file, name, self.consistent.then_some(meta.version))
             .ok_or_else(|| RoleFetch::ArenaFull(what))?;
         let arena = core::mem::take(&mut self.arena);
         let cap = meta
@@ -326,7 +342,7 @@ impl<'w, T: Transport> RoleSource for Delegated<'_, 'w, T> {
             return Err(RoleFetch::ArenaFull(what));
         }
         let (head, _) = arena.split_at_mut(cap);
-        let got = match self.transport.fetch_metadata(&file, head) {
+        let got = match self.transport.fetch_metadata(file, head) {
             Ok(Some(n)) => n.min(cap),
             Ok(None) => return Err(RoleFetch::Missing(what)),
             Err(e) => return Err(RoleFetch::Transport(what, e)),
@@ -369,12 +385,12 @@ pub fn check_for_update<F: NorFlash, T: Transport, A: Application, R: RollbackHo
             _ => Outcome::TrialRunning { version },
         });
     }
-    if slots.running().is_none() {
+    let Some(running) = slots.running() else {
         return Err(AgentError::Slot(SlotError::NoFallback {
             slot: slots.active(),
             state: slots.info(slots.active()).state,
         }));
-    }
+    };
     if ws.chunk.is_empty()
         || ws.chunk.len() % F::WRITE_SIZE != 0
         || F::ERASE_SIZE % ws.chunk.len() != 0
@@ -399,10 +415,9 @@ pub fn check_for_update<F: NorFlash, T: Transport, A: Application, R: RollbackHo
             what: Name::new("trusted root"),
         })?;
     let mut set = TrustedSet::new(metadata, root, now)?;
-    let running = slots.running().map_or([0; 32], |i| i.sha256);
-    if refresh(store, transport, &mut set, scratch, &running)? {
+    if refresh(store, transport, &mut set, scratch, &running.sha256)? {
         return Ok(Outcome::UpToDate {
-            running: slots.running().map_or(Version::new(0, 0, 0), |i| i.version),
+            running: running.version,
         });
     }
     let mut delegated_expires = UnixTime::MAX;
@@ -413,12 +428,13 @@ pub fn check_for_update<F: NorFlash, T: Transport, A: Application, R: RollbackHo
         app,
         rollback,
         &set,
+        &running,
         delegations,
         chunk,
         &mut delegated_expires,
     )?;
     if let Outcome::UpToDate { .. } = outcome {
-        remember_up_to_date::<F, T>(store, &set, running, delegated_expires)?;
+        remember_up_to_date::<F, T>(store, &set, running.sha256, delegated_expires)?;
     }
     Ok(outcome)
 }
@@ -464,17 +480,12 @@ fn install<F: NorFlash, T: Transport, A: Application, R: RollbackHook>(
     app: &mut A,
     rollback: &mut R,
     set: &TrustedSet<&mut [u8]>,
+    running: &Image,
     delegations: &mut [u8],
     chunk: &mut [u8],
     delegated_expires: &mut UnixTime,
 ) -> Res<Outcome, T, F> {
     let slots = store.slots();
-    let running = slots.running().ok_or_else(|| {
-        AgentError::Slot(SlotError::NoFallback {
-            slot: slots.active(),
-            state: slots.info(slots.active()).state,
-        })
-    })?;
     let consistent = set.root().consistent_snapshot;
 
     // 6. this device's target, through delegations
@@ -613,7 +624,8 @@ fn stage<F: NorFlash, T: Transport>(
     let inactive = slots.inactive();
     let info = slots.info(inactive);
     // 9. stream into the inactive slot, resuming a checkpointed download of the same image
-    let file_name = target_file_name(path, &sha256, consistent)
+    let mut file_name = HString::new();
+    write_target_file_name(&mut file_name, path, &sha256, consistent)
         .ok_or_else(|| AgentError::NameTooLong { what: target })?;
     let mut hasher = file.hasher(target)?;
     let resume = info.state == SlotState::Staging && info.image == Some(image);
@@ -624,8 +636,7 @@ fn stage<F: NorFlash, T: Transport>(
     };
     offset -= offset % F::ERASE_SIZE as u64;
     if !resume {
-        let next = slots.begin_staging(image).map_err(AgentError::Slot)?;
-        store.commit(next, 0, [Meta::Keep; 4])?;
+        commit_slots::<F, T>(store, slots.begin_staging(image))?;
     }
     // re-hash what is already in flash: the hash covers the slot's bytes, not the network's
     let mut pos = 0u64;
@@ -637,7 +648,11 @@ fn stage<F: NorFlash, T: Transport>(
         pos += n as u64;
     }
     let staging = store.slots();
-    while offset < image.length {
+    // the bytes as read back from flash either verify (pending) or the staging is abandoned
+    let verified = loop {
+        if offset >= image.length {
+            break hasher.finish();
+        }
         if offset % F::ERASE_SIZE as u64 == 0 {
             store.erase_slot_sector(inactive, offset)?;
         }
@@ -658,25 +673,32 @@ fn stage<F: NorFlash, T: Transport>(
         let c = chunk.get_mut(..n).unwrap_or(&mut []);
         store.read_slot(inactive, offset, c)?;
         if let Err(e) = hasher.update(c) {
-            let next = staging.abandon_staging().map_err(AgentError::Slot)?;
-            store.commit(next, 0, [Meta::Keep; 4])?;
-            return Err(AgentError::Trust(e));
+            break Err(e);
         }
         offset += n as u64;
         if offset % F::ERASE_SIZE as u64 == 0 && offset < image.length {
             store.commit(staging, offset, [Meta::Keep; 4])?;
         }
-    }
-    if let Err(e) = hasher.finish() {
-        let next = staging.abandon_staging().map_err(AgentError::Slot)?;
-        store.commit(next, 0, [Meta::Keep; 4])?;
-        return Err(AgentError::Trust(e));
-    }
-    let next = staging.finish_staging().map_err(AgentError::Slot)?;
-    store.commit(next, 0, [Meta::Keep; 4])?;
+    };
+    let next = match verified {
+        Ok(()) => staging.finish_staging(),
+        Err(_) => staging.abandon_staging(),
+    };
+    commit_slots::<F, T>(store, next)?;
+    verified.map_err(AgentError::Trust)?;
     Ok(Outcome::Staged {
         version: image.version,
     })
+}
+
+/// Commit slot transition `next` (download offset 0, metadata kept), or refuse it.
+#[inline(never)]
+fn commit_slots<F: NorFlash, T: Transport>(
+    store: &mut FirmwareStore<F>,
+    next: Result<Slots, SlotError>,
+) -> Res<(), T, F> {
+    store.commit(next.map_err(AgentError::Slot)?, 0, [Meta::Keep; 4])?;
+    Ok(())
 }
 
 /// Fetch `role` (`N.role.json` with consistent snapshots) into `scratch`, at most `length` bytes
@@ -688,12 +710,13 @@ fn fetch_listed<'b, T: Transport, E>(
     length: Option<u64>,
     scratch: &'b mut [u8],
 ) -> Result<&'b [u8], AgentError<T::Error, E>> {
-    let name = meta_name(role, version).ok_or_else(|| AgentError::NameTooLong {
+    let mut name = HString::new();
+    let name = meta_name(&mut name, role, version).ok_or_else(|| AgentError::NameTooLong {
         what: Name::new(role),
     })?;
     let cap = length.map_or(scratch.len(), |l| (l as usize).min(scratch.len()));
     let buf = scratch.get_mut(..cap).unwrap_or(&mut []);
-    fetch_required(transport, &name, buf)
+    fetch_required(transport, name, buf)
 }
 
 /// Root chain, timestamp, snapshot, targets (spec §5.3–5.6), persisting what verified when
@@ -711,17 +734,19 @@ fn refresh<F: NorFlash, T: Transport>(
     running_sha256: &[u8; 32],
 ) -> Res<bool, T, F> {
     let mut changed = false;
+    let mut name = HString::new();
     // 1. the root chain: N+1.root.json until the repository has no next one
     loop {
         let next = set.root().header.version.saturating_add(1);
-        let name = meta_name("root", Some(next)).ok_or_else(|| AgentError::NameTooLong {
-            what: Name::new("root"),
-        })?;
-        match transport.fetch_metadata(&name, scratch) {
+        let name =
+            meta_name(&mut name, "root", Some(next)).ok_or_else(|| AgentError::NameTooLong {
+                what: Name::new("root"),
+            })?;
+        match transport.fetch_metadata(name, scratch) {
             Ok(None) => break,
             Ok(Some(n)) => {
                 let bytes = scratch.get(..n).ok_or_else(|| AgentError::Missing {
-                    what: Name::new(&name),
+                    what: Name::new(name),
                 })?;
                 if let Err(e) = set.update_root(bytes) {
                     if changed && matches!(e, Error::TooManyRootRotations { .. }) {
@@ -737,7 +762,7 @@ fn refresh<F: NorFlash, T: Transport>(
             }
             Err(error) => {
                 return Err(AgentError::Transport {
-                    what: Name::new(&name),
+                    what: Name::new(name),
                     error,
                 })
             }

@@ -30,7 +30,7 @@ use device_agent::NoRollback;
 use device_agent::RollbackAuthorization;
 use device_agent::{
     check_for_update, AgentError, Application, Boot, DeferReason, DeviceInfo, FirmwareStore, Image,
-    Layout, Outcome, RollbackHook, Slot, SlotState, Transport, Workspace,
+    Layout, Outcome, RollbackHook, Slot, SlotState, Slots, Transport, Workspace,
 };
 use hale_core::{Error, Storage, Version};
 use sha2::{Digest, Sha256};
@@ -76,6 +76,7 @@ const TARGETS_BUF: usize = 1024;
 #[cfg(feature = "rollback")]
 const TARGETS_BUF: usize = 2048;
 const ERASE: usize = 1024;
+type Store = FirmwareStore<MemFlash<'static, ERASE>>;
 const LAYOUT: Layout = Layout::contiguous(0, 4096, 8192);
 /// The simulated NOR flash: PSRAM, outside the program's 32 KiB RAM budget.
 const SIM_FLASH: usize = 0x2100_0000;
@@ -317,11 +318,10 @@ fn main() -> ! {
             Ok(s) => s,
             Err(_) => fail("provision"),
         };
-    if store.boot() != Ok(Boot::Normal { slot: Slot::A }) {
+    if !boots(&mut store, Boot::Normal { slot: Slot::A }) {
         fail("factory boot");
     }
     let before = store.slots();
-    let yn = |b: bool| if b { "yes" } else { "no" };
 
     // the negative check first: an authorization for another pump is refused, nothing installed
     #[cfg(feature = "rollback")]
@@ -334,15 +334,12 @@ fn main() -> ! {
             Err(AgentError::Authorization(Error::NotForThisDevice { device }))
                 if device == device_id
         );
-        let unchanged =
-            store.slots() == before && store.boot() == Ok(Boot::Normal { slot: Slot::A });
-        out(&[
+        if !refused(
+            &mut store,
+            &before,
             "authorization for another device refused: NotForThisDevice (exact): ",
-            yn(exact),
-            "; slots unchanged: ",
-            yn(unchanged),
-        ]);
-        if !exact || !unchanged {
+            exact,
+        ) {
             fail("authorization for another device");
         }
     }
@@ -370,7 +367,7 @@ fn main() -> ! {
                 fail("staged version");
             }
             out(&["staged the offered image"]);
-            if store.boot() != Ok(Boot::Trial { slot: Slot::B }) {
+            if !boots(&mut store, Boot::Trial { slot: Slot::B }) {
                 fail("trial boot");
             }
             if store.confirm().is_err() {
@@ -385,7 +382,7 @@ fn main() -> ! {
             let ok = s.running().map(|i| i.version) == Some(offered)
                 && s.security_counter() == counter
                 && s.info(Slot::A).state == replaced;
-            if !ok || store.boot() != Ok(Boot::Normal { slot: Slot::B }) {
+            if !ok || !boots(&mut store, Boot::Normal { slot: Slot::B }) {
                 fail("state after confirm");
             }
             #[cfg(not(feature = "rollback"))]
@@ -405,14 +402,12 @@ fn main() -> ! {
                 AgentError::Trust(Error::ThresholdNotMet { role, threshold: 1, valid: 0 })
                     if role == "targets"
             );
-            let unchanged =
-                store.slots() == before && store.boot() == Ok(Boot::Normal { slot: Slot::A });
-            out(&[
+            refused(
+                &mut store,
+                &before,
                 "update refused: ThresholdNotMet for targets (exact): ",
-                yn(exact),
-                "; slots unchanged: ",
-                yn(unchanged),
-            ]);
+                exact,
+            );
             EXIT_FAILURE
         }
     };
@@ -427,6 +422,20 @@ fn main() -> ! {
     loop {}
 }
 
+/// The store's boot step decided `want` (and committed it).
+fn boots(store: &mut Store, want: Boot) -> bool {
+    store.boot().ok() == Some(want)
+}
+
+/// After a refused check: print `what` with whether the error was the exact one and whether the
+/// slots are unchanged (and slot A still boots normally); true when both hold.
+fn refused(store: &mut Store, before: &Slots, what: &str, exact: bool) -> bool {
+    let unchanged = store.slots() == *before && boots(store, Boot::Normal { slot: Slot::A });
+    let yn = |b: bool| if b { "yes" } else { "no" };
+    out(&[what, yn(exact), "; slots unchanged: ", yn(unchanged)]);
+    exact && unchanged
+}
+
 /// This pump's device ID (the fifth line of the rollback names file).
 #[cfg(feature = "rollback")]
 fn device_id() -> &'static str {
@@ -435,7 +444,7 @@ fn device_id() -> &'static str {
 
 /// One update check with the static buffers.
 fn update_check<R: RollbackHook>(
-    store: &mut FirmwareStore<MemFlash<'static, ERASE>>,
+    store: &mut Store,
     transport: &mut MemTransport,
     hook: &mut R,
     now: i64,
