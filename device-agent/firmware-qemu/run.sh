@@ -74,10 +74,14 @@ echo "static RAM (.data+.bss): $ram bytes; stack high-water mark: $stack bytes; 
 echo "rollback variant: static RAM $rb_ram bytes; stack high-water mark: $rb_stack bytes; total: $((rb_ram + rb_stack)) bytes"
 echo "one update check: $instr instructions (SysTick ticks x 40 at 25 MHz under -icount shift=0)"
 over=0
-for f in "$flash_update" "$flash_rollback"; do
-  [ "$f" -le $FLASH_BUDGET ] || over=1
+for v in "update:$flash_update" "rollback:$flash_rollback"; do
+  f=${v#*:}
+  if [ "$f" -le $FLASH_BUDGET ]; then
+    echo "flash within budget: ${v%%:*} variant, $((FLASH_BUDGET - f)) bytes to spare"
+  else
+    echo "OVER BUDGET: flash, ${v%%:*} variant, $((f - FLASH_BUDGET)) bytes over"; over=1
+  fi
 done
-[ "$over" = 0 ] || echo "OVER BUDGET: flash"
 for r in $((ram + stack)) $((rb_ram + rb_stack)); do
   [ "$r" -le $RAM_BUDGET ] || { echo "OVER BUDGET: RAM"; over=1; }
 done

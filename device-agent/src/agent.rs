@@ -636,7 +636,10 @@ fn stage<F: NorFlash, T: Transport>(
     };
     offset -= offset % F::ERASE_SIZE as u64;
     if !resume {
-        commit_slots::<F, T>(store, slots.begin_staging(image))?;
+        let mut next = slots;
+        next.begin_staging_in_place(image)
+            .map_err(AgentError::Slot)?;
+        commit_slots::<F, T>(store, next)?;
     }
     // re-hash what is already in flash: the hash covers the slot's bytes, not the network's
     let mut pos = 0u64;
@@ -647,7 +650,7 @@ fn stage<F: NorFlash, T: Transport>(
         hasher.update(c)?;
         pos += n as u64;
     }
-    let staging = store.slots();
+    let mut staging = store.slots();
     // the bytes as read back from flash either verify (pending) or the staging is abandoned
     let verified = loop {
         if offset >= image.length {
@@ -680,11 +683,12 @@ fn stage<F: NorFlash, T: Transport>(
             store.commit(staging, offset, [Meta::Keep; 4])?;
         }
     };
-    let next = match verified {
-        Ok(()) => staging.finish_staging(),
-        Err(_) => staging.abandon_staging(),
-    };
-    commit_slots::<F, T>(store, next)?;
+    match verified {
+        Ok(()) => staging.finish_staging_in_place(),
+        Err(_) => staging.abandon_staging_in_place(),
+    }
+    .map_err(AgentError::Slot)?;
+    commit_slots::<F, T>(store, staging)?;
     verified.map_err(AgentError::Trust)?;
     Ok(Outcome::Staged {
         version: image.version,
@@ -695,9 +699,9 @@ fn stage<F: NorFlash, T: Transport>(
 #[inline(never)]
 fn commit_slots<F: NorFlash, T: Transport>(
     store: &mut FirmwareStore<F>,
-    next: Result<Slots, SlotError>,
+    next: Slots,
 ) -> Res<(), T, F> {
-    store.commit(next.map_err(AgentError::Slot)?, 0, [Meta::Keep; 4])?;
+    store.commit(next, 0, [Meta::Keep; 4])?;
     Ok(())
 }
 

@@ -507,8 +507,13 @@ impl RecordWriter {
     }
 
     fn finish<F: NorFlash>(mut self, flash: &mut F) -> Result<(), F::Error> {
-        let digest: [u8; 32] = self.hash.clone().finalize().into();
+        let digest: [u8; 32] = core::mem::take(&mut self.hash).finalize().into();
         self.push(flash, &digest, false)?;
+        self.flush(flash)
+    }
+
+    /// Write what is buffered, padded with erased bytes to the write size.
+    fn flush<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), F::Error> {
         if self.fill > 0 {
             let n = self.fill.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
             if let Some(rest) = self.buf.get_mut(self.fill..n) {
@@ -572,21 +577,15 @@ impl<F: NorFlash> FirmwareStore<F> {
             fill: 0,
             hash: Sha256::new(),
         };
-        w.push(&mut flash, image, true).map_err(StoreError::Flash)?;
-        // pad the tail (the writer's digest is not wanted here)
-        if w.fill > 0 {
-            let n = w.fill.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
-            if let Some(rest) = w.buf.get_mut(w.fill..n) {
-                rest.fill(0xFF);
-            }
-            if let Some(b) = w.buf.get(..n) {
-                flash.write(w.base + w.pos, b).map_err(StoreError::Flash)?;
-            }
-        }
+        // the tail padded, without the writer's digest (not wanted here)
+        w.push(&mut flash, image, false)
+            .and_then(|()| w.flush(&mut flash))
+            .map_err(StoreError::Flash)?;
+        let slots = Slots::factory(meta);
         let state = State {
             seq: 0,
             region: 1,
-            slots: Slots::factory(meta),
+            slots,
             download_offset: 0,
             meta_lens: [0; 4],
             last_check: None,
@@ -597,7 +596,7 @@ impl<F: NorFlash> FirmwareStore<F> {
             state,
         };
         store.commit(
-            Slots::factory(meta),
+            slots,
             0,
             [
                 Meta::Set(root),
@@ -864,15 +863,14 @@ impl<F: NorFlash> FirmwareStore<F> {
     /// unconfirmed trial reverts, and the chosen image's bytes are checked against its record
     /// before it may run. The decision is committed before it is returned.
     pub fn boot(&mut self) -> Result<Boot, StoreError<F::Error>> {
-        let before = self.state.slots;
-        let (mut next, mut boot) = before.boot();
+        // decided on a copy: the current state changes only by committing the next record
+        let mut next = self.state.slots;
+        let mut boot = next.boot_in_place();
         let slot = boot.slot();
         let state_ok = matches!(next.info(slot).state, SlotState::Good | SlotState::Trial);
         if !state_ok || !self.image_matches(slot)? {
-            next = next.image_damaged(slot);
-            let (n2, b2) = next.boot();
-            next = n2;
-            boot = match b2 {
+            next.image_damaged_in_place(slot);
+            boot = match next.boot_in_place() {
                 Boot::Normal { slot: s } if s != slot => Boot::Reverted {
                     slot: s,
                     rejected: slot,
@@ -884,7 +882,7 @@ impl<F: NorFlash> FirmwareStore<F> {
                 return Err(StoreError::NoBootableImage);
             }
         }
-        if next != before {
+        if next != self.state.slots {
             self.set_slots(next)?;
         }
         Ok(boot)
@@ -893,13 +891,15 @@ impl<F: NorFlash> FirmwareStore<F> {
     /// The application's health checks passed: the trial image becomes good and the security
     /// counter rises to its value.
     pub fn confirm(&mut self) -> Result<(), StoreError<F::Error>> {
-        let next = self.state.slots.confirm().map_err(StoreError::Slot)?;
+        let mut next = self.state.slots;
+        next.confirm_in_place().map_err(StoreError::Slot)?;
         self.set_slots(next)
     }
 
     /// The application's health checks failed: revert now. Returns the slot that is good.
     pub fn reject(&mut self) -> Result<Boot, StoreError<F::Error>> {
-        let (next, boot) = self.state.slots.reject().map_err(StoreError::Slot)?;
+        let mut next = self.state.slots;
+        let boot = next.reject_in_place().map_err(StoreError::Slot)?;
         self.set_slots(next)?;
         Ok(boot)
     }

@@ -695,29 +695,35 @@ pub struct DelegatedRole<'a> {
 
 impl<'a> DelegatedRole<'a> {
     pub fn parse(o: &Object<'a>, role: Name) -> Result<Self, Error> {
-        let name = string(o, "name", role)?;
-        let keyids = array(o, "keyids", role)?;
-        let threshold = uint(o, "threshold", role)?;
-        let terminating = get(o, "terminating", role)?
+        // one pass over the entry (a lookup per field walks it six times; a catalog of hashed
+        // bins parses hundreds of entries)
+        let [name, keyids, threshold, terminating, paths, prefixes] = o
+            .fields([
+                "name",
+                "keyids",
+                "threshold",
+                "terminating",
+                "paths",
+                "path_hash_prefixes",
+            ])
+            .map_err(|error| Error::Json { role, error })?;
+        let missing = |field| move || Error::Field { role, field };
+        let name = name.and_then(|v| v.as_str()).ok_or_else(missing("name"))?;
+        let keyids = keyids
+            .and_then(|v| v.as_array())
+            .ok_or_else(missing("keyids"))?;
+        let threshold = threshold
+            .and_then(|v| v.as_u64())
+            .ok_or_else(missing("threshold"))?;
+        let terminating = terminating
             .and_then(|v| v.as_bool())
-            .ok_or_else(|| Error::Field {
-                role,
-                field: "terminating",
-            })?;
-        let paths = match get(o, "paths", role)? {
-            None => None,
-            Some(v) => Some(v.as_array().ok_or_else(|| Error::Field {
-                role,
-                field: "paths",
-            })?),
+            .ok_or_else(missing("terminating"))?;
+        let array_or_none = |v: Option<Value<'a>>, field| match v {
+            None => Ok(None),
+            Some(v) => v.as_array().map(Some).ok_or_else(missing(field)),
         };
-        let path_hash_prefixes = match get(o, "path_hash_prefixes", role)? {
-            None => None,
-            Some(v) => Some(v.as_array().ok_or_else(|| Error::Field {
-                role,
-                field: "path_hash_prefixes",
-            })?),
-        };
+        let paths = array_or_none(paths, "paths")?;
+        let path_hash_prefixes = array_or_none(prefixes, "path_hash_prefixes")?;
         if paths.is_some() == path_hash_prefixes.is_some() {
             return Err(Error::Field {
                 role,

@@ -24,7 +24,7 @@
 //! crossed ([`crate::policy::PolicyError::BelowSecurityCounter`]).
 
 use crate::error::{Error, Name};
-use crate::json::{JStr, Object};
+use crate::json::{JStr, JsonError, Object};
 use crate::metadata::{self, DelegatedRole, Envelope, Header, Targets};
 use crate::policy::Version;
 use crate::time::{parse_expires, UnixTime};
@@ -84,95 +84,35 @@ pub fn verify_authorization<'a>(
     let what = Name::new(AUTHORIZATION_TYPE);
     let s = env.signed;
     let header = metadata::parse_header(&s, AUTHORIZATION_TYPE, what)?;
-    let issued = time_field(&s, "issued", what)?;
-    let validity = header.expires - issued;
-    if validity <= 0 || validity > max_validity {
-        return Err(Error::AuthorizationTooLong {
-            max: max_validity,
-            validity,
-        });
-    }
-    if header.expires <= now {
-        return Err(Error::Expired {
-            role: what,
-            expires: header.expires,
-            now,
-        });
-    }
-
-    let named = metadata::get(&s, "devices", what)?
-        .and_then(|v| v.as_array())
-        .is_some_and(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str())
-                .any(|d| d.eq_str(req.device_id))
-        });
-    let in_group = match (
-        metadata::get(&s, "group", what)?.and_then(|v| v.as_str()),
-        req.group,
-    ) {
-        (Some(g), Some(mine)) => g.eq_str(mine),
-        _ => false,
-    };
-    if !named && !in_group {
-        return Err(Error::NotForThisDevice {
-            device: Name::new(req.device_id),
-        });
-    }
-
-    let target = metadata::string(&s, "target", what)?;
-    if !target.eq_str(req.target) {
-        return Err(Error::AuthorizationTargetMismatch {
-            authorized: Name::from_json(&target),
-            requested: Name::new(req.target),
-        });
-    }
-    let hashes = metadata::obj(&s, "hashes", what)?;
-    let sha = hashes
-        .get("sha256")
-        .ok()
-        .flatten()
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| Error::Field {
-            role: what,
-            field: "hashes",
-        })?;
-    let mut hex = [0u8; 64];
-    let mut raw = [0u8; 32];
-    let ok = sha
-        .decode_into(&mut hex)
-        .and_then(|h| crate::crypto::hex_decode(h.as_bytes(), &mut raw))
-        .is_some_and(|n| n == 32);
-    if !ok {
-        return Err(Error::Field {
-            role: what,
-            field: "hashes",
-        });
-    }
-    if raw != req.target_sha256 {
-        return Err(Error::HashMismatch {
-            what: Name::new(req.target),
-            algorithm: "sha256",
-        });
-    }
-
-    if let Some(v) = metadata::get(&s, "installed", what)?.and_then(|v| v.as_str()) {
-        let mut buf = [0u8; 64];
-        let authorized = v
-            .decode_into(&mut buf)
-            .and_then(Version::parse)
-            .ok_or_else(|| Error::Field {
+    let (issued, target, reason) =
+        check(&s, header.expires, req, now, max_validity).map_err(|r| match r {
+            Refusal::Json(error) => Error::Json { role: what, error },
+            Refusal::Field(field) => Error::Field { role: what, field },
+            Refusal::TooLong(validity) => Error::AuthorizationTooLong {
+                max: max_validity,
+                validity,
+            },
+            Refusal::Expired => Error::Expired {
                 role: what,
-                field: "installed",
-            })?;
-        if authorized != req.running {
-            return Err(Error::AuthorizationInstalledMismatch {
+                expires: header.expires,
+                now,
+            },
+            Refusal::NotForThisDevice => Error::NotForThisDevice {
+                device: Name::new(req.device_id),
+            },
+            Refusal::TargetMismatch(authorized) => Error::AuthorizationTargetMismatch {
+                authorized: Name::from_json(&authorized),
+                requested: Name::new(req.target),
+            },
+            Refusal::HashMismatch => Error::HashMismatch {
+                what: Name::new(req.target),
+                algorithm: "sha256",
+            },
+            Refusal::InstalledMismatch(authorized) => Error::AuthorizationInstalledMismatch {
                 authorized,
                 running: req.running,
-            });
-        }
-    }
-    let reason = metadata::string(&s, "reason", what)?;
+            },
+        })?;
     Ok(Authorization {
         header,
         issued,
@@ -181,10 +121,92 @@ pub fn verify_authorization<'a>(
     })
 }
 
-fn time_field(o: &Object<'_>, field: &'static str, role: Name) -> Result<UnixTime, Error> {
-    let s = metadata::string(o, field, role)?;
-    let mut buf = [0u8; 32];
-    s.decode_into(&mut buf)
+/// Why [`check`] refuses; [`verify_authorization`] turns it into the [`Error`] once. Small, so a
+/// refusal moves a few bytes where an `Error` (with its names) would move over a hundred.
+enum Refusal<'a> {
+    Json(JsonError),
+    Field(&'static str),
+    TooLong(i64),
+    Expired,
+    NotForThisDevice,
+    TargetMismatch(JStr<'a>),
+    HashMismatch,
+    InstalledMismatch(Version),
+}
+
+/// The authorization's own fields, in the order they are checked: `issued` (validity, expiry),
+/// `devices`/`group`, `target`, `hashes`, `installed`, `reason`.
+fn check<'a>(
+    s: &Object<'a>,
+    expires: UnixTime,
+    req: &Request<'_>,
+    now: UnixTime,
+    max_validity: i64,
+) -> Result<(UnixTime, JStr<'a>, JStr<'a>), Refusal<'a>> {
+    let get = |field| s.get(field).map_err(Refusal::Json);
+    let string = |field| {
+        get(field)?
+            .and_then(|v| v.as_str())
+            .ok_or(Refusal::Field(field))
+    };
+    let mut buf = [0u8; 64];
+    let mut time = [0u8; 32];
+    let issued = string("issued")?
+        .decode_into(&mut time)
         .and_then(|t| parse_expires(t.as_bytes()))
-        .ok_or_else(|| Error::Field { role, field })
+        .ok_or(Refusal::Field("issued"))?;
+    let validity = expires - issued;
+    if validity <= 0 || validity > max_validity {
+        return Err(Refusal::TooLong(validity));
+    }
+    if expires <= now {
+        return Err(Refusal::Expired);
+    }
+
+    let named = get("devices")?.and_then(|v| v.as_array()).is_some_and(|a| {
+        a.iter()
+            .filter_map(|v| v.as_str())
+            .any(|d| d.eq_str(req.device_id))
+    });
+    let in_group = match (get("group")?.and_then(|v| v.as_str()), req.group) {
+        (Some(g), Some(mine)) => g.eq_str(mine),
+        _ => false,
+    };
+    if !named && !in_group {
+        return Err(Refusal::NotForThisDevice);
+    }
+
+    let target = string("target")?;
+    if !target.eq_str(req.target) {
+        return Err(Refusal::TargetMismatch(target));
+    }
+    let hashes = get("hashes")?
+        .and_then(|v| v.as_object())
+        .ok_or(Refusal::Field("hashes"))?;
+    let mut raw = [0u8; 32];
+    let ok = hashes
+        .get("sha256")
+        .ok()
+        .flatten()
+        .and_then(|v| v.as_str())
+        .and_then(|sha| sha.decode_into(&mut buf))
+        .and_then(|h| crate::crypto::hex_decode(h.as_bytes(), &mut raw))
+        .is_some_and(|n| n == 32);
+    if !ok {
+        return Err(Refusal::Field("hashes"));
+    }
+    if raw != req.target_sha256 {
+        return Err(Refusal::HashMismatch);
+    }
+
+    if let Some(v) = get("installed")?.and_then(|v| v.as_str()) {
+        let authorized = v
+            .decode_into(&mut buf)
+            .and_then(Version::parse)
+            .ok_or(Refusal::Field("installed"))?;
+        if authorized != req.running {
+            return Err(Refusal::InstalledMismatch(authorized));
+        }
+    }
+    Ok((issued, target, string("reason")?))
 }

@@ -1,6 +1,9 @@
 //! The A/B slot state machine: which image boots, which one is on trial, when the security
 //! counter rises. Pure: a [`Slots`] value goes in, the next one (or a typed [`SlotError`]) comes
-//! out; the caller persists it atomically before acting on it.
+//! out; the caller persists it atomically before acting on it. Each transition also has an
+//! `_in_place` form that changes a copy the caller owns (and leaves it unchanged on `Err`): a
+//! device's store works on a copy of its current state and commits it as the next record, which
+//! moves a few hundred bytes less per transition than returning a new `Slots`.
 //!
 //! The rules follow MCUboot's, which a decade of power-loss and anti-rollback bugs shaped:
 //!
@@ -253,82 +256,30 @@ impl Slots {
     /// Start writing a verified `image` into the inactive slot (whatever it held is given up).
     /// Resuming the same image is `begin_staging` again with the same `image`.
     pub fn begin_staging(&self, image: Image) -> Result<Slots, SlotError> {
-        let active = self.info(self.active);
-        if active.state == SlotState::Trial {
-            return Err(SlotError::TrialRunning { slot: self.active });
-        }
-        if active.state != SlotState::Good {
-            return Err(SlotError::NoFallback {
-                slot: self.active,
-                state: active.state,
-            });
-        }
         let mut next = *self;
-        *next.info_mut(self.inactive()) = SlotInfo {
-            state: SlotState::Staging,
-            image: Some(image),
-        };
+        next.begin_staging_in_place(image)?;
         Ok(next)
     }
 
     /// The inactive slot is completely written and its bytes verified: boot it as a trial next.
     pub fn finish_staging(&self) -> Result<Slots, SlotError> {
-        let slot = self.inactive();
-        let info = self.info(slot);
-        if info.state != SlotState::Staging || info.image.is_none() {
-            return Err(SlotError::WrongState {
-                slot,
-                state: info.state,
-                operation: "finish_staging",
-            });
-        }
         let mut next = *self;
-        next.info_mut(slot).state = SlotState::Pending;
+        next.finish_staging_in_place()?;
         Ok(next)
     }
 
     /// Give up a download in the inactive slot (its bytes did not verify): the slot is empty.
     pub fn abandon_staging(&self) -> Result<Slots, SlotError> {
-        let slot = self.inactive();
-        let info = self.info(slot);
-        if info.state != SlotState::Staging {
-            return Err(SlotError::WrongState {
-                slot,
-                state: info.state,
-                operation: "abandon_staging",
-            });
-        }
         let mut next = *self;
-        *next.info_mut(slot) = SlotInfo::EMPTY;
+        next.abandon_staging_in_place()?;
         Ok(next)
     }
 
     /// Decide what boots after a reset. Persist the returned `Slots` before running the image.
     pub fn boot(&self) -> (Slots, Boot) {
         let mut next = *self;
-        let active = self.active;
-        if self.info(active).state == SlotState::Trial {
-            // reset before confirmation: go back to the image that was good
-            let back = active.other();
-            next.info_mut(active).state = SlotState::Rejected;
-            next.active = back;
-            return (
-                next,
-                Boot::Reverted {
-                    slot: back,
-                    rejected: active,
-                },
-            );
-        }
-        let inactive = active.other();
-        if self.info(inactive).state == SlotState::Pending
-            && self.info(active).state == SlotState::Good
-        {
-            next.info_mut(inactive).state = SlotState::Trial;
-            next.active = inactive;
-            return (next, Boot::Trial { slot: inactive });
-        }
-        (next, Boot::Normal { slot: active })
+        let boot = next.boot_in_place();
+        (next, boot)
     }
 
     /// The application's health checks passed: the trial image becomes good and its security
@@ -340,30 +291,138 @@ impl Slots {
     /// misbehaved on it, so the same bytes are not installed again at the next check. A newer
     /// release installs as usual.
     pub fn confirm(&self) -> Result<Slots, SlotError> {
-        let slot = self.active;
-        let info = self.info(slot);
-        let Some(image) = info.image.filter(|_| info.state == SlotState::Trial) else {
-            return Err(SlotError::WrongState {
-                slot,
-                state: info.state,
-                operation: "confirm",
-            });
-        };
         let mut next = *self;
-        next.info_mut(slot).state = SlotState::Good;
-        next.security_counter = self.security_counter.max(image.security_counter);
-        let replaced = next.info_mut(slot.other());
-        if replaced.state == SlotState::Good
-            && replaced.image.is_some_and(|r| r.version > image.version)
-        {
-            replaced.state = SlotState::Rejected;
-        }
+        next.confirm_in_place()?;
         Ok(next)
     }
 
     /// The application's health checks failed: give the trial up now (same result as a reset
     /// before confirmation). Returns the new state and the slot to boot.
     pub fn reject(&self) -> Result<(Slots, Boot), SlotError> {
+        let mut next = *self;
+        let boot = next.reject_in_place()?;
+        Ok((next, boot))
+    }
+
+    /// The boot step found the bytes of `slot` do not match its recorded image (flash damage):
+    /// a pending or trial image is rejected so the good one boots. A good image stays as it is —
+    /// the caller reports it; there is nothing better to boot.
+    pub fn image_damaged(&self, slot: Slot) -> Slots {
+        let mut next = *self;
+        next.image_damaged_in_place(slot);
+        next
+    }
+
+    // The same transitions on a copy the caller owns (the store's working copy, committed only
+    // when the transition succeeded): a `Slots` is a few hundred bytes, and every move of one
+    // costs flash on a device. On `Err` the value is unchanged.
+
+    /// [`begin_staging`](Self::begin_staging), in place.
+    pub fn begin_staging_in_place(&mut self, image: Image) -> Result<(), SlotError> {
+        let active = self.info(self.active);
+        if active.state == SlotState::Trial {
+            return Err(SlotError::TrialRunning { slot: self.active });
+        }
+        if active.state != SlotState::Good {
+            return Err(SlotError::NoFallback {
+                slot: self.active,
+                state: active.state,
+            });
+        }
+        *self.info_mut(self.inactive()) = SlotInfo {
+            state: SlotState::Staging,
+            image: Some(image),
+        };
+        Ok(())
+    }
+
+    /// [`finish_staging`](Self::finish_staging), in place.
+    pub fn finish_staging_in_place(&mut self) -> Result<(), SlotError> {
+        let slot = self.inactive();
+        let info = self.info_mut(slot);
+        if info.state != SlotState::Staging || info.image.is_none() {
+            return Err(SlotError::WrongState {
+                slot,
+                state: info.state,
+                operation: "finish_staging",
+            });
+        }
+        info.state = SlotState::Pending;
+        Ok(())
+    }
+
+    /// [`abandon_staging`](Self::abandon_staging), in place.
+    pub fn abandon_staging_in_place(&mut self) -> Result<(), SlotError> {
+        let slot = self.inactive();
+        let info = self.info_mut(slot);
+        if info.state != SlotState::Staging {
+            return Err(SlotError::WrongState {
+                slot,
+                state: info.state,
+                operation: "abandon_staging",
+            });
+        }
+        *info = SlotInfo::EMPTY;
+        Ok(())
+    }
+
+    /// [`boot`](Self::boot), in place.
+    pub fn boot_in_place(&mut self) -> Boot {
+        let active = self.active;
+        let inactive = active.other();
+        if self.info(active).state == SlotState::Trial {
+            // reset before confirmation: go back to the image that was good
+            self.info_mut(active).state = SlotState::Rejected;
+            self.active = inactive;
+            return Boot::Reverted {
+                slot: inactive,
+                rejected: active,
+            };
+        }
+        if self.info(inactive).state == SlotState::Pending
+            && self.info(active).state == SlotState::Good
+        {
+            self.info_mut(inactive).state = SlotState::Trial;
+            self.active = inactive;
+            return Boot::Trial { slot: inactive };
+        }
+        Boot::Normal { slot: active }
+    }
+
+    /// [`confirm`](Self::confirm), in place.
+    pub fn confirm_in_place(&mut self) -> Result<(), SlotError> {
+        let slot = self.active;
+        let [a, b] = &mut self.slots;
+        let (info, replaced) = match slot {
+            Slot::A => (a, b),
+            Slot::B => (b, a),
+        };
+        let Some(image) = info
+            .image
+            .as_ref()
+            .filter(|_| info.state == SlotState::Trial)
+        else {
+            return Err(SlotError::WrongState {
+                slot,
+                state: info.state,
+                operation: "confirm",
+            });
+        };
+        info.state = SlotState::Good;
+        self.security_counter = self.security_counter.max(image.security_counter);
+        if replaced.state == SlotState::Good
+            && replaced
+                .image
+                .as_ref()
+                .is_some_and(|r| r.version > image.version)
+        {
+            replaced.state = SlotState::Rejected;
+        }
+        Ok(())
+    }
+
+    /// [`reject`](Self::reject), in place; returns the slot to boot.
+    pub fn reject_in_place(&mut self) -> Result<Boot, SlotError> {
         let info = self.info(self.active);
         if info.state != SlotState::Trial {
             return Err(SlotError::WrongState {
@@ -372,25 +431,21 @@ impl Slots {
                 operation: "reject",
             });
         }
-        Ok(self.boot())
+        Ok(self.boot_in_place())
     }
 
-    /// The boot step found the bytes of `slot` do not match its recorded image (flash damage):
-    /// a pending or trial image is rejected so the good one boots. A good image stays as it is —
-    /// the caller reports it; there is nothing better to boot.
-    pub fn image_damaged(&self, slot: Slot) -> Slots {
-        let mut next = *self;
-        let info = next.info_mut(slot);
+    /// [`image_damaged`](Self::image_damaged), in place.
+    pub fn image_damaged_in_place(&mut self, slot: Slot) {
+        let info = self.info_mut(slot);
         if matches!(
             info.state,
             SlotState::Pending | SlotState::Trial | SlotState::Staging
         ) {
             info.state = SlotState::Rejected;
-            if next.active == slot {
-                next.active = slot.other();
+            if self.active == slot {
+                self.active = slot.other();
             }
         }
-        next
     }
 }
 
@@ -531,6 +586,34 @@ mod tests {
         let s = s.image_damaged(Slot::B);
         assert_eq!(s.boot().1, Boot::Normal { slot: Slot::A });
         assert_eq!(s.info(Slot::B).state, SlotState::Rejected);
+    }
+
+    #[test]
+    fn in_place_transitions_match_and_leave_the_copy_unchanged_when_refused() {
+        let s = Slots::factory(img(1, 1));
+        let mut m = s;
+        m.begin_staging_in_place(img(2, 5)).unwrap();
+        assert_eq!(m, s.begin_staging(img(2, 5)).unwrap());
+        let before = m;
+        assert_eq!(
+            m.confirm_in_place(),
+            Err(SlotError::WrongState {
+                slot: Slot::A,
+                state: SlotState::Good,
+                operation: "confirm"
+            })
+        );
+        assert_eq!(m, before);
+        m.finish_staging_in_place().unwrap();
+        assert_eq!(m, before.finish_staging().unwrap());
+        let (n, b) = m.boot();
+        assert_eq!(m.boot_in_place(), b);
+        assert_eq!(m, n);
+        let mut r = m;
+        assert_eq!(r.reject_in_place(), m.reject().map(|(_, b)| b));
+        assert_eq!(Ok(r), m.reject().map(|(n, _)| n));
+        m.confirm_in_place().unwrap();
+        assert_eq!(Ok(m), n.confirm());
     }
 
     #[test]

@@ -295,6 +295,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
     // --- root --------------------------------------------------------------------------------
 
     /// Apply the next root version (spec 5.3).
+    #[inline(never)]
     pub fn update_root(&mut self, bytes: &[u8]) -> Result<u64, Error> {
         if self.len.get(Role::Timestamp) != 0 {
             return Err(Error::WrongOrder {
@@ -344,6 +345,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
     }
 
     /// Verify a new timestamp (spec 5.4).
+    #[inline(never)]
     pub fn update_timestamp(&mut self, bytes: &[u8]) -> Result<Update, Error> {
         if self.len.get(Role::Snapshot) != 0 {
             return Err(Error::WrongOrder {
@@ -433,6 +435,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
     }
 
     /// Verify a new snapshot (spec 5.5).
+    #[inline(never)]
     pub fn update_snapshot(&mut self, bytes: &[u8]) -> Result<Update, Error> {
         if self.len.get(Role::Targets) != 0 {
             return Err(Error::WrongOrder {
