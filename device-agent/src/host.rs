@@ -147,7 +147,12 @@ impl HttpTransport {
         self.requests.push(url.to_string());
         let resp = match self.agent.get(url).call() {
             Ok(r) => r,
-            Err(ureq::Error::Status(404, _)) => return Ok(None),
+            Err(ureq::Error::Status(404, r)) => {
+                // read the (short) answer to its end, so the connection goes back to the pool:
+                // every check asks for the next root and usually gets a 404
+                let _ = std::io::copy(&mut r.into_reader().take(4096), &mut std::io::sink());
+                return Ok(None);
+            }
             Err(ureq::Error::Status(code, r)) => return Err(status_error(url, code, r)),
             Err(e) => {
                 return Err(HttpError::Io {
