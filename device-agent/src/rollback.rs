@@ -13,13 +13,13 @@
 //! No heap: what verified ([`Authorization`]: header, issued, reason, target) borrows the bytes
 //! the hook holds, so the host can report it after the install.
 
-use hale_core::metadata::{DelegatedRole, Envelope, Targets};
+use hale_core::metadata::{Envelope, Targets};
 use hale_core::rollback::{
-    verify_authorization, Authorization, Request, AUTHORIZATION_TYPE, DEFAULT_MAX_VALIDITY,
-    ROLLBACK_ROLE,
+    rollback_keys, verify_authorization, Authorization, Request, AUTHORIZATION_TYPE,
+    DEFAULT_MAX_VALIDITY,
 };
 use hale_core::verify::{check_signatures, Report};
-use hale_core::{Error, Name, UnixTime};
+use hale_core::{Error, UnixTime};
 
 use crate::agent::{Downgrade, RollbackHook};
 
@@ -102,16 +102,7 @@ impl<H: RollbackHook> RollbackHook for Option<H> {
 /// Which of the `rollback` role's keys signed `bytes`, per the trusted top-level `targets`
 /// (for the report after a rollback; deciding is [`verify_authorization`]'s job).
 pub fn signers(targets: &Targets<'_>, bytes: &[u8]) -> Result<Report, Error> {
-    let role = Name::new(ROLLBACK_ROLE);
-    let delegations = targets.delegations.ok_or_else(|| Error::NoRollbackRole)?;
-    let entry = delegations
-        .roles
-        .into_iter()
-        .flat_map(|a| a.iter())
-        .filter_map(|v| v.as_object())
-        .filter_map(|o| DelegatedRole::parse(&o, role).ok())
-        .find(|r| r.name.eq_str(ROLLBACK_ROLE))
-        .ok_or_else(|| Error::NoRollbackRole)?;
+    let keys = rollback_keys(targets)?;
     let env = Envelope::parse(bytes, AUTHORIZATION_TYPE)?;
-    check_signatures(&env, &entry.keys(delegations.keys))
+    check_signatures(&env, &keys)
 }

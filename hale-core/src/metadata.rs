@@ -146,40 +146,27 @@ pub(crate) fn obj<'a>(
         .ok_or_else(|| Error::Field { role, field })
 }
 
-pub(crate) fn array<'a>(
-    o: &Object<'a>,
-    field: &'static str,
-    role: Name,
-) -> Result<Array<'a>, Error> {
-    get(o, field, role)?
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| Error::Field { role, field })
+/// A refusal of a document's shape before it is named: [`Shape::named`] builds the [`Error`] (with
+/// the role's name) once, so a parser's many exits each move a few bytes, not a whole `Error`.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Json(JsonError),
+    Field(&'static str),
+    BadSuccinctRoles(&'static str),
 }
 
-pub(crate) fn string<'a>(
-    o: &Object<'a>,
-    field: &'static str,
-    role: Name,
-) -> Result<JStr<'a>, Error> {
-    get(o, field, role)?
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| Error::Field { role, field })
-}
-
-pub(crate) fn uint(o: &Object<'_>, field: &'static str, role: Name) -> Result<u64, Error> {
-    get(o, field, role)?
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| Error::Field { role, field })
-}
-
-fn opt_uint(o: &Object<'_>, field: &'static str, role: Name) -> Result<Option<u64>, Error> {
-    match get(o, field, role)? {
-        None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| Error::Field { role, field }),
+impl Shape {
+    fn named(self, role: Name) -> Error {
+        match self {
+            Shape::Json(error) => Error::Json { role, error },
+            Shape::Field(field) => Error::Field { role, field },
+            Shape::BadSuccinctRoles(reason) => Error::BadSuccinctRoles { reason },
+        }
     }
+}
+
+fn shape_get<'a>(o: &Object<'a>, field: &str) -> Result<Option<Value<'a>>, Shape> {
+    o.get(field).map_err(Shape::Json)
 }
 
 // --- root ---------------------------------------------------------------------------------
@@ -223,10 +210,19 @@ impl<'a> Root<'a> {
 
     /// `roles[name]`: its key ids and threshold.
     pub fn role(&self, name: &'static str) -> Result<RoleKeys<'a>, Error> {
-        let role = Name::new("root");
-        let r = obj(&self.roles, name, role)?;
-        let keyids = array(&r, "keyids", role)?;
-        let threshold = uint(&r, "threshold", role)?;
+        let read = || {
+            let r = shape_get(&self.roles, name)?
+                .and_then(|v| v.as_object())
+                .ok_or(Shape::Field(name))?;
+            let keyids = shape_get(&r, "keyids")?
+                .and_then(|v| v.as_array())
+                .ok_or(Shape::Field("keyids"))?;
+            let threshold = shape_get(&r, "threshold")?
+                .and_then(|v| v.as_u64())
+                .ok_or(Shape::Field("threshold"))?;
+            Ok((keyids, threshold))
+        };
+        let (keyids, threshold) = read().map_err(|shape: Shape| shape.named(Name::new("root")))?;
         Ok(RoleKeys {
             name: Name::new(name),
             keys: self.keys,
@@ -258,14 +254,20 @@ pub struct MetaFile<'a> {
 
 impl<'a> MetaFile<'a> {
     fn parse(o: &Object<'a>, role: Name) -> Result<Self, Error> {
-        let version = uint(o, "version", role)?;
-        let length = opt_uint(o, "length", role)?;
-        let hashes = match get(o, "hashes", role)? {
+        Self::read(o).map_err(|shape| shape.named(role))
+    }
+
+    fn read(o: &Object<'a>) -> Result<Self, Shape> {
+        let version = shape_get(o, "version")?
+            .and_then(|v| v.as_u64())
+            .ok_or(Shape::Field("version"))?;
+        let length = match shape_get(o, "length")? {
             None => None,
-            Some(v) => Some(v.as_object().ok_or_else(|| Error::Field {
-                role,
-                field: "hashes",
-            })?),
+            Some(v) => Some(v.as_u64().ok_or(Shape::Field("length"))?),
+        };
+        let hashes = match shape_get(o, "hashes")? {
+            None => None,
+            Some(v) => Some(v.as_object().ok_or(Shape::Field("hashes"))?),
         };
         Ok(MetaFile {
             version,
@@ -348,7 +350,6 @@ impl<'a> Snapshot<'a> {
 
     /// The entry for role `name` (`<name>.json`).
     pub fn role(&self, name: &str) -> Result<Option<MetaFile<'a>>, Error> {
-        let role = Name::new(name);
         let v = self
             .meta
             .get_by(|k| k.eq_concat(&[name.as_bytes(), b".json"]))
@@ -358,13 +359,12 @@ impl<'a> Snapshot<'a> {
             })?;
         match v {
             None => Ok(None),
-            Some(v) => {
-                let o = v.as_object().ok_or_else(|| Error::Field {
-                    role,
-                    field: "meta",
-                })?;
-                MetaFile::parse(&o, role).map(Some)
-            }
+            Some(v) => v
+                .as_object()
+                .ok_or(Shape::Field("meta"))
+                .and_then(|o| MetaFile::read(&o))
+                .map(Some)
+                .map_err(|shape| shape.named(Name::new(name))),
         }
     }
 }
@@ -382,23 +382,22 @@ pub struct Targets<'a> {
 impl<'a> Targets<'a> {
     pub fn parse(signed: &Object<'a>, role: Name) -> Result<Self, Error> {
         let header = parse_header(signed, "targets", role)?;
+        Self::read(signed, header).map_err(|shape| shape.named(role))
+    }
+
+    /// Everything after the header, refusals unnamed (one exit builds the [`Error`]).
+    fn read(signed: &Object<'a>, header: Header) -> Result<Self, Shape> {
         let [targets, delegations] = signed
             .fields(["targets", "delegations"])
-            .map_err(|error| Error::Json { role, error })?;
+            .map_err(Shape::Json)?;
         let targets = targets
             .and_then(|v| v.as_object())
-            .ok_or_else(|| Error::Field {
-                role,
-                field: "targets",
-            })?;
+            .ok_or(Shape::Field("targets"))?;
         let delegations = match delegations {
             None => None,
             Some(v) => {
-                let d = v.as_object().ok_or_else(|| Error::Field {
-                    role,
-                    field: "delegations",
-                })?;
-                Some(Delegations::parse(&d, role)?)
+                let d = v.as_object().ok_or(Shape::Field("delegations"))?;
+                Some(Delegations::read(&d)?)
             }
         };
         Ok(Targets {
@@ -428,18 +427,15 @@ impl<'a> Targets<'a> {
 
     /// The entry for target `path`, if this role lists it.
     pub fn target(&self, path: &str, role: Name) -> Result<Option<TargetFile<'a>>, Error> {
-        match self
-            .targets
-            .get(path)
-            .map_err(|error| Error::Json { role, error })?
-        {
+        self.read_target(path).map_err(|shape| shape.named(role))
+    }
+
+    fn read_target(&self, path: &str) -> Result<Option<TargetFile<'a>>, Shape> {
+        match self.targets.get(path).map_err(Shape::Json)? {
             None => Ok(None),
             Some(v) => {
-                let o = v.as_object().ok_or_else(|| Error::Field {
-                    role,
-                    field: "targets",
-                })?;
-                TargetFile::parse(&o, role).map(Some)
+                let o = v.as_object().ok_or(Shape::Field("targets"))?;
+                TargetFile::read(&o).map(Some)
             }
         }
     }
@@ -455,14 +451,19 @@ pub struct TargetFile<'a> {
 
 impl<'a> TargetFile<'a> {
     pub fn parse(o: &Object<'a>, role: Name) -> Result<Self, Error> {
-        let length = uint(o, "length", role)?;
-        let hashes = obj(o, "hashes", role)?;
-        let custom = match get(o, "custom", role)? {
+        Self::read(o).map_err(|shape| shape.named(role))
+    }
+
+    fn read(o: &Object<'a>) -> Result<Self, Shape> {
+        let length = shape_get(o, "length")?
+            .and_then(|v| v.as_u64())
+            .ok_or(Shape::Field("length"))?;
+        let hashes = shape_get(o, "hashes")?
+            .and_then(|v| v.as_object())
+            .ok_or(Shape::Field("hashes"))?;
+        let custom = match shape_get(o, "custom")? {
             None => None,
-            Some(v) => Some(v.as_object().ok_or_else(|| Error::Field {
-                role,
-                field: "custom",
-            })?),
+            Some(v) => Some(v.as_object().ok_or(Shape::Field("custom"))?),
         };
         Ok(TargetFile {
             length,
@@ -640,38 +641,28 @@ pub struct Delegations<'a> {
 }
 
 impl<'a> Delegations<'a> {
-    fn parse(d: &Object<'a>, role: Name) -> Result<Self, Error> {
-        let keys = obj(d, "keys", role)?;
-        let roles = match get(d, "roles", role)? {
+    fn read(d: &Object<'a>) -> Result<Self, Shape> {
+        let get = |field| d.get(field).map_err(Shape::Json);
+        let keys = get("keys")?
+            .and_then(|v| v.as_object())
+            .ok_or(Shape::Field("keys"))?;
+        let roles = match get("roles")? {
             None => None,
-            Some(v) => Some(v.as_array().ok_or_else(|| Error::Field {
-                role,
-                field: "roles",
-            })?),
+            Some(v) => Some(v.as_array().ok_or(Shape::Field("roles"))?),
         };
-        let succinct = match get(d, "succinct_roles", role)? {
+        let succinct = match get("succinct_roles")? {
             None => None,
-            Some(v) => Some(SuccinctRoles::parse(
-                &v.as_object().ok_or_else(|| Error::Field {
-                    role,
-                    field: "succinct_roles",
-                })?,
-                role,
+            Some(v) => Some(SuccinctRoles::read(
+                &v.as_object().ok_or(Shape::Field("succinct_roles"))?,
             )?),
         };
         if roles.is_some() == succinct.is_some() {
-            return Err(Error::Field {
-                role,
-                field: "roles or succinct_roles (exactly one)",
-            });
+            return Err(Shape::Field("roles or succinct_roles (exactly one)"));
         }
         if let Some(r) = roles {
             for v in r.iter() {
-                let o = v.as_object().ok_or_else(|| Error::Field {
-                    role,
-                    field: "roles",
-                })?;
-                DelegatedRole::parse(&o, role)?;
+                let o = v.as_object().ok_or(Shape::Field("roles"))?;
+                DelegatedRole::read(&o)?;
             }
         }
         Ok(Delegations {
@@ -679,6 +670,21 @@ impl<'a> Delegations<'a> {
             roles,
             succinct,
         })
+    }
+
+    /// The keys and threshold of `name` as `roles` lists it (its first well-formed entry by that
+    /// name); `None` when `roles` does not list it (or the delegations are succinct). One search
+    /// for the delegation walk and rollback authorizations.
+    pub fn listed_keys(&self, name: &str) -> Option<RoleKeys<'a>> {
+        for v in self.roles?.iter() {
+            let Some(r) = v.as_object().and_then(|o| DelegatedRole::read(&o).ok()) else {
+                continue;
+            };
+            if r.name.eq_str(name) {
+                return Some(r.keys(self.keys));
+            }
+        }
+        None
     }
 }
 
@@ -695,6 +701,11 @@ pub struct DelegatedRole<'a> {
 
 impl<'a> DelegatedRole<'a> {
     pub fn parse(o: &Object<'a>, role: Name) -> Result<Self, Error> {
+        Self::read(o).map_err(|shape| shape.named(role))
+    }
+
+    /// [`parse`](Self::parse) with the refusal unnamed.
+    fn read(o: &Object<'a>) -> Result<Self, Shape> {
         // one pass over the entry (a lookup per field walks it six times; a catalog of hashed
         // bins parses hundreds of entries)
         let [name, keyids, threshold, terminating, paths, prefixes] = o
@@ -706,36 +717,29 @@ impl<'a> DelegatedRole<'a> {
                 "paths",
                 "path_hash_prefixes",
             ])
-            .map_err(|error| Error::Json { role, error })?;
-        let missing = |field| move || Error::Field { role, field };
-        let name = name.and_then(|v| v.as_str()).ok_or_else(missing("name"))?;
+            .map_err(Shape::Json)?;
+        let name = name.and_then(|v| v.as_str()).ok_or(Shape::Field("name"))?;
         let keyids = keyids
             .and_then(|v| v.as_array())
-            .ok_or_else(missing("keyids"))?;
+            .ok_or(Shape::Field("keyids"))?;
         let threshold = threshold
             .and_then(|v| v.as_u64())
-            .ok_or_else(missing("threshold"))?;
+            .ok_or(Shape::Field("threshold"))?;
         let terminating = terminating
             .and_then(|v| v.as_bool())
-            .ok_or_else(missing("terminating"))?;
+            .ok_or(Shape::Field("terminating"))?;
         let array_or_none = |v: Option<Value<'a>>, field| match v {
             None => Ok(None),
-            Some(v) => v.as_array().map(Some).ok_or_else(missing(field)),
+            Some(v) => v.as_array().map(Some).ok_or(Shape::Field(field)),
         };
         let paths = array_or_none(paths, "paths")?;
         let path_hash_prefixes = array_or_none(prefixes, "path_hash_prefixes")?;
         if paths.is_some() == path_hash_prefixes.is_some() {
-            return Err(Error::Field {
-                role,
-                field: "paths or path_hash_prefixes (exactly one)",
-            });
+            return Err(Shape::Field("paths or path_hash_prefixes (exactly one)"));
         }
         for a in [paths, path_hash_prefixes].into_iter().flatten() {
             if a.iter().any(|v| v.as_str().is_none()) {
-                return Err(Error::Field {
-                    role,
-                    field: "paths",
-                });
+                return Err(Shape::Field("paths"));
             }
         }
         Ok(DelegatedRole {
@@ -785,15 +789,23 @@ pub struct SuccinctRoles<'a> {
 }
 
 impl<'a> SuccinctRoles<'a> {
-    fn parse(o: &Object<'a>, role: Name) -> Result<Self, Error> {
-        let keyids = array(o, "keyids", role)?;
-        let threshold = uint(o, "threshold", role)?;
-        let bit_length = uint(o, "bit_length", role)?;
-        let name_prefix = string(o, "name_prefix", role)?;
+    fn read(o: &Object<'a>) -> Result<Self, Shape> {
+        let get = |field| o.get(field).map_err(Shape::Json);
+        let keyids = get("keyids")?
+            .and_then(|v| v.as_array())
+            .ok_or(Shape::Field("keyids"))?;
+        let uint = |field| {
+            get(field)?
+                .and_then(|v| v.as_u64())
+                .ok_or(Shape::Field(field))
+        };
+        let threshold = uint("threshold")?;
+        let bit_length = uint("bit_length")?;
+        let name_prefix = get("name_prefix")?
+            .and_then(|v| v.as_str())
+            .ok_or(Shape::Field("name_prefix"))?;
         if !(1..=32).contains(&bit_length) {
-            return Err(Error::BadSuccinctRoles {
-                reason: "bit_length must be 1..=32",
-            });
+            return Err(Shape::BadSuccinctRoles("bit_length must be 1..=32"));
         }
         Ok(SuccinctRoles {
             keyids,

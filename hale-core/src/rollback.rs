@@ -24,8 +24,8 @@
 //! crossed ([`crate::policy::PolicyError::BelowSecurityCounter`]).
 
 use crate::error::{Error, Name};
-use crate::json::{JStr, JsonError, Object};
-use crate::metadata::{self, DelegatedRole, Envelope, Header, Targets};
+use crate::json::{JStr, JsonError, Object, Value};
+use crate::metadata::{self, Envelope, Header, RoleKeys, Targets};
 use crate::policy::Version;
 use crate::time::{parse_expires, UnixTime};
 use crate::verify::verify_threshold;
@@ -60,6 +60,7 @@ pub struct Authorization<'a> {
 }
 
 /// Verify `bytes` as an authorization for `req`, against the trusted top-level `targets`.
+#[inline(never)]
 pub fn verify_authorization<'a>(
     targets: &Targets<'_>,
     bytes: &'a [u8],
@@ -67,19 +68,9 @@ pub fn verify_authorization<'a>(
     now: UnixTime,
     max_validity: i64,
 ) -> Result<Authorization<'a>, Error> {
-    let role = Name::new(ROLLBACK_ROLE);
-    let delegations = targets.delegations.ok_or_else(|| Error::NoRollbackRole)?;
-    let entry = delegations
-        .roles
-        .into_iter()
-        .flat_map(|a| a.iter())
-        .filter_map(|v| v.as_object())
-        .filter_map(|o| DelegatedRole::parse(&o, role).ok())
-        .find(|r| r.name.eq_str(ROLLBACK_ROLE))
-        .ok_or_else(|| Error::NoRollbackRole)?;
-
+    let keys = rollback_keys(targets)?;
     let env = Envelope::parse(bytes, AUTHORIZATION_TYPE)?;
-    verify_threshold(&env, &entry.keys(delegations.keys))?;
+    verify_threshold(&env, &keys)?;
 
     let what = Name::new(AUTHORIZATION_TYPE);
     let s = env.signed;
@@ -121,6 +112,15 @@ pub fn verify_authorization<'a>(
     })
 }
 
+/// The `rollback` role's keys and threshold as the trusted top-level `targets` delegate them;
+/// [`Error::NoRollbackRole`] when `delegations.roles` does not list it.
+pub fn rollback_keys<'t>(targets: &Targets<'t>) -> Result<RoleKeys<'t>, Error> {
+    targets
+        .delegations
+        .and_then(|d| d.listed_keys(ROLLBACK_ROLE))
+        .ok_or(Error::NoRollbackRole)
+}
+
 /// Why [`check`] refuses; [`verify_authorization`] turns it into the [`Error`] once. Small, so a
 /// refusal moves a few bytes where an `Error` (with its names) would move over a hundred.
 enum Refusal<'a> {
@@ -134,8 +134,8 @@ enum Refusal<'a> {
     InstalledMismatch(Version),
 }
 
-/// The authorization's own fields, in the order they are checked: `issued` (validity, expiry),
-/// `devices`/`group`, `target`, `hashes`, `installed`, `reason`.
+/// The authorization's own fields, read in one pass over `signed` and checked in this order:
+/// `issued` (validity, expiry), `devices`/`group`, `target`, `hashes`, `installed`, `reason`.
 fn check<'a>(
     s: &Object<'a>,
     expires: UnixTime,
@@ -143,15 +143,22 @@ fn check<'a>(
     now: UnixTime,
     max_validity: i64,
 ) -> Result<(UnixTime, JStr<'a>, JStr<'a>), Refusal<'a>> {
-    let get = |field| s.get(field).map_err(Refusal::Json);
-    let string = |field| {
-        get(field)?
-            .and_then(|v| v.as_str())
-            .ok_or(Refusal::Field(field))
-    };
+    let [issued, devices, group, target, hashes, installed, reason] = s
+        .fields([
+            "issued",
+            "devices",
+            "group",
+            "target",
+            "hashes",
+            "installed",
+            "reason",
+        ])
+        .map_err(Refusal::Json)?;
+    let string =
+        |v: Option<Value<'a>>, field| v.and_then(|v| v.as_str()).ok_or(Refusal::Field(field));
     let mut buf = [0u8; 64];
     let mut time = [0u8; 32];
-    let issued = string("issued")?
+    let issued = string(issued, "issued")?
         .decode_into(&mut time)
         .and_then(|t| parse_expires(t.as_bytes()))
         .ok_or(Refusal::Field("issued"))?;
@@ -163,12 +170,12 @@ fn check<'a>(
         return Err(Refusal::Expired);
     }
 
-    let named = get("devices")?.and_then(|v| v.as_array()).is_some_and(|a| {
+    let named = devices.and_then(|v| v.as_array()).is_some_and(|a| {
         a.iter()
             .filter_map(|v| v.as_str())
             .any(|d| d.eq_str(req.device_id))
     });
-    let in_group = match (get("group")?.and_then(|v| v.as_str()), req.group) {
+    let in_group = match (group.and_then(|v| v.as_str()), req.group) {
         (Some(g), Some(mine)) => g.eq_str(mine),
         _ => false,
     };
@@ -176,11 +183,11 @@ fn check<'a>(
         return Err(Refusal::NotForThisDevice);
     }
 
-    let target = string("target")?;
+    let target = string(target, "target")?;
     if !target.eq_str(req.target) {
         return Err(Refusal::TargetMismatch(target));
     }
-    let hashes = get("hashes")?
+    let hashes = hashes
         .and_then(|v| v.as_object())
         .ok_or(Refusal::Field("hashes"))?;
     let mut raw = [0u8; 32];
@@ -199,7 +206,7 @@ fn check<'a>(
         return Err(Refusal::HashMismatch);
     }
 
-    if let Some(v) = get("installed")?.and_then(|v| v.as_str()) {
+    if let Some(v) = installed.and_then(|v| v.as_str()) {
         let authorized = v
             .decode_into(&mut buf)
             .and_then(Version::parse)
@@ -208,5 +215,5 @@ fn check<'a>(
             return Err(Refusal::InstalledMismatch(authorized));
         }
     }
-    Ok((issued, target, string("reason")?))
+    Ok((issued, target, string(reason, "reason")?))
 }

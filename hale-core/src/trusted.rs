@@ -575,22 +575,12 @@ impl<B: RoleBuffer> TrustedSet<B> {
         let meta = self.delegated_meta(name)?;
         meta.verify_bytes(bytes, role)?;
         let env = Envelope::parse(bytes, name)?;
-        let keys = if let Some(roles) = delegations.roles {
-            let entry = roles
-                .iter()
-                .filter_map(|v| v.as_object())
-                .filter_map(|o| DelegatedRole::parse(&o, role).ok())
-                .find(|r| r.name.eq_str(name))
-                .ok_or_else(|| Error::NotInSnapshot { role })?;
-            entry.keys(delegations.keys)
-        } else if let Some(s) = delegations.succinct {
-            if !s.is_bin(name) {
-                return Err(Error::NotInSnapshot { role });
-            }
-            s.keys(delegations.keys, name)
-        } else {
-            return Err(Error::NotInSnapshot { role });
-        };
+        let keys = match (delegations.roles, delegations.succinct) {
+            (Some(_), _) => delegations.listed_keys(name),
+            (None, Some(s)) => s.is_bin(name).then(|| s.keys(delegations.keys, name)),
+            (None, None) => None,
+        }
+        .ok_or_else(|| Error::NotInSnapshot { role })?;
         verify_threshold(&env, &keys)?;
         let t = Targets::parse(&env.signed, role)?;
         if t.header.version != meta.version {
