@@ -424,6 +424,26 @@ impl From<PolicyError> for Error {
     }
 }
 
+/// `Err(e)` built out of line: a `?` whose callee's `Result` is laid out differently from the
+/// caller's copies the ~136-byte [`Error`] field by field at every exit; [`pass!`] hands it to
+/// this one copy instead.
+#[inline(never)]
+pub(crate) fn pass_err<T>(e: Error) -> Result<T, Error> {
+    Err(e)
+}
+
+/// `r?` for a `Result<_, Error>` in a function returning `Result<_, Error>`, through
+/// [`pass_err`].
+macro_rules! pass {
+    ($r:expr) => {
+        match $r {
+            Ok(v) => v,
+            Err(e) => return $crate::error::pass_err(e),
+        }
+    };
+}
+pub(crate) use pass;
+
 #[cfg(test)]
 mod tests {
     use super::*;

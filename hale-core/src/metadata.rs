@@ -22,19 +22,18 @@ pub struct Envelope<'a> {
 impl<'a> Envelope<'a> {
     /// Parse the envelope of metadata for `role` (the name is only used in errors).
     pub fn parse(bytes: &'a [u8], role: &str) -> Result<Self, Error> {
-        let name = Name::new(role);
-        let v = json::parse(bytes).map_err(|error| Error::Json { role: name, error })?;
-        let top = v.as_object().ok_or_else(|| Error::Field {
-            role: name,
-            field: "signed",
-        })?;
-        let signed = obj(&top, "signed", name)?;
-        let signatures = get(&top, "signatures", name)?
+        Self::read(bytes).map_err(|shape| shape.named(Name::new(role)))
+    }
+
+    fn read(bytes: &'a [u8]) -> Result<Self, Shape<'a>> {
+        let top = json::parse(bytes)
+            .map_err(Shape::Json)?
+            .as_object()
+            .ok_or(Shape::Field("signed"))?;
+        let signed = shape_obj(&top, "signed")?;
+        let signatures = shape_get(&top, "signatures")?
             .and_then(|v| v.as_array())
-            .ok_or_else(|| Error::Field {
-                role: name,
-                field: "signatures",
-            })?;
+            .ok_or(Shape::Field("signatures"))?;
         Ok(Envelope { signed, signatures })
     }
 }
@@ -62,47 +61,36 @@ pub fn parse_header(
     expected_type: &'static str,
     role: Name,
 ) -> Result<Header, Error> {
+    read_header(signed, expected_type).map_err(|shape| shape.named(role))
+}
+
+/// [`parse_header`] with the refusal unnamed.
+fn read_header<'a>(signed: &Object<'a>, expected_type: &'static str) -> Result<Header, Shape<'a>> {
     // one pass over `signed` for the four fields (a lookup each would walk the object 4 times)
     let [ty, spec, version, expires] = signed
         .fields(["_type", "spec_version", "version", "expires"])
-        .map_err(|error| Error::Json { role, error })?;
-    let ty = ty.and_then(|v| v.as_str()).ok_or_else(|| Error::Field {
-        role,
-        field: "_type",
-    })?;
+        .map_err(Shape::Json)?;
+    let ty = ty.and_then(|v| v.as_str()).ok_or(Shape::Field("_type"))?;
     if !ty.eq_str(expected_type) {
-        return Err(Error::WrongType {
-            expected: expected_type,
-            found: Name::from_json(&ty),
-        });
+        return Err(Shape::WrongType(expected_type, ty));
     }
-    let spec = spec.and_then(|v| v.as_str()).ok_or_else(|| Error::Field {
-        role,
-        field: "spec_version",
-    })?;
+    let spec = spec
+        .and_then(|v| v.as_str())
+        .ok_or(Shape::Field("spec_version"))?;
     if !spec_version_supported(&spec) {
-        return Err(Error::UnsupportedSpecVersion {
-            role,
-            found: Name::from_json(&spec),
-        });
+        return Err(Shape::SpecVersion(spec));
     }
     let version = version
         .and_then(|v| v.as_u64())
         .filter(|v| *v > 0)
-        .ok_or_else(|| Error::Field {
-            role,
-            field: "version",
-        })?;
+        .ok_or(Shape::Field("version"))?;
     let mut buf = [0u8; 32];
     let expires = expires
         .and_then(|v| v.as_str())
-        .ok_or_else(|| Error::Field {
-            role,
-            field: "expires",
-        })?
+        .ok_or(Shape::Field("expires"))?
         .decode_into(&mut buf)
         .and_then(|s| parse_expires(s.as_bytes()))
-        .ok_or_else(|| Error::BadExpires { role })?;
+        .ok_or(Shape::BadExpires)?;
     Ok(Header { version, expires })
 }
 
@@ -126,47 +114,47 @@ fn spec_version_supported(s: &JStr<'_>) -> bool {
     (1..=2).contains(&n)
 }
 
-// --- field helpers: missing or wrongly typed fields name themselves in the error -------------
-
-pub(crate) fn get<'a>(
-    o: &Object<'a>,
-    field: &'static str,
-    role: Name,
-) -> Result<Option<Value<'a>>, Error> {
-    o.get(field).map_err(|error| Error::Json { role, error })
-}
-
-pub(crate) fn obj<'a>(
-    o: &Object<'a>,
-    field: &'static str,
-    role: Name,
-) -> Result<Object<'a>, Error> {
-    get(o, field, role)?
-        .and_then(|v| v.as_object())
-        .ok_or_else(|| Error::Field { role, field })
-}
-
 /// A refusal of a document's shape before it is named: [`Shape::named`] builds the [`Error`] (with
 /// the role's name) once, so a parser's many exits each move a few bytes, not a whole `Error`.
 #[derive(Debug, Clone, Copy)]
-enum Shape {
+enum Shape<'a> {
     Json(JsonError),
     Field(&'static str),
     BadSuccinctRoles(&'static str),
+    /// `_type` is not the expected one (which, found).
+    WrongType(&'static str, JStr<'a>),
+    /// `spec_version` is not 1.x (found).
+    SpecVersion(JStr<'a>),
+    BadExpires,
 }
 
-impl Shape {
+impl Shape<'_> {
     fn named(self, role: Name) -> Error {
         match self {
             Shape::Json(error) => Error::Json { role, error },
             Shape::Field(field) => Error::Field { role, field },
             Shape::BadSuccinctRoles(reason) => Error::BadSuccinctRoles { reason },
+            Shape::WrongType(expected, found) => Error::WrongType {
+                expected,
+                found: Name::from_json(&found),
+            },
+            Shape::SpecVersion(found) => Error::UnsupportedSpecVersion {
+                role,
+                found: Name::from_json(&found),
+            },
+            Shape::BadExpires => Error::BadExpires { role },
         }
     }
 }
 
-fn shape_get<'a>(o: &Object<'a>, field: &str) -> Result<Option<Value<'a>>, Shape> {
+fn shape_get<'a>(o: &Object<'a>, field: &str) -> Result<Option<Value<'a>>, Shape<'a>> {
     o.get(field).map_err(Shape::Json)
+}
+
+fn shape_obj<'a>(o: &Object<'a>, field: &'static str) -> Result<Object<'a>, Shape<'a>> {
+    shape_get(o, field)?
+        .and_then(|v| v.as_object())
+        .ok_or(Shape::Field(field))
 }
 
 // --- root ---------------------------------------------------------------------------------
@@ -182,22 +170,20 @@ pub struct Root<'a> {
 
 impl<'a> Root<'a> {
     pub fn parse(signed: &Object<'a>) -> Result<Self, Error> {
-        let role = Name::new("root");
-        let header = parse_header(signed, "root", role)?;
+        Self::read(signed).map_err(|shape| shape.named(Name::new("root")))
+    }
+
+    fn read(signed: &Object<'a>) -> Result<Self, Shape<'a>> {
+        let header = read_header(signed, "root")?;
         let [consistent_snapshot, keys, roles] = signed
             .fields(["consistent_snapshot", "keys", "roles"])
-            .map_err(|error| Error::Json { role, error })?;
+            .map_err(Shape::Json)?;
         let consistent_snapshot = match consistent_snapshot {
             None => false,
-            Some(v) => v.as_bool().ok_or_else(|| Error::Field {
-                role,
-                field: "consistent_snapshot",
-            })?,
+            Some(v) => v.as_bool().ok_or(Shape::Field("consistent_snapshot"))?,
         };
-        let object = |v: Option<Value<'a>>, field| {
-            v.and_then(|v| v.as_object())
-                .ok_or_else(|| Error::Field { role, field })
-        };
+        let object =
+            |v: Option<Value<'a>>, field| v.and_then(|v| v.as_object()).ok_or(Shape::Field(field));
         let keys = object(keys, "keys")?;
         let roles = object(roles, "roles")?;
         Ok(Root {
@@ -222,7 +208,8 @@ impl<'a> Root<'a> {
                 .ok_or(Shape::Field("threshold"))?;
             Ok((keyids, threshold))
         };
-        let (keyids, threshold) = read().map_err(|shape: Shape| shape.named(Name::new("root")))?;
+        let (keyids, threshold) =
+            read().map_err(|shape: Shape<'_>| shape.named(Name::new("root")))?;
         Ok(RoleKeys {
             name: Name::new(name),
             keys: self.keys,
@@ -253,11 +240,7 @@ pub struct MetaFile<'a> {
 }
 
 impl<'a> MetaFile<'a> {
-    fn parse(o: &Object<'a>, role: Name) -> Result<Self, Error> {
-        Self::read(o).map_err(|shape| shape.named(role))
-    }
-
-    fn read(o: &Object<'a>) -> Result<Self, Shape> {
+    fn read(o: &Object<'a>) -> Result<Self, Shape<'a>> {
         let version = shape_get(o, "version")?
             .and_then(|v| v.as_u64())
             .ok_or(Shape::Field("version"))?;
@@ -305,13 +288,16 @@ pub struct Timestamp<'a> {
 
 impl<'a> Timestamp<'a> {
     pub fn parse(signed: &Object<'a>) -> Result<Self, Error> {
-        let role = Name::new("timestamp");
-        let header = parse_header(signed, "timestamp", role)?;
-        let meta = obj(signed, "meta", role)?;
-        let snap = obj(&meta, "snapshot.json", role)?;
+        Self::read(signed).map_err(|shape| shape.named(Name::new("timestamp")))
+    }
+
+    fn read(signed: &Object<'a>) -> Result<Self, Shape<'a>> {
+        let header = read_header(signed, "timestamp")?;
+        let meta = shape_obj(signed, "meta")?;
+        let snap = shape_obj(&meta, "snapshot.json")?;
         Ok(Timestamp {
             header,
-            snapshot: MetaFile::parse(&snap, role)?,
+            snapshot: MetaFile::read(&snap)?,
         })
     }
 }
@@ -325,27 +311,27 @@ pub struct Snapshot<'a> {
 
 impl<'a> Snapshot<'a> {
     pub fn parse(signed: &Object<'a>) -> Result<Self, Error> {
-        let role = Name::new("snapshot");
-        let header = parse_header(signed, "snapshot", role)?;
-        let meta = obj(signed, "meta", role)?;
+        let snapshot = Self::parse_stored(signed)?;
         // every entry must be well formed, so that later lookups cannot fail on shape
-        for (k, v) in meta.members() {
-            let o = v.as_object().ok_or_else(|| Error::Field {
-                role: Name::from_json(&k),
-                field: "meta",
-            })?;
-            MetaFile::parse(&o, Name::from_json(&k))?;
+        for (k, v) in snapshot.meta.members() {
+            v.as_object()
+                .ok_or(Shape::Field("meta"))
+                .and_then(|o| MetaFile::read(&o))
+                .map_err(|shape| shape.named(Name::from_json(&k)))?;
         }
-        Ok(Snapshot { header, meta })
+        Ok(snapshot)
     }
 
     /// Re-read a snapshot that [`Snapshot::parse`] accepted before, without re-checking every
     /// entry (walking many hash bins would otherwise be quadratic).
     pub(crate) fn parse_stored(signed: &Object<'a>) -> Result<Self, Error> {
-        let role = Name::new("snapshot");
-        let header = parse_header(signed, "snapshot", role)?;
-        let meta = obj(signed, "meta", role)?;
-        Ok(Snapshot { header, meta })
+        let read = || {
+            Ok(Snapshot {
+                header: read_header(signed, "snapshot")?,
+                meta: shape_obj(signed, "meta")?,
+            })
+        };
+        read().map_err(|shape: Shape<'a>| shape.named(Name::new("snapshot")))
     }
 
     /// The entry for role `name` (`<name>.json`).
@@ -381,12 +367,12 @@ pub struct Targets<'a> {
 
 impl<'a> Targets<'a> {
     pub fn parse(signed: &Object<'a>, role: Name) -> Result<Self, Error> {
-        let header = parse_header(signed, "targets", role)?;
-        Self::read(signed, header).map_err(|shape| shape.named(role))
+        Self::read(signed).map_err(|shape| shape.named(role))
     }
 
-    /// Everything after the header, refusals unnamed (one exit builds the [`Error`]).
-    fn read(signed: &Object<'a>, header: Header) -> Result<Self, Shape> {
+    /// [`parse`](Self::parse) with the refusal unnamed (one exit builds the [`Error`]).
+    fn read(signed: &Object<'a>) -> Result<Self, Shape<'a>> {
+        let header = read_header(signed, "targets")?;
         let [targets, delegations] = signed
             .fields(["targets", "delegations"])
             .map_err(Shape::Json)?;
@@ -430,7 +416,7 @@ impl<'a> Targets<'a> {
         self.read_target(path).map_err(|shape| shape.named(role))
     }
 
-    fn read_target(&self, path: &str) -> Result<Option<TargetFile<'a>>, Shape> {
+    fn read_target(&self, path: &str) -> Result<Option<TargetFile<'a>>, Shape<'a>> {
         match self.targets.get(path).map_err(Shape::Json)? {
             None => Ok(None),
             Some(v) => {
@@ -454,7 +440,7 @@ impl<'a> TargetFile<'a> {
         Self::read(o).map_err(|shape| shape.named(role))
     }
 
-    fn read(o: &Object<'a>) -> Result<Self, Shape> {
+    fn read(o: &Object<'a>) -> Result<Self, Shape<'a>> {
         let length = shape_get(o, "length")?
             .and_then(|v| v.as_u64())
             .ok_or(Shape::Field("length"))?;
@@ -641,7 +627,7 @@ pub struct Delegations<'a> {
 }
 
 impl<'a> Delegations<'a> {
-    fn read(d: &Object<'a>) -> Result<Self, Shape> {
+    fn read(d: &Object<'a>) -> Result<Self, Shape<'a>> {
         let get = |field| d.get(field).map_err(Shape::Json);
         let keys = get("keys")?
             .and_then(|v| v.as_object())
@@ -705,7 +691,7 @@ impl<'a> DelegatedRole<'a> {
     }
 
     /// [`parse`](Self::parse) with the refusal unnamed.
-    fn read(o: &Object<'a>) -> Result<Self, Shape> {
+    fn read(o: &Object<'a>) -> Result<Self, Shape<'a>> {
         // one pass over the entry (a lookup per field walks it six times; a catalog of hashed
         // bins parses hundreds of entries)
         let [name, keyids, threshold, terminating, paths, prefixes] = o
@@ -789,7 +775,7 @@ pub struct SuccinctRoles<'a> {
 }
 
 impl<'a> SuccinctRoles<'a> {
-    fn read(o: &Object<'a>) -> Result<Self, Shape> {
+    fn read(o: &Object<'a>) -> Result<Self, Shape<'a>> {
         let get = |field| o.get(field).map_err(Shape::Json);
         let keyids = get("keyids")?
             .and_then(|v| v.as_array())

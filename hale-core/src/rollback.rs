@@ -23,7 +23,7 @@
 //! `allow_downgrade_to = true`, which lifts only the version rule: the security counter is never
 //! crossed ([`crate::policy::PolicyError::BelowSecurityCounter`]).
 
-use crate::error::{Error, Name};
+use crate::error::{pass, Error, Name};
 use crate::json::{JStr, JsonError, Object, Value};
 use crate::metadata::{self, Envelope, Header, RoleKeys, Targets};
 use crate::policy::Version;
@@ -68,15 +68,15 @@ pub fn verify_authorization<'a>(
     now: UnixTime,
     max_validity: i64,
 ) -> Result<Authorization<'a>, Error> {
-    let keys = rollback_keys(targets)?;
-    let env = Envelope::parse(bytes, AUTHORIZATION_TYPE)?;
-    verify_threshold(&env, &keys)?;
+    let keys = pass!(rollback_keys(targets));
+    let env = pass!(Envelope::parse(bytes, AUTHORIZATION_TYPE));
+    pass!(verify_threshold(&env, &keys));
 
     let what = Name::new(AUTHORIZATION_TYPE);
     let s = env.signed;
-    let header = metadata::parse_header(&s, AUTHORIZATION_TYPE, what)?;
-    let (issued, target, reason) =
-        check(&s, header.expires, req, now, max_validity).map_err(|r| match r {
+    let header = pass!(metadata::parse_header(&s, AUTHORIZATION_TYPE, what));
+    let (issued, target, reason) = pass!(check(&s, header.expires, req, now, max_validity)
+        .map_err(|r| match r {
             Refusal::Json(error) => Error::Json { role: what, error },
             Refusal::Field(field) => Error::Field { role: what, field },
             Refusal::TooLong(validity) => Error::AuthorizationTooLong {
@@ -103,7 +103,7 @@ pub fn verify_authorization<'a>(
                 authorized,
                 running: req.running,
             },
-        })?;
+        }));
     Ok(Authorization {
         header,
         issued,

@@ -27,7 +27,7 @@
 use heapless::Vec as HVec;
 
 use crate::crypto::sha256;
-use crate::error::{Error, Name, Role, RoleName};
+use crate::error::{pass, Error, Name, Role, RoleName};
 use crate::json::Value;
 use crate::limits::{
     DEFAULT_MAX_ROOT_ROTATIONS, MAX_DELEGATION_DEPTH, MAX_DELEGATION_VISITS, MAX_NAME_LEN,
@@ -264,8 +264,11 @@ impl<B: RoleBuffer> TrustedSet<B> {
     /// device holds one copy.
     #[inline(never)]
     fn verified_by_root<'b>(&self, role: Role, bytes: &'b [u8]) -> Result<Envelope<'b>, Error> {
-        let env = Envelope::parse(bytes, role.as_str())?;
-        verify_threshold(&env, &self.root().role(role.as_str())?)?;
+        let env = pass!(Envelope::parse(bytes, role.as_str()));
+        pass!(verify_threshold(
+            &env,
+            &pass!(self.root().role(role.as_str()))
+        ));
         Ok(env)
     }
 
@@ -292,6 +295,20 @@ impl<B: RoleBuffer> TrustedSet<B> {
         Ok(())
     }
 
+    /// The version the referencing role fixed ([`Error::VersionMismatch`]), then expiry: the last
+    /// checks of snapshot, targets and delegated roles, shared.
+    #[inline(never)]
+    fn check_version_unexpired(&self, role: Name, expected: u64, h: &Header) -> Result<(), Error> {
+        if h.version != expected {
+            return Err(Error::VersionMismatch {
+                role,
+                expected,
+                received: h.version,
+            });
+        }
+        self.check_unexpired(role, h)
+    }
+
     // --- root --------------------------------------------------------------------------------
 
     /// Apply the next root version (spec 5.3).
@@ -309,9 +326,9 @@ impl<B: RoleBuffer> TrustedSet<B> {
             });
         }
         // signed by the trusted root's root role (before reading anything else of it)
-        let env = self.verified_by_root(Role::Root, bytes)?;
+        let env = pass!(self.verified_by_root(Role::Root, bytes));
         let trusted = self.root();
-        let new = Root::parse(&env.signed)?;
+        let new = pass!(Root::parse(&env.signed));
         if new.header.version != trusted.header.version + 1 {
             return Err(Error::RootVersionNotNext {
                 trusted: trusted.header.version,
@@ -319,9 +336,9 @@ impl<B: RoleBuffer> TrustedSet<B> {
             });
         }
         // and by its own root role
-        verify_threshold(&env, &new.role("root")?)?;
+        pass!(verify_threshold(&env, &pass!(new.role("root"))));
         let version = new.header.version;
-        self.put(Role::Root, bytes)?;
+        pass!(self.put(Role::Root, bytes));
         self.rotations += 1;
         Ok(version)
     }
@@ -338,9 +355,9 @@ impl<B: RoleBuffer> TrustedSet<B> {
                 requires: "no timestamp loaded yet",
             });
         }
-        self.check_root_unexpired()?;
-        let env = self.verified_by_root(Role::Timestamp, bytes)?;
-        Timestamp::parse(&env.signed)?;
+        pass!(self.check_root_unexpired());
+        let env = pass!(self.verified_by_root(Role::Timestamp, bytes));
+        pass!(Timestamp::parse(&env.signed));
         self.put(Role::Timestamp, bytes)
     }
 
@@ -353,7 +370,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
                 requires: "no snapshot loaded yet",
             });
         }
-        self.check_root_unexpired()?;
+        pass!(self.check_root_unexpired());
         let name = Name::new("timestamp");
         // The same bytes as the trusted timestamp: verified by this root when they were loaded
         // (`update_root` is refused once a timestamp is loaded), so verifying them again could
@@ -361,14 +378,14 @@ impl<B: RoleBuffer> TrustedSet<B> {
         // less. Expiry is still checked against the update start time.
         if self.stored(Role::Timestamp) == Some(bytes) {
             if let Some(old) = self.timestamp() {
-                self.check_unexpired(name, &old.header)?;
+                pass!(self.check_unexpired(name, &old.header));
                 return Ok(Update::Unchanged {
                     version: old.header.version,
                 });
             }
         }
-        let env = self.verified_by_root(Role::Timestamp, bytes)?;
-        let new = Timestamp::parse(&env.signed)?;
+        let env = pass!(self.verified_by_root(Role::Timestamp, bytes));
+        let new = pass!(Timestamp::parse(&env.signed));
         if let Some(old) = self.timestamp() {
             if new.header.version < old.header.version {
                 return Err(Error::Rollback {
@@ -378,7 +395,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
                 });
             }
             if new.header.version == old.header.version {
-                self.check_unexpired(name, &old.header)?;
+                pass!(self.check_unexpired(name, &old.header));
                 return Ok(Update::Unchanged {
                     version: old.header.version,
                 });
@@ -391,18 +408,18 @@ impl<B: RoleBuffer> TrustedSet<B> {
                 });
             }
         }
-        self.check_unexpired(name, &new.header)?;
+        pass!(self.check_unexpired(name, &new.header));
         let version = new.header.version;
-        self.put(Role::Timestamp, bytes)?;
+        pass!(self.put(Role::Timestamp, bytes));
         Ok(Update::Updated { version })
     }
 
     fn final_timestamp(&self) -> Result<Timestamp<'_>, Error> {
-        let ts = self.timestamp().ok_or_else(|| Error::WrongOrder {
+        let ts = pass!(self.timestamp().ok_or_else(|| Error::WrongOrder {
             operation: "snapshot update",
             requires: "a timestamp",
-        })?;
-        self.check_unexpired(Name::new("timestamp"), &ts.header)?;
+        }));
+        pass!(self.check_unexpired(Name::new("timestamp"), &ts.header));
         Ok(ts)
     }
 
@@ -418,14 +435,14 @@ impl<B: RoleBuffer> TrustedSet<B> {
             });
         }
         let (ts_version, expected) = {
-            let ts = self.final_timestamp()?;
+            let ts = pass!(self.final_timestamp());
             (ts.header.version, ts.snapshot.version)
         };
         let _ = ts_version;
-        let env = self.verified_by_root(Role::Snapshot, bytes)?;
-        let snap = Snapshot::parse(&env.signed)?;
+        let env = pass!(self.verified_by_root(Role::Snapshot, bytes));
+        let snap = pass!(Snapshot::parse(&env.signed));
         let fresh = snap.header.version == expected && snap.header.expires > self.now;
-        self.put(Role::Snapshot, bytes)?;
+        pass!(self.put(Role::Snapshot, bytes));
         self.snapshot_final = fresh;
         Ok(if fresh {
             Freshness::Current
@@ -445,13 +462,12 @@ impl<B: RoleBuffer> TrustedSet<B> {
         }
         let name = Name::new("snapshot");
         let expected = {
-            let ts = self.final_timestamp()?;
-            ts.snapshot
-                .verify_bytes(bytes, Name::new("snapshot.json"))?;
+            let ts = pass!(self.final_timestamp());
+            pass!(ts.snapshot.verify_bytes(bytes, Name::new("snapshot.json")));
             ts.snapshot.version
         };
-        let env = self.verified_by_root(Role::Snapshot, bytes)?;
-        let new = Snapshot::parse(&env.signed)?;
+        let env = pass!(self.verified_by_root(Role::Snapshot, bytes));
+        let new = pass!(Snapshot::parse(&env.signed));
         if let Some(old) = self.snapshot() {
             if new.header.version < old.header.version {
                 return Err(Error::Rollback {
@@ -466,10 +482,10 @@ impl<B: RoleBuffer> TrustedSet<B> {
                     .as_object()
                     .and_then(|o| o.get("version").ok().flatten())
                     .and_then(|v| v.as_u64());
-                let new_entry = new
+                let new_entry = pass!(new
                     .meta
                     .get_by(|nk| *nk == k)
-                    .map_err(|error| Error::Json { role: name, error })?;
+                    .map_err(|error| Error::Json { role: name, error }));
                 let Some(new_entry) = new_entry else {
                     return Err(Error::MissingFromSnapshot { role });
                 };
@@ -488,29 +504,22 @@ impl<B: RoleBuffer> TrustedSet<B> {
                 }
             }
         }
-        if new.header.version != expected {
-            return Err(Error::VersionMismatch {
-                role: name,
-                expected,
-                received: new.header.version,
-            });
-        }
-        self.check_unexpired(name, &new.header)?;
+        pass!(self.check_version_unexpired(name, expected, &new.header));
         let version = new.header.version;
-        self.put(Role::Snapshot, bytes)?;
+        pass!(self.put(Role::Snapshot, bytes));
         self.snapshot_final = true;
         Ok(Update::Updated { version })
     }
 
     fn final_snapshot(&self) -> Result<Snapshot<'_>, Error> {
-        let snap = self
+        let snap = pass!(self
             .snapshot()
             .filter(|_| self.snapshot_final)
             .ok_or_else(|| Error::WrongOrder {
                 operation: "targets update",
                 requires: "a current snapshot",
-            })?;
-        self.check_unexpired(Name::new("snapshot"), &snap.header)?;
+            }));
+        pass!(self.check_unexpired(Name::new("snapshot"), &snap.header));
         Ok(snap)
     }
 
@@ -526,35 +535,26 @@ impl<B: RoleBuffer> TrustedSet<B> {
         }
         let name = Name::new("targets");
         let expected = {
-            let snap = self.final_snapshot()?;
-            let m = snap
-                .role("targets")?
-                .ok_or_else(|| Error::NotInSnapshot { role: name })?;
-            m.verify_bytes(bytes, Name::new("targets.json"))?;
+            let snap = pass!(self.final_snapshot());
+            let m = pass!(
+                pass!(snap.role("targets")).ok_or_else(|| Error::NotInSnapshot { role: name })
+            );
+            pass!(m.verify_bytes(bytes, Name::new("targets.json")));
             m.version
         };
-        let env = self.verified_by_root(Role::Targets, bytes)?;
-        let new = Targets::parse(&env.signed, name)?;
-        if new.header.version != expected {
-            return Err(Error::VersionMismatch {
-                role: name,
-                expected,
-                received: new.header.version,
-            });
-        }
-        self.check_unexpired(name, &new.header)?;
+        let env = pass!(self.verified_by_root(Role::Targets, bytes));
+        let new = pass!(Targets::parse(&env.signed, name));
+        pass!(self.check_version_unexpired(name, expected, &new.header));
         let version = new.header.version;
-        self.put(Role::Targets, bytes)?;
+        pass!(self.put(Role::Targets, bytes));
         Ok(Update::Updated { version })
     }
 
     /// The snapshot entry for a delegated role (what to fetch: its version, maybe length/hashes).
     pub fn delegated_meta(&self, role: &str) -> Result<MetaFile<'_>, Error> {
-        self.final_snapshot()?
-            .role(role)?
-            .ok_or_else(|| Error::NotInSnapshot {
-                role: Name::new(role),
-            })
+        pass!(pass!(self.final_snapshot()).role(role)).ok_or_else(|| Error::NotInSnapshot {
+            role: Name::new(role),
+        })
     }
 
     /// Verify delegated role `name` against `delegator` (verified metadata that delegates to it)
@@ -567,30 +567,23 @@ impl<B: RoleBuffer> TrustedSet<B> {
         name: &str,
         bytes: &'b [u8],
     ) -> Result<Targets<'b>, Error> {
-        check_role_name(name)?;
+        pass!(check_role_name(name));
         let role = Name::new(name);
-        let delegations = delegator
+        let delegations = pass!(delegator
             .delegations
-            .ok_or_else(|| Error::NotInSnapshot { role })?;
-        let meta = self.delegated_meta(name)?;
-        meta.verify_bytes(bytes, role)?;
-        let env = Envelope::parse(bytes, name)?;
+            .ok_or_else(|| Error::NotInSnapshot { role }));
+        let meta = pass!(self.delegated_meta(name));
+        pass!(meta.verify_bytes(bytes, role));
+        let env = pass!(Envelope::parse(bytes, name));
         let keys = match (delegations.roles, delegations.succinct) {
             (Some(_), _) => delegations.listed_keys(name),
             (None, Some(s)) => s.is_bin(name).then(|| s.keys(delegations.keys, name)),
             (None, None) => None,
-        }
-        .ok_or_else(|| Error::NotInSnapshot { role })?;
-        verify_threshold(&env, &keys)?;
-        let t = Targets::parse(&env.signed, role)?;
-        if t.header.version != meta.version {
-            return Err(Error::VersionMismatch {
-                role,
-                expected: meta.version,
-                received: t.header.version,
-            });
-        }
-        self.check_unexpired(role, &t.header)?;
+        };
+        let keys = pass!(keys.ok_or_else(|| Error::NotInSnapshot { role }));
+        pass!(verify_threshold(&env, &keys));
+        let t = pass!(Targets::parse(&env.signed, role));
+        pass!(self.check_version_unexpired(role, meta.version, &t.header));
         Ok(t)
     }
 
@@ -674,9 +667,12 @@ impl<B: RoleBuffer> TrustedSet<B> {
             operation: "find_target",
             requires: "targets",
         };
-        let bytes = self.stored(Role::Targets).ok_or_else(order)?;
-        let top = self.targets().ok_or_else(order)?;
-        Ok((bytes, top.target(path, Name::new("targets"))?.is_some()))
+        let bytes = pass!(self.stored(Role::Targets).ok_or_else(order));
+        let top = pass!(self.targets().ok_or_else(order));
+        Ok((
+            bytes,
+            pass!(top.target(path, Name::new("targets"))).is_some(),
+        ))
     }
 
     /// The next delegation of the current delegator (`bytes`, verified) that matches `path`, and
@@ -692,9 +688,10 @@ impl<B: RoleBuffer> TrustedSet<B> {
     ) -> Result<Probe<'_>, Error> {
         let (dname, next) = walk.current();
         // verified bytes: the name is only used in errors
-        let env = Envelope::parse(bytes, dname.as_str())?;
-        let delegator = Targets::parse(&env.signed, dname)?;
-        let Some((after, child_name, terminating)) = next_child(&delegator, path, hash, next)?
+        let env = pass!(Envelope::parse(bytes, dname.as_str()));
+        let delegator = pass!(Targets::parse(&env.signed, dname));
+        let Some((after, child_name, terminating)) =
+            pass!(next_child(&delegator, path, hash, next))
         else {
             return Ok(Probe::Exhausted);
         };
@@ -718,8 +715,8 @@ impl<B: RoleBuffer> TrustedSet<B> {
                 cap: MAX_DELEGATION_VISITS,
             });
         }
-        check_role_name(cname)?;
-        let meta = self.delegated_meta(cname)?;
+        pass!(check_role_name(cname));
+        let meta = pass!(self.delegated_meta(cname));
         Ok(Probe::Fetch {
             after,
             name: child_name,
@@ -740,10 +737,10 @@ impl<B: RoleBuffer> TrustedSet<B> {
         path: &str,
     ) -> Result<bool, Error> {
         let (dname, _) = walk.current();
-        let env = Envelope::parse(bytes, dname.as_str())?;
-        let delegator = Targets::parse(&env.signed, dname)?;
-        let child = self.verify_delegated(&delegator, name.as_str(), child)?;
-        Ok(child.target(path, Name::from(*name))?.is_some())
+        let env = pass!(Envelope::parse(bytes, dname.as_str()));
+        let delegator = pass!(Targets::parse(&env.signed, dname));
+        let child = pass!(self.verify_delegated(&delegator, name.as_str(), child));
+        Ok(pass!(child.target(path, Name::from(*name))).is_some())
     }
 }
 
@@ -833,11 +830,12 @@ fn next_child(
             return Ok(None);
         }
         let mut buf = [0u8; MAX_NAME_LEN];
-        let name = s
-            .bin_name(s.bin_of(hash), &mut buf)
-            .ok_or_else(|| Error::BadSuccinctRoles {
-                reason: "name_prefix too long",
-            })?;
+        let name =
+            pass!(s
+                .bin_name(s.bin_of(hash), &mut buf)
+                .ok_or_else(|| Error::BadSuccinctRoles {
+                    reason: "name_prefix too long",
+                }));
         // succinct bins are terminating: a target belongs to exactly one bin
         return Ok(Some((1, RoleName::new(name), true)));
     }
@@ -846,7 +844,7 @@ fn next_child(
     };
     for (i, v) in roles.iter().enumerate().skip(from) {
         let Some(o) = v.as_object() else { continue };
-        let r = DelegatedRole::parse(&o, Name::new("delegations"))?;
+        let r = pass!(DelegatedRole::parse(&o, Name::new("delegations")));
         if r.matches(path, hash) {
             return Ok(Some((i + 1, RoleName::from_json(&r.name), r.terminating)));
         }

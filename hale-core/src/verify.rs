@@ -11,7 +11,7 @@ use heapless::Vec as HVec;
 
 use crate::canonical::write_canonical;
 use crate::crypto::{hex_decode, PublicKey};
-use crate::error::{Error, Name, RoleName};
+use crate::error::{pass, Error, Name, RoleName};
 use crate::json::{Object, Value};
 use crate::limits::{EXTRA_SIGNATURE_ATTEMPTS, MAX_KEYS_PER_ROLE, MAX_SIGNATURE_LEN};
 use crate::metadata::{Envelope, RoleKeys};
@@ -122,7 +122,7 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
 /// [`EXTRA_SIGNATURE_ATTEMPTS`] signature entries.
 pub fn verify_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<(), Error> {
     let name = role.name;
-    let threshold = check_role(role)?;
+    let threshold = pass!(check_role(role));
     // No separate canonicalisation pass: each signature check canonicalises `signed` (refusing
     // duplicate keys) and the number of checks is bounded, so hostile input costs bounded CPU.
     let mut attempts = threshold.saturating_add(EXTRA_SIGNATURE_ATTEMPTS);
@@ -142,7 +142,7 @@ pub fn verify_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<(), E
         if counted.contains(&fp) {
             continue;
         }
-        if signature_status(env, &kid, &key, name, &mut attempts)? == KeyStatus::Signed {
+        if pass!(signature_status(env, &kid, &key, name, &mut attempts)) == KeyStatus::Signed {
             let _ = counted.push(fp);
             if counted.len() as u32 >= threshold {
                 return Ok(());
