@@ -9,7 +9,8 @@
 # 3. cargo test --workspace (unit, attack suite, interop with python-tuf and rust-tuf, server,
 #    agent with its power-loss sweep, PKI with real TLS handshakes, link, end to end)
 # 4. hale-core for thumbv7em-none-eabihf with default (no-heap) features
-# 5. the QEMU firmware: a whole update passes, tampered metadata fails
+# 5. the QEMU firmware: a whole update passes, tampered metadata fails, an authorized rollback
+#    passes; flash and RAM within budget (64 KiB, 32 KiB)
 # 6. a short fuzz smoke run of every parser
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -39,8 +40,8 @@ step "hale-core on Cortex-M (no_std, no heap)"
 cargo build -p hale-core --target thumbv7em-none-eabihf --locked
 
 if [ -x device-agent/firmware-qemu/run.sh ]; then
-  step "QEMU firmware (mps2-an386): update passes, tampered metadata fails"
-  device-agent/firmware-qemu/run.sh
+  step "QEMU firmware (mps2-an386): update passes, tampered metadata fails, within 64 KiB flash / 32 KiB RAM"
+  HALE_ENFORCE_BUDGET=1 device-agent/firmware-qemu/run.sh
 fi
 
 if [ "${SKIP_FUZZ:-0}" != 1 ] && [ -x fuzz/smoke.sh ]; then

@@ -5,8 +5,9 @@
 #   3. the rollback variant must refuse an authorization for another device (exact error, slots
 #      unchanged), then roll back from 2.0.0 to 1.0.0 with this device's authorization: exit 0.
 # Prints flash (.text+.rodata+.data), static RAM (.data+.bss), the stack high-water mark and the
-# instructions for one update check. Needs qemu-system-arm, arm-none-eabi-size and the
-# thumbv7em-none-eabihf target (bash .ci/install.sh).
+# instructions for one update check. With HALE_ENFORCE_BUDGET=1 (scripts/test-all.sh, CI) a
+# variant over 64 KiB flash or 32 KiB RAM (static + stack) fails the run. Needs qemu-system-arm,
+# arm-none-eabi-size and the thumbv7em-none-eabihf target (bash .ci/install.sh).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$HERE"
