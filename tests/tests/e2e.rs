@@ -150,25 +150,33 @@ impl Tools {
         model: &str,
     ) -> Output {
         self.stage(version, counter, model);
-        self.run(
-            "hale-sign",
-            &[
+        self.push_with_cert(staff, "olga", PASS)
+    }
+
+    /// `hale-sign push` of the staged release to the staff listener with `name`'s certificate
+    /// (`name.crt`, `name.key`), the key opened with `pass`.
+    fn push_with_cert(&self, staff: &str, name: &str, pass: &str) -> Output {
+        Command::new(self.bin.join("hale-sign"))
+            .args([
                 "push",
                 &self.p("release"),
                 "--server",
                 staff,
                 "--cert",
-                &self.p("olga.crt"),
+                &self.p(&format!("{name}.crt")),
                 "--key",
-                &self.p("olga.key"),
+                &self.p(&format!("{name}.key")),
                 "--ca-cert",
                 &self.p("ca/server.crt"),
                 "--key-passphrase-env",
-                PASS_VAR,
+                "HALE_E2E_PUSH_PASS",
                 "--timeout",
                 "20",
-            ],
-        )
+            ])
+            .env("HALE_E2E_PUSH_PASS", pass)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 
     /// target add + sign of one firmware image under TARGET (staged, not pushed).
@@ -830,30 +838,7 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
     };
     let before = served();
     t.stage("3.0.0", "3", "pump-a");
-    let push_as = |name: &str, pass: &str| -> Output {
-        Command::new(t.bin.join("hale-sign"))
-            .args([
-                "push",
-                &t.p("release"),
-                "--server",
-                &staff,
-                "--cert",
-                &t.p(&format!("{name}.crt")),
-                "--key",
-                &t.p(&format!("{name}.key")),
-                "--ca-cert",
-                &t.p("ca/server.crt"),
-                "--key-passphrase-env",
-                "HALE_E2E_PUSH_PASS",
-                "--timeout",
-                "20",
-            ])
-            .env("HALE_E2E_PUSH_PASS", pass)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let out = push_as("tom", PASS);
+    let out = t.push_with_cert(&staff, "tom", PASS);
     assert!(
         !out.status.success(),
         "technician published: {}",
@@ -864,7 +849,7 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
         "{}",
         text(&out)
     );
-    let out = push_as("olga", "not olga's passphrase");
+    let out = t.push_with_cert(&staff, "olga", "not olga's passphrase");
     assert!(
         !out.status.success(),
         "wrong passphrase published: {}",

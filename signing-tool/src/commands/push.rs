@@ -190,7 +190,11 @@ struct Server {
 impl Server {
     /// A POST with the operator token when there is one.
     fn post(&self, url: &str) -> ureq::Request {
-        let r = self.agent.post(url);
+        self.authorized(self.agent.post(url))
+    }
+
+    /// `r` with the operator token when there is one.
+    fn authorized(&self, r: ureq::Request) -> ureq::Request {
         match &self.token {
             Some(t) => r.set("Authorization", &format!("Bearer {t}")),
             None => r,
@@ -201,12 +205,7 @@ impl Server {
     /// answer, where a refused upload would end in a reset mid-body). The publisher's name.
     fn may_publish(&self) -> anyhow::Result<String> {
         let url = self.url("api/v1/publish");
-        let r = self.agent.get(&url);
-        let r = match &self.token {
-            Some(t) => r.set("Authorization", &format!("Bearer {t}")),
-            None => r,
-        };
-        let resp = match r.call() {
+        let resp = match self.authorized(self.agent.get(&url)).call() {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => return Err(refusal(&url, code, r)),
             Err(e) => bail!("{url}: {e}"),
