@@ -51,14 +51,27 @@ impl Sink for Counter {
 /// Write `value` in canonical form.
 pub fn write_canonical<S: Sink + ?Sized>(value: &Value<'_>, sink: &mut S) -> Result<(), JsonError> {
     let mut budget = crate::limits::MAX_CANONICAL_WORK;
-    write_value(value, sink, &mut budget)
+    write_value::<S, true>(value, sink, &mut budget)
 }
 
-fn write_value<S: Sink + ?Sized>(
+/// `SHORTCUT` (hosts only, see [`is_canonical`]): a container already in canonical form is written
+/// as its bytes, at once, instead of member by member. Metadata from a canonical encoder
+/// (hale-sign, hale-server, python-tuf's compact form) is such a container as a whole; in other
+/// files the keys and role lists usually are. A device keeps the one general path, for flash.
+fn write_value<S: Sink + ?Sized, const SHORTCUT: bool>(
     value: &Value<'_>,
     sink: &mut S,
     budget: &mut usize,
 ) -> Result<(), JsonError> {
+    #[cfg(feature = "alloc")]
+    if SHORTCUT {
+        if let Value::Object(o) = value {
+            if is_canonical(o.raw()) {
+                sink.write(o.raw());
+                return Ok(());
+            }
+        }
+    }
     match value {
         Value::Null => sink.write(b"null"),
         Value::Bool(true) => sink.write(b"true"),
@@ -71,21 +84,108 @@ fn write_value<S: Sink + ?Sized>(
                 if n > 0 {
                     sink.write(b",");
                 }
-                write_value(&v, sink, budget)?;
+                write_value::<S, SHORTCUT>(&v, sink, budget)?;
             }
             sink.write(b"]");
         }
         Value::Object(o) => {
             sink.write(b"{");
-            write_members(o, sink, budget)?;
+            write_members::<S, SHORTCUT>(o, sink, budget)?;
             sink.write(b"}");
         }
     }
     Ok(())
 }
 
+/// [`write_canonical`] without the already-canonical shortcut: the member-by-member encoder only.
+/// For the differential checks that hold the two equal (unit tests, the `canonical` fuzz target);
+/// not part of the API.
+#[cfg(feature = "alloc")]
+#[doc(hidden)]
+pub fn write_canonical_general<S: Sink + ?Sized>(
+    value: &Value<'_>,
+    sink: &mut S,
+) -> Result<(), JsonError> {
+    let mut budget = crate::limits::MAX_CANONICAL_WORK;
+    write_value::<S, false>(value, sink, &mut budget)
+}
+
+/// Whether `raw`, a container that [`crate::json::parse`] accepted, is already in canonical form,
+/// so that the encoder would write exactly these bytes: no whitespace; object keys strictly
+/// increasing (bytewise, which for UTF-8 is code point order; "strictly" also rules out duplicate
+/// keys); no escape but `\"` and `\\` (a key with any escape is left to the encoder). Integers
+/// need no check: the parser takes only canonical ones. One pass, no allocation; `false` sends the
+/// value to the general encoder, so a wrong `false` costs time, never correctness.
+#[cfg(feature = "alloc")]
+pub(crate) fn is_canonical(raw: &[u8]) -> bool {
+    use crate::limits::MAX_JSON_DEPTH;
+    // per open container: is it an object, and the previous key seen in it
+    let mut object = [false; MAX_JSON_DEPTH + 1];
+    let mut prev: [Option<&[u8]>; MAX_JSON_DEPTH + 1] = [None; MAX_JSON_DEPTH + 1];
+    let mut depth = 0usize;
+    let mut key_next = false;
+    let mut i = 0;
+    while let Some(&c) = raw.get(i) {
+        i += 1;
+        match c {
+            b'{' | b'[' => {
+                depth += 1;
+                let (Some(o), Some(p)) = (object.get_mut(depth), prev.get_mut(depth)) else {
+                    return false;
+                };
+                *o = c == b'{';
+                *p = None;
+                key_next = c == b'{';
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                key_next = false;
+            }
+            b',' => key_next = object.get(depth).copied().unwrap_or(false),
+            b':' => key_next = false,
+            b'"' => {
+                let start = i;
+                let mut escaped = false;
+                loop {
+                    i += raw.get(i..).map_or(0, crate::json::plain_prefix);
+                    match raw.get(i) {
+                        Some(b'"') => break,
+                        Some(b'\\') => {
+                            if !matches!(raw.get(i + 1), Some(b'"' | b'\\')) {
+                                return false;
+                            }
+                            escaped = true;
+                            i += 2;
+                        }
+                        Some(_) => i += 1,
+                        None => return false,
+                    }
+                }
+                let s = raw.get(start..i).unwrap_or(&[]);
+                i += 1;
+                if key_next {
+                    if escaped {
+                        return false;
+                    }
+                    let Some(p) = prev.get_mut(depth) else {
+                        return false;
+                    };
+                    if p.is_some_and(|p| p >= s) {
+                        return false;
+                    }
+                    *p = Some(s);
+                    key_next = false;
+                }
+            }
+            b' ' | b'\t' | b'\n' | b'\r' => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
 #[cfg(not(feature = "alloc"))]
-fn write_members<S: Sink + ?Sized>(
+fn write_members<S: Sink + ?Sized, const SHORTCUT: bool>(
     o: &crate::json::Object<'_>,
     sink: &mut S,
     budget: &mut usize,
@@ -129,23 +229,34 @@ fn write_members<S: Sink + ?Sized>(
         first = false;
         write_string(&k, sink);
         sink.write(b":");
-        write_value(&v, sink, budget)?;
+        write_value::<S, SHORTCUT>(&v, sink, budget)?;
         prev = Some(k);
     }
 }
 
 #[cfg(feature = "alloc")]
-fn write_members<S: Sink + ?Sized>(
+fn write_members<S: Sink + ?Sized, const SHORTCUT: bool>(
     o: &crate::json::Object<'_>,
     sink: &mut S,
     budget: &mut usize,
 ) -> Result<(), JsonError> {
     let mut members: alloc::vec::Vec<(JStr<'_>, Value<'_>)> = o.members().collect();
-    members.sort_by(|a, b| a.0.cmp_decoded(&b.0));
-    for pair in members.windows(2) {
-        if let [a, b] = pair {
-            if a.0 == b.0 {
-                return Err(JsonError::DuplicateKey);
+    // keys without escapes in strictly increasing byte order are sorted by code point and
+    // distinct already (UTF-8 keeps code point order): the usual case, no decoding needed
+    let plain_sorted = members.windows(2).all(|pair| match pair {
+        [a, b] => {
+            let (a, b) = (a.0.raw_bytes(), b.0.raw_bytes());
+            !a.contains(&b'\\') && !b.contains(&b'\\') && a < b
+        }
+        _ => true,
+    });
+    if !plain_sorted {
+        members.sort_by(|a, b| a.0.cmp_decoded(&b.0));
+        for pair in members.windows(2) {
+            if let [a, b] = pair {
+                if a.0 == b.0 {
+                    return Err(JsonError::DuplicateKey);
+                }
             }
         }
     }
@@ -155,7 +266,7 @@ fn write_members<S: Sink + ?Sized>(
         }
         write_string(k, sink);
         sink.write(b":");
-        write_value(v, sink, budget)?;
+        write_value::<S, SHORTCUT>(v, sink, budget)?;
     }
     Ok(())
 }
@@ -360,6 +471,42 @@ mod tests {
         snap.push('}');
         let v = parse(snap.as_bytes()).unwrap();
         assert!(write_canonical(&v, &mut Counter::default()).is_ok());
+    }
+
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn already_canonical_shortcut_agrees_with_the_encoder() {
+        let docs: &[(&str, bool)] = &[
+            (r#"{"a":"x","b":[1,2,{"a":true,"z":null}]}"#, true),
+            (r#"{"a":"q\"uote","b":"back\\slash","c":"é"}"#, true),
+            (r#"{"":1,"a":{},"b":[],"c":[{}]}"#, true),
+            // whitespace, unsorted, duplicate, escaped key, other escapes, deep unsorted
+            (r#"{"a": 1}"#, false),
+            (r#"{"b":1,"a":2}"#, false),
+            (r#"{"a":1,"a":1}"#, false),
+            (r#"{"\u0061":1}"#, false),
+            (r#"{"a\"":1,"a":2}"#, false),
+            (r#"{"a":"\n"}"#, false),
+            (r#"{"a":"\/"}"#, false),
+            (r#"{"a":"\u00e9"}"#, false),
+            (r#"{"a":[{"z":1,"y":2}]}"#, false),
+            (r#"{"é":1,"z":2}"#, false),
+            (r#"{"z":2,"é":1}"#, true),
+        ];
+        for (doc, canonical) in docs {
+            let v = parse(doc.as_bytes()).unwrap();
+            let Value::Object(o) = v else { panic!() };
+            assert_eq!(is_canonical(o.raw()), *canonical, "{doc}");
+            let mut fast = std::vec::Vec::new();
+            let mut general = std::vec::Vec::new();
+            let a = write_canonical(&v, &mut fast);
+            let b = write_canonical_general(&v, &mut general);
+            assert_eq!(a, b, "{doc}");
+            assert_eq!(fast, general, "{doc}");
+            if *canonical {
+                assert_eq!(fast, doc.as_bytes(), "{doc}");
+            }
+        }
     }
 
     #[test]

@@ -130,6 +130,12 @@ pub struct JStr<'a> {
 }
 
 impl<'a> JStr<'a> {
+    /// The bytes between the quotes, escapes as written.
+    #[cfg(feature = "alloc")]
+    pub(crate) fn raw_bytes(&self) -> &'a [u8] {
+        self.raw
+    }
+
     /// The string itself when it has no escapes (the common case): no copy, no decoding.
     pub fn as_plain(&self) -> Option<&'a str> {
         if self.raw.contains(&b'\\') {
@@ -331,6 +337,12 @@ impl<'a> Object<'a> {
         self.raw
     }
 
+    /// An object over bytes that [`parse`] accepted as one before (a part this crate stored
+    /// after checking it). Walking other bytes never panics, but may misread: crate-private.
+    pub(crate) fn validated(raw: &'a [u8]) -> Self {
+        Object { raw }
+    }
+
     pub fn members(&self) -> Members<'a> {
         Members {
             r: Reader { b: self.raw, i: 1 },
@@ -495,12 +507,59 @@ pub fn parse(input: &[u8]) -> Result<Value<'_>, JsonError> {
     Ok(v)
 }
 
-/// Re-read a document that [`parse`] already accepted (bytes this crate stored after checking
-/// them): no validation pass, so repeated access is cheap. Never panics on any input; on bytes that
-/// were not validated it may misread, so it is crate-private.
-pub(crate) fn reparse(input: &[u8]) -> Option<Value<'_>> {
-    let mut r = Reader { b: input, i: 0 };
-    r.value(0, false).ok()
+/// How many leading bytes of `s` are neither `"` nor `\\`, counted a machine word at a time (the
+/// result may stop short of the first such byte, never past it: callers look at the byte it stops
+/// at).
+pub(crate) fn plain_prefix(s: &[u8]) -> usize {
+    const W: usize = core::mem::size_of::<usize>();
+    const ONES: usize = usize::MAX / 255;
+    const HIGH: usize = ONES << 7;
+    let has_byte = |x: usize, b: u8| {
+        let y = x ^ (ONES * b as usize);
+        y.wrapping_sub(ONES) & !y & HIGH != 0
+    };
+    let mut n = 0;
+    for w in s.chunks_exact(W) {
+        let Ok(arr) = <[u8; W]>::try_from(w) else {
+            break;
+        };
+        let x = usize::from_ne_bytes(arr);
+        if has_byte(x, b'"') || has_byte(x, b'\\') {
+            break;
+        }
+        n += W;
+    }
+    n
+}
+
+/// How many leading bytes of `s` are printable ASCII other than `"` and `\\` (nothing to check
+/// in a string), counted a machine word at a time; may stop short, never past, as
+/// [`plain_prefix`].
+fn printable_prefix(s: &[u8]) -> usize {
+    const W: usize = core::mem::size_of::<usize>();
+    const ONES: usize = usize::MAX / 255;
+    const HIGH: usize = ONES << 7;
+    let has_byte = |x: usize, b: u8| {
+        let y = x ^ (ONES * b as usize);
+        y.wrapping_sub(ONES) & !y & HIGH != 0
+    };
+    let mut n = 0;
+    for w in s.chunks_exact(W) {
+        let Ok(arr) = <[u8; W]>::try_from(w) else {
+            break;
+        };
+        let x = usize::from_ne_bytes(arr);
+        // a byte >= 0x80, or one below 0x20 (the subtraction borrows from it; a false alarm
+        // only ends the fast path early)
+        if x & HIGH != 0 || x.wrapping_sub(ONES * 0x20) & HIGH != 0 {
+            break;
+        }
+        if has_byte(x, b'"') || has_byte(x, b'\\') {
+            break;
+        }
+        n += W;
+    }
+    n
 }
 
 #[derive(Debug, Clone)]
@@ -663,24 +722,28 @@ impl<'a> Reader<'a> {
     fn string_span(&mut self) -> Result<&'a [u8], JsonError> {
         self.expect(b'"')?;
         let start = self.i;
-        while let Some(c) = self.peek() {
-            match c {
-                b'"' => {
+        loop {
+            // skip to the next quote or backslash a word at a time: metadata is mostly long
+            // strings (key ids, hashes, keys), re-read on every lookup
+            self.i += self.b.get(self.i..).map_or(0, plain_prefix);
+            match self.peek() {
+                Some(b'"') => {
                     let s = self.b.get(start..self.i).unwrap_or(&[]);
                     self.i += 1;
                     return Ok(s);
                 }
-                b'\\' => self.i += 2,
-                _ => self.i += 1,
+                Some(b'\\') => self.i += 2,
+                Some(_) => self.i += 1,
+                None => return Err(JsonError::Syntax { offset: self.i }),
             }
         }
-        Err(JsonError::Syntax { offset: self.i })
     }
 
     fn string_validated(&mut self) -> Result<&'a [u8], JsonError> {
         self.expect(b'"')?;
         let start = self.i;
         loop {
+            self.i += self.b.get(self.i..).map_or(0, printable_prefix);
             let c = self.peek().ok_or(JsonError::Syntax { offset: self.i })?;
             match c {
                 b'"' => break,

@@ -38,18 +38,8 @@ impl<'a> Envelope<'a> {
     }
 }
 
-impl<'a> Envelope<'a> {
-    /// Re-read bytes that [`Envelope::parse`] accepted before (see [`json::reparse`]).
-    pub(crate) fn reparse(bytes: &'a [u8]) -> Option<Self> {
-        let top = json::reparse(bytes)?.as_object()?;
-        let signed = top.get("signed").ok()??.as_object()?;
-        let signatures = top.get("signatures").ok()??.as_array()?;
-        Some(Envelope { signed, signatures })
-    }
-}
-
 /// Fields every role has.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Header {
     pub version: u64,
     pub expires: UnixTime,

@@ -28,7 +28,7 @@ use heapless::Vec as HVec;
 
 use crate::crypto::sha256;
 use crate::error::{pass, Error, Name, Role, RoleName};
-use crate::json::Value;
+use crate::json::{Object, Value};
 use crate::limits::{
     DEFAULT_MAX_ROOT_ROTATIONS, MAX_DELEGATION_DEPTH, MAX_DELEGATION_VISITS, MAX_NAME_LEN,
 };
@@ -130,6 +130,7 @@ pub struct TrustedSet<B> {
     rotations: u32,
     /// the stored snapshot passed the final checks (version named by timestamp, unexpired)
     snapshot_final: bool,
+    spans: Spans,
 }
 
 /// Lengths of the stored bytes (0: nothing stored).
@@ -139,6 +140,38 @@ struct Lens {
     timestamp: usize,
     snapshot: usize,
     targets: usize,
+}
+
+/// A part of stored bytes, as offsets: `(start, end)`.
+type Span = (usize, usize);
+
+/// Where things lie in the stored bytes, noted when they were verified and stored, so reading a
+/// stored role does not walk its JSON again (every check reads the root's keys and roles; each
+/// walk of a root skips over all its keys).
+#[derive(Debug, Default, Clone, Copy)]
+struct Spans {
+    /// `signed` of each top-level role (by [`Role`] order: root, timestamp, snapshot, targets)
+    signed: [Span; 4],
+    /// the trusted root's `keys` and `roles`, and what else [`Root`] holds
+    keys: Span,
+    roles: Span,
+    root_header: Header,
+    consistent_snapshot: bool,
+}
+
+/// `inner`'s place in `outer`, which contains it (a view parsed out of it).
+fn span_in(outer: &[u8], inner: &[u8]) -> Span {
+    let start = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
+    (start, start.wrapping_add(inner.len()))
+}
+
+fn role_index(r: Role) -> usize {
+    match r {
+        Role::Root => 0,
+        Role::Timestamp => 1,
+        Role::Snapshot => 2,
+        Role::Targets => 3,
+    }
 }
 
 impl Lens {
@@ -171,11 +204,12 @@ impl<B: RoleBuffer> TrustedSet<B> {
             max_root_rotations: DEFAULT_MAX_ROOT_ROTATIONS,
             rotations: 0,
             snapshot_final: false,
+            spans: Spans::default(),
         };
         let env = Envelope::parse(trusted_root, "root")?;
         let root = Root::parse(&env.signed)?;
         verify_threshold(&env, &root.role("root")?)?;
-        set.put(Role::Root, trusted_root)?;
+        set.put_root(trusted_root, &env, &root)?;
         Ok(set)
     }
 
@@ -214,7 +248,8 @@ impl<B: RoleBuffer> TrustedSet<B> {
         }
     }
 
-    fn put(&mut self, role: Role, bytes: &[u8]) -> Result<(), Error> {
+    /// Store verified `bytes` of `role`, whose `signed` is `env`'s.
+    fn put(&mut self, role: Role, bytes: &[u8], env: &Envelope<'_>) -> Result<(), Error> {
         let buf = match role {
             Role::Root => &mut self.store.root,
             Role::Timestamp => &mut self.store.timestamp,
@@ -227,36 +262,61 @@ impl<B: RoleBuffer> TrustedSet<B> {
             needed: bytes.len(),
         })?;
         self.len.set(role, bytes.len());
+        if let Some(at) = self.spans.signed.get_mut(role_index(role)) {
+            *at = span_in(bytes, env.signed.raw());
+        }
         Ok(())
     }
 
-    fn signed(&self, role: Role) -> Option<Envelope<'_>> {
-        // stored bytes were fully validated before they were stored: re-read them cheaply
-        Envelope::reparse(self.stored(role)?)
+    /// Store a verified root (`root` read from `env`, read from `bytes`).
+    fn put_root(&mut self, bytes: &[u8], env: &Envelope<'_>, root: &Root<'_>) -> Result<(), Error> {
+        pass!(self.put(Role::Root, bytes, env));
+        self.spans.keys = span_in(bytes, root.keys.raw());
+        self.spans.roles = span_in(bytes, root.roles.raw());
+        self.spans.root_header = root.header;
+        self.spans.consistent_snapshot = root.consistent_snapshot;
+        Ok(())
+    }
+
+    /// A stored part of `role`'s bytes, by its noted span.
+    fn stored_part(&self, role: Role, (start, end): Span) -> Option<&[u8]> {
+        self.stored(role)?.get(start..end)
+    }
+
+    /// `signed` of a stored role: validated before it was stored, found by its noted span.
+    fn signed(&self, role: Role) -> Option<Object<'_>> {
+        let span = *self.spans.signed.get(role_index(role))?;
+        Some(Object::validated(self.stored_part(role, span)?))
     }
 
     /// The trusted root.
     pub fn root(&self) -> Root<'_> {
         // set in `new`, replaced only by verified roots
-        match self.signed(Role::Root).map(|e| Root::parse(&e.signed)) {
-            Some(Ok(r)) => r,
+        let part = |span| self.stored_part(Role::Root, span).map(Object::validated);
+        match (part(self.spans.keys), part(self.spans.roles)) {
+            (Some(keys), Some(roles)) => Root {
+                header: self.spans.root_header,
+                consistent_snapshot: self.spans.consistent_snapshot,
+                keys,
+                roles,
+            },
             _ => unreachable_root(),
         }
     }
 
     pub fn timestamp(&self) -> Option<Timestamp<'_>> {
         self.signed(Role::Timestamp)
-            .and_then(|e| Timestamp::parse(&e.signed).ok())
+            .and_then(|signed| Timestamp::parse(&signed).ok())
     }
 
     pub fn snapshot(&self) -> Option<Snapshot<'_>> {
         self.signed(Role::Snapshot)
-            .and_then(|e| Snapshot::parse_stored(&e.signed).ok())
+            .and_then(|signed| Snapshot::parse_stored(&signed).ok())
     }
 
     pub fn targets(&self) -> Option<Targets<'_>> {
         self.signed(Role::Targets)
-            .and_then(|e| Targets::parse(&e.signed, Name::new("targets")).ok())
+            .and_then(|signed| Targets::parse(&signed, Name::new("targets")).ok())
     }
 
     /// Parse `bytes` as metadata of top-level `role` and verify the threshold of the trusted
@@ -338,7 +398,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
         // and by its own root role
         pass!(verify_threshold(&env, &pass!(new.role("root"))));
         let version = new.header.version;
-        pass!(self.put(Role::Root, bytes));
+        pass!(self.put_root(bytes, &env, &new));
         self.rotations += 1;
         Ok(version)
     }
@@ -358,7 +418,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
         pass!(self.check_root_unexpired());
         let env = pass!(self.verified_by_root(Role::Timestamp, bytes));
         pass!(Timestamp::parse(&env.signed));
-        self.put(Role::Timestamp, bytes)
+        self.put(Role::Timestamp, bytes, &env)
     }
 
     /// Verify a new timestamp (spec 5.4).
@@ -410,7 +470,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
         }
         pass!(self.check_unexpired(name, &new.header));
         let version = new.header.version;
-        pass!(self.put(Role::Timestamp, bytes));
+        pass!(self.put(Role::Timestamp, bytes, &env));
         Ok(Update::Updated { version })
     }
 
@@ -442,7 +502,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
         let env = pass!(self.verified_by_root(Role::Snapshot, bytes));
         let snap = pass!(Snapshot::parse(&env.signed));
         let fresh = snap.header.version == expected && snap.header.expires > self.now;
-        pass!(self.put(Role::Snapshot, bytes));
+        pass!(self.put(Role::Snapshot, bytes, &env));
         self.snapshot_final = fresh;
         Ok(if fresh {
             Freshness::Current
@@ -506,7 +566,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
         }
         pass!(self.check_version_unexpired(name, expected, &new.header));
         let version = new.header.version;
-        pass!(self.put(Role::Snapshot, bytes));
+        pass!(self.put(Role::Snapshot, bytes, &env));
         self.snapshot_final = true;
         Ok(Update::Updated { version })
     }
@@ -546,7 +606,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
         let new = pass!(Targets::parse(&env.signed, name));
         pass!(self.check_version_unexpired(name, expected, &new.header));
         let version = new.header.version;
-        pass!(self.put(Role::Targets, bytes));
+        pass!(self.put(Role::Targets, bytes, &env));
         Ok(Update::Updated { version })
     }
 
