@@ -222,6 +222,23 @@ fn conformance_client_init_refresh_download() {
         .requests
         .iter()
         .any(|r| r.contains("/targets/")));
+    // a cached file that changed (same length, other bytes; then cut short) is fetched again
+    for bad in [vec![0u8; 3000], vec![0u8; 10]] {
+        std::fs::write(td.join(&name), &bad).unwrap();
+        state.lock().unwrap().requests.clear();
+        assert!(conformance(&dl));
+        assert_eq!(read(&td.join(&name)), image_bytes("2.0.0", 3000));
+        assert_eq!(
+            state
+                .lock()
+                .unwrap()
+                .requests
+                .iter()
+                .filter(|r| r.contains("/targets/"))
+                .count(),
+            1
+        );
+    }
 
     // a tampered timestamp fails with exit 1 and leaves the trusted files as they were
     let mut bad = sim.clone();
@@ -520,4 +537,125 @@ fn conformance_client_quotes_delegated_role_names_and_keeps_verified_roles() {
         "{reqs:?}"
     );
     assert_eq!(read(&md.join("a%3Fb%23c.json")), role_file);
+}
+
+/// The refresh runs its steps on the stored files ahead, on a second thread, while it waits for
+/// the network; each way that look-ahead is used or dropped must end as the plain workflow does:
+/// same requests in the same order, same stored files, same error.
+#[test]
+fn conformance_refresh_look_ahead_ends_as_the_workflow_does() {
+    use device_agent::host::{ClientError, ConformanceClient};
+    let mut sim = repo_with("2.0.0", 7, 300);
+    let (addr, state) = serve();
+    set_files(&state, &sim);
+    let tmp = tempfile::tempdir().unwrap();
+    let md = tmp.path().join("metadata");
+    std::fs::create_dir_all(&md).unwrap();
+    let root = tmp.path().join("root.json");
+    std::fs::write(&root, sim.initial_root()).unwrap();
+    ConformanceClient::init(&md, &root).unwrap();
+    let murl = format!("{addr}/metadata");
+    let refresh = |now: i64| {
+        let mut c = ConformanceClient::new(&md, &murl, &format!("{addr}/targets"));
+        c.refresh(now).map(|set| set.root().header.version)
+    };
+    let requests = |state: &Arc<Mutex<Served>>| std::mem::take(&mut state.lock().unwrap().requests);
+    let stored = |name: &str| read(&md.join(name));
+    let stored_all = || {
+        [
+            "root.json",
+            "timestamp.json",
+            "snapshot.json",
+            "targets.json",
+        ]
+        .map(&stored)
+        .to_vec()
+    };
+    // cold: nothing stored, no look-ahead
+    assert_eq!(refresh(NOW).unwrap(), 1);
+    requests(&state);
+
+    // 1. nothing new: the look-ahead's whole result is used; only the root probe and timestamp
+    assert_eq!(refresh(NOW).unwrap(), 1);
+    assert_eq!(
+        requests(&state),
+        ["GET /metadata/2.root.json", "GET /metadata/timestamp.json"]
+    );
+
+    // 2. the same bytes, but the stored timestamp has expired by now: the workflow's error
+    // (step 4 on those bytes), nothing stored changes
+    let before = stored_all();
+    let late = sim.timestamp.expires + 1;
+    match refresh(late) {
+        Err(ClientError::Trust(hale_core::Error::Expired { role, .. })) => {
+            assert_eq!(role.as_str(), "timestamp")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        requests(&state),
+        ["GET /metadata/2.root.json", "GET /metadata/timestamp.json"]
+    );
+    assert_eq!(stored_all(), before);
+
+    // 3. a new release: the server's timestamp differs, so only step 3 (stored timestamp loaded)
+    // is taken from the look-ahead; the new snapshot and targets are fetched and stored
+    publish(&mut sim, "2.1.0", 8, 300, "pump-a");
+    set_files(&state, &sim);
+    assert_eq!(refresh(NOW).unwrap(), 1);
+    let (s, t) = (sim.snapshot.version, sim.targets.version);
+    assert_eq!(
+        requests(&state),
+        [
+            "GET /metadata/2.root.json".to_string(),
+            "GET /metadata/timestamp.json".into(),
+            format!("GET /metadata/{s}.snapshot.json"),
+            format!("GET /metadata/{t}.targets.json"),
+        ]
+    );
+    assert_eq!(stored("timestamp.json"), sim.files["timestamp.json"]);
+    assert_eq!(
+        stored("snapshot.json"),
+        sim.files[&format!("{s}.snapshot.json")]
+    );
+    assert_eq!(
+        stored("targets.json"),
+        sim.files[&format!("{t}.targets.json")]
+    );
+
+    // 4. a root rotation (new timestamp key; the server's timestamp bytes unchanged): the
+    // look-ahead ran under the old root, so it is dropped; under the new root the stored
+    // timestamp no longer verifies, the server's does not either, and the refresh fails as the
+    // workflow does, with the new root kept
+    sim.rotate_root(|s| {
+        s.timestamp.keys = vec![hale_tests::key("timestamp-2", hale_repo::KeyKind::Ed25519)]
+    });
+    let mut rotated_only = sim.clone();
+    rotated_only.files.insert(
+        "timestamp.json".into(),
+        stored("timestamp.json"), // the old timestamp, signed by the old key
+    );
+    set_files(&state, &rotated_only);
+    let before = stored_all();
+    match refresh(NOW) {
+        Err(ClientError::Trust(hale_core::Error::ThresholdNotMet { role, .. })) => {
+            assert_eq!(role.as_str(), "timestamp")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        requests(&state),
+        [
+            "GET /metadata/2.root.json",
+            "GET /metadata/3.root.json",
+            "GET /metadata/timestamp.json"
+        ]
+    );
+    assert_eq!(stored("root.json"), sim.root_bytes(2));
+    assert_eq!(stored_all()[1..], before[1..]);
+    // and once the repository signs with the new key, the refresh goes through
+    sim.publish();
+    set_files(&state, &sim);
+    assert_eq!(refresh(NOW).unwrap(), 2);
+    assert_eq!(stored("timestamp.json"), sim.files["timestamp.json"]);
 }

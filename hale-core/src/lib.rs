@@ -71,6 +71,8 @@ pub mod verify;
 pub use error::{Error, Name, Role, RoleName};
 pub use policy::{Device, Firmware, PolicyError, Version};
 pub use time::UnixTime;
+#[cfg(feature = "alloc")]
+pub use trusted::HeapBuffer;
 pub use trusted::{
     Found, Freshness, RoleBuffer, RoleSource, SearchError, Storage, TrustedSet, Update,
 };

@@ -474,6 +474,56 @@ impl<'a> TargetFile<'a> {
         h.update(bytes)?;
         h.finish()
     }
+
+    /// [`verify_bytes`](Self::verify_bytes) for bytes of which only `digest` is known (computed
+    /// ahead, e.g. on another thread): the same answer, the same error, when SHA-256 is the
+    /// only hash the target lists; `None` when it lists another one too (then check the bytes).
+    pub fn verify_digest(&self, digest: &FileDigest, what: Name) -> Option<Result<(), Error>> {
+        let h = match Hasher::new(&self.hashes, what) {
+            Ok(h) => h,
+            Err(e) => return Some(Err(e)),
+        };
+        let (None, Some((_, want))) = (&h.sha512, &h.sha256) else {
+            return None;
+        };
+        // in `verify_bytes`' order: too many bytes, a different length, then the hash
+        Some(if digest.length > self.length {
+            Err(Error::TooLarge {
+                what,
+                limit: self.length,
+            })
+        } else if digest.length != self.length {
+            Err(Error::LengthMismatch {
+                what,
+                expected: self.length,
+                received: digest.length,
+            })
+        } else if digest.sha256 != *want {
+            Err(Error::HashMismatch {
+                what,
+                algorithm: "sha256",
+            })
+        } else {
+            Ok(())
+        })
+    }
+}
+
+/// The length and SHA-256 of a whole file, computed before the target it is checked against is
+/// known ([`TargetFile::verify_digest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileDigest {
+    pub length: u64,
+    pub sha256: [u8; 32],
+}
+
+impl FileDigest {
+    pub fn of(bytes: &[u8]) -> Self {
+        FileDigest {
+            length: bytes.len() as u64,
+            sha256: crate::crypto::sha256(bytes),
+        }
+    }
 }
 
 /// Streaming length and hash check of a target (see [`TargetFile::hasher`]).

@@ -78,6 +78,45 @@ impl RoleBuffer for alloc::vec::Vec<u8> {
     }
 }
 
+/// A heap buffer that grows to what it keeps, up to `limit` bytes (hosts): unlike a `Vec` whose
+/// reserved capacity is the limit, a generous limit (megabytes) costs no reservation per update,
+/// only the bytes actually kept. May allocate while verifying; devices use fixed buffers.
+#[cfg(feature = "alloc")]
+#[derive(Debug, Clone)]
+pub struct HeapBuffer {
+    bytes: alloc::vec::Vec<u8>,
+    limit: usize,
+}
+
+#[cfg(feature = "alloc")]
+impl HeapBuffer {
+    pub fn new(limit: usize) -> Self {
+        HeapBuffer {
+            bytes: alloc::vec::Vec::new(),
+            limit,
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl AsRef<[u8]> for HeapBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl RoleBuffer for HeapBuffer {
+    fn keep(&mut self, bytes: &[u8]) -> Result<(), usize> {
+        if bytes.len() > self.limit {
+            return Err(self.limit);
+        }
+        self.bytes.clear();
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Storage for the four top-level roles (see [`RoleBuffer`]).
 #[derive(Debug)]
 pub struct Storage<B> {
@@ -98,6 +137,20 @@ impl Storage<alloc::vec::Vec<u8>> {
             timestamp: v(),
             snapshot: v(),
             targets: v(),
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Storage<HeapBuffer> {
+    /// [`HeapBuffer`]s that keep at most `limit` bytes each.
+    pub fn on_heap(limit: usize) -> Self {
+        let b = || HeapBuffer::new(limit);
+        Storage {
+            root: b(),
+            timestamp: b(),
+            snapshot: b(),
+            targets: b(),
         }
     }
 }
@@ -140,6 +193,21 @@ struct Lens {
     timestamp: usize,
     snapshot: usize,
     targets: usize,
+}
+
+/// Copy `bytes` into `role`'s buffer of `store`.
+fn keep_in<B: RoleBuffer>(store: &mut Storage<B>, role: Role, bytes: &[u8]) -> Result<(), Error> {
+    let buf = match role {
+        Role::Root => &mut store.root,
+        Role::Timestamp => &mut store.timestamp,
+        Role::Snapshot => &mut store.snapshot,
+        Role::Targets => &mut store.targets,
+    };
+    buf.keep(bytes).map_err(|capacity| Error::StorageTooSmall {
+        role,
+        capacity,
+        needed: bytes.len(),
+    })
 }
 
 /// A part of stored bytes, as offsets: `(start, end)`.
@@ -234,6 +302,25 @@ impl<B: RoleBuffer> TrustedSet<B> {
         self.buf(role).get(..n)
     }
 
+    /// This set, state and all, in other buffers: a copy to try the next steps on while this one
+    /// stays as it is. Fails only when `store` is too small for what is kept.
+    pub fn copy_into<C: RoleBuffer>(&self, mut store: Storage<C>) -> Result<TrustedSet<C>, Error> {
+        for role in [Role::Root, Role::Timestamp, Role::Snapshot, Role::Targets] {
+            if let Some(bytes) = self.stored(role) {
+                pass!(keep_in(&mut store, role, bytes));
+            }
+        }
+        Ok(TrustedSet {
+            store,
+            len: self.len,
+            now: self.now,
+            max_root_rotations: self.max_root_rotations,
+            rotations: self.rotations,
+            snapshot_final: self.snapshot_final,
+            spans: self.spans,
+        })
+    }
+
     /// Give the storage back (e.g. to reuse the buffers for the next update).
     pub fn into_storage(self) -> Storage<B> {
         self.store
@@ -250,17 +337,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
 
     /// Store verified `bytes` of `role`, whose `signed` is `env`'s.
     fn put(&mut self, role: Role, bytes: &[u8], env: &Envelope<'_>) -> Result<(), Error> {
-        let buf = match role {
-            Role::Root => &mut self.store.root,
-            Role::Timestamp => &mut self.store.timestamp,
-            Role::Snapshot => &mut self.store.snapshot,
-            Role::Targets => &mut self.store.targets,
-        };
-        buf.keep(bytes).map_err(|capacity| Error::StorageTooSmall {
-            role,
-            capacity,
-            needed: bytes.len(),
-        })?;
+        pass!(keep_in(&mut self.store, role, bytes));
         self.len.set(role, bytes.len());
         if let Some(at) = self.spans.signed.get_mut(role_index(role)) {
             *at = span_in(bytes, env.signed.raw());
