@@ -536,7 +536,12 @@ fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, ClientError> {
 #[derive(Debug)]
 pub struct ConformanceClient {
     pub metadata_dir: PathBuf,
+    /// `https://` requests
     pub http: HttpTransport,
+    /// `http://` requests, sent and answered apart (see [`refresh`](Self::refresh))
+    plain: crate::http1::Http1,
+    /// the request sent and not yet answered, when it went through `http` (which has one call)
+    pending: Option<String>,
 }
 
 impl ConformanceClient {
@@ -544,7 +549,39 @@ impl ConformanceClient {
         ConformanceClient {
             metadata_dir: metadata_dir.into(),
             http: HttpTransport::new(metadata_url, target_url),
+            plain: crate::http1::Http1::default(),
+            pending: None,
         }
+    }
+
+    /// Send a GET for `url`; its answer comes from [`receive`](Self::receive). Over HTTPS
+    /// the whole exchange happens in `receive`.
+    fn send(&mut self, url: &str) -> Result<(), ClientError> {
+        self.http.requests.push(url.to_string());
+        if crate::http1::Http1::handles(url) {
+            self.plain.send(url)?;
+        } else {
+            self.pending = Some(url.to_string());
+        }
+        Ok(())
+    }
+
+    /// The answer to the last [`send`](Self::send): `None` on 404, else at most `limit` bytes.
+    fn receive(&mut self, limit: usize) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.pending.take() {
+            Some(url) => {
+                let answer = self.http.get(&url, limit);
+                // `get` logged it again
+                self.http.requests.pop();
+                Ok(answer?)
+            }
+            None => Ok(self.plain.receive(limit)?),
+        }
+    }
+
+    fn get(&mut self, url: &str, limit: usize) -> Result<Option<Vec<u8>>, ClientError> {
+        self.send(url)?;
+        self.receive(limit)
     }
 
     /// Store the initial trusted root (no request, no check: the protocol says so).
@@ -563,19 +600,19 @@ impl ConformanceClient {
 
     fn fetch(&mut self, name: &str, limit: usize) -> Result<Vec<u8>, ClientError> {
         let url = join(&self.http.metadata_url, name);
-        self.http.get(&url, limit)?.ok_or(ClientError::Missing(url))
+        self.get(&url, limit)?.ok_or(ClientError::Missing(url))
     }
 
     /// The top-level workflow (TUF spec §5.3–5.6); each verified file is persisted at once.
     ///
-    /// The requests go out one after another, exactly as the workflow orders them. While they are
-    /// in flight, another thread runs the workflow's next steps ahead on the stored files
+    /// The requests go out one after another, exactly as the workflow orders them. While the
+    /// server answers one, the client runs the workflow's next steps ahead on the stored files
     /// ([`look_ahead`]): the same hale-core calls, with the same bytes, on a copy of the trusted
-    /// set. Its result is used only where the workflow would have made those very calls: the
+    /// set. Their results are used only where the workflow would have made those very calls: the
     /// root did not change (the copy was taken from it) and the server's timestamp is byte for
     /// byte the stored one (the stored bytes are what the workflow would have passed). Otherwise
-    /// it is dropped and the steps run here. The usual poll, when nothing changed, so waits for
-    /// the network, not also for the signature checks of the stored files.
+    /// they are dropped and the steps run again in order. The usual poll, when nothing changed,
+    /// so checks the stored metadata in the time the server takes to answer.
     pub fn refresh(&mut self, now: UnixTime) -> Result<TrustedSet<HeapBuffer>, ClientError> {
         self.refresh_ahead(now, Vec::new()).map(|(set, _)| set)
     }
@@ -589,63 +626,56 @@ impl ConformanceClient {
     ) -> Result<(TrustedSet<HeapBuffer>, Digests), ClientError> {
         let root = read_opt(&self.path("root"))?
             .ok_or_else(|| ClientError::Missing("trusted root.json".into()))?;
-        let set = TrustedSet::new(Storage::on_heap(CONFORMANCE_MAX_METADATA), &root, now)?;
+        let mut set = TrustedSet::new(Storage::on_heap(CONFORMANCE_MAX_METADATA), &root, now)?;
         let timestamp = read_opt(&self.path("timestamp"))?;
-        // nothing stored (a first refresh): nothing to run ahead
-        let ahead = match &timestamp {
-            Some(ts) => Some(AheadJob::start(
-                set.copy_into(Storage::on_heap(CONFORMANCE_MAX_METADATA))?,
-                ts.clone(),
-                self.path("snapshot"),
-                self.path("targets"),
-                cached,
-            )),
-            None => None,
-        };
-        let mut set = set;
-        let mut rotated = false;
-        loop {
-            let next = set.root().header.version + 1;
-            let url = join(&self.http.metadata_url, &format!("{next}.root.json"));
-            let Some(bytes) = self.http.get(&url, CONFORMANCE_MAX_ROOT)? else {
-                break;
-            };
+        let next = set.root().header.version + 1;
+        let url = join(&self.http.metadata_url, &format!("{next}.root.json"));
+        self.send(&url)?;
+        // while the server answers: step 3 (the stored timestamp) on a copy
+        let mut loaded = timestamp.as_deref().and_then(|ts| {
+            let mut copy = set
+                .copy_into(Storage::on_heap(CONFORMANCE_MAX_METADATA))
+                .ok()?;
+            let _ = copy.load_trusted_timestamp(ts);
+            Some(copy)
+        });
+        while let Some(bytes) = self.receive(CONFORMANCE_MAX_ROOT)? {
+            // a new root: the copy was taken from the old one
+            loaded = None;
             set.update_root(&bytes)?;
             write_file(&self.path("root"), &bytes)?;
-            rotated = true;
+            let next = set.root().header.version + 1;
+            let url = join(&self.http.metadata_url, &format!("{next}.root.json"));
+            self.send(&url)?;
         }
-        let ts = self.fetch("timestamp.json", CONFORMANCE_MAX_TIMESTAMP)?;
-        let mut digests = Vec::new();
-        let (stored, ahead) = match ahead.and_then(AheadJob::wait) {
-            Some(a) => {
-                let stored = a.stored?;
-                // file digests hold whatever the root: they do not depend on trust
-                digests = a.digests;
-                (stored, (!rotated).then_some((a.loaded, a.same)))
-            }
-            // no look-ahead, or its thread is gone: the stored files read here
-            None => {
-                let stored = Stored {
-                    snapshot: read_opt(&self.path("snapshot"))?,
-                    targets: read_opt(&self.path("targets"))?,
-                };
-                (stored, None)
-            }
-        };
+        let url = join(&self.http.metadata_url, "timestamp.json");
+        self.send(&url)?;
+        // while the server answers: steps 4–7 on the stored files, taken from the stored
+        // timestamp (as if the server's were the same bytes)
+        let ahead = look_ahead(
+            loaded.as_ref().zip(timestamp.as_deref()),
+            &self.path("snapshot"),
+            &self.path("targets"),
+            cached,
+        );
+        let ts = self
+            .receive(CONFORMANCE_MAX_TIMESTAMP)?
+            .ok_or(ClientError::Missing(url))?;
+        let stored = ahead.stored?;
+        let digests = ahead.digests;
         let same_ts = timestamp.as_deref() == Some(ts.as_slice());
         // steps 3 (stored timestamp) and 4 (the server's): taken from the look-ahead when it ran
         // them with these very bytes, else run here
-        let (mut set, update, ahead_rest) = match ahead {
-            Some((_, same)) if same_ts => {
+        let (mut set, update, ahead_rest) = match (ahead.same, loaded) {
+            (Some(same), Some(_)) if same_ts => {
                 let same = same?;
                 (same.set, same.update, Some((same.fresh, same.targets_ok)))
             }
-            Some((loaded, _)) => {
-                let mut set = loaded;
-                let update = set.update_timestamp(&ts)?;
-                (set, update, None)
+            (_, Some(mut loaded)) => {
+                let update = loaded.update_timestamp(&ts)?;
+                (loaded, update, None)
             }
-            None => {
+            (_, None) => {
                 if let Some(local) = &timestamp {
                     let _ = set.load_trusted_timestamp(local);
                 }
@@ -780,7 +810,6 @@ impl ConformanceClient {
             .ok_or_else(|| ClientError::Usage(format!("target name too long: {path}")))?;
             let url = join(&self.http.target_url, &name);
             let body = self
-                .http
                 .get(&url, file.length as usize)?
                 .ok_or(ClientError::Missing(url))?;
             file.verify_bytes(&body, hale_core::Name::new(path))?;
@@ -859,16 +888,14 @@ struct Stored {
     targets: Option<Vec<u8>>,
 }
 
-/// The refresh's steps 3–7 run ahead on the stored files ([`ConformanceClient::refresh`]).
+/// The refresh's steps 4–7 run ahead on the stored files ([`ConformanceClient::refresh`]).
 struct Ahead {
-    /// The stored snapshot and targets, read there.
+    /// The stored snapshot and targets, read here.
     stored: Result<Stored, ClientError>,
-    /// The set after step 3: the stored timestamp loaded (or refused: then unchanged), exactly
-    /// as the workflow leaves it.
-    loaded: TrustedSet<HeapBuffer>,
-    /// The rest, for a server timestamp byte-identical to the stored one: step 4 with those bytes
-    /// (its error is the workflow's error), then 5 and 7 on the stored snapshot and targets.
-    same: Result<AheadSame, hale_core::Error>,
+    /// For a server timestamp byte-identical to the stored one: step 4 with those bytes (its
+    /// error is the workflow's error), then 5 and 7 on the stored snapshot and targets. `None`
+    /// when there was nothing to run them on (no stored timestamp, or the root changed).
+    same: Option<Result<AheadSame, hale_core::Error>>,
     /// The cached files that could be read (a missing or unreadable one is left to the download).
     digests: Digests,
 }
@@ -883,42 +910,31 @@ struct AheadSame {
     targets_ok: Option<bool>,
 }
 
-/// Run the refresh's steps 3–7 on `set` (the trusted set right after the root chain, copied) and
-/// the stored files: every trust decision is hale-core's, with the bytes the workflow would pass.
+/// Read the stored snapshot and targets and the `cached` files, and, given `loaded` (a copy of
+/// the trusted set after step 3 with the stored `timestamp`), run steps 4–7 on a further copy:
+/// every trust decision is hale-core's, with the bytes the workflow would pass.
 fn look_ahead(
-    mut set: TrustedSet<HeapBuffer>,
-    timestamp: &[u8],
+    loaded: Option<(&TrustedSet<HeapBuffer>, &[u8])>,
     snapshot: &Path,
     targets: &Path,
     cached: Vec<PathBuf>,
 ) -> Ahead {
-    let _ = set.load_trusted_timestamp(timestamp);
     let stored = (|| {
         Ok(Stored {
             snapshot: read_opt(snapshot)?,
             targets: read_opt(targets)?,
         })
     })();
-    let same = (|| {
-        let mut next = set.copy_into(Storage::on_heap(CONFORMANCE_MAX_METADATA))?;
+    let same = loaded.map(|(loaded, timestamp)| {
+        let mut next = loaded.copy_into(Storage::on_heap(CONFORMANCE_MAX_METADATA))?;
         let update = next.update_timestamp(timestamp)?;
-        let Ok(files) = &stored else {
-            // the refresh fails on the read error before it uses any of this
-            return Ok(AheadSame {
-                set: next,
-                update,
-                fresh: false,
-                targets_ok: None,
-            });
-        };
+        let files = stored.as_ref().ok();
         let fresh = files
-            .snapshot
-            .as_deref()
+            .and_then(|f| f.snapshot.as_deref())
             .is_some_and(|local| next.load_trusted_snapshot(local) == Ok(Freshness::Current));
         let targets_ok = fresh.then(|| {
             files
-                .targets
-                .as_deref()
+                .and_then(|f| f.targets.as_deref())
                 .is_some_and(|local| next.update_targets(local).is_ok())
         });
         Ok(AheadSame {
@@ -927,7 +943,7 @@ fn look_ahead(
             fresh,
             targets_ok,
         })
-    })();
+    });
     let digests = cached
         .into_iter()
         .filter_map(|p| {
@@ -937,62 +953,8 @@ fn look_ahead(
         .collect();
     Ahead {
         stored,
-        loaded: set,
         same,
         digests,
-    }
-}
-
-/// A look-ahead handed to the process's worker thread ([`worker`]).
-struct AheadJob {
-    done: std::sync::mpsc::Receiver<Ahead>,
-}
-
-impl AheadJob {
-    fn start(
-        set: TrustedSet<HeapBuffer>,
-        timestamp: Vec<u8>,
-        snapshot: PathBuf,
-        targets: PathBuf,
-        cached: Vec<PathBuf>,
-    ) -> Self {
-        let (tx, done) = std::sync::mpsc::sync_channel(1);
-        worker(Box::new(move || {
-            let _ = tx.send(look_ahead(set, &timestamp, &snapshot, &targets, cached));
-        }));
-        AheadJob { done }
-    }
-
-    /// The result; `None` if the worker is gone (the refresh then runs the steps itself).
-    fn wait(self) -> Option<Ahead> {
-        self.done.recv().ok()
-    }
-}
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Run `job` on the process's one worker thread, started at the first job and kept: starting a
-/// thread costs more (~70 µs measured here) than the work it takes off a refresh. A job that
-/// cannot be handed over (the thread is gone) is dropped, and so its result never comes.
-fn worker(job: Job) {
-    use std::sync::{mpsc, Mutex, OnceLock};
-    static WORKER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
-    let tx = WORKER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("hale-look-ahead".into())
-            .spawn(move || {
-                for job in rx {
-                    job();
-                }
-            })
-            .ok()
-            .map(|_| Mutex::new(tx))
-    });
-    if let Some(tx) = tx {
-        if let Ok(tx) = tx.lock() {
-            let _ = tx.send(job);
-        }
     }
 }
 

@@ -60,6 +60,8 @@ pub mod transport;
 #[cfg(feature = "std")]
 pub mod host;
 #[cfg(feature = "std")]
+pub mod http1;
+#[cfg(feature = "std")]
 pub mod identity;
 #[cfg(feature = "std")]
 pub mod link_store;

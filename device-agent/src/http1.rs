@@ -1,0 +1,535 @@
+//! Plain HTTP/1.1 GETs over one kept-alive connection, with the request sent and the answer read
+//! as two calls ([`Http1::send`], [`Http1::receive`]), so that a client can do its own work while
+//! the server answers (the conformance client checks the stored metadata then: see
+//! `host::ConformanceClient::refresh`). Only `http://`; HTTPS goes through `host::HttpTransport`.
+//!
+//! Bounded like the rest of the shells: a response head of at most [`MAX_HEAD`] bytes, a body of
+//! at most the caller's limit (refused as soon as the length says more, or once more arrives),
+//! chunk-size lines of at most 64 bytes, and one deadline per request, [`REQUEST_DEADLINE`], for
+//! everything from the connect to the last byte (a server that drips bytes gets no longer).
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::host::HttpError;
+
+/// Longest response head (status line and headers) accepted.
+pub const MAX_HEAD: usize = 64 << 10;
+/// Everything one request may take, connect included (as the HTTPS transport's).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
+/// The connect alone.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const TIMED_OUT: &str = "timed out";
+/// Largest error or 404 body read to its end to keep the connection (longer: closed instead).
+const DRAIN_LIMIT: usize = 4096;
+
+/// A plain-HTTP client keeping one connection (to the origin of the last request).
+#[derive(Debug, Default)]
+pub struct Http1 {
+    conn: Option<Conn>,
+    /// the request sent and not yet answered: URL, deadline, whether on a reused connection
+    pending: Option<(String, Instant, bool)>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    origin: String,
+    stream: TcpStream,
+    /// bytes read past the last response
+    buf: Vec<u8>,
+    /// the read timeout now set on the socket
+    timeout: Duration,
+}
+
+/// `http://host[:port]/path` → (`host:port` to connect to, `Host` header, path with query).
+fn split_url(url: &str) -> Option<(String, &str, &str)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') || path.contains(['\r', '\n', ' ']) {
+        return None;
+    }
+    // a bracketed IPv6 literal keeps its colons; a port after it or after a name
+    let has_port = match authority.rfind(']') {
+        Some(b) => authority[b..].contains(':'),
+        None => authority.contains(':'),
+    };
+    let addr = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Some((addr, authority, path))
+}
+
+fn io(url: &str, message: impl std::fmt::Display) -> HttpError {
+    HttpError::Io {
+        url: url.into(),
+        message: message.to_string(),
+    }
+}
+
+impl Http1 {
+    /// Whether this client can fetch `url` (plain `http://`).
+    pub fn handles(url: &str) -> bool {
+        split_url(url).is_some()
+    }
+
+    /// Send a GET for `url` (connecting first if needed). Its answer must be taken with
+    /// [`receive`](Self::receive) before the next `send`.
+    pub fn send(&mut self, url: &str) -> Result<(), HttpError> {
+        if self.pending.is_some() {
+            return Err(io(url, "a request is already waiting for its answer"));
+        }
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        let reused = self.write_request(url, deadline)?;
+        self.pending = Some((url.to_string(), deadline, reused));
+        Ok(())
+    }
+
+    /// The answer to the request [`send`](Self::send) sent: `None` on 404, else the body of
+    /// at most `limit` bytes (more: [`HttpError::TooLarge`]); other statuses are errors. A
+    /// kept-alive connection the server had closed before the request is retried once, fresh.
+    pub fn receive(&mut self, limit: usize) -> Result<Option<Vec<u8>>, HttpError> {
+        let Some((url, deadline, reused)) = self.pending.take() else {
+            return Err(io("", "no request sent"));
+        };
+        let first = self.read_response(&url, limit, deadline);
+        let result = match first {
+            Err(Fresh::Closed) if reused => {
+                self.conn = None;
+                self.write_request(&url, deadline)?;
+                self.read_response(&url, limit, deadline)
+            }
+            other => other,
+        };
+        result.map_err(|e| {
+            self.conn = None;
+            match e {
+                Fresh::Closed => io(&url, "connection closed before an answer"),
+                Fresh::Err(e) => e,
+            }
+        })
+    }
+
+    /// GET `url` (send, then receive).
+    pub fn get(&mut self, url: &str, limit: usize) -> Result<Option<Vec<u8>>, HttpError> {
+        self.send(url)?;
+        self.receive(limit)
+    }
+
+    /// Write the request on the kept connection to `url`'s origin, or on a new one; returns
+    /// whether the connection was reused.
+    fn write_request(&mut self, url: &str, deadline: Instant) -> Result<bool, HttpError> {
+        let (addr, host, path) = split_url(url).ok_or_else(|| io(url, "not an http:// URL"))?;
+        if self.conn.as_ref().is_some_and(|c| c.origin != addr) {
+            self.conn = None;
+        }
+        let reused = self.conn.is_some();
+        if self.conn.is_none() {
+            let sock = addr
+                .to_socket_addrs()
+                .map_err(|e| io(url, format_args!("resolve {addr}: {e}")))?
+                .next()
+                .ok_or_else(|| io(url, format_args!("resolve {addr}: no address")))?;
+            let stream = TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT)
+                .map_err(|e| io(url, format_args!("connect: {e}")))?;
+            stream
+                .set_nodelay(true)
+                .and_then(|()| stream.set_write_timeout(Some(REQUEST_DEADLINE)))
+                .and_then(|()| stream.set_read_timeout(Some(REQUEST_DEADLINE)))
+                .map_err(|e| io(url, e))?;
+            self.conn = Some(Conn {
+                origin: addr,
+                stream,
+                buf: Vec::new(),
+                timeout: REQUEST_DEADLINE,
+            });
+        }
+        let conn = self.conn.as_mut().ok_or_else(|| io(url, "no connection"))?;
+        conn.set_deadline(url, deadline)?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: hale/{}\r\nAccept: */*\r\n\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        if let Err(e) = conn.stream.write_all(req.as_bytes()) {
+            self.conn = None;
+            return Err(io(url, format_args!("send: {e}")));
+        }
+        Ok(reused)
+    }
+
+    fn read_response(
+        &mut self,
+        url: &str,
+        limit: usize,
+        deadline: Instant,
+    ) -> Result<Option<Vec<u8>>, Fresh> {
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| Fresh::Err(io(url, "no connection")))?;
+        let head = conn.read_head(url, deadline)?;
+        let head = Head::parse(&head).ok_or_else(|| Fresh::Err(io(url, "malformed response")))?;
+        // without a length or chunks the body runs to the end of the stream
+        let keep = head.keep_alive && (head.length.is_some() || head.chunked);
+        let (body, complete) = match head.status {
+            200 => {
+                let body = conn.read_body(url, &head, limit, deadline, true)?;
+                (Some(body), true)
+            }
+            code => {
+                // read a short answer to its end so the connection can serve the next request
+                let small = head.length.is_none_or(|n| n <= DRAIN_LIMIT as u64) && !head.chunked;
+                let body = if small {
+                    conn.read_body(url, &head, DRAIN_LIMIT, deadline, false)
+                        .ok()
+                } else {
+                    None
+                };
+                if code == 404 {
+                    let drained = body.is_some();
+                    if !(keep && drained) {
+                        self.conn = None;
+                    }
+                    return Ok(None);
+                }
+                self.conn = None;
+                let body = body.unwrap_or_default();
+                return Err(Fresh::Err(match crate::identity::error_body(&body) {
+                    (error, message) if !error.is_empty() => HttpError::Refused {
+                        url: url.into(),
+                        code,
+                        error,
+                        message,
+                    },
+                    _ => HttpError::Status {
+                        url: url.into(),
+                        code,
+                    },
+                }));
+            }
+        };
+        if !(keep && complete) {
+            self.conn = None;
+        }
+        Ok(body)
+    }
+}
+
+/// A failure, or a connection that was closed before any answer (worth one retry when reused).
+enum Fresh {
+    Closed,
+    Err(HttpError),
+}
+
+impl From<HttpError> for Fresh {
+    fn from(e: HttpError) -> Self {
+        Fresh::Err(e)
+    }
+}
+
+/// What a response head says.
+#[derive(Debug)]
+struct Head {
+    status: u16,
+    length: Option<u64>,
+    chunked: bool,
+    keep_alive: bool,
+}
+
+impl Head {
+    fn parse(bytes: &[u8]) -> Option<Head> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut lines = text.split("\r\n");
+        let status_line = lines.next()?;
+        let mut parts = status_line.splitn(3, ' ');
+        let version = parts.next()?;
+        let status: u16 = parts.next()?.parse().ok()?;
+        let http11 = match version {
+            "HTTP/1.1" => true,
+            "HTTP/1.0" => false,
+            _ => return None,
+        };
+        let mut head = Head {
+            status,
+            length: None,
+            chunked: false,
+            keep_alive: http11,
+        };
+        for line in lines.filter(|l| !l.is_empty()) {
+            let (name, value) = line.split_once(':')?;
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                let n: u64 = value.parse().ok()?;
+                // two different lengths: a smuggling attempt, not an answer
+                if head.length.is_some_and(|m| m != n) {
+                    return None;
+                }
+                head.length = Some(n);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                // only chunked is understood (and must come last)
+                let last = value.rsplit(',').next()?.trim();
+                if !last.eq_ignore_ascii_case("chunked") {
+                    return None;
+                }
+                head.chunked = true;
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in value.split(',').map(str::trim) {
+                    if token.eq_ignore_ascii_case("close") {
+                        head.keep_alive = false;
+                    } else if token.eq_ignore_ascii_case("keep-alive") {
+                        head.keep_alive = true;
+                    }
+                }
+            }
+        }
+        if head.chunked {
+            // RFC 9112 §6.3: chunked wins over a length; the length is not trusted then
+            head.length = None;
+        }
+        Some(head)
+    }
+}
+
+impl Conn {
+    /// Keep the socket's read timeout within the request's deadline: set again only when the
+    /// time left is a second or more below it, so a fast answer costs no system call.
+    fn set_deadline(&mut self, url: &str, deadline: Instant) -> Result<(), HttpError> {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| io(url, TIMED_OUT))?;
+        if left + Duration::from_secs(1) < self.timeout
+            || left > self.timeout + Duration::from_secs(1)
+        {
+            self.stream
+                .set_read_timeout(Some(left))
+                .and_then(|()| self.stream.set_write_timeout(Some(left)))
+                .map_err(|e| io(url, e))?;
+            self.timeout = left;
+        }
+        Ok(())
+    }
+
+    /// Read more bytes into `buf`; `Ok(0)` at the end of the stream.
+    fn fill(&mut self, url: &str, deadline: Instant) -> Result<usize, HttpError> {
+        self.set_deadline(url, deadline)?;
+        let mut chunk = [0u8; 16 << 10];
+        let n = loop {
+            match self.stream.read(&mut chunk) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(io(url, TIMED_OUT))
+                }
+                Err(e) => return Err(io(url, e)),
+            }
+        };
+        self.buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+        Ok(n)
+    }
+
+    /// The response head, taken out of the buffer (without its final blank line).
+    fn read_head(&mut self, url: &str, deadline: Instant) -> Result<Vec<u8>, Fresh> {
+        let mut scanned = 0usize;
+        loop {
+            if let Some(i) = self
+                .buf
+                .get(scanned.saturating_sub(3)..)
+                .and_then(|b| b.windows(4).position(|w| w == b"\r\n\r\n"))
+            {
+                let end = scanned.saturating_sub(3) + i;
+                let head = self.buf.get(..end).unwrap_or_default().to_vec();
+                self.buf.drain(..end + 4);
+                return Ok(head);
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(Fresh::Err(io(url, "response head too long")));
+            }
+            scanned = self.buf.len();
+            let n = match self.fill(url, deadline) {
+                // closed or reset before any byte of the answer (not a timeout): the server
+                // dropped the idle connection
+                Ok(0) if self.buf.is_empty() => return Err(Fresh::Closed),
+                Err(HttpError::Io { message, .. })
+                    if self.buf.is_empty() && message != TIMED_OUT =>
+                {
+                    let _ = message;
+                    return Err(Fresh::Closed);
+                }
+                Err(e) => return Err(Fresh::Err(e)),
+                Ok(n) => n,
+            };
+            if n == 0 {
+                return Err(Fresh::Err(io(
+                    url,
+                    "connection closed in the response head",
+                )));
+            }
+        }
+    }
+
+    /// The body as the head describes it, at most `limit` bytes (`too_large`: more is
+    /// [`HttpError::TooLarge`]; otherwise a failure to read it whole).
+    fn read_body(
+        &mut self,
+        url: &str,
+        head: &Head,
+        limit: usize,
+        deadline: Instant,
+        too_large: bool,
+    ) -> Result<Vec<u8>, HttpError> {
+        let over = || {
+            if too_large {
+                HttpError::TooLarge {
+                    url: url.into(),
+                    limit,
+                }
+            } else {
+                io(url, "answer too long")
+            }
+        };
+        if head.chunked {
+            let mut body = Vec::new();
+            loop {
+                let line = self.read_line(url, deadline)?;
+                let size = line.split(';').next().unwrap_or("").trim();
+                let size =
+                    usize::from_str_radix(size, 16).map_err(|_| io(url, "bad chunk size"))?;
+                if size == 0 {
+                    // trailers, up to the blank line
+                    while !self.read_line(url, deadline)?.is_empty() {}
+                    return Ok(body);
+                }
+                if body.len().saturating_add(size) > limit {
+                    return Err(over());
+                }
+                self.take_exact(url, size, deadline, &mut body)?;
+                if !self.read_line(url, deadline)?.is_empty() {
+                    return Err(io(url, "bad chunk end"));
+                }
+            }
+        }
+        match head.length {
+            Some(n) => {
+                if n > limit as u64 {
+                    return Err(over());
+                }
+                let mut body = Vec::with_capacity(n as usize);
+                self.take_exact(url, n as usize, deadline, &mut body)?;
+                Ok(body)
+            }
+            None => {
+                // no length: the body runs to the end of the stream (not kept alive)
+                while self.buf.len() <= limit {
+                    if self.fill(url, deadline)? == 0 {
+                        return Ok(std::mem::take(&mut self.buf));
+                    }
+                }
+                Err(over())
+            }
+        }
+    }
+
+    /// Move exactly `n` bytes from the stream into `out`.
+    fn take_exact(
+        &mut self,
+        url: &str,
+        n: usize,
+        deadline: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<(), HttpError> {
+        while self.buf.len() < n {
+            if self.fill(url, deadline)? == 0 {
+                return Err(io(url, "connection closed in the body"));
+            }
+        }
+        out.extend(self.buf.drain(..n));
+        Ok(())
+    }
+
+    /// One CRLF-terminated line (at most 64 bytes, for chunk sizes and trailers: a longer one is
+    /// refused).
+    fn read_line(&mut self, url: &str, deadline: Instant) -> Result<String, HttpError> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line =
+                    String::from_utf8_lossy(self.buf.get(..i).unwrap_or_default()).into_owned();
+                self.buf.drain(..i + 2);
+                return Ok(line);
+            }
+            if self.buf.len() > 64 {
+                return Err(io(url, "chunk line too long"));
+            }
+            if self.fill(url, deadline)? == 0 {
+                return Err(io(url, "connection closed in a chunk line"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_urls() {
+        assert_eq!(
+            split_url("http://127.0.0.1:8080/metadata/1.root.json"),
+            Some((
+                "127.0.0.1:8080".into(),
+                "127.0.0.1:8080",
+                "/metadata/1.root.json"
+            ))
+        );
+        assert_eq!(
+            split_url("http://example.org/a?b"),
+            Some(("example.org:80".into(), "example.org", "/a?b"))
+        );
+        assert_eq!(
+            split_url("http://[::1]/x"),
+            Some(("[::1]:80".into(), "[::1]", "/x"))
+        );
+        assert_eq!(
+            split_url("http://[::1]:9/x"),
+            Some(("[::1]:9".into(), "[::1]:9", "/x"))
+        );
+        assert_eq!(split_url("https://example.org/"), None);
+        assert_eq!(split_url("http://user@example.org/"), None);
+        assert_eq!(split_url("http:///x"), None);
+        assert_eq!(split_url("http://h/a b"), None);
+    }
+
+    #[test]
+    fn reads_heads() {
+        let h = Head::parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n").unwrap();
+        assert_eq!(
+            (h.status, h.length, h.chunked, h.keep_alive),
+            (200, Some(5), false, true)
+        );
+        let h = Head::parse(b"HTTP/1.0 404 Not Found\r\nconnection: Keep-Alive").unwrap();
+        assert_eq!((h.status, h.length, h.keep_alive), (404, None, true));
+        let h = Head::parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nConnection: close",
+        )
+        .unwrap();
+        assert_eq!((h.length, h.chunked, h.keep_alive), (None, true, false));
+        // refused: two lengths, an encoding other than chunked last, another protocol, junk
+        assert!(
+            Head::parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6").is_none()
+        );
+        assert!(Head::parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip").is_none());
+        assert!(Head::parse(b"HTTP/2 200 OK").is_none());
+        assert!(Head::parse(b"HTTP/1.1 2x0 OK").is_none());
+        assert!(Head::parse(b"HTTP/1.1 200 OK\r\nno colon").is_none());
+    }
+}
