@@ -55,6 +55,7 @@ timeit() { # NAME N FN
 HALE_INPROC=target/release/examples/bench_client
 "$HALE_INPROC" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode cold --iters "$ITERS" | tee "$TMP/ic"
 "$HALE_INPROC" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode warm --iters "$ITERS" | tee "$TMP/iw"
+"$HALE_INPROC" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode floor --iters "$ITERS" | tee "$TMP/if"
 timeit "hale-conformance cold (process)" "$ITERS" hale_cold | tee "$TMP/hc"
 hale_cold >/dev/null
 timeit "hale-conformance warm (process)" "$ITERS" hale_warm | tee "$TMP/hw"
@@ -69,10 +70,13 @@ d = sys.argv[1]
 med = lambda f: json.load(open(f"{d}/{f}"))["seconds"]["total"]["median"]
 proc = lambda f: float(re.search(r"median ([0-9.]+)", open(f"{d}/{f}").read()).group(1))
 print("\nratios (python-tuf / hale, same server, this run; > 1: hale faster)")
+floor = med("if")
 for label, p, h in (("in process, cold (refresh + download)", med("pc"), med("ic")),
                     ("in process, warm (refresh + cached check)", med("pw"), med("iw")),
                     ("whole process, cold", proc("pp"), proc("hc"))):
     print(f"  {label:<44} python-tuf {p * 1e3:8.2f} ms   hale {h * 1e3:8.2f} ms   {p / h:6.1f}x")
+print(f"\ntransfer floor (the cold run's requests alone, no checks, no files): {floor * 1e3:.2f} ms")
+print(f"  python-tuf cold / floor = {med('pc') / floor:.1f}x: the most any verifying client could show here")
 PYEOF
 else
   echo "python-tuf venv or shared client missing: skipped (bash .ci/install.sh)"

@@ -6,12 +6,16 @@
 //! - warm: the metadata dir of a first cold run, nothing new on the server → refresh + target
 //!   search + the cached target's hashes checked (no download).
 //!
-//! Each iteration builds a new client (its own HTTP connection pool), as python-tuf's builds a new
+//! - floor: the requests of a cold run alone, as fast as they go: the same URLs in the same order
+//!   over one kept-alive connection, the bodies read and dropped; no verification, no file. No
+//!   client that checks what it fetches can be faster (the URLs are taken from a cold run).
+//!
+//! Each iteration builds a new client (its own HTTP connection), as python-tuf's builds a new
 //! `Updater`. Prints one JSON line: median/min/max seconds of the whole iteration.
 //!
 //! ```text
 //! cargo run --release -p device-agent --features std --example bench_client -- \
-//!     --root ROOT_JSON --url BASE_URL --target PATH --mode cold|warm [--iters N]
+//!     --root ROOT_JSON --url BASE_URL --target PATH --mode cold|warm|floor [--iters N]
 //! ```
 
 // `runs` holds `iters` ≥ 1 entries (checked), so the median and extremes index within it
@@ -49,9 +53,9 @@ fn main() -> Result<()> {
     let mode = arg(&args, "--mode").context("--mode cold|warm is required")?;
     let iters: usize = arg(&args, "--iters").map_or(Ok(50), |s| s.parse())?;
     let cold = match mode.as_str() {
-        "cold" => true,
+        "cold" | "floor" => true,
         "warm" => false,
-        m => bail!("--mode {m}: cold or warm"),
+        m => bail!("--mode {m}: cold, warm or floor"),
     };
     if iters == 0 {
         bail!("--iters must be at least 1");
@@ -67,7 +71,23 @@ fn main() -> Result<()> {
         Ok((md, tg))
     };
     let mut runs = Vec::with_capacity(iters);
-    if cold {
+    if mode == "floor" {
+        // the URLs a cold run requests, in order (taken from one)
+        let (md, tg) = dirs(usize::MAX)?;
+        ConformanceClient::init(&md, &root).map_err(|e| anyhow::anyhow!("init: {e}"))?;
+        let mut c = ConformanceClient::new(&md, &url, &format!("{url}/targets"));
+        c.download(now(), &[target.to_string()], &tg)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let urls = c.http.requests.clone();
+        for _ in 0..iters {
+            let t0 = Instant::now();
+            let mut h = device_agent::http1::Http1::default();
+            for u in &urls {
+                std::hint::black_box(h.get(u, 64 << 20).map_err(|e| anyhow::anyhow!("{e}"))?);
+            }
+            runs.push(t0.elapsed().as_secs_f64());
+        }
+    } else if cold {
         for i in 0..iters {
             let (md, tg) = dirs(i)?;
             runs.push(one(&root, &url, &target, &md, &tg, true)?);

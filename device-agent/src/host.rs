@@ -514,12 +514,18 @@ impl From<HttpError> for ClientError {
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
     let io = |e| ClientError::Io(path.display().to_string(), e);
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io)?;
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
     ));
-    fs::write(&tmp, bytes).map_err(io)?;
+    // the directory usually exists: create it only when the write says it does not
+    match fs::write(&tmp, bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io)?;
+            fs::write(&tmp, bytes).map_err(io)?;
+        }
+        other => other.map_err(io)?,
+    }
     fs::rename(&tmp, path).map_err(io)
 }
 
@@ -542,6 +548,9 @@ pub struct ConformanceClient {
     plain: crate::http1::Http1,
     /// the request sent and not yet answered, when it went through `http` (which has one call)
     pending: Option<String>,
+    /// verified files not written yet, in order: written while the server answers the next
+    /// request, or at the end ([`flush`](Self::flush))
+    unwritten: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl ConformanceClient {
@@ -551,7 +560,24 @@ impl ConformanceClient {
             http: HttpTransport::new(metadata_url, target_url),
             plain: crate::http1::Http1::default(),
             pending: None,
+            unwritten: Vec::new(),
         }
+    }
+
+    /// Persist `bytes` at `path` (verified: the workflow persists each file at once). The write
+    /// happens while the server answers the next request, or at the end of the command: a file
+    /// written is never one the workflow would not have written, in the same order; a failing
+    /// disk is noticed one request later.
+    fn persist(&mut self, path: PathBuf, bytes: Vec<u8>) {
+        self.unwritten.push((path, bytes));
+    }
+
+    /// Write the files [`persist`](Self::persist) queued, in order; the first failure stops.
+    fn flush(&mut self) -> Result<(), ClientError> {
+        for (path, bytes) in std::mem::take(&mut self.unwritten) {
+            write_file(&path, &bytes)?;
+        }
+        Ok(())
     }
 
     /// Send a GET for `url`; its answer comes from [`receive`](Self::receive). Over HTTPS
@@ -567,7 +593,9 @@ impl ConformanceClient {
     }
 
     /// The answer to the last [`send`](Self::send): `None` on 404, else at most `limit` bytes.
+    /// Queued files are written first, while the server works on the answer.
     fn receive(&mut self, limit: usize) -> Result<Option<Vec<u8>>, ClientError> {
+        self.flush()?;
         match self.pending.take() {
             Some(url) => {
                 let answer = self.http.get(&url, limit);
@@ -614,7 +642,9 @@ impl ConformanceClient {
     /// they are dropped and the steps run again in order. The usual poll, when nothing changed,
     /// so checks the stored metadata in the time the server takes to answer.
     pub fn refresh(&mut self, now: UnixTime) -> Result<TrustedSet<HeapBuffer>, ClientError> {
-        self.refresh_ahead(now, Vec::new()).map(|(set, _)| set)
+        let set = self.refresh_ahead(now, Vec::new()).map(|(set, _)| set);
+        // what was verified is written whatever came after; a write failure came first
+        self.flush().and(set)
     }
 
     /// [`refresh`](Self::refresh); the look-ahead also takes the length and SHA-256 of each
@@ -643,7 +673,7 @@ impl ConformanceClient {
             // a new root: the copy was taken from the old one
             loaded = None;
             set.update_root(&bytes)?;
-            write_file(&self.path("root"), &bytes)?;
+            self.persist(self.path("root"), bytes);
             let next = set.root().header.version + 1;
             let url = join(&self.http.metadata_url, &format!("{next}.root.json"));
             self.send(&url)?;
@@ -684,7 +714,7 @@ impl ConformanceClient {
             }
         };
         if let Update::Updated { .. } = update {
-            write_file(&self.path("timestamp"), &ts)?;
+            self.persist(self.path("timestamp"), ts.clone());
         }
         let consistent = set.root().consistent_snapshot;
         let fresh = match ahead_rest {
@@ -709,7 +739,7 @@ impl ConformanceClient {
             };
             let bytes = self.fetch(&name, len.map_or(CONFORMANCE_MAX_METADATA, |l| l as usize))?;
             set.update_snapshot(&bytes)?;
-            write_file(&self.path("snapshot"), &bytes)?;
+            self.persist(self.path("snapshot"), bytes);
         }
         // the look-ahead's targets step ran after a current stored snapshot, as here
         let local_ok = match ahead_rest {
@@ -737,7 +767,7 @@ impl ConformanceClient {
             };
             let bytes = self.fetch(&name, len.map_or(CONFORMANCE_MAX_METADATA, |l| l as usize))?;
             set.update_targets(&bytes)?;
-            write_file(&self.path("targets"), &bytes)?;
+            self.persist(self.path("targets"), bytes);
         }
         Ok((set, digests))
     }
@@ -750,8 +780,19 @@ impl ConformanceClient {
         targets: &[String],
         target_dir: &Path,
     ) -> Result<(), ClientError> {
+        let done = self.download_queued(now, targets, target_dir);
+        // what was verified is written whatever came after; a write failure came first
+        self.flush().and(done)
+    }
+
+    fn download_queued(
+        &mut self,
+        now: UnixTime,
+        targets: &[String],
+        target_dir: &Path,
+    ) -> Result<(), ClientError> {
         let out_path = |path: &str| target_dir.join(encode_target_name(path));
-        let (set, digests) =
+        let (set, mut digests) =
             self.refresh_ahead(now, targets.iter().map(|p| out_path(p)).collect())?;
         let consistent = set.root().consistent_snapshot;
         for path in targets {
@@ -769,7 +810,7 @@ impl ConformanceClient {
                     // persist them even though no role lists the target (spec 5.6.7.2
                     // updates a delegated role "as in 5.6", persisting included)
                     for (role, bytes) in std::mem::take(&mut source.fetched) {
-                        write_file(&self.path(&role), &bytes)?;
+                        self.persist(self.path(&role), bytes);
                     }
                     return Err(ClientError::TargetNotFound(path.clone()));
                 }
@@ -782,7 +823,7 @@ impl ConformanceClient {
             };
             // every role fetched during a successful search was verified: persist them
             for (role, bytes) in std::mem::take(&mut source.fetched) {
-                write_file(&self.path(&role), &bytes)?;
+                self.persist(self.path(&role), bytes);
             }
             let file = found.file(path)?;
             let out = out_path(path);
@@ -795,7 +836,11 @@ impl ConformanceClient {
                 .and_then(|(_, d)| file.verify_digest(d, what));
             let kept = match ahead {
                 Some(verdict) => verdict.is_ok(),
-                None => read_opt(&out)?.is_some_and(|have| file.verify_bytes(&have, what).is_ok()),
+                None => {
+                    // (a file this command wrote is on disk before it is looked at)
+                    self.flush()?;
+                    read_opt(&out)?.is_some_and(|have| file.verify_bytes(&have, what).is_ok())
+                }
             };
             if kept {
                 continue;
@@ -813,7 +858,9 @@ impl ConformanceClient {
                 .get(&url, file.length as usize)?
                 .ok_or(ClientError::Missing(url))?;
             file.verify_bytes(&body, hale_core::Name::new(path))?;
-            write_file(&out, &body)?;
+            // a digest taken before no longer describes the file
+            digests.retain(|(p, _)| *p != out);
+            self.persist(out, body);
         }
         Ok(())
     }

@@ -240,6 +240,26 @@ fn conformance_client_init_refresh_download() {
         );
     }
 
+    // the same target named twice: fetched once (the second finds the file the first wrote),
+    // whether it was missing or held other bytes before
+    for before in [None, Some(vec![1u8; 3000])] {
+        match before {
+            None => std::fs::remove_file(td.join(&name)).unwrap(),
+            Some(b) => std::fs::write(td.join(&name), b).unwrap(),
+        }
+        state.lock().unwrap().requests.clear();
+        let mut twice = dl.to_vec();
+        twice.splice(4..4, ["--target-name", TARGET]);
+        assert!(conformance(&twice));
+        assert_eq!(read(&td.join(&name)), image_bytes("2.0.0", 3000));
+        let fetched = state.lock().unwrap().requests.clone();
+        assert_eq!(
+            fetched.iter().filter(|r| r.contains("/targets/")).count(),
+            1,
+            "{fetched:?}"
+        );
+    }
+
     // a tampered timestamp fails with exit 1 and leaves the trusted files as they were
     let mut bad = sim.clone();
     bad.timestamp.version += 1;
