@@ -691,12 +691,15 @@ impl ConformanceClient {
         let ts = self
             .receive(CONFORMANCE_MAX_TIMESTAMP)?
             .ok_or(ClientError::Missing(url))?;
-        let stored = ahead.stored?;
-        let digests = ahead.digests;
+        let Ahead {
+            stored,
+            same,
+            digests,
+        } = ahead;
         let same_ts = timestamp.as_deref() == Some(ts.as_slice());
         // steps 3 (stored timestamp) and 4 (the server's): taken from the look-ahead when it ran
         // them with these very bytes, else run here
-        let (mut set, update, ahead_rest) = match (ahead.same, loaded) {
+        let (mut set, update, ahead_rest) = match (same, loaded) {
             (Some(same), Some(_)) if same_ts => {
                 let same = same?;
                 (same.set, same.update, Some((same.fresh, same.targets_ok)))
@@ -716,6 +719,8 @@ impl ConformanceClient {
         if let Update::Updated { .. } = update {
             self.persist(self.path("timestamp"), ts.clone());
         }
+        // (the workflow reads the stored snapshot and targets here: a read error counts from here)
+        let stored = stored?;
         let consistent = set.root().consistent_snapshot;
         let fresh = match ahead_rest {
             Some((fresh, _)) => fresh,

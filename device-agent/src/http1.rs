@@ -317,11 +317,23 @@ impl Conn {
 
     /// Read more bytes into `buf`; `Ok(0)` at the end of the stream.
     fn fill(&mut self, url: &str, deadline: Instant) -> Result<usize, HttpError> {
-        self.set_deadline(url, deadline)?;
         let mut chunk = [0u8; 16 << 10];
-        let n = loop {
-            match self.stream.read(&mut chunk) {
-                Ok(n) => break n,
+        let n = self.read_some(url, deadline, &mut chunk)?;
+        self.buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+        Ok(n)
+    }
+
+    /// One read from the stream into `into`, within the deadline; `Ok(0)` at its end.
+    fn read_some(
+        &mut self,
+        url: &str,
+        deadline: Instant,
+        into: &mut [u8],
+    ) -> Result<usize, HttpError> {
+        self.set_deadline(url, deadline)?;
+        loop {
+            match self.stream.read(into) {
+                Ok(n) => return Ok(n),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e)
                     if matches!(
@@ -333,9 +345,7 @@ impl Conn {
                 }
                 Err(e) => return Err(io(url, e)),
             }
-        };
-        self.buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
-        Ok(n)
+        }
     }
 
     /// The response head, taken out of the buffer (without its final blank line).
@@ -440,7 +450,8 @@ impl Conn {
         }
     }
 
-    /// Move exactly `n` bytes from the stream into `out`.
+    /// Move exactly `n` bytes from the stream into `out` (what is buffered first, then straight
+    /// from the socket: a large body is not held twice).
     fn take_exact(
         &mut self,
         url: &str,
@@ -448,12 +459,19 @@ impl Conn {
         deadline: Instant,
         out: &mut Vec<u8>,
     ) -> Result<(), HttpError> {
-        while self.buf.len() < n {
-            if self.fill(url, deadline)? == 0 {
+        let buffered = self.buf.len().min(n);
+        out.extend(self.buf.drain(..buffered));
+        let mut left = n - buffered;
+        let mut chunk = [0u8; 16 << 10];
+        while left > 0 {
+            let want = chunk.len().min(left);
+            let got = self.read_some(url, deadline, chunk.get_mut(..want).unwrap_or_default())?;
+            if got == 0 {
                 return Err(io(url, "connection closed in the body"));
             }
+            out.extend_from_slice(chunk.get(..got).unwrap_or_default());
+            left -= got;
         }
-        out.extend(self.buf.drain(..n));
         Ok(())
     }
 
@@ -480,6 +498,149 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    /// A server on loopback that answers the n-th request with `answers[n]` (raw bytes) and
+    /// closes the connection after it when `close[n]`; counts connections and requests.
+    /// Connections accepted, and the request lines seen.
+    type Seen = Arc<Mutex<(usize, Vec<String>)>>;
+
+    fn server(answers: Vec<(&'static [u8], bool)>) -> (String, Seen) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new((0usize, Vec::new())));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut answers = answers.into_iter();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                log.lock().unwrap().0 += 1;
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    log.lock().unwrap().1.push(line.trim().to_string());
+                    let Some((answer, close)) = answers.next() else {
+                        return;
+                    };
+                    let _ = conn.write_all(answer);
+                    if close {
+                        break;
+                    }
+                }
+            }
+        });
+        (base, seen)
+    }
+
+    #[test]
+    fn keeps_one_connection_and_reads_lengths_chunks_and_404s() {
+        let (base, seen) = server(vec![
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false),
+            (b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found", false),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nTrailer: x\r\n\r\n",
+                false,
+            ),
+        ]);
+        let mut h = Http1::default();
+        assert_eq!(
+            h.get(&format!("{base}/a"), 100).unwrap(),
+            Some(b"hello".to_vec())
+        );
+        assert_eq!(h.get(&format!("{base}/b"), 100).unwrap(), None);
+        // the request goes out before its answer is read
+        h.send(&format!("{base}/c")).unwrap();
+        assert_eq!(h.receive(100).unwrap(), Some(b"wikipedia".to_vec()));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.0, 1, "one connection for all three");
+        assert_eq!(
+            seen.1,
+            ["GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /c HTTP/1.1"]
+        );
+    }
+
+    #[test]
+    fn reconnects_after_close_and_retries_a_dropped_idle_connection_once() {
+        let (base, seen) = server(vec![
+            // said it closes
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\na",
+                true,
+            ),
+            // closes without saying so: the next request finds the connection dropped
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb", true),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc", false),
+            // HTTP/1.0 without a length: the body runs to the end of the stream
+            (b"HTTP/1.0 200 OK\r\n\r\nto the end", true),
+        ]);
+        let mut h = Http1::default();
+        for (path, body) in [("/1", "a"), ("/2", "b"), ("/3", "c"), ("/4", "to the end")] {
+            // give the server time to close, so the retry path is the one taken
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(
+                h.get(&format!("{base}{path}"), 100).unwrap(),
+                Some(body.as_bytes().to_vec()),
+                "{path}"
+            );
+        }
+        let seen = seen.lock().unwrap();
+        // /1 on the first; /2 on a second, which the server then drops; /3 finds that out and
+        // goes again on a third, which /4 shares
+        assert_eq!(seen.0, 3, "a new connection after each close");
+        assert_eq!(
+            seen.1.len(),
+            4,
+            "{:?}: the dropped request sent again, once",
+            seen.1
+        );
+    }
+
+    #[test]
+    fn refuses_too_long_bodies_bad_heads_and_error_statuses() {
+        let (base, _) = server(vec![
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n", true),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n", true),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", true),
+            (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 41\r\n\r\n{\"error\":\"role_forbidden\",\"message\":\"no\"}", true),
+            (b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", true),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", true),
+        ]);
+        let mut h = Http1::default();
+        let u = |p: &str| format!("{base}{p}");
+        assert!(matches!(
+            h.get(&u("/len"), 10),
+            Err(HttpError::TooLarge { limit: 10, .. })
+        ));
+        assert!(matches!(
+            h.get(&u("/chunks"), 10),
+            Err(HttpError::TooLarge { limit: 10, .. })
+        ));
+        assert!(matches!(h.get(&u("/two"), 10), Err(HttpError::Io { .. })));
+        match h.get(&u("/refused"), 10) {
+            Err(HttpError::Refused { code, error, .. }) => {
+                assert_eq!((code, error.as_str()), (403, "role_forbidden"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            h.get(&u("/500"), 10),
+            Err(HttpError::Status { code: 500, .. })
+        ));
+        assert!(matches!(h.get(&u("/short"), 10), Err(HttpError::Io { .. })));
+        // a receive without a send, a second send before the answer
+        assert!(Http1::default().receive(1).is_err());
+    }
 
     #[test]
     fn splits_urls() {
