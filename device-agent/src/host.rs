@@ -61,17 +61,25 @@ pub enum HttpError {
 fn status_error(url: &str, code: u16, r: ureq::Response) -> HttpError {
     let mut body = Vec::new();
     let _ = r.into_reader().take(4096).read_to_end(&mut body);
-    match crate::identity::error_body(&body) {
-        (error, message) if !error.is_empty() => HttpError::Refused {
-            url: url.into(),
-            code,
-            error,
-            message,
-        },
-        _ => HttpError::Status {
-            url: url.into(),
-            code,
-        },
+    HttpError::from_status(url, code, &body)
+}
+
+impl HttpError {
+    /// A non-success `code` with its (short) `body`: [`HttpError::Refused`] when the body is the
+    /// server's JSON error, else [`HttpError::Status`].
+    pub fn from_status(url: &str, code: u16, body: &[u8]) -> Self {
+        match crate::identity::error_body(body) {
+            (error, message) if !error.is_empty() => HttpError::Refused {
+                url: url.into(),
+                code,
+                error,
+                message,
+            },
+            _ => HttpError::Status {
+                url: url.into(),
+                code,
+            },
+        }
     }
 }
 

@@ -199,18 +199,7 @@ impl Http1 {
                 }
                 self.conn = None;
                 let body = body.unwrap_or_default();
-                return Err(Fresh::Err(match crate::identity::error_body(&body) {
-                    (error, message) if !error.is_empty() => HttpError::Refused {
-                        url: url.into(),
-                        code,
-                        error,
-                        message,
-                    },
-                    _ => HttpError::Status {
-                        url: url.into(),
-                        code,
-                    },
-                }));
+                return Err(Fresh::Err(HttpError::from_status(url, code, &body)));
             }
         };
         if !(keep && complete) {

@@ -559,9 +559,9 @@ fn conformance_client_quotes_delegated_role_names_and_keeps_verified_roles() {
     assert_eq!(read(&md.join("a%3Fb%23c.json")), role_file);
 }
 
-/// The refresh runs its steps on the stored files ahead, on a second thread, while it waits for
-/// the network; each way that look-ahead is used or dropped must end as the plain workflow does:
-/// same requests in the same order, same stored files, same error.
+/// The refresh runs its steps on the stored files ahead, while the server answers a request;
+/// each way that look-ahead is used or dropped must end as the plain workflow does: same
+/// requests in the same order, same stored files, same error.
 #[test]
 fn conformance_refresh_look_ahead_ends_as_the_workflow_does() {
     use device_agent::host::{ClientError, ConformanceClient};

@@ -507,35 +507,11 @@ pub fn parse(input: &[u8]) -> Result<Value<'_>, JsonError> {
     Ok(v)
 }
 
-/// How many leading bytes of `s` are neither `"` nor `\\`, counted a machine word at a time (the
-/// result may stop short of the first such byte, never past it: callers look at the byte it stops
-/// at).
-pub(crate) fn plain_prefix(s: &[u8]) -> usize {
-    const W: usize = core::mem::size_of::<usize>();
-    const ONES: usize = usize::MAX / 255;
-    const HIGH: usize = ONES << 7;
-    let has_byte = |x: usize, b: u8| {
-        let y = x ^ (ONES * b as usize);
-        y.wrapping_sub(ONES) & !y & HIGH != 0
-    };
-    let mut n = 0;
-    for w in s.chunks_exact(W) {
-        let Ok(arr) = <[u8; W]>::try_from(w) else {
-            break;
-        };
-        let x = usize::from_ne_bytes(arr);
-        if has_byte(x, b'"') || has_byte(x, b'\\') {
-            break;
-        }
-        n += W;
-    }
-    n
-}
-
-/// How many leading bytes of `s` are printable ASCII other than `"` and `\\` (nothing to check
-/// in a string), counted a machine word at a time; may stop short, never past, as
-/// [`plain_prefix`].
-fn printable_prefix(s: &[u8]) -> usize {
+/// How many leading bytes of `s` are neither `"` nor `\\` (and, with `PRINTABLE`, printable
+/// ASCII: nothing to check in a string being validated), counted a machine word at a time. The
+/// result may stop short of the first other byte, never past it: callers look at the byte it
+/// stops at.
+fn word_prefix<const PRINTABLE: bool>(s: &[u8]) -> usize {
     const W: usize = core::mem::size_of::<usize>();
     const ONES: usize = usize::MAX / 255;
     const HIGH: usize = ONES << 7;
@@ -551,7 +527,7 @@ fn printable_prefix(s: &[u8]) -> usize {
         let x = usize::from_ne_bytes(arr);
         // a byte >= 0x80, or one below 0x20 (the subtraction borrows from it; a false alarm
         // only ends the fast path early)
-        if x & HIGH != 0 || x.wrapping_sub(ONES * 0x20) & HIGH != 0 {
+        if PRINTABLE && (x & HIGH != 0 || x.wrapping_sub(ONES * 0x20) & HIGH != 0) {
             break;
         }
         if has_byte(x, b'"') || has_byte(x, b'\\') {
@@ -560,6 +536,11 @@ fn printable_prefix(s: &[u8]) -> usize {
         n += W;
     }
     n
+}
+
+/// [`word_prefix`] for strings known to be valid: up to a quote or backslash.
+pub(crate) fn plain_prefix(s: &[u8]) -> usize {
+    word_prefix::<false>(s)
 }
 
 #[derive(Debug, Clone)]
@@ -743,7 +724,7 @@ impl<'a> Reader<'a> {
         self.expect(b'"')?;
         let start = self.i;
         loop {
-            self.i += self.b.get(self.i..).map_or(0, printable_prefix);
+            self.i += self.b.get(self.i..).map_or(0, word_prefix::<true>);
             let c = self.peek().ok_or(JsonError::Syntax { offset: self.i })?;
             match c {
                 b'"' => break,
