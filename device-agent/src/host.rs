@@ -591,8 +591,9 @@ impl ConformanceClient {
     /// Send a GET for `url`; its answer comes from [`receive`](Self::receive). Over HTTPS
     /// the whole exchange happens in `receive`.
     fn send(&mut self, url: &str) -> Result<(), ClientError> {
-        self.http.requests.push(url.to_string());
         if crate::http1::Http1::handles(url) {
+            // logged with the HTTPS transport's requests (`get` logs its own)
+            self.http.requests.push(url.to_string());
             self.plain.send(url)?;
         } else {
             self.pending = Some(url.to_string());
@@ -605,12 +606,7 @@ impl ConformanceClient {
     fn receive(&mut self, limit: usize) -> Result<Option<Vec<u8>>, ClientError> {
         self.flush()?;
         match self.pending.take() {
-            Some(url) => {
-                let answer = self.http.get(&url, limit);
-                // `get` logged it again
-                self.http.requests.pop();
-                Ok(answer?)
-            }
+            Some(url) => Ok(self.http.get(&url, limit)?),
             None => Ok(self.plain.receive(limit)?),
         }
     }
@@ -632,6 +628,12 @@ impl ConformanceClient {
     fn path(&self, role: &str) -> PathBuf {
         self.metadata_dir
             .join(format!("{}.json", encode_target_name(role)))
+    }
+
+    /// Where the root after `set`'s trusted one would be.
+    fn next_root_url(&self, set: &TrustedSet<HeapBuffer>) -> String {
+        let next = set.root().header.version + 1;
+        join(&self.http.metadata_url, &format!("{next}.root.json"))
     }
 
     fn fetch(&mut self, name: &str, limit: usize) -> Result<Vec<u8>, ClientError> {
@@ -666,9 +668,7 @@ impl ConformanceClient {
             .ok_or_else(|| ClientError::Missing("trusted root.json".into()))?;
         let mut set = TrustedSet::new(Storage::on_heap(CONFORMANCE_MAX_METADATA), &root, now)?;
         let timestamp = read_opt(&self.path("timestamp"))?;
-        let next = set.root().header.version + 1;
-        let url = join(&self.http.metadata_url, &format!("{next}.root.json"));
-        self.send(&url)?;
+        self.send(&self.next_root_url(&set))?;
         // while the server answers: step 3 (the stored timestamp) on a copy
         let mut loaded = timestamp.as_deref().and_then(|ts| {
             let mut copy = set
@@ -682,9 +682,7 @@ impl ConformanceClient {
             loaded = None;
             set.update_root(&bytes)?;
             self.persist(self.path("root"), bytes);
-            let next = set.root().header.version + 1;
-            let url = join(&self.http.metadata_url, &format!("{next}.root.json"));
-            self.send(&url)?;
+            self.send(&self.next_root_url(&set))?;
         }
         let url = join(&self.http.metadata_url, "timestamp.json");
         self.send(&url)?;
