@@ -38,6 +38,7 @@ use tokio::net::TcpListener;
 use warp::{Filter, Rejection, Reply};
 
 use crate::app::{inc, App, ApplyError};
+use crate::linger::Lingering;
 use crate::publish::Upload;
 use crate::repo::{Entry, TargetRef};
 
@@ -82,19 +83,20 @@ pub(crate) fn connection_builder() -> hyper_util::server::conn::auto::Builder<To
     builder
 }
 
-/// The next accepted connection (Nagle off: small responses must not wait ~40 ms), or `None`
-/// once `shutdown` completes. A failed accept (e.g. out of file descriptors) is logged and
-/// retried after 50 ms.
+/// The next accepted connection (Nagle off: small responses must not wait ~40 ms; closed with
+/// a lingering close, so an answer given before a body was read is not lost to a reset), or
+/// `None` once `shutdown` completes. A failed accept (e.g. out of file descriptors) is logged
+/// and retried after 50 ms.
 pub(crate) async fn next_connection(
     listener: &TcpListener,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+) -> Option<(Lingering<tokio::net::TcpStream>, std::net::SocketAddr)> {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    return Some((stream, peer));
+                    return Some((Lingering::new(stream), peer));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -131,9 +133,6 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                         return Ok(crate::identity_http::plain_refused());
                     }
                     if is_publish_path(path) {
-                        // read a small body first: a client still sending it would otherwise get
-                        // a reset instead of the answer
-                        drain(req.into_body(), REFUSAL_DRAIN_BYTES).await;
                         return Ok(crate::identity_http::plain_publish_refused());
                     }
                 }
@@ -163,26 +162,6 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("connections still open after 10 s; closing"),
     }
-}
-
-/// Request body read (and dropped) before a refusal is answered.
-const REFUSAL_DRAIN_BYTES: u64 = 1 << 20;
-
-/// Read and drop up to `limit` bytes of `body` (at most 10 s), so that the answer that follows
-/// reaches a client still sending; a larger or slower body is left unread (the connection closes).
-async fn drain(mut body: Incoming, limit: u64) {
-    let read = async {
-        let mut n = 0u64;
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Some(d) = frame.data_ref() {
-                n += d.len() as u64;
-                if n > limit {
-                    break;
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
 }
 
 /// Bind with the listener options the server needs.
@@ -549,7 +528,7 @@ where
         .and(with_app(app))
         .and_then(upload_handler);
     // `GET /api/v1/publish`: the same authorization without a body, so a publisher learns of a
-    // refusal before uploading (a refused upload ends in a reset while the body is being sent)
+    // refusal before uploading an image for nothing
     let check = warp::get()
         .and(warp::path!("api" / "v1" / "publish"))
         .and(auth)

@@ -35,6 +35,7 @@ pub mod config;
 pub mod http;
 pub mod identity;
 pub mod identity_http;
+pub mod linger;
 pub mod publish;
 pub mod repo;
 pub mod store;

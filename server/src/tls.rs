@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use crate::http::Body;
@@ -441,10 +442,14 @@ pub async fn serve<F, Fut>(
         let watcher = graceful.watcher();
         let mut stop = watch_rx.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let accept = acceptor.accept(stream).into_fallible();
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
+                Ok(Err((e, mut tcp))) => {
                     tracing::info!(%peer_addr, listener = %domain, error = %e, "TLS handshake refused");
+                    // the alert is written: a lingering close lets it reach a client that has
+                    // already sent its request, instead of a reset
+                    let _ = tcp.shutdown().await;
                     return;
                 }
                 Err(_) => {

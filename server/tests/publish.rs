@@ -488,3 +488,50 @@ fn init_refuses_online_keys_the_root_does_not_list() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase or damaged key file"));
 }
+
+/// A refusal given before the body is read (a bad token, a declared size over the limit) must
+/// reach a client that sends the whole body before reading the answer, as most HTTP clients
+/// do: not end in a connection reset halfway through the upload.
+#[test]
+fn refusals_reach_a_client_still_sending_a_large_body() {
+    let f = Fixture::with_config(json!({"max_target_bytes": 1000, "max_publish_bytes": 4096}));
+    let s = f.start();
+    let before = f.repo_digest();
+    let big = vec![7u8; 8 << 20];
+    // declared length over the target limit
+    let r = upload(&s, &f.token, &big).unwrap();
+    assert_eq!(
+        (r.status, r.json()["message"].clone()),
+        (413, json!("target upload larger than 1000 bytes"))
+    );
+    // a token that is not an operator's, on both publish endpoints
+    for path in ["/api/v1/targets", "/api/v1/publish"] {
+        let r = request(
+            "POST",
+            &s.url(path),
+            &[("Authorization", "Bearer not-a-token")],
+            Some(&big),
+        )
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(
+            (r.status, r.json()["error"].clone()),
+            (401, json!("unauthorized")),
+            "{path}"
+        );
+    }
+    // publish body over the limit
+    let r = publish(&s, &f.token, None, &[("targets", &big)]).unwrap();
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (413, json!("too_large"))
+    );
+    assert_eq!(f.repo_digest(), before);
+    assert!(
+        std::fs::read_dir(f.data.join("repo/blobs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+    // the server still answers on a new connection
+    assert_eq!(upload(&s, &f.token, &[1u8; 10]).unwrap().status, 200);
+}

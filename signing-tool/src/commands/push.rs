@@ -201,8 +201,8 @@ impl Server {
         }
     }
 
-    /// Ask whether these credentials may publish (no body: a refusal arrives as the server's
-    /// answer, where a refused upload would end in a reset mid-body). The publisher's name.
+    /// Ask whether these credentials may publish, before any upload: a refusal costs no image
+    /// sent for nothing. The publisher's name.
     fn may_publish(&self) -> anyhow::Result<String> {
         let url = self.url("api/v1/publish");
         let resp = match self.authorized(self.agent.get(&url)).call() {

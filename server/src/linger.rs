@@ -1,0 +1,195 @@
+//! Lingering close, as nginx's `lingering_close`.
+//!
+//! The server often answers before it has read a request's body: a bad token, a declared size
+//! over the limit, a publish call on the wrong listener. hyper then closes the connection. If
+//! the client is still sending, closing a socket with unread data makes the kernel send a
+//! reset, and a reset throws away the answer waiting in the client's receive buffer: the
+//! release engineer sees "connection reset" or "broken pipe" instead of "413 too_large".
+//!
+//! [`Lingering`] wraps an accepted connection. When the server closes it, it ends its own side
+//! (FIN, after the answer) and then reads and drops what the client still sends until the
+//! client closes, nothing arrives for [`LINGER_IDLE`], or [`LINGER_TOTAL`] has passed. Only then
+//! is the socket dropped. Under TLS it sits beneath the TLS layer, so it drains the raw bytes
+//! after `close_notify`.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// The longest a closing connection keeps reading: a client may not hold it open longer by
+/// sending (the same bound as the graceful shutdown's wait).
+pub const LINGER_TOTAL: Duration = Duration::from_secs(10);
+/// A closing connection on which nothing arrives for this long is dropped.
+pub const LINGER_IDLE: Duration = Duration::from_secs(2);
+
+/// An accepted connection that drains what the client still sends before it is dropped.
+#[derive(Debug)]
+pub struct Lingering<T> {
+    io: T,
+    closing: Option<Closing>,
+}
+
+#[derive(Debug)]
+struct Closing {
+    /// `LINGER_TOTAL` after our side was closed.
+    end: Instant,
+    /// The next deadline: `LINGER_IDLE` after the last bytes read, never after `end`.
+    timer: Pin<Box<Sleep>>,
+    /// The client closed, went quiet, failed or ran out of time: nothing more to read.
+    done: bool,
+}
+
+impl<T> Lingering<T> {
+    pub fn new(io: T) -> Self {
+        Lingering { io, closing: None }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Lingering<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Close our side, then read and drop until the client is done (see the module docs).
+    /// Errors while draining end it quietly: the answer has been sent either way.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let closing = match &mut this.closing {
+            Some(c) => c,
+            None => {
+                ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+                let now = Instant::now();
+                this.closing.insert(Closing {
+                    end: now + LINGER_TOTAL,
+                    timer: Box::pin(tokio::time::sleep_until(now + LINGER_IDLE)),
+                    done: false,
+                })
+            }
+        };
+        let mut scratch = [0u8; 8192];
+        while !closing.done {
+            if closing.timer.as_mut().poll(cx).is_ready() {
+                closing.done = true;
+                break;
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    let next = (Instant::now() + LINGER_IDLE).min(closing.end);
+                    closing.timer.as_mut().reset(next);
+                }
+                // end of stream (the client closed) or an error
+                Poll::Ready(_) => closing.done = true,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (tokio::net::TcpStream, Lingering<tokio::net::TcpStream>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (client, Lingering::new(server))
+    }
+
+    /// The answer written before the close reaches a client that first sends 8 MiB the
+    /// server never reads; without the drain, the client's writes fail with a reset.
+    #[tokio::test]
+    async fn an_answer_survives_a_body_the_server_did_not_read() {
+        let (mut client, mut server) = pair().await;
+        let sender = tokio::spawn(async move {
+            let body = vec![1u8; 8 << 20];
+            client.write_all(&body).await?;
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).await?;
+            Ok::<_, io::Error>(answer)
+        });
+        let mut head = [0u8; 1000];
+        server.read_exact(&mut head).await.unwrap();
+        server
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\n\r\n")
+            .await
+            .unwrap();
+        server.shutdown().await.unwrap();
+        drop(server);
+        let answer = sender.await.unwrap().unwrap();
+        assert_eq!(answer, b"HTTP/1.1 413 Payload Too Large\r\n\r\n");
+    }
+
+    /// A client that keeps its side open without sending holds the closing connection for
+    /// `LINGER_IDLE`, not longer.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_client_is_dropped_after_the_idle_time() {
+        let (_client, mut server) = pair().await;
+        let t0 = Instant::now();
+        server.shutdown().await.unwrap();
+        assert_eq!(t0.elapsed(), LINGER_IDLE);
+    }
+
+    /// A client that never stops sending is dropped after `LINGER_TOTAL`.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_keeps_sending_is_dropped_after_the_total_time() {
+        let (mut client, mut server) = pair().await;
+        let t0 = Instant::now();
+        let sender = tokio::spawn(async move {
+            loop {
+                if client.write_all(&[0u8; 1024]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        server.shutdown().await.unwrap();
+        assert_eq!(t0.elapsed(), LINGER_TOTAL);
+        drop(server);
+        sender.await.unwrap();
+    }
+}
