@@ -1,0 +1,163 @@
+//! In-process timing of the pump's own update check (`hale-agent run`'s poll: `check_for_update`
+//! over HTTP into the file-backed flash), against a served repository (benchmark, not a test;
+//! `device-agent/bench/client-bench.sh` runs it beside python-tuf):
+//!
+//! - cold: a pump provisioned with the trusted root and an older image (outside the timing, as
+//!   the factory does it) → one check: the whole metadata chain, the target search, the image
+//!   downloaded, hashed and written into the inactive slot of the flash file (`Staged`);
+//! - warm: the same pump after it booted and confirmed that image, nothing new on the server →
+//!   one check (`UpToDate`), as every later poll of a running pump.
+//!
+//! Each check builds a new HTTP client (its own connection) and the buffers `hale-agent`
+//! allocates per check, so nothing is carried between iterations that `hale-agent` would not
+//! carry between polls: the flash (the pump's trusted metadata, slots and last check) is.
+//! The flash file is written with a `sync_data` per write, as `hale-agent`'s is.
+//!
+//! ```text
+//! cargo run --release -p device-agent --features std --example bench_agent -- \
+//!     --root ROOT_JSON --url BASE_URL --target PATH --model M --revision R --mode cold|warm [--iters N]
+//! ```
+
+// `runs` holds `iters` ≥ 1 entries (checked), so the median and extremes index within it
+#![allow(clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use device_agent::host::{now, FileFlash, HttpTransport};
+use device_agent::{
+    check_for_update, Application, Boot, DeferReason, DeviceInfo, FirmwareStore, Image, Layout,
+    NoRollback, Outcome, Workspace,
+};
+use hale_core::{Storage, Version};
+use sha2::{Digest, Sha256};
+
+/// `hale-agent`'s flash layout and per-check buffer size.
+const LAYOUT: Layout = Layout::contiguous(0, 64 << 10, 1 << 20);
+const BUF: usize = 64 << 10;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// Therapy is never running here: every offered image installs.
+struct Idle;
+
+impl Application for Idle {
+    fn safe_to_install(&mut self) -> Result<(), DeferReason> {
+        Ok(())
+    }
+}
+
+/// A pump in `dir` with `root` trusted and version 1.0.0 of an image running.
+fn provision(dir: &Path, root: &[u8]) -> Result<FirmwareStore<FileFlash>> {
+    std::fs::create_dir_all(dir)?;
+    let image = vec![0x5a; 4096];
+    let record = Image {
+        version: Version::new(1, 0, 0),
+        security_counter: 0,
+        length: image.len() as u64,
+        sha256: Sha256::digest(&image).into(),
+    };
+    let flash = FileFlash::open(&dir.join("flash.bin"), LAYOUT.end() as usize)?;
+    FirmwareStore::provision(flash, LAYOUT, root, &image, record)
+        .map_err(|e| anyhow::anyhow!("provision: {e}"))
+}
+
+/// One check as `hale-agent`'s poll makes it: new buffers, a new HTTP client.
+fn check(store: &mut FirmwareStore<FileFlash>, url: &str, device: &DeviceInfo) -> Result<Outcome> {
+    let mut http = HttpTransport::new(url, &format!("{url}/targets"));
+    let mut meta: [Vec<u8>; 4] = std::array::from_fn(|_| vec![0u8; BUF]);
+    let (mut scratch, mut chunk, mut deleg) =
+        (vec![0u8; BUF], vec![0u8; 4096], vec![0u8; 4 * BUF]);
+    let [r, t, s, g] = &mut meta;
+    let ws = Workspace {
+        metadata: Storage {
+            root: r.as_mut_slice(),
+            timestamp: t.as_mut_slice(),
+            snapshot: s.as_mut_slice(),
+            targets: g.as_mut_slice(),
+        },
+        scratch: &mut scratch,
+        chunk: &mut chunk,
+        delegations: &mut deleg,
+    };
+    check_for_update(store, device, &mut http, &mut Idle, &mut NoRollback, now(), ws)
+        .map_err(|e| anyhow::anyhow!("check: {e}"))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let root_path = PathBuf::from(arg(&args, "--root").context("--root is required")?);
+    let url = arg(&args, "--url").context("--url is required")?;
+    let target = arg(&args, "--target").context("--target is required")?;
+    let model = arg(&args, "--model").context("--model is required")?;
+    let revision = arg(&args, "--revision").context("--revision is required")?;
+    let mode = arg(&args, "--mode").context("--mode cold|warm is required")?;
+    let iters: usize = arg(&args, "--iters").map_or(Ok(50), |s| s.parse())?;
+    ensure!(iters >= 1, "--iters must be at least 1");
+    let root = std::fs::read(&root_path).with_context(|| root_path.display().to_string())?;
+    let device = DeviceInfo {
+        model: &model,
+        revision: &revision,
+        bootloader: Version::new(1, 0, 0),
+        target: &target,
+    };
+    let work = tempfile::tempdir()?;
+    let mut runs = Vec::with_capacity(iters);
+    match mode.as_str() {
+        "cold" => {
+            for i in 0..iters {
+                let mut store = provision(&work.path().join(format!("pump{i}")), &root)?;
+                let t0 = Instant::now();
+                let outcome = check(&mut store, &url, &device)?;
+                runs.push(t0.elapsed().as_secs_f64());
+                ensure!(
+                    matches!(outcome, Outcome::Staged { .. }),
+                    "a cold check should stage the served image, got {outcome:?}"
+                );
+            }
+        }
+        "warm" => {
+            let mut store = provision(&work.path().join("pump"), &root)?;
+            let outcome = check(&mut store, &url, &device)?;
+            ensure!(
+                matches!(outcome, Outcome::Staged { .. }),
+                "the first check should stage the served image, got {outcome:?}"
+            );
+            let boot = store.boot().map_err(|e| anyhow::anyhow!("boot: {e}"))?;
+            ensure!(matches!(boot, Boot::Trial { .. }), "boot: {boot:?}");
+            store
+                .confirm()
+                .map_err(|e| anyhow::anyhow!("confirm: {e}"))?;
+            // the first check after the install concludes "up to date" and remembers it
+            check(&mut store, &url, &device)?;
+            for _ in 0..iters {
+                let t0 = Instant::now();
+                let outcome = check(&mut store, &url, &device)?;
+                runs.push(t0.elapsed().as_secs_f64());
+                ensure!(
+                    matches!(outcome, Outcome::UpToDate { .. }),
+                    "a warm check should find nothing new, got {outcome:?}"
+                );
+            }
+        }
+        m => bail!("--mode {m}: cold or warm"),
+    }
+    runs.sort_by(f64::total_cmp);
+    let median = if iters % 2 == 1 {
+        runs[iters / 2]
+    } else {
+        (runs[iters / 2 - 1] + runs[iters / 2]) / 2.0
+    };
+    println!(
+        "{{\"client\": \"hale-agent check (in process)\", \"mode\": \"{mode}\", \"target\": \"{target}\", \"iters\": {iters}, \"seconds\": {{\"total\": {{\"median\": {median:.6}, \"min\": {:.6}, \"max\": {:.6}}}}}}}",
+        runs[0],
+        runs[iters - 1]
+    );
+    Ok(())
+}
