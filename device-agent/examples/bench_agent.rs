@@ -18,31 +18,24 @@
 //!     --root ROOT_JSON --url BASE_URL --target PATH --model M --revision R --mode cold|warm [--iters N]
 //! ```
 
-// `runs` holds `iters` ≥ 1 entries (checked), so the median and extremes index within it
-#![allow(clippy::indexing_slicing)]
+#[path = "common/mod.rs"]
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use device_agent::host::{now, FileFlash, HttpTransport};
+use device_agent::host::{now, CheckBuffers, FileFlash, HttpTransport};
 use device_agent::{
     check_for_update, Application, Boot, DeferReason, DeviceInfo, FirmwareStore, Image, Layout,
-    NoRollback, Outcome, Workspace,
+    NoRollback, Outcome,
 };
-use hale_core::{Storage, Version};
+use hale_core::Version;
 use sha2::{Digest, Sha256};
 
 /// `hale-agent`'s flash layout and per-check buffer size.
 const LAYOUT: Layout = Layout::contiguous(0, 64 << 10, 1 << 20);
 const BUF: usize = 64 << 10;
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
 
 /// Therapy is never running here: every offered image installs.
 struct Idle;
@@ -71,34 +64,28 @@ fn provision(dir: &Path, root: &[u8]) -> Result<FirmwareStore<FileFlash>> {
 /// One check as `hale-agent`'s poll makes it: new buffers, a new HTTP client.
 fn check(store: &mut FirmwareStore<FileFlash>, url: &str, device: &DeviceInfo) -> Result<Outcome> {
     let mut http = HttpTransport::new(url, &format!("{url}/targets"));
-    let mut meta: [Vec<u8>; 4] = std::array::from_fn(|_| vec![0u8; BUF]);
-    let (mut scratch, mut chunk, mut deleg) =
-        (vec![0u8; BUF], vec![0u8; 4096], vec![0u8; 4 * BUF]);
-    let [r, t, s, g] = &mut meta;
-    let ws = Workspace {
-        metadata: Storage {
-            root: r.as_mut_slice(),
-            timestamp: t.as_mut_slice(),
-            snapshot: s.as_mut_slice(),
-            targets: g.as_mut_slice(),
-        },
-        scratch: &mut scratch,
-        chunk: &mut chunk,
-        delegations: &mut deleg,
-    };
-    check_for_update(store, device, &mut http, &mut Idle, &mut NoRollback, now(), ws)
-        .map_err(|e| anyhow::anyhow!("check: {e}"))
+    let mut buffers = CheckBuffers::new(BUF, 4096, 4 * BUF);
+    check_for_update(
+        store,
+        device,
+        &mut http,
+        &mut Idle,
+        &mut NoRollback,
+        now(),
+        buffers.workspace(),
+    )
+    .map_err(|e| anyhow::anyhow!("check: {e}"))
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let root_path = PathBuf::from(arg(&args, "--root").context("--root is required")?);
-    let url = arg(&args, "--url").context("--url is required")?;
-    let target = arg(&args, "--target").context("--target is required")?;
-    let model = arg(&args, "--model").context("--model is required")?;
-    let revision = arg(&args, "--revision").context("--revision is required")?;
-    let mode = arg(&args, "--mode").context("--mode cold|warm is required")?;
-    let iters: usize = arg(&args, "--iters").map_or(Ok(50), |s| s.parse())?;
+    let root_path = PathBuf::from(common::arg(&args, "--root").context("--root is required")?);
+    let url = common::arg(&args, "--url").context("--url is required")?;
+    let target = common::arg(&args, "--target").context("--target is required")?;
+    let model = common::arg(&args, "--model").context("--model is required")?;
+    let revision = common::arg(&args, "--revision").context("--revision is required")?;
+    let mode = common::arg(&args, "--mode").context("--mode cold|warm is required")?;
+    let iters: usize = common::arg(&args, "--iters").map_or(Ok(50), |s| s.parse())?;
     ensure!(iters >= 1, "--iters must be at least 1");
     let root = std::fs::read(&root_path).with_context(|| root_path.display().to_string())?;
     let device = DeviceInfo {
@@ -148,16 +135,6 @@ fn main() -> Result<()> {
         }
         m => bail!("--mode {m}: cold or warm"),
     }
-    runs.sort_by(f64::total_cmp);
-    let median = if iters % 2 == 1 {
-        runs[iters / 2]
-    } else {
-        (runs[iters / 2 - 1] + runs[iters / 2]) / 2.0
-    };
-    println!(
-        "{{\"client\": \"hale-agent check (in process)\", \"mode\": \"{mode}\", \"target\": \"{target}\", \"iters\": {iters}, \"seconds\": {{\"total\": {{\"median\": {median:.6}, \"min\": {:.6}, \"max\": {:.6}}}}}}}",
-        runs[0],
-        runs[iters - 1]
-    );
+    common::print_summary("hale-agent check (in process)", &mode, &target, runs);
     Ok(())
 }

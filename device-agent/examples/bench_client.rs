@@ -24,21 +24,17 @@
 //!     --root ROOT_JSON --url BASE_URL --target PATH --mode cold|warm|floor [--iters N]
 //! ```
 
-// `runs` holds `iters` ≥ 1 entries (checked), so the median and extremes index within it
+// `median` is given `iters` ≥ 1 (checked), so it indexes within its timings
 #![allow(clippy::indexing_slicing)]
+
+#[path = "common/mod.rs"]
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use device_agent::host::{now, ConformanceClient};
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
 
 fn one(root: &Path, url: &str, target: &str, md: &Path, tg: &Path, cold: bool) -> Result<f64> {
     let t0 = Instant::now();
@@ -150,11 +146,11 @@ fn files_floor(md: &Path, target_file: &Path, work: &Path, iters: usize) -> Resu
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let root = PathBuf::from(arg(&args, "--root").context("--root is required")?);
-    let url = arg(&args, "--url").context("--url is required")?;
-    let target = arg(&args, "--target").context("--target is required")?;
-    let mode = arg(&args, "--mode").context("--mode cold|warm is required")?;
-    let iters: usize = arg(&args, "--iters").map_or(Ok(50), |s| s.parse())?;
+    let root = PathBuf::from(common::arg(&args, "--root").context("--root is required")?);
+    let url = common::arg(&args, "--url").context("--url is required")?;
+    let target = common::arg(&args, "--target").context("--target is required")?;
+    let mode = common::arg(&args, "--mode").context("--mode cold|warm is required")?;
+    let iters: usize = common::arg(&args, "--iters").map_or(Ok(50), |s| s.parse())?;
     let cold = match mode.as_str() {
         "cold" | "floor" => true,
         "warm" => false,
@@ -215,16 +211,6 @@ fn main() -> Result<()> {
             runs.push(one(&root, &url, &target, &md, &tg, false)?);
         }
     }
-    runs.sort_by(f64::total_cmp);
-    let median = if iters % 2 == 1 {
-        runs[iters / 2]
-    } else {
-        (runs[iters / 2 - 1] + runs[iters / 2]) / 2.0
-    };
-    println!(
-        "{{\"client\": \"hale (in process)\", \"mode\": \"{mode}\", \"target\": \"{target}\", \"iters\": {iters}, \"seconds\": {{\"total\": {{\"median\": {median:.6}, \"min\": {:.6}, \"max\": {:.6}}}}}}}",
-        runs[0],
-        runs[iters - 1]
-    );
+    common::print_summary("hale (in process)", &mode, &target, runs);
     Ok(())
 }

@@ -257,6 +257,45 @@ impl Transport for HttpTransport {
     }
 }
 
+// --- buffers for one check ------------------------------------------------------------------
+
+/// The buffers one [`crate::check_for_update`] works in, on the heap (a device gives static
+/// ones): the trusted set's four role buffers and the incoming metadata, `role` bytes each; a
+/// target block of `chunk` bytes; `delegations` bytes for delegated roles during a search.
+#[derive(Debug)]
+pub struct CheckBuffers {
+    roles: [Vec<u8>; 4],
+    scratch: Vec<u8>,
+    chunk: Vec<u8>,
+    delegations: Vec<u8>,
+}
+
+impl CheckBuffers {
+    pub fn new(role: usize, chunk: usize, delegations: usize) -> Self {
+        CheckBuffers {
+            roles: std::array::from_fn(|_| vec![0; role]),
+            scratch: vec![0; role],
+            chunk: vec![0; chunk],
+            delegations: vec![0; delegations],
+        }
+    }
+
+    pub fn workspace(&mut self) -> crate::Workspace<'_> {
+        let [root, timestamp, snapshot, targets] = &mut self.roles;
+        crate::Workspace {
+            metadata: Storage {
+                root,
+                timestamp,
+                snapshot,
+                targets,
+            },
+            scratch: &mut self.scratch,
+            chunk: &mut self.chunk,
+            delegations: &mut self.delegations,
+        }
+    }
+}
+
 // --- file-backed flash -----------------------------------------------------------------------
 
 /// Why the file-backed flash failed.

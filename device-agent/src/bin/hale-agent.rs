@@ -37,14 +37,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use device_agent::host::{self, FileFlash, HttpTransport};
+use device_agent::host::{self, CheckBuffers, FileFlash, HttpTransport};
 use device_agent::identity::{Action, DeviceSecret, Identity};
 use device_agent::offline;
 use device_agent::{
     check_for_update, AgentError, Application, Boot, BundleTransport, DeferReason, DeviceInfo,
-    FirmwareStore, Image, Layout, Outcome, RollbackAuthorization, Transport, Workspace,
+    FirmwareStore, Image, Layout, Outcome, RollbackAuthorization, Transport,
 };
-use hale_core::{Storage, Version};
+use hale_core::Version;
 use hale_pki::KeyAlgorithm;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -304,20 +304,8 @@ fn install_once<T: Transport>(
         bootloader,
         target: &target,
     };
-    let mut meta: [Vec<u8>; 4] = std::array::from_fn(|_| vec![0u8; BUF]);
-    let (mut scratch, mut chunk, mut deleg) = (vec![0u8; BUF], vec![0u8; 4096], vec![0u8; 4 * BUF]);
-    let [r, t, s, g] = &mut meta;
-    let ws = Workspace {
-        metadata: Storage {
-            root: r.as_mut_slice(),
-            timestamp: t.as_mut_slice(),
-            snapshot: s.as_mut_slice(),
-            targets: g.as_mut_slice(),
-        },
-        scratch: &mut scratch,
-        chunk: &mut chunk,
-        delegations: &mut deleg,
-    };
+    let mut buffers = CheckBuffers::new(BUF, 4096, 4 * BUF);
+    let ws = buffers.workspace();
     let mut app = Pump { dir: &o.state };
     let group = (!group.is_empty()).then_some(group.as_str());
     let mut hook = authorization.map(|a| RollbackAuthorization::new(a, &id, group));

@@ -10,12 +10,13 @@
 
 use std::collections::BTreeMap;
 
+use device_agent::host::CheckBuffers;
 use device_agent::memflash::MemFlash;
 use device_agent::{
     Application, DeferReason, DeviceInfo, FirmwareStore, Image, Layout, Outcome, Transport,
     Workspace,
 };
-use hale_core::{Role, Storage, Version};
+use hale_core::{Role, Version};
 use hale_tests::RepoSim;
 pub use hale_tests::NOW;
 use serde_json::{json, Value};
@@ -151,36 +152,15 @@ impl Application for Pump {
     }
 }
 
-/// Buffers for one check.
-pub struct Bufs {
-    pub meta: [Vec<u8>; 4],
-    pub scratch: Vec<u8>,
-    pub chunk: Vec<u8>,
-    pub delegations: Vec<u8>,
-}
+/// Buffers for one check (the test repository's roles are small).
+pub struct Bufs(CheckBuffers);
 
 impl Bufs {
     pub fn new() -> Self {
-        Bufs {
-            meta: std::array::from_fn(|_| vec![0; 4096]),
-            scratch: vec![0; 4096],
-            chunk: vec![0; 256],
-            delegations: vec![0; 8192],
-        }
+        Bufs(CheckBuffers::new(4096, 256, 8192))
     }
     pub fn ws(&mut self) -> Workspace<'_> {
-        let [r, t, s, g] = &mut self.meta;
-        Workspace {
-            metadata: Storage {
-                root: r.as_mut_slice(),
-                timestamp: t.as_mut_slice(),
-                snapshot: s.as_mut_slice(),
-                targets: g.as_mut_slice(),
-            },
-            scratch: &mut self.scratch,
-            chunk: &mut self.chunk,
-            delegations: &mut self.delegations,
-        }
+        self.0.workspace()
     }
 }
 
