@@ -11,6 +11,12 @@
 //! client closes, nothing arrives for [`LINGER_IDLE`], or [`LINGER_TOTAL`] has passed. Only then
 //! is the socket dropped. Under TLS it sits beneath the TLS layer, so it drains the raw bytes
 //! after `close_notify`.
+//!
+//! The idle time counts from the last bytes the client sent, not from the close: a keep-alive
+//! connection closed after idling that long (at a timeout, or at shutdown) is dropped at once,
+//! while one closed just after a request (the refused upload) lingers. Whether the server's last
+//! read found data is no guide: hyper tries to read the rest of an unread body before it closes,
+//! and finds nothing when the body has not arrived yet.
 
 use std::future::Future;
 use std::io;
@@ -31,6 +37,8 @@ pub const LINGER_IDLE: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Lingering<T> {
     io: T,
+    /// When a read last returned data (`None`: never, or the client closed).
+    last_data: Option<Instant>,
     closing: Option<Closing>,
 }
 
@@ -38,7 +46,7 @@ pub struct Lingering<T> {
 struct Closing {
     /// `LINGER_TOTAL` after our side was closed.
     end: Instant,
-    /// The next deadline: `LINGER_IDLE` after the last bytes read, never after `end`.
+    /// The next deadline: `LINGER_IDLE` after the client's last bytes, never after `end`.
     timer: Pin<Box<Sleep>>,
     /// The client closed, went quiet, failed or ran out of time: nothing more to read.
     done: bool,
@@ -46,7 +54,11 @@ struct Closing {
 
 impl<T> Lingering<T> {
     pub fn new(io: T) -> Self {
-        Lingering { io, closing: None }
+        Lingering {
+            io,
+            last_data: None,
+            closing: None,
+        }
     }
 
     pub fn get_ref(&self) -> &T {
@@ -60,7 +72,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Lingering<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            self.last_data = (buf.filled().len() > before).then(Instant::now);
+        }
+        r
     }
 }
 
@@ -97,11 +114,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<T> {
             Some(c) => c,
             None => {
                 ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
-                let now = Instant::now();
+                let end = Instant::now() + LINGER_TOTAL;
+                let idle_end = this.last_data.map_or(end, |t| (t + LINGER_IDLE).min(end));
                 this.closing.insert(Closing {
-                    end: now + LINGER_TOTAL,
-                    timer: Box::pin(tokio::time::sleep_until(now + LINGER_IDLE)),
-                    done: false,
+                    end,
+                    timer: Box::pin(tokio::time::sleep_until(idle_end)),
+                    done: this.last_data.is_none(),
                 })
             }
         };
@@ -164,11 +182,45 @@ mod tests {
         assert_eq!(answer, b"HTTP/1.1 413 Payload Too Large\r\n\r\n");
     }
 
-    /// A client that keeps its side open without sending holds the closing connection for
-    /// `LINGER_IDLE`, not longer.
+    /// A keep-alive connection closed after idling longer than `LINGER_IDLE` (a timeout, a
+    /// shutdown) is dropped at once; one closed sooner lingers only what is left of it.
     #[tokio::test(start_paused = true)]
-    async fn a_quiet_client_is_dropped_after_the_idle_time() {
+    async fn the_idle_time_counts_from_the_clients_last_bytes() {
+        for (idle, lingers) in [
+            (Duration::from_secs(3), Duration::ZERO),
+            (
+                Duration::from_millis(500),
+                LINGER_IDLE - Duration::from_millis(500),
+            ),
+        ] {
+            let (mut client, mut server) = pair().await;
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut request = [0u8; 18];
+            server.read_exact(&mut request).await.unwrap();
+            tokio::time::sleep(idle).await;
+            let t0 = Instant::now();
+            server.shutdown().await.unwrap();
+            assert_eq!(t0.elapsed(), lingers, "idle {idle:?}");
+        }
+    }
+
+    /// A connection on which the client never sent anything is dropped at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_received_closes_at_once() {
         let (_client, mut server) = pair().await;
+        let t0 = Instant::now();
+        server.shutdown().await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+    }
+
+    /// A client that was sending and then keeps its side open without sending more holds the
+    /// closing connection for `LINGER_IDLE`, not longer.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_gone_quiet_is_dropped_after_the_idle_time() {
+        let (mut client, mut server) = pair().await;
+        client.write_all(&[0u8; 4096]).await.unwrap();
+        let mut some = [0u8; 100];
+        server.read_exact(&mut some).await.unwrap();
         let t0 = Instant::now();
         server.shutdown().await.unwrap();
         assert_eq!(t0.elapsed(), LINGER_IDLE);
@@ -178,6 +230,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_that_keeps_sending_is_dropped_after_the_total_time() {
         let (mut client, mut server) = pair().await;
+        client.write_all(&[0u8; 1024]).await.unwrap();
+        let mut some = [0u8; 100];
+        server.read_exact(&mut some).await.unwrap();
         let t0 = Instant::now();
         let sender = tokio::spawn(async move {
             loop {
