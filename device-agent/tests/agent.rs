@@ -12,7 +12,7 @@
 mod common;
 
 use common::*;
-use device_agent::{AgentError, Boot, DeferReason, FirmwareStore, Outcome, Slot, SlotState};
+use device_agent::{AgentError, Boot, DeferReason, Outcome, Slot, SlotState};
 use hale_core::policy::PolicyError;
 use hale_core::{Error, Name, Version};
 
@@ -25,7 +25,7 @@ fn full_update_stages_trials_and_confirms_raising_the_counter_at_confirmation() 
     let sim = repo_with("2.0.0", 7, 9000);
     let mut mem = provisioned(&sim);
     let mut t = MapTransport::new(&sim.files);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     assert_eq!(
         check(&mut store, &mut t, &mut Pump::default()).unwrap(),
         Outcome::Staged {
@@ -56,7 +56,7 @@ fn full_update_stages_trials_and_confirms_raising_the_counter_at_confirmation() 
     assert_eq!(persisted(&mut store), before);
     drop(store);
 
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
     assert_eq!(
         store.slots().security_counter(),
@@ -67,7 +67,7 @@ fn full_update_stages_trials_and_confirms_raising_the_counter_at_confirmation() 
     assert_eq!(store.slots().security_counter(), 7);
     assert_eq!(store.slots().running().unwrap().version, v("2.0.0"));
     drop(store);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::B });
     // the slot holds exactly the published bytes
     let mut buf = vec![0u8; 9000];
@@ -88,9 +88,7 @@ fn full_update_stages_trials_and_confirms_raising_the_counter_at_confirmation() 
 fn reset_before_confirmation_reverts_and_the_image_is_not_retried() {
     let sim = repo_with("2.0.0", 7, 9000);
     let mut mem = provisioned(&sim);
-    let mut t = MapTransport::new(&sim.files);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
-    check(&mut store, &mut t, &mut Pump::default()).unwrap();
+    let mut store = open_checked(&mut mem, &sim);
     assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
     // nothing is staged while the trial runs, and nothing is even fetched
     let mut t2 = MapTransport::new(&sim.files);
@@ -103,7 +101,7 @@ fn reset_before_confirmation_reverts_and_the_image_is_not_retried() {
     assert!(t2.requests.is_empty());
     // crash before confirmation
     drop(store);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     assert_eq!(
         store.boot().unwrap(),
         Boot::Reverted {
@@ -118,12 +116,7 @@ fn reset_before_confirmation_reverts_and_the_image_is_not_retried() {
         "no revert loop"
     );
     let before = persisted(&mut store);
-    let err = check(
-        &mut store,
-        &mut MapTransport::new(&sim.files),
-        &mut Pump::default(),
-    )
-    .unwrap_err();
+    let err = check_fresh(&mut store, &sim.files).unwrap_err();
     assert_eq!(
         err,
         AgentError::PreviouslyReverted {
@@ -137,13 +130,7 @@ fn reset_before_confirmation_reverts_and_the_image_is_not_retried() {
 fn failing_health_check_reverts_immediately() {
     let sim = repo_with("2.0.0", 7, 3000);
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
-    check(
-        &mut store,
-        &mut MapTransport::new(&sim.files),
-        &mut Pump::default(),
-    )
-    .unwrap();
+    let mut store = open_checked(&mut mem, &sim);
     store.boot().unwrap();
     assert_eq!(
         store.reject().unwrap(),
@@ -161,14 +148,9 @@ fn assert_refused(
     want: AgentError<MapError, device_agent::memflash::MemFlashError>,
 ) {
     let mut mem = provisioned(sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     let before = persisted(&mut store);
-    let err = check(
-        &mut store,
-        &mut MapTransport::new(&sim.files),
-        &mut Pump::default(),
-    )
-    .unwrap_err();
+    let err = check_fresh(&mut store, &sim.files).unwrap_err();
     assert_eq!(err, want);
     // the slots are untouched (metadata may have been refreshed: it verified)
     assert_eq!(store.slots(), before.slots);
@@ -228,7 +210,7 @@ fn refuses_tampered_targets_metadata_and_keeps_trusted_state() {
     let mut mem = provisioned(&sim);
     // a first good refresh so there is trusted metadata to keep
     {
-        let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+        let mut store = open_store(&mut mem);
         check(
             &mut store,
             &mut MapTransport::new(&sim.files),
@@ -243,14 +225,9 @@ fn refuses_tampered_targets_metadata_and_keeps_trusted_state() {
         name,
         hale_tests::tamper_signed(&bytes, |s| s["expires"] = "2099-01-01T00:00:00Z".into()),
     );
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     let before = persisted(&mut store);
-    let err = check(
-        &mut store,
-        &mut MapTransport::new(&sim.files),
-        &mut Pump::default(),
-    )
-    .unwrap_err();
+    let err = check_fresh(&mut store, &sim.files).unwrap_err();
     // the snapshot names the targets file by version only: the signature check catches it
     assert_eq!(
         err,
@@ -269,14 +246,9 @@ fn refuses_tampered_image_bytes_and_keeps_the_running_slot() {
     let file = sim.target_file_name(TARGET);
     sim.files.get_mut(&file).unwrap()[2000] ^= 1;
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     let before = persisted(&mut store).slots;
-    let err = check(
-        &mut store,
-        &mut MapTransport::new(&sim.files),
-        &mut Pump::default(),
-    )
-    .unwrap_err();
+    let err = check_fresh(&mut store, &sim.files).unwrap_err();
     assert_eq!(
         err,
         AgentError::Trust(Error::HashMismatch {
@@ -302,7 +274,7 @@ fn refuses_endless_image_data_beyond_the_listed_length() {
         .unwrap()
         .extend_from_slice(&[0u8; 50_000]);
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     let mut t = MapTransport::new(&sim.files);
     assert_eq!(
         check(&mut store, &mut t, &mut Pump::default()).unwrap(),
@@ -317,7 +289,7 @@ fn refuses_endless_image_data_beyond_the_listed_length() {
 fn install_is_deferred_while_therapy_runs_and_happens_after() {
     let sim = repo_with("2.0.0", 7, 3000);
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     let mut t = MapTransport::new(&sim.files);
     let before = store.slots();
     let out = check(&mut store, &mut t, &mut Pump { therapy: true }).unwrap();
@@ -348,7 +320,7 @@ fn install_is_deferred_while_therapy_runs_and_happens_after() {
 fn interrupted_download_resumes_from_the_stored_offset() {
     let sim = repo_with("2.0.0", 7, 9000);
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     let mut t = MapTransport::new(&sim.files);
     t.fail_target_after = Some(5000);
     let err = check(&mut store, &mut t, &mut Pump::default()).unwrap_err();
@@ -364,7 +336,7 @@ fn interrupted_download_resumes_from_the_stored_offset() {
     assert_eq!(store.slots().active(), Slot::A);
     drop(store);
     // power cycle, then the next check picks up at the checkpoint
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
     let mut t = MapTransport::new(&sim.files);
     assert_eq!(
@@ -385,7 +357,7 @@ fn follows_a_root_rotation() {
         s.timestamp.keys = vec![hale_tests::key("timestamp-2", hale_repo::KeyKind::Ed25519)]
     });
     sim.publish();
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     let mut t = MapTransport::new(&sim.files);
     assert_eq!(
         check(&mut store, &mut t, &mut Pump::default()).unwrap(),
@@ -412,14 +384,9 @@ fn expired_timestamp_is_refused_and_nothing_changes() {
     sim.timestamp.expires = NOW - 1;
     sim.write_timestamp();
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     let before = persisted(&mut store);
-    let err = check(
-        &mut store,
-        &mut MapTransport::new(&sim.files),
-        &mut Pump::default(),
-    )
-    .unwrap_err();
+    let err = check_fresh(&mut store, &sim.files).unwrap_err();
     assert_eq!(
         err,
         AgentError::Trust(Error::Expired {
@@ -431,20 +398,39 @@ fn expired_timestamp_is_refused_and_nothing_changes() {
     assert_eq!(persisted(&mut store), before);
 }
 
-#[test]
-fn finds_the_image_through_a_delegated_role() {
+/// A repository whose targets role delegates `pump-a/*` to role `pump-a` (one ed25519 key);
+/// nothing listed or published yet.
+fn delegating_repo() -> hale_tests::RepoSim {
     let mut sim = hale_tests::RepoSim::new();
     let k = hale_tests::key("pump-a-team", hale_repo::KeyKind::Ed25519);
     sim.delegate("targets", "pump-a", &["pump-a/*"], true, vec![k], 1);
+    sim
+}
+
+/// Lists `TARGET` in delegated role `pump-a` as `version` (`len` bytes, built for `model`), then
+/// publishes: as `publish`, one role down.
+fn publish_delegated(
+    sim: &mut hale_tests::RepoSim,
+    version: &str,
+    counter: u64,
+    len: usize,
+    model: &str,
+) {
     sim.add_target(
         "pump-a",
         TARGET,
-        &image_bytes("2.0.0", 3000),
-        Some(custom("2.0.0", 7, "pump-a")),
+        &image_bytes(version, len),
+        Some(custom(version, counter, model)),
     );
     sim.publish();
+}
+
+#[test]
+fn finds_the_image_through_a_delegated_role() {
+    let mut sim = delegating_repo();
+    publish_delegated(&mut sim, "2.0.0", 7, 3000, "pump-a");
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     let mut t = MapTransport::new(&sim.files);
     assert_eq!(
         check(&mut store, &mut t, &mut Pump::default()).unwrap(),
@@ -461,20 +447,12 @@ fn finds_the_image_through_a_delegated_role() {
 
 #[test]
 fn refuses_a_delegated_role_signed_by_the_wrong_key() {
-    let mut sim = hale_tests::RepoSim::new();
-    let k = hale_tests::key("pump-a-team", hale_repo::KeyKind::Ed25519);
-    sim.delegate("targets", "pump-a", &["pump-a/*"], true, vec![k], 1);
+    let mut sim = delegating_repo();
     sim.delegated.get_mut("pump-a").unwrap().signers = Some(vec![hale_tests::key(
         "intruder",
         hale_repo::KeyKind::Ed25519,
     )]);
-    sim.add_target(
-        "pump-a",
-        TARGET,
-        &image_bytes("2.0.0", 3000),
-        Some(custom("2.0.0", 7, "pump-a")),
-    );
-    sim.publish();
+    publish_delegated(&mut sim, "2.0.0", 7, 3000, "pump-a");
     assert_refused(
         &sim,
         AgentError::Trust(Error::ThresholdNotMet {
@@ -491,16 +469,8 @@ fn refuses_a_delegated_role_signed_by_the_wrong_key() {
 /// A repository offering the pump's own image (1.0.0, counter 1) through delegated role
 /// `pump-a`, so a target search costs a request the counting transport sees.
 fn delegated_repo_offering_the_running_image() -> hale_tests::RepoSim {
-    let mut sim = hale_tests::RepoSim::new();
-    let k = hale_tests::key("pump-a-team", hale_repo::KeyKind::Ed25519);
-    sim.delegate("targets", "pump-a", &["pump-a/*"], true, vec![k], 1);
-    sim.add_target(
-        "pump-a",
-        TARGET,
-        &image_bytes("1.0.0", 5000),
-        Some(custom("1.0.0", 1, "pump-a")),
-    );
-    sim.publish();
+    let mut sim = delegating_repo();
+    publish_delegated(&mut sim, "1.0.0", 1, 5000, "pump-a");
     sim
 }
 
@@ -514,7 +484,7 @@ fn up_to_date() -> Outcome {
 fn unchanged_snapshot_skips_the_search_but_the_timestamp_is_verified_every_check() {
     let mut sim = delegated_repo_offering_the_running_image();
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     assert_eq!(store.last_check(), None);
 
     // the first check searches in full and remembers its conclusion
@@ -540,7 +510,7 @@ fn unchanged_snapshot_skips_the_search_but_the_timestamp_is_verified_every_check
     drop(store);
 
     // after a power cycle: root probe and timestamp only, no record written
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     assert_eq!(store.last_check(), Some(last));
     let (seq, before) = (store.sequence(), persisted(&mut store));
     let mut t = MapTransport::new(&sim.files);
@@ -574,12 +544,7 @@ fn unchanged_snapshot_skips_the_search_but_the_timestamp_is_verified_every_check
     sim.timestamp.expires = NOW - 1;
     sim.write_timestamp();
     let before = persisted(&mut store);
-    let err = check(
-        &mut store,
-        &mut MapTransport::new(&sim.files),
-        &mut Pump::default(),
-    )
-    .unwrap_err();
+    let err = check_fresh(&mut store, &sim.files).unwrap_err();
     assert_eq!(
         err,
         AgentError::Trust(Error::Expired {
@@ -596,13 +561,7 @@ fn unchanged_snapshot_skips_the_search_but_the_timestamp_is_verified_every_check
 fn a_new_snapshot_searches_again() {
     let mut sim = delegated_repo_offering_the_running_image();
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
-    check(
-        &mut store,
-        &mut MapTransport::new(&sim.files),
-        &mut Pump::default(),
-    )
-    .unwrap();
+    let mut store = open_checked(&mut mem, &sim);
     // a release that changes nothing for this pump still means a new snapshot: search again,
     // then remember the new snapshot
     sim.add_target("pump-a", "pump-a/notes.txt", b"release notes", None);
@@ -627,13 +586,7 @@ fn a_new_snapshot_searches_again() {
     assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
 
     // a new image behind a new snapshot is found and staged
-    sim.add_target(
-        "pump-a",
-        TARGET,
-        &image_bytes("2.0.0", 3000),
-        Some(custom("2.0.0", 7, "pump-a")),
-    );
-    sim.publish();
+    publish_delegated(&mut sim, "2.0.0", 7, 3000, "pump-a");
     let mut t = MapTransport::new(&sim.files);
     assert_eq!(
         check(&mut store, &mut t, &mut Pump::default()).unwrap(),
@@ -653,20 +606,8 @@ fn a_new_snapshot_searches_again() {
 fn a_deferred_update_is_evaluated_again_at_the_next_check() {
     let mut sim = delegated_repo_offering_the_running_image();
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
-    check(
-        &mut store,
-        &mut MapTransport::new(&sim.files),
-        &mut Pump::default(),
-    )
-    .unwrap();
-    sim.add_target(
-        "pump-a",
-        TARGET,
-        &image_bytes("2.0.0", 3000),
-        Some(custom("2.0.0", 7, "pump-a")),
-    );
-    sim.publish();
+    let mut store = open_checked(&mut mem, &sim);
+    publish_delegated(&mut sim, "2.0.0", 7, 3000, "pump-a");
     let deferred = Outcome::Deferred {
         offered: v("2.0.0"),
         reason: DeferReason::TherapyRunning,
@@ -688,12 +629,7 @@ fn a_deferred_update_is_evaluated_again_at_the_next_check() {
         assert_eq!(store.last_check(), None);
     }
     assert_eq!(
-        check(
-            &mut store,
-            &mut MapTransport::new(&sim.files),
-            &mut Pump::default()
-        )
-        .unwrap(),
+        check_fresh(&mut store, &sim.files).unwrap(),
         Outcome::Staged {
             version: v("2.0.0")
         }
@@ -704,21 +640,9 @@ fn a_deferred_update_is_evaluated_again_at_the_next_check() {
 fn a_refused_update_is_evaluated_again_at_the_next_check() {
     let mut sim = delegated_repo_offering_the_running_image();
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
-    check(
-        &mut store,
-        &mut MapTransport::new(&sim.files),
-        &mut Pump::default(),
-    )
-    .unwrap();
+    let mut store = open_checked(&mut mem, &sim);
     // an image for another model: refused, and refused again (not remembered as up to date)
-    sim.add_target(
-        "pump-a",
-        TARGET,
-        &image_bytes("2.0.0", 3000),
-        Some(custom("2.0.0", 7, "pump-b")),
-    );
-    sim.publish();
+    publish_delegated(&mut sim, "2.0.0", 7, 3000, "pump-b");
     for _ in 0..2 {
         let before = persisted(&mut store);
         let mut t = MapTransport::new(&sim.files);
@@ -742,13 +666,7 @@ fn an_expired_delegated_role_is_not_hidden_by_the_remembered_check() {
     sim.mark("pump-a");
     sim.publish();
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
-    check(
-        &mut store,
-        &mut MapTransport::new(&sim.files),
-        &mut Pump::default(),
-    )
-    .unwrap();
+    let mut store = open_checked(&mut mem, &sim);
     assert_eq!(store.last_check().unwrap().valid_until, NOW + 100);
     // past the delegated role's expiry the check searches again and refuses it
     let slots = store.slots();
@@ -770,13 +688,7 @@ fn an_expired_delegated_role_is_not_hidden_by_the_remembered_check() {
 fn a_new_root_searches_again_even_with_the_same_snapshot() {
     let mut sim = delegated_repo_offering_the_running_image();
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
-    check(
-        &mut store,
-        &mut MapTransport::new(&sim.files),
-        &mut Pump::default(),
-    )
-    .unwrap();
+    let mut store = open_checked(&mut mem, &sim);
     let last = store.last_check().unwrap();
     // a root rotation alone (timestamp and snapshot unchanged): targets may no longer verify
     // under the new root, so the check is made again in full

@@ -80,6 +80,12 @@ fn release_per_variant() -> RepoSim {
     sim
 }
 
+/// Lists `image` at `TARGET` as 2.0.0 (security counter 2, for pump-a), then publishes.
+fn release(sim: &mut RepoSim, image: &[u8]) {
+    sim.add_target("targets", TARGET, image, Some(custom("2.0.0", 2, "pump-a")));
+    sim.publish();
+}
+
 /// The pump stages exactly `want` in slot B: its record and its bytes.
 fn assert_staged(store: &mut FirmwareStore<Flash<'_>>, want: &[u8]) {
     let info = store.slots().info(Slot::B);
@@ -109,7 +115,7 @@ fn assert_refused_twice(
     device: &DeviceInfo<'_>,
     want: &AgentErr,
 ) -> Persisted {
-    let mut store = FirmwareStore::open(Flash::new(mem), LAYOUT).unwrap();
+    let mut store = open_store(mem);
     let slots = store.slots();
     for round in 0..2 {
         let before = persisted(&mut store);
@@ -141,7 +147,7 @@ fn one_release_gives_each_model_and_revision_exactly_its_own_image() {
         pump("pump-b", "r2", PUMP_B),
     ] {
         let mut mem = provisioned(&sim);
-        let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+        let mut store = open_store(&mut mem);
         let mut t = MapTransport::new(&sim.files);
         assert_eq!(
             check_as(&mut store, &device, &mut t, &mut Pump::default()).unwrap(),
@@ -165,7 +171,7 @@ fn one_release_gives_each_model_and_revision_exactly_its_own_image() {
             "{images:?}"
         );
         drop(store);
-        let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+        let mut store = open_store(&mut mem);
         assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
         store.confirm().unwrap();
         assert_eq!(store.slots().running().unwrap().sha256, sha(&want));
@@ -244,7 +250,7 @@ fn an_image_needing_a_newer_bootloader_waits_until_the_bootloader_is_updated() {
         bootloader: v("1.3.0"),
         ..device()
     };
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     assert_eq!(
         check_as(
             &mut store,
@@ -313,14 +319,9 @@ fn an_old_agent_verifies_and_installs_metadata_with_fields_it_never_heard_of() {
     );
 
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     assert_eq!(
-        check(
-            &mut store,
-            &mut MapTransport::new(&sim.files),
-            &mut Pump::default()
-        )
-        .unwrap(),
+        check_fresh(&mut store, &sim.files).unwrap(),
         Outcome::Staged {
             version: v("2.0.0")
         }
@@ -392,14 +393,9 @@ fn the_signatures_cover_the_fields_an_old_agent_does_not_understand() {
         assert_ne!(bytes, files[&file]);
         files.insert(file.clone(), bytes);
         let mut mem = provisioned(&sim);
-        let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+        let mut store = open_store(&mut mem);
         let before = persisted(&mut store);
-        let err = check(
-            &mut store,
-            &mut MapTransport::new(&files),
-            &mut Pump::default(),
-        )
-        .unwrap_err();
+        let err = check_fresh(&mut store, &files).unwrap_err();
         assert_eq!(err, want, "tampered {file}");
         // refused before anything is persisted: root, metadata and slots as provisioned
         assert_untouched(&mut store, &before);
@@ -409,25 +405,12 @@ fn the_signatures_cover_the_fields_an_old_agent_does_not_understand() {
 #[test]
 fn a_state_record_written_before_the_last_check_existed_opens_and_updates() {
     // a pump in the field: it checked (up to date) under the agent that wrote the last check...
-    let mut sim = RepoSim::new();
-    let running = image_bytes("1.0.0", 5000);
-    sim.add_target(
-        "targets",
-        TARGET,
-        &running,
-        Some(custom("1.0.0", 1, "pump-a")),
-    );
-    sim.publish();
+    let mut sim = repo_with("1.0.0", 1, 5000);
     let mut mem = provisioned(&sim);
     let before = {
-        let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+        let mut store = open_store(&mut mem);
         assert_eq!(
-            check(
-                &mut store,
-                &mut MapTransport::new(&sim.files),
-                &mut Pump::default()
-            )
-            .unwrap(),
+            check_fresh(&mut store, &sim.files).unwrap(),
             Outcome::UpToDate {
                 running: v("1.0.0")
             }
@@ -437,7 +420,7 @@ fn a_state_record_written_before_the_last_check_existed_opens_and_updates() {
     };
     // ...its records as the agent before the last-check field wrote them
     strip_last_check_records(&mut mem);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     assert_eq!(store.last_check(), None, "no last check in the old format");
     assert_eq!(
         persisted(&mut store),
@@ -455,20 +438,9 @@ fn a_state_record_written_before_the_last_check_existed_opens_and_updates() {
     assert!(store.last_check().is_some(), "the new agent records one");
     // a new release installs
     let image = build_for("after-upgrade");
-    sim.add_target(
-        "targets",
-        TARGET,
-        &image,
-        Some(custom("2.0.0", 2, "pump-a")),
-    );
-    sim.publish();
+    release(&mut sim, &image);
     assert_eq!(
-        check(
-            &mut store,
-            &mut MapTransport::new(&sim.files),
-            &mut Pump::default()
-        )
-        .unwrap(),
+        check_fresh(&mut store, &sim.files).unwrap(),
         Outcome::Staged {
             version: v("2.0.0")
         }
@@ -500,25 +472,9 @@ fn root_generation(i: usize) -> (Vec<SigningKey>, u32) {
 /// the repository rotated its root `rotations` times (with the online keys) and released 2.0.0.
 /// Every intermediate root expired years before `NOW`; the last one is valid.
 fn years_of_rotations(rotations: usize) -> (RepoSim, Vec<u8>, Vec<u8>) {
-    let mut sim = RepoSim::new();
-    let running = image_bytes("1.0.0", 5000);
-    sim.add_target(
-        "targets",
-        TARGET,
-        &running,
-        Some(custom("1.0.0", 1, "pump-a")),
-    );
-    sim.publish();
+    let mut sim = repo_with("1.0.0", 1, 5000);
     let mut mem = provisioned(&sim);
-    {
-        let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
-        check(
-            &mut store,
-            &mut MapTransport::new(&sim.files),
-            &mut Pump::default(),
-        )
-        .unwrap();
-    }
+    drop(open_checked(&mut mem, &sim));
     for i in 0..rotations {
         let last = i + 1 == rotations;
         sim.rotate_root(|r| {
@@ -537,13 +493,7 @@ fn years_of_rotations(rotations: usize) -> (RepoSim, Vec<u8>, Vec<u8>) {
         });
     }
     let image = build_for("years-later");
-    sim.add_target(
-        "targets",
-        TARGET,
-        &image,
-        Some(custom("2.0.0", 2, "pump-a")),
-    );
-    sim.publish();
+    release(&mut sim, &image);
     (sim, mem, image)
 }
 
@@ -564,7 +514,7 @@ fn a_pump_switched_off_for_years_catches_up_through_ten_root_rotations_and_insta
         })
         .collect();
     assert!(thresholds.iter().any(|t| *t > 1) && thresholds.contains(&1));
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     let mut t = MapTransport::new(&sim.files);
     assert_eq!(
         check(&mut store, &mut t, &mut Pump::default()).unwrap(),
@@ -590,7 +540,7 @@ fn a_pump_switched_off_for_years_catches_up_through_ten_root_rotations_and_insta
 fn one_rotation_more_than_the_cap_stops_there_and_the_next_check_goes_on() {
     let cap = DEFAULT_MAX_ROOT_ROTATIONS as usize;
     let (sim, mut mem, image) = years_of_rotations(cap + 1);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     let before = persisted(&mut store);
     let mut t = MapTransport::new(&sim.files);
     let err = check(&mut store, &mut t, &mut Pump::default()).unwrap_err();
@@ -652,13 +602,7 @@ fn dual_key_repo(threshold: u32) -> (RepoSim, Vec<u8>) {
     }
     sim.write_root();
     let image = build_for("dual");
-    sim.add_target(
-        "targets",
-        TARGET,
-        &image,
-        Some(custom("2.0.0", 2, "pump-a")),
-    );
-    sim.publish();
+    release(&mut sim, &image);
     (sim, image)
 }
 
@@ -684,14 +628,9 @@ fn signatures(sim: &RepoSim, file: &str) -> usize {
 
 fn installs(sim: &RepoSim, image: &[u8]) {
     let mut mem = provisioned(sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     assert_eq!(
-        check(
-            &mut store,
-            &mut MapTransport::new(&sim.files),
-            &mut Pump::default()
-        )
-        .unwrap(),
+        check_fresh(&mut store, &sim.files).unwrap(),
         Outcome::Staged {
             version: v("2.0.0")
         }
@@ -725,14 +664,9 @@ fn a_threshold_of_two_counts_the_p256_signature_and_needs_it() {
     // without the P-256 signatures the same repository falls one short, at the first role read
     signed_only_with(&mut sim, KeyKind::Ed25519);
     let mut mem = provisioned(&sim);
-    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut store = open_store(&mut mem);
     let before = persisted(&mut store);
-    let err = check(
-        &mut store,
-        &mut MapTransport::new(&sim.files),
-        &mut Pump::default(),
-    )
-    .unwrap_err();
+    let err = check_fresh(&mut store, &sim.files).unwrap_err();
     assert_eq!(
         err,
         AgentError::Trust(Error::ThresholdNotMet {

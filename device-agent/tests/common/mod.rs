@@ -179,6 +179,19 @@ pub fn provisioned(sim: &RepoSim) -> Vec<u8> {
     mem
 }
 
+/// The store on `mem`, opened as at power-up (`boot` not called yet).
+pub fn open_store(mem: &mut [u8]) -> FirmwareStore<Flash<'_>> {
+    FirmwareStore::open(Flash::new(mem), LAYOUT).unwrap()
+}
+
+/// The store on `mem` after one check against `sim` by an idle pump, which must succeed: on
+/// `provisioned(&sim)`, a pump provisioned with v1.0.0 that has checked once against `sim`.
+pub fn open_checked<'a>(mem: &'a mut [u8], sim: &RepoSim) -> FirmwareStore<Flash<'a>> {
+    let mut store = open_store(mem);
+    check_fresh(&mut store, &sim.files).unwrap();
+    store
+}
+
 /// Everything the store persists, to assert "nothing changed".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Persisted {
@@ -203,11 +216,24 @@ pub fn persisted(store: &mut FirmwareStore<Flash<'_>>) -> Persisted {
     }
 }
 
+/// What a check returns, over `MapTransport` and simulated flash.
+pub type CheckResult =
+    Result<Outcome, device_agent::AgentError<MapError, device_agent::memflash::MemFlashError>>;
+
+/// One check at `NOW` by an idle pump over a new transport serving `files` (its requests are not
+/// kept).
+pub fn check_fresh(
+    store: &mut FirmwareStore<Flash<'_>>,
+    files: &BTreeMap<String, Vec<u8>>,
+) -> CheckResult {
+    check(store, &mut MapTransport::new(files), &mut Pump::default())
+}
+
 pub fn check(
     store: &mut FirmwareStore<Flash<'_>>,
     t: &mut MapTransport,
     pump: &mut Pump,
-) -> Result<Outcome, device_agent::AgentError<MapError, device_agent::memflash::MemFlashError>> {
+) -> CheckResult {
     check_at(store, t, pump, NOW)
 }
 
@@ -217,7 +243,7 @@ pub fn check_at(
     t: &mut MapTransport,
     pump: &mut Pump,
     now: i64,
-) -> Result<Outcome, device_agent::AgentError<MapError, device_agent::memflash::MemFlashError>> {
+) -> CheckResult {
     let mut bufs = Bufs::new();
     device_agent::check_for_update(
         store,
@@ -236,7 +262,7 @@ pub fn check_as(
     device: &DeviceInfo<'_>,
     t: &mut MapTransport,
     pump: &mut Pump,
-) -> Result<Outcome, device_agent::AgentError<MapError, device_agent::memflash::MemFlashError>> {
+) -> CheckResult {
     let mut bufs = Bufs::new();
     device_agent::check_for_update(
         store,
