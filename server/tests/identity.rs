@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use common::*;
 use hale_pki::manifest::{Manifest, ManifestEntry};
 use hale_pki::tls::{client_config, client_config_without_certificate, private_key_from_pem};
-use hale_pki::{generate_key_and_csr, Hierarchy, IssuedCertificate, KeyAlgorithm, StaffRole};
+use hale_pki::{generate_key_and_csr, Ca, Hierarchy, IssuedCertificate, KeyAlgorithm, StaffRole};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::ClientConfig;
 use serde_json::{json, Value};
@@ -208,6 +208,11 @@ fn connect(addr: &str, cfg: Arc<ClientConfig>) -> Conn {
 }
 
 impl Conn {
+    /// A GET with no headers and no body on this connection.
+    fn get(&mut self, path: &str) -> Result<Reply, String> {
+        self.send("GET", path, &[], b"")
+    }
+
     /// One request on this connection (kept alive). Err: the TLS or transport error.
     fn send(
         &mut self,
@@ -290,6 +295,50 @@ fn once(
     connect(addr, cfg).send(method, path, headers, body)
 }
 
+/// A GET with no headers and no body on a new connection to `addr`.
+fn get_on(addr: &str, cfg: &Arc<ClientConfig>, path: &str) -> Result<Reply, String> {
+    once(addr, cfg.clone(), "GET", path, &[], b"")
+}
+
+/// A POST of `body` with no headers on a new connection to `addr`.
+fn post_on(addr: &str, cfg: &Arc<ClientConfig>, path: &str, body: &[u8]) -> Result<Reply, String> {
+    once(addr, cfg.clone(), "POST", path, &[], body)
+}
+
+/// An EST `simpleenroll` of `csr_pem` on the enroll listener, with an `Authorization` header
+/// (`Bearer <enrollment token>`) when one is given.
+fn enroll(
+    t: &TlsServer,
+    cfg: &Arc<ClientConfig>,
+    authorization: Option<&str>,
+    csr_pem: &str,
+) -> Result<Reply, String> {
+    let mut headers = vec![PKCS10];
+    headers.extend(authorization.map(|a| ("Authorization", a)));
+    once(
+        &t.enroll,
+        cfg.clone(),
+        "POST",
+        "/.well-known/est/simpleenroll",
+        &headers,
+        csr_pem.as_bytes(),
+    )
+}
+
+/// An enrollment token from the staff API for `request` (serial, model, optional ttl).
+fn enroll_token(t: &TlsServer, cfg: &Arc<ClientConfig>, request: Value) -> String {
+    let r = assert_status(
+        post_on(
+            &t.staff,
+            cfg,
+            "/api/v1/staff/enroll-tokens",
+            request.to_string().as_bytes(),
+        ),
+        200,
+    );
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
 // --- identities --------------------------------------------------------------------------------
 
 struct Holder {
@@ -310,9 +359,10 @@ fn holder_cfg(p: &Pki, h: &Holder) -> Arc<ClientConfig> {
     cfg_for(p, vec![h.cert.der.clone()], &h.key_pem)
 }
 
-fn staff(p: &Pki, name: &str, role: StaffRole) -> Arc<ClientConfig> {
+/// A staff certificate for `name` in `role` from the Technician CA, valid for an hour.
+fn staff_holder(p: &Pki, name: &str, role: StaffRole) -> Holder {
     let k = generate_key_and_csr(KeyAlgorithm::P256, name).unwrap();
-    let c =
+    let cert =
         p.h.technician
             .issue_staff_certificate(
                 &k.csr_pem,
@@ -322,7 +372,15 @@ fn staff(p: &Pki, name: &str, role: StaffRole) -> Arc<ClientConfig> {
                 SystemTime::now(),
             )
             .unwrap();
-    cfg_for(p, vec![c.der], &k.private_key_pem)
+    Holder {
+        key_pem: k.private_key_pem.to_string(),
+        cert,
+    }
+}
+
+/// A client configuration with a fresh staff certificate (see [`staff_holder`]).
+fn staff(p: &Pki, name: &str, role: StaffRole) -> Arc<ClientConfig> {
+    holder_cfg(p, &staff_holder(p, name, role))
 }
 
 fn factory(p: &Pki, serial: &str) -> Holder {
@@ -337,6 +395,19 @@ fn factory(p: &Pki, serial: &str) -> Holder {
                 SystemTime::now(),
             )
             .unwrap();
+    Holder {
+        key_pem: k.private_key_pem.to_string(),
+        cert,
+    }
+}
+
+/// A device certificate for `serial` (model [`MODEL`]) from `ca` on a fresh P-256 key, valid for
+/// `validity` from `not_before`: one the server did not issue through EST.
+fn issued_device(ca: &Ca, serial: &str, validity: Duration, not_before: SystemTime) -> Holder {
+    let k = generate_key_and_csr(KeyAlgorithm::P256, serial).unwrap();
+    let cert = ca
+        .issue_device_certificate(&k.csr_pem, serial, MODEL, serial, validity, not_before)
+        .unwrap();
     Holder {
         key_pem: k.private_key_pem.to_string(),
         cert,
@@ -364,17 +435,9 @@ fn operational(chain_pem: &[u8], key_pem: &str) -> Holder {
 
 /// The server's state as staff see it: device records and the number of audit records.
 fn state(t: &TlsServer, op: &Arc<ClientConfig>) -> (Value, usize) {
-    let d = once(
-        &t.staff,
-        op.clone(),
-        "GET",
-        "/api/v1/staff/devices",
-        &[],
-        b"",
-    )
-    .unwrap();
+    let d = get_on(&t.staff, op, "/api/v1/staff/devices").unwrap();
     assert_eq!(d.status, 200, "{:?}", String::from_utf8_lossy(&d.body));
-    let a = once(&t.staff, op.clone(), "GET", "/api/v1/staff/audit", &[], b"").unwrap();
+    let a = get_on(&t.staff, op, "/api/v1/staff/audit").unwrap();
     assert_eq!(a.status, 200);
     (
         d.json()["devices"].clone(),
@@ -400,6 +463,58 @@ fn assert_refused(r: Result<Reply, String>, status: u16, code: &str) {
         "{}",
         String::from_utf8_lossy(&r.body)
     );
+}
+
+/// The reply, after asserting its status (the body in the message).
+fn assert_status(r: Result<Reply, String>, status: u16) -> Reply {
+    let r = r.unwrap();
+    assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+    r
+}
+
+/// The `seq` of each audit record in a `records` array.
+fn record_seqs(records: &Value) -> Vec<u64> {
+    records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// Asserts that a run of the binary succeeded (its stderr in the message).
+fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `hale-server audit verify` on the fixture's data, asserted to succeed.
+fn audit_verify(f: &Fixture) -> std::process::Output {
+    let out = run_bin(
+        &["audit", "verify", "--data", f.data.to_str().unwrap()],
+        &f.pass_file,
+    );
+    assert_success(&out);
+    out
+}
+
+/// `hale-server manifest import` of `file` into the fixture's data, with the CAs in `tls`.
+fn import_manifest(f: &Fixture, tls: &Path, file: &Path) -> std::process::Output {
+    run_bin(
+        &[
+            "manifest",
+            "import",
+            "--data",
+            f.data.to_str().unwrap(),
+            "--tls-dir",
+            tls.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ],
+        &f.pass_file,
+    )
 }
 
 const PKCS10: (&str, &str) = ("Content-Type", "application/pkcs10");
@@ -428,16 +543,7 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
 
     // cacerts: Device Issuing CA then root, no client certificate needed
     let anon = client_config_without_certificate(p.server_ca.clone()).unwrap();
-    let r = once(
-        &t.enroll,
-        anon.clone(),
-        "GET",
-        "/.well-known/est/cacerts",
-        &[],
-        b"",
-    )
-    .unwrap();
-    assert_eq!(r.status, 200);
+    let r = assert_status(get_on(&t.enroll, &anon, "/.well-known/est/cacerts"), 200);
     assert_eq!(
         r.header("content-type"),
         Some("application/pem-certificate-chain")
@@ -462,27 +568,12 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
     .unwrap();
     let before = state(&t, &op);
     assert_refused(
-        once(
-            &t.staff,
-            tech.clone(),
-            "POST",
-            "/api/v1/staff/manifests",
-            &[],
-            &manifest,
-        ),
+        post_on(&t.staff, &tech, "/api/v1/staff/manifests", &manifest),
         403,
         "role_forbidden",
     );
     assert_eq!(state(&t, &op), before);
-    let r = once(
-        &t.staff,
-        op.clone(),
-        "POST",
-        "/api/v1/staff/manifests",
-        &[],
-        &manifest,
-    )
-    .unwrap();
+    let r = post_on(&t.staff, &op, "/api/v1/staff/manifests", &manifest).unwrap();
     assert_eq!((r.status, r.json()["entries"].clone()), (200, json!(1)));
 
     // refused: a factory certificate not in the manifest (valid, from the Manufacturing CA)
@@ -490,14 +581,7 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
     let k9 = generate_key_and_csr(KeyAlgorithm::P256, "pump-9").unwrap();
     let before = state(&t, &op);
     assert_refused(
-        once(
-            &t.enroll,
-            holder_cfg(&p, &stranger),
-            "POST",
-            "/.well-known/est/simpleenroll",
-            &[PKCS10],
-            k9.csr_pem.as_bytes(),
-        ),
+        enroll(&t, &holder_cfg(&p, &stranger), None, &k9.csr_pem),
         403,
         "not_in_manifest",
     );
@@ -509,58 +593,28 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
     hp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let hostile = hp.serialize_request(&hostile_key).unwrap().pem().unwrap();
     assert_refused(
-        once(
-            &t.enroll,
-            holder_cfg(&p, &f1),
-            "POST",
-            "/.well-known/est/simpleenroll",
-            &[PKCS10],
-            hostile.as_bytes(),
-        ),
+        enroll(&t, &holder_cfg(&p, &f1), None, &hostile),
         400,
         "csr_requests_ca",
     );
     // refused: no factory certificate and no token
     let k1 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
     assert_refused(
-        once(
-            &t.enroll,
-            anon.clone(),
-            "POST",
-            "/.well-known/est/simpleenroll",
-            &[PKCS10],
-            k1.csr_pem.as_bytes(),
-        ),
+        enroll(&t, &anon, None, &k1.csr_pem),
         401,
         "client_certificate_required",
     );
     // refused: a CSR for another device than the factory certificate
     let other = generate_key_and_csr(KeyAlgorithm::P256, "pump-2").unwrap();
     assert_refused(
-        once(
-            &t.enroll,
-            holder_cfg(&p, &f1),
-            "POST",
-            "/.well-known/est/simpleenroll",
-            &[PKCS10],
-            other.csr_pem.as_bytes(),
-        ),
+        enroll(&t, &holder_cfg(&p, &f1), None, &other.csr_pem),
         403,
         "identity_mismatch",
     );
     assert_eq!(state(&t, &op), before, "refusals stored nothing");
 
     // accepted: enroll with the factory certificate
-    let r = once(
-        &t.enroll,
-        holder_cfg(&p, &f1),
-        "POST",
-        "/.well-known/est/simpleenroll",
-        &[PKCS10],
-        k1.csr_pem.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = assert_status(enroll(&t, &holder_cfg(&p, &f1), None, &k1.csr_pem), 200);
     assert_eq!(
         r.header("content-type"),
         Some("application/pem-certificate-chain")
@@ -587,32 +641,25 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
 
     // poll metadata, download the target, report — on one kept-alive connection
     let mut c1 = connect(&t.device, holder_cfg(&p, &d1));
-    let ts = c1.send("GET", "/timestamp.json", &[], b"").unwrap();
-    assert_eq!(ts.status, 200);
+    let ts = assert_status(c1.get("/timestamp.json"), 200);
     let etag = ts.header("etag").unwrap().to_string();
-    assert_eq!(
-        c1.send("GET", "/timestamp.json", &[("If-None-Match", &etag)], b"")
-            .unwrap()
-            .status,
-        304
+    assert_status(
+        c1.send("GET", "/timestamp.json", &[("If-None-Match", &etag)], b""),
+        304,
     );
     let sha = hex::encode(sha2::Sha256::digest(&fw));
-    let tr = c1
-        .send("GET", &format!("/targets/{sha}.fw.bin"), &[], b"")
-        .unwrap();
+    let tr = c1.get(&format!("/targets/{sha}.fw.bin")).unwrap();
     assert_eq!((tr.status, tr.body == fw), (200, true));
     let report =
         json!({"slots": [{"name": "a", "version": "1.0.0", "state": "active"}]}).to_string();
-    assert_eq!(
+    assert_status(
         c1.send(
             "POST",
             "/api/v1/devices/pump-1/report",
             &[("Content-Type", "application/json")],
-            report.as_bytes()
-        )
-        .unwrap()
-        .status,
-        204
+            report.as_bytes(),
+        ),
+        204,
     );
     // a report for another device id than the certificate's
     assert_refused(
@@ -648,256 +695,131 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
     // refused at the handshake: no client certificate, another CA's certificate, a technician
     // certificate, a factory certificate, an expired certificate
     assert_alert(
-        once(&t.device, anon.clone(), "GET", "/timestamp.json", &[], b""),
+        get_on(&t.device, &anon, "/timestamp.json"),
         "CertificateRequired",
     );
     // another hierarchy's Device Issuing CA has the same name: webpki finds the anchor by name
     // and the signature does not verify (alert decrypt_error)
     let foreign = Hierarchy::create(Duration::from_secs(86_400), SystemTime::now()).unwrap();
-    let kf = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
-    let fc = foreign
-        .device_issuing
-        .issue_device_certificate(
-            &kf.csr_pem,
-            "pump-1",
-            MODEL,
-            "pump-1",
-            Duration::from_secs(86_400),
-            SystemTime::now(),
-        )
-        .unwrap();
+    let fc = issued_device(
+        &foreign.device_issuing,
+        "pump-1",
+        Duration::from_secs(86_400),
+        SystemTime::now(),
+    );
     assert_alert(
-        once(
-            &t.device,
-            cfg_for(&p, vec![fc.der], &kf.private_key_pem),
-            "GET",
-            "/timestamp.json",
-            &[],
-            b"",
-        ),
+        get_on(&t.device, &holder_cfg(&p, &fc), "/timestamp.json"),
         "DecryptError",
     );
-    assert_alert(
-        once(&t.device, tech.clone(), "GET", "/timestamp.json", &[], b""),
-        "UnknownCA",
-    );
+    assert_alert(get_on(&t.device, &tech, "/timestamp.json"), "UnknownCA");
     // a refused client that sends a large request at once still reads the alert: the server
     // reads and drops it before closing, so no reset overtakes the alert
     let large = vec![0u8; 2 << 20];
     for _ in 0..5 {
         assert_alert(
-            once(
-                &t.device,
-                tech.clone(),
-                "POST",
-                "/api/v1/devices/pump-1/report",
-                &[],
-                &large,
-            ),
+            post_on(&t.device, &tech, "/api/v1/devices/pump-1/report", &large),
             "UnknownCA",
         );
     }
     assert_alert(
-        once(
-            &t.device,
-            holder_cfg(&p, &f1),
-            "GET",
-            "/timestamp.json",
-            &[],
-            b"",
-        ),
+        get_on(&t.device, &holder_cfg(&p, &f1), "/timestamp.json"),
         "UnknownCA",
     );
-    let ke = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
-    let expired =
-        p.h.device_issuing
-            .issue_device_certificate(
-                &ke.csr_pem,
-                "pump-1",
-                MODEL,
-                "pump-1",
-                Duration::from_secs(3600),
-                SystemTime::now() - Duration::from_secs(3 * 86_400),
-            )
-            .unwrap();
+    let expired = issued_device(
+        &p.h.device_issuing,
+        "pump-1",
+        Duration::from_secs(3600),
+        SystemTime::now() - Duration::from_secs(3 * 86_400),
+    );
     assert_alert(
-        once(
-            &t.device,
-            cfg_for(&p, vec![expired.der], &ke.private_key_pem),
-            "GET",
-            "/timestamp.json",
-            &[],
-            b"",
-        ),
+        get_on(&t.device, &holder_cfg(&p, &expired), "/timestamp.json"),
         "CertificateExpired",
     );
     // a device certificate from the right CA that the server never issued for this record
-    let kx = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
-    let unrecorded =
-        p.h.device_issuing
-            .issue_device_certificate(
-                &kx.csr_pem,
-                "pump-1",
-                MODEL,
-                "pump-1",
-                Duration::from_secs(3600),
-                SystemTime::now(),
-            )
-            .unwrap();
+    let unrecorded = issued_device(
+        &p.h.device_issuing,
+        "pump-1",
+        Duration::from_secs(3600),
+        SystemTime::now(),
+    );
     assert_refused(
-        once(
-            &t.device,
-            cfg_for(&p, vec![unrecorded.der], &kx.private_key_pem),
-            "GET",
-            "/timestamp.json",
-            &[],
-            b"",
-        ),
+        get_on(&t.device, &holder_cfg(&p, &unrecorded), "/timestamp.json"),
         403,
         "certificate_revoked",
     );
     // staff API: a device certificate is not staff
     assert_alert(
-        once(
-            &t.staff,
-            holder_cfg(&p, &d1),
-            "GET",
-            "/api/v1/staff/devices",
-            &[],
-            b"",
-        ),
+        get_on(&t.staff, &holder_cfg(&p, &d1), "/api/v1/staff/devices"),
         "UnknownCA",
     );
 
     // token enrollment: issued by a technician for pump-2 (not in the manifest: model given)
-    let r = once(
-        &t.staff,
-        tech.clone(),
-        "POST",
-        "/api/v1/staff/enroll-tokens",
-        &[],
-        json!({"serial": "pump-2", "model": MODEL, "ttl_secs": 600})
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let token = r.json()["token"].as_str().unwrap().to_string();
+    let token = enroll_token(
+        &t,
+        &tech,
+        json!({"serial": "pump-2", "model": MODEL, "ttl_secs": 600}),
+    );
     let bearer = format!("Bearer {token}");
     let k2 = generate_key_and_csr(KeyAlgorithm::Ed25519, "pump-2").unwrap();
     let k3 = generate_key_and_csr(KeyAlgorithm::P256, "pump-3").unwrap();
     let before = state(&t, &op);
     // refused: a token for another serial
     assert_refused(
-        once(
-            &t.enroll,
-            anon.clone(),
-            "POST",
-            "/.well-known/est/simpleenroll",
-            &[PKCS10, ("Authorization", &bearer)],
-            k3.csr_pem.as_bytes(),
-        ),
+        enroll(&t, &anon, Some(&bearer), &k3.csr_pem),
         403,
         "token_wrong_serial",
     );
     assert_refused(
-        once(
-            &t.enroll,
-            anon.clone(),
-            "POST",
-            "/.well-known/est/simpleenroll",
-            &[PKCS10, ("Authorization", "Bearer hale-et-nope")],
-            k2.csr_pem.as_bytes(),
-        ),
+        enroll(&t, &anon, Some("Bearer hale-et-nope"), &k2.csr_pem),
         401,
         "token_invalid",
     );
     assert_eq!(state(&t, &op), before);
-    let r = once(
-        &t.enroll,
-        anon.clone(),
-        "POST",
-        "/.well-known/est/simpleenroll",
-        &[PKCS10, ("Authorization", &bearer)],
-        k2.csr_pem.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = assert_status(enroll(&t, &anon, Some(&bearer), &k2.csr_pem), 200);
     let d2 = operational(&r.body, &k2.private_key_pem);
     // refused: the token again
     let before = state(&t, &op);
     assert_refused(
-        once(
-            &t.enroll,
-            anon.clone(),
-            "POST",
-            "/.well-known/est/simpleenroll",
-            &[PKCS10, ("Authorization", &bearer)],
-            k2.csr_pem.as_bytes(),
-        ),
+        enroll(&t, &anon, Some(&bearer), &k2.csr_pem),
         401,
         "token_used",
     );
     assert_eq!(state(&t, &op), before);
-    assert_eq!(
-        once(
-            &t.device,
-            holder_cfg(&p, &d2),
-            "GET",
-            "/timestamp.json",
-            &[],
-            b""
-        )
-        .unwrap()
-        .status,
-        200
+    assert_status(
+        get_on(&t.device, &holder_cfg(&p, &d2), "/timestamp.json"),
+        200,
     );
 
     // renew pump-1 with its current certificate; the old one is superseded
     let k1b = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
-    let r = once(
-        &t.enroll,
-        holder_cfg(&p, &d1),
-        "POST",
-        "/.well-known/est/simplereenroll",
-        &[PKCS10],
-        k1b.csr_pem.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = assert_status(
+        once(
+            &t.enroll,
+            holder_cfg(&p, &d1),
+            "POST",
+            "/.well-known/est/simplereenroll",
+            &[PKCS10],
+            k1b.csr_pem.as_bytes(),
+        ),
+        200,
+    );
     let d1b = operational(&r.body, &k1b.private_key_pem);
     assert_ne!(d1b.cert.serial_hex, d1.cert.serial_hex);
     // the kept-alive connection with the old certificate: refused per request
-    assert_refused(
-        c1.send("GET", "/timestamp.json", &[], b""),
-        403,
-        "certificate_revoked",
-    );
+    assert_refused(c1.get("/timestamp.json"), 403, "certificate_revoked");
     // a new handshake with the old certificate: on the CRL now
     assert_alert(
-        once(
-            &t.device,
-            holder_cfg(&p, &d1),
-            "GET",
-            "/timestamp.json",
-            &[],
-            b"",
-        ),
+        get_on(&t.device, &holder_cfg(&p, &d1), "/timestamp.json"),
         "CertificateRevoked",
     );
     let mut c1b = connect(&t.device, holder_cfg(&p, &d1b));
-    assert_eq!(
-        c1b.send("GET", "/timestamp.json", &[], b"").unwrap().status,
-        200
-    );
+    assert_status(c1b.get("/timestamp.json"), 200);
 
     // quarantine (technician): no metadata, reports still taken; reactivate
-    let r = once(
+    let r = post_on(
         &t.staff,
-        tech.clone(),
-        "POST",
+        &tech,
         "/api/v1/staff/devices/pump-1/quarantine",
-        &[],
         br#"{"reason":"field check"}"#,
     )
     .unwrap();
@@ -905,90 +827,45 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
         (r.status, r.json()["status"].clone()),
         (200, json!("quarantined"))
     );
-    assert_refused(
-        c1b.send("GET", "/timestamp.json", &[], b""),
-        403,
-        "device_quarantined",
-    );
-    assert_eq!(
+    assert_refused(c1b.get("/timestamp.json"), 403, "device_quarantined");
+    assert_status(
         c1b.send(
             "POST",
             "/api/v1/devices/pump-1/report",
             &[],
-            report.as_bytes()
-        )
-        .unwrap()
-        .status,
-        204
+            report.as_bytes(),
+        ),
+        204,
     );
-    assert_eq!(
-        once(
+    assert_status(
+        post_on(
             &t.staff,
-            tech.clone(),
-            "POST",
+            &tech,
             "/api/v1/staff/devices/pump-1/reactivate",
-            &[],
-            b""
-        )
-        .unwrap()
-        .status,
-        200
+            b"",
+        ),
+        200,
     );
-    assert_eq!(
-        c1b.send("GET", "/timestamp.json", &[], b"").unwrap().status,
-        200
-    );
+    assert_status(c1b.get("/timestamp.json"), 200);
 
     // revoke pump-2's certificate: technicians may not; operators may
     let path = format!("/api/v1/staff/certificates/{}/revoke", d2.cert.serial_hex);
     let mut c2 = connect(&t.device, holder_cfg(&p, &d2));
-    assert_eq!(
-        c2.send("GET", "/timestamp.json", &[], b"").unwrap().status,
-        200
-    );
+    assert_status(c2.get("/timestamp.json"), 200);
     let before = state(&t, &op);
-    assert_refused(
-        once(&t.staff, tech.clone(), "POST", &path, &[], b""),
-        403,
-        "role_forbidden",
-    );
+    assert_refused(post_on(&t.staff, &tech, &path, b""), 403, "role_forbidden");
     assert_eq!(state(&t, &op), before);
-    let r = once(
-        &t.staff,
-        op.clone(),
-        "POST",
-        &path,
-        &[],
-        br#"{"reason":"key_compromise"}"#,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert_refused(
-        c2.send("GET", "/timestamp.json", &[], b""),
-        403,
-        "certificate_revoked",
+    assert_status(
+        post_on(&t.staff, &op, &path, br#"{"reason":"key_compromise"}"#),
+        200,
     );
+    assert_refused(c2.get("/timestamp.json"), 403, "certificate_revoked");
     assert_alert(
-        once(
-            &t.device,
-            holder_cfg(&p, &d2),
-            "GET",
-            "/timestamp.json",
-            &[],
-            b"",
-        ),
+        get_on(&t.device, &holder_cfg(&p, &d2), "/timestamp.json"),
         "CertificateRevoked",
     );
     // the published CRL lists it
-    let crl = once(
-        &t.enroll,
-        anon.clone(),
-        "GET",
-        "/crl/device-issuing.crl",
-        &[],
-        b"",
-    )
-    .unwrap();
+    let crl = get_on(&t.enroll, &anon, "/crl/device-issuing.crl").unwrap();
     assert_eq!(crl.header("content-type"), Some("application/pkix-crl"));
     let v = hale_pki::crl::verify_crl(
         &crl.body,
@@ -1000,73 +877,29 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
 
     // decommission pump-1 (operator only): the open connection is refused per request, the
     // certificate fails new handshakes, and it cannot enroll again
+    let decommission = "/api/v1/staff/devices/pump-1/decommission";
     assert_refused(
-        once(
-            &t.staff,
-            tech.clone(),
-            "POST",
-            "/api/v1/staff/devices/pump-1/decommission",
-            &[],
-            b"",
-        ),
+        post_on(&t.staff, &tech, decommission, b""),
         403,
         "role_forbidden",
     );
-    assert_eq!(
-        once(
-            &t.staff,
-            op.clone(),
-            "POST",
-            "/api/v1/staff/devices/pump-1/decommission",
-            &[],
-            b""
-        )
-        .unwrap()
-        .status,
-        200
-    );
-    assert_refused(
-        c1b.send("GET", "/timestamp.json", &[], b""),
-        403,
-        "device_decommissioned",
-    );
+    assert_status(post_on(&t.staff, &op, decommission, b""), 200);
+    assert_refused(c1b.get("/timestamp.json"), 403, "device_decommissioned");
     assert_alert(
-        once(
-            &t.device,
-            holder_cfg(&p, &d1b),
-            "GET",
-            "/timestamp.json",
-            &[],
-            b"",
-        ),
+        get_on(&t.device, &holder_cfg(&p, &d1b), "/timestamp.json"),
         "CertificateRevoked",
     );
     let before = state(&t, &op);
     let k1c = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
     assert_refused(
-        once(
-            &t.enroll,
-            holder_cfg(&p, &f1),
-            "POST",
-            "/.well-known/est/simpleenroll",
-            &[PKCS10],
-            k1c.csr_pem.as_bytes(),
-        ),
+        enroll(&t, &holder_cfg(&p, &f1), None, &k1c.csr_pem),
         403,
         "device_decommissioned",
     );
     assert_eq!(state(&t, &op), before);
 
     // a technician CRL dropped into the TLS dir revokes the technician without a restart
-    let r = once(
-        &t.staff,
-        tech.clone(),
-        "GET",
-        "/api/v1/staff/devices",
-        &[],
-        b"",
-    )
-    .unwrap();
+    let r = get_on(&t.staff, &tech, "/api/v1/staff/devices").unwrap();
     let statuses: Vec<Value> = r.json()["devices"]
         .as_array()
         .unwrap()
@@ -1074,45 +907,17 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
         .map(|d| d["status"].clone())
         .collect();
     assert_eq!(statuses, vec![json!("decommissioned"), json!("active")]);
-    let k_tom = generate_key_and_csr(KeyAlgorithm::P256, "tom").unwrap();
-    let tom =
-        p.h.technician
-            .issue_staff_certificate(
-                &k_tom.csr_pem,
-                "tom",
-                StaffRole::Technician,
-                Duration::from_secs(3600),
-                SystemTime::now(),
-            )
-            .unwrap();
-    let tom_cfg = cfg_for(&p, vec![tom.der.clone()], &k_tom.private_key_pem);
-    assert_eq!(
-        once(
-            &t.staff,
-            tom_cfg.clone(),
-            "GET",
-            "/api/v1/staff/devices",
-            &[],
-            b""
-        )
-        .unwrap()
-        .status,
-        200
-    );
+    let tom = staff_holder(&p, "tom", StaffRole::Technician);
+    let tom_cfg = holder_cfg(&p, &tom);
+    assert_status(get_on(&t.staff, &tom_cfg, "/api/v1/staff/devices"), 200);
     // a connection tom opened before the revocation, kept alive across it
     let mut tom_open = connect(&t.staff, tom_cfg.clone());
-    assert_eq!(
-        tom_open
-            .send("GET", "/api/v1/staff/devices", &[], b"")
-            .unwrap()
-            .status,
-        200
-    );
+    assert_status(tom_open.get("/api/v1/staff/devices"), 200);
     let crl =
         p.h.technician
             .crl(
                 &[hale_pki::crl::RevokedCertificate {
-                    serial_hex: tom.serial_hex.clone(),
+                    serial_hex: tom.cert.serial_hex.clone(),
                     revoked_at: SystemTime::now(),
                     reason: None,
                 }],
@@ -1123,30 +928,15 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
             .unwrap();
     write(&tls.join("crl/technician.crl"), crl.pem.as_bytes());
     wait_until("technician CRL reload", Duration::from_secs(20), || {
-        once(
-            &t.staff,
-            tom_cfg.clone(),
-            "GET",
-            "/api/v1/staff/devices",
-            &[],
-            b"",
-        )
-        .is_err()
+        get_on(&t.staff, &tom_cfg, "/api/v1/staff/devices").is_err()
     });
     assert_alert(
-        once(
-            &t.staff,
-            tom_cfg.clone(),
-            "GET",
-            "/api/v1/staff/devices",
-            &[],
-            b"",
-        ),
+        get_on(&t.staff, &tom_cfg, "/api/v1/staff/devices"),
         "CertificateRevoked",
     );
     // the connection opened before the CRL is refused on its next request
     assert_refused(
-        tom_open.send("GET", "/api/v1/staff/devices", &[], b""),
+        tom_open.get("/api/v1/staff/devices"),
         403,
         "certificate_revoked",
     );
@@ -1169,7 +959,7 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
     );
 
     // every step is in the audit log, and the chain verifies
-    let a = once(&t.staff, op.clone(), "GET", "/api/v1/staff/audit", &[], b"").unwrap();
+    let a = get_on(&t.staff, &op, "/api/v1/staff/audit").unwrap();
     let kinds: Vec<String> = a.json()["records"]
         .as_array()
         .unwrap()
@@ -1191,24 +981,13 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
         assert!(kinds.iter().any(|x| x == k), "no {k} in {kinds:?}");
     }
     // pages of 3 from the store's range, in order, each `next` continuing where the last stopped
-    let all: Vec<u64> = a.json()["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect();
+    let all = record_seqs(&a.json()["records"]);
     assert!(all.len() > 6, "{all:?}");
     let mut paged = vec![];
     let mut query = "/api/v1/staff/audit?limit=3".to_string();
     for _ in 0..2 {
-        let page = once(&t.staff, op.clone(), "GET", &query, &[], b"").unwrap();
-        let page = page.json();
-        let seqs: Vec<u64> = page["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["seq"].as_u64().unwrap())
-            .collect();
+        let page = get_on(&t.staff, &op, &query).unwrap().json();
+        let seqs = record_seqs(&page["records"]);
         assert_eq!(seqs.len(), 3, "{page}");
         assert_eq!(page["next"].as_u64(), seqs.last().copied());
         paged.extend(seqs);
@@ -1216,40 +995,17 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
     }
     assert_eq!(paged, all[..6]);
     assert_refused(
-        once(
-            &t.staff,
-            tech.clone(),
-            "GET",
-            "/api/v1/staff/audit",
-            &[],
-            b"",
-        ),
+        get_on(&t.staff, &tech, "/api/v1/staff/audit"),
         403,
         "role_forbidden",
     );
     drop(t);
-    let out = run_bin(
-        &["audit", "verify", "--data", f.data.to_str().unwrap()],
-        &f.pass_file,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    audit_verify(&f);
 }
 
+/// What `hale-server audit verify` prints for the fixture's data.
 fn audit_records(f: &Fixture) -> String {
-    let out = run_bin(
-        &["audit", "verify", "--data", f.data.to_str().unwrap()],
-        &f.pass_file,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(audit_verify(f).stdout).unwrap()
 }
 
 #[test]
@@ -1280,18 +1036,7 @@ fn cli_imports_manifests_and_issues_tokens_the_server_honours() {
         &Manifest::sign(&foreign.manufacturing, "b1", &entries, SystemTime::now()).unwrap(),
     );
     let before = audit_records(&f);
-    let out = run_bin(
-        &[
-            "manifest",
-            "import",
-            "--data",
-            data,
-            "--tls-dir",
-            tls.to_str().unwrap(),
-            forged.to_str().unwrap(),
-        ],
-        &f.pass_file,
-    );
+    let out = import_manifest(&f, &tls, &forged);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(
@@ -1314,23 +1059,7 @@ fn cli_imports_manifests_and_issues_tokens_the_server_honours() {
         &good,
         &Manifest::sign(&p.h.manufacturing, "b1", &entries, SystemTime::now()).unwrap(),
     );
-    let out = run_bin(
-        &[
-            "manifest",
-            "import",
-            "--data",
-            data,
-            "--tls-dir",
-            tls.to_str().unwrap(),
-            good.to_str().unwrap(),
-        ],
-        &f.pass_file,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&import_manifest(&f, &tls, &good));
     let out = run_bin(
         &[
             "enroll-token",
@@ -1343,11 +1072,7 @@ fn cli_imports_manifests_and_issues_tokens_the_server_honours() {
         ],
         &f.pass_file,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(token.starts_with("hale-et-"));
     assert_ne!(audit_records(&f), before);
@@ -1356,16 +1081,7 @@ fn cli_imports_manifests_and_issues_tokens_the_server_honours() {
     let t = start_tls(&f, &tls);
     let anon = client_config_without_certificate(p.server_ca.clone()).unwrap();
     let bearer = format!("Bearer {token}");
-    let r = once(
-        &t.enroll,
-        anon.clone(),
-        "POST",
-        "/.well-known/est/simpleenroll",
-        &[PKCS10, ("Authorization", &bearer)],
-        k5.csr_pem.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = assert_status(enroll(&t, &anon, Some(&bearer), &k5.csr_pem), 200);
     let d5 = operational(&r.body, &k5.private_key_pem);
     let id = hale_pki::PeerIdentity::from_der(&d5.cert.der).unwrap();
     assert_eq!(
@@ -1373,14 +1089,7 @@ fn cli_imports_manifests_and_issues_tokens_the_server_honours() {
         ("pump-5", Some(MODEL))
     );
     assert_refused(
-        once(
-            &t.enroll,
-            anon,
-            "POST",
-            "/.well-known/est/simpleenroll",
-            &[PKCS10, ("Authorization", &bearer)],
-            k5.csr_pem.as_bytes(),
-        ),
+        enroll(&t, &anon, Some(&bearer), &k5.csr_pem),
         401,
         "token_used",
     );
@@ -1412,7 +1121,7 @@ fn operators_publish_over_the_staff_listener_and_staff_read_device_reports() {
     let versions_before = served_versions(&t);
     let before = state(&t, &op);
     assert_refused(
-        once(&t.staff, tech.clone(), "POST", "/api/v1/targets", &[], &fw),
+        post_on(&t.staff, &tech, "/api/v1/targets", &fw),
         403,
         "role_forbidden",
     );
@@ -1477,19 +1186,19 @@ fn operators_publish_over_the_staff_listener_and_staff_read_device_reports() {
     // an operator certificate: what `hale-sign push` reads (the read path), then upload and
     // publish on one kept-alive connection
     let mut c = connect(&t.staff, op.clone());
-    let ts0 = c.send("GET", "/timestamp.json", &[], b"").unwrap();
+    let ts0 = c.get("/timestamp.json").unwrap();
     assert_eq!(ts0.status, 404, "nothing published yet");
-    let root1 = c.send("GET", "/1.root.json", &[], b"").unwrap();
+    let root1 = c.get("/1.root.json").unwrap();
     assert_eq!((root1.status, &root1.body), (200, &f.root));
-    let r = c
-        .send(
+    let r = assert_status(
+        c.send(
             "POST",
             "/api/v1/targets",
             &[("Content-Type", "application/octet-stream")],
             &fw,
-        )
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        ),
+        200,
+    );
     assert_eq!(
         (
             r.json()["length"].clone(),
@@ -1497,13 +1206,10 @@ fn operators_publish_over_the_staff_listener_and_staff_read_device_reports() {
         ),
         (json!(fw.len()), json!(sha))
     );
-    let r = c
-        .send("POST", "/api/v1/publish", &[json_ct], &body)
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_status(c.send("POST", "/api/v1/publish", &[json_ct], &body), 200);
     assert_ne!(served_versions(&t), versions_before);
     // the audit actor is the operator's certificate
-    let a = once(&t.staff, op.clone(), "GET", "/api/v1/staff/audit", &[], b"").unwrap();
+    let a = get_on(&t.staff, &op, "/api/v1/staff/audit").unwrap();
     let last = a.json()["records"]
         .as_array()
         .unwrap()
@@ -1514,82 +1220,43 @@ fn operators_publish_over_the_staff_listener_and_staff_read_device_reports() {
         (last["kind"].clone(), last["actor"].clone()),
         (json!("publish"), json!("operator:olivia"))
     );
-    let ts = c.send("GET", "/timestamp.json", &[], b"").unwrap();
-    assert_eq!(ts.status, 200);
+    let ts = assert_status(c.get("/timestamp.json"), 200);
 
     // a pump enrolled with a token gets the release on the device listener and reports
-    let r = once(
-        &t.staff,
-        tech.clone(),
-        "POST",
-        "/api/v1/staff/enroll-tokens",
-        &[],
-        json!({"serial": "pump-7", "model": MODEL})
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let bearer = format!("Bearer {}", r.json()["token"].as_str().unwrap());
+    let token = enroll_token(&t, &tech, json!({"serial": "pump-7", "model": MODEL}));
+    let bearer = format!("Bearer {token}");
     let k = generate_key_and_csr(KeyAlgorithm::P256, "pump-7").unwrap();
-    let r = once(
-        &t.enroll,
-        client_config_without_certificate(p.server_ca.clone()).unwrap(),
-        "POST",
-        "/.well-known/est/simpleenroll",
-        &[PKCS10, ("Authorization", &bearer)],
-        k.csr_pem.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let anon = client_config_without_certificate(p.server_ca.clone()).unwrap();
+    let r = assert_status(enroll(&t, &anon, Some(&bearer), &k.csr_pem), 200);
     let pump = operational(&r.body, &k.private_key_pem);
     let mut d = connect(&t.device, holder_cfg(&p, &pump));
-    let dts = d.send("GET", "/timestamp.json", &[], b"").unwrap();
+    let dts = d.get("/timestamp.json").unwrap();
     assert_eq!((dts.status, &dts.body), (200, &ts.body));
-    let tr = d
-        .send("GET", &format!("/targets/{sha}.fw.bin"), &[], b"")
-        .unwrap();
+    let tr = d.get(&format!("/targets/{sha}.fw.bin")).unwrap();
     assert_eq!((tr.status, tr.body == fw), (200, true));
 
     // the staff report inventory: empty, then the pump's report, for operators and technicians
-    let empty = once(
-        &t.staff,
-        tech.clone(),
-        "GET",
-        "/api/v1/staff/reports",
-        &[],
-        b"",
-    )
-    .unwrap();
+    let empty = get_on(&t.staff, &tech, "/api/v1/staff/reports").unwrap();
     assert_eq!(
         (empty.status, empty.json()),
         (200, json!({"reports": [], "next": null}))
     );
     let report = json!({"slots": [{"name": "a", "version": "1.0.0", "state": "active"}],
                         "last_result": {"result": "installed", "target": "fw.bin", "version": "1.0.0"}});
-    let r = d
-        .send(
+    assert_status(
+        d.send(
             "POST",
             "/api/v1/devices/pump-7/report",
             &[json_ct],
             report.to_string().as_bytes(),
-        )
-        .unwrap();
-    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+        ),
+        204,
+    );
     // as stored: the parsed report (absent optional fields as null)
     let mut stored = report.clone();
     stored["last_result"]["reason"] = Value::Null;
     for who in [&op, &tech] {
-        let r = once(
-            &t.staff,
-            who.clone(),
-            "GET",
-            "/api/v1/staff/reports?limit=1",
-            &[],
-            b"",
-        )
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let r = assert_status(get_on(&t.staff, who, "/api/v1/staff/reports?limit=1"), 200);
         let v = r.json();
         let rows = v["reports"].as_array().unwrap();
         assert_eq!(rows.len(), 1);
@@ -1602,15 +1269,7 @@ fn operators_publish_over_the_staff_listener_and_staff_read_device_reports() {
             ),
             (json!("pump-7"), stored.clone(), json!([]), json!("pump-7"))
         );
-        let after = once(
-            &t.staff,
-            who.clone(),
-            "GET",
-            "/api/v1/staff/reports?after=pump-7",
-            &[],
-            b"",
-        )
-        .unwrap();
+        let after = get_on(&t.staff, who, "/api/v1/staff/reports?after=pump-7").unwrap();
         assert_eq!(after.json(), json!({"reports": [], "next": null}));
     }
 }
