@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Env, PW_ENV};
+use common::{publish_args, Env, PW_ENV};
 use sha2::{Digest, Sha256};
 
 fn sha(b: &[u8]) -> String {
@@ -303,16 +303,7 @@ fn publish_rolls_back_when_hale_core_rejects_the_result() {
     e.sign("repo/staged/root.json", "root-a");
     e.sign("repo/staged/root.json", "root-b");
     let before = common::snapshot_tree(&e.path("repo/repository"));
-    let r = e.run(&[
-        "publish",
-        "repo",
-        "--snapshot-key",
-        "snapshot.key",
-        "--timestamp-key",
-        "timestamp.key",
-        "--passphrase-env",
-        PW_ENV,
-    ]);
+    let r = e.run(&publish_args("repo"));
     assert_eq!(r.code, 2);
     assert_eq!(
         r.stderr.trim_end(),

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{snapshot_tree, Env, PW, PW_ENV};
+use common::{publish_args, sign_args, snapshot_tree, Env, PW};
 
 #[test]
 fn two_of_three_root_ceremony_signers_sign_one_at_a_time_and_status_shows_who_is_missing() {
@@ -126,14 +126,7 @@ fn refuses_a_signature_from_a_key_the_role_does_not_list_and_leaves_the_file_unc
         e.keyid("root-c"),
         e.keyid("targets"),
     );
-    let r = e.run(&[
-        "sign",
-        "repo/staged/root.json",
-        "--key",
-        "targets.key",
-        "--passphrase-env",
-        PW_ENV,
-    ]);
+    let r = e.run(&sign_args("repo/staged/root.json", "targets.key"));
     assert_eq!(r.code, 2);
     assert_eq!(
         r.stderr.trim_end(),
@@ -149,14 +142,7 @@ fn refuses_a_signature_from_a_key_the_role_does_not_list_and_leaves_the_file_unc
     );
 
     // and the other way round: a root key cannot sign targets
-    let r = e.run(&[
-        "sign",
-        "repo/staged/targets.json",
-        "--key",
-        "root-c.key",
-        "--passphrase-env",
-        PW_ENV,
-    ]);
+    let r = e.run(&sign_args("repo/staged/targets.json", "root-c.key"));
     assert_eq!(r.code, 2);
     assert!(
         r.stderr.contains(&format!(
@@ -205,16 +191,7 @@ fn publish_refuses_below_threshold_and_leaves_the_repository_unchanged() {
     e.sign("repo/staged/root.json", "root-a");
     let before = snapshot_tree(&e.path("repo/repository"));
     let staged_before = snapshot_tree(&e.path("repo/staged"));
-    let r = e.run(&[
-        "publish",
-        "repo",
-        "--snapshot-key",
-        "snapshot.key",
-        "--timestamp-key",
-        "timestamp.key",
-        "--passphrase-env",
-        PW_ENV,
-    ]);
+    let r = e.run(&publish_args("repo"));
     assert_eq!(r.code, 2);
     assert_eq!(
         r.stderr.trim_end(),
@@ -307,22 +284,29 @@ fn compat_profile_refuses_an_ecdsa_key_and_writes_spec_1_0_0() {
     let e = Env::new();
     e.standard_keys();
     let b = e.keyid("root-b");
-    let r = e.run(&[
-        "init",
-        "compat",
-        "--profile",
-        "compat",
+    // `init compat --profile compat` with ROOT_KEYS, then the standard targets, snapshot and
+    // timestamp keys
+    let init_compat = |root_keys: &[&'static str]| {
+        [
+            &["init", "compat", "--profile", "compat"][..],
+            root_keys,
+            &[
+                "--targets-key",
+                "targets.pub",
+                "--snapshot-key",
+                "snapshot.pub",
+                "--timestamp-key",
+                "timestamp.pub",
+            ],
+        ]
+        .concat()
+    };
+    let r = e.run(&init_compat(&[
         "--root-key",
         "root-a.pub",
         "--root-key",
         "root-b.pub",
-        "--targets-key",
-        "targets.pub",
-        "--snapshot-key",
-        "snapshot.pub",
-        "--timestamp-key",
-        "timestamp.pub",
-    ]);
+    ]));
     assert_eq!(r.code, 2);
     assert_eq!(
         r.stderr.trim_end(),
@@ -330,20 +314,7 @@ fn compat_profile_refuses_an_ecdsa_key_and_writes_spec_1_0_0() {
     );
     assert!(!e.path("compat").exists(), "nothing written");
 
-    e.ok(&[
-        "init",
-        "compat",
-        "--profile",
-        "compat",
-        "--root-key",
-        "root-a.pub",
-        "--targets-key",
-        "targets.pub",
-        "--snapshot-key",
-        "snapshot.pub",
-        "--timestamp-key",
-        "timestamp.pub",
-    ]);
+    e.ok(&init_compat(&["--root-key", "root-a.pub"]));
     assert_eq!(
         e.json("compat/staged/root.json")["signed"]["spec_version"],
         "1.0.0"
@@ -365,16 +336,7 @@ fn compat_profile_refuses_an_ecdsa_key_and_writes_spec_1_0_0() {
     );
     e.sign("compat/staged/root.json", "root-a");
     e.sign("compat/staged/targets.json", "targets");
-    e.ok(&[
-        "publish",
-        "compat",
-        "--snapshot-key",
-        "snapshot.key",
-        "--timestamp-key",
-        "timestamp.key",
-        "--passphrase-env",
-        PW_ENV,
-    ]);
+    e.ok(&publish_args("compat"));
     assert_eq!(
         e.json("compat/repository/timestamp.json")["signed"]["spec_version"],
         "1.0.0"

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use common::{snapshot_tree, Env, PW, PW_ENV};
@@ -26,6 +27,69 @@ const KEY_PW: [&str; 2] = ["--key-passphrase-env", PW_ENV];
 fn ca_init(env: &Env) {
     let out = env.p("ca");
     env.ok(&["ca", "init", "--out", &out, PW_ARGS[0], PW_ARGS[1]]);
+}
+
+/// `factory issue` with the CA in ca/: CSR issued as SERIAL for model pump-x to OUT (names in the
+/// temporary directory, passed as absolute paths), then `extra` options verbatim, then the CA
+/// passphrase from the environment. For `Env::run` or `Env::ok`; on success OUT is written (and the
+/// manifest, if `extra` names one, is extended).
+fn factory_issue_args(
+    env: &Env,
+    csr: &str,
+    serial: &str,
+    out: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args = vec![
+        "factory".to_string(),
+        "issue".into(),
+        "--ca-dir".into(),
+        env.p("ca"),
+        "--csr".into(),
+        env.p(csr),
+        "--serial".into(),
+        serial.into(),
+        "--model".into(),
+        "pump-x".into(),
+        "--out".into(),
+        env.p(out),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(PW_ARGS.map(String::from));
+    args
+}
+
+/// `ca staff` with the CA in ca/: a ROLE certificate for NAME valid for HOURS, written to OUT.crt
+/// and OUT.key (OUT a name in the temporary directory); the CA passphrase and the new key's
+/// passphrase come from the environment. For `Env::run` or `Env::ok`.
+fn ca_staff_args(env: &Env, role: &str, name: &str, hours: &str, out: &str) -> Vec<String> {
+    let mut args = vec![
+        "ca".to_string(),
+        "staff".into(),
+        "--ca-dir".into(),
+        env.p("ca"),
+        "--role".into(),
+        role.into(),
+        "--name".into(),
+        name.into(),
+        "--hours".into(),
+        hours.into(),
+        "--out".into(),
+        env.p(out),
+    ];
+    args.extend(PW_ARGS.into_iter().chain(KEY_PW).map(String::from));
+    args
+}
+
+/// Runs `args`, expecting a refusal: exit 2, `error` as the last line of stderr, and every file
+/// under `dir` byte for byte as before the run.
+#[track_caller]
+fn assert_refused_unchanged(env: &Env, dir: &Path, args: &[String], error: &str) {
+    let before = snapshot_tree(dir);
+    let r = env.run(args);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stderr.lines().last().unwrap(), error);
+    assert_eq!(snapshot_tree(dir), before);
 }
 
 fn cert(env: &Env, p: &str) -> CertificateDer<'static> {
@@ -102,43 +166,17 @@ fn ca_init_writes_a_hierarchy_that_verifies_with_sealed_keys() {
 
     // a factory certificate chains to the root through the Manufacturing CA ...
     env.write("dev.csr", device_csr("pump-0001").as_bytes());
-    env.ok(&[
-        "factory",
-        "issue",
-        "--ca-dir",
-        &env.p("ca"),
-        "--csr",
-        &env.p("dev.csr"),
-        "--serial",
+    env.ok(&factory_issue_args(
+        &env,
+        "dev.csr",
         "SN-0001",
-        "--model",
-        "pump-x",
-        "--out",
-        &env.p("dev-factory.crt"),
-        PW_ARGS[0],
-        PW_ARGS[1],
-    ]);
+        "dev-factory.crt",
+        &[],
+    ));
     verify_client_to_root(&env, &cert(&env, "dev-factory.crt"), "ca/manufacturing.crt");
 
     // ... a staff certificate through the Technician CA ...
-    env.ok(&[
-        "ca",
-        "staff",
-        "--ca-dir",
-        &env.p("ca"),
-        "--role",
-        "technician",
-        "--name",
-        "alice",
-        "--hours",
-        "8",
-        "--out",
-        &env.p("alice"),
-        PW_ARGS[0],
-        PW_ARGS[1],
-        KEY_PW[0],
-        KEY_PW[1],
-    ]);
+    env.ok(&ca_staff_args(&env, "technician", "alice", "8", "alice"));
     let alice = chain(&env, "alice.crt");
     assert_eq!(alice.len(), 2, "certificate then Technician CA");
     assert_eq!(alice[1], cert(&env, "ca/technician.crt"));
@@ -229,17 +267,16 @@ fn ca_init_writes_a_hierarchy_that_verifies_with_sealed_keys() {
 fn ca_init_refuses_to_overwrite_and_changes_nothing() {
     let env = Env::new();
     ca_init(&env);
-    let before = snapshot_tree(&env.path("ca"));
-    let r = env.run(&["ca", "init", "--out", &env.p("ca"), PW_ARGS[0], PW_ARGS[1]]);
-    assert_eq!(r.code, 2);
-    assert_eq!(
-        r.stderr.lines().last().unwrap(),
-        format!(
+    let args = ["ca", "init", "--out", &env.p("ca"), PW_ARGS[0], PW_ARGS[1]].map(String::from);
+    assert_refused_unchanged(
+        &env,
+        &env.path("ca"),
+        &args,
+        &format!(
             "error: {}: exists; refusing to overwrite",
             env.path("ca/root.crt").display()
-        )
+        ),
     );
-    assert_eq!(snapshot_tree(&env.path("ca")), before);
 }
 
 #[test]
@@ -282,24 +319,14 @@ fn factory_certificate_from_a_hostile_csr_carries_only_our_profile() {
     let env = Env::new();
     ca_init(&env);
     env.write("evil.csr", hostile_csr().as_bytes());
-    env.ok(&[
-        "factory",
-        "issue",
-        "--ca-dir",
-        &env.p("ca"),
-        "--csr",
-        &env.p("evil.csr"),
-        "--serial",
+    let manifest = env.p("manifest.json");
+    env.ok(&factory_issue_args(
+        &env,
+        "evil.csr",
         "SN-0002",
-        "--model",
-        "pump-x",
-        "--out",
-        &env.p("f.crt"),
-        "--manifest",
-        &env.p("manifest.json"),
-        PW_ARGS[0],
-        PW_ARGS[1],
-    ]);
+        "f.crt",
+        &["--manifest", &manifest],
+    ));
     let der = cert(&env, "f.crt");
     // PeerIdentity refuses CA certificates and checks the issuer against the URI
     let id = PeerIdentity::from_der(&der).unwrap();
@@ -348,29 +375,13 @@ fn factory_certificate_from_a_hostile_csr_carries_only_our_profile() {
 fn manifest_verifies_with_the_manufacturing_ca_and_a_tampered_one_does_not() {
     let env = Env::new();
     ca_init(&env);
+    let manifest = env.p("manifest.json");
     for (i, sn) in ["SN-1", "SN-2"].iter().enumerate() {
         let csr = format!("d{i}.csr");
         env.write(&csr, device_csr("x").as_bytes());
-        env.ok(&[
-            "factory",
-            "issue",
-            "--ca-dir",
-            &env.p("ca"),
-            "--csr",
-            &env.p(&csr),
-            "--serial",
-            sn,
-            "--model",
-            "pump-x",
-            "--out",
-            &env.p(&format!("d{i}.crt")),
-            "--manifest",
-            &env.p("manifest.json"),
-            "--batch",
-            "line-7",
-            PW_ARGS[0],
-            PW_ARGS[1],
-        ]);
+        let out = format!("d{i}.crt");
+        let extra = ["--manifest", &manifest, "--batch", "line-7"];
+        env.ok(&factory_issue_args(&env, &csr, sn, &out, &extra));
     }
     let bytes = std::fs::read(env.path("manifest.json")).unwrap();
     let mfg = cert(&env, "ca/manufacturing.crt");
@@ -399,34 +410,15 @@ fn manifest_verifies_with_the_manufacturing_ca_and_a_tampered_one_does_not() {
     // ... and the factory refuses to add to it (nothing written)
     env.write("manifest.json", &tampered);
     env.write("d9.csr", device_csr("x").as_bytes());
-    let before = snapshot_tree(env.tmp.path());
-    let r = env.run(&[
-        "factory",
-        "issue",
-        "--ca-dir",
-        &env.p("ca"),
-        "--csr",
-        &env.p("d9.csr"),
-        "--serial",
-        "SN-9",
-        "--model",
-        "pump-x",
-        "--out",
-        &env.p("d9.crt"),
-        "--manifest",
-        &env.p("manifest.json"),
-        PW_ARGS[0],
-        PW_ARGS[1],
-    ]);
-    assert_eq!(r.code, 2);
-    assert_eq!(
-        r.stderr.lines().last().unwrap(),
-        format!(
+    assert_refused_unchanged(
+        &env,
+        env.tmp.path(),
+        &factory_issue_args(&env, "d9.csr", "SN-9", "d9.crt", &["--manifest", &manifest]),
+        &format!(
             "error: {}: manufacturing manifest signature does not verify with the Manufacturing CA key",
             env.path("manifest.json").display()
-        )
+        ),
     );
-    assert_eq!(snapshot_tree(env.tmp.path()), before);
 }
 
 #[test]
@@ -435,38 +427,20 @@ fn factory_refuses_a_serial_already_in_the_manifest_and_changes_nothing() {
     ca_init(&env);
     env.write("a.csr", device_csr("x").as_bytes());
     env.write("b.csr", device_csr("x").as_bytes());
+    let manifest = env.p("manifest.json");
     let issue = |csr: &str, out: &str| {
-        env.run(&[
-            "factory",
-            "issue",
-            "--ca-dir",
-            &env.p("ca"),
-            "--csr",
-            &env.p(csr),
-            "--serial",
-            "SN-1",
-            "--model",
-            "pump-x",
-            "--out",
-            &env.p(out),
-            "--manifest",
-            &env.p("manifest.json"),
-            PW_ARGS[0],
-            PW_ARGS[1],
-        ])
+        factory_issue_args(&env, csr, "SN-1", out, &["--manifest", &manifest])
     };
-    assert_eq!(issue("a.csr", "a.crt").code, 0);
-    let before = snapshot_tree(env.tmp.path());
-    let r = issue("b.csr", "b.crt");
-    assert_eq!(r.code, 2);
-    assert_eq!(
-        r.stderr.lines().last().unwrap(),
-        format!(
+    assert_eq!(env.run(&issue("a.csr", "a.crt")).code, 0);
+    assert_refused_unchanged(
+        &env,
+        env.tmp.path(),
+        &issue("b.csr", "b.crt"),
+        &format!(
             "error: {}: serial \"SN-1\" is already listed",
             env.path("manifest.json").display()
-        )
+        ),
     );
-    assert_eq!(snapshot_tree(env.tmp.path()), before);
 }
 
 #[test]
@@ -481,65 +455,34 @@ fn factory_refuses_a_csr_whose_signature_does_not_verify() {
     let bad = x509_cert::der::pem::encode_string(label, x509_cert::der::pem::LineEnding::LF, &der)
         .unwrap();
     env.write("bad.csr", bad.as_bytes());
-    let before = snapshot_tree(env.tmp.path());
-    let r = env.run(&[
-        "factory",
-        "issue",
-        "--ca-dir",
-        &env.p("ca"),
-        "--csr",
-        &env.p("bad.csr"),
-        "--serial",
-        "SN-1",
-        "--model",
-        "pump-x",
-        "--out",
-        &env.p("bad.crt"),
-        "--manifest",
-        &env.p("manifest.json"),
-        PW_ARGS[0],
-        PW_ARGS[1],
-    ]);
-    assert_eq!(r.code, 2);
-    assert_eq!(
-        r.stderr.lines().last().unwrap(),
-        format!(
+    let manifest = env.p("manifest.json");
+    assert_refused_unchanged(
+        &env,
+        env.tmp.path(),
+        &factory_issue_args(
+            &env,
+            "bad.csr",
+            "SN-1",
+            "bad.crt",
+            &["--manifest", &manifest],
+        ),
+        &format!(
             "error: {}: certificate signing request signature does not verify",
             env.path("bad.csr").display()
-        )
+        ),
     );
-    assert_eq!(snapshot_tree(env.tmp.path()), before);
 }
 
 #[test]
 fn staff_certificates_are_limited_to_one_shift() {
     let env = Env::new();
     ca_init(&env);
-    let before = snapshot_tree(env.tmp.path());
-    let r = env.run(&[
-        "ca",
-        "staff",
-        "--ca-dir",
-        &env.p("ca"),
-        "--role",
-        "operator",
-        "--name",
-        "bob",
-        "--hours",
-        "13",
-        "--out",
-        &env.p("bob"),
-        PW_ARGS[0],
-        PW_ARGS[1],
-        KEY_PW[0],
-        KEY_PW[1],
-    ]);
-    assert_eq!(r.code, 2);
-    assert_eq!(
-        r.stderr.lines().last().unwrap(),
-        "error: validity of 46800 s exceeds the profile's maximum of 43200 s"
+    assert_refused_unchanged(
+        &env,
+        env.tmp.path(),
+        &ca_staff_args(&env, "operator", "bob", "13", "bob"),
+        "error: validity of 46800 s exceeds the profile's maximum of 43200 s",
     );
-    assert_eq!(snapshot_tree(env.tmp.path()), before);
 }
 
 #[test]
@@ -565,9 +508,8 @@ fn crl_accumulates_revocations_with_rising_numbers() {
         }
         a
     };
-    let run = |a: Vec<String>| env.run(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(run(crl_args(&["4a01"], "1.crl")).code, 0);
-    assert_eq!(run(crl_args(&["4A:02"], "2.crl")).code, 0);
+    assert_eq!(env.run(&crl_args(&["4a01"], "1.crl")).code, 0);
+    assert_eq!(env.run(&crl_args(&["4A:02"], "2.crl")).code, 0);
     let parse = |p: &str| {
         let der =
             hale_pki::tls::crl_from_pem(&std::fs::read_to_string(env.path(p)).unwrap()).unwrap();
@@ -592,13 +534,11 @@ fn crl_accumulates_revocations_with_rising_numbers() {
     assert!(issuer.contains("Hale Technician CA"), "{issuer}");
 
     // a malformed serial is refused, nothing changes
-    let before = snapshot_tree(env.tmp.path());
-    let r = run(crl_args(&["xyz"], "3.crl"));
-    assert_eq!(r.code, 2);
-    assert_eq!(
-        r.stderr.lines().last().unwrap(),
-        "error: certificate serial \"xyz\": expected 1 to 20 bytes of hex"
+    assert_refused_unchanged(
+        &env,
+        env.tmp.path(),
+        &crl_args(&["xyz"], "3.crl"),
+        "error: certificate serial \"xyz\": expected 1 to 20 bytes of hex",
     );
-    assert_eq!(snapshot_tree(env.tmp.path()), before);
     assert_eq!(env.json("ca/technician.crl.json")["number"], 2);
 }

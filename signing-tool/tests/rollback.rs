@@ -15,13 +15,13 @@ use hale_core::bundle::{Bundle, AUTHORIZATION};
 
 const TARGET: &str = "pump-a/fw-2.0.0.bin";
 
-/// A published repository listing TARGET, whose targets delegates to a 2-of-2 rollback role
-/// (field-a: ed25519, field-b: ecdsa).
-fn repo_with_rollback_role() -> Env {
+/// A published repository with TARGET (from build/fw-2.0.0.bin) added to a staged targets, with
+/// `policy` options after `--name`; targets is left staged and unsigned.
+fn repo_staging_target(policy: &[&str]) -> Env {
     let e = Env::new();
     e.published_repo();
     e.write("build/fw-2.0.0.bin", b"pump firmware 2.0.0");
-    e.ok(&[
+    let add = [
         "target",
         "add",
         "repo",
@@ -29,6 +29,15 @@ fn repo_with_rollback_role() -> Env {
         "build/fw-2.0.0.bin",
         "--name",
         TARGET,
+    ];
+    e.ok(&[&add[..], policy].concat());
+    e
+}
+
+/// A published repository listing TARGET, whose targets delegates to a 2-of-2 rollback role
+/// (field-a: ed25519, field-b: ecdsa).
+fn repo_with_rollback_role() -> Env {
+    let e = repo_staging_target(&[
         "--model",
         "pump-a",
         "--revisions",
@@ -40,8 +49,7 @@ fn repo_with_rollback_role() -> Env {
     ]);
     e.key("field-a", "ed25519");
     e.key("field-b", "ecdsa-p256");
-    // the rollback role takes no paths; refusing paths keeps it from ever signing targets
-    let r = e.run(&[
+    let delegate = [
         "delegate",
         "repo",
         "--to",
@@ -52,23 +60,12 @@ fn repo_with_rollback_role() -> Env {
         "field-b.pub",
         "--threshold",
         "2",
-        "--paths",
-        "pump-a/*",
-    ]);
+    ];
+    // the rollback role takes no paths; refusing paths keeps it from ever signing targets
+    let r = e.run(&[&delegate[..], &["--paths", "pump-a/*"]].concat());
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("no --paths"), "{}", r.stderr);
-    e.ok(&[
-        "delegate",
-        "repo",
-        "--to",
-        "rollback",
-        "--key",
-        "field-a.pub",
-        "--key",
-        "field-b.pub",
-        "--threshold",
-        "2",
-    ]);
+    e.ok(&delegate);
     e.sign("repo/staged/targets.json", "targets");
     e.sign("repo/staged/rollback.json", "field-a");
     e.sign("repo/staged/rollback.json", "field-b");
@@ -76,6 +73,8 @@ fn repo_with_rollback_role() -> Env {
     e
 }
 
+/// `rollback authorize` for device pump-a-000123 (fixed reason, installed 2.1.0) with `extra`
+/// options appended; writes auth.json on success. Does not check the exit status.
 fn authorize(e: &Env, extra: &[&str]) -> Run {
     let mut args = vec![
         "rollback",
@@ -96,20 +95,60 @@ fn authorize(e: &Env, extra: &[&str]) -> Run {
     e.run(&args)
 }
 
+/// `authorize` with `--target TARGET --expires-in EXPIRES_IN --key KEY_FILE`, the usual options.
+fn authorize_for(e: &Env, target: &str, expires_in: &str, key_file: &str) -> Run {
+    authorize(
+        e,
+        &[
+            "--target",
+            target,
+            "--expires-in",
+            expires_in,
+            "--key",
+            key_file,
+        ],
+    )
+}
+
+/// `rollback sign repo auth.json --key KEY_FILE` (passphrase from the environment), for `Env::run`
+/// or `Env::ok`; on success the signature is added to auth.json in place.
+fn rollback_sign_args(key_file: &str) -> [&str; 8] {
+    [
+        "rollback",
+        "sign",
+        "repo",
+        "auth.json",
+        "--key",
+        key_file,
+        "--passphrase-env",
+        PW_ENV,
+    ]
+}
+
+/// `bundle repo --target TARGET`, then `extra` options, then `--out b.bin`, for `Env::run` or
+/// `Env::ok`; on success the bundle is written to b.bin.
+fn bundle_args<'a>(target: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    [
+        &["bundle", "repo", "--target", target][..],
+        extra,
+        &["--out", "b.bin"],
+    ]
+    .concat()
+}
+
+/// Asserts that `r` was refused (exit 2) with `error` in its stderr and that `not_written` (a name
+/// in the temporary directory) does not exist.
+#[track_caller]
+fn assert_refused(e: &Env, r: &Run, error: &str, not_written: &str) {
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains(error), "{}", r.stderr);
+    assert!(!e.path(not_written).exists(), "{not_written} was written");
+}
+
 #[test]
 fn two_signers_authorize_a_rollback_and_a_bundle_carries_it() {
     let e = repo_with_rollback_role();
-    let r = authorize(
-        &e,
-        &[
-            "--target",
-            TARGET,
-            "--expires-in",
-            "8h",
-            "--key",
-            "field-a.key",
-        ],
-    );
+    let r = authorize_for(&e, TARGET, "8h", "field-a.key");
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stdout.contains("1 of 2 required signatures"),
@@ -126,36 +165,16 @@ fn two_signers_authorize_a_rollback_and_a_bundle_carries_it() {
     assert_eq!(st.code, 1, "below threshold: {}", st.stdout);
 
     // a bundle refuses the half-signed authorization and writes nothing
-    let b = e.run(&[
-        "bundle",
-        "repo",
-        "--target",
-        TARGET,
-        "--authorization",
-        "auth.json",
-        "--out",
+    let b = e.run(&bundle_args(TARGET, &["--authorization", "auth.json"]));
+    assert_refused(
+        &e,
+        &b,
+        "rollback authorization refused: rollback: 1 valid signatures from distinct authorized keys, threshold is 2",
         "b.bin",
-    ]);
-    assert_eq!(b.code, 2);
-    assert!(
-        b.stderr
-            .contains("rollback authorization refused: rollback: 1 valid signatures from distinct authorized keys, threshold is 2"),
-        "{}",
-        b.stderr
     );
-    assert!(!e.path("b.bin").exists());
 
     // the second signer, on their own machine, adds a signature to the same file
-    let r = e.ok(&[
-        "rollback",
-        "sign",
-        "repo",
-        "auth.json",
-        "--key",
-        "field-b.key",
-        "--passphrase-env",
-        PW_ENV,
-    ]);
+    let r = e.ok(&rollback_sign_args("field-b.key"));
     assert!(
         r.stdout.contains("2 of 2 required signatures"),
         "{}",
@@ -172,16 +191,7 @@ fn two_signers_authorize_a_rollback_and_a_bundle_carries_it() {
     assert_eq!(doc["signed"]["devices"][0], "pump-a-000123");
     assert_eq!(doc["signatures"].as_array().unwrap().len(), 2);
 
-    e.ok(&[
-        "bundle",
-        "repo",
-        "--target",
-        TARGET,
-        "--authorization",
-        "auth.json",
-        "--out",
-        "b.bin",
-    ]);
+    e.ok(&bundle_args(TARGET, &["--authorization", "auth.json"]));
     let bytes = std::fs::read(e.path("b.bin")).unwrap();
     let bundle = Bundle::parse(&bytes).unwrap();
     let names: Vec<&str> = bundle.iter().map(|(n, _)| n).collect();
@@ -215,25 +225,13 @@ fn two_signers_authorize_a_rollback_and_a_bundle_carries_it() {
 #[test]
 fn refuses_a_validity_above_the_maximum_and_writes_nothing() {
     let e = repo_with_rollback_role();
-    let r = authorize(
+    let r = authorize_for(&e, TARGET, "2d", "field-a.key");
+    assert_refused(
         &e,
-        &[
-            "--target",
-            TARGET,
-            "--expires-in",
-            "2d",
-            "--key",
-            "field-a.key",
-        ],
+        &r,
+        "172800 s is longer than the maximum validity of 86400 s",
+        "auth.json",
     );
-    assert_eq!(r.code, 2);
-    assert!(
-        r.stderr
-            .contains("172800 s is longer than the maximum validity of 86400 s"),
-        "{}",
-        r.stderr
-    );
-    assert!(!e.path("auth.json").exists());
     // a stricter configured maximum
     let r = authorize(
         &e,
@@ -248,155 +246,64 @@ fn refuses_a_validity_above_the_maximum_and_writes_nothing() {
             "field-a.key",
         ],
     );
-    assert_eq!(r.code, 2);
-    assert!(
-        r.stderr.contains("maximum validity of 3600 s"),
-        "{}",
-        r.stderr
-    );
-    assert!(!e.path("auth.json").exists());
+    assert_refused(&e, &r, "maximum validity of 3600 s", "auth.json");
 }
 
 #[test]
 fn refuses_a_target_not_in_the_repository_and_a_key_outside_the_role() {
     let e = repo_with_rollback_role();
-    let r = authorize(
+    let r = authorize_for(&e, "pump-a/fw-9.9.9.bin", "8h", "field-a.key");
+    assert_refused(
         &e,
-        &[
-            "--target",
-            "pump-a/fw-9.9.9.bin",
-            "--expires-in",
-            "8h",
-            "--key",
-            "field-a.key",
-        ],
+        &r,
+        "target pump-a/fw-9.9.9.bin is not in the repository",
+        "auth.json",
     );
-    assert_eq!(r.code, 2);
-    assert!(
-        r.stderr
-            .contains("target pump-a/fw-9.9.9.bin is not in the repository"),
-        "{}",
-        r.stderr
-    );
-    assert!(!e.path("auth.json").exists());
 
-    let r = authorize(
+    let r = authorize_for(&e, TARGET, "8h", "targets.key");
+    assert_refused(
         &e,
-        &[
-            "--target",
-            TARGET,
-            "--expires-in",
-            "8h",
-            "--key",
-            "targets.key",
-        ],
-    );
-    assert_eq!(r.code, 2);
-    assert!(
-        r.stderr.contains(&format!(
+        &r,
+        &format!(
             "key {} is not a key of the rollback role",
             e.keyid("targets")
-        )),
-        "{}",
-        r.stderr
+        ),
+        "auth.json",
     );
-    assert!(!e.path("auth.json").exists());
 
     // adding a signature with a foreign key leaves the file byte-for-byte unchanged
-    authorize(
-        &e,
-        &[
-            "--target",
-            TARGET,
-            "--expires-in",
-            "8h",
-            "--key",
-            "field-a.key",
-        ],
-    );
+    authorize_for(&e, TARGET, "8h", "field-a.key");
     let before = std::fs::read(e.path("auth.json")).unwrap();
-    let r = e.run(&[
-        "rollback",
-        "sign",
-        "repo",
-        "auth.json",
-        "--key",
-        "targets.key",
-        "--passphrase-env",
-        PW_ENV,
-    ]);
+    let r = e.run(&rollback_sign_args("targets.key"));
     assert_eq!(r.code, 2);
     assert_eq!(std::fs::read(e.path("auth.json")).unwrap(), before);
 }
 
 #[test]
 fn refuses_an_authorization_without_a_rollback_role() {
-    let e = Env::new();
-    e.published_repo();
-    e.write("build/fw-2.0.0.bin", b"pump firmware 2.0.0");
-    e.ok(&[
-        "target",
-        "add",
-        "repo",
-        "--file",
-        "build/fw-2.0.0.bin",
-        "--name",
-        TARGET,
-    ]);
+    let e = repo_staging_target(&[]);
     e.sign("repo/staged/targets.json", "targets");
     e.publish();
     e.key("field-a", "ed25519");
-    let r = authorize(
+    let r = authorize_for(&e, TARGET, "8h", "field-a.key");
+    assert_refused(
         &e,
-        &[
-            "--target",
-            TARGET,
-            "--expires-in",
-            "8h",
-            "--key",
-            "field-a.key",
-        ],
+        &r,
+        "the published targets delegates to no `rollback` role",
+        "auth.json",
     );
-    assert_eq!(r.code, 2);
-    assert!(
-        r.stderr
-            .contains("the published targets delegates to no `rollback` role"),
-        "{}",
-        r.stderr
-    );
-    assert!(!e.path("auth.json").exists());
 }
 
 #[test]
 fn a_bundle_from_an_older_root_carries_the_root_chain_and_refuses_unknown_targets() {
     let e = repo_with_rollback_role();
-    let r = e.run(&[
-        "bundle",
-        "repo",
-        "--target",
-        "pump-a/none.bin",
-        "--out",
+    let r = e.run(&bundle_args("pump-a/none.bin", &[]));
+    assert_refused(
+        &e,
+        &r,
+        "target pump-a/none.bin is not in the repository",
         "b.bin",
-    ]);
-    assert_eq!(r.code, 2);
-    assert!(
-        r.stderr
-            .contains("target pump-a/none.bin is not in the repository"),
-        "{}",
-        r.stderr
     );
-    assert!(!e.path("b.bin").exists());
-    let r = e.run(&[
-        "bundle",
-        "repo",
-        "--target",
-        TARGET,
-        "--from-root-version",
-        "7",
-        "--out",
-        "b.bin",
-    ]);
-    assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("no published root v7"), "{}", r.stderr);
-    assert!(!e.path("b.bin").exists());
+    let r = e.run(&bundle_args(TARGET, &["--from-root-version", "7"]));
+    assert_refused(&e, &r, "no published root v7", "b.bin");
 }

@@ -11,6 +11,8 @@
 )]
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -52,8 +54,9 @@ impl Env {
         self.path(p).display().to_string()
     }
 
-    /// Run hale-sign with `args` in the temporary directory.
-    pub fn run(&self, args: &[&str]) -> Run {
+    /// Run hale-sign with `args` (string slices, or owned strings such as absolute paths) in the
+    /// temporary directory.
+    pub fn run<S: AsRef<OsStr> + Debug>(&self, args: &[S]) -> Run {
         let o = Command::new(env!("CARGO_BIN_EXE_hale-sign"))
             .args(args)
             .current_dir(self.tmp.path())
@@ -65,7 +68,7 @@ impl Env {
     }
 
     /// Run and require exit 0.
-    pub fn ok(&self, args: &[&str]) -> Run {
+    pub fn ok<S: AsRef<OsStr> + Debug>(&self, args: &[S]) -> Run {
         let r = self.run(args);
         assert_eq!(
             r.code, 0,
@@ -99,14 +102,7 @@ impl Env {
 
     /// Sign FILE-or-DIR with KEY (passphrase from the environment).
     pub fn sign(&self, target: &str, key: &str) -> Run {
-        self.ok(&[
-            "sign",
-            target,
-            "--key",
-            &format!("{key}.key"),
-            "--passphrase-env",
-            PW_ENV,
-        ])
+        self.ok(&sign_args(target, &format!("{key}.key")))
     }
 
     pub fn json(&self, p: &str) -> serde_json::Value {
@@ -145,17 +141,9 @@ impl Env {
         ]);
     }
 
+    /// Publish `repo` and require exit 0.
     pub fn publish(&self) -> Run {
-        self.ok(&[
-            "publish",
-            "repo",
-            "--snapshot-key",
-            "snapshot.key",
-            "--timestamp-key",
-            "timestamp.key",
-            "--passphrase-env",
-            PW_ENV,
-        ])
+        self.ok(&publish_args("repo"))
     }
 
     /// A published, fully signed empty repository.
@@ -182,6 +170,34 @@ impl Env {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
     }
+}
+
+/// `sign TARGET --key KEY_FILE` with the passphrase from the environment, for `Env::run` (a
+/// refusal) or `Env::ok`; on success the signature is added to the staged file(s) in place.
+pub fn sign_args<'a>(target: &'a str, key_file: &'a str) -> [&'a str; 6] {
+    [
+        "sign",
+        target,
+        "--key",
+        key_file,
+        "--passphrase-env",
+        PW_ENV,
+    ]
+}
+
+/// `publish REPO` with snapshot.key and timestamp.key (passphrase from the environment), for
+/// `Env::run` (a refusal) or `Env::ok`; on success the staged files move into REPO/repository.
+pub fn publish_args(repo: &str) -> [&str; 8] {
+    [
+        "publish",
+        repo,
+        "--snapshot-key",
+        "snapshot.key",
+        "--timestamp-key",
+        "timestamp.key",
+        "--passphrase-env",
+        PW_ENV,
+    ]
 }
 
 /// Every file under `dir` with its bytes (to assert that nothing changed).
