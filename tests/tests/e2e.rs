@@ -95,9 +95,22 @@ fn build(packages: &[&str], target_dir: &Path, profile_dir: &Path) {
 struct Tools {
     bin: PathBuf,
     work: PathBuf,
+    _tmp: tempfile::TempDir,
 }
 
 impl Tools {
+    /// The built binaries (see [`binaries`]) and a fresh, empty work directory, removed when the
+    /// `Tools` is dropped.
+    fn new() -> Self {
+        let bin = binaries();
+        let tmp = tempfile::tempdir().unwrap();
+        Tools {
+            bin,
+            work: tmp.path().to_path_buf(),
+            _tmp: tmp,
+        }
+    }
+
     fn run(&self, tool: &str, args: &[&str]) -> Output {
         Command::new(self.bin.join(tool))
             .args(args)
@@ -113,25 +126,84 @@ impl Tools {
 
     /// Run and require success; stdout.
     fn ok(&self, tool: &str, args: &[&str]) -> String {
-        let out = self.run(tool, args);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{tool} {args:?}: {}\n{text}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
+        succeeded(&format!("{tool} {args:?}"), &self.run(tool, args))
     }
 
     fn p(&self, name: &str) -> String {
         self.work.join(name).to_str().unwrap().to_string()
     }
 
+    /// The path of `WORK/keys/name`.
+    fn key(&self, name: &str) -> String {
+        self.p(&format!("keys/{name}"))
+    }
+
     fn sign(&self, args: &[&str]) -> String {
         let mut a = args.to_vec();
         a.extend(["--passphrase-env", PASS_VAR]);
         self.ok("hale-sign", &a)
+    }
+
+    /// `hale-sign key generate` of each (name, type) into `WORK/keys/name.{key,pub}`, in order.
+    fn generate_keys(&self, keys: &[(&str, &str)]) {
+        std::fs::create_dir_all(self.work.join("keys")).unwrap();
+        for &(name, kind) in keys {
+            let out = self.key(name);
+            self.sign(&["key", "generate", "--type", kind, "--out", &out]);
+        }
+    }
+
+    /// `hale-sign init WORK/release ROOT_ARGS…` with the targets, snapshot and timestamp keys of
+    /// `WORK/keys`; the path of the staged (still unsigned) root.
+    fn init_repo(&self, root_args: &[&str]) -> String {
+        let repo = self.p("release");
+        let mut args = vec!["init", repo.as_str()];
+        args.extend(root_args);
+        let (targets, snapshot, timestamp) = (
+            self.key("targets.pub"),
+            self.key("snapshot.pub"),
+            self.key("timestamp.pub"),
+        );
+        args.extend([
+            "--targets-key",
+            &targets,
+            "--snapshot-key",
+            &snapshot,
+            "--timestamp-key",
+            &timestamp,
+        ]);
+        self.ok("hale-sign", &args);
+        format!("{repo}/staged/root.json")
+    }
+
+    /// `hale-server init` of `WORK/server` with `staged_root` and the online timestamp/snapshot
+    /// keys of `WORK/keys`; the output whatever the exit status.
+    fn server_init(&self, staged_root: &str) -> Output {
+        self.run(
+            "hale-server",
+            &[
+                "init",
+                "--data",
+                &self.p("server"),
+                "--root",
+                staged_root,
+                "--timestamp-key",
+                &self.key("timestamp.key"),
+                "--snapshot-key",
+                &self.key("snapshot.key"),
+            ],
+        )
+    }
+
+    /// [`Self::server_init`], required to succeed, then an operator token for the publish API,
+    /// saved in `WORK/token` (where [`Self::push`] reads it).
+    fn init_server(&self, staged_root: &str) {
+        succeeded("hale-server init", &self.server_init(staged_root));
+        let token = self.ok(
+            "hale-server",
+            &["token", "add", "--data", &self.p("server"), "--name", "e2e"],
+        );
+        std::fs::write(self.work.join("token"), token.trim()).unwrap();
     }
 
     /// target add + sign + push of one firmware image under TARGET.
@@ -156,12 +228,9 @@ impl Tools {
     /// `hale-sign push` of the staged release to the staff listener with `name`'s certificate
     /// (`name.crt`, `name.key`), the key opened with `pass`.
     fn push_with_cert(&self, staff: &str, name: &str, pass: &str) -> Output {
-        Command::new(self.bin.join("hale-sign"))
-            .args([
-                "push",
-                &self.p("release"),
-                "--server",
-                staff,
+        self.push_raw(
+            staff,
+            &[
                 "--cert",
                 &self.p(&format!("{name}.crt")),
                 "--key",
@@ -170,10 +239,19 @@ impl Tools {
                 &self.p("ca/server.crt"),
                 "--key-passphrase-env",
                 "HALE_E2E_PUSH_PASS",
-                "--timeout",
-                "20",
-            ])
-            .env("HALE_E2E_PUSH_PASS", pass)
+            ],
+            ("HALE_E2E_PUSH_PASS", pass),
+        )
+    }
+
+    /// `hale-sign push WORK/release --server URL AUTH… --timeout 20` with only `env` set (no
+    /// signing passphrase); the output whatever the exit status.
+    fn push_raw(&self, url: &str, auth: &[&str], env: (&str, &str)) -> Output {
+        Command::new(self.bin.join("hale-sign"))
+            .args(["push", &self.p("release"), "--server", url])
+            .args(auth)
+            .args(["--timeout", "20"])
+            .env(env.0, env.1)
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -222,21 +300,7 @@ impl Tools {
     }
 
     fn push_with(&self, url: &str, token: &str) -> Output {
-        Command::new(self.bin.join("hale-sign"))
-            .args([
-                "push",
-                &self.p("release"),
-                "--server",
-                url,
-                "--token-env",
-                TOKEN_VAR,
-                "--timeout",
-                "20",
-            ])
-            .env(TOKEN_VAR, token)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        self.push_raw(url, &["--token-env", TOKEN_VAR], (TOKEN_VAR, token))
     }
 
     fn pump(&self, n: u32, args: &[&str]) -> String {
@@ -282,29 +346,54 @@ impl Drop for Server {
     }
 }
 
-fn start_server(t: &Tools) -> Server {
-    let mut child = Command::new(t.bin.join("hale-server"))
-        .args(["serve", "--data", &t.p("server"), "--listen", "127.0.0.1:0"])
+/// `hale-server serve --data WORK/server --listen 127.0.0.1:0 EXTRA…` with the key passphrase,
+/// stdout piped for [`spawn_server`] (stderr goes to the test's).
+fn serve_command(t: &Tools, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(t.bin.join("hale-server"));
+    cmd.args(["serve", "--data", &t.p("server"), "--listen", "127.0.0.1:0"])
+        .args(extra)
         .env("HALE_KEY_PASSPHRASE", PASS)
         .env("HALE_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+/// Spawn `cmd` and wait (20 s each, else fail with "hale-server did not print `what` within
+/// 20 s") until it has printed `PREFIX URL` for every prefix; the running server (its `url` the
+/// first listener's) and the URLs in the order of `prefixes`.
+fn spawn_server(
+    mut cmd: Command,
+    prefixes: &'static [&'static str],
+    what: &str,
+) -> (Server, Vec<String>) {
+    let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("listening on ") {
-                let _ = tx.send(url.to_string());
+            for (i, p) in prefixes.iter().enumerate() {
+                if let Some(url) = line.strip_prefix(p) {
+                    let _ = tx.send((i, url.to_string()));
+                }
             }
         }
     });
-    let url = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("hale-server did not print its address within 20 s");
-    Server { child, url }
+    let mut urls = vec![String::new(); prefixes.len()];
+    for _ in 0..prefixes.len() {
+        let (i, u) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("hale-server did not print {what} within 20 s"));
+        urls[i] = u;
+    }
+    let url = urls[0].clone();
+    (Server { child, url }, urls)
+}
+
+/// hale-server on a plain loopback listener, serving `WORK/server`.
+fn start_server(t: &Tools) -> Server {
+    spawn_server(serve_command(t, &[]), &["listening on "], "its address").0
 }
 
 /// GET over loopback with a deadline; the body.
@@ -345,15 +434,22 @@ fn http_get(url: &str) -> String {
     body.to_string()
 }
 
-/// The server's inventory record of one device: (result, reason, slots as "name=version(state)").
-fn inventory(url: &str, id: &str) -> (String, String, Vec<String>) {
+/// The server's inventory entry of device `id` (from the plain listener at `url`); fails if the
+/// device is not listed.
+fn inventory_entry(url: &str, id: &str) -> Value {
     let inv: Value = serde_json::from_str(&http_get(&format!("{url}/api/v1/devices"))).unwrap();
-    let d = inv["devices"]
+    inv["devices"]
         .as_array()
         .unwrap()
         .iter()
         .find(|d| d["device"] == id)
-        .unwrap_or_else(|| panic!("{id} not in the inventory: {inv}"));
+        .unwrap_or_else(|| panic!("{id} not in the inventory: {inv}"))
+        .clone()
+}
+
+/// The server's inventory record of one device: (result, reason, slots as "name=version(state)").
+fn inventory(url: &str, id: &str) -> (String, String, Vec<String>) {
+    let d = inventory_entry(url, id);
     let r = &d["report"];
     let slots = r["slots"]
         .as_array()
@@ -386,115 +482,61 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn provision(t: &Tools, n: u32) {
-    let root = t.p("release/repository/1.root.json");
-    let image = t.p("fw-1.0.0-pump-a.bin");
-    let id = format!("pump-000{n}");
-    t.pump(
-        n,
-        &[
-            "provision",
-            "--root",
-            &root,
-            "--image",
-            &image,
-            "--version",
-            "1.0.0",
-            "--security-counter",
-            "1",
-            "--id",
-            &id,
-            "--model",
-            "pump-a",
-            "--revision",
-            "r2",
-            "--target",
-            TARGET,
-        ],
+/// Require that the command `what` succeeded, else fail with its exit status, stdout and stderr;
+/// its stdout.
+fn succeeded(what: &str, out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+/// Provision pump `n` (state `pumpN`, id `pump-000N`) with v1 and the trusted root.
+fn provision(t: &Tools, n: u32) {
+    provision_serial(t, n, &format!("pump-000{n}"));
 }
 
 #[test]
 fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
     let started = Instant::now();
-    let bin = binaries();
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Tools {
-        bin,
-        work: tmp.path().to_path_buf(),
-    };
+    let t = Tools::new();
     let built = started.elapsed();
 
     // keys: 3 root (2-of-3), targets, and the online snapshot/timestamp keys the server holds
-    std::fs::create_dir_all(t.work.join("keys")).unwrap();
-    for (name, kind) in [
+    t.generate_keys(&[
         ("root-1", "ed25519"),
         ("root-2", "ecdsa-p256"),
         ("root-3", "ed25519"),
         ("targets", "ed25519"),
         ("snapshot", "ed25519"),
         ("timestamp", "ed25519"),
-    ] {
-        t.sign(&[
-            "key",
-            "generate",
-            "--type",
-            kind,
-            "--out",
-            &t.p(&format!("keys/{name}")),
-        ]);
-    }
+    ]);
     let repo = t.p("release");
-    let k = |n: &str| t.p(&format!("keys/{n}"));
-    t.ok(
-        "hale-sign",
-        &[
-            "init",
-            &repo,
-            "--root-key",
-            &k("root-1.pub"),
-            "--root-key",
-            &k("root-2.pub"),
-            "--root-key",
-            &k("root-3.pub"),
-            "--root-threshold",
-            "2",
-            "--targets-key",
-            &k("targets.pub"),
-            "--snapshot-key",
-            &k("snapshot.pub"),
-            "--timestamp-key",
-            &k("timestamp.pub"),
-        ],
-    );
-    let staged_root = format!("{repo}/staged/root.json");
+    let k = |n: &str| t.key(n);
+    let staged_root = t.init_repo(&[
+        "--root-key",
+        &k("root-1.pub"),
+        "--root-key",
+        &k("root-2.pub"),
+        "--root-key",
+        &k("root-3.pub"),
+        "--root-threshold",
+        "2",
+    ]);
     t.sign(&["sign", &staged_root, "--key", &k("root-1.key")]);
 
     // the server: init with hale-sign's root and the online keys; an operator token
-    let data = t.p("server");
-    let init_args = [
-        "init",
-        "--data",
-        data.as_str(),
-        "--root",
-        staged_root.as_str(),
-        "--timestamp-key",
-        &k("timestamp.key"),
-        "--snapshot-key",
-        &k("snapshot.key"),
-    ];
-    let one_of_three = t.run("hale-server", &init_args);
+    let one_of_three = t.server_init(&staged_root);
     assert!(
         !one_of_three.status.success(),
         "a root with 1 of 2 signatures must not initialise a server"
     );
     t.sign(&["sign", &staged_root, "--key", &k("root-2.key")]);
-    t.ok("hale-server", &init_args);
-    let token = t.ok(
-        "hale-server",
-        &["token", "add", "--data", &data, "--name", "e2e"],
-    );
-    std::fs::write(t.work.join("token"), token.trim()).unwrap();
+    t.init_server(&staged_root);
     let server = start_server(&t);
     let url = server.url.clone();
 
@@ -510,19 +552,23 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
 
     // a push below threshold is refused locally; one the server refuses shows its error verbatim
     let fw = t.work.join("unsigned.bin");
-    std::fs::write(&fw, b"never signed").unwrap();
-    t.ok(
-        "hale-sign",
-        &[
-            "target",
-            "add",
-            &repo,
-            "--file",
-            fw.to_str().unwrap(),
-            "--name",
-            "pump-a/notes.txt",
-        ],
-    );
+    // `fw` with `bytes`, staged as `pump-a/notes.txt` (not signed)
+    let add_notes = |bytes: &[u8]| {
+        std::fs::write(&fw, bytes).unwrap();
+        t.ok(
+            "hale-sign",
+            &[
+                "target",
+                "add",
+                &repo,
+                "--file",
+                fw.to_str().unwrap(),
+                "--name",
+                "pump-a/notes.txt",
+            ],
+        );
+    };
+    add_notes(b"never signed");
     let out = t.push(&url);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
@@ -623,19 +669,7 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("nothing to push"), "{}", text(&out));
     // the server's refusal is shown verbatim (here: an unknown operator token)
-    std::fs::write(&fw, b"v6 notes").unwrap();
-    t.ok(
-        "hale-sign",
-        &[
-            "target",
-            "add",
-            &repo,
-            "--file",
-            fw.to_str().unwrap(),
-            "--name",
-            "pump-a/notes.txt",
-        ],
-    );
+    add_notes(b"v6 notes");
     t.sign(&[
         "sign",
         &format!("{repo}/staged/targets.json"),
@@ -667,13 +701,9 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
 
 /// hale-server with the TLS listeners; (plain, device, enroll, staff) URLs.
 fn start_tls_server(t: &Tools) -> (Server, [String; 4]) {
-    let mut child = Command::new(t.bin.join("hale-server"))
-        .args([
-            "serve",
-            "--data",
-            &t.p("server"),
-            "--listen",
-            "127.0.0.1:0",
+    let mut cmd = serve_command(
+        t,
+        &[
             "--tls-dir",
             &t.p("server/tls"),
             "--device-listen",
@@ -682,43 +712,20 @@ fn start_tls_server(t: &Tools) -> (Server, [String; 4]) {
             "127.0.0.1:0",
             "--staff-listen",
             "127.0.0.1:0",
-        ])
-        .env("HALE_KEY_PASSPHRASE", PASS)
-        .env("HALE_CA_PASSPHRASE", PASS)
-        .env("HALE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            for (i, p) in [
-                "listening on ",
-                "device listening on ",
-                "enroll listening on ",
-                "staff listening on ",
-            ]
-            .iter()
-            .enumerate()
-            {
-                if let Some(url) = line.strip_prefix(p) {
-                    let _ = tx.send((i, url.to_string()));
-                }
-            }
-        }
-    });
-    let mut urls: [String; 4] = Default::default();
-    for _ in 0..4 {
-        let (i, u) = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("hale-server did not print its listeners within 20 s");
-        urls[i] = u;
-    }
-    let url = urls[0].clone();
-    (Server { child, url }, urls)
+        ],
+    );
+    cmd.env("HALE_CA_PASSPHRASE", PASS);
+    let (server, urls) = spawn_server(
+        cmd,
+        &[
+            "listening on ",
+            "device listening on ",
+            "enroll listening on ",
+            "staff listening on ",
+        ],
+        "its listeners",
+    );
+    (server, urls.try_into().unwrap())
 }
 
 /// Issue 5, client side: a pump made at the factory (key + CSR, factory certificate, manifest)
@@ -727,12 +734,7 @@ fn start_tls_server(t: &Tools) -> (Server, [String; 4]) {
 /// operator certificate) has every step.
 #[test]
 fn pump_enrolls_updates_reports_and_renews_over_mtls() {
-    let bin = binaries();
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Tools {
-        bin,
-        work: tmp.path().to_path_buf(),
-    };
+    let t = Tools::new();
     identity_setup(&t);
     let data = t.p("server");
     let pass = ["--passphrase-env", PASS_VAR];
@@ -746,21 +748,13 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
 
     // the factory: the pump makes its key and CSR, the station issues and records it
     let serial = "SN-E2E-0001";
-    let state = t.p("pump1");
-    let secret = [(
-        "HALE_DEVICE_SECRET",
-        "e2e device secret, a secure element stands here",
-    )];
     let agent = |args: &[&str]| -> Output {
-        let mut a = vec!["--state", state.as_str()];
-        a.extend(args);
-        Command::new(t.bin.join("hale-agent"))
-            .args(&a)
-            .envs(secret)
-            .env("HALE_AGENT_INSECURE_TEST_SCRYPT_LOG_N", "10")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        agent_with_secret(
+            &t,
+            "pump1",
+            "e2e device secret, a secure element stands here",
+            args,
+        )
     };
     let out = agent(&[
         "factory-csr",
@@ -805,28 +799,7 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
     let (server, [plain, device, enroll, staff]) = start_tls_server(&t);
     let out = t.release_as_operator(&staff, "1.0.0", "1", "pump-a");
     assert!(out.status.success(), "push v1: {}", text(&out));
-    t.pump(
-        1,
-        &[
-            "provision",
-            "--root",
-            &t.p("release/repository/1.root.json"),
-            "--image",
-            &t.p("fw-1.0.0-pump-a.bin"),
-            "--version",
-            "1.0.0",
-            "--security-counter",
-            "1",
-            "--id",
-            serial,
-            "--model",
-            "pump-a",
-            "--revision",
-            "r2",
-            "--target",
-            TARGET,
-        ],
-    );
+    provision_serial(&t, 1, serial);
 
     let out = t.release_as_operator(&staff, "2.0.0", "2", "pump-a");
     assert!(out.status.success(), "push v2: {}", text(&out));
@@ -907,34 +880,7 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
     assert!(!log.contains("refused") && !log.contains("failed"), "{log}");
 
     // the audit log, read by an operator over the staff listener
-    let sealed = std::fs::read(t.work.join("olga.key")).unwrap();
-    let key = hale_pki::tls::open_private_key(&sealed, PASS.as_bytes()).unwrap();
-    let chain_pem = std::fs::read_to_string(t.work.join("olga.crt")).unwrap();
-    let chain: Vec<_> = chain_pem
-        .split_inclusive("-----END CERTIFICATE-----\n")
-        .map(|c| hale_pki::tls::certificate_from_pem(c).unwrap())
-        .collect();
-    let server_ca = hale_pki::tls::certificate_from_pem(
-        &std::fs::read_to_string(t.work.join("ca/server.crt")).unwrap(),
-    )
-    .unwrap();
-    let cfg = hale_pki::tls::client_config(server_ca, chain, key).unwrap();
-    let mut cfg = (*cfg).clone();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let http = ureq::AgentBuilder::new()
-        .tls_config(std::sync::Arc::new(cfg))
-        .build();
-    let audit: Value = http
-        .get(&format!("{staff}/api/v1/staff/audit?limit=1000"))
-        .call()
-        .map(|r| serde_json::from_str(&r.into_string().unwrap()).unwrap())
-        .unwrap();
-    let kinds: Vec<&str> = audit["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["kind"].as_str().unwrap())
-        .collect();
+    let kinds = audit_kinds(&t, &staff);
     eprintln!("audit kinds: {kinds:?}");
     let count = |step: &str| kinds.iter().filter(|k| **k == step).count();
     for (step, n) in [
@@ -1008,69 +954,21 @@ fn mirror(url: &str, repo: &str, target: &str) {
 /// 1.0.0; at its next sync the server's inventory and audit show the rollback and who signed.
 #[test]
 fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_signers() {
-    let bin = binaries();
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Tools {
-        bin,
-        work: tmp.path().to_path_buf(),
-    };
-    std::fs::create_dir_all(t.work.join("keys")).unwrap();
-    for (name, kind) in [
+    let t = Tools::new();
+    t.generate_keys(&[
         ("root", "ed25519"),
         ("targets", "ed25519"),
         ("snapshot", "ed25519"),
         ("timestamp", "ed25519"),
         ("field-service", "ecdsa-p256"),
         ("clinical-eng", "ed25519"),
-    ] {
-        t.sign(&[
-            "key",
-            "generate",
-            "--type",
-            kind,
-            "--out",
-            &t.p(&format!("keys/{name}")),
-        ]);
-    }
+    ]);
     let repo = t.p("release");
-    let k = |n: &str| t.p(&format!("keys/{n}"));
-    t.ok(
-        "hale-sign",
-        &[
-            "init",
-            &repo,
-            "--root-key",
-            &k("root.pub"),
-            "--targets-key",
-            &k("targets.pub"),
-            "--snapshot-key",
-            &k("snapshot.pub"),
-            "--timestamp-key",
-            &k("timestamp.pub"),
-        ],
-    );
-    let staged_root = format!("{repo}/staged/root.json");
+    let k = |n: &str| t.key(n);
+    let staged_root = t.init_repo(&["--root-key", &k("root.pub")]);
     t.sign(&["sign", &staged_root, "--key", &k("root.key")]);
     let data = t.p("server");
-    t.ok(
-        "hale-server",
-        &[
-            "init",
-            "--data",
-            &data,
-            "--root",
-            &staged_root,
-            "--timestamp-key",
-            &k("timestamp.key"),
-            "--snapshot-key",
-            &k("snapshot.key"),
-        ],
-    );
-    let token = t.ok(
-        "hale-server",
-        &["token", "add", "--data", &data, "--name", "e2e"],
-    );
-    std::fs::write(t.work.join("token"), token.trim()).unwrap();
+    t.init_server(&staged_root);
     let server = start_server(&t);
     let url = server.url.clone();
 
@@ -1228,13 +1126,7 @@ fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_
     // the next sync reports it once; the server keeps it with the device and audits it
     t.poll(1, &url);
     assert!(!t.work.join("pump1/install_record.json").exists());
-    let inv: Value = serde_json::from_str(&http_get(&format!("{url}/api/v1/devices"))).unwrap();
-    let dev = inv["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["device"] == "pump-0001")
-        .unwrap_or_else(|| panic!("pump-0001 not in the inventory: {inv}"));
+    let dev = inventory_entry(&url, "pump-0001");
     let rec = &dev["report"]["install_record"];
     assert_eq!(rec["kind"], "rollback", "{dev}");
     assert_eq!(rec["target"], TARGET);
@@ -1266,52 +1158,15 @@ fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_
 /// (`ca/`), the server's TLS directory and an operator (`olga.crt`/`olga.key`) and a technician
 /// (`tom.crt`/`tom.key`) certificate, all through the real binaries.
 fn identity_setup(t: &Tools) {
-    std::fs::create_dir_all(t.work.join("keys")).unwrap();
-    for name in ["root", "targets", "snapshot", "timestamp"] {
-        let out = t.p(&format!("keys/{name}"));
-        t.sign(&["key", "generate", "--type", "ed25519", "--out", &out]);
-    }
-    let k = |n: &str| t.p(&format!("keys/{n}"));
-    let repo = t.p("release");
-    t.ok(
-        "hale-sign",
-        &[
-            "init",
-            &repo,
-            "--root-key",
-            &k("root.pub"),
-            "--root-threshold",
-            "1",
-            "--targets-key",
-            &k("targets.pub"),
-            "--snapshot-key",
-            &k("snapshot.pub"),
-            "--timestamp-key",
-            &k("timestamp.pub"),
-        ],
-    );
-    let staged_root = format!("{repo}/staged/root.json");
-    t.sign(&["sign", &staged_root, "--key", &k("root.key")]);
-    let data = t.p("server");
-    t.ok(
-        "hale-server",
-        &[
-            "init",
-            "--data",
-            &data,
-            "--root",
-            &staged_root,
-            "--timestamp-key",
-            &k("timestamp.key"),
-            "--snapshot-key",
-            &k("snapshot.key"),
-        ],
-    );
-    let token = t.ok(
-        "hale-server",
-        &["token", "add", "--data", &data, "--name", "e2e"],
-    );
-    std::fs::write(t.work.join("token"), token.trim()).unwrap();
+    t.generate_keys(&[
+        ("root", "ed25519"),
+        ("targets", "ed25519"),
+        ("snapshot", "ed25519"),
+        ("timestamp", "ed25519"),
+    ]);
+    let staged_root = t.init_repo(&["--root-key", &t.key("root.pub"), "--root-threshold", "1"]);
+    t.sign(&["sign", &staged_root, "--key", &t.key("root.key")]);
+    t.init_server(&staged_root);
 
     let pass = ["--passphrase-env", PASS_VAR];
     let kpass = ["--key-passphrase-env", PASS_VAR];
@@ -1388,16 +1243,30 @@ fn mtls_agent(
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
 ) -> ureq::Agent {
-    let server_ca = hale_pki::tls::certificate_from_pem(
-        &std::fs::read_to_string(t.work.join("ca/server.crt")).unwrap(),
-    )
-    .unwrap();
-    let mut cfg = (*hale_pki::tls::client_config(server_ca, chain, key).unwrap()).clone();
+    let mut cfg = (*hale_pki::tls::client_config(server_ca(t), chain, key).unwrap()).clone();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     ureq::AgentBuilder::new()
         .tls_config(std::sync::Arc::new(cfg))
         .timeout(Duration::from_secs(20))
         .build()
+}
+
+/// The Server CA certificate (`WORK/ca/server.crt`), the only trust anchor of the clients here.
+fn server_ca(t: &Tools) -> rustls::pki_types::CertificateDer<'static> {
+    hale_pki::tls::certificate_from_pem(
+        &std::fs::read_to_string(t.work.join("ca/server.crt")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The private key of an `operational.json` (`op`) of state pump1, unsealed with pump1's device
+/// secret.
+fn pump1_key(op: &Value) -> rustls::pki_types::PrivateKeyDer<'static> {
+    hale_pki::tls::open_private_key(
+        &serde_json::to_vec(&op["key"]).unwrap(),
+        b"e2e device secret of pump1, a secure element stands here",
+    )
+    .unwrap()
 }
 
 /// The staff API client of the person `name` (`hale-sign ca staff --out WORK/name`).
@@ -1431,16 +1300,7 @@ fn handshake_refusal(
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     op: &Value,
 ) -> rustls::Error {
-    let key = hale_pki::tls::open_private_key(
-        &serde_json::to_vec(&op["key"]).unwrap(),
-        b"e2e device secret of pump1, a secure element stands here",
-    )
-    .unwrap();
-    let server_ca = hale_pki::tls::certificate_from_pem(
-        &std::fs::read_to_string(t.work.join("ca/server.crt")).unwrap(),
-    )
-    .unwrap();
-    let cfg = hale_pki::tls::client_config(server_ca, chain, key).unwrap();
+    let cfg = hale_pki::tls::client_config(server_ca(t), chain, pump1_key(op)).unwrap();
     let hostport = url.strip_prefix("https://").unwrap();
     let host = hostport.rsplit_once(':').unwrap().0.to_string();
     let name = rustls::pki_types::ServerName::try_from(host).unwrap();
@@ -1470,24 +1330,28 @@ fn handshake_refusal(
     }
 }
 
-/// POST a JSON body; (HTTP status, JSON body).
-fn post_json(agent: &ureq::Agent, url: &str, body: Value) -> (u16, Value) {
+/// POST a JSON body to `path` of the staff API (at `staff`) as the person `name`; (HTTP status,
+/// JSON body).
+fn staff_post(t: &Tools, staff: &str, name: &str, path: &str, body: Value) -> (u16, Value) {
     json_call(
-        agent
-            .post(url)
+        staff_agent(t, name)
+            .post(&format!("{staff}{path}"))
             .set("Content-Type", "application/json")
             .send_string(&body.to_string()),
     )
 }
 
+/// GET `path` of the staff API (at `staff`) as operator olga; the JSON body, which must come with
+/// status 200.
+fn staff_get(t: &Tools, staff: &str, path: &str) -> Value {
+    let (status, v) = json_call(staff_agent(t, "olga").get(&format!("{staff}{path}")).call());
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
 /// The server's device record of `id`, read by operator olga over the staff API.
 fn device_record(t: &Tools, staff: &str, id: &str) -> Value {
-    let (status, v) = json_call(
-        staff_agent(t, "olga")
-            .get(&format!("{staff}/api/v1/staff/devices?limit=1000"))
-            .call(),
-    );
-    assert_eq!(status, 200, "{v}");
+    let v = staff_get(t, staff, "/api/v1/staff/devices?limit=1000");
     v["devices"]
         .as_array()
         .unwrap()
@@ -1499,12 +1363,7 @@ fn device_record(t: &Tools, staff: &str, id: &str) -> Value {
 
 /// Audit record kinds, read by operator olga over the staff API.
 fn audit_kinds(t: &Tools, staff: &str) -> Vec<String> {
-    let (status, v) = json_call(
-        staff_agent(t, "olga")
-            .get(&format!("{staff}/api/v1/staff/audit?limit=1000"))
-            .call(),
-    );
-    assert_eq!(status, 200, "{v}");
+    let v = staff_get(t, staff, "/api/v1/staff/audit?limit=1000");
     v["records"]
         .as_array()
         .unwrap()
@@ -1516,8 +1375,13 @@ fn audit_kinds(t: &Tools, staff: &str) -> Vec<String> {
 /// `hale-agent --state WORK/STATE ARGS` with the device secret of that state (and a low scrypt
 /// cost for new device keys); the output whatever the exit status.
 fn agent_in(t: &Tools, state: &str, args: &[&str]) -> Output {
-    let dir = t.p(state);
     let secret = format!("e2e device secret of {state}, a secure element stands here");
+    agent_with_secret(t, state, &secret, args)
+}
+
+/// As [`agent_in`], with the device secret `secret`.
+fn agent_with_secret(t: &Tools, state: &str, secret: &str, args: &[&str]) -> Output {
+    let dir = t.p(state);
     let mut a = vec!["--state", dir.as_str()];
     a.extend(args);
     Command::new(t.bin.join("hale-agent"))
@@ -1527,6 +1391,34 @@ fn agent_in(t: &Tools, state: &str, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
+}
+
+/// One poll of the agent in `state` ([`agent_in`]) against `url`, no jitter; the output whatever
+/// the exit status.
+fn poll_once(t: &Tools, state: &str, url: &str) -> Output {
+    agent_in(
+        t,
+        state,
+        &["run", "--server", url, "--once", "--jitter", "0"],
+    )
+}
+
+/// `hale-agent enroll` of the agent in `state` ([`agent_in`]) over EST at `enroll` with `token`,
+/// trusting only the Server CA; the output whatever the exit status.
+fn enroll_with_token(t: &Tools, state: &str, enroll: &str, token: &str) -> Output {
+    agent_in(
+        t,
+        state,
+        &[
+            "enroll",
+            "--est",
+            enroll,
+            "--ca-cert",
+            &t.p("ca/server.crt"),
+            "--token",
+            token,
+        ],
+    )
 }
 
 /// Provision pump `n` (state `pumpN`, id `serial`) with v1 and the trusted root.
@@ -1571,12 +1463,7 @@ fn enrolled_serial(o: &Output) -> String {
 /// device, the server's record keeps the first certificate and the audit log one enrollment.
 #[test]
 fn token_enrolled_pump_updates_over_mtls_and_a_reused_token_is_refused() {
-    let bin = binaries();
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Tools {
-        bin,
-        work: tmp.path().to_path_buf(),
-    };
+    let t = Tools::new();
     identity_setup(&t);
     let serial = "SN-TOKEN-0001";
     let data = t.p("server");
@@ -1604,20 +1491,12 @@ fn token_enrolled_pump_updates_over_mtls_and_a_reused_token_is_refused() {
     // the pump makes its key (and records its serial); the factory certified nothing
     let out = agent_in(&t, "pump1", &["factory-csr", "--serial", serial]);
     assert!(out.status.success(), "{}", text(&out));
-    let server_ca = t.p("ca/server.crt");
-    let est = ["enroll", "--est", &enroll, "--ca-cert", &server_ca];
-    let mut with_token = est.to_vec();
-    with_token.extend(["--token", token.as_str()]);
-    let issued = enrolled_serial(&agent_in(&t, "pump1", &with_token));
+    let issued = enrolled_serial(&enroll_with_token(&t, "pump1", &enroll, &token));
 
     // the token-enrolled certificate works on the device API: v2 installs over mTLS
     let out = t.release_as_operator(&staff, "2.0.0", "2", "pump-a");
     assert!(out.status.success(), "push v2: {}", text(&out));
-    let out = agent_in(
-        &t,
-        "pump1",
-        &["run", "--server", &device, "--once", "--jitter", "0"],
-    );
+    let out = poll_once(&t, "pump1", &device);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(
@@ -1633,7 +1512,7 @@ fn token_enrolled_pump_updates_over_mtls_and_a_reused_token_is_refused() {
     // the same token again, from a clone with the same serial and its own key
     let out = agent_in(&t, "clone", &["factory-csr", "--serial", serial]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = agent_in(&t, "clone", &with_token);
+    let out = enroll_with_token(&t, "clone", &enroll, &token);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(1), "{log}");
     let refusal = format!(
@@ -1645,7 +1524,7 @@ fn token_enrolled_pump_updates_over_mtls_and_a_reused_token_is_refused() {
         "a refused enrollment stored a certificate"
     );
     // and from the pump that redeemed it: refused the same way, its certificate untouched
-    let out = agent_in(&t, "pump1", &with_token);
+    let out = enroll_with_token(&t, "pump1", &enroll, &token);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).starts_with(&refusal), "{}", text(&out));
     assert_eq!(
@@ -1677,21 +1556,18 @@ fn token_enrolled_pump_updates_over_mtls_and_a_reused_token_is_refused() {
 /// again (`device_decommissioned`, with a token issued before, and no new token).
 #[test]
 fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
-    let bin = binaries();
-    let tmp = tempfile::tempdir().unwrap();
-    let t = Tools {
-        bin,
-        work: tmp.path().to_path_buf(),
-    };
+    let t = Tools::new();
     identity_setup(&t);
     let serial = "SN-DECOM-0001";
     let data = t.p("server");
     let (server, [_plain, device, enroll, staff]) = start_tls_server(&t);
 
     // a token from the staff API (technician), then enrollment and a first poll
-    let (status, v) = post_json(
-        &staff_agent(&t, "tom"),
-        &format!("{staff}/api/v1/staff/enroll-tokens"),
+    let (status, v) = staff_post(
+        &t,
+        &staff,
+        "tom",
+        "/api/v1/staff/enroll-tokens",
         serde_json::json!({"serial": serial, "model": "pump-a", "ttl_secs": 600}),
     );
     assert_eq!(status, 200, "{v}");
@@ -1701,27 +1577,8 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
     provision_serial(&t, 1, serial);
     let out = agent_in(&t, "pump1", &["factory-csr", "--serial", serial]);
     assert!(out.status.success(), "{}", text(&out));
-    let server_ca = t.p("ca/server.crt");
-    let issued = enrolled_serial(&agent_in(
-        &t,
-        "pump1",
-        &[
-            "enroll",
-            "--est",
-            &enroll,
-            "--ca-cert",
-            &server_ca,
-            "--token",
-            &token,
-        ],
-    ));
-    let poll = || {
-        agent_in(
-            &t,
-            "pump1",
-            &["run", "--server", &device, "--once", "--jitter", "0"],
-        )
-    };
+    let issued = enrolled_serial(&enroll_with_token(&t, "pump1", &enroll, &token));
+    let poll = || poll_once(&t, "pump1", &device);
     let out = poll();
     let log = text(&out);
     assert!(out.status.success(), "{log}");
@@ -1732,12 +1589,7 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
         &std::fs::read(t.work.join("pump1/identity/operational.json")).unwrap(),
     )
     .unwrap();
-    let key = hale_pki::tls::open_private_key(
-        &serde_json::to_vec(&op["key"]).unwrap(),
-        b"e2e device secret of pump1, a secure element stands here",
-    )
-    .unwrap();
-    let open = mtls_agent(&t, pem_chain(op["chain"].as_str().unwrap()), key);
+    let open = mtls_agent(&t, pem_chain(op["chain"].as_str().unwrap()), pump1_key(&op));
     let r = open
         .get(&format!("{device}/timestamp.json"))
         .call()
@@ -1752,18 +1604,22 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
     let before_flash = std::fs::read(t.work.join("pump1/flash.bin")).unwrap();
 
     // a spare token for the pump, issued while it is active
-    let (status, v) = post_json(
-        &staff_agent(&t, "olga"),
-        &format!("{staff}/api/v1/staff/enroll-tokens"),
+    let (status, v) = staff_post(
+        &t,
+        &staff,
+        "olga",
+        "/api/v1/staff/enroll-tokens",
         serde_json::json!({"serial": serial, "model": "pump-a"}),
     );
     assert_eq!(status, 200, "{v}");
     let spare_token = v["token"].as_str().unwrap().to_string();
 
     // a technician may not decommission: refused, nothing changed
-    let decommission = format!("{staff}/api/v1/staff/devices/{serial}/decommission");
-    let (status, v) = post_json(
-        &staff_agent(&t, "tom"),
+    let decommission = format!("/api/v1/staff/devices/{serial}/decommission");
+    let (status, v) = staff_post(
+        &t,
+        &staff,
+        "tom",
         &decommission,
         serde_json::json!({"reason": "e2e"}),
     );
@@ -1777,8 +1633,10 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
     assert_eq!(record["certificate"]["serial"], issued.as_str(), "{record}");
 
     // the operator does
-    let (status, v) = post_json(
-        &staff_agent(&t, "olga"),
+    let (status, v) = staff_post(
+        &t,
+        &staff,
+        "olga",
         &decommission,
         serde_json::json!({"reason": "returned to the manufacturer"}),
     );
@@ -1837,19 +1695,7 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
     // and it cannot come back: a token issued before the decommission is refused at enrollment
     // (nothing stored), and no new token is issued for it
     let operational = std::fs::read(t.work.join("pump1/identity/operational.json")).unwrap();
-    let out = agent_in(
-        &t,
-        "pump1",
-        &[
-            "enroll",
-            "--est",
-            &enroll,
-            "--ca-cert",
-            &server_ca,
-            "--token",
-            &spare_token,
-        ],
-    );
+    let out = enroll_with_token(&t, "pump1", &enroll, &spare_token);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).starts_with(&format!(
@@ -1862,9 +1708,11 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
         std::fs::read(t.work.join("pump1/identity/operational.json")).unwrap(),
         operational
     );
-    let (status, v) = post_json(
-        &staff_agent(&t, "olga"),
-        &format!("{staff}/api/v1/staff/enroll-tokens"),
+    let (status, v) = staff_post(
+        &t,
+        &staff,
+        "olga",
+        "/api/v1/staff/enroll-tokens",
         serde_json::json!({"serial": serial, "model": "pump-a"}),
     );
     assert_eq!(
