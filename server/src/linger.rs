@@ -60,10 +60,6 @@ impl<T> Lingering<T> {
             closing: None,
         }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.io
-    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Lingering<T> {
