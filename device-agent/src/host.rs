@@ -103,13 +103,42 @@ impl fmt::Display for HttpError {
 impl std::error::Error for HttpError {}
 
 /// A blocking HTTP(S) transport (rustls). `metadata_url` and `target_url` are base URLs.
+///
+/// A target is read as one stream: the first block opens `Range: bytes=OFFSET-` and the blocks
+/// that follow it read on from the same response, so a download costs one request, not one per
+/// block (256 per MiB in 4 KiB blocks, each waiting a round trip). A request may last 60 s; a
+/// stream that fails after it delivered at least a block since it was opened (its 60 s ran out
+/// on a slow link, the connection dropped) is opened again where it stopped, so a download
+/// needs at least a block per 60 s, as one request per block did.
 #[derive(Debug)]
 pub struct HttpTransport {
     agent: ureq::Agent,
     metadata_url: String,
     target_url: String,
+    /// The target response being read, if any.
+    target: Option<TargetStream>,
     /// Every URL requested, in order (tests and the conformance suite count them).
     pub requests: Vec<String>,
+}
+
+/// An open target response: what it delivers next.
+struct TargetStream {
+    url: String,
+    /// The file offset of its next byte.
+    next: u64,
+    /// Bytes delivered since it was opened.
+    delivered: u64,
+    body: Box<dyn Read + Send + Sync + 'static>,
+}
+
+impl fmt::Debug for TargetStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TargetStream")
+            .field("url", &self.url)
+            .field("next", &self.next)
+            .field("delivered", &self.delivered)
+            .finish_non_exhaustive()
+    }
 }
 
 fn join(base: &str, name: &str) -> String {
@@ -126,6 +155,7 @@ impl HttpTransport {
             agent,
             metadata_url: metadata_url.into(),
             target_url: target_url.into(),
+            target: None,
             requests: vec![],
         }
     }
@@ -141,6 +171,7 @@ impl HttpTransport {
             agent: crate::identity::agent(tls),
             metadata_url: metadata_url.into(),
             target_url: target_url.into(),
+            target: None,
             requests: vec![],
         }
     }
@@ -208,52 +239,96 @@ impl Transport for HttpTransport {
             return Ok(());
         }
         let url = join(&self.target_url, name);
+        // the open response goes on from here, or a new one starts here
+        let mut stream = match self.target.take() {
+            Some(s) if s.url == url && s.next == offset => s,
+            _ => self.open_target(&url, offset)?,
+        };
+        let mut got = 0;
+        while got < buf.len() {
+            let dst = buf.get_mut(got..).unwrap_or(&mut []);
+            match stream.body.read(dst) {
+                Ok(0) => {
+                    return Err(HttpError::Short {
+                        url,
+                        wanted: buf.len(),
+                        got,
+                    })
+                }
+                Ok(n) => {
+                    got += n;
+                    stream.next += n as u64;
+                    stream.delivered += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) if stream.delivered >= buf.len() as u64 => {
+                    // it made progress: go on from where it stopped, on a new request
+                    stream = self.open_target(&url, stream.next)?;
+                }
+                Err(e) => {
+                    return Err(HttpError::Io {
+                        url,
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+        self.target = Some(stream);
+        Ok(())
+    }
+}
+
+impl HttpTransport {
+    /// `GET url` from byte `offset` to the end. A server without Range support answers 200 with
+    /// the whole file: the first `offset` bytes are skipped. A 206 must start at `offset`.
+    fn open_target(&mut self, url: &str, offset: u64) -> Result<TargetStream, HttpError> {
         self.requests.push(format!("{url} bytes={offset}-"));
-        let last = offset + buf.len() as u64 - 1;
+        let io = |message: String| HttpError::Io {
+            url: url.into(),
+            message,
+        };
         let resp = match self
             .agent
-            .get(&url)
-            .set("Range", &format!("bytes={offset}-{last}"))
+            .get(url)
+            .set("Range", &format!("bytes={offset}-"))
             .call()
         {
             Ok(r) => r,
-            Err(ureq::Error::Status(code, r)) => return Err(status_error(&url, code, r)),
-            Err(e) => {
-                return Err(HttpError::Io {
-                    url,
-                    message: e.to_string(),
-                })
-            }
+            Err(ureq::Error::Status(code, r)) => return Err(status_error(url, code, r)),
+            Err(e) => return Err(io(e.to_string())),
         };
         let partial = resp.status() == 206;
-        let mut r = resp.into_reader();
-        if !partial {
-            // a server without Range support: skip to the offset
-            std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink()).map_err(|e| {
-                HttpError::Io {
-                    url: url.clone(),
-                    message: e.to_string(),
-                }
-            })?;
+        if partial {
+            let start = resp
+                .header("Content-Range")
+                .and_then(|v| v.trim().strip_prefix("bytes "))
+                .and_then(|v| v.split_once('-'))
+                .and_then(|(a, _)| a.trim().parse::<u64>().ok());
+            if start != Some(offset) {
+                return Err(io(format!(
+                    "asked for bytes from {offset}, the server sent Content-Range {:?}",
+                    resp.header("Content-Range").unwrap_or("(none)")
+                )));
+            }
         }
-        let mut got = 0;
-        while got < buf.len() {
-            let n = r
-                .read(buf.get_mut(got..).unwrap_or(&mut []))
-                .map_err(|e| HttpError::Io {
-                    url: url.clone(),
-                    message: e.to_string(),
-                })?;
-            if n == 0 {
+        let mut body = resp.into_reader();
+        if !partial {
+            let skipped = std::io::copy(&mut (&mut body).take(offset), &mut std::io::sink())
+                .map_err(|e| io(e.to_string()))?;
+            if skipped < offset {
                 return Err(HttpError::Short {
-                    url,
-                    wanted: buf.len(),
-                    got,
+                    url: url.into(),
+                    wanted: usize::try_from(offset).unwrap_or(usize::MAX),
+                    got: usize::try_from(skipped).unwrap_or(usize::MAX),
                 });
             }
-            got += n;
         }
-        Ok(())
+        Ok(TargetStream {
+            url: url.into(),
+            next: offset,
+            delivered: 0,
+            body,
+        })
     }
 }
 

@@ -25,6 +25,9 @@ struct Served {
     files: BTreeMap<String, Vec<u8>>,
     requests: Vec<String>,
     reports: Vec<Value>,
+    /// Cut the next ranged answers short: each entry is how many body bytes one answer sends
+    /// before the connection closes (its Content-Length still says the whole range).
+    cuts: Vec<usize>,
 }
 
 /// Serve `/metadata/<name>` and `/targets/<name>` from the map; record POSTed reports.
@@ -91,6 +94,12 @@ fn serve() -> (String, Arc<Mutex<Served>>) {
                     },
                 }
             };
+            let ranged = resp.3.is_some();
+            let cut = if ranged && !s.cuts.is_empty() {
+                Some(s.cuts.remove(0))
+            } else {
+                None
+            };
             drop(s);
             let (code, text, body, cr) = resp;
             let mut head = format!(
@@ -102,7 +111,7 @@ fn serve() -> (String, Arc<Mutex<Served>>) {
             }
             head.push_str("\r\n");
             let _ = conn.write_all(head.as_bytes());
-            let _ = conn.write_all(&body);
+            let _ = conn.write_all(&body[..cut.unwrap_or(body.len()).min(body.len())]);
         }
     });
     (addr, state)
@@ -678,4 +687,77 @@ fn conformance_refresh_look_ahead_ends_as_the_workflow_does() {
     set_files(&state, &sim);
     assert_eq!(refresh(NOW).unwrap(), 2);
     assert_eq!(stored("timestamp.json"), sim.files["timestamp.json"]);
+}
+
+/// The pump's transport reads a target as one stream: one request for the whole download, one
+/// for a resumed one, a new request from where a broken stream stopped (once it had delivered a
+/// block), and an error when a new stream breaks before delivering a block.
+#[test]
+fn the_pump_reads_a_target_as_one_stream_and_goes_on_where_it_broke() {
+    use device_agent::host::{HttpError, HttpTransport};
+    use device_agent::Transport;
+    let (addr, state) = serve();
+    let fw: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    state
+        .lock()
+        .unwrap()
+        .files
+        .insert("targets/fw.bin".into(), fw.clone());
+    let url = format!("{addr}/targets/fw.bin");
+    // read `[from, to)` in 4 KiB blocks, as the agent asks for them
+    let read = |t: &mut HttpTransport, from: usize, to: usize| -> Result<Vec<u8>, HttpError> {
+        let mut out = Vec::new();
+        let mut at = from;
+        while at < to {
+            let mut block = vec![0u8; (to - at).min(4096)];
+            t.fetch_target("fw.bin", at as u64, &mut block)?;
+            out.extend_from_slice(&block);
+            at += block.len();
+        }
+        Ok(out)
+    };
+    let served = |state: &Arc<Mutex<Served>>| std::mem::take(&mut state.lock().unwrap().requests);
+
+    // the whole file: one request
+    let mut t = HttpTransport::new(&addr, &format!("{addr}/targets"));
+    assert_eq!(read(&mut t, 0, fw.len()).unwrap(), fw);
+    assert_eq!(t.requests, [format!("{url} bytes=0-")]);
+    assert_eq!(served(&state), ["GET /targets/fw.bin"]);
+
+    // a resumed download (a new transport, from a checkpoint): one request from there
+    let mut t = HttpTransport::new(&addr, &format!("{addr}/targets"));
+    assert_eq!(read(&mut t, 8192, fw.len()).unwrap(), fw[8192..]);
+    assert_eq!(t.requests, [format!("{url} bytes=8192-")]);
+
+    // the stream breaks after 6,000 bytes: it had delivered a block, so it goes on at 6,000
+    state.lock().unwrap().cuts = vec![6000];
+    let mut t = HttpTransport::new(&addr, &format!("{addr}/targets"));
+    assert_eq!(read(&mut t, 0, fw.len()).unwrap(), fw);
+    assert_eq!(
+        t.requests,
+        [format!("{url} bytes=0-"), format!("{url} bytes=6000-")]
+    );
+
+    // a stream that breaks before it delivered a block is an error, and not retried
+    state.lock().unwrap().cuts = vec![6000, 100];
+    let mut t = HttpTransport::new(&addr, &format!("{addr}/targets"));
+    let err = read(&mut t, 0, fw.len()).unwrap_err();
+    assert!(
+        matches!(&err, HttpError::Io { url: u, .. } if *u == url),
+        "{err:?}"
+    );
+    assert_eq!(
+        t.requests,
+        [format!("{url} bytes=0-"), format!("{url} bytes=6000-")]
+    );
+    assert!(state.lock().unwrap().cuts.is_empty());
+
+    // a block asked for out of order starts a new request there
+    let mut t = HttpTransport::new(&addr, &format!("{addr}/targets"));
+    assert_eq!(read(&mut t, 0, 4096).unwrap(), fw[..4096]);
+    assert_eq!(read(&mut t, 12288, 16384).unwrap(), fw[12288..16384]);
+    assert_eq!(
+        t.requests,
+        [format!("{url} bytes=0-"), format!("{url} bytes=12288-")]
+    );
 }
