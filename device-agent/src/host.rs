@@ -222,6 +222,9 @@ impl Transport for HttpTransport {
     type Error = HttpError;
 
     fn fetch_metadata(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, HttpError> {
+        // metadata comes before a target's blocks: a target response still open belongs to an
+        // earlier check, and its connection is let go
+        self.target = None;
         let url = join(&self.metadata_url, name);
         let Some(body) = self.get(&url, buf.len())? else {
             return Ok(None);
