@@ -682,4 +682,69 @@ mod tests {
         assert!(Head::parse(b"HTTP/1.1 2x0 OK").is_none());
         assert!(Head::parse(b"HTTP/1.1 200 OK\r\nno colon").is_none());
     }
+
+    /// Mangled answers (bytes replaced, cut short, hostile tokens put in: huge lengths and
+    /// chunk sizes, long lines, a second encoding) never panic, never hang and never hand back
+    /// more than the limit: each ends as a body within it, a 404 or an error. Deterministic.
+    #[test]
+    fn mangled_answers_end_in_a_bounded_body_or_an_error() {
+        const BASE: [&[u8]; 4] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nTrailer: x\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\n\r\nto the end",
+        ];
+        const TOKENS: [&[u8]; 8] = [
+            b"ffffffffffffffff",
+            b"\r\n",
+            b"Content-Length: 99999999999999999999\r\n",
+            b"Content-Length: 2000\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"800\r\n",
+            b";",
+            b"0\r\n\r\n",
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let mut answers: Vec<(&'static [u8], bool)> = Vec::new();
+        for _ in 0..600 {
+            let mut a = BASE[next(BASE.len())].to_vec();
+            for _ in 0..1 + next(3) {
+                let at = next(a.len() + 1);
+                match next(5) {
+                    0 if !a.is_empty() => {
+                        let i = at.min(a.len() - 1);
+                        a[i] = b"0f:; \r\n\xff"[next(8)];
+                    }
+                    1 => a.truncate(at),
+                    2 => {
+                        let t = TOKENS[next(TOKENS.len())];
+                        a.splice(at..at, t.iter().copied());
+                    }
+                    3 => {
+                        a.splice(at..at, std::iter::repeat_n(b'a', 20_000));
+                    }
+                    _ => {
+                        let end = (at + next(16)).min(a.len());
+                        let copy = a[at..end].to_vec();
+                        a.splice(at..at, copy);
+                    }
+                }
+            }
+            answers.push((Box::leak(a.into_boxed_slice()), true));
+        }
+        let n = answers.len();
+        let (base, _) = server(answers);
+        for i in 0..n {
+            match Http1::default().get(&format!("{base}/{i}"), 1024) {
+                Ok(Some(body)) => assert!(body.len() <= 1024, "answer {i}: {} bytes", body.len()),
+                Ok(None) | Err(_) => {}
+            }
+        }
+    }
 }
