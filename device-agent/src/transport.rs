@@ -13,8 +13,10 @@ pub trait Transport {
     /// not have the file (HTTP 404) — how the root chain ends.
     fn fetch_metadata(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, Self::Error>;
 
-    /// Fill `buf` exactly with bytes `offset .. offset + buf.len()` of target file `name` (an
-    /// HTTP Range request). The agent never asks past the length the trusted metadata lists.
+    /// Fill `buf` exactly with bytes `offset .. offset + buf.len()` of target file `name`. The
+    /// agent asks for a download's blocks in order, so an HTTP transport can read them from one
+    /// response (`Range: bytes=OFFSET-`, as the host's `HttpTransport` does) rather than make a
+    /// request per block. The agent never asks past the length the trusted metadata lists.
     fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error>;
 }
 
