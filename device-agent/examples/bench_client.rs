@@ -24,9 +24,6 @@
 //!     --root ROOT_JSON --url BASE_URL --target PATH --mode cold|warm|floor [--iters N]
 //! ```
 
-// `median` is given `iters` ≥ 1 (checked), so it indexes within its timings
-#![allow(clippy::indexing_slicing)]
-
 #[path = "common/mod.rs"]
 mod common;
 
@@ -50,8 +47,7 @@ fn one(root: &Path, url: &str, target: &str, md: &Path, tg: &Path, cold: bool) -
 /// Median of `iters` timings.
 fn median(iters: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
     let mut v = (0..iters).map(|_| f()).collect::<Result<Vec<_>>>()?;
-    v.sort_by(f64::total_cmp);
-    Ok(v[v.len() / 2])
+    Ok(common::median(&mut v))
 }
 
 /// The signature checks of the stored metadata in `md` and the SHA-256 of `target_file`, alone.

@@ -12,16 +12,22 @@ pub fn arg(args: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
-/// Print one JSON line: median, min and max of `runs` (seconds).
-pub fn print_summary(client: &str, mode: &str, target: &str, mut runs: Vec<f64>) {
+/// The median of `runs` (sorted in place; the mean of the middle two for an even count).
+pub fn median(runs: &mut [f64]) -> f64 {
     assert!(!runs.is_empty(), "no timings to summarize");
     runs.sort_by(f64::total_cmp);
     let n = runs.len();
-    let median = if n % 2 == 1 {
+    if n % 2 == 1 {
         runs[n / 2]
     } else {
         (runs[n / 2 - 1] + runs[n / 2]) / 2.0
-    };
+    }
+}
+
+/// Print one JSON line: median, min and max of `runs` (seconds).
+pub fn print_summary(client: &str, mode: &str, target: &str, mut runs: Vec<f64>) {
+    let median = median(&mut runs);
+    let n = runs.len();
     println!(
         "{{\"client\": \"{client}\", \"mode\": \"{mode}\", \"target\": \"{target}\", \"iters\": {n}, \"seconds\": {{\"total\": {{\"median\": {median:.6}, \"min\": {:.6}, \"max\": {:.6}}}}}}}",
         runs[0],
