@@ -259,25 +259,22 @@ fn device_reports_inventory_health_metrics_audit_and_shutdown() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    {
+    with_store(&f.data, |store| {
         use hale_server::store::Store;
-        let store = hale_server::store::SledStore::open(&f.data.join("db")).unwrap();
         let recs = store.audit_all().unwrap();
         let (seq, bytes) = &recs[3];
         let mut v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
         assert_eq!(v["kind"], "report");
         v["detail"]["report"]["last_result"]["result"] = json!("installed");
-        // rewrite record 3 in place (what an attacker with database access would do)
-        let db = sled::open(f.data.join("db")).err(); // the store holds the lock: go through it
-        assert!(db.is_some());
-        drop(store);
-        let db = sled::open(f.data.join("db")).unwrap();
-        db.open_tree("audit")
+        // rewrite record 3 in place, below the store's API (what an attacker with database
+        // access would do)
+        store
+            .open_tree("audit")
             .unwrap()
             .insert(seq.to_be_bytes(), serde_json::to_vec(&v).unwrap())
             .unwrap();
-        db.flush().unwrap();
-    }
+        store.db().flush().unwrap();
+    });
     let out = run_bin(&["audit", "verify", "--data", data], &f.pass_file);
     assert!(!out.status.success());
     assert_eq!(

@@ -65,10 +65,7 @@ fn with_record(f: impl FnOnce(&mut Value)) -> Value {
 
 fn audit_records(f: &Fixture) -> Vec<Value> {
     use hale_server::store::Store;
-    let store = hale_server::store::SledStore::open(&f.data.join("db")).unwrap();
-    store
-        .audit_all()
-        .unwrap()
+    with_store(&f.data, |store| store.audit_all().unwrap())
         .iter()
         .map(|(_, b)| serde_json::from_slice(b).unwrap())
         .collect()

@@ -410,9 +410,10 @@ fn online_key_rotation_add_key_then_publish_root_listing_it() {
     assert!(s.terminate().success());
     let out = run_bin(&["audit", "verify", "--data", data], &f.pass_file);
     assert!(out.status.success());
-    let store = hale_server::store::SledStore::open(&f.data.join("db")).unwrap();
-    let kinds: Vec<String> = hale_server::store::Store::audit_all(&store)
-        .unwrap()
+    let records = with_store(&f.data, |store| {
+        hale_server::store::Store::audit_all(store).unwrap()
+    });
+    let kinds: Vec<String> = records
         .iter()
         .map(|(_, b)| {
             serde_json::from_slice::<serde_json::Value>(b).unwrap()["kind"]

@@ -635,3 +635,24 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Open the stopped server's store in this process, run `f` on it and close it again.
+///
+/// Dropping a sled handle does not release the database's lock at once: sled's background
+/// threads hold it a little longer (spacejam/sled#1234). A test that reopens the store or runs a
+/// `hale-server` command right after would race them, so this waits (10 s at most) until the
+/// lock can be taken.
+pub fn with_store<T>(data: &Path, f: impl FnOnce(&hale_server::store::SledStore) -> T) -> T {
+    let dir = data.join("db");
+    let store = hale_server::store::SledStore::open(&dir).unwrap();
+    let out = f(&store);
+    let lock_file = std::fs::File::open(dir.join("db")).unwrap();
+    // the lock this waits for is the one the store holds
+    assert!(fs2::FileExt::try_lock_exclusive(&lock_file).is_err());
+    drop(store);
+    wait_until("sled to release its lock", Duration::from_secs(10), || {
+        fs2::FileExt::try_lock_exclusive(&lock_file).is_ok()
+    });
+    fs2::FileExt::unlock(&lock_file).unwrap();
+    out
+}
