@@ -691,12 +691,8 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
 
     drop(server);
     let total = started.elapsed();
+    // printed, not asserted: a shared machine's load is no property of the product
     eprintln!("e2e: build check {built:?}, scenario {:?}", total - built);
-    assert!(
-        total - built < Duration::from_secs(60),
-        "scenario took {:?}",
-        total - built
-    );
 }
 
 /// hale-server with the TLS listeners; (plain, device, enroll, staff) URLs.
