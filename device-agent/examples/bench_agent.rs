@@ -34,7 +34,7 @@ use hale_core::Version;
 use sha2::{Digest, Sha256};
 
 /// `hale-agent`'s flash layout and per-check buffer size.
-const LAYOUT: Layout = Layout::contiguous(0, 64 << 10, 1 << 20);
+const LAYOUT: Layout = device_agent::host::PUMP_LAYOUT;
 const BUF: usize = 64 << 10;
 
 /// Therapy is never running here: every offered image installs.

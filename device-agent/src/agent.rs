@@ -651,6 +651,7 @@ fn stage<F: NorFlash, T: Transport>(
         pos += n as u64;
     }
     let mut staging = store.slots();
+    let checkpoint = store.checkpoint_interval();
     // the bytes as read back from flash either verify (pending) or the staging is abandoned
     let verified = loop {
         if offset >= image.length {
@@ -679,7 +680,10 @@ fn stage<F: NorFlash, T: Transport>(
             break Err(e);
         }
         offset += n as u64;
-        if offset % F::ERASE_SIZE as u64 == 0 && offset < image.length {
+        // (32-bit: a slot is at most 4 GiB, and a 64-bit remainder costs the firmware ~1 KB)
+        let at_checkpoint =
+            u32::try_from(offset).is_ok_and(|o| o.checked_rem(checkpoint) == Some(0));
+        if at_checkpoint && offset < image.length {
             store.commit(staging, offset, [Meta::Keep; 4])?;
         }
     };

@@ -406,6 +406,12 @@ pub struct FileFlash {
 /// Sector size of the simulated pump's flash.
 pub const FILE_FLASH_ERASE: usize = 4096;
 
+/// The simulated pump's flash: two 64 KiB state regions, two 1 MiB slots, and a download
+/// checkpointed every 64 KiB (16 sectors): an interruption costs at most 64 KiB downloaded
+/// again, and a 1 MiB image writes 16 checkpoint records instead of 256.
+pub const PUMP_LAYOUT: crate::Layout =
+    crate::Layout::contiguous(0, 64 << 10, 1 << 20).with_checkpoint(64 << 10);
+
 impl FileFlash {
     /// Open `path`, creating an erased flash of `size` bytes when it does not exist or is
     /// empty. A file of another size is refused (never silently erased).

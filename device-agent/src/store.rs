@@ -48,16 +48,32 @@ pub struct Layout {
     pub slots: [u32; 2],
     /// Size of each slot.
     pub slot_len: u32,
+    /// Bytes of a download between two checkpoints (state records saying how far it got): a
+    /// multiple of the erase size, or 0 for every erase sector. Each checkpoint writes a whole
+    /// record, the trusted metadata included, and erases its region: a larger interval spares
+    /// the state sectors and install time, and costs at most this many bytes downloaded again
+    /// after an interruption.
+    pub checkpoint: u32,
 }
 
 impl Layout {
-    /// State records first, then slot A, then slot B, each region a whole number of sectors.
+    /// State records first, then slot A, then slot B, each region a whole number of sectors; a
+    /// download checkpointed every erase sector.
     pub const fn contiguous(base: u32, state_len: u32, slot_len: u32) -> Layout {
         Layout {
             state: [base, base + state_len],
             state_len,
             slots: [base + 2 * state_len, base + 2 * state_len + slot_len],
             slot_len,
+            checkpoint: 0,
+        }
+    }
+
+    /// The same layout, a download checkpointed every `bytes` (a multiple of the erase size).
+    pub const fn with_checkpoint(self, bytes: u32) -> Layout {
+        Layout {
+            checkpoint: bytes,
+            ..self
         }
     }
 
@@ -240,6 +256,9 @@ fn check_layout<F: NorFlash>(flash: &F, l: &Layout) -> Result<(), &'static str> 
     ];
     if all.iter().any(|v| v % erase != 0) {
         return Err("offsets and lengths must be multiples of the erase size");
+    }
+    if l.checkpoint % erase != 0 {
+        return Err("the checkpoint interval must be a multiple of the erase size");
     }
     if (l.state_len as usize) < HEADER_LEN + DIGEST_LEN || l.slot_len == 0 {
         return Err("regions too small");
@@ -623,6 +642,14 @@ impl<F: NorFlash> FirmwareStore<F> {
 
     pub fn slots(&self) -> Slots {
         self.state.slots
+    }
+
+    /// Bytes of a download between two checkpoints ([`Layout::checkpoint`]).
+    pub fn checkpoint_interval(&self) -> u32 {
+        match self.layout.checkpoint {
+            0 => F::ERASE_SIZE as u32,
+            n => n,
+        }
     }
 
     /// Bytes of the staging image already written and checkpointed.
@@ -1076,6 +1103,7 @@ mod tests {
             state_len: 4096,
             slots: [8192, 16384],
             slot_len: 8192,
+            checkpoint: 0,
         };
         assert_eq!(
             FirmwareStore::open(MemFlash::<1024>::new(&mut mem), overlapping).unwrap_err(),

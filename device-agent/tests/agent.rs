@@ -12,7 +12,7 @@
 mod common;
 
 use common::*;
-use device_agent::{AgentError, Boot, DeferReason, Outcome, Slot, SlotState};
+use device_agent::{AgentError, Boot, DeferReason, FirmwareStore, Outcome, Slot, SlotState};
 use hale_core::policy::PolicyError;
 use hale_core::{Error, Name, Version};
 
@@ -347,6 +347,68 @@ fn interrupted_download_resumes_from_the_stored_offset() {
     );
     assert_eq!(t.target_bytes, 9000 - 4096);
     assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+}
+
+#[test]
+fn a_longer_checkpoint_interval_resumes_from_its_last_boundary_and_writes_fewer_records() {
+    // checkpoints every 3 sectors: a cut costs at most 3 KiB downloaded again
+    let every = LAYOUT.with_checkpoint(3 * ERASE as u32);
+    let sim = repo_with("2.0.0", 7, 9000);
+    for (cut, checkpointed) in [(3000u64, 0u64), (5000, 3072), (7000, 6144)] {
+        let mut mem = provisioned(&sim);
+        let mut store = FirmwareStore::open(Flash::new(&mut mem), every).unwrap();
+        let mut t = MapTransport::new(&sim.files);
+        t.fail_target_after = Some(cut);
+        assert_eq!(
+            check(&mut store, &mut t, &mut Pump::default()).unwrap_err(),
+            AgentError::Transport {
+                what: Name::new(TARGET),
+                error: MapError::Cut
+            }
+        );
+        assert_eq!(store.download_offset(), checkpointed, "cut at {cut}");
+        assert_eq!(store.slots().info(Slot::B).state, SlotState::Staging);
+        drop(store);
+        // power cycle: the next check goes on from the last checkpoint
+        let mut store = FirmwareStore::open(Flash::new(&mut mem), every).unwrap();
+        assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
+        let mut t = MapTransport::new(&sim.files);
+        assert_eq!(
+            check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+            Outcome::Staged {
+                version: v("2.0.0")
+            }
+        );
+        assert_eq!(t.target_bytes, 9000 - checkpointed, "cut at {cut}");
+        assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+    }
+    // a whole download: checkpoints at 3072 and 6144 instead of every 1024 up to 8192
+    let records = |layout| {
+        let mut mem = provisioned(&sim);
+        let mut store = FirmwareStore::open(Flash::new(&mut mem), layout).unwrap();
+        let before = store.sequence();
+        let mut t = MapTransport::new(&sim.files);
+        check(&mut store, &mut t, &mut Pump::default()).unwrap();
+        store.sequence() - before
+    };
+    assert_eq!(records(LAYOUT) - records(every), 8 - 2);
+}
+
+#[test]
+fn a_checkpoint_interval_that_is_not_whole_sectors_is_refused() {
+    let sim = repo_with("2.0.0", 7, 9000);
+    let mut mem = provisioned(&sim);
+    let fresh = mem.clone();
+    let err = FirmwareStore::open(Flash::new(&mut mem), LAYOUT.with_checkpoint(1000))
+        .err()
+        .unwrap();
+    assert_eq!(
+        err,
+        device_agent::StoreError::Layout {
+            reason: "the checkpoint interval must be a multiple of the erase size"
+        }
+    );
+    assert_eq!(mem, fresh, "nothing written");
 }
 
 #[test]

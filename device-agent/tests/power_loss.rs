@@ -14,7 +14,7 @@
 mod common;
 
 use common::*;
-use device_agent::{Boot, FirmwareStore, Outcome, SlotState};
+use device_agent::{Boot, FirmwareStore, Layout, Outcome, SlotState};
 use hale_core::Version;
 
 const LEN: usize = 6000;
@@ -57,8 +57,8 @@ fn run(store: &mut FirmwareStore<Flash<'_>>, sim: &hale_tests::RepoSim, sc: Scen
 }
 
 /// After a cut: reboot and check the invariants.
-fn reboot_and_check(mem: &mut [u8], n: u32) -> Boot {
-    let mut store = FirmwareStore::open(Flash::new(mem), LAYOUT)
+fn reboot_and_check(mem: &mut [u8], layout: Layout, n: u32) -> Boot {
+    let mut store = FirmwareStore::open(Flash::new(mem), layout)
         .unwrap_or_else(|e| panic!("cut {n}: no valid state: {e:?}"));
     let boot = store
         .boot()
@@ -87,8 +87,14 @@ fn reboot_and_check(mem: &mut [u8], n: u32) -> Boot {
     boot
 }
 
-fn finish(mem: &mut [u8], sim: &hale_tests::RepoSim, sc: Scenario, n: u32) -> (String, u64) {
-    let mut store = FirmwareStore::open(Flash::new(mem), LAYOUT).unwrap();
+fn finish(
+    mem: &mut [u8],
+    layout: Layout,
+    sim: &hale_tests::RepoSim,
+    sc: Scenario,
+    n: u32,
+) -> (String, u64) {
+    let mut store = FirmwareStore::open(Flash::new(mem), layout).unwrap();
     for _ in 0..6 {
         let s = store.slots();
         if s.info(s.active()).state == SlotState::Trial {
@@ -120,7 +126,8 @@ fn finish(mem: &mut [u8], sim: &hale_tests::RepoSim, sc: Scenario, n: u32) -> (S
     )
 }
 
-fn sweep(sc: Scenario) -> u32 {
+/// Cut the power at every flash operation of `sc` in turn, on flash laid out as `layout`.
+fn sweep(sc: Scenario, layout: Layout) -> u32 {
     let sim = repo_with("2.0.0", 7, LEN);
     let fresh = provisioned(&sim);
     let mut n = 0u32;
@@ -128,15 +135,15 @@ fn sweep(sc: Scenario) -> u32 {
         let mut mem = fresh.clone();
         let completed = {
             let mut store =
-                FirmwareStore::open(Flash::new(&mut mem).fail_after(n), LAYOUT).unwrap();
+                FirmwareStore::open(Flash::new(&mut mem).fail_after(n), layout).unwrap();
             run(&mut store, &sim, sc)
         };
         if completed {
             return n;
         }
-        let boot = reboot_and_check(&mut mem, n);
+        let boot = reboot_and_check(&mut mem, layout, n);
         let _ = boot;
-        let (version, counter) = finish(&mut mem, &sim, sc, n);
+        let (version, counter) = finish(&mut mem, layout, &sim, sc, n);
         match sc {
             Scenario::Revert => assert_eq!((version.as_str(), counter), ("1.0.0", 1), "cut {n}"),
             Scenario::Confirm => assert!(
@@ -151,14 +158,24 @@ fn sweep(sc: Scenario) -> u32 {
 
 #[test]
 fn power_cut_at_every_flash_operation_of_update_and_confirm() {
-    let ops = sweep(Scenario::Confirm);
+    let ops = sweep(Scenario::Confirm, LAYOUT);
     assert!(ops > 20, "swept {ops} cut points");
     println!("update+confirm: power cut at each of {ops} flash operations");
 }
 
 #[test]
 fn power_cut_at_every_flash_operation_of_update_and_revert() {
-    let ops = sweep(Scenario::Revert);
+    let ops = sweep(Scenario::Revert, LAYOUT);
     assert!(ops > 20, "swept {ops} cut points");
     println!("update+revert: power cut at each of {ops} flash operations");
+}
+
+#[test]
+fn power_cut_at_every_flash_operation_of_an_update_checkpointed_every_two_sectors() {
+    // checkpoints at 2048 and 4096 of the 6000-byte image, none at the sectors between
+    let ops = sweep(Scenario::Confirm, LAYOUT.with_checkpoint(2 * ERASE as u32));
+    assert!(ops > 20, "swept {ops} cut points");
+    println!(
+        "update+confirm, checkpoint every 2 sectors: power cut at each of {ops} flash operations"
+    );
 }

@@ -50,7 +50,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 /// 2 × 64 KiB state records, 2 × 1 MiB slots.
-const LAYOUT: Layout = Layout::contiguous(0, 64 << 10, 1 << 20);
+const LAYOUT: Layout = host::PUMP_LAYOUT;
 const BUF: usize = 64 << 10;
 
 struct Opts {
