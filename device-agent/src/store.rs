@@ -764,9 +764,13 @@ impl<F: NorFlash> FirmwareStore<F> {
             last_check,
         };
         let header = encode_header(&next);
+        // erase only the sectors the record's writes reach (64-byte pieces): what lies beyond
+        // is never read (lengths and the digest bound a record) and keeps its wear
+        let erase = F::ERASE_SIZE.max(1);
+        let span = (total.div_ceil(COPY_CHUNK) * COPY_CHUNK).div_ceil(erase) * erase;
+        let span = span.min(capacity) as u32;
         let f = &mut self.flash;
-        f.erase(base, base + self.layout.state_len)
-            .map_err(StoreError::Flash)?;
+        f.erase(base, base + span).map_err(StoreError::Flash)?;
         let mut w = RecordWriter {
             base,
             pos: 0,
@@ -1045,6 +1049,67 @@ mod tests {
                 assert!(ts.is_none() || ts.as_deref() == Some(b"ts".as_slice()));
             }
         }
+    }
+
+    #[test]
+    fn a_record_erases_only_the_sectors_it_spans_and_a_longer_records_rest_is_ignored() {
+        let mut mem = vec![0u8; L.end() as usize];
+        let fw = b"firmware-1".as_slice();
+        let mut s =
+            FirmwareStore::provision(MemFlash::<1024>::new(&mut mem), L, b"{}", fw, img(fw, 1))
+                .unwrap();
+        let slots = s.slots();
+        // a record of four sectors, then one in the other region, then a one-sector record
+        // where the long one was
+        let long = vec![b'x'; 3000];
+        s.commit(
+            slots,
+            0,
+            [Meta::Keep, Meta::Set(&long), Meta::Keep, Meta::Keep],
+        )
+        .unwrap();
+        let long_region = s.state.region;
+        s.commit(
+            slots,
+            0,
+            [Meta::Keep, Meta::Set(b""), Meta::Keep, Meta::Keep],
+        )
+        .unwrap();
+        drop(s);
+        let tail = |mem: &[u8]| {
+            let base = L.state[long_region] as usize;
+            mem[base + 1024..base + 4096].to_vec()
+        };
+        let before = tail(&mem);
+        assert!(
+            before.contains(&b'x'),
+            "the long record reaches past its first sector"
+        );
+        let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        s.commit(
+            slots,
+            0,
+            [Meta::Keep, Meta::Set(b"ts"), Meta::Keep, Meta::Keep],
+        )
+        .unwrap();
+        assert_eq!(s.state.region, long_region);
+        drop(s);
+        assert_eq!(
+            tail(&mem),
+            before,
+            "sectors past the new record were not erased"
+        );
+        let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        let mut buf = [0u8; 4096];
+        assert_eq!(s.sequence(), 4);
+        assert_eq!(
+            s.read_metadata(Role::Timestamp, &mut buf).unwrap(),
+            Some(b"ts".as_slice())
+        );
+        assert_eq!(
+            s.read_metadata(Role::Root, &mut buf).unwrap(),
+            Some(b"{}".as_slice())
+        );
     }
 
     #[test]
