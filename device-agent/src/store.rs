@@ -50,9 +50,9 @@ pub struct Layout {
     pub slot_len: u32,
     /// Bytes of a download between two checkpoints (state records saying how far it got): a
     /// multiple of the erase size, or 0 for every erase sector. Each checkpoint writes a whole
-    /// record, the trusted metadata included, and erases its region: a larger interval spares
-    /// the state sectors and install time, and costs at most this many bytes downloaded again
-    /// after an interruption.
+    /// record, the trusted metadata included, erasing the sectors it spans: a larger interval
+    /// spares the state sectors and install time, and costs at most this many bytes downloaded
+    /// again after an interruption.
     pub checkpoint: u32,
 }
 
