@@ -49,7 +49,8 @@ use hale_pki::KeyAlgorithm;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// 2 × 64 KiB state records, 2 × 1 MiB slots.
+/// The simulated pump's flash (see `host::PUMP_LAYOUT`: 2 × 64 KiB state records, 2 × 1 MiB
+/// slots, a checkpoint every 64 KiB).
 const LAYOUT: Layout = host::PUMP_LAYOUT;
 const BUF: usize = 64 << 10;
 
