@@ -2,7 +2,6 @@
 
 use core::fmt;
 
-use embedded_storage::nor_flash::NorFlash;
 use hale_core::metadata::{parse_header, Envelope, MetaFile, TargetFile, Targets};
 use hale_core::policy::{self, Device, PolicyError, Version};
 use hale_core::slots::{Image, SlotError, SlotState, Slots};
@@ -10,7 +9,7 @@ use hale_core::trusted::{RoleSource, SearchError};
 use hale_core::{Error, Freshness, Name, Role, Storage, TrustedSet, UnixTime, Update};
 use heapless::String as HString;
 
-use crate::store::{version_fits, Conclusion, FirmwareStore, LastCheck, Meta, StoreError};
+use crate::store::{version_fits, Conclusion, Durable, FirmwareStore, LastCheck, Meta, StoreError};
 use crate::transport::Transport;
 
 /// What the device knows about itself.
@@ -367,7 +366,7 @@ impl<'w, T: Transport> RoleSource for Delegated<'_, 'w, T> {
 /// running image, trusted metadata stays what verified, and an interrupted download resumes from
 /// its last checkpoint at the next check.
 #[allow(clippy::too_many_arguments)]
-pub fn check_for_update<F: NorFlash, T: Transport, A: Application, R: RollbackHook>(
+pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHook>(
     store: &mut FirmwareStore<F>,
     device: &DeviceInfo<'_>,
     transport: &mut T,
@@ -441,7 +440,7 @@ pub fn check_for_update<F: NorFlash, T: Transport, A: Application, R: RollbackHo
 
 /// Remember that the check of the current snapshot concluded "up to date" about the running
 /// image, valid until the earliest expiry of what it relied on (one record write).
-fn remember_up_to_date<F: NorFlash, T: Transport>(
+fn remember_up_to_date<F: Durable, T: Transport>(
     store: &mut FirmwareStore<F>,
     set: &TrustedSet<&mut [u8]>,
     running_sha256: [u8; 32],
@@ -473,7 +472,7 @@ fn remember_up_to_date<F: NorFlash, T: Transport>(
 /// delegation search stack) is never on the stack together with signature verification.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
-fn install<F: NorFlash, T: Transport, A: Application, R: RollbackHook>(
+fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
     store: &mut FirmwareStore<F>,
     device: &DeviceInfo<'_>,
     transport: &mut T,
@@ -609,7 +608,7 @@ fn install<F: NorFlash, T: Transport, A: Application, R: RollbackHook>(
 /// Stream a verified target into the inactive slot (resuming a checkpointed download of the
 /// same image), hashing what is read back from flash, then mark it pending.
 #[inline(never)]
-fn stage<F: NorFlash, T: Transport>(
+fn stage<F: Durable, T: Transport>(
     store: &mut FirmwareStore<F>,
     transport: &mut T,
     file: &TargetFile<'_>,
@@ -701,7 +700,7 @@ fn stage<F: NorFlash, T: Transport>(
 
 /// Commit slot transition `next` (download offset 0, metadata kept), or refuse it.
 #[inline(never)]
-fn commit_slots<F: NorFlash, T: Transport>(
+fn commit_slots<F: Durable, T: Transport>(
     store: &mut FirmwareStore<F>,
     next: Slots,
 ) -> Res<(), T, F> {
@@ -734,7 +733,7 @@ fn fetch_listed<'b, T: Transport, E>(
 /// [`check_for_update`]). Not inlined: its frame and the staging frame are never on the stack
 /// together.
 #[inline(never)]
-fn refresh<F: NorFlash, T: Transport>(
+fn refresh<F: Durable, T: Transport>(
     store: &mut FirmwareStore<F>,
     transport: &mut T,
     set: &mut TrustedSet<&mut [u8]>,

@@ -17,7 +17,7 @@ use hale_core::{Freshness, HeapBuffer, Role, Storage, TrustedSet, UnixTime, Upda
 use serde_json::{json, Value};
 
 use crate::agent::target_file_name;
-use crate::store::FirmwareStore;
+use crate::store::{Durable, FirmwareStore};
 use crate::transport::Transport;
 use crate::{Slot, SlotState};
 
@@ -396,11 +396,18 @@ impl NorFlashError for FileFlashError {
 }
 
 /// NOR flash kept in a file (the simulated pump's flash survives the process, like a real one
-/// survives a reset). Every write and erase goes to the file before it returns.
+/// survives a reset), with a write-back cache in front of it: writes and erases change the
+/// memory copy and mark their sectors; [`Durable::sync`] writes the marked sectors to the file
+/// and `fdatasync`s it. The store syncs around every state record, so whatever a record claims
+/// is on the disk before the record, and a killed process, or a crash of the machine, leaves the
+/// state of the last record (or of the one being written) with the bytes it claims. Writes not
+/// yet synced are lost then, as `tests/power_loss.rs` models with `CachedFlash`.
 #[derive(Debug)]
 pub struct FileFlash {
     file: fs::File,
     mem: Vec<u8>,
+    /// one flag per erase sector: written or erased since the last sync
+    dirty: Vec<bool>,
 }
 
 /// Sector size of the simulated pump's flash.
@@ -438,7 +445,12 @@ impl FileFlash {
                 ),
             ));
         }
-        Ok(FileFlash { file, mem })
+        let sectors = mem.len().div_ceil(FILE_FLASH_ERASE);
+        Ok(FileFlash {
+            file,
+            mem,
+            dirty: vec![false; sectors],
+        })
     }
 
     fn range(&self, offset: u32, len: usize) -> Result<std::ops::Range<usize>, FileFlashError> {
@@ -450,14 +462,52 @@ impl FileFlash {
         Ok(s..e)
     }
 
-    fn persist(&self, r: std::ops::Range<usize>) -> Result<(), FileFlashError> {
-        let bytes = self.mem.get(r.clone()).ok_or(FileFlashError::OutOfBounds)?;
-        self.file
-            .write_all_at(bytes, r.start as u64)
-            .map_err(|e| FileFlashError::Io(e.to_string()))?;
-        self.file
-            .sync_data()
-            .map_err(|e| FileFlashError::Io(e.to_string()))
+    /// Mark the sectors `r` touches for the next sync.
+    fn mark(&mut self, r: std::ops::Range<usize>) {
+        if r.is_empty() {
+            return;
+        }
+        let sectors = r.start / FILE_FLASH_ERASE..=(r.end - 1) / FILE_FLASH_ERASE;
+        if let Some(d) = self.dirty.get_mut(sectors) {
+            d.fill(true);
+        }
+    }
+}
+
+impl Durable for FileFlash {
+    /// Write every run of marked sectors to the file, then `fdatasync` it. On error the sectors
+    /// stay marked.
+    fn sync(&mut self) -> Result<(), FileFlashError> {
+        let io = |e: std::io::Error| FileFlashError::Io(e.to_string());
+        let mut any = false;
+        let mut i = 0;
+        while i < self.dirty.len() {
+            if !self.dirty.get(i).copied().unwrap_or(false) {
+                i += 1;
+                continue;
+            }
+            let run = self
+                .dirty
+                .get(i..)
+                .unwrap_or(&[])
+                .iter()
+                .take_while(|d| **d)
+                .count();
+            let start = i * FILE_FLASH_ERASE;
+            let end = ((i + run) * FILE_FLASH_ERASE).min(self.mem.len());
+            let bytes = self
+                .mem
+                .get(start..end)
+                .ok_or(FileFlashError::OutOfBounds)?;
+            self.file.write_all_at(bytes, start as u64).map_err(io)?;
+            any = true;
+            i += run;
+        }
+        if any {
+            self.file.sync_data().map_err(io)?;
+            self.dirty.fill(false);
+        }
+        Ok(())
     }
 }
 
@@ -490,7 +540,8 @@ impl NorFlash for FileFlash {
             .get_mut(r.clone())
             .ok_or(FileFlashError::OutOfBounds)?
             .fill(0xFF);
-        self.persist(r)
+        self.mark(r);
+        Ok(())
     }
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), FileFlashError> {
         if offset as usize % 4 != 0 || bytes.len() % 4 != 0 {
@@ -507,14 +558,15 @@ impl NorFlash for FileFlash {
             });
         }
         dst.copy_from_slice(bytes);
-        self.persist(r)
+        self.mark(r);
+        Ok(())
     }
 }
 
 // --- device report ---------------------------------------------------------------------------
 
 /// The report the pump POSTs to `{server}/api/v1/devices/{id}/report`.
-pub fn report_json<F: NorFlash>(
+pub fn report_json<F: Durable>(
     store: &FirmwareStore<F>,
     device_id: &str,
     model: &str,
@@ -550,7 +602,7 @@ pub fn report_json<F: NorFlash>(
 /// "target", "version", "reason"}}`, slot states `active | inactive | trial | pending | bad |
 /// empty` (the server refuses unknown fields). The device id is in the URL. `report_json` is
 /// the pump's fuller local view (`hale-agent status`).
-pub fn server_report_json<F: NorFlash>(
+pub fn server_report_json<F: Durable>(
     store: &FirmwareStore<F>,
     target: &str,
     result: &str,

@@ -76,5 +76,5 @@ pub use bundle::BundleTransport;
 pub use embedded_storage::nor_flash::NorFlash;
 pub use hale_core::slots::{Boot, Image, Slot, SlotInfo, SlotState, Slots};
 pub use rollback::RollbackAuthorization;
-pub use store::{Conclusion, FirmwareStore, LastCheck, Layout, StoreError};
+pub use store::{Conclusion, Durable, FirmwareStore, LastCheck, Layout, StoreError};
 pub use transport::Transport;

@@ -98,6 +98,9 @@ impl<const ERASE: usize> ReadNorFlash for MemFlash<'_, ERASE> {
     }
 }
 
+/// Like a NOR part, every write and erase is on the medium when it returns.
+impl<const ERASE: usize> crate::Durable for MemFlash<'_, ERASE> {}
+
 impl<const ERASE: usize> NorFlash for MemFlash<'_, ERASE> {
     const WRITE_SIZE: usize = 4;
     const ERASE_SIZE: usize = ERASE;

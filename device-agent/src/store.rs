@@ -218,6 +218,30 @@ struct State {
     last_check: Option<LastCheck>,
 }
 
+/// The one thing a [`FirmwareStore`] needs from its flash beyond [`NorFlash`]: a way to put
+/// earlier writes on the medium before later ones.
+///
+/// A NOR part's write or erase is on the medium when it returns, in order: implement this with
+/// the default, `impl Durable for MyFlash {}`. A flash kept behind a cache (a file in the
+/// operating system's page cache, a managed part with a write cache) may hold writes back and
+/// put them on the medium in any order; its `sync` must return only when every earlier write and
+/// erase is there. The store calls it around every state record, where its power-loss argument
+/// needs an order:
+/// - before the record: the slot bytes a record claims (a download checkpoint, a staged image)
+///   reach the medium before the claim does;
+/// - after it: the record reaches the medium before anything it allows, such as erasing the
+///   slot the previous record still listed, and before the store reports the change done.
+///
+/// Between two records nothing needs an order: slot writes and erases are claimed by no record
+/// yet, and a record that reached the medium only in part fails its digest, so the previous one
+/// stands. `tests/power_loss.rs` cuts the power with writes held back and lost in every pattern.
+pub trait Durable: NorFlash {
+    /// Put every earlier write and erase on the medium.
+    fn sync(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
 /// A/B slots and persisted state on a [`NorFlash`].
 #[derive(Debug)]
 pub struct FirmwareStore<F> {
@@ -546,7 +570,7 @@ impl RecordWriter {
     }
 }
 
-impl<F: NorFlash> FirmwareStore<F> {
+impl<F: Durable> FirmwareStore<F> {
     /// Open a provisioned store: the newest valid state record.
     pub fn open(mut flash: F, layout: Layout) -> Result<Self, StoreError<F::Error>> {
         check_layout(&flash, &layout).map_err(|reason| StoreError::Layout { reason })?;
@@ -770,6 +794,8 @@ impl<F: NorFlash> FirmwareStore<F> {
         let span = (total.div_ceil(COPY_CHUNK) * COPY_CHUNK).div_ceil(erase) * erase;
         let span = span.min(capacity) as u32;
         let f = &mut self.flash;
+        // the slot bytes this record may claim are on the medium before it (see `Durable`)
+        f.sync().map_err(StoreError::Flash)?;
         f.erase(base, base + span).map_err(StoreError::Flash)?;
         let mut w = RecordWriter {
             base,
@@ -809,6 +835,8 @@ impl<F: NorFlash> FirmwareStore<F> {
             w.push(f, &c.encode(), true).map_err(StoreError::Flash)?;
         }
         w.finish(f).map_err(StoreError::Flash)?;
+        // and the record is on the medium before anything it allows
+        f.sync().map_err(StoreError::Flash)?;
         self.state = next;
         Ok(())
     }

@@ -761,3 +761,63 @@ fn the_pump_reads_a_target_as_one_stream_and_goes_on_where_it_broke() {
         [format!("{url} bytes=0-"), format!("{url} bytes=12288-")]
     );
 }
+
+/// The simulated pump's flash file: a write reaches the file at the next sync, and a sync writes
+/// back only the sectors changed since the last one; a flash opened again holds what was synced.
+#[test]
+fn file_flash_writes_back_the_changed_sectors_at_sync() {
+    use device_agent::host::{FileFlash, FILE_FLASH_ERASE as E};
+    use device_agent::{Durable, NorFlash};
+    use embedded_storage::nor_flash::ReadNorFlash;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flash.bin");
+    let mut flash = FileFlash::open(&path, 4 * E).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        vec![0xFF; 4 * E],
+        "created erased"
+    );
+
+    flash.write(E as u32 + 8, b"HALE").unwrap();
+    let mut got = [0u8; 4];
+    flash.read(E as u32 + 8, &mut got).unwrap();
+    assert_eq!(&got, b"HALE", "reads see the write at once");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        vec![0xFF; 4 * E],
+        "not in the file before the sync"
+    );
+
+    // a change made behind the flash's back in a sector it did not touch survives its sync:
+    // only changed sectors are written back
+    let mut outside = std::fs::read(&path).unwrap();
+    outside[3 * E] = 0x42;
+    std::fs::write(&path, &outside).unwrap();
+    flash.sync().unwrap();
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(&file[E + 8..E + 12], b"HALE", "synced");
+    assert_eq!(file[3 * E], 0x42, "an unchanged sector was not rewritten");
+    assert!(file[..E].iter().all(|b| *b == 0xFF));
+
+    // erase and write again: nothing reaches the file until the sync, then both do
+    flash.erase(E as u32, 2 * E as u32).unwrap();
+    flash.write(0, b"next").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), file, "held until the sync");
+    flash.sync().unwrap();
+    drop(flash);
+    let mut again = FileFlash::open(&path, 4 * E).unwrap();
+    let mut all = vec![0u8; 4 * E];
+    again.read(0, &mut all).unwrap();
+    assert_eq!(&all[..4], b"next");
+    assert!(
+        all[4..3 * E].iter().all(|b| *b == 0xFF),
+        "the erase reached the file"
+    );
+    assert_eq!(all[3 * E], 0x42);
+
+    // a flash file of another size is refused, not erased
+    let err = FileFlash::open(&path, 2 * E).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert_eq!(std::fs::read(&path).unwrap().len(), 4 * E, "left as it was");
+}
