@@ -60,6 +60,7 @@ HALE_INPROC=target/release/examples/bench_client
 # the pump's own check (hale-agent's poll: check_for_update into the file-backed flash)
 AGENT=target/release/examples/bench_agent
 "$AGENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --model pump-a --revision r2 --mode cold --iters "$ITERS" | tee "$TMP/ac"
+"$AGENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --model pump-a --revision r2 --mode refresh --running 2.0.0 --iters "$ITERS" | tee "$TMP/ar"
 "$AGENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --model pump-a --revision r2 --mode warm --iters "$ITERS" | tee "$TMP/aw"
 timeit "hale-conformance cold (process)" "$ITERS" hale_cold | tee "$TMP/hc"
 hale_cold >/dev/null
@@ -72,7 +73,7 @@ if [ -x "$PY" ] && [ -f "$SHARED_CLIENT" ]; then
   python3 - "$TMP" <<'PYEOF'
 import json, re, sys
 d = sys.argv[1]
-med = lambda f: json.load(open(f"{d}/{f}"))["seconds"]["total"]["median"]
+med = lambda f, part="total": json.load(open(f"{d}/{f}"))["seconds"][part]["median"]
 proc = lambda f: float(re.search(r"median ([0-9.]+)", open(f"{d}/{f}").read()).group(1))
 print("\nratios (python-tuf / hale, same server, this run; > 1: hale faster)")
 fl = json.load(open(f"{d}/if"))["seconds"]
@@ -80,12 +81,15 @@ for label, p, h in (("in process, cold (refresh + download)", med("pc"), med("ic
                     ("in process, warm (refresh + cached check)", med("pw"), med("iw")),
                     ("whole process, cold", proc("pp"), proc("hc")),
                     ("hale-agent check, cold (image staged)", med("pc"), med("ac")),
+                    ("hale-agent check, cold refresh (nothing new)",
+                     med("pc", "refresh") + med("pc", "lookup"), med("ar")),
                     ("hale-agent check, warm (nothing new)", med("pw"), med("aw"))):
     r = p / h
     print(f"  {label:<44} python-tuf {p * 1e3:8.2f} ms   hale {h * 1e3:8.2f} ms   {r:6.1f}x" if r >= 1 else
           f"  {label:<44} python-tuf {p * 1e3:8.2f} ms   hale {h * 1e3:8.2f} ms   {r:6.2f}x")
-print("  (hale-agent's check writes the image into the pump's flash file with a sync per flash write,\n"
-      "   as the simulated pump does; python-tuf writes its files without syncing)")
+print("  (hale-agent's checks write the pump's flash file and sync it around every state record, as the\n"
+      "   simulated pump does; python-tuf writes its files without syncing. Cold refresh: python-tuf's\n"
+      "   refresh() + get_targetinfo() of its cold runs, against a pump that already runs the served version)")
 ms = lambda k: f"{fl[k] * 1e3:.2f} ms"
 print(f"\nfloors, each part alone (bench_client --mode floor): requests of a cold run {ms('transfer_cold')}, "
       f"of a warm run {ms('transfer_warm')}; the 4 signature checks + SHA-256 of the target {ms('crypto')}; "

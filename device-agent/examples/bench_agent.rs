@@ -5,17 +5,22 @@
 //! - cold: a pump provisioned with the trusted root and an older image (outside the timing, as
 //!   the factory does it) → one check: the whole metadata chain, the target search, the image
 //!   downloaded, hashed and written into the inactive slot of the flash file (`Staged`);
+//! - refresh: a pump provisioned with the trusted root and already running the served version
+//!   → one check: the whole metadata chain verified and stored, the target found not newer
+//!   (`UpToDate`): a cold metadata refresh, python-tuf's `refresh()` + `get_targetinfo()`;
 //! - warm: the same pump after it booted and confirmed that image, nothing new on the server →
 //!   one check (`UpToDate`), as every later poll of a running pump.
 //!
 //! Each check builds a new HTTP client (its own connection) and the buffers `hale-agent`
 //! allocates per check, so nothing is carried between iterations that `hale-agent` would not
 //! carry between polls: the flash (the pump's trusted metadata, slots and last check) is.
-//! The flash file is written with a `sync_data` per write, as `hale-agent`'s is.
+//! The flash file is synced (`fdatasync`) where the store asks, around every state record, as
+//! `hale-agent`'s is.
 //!
 //! ```text
 //! cargo run --release -p device-agent --features std --example bench_agent -- \
-//!     --root ROOT_JSON --url BASE_URL --target PATH --model M --revision R --mode cold|warm [--iters N]
+//!     --root ROOT_JSON --url BASE_URL --target PATH --model M --revision R \
+//!     --mode cold|refresh|warm [--running VERSION] [--iters N]
 //! ```
 
 #[path = "common/mod.rs"]
@@ -46,12 +51,12 @@ impl Application for Idle {
     }
 }
 
-/// A pump in `dir` with `root` trusted and version 1.0.0 of an image running.
-fn provision(dir: &Path, root: &[u8]) -> Result<FirmwareStore<FileFlash>> {
+/// A pump in `dir` with `root` trusted and `version` of an image running.
+fn provision(dir: &Path, root: &[u8], version: Version) -> Result<FirmwareStore<FileFlash>> {
     std::fs::create_dir_all(dir)?;
     let image = vec![0x5a; 4096];
     let record = Image {
-        version: Version::new(1, 0, 0),
+        version,
         security_counter: 0,
         length: image.len() as u64,
         sha256: Sha256::digest(&image).into(),
@@ -84,7 +89,7 @@ fn main() -> Result<()> {
     let target = common::arg(&args, "--target").context("--target is required")?;
     let model = common::arg(&args, "--model").context("--model is required")?;
     let revision = common::arg(&args, "--revision").context("--revision is required")?;
-    let mode = common::arg(&args, "--mode").context("--mode cold|warm is required")?;
+    let mode = common::arg(&args, "--mode").context("--mode cold|refresh|warm is required")?;
     let iters: usize = common::arg(&args, "--iters").map_or(Ok(50), |s| s.parse())?;
     ensure!(iters >= 1, "--iters must be at least 1");
     let root = std::fs::read(&root_path).with_context(|| root_path.display().to_string())?;
@@ -99,7 +104,8 @@ fn main() -> Result<()> {
     match mode.as_str() {
         "cold" => {
             for i in 0..iters {
-                let mut store = provision(&work.path().join(format!("pump{i}")), &root)?;
+                let dir = work.path().join(format!("pump{i}"));
+                let mut store = provision(&dir, &root, Version::new(1, 0, 0))?;
                 let t0 = Instant::now();
                 let outcome = check(&mut store, &url, &device)?;
                 runs.push(t0.elapsed().as_secs_f64());
@@ -109,8 +115,24 @@ fn main() -> Result<()> {
                 );
             }
         }
+        "refresh" => {
+            let running = common::arg(&args, "--running")
+                .context("--mode refresh needs --running VERSION (the served target's version)")?;
+            let served = Version::parse(&running).context("--running: not a version")?;
+            for i in 0..iters {
+                let dir = work.path().join(format!("pump{i}"));
+                let mut store = provision(&dir, &root, served)?;
+                let t0 = Instant::now();
+                let outcome = check(&mut store, &url, &device)?;
+                runs.push(t0.elapsed().as_secs_f64());
+                ensure!(
+                    matches!(outcome, Outcome::UpToDate { .. }),
+                    "a pump running the served version should find nothing new, got {outcome:?}"
+                );
+            }
+        }
         "warm" => {
-            let mut store = provision(&work.path().join("pump"), &root)?;
+            let mut store = provision(&work.path().join("pump"), &root, Version::new(1, 0, 0))?;
             let outcome = check(&mut store, &url, &device)?;
             ensure!(
                 matches!(outcome, Outcome::Staged { .. }),
@@ -133,7 +155,7 @@ fn main() -> Result<()> {
                 );
             }
         }
-        m => bail!("--mode {m}: cold or warm"),
+        m => bail!("--mode {m}: cold, refresh or warm"),
     }
     common::print_summary("hale-agent check (in process)", &mode, &target, runs);
     Ok(())
