@@ -382,7 +382,11 @@ pub enum FileFlashError {
     Io(String),
     OutOfBounds,
     NotAligned,
-    NotErased { offset: u32 },
+    NotErased {
+        offset: u32,
+    },
+    /// A write or erase on a flash opened with [`FileFlash::open_read_only`].
+    ReadOnly,
 }
 
 impl NorFlashError for FileFlashError {
@@ -402,12 +406,34 @@ impl NorFlashError for FileFlashError {
 /// is on the disk before the record, and a killed process, or a crash of the machine, leaves the
 /// state of the last record (or of the one being written) with the bytes it claims. Writes not
 /// yet synced are lost then, as `tests/power_loss.rs` models with `CachedFlash`.
+///
+/// One process writes a flash: [`open`](Self::open) locks the file (`flock`) and refuses one
+/// that another process holds, since each keeps its own copy and they would overwrite each
+/// other's records. [`open_read_only`](Self::open_read_only) reads what was last synced.
 #[derive(Debug)]
 pub struct FileFlash {
     file: fs::File,
     mem: Vec<u8>,
     /// one flag per erase sector: written or erased since the last sync
     dirty: Vec<bool>,
+    read_only: bool,
+}
+
+/// Take `file`'s exclusive lock, or say who holds it.
+fn lock(file: &fs::File, path: &Path) -> std::io::Result<()> {
+    fs2::FileExt::try_lock_exclusive(file).map_err(|e| {
+        if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() {
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "{}: in use by another process (a hale-agent on this state directory?)",
+                    path.display()
+                ),
+            )
+        } else {
+            e
+        }
+    })
 }
 
 /// Sector size of the simulated pump's flash.
@@ -420,8 +446,9 @@ pub const PUMP_LAYOUT: crate::Layout =
     crate::Layout::contiguous(0, 64 << 10, 1 << 20).with_checkpoint(64 << 10);
 
 impl FileFlash {
-    /// Open `path`, creating an erased flash of `size` bytes when it does not exist or is
-    /// empty. A file of another size is refused (never silently erased).
+    /// Open `path` for this process alone, creating an erased flash of `size` bytes when it
+    /// does not exist or is empty. A file of another size is refused (never silently erased),
+    /// and so is one another process has open (`ErrorKind::WouldBlock`).
     pub fn open(path: &Path, size: usize) -> std::io::Result<Self> {
         let file = fs::OpenOptions::new()
             .read(true)
@@ -429,13 +456,32 @@ impl FileFlash {
             .create(true)
             .truncate(false)
             .open(path)?;
+        lock(&file, path)?;
+        Self::load(file, path, size, false)
+    }
+
+    /// Open `path` to read what was last synced, beside a process that may hold it; writes
+    /// and erases are refused ([`FileFlashError::ReadOnly`]).
+    pub fn open_read_only(path: &Path, size: usize) -> std::io::Result<Self> {
+        let file = fs::File::open(path)?;
+        let flash = Self::load(file, path, size, true)?;
+        if flash.mem.len() != size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: empty flash image", path.display()),
+            ));
+        }
+        Ok(flash)
+    }
+
+    fn load(file: fs::File, path: &Path, size: usize, read_only: bool) -> std::io::Result<Self> {
         let mut mem = Vec::new();
         (&file).read_to_end(&mut mem)?;
-        if mem.is_empty() {
+        if mem.is_empty() && !read_only {
             mem = vec![0xFF; size];
             file.write_all_at(&mem, 0)?;
             file.sync_data()?;
-        } else if mem.len() != size {
+        } else if !mem.is_empty() && mem.len() != size {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!(
@@ -450,6 +496,7 @@ impl FileFlash {
             file,
             mem,
             dirty: vec![false; sectors],
+            read_only,
         })
     }
 
@@ -460,6 +507,13 @@ impl FileFlash {
             .filter(|e| *e <= self.mem.len())
             .ok_or(FileFlashError::OutOfBounds)?;
         Ok(s..e)
+    }
+
+    fn writable(&self) -> Result<(), FileFlashError> {
+        if self.read_only {
+            return Err(FileFlashError::ReadOnly);
+        }
+        Ok(())
     }
 
     /// Mark the sectors `r` touches for the next sync.
@@ -531,6 +585,7 @@ impl NorFlash for FileFlash {
     const WRITE_SIZE: usize = 4;
     const ERASE_SIZE: usize = FILE_FLASH_ERASE;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), FileFlashError> {
+        self.writable()?;
         if from > to || from as usize % FILE_FLASH_ERASE != 0 || to as usize % FILE_FLASH_ERASE != 0
         {
             return Err(FileFlashError::NotAligned);
@@ -544,6 +599,7 @@ impl NorFlash for FileFlash {
         Ok(())
     }
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), FileFlashError> {
+        self.writable()?;
         if offset as usize % 4 != 0 || bytes.len() % 4 != 0 {
             return Err(FileFlashError::NotAligned);
         }

@@ -472,6 +472,94 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
 }
 
 #[test]
+fn a_running_pump_holds_its_flash_and_status_reads_beside_it() {
+    let sim = repo_with("2.0.0", 7, 3000);
+    let (addr, state) = serve();
+    set_files(&state, &sim);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pump1");
+    let root = tmp.path().join("root.json");
+    let v1 = tmp.path().join("v1.bin");
+    std::fs::write(&root, sim.initial_root()).unwrap();
+    std::fs::write(&v1, image_bytes("1.0.0", 5000)).unwrap();
+    let provision = [
+        "provision",
+        "--root",
+        root.to_str().unwrap(),
+        "--image",
+        v1.to_str().unwrap(),
+        "--version",
+        "1.0.0",
+        "--id",
+        "pump-0001",
+        "--model",
+        "pump-a",
+        "--revision",
+        "r2",
+        "--target",
+        TARGET,
+    ];
+    agent(&dir, &provision);
+    // a pump that keeps polling (once an hour after its first poll)
+    let mut run = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+        .arg("--state")
+        .arg(&dir)
+        .args([
+            "run",
+            "--server",
+            &addr,
+            "--interval",
+            "3600",
+            "--jitter",
+            "0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while state.lock().unwrap().reports.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no report from the running pump"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let flash = std::fs::read(dir.join("flash.bin")).unwrap();
+
+    // a second writer is refused with the reason, and the flash is untouched
+    for args in [&["reboot"][..], &provision[..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+            .arg("--state")
+            .arg(&dir)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "hale-agent {args:?} beside a running pump"
+        );
+        assert!(err.contains("in use by another process"), "{err}");
+        assert_eq!(
+            std::fs::read(dir.join("flash.bin")).unwrap(),
+            flash,
+            "{args:?}"
+        );
+    }
+    // status reads what the running pump synced: it installed and confirmed 2.0.0
+    let status: Value = serde_json::from_str(&agent(&dir, &["status"])).unwrap();
+    assert_eq!(status["slots"][1]["version"], "2.0.0", "{status}");
+    assert_eq!(status["slots"][1]["state"], "good", "{status}");
+    assert_eq!(status["slots"][1]["active"], true, "{status}");
+
+    // once it stops, the pump can be reset
+    run.kill().unwrap();
+    run.wait().unwrap();
+    agent(&dir, &["reboot"]);
+}
+
+#[test]
 fn conformance_client_reads_time_from_the_c_library_so_faketime_moves_it() {
     if Command::new("faketime").arg("--version").output().is_err() {
         eprintln!("faketime not installed: skipped (bash .ci/install.sh installs it)");
@@ -815,6 +903,28 @@ fn file_flash_writes_back_the_changed_sectors_at_sync() {
         "the erase reached the file"
     );
     assert_eq!(all[3 * E], 0x42);
+
+    // one process writes a flash: a second open is refused while `again` holds it; a
+    // read-only view opens beside it and refuses writes
+    let err = FileFlash::open(&path, 4 * E).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    let mut view = FileFlash::open_read_only(&path, 4 * E).unwrap();
+    let mut first = [0u8; 4];
+    view.read(0, &mut first).unwrap();
+    assert_eq!(&first, b"next");
+    assert!(matches!(
+        view.write(8, b"nope"),
+        Err(device_agent::host::FileFlashError::ReadOnly)
+    ));
+    assert!(matches!(
+        view.erase(0, E as u32),
+        Err(device_agent::host::FileFlashError::ReadOnly)
+    ));
+    drop(again);
 
     // a flash file of another size is refused, not erased
     let err = FileFlash::open(&path, 2 * E).unwrap_err();

@@ -92,13 +92,25 @@ impl Application for Pump<'_> {
     }
 }
 
+/// The pump's store, for this process alone (another hale-agent writing it is refused).
 fn open_store(o: &Opts) -> Result<FirmwareStore<FileFlash>> {
+    open_store_with(o, FileFlash::open)
+}
+
+/// The pump's store as last synced, to read beside a running hale-agent (`status`).
+fn read_store(o: &Opts) -> Result<FirmwareStore<FileFlash>> {
+    open_store_with(o, FileFlash::open_read_only)
+}
+
+fn open_store_with(
+    o: &Opts,
+    open: fn(&std::path::Path, usize) -> std::io::Result<FileFlash>,
+) -> Result<FirmwareStore<FileFlash>> {
     let path = o.file("flash.bin");
     if !path.exists() {
         bail!("{}: no flash; run `provision` first", path.display());
     }
-    let flash = FileFlash::open(&path, LAYOUT.end() as usize)
-        .with_context(|| path.display().to_string())?;
+    let flash = open(&path, LAYOUT.end() as usize).with_context(|| path.display().to_string())?;
     FirmwareStore::open(flash, LAYOUT).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -204,7 +216,16 @@ fn provision(o: &Opts) -> Result<()> {
         sha256: Sha256::digest(&image).into(),
     };
     let flash_path = o.file("flash.bin");
-    let _ = std::fs::remove_file(&flash_path);
+    if flash_path.exists() {
+        // refused while a running hale-agent holds the old flash
+        match FileFlash::open(&flash_path, LAYOUT.end() as usize) {
+            // another size: not a flash this build writes, replaced all the same
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {}
+            Err(e) => return Err(e).with_context(|| flash_path.display().to_string()),
+        }
+        std::fs::remove_file(&flash_path).with_context(|| flash_path.display().to_string())?;
+    }
     let flash = FileFlash::open(&flash_path, LAYOUT.end() as usize)
         .with_context(|| flash_path.display().to_string())?;
     FirmwareStore::provision(flash, LAYOUT, &root, &image, record)
@@ -715,7 +736,7 @@ fn main() -> Result<()> {
         "factory-install" => factory_install(&o)?,
         "enroll" => enroll(&o)?,
         "status" => {
-            let store = open_store(&o)?;
+            let store = read_store(&o)?;
             say!("{}", serde_json::to_string_pretty(&report(&o, &store)?)?);
         }
         "run" => {
