@@ -376,53 +376,76 @@ fn last_report(state: &Arc<Mutex<Served>>, dir: &Path) -> Value {
     local
 }
 
-#[test]
-fn simulated_pump_installs_defers_reverts_and_reports() {
-    // the repository's "now" is fixed in 2030; expiry must be past the real clock
-    let mut sim = repo_with("2.0.0", 7, 3000);
+/// A pump served `sim` on loopback: its state directory and the `provision` arguments that
+/// made it (v1.0.0, counter 1, trusting `sim`'s root).
+struct Pump {
+    addr: String,
+    state: Arc<Mutex<Served>>,
+    dir: std::path::PathBuf,
+    provision: Vec<String>,
+    _tmp: tempfile::TempDir,
+}
+
+fn provisioned_pump(sim: &hale_tests::RepoSim) -> Pump {
     let (addr, state) = serve();
-    set_files(&state, &sim);
+    set_files(&state, sim);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pump1");
     let root = tmp.path().join("root.json");
     let v1 = tmp.path().join("v1.bin");
     std::fs::write(&root, sim.initial_root()).unwrap();
     std::fs::write(&v1, image_bytes("1.0.0", 5000)).unwrap();
-    agent(
-        &dir,
-        &[
-            "provision",
-            "--root",
-            root.to_str().unwrap(),
-            "--image",
-            v1.to_str().unwrap(),
-            "--version",
-            "1.0.0",
-            "--security-counter",
-            "1",
-            "--id",
-            "pump-0001",
-            "--model",
-            "pump-a",
-            "--revision",
-            "r2",
-            "--target",
-            TARGET,
-        ],
-    );
+    let provision: Vec<String> = [
+        "provision",
+        "--root",
+        root.to_str().unwrap(),
+        "--image",
+        v1.to_str().unwrap(),
+        "--version",
+        "1.0.0",
+        "--security-counter",
+        "1",
+        "--id",
+        "pump-0001",
+        "--model",
+        "pump-a",
+        "--revision",
+        "r2",
+        "--target",
+        TARGET,
+    ]
+    .map(String::from)
+    .into();
+    let args: Vec<&str> = provision.iter().map(String::as_str).collect();
+    agent(&dir, &args);
+    Pump {
+        addr,
+        state,
+        dir,
+        provision,
+        _tmp: tmp,
+    }
+}
+
+#[test]
+fn simulated_pump_installs_defers_reverts_and_reports() {
+    // the repository's "now" is fixed in 2030; expiry must be past the real clock
+    let mut sim = repo_with("2.0.0", 7, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
     let run = ["run", "--server", addr.as_str(), "--once"];
 
     // therapy running: deferred, nothing installed
-    agent(&dir, &["therapy", "on"]);
-    agent(&dir, &run);
-    let r = last_report(&state, &dir);
+    agent(dir, &["therapy", "on"]);
+    agent(dir, &run);
+    let r = last_report(state, dir);
     assert_eq!(r["last_result"]["result"], "deferred");
     assert_eq!(r["last_result"]["reason"], "therapy running");
     assert_eq!(r["device_id"], "pump-0001");
     // therapy stops: installed and confirmed
-    agent(&dir, &["therapy", "off"]);
-    agent(&dir, &run);
-    let r = last_report(&state, &dir);
+    agent(dir, &["therapy", "off"]);
+    agent(dir, &run);
+    let r = last_report(state, dir);
     assert_eq!(r["last_result"]["result"], "installed", "{r}");
     assert_eq!(r["slots"][1]["version"], "2.0.0");
     assert_eq!(r["slots"][1]["state"], "good");
@@ -430,33 +453,33 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
 
     // v3 fails its health check: reverted to v2, and not retried
     publish(&mut sim, "3.0.0", 7, 3000, "pump-a");
-    set_files(&state, &sim);
-    agent(&dir, &["health", "fail"]);
-    agent(&dir, &run);
-    let r = last_report(&state, &dir);
+    set_files(state, &sim);
+    agent(dir, &["health", "fail"]);
+    agent(dir, &run);
+    let r = last_report(state, dir);
     assert_eq!(r["last_result"]["result"], "reverted", "{r}");
     assert_eq!(r["slots"][1]["version"], "2.0.0");
     assert_eq!(r["slots"][1]["active"], true);
     assert_eq!(r["slots"][0]["state"], "rejected");
-    agent(&dir, &["health", "pass"]);
-    agent(&dir, &run);
-    let r = last_report(&state, &dir);
+    agent(dir, &["health", "pass"]);
+    agent(dir, &run);
+    let r = last_report(state, dir);
     assert_eq!(r["last_result"]["result"], "rejected");
 
     // v4 crashes before confirmation: reverted too
     publish(&mut sim, "4.0.0", 8, 3000, "pump-a");
-    set_files(&state, &sim);
-    agent(&dir, &["crash"]);
-    agent(&dir, &run);
-    let r = last_report(&state, &dir);
+    set_files(state, &sim);
+    agent(dir, &["crash"]);
+    agent(dir, &run);
+    let r = last_report(state, dir);
     assert_eq!(r["last_result"]["result"], "reverted", "{r}");
     assert_eq!(r["security_counter"], 7);
 
     // an image for another model is refused
     publish(&mut sim, "5.0.0", 8, 3000, "monitor-b");
-    set_files(&state, &sim);
-    agent(&dir, &run);
-    let r = last_report(&state, &dir);
+    set_files(state, &sim);
+    agent(dir, &run);
+    let r = last_report(state, dir);
     assert_eq!(r["last_result"]["result"], "rejected");
     assert!(
         r["last_result"]["reason"]
@@ -474,40 +497,17 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
 #[test]
 fn a_running_pump_holds_its_flash_and_status_reads_beside_it() {
     let sim = repo_with("2.0.0", 7, 3000);
-    let (addr, state) = serve();
-    set_files(&state, &sim);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("pump1");
-    let root = tmp.path().join("root.json");
-    let v1 = tmp.path().join("v1.bin");
-    std::fs::write(&root, sim.initial_root()).unwrap();
-    std::fs::write(&v1, image_bytes("1.0.0", 5000)).unwrap();
-    let provision = [
-        "provision",
-        "--root",
-        root.to_str().unwrap(),
-        "--image",
-        v1.to_str().unwrap(),
-        "--version",
-        "1.0.0",
-        "--id",
-        "pump-0001",
-        "--model",
-        "pump-a",
-        "--revision",
-        "r2",
-        "--target",
-        TARGET,
-    ];
-    agent(&dir, &provision);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+    let provision: Vec<&str> = pump.provision.iter().map(String::as_str).collect();
     // a pump that keeps polling (once an hour after its first poll)
     let mut run = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
         .arg("--state")
-        .arg(&dir)
+        .arg(dir)
         .args([
             "run",
             "--server",
-            &addr,
+            addr,
             "--interval",
             "3600",
             "--jitter",
@@ -531,7 +531,7 @@ fn a_running_pump_holds_its_flash_and_status_reads_beside_it() {
     for args in [&["reboot"][..], &provision[..]] {
         let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
             .arg("--state")
-            .arg(&dir)
+            .arg(dir)
             .args(args)
             .output()
             .unwrap();
@@ -548,7 +548,7 @@ fn a_running_pump_holds_its_flash_and_status_reads_beside_it() {
         );
     }
     // status reads what the running pump synced: it installed and confirmed 2.0.0
-    let status: Value = serde_json::from_str(&agent(&dir, &["status"])).unwrap();
+    let status: Value = serde_json::from_str(&agent(dir, &["status"])).unwrap();
     assert_eq!(status["slots"][1]["version"], "2.0.0", "{status}");
     assert_eq!(status["slots"][1]["state"], "good", "{status}");
     assert_eq!(status["slots"][1]["active"], true, "{status}");
@@ -556,7 +556,7 @@ fn a_running_pump_holds_its_flash_and_status_reads_beside_it() {
     // once it stops, the pump can be reset
     run.kill().unwrap();
     run.wait().unwrap();
-    agent(&dir, &["reboot"]);
+    agent(dir, &["reboot"]);
 }
 
 #[test]
