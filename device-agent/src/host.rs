@@ -475,8 +475,19 @@ impl FileFlash {
     }
 
     fn load(file: fs::File, path: &Path, size: usize, read_only: bool) -> std::io::Result<Self> {
-        let mut mem = Vec::new();
-        (&file).read_to_end(&mut mem)?;
+        // the size first: a file of another length is refused before it is read
+        let len = file.metadata()?.len();
+        if len != 0 && len != size as u64 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{}: flash image is {len} bytes, expected {size}",
+                    path.display()
+                ),
+            ));
+        }
+        let mut mem = Vec::with_capacity(size);
+        (&file).take(size as u64).read_to_end(&mut mem)?;
         if mem.is_empty() && !read_only {
             mem = vec![0xFF; size];
             file.write_all_at(&mem, 0)?;
@@ -485,7 +496,7 @@ impl FileFlash {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!(
-                    "{}: flash image is {} bytes, expected {size}",
+                    "{}: flash image changed size while read ({} bytes, expected {size})",
                     path.display(),
                     mem.len()
                 ),

@@ -930,4 +930,17 @@ fn file_flash_writes_back_the_changed_sectors_at_sync() {
     let err = FileFlash::open(&path, 2 * E).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     assert_eq!(std::fs::read(&path).unwrap().len(), 4 * E, "left as it was");
+    // and refused by its length before a byte is read: a (sparse) 1 TiB file
+    let huge = dir.path().join("huge.bin");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    for err in [
+        FileFlash::open(&huge, 4 * E).unwrap_err(),
+        FileFlash::open_read_only(&huge, 4 * E).unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("1099511627776 bytes"), "{err}");
+    }
 }
