@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build every fuzz target (hale-core's parsers, the technician link's receiver, the pump's
-# firmware store) and run each for a bounded time from the seed corpora.
+# firmware store and update path) and run each for a bounded time from the seed corpora.
 # Exits non-zero if any target crashes (panic, failed property, timeout, out-of-memory), after
 # printing the crashing input's path, its bytes, and the stack. See README.md.
 #
@@ -15,7 +15,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
 seconds="${FUZZ_SECONDS:-20}"
-targets="${FUZZ_TARGETS:-json_parse canonical metadata trusted_set policy expires key bundle rollback link_receiver store}"
+targets="${FUZZ_TARGETS:-json_parse canonical metadata trusted_set policy expires key bundle rollback link_receiver store install}"
 features="${FUZZ_FEATURES:-}"
 jobs="${FUZZ_JOBS:-1}"
 

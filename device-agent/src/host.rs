@@ -405,7 +405,7 @@ impl NorFlashError for FileFlashError {
 /// and `fdatasync`s it. The store syncs around every state record, so whatever a record claims
 /// is on the disk before the record, and a killed process, or a crash of the machine, leaves the
 /// state of the last record (or of the one being written) with the bytes it claims. Writes not
-/// yet synced are lost then, as `tests/power_loss.rs` models with `CachedFlash`.
+/// yet synced are lost then, as `cachedflash::CachedFlash` models for the tests.
 ///
 /// One process writes a flash: [`open`](Self::open) locks the file (`flock`) and refuses one
 /// that another process holds, since each keeps its own copy and they would overwrite each

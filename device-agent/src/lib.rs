@@ -35,6 +35,7 @@
 //! ## Features
 //! - default: `no_std`, no heap.
 //! - `std`: the `hale-agent` binary (simulated pump over HTTP(S), TUF conformance client).
+//! - `sim`: [`cachedflash`], flash behind a write-back cache (needs `alloc`; tests and fuzzing).
 #![cfg_attr(not(feature = "std"), no_std)]
 // Errors are built only when they are returned: `ok_or_else(|| Error::…)`, not `ok_or(Error::…)`.
 // An eager error (up to 136 bytes) is constructed on the success path too; lazily, the Cortex-M4
@@ -50,8 +51,13 @@
     )
 )]
 
+#[cfg(feature = "sim")]
+extern crate alloc;
+
 pub mod agent;
 pub mod bundle;
+#[cfg(feature = "sim")]
+pub mod cachedflash;
 pub mod memflash;
 pub mod rollback;
 pub mod store;

@@ -5,8 +5,8 @@
 //!
 //! Twice: on NOR flash (every write on the medium when it returns, the cut operation done
 //! halfway), and on flash behind a write-back cache as the simulated pump's file is behind the
-//! page cache (`CachedFlash`: writes reach the medium only at `Durable::sync`, and at a cut any
-//! subset of the 512-byte pieces held back since the last sync may have reached it).
+//! page cache (`device_agent::cachedflash`: writes reach the medium only at `Durable::sync`, and
+//! at a cut any subset of the 512-byte pieces held back since the last sync may have reached it).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -19,11 +19,8 @@
 mod common;
 
 use common::*;
-use device_agent::memflash::MemFlashError;
-use device_agent::{
-    AgentError, Boot, Durable, FirmwareStore, Layout, NorFlash, Outcome, Slot, SlotState,
-};
-use embedded_storage::nor_flash::{ErrorType, ReadNorFlash};
+use device_agent::cachedflash::{CachedFlash, Cut as CutAt};
+use device_agent::{AgentError, Boot, Durable, FirmwareStore, Layout, Outcome, Slot, SlotState};
 use hale_core::Version;
 use sha2::Digest;
 
@@ -324,141 +321,11 @@ fn power_cut_at_every_flash_operation_of_an_update_checkpointed_every_two_sector
 
 // --- flash behind a write-back cache ------------------------------------------------------------
 
-/// Disk sector: the unit a write held back in a cache reaches the medium in.
-const PIECE: usize = 512;
+type Cached<'a> = CachedFlash<'a, ERASE>;
 
-/// Flash behind a write-back cache. Reads see every write and erase at once (`view`); the
-/// medium gets them only at `sync`. The power is cut at operation `cut` (a write or erase, 0-based;
-/// that operation is held back like the others): every later operation and sync fails, and
-/// `crash` decides which held-back pieces reached the medium.
-struct CachedFlash<'a> {
-    medium: &'a mut [u8],
-    view: Vec<u8>,
-    /// pieces (offset, bytes) written or erased since the last sync, in order
-    held: Vec<(usize, Vec<u8>)>,
-    cut: u32,
-    ops: u32,
-}
-
-impl<'a> CachedFlash<'a> {
-    fn new(medium: &'a mut [u8], cut: u32) -> Self {
-        let view = medium.to_vec();
-        CachedFlash {
-            medium,
-            view,
-            held: Vec::new(),
-            cut,
-            ops: 0,
-        }
-    }
-
-    fn tick(&mut self) -> Result<(), MemFlashError> {
-        if self.ops > self.cut {
-            return Err(MemFlashError::PowerLoss);
-        }
-        self.ops += 1;
-        Ok(())
-    }
-
-    fn hold(&mut self, from: usize, to: usize) {
-        let mut at = from;
-        while at < to {
-            let end = ((at / PIECE + 1) * PIECE).min(to);
-            self.held.push((at, self.view[at..end].to_vec()));
-            at = end;
-        }
-    }
-
-    /// The power went off: the held-back pieces `keep(i, count)` selects reached the medium (in
-    /// order, so a later write to the same bytes wins); the rest are lost.
-    fn crash(self, keep: impl Fn(usize, usize) -> bool) {
-        let n = self.held.len();
-        for (i, (at, bytes)) in self.held.into_iter().enumerate() {
-            if keep(i, n) {
-                self.medium[at..at + bytes.len()].copy_from_slice(&bytes);
-            }
-        }
-    }
-}
-
-impl ErrorType for CachedFlash<'_> {
-    type Error = MemFlashError;
-}
-
-impl ReadNorFlash for CachedFlash<'_> {
-    const READ_SIZE: usize = 1;
-    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), MemFlashError> {
-        let at = offset as usize;
-        let src = self
-            .view
-            .get(at..at + bytes.len())
-            .ok_or(MemFlashError::OutOfBounds)?;
-        bytes.copy_from_slice(src);
-        Ok(())
-    }
-    fn capacity(&self) -> usize {
-        self.view.len()
-    }
-}
-
-impl NorFlash for CachedFlash<'_> {
-    const WRITE_SIZE: usize = 4;
-    const ERASE_SIZE: usize = ERASE;
-    fn erase(&mut self, from: u32, to: u32) -> Result<(), MemFlashError> {
-        let (from, to) = (from as usize, to as usize);
-        if from > to || from % ERASE != 0 || to % ERASE != 0 {
-            return Err(MemFlashError::NotAligned);
-        }
-        if to > self.view.len() {
-            return Err(MemFlashError::OutOfBounds);
-        }
-        self.tick()?;
-        self.view[from..to].fill(0xFF);
-        self.hold(from, to);
-        if self.power_lost() {
-            return Err(MemFlashError::PowerLoss);
-        }
-        Ok(())
-    }
-    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), MemFlashError> {
-        let at = offset as usize;
-        if at % 4 != 0 || bytes.len() % 4 != 0 {
-            return Err(MemFlashError::NotAligned);
-        }
-        let dst = self
-            .view
-            .get(at..at + bytes.len())
-            .ok_or(MemFlashError::OutOfBounds)?;
-        if let Some(i) = dst.iter().position(|b| *b != 0xFF) {
-            return Err(MemFlashError::NotErased {
-                offset: offset + i as u32,
-            });
-        }
-        self.tick()?;
-        self.view[at..at + bytes.len()].copy_from_slice(bytes);
-        self.hold(at, at + bytes.len());
-        if self.power_lost() {
-            return Err(MemFlashError::PowerLoss);
-        }
-        Ok(())
-    }
-}
-
-impl Durable for CachedFlash<'_> {
-    fn sync(&mut self) -> Result<(), MemFlashError> {
-        if self.power_lost() {
-            return Err(MemFlashError::PowerLoss);
-        }
-        for (at, bytes) in self.held.drain(..) {
-            self.medium[at..at + bytes.len()].copy_from_slice(&bytes);
-        }
-        Ok(())
-    }
-}
-
-impl Cut for CachedFlash<'_> {
+impl Cut for Cached<'_> {
     fn power_lost(&self) -> bool {
-        self.ops > self.cut
+        CachedFlash::power_lost(self)
     }
 }
 
@@ -501,13 +368,14 @@ fn sweep_cached(sc: Scenario, layout: Layout) -> (u32, usize, usize) {
     loop {
         for pattern in 0..PATTERNS {
             let mut mem = fresh.clone();
-            let mut store = FirmwareStore::open(CachedFlash::new(&mut mem, n), layout).unwrap();
+            let cut = Some(CutAt::Operation(n));
+            let mut store = FirmwareStore::open(Cached::new(&mut mem, cut), layout).unwrap();
             if run(&mut store, &sim, sc) {
                 assert_eq!(pattern, 0, "cut {n}: the scenario ran on once and then not");
                 return (n, seen.len(), most);
             }
             let flash = store.into_flash();
-            most = most.max(flash.held.len());
+            most = most.max(flash.held());
             flash.crash(|i, count| kept(pattern, n, i, count));
             if seen.insert(sha2::Sha256::digest(&mem)) {
                 after_cut(

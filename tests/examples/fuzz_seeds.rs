@@ -440,11 +440,61 @@ fn main() {
         hale_core::bundle::write(&[], &mut small).unwrap(),
     );
 
+    install_fixture(&out);
+
     println!(
         "wrote {}/fixtures/root.json and {}/seeds/",
         out.display(),
         out.display()
     );
+}
+
+/// The install target's repository (fuzz/fuzz_targets/install.rs): firmware 2.0.0 (counter 7,
+/// 3000 bytes) for pump-a r2, every role ed25519 so regenerating gives the same bytes; every
+/// served file in `fixtures/install.bin` as `name_len:u16 name len:u32 bytes`, little-endian.
+/// Seeds: scripts of the target (its header documents the format).
+fn install_fixture(out: &Path) {
+    let mut sim = RepoSim::new();
+    sim.targets.keys = vec![key("fuzz-targets", KeyKind::Ed25519)];
+    sim.write_root();
+    let mut x: u32 = 0x2545_f491;
+    let image: Vec<u8> = (0..3000)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 24) as u8
+        })
+        .collect();
+    let custom = json!({"hardware": [{"model": "pump-a", "revisions": ["r2"]}], "version": "2.0.0",
+                        "security_counter": 7, "min_bootloader": "1.0.0"});
+    sim.add_target("targets", "pump-a/firmware.bin", &image, Some(custom));
+    sim.publish();
+    let mut packed = Vec::new();
+    for (name, bytes) in &sim.files {
+        packed.extend_from_slice(&u16::try_from(name.len()).unwrap().to_le_bytes());
+        packed.extend_from_slice(name.as_bytes());
+        packed.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_le_bytes());
+        packed.extend_from_slice(bytes);
+    }
+    std::fs::write(out.join("fixtures/install.bin"), &packed).unwrap();
+    // flags (bit 0 cached flash, bit 1 cut, bit 2 two-sector checkpoints, bit 3 cut instead of
+    // a sync), cut:u16, keep mode, then steps (0 check, 1 boot, 2 confirm, 3 reject) and
+    // transport actions read as needed
+    for (name, script) in [
+        ("honest", vec![0u8, 0, 0, 0, 0, 1, 2]),
+        ("cached-cut-mid-download", vec![3, 40, 0, 3, 0, 1, 2]),
+        (
+            "cached-cut-at-a-sync",
+            vec![11, 5, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8],
+        ),
+        ("nor-cut-at-confirm", vec![2, 90, 0, 0, 0, 1, 2]),
+        (
+            "corrupt-block",
+            vec![5, 0, 0, 0, 0, 0, 0, 0, 0, 6, 100, 0, 1, 2],
+        ),
+        ("reject", vec![1, 0, 0, 0, 0, 1, 3, 0]),
+    ] {
+        write(out, "install", name, &script);
+    }
 }
 
 fn join_plain(parts: &[Vec<u8>]) -> Vec<u8> {

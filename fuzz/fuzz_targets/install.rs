@@ -1,0 +1,361 @@
+//! The pump's whole update path (`device_agent::check_for_update`, `no_std` as on a device) from
+//! a provisioned flash to an installed image, driven by a script: checks, boots, confirms and
+//! rejects; a transport that serves the fixture repository (`fixtures/install.bin`: firmware
+//! 2.0.0, counter 7, 3000 bytes, for pump-a r2) or fails a request, truncates metadata or flips a
+//! byte of a target block; and the power cut at a chosen flash operation, on NOR flash (the
+//! operation done halfway) or on flash behind a write-back cache (`device_agent::cachedflash`:
+//! any subset of the writes held back since the last sync reaches the medium).
+//!
+//! Input: `flags` (bit 0 cached flash, bit 1 cut the power, bit 2 a checkpoint every two
+//! sectors, bit 3 cached: cut instead of a sync), `cut:u16` (the flash operation, or the sync
+//! `% 64`), `keep` (cached, `% 5`: 0 none of the held-back
+//! pieces, 1 all, 2 all but a stretch, 3 only a stretch, 4 one input bit per piece; the stretch
+//! is two input bytes read after the steps, as fractions of the held pieces), then step bytes (`% 4`: check, boot, confirm, reject),
+//! each check reading one byte per request it makes (metadata: 0xFF fails, 0xFE serves half the
+//! file; target blocks: `% 8 == 6` flips the byte the next input byte points at, `% 8 == 7`
+//! fails). Input that runs out reads as zeros: honest answers, checks.
+//!
+//! Checked after the script (cut or not), on the flash as it would be found at power-up:
+//! - a valid state record exists and claims nothing that is not on the flash: every bootable
+//!   slot's bytes hash to its image, a staging slot holds the first `download_offset` bytes of
+//!   2.0.0 (as served: unless a block was corrupted, which the image's hash catches at the end);
+//! - the boot step runs 1.0.0 or 2.0.0, byte for byte, and the security counter is 1, or 7 only
+//!   with 2.0.0 running;
+//! - then, with an honest transport and the pump confirming its trials, it settles on 2.0.0
+//!   (counter 7), or on 1.0.0 (counter 1) only after 2.0.0 failed a trial and is refused; the
+//!   only error on the way is one hash mismatch after a corrupted block (the staging abandoned,
+//!   the next check starts over).
+#![no_main]
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use device_agent::cachedflash::{CachedFlash, Cut};
+use device_agent::memflash::MemFlash;
+use device_agent::{
+    check_for_update, AgentError, Application, DeferReason, DeviceInfo, Durable, FirmwareStore,
+    Image, Layout, NoRollback, Outcome, Slot, SlotState, Transport, Workspace,
+};
+use hale_core::{Storage, Version};
+use libfuzzer_sys::fuzz_target;
+use sha2::{Digest, Sha256};
+
+const ERASE: usize = 1024;
+const LAYOUT: Layout = Layout::contiguous(0, 8 * 1024, 16 * 1024);
+const TARGET: &str = "pump-a/firmware.bin";
+const NOW: i64 = hale_fuzz::fixture::NOW;
+const V1_LEN: usize = 2500;
+
+/// The fixture's served files, the v1 image and the v2 image.
+struct Fixture {
+    files: BTreeMap<String, Vec<u8>>,
+    v1: Vec<u8>,
+    v2: Vec<u8>,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let mut packed: &[u8] = include_bytes!("../fixtures/install.bin");
+        let mut files = BTreeMap::new();
+        fn take<'p>(packed: &mut &'p [u8], n: usize) -> &'p [u8] {
+            let (a, b) = packed.split_at(n);
+            *packed = b;
+            a
+        }
+        while !packed.is_empty() {
+            let n = u16::from_le_bytes(take(&mut packed, 2).try_into().unwrap()) as usize;
+            let name = String::from_utf8(take(&mut packed, n).to_vec()).unwrap();
+            let len = u32::from_le_bytes(take(&mut packed, 4).try_into().unwrap()) as usize;
+            files.insert(name, take(&mut packed, len).to_vec());
+        }
+        let v2 = files
+            .iter()
+            .find(|(k, _)| k.starts_with("targets/pump-a/") && k.ends_with(".firmware.bin"))
+            .map(|(_, v)| v.clone())
+            .expect("the fixture serves the firmware");
+        let v1 = (0..V1_LEN).map(|i| (i % 251) as u8).collect();
+        Fixture { files, v1, v2 }
+    })
+}
+
+fn device() -> DeviceInfo<'static> {
+    DeviceInfo {
+        model: "pump-a",
+        revision: "r2",
+        bootloader: Version::new(1, 2, 0),
+        target: TARGET,
+    }
+}
+
+/// The script, and whether a target block was served corrupted (its bytes may then sit in a
+/// staging slot: a checkpoint claims bytes written, not verified; the whole image's hash, taken
+/// over what is read back from flash, decides at the end).
+struct Input<'a>(&'a [u8], bool);
+
+impl Input<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((b, rest)) => {
+                self.0 = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Failed;
+
+/// The fixture repository, with the failures the script asks for.
+struct Scripted<'i, 'a> {
+    input: &'i mut Input<'a>,
+}
+
+impl Transport for Scripted<'_, '_> {
+    type Error = Failed;
+    fn fetch_metadata(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, Failed> {
+        let action = self.input.byte();
+        let Some(f) = fixture().files.get(name) else {
+            return Ok(None);
+        };
+        let f = match action {
+            0xFF => return Err(Failed),
+            0xFE => &f[..f.len() / 2],
+            _ => &f[..],
+        };
+        let dst = buf.get_mut(..f.len()).ok_or(Failed)?;
+        dst.copy_from_slice(f);
+        Ok(Some(f.len()))
+    }
+    fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), Failed> {
+        let action = self.input.byte() % 8;
+        let f = fixture()
+            .files
+            .get(&format!("targets/{name}"))
+            .ok_or(Failed)?;
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|o| f.get(o..o.checked_add(buf.len())?))
+            .ok_or(Failed)?;
+        buf.copy_from_slice(src);
+        match action {
+            6 if !buf.is_empty() => {
+                let at = usize::from(self.input.byte()) % buf.len();
+                buf[at] ^= 0x20;
+                self.input.1 = true;
+            }
+            7 => return Err(Failed),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+struct Idle;
+
+impl Application for Idle {
+    fn safe_to_install(&mut self) -> Result<(), DeferReason> {
+        Ok(())
+    }
+}
+
+fn check<F: Durable, T: Transport>(
+    store: &mut FirmwareStore<F>,
+    t: &mut T,
+) -> Result<Outcome, AgentError<T::Error, F::Error>> {
+    let (mut root, mut ts, mut snap, mut tg) = ([0u8; 4096], [0u8; 2048], [0u8; 2048], [0u8; 4096]);
+    let (mut scratch, mut chunk) = ([0u8; 4096], [0u8; 256]);
+    let ws = Workspace {
+        metadata: Storage {
+            root: &mut root[..],
+            timestamp: &mut ts[..],
+            snapshot: &mut snap[..],
+            targets: &mut tg[..],
+        },
+        scratch: &mut scratch[..],
+        chunk: &mut chunk[..],
+        delegations: &mut [],
+    };
+    check_for_update(store, &device(), t, &mut Idle, &mut NoRollback, NOW, ws)
+}
+
+/// The script's steps on `store` until the input runs out, a step count is reached, or the
+/// power is cut (a step fails and `lost()` says so).
+fn run<F: Durable>(store: &mut FirmwareStore<F>, input: &mut Input<'_>, lost: impl Fn(&F) -> bool) {
+    for _ in 0..8 {
+        if input.0.is_empty() {
+            return;
+        }
+        let ok = match input.byte() % 4 {
+            0 => check(store, &mut Scripted { input }).is_ok(),
+            1 => store.boot().is_ok(),
+            2 => store.confirm().is_ok(),
+            _ => store.reject().is_ok(),
+        };
+        if !ok && lost(store.flash_mut()) {
+            return;
+        }
+    }
+}
+
+fn release(version: &str) -> Option<&'static [u8]> {
+    match version {
+        "1.0.0" => Some(&fixture().v1),
+        "2.0.0" => Some(&fixture().v2),
+        _ => None,
+    }
+}
+
+/// Power-up on `mem`: the invariants, then settle with an honest transport. `corrupted`: a
+/// target block was served corrupted.
+fn power_up_and_settle(mem: &mut [u8], layout: Layout, corrupted: bool) {
+    let mut store = FirmwareStore::open(MemFlash::<ERASE>::new(mem), layout)
+        .expect("a valid state record survives everything");
+    let s = store.slots();
+    for slot in [Slot::A, Slot::B] {
+        match s.info(slot).state {
+            SlotState::Pending | SlotState::Trial | SlotState::Good => assert!(
+                store.image_matches(slot).unwrap(),
+                "slot {slot:?} is {:?} but holds other bytes",
+                s.info(slot).state
+            ),
+            SlotState::Staging if !corrupted => {
+                let off = store.download_offset() as usize;
+                let mut got = vec![0u8; off];
+                store.read_slot(slot, 0, &mut got).unwrap();
+                assert!(
+                    got[..] == fixture().v2[..off],
+                    "slot {slot:?} is staging at {off} but holds other bytes"
+                );
+            }
+            SlotState::Staging | SlotState::Empty | SlotState::Rejected => {}
+        }
+    }
+    let boot = store.boot().expect("a verified image boots");
+    let s = store.slots();
+    let running = s.info(boot.slot()).image.unwrap().version.to_string();
+    let want = release(&running).unwrap_or_else(|| panic!("booted {running}"));
+    let mut got = vec![0u8; want.len()];
+    store.read_slot(boot.slot(), 0, &mut got).unwrap();
+    assert!(
+        got == want,
+        "the booted slot holds other bytes than {running}"
+    );
+    let counter = s.security_counter();
+    assert!(
+        counter == 1 || (counter == 7 && running == "2.0.0"),
+        "counter {counter} with {running} running"
+    );
+
+    let mut honest = Input(&[], false);
+    let (mut refused, mut mismatched) = (false, false);
+    for _ in 0..6 {
+        let s = store.slots();
+        if s.info(s.active()).state == SlotState::Trial {
+            store.confirm().unwrap();
+            continue;
+        }
+        match check(&mut store, &mut Scripted { input: &mut honest }) {
+            Ok(Outcome::Staged { .. } | Outcome::AwaitingReboot { .. }) => {
+                store.boot().unwrap();
+            }
+            Ok(Outcome::UpToDate { .. }) => break,
+            Err(AgentError::PreviouslyReverted { .. }) => {
+                refused = true;
+                break;
+            }
+            // a download resumed over a corrupted block: its hash fails once, the staging is
+            // abandoned and the next check starts over
+            Err(AgentError::Trust(hale_core::Error::HashMismatch { .. }))
+                if corrupted && !mismatched =>
+            {
+                mismatched = true;
+            }
+            other => panic!("settling: {other:?}"),
+        }
+    }
+    let s = store.slots();
+    let end = (
+        s.running().unwrap().version.to_string(),
+        s.security_counter(),
+    );
+    assert!(
+        end == ("2.0.0".into(), 7) || (end == ("1.0.0".into(), 1) && refused),
+        "settled on {end:?} (2.0.0 refused: {refused})"
+    );
+}
+
+fuzz_target!(|data: &[u8]| {
+    let f = fixture();
+    let mut input = Input(data, false);
+    let flags = input.byte();
+    let cut = u32::from(u16::from_le_bytes([input.byte(), input.byte()]));
+    let keep = input.byte();
+    let (cached, cutting) = (flags & 1 != 0, flags & 2 != 0);
+    let layout = if flags & 4 != 0 {
+        LAYOUT.with_checkpoint(2 * ERASE as u32)
+    } else {
+        LAYOUT
+    };
+
+    // the factory: 1.0.0 (counter 1) in slot A, the fixture's root trusted
+    let mut mem = vec![0u8; layout.end() as usize];
+    let image = Image {
+        version: Version::new(1, 0, 0),
+        security_counter: 1,
+        length: V1_LEN as u64,
+        sha256: Sha256::digest(&f.v1).into(),
+    };
+    FirmwareStore::provision(
+        MemFlash::<ERASE>::new(&mut mem),
+        layout,
+        &f.files["1.root.json"],
+        &f.v1,
+        image,
+    )
+    .unwrap();
+
+    let cut = cutting.then_some(cut);
+    if cached {
+        // bit 3: the power fails instead of a sync (the cache at its fullest)
+        let at = cut.map(|n| match flags & 8 {
+            0 => Cut::Operation(n),
+            _ => Cut::Sync(n % 64),
+        });
+        let flash = CachedFlash::<ERASE>::new(&mut mem, at);
+        let mut store = FirmwareStore::open(flash, layout).unwrap();
+        run(&mut store, &mut input, |f| f.power_lost());
+        let flash = store.into_flash();
+        // which held-back pieces reach the medium: a stretch kept or lost (as fractions of the
+        // held pieces, from two input bytes), or one input bit per piece
+        let (lo, hi) = (usize::from(input.byte()), usize::from(input.byte()));
+        let (mut bits, mut byte) = (0u32, 0u8);
+        flash.crash(|i, count| {
+            let inside = (lo * count / 256..hi * count / 256 + 1).contains(&i);
+            match keep % 5 {
+                0 => false,
+                1 => true,
+                2 => !inside,
+                3 => inside,
+                _ => {
+                    if bits == 0 {
+                        byte = input.byte();
+                        bits = 8;
+                    }
+                    bits -= 1;
+                    (byte >> bits) & 1 == 1
+                }
+            }
+        });
+    } else {
+        let flash = MemFlash::<ERASE>::new(&mut mem);
+        let flash = match cut {
+            Some(n) => flash.fail_after(n),
+            None => flash,
+        };
+        let mut store = FirmwareStore::open(flash, layout).unwrap();
+        run(&mut store, &mut input, |f| f.power_lost());
+    }
+    power_up_and_settle(&mut mem, layout, input.1);
+});
