@@ -27,8 +27,10 @@
 //!   reset before the application confirms reverts to it, and the failed image is never retried.
 //! - *Power loss*: every change of state is one record written to the older of two alternating
 //!   records, each with a sequence number and a sha256 over its contents; a torn record is ignored
-//!   and the previous one stands. Image bytes are only trusted after they are re-read from flash
-//!   and hashed (at staging and at every boot).
+//!   and the previous one stands. The flash is synced before and after each record
+//!   ([`Durable`]), so a flash behind a cache never holds a record without the bytes it claims.
+//!   Image bytes are only trusted after they are re-read from flash and hashed (at staging and at
+//!   every boot).
 //! - *Anti-rollback*: the security counter is a floor raised only at confirmation.
 //! - *Installing during therapy*: [`Application::safe_to_install`] gates staging.
 //!
