@@ -37,7 +37,7 @@
 //! ## Features
 //! - default: `no_std`, no heap.
 //! - `std`: the `hale-agent` binary (simulated pump over HTTP(S), TUF conformance client).
-//! - `sim`: [`cachedflash`], flash behind a write-back cache (needs `alloc`; tests and fuzzing).
+//! - `sim`: `cachedflash`, flash behind a write-back cache (needs `alloc`; tests and fuzzing).
 #![cfg_attr(not(feature = "std"), no_std)]
 // Errors are built only when they are returned: `ok_or_else(|| Error::…)`, not `ok_or(Error::…)`.
 // An eager error (up to 136 bytes) is constructed on the success path too; lazily, the Cortex-M4
