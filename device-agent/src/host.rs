@@ -887,7 +887,7 @@ impl ConformanceClient {
     ///
     /// The requests go out one after another, exactly as the workflow orders them. While the
     /// server answers one, the client runs the workflow's next steps ahead on the stored files
-    /// ([`look_ahead`]): the same hale-core calls, with the same bytes, on a copy of the trusted
+    /// (`look_ahead`): the same hale-core calls, with the same bytes, on a copy of the trusted
     /// set. Their results are used only where the workflow would have made those very calls: the
     /// root did not change (the copy was taken from it) and the server's timestamp is byte for
     /// byte the stored one (the stored bytes are what the workflow would have passed). Otherwise
