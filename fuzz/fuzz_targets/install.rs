@@ -1,30 +1,34 @@
 //! The pump's whole update path (`device_agent::check_for_update`, `no_std` as on a device) from
-//! a provisioned flash to an installed image, driven by a script: checks, boots, confirms and
-//! rejects; a transport that serves the fixture repository (`fixtures/install.bin`: firmware
-//! 2.0.0, counter 7, 3000 bytes, for pump-a r2) or fails a request, truncates metadata or flips a
-//! byte of a target block; and the power cut at a chosen flash operation, on NOR flash (the
-//! operation done halfway) or on flash behind a write-back cache (`device_agent::cachedflash`:
-//! any subset of the writes held back since the last sync reaches the medium).
+//! a provisioned flash (1.0.0, counter 1) to installed images, driven by a script: checks, boots,
+//! confirms, rejects, and the release of 3.0.0; a transport that serves the fixture repository
+//! (`fixtures/install.bin`: firmware 2.0.0, counter 7, 3000 bytes, for pump-a r2; after the
+//! release `fixtures/install-v3.bin`: 3.0.0, counter 9, 3500 bytes) or fails a request, truncates
+//! metadata or flips a byte of a target block; and the power cut at a chosen flash operation, on
+//! NOR flash (the operation done halfway) or on flash behind a write-back cache
+//! (`device_agent::cachedflash`: any subset of the writes held back since the last sync reaches
+//! the medium). 3.0.0 is staged into the slot that held 1.0.0 (or 2.0.0): an update that erases
+//! an image the previous state listed as good.
 //!
 //! Input: `flags` (bit 0 cached flash, bit 1 cut the power, bit 2 a checkpoint every two
 //! sectors, bit 3 cached: cut instead of a sync), `cut:u16` (the flash operation, or the sync
-//! `% 64`), `keep` (cached, `% 5`: 0 none of the held-back
-//! pieces, 1 all, 2 all but a stretch, 3 only a stretch, 4 one input bit per piece; the stretch
-//! is two input bytes read after the steps, as fractions of the held pieces), then step bytes (`% 4`: check, boot, confirm, reject),
-//! each check reading one byte per request it makes (metadata: 0xFF fails, 0xFE serves half the
-//! file; target blocks: `% 8 == 6` flips the byte the next input byte points at, `% 8 == 7`
-//! fails). Input that runs out reads as zeros: honest answers, checks.
+//! `% 64`), `keep` (cached, `% 5`: 0 none of the held-back pieces, 1 all, 2 all but a stretch,
+//! 3 only a stretch, 4 one input bit per piece; the stretch is two input bytes read after the
+//! steps, as fractions of the held pieces), then step bytes (`% 5`: check, boot, confirm,
+//! reject, release 3.0.0), each check reading one byte per request it makes (metadata: 0xFF
+//! fails, 0xFE serves half the file; target blocks: `% 8 == 6` flips the byte the next input
+//! byte points at, `% 8 == 7` fails). Input that runs out reads as zeros: honest answers, checks.
 //!
 //! Checked after the script (cut or not), on the flash as it would be found at power-up:
 //! - a valid state record exists and claims nothing that is not on the flash: every bootable
 //!   slot's bytes hash to its image, a staging slot holds the first `download_offset` bytes of
-//!   2.0.0 (as served: unless a block was corrupted, which the image's hash catches at the end);
-//! - the boot step runs 1.0.0 or 2.0.0, byte for byte, and the security counter is 1, or 7 only
-//!   with 2.0.0 running;
-//! - then, with an honest transport and the pump confirming its trials, it settles on 2.0.0
-//!   (counter 7), or on 1.0.0 (counter 1) only after 2.0.0 failed a trial and is refused; the
-//!   only error on the way is one hash mismatch after a corrupted block (the staging abandoned,
-//!   the next check starts over).
+//!   the image it lists (as served: unless a block was corrupted, which the image's hash catches
+//!   at the end);
+//! - the boot step runs 1.0.0, 2.0.0 or 3.0.0, byte for byte, and the security counter is 1, 7
+//!   or 9, never above the running image's;
+//! - then, with an honest transport and the pump confirming its trials, it settles on the newest
+//!   release with its counter, or, only when that release failed a trial and is refused, on an
+//!   older one; the only error on the way is one hash mismatch after a corrupted block (the
+//!   staging abandoned, the next check starts over).
 #![no_main]
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -44,37 +48,58 @@ const LAYOUT: Layout = Layout::contiguous(0, 8 * 1024, 16 * 1024);
 const TARGET: &str = "pump-a/firmware.bin";
 const NOW: i64 = hale_fuzz::fixture::NOW;
 const V1_LEN: usize = 2500;
+const V2_LEN: usize = 3000;
+const V3_LEN: usize = 3500;
 
-/// The fixture's served files, the v1 image and the v2 image.
+/// The repository before and after 3.0.0 is released (its served files), and the images.
 struct Fixture {
-    files: BTreeMap<String, Vec<u8>>,
+    files: [BTreeMap<String, Vec<u8>>; 2],
     v1: Vec<u8>,
     v2: Vec<u8>,
+    v3: Vec<u8>,
+}
+
+fn unpack(mut packed: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    fn take<'p>(packed: &mut &'p [u8], n: usize) -> &'p [u8] {
+        let (a, b) = packed.split_at(n);
+        *packed = b;
+        a
+    }
+    let mut files = BTreeMap::new();
+    while !packed.is_empty() {
+        let n = u16::from_le_bytes(take(&mut packed, 2).try_into().unwrap()) as usize;
+        let name = String::from_utf8(take(&mut packed, n).to_vec()).unwrap();
+        let len = u32::from_le_bytes(take(&mut packed, 4).try_into().unwrap()) as usize;
+        files.insert(name, take(&mut packed, len).to_vec());
+    }
+    files
+}
+
+/// The firmware image of `len` bytes the repository `files` serves.
+fn served_image(files: &BTreeMap<String, Vec<u8>>, len: usize) -> Vec<u8> {
+    files
+        .iter()
+        .find(|(k, v)| {
+            k.starts_with("targets/pump-a/") && k.ends_with(".firmware.bin") && v.len() == len
+        })
+        .map(|(_, v)| v.clone())
+        .expect("the fixture serves the firmware")
 }
 
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let mut packed: &[u8] = include_bytes!("../fixtures/install.bin");
-        let mut files = BTreeMap::new();
-        fn take<'p>(packed: &mut &'p [u8], n: usize) -> &'p [u8] {
-            let (a, b) = packed.split_at(n);
-            *packed = b;
-            a
-        }
-        while !packed.is_empty() {
-            let n = u16::from_le_bytes(take(&mut packed, 2).try_into().unwrap()) as usize;
-            let name = String::from_utf8(take(&mut packed, n).to_vec()).unwrap();
-            let len = u32::from_le_bytes(take(&mut packed, 4).try_into().unwrap()) as usize;
-            files.insert(name, take(&mut packed, len).to_vec());
-        }
-        let v2 = files
-            .iter()
-            .find(|(k, _)| k.starts_with("targets/pump-a/") && k.ends_with(".firmware.bin"))
-            .map(|(_, v)| v.clone())
-            .expect("the fixture serves the firmware");
+        let before = unpack(include_bytes!("../fixtures/install.bin"));
+        let after = unpack(include_bytes!("../fixtures/install-v3.bin"));
+        let v2 = served_image(&before, V2_LEN);
+        let v3 = served_image(&after, V3_LEN);
         let v1 = (0..V1_LEN).map(|i| (i % 251) as u8).collect();
-        Fixture { files, v1, v2 }
+        Fixture {
+            files: [before, after],
+            v1,
+            v2,
+            v3,
+        }
     })
 }
 
@@ -90,7 +115,15 @@ fn device() -> DeviceInfo<'static> {
 /// The script, and whether a target block was served corrupted (its bytes may then sit in a
 /// staging slot: a checkpoint claims bytes written, not verified; the whole image's hash, taken
 /// over what is read back from flash, decides at the end).
-struct Input<'a>(&'a [u8], bool);
+struct Input<'a>(&'a [u8], bool, Served);
+
+/// Which repository the transport serves.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Served {
+    Before,
+    /// 3.0.0 released
+    After,
+}
 
 impl Input<'_> {
     fn byte(&mut self) -> u8 {
@@ -116,7 +149,7 @@ impl Transport for Scripted<'_, '_> {
     type Error = Failed;
     fn fetch_metadata(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, Failed> {
         let action = self.input.byte();
-        let Some(f) = fixture().files.get(name) else {
+        let Some(f) = fixture().files[self.input.2 as usize].get(name) else {
             return Ok(None);
         };
         let f = match action {
@@ -130,8 +163,7 @@ impl Transport for Scripted<'_, '_> {
     }
     fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), Failed> {
         let action = self.input.byte() % 8;
-        let f = fixture()
-            .files
+        let f = fixture().files[self.input.2 as usize]
             .get(&format!("targets/{name}"))
             .ok_or(Failed)?;
         let src = usize::try_from(offset)
@@ -187,11 +219,15 @@ fn run<F: Durable>(store: &mut FirmwareStore<F>, input: &mut Input<'_>, lost: im
         if input.0.is_empty() {
             return;
         }
-        let ok = match input.byte() % 4 {
+        let ok = match input.byte() % 5 {
             0 => check(store, &mut Scripted { input }).is_ok(),
             1 => store.boot().is_ok(),
             2 => store.confirm().is_ok(),
-            _ => store.reject().is_ok(),
+            3 => store.reject().is_ok(),
+            _ => {
+                input.2 = Served::After;
+                true
+            }
         };
         if !ok && lost(store.flash_mut()) {
             return;
@@ -199,17 +235,19 @@ fn run<F: Durable>(store: &mut FirmwareStore<F>, input: &mut Input<'_>, lost: im
     }
 }
 
-fn release(version: &str) -> Option<&'static [u8]> {
+/// A release's image and security counter.
+fn release(version: &str) -> Option<(&'static [u8], u64)> {
     match version {
-        "1.0.0" => Some(&fixture().v1),
-        "2.0.0" => Some(&fixture().v2),
+        "1.0.0" => Some((&fixture().v1, 1)),
+        "2.0.0" => Some((&fixture().v2, 7)),
+        "3.0.0" => Some((&fixture().v3, 9)),
         _ => None,
     }
 }
 
-/// Power-up on `mem`: the invariants, then settle with an honest transport. `corrupted`: a
-/// target block was served corrupted.
-fn power_up_and_settle(mem: &mut [u8], layout: Layout, corrupted: bool) {
+/// Power-up on `mem`: the invariants, then settle with an honest transport serving `served`.
+/// `corrupted`: a target block was served corrupted.
+fn power_up_and_settle(mem: &mut [u8], layout: Layout, corrupted: bool, served: Served) {
     let mut store = FirmwareStore::open(MemFlash::<ERASE>::new(mem), layout)
         .expect("a valid state record survives everything");
     let s = store.slots();
@@ -221,12 +259,15 @@ fn power_up_and_settle(mem: &mut [u8], layout: Layout, corrupted: bool) {
                 s.info(slot).state
             ),
             SlotState::Staging if !corrupted => {
+                let listed = s.info(slot).image.expect("a staging slot lists its image");
+                let (image, _) = release(&listed.version.to_string()).expect("a released image");
                 let off = store.download_offset() as usize;
                 let mut got = vec![0u8; off];
                 store.read_slot(slot, 0, &mut got).unwrap();
                 assert!(
-                    got[..] == fixture().v2[..off],
-                    "slot {slot:?} is staging at {off} but holds other bytes"
+                    got[..] == image[..off],
+                    "slot {slot:?} is staging {} at {off} but holds other bytes",
+                    listed.version
                 );
             }
             SlotState::Staging | SlotState::Empty | SlotState::Rejected => {}
@@ -235,7 +276,7 @@ fn power_up_and_settle(mem: &mut [u8], layout: Layout, corrupted: bool) {
     let boot = store.boot().expect("a verified image boots");
     let s = store.slots();
     let running = s.info(boot.slot()).image.unwrap().version.to_string();
-    let want = release(&running).unwrap_or_else(|| panic!("booted {running}"));
+    let (want, own) = release(&running).unwrap_or_else(|| panic!("booted {running}"));
     let mut got = vec![0u8; want.len()];
     store.read_slot(boot.slot(), 0, &mut got).unwrap();
     assert!(
@@ -244,13 +285,13 @@ fn power_up_and_settle(mem: &mut [u8], layout: Layout, corrupted: bool) {
     );
     let counter = s.security_counter();
     assert!(
-        counter == 1 || (counter == 7 && running == "2.0.0"),
+        [1, 7, 9].contains(&counter) && counter <= own,
         "counter {counter} with {running} running"
     );
 
-    let mut honest = Input(&[], false);
+    let mut honest = Input(&[], false, served);
     let (mut refused, mut mismatched) = (false, false);
-    for _ in 0..6 {
+    for _ in 0..8 {
         let s = store.slots();
         if s.info(s.active()).state == SlotState::Trial {
             store.confirm().unwrap();
@@ -280,15 +321,21 @@ fn power_up_and_settle(mem: &mut [u8], layout: Layout, corrupted: bool) {
         s.running().unwrap().version.to_string(),
         s.security_counter(),
     );
+    let newest = match served {
+        Served::Before => "2.0.0",
+        Served::After => "3.0.0",
+    };
+    let newest_end = (newest.to_string(), release(newest).unwrap().1);
+    let older_end = [("1.0.0".to_string(), 1), ("2.0.0".to_string(), 7)];
     assert!(
-        end == ("2.0.0".into(), 7) || (end == ("1.0.0".into(), 1) && refused),
-        "settled on {end:?} (2.0.0 refused: {refused})"
+        end == newest_end || (refused && end.0 != newest && older_end.contains(&end)),
+        "settled on {end:?} with {newest} served (refused: {refused})"
     );
 }
 
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
-    let mut input = Input(data, false);
+    let mut input = Input(data, false, Served::Before);
     let flags = input.byte();
     let cut = u32::from(u16::from_le_bytes([input.byte(), input.byte()]));
     let keep = input.byte();
@@ -310,7 +357,7 @@ fuzz_target!(|data: &[u8]| {
     FirmwareStore::provision(
         MemFlash::<ERASE>::new(&mut mem),
         layout,
-        &f.files["1.root.json"],
+        &f.files[0]["1.root.json"],
         &f.v1,
         image,
     )
@@ -357,5 +404,5 @@ fuzz_target!(|data: &[u8]| {
         let mut store = FirmwareStore::open(flash, layout).unwrap();
         run(&mut store, &mut input, |f| f.power_lost());
     }
-    power_up_and_settle(&mut mem, layout, input.1);
+    power_up_and_settle(&mut mem, layout, input.1, input.2);
 });

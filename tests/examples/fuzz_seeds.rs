@@ -449,37 +449,49 @@ fn main() {
     );
 }
 
-/// The install target's repository (fuzz/fuzz_targets/install.rs): firmware 2.0.0 (counter 7,
-/// 3000 bytes) for pump-a r2, every role ed25519 so regenerating gives the same bytes; every
-/// served file in `fixtures/install.bin` as `name_len:u16 name len:u32 bytes`, little-endian.
-/// Seeds: scripts of the target (its header documents the format).
+/// The install target's repository (fuzz/fuzz_targets/install.rs) before and after 3.0.0 is
+/// published: `fixtures/install.bin` serves firmware 2.0.0 (counter 7, 3000 bytes) for pump-a r2,
+/// `fixtures/install-v3.bin` 3.0.0 (counter 9, 3500 bytes); every role ed25519, so regenerating
+/// gives the same bytes. Each file packs every served file as `name_len:u16 name len:u32 bytes`,
+/// little-endian. Seeds: scripts of the target (its header documents the format).
 fn install_fixture(out: &Path) {
     let mut sim = RepoSim::new();
     sim.targets.keys = vec![key("fuzz-targets", KeyKind::Ed25519)];
     sim.write_root();
-    let mut x: u32 = 0x2545_f491;
-    let image: Vec<u8> = (0..3000)
-        .map(|_| {
-            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (x >> 24) as u8
-        })
-        .collect();
-    let custom = json!({"hardware": [{"model": "pump-a", "revisions": ["r2"]}], "version": "2.0.0",
-                        "security_counter": 7, "min_bootloader": "1.0.0"});
-    sim.add_target("targets", "pump-a/firmware.bin", &image, Some(custom));
-    sim.publish();
-    let mut packed = Vec::new();
-    for (name, bytes) in &sim.files {
-        packed.extend_from_slice(&u16::try_from(name.len()).unwrap().to_le_bytes());
-        packed.extend_from_slice(name.as_bytes());
-        packed.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_le_bytes());
-        packed.extend_from_slice(bytes);
+    for (file, version, counter, len, seed) in [
+        ("install.bin", "2.0.0", 7, 3000, 0x2545_f491u32),
+        ("install-v3.bin", "3.0.0", 9, 3500, 0x0bad_5eed),
+    ] {
+        let mut x = seed;
+        let image: Vec<u8> = (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 24) as u8
+            })
+            .collect();
+        let custom = json!({"hardware": [{"model": "pump-a", "revisions": ["r2"]}],
+                            "version": version, "security_counter": counter, "min_bootloader": "1.0.0"});
+        sim.add_target("targets", "pump-a/firmware.bin", &image, Some(custom));
+        sim.publish();
+        let mut packed = Vec::new();
+        for (name, bytes) in &sim.files {
+            packed.extend_from_slice(&u16::try_from(name.len()).unwrap().to_le_bytes());
+            packed.extend_from_slice(name.as_bytes());
+            packed.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_le_bytes());
+            packed.extend_from_slice(bytes);
+        }
+        std::fs::write(out.join("fixtures").join(file), &packed).unwrap();
     }
-    std::fs::write(out.join("fixtures/install.bin"), &packed).unwrap();
     // flags (bit 0 cached flash, bit 1 cut, bit 2 two-sector checkpoints, bit 3 cut instead of
-    // a sync), cut:u16, keep mode, then steps (0 check, 1 boot, 2 confirm, 3 reject) and
-    // transport actions read as needed
+    // a sync), cut:u16, keep mode, then steps (0 check, 1 boot, 2 confirm, 3 reject, 4 publish
+    // 3.0.0) and transport actions read as needed
     for (name, script) in [
+        (
+            "v2-then-v3-cached-cut",
+            vec![
+                11, 12, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 4, 0, 0, 0, 0, 0,
+            ],
+        ),
         ("honest", vec![0u8, 0, 0, 0, 0, 1, 2]),
         ("cached-cut-mid-download", vec![3, 40, 0, 3, 0, 1, 2]),
         (
@@ -492,9 +504,28 @@ fn install_fixture(out: &Path) {
             vec![5, 0, 0, 0, 0, 0, 0, 0, 0, 6, 100, 0, 1, 2],
         ),
         ("reject", vec![1, 0, 0, 0, 0, 1, 3, 0]),
+        // found by the fuzzer with the store's sync before a record removed: a checkpoint on the
+        // medium without the slot bytes it claims
+        (
+            "sync-before-a-record",
+            vec![
+                91, 3, 146, 7, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 100, 1, 0, 44, 178, 3, 191, 3,
+                255, 240, 41, 64, 102, 255, 196, 44, 59,
+            ],
+        ),
     ] {
         write(out, "install", name, &script);
     }
+    // with the sync after a record removed: v2 installed, 3.0.0 released, the power fails
+    // instead of sync 9 of the check that stages 3.0.0 over 1.0.0; the record saying slot A is
+    // being replaced is lost, the erase of slot A is kept: "slot A is Good but holds other bytes"
+    let mut script = vec![11u8, 9, 0, 2, 0];
+    script.extend([0; 16]);
+    script.extend([1, 2, 4, 0]);
+    for _ in 0..40 {
+        script.extend([0, 120]);
+    }
+    write(out, "install", "sync-after-a-record", &script);
 }
 
 fn join_plain(parts: &[Vec<u8>]) -> Vec<u8> {
