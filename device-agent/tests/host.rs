@@ -494,6 +494,16 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
     );
 }
 
+/// A child process killed when this is dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_running_pump_holds_its_flash_and_status_reads_beside_it() {
     let sim = repo_with("2.0.0", 7, 3000);
@@ -501,7 +511,7 @@ fn a_running_pump_holds_its_flash_and_status_reads_beside_it() {
     let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
     let provision: Vec<&str> = pump.provision.iter().map(String::as_str).collect();
     // a pump that keeps polling (once an hour after its first poll)
-    let mut run = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+    let run = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
         .arg("--state")
         .arg(dir)
         .args([
@@ -517,6 +527,8 @@ fn a_running_pump_holds_its_flash_and_status_reads_beside_it() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // stopped however the test ends (a failed assertion must not leave it polling)
+    let mut run = KillOnDrop(run);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while state.lock().unwrap().reports.is_empty() {
         assert!(
@@ -554,8 +566,8 @@ fn a_running_pump_holds_its_flash_and_status_reads_beside_it() {
     assert_eq!(status["slots"][1]["active"], true, "{status}");
 
     // once it stops, the pump can be reset
-    run.kill().unwrap();
-    run.wait().unwrap();
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
     agent(dir, &["reboot"]);
 }
 
