@@ -28,6 +28,12 @@ struct Served {
     /// Cut the next ranged answers short: each entry is how many body bytes one answer sends
     /// before the connection closes (its Content-Length still says the whole range).
     cuts: Vec<usize>,
+    /// Ranged requests: (path, first byte).
+    ranges: Vec<(String, usize)>,
+    /// Stall the next ranged answer after this many body bytes, until it is set back to `None`
+    /// (30 s at most); `stalled` says the bytes are sent and the answer waits.
+    stall_after: Option<usize>,
+    stalled: bool,
 }
 
 /// Serve `/metadata/<name>` and `/targets/<name>` from the map; record POSTed reports.
@@ -69,6 +75,9 @@ fn serve() -> (String, Arc<Mutex<Served>>) {
             r.read_exact(&mut body).unwrap();
             let mut s = st.lock().unwrap();
             s.requests.push(format!("{method} {path}"));
+            if let Some((a, _)) = range {
+                s.ranges.push((path.clone(), a));
+            }
             let resp = if method == "POST" && path.starts_with("/api/v1/devices/") {
                 s.reports.push(serde_json::from_slice(&body).unwrap());
                 (200, "OK", vec![], None)
@@ -100,6 +109,7 @@ fn serve() -> (String, Arc<Mutex<Served>>) {
             } else {
                 None
             };
+            let stall = if ranged { s.stall_after } else { None };
             drop(s);
             let (code, text, body, cr) = resp;
             let mut head = format!(
@@ -111,6 +121,18 @@ fn serve() -> (String, Arc<Mutex<Served>>) {
             }
             head.push_str("\r\n");
             let _ = conn.write_all(head.as_bytes());
+            if let Some(n) = stall {
+                let _ = conn.write_all(&body[..n.min(body.len())]);
+                let _ = conn.flush();
+                st.lock().unwrap().stalled = true;
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while st.lock().unwrap().stall_after.is_some() && std::time::Instant::now() < until
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                st.lock().unwrap().stalled = false;
+                continue;
+            }
             let _ = conn.write_all(&body[..cut.unwrap_or(body.len()).min(body.len())]);
         }
     });
@@ -492,6 +514,66 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
                 .contains("model"),
         "{r}"
     );
+}
+
+/// `hale-agent run --once`, killed (SIGKILL: no chance to write anything) in the middle of a
+/// download, loses only what no checkpoint claimed: the next poll resumes at the last one
+/// (`PUMP_LAYOUT` checkpoints every 64 KiB) and installs the verified image.
+#[test]
+fn a_pump_killed_mid_download_resumes_at_its_last_checkpoint() {
+    const LEN: usize = 200_000;
+    let sim = repo_with("2.0.0", 7, LEN);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+    state.lock().unwrap().stall_after = Some(150_000);
+    let child = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+        .arg("--state")
+        .arg(dir)
+        .args(["run", "--server", addr, "--once", "--jitter", "0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !state.lock().unwrap().stalled {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // 150,000 bytes sent: the checkpoints at 65,536 and 131,072 are behind the pump
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    state.lock().unwrap().stall_after = None;
+    let status: Value = serde_json::from_str(&agent(dir, &["status"])).unwrap();
+    assert_eq!(status["slots"][1]["state"], "staging", "{status}");
+    assert_eq!(status["slots"][1]["version"], "2.0.0", "{status}");
+
+    let target = |s: &Served| -> Vec<usize> {
+        s.ranges
+            .iter()
+            .filter(|(p, _)| p.ends_with(".firmware.bin"))
+            .map(|(_, a)| *a)
+            .collect()
+    };
+    assert_eq!(
+        target(&state.lock().unwrap()),
+        [0],
+        "one stream before the kill"
+    );
+    agent(dir, &["run", "--server", addr, "--once", "--jitter", "0"]);
+    assert_eq!(
+        target(&state.lock().unwrap()),
+        [0, 131_072],
+        "resumed at the last checkpoint"
+    );
+    let r = last_report(state, dir);
+    assert_eq!(r["last_result"]["result"], "installed", "{r}");
+    assert_eq!(r["slots"][1]["version"], "2.0.0", "{r}");
+    assert_eq!(r["slots"][1]["state"], "good", "{r}");
+    assert_eq!(r["slots"][1]["active"], true, "{r}");
 }
 
 /// A child process killed when this is dropped.
