@@ -1,7 +1,9 @@
 //! Power-loss sweep: the power is cut at every flash write or erase in turn, during a full
-//! update + confirm and a full update + revert. After each cut the pump "reboots": it must
-//! always find a valid state, boot an image whose bytes match its record (v1 or v2, never
-//! anything else), and never lose both images. Then it carries on to a consistent end.
+//! update + confirm, a full update + revert, and an update over the slot of the previous good
+//! image. After each cut the pump "reboots": it must always find a valid state whose record
+//! claims nothing that is not on the flash, boot an image whose bytes match its record (the old
+//! or the new release, never anything else), and never lose both images. Then it carries on to a
+//! consistent end.
 //!
 //! Twice: on NOR flash (every write on the medium when it returns, the cut operation done
 //! halfway), and on flash behind a write-back cache as the simulated pump's file is behind the
