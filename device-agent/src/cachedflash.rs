@@ -109,12 +109,7 @@ impl<'a, const ERASE: usize> CachedFlash<'a, ERASE> {
     }
 
     fn range(&self, offset: u32, len: usize) -> Result<core::ops::Range<usize>, MemFlashError> {
-        let start = offset as usize;
-        let end = start.checked_add(len).ok_or(MemFlashError::OutOfBounds)?;
-        if end > self.view.len() {
-            return Err(MemFlashError::OutOfBounds);
-        }
-        Ok(start..end)
+        crate::memflash::range(self.view.len(), offset, len)
     }
 }
 

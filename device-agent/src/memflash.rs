@@ -71,13 +71,22 @@ impl<'a, const ERASE: usize> MemFlash<'a, ERASE> {
     }
 
     fn range(&self, offset: u32, len: usize) -> Result<core::ops::Range<usize>, MemFlashError> {
-        let start = offset as usize;
-        let end = start.checked_add(len).ok_or(MemFlashError::OutOfBounds)?;
-        if end > self.mem.len() {
-            return Err(MemFlashError::OutOfBounds);
-        }
-        Ok(start..end)
+        range(self.mem.len(), offset, len)
     }
+}
+
+/// The bytes `len` bytes at `offset` occupy in a flash of `capacity` bytes, if within it.
+pub(crate) fn range(
+    capacity: usize,
+    offset: u32,
+    len: usize,
+) -> Result<core::ops::Range<usize>, MemFlashError> {
+    let start = offset as usize;
+    let end = start.checked_add(len).ok_or(MemFlashError::OutOfBounds)?;
+    if end > capacity {
+        return Err(MemFlashError::OutOfBounds);
+    }
+    Ok(start..end)
 }
 
 impl<const ERASE: usize> ErrorType for MemFlash<'_, ERASE> {

@@ -21,7 +21,7 @@
 mod common;
 
 use common::*;
-use device_agent::cachedflash::{CachedFlash, Cut as CutAt};
+use device_agent::cachedflash::{CachedFlash, Cut};
 use device_agent::{AgentError, Boot, Durable, FirmwareStore, Layout, Outcome, Slot, SlotState};
 use hale_core::Version;
 use sha2::Digest;
@@ -103,11 +103,11 @@ fn start(sc: Scenario) -> (hale_tests::RepoSim, Vec<u8>) {
 }
 
 /// A flash whose power can be cut.
-trait Cut: Durable {
+trait PowerCut: Durable {
     fn power_lost(&self) -> bool;
 }
 
-impl Cut for Flash<'_> {
+impl PowerCut for Flash<'_> {
     fn power_lost(&self) -> bool {
         Flash::power_lost(self)
     }
@@ -131,7 +131,7 @@ fn check_on<F: Durable>(
 }
 
 /// Run the scenario until it ends or the flash loses power. Returns true when it completed.
-fn run<F: Cut>(store: &mut FirmwareStore<F>, sim: &hale_tests::RepoSim, sc: Scenario) -> bool {
+fn run<F: PowerCut>(store: &mut FirmwareStore<F>, sim: &hale_tests::RepoSim, sc: Scenario) -> bool {
     let mut t = MapTransport::new(&sim.files);
     let ok = (|| -> Option<()> {
         let out = check_on(store, &mut t).ok()?;
@@ -325,7 +325,7 @@ fn power_cut_at_every_flash_operation_of_an_update_checkpointed_every_two_sector
 
 type Cached<'a> = CachedFlash<'a, ERASE>;
 
-impl Cut for Cached<'_> {
+impl PowerCut for Cached<'_> {
     fn power_lost(&self) -> bool {
         CachedFlash::power_lost(self)
     }
@@ -370,7 +370,7 @@ fn sweep_cached(sc: Scenario, layout: Layout) -> (u32, usize, usize) {
     loop {
         for pattern in 0..PATTERNS {
             let mut mem = fresh.clone();
-            let cut = Some(CutAt::Operation(n));
+            let cut = Some(Cut::Operation(n));
             let mut store = FirmwareStore::open(Cached::new(&mut mem, cut), layout).unwrap();
             if run(&mut store, &sim, sc) {
                 assert_eq!(pattern, 0, "cut {n}: the scenario ran on once and then not");
