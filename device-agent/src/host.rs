@@ -420,7 +420,7 @@ pub struct FileFlash {
 }
 
 /// Take `file`'s exclusive lock, or say who holds it.
-fn lock(file: &fs::File, path: &Path) -> std::io::Result<()> {
+pub(crate) fn lock(file: &fs::File, path: &Path) -> std::io::Result<()> {
     fs2::FileExt::try_lock_exclusive(file).map_err(|e| {
         if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() {
             std::io::Error::new(

@@ -26,6 +26,8 @@
 //! - A response is read up to [`MAX_RESPONSE`] bytes; a refusal's JSON error is shown as sent.
 //! - The operational certificate and its key are replaced in one atomic rename, so a power cut
 //!   leaves the old pair or the new one.
+//! - One process changes the identity at a time (`identity/.lock`, `flock`): a tester's `enroll`
+//!   beside a running pump's renewal is refused ([`IdentityError::Busy`]), never interleaved.
 //!
 //! Time is a parameter: [`Identity::ensure`] takes `now`.
 
@@ -57,6 +59,8 @@ const FACTORY_CSR: &str = "factory.csr";
 const OPERATIONAL: &str = "operational.json";
 const SERVER_CA: &str = "server-ca.crt";
 const CONFIG: &str = "identity.json";
+/// Held (`flock`) by the process changing the identity files.
+const LOCK: &str = ".lock";
 
 /// Why identity work failed.
 #[derive(Debug)]
@@ -80,6 +84,9 @@ pub enum IdentityError {
     BadResponse { url: String, reason: String },
     /// The PKI refused (key generation, parsing, sealing).
     Pki(hale_pki::PkiError),
+    /// Another process is changing the identity files (an `enroll` beside a running pump's
+    /// renewal, say): nothing was done; try again.
+    Busy(PathBuf),
 }
 
 impl fmt::Display for IdentityError {
@@ -99,6 +106,11 @@ impl fmt::Display for IdentityError {
                 write!(f, "{url}: unacceptable response: {reason}")
             }
             IdentityError::Pki(e) => write!(f, "{e}"),
+            IdentityError::Busy(dir) => write!(
+                f,
+                "{}: another process is changing the device identity; nothing changed, try again",
+                dir.display()
+            ),
         }
     }
 }
@@ -319,6 +331,28 @@ impl Identity {
         self.dir.join(name)
     }
 
+    /// Take the right to change the identity files, for as long as the returned file is open,
+    /// or refuse ([`IdentityError::Busy`]) when another process has it. Every change is a
+    /// read-decide-write (the factory key's absence, the config's other fields, the key a
+    /// certificate is for): two at once would write over each other's decisions.
+    fn changing(&self) -> Result<std::fs::File, IdentityError> {
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let p = self.path(LOCK);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io(&p))?;
+        match crate::host::lock(&f, &p) {
+            Ok(()) => Ok(f),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                Err(IdentityError::Busy(self.dir.clone()))
+            }
+            Err(e) => Err(io(&p)(e)),
+        }
+    }
+
     fn read(&self, name: &str) -> Result<Option<Vec<u8>>, IdentityError> {
         let p = self.path(name);
         match std::fs::read(&p) {
@@ -369,6 +403,7 @@ impl Identity {
     /// The device makes its factory key and CSR (CN = serial). Refused when a factory key exists:
     /// a device has one factory identity.
     pub fn factory_csr(&self, serial: &str, alg: KeyAlgorithm) -> Result<String, IdentityError> {
+        let _changing = self.changing()?;
         if self.path(FACTORY_KEY).exists() {
             return Err(IdentityError::Invalid(format!(
                 "{}: the device already has a factory key",
@@ -398,6 +433,7 @@ impl Identity {
     /// Store the factory certificate the station issued, after checking it names this device and
     /// holds its factory key.
     pub fn install_factory_certificate(&self, pem: &str) -> Result<(), IdentityError> {
+        let _changing = self.changing()?;
         let chain = parse_chain(pem)?;
         let leaf = chain
             .first()
@@ -421,6 +457,7 @@ impl Identity {
 
     /// Trust this Server CA certificate for enrollment and the device API, and use this EST URL.
     pub fn configure(&self, est_url: &str, server_ca_pem: &str) -> Result<(), IdentityError> {
+        let _changing = self.changing()?;
         let ca = hale_pki::tls::certificate_from_pem(server_ca_pem)?;
         write_atomic(&self.path(SERVER_CA), to_pem(&[ca]).as_bytes())?;
         self.set_config("est", est_url)
@@ -534,6 +571,8 @@ impl Identity {
     /// POST a fresh CSR to `/.well-known/est/<op>`; on success store the new key and
     /// certificate atomically and return the certificate serial.
     fn request(&self, auth: Auth, op: &str) -> Result<String, IdentityError> {
+        // held through the exchange: the certificate stored is the one for the key sent
+        let _changing = self.changing()?;
         let serial = self.serial()?;
         let base = self.config_str("est")?;
         let url = format!("{}/.well-known/est/{op}", base.trim_end_matches('/'));

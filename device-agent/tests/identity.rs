@@ -443,3 +443,59 @@ fn a_factory_certificate_for_another_key_is_not_installed() {
     );
     assert_eq!(tree(&dir), before);
 }
+
+#[test]
+fn no_identity_change_while_another_process_makes_one() {
+    let est = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("identity");
+    let id = factory_device(&est, &dir, "SN-300");
+    let Action::Enrolled { .. } = id.ensure(SystemTime::now()).unwrap() else {
+        panic!()
+    };
+    let op = id.operational().unwrap().unwrap();
+    let (nb, na) = (op.identity.not_before, op.identity.not_after);
+    let due = nb + na.duration_since(nb).unwrap() / 3 * 2;
+    let factory_pem = String::from_utf8(std::fs::read(dir.join("factory.crt")).unwrap()).unwrap();
+
+    // another process is changing the identity (a flock belongs to the open file, so a second
+    // open of the lock file in this process contends like another process would)
+    let other = std::fs::File::open(dir.join(".lock")).unwrap();
+    fs2::FileExt::try_lock_exclusive(&other).unwrap();
+    let before = tree(&dir);
+    let busy = format!(
+        "{}: another process is changing the device identity; nothing changed, try again",
+        dir.display()
+    );
+    let refused = |r: Result<(), IdentityError>| match r {
+        Err(e @ IdentityError::Busy(_)) => assert_eq!(e.to_string(), busy),
+        other => panic!("expected Busy, got {other:?}"),
+    };
+    // the running pump's renewal: failed for now, the current certificate still in use
+    assert_eq!(
+        id.ensure(due).unwrap(),
+        Action::RenewalFailed {
+            reason: busy.clone()
+        }
+    );
+    refused(id.enroll_with_token("t-1").map(drop));
+    refused(id.configure(&est.url, &est.server_ca_pem));
+    refused(id.install_factory_certificate(&factory_pem));
+    refused(id.factory_csr("SN-300", KeyAlgorithm::P256).map(drop));
+    assert_eq!(tree(&dir), before, "nothing changed");
+    assert_eq!(est.log.lock().unwrap().len(), 1, "no request was sent");
+
+    // released: the renewal goes through
+    drop(other);
+    let Action::Renewed { serial_hex } = id.ensure(due).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        id.operational()
+            .unwrap()
+            .unwrap()
+            .identity
+            .certificate_serial,
+        serial_hex
+    );
+}
