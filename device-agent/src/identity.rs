@@ -242,7 +242,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     ));
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        // owner only (sealed keys, the device's configuration), set as the file is made
+        let _ = std::fs::remove_file(&tmp);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options.open(&tmp).map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
     }

@@ -276,6 +276,15 @@ fn enrolls_with_the_factory_certificate_renews_at_two_thirds_and_reenrolls_after
             "{name}"
         );
     }
+    // the sealed keys are the device's alone, from the moment they exist
+    for name in ["factory.key", "operational.json"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
     // the wrong device secret opens nothing
     let wrong = Identity::new(
         &dir,

@@ -37,15 +37,36 @@ pub fn target_path(target: &str, sha256_hex: &str, consistent: bool) -> Result<S
     })
 }
 
-/// Write `bytes` to `path` atomically.
+/// Write `bytes` to `path` atomically (a new file gets `0666` less the umask).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
+    write_with_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] for a key or passphrase file: readable and writable by its owner only
+/// (`0600`) from the moment the file exists, not after a window as the umask left it.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
+    write_with_mode(path, bytes, 0o600)
+}
+
+fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RepoError> {
     let io = |e| RepoError::Io(path.display().to_string(), e);
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp: PathBuf = dir.join(format!(".{name}.tmp{}", std::process::id()));
     {
-        let mut f = fs::File::create(&tmp).map_err(io)?;
+        // a new file, so the mode holds (a crashed run with this pid may have left one)
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        let mut f = options.open(&tmp).map_err(io)?;
         f.write_all(bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
     }
@@ -54,4 +75,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[cfg(unix)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_private_file_is_its_owners_alone_even_over_a_readable_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("online.key");
+        fs::write(&p, b"old").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        // a stale temporary file of this process, readable by all, is not reused
+        let stale = tmp
+            .path()
+            .join(format!(".online.key.tmp{}", std::process::id()));
+        fs::write(&stale, b"stale").unwrap();
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&p, b"sealed").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"sealed");
+        assert_eq!(mode(&p), 0o600);
+        assert!(!stale.exists());
+    }
 }

@@ -881,13 +881,7 @@ fn demo(
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    hale_repo::layout::write_atomic(path, bytes)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
+    Ok(hale_repo::layout::write_private(path, bytes)?)
 }
 
 /// Plain files in the consistent-snapshot layout, timestamp.json written last.

@@ -65,11 +65,37 @@ impl Batch {
         }
     }
 
-    /// Write `bytes` to a temporary file next to `path`.
+    /// Write `bytes` to a temporary file next to `path` (created as `0666` less the umask).
     pub fn add(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        self.add_mode(path, bytes, 0o666)
+    }
+
+    /// [`add`](Self::add) for a private key file: readable and writable by its owner only
+    /// (`0600`) from the moment it exists, so no other user can copy it to guess its passphrase
+    /// offline. The rename keeps the mode.
+    pub fn add_secret(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        self.add_mode(path, bytes, 0o600)
+    }
+
+    fn add_mode(&mut self, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         let tmp = temp_name(path, &mut self.made)?;
         let io = |e| ToolError::io(&tmp, e);
-        let mut f = fs::File::create(&tmp).map_err(io)?;
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        // a new file, so the mode holds: a stale temporary file (a crashed run with this pid)
+        // is removed first
+        let mut f = match options.open(&tmp) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&tmp).map_err(io)?;
+                options.open(&tmp)
+            }
+            other => other,
+        }
+        .map_err(io)?;
         self.pending.push((tmp.clone(), path.to_path_buf()));
         f.write_all(bytes).map_err(io)?;
         Ok(())
@@ -165,6 +191,18 @@ fn temp_name(path: &Path, made: &mut BTreeSet<PathBuf>) -> Result<PathBuf> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     Ok(dir.join(format!(".{name}.tmp{}.{n}", std::process::id())))
+}
+
+/// Refuse to write over `path` unless `force` (an output file named by the user may hold
+/// something they cannot get back: a key, a co-signed authorization).
+pub fn refuse_existing(path: &Path, force: bool) -> Result<()> {
+    if !force && path.exists() {
+        return Err(ToolError::Invalid(format!(
+            "{}: exists (use --force to overwrite)",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Write one file crash-safely.

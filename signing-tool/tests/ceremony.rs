@@ -368,6 +368,38 @@ fn demo_keys_are_reproducible_and_trigger_the_loud_warning() {
     );
     // regenerating gives the same .pub files byte for byte
     e.ok(&["key", "demo", "--out", "regen"]);
+    assert_eq!(e.mode("regen/snapshot.key"), 0o600);
+    assert_eq!(e.mode("regen/PASSPHRASE"), 0o600);
+    // a directory holding keys by those names (real ones, say) is never written over
+    e.ok(&[
+        "key",
+        "generate",
+        "--out",
+        "regen/snapshot",
+        "--force",
+        "--passphrase-env",
+        common::PW_ENV,
+    ]);
+    let before = snapshot_tree(&e.path("regen"));
+    let r = e.run(&["key", "demo", "--out", "regen"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "error: regen: {} exist(s); refusing to overwrite with demo keys (use --force to rewrite a demo key directory)",
+            [
+                "root-1", "root-2", "root-3", "targets-1", "snapshot", "timestamp", "rollback-1",
+                "rollback-2"
+            ]
+            .iter()
+            .flat_map(|n| [format!("{n}.key"), format!("{n}.pub")])
+            .chain(["PASSPHRASE".to_string()])
+            .collect::<Vec<_>>()
+            .join(", ")
+        )
+    );
+    assert_eq!(snapshot_tree(&e.path("regen")), before, "nothing written");
+    e.ok(&["key", "demo", "--out", "regen", "--force"]);
     for name in [
         "root-1",
         "root-2",

@@ -213,6 +213,18 @@ fn ca_init_writes_a_hierarchy_that_verifies_with_sealed_keys() {
     ]);
     let server = chain(&env, "server.crt");
     assert_eq!(server[1], cert(&env, "ca/server.crt"));
+    // every private key (sealed) is its owner's alone, from the moment it exists
+    for key in [
+        "ca/root.key",
+        "ca/manufacturing.key",
+        "ca/device-issuing.key",
+        "ca/technician.key",
+        "ca/server.key",
+        "alice.key",
+        "server.key",
+    ] {
+        assert_eq!(env.mode(key), 0o600, "{key}");
+    }
     let sv = WebPkiServerVerifier::builder_with_provider(roots(&env), hale_pki::tls::provider())
         .build()
         .unwrap();

@@ -192,6 +192,30 @@ fn two_signers_authorize_a_rollback_and_a_bundle_carries_it() {
     assert_eq!(doc["signatures"].as_array().unwrap().len(), 2);
 
     e.ok(&bundle_args(TARGET, &["--authorization", "auth.json"]));
+    // the co-signed authorization and the bundle are never written over unasked: the second
+    // signature could not be got back
+    let (auth_before, bundle_before) = (
+        std::fs::read(e.path("auth.json")).unwrap(),
+        std::fs::read(e.path("b.bin")).unwrap(),
+    );
+    let r = authorize_for(&e, TARGET, "8h", "field-a.key");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.trim_end(),
+        "error: auth.json: exists (use --force to overwrite)"
+    );
+    let r = e.run(&bundle_args(TARGET, &["--authorization", "auth.json"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.trim_end(),
+        "error: b.bin: exists (use --force to overwrite)"
+    );
+    assert_eq!(std::fs::read(e.path("auth.json")).unwrap(), auth_before);
+    assert_eq!(std::fs::read(e.path("b.bin")).unwrap(), bundle_before);
+    e.ok(&bundle_args(
+        TARGET,
+        &["--authorization", "auth.json", "--force"],
+    ));
     let bytes = std::fs::read(e.path("b.bin")).unwrap();
     let bundle = Bundle::parse(&bytes).unwrap();
     let names: Vec<&str> = bundle.iter().map(|(n, _)| n).collect();

@@ -38,6 +38,9 @@ pub struct BundleArgs {
     /// Where to write the bundle.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Largest metadata file read while resolving (the host-side bound).
@@ -203,6 +206,7 @@ pub fn published_root(dir: &Path, v: u64) -> anyhow::Result<Vec<u8>> {
 }
 
 pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
+    crate::durable::refuse_existing(&a.out, a.force)?;
     let state = State::load(&a.dir)?;
     state.warn_demo();
     let now = unix_now();

@@ -261,7 +261,7 @@ fn write_issued(
         crt,
         format!("{cert_pem}{}", ca.certificate_pem()?).as_bytes(),
     )?;
-    batch.add(key, &seal_key(private_key_pem, &pass)?)?;
+    batch.add_secret(key, &seal_key(private_key_pem, &pass)?)?;
     batch.commit()?;
     Ok(())
 }
@@ -314,7 +314,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
             _ => &offline,
         };
         batch.add(&cert_path(&a.out, role), ca.certificate_pem()?.as_bytes())?;
-        batch.add(&key_path(&a.out, role), &seal_ca(ca, pass)?)?;
+        batch.add_secret(&key_path(&a.out, role), &seal_ca(ca, pass)?)?;
         println!("{:<15} {}", role.slug(), cert_path(&a.out, role).display());
     }
     batch

@@ -44,13 +44,17 @@ pub struct DemoArgs {
     /// key files decrypting to the same keys). For CI.
     #[arg(long)]
     check: bool,
+    /// Overwrite files that exist in DIR (without it, any existing file is refused: the demo
+    /// names `snapshot`, `timestamp`, … are also the names real keys get).
+    #[arg(long, conflicts_with = "check")]
+    force: bool,
 }
 
 pub fn run(cmd: KeyCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         KeyCmd::Generate(a) => generate(a),
         KeyCmd::Demo(a) if a.check => demo_check(&a.out),
-        KeyCmd::Demo(a) => demo_write(&a.out),
+        KeyCmd::Demo(a) => demo_write(&a.out, a.force),
     }
 }
 
@@ -65,9 +69,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let kind = key_source::parse_kind(&a.kind)?;
     let (key_path, pub_path) = (with_ext(&a.out, "key"), with_ext(&a.out, "pub"));
     for p in [&key_path, &pub_path] {
-        if p.exists() && !a.force {
-            bail!("{}: exists (use --force to overwrite)", p.display());
-        }
+        durable::refuse_existing(p, a.force)?;
     }
     let source = a.pass.source(&key_path.display().to_string());
     let pass = source
@@ -83,7 +85,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let file = key_source::encrypt(&key, &pass)
         .with_context(|| format!("encrypting {}", key_path.display()))?;
     let mut batch = durable::Batch::new();
-    batch.add(&key_path, &file)?;
+    batch.add_secret(&key_path, &file)?;
     batch.add(&pub_path, &PublicKey::pub_file(&key)?)?;
     batch.commit()?;
     println!("{} {} {}", kind.as_str(), key.keyid(), pub_path.display());
@@ -92,19 +94,36 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
 
 const PASSPHRASE_FILE: &str = "PASSPHRASE";
 
-fn demo_write(dir: &Path) -> anyhow::Result<ExitCode> {
+fn demo_write(dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    let mut names: Vec<String> = DEMO_KEYS
+        .iter()
+        .flat_map(|(name, _)| [format!("{name}.key"), format!("{name}.pub")])
+        .collect();
+    names.push(PASSPHRASE_FILE.into());
+    let existing: Vec<&str> = names
+        .iter()
+        .filter(|n| dir.join(n).exists())
+        .map(String::as_str)
+        .collect();
+    if !existing.is_empty() && !force {
+        bail!(
+            "{}: {} exist(s); refusing to overwrite with demo keys (use --force to rewrite a demo key directory)",
+            dir.display(),
+            existing.join(", ")
+        );
+    }
     let mut batch = durable::Batch::new();
     for (name, kind) in DEMO_KEYS {
         let key = demo::key(name, kind)?;
         let file = key_source::encrypt(&key, DEMO_PASSPHRASE.as_bytes())?;
-        batch.add(&dir.join(format!("{name}.key")), &file)?;
+        batch.add_secret(&dir.join(format!("{name}.key")), &file)?;
         batch.add(
             &dir.join(format!("{name}.pub")),
             &PublicKey::pub_file(&key)?,
         )?;
         println!("{name:<11} {:<10} {}", kind.as_str(), key.keyid());
     }
-    batch.add(
+    batch.add_secret(
         &dir.join(PASSPHRASE_FILE),
         format!("{DEMO_PASSPHRASE}\n").as_bytes(),
     )?;

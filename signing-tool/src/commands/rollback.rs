@@ -76,6 +76,9 @@ pub struct AuthorizeArgs {
     /// Where to write the authorization.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     pass: PassArgs,
 }
@@ -292,6 +295,7 @@ fn target_of(bytes: &[u8]) -> anyhow::Result<String> {
 }
 
 fn authorize(a: AuthorizeArgs) -> anyhow::Result<ExitCode> {
+    crate::durable::refuse_existing(&a.out, a.force)?;
     let state = State::load(&a.dir)?;
     state.warn_demo();
     let now = unix_now();

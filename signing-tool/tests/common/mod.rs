@@ -165,6 +165,16 @@ impl Env {
         ])
     }
 
+    /// The permission bits of `p`.
+    pub fn mode(&self, p: &str) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(self.path(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
     pub fn write(&self, p: &str, bytes: &[u8]) {
         let path = self.path(p);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
