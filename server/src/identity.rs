@@ -440,9 +440,14 @@ pub struct IdentitySettings {
     pub device_crl_lifetime: Duration,
 }
 
-/// Told when the Device Issuing CA's CRL changed (the TLS listeners reload).
+/// The TLS listeners: told when the Device Issuing CA's CRL changed (they reload), and asked
+/// about the Manufacturing CA CRL they loaded.
 pub trait CrlListener: Send + Sync + std::fmt::Debug {
     fn device_crl_changed(&self, crl_der: &[u8]);
+    /// Is this factory certificate (hex serial) on the loaded Manufacturing CA CRL? The handshake
+    /// checks it when a connection opens; `simpleenroll` checks it again on every request, for
+    /// connections that were open when the CRL arrived.
+    fn factory_certificate_revoked(&self, certificate_serial: &str) -> bool;
 }
 
 /// What an enrollment returns.
@@ -643,6 +648,21 @@ impl Identity {
         Ok((summary, pem))
     }
 
+    /// The Manufacturing CA CRL as loaded now, not as it was when the connection opened. Without
+    /// the listeners (no CRL loaded) no factory certificate is taken.
+    fn check_factory_not_revoked(&self, peer: &PeerIdentity) -> Result<(), IdentityError> {
+        let listener = self
+            .listener
+            .get()
+            .ok_or_else(|| internal("the Manufacturing CA CRL is not loaded"))?;
+        if listener.factory_certificate_revoked(&peer.certificate_serial) {
+            return Err(IdentityError::CertificateRevoked {
+                serial: peer.certificate_serial.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// `simpleenroll`: a factory certificate in the manifest, or a token, for the CSR's CN.
     pub fn enroll(
         &self,
@@ -668,6 +688,7 @@ impl Identity {
                 (model, format!("token:{id}"), "token")
             }
             EnrollAuth::Certificate(Some(peer)) if peer.kind == PeerKind::Factory => {
+                self.check_factory_not_revoked(peer)?;
                 let entry = self
                     .store
                     .manifest_entry(&peer.name)?

@@ -132,8 +132,8 @@ struct OfflineCrl {
     der: CertificateRevocationListDer<'static>,
     number: u64,
     modified: Option<SystemTime>,
-    /// Hex serials it lists: checked on every staff request too, so a connection opened
-    /// before the revocation cannot go on using it.
+    /// Hex serials it lists: checked on every staff and factory-certificate enrollment request
+    /// too, so a connection opened before the revocation cannot go on using it.
     revoked: std::collections::BTreeSet<String>,
 }
 
@@ -370,6 +370,13 @@ fn check_offline_crl(
 }
 
 impl CrlListener for Listeners {
+    fn factory_certificate_revoked(&self, certificate_serial: &str) -> bool {
+        self.crls()
+            .manufacturing
+            .revoked
+            .contains(certificate_serial)
+    }
+
     fn device_crl_changed(&self, crl_der: &[u8]) {
         let mut crls = self.crls();
         crls.device = Some(CertificateRevocationListDer::from(crl_der.to_vec()));

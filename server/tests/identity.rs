@@ -1273,3 +1273,93 @@ fn operators_publish_over_the_staff_listener_and_staff_read_device_reports() {
         assert_eq!(after.json(), json!({"reports": [], "next": null}));
     }
 }
+
+// --- refusals on connections kept alive across a change, and what they leave stored -----------
+
+/// What a refusal must leave alone: the device records, the length of the audit log and the
+/// Device Issuing CA's published CRL (which certificates are revoked).
+fn stored(t: &TlsServer, p: &Pki, op: &Arc<ClientConfig>) -> (Value, usize, Vec<u8>) {
+    let (devices, audit) = state(t, op);
+    let anon = client_config_without_certificate(p.server_ca.clone()).unwrap();
+    let crl = assert_status(get_on(&t.enroll, &anon, "/crl/device-issuing.crl"), 200).body;
+    (devices, audit, crl)
+}
+
+/// An operator imports a manifest listing these factory certificates (model [`MODEL`]).
+fn import_factories(t: &TlsServer, p: &Pki, op: &Arc<ClientConfig>, factories: &[&Holder]) {
+    let entries: Vec<ManifestEntry> = factories
+        .iter()
+        .map(|h| {
+            let id = hale_pki::PeerIdentity::from_der(&h.cert.der).unwrap();
+            ManifestEntry::new(&id.name, MODEL, &h.cert.spki_sha256)
+        })
+        .collect();
+    let manifest =
+        Manifest::sign(&p.h.manufacturing, "batch-1", &entries, SystemTime::now()).unwrap();
+    assert_status(
+        post_on(&t.staff, op, "/api/v1/staff/manifests", &manifest),
+        200,
+    );
+}
+
+#[test]
+fn factory_certificate_revoked_while_its_connection_is_open_cannot_enroll() {
+    let f = Fixture::new();
+    let tls = f.dir.path().join("tls");
+    let p = tls_dir(&tls);
+    let t = start_tls(&f, &tls);
+    let op = staff(&p, "olivia", StaffRole::Operator);
+    let f1 = factory(&p, "pump-1");
+    import_factories(&t, &p, &op, &[&f1]);
+    // a factory connection opened before the revocation, kept alive across it
+    let mut open = connect(&t.enroll, holder_cfg(&p, &f1));
+    assert_status(open.get("/.well-known/est/cacerts"), 200);
+    let crl =
+        p.h.manufacturing
+            .crl(
+                &[hale_pki::crl::RevokedCertificate {
+                    serial_hex: f1.cert.serial_hex.clone(),
+                    revoked_at: SystemTime::now(),
+                    reason: Some(hale_pki::crl::RevocationReason::KeyCompromise),
+                }],
+                2,
+                SystemTime::now(),
+                Duration::from_secs(86_400),
+            )
+            .unwrap();
+    let r = assert_status(
+        once(
+            &t.staff,
+            op.clone(),
+            "PUT",
+            "/api/v1/staff/crl/manufacturing",
+            &[],
+            crl.pem.as_bytes(),
+        ),
+        200,
+    );
+    assert_eq!(r.json(), json!({"ca": "manufacturing", "crl_number": 2}));
+    let before = stored(&t, &p, &op);
+    let k1 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    // the open connection: refused per request, as a revoked staff certificate is
+    assert_refused(
+        open.send(
+            "POST",
+            "/.well-known/est/simpleenroll",
+            &[PKCS10],
+            k1.csr_pem.as_bytes(),
+        ),
+        403,
+        "certificate_revoked",
+    );
+    // a new connection: refused at the handshake
+    assert_alert(
+        enroll(&t, &holder_cfg(&p, &f1), None, &k1.csr_pem),
+        "CertificateRevoked",
+    );
+    assert_eq!(
+        stored(&t, &p, &op),
+        before,
+        "no device, certificate or audit record"
+    );
+}
