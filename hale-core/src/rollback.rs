@@ -166,7 +166,7 @@ fn check<'a>(
     if validity <= 0 || validity > max_validity {
         return Err(Refusal::TooLong(validity));
     }
-    if expires <= now {
+    if crate::time::is_expired(expires, now) {
         return Err(Refusal::Expired);
     }
 

@@ -4,6 +4,14 @@
 /// Seconds since 1970-01-01T00:00:00Z.
 pub type UnixTime = i64;
 
+/// Whether something that `expires` then is no longer trusted at `now`: the TUF spec trusts
+/// metadata only while its expiration time is higher than the update's start time. The one rule
+/// Hale's expiry checks share (metadata and rollback authorizations on the device, staged
+/// metadata in the signing tool).
+pub fn is_expired(expires: UnixTime, now: UnixTime) -> bool {
+    expires <= now
+}
+
 /// Parse `YYYY-MM-DDTHH:MM:SSZ`. Fractional seconds and other offsets are refused: the spec fixes
 /// this one form and two readers must agree.
 pub fn parse_expires(s: &[u8]) -> Option<UnixTime> {

@@ -411,7 +411,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
 
     fn check_root_unexpired(&self) -> Result<(), Error> {
         let root = self.root();
-        if root.header.expires <= self.now {
+        if crate::time::is_expired(root.header.expires, self.now) {
             return Err(Error::ExpiredRoot {
                 expires: root.header.expires,
                 now: self.now,
@@ -422,7 +422,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
 
     #[inline(never)]
     fn check_unexpired(&self, role: Name, h: &Header) -> Result<(), Error> {
-        if h.expires <= self.now {
+        if crate::time::is_expired(h.expires, self.now) {
             return Err(Error::Expired {
                 role,
                 expires: h.expires,

@@ -169,6 +169,21 @@ impl Config {
         }
         c.profile()
             .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        let e = &c.expires;
+        for (role, secs) in [
+            ("root", e.root),
+            ("targets", e.targets),
+            ("snapshot", e.snapshot),
+            ("timestamp", e.timestamp),
+            ("delegated", e.delegated),
+        ] {
+            if secs <= 0 {
+                return Err(invalid(format!(
+                    "{}: expires.{role} is {secs} s: an expiry must be a positive number of seconds",
+                    path.display()
+                )));
+            }
+        }
         Ok(c)
     }
 

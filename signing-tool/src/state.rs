@@ -71,6 +71,21 @@ impl Meta {
             .and_then(Value::as_str)
             .unwrap_or("?")
     }
+
+    /// Why devices would refuse this file for its expiry at `now` (hale-core's rule), if they
+    /// would.
+    pub fn expired(&self, now: i64) -> Option<String> {
+        match hale_core::time::parse_expires(self.expires().as_bytes()) {
+            None => Some(format!(
+                "has no valid expiry ({:?}; expected YYYY-MM-DDTHH:MM:SSZ)",
+                self.expires()
+            )),
+            Some(t) if hale_core::time::is_expired(t, now) => {
+                Some(format!("expired at {}", self.expires()))
+            }
+            Some(_) => None,
+        }
+    }
 }
 
 /// Who authorises a role's signatures: root (for top-level roles), the previous root (for a new

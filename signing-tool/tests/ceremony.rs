@@ -476,3 +476,174 @@ fn demo_keys_are_reproducible_and_trigger_the_loud_warning() {
     e2.init();
     assert!(!e2.run(&["status", "repo"]).stderr.contains("DEMO"));
 }
+
+#[test]
+fn expired_staged_metadata_is_not_ready_and_is_never_published() {
+    let e = Env::new();
+    e.published_repo();
+    // a targets policy of 2 s: the next targets expires before the ceremony ends
+    let cfg = e.path("repo/hale-repo.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    c["expires"]["targets"] = serde_json::json!(2);
+    std::fs::write(&cfg, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    e.write("fw.bin", b"firmware");
+    e.ok(&["target", "add", "repo", "--file", "fw.bin"]);
+    e.sign("repo/staged/targets.json", "targets");
+    let expires = e.json("repo/staged/targets.json")["signed"]["expires"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+
+    let st = e.run(&["status", "repo"]);
+    assert_eq!(st.code, 1, "{}", st.stdout);
+    assert!(
+        st.stdout.contains(&format!(
+            "targets v2 (expires {expires}) — expired at {expires}: devices would refuse it"
+        )),
+        "{}",
+        st.stdout
+    );
+    assert!(
+        st.stdout.contains(
+            "1 of 1 staged file(s) expired, not ready to publish: targets (stage them again with a later expiry)"
+        ),
+        "{}",
+        st.stdout
+    );
+    assert!(!st.stdout.contains("ready to publish\n"), "{}", st.stdout);
+
+    let before = snapshot_tree(&e.path("repo/repository"));
+    let staged_before = snapshot_tree(&e.path("repo/staged"));
+    let r = e.run(&publish_args("repo"));
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "error: repo/staged/targets.json: targets v2 expired at {expires}: devices would refuse it (stage it again with a later expiry)"
+        )
+    );
+    assert_eq!(snapshot_tree(&e.path("repo/repository")), before);
+    assert_eq!(snapshot_tree(&e.path("repo/staged")), staged_before);
+
+    // a policy that is not a positive duration is refused when the directory is read
+    c["expires"]["targets"] = serde_json::json!(-5);
+    std::fs::write(&cfg, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    let r = e.run(&["status", "repo"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.trim_end(),
+        "error: repo/hale-repo.json: expires.targets is -5 s: an expiry must be a positive number of seconds"
+    );
+}
+
+#[test]
+fn a_timestamp_alone_never_publishes_a_targets_role_no_snapshot_lists() {
+    let e = Env::new();
+    e.published_repo();
+    e.write("fw.bin", b"firmware");
+    e.ok(&["target", "add", "repo", "--file", "fw.bin"]);
+    e.sign("repo/staged/targets.json", "targets");
+    let before = snapshot_tree(&e.path("repo/repository"));
+    let staged_before = snapshot_tree(&e.path("repo/staged"));
+    let r = e.run(&[
+        "publish",
+        "repo",
+        "--timestamp-key",
+        "timestamp.key",
+        "--passphrase-env",
+        common::PW_ENV,
+    ]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.trim_end(),
+        "error: repo: staged targets must be listed in a new snapshot: give --snapshot-key with --timestamp-key (or neither, and let the server sign both)"
+    );
+    assert_eq!(snapshot_tree(&e.path("repo/repository")), before);
+    assert_eq!(snapshot_tree(&e.path("repo/staged")), staged_before);
+    // with the snapshot key it goes out, and the new targets is what devices see
+    let r = e.publish();
+    assert!(r.stdout.contains("targets v2"), "{}", r.stdout);
+}
+
+#[test]
+fn a_publish_killed_midway_is_undone_by_the_next_and_never_blocks_it() {
+    let e = Env::new();
+    e.published_repo();
+    e.write("fw.bin", b"firmware");
+    e.ok(&["target", "add", "repo", "--file", "fw.bin"]);
+    e.sign("repo/staged/targets.json", "targets");
+    let before = snapshot_tree(&e.path("repo/repository"));
+    let staged = snapshot_tree(&e.path("repo/staged"));
+    let crash = |point: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_hale-sign"))
+            .args(publish_args("repo"))
+            .current_dir(e.tmp.path())
+            .env(common::PW_ENV, PW)
+            .env("HALE_SIGN_INSECURE_TEST_SCRYPT_LOG_N", "10")
+            .env("HALE_SIGN_TEST_CRASH_AFTER", point)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{point}: the publish was to die");
+    };
+
+    // killed after writing, before verifying: the unverified files are on disk, with the journal
+    crash("written");
+    assert!(e.path("repo/repository/2.targets.json").exists());
+    assert!(e.path("repo/publishing.json").exists());
+    // the next publish undoes them first (shown here by one that then fails: no passphrase)
+    let r = e.run(&[
+        "publish",
+        "repo",
+        "--snapshot-key",
+        "snapshot.key",
+        "--timestamp-key",
+        "timestamp.key",
+        "--passphrase-env",
+        "HALE_TEST_NO_SUCH_VARIABLE",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with(
+            "repo: a publish was interrupted; its 3 repository file(s) restored to before it\n"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(snapshot_tree(&e.path("repo/repository")), before);
+    assert_eq!(snapshot_tree(&e.path("repo/staged")), staged);
+    assert!(!e.path("repo/publishing.json").exists());
+    // and publishes afresh
+    crash("written");
+    let r = e.publish();
+    assert!(
+        r.stderr.contains("a publish was interrupted"),
+        "{}",
+        r.stderr
+    );
+    assert!(!e.path("repo/publishing.json").exists());
+    assert_eq!(e.verify().code, 0);
+    let published = snapshot_tree(&e.path("repo/repository"));
+
+    // killed after the publish stood, before the staged copies were removed: the next publish
+    // clears them instead of refusing them as "not newer than published"
+    e.ok(&[
+        "target", "add", "repo", "--file", "fw.bin", "--name", "fw2.bin",
+    ]);
+    e.sign("repo/staged/targets.json", "targets");
+    crash("done");
+    assert!(e.path("repo/repository/3.targets.json").exists());
+    assert!(e.path("repo/staged/targets.json").exists());
+    assert!(!e.path("repo/publishing.json").exists());
+    let r = e.publish();
+    assert!(
+        r.stderr
+            .contains("repo/staged/targets.json: already published; staged copy removed"),
+        "{}",
+        r.stderr
+    );
+    assert!(!e.path("repo/staged/targets.json").exists());
+    assert!(e.path("repo/repository/3.targets.json").exists());
+    assert_eq!(e.verify().code, 0);
+    assert_ne!(snapshot_tree(&e.path("repo/repository")), published);
+}

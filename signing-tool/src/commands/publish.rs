@@ -40,12 +40,101 @@ pub struct PublishArgs {
     timings: bool,
 }
 
+/// The publish journal, `DIR/publishing.json`: every repository file this publish writes and
+/// what it held before, made durable before the first write and removed once the publish is
+/// done (or undone). A publish killed in between leaves it, and the next `publish` restores the
+/// repository from it first: a crash never leaves unverified metadata served, nor a working
+/// directory whose staged files no longer follow what is published.
+const JOURNAL: &str = "publishing.json";
+
+/// Test-only fault injection: the process dies (abort, no clean-up) at the named point of a
+/// publish: `written` (everything written, nothing verified) or `done` (the journal removed, the
+/// staged copies not yet).
+const CRASH_ENV: &str = "HALE_SIGN_TEST_CRASH_AFTER";
+
+fn crash_point(name: &str) {
+    if std::env::var(CRASH_ENV).is_ok_and(|v| v == name) {
+        std::process::abort();
+    }
+}
+
 /// Files written by this publish and what they held before (to roll back).
 struct Written {
+    repo: PathBuf,
+    journal: PathBuf,
     undo: Vec<(PathBuf, Option<Vec<u8>>)>,
 }
 
 impl Written {
+    fn new(dir: &Path, repo: &Path) -> Self {
+        Written {
+            repo: repo.to_path_buf(),
+            journal: dir.join(JOURNAL),
+            undo: Vec::new(),
+        }
+    }
+
+    /// The journal's entries: names relative to the repository, prior bytes in hex.
+    fn save_journal(&self) -> anyhow::Result<()> {
+        let entries: Vec<Value> = self
+            .undo
+            .iter()
+            .map(|(p, before)| {
+                let name = p.strip_prefix(&self.repo).unwrap_or(p);
+                serde_json::json!({
+                    "file": name.to_string_lossy(),
+                    "before": before.as_ref().map(hex::encode),
+                })
+            })
+            .collect();
+        let bytes = serde_json::to_vec_pretty(&serde_json::json!({ "files": entries }))?;
+        crate::durable::write_one(&self.journal, &bytes)?;
+        Ok(())
+    }
+
+    /// The journal a killed publish left in `dir`, if any.
+    fn load_journal(dir: &Path, repo: &Path) -> anyhow::Result<Option<Self>> {
+        let journal = dir.join(JOURNAL);
+        let bytes = match std::fs::read(&journal) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", journal.display())),
+        };
+        let bad = |why: &str| anyhow::anyhow!("{}: {why}", journal.display());
+        let doc: Value = serde_json::from_slice(&bytes).map_err(|e| bad(&e.to_string()))?;
+        let mut undo = Vec::new();
+        for f in doc
+            .get("files")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("no files"))?
+        {
+            let name = f
+                .get("file")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("an entry without a file"))?;
+            // only names inside the repository
+            let rel = Path::new(name);
+            if name.is_empty()
+                || !rel
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(bad(&format!("{name:?} is not a file of the repository")));
+            }
+            let before = match f.get("before") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(h)) => Some(hex::decode(h).map_err(|e| bad(&e.to_string()))?),
+                Some(_) => return Err(bad("an entry's before is not hex")),
+            };
+            undo.push((repo.join(rel), before));
+        }
+        Ok(Some(Written {
+            repo: repo.to_path_buf(),
+            journal,
+            undo,
+        }))
+    }
+
     fn write(&mut self, files: &[(PathBuf, Vec<u8>)]) -> anyhow::Result<()> {
         let mut batch = Batch::new();
         for (p, bytes) in files {
@@ -57,8 +146,15 @@ impl Written {
             self.undo.push((p.clone(), before));
             batch.add(p, bytes)?;
         }
+        // what to undo is on the disk before anything it undoes
+        self.save_journal()?;
         batch.commit()?;
         Ok(())
+    }
+
+    /// The publish stands: forget the journal.
+    fn done(self) -> anyhow::Result<()> {
+        remove_journal(&self.journal)
     }
 
     fn roll_back(self) -> Vec<String> {
@@ -78,7 +174,22 @@ impl Written {
                 problems.push(e);
             }
         }
+        // a journal whose undo failed stays, for the next publish to try again
+        if problems.is_empty() {
+            if let Err(e) = remove_journal(&self.journal) {
+                problems.push(e.to_string());
+            }
+        }
         problems
+    }
+}
+
+fn remove_journal(journal: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(journal) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", journal.display()))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -98,10 +209,61 @@ fn timestamp_version(repo: &Path) -> anyhow::Result<u64> {
 
 pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
     let mut t = Timings::start("publish", a.timings);
-    let state = t.time("load", || State::load(&a.dir))?;
-    state.warn_demo();
+    // a publish killed before it finished: undo what it wrote, then publish afresh
     let repo = repository_dir(&a.dir);
+    if let Some(interrupted) = Written::load_journal(&a.dir, &repo)? {
+        let n = interrupted.undo.len();
+        let problems = interrupted.roll_back();
+        if !problems.is_empty() {
+            bail!(
+                "{}: undoing an interrupted publish failed: {} ({JOURNAL} kept)",
+                a.dir.display(),
+                problems.join("; ")
+            );
+        }
+        eprintln!(
+            "{}: a publish was interrupted; its {n} repository file(s) restored to before it",
+            a.dir.display()
+        );
+    }
+    let mut state = t.time("load", || State::load(&a.dir))?;
+    // staged copies of what a finished publish wrote (killed before it removed them)
+    let leftovers: Vec<PathBuf> = state
+        .staged()
+        .filter(|m| {
+            state.published.get(&m.name) == Some(&m.version)
+                && std::fs::read(
+                    repo.join(hale_repo::layout::metadata_name(&m.name, m.version, true)),
+                )
+                .is_ok_and(|b| b == m.bytes)
+        })
+        .map(|m| m.path.clone())
+        .collect();
+    if !leftovers.is_empty() {
+        for p in &leftovers {
+            std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
+            eprintln!("{}: already published; staged copy removed", p.display());
+        }
+        state = State::load(&a.dir)?;
+    }
+    state.warn_demo();
     let staged: Vec<_> = state.staged().collect();
+    // a new targets role needs a new snapshot: a timestamp alone would point devices at one that
+    // does not list it
+    if a.timestamp_key.is_some() && a.snapshot_key.is_none() {
+        let changed: Vec<&str> = staged
+            .iter()
+            .filter(|m| m.kind() == "targets")
+            .map(|m| m.name.as_str())
+            .collect();
+        if !changed.is_empty() {
+            bail!(
+                "{}: staged {} must be listed in a new snapshot: give --snapshot-key with --timestamp-key (or neither, and let the server sign both)",
+                a.dir.display(),
+                changed.join(", ")
+            );
+        }
+    }
     if staged.is_empty() && a.timestamp_key.is_none() {
         bail!(
             "{}: nothing staged to publish (and no --timestamp-key to refresh the timestamp)",
@@ -115,6 +277,14 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
         let mut unmet = Vec::new();
         if m.name == "snapshot" || m.name == "timestamp" {
             bail!("{}: snapshot and timestamp are signed at publish time (--snapshot-key, --timestamp-key) or by the server", m.path.display());
+        }
+        if let Some(why) = m.expired(state.now) {
+            bail!(
+                "{}: {} v{} {why}: devices would refuse it (stage it again with a later expiry)",
+                m.path.display(),
+                m.name,
+                m.version
+            );
         }
         unmet.extend(unmet_thresholds(&state, m)?);
         build::check_profile(state.profile, &m.signed)
@@ -253,12 +423,13 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
 
     // 4. write: metadata and snapshot first, the timestamp that points at them last
     let write_start = Instant::now();
-    let mut written = Written { undo: Vec::new() };
+    let mut written = Written::new(&a.dir, &repo);
     let (ts, rest): (Vec<_>, Vec<_>) = online
         .into_iter()
         .partition(|(p, _)| p.ends_with("timestamp.json"));
     files.extend(rest);
     let result = written.write(&files).and_then(|_| written.write(&ts));
+    crash_point("written");
     t.add("write", write_start.elapsed());
     let verify_start = Instant::now();
     // 5. the client workflow over the result, from the first root
@@ -294,6 +465,10 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
             );
         }
     };
+    // the publish stands from here (a kill after this leaves staged copies of what is published,
+    // which the next publish clears)
+    written.done()?;
+    crash_point("done");
     t.time("write", || {
         staged.iter().try_for_each(|m| {
             std::fs::remove_file(&m.path)

@@ -27,8 +27,9 @@ pub struct StatusArgs {
     quiet: bool,
 }
 
-/// One file to report on: role, path, bytes, "vN (expires …)".
-type Staged = (String, PathBuf, Vec<u8>, String);
+/// One file to report on: role, path, bytes, "vN (expires …)", why devices would refuse it for
+/// its expiry (if they would).
+type Staged = (String, PathBuf, Vec<u8>, String, Option<String>);
 
 /// The threshold reports of one staged file, one per authority.
 pub fn reports(
@@ -135,7 +136,15 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
         let st = State::load(&a.path)?;
         let f = st
             .staged()
-            .map(|m| (m.name.clone(), m.path.clone(), m.bytes.clone(), describe(m)))
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.path.clone(),
+                    m.bytes.clone(),
+                    describe(m),
+                    m.expired(st.now),
+                )
+            })
             .collect();
         (st, f)
     } else {
@@ -144,7 +153,11 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
         let role = role_of(&a.path)?;
         let bytes = read(&a.path)?;
         let meta = crate::state::Meta::from_bytes(&role, bytes.clone(), &a.path, true)?;
-        (st, vec![(role, a.path.clone(), bytes, describe(&meta))])
+        let expired = meta.expired(st.now);
+        (
+            st,
+            vec![(role, a.path.clone(), bytes, describe(&meta), expired)],
+        )
     };
     state.warn_demo();
     if files.is_empty() {
@@ -153,7 +166,11 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     let mut all_met = true;
     let mut unmet = Vec::new();
-    for (role, path, bytes, version) in &files {
+    let mut stale = Vec::new();
+    for (role, path, bytes, version, expired) in &files {
+        if expired.is_some() {
+            stale.push(role.clone());
+        }
         let auths = state
             .authorities(role)
             .with_context(|| format!("{}", path.display()))?;
@@ -163,14 +180,15 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
         if !met {
             unmet.push(role.clone());
         }
-        if a.quiet && files.len() > 16 && met {
+        if a.quiet && files.len() > 16 && met && expired.is_none() {
             continue;
         }
-        println!(
-            "{}: {role} {version} — {}",
-            path.display(),
-            if met { "ready" } else { "needs signatures" }
-        );
+        let verdict = match (expired, met) {
+            (Some(why), _) => format!("{why}: devices would refuse it"),
+            (None, true) => "ready".into(),
+            (None, false) => "needs signatures".into(),
+        };
+        println!("{}: {role} {version} — {verdict}", path.display());
         for (auth, r) in &reps {
             print_report(auth, r, a.quiet);
         }
@@ -186,19 +204,29 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    if all_met {
+    if !stale.is_empty() {
+        println!(
+            "{} of {} staged file(s) expired, not ready to publish: {} (stage them again with a later expiry)",
+            stale.len(),
+            files.len(),
+            summarize(&stale)
+        );
+    }
+    if all_met && stale.is_empty() {
         println!(
             "all {} staged file(s) meet their thresholds: ready to publish",
             files.len()
         );
         Ok(ExitCode::SUCCESS)
     } else {
-        println!(
-            "{} of {} staged file(s) below threshold: {}",
-            unmet.len(),
-            files.len(),
-            summarize(&unmet)
-        );
+        if !unmet.is_empty() {
+            println!(
+                "{} of {} staged file(s) below threshold: {}",
+                unmet.len(),
+                files.len(),
+                summarize(&unmet)
+            );
+        }
         Ok(ExitCode::from(1))
     }
 }
