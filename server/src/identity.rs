@@ -72,6 +72,15 @@ pub enum IdentityError {
         "certificate {serial} is not the device's current certificate (revoked or superseded)"
     )]
     CertificateRevoked { serial: String },
+    #[error(
+        "certificate {serial} is valid from {not_before} to {not_after} (unix seconds), not at {now}"
+    )]
+    CertificateExpired {
+        serial: String,
+        not_before: u64,
+        not_after: u64,
+        now: u64,
+    },
     #[error("no certificate with serial {0}")]
     CertificateUnknown(String),
     #[error("a {role} may not {action}")]
@@ -104,6 +113,7 @@ impl IdentityError {
             IdentityError::DeviceQuarantined(_) => "device_quarantined",
             IdentityError::DeviceDecommissioned(_) => "device_decommissioned",
             IdentityError::CertificateRevoked { .. } => "certificate_revoked",
+            IdentityError::CertificateExpired { .. } => "certificate_expired",
             IdentityError::CertificateUnknown(_) => "certificate_unknown",
             IdentityError::RoleForbidden { .. } => "role_forbidden",
             IdentityError::BadRequest(_) => "bad_request",
@@ -127,6 +137,7 @@ impl IdentityError {
             | IdentityError::DeviceQuarantined(_)
             | IdentityError::DeviceDecommissioned(_)
             | IdentityError::CertificateRevoked { .. }
+            | IdentityError::CertificateExpired { .. }
             | IdentityError::RoleForbidden { .. } => StatusCode::FORBIDDEN,
             IdentityError::DeviceUnknown(_) | IdentityError::CertificateUnknown(_) => {
                 StatusCode::NOT_FOUND
@@ -182,6 +193,21 @@ fn unix(t: SystemTime) -> u64 {
 
 fn internal(e: impl std::fmt::Display) -> IdentityError {
     IdentityError::Internal(e.to_string())
+}
+
+/// Is `peer`'s certificate valid at `now` (webpki's rule: `not_before <= now <= not_after`)? The
+/// handshake checked it when the connection opened; every request that the certificate
+/// authorizes checks it again, so a kept-alive connection does not outlive its certificate.
+pub fn check_validity(peer: &PeerIdentity, now: SystemTime) -> Result<(), IdentityError> {
+    if now < peer.not_before || now > peer.not_after {
+        return Err(IdentityError::CertificateExpired {
+            serial: peer.certificate_serial.clone(),
+            not_before: unix(peer.not_before),
+            not_after: unix(peer.not_after),
+            now: unix(now),
+        });
+    }
+    Ok(())
 }
 
 // --- records ---------------------------------------------------------------------------------
@@ -688,6 +714,7 @@ impl Identity {
                 (model, format!("token:{id}"), "token")
             }
             EnrollAuth::Certificate(Some(peer)) if peer.kind == PeerKind::Factory => {
+                check_validity(peer, now)?;
                 self.check_factory_not_revoked(peer)?;
                 let entry = self
                     .store
@@ -759,7 +786,7 @@ impl Identity {
             )));
         }
         let _g = self.locked();
-        let record = self.check_device_locked(peer)?;
+        let record = self.check_device_locked(peer, now)?;
         if record.status == DeviceStatus::Quarantined {
             return Err(IdentityError::DeviceQuarantined(id.to_string()));
         }
@@ -869,14 +896,23 @@ impl Identity {
         Ok(Enrolled { record, chain_pem })
     }
 
-    /// The per-request check of the device listener: the record exists, is not decommissioned,
-    /// and `peer` holds its current certificate. Returns the record (the caller decides what a
-    /// quarantined device may do).
-    pub fn check_device(&self, peer: &PeerIdentity) -> Result<DeviceRecord, IdentityError> {
-        self.check_device_locked(peer)
+    /// The per-request check of the device listener: the certificate is valid at `now`, the
+    /// record exists, is not decommissioned, and `peer` holds its current certificate. Returns the
+    /// record (the caller decides what a quarantined device may do).
+    pub fn check_device(
+        &self,
+        peer: &PeerIdentity,
+        now: SystemTime,
+    ) -> Result<DeviceRecord, IdentityError> {
+        self.check_device_locked(peer, now)
     }
 
-    fn check_device_locked(&self, peer: &PeerIdentity) -> Result<DeviceRecord, IdentityError> {
+    fn check_device_locked(
+        &self,
+        peer: &PeerIdentity,
+        now: SystemTime,
+    ) -> Result<DeviceRecord, IdentityError> {
+        check_validity(peer, now)?;
         let Some(id) = peer.device_id() else {
             return Err(IdentityError::IdentityMismatch(format!(
                 "a {} certificate is not a device certificate",

@@ -18,7 +18,8 @@ use warp::{Filter, Rejection, Reply};
 use crate::app::App;
 use crate::http::{json_reply, Body};
 use crate::identity::{
-    DeviceStatus, EnrollAuth, Identity, IdentityError, StatusAction, MAX_CSR_BYTES, MAX_PAGE,
+    check_validity, DeviceStatus, EnrollAuth, Identity, IdentityError, StatusAction, MAX_CSR_BYTES,
+    MAX_PAGE,
 };
 use crate::tls::Listeners;
 
@@ -221,7 +222,7 @@ pub fn device_handler(
                 )));
             };
             // a sled read: in memory for a polling fleet, so inline rather than spawn_blocking
-            match identity.check_device(&peer) {
+            match identity.check_device(&peer, SystemTime::now()) {
                 Err(e) => return to_body(error_reply(&e)),
                 Ok(record) if record.status == DeviceStatus::Quarantined => {
                     let is_report = req.method() == Method::POST
@@ -272,9 +273,10 @@ where
     }
 }
 
-/// The staff listener's handler: the Technician CA CRL is checked on every request (the handshake
-/// only checks it when a connection opens), then the TUF read path (what `hale-sign push` reads
-/// to choose what to send), then the staff routes and the publish API.
+/// The staff listener's handler: the certificate's validity and the Technician CA CRL are checked
+/// on every request (the handshake only checks them when a connection opens), then the TUF read
+/// path (what `hale-sign push` reads to choose what to send), then the staff routes and the
+/// publish API.
 pub fn staff_handler(
     app: Arc<App>,
     identity: Arc<Identity>,
@@ -288,14 +290,13 @@ pub fn staff_handler(
        + 'static {
     let routes = warp_handler(staff_routes(app.clone(), identity, listeners.clone()));
     move |req: Request<Incoming>| {
-        let revoked = req
+        let refused = req
             .extensions()
             .get::<PeerIdentity>()
-            .filter(|p| listeners.staff_certificate_revoked(&p.certificate_serial))
-            .map(|p| p.certificate_serial.clone());
-        match revoked {
-            Some(serial) => {
-                let r = to_body(error_reply(&IdentityError::CertificateRevoked { serial }));
+            .and_then(|p| check_staff_certificate(&listeners, p, SystemTime::now()).err());
+        match refused {
+            Some(e) => {
+                let r = to_body(error_reply(&e));
                 Box::pin(async move { r })
             }
             None => {
@@ -310,6 +311,21 @@ pub fn staff_handler(
             }
         }
     }
+}
+
+/// A staff certificate at `now`: within its validity and not on the loaded Technician CA CRL.
+fn check_staff_certificate(
+    listeners: &Listeners,
+    peer: &PeerIdentity,
+    now: SystemTime,
+) -> Result<(), IdentityError> {
+    check_validity(peer, now)?;
+    if listeners.staff_certificate_revoked(&peer.certificate_serial) {
+        return Err(IdentityError::CertificateRevoked {
+            serial: peer.certificate_serial.clone(),
+        });
+    }
+    Ok(())
 }
 
 // --- staff API -----------------------------------------------------------------------------------

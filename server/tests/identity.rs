@@ -1363,3 +1363,130 @@ fn factory_certificate_revoked_while_its_connection_is_open_cannot_enroll() {
         "no device, certificate or audit record"
     );
 }
+
+#[test]
+fn certificates_that_expire_on_a_kept_alive_connection_are_refused_per_request() {
+    // operational certificates valid for 6 s (the handshake happens well within)
+    let f = Fixture::with_config(json!({"device_certificate_validity_secs": 6}));
+    let tls = f.dir.path().join("tls");
+    let p = tls_dir(&tls);
+    let t = start_tls(&f, &tls);
+    let op = staff(&p, "olivia", StaffRole::Operator);
+    let f1 = factory(&p, "pump-1");
+    let short = Duration::from_secs(6);
+    let kf = generate_key_and_csr(KeyAlgorithm::P256, "pump-2").unwrap();
+    let f2 = Holder {
+        key_pem: kf.private_key_pem.to_string(),
+        cert: p
+            .h
+            .manufacturing
+            .issue_factory_certificate(&kf.csr_pem, "pump-2", MODEL, short, SystemTime::now())
+            .unwrap(),
+    };
+    import_factories(&t, &p, &op, &[&f1, &f2]);
+    let k1 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let d1 = operational(
+        &assert_status(enroll(&t, &holder_cfg(&p, &f1), None, &k1.csr_pem), 200).body,
+        &k1.private_key_pem,
+    );
+    let ks = generate_key_and_csr(KeyAlgorithm::P256, "sam").unwrap();
+    let sam = Holder {
+        key_pem: ks.private_key_pem.to_string(),
+        cert: p
+            .h
+            .technician
+            .issue_staff_certificate(
+                &ks.csr_pem,
+                "sam",
+                StaffRole::Operator,
+                short,
+                SystemTime::now(),
+            )
+            .unwrap(),
+    };
+    // connections opened while each certificate is valid, and used once
+    let report =
+        json!({"slots": [{"name": "a", "version": "1.0.0", "state": "active"}]}).to_string();
+    let report_path = "/api/v1/devices/pump-1/report";
+    let mut device = connect(&t.device, holder_cfg(&p, &d1));
+    assert_status(
+        device.send("POST", report_path, &[], report.as_bytes()),
+        204,
+    );
+    let mut renew = connect(&t.enroll, holder_cfg(&p, &d1));
+    assert_status(renew.get("/.well-known/est/cacerts"), 200);
+    let mut factory2 = connect(&t.enroll, holder_cfg(&p, &f2));
+    assert_status(factory2.get("/.well-known/est/cacerts"), 200);
+    let mut staff_open = connect(&t.staff, holder_cfg(&p, &sam));
+    assert_status(staff_open.get("/api/v1/staff/devices"), 200);
+
+    let last = [d1.cert.not_after, f2.cert.not_after, sam.cert.not_after]
+        .into_iter()
+        .max()
+        .unwrap();
+    std::thread::sleep(
+        last.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_millis(1500),
+    );
+    let before = stored(&t, &p, &op);
+    // the device API: no report (no audit record)
+    assert_refused(
+        device.send("POST", report_path, &[], report.as_bytes()),
+        403,
+        "certificate_expired",
+    );
+    assert_refused(device.get("/timestamp.json"), 403, "certificate_expired");
+    // EST renewal with the expired certificate: nothing issued
+    let k1b = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    assert_refused(
+        renew.send(
+            "POST",
+            "/.well-known/est/simplereenroll",
+            &[PKCS10],
+            k1b.csr_pem.as_bytes(),
+        ),
+        403,
+        "certificate_expired",
+    );
+    // EST enrollment with an expired factory certificate
+    let k2 = generate_key_and_csr(KeyAlgorithm::P256, "pump-2").unwrap();
+    assert_refused(
+        factory2.send(
+            "POST",
+            "/.well-known/est/simpleenroll",
+            &[PKCS10],
+            k2.csr_pem.as_bytes(),
+        ),
+        403,
+        "certificate_expired",
+    );
+    // the staff API: an expired operator certificate reads and changes nothing
+    assert_refused(
+        staff_open.get("/api/v1/staff/devices"),
+        403,
+        "certificate_expired",
+    );
+    assert_refused(
+        staff_open.send(
+            "POST",
+            "/api/v1/staff/devices/pump-1/decommission",
+            &[],
+            b"",
+        ),
+        403,
+        "certificate_expired",
+    );
+    // new connections: refused at the handshake
+    assert_alert(
+        get_on(&t.device, &holder_cfg(&p, &d1), "/timestamp.json"),
+        "CertificateExpired",
+    );
+    assert_alert(
+        get_on(&t.staff, &holder_cfg(&p, &sam), "/api/v1/staff/devices"),
+        "CertificateExpired",
+    );
+    assert_eq!(
+        stored(&t, &p, &op),
+        before,
+        "nothing issued, changed or recorded"
+    );
+}
