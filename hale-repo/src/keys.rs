@@ -264,9 +264,12 @@ pub enum Passphrase {
 impl Passphrase {
     pub fn read(&self) -> Result<Zeroizing<Vec<u8>>, RepoError> {
         let v = match self {
-            Passphrase::Env(var) => std::env::var(var)
-                .map_err(|_| RepoError::Invalid(format!("environment variable {var} is not set")))?
-                .into_bytes(),
+            // the bytes as they are: a passphrase need not be UTF-8
+            Passphrase::Env(var) => std::env::var_os(var)
+                .ok_or_else(|| {
+                    RepoError::Invalid(format!("environment variable {var} is not set"))
+                })?
+                .into_encoded_bytes(),
             Passphrase::File(p) => {
                 let raw =
                     std::fs::read(p).map_err(|e| RepoError::Io(p.display().to_string(), e))?;

@@ -647,3 +647,21 @@ fn a_publish_killed_midway_is_undone_by_the_next_and_never_blocks_it() {
     assert_eq!(e.verify().code, 0);
     assert_ne!(snapshot_tree(&e.path("repo/repository")), published);
 }
+
+#[test]
+fn a_mistyped_path_is_named_as_missing() {
+    let e = Env::new();
+    e.published_repo();
+    for args in [
+        vec!["status", "repo-typo"],
+        vec!["sign", "repo/staged/tragets.json", "--key", "targets.key"],
+    ] {
+        let r = e.run(&args);
+        assert_eq!(r.code, 2, "{args:?}");
+        assert_eq!(
+            r.stderr.trim_end(),
+            format!("error: {}: no such file or directory", args[1]),
+            "{args:?}"
+        );
+    }
+}

@@ -42,6 +42,10 @@ pub struct SignArgs {
 
 /// The repository directory a staged file belongs to.
 pub fn repo_of(file: &Path, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    // a mistyped name is said as such, not as a file outside any repository
+    if !file.exists() {
+        bail!("{}: no such file or directory", file.display());
+    }
     if let Some(r) = explicit {
         return Ok(r.to_path_buf());
     }
