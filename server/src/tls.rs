@@ -244,7 +244,9 @@ impl Listeners {
 
     /// Load a CRL of the Manufacturing or Technician CA (from the staff API or the TLS
     /// directory): verified with its CA, current, and not older than the loaded one. Returns its
-    /// number. On success the affected listener uses it for every new connection.
+    /// number. On success the affected listener uses it for every new connection; on any refusal
+    /// (here, or rustls/webpki building the listener's configuration) nothing changes: the file
+    /// (`write_file`) is written only once the new configuration is built.
     pub fn load_offline_crl(
         &self,
         ca: CaRole,
@@ -274,6 +276,14 @@ impl Listeners {
                 current.number
             )));
         }
+        // the listener's configuration first: webpki may refuse a CRL that verify_crl took, and
+        // then neither the file nor the loaded state may change (a file it refuses would stop
+        // the next start in Listeners::new)
+        let config = match ca {
+            CaRole::Manufacturing => self.enroll.server_config(&enroll_crls_with(&crls, &der)),
+            _ => self.staff.server_config(std::slice::from_ref(&der)),
+        }
+        .map_err(|e| IdentityError::BadCrl(e.to_string()))?;
         let path = crl_path(&self.dir, ca);
         if write_file {
             hale_repo::layout::write_atomic(&path, pem.as_bytes())
@@ -285,27 +295,15 @@ impl Listeners {
             modified: modified(&path),
             revoked,
         };
-        let old = match ca {
-            CaRole::Manufacturing => std::mem::replace(&mut crls.manufacturing, new),
-            _ => std::mem::replace(&mut crls.technician, new),
-        };
-        let built = match ca {
-            CaRole::Manufacturing => self
-                .enroll
-                .server_config(&enroll_crls(&crls))
-                .map(|c| self.enroll_config.replace(c)),
-            _ => self
-                .staff
-                .server_config(std::slice::from_ref(&crls.technician.der))
-                .map(|c| self.staff_config.replace(c)),
-        };
-        if let Err(e) = built {
-            // keep what worked
-            match ca {
-                CaRole::Manufacturing => crls.manufacturing = old,
-                _ => crls.technician = old,
+        match ca {
+            CaRole::Manufacturing => {
+                crls.manufacturing = new;
+                self.enroll_config.replace(config);
             }
-            return Err(IdentityError::BadCrl(e.to_string()));
+            _ => {
+                crls.technician = new;
+                self.staff_config.replace(config);
+            }
         }
         Ok(number)
     }
@@ -348,8 +346,16 @@ fn device_crls(c: &Crls) -> Vec<CertificateRevocationListDer<'static>> {
 }
 
 fn enroll_crls(c: &Crls) -> Vec<CertificateRevocationListDer<'static>> {
+    enroll_crls_with(c, &c.manufacturing.der)
+}
+
+/// The enrollment listener's CRLs with `manufacturing` as the Manufacturing CA's.
+fn enroll_crls_with(
+    c: &Crls,
+    manufacturing: &CertificateRevocationListDer<'static>,
+) -> Vec<CertificateRevocationListDer<'static>> {
     let mut v = device_crls(c);
-    v.push(c.manufacturing.der.clone());
+    v.push(manufacturing.clone());
     v
 }
 

@@ -1490,3 +1490,117 @@ fn certificates_that_expire_on_a_kept_alive_connection_are_refused_per_request()
         "nothing issued, changed or recorded"
     );
 }
+
+/// The tag's header length and content length of the DER element at the start of `b`.
+fn der_header(b: &[u8]) -> (usize, usize) {
+    match b[1] {
+        n if n < 0x80 => (2, n as usize),
+        0x81 => (3, b[2] as usize),
+        0x82 => (4, (b[2] as usize) << 8 | b[3] as usize),
+        other => panic!("length form {other:#x}"),
+    }
+}
+
+/// A DER element: `tag`, its length, `content`.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match content.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n < 0x100 => out.extend([0x81, n as u8]),
+        n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// `crl` (signed by `ca`) turned into a version 1 CRL (version field 0) and signed again with
+/// `ca`'s key: `verify_crl` takes it (issuer, signature, dates, number), webpki does not (it
+/// parses version 2 CRLs only).
+fn v1_crl(ca: &Ca, crl: &[u8]) -> String {
+    let file: Value = serde_json::from_slice(&ca.to_file_with_cost(b"k", 10).unwrap()).unwrap();
+    let key = hale_repo::SigningKey::from_encrypted_file(
+        &serde_json::to_vec(&file["key"]).unwrap(),
+        b"k",
+    )
+    .unwrap();
+    let (h, _) = der_header(crl);
+    let inner = &crl[h..];
+    let (th, tl) = der_header(inner);
+    let mut tbs = inner[..th + tl].to_vec();
+    assert_eq!(&tbs[th..th + 3], &[0x02, 0x01, 0x01], "version 2");
+    tbs[th + 2] = 0x00;
+    let (ah, al) = der_header(&inner[th + tl..]);
+    let alg = &inner[th + tl..th + tl + ah + al];
+    let mut bits = vec![0u8];
+    bits.extend(key.sign(&tbs));
+    let body = [tbs, alg.to_vec(), der(0x03, &bits)].concat();
+    let out = der(0x30, &body);
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&out);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
+        lines.join("\n")
+    )
+}
+
+#[test]
+fn crl_refused_by_the_listener_leaves_the_crl_file_and_a_restart_works() {
+    let f = Fixture::new();
+    let tls = f.dir.path().join("tls");
+    let p = tls_dir(&tls);
+    let t = start_tls(&f, &tls);
+    let op = staff(&p, "olivia", StaffRole::Operator);
+    let file = tls.join("crl/manufacturing.crl");
+    let on_disk = std::fs::read_to_string(&file).unwrap();
+    let good =
+        p.h.manufacturing
+            .crl(&[], 2, SystemTime::now(), Duration::from_secs(86_400))
+            .unwrap();
+    let v1 = v1_crl(&p.h.manufacturing, &good.der);
+    // the first check takes it: signature, issuer, dates and number are fine
+    let v = hale_pki::crl::verify_crl(
+        &hale_pki::tls::crl_from_pem(&v1).unwrap(),
+        p.h.manufacturing.certificate_der(),
+        SystemTime::now(),
+    )
+    .unwrap();
+    assert_eq!(v.number, 2);
+    let before = stored(&t, &p, &op);
+    let r = once(
+        &t.staff,
+        op.clone(),
+        "PUT",
+        "/api/v1/staff/crl/manufacturing",
+        &[],
+        v1.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            400,
+            json!({"error": "bad_crl",
+                   "message": "CRL refused: TLS client verifier: provided CRL could not be parsed: UnsupportedCrlVersion"})
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        on_disk,
+        "the CRL file"
+    );
+    assert_eq!(stored(&t, &p, &op), before, "no crl-load record");
+    // the loaded CRL still serves: a factory certificate enrolls
+    let f1 = factory(&p, "pump-1");
+    import_factories(&t, &p, &op, &[&f1]);
+    let k1 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    assert_status(enroll(&t, &holder_cfg(&p, &f1), None, &k1.csr_pem), 200);
+    // a restart reads the TLS directory as it was
+    drop(t);
+    let t = start_tls(&f, &tls);
+    assert_status(get_on(&t.staff, &op, "/api/v1/staff/devices"), 200);
+}
