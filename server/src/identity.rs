@@ -228,6 +228,11 @@ pub struct CertificateRef {
     pub not_after: u64,
 }
 
+/// Staff actors are `<role>:<certificate name>` ([`crate::identity_http`]); the CLI is `cli`.
+fn is_technician(actor: &str) -> bool {
+    actor.starts_with("technician:")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEvent {
     pub time: u64,
@@ -251,6 +256,14 @@ pub struct DeviceRecord {
 }
 
 impl DeviceRecord {
+    /// The certificate the device holds at `now`: not revoked (a revocation clears it), not
+    /// expired.
+    fn current_certificate(&self, now: SystemTime) -> Option<&CertificateRef> {
+        self.certificate
+            .as_ref()
+            .filter(|c| c.not_after > unix(now))
+    }
+
     fn event(&mut self, now: u64, event: &str, certificate: Option<&str>, actor: &str) {
         self.updated_at = now;
         self.history.push(HistoryEvent {
@@ -709,6 +722,19 @@ impl Identity {
                     .token(&token_hash(secret))?
                     .ok_or(IdentityError::TokenInvalid)?;
                 stored.record.redeem(secret, &id, now)?;
+                // a technician enrolls only a device without a current certificate; the device
+                // may have enrolled since the token was issued
+                if is_technician(&stored.issued_by)
+                    && self
+                        .store
+                        .device(&id)?
+                        .is_some_and(|d| d.current_certificate(now).is_some())
+                {
+                    return Err(IdentityError::RoleForbidden {
+                        role: "technician".into(),
+                        action: "replace a device's current certificate with an enrollment token",
+                    });
+                }
                 let model = stored.model.clone();
                 batch.tokens.push(stored);
                 (model, format!("token:{id}"), "token")
@@ -1062,6 +1088,10 @@ impl Identity {
     }
 
     /// Store a new enrollment token for `serial`; returns the secret (shown once) and its expiry.
+    /// A technician may issue one only for a device that holds no current certificate (its
+    /// redemption would replace the genuine device's certificate: revoking is the operator's); an
+    /// operator (or the CLI) for any device not decommissioned, and the audit record names the
+    /// certificate the token will replace.
     pub fn issue_token(
         &self,
         serial: &str,
@@ -1073,9 +1103,18 @@ impl Identity {
         let _g = self.locked();
         let (secret, record) =
             Token::new(serial, ttl, now).map_err(|e| IdentityError::BadRequest(e.to_string()))?;
+        let mut replaces = None;
         if let Some(d) = self.store.device(serial)? {
             if d.status == DeviceStatus::Decommissioned {
                 return Err(IdentityError::DeviceDecommissioned(serial.to_string()));
+            }
+            replaces = d.current_certificate(now).map(|c| c.serial.clone());
+            if replaces.is_some() && is_technician(actor) {
+                return Err(IdentityError::RoleForbidden {
+                    role: "technician".into(),
+                    action:
+                        "issue an enrollment token for a device that holds a current certificate",
+                });
             }
         }
         let model = match (self.store.manifest_entry(serial)?, model) {
@@ -1106,7 +1145,8 @@ impl Identity {
         self.audit(
             "enroll-token",
             actor,
-            json!({"serial": serial, "model": model, "expires_at": expires_at}),
+            json!({"serial": serial, "model": model, "expires_at": expires_at,
+                   "replaces": replaces}),
         );
         Ok((secret, expires_at))
     }

@@ -1604,3 +1604,92 @@ fn crl_refused_by_the_listener_leaves_the_crl_file_and_a_restart_works() {
     let t = start_tls(&f, &tls);
     assert_status(get_on(&t.staff, &op, "/api/v1/staff/devices"), 200);
 }
+
+/// The audit records of `kind`, as an operator reads them.
+fn audit_of(t: &TlsServer, op: &Arc<ClientConfig>, kind: &str) -> Vec<Value> {
+    let a = assert_status(get_on(&t.staff, op, "/api/v1/staff/audit"), 200).json();
+    a["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn technician_token_cannot_replace_an_enrolled_devices_certificate() {
+    let f = Fixture::new();
+    let tls = f.dir.path().join("tls");
+    let p = tls_dir(&tls);
+    let t = start_tls(&f, &tls);
+    let op = staff(&p, "olivia", StaffRole::Operator);
+    let tech = staff(&p, "theo", StaffRole::Technician);
+    let (f1, f2) = (factory(&p, "pump-1"), factory(&p, "pump-2"));
+    import_factories(&t, &p, &op, &[&f1, &f2]);
+    let k1 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let d1 = operational(
+        &assert_status(enroll(&t, &holder_cfg(&p, &f1), None, &k1.csr_pem), 200).body,
+        &k1.private_key_pem,
+    );
+
+    // a technician: no token for a device that holds a current certificate
+    let before = stored(&t, &p, &op);
+    let r = post_on(
+        &t.staff,
+        &tech,
+        "/api/v1/staff/enroll-tokens",
+        br#"{"serial": "pump-1"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            403,
+            json!({"error": "role_forbidden",
+                   "message": "a technician may not issue an enrollment token for a device that holds a current certificate"})
+        )
+    );
+    assert_eq!(stored(&t, &p, &op), before, "no token, no audit record");
+
+    // a technician's token issued before the device enrolled cannot replace its certificate
+    let tech_token = enroll_token(&t, &tech, json!({"serial": "pump-2"}));
+    let k2 = generate_key_and_csr(KeyAlgorithm::P256, "pump-2").unwrap();
+    assert_status(enroll(&t, &holder_cfg(&p, &f2), None, &k2.csr_pem), 200);
+    let anon = client_config_without_certificate(p.server_ca.clone()).unwrap();
+    let theirs = generate_key_and_csr(KeyAlgorithm::P256, "pump-2").unwrap();
+    let before = stored(&t, &p, &op);
+    let r = enroll(
+        &t,
+        &anon,
+        Some(&format!("Bearer {tech_token}")),
+        &theirs.csr_pem,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            403,
+            json!({"error": "role_forbidden",
+                   "message": "a technician may not replace a device's current certificate with an enrollment token"})
+        )
+    );
+    assert_eq!(stored(&t, &p, &op), before, "nothing issued or revoked");
+
+    // an operator may, and the audit log says which certificate the token will replace
+    let token = enroll_token(&t, &op, json!({"serial": "pump-1"}));
+    let rec = audit_of(&t, &op, "enroll-token").pop().unwrap();
+    assert_eq!(
+        (rec["actor"].clone(), rec["detail"]["replaces"].clone()),
+        (json!("operator:olivia"), json!(d1.cert.serial_hex))
+    );
+    let k1b = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    assert_status(
+        enroll(&t, &anon, Some(&format!("Bearer {token}")), &k1b.csr_pem),
+        200,
+    );
+    assert_alert(
+        get_on(&t.device, &holder_cfg(&p, &d1), "/timestamp.json"),
+        "CertificateRevoked",
+    );
+}
