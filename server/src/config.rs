@@ -34,6 +34,11 @@ pub struct Config {
     pub profile: String,
     /// Validity of operational device certificates issued by EST.
     pub device_certificate_validity_secs: u64,
+    /// Youngest operational certificate (counted from its notBefore) that a device may renew
+    /// (`simplereenroll`) or replace with its factory certificate; default half of
+    /// `device_certificate_validity_secs`. Devices renew at 2/3 of the lifetime, so it may be at
+    /// most 2/3 of the validity. Bounds how fast one device can grow the CRL.
+    pub device_renewal_min_age_secs: Option<u64>,
     /// Lifetime of the Device Issuing CA's CRL (re-signed after half of it, and on revocation).
     pub device_crl_lifetime_secs: u64,
     /// How often CRL files in the TLS directory are checked and the server's CRL kept fresh.
@@ -56,6 +61,7 @@ impl Default for Config {
             max_report_bytes: 16 << 10,
             profile: "standard".into(),
             device_certificate_validity_secs: 30 * 86_400,
+            device_renewal_min_age_secs: None,
             device_crl_lifetime_secs: 7 * 86_400,
             crl_check_secs: 5,
         }
@@ -110,8 +116,20 @@ impl Config {
                 && self.crl_check_secs > 0,
             "device certificate validity, CRL lifetime and CRL check interval must be positive"
         );
+        anyhow::ensure!(
+            self.device_renewal_min_age_secs().saturating_mul(3)
+                <= self.device_certificate_validity_secs.saturating_mul(2),
+            "device_renewal_min_age_secs must be at most 2/3 of device_certificate_validity_secs \
+             (devices renew at 2/3 of the lifetime)"
+        );
         hale_repo::build::Profile::parse(&self.profile)?;
         Ok(())
+    }
+
+    /// `device_renewal_min_age_secs`, else half of `device_certificate_validity_secs`.
+    pub fn device_renewal_min_age_secs(&self) -> u64 {
+        self.device_renewal_min_age_secs
+            .unwrap_or(self.device_certificate_validity_secs / 2)
     }
 
     pub fn passphrase(&self) -> hale_repo::Passphrase {
@@ -119,5 +137,32 @@ impl Config {
             Some(f) => hale_repo::Passphrase::File(f.clone()),
             None => hale_repo::Passphrase::Env(self.passphrase_env.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn renewal_min_age_defaults_to_half_the_validity_and_may_not_pass_two_thirds_of_it() {
+        let c = Config::default();
+        assert_eq!(c.device_renewal_min_age_secs(), 15 * 86_400);
+        assert!(c.check().is_ok());
+        let two_thirds = Config {
+            device_renewal_min_age_secs: Some(20 * 86_400),
+            ..Config::default()
+        };
+        assert!(two_thirds.check().is_ok());
+        let later = Config {
+            device_renewal_min_age_secs: Some(20 * 86_400 + 1),
+            ..Config::default()
+        };
+        assert_eq!(
+            later.check().map_err(|e| e.to_string()),
+            Err("device_renewal_min_age_secs must be at most 2/3 of \
+                 device_certificate_validity_secs (devices renew at 2/3 of the lifetime)"
+                .to_string())
+        );
     }
 }

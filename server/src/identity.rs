@@ -81,6 +81,8 @@ pub enum IdentityError {
         not_after: u64,
         now: u64,
     },
+    #[error("certificate {serial} may be renewed or replaced from {earliest} (unix seconds) on")]
+    RenewalTooEarly { serial: String, earliest: u64 },
     #[error("no certificate with serial {0}")]
     CertificateUnknown(String),
     #[error("a {role} may not {action}")]
@@ -114,6 +116,7 @@ impl IdentityError {
             IdentityError::DeviceDecommissioned(_) => "device_decommissioned",
             IdentityError::CertificateRevoked { .. } => "certificate_revoked",
             IdentityError::CertificateExpired { .. } => "certificate_expired",
+            IdentityError::RenewalTooEarly { .. } => "renewal_too_early",
             IdentityError::CertificateUnknown(_) => "certificate_unknown",
             IdentityError::RoleForbidden { .. } => "role_forbidden",
             IdentityError::BadRequest(_) => "bad_request",
@@ -147,6 +150,7 @@ impl IdentityError {
             | IdentityError::BadRequest(_)
             | IdentityError::BadManifest(_)
             | IdentityError::BadCrl(_) => StatusCode::BAD_REQUEST,
+            IdentityError::RenewalTooEarly { .. } => StatusCode::TOO_MANY_REQUESTS,
             IdentityError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -477,6 +481,9 @@ pub struct IdentitySettings {
     pub device_certificate_validity: Duration,
     /// Lifetime of the Device Issuing CA's CRL (re-signed after half of it).
     pub device_crl_lifetime: Duration,
+    /// Youngest current certificate (from its notBefore) that `simplereenroll` or `simpleenroll`
+    /// with the factory certificate may supersede.
+    pub device_renewal_min_age: Duration,
 }
 
 /// The TLS listeners: told when the Device Issuing CA's CRL changed (they reload), and asked
@@ -715,7 +722,7 @@ impl Identity {
         })?;
         let _g = self.locked();
         let mut batch = IdentityBatch::default();
-        let (model, actor, method) = match auth {
+        let (model, actor, method, by_factory) = match auth {
             EnrollAuth::Token(secret) => {
                 let mut stored = self
                     .store
@@ -737,7 +744,7 @@ impl Identity {
                 }
                 let model = stored.model.clone();
                 batch.tokens.push(stored);
-                (model, format!("token:{id}"), "token")
+                (model, format!("token:{id}"), "token", false)
             }
             EnrollAuth::Certificate(Some(peer)) if peer.kind == PeerKind::Factory => {
                 check_validity(peer, now)?;
@@ -758,7 +765,12 @@ impl Identity {
                         peer.name
                     )));
                 }
-                (entry.model, format!("factory:{id}"), "factory certificate")
+                (
+                    entry.model,
+                    format!("factory:{id}"),
+                    "factory certificate",
+                    true,
+                )
             }
             EnrollAuth::Certificate(_) => {
                 return Err(IdentityError::ClientCertificateRequired(
@@ -774,6 +786,12 @@ impl Identity {
                 }
                 DeviceStatus::Quarantined => return Err(IdentityError::DeviceQuarantined(id)),
                 DeviceStatus::Active => {}
+            }
+            // a token replaces a current certificate only when an operator issued it
+            if by_factory {
+                if let Some(c) = d.current_certificate(now) {
+                    self.check_renewal_age(c, now)?;
+                }
             }
         }
         let enrolled = self.issue(old, &id, &model, &csr_pem, &actor, "enroll", batch, now)?;
@@ -816,6 +834,9 @@ impl Identity {
         if record.status == DeviceStatus::Quarantined {
             return Err(IdentityError::DeviceQuarantined(id.to_string()));
         }
+        if let Some(c) = &record.certificate {
+            self.check_renewal_age(c, now)?;
+        }
         let model = record.model.clone();
         let actor = format!("device:{id}");
         let enrolled = self.issue(
@@ -835,6 +856,27 @@ impl Identity {
                    "certificate": enrolled.record.certificate}),
         );
         Ok(enrolled)
+    }
+
+    /// A current certificate is superseded by the device itself (renewal, factory certificate)
+    /// only once it is `device_renewal_min_age` old: each supersession adds a CRL entry until
+    /// the certificate expires, and the CRL is re-signed and reloaded under the lock, so one
+    /// device may not grow it without bound. Devices renew at 2/3 of the lifetime, past it.
+    fn check_renewal_age(
+        &self,
+        current: &CertificateRef,
+        now: SystemTime,
+    ) -> Result<(), IdentityError> {
+        let earliest = current
+            .not_before
+            .saturating_add(self.settings.device_renewal_min_age.as_secs());
+        if unix(now) < earliest {
+            return Err(IdentityError::RenewalTooEarly {
+                serial: current.serial.clone(),
+                earliest,
+            });
+        }
+        Ok(())
     }
 
     /// Issue, supersede the previous certificate, commit with `batch`, reload the CRL.

@@ -356,6 +356,7 @@ fn identity_settings(cfg: &Config) -> hale_server::identity::IdentitySettings {
             cfg.device_certificate_validity_secs,
         ),
         device_crl_lifetime: std::time::Duration::from_secs(cfg.device_crl_lifetime_secs),
+        device_renewal_min_age: std::time::Duration::from_secs(cfg.device_renewal_min_age_secs()),
     }
 }
 

@@ -521,8 +521,9 @@ const PKCS10: (&str, &str) = ("Content-Type", "application/pkcs10");
 
 #[test]
 fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
-    // a repository with one target
-    let f = Fixture::new();
+    // a repository with one target; devices may renew at once (this test renews right after
+    // enrolling; the minimum age is renewal_and_factory_reenrollment_of_a_young_certificate_…)
+    let f = Fixture::with_config(json!({"device_renewal_min_age_secs": 0}));
     let fw: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
     {
         let s = f.start();
@@ -1692,4 +1693,139 @@ fn technician_token_cannot_replace_an_enrolled_devices_certificate() {
         get_on(&t.device, &holder_cfg(&p, &d1), "/timestamp.json"),
         "CertificateRevoked",
     );
+}
+
+#[test]
+fn renewal_and_factory_reenrollment_of_a_young_certificate_are_refused() {
+    // certificates are backdated by 300 s: a minimum age of 303 s ends 3 s after issue
+    let f = Fixture::with_config(json!({"device_renewal_min_age_secs": 303}));
+    let tls = f.dir.path().join("tls");
+    let p = tls_dir(&tls);
+    let t = start_tls(&f, &tls);
+    let op = staff(&p, "olivia", StaffRole::Operator);
+    let f1 = factory(&p, "pump-1");
+    import_factories(&t, &p, &op, &[&f1]);
+    let k1 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let d1 = operational(
+        &assert_status(enroll(&t, &holder_cfg(&p, &f1), None, &k1.csr_pem), 200).body,
+        &k1.private_key_pem,
+    );
+    let not_before = d1
+        .cert
+        .not_before
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let refusal = json!({"error": "renewal_too_early",
+        "message": format!("certificate {} may be renewed or replaced from {} (unix seconds) on",
+                           d1.cert.serial_hex, not_before + 303)});
+    let before = stored(&t, &p, &op);
+    // renewal with the current certificate, again and again: refused
+    let renew = |h: &Holder, csr: &str| {
+        once(
+            &t.enroll,
+            holder_cfg(&p, h),
+            "POST",
+            "/.well-known/est/simplereenroll",
+            &[PKCS10],
+            csr.as_bytes(),
+        )
+    };
+    for _ in 0..3 {
+        let k = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+        let r = renew(&d1, &k.csr_pem).unwrap();
+        assert_eq!((r.status, r.json()), (429, refusal.clone()));
+    }
+    // enrollment with the factory certificate over the young certificate: refused
+    let k = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let r = enroll(&t, &holder_cfg(&p, &f1), None, &k.csr_pem).unwrap();
+    assert_eq!((r.status, r.json()), (429, refusal));
+    assert_eq!(
+        stored(&t, &p, &op),
+        before,
+        "no certificate issued, none revoked, no audit record"
+    );
+    // the pump keeps its certificate
+    assert_status(
+        post_on(
+            &t.device,
+            &holder_cfg(&p, &d1),
+            "/api/v1/devices/pump-1/report",
+            br#"{"slots": [{"name": "a", "version": "1.0.0", "state": "active"}]}"#,
+        ),
+        204,
+    );
+    // once the certificate is old enough, the renewal goes through
+    let earliest = std::time::UNIX_EPOCH + Duration::from_secs(not_before + 303);
+    std::thread::sleep(
+        earliest
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            + Duration::from_millis(1200),
+    );
+    let k = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let d1b = operational(
+        &assert_status(renew(&d1, &k.csr_pem), 200).body,
+        &k.private_key_pem,
+    );
+    assert_ne!(d1b.cert.serial_hex, d1.cert.serial_hex);
+}
+
+#[test]
+fn crl_keeps_only_certificates_that_have_not_expired() {
+    // 6 s certificates, backdated by 300 s: the default minimum age (3 s) has passed at issue
+    let f = Fixture::with_config(json!({"device_certificate_validity_secs": 6}));
+    let tls = f.dir.path().join("tls");
+    let p = tls_dir(&tls);
+    let t = start_tls(&f, &tls);
+    let op = staff(&p, "olivia", StaffRole::Operator);
+    let anon = client_config_without_certificate(p.server_ca.clone()).unwrap();
+    let f1 = factory(&p, "pump-1");
+    import_factories(&t, &p, &op, &[&f1]);
+    let listed = || {
+        let crl = assert_status(get_on(&t.enroll, &anon, "/crl/device-issuing.crl"), 200).body;
+        let v = hale_pki::crl::verify_crl(
+            &crl,
+            p.h.device_issuing.certificate_der(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        (v.number, v.revoked)
+    };
+    let k1 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let d1 = operational(
+        &assert_status(enroll(&t, &holder_cfg(&p, &f1), None, &k1.csr_pem), 200).body,
+        &k1.private_key_pem,
+    );
+    let k2 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let d2 = operational(
+        &assert_status(
+            once(
+                &t.enroll,
+                holder_cfg(&p, &d1),
+                "POST",
+                "/.well-known/est/simplereenroll",
+                &[PKCS10],
+                k2.csr_pem.as_bytes(),
+            ),
+            200,
+        )
+        .body,
+        &k2.private_key_pem,
+    );
+    let (n1, revoked) = listed();
+    assert_eq!(revoked, vec![d1.cert.serial_hex.clone()]);
+    // both expired: the pump enrolls again with its factory certificate, at once
+    std::thread::sleep(
+        d2.cert
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            + Duration::from_millis(1500),
+    );
+    let k3 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    assert_status(enroll(&t, &holder_cfg(&p, &f1), None, &k3.csr_pem), 200);
+    // the new CRL lists neither the superseded d1 nor the superseded d2: both expired
+    let (n2, revoked) = listed();
+    assert_eq!((n2, revoked), (n1 + 1, Vec::<String>::new()));
 }
