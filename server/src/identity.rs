@@ -787,7 +787,8 @@ impl Identity {
                 DeviceStatus::Quarantined => return Err(IdentityError::DeviceQuarantined(id)),
                 DeviceStatus::Active => {}
             }
-            // a token replaces a current certificate only when an operator issued it
+            // the device replacing its own current certificate waits for the minimum age (a
+            // token that gets here is an operator's: a technician's cannot replace it)
             if by_factory {
                 if let Some(c) = d.current_certificate(now) {
                     self.check_renewal_age(c, now)?;
