@@ -98,6 +98,7 @@ fn main() -> Result<()> {
         revision: &revision,
         bootloader: Version::new(1, 0, 0),
         target: &target,
+        rollback_target: None,
     };
     let work = tempfile::tempdir()?;
     let mut runs = Vec::with_capacity(iters);

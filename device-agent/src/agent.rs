@@ -20,6 +20,11 @@ pub struct DeviceInfo<'a> {
     pub bootloader: Version,
     /// The target path this device installs (e.g. `pump-a/firmware.bin`).
     pub target: &'a str,
+    /// The target a held rollback authorization names, read from it unverified only to know what
+    /// to look up: looked up instead of `target`, and installed only as the downgrade that
+    /// authorization verifies. An image there that is not older than the running one is refused
+    /// ([`AgentError::NotARollback`]): unsigned text never chooses an upgrade.
+    pub rollback_target: Option<&'a str>,
 }
 
 /// Why the application will not let an install start now.
@@ -155,6 +160,13 @@ pub enum AgentError<T, F> {
     NoSha256 { target: Name },
     /// This exact image failed its trial on this device before: not retried.
     PreviouslyReverted { version: Version },
+    /// The target a rollback authorization names is not older than the running image: it is
+    /// installed only as an authorized downgrade.
+    NotARollback {
+        target: Name,
+        offered: Version,
+        running: Version,
+    },
     /// The image is larger than a slot.
     ImageTooLarge { length: u64, capacity: u32 },
     /// A file name does not fit the agent's name buffer.
@@ -184,6 +196,14 @@ impl<T: fmt::Debug, F: fmt::Debug> fmt::Display for AgentError<T, F> {
             AgentError::PreviouslyReverted { version } => {
                 write!(f, "version {version} failed its trial here before")
             }
+            AgentError::NotARollback {
+                target,
+                offered,
+                running,
+            } => write!(
+                f,
+                "{target} {offered} is not older than running {running}: a rollback authorization's target installs only as the downgrade it authorizes"
+            ),
             AgentError::ImageTooLarge { length, capacity } => write!(
                 f,
                 "image of {length} bytes exceeds the {capacity}-byte slot"
@@ -486,6 +506,10 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
 ) -> Res<Outcome, T, F> {
     let slots = store.slots();
     let consistent = set.root().consistent_snapshot;
+    let (lookup, rollback_only) = match device.rollback_target {
+        Some(t) => (t, true),
+        None => (device.target, false),
+    };
 
     // 6. this device's target, through delegations
     let mut source = Delegated {
@@ -494,11 +518,11 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
         consistent,
         expires: UnixTime::MAX,
     };
-    let found = match set.find_target(device.target, &mut source) {
+    let found = match set.find_target(lookup, &mut source) {
         Ok(Some(f)) => f,
         Ok(None) => {
             return Err(AgentError::TargetNotListed {
-                target: Name::new(device.target),
+                target: Name::new(lookup),
             })
         }
         Err(SearchError::Trust(e)) => return Err(AgentError::Trust(e)),
@@ -513,8 +537,8 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
         }
     };
     *delegated_expires = source.expires;
-    let file = found.file(device.target)?;
-    let target = Name::new(device.target);
+    let file = found.file(lookup)?;
+    let target = Name::new(lookup);
     let sha256 = file
         .sha256()
         .ok_or_else(|| AgentError::NoSha256 { target })?;
@@ -533,6 +557,13 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
         });
     }
     let fw = match policy::evaluate(file.custom.as_ref(), &dev, false) {
+        Ok(fw) if rollback_only => {
+            return Err(AgentError::NotARollback {
+                target,
+                offered: fw.version,
+                running: running.version,
+            })
+        }
         Ok(fw) => fw,
         Err(PolicyError::NotNewer {
             running: r,
@@ -547,7 +578,7 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
                 requires: "targets",
             })?;
             let downgrade = Downgrade {
-                target: device.target,
+                target: lookup,
                 sha256,
                 device: &dev,
                 offered,
@@ -594,15 +625,7 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
         });
     }
 
-    stage(
-        store,
-        transport,
-        &file,
-        image,
-        device.target,
-        consistent,
-        chunk,
-    )
+    stage(store, transport, &file, image, lookup, consistent, chunk)
 }
 
 /// Stream a verified target into the inactive slot (resuming a checkpointed download of the

@@ -41,6 +41,7 @@ fn pump(model: &'static str, revision: &'static str, target: &'static str) -> De
         revision,
         bootloader: Version::new(1, 2, 0),
         target,
+        rollback_target: None,
     }
 }
 

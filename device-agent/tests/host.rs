@@ -34,6 +34,8 @@ struct Served {
     /// (30 s at most); `stalled` says the bytes are sent and the answer waits.
     stall_after: Option<usize>,
     stalled: bool,
+    /// When the stall ends, send the rest of the answer (else the connection closes short).
+    stall_resumes: bool,
 }
 
 /// Serve `/metadata/<name>` and `/targets/<name>` from the map; record POSTed reports.
@@ -130,7 +132,14 @@ fn serve() -> (String, Arc<Mutex<Served>>) {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                st.lock().unwrap().stalled = false;
+                let resumes = {
+                    let mut s = st.lock().unwrap();
+                    s.stalled = false;
+                    s.stall_resumes
+                };
+                if resumes {
+                    let _ = conn.write_all(body.get(n..).unwrap_or(&[]));
+                }
                 continue;
             }
             let _ = conn.write_all(&body[..cut.unwrap_or(body.len()).min(body.len())]);
@@ -551,21 +560,14 @@ fn a_pump_killed_mid_download_resumes_at_its_last_checkpoint() {
     assert_eq!(status["slots"][1]["state"], "staging", "{status}");
     assert_eq!(status["slots"][1]["version"], "2.0.0", "{status}");
 
-    let target = |s: &Served| -> Vec<usize> {
-        s.ranges
-            .iter()
-            .filter(|(p, _)| p.ends_with(".firmware.bin"))
-            .map(|(_, a)| *a)
-            .collect()
-    };
     assert_eq!(
-        target(&state.lock().unwrap()),
+        target_streams(&state.lock().unwrap()),
         [0],
         "one stream before the kill"
     );
     agent(dir, &["run", "--server", addr, "--once", "--jitter", "0"]);
     assert_eq!(
-        target(&state.lock().unwrap()),
+        target_streams(&state.lock().unwrap()),
         [0, 131_072],
         "resumed at the last checkpoint"
     );
@@ -576,8 +578,106 @@ fn a_pump_killed_mid_download_resumes_at_its_last_checkpoint() {
     assert_eq!(r["slots"][1]["active"], true, "{r}");
 }
 
+/// Therapy that starts while an image is being written holds the reboot into it: the gate is
+/// asked again before the reset, and the staged image waits (`AwaitingReboot`, poll after poll)
+/// until therapy stops. (Starting `hale-agent` is a power-on: one process polls throughout.)
+#[test]
+fn therapy_that_starts_during_staging_defers_the_reboot() {
+    const LEN: usize = 200_000;
+    let sim = repo_with("2.0.0", 7, LEN);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+    {
+        let mut s = state.lock().unwrap();
+        s.stall_after = Some(150_000);
+        s.stall_resumes = true;
+    }
+    let child = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+        .arg("--state")
+        .arg(dir)
+        .args(["run", "--server", addr, "--interval", "1", "--jitter", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let wait_for = |what: &str, done: &dyn Fn(&Served) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done(&state.lock().unwrap()) {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    wait_for("the download never started", &|s| s.stalled);
+    // the image is being written (the gate said yes before): the patient's bolus starts now
+    agent(dir, &["therapy", "on"]);
+    state.lock().unwrap().stall_after = None;
+    // that poll and the next: staged, pending, the reboot deferred each time
+    wait_for("two polls after staging", &|s| s.reports.len() >= 2);
+    for r in state.lock().unwrap().reports.iter().take(2) {
+        assert_eq!(r["last_result"]["result"], "deferred", "{r}");
+        assert_eq!(r["last_result"]["reason"], "therapy running", "{r}");
+        assert_eq!(r["slots"][0]["state"], "active", "{r}");
+        assert_eq!(r["slots"][0]["version"], "1.0.0", "{r}");
+        assert_eq!(r["slots"][1]["state"], "pending", "{r}");
+        assert_eq!(r["slots"][1]["version"], "2.0.0", "{r}");
+    }
+    // therapy stops: the next poll reboots into it, and the health check confirms it
+    agent(dir, &["therapy", "off"]);
+    wait_for("the install after therapy stopped", &|s| {
+        s.reports
+            .last()
+            .is_some_and(|r| r["last_result"]["result"] == "installed")
+    });
+    let r = state.lock().unwrap().reports.last().cloned().unwrap();
+    assert_eq!(r["slots"][1]["version"], "2.0.0", "{r}");
+    assert_eq!(r["slots"][1]["state"], "active", "{r}");
+    assert_eq!(
+        target_streams(&state.lock().unwrap()),
+        [0],
+        "downloaded once"
+    );
+    child.0.kill().unwrap();
+    let (_, out) = child.wait_with_output_ref();
+    let at = |m: &str| {
+        out.find(m)
+            .unwrap_or_else(|| panic!("{m:?} not in:\n{out}"))
+    };
+    assert!(
+        at("staged 2.0.0; reboot deferred: therapy running")
+            < at("2.0.0 is staged; reboot deferred: therapy running")
+    );
+    assert!(
+        at("2.0.0 is staged; reboot deferred: therapy running")
+            < at("2.0.0 is staged: rebooting into it")
+    );
+}
+
+/// Where each stream of the firmware image started (ranged requests).
+fn target_streams(s: &Served) -> Vec<usize> {
+    s.ranges
+        .iter()
+        .filter(|(p, _)| p.ends_with(".firmware.bin"))
+        .map(|(_, a)| *a)
+        .collect()
+}
+
 /// A child process killed when this is dropped.
 struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    /// Wait for the child; its status and its stdout and stderr, together.
+    fn wait_with_output_ref(&mut self) -> (std::process::ExitStatus, String) {
+        let mut text = String::new();
+        if let Some(mut o) = self.0.stdout.take() {
+            let _ = o.read_to_string(&mut text);
+        }
+        if let Some(mut e) = self.0.stderr.take() {
+            let _ = e.read_to_string(&mut text);
+        }
+        (self.0.wait().unwrap(), text)
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

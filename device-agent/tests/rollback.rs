@@ -263,6 +263,47 @@ fn refuses_an_authorization_valid_longer_than_the_device_allows() {
 }
 
 #[test]
+fn refuses_an_authorization_dated_ahead_of_the_device() {
+    // a day's validity, but starting a year from now: good from today until then otherwise
+    let sim = repo_offering("0.9.0", 1);
+    let mut a = authorization_for("0.9.0");
+    a.issued = NOW + 365 * 86_400;
+    a.expires = a.issued + 8 * 3600;
+    let auth = signed(&a, &rollback_keys());
+    assert_refused(
+        &sim,
+        &mut hook(&auth),
+        AgentError::Authorization(Error::AuthorizationTooLong {
+            max: DEFAULT_MAX_VALIDITY,
+            validity: 365 * 86_400 + 8 * 3600,
+        }),
+    );
+}
+
+#[test]
+fn refuses_an_installed_version_that_is_not_a_string() {
+    // signed, but `installed` is a number: read as absent, it would fit any running version
+    let sim = repo_offering("0.9.0", 1);
+    let mut body = hale_repo::build::rollback_authorization(
+        hale_repo::build::Profile::Standard,
+        &authorization_for("0.9.0"),
+    )
+    .unwrap();
+    body["installed"] = serde_json::json!(100);
+    let keys = rollback_keys();
+    let refs: Vec<&hale_repo::keys::SigningKey> = keys.iter().collect();
+    let auth = hale_repo::sign::sign_new(&body, &refs).unwrap();
+    assert_refused(
+        &sim,
+        &mut hook(&auth),
+        AgentError::Authorization(Error::Field {
+            role: Name::new("rollback-authorization"),
+            field: "installed",
+        }),
+    );
+}
+
+#[test]
 fn refuses_a_rollback_below_the_security_counter_even_when_authorized() {
     let sim = repo_offering("0.9.0", 0);
     let auth = signed(&authorization_for("0.9.0"), &rollback_keys());
@@ -360,4 +401,56 @@ fn refuses_when_targets_delegates_to_no_rollback_role() {
         &mut hook(&auth),
         AgentError::Authorization(Error::NoRollbackRole),
     );
+}
+
+#[test]
+fn an_authorizations_target_never_installs_as_an_upgrade() {
+    // the shell looks up the target an authorization names before anything verified it: a
+    // bundle carrying unsigned text naming an off-channel (beta) image must not install it
+    const BETA: &str = "pump-a/beta/firmware.bin";
+    let mut sim = repo_offering("0.9.0", 1);
+    sim.add_target(
+        "targets",
+        BETA,
+        &image_bytes("2.0.0", 3000),
+        Some(custom_for("2.0.0", 1, &["r1", "r2"], "1.0.0")),
+    );
+    sim.publish();
+    let unsigned = format!(r#"{{"signed":{{"target":"{BETA}"}}}}"#).into_bytes();
+    let mut beta = authorization_for("2.0.0");
+    beta.target = BETA.into();
+    let signed_for_beta = signed(&beta, &rollback_keys());
+    for auth in [unsigned, signed_for_beta] {
+        let mut mem = provisioned(&sim);
+        let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+        let mut t = MapTransport::new(&sim.files);
+        check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback).unwrap_err();
+        let before = persisted(&mut store);
+        let mut h = hook(&auth);
+        let mut bufs = Bufs::new();
+        let device = device_agent::DeviceInfo {
+            rollback_target: Some(BETA),
+            ..device()
+        };
+        let r = device_agent::check_for_update(
+            &mut store,
+            &device,
+            &mut t,
+            &mut Pump::default(),
+            &mut h,
+            NOW,
+            bufs.ws(),
+        );
+        assert_eq!(
+            r,
+            Err(AgentError::NotARollback {
+                target: Name::new(BETA),
+                offered: v("2.0.0"),
+                running: v("1.0.0"),
+            })
+        );
+        assert!(h.verified().is_none());
+        assert_eq!(persisted(&mut store), before, "nothing staged or stored");
+        assert_eq!(store.slots().running().unwrap().version, v("1.0.0"));
+    }
 }

@@ -166,6 +166,12 @@ fn check<'a>(
     if validity <= 0 || validity > max_validity {
         return Err(Refusal::TooLong(validity));
     }
+    // and from now: an authorization dated ahead (issued in 2040, valid for a day) would
+    // otherwise be good from today until then
+    let remaining = expires.saturating_sub(now);
+    if remaining > max_validity {
+        return Err(Refusal::TooLong(remaining));
+    }
     if crate::time::is_expired(expires, now) {
         return Err(Refusal::Expired);
     }
@@ -206,8 +212,12 @@ fn check<'a>(
         return Err(Refusal::HashMismatch);
     }
 
-    if let Some(v) = installed.and_then(|v| v.as_str()) {
+    // absent (or null): any running version; present, it must be a version (a number or an
+    // object would otherwise drop the check)
+    if let Some(v) = installed.filter(|v| !matches!(v, Value::Null)) {
         let authorized = v
+            .as_str()
+            .ok_or(Refusal::Field("installed"))?
             .decode_into(&mut buf)
             .and_then(Version::parse)
             .ok_or(Refusal::Field("installed"))?;

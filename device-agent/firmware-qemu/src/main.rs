@@ -455,6 +455,7 @@ fn update_check<R: RollbackHook>(
         revision: "r2",
         bootloader: Version::new(1, 0, 0),
         target: TARGET,
+        rollback_target: None,
     };
     let ws = Workspace {
         metadata: Storage {

@@ -295,6 +295,27 @@ fn poll(
     Ok(())
 }
 
+/// Reboot into the staged image, unless the application now says not to: the gate was asked
+/// before staging, and therapy may have started while the image was written. A deferred reboot
+/// is tried again at the next check (`AwaitingReboot`).
+fn reboot_when_safe(
+    o: &Opts,
+    store: &mut FirmwareStore<FileFlash>,
+    app: &mut Pump<'_>,
+    what: &str,
+) -> Result<()> {
+    match app.safe_to_install() {
+        Ok(()) => {
+            say!("{what}: rebooting into it");
+            power_on(o, store)
+        }
+        Err(reason) => {
+            say!("{what}; reboot deferred: {reason}");
+            set_last(o, "deferred", reason.as_str())
+        }
+    }
+}
+
 /// Pending install record (offline install or rollback), reported at the next sync.
 const INSTALL_RECORD: &str = "install_record.json";
 
@@ -315,16 +336,19 @@ fn install_once<T: Transport>(
         field(d, "id"),
         field(d, "group"),
     );
-    // an authorization names the target to go back to; hale-core checks it is exactly that
-    let target = authorization
-        .and_then(offline::authorization_target)
-        .unwrap_or_else(|| field(d, "target"));
+    // an authorization names the target to go back to (read unverified: the agent looks that
+    // target up instead, installs it only as the downgrade the authorization verifies, and
+    // hale-core checks it is exactly that target)
+    let channel = field(d, "target");
+    let rollback_target = authorization.and_then(offline::authorization_target);
+    let target = rollback_target.clone().unwrap_or_else(|| channel.clone());
     let bootloader = Version::parse(&field(d, "bootloader")).unwrap_or(Version::new(1, 0, 0));
     let device = DeviceInfo {
         model: &model,
         revision: &revision,
         bootloader,
-        target: &target,
+        target: &channel,
+        rollback_target: rollback_target.as_deref(),
     };
     let mut buffers = CheckBuffers::new(BUF, 4096, 4 * BUF);
     let ws = buffers.workspace();
@@ -341,7 +365,6 @@ fn install_once<T: Transport>(
         ws,
     ) {
         Ok(Outcome::Staged { version }) => {
-            say!("staged {version}: rebooting into it");
             let verified = hook.as_ref().and_then(|h| h.verified().copied());
             if let Some(a) = &verified {
                 say!(
@@ -369,7 +392,11 @@ fn install_once<T: Transport>(
                 let rec = offline::install_record("offline", &target, &version.to_string(), auth);
                 std::fs::write(o.file(INSTALL_RECORD), rec.to_string()).context(INSTALL_RECORD)?;
             }
-            power_on(o, store)?;
+            reboot_when_safe(o, store, &mut app, &format!("staged {version}"))?;
+        }
+        // staged earlier, its reboot deferred
+        Ok(Outcome::AwaitingReboot { version }) => {
+            reboot_when_safe(o, store, &mut app, &format!("{version} is staged"))?;
         }
         Ok(Outcome::Deferred { offered, reason }) => {
             say!("{offered} deferred: {reason}");

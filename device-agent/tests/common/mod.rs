@@ -34,6 +34,7 @@ pub fn device() -> DeviceInfo<'static> {
         revision: "r2",
         bootloader: Version::new(1, 2, 0),
         target: TARGET,
+        rollback_target: None,
     }
 }
 
