@@ -39,6 +39,11 @@ pub struct Config {
     /// `device_certificate_validity_secs`. Devices renew at 2/3 of the lifetime, so it may be at
     /// most 2/3 of the validity. Bounds how fast one device can grow the CRL.
     pub device_renewal_min_age_secs: Option<u64>,
+    /// Youngest current certificate that an enrollment with the factory certificate may replace;
+    /// default one day, at most `device_renewal_min_age_secs`. Shorter than the renewal bound: a
+    /// device that lost its operational key or a renewal answer has only its factory certificate
+    /// left, and should not wait half a lifetime to talk to the server again.
+    pub device_factory_reenroll_min_age_secs: Option<u64>,
     /// Lifetime of the Device Issuing CA's CRL (re-signed after half of it, and on revocation).
     pub device_crl_lifetime_secs: u64,
     /// How often CRL files in the TLS directory are checked and the server's CRL kept fresh.
@@ -62,6 +67,7 @@ impl Default for Config {
             profile: "standard".into(),
             device_certificate_validity_secs: 30 * 86_400,
             device_renewal_min_age_secs: None,
+            device_factory_reenroll_min_age_secs: None,
             device_crl_lifetime_secs: 7 * 86_400,
             crl_check_secs: 5,
         }
@@ -122,6 +128,10 @@ impl Config {
             "device_renewal_min_age_secs must be at most 2/3 of device_certificate_validity_secs \
              (devices renew at 2/3 of the lifetime)"
         );
+        anyhow::ensure!(
+            self.device_factory_reenroll_min_age_secs() <= self.device_renewal_min_age_secs(),
+            "device_factory_reenroll_min_age_secs must be at most device_renewal_min_age_secs"
+        );
         hale_repo::build::Profile::parse(&self.profile)?;
         Ok(())
     }
@@ -130,6 +140,12 @@ impl Config {
     pub fn device_renewal_min_age_secs(&self) -> u64 {
         self.device_renewal_min_age_secs
             .unwrap_or(self.device_certificate_validity_secs / 2)
+    }
+
+    /// `device_factory_reenroll_min_age_secs`, else one day (or the renewal minimum, if shorter).
+    pub fn device_factory_reenroll_min_age_secs(&self) -> u64 {
+        self.device_factory_reenroll_min_age_secs
+            .unwrap_or_else(|| self.device_renewal_min_age_secs().min(86_400))
     }
 
     pub fn passphrase(&self) -> hale_repo::Passphrase {
@@ -148,6 +164,23 @@ mod tests {
     fn renewal_min_age_defaults_to_half_the_validity_and_may_not_pass_two_thirds_of_it() {
         let c = Config::default();
         assert_eq!(c.device_renewal_min_age_secs(), 15 * 86_400);
+        assert_eq!(c.device_factory_reenroll_min_age_secs(), 86_400);
+        let short = Config {
+            device_renewal_min_age_secs: Some(600),
+            ..Config::default()
+        };
+        assert_eq!(short.device_factory_reenroll_min_age_secs(), 600);
+        let factory_later = Config {
+            device_factory_reenroll_min_age_secs: Some(15 * 86_400 + 1),
+            ..Config::default()
+        };
+        assert_eq!(
+            factory_later.check().map_err(|e| e.to_string()),
+            Err(
+                "device_factory_reenroll_min_age_secs must be at most device_renewal_min_age_secs"
+                    .to_string()
+            )
+        );
         assert!(c.check().is_ok());
         let two_thirds = Config {
             device_renewal_min_age_secs: Some(20 * 86_400),

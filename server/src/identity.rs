@@ -232,6 +232,25 @@ pub struct CertificateRef {
     pub not_after: u64,
 }
 
+/// A current certificate is superseded by the device itself (renewal, factory certificate)
+/// only once it is `min_age` old: each supersession adds a CRL entry until the certificate
+/// expires, and the CRL is re-signed and reloaded under the lock, so one device may not grow it
+/// without bound. Devices renew at 2/3 of the lifetime, past the renewal minimum.
+fn check_age(
+    current: &CertificateRef,
+    min_age: Duration,
+    now: SystemTime,
+) -> Result<(), IdentityError> {
+    let earliest = current.not_before.saturating_add(min_age.as_secs());
+    if unix(now) < earliest {
+        return Err(IdentityError::RenewalTooEarly {
+            serial: current.serial.clone(),
+            earliest,
+        });
+    }
+    Ok(())
+}
+
 /// Staff actors are `<role>:<certificate name>` ([`crate::identity_http`]); the CLI is `cli`.
 fn is_technician(actor: &str) -> bool {
     actor.starts_with("technician:")
@@ -484,6 +503,9 @@ pub struct IdentitySettings {
     /// Youngest current certificate (from its notBefore) that `simplereenroll` or `simpleenroll`
     /// with the factory certificate may supersede.
     pub device_renewal_min_age: Duration,
+    /// Youngest current certificate that `simpleenroll` with the factory certificate may
+    /// supersede (shorter: the device may have lost its operational key or a renewal answer).
+    pub device_factory_reenroll_min_age: Duration,
 }
 
 /// The TLS listeners: told when the Device Issuing CA's CRL changed (they reload), and asked
@@ -791,7 +813,7 @@ impl Identity {
             // token that gets here is an operator's: a technician's cannot replace it)
             if by_factory {
                 if let Some(c) = d.current_certificate(now) {
-                    self.check_renewal_age(c, now)?;
+                    check_age(c, self.settings.device_factory_reenroll_min_age, now)?;
                 }
             }
         }
@@ -836,7 +858,7 @@ impl Identity {
             return Err(IdentityError::DeviceQuarantined(id.to_string()));
         }
         if let Some(c) = &record.certificate {
-            self.check_renewal_age(c, now)?;
+            check_age(c, self.settings.device_renewal_min_age, now)?;
         }
         let model = record.model.clone();
         let actor = format!("device:{id}");
@@ -857,27 +879,6 @@ impl Identity {
                    "certificate": enrolled.record.certificate}),
         );
         Ok(enrolled)
-    }
-
-    /// A current certificate is superseded by the device itself (renewal, factory certificate)
-    /// only once it is `device_renewal_min_age` old: each supersession adds a CRL entry until
-    /// the certificate expires, and the CRL is re-signed and reloaded under the lock, so one
-    /// device may not grow it without bound. Devices renew at 2/3 of the lifetime, past it.
-    fn check_renewal_age(
-        &self,
-        current: &CertificateRef,
-        now: SystemTime,
-    ) -> Result<(), IdentityError> {
-        let earliest = current
-            .not_before
-            .saturating_add(self.settings.device_renewal_min_age.as_secs());
-        if unix(now) < earliest {
-            return Err(IdentityError::RenewalTooEarly {
-                serial: current.serial.clone(),
-                earliest,
-            });
-        }
-        Ok(())
     }
 
     /// Issue, supersede the previous certificate, commit with `batch`, reload the CRL.

@@ -357,6 +357,9 @@ fn identity_settings(cfg: &Config) -> hale_server::identity::IdentitySettings {
         ),
         device_crl_lifetime: std::time::Duration::from_secs(cfg.device_crl_lifetime_secs),
         device_renewal_min_age: std::time::Duration::from_secs(cfg.device_renewal_min_age_secs()),
+        device_factory_reenroll_min_age: std::time::Duration::from_secs(
+            cfg.device_factory_reenroll_min_age_secs(),
+        ),
     }
 }
 
