@@ -1772,6 +1772,70 @@ fn renewal_and_factory_reenrollment_of_a_young_certificate_are_refused() {
 }
 
 #[test]
+fn a_factory_reenrollment_waits_less_than_a_renewal() {
+    // a pump that lost its operational key (or a renewal answer) has only its factory
+    // certificate: it waits the shorter factory minimum (303 s from a notBefore backdated by
+    // 300 s: 3 s), not the renewal one (an hour)
+    let f = Fixture::with_config(json!({
+        "device_renewal_min_age_secs": 3600,
+        "device_factory_reenroll_min_age_secs": 303
+    }));
+    let tls = f.dir.path().join("tls");
+    let p = tls_dir(&tls);
+    let t = start_tls(&f, &tls);
+    let op = staff(&p, "olivia", StaffRole::Operator);
+    let f1 = factory(&p, "pump-1");
+    import_factories(&t, &p, &op, &[&f1]);
+    let k1 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let d1 = operational(
+        &assert_status(enroll(&t, &holder_cfg(&p, &f1), None, &k1.csr_pem), 200).body,
+        &k1.private_key_pem,
+    );
+    let not_before = d1
+        .cert
+        .not_before
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let earliest = std::time::UNIX_EPOCH + Duration::from_secs(not_before + 303);
+    std::thread::sleep(
+        earliest
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            + Duration::from_millis(1200),
+    );
+    // past the factory minimum, short of the renewal one: renewal refused, nothing stored ...
+    let before = stored(&t, &p, &op);
+    let k = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let r = once(
+        &t.enroll,
+        holder_cfg(&p, &d1),
+        "POST",
+        "/.well-known/est/simplereenroll",
+        &[PKCS10],
+        k.csr_pem.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            429,
+            json!({"error": "renewal_too_early",
+                "message": format!("certificate {} may be renewed or replaced from {} (unix seconds) on",
+                                   d1.cert.serial_hex, not_before + 3600)})
+        )
+    );
+    assert_eq!(stored(&t, &p, &op), before);
+    // ... and the factory certificate enrolls the pump again
+    let k = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let d2 = operational(
+        &assert_status(enroll(&t, &holder_cfg(&p, &f1), None, &k.csr_pem), 200).body,
+        &k.private_key_pem,
+    );
+    assert_ne!(d2.cert.serial_hex, d1.cert.serial_hex);
+}
+
+#[test]
 fn crl_keeps_only_certificates_that_have_not_expired() {
     // 6 s certificates, backdated by 300 s: the default minimum age (3 s) has passed at issue
     let f = Fixture::with_config(json!({"device_certificate_validity_secs": 6}));
