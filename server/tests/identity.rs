@@ -941,22 +941,59 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
         403,
         "certificate_revoked",
     );
-    // an older CRL pushed through the API is refused; the operator still gets in
+    // an older CRL pushed through the API is refused: the file keeps its bytes, no crl-load
+    // record is written and tom stays revoked; the operator still gets in
     let old =
         p.h.technician
             .crl(&[], 1, SystemTime::now(), Duration::from_secs(86_400))
             .unwrap();
-    assert_refused(
-        once(
-            &t.staff,
-            op.clone(),
-            "PUT",
-            "/api/v1/staff/crl/technician",
-            &[],
-            old.pem.as_bytes(),
-        ),
-        400,
-        "bad_crl",
+    let crl_file = tls.join("crl/technician.crl");
+    let file_before = std::fs::read(&crl_file).unwrap();
+    assert_eq!(file_before, crl.pem.as_bytes());
+    // the file's load is recorded after the listener takes it: wait for that record
+    let file_load = json!({"ca": "technician", "crl_number": 2, "source": "file"});
+    wait_until(
+        "the file's crl-load record",
+        Duration::from_secs(20),
+        || {
+            audit_of(&t, &op, "crl-load")
+                .iter()
+                .any(|r| r["detail"] == file_load)
+        },
+    );
+    let loads_before = audit_of(&t, &op, "crl-load");
+    let state_before = state(&t, &op);
+    let r = once(
+        &t.staff,
+        op.clone(),
+        "PUT",
+        "/api/v1/staff/crl/technician",
+        &[],
+        old.pem.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            400,
+            json!({"error": "bad_crl",
+                   "message": "CRL refused: CRL number 1 is older than the loaded 2"})
+        )
+    );
+    assert_eq!(
+        std::fs::read(&crl_file).unwrap(),
+        file_before,
+        "the technician CRL file"
+    );
+    assert_eq!(
+        audit_of(&t, &op, "crl-load"),
+        loads_before,
+        "no crl-load record"
+    );
+    assert_eq!(state(&t, &op), state_before, "no device or audit change");
+    assert_alert(
+        get_on(&t.staff, &tom_cfg, "/api/v1/staff/devices"),
+        "CertificateRevoked",
     );
 
     // every step is in the audit log, and the chain verifies
