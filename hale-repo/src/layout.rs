@@ -48,6 +48,23 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
     write_with_mode(path, bytes, 0o600)
 }
 
+/// Create `path` for writing with permission bits `mode` (less the umask; ignored off Unix). A
+/// file already there (a temporary file a crashed run left under the same name) is removed
+/// first: opening an existing file would keep its mode, perhaps readable by all.
+pub fn create_new_with_mode(path: &Path, mode: u32) -> std::io::Result<fs::File> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    options.open(path)
+}
+
 fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RepoError> {
     let io = |e| RepoError::Io(path.display().to_string(), e);
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -55,18 +72,7 @@ fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RepoError
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp: PathBuf = dir.join(format!(".{name}.tmp{}", std::process::id()));
     {
-        // a new file, so the mode holds (a crashed run with this pid may have left one)
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
-            _ => {}
-        }
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-        #[cfg(not(unix))]
-        let _ = mode;
-        let mut f = options.open(&tmp).map_err(io)?;
+        let mut f = create_new_with_mode(&tmp, mode).map_err(io)?;
         f.write_all(bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
     }

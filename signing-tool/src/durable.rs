@@ -80,22 +80,7 @@ impl Batch {
     fn add_mode(&mut self, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         let tmp = temp_name(path, &mut self.made)?;
         let io = |e| ToolError::io(&tmp, e);
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-        #[cfg(not(unix))]
-        let _ = mode;
-        // a new file, so the mode holds: a stale temporary file (a crashed run with this pid)
-        // is removed first
-        let mut f = match options.open(&tmp) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                fs::remove_file(&tmp).map_err(io)?;
-                options.open(&tmp)
-            }
-            other => other,
-        }
-        .map_err(io)?;
+        let mut f = hale_repo::layout::create_new_with_mode(&tmp, mode).map_err(io)?;
         self.pending.push((tmp.clone(), path.to_path_buf()));
         f.write_all(bytes).map_err(io)?;
         Ok(())
