@@ -466,3 +466,52 @@ fn a_bundle_over_the_stores_capacity_is_refused_before_a_byte_is_written() {
         0
     );
 }
+
+#[test]
+fn a_silent_line_ends_the_session_and_frees_the_pump() {
+    // a laptop left connected, sending nothing: the session ends after the idle limit, the pump's
+    // flash is free again, nothing was written
+    let sim = repo_offering("2.0.0", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let state = provision(&sim, dir.path());
+    let before = pump_state(&state);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+        .arg("--state")
+        .arg(&state)
+        .args(["link", "--device", "-", "--idle-timeout", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _line = child.stdin.take().unwrap(); // open, silent
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the session outlived its idle limit");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "link -: no bytes for 1 s: session closed (nothing stored; push again to resume)"
+        ),
+        "{err}"
+    );
+    assert_eq!(pump_state(&state), before, "nothing changed");
+    // the flash is free: a reset goes through
+    agent(&state, &["reboot"]);
+    assert_eq!(running_version(&state), "1.0.0");
+}

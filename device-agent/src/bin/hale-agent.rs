@@ -8,8 +8,9 @@
 //! hale-agent --state DIR run --server URL [--metadata-url U] [--target-base-url U]
 //!            [--interval S] [--jitter S] [--once] [--authorization FILE]
 //! hale-agent --state DIR bundle install FILE   offline install from a bundle (no network)
-//! hale-agent --state DIR link --device PATH|- [--mtu N] [--capacity N]
+//! hale-agent --state DIR link --device PATH|- [--mtu N] [--capacity N] [--idle-timeout S]
 //!                                              receive a bundle from a technician (hale-link), install it
+//!                                              (a line silent for S s, default 300, ends the session)
 //! hale-agent --state DIR therapy on|off        tester: is insulin being delivered?
 //! hale-agent --state DIR health pass|fail      tester: result of the next health checks
 //! hale-agent --state DIR crash                 tester: the next trial crashes before confirming
@@ -438,6 +439,81 @@ fn bundle_install(o: &Opts) -> Result<()> {
 const LINK_MAX_MTU: u32 = 4096;
 const LINK_FRAME: usize = hale_link::max_frame_len(LINK_MAX_MTU);
 
+/// Longest silence on the link before the session ends (`--idle-timeout`, seconds).
+const LINK_IDLE_DEFAULT: u64 = 300;
+
+/// Bytes from a reader, read on a thread of their own so that a silent line ends the session: a
+/// read that waits longer than `idle` fails with `TimedOut`. What was received is durable, so a
+/// new session resumes it; the flash lock goes with the process. At most four reads are held.
+struct IdleReader {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    pending: Vec<u8>,
+    at: usize,
+    idle: Duration,
+}
+
+impl IdleReader {
+    fn spawn<R: std::io::Read + Send + 'static>(mut reader: R, idle: Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let sent = match reader.read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Ok(0) => {
+                        let _ = tx.send(Ok(Vec::new()));
+                        return;
+                    }
+                    Ok(n) => tx.send(Ok(buf.get(..n).unwrap_or_default().to_vec())),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        });
+        IdleReader {
+            rx,
+            pending: Vec::new(),
+            at: 0,
+            idle,
+        }
+    }
+}
+
+impl std::io::Read for IdleReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        use std::sync::mpsc::RecvTimeoutError;
+        if self.at >= self.pending.len() {
+            match self.rx.recv_timeout(self.idle) {
+                Ok(Ok(bytes)) if bytes.is_empty() => return Ok(0),
+                Ok(Ok(bytes)) => {
+                    self.pending = bytes;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no bytes for {} s", self.idle.as_secs()),
+                    ))
+                }
+                Err(RecvTimeoutError::Disconnected) => return Ok(0),
+            }
+        }
+        let rest = self.pending.get(self.at..).unwrap_or_default();
+        let n = rest.len().min(out.len());
+        out.get_mut(..n)
+            .unwrap_or_default()
+            .copy_from_slice(rest.get(..n).unwrap_or_default());
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// A std byte stream as the `embedded_io` port the receiver serves (a serial driver on a pump).
 struct LinkPort<R, W> {
     reader: R,
@@ -468,7 +544,8 @@ impl<R, W: std::io::Write> embedded_io::Write for LinkPort<R, W> {
     }
 }
 
-/// `link --device PATH|- [--mtu N] [--capacity N]`: receive a bundle from a technician over a
+/// `link --device PATH|- [--mtu N] [--capacity N] [--idle-timeout S]`: receive a bundle from a
+/// technician over a
 /// byte stream (a serial device, or stdin/stdout with `-`) into the state directory's bundle
 /// store, then install it through the same `install_once` as `bundle install`. Progress is
 /// durable before it is acknowledged, so a transfer cut or killed mid-way resumes from the offset
@@ -494,6 +571,14 @@ fn link(o: &Opts) -> Result<()> {
     if capacity == 0 || capacity > max {
         bail!("--capacity {capacity}: 1 to {max}");
     }
+    let idle: u64 = o
+        .opt("--idle-timeout")
+        .map_or(Ok(LINK_IDLE_DEFAULT), |s| s.parse())
+        .context("--idle-timeout")?;
+    if idle == 0 || idle > 86_400 {
+        bail!("--idle-timeout {idle}: 1 to 86400 seconds");
+    }
+    let idle = Duration::from_secs(idle);
     let d = device_config(o)?;
     let mut store = open_store(o)?;
     let running = store
@@ -540,7 +625,7 @@ fn link(o: &Opts) -> Result<()> {
     };
     let served = if device == "-" {
         let mut port = LinkPort {
-            reader: std::io::stdin().lock(),
+            reader: IdleReader::spawn(std::io::stdin(), idle),
             writer: std::io::stdout().lock(),
         };
         rx.serve(&mut port, log)
@@ -553,23 +638,27 @@ fn link(o: &Opts) -> Result<()> {
         let writer = port.try_clone().with_context(|| device.clone())?;
         rx.serve(
             &mut LinkPort {
-                reader: port,
+                reader: IdleReader::spawn(port, idle),
                 writer,
             },
             log,
         )
     };
+    let held = || {
+        rx.transfer()
+            .map(|(id, offset)| format!("{offset} of {} bytes stored", id.bundle_len()))
+            .unwrap_or_else(|| "nothing stored".into())
+    };
     match served {
         Ok(_) => {}
-        Err(ServeError::Closed) => {
-            let held = rx
-                .transfer()
-                .map(|(id, offset)| format!("{offset} of {} bytes stored", id.bundle_len()))
-                .unwrap_or_else(|| "nothing stored".into());
-            bail!(
-                "link {device} closed before a bundle was complete ({held}; push again to resume)"
-            );
-        }
+        Err(ServeError::Closed) => bail!(
+            "link {device} closed before a bundle was complete ({}; push again to resume)",
+            held()
+        ),
+        Err(ServeError::Port(e)) if e.kind() == std::io::ErrorKind::TimedOut => bail!(
+            "link {device}: {e}: session closed ({}; push again to resume)",
+            held()
+        ),
         Err(ServeError::Port(e)) => bail!("link {device}: {e}"),
     }
     let bytes = rx
