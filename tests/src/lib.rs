@@ -448,6 +448,69 @@ pub struct Client {
     pub max_root_rotations: u32,
     /// names of every file fetched in the last refresh
     pub fetched: Vec<String>,
+    /// what hale-core's `TrustedSet` itself held when the last refresh ended, refused or not
+    /// (`None` before the first refresh, or when the trusted root did not load): the client
+    /// persists only a whole successful refresh, so "nothing changed" after a refusal is asserted
+    /// on this, the core's own state
+    pub core: Option<CoreState>,
+}
+
+/// The roles a `TrustedSet` stores, as raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreState {
+    pub root: Vec<u8>,
+    pub timestamp: Option<Vec<u8>>,
+    pub snapshot: Option<Vec<u8>>,
+    pub targets: Option<Vec<u8>>,
+}
+
+impl CoreState {
+    fn of(set: &TrustedSet<Vec<u8>>) -> Self {
+        CoreState {
+            root: set.stored(Role::Root).expect("root").to_vec(),
+            timestamp: set.stored(Role::Timestamp).map(<[u8]>::to_vec),
+            snapshot: set.stored(Role::Snapshot).map(<[u8]>::to_vec),
+            targets: set.stored(Role::Targets).map(<[u8]>::to_vec),
+        }
+    }
+
+    /// The stored bytes of `role`.
+    pub fn stored(&self, role: Role) -> Option<&[u8]> {
+        match role {
+            Role::Root => Some(&self.root),
+            Role::Timestamp => self.timestamp.as_deref(),
+            Role::Snapshot => self.snapshot.as_deref(),
+            Role::Targets => self.targets.as_deref(),
+        }
+    }
+
+    /// The versions of what the core stores.
+    pub fn versions(&self) -> Trusted {
+        versions(&self.root, &self.timestamp, &self.snapshot, &self.targets)
+    }
+}
+
+fn versions(
+    root: &[u8],
+    timestamp: &Option<Vec<u8>>,
+    snapshot: &Option<Vec<u8>>,
+    targets: &Option<Vec<u8>>,
+) -> Trusted {
+    let v = |b: &Option<Vec<u8>>, t: &'static str| {
+        b.as_ref().map(|b| {
+            hale_core::metadata::peek_header(b, t)
+                .expect("stored")
+                .version
+        })
+    };
+    Trusted {
+        root: hale_core::metadata::peek_header(root, "root")
+            .expect("stored root")
+            .version,
+        timestamp: v(timestamp, "timestamp"),
+        snapshot: v(snapshot, "snapshot"),
+        targets: v(targets, "targets"),
+    }
 }
 
 struct MapSource<'a> {
@@ -494,38 +557,59 @@ impl Client {
             targets: None,
             max_root_rotations: 64,
             fetched: vec![],
+            core: None,
         }
     }
 
-    /// Versions of what the client trusts now.
+    /// Versions of what the client trusts now (persisted by the last successful refresh).
     pub fn trusted(&self) -> Trusted {
-        let v = |b: &Option<Vec<u8>>, t: &'static str| {
-            b.as_ref().map(|b| {
-                hale_core::metadata::peek_header(b, t)
-                    .expect("stored")
-                    .version
-            })
-        };
-        Trusted {
-            root: hale_core::metadata::peek_header(&self.root, "root")
-                .expect("stored root")
-                .version,
-            timestamp: v(&self.timestamp, "timestamp"),
-            snapshot: v(&self.snapshot, "snapshot"),
-            targets: v(&self.targets, "targets"),
-        }
+        versions(&self.root, &self.timestamp, &self.snapshot, &self.targets)
+    }
+
+    /// Versions of what hale-core's `TrustedSet` held when the last refresh ended, refused or
+    /// not (panics before a refresh loaded the trusted root).
+    pub fn core(&self) -> Trusted {
+        self.core
+            .as_ref()
+            .expect("a refresh loaded the trusted root")
+            .versions()
+    }
+
+    /// The bytes of `role` hale-core's `TrustedSet` held when the last refresh ended.
+    pub fn core_stored(&self, role: Role) -> Option<&[u8]> {
+        self.core
+            .as_ref()
+            .expect("a refresh loaded the trusted root")
+            .stored(role)
     }
 
     /// The spec §5 workflow over `files` at time `now`; on success the new state is persisted,
-    /// on failure nothing is.
+    /// on failure nothing is. Either way [`Client::core`] is what the `TrustedSet` kept.
     pub fn refresh(
         &mut self,
         files: &BTreeMap<String, Vec<u8>>,
         now: i64,
     ) -> Result<TrustedSet<Vec<u8>>, ClientError> {
         self.fetched.clear();
+        self.core = None;
         let mut set = TrustedSet::new(Storage::with_capacity(MAX_METADATA), &self.root, now)?
             .with_max_root_rotations(self.max_root_rotations);
+        let r = self.refresh_steps(&mut set, files);
+        self.core = Some(CoreState::of(&set));
+        r?;
+        // persist only now: the whole refresh verified
+        self.root = set.stored(Role::Root).expect("root").to_vec();
+        self.timestamp = set.stored(Role::Timestamp).map(<[u8]>::to_vec);
+        self.snapshot = set.stored(Role::Snapshot).map(<[u8]>::to_vec);
+        self.targets = set.stored(Role::Targets).map(<[u8]>::to_vec);
+        Ok(set)
+    }
+
+    fn refresh_steps(
+        &mut self,
+        set: &mut TrustedSet<Vec<u8>>,
+        files: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<(), ClientError> {
         loop {
             let next =
                 hale_core::metadata::peek_header(set.stored(Role::Root).unwrap_or(&[]), "root")?
@@ -583,12 +667,7 @@ impl Client {
             .map_err(ClientError::Fetch)?;
             set.update_targets(&t)?;
         }
-        // persist only now: the whole refresh verified
-        self.root = set.stored(Role::Root).expect("root").to_vec();
-        self.timestamp = set.stored(Role::Timestamp).map(<[u8]>::to_vec);
-        self.snapshot = set.stored(Role::Snapshot).map(<[u8]>::to_vec);
-        self.targets = set.stored(Role::Targets).map(<[u8]>::to_vec);
-        Ok(set)
+        Ok(())
     }
 
     /// Refresh, find `path` through the delegations, download and check it.

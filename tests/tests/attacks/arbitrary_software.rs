@@ -1,6 +1,6 @@
 //! Arbitrary software: an attacker serves files or metadata that the repository's keys did not sign.
 
-use hale_core::{Error, Name};
+use hale_core::{Error, Name, Role};
 use hale_repo::keys::KeyKind;
 use hale_tests::*;
 
@@ -60,6 +60,16 @@ fn rejects_targets_resigned_by_an_attacker_key() {
             valid: 0
         })
     );
+    // hale-core took the genuine timestamp and snapshot v3, not the forged targets
+    assert_eq!(
+        c.core(),
+        Trusted {
+            root: 1,
+            timestamp: Some(3),
+            snapshot: Some(3),
+            targets: None
+        }
+    );
     assert_eq!(c.trusted(), before);
 }
 
@@ -81,11 +91,14 @@ fn rejects_signed_content_changed_after_signing() {
             valid: 0
         })
     );
+    // hale-core stores no targets: the tampered one was refused
     assert_eq!(
-        c.trusted(),
+        c.core(),
         Trusted {
             root: 1,
-            ..Default::default()
+            timestamp: Some(2),
+            snapshot: Some(2),
+            targets: None
         }
     );
 }
@@ -115,6 +128,17 @@ fn rejects_unknown_field_added_after_signing_but_accepts_signed_ones() {
             valid: 0
         })
     );
+    // hale-core kept the signed timestamp v3 it trusted, byte for byte, not the tampered v4
+    assert_eq!(
+        c.core(),
+        Trusted {
+            root: 1,
+            timestamp: Some(3),
+            snapshot: None,
+            targets: None
+        }
+    );
+    assert_eq!(c.core_stored(Role::Timestamp), c.timestamp.as_deref());
     assert_eq!(c.trusted(), before);
 }
 
@@ -135,10 +159,12 @@ fn rejects_timestamp_signed_with_another_roles_key() {
         })
     );
     assert_eq!(
-        c.trusted(),
+        c.core(),
         Trusted {
             root: 1,
-            ..Default::default()
+            timestamp: None,
+            snapshot: None,
+            targets: None
         }
     );
 }
@@ -160,10 +186,12 @@ fn rejects_duplicate_keys_that_two_parsers_would_read_differently() {
         })
     );
     assert_eq!(
-        c.trusted(),
+        c.core(),
         Trusted {
             root: 1,
-            ..Default::default()
+            timestamp: None,
+            snapshot: None,
+            targets: None
         }
     );
 }

@@ -57,6 +57,16 @@ fn rejects_snapshot_longer_than_timestamp_says() {
             ..Default::default()
         }
     );
+    // the client's own run: hale-core took the timestamp and no snapshot
+    assert_eq!(
+        c.core(),
+        Trusted {
+            root: 1,
+            timestamp: Some(1),
+            snapshot: None,
+            targets: None
+        }
+    );
 }
 
 #[test]

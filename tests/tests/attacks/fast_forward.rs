@@ -2,7 +2,7 @@
 //! repository's metadata looks like a rollback forever. Rotating the key in root recovers
 //! (spec 5.3.11): the stored copy no longer verifies and is dropped.
 
-use hale_core::{Error, Name};
+use hale_core::{Error, Name, Role};
 use hale_repo::keys::KeyKind;
 use hale_tests::*;
 
@@ -38,6 +38,17 @@ fn fast_forwarded_timestamp_blocks_updates_until_the_key_rotates() {
             received: 2
         })
     );
+    // hale-core kept the fast-forwarded timestamp, not the genuine v2
+    assert_eq!(
+        c.core(),
+        Trusted {
+            root: 1,
+            timestamp: Some(1000),
+            snapshot: None,
+            targets: None
+        }
+    );
+    assert_eq!(c.core_stored(Role::Timestamp), c.timestamp.as_deref());
     assert_eq!(c.trusted(), before);
 }
 
@@ -75,4 +86,15 @@ fn rotating_another_key_does_not_discard_the_timestamp_baseline() {
     );
     // root v2 verified, but the refresh as a whole failed: nothing was persisted
     assert_eq!(c.trusted().root, 1);
+    // hale-core verified root v2 and kept the v1000 baseline, byte for byte
+    assert_eq!(
+        c.core(),
+        Trusted {
+            root: 2,
+            timestamp: Some(1000),
+            snapshot: None,
+            targets: None
+        }
+    );
+    assert_eq!(c.core_stored(Role::Timestamp), c.timestamp.as_deref());
 }

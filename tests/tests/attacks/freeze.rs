@@ -19,10 +19,12 @@ fn rejects_expired_timestamp() {
         })
     );
     assert_eq!(
-        c.trusted(),
+        c.core(),
         Trusted {
             root: 1,
-            ..Default::default()
+            timestamp: None,
+            snapshot: None,
+            targets: None
         }
     );
 }
@@ -44,6 +46,15 @@ fn rejects_replayed_timestamp_once_it_expired() {
             now: later
         })
     );
+    assert_eq!(
+        c.core(),
+        Trusted {
+            root: 1,
+            timestamp: Some(1),
+            snapshot: None,
+            targets: None
+        }
+    );
     assert_eq!(c.trusted(), before);
 }
 
@@ -63,10 +74,12 @@ fn rejects_expired_snapshot_and_targets() {
         })
     );
     assert_eq!(
-        c.trusted(),
+        c.core(),
         Trusted {
             root: 1,
-            ..Default::default()
+            timestamp: Some(2),
+            snapshot: None,
+            targets: None
         }
     );
 
@@ -85,10 +98,12 @@ fn rejects_expired_snapshot_and_targets() {
         })
     );
     assert_eq!(
-        c.trusted(),
+        c.core(),
         Trusted {
             root: 1,
-            ..Default::default()
+            timestamp: Some(2),
+            snapshot: Some(2),
+            targets: None
         }
     );
 }
@@ -112,6 +127,17 @@ fn rejects_expired_final_root() {
         Trusted {
             root: 1,
             ..Default::default()
+        }
+    );
+    // hale-core verified the expired root v2 (spec 5.3.10 checks expiry after the chain) and went
+    // no further: no timestamp was loaded
+    assert_eq!(
+        c.core(),
+        Trusted {
+            root: 2,
+            timestamp: None,
+            snapshot: None,
+            targets: None
         }
     );
 }

@@ -1,7 +1,7 @@
 //! Key compromise below threshold: one stolen key must not be enough where two are required,
 //! however the attacker arranges key ids and signatures.
 
-use hale_core::{Error, Name};
+use hale_core::{Error, Name, Role};
 use hale_repo::keys::{KeyKind, SigningKey};
 use hale_repo::sign;
 use hale_tests::*;
@@ -43,6 +43,17 @@ fn rejects_root_signed_by_one_of_two_required_keys() {
             valid: 1
         })
     );
+    // hale-core kept the trusted root v2, byte for byte, not the one-key v3
+    assert_eq!(
+        c.core(),
+        Trusted {
+            root: 2,
+            timestamp: None,
+            snapshot: None,
+            targets: None
+        }
+    );
+    assert_eq!(c.core_stored(Role::Root), Some(&c.root[..]));
     assert_eq!(c.trusted(), before);
 }
 
@@ -80,10 +91,12 @@ fn one_key_listed_under_two_key_ids_counts_once() {
         })
     );
     assert_eq!(
-        c.trusted(),
+        c.core(),
         Trusted {
             root: 1,
-            ..Default::default()
+            timestamp: None,
+            snapshot: None,
+            targets: None
         }
     );
 }
@@ -127,10 +140,12 @@ fn assert_one_sided_rotation_refused(signer: impl FnOnce(&RepoSim, &SigningKey) 
         })
     );
     assert_eq!(
-        c.trusted(),
+        c.core(),
         Trusted {
             root: 1,
-            ..Default::default()
+            timestamp: None,
+            snapshot: None,
+            targets: None
         }
     );
 }

@@ -27,12 +27,14 @@ fn rejects_snapshot_other_than_the_one_timestamp_names() {
         }
     };
     assert_eq!(err, ClientError::Trust(expected));
-    // a failed refresh persists nothing
+    // hale-core took the timestamp, not the substituted snapshot
     assert_eq!(
-        c.trusted(),
+        c.core(),
         Trusted {
             root: 1,
-            ..Default::default()
+            timestamp: Some(2),
+            snapshot: None,
+            targets: None
         }
     );
 }
@@ -55,10 +57,12 @@ fn rejects_targets_version_other_than_snapshot_names() {
         })
     );
     assert_eq!(
-        c.trusted(),
+        c.core(),
         Trusted {
             root: 1,
-            ..Default::default()
+            timestamp: Some(2),
+            snapshot: Some(2),
+            targets: None
         }
     );
 }

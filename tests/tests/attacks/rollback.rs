@@ -1,6 +1,6 @@
 //! Rollback: an attacker replays older metadata (or older firmware) to undo a fix.
 
-use hale_core::{Error, Name};
+use hale_core::{Error, Name, Role};
 use hale_tests::*;
 
 fn updated_twice() -> (RepoSim, Client, std::collections::BTreeMap<String, Vec<u8>>) {
@@ -28,6 +28,17 @@ fn rejects_rollback_when_timestamp_version_decreases() {
             received: 2
         })
     );
+    // hale-core kept the trusted timestamp v3, byte for byte, not the replayed v2
+    assert_eq!(
+        c.core(),
+        Trusted {
+            root: 1,
+            timestamp: Some(3),
+            snapshot: None,
+            targets: None
+        }
+    );
+    assert_eq!(c.core_stored(Role::Timestamp), c.timestamp.as_deref());
     assert_eq!(c.trusted(), before);
 }
 
@@ -51,6 +62,17 @@ fn rejects_rollback_of_snapshot_version_named_by_timestamp() {
             received: 1
         })
     );
+    // hale-core kept the trusted timestamp v3, not the v10 naming snapshot v1
+    assert_eq!(
+        c.core(),
+        Trusted {
+            root: 1,
+            timestamp: Some(3),
+            snapshot: None,
+            targets: None
+        }
+    );
+    assert_eq!(c.core_stored(Role::Timestamp), c.timestamp.as_deref());
     assert_eq!(c.trusted(), before);
 }
 
@@ -79,6 +101,17 @@ fn rejects_rollback_of_targets_version_in_new_snapshot() {
             received: 1
         })
     );
+    // hale-core took timestamp v4 but kept the trusted snapshot v3, not the v4 naming targets v1
+    assert_eq!(
+        c.core(),
+        Trusted {
+            root: 1,
+            timestamp: Some(4),
+            snapshot: Some(3),
+            targets: None
+        }
+    );
+    assert_eq!(c.core_stored(Role::Snapshot), c.snapshot.as_deref());
     assert_eq!(c.trusted(), before);
 }
 
@@ -116,6 +149,16 @@ fn rejects_snapshot_that_drops_a_role() {
             role: Name::new("pump-a")
         })
     );
+    // hale-core kept the trusted snapshot, not the one without pump-a
+    assert_eq!(
+        c.core(),
+        Trusted {
+            timestamp: Some(before.timestamp.unwrap() + 1),
+            targets: None,
+            ..before.clone()
+        }
+    );
+    assert_eq!(c.core_stored(Role::Snapshot), c.snapshot.as_deref());
     assert_eq!(c.trusted(), before);
 }
 
@@ -136,10 +179,12 @@ fn rejects_older_root_served_as_the_next_version() {
         })
     );
     assert_eq!(
-        c.trusted(),
+        c.core(),
         Trusted {
             root: 1,
-            ..Default::default()
+            timestamp: None,
+            snapshot: None,
+            targets: None
         }
     );
 }
