@@ -591,6 +591,14 @@ fn a_publish_killed_midway_is_undone_by_the_next_and_never_blocks_it() {
     crash("written");
     assert!(e.path("repo/repository/2.targets.json").exists());
     assert!(e.path("repo/publishing.json").exists());
+    let st = e.run(&["status", "repo"]);
+    assert!(
+        st.stdout.starts_with(
+            "repo/publishing.json: a publish was interrupted; the next `hale-sign publish repo` undoes it first\n"
+        ),
+        "{}",
+        st.stdout
+    );
     // the next publish undoes them first (shown here by one that then fails: no passphrase)
     let r = e.run(&[
         "publish",

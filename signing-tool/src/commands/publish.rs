@@ -45,7 +45,7 @@ pub struct PublishArgs {
 /// done (or undone). A publish killed in between leaves it, and the next `publish` restores the
 /// repository from it first: a crash never leaves unverified metadata served, nor a working
 /// directory whose staged files no longer follow what is published.
-const JOURNAL: &str = "publishing.json";
+pub(crate) const JOURNAL: &str = "publishing.json";
 
 /// Test-only fault injection: the process dies (abort, no clean-up) at the named point of a
 /// publish: `written` (everything written, nothing verified) or `done` (the journal removed, the

@@ -160,6 +160,13 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
         )
     };
     state.warn_demo();
+    if state.dir.join(super::publish::JOURNAL).exists() {
+        println!(
+            "{}: a publish was interrupted; the next `hale-sign publish {}` undoes it first",
+            state.dir.join(super::publish::JOURNAL).display(),
+            state.dir.display()
+        );
+    }
     if files.is_empty() {
         println!("{}: nothing staged", state.dir.display());
         return Ok(ExitCode::SUCCESS);
