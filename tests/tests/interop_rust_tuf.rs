@@ -117,14 +117,33 @@ fn rust_tuf_rejects_a_tampered_compat_repository() {
 
 #[test]
 fn the_standard_profile_is_not_readable_by_rust_tuf_which_is_why_compat_exists() {
-    // python-tuf-era spec_version and ECDSA keys: rust-tuf refuses the root itself
+    // python-tuf-era spec_version (and ECDSA keys): rust-tuf refuses the root itself
     let mut r = RepoSim::new();
     let shift = now() - NOW;
     r.root.expires += shift;
     r.write_root();
     let dir = tempfile::tempdir().unwrap();
     write_for_rust_tuf(&r, dir.path());
-    assert!(fetch(&r.initial_root(), dir.path(), "x").is_err());
+    // refused as it is parsed, before anything is fetched: its spec_version
+    let err = trust_root(&r.initial_root(), dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, tuf::Error::Json(e)
+            if e.to_string() == r#"Encoding("Unknown spec version 1.0.34")"#),
+        "{err:?}"
+    );
+    // the same client takes the compat profile's root
+    trust_root(&compat_repo().initial_root(), dir.path()).unwrap();
+}
+
+/// rust-tuf's client built on `root` as its trusted root: nothing fetched yet.
+fn trust_root(root: &[u8], dir: &Path) -> tuf::Result<()> {
+    futures_executor::block_on(async {
+        let root = RawSignedMetadata::<Pouf1, RootMetadata>::new(root.to_vec());
+        let remote = FileSystemRepository::<Pouf1>::new(dir);
+        let local = EphemeralRepository::<Pouf1>::new();
+        TufClient::with_trusted_root(Config::default(), &root, local, remote).await?;
+        Ok(())
+    })
 }
 
 #[test]
