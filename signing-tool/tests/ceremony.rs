@@ -142,17 +142,38 @@ fn refuses_a_signature_from_a_key_the_role_does_not_list_and_leaves_the_file_unc
     );
 
     // and the other way round: a root key cannot sign targets
+    let targets_before = std::fs::read(e.path("repo/staged/targets.json")).unwrap();
     let r = e.run(&sign_args("repo/staged/targets.json", "root-c.key"));
     assert_eq!(r.code, 2);
-    assert!(
-        r.stderr.contains(&format!(
-            "key {c} (root-c.key) is not listed for role targets by root v1"
-        )),
-        "{}",
-        r.stderr
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "error: refusing to sign repo/staged/targets.json: key {c} (root-c.key) is not listed for role targets by root v1 \
+             (listed keys: {t}); the file is unchanged"
+        )
+    );
+    assert_eq!(
+        std::fs::read(e.path("repo/staged/targets.json")).unwrap(),
+        targets_before,
+        "byte for byte"
     );
 
-    // a wrong passphrase is refused before anything is written
+    // a wrong passphrase opens no key: refused before anything is written
+    e.write("wrong.txt", b"not the passphrase\n");
+    let r = e.run(&[
+        "sign",
+        "repo/staged/targets.json",
+        "--key",
+        "targets.key",
+        "--passphrase-file",
+        "wrong.txt",
+    ]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.trim_end(),
+        "error: targets.key: wrong passphrase or damaged key file"
+    );
+    // an unset passphrase variable is refused too
     let r = e.run(&[
         "sign",
         "repo/staged/targets.json",
@@ -162,11 +183,25 @@ fn refuses_a_signature_from_a_key_the_role_does_not_list_and_leaves_the_file_unc
         "NO_SUCH_VAR",
     ]);
     assert_eq!(r.code, 2);
-    assert!(
-        r.stderr
-            .contains("environment variable NO_SUCH_VAR is not set"),
-        "{}",
-        r.stderr
+    assert_eq!(
+        r.stderr.trim_end(),
+        "error: targets.key: passphrase: environment variable NO_SUCH_VAR is not set"
+    );
+    assert_eq!(
+        std::fs::read(e.path("repo/staged/targets.json")).unwrap(),
+        targets_before,
+        "byte for byte"
+    );
+    assert_eq!(
+        std::fs::read(e.path("repo/staged/root.json")).unwrap(),
+        before,
+        "byte for byte"
+    );
+    // the right passphrase signs: the refusal was the passphrase
+    e.sign("repo/staged/targets.json", "targets");
+    assert_ne!(
+        std::fs::read(e.path("repo/staged/targets.json")).unwrap(),
+        targets_before
     );
 }
 
@@ -254,7 +289,17 @@ fn root_rotation_needs_the_old_and_the_new_threshold() {
         "{}",
         s.stdout
     );
-    assert_eq!(e.run(&["publish", "repo"]).code, 2);
+    let repo_before = snapshot_tree(&e.path("repo/repository"));
+    let staged_before = snapshot_tree(&e.path("repo/staged"));
+    let r = e.run(&publish_args("repo"));
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.trim_end(),
+        "error: refusing to publish repo: 1 threshold(s) not met: root v2: 1/2 by root v1 (the trusted root it \
+         rotates from) (repository unchanged; see `hale-sign status repo`)"
+    );
+    assert_eq!(snapshot_tree(&e.path("repo/repository")), repo_before);
+    assert_eq!(snapshot_tree(&e.path("repo/staged")), staged_before);
 
     // a key of the OLD root may sign the new root (it is needed for the old threshold)
     e.sign("repo/staged/root.json", "root-a");
