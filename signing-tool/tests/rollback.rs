@@ -62,9 +62,23 @@ fn repo_with_rollback_role() -> Env {
         "2",
     ];
     // the rollback role takes no paths; refusing paths keeps it from ever signing targets
+    let staged = snapshot_tree(&e.path("repo/staged"));
+    let published = snapshot_tree(&e.path("repo/repository"));
     let r = e.run(&[&delegate[..], &["--paths", "pump-a/*"]].concat());
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("no --paths"), "{}", r.stderr);
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            "error: --to rollback: the rollback role is delegated by top-level targets with no \
+             --paths (it can never sign targets)"
+        )
+    );
+    assert_eq!(
+        snapshot_tree(&e.path("repo/staged")),
+        staged,
+        "nothing staged"
+    );
+    assert_eq!(snapshot_tree(&e.path("repo/repository")), published);
     e.ok(&delegate);
     e.sign("repo/staged/targets.json", "targets");
     e.sign("repo/staged/rollback.json", "field-a");
@@ -299,7 +313,17 @@ fn refuses_a_target_not_in_the_repository_and_a_key_outside_the_role() {
     authorize_for(&e, TARGET, "8h", "field-a.key");
     let before = std::fs::read(e.path("auth.json")).unwrap();
     let r = e.run(&rollback_sign_args("targets.key"));
-    assert_eq!(r.code, 2);
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            format!(
+                "error: targets.key: key {} is not a key of the rollback role (nothing written)",
+                e.keyid("targets")
+            )
+            .as_str()
+        )
+    );
     assert_eq!(std::fs::read(e.path("auth.json")).unwrap(), before);
 }
 
