@@ -272,34 +272,38 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
         "root: timestamp needs 1 signatures but the server holds 0 of the keys it lists",
     );
 
-    // no token, wrong token
+    // no token, wrong token: refused before the body is read, with a release that the right
+    // token publishes below (so an accepted one would show in the repository)
+    let good = f.targets(2, &[("fw.bin", &fw2, None)], None);
+    let unauthorized = json!({"error": "unauthorized",
+        "message": "a valid operator token is required (Authorization: Bearer …)"});
+    let before = f.repo_digest();
+    let ts_before = get(&s.url("timestamp.json")).body;
     let r = request(
         "POST",
         &s.url("/api/v1/publish"),
         &[],
-        Some(&publish_body(None, &[("targets", &t1)])),
+        Some(&publish_body(None, &[("targets", &good)])),
     )
     .unwrap();
+    assert_eq!((r.status, r.json()), (401, unauthorized.clone()));
+    let r = publish(&s, "hale_wrong", None, &[("targets", &good)]).unwrap();
+    assert_eq!((r.status, r.json()), (401, unauthorized.clone()));
     assert_eq!(
-        (r.status, r.json()["error"].as_str()),
-        (401, Some("unauthorized"))
+        f.repo_digest(),
+        before,
+        "a refused publish changed the repository"
     );
-    let r = publish(&s, "hale_wrong", None, &[("targets", &t1)]).unwrap();
-    assert_eq!(r.status, 401);
+    assert_eq!(get(&s.url("timestamp.json")).body, ts_before);
     // the body-less check a publisher makes before uploading: the same refusals, and the name
     let check = |headers: &[(&str, &str)]| {
         let r = request("GET", &s.url("/api/v1/publish"), headers, None).unwrap();
         (r.status, r.json())
     };
-    let (status, body) = check(&[]);
+    assert_eq!(check(&[]), (401, unauthorized.clone()));
     assert_eq!(
-        (status, body["error"].as_str()),
-        (401, Some("unauthorized"))
-    );
-    let (status, body) = check(&[("Authorization", "Bearer hale_wrong")]);
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (401, Some("unauthorized"))
+        check(&[("Authorization", "Bearer hale_wrong")]),
+        (401, unauthorized)
     );
     let bearer = format!("Bearer {}", f.token);
     let (status, body) = check(&[("Authorization", bearer.as_str())]);
@@ -312,7 +316,6 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
     );
 
     // the good release still goes through afterwards
-    let good = f.targets(2, &[("fw.bin", &fw2, None)], None);
     assert_eq!(
         publish(&s, &f.token, None, &[("targets", &good)])
             .unwrap()
