@@ -531,9 +531,25 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
 
     // the server: init with hale-sign's root and the online keys; an operator token
     let one_of_three = t.server_init(&staged_root);
+    assert_eq!(
+        (
+            one_of_three.status.code(),
+            String::from_utf8_lossy(&one_of_three.stderr).trim_end()
+        ),
+        (
+            Some(1),
+            format!(
+                "error: {staged_root}: root: 1 valid signatures from distinct authorized keys, \
+                 threshold is 2"
+            )
+            .as_str()
+        ),
+        "a root with 1 of 2 signatures must not initialise a server: {}",
+        text(&one_of_three)
+    );
     assert!(
-        !one_of_three.status.success(),
-        "a root with 1 of 2 signatures must not initialise a server"
+        !Path::new(&t.p("server")).exists(),
+        "a refused init writes no server data"
     );
     t.sign(&["sign", &staged_root, "--key", &k("root-2.key")]);
     t.init_server(&staged_root);
@@ -569,13 +585,21 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
         );
     };
     add_notes(b"never signed");
+    let served = || http_get(&format!("{url}/timestamp.json"));
+    let before = served();
     let out = t.push(&url);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("threshold(s) not met"),
-        "{}",
-        text(&out)
+    assert_eq!(
+        (out.status.code(), text(&out).trim_end()),
+        (
+            Some(2),
+            format!(
+                "error: refusing to push {repo}: 1 threshold(s) not met: targets v2: 0/1 by root v1 \
+                 (nothing sent; see `hale-sign status {repo}`)"
+            )
+            .as_str()
+        )
     );
+    assert_eq!(served(), before, "nothing published");
     std::fs::remove_file(t.work.join("release/staged/targets.json")).unwrap();
 
     // v2
@@ -635,13 +659,16 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
     assert!(out.status.success(), "push pump-b image: {}", text(&out));
     t.poll(2, &url);
     let (result, reason, running) = t.status(2);
-    assert_eq!((result.as_str(), running.as_str()), ("rejected", "2.0.0"));
-    assert!(reason.contains("model"), "{reason}");
-    let (result, server_reason, _) = inventory(&url, "pump-0002");
+    assert_eq!(
+        (result.as_str(), reason.as_str(), running.as_str()),
+        ("rejected", "image is not built for model pump-a", "2.0.0")
+    );
+    let (result, server_reason, slots) = inventory(&url, "pump-0002");
     assert_eq!(
         (result.as_str(), server_reason.as_str()),
         ("rejected", reason.as_str())
     );
+    assert_eq!(slots, ["a=1.0.0(inactive)", "b=2.0.0(active)"]);
 
     // an older image (1.5.0 < running 2.0.0): refused too
     let out = t.release(&url, "1.5.0", "2", "pump-a");
@@ -649,13 +676,12 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
     t.poll(2, &url);
     let (result, reason, running) = t.status(2);
     assert_eq!(
-        (result.as_str(), running.as_str()),
-        ("rejected", "2.0.0"),
-        "{reason}"
-    );
-    assert!(
-        reason.contains("1.5.0") || reason.contains("older"),
-        "{reason}"
+        (result.as_str(), reason.as_str(), running.as_str()),
+        (
+            "rejected",
+            "version 1.5.0 is not newer than running 2.0.0",
+            "2.0.0"
+        )
     );
     let (result, server_reason, slots) = inventory(&url, "pump-0002");
     assert_eq!(
@@ -666,8 +692,17 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
 
     // nothing newer than what the server serves: refused before anything is sent
     let out = t.push(&url);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("nothing to push"), "{}", text(&out));
+    assert_eq!(
+        (out.status.code(), text(&out).trim_end()),
+        (
+            Some(2),
+            format!(
+                "error: {repo}: nothing to push: the server already serves every role at its \
+                 local version (targets v5)"
+            )
+            .as_str()
+        )
+    );
     // the server's refusal is shown verbatim (here: an unknown operator token)
     add_notes(b"v6 notes");
     t.sign(&[
@@ -676,14 +711,22 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
         "--key",
         &k("targets.key"),
     ]);
+    let before = served();
     let out = t.push_with(&url, "hale_not-a-token");
-    let msg = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{msg}");
-    assert!(msg.contains("the server refused (HTTP 401)"), "{msg}");
-    assert!(
-        msg.contains("\"error\""),
-        "the server's JSON error body verbatim: {msg}"
+    // the server's JSON error body verbatim
+    assert_eq!(
+        (out.status.code(), text(&out).trim_end()),
+        (
+            Some(2),
+            format!(
+                "error: {url}/api/v1/publish: the server refused (HTTP 401): \
+                 {{\"error\":\"unauthorized\",\"message\":\"a valid operator token is required \
+                 (Authorization: Bearer …)\"}}"
+            )
+            .as_str()
+        )
     );
+    assert_eq!(served(), before, "nothing published");
     assert!(
         std::fs::metadata(t.work.join("release/staged/targets.json")).is_ok(),
         "a refused push leaves the staged release in place"
@@ -808,23 +851,32 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
     let before = served();
     t.stage("3.0.0", "3", "pump-a");
     let out = t.push_with_cert(&staff, "tom", PASS);
-    assert!(
-        !out.status.success(),
-        "technician published: {}",
-        text(&out)
+    assert_eq!(
+        (out.status.code(), text(&out).trim_end()),
+        (
+            Some(2),
+            format!(
+                "error: {staff}/api/v1/publish: the server refused (HTTP 403): \
+                 {{\"error\":\"role_forbidden\",\"message\":\"a technician may not publish\"}}"
+            )
+            .as_str()
+        ),
+        "technician published"
     );
-    assert!(
-        text(&out).contains("HTTP 403") && text(&out).contains("role_forbidden"),
-        "{}",
-        text(&out)
-    );
+    assert_eq!(served(), before);
     let out = t.push_with_cert(&staff, "olga", "not olga's passphrase");
-    assert!(
-        !out.status.success(),
-        "wrong passphrase published: {}",
-        text(&out)
+    assert_eq!(
+        (out.status.code(), text(&out).trim_end()),
+        (
+            Some(2),
+            format!(
+                "error: opening {}: key file: wrong passphrase or damaged key file",
+                t.p("olga.key")
+            )
+            .as_str()
+        ),
+        "wrong passphrase published"
     );
-    assert!(text(&out).contains("olga.key"), "{}", text(&out));
     assert_eq!(served(), before);
 
     // enroll with the factory certificate; the pump trusts only the Server CA
