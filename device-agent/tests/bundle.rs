@@ -354,11 +354,30 @@ fn hale_agent_rolls_back_from_a_bundle_after_therapy_and_records_who_signed() {
         ],
     );
     // without the authorization: refused, as online
+    let slots =
+        |status: &str| serde_json::from_str::<serde_json::Value>(status).unwrap()["slots"].clone();
+    let slots_before = slots(&agent(&state, &["status"]));
+    let flash_before = std::fs::read(state.join("flash.bin")).unwrap();
     let out = agent(&state, &["bundle", "install", &s("plain.bin")]);
-    assert!(out.contains("update refused: "), "{out}");
+    assert_eq!(
+        out,
+        "update refused: version 0.9.0 is not newer than running 1.0.0\n"
+    );
     let last: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state.join("last_result.json")).unwrap()).unwrap();
-    assert_eq!(last["result"], "rejected");
+    assert_eq!(
+        (&last["result"], &last["reason"]),
+        (
+            &serde_json::json!("rejected"),
+            &serde_json::json!("version 0.9.0 is not newer than running 1.0.0")
+        )
+    );
+    assert_eq!(slots(&agent(&state, &["status"])), slots_before);
+    let l = device_agent::host::PUMP_LAYOUT;
+    let flash = std::fs::read(state.join("flash.bin")).unwrap();
+    for at in l.slots.map(|a| a as usize..(a + l.slot_len) as usize) {
+        assert_eq!(flash[at.clone()], flash_before[at], "a slot image changed");
+    }
     assert!(!state.join("install_record.json").exists());
     // gated like an online install
     agent(&state, &["therapy", "on"]);

@@ -173,6 +173,43 @@ fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
+/// Every file under `dir` (recursively) by its path relative to `dir`, with its bytes.
+fn state_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, d: &Path, m: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, m);
+            } else {
+                let k = p.strip_prefix(base).unwrap().display().to_string();
+                m.insert(k, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut m = BTreeMap::new();
+    walk(dir, dir, &mut m);
+    m
+}
+
+/// The bytes of slots A and B in the simulated pump's flash (`PUMP_LAYOUT`) under `dir`.
+fn slot_images(dir: &Path) -> [Vec<u8>; 2] {
+    let flash = read(&dir.join("flash.bin"));
+    let l = device_agent::host::PUMP_LAYOUT;
+    l.slots
+        .map(|at| flash[at as usize..(at + l.slot_len) as usize].to_vec())
+}
+
+/// `hale-conformance` refusing: exit 1; its stderr.
+fn conformance_refused(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_hale-conformance"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 #[test]
 fn conformance_client_init_refresh_download() {
     let sim = repo_with("2.0.0", 7, 3000);
@@ -310,17 +347,20 @@ fn conformance_client_init_refresh_download() {
         hale_tests::tamper_signed(&ts, |s| s["version"] = 99.into()),
     );
     set_files(&state, &bad);
-    assert!(!conformance(&[
-        "--metadata-url",
-        &murl,
-        "--metadata-dir",
-        mds,
-        "refresh"
-    ]));
+    let (md_before, td_before) = (state_tree(&md), state_tree(&td));
+    let err = conformance_refused(&["--metadata-url", &murl, "--metadata-dir", mds, "refresh"]);
+    assert_eq!(
+        err,
+        format!(
+            "hale-conformance: refresh from {murl}: timestamp: 0 valid signatures from distinct \
+             authorized keys, threshold is 1\n"
+        )
+    );
     assert_eq!(
         read(&md.join("timestamp.json")),
         sim.files["timestamp.json"]
     );
+    assert_eq!(state_tree(&md), md_before, "the trusted metadata");
     // a missing target name fails
     set_files(&state, &sim);
     let missing = [
@@ -336,7 +376,13 @@ fn conformance_client_init_refresh_download() {
         &turl,
         "download",
     ];
-    assert!(!conformance(&missing));
+    let err = conformance_refused(&missing);
+    assert_eq!(
+        err,
+        format!("hale-conformance: download from {murl} / {turl}: target nope.bin not found\n")
+    );
+    assert_eq!(state_tree(&md), md_before, "the trusted metadata");
+    assert_eq!(state_tree(&td), td_before, "the targets");
 }
 
 #[test]
@@ -357,14 +403,27 @@ fn conformance_client_honours_faketime_style_clock_via_expiry() {
         "init",
         root.to_str().unwrap()
     ]));
-    assert!(!conformance(&[
+    let before = state_tree(tmp.path());
+    let err = conformance_refused(&[
         "--metadata-url",
         &format!("{addr}/metadata"),
         "--metadata-dir",
         md,
-        "refresh"
-    ]));
+        "refresh",
+    ]);
+    let (prefix, started) = err.split_once(" (update started at ").unwrap();
+    assert_eq!(
+        prefix,
+        format!("hale-conformance: refresh from {addr}/metadata: timestamp: expired at 1000000000")
+    );
+    let started: u64 = started.strip_suffix(")\n").unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(started <= now && now - started < 600, "{started} vs {now}");
     assert!(!tmp.path().join("timestamp.json").exists());
+    assert_eq!(state_tree(tmp.path()), before, "the trusted metadata");
 }
 
 fn agent(state: &Path, args: &[&str]) -> String {
@@ -493,9 +552,15 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
     assert_eq!(r["slots"][1]["active"], true);
     assert_eq!(r["slots"][0]["state"], "rejected");
     agent(dir, &["health", "pass"]);
+    let (slots_before, images_before) = (r["slots"].clone(), slot_images(dir));
     agent(dir, &run);
     let r = last_report(state, dir);
-    assert_eq!(r["last_result"]["result"], "rejected");
+    assert_eq!(
+        r["last_result"],
+        serde_json::json!({"result": "rejected", "reason": "version 3.0.0 failed its trial here before"})
+    );
+    assert_eq!(r["slots"], slots_before, "{r}");
+    assert_eq!(slot_images(dir), images_before, "slot images");
 
     // v4 crashes before confirmation: reverted too
     publish(&mut sim, "4.0.0", 8, 3000, "pump-a");
@@ -509,20 +574,15 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
     // an image for another model is refused
     publish(&mut sim, "5.0.0", 8, 3000, "monitor-b");
     set_files(state, &sim);
+    let (slots_before, images_before) = (r["slots"].clone(), slot_images(dir));
     agent(dir, &run);
     let r = last_report(state, dir);
-    assert_eq!(r["last_result"]["result"], "rejected");
-    assert!(
-        r["last_result"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("monitor")
-            || r["last_result"]["reason"]
-                .as_str()
-                .unwrap()
-                .contains("model"),
-        "{r}"
+    assert_eq!(
+        r["last_result"],
+        serde_json::json!({"result": "rejected", "reason": "image is not built for model pump-a"})
     );
+    assert_eq!(r["slots"], slots_before, "{r}");
+    assert_eq!(slot_images(dir), images_before, "slot images");
 }
 
 /// `hale-agent run --once`, killed (SIGKILL: no chance to write anything) in the middle of a
