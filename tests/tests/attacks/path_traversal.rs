@@ -101,6 +101,18 @@ fn rejects_target_path_that_climbs_out_of_the_target_directory() {
             name: Name::new("../../boot/evil.bin")
         })
     );
+    // the metadata only: no download under targets/ was attempted (a fetch is logged even when
+    // the file is missing)
+    assert_eq!(
+        c.fetched,
+        [
+            "2.root.json",
+            "timestamp.json",
+            "2.snapshot.json",
+            "2.targets.json"
+        ]
+    );
+    assert!(!c.fetched.iter().any(|f| f.starts_with("targets/")));
 }
 
 #[test]
