@@ -290,7 +290,14 @@ fn enrolls_with_the_factory_certificate_renews_at_two_thirds_and_reenrolls_after
         &dir,
         DeviceSecret::from_bytes(b"not the device secret at all"),
     );
-    assert!(matches!(wrong.operational(), Err(IdentityError::Pki(_))));
+    let stored = tree(&dir);
+    let e = wrong.operational().unwrap_err();
+    assert!(matches!(e, IdentityError::Pki(_)), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "key file: wrong passphrase or damaged key file"
+    );
+    assert_eq!(tree(&dir), stored, "nothing written");
 
     // current: no request
     let (nb, na) = (op.identity.not_before, op.identity.not_after);

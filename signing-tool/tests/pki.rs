@@ -319,9 +319,11 @@ fn server_files_get_their_own_passphrase() {
         } else {
             PW
         };
-        assert!(
-            Ca::from_file(&file, other.as_bytes()).is_err(),
-            "{role} opens with the other passphrase"
+        let err = Ca::from_file(&file, other.as_bytes()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "key file: wrong passphrase or damaged key file",
+            "{role} with the other passphrase"
         );
     }
 }
