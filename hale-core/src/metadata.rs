@@ -1113,11 +1113,22 @@ mod tests {
 
     #[test]
     fn unsafe_names_are_refused() {
-        for bad in ["", "..", "a/b", "a\\b", "x\0"] {
-            assert!(check_role_name(bad).is_err(), "{bad:?}");
+        let unsafe_name = |n: &str| Err(Error::UnsafeName { name: Name::new(n) });
+        for bad in ["", ".", "..", "a/b", "a\\b", "x\0"] {
+            assert_eq!(check_role_name(bad), unsafe_name(bad), "{bad:?}");
         }
-        for bad in ["/etc/passwd", "../x", "a/../b", "a//b", "a\\b", "./a"] {
-            assert!(check_target_path(bad).is_err(), "{bad:?}");
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "a\\b",
+            "./a",
+            "a/",
+            "a\nb",
+        ] {
+            assert_eq!(check_target_path(bad), unsafe_name(bad), "{bad:?}");
         }
         assert!(check_target_path("pump-a/v1.2/fw.bin").is_ok());
         assert!(check_role_name("bin-0a").is_ok());

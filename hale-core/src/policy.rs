@@ -551,7 +551,13 @@ mod tests {
             running: v("3.0.0"),
             ..device()
         };
-        assert!(matches!(eval(&d, false), Err(PolicyError::NotNewer { .. })));
+        assert_eq!(
+            eval(&d, false),
+            Err(PolicyError::NotNewer {
+                running: v("3.0.0"),
+                offered: v("2.1.0")
+            })
+        );
         assert_eq!(eval(&d, true).unwrap().version, v("2.1.0"));
     }
 
