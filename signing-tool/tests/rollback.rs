@@ -150,12 +150,11 @@ fn bundle_args<'a>(target: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     .concat()
 }
 
-/// Asserts that `r` was refused (exit 2) with `error` in its stderr and that `not_written` (a name
-/// in the temporary directory) does not exist.
+/// Asserts that `r` was refused (exit 2) with exactly `error` as its stderr and that `not_written`
+/// (a name in the temporary directory) does not exist.
 #[track_caller]
 fn assert_refused(e: &Env, r: &Run, error: &str, not_written: &str) {
-    assert_eq!(r.code, 2);
-    assert!(r.stderr.contains(error), "{}", r.stderr);
+    assert_eq!((r.code, r.stderr.trim_end()), (2, error));
     assert!(!e.path(not_written).exists(), "{not_written} was written");
 }
 
@@ -183,7 +182,8 @@ fn two_signers_authorize_a_rollback_and_a_bundle_carries_it() {
     assert_refused(
         &e,
         &b,
-        "rollback authorization refused: rollback: 1 valid signatures from distinct authorized keys, threshold is 2",
+        "error: auth.json: rollback authorization refused: rollback: 1 valid signatures from distinct \
+         authorized keys, threshold is 2",
         "b.bin",
     );
 
@@ -267,7 +267,8 @@ fn refuses_a_validity_above_the_maximum_and_writes_nothing() {
     assert_refused(
         &e,
         &r,
-        "172800 s is longer than the maximum validity of 86400 s",
+        "error: --expires-in 2d: 172800 s is longer than the maximum validity of 86400 s (devices \
+         refuse it)",
         "auth.json",
     );
     // a stricter configured maximum
@@ -284,7 +285,13 @@ fn refuses_a_validity_above_the_maximum_and_writes_nothing() {
             "field-a.key",
         ],
     );
-    assert_refused(&e, &r, "maximum validity of 3600 s", "auth.json");
+    assert_refused(
+        &e,
+        &r,
+        "error: --expires-in 8h: 28800 s is longer than the maximum validity of 3600 s (devices \
+         refuse it)",
+        "auth.json",
+    );
 }
 
 #[test]
@@ -294,7 +301,8 @@ fn refuses_a_target_not_in_the_repository_and_a_key_outside_the_role() {
     assert_refused(
         &e,
         &r,
-        "target pump-a/fw-9.9.9.bin is not in the repository",
+        "error: pump-a/fw-9.9.9.bin in the published repository of repo: target \
+         pump-a/fw-9.9.9.bin is not in the repository",
         "auth.json",
     );
 
@@ -303,7 +311,7 @@ fn refuses_a_target_not_in_the_repository_and_a_key_outside_the_role() {
         &e,
         &r,
         &format!(
-            "key {} is not a key of the rollback role",
+            "error: targets.key: key {} is not a key of the rollback role (nothing written)",
             e.keyid("targets")
         ),
         "auth.json",
@@ -337,7 +345,8 @@ fn refuses_an_authorization_without_a_rollback_role() {
     assert_refused(
         &e,
         &r,
-        "the published targets delegates to no `rollback` role",
+        "error: the published targets delegates to no `rollback` role: create it with `hale-sign \
+         delegate DIR --to rollback --key A.pub --key B.pub --threshold 2`, sign and publish",
         "auth.json",
     );
 }
@@ -349,9 +358,15 @@ fn a_bundle_from_an_older_root_carries_the_root_chain_and_refuses_unknown_target
     assert_refused(
         &e,
         &r,
-        "target pump-a/none.bin is not in the repository",
+        "error: resolving pump-a/none.bin in repo: target pump-a/none.bin is not in the repository",
         "b.bin",
     );
     let r = e.run(&bundle_args(TARGET, &["--from-root-version", "7"]));
-    assert_refused(&e, &r, "no published root v7", "b.bin");
+    assert_refused(
+        &e,
+        &r,
+        "error: repo/repository/7.root.json: no published root v7: No such file or directory (os \
+         error 2)",
+        "b.bin",
+    );
 }
