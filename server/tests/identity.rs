@@ -1732,10 +1732,20 @@ fn technician_token_cannot_replace_an_enrolled_devices_certificate() {
     );
 }
 
-#[test]
-fn renewal_and_factory_reenrollment_of_a_young_certificate_are_refused() {
-    // certificates are backdated by 300 s: a minimum age of 303 s ends 3 s after issue
-    let f = Fixture::with_config(json!({"device_renewal_min_age_secs": 303}));
+/// A TLS server with `config`, operator olivia, and pump-1 enrolled with its factory
+/// certificate (`d1`, notBefore `not_before` in unix seconds).
+struct Enrolled {
+    _f: Fixture,
+    t: TlsServer,
+    p: Pki,
+    op: Arc<ClientConfig>,
+    f1: Holder,
+    d1: Holder,
+    not_before: u64,
+}
+
+fn enrolled_pump_1(config: Value) -> Enrolled {
+    let f = Fixture::with_config(config);
     let tls = f.dir.path().join("tls");
     let p = tls_dir(&tls);
     let t = start_tls(&f, &tls);
@@ -1753,6 +1763,30 @@ fn renewal_and_factory_reenrollment_of_a_young_certificate_are_refused() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
+    Enrolled {
+        t,
+        _f: f,
+        p,
+        op,
+        f1,
+        d1,
+        not_before,
+    }
+}
+
+#[test]
+fn renewal_and_factory_reenrollment_of_a_young_certificate_are_refused() {
+    // certificates are backdated by 300 s: a minimum age of 303 s ends 3 s after issue
+    // (bound in this order: the server stops before its data directory goes)
+    let Enrolled {
+        _f,
+        t,
+        p,
+        op,
+        f1,
+        d1,
+        not_before,
+    } = enrolled_pump_1(json!({"device_renewal_min_age_secs": 303}));
     let refusal = json!({"error": "renewal_too_early",
         "message": format!("certificate {} may be renewed or replaced from {} (unix seconds) on",
                            d1.cert.serial_hex, not_before + 303)});
@@ -1813,27 +1847,18 @@ fn a_factory_reenrollment_waits_less_than_a_renewal() {
     // a pump that lost its operational key (or a renewal answer) has only its factory
     // certificate: it waits the shorter factory minimum (303 s from a notBefore backdated by
     // 300 s: 3 s), not the renewal one (an hour)
-    let f = Fixture::with_config(json!({
+    let Enrolled {
+        _f,
+        t,
+        p,
+        op,
+        f1,
+        d1,
+        not_before,
+    } = enrolled_pump_1(json!({
         "device_renewal_min_age_secs": 3600,
         "device_factory_reenroll_min_age_secs": 303
     }));
-    let tls = f.dir.path().join("tls");
-    let p = tls_dir(&tls);
-    let t = start_tls(&f, &tls);
-    let op = staff(&p, "olivia", StaffRole::Operator);
-    let f1 = factory(&p, "pump-1");
-    import_factories(&t, &p, &op, &[&f1]);
-    let k1 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
-    let d1 = operational(
-        &assert_status(enroll(&t, &holder_cfg(&p, &f1), None, &k1.csr_pem), 200).body,
-        &k1.private_key_pem,
-    );
-    let not_before = d1
-        .cert
-        .not_before
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
     let earliest = std::time::UNIX_EPOCH + Duration::from_secs(not_before + 303);
     std::thread::sleep(
         earliest
