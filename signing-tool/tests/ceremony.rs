@@ -585,10 +585,7 @@ fn expired_staged_metadata_is_not_ready_and_is_never_published() {
 #[test]
 fn a_timestamp_alone_never_publishes_a_targets_role_no_snapshot_lists() {
     let e = Env::new();
-    e.published_repo();
-    e.write("fw.bin", b"firmware");
-    e.ok(&["target", "add", "repo", "--file", "fw.bin"]);
-    e.sign("repo/staged/targets.json", "targets");
+    e.signed_release();
     let before = snapshot_tree(&e.path("repo/repository"));
     let staged_before = snapshot_tree(&e.path("repo/staged"));
     let r = e.run(&[
@@ -608,16 +605,19 @@ fn a_timestamp_alone_never_publishes_a_targets_role_no_snapshot_lists() {
     assert_eq!(snapshot_tree(&e.path("repo/staged")), staged_before);
     // with the snapshot key it goes out, and the new targets is what devices see
     let r = e.publish();
-    assert!(r.stdout.contains("targets v2"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .starts_with("published targets v2, snapshot v2 (1 roles), timestamp v2 into "),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(e.verify().code, 0);
 }
 
 #[test]
 fn a_publish_killed_midway_is_undone_by_the_next_and_never_blocks_it() {
     let e = Env::new();
-    e.published_repo();
-    e.write("fw.bin", b"firmware");
-    e.ok(&["target", "add", "repo", "--file", "fw.bin"]);
-    e.sign("repo/staged/targets.json", "targets");
+    e.signed_release();
     let before = snapshot_tree(&e.path("repo/repository"));
     let staged = snapshot_tree(&e.path("repo/staged"));
     let crash = |point: &str| {

@@ -156,6 +156,15 @@ impl Env {
         self.publish();
     }
 
+    /// [`published_repo`](Self::published_repo), then a new targets v2 listing fw.bin, staged
+    /// and signed: ready to publish.
+    pub fn signed_release(&self) {
+        self.published_repo();
+        self.write("fw.bin", b"firmware");
+        self.ok(&["target", "add", "repo", "--file", "fw.bin"]);
+        self.sign("repo/staged/targets.json", "targets");
+    }
+
     pub fn verify(&self) -> Run {
         self.run(&[
             "verify",
