@@ -214,7 +214,15 @@ pub enum Action {
     Renewed { serial_hex: String },
     /// The certificate had expired: enrolled again with the factory certificate.
     ReEnrolled { serial_hex: String },
-    /// Renewal was due but failed; the current certificate is still valid and stays in use.
+    /// Renewal was refused or failed, and the factory certificate enrolled the device again
+    /// (the server may have revoked the current certificate already: it superseded it with one
+    /// whose answer never arrived).
+    RenewedWithFactory {
+        serial_hex: String,
+        renewal_error: String,
+    },
+    /// Renewal was due but failed (and so did the factory certificate, or there is none); the
+    /// current certificate is still valid and stays in use.
     RenewalFailed { reason: String },
 }
 
@@ -541,10 +549,32 @@ impl Identity {
                 let Some(op) = current else {
                     return Ok(Action::Current);
                 };
-                match self.request(Auth::Current(op.chain, op.key), "simplereenroll") {
-                    Ok(serial_hex) => Ok(Action::Renewed { serial_hex }),
+                let renewal_error =
+                    match self.request(Auth::Current(op.chain, op.key), "simplereenroll") {
+                        Ok(serial_hex) => return Ok(Action::Renewed { serial_hex }),
+                        // another process is changing the identity: nothing was asked
+                        Err(e @ IdentityError::Busy(_)) => {
+                            return Ok(Action::RenewalFailed {
+                                reason: e.to_string(),
+                            })
+                        }
+                        Err(e) => e.to_string(),
+                    };
+                // a renewal answer lost on the way leaves the device holding a certificate the
+                // server has already superseded (and revoked): the factory certificate gets it
+                // a new one (the server decides how soon a current one may be replaced)
+                let Some((chain, key)) = self.factory()? else {
+                    return Ok(Action::RenewalFailed {
+                        reason: renewal_error,
+                    });
+                };
+                match self.request(Auth::Factory(chain, key), "simpleenroll") {
+                    Ok(serial_hex) => Ok(Action::RenewedWithFactory {
+                        serial_hex,
+                        renewal_error,
+                    }),
                     Err(e) => Ok(Action::RenewalFailed {
-                        reason: e.to_string(),
+                        reason: format!("{renewal_error}; with the factory certificate: {e}"),
                     }),
                 }
             }

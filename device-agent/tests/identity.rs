@@ -29,6 +29,8 @@ enum Mode {
     Issue,
     /// Issue, but for another device id.
     IssueForOther,
+    /// Refuse renewals as hale-server does a superseded certificate (its answer was lost).
+    RevokedForRenewal,
 }
 
 struct Est {
@@ -147,6 +149,14 @@ fn serve_one(
     };
     log.lock().unwrap().push((path.clone(), auth.clone()));
     let (status, ctype, out) = match (path.as_str(), auth.as_str(), &peer) {
+        ("/.well-known/est/simplereenroll", _, Some(p)) if mode == Mode::RevokedForRenewal => (
+            "403 Forbidden",
+            "application/json",
+            format!(
+                r#"{{"error":"certificate_revoked","message":"certificate {} is revoked"}}"#,
+                p.certificate_serial
+            ),
+        ),
         (_, "Bearer used-token", _) => (
             "401 Unauthorized",
             "application/json",
@@ -514,4 +524,81 @@ fn no_identity_change_while_another_process_makes_one() {
             .certificate_serial,
         serial_hex
     );
+}
+
+#[test]
+fn a_refused_renewal_falls_back_to_the_factory_certificate() {
+    // the server superseded (and revoked) the certificate with one whose answer never arrived:
+    // renewing with it is refused; the factory certificate enrolls the device again
+    let est = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("identity");
+    let id = factory_device(&est, &dir, "SN-400");
+    let Action::Enrolled { serial_hex: first } = id.ensure(SystemTime::now()).unwrap() else {
+        panic!()
+    };
+    let op = id.operational().unwrap().unwrap();
+    let (nb, na) = (op.identity.not_before, op.identity.not_after);
+    let due = nb + na.duration_since(nb).unwrap() / 3 * 2;
+    *est.mode.lock().unwrap() = Mode::RevokedForRenewal;
+    let refused = format!(
+        "{}/.well-known/est/simplereenroll: refused (HTTP 403 certificate_revoked): certificate {first} is revoked",
+        est.url
+    );
+    let Action::RenewedWithFactory {
+        serial_hex,
+        renewal_error,
+    } = id.ensure(due).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(renewal_error, refused);
+    assert_ne!(serial_hex, first);
+    let log = est.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 3);
+    assert_eq!(
+        (log[1].0.as_str(), log[1].1.as_str()),
+        (
+            "/.well-known/est/simplereenroll",
+            &*format!("device:SN-400:{first}")
+        )
+    );
+    assert_eq!(log[2].0, "/.well-known/est/simpleenroll");
+    assert!(log[2].1.starts_with("factory:SN-400:"), "{:?}", log[2]);
+    assert_eq!(
+        id.operational()
+            .unwrap()
+            .unwrap()
+            .identity
+            .certificate_serial,
+        serial_hex
+    );
+
+    // a device enrolled by token has no factory certificate: the renewal failure stands and the
+    // current certificate stays
+    let dir2 = tmp.path().join("identity-2");
+    let id2 = Identity::new(&dir2, DeviceSecret::from_bytes(SECRET));
+    id2.factory_csr("SN-401", KeyAlgorithm::P256).unwrap();
+    id2.configure(&est.url, &est.server_ca_pem).unwrap();
+    *est.mode.lock().unwrap() = Mode::Issue;
+    let Action::Enrolled {
+        serial_hex: token_cert,
+    } = id2.enroll_with_token("good-token").unwrap()
+    else {
+        panic!()
+    };
+    let before = tree(&dir2);
+    *est.mode.lock().unwrap() = Mode::RevokedForRenewal;
+    let op2 = id2.operational().unwrap().unwrap();
+    let (nb, na) = (op2.identity.not_before, op2.identity.not_after);
+    assert_eq!(
+        id2.ensure(nb + na.duration_since(nb).unwrap() / 3 * 2).unwrap(),
+        Action::RenewalFailed {
+            reason: format!(
+                "{}/.well-known/est/simplereenroll: refused (HTTP 403 certificate_revoked): certificate {token_cert} is revoked",
+                est.url
+            )
+        }
+    );
+    assert_eq!(tree(&dir2), before, "nothing changed");
 }

@@ -726,6 +726,12 @@ fn print_action(a: &Action) {
         Action::ReEnrolled { serial_hex } => say!(
             "certificate had expired: enrolled again with the factory certificate ({serial_hex})"
         ),
+        Action::RenewedWithFactory {
+            serial_hex,
+            renewal_error,
+        } => say!(
+            "renewal refused ({renewal_error}): enrolled again with the factory certificate ({serial_hex})"
+        ),
         Action::RenewalFailed { reason } => {
             say!("renewal failed (current certificate still valid): {reason}")
         }
