@@ -255,6 +255,22 @@ fn factory_device(est: &Est, dir: &Path, serial: &str) -> Identity {
     id
 }
 
+/// The serial of the operational certificate `id` holds.
+fn serial(id: &Identity) -> String {
+    id.operational()
+        .unwrap()
+        .unwrap()
+        .identity
+        .certificate_serial
+}
+
+/// When renewal of the operational certificate `id` holds falls due (2/3 of its lifetime).
+fn renewal_due(id: &Identity) -> SystemTime {
+    let op = id.operational().unwrap().unwrap();
+    let (nb, na) = (op.identity.not_before, op.identity.not_after);
+    nb + na.duration_since(nb).unwrap() / 3 * 2
+}
+
 #[test]
 fn enrolls_with_the_factory_certificate_renews_at_two_thirds_and_reenrolls_after_expiry() {
     let est = start();
@@ -342,14 +358,7 @@ fn enrolls_with_the_factory_certificate_renews_at_two_thirds_and_reenrolls_after
     let log = est.log.lock().unwrap();
     assert_eq!(log[2].0, "/.well-known/est/simpleenroll");
     assert!(log[2].1.starts_with("factory:SN-100:"), "{:?}", log[2]);
-    assert_eq!(
-        id.operational()
-            .unwrap()
-            .unwrap()
-            .identity
-            .certificate_serial,
-        third
-    );
+    assert_eq!(serial(&id), third);
 }
 
 #[test]
@@ -479,9 +488,7 @@ fn no_identity_change_while_another_process_makes_one() {
     let Action::Enrolled { .. } = id.ensure(SystemTime::now()).unwrap() else {
         panic!()
     };
-    let op = id.operational().unwrap().unwrap();
-    let (nb, na) = (op.identity.not_before, op.identity.not_after);
-    let due = nb + na.duration_since(nb).unwrap() / 3 * 2;
+    let due = renewal_due(&id);
     let factory_pem = String::from_utf8(std::fs::read(dir.join("factory.crt")).unwrap()).unwrap();
 
     // another process is changing the identity (a flock belongs to the open file, so a second
@@ -516,14 +523,7 @@ fn no_identity_change_while_another_process_makes_one() {
     let Action::Renewed { serial_hex } = id.ensure(due).unwrap() else {
         panic!()
     };
-    assert_eq!(
-        id.operational()
-            .unwrap()
-            .unwrap()
-            .identity
-            .certificate_serial,
-        serial_hex
-    );
+    assert_eq!(serial(&id), serial_hex);
 }
 
 #[test]
@@ -537,9 +537,7 @@ fn a_refused_renewal_falls_back_to_the_factory_certificate() {
     let Action::Enrolled { serial_hex: first } = id.ensure(SystemTime::now()).unwrap() else {
         panic!()
     };
-    let op = id.operational().unwrap().unwrap();
-    let (nb, na) = (op.identity.not_before, op.identity.not_after);
-    let due = nb + na.duration_since(nb).unwrap() / 3 * 2;
+    let due = renewal_due(&id);
     *est.mode.lock().unwrap() = Mode::RevokedForRenewal;
     let refused = format!(
         "{}/.well-known/est/simplereenroll: refused (HTTP 403 certificate_revoked): certificate {first} is revoked",
@@ -565,14 +563,7 @@ fn a_refused_renewal_falls_back_to_the_factory_certificate() {
     );
     assert_eq!(log[2].0, "/.well-known/est/simpleenroll");
     assert!(log[2].1.starts_with("factory:SN-400:"), "{:?}", log[2]);
-    assert_eq!(
-        id.operational()
-            .unwrap()
-            .unwrap()
-            .identity
-            .certificate_serial,
-        serial_hex
-    );
+    assert_eq!(serial(&id), serial_hex);
 
     // a device enrolled by token has no factory certificate: the renewal failure stands and the
     // current certificate stays
@@ -589,10 +580,8 @@ fn a_refused_renewal_falls_back_to_the_factory_certificate() {
     };
     let before = tree(&dir2);
     *est.mode.lock().unwrap() = Mode::RevokedForRenewal;
-    let op2 = id2.operational().unwrap().unwrap();
-    let (nb, na) = (op2.identity.not_before, op2.identity.not_after);
     assert_eq!(
-        id2.ensure(nb + na.duration_since(nb).unwrap() / 3 * 2).unwrap(),
+        id2.ensure(renewal_due(&id2)).unwrap(),
         Action::RenewalFailed {
             reason: format!(
                 "{}/.well-known/est/simplereenroll: refused (HTTP 403 certificate_revoked): certificate {token_cert} is revoked",
