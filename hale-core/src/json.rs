@@ -170,8 +170,9 @@ impl<'a> JStr<'a> {
     }
 
     pub fn eq_bytes(&self, s: &[u8]) -> bool {
-        if let Some(p) = self.as_plain() {
-            return p.as_bytes() == s;
+        // without escapes the string is its bytes (validated when parsed: no UTF-8 check again)
+        if !self.raw.contains(&b'\\') {
+            return self.raw == s;
         }
         self.bytes().eq(s.iter().copied())
     }
@@ -202,9 +203,11 @@ impl<'a> JStr<'a> {
     /// Order by decoded bytes, which for UTF-8 is Unicode code point order (what canonical JSON
     /// sorts keys by).
     pub fn cmp_decoded(&self, other: &JStr<'_>) -> Ordering {
-        match (self.as_plain(), other.as_plain()) {
-            (Some(a), Some(b)) => a.as_bytes().cmp(b.as_bytes()),
-            _ => self.bytes().cmp(other.bytes()),
+        // without escapes a string is its bytes (validated when parsed: no UTF-8 check again)
+        if self.raw.contains(&b'\\') || other.raw.contains(&b'\\') {
+            self.bytes().cmp(other.bytes())
+        } else {
+            self.raw.cmp(other.raw)
         }
     }
 }
@@ -370,10 +373,25 @@ impl<'a> Object<'a> {
         keys: [&str; N],
     ) -> Result<[Option<Value<'a>>; N], JsonError> {
         let mut found = [None; N];
+        self.fields_into(&keys, &mut found)?;
+        Ok(found)
+    }
+
+    /// [`fields`](Self::fields) for any number of keys: one copy of the walk in the firmware,
+    /// not one per `N`.
+    fn fields_into(&self, keys: &[&str], found: &mut [Option<Value<'a>>]) -> Result<(), JsonError> {
         for (k, v) in self.members() {
+            // a key without escapes is its bytes: look for it once, then compare bytes
+            let plain = !k.raw.contains(&b'\\');
             if let Some(slot) = keys
                 .iter()
-                .position(|key| k.eq_str(key))
+                .position(|key| {
+                    if plain {
+                        k.raw == key.as_bytes()
+                    } else {
+                        k.eq_str(key)
+                    }
+                })
                 .and_then(|i| found.get_mut(i))
             {
                 if slot.is_some() {
@@ -382,7 +400,7 @@ impl<'a> Object<'a> {
                 *slot = Some(v);
             }
         }
-        Ok(found)
+        Ok(())
     }
 
     /// Lookup with a key predicate (e.g. [`JStr::eq_concat`]); duplicates refused as in [`get`](Self::get).
@@ -452,6 +470,12 @@ impl<'a> Array<'a> {
     pub fn raw(&self) -> &'a [u8] {
         self.raw
     }
+
+    /// An array over bytes that [`parse`] accepted as one before (see [`Object::validated`]).
+    pub(crate) fn validated(raw: &'a [u8]) -> Self {
+        Array { raw }
+    }
+
     pub fn iter(&self) -> Elements<'a> {
         Elements {
             r: Reader { b: self.raw, i: 1 },
@@ -509,33 +533,50 @@ pub fn parse(input: &[u8]) -> Result<Value<'_>, JsonError> {
 
 /// How many leading bytes of `s` are neither `"` nor `\\` (and, with `PRINTABLE`, printable
 /// ASCII: nothing to check in a string being validated), counted a machine word at a time. The
-/// result may stop short of the first other byte, never past it: callers look at the byte it
-/// stops at.
+/// result is the offset of the first other byte, except in the last bytes of `s` (less than a
+/// word), where it may stop short of it; never past it: callers look at the byte it stops at.
 fn word_prefix<const PRINTABLE: bool>(s: &[u8]) -> usize {
     const W: usize = core::mem::size_of::<usize>();
     const ONES: usize = usize::MAX / 255;
     const HIGH: usize = ONES << 7;
-    let has_byte = |x: usize, b: u8| {
+    // the high bit of every byte equal to `b`; exact up to the first one (a subtraction's
+    // borrow can mark only the bytes after it, and the lowest marked byte is all that counts)
+    let equal = |x: usize, b: u8| {
         let y = x ^ (ONES * b as usize);
-        y.wrapping_sub(ONES) & !y & HIGH != 0
+        y.wrapping_sub(ONES) & !y & HIGH
     };
     let mut n = 0;
     for w in s.chunks_exact(W) {
         let Ok(arr) = <[u8; W]>::try_from(w) else {
             break;
         };
-        let x = usize::from_ne_bytes(arr);
-        // a byte >= 0x80, or one below 0x20 (the subtraction borrows from it; a false alarm
-        // only ends the fast path early)
-        if PRINTABLE && (x & HIGH != 0 || x.wrapping_sub(ONES * 0x20) & HIGH != 0) {
-            break;
+        // little-endian: the first byte is the lowest
+        let x = usize::from_le_bytes(arr);
+        let mut marked = equal(x, b'"') | equal(x, b'\\');
+        if PRINTABLE {
+            // a byte >= 0x80, or one below 0x20 (the subtraction sets its high bit)
+            marked |= (x | x.wrapping_sub(ONES * 0x20)) & HIGH;
         }
-        if has_byte(x, b'"') || has_byte(x, b'\\') {
-            break;
+        if marked != 0 {
+            return n + (marked.trailing_zeros() / 8) as usize;
         }
         n += W;
     }
     n
+}
+
+/// The offset of the closing quote of a valid string whose contents start at `i` in `b`.
+fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        // to the next quote or backslash a word at a time: metadata is mostly long strings
+        // (key ids, hashes, keys), re-read on every lookup
+        i += b.get(i..).map_or(0, plain_prefix);
+        match b.get(i)? {
+            b'"' => return Some(i),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
 }
 
 /// [`word_prefix`] for strings known to be valid: up to a quote or backslash.
@@ -677,47 +718,34 @@ impl<'a> Reader<'a> {
 
     /// Skip a container known to be valid: count brackets outside strings.
     fn skip_container(&mut self) -> Result<(), JsonError> {
+        // a local index (not `self.i`) stays in a register through the loop
+        let (b, mut i) = (self.b, self.i);
         let mut depth = 0usize;
-        while let Some(c) = self.peek() {
+        while let Some(&c) = b.get(i) {
+            i += 1;
             match c {
-                b'"' => {
-                    self.string_span()?;
-                    continue;
-                }
+                b'"' => i = string_end(b, i).ok_or(JsonError::Syntax { offset: i })? + 1,
                 b'{' | b'[' => depth += 1,
                 b'}' | b']' => {
                     depth = depth.saturating_sub(1);
                     if depth == 0 {
-                        self.i += 1;
+                        self.i = i;
                         return Ok(());
                     }
                 }
                 _ => {}
             }
-            self.i += 1;
         }
-        Err(JsonError::Syntax { offset: self.i })
+        Err(JsonError::Syntax { offset: i })
     }
 
     /// A string known to be valid: find its end. Returns the bytes between the quotes.
     fn string_span(&mut self) -> Result<&'a [u8], JsonError> {
         self.expect(b'"')?;
         let start = self.i;
-        loop {
-            // skip to the next quote or backslash a word at a time: metadata is mostly long
-            // strings (key ids, hashes, keys), re-read on every lookup
-            self.i += self.b.get(self.i..).map_or(0, plain_prefix);
-            match self.peek() {
-                Some(b'"') => {
-                    let s = self.b.get(start..self.i).unwrap_or(&[]);
-                    self.i += 1;
-                    return Ok(s);
-                }
-                Some(b'\\') => self.i += 2,
-                Some(_) => self.i += 1,
-                None => return Err(JsonError::Syntax { offset: self.i }),
-            }
-        }
+        let end = string_end(self.b, start).ok_or(JsonError::Syntax { offset: start })?;
+        self.i = end + 1;
+        Ok(self.b.get(start..end).unwrap_or(&[]))
     }
 
     fn string_validated(&mut self) -> Result<&'a [u8], JsonError> {
@@ -887,6 +915,72 @@ mod tests {
         assert_eq!(
             parse(b"\xef\xbb\xbf{}"),
             Err(JsonError::Syntax { offset: 0 })
+        );
+    }
+
+    /// Bytes where the word-at-a-time scan could go wrong: the bytes it looks for, their
+    /// neighbours (a subtraction borrows from a 0x00 or a byte below 0x20 into the next one),
+    /// and the edges of the printable range.
+    const EDGES: [u8; 12] = [
+        b'"', b'\\', 0x00, 0x01, 0x1f, b' ', b'!', b'#', 0x7f, 0x80, 0xff, b'a',
+    ];
+
+    #[test]
+    fn word_scan_stops_exactly_at_the_first_byte_it_looks_for() {
+        // every string of 8 + 3 bytes drawn from the edges at 3 places over a plain background
+        // (the rest of a word, a whole word, the tail past the last whole word)
+        let naive = |s: &[u8], printable: bool| {
+            s.iter()
+                .position(|&c| c == b'"' || c == b'\\' || (printable && !(0x20..0x80).contains(&c)))
+                .unwrap_or(s.len())
+        };
+        let mut checked = 0;
+        for &x in &EDGES {
+            for &y in &EDGES {
+                for &z in &EDGES {
+                    for (i, j, k) in [(0, 1, 9), (3, 4, 10), (7, 8, 2), (6, 7, 8), (1, 5, 6)] {
+                        let mut s = [b'k'; 11];
+                        s[i] = x;
+                        s[j] = y;
+                        s[k] = z;
+                        for (got, want) in [
+                            (word_prefix::<false>(&s), naive(&s, false)),
+                            (word_prefix::<true>(&s), naive(&s, true)),
+                        ] {
+                            // exact within whole words; in the last bytes it may stop short
+                            assert!(got <= want, "{s:?}: {got} past {want}");
+                            if want < 8 {
+                                assert_eq!(got, want, "{s:?}");
+                            } else {
+                                assert_eq!(got, 8, "{s:?}");
+                            }
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 12 * 12 * 12 * 5 * 2);
+    }
+
+    #[test]
+    fn known_valid_strings_and_containers_end_where_the_validating_reader_says() {
+        let doc = br#"{"a\"b":["\\",{"c":"\"}\""}],"k":"0123456789abcdef\u00e9x","e":{}}"#;
+        let o = parse(doc).unwrap().as_object().unwrap();
+        let members: heapless::Vec<(JStr<'_>, Value<'_>), 4> = o.members().collect();
+        assert_eq!(members.len(), 3);
+        assert!(members[0].0.eq_str("a\"b"));
+        assert_eq!(members[0].1.raw(), Some(&br#"["\\",{"c":"\"}\""}]"#[..]));
+        assert!(members[1].1.as_str().unwrap().eq_str("0123456789abcdeféx"));
+        assert_eq!(members[2].1.raw(), Some(&b"{}"[..]));
+        // an escaped key compares decoded; a plain one by its bytes
+        assert_eq!(o.fields(["a\"b", "k", "x"]).unwrap()[0], Some(members[0].1));
+        assert!(JStr { raw: b"ab" }.eq_bytes(b"ab"));
+        assert!(!JStr { raw: b"ab" }.eq_bytes(b"abc"));
+        assert!(JStr { raw: br"\u0061" }.eq_bytes(b"a"));
+        assert_eq!(
+            JStr { raw: b"b" }.cmp_decoded(&JStr { raw: br"\u0061" }),
+            Ordering::Greater
         );
     }
 

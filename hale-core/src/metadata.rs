@@ -30,8 +30,12 @@ impl<'a> Envelope<'a> {
             .map_err(Shape::Json)?
             .as_object()
             .ok_or(Shape::Field("signed"))?;
-        let signed = shape_obj(&top, "signed")?;
-        let signatures = shape_get(&top, "signatures")?
+        // one pass over the document (`signed` is most of it)
+        let [signed, signatures] = top.fields(["signed", "signatures"]).map_err(Shape::Json)?;
+        let signed = signed
+            .and_then(|v| v.as_object())
+            .ok_or(Shape::Field("signed"))?;
+        let signatures = signatures
             .and_then(|v| v.as_array())
             .ok_or(Shape::Field("signatures"))?;
         Ok(Envelope { signed, signatures })
@@ -357,11 +361,19 @@ pub struct Targets<'a> {
 
 impl<'a> Targets<'a> {
     pub fn parse(signed: &Object<'a>, role: Name) -> Result<Self, Error> {
-        Self::read(signed).map_err(|shape| shape.named(role))
+        Self::read(signed, true).map_err(|shape| shape.named(role))
     }
 
-    /// [`parse`](Self::parse) with the refusal unnamed (one exit builds the [`Error`]).
-    fn read(signed: &Object<'a>) -> Result<Self, Shape<'a>> {
+    /// Re-read targets metadata that [`Targets::parse`] accepted before, without re-checking
+    /// every delegated role's entry (a catalog of hashed bins lists hundreds; the walk reads
+    /// the entries it passes, and refuses a malformed one there).
+    pub(crate) fn parse_stored(signed: &Object<'a>, role: Name) -> Result<Self, Error> {
+        Self::read(signed, false).map_err(|shape| shape.named(role))
+    }
+
+    /// [`parse`](Self::parse) with the refusal unnamed (one exit builds the [`Error`]); `all`:
+    /// check every delegated role's entry.
+    fn read(signed: &Object<'a>, all: bool) -> Result<Self, Shape<'a>> {
         let header = read_header(signed, "targets")?;
         let [targets, delegations] = signed
             .fields(["targets", "delegations"])
@@ -373,7 +385,7 @@ impl<'a> Targets<'a> {
             None => None,
             Some(v) => {
                 let d = v.as_object().ok_or(Shape::Field("delegations"))?;
-                Some(Delegations::read(&d)?)
+                Some(Delegations::read(&d, all)?)
             }
         };
         Ok(Targets {
@@ -667,16 +679,20 @@ pub struct Delegations<'a> {
 }
 
 impl<'a> Delegations<'a> {
-    fn read(d: &Object<'a>) -> Result<Self, Shape<'a>> {
-        let get = |field| d.get(field).map_err(Shape::Json);
-        let keys = get("keys")?
+    /// `all`: check every entry of `roles` too.
+    fn read(d: &Object<'a>, all: bool) -> Result<Self, Shape<'a>> {
+        // one pass over the delegations (`roles` may be most of the document)
+        let [keys, roles, succinct] = d
+            .fields(["keys", "roles", "succinct_roles"])
+            .map_err(Shape::Json)?;
+        let keys = keys
             .and_then(|v| v.as_object())
             .ok_or(Shape::Field("keys"))?;
-        let roles = match get("roles")? {
+        let roles = match roles {
             None => None,
             Some(v) => Some(v.as_array().ok_or(Shape::Field("roles"))?),
         };
-        let succinct = match get("succinct_roles")? {
+        let succinct = match succinct {
             None => None,
             Some(v) => Some(SuccinctRoles::read(
                 &v.as_object().ok_or(Shape::Field("succinct_roles"))?,
@@ -685,7 +701,7 @@ impl<'a> Delegations<'a> {
         if roles.is_some() == succinct.is_some() {
             return Err(Shape::Field("roles or succinct_roles (exactly one)"));
         }
-        if let Some(r) = roles {
+        if let Some(r) = roles.filter(|_| all) {
             for v in r.iter() {
                 let o = v.as_object().ok_or(Shape::Field("roles"))?;
                 DelegatedRole::read(&o)?;
@@ -696,6 +712,32 @@ impl<'a> Delegations<'a> {
             roles,
             succinct,
         })
+    }
+
+    /// Delegations that [`Targets::parse`] accepted before, from their parts: `keys`, and the
+    /// `roles` array or the `succinct_roles` object (`list`).
+    pub(crate) fn stored(keys: &'a [u8], list: &'a [u8]) -> Option<Self> {
+        let (roles, succinct) = match list.first() {
+            Some(b'[') => (Some(Array::validated(list)), None),
+            _ => (
+                None,
+                Some(SuccinctRoles::read(&Object::validated(list)).ok()?),
+            ),
+        };
+        Some(Delegations {
+            keys: Object::validated(keys),
+            roles,
+            succinct,
+        })
+    }
+
+    /// Where [`stored`](Self::stored) finds `roles` or `succinct_roles`.
+    pub(crate) fn list(&self) -> &'a [u8] {
+        match (self.roles, self.succinct) {
+            (Some(r), _) => r.raw(),
+            (None, Some(s)) => s.object.raw(),
+            (None, None) => &[],
+        }
     }
 
     /// The keys and threshold of `name` as `roles` lists it (its first well-formed entry by that
@@ -812,6 +854,8 @@ pub struct SuccinctRoles<'a> {
     pub threshold: u64,
     pub bit_length: u32,
     pub name_prefix: JStr<'a>,
+    /// the `succinct_roles` object these were read from
+    pub(crate) object: Object<'a>,
 }
 
 impl<'a> SuccinctRoles<'a> {
@@ -838,6 +882,7 @@ impl<'a> SuccinctRoles<'a> {
             threshold,
             bit_length: bit_length as u32,
             name_prefix,
+            object: *o,
         })
     }
 

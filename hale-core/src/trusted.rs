@@ -33,8 +33,8 @@ use crate::limits::{
     DEFAULT_MAX_ROOT_ROTATIONS, MAX_DELEGATION_DEPTH, MAX_DELEGATION_VISITS, MAX_NAME_LEN,
 };
 use crate::metadata::{
-    check_role_name, DelegatedRole, Envelope, Header, MetaFile, Root, Snapshot, TargetFile,
-    Targets, Timestamp,
+    check_role_name, DelegatedRole, Delegations, Envelope, Header, MetaFile, Root, Snapshot,
+    TargetFile, Targets, Timestamp,
 };
 use crate::time::UnixTime;
 use crate::verify::verify_threshold;
@@ -225,6 +225,16 @@ struct Spans {
     roles: Span,
     root_header: Header,
     consistent_snapshot: bool,
+    /// the trusted snapshot's header and `meta`
+    snapshot_header: Header,
+    snapshot_meta: Span,
+    /// the trusted top-level targets' header, `targets`, and `delegations` parts (`keys`, and
+    /// `roles` or `succinct_roles`; empty without delegations): a catalog of hashed bins is
+    /// mostly its delegations, which every search used to walk again
+    targets_header: Header,
+    targets_list: Span,
+    delegation_keys: Span,
+    delegation_list: Span,
 }
 
 /// `inner`'s place in `outer`, which contains it (a view parsed out of it).
@@ -355,6 +365,37 @@ impl<B: RoleBuffer> TrustedSet<B> {
         Ok(())
     }
 
+    /// Store a verified snapshot (`snap` read from `env`, read from `bytes`).
+    fn put_snapshot(
+        &mut self,
+        bytes: &[u8],
+        env: &Envelope<'_>,
+        snap: &Snapshot<'_>,
+    ) -> Result<(), Error> {
+        pass!(self.put(Role::Snapshot, bytes, env));
+        self.spans.snapshot_header = snap.header;
+        self.spans.snapshot_meta = span_in(bytes, snap.meta.raw());
+        Ok(())
+    }
+
+    /// Store verified top-level targets (`t` read from `env`, read from `bytes`).
+    fn put_targets(
+        &mut self,
+        bytes: &[u8],
+        env: &Envelope<'_>,
+        t: &Targets<'_>,
+    ) -> Result<(), Error> {
+        pass!(self.put(Role::Targets, bytes, env));
+        let s = &mut self.spans;
+        s.targets_header = t.header;
+        s.targets_list = span_in(bytes, t.targets.raw());
+        (s.delegation_keys, s.delegation_list) = match &t.delegations {
+            Some(d) => (span_in(bytes, d.keys.raw()), span_in(bytes, d.list())),
+            None => ((0, 0), (0, 0)),
+        };
+        Ok(())
+    }
+
     /// A stored part of `role`'s bytes, by its noted span.
     fn stored_part(&self, role: Role, (start, end): Span) -> Option<&[u8]> {
         self.stored(role)?.get(start..end)
@@ -387,13 +428,30 @@ impl<B: RoleBuffer> TrustedSet<B> {
     }
 
     pub fn snapshot(&self) -> Option<Snapshot<'_>> {
-        self.signed(Role::Snapshot)
-            .and_then(|signed| Snapshot::parse_stored(&signed).ok())
+        // the parts noted when it was verified and stored
+        let meta = self
+            .stored_part(Role::Snapshot, self.spans.snapshot_meta)
+            .filter(|m| !m.is_empty())?;
+        Some(Snapshot {
+            header: self.spans.snapshot_header,
+            meta: Object::validated(meta),
+        })
     }
 
     pub fn targets(&self) -> Option<Targets<'_>> {
-        self.signed(Role::Targets)
-            .and_then(|signed| Targets::parse(&signed, Name::new("targets")).ok())
+        // the parts noted when they were verified and stored
+        let part = |span| self.stored_part(Role::Targets, span);
+        let s = &self.spans;
+        let targets = Object::validated(part(s.targets_list).filter(|p| !p.is_empty())?);
+        let delegations = match (part(s.delegation_keys), part(s.delegation_list)) {
+            (Some(keys), Some(list)) if !keys.is_empty() => Some(Delegations::stored(keys, list)?),
+            _ => None,
+        };
+        Some(Targets {
+            header: s.targets_header,
+            targets,
+            delegations,
+        })
     }
 
     /// Parse `bytes` as metadata of top-level `role` and verify the threshold of the trusted
@@ -579,7 +637,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
         let env = pass!(self.verified_by_root(Role::Snapshot, bytes));
         let snap = pass!(Snapshot::parse(&env.signed));
         let fresh = snap.header.version == expected && snap.header.expires > self.now;
-        pass!(self.put(Role::Snapshot, bytes, &env));
+        pass!(self.put_snapshot(bytes, &env, &snap));
         self.snapshot_final = fresh;
         Ok(if fresh {
             Freshness::Current
@@ -613,16 +671,29 @@ impl<B: RoleBuffer> TrustedSet<B> {
                     received: new.header.version,
                 });
             }
+            // the new snapshot usually lists the old roles in the same order (canonical JSON
+            // sorts them), maybe with new ones between: each is looked for from where the last
+            // one was found (a search of the whole list for every role of a catalog of hashed
+            // bins was quadratic), else in the whole list
+            let mut beside = new.meta.members();
             for (k, v) in old.meta.members() {
                 let role = role_of_meta_key(&k);
                 let old_version = v
                     .as_object()
                     .and_then(|o| o.get("version").ok().flatten())
                     .and_then(|v| v.as_u64());
-                let new_entry = pass!(new
-                    .meta
-                    .get_by(|nk| *nk == k)
-                    .map_err(|error| Error::Json { role: name, error }));
+                let mut ahead = beside.clone();
+                let new_entry = match ahead.find(|(nk, _)| *nk == k) {
+                    // verified, so canonical: no key twice (the encoder refuses duplicates)
+                    Some((_, nv)) => {
+                        beside = ahead;
+                        Some(nv)
+                    }
+                    None => pass!(new
+                        .meta
+                        .get_by(|nk| *nk == k)
+                        .map_err(|error| Error::Json { role: name, error })),
+                };
                 let Some(new_entry) = new_entry else {
                     return Err(Error::MissingFromSnapshot { role });
                 };
@@ -643,7 +714,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
         }
         pass!(self.check_version_unexpired(name, expected, &new.header));
         let version = new.header.version;
-        pass!(self.put(Role::Snapshot, bytes, &env));
+        pass!(self.put_snapshot(bytes, &env, &new));
         self.snapshot_final = true;
         Ok(Update::Updated { version })
     }
@@ -683,7 +754,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
         let new = pass!(Targets::parse(&env.signed, name));
         pass!(self.check_version_unexpired(name, expected, &new.header));
         let version = new.header.version;
-        pass!(self.put(Role::Targets, bytes, &env));
+        pass!(self.put_targets(bytes, &env, &new));
         Ok(Update::Updated { version })
     }
 
@@ -753,7 +824,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
         let mut bufs: HVec<S::Buf, MAX_DELEGATION_DEPTH> = HVec::new();
         loop {
             // 1. the next matching child of the current delegator
-            match self.probe(current(&bufs, top_bytes), &mut walk, path, &hash)? {
+            match self.probe(current(&bufs), &mut walk, path, &hash)? {
                 Probe::Exhausted => {
                     let _ = bufs.pop();
                     match walk.frames.pop() {
@@ -773,8 +844,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
                     let buf = source
                         .fetch_role(name.as_str(), &meta)
                         .map_err(SearchError::Fetch)?;
-                    let has =
-                        self.accept(current(&bufs, top_bytes), &walk, &name, buf.as_ref(), path)?;
+                    let has = self.accept(current(&bufs), &walk, &name, buf.as_ref(), path)?;
                     walk.set_next(after);
                     let name = Name::from(name);
                     if has {
@@ -812,21 +882,36 @@ impl<B: RoleBuffer> TrustedSet<B> {
         ))
     }
 
-    /// The next delegation of the current delegator (`bytes`, verified) that matches `path`, and
-    /// what to fetch for it: skipped when visited before (spec 5.6.7.1: whichever delegator
-    /// names it again; this also breaks cycles), refused when unsafe or past the visit cap.
+    /// The current delegator: the trusted top-level targets (`None`), or the bytes of a role
+    /// this walk accepted. Either was parsed whole when it was accepted: only the parts the walk
+    /// reads are read again.
+    fn delegator<'s>(&'s self, bytes: Option<&'s [u8]>, name: Name) -> Result<Targets<'s>, Error> {
+        match bytes {
+            None => self.targets().ok_or(Error::WrongOrder {
+                operation: "find_target",
+                requires: "targets",
+            }),
+            // the name is only used in errors
+            Some(b) => {
+                Targets::parse_stored(&pass!(Envelope::parse(b, name.as_str())).signed, name)
+            }
+        }
+    }
+
+    /// The next delegation of the current delegator (see [`delegator`](Self::delegator)) that
+    /// matches `path`, and what to fetch for it: skipped when visited before (spec 5.6.7.1:
+    /// whichever delegator names it again; this also breaks cycles), refused when unsafe or past
+    /// the visit cap.
     #[inline(never)]
     fn probe(
         &self,
-        bytes: &[u8],
+        bytes: Option<&[u8]>,
         walk: &mut Walk,
         path: &str,
         hash: &[u8; 32],
     ) -> Result<Probe<'_>, Error> {
         let (dname, next) = walk.current();
-        // verified bytes: the name is only used in errors
-        let env = pass!(Envelope::parse(bytes, dname.as_str()));
-        let delegator = pass!(Targets::parse(&env.signed, dname));
+        let delegator = pass!(self.delegator(bytes, dname));
         let Some((after, child_name, terminating)) =
             pass!(next_child(&delegator, path, hash, next))
         else {
@@ -862,28 +947,28 @@ impl<B: RoleBuffer> TrustedSet<B> {
         })
     }
 
-    /// Verify the fetched `child` against the current delegator (`bytes`); whether it lists
-    /// `path`.
+    /// Verify the fetched `child` against the current delegator (see
+    /// [`delegator`](Self::delegator)); whether it lists `path`.
     #[inline(never)]
     fn accept(
         &self,
-        bytes: &[u8],
+        bytes: Option<&[u8]>,
         walk: &Walk,
         name: &RoleName,
         child: &[u8],
         path: &str,
     ) -> Result<bool, Error> {
         let (dname, _) = walk.current();
-        let env = pass!(Envelope::parse(bytes, dname.as_str()));
-        let delegator = pass!(Targets::parse(&env.signed, dname));
+        let delegator = pass!(self.delegator(bytes, dname));
         let child = pass!(self.verify_delegated(&delegator, name.as_str(), child));
         Ok(pass!(child.target(path, Name::from(*name))).is_some())
     }
 }
 
-/// The bytes of the delegator being searched: the last fetched role, or top-level targets.
-fn current<'a, B: AsRef<[u8]>>(bufs: &'a HVec<B, MAX_DELEGATION_DEPTH>, top: &'a [u8]) -> &'a [u8] {
-    bufs.last().map_or(top, |b| b.as_ref())
+/// The bytes of the delegator being searched: the last fetched role, or `None` for the
+/// top-level targets.
+fn current<B: AsRef<[u8]>>(bufs: &HVec<B, MAX_DELEGATION_DEPTH>) -> Option<&[u8]> {
+    bufs.last().map(|b| b.as_ref())
 }
 
 /// The delegation walk's state apart from the fetched roles: one frame per delegator being
@@ -1063,7 +1148,7 @@ impl<B: AsRef<[u8]>> Found<'_, B> {
     /// The target entry (length, hashes, custom).
     pub fn file(&self, path: &str) -> Result<TargetFile<'_>, Error> {
         let env = Envelope::parse(self.role_bytes(), self.role.as_str())?;
-        let t = Targets::parse(&env.signed, self.role)?;
+        let t = Targets::parse_stored(&env.signed, self.role)?;
         t.target(path, self.role)?.ok_or_else(|| Error::Field {
             role: self.role,
             field: "targets",

@@ -283,3 +283,93 @@ fn a_device_agent_ignores_custom_fields_it_does_not_know() {
         Version::new(3, 0, 0)
     );
 }
+
+/// The trusted set reads its stored snapshot and targets back from where it noted their parts
+/// when it verified them: what it reads must be what parsing the stored bytes gives.
+fn assert_reads_back_as_parsed<B: hale_core::trusted::RoleBuffer>(
+    set: &hale_core::trusted::TrustedSet<B>,
+) {
+    use hale_core::metadata::{Envelope, Snapshot, Targets};
+    use hale_core::Role;
+    let signed = |role: Role| {
+        Envelope::parse(set.stored(role).unwrap(), role.as_str())
+            .unwrap()
+            .signed
+    };
+    let (snap_signed, targets_signed) = (signed(Role::Snapshot), signed(Role::Targets));
+    let (snap, kept_snap) = (
+        Snapshot::parse(&snap_signed).unwrap(),
+        set.snapshot().unwrap(),
+    );
+    assert_eq!(
+        (kept_snap.header.version, kept_snap.header.expires),
+        (snap.header.version, snap.header.expires)
+    );
+    assert_eq!(kept_snap.meta.raw(), snap.meta.raw());
+    let (t, kept) = (
+        Targets::parse(&targets_signed, Name::new("targets")).unwrap(),
+        set.targets().unwrap(),
+    );
+    assert_eq!(
+        (kept.header.version, kept.header.expires),
+        (t.header.version, t.header.expires)
+    );
+    assert_eq!(kept.targets.raw(), t.targets.raw());
+    match (kept.delegations, t.delegations) {
+        (None, None) => {}
+        (Some(k), Some(d)) => {
+            assert_eq!(k.keys.raw(), d.keys.raw());
+            assert_eq!(k.roles.map(|r| r.raw()), d.roles.map(|r| r.raw()));
+            let parts = |s: hale_core::metadata::SuccinctRoles<'_>| {
+                (
+                    s.keyids.raw().to_vec(),
+                    s.threshold,
+                    s.bit_length,
+                    s.name_prefix.to_string(),
+                )
+            };
+            assert_eq!(k.succinct.map(parts), d.succinct.map(parts));
+        }
+        (k, d) => panic!("delegations read back as {k:?}, parsed as {d:?}"),
+    }
+}
+
+#[test]
+fn stored_snapshot_and_targets_read_back_as_parsed_for_every_delegation_shape() {
+    // no delegations; delegations listed by role (paths and hash prefixes); succinct bins
+    let mut plain = RepoSim::new();
+    plain.add_target("targets", "fw.bin", b"fw", None);
+    let mut listed = RepoSim::new();
+    listed.delegate("targets", "pump-a", &["pump-a/*"], true, vec![k("a")], 1);
+    listed.delegate("targets", "pump-b", &["pump-b/*"], false, vec![k("b")], 1);
+    listed.add_target("pump-a", "pump-a/fw.bin", b"a", None);
+    let mut bins = RepoSim::new();
+    bins.delegate_bins("targets", 4, k("bins"));
+    let bin = hale_repo::build::bin_for("fw.bin", 4, "bin");
+    bins.add_target(&bin, "fw.bin", b"fw", None);
+    for (mut r, target) in [
+        (plain, "fw.bin"),
+        (listed, "pump-a/fw.bin"),
+        (bins, "fw.bin"),
+    ] {
+        r.publish();
+        let mut c = Client::new(r.initial_root());
+        let set = c.refresh(&r.files, NOW).unwrap();
+        assert_reads_back_as_parsed(&set);
+        // a copy reads the same, and so does a set that took a newer snapshot and targets
+        let copy = set
+            .copy_into(hale_core::trusted::Storage::with_capacity(1 << 16))
+            .unwrap();
+        assert_reads_back_as_parsed(&copy);
+        let before = r.targets.version;
+        r.mark("targets");
+        r.publish();
+        let set = c.refresh(&r.files, NOW).unwrap();
+        assert_reads_back_as_parsed(&set);
+        assert_eq!(set.targets().unwrap().header.version, before + 1);
+        assert_eq!(
+            c.download(&r.files, target, NOW).unwrap(),
+            r.contents[target]
+        );
+    }
+}

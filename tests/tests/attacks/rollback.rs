@@ -162,6 +162,104 @@ fn rejects_snapshot_that_drops_a_role() {
     assert_eq!(c.trusted(), before);
 }
 
+/// `bytes` (signed metadata) served with the entries of `signed.meta` in reverse order: the
+/// signature, over the canonical form, still holds.
+fn with_meta_reversed(bytes: &[u8]) -> Vec<u8> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    let member = |k: &str, x: String| format!("{}:{x}", serde_json::Value::from(k));
+    let signed: Vec<String> = v["signed"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, x)| match (k.as_str(), x.as_object()) {
+            ("meta", Some(meta)) => {
+                let entries: Vec<String> = meta
+                    .iter()
+                    .rev()
+                    .map(|(mk, mv)| member(mk, mv.to_string()))
+                    .collect();
+                member(k, format!("{{{}}}", entries.join(",")))
+            }
+            _ => member(k, x.to_string()),
+        })
+        .collect();
+    format!(
+        "{{\"signatures\":{},\"signed\":{{{}}}}}",
+        v["signatures"],
+        signed.join(",")
+    )
+    .into_bytes()
+}
+
+#[test]
+fn rejects_rollback_of_a_role_that_a_snapshot_lists_in_another_order() {
+    // three delegated roles; pump-c at v2
+    let mut r = RepoSim::new();
+    for name in ["pump-a", "pump-b", "pump-c"] {
+        r.delegate(
+            "targets",
+            name,
+            &[&format!("{name}/*")],
+            true,
+            vec![key(name, hale_repo::keys::KeyKind::Ed25519)],
+            1,
+        );
+        r.add_target(name, &format!("{name}/fw.bin"), name.as_bytes(), None);
+    }
+    r.publish();
+    r.mark("pump-c");
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    c.refresh(&r.files, NOW).unwrap();
+    let (skey, tkey) = (r.snapshot.keys[0].clone(), r.timestamp.keys[0].clone());
+    let v = r.snapshot.version;
+    // the online keys sign a snapshot listing a new role before the others, served with its
+    // entries in reverse order (valid: the signature covers the canonical form)
+    let serve = |r: &mut RepoSim, n: u64, pump_c: u64| {
+        let snap = resign(&r.files[&format!("{v}.snapshot.json")], &[&skey], |s| {
+            s["version"] = (v + n).into();
+            s["meta"]["aaa.json"] = serde_json::json!({"version": 1});
+            s["meta"]["pump-c.json"]["version"] = pump_c.into();
+        });
+        let ts = resign(&r.files["timestamp.json"], &[&tkey], |s| {
+            s["version"] = (r.timestamp.version + n).into();
+            s["meta"]["snapshot.json"] = serde_json::json!({"version": v + n});
+        });
+        r.files.insert(
+            format!("{}.snapshot.json", v + n),
+            with_meta_reversed(&snap),
+        );
+        r.files.insert("timestamp.json".into(), ts);
+    };
+    // the same versions in another order: taken
+    serve(&mut r, 1, 2);
+    c.refresh(&r.files, NOW).unwrap();
+    assert_eq!(c.trusted().snapshot, Some(v + 1));
+    let before = c.trusted();
+    // pump-c back to v1, in that order: refused as the rollback it is
+    serve(&mut r, 2, 1);
+    let err = c.refresh(&r.files, NOW).unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::Rollback {
+            role: Name::new("pump-c"),
+            trusted: 2,
+            received: 1
+        })
+    );
+    // hale-core kept the trusted snapshot v + 1
+    assert_eq!(
+        c.core(),
+        Trusted {
+            timestamp: Some(before.timestamp.unwrap() + 1),
+            targets: None,
+            ..before.clone()
+        }
+    );
+    assert_eq!(c.core_stored(Role::Snapshot), c.snapshot.as_deref());
+    assert_eq!(c.trusted(), before);
+}
+
 #[test]
 fn rejects_older_root_served_as_the_next_version() {
     let mut r = RepoSim::new();
