@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cold and warm refresh + download: hale-conformance (in process and whole process) and the
 # pump's own check (hale-agent's poll, in process) against python-tuf's ngclient (in process and
-# whole process), same repository, same loopback server, one run.
+# whole process), same repository, same loopback server, one run; then hale-conformance against
+# python-tuf in a catalog of 10,000 targets in 256 hashed bins (see the end).
 #   device-agent/bench/client-bench.sh [ITERS]
 # Needs the python-tuf venv from .ci/install.sh (target/venv) and the shared bench client.
 set -euo pipefail
@@ -104,4 +105,43 @@ print(f"  most a client could show: cold python-tuf / (requests + checks) = {med
 PYEOF
 else
   echo "python-tuf venv or shared client missing: skipped (bash .ci/install.sh)"
+fi
+
+# A catalog: the shared harness's repository shape (make-repo.py, python-tuf's own signing):
+# CATALOG_TARGETS targets (default 10,000) of 1 KiB in 256 hash-prefix bins, so targets.json is
+# mostly its 256 delegations (about 40 KB) and snapshot lists 257 roles. A maker with many models,
+# revisions and channels grows toward it; the one-image repository above is the other end.
+# hale-conformance against python-tuf there, in CATALOG_ROUNDS rounds (default 3) of ITERS each,
+# alternating: this machine is shared, so each round's ratio is taken in one go.
+# CATALOG_TARGETS=0 skips it.
+MAKE_REPO=${MAKE_REPO:-$REPO_ROOT/../shared/bench/make-repo.py}
+CATALOG_TARGETS=${CATALOG_TARGETS:-10000}
+if [ "$CATALOG_TARGETS" -gt 0 ] && [ -x "$PY" ] && [ -f "$SHARED_CLIENT" ] && [ -f "$MAKE_REPO" ]; then
+  # the contents are made beside the repository and kept until the end: deleting 10,000 files
+  # just before the runs leaves ext4 searching freed inodes on every file the clients create
+  "$PY" "$MAKE_REPO" --targets "$CATALOG_TARGETS" --size 1024 --bins 256 \
+    --out "$TMP/repo/catalog" --src "$TMP/catalog-src" >/dev/null
+  chmod -R a+rX "$TMP/repo/catalog"
+  C_ROOT="$TMP/repo/catalog/1.root.json" C_URL="$URL/catalog" C_T=file-00007.bin
+  echo
+  echo "catalog: $CATALOG_TARGETS targets in 256 bins (../shared/bench/make-repo.py), target $C_T"
+  for round in $(seq "${CATALOG_ROUNDS:-3}"); do
+    for mode in cold warm; do
+      "$HALE_INPROC" --root "$C_ROOT" --url "$C_URL" --target "$C_T" --mode "$mode" --iters "$ITERS" >"$TMP/c-h-$mode-$round"
+      "$PY" "$SHARED_CLIENT" --root "$C_ROOT" --url "$C_URL" --target "$C_T" --mode "$mode" --iters "$ITERS" >"$TMP/c-p-$mode-$round"
+    done
+  done
+  python3 - "$TMP" "${CATALOG_ROUNDS:-3}" <<'PYEOF'
+import json, statistics, sys
+d, rounds = sys.argv[1], int(sys.argv[2])
+med = lambda f: json.load(open(f"{d}/{f}"))["seconds"]["total"]["median"]
+print("ratios in the catalog (python-tuf / hale-conformance, in process, same server; each round one go)")
+for mode, label in (("cold", "cold (refresh + download)"), ("warm", "warm (refresh + cached check)")):
+    rs = []
+    for r in range(1, rounds + 1):
+        p, h = med(f"c-p-{mode}-{r}"), med(f"c-h-{mode}-{r}")
+        rs.append(p / h)
+        print(f"  {label:<32} round {r}: python-tuf {p * 1e3:7.2f} ms   hale {h * 1e3:6.2f} ms   {p / h:5.1f}x")
+    print(f"  {label:<32} median of the rounds: {statistics.median(rs):.1f}x")
+PYEOF
 fi
