@@ -179,8 +179,27 @@ impl<'a> JStr<'a> {
 
     /// Equal to the concatenation of `parts` (e.g. a role name and ".json"), without building it.
     pub fn eq_concat(&self, parts: &[&[u8]]) -> bool {
+        // hosts: without escapes the string is its bytes, compared part by part (a catalog's
+        // snapshot is searched for a role among hundreds); a device keeps the one general
+        // path (flash)
+        #[cfg(feature = "alloc")]
+        if !self.raw.contains(&b'\\') {
+            return self.eq_concat_plain(parts);
+        }
         self.bytes()
             .eq(parts.iter().flat_map(|p| p.iter().copied()))
+    }
+
+    #[cfg(feature = "alloc")]
+    fn eq_concat_plain(&self, parts: &[&[u8]]) -> bool {
+        let mut rest = self.raw;
+        for p in parts {
+            match rest.split_at_checked(p.len()) {
+                Some((head, tail)) if head == *p => rest = tail,
+                _ => return false,
+            }
+        }
+        rest.is_empty()
     }
 
     /// Copy the decoded string into `buf`; `None` if it does not fit.
@@ -978,6 +997,19 @@ mod tests {
         assert!(JStr { raw: b"ab" }.eq_bytes(b"ab"));
         assert!(!JStr { raw: b"ab" }.eq_bytes(b"abc"));
         assert!(JStr { raw: br"\u0061" }.eq_bytes(b"a"));
+        // a role's snapshot key: its name and ".json", plain or escaped
+        let key = |raw: &'static [u8]| JStr { raw };
+        assert!(key(b"bin-0a.json").eq_concat(&[b"bin-0a", b".json"]));
+        assert!(key(br"bin-0\u0061.json").eq_concat(&[b"bin-0a", b".json"]));
+        for other in [
+            &b"bin-0a.jso"[..],
+            b"bin-0a.jsonx",
+            b"bin-0b.json",
+            b"bin-0a",
+            b"",
+        ] {
+            assert!(!key(other).eq_concat(&[b"bin-0a", b".json"]), "{other:?}");
+        }
         assert_eq!(
             JStr { raw: b"b" }.cmp_decoded(&JStr { raw: br"\u0061" }),
             Ordering::Greater
