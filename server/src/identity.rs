@@ -81,8 +81,14 @@ pub enum IdentityError {
         not_after: u64,
         now: u64,
     },
+    /// `retry_after` is the answer's `Retry-After` (RFC 9110 §10.2.3): the whole seconds from
+    /// the time of the request until `earliest`, rounded up, at least 1.
     #[error("certificate {serial} may be renewed or replaced from {earliest} (unix seconds) on")]
-    RenewalTooEarly { serial: String, earliest: u64 },
+    RenewalTooEarly {
+        serial: String,
+        earliest: u64,
+        retry_after: u64,
+    },
     #[error("no certificate with serial {0}")]
     CertificateUnknown(String),
     #[error("a {role} may not {action}")]
@@ -152,6 +158,15 @@ impl IdentityError {
             | IdentityError::BadCrl(_) => StatusCode::BAD_REQUEST,
             IdentityError::RenewalTooEarly { .. } => StatusCode::TOO_MANY_REQUESTS,
             IdentityError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The seconds the client should wait before it asks again (the answer's `Retry-After`),
+    /// for the refusals that end on their own.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            IdentityError::RenewalTooEarly { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 }
@@ -243,9 +258,17 @@ fn check_age(
 ) -> Result<(), IdentityError> {
     let earliest = current.not_before.saturating_add(min_age.as_secs());
     if unix(now) < earliest {
+        // `now` is before the whole second `earliest`: the wait is positive, and whole seconds
+        // rounded up so that a client waiting that long is not refused again
+        let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let wait = Duration::from_secs(earliest).saturating_sub(since_epoch);
+        let retry_after = wait
+            .as_secs()
+            .saturating_add(u64::from(wait.subsec_nanos() > 0));
         return Err(IdentityError::RenewalTooEarly {
             serial: current.serial.clone(),
             earliest,
+            retry_after: retry_after.max(1),
         });
     }
     Ok(())
@@ -1270,4 +1293,53 @@ pub enum StatusAction {
     Quarantine,
     Reactivate,
     Decommission,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64, millis: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis)
+    }
+
+    #[test]
+    fn renewal_too_early_says_the_whole_seconds_to_wait_rounded_up() {
+        // notBefore 1000, minimum age 300: may be superseded from 1300 on
+        let c = CertificateRef {
+            serial: "0a".into(),
+            not_before: 1000,
+            not_after: 5000,
+        };
+        let age = Duration::from_secs(300);
+        let refused = |retry_after| {
+            Err(IdentityError::RenewalTooEarly {
+                serial: "0a".into(),
+                earliest: 1300,
+                retry_after,
+            })
+        };
+        assert_eq!(check_age(&c, age, at(1000, 0)), refused(300));
+        assert_eq!(check_age(&c, age, at(1290, 0)), refused(10));
+        // 9.5 s to go: 10, so that a client waiting that long is not refused again
+        assert_eq!(check_age(&c, age, at(1290, 500)), refused(10));
+        assert_eq!(check_age(&c, age, at(1299, 0)), refused(1));
+        // a millisecond to go: still a whole second
+        assert_eq!(check_age(&c, age, at(1299, 999)), refused(1));
+        assert_eq!(check_age(&c, age, at(1300, 0)), Ok(()));
+        assert_eq!(check_age(&c, age, at(1300, 1)), Ok(()));
+        // a clock before the epoch reads as 0
+        assert_eq!(
+            check_age(&c, age, UNIX_EPOCH - Duration::from_secs(5)),
+            refused(1300)
+        );
+        assert_eq!(refused(10).unwrap_err().retry_after(), Some(10));
+        assert_eq!(
+            IdentityError::CertificateRevoked {
+                serial: "0a".into()
+            }
+            .retry_after(),
+            None
+        );
+    }
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use hale_pki::{CaRole, PeerIdentity, PeerKind};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -30,11 +31,18 @@ const MAX_STAFF_BODY: u64 = 4 << 20;
 /// Longest token lifetime the staff API issues.
 const MAX_TOKEN_TTL: u64 = 30 * 86_400;
 
+/// The JSON error answer; a refusal that ends on its own (`renewal_too_early`) says when with
+/// `Retry-After` (delta-seconds).
 fn error_reply(e: &IdentityError) -> warp::reply::Response {
-    json_reply(
+    let mut r = json_reply(
         e.status(),
         &json!({"error": e.code(), "message": e.to_string()}),
-    )
+    );
+    if let Some(secs) = e.retry_after() {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
 }
 
 fn to_body(r: warp::reply::Response) -> Response<Body> {

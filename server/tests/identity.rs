@@ -1774,9 +1774,31 @@ fn enrolled_pump_1(config: Value) -> Enrolled {
     }
 }
 
+/// Sends `request` just after the clock's next whole second and returns that second (unix
+/// seconds) with the answer. The server reads the same clock while it answers, so an answer that
+/// arrives within the second was decided at that second: the test knows the server's `now`.
+fn within_the_next_second<T>(request: impl FnOnce() -> T) -> (u64, T) {
+    let unix_now = || {
+        SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+    };
+    let into_second = unix_now().subsec_nanos();
+    std::thread::sleep(Duration::from_nanos(u64::from(1_000_000_000 - into_second)));
+    let second = unix_now().as_secs();
+    let answer = request();
+    assert_eq!(
+        unix_now().as_secs(),
+        second,
+        "the answer took longer than the rest of its second: the server's clock is not known"
+    );
+    (second, answer)
+}
+
 #[test]
 fn renewal_and_factory_reenrollment_of_a_young_certificate_are_refused() {
-    // certificates are backdated by 300 s: a minimum age of 303 s ends 3 s after issue
+    // certificates are backdated by 300 s: a minimum age of 308 s ends 8 s after issue, time
+    // for four refusals each sent at the start of a second
     // (bound in this order: the server stops before its data directory goes)
     let Enrolled {
         _f,
@@ -1786,12 +1808,13 @@ fn renewal_and_factory_reenrollment_of_a_young_certificate_are_refused() {
         f1,
         d1,
         not_before,
-    } = enrolled_pump_1(json!({"device_renewal_min_age_secs": 303}));
+    } = enrolled_pump_1(json!({"device_renewal_min_age_secs": 308}));
     let refusal = json!({"error": "renewal_too_early",
         "message": format!("certificate {} may be renewed or replaced from {} (unix seconds) on",
-                           d1.cert.serial_hex, not_before + 303)});
+                           d1.cert.serial_hex, not_before + 308)});
     let before = stored(&t, &p, &op);
-    // renewal with the current certificate, again and again: refused
+    // renewal with the current certificate, again and again: refused, with the seconds left
+    // until the minimum age in Retry-After
     let renew = |h: &Holder, csr: &str| {
         once(
             &t.enroll,
@@ -1804,13 +1827,23 @@ fn renewal_and_factory_reenrollment_of_a_young_certificate_are_refused() {
     };
     for _ in 0..3 {
         let k = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
-        let r = renew(&d1, &k.csr_pem).unwrap();
-        assert_eq!((r.status, r.json()), (429, refusal.clone()));
+        let (now, r) = within_the_next_second(|| renew(&d1, &k.csr_pem).unwrap());
+        let retry_after = (not_before + 308 - now).to_string();
+        assert_eq!(
+            (r.status, r.json(), r.header("retry-after")),
+            (429, refusal.clone(), Some(retry_after.as_str()))
+        );
     }
-    // enrollment with the factory certificate over the young certificate: refused
+    // enrollment with the factory certificate over the young certificate: refused (the factory
+    // minimum defaults to the renewal one when that is shorter than a day)
     let k = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
-    let r = enroll(&t, &holder_cfg(&p, &f1), None, &k.csr_pem).unwrap();
-    assert_eq!((r.status, r.json()), (429, refusal));
+    let (now, r) =
+        within_the_next_second(|| enroll(&t, &holder_cfg(&p, &f1), None, &k.csr_pem).unwrap());
+    let retry_after = (not_before + 308 - now).to_string();
+    assert_eq!(
+        (r.status, r.json(), r.header("retry-after")),
+        (429, refusal, Some(retry_after.as_str()))
+    );
     assert_eq!(
         stored(&t, &p, &op),
         before,
@@ -1827,7 +1860,7 @@ fn renewal_and_factory_reenrollment_of_a_young_certificate_are_refused() {
         204,
     );
     // once the certificate is old enough, the renewal goes through
-    let earliest = std::time::UNIX_EPOCH + Duration::from_secs(not_before + 303);
+    let earliest = std::time::UNIX_EPOCH + Duration::from_secs(not_before + 308);
     std::thread::sleep(
         earliest
             .duration_since(SystemTime::now())
@@ -1866,25 +1899,30 @@ fn a_factory_reenrollment_waits_less_than_a_renewal() {
             .unwrap_or_default()
             + Duration::from_millis(1200),
     );
-    // past the factory minimum, short of the renewal one: renewal refused, nothing stored ...
+    // past the factory minimum, short of the renewal one: renewal refused until the renewal
+    // minimum (Retry-After), nothing stored ...
     let before = stored(&t, &p, &op);
     let k = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
-    let r = once(
-        &t.enroll,
-        holder_cfg(&p, &d1),
-        "POST",
-        "/.well-known/est/simplereenroll",
-        &[PKCS10],
-        k.csr_pem.as_bytes(),
-    )
-    .unwrap();
+    let (now, r) = within_the_next_second(|| {
+        once(
+            &t.enroll,
+            holder_cfg(&p, &d1),
+            "POST",
+            "/.well-known/est/simplereenroll",
+            &[PKCS10],
+            k.csr_pem.as_bytes(),
+        )
+        .unwrap()
+    });
+    let retry_after = (not_before + 3600 - now).to_string();
     assert_eq!(
-        (r.status, r.json()),
+        (r.status, r.json(), r.header("retry-after")),
         (
             429,
             json!({"error": "renewal_too_early",
                 "message": format!("certificate {} may be renewed or replaced from {} (unix seconds) on",
-                                   d1.cert.serial_hex, not_before + 3600)})
+                                   d1.cert.serial_hex, not_before + 3600)}),
+            Some(retry_after.as_str())
         )
     );
     assert_eq!(stored(&t, &p, &op), before);
