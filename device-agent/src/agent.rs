@@ -71,6 +71,9 @@ pub struct Downgrade<'a> {
     pub device: &'a Device<'a>,
     /// Version of the offered (older or equal) image.
     pub offered: Version,
+    /// `issued` of the last rollback authorization this device staged an image by (0: none):
+    /// only a later one is accepted.
+    pub last_used: UnixTime,
 }
 
 /// Where a signed rollback authorization is checked ([`crate::rollback::RollbackAuthorization`]).
@@ -78,16 +81,18 @@ pub struct Downgrade<'a> {
 /// Consulted only when policy refused the offered image as not newer than the running one. It
 /// lifts that rule and nothing else: the security counter, hardware and bootloader checks stand.
 pub trait RollbackHook {
-    /// `Ok(true)`: a rollback authorization verified by hale-core against the trusted top-level
-    /// `targets` at `now` names this device and exactly this image. `Ok(false)`: the hook holds
-    /// no authorization (the downgrade is refused as `NotNewer`). `Err`: it holds one and
-    /// hale-core refused it — reported as [`AgentError::Authorization`].
+    /// `Ok(Some(issued))`: a rollback authorization verified by hale-core against the trusted
+    /// top-level `targets` at `now` names this device and exactly this image, and was issued
+    /// (`issued`) after the last one it used ([`Downgrade::last_used`]); the agent records it
+    /// when the image is staged. `Ok(None)`: the hook holds no authorization (the downgrade is
+    /// refused as `NotNewer`). `Err`: it holds one and hale-core refused it — reported as
+    /// [`AgentError::Authorization`].
     fn authorize_downgrade(
         &mut self,
         targets: &Targets<'_>,
         downgrade: &Downgrade<'_>,
         now: UnixTime,
-    ) -> Result<bool, Error>;
+    ) -> Result<Option<UnixTime>, Error>;
 }
 
 /// No rollback authorizations: downgrades are always refused.
@@ -100,8 +105,8 @@ impl RollbackHook for NoRollback {
         _: &Targets<'_>,
         _: &Downgrade<'_>,
         _: UnixTime,
-    ) -> Result<bool, Error> {
-        Ok(false)
+    ) -> Result<Option<UnixTime>, Error> {
+        Ok(None)
     }
 }
 
@@ -556,6 +561,8 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
             running: running.version,
         });
     }
+    // `issued` of the rollback authorization this install goes by, if it is a downgrade
+    let mut authorized = None;
     let fw = match policy::evaluate(file.custom.as_ref(), &dev, false) {
         Ok(fw) if rollback_only => {
             return Err(AgentError::NotARollback {
@@ -582,11 +589,12 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
                 sha256,
                 device: &dev,
                 offered,
+                last_used: store.last_authorization(),
             };
-            if !rollback
+            authorized = rollback
                 .authorize_downgrade(&targets, &downgrade, set.now())
-                .map_err(AgentError::Authorization)?
-            {
+                .map_err(AgentError::Authorization)?;
+            if authorized.is_none() {
                 return Err(AgentError::Policy(e));
             }
             policy::evaluate(file.custom.as_ref(), &dev, true).map_err(AgentError::Policy)?
@@ -625,12 +633,18 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
         });
     }
 
-    stage(store, transport, &file, image, lookup, consistent, chunk)
+    stage(
+        store, transport, &file, image, lookup, consistent, chunk, authorized,
+    )
 }
 
 /// Stream a verified target into the inactive slot (resuming a checkpointed download of the
-/// same image), hashing what is read back from flash, then mark it pending.
+/// same image), hashing what is read back from flash, then mark it pending. A downgrade goes by
+/// a rollback authorization (`authorized`: its `issued`), recorded as used in the record that
+/// marks the image pending: an interrupted download resumes with the same authorization, and
+/// once staged the authorization is spent, whatever the trial boot then decides.
 #[inline(never)]
+#[allow(clippy::too_many_arguments)]
 fn stage<F: Durable, T: Transport>(
     store: &mut FirmwareStore<F>,
     transport: &mut T,
@@ -639,6 +653,7 @@ fn stage<F: Durable, T: Transport>(
     path: &str,
     consistent: bool,
     chunk: &mut [u8],
+    authorized: Option<UnixTime>,
 ) -> Res<Outcome, T, F> {
     let target = Name::new(path);
     let sha256 = image.sha256;
@@ -714,7 +729,8 @@ fn stage<F: Durable, T: Transport>(
         Err(_) => staging.abandon_staging_in_place(),
     }
     .map_err(AgentError::Slot)?;
-    commit_slots::<F, T>(store, staging)?;
+    // a staged downgrade spends its authorization in the same record
+    store.commit_authorized(staging, authorized.filter(|_| verified.is_ok()))?;
     verified.map_err(AgentError::Trust)?;
     Ok(Outcome::Staged {
         version: image.version,

@@ -69,7 +69,7 @@ impl RollbackHook for RollbackAuthorization<'_> {
         targets: &Targets<'_>,
         downgrade: &Downgrade<'_>,
         now: UnixTime,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<UnixTime>, Error> {
         self.verified = None;
         let request = Request {
             device_id: self.device_id,
@@ -77,10 +77,11 @@ impl RollbackHook for RollbackAuthorization<'_> {
             running: downgrade.device.running,
             target: downgrade.target,
             target_sha256: downgrade.sha256,
+            last_used: downgrade.last_used,
         };
         let a = verify_authorization(targets, self.bytes, &request, now, self.max_validity)?;
         self.verified = Some(a);
-        Ok(true)
+        Ok(Some(a.issued))
     }
 }
 
@@ -91,10 +92,10 @@ impl<H: RollbackHook> RollbackHook for Option<H> {
         targets: &Targets<'_>,
         downgrade: &Downgrade<'_>,
         now: UnixTime,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<UnixTime>, Error> {
         match self {
             Some(h) => h.authorize_downgrade(targets, downgrade, now),
-            None => Ok(false),
+            None => Ok(None),
         }
     }
 }

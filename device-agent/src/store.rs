@@ -8,7 +8,7 @@
 //! leaves an invalid record and the previous state stands.
 //!
 //! ```text
-//! 0    "HALS" format(1) active(1) pad(2) seq:u32 reserved:u32
+//! 0    "HALS" format(1) active(1) pad(2) seq:u32 authorization:u32
 //! 16   security_counter:u64
 //! 24   slot A: state, has_image, version_len, pad, version[48], counter:u64, length:u64, sha256[32]
 //! 124  slot B: (same, 100 bytes)
@@ -20,7 +20,10 @@
 //! ...  sha256 over everything before it
 //! ```
 //!
-//! A record written before the last-check field existed has 0 at 248: no last check.
+//! A record written before the last-check field existed has 0 at 248: no last check. One written
+//! before the authorization field existed has 0 at 12 (then reserved, always 0): no rollback
+//! authorization used. `authorization` is the `issued` time (Unix seconds) of the last rollback
+//! authorization an image was staged by; the agent accepts only a later one.
 
 use embedded_storage::nor_flash::NorFlash;
 use hale_core::slots::{Boot, Image, Slot, SlotInfo, SlotState, Slots};
@@ -216,6 +219,8 @@ struct State {
     download_offset: u64,
     meta_lens: [u32; 4],
     last_check: Option<LastCheck>,
+    /// `issued` of the last rollback authorization an image was staged by (0: none)
+    authorization: u32,
 }
 
 /// The one thing a [`FirmwareStore`] needs from its flash beyond [`NorFlash`]: a way to put
@@ -473,6 +478,7 @@ fn encode_header(st: &State) -> [u8; HEADER_LEN] {
         *b = st.slots.active().index() as u8;
     }
     put_u32(&mut h, 8, st.seq);
+    put_u32(&mut h, 12, st.authorization);
     put_u64(&mut h, 16, st.slots.security_counter());
     encode_slot(&mut h, 24, &st.slots.info(Slot::A));
     encode_slot(&mut h, 24 + SLOT_INFO_LEN, &st.slots.info(Slot::B));
@@ -510,6 +516,7 @@ fn decode_header(h: &[u8; HEADER_LEN], region: usize) -> Option<State> {
         meta_lens,
         // filled in by `read_record` once the record's digest checks out
         last_check: None,
+        authorization: get_u32(h, 12),
     })
 }
 
@@ -633,6 +640,7 @@ impl<F: Durable> FirmwareStore<F> {
             download_offset: 0,
             meta_lens: [0; 4],
             last_check: None,
+            authorization: 0,
         };
         let mut store = FirmwareStore {
             flash,
@@ -727,6 +735,28 @@ impl<F: Durable> FirmwareStore<F> {
         self.state.last_check
     }
 
+    /// `issued` (Unix seconds) of the last rollback authorization an image was staged by; 0 when
+    /// none was. Only a later one is accepted ([`hale_core::rollback::Request::last_used`]).
+    pub fn last_authorization(&self) -> UnixTime {
+        UnixTime::from(self.state.authorization)
+    }
+
+    /// Commit new slot states (keeping metadata and the download offset) and, with `issued`,
+    /// record it as the last rollback authorization used, in one record: the staged image and
+    /// the spent authorization survive a power cut together or not at all. `issued` is kept in
+    /// 32 bits (Unix seconds up to 2106); outside that range it is clamped.
+    pub fn commit_authorized(
+        &mut self,
+        slots: Slots,
+        issued: Option<UnixTime>,
+    ) -> Result<(), StoreError<F::Error>> {
+        let (off, last) = (self.state.download_offset, self.state.last_check);
+        let auth = issued.map_or(self.state.authorization, |i| {
+            u32::try_from(i.max(0)).unwrap_or(u32::MAX)
+        });
+        self.commit_with(slots, off, [Meta::Keep; 4], last, auth)
+    }
+
     /// Write a new state record (the power-loss-safe step every change of state goes through),
     /// keeping the last-check record. On error the previous record is still the state.
     pub fn commit(
@@ -735,8 +765,8 @@ impl<F: Durable> FirmwareStore<F> {
         download_offset: u64,
         meta: [Meta<'_>; 4],
     ) -> Result<(), StoreError<F::Error>> {
-        let last = self.state.last_check;
-        self.commit_with(slots, download_offset, meta, last)
+        let (last, auth) = (self.state.last_check, self.state.authorization);
+        self.commit_with(slots, download_offset, meta, last, auth)
     }
 
     /// Record what an update check concluded, with the metadata it verified (one record: both
@@ -747,7 +777,7 @@ impl<F: Durable> FirmwareStore<F> {
         meta: [Meta<'_>; 4],
     ) -> Result<(), StoreError<F::Error>> {
         let (slots, off) = (self.state.slots, self.state.download_offset);
-        self.commit_with(slots, off, meta, last_check)
+        self.commit_with(slots, off, meta, last_check, self.state.authorization)
     }
 
     fn commit_with(
@@ -756,6 +786,7 @@ impl<F: Durable> FirmwareStore<F> {
         download_offset: u64,
         meta: [Meta<'_>; 4],
         last_check: Option<LastCheck>,
+        authorization: u32,
     ) -> Result<(), StoreError<F::Error>> {
         let mut lens = [0u32; 4];
         for (i, (m, l)) in meta.iter().zip(lens.iter_mut()).enumerate() {
@@ -787,6 +818,7 @@ impl<F: Durable> FirmwareStore<F> {
             download_offset,
             meta_lens: lens,
             last_check,
+            authorization,
         };
         let header = encode_header(&next);
         // erase only the sectors the record's writes reach (64-byte pieces): what lies beyond

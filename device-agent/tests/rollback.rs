@@ -106,6 +106,162 @@ fn an_authorized_rollback_installs_and_never_lowers_the_security_counter() {
 }
 
 #[test]
+fn an_authorization_is_used_once() {
+    // no `installed`: the authorization fits whatever the pump runs
+    let mut a = authorization_for("0.9.0");
+    a.installed = None;
+    let auth = signed(&a, &rollback_keys());
+    let issued = NOW - 3600;
+    let mut sim = repo_offering("0.9.0", 1);
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    assert_eq!(store.last_authorization(), 0);
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_with(&mut store, &mut t, &mut Pump::default(), &mut hook(&auth)),
+        Ok(Outcome::Staged {
+            version: v("0.9.0")
+        })
+    );
+    // spent with the record that staged the image
+    assert_eq!(store.last_authorization(), issued);
+    assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+    store.confirm().unwrap();
+
+    // the pump moves on to 1.1.0, while the repository offers 0.9.0 again
+    sim.add_target(
+        "targets",
+        TARGET,
+        &image_bytes("1.1.0", 4000),
+        Some(custom_for("1.1.0", 1, &["r1", "r2"], "1.0.0")),
+    );
+    sim.publish();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback),
+        Ok(Outcome::Staged {
+            version: v("1.1.0")
+        })
+    );
+    assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::A });
+    store.confirm().unwrap();
+    sim.add_target(
+        "targets",
+        TARGET,
+        &image_bytes("0.9.0", 3000),
+        Some(custom_for("0.9.0", 1, &["r1", "r2"], "1.0.0")),
+    );
+    sim.publish();
+
+    // the same authorization replayed (still within its validity): refused, nothing changed,
+    // and so after a power cycle
+    let used = AgentError::Authorization(Error::AuthorizationUsed {
+        issued,
+        last: issued,
+    });
+    let mut t = MapTransport::new(&sim.files);
+    check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback).unwrap_err();
+    let before = persisted(&mut store);
+    assert_eq!(
+        check_with(&mut store, &mut t, &mut Pump::default(), &mut hook(&auth)),
+        Err(used.clone())
+    );
+    assert_eq!(persisted(&mut store), before, "something persisted changed");
+    drop(store);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
+    assert_eq!(store.slots().running().unwrap().version, v("1.1.0"));
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_with(&mut store, &mut t, &mut Pump::default(), &mut hook(&auth)),
+        Err(used)
+    );
+    assert_eq!(persisted(&mut store), before, "something persisted changed");
+
+    // an authorization issued later is new to it
+    let mut later = a.clone();
+    later.issued = NOW - 60;
+    let later = signed(&later, &rollback_keys());
+    assert_eq!(
+        check_with(&mut store, &mut t, &mut Pump::default(), &mut hook(&later)),
+        Ok(Outcome::Staged {
+            version: v("0.9.0")
+        })
+    );
+    assert_eq!(store.last_authorization(), NOW - 60);
+}
+
+#[test]
+fn an_interrupted_authorized_download_resumes_and_a_power_cut_never_spends_the_authorization_alone()
+{
+    let sim = repo_offering("0.9.0", 1);
+    let auth = signed(&authorization_for("0.9.0"), &rollback_keys());
+    let issued = NOW - 3600;
+    // the download breaks off after the first 1 KiB: nothing spent yet, and the same
+    // authorization finishes it
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut t = MapTransport::new(&sim.files);
+    t.fail_target_after = Some(1024);
+    assert_eq!(
+        check_with(&mut store, &mut t, &mut Pump::default(), &mut hook(&auth)),
+        Err(AgentError::Transport {
+            what: Name::new(TARGET),
+            error: MapError::Cut
+        })
+    );
+    assert_eq!(store.last_authorization(), 0);
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_with(&mut store, &mut t, &mut Pump::default(), &mut hook(&auth)),
+        Ok(Outcome::Staged {
+            version: v("0.9.0")
+        })
+    );
+    assert_eq!(store.last_authorization(), issued);
+
+    // the power cut at every flash operation of the authorized install: after each, the
+    // authorization is spent exactly when the image stands staged, and a retry with it finishes
+    let mut cuts = 0;
+    for n in 0.. {
+        let mut mem = provisioned(&sim);
+        let done = {
+            let mut store =
+                FirmwareStore::open(Flash::new(&mut mem).fail_after(n), LAYOUT).unwrap();
+            let mut t = MapTransport::new(&sim.files);
+            check_with(&mut store, &mut t, &mut Pump::default(), &mut hook(&auth)).is_ok()
+                && !store.flash_mut().power_lost()
+        };
+        let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+        let staged = store.slots().info(Slot::B).state == device_agent::SlotState::Pending;
+        assert_eq!(
+            store.last_authorization(),
+            if staged { issued } else { 0 },
+            "cut after {n} operations: slot B {:?}",
+            store.slots().info(Slot::B).state
+        );
+        if done {
+            assert!(staged);
+            break;
+        }
+        cuts += 1;
+        if !staged {
+            let mut t = MapTransport::new(&sim.files);
+            assert_eq!(
+                check_with(&mut store, &mut t, &mut Pump::default(), &mut hook(&auth)),
+                Ok(Outcome::Staged {
+                    version: v("0.9.0")
+                }),
+                "retry after a cut at {n}"
+            );
+            assert_eq!(store.last_authorization(), issued);
+        }
+        assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+    }
+    assert!(cuts > 10, "only {cuts} cuts");
+}
+
+#[test]
 fn the_image_a_device_was_rolled_back_from_is_not_installed_again() {
     let mut sim = repo_offering("0.9.0", 1);
     let auth = signed(&authorization_for("0.9.0"), &rollback_keys());

@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
         running: Version::new(2, 1, 0),
         target,
         target_sha256: hale_core::crypto::sha256(b"firmware image"),
+        last_used: 0,
     };
     for max in [DEFAULT_MAX_VALIDITY, i64::MAX, 0, -1] {
         let r = verify_authorization(&targets, &auth, &req, fixture::NOW, max);

@@ -279,6 +279,9 @@ pub enum Error {
     },
     /// A rollback authorization valid for longer than the configured maximum (seconds).
     AuthorizationTooLong { max: i64, validity: i64 },
+    /// A rollback authorization issued no later than the last one this device installed by: an
+    /// authorization is used once (Unix seconds).
+    AuthorizationUsed { issued: UnixTime, last: UnixTime },
     /// An offline bundle whose structure is broken.
     BadBundle { reason: &'static str },
 }
@@ -410,6 +413,10 @@ impl fmt::Display for Error {
                     "rollback authorization valid for {validity} s, more than the {max} s allowed"
                 )
             }
+            AuthorizationUsed { issued, last } => write!(
+                f,
+                "rollback authorization issued at {issued} is not newer than the last one used ({last}): each is used once"
+            ),
             BadBundle { reason } => write!(f, "bundle: {reason}"),
         }
     }

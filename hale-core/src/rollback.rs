@@ -18,8 +18,9 @@
 //! ```
 //!
 //! [`verify_authorization`] checks the signatures against the trusted `targets`' delegation to
-//! `rollback`, the expiry and a maximum validity, that it names this device, this exact target
-//! and (if given) the version the device runs. The caller then evaluates firmware policy with
+//! `rollback`, the expiry and a maximum validity, that it was issued after the last one the device
+//! installed by (each is used once: the device keeps that `issued`), and that it names this
+//! device, this exact target and (if given) the version the device runs. The caller then evaluates firmware policy with
 //! `allow_downgrade_to = true`, which lifts only the version rule: the security counter is never
 //! crossed ([`crate::policy::PolicyError::BelowSecurityCounter`]).
 
@@ -48,6 +49,10 @@ pub struct Request<'a> {
     /// The target it wants to install, and its sha256 from verified targets metadata.
     pub target: &'a str,
     pub target_sha256: [u8; 32],
+    /// `issued` of the last authorization this device installed an image by (0: none). Only a
+    /// later one is accepted: an authorization is used once, so a copy replayed within its
+    /// validity (after the device moved on again) rolls nothing back.
+    pub last_used: UnixTime,
 }
 
 /// A verified authorization.
@@ -82,6 +87,10 @@ pub fn verify_authorization<'a>(
             Refusal::TooLong(validity) => Error::AuthorizationTooLong {
                 max: max_validity,
                 validity,
+            },
+            Refusal::Used(issued) => Error::AuthorizationUsed {
+                issued,
+                last: req.last_used,
             },
             Refusal::Expired => Error::Expired {
                 role: what,
@@ -128,6 +137,7 @@ enum Refusal<'a> {
     Field(&'static str),
     TooLong(i64),
     Expired,
+    Used(UnixTime),
     NotForThisDevice,
     TargetMismatch(JStr<'a>),
     HashMismatch,
@@ -135,7 +145,8 @@ enum Refusal<'a> {
 }
 
 /// The authorization's own fields, read in one pass over `signed` and checked in this order:
-/// `issued` (validity, expiry), `devices`/`group`, `target`, `hashes`, `installed`, `reason`.
+/// `issued` (validity, expiry, later than the last one used), `devices`/`group`, `target`,
+/// `hashes`, `installed`, `reason`.
 fn check<'a>(
     s: &Object<'a>,
     expires: UnixTime,
@@ -174,6 +185,9 @@ fn check<'a>(
     }
     if crate::time::is_expired(expires, now) {
         return Err(Refusal::Expired);
+    }
+    if issued <= req.last_used {
+        return Err(Refusal::Used(issued));
     }
 
     let named = devices.and_then(|v| v.as_array()).is_some_and(|a| {

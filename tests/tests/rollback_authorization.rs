@@ -98,6 +98,7 @@ fn request(target: &'static str, content: &[u8]) -> Request<'static> {
         running: Version::new(2, 1, 0),
         target,
         target_sha256: Sha256::digest(content).into(),
+        last_used: 0,
     }
 }
 
@@ -186,6 +187,37 @@ fn refuses_an_expired_authorization() {
             expires: NOW - 3600,
             now: NOW
         })
+    );
+}
+
+#[test]
+fn refuses_an_authorization_issued_no_later_than_the_last_one_the_device_used() {
+    let mut w = world();
+    let keys: Vec<&SigningKey> = w.rollback_keys.iter().collect();
+    let auth = authorization(&keys, |_| {});
+    let issued = NOW - 3600;
+    // the device installed by this very authorization, or by one issued later
+    for last_used in [issued, issued + 60] {
+        let req = Request {
+            last_used,
+            ..request("pump-a/fw-2.0.0.bin", OLD)
+        };
+        assert_eq!(
+            decide(&mut w, Some(&auth), &req, 3),
+            Err(Error::AuthorizationUsed {
+                issued,
+                last: last_used
+            })
+        );
+    }
+    // by one issued earlier: this one is new to it
+    let req = Request {
+        last_used: issued - 1,
+        ..request("pump-a/fw-2.0.0.bin", OLD)
+    };
+    assert_eq!(
+        decide(&mut w, Some(&auth), &req, 3),
+        Ok(Version::new(2, 0, 0))
     );
 }
 

@@ -198,6 +198,8 @@ pub fn open_checked<'a>(mem: &'a mut [u8], sim: &RepoSim) -> FirmwareStore<Flash
 pub struct Persisted {
     pub slots: device_agent::Slots,
     pub metadata: Vec<Option<Vec<u8>>>,
+    /// `issued` of the last rollback authorization used
+    pub last_authorization: hale_core::UnixTime,
 }
 
 pub fn persisted(store: &mut FirmwareStore<Flash<'_>>) -> Persisted {
@@ -214,6 +216,7 @@ pub fn persisted(store: &mut FirmwareStore<Flash<'_>>) -> Persisted {
     Persisted {
         slots: store.slots(),
         metadata,
+        last_authorization: store.last_authorization(),
     }
 }
 

@@ -160,6 +160,9 @@ pub fn verify_for_target(
         running,
         target,
         target_sha256: sha256,
+        // what a device that never used an authorization accepts (a device that used a later
+        // one refuses this one: `AuthorizationUsed`)
+        last_used: 0,
     };
     let a = verify_authorization(&t, auth, &req, now, max_validity)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
