@@ -7,8 +7,9 @@
 //! enroll        POST /.well-known/est/simpleenroll with the factory certificate (mTLS) or a
 //!               single-use token (Authorization: Bearer); new key + CSR each time
 //! run           every request (metadata, targets, reports) over mTLS with the operational cert;
-//!               at 2/3 of its lifetime: simplereenroll with the current cert;
-//!               expired (back from storage): simpleenroll again with the factory cert
+//!               at 2/3 of its lifetime: simplereenroll with the current cert; refused by the
+//!               server (its answer to an earlier renewal lost): simpleenroll with the factory
+//!               cert; expired (back from storage): simpleenroll again with the factory cert
 //! ```
 //!
 //! ## Keys at rest
@@ -78,7 +79,18 @@ pub enum IdentityError {
         code: String,
         message: String,
     },
-    /// Connection or TLS failure (a refused handshake lands here).
+    /// The server ended the TLS exchange with an alert: it refused the client certificate
+    /// (revoked, expired, not under its CA). With TLS 1.3 the server judges the client
+    /// certificate after the client's handshake is done, so the alert arrives in place of the
+    /// answer; with TLS 1.2 during the handshake.
+    HandshakeRefused {
+        url: String,
+        alert: rustls::AlertDescription,
+        message: String,
+    },
+    /// No answer from the server: no connection could be made (name resolution, connection
+    /// refused or timed out), this device refused the server (its certificate), or the
+    /// connection broke or timed out.
     Transport { url: String, message: String },
     /// The server answered 200 with something we do not accept.
     BadResponse { url: String, reason: String },
@@ -101,7 +113,8 @@ impl fmt::Display for IdentityError {
                 code,
                 message,
             } => write!(f, "{url}: refused (HTTP {status} {code}): {message}"),
-            IdentityError::Transport { url, message } => write!(f, "{url}: {message}"),
+            IdentityError::HandshakeRefused { url, message, .. }
+            | IdentityError::Transport { url, message } => write!(f, "{url}: {message}"),
             IdentityError::BadResponse { url, reason } => {
                 write!(f, "{url}: unacceptable response: {reason}")
             }
@@ -116,6 +129,18 @@ impl fmt::Display for IdentityError {
 }
 
 impl std::error::Error for IdentityError {}
+
+impl IdentityError {
+    /// Did the EST server refuse the request: answer it with an HTTP error status, or end the
+    /// TLS handshake with an alert? Not when no answer came: an unreachable server is asked
+    /// nothing more, so that a server that is down costs one failed request a poll.
+    pub fn refused_by_server(&self) -> bool {
+        matches!(
+            self,
+            IdentityError::Refused { .. } | IdentityError::HandshakeRefused { .. }
+        )
+    }
+}
 
 impl From<hale_pki::PkiError> for IdentityError {
     fn from(e: hale_pki::PkiError) -> Self {
@@ -214,15 +239,18 @@ pub enum Action {
     Renewed { serial_hex: String },
     /// The certificate had expired: enrolled again with the factory certificate.
     ReEnrolled { serial_hex: String },
-    /// Renewal was refused or failed, and the factory certificate enrolled the device again
-    /// (the server may have revoked the current certificate already: it superseded it with one
-    /// whose answer never arrived).
+    /// The server refused the renewal (an HTTP error status, or an alert that ended the TLS
+    /// handshake), and the factory certificate enrolled the device again (the server may have
+    /// revoked the current certificate already: it superseded it with one whose answer never
+    /// arrived).
     RenewedWithFactory {
         serial_hex: String,
         renewal_error: String,
     },
-    /// Renewal was due but failed (and so did the factory certificate, or there is none); the
-    /// current certificate is still valid and stays in use.
+    /// Renewal was due but failed: the server did not answer (unreachable, the connection
+    /// broke, or this device refused the server), or it refused and so did the factory
+    /// certificate (or there is none). The current certificate is still valid and stays in use;
+    /// the next poll tries again.
     RenewalFailed { reason: String },
 }
 
@@ -552,17 +580,20 @@ impl Identity {
                 let renewal_error =
                     match self.request(Auth::Current(op.chain, op.key), "simplereenroll") {
                         Ok(serial_hex) => return Ok(Action::Renewed { serial_hex }),
-                        // another process is changing the identity: nothing was asked
-                        Err(e @ IdentityError::Busy(_)) => {
+                        Err(e) if e.refused_by_server() => e.to_string(),
+                        // no answer (the server is down, the connection broke, or we refused
+                        // the server), or another process is changing the identity (`Busy`,
+                        // nothing asked): the factory certificate would fare no better
+                        Err(e) => {
                             return Ok(Action::RenewalFailed {
                                 reason: e.to_string(),
                             })
                         }
-                        Err(e) => e.to_string(),
                     };
                 // a renewal answer lost on the way leaves the device holding a certificate the
-                // server has already superseded (and revoked): the factory certificate gets it
-                // a new one (the server decides how soon a current one may be replaced)
+                // server has already superseded (and revoked), so its next renewal is refused
+                // (an alert at the handshake, or 403): the factory certificate gets it a new one
+                // (the server decides how soon a current one may be replaced)
                 let Some((chain, key)) = self.factory()? else {
                     return Ok(Action::RenewalFailed {
                         reason: renewal_error,
@@ -635,11 +666,16 @@ impl Identity {
                     message,
                 });
             }
-            Err(e) => {
-                return Err(IdentityError::Transport {
-                    url,
-                    message: e.to_string(),
-                })
+            Err(ureq::Error::Transport(t)) => {
+                let message = t.to_string();
+                return Err(match alert_received(&t) {
+                    Some(alert) => IdentityError::HandshakeRefused {
+                        url,
+                        alert,
+                        message,
+                    },
+                    None => IdentityError::Transport { url, message },
+                });
             }
         };
         let bad = |reason: String| IdentityError::BadResponse {
@@ -706,6 +742,28 @@ pub fn agent(config: Arc<ClientConfig>) -> ureq::Agent {
         .timeout(Duration::from_secs(60))
         .tls_config(config)
         .build()
+}
+
+/// The alert the server ended the TLS exchange with, if that is how `e` failed: rustls's
+/// `AlertReceived`, in an `io::Error` somewhere down ureq's chain of sources (ureq's
+/// `ErrorKind::ConnectionFailed` when the alert came during the handshake, TLS 1.2;
+/// `ErrorKind::Io`, around the status line's read error, when it came in place of the answer,
+/// TLS 1.3). Refusing the server (its certificate) is another rustls error, not this one; a
+/// refused or timed-out connect, a failed name lookup or a hang-up carry no rustls error.
+fn alert_received(e: &ureq::Transport) -> Option<rustls::AlertDescription> {
+    let mut next = std::error::Error::source(e);
+    while let Some(err) = next {
+        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            return Some(*alert);
+        }
+        next = err.source();
+    }
+    None
 }
 
 fn read_limited(r: ureq::Response, url: &str) -> Result<Vec<u8>, IdentityError> {

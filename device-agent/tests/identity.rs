@@ -40,6 +40,36 @@ struct Est {
     /// (path, how the client authenticated) per request
     log: Arc<Mutex<Vec<(String, String)>>>,
     mode: Arc<Mutex<Mode>>,
+    tls: Arc<hale_pki::tls::ListenerTls>,
+    /// the listener's configuration, replaced when a CRL changes
+    config: Arc<Mutex<Arc<rustls::ServerConfig>>>,
+}
+
+impl Est {
+    /// Load CRLs listing these factory and operational certificates (hex serials), as
+    /// hale-server does when it supersedes a certificate: new handshakes with them end in a
+    /// `certificate_revoked` alert.
+    fn revoke(&self, factory: &[&str], operational: &[&str], crl_number: u64) {
+        let now = SystemTime::now();
+        let crl = |ca: &hale_pki::Ca, serials: &[&str]| {
+            let revoked: Vec<_> = serials
+                .iter()
+                .map(|s| hale_pki::crl::RevokedCertificate {
+                    serial_hex: s.to_string(),
+                    revoked_at: now,
+                    reason: Some(hale_pki::crl::RevocationReason::Superseded),
+                })
+                .collect();
+            ca.crl(&revoked, crl_number, now, Duration::from_secs(DAY))
+                .unwrap()
+                .der
+        };
+        let crls = [
+            crl(&self.hierarchy.manufacturing, factory),
+            crl(&self.hierarchy.device_issuing, operational),
+        ];
+        *self.config.lock().unwrap() = self.tls.server_config(&crls).unwrap();
+    }
 }
 
 fn start() -> Est {
@@ -77,7 +107,8 @@ fn start() -> Est {
             .unwrap()
             .der,
     ];
-    let config = tls.server_config(&crls).unwrap();
+    let config = Arc::new(Mutex::new(tls.server_config(&crls).unwrap()));
+    let tls = Arc::new(tls);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!(
         "https://127.0.0.1:{}",
@@ -85,14 +116,16 @@ fn start() -> Est {
     );
     let log = Arc::new(Mutex::new(Vec::new()));
     let mode = Arc::new(Mutex::new(Mode::Issue));
-    let (h2, log2, mode2) = (h.clone(), log.clone(), mode.clone());
+    let (h2, log2, mode2, config2) = (h.clone(), log.clone(), mode.clone(), config.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let config = config2.lock().unwrap().clone();
+            let conn = rustls::ServerConnection::new(config).unwrap();
             let mut tls = rustls::StreamOwned::new(conn, stream);
-            // a refused handshake just ends this connection
+            // a refused handshake ends this connection (rustls has written its alert)
             let _ = serve_one(&mut tls, &h2, &log2, *mode2.lock().unwrap());
+            linger(&mut tls.sock);
         }
     });
     Est {
@@ -101,7 +134,19 @@ fn start() -> Est {
         hierarchy: h,
         log,
         mode,
+        tls,
+        config,
     }
+}
+
+/// Close as hale-server does (`server/src/linger.rs`): end our side, then read what the client
+/// still sends until it closes, so that no reset throws away the answer (or the alert) waiting
+/// in its receive buffer.
+fn linger(sock: &mut std::net::TcpStream) {
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut sink = [0; 4096];
+    while matches!(sock.read(&mut sink), Ok(n) if n > 0) {}
 }
 
 fn serve_one(
@@ -590,4 +635,161 @@ fn a_refused_renewal_falls_back_to_the_factory_certificate() {
         }
     );
     assert_eq!(tree(&dir2), before, "nothing changed");
+}
+
+#[test]
+fn a_renewal_refused_at_the_handshake_falls_back_to_the_factory_certificate() {
+    // the server superseded the certificate with one whose answer never arrived, and its CRL
+    // lists it: the renewal's handshake ends in a certificate_revoked alert (the server's
+    // refusal), and the factory certificate enrolls the device again
+    let est = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("identity");
+    let id = factory_device(&est, &dir, "SN-410");
+    let Action::Enrolled { serial_hex: first } = id.ensure(SystemTime::now()).unwrap() else {
+        panic!()
+    };
+    let due = renewal_due(&id);
+    est.revoke(&[], &[&first], 2);
+    let Action::RenewedWithFactory {
+        serial_hex,
+        renewal_error,
+    } = id.ensure(due).unwrap()
+    else {
+        panic!()
+    };
+    let url = format!("{}/.well-known/est/simplereenroll", est.url);
+    assert_eq!(
+        renewal_error,
+        format!("{url}: {url}: Network Error: Network Error: Error encountered in the status line: received fatal alert: CertificateRevoked")
+    );
+    assert_ne!(serial_hex, first);
+    assert_eq!(serial(&id), serial_hex);
+    // the refused renewal never got to HTTP; the factory certificate's request did
+    let log = est.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].0, "/.well-known/est/simpleenroll");
+    assert!(log[1].1.starts_with("factory:SN-410:"), "{:?}", log[1]);
+
+    // the error names the alert: the factory certificate revoked too, back from storage past
+    // the new certificate's expiry, the re-enrollment is refused and nothing is stored
+    let factory = PeerIdentity::from_der(
+        &device_agent::identity::parse_chain(
+            &std::fs::read_to_string(dir.join("factory.crt")).unwrap(),
+        )
+        .unwrap()[0],
+    )
+    .unwrap();
+    est.revoke(&[&factory.certificate_serial], &[&first], 3);
+    let expired = id.operational().unwrap().unwrap().identity.not_after + Duration::from_secs(1);
+    let before = tree(&dir);
+    let url = format!("{}/.well-known/est/simpleenroll", est.url);
+    match id.ensure(expired).unwrap_err() {
+        IdentityError::HandshakeRefused {
+            url: u,
+            alert,
+            message,
+        } => assert_eq!(
+            (u, alert, message),
+            (
+                url.clone(),
+                rustls::AlertDescription::CertificateRevoked,
+                format!("{url}: Network Error: Network Error: Error encountered in the status line: received fatal alert: CertificateRevoked")
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(tree(&dir), before, "nothing changed");
+    assert_eq!(est.log.lock().unwrap().len(), 2, "no request got to HTTP");
+}
+
+#[test]
+fn a_renewal_that_cannot_reach_the_server_is_not_retried_with_the_factory_certificate() {
+    // the server is down (nothing listens: connects are refused): the factory certificate would
+    // fail the same way, so the renewal fails alone and the pump keeps its certificate
+    let est = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("identity");
+    let id = factory_device(&est, &dir, "SN-420");
+    let Action::Enrolled { serial_hex: first } = id.ensure(SystemTime::now()).unwrap() else {
+        panic!()
+    };
+    let due = renewal_due(&id);
+    let down = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // what the system says to a connect there
+    let refused = std::net::TcpStream::connect(down).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    id.configure(&format!("https://{down}"), &est.server_ca_pem)
+        .unwrap();
+    let before = tree(&dir);
+    // the renewal's error alone: no "; with the factory certificate: …" after it
+    let url = format!("https://{down}/.well-known/est/simplereenroll");
+    assert_eq!(
+        id.ensure(due).unwrap(),
+        Action::RenewalFailed {
+            reason: format!("{url}: {url}: Connection Failed: Connect error: {refused}")
+        }
+    );
+    assert_eq!(tree(&dir), before, "nothing changed");
+    assert_eq!(serial(&id), first);
+
+    // the server back: the renewal goes through at the next poll
+    id.configure(&est.url, &est.server_ca_pem).unwrap();
+    let Action::Renewed { serial_hex } = id.ensure(due).unwrap() else {
+        panic!()
+    };
+    assert_eq!(serial(&id), serial_hex);
+    let log = est.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2);
+    assert_eq!(
+        (log[1].0.as_str(), log[1].1.as_str()),
+        (
+            "/.well-known/est/simplereenroll",
+            &*format!("device:SN-420:{first}")
+        )
+    );
+}
+
+#[test]
+fn a_renewal_the_server_hangs_up_on_is_asked_once() {
+    // something accepts the connection and closes it without a word (a server going down, a
+    // middlebox): no answer, so no refusal to fall back on; one connection, not two
+    let est = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("identity");
+    let id = factory_device(&est, &dir, "SN-430");
+    let Action::Enrolled { serial_hex: first } = id.ensure(SystemTime::now()).unwrap() else {
+        panic!()
+    };
+    let due = renewal_due(&id);
+    let hangup = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = hangup.local_addr().unwrap();
+    let connections = Arc::new(Mutex::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for stream in hangup.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            *counted.lock().unwrap() += 1;
+            linger(&mut stream);
+        }
+    });
+    id.configure(&format!("https://{addr}"), &est.server_ca_pem)
+        .unwrap();
+    let before = tree(&dir);
+    let url = format!("https://{addr}/.well-known/est/simplereenroll");
+    let action = id.ensure(due).unwrap();
+    assert_eq!(*connections.lock().unwrap(), 1);
+    assert_eq!(
+        action,
+        Action::RenewalFailed {
+            reason: format!(
+                "{url}: {url}: Connection Failed: tls connection init failed: unexpected end of file"
+            )
+        }
+    );
+    assert_eq!(tree(&dir), before, "nothing changed");
+    assert_eq!(serial(&id), first);
 }
