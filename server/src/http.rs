@@ -903,10 +903,14 @@ pub(crate) async fn report_handler(
         // the latest report replaces the previous one; offline installs and rollbacks are kept
         // in the device's history (the newest MAX_INSTALL_HISTORY), whatever it reports next
         let mut encode_error = None;
+        // audited only when it says something new: a polling fleet repeats itself
+        let mut changed = true;
         app2.store
             .device_update(&id, &mut |old| {
+                let old = old.and_then(|b| serde_json::from_slice::<Value>(b).ok());
+                changed = old.as_ref().and_then(|v| v.get("report")) != record.get("report");
                 let mut history = old
-                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                    .as_ref()
                     .and_then(|v| v.get("history").and_then(Value::as_array).cloned())
                     .unwrap_or_default();
                 history.extend(entry.clone());
@@ -922,9 +926,11 @@ pub(crate) async fn report_handler(
         if let Some(e) = encode_error {
             return Err(e);
         }
-        app2.audit
-            .append("report", &id, record)
-            .map_err(|e| e.to_string())?;
+        if changed {
+            app2.audit
+                .append("report", &id, record)
+                .map_err(|e| e.to_string())?;
+        }
         if let Some(install) = install {
             // its own audit entry: what was installed offline or rolled back, and who signed
             app2.audit

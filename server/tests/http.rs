@@ -308,6 +308,50 @@ fn device_reports_inventory_health_metrics_audit_and_shutdown() {
 }
 
 /// Send a POST's headers only (announcing `content_length` bytes) and return the status line's code.
+#[test]
+fn a_report_is_audited_when_it_says_something_new() {
+    let (f, mut s, _, _) = published();
+    let post = |body: &serde_json::Value| {
+        request(
+            "POST",
+            &s.url("api/v1/devices/pump-0001/report"),
+            &[("Content-Type", "application/json")],
+            Some(&serde_json::to_vec(body).unwrap()),
+        )
+        .unwrap()
+        .status
+    };
+    // (as stored: the server writes an absent last result as null)
+    let idle = json!({"slots": [{"name": "a", "version": "1.0.0", "state": "active"}], "last_result": null});
+    let deferred = json!({
+        "slots": [{"name": "a", "version": "1.0.0", "state": "active"}],
+        "last_result": {"result": "deferred", "target": null, "version": "1.1.0", "reason": "therapy running"},
+    });
+    // a polling pump: the same report three times, a change, the same again, then back
+    for body in [&idle, &idle, &idle, &deferred, &deferred, &idle] {
+        assert_eq!(post(body), 204);
+    }
+    // every report is stored (the latest stands) and counted
+    let inv = get(&s.url("api/v1/devices")).json();
+    assert_eq!(inv["devices"][0]["report"], idle);
+    let m = String::from_utf8(get(&s.url("metrics")).body).unwrap();
+    assert!(m.contains("hale_reports_total 6\n"), "{m}");
+    assert!(s.terminate().success());
+    // the audit holds the three that said something new, in order
+    let reports: Vec<serde_json::Value> = with_store(&f.data, |store| {
+        use hale_server::store::Store;
+        store
+            .audit_all()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).unwrap())
+            .filter(|v| v["kind"] == "report")
+            .map(|v| v["detail"]["report"].clone())
+            .collect()
+    });
+    assert_eq!(reports, [idle.clone(), deferred, idle]);
+}
+
 fn status_of_headers_only(base: &str, path: &str, content_length: usize) -> u16 {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://").trim_end_matches('/');
