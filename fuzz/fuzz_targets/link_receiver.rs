@@ -9,7 +9,10 @@
 //! - a refused command changes nothing, except a checksum mismatch (the transfer is discarded) and
 //!   a store failure (the transfer is what the store holds);
 //! - a bundle is handed off only when the SHA-256 of the stored bytes matches its id and the
-//!   `Swap`'s checksum.
+//!   `Swap`'s checksum;
+//! - a transfer begins at most once per `min_restart_interval_ms` of the receiver's clock (the
+//!   script moves it on), the first of a session at once, and a `RestartTooSoon` names the exact
+//!   wait.
 #![no_main]
 use hale_link::wire::{Command, Report, MAX_REPORT_FRAME};
 use hale_link::{max_frame_len, BundleId, BundleSink, Config, Error, Event, Receiver};
@@ -29,6 +32,8 @@ struct Store {
     /// The device's maximum (`min(max_bundle_len, capacity)`): nothing is stored past it.
     max: u32,
     fail_writes: bool,
+    /// transfers begun
+    begins: u32,
 }
 
 impl BundleSink for Store {
@@ -49,6 +54,7 @@ impl BundleSink for Store {
         );
         self.id = Some(*id);
         self.offset = 0;
+        self.begins += 1;
         Ok(())
     }
     fn write_at(&mut self, offset: u32, data: &[u8]) -> Result<(), Self::Error> {
@@ -119,9 +125,21 @@ fn transfer(s: &Store) -> Option<(BundleId, u32)> {
     s.id.map(|id| (id, s.offset))
 }
 
+/// The receiver's clock as the script moves it, and when the session last began a transfer.
+struct Clock {
+    now: u64,
+    interval: u64,
+    last_begin: Option<u64>,
+}
+
 /// Push `frame` byte by byte and check what the receiver did with it against the state before.
 /// `swap_checksum`: the checksum of the `Swap` the frame carries, if the script built one.
-fn push(rx: &mut Receiver<Store, N>, frame: &[u8], swap_checksum: Option<&[u8]>) {
+fn push(
+    rx: &mut Receiver<Store, N>,
+    clock: &mut Clock,
+    frame: &[u8],
+    swap_checksum: Option<&[u8]>,
+) {
     for &byte in frame {
         let before = (rx.transfer(), rx.sink().clone());
         let Some((outcome, mut reply)) =
@@ -152,6 +170,20 @@ fn push(rx: &mut Receiver<Store, N>, frame: &[u8], swap_checksum: Option<&[u8]>)
             transfer(&after),
             "the receiver's transfer is not the store's"
         );
+        // whatever the outcome (a store failure after the begin included): no two begins closer
+        // than the interval
+        if after.begins > before.1.begins {
+            assert_eq!(after.begins, before.1.begins + 1, "two begins in one frame");
+            if let Some(last) = clock.last_begin {
+                assert!(
+                    clock.now - last >= clock.interval,
+                    "began a transfer {} ms after the last one (interval {})",
+                    clock.now - last,
+                    clock.interval
+                );
+            }
+            clock.last_begin = Some(clock.now);
+        }
         match outcome {
             Ok(Event::Status) | Ok(Event::Resync { .. }) => {
                 assert_eq!(after, before.1, "{outcome:?} changed the store")
@@ -167,6 +199,7 @@ fn push(rx: &mut Receiver<Store, N>, frame: &[u8], swap_checksum: Option<&[u8]>)
             }) => {
                 assert_eq!(rx.transfer(), Some((id, offset)));
                 assert_eq!(replaced, before.0.map(|t| t.0));
+                assert_eq!(after.begins, before.1.begins + 1, "started without a begin");
             }
             Ok(Event::BundleComplete { id, len }) => {
                 assert_eq!(rx.transfer(), Some((id, len)));
@@ -195,6 +228,18 @@ fn push(rx: &mut Receiver<Store, N>, frame: &[u8], swap_checksum: Option<&[u8]>)
                 assert_eq!(rx.transfer(), None, "a mismatched bundle was kept");
             }
             Err(Error::Sink(_)) => {} // the transfer is what the store holds (checked above)
+            Err(Error::RestartTooSoon { wait_ms }) => {
+                let last = clock.last_begin.expect("refused a restart with none begun");
+                let since = clock.now - last;
+                assert!(since < clock.interval);
+                assert_eq!(u64::from(wait_ms), clock.interval - since);
+                assert_eq!(
+                    rx.transfer(),
+                    before.0,
+                    "a refused restart changed the transfer"
+                );
+                assert_eq!(after, before.1, "a refused restart changed the store");
+            }
             Err(e) => {
                 assert_eq!(
                     rx.transfer(),
@@ -226,6 +271,13 @@ fuzz_target!(|data: &[u8]| {
         running_version: VERSION,
         mtu: u32::from(mtu) % MAX_MTU + 1,
         max_bundle_len: u32::from(max_len % 2048),
+        // none, or up to about a second
+        min_restart_interval_ms: u32::from(input.byte().unwrap_or(0)) * 4,
+    };
+    let mut clock = Clock {
+        now: 0,
+        interval: u64::from(config.min_restart_interval_ms),
+        last_begin: None,
     };
     // what a script sends: two bundles named by their digests, and an id no content matches
     let mut bundles = Vec::new();
@@ -252,18 +304,19 @@ fuzz_target!(|data: &[u8]| {
         offset: 0,
         max: config.max_bundle_len.min(capacity as u32),
         fail_writes: false,
+        begins: 0,
     };
     let mut rx = Receiver::<Store, N>::new(store, config).expect("a valid configuration");
     while let Some(op) = input.byte() {
         let pick = usize::from(input.byte().unwrap_or(0)) % bundles.len();
         let (content, id) = &bundles[pick];
         let wire = id.to_wire();
-        match op % 8 {
+        match op % 9 {
             // raw bytes off the cable
             0 => {
                 let n = usize::from(input.byte().unwrap_or(0));
                 let raw = input.take(n).to_vec();
-                push(&mut rx, &raw, None);
+                push(&mut rx, &mut clock, &raw, None);
             }
             // a block: at the offset the device expects or anywhere, of the bundle or other bytes
             1 | 2 => {
@@ -282,6 +335,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 push(
                     &mut rx,
+                    &mut clock,
                     &frame(&Command::new_write(&wire, offset, &block, None)),
                     None,
                 );
@@ -298,21 +352,40 @@ fuzz_target!(|data: &[u8]| {
                 };
                 push(
                     &mut rx,
+                    &mut clock,
                     &frame(&Command::new_swap(&wire, &sum, None)),
                     Some(&sum),
                 );
             }
-            4 => push(&mut rx, &frame(&Command::new_wait(None, None)), None),
-            5 => push(&mut rx, &frame(&Command::new_sync(&wire, None, None)), None),
+            4 => push(
+                &mut rx,
+                &mut clock,
+                &frame(&Command::new_wait(None, None)),
+                None,
+            ),
+            5 => push(
+                &mut rx,
+                &mut clock,
+                &frame(&Command::new_sync(&wire, None, None)),
+                None,
+            ),
             // a reset: the receiver resumes what the store persisted
             6 => {
                 let before = rx.transfer();
                 rx = Receiver::new(rx.into_sink(), config).expect("a valid configuration");
+                // a new session: its first transfer may begin at once
+                clock.last_begin = None;
+                rx.set_clock_ms(clock.now);
                 assert_eq!(
                     rx.transfer(),
                     before,
                     "a reset lost or changed the transfer"
                 );
+            }
+            // time passes (up to about a second)
+            7 => {
+                clock.now += u64::from(input.u16().unwrap_or(0) % 1024);
+                rx.set_clock_ms(clock.now);
             }
             // the store starts or stops failing its writes
             _ => rx.sink_mut().fail_writes ^= true,

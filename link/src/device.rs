@@ -14,7 +14,10 @@
 //! - nothing is handed off unless the SHA-256 of the whole **stored** bundle (read back from the
 //!   sink) equals both `Swap`'s checksum and the bundle id; otherwise the transfer is discarded;
 //! - a command that is refused changes nothing, except a checksum mismatch (discards the
-//!   transfer) and a new bundle id (discards the old transfer, reported as `Event::Started`).
+//!   transfer) and a new bundle id (discards the old transfer, reported as `Event::Started`);
+//! - the store is begun again (an erase on a NOR part) at most once per
+//!   `Config::min_restart_interval_ms` of the receiver's clock: bundle ids that alternate at frame
+//!   rate cannot wear it out (`Error::RestartTooSoon`; the first transfer of a session is free).
 //!
 //! A `BundleComplete` bundle is still untrusted: the agent installs it through hale-core's
 //! verified path (`hale_core::bundle::Bundle::parse`, then the trusted set from the device's own
@@ -61,7 +64,16 @@ pub struct Config<'v> {
     pub mtu: u32,
     /// Largest bundle accepted (further capped by the sink's capacity).
     pub max_bundle_len: u32,
+    /// Least time between two transfers begun in this session, by the clock given to
+    /// [`Receiver::set_clock_ms`] (each begin discards the store: an erase on a NOR part).
+    /// 0: no bound (tests). [`DEFAULT_MIN_RESTART_INTERVAL_MS`] is what the pump uses.
+    pub min_restart_interval_ms: u32,
 }
+
+/// The pump's least time between two transfers begun in one session: 30 s. A technician who
+/// started the wrong bundle waits at most that long; a rogue adapter gets at most 2,880 erases a
+/// day instead of one a frame.
+pub const DEFAULT_MIN_RESTART_INTERVAL_MS: u32 = 30_000;
 
 /// What a handled command did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +127,9 @@ pub enum Error<E> {
         expected: [u8; 32],
         computed: [u8; 32],
     },
+    /// A new transfer within `Config::min_restart_interval_ms` of the last one begun; nothing
+    /// changed. It can begin in `wait_ms`.
+    RestartTooSoon { wait_ms: u32 },
     /// The configuration cannot work (checked by [`Receiver::new`]).
     Config { reason: &'static str },
     /// The sink failed.
@@ -152,6 +167,7 @@ impl<E> Error<E> {
                 declared: *declared,
             },
             Error::ChecksumMismatch { .. } => Refusal::ChecksumMismatch,
+            Error::RestartTooSoon { wait_ms } => Refusal::RestartTooSoon { wait_ms: *wait_ms },
             Error::Config { .. } | Error::Sink(_) => Refusal::Storage,
         }
     }
@@ -202,6 +218,11 @@ struct Core<S> {
     max_bundle_len: u32,
     transfer: Option<Transfer>,
     reply: [u8; MAX_REPORT_FRAME],
+    min_restart_interval_ms: u32,
+    /// the receiver's clock (milliseconds, monotonic), as last set
+    now_ms: u64,
+    /// when this receiver last began a transfer
+    last_begin_ms: Option<u64>,
 }
 
 /// The device's end of the link. `N` is the frame buffer: at least `max_frame_len(mtu) - 1`.
@@ -273,12 +294,21 @@ impl<S: BundleSink, const N: usize> Receiver<S, N> {
                 max_bundle_len,
                 transfer,
                 reply: [0; MAX_REPORT_FRAME],
+                min_restart_interval_ms: config.min_restart_interval_ms,
+                now_ms: 0,
+                last_begin_ms: None,
             },
             frame: [0; N],
             len: 0,
             dropped: 0,
             frame_limit,
         })
+    }
+
+    /// The receiver's clock: milliseconds from any fixed point, never going back (a tick
+    /// counter). What [`push`](Self::push) compares restarts against.
+    pub fn set_clock_ms(&mut self, now_ms: u64) {
+        self.core.now_ms = now_ms;
     }
 
     /// Feed one byte from the port. At the end of a frame returns what it did and the reply to
@@ -316,10 +346,13 @@ impl<S: BundleSink, const N: usize> Receiver<S, N> {
     }
 
     /// Serve `port` until a bundle is complete (returns `BundleComplete`'s id and length), the
-    /// port ends, or it fails. `on_event` sees every frame's outcome (for the agent's log).
+    /// port ends, or it fails. `clock` is read after every read from the port
+    /// ([`set_clock_ms`](Self::set_clock_ms)); `on_event` sees every frame's outcome (for the
+    /// agent's log).
     pub fn serve<P>(
         &mut self,
         port: &mut P,
+        mut clock: impl FnMut() -> u64,
         mut on_event: impl FnMut(&Result<Event, Error<S::Error>>),
     ) -> Result<(BundleId, u32), ServeError<P::Error>>
     where
@@ -331,6 +364,7 @@ impl<S: BundleSink, const N: usize> Receiver<S, N> {
             if n == 0 {
                 return Err(ServeError::Closed);
             }
+            self.set_clock_ms(clock());
             for byte in buf.iter().take(n) {
                 if let Some(handled) = self.push(*byte) {
                     port.write_all(handled.reply).map_err(ServeError::Port)?;
@@ -436,6 +470,18 @@ impl<S: BundleSink> Core<S> {
         let expected = match self.transfer {
             Some(t) if t.id == id => t.offset,
             previous => {
+                // each begin discards the store: at most one per interval (a refusal changes
+                // nothing)
+                if let Some(last) = self.last_begin_ms {
+                    let since = self.now_ms.saturating_sub(last);
+                    let min = u64::from(self.min_restart_interval_ms);
+                    if since < min {
+                        return Err(Error::RestartTooSoon {
+                            wait_ms: u32::try_from(min - since).unwrap_or(u32::MAX),
+                        });
+                    }
+                }
+                self.last_begin_ms = Some(self.now_ms);
                 self.transfer = None;
                 self.sink.begin(&id).map_err(Error::Sink)?;
                 self.transfer = Some(Transfer { id, offset: 0 });
@@ -610,6 +656,7 @@ mod tests {
             running_version: b"4.1.0",
             mtu: MTU,
             max_bundle_len: 200,
+            min_restart_interval_ms: 0,
         }
     }
 
@@ -699,6 +746,79 @@ mod tests {
         );
         rx.discard().unwrap();
         assert_eq!(rx.transfer(), None);
+    }
+
+    #[test]
+    fn a_transfer_begins_at_most_once_per_interval_the_first_of_a_session_at_once() {
+        let (a, b) = ([0xa1u8; 1], [0xb2u8; 1]);
+        let (ida, idb) = (BundleId::of(&a).unwrap(), BundleId::of(&b).unwrap());
+        let (wa, wb) = (ida.to_wire(), idb.to_wire());
+        let config = Config {
+            min_restart_interval_ms: 1000,
+            ..config()
+        };
+        let mut rx = Receiver::<_, N>::new(ArraySink::empty(), config).unwrap();
+        rx.set_clock_ms(5_000);
+        let write = |rx: &mut Receiver<ArraySink, N>, w: &[u8], data: &[u8]| {
+            feed(rx, &Command::new_write(w, 0, data, None))
+        };
+        assert_eq!(
+            write(&mut rx, &wa, &a),
+            Ok(Event::Started {
+                id: ida,
+                replaced: None,
+                offset: 1
+            })
+        );
+        // another bundle 400 ms later: refused, nothing changed
+        rx.set_clock_ms(5_400);
+        let refused = write(&mut rx, &wb, &b);
+        assert_eq!(refused, Err(Error::RestartTooSoon { wait_ms: 600 }));
+        assert_eq!(
+            refused.unwrap_err().refusal(),
+            Refusal::RestartTooSoon { wait_ms: 600 }
+        );
+        assert_eq!(rx.transfer(), Some((ida, 1)));
+        assert_eq!((rx.sink().id, rx.sink().offset), (Some(ida), 1));
+        // the same bundle goes on meanwhile
+        assert_eq!(
+            feed(&mut rx, &Command::new_sync(&wa, None, None)),
+            Ok(Event::Status)
+        );
+        // a tiny bundle swapped with a wrong checksum discards the store, and the next
+        // transfer still waits for the interval: no loop of begin and discard at frame rate
+        rx.set_clock_ms(6_000);
+        assert_eq!(
+            write(&mut rx, &wb, &b),
+            Ok(Event::Started {
+                id: idb,
+                replaced: Some(ida),
+                offset: 1
+            })
+        );
+        assert!(matches!(
+            feed(&mut rx, &Command::new_swap(&wb, &[0; 32], None)),
+            Err(Error::ChecksumMismatch { .. })
+        ));
+        assert_eq!(rx.transfer(), None);
+        rx.set_clock_ms(6_999);
+        assert_eq!(
+            write(&mut rx, &wa, &a),
+            Err(Error::RestartTooSoon { wait_ms: 1 })
+        );
+        assert_eq!((rx.transfer(), rx.sink().id), (None, None));
+        rx.set_clock_ms(7_000);
+        assert!(matches!(
+            write(&mut rx, &wa, &a),
+            Ok(Event::Started { id, .. }) if id == ida
+        ));
+        // a new session (the agent restarted): its first transfer begins at once
+        let mut rx = Receiver::<_, N>::new(rx.into_sink(), config).unwrap();
+        rx.set_clock_ms(10);
+        assert!(matches!(
+            write(&mut rx, &wb, &b),
+            Ok(Event::Started { id, replaced: Some(r), .. }) if id == idb && r == ida
+        ));
     }
 
     #[test]

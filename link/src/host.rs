@@ -12,6 +12,9 @@ pub struct PushOptions {
     pub block_len: u32,
     /// Consecutive replies without progress (resyncs, dropped frames) before giving up.
     pub max_stalls: u32,
+    /// Longest wait the device may ask for before it begins a new transfer
+    /// (`Refusal::RestartTooSoon`); a longer one is an error.
+    pub max_restart_wait_ms: u32,
 }
 
 impl Default for PushOptions {
@@ -19,6 +22,7 @@ impl Default for PushOptions {
         Self {
             block_len: 1024,
             max_stalls: 8,
+            max_restart_wait_ms: 120_000,
         }
     }
 }
@@ -34,6 +38,8 @@ pub struct Pushed {
     pub blocks: u32,
     /// Replies that moved the offset elsewhere than the next block (resyncs, restarts).
     pub resyncs: u32,
+    /// Time spent waiting for the device to allow a new transfer (`Refusal::RestartTooSoon`).
+    pub waited_ms: u64,
 }
 
 /// Why a push failed. Transport failures ([`Io`](PushError::Io), [`Closed`](PushError::Closed))
@@ -166,6 +172,7 @@ pub fn push<R: Read, W: Write>(
         bytes_sent: 0,
         blocks: 0,
         resyncs: 0,
+        waited_ms: 0,
     };
     let mut stalls = 0u32;
     loop {
@@ -199,6 +206,15 @@ pub fn push<R: Read, W: Write>(
         match reply.outcome {
             // a frame lost or garbled on the line: resend from where the device is
             Outcome::Refused(Refusal::BadFrame) => {}
+            // the device began another transfer moments ago: wait as it asks, then send again
+            // (at most once: by then the wait is over)
+            Outcome::Refused(Refusal::RestartTooSoon { wait_ms })
+                if wait_ms <= opts.max_restart_wait_ms && pushed.waited_ms == 0 =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(u64::from(wait_ms) + 1));
+                pushed.waited_ms += u64::from(wait_ms) + 1;
+                continue;
+            }
             Outcome::Refused(refusal) => return Err(PushError::Refused(refusal)),
             _ => {}
         }

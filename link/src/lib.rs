@@ -42,6 +42,9 @@ pub mod host;
 mod id;
 pub mod wire;
 
-pub use device::{BundleSink, Config, Error, Event, Handled, Receiver, ServeError};
+pub use device::{
+    BundleSink, Config, Error, Event, Handled, Receiver, ServeError,
+    DEFAULT_MIN_RESTART_INTERVAL_MS,
+};
 pub use id::BundleId;
 pub use wire::{max_frame_len, Outcome, Refusal, Report};

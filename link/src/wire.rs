@@ -91,6 +91,9 @@ pub enum Refusal {
     ChecksumMismatch,
     /// The device's bundle store failed.
     Storage,
+    /// A new transfer too soon after the last one this session began (each discards the
+    /// device's bundle store); nothing changed. Send it again in `wait_ms`.
+    RestartTooSoon { wait_ms: u32 },
 }
 
 impl core::fmt::Display for Refusal {
@@ -120,6 +123,10 @@ impl core::fmt::Display for Refusal {
                 write!(f, "stored bundle does not match the checksum; discarded")
             }
             Refusal::Storage => write!(f, "device storage failed"),
+            Refusal::RestartTooSoon { wait_ms } => write!(
+                f,
+                "a new transfer too soon after the last one; possible in {wait_ms} ms"
+            ),
         }
     }
 }

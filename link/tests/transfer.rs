@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 use hale_core::bundle::Bundle;
-use hale_link::device::{BundleSink, Config, Error, Event, Receiver, ServeError};
+use hale_link::device::{
+    BundleSink, Config, Error, Event, Receiver, ServeError, DEFAULT_MIN_RESTART_INTERVAL_MS,
+};
 use hale_link::host::{push, PushError, PushOptions, Pushed};
 use hale_link::wire::{max_frame_len, Command, Outcome, Refusal, Report};
 use hale_link::BundleId;
@@ -110,15 +112,33 @@ struct DeviceRun {
 
 /// Boot a device (a receiver resuming from `sink`) on `stream` and serve until done.
 fn spawn_device(sink: VecSink, max_bundle_len: u32, stream: UnixStream) -> JoinHandle<DeviceRun> {
+    spawn_device_with(
+        sink,
+        max_bundle_len,
+        stream,
+        DEFAULT_MIN_RESTART_INTERVAL_MS,
+    )
+}
+
+/// [`spawn_device`] with another least time between two transfers begun.
+fn spawn_device_with(
+    sink: VecSink,
+    max_bundle_len: u32,
+    stream: UnixStream,
+    min_restart_interval_ms: u32,
+) -> JoinHandle<DeviceRun> {
     thread::spawn(move || {
         let config = Config {
             running_version: RUNNING,
             mtu: MTU,
             max_bundle_len,
+            min_restart_interval_ms,
         };
         let mut receiver = Receiver::<_, FRAME>::new(sink, config).unwrap();
         let mut events = Vec::new();
-        let result = receiver.serve(&mut Port(stream), |e| events.push(e.clone()));
+        let start = std::time::Instant::now();
+        let clock = || start.elapsed().as_millis() as u64;
+        let result = receiver.serve(&mut Port(stream), clock, |e| events.push(e.clone()));
         DeviceRun {
             sink: receiver.into_sink(),
             result,
@@ -491,6 +511,80 @@ fn another_bundle_restarts_the_transfer_and_says_so() {
     assert_eq!(received(&run), &b[..]);
 }
 
+#[test]
+fn a_new_bundle_right_after_another_waits_as_the_device_asks_then_goes_through() {
+    let a = bundle(3_000, 11);
+    let b = bundle(4_000, 12);
+    let (ida, idb) = (BundleId::of(&a).unwrap(), BundleId::of(&b).unwrap());
+    let (host, device) = UnixStream::pair().unwrap();
+    let dev = spawn_device_with(VecSink::new(64 * 1024), 64 * 1024, device, 400);
+    // one session: the first block of A, then at once a push of B
+    let mut c = Client {
+        stream: host,
+        buf: Vec::new(),
+    };
+    let wire_a = ida.to_wire();
+    let seen = c.send(&Command::new_write(&wire_a, 0, &a[..MTU as usize], None));
+    assert_eq!(seen.outcome, Outcome::Started);
+    let started = std::time::Instant::now();
+    let (pushed, sent) = push_through(&b, c.stream, &PushOptions::default(), forward);
+    let pushed = pushed.unwrap();
+    let run = dev.join().unwrap();
+    // the device refused B's first block until 400 ms after it began A; the host waited that
+    // long once and sent it again
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+    assert!(
+        (300..=401).contains(&pushed.waited_ms),
+        "waited {} ms",
+        pushed.waited_ms
+    );
+    let refused: Vec<_> = run
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Err(Error::RestartTooSoon { wait_ms }) => Some(*wait_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0] <= 400 && u64::from(refused[0]) + 1 == pushed.waited_ms);
+    assert!(run.events.contains(&Ok(Event::Started {
+        id: idb,
+        replaced: Some(ida),
+        offset: MTU,
+    })));
+    assert_eq!(writes(&sent).first(), Some(&(0, MTU as usize)));
+    assert_eq!(received(&run), &b[..]);
+}
+
+#[test]
+fn a_device_that_asks_for_a_longer_wait_than_the_host_allows_is_an_error() {
+    let a = bundle(3_000, 13);
+    let b = bundle(4_000, 14);
+    let (host, device) = UnixStream::pair().unwrap();
+    let dev = spawn_device(VecSink::new(64 * 1024), 64 * 1024, device);
+    let mut c = Client {
+        stream: host,
+        buf: Vec::new(),
+    };
+    let wire_a = BundleId::of(&a).unwrap().to_wire();
+    c.send(&Command::new_write(&wire_a, 0, &a[..MTU as usize], None));
+    let opts = PushOptions {
+        max_restart_wait_ms: 1_000,
+        ..PushOptions::default()
+    };
+    let (pushed, _) = push_through(&b, c.stream, &opts, forward);
+    match pushed {
+        Err(PushError::Refused(Refusal::RestartTooSoon { wait_ms })) => {
+            assert!(wait_ms > 29_000 && wait_ms <= DEFAULT_MIN_RESTART_INTERVAL_MS)
+        }
+        other => panic!("{other:?}"),
+    }
+    // the device still holds A's first block
+    let run = dev.join().unwrap();
+    assert_eq!(run.sink.data, a[..MTU as usize]);
+}
+
 // ------------------------------------------- a hand-driven host: bad frames and offsets
 
 struct Client {
@@ -691,6 +785,7 @@ fn receiver_refuses_a_frame_buffer_smaller_than_the_mtu_needs() {
         running_version: RUNNING,
         mtu: MTU,
         max_bundle_len: 1024,
+        min_restart_interval_ms: 0,
     };
     let err = Receiver::<_, 64>::new(VecSink::new(1024), config).unwrap_err();
     assert!(matches!(err, Error::Config { .. }));

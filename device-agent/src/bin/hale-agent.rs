@@ -602,7 +602,11 @@ fn link(o: &Opts) -> Result<()> {
         running_version: version,
         mtu,
         max_bundle_len: capacity,
+        min_restart_interval_ms: hale_link::DEFAULT_MIN_RESTART_INTERVAL_MS,
     };
+    // the receiver's clock: milliseconds since the session began (monotonic)
+    let start = std::time::Instant::now();
+    let clock = || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut rx = Receiver::<_, LINK_FRAME>::new(sink, config)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let log = |e: &Result<Event, hale_link::Error<_>>| match e {
@@ -628,7 +632,7 @@ fn link(o: &Opts) -> Result<()> {
             reader: IdleReader::spawn(std::io::stdin(), idle),
             writer: std::io::stdout().lock(),
         };
-        rx.serve(&mut port, log)
+        rx.serve(&mut port, clock, log)
     } else {
         let port = std::fs::OpenOptions::new()
             .read(true)
@@ -641,6 +645,7 @@ fn link(o: &Opts) -> Result<()> {
                 reader: IdleReader::spawn(port, idle),
                 writer,
             },
+            clock,
             log,
         )
     };

@@ -38,8 +38,16 @@ fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
 }
 
 fn describe(p: &Pushed) -> String {
+    let waited = if p.waited_ms > 0 {
+        format!(
+            "; waited {} ms for the pump to begin a new transfer",
+            p.waited_ms
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "pushed bundle {}: {} bytes in {} blocks, resumed from offset {} ({} resyncs); the pump verified its checksum",
+        "pushed bundle {}: {} bytes in {} blocks, resumed from offset {} ({} resyncs{waited}); the pump verified its checksum",
         p.id, p.bytes_sent, p.blocks, p.resumed_from, p.resyncs
     )
 }
