@@ -60,6 +60,18 @@ fn assert_refused<R: RollbackHook>(sim: &RepoSim, hook: &mut R, want: Err<MapErr
     assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
 }
 
+/// The repository offers `version` at TARGET (an image of `len` bytes, security counter 1, for
+/// revisions r1 and r2).
+fn offer(sim: &mut RepoSim, version: &str, len: usize) {
+    sim.add_target(
+        "targets",
+        TARGET,
+        &image_bytes(version, len),
+        Some(custom_for(version, 1, &["r1", "r2"], "1.0.0")),
+    );
+    sim.publish();
+}
+
 fn hook(bytes: &[u8]) -> RollbackAuthorization<'_> {
     RollbackAuthorization::new(bytes, DEVICE_ID, Some(GROUP))
 }
@@ -129,13 +141,7 @@ fn an_authorization_is_used_once() {
     store.confirm().unwrap();
 
     // the pump moves on to 1.1.0, while the repository offers 0.9.0 again
-    sim.add_target(
-        "targets",
-        TARGET,
-        &image_bytes("1.1.0", 4000),
-        Some(custom_for("1.1.0", 1, &["r1", "r2"], "1.0.0")),
-    );
-    sim.publish();
+    offer(&mut sim, "1.1.0", 4000);
     let mut t = MapTransport::new(&sim.files);
     assert_eq!(
         check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback),
@@ -145,13 +151,7 @@ fn an_authorization_is_used_once() {
     );
     assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::A });
     store.confirm().unwrap();
-    sim.add_target(
-        "targets",
-        TARGET,
-        &image_bytes("0.9.0", 3000),
-        Some(custom_for("0.9.0", 1, &["r1", "r2"], "1.0.0")),
-    );
-    sim.publish();
+    offer(&mut sim, "0.9.0", 3000);
 
     // the same authorization replayed (still within its validity): refused, nothing changed,
     // and so after a power cycle
@@ -274,13 +274,7 @@ fn the_image_a_device_was_rolled_back_from_is_not_installed_again() {
     assert_eq!(store.slots().running().unwrap().version, v("0.9.0"));
 
     // the repository offers the release the technician took the pump back from: same bytes
-    sim.add_target(
-        "targets",
-        TARGET,
-        &image_bytes("1.0.0", 5000),
-        Some(custom_for("1.0.0", 1, &["r1", "r2"], "1.0.0")),
-    );
-    sim.publish();
+    offer(&mut sim, "1.0.0", 5000);
     let slots = store.slots();
     let mut t = MapTransport::new(&sim.files);
     assert_eq!(
@@ -292,13 +286,7 @@ fn the_image_a_device_was_rolled_back_from_is_not_installed_again() {
     assert_eq!(store.slots(), slots, "slots changed");
 
     // a newer release installs as usual
-    sim.add_target(
-        "targets",
-        TARGET,
-        &image_bytes("1.1.0", 4000),
-        Some(custom_for("1.1.0", 1, &["r1", "r2"], "1.0.0")),
-    );
-    sim.publish();
+    offer(&mut sim, "1.1.0", 4000);
     let mut t = MapTransport::new(&sim.files);
     assert_eq!(
         check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback),

@@ -115,6 +115,21 @@ fn rejects_rollback_of_targets_version_in_new_snapshot() {
     assert_eq!(c.trusted(), before);
 }
 
+/// After a refused snapshot: hale-core took the new timestamp and kept the trusted snapshot
+/// (byte for byte), and the client persisted nothing.
+fn assert_kept_the_snapshot(c: &Client, before: &Trusted) {
+    assert_eq!(
+        c.core(),
+        Trusted {
+            timestamp: Some(before.timestamp.unwrap() + 1),
+            targets: None,
+            ..before.clone()
+        }
+    );
+    assert_eq!(c.core_stored(Role::Snapshot), c.snapshot.as_deref());
+    assert_eq!(c.trusted(), *before);
+}
+
 #[test]
 fn rejects_snapshot_that_drops_a_role() {
     let mut r = RepoSim::new();
@@ -150,16 +165,7 @@ fn rejects_snapshot_that_drops_a_role() {
         })
     );
     // hale-core kept the trusted snapshot, not the one without pump-a
-    assert_eq!(
-        c.core(),
-        Trusted {
-            timestamp: Some(before.timestamp.unwrap() + 1),
-            targets: None,
-            ..before.clone()
-        }
-    );
-    assert_eq!(c.core_stored(Role::Snapshot), c.snapshot.as_deref());
-    assert_eq!(c.trusted(), before);
+    assert_kept_the_snapshot(&c, &before);
 }
 
 /// `bytes` (signed metadata) served with the entries of `signed.meta` in reverse order: the
@@ -248,16 +254,7 @@ fn rejects_rollback_of_a_role_that_a_snapshot_lists_in_another_order() {
         })
     );
     // hale-core kept the trusted snapshot v + 1
-    assert_eq!(
-        c.core(),
-        Trusted {
-            timestamp: Some(before.timestamp.unwrap() + 1),
-            targets: None,
-            ..before.clone()
-        }
-    );
-    assert_eq!(c.core_stored(Role::Snapshot), c.snapshot.as_deref());
-    assert_eq!(c.trusted(), before);
+    assert_kept_the_snapshot(&c, &before);
 }
 
 #[test]
