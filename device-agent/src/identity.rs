@@ -131,13 +131,19 @@ impl fmt::Display for IdentityError {
 impl std::error::Error for IdentityError {}
 
 impl IdentityError {
-    /// Did the EST server refuse the request: answer it with an HTTP error status, or end the
-    /// TLS handshake with an alert? Not when no answer came: an unreachable server is asked
-    /// nothing more, so that a server that is down costs one failed request a poll.
+    /// Did the EST server refuse the certificate the request was made with: answer 401 or 403
+    /// (revoked, expired, not this device's), or end the TLS handshake with an alert? Not when
+    /// no answer came (an unreachable server is asked nothing more, so that a server that is
+    /// down costs one failed request a poll), nor for another refusal: 429 refuses the timing
+    /// (the certificate is too young to replace), 5xx is the server's own trouble, and a 400
+    /// would meet the factory request too.
     pub fn refused_by_server(&self) -> bool {
         matches!(
             self,
-            IdentityError::Refused { .. } | IdentityError::HandshakeRefused { .. }
+            IdentityError::Refused {
+                status: 401 | 403,
+                ..
+            } | IdentityError::HandshakeRefused { .. }
         )
     }
 }

@@ -31,6 +31,8 @@ enum Mode {
     IssueForOther,
     /// Refuse renewals as hale-server does a superseded certificate (its answer was lost).
     RevokedForRenewal,
+    /// Refuse renewals as hale-server does a certificate younger than its minimum age.
+    TooEarlyForRenewal,
 }
 
 struct Est {
@@ -201,6 +203,12 @@ fn serve_one(
                 r#"{{"error":"certificate_revoked","message":"certificate {} is revoked"}}"#,
                 p.certificate_serial
             ),
+        ),
+        ("/.well-known/est/simplereenroll", _, Some(_)) if mode == Mode::TooEarlyForRenewal => (
+            "429 Too Many Requests",
+            "application/json",
+            r#"{"error":"renewal_too_early","message":"the certificate is too young to be replaced"}"#
+                .to_string(),
         ),
         (_, "Bearer used-token", _) => (
             "401 Unauthorized",
@@ -569,6 +577,36 @@ fn no_identity_change_while_another_process_makes_one() {
         panic!()
     };
     assert_eq!(serial(&id), serial_hex);
+}
+
+#[test]
+fn a_renewal_the_server_finds_too_early_is_not_retried_with_the_factory_certificate() {
+    // a 429 refuses the timing, not the certificate (a clock ahead of the server's): the
+    // current certificate stays, and the factory path (with its shorter minimum age) is not
+    // a way around the renewal's
+    let est = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("identity");
+    let id = factory_device(&est, &dir, "SN-429");
+    let Action::Enrolled { serial_hex: first } = id.ensure(SystemTime::now()).unwrap() else {
+        panic!()
+    };
+    let before = tree(&dir);
+    *est.mode.lock().unwrap() = Mode::TooEarlyForRenewal;
+    assert_eq!(
+        id.ensure(renewal_due(&id)).unwrap(),
+        Action::RenewalFailed {
+            reason: format!(
+                "{}/.well-known/est/simplereenroll: refused (HTTP 429 renewal_too_early): the certificate is too young to be replaced",
+                est.url
+            )
+        }
+    );
+    let log = est.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[1].0, "/.well-known/est/simplereenroll");
+    assert_eq!(tree(&dir), before, "nothing changed");
+    assert_eq!(serial(&id), first);
 }
 
 #[test]
