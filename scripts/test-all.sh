@@ -28,9 +28,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p hale-core --target thumbv7em-none-eabihf --locked -- -D warnings
 
 step "binaries (the end-to-end test drives them; same command as scripts/demo.sh)"
-cargo build -p hale-sign -p hale-server -p hale-link --features hale-link/std --bins --locked
-# on its own: with other packages, `--features device-agent/std` lands on device-agent's
-# dev-dependency on itself and hale-agent is skipped
+cargo build -p hale-sign -p hale-server --bins --locked
+# each on its own: with other packages, `--features device-agent/std` (`hale-link/std`) lands on
+# the package's dev-dependency on itself and its binary (which needs `std`) is skipped
+cargo build -p hale-link --features std --bins --locked
 cargo build -p device-agent --features std --bins --locked
 
 step "tests"

@@ -36,19 +36,12 @@ fn binaries() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     let target_dir = profile_dir.parent().unwrap().to_path_buf();
-    // device-agent on its own: with other packages, `--features device-agent/std` lands on its
-    // dev-dependency on itself and hale-agent is skipped
+    // device-agent and hale-link each on its own: with other packages, `--features
+    // device-agent/std` (`hale-link/std`) lands on its dev-dependency on itself and the binary
+    // (which needs `std`) is skipped, leaving whatever an earlier build left
     for args in [
-        &[
-            "-p",
-            "hale-sign",
-            "-p",
-            "hale-server",
-            "-p",
-            "hale-link",
-            "--features",
-            "hale-link/std",
-        ][..],
+        &["-p", "hale-sign", "-p", "hale-server"][..],
+        &["-p", "hale-link", "--features", "std"][..],
         &["-p", "device-agent", "--features", "std"][..],
     ] {
         build(args, &target_dir, &profile_dir);
