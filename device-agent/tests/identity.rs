@@ -308,6 +308,16 @@ fn factory_device(est: &Est, dir: &Path, serial: &str) -> Identity {
     id
 }
 
+/// A factory device ([`factory_device`]) that enrolled with its factory certificate, and the
+/// serial of the operational certificate it got.
+fn enrolled(est: &Est, dir: &Path, serial: &str) -> (Identity, String) {
+    let id = factory_device(est, dir, serial);
+    let Action::Enrolled { serial_hex } = id.ensure(SystemTime::now()).unwrap() else {
+        panic!("{serial} did not enroll")
+    };
+    (id, serial_hex)
+}
+
 /// The serial of the operational certificate `id` holds.
 fn serial(id: &Identity) -> String {
     id.operational()
@@ -587,10 +597,7 @@ fn a_renewal_the_server_finds_too_early_is_not_retried_with_the_factory_certific
     let est = start();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("identity");
-    let id = factory_device(&est, &dir, "SN-429");
-    let Action::Enrolled { serial_hex: first } = id.ensure(SystemTime::now()).unwrap() else {
-        panic!()
-    };
+    let (id, first) = enrolled(&est, &dir, "SN-429");
     let before = tree(&dir);
     *est.mode.lock().unwrap() = Mode::TooEarlyForRenewal;
     assert_eq!(
@@ -616,10 +623,7 @@ fn a_refused_renewal_falls_back_to_the_factory_certificate() {
     let est = start();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("identity");
-    let id = factory_device(&est, &dir, "SN-400");
-    let Action::Enrolled { serial_hex: first } = id.ensure(SystemTime::now()).unwrap() else {
-        panic!()
-    };
+    let (id, first) = enrolled(&est, &dir, "SN-400");
     let due = renewal_due(&id);
     *est.mode.lock().unwrap() = Mode::RevokedForRenewal;
     let refused = format!(
@@ -683,10 +687,7 @@ fn a_renewal_refused_at_the_handshake_falls_back_to_the_factory_certificate() {
     let est = start();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("identity");
-    let id = factory_device(&est, &dir, "SN-410");
-    let Action::Enrolled { serial_hex: first } = id.ensure(SystemTime::now()).unwrap() else {
-        panic!()
-    };
+    let (id, first) = enrolled(&est, &dir, "SN-410");
     let due = renewal_due(&id);
     est.revoke(&[], &[&first], 2);
     let Action::RenewedWithFactory {
@@ -748,10 +749,7 @@ fn a_renewal_that_cannot_reach_the_server_is_not_retried_with_the_factory_certif
     let est = start();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("identity");
-    let id = factory_device(&est, &dir, "SN-420");
-    let Action::Enrolled { serial_hex: first } = id.ensure(SystemTime::now()).unwrap() else {
-        panic!()
-    };
+    let (id, first) = enrolled(&est, &dir, "SN-420");
     let due = renewal_due(&id);
     let down = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -798,10 +796,7 @@ fn a_renewal_the_server_hangs_up_on_is_asked_once() {
     let est = start();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("identity");
-    let id = factory_device(&est, &dir, "SN-430");
-    let Action::Enrolled { serial_hex: first } = id.ensure(SystemTime::now()).unwrap() else {
-        panic!()
-    };
+    let (id, first) = enrolled(&est, &dir, "SN-430");
     let due = renewal_due(&id);
     let hangup = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = hangup.local_addr().unwrap();
