@@ -439,11 +439,14 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
             what: Name::new("trusted root"),
         })?;
     let mut set = TrustedSet::new(metadata, root, now)?;
-    if refresh(store, transport, &mut set, scratch, &running.sha256)? {
-        return Ok(Outcome::UpToDate {
-            running: running.version,
-        });
-    }
+    let mut unrecorded = match refresh(store, transport, &mut set, scratch, &running.sha256)? {
+        Refreshed::Unchanged => {
+            return Ok(Outcome::UpToDate {
+                running: running.version,
+            })
+        }
+        Refreshed::Search { unrecorded } => unrecorded,
+    };
     let mut delegated_expires = UnixTime::MAX;
     let outcome = install(
         store,
@@ -456,28 +459,45 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
         delegations,
         chunk,
         &mut delegated_expires,
-    )?;
-    if let Outcome::UpToDate { .. } = outcome {
-        remember_up_to_date::<F, T>(store, &set, running.sha256, delegated_expires)?;
+        &mut unrecorded,
+    );
+    // what the check verified and, when it is "up to date", what it concluded: one record
+    // (staging recorded the metadata before its first slot change)
+    let check = match outcome {
+        Ok(Outcome::UpToDate { .. }) => Some(up_to_date(&set, running.sha256, delegated_expires)?),
+        _ => None,
+    };
+    if unrecorded || store.last_check() != check {
+        // a flash failure comes before the outcome: the device must hear of it
+        record::<F, T>(store, &set, unrecorded, check)?;
     }
-    Ok(outcome)
+    outcome
 }
 
-/// Remember that the check of the current snapshot concluded "up to date" about the running
-/// image, valid until the earliest expiry of what it relied on (one record write).
-fn remember_up_to_date<F: Durable, T: Transport>(
-    store: &mut FirmwareStore<F>,
+/// What `refresh` leaves to its caller.
+enum Refreshed {
+    /// Nothing changed since a check that concluded "up to date" about the running image: the
+    /// check stops after the timestamp.
+    Unchanged,
+    /// The target search follows. `unrecorded`: metadata verified by this check, or the end of
+    /// a last check it does not confirm, is still to be recorded ([`record`]).
+    Search { unrecorded: bool },
+}
+
+/// "Up to date": the check of the current snapshot concluded so about the running image, valid
+/// until the earliest expiry of what it relied on.
+fn up_to_date<E, S>(
     set: &TrustedSet<&mut [u8]>,
     running_sha256: [u8; 32],
     delegated_expires: UnixTime,
-) -> Res<(), T, F> {
+) -> Result<LastCheck, AgentError<E, S>> {
     let missing = || Error::WrongOrder {
         operation: "remember the check",
         requires: "snapshot and targets",
     };
     let snapshot = set.snapshot().ok_or_else(missing)?;
     let targets = set.targets().ok_or_else(missing)?;
-    let check = LastCheck {
+    Ok(LastCheck {
         snapshot_version: snapshot.header.version,
         running_sha256,
         valid_until: snapshot
@@ -486,10 +506,31 @@ fn remember_up_to_date<F: Durable, T: Transport>(
             .min(targets.header.expires)
             .min(delegated_expires),
         conclusion: Conclusion::UpToDate,
+    })
+}
+
+/// One record: the last check `check`, and with `metadata` the four roles as `set` verified
+/// them (else the stored ones kept).
+#[inline(never)]
+fn record<F: Durable, T: Transport>(
+    store: &mut FirmwareStore<F>,
+    set: &TrustedSet<&mut [u8]>,
+    metadata: bool,
+    check: Option<LastCheck>,
+) -> Res<(), T, F> {
+    let meta = |r: Role| match metadata {
+        true => Meta::Set(set.stored(r).unwrap_or(&[])),
+        false => Meta::Keep,
     };
-    if store.last_check() != Some(check) {
-        store.record_check(Some(check), [Meta::Keep; 4])?;
-    }
+    store.record_check(
+        check,
+        [
+            meta(Role::Root),
+            meta(Role::Timestamp),
+            meta(Role::Snapshot),
+            meta(Role::Targets),
+        ],
+    )?;
     Ok(())
 }
 
@@ -508,6 +549,7 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
     delegations: &mut [u8],
     chunk: &mut [u8],
     delegated_expires: &mut UnixTime,
+    unrecorded: &mut bool,
 ) -> Res<Outcome, T, F> {
     let slots = store.slots();
     let consistent = set.root().consistent_snapshot;
@@ -633,6 +675,10 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
         });
     }
 
+    // the verified metadata is on flash before any slot changes
+    if core::mem::take(unrecorded) {
+        record::<F, T>(store, set, true, None)?;
+    }
     stage(
         store, transport, &file, image, lookup, consistent, chunk, authorized,
     )
@@ -765,12 +811,12 @@ fn fetch_listed<'b, T: Transport, E>(
     fetch_required(transport, name, buf)
 }
 
-/// Root chain, timestamp, snapshot, targets (spec §5.3–5.6), persisting what verified when
-/// anything changed. Returns `true` when the check may stop after the timestamp: no new root,
-/// the timestamp names the snapshot version of a check that concluded "up to date" about the
-/// image still running, and nothing that check relied on has expired (see
-/// [`check_for_update`]). Not inlined: its frame and the staging frame are never on the stack
-/// together.
+/// Root chain, timestamp, snapshot, targets (spec §5.3–5.6). [`Refreshed::Unchanged`] when the
+/// check may stop after the timestamp: no new root, the timestamp names the snapshot version of
+/// a check that concluded "up to date" about the image still running, and nothing that check
+/// relied on has expired (see [`check_for_update`]); a new timestamp is recorded then. Else
+/// what verified is left to the caller to record ([`Refreshed::Search`]). Not inlined: its
+/// frame and the staging frame are never on the stack together.
 #[inline(never)]
 fn refresh<F: Durable, T: Transport>(
     store: &mut FirmwareStore<F>,
@@ -778,7 +824,7 @@ fn refresh<F: Durable, T: Transport>(
     set: &mut TrustedSet<&mut [u8]>,
     scratch: &mut [u8],
     running_sha256: &[u8; 32],
-) -> Res<bool, T, F> {
+) -> Res<Refreshed, T, F> {
     let mut changed = false;
     let mut name = HString::new();
     // 1. the root chain: N+1.root.json until the repository has no next one
@@ -848,7 +894,7 @@ fn refresh<F: Durable, T: Transport>(
             let ts = Meta::Set(set.stored(Role::Timestamp).unwrap_or(&[]));
             store.record_check(last, [Meta::Keep, ts, Meta::Keep, Meta::Keep])?;
         }
-        return Ok(true);
+        return Ok(Refreshed::Unchanged);
     }
 
     // 3. snapshot
@@ -885,19 +931,10 @@ fn refresh<F: Durable, T: Transport>(
         changed = true;
     }
 
-    // 5. persist what verified (only when something changed: flash wear), and forget a last
-    // check this one does not confirm (it concludes afresh)
-    if changed || last.is_some() {
-        let meta = |r: Role| Meta::Set(set.stored(r).unwrap_or(&[]));
-        store.record_check(
-            None,
-            [
-                meta(Role::Root),
-                meta(Role::Timestamp),
-                meta(Role::Snapshot),
-                meta(Role::Targets),
-            ],
-        )?;
-    }
-    Ok(false)
+    // 5. what verified is persisted (only when something changed: flash wear), and a last
+    // check this one does not confirm forgotten (it concludes afresh), in the record that ends
+    // the check (or before staging): one record, not two, for a check that stages nothing
+    Ok(Refreshed::Search {
+        unrecorded: changed || last.is_some(),
+    })
 }

@@ -113,6 +113,10 @@ impl std::error::Error for HttpError {}
 #[derive(Debug)]
 pub struct HttpTransport {
     agent: ureq::Agent,
+    /// `http://` GETs of whole files (metadata): the same requests as the agent's, with a
+    /// system call or two per request where the agent makes about twenty (it sets the socket's
+    /// timeouts before every read and write). Targets stream through the agent.
+    plain: crate::http1::Http1,
     metadata_url: String,
     target_url: String,
     /// The target response being read, if any.
@@ -153,6 +157,7 @@ impl HttpTransport {
             .build();
         HttpTransport {
             agent,
+            plain: crate::http1::Http1::default(),
             metadata_url: metadata_url.into(),
             target_url: target_url.into(),
             target: None,
@@ -169,6 +174,7 @@ impl HttpTransport {
     ) -> Self {
         HttpTransport {
             agent: crate::identity::agent(tls),
+            plain: crate::http1::Http1::default(),
             metadata_url: metadata_url.into(),
             target_url: target_url.into(),
             target: None,
@@ -184,6 +190,9 @@ impl HttpTransport {
     /// GET `url`: `None` on 404, otherwise at most `limit` bytes (more is an error).
     pub fn get(&mut self, url: &str, limit: usize) -> Result<Option<Vec<u8>>, HttpError> {
         self.requests.push(url.to_string());
+        if crate::http1::Http1::handles(url) {
+            return self.plain.get(url, limit);
+        }
         let resp = match self.agent.get(url).call() {
             Ok(r) => r,
             Err(ureq::Error::Status(404, r)) => {

@@ -721,6 +721,129 @@ fn a_refused_update_is_evaluated_again_at_the_next_check() {
     }
 }
 
+/// The top-level metadata `sim` serves now (root, timestamp, snapshot, targets), as a check
+/// that verified it stores it.
+fn served(sim: &hale_tests::RepoSim) -> Vec<Option<Vec<u8>>> {
+    let snap = format!("{}.snapshot.json", sim.snapshot.version);
+    let targets = format!("{}.targets.json", sim.targets.version);
+    ["root.json", "timestamp.json", &snap, &targets]
+        .iter()
+        .map(|f| Some(sim.files[*f].clone()))
+        .collect()
+}
+
+#[test]
+fn a_check_that_stages_nothing_writes_one_record_with_its_metadata() {
+    // each outcome of a check that verified new metadata and staged nothing: one record (one
+    // flash write, one sync on the simulated pump) holding that metadata and the conclusion
+    let mut sim = delegated_repo_offering_the_running_image();
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    let one_record = |store: &mut FirmwareStore<_>, seq: u32, sim: &hale_tests::RepoSim| {
+        assert_eq!(store.sequence(), seq + 1, "exactly one record");
+        assert_eq!(persisted(store).metadata, served(sim));
+    };
+
+    // up to date: the metadata and the conclusion together
+    let seq = store.sequence();
+    assert_eq!(check_fresh(&mut store, &sim.files).unwrap(), up_to_date());
+    one_record(&mut store, seq, &sim);
+    assert_eq!(store.last_check().unwrap().snapshot_version, 2);
+
+    // deferred (therapy running): the new metadata, the last check forgotten
+    publish_delegated(&mut sim, "2.0.0", 7, 3000, "pump-a");
+    let (seq, slots) = (store.sequence(), store.slots());
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump { therapy: true }).unwrap(),
+        Outcome::Deferred {
+            offered: v("2.0.0"),
+            reason: DeferReason::TherapyRunning,
+        }
+    );
+    one_record(&mut store, seq, &sim);
+    assert_eq!((store.slots(), store.last_check()), (slots, None));
+
+    // refused by policy: the metadata it verified is kept all the same
+    publish_delegated(&mut sim, "2.0.1", 7, 3000, "pump-b");
+    let seq = store.sequence();
+    assert_eq!(
+        check_fresh(&mut store, &sim.files).unwrap_err(),
+        AgentError::Policy(PolicyError::WrongModel {
+            model: Name::new("pump-a"),
+        })
+    );
+    one_record(&mut store, seq, &sim);
+    assert_eq!((store.slots(), store.last_check()), (slots, None));
+
+    // the delegated role cannot be fetched after the top-level roles verified: those are kept
+    publish_delegated(&mut sim, "2.0.2", 7, 3000, "pump-a");
+    let mut files = sim.files.clone();
+    files.retain(|name, _| !name.ends_with(".pump-a.json"));
+    let seq = store.sequence();
+    assert_eq!(
+        check_fresh(&mut store, &files).unwrap_err(),
+        AgentError::Missing {
+            what: Name::new("pump-a"),
+        }
+    );
+    one_record(&mut store, seq, &sim);
+    assert_eq!((store.slots(), store.last_check()), (slots, None));
+
+    // staged: the metadata is recorded before the first slot change
+    let seq = store.sequence();
+    assert_eq!(
+        check_fresh(&mut store, &sim.files).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.2")
+        }
+    );
+    assert_eq!(persisted(&mut store).metadata, served(&sim));
+    assert!(store.sequence() > seq + 1);
+}
+
+#[test]
+fn a_power_cut_during_a_check_keeps_the_metadata_and_its_conclusion_together() {
+    // cut the power at every flash operation of a check that concludes "up to date": after
+    // the cut the pump holds either what it held before or the new metadata with the
+    // conclusion, never the conclusion without the metadata it was drawn from
+    let mut sim = delegated_repo_offering_the_running_image();
+    let mut mem = provisioned(&sim);
+    open_checked(&mut mem, &sim);
+    sim.add_target("pump-a", "pump-a/notes.txt", b"release notes", None);
+    sim.publish();
+    let before = {
+        let mut store = open_store(&mut mem);
+        (persisted(&mut store), store.last_check())
+    };
+    let mut cuts = 0;
+    for n in 0.. {
+        let mut copy = mem.clone();
+        let mut store = FirmwareStore::open(Flash::new(&mut copy).fail_after(n), LAYOUT).unwrap();
+        let done = check_fresh(&mut store, &sim.files).is_ok();
+        drop(store);
+        let mut store = open_store(&mut copy);
+        let after = (persisted(&mut store), store.last_check());
+        if done {
+            assert_eq!(after.0.metadata, served(&sim));
+            assert_eq!(after.1.unwrap().snapshot_version, sim.snapshot.version);
+            break;
+        }
+        cuts += 1;
+        let new = after.0.metadata == served(&sim)
+            && after
+                .1
+                .is_some_and(|c| c.snapshot_version == sim.snapshot.version);
+        assert!(
+            after == before || new,
+            "cut after {n} operations: metadata new: {}, last check: {:?}",
+            after.0.metadata == served(&sim),
+            after.1
+        );
+    }
+    assert!(cuts > 0, "the check wrote to flash");
+}
+
 #[test]
 fn an_expired_delegated_role_is_not_hidden_by_the_remembered_check() {
     let mut sim = delegated_repo_offering_the_running_image();
