@@ -5,6 +5,9 @@
 //! ```text
 //! DIR/bundle.part       the bundle's bytes; only the first `offset` of them count
 //! DIR/bundle.progress   "hale-link-progress 1 <40-hex bundle id> <offset>\n", replaced atomically
+//! DIR/bundle.begun      "hale-link-begun 1 <ms>\n": the receiver's clock at the last begin,
+//!                       replaced atomically, kept through a reset (the restart bound outlives
+//!                       the session: `BundleSink::last_begin_ms`)
 //! ```
 //!
 //! What makes resuming safe (the [`BundleSink`] contract): `write_at` writes the block and
@@ -31,6 +34,9 @@ const PROGRESS_TMP: &str = "bundle.progress.tmp";
 const MAGIC: &str = "hale-link-progress 1";
 /// Longest progress record read (the real one is about 70 bytes).
 const MAX_PROGRESS: u64 = 128;
+const BEGUN: &str = "bundle.begun";
+const BEGUN_TMP: &str = "bundle.begun.tmp";
+const BEGUN_MAGIC: &str = "hale-link-begun 1";
 
 /// A file operation that failed, and on which file.
 #[derive(Debug)]
@@ -78,6 +84,32 @@ fn parse_progress(text: &str) -> Option<(BundleId, u32)> {
     (offset <= id.bundle_len()).then_some((id, offset))
 }
 
+/// Parse a begin record; `None` for anything but exactly the format above.
+fn parse_begun(text: &str) -> Option<u64> {
+    let ms = text
+        .strip_prefix(BEGUN_MAGIC)?
+        .strip_prefix(' ')?
+        .strip_suffix('\n')?;
+    if ms.is_empty() || !ms.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ms.parse().ok()
+}
+
+/// At most `max` bytes of `path`: `None` when it does not exist or is longer.
+fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>, LinkStoreError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err("open", path)(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err("read", path))?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
+}
+
 impl LinkStore {
     /// Open (creating `dir` if needed) the store in `dir`, holding at most `capacity` bytes.
     /// Whatever progress the files record is resumed if it is consistent, discarded otherwise.
@@ -101,19 +133,9 @@ impl LinkStore {
     }
 
     fn load(&self) -> Result<Option<(BundleId, u32)>, LinkStoreError> {
-        let p = self.path(PROGRESS);
-        let file = match File::open(&p) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(err("open", &p)(e)),
-        };
-        let mut bytes = Vec::new();
-        file.take(MAX_PROGRESS + 1)
-            .read_to_end(&mut bytes)
-            .map_err(err("read", &p))?;
-        if bytes.len() as u64 > MAX_PROGRESS {
+        let Some(bytes) = read_bounded(&self.path(PROGRESS), MAX_PROGRESS)? else {
             return Ok(None);
-        }
+        };
         let Some((id, offset)) = std::str::from_utf8(&bytes).ok().and_then(parse_progress) else {
             return Ok(None);
         };
@@ -129,18 +151,23 @@ impl LinkStore {
         Ok((held >= u64::from(offset)).then_some((id, offset)))
     }
 
+    /// Replace file `name` with `text` atomically (through `tmp`); durable once the directory
+    /// is synced.
+    fn replace(&self, name: &str, tmp: &str, text: &str) -> Result<(), LinkStoreError> {
+        let (p, tmp) = (self.path(name), self.path(tmp));
+        let mut f = File::create(&tmp).map_err(err("create", &tmp))?;
+        f.write_all(text.as_bytes()).map_err(err("write", &tmp))?;
+        f.sync_all().map_err(err("fsync", &tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &p).map_err(err("rename", &p))
+    }
+
     /// Replace the progress record atomically and durably.
     fn record(&mut self, progress: Option<(BundleId, u32)>) -> Result<(), LinkStoreError> {
         let p = self.path(PROGRESS);
         match progress {
             Some((id, offset)) => {
-                let tmp = self.path(PROGRESS_TMP);
-                let mut f = File::create(&tmp).map_err(err("create", &tmp))?;
-                f.write_all(format!("{MAGIC} {id} {offset}\n").as_bytes())
-                    .map_err(err("write", &tmp))?;
-                f.sync_all().map_err(err("fsync", &tmp))?;
-                drop(f);
-                std::fs::rename(&tmp, &p).map_err(err("rename", &p))?;
+                self.replace(PROGRESS, PROGRESS_TMP, &format!("{MAGIC} {id} {offset}\n"))?;
             }
             None => match std::fs::remove_file(&p) {
                 Ok(()) => {}
@@ -210,10 +237,24 @@ impl BundleSink for LinkStore {
         Ok(self.progress.map_or(0, |(_, o)| o))
     }
 
-    fn begin(&mut self, id: &BundleId) -> Result<(), LinkStoreError> {
-        // the new id at 0 first: a cut before the truncation leaves an offset of 0
+    fn begin(&mut self, id: &BundleId, at_ms: u64) -> Result<(), LinkStoreError> {
+        // the time first: a cut after it leaves the old transfer and a later last begin, which
+        // only waits longer
+        self.replace(BEGUN, BEGUN_TMP, &format!("{BEGUN_MAGIC} {at_ms}\n"))?;
+        // the new id at 0 next (its directory sync covers both): a cut before the truncation
+        // leaves an offset of 0
         self.record(Some((*id, 0)))?;
         self.truncate_data()
+    }
+
+    /// Kept in its own file, which a reset leaves: a bad swap discards the bundle, not the time.
+    /// A record that does not parse counts as none.
+    fn last_begin_ms(&mut self) -> Result<Option<u64>, LinkStoreError> {
+        let bytes = read_bounded(&self.path(BEGUN), MAX_PROGRESS)?;
+        Ok(bytes
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(parse_begun))
     }
 
     fn write_at(&mut self, offset: u32, data: &[u8]) -> Result<(), LinkStoreError> {
@@ -269,7 +310,7 @@ mod tests {
         let id = BundleId::of(&bundle).unwrap();
         let mut s = LinkStore::open(tmp.path(), 1000).unwrap();
         assert_eq!(s.progress(), None);
-        s.begin(&id).unwrap();
+        s.begin(&id, 1_000).unwrap();
         s.write_at(0, &bundle[..40]).unwrap();
         // out of order and past the end are refused, and change nothing
         assert!(s.write_at(50, &bundle[..10]).is_err());
@@ -282,6 +323,36 @@ mod tests {
         assert_eq!(s.read_complete().unwrap(), Some(bundle.to_vec()));
         s.reset().unwrap();
         assert_eq!(LinkStore::open(tmp.path(), 1000).unwrap().progress(), None);
+    }
+
+    #[test]
+    fn the_last_begin_survives_reopening_and_a_reset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = BundleId::of(&[7u8; 100]).unwrap();
+        let mut s = LinkStore::open(tmp.path(), 1000).unwrap();
+        assert_eq!(s.last_begin_ms().unwrap(), None);
+        s.begin(&id, 1_700_000_000_123).unwrap();
+        s.reset().unwrap();
+        let mut s = LinkStore::open(tmp.path(), 1000).unwrap();
+        assert_eq!(s.progress(), None);
+        assert_eq!(s.last_begin_ms().unwrap(), Some(1_700_000_000_123));
+        s.begin(&id, 1_700_000_031_000).unwrap();
+        let mut s = LinkStore::open(tmp.path(), 1000).unwrap();
+        assert_eq!(
+            (s.progress(), s.last_begin_ms().unwrap()),
+            (Some((id, 0)), Some(1_700_000_031_000))
+        );
+        // a record that does not parse is none
+        for bad in [
+            format!("{BEGUN_MAGIC} 12"),
+            format!("{BEGUN_MAGIC} -1\n"),
+            format!("{BEGUN_MAGIC} 99999999999999999999999\n"),
+            "hale-link-begun 2 12\n".to_string(),
+            "x".repeat(4096),
+        ] {
+            std::fs::write(tmp.path().join(BEGUN), &bad).unwrap();
+            assert_eq!(s.last_begin_ms().unwrap(), None, "{bad:?}");
+        }
     }
 
     #[test]

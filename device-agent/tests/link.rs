@@ -429,9 +429,24 @@ fn a_corrupted_block_is_refused_at_the_checksum_and_nothing_is_installed() {
         0
     );
 
-    // a clean push afterwards starts from 0 and installs
-    let s = session(&state, &[], &bundle, |_| Action::Forward);
-    assert_eq!(s.pushed.unwrap().resumed_from, 0);
+    // a clean push afterwards, in a new session: the store kept when the last transfer began,
+    // so this one waits out the rest of the interval (the discard and the new session do not
+    // reset it), then starts from 0 and installs
+    let s = session(&state, &["--min-restart-interval", "5"], &bundle, |_| {
+        Action::Forward
+    });
+    let pushed = s.pushed.unwrap();
+    assert_eq!(pushed.resumed_from, 0);
+    assert!(
+        (1..=5_000).contains(&pushed.waited_ms),
+        "waited {} ms",
+        pushed.waited_ms
+    );
+    assert!(
+        s.stderr.contains("link: refused: a new transfer"),
+        "{}",
+        s.stderr
+    );
     assert_eq!(s.success, Some(true), "{}{}", s.stdout, s.stderr);
     assert_eq!(running_version(&state), "2.0.0");
 }
@@ -514,4 +529,39 @@ fn a_silent_line_ends_the_session_and_frees_the_pump() {
     // the flash is free: a reset goes through
     agent(&state, &["reboot"]);
     assert_eq!(running_version(&state), "1.0.0");
+}
+
+#[test]
+fn a_restart_interval_out_of_range_is_refused_before_the_link_opens() {
+    let sim = repo_offering("2.0.0", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let state = provision(&sim, dir.path());
+    let before = pump_state(&state);
+    for (value, want) in [
+        ("0", "Error: --min-restart-interval 0: 1 to 3600 seconds\n"),
+        (
+            "3601",
+            "Error: --min-restart-interval 3601: 1 to 3600 seconds\n",
+        ),
+        (
+            "soon",
+            "Error: --min-restart-interval\n\nCaused by:\n    invalid digit found in string\n",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+            .arg("--state")
+            .arg(&state)
+            .args(["link", "--device", "-", "--min-restart-interval", value])
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err, want, "{value}");
+        assert!(out.stdout.is_empty(), "the link never opened");
+        assert_eq!(pump_state(&state), before);
+        assert!(!state.join("link").exists(), "no bundle store made");
+    }
 }

@@ -11,8 +11,9 @@
 //! - a bundle is handed off only when the SHA-256 of the stored bytes matches its id and the
 //!   `Swap`'s checksum;
 //! - a transfer begins at most once per `min_restart_interval_ms` of the receiver's clock (the
-//!   script moves it on), the first of a session at once, and a `RestartTooSoon` names the exact
-//!   wait.
+//!   script moves it on), and a `RestartTooSoon` names the exact wait. The first of a session
+//!   begins at once, unless the store keeps the last begin (`last_begin_ms`, chosen by the
+//!   input): then the bound holds across sessions too.
 #![no_main]
 use hale_link::wire::{Command, Report, MAX_REPORT_FRAME};
 use hale_link::{max_frame_len, BundleId, BundleSink, Config, Error, Event, Receiver};
@@ -34,6 +35,9 @@ struct Store {
     fail_writes: bool,
     /// transfers begun
     begins: u32,
+    /// whether it keeps the last begin across receivers, and what it kept
+    keeps_begin: bool,
+    begun: Option<u64>,
 }
 
 impl BundleSink for Store {
@@ -47,7 +51,7 @@ impl BundleSink for Store {
     fn persisted_offset(&mut self) -> Result<u32, Self::Error> {
         Ok(self.offset)
     }
-    fn begin(&mut self, id: &BundleId) -> Result<(), Self::Error> {
+    fn begin(&mut self, id: &BundleId, at_ms: u64) -> Result<(), Self::Error> {
         assert!(
             id.bundle_len() <= self.max,
             "began a bundle above the maximum"
@@ -55,6 +59,7 @@ impl BundleSink for Store {
         self.id = Some(*id);
         self.offset = 0;
         self.begins += 1;
+        self.begun = self.keeps_begin.then_some(at_ms);
         Ok(())
     }
     fn write_at(&mut self, offset: u32, data: &[u8]) -> Result<(), Self::Error> {
@@ -92,6 +97,9 @@ impl BundleSink for Store {
         self.id = None;
         self.offset = 0;
         Ok(())
+    }
+    fn last_begin_ms(&mut self) -> Result<Option<u64>, Self::Error> {
+        Ok(self.begun)
     }
 }
 
@@ -274,6 +282,7 @@ fuzz_target!(|data: &[u8]| {
         // none, or up to about a second
         min_restart_interval_ms: u32::from(input.byte().unwrap_or(0)) * 4,
     };
+    let keeps_begin = input.byte().unwrap_or(0) & 1 == 1;
     let mut clock = Clock {
         now: 0,
         interval: u64::from(config.min_restart_interval_ms),
@@ -305,6 +314,8 @@ fuzz_target!(|data: &[u8]| {
         max: config.max_bundle_len.min(capacity as u32),
         fail_writes: false,
         begins: 0,
+        keeps_begin,
+        begun: None,
     };
     let mut rx = Receiver::<Store, N>::new(store, config).expect("a valid configuration");
     while let Some(op) = input.byte() {
@@ -373,8 +384,11 @@ fuzz_target!(|data: &[u8]| {
             6 => {
                 let before = rx.transfer();
                 rx = Receiver::new(rx.into_sink(), config).expect("a valid configuration");
-                // a new session: its first transfer may begin at once
-                clock.last_begin = None;
+                // a new session: its first transfer may begin at once, unless the store kept
+                // the last begin
+                if !keeps_begin {
+                    clock.last_begin = None;
+                }
                 rx.set_clock_ms(clock.now);
                 assert_eq!(
                     rx.transfer(),

@@ -17,7 +17,9 @@
 //!   transfer) and a new bundle id (discards the old transfer, reported as `Event::Started`);
 //! - the store is begun again (an erase on a NOR part) at most once per
 //!   `Config::min_restart_interval_ms` of the receiver's clock: bundle ids that alternate at frame
-//!   rate cannot wear it out (`Error::RestartTooSoon`; the first transfer of a session is free).
+//!   rate cannot wear it out (`Error::RestartTooSoon`). The first transfer of a new receiver
+//!   begins at once unless the sink keeps the time of the last begin
+//!   ([`BundleSink::last_begin_ms`]), which carries the bound across sessions.
 //!
 //! A `BundleComplete` bundle is still untrusted: the agent installs it through hale-core's
 //! verified path (`hale_core::bundle::Bundle::parse`, then the trusted set from the device's own
@@ -44,8 +46,10 @@ pub trait BundleSink {
     fn persisted_id(&mut self) -> Result<Option<BundleId>, Self::Error>;
     /// How many leading bytes of that bundle are durably stored.
     fn persisted_offset(&mut self) -> Result<u32, Self::Error>;
-    /// Discard what is stored and start holding `id`, at offset 0.
-    fn begin(&mut self, id: &BundleId) -> Result<(), Self::Error>;
+    /// Discard what is stored and start holding `id`, at offset 0. `at_ms` is the receiver's
+    /// clock at this begin; a store that keeps it returns it from
+    /// [`last_begin_ms`](Self::last_begin_ms).
+    fn begin(&mut self, id: &BundleId, at_ms: u64) -> Result<(), Self::Error>;
     /// Append `data` at `offset`; the receiver only calls this with `offset ==
     /// persisted_offset()`.
     fn write_at(&mut self, offset: u32, data: &[u8]) -> Result<(), Self::Error>;
@@ -53,6 +57,15 @@ pub trait BundleSink {
     fn read_at(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Self::Error>;
     /// Discard what is stored; afterwards `persisted_id()` is `None`.
     fn reset(&mut self) -> Result<(), Self::Error>;
+    /// `at_ms` of the last [`begin`](Self::begin), if the store keeps it (durably, and through
+    /// [`reset`](Self::reset)). A new receiver then holds its first transfer to the restart
+    /// bound too, so the bound outlives a session (an agent started anew for every reconnect),
+    /// as long as every receiver is given the same clock: a tick counter since boot on a
+    /// device, the wall clock on a host. Default: not kept, and a new receiver's first
+    /// transfer begins at once.
+    fn last_begin_ms(&mut self) -> Result<Option<u64>, Self::Error> {
+        Ok(None)
+    }
 }
 
 /// How the receiver presents itself and what it accepts.
@@ -64,13 +77,15 @@ pub struct Config<'v> {
     pub mtu: u32,
     /// Largest bundle accepted (further capped by the sink's capacity).
     pub max_bundle_len: u32,
-    /// Least time between two transfers begun in this session, by the clock given to
-    /// [`Receiver::set_clock_ms`] (each begin discards the store: an erase on a NOR part).
-    /// 0: no bound (tests). [`DEFAULT_MIN_RESTART_INTERVAL_MS`] is what the pump uses.
+    /// Least time between two transfers begun, by the clock given to
+    /// [`Receiver::set_clock_ms`] (each begin discards the store: an erase on a NOR part), in
+    /// this session, or across sessions when the sink keeps the last begin
+    /// ([`BundleSink::last_begin_ms`]). 0: no bound (tests). [`DEFAULT_MIN_RESTART_INTERVAL_MS`]
+    /// is what the pump uses.
     pub min_restart_interval_ms: u32,
 }
 
-/// The pump's least time between two transfers begun in one session: 30 s. A technician who
+/// The pump's least time between two transfers begun: 30 s. A technician who
 /// started the wrong bundle waits at most that long; a rogue adapter gets at most 2,880 erases a
 /// day instead of one a frame.
 pub const DEFAULT_MIN_RESTART_INTERVAL_MS: u32 = 30_000;
@@ -221,7 +236,7 @@ struct Core<S> {
     min_restart_interval_ms: u32,
     /// the receiver's clock (milliseconds, monotonic), as last set
     now_ms: u64,
-    /// when this receiver last began a transfer
+    /// when a transfer last began: by this receiver, or as the sink kept it
     last_begin_ms: Option<u64>,
 }
 
@@ -281,6 +296,7 @@ impl<S: BundleSink, const N: usize> Receiver<S, N> {
         }
         let max_bundle_len = config.max_bundle_len.min(sink.capacity());
         let transfer = load(&mut sink, max_bundle_len).map_err(Error::Sink)?;
+        let last_begin_ms = sink.last_begin_ms().map_err(Error::Sink)?;
         let mut version = [0u8; MAX_VERSION_LEN];
         for (d, s) in version.iter_mut().zip(config.running_version) {
             *d = *s;
@@ -296,7 +312,7 @@ impl<S: BundleSink, const N: usize> Receiver<S, N> {
                 reply: [0; MAX_REPORT_FRAME],
                 min_restart_interval_ms: config.min_restart_interval_ms,
                 now_ms: 0,
-                last_begin_ms: None,
+                last_begin_ms,
             },
             frame: [0; N],
             len: 0,
@@ -471,8 +487,9 @@ impl<S: BundleSink> Core<S> {
             Some(t) if t.id == id => t.offset,
             previous => {
                 // each begin discards the store: at most one per interval (a refusal changes
-                // nothing)
-                if let Some(last) = self.last_begin_ms {
+                // nothing). A last begin after now is from a clock that started again (a
+                // reboot, a wall clock set back): it bounds nothing.
+                if let Some(last) = self.last_begin_ms.filter(|l| *l <= self.now_ms) {
                     let since = self.now_ms.saturating_sub(last);
                     let min = u64::from(self.min_restart_interval_ms);
                     if since < min {
@@ -483,7 +500,7 @@ impl<S: BundleSink> Core<S> {
                 }
                 self.last_begin_ms = Some(self.now_ms);
                 self.transfer = None;
-                self.sink.begin(&id).map_err(Error::Sink)?;
+                self.sink.begin(&id, self.now_ms).map_err(Error::Sink)?;
                 self.transfer = Some(Transfer { id, offset: 0 });
                 started = Some(previous.map(|t| t.id));
                 0
@@ -601,6 +618,9 @@ mod tests {
         id: Option<BundleId>,
         offset: u32,
         fail_writes: bool,
+        /// whether it keeps the last begin (`last_begin_ms`), and what it kept
+        keeps_begin: bool,
+        begun: Option<u64>,
     }
 
     impl ArraySink {
@@ -610,6 +630,8 @@ mod tests {
                 id: None,
                 offset: 0,
                 fail_writes: false,
+                keeps_begin: false,
+                begun: None,
             }
         }
     }
@@ -625,9 +647,10 @@ mod tests {
         fn persisted_offset(&mut self) -> Result<u32, Self::Error> {
             Ok(self.offset)
         }
-        fn begin(&mut self, id: &BundleId) -> Result<(), Self::Error> {
+        fn begin(&mut self, id: &BundleId, at_ms: u64) -> Result<(), Self::Error> {
             self.id = Some(*id);
             self.offset = 0;
+            self.begun = self.keeps_begin.then_some(at_ms);
             Ok(())
         }
         fn write_at(&mut self, offset: u32, data: &[u8]) -> Result<(), Self::Error> {
@@ -648,6 +671,9 @@ mod tests {
             self.id = None;
             self.offset = 0;
             Ok(())
+        }
+        fn last_begin_ms(&mut self) -> Result<Option<u64>, Self::Error> {
+            Ok(self.begun)
         }
     }
 
@@ -819,6 +845,66 @@ mod tests {
             write(&mut rx, &wb, &b),
             Ok(Event::Started { id, replaced: Some(r), .. }) if id == idb && r == ida
         ));
+    }
+
+    #[test]
+    fn a_sink_that_keeps_the_last_begin_holds_a_new_session_to_the_interval() {
+        let (a, b) = ([0xa1u8; 1], [0xb2u8; 1]);
+        let (ida, idb) = (BundleId::of(&a).unwrap(), BundleId::of(&b).unwrap());
+        let (wa, wb) = (ida.to_wire(), idb.to_wire());
+        let config = Config {
+            min_restart_interval_ms: 1000,
+            ..config()
+        };
+        let write = |rx: &mut Receiver<ArraySink, N>, w: &[u8], data: &[u8]| {
+            feed(rx, &Command::new_write(w, 0, data, None))
+        };
+        let sink = ArraySink {
+            keeps_begin: true,
+            ..ArraySink::empty()
+        };
+        let mut rx = Receiver::<_, N>::new(sink, config).unwrap();
+        rx.set_clock_ms(5_000);
+        assert!(matches!(write(&mut rx, &wa, &a), Ok(Event::Started { .. })));
+        assert_eq!(rx.sink().begun, Some(5_000));
+        // a new session on the same clock 300 ms later (the agent started again for a
+        // reconnect): the kept begin holds it to the interval, and the refusal changes nothing
+        let mut rx = Receiver::<_, N>::new(rx.into_sink(), config).unwrap();
+        rx.set_clock_ms(5_300);
+        assert_eq!(
+            write(&mut rx, &wb, &b),
+            Err(Error::RestartTooSoon { wait_ms: 700 })
+        );
+        assert_eq!(rx.transfer(), Some((ida, 1)));
+        assert_eq!(
+            (rx.sink().id, rx.sink().offset, rx.sink().begun),
+            (Some(ida), 1, Some(5_000))
+        );
+        // the discard of a bad swap does not forget it
+        assert!(matches!(
+            feed(&mut rx, &Command::new_swap(&wa, &[0; 32], None)),
+            Err(Error::ChecksumMismatch { .. })
+        ));
+        let mut rx = Receiver::<_, N>::new(rx.into_sink(), config).unwrap();
+        rx.set_clock_ms(5_999);
+        assert_eq!(
+            write(&mut rx, &wb, &b),
+            Err(Error::RestartTooSoon { wait_ms: 1 })
+        );
+        rx.set_clock_ms(6_000);
+        assert!(matches!(
+            write(&mut rx, &wb, &b),
+            Ok(Event::Started { id, .. }) if id == idb
+        ));
+        assert_eq!(rx.sink().begun, Some(6_000));
+        // a clock that started again (a reboot): the kept begin is after now and bounds nothing
+        let mut rx = Receiver::<_, N>::new(rx.into_sink(), config).unwrap();
+        rx.set_clock_ms(40);
+        assert!(matches!(
+            write(&mut rx, &wa, &a),
+            Ok(Event::Started { id, .. }) if id == ida
+        ));
+        assert_eq!(rx.sink().begun, Some(40));
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub enum Refusal {
     ChecksumMismatch,
     /// The device's bundle store failed.
     Storage,
-    /// A new transfer too soon after the last one this session began (each discards the
+    /// A new transfer too soon after the last one began (each discards the
     /// device's bundle store); nothing changed. Send it again in `wait_ms`.
     RestartTooSoon { wait_ms: u32 },
 }

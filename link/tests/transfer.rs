@@ -56,7 +56,7 @@ impl BundleSink for VecSink {
     fn persisted_offset(&mut self) -> Result<u32, SinkFault> {
         Ok(self.data.len() as u32)
     }
-    fn begin(&mut self, id: &BundleId) -> Result<(), SinkFault> {
+    fn begin(&mut self, id: &BundleId, _at_ms: u64) -> Result<(), SinkFault> {
         self.data.clear();
         self.id = Some(*id);
         self.begins.push(*id);

@@ -9,8 +9,9 @@
 //!            [--interval S] [--jitter S] [--once] [--authorization FILE]
 //! hale-agent --state DIR bundle install FILE   offline install from a bundle (no network)
 //! hale-agent --state DIR link --device PATH|- [--mtu N] [--capacity N] [--idle-timeout S]
-//!                                              receive a bundle from a technician (hale-link), install it
-//!                                              (a line silent for S s, default 300, ends the session)
+//!            [--min-restart-interval S]        receive a bundle from a technician (hale-link), install it
+//!                                              (a line silent for S s, default 300, ends the session;
+//!                                              a new transfer begins at most once per S s, default 30)
 //! hale-agent --state DIR therapy on|off        tester: is insulin being delivered?
 //! hale-agent --state DIR health pass|fail      tester: result of the next health checks
 //! hale-agent --state DIR crash                 tester: the next trial crashes before confirming
@@ -544,9 +545,8 @@ impl<R, W: std::io::Write> embedded_io::Write for LinkPort<R, W> {
     }
 }
 
-/// `link --device PATH|- [--mtu N] [--capacity N] [--idle-timeout S]`: receive a bundle from a
-/// technician over a
-/// byte stream (a serial device, or stdin/stdout with `-`) into the state directory's bundle
+/// `link --device PATH|- [--mtu N] [--capacity N] [--idle-timeout S] [--min-restart-interval S]`:
+/// receive a bundle from a technician over a byte stream (a serial device, or stdin/stdout with `-`) into the state directory's bundle
 /// store, then install it through the same `install_once` as `bundle install`. Progress is
 /// durable before it is acknowledged, so a transfer cut or killed mid-way resumes from the offset
 /// the pump reports. The link's own log goes to stderr (with `-`, stdout is the link until the
@@ -579,6 +579,17 @@ fn link(o: &Opts) -> Result<()> {
         bail!("--idle-timeout {idle}: 1 to 86400 seconds");
     }
     let idle = Duration::from_secs(idle);
+    // each new transfer discards the bundle store (an erase on a NOR part): the device maker
+    // sets how often that may happen for its part
+    let restart: u32 = o
+        .opt("--min-restart-interval")
+        .map_or(Ok(hale_link::DEFAULT_MIN_RESTART_INTERVAL_MS / 1000), |s| {
+            s.parse()
+        })
+        .context("--min-restart-interval")?;
+    if restart == 0 || restart > 3600 {
+        bail!("--min-restart-interval {restart}: 1 to 3600 seconds");
+    }
     let d = device_config(o)?;
     let mut store = open_store(o)?;
     let running = store
@@ -602,11 +613,16 @@ fn link(o: &Opts) -> Result<()> {
         running_version: version,
         mtu,
         max_bundle_len: capacity,
-        min_restart_interval_ms: hale_link::DEFAULT_MIN_RESTART_INTERVAL_MS,
+        min_restart_interval_ms: restart * 1000,
     };
-    // the receiver's clock: milliseconds since the session began (monotonic)
-    let start = std::time::Instant::now();
-    let clock = || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // the receiver's clock: the wall clock in milliseconds, the same for every session, so the
+    // store's last begin holds a session started for a reconnect to the restart bound too (a
+    // clock set back makes the kept begin lie ahead, and it bounds nothing)
+    let clock = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
     let mut rx = Receiver::<_, LINK_FRAME>::new(sink, config)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let log = |e: &Result<Event, hale_link::Error<_>>| match e {
