@@ -72,12 +72,15 @@ pub enum IdentityError {
     Invalid(String),
     /// The device has no factory certificate and no valid operational certificate.
     NotEnrolled(String),
-    /// The EST server refused (HTTP status and the server's JSON error).
+    /// The EST server refused (HTTP status and the server's JSON error). `retry_after`: the
+    /// seconds its `Retry-After` asks the device to wait (delta-seconds only; at most
+    /// [`MAX_RETRY_AFTER`]).
     Refused {
         url: String,
         status: u16,
         code: String,
         message: String,
+        retry_after: Option<u64>,
     },
     /// The server ended the TLS exchange with an alert: it refused the client certificate
     /// (revoked, expired, not under its CA). With TLS 1.3 the server judges the client
@@ -112,7 +115,14 @@ impl fmt::Display for IdentityError {
                 status,
                 code,
                 message,
-            } => write!(f, "{url}: refused (HTTP {status} {code}): {message}"),
+                retry_after,
+            } => {
+                write!(f, "{url}: refused (HTTP {status} {code}): {message}")?;
+                match retry_after {
+                    Some(s) => write!(f, " (asked to wait {s} s)"),
+                    None => Ok(()),
+                }
+            }
             IdentityError::HandshakeRefused { url, message, .. }
             | IdentityError::Transport { url, message } => write!(f, "{url}: {message}"),
             IdentityError::BadResponse { url, reason } => {
@@ -213,6 +223,21 @@ pub enum Lifetime {
     Expired,
 }
 
+/// The longest wait a server's `Retry-After` imposes on renewal: a day. A longer one is cut to
+/// it (the certificate still has a third of its lifetime; an expired one is enrolled again
+/// whatever the server asked).
+pub const MAX_RETRY_AFTER: u64 = 86_400;
+
+/// A `Retry-After` value in delta-seconds (RFC 9110 §10.2.3), at most [`MAX_RETRY_AFTER`]; an
+/// HTTP date or anything else is ignored.
+fn retry_after(value: Option<&str>) -> Option<u64> {
+    let v = value?.trim();
+    if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(v.parse::<u64>().unwrap_or(u64::MAX).min(MAX_RETRY_AFTER))
+}
+
 /// When a certificate valid from `not_before` to `not_after` is due for renewal: 2/3 through.
 pub fn renewal_time(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
     let life = not_after
@@ -256,8 +281,12 @@ pub enum Action {
     /// Renewal was due but failed: the server did not answer (unreachable, the connection
     /// broke, or this device refused the server), or it refused and so did the factory
     /// certificate (or there is none). The current certificate is still valid and stays in use;
-    /// the next poll tries again.
+    /// the next poll tries again, or, when the refusal said how long to wait (`Retry-After`),
+    /// the first poll after that.
     RenewalFailed { reason: String },
+    /// Renewal is due, but the server's last refusal asked to wait until `until`: nothing was
+    /// asked. The current certificate stays in use.
+    RenewalWaiting { until: SystemTime },
 }
 
 /// An operational certificate with its (open) key.
@@ -273,6 +302,9 @@ pub struct Operational {
 pub struct Identity {
     dir: PathBuf,
     secret: DeviceSecret,
+    /// No renewal before this (the server's `Retry-After`), for as long as this value lives: a
+    /// pump started again asks once more.
+    renew_not_before: std::sync::Mutex<Option<SystemTime>>,
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
@@ -371,6 +403,7 @@ impl Identity {
         Identity {
             dir: dir.to_path_buf(),
             secret,
+            renew_not_before: std::sync::Mutex::new(None),
         }
     }
 
@@ -583,19 +616,40 @@ impl Identity {
                 let Some(op) = current else {
                     return Ok(Action::Current);
                 };
+                let mut wait = self
+                    .renew_not_before
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(until) = wait.filter(|until| now < *until) {
+                    return Ok(Action::RenewalWaiting { until });
+                }
                 let renewal_error =
                     match self.request(Auth::Current(op.chain, op.key), "simplereenroll") {
-                        Ok(serial_hex) => return Ok(Action::Renewed { serial_hex }),
+                        Ok(serial_hex) => {
+                            *wait = None;
+                            return Ok(Action::Renewed { serial_hex });
+                        }
                         Err(e) if e.refused_by_server() => e.to_string(),
                         // no answer (the server is down, the connection broke, or we refused
                         // the server), or another process is changing the identity (`Busy`,
-                        // nothing asked): the factory certificate would fare no better
+                        // nothing asked): the factory certificate would fare no better. A
+                        // refusal that says how long to wait (429 renewal_too_early) is
+                        // not asked again before then.
                         Err(e) => {
+                            *wait = match &e {
+                                IdentityError::Refused {
+                                    retry_after: Some(s),
+                                    ..
+                                } => now.checked_add(Duration::from_secs(*s)),
+                                _ => None,
+                            };
                             return Ok(Action::RenewalFailed {
                                 reason: e.to_string(),
-                            })
+                            });
                         }
                     };
+                *wait = None;
+                drop(wait);
                 // a renewal answer lost on the way leaves the device holding a certificate the
                 // server has already superseded (and revoked), so its next renewal is refused
                 // (an alert at the handshake, or 403): the factory certificate gets it a new one
@@ -663,6 +717,7 @@ impl Identity {
         let body = match req.send_string(&kc.csr_pem) {
             Ok(r) => read_limited(r, &url)?,
             Err(ureq::Error::Status(status, r)) => {
+                let retry_after = retry_after(r.header("Retry-After"));
                 let body = read_limited(r, &url).unwrap_or_default();
                 let (code, message) = error_body(&body);
                 return Err(IdentityError::Refused {
@@ -670,6 +725,7 @@ impl Identity {
                     status,
                     code,
                     message,
+                    retry_after,
                 });
             }
             Err(ureq::Error::Transport(t)) => {
@@ -819,6 +875,28 @@ mod tests {
 
     fn t(s: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn retry_after_takes_delta_seconds_only_and_caps_them() {
+        assert_eq!(retry_after(Some("10")), Some(10));
+        assert_eq!(retry_after(Some(" 0 ")), Some(0));
+        assert_eq!(retry_after(Some("86401")), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            retry_after(Some("99999999999999999999")),
+            Some(MAX_RETRY_AFTER)
+        );
+        for ignored in [
+            None,
+            Some(""),
+            Some("-5"),
+            Some("+5"),
+            Some("1.5"),
+            Some("Wed, 21 Oct 2026 07:28:00 GMT"),
+            Some("999999999999999999999"),
+        ] {
+            assert_eq!(retry_after(ignored), None, "{ignored:?}");
+        }
     }
 
     #[test]

@@ -195,6 +195,8 @@ fn serve_one(
         (None, None) => "none".into(),
     };
     log.lock().unwrap().push((path.clone(), auth.clone()));
+    // `Retry-After` with the 429 (as hale-server sends it)
+    let mut extra = String::new();
     let (status, ctype, out) = match (path.as_str(), auth.as_str(), &peer) {
         ("/.well-known/est/simplereenroll", _, Some(p)) if mode == Mode::RevokedForRenewal => (
             "403 Forbidden",
@@ -204,12 +206,15 @@ fn serve_one(
                 p.certificate_serial
             ),
         ),
-        ("/.well-known/est/simplereenroll", _, Some(_)) if mode == Mode::TooEarlyForRenewal => (
-            "429 Too Many Requests",
-            "application/json",
-            r#"{"error":"renewal_too_early","message":"the certificate is too young to be replaced"}"#
-                .to_string(),
-        ),
+        ("/.well-known/est/simplereenroll", _, Some(_)) if mode == Mode::TooEarlyForRenewal => {
+            extra = "Retry-After: 600\r\n".into();
+            (
+                "429 Too Many Requests",
+                "application/json",
+                r#"{"error":"renewal_too_early","message":"the certificate is too young to be replaced"}"#
+                    .to_string(),
+            )
+        }
         (_, "Bearer used-token", _) => (
             "401 Unauthorized",
             "application/json",
@@ -266,7 +271,7 @@ fn serve_one(
     };
     write!(
         tls,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{out}",
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{out}",
         out.len()
     )?;
     tls.flush()?;
@@ -440,8 +445,10 @@ fn token_refusal_shows_the_servers_error_and_changes_nothing() {
             status,
             code,
             message,
+            retry_after,
         } => {
             assert_eq!(url, &format!("{}/.well-known/est/simpleenroll", est.url));
+            assert_eq!(*retry_after, None);
             assert_eq!(
                 (*status, code.as_str(), message.as_str()),
                 (401, "token_used", "token already redeemed")
@@ -600,20 +607,46 @@ fn a_renewal_the_server_finds_too_early_is_not_retried_with_the_factory_certific
     let (id, first) = enrolled(&est, &dir, "SN-429");
     let before = tree(&dir);
     *est.mode.lock().unwrap() = Mode::TooEarlyForRenewal;
-    assert_eq!(
-        id.ensure(renewal_due(&id)).unwrap(),
-        Action::RenewalFailed {
-            reason: format!(
-                "{}/.well-known/est/simplereenroll: refused (HTTP 429 renewal_too_early): the certificate is too young to be replaced",
-                est.url
-            )
-        }
-    );
+    let due = renewal_due(&id);
+    let too_early = Action::RenewalFailed {
+        reason: format!(
+            "{}/.well-known/est/simplereenroll: refused (HTTP 429 renewal_too_early): the certificate is too young to be replaced (asked to wait 600 s)",
+            est.url
+        ),
+    };
+    assert_eq!(id.ensure(due).unwrap(), too_early);
     let log = est.log.lock().unwrap().clone();
     assert_eq!(log.len(), 2, "{log:?}");
     assert_eq!(log[1].0, "/.well-known/est/simplereenroll");
     assert_eq!(tree(&dir), before, "nothing changed");
     assert_eq!(serial(&id), first);
+
+    // the polls within the wait the server asked for ask nothing
+    let until = due + Duration::from_secs(600);
+    for later in [1, 599] {
+        assert_eq!(
+            id.ensure(due + Duration::from_secs(later)).unwrap(),
+            Action::RenewalWaiting { until }
+        );
+    }
+    assert_eq!(est.log.lock().unwrap().len(), 2, "no request while waiting");
+    assert_eq!(tree(&dir), before);
+    // the first poll after it asks again; once the server agrees, the renewal goes through
+    assert_eq!(id.ensure(until).unwrap(), too_early);
+    assert_eq!(est.log.lock().unwrap().len(), 3);
+    *est.mode.lock().unwrap() = Mode::Issue;
+    assert_eq!(
+        id.ensure(until + Duration::from_secs(1)).unwrap(),
+        Action::RenewalWaiting {
+            until: until + Duration::from_secs(600)
+        }
+    );
+    let Action::Renewed { serial_hex } = id.ensure(until + Duration::from_secs(600)).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(serial(&id), serial_hex);
+    assert_ne!(serial_hex, first);
 }
 
 #[test]

@@ -756,6 +756,8 @@ fn print_action(a: &Action) {
         Action::RenewalFailed { reason } => {
             say!("renewal failed (current certificate still valid): {reason}")
         }
+        // said once, by the refusal that asked for the wait
+        Action::RenewalWaiting { .. } => {}
     }
 }
 
@@ -805,7 +807,11 @@ fn run_mtls(
     loop {
         match id.ensure(std::time::SystemTime::now()) {
             Ok(a) => {
-                if a != Action::Current {
+                // a new certificate: the next requests present it
+                if !matches!(
+                    a,
+                    Action::Current | Action::RenewalFailed { .. } | Action::RenewalWaiting { .. }
+                ) {
                     http = None;
                 }
                 print_action(&a);
