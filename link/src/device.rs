@@ -774,20 +774,35 @@ mod tests {
         assert_eq!(rx.transfer(), None);
     }
 
-    #[test]
-    fn a_transfer_begins_at_most_once_per_interval_the_first_of_a_session_at_once() {
-        let (a, b) = ([0xa1u8; 1], [0xb2u8; 1]);
-        let (ida, idb) = (BundleId::of(&a).unwrap(), BundleId::of(&b).unwrap());
-        let (wa, wb) = (ida.to_wire(), idb.to_wire());
+    /// Two one-byte bundles (content, id, id on the wire) for the restart tests, and a
+    /// configuration that allows a restart every second.
+    type OneByte = ([u8; 1], BundleId, [u8; BundleId::WIRE_LEN]);
+    fn restart_setup() -> (OneByte, OneByte, Config<'static>) {
+        let bundle = |byte: u8| {
+            let id = BundleId::of(&[byte]).unwrap();
+            ([byte], id, id.to_wire())
+        };
         let config = Config {
             min_restart_interval_ms: 1000,
             ..config()
         };
+        (bundle(0xa1), bundle(0xb2), config)
+    }
+
+    /// The whole one-byte bundle `data` named `w`, in one block.
+    fn write(
+        rx: &mut Receiver<ArraySink, N>,
+        w: &[u8],
+        data: &[u8],
+    ) -> Result<Event, Error<&'static str>> {
+        feed(rx, &Command::new_write(w, 0, data, None))
+    }
+
+    #[test]
+    fn a_transfer_begins_at_most_once_per_interval_the_first_of_a_session_at_once() {
+        let ((a, ida, wa), (b, idb, wb), config) = restart_setup();
         let mut rx = Receiver::<_, N>::new(ArraySink::empty(), config).unwrap();
         rx.set_clock_ms(5_000);
-        let write = |rx: &mut Receiver<ArraySink, N>, w: &[u8], data: &[u8]| {
-            feed(rx, &Command::new_write(w, 0, data, None))
-        };
         assert_eq!(
             write(&mut rx, &wa, &a),
             Ok(Event::Started {
@@ -849,16 +864,7 @@ mod tests {
 
     #[test]
     fn a_sink_that_keeps_the_last_begin_holds_a_new_session_to_the_interval() {
-        let (a, b) = ([0xa1u8; 1], [0xb2u8; 1]);
-        let (ida, idb) = (BundleId::of(&a).unwrap(), BundleId::of(&b).unwrap());
-        let (wa, wb) = (ida.to_wire(), idb.to_wire());
-        let config = Config {
-            min_restart_interval_ms: 1000,
-            ..config()
-        };
-        let write = |rx: &mut Receiver<ArraySink, N>, w: &[u8], data: &[u8]| {
-            feed(rx, &Command::new_write(w, 0, data, None))
-        };
+        let ((a, ida, wa), (b, idb, wb), config) = restart_setup();
         let sink = ArraySink {
             keeps_begin: true,
             ..ArraySink::empty()
