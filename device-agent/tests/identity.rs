@@ -45,6 +45,9 @@ struct Est {
     tls: Arc<hale_pki::tls::ListenerTls>,
     /// the listener's configuration, replaced when a CRL changes
     config: Arc<Mutex<Arc<rustls::ServerConfig>>>,
+    /// the listener's certificate chain and key (for a TLS 1.2 configuration)
+    server_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    server_key_pem: String,
 }
 
 impl Est {
@@ -52,6 +55,52 @@ impl Est {
     /// hale-server does when it supersedes a certificate: new handshakes with them end in a
     /// `certificate_revoked` alert.
     fn revoke(&self, factory: &[&str], operational: &[&str], crl_number: u64) {
+        let crls = self.crls(factory, operational, crl_number);
+        *self.config.lock().unwrap() = self.tls.server_config(&crls).unwrap();
+    }
+
+    /// As [`revoke`](Self::revoke), on a listener that speaks TLS 1.2 only (the enrollment
+    /// listener's client verification otherwise): there the server judges the client
+    /// certificate during the handshake, so its alert ends the handshake itself.
+    fn revoke_over_tls12(&self, factory: &[&str], operational: &[&str], crl_number: u64) {
+        let crls = self.crls(factory, operational, crl_number);
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.hierarchy.manufacturing.certificate_der().clone())
+            .unwrap();
+        roots
+            .add(self.hierarchy.device_issuing.certificate_der().clone())
+            .unwrap();
+        let provider = hale_pki::tls::provider();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .enforce_revocation_expiration()
+        .allow_unauthenticated()
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                self.server_chain.clone(),
+                hale_pki::tls::private_key_from_pem(&self.server_key_pem).unwrap(),
+            )
+            .unwrap();
+        *self.config.lock().unwrap() = Arc::new(config);
+    }
+
+    /// CRLs of the Manufacturing and Device Issuing CAs listing these serials.
+    fn crls(
+        &self,
+        factory: &[&str],
+        operational: &[&str],
+        crl_number: u64,
+    ) -> [rustls::pki_types::CertificateRevocationListDer<'static>; 2] {
         let now = SystemTime::now();
         let crl = |ca: &hale_pki::Ca, serials: &[&str]| {
             let revoked: Vec<_> = serials
@@ -66,11 +115,10 @@ impl Est {
                 .unwrap()
                 .der
         };
-        let crls = [
+        [
             crl(&self.hierarchy.manufacturing, factory),
             crl(&self.hierarchy.device_issuing, operational),
-        ];
-        *self.config.lock().unwrap() = self.tls.server_config(&crls).unwrap();
+        ]
     }
 }
 
@@ -89,13 +137,14 @@ fn start() -> Est {
             now,
         )
         .unwrap();
+    let server_chain = vec![server.der.clone(), h.server.certificate_der().clone()];
     let tls = hale_pki::tls::ListenerTls::new(
         TrustDomain::Enrollment,
         &[
             h.manufacturing.certificate_der().clone(),
             h.device_issuing.certificate_der().clone(),
         ],
-        vec![server.der.clone(), h.server.certificate_der().clone()],
+        server_chain.clone(),
         hale_pki::tls::private_key_from_pem(&kc.private_key_pem).unwrap(),
     )
     .unwrap();
@@ -138,6 +187,8 @@ fn start() -> Est {
         mode,
         tls,
         config,
+        server_chain,
+        server_key_pem: kc.private_key_pem.to_string(),
     }
 }
 
@@ -767,6 +818,62 @@ fn a_renewal_refused_at_the_handshake_falls_back_to_the_factory_certificate() {
                 url.clone(),
                 rustls::AlertDescription::CertificateRevoked,
                 "Network Error: Network Error: Error encountered in the status line: received fatal alert: CertificateRevoked".to_string()
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(tree(&dir), before, "nothing changed");
+    assert_eq!(est.log.lock().unwrap().len(), 2, "no request got to HTTP");
+}
+
+#[test]
+fn a_renewal_refused_during_a_tls12_handshake_falls_back_to_the_factory_certificate() {
+    // as above, with a server that speaks TLS 1.2 only: it judges the client certificate
+    // during the handshake, so the alert ends the handshake instead of arriving in place of the
+    // answer; the agent reads it as the same refusal
+    let est = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("identity");
+    let (id, first) = enrolled(&est, &dir, "SN-412");
+    let due = renewal_due(&id);
+    est.revoke_over_tls12(&[], &[&first], 2);
+    let Action::RenewedWithFactory {
+        serial_hex,
+        renewal_error,
+    } = id.ensure(due).unwrap()
+    else {
+        panic!()
+    };
+    let url = format!("{}/.well-known/est/simplereenroll", est.url);
+    assert_eq!(
+        renewal_error,
+        format!("{url}: Connection Failed: tls connection init failed: received fatal alert: CertificateRevoked")
+    );
+    assert_ne!(serial_hex, first);
+    assert_eq!(serial(&id), serial_hex);
+    let log = est.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].0, "/.well-known/est/simpleenroll");
+    assert!(log[1].1.starts_with("factory:SN-412:"), "{:?}", log[1]);
+
+    // the factory certificate revoked too: the re-enrollment past expiry is refused at its
+    // handshake, with the alert named, and nothing is stored
+    let factory = PeerIdentity::from_der(
+        &device_agent::identity::parse_chain(
+            &std::fs::read_to_string(dir.join("factory.crt")).unwrap(),
+        )
+        .unwrap()[0],
+    )
+    .unwrap();
+    est.revoke_over_tls12(&[&factory.certificate_serial], &[&first], 3);
+    let expired = id.operational().unwrap().unwrap().identity.not_after + Duration::from_secs(1);
+    let before = tree(&dir);
+    match id.ensure(expired).unwrap_err() {
+        IdentityError::HandshakeRefused { url: u, alert, .. } => assert_eq!(
+            (u, alert),
+            (
+                format!("{}/.well-known/est/simpleenroll", est.url),
+                rustls::AlertDescription::CertificateRevoked,
             )
         ),
         other => panic!("{other:?}"),
