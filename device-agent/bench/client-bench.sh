@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Cold and warm refresh + download: hale-conformance (in process and whole process) and the
 # pump's own check (hale-agent's poll, in process) against python-tuf's ngclient (in process and
-# whole process), same repository, same loopback server, one run; then hale-conformance against
-# python-tuf in a catalog of 10,000 targets in 256 hashed bins (see the end).
-#   device-agent/bench/client-bench.sh [ITERS]
+# whole process), same repository, same loopback server, one run, in process in ROUNDS
+# alternating rounds (default 3); then hale-conformance against python-tuf in a catalog of 10,000
+# targets in 256 hashed bins (see the end).
+#   [ROUNDS=3] [CATALOG_ROUNDS=3] [CATALOG_TARGETS=10000] device-agent/bench/client-bench.sh [ITERS]
 # Needs the python-tuf venv from .ci/install.sh (target/venv) and the shared bench client.
+# Every client works under $TMPDIR (default /tmp): TMPDIR=/dev/shm compares them on tmpfs, where
+# file creation costs little (and the pump's fdatasync nothing).
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO_ROOT"
@@ -53,41 +56,59 @@ timeit() { # NAME N FN
   for i in $(seq "$n"); do t0=$(date +%s%N); $f >/dev/null; t1=$(date +%s%N); echo $((t1 - t0)); done |
     python3 -c 'import statistics as s,sys; v=[int(x)/1e9 for x in sys.stdin]; print(f"{sys.argv[1]:<32} median {s.median(v):.4f} s (n={len(v)})")' "$name"
 }
-# in process, shaped like the shared python client (new client per iteration, same steps)
+# in process, shaped like the shared python client (new client per iteration, same steps), and
+# the pump's own check (hale-agent's poll: check_for_update into the file-backed flash), against
+# python-tuf in ROUNDS rounds (default 3) of ITERS each, alternating: this machine is shared, so
+# each round's ratios are taken in one go, and the median of the rounds' ratios is reported
 HALE_INPROC=target/release/examples/bench_client
-"$HALE_INPROC" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode cold --iters "$ITERS" | tee "$TMP/ic"
-"$HALE_INPROC" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode warm --iters "$ITERS" | tee "$TMP/iw"
-"$HALE_INPROC" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode floor --iters "$ITERS" | tee "$TMP/if"
-# the pump's own check (hale-agent's poll: check_for_update into the file-backed flash)
 AGENT=target/release/examples/bench_agent
-"$AGENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --model pump-a --revision r2 --mode cold --iters "$ITERS" | tee "$TMP/ac"
-"$AGENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --model pump-a --revision r2 --mode refresh --running 2.0.0 --iters "$ITERS" | tee "$TMP/ar"
-"$AGENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --model pump-a --revision r2 --mode warm --iters "$ITERS" | tee "$TMP/aw"
+ROUNDS=${ROUNDS:-3}
+R="$TMP/repo/1.root.json"
+agent() { "$AGENT" --root "$R" --url "$URL" --target "$T" --model pump-a --revision r2 "$@" --iters "$ITERS"; }
+HAVE_PY=
+[ -x "$PY" ] && [ -f "$SHARED_CLIENT" ] && HAVE_PY=1
+for round in $(seq "$ROUNDS"); do
+  for mode in cold warm; do
+    "$HALE_INPROC" --root "$R" --url "$URL" --target "$T" --mode "$mode" --iters "$ITERS" >"$TMP/i-$mode-$round"
+    if [ -n "$HAVE_PY" ]; then
+      "$PY" "$SHARED_CLIENT" --root "$R" --url "$URL" --target "$T" --mode "$mode" --iters "$ITERS" >"$TMP/p-$mode-$round"
+    fi
+  done
+  agent --mode cold >"$TMP/a-cold-$round"
+  agent --mode refresh --running 2.0.0 >"$TMP/a-refresh-$round"
+  agent --mode warm >"$TMP/a-warm-$round"
+done
+cat "$TMP"/i-*-1 "$TMP"/a-*-1
+"$HALE_INPROC" --root "$R" --url "$URL" --target "$T" --mode floor --iters "$ITERS" | tee "$TMP/if"
 timeit "hale-conformance cold (process)" "$ITERS" hale_cold | tee "$TMP/hc"
 hale_cold >/dev/null
 timeit "hale-conformance warm (process)" "$ITERS" hale_warm | tee "$TMP/hw"
-if [ -x "$PY" ] && [ -f "$SHARED_CLIENT" ]; then
-  "$PY" "$SHARED_CLIENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode cold --iters "$ITERS" | tee "$TMP/pc"
-  "$PY" "$SHARED_CLIENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode warm --iters "$ITERS" | tee "$TMP/pw"
-  py_cold() { "$PY" "$SHARED_CLIENT" --root "$TMP/repo/1.root.json" --url "$URL" --target "$T" --mode cold --iters 1; }
+if [ -n "$HAVE_PY" ]; then
+  cat "$TMP"/p-*-1
+  py_cold() { "$PY" "$SHARED_CLIENT" --root "$R" --url "$URL" --target "$T" --mode cold --iters 1; }
   timeit "python-tuf cold (process)" "$ITERS" py_cold | tee "$TMP/pp"
-  python3 - "$TMP" <<'PYEOF'
-import json, re, sys
-d = sys.argv[1]
+  python3 - "$TMP" "$ROUNDS" <<'PYEOF'
+import json, re, statistics, sys
+d, rounds = sys.argv[1], int(sys.argv[2])
 med = lambda f, part="total": json.load(open(f"{d}/{f}"))["seconds"][part]["median"]
 proc = lambda f: float(re.search(r"median ([0-9.]+)", open(f"{d}/{f}").read()).group(1))
-print("\nratios (python-tuf / hale, same server, this run; > 1: hale faster)")
+x = lambda r: f"{r:.1f}x" if r >= 1 else f"{r:.2f}x"
+print(f"\nratios (python-tuf / hale, same server; in process: {rounds} alternating rounds, the median "
+      "of the rounds' ratios, and each round's; > 1: hale faster)")
 fl = json.load(open(f"{d}/if"))["seconds"]
-for label, p, h in (("in process, cold (refresh + download)", med("pc"), med("ic")),
-                    ("in process, warm (refresh + cached check)", med("pw"), med("iw")),
-                    ("whole process, cold", proc("pp"), proc("hc")),
-                    ("hale-agent check, cold (image staged)", med("pc"), med("ac")),
-                    ("hale-agent check, cold refresh (nothing new)",
-                     med("pc", "refresh") + med("pc", "lookup"), med("ar")),
-                    ("hale-agent check, warm (nothing new)", med("pw"), med("aw"))):
-    r = p / h
-    print(f"  {label:<44} python-tuf {p * 1e3:8.2f} ms   hale {h * 1e3:8.2f} ms   {r:6.1f}x" if r >= 1 else
-          f"  {label:<44} python-tuf {p * 1e3:8.2f} ms   hale {h * 1e3:8.2f} ms   {r:6.2f}x")
+cold_refresh = lambda r: med(f"p-cold-{r}", "refresh") + med(f"p-cold-{r}", "lookup")
+for label, p, h in (("in process, cold (refresh + download)", lambda r: med(f"p-cold-{r}"), "i-cold"),
+                    ("in process, warm (refresh + cached check)", lambda r: med(f"p-warm-{r}"), "i-warm"),
+                    ("hale-agent check, cold (image staged)", lambda r: med(f"p-cold-{r}"), "a-cold"),
+                    ("hale-agent check, cold refresh (nothing new)", cold_refresh, "a-refresh"),
+                    ("hale-agent check, warm (nothing new)", lambda r: med(f"p-warm-{r}"), "a-warm")):
+    rs = [(p(r), med(f"{h}-{r}")) for r in range(1, rounds + 1)]
+    ratio = statistics.median(a / b for a, b in rs)
+    pm, hm = statistics.median(a for a, _ in rs), statistics.median(b for _, b in rs)
+    print(f"  {label:<44} python-tuf {pm * 1e3:6.2f} ms   hale {hm * 1e3:6.2f} ms   {x(ratio):>6}"
+          f"   (rounds: {', '.join(x(a / b) for a, b in rs)})")
+p, h = proc("pp"), proc("hc")
+print(f"  {'whole process, cold':<44} python-tuf {p * 1e3:6.1f} ms   hale {h * 1e3:6.2f} ms   {x(p / h):>6}")
 print("  (hale-agent's checks write the pump's flash file and sync it around every state record, as the\n"
       "   simulated pump does; python-tuf writes its files without syncing. Cold refresh: python-tuf's\n"
       "   refresh() + get_targetinfo() of its cold runs, against a pump that already runs the served version)")
@@ -100,8 +121,10 @@ print(f"\nfloors, each part alone (bench_client --mode floor): requests of a col
 # checks of the stored files with the requests (hale does), leaving at least the larger of the two
 cold_min = fl["transfer_cold"] + fl["crypto"]
 warm_min = max(fl["transfer_warm"], fl["crypto"])
-print(f"  most a client could show: cold python-tuf / (requests + checks) = {med('pc') / cold_min:.1f}x, "
-      f"warm python-tuf / max(requests, checks) = {med('pw') / warm_min:.1f}x")
+pc = statistics.median(med(f"p-cold-{r}") for r in range(1, rounds + 1))
+pw = statistics.median(med(f"p-warm-{r}") for r in range(1, rounds + 1))
+print(f"  most a client could show: cold python-tuf / (requests + checks) = {pc / cold_min:.1f}x, "
+      f"warm python-tuf / max(requests, checks) = {pw / warm_min:.1f}x")
 PYEOF
 else
   echo "python-tuf venv or shared client missing: skipped (bash .ci/install.sh)"
