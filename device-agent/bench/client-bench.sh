@@ -52,8 +52,8 @@ hale_warm() {
   "$BIN" --metadata-url "$URL" --metadata-dir "$TMP/c/md" --target-name "$T" --target-dir "$TMP/c/t" --target-base-url "$URL/targets" download
 }
 timeit() { # NAME N FN
-  local name=$1 n=$2 f=$3 i t0 t1
-  for i in $(seq "$n"); do t0=$(date +%s%N); $f >/dev/null; t1=$(date +%s%N); echo $((t1 - t0)); done |
+  local name=$1 n=$2 f=$3 t0 t1
+  for _ in $(seq "$n"); do t0=$(date +%s%N); $f >/dev/null; t1=$(date +%s%N); echo $((t1 - t0)); done |
     python3 -c 'import statistics as s,sys; v=[int(x)/1e9 for x in sys.stdin]; print(f"{sys.argv[1]:<32} median {s.median(v):.4f} s (n={len(v)})")' "$name"
 }
 # in process, shaped like the shared python client (new client per iteration, same steps), and
