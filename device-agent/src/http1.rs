@@ -450,16 +450,24 @@ impl Conn {
     ) -> Result<(), HttpError> {
         let buffered = self.buf.len().min(n);
         out.extend(self.buf.drain(..buffered));
-        let mut left = n - buffered;
-        let mut chunk = [0u8; 16 << 10];
-        while left > 0 {
-            let want = chunk.len().min(left);
-            let got = self.read_some(url, deadline, chunk.get_mut(..want).unwrap_or_default())?;
-            if got == 0 {
-                return Err(io(url, "connection closed in the body"));
+        // the rest is read into its place in `out` (the callers bound `n`), as much per read as
+        // the socket holds
+        let mut have = out.len();
+        let end = have + (n - buffered);
+        out.resize(end, 0);
+        while have < end {
+            let got =
+                match self.read_some(url, deadline, out.get_mut(have..end).unwrap_or_default()) {
+                    Ok(0) => Err(io(url, "connection closed in the body")),
+                    other => other,
+                };
+            match got {
+                Ok(got) => have += got,
+                Err(e) => {
+                    out.truncate(have);
+                    return Err(e);
+                }
             }
-            out.extend_from_slice(chunk.get(..got).unwrap_or_default());
-            left -= got;
         }
         Ok(())
     }
