@@ -763,17 +763,27 @@ fn a_refused_renewal_falls_back_to_the_factory_certificate() {
     assert_eq!(tree(&dir2), before, "nothing changed");
 }
 
-#[test]
-fn a_renewal_refused_at_the_handshake_falls_back_to_the_factory_certificate() {
-    // the server superseded the certificate with one whose answer never arrived, and its CRL
-    // lists it: the renewal's handshake ends in a certificate_revoked alert (the server's
-    // refusal), and the factory certificate enrolls the device again
+/// The server superseded the certificate with one whose answer never arrived, and its CRL
+/// lists it: the renewal's handshake ends in a certificate_revoked alert (the server's refusal),
+/// and the factory certificate enrolls the device again. Then, the factory certificate revoked
+/// too, back from storage past the new certificate's expiry, the re-enrollment is refused with
+/// the alert named and nothing is stored. `tls12`: the server speaks TLS 1.2 only; `message`:
+/// what the agent's error says of the alert.
+fn refused_at_the_handshake_then_enrolled_with_the_factory_certificate(
+    tls12: bool,
+    serial_number: &str,
+    message: &str,
+) {
     let est = start();
+    let revoke = |factory: &[&str], operational: &[&str], n: u64| match tls12 {
+        true => est.revoke_over_tls12(factory, operational, n),
+        false => est.revoke(factory, operational, n),
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("identity");
-    let (id, first) = enrolled(&est, &dir, "SN-410");
+    let (id, first) = enrolled(&est, &dir, serial_number);
     let due = renewal_due(&id);
-    est.revoke(&[], &[&first], 2);
+    revoke(&[], &[&first], 2);
     let Action::RenewedWithFactory {
         serial_hex,
         renewal_error,
@@ -782,20 +792,19 @@ fn a_renewal_refused_at_the_handshake_falls_back_to_the_factory_certificate() {
         panic!()
     };
     let url = format!("{}/.well-known/est/simplereenroll", est.url);
-    assert_eq!(
-        renewal_error,
-        format!("{url}: Network Error: Network Error: Error encountered in the status line: received fatal alert: CertificateRevoked")
-    );
+    assert_eq!(renewal_error, format!("{url}: {message}"));
     assert_ne!(serial_hex, first);
     assert_eq!(serial(&id), serial_hex);
     // the refused renewal never got to HTTP; the factory certificate's request did
     let log = est.log.lock().unwrap().clone();
     assert_eq!(log.len(), 2);
     assert_eq!(log[1].0, "/.well-known/est/simpleenroll");
-    assert!(log[1].1.starts_with("factory:SN-410:"), "{:?}", log[1]);
+    assert!(
+        log[1].1.starts_with(&format!("factory:{serial_number}:")),
+        "{:?}",
+        log[1]
+    );
 
-    // the error names the alert: the factory certificate revoked too, back from storage past
-    // the new certificate's expiry, the re-enrollment is refused and nothing is stored
     let factory = PeerIdentity::from_der(
         &device_agent::identity::parse_chain(
             &std::fs::read_to_string(dir.join("factory.crt")).unwrap(),
@@ -803,7 +812,7 @@ fn a_renewal_refused_at_the_handshake_falls_back_to_the_factory_certificate() {
         .unwrap()[0],
     )
     .unwrap();
-    est.revoke(&[&factory.certificate_serial], &[&first], 3);
+    revoke(&[&factory.certificate_serial], &[&first], 3);
     let expired = id.operational().unwrap().unwrap().identity.not_after + Duration::from_secs(1);
     let before = tree(&dir);
     let url = format!("{}/.well-known/est/simpleenroll", est.url);
@@ -811,13 +820,13 @@ fn a_renewal_refused_at_the_handshake_falls_back_to_the_factory_certificate() {
         IdentityError::HandshakeRefused {
             url: u,
             alert,
-            message,
+            message: m,
         } => assert_eq!(
-            (u, alert, message),
+            (u, alert, m),
             (
-                url.clone(),
+                url,
                 rustls::AlertDescription::CertificateRevoked,
-                "Network Error: Network Error: Error encountered in the status line: received fatal alert: CertificateRevoked".to_string()
+                message.to_string()
             )
         ),
         other => panic!("{other:?}"),
@@ -827,59 +836,25 @@ fn a_renewal_refused_at_the_handshake_falls_back_to_the_factory_certificate() {
 }
 
 #[test]
-fn a_renewal_refused_during_a_tls12_handshake_falls_back_to_the_factory_certificate() {
-    // as above, with a server that speaks TLS 1.2 only: it judges the client certificate
-    // during the handshake, so the alert ends the handshake instead of arriving in place of the
-    // answer; the agent reads it as the same refusal
-    let est = start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("identity");
-    let (id, first) = enrolled(&est, &dir, "SN-412");
-    let due = renewal_due(&id);
-    est.revoke_over_tls12(&[], &[&first], 2);
-    let Action::RenewedWithFactory {
-        serial_hex,
-        renewal_error,
-    } = id.ensure(due).unwrap()
-    else {
-        panic!()
-    };
-    let url = format!("{}/.well-known/est/simplereenroll", est.url);
-    assert_eq!(
-        renewal_error,
-        format!("{url}: Connection Failed: tls connection init failed: received fatal alert: CertificateRevoked")
+fn a_renewal_refused_at_the_handshake_falls_back_to_the_factory_certificate() {
+    // TLS 1.3: the server judges the client certificate after the client's handshake is done,
+    // so the alert arrives in place of the answer
+    refused_at_the_handshake_then_enrolled_with_the_factory_certificate(
+        false,
+        "SN-410",
+        "Network Error: Network Error: Error encountered in the status line: received fatal alert: CertificateRevoked",
     );
-    assert_ne!(serial_hex, first);
-    assert_eq!(serial(&id), serial_hex);
-    let log = est.log.lock().unwrap().clone();
-    assert_eq!(log.len(), 2);
-    assert_eq!(log[1].0, "/.well-known/est/simpleenroll");
-    assert!(log[1].1.starts_with("factory:SN-412:"), "{:?}", log[1]);
+}
 
-    // the factory certificate revoked too: the re-enrollment past expiry is refused at its
-    // handshake, with the alert named, and nothing is stored
-    let factory = PeerIdentity::from_der(
-        &device_agent::identity::parse_chain(
-            &std::fs::read_to_string(dir.join("factory.crt")).unwrap(),
-        )
-        .unwrap()[0],
-    )
-    .unwrap();
-    est.revoke_over_tls12(&[&factory.certificate_serial], &[&first], 3);
-    let expired = id.operational().unwrap().unwrap().identity.not_after + Duration::from_secs(1);
-    let before = tree(&dir);
-    match id.ensure(expired).unwrap_err() {
-        IdentityError::HandshakeRefused { url: u, alert, .. } => assert_eq!(
-            (u, alert),
-            (
-                format!("{}/.well-known/est/simpleenroll", est.url),
-                rustls::AlertDescription::CertificateRevoked,
-            )
-        ),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(tree(&dir), before, "nothing changed");
-    assert_eq!(est.log.lock().unwrap().len(), 2, "no request got to HTTP");
+#[test]
+fn a_renewal_refused_during_a_tls12_handshake_falls_back_to_the_factory_certificate() {
+    // TLS 1.2: the server judges it during the handshake, so the alert ends the handshake
+    // itself; the agent reads it as the same refusal
+    refused_at_the_handshake_then_enrolled_with_the_factory_certificate(
+        true,
+        "SN-412",
+        "Connection Failed: tls connection init failed: received fatal alert: CertificateRevoked",
+    );
 }
 
 #[test]
