@@ -122,6 +122,15 @@ impl Est {
     }
 }
 
+/// A fresh test EST server, and an empty directory for the device's identity files (`dir`,
+/// inside the returned temporary directory, which must outlive the test's use of it).
+fn est_and_identity_dir() -> (Est, tempfile::TempDir, std::path::PathBuf) {
+    let est = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("identity");
+    (est, tmp, dir)
+}
+
 fn start() -> Est {
     std::env::set_var("HALE_AGENT_INSECURE_TEST_SCRYPT_LOG_N", "10");
     let now = SystemTime::now();
@@ -392,9 +401,7 @@ fn renewal_due(id: &Identity) -> SystemTime {
 
 #[test]
 fn enrolls_with_the_factory_certificate_renews_at_two_thirds_and_reenrolls_after_expiry() {
-    let est = start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("identity");
+    let (est, _tmp, dir) = est_and_identity_dir();
     let id = factory_device(&est, &dir, "SN-100");
     let now = SystemTime::now();
 
@@ -482,9 +489,7 @@ fn enrolls_with_the_factory_certificate_renews_at_two_thirds_and_reenrolls_after
 
 #[test]
 fn token_refusal_shows_the_servers_error_and_changes_nothing() {
-    let est = start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("identity");
+    let (est, _tmp, dir) = est_and_identity_dir();
     let id = Identity::new(&dir, DeviceSecret::from_bytes(SECRET));
     id.factory_csr("SN-200", KeyAlgorithm::P256).unwrap();
     id.configure(&est.url, &est.server_ca_pem).unwrap();
@@ -527,9 +532,7 @@ fn token_refusal_shows_the_servers_error_and_changes_nothing() {
 
 #[test]
 fn a_certificate_for_another_device_is_not_stored() {
-    let est = start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("identity");
+    let (est, _tmp, dir) = est_and_identity_dir();
     let id = factory_device(&est, &dir, "SN-300");
     *est.mode.lock().unwrap() = Mode::IssueForOther;
     let before = tree(&dir);
@@ -574,9 +577,7 @@ fn a_server_not_under_the_server_ca_is_refused_at_the_handshake() {
 
 #[test]
 fn a_factory_certificate_for_another_key_is_not_installed() {
-    let est = start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("identity");
+    let (est, _tmp, dir) = est_and_identity_dir();
     let id = Identity::new(&dir, DeviceSecret::from_bytes(SECRET));
     id.factory_csr("SN-500", KeyAlgorithm::Ed25519).unwrap();
     let stranger = hale_pki::generate_key_and_csr(KeyAlgorithm::P256, "SN-500").unwrap();
@@ -602,9 +603,7 @@ fn a_factory_certificate_for_another_key_is_not_installed() {
 
 #[test]
 fn no_identity_change_while_another_process_makes_one() {
-    let est = start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("identity");
+    let (est, _tmp, dir) = est_and_identity_dir();
     let id = factory_device(&est, &dir, "SN-300");
     let Action::Enrolled { .. } = id.ensure(SystemTime::now()).unwrap() else {
         panic!()
@@ -652,9 +651,7 @@ fn a_renewal_the_server_finds_too_early_is_not_retried_with_the_factory_certific
     // a 429 refuses the timing, not the certificate (a clock ahead of the server's): the
     // current certificate stays, and the factory path (with its shorter minimum age) is not
     // a way around the renewal's
-    let est = start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("identity");
+    let (est, _tmp, dir) = est_and_identity_dir();
     let (id, first) = enrolled(&est, &dir, "SN-429");
     let before = tree(&dir);
     *est.mode.lock().unwrap() = Mode::TooEarlyForRenewal;
@@ -704,9 +701,7 @@ fn a_renewal_the_server_finds_too_early_is_not_retried_with_the_factory_certific
 fn a_refused_renewal_falls_back_to_the_factory_certificate() {
     // the server superseded (and revoked) the certificate with one whose answer never arrived:
     // renewing with it is refused; the factory certificate enrolls the device again
-    let est = start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("identity");
+    let (est, tmp, dir) = est_and_identity_dir();
     let (id, first) = enrolled(&est, &dir, "SN-400");
     let due = renewal_due(&id);
     *est.mode.lock().unwrap() = Mode::RevokedForRenewal;
@@ -861,9 +856,7 @@ fn a_renewal_refused_during_a_tls12_handshake_falls_back_to_the_factory_certific
 fn a_renewal_that_cannot_reach_the_server_is_not_retried_with_the_factory_certificate() {
     // the server is down (nothing listens: connects are refused): the factory certificate would
     // fail the same way, so the renewal fails alone and the pump keeps its certificate
-    let est = start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("identity");
+    let (est, _tmp, dir) = est_and_identity_dir();
     let (id, first) = enrolled(&est, &dir, "SN-420");
     let due = renewal_due(&id);
     let down = TcpListener::bind("127.0.0.1:0")
@@ -908,9 +901,7 @@ fn a_renewal_that_cannot_reach_the_server_is_not_retried_with_the_factory_certif
 fn a_renewal_the_server_hangs_up_on_is_asked_once() {
     // something accepts the connection and closes it without a word (a server going down, a
     // middlebox): no answer, so no refusal to fall back on; one connection, not two
-    let est = start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("identity");
+    let (est, _tmp, dir) = est_and_identity_dir();
     let (id, first) = enrolled(&est, &dir, "SN-430");
     let due = renewal_due(&id);
     let hangup = TcpListener::bind("127.0.0.1:0").unwrap();
