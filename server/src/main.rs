@@ -864,6 +864,13 @@ fn demo(
         let new = hale_server::publish::prepare(&old, &upload, &online, &life, now, &repo)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         repo.commit(&old, &new)?;
+        // recorded as any publish is: without it, the server's start would take the release
+        // for a commit whose record a crash lost, and log it (and record it) as one
+        Audit::open(open_store(data)?)?.append(
+            "publish",
+            "demo",
+            hale_server::publish::summary(&new),
+        )?;
         let token = token_add(data, "demo")?;
         println!("demo operator token (shown once): {token}");
         println!(

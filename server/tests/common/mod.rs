@@ -281,20 +281,25 @@ impl Server {
     }
 
     pub fn start_with_env(data: &Path, pass_file: &Path, env: &[(&str, &str)]) -> Server {
+        let data_arg = data.to_str().unwrap();
+        let args = ["serve", "--data", data_arg, "--listen", "127.0.0.1:0"];
+        let pass = [("HALE_PASSPHRASE_FILE", pass_file.to_str().unwrap())];
+        Self::spawn(&args, &data.join("server.log"), &[&pass[..], env].concat())
+    }
+
+    /// `hale-server ARGS` (a command that serves until killed), its log appended to `log_path`;
+    /// returns once it prints the address it listens on.
+    pub fn spawn(args: &[&str], log_path: &Path, env: &[(&str, &str)]) -> Server {
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(data.join("server.log"))
+            .open(log_path)
             .unwrap();
         let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--data",
-                data.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env("HALE_PASSPHRASE_FILE", pass_file)
+            .args(args)
             .env("HALE_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -319,7 +324,7 @@ impl Server {
                 let _ = child.kill();
                 panic!(
                     "server did not start: {}",
-                    std::fs::read_to_string(data.join("server.log")).unwrap_or_default()
+                    std::fs::read_to_string(log_path).unwrap_or_default()
                 );
             }
         };
