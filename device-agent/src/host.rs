@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use embedded_storage::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
@@ -110,9 +110,20 @@ impl std::error::Error for HttpError {}
 /// stream that fails after it delivered at least a block since it was opened (its 60 s ran out
 /// on a slow link, the connection dropped) is opened again where it stopped, so a download
 /// needs at least a block per 60 s, as one request per block did.
+///
+/// Kept connections serve a request only after less than [`http1::MAX_IDLE`] of quiet, through
+/// either client: the agent's pool is dropped once it has been idle that long (a connection a
+/// NAT forgot would swallow the request, a report's POST included, and hold it for the whole 60 s).
+///
+/// [`http1::MAX_IDLE`]: crate::http1::MAX_IDLE
 #[derive(Debug)]
 pub struct HttpTransport {
     agent: ureq::Agent,
+    /// the TLS configuration the agent is built with (`None`: ureq's default, server-auth only)
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// when the agent's connections were last used
+    agent_used: Option<Instant>,
+    max_idle: Duration,
     /// `http://` GETs of whole files (metadata): the same requests as the agent's, with a
     /// system call or two per request where the agent makes about twenty (it sets the socket's
     /// timeouts before every read and write). Targets stream through the agent.
@@ -151,18 +162,7 @@ fn join(base: &str, name: &str) -> String {
 
 impl HttpTransport {
     pub fn new(metadata_url: &str, target_url: &str) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .build();
-        HttpTransport {
-            agent,
-            plain: crate::http1::Http1::default(),
-            metadata_url: metadata_url.into(),
-            target_url: target_url.into(),
-            target: None,
-            requests: vec![],
-        }
+        Self::build(metadata_url, target_url, None)
     }
 
     /// Every request over this TLS configuration (mTLS with the device's operational
@@ -172,8 +172,19 @@ impl HttpTransport {
         target_url: &str,
         tls: std::sync::Arc<rustls::ClientConfig>,
     ) -> Self {
+        Self::build(metadata_url, target_url, Some(tls))
+    }
+
+    fn build(
+        metadata_url: &str,
+        target_url: &str,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Self {
         HttpTransport {
-            agent: crate::identity::agent(tls),
+            agent: new_agent(tls.as_ref()),
+            tls,
+            agent_used: None,
+            max_idle: crate::http1::MAX_IDLE,
             plain: crate::http1::Http1::default(),
             metadata_url: metadata_url.into(),
             target_url: target_url.into(),
@@ -182,8 +193,25 @@ impl HttpTransport {
         }
     }
 
-    /// The HTTP agent (reports go through it, so they use the same TLS identity).
-    pub fn agent(&self) -> &ureq::Agent {
+    /// The same transport with kept connections reused after at most `max_idle` of quiet
+    /// ([`http1::MAX_IDLE`](crate::http1::MAX_IDLE) by default).
+    #[must_use]
+    pub fn with_max_idle(mut self, max_idle: Duration) -> Self {
+        self.max_idle = max_idle;
+        self.plain = crate::http1::Http1::with_max_idle(max_idle);
+        self
+    }
+
+    /// The HTTP agent (reports go through it, so they use the same TLS identity), its idle
+    /// connections let go first if they sat longer than the limit.
+    pub fn agent(&mut self) -> &ureq::Agent {
+        if self
+            .agent_used
+            .is_some_and(|t| t.elapsed() >= self.max_idle)
+        {
+            self.agent = new_agent(self.tls.as_ref());
+        }
+        self.agent_used = Some(Instant::now());
         &self.agent
     }
 
@@ -193,7 +221,7 @@ impl HttpTransport {
         if crate::http1::Http1::handles(url) {
             return self.plain.get(url, limit);
         }
-        let resp = match self.agent.get(url).call() {
+        let resp = match self.agent().get(url).call() {
             Ok(r) => r,
             Err(ureq::Error::Status(404, r)) => {
                 // read the (short) answer to its end, so the connection goes back to the pool:
@@ -217,6 +245,7 @@ impl HttpTransport {
                 url: url.into(),
                 message: e.to_string(),
             })?;
+        self.agent_used = Some(Instant::now());
         if body.len() > limit {
             return Err(HttpError::TooLarge {
                 url: url.into(),
@@ -224,6 +253,17 @@ impl HttpTransport {
             });
         }
         Ok(Some(body))
+    }
+}
+
+/// A ureq agent with the transport's timeouts, over `tls` when given.
+fn new_agent(tls: Option<&std::sync::Arc<rustls::ClientConfig>>) -> ureq::Agent {
+    match tls {
+        Some(tls) => crate::identity::agent(tls.clone()),
+        None => ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build(),
     }
 }
 
@@ -285,6 +325,8 @@ impl Transport for HttpTransport {
                 }
             }
         }
+        // the stream's connection goes back to the agent's pool once its body has been read
+        self.agent_used = Some(Instant::now());
         self.target = Some(stream);
         Ok(())
     }
@@ -300,7 +342,7 @@ impl HttpTransport {
             message,
         };
         let resp = match self
-            .agent
+            .agent()
             .get(url)
             .set("Range", &format!("bytes={offset}-"))
             .call()

@@ -7,6 +7,11 @@
 //! at most the caller's limit (refused as soon as the length says more, or once more arrives),
 //! chunk-size lines of at most 64 bytes, and one deadline per request, [`REQUEST_DEADLINE`], for
 //! everything from the connect to the last byte (a server that drips bytes gets no longer).
+//!
+//! A kept connection serves the next request only if it has been idle less than
+//! [`MAX_IDLE`]: the requests of one check follow each other within milliseconds, while a pump
+//! polls once a minute or less often, and a connection left that long may be gone without either
+//! end being told.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -23,13 +28,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const TIMED_OUT: &str = "timed out";
 /// Largest error or 404 body read to its end to keep the connection (longer: closed instead).
 const DRAIN_LIMIT: usize = 4096;
+/// A kept connection idle longer than this is closed and a new one opened for the next request.
+///
+/// A connection a NAT or a firewall forgot (they do, after minutes of quiet, and tell neither
+/// end) swallows the request: nothing answers it, and the poll would wait out its whole
+/// [`REQUEST_DEADLINE`]. One the server closed costs a retry (see [`Http1::receive`]). 10 s is
+/// below hale-server's own idle close (15 s, its header-read timeout) and nginx's (75 s), and
+/// far above the gaps between the requests of one check.
+pub const MAX_IDLE: Duration = Duration::from_secs(10);
 
 /// A plain-HTTP client keeping one connection (to the origin of the last request).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Http1 {
     conn: Option<Conn>,
     /// the request sent and not yet answered: URL, deadline, whether on a reused connection
     pending: Option<(String, Instant, bool)>,
+    /// how long a kept connection may have been idle and still serve a request
+    max_idle: Duration,
+}
+
+impl Default for Http1 {
+    fn default() -> Self {
+        Http1::with_max_idle(MAX_IDLE)
+    }
 }
 
 #[derive(Debug)]
@@ -40,6 +61,8 @@ struct Conn {
     buf: Vec<u8>,
     /// the read timeout now set on the socket
     timeout: Duration,
+    /// when its last answer was read (or when it was opened)
+    idle_since: Instant,
 }
 
 /// `http://host[:port]/path` → (`host:port` to connect to, `Host` header, path with query).
@@ -73,6 +96,16 @@ fn io(url: &str, message: impl std::fmt::Display) -> HttpError {
 }
 
 impl Http1 {
+    /// A client that reuses a kept connection only if it has been idle less than `max_idle`
+    /// ([`MAX_IDLE`] by default; zero: a new connection for every request).
+    pub fn with_max_idle(max_idle: Duration) -> Self {
+        Http1 {
+            conn: None,
+            pending: None,
+            max_idle,
+        }
+    }
+
     /// Whether this client can fetch `url` (plain `http://`).
     pub fn handles(url: &str) -> bool {
         split_url(url).is_some()
@@ -106,6 +139,9 @@ impl Http1 {
             }
             other => other,
         };
+        if let Some(c) = self.conn.as_mut() {
+            c.idle_since = Instant::now();
+        }
         result.map_err(|e| {
             self.conn = None;
             match e {
@@ -125,7 +161,11 @@ impl Http1 {
     /// whether the connection was reused.
     fn write_request(&mut self, url: &str, deadline: Instant) -> Result<bool, HttpError> {
         let (addr, host, path) = split_url(url).ok_or_else(|| io(url, "not an http:// URL"))?;
-        if self.conn.as_ref().is_some_and(|c| c.origin != addr) {
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.origin != addr || c.idle_since.elapsed() >= self.max_idle)
+        {
             self.conn = None;
         }
         let reused = self.conn.is_some();
@@ -147,6 +187,7 @@ impl Http1 {
                 stream,
                 buf: Vec::new(),
                 timeout: REQUEST_DEADLINE,
+                idle_since: Instant::now(),
             });
         }
         let conn = self.conn.as_mut().ok_or_else(|| io(url, "no connection"))?;

@@ -1104,6 +1104,98 @@ fn the_pump_reads_a_target_as_one_stream_and_goes_on_where_it_broke() {
     );
 }
 
+/// A server on which every connection answers its first `answered` requests and then goes
+/// silent, as a connection a NAT forgot: what is written to it is never answered (it is closed
+/// 3 s after it opened, so a client that used it is not held long). Returns the request lines
+/// seen on each connection, in the order the connections came.
+fn forgetful_server(answered: usize) -> (String, Arc<Mutex<Vec<Vec<String>>>>) {
+    use std::time::{Duration, Instant};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let log = log.clone();
+            let i = {
+                let mut l = log.lock().unwrap();
+                l.push(Vec::new());
+                l.len() - 1
+            };
+            std::thread::spawn(move || {
+                let opened = Instant::now();
+                conn.set_read_timeout(Some(Duration::from_millis(50)))
+                    .unwrap();
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while opened.elapsed() < Duration::from_secs(3) {
+                    match r.read_line(&mut line) {
+                        Ok(0) => return,
+                        Ok(_) if line.ends_with('\n') => {}
+                        _ => continue,
+                    }
+                    let l = std::mem::take(&mut line);
+                    if l.starts_with("GET ") {
+                        let mut log = log.lock().unwrap();
+                        log[i].push(l.trim().to_string());
+                        if log[i].len() <= answered {
+                            let _ =
+                                conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (base, seen)
+}
+
+/// Both of the pump's HTTP clients (its own for `http://` metadata, ureq's for targets, HTTPS and
+/// reports) reuse a kept connection only while it has been idle less than the limit, counted
+/// from its last answer: one idle longer is never written to (a NAT may have forgotten it).
+#[test]
+fn a_connection_idle_longer_than_the_limit_is_not_written_to_again() {
+    use device_agent::host::HttpTransport;
+    use device_agent::Transport;
+    use std::time::Duration;
+    // GET `path` through one of the two clients
+    type Get = fn(&mut HttpTransport, &str, &str) -> String;
+    let metadata: Get = |t, _, path| {
+        let mut buf = [0u8; 16];
+        let n = t.fetch_metadata(path, &mut buf).unwrap().unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let agent: Get = |t, base, path| {
+        let r = t.agent().get(&format!("{base}/{path}")).call().unwrap();
+        r.into_string().unwrap()
+    };
+    let clients = [("metadata (http1)", metadata), ("agent (ureq)", agent)];
+    std::thread::scope(|s| {
+        for (name, get) in clients {
+            s.spawn(move || {
+                let (base, seen) = forgetful_server(3);
+                let mut t = HttpTransport::new(&base, &format!("{base}/targets"))
+                    .with_max_idle(Duration::from_secs(1));
+                // quiet for 0.5 s twice (1 s since the connect): the limit counts from the last
+                // answer; then for 1.5 s
+                for (path, idle_ms) in [("1", 0), ("2", 500), ("3", 500), ("4", 1500)] {
+                    std::thread::sleep(Duration::from_millis(idle_ms));
+                    assert_eq!(get(&mut t, &base, path), "ok", "{name} /{path}");
+                }
+                assert_eq!(
+                    *seen.lock().unwrap(),
+                    [
+                        vec!["GET /1 HTTP/1.1", "GET /2 HTTP/1.1", "GET /3 HTTP/1.1"],
+                        vec!["GET /4 HTTP/1.1"]
+                    ],
+                    "{name}: the connection idle 1.5 s is not written to"
+                );
+            });
+        }
+    });
+}
+
 /// The simulated pump's flash file: a write reaches the file at the next sync, and a sync writes
 /// back only the sectors changed since the last one; a flash opened again holds what was synced.
 #[test]
