@@ -230,10 +230,10 @@ impl HttpTransport {
                 return Ok(None);
             }
             Err(ureq::Error::Status(code, r)) => return Err(status_error(url, code, r)),
-            Err(e) => {
+            Err(ureq::Error::Transport(t)) => {
                 return Err(HttpError::Io {
                     url: url.into(),
-                    message: e.to_string(),
+                    message: transport_message(&t),
                 })
             }
         };
@@ -254,6 +254,20 @@ impl HttpTransport {
         }
         Ok(Some(body))
     }
+}
+
+/// What went wrong in `t`, in ureq's words but without the URL they start with (the errors
+/// that carry it put it first already; ureq writes it normalised, `https://h:443/p` as
+/// `https://h/p`, so it cannot be cut off as a prefix).
+pub(crate) fn transport_message(t: &ureq::Transport) -> String {
+    let mut m = t.kind().to_string();
+    if let Some(text) = t.message() {
+        m = format!("{m}: {text}");
+    }
+    if let Some(source) = std::error::Error::source(t) {
+        m = format!("{m}: {source}");
+    }
+    m
 }
 
 /// A ureq agent with the transport's timeouts, over `tls` when given.
@@ -349,7 +363,7 @@ impl HttpTransport {
         {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => return Err(status_error(url, code, r)),
-            Err(e) => return Err(io(e.to_string())),
+            Err(ureq::Error::Transport(t)) => return Err(io(transport_message(&t))),
         };
         let partial = resp.status() == 206;
         if partial {

@@ -729,13 +729,7 @@ impl Identity {
                 });
             }
             Err(ureq::Error::Transport(t)) => {
-                // ureq's text starts with the URL, which the error's display puts first already
-                let text = t.to_string();
-                let message = text
-                    .strip_prefix(url.as_str())
-                    .and_then(|rest| rest.strip_prefix(": "))
-                    .unwrap_or(&text)
-                    .to_string();
+                let message = crate::host::transport_message(&t);
                 return Err(match alert_received(&t) {
                     Some(alert) => IdentityError::HandshakeRefused {
                         url,

@@ -1196,6 +1196,33 @@ fn a_connection_idle_longer_than_the_limit_is_not_written_to_again() {
     });
 }
 
+/// A request that gets no answer says what the system said, after its URL, once (ureq puts the
+/// URL in its own text too, normalised).
+#[test]
+fn an_unreachable_server_is_named_once_in_the_error() {
+    use device_agent::host::HttpTransport;
+    use device_agent::Transport;
+    let down = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused = std::net::TcpStream::connect(down).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    let base = format!("https://{down}");
+    let mut t = HttpTransport::new(&base, &format!("{base}/targets"));
+    let metadata = t
+        .fetch_metadata("timestamp.json", &mut [0u8; 64])
+        .unwrap_err();
+    let target = t.fetch_target("fw.bin", 0, &mut [0u8; 64]).unwrap_err();
+    assert_eq!(
+        [metadata.to_string(), target.to_string()],
+        [
+            format!("{base}/timestamp.json: Connection Failed: Connect error: {refused}"),
+            format!("{base}/targets/fw.bin: Connection Failed: Connect error: {refused}"),
+        ]
+    );
+}
+
 /// The simulated pump's flash file: a write reaches the file at the next sync, and a sync writes
 /// back only the sectors changed since the last one; a flash opened again holds what was synced.
 #[test]

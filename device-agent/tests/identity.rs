@@ -852,29 +852,20 @@ fn a_renewal_refused_during_a_tls12_handshake_falls_back_to_the_factory_certific
     );
 }
 
-#[test]
-fn a_renewal_that_cannot_reach_the_server_is_not_retried_with_the_factory_certificate() {
-    // the server is down (nothing listens: connects are refused): the factory certificate would
-    // fail the same way, so the renewal fails alone and the pump keeps its certificate
+/// A renewal sent to `base` that gets no answer (`error`: what the system said, after ureq's
+/// words) fails alone, with nothing stored; with the EST server back, the next poll renews.
+fn a_renewal_without_an_answer_fails_alone(serial_no: &str, base: &str, error: &str) {
     let (est, _tmp, dir) = est_and_identity_dir();
-    let (id, first) = enrolled(&est, &dir, "SN-420");
+    let (id, first) = enrolled(&est, &dir, serial_no);
     let due = renewal_due(&id);
-    let down = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    // what the system says to a connect there
-    let refused = std::net::TcpStream::connect(down).unwrap_err();
-    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
-    id.configure(&format!("https://{down}"), &est.server_ca_pem)
-        .unwrap();
+    id.configure(base, &est.server_ca_pem).unwrap();
     let before = tree(&dir);
     // the renewal's error alone: no "; with the factory certificate: …" after it
-    let url = format!("https://{down}/.well-known/est/simplereenroll");
+    let url = format!("{base}/.well-known/est/simplereenroll");
     assert_eq!(
         id.ensure(due).unwrap(),
         Action::RenewalFailed {
-            reason: format!("{url}: Connection Failed: Connect error: {refused}")
+            reason: format!("{url}: {error}")
         }
     );
     assert_eq!(tree(&dir), before, "nothing changed");
@@ -892,8 +883,42 @@ fn a_renewal_that_cannot_reach_the_server_is_not_retried_with_the_factory_certif
         (log[1].0.as_str(), log[1].1.as_str()),
         (
             "/.well-known/est/simplereenroll",
-            &*format!("device:SN-420:{first}")
+            &*format!("device:{serial_no}:{first}")
         )
+    );
+}
+
+#[test]
+fn a_renewal_that_cannot_reach_the_server_is_not_retried_with_the_factory_certificate() {
+    // the server is down (nothing listens: connects are refused): the factory certificate would
+    // fail the same way, so the renewal fails alone and the pump keeps its certificate
+    let down = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // what the system says to a connect there
+    let refused = std::net::TcpStream::connect(down).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    a_renewal_without_an_answer_fails_alone(
+        "SN-420",
+        &format!("https://{down}"),
+        &format!("Connection Failed: Connect error: {refused}"),
+    );
+}
+
+#[test]
+fn a_renewal_to_a_name_that_does_not_resolve_is_not_retried_with_the_factory_certificate() {
+    // the EST server's name does not resolve (a DNS outage, a typo in the configuration; `.invalid`
+    // never resolves, RFC 6761): no server was asked, so the factory certificate would fare no
+    // better
+    use std::net::ToSocketAddrs;
+    let name = "est.hale.invalid:443";
+    // what the system says to a lookup of it
+    let lookup = name.to_socket_addrs().map(|_| ()).unwrap_err();
+    a_renewal_without_an_answer_fails_alone(
+        "SN-421",
+        &format!("https://{name}"),
+        &format!("Dns Failed: resolve dns name '{name}': {lookup}"),
     );
 }
 
