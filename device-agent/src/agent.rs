@@ -186,10 +186,10 @@ pub enum AgentError<T, F> {
     },
 }
 
-impl<T: fmt::Debug, F: fmt::Debug> fmt::Display for AgentError<T, F> {
+impl<T: fmt::Display, F: fmt::Debug> fmt::Display for AgentError<T, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AgentError::Transport { what, error } => write!(f, "fetching {what}: {error:?}"),
+            AgentError::Transport { what, error } => write!(f, "fetching {what}: {error}"),
             AgentError::Missing { what } => write!(f, "{what} not found in the repository"),
             AgentError::Store(e) => write!(f, "{e}"),
             AgentError::Trust(e) => write!(f, "{e}"),
@@ -232,7 +232,7 @@ impl<T: fmt::Debug, F: fmt::Debug> fmt::Display for AgentError<T, F> {
 }
 
 #[cfg(feature = "std")]
-impl<T: fmt::Debug, F: fmt::Debug> std::error::Error for AgentError<T, F> {}
+impl<T: fmt::Debug + fmt::Display, F: fmt::Debug> std::error::Error for AgentError<T, F> {}
 
 impl<T, F> From<Error> for AgentError<T, F> {
     fn from(e: Error) -> Self {

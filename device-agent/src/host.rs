@@ -258,16 +258,26 @@ impl HttpTransport {
 
 /// What went wrong in `t`, in ureq's words but without the URL they start with (the errors
 /// that carry it put it first already; ureq writes it normalised, `https://h:443/p` as
-/// `https://h/p`, so it cannot be cut off as a prefix).
+/// `https://h/p`, so it cannot be cut off as a prefix), and without a part the next one starts
+/// with (ureq's I/O errors repeat their kind: "Network Error: Network Error: …").
 pub(crate) fn transport_message(t: &ureq::Transport) -> String {
-    let mut m = t.kind().to_string();
-    if let Some(text) = t.message() {
-        m = format!("{m}: {text}");
-    }
-    if let Some(source) = std::error::Error::source(t) {
-        m = format!("{m}: {source}");
-    }
-    m
+    let parts = [
+        Some(t.kind().to_string()),
+        t.message().map(str::to_string),
+        std::error::Error::source(t).map(ToString::to_string),
+    ];
+    let parts: Vec<String> = parts.into_iter().flatten().collect();
+    let kept: Vec<&str> = parts
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| {
+            !parts
+                .get(i + 1)
+                .is_some_and(|next| next.starts_with(p.as_str()))
+        })
+        .map(|(_, p)| p.as_str())
+        .collect();
+    kept.join(": ")
 }
 
 /// A ureq agent with the transport's timeouts, over `tls` when given.

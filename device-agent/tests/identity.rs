@@ -837,7 +837,7 @@ fn a_renewal_refused_at_the_handshake_falls_back_to_the_factory_certificate() {
     refused_at_the_handshake_then_enrolled_with_the_factory_certificate(
         false,
         "SN-410",
-        "Network Error: Network Error: Error encountered in the status line: received fatal alert: CertificateRevoked",
+        "Network Error: Error encountered in the status line: received fatal alert: CertificateRevoked",
     );
 }
 

@@ -324,7 +324,7 @@ const INSTALL_RECORD: &str = "install_record.json";
 /// One check over `transport` (the server, or an offline bundle), with `authorization` for a
 /// downgrade: gate, stage, reboot into the trial, and remember what an offline install or a
 /// rollback verified for the next report. `via` is "online" or "bundle".
-fn install_once<T: Transport>(
+fn install_once<T: Transport<Error: std::fmt::Display>>(
     o: &Opts,
     store: &mut FirmwareStore<FileFlash>,
     d: &Value,
