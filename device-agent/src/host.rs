@@ -260,7 +260,7 @@ impl HttpTransport {
 /// that carry it put it first already; ureq writes it normalised, `https://h:443/p` as
 /// `https://h/p`, so it cannot be cut off as a prefix), and without a part the next one starts
 /// with (ureq's I/O errors repeat their kind: "Network Error: Network Error: …").
-pub(crate) fn transport_message(t: &ureq::Transport) -> String {
+pub fn transport_message(t: &ureq::Transport) -> String {
     let parts = [
         Some(t.kind().to_string()),
         t.message().map(str::to_string),

@@ -1717,10 +1717,14 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
         )),
         "{log}"
     );
+    // each line names its URL once
+    let report = format!("{device}/api/v1/devices/{serial}/report");
     assert!(
-        lines[2].starts_with(&format!(
-            "report to {device}/api/v1/devices/{serial}/report failed: "
-        )),
+        lines[2].starts_with(&format!("report to {report} failed: ")),
+        "{log}"
+    );
+    assert!(
+        lines[1..].iter().all(|l| l.matches(&*device).count() == 1),
         "{log}"
     );
     assert_eq!(

@@ -292,7 +292,9 @@ fn poll(
             "report to {url} refused (HTTP {code}): {}",
             r.into_string().unwrap_or_default().trim()
         ),
-        Err(e) => say!("report to {url} failed: {e}"),
+        Err(ureq::Error::Transport(t)) => {
+            say!("report to {url} failed: {}", host::transport_message(&t));
+        }
     }
     Ok(())
 }
