@@ -442,6 +442,74 @@ fn agent(state: &Path, args: &[&str]) -> String {
     text
 }
 
+/// `hale-agent --help` lists every command; a line it cannot read is refused with the usage,
+/// and changes nothing.
+#[test]
+fn help_lists_every_command_and_a_line_it_cannot_read_is_refused_with_it() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+            .args(args)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (ok, usage, err) = run(&["--help"]);
+    assert!(ok && err.is_empty(), "{err}");
+    let commands = [
+        "provision",
+        "run",
+        "bundle install",
+        "link",
+        "therapy on|off",
+        "health pass|fail",
+        "crash",
+        "reboot",
+        "status",
+        "factory-csr",
+        "factory-install",
+        "enroll",
+    ];
+    for c in commands {
+        assert!(
+            usage.contains(&format!("hale-agent --state DIR {c}")),
+            "{c}: {usage}"
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("pump");
+    let dir = state.to_str().unwrap();
+    for args in [&["-h"][..], &["help"], &["--state", dir, "run", "--help"]] {
+        assert_eq!(run(args), (true, usage.clone(), String::new()), "{args:?}");
+    }
+    for (args, reason) in [
+        (&[][..], "--state DIR is required"),
+        (&["status"], "--state DIR is required"),
+        (&["--state", dir], "no command"),
+        (&["--state", dir, "frob"], "unknown command \"frob\""),
+    ] {
+        assert_eq!(
+            run(args),
+            (false, String::new(), format!("Error: {reason}\n{usage}")),
+            "{args:?}"
+        );
+    }
+    assert!(!state.exists(), "nothing was made");
+
+    // the conformance entry point too
+    let out = Command::new(env!("CARGO_BIN_EXE_hale-conformance"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && out.stderr.is_empty());
+    assert!(
+        text.starts_with("usage:\n  hale-conformance --metadata-dir DIR init ROOT_FILE\n"),
+        "{text}"
+    );
+}
+
 /// The pump's own view (`hale-agent status`), after checking that what it POSTed to the
 /// server is in hale-server's report schema and agrees with it.
 fn last_report(state: &Arc<Mutex<Served>>, dir: &Path) -> Value {

@@ -2,29 +2,35 @@
 //! survives the process like a real one survives a reset); it polls a TUF repository over
 //! HTTP(S) with jitter, installs through the A/B slots, and reports to the server.
 //!
-//! ```text
-//! hale-agent --state DIR provision --root ROOT --image FILE --version V [--security-counter N]
-//!            --id ID --model M --revision R --target PATH [--bootloader V] [--group G]
-//! hale-agent --state DIR run --server URL [--metadata-url U] [--target-base-url U]
-//!            [--interval S] [--jitter S] [--once] [--authorization FILE]
-//! hale-agent --state DIR bundle install FILE   offline install from a bundle (no network)
-//! hale-agent --state DIR link --device PATH|- [--mtu N] [--capacity N] [--idle-timeout S]
-//!            [--min-restart-interval S]        receive a bundle from a technician (hale-link), install it
-//!                                              (a line silent for S s, default 300, ends the session;
-//!                                              a new transfer begins at most once per S s, default 30)
-//! hale-agent --state DIR therapy on|off        tester: is insulin being delivered?
-//! hale-agent --state DIR health pass|fail      tester: result of the next health checks
-//! hale-agent --state DIR crash                 tester: the next trial crashes before confirming
-//! hale-agent --state DIR reboot                simulate a reset (boot step + application start)
-//! hale-agent --state DIR status                print the report as JSON
-//! hale-agent --state DIR factory-csr --serial S [--key-type p256|ed25519] [--out CSR]
-//! hale-agent --state DIR factory-install --cert FACTORY_CERT
-//! hale-agent --state DIR enroll --est URL --ca-cert SERVER_CA [--token T]
-//! ```
+//! Commands and options: [`USAGE`] (what `hale-agent --help` prints).
 //!
 //! Identity commands and `run --server https://…` (mTLS with the operational certificate,
 //! renewal at 2/3 of its lifetime, re-enrollment after expiry) read the device secret that seals
 //! the device's keys from `--device-secret-file F` or `HALE_DEVICE_SECRET`.
+
+/// What `hale-agent --help` prints (and a command line it cannot read, after the reason).
+const USAGE: &str = "\
+usage:
+  hale-agent --state DIR provision --root ROOT --image FILE --version V [--security-counter N]
+             --id ID --model M --revision R --target PATH [--bootloader V] [--group G]
+  hale-agent --state DIR run --server URL [--metadata-url U] [--target-base-url U]
+             [--interval S] [--jitter S] [--once] [--authorization FILE]
+  hale-agent --state DIR bundle install FILE   offline install from a bundle (no network)
+  hale-agent --state DIR link --device PATH|- [--mtu N] [--capacity N] [--idle-timeout S]
+             [--min-restart-interval S]        receive a bundle from a technician (hale-link), install it
+                                               (a line silent for S s, default 300, ends the session;
+                                               a new transfer begins at most once per S s, default 30)
+  hale-agent --state DIR therapy on|off        tester: is insulin being delivered?
+  hale-agent --state DIR health pass|fail      tester: result of the next health checks
+  hale-agent --state DIR crash                 tester: the next trial crashes before confirming
+  hale-agent --state DIR reboot                simulate a reset (boot step + application start)
+  hale-agent --state DIR status                print the report as JSON
+  hale-agent --state DIR factory-csr --serial S [--key-type p256|ed25519] [--out CSR]
+  hale-agent --state DIR factory-install --cert FACTORY_CERT
+  hale-agent --state DIR enroll --est URL --ca-cert SERVER_CA [--token T]
+The identity commands and `run --server https://…` (mTLS) read the device secret that seals the
+device's keys from --device-secret-file F or HALE_DEVICE_SECRET.
+";
 
 /// `println!` that never panics: the technician link (`link --device -`) talks over stdout, and a
 /// host that hangs up must not crash the pump in the middle of an install.
@@ -849,13 +855,18 @@ fn jitter(max: u64) -> u64 {
 
 fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") || args.first().is_some_and(|a| a == "help")
+    {
+        print!("{USAGE}");
+        return Ok(());
+    }
     let state = match args.iter().position(|a| a == "--state") {
         Some(i) if i + 1 < args.len() => {
             let v = args.remove(i + 1);
             args.remove(i);
             PathBuf::from(v)
         }
-        _ => bail!("--state DIR is required"),
+        _ => bail!("--state DIR is required\n{}", USAGE.trim_end()),
     };
     let cmd = if args.is_empty() {
         String::new()
@@ -866,14 +877,18 @@ fn main() -> Result<()> {
     match cmd.as_str() {
         "provision" => provision(&o)?,
         "therapy" => match o.args.first().map(String::as_str) {
-            Some("on") => std::fs::write(o.file("therapy-running"), b"1").context("therapy flag")?,
+            Some("on") => {
+                std::fs::write(o.file("therapy-running"), b"1").context("therapy flag")?
+            }
             Some("off") => {
                 let _ = std::fs::remove_file(o.file("therapy-running"));
             }
             _ => bail!("therapy on|off"),
         },
         "health" => match o.args.first().map(String::as_str) {
-            Some(v @ ("pass" | "fail")) => std::fs::write(o.file("health"), v).context("health flag")?,
+            Some(v @ ("pass" | "fail")) => {
+                std::fs::write(o.file("health"), v).context("health flag")?
+            }
             _ => bail!("health pass|fail"),
         },
         "crash" => std::fs::write(o.file("crash-before-confirm"), b"1").context("crash flag")?,
@@ -895,9 +910,17 @@ fn main() -> Result<()> {
             let base = server.trim_end_matches('/').to_string();
             // hale-server serves the TUF metadata at its root and contents under /targets
             let murl = o.opt("--metadata-url").unwrap_or_else(|| base.clone());
-            let turl = o.opt("--target-base-url").unwrap_or_else(|| format!("{base}/targets"));
-            let interval: u64 = o.opt("--interval").map_or(Ok(60), |s| s.parse()).context("--interval")?;
-            let jit: u64 = o.opt("--jitter").map_or(Ok(interval / 4), |s| s.parse()).context("--jitter")?;
+            let turl = o
+                .opt("--target-base-url")
+                .unwrap_or_else(|| format!("{base}/targets"));
+            let interval: u64 = o
+                .opt("--interval")
+                .map_or(Ok(60), |s| s.parse())
+                .context("--interval")?;
+            let jit: u64 = o
+                .opt("--jitter")
+                .map_or(Ok(interval / 4), |s| s.parse())
+                .context("--jitter")?;
             let mut store = open_store(&o)?;
             // the process start is a power-on
             power_on(&o, &mut store)?;
@@ -914,7 +937,8 @@ fn main() -> Result<()> {
                 std::thread::sleep(Duration::from_secs(interval + jitter(jit)));
             }
         }
-        _ => bail!("usage: hale-agent --state DIR provision|run|therapy|health|crash|reboot|status (see --help in the source header)"),
+        "" => bail!("no command\n{}", USAGE.trim_end()),
+        other => bail!("unknown command {other:?}\n{}", USAGE.trim_end()),
     }
     Ok(())
 }

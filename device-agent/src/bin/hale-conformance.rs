@@ -9,6 +9,16 @@
 //! Global options come before the command. Exit 0 on success, 1 on any failure. Time is read
 //! from the C library's clock (so `faketime` works).
 
+/// What `hale-conformance --help` prints.
+const USAGE: &str = "\
+usage:
+  hale-conformance --metadata-dir DIR init ROOT_FILE
+  hale-conformance --metadata-url URL --metadata-dir DIR refresh
+  hale-conformance --metadata-url URL --metadata-dir DIR --target-name P [--target-name P ...]
+                   --target-dir D --target-base-url U download
+Global options come before the command. Exit 0 on success, 1 on any failure.
+";
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -73,12 +83,16 @@ fn run() -> Result<()> {
             c.download(now(), &a.target_names, &tdir)
                 .with_context(|| format!("download from {url} / {turl}"))?;
         }
-        _ => bail!("usage: hale-conformance [global options] init ROOT_FILE | refresh | download"),
+        _ => bail!("no such command\n{}", USAGE.trim_end()),
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -121,12 +121,27 @@ fn push_cmd(args: &[String]) -> Result<()> {
     }
 }
 
+/// What `hale-link --help` prints (and a command line it cannot read, after the reason).
+const USAGE: &str = "\
+usage:
+  hale-link push --bundle FILE --device PATH [--block N]      to a pump on a serial device
+  hale-link push --bundle FILE [--block N] -- COMMAND [ARGS...]
+                                                           to a process's stdin/stdout
+A push that is cut resumes where the pump's store stands: run it again.
+";
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `--help` before a `--` (after it, the words belong to the spawned command)
+    let own = args.iter().take_while(|a| *a != "--");
+    if own.clone().any(|a| a == "--help" || a == "-h") || args.first().is_some_and(|a| a == "help")
+    {
+        print!("{USAGE}");
+        return Ok(());
+    }
     match args.split_first() {
         Some((cmd, rest)) if cmd == "push" => push_cmd(rest),
-        _ => bail!(
-            "usage: hale-link push --bundle FILE (--device PATH | -- COMMAND [ARGS...]) [--block N]"
-        ),
+        Some((cmd, _)) => bail!("unknown command {cmd:?}\n{}", USAGE.trim_end()),
+        None => bail!("no command\n{}", USAGE.trim_end()),
     }
 }
