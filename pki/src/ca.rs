@@ -223,6 +223,31 @@ impl Ca {
         Issuer::new(p, &self.key)
     }
 
+    /// When this CA's certificate ends (nothing it issues may outlive it).
+    pub fn not_after(&self) -> Result<SystemTime, PkiError> {
+        let c = x509::parse_certificate(&self.cert_der)?;
+        Ok(c.tbs_certificate.validity.not_after.to_system_time())
+    }
+
+    /// The DNS subtrees this CA's certificate permits (name constraints); empty: unconstrained.
+    pub(crate) fn permitted_dns(&self) -> Result<Vec<String>, PkiError> {
+        use x509_cert::ext::pkix::{name::GeneralName, NameConstraints};
+        let c = x509::parse_certificate(&self.cert_der)?;
+        let nc = c
+            .tbs_certificate
+            .get::<NameConstraints>()
+            .map_err(|e| PkiError::CertificateMalformed(e.to_string()))?;
+        Ok(nc
+            .and_then(|(_, nc)| nc.permitted_subtrees)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| match &t.base {
+                GeneralName::DnsName(d) => Some(d.to_string()),
+                _ => None,
+            })
+            .collect())
+    }
+
     pub(crate) fn require(&self, expected: CaRole) -> Result<(), PkiError> {
         if self.role == expected {
             Ok(())
@@ -352,9 +377,18 @@ impl Hierarchy {
         )
     }
 
+    /// A fresh hierarchy as `opts` describe it. The CRL base URL must be an absolute `http://`
+    /// or `https://` URL without query or fragment; a missing final `/` is added (CRLs are at
+    /// `<base>/<slug>.crl`). Server DNS constraints must be DNS names.
     pub fn create_with(opts: &HierarchyOptions, now: SystemTime) -> Result<Hierarchy, PkiError> {
+        let base = crl_base_url(&opts.crl_base_url)?;
+        for d in &opts.server_dns_constraints {
+            if !is_dns_name(d) {
+                return Err(PkiError::InvalidNameConstraint(d.clone()));
+            }
+        }
         let (not_before, not_after) = validity_window(now, opts.validity)?;
-        let url = |role: CaRole| format!("{}{}.crl", opts.crl_base_url, role.slug());
+        let url = |role: CaRole| format!("{base}{}.crl", role.slug());
         let root_key = CaKey::new(generate_p256()?);
         let mut rp = CaRole::Root.params(&[])?;
         rp.not_before = not_before;
@@ -402,6 +436,61 @@ impl Hierarchy {
             CaRole::Server => &self.server,
         }
     }
+}
+
+/// `url` checked and ending in `/`.
+fn crl_base_url(url: &str) -> Result<String, PkiError> {
+    let bad = || PkiError::InvalidCrlUrl(url.to_string());
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(bad)?;
+    let host = rest.split('/').next().unwrap_or_default();
+    let host_name =
+        host.rsplit_once(':').map_or(
+            host,
+            |(h, port)| {
+                if port.parse::<u16>().is_ok() {
+                    h
+                } else {
+                    host
+                }
+            },
+        );
+    let host_ok = is_dns_name(host_name)
+        || host_name.parse::<std::net::IpAddr>().is_ok()
+        || host_name
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
+    if !host_ok
+        || url
+            .bytes()
+            .any(|b| b <= b' ' || b >= 0x7f || matches!(b, b'?' | b'#' | b'"' | b'\\'))
+    {
+        return Err(bad());
+    }
+    Ok(if url.ends_with('/') {
+        url.to_string()
+    } else {
+        format!("{url}/")
+    })
+}
+
+/// A DNS name: dot-separated labels of letters, digits and inner hyphens, 1 to 63 bytes each,
+/// at most 253 in all (no wildcard, no empty label).
+pub(crate) fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 fn generate_p256() -> Result<p256::ecdsa::SigningKey, PkiError> {

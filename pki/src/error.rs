@@ -29,6 +29,23 @@ pub enum PkiError {
     /// A validity of zero, or one whose end is not representable.
     #[error("invalid validity of {secs} s")]
     InvalidValidity { secs: u64 },
+    /// A CRL base URL that is not an absolute `http://` or `https://` URL (without query or
+    /// fragment): every certificate would carry a CRL location no client can fetch.
+    #[error("invalid CRL base URL {0:?}: an absolute http:// or https:// URL without query or fragment, e.g. https://pki.example.com/crl/")]
+    InvalidCrlUrl(String),
+    /// A Server CA name constraint that is not a DNS name (no wildcards, no empty labels).
+    #[error("invalid server DNS constraint {0:?}: a DNS name such as example.com (it permits the name and every name under it)")]
+    InvalidNameConstraint(String),
+    /// A server name the Server CA's name constraints do not permit: TLS clients would refuse
+    /// the certificate.
+    #[error("server name {name:?} is outside the Server CA's DNS constraints {permitted:?}")]
+    NameNotPermitted {
+        name: String,
+        permitted: Vec<String>,
+    },
+    /// The issuing CA's certificate has ended: nothing it issues would be valid.
+    #[error("the {ca} ended at {ca_end}: it issues nothing more")]
+    IssuerExpired { ca: CaRole, ca_end: String },
     /// A validity longer than the profile allows (technician and operator certificates: one shift).
     #[error("validity of {requested_secs} s exceeds the profile's maximum of {max_secs} s")]
     ValidityTooLong { requested_secs: u64, max_secs: u64 },

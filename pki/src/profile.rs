@@ -86,7 +86,17 @@ fn base_params(
 ) -> Result<CertificateParams, PkiError> {
     let start = now.checked_sub(BACKDATE).unwrap_or(now);
     let (not_before, _) = validity_window(start, validity)?;
-    let (_, not_after) = validity_window(now, validity)?;
+    let (_, mut not_after) = validity_window(now, validity)?;
+    // never past the issuer's own end: a chain is valid only while every certificate in it is
+    // (the certificate says when it really ends: `IssuedCertificate::not_after`)
+    let ca_end = ca.not_after()?;
+    if ca_end <= now {
+        return Err(PkiError::IssuerExpired {
+            ca: ca.role(),
+            ca_end: x509::utc(ca_end),
+        });
+    }
+    not_after = not_after.min(x509::to_offset(ca_end)?);
     let mut p = CertificateParams::default();
     p.not_before = not_before;
     p.not_after = not_after;
@@ -228,11 +238,24 @@ impl Ca {
         now: SystemTime,
     ) -> Result<IssuedCertificate, PkiError> {
         self.require(CaRole::Server)?;
+        let permitted = self.permitted_dns()?;
         let mut sans = Vec::new();
         for d in dns_names {
             match rustls_pki_types::ServerName::try_from(*d) {
                 Ok(rustls_pki_types::ServerName::DnsName(_)) => {}
                 _ => return Err(PkiError::InvalidServerName(d.to_string())),
+            }
+            // RFC 5280 §4.2.1.10: a DNS constraint permits the name and every name under it
+            let name = d.to_ascii_lowercase();
+            let under = |c: &String| {
+                let c = c.to_ascii_lowercase();
+                name == c || name.ends_with(&format!(".{c}"))
+            };
+            if !permitted.is_empty() && !permitted.iter().any(under) {
+                return Err(PkiError::NameNotPermitted {
+                    name: d.to_string(),
+                    permitted,
+                });
             }
             sans.push(SanType::DnsName(
                 d.to_ascii_lowercase()

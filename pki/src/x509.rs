@@ -56,6 +56,14 @@ pub(crate) fn to_offset(t: SystemTime) -> Result<OffsetDateTime, PkiError> {
     OffsetDateTime::from_unix_timestamp(secs).map_err(|_| PkiError::InvalidValidity { secs: 0 })
 }
 
+/// `t` as `YYYY-MM-DDTHH:MM:SSZ` (what the TUF commands print).
+pub fn utc(t: SystemTime) -> String {
+    let secs = i64::try_from(unix_secs(t)).unwrap_or(i64::MAX);
+    let mut out = [0u8; 20];
+    hale_core::time::format_expires(secs, &mut out)
+        .map_or_else(|| format!("{secs} (unix seconds)"), str::to_string)
+}
+
 /// `now` .. `now + validity`, refusing zero and unrepresentable validities.
 pub(crate) fn validity_window(
     now: SystemTime,
@@ -68,7 +76,8 @@ pub(crate) fn validity_window(
     let end = now
         .checked_add(validity)
         .ok_or(PkiError::InvalidValidity { secs })?;
-    let (a, b) = (to_offset(now)?, to_offset(end)?);
+    let too_long = |_| PkiError::InvalidValidity { secs };
+    let (a, b) = (to_offset(now)?, to_offset(end).map_err(too_long)?);
     // X.509 GeneralizedTime stops at 9999
     if b.year() > 9999 {
         return Err(PkiError::InvalidValidity { secs });

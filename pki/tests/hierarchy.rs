@@ -185,3 +185,117 @@ fn debug_output_shows_no_secrets() {
         "{text}"
     );
 }
+
+#[test]
+fn the_crl_base_url_gets_its_final_slash_and_one_no_client_could_fetch_is_refused() {
+    let opts = |url: &str, constraints: &[&str]| HierarchyOptions {
+        validity: YEAR,
+        crl_base_url: url.into(),
+        server_dns_constraints: constraints.iter().map(|c| c.to_string()).collect(),
+    };
+    // a base URL without its final slash: the CRLs go under it, not beside it
+    for base in [
+        "https://pki.example.com/crl",
+        "https://pki.example.com/crl/",
+    ] {
+        let h = Hierarchy::create_with(&opts(base, &[]), SystemTime::now()).unwrap();
+        assert_eq!(h.root.crl_url(), "https://pki.example.com/crl/root.crl");
+        assert_eq!(h.server.crl_url(), "https://pki.example.com/crl/server.crl");
+    }
+    for base in ["http://10.0.0.5:8080/c", "http://[::1]/crl"] {
+        Hierarchy::create_with(&opts(base, &[]), SystemTime::now()).unwrap();
+    }
+    for bad in [
+        "not a url",
+        "pki.example.com/crl/",
+        "ftp://pki.example.com/crl/",
+        "https://",
+        "https:///crl/",
+        "https://pki example.com/crl/",
+        "https://pki.example.com/crl?x=1/",
+        "https://pki.example.com/crl#a/",
+        "https://pki.example.com:99999/crl/",
+    ] {
+        let err = Hierarchy::create_with(&opts(bad, &[]), SystemTime::now()).unwrap_err();
+        assert!(
+            matches!(&err, PkiError::InvalidCrlUrl(u) if u == bad),
+            "{bad}: {err}"
+        );
+    }
+    for bad in [
+        "*.bad..",
+        "",
+        "hale..test",
+        "-hale.test",
+        "*.hale.test",
+        "hale_test",
+    ] {
+        let err =
+            Hierarchy::create_with(&opts(DEFAULT_CRL, &[bad]), SystemTime::now()).unwrap_err();
+        assert!(
+            matches!(&err, PkiError::InvalidNameConstraint(c) if c == bad),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+const DEFAULT_CRL: &str = hale_pki::ca::DEFAULT_CRL_BASE_URL;
+
+#[test]
+fn nothing_issued_outlives_its_ca_or_leaves_the_server_cas_names() {
+    let day = std::time::Duration::from_secs(86_400);
+    let now = SystemTime::now();
+    let h = Hierarchy::create_with(
+        &HierarchyOptions {
+            validity: 10 * day,
+            crl_base_url: DEFAULT_CRL.into(),
+            server_dns_constraints: vec!["hale.test".into()],
+        },
+        now,
+    )
+    .unwrap();
+    let csr = key(hale_pki::KeyAlgorithm::P256).csr_pem;
+    // asked for a year, given what the CA has left
+    let ca_end = h.device_issuing.not_after().unwrap();
+    let c = h
+        .device_issuing
+        .issue_device_certificate(&csr, "p", "m", "s", 365 * day, now)
+        .unwrap();
+    assert_eq!(c.not_after, ca_end);
+    let c = h
+        .server
+        .issue_server_certificate(&csr, &["updates.hale.test", "hale.test"], &[], day, now)
+        .unwrap();
+    assert_eq!(c.not_after, now.checked_add(day).map(whole_secs).unwrap());
+    // a name the constraints do not permit: TLS clients would refuse the certificate
+    for name in ["evil.example", "nothale.test", "hale.test.evil"] {
+        let err = h
+            .server
+            .issue_server_certificate(&csr, &["updates.hale.test", name], &[], day, now)
+            .unwrap_err();
+        assert!(
+            matches!(&err, PkiError::NameNotPermitted { name: n, permitted }
+                if n == name && *permitted == ["hale.test"]),
+            "{name}: {err}"
+        );
+    }
+    // from a CA that has ended: nothing
+    let later = now.checked_add(11 * day).unwrap();
+    let err = h
+        .device_issuing
+        .issue_device_certificate(&csr, "p", "m", "s", day, later)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the Hale Device Issuing CA ended at {}: it issues nothing more",
+            hale_pki::utc(ca_end)
+        )
+    );
+}
+
+/// `t` to whole seconds (what a certificate holds).
+fn whole_secs(t: SystemTime) -> SystemTime {
+    let s = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s)
+}

@@ -556,3 +556,87 @@ fn crl_accumulates_revocations_with_rising_numbers() {
     );
     assert_eq!(env.json("ca/technician.crl.json")["number"], 2);
 }
+
+#[test]
+fn ca_init_and_server_cert_refuse_what_no_client_could_use_and_change_nothing() {
+    let env = Env::new();
+    let root = env.path("");
+    let init = |extra: &[&str]| {
+        let mut a = vec!["ca".to_string(), "init".into(), "--out".into(), env.p("ca")];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend(PW_ARGS.map(String::from));
+        a
+    };
+    // a CRL base URL no client could fetch, a name constraint that is no DNS name: nothing written
+    assert_refused_unchanged(
+        &env,
+        &root,
+        &init(&["--crl-base-url", "not a url"]),
+        "error: invalid CRL base URL \"not a url\": an absolute http:// or https:// URL without query or fragment, e.g. https://pki.example.com/crl/",
+    );
+    assert_refused_unchanged(
+        &env,
+        &root,
+        &init(&["--server-dns-constraint", "*.bad.."]),
+        "error: invalid server DNS constraint \"*.bad..\": a DNS name such as example.com (it permits the name and every name under it)",
+    );
+    assert!(!env.path("ca").exists());
+
+    // a base URL without its final slash: the CRLs are under it
+    let r = env.ok(&init(&[
+        "--crl-base-url",
+        "https://pki.example.com/crl",
+        "--server-dns-constraint",
+        "hale.example",
+        "--days",
+        "30",
+    ]));
+    assert!(
+        r.stdout.contains(
+            "CRLs to publish at https://pki.example.com/crl/root.crl (each CA's beside it: <ca>.crl)"
+        ),
+        "{}",
+        r.stdout
+    );
+    let server_ca = Ca::from_file(
+        &std::fs::read(env.path("ca/server.key")).unwrap(),
+        PW.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        server_ca.crl_url(),
+        "https://pki.example.com/crl/server.crl"
+    );
+
+    let server_cert = |dns: &str, days: &str| {
+        let (ca, out) = (env.p("ca"), env.p("server"));
+        let a = ["ca", "server-cert", "--ca-dir", &ca, "--dns", dns];
+        let b = ["--days", days, "--out", &out];
+        a.iter()
+            .chain(&b)
+            .chain(&PW_ARGS)
+            .chain(&KEY_PW)
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_refused_unchanged(
+        &env,
+        &root,
+        &server_cert("updates.evil.example", "10"),
+        "error: server name \"updates.evil.example\" is outside the Server CA's DNS constraints [\"hale.example\"]",
+    );
+    let before = snapshot_tree(&root);
+    let r = env.run(&server_cert("updates.hale.example", "31"));
+    assert_eq!(r.code, 2);
+    let end = hale_pki::utc(server_ca.not_after().unwrap());
+    let last = r.stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with(&format!(
+            "error: --days 31: the certificate would outlive the Server CA, valid until {end} (at most "
+        )),
+        "{last}"
+    );
+    assert_eq!(snapshot_tree(&root), before);
+    let r = env.ok(&server_cert("updates.hale.example", "10"));
+    assert!(r.stdout.contains(" valid until "), "{}", r.stdout);
+}

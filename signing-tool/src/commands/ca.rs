@@ -320,6 +320,10 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     batch
         .commit()
         .with_context(|| format!("writing the CA hierarchy to {}", a.out.display()))?;
+    println!(
+        "CRLs to publish at {} (each CA's beside it: <ca>.crl)",
+        h.root.crl_url()
+    );
     eprintln!(
         "the root and manufacturing CA files belong offline; the server needs device-issuing, \
          technician and server .key/.crt and root.crt"
@@ -342,8 +346,19 @@ fn server_cert(a: ServerCertArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     let kc = hale_pki::generate_key_and_csr(KeyAlgorithm::P256, &cn)?;
     let dns: Vec<&str> = a.dns.iter().map(String::as_str).collect();
-    let cert =
-        ca.issue_server_certificate(&kc.csr_pem, &dns, &a.ip, days(a.days)?, SystemTime::now())?;
+    let now = SystemTime::now();
+    let validity = days(a.days)?;
+    // the library would end it with the CA: asked for more, say so instead
+    let ca_end = ca.not_after()?;
+    if now.checked_add(validity).is_none_or(|end| end > ca_end) {
+        let left = ca_end.duration_since(now).unwrap_or_default().as_secs() / 86_400;
+        bail!(
+            "--days {}: the certificate would outlive the Server CA, valid until {} (at most {left} days)",
+            a.days,
+            hale_pki::utc(ca_end)
+        );
+    }
+    let cert = ca.issue_server_certificate(&kc.csr_pem, &dns, &a.ip, validity, now)?;
     write_issued(
         (&crt, &key),
         &cert.pem,
@@ -353,9 +368,10 @@ fn server_cert(a: ServerCertArgs) -> anyhow::Result<ExitCode> {
         "the server key",
     )?;
     println!(
-        "server certificate {} serial {}",
+        "server certificate {} serial {} valid until {}",
         crt.display(),
-        cert.serial_hex
+        cert.serial_hex,
+        hale_pki::utc(cert.not_after)
     );
     Ok(ExitCode::SUCCESS)
 }
