@@ -130,7 +130,9 @@ pub enum Outcome {
     UpToDate { running: Version },
     /// A verified image is in the inactive slot, pending: reboot to try it.
     Staged { version: Version },
-    /// The application said not now; nothing was written to a slot.
+    /// The application said not now, and nothing will boot that was not booting: either nothing
+    /// was written to a slot, or (the answer changed while the image was written) the verified
+    /// image waits in the inactive slot, not bootable, for the next check that may install it.
     Deferred {
         offered: Version,
         reason: DeferReason,
@@ -680,7 +682,7 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
         record::<F, T>(store, set, true, None)?;
     }
     stage(
-        store, transport, &file, image, lookup, consistent, chunk, authorized,
+        store, transport, app, &file, image, lookup, consistent, chunk, authorized,
     )
 }
 
@@ -689,11 +691,18 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
 /// a rollback authorization (`authorized`: its `issued`), recorded as used in the record that
 /// marks the image pending: an interrupted download resumes with the same authorization, and
 /// once staged the authorization is spent, whatever the trial boot then decides.
+///
+/// The application is asked again before the image is marked pending: a pending image boots at
+/// the next reset, whatever caused it, and therapy may have started while the image was written.
+/// If it says not now, the image waits in the slot, complete and verified but not bootable
+/// (`Staging`, its download at the end), and the first check that may install reads it back
+/// from flash, hashes it again and marks it then.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-fn stage<F: Durable, T: Transport>(
+fn stage<F: Durable, T: Transport, A: Application>(
     store: &mut FirmwareStore<F>,
     transport: &mut T,
+    app: &mut A,
     file: &TargetFile<'_>,
     image: Image,
     path: &str,
@@ -717,7 +726,11 @@ fn stage<F: Durable, T: Transport>(
     } else {
         0
     };
-    offset -= offset % F::ERASE_SIZE as u64;
+    // a checkpoint resumes at its erase sector; a complete download (verified, and kept for
+    // the application's yes) is read back whole
+    if offset < image.length {
+        offset -= offset % F::ERASE_SIZE as u64;
+    }
     if !resume {
         let mut next = slots;
         next.begin_staging_in_place(image)
@@ -770,6 +783,15 @@ fn stage<F: Durable, T: Transport>(
             store.commit(staging, offset, [Meta::Keep; 4])?;
         }
     };
+    if verified.is_ok() {
+        if let Err(reason) = app.safe_to_install() {
+            store.commit(staging, image.length, [Meta::Keep; 4])?;
+            return Ok(Outcome::Deferred {
+                offered: image.version,
+                reason,
+            });
+        }
+    }
     match verified {
         Ok(()) => staging.finish_staging_in_place(),
         Err(_) => staging.abandon_staging_in_place(),

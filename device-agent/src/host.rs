@@ -757,7 +757,10 @@ pub fn server_report_json<F: Durable>(
             let info = s.info(*slot);
             let state = match info.state {
                 SlotState::Empty => "empty",
-                SlotState::Staging | SlotState::Pending => "pending",
+                // being written, or written and verified and waiting for the application's yes:
+                // not bootable either way
+                SlotState::Staging => "staging",
+                SlotState::Pending => "pending",
                 SlotState::Trial => "trial",
                 SlotState::Good if *slot == s.active() => "active",
                 SlotState::Good => "inactive",

@@ -316,6 +316,73 @@ fn install_is_deferred_while_therapy_runs_and_happens_after() {
     );
 }
 
+/// Yes before the download, no once the image is written: therapy began meanwhile.
+struct TherapyStartsDuringTheDownload {
+    asked: usize,
+}
+
+impl device_agent::Application for TherapyStartsDuringTheDownload {
+    fn safe_to_install(&mut self) -> Result<(), DeferReason> {
+        self.asked += 1;
+        match self.asked {
+            1 => Ok(()),
+            _ => Err(DeferReason::TherapyRunning),
+        }
+    }
+}
+
+#[test]
+fn an_image_written_while_therapy_began_is_kept_but_boots_only_after_a_check_that_may_install() {
+    let sim = repo_with("2.0.0", 7, 9000);
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    let mut t = MapTransport::new(&sim.files);
+    let mut app = TherapyStartsDuringTheDownload { asked: 0 };
+    let deferred = Outcome::Deferred {
+        offered: v("2.0.0"),
+        reason: DeferReason::TherapyRunning,
+    };
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut app, NOW).unwrap(),
+        deferred
+    );
+    assert_eq!((app.asked, t.target_bytes), (2, 9000));
+    // written and verified, not marked to boot
+    let b = store.slots().info(Slot::B);
+    assert_eq!(
+        (b.state, b.image.map(|i| i.version)),
+        (SlotState::Staging, Some(v("2.0.0")))
+    );
+    assert_eq!(store.download_offset(), 9000);
+
+    // a reset now boots the image that was running
+    drop(store);
+    let mut store = open_store(&mut mem);
+    assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
+    // therapy still on: deferred again, nothing read or written
+    let before = persisted(&mut store);
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump { therapy: true }).unwrap(),
+        deferred
+    );
+    assert_eq!(t.target_bytes, 0);
+    assert_eq!(persisted(&mut store), before);
+
+    // therapy over: the image is read back from flash and hashed again, then marked; nothing is
+    // downloaded again, and it boots as a trial
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    assert_eq!(t.target_bytes, 0);
+    assert_eq!(store.slots().info(Slot::B).state, SlotState::Pending);
+    assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+}
+
 #[test]
 fn interrupted_download_resumes_from_the_stored_offset() {
     let sim = repo_with("2.0.0", 7, 9000);

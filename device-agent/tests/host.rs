@@ -710,7 +710,7 @@ fn a_pump_killed_mid_download_resumes_at_its_last_checkpoint() {
 /// asked again before the reset, and the staged image waits (`AwaitingReboot`, poll after poll)
 /// until therapy stops. (Starting `hale-agent` is a power-on: one process polls throughout.)
 #[test]
-fn therapy_that_starts_during_staging_defers_the_reboot() {
+fn therapy_that_starts_during_staging_keeps_the_image_from_booting_until_it_stops() {
     const LEN: usize = 200_000;
     let sim = repo_with("2.0.0", 7, LEN);
     let pump = provisioned_pump(&sim);
@@ -740,44 +740,47 @@ fn therapy_that_starts_during_staging_defers_the_reboot() {
     // the image is being written (the gate said yes before): the patient's bolus starts now
     agent(dir, &["therapy", "on"]);
     state.lock().unwrap().stall_after = None;
-    // that poll and the next: staged, pending, the reboot deferred each time
-    wait_for("two polls after staging", &|s| s.reports.len() >= 2);
+    // that poll and the next: written and verified, but not marked to boot
+    wait_for("two polls after the download", &|s| s.reports.len() >= 2);
     for r in state.lock().unwrap().reports.iter().take(2) {
         assert_eq!(r["last_result"]["result"], "deferred", "{r}");
         assert_eq!(r["last_result"]["reason"], "therapy running", "{r}");
         assert_eq!(r["slots"][0]["state"], "active", "{r}");
         assert_eq!(r["slots"][0]["version"], "1.0.0", "{r}");
-        assert_eq!(r["slots"][1]["state"], "pending", "{r}");
+        assert_eq!(r["slots"][1]["state"], "staging", "{r}");
         assert_eq!(r["slots"][1]["version"], "2.0.0", "{r}");
     }
-    // therapy stops: the next poll reboots into it, and the health check confirms it
+    child.0.kill().unwrap();
+    let (_, out) = child.wait_with_output_ref();
+    assert!(out.contains("2.0.0 deferred: therapy running"), "{out}");
+    assert!(!out.contains("trial boot"), "{out}");
+
+    // the pump restarts during therapy (a reset, a supervisor starting it again): it boots the
+    // image it ran, not the new one
+    let out = agent(dir, &["run", "--server", addr, "--once"]);
+    assert!(out.starts_with("booted slot a\n"), "{out}");
+    assert!(!out.contains("trial boot"), "{out}");
+    let status: Value = serde_json::from_str(&agent(dir, &["status"])).unwrap();
+    assert_eq!(status["slots"][1]["state"], "staging", "{status}");
+
+    // therapy stops: the next poll reads the image back from flash, marks it, reboots into it,
+    // and the health check confirms it; the image was downloaded once
     agent(dir, &["therapy", "off"]);
-    wait_for("the install after therapy stopped", &|s| {
-        s.reports
-            .last()
-            .is_some_and(|r| r["last_result"]["result"] == "installed")
-    });
+    let out = agent(dir, &["run", "--server", addr, "--once"]);
+    let at = |m: &str| {
+        out.find(m)
+            .unwrap_or_else(|| panic!("{m:?} not in:\n{out}"))
+    };
+    assert!(at("staged 2.0.0: rebooting into it") < at("trial boot of 2.0.0 in slot b"));
+    assert!(at("trial boot of 2.0.0 in slot b") < at("health check passed: 2.0.0 confirmed"));
     let r = state.lock().unwrap().reports.last().cloned().unwrap();
+    assert_eq!(r["last_result"]["result"], "installed", "{r}");
     assert_eq!(r["slots"][1]["version"], "2.0.0", "{r}");
     assert_eq!(r["slots"][1]["state"], "active", "{r}");
     assert_eq!(
         target_streams(&state.lock().unwrap()),
         [0],
         "downloaded once"
-    );
-    child.0.kill().unwrap();
-    let (_, out) = child.wait_with_output_ref();
-    let at = |m: &str| {
-        out.find(m)
-            .unwrap_or_else(|| panic!("{m:?} not in:\n{out}"))
-    };
-    assert!(
-        at("staged 2.0.0; reboot deferred: therapy running")
-            < at("2.0.0 is staged; reboot deferred: therapy running")
-    );
-    assert!(
-        at("2.0.0 is staged; reboot deferred: therapy running")
-            < at("2.0.0 is staged: rebooting into it")
     );
 }
 

@@ -756,7 +756,11 @@ pub enum SlotState {
     Active,
     Inactive,
     Trial,
+    /// Verified, boots as a trial at the next reset.
     Pending,
+    /// Being written, or written and verified and waiting until installing is safe (therapy
+    /// began during the download): not bootable.
+    Staging,
     Bad,
     Empty,
 }

@@ -323,8 +323,12 @@ fn a_report_is_audited_when_it_says_something_new() {
     };
     // (as stored: the server writes an absent last result as null)
     let idle = json!({"slots": [{"name": "a", "version": "1.0.0", "state": "active"}], "last_result": null});
+    // (therapy began while 1.1.0 was written: it waits in slot b, verified, not bootable)
     let deferred = json!({
-        "slots": [{"name": "a", "version": "1.0.0", "state": "active"}],
+        "slots": [
+            {"name": "a", "version": "1.0.0", "state": "active"},
+            {"name": "b", "version": "1.1.0", "state": "staging"}
+        ],
         "last_result": {"result": "deferred", "target": null, "version": "1.1.0", "reason": "therapy running"},
     });
     // a polling pump: the same report three times, a change, the same again, then back

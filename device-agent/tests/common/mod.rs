@@ -245,7 +245,7 @@ pub fn check(
 pub fn check_at(
     store: &mut FirmwareStore<Flash<'_>>,
     t: &mut MapTransport,
-    pump: &mut Pump,
+    pump: &mut impl Application,
     now: i64,
 ) -> CheckResult {
     let mut bufs = Bufs::new();
