@@ -218,8 +218,9 @@ import json, sys
 s = json.load(sys.stdin)
 want, version = sys.argv[1], sys.argv[2]
 running = [x["version"] for x in s["slots"] if x["active"]]
-ok = want in ("*", s["last_result"]["result"]) and running == [version]
-print("   status: %s (%s), running %s" % (s["last_result"]["result"], s["last_result"]["reason"], running[0] if running else "-"))
+lr = s.get("last_result") or {"result": "none", "reason": "nothing to report"}
+ok = want in ("*", lr["result"]) and running == [version]
+print("   status: %s (%s), running %s" % (lr["result"], lr["reason"], running[0] if running else "-"))
 sys.exit(0 if ok else "expected %s running %s" % (want, version))' "$2" "$3"
 }
 

@@ -735,7 +735,12 @@ pub fn report_json<F: Durable>(
         "revision": revision,
         "security_counter": s.security_counter(),
         "slots": slots,
-        "last_result": {"result": result, "reason": reason},
+        // none yet, or none standing (as the server's report: absent there)
+        "last_result": if result.is_empty() {
+            Value::Null
+        } else {
+            json!({"result": result, "reason": reason})
+        },
     })
 }
 

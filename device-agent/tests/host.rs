@@ -784,6 +784,57 @@ fn therapy_that_starts_during_staging_keeps_the_image_from_booting_until_it_stop
     );
 }
 
+/// A bad answer from the server once (an error page where the timestamp should be) is reported
+/// as a refusal until a check concludes "up to date" again; what was installed stands.
+#[test]
+fn a_refusal_reported_once_is_forgotten_when_a_later_check_is_up_to_date() {
+    let sim = repo_with("2.0.0", 7, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+    let out = agent(dir, &["run", "--server", addr, "--once"]);
+    assert!(
+        out.contains("health check passed: 2.0.0 confirmed"),
+        "{out}"
+    );
+    let up_to_date = |state: &Arc<Mutex<Served>>| {
+        let out = agent(dir, &["run", "--server", addr, "--once"]);
+        assert!(out.ends_with("up to date: running 2.0.0\n"), "{out}");
+        last_report(state, dir)["last_result"].clone()
+    };
+    let installed = up_to_date(state);
+    assert_eq!(
+        (&installed["result"], &installed["reason"]),
+        (&serde_json::json!("installed"), &serde_json::json!("2.0.0"))
+    );
+
+    // a proxy's error page where the timestamp should be: refused, and said so
+    let good = state.lock().unwrap().files["timestamp.json"].clone();
+    state
+        .lock()
+        .unwrap()
+        .files
+        .insert("timestamp.json".into(), b"<html>502</html>".to_vec());
+    let out = agent(dir, &["run", "--server", addr, "--once"]);
+    assert!(
+        out.contains("update refused: timestamp: JSON syntax error at byte 0"),
+        "{out}"
+    );
+    let refused = last_report(state, dir)["last_result"].clone();
+    assert_eq!(refused["result"], "rejected", "{refused}");
+
+    // the server mended: the refusal is gone from the status and the report
+    state
+        .lock()
+        .unwrap()
+        .files
+        .insert("timestamp.json".into(), good);
+    assert_eq!(up_to_date(state), Value::Null);
+    let posted = state.lock().unwrap().reports.last().cloned().unwrap();
+    assert!(posted.get("last_result").is_none(), "{posted}");
+    let status: Value = serde_json::from_str(&agent(dir, &["status"])).unwrap();
+    assert_eq!(status["slots"][1]["state"], "good", "{status}");
+}
+
 /// Where each stream of the firmware image started (ranged requests).
 fn target_streams(s: &Served) -> Vec<usize> {
     s.ranges

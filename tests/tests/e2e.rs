@@ -318,9 +318,16 @@ impl Tools {
             .and_then(|s| s["version"].as_str())
             .unwrap_or("")
             .to_string();
+        // (none standing: null)
         (
-            v["last_result"]["result"].as_str().unwrap().to_string(),
-            v["last_result"]["reason"].as_str().unwrap().to_string(),
+            v["last_result"]["result"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            v["last_result"]["reason"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
             running,
         )
     }

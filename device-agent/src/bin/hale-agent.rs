@@ -141,6 +141,17 @@ fn set_last(o: &Opts, result: &str, reason: &str) -> Result<()> {
         .with_context(|| p.display().to_string())
 }
 
+/// Forget the last result (the report then carries none).
+fn clear_last(o: &Opts) -> Result<()> {
+    let p = o.file("last_result.json");
+    match std::fs::remove_file(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| p.display().to_string())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn last(o: &Opts) -> (String, String) {
     let v: Value = std::fs::read(o.file("last_result.json"))
         .ok()
@@ -412,7 +423,17 @@ fn install_once<T: Transport<Error: std::fmt::Display>>(
             say!("{offered} deferred: {reason}");
             set_last(o, "deferred", reason.as_str())?;
         }
-        Ok(other) => say!("{other:?}"),
+        Ok(Outcome::UpToDate { running }) => {
+            say!("up to date: running {running}");
+            // a refusal or a deferral an earlier check reported holds no more (the server's
+            // answer was bad once, or the offer is gone); what was installed or reverted stands
+            if matches!(last(o).0.as_str(), "rejected" | "deferred") {
+                clear_last(o)?;
+            }
+        }
+        Ok(Outcome::TrialRunning { version }) => {
+            say!("{version} is on trial: nothing is checked until it is confirmed or reverted");
+        }
         Err(
             e @ (AgentError::Transport { .. } | AgentError::Missing { .. } | AgentError::Store(_)),
         ) => {
