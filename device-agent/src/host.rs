@@ -261,10 +261,19 @@ impl HttpTransport {
 /// `https://h/p`, so it cannot be cut off as a prefix), and without a part the next one starts
 /// with (ureq's I/O errors repeat their kind: "Network Error: Network Error: …").
 pub fn transport_message(t: &ureq::Transport) -> String {
+    // a socket timeout reaches rustls as EAGAIN ("Resource temporarily unavailable")
+    let source = std::error::Error::source(t).map(|e| {
+        match e.downcast_ref::<std::io::Error>().map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                "timed out".to_string()
+            }
+            _ => e.to_string(),
+        }
+    });
     let parts = [
         Some(t.kind().to_string()),
         t.message().map(str::to_string),
-        std::error::Error::source(t).map(ToString::to_string),
+        source,
     ];
     let parts: Vec<String> = parts.into_iter().flatten().collect();
     let kept: Vec<&str> = parts

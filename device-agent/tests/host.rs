@@ -1345,6 +1345,24 @@ fn an_unreachable_server_is_named_once_in_the_error() {
     );
 }
 
+/// ureq's errors in the pump's words: a socket timeout (which reaches rustls as EAGAIN) says it
+/// timed out; the other I/O errors keep the system's text, without ureq's kind twice.
+#[test]
+fn a_timeout_reads_as_one() {
+    use device_agent::host::transport_message;
+    use std::io::{Error, ErrorKind};
+    let msg = |e: Error| match ureq::Error::from(e) {
+        ureq::Error::Transport(t) => transport_message(&t),
+        other => panic!("{other:?}"),
+    };
+    for kind in [ErrorKind::WouldBlock, ErrorKind::TimedOut] {
+        assert_eq!(msg(Error::from(kind)), "Network Error: timed out");
+    }
+    let refused = Error::from(ErrorKind::ConnectionRefused);
+    let text = refused.to_string();
+    assert_eq!(msg(refused), format!("Network Error: {text}"));
+}
+
 /// The simulated pump's flash file: a write reaches the file at the next sync, and a sync writes
 /// back only the sectors changed since the last one; a flash opened again holds what was synced.
 #[test]
