@@ -292,6 +292,27 @@ fn refuses_a_validity_above_the_maximum_and_writes_nothing() {
          refuse it)",
         "auth.json",
     );
+    // a maximum above the devices' own would let through what every device refuses
+    let r = authorize(
+        &e,
+        &[
+            "--target",
+            TARGET,
+            "--expires-in",
+            "2d",
+            "--max-validity",
+            "1000d",
+            "--key",
+            "field-a.key",
+        ],
+    );
+    assert_refused(
+        &e,
+        &r,
+        "error: --max-validity 1000d: 86400000 s is longer than devices accept (86400 s): it may \
+         only lower that",
+        "auth.json",
+    );
 }
 
 #[test]

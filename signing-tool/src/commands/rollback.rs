@@ -67,7 +67,8 @@ pub struct AuthorizeArgs {
     /// The version the devices must be running (the release being replaced).
     #[arg(long, value_name = "V")]
     installed: Option<String>,
-    /// Longest validity allowed (default: `rollback_max_validity` in hale-repo.json, else 24h).
+    /// Longest validity allowed (default: `rollback_max_validity` in hale-repo.json, else 24h,
+    /// the most devices accept: it may only be lowered).
     #[arg(long, value_name = "DURATION")]
     max_validity: Option<String>,
     /// Encrypted private key file (.key) of the rollback role; repeatable.
@@ -113,20 +114,31 @@ pub fn run(cmd: RollbackCmd) -> anyhow::Result<ExitCode> {
 }
 
 /// The longest validity accepted: the flag, else `rollback_max_validity` in hale-repo.json
-/// (a duration string or seconds), else hale-core's default.
+/// (a duration string or seconds), else hale-core's default. Either may only lower the
+/// default: devices refuse an authorization valid for longer, whatever the tool allowed.
 pub fn max_validity(state: &State, flag: Option<&str>) -> anyhow::Result<i64> {
-    if let Some(f) = flag {
-        return Ok(parse_duration(f)?);
+    let (what, max) = match (flag, state.config.extra.get("rollback_max_validity")) {
+        (Some(f), _) => (format!("--max-validity {f}"), parse_duration(f)?),
+        (None, None) => return Ok(DEFAULT_MAX_VALIDITY),
+        (None, Some(Value::Number(n))) => (
+            format!("hale-repo.json: rollback_max_validity {n}"),
+            n.as_i64()
+                .filter(|n| *n > 0)
+                .context("hale-repo.json: rollback_max_validity must be positive")?,
+        ),
+        (None, Some(Value::String(s))) => (
+            format!("hale-repo.json: rollback_max_validity {s:?}"),
+            parse_duration(s)?,
+        ),
+        (None, Some(_)) => bail!("hale-repo.json: rollback_max_validity must be a duration"),
+    };
+    if max > DEFAULT_MAX_VALIDITY {
+        bail!(
+            "{what}: {max} s is longer than devices accept ({DEFAULT_MAX_VALIDITY} s): it may \
+             only lower that"
+        );
     }
-    match state.config.extra.get("rollback_max_validity") {
-        None => Ok(DEFAULT_MAX_VALIDITY),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .filter(|n| *n > 0)
-            .context("hale-repo.json: rollback_max_validity must be positive"),
-        Some(Value::String(s)) => Ok(parse_duration(s)?),
-        Some(_) => bail!("hale-repo.json: rollback_max_validity must be a duration"),
-    }
+    Ok(max)
 }
 
 /// Verify `auth` with hale-core as a device it names would, for `target` with `sha256`, against
