@@ -57,6 +57,9 @@ impl Expiry {
 
     /// Apply `root=365d,targets=90d,…` on top of the current values.
     pub fn apply(&mut self, spec: &str) -> Result<()> {
+        // all or nothing
+        let mut next = self.clone();
+        let mut seen: Vec<&str> = Vec::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (role, dur) = part.split_once('=').ok_or_else(|| {
                 invalid(format!(
@@ -64,12 +67,19 @@ impl Expiry {
                 ))
             })?;
             let secs = parse_duration(dur)?;
-            let slot = match role.trim() {
-                "root" => &mut self.root,
-                "targets" => &mut self.targets,
-                "snapshot" => &mut self.snapshot,
-                "timestamp" => &mut self.timestamp,
-                "delegated" => &mut self.delegated,
+            let role = role.trim();
+            if seen.contains(&role) {
+                return Err(invalid(format!(
+                    "--expires: {role} given twice ({spec:?}): which one is meant?"
+                )));
+            }
+            seen.push(role);
+            let slot = match role {
+                "root" => &mut next.root,
+                "targets" => &mut next.targets,
+                "snapshot" => &mut next.snapshot,
+                "timestamp" => &mut next.timestamp,
+                "delegated" => &mut next.delegated,
                 other => {
                     return Err(invalid(format!(
                         "--expires: unknown role {other:?} (root, targets, snapshot, timestamp, delegated)"
@@ -78,17 +88,27 @@ impl Expiry {
             };
             *slot = secs;
         }
+        *self = next;
         Ok(())
     }
 }
 
-/// `90d`, `12h`, `30m`, `3600s`, `2w` or plain seconds.
+/// `90d`, `12h`, `30m`, `3600s` or `2w`. A number without its unit is refused: `365` meant as
+/// days would silently be six minutes.
 pub fn parse_duration(s: &str) -> Result<i64> {
     let s = s.trim();
-    let bad = || invalid(format!("{s:?} is not a duration (e.g. 90d, 12h, 3600s)"));
+    let bad = || {
+        invalid(format!(
+            "{s:?} is not a duration: a number and its unit, s, m, h, d or w (e.g. 90d, 12h)"
+        ))
+    };
     let (num, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => (s.get(..i).ok_or_else(bad)?, s.get(i..).ok_or_else(bad)?),
-        None => (s, "s"),
+        None => {
+            return Err(invalid(format!(
+                "duration {s:?} has no unit: {s}s, {s}m, {s}h, {s}d or {s}w?"
+            )))
+        }
     };
     let n: i64 = num.parse().map_err(|_| bad())?;
     let mul = match unit {
@@ -211,7 +231,12 @@ mod tests {
     fn durations_and_expiry_specs() {
         assert_eq!(parse_duration("90d").unwrap(), 90 * DAY);
         assert_eq!(parse_duration("12h").unwrap(), 12 * 3600);
-        assert_eq!(parse_duration("3600").unwrap(), 3600);
+        assert_eq!(parse_duration("3600s").unwrap(), 3600);
+        assert_eq!(parse_duration("2w").unwrap(), 14 * DAY);
+        assert_eq!(
+            parse_duration("365").unwrap_err().to_string(),
+            "duration \"365\" has no unit: 365s, 365m, 365h, 365d or 365w?"
+        );
         assert!(parse_duration("1y").is_err());
         assert!(parse_duration("0d").is_err());
         let mut e = Expiry::default();
@@ -221,5 +246,11 @@ mod tests {
             (730 * DAY, 6 * 3600, 90 * DAY)
         );
         assert!(e.apply("bogus=1d").is_err());
+        let before = e.clone();
+        assert_eq!(
+            e.apply("root=365d,root=1d").unwrap_err().to_string(),
+            "--expires: root given twice (\"root=365d,root=1d\"): which one is meant?"
+        );
+        assert_eq!(e, before, "nothing applied");
     }
 }
