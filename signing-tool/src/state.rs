@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hale_core::metadata::{DelegatedRole, Envelope, Root, Targets};
+use hale_core::metadata::{DelegatedRole, Envelope, Root, Snapshot, Targets, Timestamp};
 use hale_core::verify::{check_signatures, Report};
 use hale_core::Name;
 use hale_repo::build::Profile;
@@ -96,6 +96,21 @@ pub struct Authority {
     /// "root" or the delegating role's name.
     pub delegator: String,
     pub bytes: Vec<u8>,
+}
+
+/// Refuse metadata `env_bytes` whose body is not what `role` holds, as a client parses it (a
+/// file is named by its role: a copy renamed, or the wrong file copied over, must not be signed
+/// or reported as another role).
+pub fn check_body(role: &str, env_bytes: &[u8]) -> Result<()> {
+    let what = |e| ToolError::trust(role.to_string(), e);
+    let env = Envelope::parse(env_bytes, role).map_err(what)?;
+    match role {
+        "root" => Root::parse(&env.signed).map(drop),
+        "timestamp" => Timestamp::parse(&env.signed).map(drop),
+        "snapshot" => Snapshot::parse(&env.signed).map(drop),
+        _ => Targets::parse(&env.signed, Name::new(role)).map(drop),
+    }
+    .map_err(what)
 }
 
 impl Authority {

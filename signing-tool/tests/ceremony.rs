@@ -718,3 +718,30 @@ fn a_mistyped_path_is_named_as_missing() {
         );
     }
 }
+
+#[test]
+fn a_file_holding_another_role_is_neither_signed_nor_reported_as_the_one_its_name_says() {
+    let env = Env::new();
+    env.published_repo();
+    // the "copy the file over" workflow: the published targets, copied (or renamed) as root.json
+    std::fs::create_dir(env.path("m")).unwrap();
+    std::fs::copy(
+        env.path("repo/repository/1.targets.json"),
+        env.path("m/root.json"),
+    )
+    .unwrap();
+    let before = snapshot_tree(&env.path(""));
+    let mut sign: Vec<&str> = sign_args("m/root.json", "root-a.key").to_vec();
+    sign.extend(["--repo", "repo"]);
+    let status = vec!["status", "m/root.json", "--repo", "repo"];
+    for args in [sign, status] {
+        let r = env.run(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert_eq!(
+            r.stderr.lines().last().unwrap(),
+            "error: m/root.json: root: expected _type \"root\", found \"targets\"",
+            "{args:?}"
+        );
+        assert_eq!(snapshot_tree(&env.path("")), before, "{args:?}");
+    }
+}

@@ -85,8 +85,10 @@ struct Job {
     keys: Vec<usize>,
 }
 
-/// Key ids the authorities list for `role`, as hale-core reads them.
+/// Key ids the authorities list for `role`, as hale-core reads them (after checking the file
+/// holds that role).
 fn listed(role: &str, bytes: &[u8], auths: &[Authority]) -> anyhow::Result<Vec<String>> {
+    crate::state::check_body(role, bytes)?;
     let mut out = Vec::new();
     for a in auths {
         let r = a.report(role, bytes)?;

@@ -37,6 +37,7 @@ pub fn reports(
     bytes: &[u8],
     auths: &[Authority],
 ) -> anyhow::Result<Vec<(String, Report)>> {
+    crate::state::check_body(role, bytes)?;
     auths
         .iter()
         .map(|a| Ok((a.label.clone(), a.report(role, bytes)?)))
