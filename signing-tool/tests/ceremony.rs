@@ -745,3 +745,48 @@ fn a_file_holding_another_role_is_neither_signed_nor_reported_as_the_one_its_nam
         assert_eq!(snapshot_tree(&env.path("")), before, "{args:?}");
     }
 }
+
+#[test]
+fn a_refused_init_leaves_nothing_that_blocks_its_retry() {
+    let env = Env::new();
+    env.standard_keys();
+    let init = |dir: &str, extra: &[&str]| {
+        let mut a = vec![
+            "init",
+            dir,
+            "--root-key",
+            "root-a.pub",
+            "--targets-key",
+            "targets.pub",
+        ];
+        a.extend([
+            "--snapshot-key",
+            "snapshot.pub",
+            "--timestamp-key",
+            "timestamp.pub",
+        ]);
+        a.extend(extra);
+        env.run(&a)
+    };
+    let r = init("x", &["--expires", "root=99999999999d"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.lines().last().unwrap(),
+        "error: --expires root: 8639999999913600 s from now is past 9999-12-31 (the latest expiry)"
+    );
+    assert!(!env.path("x").exists(), "nothing written");
+    assert_eq!(init("x", &[]).code, 0, "the retry");
+
+    // a directory holding staged files already: refused, as it was
+    std::fs::create_dir_all(env.path("y/staged")).unwrap();
+    env.write("y/staged/root.json", b"{}");
+    let before = snapshot_tree(&env.path("y"));
+    let r = init("y", &[]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.lines().last().unwrap(),
+        "error: y/staged: holds staged files already (a repository's, moved or half-removed?); \
+         refusing to mix a new root with them"
+    );
+    assert_eq!(snapshot_tree(&env.path("y")), before);
+}

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 use hale_repo::build::{self, Profile, RoleKeys};
-use serde_json::Map;
+use serde_json::{Map, Value};
 
 use super::{check_threshold, key_map, load_keys};
 use crate::config::{self, Config, Expiry};
@@ -80,26 +80,54 @@ pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
             },
         );
     }
+    // everything that can be refused is refused before the first file is written: a refused
+    // init leaves nothing behind that would make its retry "already a repository"
+    let now = crate::state::unix_now();
+    let expiry = |role: &str, secs: i64| {
+        build::expires_at(now, secs).map_err(|_| {
+            anyhow::anyhow!(
+                "--expires {role}: {secs} s from now is past 9999-12-31 (the latest expiry)"
+            )
+        })
+    };
+    let root_expires = expiry("root", expires.root)?;
+    let targets_expires = expiry("targets", expires.targets)?;
+    let staged = config::staged_dir(&a.dir);
+    if std::fs::read_dir(&staged).is_ok_and(|mut d| d.next().is_some()) {
+        bail!(
+            "{}: holds staged files already (a repository's, moved or half-removed?); refusing to \
+             mix a new root with them",
+            staged.display()
+        );
+    }
+    let created = !a.dir.exists();
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let cfg = Config::new(profile, expires);
     cfg.save(&a.dir)?;
+    let r = stage_first(&a, profile, &keys, &roles, &root_expires, &targets_expires);
+    if r.is_err() {
+        // undone, so that the init can be run again
+        if created {
+            let _ = std::fs::remove_dir_all(&a.dir);
+        } else {
+            let _ = std::fs::remove_file(&cfg_path);
+        }
+    }
+    r
+}
+
+/// Stage root v1 and targets v1 in the new repository `a.dir` (its configuration saved).
+fn stage_first(
+    a: &InitArgs,
+    profile: Profile,
+    keys: &BTreeMap<String, Value>,
+    roles: &BTreeMap<String, RoleKeys>,
+    root_expires: &str,
+    targets_expires: &str,
+) -> anyhow::Result<ExitCode> {
     let mut state = State::load(&a.dir)?;
-    let now = state.now;
-    let root = build::root(
-        profile,
-        1,
-        &build::expires_at(now, cfg.expires.root)?,
-        &keys,
-        &roles,
-        true,
-    );
-    let targets = build::targets(
-        profile,
-        1,
-        &build::expires_at(now, cfg.expires.targets)?,
-        &Map::new(),
-        None,
-    );
+    let root = build::root(profile, 1, root_expires, keys, roles, true);
+    let targets = build::targets(profile, 1, targets_expires, &Map::new(), None);
     let mut batch = Batch::new();
     state.stage(&mut batch, "root", root)?;
     state.stage(&mut batch, "targets", targets)?;
