@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{publish_args, sign_args, snapshot_tree, Env, PW};
+use common::{publish_args, sign_args, snapshot_tree, Env, Run, PW};
 
 #[test]
 fn two_of_three_root_ceremony_signers_sign_one_at_a_time_and_status_shows_who_is_missing() {
@@ -789,4 +789,66 @@ fn a_refused_init_leaves_nothing_that_blocks_its_retry() {
          refusing to mix a new root with them"
     );
     assert_eq!(snapshot_tree(&env.path("y")), before);
+}
+
+#[test]
+fn target_add_refuses_a_policy_that_no_pump_could_install_and_changes_nothing() {
+    let env = Env::new();
+    env.published_repo();
+    env.write("fw.bin", b"firmware 1");
+    env.write("fw2.bin", b"firmware 2");
+    let add = |file: &str, extra: &[&str]| {
+        let mut a = vec![
+            "target",
+            "add",
+            "repo",
+            "--file",
+            file,
+            "--name",
+            "pump-a/fw.bin",
+        ];
+        a.extend(extra);
+        env.run(&a)
+    };
+    let policy = [
+        "--version",
+        "1.0.0",
+        "--model",
+        "pump-a",
+        "--revisions",
+        "r1,r2",
+    ];
+    assert_eq!(add("fw.bin", &policy).code, 0);
+    let before = snapshot_tree(&env.path(""));
+    let refused = |r: Run, error: &str| {
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert_eq!(r.stderr.lines().last().unwrap(), error);
+        assert_eq!(snapshot_tree(&env.path("")), before);
+    };
+    // an empty revision list: the image would match no pump
+    refused(
+        add("fw2.bin", &["--version", "2.0.0", "--model", "pump-a", "--revisions", " , "]),
+        "error: --model pump-a: --revisions \" , \" lists no revision: the image would install on no pump",
+    );
+    // the next release under the same name without its policy: every pump would refuse it
+    refused(
+        add("fw2.bin", &[]),
+        "error: target \"pump-a/fw.bin\" in targets has a firmware policy \
+         ({\"hardware\":[{\"model\":\"pump-a\",\"revisions\":[\"r1\",\"r2\"]}],\"version\":\"1.0.0\"}); \
+         the new entry has none: give its --version, --model and --revisions (and \
+         --security-counter) again",
+    );
+    // with it, the release replaces the entry
+    let r = add(
+        "fw2.bin",
+        &[
+            "--version",
+            "2.0.0",
+            "--model",
+            "pump-a",
+            "--revisions",
+            "r1,r2",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
 }

@@ -142,12 +142,18 @@ fn policy(a: &AddArgs, sbom_name: Option<&str>) -> anyhow::Result<Option<Value>>
             a.revisions.len()
         );
     }
-    let hardware: Vec<Value> = a
-        .models
-        .iter()
-        .zip(&a.revisions)
-        .map(|(m, r)| json!({"model": m, "revisions": r.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>()}))
-        .collect();
+    let mut hardware: Vec<Value> = Vec::new();
+    for (m, r) in a.models.iter().zip(&a.revisions) {
+        let revisions: Vec<&str> = r
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if revisions.is_empty() {
+            bail!("--model {m}: --revisions {r:?} lists no revision: the image would install on no pump");
+        }
+        hardware.push(json!({"model": m, "revisions": revisions}));
+    }
     let mut c = Map::new();
     c.insert("hardware".into(), json!(hardware));
     if let Some(v) = &a.fw_version {
@@ -313,6 +319,27 @@ pub fn run(cmd: TargetCmd) -> anyhow::Result<ExitCode> {
             if !delegated_paths_allow(&state, &a.role, &i.name)? {
                 bail!("target {:?} is outside the paths delegated to role {} (clients would never look for it there)", i.name, a.role);
             }
+        }
+    }
+
+    // a release that replaces an entry with a firmware policy must state its own: without one,
+    // every device would refuse the new image (checked before anything is copied)
+    for i in inputs.iter().filter(|i| i.custom.is_none()) {
+        let role = route(&i.name);
+        let Ok(body) = state.next_body(&role) else {
+            continue;
+        };
+        let old = body.pointer(&format!(
+            "/targets/{}/custom",
+            i.name.replace('~', "~0").replace('/', "~1")
+        ));
+        if old.is_some_and(|c| c.get("version").is_some()) {
+            bail!(
+                "target {:?} in {role} has a firmware policy ({}); the new entry has none: give \
+                 its --version, --model and --revisions (and --security-counter) again",
+                i.name,
+                old.map(Value::to_string).unwrap_or_default()
+            );
         }
     }
 
