@@ -393,6 +393,18 @@ impl State {
         for ((role, signed), enc) in bodies.into_iter().zip(encoded) {
             let (bytes, version) = enc?;
             let path = staged_dir(&self.dir).join(format!("{role}.json"));
+            // a ceremony's signatures are other people's work: say when a change voids them
+            let collected = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|v| v.get("signatures").and_then(Value::as_array).map(Vec::len))
+                .unwrap_or(0);
+            if collected > 0 {
+                eprintln!(
+                    "note: staged {role}.json changed: the {collected} signature(s) collected on \
+                     it no longer apply; collect them again"
+                );
+            }
             batch.add(&path, &bytes)?;
             // the body just serialised, not a re-parse of its bytes
             let meta = Meta {

@@ -852,3 +852,36 @@ fn target_add_refuses_a_policy_that_no_pump_could_install_and_changes_nothing() 
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+#[test]
+fn a_change_that_voids_collected_signatures_says_so() {
+    let env = Env::new();
+    env.standard_keys();
+    env.init();
+    env.sign("repo/staged/root.json", "root-a");
+    // the targets keys live in root: root changes, and root-a's signature is void
+    env.key("targets-2", "ed25519");
+    let r = env.ok(&[
+        "rotate",
+        "repo",
+        "--role",
+        "targets",
+        "--add-key",
+        "targets-2.pub",
+    ]);
+    assert!(
+        r.stderr.contains(
+            "note: staged root.json changed: the 1 signature(s) collected on it no longer apply; \
+             collect them again"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        env.json("repo/staged/root.json")["signatures"],
+        serde_json::json!([])
+    );
+    // nothing collected, nothing to say
+    let r = env.ok(&["rotate", "repo", "--role", "targets", "--threshold", "2"]);
+    assert!(!r.stderr.contains("no longer apply"), "{}", r.stderr);
+}
