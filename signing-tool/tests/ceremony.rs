@@ -885,3 +885,25 @@ fn a_change_that_voids_collected_signatures_says_so() {
     let r = env.ok(&["rotate", "repo", "--role", "targets", "--threshold", "2"]);
     assert!(!r.stderr.contains("no longer apply"), "{}", r.stderr);
 }
+
+#[test]
+fn a_publish_without_online_keys_says_devices_do_not_see_the_release_yet() {
+    let env = Env::new();
+    env.signed_release();
+    let r = env.ok(&["publish", "repo"]);
+    assert!(
+        r.stdout.contains(
+            "not seen by devices yet: no snapshot lists the new targets (`hale-sign push` to the \
+             server, which signs snapshot and timestamp, or publish with --snapshot-key and \
+             --timestamp-key)"
+        ),
+        "{}",
+        r.stdout
+    );
+    // with the online keys, it is seen
+    env.write("fw3.bin", b"firmware 3");
+    env.ok(&["target", "add", "repo", "--file", "fw3.bin"]);
+    env.sign("repo/staged/targets.json", "targets");
+    let r = env.publish();
+    assert!(!r.stdout.contains("not seen by devices"), "{}", r.stdout);
+}

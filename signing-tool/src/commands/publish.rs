@@ -479,6 +479,16 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|m| format!("{} v{}", m.name, m.version))
         .collect();
+    // targets roles published without a new snapshot: in the repository, not yet seen by devices
+    let unlisted: Vec<&str> = if a.timestamp_key.is_none() {
+        staged
+            .iter()
+            .filter(|m| m.kind() == "targets")
+            .map(|m| m.name.as_str())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let shown = if names.len() > 8 {
         format!("{} files", names.len())
     } else {
@@ -496,6 +506,14 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
             s.target_files
         ),
         None => println!("root chain verified with hale-core; no timestamp yet (give --snapshot-key and --timestamp-key, or let the server sign them)"),
+    }
+    if !unlisted.is_empty() {
+        println!(
+            "not seen by devices yet: no snapshot lists the new {} (`hale-sign push` to the \
+             server, which signs snapshot and timestamp, or publish with --snapshot-key and \
+             --timestamp-key)",
+            unlisted.join(", ")
+        );
     }
     t.finish();
     Ok(ExitCode::SUCCESS)
