@@ -295,7 +295,10 @@ fn ca_init_refuses_to_overwrite_and_changes_nothing() {
 fn server_files_get_their_own_passphrase() {
     let env = Env::new();
     env.write("server-pass", b"the server's own passphrase\n");
-    env.ok(&[
+    let warning =
+        "WARNING: the CA files the server holds (device-issuing, technician, server) are \
+                   sealed with the offline CA passphrase";
+    let r = env.ok(&[
         "ca",
         "init",
         "--out",
@@ -305,6 +308,10 @@ fn server_files_get_their_own_passphrase() {
         "--server-passphrase-file",
         &env.p("server-pass"),
     ]);
+    assert!(!r.stderr.contains(warning), "{}", r.stderr);
+    // one passphrase for all: allowed, and said loudly
+    let r = env.ok(&["ca", "init", "--out", &env.p("ca1"), PW_ARGS[0], PW_ARGS[1]]);
+    assert!(r.stderr.contains(warning), "{}", r.stderr);
     for (role, pass) in [
         (CaRole::Root, PW),
         (CaRole::Manufacturing, PW),

@@ -324,6 +324,13 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
         "CRLs to publish at {} (each CA's beside it: <ca>.crl)",
         h.root.crl_url()
     );
+    if online.is_none() {
+        eprintln!(
+            "WARNING: the CA files the server holds (device-issuing, technician, server) are \
+             sealed with the offline CA passphrase, so the server will need it; give \
+             --server-passphrase-env or --server-passphrase-file to keep it off the server"
+        );
+    }
     eprintln!(
         "the root and manufacturing CA files belong offline; the server needs device-issuing, \
          technician and server .key/.crt and root.crt"
