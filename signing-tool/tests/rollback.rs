@@ -391,3 +391,46 @@ fn a_bundle_from_an_older_root_carries_the_root_chain_and_refuses_unknown_target
         "b.bin",
     );
 }
+
+#[test]
+fn the_second_signer_sees_what_they_sign_and_never_signs_what_the_first_did_not() {
+    let e = repo_with_rollback_role();
+    assert_eq!(authorize_for(&e, TARGET, "8h", "field-a.key").code, 0);
+    let signed = std::fs::read(e.path("auth.json")).unwrap();
+
+    // the content changed after the first signature: refused, the file as it was
+    let mut doc = e.json("auth.json");
+    doc["signed"]["reason"] = "routine".into();
+    let tampered = serde_json::to_vec(&doc).unwrap();
+    e.write("auth.json", &tampered);
+    let r = e.run(&rollback_sign_args("field-b.key"));
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            &*format!(
+                "error: auth.json: the signature of {} does not verify over this content (changed \
+                 after it was signed?); refusing to add one (nothing written)",
+                e.keyid("field-a")
+            )
+        )
+    );
+    assert_eq!(std::fs::read(e.path("auth.json")).unwrap(), tampered);
+
+    // the untouched file: its terms are shown before the signature is added
+    e.write("auth.json", &signed);
+    let r = e.ok(&rollback_sign_args("field-b.key"));
+    let terms = r.stdout.lines().next().unwrap();
+    assert!(
+        terms.starts_with(&format!(
+            "rollback authorization: target {TARGET}; devices [\"pump-a-000123\"]; group -; \
+             while running 2.1.0; reason \"INC-4711: occlusion alarm regression in 2.1.0\"; issued "
+        )),
+        "{terms}"
+    );
+    assert!(
+        r.stdout.contains("complete: verified by hale-core"),
+        "{}",
+        r.stdout
+    );
+}

@@ -298,6 +298,27 @@ fn finish(
     Ok(met)
 }
 
+/// The authorization's terms, as its signers must see them.
+fn describe(bytes: &[u8]) -> anyhow::Result<String> {
+    let d = sign::signed_of(bytes)?;
+    let field = |k: &str| match &d[k] {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    Ok(format!(
+        "rollback authorization: target {}; devices {}; group {}; while running {}; reason {:?}; \
+         issued {}; expires {}",
+        field("target"),
+        field("devices"),
+        field("group"),
+        field("installed"),
+        field("reason"),
+        field("issued"),
+        field("expires")
+    ))
+}
+
 fn target_of(bytes: &[u8]) -> anyhow::Result<String> {
     let doc = sign::signed_of(bytes)?;
     if doc["_type"].as_str() != Some(hale_core::rollback::AUTHORIZATION_TYPE) {
@@ -356,6 +377,24 @@ fn sign_existing(a: SignArgs) -> anyhow::Result<ExitCode> {
     let target = target_of(&bytes).with_context(|| a.file.display().to_string())?;
     let (targets, sha) = published_target(&a.dir, &target, unix_now())?;
     let listed = report(&targets, &bytes)?;
+    // a signature that does not verify: the content changed after it was given; the second
+    // person must not co-sign what the first did not sign
+    let invalid: Vec<&str> = listed
+        .keys
+        .iter()
+        .filter(|(_, s)| *s == KeyStatus::Invalid)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    if !invalid.is_empty() {
+        bail!(
+            "{}: the signature of {} does not verify over this content (changed after it was \
+             signed?); refusing to add one (nothing written)",
+            a.file.display(),
+            invalid.join(", ")
+        );
+    }
+    // what the second person is asked to sign, before any passphrase
+    println!("{}", describe(&bytes)?);
     let keys = signing_keys(&a.keys, &listed, &a.pass)?;
     let refs: Vec<&SigningKey> = keys.iter().collect();
     let signed = sign::add_signatures(&bytes, &refs)?;
