@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{publish_args, sign_args, snapshot_tree, Env, Run, PW};
+use common::{publish_args, sign_args, snapshot_tree, Env, Run, PW, PW_ENV};
 
 #[test]
 fn two_of_three_root_ceremony_signers_sign_one_at_a_time_and_status_shows_who_is_missing() {
@@ -906,4 +906,25 @@ fn a_publish_without_online_keys_says_devices_do_not_see_the_release_yet() {
     env.sign("repo/staged/targets.json", "targets");
     let r = env.publish();
     assert!(!r.stdout.contains("not seen by devices"), "{}", r.stdout);
+}
+
+#[test]
+fn a_push_to_a_server_that_is_down_names_its_url_once() {
+    let env = Env::new();
+    env.published_repo();
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused = std::net::TcpStream::connect(down).unwrap_err();
+    let server = format!("http://{down}");
+    let r = env.run(&["push", "repo", "--server", &server, "--token-env", PW_ENV]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let last = r.stderr.lines().last().unwrap();
+    assert!(last.starts_with(&format!("error: {server}/")), "{last}");
+    assert!(
+        last.ends_with(&format!(": Connection Failed: Connect error: {refused}")),
+        "{last}"
+    );
+    assert_eq!(last.matches(&server).count(), 1, "{last}");
 }

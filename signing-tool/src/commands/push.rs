@@ -116,6 +116,32 @@ fn token(a: &PushArgs) -> anyhow::Result<String> {
 }
 
 /// Every certificate of a PEM chain, in order.
+/// `e` in ureq's words without the URL its transport errors start with (the message names the
+/// URL first already).
+fn without_url(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Transport(t) => {
+            let mut m = t.kind().to_string();
+            for part in [
+                t.message().map(str::to_string),
+                std::error::Error::source(t).map(ToString::to_string),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                // ureq's I/O errors repeat their kind
+                m = if part.starts_with(&m) {
+                    part
+                } else {
+                    format!("{m}: {part}")
+                };
+            }
+            m
+        }
+        other => other.to_string(),
+    }
+}
+
 fn pem_chain(pem: &str) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
     let certs = pem
         .split_inclusive("-----END CERTIFICATE-----")
@@ -208,7 +234,7 @@ impl Server {
         let resp = match self.authorized(self.agent.get(&url)).call() {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => return Err(refusal(&url, code, r)),
-            Err(e) => bail!("{url}: {e}"),
+            Err(e) => bail!("{url}: {}", without_url(&e)),
         };
         let body: Value = serde_json::from_str(
             &resp
@@ -245,7 +271,7 @@ impl Server {
             }
             Err(ureq::Error::Status(404, _)) => Ok(None),
             Err(ureq::Error::Status(code, r)) => Err(refusal(&url, code, r)),
-            Err(e) => Err(anyhow::anyhow!("{url}: {e}")),
+            Err(e) => Err(anyhow::anyhow!("{url}: {}", without_url(&e))),
         }
     }
 
@@ -290,7 +316,7 @@ impl Server {
         {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => return Err(refusal(&url, code, r)),
-            Err(e) => bail!("{url}: uploading {}: {e}", path.display()),
+            Err(e) => bail!("{url}: uploading {}: {}", path.display(), without_url(&e)),
         };
         let body: Value = serde_json::from_str(
             &resp
@@ -489,7 +515,7 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
     {
         Ok(r) => r,
         Err(ureq::Error::Status(code, r)) => return Err(refusal(&url, code, r)),
-        Err(e) => bail!("{url}: {e}"),
+        Err(e) => bail!("{url}: {}", without_url(&e)),
     };
     let answer = resp
         .into_string()
