@@ -27,7 +27,7 @@ pub enum PkiError {
     #[error("invalid server name {0:?}")]
     InvalidServerName(String),
     /// A validity of zero, or one whose end is not representable.
-    #[error("invalid validity of {secs} s")]
+    #[error("invalid validity of {secs} s: zero, or ending after 9999-12-31")]
     InvalidValidity { secs: u64 },
     /// A CRL base URL that is not an absolute `http://` or `https://` URL (without query or
     /// fragment): every certificate would carry a CRL location no client can fetch.

@@ -504,6 +504,16 @@ fn staff_certificates_are_limited_to_one_shift() {
         &ca_staff_args(&env, "operator", "bob", "13", "bob"),
         "error: validity of 46800 s exceeds the profile's maximum of 43200 s",
     );
+    // its end as a date, as the TUF commands print them
+    let r = env.ok(&ca_staff_args(&env, "operator", "bob", "12", "bob"));
+    let cert = hale_pki::PeerIdentity::from_der(&chain(&env, "bob.crt")[0]).unwrap();
+    assert!(
+        r.stdout
+            .trim_end()
+            .ends_with(&format!("valid until {}", hale_pki::utc(cert.not_after))),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]

@@ -424,7 +424,7 @@ fn staff(a: StaffArgs) -> anyhow::Result<ExitCode> {
         a.name,
         crt.display(),
         cert.serial_hex,
-        unix(cert.not_after)
+        hale_pki::utc(cert.not_after)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -510,7 +510,7 @@ fn crl(a: CrlArgs) -> anyhow::Result<ExitCode> {
         "CRL {} of the {role}: {} revoked, next update {}",
         number,
         revoked.len(),
-        unix(crl.next_update)
+        hale_pki::utc(crl.next_update)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -141,9 +141,8 @@ fn demo_write(dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
 fn demo_check(dir: &Path) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
     let pass_path = dir.join(PASSPHRASE_FILE);
-    let pass = Passphrase::File(pass_path.clone())
-        .read()
-        .with_context(|| format!("reading {}", pass_path.display()))?;
+    // (the error names the file already)
+    let pass = Passphrase::File(pass_path.clone()).read()?;
     if *pass != *DEMO_PASSPHRASE.as_bytes() {
         problems.push(format!("{}: not the demo passphrase", pass_path.display()));
     }
