@@ -277,7 +277,13 @@ impl Passphrase {
                 line.strip_suffix(b"\r").unwrap_or(line).to_vec()
             }
             Passphrase::Prompt(prompt) => rpassword::prompt_password(prompt)
-                .map_err(|e| RepoError::Io("terminal".into(), e))?
+                .map_err(|e| {
+                    // no terminal to ask on (a script, CI, a pipe): say how else to give it
+                    RepoError::Invalid(format!(
+                        "cannot ask on a terminal ({e}); give it with --passphrase-env VAR or \
+                         --passphrase-file FILE"
+                    ))
+                })?
                 .into_bytes(),
         };
         if v.is_empty() {

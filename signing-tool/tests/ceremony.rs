@@ -928,3 +928,26 @@ fn a_push_to_a_server_that_is_down_names_its_url_once() {
     );
     assert_eq!(last.matches(&server).count(), 1, "{last}");
 }
+
+#[test]
+fn without_a_terminal_the_passphrase_prompt_says_how_else_to_give_it() {
+    let env = Env::new();
+    // `setsid`: no controlling terminal, as in a script or CI
+    let out = std::process::Command::new("setsid")
+        .arg(env!("CARGO_BIN_EXE_hale-sign"))
+        .args(["key", "generate", "--out", "k", "--type", "ed25519"])
+        .current_dir(env.path(""))
+        .stdin(std::process::Stdio::null())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: passphrase for k.key: cannot ask on a terminal (")
+            && last.ends_with("); give it with --passphrase-env VAR or --passphrase-file FILE"),
+        "{last}"
+    );
+    assert!(!env.path("k.key").exists() && !env.path("k.pub").exists());
+}
