@@ -906,6 +906,13 @@ fn a_publish_without_online_keys_says_devices_do_not_see_the_release_yet() {
     env.sign("repo/staged/targets.json", "targets");
     let r = env.publish();
     assert!(!r.stdout.contains("not seen by devices"), "{}", r.stdout);
+    // nothing staged: the online roles are signed again, and said so
+    let r = env.publish();
+    assert_eq!(
+        r.stdout.lines().next().unwrap(),
+        "published snapshot v3 (1 roles), timestamp v3 (nothing staged: signed again) into \
+         repo/repository"
+    );
 }
 
 #[test]

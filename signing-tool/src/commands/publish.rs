@@ -494,7 +494,14 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
     } else {
         names.join(", ")
     };
-    println!("published {shown}{snapshot_note} into {}", repo.display());
+    match (shown.is_empty(), snapshot_note.strip_prefix(", ")) {
+        // nothing staged: snapshot and timestamp signed again
+        (true, Some(online)) => println!(
+            "published {online} (nothing staged: signed again) into {}",
+            repo.display()
+        ),
+        _ => println!("published {shown}{snapshot_note} into {}", repo.display()),
+    }
     match summary {
         Some(s) => println!(
             "verified with hale-core: root v{}, timestamp v{}, snapshot v{}, targets v{}, {} delegated role(s), {} target file(s)",

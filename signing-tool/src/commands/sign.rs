@@ -226,7 +226,13 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
         let mut parts = Vec::new();
         for auth in &j.auths {
             let r = auth.report(&j.role, signed)?;
-            parts.push(format!("{}/{} by {}", r.valid(), r.threshold, auth.label));
+            // "by root v1", "as delegated by targets v2"
+            let by = if auth.label.starts_with("delegated by ") {
+                "as"
+            } else {
+                "by"
+            };
+            parts.push(format!("{}/{} {by} {}", r.valid(), r.threshold, auth.label));
         }
         Ok(format!(
             "signed {} ({}): {}",
