@@ -462,6 +462,13 @@ fn factory_refuses_a_serial_already_in_the_manifest_and_changes_nothing() {
             env.path("manifest.json").display()
         ),
     );
+    // a serial outside the charset: the error is the serial's, not the CSR's
+    assert_refused_unchanged(
+        &env,
+        env.tmp.path(),
+        &factory_issue_args(&env, "b.csr", "bad serial", "b.crt", &[]),
+        "error: invalid serial \"bad serial\": 1 to 64 of A-Z a-z 0-9 . _ -, not starting with . or -",
+    );
 }
 
 #[test]

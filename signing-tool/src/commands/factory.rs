@@ -94,7 +94,11 @@ fn issue(a: IssueArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--days {}: invalid", a.days))?;
     let cert = ca
         .issue_factory_certificate(&csr, &a.serial, &a.model, validity, now)
-        .with_context(|| a.csr.display().to_string())?;
+        .map_err(|e| match e {
+            // --serial or --model: the error names the field and the value
+            hale_pki::PkiError::InvalidName { .. } => anyhow::Error::from(e),
+            e => anyhow::Error::from(e).context(a.csr.display().to_string()),
+        })?;
     let key_hash = hex::encode(cert.spki_sha256);
 
     let mut batch_w = durable::Batch::new();
