@@ -151,6 +151,35 @@ pub fn new_key_cost() -> Result<Option<u8>> {
 }
 
 /// Encrypt `key` for its file.
+/// Shortest passphrase (bytes) a new key or CA file is sealed with: the file is all that stands
+/// between a copy of it and the key, and scrypt only slows a guesser down.
+pub const MIN_NEW_PASSPHRASE: usize = 12;
+
+/// The passphrase for a new key or CA file (`what`): at least [`MIN_NEW_PASSPHRASE`] bytes, and
+/// typed twice when asked for on the terminal.
+pub fn read_new_passphrase(
+    source: &Passphrase,
+    what: &str,
+) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use anyhow::Context as _;
+    let pass = source
+        .read()
+        .with_context(|| format!("passphrase for {what}"))?;
+    if pass.len() < MIN_NEW_PASSPHRASE {
+        anyhow::bail!(
+            "passphrase for {what}: {} bytes; a new key's needs at least {MIN_NEW_PASSPHRASE}",
+            pass.len()
+        );
+    }
+    if let Passphrase::Prompt(_) = source {
+        let again = Passphrase::Prompt("repeat the passphrase: ".into()).read()?;
+        if *again != *pass {
+            anyhow::bail!("{what}: the passphrases do not match");
+        }
+    }
+    Ok(pass)
+}
+
 pub fn encrypt(key: &SigningKey, passphrase: &[u8]) -> Result<Vec<u8>> {
     Ok(match new_key_cost()? {
         Some(n) => key.to_encrypted_file_with_cost(passphrase, n)?,

@@ -958,3 +958,47 @@ fn without_a_terminal_the_passphrase_prompt_says_how_else_to_give_it() {
     );
     assert!(!env.path("k.key").exists() && !env.path("k.pub").exists());
 }
+
+#[test]
+fn a_new_key_needs_a_passphrase_of_twelve_bytes_or_more() {
+    let env = Env::new();
+    for (var, value) in [("SHORT", "a"), ("ELEVEN", "12345678901")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hale-sign"))
+            .args(["key", "generate", "--out", "k", "--type", "ed25519"])
+            .args(["--passphrase-env", var])
+            .current_dir(env.path(""))
+            .env(var, value)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim_end(),
+            format!(
+                "error: passphrase for k.key: {} bytes; a new key's needs at least 12",
+                value.len()
+            )
+        );
+        assert!(!env.path("k.key").exists() && !env.path("k.pub").exists());
+    }
+    // the CA files the server holds too
+    env.write("s", b"short\n");
+    let r = env.run(&[
+        "ca",
+        "init",
+        "--out",
+        "ca",
+        "--passphrase-env",
+        PW_ENV,
+        "--server-passphrase-file",
+        "s",
+    ]);
+    assert_eq!(
+        (r.code, r.stderr.lines().last().unwrap()),
+        (
+            2,
+            "error: passphrase for the server's CA files: 5 bytes; a new key's needs at least 12"
+        )
+    );
+    assert!(!env.path("ca").exists());
+}

@@ -203,16 +203,7 @@ fn days(d: u64) -> anyhow::Result<Duration> {
 
 /// Read a passphrase; a prompt asks twice when it creates something.
 fn read_new(source: &Passphrase, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    let pass = source
-        .read()
-        .with_context(|| format!("passphrase for {what}"))?;
-    if let Passphrase::Prompt(_) = source {
-        let again = Passphrase::Prompt("repeat the passphrase: ".into()).read()?;
-        if *again != *pass {
-            bail!("{what}: the passphrases do not match");
-        }
-    }
-    Ok(pass)
+    key_source::read_new_passphrase(source, what)
 }
 
 /// Seal a CA with the test knob's scrypt cost when set (hale-sign warns), else the default.
@@ -291,8 +282,14 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     let offline_src = a.pass.source("the offline CA files (root, manufacturing)");
     let offline = read_new(&offline_src, "the offline CA files")?;
     let online = match (&a.server_passphrase_env, &a.server_passphrase_file) {
-        (Some(v), _) => Some(Passphrase::Env(v.clone()).read()?),
-        (None, Some(p)) => Some(Passphrase::File(p.clone()).read()?),
+        (Some(v), _) => Some(read_new(
+            &Passphrase::Env(v.clone()),
+            "the server's CA files",
+        )?),
+        (None, Some(p)) => Some(read_new(
+            &Passphrase::File(p.clone()),
+            "the server's CA files",
+        )?),
         (None, None) => None,
     };
     if online.as_ref().is_some_and(|o| **o == *offline) {

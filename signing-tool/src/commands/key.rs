@@ -72,15 +72,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         durable::refuse_existing(p, a.force)?;
     }
     let source = a.pass.source(&key_path.display().to_string());
-    let pass = source
-        .read()
-        .with_context(|| format!("passphrase for {}", key_path.display()))?;
-    if let Passphrase::Prompt(_) = source {
-        let again = Passphrase::Prompt("repeat the passphrase: ".into()).read()?;
-        if *again != *pass {
-            bail!("{}: the passphrases do not match", key_path.display());
-        }
-    }
+    let pass = key_source::read_new_passphrase(&source, &key_path.display().to_string())?;
     let key = SigningKey::generate(kind)?;
     let file = key_source::encrypt(&key, &pass)
         .with_context(|| format!("encrypting {}", key_path.display()))?;
