@@ -434,3 +434,32 @@ fn the_second_signer_sees_what_they_sign_and_never_signs_what_the_first_did_not(
         r.stdout
     );
 }
+
+#[test]
+fn an_authorization_naming_no_device_and_no_group_is_refused_naming_both() {
+    let e = repo_with_rollback_role();
+    let r = e.run(&[
+        "rollback",
+        "authorize",
+        "repo",
+        "--target",
+        TARGET,
+        "--reason",
+        "x",
+        "--expires-in",
+        "1h",
+        "--key",
+        "field-a.key",
+        "--out",
+        "auth.json",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains(
+            "the following required arguments were not provided:\n  <--device <ID>|--group <G>>"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!e.path("auth.json").exists());
+}

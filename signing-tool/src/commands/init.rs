@@ -22,21 +22,25 @@ pub struct InitArgs {
     /// A root key (.pub); repeat for k-of-n.
     #[arg(long = "root-key", value_name = "PUB", required = true)]
     root_keys: Vec<PathBuf>,
+    /// How many of the root keys must sign (k of n).
     #[arg(long, default_value_t = 1)]
     root_threshold: u32,
     /// A targets key (.pub); repeatable.
     #[arg(long = "targets-key", value_name = "PUB", required = true)]
     targets_keys: Vec<PathBuf>,
+    /// How many of the targets keys must sign (k of n).
     #[arg(long, default_value_t = 1)]
     targets_threshold: u32,
     /// The (online) snapshot key (.pub); repeatable.
     #[arg(long = "snapshot-key", value_name = "PUB", required = true)]
     snapshot_keys: Vec<PathBuf>,
+    /// How many of the snapshot keys must sign (k of n).
     #[arg(long, default_value_t = 1)]
     snapshot_threshold: u32,
     /// The (online) timestamp key (.pub); repeatable.
     #[arg(long = "timestamp-key", value_name = "PUB", required = true)]
     timestamp_keys: Vec<PathBuf>,
+    /// How many of the timestamp keys must sign (k of n).
     #[arg(long, default_value_t = 1)]
     timestamp_threshold: u32,
     /// Expiry per role, e.g. root=365d,targets=90d,snapshot=7d,timestamp=1d,delegated=90d.

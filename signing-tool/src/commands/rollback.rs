@@ -46,11 +46,12 @@ pub enum RollbackCmd {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("whom").required(true).multiple(true).args(["devices", "group"])))]
 pub struct AuthorizeArgs {
     /// The repository working directory (its published repository is used).
     dir: PathBuf,
-    /// A device the authorization names; repeatable.
-    #[arg(long = "device", value_name = "ID", required_unless_present = "group")]
+    /// A device the authorization names; repeatable. It names devices, a group, or both.
+    #[arg(long = "device", value_name = "ID")]
     devices: Vec<String>,
     /// A device group (ward, clinic) the authorization names.
     #[arg(long, value_name = "G")]
@@ -86,11 +87,15 @@ pub struct AuthorizeArgs {
 
 #[derive(Args, Debug)]
 pub struct SignArgs {
+    /// The repository working directory (its published repository is used).
     dir: PathBuf,
     /// The authorization file (signed in place).
     file: PathBuf,
+    /// Encrypted private key file (.key) of the rollback role; repeatable.
     #[arg(long = "key", value_name = "KEY", required = true)]
     keys: Vec<PathBuf>,
+    /// Longest validity allowed (default: `rollback_max_validity` in hale-repo.json, else 24h,
+    /// the most devices accept: it may only be lowered).
     #[arg(long, value_name = "DURATION")]
     max_validity: Option<String>,
     #[command(flatten)]
@@ -99,8 +104,12 @@ pub struct SignArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
+    /// The repository working directory (its published repository is used).
     dir: PathBuf,
+    /// The authorization file.
     file: PathBuf,
+    /// Longest validity allowed (default: `rollback_max_validity` in hale-repo.json, else 24h,
+    /// the most devices accept: it may only be lowered).
     #[arg(long, value_name = "DURATION")]
     max_validity: Option<String>,
 }
