@@ -463,3 +463,17 @@ fn an_authorization_naming_no_device_and_no_group_is_refused_naming_both() {
     );
     assert!(!e.path("auth.json").exists());
 }
+
+#[test]
+fn a_bundle_from_root_version_zero_is_refused_before_anything_is_read() {
+    let e = repo_with_rollback_role();
+    let r = e.run(&bundle_args(TARGET, &["--from-root-version", "0"]));
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .starts_with("error: invalid value '0' for '--from-root-version <N>': 0 is not in 1.."),
+        "{}",
+        r.stderr
+    );
+    assert!(!e.path("b.bin").exists());
+}

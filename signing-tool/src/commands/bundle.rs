@@ -29,8 +29,9 @@ pub struct BundleArgs {
     /// The target to install (e.g. `pump-a/fw-2.0.0.bin`).
     #[arg(long, value_name = "PATH")]
     target: String,
-    /// Root version the devices trust now (the bundle carries the chain from there).
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    /// Root version the devices trust now (the bundle carries the chain from there; versions
+    /// start at 1).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     from_root_version: u64,
     /// A rollback authorization to include (verified first).
     #[arg(long, value_name = "FILE")]
