@@ -670,6 +670,12 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
     );
     assert_eq!(slots, ["a=1.0.0(inactive)", "b=2.0.0(active)"]);
 
+    // (a copy of the working directory as it is now, for a push the server has moved past)
+    let copied = Command::new("cp")
+        .args(["-a", &repo, &t.p("release-v4")])
+        .status()
+        .unwrap();
+    assert!(copied.success());
     // an older image (1.5.0 < running 2.0.0): refused too
     let out = t.release(&url, "1.5.0", "2", "pump-a");
     assert!(out.status.success(), "push 1.5.0: {}", text(&out));
@@ -697,12 +703,30 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
         (
             Some(2),
             format!(
-                "error: {repo}: nothing to push: the server already serves every role at its \
-                 local version (targets v5)"
+                "error: {repo}: nothing to push: the server serves every role at this copy's \
+                 version or later (targets v5)"
             )
             .as_str()
         )
     );
+    // from the copy the server has moved past: said so
+    std::fs::rename(&repo, t.p("release-v5")).unwrap();
+    std::fs::rename(t.p("release-v4"), &repo).unwrap();
+    let out = t.push(&url);
+    assert_eq!(
+        (out.status.code(), text(&out).trim_end()),
+        (
+            Some(2),
+            format!(
+                "error: {repo}: nothing to push: the server serves every role at this copy's \
+                 version or later (targets v4 here, v5 on the server); the server is ahead: this \
+                 copy is not the one its releases come from"
+            )
+            .as_str()
+        )
+    );
+    std::fs::remove_dir_all(&repo).unwrap();
+    std::fs::rename(t.p("release-v5"), &repo).unwrap();
     // the server's refusal is shown verbatim (here: an unknown operator token)
     add_notes(b"v6 notes");
     t.sign(&[

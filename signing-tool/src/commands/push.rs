@@ -413,16 +413,32 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
         .filter(|m| served.get(&m.name).is_none_or(|v| m.version > *v))
         .collect();
     if !send_root && roles.is_empty() {
+        // a server ahead of this copy: another copy published since
+        let versions: Vec<String> = state
+            .roles
+            .values()
+            .filter(|m| m.kind() == "targets")
+            .map(|m| match served.get(&m.name) {
+                Some(v) if *v > m.version => {
+                    format!("{} v{} here, v{v} on the server", m.name, m.version)
+                }
+                _ => format!("{} v{}", m.name, m.version),
+            })
+            .collect();
+        let ahead = state
+            .roles
+            .values()
+            .any(|m| served.get(&m.name).is_some_and(|v| *v > m.version));
         bail!(
-            "{}: nothing to push: the server already serves every role at its local version ({})",
+            "{}: nothing to push: the server serves every role at this copy's version or later \
+             ({}){}",
             a.dir.display(),
-            state
-                .roles
-                .values()
-                .filter(|m| m.kind() == "targets")
-                .map(|m| format!("{} v{}", m.name, m.version))
-                .collect::<Vec<_>>()
-                .join(", ")
+            versions.join(", "),
+            if ahead {
+                "; the server is ahead: this copy is not the one its releases come from"
+            } else {
+                ""
+            }
         );
     }
 
