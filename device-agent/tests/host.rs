@@ -835,6 +835,38 @@ fn a_refusal_reported_once_is_forgotten_when_a_later_check_is_up_to_date() {
     assert_eq!(status["slots"][1]["state"], "good", "{status}");
 }
 
+/// `status` says what the last check came to and when, a server it could not reach included
+/// (the report that would say so does not get through either); the last result stands.
+#[test]
+fn status_shows_the_last_check_even_when_the_server_was_not_reached() {
+    let sim = repo_with("2.0.0", 7, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, dir) = (&pump.addr, &pump.dir);
+    agent(dir, &["run", "--server", addr, "--once"]);
+    let status: Value = serde_json::from_str(&agent(dir, &["status"])).unwrap();
+    assert_eq!(status["last_check"]["outcome"], "staged 2.0.0", "{status}");
+    assert_eq!(status["last_check"]["via"], "online", "{status}");
+    let at = status["last_check"]["at"].as_str().unwrap();
+    assert!(at.len() == 20 && at.ends_with('Z'), "{at}");
+
+    let down = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused = std::net::TcpStream::connect(down).unwrap_err();
+    let out = agent(
+        dir,
+        &["run", "--server", &format!("http://{down}"), "--once"],
+    );
+    let failed = format!(
+        "update check failed: fetching 2.root.json: http://{down}/2.root.json: connect: {refused}"
+    );
+    assert!(out.contains(&failed), "{out}");
+    let status: Value = serde_json::from_str(&agent(dir, &["status"])).unwrap();
+    assert_eq!(status["last_check"]["outcome"], failed.as_str(), "{status}");
+    assert_eq!(status["last_result"]["result"], "installed", "{status}");
+}
+
 /// Where each stream of the firmware image started (ranged requests).
 fn target_streams(s: &Served) -> Vec<usize> {
     s.ranges

@@ -163,14 +163,20 @@ fn last(o: &Opts) -> (String, String) {
 fn report(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<Value> {
     let d = device_config(o)?;
     let (result, reason) = last(o);
-    Ok(host::report_json(
+    let last_check: Value = std::fs::read(o.file("last_check.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let mut r = host::report_json(
         store,
         &field(&d, "id"),
         &field(&d, "model"),
         &field(&d, "revision"),
         &result,
         &reason,
-    ))
+    );
+    r["last_check"] = last_check;
+    Ok(r)
 }
 
 /// A reset: the boot step, then the application's start (health checks → confirm).
@@ -376,15 +382,25 @@ fn install_once<T: Transport<Error: std::fmt::Display>>(
     let mut app = Pump { dir: &o.state };
     let group = (!group.is_empty()).then_some(group.as_str());
     let mut hook = authorization.map(|a| RollbackAuthorization::new(a, &id, group));
-    match check_for_update(
-        store,
-        &device,
-        transport,
-        &mut app,
-        &mut hook,
-        host::now(),
-        ws,
-    ) {
+    let now = host::now();
+    let checked = check_for_update(store, &device, transport, &mut app, &mut hook, now, ws);
+    // what this check came to, kept for `status` (a failure to reach the server included: the
+    // report that would carry it is likely not to get through either)
+    let summary = match &checked {
+        Ok(Outcome::Staged { version }) => format!("staged {version}"),
+        Ok(Outcome::AwaitingReboot { version }) => format!("{version} is staged"),
+        Ok(Outcome::Deferred { offered, reason }) => format!("{offered} deferred: {reason}"),
+        Ok(Outcome::UpToDate { running }) => format!("up to date: running {running}"),
+        Ok(Outcome::TrialRunning { version }) => {
+            format!("{version} is on trial: nothing is checked until it is confirmed or reverted")
+        }
+        Err(
+            e @ (AgentError::Transport { .. } | AgentError::Missing { .. } | AgentError::Store(_)),
+        ) => format!("update check failed: {e}"),
+        Err(e) => format!("update refused: {e}"),
+    };
+    set_last_check(o, now, via, &summary)?;
+    match checked {
         Ok(Outcome::Staged { version }) => {
             let verified = hook.as_ref().and_then(|h| h.verified().copied());
             if let Some(a) = &verified {
@@ -413,39 +429,45 @@ fn install_once<T: Transport<Error: std::fmt::Display>>(
                 let rec = offline::install_record("offline", &target, &version.to_string(), auth);
                 std::fs::write(o.file(INSTALL_RECORD), rec.to_string()).context(INSTALL_RECORD)?;
             }
-            reboot_when_safe(o, store, &mut app, &format!("staged {version}"))?;
+            reboot_when_safe(o, store, &mut app, &summary)?;
         }
         // staged earlier, its reboot deferred
-        Ok(Outcome::AwaitingReboot { version }) => {
-            reboot_when_safe(o, store, &mut app, &format!("{version} is staged"))?;
+        Ok(Outcome::AwaitingReboot { .. }) => {
+            reboot_when_safe(o, store, &mut app, &summary)?;
         }
-        Ok(Outcome::Deferred { offered, reason }) => {
-            say!("{offered} deferred: {reason}");
+        Ok(Outcome::Deferred { reason, .. }) => {
+            say!("{summary}");
             set_last(o, "deferred", reason.as_str())?;
         }
-        Ok(Outcome::UpToDate { running }) => {
-            say!("up to date: running {running}");
+        Ok(Outcome::UpToDate { .. }) => {
+            say!("{summary}");
             // a refusal or a deferral an earlier check reported holds no more (the server's
             // answer was bad once, or the offer is gone); what was installed or reverted stands
             if matches!(last(o).0.as_str(), "rejected" | "deferred") {
                 clear_last(o)?;
             }
         }
-        Ok(Outcome::TrialRunning { version }) => {
-            say!("{version} is on trial: nothing is checked until it is confirmed or reverted");
-        }
-        Err(
-            e @ (AgentError::Transport { .. } | AgentError::Missing { .. } | AgentError::Store(_)),
-        ) => {
-            // cannot reach the repository (or flash trouble): keep running, say why
-            say!("update check failed: {e}");
+        // cannot reach the repository (or flash trouble): keep running, say why
+        Ok(Outcome::TrialRunning { .. })
+        | Err(AgentError::Transport { .. } | AgentError::Missing { .. } | AgentError::Store(_)) => {
+            say!("{summary}");
         }
         Err(e) => {
-            say!("update refused: {e}");
+            say!("{summary}");
             set_last(o, "rejected", &e.to_string())?;
         }
     }
     Ok(())
+}
+
+/// The last check, for `status`: when (the check's clock), how (online or from a bundle) and
+/// what it came to.
+fn set_last_check(o: &Opts, at: i64, via: &str, summary: &str) -> Result<()> {
+    let mut buf = [0u8; 20];
+    let when = hale_core::time::format_expires(at, &mut buf).unwrap_or("?");
+    let p = o.file("last_check.json");
+    let v = json!({"at": when, "via": via, "outcome": summary});
+    std::fs::write(&p, v.to_string()).with_context(|| p.display().to_string())
 }
 
 /// `bundle install FILE`: an offline install from a technician's bundle (no network).
