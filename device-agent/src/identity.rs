@@ -62,6 +62,8 @@ const SERVER_CA: &str = "server-ca.crt";
 const CONFIG: &str = "identity.json";
 /// Held (`flock`) by the process changing the identity files.
 const LOCK: &str = ".lock";
+/// The server's `Retry-After` for a renewal, as the Unix time before which none is asked.
+const RENEW_WAIT: &str = "renew-not-before";
 
 /// Why identity work failed.
 #[derive(Debug)]
@@ -302,8 +304,8 @@ pub struct Operational {
 pub struct Identity {
     dir: PathBuf,
     secret: DeviceSecret,
-    /// No renewal before this (the server's `Retry-After`), for as long as this value lives: a
-    /// pump started again asks once more.
+    /// No renewal before this (the server's `Retry-After`), kept in [`RENEW_WAIT`] too, so a
+    /// pump started again waits as well.
     renew_not_before: std::sync::Mutex<Option<SystemTime>>,
 }
 
@@ -400,11 +402,29 @@ fn unix(t: SystemTime) -> u64 {
 impl Identity {
     /// `dir` is `STATE/identity`.
     pub fn new(dir: &Path, secret: DeviceSecret) -> Identity {
+        // unreadable or malformed: no wait (the server says again if it must)
+        let kept = std::fs::read_to_string(dir.join(RENEW_WAIT))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .and_then(|secs| std::time::UNIX_EPOCH.checked_add(Duration::from_secs(secs)));
         Identity {
             dir: dir.to_path_buf(),
             secret,
-            renew_not_before: std::sync::Mutex::new(None),
+            renew_not_before: std::sync::Mutex::new(kept),
         }
+    }
+
+    /// Keep the renewal wait (`None`: there is none) across restarts; a failure to write it
+    /// costs at most one early request, so it is not an error.
+    fn keep_wait(&self, until: Option<SystemTime>) {
+        let p = self.path(RENEW_WAIT);
+        let _ = match until.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+            Some(d) => write_atomic(&p, d.as_secs().to_string().as_bytes()),
+            None => match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&p)(e)),
+                _ => Ok(()),
+            },
+        };
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -620,13 +640,20 @@ impl Identity {
                     .renew_not_before
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some(until) = wait.filter(|until| now < *until) {
+                // a wait longer than the longest the server may ask is void (a clock set back)
+                let longest = Duration::from_secs(MAX_RETRY_AFTER);
+                if let Some(until) = wait.filter(|until| {
+                    until
+                        .duration_since(now)
+                        .is_ok_and(|left| !left.is_zero() && left <= longest)
+                }) {
                     return Ok(Action::RenewalWaiting { until });
                 }
                 let renewal_error =
                     match self.request(Auth::Current(op.chain, op.key), "simplereenroll") {
                         Ok(serial_hex) => {
                             *wait = None;
+                            self.keep_wait(None);
                             return Ok(Action::Renewed { serial_hex });
                         }
                         Err(e) if e.refused_by_server() => e.to_string(),
@@ -643,12 +670,14 @@ impl Identity {
                                 } => now.checked_add(Duration::from_secs(*s)),
                                 _ => None,
                             };
+                            self.keep_wait(*wait);
                             return Ok(Action::RenewalFailed {
                                 reason: e.to_string(),
                             });
                         }
                     };
                 *wait = None;
+                self.keep_wait(None);
                 drop(wait);
                 // a renewal answer lost on the way leaves the device holding a certificate the
                 // server has already superseded (and revoked), so its next renewal is refused

@@ -666,22 +666,43 @@ fn a_renewal_the_server_finds_too_early_is_not_retried_with_the_factory_certific
     let log = est.log.lock().unwrap().clone();
     assert_eq!(log.len(), 2, "{log:?}");
     assert_eq!(log[1].0, "/.well-known/est/simplereenroll");
-    assert_eq!(tree(&dir), before, "nothing changed");
+    // nothing changed but the wait, kept beside the identity
+    let until = due + Duration::from_secs(600);
+    let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let mut waiting = before.clone();
+    waiting.insert(
+        "renew-not-before".into(),
+        secs(until).to_string().into_bytes(),
+    );
+    assert_eq!(tree(&dir), waiting);
     assert_eq!(serial(&id), first);
 
-    // the polls within the wait the server asked for ask nothing
-    let until = due + Duration::from_secs(600);
-    for later in [1, 599] {
+    // the polls within the wait the server asked for ask nothing, the pump started again too
+    let restarted = Identity::new(&dir, DeviceSecret::from_bytes(SECRET));
+    for (id, later) in [(&id, 1), (&restarted, 1), (&id, 599)] {
         assert_eq!(
             id.ensure(due + Duration::from_secs(later)).unwrap(),
             Action::RenewalWaiting { until }
         );
     }
     assert_eq!(est.log.lock().unwrap().len(), 2, "no request while waiting");
-    assert_eq!(tree(&dir), before);
+    assert_eq!(tree(&dir), waiting);
+    // a kept wait longer than the server may ask for (a day: the clock was set back, or the
+    // file is not what this pump wrote) is void: asked at once, and the server's answer kept
+    let far = due + Duration::from_secs(2 * 86_400);
+    std::fs::write(dir.join("renew-not-before"), secs(far).to_string()).unwrap();
+    let restarted = Identity::new(&dir, DeviceSecret::from_bytes(SECRET));
+    let later = due + Duration::from_secs(1);
+    assert_eq!(restarted.ensure(later).unwrap(), too_early.clone());
+    assert_eq!(est.log.lock().unwrap().len(), 3);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("renew-not-before")).unwrap(),
+        secs(later + Duration::from_secs(600)).to_string()
+    );
+    drop(restarted);
     // the first poll after it asks again; once the server agrees, the renewal goes through
     assert_eq!(id.ensure(until).unwrap(), too_early);
-    assert_eq!(est.log.lock().unwrap().len(), 3);
+    assert_eq!(est.log.lock().unwrap().len(), 4);
     *est.mode.lock().unwrap() = Mode::Issue;
     assert_eq!(
         id.ensure(until + Duration::from_secs(1)).unwrap(),
@@ -695,6 +716,10 @@ fn a_renewal_the_server_finds_too_early_is_not_retried_with_the_factory_certific
     };
     assert_eq!(serial(&id), serial_hex);
     assert_ne!(serial_hex, first);
+    assert!(
+        !tree(&dir).contains_key("renew-not-before"),
+        "the wait is over"
+    );
 }
 
 #[test]
