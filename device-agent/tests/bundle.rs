@@ -297,6 +297,11 @@ fn refuses_a_structurally_broken_bundle_before_anything_runs() {
 }
 
 fn agent(state: &std::path::Path, args: &[&str]) -> String {
+    agent_exits(state, args, 0)
+}
+
+/// `hale-agent --state STATE ARGS`, which must exit with `code`; its output.
+fn agent_exits(state: &std::path::Path, args: &[&str], code: i32) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hale-agent"))
         .arg("--state")
         .arg(state)
@@ -308,7 +313,7 @@ fn agent(state: &std::path::Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "hale-agent {args:?}: {text}");
+    assert_eq!(out.status.code(), Some(code), "hale-agent {args:?}: {text}");
     text
 }
 
@@ -358,7 +363,8 @@ fn hale_agent_rolls_back_from_a_bundle_after_therapy_and_records_who_signed() {
         |status: &str| serde_json::from_str::<serde_json::Value>(status).unwrap()["slots"].clone();
     let slots_before = slots(&agent(&state, &["status"]));
     let flash_before = std::fs::read(state.join("flash.bin")).unwrap();
-    let out = agent(&state, &["bundle", "install", &s("plain.bin")]);
+    // (exit 1: not installed, so the technician knows)
+    let out = agent_exits(&state, &["bundle", "install", &s("plain.bin")], 1);
     assert_eq!(
         out,
         "update refused: version 0.9.0 is not newer than running 1.0.0\n"
@@ -381,7 +387,8 @@ fn hale_agent_rolls_back_from_a_bundle_after_therapy_and_records_who_signed() {
     assert!(!state.join("install_record.json").exists());
     // gated like an online install
     agent(&state, &["therapy", "on"]);
-    let out = agent(&state, &["bundle", "install", &s("b.bin")]);
+    // (exit 3: not now; the same bundle installs later)
+    let out = agent_exits(&state, &["bundle", "install", &s("b.bin")], 3);
     assert!(out.contains("0.9.0 deferred: therapy running"), "{out}");
     assert!(!state.join("install_record.json").exists());
     agent(&state, &["therapy", "off"]);

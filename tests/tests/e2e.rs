@@ -303,6 +303,22 @@ impl Tools {
         self.ok("hale-agent", &a)
     }
 
+    /// `pump`, for a command that must exit with `code` (a bundle install: 1 not installed, 3
+    /// deferred); its stdout and stderr.
+    fn pump_exits(&self, n: u32, args: &[&str], code: i32) -> String {
+        let state = self.p(&format!("pump{n}"));
+        let mut a = vec!["--state", state.as_str()];
+        a.extend(args);
+        let out = self.run("hale-agent", &a);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "hale-agent {a:?}: {}",
+            text(&out)
+        );
+        text(&out)
+    }
+
     fn poll(&self, n: u32, url: &str) -> String {
         self.pump(n, &["run", "--server", url, "--once", "--jitter", "0"])
     }
@@ -1104,7 +1120,7 @@ fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_
             &t.p("plain.bin"),
         ],
     );
-    let out = t.pump(1, &["bundle", "install", &t.p("plain.bin")]);
+    let out = t.pump_exits(1, &["bundle", "install", &t.p("plain.bin")], 1);
     assert!(out.contains(refused), "offline downgrade: {out}");
     assert_eq!(
         t.status(1),
@@ -1758,10 +1774,24 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
         lines[1..].iter().all(|l| l.matches(&*device).count() == 1),
         "{log}"
     );
+    // the same state, the last check aside (it says why it failed)
+    let without_check = |s: &str| {
+        let mut v: Value = serde_json::from_str(s).unwrap();
+        let check = v["last_check"]["outcome"].take();
+        (v, check)
+    };
+    let (after, check) = without_check(&t.pump(1, &["status"]));
     assert_eq!(
-        t.pump(1, &["status"]),
-        before_status,
+        after,
+        without_check(&before_status).0,
         "the pump's state changed"
+    );
+    assert!(
+        check
+            .as_str()
+            .unwrap()
+            .starts_with("update check failed: fetching 2.root.json: "),
+        "{check}"
     );
     assert_eq!(
         std::fs::read(t.work.join("pump1/flash.bin")).unwrap(),

@@ -284,6 +284,7 @@ fn poll(
         ),
         None => None,
     };
+    // a poll that ends without an install is no failure of the process: it polls again
     install_once(o, store, &d, http, authorization.as_deref(), "online")?;
     let url = format!(
         "{}/api/v1/devices/{}/report",
@@ -349,6 +350,28 @@ const INSTALL_RECORD: &str = "install_record.json";
 /// One check over `transport` (the server, or an offline bundle), with `authorization` for a
 /// downgrade: gate, stage, reboot into the trial, and remember what an offline install or a
 /// rollback verified for the next report. `via` is "online" or "bundle".
+/// How a check ended, for a command's exit status (a bundle install: the technician must know).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The offered image runs now (installed and confirmed, or it was running already).
+    Running,
+    /// Not now (therapy, a trial under way): the same bundle installs later.
+    Deferred,
+    /// Refused, failed, or reverted at its trial: the pump runs what it ran.
+    NotInstalled,
+}
+
+impl Ended {
+    /// The exit status of `bundle install` and `link`: 0 running, 3 deferred, 1 otherwise.
+    fn exit(self) {
+        match self {
+            Ended::Running => {}
+            Ended::Deferred => std::process::exit(3),
+            Ended::NotInstalled => std::process::exit(1),
+        }
+    }
+}
+
 fn install_once<T: Transport<Error: std::fmt::Display>>(
     o: &Opts,
     store: &mut FirmwareStore<FileFlash>,
@@ -356,7 +379,7 @@ fn install_once<T: Transport<Error: std::fmt::Display>>(
     transport: &mut T,
     authorization: Option<&[u8]>,
     via: &str,
-) -> Result<()> {
+) -> Result<Ended> {
     let (model, revision, id, group) = (
         field(d, "model"),
         field(d, "revision"),
@@ -400,7 +423,17 @@ fn install_once<T: Transport<Error: std::fmt::Display>>(
         Err(e) => format!("update refused: {e}"),
     };
     set_last_check(o, now, via, &summary)?;
-    match checked {
+    // after a reboot into it: does the offered image run, confirmed?
+    let runs = |store: &FirmwareStore<FileFlash>, version: Version| {
+        let s = store.slots();
+        let active = s.info(s.active());
+        match (active.state, active.image.map(|i| i.version)) {
+            (device_agent::SlotState::Good, Some(v)) if v == version => Ended::Running,
+            _ if s.in_trial().is_some() => Ended::Deferred,
+            _ => Ended::NotInstalled,
+        }
+    };
+    let ended = match checked {
         Ok(Outcome::Staged { version }) => {
             let verified = hook.as_ref().and_then(|h| h.verified().copied());
             if let Some(a) = &verified {
@@ -430,14 +463,17 @@ fn install_once<T: Transport<Error: std::fmt::Display>>(
                 std::fs::write(o.file(INSTALL_RECORD), rec.to_string()).context(INSTALL_RECORD)?;
             }
             reboot_when_safe(o, store, &mut app, &summary)?;
+            runs(store, version)
         }
         // staged earlier, its reboot deferred
-        Ok(Outcome::AwaitingReboot { .. }) => {
+        Ok(Outcome::AwaitingReboot { version }) => {
             reboot_when_safe(o, store, &mut app, &summary)?;
+            runs(store, version)
         }
         Ok(Outcome::Deferred { reason, .. }) => {
             say!("{summary}");
             set_last(o, "deferred", reason.as_str())?;
+            Ended::Deferred
         }
         Ok(Outcome::UpToDate { .. }) => {
             say!("{summary}");
@@ -446,18 +482,24 @@ fn install_once<T: Transport<Error: std::fmt::Display>>(
             if matches!(last(o).0.as_str(), "rejected" | "deferred") {
                 clear_last(o)?;
             }
+            Ended::Running
+        }
+        Ok(Outcome::TrialRunning { .. }) => {
+            say!("{summary}");
+            Ended::Deferred
         }
         // cannot reach the repository (or flash trouble): keep running, say why
-        Ok(Outcome::TrialRunning { .. })
-        | Err(AgentError::Transport { .. } | AgentError::Missing { .. } | AgentError::Store(_)) => {
+        Err(AgentError::Transport { .. } | AgentError::Missing { .. } | AgentError::Store(_)) => {
             say!("{summary}");
+            Ended::NotInstalled
         }
         Err(e) => {
             say!("{summary}");
             set_last(o, "rejected", &e.to_string())?;
+            Ended::NotInstalled
         }
-    }
-    Ok(())
+    };
+    Ok(ended)
 }
 
 /// The last check, for `status`: when (the check's clock), how (online or from a bundle) and
@@ -471,7 +513,7 @@ fn set_last_check(o: &Opts, at: i64, via: &str, summary: &str) -> Result<()> {
 }
 
 /// `bundle install FILE`: an offline install from a technician's bundle (no network).
-fn bundle_install(o: &Opts) -> Result<()> {
+fn bundle_install(o: &Opts) -> Result<Ended> {
     let (Some("install"), Some(file)) = (o.args.first().map(String::as_str), o.args.get(1)) else {
         bail!("bundle install FILE");
     };
@@ -602,7 +644,7 @@ impl<R, W: std::io::Write> embedded_io::Write for LinkPort<R, W> {
 /// durable before it is acknowledged, so a transfer cut or killed mid-way resumes from the offset
 /// the pump reports. The link's own log goes to stderr (with `-`, stdout is the link until the
 /// bundle is complete; the install's output follows it).
-fn link(o: &Opts) -> Result<()> {
+fn link(o: &Opts) -> Result<Ended> {
     use device_agent::link_store::LinkStore;
     use hale_link::device::{Config, Event, Receiver, ServeError};
 
@@ -746,10 +788,11 @@ fn link(o: &Opts) -> Result<()> {
         }
     };
     let authorization = transport.authorization();
-    install_once(o, &mut store, &d, &mut transport, authorization, "bundle")?;
+    let ended = install_once(o, &mut store, &d, &mut transport, authorization, "bundle")?;
     // installed, deferred or refused: the bundle has been through the verified path; a kill before
     // this line leaves it complete in the store, and the next push re-offers it
-    rx.discard().map_err(|e| anyhow::anyhow!("{e}"))
+    rx.discard().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(ended)
 }
 
 // --- device identity (see device_agent::identity) ---------------------------------------------
@@ -939,8 +982,8 @@ fn main() -> Result<()> {
             let mut store = open_store(&o)?;
             power_on(&o, &mut store)?;
         }
-        "bundle" => bundle_install(&o)?,
-        "link" => link(&o)?,
+        "bundle" => bundle_install(&o)?.exit(),
+        "link" => link(&o)?.exit(),
         "factory-csr" => factory_csr(&o)?,
         "factory-install" => factory_install(&o)?,
         "enroll" => enroll(&o)?,
