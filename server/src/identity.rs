@@ -37,6 +37,8 @@ pub const MAX_CSR_BYTES: usize = 8 << 10;
 pub const MAX_HISTORY: usize = 32;
 /// Devices per page of the staff listing.
 pub const MAX_PAGE: usize = 1000;
+/// Longest enrollment token lifetime (30 days), whoever issues it.
+pub const MAX_TOKEN_TTL: u64 = 30 * 86_400;
 
 /// Why an identity operation was refused. Each variant has a stable code ([`code`](Self::code)).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1167,6 +1169,14 @@ impl Identity {
         actor: &str,
         now: SystemTime,
     ) -> Result<(zeroize::Zeroizing<String>, u64), IdentityError> {
+        // from the staff API and the CLI alike: a token that never ends would be a standing
+        // enrollment right
+        if ttl.is_zero() || ttl.as_secs() > MAX_TOKEN_TTL {
+            return Err(IdentityError::BadRequest(format!(
+                "token lifetime of {} s: 1 to {MAX_TOKEN_TTL} s (30 days)",
+                ttl.as_secs()
+            )));
+        }
         let _g = self.locked();
         let (secret, record) =
             Token::new(serial, ttl, now).map_err(|e| IdentityError::BadRequest(e.to_string()))?;

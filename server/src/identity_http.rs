@@ -28,8 +28,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Largest manifest or CRL pushed through the staff API.
 const MAX_STAFF_BODY: u64 = 4 << 20;
-/// Longest token lifetime the staff API issues.
-const MAX_TOKEN_TTL: u64 = 30 * 86_400;
+use crate::identity::MAX_TOKEN_TTL;
 
 /// The JSON error answer; a refusal that ends on its own (`renewal_too_early`) says when with
 /// `Retry-After` (delta-seconds).

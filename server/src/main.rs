@@ -124,16 +124,16 @@ struct TlsArgs {
     #[arg(long, requires_all = ["device_listen", "enroll_listen", "staff_listen"])]
     tls_dir: Option<PathBuf>,
     /// Device API (mTLS, Device Issuing CA): TUF metadata, targets, reports.
-    #[arg(long)]
+    #[arg(long, requires = "tls_dir")]
     device_listen: Option<std::net::SocketAddr>,
     /// EST enrollment (TLS, client certificate optional): cacerts, simpleenroll, simplereenroll,
     /// /crl/device-issuing.crl.
-    #[arg(long)]
+    #[arg(long, requires = "tls_dir")]
     enroll_listen: Option<std::net::SocketAddr>,
     /// Staff API (mTLS, Technician CA): fleet, device reports, revocation, tokens, manifests,
     /// audit, CRLs; the publish API for operator certificates (`hale-sign push --cert`) and the
     /// TUF read path it reads.
-    #[arg(long)]
+    #[arg(long, requires = "tls_dir")]
     staff_listen: Option<std::net::SocketAddr>,
     /// File whose first line opens ca/device-issuing.key and server.key (else
     /// $HALE_CA_PASSPHRASE).
@@ -241,6 +241,7 @@ fn run(cli: Cli) -> Result<()> {
                     file,
                 },
         } => {
+            initialised(&data)?;
             let tls_dir = tls_dir.unwrap_or_else(|| data.join("tls"));
             let mca = tls_dir.join("ca").join("manufacturing.crt");
             let pem = std::fs::read_to_string(&mca)
@@ -273,7 +274,9 @@ fn run(cli: Cli) -> Result<()> {
                 )
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}", secret.as_str());
-            eprintln!("enrollment token for serial {serial:?}, single use, expires at {expires_at} (unix): shown once, only its sha256 is stored");
+            let mut buf = [0u8; 20];
+            let when = hale_core::time::format_expires(expires_at as i64, &mut buf).unwrap_or("?");
+            eprintln!("enrollment token for serial {serial:?}, single use, expires at {when}: shown once, only its sha256 is stored");
             Ok(())
         }
         Cmd::Demo {
@@ -347,7 +350,19 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn open_store(data: &Path) -> Result<Arc<dyn Store>> {
+    initialised(data)?;
     Ok(Arc::new(SledStore::open(&data.join("db"))?))
+}
+
+/// Refuse a data directory `hale-server init` has not made: a mistyped `--data` must not get a
+/// fresh database of its own (a token the real server never sees, an empty audit chain "OK").
+fn initialised(data: &Path) -> Result<()> {
+    ensure!(
+        RepoDir::new(data).is_initialised(),
+        "{}: not a hale-server data directory (no repository: check --data, or run `hale-server init`)",
+        data.display()
+    );
+    Ok(())
 }
 
 fn identity_settings(cfg: &Config) -> hale_server::identity::IdentitySettings {
@@ -365,6 +380,7 @@ fn identity_settings(cfg: &Config) -> hale_server::identity::IdentitySettings {
 
 /// The identity service without the CA key (tokens, manifests: CLI commands, server stopped).
 fn offline_identity(data: &Path, manufacturing_der: Option<Vec<u8>>) -> Result<Identity> {
+    initialised(data)?;
     let cfg = Config::load(data, None)?;
     let sled = SledStore::open(&data.join("db"))?;
     let store: Arc<dyn Store> = Arc::new(sled.clone());
@@ -391,7 +407,8 @@ fn install_key(data: &Path, role: &str, src: &Path, cfg: &Config) -> Result<Sign
         .with_context(|| format!("opening {}", src.display()))?;
     let id = key.keyid();
     let dst = keys_dir(data).join(format!("{role}-{}.key", id.get(..16).unwrap_or(&id)));
-    hale_repo::layout::write_atomic(&dst, &bytes)?;
+    // encrypted, and still its owner's alone: a copy is an offline guessing target
+    hale_repo::layout::write_private(&dst, &bytes)?;
     Ok(key)
 }
 

@@ -1,0 +1,162 @@
+//! The operator's CLI: what it refuses before it changes anything.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim_end().to_string()
+}
+
+#[test]
+fn commands_on_a_data_directory_init_never_made_are_refused_and_make_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("dtaa");
+    let t = typo.to_str().unwrap();
+    let manifest = dir.path().join("manifest.json");
+    std::fs::write(&manifest, b"{}").unwrap();
+    for args in [
+        vec!["audit", "verify", "--data", t],
+        vec!["token", "add", "--data", t, "--name", "bob"],
+        vec![
+            "enroll-token",
+            "--data",
+            t,
+            "--serial",
+            "SN-1",
+            "--model",
+            "pump-a",
+        ],
+        vec![
+            "manifest",
+            "import",
+            "--data",
+            t,
+            "--tls-dir",
+            t,
+            manifest.to_str().unwrap(),
+        ],
+    ] {
+        let out = run_bin(&args, &dir.path().join("none"));
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "error: {t}: not a hale-server data directory (no repository: check --data, or \
+                 run `hale-server init`)"
+            ),
+            "{args:?}"
+        );
+        assert!(!typo.exists(), "{args:?} made {t}");
+    }
+}
+
+#[test]
+fn an_enrollment_token_lives_thirty_days_at_most_and_online_keys_are_the_owners_alone() {
+    let f = Fixture::new();
+    let data = f.data.to_str().unwrap();
+    let before = with_store(&f.data, |store| {
+        use hale_server::store::Store;
+        store.audit_all().unwrap().len()
+    });
+    for ttl in ["0", "2592001", "18446744073709551615"] {
+        let out = run_bin(
+            &[
+                "enroll-token",
+                "--data",
+                data,
+                "--serial",
+                "SN-1",
+                "--model",
+                "pump-a",
+                "--ttl",
+                ttl,
+            ],
+            &f.pass_file,
+        );
+        assert_eq!(out.status.code(), Some(1), "--ttl {ttl}");
+        assert_eq!(
+            stderr(&out),
+            format!("error: token lifetime of {ttl} s: 1 to 2592000 s (30 days)"),
+            "--ttl {ttl}"
+        );
+        assert!(out.stdout.is_empty(), "no token printed");
+    }
+    let after = with_store(&f.data, |store| {
+        use hale_server::store::Store;
+        store.audit_all().unwrap().len()
+    });
+    assert_eq!(after, before, "nothing recorded");
+    // the longest there is: issued, with its end as a date
+    let out = run_bin(
+        &[
+            "enroll-token",
+            "--data",
+            data,
+            "--serial",
+            "SN-1",
+            "--model",
+            "pump-a",
+            "--ttl",
+            "2592000",
+        ],
+        &f.pass_file,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("single use, expires at 20") && said.contains("Z: shown once"),
+        "{said}"
+    );
+
+    // the online keys init installed: encrypted, and readable by their owner only
+    for e in std::fs::read_dir(f.data.join("keys")).unwrap() {
+        let e = e.unwrap();
+        if e.path().extension().is_some_and(|x| x == "key") {
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", e.path().display());
+        }
+    }
+}
+
+#[test]
+fn a_tls_listener_without_a_tls_directory_is_refused() {
+    let f = Fixture::new();
+    let data = f.data.to_str().unwrap();
+    // (a server that starts anyway is stopped after 10 s, and the test fails)
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--data",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--device-listen",
+            "127.0.0.1:0",
+            "--enroll-listen",
+            "127.0.0.1:0",
+            "--staff-listen",
+            "127.0.0.1:0",
+        ])
+        .env("HALE_PASSPHRASE_FILE", &f.pass_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "it served: {}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with(
+            "error: the following required arguments were not provided:\n  --tls-dir <TLS_DIR>"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
