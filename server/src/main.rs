@@ -535,6 +535,44 @@ fn token_add(data: &Path, name: &str) -> Result<String> {
     Ok(token)
 }
 
+/// The CRL files of the offline CAs must be no older than the newest this server loaded before
+/// (the audit log's `crl-load` records: numbers only rise, a running server refuses an older
+/// one): a backup restored into the TLS directory would otherwise undo revocations at start,
+/// silently. A newer file (put there while the server was down) is recorded as loaded.
+fn newest_crls_or_refuse(
+    store: &dyn Store,
+    listeners: &hale_server::tls::Listeners,
+    identity: &Identity,
+    tls_dir: &Path,
+) -> Result<()> {
+    use hale_pki::CaRole;
+    for ca in [CaRole::Manufacturing, CaRole::Technician] {
+        let Some(loaded) = listeners.offline_crl_number(ca) else {
+            continue;
+        };
+        let slug = ca.slug();
+        let before = store
+            .audit_last_where("crl-load", &|r| {
+                r.pointer("/detail/ca").and_then(|c| c.as_str()) == Some(slug)
+            })?
+            .and_then(|r| {
+                r.pointer("/detail/crl_number")
+                    .and_then(serde_json::Value::as_u64)
+            });
+        match before {
+            Some(n) if loaded < n => bail!(
+                "{}: CRL number {loaded} is older than number {n}, which this server loaded \
+                 before (a restored backup?): the revocations since would be undone; put the \
+                 newest CRL of the {ca} back",
+                tls_dir.join("crl").join(format!("{slug}.crl")).display()
+            ),
+            Some(n) if loaded == n => {}
+            _ => identity.record_crl_load(slug, loaded, "file at start", "tls-dir"),
+        }
+    }
+    Ok(())
+}
+
 fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
     let repo = RepoDir::new(data);
     ensure!(
@@ -581,6 +619,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
                 std::time::SystemTime::now(),
             )?);
             identity.set_crl_listener(listeners.clone());
+            newest_crls_or_refuse(store.as_ref(), &listeners, &identity, dir)?;
             let addrs = (
                 args.device_listen.context("--device-listen")?,
                 args.enroll_listen.context("--enroll-listen")?,

@@ -49,6 +49,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn audit_append(&self, seq: u64, record: &[u8]) -> Result<(), StoreError>;
     /// The newest audit record whose `kind` is one of `kinds` (searching backwards).
     fn audit_last_of(&self, kinds: &[&str]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The last audit record of `kind` that `matches` (parsed), newest first.
+    fn audit_last_where(
+        &self,
+        kind: &str,
+        matches: &dyn Fn(&serde_json::Value) -> bool,
+    ) -> Result<Option<serde_json::Value>, StoreError>;
     /// All audit records in sequence order.
     fn audit_all(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// Audit records from sequence number `from` on, in order, at most `limit` (a page: never
@@ -174,6 +180,23 @@ impl Store for SledStore {
                 .and_then(|r| r.get("kind").and_then(|k| k.as_str()).map(str::to_string));
             if kind.is_some_and(|k| kinds.contains(&k.as_str())) {
                 return Ok(Some(v.to_vec()));
+            }
+        }
+        Ok(None)
+    }
+
+    fn audit_last_where(
+        &self,
+        kind: &str,
+        matches: &dyn Fn(&serde_json::Value) -> bool,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        for kv in self.audit.iter().rev() {
+            let (_, v) = kv?;
+            let Ok(r) = serde_json::from_slice::<serde_json::Value>(&v) else {
+                continue;
+            };
+            if r.get("kind").and_then(|k| k.as_str()) == Some(kind) && matches(&r) {
+                return Ok(Some(r));
             }
         }
         Ok(None)

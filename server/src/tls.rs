@@ -238,6 +238,16 @@ impl Listeners {
         self.crls().technician.revoked.contains(certificate_serial)
     }
 
+    /// The number of the loaded CRL of the Manufacturing or Technician CA.
+    pub fn offline_crl_number(&self, ca: CaRole) -> Option<u64> {
+        let crls = self.crls();
+        match ca {
+            CaRole::Manufacturing => Some(crls.manufacturing.number),
+            CaRole::Technician => Some(crls.technician.number),
+            _ => None,
+        }
+    }
+
     fn crls(&self) -> std::sync::MutexGuard<'_, Crls> {
         self.crls.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -113,34 +113,7 @@ impl Drop for TlsServer {
 }
 
 fn start_tls(f: &Fixture, tls: &Path) -> TlsServer {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(f.data.join("server.log"))
-        .unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--data",
-            f.data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--tls-dir", tls.to_str().unwrap()])
-        .args([
-            "--device-listen",
-            "127.0.0.1:0",
-            "--enroll-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--staff-listen", "127.0.0.1:0"])
-        .env("HALE_PASSPHRASE_FILE", &f.pass_file)
-        .env("HALE_CA_PASSPHRASE", CA_PASS)
-        .env("HALE_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
+    let mut child = tls_command(f, tls).spawn().unwrap();
     let mut r = BufReader::new(child.stdout.take().unwrap());
     let (mut device, mut enroll, mut staff, mut plain) = (None, None, None, None);
     let mut line = String::new();
@@ -170,6 +143,55 @@ fn start_tls(f: &Fixture, tls: &Path) -> TlsServer {
         staff: staff.unwrap(),
         plain: plain.unwrap(),
     }
+}
+
+/// `hale-server serve` with the TLS listeners, as [`start_tls`] runs it, expected to refuse to
+/// start: its last line of error output (a server that starts is stopped after 20 s, and this
+/// fails).
+fn tls_start_refused(f: &Fixture, tls: &Path) -> String {
+    let mut child = tls_command(f, tls).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    let log = std::fs::read_to_string(f.data.join("server.log")).unwrap();
+    log.lines().last().unwrap_or_default().to_string()
+}
+
+/// The command [`start_tls`] runs (its log appended to DATA/server.log).
+fn tls_command(f: &Fixture, tls: &Path) -> Command {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(f.data.join("server.log"))
+        .unwrap();
+    let mut c = Command::new(BIN);
+    c.args([
+        "serve",
+        "--data",
+        f.data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--tls-dir", tls.to_str().unwrap()])
+    .args([
+        "--device-listen",
+        "127.0.0.1:0",
+        "--enroll-listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--staff-listen", "127.0.0.1:0"])
+    .env("HALE_PASSPHRASE_FILE", &f.pass_file)
+    .env("HALE_CA_PASSPHRASE", CA_PASS)
+    .env("HALE_LOG", "info")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::from(log));
+    c
 }
 
 // --- a minimal HTTP/1.1 client over rustls -----------------------------------------------------
@@ -1039,6 +1061,25 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
     );
     drop(t);
     audit_verify(&f);
+
+    // a backup restored into the TLS directory (CRL 1, before tom's revocation): the server
+    // refuses to start rather than let tom in again; the newest CRL back, it starts
+    write(&crl_file, old.pem.as_bytes());
+    assert_eq!(
+        tls_start_refused(&f, &tls),
+        format!(
+            "error: {}: CRL number 1 is older than number 2, which this server loaded before (a \
+             restored backup?): the revocations since would be undone; put the newest CRL of the \
+             Hale Technician CA back",
+            crl_file.display()
+        )
+    );
+    write(&crl_file, crl.pem.as_bytes());
+    let t = start_tls(&f, &tls);
+    assert_alert(
+        get_on(&t.staff, &tom_cfg, "/api/v1/staff/devices"),
+        "CertificateRevoked",
+    );
 }
 
 /// What `hale-server audit verify` prints for the fixture's data.
