@@ -229,3 +229,87 @@ pub fn push<R: Read, W: Write>(
         offset = reply.offset;
     }
 }
+
+/// Bytes from a reader, read on a thread of their own so that a silent line ends the session: a
+/// read that waits longer than the idle time fails with `TimedOut` ("no bytes for N s"). At most
+/// four reads are held. Both ends use it: the pump (a silent technician frees the pump) and the
+/// technician's tool (a pump that does not answer ends the push).
+#[derive(Debug)]
+pub struct IdleReader {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    pending: Vec<u8>,
+    at: usize,
+    idle: Option<std::time::Duration>,
+}
+
+impl IdleReader {
+    /// Read `reader` on a new thread; a read waits at most `idle`.
+    pub fn spawn<R: Read + Send + 'static>(mut reader: R, idle: std::time::Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let sent = match reader.read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Ok(0) => {
+                        let _ = tx.send(Ok(Vec::new()));
+                        return;
+                    }
+                    Ok(n) => tx.send(Ok(buf.get(..n).unwrap_or_default().to_vec())),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        });
+        IdleReader {
+            rx,
+            pending: Vec::new(),
+            at: 0,
+            idle: Some(idle),
+        }
+    }
+
+    /// From now on, a read waits as long as it takes (`None`) or at most `idle`.
+    pub fn set_idle(&mut self, idle: Option<std::time::Duration>) {
+        self.idle = idle;
+    }
+}
+
+impl Read for IdleReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        use std::sync::mpsc::RecvTimeoutError;
+        if self.at >= self.pending.len() {
+            let got = match self.idle {
+                Some(idle) => self.rx.recv_timeout(idle),
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match got {
+                Ok(Ok(bytes)) if bytes.is_empty() => return Ok(0),
+                Ok(Ok(bytes)) => {
+                    self.pending = bytes;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no bytes for {} s", self.idle.unwrap_or_default().as_secs()),
+                    ))
+                }
+                Err(RecvTimeoutError::Disconnected) => return Ok(0),
+            }
+        }
+        let rest = self.pending.get(self.at..).unwrap_or_default();
+        let n = rest.len().min(out.len());
+        out.get_mut(..n)
+            .unwrap_or_default()
+            .copy_from_slice(rest.get(..n).unwrap_or_default());
+        self.at += n;
+        Ok(n)
+    }
+}

@@ -536,78 +536,6 @@ const LINK_FRAME: usize = hale_link::max_frame_len(LINK_MAX_MTU);
 /// Longest silence on the link before the session ends (`--idle-timeout`, seconds).
 const LINK_IDLE_DEFAULT: u64 = 300;
 
-/// Bytes from a reader, read on a thread of their own so that a silent line ends the session: a
-/// read that waits longer than `idle` fails with `TimedOut`. What was received is durable, so a
-/// new session resumes it; the flash lock goes with the process. At most four reads are held.
-struct IdleReader {
-    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    pending: Vec<u8>,
-    at: usize,
-    idle: Duration,
-}
-
-impl IdleReader {
-    fn spawn<R: std::io::Read + Send + 'static>(mut reader: R, idle: Duration) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel(4);
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let sent = match reader.read(&mut buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Ok(0) => {
-                        let _ = tx.send(Ok(Vec::new()));
-                        return;
-                    }
-                    Ok(n) => tx.send(Ok(buf.get(..n).unwrap_or_default().to_vec())),
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                if sent.is_err() {
-                    return;
-                }
-            }
-        });
-        IdleReader {
-            rx,
-            pending: Vec::new(),
-            at: 0,
-            idle,
-        }
-    }
-}
-
-impl std::io::Read for IdleReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        use std::sync::mpsc::RecvTimeoutError;
-        if self.at >= self.pending.len() {
-            match self.rx.recv_timeout(self.idle) {
-                Ok(Ok(bytes)) if bytes.is_empty() => return Ok(0),
-                Ok(Ok(bytes)) => {
-                    self.pending = bytes;
-                    self.at = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no bytes for {} s", self.idle.as_secs()),
-                    ))
-                }
-                Err(RecvTimeoutError::Disconnected) => return Ok(0),
-            }
-        }
-        let rest = self.pending.get(self.at..).unwrap_or_default();
-        let n = rest.len().min(out.len());
-        out.get_mut(..n)
-            .unwrap_or_default()
-            .copy_from_slice(rest.get(..n).unwrap_or_default());
-        self.at += n;
-        Ok(n)
-    }
-}
-
 /// A std byte stream as the `embedded_io` port the receiver serves (a serial driver on a pump).
 struct LinkPort<R, W> {
     reader: R,
@@ -738,7 +666,7 @@ fn link(o: &Opts) -> Result<Ended> {
     };
     let served = if device == "-" {
         let mut port = LinkPort {
-            reader: IdleReader::spawn(std::io::stdin(), idle),
+            reader: hale_link::host::IdleReader::spawn(std::io::stdin(), idle),
             writer: std::io::stdout().lock(),
         };
         rx.serve(&mut port, clock, log)
@@ -751,7 +679,7 @@ fn link(o: &Opts) -> Result<Ended> {
         let writer = port.try_clone().with_context(|| device.clone())?;
         rx.serve(
             &mut LinkPort {
-                reader: IdleReader::spawn(port, idle),
+                reader: hale_link::host::IdleReader::spawn(port, idle),
                 writer,
             },
             clock,

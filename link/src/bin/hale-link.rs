@@ -66,6 +66,31 @@ fn push_cmd(args: &[String]) -> Result<()> {
     let bundle_path = opt("--bundle").context("--bundle FILE is required")?;
     let bundle = read_bounded(Path::new(bundle_path), MAX_BUNDLE)?;
     let mut opts = PushOptions::default();
+    // a pump that does not answer (not in `link` mode, a serial line not raw, nothing there)
+    let answer = match opt("--timeout") {
+        Some(s) => s
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (1..=3600).contains(s))
+            .with_context(|| format!("--timeout {s}: 1 to 3600 seconds"))?,
+        None => 30,
+    };
+    let answer = std::time::Duration::from_secs(answer);
+    let silent = |e: anyhow::Error| {
+        let timed_out = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        });
+        if timed_out {
+            e.context(format!(
+                "no answer from the pump for {} s: is it running `hale-agent link`? (a serial \
+                 line must be raw: stty -F DEVICE raw)",
+                answer.as_secs()
+            ))
+        } else {
+            e
+        }
+    };
     if let Some(b) = opt("--block") {
         opts.block_len = b.parse().context("--block")?;
         if opts.block_len == 0 {
@@ -80,7 +105,10 @@ fn push_cmd(args: &[String]) -> Result<()> {
                 .open(device)
                 .with_context(|| device.clone())?;
             let writer = port.try_clone().with_context(|| device.clone())?;
-            let pushed = push(&bundle, port, writer, &opts).with_context(|| device.clone())?;
+            let reader = hale_link::host::IdleReader::spawn(port, answer);
+            let pushed = push(&bundle, reader, writer, &opts)
+                .with_context(|| device.clone())
+                .map_err(silent)?;
             println!("{}", describe(&pushed));
             Ok(())
         }
@@ -92,10 +120,13 @@ fn push_cmd(args: &[String]) -> Result<()> {
                 .stderr(Stdio::inherit())
                 .spawn()
                 .with_context(|| program.clone())?;
-            let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
                 bail!("{program}: no stdin/stdout");
             };
+            let mut stdout = hale_link::host::IdleReader::spawn(stdout, answer);
             let result = push(&bundle, &mut stdout, stdin, &opts);
+            // the install that follows takes as long as it takes
+            stdout.set_idle(None);
             // `push` consumed stdin: the device sees the end of the link now
             if let Ok(p) = &result {
                 println!("{}", describe(p));
@@ -107,8 +138,18 @@ fn push_cmd(args: &[String]) -> Result<()> {
                 print!("{}", String::from_utf8_lossy(&log));
             }
             drop(stdout);
+            if result.is_err() {
+                // a pump that stopped answering may never end: 5 s, then it is stopped
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while child.try_wait().ok().flatten().is_none()
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                let _ = child.kill();
+            }
             let status = child.wait().with_context(|| program.clone())?;
-            let pushed = result.with_context(|| program.clone())?;
+            let pushed = result.with_context(|| program.clone()).map_err(silent)?;
             if !status.success() {
                 bail!(
                     "{program} exited with {status} after receiving bundle {}",
@@ -124,9 +165,12 @@ fn push_cmd(args: &[String]) -> Result<()> {
 /// What `hale-link --help` prints (and a command line it cannot read, after the reason).
 const USAGE: &str = "\
 usage:
-  hale-link push --bundle FILE --device PATH [--block N]      to a pump on a serial device
-  hale-link push --bundle FILE [--block N] -- COMMAND [ARGS...]
+  hale-link push --bundle FILE --device PATH [--block N] [--timeout S]
+                                                           to a pump on a serial device (raw:
+                                                           stty -F PATH raw)
+  hale-link push --bundle FILE [--block N] [--timeout S] -- COMMAND [ARGS...]
                                                            to a process's stdin/stdout
+A pump that does not answer for S seconds (default 30) ends the push.
 A push that is cut resumes where the pump's store stands: run it again.
 ";
 
