@@ -384,13 +384,13 @@ fn hale_agent_rolls_back_from_a_bundle_after_therapy_and_records_who_signed() {
     for at in l.slots.map(|a| a as usize..(a + l.slot_len) as usize) {
         assert_eq!(flash[at.clone()], flash_before[at], "a slot image changed");
     }
-    assert!(!state.join("install_record.json").exists());
+    assert!(!state.join("install_records.json").exists());
     // gated like an online install
     agent(&state, &["therapy", "on"]);
     // (exit 3: not now; the same bundle installs later)
     let out = agent_exits(&state, &["bundle", "install", &s("b.bin")], 3);
     assert!(out.contains("0.9.0 deferred: therapy running"), "{out}");
-    assert!(!state.join("install_record.json").exists());
+    assert!(!state.join("install_records.json").exists());
     agent(&state, &["therapy", "off"]);
     let out = agent(&state, &["bundle", "install", &s("b.bin")]);
     assert!(
@@ -401,8 +401,13 @@ fn hale_agent_rolls_back_from_a_bundle_after_therapy_and_records_who_signed() {
         out.contains("health check passed: 0.9.0 confirmed"),
         "{out}"
     );
-    let rec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("install_record.json")).unwrap()).unwrap();
+    // queued for the next sync, with how its trial ended
+    let queued: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("install_records.json")).unwrap())
+            .unwrap();
+    assert_eq!(queued.as_array().unwrap().len(), 1, "{queued}");
+    let rec = &queued[0];
+    assert_eq!(rec["outcome"], "confirmed");
     assert_eq!(rec["kind"], "rollback");
     assert_eq!(rec["target"], TARGET);
     assert_eq!(rec["version"], "0.9.0");
@@ -417,4 +422,52 @@ fn hale_agent_rolls_back_from_a_bundle_after_therapy_and_records_who_signed() {
         .collect();
     got.sort();
     assert_eq!(got, want);
+}
+
+#[test]
+fn an_offline_install_that_fails_its_trial_is_queued_as_reverted_and_exits_1() {
+    let sim = repo_offering("2.0.0", 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    std::fs::write(p("root.json"), sim.initial_root()).unwrap();
+    std::fs::write(p("fw.bin"), image_bytes("1.0.0", 5000)).unwrap();
+    std::fs::write(p("b.bin"), bundle_for(&sim, &[])).unwrap();
+    let state = p("pump");
+    let s = |x: &str| p(x).display().to_string();
+    agent(
+        &state,
+        &[
+            "provision",
+            "--root",
+            &s("root.json"),
+            "--image",
+            &s("fw.bin"),
+            "--version",
+            "1.0.0",
+            "--security-counter",
+            "1",
+            "--id",
+            DEVICE_ID,
+            "--model",
+            "pump-a",
+            "--revision",
+            "r2",
+            "--target",
+            TARGET,
+            "--bootloader",
+            "1.2.0",
+        ],
+    );
+    agent(&state, &["health", "fail"]);
+    let out = agent_exits(&state, &["bundle", "install", &s("b.bin")], 1);
+    assert!(out.contains("health check failed: reverted"), "{out}");
+    // what the server will hear: an offline install of 2.0.0 that was reverted, not installed
+    let queued: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("install_records.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        queued,
+        serde_json::json!([{"kind": "offline", "target": TARGET, "version": "2.0.0",
+                            "outcome": "reverted"}])
+    );
 }

@@ -263,7 +263,7 @@ fn pump_state(state: &Path) -> (Value, Option<Vec<u8>>, Option<Vec<u8>>) {
     (
         status,
         std::fs::read(state.join("last_result.json")).ok(),
-        std::fs::read(state.join("install_record.json")).ok(),
+        std::fs::read(state.join("install_records.json")).ok(),
     )
 }
 
@@ -359,8 +359,11 @@ fn a_cut_and_a_killed_transfer_resume_from_the_pumps_offset_then_install() {
         s.stdout
     );
     assert_eq!(running_version(&state), "2.0.0");
-    let rec: Value =
-        serde_json::from_slice(&std::fs::read(state.join("install_record.json")).unwrap()).unwrap();
+    let queued: Value =
+        serde_json::from_slice(&std::fs::read(state.join("install_records.json")).unwrap())
+            .unwrap();
+    let rec = &queued[0];
+    assert_eq!(rec["outcome"], "confirmed", "{queued}");
     assert_eq!(rec["kind"], "offline");
     assert_eq!(rec["target"], TARGET);
     assert_eq!(rec["version"], "2.0.0");

@@ -829,6 +829,19 @@ pub struct InstallRecord {
     pub issued: Option<String>,
     #[serde(default)]
     pub signers: Vec<String>,
+    /// How the image's trial ended (absent from agents that record at staging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<InstallOutcome>,
+}
+
+/// How an installed image's trial boot ended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InstallOutcome {
+    /// Its health checks passed: it runs.
+    Confirmed,
+    /// It failed its trial (or a reset came first): the device runs the image before it.
+    Reverted,
 }
 
 impl Report {

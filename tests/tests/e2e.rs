@@ -1130,7 +1130,7 @@ fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_
             "1.1.0".into()
         )
     );
-    assert!(!t.work.join("pump1/install_record.json").exists());
+    assert!(!t.work.join("pump1/install_records.json").exists());
 
     // two signers authorize the rollback for this pump; hale-sign bundles it
     let reason = "INC-4711: occlusion alarm regression in 1.1.0";
@@ -1216,10 +1216,12 @@ fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_
 
     // the next sync reports it once; the server keeps it with the device and audits it
     t.poll(1, &url);
-    assert!(!t.work.join("pump1/install_record.json").exists());
+    let queued = std::fs::read_to_string(t.work.join("pump1/install_records.json")).unwrap();
+    assert_eq!(queued, "[]", "reported, and forgotten");
     let dev = inventory_entry(&url, "pump-0001");
     let rec = &dev["report"]["install_record"];
     assert_eq!(rec["kind"], "rollback", "{dev}");
+    assert_eq!(rec["outcome"], "confirmed", "{dev}");
     assert_eq!(rec["target"], TARGET);
     assert_eq!(rec["version"], "1.0.0");
     assert_eq!(rec["reason"], reason);

@@ -191,6 +191,9 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
                 rejected.as_str()
             );
             set_last(o, "reverted", "reset before confirmation")?;
+            if let Some(image) = store.slots().info(rejected).image {
+                conclude_install(o, &image.version.to_string(), "reverted")?;
+            }
         }
         Boot::Trial { slot } => {
             let version = store
@@ -210,12 +213,14 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
                 store.reject().map_err(|e| anyhow::anyhow!("reject: {e}"))?;
                 say!("health check failed: reverted");
                 set_last(o, "reverted", &format!("{version} failed its health check"))?;
+                conclude_install(o, &version, "reverted")?;
             } else {
                 store
                     .confirm()
                     .map_err(|e| anyhow::anyhow!("confirm: {e}"))?;
                 say!("health check passed: {version} confirmed");
                 set_last(o, "installed", &version)?;
+                conclude_install(o, &version, "confirmed")?;
             }
         }
     }
@@ -292,32 +297,42 @@ fn poll(
         field(&d, "id")
     );
     let (result, reason) = last(o);
-    let mut body = host::server_report_json(store, &target, &result, &reason);
-    // an offline install or rollback since the last sync: reported once, then forgotten
-    let pending = o.file(INSTALL_RECORD);
-    let record: Option<Value> = std::fs::read(&pending)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    if let Some(r) = &record {
-        body["install_record"] = r.clone();
-    }
-    match http
-        .agent()
-        .post(&url)
-        .set("Content-Type", "application/json")
-        .send_string(&body.to_string())
-    {
-        Ok(_) => {
-            if record.is_some() {
-                let _ = std::fs::remove_file(&pending);
-            }
+    let body = host::server_report_json(store, &target, &result, &reason);
+    // the offline installs and rollbacks since the last sync whose trial has ended: one report
+    // each (the server takes one record per report), each forgotten once the server has it
+    loop {
+        let records = install_records(o);
+        let next = records.iter().position(|r| r.get("outcome").is_some());
+        let mut body = body.clone();
+        if let Some(i) = next {
+            body["install_record"] = records[i].clone();
         }
-        Err(ureq::Error::Status(code, r)) => say!(
-            "report to {url} refused (HTTP {code}): {}",
-            r.into_string().unwrap_or_default().trim()
-        ),
-        Err(ureq::Error::Transport(t)) => {
-            say!("report to {url} failed: {}", host::transport_message(&t));
+        match http
+            .agent()
+            .post(&url)
+            .set("Content-Type", "application/json")
+            .send_string(&body.to_string())
+        {
+            Ok(_) => {
+                let Some(i) = next else { break };
+                let mut records = records;
+                records.remove(i);
+                set_install_records(o, &records)?;
+                if !records.iter().any(|r| r.get("outcome").is_some()) {
+                    break;
+                }
+            }
+            Err(ureq::Error::Status(code, r)) => {
+                say!(
+                    "report to {url} refused (HTTP {code}): {}",
+                    r.into_string().unwrap_or_default().trim()
+                );
+                break;
+            }
+            Err(ureq::Error::Transport(t)) => {
+                say!("report to {url} failed: {}", host::transport_message(&t));
+                break;
+            }
         }
     }
     Ok(())
@@ -344,8 +359,65 @@ fn reboot_when_safe(
     }
 }
 
-/// Pending install record (offline install or rollback), reported at the next sync.
-const INSTALL_RECORD: &str = "install_record.json";
+/// Offline installs and rollbacks not reported yet, oldest first: each goes to the server with a
+/// report once its trial has ended (its `outcome`: confirmed or reverted).
+const INSTALL_RECORDS: &str = "install_records.json";
+/// One record, as versions before the queue kept it: taken in as the oldest.
+const LEGACY_INSTALL_RECORD: &str = "install_record.json";
+/// At most this many wait for a sync (a pump serviced offline that often without one: the
+/// oldest go, and the pump says so).
+const MAX_INSTALL_RECORDS: usize = 32;
+
+fn install_records(o: &Opts) -> Vec<Value> {
+    let read = |name: &str| -> Option<Value> {
+        serde_json::from_slice(&std::fs::read(o.file(name)).ok()?).ok()
+    };
+    let mut out: Vec<Value> = read(LEGACY_INSTALL_RECORD).into_iter().collect();
+    if let Some(Value::Array(queued)) = read(INSTALL_RECORDS) {
+        out.extend(queued);
+    }
+    out
+}
+
+fn set_install_records(o: &Opts, records: &[Value]) -> Result<()> {
+    let p = o.file(INSTALL_RECORDS);
+    let tmp = o.file("install_records.json.tmp");
+    std::fs::write(&tmp, Value::from(records.to_vec()).to_string())
+        .and_then(|()| std::fs::rename(&tmp, &p))
+        .with_context(|| p.display().to_string())?;
+    match std::fs::remove_file(o.file(LEGACY_INSTALL_RECORD)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context(LEGACY_INSTALL_RECORD),
+        _ => Ok(()),
+    }
+}
+
+/// Queue the record of an offline install or rollback just staged (its outcome comes with its
+/// trial).
+fn queue_install(o: &Opts, record: Value) -> Result<()> {
+    let mut records = install_records(o);
+    records.push(record);
+    if records.len() > MAX_INSTALL_RECORDS {
+        let dropped = records.len() - MAX_INSTALL_RECORDS;
+        records.drain(..dropped);
+        say!("note: {dropped} install record(s) never reported dropped (more than {MAX_INSTALL_RECORDS} since the last sync)");
+    }
+    set_install_records(o, &records)
+}
+
+/// The trial of `version` ended with `outcome`: its queued record (the newest without one) says
+/// so, and may be reported.
+fn conclude_install(o: &Opts, version: &str, outcome: &str) -> Result<()> {
+    let mut records = install_records(o);
+    let open = records
+        .iter_mut()
+        .rev()
+        .find(|r| r["version"] == version && r.get("outcome").is_none());
+    if let Some(r) = open {
+        r["outcome"] = outcome.into();
+        set_install_records(o, &records)?;
+    }
+    Ok(())
+}
 
 /// One check over `transport` (the server, or an offline bundle), with `authorization` for a
 /// downgrade: gate, stage, reboot into the trial, and remember what an offline install or a
@@ -460,7 +532,7 @@ fn install_once<T: Transport<Error: std::fmt::Display>>(
                     _ => None,
                 };
                 let rec = offline::install_record("offline", &target, &version.to_string(), auth);
-                std::fs::write(o.file(INSTALL_RECORD), rec.to_string()).context(INSTALL_RECORD)?;
+                queue_install(o, rec)?;
             }
             reboot_when_safe(o, store, &mut app, &summary)?;
             runs(store, version)
