@@ -77,10 +77,20 @@ pub struct SledStore {
 impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open().map_err(|e| {
-            StoreError::Db(format!(
-                "{} (is another hale-server using it?): {e}",
-                dir.display()
-            ))
+            StoreError::Db(match e {
+                // the lock another process holds (sled words it with the OS error's Debug form)
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().starts_with("could not acquire lock") =>
+                {
+                    format!(
+                        "{}: in use by another process (a running hale-server? stop it first)",
+                        dir.display()
+                    )
+                }
+                sled::Error::Io(io) => format!("{}: {io}", dir.display()),
+                e => format!("{}: {e}", dir.display()),
+            })
         })?;
         Ok(SledStore {
             tokens: db.open_tree("tokens")?,

@@ -160,3 +160,22 @@ fn a_tls_listener_without_a_tls_directory_is_refused() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_command_beside_a_running_server_says_the_database_is_in_use() {
+    let f = Fixture::new();
+    let _s = f.start();
+    let data = f.data.to_str().unwrap();
+    let out = run_bin(
+        &["token", "add", "--data", data, "--name", "bob"],
+        &f.pass_file,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: database: {}: in use by another process (a running hale-server? stop it first)",
+            f.data.join("db").display()
+        )
+    );
+}
