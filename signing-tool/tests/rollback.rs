@@ -477,3 +477,33 @@ fn a_bundle_from_root_version_zero_is_refused_before_anything_is_read() {
     );
     assert!(!e.path("b.bin").exists());
 }
+
+#[test]
+fn an_authorization_naming_an_empty_device_or_group_is_refused() {
+    let e = repo_with_rollback_role();
+    for whom in [["--device", ""], ["--group", " "]] {
+        let r = e.run(&[
+            "rollback",
+            "authorize",
+            "repo",
+            whom[0],
+            whom[1],
+            "--target",
+            TARGET,
+            "--reason",
+            "x",
+            "--expires-in",
+            "1h",
+            "--key",
+            "field-a.key",
+            "--out",
+            "auth.json",
+        ]);
+        assert_refused(
+            &e,
+            &r,
+            "error: --device and --group name a device or a group: not empty",
+            "auth.json",
+        );
+    }
+}

@@ -340,6 +340,12 @@ fn target_of(bytes: &[u8]) -> anyhow::Result<String> {
 }
 
 fn authorize(a: AuthorizeArgs) -> anyhow::Result<ExitCode> {
+    // an empty name matches no device: the authorization would be signed for nothing
+    if a.devices.iter().any(|d| d.trim().is_empty())
+        || a.group.as_ref().is_some_and(|g| g.trim().is_empty())
+    {
+        bail!("--device and --group name a device or a group: not empty");
+    }
     crate::durable::refuse_existing(&a.out, a.force)?;
     let state = State::load(&a.dir)?;
     state.warn_demo();
