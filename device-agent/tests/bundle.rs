@@ -471,3 +471,59 @@ fn an_offline_install_that_fails_its_trial_is_queued_as_reverted_and_exits_1() {
                             "outcome": "reverted"}])
     );
 }
+
+#[test]
+fn a_bundle_older_than_what_the_pump_trusts_says_to_make_a_new_one() {
+    let mut sim = repo_offering("2.0.0", 2);
+    let old = bundle_for(&sim, &[]);
+    sim.add_target(
+        "targets",
+        TARGET,
+        &image_bytes("3.0.0", 3000),
+        Some(custom_for("3.0.0", 3, &["r1", "r2"], "1.0.0")),
+    );
+    sim.publish();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    std::fs::write(p("root.json"), sim.initial_root()).unwrap();
+    std::fs::write(p("fw.bin"), image_bytes("1.0.0", 5000)).unwrap();
+    std::fs::write(p("old.bin"), old).unwrap();
+    std::fs::write(p("new.bin"), bundle_for(&sim, &[])).unwrap();
+    let state = p("pump");
+    let s = |x: &str| p(x).display().to_string();
+    agent(
+        &state,
+        &[
+            "provision",
+            "--root",
+            &s("root.json"),
+            "--image",
+            &s("fw.bin"),
+            "--version",
+            "1.0.0",
+            "--security-counter",
+            "1",
+            "--id",
+            DEVICE_ID,
+            "--model",
+            "pump-a",
+            "--revision",
+            "r2",
+            "--target",
+            TARGET,
+            "--bootloader",
+            "1.2.0",
+        ],
+    );
+    let out = agent(&state, &["bundle", "install", &s("new.bin")]);
+    assert!(
+        out.contains("health check passed: 3.0.0 confirmed"),
+        "{out}"
+    );
+    let out = agent_exits(&state, &["bundle", "install", &s("old.bin")], 1);
+    assert_eq!(
+        out,
+        "update refused: timestamp: version 2 is older than trusted version 3 (rollback); this \
+         bundle is older than the metadata the pump trusts: make a new one\n"
+    );
+}

@@ -492,6 +492,10 @@ fn install_once<T: Transport<Error: std::fmt::Display>>(
         Err(
             e @ (AgentError::Transport { .. } | AgentError::Missing { .. } | AgentError::Store(_)),
         ) => format!("update check failed: {e}"),
+        // a bundle made before what the pump already trusts: not an attack, most likely
+        Err(e @ AgentError::Trust(hale_core::Error::Rollback { .. })) if via == "bundle" => {
+            format!("update refused: {e}; this bundle is older than the metadata the pump trusts: make a new one")
+        }
         Err(e) => format!("update refused: {e}"),
     };
     set_last_check(o, now, via, &summary)?;
