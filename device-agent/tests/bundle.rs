@@ -317,31 +317,21 @@ fn agent_exits(state: &std::path::Path, args: &[&str], code: i32) -> String {
     text
 }
 
-#[test]
-fn hale_agent_rolls_back_from_a_bundle_after_therapy_and_records_who_signed() {
-    let sim = repo_offering("0.9.0", 1);
-    // the simulated pump runs on the real clock: an authorization valid now
-    let now = device_agent::host::now();
-    let mut a = authorization_for("0.9.0");
-    a.issued = now - 60;
-    a.expires = now + 8 * 3600;
-    let auth = signed(&a, &rollback_keys());
-    let tmp = tempfile::tempdir().unwrap();
-    let p = |n: &str| tmp.path().join(n);
-    std::fs::write(p("root.json"), sim.initial_root()).unwrap();
-    std::fs::write(p("fw.bin"), image_bytes("1.0.0", 5000)).unwrap();
-    std::fs::write(p("b.bin"), bundle_for(&sim, &[(AUTHORIZATION, &auth)])).unwrap();
-    std::fs::write(p("plain.bin"), bundle_for(&sim, &[])).unwrap();
-    let state = p("pump");
-    let s = |x: &str| p(x).display().to_string();
+/// A simulated pump in `dir/pump`, provisioned with 1.0.0 (counter 1, model pump-a r2,
+/// bootloader 1.2.0) and `sim`'s root.
+fn provisioned_pump(dir: &std::path::Path, sim: &hale_tests::RepoSim) -> std::path::PathBuf {
+    let (root, fw, state) = (dir.join("root.json"), dir.join("fw.bin"), dir.join("pump"));
+    std::fs::write(&root, sim.initial_root()).unwrap();
+    std::fs::write(&fw, image_bytes("1.0.0", 5000)).unwrap();
+    let s = |p: &std::path::Path| p.display().to_string();
     agent(
         &state,
         &[
             "provision",
             "--root",
-            &s("root.json"),
+            &s(&root),
             "--image",
-            &s("fw.bin"),
+            &s(&fw),
             "--version",
             "1.0.0",
             "--security-counter",
@@ -358,6 +348,24 @@ fn hale_agent_rolls_back_from_a_bundle_after_therapy_and_records_who_signed() {
             "1.2.0",
         ],
     );
+    state
+}
+
+#[test]
+fn hale_agent_rolls_back_from_a_bundle_after_therapy_and_records_who_signed() {
+    let sim = repo_offering("0.9.0", 1);
+    // the simulated pump runs on the real clock: an authorization valid now
+    let now = device_agent::host::now();
+    let mut a = authorization_for("0.9.0");
+    a.issued = now - 60;
+    a.expires = now + 8 * 3600;
+    let auth = signed(&a, &rollback_keys());
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    std::fs::write(p("b.bin"), bundle_for(&sim, &[(AUTHORIZATION, &auth)])).unwrap();
+    std::fs::write(p("plain.bin"), bundle_for(&sim, &[])).unwrap();
+    let state = provisioned_pump(tmp.path(), &sim);
+    let s = |x: &str| p(x).display().to_string();
     // without the authorization: refused, as online
     let slots =
         |status: &str| serde_json::from_str::<serde_json::Value>(status).unwrap()["slots"].clone();
@@ -429,35 +437,9 @@ fn an_offline_install_that_fails_its_trial_is_queued_as_reverted_and_exits_1() {
     let sim = repo_offering("2.0.0", 2);
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n);
-    std::fs::write(p("root.json"), sim.initial_root()).unwrap();
-    std::fs::write(p("fw.bin"), image_bytes("1.0.0", 5000)).unwrap();
     std::fs::write(p("b.bin"), bundle_for(&sim, &[])).unwrap();
-    let state = p("pump");
+    let state = provisioned_pump(tmp.path(), &sim);
     let s = |x: &str| p(x).display().to_string();
-    agent(
-        &state,
-        &[
-            "provision",
-            "--root",
-            &s("root.json"),
-            "--image",
-            &s("fw.bin"),
-            "--version",
-            "1.0.0",
-            "--security-counter",
-            "1",
-            "--id",
-            DEVICE_ID,
-            "--model",
-            "pump-a",
-            "--revision",
-            "r2",
-            "--target",
-            TARGET,
-            "--bootloader",
-            "1.2.0",
-        ],
-    );
     agent(&state, &["health", "fail"]);
     let out = agent_exits(&state, &["bundle", "install", &s("b.bin")], 1);
     assert!(out.contains("health check failed: reverted"), "{out}");
@@ -485,36 +467,10 @@ fn a_bundle_older_than_what_the_pump_trusts_says_to_make_a_new_one() {
     sim.publish();
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n);
-    std::fs::write(p("root.json"), sim.initial_root()).unwrap();
-    std::fs::write(p("fw.bin"), image_bytes("1.0.0", 5000)).unwrap();
     std::fs::write(p("old.bin"), old).unwrap();
     std::fs::write(p("new.bin"), bundle_for(&sim, &[])).unwrap();
-    let state = p("pump");
+    let state = provisioned_pump(tmp.path(), &sim);
     let s = |x: &str| p(x).display().to_string();
-    agent(
-        &state,
-        &[
-            "provision",
-            "--root",
-            &s("root.json"),
-            "--image",
-            &s("fw.bin"),
-            "--version",
-            "1.0.0",
-            "--security-counter",
-            "1",
-            "--id",
-            DEVICE_ID,
-            "--model",
-            "pump-a",
-            "--revision",
-            "r2",
-            "--target",
-            TARGET,
-            "--bootloader",
-            "1.2.0",
-        ],
-    );
     let out = agent(&state, &["bundle", "install", &s("new.bin")]);
     assert!(
         out.contains("health check passed: 3.0.0 confirmed"),
