@@ -57,25 +57,24 @@ fn commands_on_a_data_directory_init_never_made_are_refused_and_make_nothing() {
 fn an_enrollment_token_lives_thirty_days_at_most_and_online_keys_are_the_owners_alone() {
     let f = Fixture::new();
     let data = f.data.to_str().unwrap();
+    let token = |ttl: &str| {
+        let args = [
+            "enroll-token",
+            "--data",
+            data,
+            "--serial",
+            "SN-1",
+            "--model",
+            "pump-a",
+        ];
+        run_bin(&[&args[..], &["--ttl", ttl]].concat(), &f.pass_file)
+    };
     let before = with_store(&f.data, |store| {
         use hale_server::store::Store;
         store.audit_all().unwrap().len()
     });
     for ttl in ["0", "2592001", "18446744073709551615"] {
-        let out = run_bin(
-            &[
-                "enroll-token",
-                "--data",
-                data,
-                "--serial",
-                "SN-1",
-                "--model",
-                "pump-a",
-                "--ttl",
-                ttl,
-            ],
-            &f.pass_file,
-        );
+        let out = token(ttl);
         assert_eq!(out.status.code(), Some(1), "--ttl {ttl}");
         assert_eq!(
             stderr(&out),
@@ -90,20 +89,7 @@ fn an_enrollment_token_lives_thirty_days_at_most_and_online_keys_are_the_owners_
     });
     assert_eq!(after, before, "nothing recorded");
     // the longest there is: issued, with its end as a date
-    let out = run_bin(
-        &[
-            "enroll-token",
-            "--data",
-            data,
-            "--serial",
-            "SN-1",
-            "--model",
-            "pump-a",
-            "--ttl",
-            "2592000",
-        ],
-        &f.pass_file,
-    );
+    let out = token("2592000");
     assert!(out.status.success(), "{}", stderr(&out));
     let said = stderr(&out);
     assert!(
