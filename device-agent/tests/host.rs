@@ -849,11 +849,7 @@ fn status_shows_the_last_check_even_when_the_server_was_not_reached() {
     let at = status["last_check"]["at"].as_str().unwrap();
     assert!(at.len() == 20 && at.ends_with('Z'), "{at}");
 
-    let down = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let refused = std::net::TcpStream::connect(down).unwrap_err();
+    let (down, refused) = refused_addr();
     let out = agent(
         dir,
         &["run", "--server", &format!("http://{down}"), "--once"],
@@ -1356,12 +1352,7 @@ fn a_connection_idle_longer_than_the_limit_is_not_written_to_again() {
 fn an_unreachable_server_is_named_once_in_the_error() {
     use device_agent::host::HttpTransport;
     use device_agent::Transport;
-    let down = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let refused = std::net::TcpStream::connect(down).unwrap_err();
-    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    let (down, refused) = refused_addr();
     let base = format!("https://{down}");
     let mut t = HttpTransport::new(&base, &format!("{base}/targets"));
     let metadata = t

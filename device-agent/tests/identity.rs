@@ -9,6 +9,7 @@
     clippy::indexing_slicing
 )]
 
+mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -917,13 +918,7 @@ fn a_renewal_without_an_answer_fails_alone(serial_no: &str, base: &str, error: &
 fn a_renewal_that_cannot_reach_the_server_is_not_retried_with_the_factory_certificate() {
     // the server is down (nothing listens: connects are refused): the factory certificate would
     // fail the same way, so the renewal fails alone and the pump keeps its certificate
-    let down = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    // what the system says to a connect there
-    let refused = std::net::TcpStream::connect(down).unwrap_err();
-    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    let (down, refused) = common::refused_addr();
     a_renewal_without_an_answer_fails_alone(
         "SN-420",
         &format!("https://{down}"),

@@ -312,3 +312,15 @@ pub fn strip_last_check_records(mem: &mut [u8]) {
         region[body + 32..].fill(0xFF);
     }
 }
+
+/// An address on loopback where nothing listens, and what the system says to a connect there
+/// (checked to be a refusal).
+pub fn refused_addr() -> (std::net::SocketAddr, std::io::Error) {
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused = std::net::TcpStream::connect(down).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    (down, refused)
+}

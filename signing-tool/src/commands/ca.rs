@@ -30,7 +30,6 @@ use hale_pki::crl::RevokedCertificate;
 use hale_pki::{Ca, CaRole, Hierarchy, HierarchyOptions, KeyAlgorithm, StaffRole};
 use hale_repo::Passphrase;
 use serde_json::{json, Value};
-use zeroize::Zeroizing;
 
 use crate::durable;
 use crate::key_source;
@@ -201,11 +200,6 @@ fn days(d: u64) -> anyhow::Result<Duration> {
         .with_context(|| format!("invalid validity of {d} days"))
 }
 
-/// Read a passphrase; a prompt asks twice when it creates something.
-fn read_new(source: &Passphrase, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    key_source::read_new_passphrase(source, what)
-}
-
 /// Seal a CA with the test knob's scrypt cost when set (hale-sign warns), else the default.
 fn seal_ca(ca: &Ca, pass: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(match key_source::new_key_cost()? {
@@ -246,7 +240,7 @@ fn write_issued(
     key_pass: &OutPassArgs,
     what: &str,
 ) -> anyhow::Result<()> {
-    let pass = read_new(&key_pass.source(&key.display().to_string()), what)?;
+    let pass = key_source::read_new_passphrase(&key_pass.source(&key.display().to_string()), what)?;
     let mut batch = durable::Batch::new();
     batch.add(
         crt,
@@ -280,13 +274,13 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
         .collect();
     refuse_existing(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
     let offline_src = a.pass.source("the offline CA files (root, manufacturing)");
-    let offline = read_new(&offline_src, "the offline CA files")?;
+    let offline = key_source::read_new_passphrase(&offline_src, "the offline CA files")?;
     let online = match (&a.server_passphrase_env, &a.server_passphrase_file) {
-        (Some(v), _) => Some(read_new(
+        (Some(v), _) => Some(key_source::read_new_passphrase(
             &Passphrase::Env(v.clone()),
             "the server's CA files",
         )?),
-        (None, Some(p)) => Some(read_new(
+        (None, Some(p)) => Some(key_source::read_new_passphrase(
             &Passphrase::File(p.clone()),
             "the server's CA files",
         )?),
