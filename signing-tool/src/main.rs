@@ -93,6 +93,8 @@ enum Cmd {
     Bins(commands::bins::BinsArgs),
     /// Change the keys or threshold of a role (a new version of its delegator).
     Rotate(commands::rotate::RotateArgs),
+    /// Stage the next version of root, targets or delegated roles with a later expiry.
+    Renew(commands::renew::RenewArgs),
     /// Publish fully signed staged metadata into repository/ (and sign snapshot/timestamp).
     Publish(commands::publish::PublishArgs),
     /// Send a signed release (root, targets, delegated roles and their contents) to hale-server.
@@ -129,6 +131,7 @@ fn main() -> ExitCode {
         Cmd::Delegate(a) => commands::delegate::run(a),
         Cmd::Bins(a) => commands::bins::run(a),
         Cmd::Rotate(a) => commands::rotate::run(a),
+        Cmd::Renew(a) => commands::renew::run(a),
         Cmd::Publish(a) => commands::publish::run(a),
         Cmd::Push(a) => commands::push::run(a),
         Cmd::Verify(a) => commands::verify::run(a),

@@ -231,6 +231,21 @@ fn delegation_and_hashed_bins_route_targets_and_verify_against_their_delegators(
         10,
         "targets, pump-a and 8 bins"
     );
+    // the bins' prefix renews every bin: 8 new versions, signed by the bins key in one go
+    let r = e.ok(&["renew", "repo", "--role", "bin"]);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 8, "{}", r.stdout);
+    for (i, line) in lines.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("bin-{i} v2 staged: expires ")),
+            "{line}"
+        );
+        let b = e.json(&format!("repo/staged/bin-{i}.json"));
+        assert_eq!(b["signed"]["version"], 2, "bin-{i}");
+    }
+    assert_eq!(e.sign("repo", "bins").stdout.lines().count(), 8);
+    e.publish();
+    assert_eq!(e.verify().code, 0);
 }
 
 #[test]

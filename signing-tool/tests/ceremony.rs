@@ -551,7 +551,7 @@ fn expired_staged_metadata_is_not_ready_and_is_never_published() {
     );
     assert!(
         st.stdout.contains(
-            "1 of 1 staged file(s) expired, not ready to publish: targets (stage them again with a later expiry)"
+            "1 of 1 staged file(s) expired, not ready to publish: targets (stage them again with a later expiry: `hale-sign renew repo --role targets`)"
         ),
         "{}",
         st.stdout
@@ -565,11 +565,37 @@ fn expired_staged_metadata_is_not_ready_and_is_never_published() {
     assert_eq!(
         r.stderr.trim_end(),
         format!(
-            "error: repo/staged/targets.json: targets v2 expired at {expires}: devices would refuse it (stage it again with a later expiry)"
+            "error: repo/staged/targets.json: targets v2 expired at {expires}: devices would refuse it (stage it again with a later expiry: `hale-sign renew repo --role targets`)"
         )
     );
     assert_eq!(snapshot_tree(&e.path("repo/repository")), before);
     assert_eq!(snapshot_tree(&e.path("repo/staged")), staged_before);
+
+    // the hint's command, with a lifetime of its own (the policy's 2 s would expire again):
+    // the same content, the same version (it was never published), a later expiry; signed
+    // again, it publishes
+    let r = e.ok(&["renew", "repo", "--role", "targets", "--expires-in", "30d"]);
+    let renewed = e.json("repo/staged/targets.json")["signed"].clone();
+    let new_expires = renewed["expires"].as_str().unwrap().to_string();
+    assert_eq!(
+        r.stdout,
+        format!("targets v2 staged: expires {new_expires} (was {expires})\n")
+    );
+    assert!(new_expires > expires, "{new_expires}");
+    assert!(
+        r.stderr.contains(
+            "note: staged targets.json changed: the 1 signature(s) collected on it no longer apply"
+        ),
+        "{}",
+        r.stderr
+    );
+    let mut was: serde_json::Value =
+        serde_json::from_slice(&staged_before[&e.path("repo/staged/targets.json")]).unwrap();
+    was["signed"]["expires"] = serde_json::json!(new_expires);
+    assert_eq!(renewed, was["signed"], "only the expiry changed");
+    e.sign("repo/staged/targets.json", "targets");
+    e.publish();
+    assert_eq!(e.verify().code, 0);
 
     // a policy that is not a positive duration is refused when the directory is read
     c["expires"]["targets"] = serde_json::json!(-5);
@@ -1001,4 +1027,81 @@ fn a_new_key_needs_a_passphrase_of_twelve_bytes_or_more() {
         )
     );
     assert!(!env.path("ca").exists());
+}
+
+#[test]
+fn a_published_role_near_its_expiry_is_named_by_status_and_renewed_without_other_change() {
+    let e = Env::new();
+    e.published_repo();
+    // targets policy of 3½ days: the published targets v2 expires within the two weeks status
+    // warns about
+    let cfg = e.path("repo/hale-repo.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    c["expires"]["targets"] = serde_json::json!(3 * 86_400 + 43_200);
+    std::fs::write(&cfg, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    e.write("fw.bin", b"firmware");
+    e.ok(&["target", "add", "repo", "--file", "fw.bin"]);
+    e.sign("repo/staged/targets.json", "targets");
+    e.publish();
+    let expires = e.json("repo/repository/2.targets.json")["signed"]["expires"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let st = e.ok(&["status", "repo"]);
+    assert_eq!(
+        st.stdout,
+        format!(
+            "targets v2 expires at {expires} (in 3 days): devices refuse every update after it\n\
+             to renew: `hale-sign renew repo --role targets`, then sign, publish and push\n\
+             repo: nothing staged\n"
+        )
+    );
+
+    // refusals change nothing
+    let before = snapshot_tree(&e.path("repo"));
+    for (args, err) in [
+        (
+            vec!["renew", "repo", "--role", "snapshot"],
+            "error: --role snapshot: snapshot and timestamp are signed again at each publish (`hale-sign publish repo`) or by the server, not renewed here",
+        ),
+        (
+            vec!["renew", "repo", "--role", "nosuch"],
+            "error: repo: role \"nosuch\" has no metadata (staged or published)",
+        ),
+        (
+            vec!["renew", "repo", "--role", "targets", "--role", "targets"],
+            "error: --role targets: targets is named twice",
+        ),
+    ] {
+        let r = e.run(&args);
+        assert_eq!((r.code, r.stderr.trim_end()), (2, err), "{args:?}");
+    }
+    let r = e.run(&["renew", "repo", "--role", "targets", "--expires-in", "90"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("duration \"90\" has no unit: 90s, 90m, 90h, 90d or 90w?"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(snapshot_tree(&e.path("repo")), before);
+
+    // targets v3: v2's content, the policy's lifetime from now (the default 90 days again)
+    c["expires"]["targets"] = serde_json::json!(90 * 86_400);
+    std::fs::write(&cfg, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    let r = e.ok(&["renew", "repo", "--role", "targets"]);
+    let v3 = e.json("repo/staged/targets.json")["signed"].clone();
+    let new_expires = v3["expires"].as_str().unwrap().to_string();
+    assert_eq!(
+        r.stdout,
+        format!("targets v3 staged: expires {new_expires} (was {expires})\n")
+    );
+    let mut v2 = e.json("repo/repository/2.targets.json")["signed"].clone();
+    v2["version"] = serde_json::json!(3);
+    v2["expires"] = serde_json::json!(new_expires);
+    assert_eq!(v3, v2, "only version and expiry changed");
+    e.sign("repo/staged/targets.json", "targets");
+    e.publish();
+    assert_eq!(e.verify().code, 0);
+    assert_eq!(e.ok(&["status", "repo"]).stdout, "repo: nothing staged\n");
 }

@@ -10,6 +10,7 @@ pub mod init;
 pub mod key;
 pub mod publish;
 pub mod push;
+pub mod renew;
 pub mod rollback;
 pub mod rotate;
 pub mod sign;

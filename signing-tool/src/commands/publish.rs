@@ -280,10 +280,13 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(why) = m.expired(state.now) {
             bail!(
-                "{}: {} v{} {why}: devices would refuse it (stage it again with a later expiry)",
+                "{}: {} v{} {why}: devices would refuse it (stage it again with a later expiry: \
+                 `hale-sign renew {} --role {}`)",
                 m.path.display(),
                 m.name,
-                m.version
+                m.version,
+                state.dir.display(),
+                m.name
             );
         }
         unmet.extend(unmet_thresholds(&state, m)?);

@@ -168,6 +168,9 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
             state.dir.display()
         );
     }
+    if a.path.is_dir() {
+        expiry_notes(&state);
+    }
     if files.is_empty() {
         println!("{}: nothing staged", state.dir.display());
         return Ok(ExitCode::SUCCESS);
@@ -214,10 +217,11 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     if !stale.is_empty() {
         println!(
-            "{} of {} staged file(s) expired, not ready to publish: {} (stage them again with a later expiry)",
+            "{} of {} staged file(s) expired, not ready to publish: {} (stage them again with a later expiry: {})",
             stale.len(),
             files.len(),
-            summarize(&stale)
+            summarize(&stale),
+            renew_command(&state, &stale)
         );
     }
     if all_met && stale.is_empty() {
@@ -241,6 +245,73 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
 
 fn describe(m: &crate::state::Meta) -> String {
     format!("v{} (expires {})", m.version, m.expires())
+}
+
+/// Published offline-signed roles (root, targets, delegated; not staged again) that have
+/// expired or expire within [`RENEW_WITHIN`]: after that devices refuse every update.
+fn expiry_notes(state: &State) {
+    let mut late = Vec::new();
+    for m in state.roles.values() {
+        if m.staged || m.name == "snapshot" || m.name == "timestamp" {
+            continue;
+        }
+        let Some(t) = hale_core::time::parse_expires(m.expires().as_bytes()) else {
+            continue;
+        };
+        let left = t.saturating_sub(state.now);
+        if hale_core::time::is_expired(t, state.now) {
+            println!(
+                "{} v{} expired at {}: devices refuse every update until a renewed version is published",
+                m.name,
+                m.version,
+                m.expires()
+            );
+        } else if left <= RENEW_WITHIN {
+            println!(
+                "{} v{} expires at {} (in {}): devices refuse every update after it",
+                m.name,
+                m.version,
+                m.expires(),
+                span(left)
+            );
+        } else {
+            continue;
+        }
+        late.push(m.name.clone());
+    }
+    if !late.is_empty() {
+        println!(
+            "to renew: {}, then sign, publish and push",
+            renew_command(state, &late)
+        );
+    }
+}
+
+/// How long before its expiry `status` mentions a published role: 14 days, time to gather a
+/// threshold of signers.
+const RENEW_WITHIN: i64 = 14 * 86_400;
+
+/// `secs` as "N days", "N hours" or "N minutes".
+fn span(secs: i64) -> String {
+    match secs {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3600 => format!("{} hours", s / 3600),
+        s => format!("{} minutes", (s / 60).max(1)),
+    }
+}
+
+/// `hale-sign renew DIR --role R …` for `roles` (`--role <role>` for more than six).
+pub fn renew_command(state: &State, roles: &[String]) -> String {
+    let mut cmd = format!("`hale-sign renew {}", state.dir.display());
+    if roles.len() <= 6 {
+        for r in roles {
+            cmd.push_str(&format!(" --role {r}"));
+        }
+    } else {
+        cmd.push_str(" --role <role> …");
+    }
+    cmd.push('`');
+    cmd
 }
 
 fn summarize(names: &[String]) -> String {

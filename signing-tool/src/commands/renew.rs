@@ -1,0 +1,103 @@
+//! `hale-sign renew DIR --role R [--role R …] [--expires-in D]`: stage the next version of
+//! offline-signed roles with the same content and a later expiry. Devices refuse every update
+//! once root, targets or a delegated role has expired (they keep running their firmware), so
+//! a repository whose releases are rare still needs a ceremony before each role's expiry; this
+//! is the command for it. The staged files are then signed, published and pushed as any other.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::json;
+
+use crate::durable::Batch;
+use crate::state::{is_bin, State};
+
+#[derive(Args, Debug)]
+pub struct RenewArgs {
+    /// The repository working directory.
+    dir: PathBuf,
+    /// root, targets, a delegated role, or the hashed bins' prefix (every bin); repeatable.
+    #[arg(long, required = true)]
+    role: Vec<String>,
+    /// The new lifetime from now (e.g. 90d), instead of the repository's policy for the role.
+    #[arg(long, value_name = "DURATION", value_parser = parse_lifetime)]
+    expires_in: Option<i64>,
+}
+
+fn parse_lifetime(s: &str) -> Result<i64, String> {
+    crate::config::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// The roles `name` stands for: itself, or every bin when it is the bins' prefix.
+fn roles_named(state: &State, name: &str) -> anyhow::Result<Vec<String>> {
+    if name == "snapshot" || name == "timestamp" {
+        bail!(
+            "--role {name}: snapshot and timestamp are signed again at each publish (`hale-sign \
+             publish {}`) or by the server, not renewed here",
+            state.dir.display()
+        );
+    }
+    if let Some(b) = state.config.bins.as_ref().filter(|b| b.prefix == name) {
+        let bins: Vec<String> = state
+            .roles
+            .keys()
+            .filter(|r| is_bin(r, &b.prefix, u64::from(b.bit_length)))
+            .cloned()
+            .collect();
+        if bins.is_empty() {
+            bail!("--role {name}: the hashed bins {name}-* have no metadata yet");
+        }
+        return Ok(bins);
+    }
+    state.get(name)?;
+    Ok(vec![name.to_string()])
+}
+
+pub fn run(a: RenewArgs) -> anyhow::Result<ExitCode> {
+    let mut state = State::load(&a.dir)?;
+    let mut names = Vec::new();
+    for r in &a.role {
+        for n in roles_named(&state, r)? {
+            if names.contains(&n) {
+                bail!("--role {r}: {n} is named twice");
+            }
+            names.push(n);
+        }
+    }
+    let mut bodies = Vec::with_capacity(names.len());
+    let mut lines = Vec::with_capacity(names.len());
+    for n in &names {
+        let was = state.get(n)?.expires().to_string();
+        let mut body = state.next_body(n)?;
+        if let Some(secs) = a.expires_in {
+            body["expires"] = json!(hale_repo::build::expires_at(state.now, secs)?);
+        }
+        let version = body.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+        let expires = body
+            .get("expires")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+            .to_string();
+        lines.push(format!(
+            "{n} v{version} staged: expires {expires} (was {was})"
+        ));
+        bodies.push((n.clone(), body));
+    }
+    let mut batch = Batch::new();
+    state.stage_all(&mut batch, bodies)?;
+    batch
+        .commit()
+        .with_context(|| format!("staging in {}", a.dir.display()))?;
+    state.warn_demo();
+    if lines.len() <= 8 {
+        for l in &lines {
+            println!("{l}");
+        }
+    } else {
+        println!("{} roles staged with later expiries", lines.len());
+    }
+    super::staged_hint(&state);
+    Ok(ExitCode::SUCCESS)
+}
