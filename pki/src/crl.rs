@@ -161,6 +161,21 @@ pub fn verify_crl(
     ca_cert_der: &[u8],
     now: SystemTime,
 ) -> Result<VerifiedCrl, PkiError> {
+    let v = verify_crl_signature(crl_der, ca_cert_der)?;
+    let bad = |m: &str| PkiError::CertificateMalformed(format!("CRL: {m}"));
+    if now < v.this_update {
+        return Err(bad("not yet valid (thisUpdate in the future)"));
+    }
+    if now >= v.next_update {
+        return Err(bad("expired (nextUpdate has passed)"));
+    }
+    Ok(v)
+}
+
+/// [`verify_crl`] without its time checks: issued by the CA in `ca_cert_der`, its number and
+/// list read. For a CRL already trusted that may have expired since (a listener fails closed on
+/// an expired one by itself); anything new goes through [`verify_crl`].
+pub fn verify_crl_signature(crl_der: &[u8], ca_cert_der: &[u8]) -> Result<VerifiedCrl, PkiError> {
     use p256::ecdsa::signature::Verifier;
     use p256::pkcs8::DecodePublicKey;
     use x509_cert::der::{Decode, Encode};
@@ -196,12 +211,6 @@ pub fn verify_crl(
         .next_update
         .map(|t| t.to_system_time())
         .ok_or_else(|| bad("no nextUpdate".into()))?;
-    if now < this_update {
-        return Err(bad("not yet valid (thisUpdate in the future)".into()));
-    }
-    if now >= next_update {
-        return Err(bad("expired (nextUpdate has passed)".into()));
-    }
     let mut number = 0u64;
     for ext in tbs.crl_extensions.as_deref().unwrap_or(&[]) {
         if ext.extn_id == OID_CRL_NUMBER {

@@ -53,6 +53,10 @@ pub struct App {
     pub data: PathBuf,
     /// Device identity (EST, mTLS listeners), when `--tls-dir` is given.
     pub identity: Option<Arc<crate::identity::Identity>>,
+    /// The mTLS listeners (their offline CRLs, for `/healthz`), when `--tls-dir` is given.
+    pub listeners: Option<Arc<crate::tls::Listeners>>,
+    /// `(role, version, expired)` already logged by [`log_expiries`](Self::log_expiries)
+    pub expiry_logged: Mutex<std::collections::BTreeSet<(String, u64, bool)>>,
 }
 
 /// A change that failed: a refusal (the caller's fault) or an internal error.
@@ -137,6 +141,31 @@ impl App {
             Err(_) => inc(&self.metrics.resign_failures),
         }
         r
+    }
+}
+
+impl App {
+    /// Log, once per role version, each served role that expired (error) and each
+    /// offline-signed one near its expiry (warning): `/healthz` says the same.
+    pub fn log_expiries(&self, now: i64) {
+        let r = crate::repo::ExpiryReport::of(&self.served().state, now);
+        let mut logged = self
+            .expiry_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (expired, list) in [(true, &r.expired), (false, &r.expiring)] {
+            for (role, v, e) in list {
+                if !logged.insert((role.clone(), *v, expired)) {
+                    continue;
+                }
+                let w = crate::repo::expiry_warning(role, *v, *e, expired, now);
+                if expired {
+                    tracing::error!("{w}");
+                } else {
+                    tracing::warn!("{w}");
+                }
+            }
+        }
     }
 }
 

@@ -116,6 +116,26 @@ impl Config {
             self.resign_check_secs > 0,
             "resign_check_secs must be positive"
         );
+        // a check must fall inside the re-sign window, or the server serves an expired role
+        // until the next check (or for ever, for a window of zero or less)
+        let check = i64::try_from(self.resign_check_secs).unwrap_or(i64::MAX);
+        for (name, before) in [
+            (
+                "timestamp_resign_before_secs",
+                self.timestamp_resign_before_secs,
+            ),
+            (
+                "snapshot_resign_before_secs",
+                self.snapshot_resign_before_secs,
+            ),
+        ] {
+            anyhow::ensure!(
+                before >= check,
+                "{name} is {before}: it must be at least resign_check_secs ({check}), or the \
+                 server serves an expired {} before it re-signs it",
+                name.split('_').next().unwrap_or("role")
+            );
+        }
         anyhow::ensure!(
             self.device_certificate_validity_secs > 0
                 && self.device_crl_lifetime_secs > 0
@@ -159,6 +179,42 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::Config;
+
+    #[test]
+    fn a_re_sign_window_shorter_than_the_check_interval_is_refused() {
+        for (before, check) in [(-600, 60), (0, 60), (59, 60)] {
+            let c = Config {
+                timestamp_resign_before_secs: before,
+                resign_check_secs: check,
+                ..Config::default()
+            };
+            assert_eq!(
+                c.check().map_err(|e| e.to_string()),
+                Err(format!(
+                    "timestamp_resign_before_secs is {before}: it must be at least \
+                     resign_check_secs ({check}), or the server serves an expired timestamp \
+                     before it re-signs it"
+                ))
+            );
+        }
+        let c = Config {
+            snapshot_resign_before_secs: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            c.check().map_err(|e| e.to_string()),
+            Err(
+                "snapshot_resign_before_secs is 0: it must be at least resign_check_secs (60), \
+                 or the server serves an expired snapshot before it re-signs it"
+                    .to_string()
+            )
+        );
+        let edge = Config {
+            timestamp_resign_before_secs: 60,
+            ..Config::default()
+        };
+        assert!(edge.check().is_ok());
+    }
 
     #[test]
     fn renewal_min_age_defaults_to_half_the_validity_and_may_not_pass_two_thirds_of_it() {

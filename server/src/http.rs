@@ -1020,30 +1020,70 @@ pub(crate) fn report_page(
 // --- operations --------------------------------------------------------------------------------
 
 fn health_handler(app: Arc<App>) -> warp::reply::Response {
-    let served = app.served();
-    let now = crate::now();
-    let ts_exp = served
-        .state
-        .timestamp
-        .as_ref()
-        .and_then(|t| hale_core::metadata::peek_header(&t.bytes, "timestamp").ok())
-        .map(|h| h.expires);
-    let ok = ts_exp.is_none_or(|e| e > now);
+    let (status, mut v) = health(&app.served().state, crate::now());
+    // the offline CAs' CRLs: an expired one locks staff or factory enrollment out, while
+    // devices update on (the status stays the device API's)
+    if let Some(l) = &app.listeners {
+        let now = std::time::SystemTime::now();
+        if let Some(w) = v["warnings"].as_array_mut() {
+            w.extend(
+                l.offline_crl_status(now)
+                    .into_iter()
+                    .map(|n| json!(n.message)),
+            );
+        }
+        v["offline_crls"] = l
+            .offline_crl_validity()
+            .into_iter()
+            .map(|(ca, number, next)| {
+                let left = next
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64)
+                    - crate::now();
+                (
+                    ca.slug().to_string(),
+                    json!({"crl_number": number, "expires_in": left}),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
+    json_reply(status, &v)
+}
+
+/// `/healthz` for `st` at `now`: 503 when devices would refuse what is served (a role expired),
+/// with a warning per role that expired or (offline-signed roles) expires within
+/// [`OFFLINE_EXPIRY_WARNING_SECS`](crate::repo::OFFLINE_EXPIRY_WARNING_SECS).
+pub fn health(st: &crate::repo::State, now: i64) -> (StatusCode, serde_json::Value) {
+    let r = crate::repo::ExpiryReport::of(st, now);
+    let ts_exp = crate::repo::served_expiries(st)
+        .into_iter()
+        .find(|(role, _, _)| role == "timestamp")
+        .map(|(_, _, e)| e);
+    let status = if r.expired.iter().any(|(role, _, _)| role == "timestamp") {
+        "timestamp_expired"
+    } else if r.expired.is_empty() {
+        "ok"
+    } else {
+        "metadata_expired"
+    };
     let v = json!({
-        "status": if ok { "ok" } else { "timestamp_expired" },
-        "root": served.state.root_version(),
-        "timestamp": served.state.timestamp_version(),
-        "snapshot": served.state.snapshot_version(),
+        "status": status,
+        "root": st.root_version(),
+        "timestamp": st.timestamp_version(),
+        "snapshot": st.snapshot_version(),
         "timestamp_expires_in": ts_exp.map(|e| e - now),
+        "offline_expires_first": r.offline_first.as_ref().map(|(role, _)| role),
+        "offline_expires_in": r.offline_first.as_ref().map(|(_, e)| e - now),
+        "expired": r.expired.iter().map(|(role, _, _)| role).collect::<Vec<_>>(),
+        "warnings": r.warnings(now),
     });
-    json_reply(
-        if ok {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        &v,
-    )
+    let code = if r.expired.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, v)
 }
 
 fn metrics_handler(app: Arc<App>) -> warp::reply::Response {

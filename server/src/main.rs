@@ -620,6 +620,15 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
             )?);
             identity.set_crl_listener(listeners.clone());
             newest_crls_or_refuse(store.as_ref(), &listeners, &identity, dir)?;
+            // an expired one was loaded: its listener refuses that CA's certificates, the
+            // device API serves on
+            for n in listeners.offline_crl_warnings(std::time::SystemTime::now()) {
+                if n.expired {
+                    tracing::error!("{}", n.message);
+                } else {
+                    tracing::warn!("{}", n.message);
+                }
+            }
             let addrs = (
                 args.device_listen.context("--device-listen")?,
                 args.enroll_listen.context("--enroll-listen")?,
@@ -649,6 +658,8 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
         started: std::time::Instant::now(),
         data: data.to_path_buf(),
         identity: identity.clone(),
+        listeners: listeners.as_ref().map(|(l, _)| l.clone()),
+        expiry_logged: Default::default(),
     });
     if let Err(e) = app.reconcile_audit() {
         tracing::error!(error = %e, "audit reconciliation failed");
@@ -678,6 +689,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
             }
         }
     }
+    app.log_expiries(hale_server::now());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -705,6 +717,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
                         Ok(Err(e)) => tracing::error!(error = ?e, "scheduled re-sign failed"),
                         Err(e) => tracing::error!(error = %e, "re-sign task failed"),
                     }
+                    app.log_expiries(hale_server::now());
                 }
             })
         };

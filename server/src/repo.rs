@@ -307,6 +307,106 @@ impl RoleSource for StateSource<'_> {
     }
 }
 
+/// How long before an offline-signed role's expiry `/healthz` and the log warn: 14 days, time
+/// for the release engineers to gather a threshold of signers (`hale-sign renew`).
+pub const OFFLINE_EXPIRY_WARNING_SECS: i64 = 14 * 86_400;
+
+/// `(role, version, expires)` of every role served now: root (the current one), timestamp,
+/// snapshot, targets and every delegated role. A role whose header does not parse is left out
+/// (publish refuses such a role: it cannot be served).
+pub fn served_expiries(st: &State) -> Vec<(String, u64, i64)> {
+    let header = |bytes: &[u8], ty: &'static str| {
+        hale_core::metadata::peek_header(bytes, ty)
+            .ok()
+            .map(|h| (h.version, h.expires))
+    };
+    let mut out = Vec::new();
+    if let Some((_, b)) = st.root() {
+        out.extend(header(b, "root").map(|(v, e)| ("root".to_string(), v, e)));
+    }
+    if let Some(m) = &st.timestamp {
+        out.extend(header(&m.bytes, "timestamp").map(|(v, e)| ("timestamp".to_string(), v, e)));
+    }
+    if let Some(m) = &st.snapshot {
+        out.extend(header(&m.bytes, "snapshot").map(|(v, e)| ("snapshot".to_string(), v, e)));
+    }
+    for (role, m) in &st.roles {
+        out.extend(header(&m.bytes, "targets").map(|(v, e)| (role.clone(), v, e)));
+    }
+    out
+}
+
+/// Why devices cannot update now or soon, for `/healthz` and the log: every served role that
+/// expired (devices refuse the whole repository), and every offline-signed role (root, targets,
+/// delegated: renewed only by people) within [`OFFLINE_EXPIRY_WARNING_SECS`] of its expiry.
+/// Timestamp and snapshot are the server's to renew, so they only count once expired.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ExpiryReport {
+    /// `(role, version, expires)`: root, timestamp, snapshot, then targets and delegated roles
+    pub expired: Vec<(String, u64, i64)>,
+    pub expiring: Vec<(String, u64, i64)>,
+    /// the offline-signed role that expires first: `(role, expires)`
+    pub offline_first: Option<(String, i64)>,
+}
+
+impl ExpiryReport {
+    pub fn of(st: &State, now: i64) -> ExpiryReport {
+        let mut r = ExpiryReport::default();
+        for (role, v, e) in served_expiries(st) {
+            let online = role == "timestamp" || role == "snapshot";
+            if hale_core::time::is_expired(e, now) {
+                r.expired.push((role.clone(), v, e));
+            } else if !online && e - now <= OFFLINE_EXPIRY_WARNING_SECS {
+                r.expiring.push((role.clone(), v, e));
+            }
+            if !online && r.offline_first.as_ref().is_none_or(|(_, f)| e < *f) {
+                r.offline_first = Some((role, e));
+            }
+        }
+        r
+    }
+}
+
+/// `t` (Unix seconds) as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn date(t: i64) -> String {
+    let mut buf = [0u8; 20];
+    hale_core::time::format_expires(t, &mut buf)
+        .map_or_else(|| format!("{t} (unix seconds)"), str::to_string)
+}
+
+impl ExpiryReport {
+    /// One line per expired or expiring role, saying what devices do and what to run.
+    pub fn warnings(&self, now: i64) -> Vec<String> {
+        let expired = self.expired.iter().map(|r| (r, true));
+        let expiring = self.expiring.iter().map(|r| (r, false));
+        expired
+            .chain(expiring)
+            .map(|((role, v, e), gone)| expiry_warning(role, *v, *e, gone, now))
+            .collect()
+    }
+}
+
+/// What devices do about `role` v`v` expiring at `e` (`expired`: it has) and what to run.
+pub fn expiry_warning(role: &str, v: u64, e: i64, expired: bool, now: i64) -> String {
+    let renew = "renew it (`hale-sign renew DIR --role …`, sign, push)";
+    if !expired {
+        return format!(
+            "{role} v{v} expires at {} (in {} h): devices refuse every update after it; {renew}",
+            date(e),
+            (e - now) / 3600
+        );
+    }
+    let fix = if role == "timestamp" || role == "snapshot" {
+        "the server signs it again when its online keys are loaded"
+    } else {
+        renew
+    };
+    format!(
+        "{role} v{v} expired at {}: devices refuse every update; {fix}",
+        date(e)
+    )
+}
+
 /// Run the whole client workflow of TUF §5 with hale-core over `new`, as a device holding `old`
 /// would (or a fresh device holding only the oldest root, when `old` has no timestamp): root chain,
 /// timestamp, snapshot, targets, every delegated role against every delegator that names it, and a
@@ -536,6 +636,12 @@ mod tests {
 
     /// A state with `n` targets in top-level targets, signed by one key per role.
     fn state(n: usize) -> State {
+        state_with_lives(n, 86_400, 86_400)
+    }
+
+    /// [`state`], root and targets expiring `offline` seconds from now, snapshot and timestamp
+    /// `online` seconds from now.
+    fn state_with_lives(n: usize, offline: i64, online: i64) -> State {
         let k = |s: u8| SigningKey::from_seed(KeyKind::Ed25519, &[s; 32]).unwrap();
         let (root_k, t_k, ts_k, s_k) = (k(1), k(2), k(3), k(4));
         let now = crate::now();
@@ -556,7 +662,8 @@ mod tests {
                 },
             );
         }
-        let exp = build::expires_at(now, 86_400).unwrap();
+        let exp = build::expires_at(now, offline).unwrap();
+        let online_exp = build::expires_at(now, online).unwrap();
         let root = hale_repo::sign::sign_new(
             &build::root(Profile::Standard, 1, &exp, &keys, &roles, true),
             &[&root_k],
@@ -575,11 +682,13 @@ mod tests {
         )
         .unwrap();
         let meta: BTreeMap<String, u64> = [("targets".to_string(), 1)].into_iter().collect();
-        let snap =
-            hale_repo::sign::sign_new(&build::snapshot(Profile::Standard, 1, &exp, &meta), &[&s_k])
-                .unwrap();
+        let snap = hale_repo::sign::sign_new(
+            &build::snapshot(Profile::Standard, 1, &online_exp, &meta),
+            &[&s_k],
+        )
+        .unwrap();
         let ts = hale_repo::sign::sign_new(
-            &build::timestamp(Profile::Standard, 1, &exp, 1, &snap),
+            &build::timestamp(Profile::Standard, 1, &online_exp, 1, &snap),
             &[&ts_k],
         )
         .unwrap();
@@ -616,6 +725,65 @@ mod tests {
         let none = |_: &str| None;
         let err = verify_as_client(None, &st, crate::now(), &none).unwrap_err();
         assert!(err.starts_with("fw/000000.bin: content "), "{err}");
+    }
+
+    #[test]
+    fn health_fails_when_any_served_role_expired_and_warns_before_offline_roles_expire() {
+        let day = 86_400;
+        let roles = |list: &[(String, u64, i64)]| -> Vec<String> {
+            list.iter().map(|(r, _, _)| r.clone()).collect()
+        };
+        // root and targets for 30 days, the online roles for a day: all well
+        let st = state_with_lives(0, 30 * day, day);
+        let now = crate::now();
+        let (code, h) = crate::http::health(&st, now);
+        assert_eq!((code.as_u16(), &h["status"]), (200, &json!("ok")));
+        assert_eq!(h["warnings"], json!([]));
+        assert_eq!(h["expired"], json!([]));
+        assert_eq!(h["offline_expires_first"], "root");
+        let left = h["offline_expires_in"].as_i64().unwrap();
+        assert!((30 * day - 5..=30 * day).contains(&left), "{left}");
+        // 20 days on (the timestamp re-signed meanwhile, as the server does): root and targets
+        // expire within 14 days; still served, with a warning each
+        let later = now + 20 * day;
+        let r = ExpiryReport::of(&st, later);
+        assert_eq!(roles(&r.expiring), ["root", "targets"]);
+        assert_eq!(roles(&r.expired), ["timestamp", "snapshot"]);
+        // offline roles expired, the online ones fresh: devices refuse every update
+        let st = state_with_lives(0, 10, 40 * day);
+        let (code, h) = crate::http::health(&st, now + 11);
+        assert_eq!(
+            (code.as_u16(), &h["status"]),
+            (503, &json!("metadata_expired"))
+        );
+        assert_eq!(h["expired"], json!(["root", "targets"]));
+        let expires = date(now + 10);
+        assert_eq!(
+            h["warnings"],
+            json!([
+                format!("root v1 expired at {expires}: devices refuse every update; renew it (`hale-sign renew DIR --role …`, sign, push)"),
+                format!("targets v1 expired at {expires}: devices refuse every update; renew it (`hale-sign renew DIR --role …`, sign, push)"),
+            ])
+        );
+        // 10 days before: warned, served
+        let st = state_with_lives(0, 10 * day + 100, 40 * day);
+        let (code, h) = crate::http::health(&st, now);
+        assert_eq!((code.as_u16(), &h["status"]), (200, &json!("ok")));
+        assert_eq!(
+            h["warnings"][1],
+            format!(
+                "targets v1 expires at {} (in 240 h): devices refuse every update after it; renew it (`hale-sign renew DIR --role …`, sign, push)",
+                date(now + 10 * day + 100)
+            )
+        );
+        // the timestamp expired: its own status, as before
+        let st = state_with_lives(0, 30 * day, 10);
+        let (code, h) = crate::http::health(&st, now + 11);
+        assert_eq!(
+            (code.as_u16(), &h["status"]),
+            (503, &json!("timestamp_expired"))
+        );
+        assert_eq!(h["expired"], json!(["timestamp", "snapshot"]));
     }
 
     /// Cost of the final client check for a large single-role catalog (run with --ignored).

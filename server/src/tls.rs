@@ -131,6 +131,9 @@ impl TlsMaterial {
 struct OfflineCrl {
     der: CertificateRevocationListDer<'static>,
     number: u64,
+    /// its validity: the listener refuses every certificate of the CA once `next_update` passed
+    this_update: SystemTime,
+    next_update: SystemTime,
     modified: Option<SystemTime>,
     /// Hex serials it lists: checked on every staff and factory-certificate enrollment request
     /// too, so a connection opened before the revocation cannot go on using it.
@@ -157,6 +160,18 @@ pub struct Listeners {
     manufacturing_der: CertificateDer<'static>,
     technician_der: CertificateDer<'static>,
     crls: Mutex<Crls>,
+    /// `(CA slug, CRL number, expired)` already logged ([`offline_crl_warnings`](Listeners::offline_crl_warnings))
+    crl_warned: Mutex<std::collections::BTreeSet<(&'static str, u64, bool)>>,
+}
+
+/// An offline CA's CRL that expired or expires soon ([`Listeners::offline_crl_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlNotice {
+    pub ca: CaRole,
+    pub number: u64,
+    pub expired: bool,
+    /// what the listener does and what to run
+    pub message: String,
 }
 
 fn crl_path(dir: &Path, ca: CaRole) -> PathBuf {
@@ -191,17 +206,22 @@ impl Listeners {
             chain,
             key(m),
         )?;
+        // at start an expired CRL is loaded (and logged, [`Listeners::offline_crl_warnings`]):
+        // its listener refuses every certificate of that CA by itself, while the device API
+        // serves on; refusing to start would take updates away from every device
         let load = |ca: CaRole, cert: &CertificateDer<'static>| -> Result<OfflineCrl> {
             let p = crl_path(&m.dir, ca);
             let pem = read_text(&p)?;
-            let (der, number, revoked) =
-                check_offline_crl(&pem, cert, now).with_context(|| format!("{}", p.display()))?;
-            Ok(OfflineCrl {
-                der,
-                number,
-                modified: modified(&p),
-                revoked,
-            })
+            let checked = hale_pki::tls::crl_from_pem(&pem).and_then(|der| {
+                let v = hale_pki::crl::verify_crl_signature(&der, cert)?;
+                if now < v.this_update {
+                    return Err(hale_pki::PkiError::CertificateMalformed(
+                        "CRL: not yet valid (thisUpdate in the future)".into(),
+                    ));
+                }
+                Ok(offline_crl(der, v, modified(&p)))
+            });
+            checked.with_context(|| format!("{}", p.display()))
         };
         let crls = Crls {
             device: Some(CertificateRevocationListDer::from(device_crl.to_vec())),
@@ -228,7 +248,91 @@ impl Listeners {
             manufacturing_der: m.manufacturing_der.clone(),
             technician_der: m.technician_der.clone(),
             crls: Mutex::new(crls),
+            crl_warned: Mutex::default(),
         })
+    }
+
+    /// `(CA, CRL number, nextUpdate)` of the loaded Manufacturing and Technician CA CRLs.
+    pub fn offline_crl_validity(&self) -> Vec<(CaRole, u64, SystemTime)> {
+        let crls = self.crls();
+        vec![
+            (
+                CaRole::Manufacturing,
+                crls.manufacturing.number,
+                crls.manufacturing.next_update,
+            ),
+            (
+                CaRole::Technician,
+                crls.technician.number,
+                crls.technician.next_update,
+            ),
+        ]
+    }
+
+    /// What the loaded offline CRLs mean at `now` and what to do, for `/healthz` and the log:
+    /// one notice per CRL that expired (its listener refuses every certificate of that CA) or
+    /// expires within two days (half its lifetime when that is shorter).
+    pub fn offline_crl_status(&self, now: SystemTime) -> Vec<CrlNotice> {
+        let crls = self.crls();
+        let mut out = Vec::new();
+        for (ca, c) in [
+            (CaRole::Manufacturing, &crls.manufacturing),
+            (CaRole::Technician, &crls.technician),
+        ] {
+            let life = c
+                .next_update
+                .duration_since(c.this_update)
+                .unwrap_or_default();
+            let within = (life / 2).min(Duration::from_secs(2 * 86_400));
+            let left = c.next_update.duration_since(now).ok();
+            let expired = left.is_none_or(|l| l.is_zero());
+            if !expired && left.is_some_and(|l| l > within) {
+                continue;
+            }
+            let refused = match ca {
+                CaRole::Manufacturing => {
+                    "the enrollment listener refuses every factory certificate (devices enrolling with it)"
+                }
+                _ => "the staff listener refuses every technician and operator certificate",
+            };
+            let fix = format!(
+                "sign a new CRL (`hale-sign ca crl --ca {} …`) and put it at {} (read within seconds)",
+                ca.slug(),
+                crl_path(&self.dir, ca).display()
+            );
+            let when = hale_pki::utc(c.next_update);
+            let message = match left {
+                Some(l) if !expired => format!(
+                    "{ca} CRL number {} expires at {when} (in {} h): then {refused}; {fix}",
+                    c.number,
+                    l.as_secs() / 3600
+                ),
+                _ => format!(
+                    "{ca} CRL number {} expired at {when}: {refused}; {fix}",
+                    c.number
+                ),
+            };
+            out.push(CrlNotice {
+                ca,
+                number: c.number,
+                expired,
+                message,
+            });
+        }
+        out
+    }
+
+    /// [`offline_crl_status`](Self::offline_crl_status), each notice once per CRL and state:
+    /// for the log.
+    pub fn offline_crl_warnings(&self, now: SystemTime) -> Vec<CrlNotice> {
+        let mut warned = self
+            .crl_warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.offline_crl_status(now)
+            .into_iter()
+            .filter(|n| warned.insert((n.ca.slug(), n.number, n.expired)))
+            .collect()
     }
 
     /// Is this staff certificate (hex serial) on the loaded Technician CA CRL? The handshake
@@ -274,7 +378,9 @@ impl Listeners {
                 )))
             }
         };
-        let (der, number, revoked) = check_offline_crl(pem, cert, now).map_err(bad)?;
+        let path = crl_path(&self.dir, ca);
+        let new = check_offline_crl(pem, cert, now, None).map_err(bad)?;
+        let (der, number) = (new.der.clone(), new.number);
         let mut crls = self.crls();
         let current = match ca {
             CaRole::Manufacturing => &crls.manufacturing,
@@ -294,16 +400,13 @@ impl Listeners {
             _ => self.staff.server_config(std::slice::from_ref(&der)),
         }
         .map_err(|e| IdentityError::BadCrl(e.to_string()))?;
-        let path = crl_path(&self.dir, ca);
         if write_file {
             hale_repo::layout::write_atomic(&path, pem.as_bytes())
                 .map_err(|e| IdentityError::Internal(e.to_string()))?;
         }
         let new = OfflineCrl {
-            der,
-            number,
             modified: modified(&path),
-            revoked,
+            ..new
         };
         match ca {
             CaRole::Manufacturing => {
@@ -369,20 +472,32 @@ fn enroll_crls_with(
     v
 }
 
-type CheckedCrl = (
-    CertificateRevocationListDer<'static>,
-    u64,
-    std::collections::BTreeSet<String>,
-);
-
+/// A new CRL file of an offline CA: issued by it and current at `now` (a CRL the server never
+/// had must be usable).
 fn check_offline_crl(
     pem: &str,
     ca_cert: &CertificateDer<'static>,
     now: SystemTime,
-) -> Result<CheckedCrl> {
+    modified: Option<SystemTime>,
+) -> Result<OfflineCrl> {
     let der = hale_pki::tls::crl_from_pem(pem)?;
     let v = hale_pki::crl::verify_crl(&der, ca_cert, now)?;
-    Ok((der, v.number, v.revoked.into_iter().collect()))
+    Ok(offline_crl(der, v, modified))
+}
+
+fn offline_crl(
+    der: CertificateRevocationListDer<'static>,
+    v: hale_pki::crl::VerifiedCrl,
+    modified: Option<SystemTime>,
+) -> OfflineCrl {
+    OfflineCrl {
+        der,
+        number: v.number,
+        this_update: v.this_update,
+        next_update: v.next_update,
+        modified,
+        revoked: v.revoked.into_iter().collect(),
+    }
 }
 
 impl CrlListener for Listeners {
@@ -418,6 +533,13 @@ pub async fn maintain_crls(identity: Arc<Identity>, listeners: Arc<Listeners>, e
             let now = SystemTime::now();
             if let Err(e) = id.refresh_crl(now) {
                 tracing::error!(error = %e, "Device Issuing CA CRL not re-signed");
+            }
+            for n in l.offline_crl_warnings(now) {
+                if n.expired {
+                    tracing::error!("{}", n.message);
+                } else {
+                    tracing::warn!("{}", n.message);
+                }
             }
             for (ca, r) in l.poll_crl_files(now) {
                 match r {

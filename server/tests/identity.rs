@@ -2034,3 +2034,108 @@ fn crl_keeps_only_certificates_that_have_not_expired() {
     let (n2, revoked) = listed();
     assert_eq!((n2, revoked), (n1 + 1, Vec::<String>::new()));
 }
+
+#[test]
+fn an_expired_staff_crl_locks_staff_out_but_not_devices_and_says_so_until_a_new_one_arrives() {
+    let e = enrolled_pump_1(json!({}));
+    let (f, p) = (&e._f, &e.p);
+    let tls = f.dir.path().join("tls");
+    drop(e.t);
+    // the Technician CA CRL on disk expired a day ago (nobody signed the next one)
+    let now = SystemTime::now();
+    let stale =
+        p.h.technician
+            .crl(
+                &[],
+                2,
+                now - Duration::from_secs(8 * 86_400),
+                Duration::from_secs(7 * 86_400),
+            )
+            .unwrap();
+    let file = tls.join("crl/technician.crl");
+    write(&file, stale.pem.as_bytes());
+    let expired_at = hale_pki::utc(stale.next_update);
+    let message = format!(
+        "Hale Technician CA CRL number 2 expired at {expired_at}: the staff listener refuses every \
+         technician and operator certificate; sign a new CRL (`hale-sign ca crl --ca technician …`) \
+         and put it at {} (read within seconds)",
+        file.display()
+    );
+    // the server starts: the device API serves, staff are refused at the handshake
+    let t = start_tls(f, &tls);
+    let report = json!({"slots": [{"name": "a", "version": "1.0.0", "state": "active"}]});
+    assert_status(
+        post_on(
+            &t.device,
+            &holder_cfg(p, &e.d1),
+            "/api/v1/devices/pump-1/report",
+            report.to_string().as_bytes(),
+        ),
+        204,
+    );
+    assert_alert(
+        get_on(&t.staff, &e.op, "/api/v1/staff/devices"),
+        "UnknownCA",
+    );
+    let h = get(&format!("{}/healthz", t.plain));
+    assert_eq!((h.status, h.json()["status"].clone()), (200, json!("ok")));
+    assert_eq!(h.json()["warnings"], json!([message]));
+    assert_eq!(h.json()["offline_crls"]["technician"]["crl_number"], 2);
+    assert!(
+        h.json()["offline_crls"]["technician"]["expires_in"]
+            .as_i64()
+            .unwrap()
+            < -86_000
+    );
+    assert_eq!(h.json()["offline_crls"]["manufacturing"]["crl_number"], 1);
+    let log = std::fs::read_to_string(f.data.join("server.log")).unwrap();
+    assert_eq!(log.matches(&message).count(), 1, "logged once: {log}");
+    // a current CRL put in its place is read within seconds: staff are back
+    let fresh =
+        p.h.technician
+            .crl(&[], 3, SystemTime::now(), Duration::from_secs(7 * 86_400))
+            .unwrap();
+    write(&file, fresh.pem.as_bytes());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while get_on(&t.staff, &e.op, "/api/v1/staff/devices").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new CRL was not loaded"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let h = get(&format!("{}/healthz", t.plain)).json();
+    assert_eq!(h["warnings"], json!([]));
+    assert_eq!(h["offline_crls"]["technician"]["crl_number"], 3);
+    // a CRL within two days of its nextUpdate is warned about before it locks anyone out
+    let late =
+        p.h.technician
+            .crl(
+                &[],
+                4,
+                SystemTime::now() - Duration::from_secs(6 * 86_400),
+                Duration::from_secs(7 * 86_400 - 3600),
+            )
+            .unwrap();
+    write(&file, late.pem.as_bytes());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let h = loop {
+        let h = get(&format!("{}/healthz", t.plain)).json();
+        if h["offline_crls"]["technician"]["crl_number"] == 4 {
+            break h;
+        }
+        assert!(std::time::Instant::now() < deadline, "CRL 4 was not loaded");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        h["warnings"],
+        json!([format!(
+            "Hale Technician CA CRL number 4 expires at {} (in 22 h): then the staff listener \
+             refuses every technician and operator certificate; sign a new CRL (`hale-sign ca crl \
+             --ca technician …`) and put it at {} (read within seconds)",
+            hale_pki::utc(late.next_update),
+            file.display()
+        )])
+    );
+    assert_status(get_on(&t.staff, &e.op, "/api/v1/staff/devices"), 200);
+}
