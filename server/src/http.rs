@@ -588,6 +588,13 @@ pub(crate) async fn recover(r: Rejection) -> Result<warp::reply::Response, Infal
             "length_required",
             "Content-Length is required".to_string(),
         )
+    } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
+        // checked before "method not allowed": another route's method says nothing here
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("{e}: `after` is an identifier (a number for the audit log), `limit` a whole number"),
+        )
     } else if r.is_not_found() || r.find::<warp::reject::MethodNotAllowed>().is_some() {
         // warp reports "method not allowed" for any path when some route has another method
         (

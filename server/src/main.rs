@@ -995,10 +995,10 @@ fn export(data: &Path, out: &Path) -> Result<()> {
             if let Some(parent) = dst.parent() {
                 std::fs::create_dir_all(parent)?;
             }
+            // a copy, not a hard link: a file edited in the export must not change what this
+            // server serves (it verifies content only when a release is published)
             let src = repo.blob_path(&sha);
-            if std::fs::hard_link(&src, &dst).is_err() {
-                std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
-            }
+            std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
             files += 1;
         }
     }

@@ -230,6 +230,18 @@ fn device_reports_inventory_health_metrics_audit_and_shutdown() {
         get(&s.url("api/v1/devices?after=pump-0001")).json()["devices"][0]["device"],
         "pump-0002"
     );
+    // a query that does not parse is the client's mistake, named as such (not "no such resource")
+    for q in ["limit=abc", "limit=-1", "limit=99999999999999999999999"] {
+        let r = get(&s.url(&format!("api/v1/devices?{q}")));
+        assert_eq!(
+            (r.status, r.json()),
+            (
+                400,
+                json!({"error": "bad_query", "message": "Invalid query string: `after` is an identifier (a number for the audit log), `limit` a whole number"})
+            ),
+            "{q}"
+        );
+    }
 
     let h = get(&s.url("healthz"));
     assert_eq!(
@@ -304,6 +316,41 @@ fn device_reports_inventory_health_metrics_audit_and_shutdown() {
     assert_eq!(
         std::fs::read(out_dir.join("1.targets.json")).unwrap(),
         std::fs::read(f.data.join("repo/metadata/1.targets.json")).unwrap()
+    );
+    // the export is a copy: a target file edited in place there leaves what the server serves
+    // as it was
+    fn files(d: &std::path::Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                files(&p, out);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut exported = Vec::new();
+    files(&out_dir.join("targets"), &mut exported);
+    assert_eq!(exported.len(), 1, "{exported:?}");
+    let mut served = Vec::new();
+    files(&f.data.join("repo"), &mut served);
+    assert!(
+        served.iter().any(|(_, b)| *b == exported[0].1),
+        "the blob is in the data dir"
+    );
+    std::fs::write(&exported[0].0, b"edited in the export").unwrap();
+    let mut after = Vec::new();
+    files(&f.data.join("repo"), &mut after);
+    let changed: Vec<_> = after
+        .iter()
+        .zip(&served)
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| &a.0)
+        .collect();
+    assert_eq!(
+        (changed, after.len()),
+        (vec![], served.len()),
+        "files of the data dir"
     );
 }
 
