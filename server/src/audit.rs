@@ -5,7 +5,8 @@
 //! canonical JSON without `hash`. Deleting, reordering or editing any record breaks the chain at
 //! that record, and `hale-server audit verify` names it. The chain detects tampering by someone
 //! who can write the database but does not make it impossible: anchor the latest hash elsewhere
-//! (it is in `/metrics` as `hale_audit_records`, and every publish response carries it).
+//! (`/metrics` has it as the `hash` label of `hale_audit_head_info`, beside the record count
+//! `hale_audit_records`, and every publish response carries it).
 
 use std::sync::{Arc, Mutex};
 
@@ -78,6 +79,14 @@ impl Audit {
     }
 
     /// Records appended so far.
+    /// The hash of the last record (all zeros before the first): the value to anchor elsewhere.
+    pub fn head_hash(&self) -> String {
+        self.head
+            .lock()
+            .map(|h| h.1.clone())
+            .unwrap_or_else(|_| GENESIS.to_string())
+    }
+
     pub fn len(&self) -> u64 {
         self.head.lock().map(|h| h.0).unwrap_or(0)
     }

@@ -1205,6 +1205,14 @@ fn metrics_handler(app: Arc<App>) -> warp::reply::Response {
         "seconds until the served timestamp expires",
         exp,
     );
+    let offline = crate::repo::ExpiryReport::of(&served.state, crate::now())
+        .offline_first
+        .map_or(0, |(_, e)| e - crate::now());
+    gauge(
+        "hale_offline_metadata_expires_in_seconds",
+        "seconds until the first of root, targets and delegated roles expires (renewed only by hale-sign renew)",
+        offline,
+    );
     gauge(
         "hale_audit_records",
         "records in the audit chain",
@@ -1214,6 +1222,12 @@ fn metrics_handler(app: Arc<App>) -> warp::reply::Response {
         "hale_uptime_seconds",
         "seconds since start",
         app.started.elapsed().as_secs() as i64,
+    );
+    let _ = write!(
+        s,
+        "# HELP hale_audit_head_info the hash of the last audit record (anchor it elsewhere)\n\
+         # TYPE hale_audit_head_info gauge\nhale_audit_head_info{{hash=\"{}\"}} 1\n",
+        app.audit.head_hash()
     );
     let mut r = warp::reply::Response::new(s.into());
     r.headers_mut().insert(

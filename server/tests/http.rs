@@ -259,6 +259,20 @@ fn device_reports_inventory_health_metrics_audit_and_shutdown() {
     );
     assert!(m.contains("hale_publishes_accepted_total 1\n"));
     assert!(m.contains("hale_timestamp_version 1\n"));
+    // the head of the audit chain, to anchor elsewhere; the first offline role's expiry
+    let head = m
+        .split("hale_audit_head_info{hash=\"")
+        .nth(1)
+        .and_then(|r| r.split_once("\"} 1\n"))
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_else(|| panic!("{m}"));
+    let offline: i64 = m
+        .split("\nhale_offline_metadata_expires_in_seconds ")
+        .nth(1)
+        .and_then(|r| r.lines().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{m}"));
+    assert!(offline > 0, "{offline}");
 
     // graceful shutdown on SIGTERM
     assert!(s.terminate().success());
@@ -274,6 +288,8 @@ fn device_reports_inventory_health_metrics_audit_and_shutdown() {
     with_store(&f.data, |store| {
         use hale_server::store::Store;
         let recs = store.audit_all().unwrap();
+        let last: serde_json::Value = serde_json::from_slice(&recs.last().unwrap().1).unwrap();
+        assert_eq!(last["hash"], head.as_str());
         let (seq, bytes) = &recs[3];
         let mut v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
         assert_eq!(v["kind"], "report");
