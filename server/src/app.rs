@@ -95,6 +95,9 @@ impl App {
             .commit(&prev.state, &new)
             .map_err(|e| ApplyError::Internal(e.to_string()))?;
         let mut detail = crate::publish::summary(&new);
+        if kind == "publish" {
+            detail["targets"] = crate::publish::target_changes(&prev.state, &new);
+        }
         let key_change = root_online_keys(&prev.state) != root_online_keys(&new);
         let served = Arc::new(Served::build(new, Some(&prev), &self.repo));
         match self.current.write() {

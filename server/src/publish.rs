@@ -572,6 +572,49 @@ pub fn resign(
     Ok(Some(new))
 }
 
+/// At most this many targets are named one by one in a publish's audit record (a catalog
+/// release can change thousands); the counts are always whole.
+pub const AUDITED_TARGETS_MAX: usize = 100;
+
+/// What a change did to the targets served: `{"added": [{role, path, sha256, length}…],
+/// "removed": [{role, path}…], "added_count", "removed_count"}`, a target whose content changed
+/// counting as removed and added. For the audit log: which firmware went out, by its hash.
+pub fn target_changes(old: &State, new: &State) -> serde_json::Value {
+    // only roles whose version changed can list other targets
+    let changed = |role: &String| {
+        old.roles.get(role).map(|m| m.version) != new.roles.get(role).map(|m| m.version)
+    };
+    let listed = |st: &State| -> std::collections::BTreeSet<(String, String, String, u64)> {
+        st.roles
+            .iter()
+            .filter(|(role, _)| changed(role))
+            .flat_map(|(role, m)| {
+                crate::repo::role_targets(role, &m.bytes)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |(path, sha, len)| (role.clone(), path, sha, len))
+            })
+            .collect()
+    };
+    let (before, after) = (listed(old), listed(new));
+    let added: Vec<_> = after.difference(&before).collect();
+    let removed: Vec<_> = before.difference(&after).collect();
+    json!({
+        "added": added
+            .iter()
+            .take(AUDITED_TARGETS_MAX)
+            .map(|(role, path, sha, len)| json!({"role": role, "path": path, "sha256": sha, "length": len}))
+            .collect::<Vec<_>>(),
+        "removed": removed
+            .iter()
+            .take(AUDITED_TARGETS_MAX)
+            .map(|(role, path, sha, _)| json!({"role": role, "path": path, "sha256": sha}))
+            .collect::<Vec<_>>(),
+        "added_count": added.len(),
+        "removed_count": removed.len(),
+    })
+}
+
 /// A JSON summary of a state (for responses and the audit log).
 pub fn summary(st: &State) -> serde_json::Value {
     let roles: BTreeMap<&String, u64> = st.roles.iter().map(|(k, m)| (k, m.version)).collect();

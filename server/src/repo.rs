@@ -728,6 +728,29 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_names_at_most_a_hundred_targets_and_counts_them_all() {
+        let (before, after) = (State::default(), state(150));
+        let c = crate::publish::target_changes(&before, &after);
+        assert_eq!(
+            (
+                c["added"].as_array().unwrap().len(),
+                &c["added_count"],
+                &c["removed_count"]
+            ),
+            (100, &json!(150), &json!(0))
+        );
+        assert_eq!(c["added"][0]["path"], "fw/000000.bin");
+        let back = crate::publish::target_changes(&after, &before);
+        assert_eq!(
+            (
+                back["removed"].as_array().unwrap().len(),
+                &back["removed_count"]
+            ),
+            (100, &json!(150))
+        );
+    }
+
+    #[test]
     fn health_fails_when_any_served_role_expired_and_warns_before_offline_roles_expire() {
         let day = 86_400;
         let roles = |list: &[(String, u64, i64)]| -> Vec<String> {

@@ -76,6 +76,31 @@ fn accepted_publish_is_served_and_verifies_as_a_client() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // each publish record names the firmware it released (and took away) by its hash
+    let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+    let publishes: Vec<serde_json::Value> = with_store(&f.data, |store| {
+        hale_server::store::Store::audit_all(store).unwrap()
+    })
+    .iter()
+    .map(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).unwrap())
+    .filter(|r| r["kind"] == "publish")
+    .collect();
+    assert_eq!(publishes.len(), 3);
+    assert_eq!(
+        publishes[0]["detail"]["targets"],
+        json!({"added": [{"role": "targets", "path": "pump-a/fw.bin", "sha256": sha(&fw), "length": fw.len()}],
+               "removed": [], "added_count": 1, "removed_count": 0})
+    );
+    // targets v2 lists pump-a/fw.bin again (same content): only pump-b's image is new
+    assert_eq!(
+        publishes[1]["detail"]["targets"],
+        json!({"added": [{"role": "pump-b", "path": "pump-b/fw.bin", "sha256": sha(&fw2), "length": fw2.len()}],
+               "removed": [], "added_count": 1, "removed_count": 0})
+    );
+    assert_eq!(
+        publishes[2]["detail"]["targets"],
+        json!({"added": [], "removed": [], "added_count": 0, "removed_count": 0})
+    );
 }
 
 /// Publish `roles` and expect a refusal with exactly `message`, the repository files unchanged
