@@ -172,6 +172,22 @@ enum TokenCmd {
         #[arg(long)]
         name: String,
     },
+    /// List the tokens: operator and token id (the start of the token's sha256).
+    List {
+        #[arg(long, env = "HALE_DATA")]
+        data: PathBuf,
+    },
+    /// Revoke every token of an operator (--name) or one token (--id, from `token list`).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["name", "id"])))]
+    Revoke {
+        #[arg(long, env = "HALE_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        /// The token id `token list` shows (at least 8 hex digits of its sha256).
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -305,6 +321,22 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("token for operator {name:?}: shown once, store it now (the server keeps only its sha256)");
             Ok(())
         }
+        Cmd::Token {
+            cmd: TokenCmd::List { data },
+        } => {
+            let store = open_store(&data)?;
+            let tokens = store.tokens()?;
+            if tokens.is_empty() {
+                eprintln!("no operator tokens");
+            }
+            for (sha, op) in tokens {
+                println!("{}  {op}", sha.get(..TOKEN_ID_LEN).unwrap_or(&sha));
+            }
+            Ok(())
+        }
+        Cmd::Token {
+            cmd: TokenCmd::Revoke { data, name, id },
+        } => token_revoke(&data, name.as_deref(), id.as_deref()),
         Cmd::Key {
             cmd:
                 KeyCmd::Add {
@@ -533,6 +565,62 @@ fn token_add(data: &Path, name: &str) -> Result<String> {
     Audit::open(store.clone())?.append("token-add", "cli", json!({"operator": name}))?;
     store.flush()?;
     Ok(token)
+}
+
+/// How much of a token's sha256 `token list` shows as its id.
+const TOKEN_ID_LEN: usize = 16;
+
+/// Remove the tokens of operator `name`, or the one whose sha256 starts with `id`; audited as
+/// `token-revoke`. The server reads tokens from the database on every request: a server started
+/// afterwards refuses them.
+fn token_revoke(data: &Path, name: Option<&str>, id: Option<&str>) -> Result<()> {
+    let store = open_store(data)?;
+    let tokens = store.tokens()?;
+    let chosen: Vec<(String, String)> = match (name, id) {
+        (Some(n), _) => {
+            let t: Vec<_> = tokens.into_iter().filter(|(_, op)| op == n).collect();
+            ensure!(
+                !t.is_empty(),
+                "operator {n:?} has no token (`token list` shows them)"
+            );
+            t
+        }
+        (None, Some(id)) => {
+            ensure!(
+                id.len() >= 8 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "--id {id:?}: at least 8 hex digits of a token id from `token list`"
+            );
+            let id = id.to_ascii_lowercase();
+            let t: Vec<_> = tokens
+                .into_iter()
+                .filter(|(sha, _)| sha.starts_with(&id))
+                .collect();
+            ensure!(
+                !t.is_empty(),
+                "no token has id {id} (`token list` shows them)"
+            );
+            ensure!(
+                t.len() == 1,
+                "id {id} names {} tokens: give more of it",
+                t.len()
+            );
+            t
+        }
+        (None, None) => bail!("give --name or --id"),
+    };
+    let audit = Audit::open(store.clone())?;
+    for (sha, op) in &chosen {
+        store.token_remove(sha)?;
+        let token_id = sha.get(..TOKEN_ID_LEN).unwrap_or(sha);
+        audit.append(
+            "token-revoke",
+            "cli",
+            json!({"operator": op, "token_id": token_id}),
+        )?;
+        println!("revoked token {token_id} of operator {op}");
+    }
+    store.flush()?;
+    Ok(())
 }
 
 /// The CRL files of the offline CAs must be no older than the newest this server loaded before

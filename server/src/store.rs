@@ -32,6 +32,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn token_operator(&self, token_sha256: &str) -> Result<Option<String>, StoreError>;
     /// Operators with a token.
     fn token_operators(&self) -> Result<Vec<String>, StoreError>;
+    /// Every token as `(sha256 hex, operator)`, in hash order.
+    fn tokens(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Remove the token that hashes to `token_sha256`; `false` if there was none.
+    fn token_remove(&self, token_sha256: &str) -> Result<bool, StoreError>;
     /// Replace a device's latest report.
     fn device_put(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
     /// Replace a device's record with `next(previous)`, atomically (`next` may run more than once
@@ -129,13 +133,25 @@ impl Store for SledStore {
     }
 
     fn token_operators(&self) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.tokens.iter() {
-            let (_, v) = kv?;
-            out.push(String::from_utf8_lossy(&v).into_owned());
-        }
+        let mut out: Vec<String> = self.tokens()?.into_iter().map(|(_, op)| op).collect();
         out.sort();
         Ok(out)
+    }
+
+    fn tokens(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tokens.iter() {
+            let (k, v) = kv?;
+            out.push((
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn token_remove(&self, token_sha256: &str) -> Result<bool, StoreError> {
+        Ok(self.tokens.remove(token_sha256.as_bytes())?.is_some())
     }
 
     fn device_put(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {

@@ -165,3 +165,109 @@ fn a_command_beside_a_running_server_says_the_database_is_in_use() {
         )
     );
 }
+
+#[test]
+fn an_operator_token_can_be_listed_and_revoked_and_a_revoked_one_no_longer_uploads() {
+    let f = Fixture::new();
+    let data = f.data.to_str().unwrap();
+    let run = |args: &[&str]| run_bin(args, &f.pass_file);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    let bob: Vec<String> = (0..2)
+        .map(|_| {
+            text(&run(&["token", "add", "--data", data, "--name", "bob"]).stdout)
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let id = |t: &str| {
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(t.as_bytes()))[..16].to_string()
+    };
+    let listed = text(&run(&["token", "list", "--data", data]).stdout);
+    let mut expected: Vec<String> = [(&f.token, "alice"), (&bob[0], "bob"), (&bob[1], "bob")]
+        .iter()
+        .map(|(t, op)| format!("{}  {op}", id(t)))
+        .collect();
+    expected.sort();
+    assert_eq!(listed.lines().collect::<Vec<_>>(), expected);
+
+    // refusals change nothing
+    for (args, err) in [
+        (
+            vec!["--name", "carol"],
+            "error: operator \"carol\" has no token (`token list` shows them)".to_string(),
+        ),
+        (
+            vec!["--id", "abc"],
+            "error: --id \"abc\": at least 8 hex digits of a token id from `token list`"
+                .to_string(),
+        ),
+        (
+            vec!["--id", "0000000000"],
+            "error: no token has id 0000000000 (`token list` shows them)".to_string(),
+        ),
+    ] {
+        let out = run(&[&["token", "revoke", "--data", data][..], &args[..]].concat());
+        assert_eq!(
+            (out.status.code(), stderr(&out)),
+            (Some(1), err),
+            "{args:?}"
+        );
+    }
+    assert_eq!(
+        text(&run(&["token", "list", "--data", data]).stdout),
+        listed
+    );
+
+    // every token of bob
+    let out = run(&["token", "revoke", "--data", data, "--name", "bob"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut revoked: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    revoked.sort();
+    let mut want: Vec<String> = bob
+        .iter()
+        .map(|t| format!("revoked token {} of operator bob", id(t)))
+        .collect();
+    want.sort();
+    assert_eq!(revoked, want);
+    assert_eq!(
+        text(&run(&["token", "list", "--data", data]).stdout),
+        format!("{}  alice\n", id(&f.token))
+    );
+    let s = f.start();
+    let up = upload(&s, &bob[0], b"fw").unwrap();
+    assert_eq!(up.status, 401, "{}", text(&up.body));
+    assert_eq!(upload(&s, &f.token, b"fw").unwrap().status, 200);
+    drop(s);
+
+    // one token by its id; audited
+    let out = run(&[
+        "token",
+        "revoke",
+        "--data",
+        data,
+        "--id",
+        &id(&f.token)[..8],
+    ]);
+    assert_eq!(
+        text(&out.stdout),
+        format!("revoked token {} of operator alice\n", id(&f.token))
+    );
+    assert_eq!(
+        stderr(&run(&["token", "list", "--data", data])),
+        "no operator tokens"
+    );
+    let records = with_store(&f.data, |store| {
+        hale_server::store::Store::audit_all(store).unwrap()
+    });
+    let revokes: Vec<serde_json::Value> = records
+        .iter()
+        .map(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).unwrap())
+        .filter(|r| r["kind"] == "token-revoke")
+        .map(|r| r["detail"].clone())
+        .collect();
+    assert_eq!(revokes.len(), 3);
+    assert_eq!(
+        revokes[2],
+        serde_json::json!({"operator": "alice", "token_id": id(&f.token)})
+    );
+}
