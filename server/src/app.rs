@@ -128,7 +128,18 @@ impl App {
         });
         match &r {
             Ok(_) => inc(&self.metrics.publishes_accepted),
-            Err(_) => inc(&self.metrics.publishes_rejected),
+            Err(e) => {
+                inc(&self.metrics.publishes_rejected);
+                // an authenticated operator's release that did not verify: who tried what
+                if let ApplyError::Refused(e) = e {
+                    self.audit.refusal(
+                        "publish-refused",
+                        actor,
+                        e.code(),
+                        json!({"message": e.to_string()}),
+                    );
+                }
+            }
         }
         r.map(|v| v.unwrap_or(Value::Null))
     }

@@ -32,7 +32,18 @@ pub enum AuditError {
 pub struct Audit {
     store: Arc<dyn Store>,
     head: Arc<Mutex<(u64, String)>>,
+    /// `(kind, actor, code and detail)` of refusals recorded lately, and when ([`Audit::refusal`])
+    refusals: Arc<Mutex<RecentRefusals>>,
 }
+
+/// `(kind, actor, code and detail)` → when it was last recorded.
+type RecentRefusals = std::collections::HashMap<(String, String, String), std::time::Instant>;
+
+/// A refusal repeated by the same actor for the same request and reason is recorded once in this
+/// window: a device retrying on every poll would otherwise grow the log without bound.
+pub const REFUSAL_REPEAT_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+/// At most this many distinct recent refusals are remembered (then the memory starts afresh).
+const REFUSALS_REMEMBERED: usize = 10_000;
 
 impl Audit {
     /// Open the chain and find its head (the chain is verified by [`verify`], not here).
@@ -55,6 +66,7 @@ impl Audit {
         Ok(Audit {
             store,
             head: Arc::new(Mutex::new(head)),
+            refusals: Arc::default(),
         })
     }
 
@@ -79,6 +91,43 @@ impl Audit {
     }
 
     /// Records appended so far.
+    /// Record a refusal of an authenticated request (`kind` e.g. `enroll-refused`; `detail`
+    /// gets `error`: `code`), unless the same actor was refused for the same reason within
+    /// [`REFUSAL_REPEAT_WINDOW`]. Anonymous refusals are not for the audit log (anyone could
+    /// fill it): callers log them. A failure to record is logged, not returned: the refusal
+    /// stands either way.
+    pub fn refusal(&self, kind: &str, actor: &str, code: &str, mut detail: Value) {
+        // the same request refused again: same kind, actor, reason and detail
+        let key = (
+            kind.to_string(),
+            actor.to_string(),
+            format!("{code} {detail}"),
+        );
+        {
+            let mut recent = self
+                .refusals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            if recent
+                .get(&key)
+                .is_some_and(|t| now.duration_since(*t) < REFUSAL_REPEAT_WINDOW)
+            {
+                return;
+            }
+            if recent.len() >= REFUSALS_REMEMBERED {
+                recent.clear();
+            }
+            recent.insert(key, now);
+        }
+        if let Some(o) = detail.as_object_mut() {
+            o.insert("error".into(), Value::String(code.to_string()));
+        }
+        if let Err(e) = self.append(kind, actor, detail) {
+            tracing::error!(error = %e, kind, "refusal not recorded in the audit log");
+        }
+    }
+
     /// The hash of the last record (all zeros before the first): the value to anchor elsewhere.
     pub fn head_hash(&self) -> String {
         self.head
@@ -147,6 +196,66 @@ pub fn verify(store: &dyn Store) -> Result<(u64, String), AuditError> {
 mod tests {
     use super::*;
     use crate::store::SledStore;
+
+    #[test]
+    fn a_refusal_repeated_within_the_hour_is_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let audit = Audit::open(store.clone()).unwrap();
+        for _ in 0..5 {
+            audit.refusal(
+                "enroll-refused",
+                "device:pump-1",
+                "device_quarantined",
+                json!({"endpoint": "simplereenroll"}),
+            );
+        }
+        // another request, another actor, another reason: each recorded
+        audit.refusal(
+            "enroll-refused",
+            "device:pump-1",
+            "device_quarantined",
+            json!({"endpoint": "simpleenroll"}),
+        );
+        audit.refusal(
+            "enroll-refused",
+            "device:pump-2",
+            "device_quarantined",
+            json!({"endpoint": "simplereenroll"}),
+        );
+        audit.refusal(
+            "enroll-refused",
+            "device:pump-1",
+            "identity_mismatch",
+            json!({"endpoint": "simplereenroll"}),
+        );
+        let recs: Vec<Value> = store
+            .audit_all()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| serde_json::from_slice(b).unwrap())
+            .collect();
+        let got: Vec<(&str, &str, &str)> = recs
+            .iter()
+            .map(|r| {
+                (
+                    r["actor"].as_str().unwrap(),
+                    r["detail"]["error"].as_str().unwrap(),
+                    r["detail"]["endpoint"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("device:pump-1", "device_quarantined", "simplereenroll"),
+                ("device:pump-1", "device_quarantined", "simpleenroll"),
+                ("device:pump-2", "device_quarantined", "simplereenroll"),
+                ("device:pump-1", "identity_mismatch", "simplereenroll"),
+            ]
+        );
+        assert_eq!(verify(store.as_ref()).unwrap().0, 4);
+    }
 
     #[test]
     fn chain_verifies_and_names_the_first_broken_record() {

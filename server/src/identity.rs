@@ -552,7 +552,7 @@ pub struct Enrolled {
 }
 
 /// How a caller of `simpleenroll` authenticated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub enum EnrollAuth<'a> {
     Token(&'a str),
     Certificate(Option<&'a PeerIdentity>),
@@ -628,6 +628,44 @@ impl Identity {
         self.ca
             .as_ref()
             .ok_or_else(|| internal("the Device Issuing CA key is not loaded"))
+    }
+
+    /// Record the refusal `e` of an authenticated request by `actor` (see
+    /// [`Audit::refusal`]: repeats within the hour are recorded once).
+    pub fn audit_refusal(&self, kind: &str, actor: &str, e: &IdentityError, mut detail: Value) {
+        if let Some(o) = detail.as_object_mut() {
+            o.insert("message".into(), Value::String(e.to_string()));
+        }
+        self.audit.refusal(kind, actor, e.code(), detail);
+    }
+
+    /// Record a refused `simpleenroll`/`simplereenroll` when its requester authenticated: a
+    /// certificate of ours, or a token this server issued (`token:<its serial>`). An unknown
+    /// token is anyone's: only logged. Routine answers (too early to renew, internal errors)
+    /// are not refusals of the requester.
+    pub fn audit_refused_enrollment(
+        &self,
+        endpoint: &str,
+        auth: &EnrollAuth<'_>,
+        e: &IdentityError,
+    ) {
+        if matches!(
+            e,
+            IdentityError::TokenInvalid
+                | IdentityError::RenewalTooEarly { .. }
+                | IdentityError::Internal(_)
+        ) {
+            return;
+        }
+        let actor = match auth {
+            EnrollAuth::Certificate(Some(p)) => format!("{}:{}", p.kind, p.name),
+            EnrollAuth::Certificate(None) => return,
+            EnrollAuth::Token(secret) => match self.store.token(&token_hash(secret)) {
+                Ok(Some(t)) => format!("token:{}", t.record.serial),
+                _ => return,
+            },
+        };
+        self.audit_refusal("enroll-refused", &actor, e, json!({"endpoint": endpoint}));
     }
 
     fn audit(&self, kind: &str, actor: &str, detail: Value) {
@@ -1187,11 +1225,18 @@ impl Identity {
             }
             replaces = d.current_certificate(now).map(|c| c.serial.clone());
             if replaces.is_some() && is_technician(actor) {
-                return Err(IdentityError::RoleForbidden {
+                let e = IdentityError::RoleForbidden {
                     role: "technician".into(),
                     action:
                         "issue an enrollment token for a device that holds a current certificate",
-                });
+                };
+                self.audit_refusal(
+                    "staff-refused",
+                    actor,
+                    &e,
+                    json!({"action": "issue an enrollment token", "device": serial}),
+                );
+                return Err(e);
             }
         }
         let model = match (self.store.manifest_entry(serial)?, model) {

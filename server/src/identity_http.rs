@@ -136,7 +136,11 @@ pub fn enroll_routes(
                             Some(t) => EnrollAuth::Token(t),
                             None => EnrollAuth::Certificate(peer.as_ref()),
                         };
-                        id.enroll(auth, &body, SystemTime::now())
+                        let r = id.enroll(auth, &body, SystemTime::now());
+                        if let Err(e) = &r {
+                            id.audit_refused_enrollment("simpleenroll", &auth, e);
+                        }
+                        r
                     })
                     .await;
                     match r {
@@ -156,7 +160,16 @@ pub fn enroll_routes(
         .and(with(identity))
         .then(
             |peer: Option<PeerIdentity>, body: Bytes, id: Arc<Identity>| async move {
-                match blocking(move || id.reenroll(peer.as_ref(), &body, SystemTime::now())).await {
+                let r = blocking(move || {
+                    let r = id.reenroll(peer.as_ref(), &body, SystemTime::now());
+                    if let Err(e) = &r {
+                        let auth = EnrollAuth::Certificate(peer.as_ref());
+                        id.audit_refused_enrollment("simplereenroll", &auth, e);
+                    }
+                    r
+                })
+                .await;
+                match r {
                     Ok(e) => chain_reply(e.chain_pem),
                     Err(e) => {
                         tracing::warn!(error = %e, "simplereenroll refused");
@@ -337,8 +350,27 @@ fn check_staff_certificate(
 
 // --- staff API -----------------------------------------------------------------------------------
 
-/// What a staff role may do.
+/// What a staff role may do. A refusal is audited (`staff-refused`): the peer holds a
+/// certificate of our Technician CA, so it is someone the log should name.
 fn allow(
+    id: &Identity,
+    peer: &PeerIdentity,
+    action: &'static str,
+    operator_only: bool,
+) -> Result<String, IdentityError> {
+    let r = allow_role(peer, action, operator_only);
+    if let Err(e) = &r {
+        id.audit_refusal(
+            "staff-refused",
+            &format!("{}:{}", peer.kind, peer.name),
+            e,
+            json!({"action": action}),
+        );
+    }
+    r
+}
+
+fn allow_role(
     peer: &PeerIdentity,
     action: &'static str,
     operator_only: bool,
@@ -364,12 +396,17 @@ fn allow(
 
 /// The publish API's authorization on the staff listener: an operator certificate; the audit
 /// actor is `operator:<certificate name>`.
-fn operator_certificate() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
-    warp::ext::get::<PeerIdentity>().and_then(|p: PeerIdentity| async move {
-        allow(&p, "publish", true).map_err(|e| {
-            tracing::warn!(peer = %p.name, error = %e, "publish refused");
-            crate::http::api_error(e.status(), e.code(), e.to_string())
-        })
+fn operator_certificate(
+    identity: Arc<Identity>,
+) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+    warp::ext::get::<PeerIdentity>().and_then(move |p: PeerIdentity| {
+        let id = identity.clone();
+        async move {
+            allow(&id, &p, "publish", true).map_err(|e| {
+                tracing::warn!(peer = %p.name, error = %e, "publish refused");
+                crate::http::api_error(e.status(), e.code(), e.to_string())
+            })
+        }
     })
 }
 
@@ -436,7 +473,7 @@ pub fn staff_routes(
             |p: PeerIdentity, q: PageQuery, id: Arc<Identity>| async move {
                 reply(
                     blocking(move || {
-                        allow(&p, "list devices", false)?;
+                        allow(&id, &p, "list devices", false)?;
                         let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
                         let rows = id.store().devices(q.after.as_deref(), limit)?;
                         let next = (rows.len() == limit)
@@ -471,7 +508,7 @@ pub fn staff_routes(
                                 )))
                             }
                         };
-                        let actor = allow(&p, what, operator_only)?;
+                        let actor = allow(&id, &p, what, operator_only)?;
                         let b: ReasonBody = parse_json(&body)?;
                         if b.reason.as_ref().is_some_and(|r| r.len() > 512) {
                             return Err(IdentityError::BadRequest("reason: at most 512 bytes".into()));
@@ -494,7 +531,7 @@ pub fn staff_routes(
             |serial: String, p: PeerIdentity, body: Bytes, id: Arc<Identity>| async move {
                 reply(
                     blocking(move || {
-                        let actor = allow(&p, "revoke a certificate", true)?;
+                        let actor = allow(&id, &p, "revoke a certificate", true)?;
                         let b: ReasonBody = parse_json(&body)?;
                         id.revoke(
                             &serial,
@@ -517,7 +554,7 @@ pub fn staff_routes(
         .then(|p: PeerIdentity, body: Bytes, id: Arc<Identity>| async move {
             reply(
                 blocking(move || {
-                    let actor = allow(&p, "issue an enrollment token", false)?;
+                    let actor = allow(&id, &p, "issue an enrollment token", false)?;
                     let b: TokenBody = serde_json::from_slice(&body)
                         .map_err(|e| IdentityError::BadRequest(e.to_string()))?;
                     let ttl = b.ttl_secs.unwrap_or(86_400);
@@ -549,7 +586,7 @@ pub fn staff_routes(
             |p: PeerIdentity, body: Bytes, id: Arc<Identity>| async move {
                 reply(
                     blocking(move || {
-                        let actor = allow(&p, "import a manifest", true)?;
+                        let actor = allow(&id, &p, "import a manifest", true)?;
                         id.import_manifest(&body, &actor)
                     })
                     .await,
@@ -563,45 +600,51 @@ pub fn staff_routes(
         .and(peer())
         .and(warp::query::<PageQuery>())
         .and(with(app.clone()))
-        .then(|p: PeerIdentity, q: PageQuery, app: Arc<App>| async move {
-            reply(
-                blocking(move || {
-                    allow(&p, "list device reports", false)?;
-                    let (reports, next) =
-                        crate::http::report_page(&*app.store, q.after.as_deref(), q.limit)
-                            .map_err(|e| IdentityError::Internal(e.to_string()))?;
-                    Ok(json!({"reports": reports, "next": next}))
-                })
-                .await,
-            )
-        });
-    let publish = crate::http::publish_routes(app.clone(), operator_certificate());
+        .and(with(identity.clone()))
+        .then(
+            |p: PeerIdentity, q: PageQuery, app: Arc<App>, id: Arc<Identity>| async move {
+                reply(
+                    blocking(move || {
+                        allow(&id, &p, "list device reports", false)?;
+                        let (reports, next) =
+                            crate::http::report_page(&*app.store, q.after.as_deref(), q.limit)
+                                .map_err(|e| IdentityError::Internal(e.to_string()))?;
+                        Ok(json!({"reports": reports, "next": next}))
+                    })
+                    .await,
+                )
+            },
+        );
+    let publish = crate::http::publish_routes(app.clone(), operator_certificate(identity.clone()));
     let audit = warp::get()
         .and(base())
         .and(warp::path!("audit"))
         .and(peer())
         .and(warp::query::<AuditQuery>())
         .and(with(app))
-        .then(|p: PeerIdentity, q: AuditQuery, app: Arc<App>| async move {
-            reply(
-                blocking(move || {
-                    allow(&p, "read the audit log", true)?;
-                    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
-                    let from = q.after.map_or(0, |a| a.saturating_add(1));
-                    let records: Vec<Value> = app
-                        .store
-                        .audit_page(from, limit)?
-                        .iter()
-                        .filter_map(|(_, b)| serde_json::from_slice(b).ok())
-                        .collect();
-                    let next = (records.len() == limit)
-                        .then(|| records.last().and_then(|r| r.get("seq").cloned()))
-                        .flatten();
-                    Ok(json!({"records": records, "next": next}))
-                })
-                .await,
-            )
-        });
+        .and(with(identity.clone()))
+        .then(
+            |p: PeerIdentity, q: AuditQuery, app: Arc<App>, id: Arc<Identity>| async move {
+                reply(
+                    blocking(move || {
+                        allow(&id, &p, "read the audit log", true)?;
+                        let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+                        let from = q.after.map_or(0, |a| a.saturating_add(1));
+                        let records: Vec<Value> = app
+                            .store
+                            .audit_page(from, limit)?
+                            .iter()
+                            .filter_map(|(_, b)| serde_json::from_slice(b).ok())
+                            .collect();
+                        let next = (records.len() == limit)
+                            .then(|| records.last().and_then(|r| r.get("seq").cloned()))
+                            .flatten();
+                        Ok(json!({"records": records, "next": next}))
+                    })
+                    .await,
+                )
+            },
+        );
     let crl =
         warp::put()
             .and(base())
@@ -619,7 +662,7 @@ pub fn staff_routes(
                  l: Arc<Listeners>| async move {
                     reply(
                         blocking(move || {
-                            let actor = allow(&p, "load a CRL", true)?;
+                            let actor = allow(&id, &p, "load a CRL", true)?;
                             let ca = CaRole::from_slug(&slug)
                                 .filter(|c| matches!(c, CaRole::Manufacturing | CaRole::Technician))
                                 .ok_or_else(|| {

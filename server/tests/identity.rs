@@ -467,6 +467,43 @@ fn state(t: &TlsServer, op: &Arc<ClientConfig>) -> (Value, usize) {
     )
 }
 
+/// Since `before` ([`state`]) the devices did not change and the audit log gained exactly these
+/// refusal records, `(kind, actor, error)` in order: a refusal stores nothing else.
+fn only_refusals_recorded(
+    t: &TlsServer,
+    op: &Arc<ClientConfig>,
+    before: &(Value, usize),
+    want: &[(&str, &str, &str)],
+) {
+    let (devices, _) = state(t, op);
+    assert_eq!(devices, before.0, "devices");
+    let a = assert_status(get_on(&t.staff, op, "/api/v1/staff/audit"), 200).json();
+    let got: Vec<(String, String, String)> = a["records"].as_array().unwrap()[before.1..]
+        .iter()
+        .map(|r| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (s(&r["kind"]), s(&r["actor"]), s(&r["detail"]["error"]))
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = want
+        .iter()
+        .map(|(k, a, e)| (k.to_string(), a.to_string(), e.to_string()))
+        .collect();
+    assert_eq!(got, want, "audit records since");
+}
+
+/// [`only_refusals_recorded`], the Device Issuing CA's CRL unchanged too ([`stored`]).
+fn only_refusals_stored(
+    t: &TlsServer,
+    p: &Pki,
+    op: &Arc<ClientConfig>,
+    before: &(Value, usize, Vec<u8>),
+    want: &[(&str, &str, &str)],
+) {
+    assert_eq!(stored(t, p, op).2, before.2, "the CRL");
+    only_refusals_recorded(t, op, &(before.0.clone(), before.1), want);
+}
+
 fn assert_alert(r: Result<Reply, String>, alert: &str) {
     match r {
         Err(e) => assert!(e.contains(alert), "expected alert {alert}, got {e}"),
@@ -595,7 +632,12 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
         403,
         "role_forbidden",
     );
-    assert_eq!(state(&t, &op), before);
+    only_refusals_recorded(
+        &t,
+        &op,
+        &before,
+        &[("staff-refused", "technician:theo", "role_forbidden")],
+    );
     let r = post_on(&t.staff, &op, "/api/v1/staff/manifests", &manifest).unwrap();
     assert_eq!((r.status, r.json()["entries"].clone()), (200, json!(1)));
 
@@ -634,7 +676,18 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
         403,
         "identity_mismatch",
     );
-    assert_eq!(state(&t, &op), before, "refusals stored nothing");
+    // each refusal of a requester who holds one of our certificates is audited; the anonymous
+    // one is only logged
+    only_refusals_recorded(
+        &t,
+        &op,
+        &before,
+        &[
+            ("enroll-refused", "factory:pump-9", "not_in_manifest"),
+            ("enroll-refused", "factory:pump-1", "csr_requests_ca"),
+            ("enroll-refused", "factory:pump-1", "identity_mismatch"),
+        ],
+    );
 
     // accepted: enroll with the factory certificate
     let r = assert_status(enroll(&t, &holder_cfg(&p, &f1), None, &k1.csr_pem), 200);
@@ -713,7 +766,7 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
             (403, json!("client_certificate_required"))
         );
     }
-    assert_eq!(state(&t, &op), before);
+    only_refusals_recorded(&t, &op, &before, &[]);
 
     // refused at the handshake: no client certificate, another CA's certificate, a technician
     // certificate, a factory certificate, an expired certificate
@@ -797,7 +850,13 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
         401,
         "token_invalid",
     );
-    assert_eq!(state(&t, &op), before);
+    // the token is one the server issued: its refusal is audited; an unknown one is anyone's
+    only_refusals_recorded(
+        &t,
+        &op,
+        &before,
+        &[("enroll-refused", "token:pump-2", "token_wrong_serial")],
+    );
     let r = assert_status(enroll(&t, &anon, Some(&bearer), &k2.csr_pem), 200);
     let d2 = operational(&r.body, &k2.private_key_pem);
     // refused: the token again
@@ -807,7 +866,12 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
         401,
         "token_used",
     );
-    assert_eq!(state(&t, &op), before);
+    only_refusals_recorded(
+        &t,
+        &op,
+        &before,
+        &[("enroll-refused", "token:pump-2", "token_used")],
+    );
     assert_status(
         get_on(&t.device, &holder_cfg(&p, &d2), "/timestamp.json"),
         200,
@@ -877,7 +941,12 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
     assert_status(c2.get("/timestamp.json"), 200);
     let before = state(&t, &op);
     assert_refused(post_on(&t.staff, &tech, &path, b""), 403, "role_forbidden");
-    assert_eq!(state(&t, &op), before);
+    only_refusals_recorded(
+        &t,
+        &op,
+        &before,
+        &[("staff-refused", "technician:theo", "role_forbidden")],
+    );
     assert_status(
         post_on(&t.staff, &op, &path, br#"{"reason":"key_compromise"}"#),
         200,
@@ -919,7 +988,12 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
         403,
         "device_decommissioned",
     );
-    assert_eq!(state(&t, &op), before);
+    only_refusals_recorded(
+        &t,
+        &op,
+        &before,
+        &[("enroll-refused", "factory:pump-1", "device_decommissioned")],
+    );
 
     // a technician CRL dropped into the TLS dir revokes the technician without a restart
     let r = get_on(&t.staff, &tech, "/api/v1/staff/devices").unwrap();
@@ -1012,7 +1086,7 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
         loads_before,
         "no crl-load record"
     );
-    assert_eq!(state(&t, &op), state_before, "no device or audit change");
+    only_refusals_recorded(&t, &op, &state_before, &[]);
     assert_alert(
         get_on(&t.staff, &tom_cfg, "/api/v1/staff/devices"),
         "CertificateRevoked",
@@ -1222,7 +1296,12 @@ fn operators_publish_over_the_staff_listener_and_staff_read_device_reports() {
     assert_eq!(f.repo_digest(), repo_before);
     assert_eq!(served_versions(&t), versions_before);
     assert!(!blob.exists());
-    assert_eq!(state(&t, &op), before);
+    only_refusals_recorded(
+        &t,
+        &op,
+        &before,
+        &[("staff-refused", "technician:theo", "role_forbidden")],
+    );
 
     // refused: with TLS on, the plain listener takes no publish API call, even with a valid
     // operator token; nothing changes. The answer also reaches a client still sending a body
@@ -1260,7 +1339,12 @@ fn operators_publish_over_the_staff_listener_and_staff_read_device_reports() {
     assert_eq!(f.repo_digest(), repo_before);
     assert_eq!(served_versions(&t), versions_before);
     assert!(!blob.exists());
-    assert_eq!(state(&t, &op), before);
+    only_refusals_recorded(
+        &t,
+        &op,
+        &before,
+        &[("staff-refused", "technician:theo", "role_forbidden")],
+    );
 
     // an operator certificate: what `hale-sign push` reads (the read path), then upload and
     // publish on one kept-alive connection
@@ -1436,10 +1520,12 @@ fn factory_certificate_revoked_while_its_connection_is_open_cannot_enroll() {
         enroll(&t, &holder_cfg(&p, &f1), None, &k1.csr_pem),
         "CertificateRevoked",
     );
-    assert_eq!(
-        stored(&t, &p, &op),
-        before,
-        "no device, certificate or audit record"
+    only_refusals_stored(
+        &t,
+        &p,
+        &op,
+        &before,
+        &[("enroll-refused", "factory:pump-1", "certificate_revoked")],
     );
 }
 
@@ -1563,10 +1649,17 @@ fn certificates_that_expire_on_a_kept_alive_connection_are_refused_per_request()
         get_on(&t.staff, &holder_cfg(&p, &sam), "/api/v1/staff/devices"),
         "CertificateExpired",
     );
-    assert_eq!(
-        stored(&t, &p, &op),
-        before,
-        "nothing issued, changed or recorded"
+    // nothing issued or changed; the two EST requests with expired certificates of ours are
+    // audited (the staff ones are refused before any route)
+    only_refusals_stored(
+        &t,
+        &p,
+        &op,
+        &before,
+        &[
+            ("enroll-refused", "device:pump-1", "certificate_expired"),
+            ("enroll-refused", "factory:pump-2", "certificate_expired"),
+        ],
     );
 }
 
@@ -1729,7 +1822,13 @@ fn technician_token_cannot_replace_an_enrolled_devices_certificate() {
                    "message": "a technician may not issue an enrollment token for a device that holds a current certificate"})
         )
     );
-    assert_eq!(stored(&t, &p, &op), before, "no token, no audit record");
+    only_refusals_stored(
+        &t,
+        &p,
+        &op,
+        &before,
+        &[("staff-refused", "technician:theo", "role_forbidden")],
+    );
 
     // a technician's token issued before the device enrolled cannot replace its certificate
     let tech_token = enroll_token(&t, &tech, json!({"serial": "pump-2"}));
@@ -1753,7 +1852,13 @@ fn technician_token_cannot_replace_an_enrolled_devices_certificate() {
                    "message": "a technician may not replace a device's current certificate with an enrollment token"})
         )
     );
-    assert_eq!(stored(&t, &p, &op), before, "nothing issued or revoked");
+    only_refusals_stored(
+        &t,
+        &p,
+        &op,
+        &before,
+        &[("enroll-refused", "token:pump-2", "role_forbidden")],
+    );
 
     // an operator may, and the audit log says which certificate the token will replace
     let token = enroll_token(&t, &op, json!({"serial": "pump-1"}));

@@ -353,6 +353,40 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
             .targets,
         2
     );
+    // each refusal of the authenticated operator is in the audit log, named by its error (the
+    // unauthenticated ones are not: anyone could fill the log with them)
+    let mut s = s;
+    assert!(s.terminate().success());
+    let refusals: Vec<(String, String)> = with_store(&f.data, |store| {
+        hale_server::store::Store::audit_all(store).unwrap()
+    })
+    .iter()
+    .map(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).unwrap())
+    .filter(|r| r["kind"] == "publish-refused")
+    .map(|r| {
+        (
+            r["actor"].as_str().unwrap().to_string(),
+            r["detail"]["error"].as_str().unwrap().to_string(),
+        )
+    })
+    .collect();
+    let codes: Vec<&str> = refusals.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(
+        codes,
+        [
+            "threshold_not_met",
+            "threshold_not_met",
+            "version_not_increased",
+            "target_missing",
+            "target_mismatch",
+            "target_mismatch",
+            "bad_policy",
+            "not_delegated",
+            "threshold_not_met",
+            "online_keys_not_listed"
+        ]
+    );
+    assert!(refusals.iter().all(|(a, _)| a == "alice"), "{refusals:?}");
 }
 
 #[test]
