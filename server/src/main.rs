@@ -675,7 +675,14 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
     let audit = Audit::open(store.clone())?;
     let tls = tls.and_then(|t| t.tls_dir.as_ref().map(|d| (t, d)));
     let (identity, listeners) = match tls {
-        None => (None, None),
+        None => {
+            tracing::warn!(
+                "no --tls-dir: device reports and the inventory are unauthenticated and the \
+                 publish API takes bearer tokens (development and interop only; a fleet runs \
+                 with --tls-dir, see docs/pki.md)"
+            );
+            (None, None)
+        }
         Some((args, dir)) => {
             let pass = args.passphrase().read().context(
                 "reading the CA passphrase (--ca-passphrase-file or HALE_CA_PASSPHRASE)",
