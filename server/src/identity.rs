@@ -288,6 +288,9 @@ pub struct HistoryEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
     pub actor: String,
+    /// why, as the staff member said (quarantine, reactivate, decommission)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What the server knows about one device.
@@ -319,6 +322,7 @@ impl DeviceRecord {
             event: event.to_string(),
             certificate: certificate.map(str::to_string),
             actor: actor.to_string(),
+            reason: None,
         });
         if self.history.len() > MAX_HISTORY {
             let extra = self.history.len() - MAX_HISTORY;
@@ -1093,7 +1097,19 @@ impl Identity {
             StatusAction::Reactivate => (DeviceStatus::Active, "reactivate"),
             StatusAction::Decommission => (DeviceStatus::Decommissioned, "decommission"),
         };
-        if record.status == target {
+        // the same status again: nothing to do, unless a quarantine gives a new reason (a
+        // second finding about a device already held): recorded and audited like the first
+        let last_reason = record
+            .history
+            .iter()
+            .rev()
+            .find(|e| e.event == event)
+            .and_then(|e| e.reason.clone());
+        if record.status == target
+            && (action != StatusAction::Quarantine
+                || reason.is_none()
+                || reason.map(str::to_string) == last_reason)
+        {
             return Ok(record);
         }
         let mut new_crl = None;
@@ -1116,6 +1132,9 @@ impl Identity {
         }
         record.status = target;
         record.event(now_s, event, revoked_serial.as_deref(), actor);
+        if let Some(e) = record.history.last_mut() {
+            e.reason = reason.map(str::to_string);
+        }
         batch.devices.push(record.clone());
         batch.crl = new_crl.clone();
         self.store.commit(batch)?;

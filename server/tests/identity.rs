@@ -914,6 +914,56 @@ fn enrollment_mtls_revocation_and_audit_over_real_handshakes() {
         (r.status, r.json()["status"].clone()),
         (200, json!("quarantined"))
     );
+    // the reason is in the record, where staff listing devices see it
+    let last = |r: &Reply| {
+        let h = r.json()["history"].as_array().unwrap().clone();
+        let e = h.last().unwrap().clone();
+        (
+            e["event"].clone(),
+            e["reason"].clone(),
+            e["actor"].clone(),
+            h.len(),
+        )
+    };
+    let (event, why, who, n) = last(&r);
+    assert_eq!(
+        (event, why, who),
+        (
+            json!("quarantine"),
+            json!("field check"),
+            json!("technician:theo")
+        )
+    );
+    // a second finding while it is held: recorded and audited too; the same one again is not
+    let quarantine = |body: &[u8]| {
+        assert_status(
+            post_on(
+                &t.staff,
+                &tech,
+                "/api/v1/staff/devices/pump-1/quarantine",
+                body,
+            ),
+            200,
+        )
+    };
+    let held = audit_of(&t, &op, "device-quarantine").len();
+    let r = quarantine(br#"{"reason":"recall 42"}"#);
+    assert_eq!(
+        last(&r),
+        (
+            json!("quarantine"),
+            json!("recall 42"),
+            json!("technician:theo"),
+            n + 1
+        )
+    );
+    let r = quarantine(br#"{"reason":"recall 42"}"#);
+    assert_eq!(last(&r).3, n + 1);
+    let r = quarantine(b"");
+    assert_eq!(last(&r).3, n + 1);
+    let audited = audit_of(&t, &op, "device-quarantine");
+    assert_eq!(audited.len(), held + 1);
+    assert_eq!(audited.last().unwrap()["detail"]["reason"], "recall 42");
     assert_refused(c1b.get("/timestamp.json"), 403, "device_quarantined");
     assert_status(
         c1b.send(
