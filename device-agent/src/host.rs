@@ -102,6 +102,17 @@ impl fmt::Display for HttpError {
 
 impl std::error::Error for HttpError {}
 
+/// How a request the server did not answer in time reads ([`HttpError::is_timeout`]).
+pub const TIMED_OUT: &str = "timed out";
+
+impl HttpError {
+    /// The server did not answer in time (as opposed to refusing, or a broken answer).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, HttpError::Io { message, .. }
+            if message == TIMED_OUT || message.ends_with(&format!(": {TIMED_OUT}")))
+    }
+}
+
 /// A blocking HTTP(S) transport (rustls). `metadata_url` and `target_url` are base URLs.
 ///
 /// A target is read as one stream: the first block opens `Range: bytes=OFFSET-` and the blocks
@@ -132,6 +143,9 @@ pub struct HttpTransport {
     target_url: String,
     /// The target response being read, if any.
     target: Option<TargetStream>,
+    /// a request timed out ([`timed_out`](Self::timed_out))
+    timed_out: bool,
+    request_timeout: Duration,
     /// Every URL requested, in order (tests and the conformance suite count them).
     pub requests: Vec<String>,
 }
@@ -181,7 +195,7 @@ impl HttpTransport {
         tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     ) -> Self {
         HttpTransport {
-            agent: new_agent(tls.as_ref()),
+            agent: new_agent(tls.as_ref(), crate::http1::REQUEST_DEADLINE),
             tls,
             agent_used: None,
             max_idle: crate::http1::MAX_IDLE,
@@ -189,6 +203,8 @@ impl HttpTransport {
             metadata_url: metadata_url.into(),
             target_url: target_url.into(),
             target: None,
+            timed_out: false,
+            request_timeout: crate::http1::REQUEST_DEADLINE,
             requests: vec![],
         }
     }
@@ -198,7 +214,18 @@ impl HttpTransport {
     #[must_use]
     pub fn with_max_idle(mut self, max_idle: Duration) -> Self {
         self.max_idle = max_idle;
-        self.plain = crate::http1::Http1::with_max_idle(max_idle);
+        self.plain = crate::http1::Http1::with_max_idle(max_idle)
+            .with_request_deadline(self.request_timeout);
+        self
+    }
+
+    /// Give each request at most `timeout` (60 s by default): how long a silent server holds
+    /// a check.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self.plain =
+            crate::http1::Http1::with_max_idle(self.max_idle).with_request_deadline(timeout);
+        self.agent = new_agent(self.tls.as_ref(), timeout);
         self
     }
 
@@ -209,7 +236,7 @@ impl HttpTransport {
             .agent_used
             .is_some_and(|t| t.elapsed() >= self.max_idle)
         {
-            self.agent = new_agent(self.tls.as_ref());
+            self.agent = new_agent(self.tls.as_ref(), self.request_timeout);
         }
         self.agent_used = Some(Instant::now());
         &self.agent
@@ -265,7 +292,7 @@ pub fn transport_message(t: &ureq::Transport) -> String {
     let source = std::error::Error::source(t).map(|e| {
         match e.downcast_ref::<std::io::Error>().map(std::io::Error::kind) {
             Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                "timed out".to_string()
+                TIMED_OUT.to_string()
             }
             _ => e.to_string(),
         }
@@ -290,12 +317,12 @@ pub fn transport_message(t: &ureq::Transport) -> String {
 }
 
 /// A ureq agent with the transport's timeouts, over `tls` when given.
-fn new_agent(tls: Option<&std::sync::Arc<rustls::ClientConfig>>) -> ureq::Agent {
+fn new_agent(tls: Option<&std::sync::Arc<rustls::ClientConfig>>, timeout: Duration) -> ureq::Agent {
     match tls {
-        Some(tls) => crate::identity::agent(tls.clone()),
+        Some(tls) => crate::identity::agent_with_timeout(tls.clone(), timeout),
         None => ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
+            .timeout_connect(Duration::from_secs(10).min(timeout))
+            .timeout(timeout)
             .build(),
     }
 }
@@ -304,6 +331,37 @@ impl Transport for HttpTransport {
     type Error = HttpError;
 
     fn fetch_metadata(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, HttpError> {
+        let r = self.metadata_into(name, buf);
+        self.note(r)
+    }
+
+    fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), HttpError> {
+        let r = self.target_into(name, offset, buf);
+        self.note(r)
+    }
+}
+
+impl HttpTransport {
+    /// Remember whether `r` is a request the server did not answer in time ([`timed_out`](Self::timed_out)).
+    fn note<T>(&mut self, r: Result<T, HttpError>) -> Result<T, HttpError> {
+        if r.as_ref().is_err_and(HttpError::is_timeout) {
+            self.timed_out = true;
+        }
+        r
+    }
+
+    /// Did a request of a check time out since [`new`](Self::new) or the last
+    /// [`clear_timed_out`](Self::clear_timed_out)? A report to the same server would most
+    /// likely wait as long again, for nothing.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    pub fn clear_timed_out(&mut self) {
+        self.timed_out = false;
+    }
+
+    fn metadata_into(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, HttpError> {
         // metadata comes before a target's blocks: a target response still open belongs to an
         // earlier check, and its connection is let go
         self.target = None;
@@ -319,7 +377,7 @@ impl Transport for HttpTransport {
         Ok(Some(body.len()))
     }
 
-    fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), HttpError> {
+    fn target_into(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), HttpError> {
         if buf.is_empty() {
             return Ok(());
         }

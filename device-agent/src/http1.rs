@@ -25,7 +25,7 @@ pub const MAX_HEAD: usize = 64 << 10;
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
 /// The connect alone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const TIMED_OUT: &str = "timed out";
+use crate::host::TIMED_OUT;
 /// Largest error or 404 body read to its end to keep the connection (longer: closed instead).
 const DRAIN_LIMIT: usize = 4096;
 /// A kept connection idle longer than this is closed and a new one opened for the next request.
@@ -45,6 +45,8 @@ pub struct Http1 {
     pending: Option<(String, Instant, bool)>,
     /// how long a kept connection may have been idle and still serve a request
     max_idle: Duration,
+    /// how long one request may take, answer included ([`REQUEST_DEADLINE`] by default)
+    deadline: Duration,
 }
 
 impl Default for Http1 {
@@ -103,7 +105,13 @@ impl Http1 {
             conn: None,
             pending: None,
             max_idle,
+            deadline: REQUEST_DEADLINE,
         }
+    }
+
+    /// The same, each request given at most `deadline` (a silent server costs that long).
+    pub fn with_request_deadline(self, deadline: Duration) -> Self {
+        Http1 { deadline, ..self }
     }
 
     /// Whether this client can fetch `url` (plain `http://`).
@@ -117,7 +125,7 @@ impl Http1 {
         if self.pending.is_some() {
             return Err(io(url, "a request is already waiting for its answer"));
         }
-        let deadline = Instant::now() + REQUEST_DEADLINE;
+        let deadline = Instant::now() + self.deadline;
         let reused = self.write_request(url, deadline)?;
         self.pending = Some((url.to_string(), deadline, reused));
         Ok(())
@@ -179,14 +187,14 @@ impl Http1 {
                 .map_err(|e| io(url, format_args!("connect: {e}")))?;
             stream
                 .set_nodelay(true)
-                .and_then(|()| stream.set_write_timeout(Some(REQUEST_DEADLINE)))
-                .and_then(|()| stream.set_read_timeout(Some(REQUEST_DEADLINE)))
+                .and_then(|()| stream.set_write_timeout(Some(self.deadline)))
+                .and_then(|()| stream.set_read_timeout(Some(self.deadline)))
                 .map_err(|e| io(url, e))?;
             self.conn = Some(Conn {
                 origin: addr,
                 stream,
                 buf: Vec::new(),
-                timeout: REQUEST_DEADLINE,
+                timeout: self.deadline,
                 idle_since: Instant::now(),
             });
         }

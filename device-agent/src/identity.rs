@@ -738,7 +738,7 @@ impl Identity {
             }
             Auth::Token(t) => (client_config(self.server_ca()?, None)?, Some(t)),
         };
-        let agent = agent(config);
+        let agent = agent_with_timeout(config, crate::http1::REQUEST_DEADLINE);
         let mut req = agent.post(&url).set("Content-Type", "application/pkcs10");
         if let Some(t) = &bearer {
             req = req.set("Authorization", &format!("Bearer {t}"));
@@ -826,11 +826,11 @@ pub fn client_config(
     Ok(Arc::new(c))
 }
 
-/// A ureq agent over `config` (timeouts as the update transport's).
-pub fn agent(config: Arc<ClientConfig>) -> ureq::Agent {
+/// A ureq agent over `config`, each request given at most `timeout` (the update transport's).
+pub fn agent_with_timeout(config: Arc<ClientConfig>, timeout: Duration) -> ureq::Agent {
     ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
+        .timeout_connect(Duration::from_secs(10).min(timeout))
+        .timeout(timeout)
         .tls_config(config)
         .build()
 }

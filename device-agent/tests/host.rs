@@ -1480,3 +1480,97 @@ fn file_flash_writes_back_the_changed_sectors_at_sync() {
         assert!(err.to_string().contains("1099511627776 bytes"), "{err}");
     }
 }
+
+/// A server that takes connections and never answers: the check times out (after
+/// `--request-timeout`), and the pump does not then wait as long again to send its report to the
+/// same silent server; it says so, and `status` keeps what the check came to.
+#[test]
+fn a_check_the_server_never_answers_is_not_followed_by_a_report_to_it() {
+    use std::time::{Duration, Instant};
+    let sim = repo_with("2.0.0", 7, 3000);
+    let pump = provisioned_pump(&sim);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let opened = Instant::now();
+                conn.set_read_timeout(Some(Duration::from_millis(50)))
+                    .unwrap();
+                let mut r = BufReader::new(conn);
+                let mut line = String::new();
+                // held open, unanswered, longer than the pump waits
+                while opened.elapsed() < Duration::from_secs(10) {
+                    match r.read_line(&mut line) {
+                        Ok(0) => return,
+                        Ok(_) if line.ends_with('\n') => {}
+                        _ => continue,
+                    }
+                    let l = std::mem::take(&mut line);
+                    if l.starts_with("GET ") || l.starts_with("POST ") {
+                        log.lock().unwrap().push(l.trim().to_string());
+                    }
+                }
+            });
+        }
+    });
+    let out = agent(
+        &pump.dir,
+        &[
+            "run",
+            "--server",
+            &silent,
+            "--once",
+            "--request-timeout",
+            "1",
+        ],
+    );
+    assert!(
+        out.contains(&format!(
+            "update check failed: fetching 2.root.json: {silent}/2.root.json: timed out"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "report not sent: the server did not answer the check in time; the next poll reports"
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["GET /2.root.json HTTP/1.1"],
+        "no report was sent"
+    );
+    let status: Value = serde_json::from_str(&agent(&pump.dir, &["status"])).unwrap();
+    assert!(
+        status["last_check"]["outcome"]
+            .as_str()
+            .is_some_and(|o| o.ends_with("timed out")),
+        "{status}"
+    );
+    // a timeout outside 1 to 600 s is refused
+    let bad = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+        .arg("--state")
+        .arg(&pump.dir)
+        .args([
+            "run",
+            "--server",
+            &silent,
+            "--once",
+            "--request-timeout",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--request-timeout 0: 1 to 600 seconds"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -15,6 +15,7 @@ usage:
              --id ID --model M --revision R --target PATH [--bootloader V] [--group G]
   hale-agent --state DIR run --server URL [--metadata-url U] [--target-base-url U]
              [--interval S] [--jitter S] [--once] [--authorization FILE]
+             [--request-timeout S]           a request unanswered for S s (default 60) fails the check
   hale-agent --state DIR bundle install FILE   offline install from a bundle (no network)
   hale-agent --state DIR link --device PATH|- [--mtu N] [--capacity N] [--idle-timeout S]
              [--min-restart-interval S]        receive a bundle from a technician (hale-link), install it
@@ -290,7 +291,14 @@ fn poll(
         None => None,
     };
     // a poll that ends without an install is no failure of the process: it polls again
+    http.clear_timed_out();
     install_once(o, store, &d, http, authorization.as_deref(), "online")?;
+    if http.timed_out() {
+        // the report would wait as long again for the same silent server; what it would say
+        // is kept (status, last check) and goes with the next poll that reaches it
+        say!("report not sent: the server did not answer the check in time; the next poll reports");
+        return Ok(());
+    }
     let url = format!(
         "{}/api/v1/devices/{}/report",
         server.trim_end_matches('/'),
@@ -336,6 +344,18 @@ fn poll(
         }
     }
     Ok(())
+}
+
+/// `--request-timeout S`: how long one request may go unanswered (1 to 600 s, default 60).
+fn request_timeout(o: &Opts) -> Result<Duration> {
+    let secs: u64 = o
+        .opt("--request-timeout")
+        .map_or(Ok(60), |s| s.parse())
+        .context("--request-timeout")?;
+    if !(1..=600).contains(&secs) {
+        bail!("--request-timeout {secs}: 1 to 600 seconds");
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// Reboot into the staged image, unless the application now says not to: the gate was asked
@@ -918,7 +938,12 @@ fn run_mtls(
         }
         if http.is_none() {
             match id.device_tls() {
-                Ok(tls) => http = Some(HttpTransport::with_tls(murl, turl, tls)),
+                Ok(tls) => {
+                    http = Some(
+                        HttpTransport::with_tls(murl, turl, tls)
+                            .with_request_timeout(request_timeout(o)?),
+                    )
+                }
                 Err(e) => say!("no usable device certificate: {e}"),
             }
         }
@@ -1011,6 +1036,7 @@ fn main() -> Result<()> {
                 .opt("--jitter")
                 .map_or(Ok(interval / 4), |s| s.parse())
                 .context("--jitter")?;
+            let timeout = request_timeout(&o)?;
             let mut store = open_store(&o)?;
             // the process start is a power-on
             power_on(&o, &mut store)?;
@@ -1018,7 +1044,7 @@ fn main() -> Result<()> {
                 // device listener: mTLS with the operational certificate for every call
                 return run_mtls(&o, &mut store, &server, &murl, &turl, interval, jit);
             }
-            let mut http = HttpTransport::new(&murl, &turl);
+            let mut http = HttpTransport::new(&murl, &turl).with_request_timeout(timeout);
             loop {
                 poll(&o, &mut store, &server, &mut http)?;
                 if o.flag("--once") {
