@@ -753,9 +753,6 @@ fn stage<F: Durable, T: Transport, A: Application>(
         if offset >= image.length {
             break hasher.finish();
         }
-        if offset % F::ERASE_SIZE as u64 == 0 {
-            store.erase_slot_sector(inactive, offset)?;
-        }
         let n = (image.length - offset).min(chunk.len() as u64) as usize;
         let c = chunk.get_mut(..n).unwrap_or(&mut []);
         transport
@@ -764,6 +761,11 @@ fn stage<F: Durable, T: Transport, A: Application>(
                 what: target,
                 error,
             })?;
+        // a sector is erased once its first block is here: a server that fails (or withholds)
+        // the download costs the flash no erase, however often the device polls
+        if offset % F::ERASE_SIZE as u64 == 0 {
+            store.erase_slot_sector(inactive, offset)?;
+        }
         // pad the last block to the write size with erased bytes
         let padded = n.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
         if let Some(pad) = chunk.get_mut(n..padded) {

@@ -416,6 +416,45 @@ fn interrupted_download_resumes_from_the_stored_offset() {
     assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
 }
 
+/// A server that fails (or withholds) every download: each check ends with the transport's
+/// error, and the inactive slot's first sector is never erased for it, however often the pump
+/// polls (an erase per poll would wear the flash out within months).
+#[test]
+fn a_download_that_never_starts_erases_nothing() {
+    let sim = repo_with("2.0.0", 7, 3000);
+    let mut mem = provisioned(&sim);
+    // slot B's first sector holds something (an image from before): an erase would show
+    let b = LAYOUT.slots[1] as usize;
+    mem[b..b + ERASE].fill(0x5A);
+    for _ in 0..3 {
+        let mut store = open_store(&mut mem);
+        let mut t = MapTransport::new(&sim.files);
+        t.fail_target_after = Some(0);
+        assert_eq!(
+            check(&mut store, &mut t, &mut Pump::default()).unwrap_err(),
+            AgentError::Transport {
+                what: Name::new(TARGET),
+                error: MapError::Cut
+            }
+        );
+        assert_eq!(store.slots().active(), Slot::A);
+        assert_eq!(store.download_offset(), 0);
+    }
+    assert!(
+        mem[b..b + ERASE].iter().all(|&x| x == 0x5A),
+        "slot B erased"
+    );
+    // the download then goes through
+    let mut store = open_store(&mut mem);
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+}
+
 #[test]
 fn a_longer_checkpoint_interval_resumes_from_its_last_boundary_and_writes_fewer_records() {
     // checkpoints every 3 sectors: a cut costs at most 3 KiB downloaded again
