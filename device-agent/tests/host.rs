@@ -36,6 +36,9 @@ struct Served {
     stalled: bool,
     /// When the stall ends, send the rest of the answer (else the connection closes short).
     stall_resumes: bool,
+    /// Refuse every target as hale-server does for a device outside a staged rollout
+    /// (`403 rollout_pending` with this message).
+    held_back: Option<String>,
 }
 
 /// Serve `/metadata/<name>` and `/targets/<name>` from the map; record POSTed reports.
@@ -83,6 +86,14 @@ fn serve() -> (String, Arc<Mutex<Served>>) {
             let resp = if method == "POST" && path.starts_with("/api/v1/devices/") {
                 s.reports.push(serde_json::from_slice(&body).unwrap());
                 (200, "OK", vec![], None)
+            } else if let Some(m) = s
+                .held_back
+                .clone()
+                .filter(|_| path.starts_with("/targets/"))
+            {
+                let body =
+                    serde_json::json!({"error": "rollout_pending", "message": m}).to_string();
+                (403, "Forbidden", body.into_bytes(), None)
             } else {
                 let key = path
                     .strip_prefix("/metadata/")
@@ -1573,4 +1584,39 @@ fn a_check_the_server_never_answers_is_not_followed_by_a_report_to_it() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+}
+
+/// An image the server holds back for a staged rollout: the pump keeps running what it runs,
+/// reports a deferral with the reason, and installs once the server offers the image.
+#[test]
+fn an_image_held_back_by_a_staged_rollout_is_a_deferral_until_it_is_offered() {
+    let sim = repo_with("2.0.0", 7, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+    let held = "this image is in a staged rollout at 10 %: this device is not in it yet; it is offered again at the next poll";
+    state.lock().unwrap().held_back = Some(held.to_string());
+    for _ in 0..2 {
+        let out = agent(dir, &["run", "--server", addr, "--once"]);
+        assert!(
+            out.contains(&format!("update deferred: staged rollout: {held}")),
+            "{out}"
+        );
+        let r = state.lock().unwrap().reports.last().cloned().unwrap();
+        assert_eq!(r["last_result"]["result"], "deferred", "{r}");
+        assert_eq!(
+            r["last_result"]["reason"], "staged rollout: not offered to this device yet",
+            "{r}"
+        );
+        assert_eq!(r["slots"][0]["state"], "active", "{r}");
+        assert_eq!(r["slots"][0]["version"], "1.0.0", "{r}");
+    }
+    // offered: installed and confirmed
+    state.lock().unwrap().held_back = None;
+    let out = agent(dir, &["run", "--server", addr, "--once"]);
+    assert!(
+        out.contains("health check passed: 2.0.0 confirmed"),
+        "{out}"
+    );
+    let r = state.lock().unwrap().reports.last().cloned().unwrap();
+    assert_eq!(r["last_result"]["result"], "installed", "{r}");
 }

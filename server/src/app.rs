@@ -31,6 +31,7 @@ pub struct Metrics {
     pub uploads: AtomicU64,
     pub reports: AtomicU64,
     pub auth_failures: AtomicU64,
+    pub rollout_held: AtomicU64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -53,6 +54,8 @@ pub struct App {
     pub data: PathBuf,
     /// Device identity (EST, mTLS listeners), when `--tls-dir` is given.
     pub identity: Option<Arc<crate::identity::Identity>>,
+    /// Staged rollouts in force (the image downloads they hold back).
+    pub rollouts: crate::rollout::Rollouts,
     /// The mTLS listeners (their offline CRLs, for `/healthz`), when `--tls-dir` is given.
     pub listeners: Option<Arc<crate::tls::Listeners>>,
     /// `(role, version, expired)` already logged by [`log_expiries`](Self::log_expiries)

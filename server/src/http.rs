@@ -63,6 +63,17 @@ fn empty() -> Body {
         .boxed_unsync()
 }
 
+/// A JSON answer on the read path.
+fn json_body(status: StatusCode, v: &Value) -> Response<Body> {
+    let bytes = Bytes::from(v.to_string());
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, bytes.len())
+        .body(full(bytes))
+        .unwrap_or_else(|_| status_only(StatusCode::INTERNAL_SERVER_ERROR))
+}
+
 fn status_only(status: StatusCode) -> Response<Body> {
     let mut r = Response::new(empty());
     *r.status_mut() = status;
@@ -136,7 +147,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                         return Ok(crate::identity_http::plain_publish_refused());
                     }
                 }
-                if let Some(resp) = read_path(&app, &req).await {
+                if let Some(resp) = read_path(&app, &req, crate::rollout::Reader::Anonymous).await {
                     return Ok::<_, Infallible>(resp);
                 }
                 let resp = match tower_service::Service::call(&mut warp_svc, req).await {
@@ -172,7 +183,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 // --- read path -------------------------------------------------------------------------------
 
 /// GET/HEAD of repository files; `None` for anything else (handed to warp).
-pub(crate) async fn read_path(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
+pub(crate) async fn read_path(
+    app: &App,
+    req: &Request<Incoming>,
+    reader: crate::rollout::Reader<'_>,
+) -> Option<Response<Body>> {
     let head = match *req.method() {
         Method::GET => false,
         Method::HEAD => true,
@@ -192,6 +207,27 @@ pub(crate) async fn read_path(app: &App, req: &Request<Incoming>) -> Option<Resp
         };
         let t = t.clone();
         drop(served);
+        // a staged rollout holds the image back from devices outside its share
+        let sha = t
+            .blob
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if let Err(r) = app.rollouts.admits(sha, reader) {
+            inc(&app.metrics.rollout_held);
+            return Some(json_body(
+                StatusCode::FORBIDDEN,
+                &json!({"error": "rollout_pending", "message": format!(
+                    "this image is in a staged rollout at {} %: {}; it is offered again at the next poll",
+                    r.percent,
+                    match reader {
+                        crate::rollout::Reader::Anonymous =>
+                            "it is served without a device certificate only at 100 %",
+                        _ => "this device is not in it yet",
+                    }
+                )}),
+            ));
+        }
         return Some(serve_target(app, &t, head, req.headers()).await);
     }
     if path.contains('/') || !path.ends_with(".json") {
@@ -1174,6 +1210,11 @@ fn metrics_handler(app: Arc<App>) -> warp::reply::Response {
         "hale_auth_failures_total",
         "requests with a missing or unknown token",
         m.auth_failures.load(Relaxed),
+    );
+    counter(
+        "hale_rollout_held_total",
+        "image requests held back by a staged rollout (403 rollout_pending)",
+        m.rollout_held.load(Relaxed),
     );
     let mut gauge = |name: &str, help: &str, v: i64| {
         let _ = write!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");

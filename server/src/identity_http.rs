@@ -253,7 +253,8 @@ pub fn device_handler(
                 }
                 Ok(_) => {}
             }
-            if let Some(resp) = crate::http::read_path(&app, &req).await {
+            let reader = crate::rollout::Reader::Device(&peer.name);
+            if let Some(resp) = crate::http::read_path(&app, &req, reader).await {
                 return resp;
             }
             match tower_service::Service::call(&mut warp_svc, req).await {
@@ -323,7 +324,8 @@ pub fn staff_handler(
                 let app = app.clone();
                 let routes = routes.clone();
                 Box::pin(async move {
-                    if let Some(resp) = crate::http::read_path(&app, &req).await {
+                    let staff = crate::rollout::Reader::Staff;
+                    if let Some(resp) = crate::http::read_path(&app, &req, staff).await {
                         return resp;
                     }
                     routes(req).await
@@ -616,6 +618,7 @@ pub fn staff_routes(
             },
         );
     let publish = crate::http::publish_routes(app.clone(), operator_certificate(identity.clone()));
+    let rollouts = rollout_routes(app.clone(), identity.clone(), base(), peer());
     let audit = warp::get()
         .and(base())
         .and(warp::path!("audit"))
@@ -696,6 +699,102 @@ pub fn staff_routes(
         .unify()
         .or(publish)
         .unify()
+        .or(rollouts)
+        .unify()
         .recover(crate::http::recover)
         .unify()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutBody {
+    percent: u64,
+    target: Option<String>,
+}
+
+/// `GET /rollouts` (technician, operator), `PUT /rollouts/{sha256}` `{"percent", "target"?}` and
+/// `DELETE /rollouts/{sha256}` (operator): [`crate::rollout`]. Changes are audited.
+fn rollout_routes(
+    app: Arc<App>,
+    identity: Arc<Identity>,
+    base: impl Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
+    peer: impl Filter<Extract = (PeerIdentity,), Error = Rejection> + Clone + Send + Sync + 'static,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let rollout_error = |e: crate::rollout::RolloutError| match e {
+        crate::rollout::RolloutError::Store(m) => IdentityError::Internal(m),
+        e => IdentityError::BadRequest(e.to_string()),
+    };
+    let list = warp::get()
+        .and(base.clone())
+        .and(warp::path!("rollouts"))
+        .and(peer.clone())
+        .and(with(app.clone()))
+        .and(with(identity.clone()))
+        .then(
+            |p: PeerIdentity, app: Arc<App>, id: Arc<Identity>| async move {
+                reply(
+                    blocking(move || {
+                        allow(&id, &p, "list rollouts", false)?;
+                        Ok(json!({"rollouts": app.rollouts.list()}))
+                    })
+                    .await,
+                )
+            },
+        );
+    let set = warp::put()
+        .and(base.clone())
+        .and(warp::path!("rollouts" / String))
+        .and(peer.clone())
+        .and(warp::body::content_length_limit(4096))
+        .and(warp::body::bytes())
+        .and(with(app.clone()))
+        .and(with(identity.clone()))
+        .then(
+            move |sha: String, p: PeerIdentity, body: Bytes, app: Arc<App>, id: Arc<Identity>| async move {
+                reply(
+                    blocking(move || {
+                        let actor = allow(&id, &p, "change a rollout", true)?;
+                        let b: RolloutBody = serde_json::from_slice(&body)
+                            .map_err(|e| IdentityError::BadRequest(e.to_string()))?;
+                        let r = app
+                            .rollouts
+                            .set(&*app.store, &sha, b.percent, b.target.as_deref(), &actor, crate::now())
+                            .map_err(rollout_error)?;
+                        let v = serde_json::to_value(&r)
+                            .map_err(|e| IdentityError::Internal(e.to_string()))?;
+                        if let Err(e) = app.audit.append("rollout", &actor, v.clone()) {
+                            tracing::error!(error = %e, "rollout not recorded in the audit log");
+                        }
+                        tracing::info!(%actor, sha256 = %r.sha256, percent = r.percent, "rollout set");
+                        Ok(v)
+                    })
+                    .await,
+                )
+            },
+        );
+    let end = warp::delete()
+        .and(base)
+        .and(warp::path!("rollouts" / String))
+        .and(peer)
+        .and(with(app))
+        .and(with(identity))
+        .then(
+            move |sha: String, p: PeerIdentity, app: Arc<App>, id: Arc<Identity>| async move {
+                reply(
+                    blocking(move || {
+                        let actor = allow(&id, &p, "end a rollout", true)?;
+                        let r = app.rollouts.end(&*app.store, &sha).map_err(rollout_error)?;
+                        let v = serde_json::to_value(&r)
+                            .map_err(|e| IdentityError::Internal(e.to_string()))?;
+                        if let Err(e) = app.audit.append("rollout-end", &actor, v.clone()) {
+                            tracing::error!(error = %e, "rollout end not recorded in the audit log");
+                        }
+                        tracing::info!(%actor, sha256 = %r.sha256, "rollout ended: the image goes to every device");
+                        Ok(v)
+                    })
+                    .await,
+                )
+            },
+        );
+    list.or(set).unify().or(end).unify()
 }

@@ -38,6 +38,7 @@ pub mod identity_http;
 pub mod linger;
 pub mod publish;
 pub mod repo;
+pub mod rollout;
 pub mod store;
 pub mod tls;
 

@@ -740,6 +740,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
         snapshot_resign_before_secs: cfg.snapshot_resign_before_secs,
         profile: hale_repo::build::Profile::parse(&cfg.profile)?,
     };
+    let rollouts = hale_server::rollout::Rollouts::load(store.as_ref())?;
     let app = Arc::new(App {
         current,
         repo,
@@ -753,6 +754,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
         started: std::time::Instant::now(),
         data: data.to_path_buf(),
         identity: identity.clone(),
+        rollouts,
         listeners: listeners.as_ref().map(|(l, _)| l.clone()),
         expiry_logged: Default::default(),
     });

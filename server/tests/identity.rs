@@ -2294,3 +2294,175 @@ fn an_expired_staff_crl_locks_staff_out_but_not_devices_and_says_so_until_a_new_
     );
     assert_status(get_on(&t.staff, &e.op, "/api/v1/staff/devices"), 200);
 }
+
+/// A staged rollout set before the release is published: a device outside its share is refused
+/// the image (`rollout_pending`) and sees the metadata as everyone does; a device inside gets
+/// it; raising the share admits more, ending it admits all; the plain listener serves the image
+/// only at 100 %; staff always; each change is audited and outlives a restart.
+#[test]
+fn a_staged_rollout_holds_an_image_back_from_devices_outside_its_share() {
+    let e = enrolled_pump_1(json!({}));
+    let (f, p, op) = (&e._f, &e.p, &e.op);
+    let tech = staff(p, "theo", StaffRole::Technician);
+    let fw: Vec<u8> = (0..20_000u32).map(|i| (i % 239) as u8).collect();
+    let sha = hex::encode(sha2::Sha256::digest(&fw));
+    let image = format!("/targets/{sha}.fw.bin");
+    // pump-1's place in this rollout; a share just below it and one just above
+    let place = hale_server::rollout::bucket(&sha, "pump-1");
+    assert!(
+        place < 99,
+        "the image is fixed: pump-1's place is {place}, below 99"
+    );
+    let rollout = |t: &TlsServer, percent: u8| {
+        let body = json!({"percent": percent, "target": "fw.bin"}).to_string();
+        assert_status(
+            once(
+                &t.staff,
+                op.clone(),
+                "PUT",
+                &format!("/api/v1/staff/rollouts/{sha}"),
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            ),
+            200,
+        )
+        .json()
+    };
+    let t = &e.t;
+    // before the release: 0 %, or just below pump-1's place
+    let r = rollout(t, place);
+    assert_eq!(
+        (r["percent"].clone(), r["target"].clone(), r["by"].clone()),
+        (json!(place), json!("fw.bin"), json!("operator:olivia"))
+    );
+    // a technician may look, not change
+    assert_eq!(
+        assert_status(get_on(&t.staff, &tech, "/api/v1/staff/rollouts"), 200).json()["rollouts"][0]
+            ["sha256"],
+        sha
+    );
+    assert_refused(
+        once(
+            &t.staff,
+            tech.clone(),
+            "PUT",
+            &format!("/api/v1/staff/rollouts/{sha}"),
+            &[],
+            br#"{"percent": 100}"#,
+        ),
+        403,
+        "role_forbidden",
+    );
+    for (body, msg) in [
+        (&br#"{"percent": 101}"#[..], "percent 101: 0 to 100"),
+        (
+            &br#"{"percent": 5, "extra": 1}"#[..],
+            "unknown field `extra`, expected `percent` or `target` at line 1 column 22",
+        ),
+    ] {
+        let r = once(
+            &t.staff,
+            op.clone(),
+            "PUT",
+            &format!("/api/v1/staff/rollouts/{sha}"),
+            &[],
+            body,
+        )
+        .unwrap();
+        assert_eq!((r.status, r.json()["message"].clone()), (400, json!(msg)));
+    }
+    let r = once(
+        &t.staff,
+        op.clone(),
+        "PUT",
+        "/api/v1/staff/rollouts/ABC",
+        &[],
+        br#"{"percent": 5}"#,
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    // the release
+    let json_ct = ("Content-Type", "application/json");
+    let targets_v1 = f.targets(1, &[("fw.bin", &fw, None)], None);
+    let mut c = connect(&t.staff, op.clone());
+    assert_status(c.send("POST", "/api/v1/targets", &[], &fw), 200);
+    let body = publish_body(None, &[("targets", &targets_v1)]);
+    assert_status(c.send("POST", "/api/v1/publish", &[json_ct], &body), 200);
+    let device = holder_cfg(p, &e.d1);
+    // outside the share: the metadata as everyone, not the image
+    assert_status(get_on(&t.device, &device, "/timestamp.json"), 200);
+    let held = get_on(&t.device, &device, &image).unwrap();
+    assert_eq!(
+        (held.status, held.json()),
+        (
+            403,
+            json!({"error": "rollout_pending", "message": format!(
+            "this image is in a staged rollout at {place} %: this device is not in it yet; it is offered again at the next poll")})
+        )
+    );
+    // no device identity: held back until 100 %; staff: always
+    let plain = request("GET", &format!("{}{image}", t.plain), &[], None).unwrap();
+    assert_eq!(
+        (plain.status, plain.json()["error"].clone()),
+        (403, json!("rollout_pending"))
+    );
+    assert_eq!(assert_status(get_on(&t.staff, &tech, &image), 200).body, fw);
+    // one point more and pump-1 is in
+    rollout(t, place + 1);
+    assert_eq!(
+        assert_status(get_on(&t.device, &device, &image), 200).body,
+        fw
+    );
+    let plain = request("GET", &format!("{}{image}", t.plain), &[], None).unwrap();
+    assert_eq!(plain.status, 403);
+    // held back again (lowered), across a restart: stored
+    rollout(t, place);
+    drop(e.t);
+    let t = start_tls(f, &f.dir.path().join("tls"));
+    assert_eq!(get_on(&t.device, &device, &image).unwrap().status, 403);
+    let m = String::from_utf8(get(&format!("{}/metrics", t.plain)).body).unwrap();
+    assert!(m.contains("hale_rollout_held_total 1\n"), "{m}");
+    // ended: everyone, the plain listener too
+    let end = |t: &TlsServer| {
+        once(
+            &t.staff,
+            op.clone(),
+            "DELETE",
+            &format!("/api/v1/staff/rollouts/{sha}"),
+            &[],
+            b"",
+        )
+    };
+    assert_eq!(assert_status(end(&t), 200).json()["percent"], json!(place));
+    assert_eq!(
+        assert_status(get_on(&t.device, &device, &image), 200).body,
+        fw
+    );
+    assert_eq!(
+        request("GET", &format!("{}{image}", t.plain), &[], None)
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(end(&t).unwrap().status, 400, "no rollout left to end");
+    // every change audited, in order
+    let changes: Vec<(String, Value)> = audit_of(&t, op, "rollout")
+        .into_iter()
+        .chain(audit_of(&t, op, "rollout-end"))
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_string(),
+                r["detail"]["percent"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("rollout".to_string(), json!(place)),
+            ("rollout".to_string(), json!(place + 1)),
+            ("rollout".to_string(), json!(place)),
+            ("rollout-end".to_string(), json!(place)),
+        ]
+    );
+}

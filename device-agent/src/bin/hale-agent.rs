@@ -464,7 +464,21 @@ impl Ended {
     }
 }
 
-fn install_once<T: Transport<Error: std::fmt::Display>>(
+/// The server holds the image back: a staged rollout that does not include this device yet
+/// (`403 rollout_pending`). Not a failure: the pump runs on and asks again at its next poll.
+fn held_back<E: 'static, F>(e: &AgentError<E, F>) -> Option<String> {
+    let AgentError::Transport { error, .. } = e else {
+        return None;
+    };
+    match (error as &dyn std::any::Any).downcast_ref::<host::HttpError>() {
+        Some(host::HttpError::Refused { error, message, .. }) if error == "rollout_pending" => {
+            Some(message.clone())
+        }
+        _ => None,
+    }
+}
+
+fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
     o: &Opts,
     store: &mut FirmwareStore<FileFlash>,
     d: &Value,
@@ -501,7 +515,12 @@ fn install_once<T: Transport<Error: std::fmt::Display>>(
     let checked = check_for_update(store, &device, transport, &mut app, &mut hook, now, ws);
     // what this check came to, kept for `status` (a failure to reach the server included: the
     // report that would carry it is likely not to get through either)
+    let rollout = checked.as_ref().err().and_then(held_back);
     let summary = match &checked {
+        _ if rollout.is_some() => format!(
+            "update deferred: staged rollout: {}",
+            rollout.as_deref().unwrap_or_default()
+        ),
         Ok(Outcome::Staged { version }) => format!("staged {version}"),
         Ok(Outcome::AwaitingReboot { version }) => format!("{version} is staged"),
         Ok(Outcome::Deferred { offered, reason }) => format!("{offered} deferred: {reason}"),
@@ -582,6 +601,16 @@ fn install_once<T: Transport<Error: std::fmt::Display>>(
         }
         Ok(Outcome::TrialRunning { .. }) => {
             say!("{summary}");
+            Ended::Deferred
+        }
+        // held back by a staged rollout: reported as a deferral, asked again at the next poll
+        Err(_) if rollout.is_some() => {
+            say!("{summary}");
+            set_last(
+                o,
+                "deferred",
+                "staged rollout: not offered to this device yet",
+            )?;
             Ended::Deferred
         }
         // cannot reach the repository (or flash trouble): keep running, say why
