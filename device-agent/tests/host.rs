@@ -425,9 +425,13 @@ fn conformance_client_honours_faketime_style_clock_via_expiry() {
     let (prefix, started) = err.split_once(" (update started at ").unwrap();
     assert_eq!(
         prefix,
-        format!("hale-conformance: refresh from {addr}/metadata: timestamp: expired at 1000000000")
+        format!(
+            "hale-conformance: refresh from {addr}/metadata: timestamp: expired at 2001-09-09T01:46:40Z"
+        )
     );
-    let started: u64 = started.strip_suffix(")\n").unwrap().parse().unwrap();
+    let started = started.strip_suffix(")\n").unwrap();
+    let started = hale_core::time::parse_expires(started.as_bytes())
+        .unwrap_or_else(|| panic!("{started}: not a date")) as u64;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -352,6 +352,7 @@ impl fmt::Display for Error {
             MissingFromSnapshot { role } => write!(f, "new snapshot no longer lists {role}"),
             NotInSnapshot { role } => write!(f, "{role} is not listed in the trusted snapshot"),
             Expired { role, expires, now } => {
+                let (expires, now) = (Date(*expires), Date(*now));
                 write!(f, "{role}: expired at {expires} (update started at {now})")
             }
             LengthMismatch {
@@ -381,6 +382,7 @@ impl fmt::Display for Error {
                 requires,
             } => write!(f, "{operation} requires {requires} first"),
             ExpiredRoot { expires, now } => {
+                let (expires, now) = (Date(*expires), Date(*now));
                 write!(f, "root expired at {expires} (update started at {now})")
             }
             DelegationTooDeep { role } => write!(f, "delegation to {role} nested too deep"),
@@ -450,6 +452,20 @@ macro_rules! pass {
     };
 }
 pub(crate) use pass;
+
+/// A time in an error message: `YYYY-MM-DDTHH:MM:SSZ` (UTC), or the Unix seconds when out of
+/// that range.
+struct Date(UnixTime);
+
+impl fmt::Display for Date {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 20];
+        match crate::time::format_expires(self.0, &mut buf) {
+            Some(s) => f.write_str(s),
+            None => write!(f, "{} (unix seconds)", self.0),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
