@@ -70,6 +70,8 @@ fn json_body(status: StatusCode, v: &Value) -> Response<Body> {
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CONTENT_LENGTH, bytes.len())
+        // a refusal of an image URL (immutable when served) must not be cached in its place
+        .header(header::CACHE_CONTROL, "no-store")
         .body(full(bytes))
         .unwrap_or_else(|_| status_only(StatusCode::INTERNAL_SERVER_ERROR))
 }
@@ -1094,7 +1096,8 @@ fn health_handler(app: Arc<App>) -> warp::reply::Response {
     json_reply(status, &v)
 }
 
-/// `/healthz` for `st` at `now`: 503 when devices would refuse what is served (a role expired),
+/// `/healthz` for `st` at `now`: 503 when devices would refuse every update (root, timestamp,
+/// snapshot or targets expired; an expired delegated role is reported with a 200),
 /// with a warning per role that expired or (offline-signed roles) expires within
 /// [`OFFLINE_EXPIRY_WARNING_SECS`](crate::repo::OFFLINE_EXPIRY_WARNING_SECS).
 pub fn health(st: &crate::repo::State, now: i64) -> (StatusCode, serde_json::Value) {
@@ -1103,12 +1106,20 @@ pub fn health(st: &crate::repo::State, now: i64) -> (StatusCode, serde_json::Val
         .into_iter()
         .find(|(role, _, _)| role == "timestamp")
         .map(|(_, _, e)| e);
+    // a delegated role that expired stops the targets it holds, not the device API: reported,
+    // not a failed health check (a load balancer would take every device's updates away)
+    let top_expired = r
+        .expired
+        .iter()
+        .any(|(role, _, _)| crate::repo::is_top_level(role));
     let status = if r.expired.iter().any(|(role, _, _)| role == "timestamp") {
         "timestamp_expired"
+    } else if top_expired {
+        "metadata_expired"
     } else if r.expired.is_empty() {
         "ok"
     } else {
-        "metadata_expired"
+        "delegated_role_expired"
     };
     let v = json!({
         "status": status,
@@ -1121,10 +1132,10 @@ pub fn health(st: &crate::repo::State, now: i64) -> (StatusCode, serde_json::Val
         "expired": r.expired.iter().map(|(role, _, _)| role).collect::<Vec<_>>(),
         "warnings": r.warnings(now),
     });
-    let code = if r.expired.is_empty() {
-        StatusCode::OK
-    } else {
+    let code = if top_expired {
         StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
     };
     (code, v)
 }

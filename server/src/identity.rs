@@ -91,6 +91,8 @@ pub enum IdentityError {
         earliest: u64,
         retry_after: u64,
     },
+    #[error("no rollout for the image {0}")]
+    RolloutUnknown(String),
     #[error("no certificate with serial {0}")]
     CertificateUnknown(String),
     #[error("a {role} may not {action}")]
@@ -126,6 +128,7 @@ impl IdentityError {
             IdentityError::CertificateExpired { .. } => "certificate_expired",
             IdentityError::RenewalTooEarly { .. } => "renewal_too_early",
             IdentityError::CertificateUnknown(_) => "certificate_unknown",
+            IdentityError::RolloutUnknown(_) => "rollout_unknown",
             IdentityError::RoleForbidden { .. } => "role_forbidden",
             IdentityError::BadRequest(_) => "bad_request",
             IdentityError::BadManifest(_) => "bad_manifest",
@@ -150,9 +153,9 @@ impl IdentityError {
             | IdentityError::CertificateRevoked { .. }
             | IdentityError::CertificateExpired { .. }
             | IdentityError::RoleForbidden { .. } => StatusCode::FORBIDDEN,
-            IdentityError::DeviceUnknown(_) | IdentityError::CertificateUnknown(_) => {
-                StatusCode::NOT_FOUND
-            }
+            IdentityError::DeviceUnknown(_)
+            | IdentityError::CertificateUnknown(_)
+            | IdentityError::RolloutUnknown(_) => StatusCode::NOT_FOUND,
             IdentityError::BadCsr(_)
             | IdentityError::CsrRequestsCa
             | IdentityError::BadRequest(_)

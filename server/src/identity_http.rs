@@ -722,7 +722,15 @@ fn rollout_routes(
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let rollout_error = |e: crate::rollout::RolloutError| match e {
         crate::rollout::RolloutError::Store(m) => IdentityError::Internal(m),
+        crate::rollout::RolloutError::Unknown(sha) => IdentityError::RolloutUnknown(sha),
         e => IdentityError::BadRequest(e.to_string()),
+    };
+    // recorded while the change holds: the chain's order is the order of the changes
+    let audited = |app: &App, kind: &'static str, actor: &str, r: &crate::rollout::Rollout| {
+        let v = serde_json::to_value(r).unwrap_or_default();
+        if let Err(e) = app.audit.append(kind, actor, v) {
+            tracing::error!(error = %e, kind, "rollout change not recorded in the audit log");
+        }
     };
     let list = warp::get()
         .and(base.clone())
@@ -758,15 +766,12 @@ fn rollout_routes(
                             .map_err(|e| IdentityError::BadRequest(e.to_string()))?;
                         let r = app
                             .rollouts
-                            .set(&*app.store, &sha, b.percent, b.target.as_deref(), &actor, crate::now())
+                            .set(&sha, b.percent, b.target.as_deref(), &actor, crate::now(), |r| {
+                                audited(&app, "rollout", &actor, r)
+                            })
                             .map_err(rollout_error)?;
-                        let v = serde_json::to_value(&r)
-                            .map_err(|e| IdentityError::Internal(e.to_string()))?;
-                        if let Err(e) = app.audit.append("rollout", &actor, v.clone()) {
-                            tracing::error!(error = %e, "rollout not recorded in the audit log");
-                        }
                         tracing::info!(%actor, sha256 = %r.sha256, percent = r.percent, "rollout set");
-                        Ok(v)
+                        serde_json::to_value(&r).map_err(|e| IdentityError::Internal(e.to_string()))
                     })
                     .await,
                 )
@@ -783,14 +788,12 @@ fn rollout_routes(
                 reply(
                     blocking(move || {
                         let actor = allow(&id, &p, "end a rollout", true)?;
-                        let r = app.rollouts.end(&*app.store, &sha).map_err(rollout_error)?;
-                        let v = serde_json::to_value(&r)
-                            .map_err(|e| IdentityError::Internal(e.to_string()))?;
-                        if let Err(e) = app.audit.append("rollout-end", &actor, v.clone()) {
-                            tracing::error!(error = %e, "rollout end not recorded in the audit log");
-                        }
+                        let r = app
+                            .rollouts
+                            .end(&sha, |r| audited(&app, "rollout-end", &actor, r))
+                            .map_err(rollout_error)?;
                         tracing::info!(%actor, sha256 = %r.sha256, "rollout ended: the image goes to every device");
-                        Ok(v)
+                        serde_json::to_value(&r).map_err(|e| IdentityError::Internal(e.to_string()))
                     })
                     .await,
                 )

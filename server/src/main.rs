@@ -740,7 +740,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
         snapshot_resign_before_secs: cfg.snapshot_resign_before_secs,
         profile: hale_repo::build::Profile::parse(&cfg.profile)?,
     };
-    let rollouts = hale_server::rollout::Rollouts::load(store.as_ref())?;
+    let rollouts = hale_server::rollout::Rollouts::load(&hale_server::rollout::file(data))?;
     let app = Arc::new(App {
         current,
         repo,
@@ -1069,6 +1069,14 @@ fn export(data: &Path, out: &Path) -> Result<()> {
     if let Err(e) = hale_server::repo::verify_as_client(None, &st, hale_server::now(), &blob_len) {
         tracing::warn!(error = %e, "exporting a repository that does not verify now (expired? re-sign by running the server)");
     }
+    // an image a staged rollout holds back stays out: a CDN serving the export would otherwise
+    // hand it to every device (export again once the rollout ends)
+    let rollouts = hale_server::rollout::Rollouts::load(&hale_server::rollout::file(data))?;
+    let held = |sha: &str| {
+        rollouts
+            .admits(sha, hale_server::rollout::Reader::Anonymous)
+            .err()
+    };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut files = 0;
     for (v, b) in &st.roots {
@@ -1086,6 +1094,14 @@ fn export(data: &Path, out: &Path) -> Result<()> {
         {
             let rel = hale_repo::layout::target_path(&path, &sha, true)?;
             let dst = out.join(&rel);
+            if let Some(r) = held(&sha) {
+                eprintln!(
+                    "note: {path} left out: its staged rollout is at {} % (devices fetching from \
+                     this export get it once the rollout ends and it is exported again)",
+                    r.percent
+                );
+                continue;
+            }
             if dst.exists() {
                 continue;
             }

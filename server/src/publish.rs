@@ -577,7 +577,7 @@ pub fn resign(
 pub const AUDITED_TARGETS_MAX: usize = 100;
 
 /// What a change did to the targets served: `{"added": [{role, path, sha256, length}…],
-/// "removed": [{role, path}…], "added_count", "removed_count"}`, a target whose content changed
+/// "removed": [{role, path, sha256, length}…], "added_count", "removed_count"}`, a target whose content changed
 /// counting as removed and added. For the audit log: which firmware went out, by its hash.
 pub fn target_changes(old: &State, new: &State) -> serde_json::Value {
     // only roles whose version changed can list other targets
@@ -608,7 +608,7 @@ pub fn target_changes(old: &State, new: &State) -> serde_json::Value {
         "removed": removed
             .iter()
             .take(AUDITED_TARGETS_MAX)
-            .map(|(role, path, sha, _)| json!({"role": role, "path": path, "sha256": sha}))
+            .map(|(role, path, sha, len)| json!({"role": role, "path": path, "sha256": sha, "length": len}))
             .collect::<Vec<_>>(),
         "added_count": added.len(),
         "removed_count": removed.len(),

@@ -337,8 +337,9 @@ pub fn served_expiries(st: &State) -> Vec<(String, u64, i64)> {
 }
 
 /// Why devices cannot update now or soon, for `/healthz` and the log: every served role that
-/// expired (devices refuse the whole repository), and every offline-signed role (root, targets,
-/// delegated: renewed only by people) within [`OFFLINE_EXPIRY_WARNING_SECS`] of its expiry.
+/// expired (a top-level one: devices refuse every update; a delegated one: the targets it
+/// holds), and every offline-signed role (root, targets, delegated: renewed only by people)
+/// within [`OFFLINE_EXPIRY_WARNING_SECS`] of its expiry.
 /// Timestamp and snapshot are the server's to renew, so they only count once expired.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ExpiryReport {
@@ -389,9 +390,15 @@ impl ExpiryReport {
 /// What devices do about `role` v`v` expiring at `e` (`expired`: it has) and what to run.
 pub fn expiry_warning(role: &str, v: u64, e: i64, expired: bool, now: i64) -> String {
     let renew = "renew it (`hale-sign renew DIR --role …`, sign, push)";
+    // a delegated role holds only the targets delegated to it
+    let refused = if is_top_level(role) {
+        "devices refuse every update"
+    } else {
+        "devices refuse the targets it holds"
+    };
     if !expired {
         return format!(
-            "{role} v{v} expires at {} (in {} h): devices refuse every update after it; {renew}",
+            "{role} v{v} expires at {} (in {} h): {refused} after it; {renew}",
             date(e),
             (e - now) / 3600
         );
@@ -401,10 +408,12 @@ pub fn expiry_warning(role: &str, v: u64, e: i64, expired: bool, now: i64) -> St
     } else {
         renew
     };
-    format!(
-        "{role} v{v} expired at {}: devices refuse every update; {fix}",
-        date(e)
-    )
+    format!("{role} v{v} expired at {}: {refused}; {fix}", date(e))
+}
+
+/// Root, timestamp, snapshot or targets: every update goes through it.
+pub fn is_top_level(role: &str) -> bool {
+    matches!(role, "root" | "timestamp" | "snapshot" | "targets")
 }
 
 /// Run the whole client workflow of TUF §5 with hale-core over `new`, as a device holding `old`
@@ -798,6 +807,34 @@ mod tests {
                 "targets v1 expires at {} (in 240 h): devices refuse every update after it; renew it (`hale-sign renew DIR --role …`, sign, push)",
                 date(now + 10 * day + 100)
             )
+        );
+        // a delegated role expired: the targets it holds are refused, not every update; 200
+        let mut st = state_with_lives(0, 30 * day, day);
+        let k = SigningKey::from_seed(KeyKind::Ed25519, &[9; 32]).unwrap();
+        let gone = build::expires_at(now, 10).unwrap();
+        let pump_b = hale_repo::sign::sign_new(
+            &build::targets(Profile::Standard, 3, &gone, &serde_json::Map::new(), None),
+            &[&k],
+        )
+        .unwrap();
+        st.roles.insert(
+            "pump-b".into(),
+            Meta {
+                version: 3,
+                bytes: Bytes::from(pump_b),
+            },
+        );
+        let (code, h) = crate::http::health(&st, now + 11);
+        assert_eq!(
+            (code.as_u16(), &h["status"], &h["expired"]),
+            (200, &json!("delegated_role_expired"), &json!(["pump-b"]))
+        );
+        assert_eq!(
+            h["warnings"],
+            json!([format!(
+                "pump-b v3 expired at {}: devices refuse the targets it holds; renew it (`hale-sign renew DIR --role …`, sign, push)",
+                date(now + 10)
+            )])
         );
         // the timestamp expired: its own status, as before
         let st = state_with_lives(0, 30 * day, 10);

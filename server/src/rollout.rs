@@ -20,7 +20,7 @@ use std::sync::{PoisonError, RwLock};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::{Store, StoreError};
+use std::path::{Path, PathBuf};
 
 /// One rollout, as stored and as the staff API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,30 +69,53 @@ pub enum RolloutError {
     Store(String),
 }
 
-impl From<StoreError> for RolloutError {
-    fn from(e: StoreError) -> Self {
-        RolloutError::Store(e.to_string())
-    }
+/// The rollouts in force: read on every image request (in memory), changed through the store.
+/// Where the rollouts are kept: `DATA/rollouts.json` (a file, not the database: `export` reads
+/// it beside a running server).
+pub fn file(data: &Path) -> PathBuf {
+    data.join("rollouts.json")
 }
 
-/// The rollouts in force: read on every image request (in memory), changed through the store.
 #[derive(Debug, Default)]
 pub struct Rollouts {
+    /// the file they are kept in (none: in memory only, for tests)
+    path: Option<PathBuf>,
     current: RwLock<BTreeMap<String, Rollout>>,
+    /// serialises changes: store, map and audit record in one order; image requests only take
+    /// `current`'s read lock, never wait for the store's sync
+    change: std::sync::Mutex<()>,
 }
 
 impl Rollouts {
-    /// The rollouts `store` holds.
-    pub fn load(store: &dyn Store) -> Result<Rollouts, StoreError> {
-        let mut map = BTreeMap::new();
-        for (sha, bytes) in store.rollouts()? {
-            let r: Rollout = serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Db(format!("rollout {sha}: {e}")))?;
-            map.insert(sha, r);
-        }
+    /// The rollouts kept in `path` (none yet: none in force). A file that does not parse stops
+    /// the server: starting without its rollouts would release every held image.
+    pub fn load(path: &Path) -> Result<Rollouts, RolloutError> {
+        let map: BTreeMap<String, Rollout> = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice::<Vec<Rollout>>(&bytes)
+                .map_err(|e| RolloutError::Store(format!("{}: {e}", path.display())))?
+                .into_iter()
+                .map(|r| (r.sha256.clone(), r))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(RolloutError::Store(format!("{}: {e}", path.display()))),
+        };
         Ok(Rollouts {
+            path: Some(path.to_path_buf()),
             current: RwLock::new(map),
+            change: std::sync::Mutex::default(),
         })
+    }
+
+    /// Write `map` to the file (atomically, synced) before it is in force.
+    fn keep(&self, map: &BTreeMap<String, Rollout>) -> Result<(), RolloutError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let list: Vec<&Rollout> = map.values().collect();
+        let bytes =
+            serde_json::to_vec_pretty(&list).map_err(|e| RolloutError::Store(e.to_string()))?;
+        hale_repo::layout::write_atomic(path, &bytes)
+            .map_err(|e| RolloutError::Store(format!("{}: {e}", path.display())))
     }
 
     /// May `reader` download the image whose sha256 is `sha256`?
@@ -122,15 +145,17 @@ impl Rollouts {
             .collect()
     }
 
-    /// Set the rollout of `sha256` to `percent` (stored, then in force).
+    /// Set the rollout of `sha256` to `percent`: stored, in force, then `record`ed (the audit
+    /// log), one change at a time.
+    #[allow(clippy::too_many_arguments)]
     pub fn set(
         &self,
-        store: &dyn Store,
         sha256: &str,
         percent: u64,
         target: Option<&str>,
         by: &str,
         now: i64,
+        record: impl FnOnce(&Rollout),
     ) -> Result<Rollout, RolloutError> {
         if sha256.len() != 64
             || !sha256
@@ -148,32 +173,45 @@ impl Rollouts {
         {
             return Err(RolloutError::BadTarget(t.to_string()));
         }
-        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        let target = target
-            .map(str::to_string)
-            .or_else(|| current.get(sha256).and_then(|r| r.target.clone()));
+        let _one = self.change.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let known = next.get(sha256).and_then(|r| r.target.clone());
         let r = Rollout {
             sha256: sha256.to_string(),
             percent,
-            target,
+            target: target.map(str::to_string).or(known),
             by: by.to_string(),
             updated_at: now,
         };
-        let bytes = serde_json::to_vec(&r).map_err(|e| RolloutError::Store(e.to_string()))?;
-        store.rollout_put(sha256, &bytes)?;
-        current.insert(sha256.to_string(), r.clone());
+        next.insert(sha256.to_string(), r.clone());
+        self.keep(&next)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
+        record(&r);
         Ok(r)
     }
 
-    /// End the rollout of `sha256`: the image goes to everyone.
-    pub fn end(&self, store: &dyn Store, sha256: &str) -> Result<Rollout, RolloutError> {
-        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        let r = current
-            .get(sha256)
-            .cloned()
+    /// End the rollout of `sha256` (the image goes to everyone), then `record` it.
+    pub fn end(
+        &self,
+        sha256: &str,
+        record: impl FnOnce(&Rollout),
+    ) -> Result<Rollout, RolloutError> {
+        let _one = self.change.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let r = next
+            .remove(sha256)
             .ok_or_else(|| RolloutError::Unknown(sha256.to_string()))?;
-        store.rollout_remove(sha256)?;
-        current.remove(sha256);
+        self.keep(&next)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
+        record(&r);
         Ok(r)
     }
 }
@@ -199,9 +237,10 @@ mod tests {
             })
             .count();
         assert!(moved > 80, "{moved}");
-        let store = crate::store::SledStore::open(tempfile::tempdir().unwrap().path()).unwrap();
-        let r = Rollouts::default();
-        r.set(&store, &sha, 10, Some("pump-a/fw.bin"), "operator:olga", 1)
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(dir.path());
+        let r = Rollouts::load(&path).unwrap();
+        r.set(&sha, 10, Some("pump-a/fw.bin"), "operator:olga", 1, |_| {})
             .unwrap();
         let admitted = |r: &Rollouts| {
             (0..1000)
@@ -209,7 +248,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let at_10 = admitted(&r);
-        r.set(&store, &sha, 50, None, "operator:olga", 2).unwrap();
+        r.set(&sha, 50, None, "operator:olga", 2, |_| {}).unwrap();
         let at_50 = admitted(&r);
         assert!(
             at_10.iter().all(|d| at_50.contains(d)),
@@ -222,23 +261,28 @@ mod tests {
         assert!(r.admits(&sha, Reader::Staff).is_ok());
         assert_eq!(r.admits(&sha, Reader::Anonymous).unwrap_err().percent, 50);
         // stored: a restart keeps it
-        assert_eq!(Rollouts::load(&store).unwrap().list(), r.list());
-        r.end(&store, &sha).unwrap();
+        assert_eq!(Rollouts::load(&path).unwrap().list(), r.list());
+        r.end(&sha, |_| {}).unwrap();
         assert!(r.admits(&sha, Reader::Anonymous).is_ok());
-        assert_eq!(Rollouts::load(&store).unwrap().list(), vec![]);
+        assert_eq!(Rollouts::load(&path).unwrap().list(), vec![]);
         // refusals
         assert_eq!(
-            r.set(&store, "AB", 5, None, "x", 0).unwrap_err(),
+            r.set("AB", 5, None, "x", 0, |_| {}).unwrap_err(),
             RolloutError::BadHash("AB".into())
         );
         assert_eq!(
-            r.set(&store, &sha, 101, None, "x", 0).unwrap_err(),
+            r.set(&sha, 101, None, "x", 0, |_| {}).unwrap_err(),
             RolloutError::BadPercent(101)
         );
         assert_eq!(
-            r.end(&store, &sha).unwrap_err(),
+            r.end(&sha, |_| {}).unwrap_err(),
             RolloutError::Unknown(sha.clone())
         );
         assert_eq!(r.list(), vec![]);
+        // a file that does not parse is an error, not "no rollouts" (that would release all)
+        std::fs::write(&path, b"[{").unwrap();
+        assert!(
+            matches!(Rollouts::load(&path), Err(RolloutError::Store(m)) if m.contains("rollouts.json"))
+        );
     }
 }

@@ -36,12 +36,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn tokens(&self) -> Result<Vec<(String, String)>, StoreError>;
     /// Remove the token that hashes to `token_sha256`; `false` if there was none.
     fn token_remove(&self, token_sha256: &str) -> Result<bool, StoreError>;
-    /// Store a rollout (`crate::rollout`) under the sha256 of its image.
-    fn rollout_put(&self, sha256: &str, rollout: &[u8]) -> Result<(), StoreError>;
-    /// Remove the rollout of `sha256`.
-    fn rollout_remove(&self, sha256: &str) -> Result<(), StoreError>;
-    /// Every stored rollout: `(sha256, bytes)`.
-    fn rollouts(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Replace a device's latest report.
     fn device_put(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
     /// Replace a device's record with `next(previous)`, atomically (`next` may run more than once
@@ -80,7 +74,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 pub struct SledStore {
     db: sled::Db,
     tokens: sled::Tree,
-    rollouts: sled::Tree,
     devices: sled::Tree,
     audit: sled::Tree,
 }
@@ -105,7 +98,6 @@ impl SledStore {
         })?;
         Ok(SledStore {
             tokens: db.open_tree("tokens")?,
-            rollouts: db.open_tree("rollouts")?,
             devices: db.open_tree("devices")?,
             audit: db.open_tree("audit")?,
             db,
@@ -160,27 +152,6 @@ impl Store for SledStore {
 
     fn token_remove(&self, token_sha256: &str) -> Result<bool, StoreError> {
         Ok(self.tokens.remove(token_sha256.as_bytes())?.is_some())
-    }
-
-    fn rollout_put(&self, sha256: &str, rollout: &[u8]) -> Result<(), StoreError> {
-        self.rollouts.insert(sha256.as_bytes(), rollout)?;
-        self.rollouts.flush()?;
-        Ok(())
-    }
-
-    fn rollout_remove(&self, sha256: &str) -> Result<(), StoreError> {
-        self.rollouts.remove(sha256.as_bytes())?;
-        self.rollouts.flush()?;
-        Ok(())
-    }
-
-    fn rollouts(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.rollouts.iter() {
-            let (k, v) = kv?;
-            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
-        }
-        Ok(out)
     }
 
     fn device_put(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {

@@ -368,6 +368,53 @@ fn device_reports_inventory_health_metrics_audit_and_shutdown() {
         (vec![], served.len()),
         "files of the data dir"
     );
+
+    // an image a staged rollout holds back stays out of an export (a CDN would hand it to all)
+    let name = exported[0]
+        .0
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let sha = name.split_once('.').unwrap().0.to_string();
+    std::fs::write(
+        f.data.join("rollouts.json"),
+        serde_json::to_vec(
+            &json!([{"sha256": sha, "percent": 10, "by": "operator:olga", "updated_at": 1}]),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let held_dir = f.dir.path().join("export-held");
+    let out = run_bin(
+        &[
+            "export",
+            "--data",
+            data,
+            "--out",
+            held_dir.to_str().unwrap(),
+        ],
+        &f.pass_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "note: dir/fw.bin left out: its staged rollout is at 10 % (devices fetching from this export get it once the rollout ends and it is exported again)"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut held = Vec::new();
+    if held_dir.join("targets").exists() {
+        files(&held_dir.join("targets"), &mut held);
+    }
+    assert_eq!(held, vec![], "no image exported");
+    assert!(held_dir.join("1.targets.json").exists());
 }
 
 /// Send a POST's headers only (announcing `content_length` bytes) and return the status line's code.

@@ -2392,6 +2392,7 @@ fn a_staged_rollout_holds_an_image_back_from_devices_outside_its_share() {
     // outside the share: the metadata as everyone, not the image
     assert_status(get_on(&t.device, &device, "/timestamp.json"), 200);
     let held = get_on(&t.device, &device, &image).unwrap();
+    assert_eq!(held.header("cache-control"), Some("no-store"));
     assert_eq!(
         (held.status, held.json()),
         (
@@ -2444,7 +2445,15 @@ fn a_staged_rollout_holds_an_image_back_from_devices_outside_its_share() {
             .status,
         200
     );
-    assert_eq!(end(&t).unwrap().status, 400, "no rollout left to end");
+    let none = end(&t).unwrap();
+    assert_eq!(
+        (none.status, none.json()),
+        (
+            404,
+            json!({"error": "rollout_unknown", "message": format!("no rollout for the image {sha}")})
+        ),
+        "no rollout left to end"
+    );
     // every change audited, in order
     let changes: Vec<(String, Value)> = audit_of(&t, op, "rollout")
         .into_iter()

@@ -1076,6 +1076,19 @@ fn a_published_role_near_its_expiry_is_named_by_status_and_renewed_without_other
         let r = e.run(&args);
         assert_eq!((r.code, r.stderr.trim_end()), (2, err), "{args:?}");
     }
+    // a renewal that would expire sooner than now
+    let r = e.run(&["renew", "repo", "--role", "targets", "--expires-in", "1d"]);
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            format!(
+                "error: targets: the renewed expiry {} is sooner than the current {expires}: give a longer --expires-in (or none, for the policy's)",
+                r.stderr.split("renewed expiry ").nth(1).and_then(|t| t.split(' ').next()).unwrap_or("?")
+            )
+            .as_str()
+        )
+    );
     let r = e.run(&["renew", "repo", "--role", "targets", "--expires-in", "90"]);
     assert_eq!(r.code, 2);
     assert!(

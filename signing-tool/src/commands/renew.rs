@@ -1,6 +1,7 @@
 //! `hale-sign renew DIR --role R [--role R …] [--expires-in D]`: stage the next version of
 //! offline-signed roles with the same content and a later expiry. Devices refuse every update
-//! once root, targets or a delegated role has expired (they keep running their firmware), so
+//! once root or targets has expired, and the targets a delegated role holds once it has (they
+//! keep running their firmware), so
 //! a repository whose releases are rare still needs a ceremony before each role's expiry; this
 //! is the command for it. The staged files are then signed, published and pushed as any other.
 
@@ -73,6 +74,21 @@ pub fn run(a: RenewArgs) -> anyhow::Result<ExitCode> {
         let mut body = state.next_body(n)?;
         if let Some(secs) = a.expires_in {
             body["expires"] = json!(hale_repo::build::expires_at(state.now, secs)?);
+        }
+        // a renewal that would expire sooner is a mistake a signing ceremony should not carry
+        let new = body.get("expires").and_then(|v| v.as_str()).unwrap_or("");
+        let sooner = match (
+            hale_core::time::parse_expires(new.as_bytes()),
+            hale_core::time::parse_expires(was.as_bytes()),
+        ) {
+            (Some(n), Some(w)) => n < w,
+            _ => false,
+        };
+        if sooner {
+            bail!(
+                "{n}: the renewed expiry {new} is sooner than the current {was}: give a longer \
+                 --expires-in (or none, for the policy's)"
+            );
         }
         let version = body.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
         let expires = body

@@ -259,16 +259,22 @@ fn expiry_notes(state: &State) {
             continue;
         };
         let left = t.saturating_sub(state.now);
+        // a delegated role holds only the targets delegated to it
+        let refused = if crate::state::top_level(&m.name).is_some() {
+            "devices refuse every update"
+        } else {
+            "devices refuse the targets it holds"
+        };
         if hale_core::time::is_expired(t, state.now) {
             println!(
-                "{} v{} expired at {}: devices refuse every update until a renewed version is published",
+                "{} v{} expired at {}: {refused} until a renewed version is published",
                 m.name,
                 m.version,
                 m.expires()
             );
         } else if left <= RENEW_WITHIN {
             println!(
-                "{} v{} expires at {} (in {}): devices refuse every update after it",
+                "{} v{} expires at {} (in {}): {refused} after it",
                 m.name,
                 m.version,
                 m.expires(),
