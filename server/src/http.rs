@@ -613,6 +613,10 @@ pub fn api(
 
 pub(crate) async fn recover(r: Rejection) -> Result<warp::reply::Response, Infallible> {
     let (status, code, message) = if let Some(e) = r.find::<ApiError>() {
+        if e.status == StatusCode::INTERNAL_SERVER_ERROR {
+            // the client sees "internal"; the operator needs the cause
+            tracing::error!(code = e.code, error = %e.message, "internal error answered 500");
+        }
         (e.status, e.code, e.message.clone())
     } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
         (

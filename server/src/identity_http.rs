@@ -33,6 +33,10 @@ use crate::identity::MAX_TOKEN_TTL;
 /// The JSON error answer; a refusal that ends on its own (`renewal_too_early`) says when with
 /// `Retry-After` (delta-seconds).
 fn error_reply(e: &IdentityError) -> warp::reply::Response {
+    if let IdentityError::Internal(m) = e {
+        // the client sees "internal"; the operator needs the cause
+        tracing::error!(error = %m, "internal error answered 500");
+    }
     let mut r = json_reply(
         e.status(),
         &json!({"error": e.code(), "message": e.to_string()}),

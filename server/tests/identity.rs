@@ -2245,6 +2245,10 @@ fn an_expired_staff_crl_locks_staff_out_but_not_devices_and_says_so_until_a_new_
     assert_eq!(h.json()["offline_crls"]["manufacturing"]["crl_number"], 1);
     let log = std::fs::read_to_string(f.data.join("server.log")).unwrap();
     assert_eq!(log.matches(&message).count(), 1, "logged once: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no terminal colours in a log file: {log}"
+    );
     // a current CRL put in its place is read within seconds: staff are back
     let fresh =
         p.h.technician
@@ -2454,6 +2458,31 @@ fn a_staged_rollout_holds_an_image_back_from_devices_outside_its_share() {
         ),
         "no rollout left to end"
     );
+    // a rollout that cannot be kept is not in force, and the operator's log says why
+    let kept = f.data.join("rollouts.json");
+    std::fs::remove_file(&kept).unwrap();
+    std::fs::create_dir(&kept).unwrap();
+    let r = once(
+        &t.staff,
+        op.clone(),
+        "PUT",
+        &format!("/api/v1/staff/rollouts/{sha}"),
+        &[],
+        br#"{"percent": 1}"#,
+    )
+    .unwrap();
+    assert_eq!((r.status, r.code().as_str()), (500, "internal"));
+    assert_eq!(
+        assert_status(get_on(&t.staff, op, "/api/v1/staff/rollouts"), 200).json(),
+        json!({"rollouts": []})
+    );
+    assert_eq!(
+        assert_status(get_on(&t.device, &device, &image), 200).body,
+        fw
+    );
+    let log = std::fs::read_to_string(f.data.join("server.log")).unwrap();
+    assert!(log.contains("internal error answered 500"), "{log}");
+    std::fs::remove_dir(&kept).unwrap();
     // every change audited, in order
     let changes: Vec<(String, Value)> = audit_of(&t, op, "rollout")
         .into_iter()
