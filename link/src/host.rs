@@ -64,12 +64,21 @@ pub enum PushError {
     OffsetPastEnd { offset: u32, len: u32 },
     #[error("no progress at offset {offset} after {stalls} replies")]
     Stalled { offset: u32, stalls: u32 },
+    #[error("the line sent {bytes} bytes without one frame: is it the pump's port, in raw mode?")]
+    Noise { bytes: usize },
 }
+
+/// Empty frames (bare `0x00` bytes) taken in a row before the line counts as noise: a frame is
+/// never empty, and a line that only says zeros (an unplugged port, `/dev/zero`) would otherwise
+/// be read for ever.
+const MAX_EMPTY_FRAMES: usize = 4096;
 
 /// Reads `0x00`-ended frames from a byte stream.
 struct Frames<R> {
     reader: R,
     buf: Vec<u8>,
+    /// empty frames since the last frame
+    empty: usize,
 }
 
 impl<R: Read> Frames<R> {
@@ -79,8 +88,13 @@ impl<R: Read> Frames<R> {
                 let mut frame: Vec<u8> = self.buf.drain(..=end).collect();
                 frame.pop();
                 if frame.is_empty() {
+                    self.empty += 1;
+                    if self.empty > MAX_EMPTY_FRAMES {
+                        return Err(PushError::Noise { bytes: self.empty });
+                    }
                     continue;
                 }
+                self.empty = 0;
                 return Ok(frame);
             }
             if self.buf.len() > MAX_REPORT_FRAME {
@@ -154,6 +168,7 @@ pub fn push<R: Read, W: Write>(
     let mut frames = Frames {
         reader,
         buf: Vec::new(),
+        empty: 0,
     };
 
     // A lone delimiter ends whatever partial frame the device may hold from an earlier session.

@@ -790,3 +790,17 @@ fn receiver_refuses_a_frame_buffer_smaller_than_the_mtu_needs() {
     let err = Receiver::<_, 64>::new(VecSink::new(1024), config).unwrap_err();
     assert!(matches!(err, Error::Config { .. }));
 }
+
+/// A line that only carries zeros (an unplugged port, `/dev/zero`): the push ends with `Noise`
+/// after a bounded amount of it, instead of reading for ever.
+#[test]
+fn a_line_of_zeros_ends_the_push() {
+    let b = bundle(64, 3);
+    let zeros = std::io::repeat(0);
+    let err = push(&b, zeros, std::io::sink(), &PushOptions::default()).unwrap_err();
+    assert!(matches!(err, PushError::Noise { bytes: 4097 }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "the line sent 4097 bytes without one frame: is it the pump's port, in raw mode?"
+    );
+}
