@@ -83,7 +83,7 @@ pub struct Rollouts {
     current: RwLock<BTreeMap<String, Rollout>>,
     /// serialises changes: store, map and audit record in one order; image requests only take
     /// `current`'s read lock, never wait for the store's sync
-    change: std::sync::Mutex<()>,
+    one_change: std::sync::Mutex<()>,
 }
 
 impl Rollouts {
@@ -102,7 +102,7 @@ impl Rollouts {
         Ok(Rollouts {
             path: Some(path.to_path_buf()),
             current: RwLock::new(map),
-            change: std::sync::Mutex::default(),
+            one_change: std::sync::Mutex::default(),
         })
     }
 
@@ -173,21 +173,40 @@ impl Rollouts {
         {
             return Err(RolloutError::BadTarget(t.to_string()));
         }
-        let _one = self.change.lock().unwrap_or_else(PoisonError::into_inner);
+        self.change(
+            |next| {
+                let known = next.get(sha256).and_then(|r| r.target.clone());
+                let r = Rollout {
+                    sha256: sha256.to_string(),
+                    percent,
+                    target: target.map(str::to_string).or(known),
+                    by: by.to_string(),
+                    updated_at: now,
+                };
+                next.insert(sha256.to_string(), r.clone());
+                Ok(r)
+            },
+            record,
+        )
+    }
+
+    /// One change: `edit` a copy of the rollouts in force, keep it in the file, put it in
+    /// force, `record` it; changes one at a time, image requests never waiting for the file.
+    fn change(
+        &self,
+        edit: impl FnOnce(&mut BTreeMap<String, Rollout>) -> Result<Rollout, RolloutError>,
+        record: impl FnOnce(&Rollout),
+    ) -> Result<Rollout, RolloutError> {
+        let _one = self
+            .one_change
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut next = self
             .current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let known = next.get(sha256).and_then(|r| r.target.clone());
-        let r = Rollout {
-            sha256: sha256.to_string(),
-            percent,
-            target: target.map(str::to_string).or(known),
-            by: by.to_string(),
-            updated_at: now,
-        };
-        next.insert(sha256.to_string(), r.clone());
+        let r = edit(&mut next)?;
         self.keep(&next)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
         record(&r);
@@ -200,19 +219,13 @@ impl Rollouts {
         sha256: &str,
         record: impl FnOnce(&Rollout),
     ) -> Result<Rollout, RolloutError> {
-        let _one = self.change.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = self
-            .current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let r = next
-            .remove(sha256)
-            .ok_or_else(|| RolloutError::Unknown(sha256.to_string()))?;
-        self.keep(&next)?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
-        record(&r);
-        Ok(r)
+        self.change(
+            |next| {
+                next.remove(sha256)
+                    .ok_or_else(|| RolloutError::Unknown(sha256.to_string()))
+            },
+            record,
+        )
     }
 }
 
