@@ -10,7 +10,8 @@
 # generated for this run); builds two insulin pumps at the "factory" (pump1 gets a factory
 # certificate and a manufacturing-manifest entry, pump2 a single-use enrollment token); starts
 # hale-server with its TLS listeners (device API over mTLS, EST enrollment, staff API) on free
-# loopback ports; pushes v1 and v2; the pumps enroll, then poll over mTLS and go through
+# loopback ports; pushes v1, and v2 held back by a staged rollout at 0 % (the pump defers) until
+# the operator ends it; the pumps enroll, then poll over mTLS and go through
 # update → health check → confirm; shows an install deferred while therapy runs, a v3 that fails
 # its health check and is reverted, an image for another pump model and an older image refused,
 # the server's inventory (staff API), a replayed enrollment token refused, and a decommissioned
@@ -159,10 +160,11 @@ make_image() {
     { printf 'HALE PUMP FIRMWARE %s\n' "$1"; head -c 30000 /dev/urandom; } >"$f"
     echo "$f"
 }
-# release VERSION COUNTER MODEL: hale-sign target add + sign + push
+# release VERSION COUNTER MODEL [IMAGE]: hale-sign target add + sign + push (a new image unless
+# one is given)
 release() {
-    local fw
-    fw=$(make_image "$1")
+    local fw=${4:-}
+    [[ -n "$fw" ]] || fw=$(make_image "$1")
     "$SIGN" target add "$REPO" --file "$fw" --name pump-a/firmware.bin \
         --model "$3" --revisions r2,r3 --version "$1" --security-counter "$2" \
         --min-bootloader 1.0.0 >/dev/null 2>&1
@@ -203,8 +205,12 @@ grep -q 'token_used' <<<"$out" || { echo "expected token_used" >&2; exit 1; }
     { echo "a refused enrollment changed pump2's certificate" >&2; exit 1; }
 note "the token is single-use: its replay is refused and pump2's certificate is unchanged"
 
-say "9. release v2 (2.0.0) and push it"
-release 2.0.0 2 pump-a
+say "9. release v2 (2.0.0), held back by a staged rollout until operator olga widens it"
+fw2=$(make_image 2.0.0)
+sha2=$(sha256sum "$fw2" | cut -d' ' -f1)
+staff PUT "/api/v1/staff/rollouts/$sha2" --json '{"percent": 0, "target": "pump-a/firmware.bin"}' |
+    sed 's/^/   rollout: /'
+release 2.0.0 2 pump-a "$fw2"
 
 pump() { # pump N ARGS...: one hale-agent command, narrated
     local n=$1; shift
@@ -244,7 +250,12 @@ inventory() {
     python3 -c "$INVENTORY_PY" "$WORK/devices.json" "$WORK/reports.json"
 }
 
-say "10. pump1 polls over mTLS: installs v2, reboots into the trial, health check passes, confirms"
+say "10. pump1 polls over mTLS: v2 is in a rollout at 0 %, so the pump defers and runs v1"
+poll 1
+expect 1 deferred 1.0.0
+staff DELETE "/api/v1/staff/rollouts/$sha2" | sed 's/^/   rollout ended: /'
+note "the rollout ended: v2 is offered to every pump (each change is in the audit log)"
+say "   ... the next poll installs v2, reboots into the trial, health check passes, confirms"
 pump 1 health pass
 poll 1
 expect 1 installed 2.0.0
@@ -310,5 +321,5 @@ note "hale-server stopped"
 "$SERVER" audit verify --data "$DATA" | sed 's/^/   /'
 echo
 echo "demo finished: a CA ceremony, two pumps enrolled (factory certificate, token) polling over mTLS;"
-echo "v1 → v2 on both, a deferred install, a reverted v3, a foreign and an older image refused,"
-echo "a replayed token and a decommissioned pump refused"
+echo "v2 held by a staged rollout, then on both; a deferred install, a reverted v3, a foreign and"
+echo "an older image refused, a replayed token and a decommissioned pump refused"
