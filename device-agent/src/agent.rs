@@ -731,12 +731,16 @@ fn stage<F: Durable, T: Transport, A: Application>(
     if offset < image.length {
         offset -= offset % F::ERASE_SIZE as u64;
     }
-    if !resume {
+    // checked now, committed once the first block is here: a download that never starts (a
+    // staged rollout holding the image back, a failing server) leaves the slots as they were
+    let mut begin = if resume {
+        None
+    } else {
         let mut next = slots;
         next.begin_staging_in_place(image)
             .map_err(AgentError::Slot)?;
-        commit_slots::<F, T>(store, next)?;
-    }
+        Some(next)
+    };
     // re-hash what is already in flash: the hash covers the slot's bytes, not the network's
     let mut pos = 0u64;
     while pos < offset {
@@ -750,17 +754,24 @@ fn stage<F: Durable, T: Transport, A: Application>(
     let checkpoint = store.checkpoint_interval();
     // the bytes as read back from flash either verify (pending) or the staging is abandoned
     let verified = loop {
-        if offset >= image.length {
+        // (0 once the image is whole: an empty image fetches nothing)
+        let n = image.length.saturating_sub(offset).min(chunk.len() as u64) as usize;
+        if n > 0 {
+            let c = chunk.get_mut(..n).unwrap_or(&mut []);
+            transport
+                .fetch_target(&file_name, offset, c)
+                .map_err(|error| AgentError::Transport {
+                    what: target,
+                    error,
+                })?;
+        }
+        if let Some(next) = begin.take() {
+            commit_slots::<F, T>(store, next)?;
+            staging = store.slots();
+        }
+        if n == 0 {
             break hasher.finish();
         }
-        let n = (image.length - offset).min(chunk.len() as u64) as usize;
-        let c = chunk.get_mut(..n).unwrap_or(&mut []);
-        transport
-            .fetch_target(&file_name, offset, c)
-            .map_err(|error| AgentError::Transport {
-                what: target,
-                error,
-            })?;
         // a sector is erased once its first block is here: a server that fails (or withholds)
         // the download costs the flash no erase, however often the device polls
         if offset % F::ERASE_SIZE as u64 == 0 {

@@ -417,8 +417,8 @@ fn interrupted_download_resumes_from_the_stored_offset() {
 }
 
 /// A server that fails (or withholds) every download: each check ends with the transport's
-/// error, and the inactive slot's first sector is never erased for it, however often the pump
-/// polls (an erase per poll would wear the flash out within months).
+/// error, the slots stay as they were, and the inactive slot's first sector is never erased for
+/// it, however often the pump polls (an erase per poll would wear the flash out within months).
 #[test]
 fn a_download_that_never_starts_erases_nothing() {
     let sim = repo_with("2.0.0", 7, 3000);
@@ -439,6 +439,8 @@ fn a_download_that_never_starts_erases_nothing() {
         );
         assert_eq!(store.slots().active(), Slot::A);
         assert_eq!(store.download_offset(), 0);
+        // nothing began: slot B is as it was (not "staging" an image that never came)
+        assert_eq!(store.slots().info(Slot::B).state, SlotState::Empty);
     }
     assert!(
         mem[b..b + ERASE].iter().all(|&x| x == 0x5A),

@@ -245,10 +245,10 @@ fn a_bundle_missing_its_image_fails_as_transport_and_keeps_the_running_image() {
             },
         })
     );
-    // like an interrupted download: the inactive slot waits to resume, the running one stands
+    // the download never began: the inactive slot is as it was, the running one stands
     assert_eq!(
         store.slots().info(Slot::B).state,
-        device_agent::SlotState::Staging
+        device_agent::SlotState::Empty
     );
     drop(store);
     let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
