@@ -1106,10 +1106,7 @@ fn health_handler(app: Arc<App>) -> warp::reply::Response {
 /// [`OFFLINE_EXPIRY_WARNING_SECS`](crate::repo::OFFLINE_EXPIRY_WARNING_SECS).
 pub fn health(st: &crate::repo::State, now: i64) -> (StatusCode, serde_json::Value) {
     let r = crate::repo::ExpiryReport::of(st, now);
-    let ts_exp = crate::repo::served_expiries(st)
-        .into_iter()
-        .find(|(role, _, _)| role == "timestamp")
-        .map(|(_, _, e)| e);
+    let ts_exp = r.timestamp;
     // a delegated role that expired stops the targets it holds, not the device API: reported,
     // not a failed health check (a load balancer would take every device's updates away)
     let top_expired = r

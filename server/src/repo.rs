@@ -348,12 +348,17 @@ pub struct ExpiryReport {
     pub expiring: Vec<(String, u64, i64)>,
     /// the offline-signed role that expires first: `(role, expires)`
     pub offline_first: Option<(String, i64)>,
+    /// when the served timestamp expires
+    pub timestamp: Option<i64>,
 }
 
 impl ExpiryReport {
     pub fn of(st: &State, now: i64) -> ExpiryReport {
         let mut r = ExpiryReport::default();
         for (role, v, e) in served_expiries(st) {
+            if role == "timestamp" {
+                r.timestamp = Some(e);
+            }
             let online = role == "timestamp" || role == "snapshot";
             if hale_core::time::is_expired(e, now) {
                 r.expired.push((role.clone(), v, e));

@@ -2317,20 +2317,21 @@ fn a_staged_rollout_holds_an_image_back_from_devices_outside_its_share() {
         place < 99,
         "the image is fixed: pump-1's place is {place}, below 99"
     );
+    // PUT the rollout of this image as operator olivia
+    let put = |t: &TlsServer, body: &[u8]| {
+        let path = format!("/api/v1/staff/rollouts/{sha}");
+        once(
+            &t.staff,
+            op.clone(),
+            "PUT",
+            &path,
+            &[("Content-Type", "application/json")],
+            body,
+        )
+    };
     let rollout = |t: &TlsServer, percent: u8| {
         let body = json!({"percent": percent, "target": "fw.bin"}).to_string();
-        assert_status(
-            once(
-                &t.staff,
-                op.clone(),
-                "PUT",
-                &format!("/api/v1/staff/rollouts/{sha}"),
-                &[("Content-Type", "application/json")],
-                body.as_bytes(),
-            ),
-            200,
-        )
-        .json()
+        assert_status(put(t, body.as_bytes()), 200).json()
     };
     let t = &e.t;
     // before the release: 0 %, or just below pump-1's place
@@ -2364,15 +2365,7 @@ fn a_staged_rollout_holds_an_image_back_from_devices_outside_its_share() {
             "unknown field `extra`, expected `percent` or `target` at line 1 column 22",
         ),
     ] {
-        let r = once(
-            &t.staff,
-            op.clone(),
-            "PUT",
-            &format!("/api/v1/staff/rollouts/{sha}"),
-            &[],
-            body,
-        )
-        .unwrap();
+        let r = put(t, body).unwrap();
         assert_eq!((r.status, r.json()["message"].clone()), (400, json!(msg)));
     }
     let r = once(
@@ -2462,15 +2455,7 @@ fn a_staged_rollout_holds_an_image_back_from_devices_outside_its_share() {
     let kept = f.data.join("rollouts.json");
     std::fs::remove_file(&kept).unwrap();
     std::fs::create_dir(&kept).unwrap();
-    let r = once(
-        &t.staff,
-        op.clone(),
-        "PUT",
-        &format!("/api/v1/staff/rollouts/{sha}"),
-        &[],
-        br#"{"percent": 1}"#,
-    )
-    .unwrap();
+    let r = put(&t, br#"{"percent": 1}"#).unwrap();
     assert_eq!((r.status, r.code().as_str()), (500, "internal"));
     assert_eq!(
         assert_status(get_on(&t.staff, op, "/api/v1/staff/rollouts"), 200).json(),

@@ -87,6 +87,26 @@ fn repo_with_rollback_role() -> Env {
     e
 }
 
+/// `rollback authorize` of TARGET for `whom` (`--device ID`, `--group G`, or nothing), reason
+/// "x", one hour, signed with field-a.key into auth.json. Does not check the exit status.
+fn authorize_whom(e: &Env, whom: &[&str]) -> Run {
+    let mut args = vec!["rollback", "authorize", "repo"];
+    args.extend_from_slice(whom);
+    args.extend_from_slice(&[
+        "--target",
+        TARGET,
+        "--reason",
+        "x",
+        "--expires-in",
+        "1h",
+        "--key",
+        "field-a.key",
+        "--out",
+        "auth.json",
+    ]);
+    e.run(&args)
+}
+
 /// `rollback authorize` for device pump-a-000123 (fixed reason, installed 2.1.0) with `extra`
 /// options appended; writes auth.json on success. Does not check the exit status.
 fn authorize(e: &Env, extra: &[&str]) -> Run {
@@ -438,21 +458,7 @@ fn the_second_signer_sees_what_they_sign_and_never_signs_what_the_first_did_not(
 #[test]
 fn an_authorization_naming_no_device_and_no_group_is_refused_naming_both() {
     let e = repo_with_rollback_role();
-    let r = e.run(&[
-        "rollback",
-        "authorize",
-        "repo",
-        "--target",
-        TARGET,
-        "--reason",
-        "x",
-        "--expires-in",
-        "1h",
-        "--key",
-        "field-a.key",
-        "--out",
-        "auth.json",
-    ]);
+    let r = authorize_whom(&e, &[]);
     assert_eq!(r.code, 2);
     assert!(
         r.stderr.contains(
@@ -482,23 +488,7 @@ fn a_bundle_from_root_version_zero_is_refused_before_anything_is_read() {
 fn an_authorization_naming_an_empty_device_or_group_is_refused() {
     let e = repo_with_rollback_role();
     for whom in [["--device", ""], ["--group", " "]] {
-        let r = e.run(&[
-            "rollback",
-            "authorize",
-            "repo",
-            whom[0],
-            whom[1],
-            "--target",
-            TARGET,
-            "--reason",
-            "x",
-            "--expires-in",
-            "1h",
-            "--key",
-            "field-a.key",
-            "--out",
-            "auth.json",
-        ]);
+        let r = authorize_whom(&e, &whom);
         assert_refused(
             &e,
             &r,
