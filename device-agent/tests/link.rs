@@ -544,6 +544,48 @@ fn a_silent_line_ends_the_session_and_frees_the_pump() {
 }
 
 #[test]
+fn a_line_of_zeros_ends_the_session_and_frees_the_pump() {
+    // an adapter whose far end is unplugged, or the wrong port, says only zeros: bytes keep
+    // coming, so the idle limit never ends the session; the noise bound does
+    let sim = repo_offering("2.0.0", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let state = provision(&sim, dir.path());
+    let before = pump_state(&state);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+        .arg("--state")
+        .arg(&state)
+        .args(["link", "--device", "-"])
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = child.stdin.take().unwrap();
+    // zeros until the pump hangs up (a write then fails), or 10 MiB
+    let zeros = [0u8; 4096];
+    for _ in 0..2560 {
+        if line.write_all(&zeros).is_err() {
+            break;
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err,
+        "Error: link -: 65536 bytes in a row without one command (line noise: the wrong port or \
+         baud rate, or a cable with nothing at its far end): session closed (nothing stored; push \
+         again to resume)\n"
+    );
+    assert!(out.stdout.is_empty(), "no frame was answered");
+    assert_eq!(pump_state(&state), before, "nothing changed");
+    agent(&state, &["reboot"]);
+    assert_eq!(running_version(&state), "1.0.0");
+}
+
+#[test]
 fn a_restart_interval_out_of_range_is_refused_before_the_link_opens() {
     let sim = repo_offering("2.0.0", 2);
     let dir = tempfile::tempdir().unwrap();

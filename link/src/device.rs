@@ -259,7 +259,17 @@ pub enum ServeError<P> {
     Port(P),
     /// The port reached its end (the host closed the link).
     Closed,
+    /// The port sent [`Receiver::noise_limit`] bytes in a row without one command: empty frames,
+    /// frames that do not decode or are too long, or bytes that never end a frame (a line that
+    /// only says zeros, a floating input, the wrong baud rate). No host sends that; without this
+    /// bound the session would never end, as bytes keep the port from going idle.
+    Noise { bytes: u32 },
 }
+
+/// Bytes [`Receiver::serve`] takes in a row without a command before it ends the session
+/// ([`ServeError::Noise`]): 64 KiB, or 16 of the largest frames the receiver takes when that is
+/// more ([`Receiver::noise_limit`]).
+pub const MAX_NOISE_BYTES: u32 = 64 << 10;
 
 /// Read the sink's progress: `None` unless it names a bundle this receiver accepts and an offset
 /// within it.
@@ -362,7 +372,7 @@ impl<S: BundleSink, const N: usize> Receiver<S, N> {
     }
 
     /// Serve `port` until a bundle is complete (returns `BundleComplete`'s id and length), the
-    /// port ends, or it fails. `clock` is read after every read from the port
+    /// port ends, it fails, or it sends only noise ([`ServeError::Noise`]). `clock` is read after every read from the port
     /// ([`set_clock_ms`](Self::set_clock_ms)); `on_event` sees every frame's outcome (for the
     /// agent's log).
     pub fn serve<P>(
@@ -375,6 +385,8 @@ impl<S: BundleSink, const N: usize> Receiver<S, N> {
         P: embedded_io::Read + embedded_io::Write,
     {
         let mut buf = [0u8; 64];
+        // bytes since the last frame that decoded to a command
+        let (mut noise, limit) = (0u32, self.noise_limit());
         loop {
             let n = port.read(&mut buf).map_err(ServeError::Port)?;
             if n == 0 {
@@ -382,16 +394,29 @@ impl<S: BundleSink, const N: usize> Receiver<S, N> {
             }
             self.set_clock_ms(clock());
             for byte in buf.iter().take(n) {
+                noise = noise.saturating_add(1);
                 if let Some(handled) = self.push(*byte) {
                     port.write_all(handled.reply).map_err(ServeError::Port)?;
                     port.flush().map_err(ServeError::Port)?;
                     on_event(&handled.outcome);
-                    if let Ok(Event::BundleComplete { id, len }) = handled.outcome {
-                        return Ok((id, len));
+                    match handled.outcome {
+                        Ok(Event::BundleComplete { id, len }) => return Ok((id, len)),
+                        Err(Error::Undecodable | Error::FrameTooLong { .. }) => {}
+                        _ => noise = 0,
                     }
+                }
+                if noise >= limit {
+                    return Err(ServeError::Noise { bytes: noise });
                 }
             }
         }
+    }
+
+    /// Bytes in a row without a command that end [`serve`](Self::serve)'s session:
+    /// [`MAX_NOISE_BYTES`], or 16 of the largest frames this receiver takes when that is more.
+    pub fn noise_limit(&self) -> u32 {
+        let frames = u32::try_from(self.frame_limit.saturating_add(1)).unwrap_or(u32::MAX);
+        MAX_NOISE_BYTES.max(frames.saturating_mul(16))
     }
 
     /// The transfer in progress and the next offset expected.

@@ -44,7 +44,7 @@ pub mod wire;
 
 pub use device::{
     BundleSink, Config, Error, Event, Handled, Receiver, ServeError,
-    DEFAULT_MIN_RESTART_INTERVAL_MS,
+    DEFAULT_MIN_RESTART_INTERVAL_MS, MAX_NOISE_BYTES,
 };
 pub use id::BundleId;
 pub use wire::{max_frame_len, Outcome, Refusal, Report};

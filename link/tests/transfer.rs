@@ -804,3 +804,142 @@ fn a_line_of_zeros_ends_the_push() {
         "the line sent 4097 bytes without one frame: is it the pump's port, in raw mode?"
     );
 }
+
+/// A line that says `script` and then `filler` for ever; the device's replies are counted.
+struct NoisyLine {
+    script: Vec<u8>,
+    at: usize,
+    filler: Option<Vec<u8>>,
+    replies: usize,
+}
+
+impl embedded_io::ErrorType for NoisyLine {
+    type Error = std::io::Error;
+}
+impl embedded_io::Read for NoisyLine {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, std::io::Error> {
+        if self.at >= self.script.len() {
+            match &self.filler {
+                Some(f) => {
+                    self.script.extend_from_slice(f);
+                }
+                None => return Ok(0),
+            }
+        }
+        let rest = &self.script[self.at..];
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+impl embedded_io::Write for NoisyLine {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, std::io::Error> {
+        self.replies += buf.iter().filter(|b| **b == 0).count();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+}
+
+/// A device holding 256 stored bytes of a bundle, served `line`: its result, the sink after,
+/// and the frames it answered.
+fn serve_line(mut line: NoisyLine) -> (ServeError<std::io::Error>, VecSink, usize, usize) {
+    let bundle = bundle(2_000, 10);
+    let id = BundleId::of(&bundle).unwrap();
+    let mut sink = VecSink::new(64 * 1024);
+    sink.begin(&id, 0).unwrap();
+    sink.write_at(0, &bundle[..256]).unwrap();
+    let config = Config {
+        running_version: RUNNING,
+        mtu: MTU,
+        max_bundle_len: 64 * 1024,
+        min_restart_interval_ms: 0,
+    };
+    let mut receiver = Receiver::<_, FRAME>::new(sink, config).unwrap();
+    let limit = receiver.noise_limit() as usize;
+    let err = receiver.serve(&mut line, || 0, |_| {}).unwrap_err();
+    let sink = receiver.into_sink();
+    assert_eq!(sink.data, &bundle[..256], "the stored bytes are untouched");
+    assert_eq!(sink.id, Some(id));
+    assert_eq!(sink.begins, vec![id], "no transfer began");
+    (err, sink, line.replies, limit)
+}
+
+fn frame(command: &Command<'_>) -> Vec<u8> {
+    let raw = postcard::to_allocvec(command).unwrap();
+    let mut framed = vec![0u8; raw.len() + raw.len() / 254 + 2];
+    let n = cobs_encode(&raw, &mut framed);
+    framed.truncate(n);
+    framed.push(0);
+    framed
+}
+
+#[test]
+fn a_line_of_zeros_ends_the_session_as_noise() {
+    let line = NoisyLine {
+        script: vec![],
+        at: 0,
+        filler: Some(vec![0; 1000]),
+        replies: 0,
+    };
+    let (err, _, replies, limit) = serve_line(line);
+    assert_eq!(limit, hale_link::MAX_NOISE_BYTES as usize);
+    assert!(
+        matches!(err, ServeError::Noise { bytes } if bytes == hale_link::MAX_NOISE_BYTES),
+        "{err:?}"
+    );
+    assert_eq!(replies, 0, "empty frames are not answered");
+}
+
+#[test]
+fn bytes_that_never_end_a_frame_end_the_session_as_noise() {
+    let line = NoisyLine {
+        script: vec![],
+        at: 0,
+        filler: Some(vec![0x55; 1000]),
+        replies: 0,
+    };
+    let (err, ..) = serve_line(line);
+    assert!(
+        matches!(err, ServeError::Noise { bytes } if bytes == hale_link::MAX_NOISE_BYTES),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn frames_that_never_decode_end_the_session_as_noise() {
+    let line = NoisyLine {
+        script: vec![],
+        at: 0,
+        filler: Some([0x04, 0xff, 0xfe, 0xfd, 0x00].repeat(200)),
+        replies: 0,
+    };
+    let (err, _, replies, _) = serve_line(line);
+    assert!(
+        matches!(err, ServeError::Noise { bytes } if bytes == hale_link::MAX_NOISE_BYTES),
+        "{err:?}"
+    );
+    // every one was refused (answered) on the way
+    assert_eq!(replies, hale_link::MAX_NOISE_BYTES as usize / 5);
+}
+
+#[test]
+fn a_command_between_long_runs_of_zeros_keeps_the_session() {
+    // just under the bound in zeros and a command, just under it again, then the host hangs up
+    let wait = frame(&Command::new_wait(None, None));
+    let under = hale_link::MAX_NOISE_BYTES as usize - 1;
+    let mut script = vec![0; under - wait.len()];
+    script.extend(wait);
+    script.extend(vec![0; under]);
+    let line = NoisyLine {
+        script,
+        at: 0,
+        filler: None,
+        replies: 0,
+    };
+    let (err, _, replies, _) = serve_line(line);
+    assert!(matches!(err, ServeError::Closed), "{err:?}");
+    assert_eq!(replies, 1, "the command was answered");
+}

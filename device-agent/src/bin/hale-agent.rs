@@ -826,6 +826,12 @@ fn link(o: &Opts) -> Result<Ended> {
             "link {device}: {e}: session closed ({}; push again to resume)",
             held()
         ),
+        Err(ServeError::Noise { bytes }) => bail!(
+            "link {device}: {bytes} bytes in a row without one command (line noise: the wrong \
+             port or baud rate, or a cable with nothing at its far end): session closed ({}; \
+             push again to resume)",
+            held()
+        ),
         Err(ServeError::Port(e)) => bail!("link {device}: {e}"),
     }
     let bytes = rx
