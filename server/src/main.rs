@@ -794,13 +794,31 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = hale_server::http::bind(cfg.listen)
-            .await
-            .with_context(|| format!("listening on {}", cfg.listen))?;
+        // every listener is bound before any is announced or anything starts: a port taken
+        // stops the server before a script or an operator is told it listens
+        let bind = |a: std::net::SocketAddr| async move {
+            hale_server::http::bind(a)
+                .await
+                .with_context(|| format!("listening on {a}"))
+        };
+        let listener = bind(cfg.listen).await?;
+        let tls_listeners = match (&identity, &listeners) {
+            (Some(_), Some((_, (dev, enr, stf)))) => {
+                Some((bind(*dev).await?, bind(*enr).await?, bind(*stf).await?))
+            }
+            _ => None,
+        };
         let addr = listener.local_addr()?;
         tracing::info!(%addr, data = %data.display(), "hale-server listening");
-        // machine-readable line for scripts and tests (ephemeral ports)
+        // machine-readable lines for scripts and tests (ephemeral ports)
         println!("listening on http://{addr}");
+        if let Some((dl, el, sl)) = &tls_listeners {
+            for (name, l) in [("device", dl), ("enroll", el), ("staff", sl)] {
+                let addr = l.local_addr()?;
+                tracing::info!(%addr, "{name} listener (TLS)");
+                println!("{name} listening on https://{addr}");
+            }
+        }
         let resigner = {
             let app = app.clone();
             tokio::spawn(async move {
@@ -830,20 +848,11 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
         };
         let mut tasks = Vec::new();
         let mut maintenance = None;
-        if let (Some(identity), Some((listeners, (dev, enr, stf)))) = (&identity, &listeners) {
+        if let (Some(identity), Some((listeners, _)), Some((dl, el, sl))) =
+            (&identity, &listeners, tls_listeners)
+        {
             use hale_pki::tls::TrustDomain;
             use hale_server::identity_http as ih;
-            let bind = |a: std::net::SocketAddr| async move {
-                hale_server::http::bind(a)
-                    .await
-                    .with_context(|| format!("listening on {a}"))
-            };
-            let (dl, el, sl) = (bind(*dev).await?, bind(*enr).await?, bind(*stf).await?);
-            for (name, l) in [("device", &dl), ("enroll", &el), ("staff", &sl)] {
-                let addr = l.local_addr()?;
-                tracing::info!(%addr, "{name} listener (TLS)");
-                println!("{name} listening on https://{addr}");
-            }
             tasks.push(tokio::spawn(hale_server::tls::serve(
                 TrustDomain::DeviceApi,
                 dl,

@@ -13,7 +13,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -165,6 +165,11 @@ fn tls_start_refused(f: &Fixture, tls: &Path) -> String {
 
 /// The command [`start_tls`] runs (its log appended to DATA/server.log).
 fn tls_command(f: &Fixture, tls: &Path) -> Command {
+    tls_command_on(f, tls, "127.0.0.1:0")
+}
+
+/// [`tls_command`] with the staff listener on `staff`.
+fn tls_command_on(f: &Fixture, tls: &Path, staff: &str) -> Command {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -185,7 +190,7 @@ fn tls_command(f: &Fixture, tls: &Path) -> Command {
         "--enroll-listen",
         "127.0.0.1:0",
     ])
-    .args(["--staff-listen", "127.0.0.1:0"])
+    .args(["--staff-listen", staff])
     .env("HALE_PASSPHRASE_FILE", &f.pass_file)
     .env("HALE_CA_PASSPHRASE", CA_PASS)
     .env("HALE_LOG", "info")
@@ -1768,6 +1773,59 @@ fn v1_crl(ca: &Ca, crl: &[u8]) -> String {
         "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
         lines.join("\n")
     )
+}
+
+#[test]
+fn a_port_taken_stops_the_server_before_any_listener_is_announced() {
+    let f = Fixture::new();
+    let tls = f.dir.path().join("tls");
+    tls_dir(&tls);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let repo_before = snapshot_dir(&f.data.join("repo"));
+    let out = tls_command_on(&f, &tls, &addr).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // before, the plain, device and enroll listeners were announced (a script took the server
+    // for started) and the re-sign task had begun before the staff port was found taken
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "nothing announced"
+    );
+    let log = std::fs::read_to_string(f.data.join("server.log")).unwrap();
+    assert!(
+        log.lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with(&format!("error: listening on {addr}: ")),
+        "{log}"
+    );
+    assert!(!log.contains("hale-server listening"), "{log}");
+    assert!(!log.contains("listener (TLS)"), "{log}");
+    drop(taken);
+    assert!(
+        snapshot_dir(&f.data.join("repo")) == repo_before,
+        "the served repository changed"
+    );
+}
+
+/// Every file under `dir`, with the SHA-256 of its bytes.
+fn snapshot_dir(dir: &Path) -> Vec<(PathBuf, [u8; 32])> {
+    let mut out = vec![];
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let hash = sha2::Sha256::digest(std::fs::read(&p).unwrap()).into();
+                out.push((p, hash));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 #[test]
