@@ -712,19 +712,18 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
     );
     assert_eq!(slots, ["a=1.0.0(inactive)", "b=2.0.0(active)"]);
 
-    // nothing newer than what the server serves: refused before anything is sent
+    // nothing newer than what the server serves: nothing sent, and nothing to do (a script that
+    // pushes again after a push went through succeeds)
+    let before = served();
     let out = t.push(&url);
     assert_eq!(
         (out.status.code(), text(&out).trim_end()),
         (
-            Some(2),
-            format!(
-                "error: {repo}: nothing to push: the server serves every role at this copy's \
-                 version or later (targets v5)"
-            )
-            .as_str()
+            Some(0),
+            "nothing to push: the server serves this copy's versions already (targets v5)"
         )
     );
+    assert_eq!(served(), before, "nothing published");
     // from the copy the server has moved past: said so
     std::fs::rename(&repo, t.p("release-v5")).unwrap();
     std::fs::rename(t.p("release-v4"), &repo).unwrap();
@@ -771,6 +770,87 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
         std::fs::metadata(t.work.join("release/staged/targets.json")).is_ok(),
         "a refused push leaves the staged release in place"
     );
+
+    // a push the server takes whose answer is lost (a timeout, a dropped connection): staged v6
+    // stays staged, as in this copy of the directory taken before the push
+    let copy = |to: &str| {
+        let ok = Command::new("cp")
+            .args(["-a", &repo, &t.p(to)])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let swap_in = |from: &str| {
+        std::fs::remove_dir_all(&repo).unwrap();
+        std::fs::rename(t.p(from), &repo).unwrap();
+    };
+    copy("release-lost");
+    copy("release-other");
+    let out = t.push(&url);
+    assert!(out.status.success(), "push v6: {}", text(&out));
+    let v6 = served();
+    swap_in("release-lost");
+    // pushing again finds the server serving the staged file byte for byte: it goes where the
+    // lost answer would have put it, and the next change starts v7
+    let staged_v6 = std::fs::read(t.work.join("release/staged/targets.json")).unwrap();
+    let out = t.push(&url);
+    assert_eq!(
+        (out.status.code(), text(&out).trim_end()),
+        (
+            Some(0),
+            "already on the server, byte for byte: targets v6 (an earlier push went through but \
+             its answer was lost); moved from staged/ into repository/"
+        )
+    );
+    assert_eq!(served(), v6, "nothing published");
+    assert!(!t.work.join("release/staged/targets.json").exists());
+    assert_eq!(
+        std::fs::read(t.work.join("release/repository/6.targets.json")).unwrap(),
+        staged_v6
+    );
+    let out = t.push(&url);
+    assert_eq!(
+        (out.status.code(), text(&out).trim_end()),
+        (
+            Some(0),
+            "nothing to push: the server serves this copy's versions already (targets v6)"
+        )
+    );
+    // another v6 (changed after the push went through, or from another copy): refused, nothing
+    // sent, nothing moved, with the way on
+    swap_in("release-other");
+    add_notes(b"other v6 notes");
+    t.sign(&[
+        "sign",
+        &format!("{repo}/staged/targets.json"),
+        "--key",
+        &k("targets.key"),
+    ]);
+    let staged = std::fs::read(t.work.join("release/staged/targets.json")).unwrap();
+    let out = t.push(&url);
+    assert_eq!(
+        (out.status.code(), text(&out).trim_end()),
+        (
+            Some(2),
+            format!(
+                "error: {repo}/staged/targets.json: the server serves another targets v6 than the \
+                 one staged here: another copy published that version, or an earlier push of this \
+                 copy went through (its answer lost) before the staged file changed again. \
+                 Nothing sent. To go on from what the server serves: keep aside what you staged \
+                 since, put the server's 6.targets.json ({url}/6.targets.json) into \
+                 {repo}/repository and remove {repo}/staged/targets.json, then stage your changes \
+                 again (they become v7)"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(served(), v6, "nothing published");
+    assert_eq!(
+        std::fs::read(t.work.join("release/staged/targets.json")).unwrap(),
+        staged,
+        "the staged file stays"
+    );
+    assert!(!t.work.join("release/repository/6.targets.json").exists());
 
     drop(server);
     let total = started.elapsed();

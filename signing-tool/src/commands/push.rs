@@ -15,6 +15,8 @@
 //!    changes. On success the pushed staged files move into `repository/` under their consistent
 //!    names (as `publish` without online keys does), so the next `target add` starts a new
 //!    version.
+//! 4. Nothing newer to send: see [`nothing_newer`] (a push whose answer was lost is completed
+//!    locally; a conflicting copy is refused).
 //!
 //! Authentication: with the server's TLS listeners (`--tls-dir`), the operator's own staff
 //! certificate over mTLS to the **staff listener** (`--server https://STAFF`): `--cert` / `--key`
@@ -398,7 +400,8 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
     let root = state.root()?;
     // root v1 is the one the server was initialised with (`hale-server init --root`)
     let send_root = match server.metadata(&format!("{}.root.json", root.version))? {
-        Some(b) if b == root.bytes => false,
+        // (what was pushed is served as sent: the signed JSON without surrounding whitespace)
+        Some(b) if b.trim_ascii() == root.bytes.trim_ascii() => false,
         Some(_) => bail!(
             "{}: the server serves a different root v{} (not the repository the server was initialised with)",
             root.path.display(),
@@ -413,33 +416,7 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
         .filter(|m| served.get(&m.name).is_none_or(|v| m.version > *v))
         .collect();
     if !send_root && roles.is_empty() {
-        // a server ahead of this copy: another copy published since
-        let versions: Vec<String> = state
-            .roles
-            .values()
-            .filter(|m| m.kind() == "targets")
-            .map(|m| match served.get(&m.name) {
-                Some(v) if *v > m.version => {
-                    format!("{} v{} here, v{v} on the server", m.name, m.version)
-                }
-                _ => format!("{} v{}", m.name, m.version),
-            })
-            .collect();
-        let ahead = state
-            .roles
-            .values()
-            .any(|m| served.get(&m.name).is_some_and(|v| *v > m.version));
-        bail!(
-            "{}: nothing to push: the server serves every role at this copy's version or later \
-             ({}){}",
-            a.dir.display(),
-            versions.join(", "),
-            if ahead {
-                "; the server is ahead: this copy is not the one its releases come from"
-            } else {
-                ""
-            }
-        );
+        return nothing_newer(&a, &state, &server, &served, root);
     }
 
     // 2. every threshold met (hale-core decides)
@@ -548,13 +525,20 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
     println!("server: {}", answer.trim());
 
     // 5. what was pushed from staged/ is now published
-    let mut batch = Batch::new();
-    let mut moved = Vec::new();
     //    (a staged root not sent is the one the server already has)
     let mut pushed = to_send.clone();
     if root.staged && !send_root {
         pushed.push(root);
     }
+    move_published(&repo, &pushed)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Move the staged files among `pushed` into `repository/` under their consistent names, as
+/// `publish` does: the server serves them now.
+fn move_published(repo: &Path, pushed: &[&Meta]) -> anyhow::Result<()> {
+    let mut batch = Batch::new();
+    let mut moved = Vec::new();
     for m in pushed.iter().filter(|m| m.staged) {
         let name = hale_repo::layout::metadata_name(&m.name, m.version, true);
         batch.add(&repo.join(name), &m.bytes)?;
@@ -567,5 +551,91 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
     for p in moved {
         std::fs::remove_file(&p).with_context(|| format!("removing pushed {}", p.display()))?;
     }
+    Ok(())
+}
+
+/// Nothing here is newer than what the server serves (and the root is the server's).
+///
+/// - The server is ahead of a role: another copy published since; this one is not where the
+///   releases come from (error, nothing changes).
+/// - A staged role at the very version the server serves, with other bytes: another copy
+///   published that version (error, nothing changes).
+/// - Staged roles the server serves byte for byte: an earlier push went through but its answer
+///   was lost (a dropped connection, a timeout), so they were never moved out of `staged/`;
+///   they are moved now, as that push would have, and the next `target add` starts a new
+///   version instead of re-signing one the server has already published.
+/// - Otherwise: the server serves this copy; nothing to do (success).
+fn nothing_newer(
+    a: &PushArgs,
+    state: &State,
+    server: &Server,
+    served: &BTreeMap<String, u64>,
+    root: &Meta,
+) -> anyhow::Result<ExitCode> {
+    let targets_roles = || state.roles.values().filter(|m| m.kind() == "targets");
+    if targets_roles().any(|m| served.get(&m.name).is_some_and(|v| *v > m.version)) {
+        // a server ahead of this copy: another copy published since
+        let versions: Vec<String> = targets_roles()
+            .map(|m| match served.get(&m.name) {
+                Some(v) if *v > m.version => {
+                    format!("{} v{} here, v{v} on the server", m.name, m.version)
+                }
+                _ => format!("{} v{}", m.name, m.version),
+            })
+            .collect();
+        bail!(
+            "{}: nothing to push: the server serves every role at this copy's version or later \
+             ({}); the server is ahead: this copy is not the one its releases come from",
+            a.dir.display(),
+            versions.join(", "),
+        );
+    }
+    let mut staged: Vec<&Meta> = Vec::new();
+    for m in targets_roles().filter(|m| m.staged) {
+        let name = format!("{}.{}.json", m.version, m.name);
+        let theirs = server.metadata(&name)?;
+        if theirs.as_deref().map(<[u8]>::trim_ascii) != Some(m.bytes.trim_ascii()) {
+            bail!(
+                "{}: the server serves another {} v{} than the one staged here: another copy \
+                 published that version, or an earlier push of this copy went through (its \
+                 answer lost) before the staged file changed again. Nothing sent. To go on from \
+                 what the server serves: keep aside what you staged since, put the server's \
+                 {name} ({}) into {} and remove {}, then stage your changes again (they become \
+                 v{})",
+                m.path.display(),
+                m.name,
+                m.version,
+                server.url(&name),
+                repository_dir(&a.dir).display(),
+                m.path.display(),
+                m.version + 1
+            );
+        }
+        staged.push(m);
+    }
+    if root.staged {
+        // the server serves this very root (checked by the caller)
+        staged.push(root);
+    }
+    let versions: Vec<String> = targets_roles()
+        .map(|m| format!("{} v{}", m.name, m.version))
+        .collect();
+    if staged.is_empty() {
+        println!(
+            "nothing to push: the server serves this copy's versions already ({})",
+            versions.join(", ")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    move_published(&repository_dir(&a.dir), &staged)?;
+    let names: Vec<String> = staged
+        .iter()
+        .map(|m| format!("{} v{}", m.name, m.version))
+        .collect();
+    println!(
+        "already on the server, byte for byte: {} (an earlier push went through but its answer \
+         was lost); moved from staged/ into repository/",
+        names.join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }
