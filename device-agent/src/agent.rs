@@ -441,7 +441,17 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
             what: Name::new("trusted root"),
         })?;
     let mut set = TrustedSet::new(metadata, root, now)?;
-    let mut unrecorded = match refresh(store, transport, &mut set, scratch, &running.sha256)? {
+    // a last check's "up to date" is about `device.target`: a rollback looks up another target
+    // (and must verify its authorization), so it neither stops at it nor records one
+    let channel = device.rollback_target.is_none();
+    let mut unrecorded = match refresh(
+        store,
+        transport,
+        &mut set,
+        scratch,
+        &running.sha256,
+        channel,
+    )? {
         Refreshed::Unchanged => {
             return Ok(Outcome::UpToDate {
                 running: running.version,
@@ -466,7 +476,9 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
     // what the check verified and, when it is "up to date", what it concluded: one record
     // (staging recorded the metadata before its first slot change)
     let check = match outcome {
-        Ok(Outcome::UpToDate { .. }) => Some(up_to_date(&set, running.sha256, delegated_expires)?),
+        Ok(Outcome::UpToDate { .. }) if channel => {
+            Some(up_to_date(&set, running.sha256, delegated_expires)?)
+        }
         _ => None,
     };
     if unrecorded || store.last_check() != check {
@@ -849,7 +861,8 @@ fn fetch_listed<'b, T: Transport, E>(
 /// Root chain, timestamp, snapshot, targets (spec §5.3–5.6). [`Refreshed::Unchanged`] when the
 /// check may stop after the timestamp: no new root, the timestamp names the snapshot version of
 /// a check that concluded "up to date" about the image still running, and nothing that check
-/// relied on has expired (see [`check_for_update`]); a new timestamp is recorded then. Else
+/// relied on has expired (see [`check_for_update`]), and `may_stop` (the check looks up the
+/// target that conclusion was about); a new timestamp is recorded then. Else
 /// what verified is left to the caller to record ([`Refreshed::Search`]). Not inlined: its
 /// frame and the staging frame are never on the stack together.
 #[inline(never)]
@@ -859,6 +872,7 @@ fn refresh<F: Durable, T: Transport>(
     set: &mut TrustedSet<&mut [u8]>,
     scratch: &mut [u8],
     running_sha256: &[u8; 32],
+    may_stop: bool,
 ) -> Res<Refreshed, T, F> {
     let mut changed = false;
     let mut name = HString::new();
@@ -915,15 +929,17 @@ fn refresh<F: Durable, T: Transport>(
         (ts.snapshot.version, ts.snapshot.length)
     };
 
-    // 2b. nothing changed since a check that concluded "up to date": snapshot, targets and the
-    // target search would repeat it
+    // 2b. nothing changed since a check that concluded "up to date" about the channel target,
+    // and this check looks up that target (`may_stop`): snapshot, targets and the target search
+    // would repeat it
     let last = store.last_check();
-    let unchanged = last.is_some_and(|c| {
-        c.conclusion == Conclusion::UpToDate
-            && c.snapshot_version == snapshot_version
-            && c.running_sha256 == *running_sha256
-            && set.now() < c.valid_until
-    });
+    let unchanged = may_stop
+        && last.is_some_and(|c| {
+            c.conclusion == Conclusion::UpToDate
+                && c.snapshot_version == snapshot_version
+                && c.running_sha256 == *running_sha256
+                && set.now() < c.valid_until
+        });
     if unchanged && !root_changed {
         if changed {
             let ts = Meta::Set(set.stored(Role::Timestamp).unwrap_or(&[]));

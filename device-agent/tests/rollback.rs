@@ -17,7 +17,8 @@ mod offline;
 use common::*;
 use device_agent::rollback::signers;
 use device_agent::{
-    AgentError, Boot, FirmwareStore, NoRollback, Outcome, RollbackAuthorization, RollbackHook, Slot,
+    AgentError, Boot, DeviceInfo, FirmwareStore, NoRollback, Outcome, RollbackAuthorization,
+    RollbackHook, Slot,
 };
 use hale_core::metadata::Targets;
 use hale_core::policy::PolicyError;
@@ -597,4 +598,94 @@ fn an_authorizations_target_never_installs_as_an_upgrade() {
         assert_eq!(persisted(&mut store), before, "nothing staged or stored");
         assert_eq!(store.slots().running().unwrap().version, v("1.0.0"));
     }
+}
+
+#[test]
+fn a_rollback_to_another_path_is_looked_up_after_an_up_to_date_check() {
+    // the channel lists what the pump runs; the technician's image sits under its own path, and
+    // the authorization changes no repository metadata: the snapshot stays the one of the
+    // pump's last check, which concluded "up to date" about the channel
+    const OLD: &str = "pump-a/fw-0.9.0.bin";
+    let mut sim = repo_offering("0.9.0", 1);
+    sim.add_target(
+        "targets",
+        TARGET,
+        &image_bytes("1.0.0", 5000),
+        Some(custom_for("1.0.0", 1, &["r1", "r2"], "1.0.0")),
+    );
+    sim.add_target(
+        "targets",
+        OLD,
+        &image_bytes("0.9.0", 3000),
+        Some(custom_for("0.9.0", 1, &["r1", "r2"], "1.0.0")),
+    );
+    sim.publish();
+    let mut a = authorization_for("0.9.0");
+    a.target = OLD.into();
+    let auth = signed(&a, &rollback_keys());
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    assert_eq!(
+        check_with(
+            &mut store,
+            &mut MapTransport::new(&sim.files),
+            &mut Pump::default(),
+            &mut NoRollback
+        ),
+        Ok(Outcome::UpToDate {
+            running: v("1.0.0")
+        })
+    );
+    let last = store.last_check();
+    assert!(last.is_some(), "the up-to-date check is remembered");
+
+    let rollback = DeviceInfo {
+        rollback_target: Some(OLD),
+        ..device()
+    };
+    let mut bufs = Bufs::new();
+    let mut t = MapTransport::new(&sim.files);
+    let outcome = device_agent::check_for_update(
+        &mut store,
+        &rollback,
+        &mut t,
+        &mut Pump::default(),
+        &mut hook(&auth),
+        NOW,
+        bufs.ws(),
+    );
+    assert_eq!(
+        outcome,
+        Ok(Outcome::Staged {
+            version: v("0.9.0")
+        })
+    );
+    assert!(
+        t.requests.iter().any(|r| r.starts_with("targets/")),
+        "the image was fetched: {:?}",
+        t.requests
+    );
+    assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+    store.confirm().unwrap();
+    assert_eq!(store.slots().running().unwrap().version, v("0.9.0"));
+
+    // with the rollback running, a check for the authorization's target concludes "already
+    // running" without recording a channel conclusion about it
+    let mut t = MapTransport::new(&sim.files);
+    let outcome = device_agent::check_for_update(
+        &mut store,
+        &rollback,
+        &mut t,
+        &mut Pump::default(),
+        &mut hook(&auth),
+        NOW,
+        bufs.ws(),
+    );
+    assert_eq!(
+        outcome,
+        Ok(Outcome::UpToDate {
+            running: v("0.9.0")
+        })
+    );
+    assert_eq!(store.last_check(), None);
 }
