@@ -1261,21 +1261,44 @@ fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_
 
     // the technician pushes it over the link (the pump's stdin/stdout as its serial line)
     let state = t.p("pump1");
-    let out = t.ok(
-        "hale-link",
-        &[
-            "push",
-            "--bundle",
-            &t.p("rollback.bin"),
-            "--",
-            t.bin.join("hale-agent").to_str().unwrap(),
-            "--state",
-            &state,
-            "link",
-            "--device",
-            "-",
-        ],
+    let agent = t.bin.join("hale-agent");
+    let push = [
+        "push",
+        "--bundle",
+        &t.p("rollback.bin"),
+        "--",
+        agent.to_str().unwrap(),
+        "--state",
+        &state,
+        "link",
+        "--device",
+        "-",
+    ];
+    // during therapy the pump defers, and hale-link exits as the pump did (3, not 1)
+    t.pump(1, &["therapy", "on"]);
+    let before = t.status(1);
+    let out = t.run("hale-link", &push);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let said = err
+        .lines()
+        .find(|l| l.contains("exited with exit status: 3 after receiving bundle "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        said.ends_with(
+            ": the install is deferred (see the pump's log above); push again when the pump \
+             allows it"
+        ),
+        "{said}"
     );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("deferred: therapy running"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(t.status(1).2, before.2, "still running what it ran");
+    t.pump(1, &["therapy", "off"]);
+    let out = t.ok("hale-link", &push);
     assert!(out.contains("resumed from offset 0"), "{out}");
     assert!(
         out.contains(&format!("rollback authorized: {reason}")),

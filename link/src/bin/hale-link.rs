@@ -11,7 +11,8 @@
 //! offset it holds and only the rest is sent. The link is a transport, never a source of trust:
 //! the pump verifies the bundle from its own root before it installs anything (see `lib.rs`).
 //! With a spawned process, whatever it writes to stdout after the bundle is complete (its install
-//! log) is copied to this process's stdout, and its exit status is this command's.
+//! log) is copied to this process's stdout, and its exit status is this command's (a pump's 3,
+//! deferred, stays 3; 1 for a push that failed on the link itself).
 
 use std::io::Read;
 use std::path::Path;
@@ -151,10 +152,23 @@ fn push_cmd(args: &[String]) -> Result<()> {
             let status = child.wait().with_context(|| program.clone())?;
             let pushed = result.with_context(|| program.clone()).map_err(silent)?;
             if !status.success() {
-                bail!(
-                    "{program} exited with {status} after receiving bundle {}",
+                // the pump's verdict, passed on as its exit status: `hale-agent … link` exits 3
+                // for a deferred install and 1 for one not installed (its log above says why)
+                let meaning = match status.code() {
+                    Some(3) => {
+                        ": the install is deferred (see the pump's log above); push again \
+                                when the pump allows it"
+                    }
+                    Some(1) => ": not installed (see the pump's log above)",
+                    _ => "",
+                };
+                eprintln!(
+                    "{program} exited with {status} after receiving bundle {}{meaning}",
                     pushed.id
                 );
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                std::process::exit(status.code().unwrap_or(1));
             }
             Ok(())
         }
