@@ -12,8 +12,14 @@ pub const MAX_JSON_DEPTH: usize = 32;
 pub const MAX_KEYS_PER_ROLE: usize = 16;
 
 /// Longest role name kept on the delegation search's stack (and key id in a signature report), in
-/// bytes. A longer delegated role name is never fetched: the search skips it.
+/// bytes. A targets role that delegates to a longer name is refused when it is verified
+/// ([`crate::Error::Field`]): a delegation the search could not follow would let a
+/// lower-priority one answer for its targets.
 pub const MAX_NAME_LEN: usize = 128;
+
+/// Longest `paths` pattern of a delegation, in bytes; longer ones are refused with the role that
+/// lists them, as [`MAX_NAME_LEN`].
+pub const MAX_PATTERN_LEN: usize = 2 * MAX_NAME_LEN;
 
 /// Longest role name, key id or target path kept in an error, in bytes (diagnostic only: a longer
 /// one is shown truncated, marked with `…`). Small, because every `Result` carries an error.

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256, Sha512};
 
 use crate::error::{Error, Name};
 use crate::json::{self, Array, JStr, JsonError, Object, Value};
+use crate::limits::{MAX_NAME_LEN, MAX_PATTERN_LEN};
 use crate::time::{parse_expires, UnixTime};
 
 /// `{"signed": …, "signatures": […]}`.
@@ -702,9 +703,18 @@ impl<'a> Delegations<'a> {
             return Err(Shape::Field("roles or succinct_roles (exactly one)"));
         }
         if let Some(r) = roles.filter(|_| all) {
+            // with a heap, a name listed twice refuses the whole file, as python-tuf does (so a
+            // repository tool or server finds out before devices do); without one, the walk
+            // and rollback authorizations refuse a duplicate they consult (`listed_keys`)
+            #[cfg(feature = "alloc")]
+            let mut names = alloc::collections::BTreeSet::new();
             for v in r.iter() {
                 let o = v.as_object().ok_or(Shape::Field("roles"))?;
-                DelegatedRole::read(&o)?;
+                let _role = DelegatedRole::read(&o)?;
+                #[cfg(feature = "alloc")]
+                if !names.insert(_role.name.bytes().collect::<alloc::vec::Vec<u8>>()) {
+                    return Err(Shape::Field("delegations.roles (a name is listed twice)"));
+                }
             }
         }
         Ok(Delegations {
@@ -740,19 +750,30 @@ impl<'a> Delegations<'a> {
         }
     }
 
-    /// The keys and threshold of `name` as `roles` lists it (its first well-formed entry by that
-    /// name); `None` when `roles` does not list it (or the delegations are succinct). One search
-    /// for the delegation walk and rollback authorizations.
-    pub fn listed_keys(&self, name: &str) -> Option<RoleKeys<'a>> {
-        for v in self.roles?.iter() {
+    /// The keys and threshold of `name` as `roles` lists it; `None` when `roles` does not list
+    /// it (or the delegations are succinct). A name listed twice is refused (python-tuf refuses
+    /// the whole file): the walk would take the paths and `terminating` of one entry and the keys
+    /// of another. One search for the delegation walk and rollback authorizations.
+    pub fn listed_keys(&self, name: &str) -> Result<Option<RoleKeys<'a>>, Error> {
+        let Some(roles) = self.roles else {
+            return Ok(None);
+        };
+        let mut found = None;
+        for v in roles.iter() {
             let Some(r) = v.as_object().and_then(|o| DelegatedRole::read(&o).ok()) else {
                 continue;
             };
             if r.name.eq_str(name) {
-                return Some(r.keys(self.keys));
+                if found.is_some() {
+                    return Err(Error::Field {
+                        role: Name::new(name),
+                        field: "delegations.roles (the name is listed twice)",
+                    });
+                }
+                found = Some(r.keys(self.keys));
             }
         }
-        None
+        Ok(found)
     }
 }
 
@@ -787,6 +808,11 @@ impl<'a> DelegatedRole<'a> {
             ])
             .map_err(Shape::Json)?;
         let name = name.and_then(|v| v.as_str()).ok_or(Shape::Field("name"))?;
+        // a name the search cannot hold, or a pattern it cannot match, would be passed over
+        // and let a lower-priority delegation answer for its targets: refused instead
+        if name.decoded_len() > MAX_NAME_LEN {
+            return Err(Shape::Field("name (longer than 128 bytes)"));
+        }
         let keyids = keyids
             .and_then(|v| v.as_array())
             .ok_or(Shape::Field("keyids"))?;
@@ -808,6 +834,14 @@ impl<'a> DelegatedRole<'a> {
         for a in [paths, path_hash_prefixes].into_iter().flatten() {
             if a.iter().any(|v| v.as_str().is_none()) {
                 return Err(Shape::Field("paths"));
+            }
+        }
+        if let Some(p) = paths {
+            if p.iter()
+                .filter_map(|v| v.as_str())
+                .any(|p| p.decoded_len() > MAX_PATTERN_LEN)
+            {
+                return Err(Shape::Field("paths (a pattern longer than 256 bytes)"));
             }
         }
         Ok(DelegatedRole {
@@ -956,7 +990,8 @@ fn hex_prefix_matches(prefix: &JStr<'_>, hash: &[u8; 32]) -> bool {
             return false;
         };
         let nib = if i % 2 == 0 { byte >> 4 } else { byte & 0xf };
-        if HEX.get(nib as usize) != Some(&c.to_ascii_lowercase()) {
+        // lowercase only, as python-tuf compares with the hexdigest: "AB" matches nothing
+        if HEX.get(nib as usize) != Some(&c) {
             return false;
         }
     }
@@ -966,7 +1001,8 @@ fn hex_prefix_matches(prefix: &JStr<'_>, hash: &[u8; 32]) -> bool {
 /// python-tuf's rule: pattern and target split on `/` must have the same number of parts, and
 /// each part must match with shell-style wildcards (`*`, `?`, `[seq]`, `[!seq]`).
 pub fn path_matches(pattern: &JStr<'_>, target: &str) -> bool {
-    let mut buf = [0u8; crate::limits::MAX_NAME_LEN * 2];
+    // (a longer pattern is refused with the role that lists it: see `DelegatedRole::read`)
+    let mut buf = [0u8; MAX_PATTERN_LEN];
     let Some(pattern) = pattern.decode_into(&mut buf) else {
         return false;
     };
@@ -1072,9 +1108,16 @@ fn class_match(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
 
 /// Names that become file names or URL path segments must not be able to leave their directory:
 /// no empty name, no `.` or `..` segment, no `\`, NUL or control characters, and for role names no
-/// `/` at all. Target paths may contain `/` (directories) but not a leading one.
+/// `/` at all, and no role name longer than [`MAX_NAME_LEN`] bytes (the delegation search holds
+/// names that long). Target paths may contain `/` (directories) but not a leading one.
 pub fn check_role_name(name: &str) -> Result<(), Error> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || !safe_chars(name) {
+    if name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || !safe_chars(name)
+    {
         return Err(Error::UnsafeName {
             name: Name::new(name),
         });
@@ -1127,6 +1170,39 @@ mod tests {
     }
 
     #[test]
+    fn a_name_listed_twice_is_refused_where_it_is_consulted_or_in_the_whole_file() {
+        let doc = br#"{"keys": {}, "roles": [
+            {"name": "pump", "keyids": [], "threshold": 1, "terminating": false, "paths": ["a/*"]},
+            {"name": "other", "keyids": [], "threshold": 1, "terminating": false, "paths": ["b/*"]},
+            {"name": "pu\u006dp", "keyids": [], "threshold": 2, "terminating": true, "paths": ["c/*"]}
+        ]}"#;
+        let Ok(Value::Object(o)) = json::parse(doc) else {
+            panic!("test input")
+        };
+        #[cfg(feature = "alloc")]
+        assert!(matches!(
+            Delegations::read(&o, true),
+            Err(Shape::Field("delegations.roles (a name is listed twice)"))
+        ));
+        #[cfg(not(feature = "alloc"))]
+        assert!(Delegations::read(&o, true).is_ok());
+        // parsed without the whole-file check (stored, or a device build): refused where used
+        let d = Delegations::read(&o, false).unwrap_or_else(|_| panic!("read"));
+        assert_eq!(
+            d.listed_keys("pump").map(|k| k.map(|k| k.threshold)),
+            Err(Error::Field {
+                role: Name::new("pump"),
+                field: "delegations.roles (the name is listed twice)"
+            })
+        );
+        assert_eq!(
+            d.listed_keys("other").map(|k| k.map(|k| k.threshold)),
+            Ok(Some(1))
+        );
+        assert_eq!(d.listed_keys("none").map(|k| k.is_some()), Ok(false));
+    }
+
+    #[test]
     fn glob_matching_follows_python_tuf() {
         let cases = [
             ("\"pump-a/*\"", "pump-a/fw.bin", true),
@@ -1159,9 +1235,11 @@ mod tests {
     #[test]
     fn unsafe_names_are_refused() {
         let unsafe_name = |n: &str| Err(Error::UnsafeName { name: Name::new(n) });
-        for bad in ["", ".", "..", "a/b", "a\\b", "x\0"] {
+        let long = "r".repeat(MAX_NAME_LEN + 1);
+        for bad in ["", ".", "..", "a/b", "a\\b", "x\0", &long] {
             assert_eq!(check_role_name(bad), unsafe_name(bad), "{bad:?}");
         }
+        assert!(check_role_name(&long[1..]).is_ok());
         for bad in [
             "",
             "/etc/passwd",

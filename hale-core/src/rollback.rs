@@ -124,10 +124,10 @@ pub fn verify_authorization<'a>(
 /// The `rollback` role's keys and threshold as the trusted top-level `targets` delegate them;
 /// [`Error::NoRollbackRole`] when `delegations.roles` does not list it.
 pub fn rollback_keys<'t>(targets: &Targets<'t>) -> Result<RoleKeys<'t>, Error> {
-    targets
-        .delegations
-        .and_then(|d| d.listed_keys(ROLLBACK_ROLE))
-        .ok_or(Error::NoRollbackRole)
+    match targets.delegations {
+        Some(d) => d.listed_keys(ROLLBACK_ROLE)?.ok_or(Error::NoRollbackRole),
+        None => Err(Error::NoRollbackRole),
+    }
 }
 
 /// Why [`check`] refuses; [`verify_authorization`] turns it into the [`Error`] once. Small, so a

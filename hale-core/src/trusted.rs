@@ -784,7 +784,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
         pass!(meta.verify_bytes(bytes, role));
         let env = pass!(Envelope::parse(bytes, name));
         let keys = match (delegations.roles, delegations.succinct) {
-            (Some(_), _) => delegations.listed_keys(name),
+            (Some(_), _) => pass!(delegations.listed_keys(name)),
             (None, Some(s)) => s.is_bin(name).then(|| s.keys(delegations.keys, name)),
             (None, None) => None,
         };
@@ -833,7 +833,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
                         Some(_) => {}
                     }
                 }
-                Probe::Skip { after } => walk.set_next(after),
+                Probe::End => return Ok(None),
                 // 2. fetched, then verified against the delegator that led here
                 Probe::Fetch {
                     after,
@@ -899,9 +899,9 @@ impl<B: RoleBuffer> TrustedSet<B> {
     }
 
     /// The next delegation of the current delegator (see [`delegator`](Self::delegator)) that
-    /// matches `path`, and what to fetch for it: skipped when visited before (spec 5.6.7.1:
-    /// whichever delegator names it again; this also breaks cycles), refused when unsafe or past
-    /// the visit cap.
+    /// matches `path`, and what to fetch for it: passed over when visited before (spec 5.6.7.1:
+    /// whichever delegator names it again; this also breaks cycles) unless it is terminating,
+    /// which ends the walk ([`Probe::End`]); refused when unsafe or past the visit cap.
     #[inline(never)]
     fn probe(
         &self,
@@ -912,25 +912,18 @@ impl<B: RoleBuffer> TrustedSet<B> {
     ) -> Result<Probe<'_>, Error> {
         let (dname, next) = walk.current();
         let delegator = pass!(self.delegator(bytes, dname));
-        let Some((after, child_name, terminating)) =
-            pass!(next_child(&delegator, path, hash, next))
-        else {
-            return Ok(Probe::Exhausted);
-        };
+        let (after, child_name, terminating, name_hash) =
+            match pass!(next_child(&delegator, path, hash, next, &walk.visited)) {
+                Child::None => return Ok(Probe::Exhausted),
+                Child::End => return Ok(Probe::End),
+                Child::Next {
+                    after,
+                    name,
+                    terminating,
+                    name_hash,
+                } => (after, name, terminating, name_hash),
+            };
         let cname = child_name.as_str();
-        if matches!(cname, "root" | "timestamp" | "snapshot" | "targets") {
-            // a delegated role may not take a top-level role's name (python-tuf refuses such
-            // delegations too): its metadata would be confused with the top-level role's
-            // wherever roles are kept by name
-            return Err(Error::UnsafeName {
-                name: Name::new(cname),
-            });
-        }
-        let name_hash = sha256(cname.as_bytes());
-        if child_name.is_truncated() || walk.visited.contains(&name_hash) {
-            // visited before (a cycle, or a second delegator): skip it, like python-tuf
-            return Ok(Probe::Skip { after });
-        }
         walk.visits += 1;
         if walk.visits > MAX_DELEGATION_VISITS || walk.visited.push(name_hash).is_err() {
             return Err(Error::TooManyDelegations {
@@ -1000,9 +993,9 @@ impl Walk {
 
 enum Probe<'s> {
     Exhausted,
-    Skip {
-        after: usize,
-    },
+    /// A terminating delegation visited before: the walk ends (spec 5.6.7.2.2; python-tuf
+    /// clears what is left to visit when it meets a terminating delegation).
+    End,
     Fetch {
         after: usize,
         name: RoleName,
@@ -1036,20 +1029,21 @@ fn unreachable_root() -> ! {
     }
 }
 
-/// The first delegation at or after index `from` that matches `path`: (index after it, role
-/// name, terminating).
+/// The first delegation at or after index `from` that matches `path` and was not visited
+/// before (`visited`: name hashes), or the end of the walk at a terminating one that was.
 fn next_child(
     d: &Targets<'_>,
     path: &str,
     hash: &[u8; 32],
     from: usize,
-) -> Result<Option<(usize, RoleName, bool)>, Error> {
+    visited: &[[u8; 32]],
+) -> Result<Child, Error> {
     let Some(del) = d.delegations else {
-        return Ok(None);
+        return Ok(Child::None);
     };
     if let Some(s) = del.succinct {
         if from > 0 {
-            return Ok(None);
+            return Ok(Child::None);
         }
         let mut buf = [0u8; MAX_NAME_LEN];
         let name =
@@ -1059,19 +1053,76 @@ fn next_child(
                     reason: "name_prefix too long",
                 }));
         // succinct bins are terminating: a target belongs to exactly one bin
-        return Ok(Some((1, RoleName::new(name), true)));
+        return child(1, RoleName::new(name), true, visited);
     }
     let Some(roles) = del.roles else {
-        return Ok(None);
+        return Ok(Child::None);
     };
+    // one pass from `from`: children visited before are passed over here, not one probe (and
+    // one parse of the delegator) each
     for (i, v) in roles.iter().enumerate().skip(from) {
         let Some(o) = v.as_object() else { continue };
         let r = pass!(DelegatedRole::parse(&o, Name::new("delegations")));
         if r.matches(path, hash) {
-            return Ok(Some((i + 1, RoleName::from_json(&r.name), r.terminating)));
+            match pass!(child(
+                i + 1,
+                RoleName::from_json(&r.name),
+                r.terminating,
+                visited
+            )) {
+                Child::None => continue,
+                c => return Ok(c),
+            }
         }
     }
-    Ok(None)
+    Ok(Child::None)
+}
+
+/// A matching delegation to `name` (`after`: the index of the next one to try), as the walk
+/// takes it: refused when it takes a top-level role's name or cannot be held; passed over
+/// ([`Child::None`]) when visited before, unless it is terminating ([`Child::End`]).
+fn child(
+    after: usize,
+    name: RoleName,
+    terminating: bool,
+    visited: &[[u8; 32]],
+) -> Result<Child, Error> {
+    let cname = name.as_str();
+    if matches!(cname, "root" | "timestamp" | "snapshot" | "targets") || name.is_truncated() {
+        // a delegated role may not take a top-level role's name (python-tuf refuses such
+        // delegations too): its metadata would be confused with the top-level role's
+        // wherever roles are kept by name. (A name too long to hold was refused when its
+        // delegator was verified; refused here too rather than passed over.)
+        return Err(Error::UnsafeName {
+            name: Name::new(cname),
+        });
+    }
+    let name_hash = sha256(cname.as_bytes());
+    if visited.contains(&name_hash) {
+        // visited before (a cycle, or a second delegator): not fetched again, like python-tuf;
+        // a terminating one ends the walk there, as it did the first time
+        return Ok(if terminating { Child::End } else { Child::None });
+    }
+    Ok(Child::Next {
+        after,
+        name,
+        terminating,
+        name_hash,
+    })
+}
+
+/// What [`next_child`] found.
+enum Child {
+    /// No further matching delegation.
+    None,
+    /// A terminating delegation visited before: the walk ends.
+    End,
+    Next {
+        after: usize,
+        name: RoleName,
+        terminating: bool,
+        name_hash: [u8; 32],
+    },
 }
 
 /// Where delegated roles come from during a search (HTTP, flash, a bundle, a directory).

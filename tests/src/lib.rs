@@ -51,7 +51,7 @@ pub struct RoleState {
 }
 
 impl RoleState {
-    fn new(keys: Vec<SigningKey>, threshold: u32, expires: i64) -> Self {
+    pub fn new(keys: Vec<SigningKey>, threshold: u32, expires: i64) -> Self {
         RoleState {
             version: 1,
             expires,

@@ -373,3 +373,156 @@ fn stored_snapshot_and_targets_read_back_as_parsed_for_every_delegation_shape() 
         );
     }
 }
+
+#[test]
+fn a_terminating_delegation_reached_again_ends_the_search() {
+    // targets → [a, t (terminating), y]; a → t. t is visited through a first; when the walk comes
+    // back to targets' own entry for t, it is terminating: the search ends there, as python-tuf's
+    // (which empties what is left to visit at a terminating delegation). y (a lower priority,
+    // here an attacker's key) never answers for fw/*
+    let mut r = RepoSim::new();
+    r.delegate("targets", "a", &["fw/*"], false, vec![k("a")], 1);
+    r.delegate("targets", "t", &["fw/*"], true, vec![k("t")], 1);
+    r.delegate("targets", "y", &["fw/*"], false, vec![k("y")], 1);
+    r.delegate("a", "t", &["fw/*"], false, vec![k("t")], 1);
+    r.add_target("t", "fw/good.bin", b"good", None);
+    r.add_target("y", "fw/evil.bin", b"evil", None);
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    assert_eq!(
+        c.download(&r.files, "fw/evil.bin", NOW).unwrap_err(),
+        ClientError::NotFound("fw/evil.bin".into())
+    );
+    assert!(
+        !c.fetched.iter().any(|f| f.contains(".y.")),
+        "{:?}",
+        c.fetched
+    );
+    let mut c = Client::new(r.initial_root());
+    assert_eq!(c.download(&r.files, "fw/good.bin", NOW).unwrap(), b"good");
+}
+
+/// `targets` delegating to `entries` (raw `delegations.roles` entries over `keys`), each
+/// delegated role in `signed_by` signed by its keys and listing `listing`.
+fn repo_with_roles(
+    entries: Vec<serde_json::Value>,
+    keys: &[&hale_repo::keys::SigningKey],
+    signed_by: &[(&str, Vec<hale_repo::keys::SigningKey>, &str)],
+) -> RepoSim {
+    let mut r = RepoSim::new();
+    let mut d = json!({"keys": {}, "roles": entries});
+    for key in keys {
+        d["keys"][key.keyid()] = key.public();
+    }
+    r.targets.delegations = Some(d);
+    r.mark("targets");
+    for (name, signers, listing) in signed_by {
+        r.delegated.insert(
+            name.to_string(),
+            RoleState::new(signers.clone(), 1, NOW + 90 * DAY),
+        );
+        r.mark(name);
+        r.add_target(name, listing, b"listed", None);
+    }
+    r.publish();
+    r
+}
+
+#[test]
+fn a_role_name_listed_twice_is_refused() {
+    // keys from one entry and paths from the other would let the old key alone sign for what the
+    // second entry gives to two keys. python-tuf refuses the whole file, and so does hale-core
+    // with a heap (this client, the server, hale-sign); a device build refuses the name where the
+    // search consults it (hale-core's own test `a_name_listed_twice_is_refused_…`)
+    let (old, k1, k2) = (k("old"), k("k1"), k("k2"));
+    let entries = vec![
+        json!({"name": "pump", "keyids": [old.keyid()], "threshold": 1, "terminating": false, "paths": ["legacy/*"]}),
+        json!({"name": "pump", "keyids": [k1.keyid(), k2.keyid()], "threshold": 2, "terminating": true, "paths": ["pump-a/*"]}),
+    ];
+    let r = repo_with_roles(
+        entries,
+        &[&old, &k1, &k2],
+        &[("pump", vec![old.clone()], "pump-a/fw.bin")],
+    );
+    let mut c = Client::new(r.initial_root());
+    assert_eq!(
+        c.download(&r.files, "pump-a/fw.bin", NOW).unwrap_err(),
+        ClientError::Trust(Error::Field {
+            role: Name::new("targets"),
+            field: "delegations.roles (a name is listed twice)"
+        })
+    );
+}
+
+#[test]
+fn a_delegation_the_search_could_not_follow_is_refused_with_its_delegator() {
+    // a name or a pattern too long to hold was passed over, and a lower-priority delegation
+    // answered for its targets; now the targets role that lists it does not verify
+    let long = "L".repeat(hale_core::limits::MAX_NAME_LEN + 1);
+    let pattern = format!("fw/{}", "?".repeat(hale_core::limits::MAX_PATTERN_LEN));
+    for (entry, field) in [
+        (
+            json!({"name": long, "keyids": [k("t").keyid()], "threshold": 1, "terminating": true, "paths": ["fw/*"]}),
+            "name (longer than 128 bytes)",
+        ),
+        (
+            json!({"name": "t", "keyids": [k("t").keyid()], "threshold": 1, "terminating": true, "paths": [pattern]}),
+            "paths (a pattern longer than 256 bytes)",
+        ),
+    ] {
+        let y = json!({"name": "y", "keyids": [k("y").keyid()], "threshold": 1, "terminating": false, "paths": ["fw/*"]});
+        let r = repo_with_roles(
+            vec![entry, y],
+            &[&k("t"), &k("y")],
+            &[("y", vec![k("y")], "fw/evil.bin")],
+        );
+        let mut c = Client::new(r.initial_root());
+        assert_eq!(
+            c.download(&r.files, "fw/evil.bin", NOW).unwrap_err(),
+            ClientError::Trust(Error::Field {
+                role: Name::new("targets"),
+                field
+            })
+        );
+        assert!(
+            !c.fetched.iter().any(|f| f.contains(".y.")),
+            "{:?}",
+            c.fetched
+        );
+    }
+}
+
+#[test]
+fn path_hash_prefixes_match_lowercase_hex_only() {
+    use sha2::{Digest, Sha256};
+    // a path whose hash starts with a letter, and the prefix in capitals: python-tuf compares
+    // with the lowercase hexdigest, so it routes nothing there; neither does hale
+    let path = (0..)
+        .map(|i| format!("catalog/item-{i}.bin"))
+        .find(|p| {
+            hex::encode(Sha256::digest(p.as_bytes()))
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+        })
+        .unwrap();
+    let h = hex::encode(Sha256::digest(path.as_bytes()));
+    let upper = h[..2].to_ascii_uppercase();
+    let key = k("hashed");
+    let entry = json!({"name": "hashed", "keyids": [key.keyid()], "threshold": 1, "terminating": false, "path_hash_prefixes": [upper]});
+    let r = repo_with_roles(
+        vec![entry],
+        &[&key],
+        &[("hashed", vec![key.clone()], &path)],
+    );
+    let mut c = Client::new(r.initial_root());
+    assert_eq!(
+        c.download(&r.files, &path, NOW).unwrap_err(),
+        ClientError::NotFound(path.clone())
+    );
+    assert!(
+        !c.fetched.iter().any(|f| f.contains(".hashed.")),
+        "{:?}",
+        c.fetched
+    );
+}
