@@ -114,6 +114,48 @@ fn two_of_three_root_ceremony_signers_sign_one_at_a_time_and_status_shows_who_is
 }
 
 #[test]
+fn several_keys_without_a_threshold_are_refused_and_nothing_is_written() {
+    // a default of 1 made three root keys a 1-of-3 root: any one holder could rotate it alone
+    let e = Env::new();
+    e.standard_keys();
+    let r = e.run(&[
+        "init",
+        "repo",
+        "--root-key",
+        "root-a.pub",
+        "--root-key",
+        "root-b.pub",
+        "--root-key",
+        "root-c.pub",
+        "--targets-key",
+        "targets.pub",
+        "--snapshot-key",
+        "snapshot.pub",
+        "--timestamp-key",
+        "timestamp.pub",
+    ]);
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            "error: root: 3 keys and no --root-threshold: say how many of them must sign \
+             (--root-threshold K; --root-threshold 1 lets any one key holder sign for root alone)"
+        )
+    );
+    assert!(!e.path("repo").exists(), "nothing written");
+    // one key needs no threshold; a chosen 1-of-n is taken as chosen
+    e.init();
+    assert_eq!(
+        e.json("repo/staged/root.json")["signed"]["roles"]["root"]["threshold"],
+        2
+    );
+    assert_eq!(
+        e.json("repo/staged/root.json")["signed"]["roles"]["targets"]["threshold"],
+        1
+    );
+}
+
+#[test]
 fn refuses_a_signature_from_a_key_the_role_does_not_list_and_leaves_the_file_unchanged() {
     let e = Env::new();
     e.standard_keys();

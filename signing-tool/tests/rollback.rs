@@ -79,6 +79,17 @@ fn repo_with_rollback_role() -> Env {
         "nothing staged"
     );
     assert_eq!(snapshot_tree(&e.path("repo/repository")), published);
+    // two keys and no threshold: said, not taken as 1 (one technician alone could authorize)
+    let r = e.run(&delegate[..delegate.len() - 2]);
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            "error: rollback: 2 keys and no --threshold: say how many of them must sign \
+             (--threshold K; --threshold 1 lets any one key holder sign for rollback alone)"
+        )
+    );
+    assert_eq!(snapshot_tree(&e.path("repo/staged")), staged);
     e.ok(&delegate);
     e.sign("repo/staged/targets.json", "targets");
     e.sign("repo/staged/rollback.json", "field-a");

@@ -11,7 +11,7 @@ use clap::Args;
 use hale_repo::build;
 use serde_json::Map;
 
-use super::{check_threshold, key_map, load_keys};
+use super::{check_threshold, chosen_threshold, key_map, load_keys};
 use crate::config::Bins;
 use crate::durable::Batch;
 use crate::state::State;
@@ -32,8 +32,9 @@ pub struct BinsArgs {
     /// The bins' key (.pub); repeatable.
     #[arg(long = "key", value_name = "PUB", required = true)]
     keys: Vec<PathBuf>,
-    #[arg(long, default_value_t = 1)]
-    threshold: u32,
+    /// How many of the keys must sign (k of n); required with more than one key.
+    #[arg(long)]
+    threshold: Option<u32>,
     /// Bin names are <prefix>-<hex>.
     #[arg(long, default_value = "bin")]
     prefix: String,
@@ -70,16 +71,12 @@ pub fn run(a: BinsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let keys = load_keys(&a.keys, state.profile, "bins")?;
-    check_threshold("bins", a.threshold, keys.len())?;
+    let threshold = chosen_threshold("bins", "--threshold", a.threshold, keys.len())?;
+    check_threshold("bins", threshold, keys.len())?;
     let keyids: Vec<String> = keys.iter().map(|k| k.keyid.clone()).collect();
     let mut body = state.next_body(&a.from)?;
-    body["delegations"] = build::succinct_delegation(
-        &key_map(&keys),
-        &keyids,
-        a.threshold,
-        a.bit_length,
-        &a.prefix,
-    );
+    body["delegations"] =
+        build::succinct_delegation(&key_map(&keys), &keyids, threshold, a.bit_length, &a.prefix);
     let mut batch = Batch::new();
     state.stage(&mut batch, &a.from, body)?;
     let exp = build::expires_at(state.now, state.config.expires.delegated)?;
@@ -107,7 +104,7 @@ pub fn run(a: BinsArgs) -> anyhow::Result<ExitCode> {
     println!(
         "{} delegates to {count} hashed bins {first} … {last} ({}-of-{})",
         a.from,
-        a.threshold,
+        threshold,
         keys.len()
     );
     super::staged_hint(&state);

@@ -9,7 +9,7 @@ use clap::Args;
 use hale_repo::build;
 use serde_json::{json, Map, Value};
 
-use super::{check_threshold, key_map, load_keys};
+use super::{check_threshold, chosen_threshold, key_map, load_keys};
 use crate::durable::Batch;
 use crate::state::{top_level, State};
 
@@ -26,8 +26,9 @@ pub struct DelegateArgs {
     /// A key of the new role (.pub); repeatable.
     #[arg(long = "key", value_name = "PUB", required = true)]
     keys: Vec<PathBuf>,
-    #[arg(long, default_value_t = 1)]
-    threshold: u32,
+    /// How many of the keys must sign (k of n); required with more than one key.
+    #[arg(long)]
+    threshold: Option<u32>,
     /// Path patterns delegated (python-tuf rules: `*` does not cross `/`); repeatable. Required,
     /// except for the `rollback` role, which is delegated no paths (it signs authorizations,
     /// never targets).
@@ -69,7 +70,8 @@ pub fn run(a: DelegateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let keys = load_keys(&a.keys, state.profile, &a.to)?;
-    check_threshold(&a.to, a.threshold, keys.len())?;
+    let threshold = chosen_threshold(&a.to, "--threshold", a.threshold, keys.len())?;
+    check_threshold(&a.to, threshold, keys.len())?;
     let mut body = state.next_body(&a.from)?;
     let dels = body
         .as_object_mut()
@@ -103,7 +105,7 @@ pub fn run(a: DelegateArgs) -> anyhow::Result<ExitCode> {
     roles.push(json!({
         "name": a.to,
         "keyids": keys.iter().map(|k| k.keyid.clone()).collect::<Vec<_>>(),
-        "threshold": a.threshold,
+        "threshold": threshold,
         "terminating": a.terminating,
         "paths": a.paths,
     }));
@@ -122,7 +124,7 @@ pub fn run(a: DelegateArgs) -> anyhow::Result<ExitCode> {
         a.paths.join(","),
         a.from,
         a.to,
-        a.threshold,
+        threshold,
         keys.len(),
         if a.terminating { ", terminating" } else { "" }
     );

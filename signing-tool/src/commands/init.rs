@@ -10,7 +10,7 @@ use clap::Args;
 use hale_repo::build::{self, Profile, RoleKeys};
 use serde_json::{Map, Value};
 
-use super::{check_threshold, key_map, load_keys};
+use super::{check_threshold, chosen_threshold, key_map, load_keys};
 use crate::config::{self, Config, Expiry};
 use crate::durable::Batch;
 use crate::state::State;
@@ -22,27 +22,27 @@ pub struct InitArgs {
     /// A root key (.pub); repeat for k-of-n.
     #[arg(long = "root-key", value_name = "PUB", required = true)]
     root_keys: Vec<PathBuf>,
-    /// How many of the root keys must sign (k of n).
-    #[arg(long, default_value_t = 1)]
-    root_threshold: u32,
+    /// How many of the root keys must sign (k of n); required with more than one key.
+    #[arg(long)]
+    root_threshold: Option<u32>,
     /// A targets key (.pub); repeatable.
     #[arg(long = "targets-key", value_name = "PUB", required = true)]
     targets_keys: Vec<PathBuf>,
-    /// How many of the targets keys must sign (k of n).
-    #[arg(long, default_value_t = 1)]
-    targets_threshold: u32,
+    /// How many of the targets keys must sign (k of n); required with more than one key.
+    #[arg(long)]
+    targets_threshold: Option<u32>,
     /// The (online) snapshot key (.pub); repeatable.
     #[arg(long = "snapshot-key", value_name = "PUB", required = true)]
     snapshot_keys: Vec<PathBuf>,
-    /// How many of the snapshot keys must sign (k of n).
-    #[arg(long, default_value_t = 1)]
-    snapshot_threshold: u32,
+    /// How many of the snapshot keys must sign (k of n); required with more than one key.
+    #[arg(long)]
+    snapshot_threshold: Option<u32>,
     /// The (online) timestamp key (.pub); repeatable.
     #[arg(long = "timestamp-key", value_name = "PUB", required = true)]
     timestamp_keys: Vec<PathBuf>,
-    /// How many of the timestamp keys must sign (k of n).
-    #[arg(long, default_value_t = 1)]
-    timestamp_threshold: u32,
+    /// How many of the timestamp keys must sign (k of n); required with more than one key.
+    #[arg(long)]
+    timestamp_threshold: Option<u32>,
     /// Expiry per role, e.g. root=365d,targets=90d,snapshot=7d,timestamp=1d,delegated=90d.
     #[arg(long, value_name = "ROLE=DURATION,...")]
     expires: Option<String>,
@@ -74,6 +74,8 @@ pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
         ("timestamp", &a.timestamp_keys, a.timestamp_threshold),
     ] {
         let ks = load_keys(paths, profile, role)?;
+        let flag = format!("--{role}-threshold");
+        let threshold = chosen_threshold(role, &flag, threshold, ks.len())?;
         check_threshold(role, threshold, ks.len())?;
         keys.extend(key_map(&ks));
         roles.insert(
@@ -145,9 +147,9 @@ fn stage_first(
         "initialised {} ({} profile): root {}-of-{}, targets {}-of-{}",
         a.dir.display(),
         profile.as_str(),
-        a.root_threshold,
+        roles["root"].threshold,
         a.root_keys.len(),
-        a.targets_threshold,
+        roles["targets"].threshold,
         a.targets_keys.len()
     );
     super::staged_hint(&state);

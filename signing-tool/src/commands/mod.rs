@@ -59,6 +59,25 @@ pub fn check_profile_key(profile: hale_repo::build::Profile, k: &PublicKey) -> a
 }
 
 /// A threshold must be reachable with the distinct keys given, and within hale-core's limits.
+/// The threshold for `keys` keys of `role`: `given` (`flag` on the command line), or 1 for a
+/// single key. Several keys need it said: a default of 1 made a 3-key root a 1-of-3 root, one
+/// key holder alone able to sign for it.
+pub fn chosen_threshold(
+    role: &str,
+    flag: &str,
+    given: Option<u32>,
+    keys: usize,
+) -> anyhow::Result<u32> {
+    match given {
+        Some(t) => Ok(t),
+        None if keys <= 1 => Ok(1),
+        None => bail!(
+            "{role}: {keys} keys and no {flag}: say how many of them must sign ({flag} K; \
+             {flag} 1 lets any one key holder sign for {role} alone)"
+        ),
+    }
+}
+
 pub fn check_threshold(role: &str, threshold: u32, keys: usize) -> anyhow::Result<()> {
     if threshold == 0 || threshold as usize > keys {
         bail!("{role}: threshold {threshold} cannot be met with {keys} key(s)");
