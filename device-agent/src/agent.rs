@@ -165,7 +165,8 @@ pub enum AgentError<T, F> {
     TargetNotListed { target: Name },
     /// The target lists no sha256 (needed to re-verify the slot at every boot).
     NoSha256 { target: Name },
-    /// This exact image failed its trial on this device before: not retried.
+    /// This exact image failed its trial on this device before, or an authorized rollback
+    /// replaced it: not installed again.
     PreviouslyReverted { version: Version },
     /// The target a rollback authorization names is not older than the running image: it is
     /// installed only as an authorized downgrade.
@@ -201,7 +202,13 @@ impl<T: fmt::Display, F: fmt::Debug> fmt::Display for AgentError<T, F> {
             AgentError::TargetNotListed { target } => write!(f, "target {target} is not listed"),
             AgentError::NoSha256 { target } => write!(f, "target {target} lists no sha256"),
             AgentError::PreviouslyReverted { version } => {
-                write!(f, "version {version} failed its trial here before")
+                // the slot state is the same for both: a trial that failed, and an image an
+                // authorized rollback replaced
+                write!(
+                    f,
+                    "version {version} is not installed again: it failed its trial here, or a \
+                     technician rolled this device back from it"
+                )
             }
             AgentError::NotARollback {
                 target,

@@ -37,6 +37,17 @@ pub fn authorization_target(bytes: &[u8]) -> Option<String> {
     v.get("signed")?.get("target")?.as_str().map(str::to_string)
 }
 
+/// `issued` and `expires` of an (unverified) authorization, when it states them: only to tell a
+/// spent or expired one apart, so the pump stops offering it (verification is hale-core's).
+pub fn authorization_times(bytes: &[u8]) -> Option<(i64, i64)> {
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    let time = |k: &str| {
+        let s = v.get("signed")?.get(k)?.as_str()?;
+        hale_core::time::parse_expires(s.as_bytes())
+    };
+    Some((time("issued")?, time("expires")?))
+}
+
 /// The record the pump reports after an offline install or a rollback (hale-server's
 /// `install_record`): what verified, and which rollback-role keys signed the authorization.
 pub fn install_record(

@@ -9,6 +9,7 @@
 )]
 
 mod common;
+mod offline;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -640,7 +641,7 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
     let r = last_report(state, dir);
     assert_eq!(
         r["last_result"],
-        serde_json::json!({"result": "rejected", "reason": "version 3.0.0 failed its trial here before"})
+        serde_json::json!({"result": "rejected", "reason": "version 3.0.0 is not installed again: it failed its trial here, or a technician rolled this device back from it"})
     );
     assert_eq!(r["slots"], slots_before, "{r}");
     assert_eq!(slot_images(dir), images_before, "slot images");
@@ -1623,4 +1624,122 @@ fn an_image_held_back_by_a_staged_rollout_is_a_deferral_until_it_is_offered() {
     );
     let r = state.lock().unwrap().reports.last().cloned().unwrap();
     assert_eq!(r["last_result"]["result"], "installed", "{r}");
+}
+
+/// `run --authorization FILE` offers the authorization while it can still be used: once the pump
+/// has used it, it has expired, or the file is gone, each poll says so and follows the channel
+/// (before, a spent one was refused at every poll and the channel never looked at again, and a
+/// removed file ended the pump's polling).
+#[test]
+fn a_held_rollback_authorization_stops_being_offered_once_used_expired_or_gone() {
+    const OLD: &str = "pump-a/fw-1.0.0.bin";
+    let mut sim = offline::repo_offering("2.0.0", 1);
+    // the image the pump was provisioned with, under its own path, for the way back
+    sim.add_target(
+        "targets",
+        OLD,
+        &image_bytes("1.0.0", 5000),
+        Some(offline::custom_for("1.0.0", 1, &["r1", "r2"], "1.0.0")),
+    );
+    sim.publish();
+    let pump = provisioned_pump(&sim);
+    let (addr, dir) = (pump.addr.as_str(), &pump.dir);
+    let run = |auth: &Path| {
+        agent(
+            dir,
+            &[
+                "run",
+                "--server",
+                addr,
+                "--once",
+                "--authorization",
+                auth.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = agent(dir, &["run", "--server", addr, "--once"]);
+    assert!(
+        out.contains("health check passed: 2.0.0 confirmed"),
+        "{out}"
+    );
+
+    // dated from the real clock: the pump reads it
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut a = offline::authorization_for("1.0.0");
+    a.target = OLD.into();
+    a.target_sha256 = {
+        use sha2::Digest;
+        sha2::Sha256::digest(image_bytes("1.0.0", 5000))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    a.installed = Some("2.0.0".into());
+    a.devices = vec!["pump-0001".into()];
+    a.issued = now - 60;
+    a.expires = now + 3600;
+    let auth = dir.parent().unwrap().join("auth.json");
+    std::fs::write(&auth, offline::signed(&a, &offline::rollback_keys())).unwrap();
+    let out = run(&auth);
+    assert!(
+        out.contains("health check passed: 1.0.0 confirmed"),
+        "{out}"
+    );
+
+    // used: said, and the poll follows the channel (which lists the release rolled back from)
+    let out = run(&auth);
+    let used = format!(
+        "rollback authorization {} was used (issued {}): this poll follows the channel",
+        auth.display(),
+        hale_core::Date(now - 60)
+    );
+    assert!(out.lines().any(|l| l == used), "{out}");
+    assert!(
+        !out.contains("AuthorizationUsed") && !out.contains("used before"),
+        "{out}"
+    );
+    // the channel was looked up: it lists the release the pump was rolled back from
+    assert!(
+        out.contains(
+            "update refused: version 2.0.0 is not installed again: it failed its trial here, or a \
+             technician rolled this device back from it"
+        ),
+        "{out}"
+    );
+
+    // expired (a later one, never used): said, the channel followed
+    let mut late = a.clone();
+    late.issued = now - 30;
+    late.expires = now - 10;
+    let expired = dir.parent().unwrap().join("expired.json");
+    std::fs::write(&expired, offline::signed(&late, &offline::rollback_keys())).unwrap();
+    let out = run(&expired);
+    let said = format!(
+        "rollback authorization {} expired at {}: this poll follows the channel",
+        expired.display(),
+        hale_core::Date(now - 10)
+    );
+    assert!(out.lines().any(|l| l == said), "{out}");
+
+    // gone: the poll goes on without it (it used to end the pump's polling)
+    std::fs::remove_file(&auth).unwrap();
+    let out = run(&auth);
+    let said = format!(
+        "rollback authorization {} not read (No such file or directory (os error 2)): this poll \
+         follows the channel",
+        auth.display()
+    );
+    assert!(out.lines().any(|l| l == said), "{out}");
+    let status: Value = serde_json::from_str(&agent(dir, &["status"])).unwrap();
+    let running = status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["active"] == true)
+        .unwrap()["version"]
+        .clone();
+    assert_eq!(running, "1.0.0", "{status}");
 }

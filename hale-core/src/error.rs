@@ -455,7 +455,8 @@ pub(crate) use pass;
 
 /// A time in an error message: `YYYY-MM-DDTHH:MM:SSZ` (UTC), or the Unix seconds when out of
 /// that range.
-struct Date(UnixTime);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Date(pub UnixTime);
 
 impl fmt::Display for Date {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

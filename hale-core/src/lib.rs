@@ -68,7 +68,7 @@ pub mod time;
 pub mod trusted;
 pub mod verify;
 
-pub use error::{Error, Name, Role, RoleName};
+pub use error::{Date, Error, Name, Role, RoleName};
 pub use policy::{Device, Firmware, PolicyError, Version};
 pub use time::UnixTime;
 #[cfg(feature = "alloc")]

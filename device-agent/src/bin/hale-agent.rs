@@ -273,6 +273,39 @@ fn provision(o: &Opts) -> Result<()> {
     Ok(())
 }
 
+/// The rollback authorization at `path` for this poll, or `None` (said why) when there is none to
+/// offer: the file is gone or unreadable (a technician cleaned up), the pump has used it, or it
+/// has expired (its dates read unverified, only to stop offering it). The poll then follows
+/// the channel: a held authorization no longer ties the pump to its target, and a missing file
+/// no longer ends the pump's polling.
+fn held_authorization(store: &FirmwareStore<FileFlash>, path: &str) -> Option<Vec<u8>> {
+    let bytes = match offline::read_bounded(Path::new(path), offline::MAX_AUTHORIZATION) {
+        Ok(b) => b,
+        Err(e) => {
+            say!("rollback authorization {path} not read ({e}): this poll follows the channel");
+            return None;
+        }
+    };
+    match offline::authorization_times(&bytes) {
+        Some((issued, _)) if issued <= store.last_authorization() => {
+            say!(
+                "rollback authorization {path} was used (issued {}): this poll follows the channel",
+                hale_core::Date(issued)
+            );
+            None
+        }
+        Some((_, expires)) if hale_core::time::is_expired(expires, host::now()) => {
+            say!(
+                "rollback authorization {path} expired at {}: this poll follows the channel",
+                hale_core::Date(expires)
+            );
+            None
+        }
+        // anything else is offered, and hale-core decides
+        _ => Some(bytes),
+    }
+}
+
 /// One poll: check, install when staged (reboot into the trial), report.
 fn poll(
     o: &Opts,
@@ -284,10 +317,7 @@ fn poll(
     let target = field(&d, "target");
     // a rollback authorization handed to this run (a bundle's comes with the bundle)
     let authorization = match o.opt("--authorization") {
-        Some(p) => Some(
-            offline::read_bounded(Path::new(&p), offline::MAX_AUTHORIZATION)
-                .with_context(|| p.clone())?,
-        ),
+        Some(p) => held_authorization(store, &p),
         None => None,
     };
     // a poll that ends without an install is no failure of the process: it polls again
