@@ -37,6 +37,30 @@ pub fn authorization_target(bytes: &[u8]) -> Option<String> {
     v.get("signed")?.get("target")?.as_str().map(str::to_string)
 }
 
+/// The target paths of the images `bundle` carries (`targets/DIR/<sha256>.NAME` → `DIR/NAME`),
+/// read from the entry names only: to tell a technician that a bundle was made for another target
+/// than the one this pump looks up. Which image installs is hale-core's decision.
+pub fn bundle_images(bundle: &hale_core::bundle::Bundle<'_>) -> Vec<String> {
+    bundle
+        .iter()
+        .filter_map(|(name, _)| {
+            let rest = name.strip_prefix("targets/")?;
+            let (dir, file) = match rest.rsplit_once('/') {
+                Some((d, f)) => (Some(d), f),
+                None => (None, rest),
+            };
+            let (hash, base) = file.split_once('.')?;
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            Some(match dir {
+                Some(d) => format!("{d}/{base}"),
+                None => base.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// `issued` and `expires` of an (unverified) authorization, when it states them: only to tell a
 /// spent or expired one apart, so the pump stops offering it (verification is hale-core's).
 pub fn authorization_times(bytes: &[u8]) -> Option<(i64, i64)> {

@@ -483,3 +483,79 @@ fn a_bundle_older_than_what_the_pump_trusts_says_to_make_a_new_one() {
          bundle is older than the metadata the pump trusts: make a new one\n"
     );
 }
+
+#[test]
+fn a_bundle_made_for_another_target_is_refused_and_says_which_to_make() {
+    // the channel lists what the pump could install; the technician's bundle carries an image
+    // under another path only: the pump used to say "up to date" about its channel (exit 0)
+    const HOTFIX: &str = "pump-a/hotfix.bin";
+    let mut sim = repo_offering("2.0.0", 1);
+    let hotfix = image_bytes("2.1.0", 3000);
+    sim.add_target(
+        "targets",
+        HOTFIX,
+        &hotfix,
+        Some(custom_for("2.1.0", 1, &["r1", "r2"], "1.0.0")),
+    );
+    sim.publish();
+    let for_channel = bundle_for(&sim, &[]);
+    let parsed = hale_core::bundle::Bundle::parse(&for_channel).unwrap();
+    let sha = |b: &[u8]| {
+        use sha2::Digest;
+        sha2::Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    };
+    let hotfix_name = format!("targets/pump-a/{}.hotfix.bin", sha(&hotfix));
+    let mut entries: Vec<(&str, &[u8])> = parsed
+        .iter()
+        .filter(|(n, _)| !n.starts_with("targets/"))
+        .collect();
+    entries.push((&hotfix_name, &hotfix));
+    let mut out = vec![0u8; hale_core::bundle::encoded_len(&entries)];
+    let other = hale_core::bundle::write(&entries, &mut out)
+        .unwrap()
+        .to_vec();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let state = provisioned_pump(tmp.path(), &sim);
+    std::fs::write(tmp.path().join("hotfix.hale"), &other).unwrap();
+    let status_before = agent(&state, &["status"]);
+    let flash_before = std::fs::read(state.join("flash.bin")).unwrap();
+    let out = agent_exits(
+        &state,
+        &[
+            "bundle",
+            "install",
+            tmp.path().join("hotfix.hale").to_str().unwrap(),
+        ],
+        1,
+    );
+    assert_eq!(
+        out,
+        format!(
+            "Error: this bundle carries {HOTFIX}; this pump installs {TARGET} (the target in its \
+             device.json): make it again with `hale-sign bundle … --target {TARGET}`\n"
+        )
+    );
+    assert_eq!(agent(&state, &["status"]), status_before, "nothing changed");
+    assert_eq!(
+        std::fs::read(state.join("flash.bin")).unwrap(),
+        flash_before
+    );
+    // the bundle for the channel installs
+    std::fs::write(tmp.path().join("channel.hale"), &for_channel).unwrap();
+    let out = agent(
+        &state,
+        &[
+            "bundle",
+            "install",
+            tmp.path().join("channel.hale").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.contains("health check passed: 2.0.0 confirmed"),
+        "{out}"
+    );
+}

@@ -679,7 +679,37 @@ fn bundle_install(o: &Opts) -> Result<Ended> {
     let d = device_config(o)?;
     let mut store = open_store(o)?;
     let authorization = transport.authorization();
+    bundle_carries(&transport, &d, authorization)?;
     install_once(o, &mut store, &d, &mut transport, authorization, "bundle")
+}
+
+/// Refuse a bundle that carries images but none for the target this pump looks up (its channel,
+/// or the target its rollback authorization names), before anything is checked: otherwise the
+/// pump would say "up to date" (exit 0) about its channel, or fail to fetch an image the bundle
+/// does not hold, and the technician would not learn that the bundle was made for another target.
+/// A bundle without images (metadata only) goes through.
+fn bundle_carries(
+    transport: &BundleTransport<'_>,
+    d: &Value,
+    authorization: Option<&[u8]>,
+) -> Result<()> {
+    let wanted = authorization
+        .and_then(offline::authorization_target)
+        .unwrap_or_else(|| field(d, "target"));
+    let carried = offline::bundle_images(transport.bundle());
+    if carried.is_empty() || carried.contains(&wanted) {
+        return Ok(());
+    }
+    bail!(
+        "this bundle carries {}; this pump installs {wanted} ({}): make it again with \
+         `hale-sign bundle … --target {wanted}`",
+        carried.join(", "),
+        if authorization.is_some() {
+            "the target its rollback authorization names"
+        } else {
+            "the target in its device.json"
+        }
+    )
 }
 
 // --- technician link (see hale_link and device_agent::link_store) ------------------------------
@@ -877,6 +907,10 @@ fn link(o: &Opts) -> Result<Ended> {
         }
     };
     let authorization = transport.authorization();
+    if let Err(e) = bundle_carries(&transport, &d, authorization) {
+        rx.discard().map_err(|e| anyhow::anyhow!("{e}"))?;
+        return Err(e);
+    }
     let ended = install_once(o, &mut store, &d, &mut transport, authorization, "bundle")?;
     // installed, deferred or refused: the bundle has been through the verified path; a kill before
     // this line leaves it complete in the store, and the next push re-offers it
