@@ -91,7 +91,7 @@ impl<F: FnMut(&Sent) -> Action> Write for Line<F> {
                         version,
                         offset,
                         data,
-                        ..
+                        correlation_id,
                     } = &cmd
                     else {
                         panic!("corrupting {sent:?}")
@@ -99,7 +99,10 @@ impl<F: FnMut(&Sent) -> Action> Write for Line<F> {
                     let mut bad = data.to_vec();
                     *bad.last_mut().unwrap() ^= 0x01;
                     frame = postcard::to_allocvec_cobs(&LinkCommand::new_write(
-                        version, *offset, &bad, None,
+                        version,
+                        *offset,
+                        &bad,
+                        *correlation_id,
                     ))
                     .unwrap();
                     frame.pop();

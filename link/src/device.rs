@@ -238,6 +238,9 @@ struct Core<S> {
     now_ms: u64,
     /// when a transfer last began: by this receiver, or as the sink kept it
     last_begin_ms: Option<u64>,
+    /// The `correlation_id` of the command being answered, echoed in its report (`None` for a
+    /// frame that is not a command): a host that lost sync tells a stale answer from its own.
+    correlation: Option<u32>,
 }
 
 /// The device's end of the link. `N` is the frame buffer: at least `max_frame_len(mtu) - 1`.
@@ -323,6 +326,7 @@ impl<S: BundleSink, const N: usize> Receiver<S, N> {
                 min_restart_interval_ms: config.min_restart_interval_ms,
                 now_ms: 0,
                 last_begin_ms,
+                correlation: None,
             },
             frame: [0; N],
             len: 0,
@@ -356,6 +360,7 @@ impl<S: BundleSink, const N: usize> Receiver<S, N> {
         if len == 0 && dropped == 0 {
             return None;
         }
+        self.core.correlation = None;
         let outcome = if dropped > 0 {
             Err(Error::FrameTooLong {
                 len: len.saturating_add(dropped),
@@ -462,6 +467,12 @@ impl<S: BundleSink> Core<S> {
         if !rest.is_empty() {
             return Err(Error::Undecodable);
         }
+        self.correlation = match &command {
+            Command::Wait { correlation_id, .. }
+            | Command::Sync { correlation_id, .. }
+            | Command::Write { correlation_id, .. }
+            | Command::Swap { correlation_id, .. } => *correlation_id,
+        };
         match command {
             Command::Wait { .. } | Command::Sync { .. } => Ok(Event::Status),
             Command::Write {
@@ -617,9 +628,15 @@ impl<S: BundleSink> Core<S> {
         let status = match self.transfer {
             Some(t) => {
                 wire_id = t.id.to_wire();
-                Status::update(version, Some(self.mtu), t.offset, &wire_id, None)
+                Status::update(
+                    version,
+                    Some(self.mtu),
+                    t.offset,
+                    &wire_id,
+                    self.correlation,
+                )
             }
-            None => Status::first(version, Some(self.mtu), None),
+            None => Status::first(version, Some(self.mtu), self.correlation),
         };
         match postcard::to_slice_cobs(&Report { status, outcome }, &mut self.reply) {
             Ok(frame) => frame,

@@ -125,6 +125,9 @@ struct Reply {
     mtu: Option<u32>,
     /// The device's next offset for **our** bundle (0 if it holds another or none).
     offset: u32,
+    /// The command it answers (the device echoes it; `None` for a frame that was no command,
+    /// and from devices that do not echo).
+    correlation: Option<u32>,
 }
 
 fn decode_reply(mut frame: Vec<u8>, id: &[u8]) -> Result<Reply, PushError> {
@@ -138,6 +141,7 @@ fn decode_reply(mut frame: Vec<u8>, id: &[u8]) -> Result<Reply, PushError> {
         outcome: report.outcome,
         mtu: report.status.mtu,
         offset,
+        correlation: report.status.correlation_id,
     })
 }
 
@@ -146,6 +150,87 @@ fn send<W: Write>(writer: &mut W, command: &Command<'_>) -> Result<(), PushError
     writer.write_all(&frame)?;
     writer.flush()?;
     Ok(())
+}
+
+/// Replies read for one command before the line counts as out of step: stale answers come one
+/// per frame the device saw, and a few at most follow a cut.
+const MAX_STALE_REPLIES: u32 = 64;
+
+/// Waits sent to open a session (each answered or refused as a bad frame) before giving up.
+const MAX_OPENING_WAITS: u32 = 4;
+
+/// Commands and their answers, matched by `correlation_id`. A device that echoes it (`strict`)
+/// has every answer checked against the command sent: an answer to an earlier command (the
+/// device answered a partial frame a lone `0x00` ended, or one our command was split into by
+/// line noise) is passed over, never read as this command's. A device that does not echo (older
+/// firmware) is read in order, as before.
+struct Exchange<R, W> {
+    frames: Frames<R>,
+    writer: W,
+    next: u32,
+    strict: bool,
+}
+
+impl<R: Read, W: Write> Exchange<R, W> {
+    fn id(&mut self) -> u32 {
+        self.next = self.next.wrapping_add(1);
+        self.next
+    }
+
+    /// Open the session: a lone delimiter, then `Wait`s until the device answers one. Answers to
+    /// frames that were no command (the partial frame the delimiter ended) are passed over; a
+    /// `Wait` the line garbled is sent again.
+    fn open(&mut self, bundle_id: &[u8]) -> Result<Reply, PushError> {
+        // a lone delimiter ends whatever partial frame the device may hold from an earlier
+        // session (the device answers that frame too: a bad frame, with no correlation id)
+        self.writer.write_all(&[0])?;
+        let first = self.next.wrapping_add(1);
+        for _ in 0..MAX_OPENING_WAITS {
+            let id = self.id();
+            send(&mut self.writer, &Command::new_wait(None, Some(id)))?;
+            for _ in 0..MAX_STALE_REPLIES {
+                let reply = decode_reply(self.frames.next()?, bundle_id)?;
+                match reply.correlation {
+                    // an answer to one of our Waits (all ask the same)
+                    Some(c) if c.wrapping_sub(first) <= id.wrapping_sub(first) => {
+                        self.strict = true;
+                        return Ok(reply);
+                    }
+                    Some(_) => continue,
+                    // a frame that was no command: the partial one, or our Wait garbled
+                    None if reply.outcome == Outcome::Refused(Refusal::BadFrame) => break,
+                    // a device that does not echo: read in order from here on
+                    None => return Ok(reply),
+                }
+            }
+        }
+        Err(PushError::BadReply)
+    }
+
+    /// Send the command `build` makes with a new correlation id; its answer.
+    fn ask<'c>(
+        &mut self,
+        bundle_id: &[u8],
+        build: impl FnOnce(Option<u32>) -> Command<'c>,
+    ) -> Result<Reply, PushError> {
+        let id = self.id();
+        send(&mut self.writer, &build(Some(id)))?;
+        if !self.strict {
+            return decode_reply(self.frames.next()?, bundle_id);
+        }
+        for _ in 0..MAX_STALE_REPLIES {
+            let reply = decode_reply(self.frames.next()?, bundle_id)?;
+            match reply.correlation {
+                Some(c) if c == id => return Ok(reply),
+                // an answer to an earlier command
+                Some(_) => continue,
+                // a frame that was no command: ours garbled on the line (or part of one): sent
+                // again by the caller, under a new id, from the offset this report gives
+                None => return Ok(reply),
+            }
+        }
+        Err(PushError::BadReply)
+    }
 }
 
 /// Push `bundle` to the device at the other end of `reader`/`writer`.
@@ -165,16 +250,17 @@ pub fn push<R: Read, W: Write>(
     let wire_id = id.to_wire();
     let len = id.bundle_len();
     let checksum: [u8; 32] = Sha256::digest(bundle).into();
-    let mut frames = Frames {
-        reader,
-        buf: Vec::new(),
-        empty: 0,
+    let mut link = Exchange {
+        frames: Frames {
+            reader,
+            buf: Vec::new(),
+            empty: 0,
+        },
+        writer: &mut writer,
+        next: 0,
+        strict: false,
     };
-
-    // A lone delimiter ends whatever partial frame the device may hold from an earlier session.
-    writer.write_all(&[0])?;
-    send(&mut writer, &Command::new_wait(None, None))?;
-    let first = decode_reply(frames.next()?, &wire_id)?;
+    let first = link.open(&wire_id)?;
     let block = first
         .mtu
         .unwrap_or(opts.block_len)
@@ -195,8 +281,7 @@ pub fn push<R: Read, W: Write>(
             return Err(PushError::OffsetPastEnd { offset, len });
         }
         let reply = if offset == len {
-            send(&mut writer, &Command::new_swap(&wire_id, &checksum, None))?;
-            let reply = decode_reply(frames.next()?, &wire_id)?;
+            let reply = link.ask(&wire_id, |c| Command::new_swap(&wire_id, &checksum, c))?;
             if reply.outcome == Outcome::Complete {
                 return Ok(pushed);
             }
@@ -206,13 +291,9 @@ pub fn push<R: Read, W: Write>(
             let data = bundle
                 .get(offset as usize..end as usize)
                 .ok_or(PushError::OffsetPastEnd { offset, len })?;
-            send(
-                &mut writer,
-                &Command::new_write(&wire_id, offset, data, None),
-            )?;
+            let reply = link.ask(&wire_id, |c| Command::new_write(&wire_id, offset, data, c))?;
             pushed.bytes_sent += data.len() as u64;
             pushed.blocks += 1;
-            let reply = decode_reply(frames.next()?, &wire_id)?;
             if reply.offset != end {
                 pushed.resyncs += 1;
             }

@@ -9,7 +9,10 @@
 //!
 //! Commands: `Wait`/`Sync` ask for the status; `Write { version: id, offset, data }` offers one
 //! block; `Swap { version: id, checksum: sha256 }` asks the device to check the whole bundle and
-//! hand it to the agent. `correlation_id` is ignored and reported as `None`.
+//! hand it to the agent. The device echoes a command's `correlation_id` in the report that
+//! answers it (`None` for a frame that is not a command), so a host tells its answer from a
+//! stale one: after a lone `0x00` ends a partial frame the device held, the device answers that
+//! partial frame too.
 
 pub use embedded_update::{Command, Status, UpdateStatus};
 use serde::{Deserialize, Serialize};

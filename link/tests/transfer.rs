@@ -208,13 +208,16 @@ impl<F: FnMut(&Sent) -> Action> Write for Line<F> {
                         version,
                         offset,
                         data,
-                        ..
+                        correlation_id,
                     } = &cmd
                     {
                         let mut bad = data.to_vec();
                         *bad.last_mut().unwrap() ^= 0x01;
                         frame = postcard::to_allocvec_cobs(&Command::new_write(
-                            version, *offset, &bad, None,
+                            version,
+                            *offset,
+                            &bad,
+                            *correlation_id,
                         ))
                         .unwrap();
                         frame.pop(); // the delimiter is added below
@@ -597,6 +600,8 @@ struct Seen {
     outcome: Outcome,
     /// (bundle id, next offset) the device reports
     update: Option<(String, u32)>,
+    /// the correlation id the report echoes
+    correlation: Option<u32>,
 }
 
 impl Client {
@@ -617,6 +622,7 @@ impl Client {
                 assert_eq!(report.status.mtu, Some(MTU));
                 return Seen {
                     outcome: report.outcome,
+                    correlation: report.status.correlation_id,
                     update: report
                         .status
                         .update
@@ -942,4 +948,55 @@ fn a_command_between_long_runs_of_zeros_keeps_the_session() {
     let (err, _, replies, _) = serve_line(line);
     assert!(matches!(err, ServeError::Closed), "{err:?}");
     assert_eq!(replies, 1, "the command was answered");
+}
+
+#[test]
+fn a_partial_frame_the_device_held_does_not_put_the_host_one_answer_behind() {
+    // a cable pulled mid-block while the pump's session stays up: the pump holds part of a frame.
+    // The push's lone delimiter ends it, and the pump answers it (a bad frame) before it
+    // answers the push's first command. Read in order, every answer was taken for the next
+    // command's: each block went twice. Matched by correlation id, each goes once.
+    let bundle = bundle(5_000, 9);
+    let (host, device) = UnixStream::pair().unwrap();
+    let dev = spawn_device(VecSink::new(64 * 1024), 64 * 1024, device);
+    let mut raw = host.try_clone().unwrap();
+    let wire = BundleId::of(&bundle).unwrap().to_wire();
+    let mut partial =
+        postcard::to_allocvec_cobs(&Command::new_write(&wire, 0, &bundle[..200], Some(7))).unwrap();
+    partial.truncate(partial.len() / 2);
+    raw.write_all(&partial).unwrap();
+    let (result, sent) = push_through(&bundle, host, &PushOptions::default(), forward);
+    let pushed = result.unwrap();
+    let w = writes(&sent);
+    assert_contiguous(&w, 0, bundle.len() as u32);
+    assert_eq!(pushed.resyncs, 0, "{sent:?}");
+    assert_eq!(
+        sent.iter().filter(|s| matches!(s, Sent::Swap)).count(),
+        1,
+        "{sent:?}"
+    );
+    let run = dev.join().unwrap();
+    assert_eq!(received(&run), &bundle[..]);
+    assert!(
+        run.events.contains(&Err(Error::Undecodable)),
+        "the partial frame was answered: {:?}",
+        run.events
+    );
+}
+
+#[test]
+fn the_device_echoes_the_correlation_id_of_the_command_it_answers() {
+    let (mut c, dev) = client_and_device();
+    let seen = c.send_raw(&{
+        let mut f = postcard::to_allocvec_cobs(&Command::new_wait(None, Some(41))).unwrap();
+        f.insert(0, 0);
+        f
+    });
+    assert_eq!(seen.correlation, Some(41));
+    // a frame that is no command: no id to echo
+    let seen = c.send_raw(&[0x04, 0xff, 0xfe, 0xfd, 0x00]);
+    assert_eq!(seen.outcome, Outcome::Refused(Refusal::BadFrame));
+    assert_eq!(seen.correlation, None);
+    drop(c);
+    dev.join().unwrap();
 }
