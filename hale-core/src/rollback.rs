@@ -76,12 +76,34 @@ pub fn verify_authorization<'a>(
     let keys = pass!(rollback_keys(targets));
     let env = pass!(Envelope::parse(bytes, AUTHORIZATION_TYPE));
     pass!(verify_threshold(&env, &keys));
+    terms(&env.signed, req, now, max_validity)
+}
 
+/// The checks of [`verify_authorization`] on the authorization's own fields (validity, expiry,
+/// use, device or group, target, hashes, installed version), without its signatures: what a
+/// signing tool refuses before anyone signs (a co-signer asked to sign terms a device would
+/// refuse). Never a trust decision: a device runs [`verify_authorization`].
+pub fn check_terms(
+    bytes: &[u8],
+    req: &Request<'_>,
+    now: UnixTime,
+    max_validity: i64,
+) -> Result<(), Error> {
+    let env = pass!(Envelope::parse(bytes, AUTHORIZATION_TYPE));
+    terms(&env.signed, req, now, max_validity).map(|_| ())
+}
+
+/// The header and [`check`] of `signed`, refusals turned into the [`Error`] once.
+fn terms<'a>(
+    s: &Object<'a>,
+    req: &Request<'_>,
+    now: UnixTime,
+    max_validity: i64,
+) -> Result<Authorization<'a>, Error> {
     let what = Name::new(AUTHORIZATION_TYPE);
-    let s = env.signed;
-    let header = pass!(metadata::parse_header(&s, AUTHORIZATION_TYPE, what));
-    let (issued, target, reason) = pass!(check(&s, header.expires, req, now, max_validity)
-        .map_err(|r| match r {
+    let header = pass!(metadata::parse_header(s, AUTHORIZATION_TYPE, what));
+    let (issued, target, reason) = pass!(check(s, header.expires, req, now, max_validity).map_err(
+        |r| match r {
             Refusal::Json(error) => Error::Json { role: what, error },
             Refusal::Field(field) => Error::Field { role: what, field },
             Refusal::TooLong(validity) => Error::AuthorizationTooLong {
@@ -112,7 +134,8 @@ pub fn verify_authorization<'a>(
                 authorized,
                 running: req.running,
             },
-        }));
+        }
+    ));
     Ok(Authorization {
         header,
         issued,

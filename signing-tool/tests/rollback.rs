@@ -344,6 +344,46 @@ fn refuses_a_validity_above_the_maximum_and_writes_nothing() {
          only lower that",
         "auth.json",
     );
+
+    // the second signer's stricter policy: terms past it are refused before a passphrase is
+    // asked for, and nothing is written (the signature used to be written first: a complete
+    // authorization on disk that devices accept, and an error)
+    e.ok(&[
+        "rollback",
+        "authorize",
+        "repo",
+        "--device",
+        "pump-a-000123",
+        "--reason",
+        "x",
+        "--installed",
+        "2.1.0",
+        "--passphrase-env",
+        PW_ENV,
+        "--out",
+        "auth.json",
+        "--target",
+        TARGET,
+        "--expires-in",
+        "20h",
+        "--key",
+        "field-a.key",
+    ]);
+    let before = std::fs::read(e.path("auth.json")).unwrap();
+    let mut args = rollback_sign_args("field-b.key").to_vec();
+    args.extend_from_slice(&["--max-validity", "8h"]);
+    // no passphrase: none is asked for
+    args.retain(|a| *a != "--passphrase-env" && *a != PW_ENV);
+    let r = e.run(&args);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.trim_end(),
+        "error: auth.json: hale-core refuses its terms (nothing signed, nothing written): \
+         rollback authorization valid for 72000 s, more than the 28800 s allowed"
+    );
+    assert_eq!(std::fs::read(e.path("auth.json")).unwrap(), before);
+    // within it, the co-signature goes on
+    e.ok(&rollback_sign_args("field-b.key"));
 }
 
 #[test]

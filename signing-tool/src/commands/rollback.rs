@@ -160,6 +160,20 @@ pub fn verify_for_target(
     now: i64,
     max_validity: i64,
 ) -> anyhow::Result<String> {
+    check_for_target(targets, auth, target, sha256, now, max_validity, true)
+}
+
+/// [`verify_for_target`], or with `signatures` false only the authorization's terms (hale-core's
+/// `check_terms`): what a signer refuses before signing.
+fn check_for_target(
+    targets: &[u8],
+    auth: &[u8],
+    target: &str,
+    sha256: [u8; 32],
+    now: i64,
+    max_validity: i64,
+    signatures: bool,
+) -> anyhow::Result<String> {
     let doc: Value = serde_json::from_slice(auth).context("not JSON")?;
     let s = &doc["signed"];
     let device = s["devices"]
@@ -185,6 +199,11 @@ pub fn verify_for_target(
         // one refuses this one: `AuthorizationUsed`)
         last_used: 0,
     };
+    if !signatures {
+        hale_core::rollback::check_terms(auth, &req, now, max_validity)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        return Ok("its terms hold".into());
+    }
     let a = verify_authorization(&t, auth, &req, now, max_validity)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(format!(
@@ -235,7 +254,7 @@ fn signing_keys(
     listed: &Report,
     pass: &PassArgs,
 ) -> anyhow::Result<Vec<SigningKey>> {
-    let mut out = Vec::new();
+    // every key checked before any passphrase is asked for
     for k in keys {
         let p = peek_private(k)?;
         if !listed.keys.iter().any(|(id, _)| id.as_str() == p.keyid) {
@@ -245,9 +264,10 @@ fn signing_keys(
                 p.keyid
             );
         }
-        out.push(load_private(k, &pass.source(&k.display().to_string()))?);
     }
-    Ok(out)
+    keys.iter()
+        .map(|k| Ok(load_private(k, &pass.source(&k.display().to_string()))?))
+        .collect()
 }
 
 fn print_status(file: &Path, r: &Report) -> bool {
@@ -410,9 +430,29 @@ fn sign_existing(a: SignArgs) -> anyhow::Result<ExitCode> {
     }
     // what the second person is asked to sign, before any passphrase
     println!("{}", describe(&bytes)?);
+    // terms a device would refuse (longer than this signer's policy allows, expired, another
+    // image) are refused before anyone signs them
+    check_for_target(&targets, &bytes, &target, sha, unix_now(), max, false).with_context(
+        || {
+            format!(
+                "{}: hale-core refuses its terms (nothing signed, nothing written)",
+                a.file.display()
+            )
+        },
+    )?;
     let keys = signing_keys(&a.keys, &listed, &a.pass)?;
     let refs: Vec<&SigningKey> = keys.iter().collect();
     let signed = sign::add_signatures(&bytes, &refs)?;
+    // complete: verified whole before it is written
+    let r = report(&targets, &signed)?;
+    if r.valid() >= r.threshold {
+        verify_for_target(&targets, &signed, &target, sha, unix_now(), max).with_context(|| {
+            format!(
+                "{}: hale-core refuses it (nothing written)",
+                a.file.display()
+            )
+        })?;
+    }
     crate::durable::write_one(&a.file, &signed)?;
     finish(&a.dir, &a.file, &signed, &targets, sha, max)?;
     Ok(ExitCode::SUCCESS)
