@@ -809,7 +809,10 @@ impl<'a> DelegatedRole<'a> {
             .map_err(Shape::Json)?;
         let name = name.and_then(|v| v.as_str()).ok_or(Shape::Field("name"))?;
         // a name the search cannot hold, or a pattern it cannot match, would be passed over
-        // and let a lower-priority delegation answer for its targets: refused instead
+        // and let a lower-priority delegation answer for its targets: refused. With a heap
+        // (server, tools) here, for the whole file; a device refuses where its search meets one
+        // (`trusted::child`, `DelegatedRole::matches`), which costs less flash
+        #[cfg(feature = "alloc")]
         if name.decoded_len() > MAX_NAME_LEN {
             return Err(Shape::Field("name (longer than 128 bytes)"));
         }
@@ -836,12 +839,13 @@ impl<'a> DelegatedRole<'a> {
                 return Err(Shape::Field("paths"));
             }
         }
+        #[cfg(feature = "alloc")]
         if let Some(p) = paths {
             if p.iter()
                 .filter_map(|v| v.as_str())
                 .any(|p| p.decoded_len() > MAX_PATTERN_LEN)
             {
-                return Err(Shape::Field("paths (a pattern longer than 256 bytes)"));
+                return Err(Shape::Field(PATTERN_TOO_LONG));
             }
         }
         Ok(DelegatedRole {
@@ -863,21 +867,27 @@ impl<'a> DelegatedRole<'a> {
         }
     }
 
-    /// Is `target` delegated to this role (by glob patterns or by hash prefixes)?
-    pub fn matches(&self, target: &str, target_hash: &[u8; 32]) -> bool {
+    /// Is `target` delegated to this role (by glob patterns or by hash prefixes)? `None` when
+    /// that cannot be told: a pattern longer than [`MAX_PATTERN_LEN`] comes before any that
+    /// matches (the search refuses it rather than pass the delegation over).
+    pub fn matches(&self, target: &str, target_hash: &[u8; 32]) -> Option<bool> {
         if let Some(paths) = &self.paths {
-            return paths
-                .iter()
-                .filter_map(|v| v.as_str())
-                .any(|p| path_matches(&p, target));
+            for p in paths.iter().filter_map(|v| v.as_str()) {
+                if path_matches(&p, target)? {
+                    return Some(true);
+                }
+            }
+            return Some(false);
         }
         if let Some(prefixes) = &self.path_hash_prefixes {
-            return prefixes
-                .iter()
-                .filter_map(|v| v.as_str())
-                .any(|p| hex_prefix_matches(&p, target_hash));
+            return Some(
+                prefixes
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .any(|p| hex_prefix_matches(&p, target_hash)),
+            );
         }
-        false
+        Some(false)
     }
 }
 
@@ -1000,25 +1010,27 @@ fn hex_prefix_matches(prefix: &JStr<'_>, hash: &[u8; 32]) -> bool {
 
 /// python-tuf's rule: pattern and target split on `/` must have the same number of parts, and
 /// each part must match with shell-style wildcards (`*`, `?`, `[seq]`, `[!seq]`).
-pub fn path_matches(pattern: &JStr<'_>, target: &str) -> bool {
-    // (a longer pattern is refused with the role that lists it: see `DelegatedRole::read`)
+/// `None`: the pattern is longer than [`MAX_PATTERN_LEN`] bytes, and whether it matches is not
+/// told.
+pub fn path_matches(pattern: &JStr<'_>, target: &str) -> Option<bool> {
     let mut buf = [0u8; MAX_PATTERN_LEN];
-    let Some(pattern) = pattern.decode_into(&mut buf) else {
-        return false;
-    };
+    let pattern = pattern.decode_into(&mut buf)?;
     let (mut p, mut t) = (pattern.split('/'), target.split('/'));
     loop {
         match (p.next(), t.next()) {
-            (None, None) => return true,
+            (None, None) => return Some(true),
             (Some(ps), Some(ts)) => {
                 if !fnmatch(ps.as_bytes(), ts.as_bytes()) {
-                    return false;
+                    return Some(false);
                 }
             }
-            _ => return false,
+            _ => return Some(false),
         }
     }
 }
+
+/// The refusal of a delegation whose `paths` pattern is too long to match.
+pub(crate) const PATTERN_TOO_LONG: &str = "paths (a pattern longer than 256 bytes)";
 
 /// Shell-style match of one path segment (no `/` in either). Iterative with one backtrack point,
 /// so its work is bounded by `pattern.len() * name.len()`.
@@ -1203,6 +1215,47 @@ mod tests {
     }
 
     #[test]
+    fn a_delegation_too_long_to_follow_is_refused_for_the_file_or_where_the_search_meets_it() {
+        extern crate std;
+        use std::format;
+        let long_pattern = format!("fw/{}", "?".repeat(MAX_PATTERN_LEN));
+        let long_name = "n".repeat(MAX_NAME_LEN + 1);
+        let entry = |name: &str, pattern: &str| {
+            format!(
+                r#"{{"name": "{name}", "keyids": [], "threshold": 1, "terminating": false, "paths": ["other/*", "{pattern}", "fw/*"]}}"#
+            )
+        };
+        for (doc, field) in [
+            (entry("r", &long_pattern), PATTERN_TOO_LONG),
+            (entry(&long_name, "fw/*"), "name (longer than 128 bytes)"),
+        ] {
+            let Ok(Value::Object(o)) = json::parse(doc.as_bytes()) else {
+                panic!("test input")
+            };
+            let read = DelegatedRole::read(&o);
+            #[cfg(feature = "alloc")]
+            assert!(
+                matches!(read, Err(Shape::Field(f)) if f == field),
+                "{field}"
+            );
+            #[cfg(not(feature = "alloc"))]
+            {
+                let _ = field;
+                let r = read.unwrap_or_else(|_| panic!("read"));
+                let hash = crate::crypto::sha256(b"fw/x.bin");
+                // a device build: the pattern cannot be told, before the one that matches
+                let told = r.matches("fw/x.bin", &hash);
+                if r.name.eq_str("r") {
+                    assert_eq!(told, None);
+                } else {
+                    assert_eq!(told, Some(true));
+                }
+                assert_eq!(r.matches("other/x.bin", &hash), Some(true));
+            }
+        }
+    }
+
+    #[test]
     fn glob_matching_follows_python_tuf() {
         let cases = [
             ("\"pump-a/*\"", "pump-a/fw.bin", true),
@@ -1218,7 +1271,7 @@ mod tests {
             ("\"a*b*c\"", "axxbyy", false),
         ];
         for (p, t, want) in cases {
-            assert_eq!(path_matches(&js(p), t), want, "{p} vs {t}");
+            assert_eq!(path_matches(&js(p), t), Some(want), "{p} vs {t}");
         }
     }
 

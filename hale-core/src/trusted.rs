@@ -1063,7 +1063,13 @@ fn next_child(
     for (i, v) in roles.iter().enumerate().skip(from) {
         let Some(o) = v.as_object() else { continue };
         let r = pass!(DelegatedRole::parse(&o, Name::new("delegations")));
-        if r.matches(path, hash) {
+        let Some(matched) = r.matches(path, hash) else {
+            return Err(Error::Field {
+                role: Name::new("delegations"),
+                field: crate::metadata::PATTERN_TOO_LONG,
+            });
+        };
+        if matched {
             match pass!(child(
                 i + 1,
                 RoleName::from_json(&r.name),

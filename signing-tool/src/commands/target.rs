@@ -197,7 +197,7 @@ fn delegated_paths_allow(state: &State, role: &str, name: &str) -> anyhow::Resul
             let Ok(r) = DelegatedRole::parse(&o, Name::new(&d)) else {
                 continue;
             };
-            if r.name.eq_str(role) && r.matches(name, &hash) {
+            if r.name.eq_str(role) && r.matches(name, &hash) == Some(true) {
                 return Ok(true);
             }
         }
