@@ -10,6 +10,7 @@
 //! written; nothing below threshold is published; a publish that a client would reject is rolled
 //! back; passphrases never come from the command line; demo keys are announced loudly.
 
+mod changes;
 mod client;
 mod commands;
 mod config;

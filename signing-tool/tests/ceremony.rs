@@ -211,9 +211,11 @@ fn refuses_a_signature_from_a_key_the_role_does_not_list_and_leaves_the_file_unc
         "wrong.txt",
     ]);
     assert_eq!(r.code, 2);
+    // what was to be signed is shown first (before the passphrase is asked for)
     assert_eq!(
         r.stderr.trim_end(),
-        "error: targets.key: wrong passphrase or damaged key file"
+        "to sign: repo/staged/targets.json: targets v1 (published: none)\n  new role: nothing \
+         published before\nerror: targets.key: wrong passphrase or damaged key file"
     );
     // an unset passphrase variable is refused too
     let r = e.run(&[
@@ -226,8 +228,8 @@ fn refuses_a_signature_from_a_key_the_role_does_not_list_and_leaves_the_file_unc
     ]);
     assert_eq!(r.code, 2);
     assert_eq!(
-        r.stderr.trim_end(),
-        "error: targets.key: passphrase: environment variable NO_SUCH_VAR is not set"
+        r.stderr.trim_end().lines().last(),
+        Some("error: targets.key: passphrase: environment variable NO_SUCH_VAR is not set")
     );
     assert_eq!(
         std::fs::read(e.path("repo/staged/targets.json")).unwrap(),
@@ -308,8 +310,18 @@ fn root_rotation_needs_the_old_and_the_new_threshold() {
         "the removed key is dropped from keys"
     );
 
-    // the new keys alone: the new threshold is met, the old one is not
-    e.sign("repo/staged/root.json", "root-d");
+    // the new keys alone: the new threshold is met, the old one is not. Each signer is shown
+    // what root v2 changes before a passphrase is asked for
+    let r = e.sign("repo/staged/root.json", "root-d");
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "to sign: repo/staged/root.json: root v2 (published: v1)\n  root: keys +{} (ed25519) \
+             -{}",
+            &d[..8],
+            &a[..8]
+        )
+    );
     e.sign("repo/staged/root.json", "root-c");
     let s = e.run(&["status", "repo"]);
     assert_eq!(s.code, 1, "{}", s.stdout);

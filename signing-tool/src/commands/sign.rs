@@ -83,6 +83,38 @@ struct Job {
     bytes: Vec<u8>,
     auths: Vec<Authority>,
     keys: Vec<usize>,
+    /// what it changes against the published version, shown before any passphrase
+    changes: Vec<String>,
+}
+
+/// Staged files whose changes are shown in full before signing; the rest are counted.
+const MAX_SHOWN: usize = 16;
+
+/// The published `signed` of `role` in `st` (the version before the staged one), if any.
+fn published_signed(st: &State, role: &str) -> Option<serde_json::Value> {
+    let v = *st.published.get(role)?;
+    let path = crate::config::repository_dir(&st.dir).join(format!("{v}.{role}.json"));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    doc.get("signed").cloned()
+}
+
+/// What signing `bytes` as `role` vouches for, against what is published.
+fn changes_of(st: &State, role: &str, bytes: &[u8]) -> Vec<String> {
+    let new: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let signed = new.get("signed").cloned().unwrap_or_default();
+    let mut out = vec![format!(
+        "{role} v{} (published: {})",
+        crate::changes::text_of(signed.get("version")),
+        st.published
+            .get(role)
+            .map_or("none".to_string(), |v| format!("v{v}"))
+    )];
+    out.extend(
+        crate::changes::describe(published_signed(st, role).as_ref(), &signed)
+            .into_iter()
+            .map(|l| format!("  {l}")),
+    );
+    out
 }
 
 /// Key ids the authorities list for `role`, as hale-core reads them (after checking the file
@@ -126,6 +158,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
                     bytes: m.bytes.clone(),
                     auths,
                     keys,
+                    changes: changes_of(&st, &m.name, &m.bytes),
                 }))
             });
             for job in found {
@@ -161,6 +194,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
             }
         }
         jobs.push(Job {
+            changes: changes_of(&st, &role, &bytes),
             path: p.clone(),
             role,
             bytes,
@@ -182,6 +216,16 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
     }
     for s in &states {
         s.1.warn_demo();
+    }
+    // what the signer vouches for, before any passphrase (on stderr: stdout says what was done)
+    for j in jobs.iter().take(MAX_SHOWN) {
+        eprintln!("to sign: {}: {}", j.path.display(), j.changes.join("\n"));
+    }
+    if jobs.len() > MAX_SHOWN {
+        eprintln!(
+            "to sign: … and {} more staged files",
+            jobs.len() - MAX_SHOWN
+        );
     }
     // open only the keys some job needs, once each
     let unlock_start = Instant::now();
