@@ -305,7 +305,7 @@ fn publish_rolls_back_when_hale_core_rejects_the_result() {
     // rotate the targets key in root v2 without re-signing targets: the published targets v1 no
     // longer verifies under root v2, so the client workflow fails and publish restores everything
     e.key("targets-2", "ed25519");
-    e.ok(&[
+    let r = e.ok(&[
         "rotate",
         "repo",
         "--role",
@@ -315,9 +315,30 @@ fn publish_rolls_back_when_hale_core_rejects_the_result() {
         "--remove-key",
         "targets.pub",
     ]);
+    // rotate stages targets v2 too (same content), for the new key to sign: publishing root v2
+    // alone would leave the published targets v1 signed by a key the new root no longer lists
+    assert!(
+        r.stdout.contains(
+            "targets v2 staged (same content) to be signed by targets's keys as they are now"
+        ),
+        "{}",
+        r.stdout
+    );
     e.sign("repo/staged/root.json", "root-a");
     e.sign("repo/staged/root.json", "root-b");
     let before = common::snapshot_tree(&e.path("repo/repository"));
+    let r = e.run(&publish_args("repo"));
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.trim_end(),
+        "error: refusing to publish repo: 1 threshold(s) not met: targets v2: 0/1 by root v2 \
+         (repository unchanged; see `hale-sign status repo`)"
+    );
+    assert_eq!(common::snapshot_tree(&e.path("repo/repository")), before);
+
+    // an engineer who throws the staged targets away: the threshold checks pass, the client
+    // workflow over the result does not, and publish restores everything
+    std::fs::remove_file(e.path("repo/staged/targets.json")).unwrap();
     let r = e.run(&publish_args("repo"));
     assert_eq!(r.code, 2);
     assert_eq!(
@@ -327,4 +348,9 @@ fn publish_rolls_back_when_hale_core_rejects_the_result() {
     );
     assert_eq!(common::snapshot_tree(&e.path("repo/repository")), before);
     assert!(e.path("repo/staged/root.json").exists());
+
+    // the way rotate leaves it: targets v2 signed by the new key, published with root v2
+    e.ok(&["renew", "repo", "--role", "targets"]);
+    e.sign("repo/staged/targets.json", "targets-2");
+    e.publish();
 }

@@ -32,7 +32,7 @@ fn parse_lifetime(s: &str) -> Result<i64, String> {
 }
 
 /// The roles `name` stands for: itself, or every bin when it is the bins' prefix.
-fn roles_named(state: &State, name: &str) -> anyhow::Result<Vec<String>> {
+pub(super) fn roles_named(state: &State, name: &str) -> anyhow::Result<Vec<String>> {
     if name == "snapshot" || name == "timestamp" {
         bail!(
             "--role {name}: snapshot and timestamp are signed again at each publish (`hale-sign \

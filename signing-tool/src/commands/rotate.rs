@@ -205,8 +205,34 @@ pub fn run(a: RotateArgs) -> anyhow::Result<ExitCode> {
         r
     };
     let version = body.get("version").and_then(Value::as_u64).unwrap_or(0);
+    // the rotated role itself: its published version is signed by the keys as they were, which
+    // clients holding the new delegator refuse once a removed key is gone; its next version
+    // (same content) is staged with it, to be signed by the keys as they are now. Not for root
+    // (it is the delegator), nor snapshot and timestamp (signed again at each publish or by the
+    // server); a role already staged is left as it is.
+    let rotated: Vec<String> = match a.role.as_str() {
+        "root" | "snapshot" | "timestamp" => Vec::new(),
+        r => super::renew::roles_named(&state, r)?
+            .into_iter()
+            .filter(|n| state.get(n).is_ok_and(|m| !m.staged))
+            .collect(),
+    };
+    let mut bodies = vec![(delegator.clone(), body)];
+    for n in &rotated {
+        bodies.push((n.clone(), state.next_body(n)?));
+    }
+    let restaged: Vec<String> = bodies
+        .iter()
+        .skip(1)
+        .map(|(n, b)| {
+            format!(
+                "{n} v{}",
+                b.get("version").and_then(Value::as_u64).unwrap_or(0)
+            )
+        })
+        .collect();
     let mut batch = Batch::new();
-    state.stage(&mut batch, &delegator, body)?;
+    state.stage_all(&mut batch, bodies)?;
     batch
         .commit()
         .with_context(|| format!("staging {delegator} in {}", a.dir.display()))?;
@@ -215,6 +241,18 @@ pub fn run(a: RotateArgs) -> anyhow::Result<ExitCode> {
         "{delegator} v{version} staged: {} is now {t}-of-{n}",
         a.role
     );
+    match restaged.len() {
+        0 => {}
+        1..=8 => println!(
+            "{} staged (same content) to be signed by {}'s keys as they are now",
+            restaged.join(", "),
+            a.role
+        ),
+        k => println!(
+            "{k} roles staged (same content) to be signed by {}'s keys as they are now",
+            a.role
+        ),
+    }
     if delegator == "root" && version > 1 {
         println!(
             "root v{version} must be signed by a threshold of root v{}'s root keys AND of its own root keys",
