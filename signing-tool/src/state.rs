@@ -246,6 +246,19 @@ impl State {
             let meta = meta?;
             st.roles.insert(meta.name.clone(), meta);
         }
+        // the hashed bins as the metadata delegates them, when hale-repo.json does not say (a
+        // `bins` stopped between staging them and saving the config): routing, `rotate` and
+        // `renew` of the bins follow the metadata, which is what clients read
+        if st.config.bins.is_none() {
+            st.config.bins = st.roles.values().find_map(|m| {
+                let s = m.signed.pointer("/delegations/succinct_roles")?;
+                Some(crate::config::Bins {
+                    from: m.name.clone(),
+                    bit_length: u32::try_from(s.get("bit_length")?.as_u64()?).ok()?,
+                    prefix: s.get("name_prefix")?.as_str()?.to_string(),
+                })
+            });
+        }
         Ok(st)
     }
 

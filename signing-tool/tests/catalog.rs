@@ -177,6 +177,17 @@ fn delegation_and_hashed_bins_route_targets_and_verify_against_their_delegators(
             "bin-{i} staged even when empty"
         );
     }
+    // a `bins` stopped after staging, before hale-repo.json was saved: the bins are read from
+    // the metadata (routing below goes into them; before, `target add` ignored them)
+    let cfg_path = e.path("repo/hale-repo.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    assert_eq!(
+        cfg["bins"],
+        serde_json::json!({"from": "pump-a", "bit_length": 3, "prefix": "bin"})
+    );
+    cfg.as_object_mut().unwrap().remove("bins");
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     let names: Vec<String> = (0..20).map(|i| format!("pump-a/fw-{i:02}.bin")).collect();
     for n in &names {
         e.write(
