@@ -365,3 +365,50 @@ fn publish_rolls_back_when_hale_core_rejects_the_result() {
     e.sign("repo/staged/targets.json", "targets-2");
     e.publish();
 }
+
+#[test]
+fn status_counts_expiring_hashed_bins_on_one_line_and_renews_them_by_prefix() {
+    let e = Env::new();
+    e.published_repo();
+    // delegated roles (the bins) made with a policy of 3½ days
+    let cfg = e.path("repo/hale-repo.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    c["expires"]["delegated"] = serde_json::json!(3 * 86_400 + 43_200);
+    std::fs::write(&cfg, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    e.key("bins", "ed25519");
+    e.ok(&[
+        "bins",
+        "repo",
+        "--from",
+        "targets",
+        "--bit-length",
+        "2",
+        "--key",
+        "bins.pub",
+    ]);
+    e.sign("repo", "bins");
+    e.sign("repo/staged/targets.json", "targets");
+    e.publish();
+    let first = e.json("repo/repository/1.bin-0.json")["signed"]["expires"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let st = e.ok(&["status", "repo"]);
+    assert_eq!(
+        st.stdout,
+        format!(
+            "4 of 4 published hashed bins bin-* expire within 14 days, the first at {first} (in 3 \
+             days): devices refuse the targets they hold after that\n\
+             to renew: `hale-sign renew repo --role bin`, then sign, publish and push\n\
+             repo: nothing staged\n"
+        )
+    );
+    // the command it names works
+    let r = e.ok(&["renew", "repo", "--role", "bin"]);
+    assert_eq!(r.stdout.lines().count(), 4, "{}", r.stdout);
+    assert!(
+        r.stdout.lines().all(|l| l.starts_with("bin-")),
+        "{}",
+        r.stdout
+    );
+}

@@ -251,6 +251,12 @@ fn describe(m: &crate::state::Meta) -> String {
 /// expired or expire within [`RENEW_WITHIN`]: after that devices refuse every update.
 fn expiry_notes(state: &State) {
     let mut late = Vec::new();
+    // hashed bins are made with one expiry and expire together: counted on one line, renewed
+    // with one `--role <prefix>`
+    let bins = state.config.bins.as_ref();
+    let is_bin =
+        |n: &str| bins.is_some_and(|b| crate::state::is_bin(n, &b.prefix, u64::from(b.bit_length)));
+    let (mut late_bins, mut all_bins, mut earliest) = (0usize, 0usize, i64::MAX);
     for m in state.roles.values() {
         if m.staged || m.name == "snapshot" || m.name == "timestamp" {
             continue;
@@ -259,6 +265,14 @@ fn expiry_notes(state: &State) {
             continue;
         };
         let left = t.saturating_sub(state.now);
+        if is_bin(&m.name) {
+            all_bins += 1;
+            if left <= RENEW_WITHIN {
+                late_bins += 1;
+                earliest = earliest.min(t);
+            }
+            continue;
+        }
         // a delegated role holds only the targets delegated to it
         let refused = if crate::state::top_level(&m.name).is_some() {
             "devices refuse every update"
@@ -284,6 +298,24 @@ fn expiry_notes(state: &State) {
             continue;
         }
         late.push(m.name.clone());
+    }
+    if let (Some(b), true) = (bins, late_bins > 0) {
+        let when = hale_core::Date(earliest);
+        if hale_core::time::is_expired(earliest, state.now) {
+            println!(
+                "{late_bins} of {all_bins} published hashed bins {}-* expired or expire within 14 \
+                 days, the first at {when}: devices refuse the targets they hold after that",
+                b.prefix
+            );
+        } else {
+            println!(
+                "{late_bins} of {all_bins} published hashed bins {}-* expire within 14 days, the \
+                 first at {when} (in {}): devices refuse the targets they hold after that",
+                b.prefix,
+                span(earliest.saturating_sub(state.now))
+            );
+        }
+        late.push(b.prefix.clone());
     }
     if !late.is_empty() {
         println!(
