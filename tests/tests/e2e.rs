@@ -1080,43 +1080,6 @@ fn http_get_bytes(url: &str) -> Vec<u8> {
     out
 }
 
-/// Mirror what the server publishes (timestamp, snapshot, every role it lists, `target`'s
-/// content) into `repo/repository/`: hale-sign's `rollback authorize` and `bundle` resolve from
-/// the published repository, and with online timestamp/snapshot keys that lives on the server.
-fn mirror(url: &str, repo: &str, target: &str) {
-    let dir = PathBuf::from(repo).join("repository");
-    let put = |name: &str, bytes: &[u8]| {
-        let p = dir.join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, bytes).unwrap();
-    };
-    let ts = http_get_bytes(&format!("{url}/timestamp.json"));
-    put("timestamp.json", &ts);
-    let ts: Value = serde_json::from_slice(&ts).unwrap();
-    let sv = ts["signed"]["meta"]["snapshot.json"]["version"]
-        .as_u64()
-        .unwrap();
-    let snap = http_get_bytes(&format!("{url}/{sv}.snapshot.json"));
-    put(&format!("{sv}.snapshot.json"), &snap);
-    let snap: Value = serde_json::from_slice(&snap).unwrap();
-    for (file, meta) in snap["signed"]["meta"].as_object().unwrap() {
-        let v = meta["version"].as_u64().unwrap();
-        let name = format!("{v}.{file}");
-        let bytes = http_get_bytes(&format!("{url}/{name}"));
-        if file == "targets.json" {
-            let t: Value = serde_json::from_slice(&bytes).unwrap();
-            let sha = t["signed"]["targets"][target]["hashes"]["sha256"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let (d, base) = target.rsplit_once('/').unwrap();
-            let content = format!("targets/{d}/{sha}.{base}");
-            put(&content, &http_get_bytes(&format!("{url}/{content}")));
-        }
-        put(&name, &bytes);
-    }
-}
-
 /// Authorized rollback delivered offline (issue: rollback + bundles + technician link):
 /// hale-sign delegates a 2-of-2 `rollback` role; the pump updates online to 1.1.0; 1.1.0 is
 /// pulled and 1.0.0 re-listed, which the pump refuses online and from a bundle without an
@@ -1187,13 +1150,36 @@ fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_
     assert!(out.contains(refused), "online downgrade: {out}");
     assert_eq!(t.status(1).2, "1.1.0");
 
+    // the server signs timestamp and snapshot: the local repository has none, and hale-sign
+    // says where to read them
+    let out = t.run(
+        "hale-sign",
+        &[
+            "bundle",
+            &repo,
+            "--target",
+            TARGET,
+            "--out",
+            &t.p("plain.bin"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "timestamp.json: not found (releases pushed to hale-server get their timestamp and \
+             snapshot there: give --from-server URL, the server's repository)"
+        ),
+        "{}",
+        text(&out)
+    );
     // a bundle without an authorization is refused in the same words
-    mirror(&url, &repo, TARGET);
     t.ok(
         "hale-sign",
         &[
             "bundle",
             &repo,
+            "--from-server",
+            &url,
             "--target",
             TARGET,
             "--out",
@@ -1219,6 +1205,8 @@ fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_
         "rollback",
         "authorize",
         &repo,
+        "--from-server",
+        &url,
         "--device",
         "pump-0001",
         "--target",
@@ -1234,22 +1222,32 @@ fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_
         "--out",
         &auth,
     ]);
-    let st = t.run("hale-sign", &["rollback", "status", &repo, &auth]);
+    let st = t.run(
+        "hale-sign",
+        &["rollback", "status", &repo, &auth, "--from-server", &url],
+    );
     assert_eq!(st.status.code(), Some(1), "one of two: {}", text(&st));
     t.sign(&[
         "rollback",
         "sign",
         &repo,
         &auth,
+        "--from-server",
+        &url,
         "--key",
         &k("clinical-eng.key"),
     ]);
-    t.ok("hale-sign", &["rollback", "status", &repo, &auth]);
+    t.ok(
+        "hale-sign",
+        &["rollback", "status", &repo, &auth, "--from-server", &url],
+    );
     t.ok(
         "hale-sign",
         &[
             "bundle",
             &repo,
+            "--from-server",
+            &url,
             "--target",
             TARGET,
             "--authorization",

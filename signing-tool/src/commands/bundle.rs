@@ -42,6 +42,11 @@ pub struct BundleArgs {
     /// Overwrite FILE if it exists.
     #[arg(long)]
     force: bool,
+    /// Read the repository hale-server serves (its base URL, e.g. http://host:8080) instead
+    /// of the local `repository/`: releases pushed to hale-server get their timestamp and
+    /// snapshot there. What it serves is verified from the local root, as a device would.
+    #[arg(long, value_name = "URL")]
+    pub from_server: Option<String>,
 }
 
 /// Largest metadata file read while resolving (the host-side bound).
@@ -60,6 +65,9 @@ pub struct Resolved {
 }
 
 type Get<'a> = dyn FnMut(&str) -> anyhow::Result<Option<Vec<u8>>> + 'a;
+
+/// A repository to read files from (see [`source`]).
+pub type Files = Box<Get<'static>>;
 
 struct Source<'g, 'a> {
     get: &'g mut Get<'a>,
@@ -119,7 +127,10 @@ pub fn resolve(
     if !set.root().consistent_snapshot {
         bail!("bundles need a repository with consistent snapshots");
     }
-    let ts = need(get, "timestamp.json")?;
+    let ts = get("timestamp.json")?.context(
+        "timestamp.json: not found (releases pushed to hale-server get their timestamp and \
+         snapshot there: give --from-server URL, the server's repository)",
+    )?;
     set.update_timestamp(&ts)
         .map_err(trust("timestamp.json".into()))?;
     files.push(("timestamp.json".into(), ts));
@@ -177,6 +188,62 @@ pub fn resolve(
     })
 }
 
+/// Files of the repository hale-server serves at `base` (metadata at `{base}/NAME`, targets at
+/// `{base}/targets/…`, hale-server's layout): `None` on 404, at most `MAX_METADATA` bytes of
+/// metadata and `MAX_IMAGE` of a target. Untrusted bytes: `resolve` verifies them.
+pub fn server_source(base: &str) -> impl FnMut(&str) -> anyhow::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let base = base.trim_end_matches('/').to_string();
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(30))
+        .timeout(std::time::Duration::from_secs(300))
+        .build();
+    move |name: &str| {
+        if name
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            bail!("{name}: not a repository file name");
+        }
+        let limit = if name.starts_with("targets/") {
+            MAX_IMAGE
+        } else {
+            MAX_METADATA as u64
+        };
+        let url = format!("{base}/{name}");
+        match agent.get(&url).call() {
+            Ok(r) => {
+                let mut out = Vec::new();
+                r.into_reader()
+                    .take(limit + 1)
+                    .read_to_end(&mut out)
+                    .with_context(|| format!("reading {url}"))?;
+                if out.len() as u64 > limit {
+                    bail!("{url}: longer than {limit} bytes");
+                }
+                Ok(Some(out))
+            }
+            Err(ureq::Error::Status(404, _)) => Ok(None),
+            Err(ureq::Error::Status(code, r)) => {
+                let body = r.into_string().unwrap_or_default();
+                bail!("{url}: HTTP {code}: {}", body.trim())
+            }
+            Err(e) => bail!("{url}: {e}"),
+        }
+    }
+}
+
+/// Where `resolve` reads: the server at `from_server`, else the published `repository/` of `dir`.
+pub fn source(
+    dir: &Path,
+    from_server: Option<&str>,
+) -> Files {
+    match from_server {
+        Some(url) => Box::new(server_source(url)),
+        None => Box::new(repository_source(dir)),
+    }
+}
+
 /// Files of the published repository in `dir` (refusing names that leave it).
 pub fn repository_source(dir: &Path) -> impl FnMut(&str) -> anyhow::Result<Option<Vec<u8>>> {
     let repo = repository_dir(dir);
@@ -212,8 +279,16 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
     state.warn_demo();
     let now = unix_now();
     let root = published_root(&a.dir, a.from_root_version)?;
-    let resolved = resolve(&mut repository_source(&a.dir), &root, &a.target, now)
-        .with_context(|| format!("resolving {} in {}", a.target, a.dir.display()))?;
+    let resolved = resolve(
+        &mut *source(&a.dir, a.from_server.as_deref()),
+        &root,
+        &a.target,
+        now,
+    )
+    .with_context(|| match &a.from_server {
+        Some(url) => format!("resolving {} at {url}", a.target),
+        None => format!("resolving {} in {}", a.target, a.dir.display()),
+    })?;
     let mut entries = resolved.files.clone();
     let mut note = String::new();
     if let Some(path) = &a.authorization {

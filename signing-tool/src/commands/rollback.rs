@@ -29,7 +29,7 @@ use hale_repo::build::{self, RollbackAuthorization};
 use hale_repo::{sign, SigningKey};
 use serde_json::Value;
 
-use super::bundle::{published_root, repository_source, resolve};
+use super::bundle::{published_root, resolve, source};
 use crate::config::parse_duration;
 use crate::key_source::{load_private, peek_private};
 use crate::state::{unix_now, Authority, State};
@@ -81,6 +81,10 @@ pub struct AuthorizeArgs {
     /// Overwrite FILE if it exists.
     #[arg(long)]
     force: bool,
+    /// Read the repository hale-server serves (its base URL) instead of the local
+    /// `repository/` (releases pushed to hale-server get their timestamp and snapshot there).
+    #[arg(long, value_name = "URL")]
+    from_server: Option<String>,
     #[command(flatten)]
     pass: PassArgs,
 }
@@ -98,6 +102,10 @@ pub struct SignArgs {
     /// the most devices accept: it may only be lowered).
     #[arg(long, value_name = "DURATION")]
     max_validity: Option<String>,
+    /// Read the repository hale-server serves (its base URL) instead of the local
+    /// `repository/` (releases pushed to hale-server get their timestamp and snapshot there).
+    #[arg(long, value_name = "URL")]
+    from_server: Option<String>,
     #[command(flatten)]
     pass: PassArgs,
 }
@@ -112,6 +120,10 @@ pub struct StatusArgs {
     /// the most devices accept: it may only be lowered).
     #[arg(long, value_name = "DURATION")]
     max_validity: Option<String>,
+    /// Read the repository hale-server serves (its base URL) instead of the local
+    /// `repository/` (releases pushed to hale-server get their timestamp and snapshot there).
+    #[arg(long, value_name = "URL")]
+    from_server: Option<String>,
 }
 
 pub fn run(cmd: RollbackCmd) -> anyhow::Result<ExitCode> {
@@ -215,10 +227,19 @@ fn check_for_target(
 
 /// The published repository's verified targets and the target's sha256 (refusing a target the
 /// repository does not list).
-fn published_target(dir: &Path, target: &str, now: i64) -> anyhow::Result<(Vec<u8>, [u8; 32])> {
+fn published_target(
+    dir: &Path,
+    from_server: Option<&str>,
+    target: &str,
+    now: i64,
+) -> anyhow::Result<(Vec<u8>, [u8; 32])> {
     let root = published_root(dir, 1)?;
-    let r = resolve(&mut repository_source(dir), &root, target, now)
-        .with_context(|| format!("{target} in the published repository of {}", dir.display()))?;
+    let r = resolve(&mut *source(dir, from_server), &root, target, now).with_context(|| {
+        match from_server {
+            Some(url) => format!("{target} in the repository at {url}"),
+            None => format!("{target} in the published repository of {}", dir.display()),
+        }
+    })?;
     Ok((r.targets, r.sha256))
 }
 
@@ -381,7 +402,7 @@ fn authorize(a: AuthorizeArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = &a.installed {
         Version::parse(v).with_context(|| format!("--installed {v}: not a semantic version"))?;
     }
-    let (targets, sha) = published_target(&a.dir, &a.target, now)?;
+    let (targets, sha) = published_target(&a.dir, a.from_server.as_deref(), &a.target, now)?;
     let body = build::rollback_authorization(
         state.profile,
         &RollbackAuthorization {
@@ -410,7 +431,7 @@ fn sign_existing(a: SignArgs) -> anyhow::Result<ExitCode> {
     let max = max_validity(&state, a.max_validity.as_deref())?;
     let bytes = std::fs::read(&a.file).with_context(|| a.file.display().to_string())?;
     let target = target_of(&bytes).with_context(|| a.file.display().to_string())?;
-    let (targets, sha) = published_target(&a.dir, &target, unix_now())?;
+    let (targets, sha) = published_target(&a.dir, a.from_server.as_deref(), &target, unix_now())?;
     let listed = report(&targets, &bytes)?;
     // a signature that does not verify: the content changed after it was given; the second
     // person must not co-sign what the first did not sign
@@ -463,7 +484,7 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let max = max_validity(&state, a.max_validity.as_deref())?;
     let bytes = std::fs::read(&a.file).with_context(|| a.file.display().to_string())?;
     let target = target_of(&bytes).with_context(|| a.file.display().to_string())?;
-    let (targets, sha) = published_target(&a.dir, &target, unix_now())?;
+    let (targets, sha) = published_target(&a.dir, a.from_server.as_deref(), &target, unix_now())?;
     Ok(if finish(&a.dir, &a.file, &bytes, &targets, sha, max)? {
         ExitCode::SUCCESS
     } else {
