@@ -129,6 +129,22 @@ pub fn load_private(path: &Path, passphrase: &Passphrase) -> Result<SigningKey> 
             path.display()
         )));
     }
+    // a file sealed at a lower cost than new ones get (written before the cost rose, or by the
+    // test-only knob): said, unless this is a test run or a public demo key
+    let default = hale_repo::keys::SCRYPT_LOG_N;
+    if let Some(n) = hale_repo::keys::file_cost(&bytes).filter(|n| *n < default) {
+        if std::env::var_os(INSECURE_SCRYPT_ENV).is_none()
+            && crate::demo::name_of(&key.keyid()).is_none()
+        {
+            eprintln!(
+                "warning: {}: sealed with scrypt N = 2^{n}, below the 2^{default} new key files \
+                 get: a stolen copy is {}x cheaper to guess. Generate a new key and rotate to it \
+                 when you can.",
+                path.display(),
+                1u32 << (default - n).min(16)
+            );
+        }
+    }
     Ok(key)
 }
 

@@ -1172,3 +1172,49 @@ fn a_published_role_near_its_expiry_is_named_by_status_and_renewed_without_other
     assert_eq!(e.verify().code, 0);
     assert_eq!(e.ok(&["status", "repo"]).stdout, "repo: nothing staged\n");
 }
+
+#[test]
+fn new_key_files_get_the_full_scrypt_cost_and_a_cheaper_one_is_named_when_opened() {
+    let e = Env::new();
+    let run_plain = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_hale-sign"))
+            .args(args)
+            .current_dir(e.tmp.path())
+            .env(common::PW_ENV, PW)
+            .env_remove("HALE_SIGN_INSECURE_TEST_SCRYPT_LOG_N")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // a production key file: N = 2^17 (OWASP's least for scrypt)
+    let err = run_plain(&[
+        "key",
+        "generate",
+        "--out",
+        "strong",
+        "--passphrase-env",
+        common::PW_ENV,
+    ]);
+    assert_eq!(err, "", "no warning for a new key");
+    assert_eq!(e.json("strong.key")["kdf"]["log_n"], 17);
+    // one sealed at 2^10 (as the test knob writes them), opened without the knob: named
+    e.standard_keys();
+    e.init();
+    let err = run_plain(&[
+        "sign",
+        "repo/staged/targets.json",
+        "--key",
+        "targets.key",
+        "--passphrase-env",
+        common::PW_ENV,
+    ]);
+    assert!(
+        err.contains(
+            "warning: targets.key: sealed with scrypt N = 2^10, below the 2^17 new key files get: \
+             a stolen copy is 128x cheaper to guess. Generate a new key and rotate to it when you \
+             can.\n"
+        ),
+        "{err}"
+    );
+}

@@ -234,10 +234,7 @@ pub fn server_source(base: &str) -> impl FnMut(&str) -> anyhow::Result<Option<Ve
 }
 
 /// Where `resolve` reads: the server at `from_server`, else the published `repository/` of `dir`.
-pub fn source(
-    dir: &Path,
-    from_server: Option<&str>,
-) -> Files {
+pub fn source(dir: &Path, from_server: Option<&str>) -> Files {
     match from_server {
         Some(url) => Box::new(server_source(url)),
         None => Box::new(repository_source(dir)),
