@@ -409,15 +409,24 @@ impl fmt::Display for Error {
             } => {
                 write!(f, "rollback authorization is for devices running {authorized}, this one runs {running}")
             }
+            AuthorizationTooLong { validity, .. } if *validity <= 0 => write!(
+                f,
+                "rollback authorization expires before it is issued ({validity} s)"
+            ),
             AuthorizationTooLong { max, validity } => {
                 write!(
                     f,
-                    "rollback authorization valid for {validity} s, more than the {max} s allowed"
+                    "rollback authorization valid for {validity} s, more than the {max} s allowed \
+                     (counted from its issue and from this device's clock: a device clock that \
+                     runs behind counts more)"
                 )
             }
             AuthorizationUsed { issued, last } => write!(
                 f,
-                "rollback authorization issued at {issued} is not newer than the last one used ({last}): each is used once"
+                "rollback authorization issued at {} is not newer than the last one this device \
+                 used (issued at {}): each is used once; ask for a new one",
+                Date(*issued),
+                Date(*last)
             ),
             BadBundle { reason } => write!(f, "bundle: {reason}"),
         }
@@ -471,6 +480,40 @@ impl fmt::Display for Date {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rollback_refusals_say_dates_and_what_to_check() {
+        extern crate std;
+        use std::string::ToString;
+        assert_eq!(
+            Error::AuthorizationUsed {
+                issued: 1_795_000_000,
+                last: 1_795_003_600
+            }
+            .to_string(),
+            "rollback authorization issued at 2026-11-18T11:06:40Z is not newer than the last \
+             one this device used (issued at 2026-11-18T12:06:40Z): each is used once; ask for a \
+             new one"
+        );
+        assert_eq!(
+            Error::AuthorizationTooLong {
+                max: 86_400,
+                validity: 115_200
+            }
+            .to_string(),
+            "rollback authorization valid for 115200 s, more than the 86400 s allowed (counted \
+             from its issue and from this device's clock: a device clock that runs behind counts \
+             more)"
+        );
+        assert_eq!(
+            Error::AuthorizationTooLong {
+                max: 86_400,
+                validity: -60
+            }
+            .to_string(),
+            "rollback authorization expires before it is issued (-60 s)"
+        );
+    }
 
     #[test]
     fn error_names_are_short_and_marked_when_truncated() {
