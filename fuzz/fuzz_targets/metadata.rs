@@ -140,7 +140,10 @@ fuzz_target!(|data: &[u8]| {
                     .map(|pat| path_matches(&pat, p))
                     .find(|m| *m != Some(false))
                     .unwrap_or(Some(false));
-                assert_eq!(m, first, "DelegatedRole::matches disagrees with path_matches");
+                assert_eq!(
+                    m, first,
+                    "DelegatedRole::matches disagrees with path_matches"
+                );
             }
         }
         // fuzzed patterns against fuzzed names: every string of the role entry as a target
