@@ -306,6 +306,9 @@ fn agent_exits(state: &std::path::Path, args: &[&str], code: i32) -> String {
         .arg("--state")
         .arg(state)
         .args(args)
+        // an error's text, not a backtrace (CI sets RUST_BACKTRACE)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .output()
         .unwrap();
     let text = format!(
