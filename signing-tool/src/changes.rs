@@ -2,51 +2,76 @@
 //! before giving a passphrase: a signature vouches for the whole document, and a co-signer asked
 //! to "sign the ceremony" must see that root v2 adds a key or lowers a threshold, or which
 //! images a targets role adds. Read from the `signed` JSON only; nothing here decides trust.
+//!
+//! Changes to who may sign (keys, key ids, thresholds, delegations, hashed bins) are always
+//! shown in full and first; expiry and target changes follow, at most [`MAX_LINES`] of them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-/// Lines shown per document before the rest are counted.
+/// Expiry and target lines shown per document before the rest are counted (changes to who may
+/// sign are never cut).
 pub const MAX_LINES: usize = 12;
 
-/// The changes from `old` (the published `signed`, if any) to `new`, one line each, at most
-/// [`MAX_LINES`] (then a count of the rest).
-pub fn describe(old: Option<&Value>, new: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    let Some(old) = old else {
-        out.push("new role: nothing published before".into());
-        if new.get("_type").and_then(Value::as_str) == Some("root") {
-            out.extend(root_roles(&Value::Null, new));
-        }
-        out.extend(targets(&Value::Null, new));
-        out.extend(delegations(&Value::Null, new));
-        return capped(out);
-    };
-    let field = |v: &Value, k: &str| v.get(k).cloned().unwrap_or(Value::Null);
-    if field(old, "expires") != field(new, "expires") {
-        out.push(format!(
-            "expires {} (was {})",
-            text(&field(new, "expires")),
-            text(&field(old, "expires"))
-        ));
+/// What signing a document vouches for: changes to who may sign, then the rest.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// keys, key ids, thresholds, delegations, hashed bins: never cut
+    pub trust: Vec<String>,
+    /// expiry, targets: at most [`MAX_LINES`], then a count
+    pub other: Vec<String>,
+}
+
+impl Changes {
+    /// Every line to show, trust changes first.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = self.trust.clone();
+        out.extend(capped(self.other.clone()));
+        out
     }
+}
+
+/// The changes from `old` (the published `signed`, if any) to `new`.
+pub fn describe(old: Option<&Value>, new: &Value) -> Changes {
+    let mut c = Changes::default();
+    let (old, first) = match old {
+        Some(o) => (o.clone(), false),
+        None => (Value::Null, true),
+    };
+    if first {
+        c.other.push("new role: nothing published before".into());
+    }
+    let field = |v: &Value, k: &str| v.get(k).cloned().unwrap_or(Value::Null);
     if new.get("_type").and_then(Value::as_str) == Some("root") {
-        if field(old, "consistent_snapshot") != field(new, "consistent_snapshot") {
-            out.push(format!(
+        c.trust
+            .extend(key_objects(old.get("keys"), new.get("keys")));
+        c.trust.extend(root_roles(&old, new));
+        if !first && field(&old, "consistent_snapshot") != field(new, "consistent_snapshot") {
+            c.trust.push(format!(
                 "consistent_snapshot {} (was {})",
                 text(&field(new, "consistent_snapshot")),
-                text(&field(old, "consistent_snapshot"))
+                text(&field(&old, "consistent_snapshot"))
             ));
         }
-        out.extend(root_roles(old, new));
     }
-    out.extend(targets(old, new));
-    out.extend(delegations(old, new));
-    if out.is_empty() {
-        out.push("no change but the version (a renewal)".into());
+    c.trust.extend(key_objects(
+        old.pointer("/delegations/keys"),
+        new.pointer("/delegations/keys"),
+    ));
+    c.trust.extend(delegations(&old, new));
+    if !first && field(&old, "expires") != field(new, "expires") {
+        c.other.push(format!(
+            "expires {} (was {})",
+            text(&field(new, "expires")),
+            text(&field(&old, "expires"))
+        ));
     }
-    capped(out)
+    c.other.extend(targets(&old, new));
+    if c.trust.is_empty() && c.other.is_empty() {
+        c.other.push("no change but the version (a renewal)".into());
+    }
+    c
 }
 
 fn capped(mut out: Vec<String>) -> Vec<String> {
@@ -76,6 +101,35 @@ fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
+/// A key map's keys whose public key changed under the same id, and keys whose id is not the
+/// hash of the key (a signer reading "keys +a1b2…" must be able to trust that the id names the
+/// key): what a diff of key ids alone would not show.
+fn key_objects(old: Option<&Value>, new: Option<&Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(new) = new.and_then(Value::as_object) else {
+        return out;
+    };
+    let old = old.and_then(Value::as_object);
+    for (id, key) in new {
+        if let Some(before) = old.and_then(|o| o.get(id)) {
+            if before != key {
+                out.push(format!(
+                    "key {}: its public key CHANGED under the same key id",
+                    short(id)
+                ));
+            }
+        }
+        match hale_repo::keys::keyid_of(key) {
+            Ok(real) if real == *id => {}
+            _ => out.push(format!(
+                "key {}: the key id is NOT the hash of its public key",
+                short(id)
+            )),
+        }
+    }
+    out
+}
+
 /// keyids of an entry `{keyids, threshold}`.
 fn keyids(entry: &Value) -> BTreeSet<String> {
     entry
@@ -90,8 +144,8 @@ fn keyids(entry: &Value) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// "keys +a1b2c3d4 (ed25519) -e5f6a7b8; threshold 2 → 1" for one `{keyids, threshold}` entry,
-/// its keys described from `keys` (the document's key map); `None` when nothing changed.
+/// "keys +a1b2c3d4 (ed25519) -e5f6a7b8; threshold 2 → 1 of 3" for one `{keyids, threshold}`
+/// entry, its keys described from `keys` (the document's key map); `None` when nothing changed.
 fn keys_change(old: &Value, new: &Value, keys: &Value) -> Option<String> {
     let (o, n) = (keyids(old), keyids(new));
     let mut parts = Vec::new();
@@ -238,15 +292,20 @@ fn delegations(old: &Value, new: &Value) -> Vec<String> {
         out.push(format!("removes the delegation to {name}"));
     }
     let bins = |v: &Value| v.pointer("/delegations/succinct_roles").cloned();
-    if bins(old) != bins(new) {
-        if let Some(b) = bins(new) {
-            let c = keys_change(&bins(old).unwrap_or(Value::Null), &b, keys).unwrap_or_default();
+    match (bins(old), bins(new)) {
+        (before, Some(b)) if before.as_ref() != Some(&b) => {
+            let c = keys_change(before.as_ref().unwrap_or(&empty), &b, keys).unwrap_or_default();
             out.push(format!(
                 "hashed bins {}-* (bit_length {}): {c}",
                 text(&b["name_prefix"]),
                 text(&b["bit_length"])
             ));
         }
+        (Some(b), None) => out.push(format!(
+            "removes the hashed bins {}-*",
+            text(&b["name_prefix"])
+        )),
+        _ => {}
     }
     out
 }
@@ -256,27 +315,63 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn key(seed: u8) -> (String, Value) {
+        let k = hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[seed; 32])
+            .expect("a key");
+        (k.keyid(), k.public())
+    }
+
     #[test]
     fn a_root_that_adds_a_key_and_lowers_a_threshold_says_so() {
-        let old = json!({"_type": "root", "expires": "2027-01-01T00:00:00Z", "keys": {},
-            "roles": {"root": {"keyids": ["aaaaaaaa11", "bbbbbbbb22"], "threshold": 2},
-                      "targets": {"keyids": ["cccccccc33"], "threshold": 1}}});
-        let new = json!({"_type": "root", "expires": "2027-01-01T00:00:00Z",
-            "keys": {"dddddddd44": {"keytype": "ed25519"}},
-            "roles": {"root": {"keyids": ["aaaaaaaa11", "bbbbbbbb22", "dddddddd44"], "threshold": 1},
-                      "targets": {"keyids": ["cccccccc33"], "threshold": 1}}});
+        let ((a, ka), (b, kb), (d, kd)) = (key(1), key(2), key(4));
+        let old = json!({"_type": "root", "expires": "2027-01-01T00:00:00Z",
+            "keys": {&a: ka, &b: kb},
+            "roles": {"root": {"keyids": [&a, &b], "threshold": 2}}});
+        let mut new = old.clone();
+        new["keys"][&d] = kd;
+        new["roles"]["root"] = json!({"keyids": [&a, &b, &d], "threshold": 1});
+        let c = describe(Some(&old), &new);
         assert_eq!(
-            describe(Some(&old), &new),
-            ["root: keys +dddddddd (ed25519); threshold 2 → 1 of 3"]
+            c.trust,
+            [format!(
+                "root: keys +{} (ed25519); threshold 2 → 1 of 3",
+                &d[..8]
+            )]
         );
+        assert!(c.other.is_empty(), "{c:?}");
         assert_eq!(
-            describe(Some(&old), &old),
+            describe(Some(&old), &old).lines(),
             ["no change but the version (a renewal)"]
         );
     }
 
     #[test]
-    fn targets_and_delegations_changes_are_listed_and_capped() {
+    fn another_public_key_under_the_same_key_id_is_shown() {
+        // a root that keeps key id A but puts another public key under it: the id set is the
+        // same, and a diff of ids alone showed nothing
+        let ((a, ka), (_, evil)) = (key(1), key(9));
+        let old = json!({"_type": "root", "keys": {&a: ka},
+            "roles": {"root": {"keyids": [&a], "threshold": 1}}});
+        let mut new = old.clone();
+        new["keys"][&a] = evil;
+        assert_eq!(
+            describe(Some(&old), &new).trust,
+            [
+                format!(
+                    "key {}: its public key CHANGED under the same key id",
+                    &a[..8]
+                ),
+                format!(
+                    "key {}: the key id is NOT the hash of its public key",
+                    &a[..8]
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn trust_changes_are_never_cut_and_targets_are() {
+        let (r, kr) = key(5);
         let old = json!({"_type": "targets", "expires": "2027-01-01T00:00:00Z",
             "targets": {"a.bin": {"length": 3, "hashes": {"sha256": "0123456789ab"}}}});
         let mut t = serde_json::Map::new();
@@ -287,20 +382,37 @@ mod tests {
             );
         }
         let new = json!({"_type": "targets", "expires": "2027-02-01T00:00:00Z", "targets": t,
-            "delegations": {"keys": {"eeeeeeee55": {"keytype": "ecdsa"}},
-                "roles": [{"name": "rollback", "keyids": ["eeeeeeee55"], "threshold": 1,
+            "delegations": {"keys": {&r: kr},
+                "roles": [{"name": "rollback", "keyids": [&r], "threshold": 1,
                            "terminating": false, "paths": []}]}});
-        let d = describe(Some(&old), &new);
-        assert_eq!(d.len(), MAX_LINES);
+        let c = describe(Some(&old), &new);
         assert_eq!(
-            d[0],
+            c.trust,
+            [format!(
+                "delegates [] to rollback: keys +{} (ed25519); threshold - → 1 of 1",
+                &r[..8]
+            )]
+        );
+        let lines = c.lines();
+        assert_eq!(lines.len(), 1 + MAX_LINES);
+        assert_eq!(lines[0], c.trust[0], "trust first");
+        assert_eq!(
+            lines[1],
             "expires 2027-02-01T00:00:00Z (was 2027-01-01T00:00:00Z)"
         );
         assert_eq!(
-            d[1],
+            lines[2],
             "adds target f00.bin (version 1.0.0, 1 bytes, sha256 ffffffff…)"
         );
-        // 1 expiry + 20 added + 1 removed + 1 delegation = 23; 11 shown and the rest counted
-        assert_eq!(d[MAX_LINES - 1], "… and 12 more changes");
+        // 1 expiry + 20 added + 1 removed = 22 others; 11 shown and the rest counted
+        assert_eq!(lines[MAX_LINES], "… and 11 more changes");
+        // the bins delegation removed is said
+        let binned = json!({"_type": "targets", "delegations": {"keys": {},
+            "succinct_roles": {"keyids": [], "threshold": 1, "bit_length": 2, "name_prefix": "bin"}}});
+        let plain = json!({"_type": "targets"});
+        assert_eq!(
+            describe(Some(&binned), &plain).trust,
+            ["removes the hashed bins bin-*"]
+        );
     }
 }

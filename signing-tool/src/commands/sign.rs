@@ -84,7 +84,9 @@ struct Job {
     auths: Vec<Authority>,
     keys: Vec<usize>,
     /// what it changes against the published version, shown before any passphrase
-    changes: Vec<String>,
+    changes: crate::changes::Changes,
+    /// the published version of the role, if any
+    published: Option<u64>,
 }
 
 /// Staged files whose changes are shown in full before signing; the rest are counted.
@@ -99,21 +101,26 @@ fn published_signed(st: &State, role: &str) -> Option<serde_json::Value> {
 }
 
 /// What signing `bytes` as `role` vouches for, against what is published.
-fn changes_of(st: &State, role: &str, bytes: &[u8]) -> Vec<String> {
+fn changes_of(st: &State, role: &str, bytes: &[u8]) -> crate::changes::Changes {
     let new: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
     let signed = new.get("signed").cloned().unwrap_or_default();
-    let mut out = vec![format!(
-        "{role} v{} (published: {})",
-        crate::changes::text_of(signed.get("version")),
-        st.published
-            .get(role)
-            .map_or("none".to_string(), |v| format!("v{v}"))
-    )];
-    out.extend(
-        crate::changes::describe(published_signed(st, role).as_ref(), &signed)
-            .into_iter()
-            .map(|l| format!("  {l}")),
+    crate::changes::describe(published_signed(st, role).as_ref(), &signed)
+}
+
+/// "to sign: FILE: ROLE vN (published: vM)" and the changes, indented.
+fn show(j: &Job, published: Option<u64>) -> String {
+    let new: serde_json::Value = serde_json::from_slice(&j.bytes).unwrap_or_default();
+    let mut out = format!(
+        "to sign: {}: {} v{} (published: {})",
+        j.path.display(),
+        j.role,
+        crate::changes::text_of(new.pointer("/signed/version")),
+        published.map_or("none".to_string(), |v| format!("v{v}"))
     );
+    for l in j.changes.lines() {
+        out.push_str("\n  ");
+        out.push_str(&l);
+    }
     out
 }
 
@@ -159,6 +166,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
                     auths,
                     keys,
                     changes: changes_of(&st, &m.name, &m.bytes),
+                    published: st.published.get(&m.name).copied(),
                 }))
             });
             for job in found {
@@ -195,6 +203,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
         }
         jobs.push(Job {
             changes: changes_of(&st, &role, &bytes),
+            published: st.published.get(&role).copied(),
             path: p.clone(),
             role,
             bytes,
@@ -217,15 +226,27 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
     for s in &states {
         s.1.warn_demo();
     }
-    // what the signer vouches for, before any passphrase (on stderr: stdout says what was done)
-    for j in jobs.iter().take(MAX_SHOWN) {
-        eprintln!("to sign: {}: {}", j.path.display(), j.changes.join("\n"));
+    // what the signer vouches for, before any passphrase (on stderr: stdout says what was done):
+    // root, then top-level targets, then the other roles; every file that changes who may sign
+    // in full, the others up to MAX_SHOWN, then counted
+    let rank = |j: &Job| match j.role.as_str() {
+        "root" => 0,
+        "targets" => 1,
+        _ => 2,
+    };
+    let mut order: Vec<&Job> = jobs.iter().collect();
+    order.sort_by_key(|j| rank(j));
+    let (mut shown, mut hidden) = (0usize, 0usize);
+    for j in order {
+        if !j.changes.trust.is_empty() || shown < MAX_SHOWN {
+            eprintln!("{}", show(j, j.published));
+            shown += 1;
+        } else {
+            hidden += 1;
+        }
     }
-    if jobs.len() > MAX_SHOWN {
-        eprintln!(
-            "to sign: … and {} more staged files",
-            jobs.len() - MAX_SHOWN
-        );
+    if hidden > 0 {
+        eprintln!("to sign: … and {hidden} more staged files (no change to who may sign)");
     }
     // open only the keys some job needs, once each
     let unlock_start = Instant::now();
