@@ -252,10 +252,17 @@ impl State {
         if st.config.bins.is_none() {
             st.config.bins = st.roles.values().find_map(|m| {
                 let s = m.signed.pointer("/delegations/succinct_roles")?;
+                // hale-core's rule: 1..=32 bits (anything else is not a bins delegation clients
+                // follow, and routing would shift by it)
+                let bit_length = u32::try_from(s.get("bit_length")?.as_u64()?)
+                    .ok()
+                    .filter(|b| (1..=32).contains(b))?;
+                let prefix = s.get("name_prefix")?.as_str()?;
+                hale_core::metadata::check_role_name(prefix).ok()?;
                 Some(crate::config::Bins {
                     from: m.name.clone(),
-                    bit_length: u32::try_from(s.get("bit_length")?.as_u64()?).ok()?,
-                    prefix: s.get("name_prefix")?.as_str()?.to_string(),
+                    bit_length,
+                    prefix: prefix.to_string(),
                 })
             });
         }

@@ -257,6 +257,27 @@ fn delegation_and_hashed_bins_route_targets_and_verify_against_their_delegators(
     assert_eq!(e.sign("repo", "bins").stdout.lines().count(), 8);
     e.publish();
     assert_eq!(e.verify().code, 0);
+
+    // rotating by one bin's name changes the keys all bins share: every bin is staged again,
+    // not only the one named
+    e.key("bins-2", "ed25519");
+    let r = e.ok(&[
+        "rotate",
+        "repo",
+        "--role",
+        "bin-3",
+        "--add-key",
+        "bins-2.pub",
+    ]);
+    let all: Vec<String> = (0..8).map(|i| format!("bin-{i} v3")).collect();
+    assert!(
+        r.stdout.contains(&format!(
+            "{} staged (same content) to be signed by bin-3's keys as they are now",
+            all.join(", ")
+        )),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]

@@ -816,6 +816,8 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
             "nothing to push: the server serves this copy's versions already (targets v6)"
         )
     );
+    copy("release-current");
+    copy("release-stale");
     // another v6 (changed after the push went through, or from another copy): refused, nothing
     // sent, nothing moved, with the way on
     swap_in("release-other");
@@ -851,6 +853,47 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
         "the staged file stays"
     );
     assert!(!t.work.join("release/repository/6.targets.json").exists());
+
+    // root v2 pushed from one copy: another copy, still at root v1 with nothing newer, is told
+    // the server is ahead (it used to hear "nothing to push", exit 0)
+    swap_in("release-current");
+    t.ok(
+        "hale-sign",
+        &[
+            "rotate",
+            &repo,
+            "--role",
+            "root",
+            "--remove-key",
+            &k("root-3.pub"),
+        ],
+    );
+    for key in ["root-1.key", "root-2.key"] {
+        t.sign(&[
+            "sign",
+            &format!("{repo}/staged/root.json"),
+            "--key",
+            &k(key),
+        ]);
+    }
+    let out = t.push(&url);
+    assert!(out.status.success(), "push root v2: {}", text(&out));
+    swap_in("release-stale");
+    let before = served();
+    let out = t.push(&url);
+    assert_eq!(
+        (out.status.code(), text(&out).trim_end()),
+        (
+            Some(2),
+            format!(
+                "error: {repo}: nothing to push: the server serves a newer root (2.root.json) \
+                 than this copy's root v1; the server is ahead: this copy is not the one its \
+                 releases come from"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(served(), before, "nothing published");
 
     drop(server);
     let total = started.elapsed();

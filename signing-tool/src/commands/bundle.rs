@@ -113,6 +113,18 @@ pub fn resolve(
     target: &str,
     now: i64,
 ) -> anyhow::Result<Resolved> {
+    resolve_with(get, trusted_root, target, now, true)
+}
+
+/// [`resolve`] without fetching the image (`image` false): the metadata alone, for what needs
+/// only the target's verified hash (a rollback authorization).
+pub fn resolve_with(
+    get: &mut Get<'_>,
+    trusted_root: &[u8],
+    target: &str,
+    now: i64,
+    image: bool,
+) -> anyhow::Result<Resolved> {
     hale_core::metadata::check_target_path(target).map_err(|e| anyhow::anyhow!("{target}: {e}"))?;
     let trust = |what: String| move |e: hale_core::Error| anyhow::anyhow!("{what}: {e}");
     let mut set = TrustedSet::new(Storage::with_capacity(MAX_METADATA), trusted_root, now)
@@ -175,6 +187,15 @@ pub fn resolve(
         bail!("{target}: {} bytes, too large for a bundle", file.length);
     }
     let image_name = hale_repo::layout::target_path(target, &hex::encode(sha256), true)?;
+    if !image {
+        let mut all = files;
+        all.append(&mut source.files);
+        return Ok(Resolved {
+            files: all,
+            sha256,
+            targets,
+        });
+    }
     let image = need(source.get, &image_name)?;
     file.verify_bytes(&image, Name::new(target))
         .map_err(trust(image_name.clone()))?;
@@ -210,7 +231,10 @@ pub fn server_source(base: &str) -> impl FnMut(&str) -> anyhow::Result<Option<Ve
         } else {
             MAX_METADATA as u64
         };
-        let url = format!("{base}/{name}");
+        // each segment percent-encoded (the server decodes them): a target named with `#`, `?`
+        // or `%` is asked for as itself
+        let path: Vec<String> = name.split('/').map(percent_encode).collect();
+        let url = format!("{base}/{}", path.join("/"));
         match agent.get(&url).call() {
             Ok(r) => {
                 let mut out = Vec::new();
@@ -226,11 +250,31 @@ pub fn server_source(base: &str) -> impl FnMut(&str) -> anyhow::Result<Option<Ve
             Err(ureq::Error::Status(404, _)) => Ok(None),
             Err(ureq::Error::Status(code, r)) => {
                 let body = r.into_string().unwrap_or_default();
+                if code == 403 && body.contains("rollout_pending") {
+                    bail!(
+                        "{url}: held back by a staged rollout below 100 % (the server serves it \
+                         to admitted devices only): end or widen the rollout first ({})",
+                        body.trim()
+                    )
+                }
                 bail!("{url}: HTTP {code}: {}", body.trim())
             }
             Err(e) => bail!("{url}: {e}"),
         }
     }
+}
+
+/// `s` with every byte but `A-Za-z0-9-_.~` percent-encoded (an URL path segment).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Where `resolve` reads: the server at `from_server`, else the published `repository/` of `dir`.

@@ -573,6 +573,16 @@ fn nothing_newer(
     root: &Meta,
 ) -> anyhow::Result<ExitCode> {
     let targets_roles = || state.roles.values().filter(|m| m.kind() == "targets");
+    // a root after this copy's: another copy rotated it
+    let next_root = format!("{}.root.json", root.version + 1);
+    if server.metadata(&next_root)?.is_some() {
+        bail!(
+            "{}: nothing to push: the server serves a newer root ({next_root}) than this copy's \
+             root v{}; the server is ahead: this copy is not the one its releases come from",
+            a.dir.display(),
+            root.version
+        );
+    }
     if targets_roles().any(|m| served.get(&m.name).is_some_and(|v| *v > m.version)) {
         // a server ahead of this copy: another copy published since
         let versions: Vec<String> = targets_roles()

@@ -29,7 +29,7 @@ use hale_repo::build::{self, RollbackAuthorization};
 use hale_repo::{sign, SigningKey};
 use serde_json::Value;
 
-use super::bundle::{published_root, resolve, source};
+use super::bundle::{published_root, resolve_with, source};
 use crate::config::parse_duration;
 use crate::key_source::{load_private, peek_private};
 use crate::state::{unix_now, Authority, State};
@@ -234,12 +234,12 @@ fn published_target(
     now: i64,
 ) -> anyhow::Result<(Vec<u8>, [u8; 32])> {
     let root = published_root(dir, 1)?;
-    let r = resolve(&mut *source(dir, from_server), &root, target, now).with_context(|| {
-        match from_server {
+    let r = resolve_with(&mut *source(dir, from_server), &root, target, now, false).with_context(
+        || match from_server {
             Some(url) => format!("{target} in the repository at {url}"),
             None => format!("{target} in the published repository of {}", dir.display()),
-        }
-    })?;
+        },
+    )?;
     Ok((r.targets, r.sha256))
 }
 

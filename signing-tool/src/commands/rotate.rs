@@ -210,9 +210,16 @@ pub fn run(a: RotateArgs) -> anyhow::Result<ExitCode> {
     // (same content) is staged with it, to be signed by the keys as they are now. Not for root
     // (it is the delegator), nor snapshot and timestamp (signed again at each publish or by the
     // server); a role already staged is left as it is.
+    // (one bin named: the bins share their keys, so every bin is signed again)
+    let bins_prefix = state
+        .config
+        .bins
+        .as_ref()
+        .filter(|b| is_bin(&a.role, &b.prefix, u64::from(b.bit_length)))
+        .map(|b| b.prefix.clone());
     let rotated: Vec<String> = match a.role.as_str() {
         "root" | "snapshot" | "timestamp" => Vec::new(),
-        r => super::renew::roles_named(&state, r)?
+        r => super::renew::roles_named(&state, bins_prefix.as_deref().unwrap_or(r))?
             .into_iter()
             .filter(|n| state.get(n).is_ok_and(|m| !m.staged))
             .collect(),
