@@ -222,6 +222,9 @@ impl<R: Read, W: Write> Exchange<R, W> {
             let reply = decode_reply(self.frames.next()?, bundle_id)?;
             match reply.correlation {
                 Some(c) if c == id => return Ok(reply),
+                // the bundle handed off, in answer to an earlier Swap (line noise made the host
+                // send it again): the device's session is over, no later answer comes
+                Some(_) if reply.outcome == Outcome::Complete => return Ok(reply),
                 // an answer to an earlier command
                 Some(_) => continue,
                 // a frame that was no command: ours garbled on the line (or part of one): sent
@@ -257,7 +260,11 @@ pub fn push<R: Read, W: Write>(
             empty: 0,
         },
         writer: &mut writer,
-        next: 0,
+        // ids of this session start where another session's (a killed push whose answers are
+        // still on the line) are unlikely to be
+        next: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32)),
         strict: false,
     };
     let first = link.open(&wire_id)?;
