@@ -418,9 +418,9 @@ fn refuses_an_authorization_dated_ahead_of_the_device() {
     assert_refused(
         &sim,
         &mut hook(&auth),
-        AgentError::Authorization(Error::AuthorizationTooLong {
+        AgentError::Authorization(Error::AuthorizationAhead {
             max: DEFAULT_MAX_VALIDITY,
-            validity: 365 * 86_400 + 8 * 3600,
+            remaining: 365 * 86_400 + 8 * 3600,
         }),
     );
 }

@@ -279,6 +279,9 @@ pub enum Error {
     },
     /// A rollback authorization valid for longer than the configured maximum (seconds).
     AuthorizationTooLong { max: i64, validity: i64 },
+    /// A rollback authorization that runs longer from now than the most a device accepts, though
+    /// its own validity is within it: dated ahead of this clock (or this clock runs behind).
+    AuthorizationAhead { max: i64, remaining: i64 },
     /// A rollback authorization issued no later than the last one this device installed by: an
     /// authorization is used once (Unix seconds).
     AuthorizationUsed { issued: UnixTime, last: UnixTime },
@@ -416,11 +419,15 @@ impl fmt::Display for Error {
             AuthorizationTooLong { max, validity } => {
                 write!(
                     f,
-                    "rollback authorization valid for {validity} s, more than the {max} s allowed \
-                     (counted from its issue and from this device's clock: a device clock that \
-                     runs behind counts more)"
+                    "rollback authorization valid for {validity} s, more than the {max} s allowed"
                 )
             }
+            AuthorizationAhead { max, remaining } => write!(
+                f,
+                "rollback authorization runs for {remaining} s more from now, more than the \
+                 {max} s allowed: it is dated ahead of this clock (check the clock here and the \
+                 signer's)"
+            ),
             AuthorizationUsed { issued, last } => write!(
                 f,
                 "rollback authorization issued at {} is not newer than the last one this device \
@@ -501,9 +508,16 @@ mod tests {
                 validity: 115_200
             }
             .to_string(),
-            "rollback authorization valid for 115200 s, more than the 86400 s allowed (counted \
-             from its issue and from this device's clock: a device clock that runs behind counts \
-             more)"
+            "rollback authorization valid for 115200 s, more than the 86400 s allowed"
+        );
+        assert_eq!(
+            Error::AuthorizationAhead {
+                max: 86_400,
+                remaining: 115_200
+            }
+            .to_string(),
+            "rollback authorization runs for 115200 s more from now, more than the 86400 s \
+             allowed: it is dated ahead of this clock (check the clock here and the signer's)"
         );
         assert_eq!(
             Error::AuthorizationTooLong {

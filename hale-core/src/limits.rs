@@ -12,13 +12,15 @@ pub const MAX_JSON_DEPTH: usize = 32;
 pub const MAX_KEYS_PER_ROLE: usize = 16;
 
 /// Longest role name kept on the delegation search's stack (and key id in a signature report), in
-/// bytes. A targets role that delegates to a longer name is refused when it is verified
-/// ([`crate::Error::Field`]): a delegation the search could not follow would let a
-/// lower-priority one answer for its targets.
+/// bytes. A delegation to a longer name is refused, never passed over (that would let a
+/// lower-priority delegation answer for its targets): with `alloc` (server, tools) the targets
+/// role that lists it does not verify ([`crate::Error::Field`] naming it); on a device the
+/// search stops where it meets it ([`crate::Error::UnsafeName`]).
 pub const MAX_NAME_LEN: usize = 128;
 
-/// Longest `paths` pattern of a delegation, in bytes; longer ones are refused with the role that
-/// lists them, as [`MAX_NAME_LEN`].
+/// Longest `paths` pattern of a delegation, in bytes; longer ones are refused as
+/// [`MAX_NAME_LEN`] says (on a device: `Field { role: "delegations", .. }` where the search
+/// meets one).
 pub const MAX_PATTERN_LEN: usize = 2 * MAX_NAME_LEN;
 
 /// Longest role name, key id or target path kept in an error, in bytes (diagnostic only: a longer

@@ -110,6 +110,10 @@ fn terms<'a>(
                 max: max_validity,
                 validity,
             },
+            Refusal::Ahead(remaining) => Error::AuthorizationAhead {
+                max: max_validity,
+                remaining,
+            },
             Refusal::Used(issued) => Error::AuthorizationUsed {
                 issued,
                 last: req.last_used,
@@ -159,6 +163,7 @@ enum Refusal<'a> {
     Json(JsonError),
     Field(&'static str),
     TooLong(i64),
+    Ahead(i64),
     Expired,
     Used(UnixTime),
     NotForThisDevice,
@@ -204,7 +209,7 @@ fn check<'a>(
     // otherwise be good from today until then
     let remaining = expires.saturating_sub(now);
     if remaining > max_validity {
-        return Err(Refusal::TooLong(remaining));
+        return Err(Refusal::Ahead(remaining));
     }
     if crate::time::is_expired(expires, now) {
         return Err(Refusal::Expired);
