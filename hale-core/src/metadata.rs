@@ -706,13 +706,22 @@ impl<'a> Delegations<'a> {
             // with a heap, a name listed twice refuses the whole file, as python-tuf does (so a
             // repository tool or server finds out before devices do); without one, the walk
             // and rollback authorizations refuse a duplicate they consult (`listed_keys`)
+            // (names borrowed when they have no escapes: a catalog lists hundreds)
             #[cfg(feature = "alloc")]
-            let mut names = alloc::collections::BTreeSet::new();
+            let mut names: alloc::vec::Vec<alloc::borrow::Cow<'_, [u8]>> = alloc::vec::Vec::new();
             for v in r.iter() {
                 let o = v.as_object().ok_or(Shape::Field("roles"))?;
                 let _role = DelegatedRole::read(&o)?;
                 #[cfg(feature = "alloc")]
-                if !names.insert(_role.name.bytes().collect::<alloc::vec::Vec<u8>>()) {
+                names.push(match _role.name.as_plain() {
+                    Some(plain) => alloc::borrow::Cow::Borrowed(plain.as_bytes()),
+                    None => alloc::borrow::Cow::Owned(_role.name.bytes().collect()),
+                });
+            }
+            #[cfg(feature = "alloc")]
+            {
+                names.sort_unstable();
+                if names.windows(2).any(|w| w.first() == w.get(1)) {
                     return Err(Shape::Field("delegations.roles (a name is listed twice)"));
                 }
             }
