@@ -767,20 +767,23 @@ impl<'a> Delegations<'a> {
         let Some(roles) = self.roles else {
             return Ok(None);
         };
-        let mut found = None;
+        // each entry's name first (a catalog lists hundreds), the whole entry only when it is
+        // the one asked for
+        let (mut found, mut named) = (None, false);
         for v in roles.iter() {
-            let Some(r) = v.as_object().and_then(|o| DelegatedRole::read(&o).ok()) else {
+            let Some(o) = v.as_object() else { continue };
+            let this = o.get("name").ok().flatten().and_then(|n| n.as_str());
+            if !this.is_some_and(|n| n.eq_str(name)) {
                 continue;
-            };
-            if r.name.eq_str(name) {
-                if found.is_some() {
-                    return Err(Error::Field {
-                        role: Name::new(name),
-                        field: "delegations.roles (the name is listed twice)",
-                    });
-                }
-                found = Some(r.keys(self.keys));
             }
+            if named {
+                return Err(Error::Field {
+                    role: Name::new(name),
+                    field: "delegations.roles (the name is listed twice)",
+                });
+            }
+            named = true;
+            found = DelegatedRole::read(&o).ok().map(|r| r.keys(self.keys));
         }
         Ok(found)
     }
