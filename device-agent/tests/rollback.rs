@@ -643,17 +643,22 @@ fn a_rollback_to_another_path_is_looked_up_after_an_up_to_date_check() {
         rollback_target: Some(OLD),
         ..device()
     };
-    let mut bufs = Bufs::new();
-    let mut t = MapTransport::new(&sim.files);
-    let outcome = device_agent::check_for_update(
-        &mut store,
-        &rollback,
-        &mut t,
-        &mut Pump::default(),
-        &mut hook(&auth),
-        NOW,
-        bufs.ws(),
-    );
+    // a check with the authorization's target looked up: its outcome and what it requested
+    let check_rollback = |store: &mut FirmwareStore<Flash<'_>>| {
+        let mut bufs = Bufs::new();
+        let mut t = MapTransport::new(&sim.files);
+        let outcome = device_agent::check_for_update(
+            store,
+            &rollback,
+            &mut t,
+            &mut Pump::default(),
+            &mut hook(&auth),
+            NOW,
+            bufs.ws(),
+        );
+        (outcome, t.requests)
+    };
+    let (outcome, requests) = check_rollback(&mut store);
     assert_eq!(
         outcome,
         Ok(Outcome::Staged {
@@ -661,9 +666,8 @@ fn a_rollback_to_another_path_is_looked_up_after_an_up_to_date_check() {
         })
     );
     assert!(
-        t.requests.iter().any(|r| r.starts_with("targets/")),
-        "the image was fetched: {:?}",
-        t.requests
+        requests.iter().any(|r| r.starts_with("targets/")),
+        "the image was fetched: {requests:?}"
     );
     assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
     store.confirm().unwrap();
@@ -671,18 +675,8 @@ fn a_rollback_to_another_path_is_looked_up_after_an_up_to_date_check() {
 
     // with the rollback running, a check for the authorization's target concludes "already
     // running" without recording a channel conclusion about it
-    let mut t = MapTransport::new(&sim.files);
-    let outcome = device_agent::check_for_update(
-        &mut store,
-        &rollback,
-        &mut t,
-        &mut Pump::default(),
-        &mut hook(&auth),
-        NOW,
-        bufs.ws(),
-    );
     assert_eq!(
-        outcome,
+        check_rollback(&mut store).0,
         Ok(Outcome::UpToDate {
             running: v("0.9.0")
         })

@@ -85,6 +85,8 @@ struct Job {
     keys: Vec<usize>,
     /// what it changes against the published version, shown before any passphrase
     changes: crate::changes::Changes,
+    /// the staged version, as shown
+    version: String,
     /// the published version of the role, if any
     published: Option<u64>,
 }
@@ -100,22 +102,27 @@ fn published_signed(st: &State, role: &str) -> Option<serde_json::Value> {
     doc.get("signed").cloned()
 }
 
-/// What signing `bytes` as `role` vouches for, against what is published.
-fn changes_of(st: &State, role: &str, bytes: &[u8]) -> crate::changes::Changes {
-    let new: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
-    let signed = new.get("signed").cloned().unwrap_or_default();
-    crate::changes::describe(published_signed(st, role).as_ref(), &signed)
+/// What signing `bytes` as `role` vouches for, against what is published, and the staged
+/// version (as shown).
+fn changes_of(
+    st: &State,
+    role: &str,
+    signed: &serde_json::Value,
+) -> (crate::changes::Changes, String) {
+    (
+        crate::changes::describe(published_signed(st, role).as_ref(), signed),
+        crate::changes::text_of(signed.get("version")),
+    )
 }
 
 /// "to sign: FILE: ROLE vN (published: vM)" and the changes, indented.
-fn show(j: &Job, published: Option<u64>) -> String {
-    let new: serde_json::Value = serde_json::from_slice(&j.bytes).unwrap_or_default();
+fn show(j: &Job) -> String {
     let mut out = format!(
         "to sign: {}: {} v{} (published: {})",
         j.path.display(),
         j.role,
-        crate::changes::text_of(new.pointer("/signed/version")),
-        published.map_or("none".to_string(), |v| format!("v{v}"))
+        j.version,
+        j.published.map_or("none".to_string(), |v| format!("v{v}"))
     );
     for l in j.changes.lines() {
         out.push_str("\n  ");
@@ -159,14 +166,18 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
                 let keys: Vec<usize> = (0..signers.len())
                     .filter(|i| signers.get(*i).is_some_and(|s| ids.contains(&s.keyid)))
                     .collect();
-                Ok((!keys.is_empty()).then(|| Job {
-                    path: m.path.clone(),
-                    role: m.name.clone(),
-                    bytes: m.bytes.clone(),
-                    auths,
-                    keys,
-                    changes: changes_of(&st, &m.name, &m.bytes),
-                    published: st.published.get(&m.name).copied(),
+                Ok((!keys.is_empty()).then(|| {
+                    let (changes, version) = changes_of(&st, &m.name, &m.signed);
+                    Job {
+                        path: m.path.clone(),
+                        role: m.name.clone(),
+                        bytes: m.bytes.clone(),
+                        auths,
+                        keys,
+                        changes,
+                        version,
+                        published: st.published.get(&m.name).copied(),
+                    }
                 }))
             });
             for job in found {
@@ -201,8 +212,15 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        // (`listed` checked the file holds this role's metadata)
+        let signed = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|d| d.get("signed").cloned())
+            .unwrap_or_default();
+        let (changes, version) = changes_of(&st, &role, &signed);
         jobs.push(Job {
-            changes: changes_of(&st, &role, &bytes),
+            changes,
+            version,
             published: st.published.get(&role).copied(),
             path: p.clone(),
             role,
@@ -239,7 +257,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
     let (mut shown, mut hidden) = (0usize, 0usize);
     for j in order {
         if !j.changes.trust.is_empty() || shown < MAX_SHOWN {
-            eprintln!("{}", show(j, j.published));
+            eprintln!("{}", show(j));
             shown += 1;
         } else {
             hidden += 1;
