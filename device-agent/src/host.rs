@@ -1231,14 +1231,16 @@ impl ConformanceClient {
             let file = found.file(path)?;
             let out = out_path(path);
             let what = hale_core::Name::new(path);
-            // a file already there with the right length and hashes is kept: decided from its
-            // digest taken by the look-ahead when that suffices, else from its bytes
-            let ahead = digests
-                .iter()
-                .find(|(p, _)| *p == out)
-                .and_then(|(_, d)| file.verify_digest(d, what));
+            // a file already there with the right length and hashes is kept: decided from what
+            // the look-ahead found (no file, or its digest when that suffices), else from its
+            // bytes
+            let ahead = match digests.iter().find(|(p, _)| *p == out) {
+                Some((_, None)) => Some(false),
+                Some((_, Some(d))) => file.verify_digest(d, what).map(|v| v.is_ok()),
+                None => None,
+            };
             let kept = match ahead {
-                Some(verdict) => verdict.is_ok(),
+                Some(kept) => kept,
                 None => {
                     // (a file this command wrote is on disk before it is looked at)
                     self.flush()?;
@@ -1328,8 +1330,9 @@ impl RoleSource for DirSource<'_> {
     }
 }
 
-/// Length and SHA-256 of files found where targets would be written, by path.
-type Digests = Vec<(PathBuf, FileDigest)>;
+/// Length and SHA-256 of the files found where targets would be written, by path; `None`: no
+/// file there.
+type Digests = Vec<(PathBuf, Option<FileDigest>)>;
 
 /// The stored snapshot and targets as the refresh found them.
 #[derive(Debug)]
@@ -1346,7 +1349,8 @@ struct Ahead {
     /// error is the workflow's error), then 5 and 7 on the stored snapshot and targets. `None`
     /// when there was nothing to run them on (no stored timestamp, or the root changed).
     same: Option<Result<AheadSame, hale_core::Error>>,
-    /// The cached files that could be read (a missing or unreadable one is left to the download).
+    /// The cached files that could be read, and those found missing (an unreadable one is left
+    /// to the download, which says why).
     digests: Digests,
 }
 
@@ -1396,9 +1400,10 @@ fn look_ahead(
     });
     let digests = cached
         .into_iter()
-        .filter_map(|p| {
-            let d = FileDigest::of(&fs::read(&p).ok()?);
-            Some((p, d))
+        .filter_map(|p| match fs::read(&p) {
+            Ok(bytes) => Some((p, Some(FileDigest::of(&bytes)))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some((p, None)),
+            Err(_) => None,
         })
         .collect();
     Ahead {
