@@ -14,7 +14,13 @@
 # 6. a short fuzz smoke run of every parser
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-step() { printf '\n== %s\n' "$*"; }
+# each step's wall time is printed when the next starts (CI must stay under 30 minutes)
+STEP_NAME= STEP_START=$SECONDS
+step() {
+  [ -n "$STEP_NAME" ] && printf '== (%s: %d s)\n' "$STEP_NAME" $((SECONDS - STEP_START))
+  STEP_NAME=$1 STEP_START=$SECONDS
+  printf '\n== %s\n' "$*"
+}
 
 step "install test dependencies"
 bash .ci/install.sh
@@ -51,3 +57,4 @@ if [ "${SKIP_FUZZ:-0}" != 1 ] && [ -x fuzz/smoke.sh ]; then
 fi
 
 step "all checks passed"
+printf '== (%d s in all)\n' "$SECONDS"
