@@ -451,20 +451,28 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
     // a last check's "up to date" is about `device.target`: a rollback looks up another target
     // (and must verify its authorization), so it neither stops at it nor records one
     let channel = device.rollback_target.is_none();
-    let mut unrecorded = match refresh(
+    let mut verified = 0;
+    let refreshed = refresh(
         store,
         transport,
         &mut set,
         scratch,
         &running.sha256,
         channel,
-    )? {
-        Refreshed::Unchanged => {
+        &mut verified,
+    );
+    let mut unrecorded = match refreshed {
+        Ok(Refreshed::Unchanged) => {
             return Ok(Outcome::UpToDate {
                 running: running.version,
             })
         }
-        Refreshed::Search { unrecorded } => unrecorded,
+        Ok(Refreshed::Search { unrecorded }) => unrecorded,
+        Err(e) => {
+            // a flash failure comes before the outcome: the device must hear of it
+            keep_verified(store, &set, verified)?;
+            return Err(e);
+        }
     };
     let mut delegated_expires = UnixTime::MAX;
     let outcome = install(
@@ -553,6 +561,35 @@ fn record<F: Durable, T: Transport>(
         ],
     )?;
     Ok(())
+}
+
+/// After a refresh that failed: record the roles in `verified` (bits by [`Role`]: a new root,
+/// timestamp or snapshot that verified before the failure), the others kept (spec §5.3.8,
+/// §5.4.5, §5.5.7). A new root must stay trusted even if the timestamp cannot be had right
+/// after it (a network drop, or a repository not re-signed yet): else a later check, with the
+/// next root withheld, would again accept metadata signed by keys that root revoked. Flash wear
+/// stays bounded: what is recorded is the stored copy from then on, not recorded again.
+fn keep_verified<F: Durable>(
+    store: &mut FirmwareStore<F>,
+    set: &TrustedSet<&mut [u8]>,
+    verified: u8,
+) -> Result<(), StoreError<F::Error>> {
+    if verified == 0 {
+        return Ok(());
+    }
+    let meta = |r: Role| match verified & (1 << r as u8) {
+        0 => Meta::Keep,
+        _ => Meta::Set(set.stored(r).unwrap_or(&[])),
+    };
+    store.record_check(
+        None,
+        [
+            meta(Role::Root),
+            meta(Role::Timestamp),
+            meta(Role::Snapshot),
+            meta(Role::Targets),
+        ],
+    )
 }
 
 /// Find this device's target, apply policy and gating, stage it. Not inlined: its frame (the
@@ -870,8 +907,11 @@ fn fetch_listed<'b, T: Transport, E>(
 /// a check that concluded "up to date" about the image still running, and nothing that check
 /// relied on has expired (see [`check_for_update`]), and `may_stop` (the check looks up the
 /// target that conclusion was about); a new timestamp is recorded then. Else
-/// what verified is left to the caller to record ([`Refreshed::Search`]). Not inlined: its
-/// frame and the staging frame are never on the stack together.
+/// what verified is left to the caller to record ([`Refreshed::Search`]).
+///
+/// A step that fails after a new root, timestamp or snapshot verified does not lose them: the
+/// caller records those `verified` names ([`keep_verified`]). Not inlined: its frame and the
+/// staging frame are never on the stack together.
 #[inline(never)]
 fn refresh<F: Durable, T: Transport>(
     store: &mut FirmwareStore<F>,
@@ -880,6 +920,7 @@ fn refresh<F: Durable, T: Transport>(
     scratch: &mut [u8],
     running_sha256: &[u8; 32],
     may_stop: bool,
+    verified: &mut u8,
 ) -> Res<Refreshed, T, F> {
     let mut changed = false;
     let mut name = HString::new();
@@ -896,17 +937,12 @@ fn refresh<F: Durable, T: Transport>(
                 let bytes = scratch.get(..n).ok_or_else(|| AgentError::Missing {
                     what: Name::new(name),
                 })?;
-                if let Err(e) = set.update_root(bytes) {
-                    if changed && matches!(e, Error::TooManyRootRotations { .. }) {
-                        // keep the roots verified so far, as python-tuf does: the next check
-                        // goes on from the newest one instead of failing at the same place forever
-                        // (the stored timestamp/snapshot are re-verified against it then)
-                        let root = Meta::Set(set.stored(Role::Root).unwrap_or(&[]));
-                        store.record_check(None, [root, Meta::Keep, Meta::Keep, Meta::Keep])?;
-                    }
-                    return Err(e.into());
-                }
+                // (a failure keeps the roots verified so far, as python-tuf does: after too many
+                // rotations in one check the next one goes on from the newest, instead of
+                // failing at the same place forever)
+                set.update_root(bytes)?;
                 changed = true;
+                *verified |= 1 << Role::Root as u8;
             }
             Err(error) => {
                 return Err(AgentError::Transport {
@@ -927,6 +963,7 @@ fn refresh<F: Durable, T: Transport>(
     let remote = fetch_required(transport, "timestamp.json", scratch)?;
     if let Update::Updated { .. } = set.update_timestamp(remote)? {
         changed = true;
+        *verified |= 1 << Role::Timestamp as u8;
     }
     let (snapshot_version, snapshot_length) = {
         let ts = set.timestamp().ok_or_else(|| Error::WrongOrder {
@@ -965,6 +1002,7 @@ fn refresh<F: Durable, T: Transport>(
         let remote = fetch_listed(transport, "snapshot", version, snapshot_length, scratch)?;
         set.update_snapshot(remote)?;
         changed = true;
+        *verified |= 1 << Role::Snapshot as u8;
     }
 
     // 4. targets: the stored copy when it is still what the snapshot names

@@ -237,7 +237,15 @@ fn refuses_tampered_targets_metadata_and_keeps_trusted_state() {
             valid: 0
         })
     );
-    assert_eq!(persisted(&mut store), before);
+    // the timestamp and snapshot that verified before it are kept (spec 5.4.5, 5.5.7); the
+    // trusted targets, root and slots are as they were, and the next check changes nothing
+    let mut kept = before.clone();
+    kept.metadata[1] = Some(sim.files["timestamp.json"].clone());
+    kept.metadata[2] = Some(sim.files[&format!("{}.snapshot.json", sim.snapshot.version)].clone());
+    assert_ne!(kept, before);
+    assert_eq!(persisted(&mut store), kept);
+    check_fresh(&mut store, &sim.files).unwrap_err();
+    assert_eq!(persisted(&mut store), kept);
 }
 
 #[test]

@@ -351,6 +351,7 @@ fn the_signatures_cover_the_fields_an_old_agent_does_not_understand() {
     };
     let targets_file = format!("{}.targets.json", sim.targets.version);
     type Tamper = fn(&mut Value);
+    // (what verified before the refusal is kept: root, then timestamp and snapshot)
     let cases: [(&str, Tamper, AgentErr); 6] = [
         (
             "targets",
@@ -398,8 +399,25 @@ fn the_signatures_cover_the_fields_an_old_agent_does_not_understand() {
         let before = persisted(&mut store);
         let err = check_fresh(&mut store, &files).unwrap_err();
         assert_eq!(err, want, "tampered {file}");
-        // refused before anything is persisted: root, metadata and slots as provisioned
-        assert_untouched(&mut store, &before);
+        // what verified before the refused file is kept (spec 5.3.8, 5.4.5, 5.5.7); the refused
+        // file, the slots and the running image are as provisioned
+        let verified: &[&str] = match role {
+            "targets" => &[
+                "2.root.json",
+                "timestamp.json",
+                &format!("{}.snapshot.json", sim.snapshot.version),
+            ],
+            "timestamp" => &["2.root.json"],
+            _ => &[],
+        };
+        let mut kept = before.clone();
+        for (stored, name) in kept.metadata.iter_mut().zip(verified) {
+            *stored = Some(files[*name].clone());
+        }
+        assert_untouched(&mut store, &kept);
+        // and the next check changes nothing
+        assert_eq!(check_fresh(&mut store, &files).unwrap_err(), want);
+        assert_untouched(&mut store, &kept);
     }
 }
 
@@ -581,6 +599,69 @@ fn one_rotation_more_than_the_cap_stops_there_and_the_next_check_goes_on() {
     assert_eq!(t.requests[1], format!("{}.root.json", cap + 3));
     let staged = store.slots().info(Slot::B).image.unwrap();
     assert_eq!(staged.sha256, <[u8; 32]>::from(Sha256::digest(&image)));
+}
+
+#[test]
+fn a_new_root_verified_before_the_timestamp_failed_stays_trusted_when_the_next_root_is_withheld() {
+    let mut sim = RepoSim::new();
+    let image = build_for("after-rotation");
+    release(&mut sim, &image);
+    let mut mem = provisioned(&sim);
+    // the timestamp key is revoked by root 2; whoever holds it still signs with it
+    let mut old = sim.clone();
+    sim.rotate_root(|r| {
+        r.timestamp.keys = vec![key("fleet-ts-after-revocation", KeyKind::Ed25519)]
+    });
+    sim.publish();
+
+    // the check verifies root 2, then the timestamp cannot be had (not re-signed yet, or the
+    // network dropped)
+    let mut store = open_store(&mut mem);
+    let before = persisted(&mut store);
+    let mut files = sim.files.clone();
+    files.remove("timestamp.json");
+    let mut t = MapTransport::new(&files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()),
+        Err(AgentError::Missing {
+            what: Name::new("timestamp.json")
+        })
+    );
+    assert_eq!(t.requests, ["2.root.json", "3.root.json", "timestamp.json"]);
+    // root 2 is trusted from now on; nothing else changed
+    let after = persisted(&mut store);
+    assert_eq!(
+        after.metadata[0].as_deref(),
+        Some(sim.root_bytes(2).as_slice())
+    );
+    assert_eq!(after.metadata[1..], before.metadata[1..]);
+    assert_eq!(after.slots, before.slots);
+
+    // root 2 withheld and a newer timestamp signed with the revoked key: refused, as root 2 says
+    old.timestamp.version += 10;
+    old.write_timestamp();
+    assert!(!old.files.contains_key("2.root.json"));
+    let mut t = MapTransport::new(&old.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()),
+        Err(AgentError::Trust(Error::ThresholdNotMet {
+            role: Name::new("timestamp"),
+            threshold: 1,
+            valid: 0
+        }))
+    );
+    assert_untouched(&mut store, &after);
+
+    // the repository's own files: the update goes on from root 2
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()),
+        Ok(Outcome::Staged {
+            version: v("2.0.0")
+        })
+    );
+    assert_eq!(t.requests[0], "3.root.json");
+    assert_staged(&mut store, &image);
 }
 
 // --- 5. ed25519 and ECDSA P-256 in one repository ----------------------------------------------
