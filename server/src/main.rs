@@ -1107,10 +1107,31 @@ fn export(data: &Path, out: &Path) -> Result<()> {
             let rel = hale_repo::layout::target_path(&path, &sha, true)?;
             let dst = out.join(&rel);
             if let Some(r) = held(&sha) {
+                // a copy from an earlier export goes: a CDN would go on serving it to everyone
+                let removed = match std::fs::remove_file(&dst) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!(
+                                "{path}: its staged rollout is at {} %: removing the copy an \
+                                 earlier export left at {}",
+                                r.percent,
+                                dst.display()
+                            )
+                        })
+                    }
+                };
                 eprintln!(
                     "note: {path} left out: its staged rollout is at {} % (devices fetching from \
-                     this export get it once the rollout ends and it is exported again)",
-                    r.percent
+                     this export get it once the rollout ends and it is exported again){}",
+                    r.percent,
+                    if removed {
+                        "; the copy an earlier export left here was removed (a CDN or reader \
+                         that fetched it before keeps it)"
+                    } else {
+                        ""
+                    }
                 );
                 continue;
             }

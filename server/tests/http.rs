@@ -415,6 +415,30 @@ fn device_reports_inventory_health_metrics_audit_and_shutdown() {
     }
     assert_eq!(held, vec![], "no image exported");
     assert!(held_dir.join("1.targets.json").exists());
+
+    // exported again over the export made before the rollout held it: its copy is removed
+    let out = run_bin(
+        &["export", "--data", data, "--out", out_dir.to_str().unwrap()],
+        &f.pass_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "note: dir/fw.bin left out: its staged rollout is at 10 % (devices fetching from this \
+             export get it once the rollout ends and it is exported again); the copy an earlier \
+             export left here was removed (a CDN or reader that fetched it before keeps it)"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!exported[0].0.exists(), "the earlier copy is gone");
+    let mut left = Vec::new();
+    files(&out_dir.join("targets"), &mut left);
+    assert_eq!(left, vec![], "no image left in the export");
 }
 
 /// Send a POST's headers only (announcing `content_length` bytes) and return the status line's code.
