@@ -21,6 +21,8 @@ BIN=$ROOT/target/release/hale-server
 
 DATA=$WORK/hale-server-data EXPORT=$WORK/hale-server-export
 rm -rf "$DATA" "$EXPORT"
+# wrk opens up to 256 connections at once: above the default max_connections (200 per listener)
+mkdir -p "$DATA" && echo '{"max_connections": 1024}' >"$DATA/config.json"
 HALE_LOG=warn "$BIN" demo --data "$DATA" --listen "127.0.0.1:$HALE_PORT" --extra-target-size 1048576 \
   >"$WORK/hale-server.out" 2>"$WORK/hale-server.err" &
 HALE_PID=$!

@@ -48,6 +48,14 @@ pub struct Config {
     pub device_crl_lifetime_secs: u64,
     /// How often CRL files in the TLS directory are checked and the server's CRL kept fresh.
     pub crl_check_secs: u64,
+    /// Connections one listener holds at once; past it the listener accepts again only as
+    /// connections close (the others listeners are not affected: a flood on the enrollment
+    /// listener cannot take the device listener's file descriptors). Keep the sum over the
+    /// listeners under the process's open-file limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// A connection on which nothing went either way for this long is closed (a client that
+    /// opened one and went quiet, or sends a byte now and then, holds it no longer).
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -70,6 +78,8 @@ impl Default for Config {
             device_factory_reenroll_min_age_secs: None,
             device_crl_lifetime_secs: 7 * 86_400,
             crl_check_secs: 5,
+            max_connections: 200,
+            idle_timeout_secs: 60,
         }
     }
 }
@@ -151,6 +161,10 @@ impl Config {
         anyhow::ensure!(
             self.device_factory_reenroll_min_age_secs() <= self.device_renewal_min_age_secs(),
             "device_factory_reenroll_min_age_secs must be at most device_renewal_min_age_secs"
+        );
+        anyhow::ensure!(
+            self.max_connections > 0 && self.idle_timeout_secs > 0,
+            "max_connections and idle_timeout_secs must be positive"
         );
         hale_repo::build::Profile::parse(&self.profile)?;
         Ok(())

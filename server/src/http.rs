@@ -96,20 +96,104 @@ pub(crate) fn connection_builder() -> hyper_util::server::conn::auto::Builder<To
     builder
 }
 
+/// What one listener allows its connections: how many at once, and how long one may be silent
+/// (`max_connections`, `idle_timeout_secs` in the configuration).
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    permits: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    idle: Duration,
+    /// when the listener last said it was full (said at most once a minute)
+    warned: Option<std::time::Instant>,
+}
+
+impl ConnLimits {
+    pub fn new(max_connections: usize, idle: Duration) -> Self {
+        ConnLimits {
+            permits: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            max: max_connections,
+            idle,
+            warned: None,
+        }
+    }
+
+    /// Each listener gets its own: one flooded cannot starve another.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self::new(
+            config.max_connections,
+            Duration::from_secs(config.idle_timeout_secs),
+        )
+    }
+}
+
+/// An accepted connection's place under its listener's [`ConnLimits`], given back when it ends.
+pub(crate) struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    activity: crate::linger::Activity,
+    idle: Duration,
+}
+
+impl Admitted {
+    /// Serve `conn` until it ends, or until nothing went either way for the idle timeout.
+    pub(crate) async fn run<E: std::fmt::Display>(
+        self,
+        conn: impl Future<Output = Result<(), E>>,
+        peer: std::net::SocketAddr,
+    ) {
+        tokio::select! {
+            r = conn => if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            },
+            _ = self.activity.silent_for(self.idle) => {
+                tracing::debug!(%peer, idle_s = self.idle.as_secs(), "connection silent too long: closed");
+            }
+        }
+    }
+}
+
 /// The next accepted connection (Nagle off: small responses must not wait ~40 ms; closed with
 /// a lingering close, so an answer given before a body was read is not lost to a reset), or
-/// `None` once `shutdown` completes. A failed accept (e.g. out of file descriptors) is logged
-/// and retried after 50 ms.
+/// `None` once `shutdown` completes. A listener holding its `max_connections` accepts again only
+/// as one closes (said in the log at most once a minute). A failed accept (e.g. out of file
+/// descriptors) is logged and retried after 50 ms.
 pub(crate) async fn next_connection(
     listener: &TcpListener,
+    limits: &mut ConnLimits,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Option<(Lingering<tokio::net::TcpStream>, std::net::SocketAddr)> {
+) -> Option<(
+    Lingering<tokio::net::TcpStream>,
+    std::net::SocketAddr,
+    Admitted,
+)> {
+    if limits.permits.available_permits() == 0
+        && limits
+            .warned
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+    {
+        limits.warned = Some(std::time::Instant::now());
+        let addr = listener.local_addr().ok();
+        tracing::warn!(
+            listener = ?addr,
+            max_connections = limits.max,
+            "listener holds its max_connections: new connections wait until one closes"
+        );
+    }
+    let permit = tokio::select! {
+        p = limits.permits.clone().acquire_owned() => p.ok()?,
+        _ = &mut shutdown => return None,
+    };
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    return Some((Lingering::new(stream), peer));
+                    let stream = Lingering::new(stream);
+                    let admitted = Admitted {
+                        _permit: permit,
+                        activity: stream.activity(),
+                        idle: limits.idle,
+                    };
+                    return Some((stream, peer, admitted));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -127,9 +211,12 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let warp_svc = warp::service(routes);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = connection_builder();
+    let mut limits = ConnLimits::of(&app.config);
     tokio::pin!(shutdown);
     loop {
-        let Some((stream, peer)) = next_connection(&listener, shutdown.as_mut()).await else {
+        let Some((stream, peer, admitted)) =
+            next_connection(&listener, &mut limits, shutdown.as_mut()).await
+        else {
             break;
         };
         let app = app.clone();
@@ -163,11 +250,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        tokio::spawn(admitted.run(conn, peer));
     }
     drop(listener);
     tracing::info!("shutting down: waiting for open connections");

@@ -40,6 +40,42 @@ pub struct Lingering<T> {
     /// When a read last returned data (`None`: never, or the client closed).
     last_data: Option<Instant>,
     closing: Option<Closing>,
+    /// When bytes last went either way (the idle timeout's clock, [`Activity`]).
+    activity: Activity,
+}
+
+/// When bytes last went either way on a connection: shared with the task that closes it once it
+/// has been silent too long (see `http::ConnLimits`).
+#[derive(Debug, Clone)]
+pub struct Activity {
+    opened: Instant,
+    /// milliseconds from `opened` to the last bytes
+    last_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: Instant::now(),
+            last_ms: Default::default(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Returns once nothing has gone either way for `idle`.
+    pub async fn silent_for(&self, idle: Duration) {
+        loop {
+            let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep_until(self.opened + Duration::from_millis(last) + idle).await;
+            if self.last_ms.load(std::sync::atomic::Ordering::Relaxed) == last {
+                return;
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -58,7 +94,13 @@ impl<T> Lingering<T> {
             io,
             last_data: None,
             closing: None,
+            activity: Activity::new(),
         }
+    }
+
+    /// When bytes last went either way on this connection.
+    pub fn activity(&self) -> Activity {
+        self.activity.clone()
     }
 }
 
@@ -72,6 +114,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Lingering<T> {
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
             self.last_data = (buf.filled().len() > before).then(Instant::now);
+            if self.last_data.is_some() {
+                self.activity.touch();
+            }
         }
         r
     }
@@ -83,7 +128,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.activity.touch();
+            }
+        }
+        r
     }
 
     fn poll_write_vectored(
@@ -91,7 +142,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.activity.touch();
+            }
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -857,6 +857,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
                 TrustDomain::DeviceApi,
                 dl,
                 listeners.device_config.clone(),
+                hale_server::http::ConnLimits::of(&app.config),
                 ih::device_handler(app.clone(), identity.clone()),
                 stopped(),
             )));
@@ -864,6 +865,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
                 TrustDomain::Enrollment,
                 el,
                 listeners.enroll_config.clone(),
+                hale_server::http::ConnLimits::of(&app.config),
                 ih::warp_handler(ih::enroll_routes(identity.clone())),
                 stopped(),
             )));
@@ -871,6 +873,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
                 TrustDomain::Staff,
                 sl,
                 listeners.staff_config.clone(),
+                hale_server::http::ConnLimits::of(&app.config),
                 ih::staff_handler(app.clone(), identity.clone(), listeners.clone()),
                 stopped(),
             )));

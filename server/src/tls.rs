@@ -565,6 +565,7 @@ pub async fn serve<F, Fut>(
     domain: TrustDomain,
     listener: TcpListener,
     config: Arc<ReloadableServerConfig>,
+    mut limits: crate::http::ConnLimits,
     handler: F,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -576,8 +577,8 @@ pub async fn serve<F, Fut>(
     let (watch_tx, watch_rx) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     loop {
-        let Some((stream, peer_addr)) =
-            crate::http::next_connection(&listener, shutdown.as_mut()).await
+        let Some((stream, peer_addr, admitted)) =
+            crate::http::next_connection(&listener, &mut limits, shutdown.as_mut()).await
         else {
             break;
         };
@@ -624,9 +625,7 @@ pub async fn serve<F, Fut>(
                 .into_owned();
             let conn = watcher.watch(conn);
             tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(%peer_addr, error = %e, "connection ended with an error");
-                },
+                () = admitted.run(conn, peer_addr) => {}
                 _ = stop.changed() => {}
             }
         });

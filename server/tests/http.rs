@@ -509,3 +509,63 @@ fn status_of_headers_only(base: &str, path: &str, content_length: usize) -> u16 
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status in {line:?}"))
 }
+
+/// A listener holds at most `max_connections` at once: a further client waits until one closes.
+/// A connection on which nothing goes either way for `idle_timeout_secs` is closed, so clients
+/// that connect and say nothing cannot hold a listener (review: a flood of quiet connections
+/// on the enrollment listener used up the process's file descriptors, the device listener's
+/// too).
+#[test]
+fn a_listener_holds_its_max_connections_and_closes_silent_ones() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let f = Fixture::with_config(json!({"max_connections": 2, "idle_timeout_secs": 3}));
+    let s = f.start();
+    let addr = s
+        .base
+        .strip_prefix("http://")
+        .unwrap()
+        .trim_end_matches('/');
+    let t0 = Instant::now();
+    let mut quiet: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut third = TcpStream::connect(addr).unwrap();
+    third
+        .write_all(b"GET /1.root.json HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // the two quiet ones hold the listener: no answer yet
+    third
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let waited = third.read(&mut byte).unwrap_err();
+    assert!(
+        matches!(
+            waited.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{waited:?}"
+    );
+    // after the idle timeout the server closes them, and the waiting client is answered
+    for q in &mut quiet {
+        q.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(q.read(&mut byte).unwrap(), 0, "closed by the server");
+    }
+    assert!(t0.elapsed() >= Duration::from_secs(3), "{:?}", t0.elapsed());
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    third.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // the log says the listener was full
+    let log = std::fs::read_to_string(f.data.join("server.log")).unwrap();
+    assert!(
+        log.contains("listener holds its max_connections: new connections wait until one closes"),
+        "{log}"
+    );
+}
