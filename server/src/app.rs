@@ -140,6 +140,7 @@ impl App {
                         actor,
                         e.code(),
                         json!({"message": e.to_string()}),
+                        None,
                     );
                 }
             }

@@ -44,6 +44,8 @@ type RecentRefusals = std::collections::HashMap<(String, String, String), std::t
 pub const REFUSAL_REPEAT_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
 /// At most this many distinct recent refusals are remembered (then the memory starts afresh).
 const REFUSALS_REMEMBERED: usize = 10_000;
+/// Longest refusal message recorded, in characters (the rest is cut, marked `…`).
+pub const REFUSAL_MESSAGE_MAX: usize = 512;
 
 impl Audit {
     /// Open the chain and find its head (the chain is verified by [`verify`], not here).
@@ -92,11 +94,21 @@ impl Audit {
 
     /// Records appended so far.
     /// Record a refusal of an authenticated request (`kind` e.g. `enroll-refused`; `detail`
-    /// gets `error`: `code`), unless the same actor was refused for the same reason within
-    /// [`REFUSAL_REPEAT_WINDOW`]. Anonymous refusals are not for the audit log (anyone could
-    /// fill it): callers log them. A failure to record is logged, not returned: the refusal
-    /// stands either way.
-    pub fn refusal(&self, kind: &str, actor: &str, code: &str, mut detail: Value) {
+    /// gets `error`: `code`, and `message` when one is given), unless the same actor was
+    /// refused for the same reason within [`REFUSAL_REPEAT_WINDOW`]: the same code and detail.
+    /// `message` is not part of the reason: it may quote what the requester chose (a CSR's
+    /// CN), and one that varied it at will got a record per request. A message, in `detail`
+    /// or not, is cut to [`REFUSAL_MESSAGE_MAX`] characters. Anonymous refusals are not for the
+    /// audit log (anyone could fill it): callers log them. A failure to record is logged, not
+    /// returned: the refusal stands either way.
+    pub fn refusal(
+        &self,
+        kind: &str,
+        actor: &str,
+        code: &str,
+        mut detail: Value,
+        message: Option<String>,
+    ) {
         // the same request refused again: same kind, actor, reason and detail
         let key = (
             kind.to_string(),
@@ -121,6 +133,15 @@ impl Audit {
             recent.insert(key, now);
         }
         if let Some(o) = detail.as_object_mut() {
+            if let Some(m) = message {
+                o.insert("message".into(), Value::String(m));
+            }
+            if let Some(Value::String(m)) = o.get_mut("message") {
+                if let Some((cut, _)) = m.char_indices().nth(REFUSAL_MESSAGE_MAX) {
+                    m.truncate(cut);
+                    m.push('…');
+                }
+            }
             o.insert("error".into(), Value::String(code.to_string()));
         }
         if let Err(e) = self.append(kind, actor, detail) {
@@ -208,6 +229,7 @@ mod tests {
                 "device:pump-1",
                 "device_quarantined",
                 json!({"endpoint": "simplereenroll"}),
+                None,
             );
         }
         // another request, another actor, another reason: each recorded
@@ -216,18 +238,21 @@ mod tests {
             "device:pump-1",
             "device_quarantined",
             json!({"endpoint": "simpleenroll"}),
+            None,
         );
         audit.refusal(
             "enroll-refused",
             "device:pump-2",
             "device_quarantined",
             json!({"endpoint": "simplereenroll"}),
+            None,
         );
         audit.refusal(
             "enroll-refused",
             "device:pump-1",
             "identity_mismatch",
             json!({"endpoint": "simplereenroll"}),
+            None,
         );
         let recs: Vec<Value> = store
             .audit_all()
@@ -255,6 +280,59 @@ mod tests {
             ]
         );
         assert_eq!(verify(store.as_ref()).unwrap().0, 4);
+    }
+
+    /// A requester that varies what its refusal message quotes (a CSR's CN) gets one record,
+    /// and a long message is cut (review: one pump appended a record per request).
+    #[test]
+    fn a_refusal_whose_message_varies_is_recorded_once_and_its_message_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let audit = Audit::open(store.clone()).unwrap();
+        for cn in ["x1", "x2", &"é".repeat(8000)] {
+            audit.refusal(
+                "enroll-refused",
+                "device:pump-1",
+                "identity_mismatch",
+                json!({"endpoint": "simplereenroll"}),
+                Some(format!("CN {cn} is not pump-1")),
+            );
+        }
+        let long = format!("CN {} is not pump-1", "é".repeat(8000));
+        audit.refusal(
+            "enroll-refused",
+            "device:pump-2",
+            "identity_mismatch",
+            json!({"endpoint": "simplereenroll"}),
+            Some(long.clone()),
+        );
+        let recs: Vec<Value> = store
+            .audit_all()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| serde_json::from_slice(b).unwrap())
+            .collect();
+        let got: Vec<(&str, &str)> = recs
+            .iter()
+            .map(|r| {
+                (
+                    r["actor"].as_str().unwrap(),
+                    r["detail"]["message"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        let cut = format!(
+            "{}…",
+            long.chars().take(REFUSAL_MESSAGE_MAX).collect::<String>()
+        );
+        assert_eq!(
+            got,
+            [
+                ("device:pump-1", "CN x1 is not pump-1"),
+                ("device:pump-2", cut.as_str()),
+            ]
+        );
+        assert_eq!(verify(store.as_ref()).unwrap().0, 2);
     }
 
     #[test]

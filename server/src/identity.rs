@@ -639,11 +639,9 @@ impl Identity {
 
     /// Record the refusal `e` of an authenticated request by `actor` (see
     /// [`Audit::refusal`]: repeats within the hour are recorded once).
-    pub fn audit_refusal(&self, kind: &str, actor: &str, e: &IdentityError, mut detail: Value) {
-        if let Some(o) = detail.as_object_mut() {
-            o.insert("message".into(), Value::String(e.to_string()));
-        }
-        self.audit.refusal(kind, actor, e.code(), detail);
+    pub fn audit_refusal(&self, kind: &str, actor: &str, e: &IdentityError, detail: Value) {
+        self.audit
+            .refusal(kind, actor, e.code(), detail, Some(e.to_string()));
     }
 
     /// Record a refused `simpleenroll`/`simplereenroll` when its requester authenticated: a
