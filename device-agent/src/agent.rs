@@ -469,8 +469,15 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
         }
         Ok(Refreshed::Search { unrecorded }) => unrecorded,
         Err(e) => {
-            // a flash failure comes before the outcome: the device must hear of it
-            keep_verified(store, &set, verified)?;
+            // a new root, timestamp or snapshot that verified before the failure is kept (spec
+            // §5.3.8, §5.4.5, §5.5.7): a new root must stay trusted even if the timestamp cannot
+            // be had right after it (a network drop, a repository not re-signed yet), or a later
+            // check, with the next root withheld, would again accept metadata signed by keys
+            // that root revoked. Flash wear stays bounded: from then on it is the stored copy.
+            // A flash failure comes before the outcome: the device must hear of it.
+            if verified != 0 {
+                record(store, &set, verified, None)?;
+            }
             return Err(e);
         }
     };
@@ -498,7 +505,8 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
     };
     if unrecorded || store.last_check() != check {
         // a flash failure comes before the outcome: the device must hear of it
-        record::<F, T>(store, &set, unrecorded, check)?;
+        let roles = if unrecorded { ALL_ROLES } else { 0 };
+        record(store, &set, roles, check)?;
     }
     outcome
 }
@@ -538,51 +546,24 @@ fn up_to_date<E, S>(
     })
 }
 
-/// One record: the last check `check`, and with `metadata` the four roles as `set` verified
-/// them (else the stored ones kept).
-#[inline(never)]
-fn record<F: Durable, T: Transport>(
-    store: &mut FirmwareStore<F>,
-    set: &TrustedSet<&mut [u8]>,
-    metadata: bool,
-    check: Option<LastCheck>,
-) -> Res<(), T, F> {
-    let meta = |r: Role| match metadata {
-        true => Meta::Set(set.stored(r).unwrap_or(&[])),
-        false => Meta::Keep,
-    };
-    store.record_check(
-        check,
-        [
-            meta(Role::Root),
-            meta(Role::Timestamp),
-            meta(Role::Snapshot),
-            meta(Role::Targets),
-        ],
-    )?;
-    Ok(())
-}
+/// Every role, for [`record`].
+const ALL_ROLES: u8 = 0b1111;
 
-/// After a refresh that failed: record the roles in `verified` (bits by [`Role`]: a new root,
-/// timestamp or snapshot that verified before the failure), the others kept (spec §5.3.8,
-/// §5.4.5, §5.5.7). A new root must stay trusted even if the timestamp cannot be had right
-/// after it (a network drop, or a repository not re-signed yet): else a later check, with the
-/// next root withheld, would again accept metadata signed by keys that root revoked. Flash wear
-/// stays bounded: what is recorded is the stored copy from then on, not recorded again.
-fn keep_verified<F: Durable>(
+/// One record: the last check `check`, and the roles in `roles` (bits by [`Role`]) as `set`
+/// verified them, the other stored ones kept.
+#[inline(never)]
+fn record<F: Durable>(
     store: &mut FirmwareStore<F>,
     set: &TrustedSet<&mut [u8]>,
-    verified: u8,
+    roles: u8,
+    check: Option<LastCheck>,
 ) -> Result<(), StoreError<F::Error>> {
-    if verified == 0 {
-        return Ok(());
-    }
-    let meta = |r: Role| match verified & (1 << r as u8) {
+    let meta = |r: Role| match roles & (1 << r as u8) {
         0 => Meta::Keep,
         _ => Meta::Set(set.stored(r).unwrap_or(&[])),
     };
     store.record_check(
-        None,
+        check,
         [
             meta(Role::Root),
             meta(Role::Timestamp),
@@ -735,7 +716,7 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
 
     // the verified metadata is on flash before any slot changes
     if core::mem::take(unrecorded) {
-        record::<F, T>(store, set, true, None)?;
+        record(store, set, ALL_ROLES, None)?;
     }
     stage(
         store, transport, app, &file, image, lookup, consistent, chunk, authorized,
@@ -910,7 +891,7 @@ fn fetch_listed<'b, T: Transport, E>(
 /// what verified is left to the caller to record ([`Refreshed::Search`]).
 ///
 /// A step that fails after a new root, timestamp or snapshot verified does not lose them: the
-/// caller records those `verified` names ([`keep_verified`]). Not inlined: its frame and the
+/// caller records those `verified` (bits by [`Role`]). Not inlined: its frame and the
 /// staging frame are never on the stack together.
 #[inline(never)]
 fn refresh<F: Durable, T: Transport>(

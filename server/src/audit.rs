@@ -218,6 +218,16 @@ mod tests {
     use super::*;
     use crate::store::SledStore;
 
+    /// Every record of the chain, parsed.
+    fn records(store: &SledStore) -> Vec<Value> {
+        store
+            .audit_all()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| serde_json::from_slice(b).unwrap())
+            .collect()
+    }
+
     #[test]
     fn a_refusal_repeated_within_the_hour_is_recorded_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -254,12 +264,7 @@ mod tests {
             json!({"endpoint": "simplereenroll"}),
             None,
         );
-        let recs: Vec<Value> = store
-            .audit_all()
-            .unwrap()
-            .iter()
-            .map(|(_, b)| serde_json::from_slice(b).unwrap())
-            .collect();
+        let recs = records(&store);
         let got: Vec<(&str, &str, &str)> = recs
             .iter()
             .map(|r| {
@@ -306,12 +311,7 @@ mod tests {
             json!({"endpoint": "simplereenroll"}),
             Some(long.clone()),
         );
-        let recs: Vec<Value> = store
-            .audit_all()
-            .unwrap()
-            .iter()
-            .map(|(_, b)| serde_json::from_slice(b).unwrap())
-            .collect();
+        let recs = records(&store);
         let got: Vec<(&str, &str)> = recs
             .iter()
             .map(|r| {

@@ -312,15 +312,17 @@ fn device_reports_inventory_health_metrics_audit_and_shutdown() {
 
     // export: plain files a static server can serve, verified with a client after
     let out_dir = f.dir.path().join("export");
-    let out = run_bin(
-        &["export", "--data", data, "--out", out_dir.to_str().unwrap()],
-        &f.pass_file,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `export --out DIR`, which must succeed: what it said on stderr
+    let export = |dir: &std::path::Path| {
+        let out = run_bin(
+            &["export", "--data", data, "--out", dir.to_str().unwrap()],
+            &f.pass_file,
+        );
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{said}");
+        said
+    };
+    export(&out_dir);
     for name in [
         "1.root.json",
         "timestamp.json",
@@ -387,27 +389,12 @@ fn device_reports_inventory_health_metrics_audit_and_shutdown() {
     )
     .unwrap();
     let held_dir = f.dir.path().join("export-held");
-    let out = run_bin(
-        &[
-            "export",
-            "--data",
-            data,
-            "--out",
-            held_dir.to_str().unwrap(),
-        ],
-        &f.pass_file,
-    );
+    let said = export(&held_dir);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(
+        said.contains(
             "note: dir/fw.bin left out: its staged rollout is at 10 % (devices fetching from this export get it once the rollout ends and it is exported again)"
         ),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{said}"
     );
     let mut held = Vec::new();
     if held_dir.join("targets").exists() {
@@ -417,23 +404,14 @@ fn device_reports_inventory_health_metrics_audit_and_shutdown() {
     assert!(held_dir.join("1.targets.json").exists());
 
     // exported again over the export made before the rollout held it: its copy is removed
-    let out = run_bin(
-        &["export", "--data", data, "--out", out_dir.to_str().unwrap()],
-        &f.pass_file,
-    );
+    let said = export(&out_dir);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(
+        said.contains(
             "note: dir/fw.bin left out: its staged rollout is at 10 % (devices fetching from this \
              export get it once the rollout ends and it is exported again); the copy an earlier \
              export left here was removed (a CDN or reader that fetched it before keeps it)"
         ),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{said}"
     );
     assert!(!exported[0].0.exists(), "the earlier copy is gone");
     let mut left = Vec::new();
