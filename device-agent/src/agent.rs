@@ -175,6 +175,10 @@ pub enum AgentError<T, F> {
         offered: Version,
         running: Version,
     },
+    /// The image the snapshot offers failed its hashes when it was last downloaded from this
+    /// server: not downloaded again before `retry_at` unless a new snapshot comes (see
+    /// [`RETRY_WRONG_BYTES`]).
+    WrongBytes { retry_at: UnixTime },
     /// The image is larger than a slot.
     ImageTooLarge { length: u64, capacity: u32 },
     /// A file name does not fit the agent's name buffer.
@@ -217,6 +221,10 @@ impl<T: fmt::Display, F: fmt::Debug> fmt::Display for AgentError<T, F> {
             } => write!(
                 f,
                 "{target} {offered} is not older than running {running}: a rollback authorization's target installs only as the downgrade it authorizes"
+            ),
+            AgentError::WrongBytes { retry_at } => write!(
+                f,
+                "the image on offer did not match its hashes when last downloaded: not downloaded again before {retry_at} (Unix time) or a new snapshot"
             ),
             AgentError::ImageTooLarge { length, capacity } => write!(
                 f,
@@ -261,6 +269,13 @@ type Res<T, Tr, F> = Result<
 >;
 
 const NAME_CAP: usize = 256;
+
+/// How long an image whose downloaded bytes failed their hashes is not downloaded again from
+/// the same server and snapshot (one day): each try erases and writes the slot and records
+/// checkpoints, and a server, CDN or proxy that served wrong bytes once likely serves them again.
+/// At one try a day, a server left wrong for years costs the flash a few hundred erases a year;
+/// a new snapshot (any new release) is tried at once, and so is an offline bundle.
+pub const RETRY_WRONG_BYTES: UnixTime = 86_400;
 
 /// `[N.]role.json` into `s` (cleared first); `None` when it does not fit. Written in place: a
 /// returned `String<256>` is copied twice at every call site on a Cortex-M.
@@ -463,9 +478,18 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
     );
     let mut unrecorded = match refreshed {
         Ok(Refreshed::Unchanged) => {
-            return Ok(Outcome::UpToDate {
-                running: running.version,
-            })
+            return match store.last_check() {
+                Some(LastCheck {
+                    conclusion: Conclusion::WrongBytes,
+                    valid_until,
+                    ..
+                }) => Err(AgentError::WrongBytes {
+                    retry_at: valid_until,
+                }),
+                _ => Ok(Outcome::UpToDate {
+                    running: running.version,
+                }),
+            }
         }
         Ok(Refreshed::Search { unrecorded }) => unrecorded,
         Err(e) => {
@@ -482,6 +506,7 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
         }
     };
     let mut delegated_expires = UnixTime::MAX;
+    let mut wrong = false;
     let outcome = install(
         store,
         device,
@@ -494,15 +519,21 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
         chunk,
         &mut delegated_expires,
         &mut unrecorded,
+        &mut wrong,
     );
     // what the check verified and, when it is "up to date", what it concluded: one record
-    // (staging recorded the metadata before its first slot change)
+    // (staging recorded the metadata before its first slot change). Image bytes from a server
+    // that did not match are remembered too: not downloaded again for a while (flash wear).
     let check = match outcome {
-        Ok(Outcome::UpToDate { .. }) if channel => {
-            Some(up_to_date(&set, running.sha256, delegated_expires)?)
-        }
+        Ok(Outcome::UpToDate { .. }) if channel => Some((Conclusion::UpToDate, delegated_expires)),
+        Err(_) if wrong && channel && transport.remote() => Some((
+            Conclusion::WrongBytes,
+            now.saturating_add(RETRY_WRONG_BYTES),
+        )),
         _ => None,
-    };
+    }
+    .map(|c| conclude(&set, running.sha256, c))
+    .transpose()?;
     if unrecorded || store.last_check() != check {
         // a flash failure comes before the outcome: the device must hear of it
         let roles = if unrecorded { ALL_ROLES } else { 0 };
@@ -513,20 +544,21 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
 
 /// What `refresh` leaves to its caller.
 enum Refreshed {
-    /// Nothing changed since a check that concluded "up to date" about the running image: the
-    /// check stops after the timestamp.
+    /// Nothing changed since a check that concluded this ("up to date", or wrong image bytes
+    /// not to be downloaded again yet) about the running image: the check stops after the
+    /// timestamp.
     Unchanged,
     /// The target search follows. `unrecorded`: metadata verified by this check, or the end of
     /// a last check it does not confirm, is still to be recorded ([`record`]).
     Search { unrecorded: bool },
 }
 
-/// "Up to date": the check of the current snapshot concluded so about the running image, valid
-/// until the earliest expiry of what it relied on.
-fn up_to_date<E, S>(
+/// What the check of the current snapshot concluded about the running image ("up to date", or
+/// wrong image bytes), remembered until `until` or the earliest expiry of what it relied on.
+fn conclude<E, S>(
     set: &TrustedSet<&mut [u8]>,
     running_sha256: [u8; 32],
-    delegated_expires: UnixTime,
+    (conclusion, until): (Conclusion, UnixTime),
 ) -> Result<LastCheck, AgentError<E, S>> {
     let missing = || Error::WrongOrder {
         operation: "remember the check",
@@ -541,8 +573,8 @@ fn up_to_date<E, S>(
             .header
             .expires
             .min(targets.header.expires)
-            .min(delegated_expires),
-        conclusion: Conclusion::UpToDate,
+            .min(until),
+        conclusion,
     })
 }
 
@@ -589,6 +621,7 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
     chunk: &mut [u8],
     delegated_expires: &mut UnixTime,
     unrecorded: &mut bool,
+    wrong: &mut bool,
 ) -> Res<Outcome, T, F> {
     let slots = store.slots();
     let consistent = set.root().consistent_snapshot;
@@ -719,7 +752,7 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
         record(store, set, ALL_ROLES, None)?;
     }
     stage(
-        store, transport, app, &file, image, lookup, consistent, chunk, authorized,
+        store, transport, app, &file, image, lookup, consistent, chunk, authorized, wrong,
     )
 }
 
@@ -734,6 +767,8 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
 /// If it says not now, the image waits in the slot, complete and verified but not bootable
 /// (`Staging`, its download at the end), and the first check that may install reads it back
 /// from flash, hashes it again and marks it then.
+///
+/// Bytes that do not match abandon the staging and set `wrong` (see [`RETRY_WRONG_BYTES`]).
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
 fn stage<F: Durable, T: Transport, A: Application>(
@@ -746,6 +781,7 @@ fn stage<F: Durable, T: Transport, A: Application>(
     consistent: bool,
     chunk: &mut [u8],
     authorized: Option<UnixTime>,
+    wrong: &mut bool,
 ) -> Res<Outcome, T, F> {
     let target = Name::new(path);
     let sha256 = image.sha256;
@@ -842,6 +878,7 @@ fn stage<F: Durable, T: Transport, A: Application>(
             });
         }
     }
+    *wrong = verified.is_err();
     match verified {
         Ok(()) => staging.finish_staging_in_place(),
         Err(_) => staging.abandon_staging_in_place(),
@@ -886,8 +923,9 @@ fn fetch_listed<'b, T: Transport, E>(
 /// Root chain, timestamp, snapshot, targets (spec §5.3–5.6). [`Refreshed::Unchanged`] when the
 /// check may stop after the timestamp: no new root, the timestamp names the snapshot version of
 /// a check that concluded "up to date" about the image still running, and nothing that check
-/// relied on has expired (see [`check_for_update`]), and `may_stop` (the check looks up the
-/// target that conclusion was about); a new timestamp is recorded then. Else
+/// relied on has expired (see [`check_for_update`]), or found the offered image's bytes wrong
+/// less than [`RETRY_WRONG_BYTES`] ago (from a remote transport), and `may_stop` (the check
+/// looks up the target that conclusion was about); a new timestamp is recorded then. Else
 /// what verified is left to the caller to record ([`Refreshed::Search`]).
 ///
 /// A step that fails after a new root, timestamp or snapshot verified does not lose them: the
@@ -954,18 +992,24 @@ fn refresh<F: Durable, T: Transport>(
         (ts.snapshot.version, ts.snapshot.length)
     };
 
-    // 2b. nothing changed since a check that concluded "up to date" about the channel target,
-    // and this check looks up that target (`may_stop`): snapshot, targets and the target search
-    // would repeat it
+    // 2b. nothing changed since a check that concluded "up to date" (or found the image's
+    // bytes wrong, not to be downloaded again yet) about the channel target, and this check
+    // looks up that target (`may_stop`): snapshot, targets and the target search would repeat it
     let last = store.last_check();
-    let unchanged = may_stop
-        && last.is_some_and(|c| {
-            c.conclusion == Conclusion::UpToDate
-                && c.snapshot_version == snapshot_version
-                && c.running_sha256 == *running_sha256
-                && set.now() < c.valid_until
-        });
-    if unchanged && !root_changed {
+    let now = set.now();
+    let unchanged = last.filter(|c| {
+        may_stop
+            && !root_changed
+            && c.snapshot_version == snapshot_version
+            && c.running_sha256 == *running_sha256
+            && now < c.valid_until
+            && (c.conclusion == Conclusion::UpToDate
+                // wrong bytes wait for this server only, and a clock set back does not
+                // stretch the wait
+                || transport.remote()
+                    && c.valid_until.saturating_sub(RETRY_WRONG_BYTES) <= now)
+    });
+    if unchanged.is_some() {
         if changed {
             let ts = Meta::Set(set.stored(Role::Timestamp).unwrap_or(&[]));
             store.record_check(last, [Meta::Keep, ts, Meta::Keep, Meta::Keep])?;

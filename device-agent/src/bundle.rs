@@ -116,6 +116,12 @@ impl Transport for BundleTransport<'_> {
         Ok(Some(data.len()))
     }
 
+    /// A bundle carries its own bytes: an image the server served wrong is tried from it at
+    /// once.
+    fn remote(&self) -> bool {
+        false
+    }
+
     fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), BundleError> {
         let data = self.target(name).ok_or_else(|| BundleError::NoTarget {
             name: Name::new(name),

@@ -167,13 +167,19 @@ pub struct LastCheck {
     pub conclusion: Conclusion,
 }
 
-/// A conclusion worth remembering. Only "up to date" is: a deferred or refused update is
-/// evaluated again at the next check.
+/// A conclusion worth remembering: "up to date", and an image whose bytes failed their hashes
+/// (the server is likely to serve the same bytes again). A deferred or otherwise refused update
+/// is evaluated again at the next check.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conclusion {
     /// The running image is what the repository offers.
     UpToDate,
+    /// The image the snapshot offers was downloaded from a server and its bytes did not match
+    /// the trusted hashes; `valid_until` is when it may be downloaded again
+    /// ([`crate::agent::RETRY_WRONG_BYTES`] after the failure, or when the snapshot or targets
+    /// expire if that is sooner). An agent that predates this value reads no last check.
+    WrongBytes,
 }
 
 impl LastCheck {
@@ -188,6 +194,7 @@ impl LastCheck {
         if let Some(c) = rest.first_mut() {
             *c = match self.conclusion {
                 Conclusion::UpToDate => 1,
+                Conclusion::WrongBytes => 2,
             };
         }
         b
@@ -199,6 +206,7 @@ impl LastCheck {
         let (until, rest) = rest.split_first_chunk::<8>()?;
         let conclusion = match rest.first()? {
             1 => Conclusion::UpToDate,
+            2 => Conclusion::WrongBytes,
             _ => return None,
         };
         Some(LastCheck {

@@ -18,6 +18,15 @@ pub trait Transport {
     /// response (`Range: bytes=OFFSET-`, as the host's `HttpTransport` does) rather than make a
     /// request per block. The agent never asks past the length the trusted metadata lists.
     fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error>;
+
+    /// Whether the bytes come from a server (or a CDN, a proxy), which is likely to serve the
+    /// same bytes again: then an image whose bytes failed their hashes is not downloaded again
+    /// from the same snapshot for [`crate::agent::RETRY_WRONG_BYTES`], as every try erases and
+    /// writes its slot. `false` for a source that carries its own bytes, such as an offline
+    /// bundle a technician brings: it is always tried.
+    fn remote(&self) -> bool {
+        true
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for &mut T {
@@ -27,5 +36,8 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     }
     fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error> {
         (**self).fetch_target(name, offset, buf)
+    }
+    fn remote(&self) -> bool {
+        (**self).remote()
     }
 }

@@ -84,6 +84,137 @@ fn full_update_stages_trials_and_confirms_raising_the_counter_at_confirmation() 
     assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
 }
 
+/// A server (or CDN, proxy) that serves other bytes for the image: each try would erase and
+/// write the slot, so the pump waits a day, or for a new snapshot, before it downloads that image
+/// again; within the wait the check stops after the timestamp, fetches nothing more and writes
+/// nothing.
+#[test]
+fn wrong_image_bytes_are_not_downloaded_again_for_a_day_unless_a_new_snapshot_comes() {
+    use device_agent::agent::RETRY_WRONG_BYTES;
+    let mut sim = repo_with("2.0.0", 7, 3000);
+    let file = sim.target_file_name(TARGET);
+    let mut wrong = sim.files.clone();
+    wrong.get_mut(&file).unwrap()[2000] ^= 1;
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    let slots = store.slots();
+    let mut t = MapTransport::new(&wrong);
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), NOW).unwrap_err(),
+        AgentError::Trust(Error::HashMismatch {
+            what: Name::new(TARGET),
+            algorithm: "sha256"
+        })
+    );
+    assert!(t.target_bytes > 0, "the image was downloaded once");
+    assert_eq!(store.slots(), slots, "the slots are as they were");
+    let last = store.last_check().unwrap();
+    assert_eq!(last.conclusion, device_agent::Conclusion::WrongBytes);
+    assert_eq!(last.snapshot_version, sim.snapshot.version);
+    assert_eq!(last.running_sha256, slots.running().unwrap().sha256);
+    assert_eq!(last.valid_until, NOW + RETRY_WRONG_BYTES);
+    let refused = AgentError::WrongBytes {
+        retry_at: NOW + RETRY_WRONG_BYTES,
+    };
+
+    // within the day, even after a power cycle and with the right bytes back on the server:
+    // root probe and timestamp only, no record, the exact error
+    drop(store);
+    let mut store = open_store(&mut mem);
+    let (seq, kept) = (store.sequence(), persisted(&mut store));
+    for at in [NOW + 1, NOW + RETRY_WRONG_BYTES - 1] {
+        let mut t = MapTransport::new(&sim.files);
+        assert_eq!(
+            check_at(&mut store, &mut t, &mut Pump::default(), at).unwrap_err(),
+            refused
+        );
+        assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
+        assert_eq!(store.sequence(), seq, "no flash write while it waits");
+        assert_eq!(persisted(&mut store), kept);
+    }
+    // a new timestamp naming the same snapshot (the repository re-signs it daily) is verified
+    // and stored, and the wait goes on
+    sim.timestamp.version += 1;
+    sim.timestamp.expires = NOW + 10 * 86_400;
+    sim.write_timestamp();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), NOW + 3600).unwrap_err(),
+        refused
+    );
+    assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
+    assert_eq!(
+        persisted(&mut store).metadata[1].as_deref(),
+        Some(&sim.files["timestamp.json"][..])
+    );
+    assert_eq!(store.last_check(), Some(last));
+
+    // a day after the failure it is downloaded again: the server's bytes are right now
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_at(
+            &mut store,
+            &mut t,
+            &mut Pump::default(),
+            NOW + RETRY_WRONG_BYTES
+        )
+        .unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    assert_eq!(store.last_check(), None);
+}
+
+#[test]
+fn wrong_image_bytes_are_tried_again_at_once_from_a_new_snapshot_or_after_the_clock_went_back() {
+    use device_agent::agent::RETRY_WRONG_BYTES;
+    let sim = repo_with("2.0.0", 7, 3000);
+    let file = sim.target_file_name(TARGET);
+    let mut wrong = sim.files.clone();
+    wrong.get_mut(&file).unwrap()[10] ^= 1;
+    let hash_mismatch = AgentError::Trust(Error::HashMismatch {
+        what: Name::new(TARGET),
+        algorithm: "sha256",
+    });
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    let refuse = |store: &mut FirmwareStore<Flash<'_>>, at: i64| {
+        let mut t = MapTransport::new(&wrong);
+        let err = check_at(store, &mut t, &mut Pump::default(), at).unwrap_err();
+        (err, t.target_bytes)
+    };
+    assert_eq!(refuse(&mut store, NOW), (hash_mismatch.clone(), 3000));
+    assert_eq!(
+        refuse(&mut store, NOW + 60),
+        (
+            AgentError::WrongBytes {
+                retry_at: NOW + RETRY_WRONG_BYTES
+            },
+            0
+        )
+    );
+    // a clock set back by more than the wait (a reset real-time clock) does not stretch it
+    let back = NOW - RETRY_WRONG_BYTES - 1;
+    assert_eq!(refuse(&mut store, back), (hash_mismatch.clone(), 3000));
+    assert_eq!(
+        store.last_check().unwrap().valid_until,
+        back + RETRY_WRONG_BYTES
+    );
+
+    // a new release (a new snapshot) is tried at once
+    let mut next = sim.clone();
+    publish(&mut next, "2.0.1", 7, 3000, "pump-a");
+    let mut t = MapTransport::new(&next.files);
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), NOW + 60).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.1")
+        }
+    );
+    assert_eq!(store.last_check(), None);
+}
+
 #[test]
 fn reset_before_confirmation_reverts_and_the_image_is_not_retried() {
     let sim = repo_with("2.0.0", 7, 9000);

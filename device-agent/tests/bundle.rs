@@ -208,6 +208,52 @@ fn refuses_a_bundle_with_a_tampered_image() {
     );
 }
 
+/// A server that served wrong image bytes makes the pump wait before it downloads them from
+/// the server again; a technician's bundle carries its own bytes and is tried at once.
+#[test]
+fn a_bundle_installs_at_once_where_the_server_served_wrong_image_bytes() {
+    let sim = repo_offering("2.0.0", 2);
+    let image = sim.target_file_name(TARGET);
+    let mut wrong = sim.files.clone();
+    wrong.get_mut(&image).unwrap()[100] ^= 1;
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut online = MapTransport::new(&wrong);
+    assert_eq!(
+        check_with(
+            &mut store,
+            &mut online,
+            &mut Pump::default(),
+            &mut NoRollback
+        ),
+        Err(AgentError::Trust(Error::HashMismatch {
+            what: Name::new(TARGET),
+            algorithm: "sha256",
+        }))
+    );
+    let mut online = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_with(
+            &mut store,
+            &mut online,
+            &mut Pump::default(),
+            &mut NoRollback
+        ),
+        Err(AgentError::WrongBytes {
+            retry_at: NOW + device_agent::agent::RETRY_WRONG_BYTES
+        })
+    );
+    let bundle = bundle_for(&sim, &[]);
+    let mut t = BundleTransport::parse(&bundle).unwrap();
+    assert_eq!(
+        check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback),
+        Ok(Outcome::Staged {
+            version: v("2.0.0")
+        })
+    );
+    assert_eq!(store.last_check(), None);
+}
+
 #[test]
 fn refuses_a_bundle_with_tampered_metadata() {
     let sim = repo_offering("2.0.0", 2);

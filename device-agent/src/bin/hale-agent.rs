@@ -565,6 +565,11 @@ fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
         Err(e @ AgentError::Trust(hale_core::Error::Rollback { .. })) if via == "bundle" => {
             format!("update refused: {e}; this bundle is older than the metadata the pump trusts: make a new one")
         }
+        Err(AgentError::WrongBytes { retry_at }) => format!(
+            "update refused: the server's bytes for the image on offer did not match its hashes \
+             last time: not downloaded again before {} or a new release",
+            offline::iso8601(*retry_at)
+        ),
         Err(e) => format!("update refused: {e}"),
     };
     set_last_check(o, now, via, &summary)?;
