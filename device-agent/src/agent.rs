@@ -686,10 +686,18 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
             })
         }
         Ok(fw) => fw,
+        // the running version under other bytes: "up to date" on the channel; never a rollback
         Err(PolicyError::NotNewer {
             running: r,
             offered,
         }) if offered == r => {
+            if rollback_only {
+                return Err(AgentError::NotARollback {
+                    target,
+                    offered,
+                    running: r,
+                });
+            }
             return Ok(Outcome::UpToDate { running: r });
         }
         // a downgrade: only a verified rollback authorization lifts the version rule

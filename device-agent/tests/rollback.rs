@@ -601,6 +601,60 @@ fn an_authorizations_target_never_installs_as_an_upgrade() {
 }
 
 #[test]
+fn an_authorizations_target_at_the_running_version_is_not_a_rollback() {
+    // the running version under other bytes (a rebuilt 1.0.0) is neither older nor "up to date"
+    // for a technician who asked for a rollback: they are told it is no rollback
+    const REBUILT: &str = "pump-a/rebuilt/firmware.bin";
+    let mut sim = repo_offering("0.9.0", 1);
+    let rebuilt = image_bytes("1.0.0-rebuilt", 3000);
+    sim.add_target(
+        "targets",
+        REBUILT,
+        &rebuilt,
+        Some(custom_for("1.0.0", 1, &["r1", "r2"], "1.0.0")),
+    );
+    sim.publish();
+    let mut auth = authorization_for("1.0.0");
+    auth.target = REBUILT.into();
+    auth.target_sha256 = hale_core::crypto::sha256(&rebuilt)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let auth = signed(&auth, &rollback_keys());
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut t = MapTransport::new(&sim.files);
+    check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback).unwrap_err();
+    let before = persisted(&mut store);
+    let mut h = hook(&auth);
+    let mut bufs = Bufs::new();
+    let device = device_agent::DeviceInfo {
+        rollback_target: Some(REBUILT),
+        ..device()
+    };
+    let r = device_agent::check_for_update(
+        &mut store,
+        &device,
+        &mut t,
+        &mut Pump::default(),
+        &mut h,
+        NOW,
+        bufs.ws(),
+    );
+    assert_eq!(
+        r,
+        Err(AgentError::NotARollback {
+            target: Name::new(REBUILT),
+            offered: v("1.0.0"),
+            running: v("1.0.0"),
+        })
+    );
+    assert!(h.verified().is_none());
+    assert_eq!(persisted(&mut store), before, "nothing staged or stored");
+    assert_eq!(store.last_check(), None, "no channel conclusion recorded");
+}
+
+#[test]
 fn a_rollback_to_another_path_is_looked_up_after_an_up_to_date_check() {
     // the channel lists what the pump runs; the technician's image sits under its own path, and
     // the authorization changes no repository metadata: the snapshot stays the one of the
