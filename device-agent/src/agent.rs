@@ -273,8 +273,9 @@ const NAME_CAP: usize = 256;
 /// How long an image whose downloaded bytes failed their hashes is not downloaded again from
 /// the same server and snapshot (one day): each try erases and writes the slot and records
 /// checkpoints, and a server, CDN or proxy that served wrong bytes once likely serves them again.
-/// At one try a day, a server left wrong for years costs the flash a few hundred erases a year;
-/// a new snapshot (any new release) is tried at once, and so is an offline bundle.
+/// At one try a day, a server left wrong costs each slot sector 365 erases a year, and the state
+/// regions a record per checkpoint and four more a day (see `docs/decisions.md`); a new snapshot
+/// (any new release) is tried at once, and so is an offline bundle.
 pub const RETRY_WRONG_BYTES: UnixTime = 86_400;
 
 /// `[N.]role.json` into `s` (cleared first); `None` when it does not fit. Written in place: a
@@ -776,7 +777,8 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
 /// (`Staging`, its download at the end), and the first check that may install reads it back
 /// from flash, hashes it again and marks it then.
 ///
-/// Bytes that do not match abandon the staging and set `wrong` (see [`RETRY_WRONG_BYTES`]).
+/// Bytes that do not match abandon the staging, and set `wrong` when this check fetched some of
+/// them (see [`RETRY_WRONG_BYTES`]).
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
 fn stage<F: Durable, T: Transport, A: Application>(
@@ -834,6 +836,8 @@ fn stage<F: Durable, T: Transport, A: Application>(
     let mut staging = store.slots();
     let checkpoint = store.checkpoint_interval();
     // the bytes as read back from flash either verify (pending) or the staging is abandoned
+    // whether this check fetched any of the bytes (not all read back from an earlier one)
+    let mut fetched = false;
     let verified = loop {
         // (0 once the image is whole: an empty image fetches nothing)
         let n = image.length.saturating_sub(offset).min(chunk.len() as u64) as usize;
@@ -845,6 +849,7 @@ fn stage<F: Durable, T: Transport, A: Application>(
                     what: target,
                     error,
                 })?;
+            fetched = true;
         }
         if let Some(next) = begin.take() {
             commit_slots::<F, T>(store, next)?;
@@ -886,7 +891,9 @@ fn stage<F: Durable, T: Transport, A: Application>(
             });
         }
     }
-    *wrong = verified.is_err();
+    // the server is blamed only for bytes it served in this check: an image read back whole
+    // from the slot (kept for the application's yes) that no longer verifies is the flash's
+    *wrong = fetched && verified.is_err();
     match verified {
         Ok(()) => staging.finish_staging_in_place(),
         Err(_) => staging.abandon_staging_in_place(),

@@ -202,12 +202,23 @@ fn wrong_image_bytes_are_tried_again_at_once_from_a_new_snapshot_or_after_the_cl
         back + RETRY_WRONG_BYTES
     );
 
-    // a new release (a new snapshot) is tried at once
+    // waiting again from then: the same snapshot is not downloaded
+    let soon = back + 60;
+    assert_eq!(
+        refuse(&mut store, soon),
+        (
+            AgentError::WrongBytes {
+                retry_at: back + RETRY_WRONG_BYTES
+            },
+            0
+        )
+    );
+    // a new release (a new snapshot) is tried at once, within the wait
     let mut next = sim.clone();
     publish(&mut next, "2.0.1", 7, 3000, "pump-a");
     let mut t = MapTransport::new(&next.files);
     assert_eq!(
-        check_at(&mut store, &mut t, &mut Pump::default(), NOW + 60).unwrap(),
+        check_at(&mut store, &mut t, &mut Pump::default(), soon).unwrap(),
         Outcome::Staged {
             version: v("2.0.1")
         }
@@ -520,6 +531,49 @@ fn an_image_written_while_therapy_began_is_kept_but_boots_only_after_a_check_tha
     assert_eq!(t.target_bytes, 0);
     assert_eq!(store.slots().info(Slot::B).state, SlotState::Pending);
     assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+}
+
+/// An image kept whole in its slot while therapy ran, whose flash no longer holds the verified
+/// bytes when it is read back: the server served nothing in that check, so it is not blamed (no
+/// wait): the staging is abandoned and the next check downloads the image again.
+#[test]
+fn a_kept_image_that_no_longer_verifies_in_flash_is_downloaded_again_at_once() {
+    let sim = repo_with("2.0.0", 7, 9000);
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    let mut t = MapTransport::new(&sim.files);
+    let mut app = TherapyStartsDuringTheDownload { asked: 0 };
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut app, NOW).unwrap(),
+        Outcome::Deferred {
+            offered: v("2.0.0"),
+            reason: DeferReason::TherapyRunning,
+        }
+    );
+    drop(store);
+    // a bit of slot B's image flips in flash (slot B starts after the two state regions)
+    mem[(LAYOUT.slots[1] + 100) as usize] ^= 1;
+    let mut store = open_store(&mut mem);
+    assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap_err(),
+        AgentError::Trust(Error::HashMismatch {
+            what: Name::new(TARGET),
+            algorithm: "sha256"
+        })
+    );
+    assert_eq!(t.target_bytes, 0, "read back from flash, nothing fetched");
+    assert_eq!(store.slots().info(Slot::B).state, SlotState::Empty);
+    assert_eq!(store.last_check(), None, "the server is not blamed");
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    assert_eq!(t.target_bytes, 9000);
 }
 
 #[test]
