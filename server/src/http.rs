@@ -1163,7 +1163,26 @@ fn health_handler(app: Arc<App>) -> warp::reply::Response {
                     .into_iter()
                     .map(|n| json!(n.message)),
             );
+            // the server's certificate and the CAs': an expired one refuses clients at the
+            // handshake (the status stays the repository's)
+            w.extend(
+                l.certificate_status(now)
+                    .into_iter()
+                    .map(|n| json!(n.message)),
+            );
         }
+        v["certificates"] = l
+            .certificate_validity()
+            .into_iter()
+            .map(|(name, end)| {
+                let left = end
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64)
+                    - crate::now();
+                (name.to_string(), json!({"expires_in": left}))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         v["offline_crls"] = l
             .offline_crl_validity()
             .into_iter()
@@ -1359,6 +1378,23 @@ fn metrics_handler(app: Arc<App>) -> warp::reply::Response {
         "seconds since start",
         app.started.elapsed().as_secs() as i64,
     );
+    if let Some(l) = &app.listeners {
+        let _ = write!(
+            s,
+            "# HELP hale_certificate_expires_in_seconds seconds until a certificate the TLS listeners present or trust expires (a new one takes a restart)\n\
+             # TYPE hale_certificate_expires_in_seconds gauge\n"
+        );
+        for (name, end) in l.certificate_validity() {
+            let left = end
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+                - crate::now();
+            let _ = writeln!(
+                s,
+                "hale_certificate_expires_in_seconds{{certificate=\"{name}\"}} {left}"
+            );
+        }
+    }
     let _ = write!(
         s,
         "# HELP hale_audit_head_info the hash of the last audit record (anchor it elsewhere)\n\

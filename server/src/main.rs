@@ -727,6 +727,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
                     tracing::warn!("{}", n.message);
                 }
             }
+            listeners.log_certificate_warnings(std::time::SystemTime::now());
             let addrs = (
                 args.device_listen.context("--device-listen")?,
                 args.enroll_listen.context("--enroll-listen")?,

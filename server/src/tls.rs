@@ -162,6 +162,116 @@ pub struct Listeners {
     crls: Mutex<Crls>,
     /// `(CA slug, CRL number, expired)` already logged ([`offline_crl_warnings`](Listeners::offline_crl_warnings))
     crl_warned: Mutex<std::collections::BTreeSet<(&'static str, u64, bool)>>,
+    /// the certificates presented and trusted, for their expiry
+    certificates: Vec<Served>,
+    /// `(name, notAfter, expired)` already logged ([`certificate_warnings`](Listeners::certificate_warnings))
+    cert_warned: Mutex<std::collections::BTreeSet<(&'static str, SystemTime, bool)>>,
+}
+
+/// How long before the server's own TLS certificate expires the log and `/healthz` warn: 30
+/// days, time to issue a new one and restart.
+pub const SERVER_CERT_WARNING: Duration = Duration::from_secs(30 * 86_400);
+/// How long before a CA certificate expires they warn: 180 days, as renewing one is a key
+/// ceremony (and replacing the hierarchy means enrolling every device again).
+pub const CA_CERT_WARNING: Duration = Duration::from_secs(180 * 86_400);
+
+/// A certificate the listeners present or trust, and when it ends.
+#[derive(Debug, Clone)]
+struct Served {
+    /// `server`, `server-ca`, or the CA's slug
+    name: &'static str,
+    /// where it is, relative to the TLS directory
+    file: &'static str,
+    what: &'static str,
+    /// what stops once it has expired
+    stops: &'static str,
+    not_after: SystemTime,
+}
+
+/// A certificate that expired or expires soon ([`Listeners::certificate_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertNotice {
+    /// `server`, `server-ca`, or the CA's slug
+    pub name: &'static str,
+    pub expired: bool,
+    /// what stops and what to do
+    pub message: String,
+}
+
+/// The certificates of `m` the listeners present or trust, each with its notAfter; one that does
+/// not parse is left out with an error in the log (rustls took it: not a reason to stop serving).
+fn served_certificates(m: &TlsMaterial) -> Vec<Served> {
+    const EVERY_CONNECTION: &str =
+        "devices, technicians, operators and factory enrollment refuse every connection to this server";
+    let mut out = Vec::new();
+    let mut add = |name: &'static str,
+                   file: &'static str,
+                   what: &'static str,
+                   stops: &'static str,
+                   der: Result<Vec<u8>, hale_pki::PkiError>| {
+        match der.and_then(|d| hale_pki::tls::certificate_not_after(&d)) {
+            Ok(not_after) => out.push(Served {
+                name,
+                file,
+                what,
+                stops,
+                not_after,
+            }),
+            Err(e) => {
+                tracing::error!(certificate = file, error = %e, "its expiry cannot be read: not watched")
+            }
+        }
+    };
+    let leaf = m
+        .server_chain
+        .first()
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    add(
+        "server",
+        "server.crt",
+        "the server's TLS certificate",
+        EVERY_CONNECTION,
+        Ok(leaf),
+    );
+    if let Some(ca) = m.server_chain.get(1) {
+        add(
+            "server-ca",
+            "server.crt",
+            "the Server CA certificate in the server's chain",
+            EVERY_CONNECTION,
+            Ok(ca.to_vec()),
+        );
+    }
+    add(
+        "device-issuing",
+        "ca/device-issuing.crt",
+        "the Device Issuing CA certificate",
+        "the device listener refuses every device certificate, and enrollment and renewal stop",
+        Ok(m.device_issuing_der.to_vec()),
+    );
+    add(
+        "manufacturing",
+        "ca/manufacturing.crt",
+        "the Manufacturing CA certificate",
+        "the enrollment listener refuses every factory certificate",
+        Ok(m.manufacturing_der.to_vec()),
+    );
+    add(
+        "technician",
+        "ca/technician.crt",
+        "the Technician CA certificate",
+        "the staff listener refuses every technician and operator certificate",
+        Ok(m.technician_der.to_vec()),
+    );
+    add(
+        "root",
+        "ca/root.crt",
+        "the root CA certificate",
+        "no certificate of the hierarchy verifies: every listener refuses every client",
+        hale_pki::tls::certificate_from_pem(&m.root_pem).map(|d| d.to_vec()),
+    );
+    out
 }
 
 /// An offline CA's CRL that expired or expires soon ([`Listeners::offline_crl_status`]).
@@ -249,7 +359,103 @@ impl Listeners {
             technician_der: m.technician_der.clone(),
             crls: Mutex::new(crls),
             crl_warned: Mutex::default(),
+            certificates: served_certificates(m),
+            cert_warned: Mutex::default(),
         })
+    }
+
+    /// Log [`certificate_warnings`](Self::certificate_warnings): an error once expired, a
+    /// warning before.
+    pub fn log_certificate_warnings(&self, now: SystemTime) {
+        for n in self.certificate_warnings(now) {
+            if n.expired {
+                tracing::error!("{}", n.message);
+            } else {
+                tracing::warn!("{}", n.message);
+            }
+        }
+    }
+
+    /// `(name, notAfter)` of each certificate the listeners present or trust.
+    pub fn certificate_validity(&self) -> Vec<(&'static str, SystemTime)> {
+        self.certificates
+            .iter()
+            .map(|c| (c.name, c.not_after))
+            .collect()
+    }
+
+    /// What the certificates' expiry means at `now` and what to do, for `/healthz` and the log:
+    /// one notice per certificate that expired or expires within [`SERVER_CERT_WARNING`] (the
+    /// server's own) or [`CA_CERT_WARNING`] (a CA's). Certificates are read at start: a new
+    /// one takes a restart.
+    pub fn certificate_status(&self, now: SystemTime) -> Vec<CertNotice> {
+        let mut out = Vec::new();
+        for c in &self.certificates {
+            let left = c
+                .not_after
+                .duration_since(now)
+                .ok()
+                .filter(|l| !l.is_zero());
+            let (within, fix) = if c.name == "server" {
+                (
+                    SERVER_CERT_WARNING,
+                    format!(
+                        "issue a new one (`hale-sign ca server-cert …`), put it and its key at {} and {}, and restart the server",
+                        self.dir.join("server.crt").display(),
+                        self.dir.join("server.key").display()
+                    ),
+                )
+            } else {
+                (
+                    CA_CERT_WARNING,
+                    "a CA certificate is renewed from the key above it in a key ceremony (hale-sign has no command for it yet); a new hierarchy (`hale-sign ca init`) means enrolling every device again".to_string(),
+                )
+            };
+            if left.is_some_and(|l| l > within) {
+                continue;
+            }
+            let when = hale_pki::utc(c.not_after);
+            let message = match left {
+                Some(l) => format!(
+                    "{} ({}) expires at {when} (in {} days): then {}; {fix}",
+                    c.what,
+                    c.file,
+                    l.as_secs() / 86_400,
+                    c.stops
+                ),
+                None => format!(
+                    "{} ({}) expired at {when}: {}; {fix}",
+                    c.what, c.file, c.stops
+                ),
+            };
+            out.push(CertNotice {
+                name: c.name,
+                expired: left.is_none(),
+                message,
+            });
+        }
+        out
+    }
+
+    /// [`certificate_status`](Self::certificate_status), each notice once per certificate and
+    /// state: for the log.
+    pub fn certificate_warnings(&self, now: SystemTime) -> Vec<CertNotice> {
+        let mut warned = self
+            .cert_warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ends: std::collections::BTreeMap<_, _> = self
+            .certificates
+            .iter()
+            .map(|c| (c.name, c.not_after))
+            .collect();
+        self.certificate_status(now)
+            .into_iter()
+            .filter(|n| {
+                let end = ends.get(n.name).copied().unwrap_or(std::time::UNIX_EPOCH);
+                warned.insert((n.name, end, n.expired))
+            })
+            .collect()
     }
 
     /// `(CA, CRL number, nextUpdate)` of the loaded Manufacturing and Technician CA CRLs.
@@ -541,6 +747,7 @@ pub async fn maintain_crls(identity: Arc<Identity>, listeners: Arc<Listeners>, e
                     tracing::warn!("{}", n.message);
                 }
             }
+            l.log_certificate_warnings(now);
             for (ca, r) in l.poll_crl_files(now) {
                 match r {
                     Ok(n) => {

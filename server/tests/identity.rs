@@ -42,8 +42,13 @@ fn write(p: &Path, b: &[u8]) {
 
 /// A hierarchy and the TLS directory the server reads (docs/pki.md).
 fn tls_dir(dir: &Path) -> Pki {
+    tls_dir_valid(dir, 365, 90)
+}
+
+/// [`tls_dir`] with CA certificates valid for `ca_days` and the server's for `server_days`.
+fn tls_dir_valid(dir: &Path, ca_days: u64, server_days: u64) -> Pki {
     let now = SystemTime::now();
-    let h = Hierarchy::create(Duration::from_secs(365 * 86_400), now).unwrap();
+    let h = Hierarchy::create(Duration::from_secs(ca_days * 86_400), now).unwrap();
     for ca in [
         &h.root,
         &h.manufacturing,
@@ -69,7 +74,7 @@ fn tls_dir(dir: &Path) -> Pki {
             &k.csr_pem,
             &["localhost"],
             &["127.0.0.1".parse().unwrap()],
-            Duration::from_secs(86_400),
+            Duration::from_secs(server_days * 86_400),
             now,
         )
         .unwrap();
@@ -2355,6 +2360,131 @@ fn an_expired_staff_crl_locks_staff_out_but_not_devices_and_says_so_until_a_new_
         )])
     );
     assert_status(get_on(&t.staff, &e.op, "/api/v1/staff/devices"), 200);
+}
+
+/// The server's TLS certificate ten days from its end and a CA certificate within 180 days of
+/// its: the log says so once each at start, and `/healthz` warns (status unchanged) with what
+/// stops and what to do, and gives every certificate's time left.
+#[test]
+fn certificates_near_their_end_are_warned_about_at_start_and_in_healthz() {
+    let f = Fixture::new();
+    let tls = f.dir.path().join("tls");
+    let p = tls_dir(&tls);
+    let now = SystemTime::now();
+    // a server certificate that ends in ten days
+    let k = generate_key_and_csr(KeyAlgorithm::P256, "server").unwrap();
+    let cert =
+        p.h.server
+            .issue_server_certificate(
+                &k.csr_pem,
+                &["localhost"],
+                &["127.0.0.1".parse().unwrap()],
+                Duration::from_secs(10 * 86_400),
+                now,
+            )
+            .unwrap();
+    write(
+        &tls.join("server.crt"),
+        format!("{}{}", cert.pem, p.h.server.certificate_pem().unwrap()).as_bytes(),
+    );
+    write(
+        &tls.join("server.key"),
+        &hale_pki::tls::seal_private_key_with_cost(&k.private_key_pem, CA_PASS.as_bytes(), 10)
+            .unwrap(),
+    );
+    let server_end = hale_pki::tls::certificate_not_after(
+        &hale_pki::tls::certificate_from_pem(&cert.pem).unwrap(),
+    )
+    .unwrap();
+    let t = start_tls(&f, &tls);
+    let server_msg = format!(
+        "the server's TLS certificate (server.crt) expires at {} (in 9 days): then devices, \
+         technicians, operators and factory enrollment refuse every connection to this server; \
+         issue a new one (`hale-sign ca server-cert …`), put it and its key at {} and {}, and \
+         restart the server",
+        hale_pki::utc(server_end),
+        tls.join("server.crt").display(),
+        tls.join("server.key").display()
+    );
+    let h = get(&format!("{}/healthz", t.plain));
+    assert_eq!((h.status, h.json()["status"].clone()), (200, json!("ok")));
+    // the hierarchy of `tls_dir` is valid for 365 days: no CA is warned about yet
+    assert_eq!(h.json()["warnings"], json!([server_msg]));
+    let left = |name: &str| {
+        h.json()["certificates"][name]["expires_in"]
+            .as_i64()
+            .unwrap()
+    };
+    assert!((9 * 86_400..=10 * 86_400).contains(&left("server")));
+    for ca in [
+        "server-ca",
+        "root",
+        "device-issuing",
+        "manufacturing",
+        "technician",
+    ] {
+        assert!(left(ca) > 364 * 86_400, "{ca}: {}", left(ca));
+    }
+    let metrics = get(&format!("{}/metrics", t.plain)).body;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let gauge = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("hale_certificate_expires_in_seconds{certificate=\"server\"} ")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!((9 * 86_400..=10 * 86_400).contains(&gauge.parse::<i64>().unwrap()));
+    let log = std::fs::read_to_string(f.data.join("server.log")).unwrap();
+    assert_eq!(log.matches(&server_msg).count(), 1, "logged once: {log}");
+    drop(t);
+
+    // a hierarchy that ends in 100 days: each CA certificate is warned about, with what stops
+    let tls = f.dir.path().join("tls-short");
+    let p = tls_dir_valid(&tls, 100, 60);
+    let t = start_tls(&f, &tls);
+    let h = get(&format!("{}/healthz", t.plain)).json();
+    let warnings: Vec<String> = h["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    let root_msg = format!(
+        "the root CA certificate (ca/root.crt) expires at {} (in 99 days): then no certificate of \
+         the hierarchy verifies: every listener refuses every client; a CA certificate is renewed \
+         from the key above it in a key ceremony (hale-sign has no command for it yet); a new \
+         hierarchy (`hale-sign ca init`) means enrolling every device again",
+        hale_pki::utc(p.h.root.not_after().unwrap())
+    );
+    assert!(warnings.contains(&root_msg), "{warnings:#?}");
+    for (file, stops) in [
+        ("server.crt", "every connection to this server"),
+        (
+            "ca/device-issuing.crt",
+            "the device listener refuses every device certificate",
+        ),
+        (
+            "ca/manufacturing.crt",
+            "the enrollment listener refuses every factory certificate",
+        ),
+        (
+            "ca/technician.crt",
+            "the staff listener refuses every technician and operator",
+        ),
+    ] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("CA certificate") && w.contains(file) && w.contains(stops)),
+            "{file}: {warnings:#?}"
+        );
+    }
+    assert_eq!(
+        warnings.len(),
+        5,
+        "five CA certificates, the server's not yet: {warnings:#?}"
+    );
+    assert_eq!(h["status"], json!("ok"));
 }
 
 /// A staged rollout set before the release is published: a device outside its share is refused
