@@ -969,15 +969,9 @@ impl<F: Durable> FirmwareStore<F> {
         let slot = boot.slot();
         let state_ok = matches!(next.info(slot).state, SlotState::Good | SlotState::Trial);
         if !state_ok || !self.image_matches(slot)? {
-            // an image that was pending never ran: its bytes changed after they verified, so it
-            // is forgotten (downloaded again), not reported as a failed trial
-            let pending = self.state.slots.info(slot).state == SlotState::Pending;
-            if pending {
-                next = self.state.slots;
-            }
             next.image_damaged_in_place(slot);
             boot = match next.boot_in_place() {
-                Boot::Normal { slot: s } if s != slot && !pending => Boot::Reverted {
+                Boot::Normal { slot: s } if s != slot => Boot::Reverted {
                     slot: s,
                     rejected: slot,
                 },

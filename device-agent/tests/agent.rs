@@ -576,42 +576,6 @@ fn a_kept_image_that_no_longer_verifies_in_flash_is_downloaded_again_at_once() {
     assert_eq!(t.target_bytes, 9000);
 }
 
-/// A pending image whose bytes changed in flash before it ever booted is not a failed trial:
-/// the boot forgets it (the slot empty, a normal boot of the running image) and the next check
-/// downloads it again. Reported as "reverted" and refused for good before.
-#[test]
-fn a_pending_image_damaged_before_it_ran_is_forgotten_and_downloaded_again() {
-    let sim = repo_with("2.0.0", 7, 9000);
-    let mut mem = provisioned(&sim);
-    let store = open_checked(&mut mem, &sim);
-    assert_eq!(store.slots().info(Slot::B).state, SlotState::Pending);
-    drop(store);
-    mem[(LAYOUT.slots[1] + 4000) as usize] ^= 0x10;
-    let mut store = open_store(&mut mem);
-    assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
-    let s = store.slots();
-    assert_eq!(s.info(Slot::B), device_agent::SlotInfo::EMPTY);
-    assert_eq!(s.running().unwrap().version, v("1.0.0"));
-    assert_eq!(s.security_counter(), 1);
-    drop(store);
-    // the decision was recorded: the next power-up boots the same way, nothing changes
-    let mut store = open_store(&mut mem);
-    let seq = store.sequence();
-    assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
-    assert_eq!(store.sequence(), seq);
-    let mut t = MapTransport::new(&sim.files);
-    assert_eq!(
-        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
-        Outcome::Staged {
-            version: v("2.0.0")
-        }
-    );
-    assert_eq!(t.target_bytes, 9000);
-    drop(store);
-    let mut store = open_store(&mut mem);
-    assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
-}
-
 #[test]
 fn interrupted_download_resumes_from_the_stored_offset() {
     let sim = repo_with("2.0.0", 7, 9000);

@@ -305,10 +305,8 @@ impl Slots {
     }
 
     /// The boot step found the bytes of `slot` do not match its recorded image (flash damage):
-    /// a trial image is rejected so the good one boots; a pending (or staging) image, which never
-    /// ran, is forgotten (the slot empty), so that the next check downloads it again rather than
-    /// refuse it as failed. A good image stays as it is — the caller reports it; there is nothing
-    /// better to boot.
+    /// a pending or trial image is rejected so the good one boots. A good image stays as it is —
+    /// the caller reports it; there is nothing better to boot.
     pub fn image_damaged(&self, slot: Slot) -> Slots {
         let mut next = *self;
         next.image_damaged_in_place(slot);
@@ -439,13 +437,14 @@ impl Slots {
     /// [`image_damaged`](Self::image_damaged), in place.
     pub fn image_damaged_in_place(&mut self, slot: Slot) {
         let info = self.info_mut(slot);
-        match info.state {
-            SlotState::Pending | SlotState::Staging => *info = SlotInfo::EMPTY,
-            SlotState::Trial => info.state = SlotState::Rejected,
-            _ => return,
-        }
-        if self.active == slot {
-            self.active = slot.other();
+        if matches!(
+            info.state,
+            SlotState::Pending | SlotState::Trial | SlotState::Staging
+        ) {
+            info.state = SlotState::Rejected;
+            if self.active == slot {
+                self.active = slot.other();
+            }
         }
     }
 }
@@ -582,19 +581,11 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_pending_image_is_forgotten_and_a_damaged_trial_rejected() {
+    fn a_damaged_pending_image_is_rejected_and_the_good_one_boots() {
         let s = staged(&Slots::factory(img(1, 1)), img(2, 5));
-        // it never ran: forgotten, so that it is downloaded again
-        let p = s.image_damaged(Slot::B);
-        assert_eq!(p.boot().1, Boot::Normal { slot: Slot::A });
-        assert_eq!(p.info(Slot::B), SlotInfo::EMPTY);
-        // it booted: failed
-        let (t, boot) = s.boot();
-        assert_eq!(boot, Boot::Trial { slot: Slot::B });
-        let t = t.image_damaged(Slot::B);
-        assert_eq!(t.active(), Slot::A);
-        assert_eq!(t.info(Slot::B).state, SlotState::Rejected);
-        assert_eq!(t.info(Slot::B).image, Some(img(2, 5)));
+        let s = s.image_damaged(Slot::B);
+        assert_eq!(s.boot().1, Boot::Normal { slot: Slot::A });
+        assert_eq!(s.info(Slot::B).state, SlotState::Rejected);
     }
 
     #[test]
