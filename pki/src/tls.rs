@@ -230,13 +230,13 @@ pub fn certificate_from_pem(pem: &str) -> Result<CertificateDer<'static>, PkiErr
     Ok(CertificateDer::from(x509::pem_to_der(pem, "CERTIFICATE")?))
 }
 
-/// Parse a PEM CRL.
 /// When a certificate (DER) ends: its notAfter.
 pub fn certificate_not_after(der: &[u8]) -> Result<std::time::SystemTime, PkiError> {
     let c = x509::parse_certificate(der)?;
     Ok(c.tbs_certificate.validity.not_after.to_system_time())
 }
 
+/// Parse a PEM CRL.
 pub fn crl_from_pem(pem: &str) -> Result<CertificateRevocationListDer<'static>, PkiError> {
     Ok(CertificateRevocationListDer::from(x509::pem_to_der(
         pem, "X509 CRL",

@@ -234,14 +234,25 @@ fn served_certificates(m: &TlsMaterial) -> Vec<Served> {
         EVERY_CONNECTION,
         Ok(leaf),
     );
-    if let Some(ca) = m.server_chain.get(1) {
-        add(
+    // the Server CA: as the chain sends it, else as the directory keeps it (clients hold it)
+    match m.server_chain.get(1) {
+        Some(ca) => add(
             "server-ca",
             "server.crt",
             "the Server CA certificate in the server's chain",
             EVERY_CONNECTION,
             Ok(ca.to_vec()),
-        );
+        ),
+        None => add(
+            "server-ca",
+            "ca/server.crt",
+            "the Server CA certificate",
+            EVERY_CONNECTION,
+            std::fs::read_to_string(m.dir.join("ca/server.crt"))
+                .map_err(|e| hale_pki::PkiError::CertificateMalformed(e.to_string()))
+                .and_then(|pem| hale_pki::tls::certificate_from_pem(&pem))
+                .map(|d| d.to_vec()),
+        ),
     }
     add(
         "device-issuing",
@@ -417,10 +428,13 @@ impl Listeners {
             let when = hale_pki::utc(c.not_after);
             let message = match left {
                 Some(l) => format!(
-                    "{} ({}) expires at {when} (in {} days): then {}; {fix}",
+                    "{} ({}) expires at {when} (in {}): then {}; {fix}",
                     c.what,
                     c.file,
-                    l.as_secs() / 86_400,
+                    match l.as_secs() {
+                        s if s < 2 * 86_400 => format!("{} h", s / 3600),
+                        s => format!("{} days", s / 86_400),
+                    },
                     c.stops
                 ),
                 None => format!(
