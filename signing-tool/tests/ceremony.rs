@@ -313,11 +313,26 @@ fn root_rotation_needs_the_old_and_the_new_threshold() {
     // the new keys alone: the new threshold is met, the old one is not. Each signer is shown
     // what root v2 changes before a passphrase is asked for
     let r = e.sign("repo/staged/root.json", "root-d");
+    // the rotation sets a new expiry a year from its own clock: listed when that second differs
+    // from the one root v1 was made in
+    let (was, now) = (
+        e.json("repo/repository/1.root.json")["signed"]["expires"].clone(),
+        root["signed"]["expires"].clone(),
+    );
+    let expires = if was == now {
+        String::new()
+    } else {
+        format!(
+            "\n  expires {} (was {})",
+            now.as_str().unwrap(),
+            was.as_str().unwrap()
+        )
+    };
     assert_eq!(
         r.stderr.trim_end(),
         format!(
             "to sign: repo/staged/root.json: root v2 (published: v1)\n  root: keys +{} (ed25519) \
-             -{}",
+             -{}{expires}",
             &d[..8],
             &a[..8]
         )
