@@ -548,6 +548,32 @@ fn refuses_when_targets_delegates_to_no_rollback_role() {
     );
 }
 
+/// One check by an idle pump that looks up `target` for the rollback authorization `auth`:
+/// what it returned, and whether the authorization verified.
+fn check_rollback_to(
+    store: &mut FirmwareStore<Flash<'_>>,
+    t: &mut MapTransport,
+    auth: &[u8],
+    target: &str,
+) -> (Result<Outcome, Err<MapError>>, bool) {
+    let mut h = hook(auth);
+    let mut bufs = Bufs::new();
+    let device = device_agent::DeviceInfo {
+        rollback_target: Some(target),
+        ..device()
+    };
+    let r = device_agent::check_for_update(
+        store,
+        &device,
+        t,
+        &mut Pump::default(),
+        &mut h,
+        NOW,
+        bufs.ws(),
+    );
+    (r, h.verified().is_some())
+}
+
 #[test]
 fn an_authorizations_target_never_installs_as_an_upgrade() {
     // the shell looks up the target an authorization names before anything verified it: a
@@ -571,21 +597,7 @@ fn an_authorizations_target_never_installs_as_an_upgrade() {
         let mut t = MapTransport::new(&sim.files);
         check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback).unwrap_err();
         let before = persisted(&mut store);
-        let mut h = hook(&auth);
-        let mut bufs = Bufs::new();
-        let device = device_agent::DeviceInfo {
-            rollback_target: Some(BETA),
-            ..device()
-        };
-        let r = device_agent::check_for_update(
-            &mut store,
-            &device,
-            &mut t,
-            &mut Pump::default(),
-            &mut h,
-            NOW,
-            bufs.ws(),
-        );
+        let (r, verified) = check_rollback_to(&mut store, &mut t, &auth, BETA);
         assert_eq!(
             r,
             Err(AgentError::NotARollback {
@@ -594,7 +606,7 @@ fn an_authorizations_target_never_installs_as_an_upgrade() {
                 running: v("1.0.0"),
             })
         );
-        assert!(h.verified().is_none());
+        assert!(!verified);
         assert_eq!(persisted(&mut store), before, "nothing staged or stored");
         assert_eq!(store.slots().running().unwrap().version, v("1.0.0"));
     }
@@ -626,21 +638,7 @@ fn an_authorizations_target_at_the_running_version_is_not_a_rollback() {
     let mut t = MapTransport::new(&sim.files);
     check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback).unwrap_err();
     let before = persisted(&mut store);
-    let mut h = hook(&auth);
-    let mut bufs = Bufs::new();
-    let device = device_agent::DeviceInfo {
-        rollback_target: Some(REBUILT),
-        ..device()
-    };
-    let r = device_agent::check_for_update(
-        &mut store,
-        &device,
-        &mut t,
-        &mut Pump::default(),
-        &mut h,
-        NOW,
-        bufs.ws(),
-    );
+    let (r, verified) = check_rollback_to(&mut store, &mut t, &auth, REBUILT);
     assert_eq!(
         r,
         Err(AgentError::NotARollback {
@@ -649,7 +647,7 @@ fn an_authorizations_target_at_the_running_version_is_not_a_rollback() {
             running: v("1.0.0"),
         })
     );
-    assert!(h.verified().is_none());
+    assert!(!verified);
     assert_eq!(persisted(&mut store), before, "nothing staged or stored");
     assert_eq!(store.last_check(), None, "no channel conclusion recorded");
 }

@@ -718,16 +718,9 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
             )?);
             identity.set_crl_listener(listeners.clone());
             newest_crls_or_refuse(store.as_ref(), &listeners, &identity, dir)?;
-            // an expired one was loaded: its listener refuses that CA's certificates, the
-            // device API serves on
-            for n in listeners.offline_crl_warnings(std::time::SystemTime::now()) {
-                if n.expired {
-                    tracing::error!("{}", n.message);
-                } else {
-                    tracing::warn!("{}", n.message);
-                }
-            }
-            listeners.log_certificate_warnings(std::time::SystemTime::now());
+            // an expired CRL was loaded: its listener refuses that CA's certificates, the device
+            // API serves on; and certificates near their end
+            listeners.log_warnings(std::time::SystemTime::now());
             let addrs = (
                 args.device_listen.context("--device-listen")?,
                 args.enroll_listen.context("--enroll-listen")?,

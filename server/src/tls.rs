@@ -193,6 +193,7 @@ struct Served {
 pub struct CertNotice {
     /// `server`, `server-ca`, or the CA's slug
     pub name: &'static str,
+    pub not_after: SystemTime,
     pub expired: bool,
     /// what stops and what to do
     pub message: String,
@@ -375,14 +376,18 @@ impl Listeners {
         })
     }
 
-    /// Log [`certificate_warnings`](Self::certificate_warnings): an error once expired, a
+    /// Log what has not been logged of [`offline_crl_warnings`](Self::offline_crl_warnings)
+    /// and [`certificate_warnings`](Self::certificate_warnings): an error once expired, a
     /// warning before.
-    pub fn log_certificate_warnings(&self, now: SystemTime) {
-        for n in self.certificate_warnings(now) {
-            if n.expired {
-                tracing::error!("{}", n.message);
+    pub fn log_warnings(&self, now: SystemTime) {
+        let crls = self.offline_crl_warnings(now);
+        let certs = self.certificate_warnings(now);
+        let notices = crls.iter().map(|n| (n.expired, &n.message));
+        for (expired, message) in notices.chain(certs.iter().map(|n| (n.expired, &n.message))) {
+            if expired {
+                tracing::error!("{message}");
             } else {
-                tracing::warn!("{}", n.message);
+                tracing::warn!("{message}");
             }
         }
     }
@@ -444,6 +449,7 @@ impl Listeners {
             };
             out.push(CertNotice {
                 name: c.name,
+                not_after: c.not_after,
                 expired: left.is_none(),
                 message,
             });
@@ -458,17 +464,9 @@ impl Listeners {
             .cert_warned
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let ends: std::collections::BTreeMap<_, _> = self
-            .certificates
-            .iter()
-            .map(|c| (c.name, c.not_after))
-            .collect();
         self.certificate_status(now)
             .into_iter()
-            .filter(|n| {
-                let end = ends.get(n.name).copied().unwrap_or(std::time::UNIX_EPOCH);
-                warned.insert((n.name, end, n.expired))
-            })
+            .filter(|n| warned.insert((n.name, n.not_after, n.expired)))
             .collect()
     }
 
@@ -754,14 +752,7 @@ pub async fn maintain_crls(identity: Arc<Identity>, listeners: Arc<Listeners>, e
             if let Err(e) = id.refresh_crl(now) {
                 tracing::error!(error = %e, "Device Issuing CA CRL not re-signed");
             }
-            for n in l.offline_crl_warnings(now) {
-                if n.expired {
-                    tracing::error!("{}", n.message);
-                } else {
-                    tracing::warn!("{}", n.message);
-                }
-            }
-            l.log_certificate_warnings(now);
+            l.log_warnings(now);
             for (ca, r) in l.poll_crl_files(now) {
                 match r {
                     Ok(n) => {
