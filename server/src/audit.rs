@@ -36,6 +36,34 @@ pub struct Audit {
     refusals: Arc<Mutex<RecentRefusals>>,
 }
 
+/// Records made on top of the chain's head, not written yet ([`Audit::commit_with`]).
+#[derive(Debug, Clone)]
+pub struct Staged {
+    /// the next record's `seq`
+    seq: u64,
+    /// the last record's hash
+    prev: String,
+    /// `(seq, bytes)` of each record made, in order
+    pub records: Vec<(u64, Vec<u8>)>,
+}
+
+impl Staged {
+    /// Make the next record.
+    pub fn push(&mut self, kind: &str, actor: &str, detail: Value) -> Result<(), AuditError> {
+        let (seq, time) = (self.seq, crate::now());
+        let mut rec = json!({"seq": seq, "time": time, "kind": kind, "actor": actor, "detail": detail, "prev": self.prev});
+        let hash = record_hash(&rec)?;
+        if let Some(o) = rec.as_object_mut() {
+            o.insert("hash".into(), Value::String(hash.clone()));
+        }
+        let bytes = serde_json::to_vec(&rec).map_err(|e| AuditError::Encode(e.to_string()))?;
+        self.records.push((seq, bytes));
+        self.seq += 1;
+        self.prev = hash;
+        Ok(())
+    }
+}
+
 /// `(kind, actor, code and detail)` → when it was last recorded.
 type RecentRefusals = std::collections::HashMap<(String, String, String), std::time::Instant>;
 
@@ -50,21 +78,7 @@ pub const REFUSAL_MESSAGE_MAX: usize = 512;
 impl Audit {
     /// Open the chain and find its head (the chain is verified by [`verify`], not here).
     pub fn open(store: Arc<dyn Store>) -> Result<Self, AuditError> {
-        let head = match store.audit_last()? {
-            None => (0, GENESIS.to_string()),
-            Some((seq, bytes)) => {
-                let v: Value = serde_json::from_slice(&bytes).map_err(|e| AuditError::Broken {
-                    seq,
-                    reason: format!("not JSON: {e}"),
-                })?;
-                let h = v
-                    .get("hash")
-                    .and_then(Value::as_str)
-                    .unwrap_or(GENESIS)
-                    .to_string();
-                (seq + 1, h)
-            }
-        };
+        let head = head_of(&*store)?;
         Ok(Audit {
             store,
             head: Arc::new(Mutex::new(head)),
@@ -74,22 +88,66 @@ impl Audit {
 
     /// Append one record and flush it. Returns the record's hash.
     pub fn append(&self, kind: &str, actor: &str, detail: Value) -> Result<String, AuditError> {
+        self.append_with(kind, actor, detail, |seq, bytes| {
+            self.store.audit_append(seq, bytes)?;
+            self.store.flush()?;
+            Ok(())
+        })
+    }
+
+    /// Append one record through `commit`, which writes it (`seq`, the record's bytes) in one
+    /// atomic, durable write with the change it records: the change and its record are stored
+    /// both or neither ([`crate::identity::IdentityStore::commit`]). Returns the record's hash.
+    pub fn append_with<E: From<AuditError>>(
+        &self,
+        kind: &str,
+        actor: &str,
+        detail: Value,
+        commit: impl FnOnce(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<String, E> {
+        self.commit_with(|head| {
+            let mut staged = head.clone();
+            staged.push(kind, actor, detail)?;
+            if let Some((seq, bytes)) = staged.records.first() {
+                commit(*seq, bytes)?;
+            }
+            let hash = staged.prev.clone();
+            Ok((hash, staged))
+        })
+    }
+
+    /// For a writer that builds its records inside its own transaction: `commit` gets the
+    /// chain's head, [`Staged::push`]es records onto a clone of it, writes them with its change
+    /// in one atomic, durable write, and returns what it wrote. Writers are serialised, so the
+    /// chain's order is the order of the commits.
+    ///
+    /// When `commit` fails, the head is read again from the store: a write that failed after it
+    /// was applied (a failed flush) must not leave the next append at a taken `seq`.
+    pub fn commit_with<T, E: From<AuditError>>(
+        &self,
+        commit: impl FnOnce(&Staged) -> Result<(T, Staged), E>,
+    ) -> Result<T, E> {
         let mut head = self
             .head
             .lock()
             .map_err(|_| AuditError::Encode("audit lock poisoned".into()))?;
-        let (seq, prev) = (head.0, head.1.clone());
-        let time = crate::now();
-        let mut rec = json!({"seq": seq, "time": time, "kind": kind, "actor": actor, "detail": detail, "prev": prev});
-        let hash = record_hash(&rec)?;
-        if let Some(o) = rec.as_object_mut() {
-            o.insert("hash".into(), Value::String(hash.clone()));
+        let start = Staged {
+            seq: head.0,
+            prev: head.1.clone(),
+            records: Vec::new(),
+        };
+        match commit(&start) {
+            Ok((t, done)) => {
+                *head = (done.seq, done.prev);
+                Ok(t)
+            }
+            Err(e) => {
+                if let Ok(h) = head_of(&*self.store) {
+                    *head = h;
+                }
+                Err(e)
+            }
         }
-        let bytes = serde_json::to_vec(&rec).map_err(|e| AuditError::Encode(e.to_string()))?;
-        self.store.audit_append(seq, &bytes)?;
-        self.store.flush()?;
-        *head = (seq + 1, hash.clone());
-        Ok(hash)
     }
 
     /// Records appended so far.
@@ -166,6 +224,25 @@ impl Audit {
     }
 }
 
+/// The next record's `seq` and the last record's hash (all zeros before the first).
+fn head_of(store: &dyn Store) -> Result<(u64, String), AuditError> {
+    Ok(match store.audit_last()? {
+        None => (0, GENESIS.to_string()),
+        Some((seq, bytes)) => {
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| AuditError::Broken {
+                seq,
+                reason: format!("not JSON: {e}"),
+            })?;
+            let h = v
+                .get("hash")
+                .and_then(Value::as_str)
+                .unwrap_or(GENESIS)
+                .to_string();
+            (seq + 1, h)
+        }
+    })
+}
+
 fn record_hash(rec: &Value) -> Result<String, AuditError> {
     let mut body = rec.clone();
     if let Some(o) = body.as_object_mut() {
@@ -216,7 +293,7 @@ pub fn verify(store: &dyn Store) -> Result<(u64, String), AuditError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SledStore;
+    use crate::store::{SledStore, StoreError};
 
     /// Every record of the chain, parsed.
     fn records(store: &SledStore) -> Vec<Value> {
@@ -226,6 +303,58 @@ mod tests {
             .iter()
             .map(|(_, b)| serde_json::from_slice(b).unwrap())
             .collect()
+    }
+
+    /// One report as `report_handler` stores it: the device's record and an audit record.
+    fn report(audit: &Audit, store: &SledStore, n: u64) -> Result<(), AuditError> {
+        audit.commit_with(|head| {
+            let mut done = head.clone();
+            store.device_update("pump-1", &mut |_old| {
+                let mut staged = head.clone();
+                staged
+                    .push("report", "pump-1", json!({"n": n}))
+                    .map_err(|e| StoreError::Db(e.to_string()))?;
+                let records = staged.records.clone();
+                done = staged;
+                Ok(Some((
+                    serde_json::to_vec(&json!({"n": n})).unwrap(),
+                    records,
+                )))
+            })?;
+            Ok(((), done))
+        })
+    }
+
+    #[test]
+    fn a_device_record_is_stored_with_its_audit_records_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let audit = Audit::open(store.clone()).unwrap();
+        let device = |store: &SledStore| store.devices(None, 10).unwrap();
+        report(&audit, &store, 1).unwrap();
+        assert_eq!(device(&store)[0].1, br#"{"n":1}"#);
+        // another writer of the chain takes the next record: the report is refused whole
+        Audit::open(store.clone())
+            .unwrap()
+            .append("token-add", "cli", json!({}))
+            .unwrap();
+        let e = report(&audit, &store, 2).unwrap_err();
+        assert!(
+            matches!(e, AuditError::Store(StoreError::AuditConflict(1))),
+            "{e:?}"
+        );
+        assert_eq!(device(&store)[0].1, br#"{"n":1}"#);
+        assert_eq!(verify(&*store).unwrap().0, 2);
+        // the head was read again: the retry is stored, after the other writer's record
+        report(&audit, &store, 2).unwrap();
+        assert_eq!(device(&store)[0].1, br#"{"n":2}"#);
+        let recs = records(&store);
+        assert_eq!(recs.len(), 3);
+        assert_eq!(
+            (recs[2]["kind"].as_str(), recs[2]["seq"].as_u64()),
+            (Some("report"), Some(2))
+        );
+        assert_eq!(verify(&*store).unwrap().0, 3);
     }
 
     #[test]

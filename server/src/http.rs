@@ -1050,43 +1050,52 @@ pub(crate) async fn report_handler(
     let app2 = app.clone();
     let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
         // the latest report replaces the previous one; offline installs and rollbacks are kept
-        // in the device's history (the newest MAX_INSTALL_HISTORY), whatever it reports next
-        let mut encode_error = None;
-        // audited only when it says something new: a polling fleet repeats itself
-        let mut changed = true;
-        app2.store
-            .device_update(&id, &mut |old| {
-                let old = old.and_then(|b| serde_json::from_slice::<Value>(b).ok());
-                changed = old.as_ref().and_then(|v| v.get("report")) != record.get("report");
-                let mut history = old
-                    .as_ref()
-                    .and_then(|v| v.get("history").and_then(Value::as_array).cloned())
-                    .unwrap_or_default();
-                history.extend(entry.clone());
-                let excess = history.len().saturating_sub(MAX_INSTALL_HISTORY);
-                history.drain(..excess);
-                let mut next = record.clone();
-                next["history"] = Value::Array(history);
-                serde_json::to_vec(&next)
-                    .map_err(|e| encode_error = Some(e.to_string()))
-                    .ok()
+        // in the device's history (the newest MAX_INSTALL_HISTORY), whatever it reports next.
+        // The device's record and the audit records of its report are stored in one
+        // transaction: a report that cannot be audited is not kept either (so the device's
+        // retry is new, and audited).
+        let encode = |e: crate::audit::AuditError| crate::store::StoreError::Db(e.to_string());
+        app2.audit
+            .commit_with(|head| {
+                let mut done = head.clone();
+                app2.store.device_update(&id, &mut |old| {
+                    let old = old.and_then(|b| serde_json::from_slice::<Value>(b).ok());
+                    let mut staged = head.clone();
+                    // audited only when it says something new: a polling fleet repeats itself
+                    if old.as_ref().and_then(|v| v.get("report")) != record.get("report") {
+                        staged.push("report", &id, record.clone()).map_err(encode)?;
+                    }
+                    let mut history = old
+                        .as_ref()
+                        .and_then(|v| v.get("history").and_then(Value::as_array).cloned())
+                        .unwrap_or_default();
+                    // an install record sent again (our answer to it was lost: the device
+                    // sends it until one arrives) is kept and audited once
+                    let again =
+                        |e: &Value| history.last().and_then(|h| h.get("record")) == e.get("record");
+                    if let Some(e) = entry.as_ref().filter(|e| !again(e)) {
+                        history.push(e.clone());
+                        if let Some(install) = &install {
+                            // its own audit record: what was installed offline or rolled
+                            // back, and who signed
+                            staged
+                                .push("install-record", &id, install.clone())
+                                .map_err(encode)?;
+                        }
+                    }
+                    let excess = history.len().saturating_sub(MAX_INSTALL_HISTORY);
+                    history.drain(..excess);
+                    let mut next = record.clone();
+                    next["history"] = Value::Array(history);
+                    let bytes = serde_json::to_vec(&next)
+                        .map_err(|e| crate::store::StoreError::Db(format!("device record: {e}")))?;
+                    let records = staged.records.clone();
+                    done = staged;
+                    Ok(Some((bytes, records)))
+                })?;
+                Ok(((), done))
             })
-            .map_err(|e| e.to_string())?;
-        if let Some(e) = encode_error {
-            return Err(e);
-        }
-        if changed {
-            app2.audit
-                .append("report", &id, record)
-                .map_err(|e| e.to_string())?;
-        }
-        if let Some(install) = install {
-            // its own audit entry: what was installed offline or rolled back, and who signed
-            app2.audit
-                .append("install-record", &id, install)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
+            .map_err(|e: crate::audit::AuditError| e.to_string())
     })
     .await;
     match r {

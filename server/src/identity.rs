@@ -182,6 +182,12 @@ impl From<StoreError> for IdentityError {
     }
 }
 
+impl From<crate::audit::AuditError> for IdentityError {
+    fn from(e: crate::audit::AuditError) -> Self {
+        IdentityError::Internal(format!("audit log: {e}"))
+    }
+}
+
 impl From<sled::Error> for IdentityError {
     fn from(e: sled::Error) -> Self {
         IdentityError::Internal(e.to_string())
@@ -392,6 +398,10 @@ pub struct IdentityBatch {
     pub revoked: Vec<RevokedEntry>,
     pub unrevoked: Vec<String>,
     pub crl: Option<CrlState>,
+    /// The audit record of the change (`seq`, its bytes), written in the same transaction:
+    /// the change and its record are stored both or neither ([`Identity`]'s changes all carry
+    /// one; the CRL's scheduled re-signing none).
+    pub audit: Option<(u64, Vec<u8>)>,
 }
 
 /// Device-identity storage, behind a trait like [`crate::store::Store`] (a SQL backend later).
@@ -407,17 +417,21 @@ pub trait IdentityStore: Send + Sync + std::fmt::Debug + 'static {
     fn certificate(&self, serial: &str) -> Result<Option<CertificateIndex>, IdentityError>;
     fn revoked(&self) -> Result<Vec<RevokedEntry>, IdentityError>;
     fn crl(&self) -> Result<Option<CrlState>, IdentityError>;
-    /// Apply `batch` atomically and durably.
+    /// Apply `batch`, with its audit record if it has one, atomically and durably. An audit
+    /// `seq` already taken refuses the whole batch.
     fn commit(&self, batch: IdentityBatch) -> Result<(), IdentityError>;
 }
 
 /// sled: one tree `identity`, keys prefixed by kind (`d/` devices, `t/` token hashes, `m/`
 /// manifest serials, `c/` certificate serials, `r/` revoked serials, `crl` the CRL), so one
-/// `apply_batch` is atomic across them.
+/// `apply_batch` is atomic across them; a batch with its audit record is one transaction over
+/// this tree and the audit chain's.
 #[derive(Debug, Clone)]
 pub struct SledIdentityStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// [`crate::store::SledStore`]'s audit tree
+    audit: sled::Tree,
 }
 
 impl SledIdentityStore {
@@ -425,6 +439,7 @@ impl SledIdentityStore {
         Ok(SledIdentityStore {
             db: store.db().clone(),
             tree: store.open_tree("identity")?,
+            audit: store.open_tree(crate::store::AUDIT_TREE)?,
         })
     }
 
@@ -517,7 +532,27 @@ impl IdentityStore for SledIdentityStore {
         if let Some(c) = &batch.crl {
             put(&mut b, "crl".to_string(), c)?;
         }
-        self.tree.apply_batch(b)?;
+        match &batch.audit {
+            None => self.tree.apply_batch(b)?,
+            Some((seq, record)) => {
+                use sled::transaction::{abort, TransactionError};
+                use sled::Transactional;
+                let key = seq.to_be_bytes();
+                (&self.tree, &self.audit)
+                    .transaction(|(tree, audit)| {
+                        if audit.get(key)?.is_some() {
+                            return abort(StoreError::AuditConflict(*seq));
+                        }
+                        tree.apply_batch(&b)?;
+                        audit.insert(&key, record.as_slice())?;
+                        Ok(())
+                    })
+                    .map_err(|e| match e {
+                        TransactionError::Abort(e) => IdentityError::from(e),
+                        TransactionError::Storage(e) => IdentityError::from(e),
+                    })?;
+            }
+        }
         self.db.flush()?;
         Ok(())
     }
@@ -673,11 +708,21 @@ impl Identity {
         self.audit_refusal("enroll-refused", &actor, e, json!({"endpoint": endpoint}));
     }
 
-    fn audit(&self, kind: &str, actor: &str, detail: Value) {
-        if let Err(e) = self.audit.append(kind, actor, detail) {
-            // committed already: report, cannot undo
-            tracing::error!(error = %e, kind, "identity change not recorded in the audit log");
-        }
+    /// Commit `batch` with its audit record (`kind`, `actor`, `detail`) in one transaction:
+    /// a change that cannot be recorded is not made, and the request fails.
+    fn commit_audited(
+        &self,
+        mut batch: IdentityBatch,
+        kind: &str,
+        actor: &str,
+        detail: Value,
+    ) -> Result<(), IdentityError> {
+        self.audit
+            .append_with(kind, actor, detail, |seq, record| {
+                batch.audit = Some((seq, record.to_vec()));
+                self.store.commit(batch)
+            })
+            .map(|_| ())
     }
 
     fn locked(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -885,14 +930,10 @@ impl Identity {
                 }
             }
         }
-        let enrolled = self.issue(old, &id, &model, &csr_pem, &actor, "enroll", batch, now)?;
-        self.audit(
-            "enroll",
-            &actor,
-            json!({"device": id, "model": model, "method": method,
-                   "certificate": enrolled.record.certificate}),
-        );
-        Ok(enrolled)
+        let detail = json!({"device": id, "model": model, "method": method});
+        self.issue(
+            old, &id, &model, &csr_pem, &actor, "enroll", batch, detail, now,
+        )
     }
 
     /// `simplereenroll`: the device's current operational certificate, a CSR for the same id.
@@ -930,7 +971,7 @@ impl Identity {
         }
         let model = record.model.clone();
         let actor = format!("device:{id}");
-        let enrolled = self.issue(
+        self.issue(
             Some(record),
             id,
             &model,
@@ -938,18 +979,13 @@ impl Identity {
             &actor,
             "reenroll",
             IdentityBatch::default(),
+            json!({"device": id, "previous": peer.certificate_serial}),
             now,
-        )?;
-        self.audit(
-            "reenroll",
-            &actor,
-            json!({"device": id, "previous": peer.certificate_serial,
-                   "certificate": enrolled.record.certificate}),
-        );
-        Ok(enrolled)
+        )
     }
 
-    /// Issue, supersede the previous certificate, commit with `batch`, reload the CRL.
+    /// Issue, supersede the previous certificate, commit with `batch` and the audit record
+    /// `event` (`detail` and the new certificate), reload the CRL.
     #[allow(clippy::too_many_arguments)]
     fn issue(
         &self,
@@ -960,6 +996,7 @@ impl Identity {
         actor: &str,
         event: &str,
         mut batch: IdentityBatch,
+        mut detail: Value,
         now: SystemTime,
     ) -> Result<Enrolled, IdentityError> {
         let ca = self.ca()?;
@@ -1022,7 +1059,8 @@ impl Identity {
         };
         batch.crl = new_crl.clone();
         batch.devices.push(record.clone());
-        self.store.commit(batch)?;
+        detail["certificate"] = serde_json::to_value(&cref).map_err(internal)?;
+        self.commit_audited(batch, event, actor, detail)?;
         if let Some(c) = new_crl {
             self.install_crl(c);
         }
@@ -1138,15 +1176,15 @@ impl Identity {
         }
         batch.devices.push(record.clone());
         batch.crl = new_crl.clone();
-        self.store.commit(batch)?;
-        if let Some(c) = new_crl {
-            self.install_crl(c);
-        }
-        self.audit(
+        self.commit_audited(
+            batch,
             &format!("device-{event}"),
             actor,
             json!({"device": id, "reason": reason, "revoked": revoked_serial}),
-        );
+        )?;
+        if let Some(c) = new_crl {
+            self.install_crl(c);
+        }
         Ok(record)
     }
 
@@ -1204,13 +1242,13 @@ impl Identity {
             d.event(now_s, "revoke", Some(&serial), actor);
             batch.devices.push(d);
         }
-        self.store.commit(batch)?;
-        self.install_crl(crl);
-        self.audit(
+        self.commit_audited(
+            batch,
             "certificate-revoke",
             actor,
             json!({"certificate": serial, "device": idx.device, "reason": reason}),
-        );
+        )?;
+        self.install_crl(crl);
         Ok(json!({"revoked": serial, "device": idx.device}))
     }
 
@@ -1276,20 +1314,21 @@ impl Identity {
         };
         check_model(&model)?;
         let expires_at = record.expires_at;
-        self.store.commit(IdentityBatch {
-            tokens: vec![StoredToken {
-                record,
-                model: model.clone(),
-                issued_by: actor.to_string(),
-            }],
-            ..Default::default()
-        })?;
-        self.audit(
+        let detail = json!({"serial": serial, "model": model, "expires_at": expires_at,
+                            "replaces": replaces});
+        self.commit_audited(
+            IdentityBatch {
+                tokens: vec![StoredToken {
+                    record,
+                    model,
+                    issued_by: actor.to_string(),
+                }],
+                ..Default::default()
+            },
             "enroll-token",
             actor,
-            json!({"serial": serial, "model": model, "expires_at": expires_at,
-                   "replaces": replaces}),
-        );
+            detail,
+        )?;
         Ok((secret, expires_at))
     }
 
@@ -1312,26 +1351,26 @@ impl Identity {
                 _ => None,
             })
             .collect();
-        self.store.commit(IdentityBatch {
-            manifest: entries,
-            ..Default::default()
-        })?;
         let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
-        self.audit(
+        self.commit_audited(
+            IdentityBatch {
+                manifest: entries,
+                ..Default::default()
+            },
             "manifest-import",
             actor,
             json!({"batch": batch_name, "entries": n, "sha256": sha, "replaced": replaced}),
-        );
+        )?;
         Ok(json!({"batch": batch_name, "entries": n, "replaced": replaced}))
     }
 
     /// Record that a CRL of an offline CA was loaded.
     pub fn record_crl_load(&self, ca: &str, number: u64, source: &str, actor: &str) {
-        self.audit(
-            "crl-load",
-            actor,
-            json!({"ca": ca, "crl_number": number, "source": source}),
-        );
+        let detail = json!({"ca": ca, "crl_number": number, "source": source});
+        if let Err(e) = self.audit.append("crl-load", actor, detail) {
+            // loaded already (the listeners hold it): report, cannot undo
+            tracing::error!(error = %e, "CRL load not recorded in the audit log");
+        }
     }
 }
 
@@ -1376,6 +1415,65 @@ mod tests {
 
     fn at(secs: u64, millis: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis)
+    }
+
+    /// The tokens the identity tree holds (their stored records, raw).
+    fn stored_tokens(sled: &crate::store::SledStore) -> Vec<Vec<u8>> {
+        sled.open_tree("identity")
+            .unwrap()
+            .scan_prefix(b"t/")
+            .map(|kv| kv.unwrap().1.to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn an_identity_change_is_stored_with_its_audit_record_or_not_at_all() {
+        use crate::audit::{self, Audit};
+        use crate::store::{SledStore, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let sled = SledStore::open(dir.path()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(sled.clone());
+        let identity = Identity::new(
+            Arc::new(SledIdentityStore::new(&sled).unwrap()),
+            Audit::open(store.clone()).unwrap(),
+            None,
+            None,
+            None,
+            IdentitySettings {
+                device_certificate_validity: Duration::from_secs(86_400),
+                device_crl_lifetime: Duration::from_secs(86_400),
+                device_renewal_min_age: Duration::from_secs(3600),
+                device_factory_reenroll_min_age: Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        let ttl = Duration::from_secs(3600);
+        let now = SystemTime::now();
+        // another writer of the same chain takes the record the token was to get
+        Audit::open(store.clone())
+            .unwrap()
+            .append("token-add", "cli", json!({"operator": "olga"}))
+            .unwrap();
+        let e = identity
+            .issue_token("pump-1", Some("pump-a"), ttl, "operator:olga", now)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            IdentityError::Internal("audit record 0 already exists (concurrent writer?)".into())
+        );
+        // the token was not stored, the chain holds the other writer's record only
+        assert!(stored_tokens(&sled).is_empty());
+        assert_eq!(audit::verify(&*store).unwrap().0, 1);
+        // the head was read again: the next change is recorded after that record, with it
+        identity
+            .issue_token("pump-1", Some("pump-a"), ttl, "operator:olga", now)
+            .unwrap();
+        assert_eq!(stored_tokens(&sled).len(), 1);
+        assert_eq!(audit::verify(&*store).unwrap().0, 2);
+        let (_, last) = store.audit_last().unwrap().unwrap();
+        let last: Value = serde_json::from_slice(&last).unwrap();
+        assert_eq!(last["kind"], "enroll-token");
+        assert_eq!(last["detail"]["serial"], "pump-1");
     }
 
     #[test]

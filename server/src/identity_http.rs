@@ -727,14 +727,17 @@ fn rollout_routes(
     let rollout_error = |e: crate::rollout::RolloutError| match e {
         crate::rollout::RolloutError::Store(m) => IdentityError::Internal(m),
         crate::rollout::RolloutError::Unknown(sha) => IdentityError::RolloutUnknown(sha),
+        e @ crate::rollout::RolloutError::NotRecorded(_) => IdentityError::Internal(e.to_string()),
         e => IdentityError::BadRequest(e.to_string()),
     };
-    // recorded while the change holds: the chain's order is the order of the changes
+    // recorded while the change holds: the chain's order is the order of the changes; a
+    // change that cannot be recorded is undone and refused
     let audited = |app: &App, kind: &'static str, actor: &str, r: &crate::rollout::Rollout| {
-        let v = serde_json::to_value(r).unwrap_or_default();
-        if let Err(e) = app.audit.append(kind, actor, v) {
-            tracing::error!(error = %e, kind, "rollout change not recorded in the audit log");
-        }
+        let v = serde_json::to_value(r).map_err(|e| e.to_string())?;
+        app.audit
+            .append(kind, actor, v)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
     let list = warp::get()
         .and(base.clone())
@@ -794,7 +797,7 @@ fn rollout_routes(
                         let actor = allow(&id, &p, "end a rollout", true)?;
                         let r = app
                             .rollouts
-                            .end(&sha, |r| audited(&app, "rollout-end", &actor, r))
+                            .end(&sha, &actor, |r| audited(&app, "rollout-end", &actor, r))
                             .map_err(rollout_error)?;
                         tracing::info!(%actor, sha256 = %r.sha256, "rollout ended: the image goes to every device");
                         serde_json::to_value(&r).map_err(|e| IdentityError::Internal(e.to_string()))

@@ -758,6 +758,10 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
     if let Err(e) = app.reconcile_audit() {
         tracing::error!(error = %e, "audit reconciliation failed");
     }
+    if let Err(e) = app.rollouts.reconcile(&app.audit, &*app.store) {
+        // the note stays: the next start tries again, and rollout changes wait for it
+        tracing::error!(error = %e, "rollout audit reconciliation failed");
+    }
     // a server that was down may hold an expired timestamp: re-sign before serving
     match app.resign() {
         Ok(Some(s)) => tracing::info!(%s, "re-signed at start"),

@@ -12,7 +12,9 @@
 //! A rollout can be set before the release is published (the image starts at 0 % or a few
 //! percent and is never offered to the whole fleet at once), raised, lowered to hold it (devices
 //! that installed keep their image; withdrawing it takes a new release), and ended (the gate is
-//! gone: everyone). Each change is an audit record (`rollout`, `rollout-end`).
+//! gone: everyone). Each change is an audit record (`rollout`, `rollout-end`): a change whose
+//! record cannot be written is undone and refused, and one that a crash left without its record
+//! is recorded at the next start ([`Rollouts::reconcile`]).
 
 use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock};
@@ -67,6 +69,20 @@ pub enum RolloutError {
     Unknown(String),
     #[error("{0}")]
     Store(String),
+    #[error("the change is not made: its audit record could not be written: {0}")]
+    NotRecorded(String),
+}
+
+/// A change on its way: written before the rollouts file changes, removed once the change is in
+/// the audit log. Found at start, it says which change may lack its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Pending {
+    /// `rollout` or `rollout-end`: the audit record's kind
+    kind: String,
+    /// who made the change
+    by: String,
+    /// the audit record's detail: the rollout set, or the one ended
+    rollout: Rollout,
 }
 
 /// The rollouts in force: read on every image request (in memory), changed through the store.
@@ -104,6 +120,90 @@ impl Rollouts {
             current: RwLock::new(map),
             one_change: std::sync::Mutex::default(),
         })
+    }
+
+    /// Where a change on its way is kept: `DATA/rollouts.pending.json`.
+    fn pending_path(&self) -> Option<PathBuf> {
+        self.path.as_ref().map(|p| p.with_extension("pending.json"))
+    }
+
+    fn read_pending(&self) -> Result<Option<Pending>, RolloutError> {
+        let Some(path) = self.pending_path() else {
+            return Ok(None);
+        };
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| RolloutError::Store(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(RolloutError::Store(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    fn write_pending(&self, p: &Pending) -> Result<(), RolloutError> {
+        let Some(path) = self.pending_path() else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec(p).map_err(|e| RolloutError::Store(e.to_string()))?;
+        hale_repo::layout::write_atomic(&path, &bytes)
+            .map_err(|e| RolloutError::Store(format!("{}: {e}", path.display())))
+    }
+
+    fn remove_pending(&self) -> Result<(), RolloutError> {
+        let Some(path) = self.pending_path() else {
+            return Ok(());
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RolloutError::Store(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// At start: a change that a crash (or a failed undo) left without its audit record is
+    /// recorded now, as `kind` with `"recovered_at_start": true`; one that never reached the
+    /// rollouts file is dropped. Returns the change recorded, if one was.
+    pub fn reconcile(
+        &self,
+        audit: &crate::audit::Audit,
+        store: &dyn crate::store::Store,
+    ) -> Result<Option<Rollout>, RolloutError> {
+        let Some(p) = self.read_pending()? else {
+            return Ok(None);
+        };
+        let sha = p.rollout.sha256.as_str();
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(sha)
+            .cloned();
+        let in_force = if p.kind == "rollout-end" {
+            current.is_none()
+        } else {
+            current.as_ref() == Some(&p.rollout)
+        };
+        let detail =
+            serde_json::to_value(&p.rollout).map_err(|e| RolloutError::Store(e.to_string()))?;
+        // the last record of this kind for this image is the change's when it was recorded
+        let recorded = store
+            .audit_last_where(&p.kind, &|r| {
+                r.pointer("/detail/sha256").and_then(|v| v.as_str()) == Some(sha)
+            })
+            .map_err(|e| RolloutError::Store(e.to_string()))?
+            .is_some_and(|r| r.get("detail") == Some(&detail));
+        let mut made = None;
+        if in_force && !recorded {
+            let mut detail = detail;
+            detail["recovered_at_start"] = serde_json::Value::Bool(true);
+            audit
+                .append(&p.kind, &p.by, detail)
+                .map_err(|e| RolloutError::NotRecorded(e.to_string()))?;
+            tracing::warn!(kind = %p.kind, sha256 = sha, by = %p.by, "a rollout change had no audit record (the server stopped before it): recorded now");
+            made = Some(p.rollout);
+        }
+        self.remove_pending()?;
+        Ok(made)
     }
 
     /// Write `map` to the file (atomically, synced) before it is in force.
@@ -145,8 +245,7 @@ impl Rollouts {
             .collect()
     }
 
-    /// Set the rollout of `sha256` to `percent`: stored, in force, then `record`ed (the audit
-    /// log), one change at a time.
+    /// Set the rollout of `sha256` to `percent`, one change at a time (see [`Rollouts::change`]).
     #[allow(clippy::too_many_arguments)]
     pub fn set(
         &self,
@@ -155,7 +254,7 @@ impl Rollouts {
         target: Option<&str>,
         by: &str,
         now: i64,
-        record: impl FnOnce(&Rollout),
+        record: impl FnOnce(&Rollout) -> Result<(), String>,
     ) -> Result<Rollout, RolloutError> {
         if sha256.len() != 64
             || !sha256
@@ -174,6 +273,8 @@ impl Rollouts {
             return Err(RolloutError::BadTarget(t.to_string()));
         }
         self.change(
+            "rollout",
+            by,
             |next| {
                 let known = next.get(sha256).and_then(|r| r.target.clone());
                 let r = Rollout {
@@ -190,36 +291,71 @@ impl Rollouts {
         )
     }
 
-    /// One change: `edit` a copy of the rollouts in force, keep it in the file, put it in
-    /// force, `record` it; changes one at a time, image requests never waiting for the file.
+    /// One change by `by`: `edit` a copy of the rollouts in force, note the change as pending,
+    /// keep the copy in the file, `record` it (the audit record `kind`), put it in force; changes
+    /// one at a time, image requests never waiting for the file. A change that cannot be recorded
+    /// is undone (the file written back) and refused with [`RolloutError::NotRecorded`]; one
+    /// that a crash leaves without its record, [`Rollouts::reconcile`] records at the next start.
     fn change(
         &self,
+        kind: &str,
+        by: &str,
         edit: impl FnOnce(&mut BTreeMap<String, Rollout>) -> Result<Rollout, RolloutError>,
-        record: impl FnOnce(&Rollout),
+        record: impl FnOnce(&Rollout) -> Result<(), String>,
     ) -> Result<Rollout, RolloutError> {
         let _one = self
             .one_change
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut next = self
+        if let Some(p) = self.read_pending()? {
+            // an earlier change whose undo failed: the file may hold it unrecorded
+            return Err(RolloutError::NotRecorded(format!(
+                "an earlier change ({} of {} by {}) may lack its record; restart the server to record it",
+                p.kind, p.rollout.sha256, p.by
+            )));
+        }
+        let prev = self
             .current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let mut next = prev.clone();
         let r = edit(&mut next)?;
-        self.keep(&next)?;
+        self.write_pending(&Pending {
+            kind: kind.to_string(),
+            by: by.to_string(),
+            rollout: r.clone(),
+        })?;
+        if let Err(e) = self.keep(&next) {
+            self.remove_pending()?;
+            return Err(e);
+        }
+        if let Err(e) = record(&r) {
+            // not recorded: not made. Should the undo fail, the pending note stays for the
+            // next start, and further changes wait for it.
+            self.keep(&prev)?;
+            self.remove_pending()?;
+            return Err(RolloutError::NotRecorded(e));
+        }
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
-        record(&r);
+        if let Err(e) = self.remove_pending() {
+            // recorded and in force: the next start finds the record and drops the note
+            tracing::error!(error = %e, "rollout change recorded, its pending note not removed");
+        }
         Ok(r)
     }
 
-    /// End the rollout of `sha256` (the image goes to everyone), then `record` it.
+    /// End the rollout of `sha256` (the image goes to everyone), by `by` (see
+    /// [`Rollouts::change`]).
     pub fn end(
         &self,
         sha256: &str,
-        record: impl FnOnce(&Rollout),
+        by: &str,
+        record: impl FnOnce(&Rollout) -> Result<(), String>,
     ) -> Result<Rollout, RolloutError> {
         self.change(
+            "rollout-end",
+            by,
             |next| {
                 next.remove(sha256)
                     .ok_or_else(|| RolloutError::Unknown(sha256.to_string()))
@@ -253,15 +389,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = file(dir.path());
         let r = Rollouts::load(&path).unwrap();
-        r.set(&sha, 10, Some("pump-a/fw.bin"), "operator:olga", 1, |_| {})
-            .unwrap();
+        r.set(&sha, 10, Some("pump-a/fw.bin"), "operator:olga", 1, |_| {
+            Ok(())
+        })
+        .unwrap();
         let admitted = |r: &Rollouts| {
             (0..1000)
                 .filter(|i| r.admits(&sha, Reader::Device(&format!("pump-{i}"))).is_ok())
                 .collect::<Vec<_>>()
         };
         let at_10 = admitted(&r);
-        r.set(&sha, 50, None, "operator:olga", 2, |_| {}).unwrap();
+        r.set(&sha, 50, None, "operator:olga", 2, |_| Ok(()))
+            .unwrap();
         let at_50 = admitted(&r);
         assert!(
             at_10.iter().all(|d| at_50.contains(d)),
@@ -275,20 +414,20 @@ mod tests {
         assert_eq!(r.admits(&sha, Reader::Anonymous).unwrap_err().percent, 50);
         // stored: a restart keeps it
         assert_eq!(Rollouts::load(&path).unwrap().list(), r.list());
-        r.end(&sha, |_| {}).unwrap();
+        r.end(&sha, "operator:olga", |_| Ok(())).unwrap();
         assert!(r.admits(&sha, Reader::Anonymous).is_ok());
         assert_eq!(Rollouts::load(&path).unwrap().list(), vec![]);
         // refusals
         assert_eq!(
-            r.set("AB", 5, None, "x", 0, |_| {}).unwrap_err(),
+            r.set("AB", 5, None, "x", 0, |_| Ok(())).unwrap_err(),
             RolloutError::BadHash("AB".into())
         );
         assert_eq!(
-            r.set(&sha, 101, None, "x", 0, |_| {}).unwrap_err(),
+            r.set(&sha, 101, None, "x", 0, |_| Ok(())).unwrap_err(),
             RolloutError::BadPercent(101)
         );
         assert_eq!(
-            r.end(&sha, |_| {}).unwrap_err(),
+            r.end(&sha, "operator:olga", |_| Ok(())).unwrap_err(),
             RolloutError::Unknown(sha.clone())
         );
         assert_eq!(r.list(), vec![]);
@@ -297,5 +436,126 @@ mod tests {
         assert!(
             matches!(Rollouts::load(&path), Err(RolloutError::Store(m)) if m.contains("rollouts.json"))
         );
+    }
+
+    #[test]
+    fn a_rollout_change_is_in_force_only_with_its_audit_record() {
+        use crate::audit::{self, Audit};
+        use crate::store::{SledStore, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
+        let audit = Audit::open(store.clone()).unwrap();
+        let path = file(dir.path());
+        let pending = path.with_extension("pending.json");
+        let sha = "ab".repeat(32);
+        let by = "operator:olga";
+        let record = |kind: &'static str| {
+            let audit = audit.clone();
+            move |r: &Rollout| {
+                audit
+                    .append(kind, by, serde_json::to_value(r).unwrap())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let r = Rollouts::load(&path).unwrap();
+        let set10 = r.set(&sha, 10, None, by, 1, record("rollout")).unwrap();
+        let file_bytes = std::fs::read(&path).unwrap();
+        let records = |n| {
+            let (len, _) = audit::verify(&*store).unwrap();
+            assert_eq!(len, n);
+            let (_, b) = store.audit_last().unwrap().unwrap();
+            serde_json::from_slice::<serde_json::Value>(&b).unwrap()
+        };
+        assert_eq!(records(1)["detail"], serde_json::to_value(&set10).unwrap());
+
+        // the record cannot be written: the change is undone and refused
+        let e = r
+            .set(&sha, 50, None, by, 2, |_| Err("disk full".into()))
+            .unwrap_err();
+        assert_eq!(e, RolloutError::NotRecorded("disk full".into()));
+        let e = r.end(&sha, by, |_| Err("disk full".into())).unwrap_err();
+        assert_eq!(e, RolloutError::NotRecorded("disk full".into()));
+        assert_eq!(r.list(), vec![set10.clone()]);
+        assert_eq!(std::fs::read(&path).unwrap(), file_bytes);
+        assert!(!pending.exists());
+        assert_eq!(records(1)["detail"]["percent"], 10);
+
+        // a crash after the file, before the record: recorded at the next start, once
+        let at50 = Rollout {
+            percent: 50,
+            updated_at: 3,
+            ..set10.clone()
+        };
+        let crashed = |p: Pending, map: BTreeMap<String, Rollout>| {
+            r.write_pending(&p).unwrap();
+            r.keep(&map).unwrap();
+        };
+        crashed(
+            Pending {
+                kind: "rollout".into(),
+                by: by.into(),
+                rollout: at50.clone(),
+            },
+            BTreeMap::from([(sha.clone(), at50.clone())]),
+        );
+        let restarted = Rollouts::load(&path).unwrap();
+        assert_eq!(
+            restarted.reconcile(&audit, &*store).unwrap(),
+            Some(at50.clone())
+        );
+        let rec = records(2);
+        assert_eq!(rec["kind"], "rollout");
+        assert_eq!(rec["actor"], by);
+        assert_eq!(rec["detail"]["percent"], 50);
+        assert_eq!(rec["detail"]["recovered_at_start"], true);
+        assert!(!pending.exists());
+        assert_eq!(restarted.reconcile(&audit, &*store).unwrap(), None);
+        records(2);
+
+        // a crash after the record, before the note was removed: nothing more to record
+        let ended = restarted.end(&sha, by, record("rollout-end")).unwrap();
+        assert_eq!(ended, at50);
+        restarted
+            .write_pending(&Pending {
+                kind: "rollout-end".into(),
+                by: by.into(),
+                rollout: at50.clone(),
+            })
+            .unwrap();
+        let restarted = Rollouts::load(&path).unwrap();
+        assert_eq!(restarted.reconcile(&audit, &*store).unwrap(), None);
+        assert_eq!(records(3)["kind"], "rollout-end");
+        assert!(!pending.exists());
+
+        // a crash before the file changed: the change was never made, nothing is recorded
+        restarted
+            .write_pending(&Pending {
+                kind: "rollout".into(),
+                by: by.into(),
+                rollout: set10.clone(),
+            })
+            .unwrap();
+        let restarted = Rollouts::load(&path).unwrap();
+        assert_eq!(restarted.reconcile(&audit, &*store).unwrap(), None);
+        records(3);
+        assert!(!pending.exists());
+        assert_eq!(restarted.list(), vec![]);
+
+        // a note left by a failed undo holds further changes until a start records it
+        restarted
+            .write_pending(&Pending {
+                kind: "rollout".into(),
+                by: by.into(),
+                rollout: set10.clone(),
+            })
+            .unwrap();
+        assert!(matches!(
+            restarted.set(&sha, 20, None, by, 4, record("rollout")),
+            Err(RolloutError::NotRecorded(m)) if m.contains("restart the server")
+        ));
+        assert_eq!(restarted.list(), vec![]);
+        records(3);
     }
 }

@@ -21,10 +21,19 @@ impl From<sled::Error> for StoreError {
     }
 }
 
-/// Everything the server keeps besides the repository files.
-/// How [`Store::device_update`] makes a device's next record from its previous one.
-pub type RecordUpdate<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
+/// The sled tree of the audit chain: records keyed by their `seq` (8 bytes, big-endian).
+pub const AUDIT_TREE: &str = "audit";
 
+/// How [`Store::device_update`] makes a device's next record from its previous one, and the
+/// audit records (`seq`, bytes: [`crate::audit::Staged`]) that go with it. `None` leaves
+/// everything as it is.
+pub type RecordUpdate<'a> =
+    dyn FnMut(Option<&[u8]>) -> Result<Option<DeviceUpdate>, StoreError> + 'a;
+
+/// A device's next record and the audit records of the change.
+pub type DeviceUpdate = (Vec<u8>, Vec<(u64, Vec<u8>)>);
+
+/// Everything the server keeps besides the repository files.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Record an operator token by the sha256 (hex) of the token. The token itself is never stored.
     fn token_put(&self, token_sha256: &str, operator: &str) -> Result<(), StoreError>;
@@ -38,8 +47,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn token_remove(&self, token_sha256: &str) -> Result<bool, StoreError>;
     /// Replace a device's latest report.
     fn device_put(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
-    /// Replace a device's record with `next(previous)`, atomically (`next` may run more than once
-    /// when reports of the same device race); `None` leaves the record as it is.
+    /// Replace a device's record with what `next` makes of the previous one, and append the
+    /// audit records it made, in one transaction: both or neither (`next` may run more than
+    /// once when reports of the same device race). Flushed when it made audit records (a report
+    /// that says nothing new is not worth a sync per poll). An audit `seq` already taken
+    /// refuses the whole update ([`StoreError::AuditConflict`]).
     fn device_update(&self, id: &str, next: &mut RecordUpdate<'_>) -> Result<(), StoreError>;
     /// Devices in id order, after `after`, at most `limit`.
     fn devices(
@@ -99,7 +111,7 @@ impl SledStore {
         Ok(SledStore {
             tokens: db.open_tree("tokens")?,
             devices: db.open_tree("devices")?,
-            audit: db.open_tree("audit")?,
+            audit: db.open_tree(AUDIT_TREE)?,
             db,
         })
     }
@@ -160,11 +172,35 @@ impl Store for SledStore {
     }
 
     fn device_update(&self, id: &str, next: &mut RecordUpdate<'_>) -> Result<(), StoreError> {
-        self.devices.fetch_and_update(id.as_bytes(), |old| {
-            next(old)
-                .map(sled::IVec::from)
-                .or_else(|| old.map(sled::IVec::from))
-        })?;
+        use sled::transaction::{abort, TransactionError};
+        use sled::Transactional;
+        let next = std::cell::RefCell::new(next);
+        let audited = (&self.devices, &self.audit)
+            .transaction(|(devices, audit)| {
+                let old = devices.get(id.as_bytes())?;
+                let update = (next.borrow_mut())(old.as_deref());
+                let (record, records) = match update {
+                    Ok(Some(u)) => u,
+                    Ok(None) => return Ok(false),
+                    Err(e) => return abort(e),
+                };
+                for (seq, bytes) in &records {
+                    let key = seq.to_be_bytes();
+                    if audit.get(key)?.is_some() {
+                        return abort(StoreError::AuditConflict(*seq));
+                    }
+                    audit.insert(&key, bytes.as_slice())?;
+                }
+                devices.insert(id.as_bytes(), record)?;
+                Ok(!records.is_empty())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => e.into(),
+            })?;
+        if audited {
+            self.db.flush()?;
+        }
         Ok(())
     }
 

@@ -266,14 +266,79 @@ fn install_records_stay_in_the_device_history_across_later_reports() {
     assert!(devs[0]["history"][0]["received"].as_u64().is_some());
 
     // bounded: the oldest records leave the record (the audit log keeps them all)
-    for _ in 0..40 {
-        assert_eq!(post(&s, DEVICE, &offline).status, 204);
+    let offline_n = |i: usize| {
+        with_record(|r| {
+            r["kind"] = json!("offline");
+            r["version"] = json!(format!("1.2.{i}"));
+            r["signers"] = json!([]);
+        })
+    };
+    for i in 0..40 {
+        assert_eq!(post(&s, DEVICE, &offline_n(i)).status, 204);
     }
     let devs = devices(&s);
-    let history = devs[0]["history"].as_array().unwrap();
-    assert_eq!(history.len(), 32);
-    assert!(history
+    let history: Vec<&Value> = devs[0]["history"]
+        .as_array()
+        .unwrap()
         .iter()
-        .all(|h| h["record"] == offline["install_record"]));
+        .map(|h| &h["record"])
+        .collect();
+    let newest: Vec<Value> = (8..40)
+        .map(|i| offline_n(i)["install_record"].clone())
+        .collect();
+    assert_eq!(history, newest.iter().collect::<Vec<_>>());
     assert!(s.terminate().success());
+    let audited = audit_records(&f)
+        .iter()
+        .filter(|r| r["kind"] == "install-record")
+        .count();
+    assert_eq!(audited, 42);
+}
+
+#[test]
+fn an_install_record_sent_again_after_a_lost_answer_is_kept_and_audited_once() {
+    let f = Fixture::new();
+    let mut s = f.start();
+    // the pump sends its record until an answer arrives: twice when the first answer was lost
+    assert_eq!(post(&s, DEVICE, &rollback_report()).status, 204);
+    assert_eq!(post(&s, DEVICE, &rollback_report()).status, 204);
+    let history = |s: &Server| devices(s)[0]["history"].as_array().unwrap().clone();
+    assert_eq!(history(&s).len(), 1);
+    assert_eq!(
+        history(&s)[0]["record"],
+        rollback_report()["install_record"]
+    );
+    // another record is kept, and the first one after it again (a second rollback, same text)
+    let offline = with_record(|r| {
+        r["kind"] = json!("offline");
+        r["signers"] = json!([]);
+    });
+    assert_eq!(post(&s, DEVICE, &offline).status, 204);
+    assert_eq!(post(&s, DEVICE, &rollback_report()).status, 204);
+    let records: Vec<Value> = history(&s).iter().map(|h| h["record"].clone()).collect();
+    assert_eq!(
+        records,
+        [
+            rollback_report()["install_record"].clone(),
+            offline["install_record"].clone(),
+            rollback_report()["install_record"].clone()
+        ]
+    );
+    assert!(s.terminate().success());
+    let kinds: Vec<String> = audit_records(&f)
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap().to_string())
+        .filter(|k| k == "report" || k == "install-record")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "report",
+            "install-record",
+            "report",
+            "install-record",
+            "report",
+            "install-record"
+        ]
+    );
 }
