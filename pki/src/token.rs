@@ -101,15 +101,18 @@ impl TokenRecord {
         if let Some(redeemed_at) = self.redeemed_at {
             return Err(TokenError::Reused { redeemed_at });
         }
+        // an expired token is refused as expired whatever it is presented for: it is no
+        // enrollment right for any serial, and the refusal says what the holder must do (ask
+        // for a new one)
+        if unix_secs(now) >= self.expires_at {
+            return Err(TokenError::Expired {
+                expired_at: self.expires_at,
+            });
+        }
         if serial != self.serial {
             return Err(TokenError::WrongSerial {
                 bound: self.serial.clone(),
                 presented: serial.to_string(),
-            });
-        }
-        if unix_secs(now) >= self.expires_at {
-            return Err(TokenError::Expired {
-                expired_at: self.expires_at,
             });
         }
         self.redeemed_at = Some(unix_secs(now));

@@ -50,12 +50,13 @@ fn token_for_another_serial_is_refused_and_not_spent() {
 fn expired_token_is_refused() {
     let now = SystemTime::now();
     let (secret, mut rec) = Token::new("SN0001", TTL, now).unwrap();
-    assert_eq!(
-        rec.redeem(&secret, "SN0001", now + TTL),
-        Err(TokenError::Expired {
-            expired_at: hale_secs(now) + 3600
-        })
-    );
+    let expired = Err(TokenError::Expired {
+        expired_at: hale_secs(now) + 3600,
+    });
+    assert_eq!(rec.redeem(&secret, "SN0001", now + TTL), expired);
+    // presented for another serial, it is refused as expired too (not as another serial's)
+    assert_eq!(rec.redeem(&secret, "SN0002", now + TTL), expired);
+    assert_eq!(rec.redeemed_at, None);
 }
 
 #[test]
