@@ -493,9 +493,16 @@ fn an_offline_install_that_fails_its_trial_is_queued_as_reverted_and_exits_1() {
     let out = agent_exits(&state, &["bundle", "install", &s("b.bin")], 1);
     assert!(out.contains("health check failed: reverted"), "{out}");
     // what the server will hear: an offline install of 2.0.0 that was reverted, not installed
-    let queued: serde_json::Value =
+    let mut queued: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state.join("install_records.json")).unwrap())
             .unwrap();
+    // when it was staged (YYYY-MM-DDTHH:MM:SSZ): the same bundle installed twice is two records
+    let staged = queued[0].as_object_mut().unwrap().remove("staged").unwrap();
+    let staged = staged.as_str().unwrap();
+    assert!(
+        staged.len() == 20 && staged.starts_with("20") && staged.ends_with('Z'),
+        "{staged}"
+    );
     assert_eq!(
         queued,
         serde_json::json!([{"kind": "offline", "target": TARGET, "version": "2.0.0",

@@ -964,6 +964,10 @@ pub struct InstallRecord {
     /// How the image's trial ended (absent from agents that record at staging).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<InstallOutcome>,
+    /// When the pump staged it (absent from older agents): the same install twice is two
+    /// records, where a record sent again after a lost answer is the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<String>,
 }
 
 /// How an installed image's trial boot ended.
@@ -1002,6 +1006,7 @@ impl Report {
                 || !short(&r.version, 64)
                 || !r.reason.as_deref().is_none_or(|t| short(t, 512))
                 || !r.issued.as_deref().is_none_or(|t| short(t, 32))
+                || !r.staged.as_deref().is_none_or(|t| short(t, 32))
                 || r.signers.len() > 16
                 || r.signers.iter().any(|k| k.is_empty() || !short(k, 128))
             {
@@ -1049,53 +1054,15 @@ pub(crate) async fn report_handler(
     let record = json!({"device": id, "received": received, "report": report});
     let app2 = app.clone();
     let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        // the latest report replaces the previous one; offline installs and rollbacks are kept
-        // in the device's history (the newest MAX_INSTALL_HISTORY), whatever it reports next.
-        // The device's record and the audit records of its report are stored in one
-        // transaction: a report that cannot be audited is not kept either (so the device's
-        // retry is new, and audited).
-        let encode = |e: crate::audit::AuditError| crate::store::StoreError::Db(e.to_string());
-        app2.audit
-            .commit_with(|head| {
-                let mut done = head.clone();
-                app2.store.device_update(&id, &mut |old| {
-                    let old = old.and_then(|b| serde_json::from_slice::<Value>(b).ok());
-                    let mut staged = head.clone();
-                    // audited only when it says something new: a polling fleet repeats itself
-                    if old.as_ref().and_then(|v| v.get("report")) != record.get("report") {
-                        staged.push("report", &id, record.clone()).map_err(encode)?;
-                    }
-                    let mut history = old
-                        .as_ref()
-                        .and_then(|v| v.get("history").and_then(Value::as_array).cloned())
-                        .unwrap_or_default();
-                    // an install record sent again (our answer to it was lost: the device
-                    // sends it until one arrives) is kept and audited once
-                    let again =
-                        |e: &Value| history.last().and_then(|h| h.get("record")) == e.get("record");
-                    if let Some(e) = entry.as_ref().filter(|e| !again(e)) {
-                        history.push(e.clone());
-                        if let Some(install) = &install {
-                            // its own audit record: what was installed offline or rolled
-                            // back, and who signed
-                            staged
-                                .push("install-record", &id, install.clone())
-                                .map_err(encode)?;
-                        }
-                    }
-                    let excess = history.len().saturating_sub(MAX_INSTALL_HISTORY);
-                    history.drain(..excess);
-                    let mut next = record.clone();
-                    next["history"] = Value::Array(history);
-                    let bytes = serde_json::to_vec(&next)
-                        .map_err(|e| crate::store::StoreError::Db(format!("device record: {e}")))?;
-                    let records = staged.records.clone();
-                    done = staged;
-                    Ok(Some((bytes, records)))
-                })?;
-                Ok(((), done))
-            })
-            .map_err(|e: crate::audit::AuditError| e.to_string())
+        store_report(
+            &*app2.store,
+            &app2.audit,
+            &id,
+            &record,
+            entry.as_ref(),
+            install.as_ref(),
+        )
+        .map_err(|e| e.to_string())
     })
     .await;
     match r {
@@ -1110,6 +1077,78 @@ pub(crate) async fn report_handler(
             e.to_string(),
         )),
     }
+}
+
+/// Store device `id`'s report (`record`: the device, the time received, the report) and its
+/// install record (`entry` for the history, `install` for the audit log). The latest report
+/// replaces the previous one; offline installs and rollbacks are kept in the device's history
+/// (the newest [`MAX_INSTALL_HISTORY`]), whatever it reports next.
+///
+/// A report that says something new (or brings a new install record) is stored in one
+/// transaction with its audit records (`report`, `install-record`): one that cannot be audited
+/// is not kept either, so the device's retry is new, and audited. An install record equal to the
+/// newest in the history was sent again (our answer to it was lost: the device sends each until
+/// an answer arrives) and is kept and audited once. The rest of a polling fleet's reports say
+/// nothing new: stored without the audit chain's lock, a transaction or a sync.
+pub(crate) fn store_report(
+    store: &dyn crate::store::Store,
+    audit: &crate::audit::Audit,
+    id: &str,
+    record: &Value,
+    entry: Option<&Value>,
+    install: Option<&Value>,
+) -> Result<(), crate::audit::AuditError> {
+    use crate::store::StoreError;
+    // the next record, and whether the report and the install record are new
+    let next_of = |old: Option<&[u8]>| -> Result<(Vec<u8>, bool, bool), StoreError> {
+        let old = old.and_then(|b| serde_json::from_slice::<Value>(b).ok());
+        let report_new = old.as_ref().and_then(|v| v.get("report")) != record.get("report");
+        let mut history = old
+            .as_ref()
+            .and_then(|v| v.get("history").and_then(Value::as_array).cloned())
+            .unwrap_or_default();
+        let again = |e: &Value| history.last().and_then(|h| h.get("record")) == e.get("record");
+        let new_entry = entry.filter(|e| !again(e));
+        if let Some(e) = new_entry {
+            history.push(e.clone());
+        }
+        let excess = history.len().saturating_sub(MAX_INSTALL_HISTORY);
+        history.drain(..excess);
+        let mut next = record.clone();
+        next["history"] = Value::Array(history);
+        let bytes =
+            serde_json::to_vec(&next).map_err(|e| StoreError::Db(format!("device record: {e}")))?;
+        Ok((bytes, report_new, new_entry.is_some()))
+    };
+    let unremarkable = store.device_replace(id, &mut |old| match next_of(old) {
+        Ok((bytes, false, false)) => Some(bytes),
+        _ => None,
+    })?;
+    if unremarkable {
+        return Ok(());
+    }
+    let encode = |e: crate::audit::AuditError| StoreError::Db(e.to_string());
+    audit.commit_with(|head| {
+        let mut done = head.clone();
+        store.device_update(id, &mut |old| {
+            let (bytes, report_new, install_new) = next_of(old)?;
+            let mut staged = head.clone();
+            if report_new {
+                staged.push("report", id, record.clone()).map_err(encode)?;
+            }
+            if let Some(install) = install.filter(|_| install_new) {
+                // its own audit record: what was installed offline or rolled back, and who
+                // signed
+                staged
+                    .push("install-record", id, install.clone())
+                    .map_err(encode)?;
+            }
+            let records = staged.records.clone();
+            done = staged;
+            Ok(Some((bytes, records)))
+        })?;
+        Ok(((), done))
+    })
 }
 
 fn status_reply(s: StatusCode) -> warp::reply::Response {
@@ -1421,6 +1460,74 @@ fn metrics_handler(app: Arc<App>) -> warp::reply::Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_is_stored_with_its_audit_records_or_not_at_all() {
+        use crate::audit::{self, Audit, AuditError};
+        use crate::store::{SledStore, Store, StoreError};
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+        let audit = Audit::open(store.clone()).unwrap();
+        let id = "pump-1";
+        let report =
+            |n: u64, received: u64| json!({"device": id, "received": received, "report": {"n": n}});
+        let stored =
+            || -> Value { serde_json::from_slice(&store.devices(None, 10).unwrap()[0].1).unwrap() };
+        let kinds = || -> Vec<String> {
+            store
+                .audit_all()
+                .unwrap()
+                .iter()
+                .map(|(_, b)| {
+                    let r: Value = serde_json::from_slice(b).unwrap();
+                    r["kind"].as_str().unwrap().to_string()
+                })
+                .collect()
+        };
+        store_report(&*store, &audit, id, &report(1, 10), None, None).unwrap();
+        assert_eq!(kinds(), ["report"]);
+        // the same report later: stored, not audited
+        store_report(&*store, &audit, id, &report(1, 20), None, None).unwrap();
+        assert_eq!(stored()["received"], 20);
+        assert_eq!(kinds(), ["report"]);
+
+        // another writer of the chain takes the next record: a new report is refused whole
+        Audit::open(store.clone())
+            .unwrap()
+            .append("token-add", "cli", json!({}))
+            .unwrap();
+        let e = store_report(&*store, &audit, id, &report(2, 30), None, None).unwrap_err();
+        assert!(
+            matches!(e, AuditError::Store(StoreError::AuditConflict(1))),
+            "{e:?}"
+        );
+        assert_eq!(stored()["report"]["n"], 1);
+        assert_eq!(stored()["received"], 20);
+        assert_eq!(audit::verify(&*store).unwrap().0, 2);
+        // the head was read again: the device's retry is stored, and audited after that record
+        store_report(&*store, &audit, id, &report(2, 40), None, None).unwrap();
+        assert_eq!(stored()["report"]["n"], 2);
+        assert_eq!(kinds(), ["report", "token-add", "report"]);
+
+        // an install record sent twice (the first answer lost): kept and audited once
+        let rec = json!({"kind": "offline", "target": "pump-a/fw.bin", "version": "2.0.0"});
+        let entry = |t: u64| json!({"received": t, "record": rec});
+        let install = json!({"device": id, "record": rec});
+        for t in [50, 60] {
+            store_report(
+                &*store,
+                &audit,
+                id,
+                &report(2, t),
+                Some(&entry(t)),
+                Some(&install),
+            )
+            .unwrap();
+        }
+        assert_eq!(stored()["history"], json!([entry(50)]));
+        assert_eq!(kinds(), ["report", "token-add", "report", "install-record"]);
+        assert_eq!(audit::verify(&*store).unwrap().0, 4);
+    }
 
     #[test]
     fn ranges_follow_rfc_9110() {

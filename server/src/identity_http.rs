@@ -727,17 +727,23 @@ fn rollout_routes(
     let rollout_error = |e: crate::rollout::RolloutError| match e {
         crate::rollout::RolloutError::Store(m) => IdentityError::Internal(m),
         crate::rollout::RolloutError::Unknown(sha) => IdentityError::RolloutUnknown(sha),
-        e @ crate::rollout::RolloutError::NotRecorded(_) => IdentityError::Internal(e.to_string()),
+        e @ (crate::rollout::RolloutError::NotRecorded(_)
+        | crate::rollout::RolloutError::InForceUnsettled(_)) => {
+            IdentityError::Internal(e.to_string())
+        }
         e => IdentityError::BadRequest(e.to_string()),
     };
     // recorded while the change holds: the chain's order is the order of the changes; a
     // change that cannot be recorded is undone and refused
     let audited = |app: &App, kind: &'static str, actor: &str, r: &crate::rollout::Rollout| {
-        let v = serde_json::to_value(r).map_err(|e| e.to_string())?;
+        let v = serde_json::to_value(r).map_err(|e| crate::rollout::RecordFailed {
+            message: e.to_string(),
+            written: false,
+        })?;
         app.audit
             .append(kind, actor, v)
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(crate::rollout::RecordFailed::from)
     };
     let list = warp::get()
         .and(base.clone())

@@ -7,7 +7,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
 use hale_repo::{KeyKind, SigningKey};
 use hale_server::app::App;
-use hale_server::audit::Audit;
+use hale_server::audit::{Audit, AuditError};
 use hale_server::config::Config;
 use hale_server::identity::{Identity, SledIdentityStore};
 use hale_server::publish::{Lifetimes, OnlineKeys, Upload};
@@ -564,9 +564,17 @@ fn token_add(data: &Path, name: &str) -> Result<String> {
     getrandom::getrandom(&mut rnd).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let token = format!("hale_{}", hex::encode(rnd));
     let store = open_store(data)?;
-    store.token_put(&hex::encode(Sha256::digest(token.as_bytes())), name)?;
-    Audit::open(store.clone())?.append("token-add", "cli", json!({"operator": name}))?;
-    store.flush()?;
+    let sha = hex::encode(Sha256::digest(token.as_bytes()));
+    Audit::open(store.clone())?.append_with(
+        "token-add",
+        "cli",
+        json!({"operator": name}),
+        |seq, record| {
+            store
+                .token_set(&sha, Some(name), (seq, record))
+                .map_err(AuditError::from)
+        },
+    )?;
     Ok(token)
 }
 
@@ -613,16 +621,19 @@ fn token_revoke(data: &Path, name: Option<&str>, id: Option<&str>) -> Result<()>
     };
     let audit = Audit::open(store.clone())?;
     for (sha, op) in &chosen {
-        store.token_remove(sha)?;
         let token_id = sha.get(..TOKEN_ID_LEN).unwrap_or(sha);
-        audit.append(
+        audit.append_with(
             "token-revoke",
             "cli",
             json!({"operator": op, "token_id": token_id}),
+            |seq, record| {
+                store
+                    .token_set(sha, None, (seq, record))
+                    .map_err(AuditError::from)
+            },
         )?;
         println!("revoked token {token_id} of operator {op}");
     }
-    store.flush()?;
     Ok(())
 }
 

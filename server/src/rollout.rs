@@ -71,6 +71,28 @@ pub enum RolloutError {
     Store(String),
     #[error("the change is not made: its audit record could not be written: {0}")]
     NotRecorded(String),
+    /// The change is in force and its record reached the audit log, which could not be synced
+    /// (or the change could not be undone): the next start records it if the log lost it, and
+    /// further changes wait for that start.
+    #[error("the change is in force, but {0}; rollout changes wait for a restart of the server, which records it if the audit log lost it")]
+    InForceUnsettled(String),
+}
+
+/// Why a change's audit record failed ([`Rollouts::set`], [`Rollouts::end`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFailed {
+    pub message: String,
+    /// it reached the audit log, which was not synced: the change stands
+    pub written: bool,
+}
+
+impl From<crate::audit::AuditError> for RecordFailed {
+    fn from(e: crate::audit::AuditError) -> Self {
+        RecordFailed {
+            written: matches!(e, crate::audit::AuditError::NotSynced(_)),
+            message: e.to_string(),
+        }
+    }
 }
 
 /// A change on its way: written before the rollouts file changes, removed once the change is in
@@ -191,7 +213,14 @@ impl Rollouts {
                 r.pointer("/detail/sha256").and_then(|v| v.as_str()) == Some(sha)
             })
             .map_err(|e| RolloutError::Store(e.to_string()))?
-            .is_some_and(|r| r.get("detail") == Some(&detail));
+            .is_some_and(|r| {
+                // a record made by an earlier start carries the flag
+                let mut d = r.get("detail").cloned().unwrap_or_default();
+                if let Some(o) = d.as_object_mut() {
+                    o.remove("recovered_at_start");
+                }
+                d == detail
+            });
         let mut made = None;
         if in_force && !recorded {
             let mut detail = detail;
@@ -254,7 +283,7 @@ impl Rollouts {
         target: Option<&str>,
         by: &str,
         now: i64,
-        record: impl FnOnce(&Rollout) -> Result<(), String>,
+        record: impl FnOnce(&Rollout) -> Result<(), RecordFailed>,
     ) -> Result<Rollout, RolloutError> {
         if sha256.len() != 64
             || !sha256
@@ -293,15 +322,17 @@ impl Rollouts {
 
     /// One change by `by`: `edit` a copy of the rollouts in force, note the change as pending,
     /// keep the copy in the file, `record` it (the audit record `kind`), put it in force; changes
-    /// one at a time, image requests never waiting for the file. A change that cannot be recorded
-    /// is undone (the file written back) and refused with [`RolloutError::NotRecorded`]; one
-    /// that a crash leaves without its record, [`Rollouts::reconcile`] records at the next start.
+    /// one at a time, image requests never waiting for the file. A change whose record cannot be
+    /// written is undone (the file written back) and refused with [`RolloutError::NotRecorded`].
+    /// One whose record was written but not synced, or that cannot be undone, is in force as the
+    /// file has it, keeps its note and is [`RolloutError::InForceUnsettled`]; one that a crash
+    /// leaves without its record, [`Rollouts::reconcile`] records at the next start.
     fn change(
         &self,
         kind: &str,
         by: &str,
         edit: impl FnOnce(&mut BTreeMap<String, Rollout>) -> Result<Rollout, RolloutError>,
-        record: impl FnOnce(&Rollout) -> Result<(), String>,
+        record: impl FnOnce(&Rollout) -> Result<(), RecordFailed>,
     ) -> Result<Rollout, RolloutError> {
         let _one = self
             .one_change
@@ -331,11 +362,24 @@ impl Rollouts {
             return Err(e);
         }
         if let Err(e) = record(&r) {
-            // not recorded: not made. Should the undo fail, the pending note stays for the
-            // next start, and further changes wait for it.
-            self.keep(&prev)?;
+            let in_force = |why: String| {
+                // the file holds the change: in force as it is there, the note kept for the
+                // next start (which records it if the log has no record of it)
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = next.clone();
+                RolloutError::InForceUnsettled(why)
+            };
+            if e.written {
+                return Err(in_force(e.message));
+            }
+            // not recorded: not made
+            if let Err(undo) = self.keep(&prev) {
+                return Err(in_force(format!(
+                    "its audit record could not be written ({}) and it could not be undone ({undo})",
+                    e.message
+                )));
+            }
             self.remove_pending()?;
-            return Err(RolloutError::NotRecorded(e));
+            return Err(RolloutError::NotRecorded(e.message));
         }
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
         if let Err(e) = self.remove_pending() {
@@ -351,7 +395,7 @@ impl Rollouts {
         &self,
         sha256: &str,
         by: &str,
-        record: impl FnOnce(&Rollout) -> Result<(), String>,
+        record: impl FnOnce(&Rollout) -> Result<(), RecordFailed>,
     ) -> Result<Rollout, RolloutError> {
         self.change(
             "rollout-end",
@@ -456,8 +500,12 @@ mod tests {
                 audit
                     .append(kind, by, serde_json::to_value(r).unwrap())
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(RecordFailed::from)
             }
+        };
+        let failed = |m: &str, written| RecordFailed {
+            message: m.into(),
+            written,
         };
         let r = Rollouts::load(&path).unwrap();
         let set10 = r.set(&sha, 10, None, by, 1, record("rollout")).unwrap();
@@ -472,10 +520,12 @@ mod tests {
 
         // the record cannot be written: the change is undone and refused
         let e = r
-            .set(&sha, 50, None, by, 2, |_| Err("disk full".into()))
+            .set(&sha, 50, None, by, 2, |_| Err(failed("disk full", false)))
             .unwrap_err();
         assert_eq!(e, RolloutError::NotRecorded("disk full".into()));
-        let e = r.end(&sha, by, |_| Err("disk full".into())).unwrap_err();
+        let e = r
+            .end(&sha, by, |_| Err(failed("disk full", false)))
+            .unwrap_err();
         assert_eq!(e, RolloutError::NotRecorded("disk full".into()));
         assert_eq!(r.list(), vec![set10.clone()]);
         assert_eq!(std::fs::read(&path).unwrap(), file_bytes);
@@ -513,6 +563,18 @@ mod tests {
         assert!(!pending.exists());
         assert_eq!(restarted.reconcile(&audit, &*store).unwrap(), None);
         records(2);
+        // that start recorded it and then could not remove the note: the next one finds the
+        // record (with its flag) and records nothing more
+        restarted
+            .write_pending(&Pending {
+                kind: "rollout".into(),
+                by: by.into(),
+                rollout: at50.clone(),
+            })
+            .unwrap();
+        assert_eq!(restarted.reconcile(&audit, &*store).unwrap(), None);
+        records(2);
+        assert!(!pending.exists());
 
         // a crash after the record, before the note was removed: nothing more to record
         let ended = restarted.end(&sha, by, record("rollout-end")).unwrap();
@@ -557,5 +619,28 @@ mod tests {
         ));
         assert_eq!(restarted.list(), vec![]);
         records(3);
+        std::fs::remove_file(&pending).unwrap();
+
+        // a record written but not synced: the change stands (file and memory), its note stays
+        // for the next start, which records it if the log lost it (here: it never got it)
+        let at60 = Rollout {
+            percent: 60,
+            updated_at: 5,
+            ..set10.clone()
+        };
+        assert_eq!(
+            restarted.set(&sha, 60, None, by, 5, |_| Err(failed("flush: EIO", true))),
+            Err(RolloutError::InForceUnsettled("flush: EIO".into()))
+        );
+        assert_eq!(restarted.list(), vec![at60.clone()]);
+        assert_eq!(Rollouts::load(&path).unwrap().list(), vec![at60.clone()]);
+        assert!(pending.exists());
+        let again = Rollouts::load(&path).unwrap();
+        assert_eq!(
+            again.reconcile(&audit, &*store).unwrap(),
+            Some(at60.clone())
+        );
+        assert_eq!(records(4)["detail"]["percent"], 60);
+        assert!(!pending.exists());
     }
 }

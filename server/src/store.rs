@@ -30,21 +30,29 @@ pub const AUDIT_TREE: &str = "audit";
 pub type RecordUpdate<'a> =
     dyn FnMut(Option<&[u8]>) -> Result<Option<DeviceUpdate>, StoreError> + 'a;
 
+/// How [`Store::device_replace`] makes a device's next record (`None`: not this way).
+pub type RecordReplace<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
+
 /// A device's next record and the audit records of the change.
 pub type DeviceUpdate = (Vec<u8>, Vec<(u64, Vec<u8>)>);
 
 /// Everything the server keeps besides the repository files.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
-    /// Record an operator token by the sha256 (hex) of the token. The token itself is never stored.
-    fn token_put(&self, token_sha256: &str, operator: &str) -> Result<(), StoreError>;
+    /// Record an operator token by the sha256 (hex) of the token (`Some(operator)`), or remove it
+    /// (`None`), with its audit record (`seq`, bytes: [`crate::audit::Audit::append_with`]), in
+    /// one transaction, flushed. The token itself is never stored.
+    fn token_set(
+        &self,
+        token_sha256: &str,
+        operator: Option<&str>,
+        audit: (u64, &[u8]),
+    ) -> Result<(), StoreError>;
     /// The operator whose token hashes to `token_sha256`.
     fn token_operator(&self, token_sha256: &str) -> Result<Option<String>, StoreError>;
     /// Operators with a token.
     fn token_operators(&self) -> Result<Vec<String>, StoreError>;
     /// Every token as `(sha256 hex, operator)`, in hash order.
     fn tokens(&self) -> Result<Vec<(String, String)>, StoreError>;
-    /// Remove the token that hashes to `token_sha256`; `false` if there was none.
-    fn token_remove(&self, token_sha256: &str) -> Result<bool, StoreError>;
     /// Replace a device's latest report.
     fn device_put(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
     /// Replace a device's record with what `next` makes of the previous one, and append the
@@ -53,6 +61,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// that says nothing new is not worth a sync per poll). An audit `seq` already taken
     /// refuses the whole update ([`StoreError::AuditConflict`]).
     fn device_update(&self, id: &str, next: &mut RecordUpdate<'_>) -> Result<(), StoreError>;
+    /// Replace a device's record with what `next` makes of the previous one, atomically, without
+    /// audit records or a sync; `None` leaves it as it is. Whether it was replaced.
+    fn device_replace(&self, id: &str, next: &mut RecordReplace<'_>) -> Result<bool, StoreError>;
     /// Devices in id order, after `after`, at most `limit`.
     fn devices(
         &self,
@@ -131,9 +142,32 @@ impl SledStore {
 }
 
 impl Store for SledStore {
-    fn token_put(&self, token_sha256: &str, operator: &str) -> Result<(), StoreError> {
-        self.tokens
-            .insert(token_sha256.as_bytes(), operator.as_bytes())?;
+    fn token_set(
+        &self,
+        token_sha256: &str,
+        operator: Option<&str>,
+        (seq, record): (u64, &[u8]),
+    ) -> Result<(), StoreError> {
+        use sled::transaction::{abort, TransactionError};
+        use sled::Transactional;
+        let key = seq.to_be_bytes();
+        (&self.tokens, &self.audit)
+            .transaction(|(tokens, audit)| {
+                if audit.get(key)?.is_some() {
+                    return abort(StoreError::AuditConflict(seq));
+                }
+                match operator {
+                    Some(op) => tokens.insert(token_sha256.as_bytes(), op.as_bytes())?,
+                    None => tokens.remove(token_sha256.as_bytes())?,
+                };
+                audit.insert(&key, record)?;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => e.into(),
+            })?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -160,10 +194,6 @@ impl Store for SledStore {
             ));
         }
         Ok(out)
-    }
-
-    fn token_remove(&self, token_sha256: &str) -> Result<bool, StoreError> {
-        Ok(self.tokens.remove(token_sha256.as_bytes())?.is_some())
     }
 
     fn device_put(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
@@ -202,6 +232,22 @@ impl Store for SledStore {
             self.db.flush()?;
         }
         Ok(())
+    }
+
+    fn device_replace(&self, id: &str, next: &mut RecordReplace<'_>) -> Result<bool, StoreError> {
+        let mut replaced = false;
+        self.devices.fetch_and_update(id.as_bytes(), |old| {
+            // runs again when another write came first: the last run decides
+            replaced = false;
+            match next(old) {
+                Some(v) => {
+                    replaced = true;
+                    Some(sled::IVec::from(v))
+                }
+                None => old.map(sled::IVec::from),
+            }
+        })?;
+        Ok(replaced)
     }
 
     fn devices(

@@ -324,21 +324,34 @@ fn an_install_record_sent_again_after_a_lost_answer_is_kept_and_audited_once() {
             rollback_report()["install_record"].clone()
         ]
     );
+    // agents that say when they staged each install: the same install twice in a row is two
+    // records, one sent again still one
+    let staged = |t: &str| with_record(|r| r["staged"] = json!(t));
+    for t in [
+        "2030-01-02T00:00:00Z",
+        "2030-01-02T00:00:00Z",
+        "2030-01-03T00:00:00Z",
+    ] {
+        assert_eq!(post(&s, DEVICE, &staged(t)).status, 204);
+    }
+    let records: Vec<Value> = history(&s).iter().map(|h| h["record"].clone()).collect();
+    assert_eq!(records.len(), 5);
+    assert_eq!(records[3], staged("2030-01-02T00:00:00Z")["install_record"]);
+    assert_eq!(records[4], staged("2030-01-03T00:00:00Z")["install_record"]);
+    // a staging time longer than 32 bytes is refused like the other fields
+    let r = post(&s, DEVICE, &staged(&"2".repeat(33)));
+    assert_eq!(
+        (r.status, r.json()["message"].clone()),
+        (
+            400,
+            json!("install_record: field too long or has control characters")
+        )
+    );
     assert!(s.terminate().success());
     let kinds: Vec<String> = audit_records(&f)
         .iter()
         .map(|r| r["kind"].as_str().unwrap().to_string())
         .filter(|k| k == "report" || k == "install-record")
         .collect();
-    assert_eq!(
-        kinds,
-        [
-            "report",
-            "install-record",
-            "report",
-            "install-record",
-            "report",
-            "install-record"
-        ]
-    );
+    assert_eq!(kinds, ["report", "install-record"].repeat(5));
 }

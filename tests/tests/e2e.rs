@@ -1369,6 +1369,8 @@ fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_
     assert_eq!(rec["target"], TARGET);
     assert_eq!(rec["version"], "1.0.0");
     assert_eq!(rec["reason"], reason);
+    // when the pump staged it: YYYY-MM-DDTHH:MM:SSZ
+    assert_eq!(rec["staged"].as_str().map(str::len), Some(20), "{dev}");
     let mut got: Vec<String> = rec["signers"]
         .as_array()
         .unwrap()

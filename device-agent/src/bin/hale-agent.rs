@@ -609,7 +609,10 @@ fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
                     (Some(a), Some(t), Some(b)) => Some((a, t, b)),
                     _ => None,
                 };
-                let rec = offline::install_record("offline", &target, &version.to_string(), auth);
+                let mut rec =
+                    offline::install_record("offline", &target, &version.to_string(), auth);
+                // when: two installs of the same bundle are two records, not one sent twice
+                rec["staged"] = offline::iso8601(now).into();
                 queue_install(o, rec)?;
             }
             reboot_when_safe(o, store, &mut app, &summary)?;
