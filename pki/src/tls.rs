@@ -19,7 +19,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use x509_cert::der::Decode;
 
 use crate::ca::CaRole;
@@ -234,6 +234,77 @@ pub fn certificate_from_pem(pem: &str) -> Result<CertificateDer<'static>, PkiErr
 pub fn certificate_not_after(der: &[u8]) -> Result<std::time::SystemTime, PkiError> {
     let c = x509::parse_certificate(der)?;
     Ok(c.tbs_certificate.validity.not_after.to_system_time())
+}
+
+/// The names a server certificate (DER) is for, as clients connect to it: its DNS names and IP
+/// addresses.
+pub fn server_names(der: &[u8]) -> Result<Vec<ServerName<'static>>, PkiError> {
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::SubjectAltName;
+    const OID_SAN: x509_cert::der::asn1::ObjectIdentifier =
+        x509_cert::der::asn1::ObjectIdentifier::new_unwrap("2.5.29.17");
+    let c = x509::parse_certificate(der)?;
+    let mut names = Vec::new();
+    for e in c.tbs_certificate.extensions.iter().flatten() {
+        if e.extn_id != OID_SAN {
+            continue;
+        }
+        let san = SubjectAltName::from_der(e.extn_value.as_bytes())
+            .map_err(|e| PkiError::CertificateMalformed(e.to_string()))?;
+        for g in san.0 {
+            match g {
+                GeneralName::DnsName(d) => names.push(
+                    ServerName::try_from(d.as_str().to_string())
+                        .map_err(|_| PkiError::InvalidServerName(d.as_str().to_string()))?,
+                ),
+                GeneralName::IpAddress(ip) => {
+                    let b = ip.as_bytes();
+                    let ip = match b.len() {
+                        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(b).unwrap_or_default()),
+                        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(b).unwrap_or_default()),
+                        _ => return Err(PkiError::InvalidServerName(hex::encode(b))),
+                    };
+                    names.push(ServerName::IpAddress(ip.into()));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Would a client that trusts only `server_ca` (as pumps, staff tools and `hale-sign push` do)
+/// accept `chain` (the server's certificate first) for each of `names` at `now`: issued by the
+/// Server CA, valid then, for TLS servers, for those names? A certificate reload checks this
+/// before the listeners present a new chain.
+pub fn check_server_chain(
+    chain: &[CertificateDer<'static>],
+    server_ca: &CertificateDer<'static>,
+    names: &[ServerName<'static>],
+    now: std::time::SystemTime,
+) -> Result<(), PkiError> {
+    use rustls::client::danger::ServerCertVerifier;
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or(PkiError::Tls(rustls::Error::NoCertificatesPresented))?;
+    let mut roots = RootCertStore::empty();
+    roots.add(server_ca.clone())?;
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    let now = rustls_pki_types::UnixTime::since_unix_epoch(
+        now.duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    for name in names {
+        verifier.verify_server_cert(leaf, intermediates, name, &[], now)?;
+    }
+    Ok(())
+}
+
+/// A certificate's (DER) serial number, lower-case hex.
+pub fn certificate_serial(der: &[u8]) -> Result<String, PkiError> {
+    let c = x509::parse_certificate(der)?;
+    Ok(hex::encode(c.tbs_certificate.serial_number.as_bytes()))
 }
 
 /// Parse a PEM CRL.

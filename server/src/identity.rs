@@ -1364,6 +1364,18 @@ impl Identity {
         Ok(json!({"batch": batch_name, "entries": n, "replaced": replaced}))
     }
 
+    /// Record that the listeners present a new server certificate (`server.crt` reloaded).
+    pub fn record_server_certificate_load(&self, serial: &str, not_after: SystemTime) {
+        let detail = json!({"certificate": serial, "not_after": unix(not_after)});
+        if let Err(e) = self
+            .audit
+            .append("server-certificate-load", "tls-dir", detail)
+        {
+            // presented already: report, cannot undo
+            tracing::error!(error = %e, "server certificate load not recorded in the audit log");
+        }
+    }
+
     /// Record that a CRL of an offline CA was loaded.
     pub fn record_crl_load(&self, ca: &str, number: u64, source: &str, actor: &str) {
         let detail = json!({"ca": ca, "crl_number": number, "source": source});

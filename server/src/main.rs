@@ -728,6 +728,9 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
                 std::time::SystemTime::now(),
             )?);
             identity.set_crl_listener(listeners.clone());
+            // a new server.crt and server.key are loaded while running: the key's passphrase
+            // is read from its file or the environment again then (not kept in memory)
+            listeners.watch_server_certificate(args.passphrase());
             newest_crls_or_refuse(store.as_ref(), &listeners, &identity, dir)?;
             // an expired CRL was loaded: its listener refuses that CA's certificates, the device
             // API serves on; and certificates near their end

@@ -145,25 +145,94 @@ struct Crls {
     device: Option<CertificateRevocationListDer<'static>>,
     manufacturing: OfflineCrl,
     technician: OfflineCrl,
+    /// the listeners' TLS (the server's chain and key, each listener's anchors)
+    tls: ListenerSet,
+}
+
+/// The three listeners' TLS, without the CRLs.
+#[derive(Debug)]
+struct ListenerSet {
+    device: ListenerTls,
+    enroll: ListenerTls,
+    staff: ListenerTls,
+    /// the chain they present, the server's certificate first
+    chain: Vec<CertificateDer<'static>>,
+}
+
+impl ListenerSet {
+    fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: &rustls_pki_types::PrivateKeyDer<'static>,
+        issuing: &CertificateDer<'static>,
+        manufacturing: &CertificateDer<'static>,
+        technician: &CertificateDer<'static>,
+    ) -> Result<ListenerSet> {
+        let device = ListenerTls::new(
+            TrustDomain::DeviceApi,
+            std::slice::from_ref(issuing),
+            chain.clone(),
+            key.clone_key(),
+        )?;
+        let enroll = ListenerTls::new(
+            TrustDomain::Enrollment,
+            &[manufacturing.clone(), issuing.clone()],
+            chain.clone(),
+            key.clone_key(),
+        )?;
+        let staff = ListenerTls::new(
+            TrustDomain::Staff,
+            std::slice::from_ref(technician),
+            chain.clone(),
+            key.clone_key(),
+        )?;
+        Ok(ListenerSet {
+            device,
+            enroll,
+            staff,
+            chain,
+        })
+    }
+
+    /// The three configurations with `crls`, all or none.
+    fn configs(&self, crls: &Crls) -> Result<[Arc<rustls::ServerConfig>; 3]> {
+        Ok([
+            self.device.server_config(&device_crls(crls))?,
+            self.enroll.server_config(&enroll_crls(crls))?,
+            self.staff
+                .server_config(std::slice::from_ref(&crls.technician.der))?,
+        ])
+    }
+}
+
+/// A certificate the server reloaded ([`Listeners::poll_server_certificate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// serial, lower-case hex
+    pub serial: String,
+    pub not_after: SystemTime,
 }
 
 /// The three listeners' TLS: built from the material, rebuilt when a CRL changes.
 #[derive(Debug)]
 pub struct Listeners {
     dir: PathBuf,
-    device: ListenerTls,
-    enroll: ListenerTls,
-    staff: ListenerTls,
     pub device_config: Arc<ReloadableServerConfig>,
     pub enroll_config: Arc<ReloadableServerConfig>,
     pub staff_config: Arc<ReloadableServerConfig>,
+    device_issuing_der: CertificateDer<'static>,
     manufacturing_der: CertificateDer<'static>,
     technician_der: CertificateDer<'static>,
+    /// what the configurations are built from, changed under this one lock
     crls: Mutex<Crls>,
+    /// where `server.key`'s passphrase comes from, for a reload of `server.crt` and
+    /// `server.key` ([`Listeners::poll_server_certificate`]); none: no reload
+    reload_passphrase: std::sync::OnceLock<hale_repo::Passphrase>,
+    /// `server.crt` and `server.key` as last read (modified, length)
+    server_files: Mutex<[Option<(SystemTime, u64)>; 2]>,
     /// `(CA slug, CRL number, expired)` already logged ([`offline_crl_warnings`](Listeners::offline_crl_warnings))
     crl_warned: Mutex<std::collections::BTreeSet<(&'static str, u64, bool)>>,
     /// the certificates presented and trusted, for their expiry
-    certificates: Vec<Served>,
+    certificates: Mutex<Vec<Served>>,
     /// `(name, notAfter, expired)` already logged ([`certificate_warnings`](Listeners::certificate_warnings))
     cert_warned: Mutex<std::collections::BTreeSet<(&'static str, SystemTime, bool)>>,
 }
@@ -202,59 +271,8 @@ pub struct CertNotice {
 /// The certificates of `m` the listeners present or trust, each with its notAfter; one that does
 /// not parse is left out with an error in the log (rustls took it: not a reason to stop serving).
 fn served_certificates(m: &TlsMaterial) -> Vec<Served> {
-    const EVERY_CONNECTION: &str =
-        "devices, technicians, operators and factory enrollment refuse every connection to this server";
-    let mut out = Vec::new();
-    let mut add = |name: &'static str,
-                   file: &'static str,
-                   what: &'static str,
-                   stops: &'static str,
-                   der: Result<Vec<u8>, hale_pki::PkiError>| {
-        match der.and_then(|d| hale_pki::tls::certificate_not_after(&d)) {
-            Ok(not_after) => out.push(Served {
-                name,
-                file,
-                what,
-                stops,
-                not_after,
-            }),
-            Err(e) => {
-                tracing::error!(certificate = file, error = %e, "its expiry cannot be read: not watched")
-            }
-        }
-    };
-    let leaf = m
-        .server_chain
-        .first()
-        .map(|c| c.to_vec())
-        .unwrap_or_default();
-    add(
-        "server",
-        "server.crt",
-        "the server's TLS certificate",
-        EVERY_CONNECTION,
-        Ok(leaf),
-    );
-    // the Server CA: as the chain sends it, else as the directory keeps it (clients hold it)
-    match m.server_chain.get(1) {
-        Some(ca) => add(
-            "server-ca",
-            "server.crt",
-            "the Server CA certificate in the server's chain",
-            EVERY_CONNECTION,
-            Ok(ca.to_vec()),
-        ),
-        None => add(
-            "server-ca",
-            "ca/server.crt",
-            "the Server CA certificate",
-            EVERY_CONNECTION,
-            std::fs::read_to_string(m.dir.join("ca/server.crt"))
-                .map_err(|e| hale_pki::PkiError::CertificateMalformed(e.to_string()))
-                .and_then(|pem| hale_pki::tls::certificate_from_pem(&pem))
-                .map(|d| d.to_vec()),
-        ),
-    }
+    let mut out = served_server(&m.server_chain, &m.dir);
+    let mut add = |n, f, w, st, der| add_served(&mut out, (n, f, w, st), der);
     add(
         "device-issuing",
         "ca/device-issuing.crt",
@@ -286,6 +304,76 @@ fn served_certificates(m: &TlsMaterial) -> Vec<Served> {
     out
 }
 
+/// A [`Served`] into `out`, or an error in the log when `der` has no readable notAfter.
+fn add_served(
+    out: &mut Vec<Served>,
+    (name, file, what, stops): (&'static str, &'static str, &'static str, &'static str),
+    der: Result<Vec<u8>, hale_pki::PkiError>,
+) {
+    match der.and_then(|d| hale_pki::tls::certificate_not_after(&d)) {
+        Ok(not_after) => out.push(Served {
+            name,
+            file,
+            what,
+            stops,
+            not_after,
+        }),
+        Err(e) => {
+            tracing::error!(certificate = file, error = %e, "its expiry cannot be read: not watched")
+        }
+    }
+}
+
+/// The server's certificate and the Server CA's, from the chain the listeners present.
+fn served_server(chain: &[CertificateDer<'static>], dir: &Path) -> Vec<Served> {
+    const EVERY_CONNECTION: &str =
+        "devices, technicians, operators and factory enrollment refuse every connection to this server";
+    let mut out = Vec::new();
+    let mut add = |n, f, w, st, der| add_served(&mut out, (n, f, w, st), der);
+    let leaf = chain.first().map(|c| c.to_vec()).unwrap_or_default();
+    add(
+        "server",
+        "server.crt",
+        "the server's TLS certificate",
+        EVERY_CONNECTION,
+        Ok(leaf),
+    );
+    // the Server CA: as the chain sends it, else as the directory keeps it (clients hold it)
+    match chain.get(1) {
+        Some(ca) => add(
+            "server-ca",
+            "server.crt",
+            "the Server CA certificate in the server's chain",
+            EVERY_CONNECTION,
+            Ok(ca.to_vec()),
+        ),
+        None => add(
+            "server-ca",
+            "ca/server.crt",
+            "the Server CA certificate",
+            EVERY_CONNECTION,
+            server_ca(dir).map(|d| d.to_vec()),
+        ),
+    }
+    out
+}
+
+/// The Server CA certificate as the TLS directory keeps it (`ca/server.crt`): what clients trust.
+fn server_ca(dir: &Path) -> Result<CertificateDer<'static>, hale_pki::PkiError> {
+    std::fs::read_to_string(dir.join("ca/server.crt"))
+        .map_err(|e| hale_pki::PkiError::CertificateMalformed(format!("ca/server.crt: {e}")))
+        .and_then(|pem| hale_pki::tls::certificate_from_pem(&pem))
+}
+
+/// `server.crt` and `server.key` as they are on disk now: (modified, length) each.
+fn server_files(dir: &Path) -> [Option<(SystemTime, u64)>; 2] {
+    ["server.crt", "server.key"].map(|f| {
+        std::fs::metadata(dir.join(f))
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    })
+}
+
 /// An offline CA's CRL that expired or expires soon ([`Listeners::offline_crl_status`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrlNotice {
@@ -307,26 +395,12 @@ fn modified(p: &Path) -> Option<SystemTime> {
 impl Listeners {
     /// Build the listeners' configurations. `device_crl` is the server's Device Issuing CA CRL.
     pub fn new(m: &TlsMaterial, device_crl: &[u8], now: SystemTime) -> Result<Listeners> {
-        let issuing = m.device_issuing_der.clone();
-        let chain = m.server_chain.clone();
-        let key = |m: &TlsMaterial| m.server_key.clone_key();
-        let device = ListenerTls::new(
-            TrustDomain::DeviceApi,
-            std::slice::from_ref(&issuing),
-            chain.clone(),
-            key(m),
-        )?;
-        let enroll = ListenerTls::new(
-            TrustDomain::Enrollment,
-            &[m.manufacturing_der.clone(), issuing],
-            chain.clone(),
-            key(m),
-        )?;
-        let staff = ListenerTls::new(
-            TrustDomain::Staff,
-            std::slice::from_ref(&m.technician_der),
-            chain,
-            key(m),
+        let tls = ListenerSet::new(
+            m.server_chain.clone(),
+            &m.server_key,
+            &m.device_issuing_der,
+            &m.manufacturing_der,
+            &m.technician_der,
         )?;
         // at start an expired CRL is loaded (and logged, [`Listeners::offline_crl_warnings`]):
         // its listener refuses every certificate of that CA by itself, while the device API
@@ -349,31 +423,132 @@ impl Listeners {
             device: Some(CertificateRevocationListDer::from(device_crl.to_vec())),
             manufacturing: load(CaRole::Manufacturing, &m.manufacturing_der)?,
             technician: load(CaRole::Technician, &m.technician_der)?,
+            tls,
         };
-        let device_config = Arc::new(ReloadableServerConfig::new(
-            device.server_config(&device_crls(&crls))?,
-        ));
-        let enroll_config = Arc::new(ReloadableServerConfig::new(
-            enroll.server_config(&enroll_crls(&crls))?,
-        ));
-        let staff_config = Arc::new(ReloadableServerConfig::new(
-            staff.server_config(std::slice::from_ref(&crls.technician.der))?,
-        ));
+        let [device, enroll, staff] = crls.tls.configs(&crls)?;
         Ok(Listeners {
             dir: m.dir.clone(),
-            device,
-            enroll,
-            staff,
-            device_config,
-            enroll_config,
-            staff_config,
+            device_config: Arc::new(ReloadableServerConfig::new(device)),
+            enroll_config: Arc::new(ReloadableServerConfig::new(enroll)),
+            staff_config: Arc::new(ReloadableServerConfig::new(staff)),
+            device_issuing_der: m.device_issuing_der.clone(),
             manufacturing_der: m.manufacturing_der.clone(),
             technician_der: m.technician_der.clone(),
             crls: Mutex::new(crls),
+            reload_passphrase: std::sync::OnceLock::new(),
+            server_files: Mutex::new(server_files(&m.dir)),
             crl_warned: Mutex::default(),
-            certificates: served_certificates(m),
+            certificates: Mutex::new(served_certificates(m)),
             cert_warned: Mutex::default(),
         })
+    }
+
+    fn served(&self) -> std::sync::MutexGuard<'_, Vec<Served>> {
+        self.certificates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reload `server.crt` and `server.key` when they change on disk
+    /// ([`Listeners::poll_server_certificate`]), opening the key with the passphrase from
+    /// `passphrase` (a file or the environment, read again at each reload).
+    pub fn watch_server_certificate(&self, passphrase: hale_repo::Passphrase) {
+        let _ = self.reload_passphrase.set(passphrase);
+    }
+
+    /// When `server.crt` or `server.key` changed on disk since they were last read (and a
+    /// passphrase source was given, [`Listeners::watch_server_certificate`]): load them and
+    /// present them on every listener from the next connection, or say why not (the listeners
+    /// keep what they present). Each state of the two files is tried once: a key written after
+    /// its certificate is tried again when it lands.
+    ///
+    /// A new chain is taken only if a client that trusts the Server CA (`ca/server.crt`, as
+    /// pumps and staff tools do) would accept it now for every name (DNS name or IP address)
+    /// the current certificate is for, and its key is the certificate's: a reload never makes
+    /// the fleet refuse the server.
+    pub fn poll_server_certificate(&self, now: SystemTime) -> Option<Result<Reloaded>> {
+        let passphrase = self.reload_passphrase.get()?;
+        let files = server_files(&self.dir);
+        {
+            let mut known = self
+                .server_files
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *known == files {
+                return None;
+            }
+            *known = files;
+        }
+        Some(self.reload_server_certificate(passphrase, now))
+    }
+
+    fn reload_server_certificate(
+        &self,
+        passphrase: &hale_repo::Passphrase,
+        now: SystemTime,
+    ) -> Result<Reloaded> {
+        let chain_path = self.dir.join("server.crt");
+        let chain = certificates_from_pem(&read_text(&chain_path)?)
+            .with_context(|| format!("parsing {}", chain_path.display()))?;
+        let key_path = self.dir.join("server.key");
+        let pass = passphrase
+            .read()
+            .context("reading the passphrase of server.key")?;
+        let key = hale_pki::tls::open_private_key(&read_small(&key_path)?, &pass)
+            .with_context(|| format!("opening {}", key_path.display()))?;
+        let server_ca = server_ca(&self.dir)?;
+        let mut crls = self.crls();
+        let current = crls
+            .tls
+            .chain
+            .first()
+            .context("no certificate presented now")?;
+        let names = hale_pki::tls::server_names(current)?;
+        anyhow::ensure!(
+            !names.is_empty(),
+            "the certificate presented now names no DNS name or IP address: which names the new \
+             one must be valid for is not known (restart the server to load it)"
+        );
+        hale_pki::tls::check_server_chain(&chain, &server_ca, &names, now).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: clients that trust ca/server.crt would refuse it for {}: {}",
+                chain_path.display(),
+                names
+                    .iter()
+                    .map(|n| n.to_str().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                match e {
+                    hale_pki::PkiError::Tls(e) => e.to_string(),
+                    e => e.to_string(),
+                }
+            )
+        })?;
+        let leaf = chain.first().context("no certificate in server.crt")?;
+        let reloaded = Reloaded {
+            serial: hale_pki::tls::certificate_serial(leaf)?,
+            not_after: hale_pki::tls::certificate_not_after(leaf)?,
+        };
+        // the key must be the certificate's (rustls checks), and all three configurations build
+        let tls = ListenerSet::new(
+            chain.clone(),
+            &key,
+            &self.device_issuing_der,
+            &self.manufacturing_der,
+            &self.technician_der,
+        )?;
+        let [device, enroll, staff] = tls.configs(&crls)?;
+        self.device_config.replace(device);
+        self.enroll_config.replace(enroll);
+        self.staff_config.replace(staff);
+        crls.tls = tls;
+        drop(crls);
+        let mut served = self.served();
+        served.retain(|c| c.name != "server" && c.name != "server-ca");
+        let mut new = served_server(&chain, &self.dir);
+        new.append(&mut served);
+        *served = new;
+        Ok(reloaded)
     }
 
     /// Log what has not been logged of [`offline_crl_warnings`](Self::offline_crl_warnings)
@@ -394,7 +569,7 @@ impl Listeners {
 
     /// `(name, notAfter)` of each certificate the listeners present or trust.
     pub fn certificate_validity(&self) -> Vec<(&'static str, SystemTime)> {
-        self.certificates
+        self.served()
             .iter()
             .map(|c| (c.name, c.not_after))
             .collect()
@@ -402,11 +577,12 @@ impl Listeners {
 
     /// What the certificates' expiry means at `now` and what to do, for `/healthz` and the log:
     /// one notice per certificate that expired or expires within [`SERVER_CERT_WARNING`] (the
-    /// server's own) or [`CA_CERT_WARNING`] (a CA's). Certificates are read at start: a new
-    /// one takes a restart.
+    /// server's own) or [`CA_CERT_WARNING`] (a CA's). The server's certificate is reloaded when
+    /// its files change ([`Listeners::poll_server_certificate`]); a new CA certificate takes a
+    /// restart.
     pub fn certificate_status(&self, now: SystemTime) -> Vec<CertNotice> {
         let mut out = Vec::new();
-        for c in &self.certificates {
+        for c in self.served().iter() {
             let left = c
                 .not_after
                 .duration_since(now)
@@ -416,7 +592,7 @@ impl Listeners {
                 (
                     SERVER_CERT_WARNING,
                     format!(
-                        "issue a new one (`hale-sign ca server-cert …`), put it and its key at {} and {}, and restart the server",
+                        "issue a new one (`hale-sign ca server-cert …`) for the same names and put it and its key at {} and {}: the server presents it from the next connection (no restart)",
                         self.dir.join("server.crt").display(),
                         self.dir.join("server.key").display()
                     ),
@@ -614,8 +790,11 @@ impl Listeners {
         // then neither the file nor the loaded state may change (a file it refuses would stop
         // the next start in Listeners::new)
         let config = match ca {
-            CaRole::Manufacturing => self.enroll.server_config(&enroll_crls_with(&crls, &der)),
-            _ => self.staff.server_config(std::slice::from_ref(&der)),
+            CaRole::Manufacturing => crls
+                .tls
+                .enroll
+                .server_config(&enroll_crls_with(&crls, &der)),
+            _ => crls.tls.staff.server_config(std::slice::from_ref(&der)),
         }
         .map_err(|e| IdentityError::BadCrl(e.to_string()))?;
         if write_file {
@@ -729,18 +908,19 @@ impl CrlListener for Listeners {
     fn device_crl_changed(&self, crl_der: &[u8]) {
         let mut crls = self.crls();
         crls.device = Some(CertificateRevocationListDer::from(crl_der.to_vec()));
-        match self.device.server_config(&device_crls(&crls)) {
+        match crls.tls.device.server_config(&device_crls(&crls)) {
             Ok(c) => self.device_config.replace(c),
             Err(e) => tracing::error!(error = %e, "device listener: new CRL not loaded"),
         }
-        match self.enroll.server_config(&enroll_crls(&crls)) {
+        match crls.tls.enroll.server_config(&enroll_crls(&crls)) {
             Ok(c) => self.enroll_config.replace(c),
             Err(e) => tracing::error!(error = %e, "enrollment listener: new CRL not loaded"),
         }
     }
 }
 
-/// Keep the server's CRL fresh and pick up CRL files dropped into the TLS directory.
+/// Keep the server's CRL fresh, pick up CRL files dropped into the TLS directory, and a new
+/// `server.crt` and `server.key`.
 pub async fn maintain_crls(identity: Arc<Identity>, listeners: Arc<Listeners>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -751,6 +931,14 @@ pub async fn maintain_crls(identity: Arc<Identity>, listeners: Arc<Listeners>, e
             let now = SystemTime::now();
             if let Err(e) = id.refresh_crl(now) {
                 tracing::error!(error = %e, "Device Issuing CA CRL not re-signed");
+            }
+            match l.poll_server_certificate(now) {
+                None => {}
+                Some(Ok(r)) => {
+                    tracing::info!(serial = %r.serial, not_after = %hale_pki::utc(r.not_after), "server certificate reloaded: presented from the next connection");
+                    id.record_server_certificate_load(&r.serial, r.not_after);
+                }
+                Some(Err(e)) => tracing::error!(error = %format!("{e:#}"), "server.crt and server.key not reloaded: the listeners present the certificate they had"),
             }
             l.log_warnings(now);
             for (ca, r) in l.poll_crl_files(now) {

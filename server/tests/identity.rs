@@ -2400,8 +2400,8 @@ fn certificates_near_their_end_are_warned_about_at_start_and_in_healthz() {
     let server_msg = format!(
         "the server's TLS certificate (server.crt) expires at {} (in 9 days): then devices, \
          technicians, operators and factory enrollment refuse every connection to this server; \
-         issue a new one (`hale-sign ca server-cert …`), put it and its key at {} and {}, and \
-         restart the server",
+         issue a new one (`hale-sign ca server-cert …`) for the same names and put it and its \
+         key at {} and {}: the server presents it from the next connection (no restart)",
         hale_pki::utc(server_end),
         tls.join("server.crt").display(),
         tls.join("server.key").display()
@@ -2676,4 +2676,123 @@ fn a_staged_rollout_holds_an_image_back_from_devices_outside_its_share() {
             ("rollout-end".to_string(), json!(place)),
         ]
     );
+}
+
+/// A server certificate issued by `ca` for `dns` and 127.0.0.1, valid `days`, with its key, into
+/// the TLS directory `tls` (the key first, then the chain); returns its serial.
+fn put_server_certificate(tls: &Path, ca: &Ca, dns: &[&str], days: u64) -> String {
+    let k = generate_key_and_csr(KeyAlgorithm::P256, "server").unwrap();
+    let cert = ca
+        .issue_server_certificate(
+            &k.csr_pem,
+            dns,
+            &["127.0.0.1".parse().unwrap()],
+            Duration::from_secs(days * 86_400),
+            SystemTime::now(),
+        )
+        .unwrap();
+    write(
+        &tls.join("server.key"),
+        &hale_pki::tls::seal_private_key_with_cost(&k.private_key_pem, CA_PASS.as_bytes(), 10)
+            .unwrap(),
+    );
+    write(
+        &tls.join("server.crt"),
+        format!("{}{}", cert.pem, ca.certificate_pem().unwrap()).as_bytes(),
+    );
+    cert.serial_hex
+}
+
+/// The serial of the certificate a listener at `addr` presents to a new client.
+fn presented_serial(addr: &str, server_ca: &CertificateDer<'static>) -> String {
+    let mut c = connect(
+        addr,
+        client_config_without_certificate(server_ca.clone()).unwrap(),
+    );
+    let _ = c.get("/");
+    let leaf = c.0.conn.peer_certificates().unwrap()[0].clone();
+    hale_pki::tls::certificate_serial(&leaf).unwrap()
+}
+
+/// Wait (20 s at most) until the server's log has `text` `n` times.
+fn wait_for_log(f: &Fixture, text: &str, n: usize) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(f.data.join("server.log")).unwrap_or_default();
+        if log.matches(text).count() >= n {
+            return log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {text:?} in the log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_new_server_certificate_is_presented_without_a_restart_and_one_clients_would_refuse_is_not() {
+    let f = Fixture::new();
+    let tls = f.dir.path().join("tls");
+    // the server's certificate ends in ten days: warned about
+    let p = tls_dir_valid(&tls, 365, 10);
+    let first = hale_pki::tls::certificate_serial(
+        &hale_server::tls::certificates_from_pem(
+            &std::fs::read_to_string(tls.join("server.crt")).unwrap(),
+        )
+        .unwrap()[0],
+    )
+    .unwrap();
+    let t = start_tls(&f, &tls);
+    let operator = staff(&p, "olga", StaffRole::Operator);
+    for addr in [&t.device, &t.enroll, &t.staff] {
+        assert_eq!(presented_serial(addr, &p.server_ca), first);
+    }
+    let warnings = || get(&format!("{}/healthz", t.plain)).json()["warnings"].clone();
+    assert_eq!(warnings().as_array().unwrap().len(), 1, "{}", warnings());
+    let refused = "server.crt and server.key not reloaded";
+
+    // from another hierarchy's Server CA: pumps would refuse it, so it is not presented
+    let other = Hierarchy::create(Duration::from_secs(365 * 86_400), SystemTime::now()).unwrap();
+    put_server_certificate(&tls, &other.server, &["localhost"], 90);
+    let log = wait_for_log(&f, "would refuse it for localhost, 127.0.0.1", 1);
+    assert!(log.contains(refused), "{log}");
+    // (the same Server CA name with another key: the signature does not verify)
+    assert!(
+        log.contains(
+            "would refuse it for localhost, 127.0.0.1: invalid peer certificate: BadSignature"
+        ),
+        "{log}"
+    );
+    assert_eq!(presented_serial(&t.device, &p.server_ca), first);
+
+    // from our Server CA but not for the name clients connect to: refused too
+    put_server_certificate(&tls, &p.h.server, &["elsewhere.example"], 90);
+    let log = wait_for_log(&f, "would refuse it for localhost, 127.0.0.1", 2);
+    assert!(
+        log.contains(
+            "would refuse it for localhost, 127.0.0.1: invalid peer certificate: certificate not \
+             valid for name \"localhost\"; certificate is only valid for \
+             DnsName(\"elsewhere.example\") or IpAddress(127.0.0.1)"
+        ),
+        "{log}"
+    );
+    assert_eq!(presented_serial(&t.device, &p.server_ca), first);
+
+    // a good one: every listener presents it from the next connection, the warning is gone,
+    // and the audit log says when it came
+    let second = put_server_certificate(&tls, &p.h.server, &["localhost"], 90);
+    wait_for_log(&f, "server certificate reloaded", 1);
+    for addr in [&t.device, &t.enroll, &t.staff] {
+        assert_eq!(presented_serial(addr, &p.server_ca), second);
+    }
+    assert_eq!(warnings(), json!([]));
+    let loads = audit_of(&t, &operator, "server-certificate-load");
+    assert_eq!(loads.len(), 1, "{loads:?}");
+    assert_eq!(loads[0]["detail"]["certificate"], second);
+    assert_eq!(loads[0]["actor"], "tls-dir");
+    // and a restart takes the same files
+    drop(t);
+    let t = start_tls(&f, &tls);
+    assert_eq!(presented_serial(&t.staff, &p.server_ca), second);
 }
