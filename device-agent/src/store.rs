@@ -26,6 +26,7 @@
 //! authorization an image was staged by; the agent accepts only a later one.
 
 use embedded_storage::nor_flash::NorFlash;
+use hale_core::crypto::{sha256_finish, sha256_update};
 use hale_core::slots::{Boot, Image, Slot, SlotInfo, SlotState, Slots};
 use hale_core::{Role, UnixTime, Version};
 use sha2::{Digest, Sha256};
@@ -532,6 +533,8 @@ fn decode_header(h: &[u8; HEADER_LEN], region: usize) -> Option<State> {
 struct RecordWriter {
     base: u32,
     pos: u32,
+    /// Only pushed bytes and the erased-byte padding `flush` adds are ever written from it: it
+    /// starts zeroed (an aligned 0xFF fill would pull in another memset, ~0.2 KB of firmware).
     buf: [u8; COPY_CHUNK],
     fill: usize,
     hash: Sha256,
@@ -545,7 +548,7 @@ impl RecordWriter {
         hash: bool,
     ) -> Result<(), F::Error> {
         if hash {
-            self.hash.update(data);
+            sha256_update(&mut self.hash, data);
         }
         while !data.is_empty() {
             let room = COPY_CHUNK - self.fill;
@@ -566,7 +569,7 @@ impl RecordWriter {
     }
 
     fn finish<F: NorFlash>(mut self, flash: &mut F) -> Result<(), F::Error> {
-        let digest: [u8; 32] = core::mem::take(&mut self.hash).finalize().into();
+        let digest = sha256_finish(core::mem::take(&mut self.hash));
         self.push(flash, &digest, false)?;
         self.flush(flash)
     }
@@ -632,7 +635,7 @@ impl<F: Durable> FirmwareStore<F> {
         let mut w = RecordWriter {
             base: layout.slots[0],
             pos: 0,
-            buf: [0xFF; COPY_CHUNK],
+            buf: [0; COPY_CHUNK],
             fill: 0,
             hash: Sha256::new(),
         };
@@ -841,7 +844,7 @@ impl<F: Durable> FirmwareStore<F> {
         let mut w = RecordWriter {
             base,
             pos: 0,
-            buf: [0xFF; COPY_CHUNK],
+            buf: [0; COPY_CHUNK],
             fill: 0,
             hash: Sha256::new(),
         };
@@ -952,10 +955,10 @@ impl<F: Durable> FirmwareStore<F> {
             let n = (img.length - off).min(COPY_CHUNK as u64) as usize;
             let t = tmp.get_mut(..n).unwrap_or(&mut []);
             self.read_slot(slot, off, t)?;
-            h.update(&*t);
+            sha256_update(&mut h, t);
             off += n as u64;
         }
-        let d: [u8; 32] = h.finalize().into();
+        let d = sha256_finish(h);
         Ok(d == img.sha256)
     }
 
@@ -1026,7 +1029,7 @@ fn read_record<F: NorFlash>(
         return Ok(None);
     }
     let mut hash = Sha256::new();
-    hash.update(h);
+    sha256_update(&mut hash, &h);
     let mut off = base + HEADER_LEN as u32;
     let mut left = meta as usize;
     let mut tmp = [0u8; COPY_CHUNK];
@@ -1034,19 +1037,19 @@ fn read_record<F: NorFlash>(
         let n = left.min(COPY_CHUNK);
         let t = tmp.get_mut(..n).unwrap_or(&mut []);
         flash.read(off, t)?;
-        hash.update(&*t);
+        sha256_update(&mut hash, t);
         off += n as u32;
         left -= n;
     }
     let mut check = [0u8; LAST_CHECK_LEN];
     if check_len > 0 {
         flash.read(off, &mut check)?;
-        hash.update(check);
+        sha256_update(&mut hash, &check);
         off += LAST_CHECK_LEN as u32;
     }
     let mut stored = [0u8; DIGEST_LEN];
     flash.read(off, &mut stored)?;
-    let d: [u8; 32] = hash.finalize().into();
+    let d = sha256_finish(hash);
     if d != stored {
         return Ok(None);
     }

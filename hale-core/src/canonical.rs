@@ -27,7 +27,7 @@ impl<S: Sink + ?Sized> Sink for &mut S {
 
 impl Sink for sha2::Sha256 {
     fn write(&mut self, bytes: &[u8]) {
-        sha2::Digest::update(self, bytes)
+        crate::crypto::sha256_update(self, bytes)
     }
 }
 

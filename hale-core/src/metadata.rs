@@ -95,14 +95,15 @@ fn spec_version_supported(s: &JStr<'_>) -> bool {
     let Some(s) = s.decode_into(&mut buf) else {
         return false;
     };
-    let mut parts = s.split('.');
-    if parts.next() != Some("1") {
+    // split as bytes: the same parts for an ASCII separator, without `str`'s char searcher
+    let mut parts = s.as_bytes().split(|b| *b == b'.');
+    if parts.next() != Some(b"1") {
         return false;
     }
     let mut n = 0;
     for p in parts {
         n += 1;
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+        if p.is_empty() || !p.iter().all(|b| b.is_ascii_digit()) {
             return false;
         }
     }
@@ -641,7 +642,7 @@ impl Hasher {
 
     fn update(&mut self, chunk: &[u8]) {
         if let Some((h, _)) = &mut self.sha256 {
-            h.update(chunk);
+            crate::crypto::sha256_update(h, chunk);
         }
         if let Some((h, _)) = &mut self.sha512 {
             h.update(chunk);
@@ -650,7 +651,7 @@ impl Hasher {
 
     fn finish(self) -> Result<(), Error> {
         if let Some((h, want)) = self.sha256 {
-            if h.finalize()[..] != want[..] {
+            if crate::crypto::sha256_finish(h) != want {
                 return Err(Error::HashMismatch {
                     what: self.what,
                     algorithm: "sha256",
@@ -989,10 +990,18 @@ impl<'a> SuccinctRoles<'a> {
         if !self.name_prefix.eq_bytes(head) || hex.len() != self.suffix_len() {
             return false;
         }
-        if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return false;
+        // lowercase hex digits only; at most 8 of them (`bit_length` is 1..=32), so the value
+        // fits (`u64::from_str_radix` pulls in 64-bit overflow checks for nothing)
+        let mut bin = 0u64;
+        for b in hex.bytes() {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                _ => return false,
+            };
+            bin = (bin << 4) | u64::from(d);
         }
-        u64::from_str_radix(hex, 16).is_ok_and(|bin| bin < (1u64 << self.bit_length))
+        bin < (1u64 << self.bit_length)
     }
 
     pub fn keys(&self, delegator_keys: Object<'a>, bin_name: &str) -> RoleKeys<'a> {
@@ -1027,12 +1036,16 @@ fn hex_prefix_matches(prefix: &JStr<'_>, hash: &[u8; 32]) -> bool {
 pub fn path_matches(pattern: &JStr<'_>, target: &str) -> Option<bool> {
     let mut buf = [0u8; MAX_PATTERN_LEN];
     let pattern = pattern.decode_into(&mut buf)?;
-    let (mut p, mut t) = (pattern.split('/'), target.split('/'));
+    // split as bytes (as in `spec_version_supported`)
+    let (mut p, mut t) = (
+        pattern.as_bytes().split(|b| *b == b'/'),
+        target.as_bytes().split(|b| *b == b'/'),
+    );
     loop {
         match (p.next(), t.next()) {
             (None, None) => return Some(true),
             (Some(ps), Some(ts)) => {
-                if !fnmatch(ps.as_bytes(), ts.as_bytes()) {
+                if !fnmatch(ps, ts) {
                     return Some(false);
                 }
             }
@@ -1155,8 +1168,9 @@ pub fn check_target_path(path: &str) -> Result<(), Error> {
         || path.starts_with('/')
         || !safe_chars(path)
         || path
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            .as_bytes()
+            .split(|b| *b == b'/')
+            .any(|seg| seg.is_empty() || seg == b"." || seg == b"..")
     {
         return Err(Error::UnsafeName {
             name: Name::new(path),
