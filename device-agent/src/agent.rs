@@ -740,9 +740,8 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
         length: file.length,
         sha256,
     };
-    let inactive = slots.inactive();
-    let info = slots.info(inactive);
-    if info.state == SlotState::Rejected && info.image.is_some_and(|i| i.sha256 == sha256) {
+    // failed its trial here, or rolled back from: never again (whichever slot held it)
+    if store.refused(&sha256) {
         return Err(AgentError::PreviouslyReverted {
             version: fw.version,
         });

@@ -15,10 +15,19 @@
 //! 224  download_offset:u64
 //! 232  metadata lengths: root, timestamp, snapshot, targets (u32 each)
 //! 248  length of the last-check record: 0 (none) or 49 (u32)
+//! 252  length of the refused list: 0 to 4 sha256 values, 32 bytes each (u32)
 //! 256  metadata bytes, concatenated, exactly as verified; then the last-check record:
 //!      snapshot_version:u64 running_sha256[32] valid_until:i64 conclusion:u8
+//!      then the refused list: sha256[32] each, oldest first
 //! ...  sha256 over everything before it
 //! ```
+//!
+//! The refused list holds the images that failed their trial here (a reset or a failed health
+//! check before confirmation) and the one an authorized rollback took the device back from:
+//! never installed again, even once their slot holds another image. The newest
+//! [`REFUSED_MAX`] are kept. An image found damaged in its slot before it ran is not listed
+//! (its slot's `Rejected` state refuses it while the slot holds it). A record written before the
+//! list existed has 0 at 252: none (the slots' own `Rejected` states still say theirs).
 //!
 //! A record written before the last-check field existed has 0 at 248: no last check. One written
 //! before the authorization field existed has 0 at 12 (then reserved, always 0): no rollback
@@ -38,6 +47,8 @@ const SLOT_INFO_LEN: usize = 100;
 const VERSION_MAX: usize = 48;
 const DIGEST_LEN: usize = 32;
 const LAST_CHECK_LEN: usize = 49;
+/// Images refused for good that a record remembers (newest kept).
+pub const REFUSED_MAX: usize = 4;
 /// Bytes moved per flash read or write when copying (stack buffer).
 const COPY_CHUNK: usize = 64;
 
@@ -230,6 +241,49 @@ struct State {
     last_check: Option<LastCheck>,
     /// `issued` of the last rollback authorization an image was staged by (0: none)
     authorization: u32,
+    /// images refused for good, oldest first
+    refused: Refused,
+}
+
+/// The sha256 values of images never to be installed again (see the module's documentation): a
+/// ring, the oldest overwritten when full (no shifting: `memmove` alone is ~1.5 KB of firmware).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Refused {
+    list: [[u8; 32]; REFUSED_MAX],
+    len: u8,
+    /// where the next one goes (the oldest, when full)
+    next: u8,
+}
+
+impl Refused {
+    fn entries(&self) -> &[[u8; 32]] {
+        self.list.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+
+    /// The entries, oldest first (as a record keeps them).
+    fn oldest_first(&self) -> impl Iterator<Item = &[u8; 32]> {
+        let (len, next) = (usize::from(self.len), usize::from(self.next));
+        let start = if len == REFUSED_MAX { next } else { 0 };
+        (0..len).filter_map(move |k| self.list.get((start + k) % REFUSED_MAX))
+    }
+
+    /// With `sha256` (when given and not listed yet), the oldest dropped when full.
+    fn with(mut self, sha256: Option<[u8; 32]>) -> Refused {
+        let Some(d) = sha256 else { return self };
+        if self.entries().contains(&d) {
+            return self;
+        }
+        if let Some(e) = self.list.get_mut(usize::from(self.next)) {
+            *e = d;
+        }
+        self.next = ((usize::from(self.next) + 1) % REFUSED_MAX) as u8;
+        self.len = (usize::from(self.len) + 1).min(REFUSED_MAX) as u8;
+        self
+    }
+
+    fn byte_len(&self) -> usize {
+        self.entries().len() * 32
+    }
 }
 
 /// The one thing a [`FirmwareStore`] needs from its flash beyond [`NorFlash`]: a way to put
@@ -498,6 +552,7 @@ fn encode_header(st: &State) -> [u8; HEADER_LEN] {
     if st.last_check.is_some() {
         put_u32(&mut h, 248, LAST_CHECK_LEN as u32);
     }
+    put_u32(&mut h, 252, st.refused.byte_len() as u32);
     h
 }
 
@@ -526,6 +581,7 @@ fn decode_header(h: &[u8; HEADER_LEN], region: usize) -> Option<State> {
         // filled in by `read_record` once the record's digest checks out
         last_check: None,
         authorization: get_u32(h, 12),
+        refused: Refused::default(),
     })
 }
 
@@ -652,6 +708,7 @@ impl<F: Durable> FirmwareStore<F> {
             meta_lens: [0; 4],
             last_check: None,
             authorization: 0,
+            refused: Refused::default(),
         };
         let mut store = FirmwareStore {
             flash,
@@ -741,6 +798,17 @@ impl<F: Durable> FirmwareStore<F> {
         Ok(Some(dst))
     }
 
+    /// Did an image with this sha256 fail its trial here, or did an authorized rollback take
+    /// the device back from it (the newest [`REFUSED_MAX`] such images, and the slots' own
+    /// `Rejected` records)? It is never installed again.
+    pub fn refused(&self, sha256: &[u8; 32]) -> bool {
+        self.state.refused.entries().contains(sha256)
+            || [Slot::A, Slot::B].into_iter().any(|s| {
+                let i = self.state.slots.info(s);
+                i.state == SlotState::Rejected && i.image.is_some_and(|i| i.sha256 == *sha256)
+            })
+    }
+
     /// What the last completed update check concluded (`None`: search in full).
     pub fn last_check(&self) -> Option<LastCheck> {
         self.state.last_check
@@ -765,7 +833,7 @@ impl<F: Durable> FirmwareStore<F> {
         let auth = issued.map_or(self.state.authorization, |i| {
             u32::try_from(i.max(0)).unwrap_or(u32::MAX)
         });
-        self.commit_with(slots, off, [Meta::Keep; 4], last, auth)
+        self.commit_with(slots, off, [Meta::Keep; 4], last, auth, None)
     }
 
     /// Write a new state record (the power-loss-safe step every change of state goes through),
@@ -777,7 +845,7 @@ impl<F: Durable> FirmwareStore<F> {
         meta: [Meta<'_>; 4],
     ) -> Result<(), StoreError<F::Error>> {
         let (last, auth) = (self.state.last_check, self.state.authorization);
-        self.commit_with(slots, download_offset, meta, last, auth)
+        self.commit_with(slots, download_offset, meta, last, auth, None)
     }
 
     /// Record what an update check concluded, with the metadata it verified (one record: both
@@ -788,9 +856,10 @@ impl<F: Durable> FirmwareStore<F> {
         meta: [Meta<'_>; 4],
     ) -> Result<(), StoreError<F::Error>> {
         let (slots, off) = (self.state.slots, self.state.download_offset);
-        self.commit_with(slots, off, meta, last_check, self.state.authorization)
+        self.commit_with(slots, off, meta, last_check, self.state.authorization, None)
     }
 
+    /// The one way a record is written; `refuse`: an image to add to the refused list.
     fn commit_with(
         &mut self,
         slots: Slots,
@@ -798,7 +867,9 @@ impl<F: Durable> FirmwareStore<F> {
         meta: [Meta<'_>; 4],
         last_check: Option<LastCheck>,
         authorization: u32,
+        refuse: Option<[u8; 32]>,
     ) -> Result<(), StoreError<F::Error>> {
+        let refused = self.state.refused.with(refuse);
         let mut lens = [0u32; 4];
         for (i, (m, l)) in meta.iter().zip(lens.iter_mut()).enumerate() {
             *l = match m {
@@ -811,8 +882,11 @@ impl<F: Durable> FirmwareStore<F> {
         } else {
             0
         };
-        let total: usize =
-            lens.iter().map(|l| *l as usize).sum::<usize>() + check_len + HEADER_LEN + DIGEST_LEN;
+        let total: usize = lens.iter().map(|l| *l as usize).sum::<usize>()
+            + check_len
+            + refused.byte_len()
+            + HEADER_LEN
+            + DIGEST_LEN;
         let capacity = self.layout.state_len as usize;
         if total > capacity {
             return Err(StoreError::RecordTooSmall {
@@ -830,6 +904,7 @@ impl<F: Durable> FirmwareStore<F> {
             meta_lens: lens,
             last_check,
             authorization,
+            refused,
         };
         let header = encode_header(&next);
         // erase only the sectors the record's writes reach (64-byte pieces): what lies beyond
@@ -878,6 +953,9 @@ impl<F: Durable> FirmwareStore<F> {
         if let Some(c) = &last_check {
             w.push(f, &c.encode(), true).map_err(StoreError::Flash)?;
         }
+        for d in refused.oldest_first() {
+            w.push(f, d, true).map_err(StoreError::Flash)?;
+        }
         w.finish(f).map_err(StoreError::Flash)?;
         // and the record is on the medium before anything it allows
         f.sync().map_err(StoreError::Flash)?;
@@ -887,8 +965,24 @@ impl<F: Durable> FirmwareStore<F> {
 
     /// Commit new slot states, keeping metadata and the download offset.
     pub fn set_slots(&mut self, slots: Slots) -> Result<(), StoreError<F::Error>> {
-        let off = self.state.download_offset;
-        self.commit(slots, off, [Meta::Keep; 4])
+        self.set_slots_refusing(slots, None)
+    }
+
+    /// [`set_slots`](Self::set_slots), adding `refuse` to the refused list in the same record.
+    fn set_slots_refusing(
+        &mut self,
+        slots: Slots,
+        refuse: Option<[u8; 32]>,
+    ) -> Result<(), StoreError<F::Error>> {
+        let st = self.state;
+        self.commit_with(
+            slots,
+            st.download_offset,
+            [Meta::Keep; 4],
+            st.last_check,
+            st.authorization,
+            refuse,
+        )
     }
 
     // --- slots -----------------------------------------------------------------------------
@@ -969,6 +1063,12 @@ impl<F: Durable> FirmwareStore<F> {
         // decided on a copy: the current state changes only by committing the next record
         let mut next = self.state.slots;
         let mut boot = next.boot_in_place();
+        // a trial that ended without confirmation failed: refused for good (an image found
+        // damaged below never ran, and is not)
+        let failed = match boot {
+            Boot::Reverted { rejected, .. } => next.info(rejected).image.map(|i| i.sha256),
+            _ => None,
+        };
         let slot = boot.slot();
         let state_ok = matches!(next.info(slot).state, SlotState::Good | SlotState::Trial);
         if !state_ok || !self.image_matches(slot)? {
@@ -986,7 +1086,7 @@ impl<F: Durable> FirmwareStore<F> {
             }
         }
         if next != self.state.slots {
-            self.set_slots(next)?;
+            self.set_slots_refusing(next, failed)?;
         }
         Ok(boot)
     }
@@ -996,14 +1096,18 @@ impl<F: Durable> FirmwareStore<F> {
     pub fn confirm(&mut self) -> Result<(), StoreError<F::Error>> {
         let mut next = self.state.slots;
         next.confirm_in_place().map_err(StoreError::Slot)?;
-        self.set_slots(next)
+        // an authorized rollback confirmed: the image it replaced is refused for good
+        let other = next.info(next.active().other());
+        let replaced = (other.state == SlotState::Rejected).then_some(other.image);
+        self.set_slots_refusing(next, replaced.flatten().map(|i| i.sha256))
     }
 
     /// The application's health checks failed: revert now. Returns the slot that is good.
     pub fn reject(&mut self) -> Result<Boot, StoreError<F::Error>> {
         let mut next = self.state.slots;
+        let failed = next.info(next.active()).image.map(|i| i.sha256);
         let boot = next.reject_in_place().map_err(StoreError::Slot)?;
-        self.set_slots(next)?;
+        self.set_slots_refusing(next, failed)?;
         Ok(boot)
     }
 }
@@ -1024,8 +1128,14 @@ fn read_record<F: NorFlash>(
         n if n as usize == LAST_CHECK_LEN => LAST_CHECK_LEN,
         _ => return Ok(None),
     };
+    let refused_len = get_u32(&h, 252) as usize;
+    if refused_len % 32 != 0 || refused_len > REFUSED_MAX * 32 {
+        return Ok(None);
+    }
     let meta: u64 = st.meta_lens.iter().map(|l| u64::from(*l)).sum();
-    if meta + (check_len + HEADER_LEN + DIGEST_LEN) as u64 > u64::from(layout.state_len) {
+    if meta + (check_len + refused_len + HEADER_LEN + DIGEST_LEN) as u64
+        > u64::from(layout.state_len)
+    {
         return Ok(None);
     }
     let mut hash = Sha256::new();
@@ -1047,6 +1157,15 @@ fn read_record<F: NorFlash>(
         sha256_update(&mut hash, &check);
         off += LAST_CHECK_LEN as u32;
     }
+    let mut refused = Refused::default();
+    for e in refused.list.iter_mut().take(refused_len / 32) {
+        flash.read(off, e)?;
+        sha256_update(&mut hash, e);
+        off += 32;
+    }
+    refused.len = (refused_len / 32) as u8;
+    // read oldest first: the next one overwrites the oldest once the ring is full
+    refused.next = (usize::from(refused.len) % REFUSED_MAX) as u8;
     let mut stored = [0u8; DIGEST_LEN];
     flash.read(off, &mut stored)?;
     let d = sha256_finish(hash);
@@ -1057,6 +1176,7 @@ fn read_record<F: NorFlash>(
         // an unknown conclusion (a newer format) is dropped: the next check searches in full
         st.last_check = LastCheck::decode(&check);
     }
+    st.refused = refused;
     Ok(Some(st))
 }
 
@@ -1230,6 +1350,64 @@ mod tests {
                 assert!(s.last_check().is_none() || s.last_check() == Some(check));
             }
         }
+    }
+
+    #[test]
+    fn refused_images_persist_keep_the_newest_and_survive_a_torn_write() {
+        let mut mem = vec![0u8; L.end() as usize];
+        let fw = b"firmware-1".as_slice();
+        drop(
+            FirmwareStore::provision(MemFlash::<1024>::new(&mut mem), L, b"{}", fw, img(fw, 1))
+                .unwrap(),
+        );
+        let open = |mem: &mut [u8]| {
+            let flash = MemFlash::<1024>::new(mem);
+            // the borrow ends with the store: the caller drops it before reopening
+            FirmwareStore::open(flash, L).unwrap().state.refused
+        };
+        let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        assert!(!s.refused(&[1; 32]), "a record without the list: none");
+        for i in 1..=5u8 {
+            let slots = s.slots();
+            s.set_slots_refusing(slots, Some([i; 32])).unwrap();
+        }
+        // listed once however often refused
+        let slots = s.slots();
+        s.set_slots_refusing(slots, Some([5; 32])).unwrap();
+        // other records keep it
+        s.record_check(
+            None,
+            [Meta::Set(b"{\"r\":1}"), Meta::Keep, Meta::Keep, Meta::Keep],
+        )
+        .unwrap();
+        drop(s);
+        let kept = open(&mut mem);
+        let order = |r: &Refused| r.oldest_first().copied().collect::<std::vec::Vec<_>>();
+        assert_eq!(order(&kept), [[2; 32], [3; 32], [4; 32], [5; 32]]);
+        let s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        assert!(!s.refused(&[1; 32]), "the oldest left when a fifth came");
+        assert!((2..=5u8).all(|i| s.refused(&[i; 32])));
+        drop(s);
+
+        // a power cut in every operation of refusing a sixth: the old list or the new one
+        let mut cut = 0;
+        loop {
+            let mut m2 = mem.clone();
+            let mut s =
+                FirmwareStore::open(MemFlash::<1024>::new(&mut m2).fail_after(cut), L).unwrap();
+            let slots = s.slots();
+            let r = s.set_slots_refusing(slots, Some([6; 32]));
+            drop(s);
+            let after = open(&mut m2);
+            let six = [[3; 32], [4; 32], [5; 32], [6; 32]];
+            if r.is_ok() {
+                assert_eq!(order(&after), six);
+                break;
+            }
+            assert!(order(&after) == order(&kept) || order(&after) == six);
+            cut += 1;
+        }
+        assert!(cut > 3, "only {cut} cuts");
     }
 
     #[test]

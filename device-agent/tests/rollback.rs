@@ -295,6 +295,43 @@ fn the_image_a_device_was_rolled_back_from_is_not_installed_again() {
             version: v("1.1.0")
         })
     );
+
+    // 1.1.0 went into the slot that held 1.0.0, and fails its trial: back on 0.9.0. Neither
+    // comes back, though no slot holds 1.0.0 any more (the repository withdrew 1.1.0 and
+    // offers 1.0.0 again, then 1.1.0 again)
+    assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::A });
+    assert_eq!(
+        store.reject().unwrap(),
+        Boot::Reverted {
+            slot: Slot::B,
+            rejected: Slot::A
+        }
+    );
+    assert_eq!(store.slots().running().unwrap().version, v("0.9.0"));
+    for (version, len) in [("1.0.0", 5000), ("1.1.0", 4000)] {
+        offer(&mut sim, version, len);
+        let slots = store.slots();
+        let mut t = MapTransport::new(&sim.files);
+        assert_eq!(
+            check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback),
+            Err(AgentError::PreviouslyReverted {
+                version: v(version)
+            })
+        );
+        assert_eq!(store.slots(), slots, "slots changed");
+        assert_eq!(t.target_bytes, 0, "{version} was downloaded");
+    }
+    // and a restart remembers them
+    drop(store);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    offer(&mut sim, "1.0.0", 5000);
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback),
+        Err(AgentError::PreviouslyReverted {
+            version: v("1.0.0")
+        })
+    );
 }
 
 #[test]
