@@ -18,8 +18,9 @@
 //! 252  length of the refused list: 0 to 4 sha256 values, 32 bytes each (u32)
 //! 256  metadata bytes, concatenated, exactly as verified; then the last-check record:
 //!      snapshot_version:u64 running_sha256[32] valid_until:i64 conclusion:u8
-//!      then the refused list: sha256[32] each, oldest first
 //! ...  sha256 over everything before it
+//! ...  when 252 is not 0: the refused list, sha256[32] each, oldest first, and a sha256 over
+//!      the record's digest and the list
 //! ```
 //!
 //! The refused list holds the images that failed their trial here (a reset or a failed health
@@ -27,7 +28,10 @@
 //! never installed again, even once their slot holds another image. The newest
 //! [`REFUSED_MAX`] are kept. An image found damaged in its slot before it ran is not listed
 //! (its slot's `Rejected` state refuses it while the slot holds it). A record written before the
-//! list existed has 0 at 252: none (the slots' own `Rejected` states still say theirs).
+//! list existed has 0 at 252: none (the slots' own `Rejected` states still say theirs). The list
+//! comes after the record's digest so that an agent built before it (firmware an authorized
+//! rollback may go back to) reads the record as it always did, without the list; this agent
+//! takes a record whose list does not verify for a torn one (the previous record stands).
 //!
 //! A record written before the last-check field existed has 0 at 248: no last check. One written
 //! before the authorization field existed has 0 at 12 (then reserved, always 0): no rollback
@@ -625,9 +629,16 @@ impl RecordWriter {
     }
 
     fn finish<F: NorFlash>(mut self, flash: &mut F) -> Result<(), F::Error> {
+        self.seal(flash)?;
+        self.flush(flash)
+    }
+
+    /// Write the digest of what was pushed so far; what follows is hashed from that digest on.
+    fn seal<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), F::Error> {
         let digest = sha256_finish(core::mem::take(&mut self.hash));
         self.push(flash, &digest, false)?;
-        self.flush(flash)
+        sha256_update(&mut self.hash, &digest);
+        Ok(())
     }
 
     /// Write what is buffered, padded with erased bytes to the write size.
@@ -869,7 +880,7 @@ impl<F: Durable> FirmwareStore<F> {
         authorization: u32,
         refuse: Option<[u8; 32]>,
     ) -> Result<(), StoreError<F::Error>> {
-        let refused = self.state.refused.with(refuse);
+        let mut refused = self.state.refused.with(refuse);
         let mut lens = [0u32; 4];
         for (i, (m, l)) in meta.iter().zip(lens.iter_mut()).enumerate() {
             *l = match m {
@@ -882,12 +893,19 @@ impl<F: Durable> FirmwareStore<F> {
         } else {
             0
         };
-        let total: usize = lens.iter().map(|l| *l as usize).sum::<usize>()
-            + check_len
-            + refused.byte_len()
-            + HEADER_LEN
-            + DIGEST_LEN;
+        let fixed: usize =
+            lens.iter().map(|l| *l as usize).sum::<usize>() + check_len + HEADER_LEN + DIGEST_LEN;
+        let list_len = |r: &Refused| match r.byte_len() {
+            0 => 0,
+            n => n + DIGEST_LEN,
+        };
         let capacity = self.layout.state_len as usize;
+        // a slot change (a revert, a confirmation) must not fail for want of room for the list:
+        // then it goes without the new entry
+        if fixed + list_len(&refused) > capacity {
+            refused = self.state.refused;
+        }
+        let total = fixed + list_len(&refused);
         if total > capacity {
             return Err(StoreError::RecordTooSmall {
                 needed: total,
@@ -953,8 +971,11 @@ impl<F: Durable> FirmwareStore<F> {
         if let Some(c) = &last_check {
             w.push(f, &c.encode(), true).map_err(StoreError::Flash)?;
         }
-        for d in refused.oldest_first() {
-            w.push(f, d, true).map_err(StoreError::Flash)?;
+        if refused.len > 0 {
+            w.seal(f).map_err(StoreError::Flash)?;
+            for d in refused.oldest_first() {
+                w.push(f, d, true).map_err(StoreError::Flash)?;
+            }
         }
         w.finish(f).map_err(StoreError::Flash)?;
         // and the record is on the medium before anything it allows
@@ -1132,9 +1153,12 @@ fn read_record<F: NorFlash>(
     if refused_len % 32 != 0 || refused_len > REFUSED_MAX * 32 {
         return Ok(None);
     }
+    let list_len = match refused_len {
+        0 => 0,
+        n => n + DIGEST_LEN,
+    };
     let meta: u64 = st.meta_lens.iter().map(|l| u64::from(*l)).sum();
-    if meta + (check_len + refused_len + HEADER_LEN + DIGEST_LEN) as u64
-        > u64::from(layout.state_len)
+    if meta + (check_len + list_len + HEADER_LEN + DIGEST_LEN) as u64 > u64::from(layout.state_len)
     {
         return Ok(None);
     }
@@ -1157,20 +1181,30 @@ fn read_record<F: NorFlash>(
         sha256_update(&mut hash, &check);
         off += LAST_CHECK_LEN as u32;
     }
-    let mut refused = Refused::default();
-    for e in refused.list.iter_mut().take(refused_len / 32) {
-        flash.read(off, e)?;
-        sha256_update(&mut hash, e);
-        off += 32;
-    }
-    refused.len = (refused_len / 32) as u8;
-    // read oldest first: the next one overwrites the oldest once the ring is full
-    refused.next = (usize::from(refused.len) % REFUSED_MAX) as u8;
     let mut stored = [0u8; DIGEST_LEN];
     flash.read(off, &mut stored)?;
     let d = sha256_finish(hash);
     if d != stored {
         return Ok(None);
+    }
+    // the refused list after the digest, hashed from it: a torn list is a torn record
+    let mut refused = Refused::default();
+    if refused_len > 0 {
+        let mut hash = Sha256::new();
+        sha256_update(&mut hash, &d);
+        off += DIGEST_LEN as u32;
+        for e in refused.list.iter_mut().take(refused_len / 32) {
+            flash.read(off, e)?;
+            sha256_update(&mut hash, e);
+            off += 32;
+        }
+        flash.read(off, &mut stored)?;
+        if sha256_finish(hash) != stored {
+            return Ok(None);
+        }
+        refused.len = (refused_len / 32) as u8;
+        // read oldest first: the next one overwrites the oldest once the ring is full
+        refused.next = (usize::from(refused.len) % REFUSED_MAX) as u8;
     }
     if check_len > 0 {
         // an unknown conclusion (a newer format) is dropped: the next check searches in full
@@ -1186,6 +1220,7 @@ mod tests {
     extern crate std;
     use super::*;
     use crate::memflash::MemFlash;
+    use hale_core::crypto::sha256;
     use std::vec;
 
     const L: Layout = Layout::contiguous(0, 4096, 8192);
@@ -1408,6 +1443,44 @@ mod tests {
             cut += 1;
         }
         assert!(cut > 3, "only {cut} cuts");
+
+        // an agent built before the list reads the record as it always did: the header, the
+        // metadata, then the digest over them (the list follows it)
+        let s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        let st = s.state;
+        drop(s);
+        assert_eq!(st.refused.len, 4);
+        let base = L.state[st.region] as usize;
+        let body = HEADER_LEN + st.meta_lens.iter().sum::<u32>() as usize;
+        assert_eq!(
+            &mem[base + body..base + body + DIGEST_LEN],
+            &sha256(&mem[base..base + body])[..]
+        );
+
+        // a slot change never fails for want of room for the list: without room (a state region
+        // its metadata nearly fills, as on a small part), it is written without the new entry
+        let mut mem = vec![0u8; L.end() as usize];
+        drop(
+            FirmwareStore::provision(MemFlash::<1024>::new(&mut mem), L, b"{}", fw, img(fw, 1))
+                .unwrap(),
+        );
+        let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        let big = vec![b' '; L.state_len as usize - HEADER_LEN - DIGEST_LEN - 60];
+        s.record_check(
+            None,
+            [
+                Meta::Set(&big),
+                Meta::Set(b""),
+                Meta::Set(b""),
+                Meta::Set(b""),
+            ],
+        )
+        .unwrap();
+        let (seq, slots) = (s.state.seq, s.slots());
+        s.set_slots_refusing(slots, Some([9; 32])).unwrap();
+        assert_eq!(s.state.seq, seq + 1, "the slot change was written");
+        assert!(!s.refused(&[9; 32]));
+        assert_eq!(s.state.refused, Refused::default());
     }
 
     #[test]

@@ -696,7 +696,27 @@ fn a_pump_killed_mid_download_resumes_at_its_last_checkpoint() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // 150,000 bytes sent: the checkpoints at 65,536 and 131,072 are behind the pump
+    // 150,000 bytes sent: the checkpoints at 65,536 and 131,072 are behind the pump once it
+    // has read them (on a loaded machine it lags the socket): killed after the second is on
+    // flash
+    let recorded = || {
+        let flash = device_agent::host::FileFlash::open_read_only(
+            &dir.join("flash.bin"),
+            device_agent::host::PUMP_LAYOUT.end() as usize,
+        )
+        .unwrap();
+        device_agent::FirmwareStore::open(flash, device_agent::host::PUMP_LAYOUT)
+            .unwrap()
+            .download_offset()
+    };
+    while recorded() < 131_072 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the checkpoint at 131,072 never came"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(recorded(), 131_072, "no checkpoint past the stall");
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     state.lock().unwrap().stall_after = None;
