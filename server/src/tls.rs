@@ -46,6 +46,10 @@ pub struct TlsMaterial {
     pub technician_der: CertificateDer<'static>,
     pub server_chain: Vec<CertificateDer<'static>>,
     pub server_key: rustls_pki_types::PrivateKeyDer<'static>,
+    /// `server.crt` and `server.key` as they were before being read (modified, length)
+    server_files: [Option<(SystemTime, u64)>; 2],
+    /// `ca/server.crt` as it was at start: what the fleet trusts (none: unreadable)
+    server_ca: Option<CertificateDer<'static>>,
 }
 
 fn read_small(path: &Path) -> Result<Vec<u8>> {
@@ -82,6 +86,8 @@ pub fn certificates_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> 
 impl TlsMaterial {
     /// Load the TLS directory; `passphrase` opens `ca/device-issuing.key` and `server.key`.
     pub fn load(dir: &Path, passphrase: &[u8]) -> Result<TlsMaterial> {
+        // before they are read: a pair replaced while the server starts is reloaded after
+        let server_files = server_files(dir);
         let ca_dir = dir.join("ca");
         let ca_key = ca_dir.join("device-issuing.key");
         let device_issuing = Ca::from_file(&read_small(&ca_key)?, passphrase)
@@ -122,6 +128,8 @@ impl TlsMaterial {
             technician_der,
             server_chain,
             server_key,
+            server_files,
+            server_ca: server_ca(dir).ok(),
         })
     }
 }
@@ -229,6 +237,8 @@ pub struct Listeners {
     reload_passphrase: std::sync::OnceLock<hale_repo::Passphrase>,
     /// `server.crt` and `server.key` as last read (modified, length)
     server_files: Mutex<[Option<(SystemTime, u64)>; 2]>,
+    /// the Server CA certificate as it was at start: a reloaded chain must verify with it
+    server_ca: Option<CertificateDer<'static>>,
     /// `(CA slug, CRL number, expired)` already logged ([`offline_crl_warnings`](Listeners::offline_crl_warnings))
     crl_warned: Mutex<std::collections::BTreeSet<(&'static str, u64, bool)>>,
     /// the certificates presented and trusted, for their expiry
@@ -436,7 +446,8 @@ impl Listeners {
             technician_der: m.technician_der.clone(),
             crls: Mutex::new(crls),
             reload_passphrase: std::sync::OnceLock::new(),
-            server_files: Mutex::new(server_files(&m.dir)),
+            server_files: Mutex::new(m.server_files),
+            server_ca: m.server_ca.clone(),
             crl_warned: Mutex::default(),
             certificates: Mutex::new(served_certificates(m)),
             cert_warned: Mutex::default(),
@@ -462,14 +473,15 @@ impl Listeners {
     /// keep what they present). Each state of the two files is tried once: a key written after
     /// its certificate is tried again when it lands.
     ///
-    /// A new chain is taken only if a client that trusts the Server CA (`ca/server.crt`, as
-    /// pumps and staff tools do) would accept it now for every name (DNS name or IP address)
-    /// the current certificate is for, and its key is the certificate's: a reload never makes
-    /// the fleet refuse the server.
+    /// A new chain is taken only if a client that trusts the Server CA (`ca/server.crt` as it
+    /// was at start, as pumps and staff tools do) would accept it now for every name (DNS name or
+    /// IP address) the current certificate is for, and its key is the certificate's: a reload
+    /// never makes the fleet refuse the server. A passphrase that cannot be read and a
+    /// certificate not valid yet (a signer's clock ahead) are tried again at each poll.
     pub fn poll_server_certificate(&self, now: SystemTime) -> Option<Result<Reloaded>> {
         let passphrase = self.reload_passphrase.get()?;
         let files = server_files(&self.dir);
-        {
+        let before = {
             let mut known = self
                 .server_files
                 .lock()
@@ -477,26 +489,40 @@ impl Listeners {
             if *known == files {
                 return None;
             }
-            *known = files;
+            std::mem::replace(&mut *known, files)
+        };
+        let mut transient = false;
+        let r = self.reload_server_certificate(passphrase, now, &mut transient);
+        if transient {
+            // not the files' fault (the passphrase cannot be read now, a certificate a few
+            // seconds ahead of this clock): tried again at the next poll
+            *self
+                .server_files
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = before;
         }
-        Some(self.reload_server_certificate(passphrase, now))
+        Some(r)
     }
 
     fn reload_server_certificate(
         &self,
         passphrase: &hale_repo::Passphrase,
         now: SystemTime,
+        transient: &mut bool,
     ) -> Result<Reloaded> {
         let chain_path = self.dir.join("server.crt");
         let chain = certificates_from_pem(&read_text(&chain_path)?)
             .with_context(|| format!("parsing {}", chain_path.display()))?;
         let key_path = self.dir.join("server.key");
-        let pass = passphrase
-            .read()
-            .context("reading the passphrase of server.key")?;
+        let pass = passphrase.read().map_err(|e| {
+            *transient = true;
+            anyhow::anyhow!("reading the passphrase of server.key: {e}")
+        })?;
         let key = hale_pki::tls::open_private_key(&read_small(&key_path)?, &pass)
             .with_context(|| format!("opening {}", key_path.display()))?;
-        let server_ca = server_ca(&self.dir)?;
+        let server_ca = self.server_ca.as_ref().context(
+            "ca/server.crt could not be read at start: restart the server to present a new certificate",
+        )?;
         let mut crls = self.crls();
         let current = crls
             .tls
@@ -509,7 +535,14 @@ impl Listeners {
             "the certificate presented now names no DNS name or IP address: which names the new \
              one must be valid for is not known (restart the server to load it)"
         );
-        hale_pki::tls::check_server_chain(&chain, &server_ca, &names, now).map_err(|e| {
+        hale_pki::tls::check_server_chain(&chain, server_ca, &names, now).map_err(|e| {
+            use rustls::CertificateError::{NotValidYet, NotValidYetContext};
+            if let hale_pki::PkiError::Tls(rustls::Error::InvalidCertificate(
+                NotValidYet | NotValidYetContext { .. },
+            )) = e
+            {
+                *transient = true;
+            }
             anyhow::anyhow!(
                 "{}: clients that trust ca/server.crt would refuse it for {}: {}",
                 chain_path.display(),

@@ -2681,6 +2681,17 @@ fn a_staged_rollout_holds_an_image_back_from_devices_outside_its_share() {
 /// A server certificate issued by `ca` for `dns` and 127.0.0.1, valid `days`, with its key, into
 /// the TLS directory `tls` (the key first, then the chain); returns its serial.
 fn put_server_certificate(tls: &Path, ca: &Ca, dns: &[&str], days: u64) -> String {
+    put_server_certificate_at(tls, ca, dns, days, SystemTime::now())
+}
+
+/// [`put_server_certificate`] by a signer whose clock says `now`.
+fn put_server_certificate_at(
+    tls: &Path,
+    ca: &Ca,
+    dns: &[&str],
+    days: u64,
+    now: SystemTime,
+) -> String {
     let k = generate_key_and_csr(KeyAlgorithm::P256, "server").unwrap();
     let cert = ca
         .issue_server_certificate(
@@ -2688,7 +2699,7 @@ fn put_server_certificate(tls: &Path, ca: &Ca, dns: &[&str], days: u64) -> Strin
             dns,
             &["127.0.0.1".parse().unwrap()],
             Duration::from_secs(days * 86_400),
-            SystemTime::now(),
+            now,
         )
         .unwrap();
     write(
@@ -2791,8 +2802,18 @@ fn a_new_server_certificate_is_presented_without_a_restart_and_one_clients_would
     assert_eq!(loads.len(), 1, "{loads:?}");
     assert_eq!(loads[0]["detail"]["certificate"], second);
     assert_eq!(loads[0]["actor"], "tls-dir");
+
+    // from a signer whose clock runs ahead (valid a few seconds from now): refused as not valid
+    // yet, then presented once it is, the files untouched since
+    let ahead = SystemTime::now() + hale_pki::profile::BACKDATE + Duration::from_secs(8);
+    let third = put_server_certificate_at(&tls, &p.h.server, &["localhost"], 90, ahead);
+    wait_for_log(&f, "certificate not valid yet", 1);
+    assert_eq!(presented_serial(&t.device, &p.server_ca), second);
+    wait_for_log(&f, "server certificate reloaded", 2);
+    assert_eq!(presented_serial(&t.device, &p.server_ca), third);
+
     // and a restart takes the same files
     drop(t);
     let t = start_tls(&f, &tls);
-    assert_eq!(presented_serial(&t.staff, &p.server_ca), second);
+    assert_eq!(presented_serial(&t.staff, &p.server_ca), third);
 }
