@@ -507,6 +507,12 @@ mod tests {
             message: m.into(),
             written,
         };
+        // the note a change leaves before the rollouts file changes
+        let note = |kind: &str, rollout: &Rollout| Pending {
+            kind: kind.into(),
+            by: by.into(),
+            rollout: rollout.clone(),
+        };
         let r = Rollouts::load(&path).unwrap();
         let set10 = r.set(&sha, 10, None, by, 1, record("rollout")).unwrap();
         let file_bytes = std::fs::read(&path).unwrap();
@@ -543,11 +549,7 @@ mod tests {
             r.keep(&map).unwrap();
         };
         crashed(
-            Pending {
-                kind: "rollout".into(),
-                by: by.into(),
-                rollout: at50.clone(),
-            },
+            note("rollout", &at50),
             BTreeMap::from([(sha.clone(), at50.clone())]),
         );
         let restarted = Rollouts::load(&path).unwrap();
@@ -565,13 +567,7 @@ mod tests {
         records(2);
         // that start recorded it and then could not remove the note: the next one finds the
         // record (with its flag) and records nothing more
-        restarted
-            .write_pending(&Pending {
-                kind: "rollout".into(),
-                by: by.into(),
-                rollout: at50.clone(),
-            })
-            .unwrap();
+        restarted.write_pending(&note("rollout", &at50)).unwrap();
         assert_eq!(restarted.reconcile(&audit, &*store).unwrap(), None);
         records(2);
         assert!(!pending.exists());
@@ -580,11 +576,7 @@ mod tests {
         let ended = restarted.end(&sha, by, record("rollout-end")).unwrap();
         assert_eq!(ended, at50);
         restarted
-            .write_pending(&Pending {
-                kind: "rollout-end".into(),
-                by: by.into(),
-                rollout: at50.clone(),
-            })
+            .write_pending(&note("rollout-end", &at50))
             .unwrap();
         let restarted = Rollouts::load(&path).unwrap();
         assert_eq!(restarted.reconcile(&audit, &*store).unwrap(), None);
@@ -592,13 +584,7 @@ mod tests {
         assert!(!pending.exists());
 
         // a crash before the file changed: the change was never made, nothing is recorded
-        restarted
-            .write_pending(&Pending {
-                kind: "rollout".into(),
-                by: by.into(),
-                rollout: set10.clone(),
-            })
-            .unwrap();
+        restarted.write_pending(&note("rollout", &set10)).unwrap();
         let restarted = Rollouts::load(&path).unwrap();
         assert_eq!(restarted.reconcile(&audit, &*store).unwrap(), None);
         records(3);
@@ -606,13 +592,7 @@ mod tests {
         assert_eq!(restarted.list(), vec![]);
 
         // a note left by a failed undo holds further changes until a start records it
-        restarted
-            .write_pending(&Pending {
-                kind: "rollout".into(),
-                by: by.into(),
-                rollout: set10.clone(),
-            })
-            .unwrap();
+        restarted.write_pending(&note("rollout", &set10)).unwrap();
         assert!(matches!(
             restarted.set(&sha, 20, None, by, 4, record("rollout")),
             Err(RolloutError::NotRecorded(m)) if m.contains("restart the server")

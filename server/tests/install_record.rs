@@ -56,6 +56,16 @@ fn devices(s: &Server) -> Vec<Value> {
         .clone()
 }
 
+/// The install records a device's history keeps, oldest first.
+fn history_records(device: &Value) -> Vec<&Value> {
+    device["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| &h["record"])
+        .collect()
+}
+
 /// `rollback_report()` with `f` applied to its install record.
 fn with_record(f: impl FnOnce(&mut Value)) -> Value {
     let mut r = rollback_report();
@@ -250,12 +260,7 @@ fn install_records_stay_in_the_device_history_across_later_reports() {
     // the latest report replaced the earlier ones; the history kept both records, oldest first
     assert!(devs[0]["report"]["install_record"].is_null());
     assert_eq!(devs[0]["report"]["slots"], plain["slots"]);
-    let history: Vec<&Value> = devs[0]["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| &h["record"])
-        .collect();
+    let history = history_records(&devs[0]);
     assert_eq!(
         history,
         [
@@ -277,12 +282,7 @@ fn install_records_stay_in_the_device_history_across_later_reports() {
         assert_eq!(post(&s, DEVICE, &offline_n(i)).status, 204);
     }
     let devs = devices(&s);
-    let history: Vec<&Value> = devs[0]["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| &h["record"])
-        .collect();
+    let history = history_records(&devs[0]);
     let newest: Vec<Value> = (8..40)
         .map(|i| offline_n(i)["install_record"].clone())
         .collect();
