@@ -181,6 +181,9 @@ pub enum AgentError<T, F> {
     WrongBytes { retry_at: UnixTime },
     /// The image is larger than a slot.
     ImageTooLarge { length: u64, capacity: u32 },
+    /// The image's version, printed, is longer than a slot record holds
+    /// ([`crate::store::VERSION_MAX`] bytes): the device could not record what it runs.
+    VersionTooLong { version: Version },
     /// A file name does not fit the agent's name buffer.
     NameTooLong { what: Name },
     /// The workspace's delegation buffer cannot hold delegated role `role`.
@@ -229,6 +232,11 @@ impl<T: fmt::Display, F: fmt::Debug> fmt::Display for AgentError<T, F> {
             AgentError::ImageTooLarge { length, capacity } => write!(
                 f,
                 "image of {length} bytes exceeds the {capacity}-byte slot"
+            ),
+            AgentError::VersionTooLong { version } => write!(
+                f,
+                "version {version} is longer than the {} bytes a slot record holds: this device cannot install it",
+                crate::store::VERSION_MAX
             ),
             AgentError::NameTooLong { what } => write!(f, "file name for {what} too long"),
             AgentError::DelegationSpace { role } => {
@@ -725,7 +733,9 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
         Err(e) => return Err(AgentError::Policy(e)),
     };
     if !version_fits(&fw.version) {
-        return Err(AgentError::Policy(PolicyError::Field { field: "version" }));
+        return Err(AgentError::VersionTooLong {
+            version: fw.version,
+        });
     }
     let capacity = store.layout().slot_len;
     if file.length > u64::from(capacity) {

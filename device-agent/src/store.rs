@@ -48,7 +48,8 @@ const MAGIC: &[u8; 4] = b"HALS";
 const FORMAT: u8 = 1;
 const HEADER_LEN: usize = 256;
 const SLOT_INFO_LEN: usize = 100;
-const VERSION_MAX: usize = 48;
+/// Longest printed version a slot record holds.
+pub const VERSION_MAX: usize = 48;
 const DIGEST_LEN: usize = 32;
 const LAST_CHECK_LEN: usize = 49;
 /// Images refused for good that a record remembers (newest kept).

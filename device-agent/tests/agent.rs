@@ -312,6 +312,31 @@ fn refuses_image_for_another_model() {
 }
 
 #[test]
+fn refuses_an_image_whose_version_is_longer_than_a_slot_record_holds() {
+    // 49 bytes printed: one more than a slot record holds (48 is accepted); a valid version
+    // (a pre-release is at most 32 bytes: the length is in the numbers)
+    let long = format!("2000000000000000.0.0-{}", "a".repeat(28));
+    let fits = format!("2000000000000000.0.0-{}", "a".repeat(27));
+    assert_eq!((long.len(), fits.len()), (49, 48));
+    let sim = repo_with(&long, 1, 100);
+    assert_refused(&sim, AgentError::VersionTooLong { version: v(&long) });
+    assert_eq!(
+        AgentError::<&str, ()>::VersionTooLong { version: v(&long) }.to_string(),
+        format!(
+            "version {long} is longer than the 48 bytes a slot record holds: this device cannot \
+             install it"
+        )
+    );
+    let sim = repo_with(&fits, 1, 100);
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    assert_eq!(
+        check_fresh(&mut store, &sim.files),
+        Ok(Outcome::Staged { version: v(&fits) })
+    );
+}
+
+#[test]
 fn refuses_older_image() {
     let sim = repo_with("0.9.0", 1, 100);
     assert_refused(
