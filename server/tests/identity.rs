@@ -67,26 +67,7 @@ fn tls_dir_valid(dir: &Path, ca_days: u64, server_days: u64) -> Pki {
             .to_file_with_cost(CA_PASS.as_bytes(), 10)
             .unwrap(),
     );
-    let k = generate_key_and_csr(KeyAlgorithm::P256, "server").unwrap();
-    let cert = h
-        .server
-        .issue_server_certificate(
-            &k.csr_pem,
-            &["localhost"],
-            &["127.0.0.1".parse().unwrap()],
-            Duration::from_secs(server_days * 86_400),
-            now,
-        )
-        .unwrap();
-    write(
-        &dir.join("server.crt"),
-        format!("{}{}", cert.pem, h.server.certificate_pem().unwrap()).as_bytes(),
-    );
-    write(
-        &dir.join("server.key"),
-        &hale_pki::tls::seal_private_key_with_cost(&k.private_key_pem, CA_PASS.as_bytes(), 10)
-            .unwrap(),
-    );
+    put_server_certificate_at(dir, &h.server, &["localhost"], server_days, now);
     for ca in [&h.manufacturing, &h.technician] {
         let crl = ca
             .crl(&[], 1, now, Duration::from_secs(7 * 86_400))
