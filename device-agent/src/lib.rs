@@ -16,7 +16,8 @@
 //!   stream into the INACTIVE slot                  hashed as read back from flash, never past the
 //!                                                  listed length, checkpointed per erase sector (resume)
 //!   mark pending ────────────────────────────────> Outcome::Staged
-//! boot()      pending -> trial; trial without confirmation -> revert (trial slot rejected)
+//! boot()      pending -> trial; trial without confirmation -> revert (trial slot rejected);
+//!             an image whose bytes no longer match -> the other slot's good one (Boot::Damaged)
 //! confirm()   trial -> good; the security counter rises here
 //! ```
 //!

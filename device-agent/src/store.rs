@@ -1080,7 +1080,9 @@ impl<F: Durable> FirmwareStore<F> {
 
     /// The boot step (what a bootloader does after every reset): pending becomes trial, an
     /// unconfirmed trial reverts, and the chosen image's bytes are checked against its record
-    /// before it may run. The decision is committed before it is returned.
+    /// before it may run: a damaged one gives way to the good image in the other slot
+    /// ([`Boot::Damaged`]; a good image only to one the security counter allows), else
+    /// [`StoreError::NoBootableImage`]. The decision is committed before it is returned.
     pub fn boot(&mut self) -> Result<Boot, StoreError<F::Error>> {
         // decided on a copy: the current state changes only by committing the next record
         let mut next = self.state.slots;
@@ -1094,18 +1096,17 @@ impl<F: Durable> FirmwareStore<F> {
         let slot = boot.slot();
         let state_ok = matches!(next.info(slot).state, SlotState::Good | SlotState::Trial);
         if !state_ok || !self.image_matches(slot)? {
+            // a pending or trial image is rejected; a good one gives way to a good image in the
+            // other slot (`image_damaged_in_place` says when)
             next.image_damaged_in_place(slot);
-            boot = match next.boot_in_place() {
-                Boot::Normal { slot: s } if s != slot => Boot::Reverted {
-                    slot: s,
-                    rejected: slot,
-                },
-                b => b,
-            };
-            let s = boot.slot();
-            if next.info(s).state != SlotState::Good || !self.image_matches(s)? {
+            let s = next.boot_in_place().slot();
+            if s == slot || next.info(s).state != SlotState::Good || !self.image_matches(s)? {
                 return Err(StoreError::NoBootableImage);
             }
+            boot = Boot::Damaged {
+                slot: s,
+                damaged: slot,
+            };
         }
         if next != self.state.slots {
             self.set_slots_refusing(next, failed)?;

@@ -285,6 +285,137 @@ fn failing_health_check_reverts_immediately() {
     assert_eq!(store.slots().info(Slot::B).state, SlotState::Rejected);
 }
 
+/// A pump that updated to 2.0.0 and confirmed it, so slot A still holds 1.0.0 (good); `counter`
+/// is 2.0.0's security counter (1.0.0's is 1).
+fn updated_and_confirmed(sim: &hale_tests::RepoSim) -> Vec<u8> {
+    let mut mem = provisioned(sim);
+    let mut store = open_checked(&mut mem, sim);
+    assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+    store.confirm().unwrap();
+    drop(store);
+    mem
+}
+
+/// Flip one byte of `slot`'s image on the flash (bit rot).
+fn damage(mem: &mut [u8], slot: Slot) {
+    let at = LAYOUT.slots[slot as usize] as usize + 100;
+    mem[at] ^= 0x40;
+}
+
+/// Bit rot in the running image, with the image before it intact in the other slot: the pump
+/// boots that one instead of refusing to boot at all, forgets the damaged one (it never failed:
+/// not refused) and installs it again at the next check.
+#[test]
+fn a_damaged_running_image_gives_way_to_the_good_image_in_the_other_slot_and_is_installed_again() {
+    let sim = repo_with("2.0.0", 1, 9000);
+    let mut mem = updated_and_confirmed(&sim);
+    damage(&mut mem, Slot::B);
+    // a power cut at any flash operation of that boot leaves the decision to the next one
+    for n in 0.. {
+        let mut copy = mem.clone();
+        let mut store = FirmwareStore::open(Flash::new(&mut copy).fail_after(n), LAYOUT).unwrap();
+        let done = store.boot();
+        if !store.into_flash().power_lost() {
+            assert!(done.is_ok());
+            break;
+        }
+        let mut store = open_store(&mut copy);
+        let boot = store.boot().unwrap();
+        assert!(
+            boot == Boot::Normal { slot: Slot::A }
+                || boot
+                    == Boot::Damaged {
+                        slot: Slot::A,
+                        damaged: Slot::B
+                    },
+            "cut at {n}: {boot:?}"
+        );
+        assert_eq!(store.slots().info(Slot::B), device_agent::SlotInfo::EMPTY);
+        assert!(n < 100, "the boot never finished");
+    }
+    let mut store = open_store(&mut mem);
+    let sha2 = store.slots().info(Slot::B).image.unwrap().sha256;
+    assert_eq!(
+        store.boot().unwrap(),
+        Boot::Damaged {
+            slot: Slot::A,
+            damaged: Slot::B
+        }
+    );
+    let s = store.slots();
+    assert_eq!(s.running().unwrap().version, v("1.0.0"));
+    assert_eq!(s.info(Slot::B), device_agent::SlotInfo::EMPTY);
+    assert_eq!(s.security_counter(), 1);
+    assert!(
+        !store.refused(&sha2),
+        "a damaged image did not fail: not refused"
+    );
+    drop(store);
+    // the decision was committed: the next reset boots 1.0.0 as usual
+    let mut store = open_store(&mut mem);
+    assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
+    assert_eq!(
+        check_fresh(&mut store, &sim.files).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    drop(store);
+    let mut store = open_store(&mut mem);
+    assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+    store.confirm().unwrap();
+    assert_eq!(store.slots().running().unwrap().version, v("2.0.0"));
+    assert_eq!(store.slots().running().unwrap().sha256, sha2);
+    assert!(store.image_matches(Slot::B).unwrap());
+}
+
+/// No fallback the pump may take: the image before was below the security counter 2.0.0 raised,
+/// or its bytes are damaged too. The boot is refused and nothing changes.
+#[test]
+fn a_damaged_running_image_with_no_allowed_intact_fallback_boots_nothing_and_changes_nothing() {
+    let raised = repo_with("2.0.0", 7, 9000);
+    let mut below_counter = updated_and_confirmed(&raised);
+    damage(&mut below_counter, Slot::B);
+    let same = repo_with("2.0.0", 1, 9000);
+    let mut both_damaged = updated_and_confirmed(&same);
+    damage(&mut both_damaged, Slot::A);
+    damage(&mut both_damaged, Slot::B);
+    for mem in [&mut below_counter, &mut both_damaged] {
+        let mut store = open_store(mem);
+        assert_eq!(store.slots().info(Slot::A).state, SlotState::Good);
+        let before = persisted(&mut store);
+        assert_eq!(
+            store.boot().unwrap_err(),
+            device_agent::StoreError::NoBootableImage
+        );
+        assert_eq!(persisted(&mut store), before);
+        drop(store);
+        let mut store = open_store(mem);
+        assert_eq!(persisted(&mut store), before, "nothing written");
+    }
+}
+
+/// A pending image whose bytes changed before its trial boot never runs: the good one boots, and
+/// the boot says so (it used to say the trial was reset before confirmation).
+#[test]
+fn a_damaged_pending_image_is_not_booted_and_the_boot_says_it_was_damaged() {
+    let sim = repo_with("2.0.0", 7, 9000);
+    let mut mem = provisioned(&sim);
+    drop(open_checked(&mut mem, &sim));
+    damage(&mut mem, Slot::B);
+    let mut store = open_store(&mut mem);
+    assert_eq!(
+        store.boot().unwrap(),
+        Boot::Damaged {
+            slot: Slot::A,
+            damaged: Slot::B
+        }
+    );
+    assert_eq!(store.slots().info(Slot::B).state, SlotState::Rejected);
+    assert_eq!(store.slots().running().unwrap().version, v("1.0.0"));
+    assert_eq!(store.slots().security_counter(), 1);
+}
+
 fn assert_refused(
     sim: &hale_tests::RepoSim,
     want: AgentError<MapError, device_agent::memflash::MemFlashError>,

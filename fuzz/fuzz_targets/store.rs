@@ -174,9 +174,19 @@ fn run(mem: &mut [u8], op: Op, cut: Option<u32>) -> bool {
         return false;
     };
     let done = match op {
-        Op::Boot => match store.boot() {
-            Ok(boot) => {
+        Op::Boot => match (store.slots(), store.boot()) {
+            (before, Ok(boot)) => {
                 let slot = boot.slot();
+                // a damaged good image gives way only to an image the security counter allows
+                if let device_agent::Boot::Damaged { damaged, .. } = boot {
+                    if before.info(damaged).state == SlotState::Good {
+                        let counter = store.slots().info(slot).image.map(|i| i.security_counter);
+                        assert!(
+                            counter >= Some(before.security_counter()),
+                            "fell back to {slot:?} below the security counter"
+                        );
+                    }
+                }
                 let state = store.slots().info(slot).state;
                 assert!(
                     matches!(state, SlotState::Good | SlotState::Trial),
@@ -188,8 +198,26 @@ fn run(mem: &mut [u8], op: Op, cut: Option<u32>) -> bool {
                 );
                 true
             }
-            Err(StoreError::NoBootableImage) | Err(StoreError::Slot(_)) => true,
-            Err(_) => false,
+            (_, Err(StoreError::NoBootableImage)) => {
+                // nothing was bootable: no good image the security counter allows is intact
+                let s = store.slots();
+                for slot in [device_agent::Slot::A, device_agent::Slot::B] {
+                    let info = s.info(slot);
+                    let allowed = info.state == SlotState::Good
+                        && info
+                            .image
+                            .is_some_and(|i| i.security_counter >= s.security_counter());
+                    if allowed && !store.flash_mut().power_lost() {
+                        assert!(
+                            !store.image_matches(slot).expect("reads back"),
+                            "no bootable image, but {slot:?} holds an intact good one"
+                        );
+                    }
+                }
+                true
+            }
+            (_, Err(StoreError::Slot(_))) => true,
+            (_, Err(_)) => false,
         },
         Op::Confirm => store.confirm().is_ok(),
         Op::Reject => store.reject().is_ok(),

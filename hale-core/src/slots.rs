@@ -170,13 +170,21 @@ pub enum Boot {
     Trial { slot: Slot },
     /// The trial of `rejected` ended without confirmation: boot the good image in `slot`.
     Reverted { slot: Slot, rejected: Slot },
+    /// The bytes of `damaged` no longer match its recorded image (flash damage), so it did not
+    /// run: boot the good image in `slot`. A pending or trial image there was rejected; a good
+    /// one was forgotten (its slot emptied), so a check installs it again. (Also an active slot
+    /// that held nothing to run, empty or rejected: no transition leaves one, a record might.)
+    Damaged { slot: Slot, damaged: Slot },
 }
 
 impl Boot {
     /// The slot that runs.
     pub fn slot(&self) -> Slot {
         match *self {
-            Boot::Normal { slot } | Boot::Trial { slot } | Boot::Reverted { slot, .. } => slot,
+            Boot::Normal { slot }
+            | Boot::Trial { slot }
+            | Boot::Reverted { slot, .. }
+            | Boot::Damaged { slot, .. } => slot,
         }
     }
 }
@@ -305,8 +313,11 @@ impl Slots {
     }
 
     /// The boot step found the bytes of `slot` do not match its recorded image (flash damage):
-    /// a pending or trial image is rejected so the good one boots. A good image stays as it is —
-    /// the caller reports it; there is nothing better to boot.
+    /// a pending or trial image is rejected so the good one boots. A good image is forgotten (its
+    /// slot emptied, so a check installs it again) when the other slot holds a good image at or
+    /// above the security counter, which becomes the active one (the caller checks that image's
+    /// bytes too); so does an empty or rejected active slot. Otherwise it stays as it is: there
+    /// is nothing better to boot.
     pub fn image_damaged(&self, slot: Slot) -> Slots {
         let mut next = *self;
         next.image_damaged_in_place(slot);
@@ -436,15 +447,25 @@ impl Slots {
 
     /// [`image_damaged`](Self::image_damaged), in place.
     pub fn image_damaged_in_place(&mut self, slot: Slot) {
+        let other = slot.other();
+        let fallback = self.info(other);
+        // a good image in the other slot that the security counter still allows
+        let good_fallback = fallback.state == SlotState::Good
+            && fallback
+                .image
+                .is_some_and(|i| i.security_counter >= self.security_counter);
         let info = self.info_mut(slot);
-        if matches!(
-            info.state,
-            SlotState::Pending | SlotState::Trial | SlotState::Staging
-        ) {
-            info.state = SlotState::Rejected;
-            if self.active == slot {
-                self.active = slot.other();
+        match info.state {
+            SlotState::Pending | SlotState::Trial | SlotState::Staging => {
+                info.state = SlotState::Rejected
             }
+            SlotState::Good if good_fallback => *info = SlotInfo::EMPTY,
+            // nothing there to run or forget
+            SlotState::Empty | SlotState::Rejected if good_fallback => {}
+            _ => return,
+        }
+        if self.active == slot {
+            self.active = other;
         }
     }
 }
@@ -586,6 +607,47 @@ mod tests {
         let s = s.image_damaged(Slot::B);
         assert_eq!(s.boot().1, Boot::Normal { slot: Slot::A });
         assert_eq!(s.info(Slot::B).state, SlotState::Rejected);
+    }
+
+    /// Both slots good (an update confirmed, the image before it kept): the damaged one gives way
+    /// to the other only when the security counter allows the other, and is forgotten so a
+    /// check installs it again; with nothing good to fall back to it stays.
+    #[test]
+    fn a_damaged_good_image_gives_way_to_the_other_good_one_the_counter_allows() {
+        let updated = |counter| {
+            let s = staged(&Slots::factory(img(1, 1)), img(2, counter));
+            let (mut s, boot) = s.boot();
+            assert_eq!(boot, Boot::Trial { slot: Slot::B });
+            s.confirm_in_place().unwrap();
+            s
+        };
+        // same counter: slot A's 1.0.0 runs, slot B is emptied
+        let s = updated(1).image_damaged(Slot::B);
+        assert_eq!(s.active(), Slot::A);
+        assert_eq!(s.info(Slot::B), SlotInfo::EMPTY);
+        assert_eq!(s.info(Slot::A).state, SlotState::Good);
+        assert_eq!(s.security_counter(), 1);
+        assert_eq!(s.boot().1, Boot::Normal { slot: Slot::A });
+        // 2.0.0 raised the counter above 1.0.0's: nothing changes
+        let raised = updated(5);
+        assert_eq!(raised.image_damaged(Slot::B), raised);
+        // the only good image: nothing changes
+        let factory = Slots::factory(img(1, 1));
+        assert_eq!(factory.image_damaged(Slot::A), factory);
+        // the other slot rejected (a failed trial): nothing changes
+        let s = staged(&Slots::factory(img(1, 1)), img(2, 1));
+        let (s, _) = s.boot();
+        let (reverted, _) = s.reject().unwrap();
+        assert_eq!(reverted.info(Slot::B).state, SlotState::Rejected);
+        assert_eq!(reverted.image_damaged(Slot::A), reverted);
+        // an active slot with nothing to run (a record no transition writes) and a good image
+        // in the other slot: that one becomes active
+        let good = SlotInfo {
+            state: SlotState::Good,
+            image: Some(img(1, 1)),
+        };
+        let s = Slots::from_parts(Slot::B, good, SlotInfo::EMPTY, 1).image_damaged(Slot::B);
+        assert_eq!((s.active(), s.info(Slot::B)), (Slot::A, SlotInfo::EMPTY));
     }
 
     #[test]

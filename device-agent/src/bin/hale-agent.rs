@@ -51,7 +51,7 @@ use device_agent::identity::{Action, DeviceSecret, Identity};
 use device_agent::offline;
 use device_agent::{
     check_for_update, AgentError, Application, Boot, BundleTransport, DeferReason, DeviceInfo,
-    FirmwareStore, Image, Layout, Outcome, RollbackAuthorization, Transport,
+    FirmwareStore, Image, Layout, Outcome, RollbackAuthorization, Slot, SlotState, Transport,
 };
 use hale_core::Version;
 use hale_pki::KeyAlgorithm;
@@ -136,10 +136,50 @@ fn field(v: &Value, k: &str) -> String {
         .to_string()
 }
 
+/// The last result, not reported yet: the next poll reports it before its check, so that a
+/// result from outside a poll (a boot that reverted or found an image damaged, an offline
+/// install) reaches the server even when the check then installs something.
 fn set_last(o: &Opts, result: &str, reason: &str) -> Result<()> {
+    write_last(
+        o,
+        &json!({"result": result, "reason": reason, "reported": false}),
+    )
+}
+
+/// Written whole or not at all (a temporary file renamed over it): a crash keeps the one before.
+fn write_last(o: &Opts, v: &Value) -> Result<()> {
     let p = o.file("last_result.json");
-    std::fs::write(&p, json!({"result": result, "reason": reason}).to_string())
+    let tmp = o.file(".last_result.json.tmp");
+    std::fs::write(&tmp, v.to_string())
+        .and_then(|()| std::fs::rename(&tmp, &p))
         .with_context(|| p.display().to_string())
+}
+
+/// The last result as a report sent to the server had it.
+fn mark_reported(o: &Opts, result: &str, reason: &str) -> Result<()> {
+    let Ok(bytes) = std::fs::read(o.file("last_result.json")) else {
+        return Ok(());
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(mut v)
+            if v["reported"] == false
+                && field(&v, "result") == result
+                && field(&v, "reason") == reason =>
+        {
+            v["reported"] = true.into();
+            write_last(o, &v)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A last result no report has carried yet (one written before `reported` existed counts as
+/// reported).
+fn unreported(o: &Opts) -> bool {
+    std::fs::read(o.file("last_result.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|v| v["reported"] == false)
 }
 
 /// Forget the last result (the report then carries none).
@@ -182,9 +222,44 @@ fn report(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<Value> {
 
 /// A reset: the boot step, then the application's start (health checks → confirm).
 fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
+    // (a damaged good image is forgotten by the boot step: its record is read here)
+    let before = store.slots();
     let boot = store.boot().map_err(|e| anyhow::anyhow!("boot: {e}"))?;
+    let version = |slot: Slot| {
+        store
+            .slots()
+            .info(slot)
+            .image
+            .map(|i| i.version.to_string())
+            .unwrap_or_default()
+    };
     match boot {
         Boot::Normal { slot } => say!("booted slot {}", slot.as_str()),
+        Boot::Damaged { slot, damaged } => {
+            let was = before.info(damaged);
+            let running = version(slot);
+            let (d, s) = (damaged.as_str(), slot.as_str());
+            let (said, reason) = match was.image.filter(|_| was.state != SlotState::Rejected) {
+                Some(image) => (
+                    format!("slot {d}'s image ({}) no longer matches its record", image.version),
+                    format!(
+                        "{} in slot {d} was damaged (its bytes no longer match its record): running {running}",
+                        image.version
+                    ),
+                ),
+                // (no transition leaves the active slot so; a record might)
+                None => (
+                    format!("slot {d} is {}: nothing to run there", was.state.as_str()),
+                    format!("slot {d} held nothing to run: running {running}"),
+                ),
+            };
+            say!("{said}: booted {running} in slot {s}");
+            set_last(o, "reverted", &reason)?;
+            // an install that never ran ends here; a confirmed one ended at its confirmation
+            if let (SlotState::Pending | SlotState::Trial, Some(image)) = (was.state, was.image) {
+                conclude_install(o, &image.version.to_string(), "reverted")?;
+            }
+        }
         Boot::Reverted { slot, rejected } => {
             say!(
                 "reverted to slot {} (slot {} was never confirmed)",
@@ -197,12 +272,7 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
             }
         }
         Boot::Trial { slot } => {
-            let version = store
-                .slots()
-                .info(slot)
-                .image
-                .map(|i| i.version.to_string())
-                .unwrap_or_default();
+            let version = version(slot);
             say!("trial boot of {version} in slot {}", slot.as_str());
             let crash = o.file("crash-before-confirm");
             if crash.exists() {
@@ -268,7 +338,11 @@ fn provision(o: &Opts) -> Result<()> {
     });
     std::fs::write(o.file("device.json"), serde_json::to_vec_pretty(&cfg)?)
         .context("device.json")?;
-    set_last(o, "installed", &version.to_string())?;
+    // the factory's image: the first report says what runs, no need to report it before a check
+    write_last(
+        o,
+        &json!({"result": "installed", "reason": version.to_string(), "reported": true}),
+    )?;
     say!("provisioned {} with {version}", o.state.display());
     Ok(())
 }
@@ -322,6 +396,18 @@ fn poll(
     };
     // a poll that ends without an install is no failure of the process: it polls again
     http.clear_timed_out();
+    // a result the check would replace (a boot's, an offline install's) is reported first; a
+    // server that refuses it or cannot be reached does not hold the check up (an update must
+    // not wait for a report). One that does not answer in time ends the poll when it serves the
+    // metadata too: the check would wait as long again, for nothing
+    if unreported(o)
+        && send_report(o, store, server, http, &target, false)? == Sent::ServerSilent
+        && o.opt("--metadata-url")
+            .is_none_or(|m| m.starts_with(server.trim_end_matches('/')))
+    {
+        say!("check not made: the server did not answer the report in time; the next poll reports first");
+        return Ok(());
+    }
     install_once(o, store, &d, http, authorization.as_deref(), "online")?;
     if http.timed_out() {
         // the report would wait as long again for the same silent server; what it would say
@@ -329,17 +415,47 @@ fn poll(
         say!("report not sent: the server did not answer the check in time; the next poll reports");
         return Ok(());
     }
+    send_report(o, store, server, http, &target, true)?;
+    Ok(())
+}
+
+/// How a report went.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    /// Delivered, or answered (a refusal is logged).
+    Answered,
+    /// Not delivered: the server could not be reached.
+    Unreachable,
+    /// Not delivered: the server did not answer in time.
+    ServerSilent,
+}
+
+/// Report the pump's state and last result to `server`, and `with_records` each install record
+/// whose trial has ended (they wait for the report after the check: nothing replaces them).
+fn send_report(
+    o: &Opts,
+    store: &FirmwareStore<FileFlash>,
+    server: &str,
+    http: &mut HttpTransport,
+    target: &str,
+    with_records: bool,
+) -> Result<Sent> {
+    let d = device_config(o)?;
     let url = format!(
         "{}/api/v1/devices/{}/report",
         server.trim_end_matches('/'),
         field(&d, "id")
     );
     let (result, reason) = last(o);
-    let body = host::server_report_json(store, &target, &result, &reason);
+    let body = host::server_report_json(store, target, &result, &reason);
     // the offline installs and rollbacks since the last sync whose trial has ended: one report
     // each (the server takes one record per report), each forgotten once the server has it
     loop {
-        let records = install_records(o);
+        let records = if with_records {
+            install_records(o)
+        } else {
+            Vec::new()
+        };
         let next = records.iter().position(|r| r.get("outcome").is_some());
         let mut body = body.clone();
         if let Some(i) = next {
@@ -352,6 +468,7 @@ fn poll(
             .send_string(&body.to_string())
         {
             Ok(_) => {
+                mark_reported(o, &result, &reason)?;
                 let Some(i) = next else { break };
                 let mut records = records;
                 records.remove(i);
@@ -365,15 +482,26 @@ fn poll(
                     "report to {url} refused (HTTP {code}): {}",
                     r.into_string().unwrap_or_default().trim()
                 );
+                // the server will not take it as it is: not sent before every check again (a
+                // server in trouble, 5xx, or a proxy asking to wait, 408 and 429, may take it
+                // later)
+                if code < 500 && code != 408 && code != 429 {
+                    mark_reported(o, &result, &reason)?;
+                }
                 break;
             }
             Err(ureq::Error::Transport(t)) => {
-                say!("report to {url} failed: {}", host::transport_message(&t));
-                break;
+                let message = host::transport_message(&t);
+                say!("report to {url} failed: {message}");
+                return Ok(if message.ends_with(host::TIMED_OUT) {
+                    Sent::ServerSilent
+                } else {
+                    Sent::Unreachable
+                });
             }
         }
     }
-    Ok(())
+    Ok(Sent::Answered)
 }
 
 /// `--request-timeout S`: how long one request may go unanswered (1 to 600 s, default 60).
@@ -578,7 +706,7 @@ fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
         let s = store.slots();
         let active = s.info(s.active());
         match (active.state, active.image.map(|i| i.version)) {
-            (device_agent::SlotState::Good, Some(v)) if v == version => Ended::Running,
+            (SlotState::Good, Some(v)) if v == version => Ended::Running,
             _ if s.in_trial().is_some() => Ended::Deferred,
             _ => Ended::NotInstalled,
         }
