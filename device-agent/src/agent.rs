@@ -179,6 +179,10 @@ pub enum AgentError<T, F> {
     /// server: not downloaded again before `retry_at` unless a new snapshot comes (see
     /// [`RETRY_WRONG_BYTES`]).
     WrongBytes { retry_at: UnixTime },
+    /// The download of the image the snapshot offers broke off before its next checkpoint last
+    /// time (and the times before): not tried again before `retry_at` unless a new snapshot
+    /// comes, as each try erases the same slot sectors (see [`retry_broken`]).
+    DownloadBroken { retry_at: UnixTime },
     /// The image is larger than a slot.
     ImageTooLarge { length: u64, capacity: u32 },
     /// The image's version, printed, is longer than a slot record holds
@@ -228,6 +232,10 @@ impl<T: fmt::Display, F: fmt::Debug> fmt::Display for AgentError<T, F> {
             AgentError::WrongBytes { retry_at } => write!(
                 f,
                 "the image on offer did not match its hashes when last downloaded: not downloaded again before {retry_at} (Unix time) or a new snapshot"
+            ),
+            AgentError::DownloadBroken { retry_at } => write!(
+                f,
+                "the download of the image on offer broke off before its next checkpoint last time: not tried again before {retry_at} (Unix time) or a new snapshot, to spare the flash"
             ),
             AgentError::ImageTooLarge { length, capacity } => write!(
                 f,
@@ -285,6 +293,25 @@ const NAME_CAP: usize = 256;
 /// regions a record per checkpoint and four more a day (see `docs/decisions.md`); a new snapshot
 /// (any new release) is tried at once, and so is an offline bundle.
 pub const RETRY_WRONG_BYTES: UnixTime = 86_400;
+
+/// The first wait after a download broke off before its next checkpoint, having erased slot
+/// sectors the next try erases again (five minutes); it doubles with every such break in a row,
+/// up to [`RETRY_WRONG_BYTES`]. A download that breaks at the same byte every time (a proxy's
+/// size limit, a server that always drops the connection there) so costs each of those sectors
+/// about ten erases the first day and one a day after, where a poll a minute cost 1,440 a day
+/// (a NOR sector lasts about 100,000). A break after a new checkpoint (progress) waits for
+/// nothing, nor does one before any sector was erased.
+pub const RETRY_BROKEN_FIRST: UnixTime = 300;
+
+/// The most breaks in a row counted ([`crate::Conclusion::Broken`]); the wait stops growing
+/// before this.
+pub const BROKEN_TRIES_MAX: u8 = 9;
+
+/// The wait after the `tries + 1`-th download in a row that broke off before its next
+/// checkpoint: [`RETRY_BROKEN_FIRST`] doubled `tries` times, at most [`RETRY_WRONG_BYTES`].
+pub fn retry_broken(tries: u8) -> UnixTime {
+    (RETRY_BROKEN_FIRST << tries.min(BROKEN_TRIES_MAX)).min(RETRY_WRONG_BYTES)
+}
 
 /// `[N.]role.json` into `s` (cleared first); `None` when it does not fit. Written in place: a
 /// returned `String<256>` is copied twice at every call site on a Cortex-M.
@@ -476,6 +503,8 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
     // (and must verify its authorization), so it neither stops at it nor records one
     let channel = device.rollback_target.is_none();
     let mut verified = 0;
+    // (staging records the metadata without it: a break counts on from this one)
+    let previous = store.last_check();
     let refreshed = refresh(
         store,
         transport,
@@ -493,6 +522,13 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
                     valid_until,
                     ..
                 }) => Err(AgentError::WrongBytes {
+                    retry_at: valid_until,
+                }),
+                Some(LastCheck {
+                    conclusion: Conclusion::Broken { .. },
+                    valid_until,
+                    ..
+                }) => Err(AgentError::DownloadBroken {
                     retry_at: valid_until,
                 }),
                 _ => Ok(Outcome::UpToDate {
@@ -515,7 +551,7 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
         }
     };
     let mut delegated_expires = UnixTime::MAX;
-    let mut wrong = false;
+    let mut failed = Failed::No;
     let outcome = install(
         store,
         device,
@@ -528,17 +564,39 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
         chunk,
         &mut delegated_expires,
         &mut unrecorded,
-        &mut wrong,
+        &mut failed,
     );
     // what the check verified and, when it is "up to date", what it concluded: one record
     // (staging recorded the metadata before its first slot change). Image bytes from a server
     // that did not match are remembered too: not downloaded again for a while (flash wear).
     let check = match outcome {
         Ok(Outcome::UpToDate { .. }) if channel => Some((Conclusion::UpToDate, delegated_expires)),
-        Err(_) if wrong && channel && transport.remote() => Some((
-            Conclusion::WrongBytes,
-            now.saturating_add(RETRY_WRONG_BYTES),
-        )),
+        Err(_) if failed != Failed::No && channel && transport.remote() => Some(match failed {
+            Failed::Broken => {
+                // one more break in a row of this download (same snapshot, same running image)
+                let tries = match previous {
+                    Some(LastCheck {
+                        conclusion: Conclusion::Broken { tries },
+                        snapshot_version,
+                        running_sha256,
+                        ..
+                    }) if running_sha256 == running.sha256
+                        && set.snapshot().map(|s| s.header.version) == Some(snapshot_version) =>
+                    {
+                        tries.saturating_add(1).min(BROKEN_TRIES_MAX)
+                    }
+                    _ => 0,
+                };
+                (
+                    Conclusion::Broken { tries },
+                    now.saturating_add(retry_broken(tries)),
+                )
+            }
+            _ => (
+                Conclusion::WrongBytes,
+                now.saturating_add(RETRY_WRONG_BYTES),
+            ),
+        }),
         _ => None,
     }
     .map(|c| conclude(&set, running.sha256, c))
@@ -549,6 +607,25 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
         record(store, &set, roles, check)?;
     }
     outcome
+}
+
+/// A failed staging the next checks remember, as each try costs the flash erases.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    No,
+    /// The server's bytes did not match ([`RETRY_WRONG_BYTES`]).
+    WrongBytes,
+    /// The download broke off before a new checkpoint, after erasing ([`retry_broken`]).
+    Broken,
+}
+
+/// The wait a remembered failure sets, at most: a valid-until further away than this from now
+/// was set by a clock that ran ahead, and is not waited for.
+fn longest_wait(c: Conclusion) -> UnixTime {
+    match c {
+        Conclusion::Broken { tries } => retry_broken(tries),
+        _ => RETRY_WRONG_BYTES,
+    }
 }
 
 /// What `refresh` leaves to its caller.
@@ -630,7 +707,7 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
     chunk: &mut [u8],
     delegated_expires: &mut UnixTime,
     unrecorded: &mut bool,
-    wrong: &mut bool,
+    failed: &mut Failed,
 ) -> Res<Outcome, T, F> {
     let slots = store.slots();
     let consistent = set.root().consistent_snapshot;
@@ -770,7 +847,7 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
         record(store, set, ALL_ROLES, None)?;
     }
     stage(
-        store, transport, app, &file, image, lookup, consistent, chunk, authorized, wrong,
+        store, transport, app, &file, image, lookup, consistent, chunk, authorized, failed,
     )
 }
 
@@ -786,8 +863,9 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
 /// (`Staging`, its download at the end), and the first check that may install reads it back
 /// from flash, hashes it again and marks it then.
 ///
-/// Bytes that do not match abandon the staging, and set `wrong` when this check fetched some of
-/// them (see [`RETRY_WRONG_BYTES`]).
+/// Bytes that do not match abandon the staging, and set `failed` to `WrongBytes` when this check
+/// fetched some of them (see [`RETRY_WRONG_BYTES`]); a download that breaks off after erasing a
+/// sector, before it reached a new checkpoint, sets it to `Broken` (see [`retry_broken`]).
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
 fn stage<F: Durable, T: Transport, A: Application>(
@@ -800,7 +878,7 @@ fn stage<F: Durable, T: Transport, A: Application>(
     consistent: bool,
     chunk: &mut [u8],
     authorized: Option<UnixTime>,
-    wrong: &mut bool,
+    failed: &mut Failed,
 ) -> Res<Outcome, T, F> {
     let target = Name::new(path);
     let sha256 = image.sha256;
@@ -847,17 +925,23 @@ fn stage<F: Durable, T: Transport, A: Application>(
     // the bytes as read back from flash either verify (pending) or the staging is abandoned
     // whether this check fetched any of the bytes (not all read back from an earlier one)
     let mut fetched = false;
+    // sectors erased by this check and no checkpoint since (a break makes the next try erase
+    // them again), and whether this check reached a new checkpoint (progress)
+    let (mut erased, mut progress) = (false, false);
     let verified = loop {
         // (0 once the image is whole: an empty image fetches nothing)
         let n = image.length.saturating_sub(offset).min(chunk.len() as u64) as usize;
         if n > 0 {
             let c = chunk.get_mut(..n).unwrap_or(&mut []);
-            transport
-                .fetch_target(&file_name, offset, c)
-                .map_err(|error| AgentError::Transport {
+            if let Err(error) = transport.fetch_target(&file_name, offset, c) {
+                if erased && !progress {
+                    *failed = Failed::Broken;
+                }
+                return Err(AgentError::Transport {
                     what: target,
                     error,
-                })?;
+                });
+            }
             fetched = true;
         }
         if let Some(next) = begin.take() {
@@ -871,6 +955,7 @@ fn stage<F: Durable, T: Transport, A: Application>(
         // the download costs the flash no erase, however often the device polls
         if offset % F::ERASE_SIZE as u64 == 0 {
             store.erase_slot_sector(inactive, offset)?;
+            erased = true;
         }
         // pad the last block to the write size with erased bytes
         let padded = n.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
@@ -889,6 +974,7 @@ fn stage<F: Durable, T: Transport, A: Application>(
             u32::try_from(offset).is_ok_and(|o| o.checked_rem(checkpoint) == Some(0));
         if at_checkpoint && offset < image.length {
             store.commit(staging, offset, [Meta::Keep; 4])?;
+            progress = true;
         }
     };
     if verified.is_ok() {
@@ -902,7 +988,9 @@ fn stage<F: Durable, T: Transport, A: Application>(
     }
     // the server is blamed only for bytes it served in this check: an image read back whole
     // from the slot (kept for the application's yes) that no longer verifies is the flash's
-    *wrong = fetched && verified.is_err();
+    if fetched && verified.is_err() {
+        *failed = Failed::WrongBytes;
+    }
     match verified {
         Ok(()) => staging.finish_staging_in_place(),
         Err(_) => staging.abandon_staging_in_place(),
@@ -1031,7 +1119,7 @@ fn refresh<F: Durable, T: Transport>(
                 // wrong bytes wait for this server only, and a clock set back does not
                 // stretch the wait
                 || transport.remote()
-                    && c.valid_until.saturating_sub(RETRY_WRONG_BYTES) <= now)
+                    && c.valid_until.saturating_sub(longest_wait(c.conclusion)) <= now)
     });
     if unchanged.is_some() {
         if changed {

@@ -17,7 +17,8 @@
 //! 248  length of the last-check record: 0 (none) or 49 (u32)
 //! 252  length of the refused list: 0 to 4 sha256 values, 32 bytes each (u32)
 //! 256  metadata bytes, concatenated, exactly as verified; then the last-check record:
-//!      snapshot_version:u64 running_sha256[32] valid_until:i64 conclusion:u8
+//!      snapshot_version:u64 running_sha256[32] valid_until:i64 conclusion:u8 (1 up to date,
+//!      2 wrong bytes, 3 + n a download broken off n + 1 times in a row)
 //! ...  sha256 over everything before it
 //! ...  when 252 is not 0: the refused list, sha256[32] each, oldest first, and a sha256 over
 //!      the record's digest and the list
@@ -184,9 +185,10 @@ pub struct LastCheck {
     pub conclusion: Conclusion,
 }
 
-/// A conclusion worth remembering: "up to date", and an image whose bytes failed their hashes
-/// (the server is likely to serve the same bytes again). A deferred or otherwise refused update
-/// is evaluated again at the next check.
+/// A conclusion worth remembering: "up to date", an image whose bytes failed their hashes (the
+/// server is likely to serve the same bytes again), and a download that keeps breaking off
+/// before its next checkpoint (each try erases the same sectors). A deferred or otherwise
+/// refused update is evaluated again at the next check.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conclusion {
@@ -197,6 +199,11 @@ pub enum Conclusion {
     /// ([`crate::agent::RETRY_WRONG_BYTES`] after the failure, or when the snapshot or targets
     /// expire if that is sooner). An agent that predates this value reads no last check.
     WrongBytes,
+    /// The download of the image the snapshot offers broke off (a transport error) after it had
+    /// erased slot sectors and before it reached a new checkpoint, for the `tries + 1`-th time
+    /// in a row: the next try erases the same sectors again, so it waits until `valid_until`
+    /// ([`crate::agent::retry_broken`]). An agent that predates this value reads no last check.
+    Broken { tries: u8 },
 }
 
 impl LastCheck {
@@ -212,6 +219,7 @@ impl LastCheck {
             *c = match self.conclusion {
                 Conclusion::UpToDate => 1,
                 Conclusion::WrongBytes => 2,
+                Conclusion::Broken { tries } => 3u8.saturating_add(tries),
             };
         }
         b
@@ -224,6 +232,9 @@ impl LastCheck {
         let conclusion = match rest.first()? {
             1 => Conclusion::UpToDate,
             2 => Conclusion::WrongBytes,
+            b @ 3.. if b - 3 <= crate::agent::BROKEN_TRIES_MAX => {
+                Conclusion::Broken { tries: b - 3 }
+            }
             _ => return None,
         };
         Some(LastCheck {

@@ -285,6 +285,120 @@ fn failing_health_check_reverts_immediately() {
     assert_eq!(store.slots().info(Slot::B).state, SlotState::Rejected);
 }
 
+/// A download that breaks off before its next checkpoint after erasing slot sectors (a proxy
+/// that cuts every answer at the same byte) is not tried again at every poll, as each try erases
+/// the same sectors: it waits five minutes, then twice as long after each such break in a row.
+/// A break after a new checkpoint waits for nothing, and the download resumes there.
+#[test]
+fn a_download_that_keeps_breaking_off_before_its_next_checkpoint_waits_longer_each_time() {
+    use device_agent::agent::{retry_broken, BROKEN_TRIES_MAX, RETRY_BROKEN_FIRST};
+    use device_agent::Conclusion;
+    assert_eq!(
+        [0, 1, 2, 8, 9, 10, 255].map(retry_broken),
+        [300, 600, 1200, 76_800, 86_400, 86_400, 86_400]
+    );
+    assert_eq!(BROKEN_TRIES_MAX, 9);
+    let sim = repo_with("2.0.0", 7, 3000);
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    // 1 KiB sectors, a checkpoint at each, 256-byte blocks: a cut after 512 bytes erased the
+    // first sector and reached no checkpoint
+    let cut_at = |bytes: u64| {
+        let mut t = MapTransport::new(&sim.files);
+        t.fail_target_after = Some(bytes);
+        t
+    };
+    let cut = AgentError::Transport {
+        what: Name::new(TARGET),
+        error: MapError::Cut,
+    };
+    assert_eq!(
+        check_at(&mut store, &mut cut_at(512), &mut Pump::default(), NOW).unwrap_err(),
+        cut
+    );
+    let last = store.last_check().unwrap();
+    assert_eq!(last.conclusion, Conclusion::Broken { tries: 0 });
+    assert_eq!(last.valid_until, NOW + RETRY_BROKEN_FIRST);
+    assert_eq!(last.snapshot_version, sim.snapshot.version);
+    // within the wait, even with the server mended: the check stops after the timestamp and
+    // writes nothing
+    let before = persisted(&mut store);
+    let ops = store.flash_mut().operations();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_at(
+            &mut store,
+            &mut t,
+            &mut Pump::default(),
+            NOW + RETRY_BROKEN_FIRST - 1
+        )
+        .unwrap_err(),
+        AgentError::DownloadBroken {
+            retry_at: NOW + RETRY_BROKEN_FIRST
+        }
+    );
+    assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
+    assert_eq!(persisted(&mut store), before);
+    assert_eq!(store.flash_mut().operations(), ops, "nothing written");
+    // each break in a row at the end of the wait doubles it
+    for tries in 1..=4u8 {
+        let at = store.last_check().unwrap().valid_until;
+        assert_eq!(
+            check_at(&mut store, &mut cut_at(512), &mut Pump::default(), at).unwrap_err(),
+            cut
+        );
+        let last = store.last_check().unwrap();
+        assert_eq!(last.conclusion, Conclusion::Broken { tries });
+        assert_eq!(last.valid_until, at + retry_broken(tries));
+    }
+    // a break after a new checkpoint (1 KiB in): progress, no wait
+    let at = store.last_check().unwrap().valid_until;
+    assert_eq!(
+        check_at(&mut store, &mut cut_at(1536), &mut Pump::default(), at).unwrap_err(),
+        cut
+    );
+    assert_eq!(store.last_check(), None);
+    assert_eq!(store.download_offset(), 1024);
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), at).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    let first = t.requests.iter().find(|r| r.starts_with("targets/"));
+    assert!(
+        first.is_some_and(|r| r.ends_with("firmware.bin@1024")),
+        "resumed at the checkpoint: {first:?}"
+    );
+    // a server that fails before the first block erased nothing: no wait
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    assert_eq!(
+        check_at(&mut store, &mut cut_at(0), &mut Pump::default(), NOW).unwrap_err(),
+        cut
+    );
+    assert_eq!(store.last_check(), None);
+    // a clock set back to before the break does not stretch the wait: tried at once
+    assert_eq!(
+        check_at(&mut store, &mut cut_at(512), &mut Pump::default(), NOW).unwrap_err(),
+        cut
+    );
+    assert!(store.last_check().is_some());
+    assert_eq!(
+        check_at(
+            &mut store,
+            &mut MapTransport::new(&sim.files),
+            &mut Pump::default(),
+            NOW - 10
+        )
+        .unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+}
+
 /// A pump that updated to 2.0.0 and confirmed it, so slot A still holds 1.0.0 (good); `counter`
 /// is 2.0.0's security counter (1.0.0's is 1).
 fn updated_and_confirmed(sim: &hale_tests::RepoSim) -> Vec<u8> {
@@ -826,12 +940,17 @@ fn a_longer_checkpoint_interval_resumes_from_its_last_boundary_and_writes_fewer_
         assert_eq!(store.download_offset(), checkpointed, "cut at {cut}");
         assert_eq!(store.slots().info(Slot::B).state, SlotState::Staging);
         drop(store);
-        // power cycle: the next check goes on from the last checkpoint
+        // power cycle: the next check goes on from the last checkpoint (a cut before the
+        // first one, after erasing, waits first: the next try erases the same sectors)
         let mut store = FirmwareStore::open(Flash::new(&mut mem), every).unwrap();
         assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
         let mut t = MapTransport::new(&sim.files);
+        let at = match checkpointed {
+            0 => NOW + device_agent::agent::RETRY_BROKEN_FIRST,
+            _ => NOW,
+        };
         assert_eq!(
-            check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+            check_at(&mut store, &mut t, &mut Pump::default(), at).unwrap(),
             Outcome::Staged {
                 version: v("2.0.0")
             }

@@ -40,8 +40,6 @@ struct Served {
     /// Refuse every target as hale-server does for a device outside a staged rollout
     /// (`403 rollout_pending` with this message).
     held_back: Option<String>,
-    /// The status of the next report answers, in order (then 200).
-    report_answers: Vec<u16>,
 }
 
 /// Serve `/metadata/<name>` and `/targets/<name>` from the map; record POSTed reports.
@@ -88,11 +86,7 @@ fn serve() -> (String, Arc<Mutex<Served>>) {
             }
             let resp = if method == "POST" && path.starts_with("/api/v1/devices/") {
                 s.reports.push(serde_json::from_slice(&body).unwrap());
-                match (!s.report_answers.is_empty()).then(|| s.report_answers.remove(0)) {
-                    Some(503) => (503, "Service Unavailable", vec![], None),
-                    Some(400) => (400, "Bad Request", vec![], None),
-                    _ => (200, "OK", vec![], None),
-                }
+                (200, "OK", vec![], None)
             } else if let Some(m) = s
                 .held_back
                 .clone()
@@ -676,10 +670,10 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
 }
 
 /// Bit rot in the running image (one byte of the flash file's slot b flips): the reset boots the
-/// image before it instead of nothing, says why, and reports it to the server before the next
-/// check installs the release again (which would have replaced the result unreported).
+/// image before it instead of nothing and says why; the next poll installs the release again,
+/// and its report carries the damage in a record of its own (the result is the install's).
 #[test]
-fn a_pump_whose_running_image_rotted_boots_the_one_before_reports_it_and_installs_again() {
+fn a_pump_whose_running_image_rotted_boots_the_one_before_installs_again_and_reports_it() {
     let sim = repo_with("2.0.0", 1, 3000);
     let pump = provisioned_pump(&sim);
     let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
@@ -710,55 +704,24 @@ fn a_pump_whose_running_image_rotted_boots_the_one_before_reports_it_and_install
     let sent = state.lock().unwrap().reports.len();
     agent(dir, &run);
     let reports = state.lock().unwrap().reports[sent..].to_vec();
-    assert_eq!(reports.len(), 2, "{reports:?}");
-    assert_eq!(reports[0]["last_result"]["result"], damaged["result"]);
-    assert_eq!(reports[0]["last_result"]["reason"], damaged["reason"]);
-    assert_eq!(reports[0]["slots"][1]["state"], "empty", "{}", reports[0]);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    // the check installed 2.0.0 again: the result is that, and the damage has its own record
     let r = last_report(state, dir);
     assert_eq!(r["last_result"]["result"], "installed", "{r}");
     assert_eq!(r["slots"][1]["version"], "2.0.0");
     assert_eq!(r["slots"][1]["active"], true);
-    // reported once: the next poll sends one report
+    let posted = reports[0].clone();
+    let rec = &posted["install_record"];
+    assert_eq!(rec["kind"], "damaged", "{posted}");
+    assert_eq!(rec["version"], "2.0.0");
+    assert_eq!(rec["target"], TARGET);
+    assert_eq!(rec["outcome"], "reverted");
+    assert_eq!(rec["reason"], damaged["reason"]);
+    assert_eq!(rec["staged"].as_str().map(str::len), Some(20), "{posted}");
+    // sent once, then forgotten
     agent(dir, &run);
-    assert_eq!(state.lock().unwrap().reports.len(), sent + 3);
-}
-
-/// A result the server did not take stays to be reported: a 503 keeps it for the report before
-/// the next check (which would replace it); a 400 (the server will not take it as it is) does
-/// not, and it is not sent again.
-#[test]
-fn a_result_the_server_did_not_take_is_reported_before_the_next_check_unless_refused() {
-    let mut sim = repo_with("2.0.0", 7, 3000);
-    let pump = provisioned_pump(&sim);
-    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
-    let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
-    agent(dir, &run);
-    publish(&mut sim, "3.0.0", 7, 3000, "pump-a");
-    set_files(state, &sim);
-    agent(dir, &["health", "fail"]);
-    // 3.0.0 fails its health check; the server is in trouble for that report
-    state.lock().unwrap().report_answers = vec![503];
-    let sent = state.lock().unwrap().reports.len();
-    agent(dir, &run);
-    let reports = |from: usize| state.lock().unwrap().reports[from..].to_vec();
-    let got = reports(sent);
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0]["last_result"]["result"], "reverted", "{}", got[0]);
-    // the next poll reports it before its check, whose refusal of 3.0.0 replaces it; that
-    // report is refused as malformed: not sent again
-    state.lock().unwrap().report_answers = vec![200, 400];
-    agent(dir, &["health", "pass"]);
-    agent(dir, &run);
-    let got = reports(sent + 1);
-    assert_eq!(got.len(), 2, "{got:?}");
-    assert_eq!(got[0]["last_result"]["result"], "reverted", "{}", got[0]);
-    assert_eq!(got[1]["last_result"]["result"], "rejected", "{}", got[1]);
-    agent(dir, &run);
-    assert_eq!(
-        reports(sent + 3).len(),
-        1,
-        "one report: nothing left unreported"
-    );
+    let posted = state.lock().unwrap().reports.last().cloned().unwrap();
+    assert!(posted.get("install_record").is_none(), "{posted}");
 }
 
 /// `hale-agent run --once`, killed (SIGKILL: no chance to write anything) in the middle of a
@@ -1680,37 +1643,6 @@ fn a_check_the_server_never_answers_is_not_followed_by_a_report_to_it() {
             .as_str()
             .is_some_and(|o| o.ends_with("timed out")),
         "{status}"
-    );
-    // a result to report before the check (as a reset that reverted leaves it): the report goes
-    // unanswered, and the check to the same server is not made to wait as long again
-    seen.lock().unwrap().clear();
-    std::fs::write(
-        pump.dir.join("last_result.json"),
-        r#"{"result": "reverted", "reason": "reset before confirmation", "reported": false}"#,
-    )
-    .unwrap();
-    let out = agent(
-        &pump.dir,
-        &[
-            "run",
-            "--server",
-            &silent,
-            "--once",
-            "--request-timeout",
-            "1",
-        ],
-    );
-    assert!(
-        out.contains(
-            "check not made: the server did not answer the report in time; the next poll reports first"
-        ),
-        "{out}"
-    );
-    let seen_now = seen.lock().unwrap().clone();
-    assert_eq!(seen_now.len(), 1, "{seen_now:?}");
-    assert!(
-        seen_now[0].starts_with("POST /api/v1/devices/pump-0001/report"),
-        "{seen_now:?}"
     );
     // a timeout outside 1 to 600 s is refused
     let bad = Command::new(env!("CARGO_BIN_EXE_hale-agent"))

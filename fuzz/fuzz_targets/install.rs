@@ -30,7 +30,8 @@
 //!   older one; the only error on the way is one hash mismatch after a corrupted block (the
 //!   staging abandoned), after which the pump waits `RETRY_WRONG_BYTES` before it downloads that
 //!   image from the server again (`WrongBytes`, the day after the fixed clock; it then runs an
-//!   older release, as it ran).
+//!   older release, as it ran); a download the script broke off before its next checkpoint
+//!   makes it wait (`DownloadBroken`), and the settling check runs again at the end of the wait.
 #![no_main]
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -199,6 +200,14 @@ fn check<F: Durable, T: Transport>(
     store: &mut FirmwareStore<F>,
     t: &mut T,
 ) -> Result<Outcome, AgentError<T::Error, F::Error>> {
+    check_at(store, t, NOW)
+}
+
+fn check_at<F: Durable, T: Transport>(
+    store: &mut FirmwareStore<F>,
+    t: &mut T,
+    now: hale_core::UnixTime,
+) -> Result<Outcome, AgentError<T::Error, F::Error>> {
     let (mut root, mut ts, mut snap, mut tg) = ([0u8; 4096], [0u8; 2048], [0u8; 2048], [0u8; 4096]);
     let (mut scratch, mut chunk) = ([0u8; 4096], [0u8; 256]);
     let ws = Workspace {
@@ -212,7 +221,7 @@ fn check<F: Durable, T: Transport>(
         chunk: &mut chunk[..],
         delegations: &mut [],
     };
-    check_for_update(store, &device(), t, &mut Idle, &mut NoRollback, NOW, ws)
+    check_for_update(store, &device(), t, &mut Idle, &mut NoRollback, now, ws)
 }
 
 /// The script's steps on `store` until the input runs out, a step count is reached, or the
@@ -294,13 +303,14 @@ fn power_up_and_settle(mem: &mut [u8], layout: Layout, corrupted: bool, served: 
 
     let mut honest = Input(&[], false, served);
     let (mut refused, mut mismatched, mut waiting) = (false, false, false);
+    let mut now = NOW;
     for _ in 0..8 {
         let s = store.slots();
         if s.info(s.active()).state == SlotState::Trial {
             store.confirm().unwrap();
             continue;
         }
-        match check(&mut store, &mut Scripted { input: &mut honest }) {
+        match check_at(&mut store, &mut Scripted { input: &mut honest }, now) {
             Ok(Outcome::Staged { .. } | Outcome::AwaitingReboot { .. }) => {
                 store.boot().unwrap();
             }
@@ -308,6 +318,14 @@ fn power_up_and_settle(mem: &mut [u8], layout: Layout, corrupted: bool, served: 
             Err(AgentError::PreviouslyReverted { .. }) => {
                 refused = true;
                 break;
+            }
+            // the script's download broke off before its next checkpoint after erasing: the
+            // pump waits (at most a day, the script's eight breaks in a row under 11 hours),
+            // then goes on
+            Err(AgentError::DownloadBroken { retry_at })
+                if retry_at > now && retry_at - now <= 300 << 7 =>
+            {
+                now = retry_at;
             }
             // a download resumed over a corrupted block: its hash fails once, the staging is
             // abandoned and the next check starts over
@@ -317,9 +335,11 @@ fn power_up_and_settle(mem: &mut [u8], layout: Layout, corrupted: bool, served: 
                 mismatched = true;
             }
             // the server served wrong bytes (the corrupted block; the hash failed here or in
-            // the script's checks): not downloaded again from it for a day
+            // the script's checks): not downloaded again from it for a day from then
             Err(AgentError::WrongBytes { retry_at })
-                if corrupted && retry_at == NOW + device_agent::agent::RETRY_WRONG_BYTES =>
+                if corrupted
+                    && [NOW, now]
+                        .contains(&(retry_at - device_agent::agent::RETRY_WRONG_BYTES)) =>
             {
                 waiting = true;
                 break;

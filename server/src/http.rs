@@ -945,6 +945,11 @@ pub enum InstallKind {
     Offline,
     /// A downgrade under a rollback authorization the device verified.
     Rollback,
+    /// Not an install: an image the device found damaged in its slot at a boot (its bytes no
+    /// longer matched its record), which therefore did not run; `outcome` is `reverted`, `reason`
+    /// says what runs instead and `staged` when it was found. A flash fault the maker wants to
+    /// hear of even when the next check installed the image again.
+    Damaged,
 }
 
 /// What the device verified for an offline install or a rollback (a claim, like the report).

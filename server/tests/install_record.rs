@@ -151,7 +151,7 @@ fn a_rollback_record_is_stored_with_the_device_and_audited_with_its_signers() {
     let malformed = [
         (
             with_record(|r| r["kind"] = json!("sideload")),
-            "unknown variant `sideload`, expected `offline` or `rollback`",
+            "unknown variant `sideload`, expected one of `offline`, `rollback`, `damaged`",
         ),
         (
             with_record(|r| r["approved_by"] = json!("nobody")),
@@ -234,6 +234,39 @@ fn an_offline_record_without_an_authorization_is_audited_without_signers() {
     assert_eq!(last["kind"], "install-record");
     assert_eq!(last["detail"]["record"]["kind"], "offline");
     assert_eq!(last["detail"]["record"]["signers"], json!([]));
+}
+
+/// A pump that found an image damaged at a boot reports it as a record of kind `damaged`
+/// (not an install: the image did not run), kept in the device's history and audited, even
+/// when the report's result is the reinstall that followed.
+#[test]
+fn a_damaged_image_found_at_boot_is_kept_and_audited_as_its_own_record() {
+    let f = Fixture::new();
+    let mut s = f.start();
+    let reason =
+        "2.0.0 in slot b was damaged (its bytes no longer match its record): running 1.0.0";
+    let body = json!({
+        "slots": [
+            {"name": "a", "version": "1.0.0", "state": "inactive"},
+            {"name": "b", "version": "2.0.0", "state": "active"}
+        ],
+        "last_result": {"result": "installed", "target": "pump-a/firmware.bin", "version": "2.0.0"},
+        "install_record": {"kind": "damaged", "target": "pump-a/firmware.bin", "version": "2.0.0",
+                           "reason": reason, "outcome": "reverted", "staged": "2030-01-01T00:05:00Z"}
+    });
+    assert_eq!(post(&s, DEVICE, &body).status, 204);
+    let dev = &devices(&s)[0];
+    let history = history_records(dev);
+    assert_eq!(history.len(), 1, "{dev}");
+    assert_eq!(history[0]["kind"], "damaged");
+    assert_eq!(history[0]["outcome"], "reverted");
+    assert_eq!(history[0]["reason"], reason);
+    assert!(s.terminate().success());
+    let recs = audit_records(&f);
+    let last = recs.last().unwrap();
+    assert_eq!(last["kind"], "install-record");
+    assert_eq!(last["detail"]["record"]["kind"], "damaged");
+    assert_eq!(last["detail"]["record"]["staged"], "2030-01-01T00:05:00Z");
 }
 
 #[test]

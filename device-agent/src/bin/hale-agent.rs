@@ -136,50 +136,10 @@ fn field(v: &Value, k: &str) -> String {
         .to_string()
 }
 
-/// The last result, not reported yet: the next poll reports it before its check, so that a
-/// result from outside a poll (a boot that reverted or found an image damaged, an offline
-/// install) reaches the server even when the check then installs something.
 fn set_last(o: &Opts, result: &str, reason: &str) -> Result<()> {
-    write_last(
-        o,
-        &json!({"result": result, "reason": reason, "reported": false}),
-    )
-}
-
-/// Written whole or not at all (a temporary file renamed over it): a crash keeps the one before.
-fn write_last(o: &Opts, v: &Value) -> Result<()> {
     let p = o.file("last_result.json");
-    let tmp = o.file(".last_result.json.tmp");
-    std::fs::write(&tmp, v.to_string())
-        .and_then(|()| std::fs::rename(&tmp, &p))
+    std::fs::write(&p, json!({"result": result, "reason": reason}).to_string())
         .with_context(|| p.display().to_string())
-}
-
-/// The last result as a report sent to the server had it.
-fn mark_reported(o: &Opts, result: &str, reason: &str) -> Result<()> {
-    let Ok(bytes) = std::fs::read(o.file("last_result.json")) else {
-        return Ok(());
-    };
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(mut v)
-            if v["reported"] == false
-                && field(&v, "result") == result
-                && field(&v, "reason") == reason =>
-        {
-            v["reported"] = true.into();
-            write_last(o, &v)
-        }
-        _ => Ok(()),
-    }
-}
-
-/// A last result no report has carried yet (one written before `reported` existed counts as
-/// reported).
-fn unreported(o: &Opts) -> bool {
-    std::fs::read(o.file("last_result.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .is_some_and(|v| v["reported"] == false)
 }
 
 /// Forget the last result (the report then carries none).
@@ -239,7 +199,8 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
             let was = before.info(damaged);
             let running = version(slot);
             let (d, s) = (damaged.as_str(), slot.as_str());
-            let (said, reason) = match was.image.filter(|_| was.state != SlotState::Rejected) {
+            let damaged_image = was.image.filter(|_| was.state != SlotState::Rejected);
+            let (said, reason) = match damaged_image {
                 Some(image) => (
                     format!("slot {d}'s image ({}) no longer matches its record", image.version),
                     format!(
@@ -255,6 +216,18 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
             };
             say!("{said}: booted {running} in slot {s}");
             set_last(o, "reverted", &reason)?;
+            // the damage goes to the server in a record of its own, queued until a report
+            // carries it: the next check may install the image again and replace the result
+            if let Some(image) = damaged_image {
+                let version = image.version.to_string();
+                let target = field(&device_config(o)?, "target");
+                let mut rec = offline::install_record("damaged", &target, &version, None);
+                rec["reason"] = reason.into();
+                rec["outcome"] = "reverted".into();
+                // when it was found: two damages of one image are two records
+                rec["staged"] = offline::iso8601(host::now()).into();
+                queue_install(o, rec)?;
+            }
             // an install that never ran ends here; a confirmed one ended at its confirmation
             if let (SlotState::Pending | SlotState::Trial, Some(image)) = (was.state, was.image) {
                 conclude_install(o, &image.version.to_string(), "reverted")?;
@@ -338,11 +311,7 @@ fn provision(o: &Opts) -> Result<()> {
     });
     std::fs::write(o.file("device.json"), serde_json::to_vec_pretty(&cfg)?)
         .context("device.json")?;
-    // the factory's image: the first report says what runs, no need to report it before a check
-    write_last(
-        o,
-        &json!({"result": "installed", "reason": version.to_string(), "reported": true}),
-    )?;
+    set_last(o, "installed", &version.to_string())?;
     say!("provisioned {} with {version}", o.state.display());
     Ok(())
 }
@@ -396,18 +365,6 @@ fn poll(
     };
     // a poll that ends without an install is no failure of the process: it polls again
     http.clear_timed_out();
-    // a result the check would replace (a boot's, an offline install's) is reported first; a
-    // server that refuses it or cannot be reached does not hold the check up (an update must
-    // not wait for a report). One that does not answer in time ends the poll when it serves the
-    // metadata too: the check would wait as long again, for nothing
-    if unreported(o)
-        && send_report(o, store, server, http, &target, false)? == Sent::ServerSilent
-        && o.opt("--metadata-url")
-            .is_none_or(|m| m.starts_with(server.trim_end_matches('/')))
-    {
-        say!("check not made: the server did not answer the report in time; the next poll reports first");
-        return Ok(());
-    }
     install_once(o, store, &d, http, authorization.as_deref(), "online")?;
     if http.timed_out() {
         // the report would wait as long again for the same silent server; what it would say
@@ -415,47 +372,17 @@ fn poll(
         say!("report not sent: the server did not answer the check in time; the next poll reports");
         return Ok(());
     }
-    send_report(o, store, server, http, &target, true)?;
-    Ok(())
-}
-
-/// How a report went.
-#[derive(Debug, PartialEq, Eq)]
-enum Sent {
-    /// Delivered, or answered (a refusal is logged).
-    Answered,
-    /// Not delivered: the server could not be reached.
-    Unreachable,
-    /// Not delivered: the server did not answer in time.
-    ServerSilent,
-}
-
-/// Report the pump's state and last result to `server`, and `with_records` each install record
-/// whose trial has ended (they wait for the report after the check: nothing replaces them).
-fn send_report(
-    o: &Opts,
-    store: &FirmwareStore<FileFlash>,
-    server: &str,
-    http: &mut HttpTransport,
-    target: &str,
-    with_records: bool,
-) -> Result<Sent> {
-    let d = device_config(o)?;
     let url = format!(
         "{}/api/v1/devices/{}/report",
         server.trim_end_matches('/'),
         field(&d, "id")
     );
     let (result, reason) = last(o);
-    let body = host::server_report_json(store, target, &result, &reason);
+    let body = host::server_report_json(store, &target, &result, &reason);
     // the offline installs and rollbacks since the last sync whose trial has ended: one report
     // each (the server takes one record per report), each forgotten once the server has it
     loop {
-        let records = if with_records {
-            install_records(o)
-        } else {
-            Vec::new()
-        };
+        let records = install_records(o);
         let next = records.iter().position(|r| r.get("outcome").is_some());
         let mut body = body.clone();
         if let Some(i) = next {
@@ -468,7 +395,6 @@ fn send_report(
             .send_string(&body.to_string())
         {
             Ok(_) => {
-                mark_reported(o, &result, &reason)?;
                 let Some(i) = next else { break };
                 let mut records = records;
                 records.remove(i);
@@ -482,26 +408,15 @@ fn send_report(
                     "report to {url} refused (HTTP {code}): {}",
                     r.into_string().unwrap_or_default().trim()
                 );
-                // the server will not take it as it is: not sent before every check again (a
-                // server in trouble, 5xx, or a proxy asking to wait, 408 and 429, may take it
-                // later)
-                if code < 500 && code != 408 && code != 429 {
-                    mark_reported(o, &result, &reason)?;
-                }
                 break;
             }
             Err(ureq::Error::Transport(t)) => {
-                let message = host::transport_message(&t);
-                say!("report to {url} failed: {message}");
-                return Ok(if message.ends_with(host::TIMED_OUT) {
-                    Sent::ServerSilent
-                } else {
-                    Sent::Unreachable
-                });
+                say!("report to {url} failed: {}", host::transport_message(&t));
+                break;
             }
         }
     }
-    Ok(Sent::Answered)
+    Ok(())
 }
 
 /// `--request-timeout S`: how long one request may go unanswered (1 to 600 s, default 60).
@@ -698,6 +613,12 @@ fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
              last time: not downloaded again before {} or a new release",
             offline::iso8601(*retry_at)
         ),
+        Err(AgentError::DownloadBroken { retry_at }) => format!(
+            "update check failed: the download of the image on offer broke off before its next \
+             checkpoint last time: tried again at {} or with a new release (each try erases the \
+             same flash sectors again)",
+            offline::iso8601(*retry_at)
+        ),
         Err(e) => format!("update refused: {e}"),
     };
     set_last_check(o, now, via, &summary)?;
@@ -779,8 +700,14 @@ fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
             )?;
             Ended::Deferred
         }
-        // cannot reach the repository (or flash trouble): keep running, say why
-        Err(AgentError::Transport { .. } | AgentError::Missing { .. } | AgentError::Store(_)) => {
+        // cannot reach the repository, or a download keeps breaking off (or flash trouble):
+        // keep running, say why
+        Err(
+            AgentError::Transport { .. }
+            | AgentError::Missing { .. }
+            | AgentError::Store(_)
+            | AgentError::DownloadBroken { .. },
+        ) => {
             say!("{summary}");
             Ended::NotInstalled
         }
