@@ -297,10 +297,11 @@ pub const RETRY_WRONG_BYTES: UnixTime = 86_400;
 /// The first wait after a download broke off before its next checkpoint, having erased slot
 /// sectors the next try erases again (five minutes); it doubles with every such break in a row,
 /// up to [`RETRY_WRONG_BYTES`]. A download that breaks at the same byte every time (a proxy's
-/// size limit, a server that always drops the connection there) so costs each of those sectors
-/// about ten erases the first day and one a day after, where a poll a minute cost 1,440 a day
-/// (a NOR sector lasts about 100,000). A break after a new checkpoint (progress) waits for
-/// nothing, nor does one before any sector was erased.
+/// size limit, a server that always drops the connection there) so costs the sector it breaks in
+/// nine erases the first day and one a day after, where a poll a minute cost up to 16 sectors
+/// 1,440 erases a day each (a NOR sector lasts about 100,000). A break that completed a sector
+/// is progress (a checkpoint is committed there) and waits for nothing, nor does one before any
+/// sector was erased.
 pub const RETRY_BROKEN_FIRST: UnixTime = 300;
 
 /// The most breaks in a row counted ([`crate::Conclusion::Broken`]); the wait stops growing
@@ -934,6 +935,14 @@ fn stage<F: Durable, T: Transport, A: Application>(
         if n > 0 {
             let c = chunk.get_mut(..n).unwrap_or(&mut []);
             if let Err(error) = transport.fetch_target(&file_name, offset, c) {
+                // the sectors this check completed are kept: a checkpoint at the last one (the
+                // staging was committed: a block arrived), so the next try starts past them
+                let done = offset - offset % F::ERASE_SIZE as u64;
+                if begin.is_none() && done > store.download_offset() {
+                    record_progress::<F, T>(store, staging, done)?;
+                    progress = true;
+                }
+                // no sector completed: the next try erases the one begun here again
                 if erased && !progress {
                     *failed = Failed::Broken;
                 }
@@ -973,7 +982,7 @@ fn stage<F: Durable, T: Transport, A: Application>(
         let at_checkpoint =
             u32::try_from(offset).is_ok_and(|o| o.checked_rem(checkpoint) == Some(0));
         if at_checkpoint && offset < image.length {
-            store.commit(staging, offset, [Meta::Keep; 4])?;
+            record_progress::<F, T>(store, staging, offset)?;
             progress = true;
         }
     };
@@ -1002,6 +1011,18 @@ fn stage<F: Durable, T: Transport, A: Application>(
     Ok(Outcome::Staged {
         version: image.version,
     })
+}
+
+/// A download checkpoint: `staging` with `offset` bytes written (metadata kept). Out of line:
+/// two call sites.
+#[inline(never)]
+fn record_progress<F: Durable, T: Transport>(
+    store: &mut FirmwareStore<F>,
+    staging: Slots,
+    offset: u64,
+) -> Res<(), T, F> {
+    store.commit(staging, offset, [Meta::Keep; 4])?;
+    Ok(())
 }
 
 /// Commit slot transition `next` (download offset 0, metadata kept), or refuse it.

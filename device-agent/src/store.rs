@@ -73,7 +73,8 @@ pub struct Layout {
     /// multiple of the erase size, or 0 for every erase sector. Each checkpoint writes a whole
     /// record, the trusted metadata included, erasing the sectors it spans: a larger interval
     /// spares the state sectors and install time, and costs at most this many bytes downloaded
-    /// again after an interruption.
+    /// again after a power cut (a download the network breaks off commits a checkpoint at its
+    /// last whole sector).
     pub checkpoint: u32,
 }
 

@@ -379,6 +379,33 @@ fn a_download_that_keeps_breaking_off_before_its_next_checkpoint_waits_longer_ea
         cut
     );
     assert_eq!(store.last_check(), None);
+    // a new snapshot is tried at once, and its breaks are counted from the first again
+    let mut sim2 = repo_with("2.0.0", 7, 3000);
+    let mut mem2 = provisioned(&sim2);
+    let mut store2 = open_store(&mut mem2);
+    let mut cut2 = MapTransport::new(&sim2.files);
+    cut2.fail_target_after = Some(512);
+    check_at(&mut store2, &mut cut2, &mut Pump::default(), NOW).unwrap_err();
+    let mut cut2 = MapTransport::new(&sim2.files);
+    cut2.fail_target_after = Some(512);
+    let later = NOW + RETRY_BROKEN_FIRST;
+    check_at(&mut store2, &mut cut2, &mut Pump::default(), later).unwrap_err();
+    assert_eq!(
+        store2.last_check().unwrap().conclusion,
+        Conclusion::Broken { tries: 1 }
+    );
+    publish(&mut sim2, "2.0.1", 7, 3000, "pump-a");
+    let mut cut2 = MapTransport::new(&sim2.files);
+    cut2.fail_target_after = Some(512);
+    assert_eq!(
+        check_at(&mut store2, &mut cut2, &mut Pump::default(), later + 1).unwrap_err(),
+        cut
+    );
+    let last = store2.last_check().unwrap();
+    assert_eq!(last.conclusion, Conclusion::Broken { tries: 0 });
+    assert_eq!(last.snapshot_version, sim2.snapshot.version);
+    assert_eq!(last.valid_until, later + 1 + RETRY_BROKEN_FIRST);
+    drop(store2);
     // a clock set back to before the break does not stretch the wait: tried at once
     assert_eq!(
         check_at(&mut store, &mut cut_at(512), &mut Pump::default(), NOW).unwrap_err(),
@@ -922,10 +949,11 @@ fn a_download_that_never_starts_erases_nothing() {
 
 #[test]
 fn a_longer_checkpoint_interval_resumes_from_its_last_boundary_and_writes_fewer_records() {
-    // checkpoints every 3 sectors: a cut costs at most 3 KiB downloaded again
+    // checkpoints every 3 sectors, and one at the last whole sector when a download breaks
+    // off: a cut costs at most a sector downloaded again
     let every = LAYOUT.with_checkpoint(3 * ERASE as u32);
     let sim = repo_with("2.0.0", 7, 9000);
-    for (cut, checkpointed) in [(3000u64, 0u64), (5000, 3072), (7000, 6144)] {
+    for (cut, checkpointed) in [(3000u64, 2048u64), (5000, 4096), (7000, 6144)] {
         let mut mem = provisioned(&sim);
         let mut store = FirmwareStore::open(Flash::new(&mut mem), every).unwrap();
         let mut t = MapTransport::new(&sim.files);
@@ -939,18 +967,15 @@ fn a_longer_checkpoint_interval_resumes_from_its_last_boundary_and_writes_fewer_
         );
         assert_eq!(store.download_offset(), checkpointed, "cut at {cut}");
         assert_eq!(store.slots().info(Slot::B).state, SlotState::Staging);
+        // progress: nothing to wait for
+        assert_eq!(store.last_check(), None, "cut at {cut}");
         drop(store);
-        // power cycle: the next check goes on from the last checkpoint (a cut before the
-        // first one, after erasing, waits first: the next try erases the same sectors)
+        // power cycle: the next check goes on from the last checkpoint
         let mut store = FirmwareStore::open(Flash::new(&mut mem), every).unwrap();
         assert_eq!(store.boot().unwrap(), Boot::Normal { slot: Slot::A });
         let mut t = MapTransport::new(&sim.files);
-        let at = match checkpointed {
-            0 => NOW + device_agent::agent::RETRY_BROKEN_FIRST,
-            _ => NOW,
-        };
         assert_eq!(
-            check_at(&mut store, &mut t, &mut Pump::default(), at).unwrap(),
+            check(&mut store, &mut t, &mut Pump::default()).unwrap(),
             Outcome::Staged {
                 version: v("2.0.0")
             }

@@ -136,10 +136,16 @@ fn field(v: &Value, k: &str) -> String {
         .to_string()
 }
 
+/// Written whole or not at all (a temporary file renamed over it): a crash keeps the one before.
 fn set_last(o: &Opts, result: &str, reason: &str) -> Result<()> {
     let p = o.file("last_result.json");
-    std::fs::write(&p, json!({"result": result, "reason": reason}).to_string())
-        .with_context(|| p.display().to_string())
+    let tmp = o.file(".last_result.json.tmp");
+    std::fs::write(
+        &tmp,
+        json!({"result": result, "reason": reason}).to_string(),
+    )
+    .and_then(|()| std::fs::rename(&tmp, &p))
+    .with_context(|| p.display().to_string())
 }
 
 /// Forget the last result (the report then carries none).
@@ -217,7 +223,9 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
             say!("{said}: booted {running} in slot {s}");
             set_last(o, "reverted", &reason)?;
             // the damage goes to the server in a record of its own, queued until a report
-            // carries it: the next check may install the image again and replace the result
+            // carries it: the next check may install the image again and replace the result.
+            // (`target`: the device's channel target; a slot record keeps no path, so an image
+            // a rollback authorization installed from another path is named by its channel's)
             if let Some(image) = damaged_image {
                 let version = image.version.to_string();
                 let target = field(&device_config(o)?, "target");
