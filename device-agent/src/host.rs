@@ -582,8 +582,9 @@ pub(crate) fn lock(file: &fs::File, path: &Path) -> std::io::Result<()> {
 pub const FILE_FLASH_ERASE: usize = 4096;
 
 /// The simulated pump's flash: two 64 KiB state regions, two 1 MiB slots, and a download
-/// checkpointed every 64 KiB (16 sectors): an interruption costs at most 64 KiB downloaded
-/// again, and a 1 MiB image writes 16 checkpoint records instead of 256.
+/// checkpointed every 64 KiB (16 sectors): a power cut costs at most 64 KiB downloaded again
+/// (a download the network breaks off, a sector), and a 1 MiB image writes 16 checkpoint
+/// records instead of 256.
 pub const PUMP_LAYOUT: crate::Layout =
     crate::Layout::contiguous(0, 64 << 10, 1 << 20).with_checkpoint(64 << 10);
 

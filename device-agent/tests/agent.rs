@@ -983,6 +983,24 @@ fn a_longer_checkpoint_interval_resumes_from_its_last_boundary_and_writes_fewer_
         assert_eq!(t.target_bytes, 9000 - checkpointed, "cut at {cut}");
         assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
     }
+    // a break at the same byte after that: the next try starts at the sector the break
+    // checkpointed, completes none and waits (one sector erased per try)
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), every).unwrap();
+    let mut t = MapTransport::new(&sim.files);
+    t.fail_target_after = Some(3000);
+    check(&mut store, &mut t, &mut Pump::default()).unwrap_err();
+    assert_eq!(store.download_offset(), 2048);
+    assert_eq!(store.last_check(), None);
+    let mut t = MapTransport::new(&sim.files);
+    t.fail_target_after = Some(3000 - 2048);
+    check(&mut store, &mut t, &mut Pump::default()).unwrap_err();
+    assert_eq!(store.download_offset(), 2048);
+    assert_eq!(
+        store.last_check().map(|c| c.conclusion),
+        Some(device_agent::Conclusion::Broken { tries: 0 })
+    );
+    drop(store);
     // a whole download: checkpoints at 3072 and 6144 instead of every 1024 up to 8192
     let records = |layout| {
         let mut mem = provisioned(&sim);
