@@ -935,10 +935,11 @@ fn stage<F: Durable, T: Transport, A: Application>(
         if n > 0 {
             let c = chunk.get_mut(..n).unwrap_or(&mut []);
             if let Err(error) = transport.fetch_target(&file_name, offset, c) {
-                // the sectors this check completed are kept: a checkpoint at the last one (the
-                // staging was committed: a block arrived), so the next try starts past them
+                // the sectors this check completed are kept: a checkpoint at the last one, so
+                // the next try starts past them (before the first block, and so before the
+                // staging is committed, `offset` is 0: nothing to keep)
                 let done = offset - offset % F::ERASE_SIZE as u64;
-                if begin.is_none() && done > store.download_offset() {
+                if done > store.download_offset() {
                     record_progress::<F, T>(store, staging, done)?;
                     progress = true;
                 }

@@ -285,6 +285,13 @@ fn failing_health_check_reverts_immediately() {
     assert_eq!(store.slots().info(Slot::B).state, SlotState::Rejected);
 }
 
+/// A transport serving `files` whose target reads fail past `bytes` in all.
+fn cut_after(files: &std::collections::BTreeMap<String, Vec<u8>>, bytes: u64) -> MapTransport {
+    let mut t = MapTransport::new(files);
+    t.fail_target_after = Some(bytes);
+    t
+}
+
 /// A download that breaks off before its next checkpoint after erasing slot sectors (a proxy
 /// that cuts every answer at the same byte) is not tried again at every poll, as each try erases
 /// the same sectors: it waits five minutes, then twice as long after each such break in a row.
@@ -303,11 +310,7 @@ fn a_download_that_keeps_breaking_off_before_its_next_checkpoint_waits_longer_ea
     let mut store = open_store(&mut mem);
     // 1 KiB sectors, a checkpoint at each, 256-byte blocks: a cut after 512 bytes erased the
     // first sector and reached no checkpoint
-    let cut_at = |bytes: u64| {
-        let mut t = MapTransport::new(&sim.files);
-        t.fail_target_after = Some(bytes);
-        t
-    };
+    let cut_at = |bytes: u64| cut_after(&sim.files, bytes);
     let cut = AgentError::Transport {
         what: Name::new(TARGET),
         error: MapError::Cut,
@@ -383,22 +386,34 @@ fn a_download_that_keeps_breaking_off_before_its_next_checkpoint_waits_longer_ea
     let mut sim2 = repo_with("2.0.0", 7, 3000);
     let mut mem2 = provisioned(&sim2);
     let mut store2 = open_store(&mut mem2);
-    let mut cut2 = MapTransport::new(&sim2.files);
-    cut2.fail_target_after = Some(512);
-    check_at(&mut store2, &mut cut2, &mut Pump::default(), NOW).unwrap_err();
-    let mut cut2 = MapTransport::new(&sim2.files);
-    cut2.fail_target_after = Some(512);
+    check_at(
+        &mut store2,
+        &mut cut_after(&sim2.files, 512),
+        &mut Pump::default(),
+        NOW,
+    )
+    .unwrap_err();
     let later = NOW + RETRY_BROKEN_FIRST;
-    check_at(&mut store2, &mut cut2, &mut Pump::default(), later).unwrap_err();
+    check_at(
+        &mut store2,
+        &mut cut_after(&sim2.files, 512),
+        &mut Pump::default(),
+        later,
+    )
+    .unwrap_err();
     assert_eq!(
         store2.last_check().unwrap().conclusion,
         Conclusion::Broken { tries: 1 }
     );
     publish(&mut sim2, "2.0.1", 7, 3000, "pump-a");
-    let mut cut2 = MapTransport::new(&sim2.files);
-    cut2.fail_target_after = Some(512);
     assert_eq!(
-        check_at(&mut store2, &mut cut2, &mut Pump::default(), later + 1).unwrap_err(),
+        check_at(
+            &mut store2,
+            &mut cut_after(&sim2.files, 512),
+            &mut Pump::default(),
+            later + 1
+        )
+        .unwrap_err(),
         cut
     );
     let last = store2.last_check().unwrap();
