@@ -1014,10 +1014,12 @@ fn a_publish_without_online_keys_says_devices_do_not_see_the_release_yet() {
 fn a_push_to_a_server_that_is_down_names_its_url_once() {
     let env = Env::new();
     env.published_repo();
-    let down = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // a port nothing listens on and nothing else can take while the test runs: the local end
+    // of a connection held open (a port freed by dropping a listener was taken by a parallel
+    // test's server before the push, which then reached it)
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let holder = std::net::TcpStream::connect(peer.local_addr().unwrap()).unwrap();
+    let down = holder.local_addr().unwrap();
     let refused = std::net::TcpStream::connect(down).unwrap_err();
     let server = format!("http://{down}");
     let r = env.run(&["push", "repo", "--server", &server, "--token-env", PW_ENV]);
