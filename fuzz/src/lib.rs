@@ -61,6 +61,31 @@ pub fn check_jstr(s: &JStr<'_>) {
 
 /// Visit every value below `v`: members, elements, strings; check lengths and lookups agree.
 /// Returns the number of values seen.
+/// Two keys to ask `next_fields` for: the first two plain keys of `o` (so that fuzzed documents
+/// find fields), else fixed ones.
+fn field_keys<'a>(o: Option<hale_core::json::Object<'a>>) -> [&'a str; 2] {
+    let mut keys = ["a", "b"];
+    let plain = o
+        .into_iter()
+        .flat_map(|o| o.members())
+        .filter_map(|(k, _)| k.as_plain());
+    for (slot, k) in keys.iter_mut().zip(plain) {
+        *slot = k;
+    }
+    keys
+}
+
+/// What `next_fields` must give for value `v`: an object's `fields`, no fields for anything else.
+fn same_fields<'a>(
+    v: &Value<'a>,
+    keys: [&str; 2],
+) -> Result<[Option<Value<'a>>; 2], hale_core::json::JsonError> {
+    match v.as_object() {
+        Some(o) => o.fields(keys),
+        None => Ok([None; 2]),
+    }
+}
+
 pub fn walk(v: &Value<'_>, depth: usize) -> usize {
     assert!(
         depth <= hale_core::limits::MAX_JSON_DEPTH + 1,
@@ -81,6 +106,23 @@ pub fn walk(v: &Value<'_>, depth: usize) -> usize {
             }
             assert_eq!(a.len(), count, "Array::len disagrees with iter()");
             assert_eq!(a.is_empty(), count == 0);
+            // the fields of each element read in the walk's own pass are what `fields` finds
+            let keys = field_keys(a.iter().find_map(|e| e.as_object()));
+            let mut fields = a.iter();
+            for e in a.iter() {
+                let got = fields
+                    .next_fields(keys)
+                    .expect("next_fields ended before iter()");
+                assert_eq!(
+                    got,
+                    same_fields(&e, keys).map(|f| (e, f)),
+                    "next_fields of {e:?}"
+                );
+            }
+            assert!(
+                fields.next_fields(keys).is_none(),
+                "next_fields went past the end"
+            );
         }
         Value::Object(o) => {
             let mut count = 0;
@@ -102,6 +144,21 @@ pub fn walk(v: &Value<'_>, depth: usize) -> usize {
             }
             assert_eq!(o.len(), count, "Object::len disagrees with members()");
             assert_eq!(o.is_empty(), count == 0);
+            let keys = field_keys(members.iter().find_map(|(_, v)| v.as_object()));
+            let mut fields = o.members();
+            for (k, v) in &members {
+                let (k2, got) = fields.next_fields(keys).expect("next_fields ended early");
+                assert_eq!(&k2, k);
+                assert_eq!(
+                    got,
+                    same_fields(v, keys).map(|f| (*v, f)),
+                    "next_fields of {v:?}"
+                );
+            }
+            assert!(
+                fields.next_fields(keys).is_none(),
+                "next_fields went past the end"
+            );
         }
         Value::Null | Value::Bool(_) => {}
     }

@@ -64,6 +64,11 @@ impl fmt::Display for JsonError {
     }
 }
 
+/// A value and, when it is an object, its members named by the keys asked for (in their order;
+/// `None`: not there): what [`parse_fields`] and the `next_fields` of [`Members`] and
+/// [`Elements`] answer.
+pub type WithFields<'a, const N: usize> = Result<(Value<'a>, [Option<Value<'a>>; N]), JsonError>;
+
 /// A validated JSON value borrowing its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Value<'a> {
@@ -399,30 +404,10 @@ impl<'a> Object<'a> {
     /// [`fields`](Self::fields) for any number of keys: one copy of the walk in the firmware,
     /// not one per `N`.
     fn fields_into(&self, keys: &[&str], found: &mut [Option<Value<'a>>]) -> Result<(), JsonError> {
-        for (k, v) in self.members() {
-            // a key without escapes is its bytes: look for it once, then compare bytes
-            let plain = !k.raw.contains(&b'\\');
-            if let Some(slot) = keys
-                .iter()
-                .position(|key| {
-                    if plain {
-                        k.raw == key.as_bytes()
-                    } else {
-                        k.eq_str(key)
-                    }
-                })
-                .and_then(|i| found.get_mut(i))
-            {
-                if slot.is_some() {
-                    return Err(JsonError::DuplicateKey);
-                }
-                *slot = Some(v);
-            }
-        }
-        Ok(())
+        let mut members = self.members();
+        fill(&mut members, keys, found)
     }
 
-    /// Lookup with a key predicate (e.g. [`JStr::eq_concat`]); duplicates refused as in [`get`](Self::get).
     pub fn get_by(
         &self,
         mut pred: impl FnMut(&JStr<'a>) -> bool,
@@ -441,15 +426,51 @@ impl<'a> Object<'a> {
 }
 
 /// Iterator over `(key, value)` members of an [`Object`], in document order.
+/// Note the members of `members` named by `keys` in `found` (all `None` on entry), to the end of
+/// the object; a requested key met twice is refused. One pass for [`Object::fields`] and for the
+/// `next_fields` of [`Members`] and [`Elements`].
+fn fill<'a>(
+    members: &mut Members<'a>,
+    keys: &[&str],
+    found: &mut [Option<Value<'a>>],
+) -> Result<(), JsonError> {
+    for (k, v) in members {
+        if note(&k, v, keys, found) {
+            return Err(JsonError::DuplicateKey);
+        }
+    }
+    Ok(())
+}
+
+/// Put `v` in the slot of `found` whose key in `keys` is `k` (compared decoded, as
+/// [`Object::get`] does); whether that slot was taken already (the key is there twice).
+fn note<'a>(k: &JStr<'a>, v: Value<'a>, keys: &[&str], found: &mut [Option<Value<'a>>]) -> bool {
+    let plain = !k.raw.contains(&b'\\');
+    let Some(slot) = keys
+        .iter()
+        .position(|key| {
+            if plain {
+                k.raw == key.as_bytes()
+            } else {
+                k.eq_str(key)
+            }
+        })
+        .and_then(|i| found.get_mut(i))
+    else {
+        return false;
+    };
+    slot.replace(v).is_some()
+}
+
 #[derive(Debug, Clone)]
 pub struct Members<'a> {
     r: Reader<'a>,
     done: bool,
 }
 
-impl<'a> Iterator for Members<'a> {
-    type Item = (JStr<'a>, Value<'a>);
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> Members<'a> {
+    /// The next member's key, the reader left at its value.
+    fn key(&mut self) -> Option<JStr<'a>> {
         if self.done {
             return None;
         }
@@ -468,8 +489,42 @@ impl<'a> Iterator for Members<'a> {
         let k = self.r.string_span().ok()?;
         self.r.ws();
         self.r.expect(b':').ok()?;
+        Some(JStr { raw: k })
+    }
+
+    /// The next member, as [`next`](Iterator::next) gives it, and when its value is an object,
+    /// that object's members named by `keys`, read in the same pass (stepping over an object
+    /// and then reading its fields walks it twice: a catalog's snapshot lists hundreds). A
+    /// requested key twice in that object is refused ([`JsonError::DuplicateKey`]); the walk can
+    /// go on to the next member.
+    pub fn next_fields<const N: usize>(
+        &mut self,
+        keys: [&str; N],
+    ) -> Option<(JStr<'a>, WithFields<'a, N>)> {
+        // with a heap (hosts, where a catalog is met) in one pass; a device steps over the value
+        // and reads its fields after (less flash; the same answer: fuzz/fuzz_targets/json_parse)
+        #[cfg(feature = "alloc")]
+        {
+            let mut found = [None; N];
+            let k = self.key()?;
+            let v = self.r.value_fields(&keys, &mut found);
+            self.done |= matches!(v, Err(JsonError::Syntax { .. }));
+            Some((k, v.map(|v| (v, found))))
+        }
+        #[cfg(not(feature = "alloc"))]
+        {
+            let (k, v) = self.next()?;
+            Some((k, with_fields(v, keys)))
+        }
+    }
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (JStr<'a>, Value<'a>);
+    fn next(&mut self) -> Option<Self::Item> {
+        let k = self.key()?;
         let v = self.r.value(0, false).ok()?;
-        Some((JStr { raw: k }, v))
+        Some((k, v))
     }
 }
 
@@ -516,9 +571,9 @@ pub struct Elements<'a> {
     done: bool,
 }
 
-impl<'a> Iterator for Elements<'a> {
-    type Item = Value<'a>;
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> Elements<'a> {
+    /// Step to the next element; `None` at the end.
+    fn step(&mut self) -> Option<()> {
         if self.done {
             return None;
         }
@@ -533,6 +588,35 @@ impl<'a> Iterator for Elements<'a> {
             }
             _ => {}
         }
+        Some(())
+    }
+
+    /// The next element, as [`next`](Iterator::next) gives it, and when it is an object, its
+    /// members named by `keys`, read in the same pass (stepping over an object and then reading
+    /// its fields walks it twice: a catalog's delegations list hundreds of roles). A requested
+    /// key twice in that object is refused ([`JsonError::DuplicateKey`]); the walk can go on to
+    /// the next element.
+    pub fn next_fields<const N: usize>(&mut self, keys: [&str; N]) -> Option<WithFields<'a, N>> {
+        // with a heap in one pass; a device in two (see `Members::next_fields`)
+        #[cfg(feature = "alloc")]
+        {
+            let mut found = [None; N];
+            self.step()?;
+            let v = self.r.value_fields(&keys, &mut found);
+            self.done |= matches!(v, Err(JsonError::Syntax { .. }));
+            Some(v.map(|v| (v, found)))
+        }
+        #[cfg(not(feature = "alloc"))]
+        {
+            Some(with_fields(self.next()?, keys))
+        }
+    }
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = Value<'a>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step()?;
         self.r.value(0, false).ok()
     }
 }
@@ -548,6 +632,60 @@ pub fn parse(input: &[u8]) -> Result<Value<'_>, JsonError> {
         return Err(JsonError::TrailingData { offset: r.i });
     }
     Ok(v)
+}
+
+/// `v`, and when it is an object, its fields named by `keys` ([`Object::fields`]): what the
+/// one-pass readers answer, in two passes.
+#[cfg(not(feature = "alloc"))]
+fn with_fields<'a, const N: usize>(v: Value<'a>, keys: [&str; N]) -> WithFields<'a, N> {
+    match v.as_object() {
+        Some(o) => o.fields(keys).map(|f| (v, f)),
+        None => Ok((v, [None; N])),
+    }
+}
+
+/// [`parse`], and when the document is an object, its members named by `keys` (as
+/// [`Object::fields`] finds them), read in the same pass: a metadata envelope is mostly `signed`,
+/// which reading the fields after validating would walk again.
+pub fn parse_fields<'a, const N: usize>(input: &'a [u8], keys: [&str; N]) -> WithFields<'a, N> {
+    // with a heap (hosts, where a catalog is met) in one pass; a device validates, then reads
+    // the fields (less flash; the same answer: fuzz/fuzz_targets/json_parse)
+    #[cfg(not(feature = "alloc"))]
+    {
+        with_fields(parse(input)?, keys)
+    }
+    #[cfg(feature = "alloc")]
+    {
+        parse_fields_one_pass(input, keys)
+    }
+}
+
+#[cfg(feature = "alloc")]
+fn parse_fields_one_pass<'a, const N: usize>(
+    input: &'a [u8],
+    keys: [&str; N],
+) -> WithFields<'a, N> {
+    let mut found = [None; N];
+    let mut r = Reader { b: input, i: 0 };
+    // a UTF-8 byte order mark is not JSON (RFC 8259 §8.1 lets a parser ignore it; we refuse, so that
+    // two readers cannot disagree)
+    r.ws();
+    let (v, twice) = if r.peek() == Some(b'{') {
+        let start = r.i;
+        let twice = r.top_object_fields(&keys, &mut found)?;
+        let raw = input.get(start..r.i).unwrap_or(&[]);
+        (Value::Object(Object { raw }), twice)
+    } else {
+        (r.value(0, true)?, false)
+    };
+    r.ws();
+    if r.i != input.len() {
+        return Err(JsonError::TrailingData { offset: r.i });
+    }
+    if twice {
+        return Err(JsonError::DuplicateKey);
+    }
+    Ok((v, found))
 }
 
 /// How many leading bytes of `s` are neither `"` nor `\\` (and, with `PRINTABLE`, printable
@@ -686,6 +824,47 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Step over the value here, as `value(0, false)` does, noting on the way the members named
+    /// by `keys` when it is an object (into `found`, all `None` on entry). A requested key there
+    /// twice is refused with the reader past the object.
+    #[cfg(feature = "alloc")]
+    fn value_fields(
+        &mut self,
+        keys: &[&str],
+        found: &mut [Option<Value<'a>>],
+    ) -> Result<Value<'a>, JsonError> {
+        self.ws();
+        let start = self.i;
+        if self.peek() != Some(b'{') {
+            return self.value(0, false);
+        }
+        let mut members = Members {
+            r: Reader {
+                b: self.b,
+                i: start + 1,
+            },
+            done: false,
+        };
+        // to the end of the object even past a key met twice, so that the walk can go on
+        let mut twice = false;
+        for (k, v) in &mut members {
+            twice |= note(&k, v, keys, found);
+        }
+        if !members.done {
+            return Err(JsonError::Syntax {
+                offset: members.r.i,
+            });
+        }
+        // the members stop at the closing brace
+        self.i = members.r.i + 1;
+        if twice {
+            return Err(JsonError::DuplicateKey);
+        }
+        Ok(Value::Object(Object {
+            raw: self.b.get(start..self.i).unwrap_or(&[]),
+        }))
+    }
+
     fn object_body(&mut self, depth: usize) -> Result<(), JsonError> {
         self.expect(b'{')?;
         self.ws();
@@ -708,6 +887,46 @@ impl<'a> Reader<'a> {
                 Some(b'}') => {
                     self.i += 1;
                     return Ok(());
+                }
+                _ => return Err(JsonError::Syntax { offset: self.i }),
+            }
+        }
+    }
+
+    /// `object_body` at the top level, noting the members named by `keys` on the way.
+    /// `Ok(true)`: valid, but a noted key is there twice (refused by the caller once the whole
+    /// document is known to be valid: a syntax error comes first, as with `parse` then
+    /// `fields`). (Apart from `object_body`, which the whole document's validation runs through
+    /// for every nested object: a check per member there made it ~15% slower.)
+    #[cfg(feature = "alloc")]
+    fn top_object_fields(
+        &mut self,
+        keys: &[&str],
+        found: &mut [Option<Value<'a>>],
+    ) -> Result<bool, JsonError> {
+        let mut twice = false;
+        self.expect(b'{')?;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(twice);
+        }
+        loop {
+            self.ws();
+            if self.peek() != Some(b'"') {
+                return Err(JsonError::Syntax { offset: self.i });
+            }
+            let k = self.string_validated()?;
+            self.ws();
+            self.expect(b':')?;
+            let v = self.value(1, true)?;
+            twice |= note(&JStr { raw: k }, v, keys, found);
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(twice);
                 }
                 _ => return Err(JsonError::Syntax { offset: self.i }),
             }
@@ -872,6 +1091,82 @@ mod tests {
         // a duplicate of a requested key is refused; one of another key is not looked at
         assert_eq!(o.fields(["a", "z"]), Err(JsonError::DuplicateKey));
         assert_eq!(o.get("z"), Err(JsonError::DuplicateKey));
+    }
+
+    #[test]
+    fn fields_read_in_the_walks_own_pass_answer_as_fields_does() {
+        let doc = br#"[{"a": [1, {"a": 2}], "b": "x"}, 7, {"\u0062": 3, "c": {}}, {"a": 1, "a": 2}, {"b": 4}]"#;
+        let arr = parse(doc).unwrap().as_array().unwrap();
+        let elements: heapless::Vec<Value<'_>, 8> = arr.iter().collect();
+        let mut walk = arr.iter();
+        let mut next = || walk.next_fields(["a", "b"]);
+        let (v, [a, b]) = next().unwrap().unwrap();
+        assert_eq!(v, elements[0]);
+        assert_eq!(a.unwrap().raw(), Some(&b"[1, {\"a\": 2}]"[..]));
+        assert!(b.unwrap().as_str().unwrap().eq_str("x"));
+        // not an object: the element, no fields
+        assert_eq!(next(), Some(Ok((Value::Int(7), [None, None]))));
+        // keys compare decoded
+        let (v, [a, b]) = next().unwrap().unwrap();
+        assert_eq!((v, a, b), (elements[2], None, Some(Value::Int(3))));
+        // a requested key twice is refused, and the walk goes on past that element
+        assert_eq!(next(), Some(Err(JsonError::DuplicateKey)));
+        assert_eq!(next(), Some(Ok((elements[4], [None, Some(Value::Int(4))]))));
+        assert_eq!(next(), None);
+
+        // the same for the members of an object
+        let o = parse(br#"{"x": {"a": 1, "a": 1}, "y": {"b": true}, "z": 0}"#)
+            .unwrap()
+            .as_object()
+            .unwrap();
+        let mut walk = o.members();
+        let (k, r) = walk.next_fields(["b"]).unwrap();
+        assert!(k.eq_str("x"));
+        // "a" was not asked for: twice is not looked at
+        assert_eq!(r.map(|(_, f)| f), Ok([None]));
+        let (k, r) = walk.next_fields(["a"]).unwrap();
+        assert!(k.eq_str("y"));
+        assert_eq!(r.map(|(_, f)| f), Ok([None]));
+        let (k, r) = walk.next_fields(["a"]).unwrap();
+        assert!(k.eq_str("z"));
+        assert_eq!(r, Ok((Value::Int(0), [None])));
+        assert!(walk.next_fields(["a"]).is_none());
+        let mut walk = o.members();
+        assert_eq!(
+            walk.next_fields(["a"]).unwrap().1,
+            Err(JsonError::DuplicateKey)
+        );
+        assert!(walk.next_fields(["b"]).unwrap().0.eq_str("y"));
+    }
+
+    #[test]
+    fn fields_read_while_validating_answer_as_parse_then_fields() {
+        let doc = br#" {"signatures": [], "signed": {"v": 1}} "#;
+        let (v, [signed, sigs]) = parse_fields(doc, ["signed", "signatures"]).unwrap();
+        assert_eq!(v, parse(doc).unwrap());
+        assert_eq!(signed.unwrap().raw(), Some(&b"{\"v\": 1}"[..]));
+        assert_eq!(sigs.unwrap().raw(), Some(&b"[]"[..]));
+        // a key twice is refused, but only once the whole document is known to be JSON
+        assert_eq!(
+            parse_fields(br#"{"a": 1, "a": 2}"#, ["a"]),
+            Err(JsonError::DuplicateKey)
+        );
+        assert_eq!(
+            parse_fields(br#"{"a": 1, "a": 2, "b": 1.5}"#, ["a"]),
+            Err(JsonError::BadNumber { offset: 22 })
+        );
+        assert_eq!(
+            parse_fields(br#"{"a": 1, "a": 2} x"#, ["a"]),
+            Err(JsonError::TrailingData { offset: 17 })
+        );
+        // twice under a key not asked for is not looked at, as with `fields`
+        assert!(parse_fields(br#"{"a": 1, "a": 2}"#, ["b"]).is_ok());
+        // not an object: the value, no fields
+        assert_eq!(
+            parse_fields(b" [1] ", ["a"]),
+            Ok((parse(b"[1]").unwrap(), [None]))
+        );
+        assert_eq!(parse_fields(b"", ["a"]), parse(b"").map(|v| (v, [None])));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use sha2::{Digest, Sha256, Sha512};
 
 use crate::error::{Error, Name};
-use crate::json::{self, Array, JStr, JsonError, Object, Value};
+use crate::json::{self, Array, Elements, JStr, JsonError, Members, Object, Value};
 use crate::limits::{MAX_NAME_LEN, MAX_PATTERN_LEN};
 use crate::time::{parse_expires, UnixTime};
 
@@ -27,12 +27,11 @@ impl<'a> Envelope<'a> {
     }
 
     fn read(bytes: &'a [u8]) -> Result<Self, Shape<'a>> {
-        let top = json::parse(bytes)
-            .map_err(Shape::Json)?
-            .as_object()
-            .ok_or(Shape::Field("signed"))?;
-        // one pass over the document (`signed` is most of it)
-        let [signed, signatures] = top.fields(["signed", "signatures"]).map_err(Shape::Json)?;
+        // one pass over the document, validating it and finding the two fields (`signed` is
+        // most of it)
+        let (top, [signed, signatures]) =
+            json::parse_fields(bytes, ["signed", "signatures"]).map_err(Shape::Json)?;
+        top.as_object().ok_or(Shape::Field("signed"))?;
         let signed = signed
             .and_then(|v| v.as_object())
             .ok_or(Shape::Field("signed"))?;
@@ -235,16 +234,45 @@ pub struct MetaFile<'a> {
     pub hashes: Option<Object<'a>>,
 }
 
+/// The fields of a `meta` entry, in the order [`MetaFile::of`] takes them.
+const META_FILE: [&str; 3] = ["version", "length", "hashes"];
+
 impl<'a> MetaFile<'a> {
     fn read(o: &Object<'a>) -> Result<Self, Shape<'a>> {
-        let version = shape_get(o, "version")?
+        Self::of(o.fields(META_FILE).map_err(Shape::Json)?)
+    }
+
+    /// Check the next entry of `meta` (`None` at the end): its name, and whether it is well formed.
+    fn check_next(entries: &mut Members<'a>) -> Option<(JStr<'a>, Result<(), Shape<'a>>)> {
+        // with a heap its fields are read as the walk steps over it (`next_fields`); a device
+        // steps over it and then reads it, as `next_fields` does there (its answer, in less flash)
+        #[cfg(feature = "alloc")]
+        {
+            let (k, entry) = entries.next_fields(META_FILE)?;
+            let checked = entry.map_err(Shape::Json).and_then(|(v, fields)| {
+                v.as_object().ok_or(Shape::Field("meta"))?;
+                Self::of(fields).map(|_| ())
+            });
+            Some((k, checked))
+        }
+        #[cfg(not(feature = "alloc"))]
+        {
+            let (k, v) = entries.next()?;
+            let checked = v.as_object().ok_or(Shape::Field("meta"));
+            Some((k, checked.and_then(|o| Self::read(&o)).map(|_| ())))
+        }
+    }
+
+    /// The entry from the values of its [`META_FILE`] fields.
+    fn of([version, length, hashes]: [Option<Value<'a>>; 3]) -> Result<Self, Shape<'a>> {
+        let version = version
             .and_then(|v| v.as_u64())
             .ok_or(Shape::Field("version"))?;
-        let length = match shape_get(o, "length")? {
+        let length = match length {
             None => None,
             Some(v) => Some(v.as_u64().ok_or(Shape::Field("length"))?),
         };
-        let hashes = match shape_get(o, "hashes")? {
+        let hashes = match hashes {
             None => None,
             Some(v) => Some(v.as_object().ok_or(Shape::Field("hashes"))?),
         };
@@ -308,12 +336,11 @@ pub struct Snapshot<'a> {
 impl<'a> Snapshot<'a> {
     pub fn parse(signed: &Object<'a>) -> Result<Self, Error> {
         let snapshot = Self::parse_stored(signed)?;
-        // every entry must be well formed, so that later lookups cannot fail on shape
-        for (k, v) in snapshot.meta.members() {
-            v.as_object()
-                .ok_or(Shape::Field("meta"))
-                .and_then(|o| MetaFile::read(&o))
-                .map_err(|shape| shape.named(Name::from_json(&k)))?;
+        // every entry must be well formed, so that later lookups cannot fail on shape (each
+        // entry's fields read as the walk steps over it: a catalog lists hundreds)
+        let mut entries = snapshot.meta.members();
+        while let Some((k, checked)) = MetaFile::check_next(&mut entries) {
+            checked.map_err(|shape| shape.named(Name::from_json(&k)))?;
         }
         Ok(snapshot)
     }
@@ -710,9 +737,9 @@ impl<'a> Delegations<'a> {
             // (names borrowed when they have no escapes: a catalog lists hundreds)
             #[cfg(feature = "alloc")]
             let mut names: alloc::vec::Vec<alloc::borrow::Cow<'_, [u8]>> = alloc::vec::Vec::new();
-            for v in r.iter() {
-                let o = v.as_object().ok_or(Shape::Field("roles"))?;
-                let _role = DelegatedRole::read(&o)?;
+            let mut entries = r.iter();
+            while let Some(entry) = DelegatedRole::next(&mut entries) {
+                let _role = entry?.ok_or(Shape::Field("roles"))?;
                 #[cfg(feature = "alloc")]
                 names.push(match _role.name.as_plain() {
                     Some(plain) => alloc::borrow::Cow::Borrowed(plain.as_bytes()),
@@ -760,6 +787,18 @@ impl<'a> Delegations<'a> {
         }
     }
 
+    /// The keys and threshold of entry `index` of `roles` when it is a well-formed entry for
+    /// `name`: what [`listed_keys`](Self::listed_keys) finds there without searching, for
+    /// delegations [`Targets::parse`] accepted (with a heap it refuses a name listed twice), where
+    /// the walk met that entry. `None` otherwise (search then).
+    #[cfg(feature = "alloc")]
+    pub(crate) fn entry_keys(&self, index: usize, name: &str) -> Option<RoleKeys<'a>> {
+        let mut entries = self.roles?.iter();
+        for _ in entries.by_ref().take(index) {}
+        let role = DelegatedRole::next(&mut entries)?.ok()??;
+        role.name.eq_str(name).then(|| role.keys(self.keys))
+    }
+
     /// The keys and threshold of `name` as `roles` lists it; `None` when `roles` does not list
     /// it (or the delegations are succinct). A name listed twice is refused (python-tuf refuses
     /// the whole file): the walk would take the paths and `terminating` of one entry and the keys
@@ -790,6 +829,16 @@ impl<'a> Delegations<'a> {
     }
 }
 
+/// The fields of an entry of `delegations.roles`, in the order [`DelegatedRole::of`] takes them.
+const DELEGATED_ROLE: [&str; 6] = [
+    "name",
+    "keyids",
+    "threshold",
+    "terminating",
+    "paths",
+    "path_hash_prefixes",
+];
+
 /// One entry of `delegations.roles`.
 #[derive(Debug, Clone, Copy)]
 pub struct DelegatedRole<'a> {
@@ -810,16 +859,40 @@ impl<'a> DelegatedRole<'a> {
     fn read(o: &Object<'a>) -> Result<Self, Shape<'a>> {
         // one pass over the entry (a lookup per field walks it six times; a catalog of hashed
         // bins parses hundreds of entries)
-        let [name, keyids, threshold, terminating, paths, prefixes] = o
-            .fields([
-                "name",
-                "keyids",
-                "threshold",
-                "terminating",
-                "paths",
-                "path_hash_prefixes",
-            ])
-            .map_err(Shape::Json)?;
+        Self::of(o.fields(DELEGATED_ROLE).map_err(Shape::Json)?)
+    }
+
+    /// The next entry of `roles` (`None` at the end), refused as [`parse`](Self::parse) refuses
+    /// it; `Some(Ok(None))` for an entry that is not an object. With a heap, its fields are read
+    /// as the walk steps over it ([`Elements::next_fields`]: a catalog of hashed bins lists
+    /// hundreds).
+    fn next(roles: &mut Elements<'a>) -> Option<Result<Option<Self>, Shape<'a>>> {
+        // a device steps over the entry and then reads it, as `next_fields` does there (its
+        // answer, in less flash)
+        #[cfg(feature = "alloc")]
+        {
+            let entry = roles.next_fields(DELEGATED_ROLE)?;
+            Some(entry.map_err(Shape::Json).and_then(|(v, fields)| match v {
+                Value::Object(_) => Self::of(fields).map(Some),
+                _ => Ok(None),
+            }))
+        }
+        #[cfg(not(feature = "alloc"))]
+        {
+            Some(
+                roles
+                    .next()?
+                    .as_object()
+                    .map(|o| Self::read(&o))
+                    .transpose(),
+            )
+        }
+    }
+
+    /// The entry from the values of its [`DELEGATED_ROLE`] fields.
+    fn of(
+        [name, keyids, threshold, terminating, paths, prefixes]: [Option<Value<'a>>; 6],
+    ) -> Result<Self, Shape<'a>> {
         let name = name.and_then(|v| v.as_str()).ok_or(Shape::Field("name"))?;
         // a name the search cannot hold, or a pattern it cannot match, would be passed over
         // and let a lower-priority delegation answer for its targets: refused. With a heap
@@ -1238,6 +1311,37 @@ mod tests {
             Ok(Some(1))
         );
         assert_eq!(d.listed_keys("none").map(|k| k.is_some()), Ok(false));
+    }
+
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn an_entry_read_where_the_walk_met_it_has_the_keys_a_search_finds() {
+        let doc = br#"{"keys": {}, "roles": [
+            {"name": "a", "keyids": ["k1"], "threshold": 1, "terminating": false, "paths": ["a/*"]},
+            7,
+            {"name": "b", "keyids": ["k2", "k3"], "threshold": 2, "terminating": true, "paths": ["b/*"]},
+            {"name": "c", "keyids": [], "threshold": 1, "terminating": false},
+            {"name": "d", "keyids": [], "threshold": 1, "threshold": 1, "terminating": false, "paths": []}
+        ]}"#;
+        let Ok(Value::Object(o)) = json::parse(doc) else {
+            panic!("test input")
+        };
+        let d = Delegations::read(&o, false).unwrap_or_else(|_| panic!("read"));
+        let keys = |k: Option<RoleKeys<'_>>| k.map(|k| (k.keyids.raw(), k.threshold));
+        for (i, name) in [(0, "a"), (2, "b")] {
+            let found = keys(d.listed_keys(name).unwrap());
+            assert!(found.is_some());
+            assert_eq!(keys(d.entry_keys(i, name)), found, "{name}");
+        }
+        // another entry's name, not an object, past the end, malformed (no paths; a field
+        // twice): nothing, and the walk searches (which finds nothing for those either)
+        assert_eq!(keys(d.entry_keys(0, "b")), None);
+        assert_eq!(keys(d.entry_keys(1, "a")), None);
+        assert_eq!(keys(d.entry_keys(5, "a")), None);
+        for (i, name) in [(3, "c"), (4, "d")] {
+            assert_eq!(keys(d.entry_keys(i, name)), None, "{name}");
+            assert_eq!(keys(d.listed_keys(name).unwrap()), None, "{name}");
+        }
     }
 
     #[test]

@@ -775,6 +775,19 @@ impl<B: RoleBuffer> TrustedSet<B> {
         name: &str,
         bytes: &'b [u8],
     ) -> Result<Targets<'b>, Error> {
+        self.verify_delegated_at(delegator, name, bytes, None)
+    }
+
+    /// [`verify_delegated`](Self::verify_delegated); `entry`: where in the delegator's `roles`
+    /// the walk found the entry for `name` (with a heap, its keys are read there rather than
+    /// searched for: see [`Delegations::entry_keys`]).
+    fn verify_delegated_at<'b>(
+        &self,
+        delegator: &Targets<'_>,
+        name: &str,
+        bytes: &'b [u8],
+        entry: Option<usize>,
+    ) -> Result<Targets<'b>, Error> {
         pass!(check_role_name(name));
         let role = Name::new(name);
         let delegations = pass!(delegator
@@ -783,7 +796,12 @@ impl<B: RoleBuffer> TrustedSet<B> {
         let meta = pass!(self.delegated_meta(name));
         pass!(meta.verify_bytes(bytes, role));
         let env = pass!(Envelope::parse(bytes, name));
+        #[cfg(feature = "alloc")]
+        let at = entry.and_then(|i| delegations.entry_keys(i, name));
+        #[cfg(not(feature = "alloc"))]
+        let at = entry.and(None);
         let keys = match (delegations.roles, delegations.succinct) {
+            (Some(_), _) if at.is_some() => at,
             (Some(_), _) => pass!(delegations.listed_keys(name)),
             (None, Some(s)) => s.is_bin(name).then(|| s.keys(delegations.keys, name)),
             (None, None) => None,
@@ -844,8 +862,9 @@ impl<B: RoleBuffer> TrustedSet<B> {
                     let buf = source
                         .fetch_role(name.as_str(), &meta)
                         .map_err(SearchError::Fetch)?;
-                    let has = self.accept(current(&bufs), &walk, &name, buf.as_ref(), path)?;
+                    // (first: `accept` finds the delegator's entry for `name` just before it)
                     walk.set_next(after);
+                    let has = self.accept(current(&bufs), &walk, &name, buf.as_ref(), path)?;
                     let name = Name::from(name);
                     if has {
                         return Ok(Some(Found {
@@ -941,7 +960,8 @@ impl<B: RoleBuffer> TrustedSet<B> {
     }
 
     /// Verify the fetched `child` against the current delegator (see
-    /// [`delegator`](Self::delegator)); whether it lists `path`.
+    /// [`delegator`](Self::delegator)), whose entry for it [`probe`](Self::probe) found just
+    /// before the walk's next; whether it lists `path`.
     #[inline(never)]
     fn accept(
         &self,
@@ -951,9 +971,10 @@ impl<B: RoleBuffer> TrustedSet<B> {
         child: &[u8],
         path: &str,
     ) -> Result<bool, Error> {
-        let (dname, _) = walk.current();
+        let (dname, next) = walk.current();
         let delegator = pass!(self.delegator(bytes, dname));
-        let child = pass!(self.verify_delegated(&delegator, name.as_str(), child));
+        let entry = next.checked_sub(1);
+        let child = pass!(self.verify_delegated_at(&delegator, name.as_str(), child, entry));
         Ok(pass!(child.target(path, Name::from(*name))).is_some())
     }
 }
