@@ -53,6 +53,9 @@ cargo test --workspace --locked
 
 step "hale-core on Cortex-M (no_std, no heap)"
 cargo build -p hale-core --target thumbv7em-none-eabihf --locked
+# hale-core's unit tests in the device's features (no heap): the workspace run above builds it with
+# `std`, and some readers take another path without a heap (docs/decisions.md)
+cargo test -p hale-core --lib --locked
 
 if [ -x device-agent/firmware-qemu/run.sh ]; then
   step "QEMU firmware (mps2-an386): update passes, tampered metadata fails, within 64 KiB flash / 32 KiB RAM"

@@ -59,8 +59,6 @@ pub fn check_jstr(s: &JStr<'_>) {
     assert_eq!(s.cmp_decoded(s), core::cmp::Ordering::Equal);
 }
 
-/// Visit every value below `v`: members, elements, strings; check lengths and lookups agree.
-/// Returns the number of values seen.
 /// Two keys to ask `next_fields` for: the first two plain keys of `o` (so that fuzzed documents
 /// find fields), else fixed ones.
 fn field_keys<'a>(o: Option<hale_core::json::Object<'a>>) -> [&'a str; 2] {
@@ -86,6 +84,8 @@ fn same_fields<'a>(
     }
 }
 
+/// Visit every value below `v`: members, elements, strings; check lengths and lookups agree.
+/// Returns the number of values seen.
 pub fn walk(v: &Value<'_>, depth: usize) -> usize {
     assert!(
         depth <= hale_core::limits::MAX_JSON_DEPTH + 1,

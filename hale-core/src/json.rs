@@ -408,6 +408,7 @@ impl<'a> Object<'a> {
         fill(&mut members, keys, found)
     }
 
+    /// Lookup with a key predicate (e.g. [`JStr::eq_concat`]); duplicates refused as in [`get`](Self::get).
     pub fn get_by(
         &self,
         mut pred: impl FnMut(&JStr<'a>) -> bool,
@@ -425,7 +426,6 @@ impl<'a> Object<'a> {
     }
 }
 
-/// Iterator over `(key, value)` members of an [`Object`], in document order.
 /// Note the members of `members` named by `keys` in `found` (all `None` on entry), to the end of
 /// the object; a requested key met twice is refused. One pass for [`Object::fields`] and for the
 /// `next_fields` of [`Members`] and [`Elements`].
@@ -462,6 +462,7 @@ fn note<'a>(k: &JStr<'a>, v: Value<'a>, keys: &[&str], found: &mut [Option<Value
     slot.replace(v).is_some()
 }
 
+/// Iterator over `(key, value)` members of an [`Object`], in document order.
 #[derive(Debug, Clone)]
 pub struct Members<'a> {
     r: Reader<'a>,
@@ -508,7 +509,7 @@ impl<'a> Members<'a> {
             let mut found = [None; N];
             let k = self.key()?;
             let v = self.r.value_fields(&keys, &mut found);
-            self.done |= matches!(v, Err(JsonError::Syntax { .. }));
+            self.done |= matches!(v, Err(e) if e != JsonError::DuplicateKey);
             Some((k, v.map(|v| (v, found))))
         }
         #[cfg(not(feature = "alloc"))]
@@ -603,7 +604,7 @@ impl<'a> Elements<'a> {
             let mut found = [None; N];
             self.step()?;
             let v = self.r.value_fields(&keys, &mut found);
-            self.done |= matches!(v, Err(JsonError::Syntax { .. }));
+            self.done |= matches!(v, Err(e) if e != JsonError::DuplicateKey);
             Some(v.map(|v| (v, found)))
         }
         #[cfg(not(feature = "alloc"))]
@@ -667,8 +668,6 @@ fn parse_fields_one_pass<'a, const N: usize>(
 ) -> WithFields<'a, N> {
     let mut found = [None; N];
     let mut r = Reader { b: input, i: 0 };
-    // a UTF-8 byte order mark is not JSON (RFC 8259 §8.1 lets a parser ignore it; we refuse, so that
-    // two readers cannot disagree)
     r.ws();
     let (v, twice) = if r.peek() == Some(b'{') {
         let start = r.i;
@@ -865,6 +864,7 @@ impl<'a> Reader<'a> {
         }))
     }
 
+    /// Validate an object (`top_object_fields` copies this loop for the top level).
     fn object_body(&mut self, depth: usize) -> Result<(), JsonError> {
         self.expect(b'{')?;
         self.ws();
@@ -893,7 +893,9 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// `object_body` at the top level, noting the members named by `keys` on the way.
+    /// `object_body` at the top level, noting the members named by `keys` on the way (a copy of
+    /// its loop: a change to one is a change to both; `fuzz/fuzz_targets/json_parse` with
+    /// `FUZZ_FEATURES=std` and the unit tests hold `parse_fields` to `parse`).
     /// `Ok(true)`: valid, but a noted key is there twice (refused by the caller once the whole
     /// document is known to be valid: a syntax error comes first, as with `parse` then
     /// `fields`). (Apart from `object_body`, which the whole document's validation runs through

@@ -802,7 +802,9 @@ impl<'a> Delegations<'a> {
     /// The keys and threshold of `name` as `roles` lists it; `None` when `roles` does not list
     /// it (or the delegations are succinct). A name listed twice is refused (python-tuf refuses
     /// the whole file): the walk would take the paths and `terminating` of one entry and the keys
-    /// of another. One search for the delegation walk and rollback authorizations.
+    /// of another. The search for rollback authorizations, for `verify_delegated`, and for the
+    /// delegation walk on a device (a host's walk reads the entry it matched:
+    /// [`entry_keys`](Self::entry_keys)).
     pub fn listed_keys(&self, name: &str) -> Result<Option<RoleKeys<'a>>, Error> {
         let Some(roles) = self.roles else {
             return Ok(None);
@@ -1313,6 +1315,37 @@ mod tests {
         assert_eq!(d.listed_keys("none").map(|k| k.is_some()), Ok(false));
     }
 
+    #[test]
+    fn a_meta_entry_with_a_field_twice_is_refused_for_that_before_its_other_faults() {
+        let doc = br#"{"_type": "snapshot", "spec_version": "1.0.31", "version": 1,
+            "expires": "2030-01-01T00:00:00Z", "meta": {
+            "a.json": {"version": 1},
+            "b.json": {"version": "x", "length": 1, "length": 2}}}"#;
+        let Ok(Value::Object(o)) = json::parse(doc) else {
+            panic!("test input")
+        };
+        assert_eq!(
+            Snapshot::parse(&o).map(|_| ()),
+            Err(Error::Json {
+                role: Name::new("b.json"),
+                error: JsonError::DuplicateKey
+            })
+        );
+        // one fault: that one
+        let doc = br#"{"_type": "snapshot", "spec_version": "1.0.31", "version": 1,
+            "expires": "2030-01-01T00:00:00Z", "meta": {"b.json": {"version": "x"}}}"#;
+        let Ok(Value::Object(o)) = json::parse(doc) else {
+            panic!("test input")
+        };
+        assert_eq!(
+            Snapshot::parse(&o).map(|_| ()),
+            Err(Error::Field {
+                role: Name::new("b.json"),
+                field: "version"
+            })
+        );
+    }
+
     #[cfg(feature = "alloc")]
     #[test]
     fn an_entry_read_where_the_walk_met_it_has_the_keys_a_search_finds() {
@@ -1327,7 +1360,9 @@ mod tests {
             panic!("test input")
         };
         let d = Delegations::read(&o, false).unwrap_or_else(|_| panic!("read"));
-        let keys = |k: Option<RoleKeys<'_>>| k.map(|k| (k.keyids.raw(), k.threshold));
+        fn keys<'a>(k: Option<RoleKeys<'a>>) -> Option<(&'a [u8], u64)> {
+            k.map(|k| (k.keyids.raw(), k.threshold))
+        }
         for (i, name) in [(0, "a"), (2, "b")] {
             let found = keys(d.listed_keys(name).unwrap());
             assert!(found.is_some());

@@ -798,6 +798,10 @@ impl<B: RoleBuffer> TrustedSet<B> {
         let env = pass!(Envelope::parse(bytes, name));
         #[cfg(feature = "alloc")]
         let at = entry.and_then(|i| delegations.entry_keys(i, name));
+        // the walk's own entry is always found where it matched (debug builds: every test's walk
+        // checks it; a miss would only cost the search below)
+        #[cfg(feature = "alloc")]
+        debug_assert!(entry.is_none() || delegations.roles.is_none() || at.is_some());
         #[cfg(not(feature = "alloc"))]
         let at = entry.and(None);
         let keys = match (delegations.roles, delegations.succinct) {
