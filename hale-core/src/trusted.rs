@@ -778,22 +778,24 @@ impl<B: RoleBuffer> TrustedSet<B> {
         self.verify_delegated_at(delegator, name, bytes, None)
     }
 
-    /// [`verify_delegated`](Self::verify_delegated); `entry`: where in the delegator's `roles`
-    /// the walk found the entry for `name` (with a heap, its keys are read there rather than
-    /// searched for: see [`Delegations::entry_keys`]).
+    /// [`verify_delegated`](Self::verify_delegated) of the role the walk `matched` (what it read
+    /// for `name` already: not read again).
     fn verify_delegated_at<'b>(
         &self,
         delegator: &Targets<'_>,
         name: &str,
         bytes: &'b [u8],
-        entry: Option<usize>,
+        matched: Option<Matched<'_>>,
     ) -> Result<Targets<'b>, Error> {
         pass!(check_role_name(name));
         let role = Name::new(name);
         let delegations = pass!(delegator
             .delegations
             .ok_or_else(|| Error::NotInSnapshot { role }));
-        let meta = pass!(self.delegated_meta(name));
+        let (entry, meta) = match matched {
+            Some(m) => (m.entry, m.meta),
+            None => (None, pass!(self.delegated_meta(name))),
+        };
         pass!(meta.verify_bytes(bytes, role));
         let env = pass!(Envelope::parse(bytes, name));
         #[cfg(feature = "alloc")]
@@ -803,7 +805,10 @@ impl<B: RoleBuffer> TrustedSet<B> {
         #[cfg(feature = "alloc")]
         debug_assert!(entry.is_none() || delegations.roles.is_none() || at.is_some());
         #[cfg(not(feature = "alloc"))]
-        let at = entry.and(None);
+        let at = {
+            let _ = entry;
+            None
+        };
         let keys = match (delegations.roles, delegations.succinct) {
             (Some(_), _) if at.is_some() => at,
             (Some(_), _) => pass!(delegations.listed_keys(name)),
@@ -868,7 +873,8 @@ impl<B: RoleBuffer> TrustedSet<B> {
                         .map_err(SearchError::Fetch)?;
                     // (first: `accept` finds the delegator's entry for `name` just before it)
                     walk.set_next(after);
-                    let has = self.accept(current(&bufs), &walk, &name, buf.as_ref(), path)?;
+                    let has =
+                        self.accept(current(&bufs), &walk, &name, &meta, buf.as_ref(), path)?;
                     let name = Name::from(name);
                     if has {
                         return Ok(Some(Found {
@@ -965,22 +971,42 @@ impl<B: RoleBuffer> TrustedSet<B> {
 
     /// Verify the fetched `child` against the current delegator (see
     /// [`delegator`](Self::delegator)), whose entry for it [`probe`](Self::probe) found just
-    /// before the walk's next; whether it lists `path`.
+    /// before the walk's next, and against `meta`, the trusted snapshot's entry for it that
+    /// `probe` read; whether it lists `path`.
     #[inline(never)]
     fn accept(
         &self,
         bytes: Option<&[u8]>,
         walk: &Walk,
         name: &RoleName,
+        meta: &MetaFile<'_>,
         child: &[u8],
         path: &str,
     ) -> Result<bool, Error> {
         let (dname, next) = walk.current();
         let delegator = pass!(self.delegator(bytes, dname));
         let entry = next.checked_sub(1);
-        let child = pass!(self.verify_delegated_at(&delegator, name.as_str(), child, entry));
+        // (a device reads both again: less flash, and no catalog)
+        #[cfg(feature = "alloc")]
+        let matched = Some(Matched { entry, meta: *meta });
+        #[cfg(not(feature = "alloc"))]
+        let matched = {
+            let _ = (entry, meta);
+            None
+        };
+        let child = pass!(self.verify_delegated_at(&delegator, name.as_str(), child, matched));
         Ok(pass!(child.target(path, Name::from(*name))).is_some())
     }
+}
+
+/// What the walk read for the role it fetched: the index of the delegator's `roles` entry for it
+/// (succinct bins have no list: not used there), and the trusted snapshot's entry for it.
+#[derive(Clone, Copy)]
+struct Matched<'s> {
+    /// with a heap, the role's keys are read there rather than searched for
+    /// ([`Delegations::entry_keys`])
+    entry: Option<usize>,
+    meta: MetaFile<'s>,
 }
 
 /// The bytes of the delegator being searched: the last fetched role, or `None` for the
