@@ -427,8 +427,8 @@ impl<'a> Object<'a> {
 }
 
 /// Note the members of `members` named by `keys` in `found` (all `None` on entry), to the end of
-/// the object; a requested key met twice is refused. One pass for [`Object::fields`] and for the
-/// `next_fields` of [`Members`] and [`Elements`].
+/// the object; a requested key met twice is refused: [`Object::fields`] in one pass. (With a heap,
+/// `value_fields` runs the same loop to the end past a key met twice.)
 fn fill<'a>(
     members: &mut Members<'a>,
     keys: &[&str],
@@ -503,7 +503,8 @@ impl<'a> Members<'a> {
         keys: [&str; N],
     ) -> Option<(JStr<'a>, WithFields<'a, N>)> {
         // with a heap (hosts, where a catalog is met) in one pass; a device steps over the value
-        // and reads its fields after (less flash; the same answer: fuzz/fuzz_targets/json_parse)
+        // and reads its fields after (less flash; for the validated objects this type walks, the
+        // same answer: fuzz/fuzz_targets/json_parse)
         #[cfg(feature = "alloc")]
         {
             let mut found = [None; N];

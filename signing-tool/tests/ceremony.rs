@@ -1014,12 +1014,14 @@ fn a_publish_without_online_keys_says_devices_do_not_see_the_release_yet() {
 fn a_push_to_a_server_that_is_down_names_its_url_once() {
     let env = Env::new();
     env.published_repo();
-    // a port nothing listens on and nothing else can take while the test runs: the local end
-    // of a connection held open (a port freed by dropping a listener was taken by a parallel
-    // test's server before the push, which then reached it)
-    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let holder = std::net::TcpStream::connect(peer.local_addr().unwrap()).unwrap();
-    let down = holder.local_addr().unwrap();
+    // a port nothing listens on and nothing else can take while the test runs: bound, never
+    // listening (a port freed by dropping a listener was taken by a parallel test's server
+    // before the push, which then reached it; an outgoing connection's own port could be
+    // picked again as the source of a connect, which would then reach itself)
+    let holder = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    holder.bind(&loopback.into()).unwrap();
+    let down = holder.local_addr().unwrap().as_socket().unwrap();
     let refused = std::net::TcpStream::connect(down).unwrap_err();
     let server = format!("http://{down}");
     let r = env.run(&["push", "repo", "--server", &server, "--token-env", PW_ENV]);
