@@ -672,7 +672,7 @@ fn parse_fields_one_pass<'a, const N: usize>(
     r.ws();
     let (v, twice) = if r.peek() == Some(b'{') {
         let start = r.i;
-        let twice = r.top_object_fields(&keys, &mut found)?;
+        let twice = r.object_noting::<true>(0, &keys, &mut found)?;
         let raw = input.get(start..r.i).unwrap_or(&[]);
         (Value::Object(Object { raw }), twice)
     } else {
@@ -865,45 +865,20 @@ impl<'a> Reader<'a> {
         }))
     }
 
-    /// Validate an object (`top_object_fields` copies this loop for the top level).
+    /// Validate an object.
     fn object_body(&mut self, depth: usize) -> Result<(), JsonError> {
-        self.expect(b'{')?;
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(());
-        }
-        loop {
-            self.ws();
-            if self.peek() != Some(b'"') {
-                return Err(JsonError::Syntax { offset: self.i });
-            }
-            self.string_validated()?;
-            self.ws();
-            self.expect(b':')?;
-            self.value(depth + 1, true)?;
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return Err(JsonError::Syntax { offset: self.i }),
-            }
-        }
+        self.object_noting::<false>(depth, &[], &mut []).map(|_| ())
     }
 
-    /// `object_body` at the top level, noting the members named by `keys` on the way (a copy of
-    /// its loop: a change to one is a change to both; `fuzz/fuzz_targets/json_parse` with
-    /// `FUZZ_FEATURES=std` and the unit tests hold `parse_fields` to `parse`).
-    /// `Ok(true)`: valid, but a noted key is there twice (refused by the caller once the whole
-    /// document is known to be valid: a syntax error comes first, as with `parse` then
-    /// `fields`). (Apart from `object_body`, which the whole document's validation runs through
-    /// for every nested object: a check per member there made it ~15% slower.)
-    #[cfg(feature = "alloc")]
-    fn top_object_fields(
+    /// Validate an object; with `NOTE`, note on the way its members named by `keys` (the top
+    /// level of [`parse_fields`]). `Ok(true)`: valid, but a noted key is there twice (refused by
+    /// the caller once the whole document is known to be valid: a syntax error comes first, as
+    /// with `parse` then `fields`). One loop for both: `NOTE` is a constant, so validation pays
+    /// nothing per member for it (a run-time check made validating ~15% slower).
+    #[inline(always)]
+    fn object_noting<const NOTE: bool>(
         &mut self,
+        depth: usize,
         keys: &[&str],
         found: &mut [Option<Value<'a>>],
     ) -> Result<bool, JsonError> {
@@ -922,8 +897,10 @@ impl<'a> Reader<'a> {
             let k = self.string_validated()?;
             self.ws();
             self.expect(b':')?;
-            let v = self.value(1, true)?;
-            twice |= note(&JStr { raw: k }, v, keys, found);
+            let v = self.value(depth + 1, true)?;
+            if NOTE {
+                twice |= note(&JStr { raw: k }, v, keys, found);
+            }
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,
