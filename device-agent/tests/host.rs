@@ -1270,6 +1270,31 @@ fn conformance_refresh_look_ahead_ends_as_the_workflow_does() {
     set_files(&state, &sim);
     assert_eq!(refresh(NOW).unwrap(), 2);
     assert_eq!(stored("timestamp.json"), sim.files["timestamp.json"]);
+    requests(&state);
+
+    // 5. the stored snapshot, then the stored targets, changed on disk (their signatures no
+    // longer cover them), with nothing new on the server: a thread checking ahead finds them
+    // invalid, and the refresh, as the workflow, fetches and stores the repository's again
+    let (s, t) = (sim.snapshot.version, sim.targets.version);
+    for (file, served) in [
+        ("snapshot.json", format!("{s}.snapshot.json")),
+        ("targets.json", format!("{t}.targets.json")),
+    ] {
+        let changed = hale_tests::tamper_signed(&stored(file), |v| {
+            v["expires"] = "2099-01-01T00:00:00Z".into()
+        });
+        std::fs::write(md.join(file), changed).unwrap();
+        assert_eq!(refresh(NOW).unwrap(), 2);
+        assert_eq!(
+            requests(&state),
+            [
+                "GET /metadata/3.root.json".to_string(),
+                "GET /metadata/timestamp.json".into(),
+                format!("GET /metadata/{served}"),
+            ]
+        );
+        assert_eq!(stored(file), sim.files[&served]);
+    }
 }
 
 /// The pump's transport reads a target as one stream: one request for the whole download, one

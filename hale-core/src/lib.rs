@@ -54,6 +54,8 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+#[cfg(feature = "std")]
+pub mod ahead;
 pub mod bundle;
 pub mod canonical;
 pub mod crypto;

@@ -89,7 +89,7 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
                 KeyStatus::Unusable("same key as another key id")
             }
             Ok(key) => {
-                let s = signature_status(env, &kid, &key, name, &mut unlimited)?;
+                let s = signature_status(env, &kid, &key, name, &mut unlimited, NO_CHECKS)?;
                 if s == KeyStatus::Signed {
                     // bounded by the TooManyKeys check above
                     let _ = counted.push(key.fingerprint());
@@ -121,6 +121,31 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
 /// it stops verifying as soon as the threshold is met and tries at most `threshold +`
 /// [`EXTRA_SIGNATURE_ATTEMPTS`] signature entries.
 pub fn verify_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<(), Error> {
+    meet_threshold(env, role, NO_CHECKS)
+}
+
+/// [`verify_threshold`], taking each signature check's answer from `checks` when another thread
+/// made it there ([`crate::ahead`]): the same decisions and errors.
+#[cfg(feature = "std")]
+pub fn verify_threshold_with(
+    env: &Envelope<'_>,
+    role: &RoleKeys<'_>,
+    checks: Option<&crate::ahead::Checks>,
+) -> Result<(), Error> {
+    meet_threshold(env, role, checks)
+}
+
+/// Where signature checks may be answered from ([`crate::ahead`], hosts); nothing on a device.
+#[cfg(feature = "std")]
+type Ahead<'a> = Option<&'a crate::ahead::Checks>;
+#[cfg(not(feature = "std"))]
+type Ahead<'a> = core::marker::PhantomData<&'a ()>;
+#[cfg(feature = "std")]
+const NO_CHECKS: Ahead<'static> = None;
+#[cfg(not(feature = "std"))]
+const NO_CHECKS: Ahead<'static> = core::marker::PhantomData;
+
+fn meet_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>, checks: Ahead<'_>) -> Result<(), Error> {
     let name = role.name;
     let threshold = pass!(check_role(role));
     // No separate canonicalisation pass: each signature check canonicalises `signed` (refusing
@@ -142,7 +167,15 @@ pub fn verify_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<(), E
         if counted.contains(&fp) {
             continue;
         }
-        if pass!(signature_status(env, &kid, &key, name, &mut attempts)) == KeyStatus::Signed {
+        if pass!(signature_status(
+            env,
+            &kid,
+            &key,
+            name,
+            &mut attempts,
+            checks
+        )) == KeyStatus::Signed
+        {
             let _ = counted.push(fp);
             if counted.len() as u32 >= threshold {
                 return Ok(());
@@ -192,8 +225,12 @@ fn signature_status(
     key: &PublicKey,
     role: Name,
     attempts: &mut u32,
+    checks: Ahead<'_>,
 ) -> Result<KeyStatus, Error> {
     let mut tried = 0;
+    // the canonical message, written once for all of this key's entries when `checks` needs it
+    #[cfg(feature = "std")]
+    let mut msg: Option<Result<alloc::vec::Vec<u8>, crate::json::JsonError>> = None;
     for sig in env.signatures.iter() {
         let Some(o) = sig.as_object() else { continue };
         let Some(k) = o.get("keyid").ok().flatten().and_then(|v| v.as_str()) else {
@@ -218,8 +255,27 @@ fn signature_status(
         let Some(n) = hex_decode(hex.as_bytes(), &mut raw) else {
             continue;
         };
+        let sig = raw.get(..n).unwrap_or(&[]);
+        #[cfg(feature = "std")]
+        if let Some(checks) = checks {
+            let msg = msg.get_or_insert_with(|| {
+                let mut m = alloc::vec::Vec::new();
+                write_canonical(&Value::Object(env.signed), &mut m).map(|()| m)
+            });
+            // a message that cannot be written is left to the check below, which refuses it
+            // where it always did (a malformed signature is refused before the message is
+            // written)
+            if let Ok(msg) = msg {
+                if checks.verify(key, sig, msg) {
+                    return Ok(KeyStatus::Signed);
+                }
+                continue;
+            }
+        }
+        #[cfg(not(feature = "std"))]
+        let _ = checks;
         let ok = key
-            .verify(raw.get(..n).unwrap_or(&[]), |sink| {
+            .verify(sig, |sink| {
                 write_canonical(&Value::Object(env.signed), sink)
             })
             .map_err(|error| Error::Json { role, error })?;
