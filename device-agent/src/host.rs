@@ -1180,6 +1180,8 @@ impl ConformanceClient {
             set.update_targets(&bytes)?;
             self.persist(self.path("targets"), bytes);
         }
+        // the table's answers were for this refresh; the search after it checks alone
+        set.check_alone();
         Ok((set, digests))
     }
 
@@ -1374,9 +1376,13 @@ struct OtherCpus(nix::sched::CpuSet);
 
 #[cfg(target_os = "linux")]
 impl OtherCpus {
-    /// `None` when this process may use no other CPU: nothing would run side by side.
+    /// `None` when this process may use no other CPU (its affinity, or a cgroup's CPU quota of
+    /// one, which `available_parallelism` reads): nothing would run side by side.
     fn here() -> Option<Self> {
         use nix::sched::{sched_getaffinity, sched_getcpu, CpuSet};
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            return None;
+        }
         let mut set = sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
         set.unset(sched_getcpu().ok()?).ok()?;
         (0..CpuSet::count())
@@ -1403,7 +1409,8 @@ impl OtherCpus {
 }
 
 /// The thread that checks ahead of a refresh ([`ConformanceClient::check_ahead`]); dropped, it
-/// stops checking (at its next document) and is left to end by itself.
+/// stops checking after the document it is at (one signature check, at most ~0.1 ms) and is
+/// left to end by itself.
 struct CheckingAhead(Arc<Checks>);
 
 impl Drop for CheckingAhead {

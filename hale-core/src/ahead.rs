@@ -60,12 +60,22 @@ struct Table {
 }
 
 /// Signature checks shared between threads (see the [module](self)).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Checks {
     table: Mutex<Table>,
     answered: Condvar,
     /// answers given from the table (made, or being made, by another call)
     taken: AtomicUsize,
+}
+
+/// Counts only: the kept messages are whole metadata documents.
+impl core::fmt::Debug for Checks {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Checks")
+            .field("kept", &self.kept())
+            .field("taken", &self.taken())
+            .finish()
+    }
 }
 
 /// Marks a check abandoned unless it was answered (a panic while checking).
@@ -203,7 +213,7 @@ impl Checks {
 
     /// End [`check_ahead`](Self::check_ahead) at its next document: its answers are no longer
     /// wanted. [`verify`](Self::verify) still answers, from the table or by checking, but keeps
-    /// no new answers.
+    /// no new answers. (Entries are never removed: a claim holds its entry's index.)
     pub fn stop(&self) {
         self.lock().stopped = true;
     }

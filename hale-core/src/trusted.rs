@@ -304,6 +304,13 @@ impl<B: RoleBuffer> TrustedSet<B> {
         self.checks = Some(checks);
     }
 
+    /// Check every signature here again, without the table [`check_with`](Self::check_with)
+    /// gave (and let it go).
+    #[cfg(feature = "std")]
+    pub fn check_alone(&mut self) {
+        self.checks = None;
+    }
+
     /// [`verify_threshold`], with the checks of [`check_with`](Self::check_with) on hosts.
     fn threshold_met(&self, env: &Envelope<'_>, keys: &RoleKeys<'_>) -> Result<(), Error> {
         #[cfg(feature = "std")]

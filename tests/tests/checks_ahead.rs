@@ -55,6 +55,8 @@ fn a_set_that_takes_answers_checked_ahead_decides_as_one_that_checks_them() {
             checks.check_ahead(
                 &r.initial_root(),
                 &[
+                    ("timestamp", b"not metadata"),
+                    ("snapshot", ts),
                     ("timestamp", ts),
                     ("snapshot", snapshot),
                     ("targets", targets),
@@ -62,6 +64,7 @@ fn a_set_that_takes_answers_checked_ahead_decides_as_one_that_checks_them() {
             )
         });
     });
+    // what does not parse (bytes, a timestamp given as the snapshot) is skipped, the rest checked
     assert_eq!(checks.kept(), 3);
     // once the refresh is over (stopped), a late thread checks nothing more
     let late = Checks::new();
@@ -155,8 +158,9 @@ fn a_stored_file_that_no_longer_verifies_is_refused_as_without_checks_ahead() {
 
 #[test]
 fn checks_ahead_racing_the_refresh_on_another_thread_leave_its_decisions_alone() {
-    // the thread and the refresh reach the same signatures in every order over many runs: the
-    // refresh waits for a check in progress, or makes it, or takes it; the answers never differ
+    // the thread and the refresh reach the same signatures in whatever order the scheduler
+    // gives over many runs (the refresh may wait for a check in progress, make it, or take it;
+    // `ahead.rs`'s unit tests force each): the answers never differ
     let r = RepoSim::new();
     let (ts, snapshot, targets) = (
         &r.files["timestamp.json"],
