@@ -183,7 +183,7 @@ pub fn write<'o>(entries: &[(&str, &[u8])], out: &'o mut [u8]) -> Result<&'o [u8
     out.get(..n).ok_or(bad("output buffer too small"))
 }
 
-/// Bytes [`write`] needs for these entries.
+/// Bytes [`write()`] needs for these entries.
 pub fn encoded_len(entries: &[(&str, &[u8])]) -> usize {
     12 + entries
         .iter()

@@ -805,7 +805,7 @@ impl<'a> Delegations<'a> {
     /// the whole file): the walk would take the paths and `terminating` of one entry and the keys
     /// of another. The search for rollback authorizations, for `verify_delegated`, and for the
     /// delegation walk on a device (a host's walk reads the entry it matched:
-    /// [`entry_keys`](Self::entry_keys)).
+    /// `entry_keys`).
     pub fn listed_keys(&self, name: &str) -> Result<Option<RoleKeys<'a>>, Error> {
         let Some(roles) = self.roles else {
             return Ok(None);

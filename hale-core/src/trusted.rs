@@ -320,7 +320,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
     }
 
     /// Cap the root versions applied in this update (default
-    /// [`DEFAULT_MAX_ROOT_ROTATIONS`](crate::limits::DEFAULT_MAX_ROOT_ROTATIONS)).
+    /// [`crate::limits::DEFAULT_MAX_ROOT_ROTATIONS`]).
     pub fn with_max_root_rotations(mut self, cap: u32) -> Self {
         self.max_root_rotations = cap;
         self
