@@ -1199,9 +1199,19 @@ impl ConformanceClient {
             .name("hale-check-ahead".into())
             .spawn(move || {
                 elsewhere.move_there();
-                // files that cannot be read are the refresh's to report; nothing to check here
-                let snapshot = fs::read(snapshot).unwrap_or_default();
-                let targets = fs::read(targets).unwrap_or_default();
+                // files that cannot be read, or that no refresh would take (past the metadata
+                // limit), are the refresh's to report; nothing to check here
+                let read = |path: PathBuf| {
+                    let mut bytes = Vec::new();
+                    let limit = CONFORMANCE_MAX_METADATA as u64;
+                    match fs::File::open(path)
+                        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+                    {
+                        Ok(n) if n as u64 <= limit => bytes,
+                        _ => Vec::new(),
+                    }
+                };
+                let (snapshot, targets) = (read(snapshot), read(targets));
                 shared.check_ahead(&root, &[("snapshot", &snapshot), ("targets", &targets)]);
             })
             .ok()?;
@@ -1409,8 +1419,8 @@ impl OtherCpus {
 }
 
 /// The thread that checks ahead of a refresh ([`ConformanceClient::check_ahead`]); dropped, it
-/// stops checking after the document it is at (one signature check, at most ~0.1 ms) and is
-/// left to end by itself.
+/// stops checking after the document it is at (its threshold's checks, usually one) and is left
+/// to end by itself.
 struct CheckingAhead(Arc<Checks>);
 
 impl Drop for CheckingAhead {

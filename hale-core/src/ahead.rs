@@ -15,6 +15,7 @@
 //! [`MAX_KEPT_BYTES`] of messages are kept, and none once [`Checks::stop`] was called: further
 //! checks are made without keeping them.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -41,13 +42,14 @@ enum State {
 struct Entry {
     key: PublicKey,
     sig: Vec<u8>,
-    msg: Vec<u8>,
+    /// one copy per message, shared by its entries (a document signed by several keys)
+    msg: Arc<[u8]>,
     state: State,
 }
 
 impl Entry {
     fn is(&self, key: &PublicKey, sig: &[u8], msg: &[u8]) -> bool {
-        self.sig == sig && self.msg == msg && self.key.same_key(key)
+        self.sig == sig && *self.msg == *msg && self.key.same_key(key)
     }
 }
 
@@ -66,6 +68,8 @@ pub struct Checks {
     answered: Condvar,
     /// answers given from the table (made, or being made, by another call)
     taken: AtomicUsize,
+    /// signatures checked here (not taken)
+    checked: AtomicUsize,
 }
 
 /// Counts only: the kept messages are whole metadata documents.
@@ -74,6 +78,7 @@ impl core::fmt::Debug for Checks {
         f.debug_struct("Checks")
             .field("kept", &self.kept())
             .field("taken", &self.taken())
+            .field("checked", &self.checked())
             .finish()
     }
 }
@@ -112,7 +117,7 @@ impl Checks {
 
     /// Whether `sig` is `key`'s valid signature over `msg`: [`PublicKey::verify`]'s answer,
     /// taken from the table when a call has given it, waited for when a call is giving it,
-    /// else checked here (and kept, while there is room).
+    /// else checked here (and kept, while there is room and until [`stop`](Self::stop)).
     pub fn verify(&self, key: &PublicKey, sig: &[u8], msg: &[u8]) -> bool {
         let mut table = self.lock();
         let found = loop {
@@ -139,18 +144,30 @@ impl Checks {
                 }
                 Some(index)
             }
-            None if !table.stopped
-                && table.entries.len() < MAX_CHECKS
-                && table.bytes.saturating_add(msg.len()) <= MAX_KEPT_BYTES =>
-            {
-                table.bytes += msg.len();
-                table.entries.push(Entry {
-                    key: key.clone(),
-                    sig: sig.to_vec(),
-                    msg: msg.to_vec(),
-                    state: State::Checking,
-                });
-                Some(table.entries.len() - 1)
+            None if !table.stopped && table.entries.len() < MAX_CHECKS => {
+                // the message's copy if another key's entry has it (counted once)
+                let shared = table
+                    .entries
+                    .iter()
+                    .find(|e| *e.msg == *msg)
+                    .map(|e| e.msg.clone());
+                let msg = match shared {
+                    Some(m) => Some(m),
+                    None if table.bytes.saturating_add(msg.len()) <= MAX_KEPT_BYTES => {
+                        table.bytes += msg.len();
+                        Some(Arc::from(msg))
+                    }
+                    None => None,
+                };
+                msg.map(|msg| {
+                    table.entries.push(Entry {
+                        key: key.clone(),
+                        sig: sig.to_vec(),
+                        msg,
+                        state: State::Checking,
+                    });
+                    table.entries.len() - 1
+                })
             }
             None => None,
         };
@@ -160,6 +177,7 @@ impl Checks {
             index,
             answered: false,
         });
+        self.checked.fetch_add(1, Ordering::Relaxed);
         // the message is in hand: writing it cannot fail
         let valid = matches!(
             key.verify(sig, |sink| {
@@ -204,6 +222,11 @@ impl Checks {
     /// How many answers [`verify`](Self::verify) took from the table instead of checking.
     pub fn taken(&self) -> usize {
         self.taken.load(Ordering::Relaxed)
+    }
+
+    /// How many signatures [`verify`](Self::verify) checked itself.
+    pub fn checked(&self) -> usize {
+        self.checked.load(Ordering::Relaxed)
     }
 
     /// How many answers the table keeps (at most [`MAX_CHECKS`]).
@@ -258,11 +281,16 @@ mod tests {
         checks.lock().entries.push(Entry {
             key: key.clone(),
             sig: sig.clone(),
-            msg: b"signed".to_vec(),
+            msg: Arc::from(&b"signed"[..]),
             state: State::Checking,
         });
+        let started = std::sync::Barrier::new(2);
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| checks.verify(&key, &sig, b"signed"));
+            let waiter = s.spawn(|| {
+                started.wait();
+                checks.verify(&key, &sig, b"signed")
+            });
+            started.wait();
             std::thread::sleep(std::time::Duration::from_millis(50));
             assert!(!waiter.is_finished(), "it waits for the answer");
             // the answer that call gives (here "invalid", which verifying would not say: the
@@ -270,7 +298,7 @@ mod tests {
             checks.settle(0, State::Answered(false));
             assert!(!waiter.join().unwrap());
         });
-        assert_eq!(checks.taken(), 1);
+        assert_eq!((checks.taken(), checks.checked()), (1, 0));
     }
 
     #[test]
@@ -281,7 +309,7 @@ mod tests {
         checks.lock().entries.push(Entry {
             key: key.clone(),
             sig: sig.clone(),
-            msg: b"signed".to_vec(),
+            msg: Arc::from(&b"signed"[..]),
             state: State::Checking,
         });
         // the call checking it ends without an answer (a panic)
@@ -323,13 +351,17 @@ mod tests {
     }
 
     #[test]
-    fn checking_ahead_skips_what_does_not_parse() {
+    fn a_message_signed_by_several_keys_is_kept_once() {
+        let (a, ska) = signer(1);
+        let (b, skb) = signer(2);
+        // more than half the bound: two copies would not fit
+        let msg = alloc::vec![3u8; MAX_KEPT_BYTES / 2 + 1];
         let checks = Checks::new();
-        checks.check_ahead(b"not a root", &[("timestamp", b"{}")]);
-        checks.check_ahead(
-            b"{\"signed\": {}, \"signatures\": []}",
-            &[("timestamp", b"{}")],
-        );
-        assert_eq!(checks.kept(), 0);
+        assert!(checks.verify(&a, &sign(&ska, &msg), &msg));
+        assert!(checks.verify(&b, &sign(&skb, &msg), &msg));
+        assert_eq!(checks.kept(), 2);
+        assert_eq!(checks.lock().bytes, msg.len());
+        assert!(checks.verify(&b, &sign(&skb, &msg), &msg));
+        assert_eq!((checks.taken(), checks.checked()), (1, 2));
     }
 }

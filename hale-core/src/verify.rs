@@ -89,7 +89,8 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
                 KeyStatus::Unusable("same key as another key id")
             }
             Ok(key) => {
-                let s = signature_status(env, &kid, &key, name, &mut unlimited, NO_CHECKS)?;
+                let s =
+                    signature_status(env, &kid, &key, name, &mut unlimited, &mut Ahead::none())?;
                 if s == KeyStatus::Signed {
                     // bounded by the TooManyKeys check above
                     let _ = counted.push(key.fingerprint());
@@ -121,7 +122,7 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
 /// it stops verifying as soon as the threshold is met and tries at most `threshold +`
 /// [`EXTRA_SIGNATURE_ATTEMPTS`] signature entries.
 pub fn verify_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<(), Error> {
-    meet_threshold(env, role, NO_CHECKS)
+    meet_threshold(env, role, Ahead::none())
 }
 
 /// [`verify_threshold`], taking each signature check's answer from `checks` when another thread
@@ -132,20 +133,37 @@ pub fn verify_threshold_with(
     role: &RoleKeys<'_>,
     checks: Option<&crate::ahead::Checks>,
 ) -> Result<(), Error> {
-    meet_threshold(env, role, checks)
+    meet_threshold(env, role, Ahead::new(checks))
 }
 
-/// Where signature checks may be answered from ([`crate::ahead`], hosts); nothing on a device.
+/// Where signature checks may be answered from ([`crate::ahead`], hosts), and the canonical
+/// message they need, written once per document; nothing on a device.
 #[cfg(feature = "std")]
-type Ahead<'a> = Option<&'a crate::ahead::Checks>;
+struct Ahead<'a> {
+    checks: Option<&'a crate::ahead::Checks>,
+    msg: Option<Result<alloc::vec::Vec<u8>, crate::json::JsonError>>,
+}
 #[cfg(not(feature = "std"))]
-type Ahead<'a> = core::marker::PhantomData<&'a ()>;
-#[cfg(feature = "std")]
-const NO_CHECKS: Ahead<'static> = None;
-#[cfg(not(feature = "std"))]
-const NO_CHECKS: Ahead<'static> = core::marker::PhantomData;
+struct Ahead<'a>(core::marker::PhantomData<&'a ()>);
 
-fn meet_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>, checks: Ahead<'_>) -> Result<(), Error> {
+impl<'a> Ahead<'a> {
+    #[cfg(feature = "std")]
+    fn new(checks: Option<&'a crate::ahead::Checks>) -> Self {
+        Ahead { checks, msg: None }
+    }
+    fn none() -> Self {
+        #[cfg(feature = "std")]
+        return Ahead::new(None);
+        #[cfg(not(feature = "std"))]
+        Ahead(core::marker::PhantomData)
+    }
+}
+
+fn meet_threshold(
+    env: &Envelope<'_>,
+    role: &RoleKeys<'_>,
+    mut ahead: Ahead<'_>,
+) -> Result<(), Error> {
     let name = role.name;
     let threshold = pass!(check_role(role));
     // No separate canonicalisation pass: each signature check canonicalises `signed` (refusing
@@ -173,7 +191,7 @@ fn meet_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>, checks: Ahead<'_>) ->
             &key,
             name,
             &mut attempts,
-            checks
+            &mut ahead
         )) == KeyStatus::Signed
         {
             let _ = counted.push(fp);
@@ -225,12 +243,9 @@ fn signature_status(
     key: &PublicKey,
     role: Name,
     attempts: &mut u32,
-    checks: Ahead<'_>,
+    ahead: &mut Ahead<'_>,
 ) -> Result<KeyStatus, Error> {
     let mut tried = 0;
-    // the canonical message, written once for all of this key's entries when `checks` needs it
-    #[cfg(feature = "std")]
-    let mut msg: Option<Result<alloc::vec::Vec<u8>, crate::json::JsonError>> = None;
     for sig in env.signatures.iter() {
         let Some(o) = sig.as_object() else { continue };
         let Some(k) = o.get("keyid").ok().flatten().and_then(|v| v.as_str()) else {
@@ -257,8 +272,8 @@ fn signature_status(
         };
         let sig = raw.get(..n).unwrap_or(&[]);
         #[cfg(feature = "std")]
-        if let Some(checks) = checks {
-            let msg = msg.get_or_insert_with(|| {
+        if let Some(checks) = ahead.checks {
+            let msg = ahead.msg.get_or_insert_with(|| {
                 let mut m = alloc::vec::Vec::new();
                 write_canonical(&Value::Object(env.signed), &mut m).map(|()| m)
             });
@@ -273,7 +288,7 @@ fn signature_status(
             }
         }
         #[cfg(not(feature = "std"))]
-        let _ = checks;
+        let _ = ahead;
         let ok = key
             .verify(sig, |sink| {
                 write_canonical(&Value::Object(env.signed), sink)

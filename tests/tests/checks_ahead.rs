@@ -70,7 +70,7 @@ fn a_set_that_takes_answers_checked_ahead_decides_as_one_that_checks_them() {
     let late = Checks::new();
     late.stop();
     late.check_ahead(&r.initial_root(), &[("timestamp", ts)]);
-    assert_eq!(late.kept(), 0);
+    assert_eq!((late.kept(), late.checked()), (0, 0));
 
     let mut plain = set(&r);
     let mut ahead = set(&r);
@@ -82,6 +82,16 @@ fn a_set_that_takes_answers_checked_ahead_decides_as_one_that_checks_them() {
     assert_eq!(stored(&ahead), stored(&plain));
     // every signature check of the three was answered from the table
     assert_eq!(checks.taken(), 3);
+
+    // a set that let the table go checks alone
+    let mut alone = set(&r);
+    alone.check_with(checks.clone());
+    alone.check_alone();
+    assert_eq!(
+        update(&mut alone, ts, snapshot, targets).unwrap(),
+        update(&mut set(&r), ts, snapshot, targets).unwrap()
+    );
+    assert_eq!((checks.taken(), checks.kept()), (3, 3));
 }
 
 #[test]
