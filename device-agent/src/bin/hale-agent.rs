@@ -136,16 +136,33 @@ fn field(v: &Value, k: &str) -> String {
         .to_string()
 }
 
-/// Written whole or not at all (a temporary file renamed over it): a crash keeps the one before.
-fn set_last(o: &Opts, result: &str, reason: &str) -> Result<()> {
-    let p = o.file("last_result.json");
-    let tmp = o.file(".last_result.json.tmp");
-    std::fs::write(
-        &tmp,
-        json!({"result": result, "reason": reason}).to_string(),
-    )
-    .and_then(|()| std::fs::rename(&tmp, &p))
+/// Put `bytes` in the state directory's file `name` whole or not at all, and durably: a
+/// temporary file, synced, renamed over it, and the directory synced. A crash or a power cut
+/// keeps either the one before or this one (a rename alone may reach the disk before the
+/// data it names).
+fn replace_file(o: &Opts, name: &str, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let p = o.file(name);
+    let tmp = o.file(&format!(".{name}.tmp"));
+    (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, &p)?;
+        std::fs::File::open(&o.state)?.sync_all()
+    })()
     .with_context(|| p.display().to_string())
+}
+
+/// The last check's result, for the next report (see [`replace_file`]).
+fn set_last(o: &Opts, result: &str, reason: &str) -> Result<()> {
+    replace_file(
+        o,
+        "last_result.json",
+        json!({"result": result, "reason": reason})
+            .to_string()
+            .as_bytes(),
+    )
 }
 
 /// Forget the last result (the report then carries none).
@@ -317,8 +334,7 @@ fn provision(o: &Opts) -> Result<()> {
         "target": o.req("--target")?, "bootloader": o.opt("--bootloader").unwrap_or_else(|| "1.0.0".into()),
         "group": o.opt("--group").unwrap_or_default(),
     });
-    std::fs::write(o.file("device.json"), serde_json::to_vec_pretty(&cfg)?)
-        .context("device.json")?;
+    replace_file(o, "device.json", &serde_json::to_vec_pretty(&cfg)?)?;
     set_last(o, "installed", &version.to_string())?;
     say!("provisioned {} with {version}", o.state.display());
     Ok(())
@@ -481,11 +497,11 @@ fn install_records(o: &Opts) -> Vec<Value> {
 }
 
 fn set_install_records(o: &Opts, records: &[Value]) -> Result<()> {
-    let p = o.file(INSTALL_RECORDS);
-    let tmp = o.file("install_records.json.tmp");
-    std::fs::write(&tmp, Value::from(records.to_vec()).to_string())
-        .and_then(|()| std::fs::rename(&tmp, &p))
-        .with_context(|| p.display().to_string())?;
+    replace_file(
+        o,
+        INSTALL_RECORDS,
+        Value::from(records.to_vec()).to_string().as_bytes(),
+    )?;
     match std::fs::remove_file(o.file(LEGACY_INSTALL_RECORD)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context(LEGACY_INSTALL_RECORD),
         _ => Ok(()),
@@ -733,9 +749,8 @@ fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
 fn set_last_check(o: &Opts, at: i64, via: &str, summary: &str) -> Result<()> {
     let mut buf = [0u8; 20];
     let when = hale_core::time::format_expires(at, &mut buf).unwrap_or("?");
-    let p = o.file("last_check.json");
     let v = json!({"at": when, "via": via, "outcome": summary});
-    std::fs::write(&p, v.to_string()).with_context(|| p.display().to_string())
+    replace_file(o, "last_check.json", v.to_string().as_bytes())
 }
 
 /// `bundle install FILE`: an offline install from a technician's bundle (no network).
