@@ -669,6 +669,84 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
     assert_eq!(slot_images(dir), images_before, "slot images");
 }
 
+/// The flash records a trial's outcome (a failed health check: reverted; a passed one:
+/// confirmed) and the process dies before it keeps the result for the report: the next start
+/// reads the outcome from the slots and reports it, instead of the result before the install.
+#[test]
+fn a_trial_outcome_recorded_just_before_a_crash_is_reported_after_the_restart() {
+    let mut sim = repo_with("2.0.0", 7, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+    let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
+    agent(dir, &run);
+    assert_eq!(
+        last_report(state, dir)["last_result"]["result"],
+        "installed"
+    );
+    let crashing_run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+            .arg("--state")
+            .arg(dir)
+            .args(run)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.code(), Some(137), "{text}");
+        assert!(
+            text.contains("crash after the flash record (simulated)"),
+            "{text}"
+        );
+    };
+    let status = || -> Value { serde_json::from_str(&agent(dir, &["status"])).unwrap() };
+
+    for (version, health, result, reason, state_of_new) in [
+        (
+            "3.0.0",
+            "fail",
+            "reverted",
+            "3.0.0 did not run to its confirmation (the pump restarted before the reason was kept)",
+            "rejected",
+        ),
+        ("3.1.0", "pass", "installed", "3.1.0", "good"),
+    ] {
+        publish(&mut sim, version, 7, 3000, "pump-a");
+        set_files(state, &sim);
+        agent(dir, &["health", health]);
+        agent(dir, &["crash", "after-record"]);
+        let before = status()["last_result"].clone();
+        crashing_run();
+        // the flash holds the outcome; the result kept for the report is the one before it
+        let s = status();
+        assert_eq!(s["last_result"], before, "{s}");
+        assert!(!s["last_result"].to_string().contains(version), "{s}");
+        assert!(dir.join("in_flight.json").exists());
+        // the restart reports the outcome the flash recorded, before its check (whose result,
+        // for a reverted image still on offer, is that it is not installed again)
+        let sent = state.lock().unwrap().reports.len();
+        let out = agent(dir, &run);
+        assert!(out.contains(&format!("{version} was")), "{out}");
+        let reports = state.lock().unwrap().reports[sent..].to_vec();
+        assert_eq!(reports.len(), 2, "{reports:?}");
+        assert_eq!(reports[0]["last_result"]["result"], result, "{reports:?}");
+        assert_eq!(reports[0]["last_result"]["reason"], reason, "{reports:?}");
+        let r = last_report(state, dir);
+        let after_check = match health {
+            "fail" => "rejected",
+            _ => "installed",
+        };
+        assert_eq!(r["last_result"]["result"], after_check, "{r}");
+        let new = if r["slots"][0]["version"] == version {
+            0
+        } else {
+            1
+        };
+        assert_eq!(r["slots"][new]["version"], version, "{r}");
+        assert_eq!(r["slots"][new]["state"], state_of_new, "{r}");
+        assert_eq!(r["slots"][new]["active"], health == "pass", "{r}");
+        assert!(!dir.join("in_flight.json").exists());
+    }
+}
+
 /// Bit rot in the running image (one byte of the flash file's slot b flips): the reset boots the
 /// image before it instead of nothing and says why; the next poll installs the release again,
 /// and its report carries the damage in a record of its own (the result is the install's).

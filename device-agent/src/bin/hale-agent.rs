@@ -24,6 +24,8 @@ usage:
   hale-agent --state DIR therapy on|off        tester: is insulin being delivered?
   hale-agent --state DIR health pass|fail      tester: result of the next health checks
   hale-agent --state DIR crash                 tester: the next trial crashes before confirming
+  hale-agent --state DIR crash after-record    tester: the next trial's outcome is recorded in flash,
+                                               then the process dies before reporting it
   hale-agent --state DIR reboot                simulate a reset (boot step + application start)
   hale-agent --state DIR status                print the report as JSON
   hale-agent --state DIR factory-csr --serial S [--key-type p256|ed25519] [--out CSR]
@@ -103,7 +105,16 @@ impl Application for Pump<'_> {
 
 /// The pump's store, for this process alone (another hale-agent writing it is refused).
 fn open_store(o: &Opts) -> Result<FirmwareStore<FileFlash>> {
-    open_store_with(o, FileFlash::open)
+    open_store_concluding(o).map(|(store, _)| store)
+}
+
+/// [`open_store`], and whether it kept the outcome of a trial the flash recorded just before
+/// the process died ([`conclude_in_flight`]): before anything else this process keeps or
+/// reports.
+fn open_store_concluding(o: &Opts) -> Result<(FirmwareStore<FileFlash>, bool)> {
+    let store = open_store_with(o, FileFlash::open)?;
+    let concluded = conclude_in_flight(o, &store)?;
+    Ok((store, concluded))
 }
 
 /// The pump's store as last synced, to read beside a running hale-agent (`status`).
@@ -203,10 +214,105 @@ fn report(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<Value> {
     Ok(r)
 }
 
-/// A reset: the boot step, then the application's start (health checks → confirm).
-fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
+/// The image whose trial a boot is about to decide (`{"version"}`), written before the flash
+/// records the decision and removed once its result is kept for the report: found at a later
+/// boot, the process died in between, and the flash says how the trial ended.
+const IN_FLIGHT: &str = "in_flight.json";
+/// Tester flag: die right after the flash records a trial's outcome (`crash after-record`).
+const CRASH_AFTER_RECORD: &str = "crash-after-record";
+
+/// The tester's `crash after-record`, once: the process ends here, as a crash would.
+fn crash_point(o: &Opts) -> Result<()> {
+    let flag = o.file(CRASH_AFTER_RECORD);
+    if flag.exists() {
+        std::fs::remove_file(&flag).with_context(|| flag.display().to_string())?;
+        say!("crash after the flash record (simulated)");
+        std::process::exit(137);
+    }
+    Ok(())
+}
+
+/// A trial whose outcome the flash recorded but the process died before keeping for the report
+/// (`IN_FLIGHT` left by an earlier boot): the result is read from the slots now. Nothing while
+/// the image is still pending or on trial (the flash recorded no decision: a boot will make it).
+fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool> {
+    let Some(version) = std::fs::read(o.file(IN_FLIGHT))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map(|v| field(&v, "version"))
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(false);
+    };
+    let slots = store.slots();
+    let undecided = [Slot::A, Slot::B].into_iter().any(|slot| {
+        let info = slots.info(slot);
+        matches!(info.state, SlotState::Pending | SlotState::Trial)
+            && info.image.is_some_and(|i| i.version.to_string() == version)
+    });
+    if undecided {
+        return Ok(false);
+    }
+    let active = slots.info(slots.active());
+    let confirmed = active.state == SlotState::Good
+        && active
+            .image
+            .is_some_and(|i| i.version.to_string() == version);
+    if confirmed {
+        say!("{version} was confirmed before the last restart: reporting it");
+        set_last(o, "installed", &version)?;
+        conclude_install(o, &version, "confirmed")?;
+    } else {
+        say!("{version} was reverted before the last restart: reporting it");
+        set_last(
+            o,
+            "reverted",
+            &format!(
+                "{version} did not run to its confirmation (the pump restarted before the \
+                 reason was kept)"
+            ),
+        )?;
+        conclude_install(o, &version, "reverted")?;
+    }
+    clear_in_flight(o)?;
+    Ok(true)
+}
+
+/// Forget [`IN_FLIGHT`] once the outcome it stood for is kept.
+fn clear_in_flight(o: &Opts) -> Result<()> {
+    let p = o.file(IN_FLIGHT);
+    match std::fs::remove_file(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| p.display().to_string())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A reset: the boot step, then the application's start (health checks → confirm). True when
+/// it kept a result for the report (a trial's outcome, a damaged or reverted image, or an
+/// earlier boot's outcome the process died before keeping).
+fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<bool> {
     // (a damaged good image is forgotten by the boot step: its record is read here)
     let before = store.slots();
+    // a trial this boot decides: noted before the flash records the decision
+    let deciding = [Slot::A, Slot::B].into_iter().find_map(|slot| {
+        let info = before.info(slot);
+        matches!(info.state, SlotState::Pending | SlotState::Trial)
+            .then_some(info.image)
+            .flatten()
+    });
+    // an earlier boot's decision whose result was not kept
+    let concluded = conclude_in_flight(o, store)?;
+    if let Some(image) = deciding {
+        replace_file(
+            o,
+            IN_FLIGHT,
+            json!({"version": image.version.to_string()})
+                .to_string()
+                .as_bytes(),
+        )?;
+    }
     let boot = store.boot().map_err(|e| anyhow::anyhow!("boot: {e}"))?;
     let version = |slot: Slot| {
         store
@@ -217,7 +323,10 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
             .unwrap_or_default()
     };
     match boot {
-        Boot::Normal { slot } => say!("booted slot {}", slot.as_str()),
+        Boot::Normal { slot } => {
+            say!("booted slot {}", slot.as_str());
+            return Ok(concluded);
+        }
         Boot::Damaged { slot, damaged } => {
             let was = before.info(damaged);
             let running = version(slot);
@@ -237,6 +346,7 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
                     format!("slot {d} held nothing to run: running {running}"),
                 ),
             };
+            crash_point(o)?;
             say!("{said}: booted {running} in slot {s}");
             set_last(o, "reverted", &reason)?;
             // the damage goes to the server in a record of its own, queued until a report
@@ -259,6 +369,7 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
             }
         }
         Boot::Reverted { slot, rejected } => {
+            crash_point(o)?;
             say!(
                 "reverted to slot {} (slot {} was never confirmed)",
                 slot.as_str(),
@@ -280,6 +391,7 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
             }
             if std::fs::read_to_string(o.file("health")).is_ok_and(|s| s.trim() == "fail") {
                 store.reject().map_err(|e| anyhow::anyhow!("reject: {e}"))?;
+                crash_point(o)?;
                 say!("health check failed: reverted");
                 set_last(o, "reverted", &format!("{version} failed its health check"))?;
                 conclude_install(o, &version, "reverted")?;
@@ -287,13 +399,16 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<()> {
                 store
                     .confirm()
                     .map_err(|e| anyhow::anyhow!("confirm: {e}"))?;
+                crash_point(o)?;
                 say!("health check passed: {version} confirmed");
                 set_last(o, "installed", &version)?;
                 conclude_install(o, &version, "confirmed")?;
             }
         }
     }
-    Ok(())
+    // the outcome is kept
+    clear_in_flight(o)?;
+    Ok(true)
 }
 
 fn provision(o: &Opts) -> Result<()> {
@@ -374,14 +489,21 @@ fn held_authorization(store: &FirmwareStore<FileFlash>, path: &str) -> Option<Ve
 }
 
 /// One poll: check, install when staged (reboot into the trial), report.
+/// One poll: a check, then the report. `report_first`: the report goes before the check too
+/// (what this process's start kept, a trial's outcome, would otherwise be replaced by the
+/// check's result before any report carried it).
 fn poll(
     o: &Opts,
     store: &mut FirmwareStore<FileFlash>,
     server: &str,
     http: &mut HttpTransport,
+    report_first: bool,
 ) -> Result<()> {
     let d = device_config(o)?;
-    let target = field(&d, "target");
+    if report_first {
+        http.clear_timed_out();
+        send_report(o, store, server, http, &d)?;
+    }
     // a rollback authorization handed to this run (a bundle's comes with the bundle)
     let authorization = match o.opt("--authorization") {
         Some(p) => held_authorization(store, &p),
@@ -396,10 +518,23 @@ fn poll(
         say!("report not sent: the server did not answer the check in time; the next poll reports");
         return Ok(());
     }
+    send_report(o, store, server, http, &d)
+}
+
+/// The report of the pump's state and last result, with each offline install or rollback record
+/// whose trial has ended.
+fn send_report(
+    o: &Opts,
+    store: &FirmwareStore<FileFlash>,
+    server: &str,
+    http: &mut HttpTransport,
+    d: &Value,
+) -> Result<()> {
+    let target = field(d, "target");
     let url = format!(
         "{}/api/v1/devices/{}/report",
         server.trim_end_matches('/'),
-        field(&d, "id")
+        field(d, "id")
     );
     let (result, reason) = last(o);
     let body = host::server_report_json(store, &target, &result, &reason);
@@ -467,7 +602,8 @@ fn reboot_when_safe(
     match app.safe_to_install() {
         Ok(()) => {
             say!("{what}: rebooting into it");
-            power_on(o, store)
+            // (its result goes with this poll's report)
+            power_on(o, store).map(|_| ())
         }
         Err(reason) => {
             say!("{what}; reboot deferred: {reason}");
@@ -1099,6 +1235,7 @@ fn run_mtls(
     turl: &str,
     interval: u64,
     jit: u64,
+    mut report_first: bool,
 ) -> Result<()> {
     let id = identity(o)?;
     let serial = id.serial()?;
@@ -1133,7 +1270,7 @@ fn run_mtls(
             }
         }
         if let Some(h) = http.as_mut() {
-            poll(o, store, server, h)?;
+            poll(o, store, server, h, std::mem::take(&mut report_first))?;
         }
         if o.flag("--once") {
             break;
@@ -1191,7 +1328,13 @@ fn main() -> Result<()> {
             }
             _ => bail!("health pass|fail"),
         },
-        "crash" => std::fs::write(o.file("crash-before-confirm"), b"1").context("crash flag")?,
+        "crash" => match o.args.first().map(String::as_str) {
+            None => std::fs::write(o.file("crash-before-confirm"), b"1").context("crash flag")?,
+            Some("after-record") => {
+                std::fs::write(o.file(CRASH_AFTER_RECORD), b"1").context("crash flag")?
+            }
+            _ => bail!("crash [after-record]"),
+        },
         "reboot" => {
             let mut store = open_store(&o)?;
             power_on(&o, &mut store)?;
@@ -1222,16 +1365,31 @@ fn main() -> Result<()> {
                 .map_or(Ok(interval / 4), |s| s.parse())
                 .context("--jitter")?;
             let timeout = request_timeout(&o)?;
-            let mut store = open_store(&o)?;
-            // the process start is a power-on
-            power_on(&o, &mut store)?;
+            let (mut store, concluded) = open_store_concluding(&o)?;
+            // the process start is a power-on; what it kept is reported before the first check
+            let mut report_first = power_on(&o, &mut store)? || concluded;
             if server.starts_with("https://") {
                 // device listener: mTLS with the operational certificate for every call
-                return run_mtls(&o, &mut store, &server, &murl, &turl, interval, jit);
+                return run_mtls(
+                    &o,
+                    &mut store,
+                    &server,
+                    &murl,
+                    &turl,
+                    interval,
+                    jit,
+                    report_first,
+                );
             }
             let mut http = HttpTransport::new(&murl, &turl).with_request_timeout(timeout);
             loop {
-                poll(&o, &mut store, &server, &mut http)?;
+                poll(
+                    &o,
+                    &mut store,
+                    &server,
+                    &mut http,
+                    std::mem::take(&mut report_first),
+                )?;
                 if o.flag("--once") {
                     break;
                 }
