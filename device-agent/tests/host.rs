@@ -40,6 +40,8 @@ struct Served {
     /// Refuse every target as hale-server does for a device outside a staged rollout
     /// (`403 rollout_pending` with this message).
     held_back: Option<String>,
+    /// Refuse this many of the next reports (503), as a server that is down would.
+    refuse_reports: usize,
 }
 
 /// Serve `/metadata/<name>` and `/targets/<name>` from the map; record POSTed reports.
@@ -84,39 +86,44 @@ fn serve() -> (String, Arc<Mutex<Served>>) {
             if let Some((a, _)) = range {
                 s.ranges.push((path.clone(), a));
             }
-            let resp = if method == "POST" && path.starts_with("/api/v1/devices/") {
-                s.reports.push(serde_json::from_slice(&body).unwrap());
-                (200, "OK", vec![], None)
-            } else if let Some(m) = s
-                .held_back
-                .clone()
-                .filter(|_| path.starts_with("/targets/"))
-            {
-                let body =
-                    serde_json::json!({"error": "rollout_pending", "message": m}).to_string();
-                (403, "Forbidden", body.into_bytes(), None)
-            } else {
-                let key = path
-                    .strip_prefix("/metadata/")
-                    .map(str::to_string)
-                    .or_else(|| path.strip_prefix("/").map(str::to_string));
-                match key.and_then(|k| s.files.get(&k).cloned()) {
-                    None => (404, "Not Found", vec![], None),
-                    Some(f) => match range {
-                        None => (200, "OK", f, None),
-                        Some((a, b)) => {
-                            let end = b.map_or(f.len(), |b| (b + 1).min(f.len()));
-                            let total = f.len();
-                            (
-                                206,
-                                "Partial Content",
-                                f[a.min(end)..end].to_vec(),
-                                Some(format!("bytes {a}-{}/{total}", end - 1)),
-                            )
-                        }
-                    },
-                }
-            };
+            let resp =
+                if method == "POST" && path.starts_with("/api/v1/devices/") && s.refuse_reports > 0
+                {
+                    s.refuse_reports -= 1;
+                    (503, "Service Unavailable", vec![], None)
+                } else if method == "POST" && path.starts_with("/api/v1/devices/") {
+                    s.reports.push(serde_json::from_slice(&body).unwrap());
+                    (200, "OK", vec![], None)
+                } else if let Some(m) = s
+                    .held_back
+                    .clone()
+                    .filter(|_| path.starts_with("/targets/"))
+                {
+                    let body =
+                        serde_json::json!({"error": "rollout_pending", "message": m}).to_string();
+                    (403, "Forbidden", body.into_bytes(), None)
+                } else {
+                    let key = path
+                        .strip_prefix("/metadata/")
+                        .map(str::to_string)
+                        .or_else(|| path.strip_prefix("/").map(str::to_string));
+                    match key.and_then(|k| s.files.get(&k).cloned()) {
+                        None => (404, "Not Found", vec![], None),
+                        Some(f) => match range {
+                            None => (200, "OK", f, None),
+                            Some((a, b)) => {
+                                let end = b.map_or(f.len(), |b| (b + 1).min(f.len()));
+                                let total = f.len();
+                                (
+                                    206,
+                                    "Partial Content",
+                                    f[a.min(end)..end].to_vec(),
+                                    Some(format!("bytes {a}-{}/{total}", end - 1)),
+                                )
+                            }
+                        },
+                    }
+                };
             let ranged = resp.3.is_some();
             let cut = if ranged && !s.cuts.is_empty() {
                 Some(s.cuts.remove(0))
@@ -720,11 +727,27 @@ fn a_trial_outcome_recorded_just_before_a_crash_is_reported_after_the_restart() 
         assert_eq!(s["last_result"], before, "{s}");
         assert!(!s["last_result"].to_string().contains(version), "{s}");
         assert!(dir.join("in_flight.json").exists());
+        if health == "fail" {
+            // a restart whose first report does not get through: the outcome stays kept for
+            // the report, past the check whose result replaces the last result
+            state.lock().unwrap().refuse_reports = 1;
+            let sent = state.lock().unwrap().reports.len();
+            let out = agent(dir, &run);
+            assert!(out.contains("refused (HTTP 503)"), "{out}");
+            let reports = state.lock().unwrap().reports[sent..].to_vec();
+            assert_eq!(reports.len(), 1, "{reports:?}");
+            assert_eq!(reports[0]["last_result"]["result"], "rejected");
+            assert!(dir.join("result_to_report.json").exists());
+        }
         // the restart reports the outcome the flash recorded, before its check (whose result,
         // for a reverted image still on offer, is that it is not installed again)
         let sent = state.lock().unwrap().reports.len();
         let out = agent(dir, &run);
-        assert!(out.contains(&format!("{version} was")), "{out}");
+        assert_eq!(
+            out.contains(&format!("{version} was")),
+            health == "pass",
+            "{out}"
+        );
         let reports = state.lock().unwrap().reports[sent..].to_vec();
         assert_eq!(reports.len(), 2, "{reports:?}");
         assert_eq!(reports[0]["last_result"]["result"], result, "{reports:?}");
@@ -743,7 +766,9 @@ fn a_trial_outcome_recorded_just_before_a_crash_is_reported_after_the_restart() 
         assert_eq!(r["slots"][new]["version"], version, "{r}");
         assert_eq!(r["slots"][new]["state"], state_of_new, "{r}");
         assert_eq!(r["slots"][new]["active"], health == "pass", "{r}");
+        // kept for the report until the server took it
         assert!(!dir.join("in_flight.json").exists());
+        assert!(!dir.join("result_to_report.json").exists());
     }
 }
 

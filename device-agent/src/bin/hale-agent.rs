@@ -24,8 +24,9 @@ usage:
   hale-agent --state DIR therapy on|off        tester: is insulin being delivered?
   hale-agent --state DIR health pass|fail      tester: result of the next health checks
   hale-agent --state DIR crash                 tester: the next trial crashes before confirming
-  hale-agent --state DIR crash after-record    tester: the next trial's outcome is recorded in flash,
-                                               then the process dies before reporting it
+  hale-agent --state DIR crash after-record    tester: the next boot decision (a trial's outcome, a
+                                               damaged image) is recorded in flash, then the
+                                               process dies before keeping it for the report
   hale-agent --state DIR reboot                simulate a reset (boot step + application start)
   hale-agent --state DIR status                print the report as JSON
   hale-agent --state DIR factory-csr --serial S [--key-type p256|ed25519] [--out CSR]
@@ -104,17 +105,13 @@ impl Application for Pump<'_> {
 }
 
 /// The pump's store, for this process alone (another hale-agent writing it is refused).
+/// The pump's store, for this process alone; first, the outcome of a boot decision the flash
+/// recorded just before the last process died ([`conclude_in_flight`]), before anything else
+/// this process keeps or reports.
 fn open_store(o: &Opts) -> Result<FirmwareStore<FileFlash>> {
-    open_store_concluding(o).map(|(store, _)| store)
-}
-
-/// [`open_store`], and whether it kept the outcome of a trial the flash recorded just before
-/// the process died ([`conclude_in_flight`]): before anything else this process keeps or
-/// reports.
-fn open_store_concluding(o: &Opts) -> Result<(FirmwareStore<FileFlash>, bool)> {
     let store = open_store_with(o, FileFlash::open)?;
-    let concluded = conclude_in_flight(o, &store)?;
-    Ok((store, concluded))
+    conclude_in_flight(o, &store)?;
+    Ok(store)
 }
 
 /// The pump's store as last synced, to read beside a running hale-agent (`status`).
@@ -218,8 +215,36 @@ fn report(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<Value> {
 /// records the decision and removed once its result is kept for the report: found at a later
 /// boot, the process died in between, and the flash says how the trial ended.
 const IN_FLIGHT: &str = "in_flight.json";
-/// Tester flag: die right after the flash records a trial's outcome (`crash after-record`).
+/// Tester flag: die right after the flash records a boot's decision (`crash after-record`).
 const CRASH_AFTER_RECORD: &str = "crash-after-record";
+/// A result a process start kept (`{"result", "reason"}`) that must reach the server before a
+/// check's result replaces it: the next report carries it instead of the last result, and it
+/// is forgotten once a report is delivered.
+const RESULT_TO_REPORT: &str = "result_to_report.json";
+
+/// Keep the last result as [`RESULT_TO_REPORT`].
+fn keep_result_to_report(o: &Opts) -> Result<()> {
+    let (result, reason) = last(o);
+    replace_file(
+        o,
+        RESULT_TO_REPORT,
+        json!({"result": result, "reason": reason})
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+/// Forget a file of the state directory, durably (the directory synced): a removal a power cut
+/// undid would bring back what it ended.
+fn remove_state_file(o: &Opts, name: &str) -> Result<()> {
+    let p = o.file(name);
+    match std::fs::remove_file(&p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other
+            .and_then(|()| std::fs::File::open(&o.state)?.sync_all())
+            .with_context(|| p.display().to_string()),
+    }
+}
 
 /// The tester's `crash after-record`, once: the process ends here, as a crash would.
 fn crash_point(o: &Opts) -> Result<()> {
@@ -274,19 +299,15 @@ fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool
         )?;
         conclude_install(o, &version, "reverted")?;
     }
+    // whatever this process does next (a bundle's check too), the server hears of it first
+    keep_result_to_report(o)?;
     clear_in_flight(o)?;
     Ok(true)
 }
 
 /// Forget [`IN_FLIGHT`] once the outcome it stood for is kept.
 fn clear_in_flight(o: &Opts) -> Result<()> {
-    let p = o.file(IN_FLIGHT);
-    match std::fs::remove_file(&p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| p.display().to_string())
-        }
-        _ => Ok(()),
-    }
+    remove_state_file(o, IN_FLIGHT)
 }
 
 /// A reset: the boot step, then the application's start (health checks → confirm). True when
@@ -488,21 +509,24 @@ fn held_authorization(store: &FirmwareStore<FileFlash>, path: &str) -> Option<Ve
     }
 }
 
-/// One poll: check, install when staged (reboot into the trial), report.
-/// One poll: a check, then the report. `report_first`: the report goes before the check too
-/// (what this process's start kept, a trial's outcome, would otherwise be replaced by the
-/// check's result before any report carried it).
+/// One poll: check, install when staged (reboot into the trial), report; first a report of a
+/// result a process start kept ([`RESULT_TO_REPORT`]), which the check's result would otherwise
+/// replace unreported.
 fn poll(
     o: &Opts,
     store: &mut FirmwareStore<FileFlash>,
     server: &str,
     http: &mut HttpTransport,
-    report_first: bool,
 ) -> Result<()> {
     let d = device_config(o)?;
-    if report_first {
-        http.clear_timed_out();
-        send_report(o, store, server, http, &d)?;
+    let kept: Option<Value> = std::fs::read(o.file(RESULT_TO_REPORT))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(kept) = kept {
+        let result = (field(&kept, "result"), field(&kept, "reason"));
+        if send_report(o, store, server, http, &d, Some(result))? {
+            remove_state_file(o, RESULT_TO_REPORT)?;
+        }
     }
     // a rollback authorization handed to this run (a bundle's comes with the bundle)
     let authorization = match o.opt("--authorization") {
@@ -518,25 +542,26 @@ fn poll(
         say!("report not sent: the server did not answer the check in time; the next poll reports");
         return Ok(());
     }
-    send_report(o, store, server, http, &d)
+    send_report(o, store, server, http, &d, None).map(|_| ())
 }
 
-/// The report of the pump's state and last result, with each offline install or rollback record
-/// whose trial has ended.
+/// The report of the pump's state and its last result (or `result`), with each offline install
+/// or rollback record whose trial has ended. Whether the server took it.
 fn send_report(
     o: &Opts,
     store: &FirmwareStore<FileFlash>,
     server: &str,
     http: &mut HttpTransport,
     d: &Value,
-) -> Result<()> {
+    result: Option<(String, String)>,
+) -> Result<bool> {
     let target = field(d, "target");
     let url = format!(
         "{}/api/v1/devices/{}/report",
         server.trim_end_matches('/'),
         field(d, "id")
     );
-    let (result, reason) = last(o);
+    let (result, reason) = result.unwrap_or_else(|| last(o));
     let body = host::server_report_json(store, &target, &result, &reason);
     // the offline installs and rollbacks since the last sync whose trial has ended: one report
     // each (the server takes one record per report), each forgotten once the server has it
@@ -554,12 +579,12 @@ fn send_report(
             .send_string(&body.to_string())
         {
             Ok(_) => {
-                let Some(i) = next else { break };
+                let Some(i) = next else { return Ok(true) };
                 let mut records = records;
                 records.remove(i);
                 set_install_records(o, &records)?;
                 if !records.iter().any(|r| r.get("outcome").is_some()) {
-                    break;
+                    return Ok(true);
                 }
             }
             Err(ureq::Error::Status(code, r)) => {
@@ -567,15 +592,14 @@ fn send_report(
                     "report to {url} refused (HTTP {code}): {}",
                     r.into_string().unwrap_or_default().trim()
                 );
-                break;
+                return Ok(false);
             }
             Err(ureq::Error::Transport(t)) => {
                 say!("report to {url} failed: {}", host::transport_message(&t));
-                break;
+                return Ok(false);
             }
         }
     }
-    Ok(())
 }
 
 /// `--request-timeout S`: how long one request may go unanswered (1 to 600 s, default 60).
@@ -1235,7 +1259,6 @@ fn run_mtls(
     turl: &str,
     interval: u64,
     jit: u64,
-    mut report_first: bool,
 ) -> Result<()> {
     let id = identity(o)?;
     let serial = id.serial()?;
@@ -1270,7 +1293,7 @@ fn run_mtls(
             }
         }
         if let Some(h) = http.as_mut() {
-            poll(o, store, server, h, std::mem::take(&mut report_first))?;
+            poll(o, store, server, h)?;
         }
         if o.flag("--once") {
             break;
@@ -1365,31 +1388,18 @@ fn main() -> Result<()> {
                 .map_or(Ok(interval / 4), |s| s.parse())
                 .context("--jitter")?;
             let timeout = request_timeout(&o)?;
-            let (mut store, concluded) = open_store_concluding(&o)?;
+            let mut store = open_store(&o)?;
             // the process start is a power-on; what it kept is reported before the first check
-            let mut report_first = power_on(&o, &mut store)? || concluded;
+            if power_on(&o, &mut store)? {
+                keep_result_to_report(&o)?;
+            }
             if server.starts_with("https://") {
                 // device listener: mTLS with the operational certificate for every call
-                return run_mtls(
-                    &o,
-                    &mut store,
-                    &server,
-                    &murl,
-                    &turl,
-                    interval,
-                    jit,
-                    report_first,
-                );
+                return run_mtls(&o, &mut store, &server, &murl, &turl, interval, jit);
             }
             let mut http = HttpTransport::new(&murl, &turl).with_request_timeout(timeout);
             loop {
-                poll(
-                    &o,
-                    &mut store,
-                    &server,
-                    &mut http,
-                    std::mem::take(&mut report_first),
-                )?;
+                poll(&o, &mut store, &server, &mut http)?;
                 if o.flag("--once") {
                     break;
                 }
