@@ -679,6 +679,7 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
 /// The flash records a trial's outcome (a failed health check: reverted; a passed one:
 /// confirmed) and the process dies before it keeps the result for the report: the next start
 /// reads the outcome from the slots and reports it, instead of the result before the install.
+/// Results kept while the server refuses reports wait, oldest first, each for its own report.
 #[test]
 fn a_trial_outcome_recorded_just_before_a_crash_is_reported_after_the_restart() {
     let mut sim = repo_with("2.0.0", 7, 3000);
@@ -705,71 +706,81 @@ fn a_trial_outcome_recorded_just_before_a_crash_is_reported_after_the_restart() 
         );
     };
     let status = || -> Value { serde_json::from_str(&agent(dir, &["status"])).unwrap() };
-
-    for (version, health, result, reason, state_of_new) in [
-        (
-            "3.0.0",
-            "fail",
-            "reverted",
-            "3.0.0 did not run to its confirmation (the pump restarted before the reason was kept)",
-            "rejected",
-        ),
-        ("3.1.0", "pass", "installed", "3.1.0", "good"),
-    ] {
-        publish(&mut sim, version, 7, 3000, "pump-a");
-        set_files(state, &sim);
-        agent(dir, &["health", health]);
-        agent(dir, &["crash", "after-record"]);
-        let before = status()["last_result"].clone();
-        crashing_run();
-        // the flash holds the outcome; the result kept for the report is the one before it
-        let s = status();
-        assert_eq!(s["last_result"], before, "{s}");
-        assert!(!s["last_result"].to_string().contains(version), "{s}");
-        assert!(dir.join("in_flight.json").exists());
-        if health == "fail" {
-            // a restart whose first report does not get through: the outcome stays kept for
-            // the report, past the check whose result replaces the last result
-            state.lock().unwrap().refuse_reports = 1;
-            let sent = state.lock().unwrap().reports.len();
-            let out = agent(dir, &run);
-            assert!(out.contains("refused (HTTP 503)"), "{out}");
-            let reports = state.lock().unwrap().reports[sent..].to_vec();
-            assert_eq!(reports.len(), 1, "{reports:?}");
-            assert_eq!(reports[0]["last_result"]["result"], "rejected");
-            assert!(dir.join("result_to_report.json").exists());
-        }
-        // the restart reports the outcome the flash recorded, before its check (whose result,
-        // for a reverted image still on offer, is that it is not installed again)
+    let reports_of = |f: &dyn Fn()| {
         let sent = state.lock().unwrap().reports.len();
-        let out = agent(dir, &run);
-        assert_eq!(
-            out.contains(&format!("{version} was")),
-            health == "pass",
-            "{out}"
-        );
-        let reports = state.lock().unwrap().reports[sent..].to_vec();
-        assert_eq!(reports.len(), 2, "{reports:?}");
-        assert_eq!(reports[0]["last_result"]["result"], result, "{reports:?}");
-        assert_eq!(reports[0]["last_result"]["reason"], reason, "{reports:?}");
-        let r = last_report(state, dir);
-        let after_check = match health {
-            "fail" => "rejected",
-            _ => "installed",
-        };
-        assert_eq!(r["last_result"]["result"], after_check, "{r}");
-        let new = if r["slots"][0]["version"] == version {
-            0
-        } else {
-            1
-        };
-        assert_eq!(r["slots"][new]["version"], version, "{r}");
-        assert_eq!(r["slots"][new]["state"], state_of_new, "{r}");
-        assert_eq!(r["slots"][new]["active"], health == "pass", "{r}");
-        // kept for the report until the server took it
-        assert!(!dir.join("in_flight.json").exists());
-        assert!(!dir.join("result_to_report.json").exists());
+        f();
+        state.lock().unwrap().reports[sent..].to_vec()
+    };
+    let kept =
+        || -> Value { serde_json::from_slice(&read(&dir.join("result_to_report.json"))).unwrap() };
+    let reverted = serde_json::json!({
+        "result": "reverted",
+        "reason": "3.0.0 did not run to its confirmation (the pump restarted before the reason was kept)"
+    });
+    let confirmed = serde_json::json!({"result": "installed", "reason": "3.1.0"});
+
+    // 3.0.0 fails its health check; the process dies once the flash holds the revert
+    publish(&mut sim, "3.0.0", 7, 3000, "pump-a");
+    set_files(state, &sim);
+    agent(dir, &["health", "fail"]);
+    agent(dir, &["crash", "after-record"]);
+    let before = status()["last_result"].clone();
+    crashing_run();
+    // the flash holds the outcome; the result kept for the report is the one before it
+    assert_eq!(status()["last_result"], before);
+    assert!(dir.join("in_flight.json").exists());
+    // the restart reads it from the slots; its report does not get through, the check's does
+    // (3.0.0 is not installed again): the outcome stays kept
+    state.lock().unwrap().refuse_reports = 1;
+    let reports = reports_of(&|| {
+        agent(dir, &run);
+    });
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0]["last_result"]["result"], "rejected");
+    assert!(!dir.join("in_flight.json").exists());
+    assert_eq!(kept(), serde_json::json!([reverted]));
+    let s = status();
+    assert_eq!(s["slots"][0]["version"], "3.0.0", "{s}");
+    assert_eq!(s["slots"][0]["state"], "rejected", "{s}");
+    assert_eq!(s["slots"][1]["active"], true, "{s}");
+
+    // 3.1.0 passes and is confirmed; the process dies again, with reports still refused
+    publish(&mut sim, "3.1.0", 7, 3000, "pump-a");
+    set_files(state, &sim);
+    agent(dir, &["health", "pass"]);
+    agent(dir, &["crash", "after-record"]);
+    state.lock().unwrap().refuse_reports = 1; // the crashing run's report of the kept result
+    crashing_run();
+    state.lock().unwrap().refuse_reports = 1; // the restart's first
+    let reports = reports_of(&|| {
+        agent(dir, &run);
+    });
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(
+        reports[0]["last_result"]["result"], "installed",
+        "{reports:?}"
+    );
+    assert_eq!(kept(), serde_json::json!([reverted, confirmed]));
+
+    // the server answers again: each kept result in a report of its own, oldest first, then
+    // the poll's own; nothing is kept after
+    let reports = reports_of(&|| {
+        agent(dir, &run);
+    });
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    for (r, want) in reports.iter().zip([&reverted, &confirmed, &confirmed]) {
+        assert_eq!(r["last_result"]["result"], want["result"], "{reports:?}");
+        assert_eq!(r["last_result"]["reason"], want["reason"], "{reports:?}");
     }
+    assert!(!dir.join("result_to_report.json").exists());
+    let s = status();
+    let new = if s["slots"][0]["version"] == "3.1.0" {
+        0
+    } else {
+        1
+    };
+    assert_eq!(s["slots"][new]["state"], "good", "{s}");
+    assert_eq!(s["slots"][new]["active"], true, "{s}");
 }
 
 /// Bit rot in the running image (one byte of the flash file's slot b flips): the reset boots the

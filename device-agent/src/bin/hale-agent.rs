@@ -104,8 +104,7 @@ impl Application for Pump<'_> {
     }
 }
 
-/// The pump's store, for this process alone (another hale-agent writing it is refused).
-/// The pump's store, for this process alone; first, the outcome of a boot decision the flash
+/// The pump's store, for this process alone (another hale-agent writing it is refused); first, the outcome of a boot decision the flash
 /// recorded just before the last process died ([`conclude_in_flight`]), before anything else
 /// this process keeps or reports.
 fn open_store(o: &Opts) -> Result<FirmwareStore<FileFlash>> {
@@ -217,21 +216,47 @@ fn report(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<Value> {
 const IN_FLIGHT: &str = "in_flight.json";
 /// Tester flag: die right after the flash records a boot's decision (`crash after-record`).
 const CRASH_AFTER_RECORD: &str = "crash-after-record";
-/// A result a process start kept (`{"result", "reason"}`) that must reach the server before a
-/// check's result replaces it: the next report carries it instead of the last result, and it
-/// is forgotten once a report is delivered.
+/// Results process starts kept (`[{"result", "reason"}]`, oldest first) that must reach the
+/// server before a check's result replaces them: the next reports carry them, one each, before
+/// the poll's own, and each is forgotten once the server took its report.
 const RESULT_TO_REPORT: &str = "result_to_report.json";
+/// Results kept for the server at most (a server that refuses reports for many restarts: the
+/// oldest give way).
+const MAX_RESULTS_TO_REPORT: usize = 8;
 
-/// Keep the last result as [`RESULT_TO_REPORT`].
-fn keep_result_to_report(o: &Opts) -> Result<()> {
-    let (result, reason) = last(o);
+fn results_to_report(o: &Opts) -> Vec<Value> {
+    match std::fs::read(o.file(RESULT_TO_REPORT))
+        .ok()
+        .map(|b| serde_json::from_slice::<Value>(&b))
+    {
+        Some(Ok(Value::Array(kept))) => kept,
+        None => Vec::new(),
+        Some(_) => {
+            say!("{RESULT_TO_REPORT}: not a list of results: left out");
+            Vec::new()
+        }
+    }
+}
+
+fn set_results_to_report(o: &Opts, kept: &[Value]) -> Result<()> {
+    if kept.is_empty() {
+        return remove_state_file(o, RESULT_TO_REPORT);
+    }
     replace_file(
         o,
         RESULT_TO_REPORT,
-        json!({"result": result, "reason": reason})
-            .to_string()
-            .as_bytes(),
+        Value::from(kept.to_vec()).to_string().as_bytes(),
     )
+}
+
+/// Keep the last result for the server ([`RESULT_TO_REPORT`]), after any not reported yet.
+fn keep_result_to_report(o: &Opts) -> Result<()> {
+    let (result, reason) = last(o);
+    let mut kept = results_to_report(o);
+    kept.push(json!({"result": result, "reason": reason}));
+    let over = kept.len().saturating_sub(MAX_RESULTS_TO_REPORT);
+    kept.drain(..over);
+    set_results_to_report(o, &kept)
 }
 
 /// Forget a file of the state directory, durably (the directory synced): a removal a power cut
@@ -519,15 +544,18 @@ fn poll(
     http: &mut HttpTransport,
 ) -> Result<()> {
     let d = device_config(o)?;
-    let kept: Option<Value> = std::fs::read(o.file(RESULT_TO_REPORT))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    if let Some(kept) = kept {
-        let result = (field(&kept, "result"), field(&kept, "reason"));
-        if send_report(o, store, server, http, &d, Some(result))? {
-            remove_state_file(o, RESULT_TO_REPORT)?;
+    // results a start kept, oldest first, each forgotten once its report got through
+    let mut kept = results_to_report(o);
+    let delivered_kept = !kept.is_empty();
+    while let Some(first) = kept.first() {
+        let result = (field(first, "result"), field(first, "reason"));
+        if !send_report(o, store, server, http, &d, Some(result))? {
+            break;
         }
+        kept.remove(0);
+        set_results_to_report(o, &kept)?;
     }
+    let delivered_kept = delivered_kept && kept.is_empty();
     // a rollback authorization handed to this run (a bundle's comes with the bundle)
     let authorization = match o.opt("--authorization") {
         Some(p) => held_authorization(store, &p),
@@ -536,9 +564,11 @@ fn poll(
     // a poll that ends without an install is no failure of the process: it polls again
     http.clear_timed_out();
     install_once(o, store, &d, http, authorization.as_deref(), "online")?;
-    if http.timed_out() {
+    if http.timed_out() && !delivered_kept {
         // the report would wait as long again for the same silent server; what it would say
-        // is kept (status, last check) and goes with the next poll that reaches it
+        // is kept (status, last check) and goes with the next poll that reaches it. (After
+        // older results went through just now, it is sent anyway: the server would otherwise
+        // show the oldest as the latest.)
         say!("report not sent: the server did not answer the check in time; the next poll reports");
         return Ok(());
     }
@@ -546,7 +576,8 @@ fn poll(
 }
 
 /// The report of the pump's state and its last result (or `result`), with each offline install
-/// or rollback record whose trial has ended. Whether the server took it.
+/// or rollback record whose trial has ended. Whether the server took the first (the one that
+/// carries the result; further ones carry the other records).
 fn send_report(
     o: &Opts,
     store: &FirmwareStore<FileFlash>,
@@ -565,6 +596,7 @@ fn send_report(
     let body = host::server_report_json(store, &target, &result, &reason);
     // the offline installs and rollbacks since the last sync whose trial has ended: one report
     // each (the server takes one record per report), each forgotten once the server has it
+    let mut taken = false;
     loop {
         let records = install_records(o);
         let next = records.iter().position(|r| r.get("outcome").is_some());
@@ -579,6 +611,7 @@ fn send_report(
             .send_string(&body.to_string())
         {
             Ok(_) => {
+                taken = true;
                 let Some(i) = next else { return Ok(true) };
                 let mut records = records;
                 records.remove(i);
@@ -592,11 +625,11 @@ fn send_report(
                     "report to {url} refused (HTTP {code}): {}",
                     r.into_string().unwrap_or_default().trim()
                 );
-                return Ok(false);
+                return Ok(taken);
             }
             Err(ureq::Error::Transport(t)) => {
                 say!("report to {url} failed: {}", host::transport_message(&t));
-                return Ok(false);
+                return Ok(taken);
             }
         }
     }
