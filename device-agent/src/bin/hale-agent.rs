@@ -295,12 +295,7 @@ fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool
         return Ok(false);
     };
     let slots = store.slots();
-    let undecided = [Slot::A, Slot::B].into_iter().any(|slot| {
-        let info = slots.info(slot);
-        matches!(info.state, SlotState::Pending | SlotState::Trial)
-            && info.image.is_some_and(|i| i.version.to_string() == version)
-    });
-    if undecided {
+    if deciding(&slots).is_some_and(|i| i.version.to_string() == version) {
         return Ok(false);
     }
     let active = slots.info(slots.active());
@@ -330,6 +325,16 @@ fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool
     Ok(true)
 }
 
+/// The image pending or on trial, which the next boot decides (one at most).
+fn deciding(slots: &device_agent::Slots) -> Option<Image> {
+    [Slot::A, Slot::B].into_iter().find_map(|slot| {
+        let info = slots.info(slot);
+        matches!(info.state, SlotState::Pending | SlotState::Trial)
+            .then_some(info.image)
+            .flatten()
+    })
+}
+
 /// Forget [`IN_FLIGHT`] once the outcome it stood for is kept.
 fn clear_in_flight(o: &Opts) -> Result<()> {
     remove_state_file(o, IN_FLIGHT)
@@ -342,12 +347,7 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<bool> {
     // (a damaged good image is forgotten by the boot step: its record is read here)
     let before = store.slots();
     // a trial this boot decides: noted before the flash records the decision
-    let deciding = [Slot::A, Slot::B].into_iter().find_map(|slot| {
-        let info = before.info(slot);
-        matches!(info.state, SlotState::Pending | SlotState::Trial)
-            .then_some(info.image)
-            .flatten()
-    });
+    let deciding = deciding(&before);
     // an earlier boot's decision whose result was not kept
     let concluded = conclude_in_flight(o, store)?;
     if let Some(image) = deciding {
