@@ -391,6 +391,22 @@ fn fetch_required<'b, T: Transport, E>(
     }
 }
 
+/// Ask ahead for the root after the stored one, `refresh`'s first request, so that its answer
+/// travels while `TrustedSet::new` checks the stored root. Only that request's name is read from
+/// the bytes before they are checked; a stored root that fails its check ends the check with
+/// the answer unread, and one that cannot be read asks nothing ahead.
+fn ask_next_root<T: Transport>(transport: &mut T, root: &[u8]) {
+    let Ok(header) = Envelope::parse(root, "root")
+        .and_then(|env| parse_header(&env.signed, "root", Name::empty()))
+    else {
+        return;
+    };
+    let mut name = HString::new();
+    if let Some(name) = meta_name(&mut name, "root", Some(header.version.saturating_add(1))) {
+        transport.ask_ahead(name);
+    }
+}
+
 /// Delegated roles from the transport, each kept in its own piece of the arena.
 struct Delegated<'t, 'w, T> {
     transport: &'t mut T,
@@ -499,6 +515,9 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
         .ok_or_else(|| AgentError::Missing {
             what: Name::new("trusted root"),
         })?;
+    if transport.asks_ahead() {
+        ask_next_root(transport, root);
+    }
     let mut set = TrustedSet::new(metadata, root, now)?;
     // a last check's "up to date" is about `device.target`: a rollback looks up another target
     // (and must verify its authorization), so it neither stops at it nor records one
@@ -1109,7 +1128,9 @@ fn refresh<F: Durable, T: Transport>(
     let consistent = set.root().consistent_snapshot;
 
     // 2. timestamp (the stored one is the rollback baseline; dropped if it no longer verifies).
-    // Verified, fresh and unexpired at every check.
+    // Verified, fresh and unexpired at every check. Asked for first: the answer travels while
+    // the stored one is checked, whose result does not change what is asked.
+    transport.ask_ahead("timestamp.json");
     if let Some(local) = store.read_metadata(Role::Timestamp, scratch)? {
         let _ = set.load_trusted_timestamp(local);
     }

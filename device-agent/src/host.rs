@@ -145,12 +145,28 @@ pub struct HttpTransport {
     target_url: String,
     /// The target response being read, if any.
     target: Option<TargetStream>,
+    /// The metadata request sent ahead ([`Transport::ask_ahead`]), its answer not read yet.
+    ahead: Option<AskedAhead>,
     /// a request timed out ([`timed_out`](Self::timed_out))
     timed_out: bool,
     request_timeout: Duration,
     /// Every URL requested, in order (tests and the conformance suite count them).
     pub requests: Vec<String>,
 }
+
+/// A metadata request sent ahead: its URL, when it was sent, and whether sending it failed
+/// (the fetch that was to take its answer returns that error instead of trying again).
+#[derive(Debug)]
+struct AskedAhead {
+    url: String,
+    sent: Instant,
+    sending: Result<(), HttpError>,
+}
+
+/// How long an answer asked for ahead is waited for by a fetch of the same file. The agent
+/// reads it after one signature check (well under a millisecond here); one older was left by
+/// a check that ended early, and a later check asks again rather than take it.
+const AHEAD_FOR: Duration = Duration::from_secs(1);
 
 /// An open target response: what it delivers next.
 struct TargetStream {
@@ -205,6 +221,7 @@ impl HttpTransport {
             metadata_url: metadata_url.into(),
             target_url: target_url.into(),
             target: None,
+            ahead: None,
             timed_out: false,
             request_timeout: crate::http1::REQUEST_DEADLINE,
             requests: vec![],
@@ -246,6 +263,7 @@ impl HttpTransport {
 
     /// GET `url`: `None` on 404, otherwise at most `limit` bytes (more is an error).
     pub fn get(&mut self, url: &str, limit: usize) -> Result<Option<Vec<u8>>, HttpError> {
+        self.drop_ahead();
         self.requests.push(url.to_string());
         if crate::http1::Http1::handles(url) {
             return self.plain.get(url, limit);
@@ -341,6 +359,28 @@ impl Transport for HttpTransport {
         let r = self.target_into(name, offset, buf);
         self.note(r)
     }
+
+    /// Plain `http://` metadata only: over TLS (ureq) a request cannot be sent apart from
+    /// reading its answer.
+    fn asks_ahead(&self) -> bool {
+        crate::http1::Http1::handles(&self.metadata_url)
+    }
+
+    fn ask_ahead(&mut self, name: &str) {
+        let url = join(&self.metadata_url, name);
+        if !crate::http1::Http1::handles(&url) {
+            return;
+        }
+        self.drop_ahead();
+        self.target = None;
+        self.requests.push(url.clone());
+        let sending = self.plain.send(&url);
+        self.ahead = Some(AskedAhead {
+            url,
+            sent: Instant::now(),
+            sending,
+        });
+    }
 }
 
 impl HttpTransport {
@@ -363,12 +403,30 @@ impl HttpTransport {
         self.timed_out = false;
     }
 
+    /// Forget a request sent ahead whose answer was not taken (its connection is closed).
+    fn drop_ahead(&mut self) {
+        if self.ahead.take().is_some() {
+            self.plain.abandon();
+        }
+    }
+
     fn metadata_into(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, HttpError> {
         // metadata comes before a target's blocks: a target response still open belongs to an
         // earlier check, and its connection is let go
         self.target = None;
         let url = join(&self.metadata_url, name);
-        let Some(body) = self.get(&url, buf.len())? else {
+        let answer = match self.ahead.take() {
+            // the answer to the request sent ahead for this very file
+            Some(a) if a.url == url && a.sent.elapsed() < AHEAD_FOR => {
+                a.sending?;
+                self.plain.receive(buf.len())?
+            }
+            other => {
+                self.ahead = other;
+                self.get(&url, buf.len())?
+            }
+        };
+        let Some(body) = answer else {
             return Ok(None);
         };
         let dst = buf.get_mut(..body.len()).ok_or(HttpError::TooLarge {

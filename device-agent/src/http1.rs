@@ -159,6 +159,14 @@ impl Http1 {
         })
     }
 
+    /// Forget the request [`send`](Self::send) sent, its answer unread: the connection it
+    /// would arrive on is closed, so no later request can take that answer for its own.
+    pub fn abandon(&mut self) {
+        if self.pending.take().is_some() {
+            self.conn = None;
+        }
+    }
+
     /// GET `url` (send, then receive).
     pub fn get(&mut self, url: &str, limit: usize) -> Result<Option<Vec<u8>>, HttpError> {
         self.send(url)?;

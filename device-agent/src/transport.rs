@@ -27,6 +27,25 @@ pub trait Transport {
     fn remote(&self) -> bool {
         true
     }
+
+    /// Whether [`ask_ahead`](Self::ask_ahead) does anything. The agent works out a request's
+    /// name ahead only for a transport that takes it; for one that does not (a device's), that
+    /// code is left out of the build.
+    fn asks_ahead(&self) -> bool {
+        false
+    }
+
+    /// Send the request for metadata file `name` now, so that its answer travels while the
+    /// agent checks what it already holds; the next [`fetch_metadata`](Self::fetch_metadata) of
+    /// `name` takes that answer. The agent asks ahead only for the request its workflow makes
+    /// next unless what it checks meanwhile ends the whole check (a stored root that fails its
+    /// signatures, a flash that cannot be read): a check that goes on makes the same requests,
+    /// some earlier (`docs/decisions.md`, "The pump asks for its next file while it checks").
+    /// A transport may ignore it. One that is asked for another name first, or much later,
+    /// drops the answer unread and asks again.
+    fn ask_ahead(&mut self, name: &str) {
+        let _ = name;
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for &mut T {
@@ -39,5 +58,11 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     }
     fn remote(&self) -> bool {
         (**self).remote()
+    }
+    fn asks_ahead(&self) -> bool {
+        (**self).asks_ahead()
+    }
+    fn ask_ahead(&mut self, name: &str) {
+        (**self).ask_ahead(name)
     }
 }

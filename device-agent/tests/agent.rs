@@ -1525,3 +1525,99 @@ fn a_new_root_searches_again_even_with_the_same_snapshot() {
     );
     assert_eq!(store.last_check(), Some(last));
 }
+
+/// A transport that takes requests asked ahead (`Transport::ask_ahead`, the pump's HTTP one)
+/// is asked for the next root while the agent checks the stored root, and for the timestamp
+/// while it checks the stored timestamp: nothing else, and each is the next file it fetches
+/// (`MapTransport` fails a test whose agent fetches another). The checks make the same requests
+/// in the same order, end the same and leave the same flash as with a transport that asks
+/// nothing ahead (a device's): a first check that stages, a check after a root rotation, and an
+/// up-to-date check.
+#[test]
+fn requests_asked_ahead_are_the_workflows_next_ones_and_change_nothing() {
+    let mut sim = repo_with("2.0.0", 7, 3000);
+    let run =
+        |files: &std::collections::BTreeMap<String, Vec<u8>>, mem: &mut Vec<u8>, ahead: bool| {
+            let mut t = MapTransport::new(files);
+            t.no_ahead = !ahead;
+            let mut store = open_store(mem);
+            let outcome = check(&mut store, &mut t, &mut Pump::default());
+            let kept = persisted(&mut store);
+            (outcome, t, kept)
+        };
+    let mut with = provisioned(&sim);
+    let mut without = with.clone();
+
+    // the first check stages the image
+    let (staged, t, kept) = run(&sim.files, &mut with, true);
+    let (staged_too, plain, kept_too) = run(&sim.files, &mut without, false);
+    assert_eq!(
+        staged.unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    assert_eq!(
+        staged_too.unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    assert_eq!(t.asked, ["2.root.json", "timestamp.json"]);
+    assert_eq!((t.pending, t.unread.len()), (None, 0));
+    assert_eq!(t.requests, plain.requests);
+    assert!(plain.asked.is_empty());
+    assert_eq!(kept, kept_too);
+    assert_eq!(with, without, "the same flash, byte for byte");
+
+    // the root rotates twice: only the first of the chain is asked ahead
+    sim.rotate_root(|_| {});
+    sim.rotate_root(|_| {});
+    for mem in [&mut with, &mut without] {
+        let mut store = open_store(mem);
+        assert_eq!(store.boot().unwrap(), Boot::Trial { slot: Slot::B });
+        store.confirm().unwrap();
+    }
+    let (done, t, kept) = run(&sim.files, &mut with, true);
+    let (done_too, plain, kept_too) = run(&sim.files, &mut without, false);
+    assert_eq!(
+        done.unwrap(),
+        Outcome::UpToDate {
+            running: v("2.0.0")
+        }
+    );
+    assert_eq!(
+        done_too.unwrap(),
+        Outcome::UpToDate {
+            running: v("2.0.0")
+        }
+    );
+    assert_eq!(t.asked, ["2.root.json", "timestamp.json"]);
+    assert_eq!(
+        &t.requests[..4],
+        [
+            "2.root.json",
+            "3.root.json",
+            "4.root.json",
+            "timestamp.json"
+        ]
+    );
+    assert_eq!((t.pending, t.unread.len()), (None, 0));
+    assert_eq!(t.requests, plain.requests);
+    assert_eq!(kept, kept_too);
+    assert_eq!(
+        kept.metadata[0].as_deref(),
+        Some(&sim.files["3.root.json"][..])
+    );
+    assert_eq!(with, without);
+
+    // nothing new: the next root and the timestamp, both asked ahead
+    let (up_to_date, t, kept) = run(&sim.files, &mut with, true);
+    let (up_to_date_too, plain, kept_too) = run(&sim.files, &mut without, false);
+    assert_eq!(up_to_date.unwrap(), up_to_date_too.unwrap());
+    assert_eq!(t.asked, ["4.root.json", "timestamp.json"]);
+    assert_eq!(t.requests, ["4.root.json", "timestamp.json"]);
+    assert_eq!(t.requests, plain.requests);
+    assert_eq!(kept, kept_too);
+    assert_eq!(with, without);
+}

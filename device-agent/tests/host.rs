@@ -1486,6 +1486,90 @@ fn the_pump_reads_a_target_as_one_stream_and_goes_on_where_it_broke() {
     );
 }
 
+/// A metadata request the pump's transport sends ahead (`Transport::ask_ahead`) is answered to
+/// the fetch of that file only, and only soon after: a fetch of another file first, or one more
+/// than a second later, drops that answer unread (its connection is closed) and asks again. A
+/// request that could not be sent ahead is its fetch's error, not tried a second time. Over TLS
+/// nothing is sent ahead.
+#[test]
+fn an_answer_asked_for_ahead_is_taken_only_by_the_fetch_of_that_file_soon_after() {
+    use device_agent::host::HttpTransport;
+    use device_agent::Transport;
+    let (addr, state) = serve();
+    let put = |name: &str, body: &[u8]| {
+        state
+            .lock()
+            .unwrap()
+            .files
+            .insert(name.into(), body.to_vec());
+    };
+    put("a.json", b"file a");
+    put("b.json", b"file b");
+    let fetch = |t: &mut HttpTransport, name: &str| {
+        let mut buf = [0u8; 16];
+        t.fetch_metadata(name, &mut buf)
+            .map(|n| n.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned()))
+    };
+    let served = || std::mem::take(&mut state.lock().unwrap().requests);
+    let url = |name: &str| format!("{addr}/{name}");
+    let mut t = HttpTransport::new(&addr, &format!("{addr}/targets"));
+    assert!(t.asks_ahead());
+
+    // asked ahead, then fetched: one request, its answer
+    t.ask_ahead("a.json");
+    assert_eq!(fetch(&mut t, "a.json").unwrap().as_deref(), Some("file a"));
+    assert_eq!(t.requests, [url("a.json")]);
+    assert_eq!(served(), ["GET /a.json"]);
+
+    // a 404 asked ahead is the fetch's "missing"
+    t.ask_ahead("c.json");
+    assert_eq!(fetch(&mut t, "c.json").unwrap(), None);
+    assert_eq!(served(), ["GET /c.json"]);
+
+    // asked ahead for a, b fetched first: b's answer, then a asked again
+    t.requests.clear();
+    t.ask_ahead("a.json");
+    put("a.json", b"file a, new");
+    assert_eq!(fetch(&mut t, "b.json").unwrap().as_deref(), Some("file b"));
+    assert_eq!(
+        fetch(&mut t, "a.json").unwrap().as_deref(),
+        Some("file a, new")
+    );
+    assert_eq!(t.requests, [url("a.json"), url("b.json"), url("a.json")]);
+    assert_eq!(served(), ["GET /a.json", "GET /b.json", "GET /a.json"]);
+
+    // fetched more than a second after it was asked: asked again, the answer of now
+    t.requests.clear();
+    t.ask_ahead("a.json");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    put("a.json", b"file a, newer");
+    std::thread::sleep(std::time::Duration::from_millis(900));
+    assert_eq!(
+        fetch(&mut t, "a.json").unwrap().as_deref(),
+        Some("file a, newer")
+    );
+    assert_eq!(t.requests, [url("a.json"), url("a.json")]);
+    assert_eq!(served(), ["GET /a.json", "GET /a.json"]);
+
+    // a server that is down: the fetch says why, once
+    let (down, refused) = refused_addr();
+    let base = format!("http://{down}");
+    let mut t = HttpTransport::new(&base, &format!("{base}/targets"));
+    t.ask_ahead("timestamp.json");
+    assert_eq!(
+        fetch(&mut t, "timestamp.json").unwrap_err().to_string(),
+        format!("{base}/timestamp.json: connect: {refused}")
+    );
+    assert_eq!(t.requests, [format!("{base}/timestamp.json")]);
+
+    // over TLS nothing is sent ahead: the fetch makes the request
+    let base = format!("https://{down}");
+    let mut t = HttpTransport::new(&base, &format!("{base}/targets"));
+    assert!(!t.asks_ahead());
+    t.ask_ahead("timestamp.json");
+    assert!(t.requests.is_empty());
+}
+
 /// A server on which every connection answers its first `answered` requests and then goes
 /// silent, as a connection a NAT forgot: what is written to it is never answered (it is closed
 /// 3 s after it opened, so a client that used it is not held long). Returns the request lines

@@ -80,12 +80,22 @@ pub fn publish(sim: &mut RepoSim, version: &str, counter: u64, len: usize, model
 }
 
 /// Serves a map of files; records every request; can fail target reads past a byte budget.
+/// Takes requests asked ahead (`Transport::ask_ahead`), as the pump's HTTP transport does, and
+/// holds the agent to their contract: the fetch after an ask is of the file asked for.
 #[derive(Debug, Default)]
 pub struct MapTransport {
     pub files: BTreeMap<String, Vec<u8>>,
     pub requests: Vec<String>,
     pub target_bytes: u64,
     pub fail_target_after: Option<u64>,
+    /// Ask nothing ahead, as a device's transport (`asks_ahead` false).
+    pub no_ahead: bool,
+    /// Every request asked ahead, in order.
+    pub asked: Vec<String>,
+    /// Asked ahead and not fetched yet.
+    pub pending: Option<String>,
+    /// Asked ahead and never fetched: the check ended before it.
+    pub unread: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +117,9 @@ impl MapTransport {
 impl Transport for MapTransport {
     type Error = MapError;
     fn fetch_metadata(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, MapError> {
+        if let Some(asked) = self.pending.take() {
+            assert_eq!(asked, name, "asked ahead for {asked}, then fetched {name}");
+        }
         self.requests.push(name.to_string());
         let Some(f) = self.files.get(name) else {
             return Ok(None);
@@ -118,6 +131,10 @@ impl Transport for MapTransport {
         Ok(Some(f.len()))
     }
     fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), MapError> {
+        assert_eq!(
+            self.pending, None,
+            "asked ahead, then fetched target {name}"
+        );
         self.requests.push(format!("targets/{name}@{offset}"));
         if self
             .fail_target_after
@@ -135,6 +152,18 @@ impl Transport for MapTransport {
         buf.copy_from_slice(src);
         self.target_bytes += buf.len() as u64;
         Ok(())
+    }
+    fn asks_ahead(&self) -> bool {
+        !self.no_ahead
+    }
+    fn ask_ahead(&mut self, name: &str) {
+        if self.no_ahead {
+            return;
+        }
+        self.asked.push(name.to_string());
+        if let Some(unread) = self.pending.replace(name.to_string()) {
+            self.unread.push(unread);
+        }
     }
 }
 
