@@ -163,11 +163,6 @@ struct AskedAhead {
     sending: Result<(), HttpError>,
 }
 
-/// How long an answer asked for ahead is waited for by a fetch of the same file. The agent
-/// reads it after one signature check (well under a millisecond here); one older was left by
-/// a check that ended early, and a later check asks again rather than take it.
-const AHEAD_FOR: Duration = Duration::from_secs(1);
-
 /// An open target response: what it delivers next.
 struct TargetStream {
     url: String,
@@ -232,6 +227,8 @@ impl HttpTransport {
     /// ([`http1::MAX_IDLE`](crate::http1::MAX_IDLE) by default).
     #[must_use]
     pub fn with_max_idle(mut self, max_idle: Duration) -> Self {
+        // (a request asked ahead goes with the client it was sent on)
+        self.ahead = None;
         self.max_idle = max_idle;
         self.plain = crate::http1::Http1::with_max_idle(max_idle)
             .with_request_deadline(self.request_timeout);
@@ -241,6 +238,7 @@ impl HttpTransport {
     /// Give each request at most `timeout` (60 s by default): how long a silent server holds
     /// a check.
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.ahead = None;
         self.request_timeout = timeout;
         self.plain =
             crate::http1::Http1::with_max_idle(self.max_idle).with_request_deadline(timeout);
@@ -261,7 +259,8 @@ impl HttpTransport {
         &self.agent
     }
 
-    /// GET `url`: `None` on 404, otherwise at most `limit` bytes (more is an error).
+    /// GET `url`: `None` on 404, otherwise at most `limit` bytes (more is an error). A request
+    /// asked ahead and not fetched yet is dropped first, its answer unread.
     pub fn get(&mut self, url: &str, limit: usize) -> Result<Option<Vec<u8>>, HttpError> {
         self.drop_ahead();
         self.requests.push(url.to_string());
@@ -361,12 +360,19 @@ impl Transport for HttpTransport {
     }
 
     /// Plain `http://` metadata only: over TLS (ureq) a request cannot be sent apart from
-    /// reading its answer.
+    /// reading its answer. Not with a `max_idle` of zero either: an answer asked for ahead is
+    /// taken only within that time.
     fn asks_ahead(&self) -> bool {
-        crate::http1::Http1::handles(&self.metadata_url)
+        !self.max_idle.is_zero() && crate::http1::Http1::handles(&self.metadata_url)
     }
 
+    /// Taken by a [`fetch_metadata`](Transport::fetch_metadata) of `name` within `max_idle`
+    /// (10 s by default). Any other fetch of metadata, an ask, or a [`get`](Self::get) first
+    /// drops the answer unread and closes its connection.
     fn ask_ahead(&mut self, name: &str) {
+        if !self.asks_ahead() {
+            return;
+        }
         let url = join(&self.metadata_url, name);
         if !crate::http1::Http1::handles(&url) {
             return;
@@ -417,7 +423,10 @@ impl HttpTransport {
         let url = join(&self.metadata_url, name);
         let answer = match self.ahead.take() {
             // the answer to the request sent ahead for this very file
-            Some(a) if a.url == url && a.sent.elapsed() < AHEAD_FOR => {
+            // (within the time a kept connection is trusted: the agent reads it after one
+            // signature check; an answer older than that was left by a check that ended early,
+            // and is not taken for the answer of now)
+            Some(a) if a.url == url && a.sent.elapsed() < self.max_idle => {
                 a.sending?;
                 self.plain.receive(buf.len())?
             }

@@ -624,6 +624,30 @@ mod tests {
         );
     }
 
+    /// A request sent and then abandoned: its answer is never read, not even by the next
+    /// request, which goes on a new connection (the kept one is closed with the answer in it).
+    #[test]
+    fn an_abandoned_request_closes_its_connection_and_its_answer_is_never_read() {
+        let (base, seen) = server(vec![
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nfile a", false),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nfile b", false),
+        ]);
+        let mut h = Http1::default();
+        h.send(&format!("{base}/a")).unwrap();
+        // the answer to /a is on its way (or there) when the request is abandoned
+        std::thread::sleep(Duration::from_millis(50));
+        h.abandon();
+        assert_eq!(
+            h.get(&format!("{base}/b"), 100).unwrap(),
+            Some(b"file b".to_vec())
+        );
+        // nothing is waiting any more
+        assert!(h.receive(100).is_err());
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.0, 2, "the abandoned connection is not used again");
+        assert_eq!(seen.1, ["GET /a HTTP/1.1", "GET /b HTTP/1.1"]);
+    }
+
     #[test]
     fn reconnects_after_close_and_retries_a_dropped_idle_connection_once() {
         let (base, seen) = server(vec![

@@ -36,13 +36,13 @@ pub trait Transport {
     }
 
     /// Send the request for metadata file `name` now, so that its answer travels while the
-    /// agent checks what it already holds; the next [`fetch_metadata`](Self::fetch_metadata) of
-    /// `name` takes that answer. The agent asks ahead only for the request its workflow makes
-    /// next unless what it checks meanwhile ends the whole check (a stored root that fails its
-    /// signatures, a flash that cannot be read): a check that goes on makes the same requests,
-    /// some earlier (`docs/decisions.md`, "The pump asks for its next file while it checks").
-    /// A transport may ignore it. One that is asked for another name first, or much later,
-    /// drops the answer unread and asks again.
+    /// agent checks what it already holds; the next [`fetch_metadata`](Self::fetch_metadata)
+    /// takes that answer if it is of `name`. The agent asks ahead only for the request its
+    /// workflow makes next unless what it checks meanwhile ends the whole check (a stored root
+    /// that fails its check, a flash that cannot be read): a check that goes on makes the same
+    /// requests, some earlier (`docs/decisions.md`, "The pump asks for its next file while it
+    /// checks"). A transport may ignore it. One whose next fetch is of another file, or comes
+    /// much later, drops the answer unread and asks again.
     fn ask_ahead(&mut self, name: &str) {
         let _ = name;
     }

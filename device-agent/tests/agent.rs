@@ -241,6 +241,7 @@ fn reset_before_confirmation_reverts_and_the_image_is_not_retried() {
         }
     );
     assert!(t2.requests.is_empty());
+    assert!(t2.asked.is_empty(), "nor asked for ahead");
     // crash before confirmation
     drop(store);
     let mut store = open_store(&mut mem);
@@ -1620,4 +1621,58 @@ fn requests_asked_ahead_are_the_workflows_next_ones_and_change_nothing() {
     assert_eq!(t.requests, plain.requests);
     assert_eq!(kept, kept_too);
     assert_eq!(with, without);
+}
+
+/// A stored root that fails its check ends the check with the trust error, as without asks;
+/// the next root was asked for ahead (the one request the workflow would not have made) and its
+/// answer is never read, and nothing stored changes.
+#[test]
+fn a_stored_root_that_fails_its_check_leaves_the_root_asked_ahead_unread() {
+    let sim = repo_with("2.0.0", 7, 3000);
+    let mut root = sim.initial_root();
+    // a byte of the first signature's value, hex either way
+    let at = root
+        .windows(6)
+        .position(|w| w == b"\"sig\":")
+        .expect("a signature")
+        + 8;
+    root[at] = if root[at] == b'0' { b'1' } else { b'0' };
+    let mut mem = vec![0u8; LAYOUT.end() as usize];
+    let fw = image_bytes("1.0.0", 5000);
+    FirmwareStore::provision(
+        Flash::new(&mut mem),
+        LAYOUT,
+        &root,
+        &fw,
+        image_record(&fw, "1.0.0", 1),
+    )
+    .unwrap();
+    let mut refusals = Vec::new();
+    for ahead in [true, false] {
+        let mut copy = mem.clone();
+        let mut store = open_store(&mut copy);
+        let before = persisted(&mut store);
+        let mut t = MapTransport::new(&sim.files);
+        t.no_ahead = !ahead;
+        refusals.push(check(&mut store, &mut t, &mut Pump::default()).unwrap_err());
+        assert!(t.requests.is_empty(), "nothing fetched");
+        if ahead {
+            assert_eq!(t.asked, ["2.root.json"]);
+            assert_eq!(t.pending.as_deref(), Some("2.root.json"), "never read");
+        } else {
+            assert!(t.asked.is_empty());
+        }
+        assert_eq!(persisted(&mut store), before);
+        drop(store);
+        assert_eq!(copy, mem, "the flash is as it was");
+    }
+    assert_eq!(refusals[0], refusals[1]);
+    assert_eq!(
+        refusals[0],
+        AgentError::Trust(Error::ThresholdNotMet {
+            role: Name::new("root"),
+            valid: 0,
+            threshold: 1
+        })
+    );
 }

@@ -1487,10 +1487,11 @@ fn the_pump_reads_a_target_as_one_stream_and_goes_on_where_it_broke() {
 }
 
 /// A metadata request the pump's transport sends ahead (`Transport::ask_ahead`) is answered to
-/// the fetch of that file only, and only soon after: a fetch of another file first, or one more
-/// than a second later, drops that answer unread (its connection is closed) and asks again. A
-/// request that could not be sent ahead is its fetch's error, not tried a second time. Over TLS
-/// nothing is sent ahead.
+/// the fetch of that file only, and only within the time a kept connection is trusted
+/// (`max_idle`, 1 s here): a fetch of another file first, or one later, drops that answer unread
+/// (its connection is closed) and asks again. A request that could not be sent ahead is its
+/// fetch's error, not tried a second time. Over TLS, or with no kept connections, nothing is
+/// sent ahead.
 #[test]
 fn an_answer_asked_for_ahead_is_taken_only_by_the_fetch_of_that_file_soon_after() {
     use device_agent::host::HttpTransport;
@@ -1512,7 +1513,8 @@ fn an_answer_asked_for_ahead_is_taken_only_by_the_fetch_of_that_file_soon_after(
     };
     let served = || std::mem::take(&mut state.lock().unwrap().requests);
     let url = |name: &str| format!("{addr}/{name}");
-    let mut t = HttpTransport::new(&addr, &format!("{addr}/targets"));
+    let mut t = HttpTransport::new(&addr, &format!("{addr}/targets"))
+        .with_max_idle(std::time::Duration::from_secs(1));
     assert!(t.asks_ahead());
 
     // asked ahead, then fetched: one request, its answer
@@ -1562,12 +1564,18 @@ fn an_answer_asked_for_ahead_is_taken_only_by_the_fetch_of_that_file_soon_after(
     );
     assert_eq!(t.requests, [format!("{base}/timestamp.json")]);
 
-    // over TLS nothing is sent ahead: the fetch makes the request
+    // over TLS, or with a new connection for every request, nothing is sent ahead
     let base = format!("https://{down}");
     let mut t = HttpTransport::new(&base, &format!("{base}/targets"));
     assert!(!t.asks_ahead());
     t.ask_ahead("timestamp.json");
     assert!(t.requests.is_empty());
+    let mut t = HttpTransport::new(&addr, &format!("{addr}/targets"))
+        .with_max_idle(std::time::Duration::ZERO);
+    assert!(!t.asks_ahead());
+    t.ask_ahead("a.json");
+    assert!(t.requests.is_empty());
+    assert!(served().is_empty());
 }
 
 /// A server on which every connection answers its first `answered` requests and then goes

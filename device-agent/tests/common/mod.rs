@@ -94,7 +94,8 @@ pub struct MapTransport {
     pub asked: Vec<String>,
     /// Asked ahead and not fetched yet.
     pub pending: Option<String>,
-    /// Asked ahead and never fetched: the check ended before it.
+    /// Asked ahead and never fetched, seen when a later ask replaced it (the one still
+    /// `pending` when a check ended is not in it).
     pub unread: Vec<String>,
 }
 
