@@ -925,8 +925,31 @@ pub fn server_report_json<F: Durable>(
         .unwrap_or_default();
     json!({
         "slots": slots,
-        "last_result": {"result": result, "target": target, "version": running, "reason": reason},
+        "last_result": {"result": result, "target": target, "version": running, "reason": fit_text(reason, MAX_REASON)},
     })
+}
+
+/// Longest `last_result.reason` hale-server takes (bytes, one line).
+pub const MAX_REASON: usize = 512;
+
+/// `text` as hale-server takes a report's free text: control characters (line breaks) as
+/// spaces, at most `max` bytes, cut between characters and ended with "…" when cut. A reason
+/// is the pump's own words (an error's text may quote a long URL or a server's answer); a
+/// longer one would have the server refuse every report until the next result.
+pub fn fit_text(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !out.is_char_boundary(end) {
+            end = end.saturating_sub(1);
+        }
+        out.truncate(end);
+        out.push('…');
+    }
+    out
 }
 
 /// Whether a slot's state means a trial is under way (for the simulated pump's console).

@@ -42,6 +42,10 @@ struct Served {
     held_back: Option<String>,
     /// Refuse this many of the next reports (503), as a server that is down would.
     refuse_reports: usize,
+    /// Refuse every report that carries an install record as hale-server refuses one over its
+    /// field limits (400 `bad_report`), counting them in `records_refused`.
+    refuse_records: bool,
+    records_refused: usize,
 }
 
 /// Serve `/metadata/<name>` and `/targets/<name>` from the map; record POSTed reports.
@@ -91,6 +95,15 @@ fn serve() -> (String, Arc<Mutex<Served>>) {
                 {
                     s.refuse_reports -= 1;
                     (503, "Service Unavailable", vec![], None)
+                } else if method == "POST"
+                    && path.starts_with("/api/v1/devices/")
+                    && s.refuse_records
+                    && serde_json::from_slice::<Value>(&body).unwrap()["install_record"].is_object()
+                {
+                    s.records_refused += 1;
+                    let body = serde_json::json!({"error": "bad_report",
+                        "message": "install_record: field too long or has control characters"});
+                    (400, "Bad Request", body.to_string().into_bytes(), None)
                 } else if method == "POST" && path.starts_with("/api/v1/devices/") {
                     s.reports.push(serde_json::from_slice(&body).unwrap());
                     (200, "OK", vec![], None)
@@ -836,6 +849,74 @@ fn a_pump_whose_running_image_rotted_boots_the_one_before_installs_again_and_rep
     agent(dir, &run);
     let posted = state.lock().unwrap().reports.last().cloned().unwrap();
     assert!(posted.get("install_record").is_none(), "{posted}");
+}
+
+/// An install record the server refuses for good (400) would hold back every later report: the
+/// pump sends the same report without it, and once the server took that, sets the record aside
+/// (`install_records_refused.json`, shown by `status`) and does not send it again.
+#[test]
+fn an_install_record_the_server_refuses_is_set_aside_and_the_report_goes_without_it() {
+    let sim = repo_with("2.0.0", 1, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+    let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
+    agent(dir, &run);
+    // a damaged image gives the next report a record
+    let path = dir.join("flash.bin");
+    let mut flash = read(&path);
+    flash[device_agent::host::PUMP_LAYOUT.slots[1] as usize + 100] ^= 0x40;
+    std::fs::write(&path, &flash).unwrap();
+    agent(dir, &["reboot"]);
+    let queued: Value = serde_json::from_slice(&read(&dir.join("install_records.json"))).unwrap();
+    assert_eq!(queued[0]["kind"], "damaged", "{queued}");
+
+    state.lock().unwrap().refuse_records = true;
+    let sent = state.lock().unwrap().reports.len();
+    let out = agent(dir, &run);
+    assert!(
+        out.contains("refused (HTTP 400): {\"error\":\"bad_report\",\"message\":\"install_record: field too long or has control characters\"}"),
+        "{out}"
+    );
+    assert!(
+        out.contains("install record of damaged 2.0.0 set aside in install_records_refused.json: the server refuses it, and took the report without it"),
+        "{out}"
+    );
+    let reports = state.lock().unwrap().reports[sent..].to_vec();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(reports[0].get("install_record").is_none(), "{reports:?}");
+    assert_eq!(state.lock().unwrap().records_refused, 1);
+    let r = last_report(state, dir);
+    assert_eq!(r["last_result"]["result"], "installed", "{r}");
+    // kept beside the state, whole, and no longer queued
+    assert_eq!(r["install_records_refused"], queued, "{r}");
+    let left: Value = serde_json::from_slice(&read(&dir.join("install_records.json"))).unwrap();
+    assert_eq!(left, serde_json::json!([]));
+
+    // the next poll's report goes through at once, and the record is not sent again
+    agent(dir, &run);
+    assert_eq!(state.lock().unwrap().records_refused, 1);
+    assert_eq!(state.lock().unwrap().reports.len(), sent + 2);
+    let r = last_report(state, dir);
+    assert_eq!(r["install_records_refused"], queued, "{r}");
+}
+
+/// A reason the pump writes (an error's text) goes to the server as one line of at most 512
+/// bytes, which hale-server takes: control characters become spaces, and a longer one is cut
+/// between characters and ends with "…".
+#[test]
+fn a_result_reason_is_fitted_to_what_the_server_takes() {
+    use device_agent::host::{fit_text, MAX_REASON};
+    assert_eq!(fit_text("a\nb\tc\u{7f}", MAX_REASON), "a b c ");
+    let exact = "x".repeat(MAX_REASON);
+    assert_eq!(fit_text(&exact, MAX_REASON), exact);
+    let long = fit_text(&"x".repeat(MAX_REASON + 1), MAX_REASON);
+    assert_eq!(long.len(), MAX_REASON);
+    assert_eq!(long, format!("{}…", "x".repeat(MAX_REASON - 3)));
+    // a two-byte character across the cut is left out whole
+    let text = format!("{}é{}", "x".repeat(MAX_REASON - 4), "y".repeat(10));
+    let cut = fit_text(&text, MAX_REASON);
+    assert_eq!(cut, format!("{}…", "x".repeat(MAX_REASON - 4)));
+    assert!(cut.len() <= MAX_REASON);
 }
 
 /// `hale-agent run --once`, killed (SIGKILL: no chance to write anything) in the middle of a

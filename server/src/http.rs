@@ -1009,7 +1009,10 @@ impl Report {
         if let Some(r) = &self.install_record {
             if !short(&r.target, 256)
                 || !short(&r.version, 64)
-                || !r.reason.as_deref().is_none_or(|t| short(t, 512))
+                || !r
+                    .reason
+                    .as_deref()
+                    .is_none_or(|t| short(t, hale_core::rollback::MAX_REASON))
                 || !r.issued.as_deref().is_none_or(|t| short(t, 32))
                 || !r.staged.as_deref().is_none_or(|t| short(t, 32))
                 || r.signers.len() > 16

@@ -535,6 +535,40 @@ fn a_bundle_from_root_version_zero_is_refused_before_anything_is_read() {
     assert!(!e.path("b.bin").exists());
 }
 
+/// The reason goes to hale-server with the device's report and into its audit log, which
+/// takes one line of at most 512 bytes: a longer one, a line break or an empty one is refused
+/// before anything is signed.
+#[test]
+fn an_authorization_reason_the_server_would_refuse_is_refused() {
+    let e = repo_with_rollback_role();
+    let long = "x".repeat(513);
+    for reason in ["INC-4711\nsecond line", &long, " ", "tab\there"] {
+        let r = e.run(&[
+            "rollback",
+            "authorize",
+            "repo",
+            "--device",
+            "pump-a-000123",
+            "--target",
+            TARGET,
+            "--reason",
+            reason,
+            "--expires-in",
+            "1h",
+            "--key",
+            "field-a.key",
+            "--out",
+            "auth.json",
+        ]);
+        assert_refused(
+            &e,
+            &r,
+            "error: --reason: 1 to 512 bytes on one line, no control characters (devices report it and hale-server audits it)",
+            "auth.json",
+        );
+    }
+}
+
 #[test]
 fn an_authorization_naming_an_empty_device_or_group_is_refused() {
     let e = repo_with_rollback_role();

@@ -207,6 +207,10 @@ fn report(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<Value> {
         &reason,
     );
     r["last_check"] = last_check;
+    let refused = refused_records(o);
+    if !refused.is_empty() {
+        r["install_records_refused"] = refused.into();
+    }
     Ok(r)
 }
 
@@ -625,7 +629,42 @@ fn send_report(
                     "report to {url} refused (HTTP {code}): {}",
                     r.into_string().unwrap_or_default().trim()
                 );
-                return Ok(taken);
+                // 400: the server refuses the report as sent, and would refuse it again at
+                // every poll. When it carried a record, the report goes again without it: if
+                // the server takes that, the record was what it refused, and it is set aside
+                // (kept beside the state, shown by `status`, not sent again) so that it no
+                // longer holds back every later report.
+                let Some(i) = next.filter(|_| code == 400) else {
+                    return Ok(taken);
+                };
+                let mut bare = body.clone();
+                if let Some(o) = bare.as_object_mut() {
+                    o.remove("install_record");
+                }
+                match http
+                    .agent()
+                    .post(&url)
+                    .set("Content-Type", "application/json")
+                    .send_string(&bare.to_string())
+                {
+                    Ok(_) => {
+                        taken = true;
+                        let mut records = records;
+                        let refused = records.remove(i);
+                        set_aside_record(o, refused)?;
+                        set_install_records(o, &records)?;
+                        if !records.iter().any(|r| r.get("outcome").is_some()) {
+                            return Ok(true);
+                        }
+                    }
+                    Err(e) => {
+                        say!(
+                            "report to {url} without its install record failed too: {}",
+                            post_error(e)
+                        );
+                        return Ok(taken);
+                    }
+                }
             }
             Err(ureq::Error::Transport(t)) => {
                 say!("report to {url} failed: {}", host::transport_message(&t));
@@ -633,6 +672,45 @@ fn send_report(
             }
         }
     }
+}
+
+/// Why a POST failed, in a line.
+fn post_error(e: ureq::Error) -> String {
+    match e {
+        ureq::Error::Status(code, r) => format!(
+            "HTTP {code}: {}",
+            r.into_string().unwrap_or_default().trim()
+        ),
+        ureq::Error::Transport(t) => host::transport_message(&t),
+    }
+}
+
+/// Install records the server refused for good (HTTP 400 to a report carrying one, and took the
+/// same report without it), oldest first, at most [`MAX_INSTALL_RECORDS`]: what the pump
+/// installed offline or rolled back stays on record here for a technician and `status`.
+const REFUSED_RECORDS: &str = "install_records_refused.json";
+
+fn refused_records(o: &Opts) -> Vec<Value> {
+    match std::fs::read(o.file(REFUSED_RECORDS))
+        .ok()
+        .map(|b| serde_json::from_slice(&b))
+    {
+        Some(Ok(Value::Array(v))) => v,
+        _ => Vec::new(),
+    }
+}
+
+fn set_aside_record(o: &Opts, record: Value) -> Result<()> {
+    say!(
+        "install record of {} {} set aside in {REFUSED_RECORDS}: the server refuses it, and took the report without it",
+        field(&record, "kind"),
+        field(&record, "version")
+    );
+    let mut kept = refused_records(o);
+    kept.push(record);
+    let excess = kept.len().saturating_sub(MAX_INSTALL_RECORDS);
+    kept.drain(..excess);
+    replace_file(o, REFUSED_RECORDS, Value::from(kept).to_string().as_bytes())
 }
 
 /// `--request-timeout S`: how long one request may go unanswered (1 to 600 s, default 60).
@@ -695,10 +773,7 @@ fn set_install_records(o: &Opts, records: &[Value]) -> Result<()> {
         INSTALL_RECORDS,
         Value::from(records.to_vec()).to_string().as_bytes(),
     )?;
-    match std::fs::remove_file(o.file(LEGACY_INSTALL_RECORD)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context(LEGACY_INSTALL_RECORD),
-        _ => Ok(()),
-    }
+    remove_state_file(o, LEGACY_INSTALL_RECORD)
 }
 
 /// Queue the record of an offline install or rollback just staged (its outcome comes with its

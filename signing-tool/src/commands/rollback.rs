@@ -22,7 +22,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use hale_core::metadata::{Envelope, Targets};
-use hale_core::rollback::{verify_authorization, Request, DEFAULT_MAX_VALIDITY, ROLLBACK_ROLE};
+use hale_core::rollback::{
+    verify_authorization, Request, DEFAULT_MAX_VALIDITY, MAX_REASON, ROLLBACK_ROLE,
+};
 use hale_core::verify::{KeyStatus, Report};
 use hale_core::{Name, Version};
 use hale_repo::build::{self, RollbackAuthorization};
@@ -386,6 +388,16 @@ fn authorize(a: AuthorizeArgs) -> anyhow::Result<ExitCode> {
         || a.group.as_ref().is_some_and(|g| g.trim().is_empty())
     {
         bail!("--device and --group name a device or a group: not empty");
+    }
+    // devices report the reason with the rollback and hale-server audits it: it takes one line
+    // of at most MAX_REASON bytes, and would refuse every report carrying a longer one
+    if a.reason.trim().is_empty()
+        || a.reason.len() > MAX_REASON
+        || a.reason.chars().any(char::is_control)
+    {
+        bail!(
+            "--reason: 1 to {MAX_REASON} bytes on one line, no control characters (devices report it and hale-server audits it)"
+        );
     }
     crate::durable::refuse_existing(&a.out, a.force)?;
     let state = State::load(&a.dir)?;
