@@ -876,7 +876,7 @@ pub fn report_json<F: Durable>(
         "last_result": if result.is_empty() {
             Value::Null
         } else {
-            json!({"result": result, "reason": reason})
+            json!({"result": result, "reason": fit_text(reason, MAX_REASON)})
         },
     })
 }
@@ -929,25 +929,28 @@ pub fn server_report_json<F: Durable>(
     })
 }
 
-/// Longest `last_result.reason` hale-server takes (bytes, one line).
-pub const MAX_REASON: usize = 512;
+/// Longest `last_result.reason` hale-server takes (bytes, one line): the same as a rollback
+/// authorization's.
+pub const MAX_REASON: usize = hale_core::rollback::MAX_REASON;
 
 /// `text` as hale-server takes a report's free text: control characters (line breaks) as
-/// spaces, at most `max` bytes, cut between characters and ended with "…" when cut. A reason
-/// is the pump's own words (an error's text may quote a long URL or a server's answer); a
-/// longer one would have the server refuse every report until the next result.
+/// spaces, at most `max` bytes, cut between characters and ended with "…" when cut (when `max`
+/// leaves room for it). A reason is the pump's own words (an error's text may quote a long URL
+/// or a server's answer); a longer one would have the server refuse every report until the
+/// next result.
 pub fn fit_text(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     if out.len() > max {
-        let mut end = max.saturating_sub('…'.len_utf8());
+        let mark = if max >= '…'.len_utf8() { "…" } else { "" };
+        let mut end = max.saturating_sub(mark.len());
         while !out.is_char_boundary(end) {
             end = end.saturating_sub(1);
         }
         out.truncate(end);
-        out.push('…');
+        out.push_str(mark);
     }
     out
 }

@@ -40,11 +40,13 @@ struct Served {
     /// Refuse every target as hale-server does for a device outside a staged rollout
     /// (`403 rollout_pending` with this message).
     held_back: Option<String>,
-    /// Refuse this many of the next reports (503), as a server that is down would.
+    /// Refuse this many of the next reports (503, as a server that is down would, or
+    /// `refuse_reports_with`).
     refuse_reports: usize,
+    refuse_reports_with: Option<u16>,
     /// Refuse every report that carries an install record as hale-server refuses one over its
-    /// field limits (400 `bad_report`), counting them in `records_refused`.
-    refuse_records: bool,
+    /// field limits (400 `bad_report`) or its size (413), counting them in `records_refused`.
+    refuse_records: Option<u16>,
     records_refused: usize,
 }
 
@@ -90,53 +92,64 @@ fn serve() -> (String, Arc<Mutex<Served>>) {
             if let Some((a, _)) = range {
                 s.ranges.push((path.clone(), a));
             }
-            let resp =
-                if method == "POST" && path.starts_with("/api/v1/devices/") && s.refuse_reports > 0
-                {
-                    s.refuse_reports -= 1;
-                    (503, "Service Unavailable", vec![], None)
-                } else if method == "POST"
+            let resp = if let Some(code) = s.refuse_records.filter(|_| {
+                method == "POST"
                     && path.starts_with("/api/v1/devices/")
-                    && s.refuse_records
                     && serde_json::from_slice::<Value>(&body).unwrap()["install_record"].is_object()
-                {
-                    s.records_refused += 1;
-                    let body = serde_json::json!({"error": "bad_report",
-                        "message": "install_record: field too long or has control characters"});
-                    (400, "Bad Request", body.to_string().into_bytes(), None)
-                } else if method == "POST" && path.starts_with("/api/v1/devices/") {
-                    s.reports.push(serde_json::from_slice(&body).unwrap());
-                    (200, "OK", vec![], None)
-                } else if let Some(m) = s
-                    .held_back
-                    .clone()
-                    .filter(|_| path.starts_with("/targets/"))
-                {
-                    let body =
-                        serde_json::json!({"error": "rollout_pending", "message": m}).to_string();
-                    (403, "Forbidden", body.into_bytes(), None)
-                } else {
-                    let key = path
-                        .strip_prefix("/metadata/")
-                        .map(str::to_string)
-                        .or_else(|| path.strip_prefix("/").map(str::to_string));
-                    match key.and_then(|k| s.files.get(&k).cloned()) {
-                        None => (404, "Not Found", vec![], None),
-                        Some(f) => match range {
-                            None => (200, "OK", f, None),
-                            Some((a, b)) => {
-                                let end = b.map_or(f.len(), |b| (b + 1).min(f.len()));
-                                let total = f.len();
-                                (
-                                    206,
-                                    "Partial Content",
-                                    f[a.min(end)..end].to_vec(),
-                                    Some(format!("bytes {a}-{}/{total}", end - 1)),
-                                )
-                            }
-                        },
-                    }
+            }) {
+                s.records_refused += 1;
+                let (text, error, message) = match code {
+                    413 => ("Payload Too Large", "too_large", "report over 16384 bytes"),
+                    _ => (
+                        "Bad Request",
+                        "bad_report",
+                        "install_record: field too long or has control characters",
+                    ),
                 };
+                let body = serde_json::json!({"error": error, "message": message});
+                (code, text, body.to_string().into_bytes(), None)
+            } else if method == "POST"
+                && path.starts_with("/api/v1/devices/")
+                && s.refuse_reports > 0
+            {
+                s.refuse_reports -= 1;
+                match s.refuse_reports_with {
+                    Some(400) => (400, "Bad Request", vec![], None),
+                    _ => (503, "Service Unavailable", vec![], None),
+                }
+            } else if method == "POST" && path.starts_with("/api/v1/devices/") {
+                s.reports.push(serde_json::from_slice(&body).unwrap());
+                (200, "OK", vec![], None)
+            } else if let Some(m) = s
+                .held_back
+                .clone()
+                .filter(|_| path.starts_with("/targets/"))
+            {
+                let body =
+                    serde_json::json!({"error": "rollout_pending", "message": m}).to_string();
+                (403, "Forbidden", body.into_bytes(), None)
+            } else {
+                let key = path
+                    .strip_prefix("/metadata/")
+                    .map(str::to_string)
+                    .or_else(|| path.strip_prefix("/").map(str::to_string));
+                match key.and_then(|k| s.files.get(&k).cloned()) {
+                    None => (404, "Not Found", vec![], None),
+                    Some(f) => match range {
+                        None => (200, "OK", f, None),
+                        Some((a, b)) => {
+                            let end = b.map_or(f.len(), |b| (b + 1).min(f.len()));
+                            let total = f.len();
+                            (
+                                206,
+                                "Partial Content",
+                                f[a.min(end)..end].to_vec(),
+                                Some(format!("bytes {a}-{}/{total}", end - 1)),
+                            )
+                        }
+                    },
+                }
+            };
             let ranged = resp.3.is_some();
             let cut = if ranged && !s.cuts.is_empty() {
                 Some(s.cuts.remove(0))
@@ -851,53 +864,107 @@ fn a_pump_whose_running_image_rotted_boots_the_one_before_installs_again_and_rep
     assert!(posted.get("install_record").is_none(), "{posted}");
 }
 
-/// An install record the server refuses for good (400) would hold back every later report: the
-/// pump sends the same report without it, and once the server took that, sets the record aside
-/// (`install_records_refused.json`, shown by `status`) and does not send it again.
+/// An install record the server refuses for good (400 for a field, 413 for the size) would hold
+/// back every later report: the pump sends the same report without it, and once the server took
+/// that, sets the record aside (`install_records_refused.json`, shown by `status`) and does not
+/// send it again. A server that refuses the report without the record too keeps it queued.
 #[test]
 fn an_install_record_the_server_refuses_is_set_aside_and_the_report_goes_without_it() {
+    for code in [400u16, 413] {
+        let sim = repo_with("2.0.0", 1, 3000);
+        let pump = provisioned_pump(&sim);
+        let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+        let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
+        agent(dir, &run);
+        // a damaged image gives the next report a record
+        let path = dir.join("flash.bin");
+        let mut flash = read(&path);
+        flash[device_agent::host::PUMP_LAYOUT.slots[1] as usize + 100] ^= 0x40;
+        std::fs::write(&path, &flash).unwrap();
+        agent(dir, &["reboot"]);
+        let queued: Value =
+            serde_json::from_slice(&read(&dir.join("install_records.json"))).unwrap();
+        assert_eq!(queued[0]["kind"], "damaged", "{queued}");
+
+        // refused with the record and without it (a 400 for something else): kept queued
+        {
+            let mut s = state.lock().unwrap();
+            s.refuse_records = Some(code);
+            s.refuse_reports = 1;
+            s.refuse_reports_with = Some(400);
+        }
+        let sent = state.lock().unwrap().reports.len();
+        let out = agent(dir, &run);
+        assert!(
+            out.contains("without its install record failed too: HTTP 400"),
+            "{out}"
+        );
+        assert_eq!(state.lock().unwrap().reports.len(), sent);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&read(&dir.join("install_records.json"))).unwrap(),
+            queued
+        );
+        assert!(!dir.join("install_records_refused.json").exists());
+        let status: Value = serde_json::from_str(&agent(dir, &["status"])).unwrap();
+        assert!(status.get("install_records_refused").is_none(), "{status}");
+
+        // refused with the record only: set aside, the report goes without it
+        let out = agent(dir, &run);
+        let refused = if code == 413 {
+            "refused (HTTP 413): {\"error\":\"too_large\",\"message\":\"report over 16384 bytes\"}"
+        } else {
+            "refused (HTTP 400): {\"error\":\"bad_report\",\"message\":\"install_record: field too long or has control characters\"}"
+        };
+        assert!(out.contains(refused), "{out}");
+        assert!(
+            out.contains("install record of damaged 2.0.0 set aside in install_records_refused.json: the server refuses it, and takes the report without it"),
+            "{out}"
+        );
+        let reports = state.lock().unwrap().reports[sent..].to_vec();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert!(reports[0].get("install_record").is_none(), "{reports:?}");
+        assert_eq!(state.lock().unwrap().records_refused, 2);
+        let r = last_report(state, dir);
+        assert_eq!(r["last_result"]["result"], "installed", "{r}");
+        // kept beside the state, whole, and no longer queued
+        assert_eq!(r["install_records_refused"], queued, "{r}");
+        let left: Value = serde_json::from_slice(&read(&dir.join("install_records.json"))).unwrap();
+        assert_eq!(left, serde_json::json!([]));
+
+        // the next poll's report goes through at once, and the record is not sent again
+        agent(dir, &run);
+        assert_eq!(state.lock().unwrap().records_refused, 2);
+        assert_eq!(state.lock().unwrap().reports.len(), sent + 2);
+        let r = last_report(state, dir);
+        assert_eq!(r["install_records_refused"], queued, "{r}");
+    }
+}
+
+/// Every report names the pump's target, and hale-server refuses one longer than 256 bytes or
+/// with a control character: `provision` refuses such a target before it writes anything.
+#[test]
+fn a_target_no_report_could_carry_is_refused_at_provisioning() {
     let sim = repo_with("2.0.0", 1, 3000);
     let pump = provisioned_pump(&sim);
-    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
-    let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
-    agent(dir, &run);
-    // a damaged image gives the next report a record
-    let path = dir.join("flash.bin");
-    let mut flash = read(&path);
-    flash[device_agent::host::PUMP_LAYOUT.slots[1] as usize + 100] ^= 0x40;
-    std::fs::write(&path, &flash).unwrap();
-    agent(dir, &["reboot"]);
-    let queued: Value = serde_json::from_slice(&read(&dir.join("install_records.json"))).unwrap();
-    assert_eq!(queued[0]["kind"], "damaged", "{queued}");
-
-    state.lock().unwrap().refuse_records = true;
-    let sent = state.lock().unwrap().reports.len();
-    let out = agent(dir, &run);
-    assert!(
-        out.contains("refused (HTTP 400): {\"error\":\"bad_report\",\"message\":\"install_record: field too long or has control characters\"}"),
-        "{out}"
-    );
-    assert!(
-        out.contains("install record of damaged 2.0.0 set aside in install_records_refused.json: the server refuses it, and took the report without it"),
-        "{out}"
-    );
-    let reports = state.lock().unwrap().reports[sent..].to_vec();
-    assert_eq!(reports.len(), 1, "{reports:?}");
-    assert!(reports[0].get("install_record").is_none(), "{reports:?}");
-    assert_eq!(state.lock().unwrap().records_refused, 1);
-    let r = last_report(state, dir);
-    assert_eq!(r["last_result"]["result"], "installed", "{r}");
-    // kept beside the state, whole, and no longer queued
-    assert_eq!(r["install_records_refused"], queued, "{r}");
-    let left: Value = serde_json::from_slice(&read(&dir.join("install_records.json"))).unwrap();
-    assert_eq!(left, serde_json::json!([]));
-
-    // the next poll's report goes through at once, and the record is not sent again
-    agent(dir, &run);
-    assert_eq!(state.lock().unwrap().records_refused, 1);
-    assert_eq!(state.lock().unwrap().reports.len(), sent + 2);
-    let r = last_report(state, dir);
-    assert_eq!(r["install_records_refused"], queued, "{r}");
+    let before = state_tree(&pump.dir);
+    let long = "p/".repeat(129);
+    for bad in ["pump-a/\nfirmware.bin", long.as_str(), ""] {
+        let mut args: Vec<&str> = pump.provision.iter().map(String::as_str).collect();
+        let last = args.len() - 1;
+        args[last] = bad;
+        let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+            .arg("--state")
+            .arg(&pump.dir)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).lines().next(),
+            Some(format!("Error: --target {bad:?}: 1 to 256 bytes, no control characters (every report names it)").as_str())
+        );
+        assert_eq!(state_tree(&pump.dir), before, "nothing written");
+    }
 }
 
 /// A reason the pump writes (an error's text) goes to the server as one line of at most 512

@@ -34,6 +34,10 @@ pub struct Version {
 }
 
 impl Version {
+    /// Longest text a version is written as: three 20-digit numbers, two dots, a hyphen and the
+    /// longest pre-release tag (what a report may carry for a version, and a server take).
+    pub const MAX_TEXT: usize = 3 * 20 + 2 + 1 + MAX_PRERELEASE_LEN;
+
     pub const fn new(major: u64, minor: u64, patch: u64) -> Self {
         Version {
             major,

@@ -991,28 +991,28 @@ impl Report {
             return Err("slots: 1 to 4 entries".into());
         }
         let short = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
+        // (any version a device can hold; a reason as hale-sign and the agent make them)
+        const VERSION: usize = hale_core::policy::Version::MAX_TEXT;
+        const REASON: usize = hale_core::rollback::MAX_REASON;
         for s in &self.slots {
-            if s.name.is_empty() || !short(&s.name, 32) || !short(&s.version, 64) {
-                return Err(
-                    "slot name (1-32) or version (≤64) too long or has control characters".into(),
-                );
+            if s.name.is_empty() || !short(&s.name, 32) || !short(&s.version, VERSION) {
+                return Err(format!(
+                    "slot name (1-32) or version (≤{VERSION}) too long or has control characters"
+                ));
             }
         }
         if let Some(r) = &self.last_result {
             if !r.target.as_deref().is_none_or(|t| short(t, 256))
-                || !r.version.as_deref().is_none_or(|t| short(t, 64))
-                || !r.reason.as_deref().is_none_or(|t| short(t, 512))
+                || !r.version.as_deref().is_none_or(|t| short(t, VERSION))
+                || !r.reason.as_deref().is_none_or(|t| short(t, REASON))
             {
                 return Err("last_result: field too long or has control characters".into());
             }
         }
         if let Some(r) = &self.install_record {
             if !short(&r.target, 256)
-                || !short(&r.version, 64)
-                || !r
-                    .reason
-                    .as_deref()
-                    .is_none_or(|t| short(t, hale_core::rollback::MAX_REASON))
+                || !short(&r.version, VERSION)
+                || !r.reason.as_deref().is_none_or(|t| short(t, REASON))
                 || !r.issued.as_deref().is_none_or(|t| short(t, 32))
                 || !r.staged.as_deref().is_none_or(|t| short(t, 32))
                 || r.signers.len() > 16

@@ -124,8 +124,9 @@ fn a_rollback_record_is_stored_with_the_device_and_audited_with_its_signers() {
             format!("install_record: {too_long}"),
         ),
         (
-            "a version of 65 bytes",
-            with_record(|r| r["version"] = json!("9".repeat(65))),
+            // (the longest version a device can hold, 95 bytes, is taken)
+            "a version of 96 bytes",
+            with_record(|r| r["version"] = json!("9".repeat(96))),
             format!("install_record: {too_long}"),
         ),
         (
@@ -387,4 +388,23 @@ fn an_install_record_sent_again_after_a_lost_answer_is_kept_and_audited_once() {
         .filter(|k| k == "report" || k == "install-record")
         .collect();
     assert_eq!(kinds, ["report", "install-record"].repeat(5));
+}
+
+/// The longest version a device can hold (three 20-digit numbers and a 32-byte pre-release tag,
+/// 95 bytes) is taken in a record and in a slot.
+#[test]
+fn the_longest_version_a_device_can_hold_is_taken() {
+    let f = Fixture::new();
+    let s = f.start();
+    let n = u64::MAX;
+    let longest = format!("{n}.{n}.{n}-{}", "a".repeat(32));
+    assert_eq!(longest.len(), hale_core::policy::Version::MAX_TEXT);
+    assert!(hale_core::policy::Version::parse(&longest).is_some());
+    let mut body = with_record(|r| r["version"] = json!(longest));
+    body["slots"][0]["version"] = json!(longest);
+    let r = post(&s, DEVICE, &body);
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    let devs = devices(&s);
+    assert_eq!(devs[0]["report"]["install_record"]["version"], longest);
+    assert_eq!(devs[0]["report"]["slots"][0]["version"], longest);
 }

@@ -569,6 +569,61 @@ fn an_authorization_reason_the_server_would_refuse_is_refused() {
     }
 }
 
+/// A reason of exactly 512 bytes (two-byte characters) is signed as it is.
+#[test]
+fn an_authorization_reason_of_512_bytes_is_signed() {
+    let e = repo_with_rollback_role();
+    let reason = "é".repeat(256);
+    let r = e.run(&[
+        "rollback",
+        "authorize",
+        "repo",
+        "--device",
+        "pump-a-000123",
+        "--target",
+        TARGET,
+        "--reason",
+        &reason,
+        "--expires-in",
+        "1h",
+        "--key",
+        "field-a.key",
+        "--passphrase-env",
+        PW_ENV,
+        "--out",
+        "auth.json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(e.path("auth.json")).unwrap()).unwrap();
+    assert_eq!(doc["signed"]["reason"], reason.as_str());
+}
+
+/// `rollback sign` refuses to add a signature to an authorization whose reason hale-server
+/// would refuse (made by another tool, or by a hale-sign before the check), before any key.
+#[test]
+fn a_second_signature_is_refused_for_a_reason_the_server_would_refuse() {
+    let e = repo_with_rollback_role();
+    let r = authorize_for(&e, TARGET, "1h", "field-a.key");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let text = std::fs::read_to_string(e.path("auth.json")).unwrap();
+    let bad = text.replace(
+        "INC-4711: occlusion alarm regression in 2.1.0",
+        "INC-4711\\nsecond line",
+    );
+    assert_ne!(bad, text);
+    std::fs::write(e.path("auth.json"), &bad).unwrap();
+    let r = e.run(&rollback_sign_args("field-b.key"));
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            "error: auth.json: its reason must be 1 to 512 bytes on one line, no control characters (devices report it and hale-server audits it); refusing to sign it (nothing written)"
+        )
+    );
+    assert_eq!(std::fs::read_to_string(e.path("auth.json")).unwrap(), bad);
+}
+
 #[test]
 fn an_authorization_naming_an_empty_device_or_group_is_refused() {
     let e = repo_with_rollback_role();

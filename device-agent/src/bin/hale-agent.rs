@@ -207,9 +207,10 @@ fn report(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<Value> {
         &reason,
     );
     r["last_check"] = last_check;
-    let refused = refused_records(o);
-    if !refused.is_empty() {
-        r["install_records_refused"] = refused.into();
+    match refused_records(o) {
+        Some(refused) if refused.is_empty() => {}
+        Some(refused) => r["install_records_refused"] = refused.into(),
+        None => r["install_records_refused"] = "unreadable".into(),
     }
     Ok(r)
 }
@@ -462,6 +463,12 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<bool> {
 }
 
 fn provision(o: &Opts) -> Result<()> {
+    // every report names the target, and hale-server refuses a report whose target is longer
+    // than 256 bytes or has control characters: such a pump could never report
+    let target = o.req("--target")?;
+    if target.is_empty() || target.len() > 256 || target.chars().any(char::is_control) {
+        bail!("--target {target:?}: 1 to 256 bytes, no control characters (every report names it)");
+    }
     std::fs::create_dir_all(&o.state).with_context(|| o.state.display().to_string())?;
     let root_path = o.req("--root")?;
     let root = std::fs::read(&root_path).with_context(|| root_path.clone())?;
@@ -496,7 +503,7 @@ fn provision(o: &Opts) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("provision: {e}"))?;
     let cfg = json!({
         "id": o.req("--id")?, "model": o.req("--model")?, "revision": o.req("--revision")?,
-        "target": o.req("--target")?, "bootloader": o.opt("--bootloader").unwrap_or_else(|| "1.0.0".into()),
+        "target": target, "bootloader": o.opt("--bootloader").unwrap_or_else(|| "1.0.0".into()),
         "group": o.opt("--group").unwrap_or_default(),
     });
     replace_file(o, "device.json", &serde_json::to_vec_pretty(&cfg)?)?;
@@ -629,41 +636,44 @@ fn send_report(
                     "report to {url} refused (HTTP {code}): {}",
                     r.into_string().unwrap_or_default().trim()
                 );
-                // 400: the server refuses the report as sent, and would refuse it again at
-                // every poll. When it carried a record, the report goes again without it: if
-                // the server takes that, the record was what it refused, and it is set aside
-                // (kept beside the state, shown by `status`, not sent again) so that it no
-                // longer holds back every later report.
-                let Some(i) = next.filter(|_| code == 400) else {
+                // 400 (a field over the server's limits) or 413 (too large): the server refuses
+                // the report as sent, and would refuse it again at every poll. When it carried a
+                // record, the record is set aside (kept beside the state, shown by `status`, not
+                // sent again) so that it no longer holds back every later report: at once when
+                // a report of this call was taken (its body differs only in the record), else
+                // once the same report without it is taken. (A server older than the pump,
+                // refusing a record field it does not know, has it set aside too: it stays in
+                // the file.)
+                let Some(i) = next.filter(|_| matches!(code, 400 | 413)) else {
                     return Ok(taken);
                 };
-                let mut bare = body.clone();
-                if let Some(o) = bare.as_object_mut() {
-                    o.remove("install_record");
-                }
-                match http
-                    .agent()
-                    .post(&url)
-                    .set("Content-Type", "application/json")
-                    .send_string(&bare.to_string())
-                {
-                    Ok(_) => {
-                        taken = true;
-                        let mut records = records;
-                        let refused = records.remove(i);
-                        set_aside_record(o, refused)?;
-                        set_install_records(o, &records)?;
-                        if !records.iter().any(|r| r.get("outcome").is_some()) {
-                            return Ok(true);
-                        }
+                if !taken {
+                    let mut bare = body.clone();
+                    if let Some(fields) = bare.as_object_mut() {
+                        fields.remove("install_record");
                     }
-                    Err(e) => {
+                    if let Err(e) = http
+                        .agent()
+                        .post(&url)
+                        .set("Content-Type", "application/json")
+                        .send_string(&bare.to_string())
+                    {
                         say!(
                             "report to {url} without its install record failed too: {}",
                             post_error(e)
                         );
-                        return Ok(taken);
+                        return Ok(false);
                     }
+                    taken = true;
+                }
+                let mut records = records;
+                let refused = records.remove(i);
+                // (set aside before it leaves the queue: a crash between the two sends it once
+                // more, and it is not set aside twice)
+                set_aside_record(o, refused)?;
+                set_install_records(o, &records)?;
+                if !records.iter().any(|r| r.get("outcome").is_some()) {
+                    return Ok(true);
                 }
             }
             Err(ureq::Error::Transport(t)) => {
@@ -690,23 +700,38 @@ fn post_error(e: ureq::Error) -> String {
 /// installed offline or rolled back stays on record here for a technician and `status`.
 const REFUSED_RECORDS: &str = "install_records_refused.json";
 
-fn refused_records(o: &Opts) -> Vec<Value> {
-    match std::fs::read(o.file(REFUSED_RECORDS))
-        .ok()
-        .map(|b| serde_json::from_slice(&b))
-    {
-        Some(Ok(Value::Array(v))) => v,
-        _ => Vec::new(),
+/// The records set aside; `None` when the file is there but cannot be read as a list.
+fn refused_records(o: &Opts) -> Option<Vec<Value>> {
+    match std::fs::read(o.file(REFUSED_RECORDS)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
+        Err(_) => None,
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(Value::Array(v)) => Some(v),
+            _ => None,
+        },
     }
 }
 
 fn set_aside_record(o: &Opts, record: Value) -> Result<()> {
     say!(
-        "install record of {} {} set aside in {REFUSED_RECORDS}: the server refuses it, and took the report without it",
+        "install record of {} {} set aside in {REFUSED_RECORDS}: the server refuses it, and takes the report without it",
         field(&record, "kind"),
         field(&record, "version")
     );
-    let mut kept = refused_records(o);
+    let mut kept = match refused_records(o) {
+        Some(kept) => kept,
+        None => {
+            // kept as it is, under another name, rather than written over
+            let aside = format!("{REFUSED_RECORDS}.unreadable");
+            say!("{REFUSED_RECORDS}: not a list of records: kept as {aside}");
+            std::fs::rename(o.file(REFUSED_RECORDS), o.file(&aside))
+                .with_context(|| o.file(&aside).display().to_string())?;
+            Vec::new()
+        }
+    };
+    if kept.contains(&record) {
+        return Ok(());
+    }
     kept.push(record);
     let excess = kept.len().saturating_sub(MAX_INSTALL_RECORDS);
     kept.drain(..excess);

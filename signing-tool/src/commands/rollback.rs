@@ -389,15 +389,8 @@ fn authorize(a: AuthorizeArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("--device and --group name a device or a group: not empty");
     }
-    // devices report the reason with the rollback and hale-server audits it: it takes one line
-    // of at most MAX_REASON bytes, and would refuse every report carrying a longer one
-    if a.reason.trim().is_empty()
-        || a.reason.len() > MAX_REASON
-        || a.reason.chars().any(char::is_control)
-    {
-        bail!(
-            "--reason: 1 to {MAX_REASON} bytes on one line, no control characters (devices report it and hale-server audits it)"
-        );
+    if !reason_fits(&a.reason) {
+        bail!("--reason: {REASON_RULE}");
     }
     crate::durable::refuse_existing(&a.out, a.force)?;
     let state = State::load(&a.dir)?;
@@ -438,11 +431,31 @@ fn authorize(a: AuthorizeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a reason must be. Devices report it with the rollback and hale-server audits it: it
+/// takes one line of at most `MAX_REASON` bytes, and would refuse every report carrying a
+/// longer one. (Not empty either: it is the audit trail's why.)
+const REASON_RULE: &str = "1 to 512 bytes on one line, no control characters (devices report it and hale-server audits it)";
+
+const _: () = assert!(MAX_REASON == 512, "REASON_RULE names the limit");
+
+fn reason_fits(reason: &str) -> bool {
+    !reason.trim().is_empty() && reason.len() <= MAX_REASON && !reason.chars().any(char::is_control)
+}
+
 fn sign_existing(a: SignArgs) -> anyhow::Result<ExitCode> {
     let state = State::load(&a.dir)?;
     let max = max_validity(&state, a.max_validity.as_deref())?;
     let bytes = std::fs::read(&a.file).with_context(|| a.file.display().to_string())?;
     let target = target_of(&bytes).with_context(|| a.file.display().to_string())?;
+    let reason = sign::signed_of(&bytes)?["reason"]
+        .as_str()
+        .map(str::to_string);
+    if !reason.as_deref().is_some_and(reason_fits) {
+        bail!(
+            "{}: its reason must be {REASON_RULE}; refusing to sign it (nothing written)",
+            a.file.display()
+        );
+    }
     let (targets, sha) = published_target(&a.dir, a.from_server.as_deref(), &target, unix_now())?;
     let listed = report(&targets, &bytes)?;
     // a signature that does not verify: the content changed after it was given; the second
@@ -496,6 +509,15 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let max = max_validity(&state, a.max_validity.as_deref())?;
     let bytes = std::fs::read(&a.file).with_context(|| a.file.display().to_string())?;
     let target = target_of(&bytes).with_context(|| a.file.display().to_string())?;
+    let reason = sign::signed_of(&bytes)?["reason"]
+        .as_str()
+        .map(str::to_string);
+    if !reason.as_deref().is_some_and(reason_fits) {
+        bail!(
+            "{}: its reason must be {REASON_RULE}; refusing to sign it (nothing written)",
+            a.file.display()
+        );
+    }
     let (targets, sha) = published_target(&a.dir, a.from_server.as_deref(), &target, unix_now())?;
     Ok(if finish(&a.dir, &a.file, &bytes, &targets, sha, max)? {
         ExitCode::SUCCESS
