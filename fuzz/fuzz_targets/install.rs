@@ -144,14 +144,20 @@ impl Input<'_> {
 #[derive(Debug)]
 struct Failed;
 
-/// The fixture repository, with the failures the script asks for.
+/// The fixture repository, with the failures the script asks for. It takes requests asked
+/// ahead, as the pump's HTTP transport does, and holds the agent to their contract: the next
+/// fetch after an ask is of the file asked for.
 struct Scripted<'i, 'a> {
     input: &'i mut Input<'a>,
+    asked: Option<String>,
 }
 
 impl Transport for Scripted<'_, '_> {
     type Error = Failed;
     fn fetch_metadata(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, Failed> {
+        if let Some(asked) = self.asked.take() {
+            assert_eq!(asked, name, "asked ahead for {asked}, then fetched {name}");
+        }
         let action = self.input.byte();
         let Some(f) = fixture().files[self.input.2 as usize].get(name) else {
             return Ok(None);
@@ -166,6 +172,7 @@ impl Transport for Scripted<'_, '_> {
         Ok(Some(f.len()))
     }
     fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), Failed> {
+        assert_eq!(self.asked, None, "asked ahead, then fetched target {name}");
         let action = self.input.byte() % 8;
         let f = fixture().files[self.input.2 as usize]
             .get(&format!("targets/{name}"))
@@ -185,6 +192,12 @@ impl Transport for Scripted<'_, '_> {
             _ => {}
         }
         Ok(())
+    }
+    fn asks_ahead(&self) -> bool {
+        true
+    }
+    fn ask_ahead(&mut self, name: &str) {
+        self.asked = Some(name.to_string());
     }
 }
 
@@ -232,7 +245,7 @@ fn run<F: Durable>(store: &mut FirmwareStore<F>, input: &mut Input<'_>, lost: im
             return;
         }
         let ok = match input.byte() % 5 {
-            0 => check(store, &mut Scripted { input }).is_ok(),
+            0 => check(store, &mut Scripted { input, asked: None }).is_ok(),
             1 => store.boot().is_ok(),
             2 => store.confirm().is_ok(),
             3 => store.reject().is_ok(),
@@ -310,7 +323,14 @@ fn power_up_and_settle(mem: &mut [u8], layout: Layout, corrupted: bool, served: 
             store.confirm().unwrap();
             continue;
         }
-        match check_at(&mut store, &mut Scripted { input: &mut honest }, now) {
+        match check_at(
+            &mut store,
+            &mut Scripted {
+                input: &mut honest,
+                asked: None,
+            },
+            now,
+        ) {
             Ok(Outcome::Staged { .. } | Outcome::AwaitingReboot { .. }) => {
                 store.boot().unwrap();
             }
