@@ -367,8 +367,8 @@ impl Transport for HttpTransport {
     }
 
     /// Taken by a [`fetch_metadata`](Transport::fetch_metadata) of `name` within `max_idle`
-    /// (10 s by default). Any other fetch of metadata, an ask, or a [`get`](Self::get) first
-    /// drops the answer unread and closes its connection.
+    /// (10 s by default). A fetch of other metadata or of a target, another ask, or a
+    /// [`get`](Self::get) first drops the answer unread and closes its connection.
     fn ask_ahead(&mut self, name: &str) {
         if !self.asks_ahead() {
             return;
@@ -447,6 +447,8 @@ impl HttpTransport {
     }
 
     fn target_into(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), HttpError> {
+        // (a request asked ahead is for metadata: a target read means the check went elsewhere)
+        self.drop_ahead();
         if buf.is_empty() {
             return Ok(());
         }
@@ -929,9 +931,8 @@ pub fn server_report_json<F: Durable>(
     })
 }
 
-/// Longest `last_result.reason` hale-server takes (bytes, one line): the same as a rollback
-/// authorization's.
-pub const MAX_REASON: usize = hale_core::rollback::MAX_REASON;
+/// Longest `last_result.reason` hale-server takes (bytes, one line).
+pub const MAX_REASON: usize = hale_core::report::MAX_REASON;
 
 /// `text` as hale-server takes a report's free text: control characters (line breaks) as
 /// spaces, at most `max` bytes, cut between characters and ended with "…" when cut (when `max`

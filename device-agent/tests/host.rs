@@ -44,10 +44,16 @@ struct Served {
     /// `refuse_reports_with`).
     refuse_reports: usize,
     refuse_reports_with: Option<u16>,
-    /// Refuse every report that carries an install record as hale-server refuses one over its
-    /// field limits (400 `bad_report`) or its size (413), counting them in `records_refused`.
+    /// Refuse every report that carries an install record (after the first `accept_records`
+    /// such reports), as hale-server refuses one over its field limits (400 `bad_report`) or its
+    /// size (413), or an older server one with a field it does not know; counted in
+    /// `records_refused`.
     refuse_records: Option<u16>,
+    accept_records: usize,
     records_refused: usize,
+    /// Refuse (400 `bad_report`) a record whose reason hale-server would refuse: over 512
+    /// bytes or with a control character.
+    check_reasons: bool,
 }
 
 /// Serve `/metadata/<name>` and `/targets/<name>` from the map; record POSTed reports.
@@ -92,14 +98,32 @@ fn serve() -> (String, Arc<Mutex<Served>>) {
             if let Some((a, _)) = range {
                 s.ranges.push((path.clone(), a));
             }
-            let resp = if let Some(code) = s.refuse_records.filter(|_| {
-                method == "POST"
-                    && path.starts_with("/api/v1/devices/")
-                    && serde_json::from_slice::<Value>(&body).unwrap()["install_record"].is_object()
-            }) {
+            let record = (method == "POST" && path.starts_with("/api/v1/devices/"))
+                .then(|| serde_json::from_slice::<Value>(&body).unwrap()["install_record"].clone())
+                .filter(Value::is_object);
+            let bad_reason = record.as_ref().is_some_and(|r| {
+                s.check_reasons
+                    && !hale_core::report::one_line(
+                        r["reason"].as_str().unwrap_or(""),
+                        hale_core::report::MAX_REASON,
+                    )
+            });
+            let refuse = if bad_reason {
+                Some(400)
+            } else if record.is_some() && s.accept_records > 0 {
+                s.accept_records -= 1;
+                None
+            } else {
+                s.refuse_records.filter(|_| record.is_some())
+            };
+            let resp = if let Some(code) = refuse {
                 s.records_refused += 1;
                 let (text, error, message) = match code {
-                    413 => ("Payload Too Large", "too_large", "report over 16384 bytes"),
+                    413 => (
+                        "Payload Too Large",
+                        "too_large",
+                        "request body is larger than the configured limit",
+                    ),
                     _ => (
                         "Bad Request",
                         "bad_report",
@@ -911,7 +935,7 @@ fn an_install_record_the_server_refuses_is_set_aside_and_the_report_goes_without
         // refused with the record only: set aside, the report goes without it
         let out = agent(dir, &run);
         let refused = if code == 413 {
-            "refused (HTTP 413): {\"error\":\"too_large\",\"message\":\"report over 16384 bytes\"}"
+            "refused (HTTP 413): {\"error\":\"too_large\",\"message\":\"request body is larger than the configured limit\"}"
         } else {
             "refused (HTTP 400): {\"error\":\"bad_report\",\"message\":\"install_record: field too long or has control characters\"}"
         };
@@ -938,6 +962,159 @@ fn an_install_record_the_server_refuses_is_set_aside_and_the_report_goes_without
         let r = last_report(state, dir);
         assert_eq!(r["install_records_refused"], queued, "{r}");
     }
+}
+
+/// A record as `hale-agent` queues an offline install's or a rollback's, its trial ended.
+fn record(kind: &str, version: &str, reason: &str, staged: &str) -> Value {
+    serde_json::json!({"kind": kind, "target": TARGET, "version": version, "reason": reason,
+        "issued": "2030-01-01T00:00:00Z", "signers": ["ab".repeat(32)], "outcome": "confirmed",
+        "staged": staged})
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&read(p)).unwrap()
+}
+
+/// A record whose reason hale-server refuses (a rollback authorization signed elsewhere, with a
+/// line break and 600 bytes of reason) is reported with its reason cut to fit, and the rest of
+/// it whole: not set aside. The pump's own result reason goes out fitted the same way.
+#[test]
+fn an_install_record_whose_reason_the_server_refuses_is_reported_with_it_cut() {
+    let sim = repo_with("2.0.0", 1, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+    let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
+    agent(dir, &run);
+    let reason = format!("INC-4711\n{}", "r".repeat(600));
+    let rec = record("rollback", "1.0.0", &reason, "2030-01-01T00:00:01Z");
+    std::fs::write(
+        dir.join("install_records.json"),
+        serde_json::json!([rec]).to_string(),
+    )
+    .unwrap();
+    // and a result whose reason is too long and has a line break
+    let own = format!("{}\n{}", "s".repeat(300), "t".repeat(300));
+    std::fs::write(
+        dir.join("last_result.json"),
+        serde_json::json!({"result": "reverted", "reason": own}).to_string(),
+    )
+    .unwrap();
+    state.lock().unwrap().check_reasons = true;
+    let sent = state.lock().unwrap().reports.len();
+    let out = agent(dir, &run);
+    assert!(out.contains("refused (HTTP 400)"), "{out}");
+    assert!(
+        out.contains("install record of rollback 1.0.0 reported with its reason cut to 512 bytes"),
+        "{out}"
+    );
+    let reports = state.lock().unwrap().reports[sent..].to_vec();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let mut posted = reports[0]["install_record"].clone();
+    let cut = posted["reason"].as_str().unwrap().to_string();
+    assert_eq!(cut, format!("INC-4711 {}…", "r".repeat(512 - 9 - 3)));
+    assert_eq!(cut.len(), 512);
+    posted["reason"] = reason.into();
+    assert_eq!(posted, rec, "the rest of the record as queued");
+    assert_eq!(
+        read_json(&dir.join("install_records.json")),
+        serde_json::json!([])
+    );
+    assert!(!dir.join("install_records_refused.json").exists());
+    // the result's reason, fitted in the report and in `status` alike
+    let fitted = format!("{} {}…", "s".repeat(300), "t".repeat(512 - 301 - 3));
+    assert_eq!(reports[0]["last_result"]["reason"], fitted.as_str());
+    let r = last_report(state, dir);
+    assert_eq!(r["last_result"]["reason"], fitted.as_str());
+}
+
+/// An older server refusing records whole and cut: with two queued, the first taken and the
+/// second refused, the second is set aside without a report sent without it (the first report
+/// carried the result); a copy set aside already (a crash between the two writes) is not
+/// doubled; an unreadable file of set-aside records is kept under a name of its own; past 32 the
+/// oldest go, and the pump says so.
+#[test]
+fn records_set_aside_are_kept_once_and_at_most_32_and_an_unreadable_file_is_not_written_over() {
+    let sim = repo_with("2.0.0", 1, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+    let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
+    agent(dir, &run);
+    let queue = dir.join("install_records.json");
+    let aside = dir.join("install_records_refused.json");
+    let posts = |state: &Arc<Mutex<Served>>| {
+        state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|r| r.starts_with("POST /api/v1/devices/"))
+            .count()
+    };
+    let r1 = record("offline", "1.0.0", "first", "2030-01-01T00:00:01Z");
+    let r2 = record("offline", "1.1.0", "second", "2030-01-01T00:00:02Z");
+    std::fs::write(&queue, serde_json::json!([r1, r2]).to_string()).unwrap();
+    std::fs::write(&aside, serde_json::json!([r2]).to_string()).unwrap();
+    {
+        let mut s = state.lock().unwrap();
+        s.refuse_records = Some(400);
+        s.accept_records = 1;
+    }
+    let sent = state.lock().unwrap().reports.len();
+    let posted = posts(state);
+    let out = agent(dir, &run);
+    let reports = state.lock().unwrap().reports[sent..].to_vec();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0]["install_record"], r1);
+    assert_eq!(
+        posts(state) - posted,
+        2,
+        "no report sent again without the record: {out}"
+    );
+    assert_eq!(read_json(&queue), serde_json::json!([]));
+    assert_eq!(read_json(&aside), serde_json::json!([r2]), "not doubled");
+
+    // an unreadable file of set-aside records
+    let r3 = record("offline", "1.2.0", "third", "2030-01-01T00:00:03Z");
+    std::fs::write(&queue, serde_json::json!([r3]).to_string()).unwrap();
+    std::fs::write(&aside, b"{").unwrap();
+    let status: Value = serde_json::from_str(&agent(dir, &["status"])).unwrap();
+    assert_eq!(
+        status["install_records_refused"],
+        "unreadable: install_records_refused.json"
+    );
+    let out = agent(dir, &run);
+    assert!(
+        out.contains("install_records_refused.json: not a list of records: kept as install_records_refused.json.unreadable.1"),
+        "{out}"
+    );
+    assert_eq!(
+        read(&dir.join("install_records_refused.json.unreadable.1")),
+        b"{"
+    );
+    assert_eq!(read_json(&aside), serde_json::json!([r3]));
+
+    // 32 set aside already: the oldest goes
+    let old: Vec<Value> = (0..32)
+        .map(|i| {
+            record(
+                "offline",
+                &format!("0.{i}.0"),
+                "old",
+                "2030-01-01T00:00:00Z",
+            )
+        })
+        .collect();
+    let r4 = record("offline", "1.3.0", "fourth", "2030-01-01T00:00:04Z");
+    std::fs::write(&queue, serde_json::json!([r4]).to_string()).unwrap();
+    std::fs::write(&aside, Value::from(old.clone()).to_string()).unwrap();
+    let out = agent(dir, &run);
+    assert!(
+        out.contains("note: the oldest 1 install record(s) set aside dropped (more than 32)"),
+        "{out}"
+    );
+    let mut want = old[1..].to_vec();
+    want.push(r4);
+    assert_eq!(read_json(&aside), Value::from(want));
 }
 
 /// Every report names the pump's target, and hale-server refuses one longer than 256 bytes or

@@ -65,6 +65,7 @@ pub mod json;
 pub mod limits;
 pub mod metadata;
 pub mod policy;
+pub mod report;
 pub mod rollback;
 pub mod slots;
 pub mod time;

@@ -37,10 +37,11 @@ pub const ROLLBACK_ROLE: &str = "rollback";
 pub const AUTHORIZATION_TYPE: &str = "rollback-authorization";
 /// Default longest validity (expires − issued) a device accepts: one day.
 pub const DEFAULT_MAX_VALIDITY: i64 = 24 * 3600;
-/// Longest `reason` (bytes, no control characters) an authorization should carry: a device
-/// reports it with the rollback and hale-server audits it, and refuses a longer one. hale-sign
-/// makes none longer; a device verifies the signature whatever its length.
-pub const MAX_REASON: usize = 512;
+/// Longest `reason` (bytes, one line) an authorization should carry: a device reports it with
+/// the rollback and hale-server audits it, and refuses a longer one
+/// ([`crate::report::MAX_REASON`]). hale-sign signs none longer; a device verifies the signature
+/// whatever its length, and reports the reason cut to fit.
+pub const MAX_REASON: usize = crate::report::MAX_REASON;
 
 /// What the device is about to do.
 #[derive(Debug, Clone, Copy)]

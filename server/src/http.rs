@@ -990,10 +990,9 @@ impl Report {
         if self.slots.is_empty() || self.slots.len() > 4 {
             return Err("slots: 1 to 4 entries".into());
         }
-        let short = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
-        // (any version a device can hold; a reason as hale-sign and the agent make them)
-        const VERSION: usize = hale_core::policy::Version::MAX_TEXT;
-        const REASON: usize = hale_core::rollback::MAX_REASON;
+        // (the rules devices and hale-sign hold their texts to)
+        use hale_core::report::MAX_VERSION as VERSION;
+        use hale_core::report::{one_line as short, MAX_REASON as REASON, MAX_TARGET as TARGET};
         for s in &self.slots {
             if s.name.is_empty() || !short(&s.name, 32) || !short(&s.version, VERSION) {
                 return Err(format!(
@@ -1002,7 +1001,7 @@ impl Report {
             }
         }
         if let Some(r) = &self.last_result {
-            if !r.target.as_deref().is_none_or(|t| short(t, 256))
+            if !r.target.as_deref().is_none_or(|t| short(t, TARGET))
                 || !r.version.as_deref().is_none_or(|t| short(t, VERSION))
                 || !r.reason.as_deref().is_none_or(|t| short(t, REASON))
             {
@@ -1010,7 +1009,7 @@ impl Report {
             }
         }
         if let Some(r) = &self.install_record {
-            if !short(&r.target, 256)
+            if !short(&r.target, TARGET)
                 || !short(&r.version, VERSION)
                 || !r.reason.as_deref().is_none_or(|t| short(t, REASON))
                 || !r.issued.as_deref().is_none_or(|t| short(t, 32))

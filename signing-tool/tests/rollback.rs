@@ -622,6 +622,22 @@ fn a_second_signature_is_refused_for_a_reason_the_server_would_refuse() {
         )
     );
     assert_eq!(std::fs::read_to_string(e.path("auth.json")).unwrap(), bad);
+    // `status` still says who signed (the signature no longer verifies: the content changed),
+    // with a warning about the reason
+    let r = e.run(&["rollback", "status", "repo", "auth.json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("warning: auth.json: its reason is not 1 to 512 bytes on one line, no control characters (devices report it and hale-server audits it); a device reports it cut to fit"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout
+            .starts_with("auth.json: 0 of 2 required signatures from the rollback role\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("INVALID signature"), "{}", r.stdout);
 }
 
 #[test]

@@ -210,7 +210,7 @@ fn report(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<Value> {
     match refused_records(o) {
         Some(refused) if refused.is_empty() => {}
         Some(refused) => r["install_records_refused"] = refused.into(),
-        None => r["install_records_refused"] = "unreadable".into(),
+        None => r["install_records_refused"] = format!("unreadable: {REFUSED_RECORDS}").into(),
     }
     Ok(r)
 }
@@ -466,8 +466,11 @@ fn provision(o: &Opts) -> Result<()> {
     // every report names the target, and hale-server refuses a report whose target is longer
     // than 256 bytes or has control characters: such a pump could never report
     let target = o.req("--target")?;
-    if target.is_empty() || target.len() > 256 || target.chars().any(char::is_control) {
-        bail!("--target {target:?}: 1 to 256 bytes, no control characters (every report names it)");
+    if target.is_empty() || !hale_core::report::one_line(&target, hale_core::report::MAX_TARGET) {
+        bail!(
+            "--target {target:?}: 1 to {} bytes, no control characters (every report names it)",
+            hale_core::report::MAX_TARGET
+        );
     }
     std::fs::create_dir_all(&o.state).with_context(|| o.state.display().to_string())?;
     let root_path = o.req("--root")?;
@@ -615,13 +618,8 @@ fn send_report(
         if let Some(i) = next {
             body["install_record"] = records[i].clone();
         }
-        match http
-            .agent()
-            .post(&url)
-            .set("Content-Type", "application/json")
-            .send_string(&body.to_string())
-        {
-            Ok(_) => {
+        match post(http, &url, &body) {
+            Ok(()) => {
                 taken = true;
                 let Some(i) = next else { return Ok(true) };
                 let mut records = records;
@@ -637,27 +635,55 @@ fn send_report(
                     r.into_string().unwrap_or_default().trim()
                 );
                 // 400 (a field over the server's limits) or 413 (too large): the server refuses
-                // the report as sent, and would refuse it again at every poll. When it carried a
-                // record, the record is set aside (kept beside the state, shown by `status`, not
-                // sent again) so that it no longer holds back every later report: at once when
-                // a report of this call was taken (its body differs only in the record), else
-                // once the same report without it is taken. (A server older than the pump,
-                // refusing a record field it does not know, has it set aside too: it stays in
-                // the file.)
+                // the report as sent, and would refuse it again at every poll, holding back
+                // every later report. When it carried a record:
                 let Some(i) = next.filter(|_| matches!(code, 400 | 413)) else {
                     return Ok(taken);
                 };
+                let mut records = records;
+                // 1. the record again with its reason cut to fit (control characters as
+                //    spaces, "…" where it was cut): the one field of a record that can be out of
+                //    bounds, from an authorization signed elsewhere or before hale-sign checked
+                //    reasons. Taken, the record is reported and leaves the queue.
+                let reason = field(&records[i], "reason");
+                let fitted = host::fit_text(&reason, host::MAX_REASON);
+                if fitted != reason {
+                    let mut cut = body.clone();
+                    cut["install_record"] = records[i].clone();
+                    cut["install_record"]["reason"] = fitted.into();
+                    match post(http, &url, &cut) {
+                        Ok(()) => {
+                            say!(
+                                "install record of {} {} reported with its reason cut to {} bytes",
+                                field(&records[i], "kind"),
+                                field(&records[i], "version"),
+                                host::MAX_REASON
+                            );
+                            taken = true;
+                            records.remove(i);
+                            set_install_records(o, &records)?;
+                            if !records.iter().any(|r| r.get("outcome").is_some()) {
+                                return Ok(true);
+                            }
+                            continue;
+                        }
+                        Err(e) => say!(
+                            "report to {url} with the record's reason cut failed too: {}",
+                            post_error(e)
+                        ),
+                    }
+                }
+                // 2. else the record is set aside (kept beside the state, shown by `status`,
+                //    not sent again): at once when a report of this call was taken (the bodies
+                //    differ only in the record), else once the same report without it is taken.
+                //    (A server older than the pump that refuses a record field it does not know
+                //    has the record set aside too: it stays in the file.)
                 if !taken {
                     let mut bare = body.clone();
                     if let Some(fields) = bare.as_object_mut() {
                         fields.remove("install_record");
                     }
-                    if let Err(e) = http
-                        .agent()
-                        .post(&url)
-                        .set("Content-Type", "application/json")
-                        .send_string(&bare.to_string())
-                    {
+                    if let Err(e) = post(http, &url, &bare) {
                         say!(
                             "report to {url} without its install record failed too: {}",
                             post_error(e)
@@ -666,7 +692,6 @@ fn send_report(
                     }
                     taken = true;
                 }
-                let mut records = records;
                 let refused = records.remove(i);
                 // (set aside before it leaves the queue: a crash between the two sends it once
                 // more, and it is not set aside twice)
@@ -684,6 +709,15 @@ fn send_report(
     }
 }
 
+/// POST `body` as JSON to `url`.
+fn post(http: &mut HttpTransport, url: &str, body: &Value) -> Result<(), ureq::Error> {
+    http.agent()
+        .post(url)
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+        .map(|_| ())
+}
+
 /// Why a POST failed, in a line.
 fn post_error(e: ureq::Error) -> String {
     match e {
@@ -695,9 +729,10 @@ fn post_error(e: ureq::Error) -> String {
     }
 }
 
-/// Install records the server refused for good (HTTP 400 to a report carrying one, and took the
-/// same report without it), oldest first, at most [`MAX_INSTALL_RECORDS`]: what the pump
-/// installed offline or rolled back stays on record here for a technician and `status`.
+/// Install records the server refused for good (HTTP 400 or 413 to a report carrying one, also
+/// with its reason cut to fit, and took the report without it), oldest first, at most
+/// [`MAX_INSTALL_RECORDS`]: what the pump installed offline or rolled back stays on record here
+/// for a technician and `status`.
 const REFUSED_RECORDS: &str = "install_records_refused.json";
 
 /// The records set aside; `None` when the file is there but cannot be read as a list.
@@ -721,8 +756,11 @@ fn set_aside_record(o: &Opts, record: Value) -> Result<()> {
     let mut kept = match refused_records(o) {
         Some(kept) => kept,
         None => {
-            // kept as it is, under another name, rather than written over
-            let aside = format!("{REFUSED_RECORDS}.unreadable");
+            // kept as it is, under a name of its own, rather than written over
+            let aside = (1..)
+                .map(|n| format!("{REFUSED_RECORDS}.unreadable.{n}"))
+                .find(|name| !o.file(name).exists())
+                .unwrap_or_default();
             say!("{REFUSED_RECORDS}: not a list of records: kept as {aside}");
             std::fs::rename(o.file(REFUSED_RECORDS), o.file(&aside))
                 .with_context(|| o.file(&aside).display().to_string())?;
@@ -734,7 +772,10 @@ fn set_aside_record(o: &Opts, record: Value) -> Result<()> {
     }
     kept.push(record);
     let excess = kept.len().saturating_sub(MAX_INSTALL_RECORDS);
-    kept.drain(..excess);
+    if excess > 0 {
+        kept.drain(..excess);
+        say!("note: the oldest {excess} install record(s) set aside dropped (more than {MAX_INSTALL_RECORDS})");
+    }
     replace_file(o, REFUSED_RECORDS, Value::from(kept).to_string().as_bytes())
 }
 

@@ -279,7 +279,7 @@ pub fn check_at(
     now: i64,
 ) -> CheckResult {
     let mut bufs = Bufs::new();
-    device_agent::check_for_update(
+    let r = device_agent::check_for_update(
         store,
         &device(),
         t,
@@ -287,7 +287,20 @@ pub fn check_at(
         &mut device_agent::NoRollback,
         now,
         bufs.ws(),
-    )
+    );
+    all_asks_read(t, &r);
+    r
+}
+
+/// A check that ended well read every answer it asked for ahead (else it added a request).
+pub fn all_asks_read(t: &MapTransport, r: &CheckResult) {
+    if r.is_ok() {
+        assert_eq!(
+            (&t.pending, &t.unread),
+            (&None, &Vec::new()),
+            "a check that ended well left an answer asked for ahead unread"
+        );
+    }
 }
 
 /// One check at `NOW` by the pump `device` describes (model, revision, bootloader, target path).
@@ -298,7 +311,7 @@ pub fn check_as(
     pump: &mut Pump,
 ) -> CheckResult {
     let mut bufs = Bufs::new();
-    device_agent::check_for_update(
+    let r = device_agent::check_for_update(
         store,
         device,
         t,
@@ -306,7 +319,9 @@ pub fn check_as(
         &mut device_agent::NoRollback,
         NOW,
         bufs.ws(),
-    )
+    );
+    all_asks_read(t, &r);
+    r
 }
 
 /// Rewrite every state record on `mem` in the format written before the last-check record
