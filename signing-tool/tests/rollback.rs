@@ -535,6 +535,29 @@ fn a_bundle_from_root_version_zero_is_refused_before_anything_is_read() {
     assert!(!e.path("b.bin").exists());
 }
 
+/// `rollback authorize` for device pump-a-000123, TARGET, one hour, key field-a, with `reason`.
+fn authorize_with_reason(e: &Env, reason: &str) -> Run {
+    e.run(&[
+        "rollback",
+        "authorize",
+        "repo",
+        "--device",
+        "pump-a-000123",
+        "--target",
+        TARGET,
+        "--reason",
+        reason,
+        "--expires-in",
+        "1h",
+        "--key",
+        "field-a.key",
+        "--passphrase-env",
+        PW_ENV,
+        "--out",
+        "auth.json",
+    ])
+}
+
 /// The reason goes to hale-server with the device's report and into its audit log, which
 /// takes one line of at most 512 bytes: a longer one, a line break or an empty one is refused
 /// before anything is signed.
@@ -543,23 +566,7 @@ fn an_authorization_reason_the_server_would_refuse_is_refused() {
     let e = repo_with_rollback_role();
     let long = "x".repeat(513);
     for reason in ["INC-4711\nsecond line", &long, " ", "tab\there"] {
-        let r = e.run(&[
-            "rollback",
-            "authorize",
-            "repo",
-            "--device",
-            "pump-a-000123",
-            "--target",
-            TARGET,
-            "--reason",
-            reason,
-            "--expires-in",
-            "1h",
-            "--key",
-            "field-a.key",
-            "--out",
-            "auth.json",
-        ]);
+        let r = authorize_with_reason(&e, reason);
         assert_refused(
             &e,
             &r,
@@ -574,25 +581,7 @@ fn an_authorization_reason_the_server_would_refuse_is_refused() {
 fn an_authorization_reason_of_512_bytes_is_signed() {
     let e = repo_with_rollback_role();
     let reason = "é".repeat(256);
-    let r = e.run(&[
-        "rollback",
-        "authorize",
-        "repo",
-        "--device",
-        "pump-a-000123",
-        "--target",
-        TARGET,
-        "--reason",
-        &reason,
-        "--expires-in",
-        "1h",
-        "--key",
-        "field-a.key",
-        "--passphrase-env",
-        PW_ENV,
-        "--out",
-        "auth.json",
-    ]);
+    let r = authorize_with_reason(&e, &reason);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(e.path("auth.json")).unwrap()).unwrap();
