@@ -430,8 +430,11 @@ impl HttpTransport {
                 a.sending?;
                 self.plain.receive(buf.len())?
             }
+            // (an answer for another file, or a stale one, is dropped unread)
             other => {
-                self.ahead = other;
+                if other.is_some() {
+                    self.plain.abandon();
+                }
                 self.get(&url, buf.len())?
             }
         };
