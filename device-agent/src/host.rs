@@ -6,13 +6,11 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use embedded_storage::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
 };
-use hale_core::ahead::Checks;
 use hale_core::metadata::{FileDigest, MetaFile};
 use hale_core::trusted::{RoleSource, SearchError};
 use hale_core::{Freshness, HeapBuffer, Role, Storage, TrustedSet, UnixTime, Update};
@@ -1159,14 +1157,7 @@ impl ConformanceClient {
         let root = read_opt(&self.path("root"))?
             .ok_or_else(|| ClientError::Missing("trusted root.json".into()))?;
         let timestamp = read_opt(&self.path("timestamp"))?;
-        // a client that was here before: its stored files' signatures are checked on another
-        // thread while this one checks the root and waits for the server (ended, however the
-        // refresh ends, when this goes out of scope)
-        let helper = timestamp.as_ref().and_then(|_| self.check_ahead(&root));
         let mut set = TrustedSet::new(Storage::on_heap(CONFORMANCE_MAX_METADATA), &root, now)?;
-        if let Some(helper) = &helper {
-            set.check_with(helper.0.clone());
-        }
         self.send(&self.next_root_url(&set))?;
         // while the server answers: step 3 (the stored timestamp) on a copy
         let mut loaded = timestamp.as_deref().and_then(|ts| {
@@ -1185,10 +1176,9 @@ impl ConformanceClient {
         }
         let url = join(&self.http.metadata_url, "timestamp.json");
         self.send(&url)?;
-        // while the server answers: the digests of the files a download may find there (first:
-        // the helper, if any, is still at the signatures the next steps take), and steps 4–7 on
-        // the stored files, taken from the stored timestamp (as if the server's were the same
-        // bytes)
+        // while the server answers: the digests of the files a download may find there, and
+        // steps 4–7 on the stored files, taken from the stored timestamp (as if the server's were
+        // the same bytes)
         let digests = digests_of(cached);
         let ahead = look_ahead(
             loaded.as_ref().zip(timestamp.as_deref()),
@@ -1277,44 +1267,7 @@ impl ConformanceClient {
             set.update_targets(&bytes)?;
             self.persist(self.path("targets"), bytes);
         }
-        // the table's answers were for this refresh; the search after it checks alone
-        set.check_alone();
         Ok((set, digests))
-    }
-
-    /// Start a thread that checks the signatures of the stored snapshot and targets by the keys
-    /// `root` lists, for the refresh to find answered ([`hale_core::ahead`]: every decision
-    /// stays the refresh's own). Not the timestamp: the refresh checks it itself while it
-    /// connects and waits for its first answer. `None` if no thread could help (one CPU) or be
-    /// started: the refresh checks them itself, as it would anyway.
-    fn check_ahead(&self, root: &[u8]) -> Option<CheckingAhead> {
-        let elsewhere = OtherCpus::here()?;
-        let checks = Arc::new(Checks::new());
-        let (shared, root) = (checks.clone(), root.to_vec());
-        let (snapshot, targets) = (self.path("snapshot"), self.path("targets"));
-        std::thread::Builder::new()
-            .name("hale-check-ahead".into())
-            .spawn(move || {
-                elsewhere.move_there();
-                // files that cannot be read, or that no refresh would take (past the metadata
-                // limit), are the refresh's to report; nothing to check here
-                let read = |path: PathBuf| {
-                    let mut bytes = Vec::new();
-                    let limit = CONFORMANCE_MAX_METADATA as u64;
-                    match fs::File::open(path)
-                        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
-                    {
-                        Ok(n) if n as u64 <= limit => bytes,
-                        _ => Vec::new(),
-                    }
-                };
-                let (snapshot, targets) = (read(snapshot), read(targets));
-                shared.check_ahead(&root, &[("snapshot", &snapshot), ("targets", &targets)]);
-            })
-            .ok()?;
-        // let it start (and move) now rather than when this thread next blocks
-        std::thread::yield_now();
-        Some(CheckingAhead(checks))
     }
 
     /// Refresh, then download each target (delegations walked in hale-core) into `target_dir`,
@@ -1469,60 +1422,6 @@ impl RoleSource for DirSource<'_> {
                 Err(())
             }
         }
-    }
-}
-
-/// The CPUs a helper thread may run on other than the calling thread's.
-///
-/// Linux puts a new thread on its parent's CPU, and here (2 vCPUs) it waited there until the
-/// parent blocked: a helper spawned beside 300 µs of the parent's work started after 330 µs, and
-/// ran alone. Moving itself to another CPU as it starts, with the parent yielding once to let it,
-/// it started after ~57 µs and the two ran side by side (total 385 µs instead of 650 µs).
-#[cfg(target_os = "linux")]
-struct OtherCpus(nix::sched::CpuSet);
-
-#[cfg(target_os = "linux")]
-impl OtherCpus {
-    /// `None` when this process may use no other CPU (its affinity, or a cgroup's CPU quota of
-    /// one, which `available_parallelism` reads): nothing would run side by side.
-    fn here() -> Option<Self> {
-        use nix::sched::{sched_getaffinity, sched_getcpu, CpuSet};
-        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-            return None;
-        }
-        let mut set = sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
-        set.unset(sched_getcpu().ok()?).ok()?;
-        (0..CpuSet::count())
-            .any(|cpu| set.is_set(cpu).unwrap_or(false))
-            .then_some(OtherCpus(set))
-    }
-
-    /// Move the calling thread to those CPUs (it stays where it is if that fails).
-    fn move_there(&self) {
-        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.0);
-    }
-}
-
-/// Elsewhere, the scheduler decides; a helper only helps with a second CPU.
-#[cfg(not(target_os = "linux"))]
-struct OtherCpus;
-
-#[cfg(not(target_os = "linux"))]
-impl OtherCpus {
-    fn here() -> Option<Self> {
-        (std::thread::available_parallelism().map_or(1, |n| n.get()) > 1).then_some(OtherCpus)
-    }
-    fn move_there(&self) {}
-}
-
-/// The thread that checks ahead of a refresh ([`ConformanceClient::check_ahead`]); dropped, it
-/// stops checking after the document it is at (its threshold's checks, usually one) and is left
-/// to end by itself.
-struct CheckingAhead(Arc<Checks>);
-
-impl Drop for CheckingAhead {
-    fn drop(&mut self) {
-        self.0.stop();
     }
 }
 

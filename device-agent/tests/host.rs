@@ -1713,9 +1713,7 @@ fn conformance_refresh_look_ahead_ends_as_the_workflow_does() {
 
     // 5. the stored snapshot, then the stored targets, changed on disk (their signatures no
     // longer cover them), with nothing new on the server: the refresh, as the workflow, fetches
-    // and stores the repository's again (with a second CPU, a thread checking ahead may have
-    // found them invalid first: `tests/tests/checks_ahead.rs` holds that table to the plain
-    // answers)
+    // and stores the repository's again
     let (s, t) = (sim.snapshot.version, sim.targets.version);
     for (file, served) in [
         ("snapshot.json", format!("{s}.snapshot.json")),

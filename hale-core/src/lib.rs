@@ -16,7 +16,6 @@
 //! | [`policy`] | a verified firmware target fits this device (model, revision, version, security counter, bootloader) |
 //! | [`rollback`] | a signed rollback authorization lets this device go back to exactly this image |
 //! | [`slots`] | which A/B image boots, trial, confirm, revert; when the security counter rises |
-//! | `ahead` (`std`) | nothing: it keeps [`crypto`]'s answers for exact (key, signature, message) triples, made on another thread, for a [`TrustedSet`] to take instead of checking again |
 //!
 //! ## Threats and where each is stopped
 //! - *Arbitrary software*: [`verify::verify_threshold`] on every role; target hashes and length in
@@ -55,8 +54,6 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
-#[cfg(feature = "std")]
-pub mod ahead;
 pub mod bundle;
 pub mod canonical;
 pub mod crypto;

@@ -33,8 +33,8 @@ use crate::limits::{
     DEFAULT_MAX_ROOT_ROTATIONS, MAX_DELEGATION_DEPTH, MAX_DELEGATION_VISITS, MAX_NAME_LEN,
 };
 use crate::metadata::{
-    check_role_name, DelegatedRole, Delegations, Envelope, Header, MetaFile, RoleKeys, Root,
-    Snapshot, TargetFile, Targets, Timestamp,
+    check_role_name, DelegatedRole, Delegations, Envelope, Header, MetaFile, Root, Snapshot,
+    TargetFile, Targets, Timestamp,
 };
 use crate::time::UnixTime;
 use crate::verify::verify_threshold;
@@ -184,9 +184,6 @@ pub struct TrustedSet<B> {
     /// the stored snapshot passed the final checks (version named by timestamp, unexpired)
     snapshot_final: bool,
     spans: Spans,
-    /// signature checks another thread may have made already ([`crate::ahead`], hosts)
-    #[cfg(feature = "std")]
-    checks: Option<alloc::sync::Arc<crate::ahead::Checks>>,
 }
 
 /// Lengths of the stored bytes (0: nothing stored).
@@ -286,37 +283,12 @@ impl<B: RoleBuffer> TrustedSet<B> {
             rotations: 0,
             snapshot_final: false,
             spans: Spans::default(),
-            #[cfg(feature = "std")]
-            checks: None,
         };
         let env = Envelope::parse(trusted_root, "root")?;
         let root = Root::parse(&env.signed)?;
         verify_threshold(&env, &root.role("root")?)?;
         set.put_root(trusted_root, &env, &root)?;
         Ok(set)
-    }
-
-    /// Take the answers of signature checks from `checks` where another thread made them there
-    /// (see [`crate::ahead`]): every decision and error stays the same; copies made with
-    /// [`copy_into`](Self::copy_into) share the table.
-    #[cfg(feature = "std")]
-    pub fn check_with(&mut self, checks: alloc::sync::Arc<crate::ahead::Checks>) {
-        self.checks = Some(checks);
-    }
-
-    /// Check every signature here again, without the table [`check_with`](Self::check_with)
-    /// gave (and let it go).
-    #[cfg(feature = "std")]
-    pub fn check_alone(&mut self) {
-        self.checks = None;
-    }
-
-    /// [`verify_threshold`], with the checks of [`check_with`](Self::check_with) on hosts.
-    fn threshold_met(&self, env: &Envelope<'_>, keys: &RoleKeys<'_>) -> Result<(), Error> {
-        #[cfg(feature = "std")]
-        return crate::verify::verify_threshold_with(env, keys, self.checks.as_deref());
-        #[cfg(not(feature = "std"))]
-        verify_threshold(env, keys)
     }
 
     /// Cap the root versions applied in this update (default
@@ -356,8 +328,6 @@ impl<B: RoleBuffer> TrustedSet<B> {
             rotations: self.rotations,
             snapshot_final: self.snapshot_final,
             spans: self.spans,
-            #[cfg(feature = "std")]
-            checks: self.checks.clone(),
         })
     }
 
@@ -490,7 +460,10 @@ impl<B: RoleBuffer> TrustedSet<B> {
     #[inline(never)]
     fn verified_by_root<'b>(&self, role: Role, bytes: &'b [u8]) -> Result<Envelope<'b>, Error> {
         let env = pass!(Envelope::parse(bytes, role.as_str()));
-        pass!(self.threshold_met(&env, &pass!(self.root().role(role.as_str()))));
+        pass!(verify_threshold(
+            &env,
+            &pass!(self.root().role(role.as_str()))
+        ));
         Ok(env)
     }
 
@@ -558,7 +531,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
             });
         }
         // and by its own root role
-        pass!(self.threshold_met(&env, &pass!(new.role("root"))));
+        pass!(verify_threshold(&env, &pass!(new.role("root"))));
         let version = new.header.version;
         pass!(self.put_root(bytes, &env, &new));
         self.rotations += 1;
@@ -843,7 +816,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
             (None, None) => None,
         };
         let keys = pass!(keys.ok_or_else(|| Error::NotInSnapshot { role }));
-        pass!(self.threshold_met(&env, &keys));
+        pass!(verify_threshold(&env, &keys));
         let t = pass!(Targets::parse(&env.signed, role));
         pass!(self.check_version_unexpired(role, meta.version, &t.header));
         Ok(t)

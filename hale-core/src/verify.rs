@@ -89,8 +89,7 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
                 KeyStatus::Unusable("same key as another key id")
             }
             Ok(key) => {
-                let s =
-                    signature_status(env, &kid, &key, name, &mut unlimited, &mut Ahead::none())?;
+                let s = signature_status(env, &kid, &key, name, &mut unlimited)?;
                 if s == KeyStatus::Signed {
                     // bounded by the TooManyKeys check above
                     let _ = counted.push(key.fingerprint());
@@ -122,48 +121,6 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
 /// it stops verifying as soon as the threshold is met and tries at most `threshold +`
 /// [`EXTRA_SIGNATURE_ATTEMPTS`] signature entries.
 pub fn verify_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<(), Error> {
-    meet_threshold(env, role, Ahead::none())
-}
-
-/// [`verify_threshold`], taking each signature check's answer from `checks` when another thread
-/// made it there ([`crate::ahead`]): the same decisions and errors.
-#[cfg(feature = "std")]
-pub fn verify_threshold_with(
-    env: &Envelope<'_>,
-    role: &RoleKeys<'_>,
-    checks: Option<&crate::ahead::Checks>,
-) -> Result<(), Error> {
-    meet_threshold(env, role, Ahead::new(checks))
-}
-
-/// Where signature checks may be answered from ([`crate::ahead`], hosts), and the canonical
-/// message they need, written once per document; nothing on a device.
-#[cfg(feature = "std")]
-struct Ahead<'a> {
-    checks: Option<&'a crate::ahead::Checks>,
-    msg: Option<Result<alloc::vec::Vec<u8>, crate::json::JsonError>>,
-}
-#[cfg(not(feature = "std"))]
-struct Ahead<'a>(core::marker::PhantomData<&'a ()>);
-
-impl<'a> Ahead<'a> {
-    #[cfg(feature = "std")]
-    fn new(checks: Option<&'a crate::ahead::Checks>) -> Self {
-        Ahead { checks, msg: None }
-    }
-    fn none() -> Self {
-        #[cfg(feature = "std")]
-        return Ahead::new(None);
-        #[cfg(not(feature = "std"))]
-        Ahead(core::marker::PhantomData)
-    }
-}
-
-fn meet_threshold(
-    env: &Envelope<'_>,
-    role: &RoleKeys<'_>,
-    mut ahead: Ahead<'_>,
-) -> Result<(), Error> {
     let name = role.name;
     let threshold = pass!(check_role(role));
     // No separate canonicalisation pass: each signature check canonicalises `signed` (refusing
@@ -185,15 +142,7 @@ fn meet_threshold(
         if counted.contains(&fp) {
             continue;
         }
-        if pass!(signature_status(
-            env,
-            &kid,
-            &key,
-            name,
-            &mut attempts,
-            &mut ahead
-        )) == KeyStatus::Signed
-        {
+        if pass!(signature_status(env, &kid, &key, name, &mut attempts)) == KeyStatus::Signed {
             let _ = counted.push(fp);
             if counted.len() as u32 >= threshold {
                 return Ok(());
@@ -243,7 +192,6 @@ fn signature_status(
     key: &PublicKey,
     role: Name,
     attempts: &mut u32,
-    ahead: &mut Ahead<'_>,
 ) -> Result<KeyStatus, Error> {
     let mut tried = 0;
     for sig in env.signatures.iter() {
@@ -270,27 +218,8 @@ fn signature_status(
         let Some(n) = hex_decode(hex.as_bytes(), &mut raw) else {
             continue;
         };
-        let sig = raw.get(..n).unwrap_or(&[]);
-        #[cfg(feature = "std")]
-        if let Some(checks) = ahead.checks {
-            let msg = ahead.msg.get_or_insert_with(|| {
-                let mut m = alloc::vec::Vec::new();
-                write_canonical(&Value::Object(env.signed), &mut m).map(|()| m)
-            });
-            // a message that cannot be written is left to the check below, which refuses it
-            // where it always did (a malformed signature is refused before the message is
-            // written)
-            if let Ok(msg) = msg {
-                if checks.verify(key, sig, msg) {
-                    return Ok(KeyStatus::Signed);
-                }
-                continue;
-            }
-        }
-        #[cfg(not(feature = "std"))]
-        let _ = ahead;
         let ok = key
-            .verify(sig, |sink| {
+            .verify(raw.get(..n).unwrap_or(&[]), |sink| {
                 write_canonical(&Value::Object(env.signed), sink)
             })
             .map_err(|error| Error::Json { role, error })?;
