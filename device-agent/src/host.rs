@@ -1147,8 +1147,9 @@ impl ConformanceClient {
         self.flush().and(set)
     }
 
-    /// [`refresh`](Self::refresh); the look-ahead also takes the length and SHA-256 of each
-    /// file in `cached` (target files a download may find already there), as they are now.
+    /// [`refresh`](Self::refresh); while the server answers the timestamp request, it also takes
+    /// the length and SHA-256 of each file in `cached` (target files a download may find
+    /// already there), as they are now.
     fn refresh_ahead(
         &mut self,
         now: UnixTime,
@@ -1156,8 +1157,8 @@ impl ConformanceClient {
     ) -> Result<(TrustedSet<HeapBuffer>, Digests), ClientError> {
         let root = read_opt(&self.path("root"))?
             .ok_or_else(|| ClientError::Missing("trusted root.json".into()))?;
-        let timestamp = read_opt(&self.path("timestamp"))?;
         let mut set = TrustedSet::new(Storage::on_heap(CONFORMANCE_MAX_METADATA), &root, now)?;
+        let timestamp = read_opt(&self.path("timestamp"))?;
         self.send(&self.next_root_url(&set))?;
         // while the server answers: step 3 (the stored timestamp) on a copy
         let mut loaded = timestamp.as_deref().and_then(|ts| {

@@ -1593,6 +1593,36 @@ fn conformance_client_quotes_delegated_role_names_and_keeps_verified_roles() {
 /// The refresh runs its steps on the stored files ahead, while the server answers a request;
 /// each way that look-ahead is used or dropped must end as the plain workflow does: same
 /// requests in the same order, same stored files, same error.
+/// The trusted root is checked before anything else stored is read (spec 5.2, then 5.3): a root
+/// that fails its check ends the refresh with that error and no request, even when the stored
+/// timestamp cannot be read either.
+#[test]
+fn conformance_refresh_checks_the_trusted_root_before_reading_anything_else() {
+    use device_agent::host::{ClientError, ConformanceClient};
+    let sim = repo_with("2.0.0", 7, 300);
+    let (addr, state) = serve();
+    set_files(&state, &sim);
+    let tmp = tempfile::tempdir().unwrap();
+    let md = tmp.path().join("metadata");
+    // a directory where the stored timestamp would be: reading it fails
+    std::fs::create_dir_all(md.join("timestamp.json")).unwrap();
+    let root = hale_tests::tamper_signed(&sim.initial_root(), |v| {
+        v["expires"] = "2099-01-01T00:00:00Z".into()
+    });
+    std::fs::write(md.join("root.json"), &root).unwrap();
+    let mut c =
+        ConformanceClient::new(&md, &format!("{addr}/metadata"), &format!("{addr}/targets"));
+    match c.refresh(NOW) {
+        Err(ClientError::Trust(hale_core::Error::ThresholdNotMet { role, .. })) => {
+            assert_eq!(role.as_str(), "root")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(state.lock().unwrap().requests.is_empty());
+    assert_eq!(read(&md.join("root.json")), root);
+    assert!(md.join("timestamp.json").is_dir());
+}
+
 #[test]
 fn conformance_refresh_look_ahead_ends_as_the_workflow_does() {
     use device_agent::host::{ClientError, ConformanceClient};
