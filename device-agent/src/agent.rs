@@ -563,9 +563,16 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
             // be had right after it (a network drop, a repository not re-signed yet), or a later
             // check, with the next root withheld, would again accept metadata signed by keys
             // that root revoked. Flash wear stays bounded: from then on it is the stored copy.
-            // A flash failure comes before the outcome: the device must hear of it.
+            // A flash failure comes before the outcome: the device must hear of it. What the
+            // last check concluded stays (a wait for wrong bytes, a flash error while it
+            // records a new timestamp) unless a new root verified: its keys may revoke what
+            // that conclusion relied on.
             if verified != 0 {
-                record(store, &set, verified, None)?;
+                let kept = match verified & (1 << Role::Root as u8) {
+                    0 => previous,
+                    _ => None,
+                };
+                record(store, &set, verified, kept)?;
             }
             return Err(e);
         }

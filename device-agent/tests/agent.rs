@@ -166,6 +166,149 @@ fn wrong_image_bytes_are_not_downloaded_again_for_a_day_unless_a_new_snapshot_co
     assert_eq!(store.last_check(), None);
 }
 
+/// Flash that refuses one write or erase (an error, nothing written) and then works again, as a
+/// part whose program step fails once.
+struct RefusesOnce<'a> {
+    flash: Flash<'a>,
+    /// writes and erases to let through before the refused one
+    before: Option<u32>,
+}
+
+impl RefusesOnce<'_> {
+    fn refuse(&mut self) -> Result<(), device_agent::memflash::MemFlashError> {
+        match self.before {
+            Some(0) => {
+                self.before = None;
+                Err(device_agent::memflash::MemFlashError::PowerLoss)
+            }
+            Some(n) => {
+                self.before = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl embedded_storage::nor_flash::ErrorType for RefusesOnce<'_> {
+    type Error = device_agent::memflash::MemFlashError;
+}
+
+impl embedded_storage::nor_flash::ReadNorFlash for RefusesOnce<'_> {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.flash.read(offset, bytes)
+    }
+    fn capacity(&self) -> usize {
+        self.flash.capacity()
+    }
+}
+
+impl device_agent::NorFlash for RefusesOnce<'_> {
+    const WRITE_SIZE: usize = <Flash<'static> as device_agent::NorFlash>::WRITE_SIZE;
+    const ERASE_SIZE: usize = <Flash<'static> as device_agent::NorFlash>::ERASE_SIZE;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        self.refuse()?;
+        self.flash.erase(from, to)
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.refuse()?;
+        self.flash.write(offset, bytes)
+    }
+}
+
+impl device_agent::Durable for RefusesOnce<'_> {}
+
+/// A check in the wait for wrong bytes verifies a new timestamp (same snapshot), and the flash
+/// refuses the record that would store it: the check fails with that flash error, and the record
+/// its error path writes keeps the new timestamp and the wait, so the next check still does not
+/// download the image again.
+#[test]
+fn a_flash_error_while_the_wait_for_wrong_bytes_goes_on_keeps_the_wait() {
+    use device_agent::agent::RETRY_WRONG_BYTES;
+    use device_agent::memflash::MemFlashError;
+    let mut sim = repo_with("2.0.0", 7, 3000);
+    let file = sim.target_file_name(TARGET);
+    let mut wrong = sim.files.clone();
+    wrong.get_mut(&file).unwrap()[2000] ^= 1;
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    let mut t = MapTransport::new(&wrong);
+    check_at(&mut store, &mut t, &mut Pump::default(), NOW).unwrap_err();
+    let last = store.last_check().unwrap();
+    assert_eq!(last.conclusion, device_agent::Conclusion::WrongBytes);
+    let slots = store.slots();
+    drop(store);
+
+    // the repository re-signs its timestamp (same snapshot); the check's first flash write
+    // is refused
+    sim.timestamp.version += 1;
+    sim.timestamp.expires = NOW + 10 * 86_400;
+    sim.write_timestamp();
+    let flash = RefusesOnce {
+        flash: Flash::new(&mut mem),
+        before: Some(0),
+    };
+    let mut store = FirmwareStore::open(flash, LAYOUT).unwrap();
+    let mut t = MapTransport::new(&sim.files);
+    let mut bufs = Bufs::new();
+    let r = device_agent::check_for_update(
+        &mut store,
+        &device(),
+        &mut t,
+        &mut Pump::default(),
+        &mut device_agent::NoRollback,
+        NOW + 3600,
+        bufs.ws(),
+    );
+    assert_eq!(
+        r.unwrap_err(),
+        AgentError::Store(device_agent::StoreError::Flash(MemFlashError::PowerLoss))
+    );
+    assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
+    assert_eq!(store.flash_mut().before, None, "the refused write came");
+    assert_eq!(store.last_check(), Some(last));
+    drop(store);
+
+    // after a power cycle: the new timestamp is stored, the wait goes on, nothing is fetched
+    // past the timestamp even with the right bytes back on the server
+    let mut store = open_store(&mut mem);
+    assert_eq!(store.last_check(), Some(last));
+    assert_eq!(store.slots(), slots);
+    assert_eq!(
+        persisted(&mut store).metadata[1].as_deref(),
+        Some(&sim.files["timestamp.json"][..])
+    );
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), NOW + 7200).unwrap_err(),
+        AgentError::WrongBytes {
+            retry_at: NOW + RETRY_WRONG_BYTES
+        }
+    );
+    assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
+
+    // a new root verifies and the check then fails (no timestamp to be had): the root is kept,
+    // the wait is not (the new root's keys may revoke what it relied on)
+    sim.rotate_root(|_| {});
+    let mut files = sim.files.clone();
+    files.remove("timestamp.json");
+    let mut t = MapTransport::new(&files);
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), NOW + 7200).unwrap_err(),
+        AgentError::Missing {
+            what: Name::new("timestamp.json")
+        }
+    );
+    assert_eq!(t.requests, ["2.root.json", "3.root.json", "timestamp.json"]);
+    assert_eq!(
+        persisted(&mut store).metadata[0].as_deref(),
+        Some(&sim.files["2.root.json"][..])
+    );
+    assert_eq!(store.last_check(), None);
+    assert_eq!(store.slots(), slots);
+}
+
 #[test]
 fn wrong_image_bytes_are_tried_again_at_once_from_a_new_snapshot_or_after_the_clock_went_back() {
     use device_agent::agent::RETRY_WRONG_BYTES;
