@@ -523,7 +523,8 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
     // (and must verify its authorization), so it neither stops at it nor records one
     let channel = device.rollback_target.is_none();
     let mut verified = 0;
-    // (staging records the metadata without it: a break counts on from this one)
+    // (staging records the metadata without it: a break counts on from this one; a refresh
+    // that fails keeps it, unless a new root verified)
     let previous = store.last_check();
     let refreshed = refresh(
         store,

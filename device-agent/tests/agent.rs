@@ -240,8 +240,8 @@ fn a_flash_error_while_the_wait_for_wrong_bytes_goes_on_keeps_the_wait() {
     let slots = store.slots();
     drop(store);
 
-    // the repository re-signs its timestamp (same snapshot); the check's first flash write
-    // is refused
+    // the repository re-signs its timestamp (same snapshot); the check's first flash
+    // operation (the erase of the state region its record goes to) is refused
     sim.timestamp.version += 1;
     sim.timestamp.expires = NOW + 10 * 86_400;
     sim.write_timestamp();
@@ -266,7 +266,7 @@ fn a_flash_error_while_the_wait_for_wrong_bytes_goes_on_keeps_the_wait() {
         AgentError::Store(device_agent::StoreError::Flash(MemFlashError::PowerLoss))
     );
     assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
-    assert_eq!(store.flash_mut().before, None, "the refused write came");
+    assert_eq!(store.flash_mut().before, None, "the refused operation came");
     assert_eq!(store.last_check(), Some(last));
     drop(store);
 
@@ -307,6 +307,56 @@ fn a_flash_error_while_the_wait_for_wrong_bytes_goes_on_keeps_the_wait() {
     );
     assert_eq!(store.last_check(), None);
     assert_eq!(store.slots(), slots);
+}
+
+/// A check in the wait for wrong bytes that verifies a new timestamp naming a new snapshot and
+/// then cannot fetch that snapshot keeps the wait's conclusion, which names the old snapshot: the
+/// next check searches the new release and stages it.
+#[test]
+fn a_failed_check_that_verified_a_newer_snapshot_leaves_the_wait_behind() {
+    let sim = repo_with("2.0.0", 7, 3000);
+    let file = sim.target_file_name(TARGET);
+    let mut wrong = sim.files.clone();
+    wrong.get_mut(&file).unwrap()[2000] ^= 1;
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    let mut t = MapTransport::new(&wrong);
+    check_at(&mut store, &mut t, &mut Pump::default(), NOW).unwrap_err();
+    let last = store.last_check().unwrap();
+    assert_eq!(last.conclusion, device_agent::Conclusion::WrongBytes);
+
+    // a new release whose snapshot cannot be had yet
+    let mut next = sim.clone();
+    publish(&mut next, "2.0.1", 7, 3000, "pump-a");
+    let snapshot = format!("{}.snapshot.json", next.snapshot.version);
+    let mut files = next.files.clone();
+    files.remove(&snapshot);
+    let mut t = MapTransport::new(&files);
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), NOW + 60).unwrap_err(),
+        AgentError::Missing {
+            what: Name::new(&snapshot)
+        }
+    );
+    assert_eq!(
+        t.requests,
+        ["2.root.json", "timestamp.json", snapshot.as_str()]
+    );
+    assert_eq!(store.last_check(), Some(last));
+    assert_eq!(
+        persisted(&mut store).metadata[1].as_deref(),
+        Some(&next.files["timestamp.json"][..])
+    );
+
+    // the snapshot is there now: searched and staged at once, within the old wait
+    let mut t = MapTransport::new(&next.files);
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), NOW + 120).unwrap(),
+        Outcome::Staged {
+            version: v("2.0.1")
+        }
+    );
+    assert_eq!(store.last_check(), None);
 }
 
 #[test]
