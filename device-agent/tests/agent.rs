@@ -234,10 +234,17 @@ fn a_flash_error_while_the_wait_for_wrong_bytes_goes_on_keeps_the_wait() {
     let mut mem = provisioned(&sim);
     let mut store = open_store(&mut mem);
     let mut t = MapTransport::new(&wrong);
-    check_at(&mut store, &mut t, &mut Pump::default(), NOW).unwrap_err();
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), NOW).unwrap_err(),
+        AgentError::Trust(Error::HashMismatch {
+            what: Name::new(TARGET),
+            algorithm: "sha256"
+        })
+    );
     let last = store.last_check().unwrap();
     assert_eq!(last.conclusion, device_agent::Conclusion::WrongBytes);
     let slots = store.slots();
+    let before = persisted(&mut store);
     drop(store);
 
     // the repository re-signs its timestamp (same snapshot); the check's first flash
@@ -274,11 +281,12 @@ fn a_flash_error_while_the_wait_for_wrong_bytes_goes_on_keeps_the_wait() {
     // past the timestamp even with the right bytes back on the server
     let mut store = open_store(&mut mem);
     assert_eq!(store.last_check(), Some(last));
-    assert_eq!(store.slots(), slots);
-    assert_eq!(
-        persisted(&mut store).metadata[1].as_deref(),
-        Some(&sim.files["timestamp.json"][..])
-    );
+    let kept = persisted(&mut store);
+    let mut expected = before.clone();
+    expected.metadata[1] = Some(sim.files["timestamp.json"].clone());
+    assert_eq!(kept, expected, "only the new timestamp is new");
+    assert_eq!(kept.slots, slots);
+    let seq = store.sequence();
     let mut t = MapTransport::new(&sim.files);
     assert_eq!(
         check_at(&mut store, &mut t, &mut Pump::default(), NOW + 7200).unwrap_err(),
@@ -287,6 +295,8 @@ fn a_flash_error_while_the_wait_for_wrong_bytes_goes_on_keeps_the_wait() {
         }
     );
     assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
+    assert_eq!(store.sequence(), seq, "no flash write while it waits");
+    assert_eq!(persisted(&mut store), kept);
 
     // a new root verifies and the check then fails (no timestamp to be had): the root is kept,
     // the wait is not (the new root's keys may revoke what it relied on)
@@ -321,9 +331,16 @@ fn a_failed_check_that_verified_a_newer_snapshot_leaves_the_wait_behind() {
     let mut mem = provisioned(&sim);
     let mut store = open_store(&mut mem);
     let mut t = MapTransport::new(&wrong);
-    check_at(&mut store, &mut t, &mut Pump::default(), NOW).unwrap_err();
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), NOW).unwrap_err(),
+        AgentError::Trust(Error::HashMismatch {
+            what: Name::new(TARGET),
+            algorithm: "sha256"
+        })
+    );
     let last = store.last_check().unwrap();
     assert_eq!(last.conclusion, device_agent::Conclusion::WrongBytes);
+    let before = persisted(&mut store);
 
     // a new release whose snapshot cannot be had yet
     let mut next = sim.clone();
@@ -343,9 +360,12 @@ fn a_failed_check_that_verified_a_newer_snapshot_leaves_the_wait_behind() {
         ["2.root.json", "timestamp.json", snapshot.as_str()]
     );
     assert_eq!(store.last_check(), Some(last));
+    let mut expected = before;
+    expected.metadata[1] = Some(next.files["timestamp.json"].clone());
     assert_eq!(
-        persisted(&mut store).metadata[1].as_deref(),
-        Some(&next.files["timestamp.json"][..])
+        persisted(&mut store),
+        expected,
+        "only the new timestamp is new"
     );
 
     // the snapshot is there now: searched and staged at once, within the old wait

@@ -518,8 +518,9 @@ impl<'a> TargetFile<'a> {
     }
 
     /// [`verify_bytes`](Self::verify_bytes) for bytes of which only `digest` is known (computed
-    /// ahead, e.g. by the conformance client while the server answers): the same answer, the same error, when SHA-256 is the
-    /// only hash the target lists; `None` when it lists another one too (then check the bytes).
+    /// ahead, e.g. by the conformance client while the server answers): the same answer, the
+    /// same error, when SHA-256 is the only hash the target lists; `None` when it lists another
+    /// one too (then check the bytes).
     pub fn verify_digest(&self, digest: &FileDigest, what: Name) -> Option<Result<(), Error>> {
         let h = match Hasher::new(&self.hashes, what) {
             Ok(h) => h,
