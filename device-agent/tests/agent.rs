@@ -219,19 +219,15 @@ impl device_agent::NorFlash for RefusesOnce<'_> {
 
 impl device_agent::Durable for RefusesOnce<'_> {}
 
-/// A check in the wait for wrong bytes verifies a new timestamp (same snapshot), and the flash
-/// refuses the record that would store it: the check fails with that flash error, and the record
-/// its error path writes keeps the new timestamp and the wait, so the next check still does not
-/// download the image again.
-#[test]
-fn a_flash_error_while_the_wait_for_wrong_bytes_goes_on_keeps_the_wait() {
-    use device_agent::agent::RETRY_WRONG_BYTES;
-    use device_agent::memflash::MemFlashError;
-    let mut sim = repo_with("2.0.0", 7, 3000);
-    let file = sim.target_file_name(TARGET);
+/// The flash of a pump provisioned against `sim` whose first check found the served image's
+/// bytes wrong (the exact error asserted), with the `WrongBytes` conclusion it recorded and
+/// everything it persists then.
+fn waiting_for_wrong_bytes(
+    sim: &hale_tests::RepoSim,
+) -> (Vec<u8>, device_agent::LastCheck, Persisted) {
     let mut wrong = sim.files.clone();
-    wrong.get_mut(&file).unwrap()[2000] ^= 1;
-    let mut mem = provisioned(&sim);
+    wrong.get_mut(&sim.target_file_name(TARGET)).unwrap()[2000] ^= 1;
+    let mut mem = provisioned(sim);
     let mut store = open_store(&mut mem);
     let mut t = MapTransport::new(&wrong);
     assert_eq!(
@@ -243,9 +239,22 @@ fn a_flash_error_while_the_wait_for_wrong_bytes_goes_on_keeps_the_wait() {
     );
     let last = store.last_check().unwrap();
     assert_eq!(last.conclusion, device_agent::Conclusion::WrongBytes);
-    let slots = store.slots();
-    let before = persisted(&mut store);
+    let kept = persisted(&mut store);
     drop(store);
+    (mem, last, kept)
+}
+
+/// A check in the wait for wrong bytes verifies a new timestamp (same snapshot), and the flash
+/// refuses the record that would store it: the check fails with that flash error, and the record
+/// its error path writes keeps the new timestamp and the wait, so the next check still does not
+/// download the image again.
+#[test]
+fn a_flash_error_while_the_wait_for_wrong_bytes_goes_on_keeps_the_wait() {
+    use device_agent::agent::RETRY_WRONG_BYTES;
+    use device_agent::memflash::MemFlashError;
+    let mut sim = repo_with("2.0.0", 7, 3000);
+    let (mut mem, last, before) = waiting_for_wrong_bytes(&sim);
+    let slots = before.slots;
 
     // the repository re-signs its timestamp (same snapshot); the check's first flash
     // operation (the erase of the state region its record goes to) is refused
@@ -325,22 +334,8 @@ fn a_flash_error_while_the_wait_for_wrong_bytes_goes_on_keeps_the_wait() {
 #[test]
 fn a_failed_check_that_verified_a_newer_snapshot_leaves_the_wait_behind() {
     let sim = repo_with("2.0.0", 7, 3000);
-    let file = sim.target_file_name(TARGET);
-    let mut wrong = sim.files.clone();
-    wrong.get_mut(&file).unwrap()[2000] ^= 1;
-    let mut mem = provisioned(&sim);
+    let (mut mem, last, before) = waiting_for_wrong_bytes(&sim);
     let mut store = open_store(&mut mem);
-    let mut t = MapTransport::new(&wrong);
-    assert_eq!(
-        check_at(&mut store, &mut t, &mut Pump::default(), NOW).unwrap_err(),
-        AgentError::Trust(Error::HashMismatch {
-            what: Name::new(TARGET),
-            algorithm: "sha256"
-        })
-    );
-    let last = store.last_check().unwrap();
-    assert_eq!(last.conclusion, device_agent::Conclusion::WrongBytes);
-    let before = persisted(&mut store);
 
     // a new release whose snapshot cannot be had yet
     let mut next = sim.clone();
