@@ -40,7 +40,7 @@ use sha2::{Digest, Sha256};
 
 /// `hale-agent`'s flash layout and per-check buffer size.
 const LAYOUT: Layout = device_agent::host::PUMP_LAYOUT;
-const BUF: usize = 64 << 10;
+const BUF: usize = device_agent::host::PUMP_ROLE_MAX;
 
 /// Therapy is never running here: every offered image installs.
 struct Idle;

@@ -653,12 +653,41 @@ pub(crate) fn lock(file: &fs::File, path: &Path) -> std::io::Result<()> {
 /// Sector size of the simulated pump's flash.
 pub const FILE_FLASH_ERASE: usize = 4096;
 
-/// The simulated pump's flash: two 64 KiB state regions, two 1 MiB slots, and a download
-/// checkpointed every 64 KiB (16 sectors): a power cut costs at most 64 KiB downloaded again
-/// (a download the network breaks off, a sector), and a 1 MiB image writes 16 checkpoint
-/// records instead of 256.
+/// The largest document of each top-level role (root, timestamp, snapshot, targets) the
+/// simulated pump's check takes: the size of its role buffers ([`CheckBuffers`]).
+pub const PUMP_ROLE_MAX: usize = 64 << 10;
+
+/// Each state region of [`PUMP_LAYOUT`]: whole sectors holding a record with all four roles at
+/// [`PUMP_ROLE_MAX`] ([`crate::store::record_len`]), so that whatever metadata the check
+/// verifies can be recorded (262,641 bytes: 65 sectors, 260 KiB).
+pub const PUMP_STATE_LEN: u32 = (crate::store::record_len(4 * PUMP_ROLE_MAX)
+    .div_ceil(FILE_FLASH_ERASE)
+    * FILE_FLASH_ERASE) as u32;
+
+/// The simulated pump's flash: two state regions of [`PUMP_STATE_LEN`], two 1 MiB slots, and a
+/// download checkpointed every 64 KiB (16 sectors): a power cut costs at most 64 KiB downloaded
+/// again (a download the network breaks off, a sector), and a 1 MiB image writes 16 checkpoint
+/// records instead of 256. A record erases only the sectors it spans, so the larger regions
+/// cost nothing until the metadata grows.
 pub const PUMP_LAYOUT: crate::Layout =
+    crate::Layout::contiguous(0, PUMP_STATE_LEN, 1 << 20).with_checkpoint(64 << 10);
+
+/// The simulated pump's flash as provisioned before 2026-11-24: state regions of 64 KiB, which
+/// hold about 65,000 bytes of metadata in all (less than the check verifies: past it, every
+/// check ends in [`crate::StoreError::RecordTooSmall`]). Such a flash is still opened with it
+/// ([`pump_layout`]); `hale-agent provision` makes the current one.
+pub const PUMP_LAYOUT_64K: crate::Layout =
     crate::Layout::contiguous(0, 64 << 10, 1 << 20).with_checkpoint(64 << 10);
+
+/// The layout of a simulated pump's flash file `len` bytes long: [`PUMP_LAYOUT`], or
+/// [`PUMP_LAYOUT_64K`] for a flash provisioned with it; `None` for any other length (not a
+/// flash `hale-agent` made). An empty file (a flash never provisioned) takes the current one.
+pub fn pump_layout(len: u64) -> Option<crate::Layout> {
+    [PUMP_LAYOUT, PUMP_LAYOUT_64K]
+        .into_iter()
+        .find(|l| u64::from(l.end()) == len)
+        .or((len == 0).then_some(PUMP_LAYOUT))
+}
 
 impl FileFlash {
     /// Open `path` for this process alone, creating an erased flash of `size` bytes when it

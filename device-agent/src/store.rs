@@ -55,6 +55,13 @@ const DIGEST_LEN: usize = 32;
 const LAST_CHECK_LEN: usize = 49;
 /// Images refused for good that a record remembers (newest kept).
 pub const REFUSED_MAX: usize = 4;
+/// Bytes a state record region must hold for `metadata` bytes of trusted metadata in all: the
+/// header, a last check, a full refused list and the digests. A layout whose `state_len` is at
+/// least this for the most metadata its check's buffers take never refuses a record for its
+/// size ([`StoreError::RecordTooSmall`]).
+pub const fn record_len(metadata: usize) -> usize {
+    HEADER_LEN + metadata + LAST_CHECK_LEN + DIGEST_LEN + REFUSED_MAX * 32 + DIGEST_LEN
+}
 /// Bytes moved per flash read or write when copying (stack buffer).
 const COPY_CHUNK: usize = 64;
 

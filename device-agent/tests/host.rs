@@ -2406,3 +2406,149 @@ fn a_held_rollback_authorization_stops_being_offered_once_used_expired_or_gone()
         .clone();
     assert_eq!(running, "1.0.0", "{status}");
 }
+
+/// The served top-level metadata's sizes: root (the newest), timestamp, snapshot, targets.
+fn top_level_sizes(sim: &hale_tests::RepoSim) -> [usize; 4] {
+    let newest = |suffix: &str| {
+        sim.files
+            .iter()
+            .filter(|(k, _)| k.ends_with(suffix) && k.split('.').count() == 3)
+            .max_by_key(|(k, _)| k.split('.').next().unwrap().parse::<u64>().unwrap())
+            .map(|(_, v)| v.len())
+            .unwrap()
+    };
+    [
+        newest(".root.json"),
+        sim.files["timestamp.json"].len(),
+        newest(".snapshot.json"),
+        newest(".targets.json"),
+    ]
+}
+
+/// A pump whose repository's metadata outgrew 64 KiB in all (each role still within what the
+/// check takes) installs from it and records it: its state records hold all four roles at
+/// their largest. A flash provisioned before, with 64 KiB records, still opens and updates
+/// while the metadata fits; past that, its check ends in the record's size, and nothing changes.
+#[test]
+fn metadata_past_64_kib_in_all_is_recorded_and_a_flash_provisioned_before_still_works() {
+    use device_agent::host::{FileFlash, PUMP_LAYOUT, PUMP_LAYOUT_64K, PUMP_ROLE_MAX};
+    let mut sim = repo_with("2.0.0", 7, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, state) = (&pump.addr, &pump.state);
+    let run = ["run", "--server", addr.as_str(), "--once"];
+    let flash_len = |dir: &Path| std::fs::metadata(dir.join("flash.bin")).unwrap().len();
+    assert_eq!(flash_len(&pump.dir), u64::from(PUMP_LAYOUT.end()));
+
+    // a pump provisioned before: the same state directory with a 64 KiB-record flash
+    let old = pump.dir.parent().unwrap().join("pump-old");
+    let args: Vec<&str> = pump.provision.iter().map(String::as_str).collect();
+    agent(&old, &args);
+    std::fs::remove_file(old.join("flash.bin")).unwrap();
+    {
+        let root = sim.initial_root();
+        let v1 = image_bytes("1.0.0", 5000);
+        let flash =
+            FileFlash::open(&old.join("flash.bin"), PUMP_LAYOUT_64K.end() as usize).unwrap();
+        device_agent::FirmwareStore::provision(
+            flash,
+            PUMP_LAYOUT_64K,
+            &root,
+            &v1,
+            image_record(&v1, "1.0.0", 1),
+        )
+        .unwrap();
+    }
+    assert_eq!(flash_len(&old), u64::from(PUMP_LAYOUT_64K.end()));
+    for dir in [&pump.dir, &old] {
+        agent(dir, &run);
+        let r = last_report(state, dir);
+        assert_eq!(r["last_result"]["result"], "installed", "{r}");
+        assert_eq!(r["slots"][1]["version"], "2.0.0", "{r}");
+    }
+
+    // the repository grows: 200 delegated roles (each named in targets and snapshot) and 250
+    // more targets, then 3.0.0
+    let keys = sim.targets.keys.clone();
+    for i in 0..200 {
+        sim.delegate(
+            "targets",
+            &format!("maker-line-{i:03}"),
+            &[&format!("line-{i:03}/*")],
+            true,
+            keys.clone(),
+            1,
+        );
+    }
+    for i in 0..250 {
+        sim.add_target(
+            "targets",
+            &format!("docs/manual-{i:03}.pdf"),
+            &[i as u8],
+            None,
+        );
+    }
+    publish(&mut sim, "3.0.0", 8, 3000, "pump-a");
+    let sizes = top_level_sizes(&sim);
+    let all: usize = sizes.iter().sum();
+    assert!(sizes.iter().all(|s| *s <= PUMP_ROLE_MAX), "{sizes:?}");
+    assert!(
+        device_agent::store::record_len(all) > PUMP_LAYOUT_64K.state_len as usize,
+        "{sizes:?}: fits the old record"
+    );
+    set_files(state, &sim);
+
+    // the current flash: installed, and what the check verified is what it recorded
+    agent(&pump.dir, &run);
+    let r = last_report(state, &pump.dir);
+    assert_eq!(r["last_result"]["result"], "installed", "{r}");
+    assert_eq!(r["slots"][0]["version"], "3.0.0", "{r}");
+    let status: Value = serde_json::from_str(&agent(&pump.dir, &["status"])).unwrap();
+    assert_eq!(status["last_check"]["outcome"], "staged 3.0.0", "{status}");
+    let flash =
+        FileFlash::open_read_only(&pump.dir.join("flash.bin"), PUMP_LAYOUT.end() as usize).unwrap();
+    let mut store = device_agent::FirmwareStore::open(flash, PUMP_LAYOUT).unwrap();
+    let mut buf = vec![0u8; PUMP_ROLE_MAX];
+    let stored = store
+        .read_metadata(hale_core::Role::Targets, &mut buf)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.len(), sizes[3]);
+
+    // the flash provisioned before: refused for the record's size, and nothing changes
+    let before: Value = serde_json::from_str(&agent(&old, &["status"])).unwrap();
+    let flash_before = read(&old.join("flash.bin"));
+    let out = agent(&old, &run);
+    // the record the install writes before it stages: header (256 B), the metadata, a digest
+    let failed = format!(
+        "update check failed: state record needs {} bytes, region holds {}",
+        256 + all + 32,
+        PUMP_LAYOUT_64K.state_len
+    );
+    assert!(out.contains(&failed), "{out}");
+    let status: Value = serde_json::from_str(&agent(&old, &["status"])).unwrap();
+    assert_eq!(status["last_check"]["outcome"], failed.as_str(), "{status}");
+    assert_eq!(status["last_result"]["result"], "installed", "{status}");
+    assert_eq!(status["slots"], before["slots"], "{status}");
+    assert_eq!(read(&old.join("flash.bin")), flash_before, "flash changed");
+
+    // a flash of any other length is refused, named with the lengths a pump's flash has
+    let odd = pump.dir.parent().unwrap().join("pump-odd");
+    agent(&odd, &args);
+    std::fs::write(odd.join("flash.bin"), vec![0xff; 4096]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+        .arg("--state")
+        .arg(&odd)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "flash.bin: flash image is 4096 bytes, expected {} (or {}, provisioned before 2026-11-24); run `provision` again",
+            PUMP_LAYOUT.end(),
+            PUMP_LAYOUT_64K.end()
+        )),
+        "{err}"
+    );
+}

@@ -76,7 +76,19 @@ const TARGETS_BUF: usize = 1024;
 const TARGETS_BUF: usize = 2048;
 const ERASE: usize = 1024;
 type Store = FirmwareStore<MemFlash<'static, ERASE>>;
-const LAYOUT: Layout = Layout::contiguous(0, 4096, 8192);
+const ROOT_BUF: usize = 2048;
+const TIMESTAMP_BUF: usize = 1024;
+const SNAPSHOT_BUF: usize = 1024;
+/// Each state record: 8 KiB, which holds the four roles at their buffers' sizes
+/// (`store::record_len`: 6,721 bytes in the rollback variant), so whatever the check verifies
+/// can be recorded. A power of two: offsets derived from a region of exactly the record's
+/// sectors (7 KiB) took 16 B more code in each variant.
+const STATE_LEN: u32 = 8192;
+const _: () = assert!(
+    device_agent::store::record_len(ROOT_BUF + TIMESTAMP_BUF + SNAPSHOT_BUF + TARGETS_BUF)
+        <= STATE_LEN as usize
+);
+const LAYOUT: Layout = Layout::contiguous(0, STATE_LEN, 8192);
 /// The simulated NOR flash: PSRAM, outside the program's 32 KiB RAM budget.
 const SIM_FLASH: usize = 0x2100_0000;
 
@@ -228,9 +240,9 @@ fn parse_time(s: &str) -> Option<i64> {
 
 /// The update check's buffers (one static: one critical section to take them).
 struct Buffers {
-    root: [u8; 2048],
-    timestamp: [u8; 1024],
-    snapshot: [u8; 1024],
+    root: [u8; ROOT_BUF],
+    timestamp: [u8; TIMESTAMP_BUF],
+    snapshot: [u8; SNAPSHOT_BUF],
     targets: [u8; TARGETS_BUF],
     scratch: [u8; 2048],
     chunk: [u8; 256],
@@ -295,9 +307,9 @@ fn main() -> ! {
     };
 
     let Some(b) = cortex_m::singleton!(: Buffers = Buffers {
-        root: [0; 2048],
-        timestamp: [0; 1024],
-        snapshot: [0; 1024],
+        root: [0; ROOT_BUF],
+        timestamp: [0; TIMESTAMP_BUF],
+        snapshot: [0; SNAPSHOT_BUF],
         targets: [0; TARGETS_BUF],
         scratch: [0; 2048],
         chunk: [0; 256],

@@ -61,10 +61,11 @@ use hale_pki::KeyAlgorithm;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// The simulated pump's flash (see `host::PUMP_LAYOUT`: 2 × 64 KiB state records, 2 × 1 MiB
-/// slots, a checkpoint every 64 KiB).
+/// The simulated pump's flash as `provision` makes it (see `host::PUMP_LAYOUT`: 2 × 260 KiB
+/// state records, 2 × 1 MiB slots, a checkpoint every 64 KiB); a flash made before is opened
+/// with its own layout (`host::pump_layout`).
 const LAYOUT: Layout = host::PUMP_LAYOUT;
-const BUF: usize = 64 << 10;
+const BUF: usize = host::PUMP_ROLE_MAX;
 
 struct Opts {
     state: PathBuf,
@@ -126,8 +127,21 @@ fn open_store_with(
     if !path.exists() {
         bail!("{}: no flash; run `provision` first", path.display());
     }
-    let flash = open(&path, LAYOUT.end() as usize).with_context(|| path.display().to_string())?;
-    FirmwareStore::open(flash, LAYOUT).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    // the layout it was provisioned with, told by its length
+    let len = std::fs::metadata(&path)
+        .with_context(|| path.display().to_string())?
+        .len();
+    let Some(layout) = host::pump_layout(len) else {
+        bail!(
+            "{}: flash image is {len} bytes, expected {} (or {}, provisioned before 2026-11-24); \
+             run `provision` again",
+            path.display(),
+            host::PUMP_LAYOUT.end(),
+            host::PUMP_LAYOUT_64K.end()
+        );
+    };
+    let flash = open(&path, layout.end() as usize).with_context(|| path.display().to_string())?;
+    FirmwareStore::open(flash, layout).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 fn device_config(o: &Opts) -> Result<Value> {
