@@ -775,9 +775,22 @@ fn a_trial_outcome_recorded_just_before_a_crash_is_reported_after_the_restart() 
     agent(dir, &["health", "fail"]);
     agent(dir, &["crash", "after-record"]);
     let before = status()["last_result"].clone();
+    assert_eq!(before["result"], "installed", "{before}");
     crashing_run();
-    // the flash holds the outcome; the result kept for the report is the one before it
-    assert_eq!(status()["last_result"], before);
+    // the flash holds the outcome; the result kept for the report is still the one before it,
+    // and `status` shows the outcome the next start will keep, writing nothing
+    let files = state_tree(dir);
+    assert_eq!(status()["last_result"], reverted);
+    assert_eq!(
+        state_tree(dir),
+        files,
+        "status wrote to the state directory"
+    );
+    assert_eq!(
+        read_json(&dir.join("last_result.json")),
+        before,
+        "the kept result"
+    );
     assert!(dir.join("in_flight.json").exists());
     // the restart reads it from the slots; its report does not get through, the check's does
     // (3.0.0 is not installed again): the outcome stays kept
@@ -801,6 +814,7 @@ fn a_trial_outcome_recorded_just_before_a_crash_is_reported_after_the_restart() 
     agent(dir, &["crash", "after-record"]);
     state.lock().unwrap().refuse_reports = 1; // the crashing run's report of the kept result
     crashing_run();
+    assert_eq!(status()["last_result"], confirmed);
     state.lock().unwrap().refuse_reports = 1; // the restart's first
     let reports = reports_of(&|| {
         agent(dir, &run);

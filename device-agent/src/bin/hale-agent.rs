@@ -205,9 +205,18 @@ fn last(o: &Opts) -> (String, String) {
     (field(&v, "result"), field(&v, "reason"))
 }
 
+/// `status`: the pump's local view. A trial the flash decided before the last process died,
+/// which the next start keeps and reports ([`conclude_in_flight`]), is shown as that result
+/// already; nothing is written here (`status` reads beside a running pump).
 fn report(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<Value> {
     let d = device_config(o)?;
-    let (result, reason) = last(o);
+    let (result, reason) = match in_flight_outcome(o, &store.slots()) {
+        Some((version, confirmed)) => {
+            let (result, reason) = in_flight_result(&version, confirmed);
+            (result.to_string(), reason)
+        }
+        None => last(o),
+    };
     let last_check: Value = std::fs::read(o.file("last_check.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -305,43 +314,58 @@ fn crash_point(o: &Opts) -> Result<()> {
 /// (`IN_FLIGHT` left by an earlier boot): the result is read from the slots now. Nothing while
 /// the image is still pending or on trial (the flash recorded no decision: a boot will make it).
 fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool> {
-    let Some(version) = std::fs::read(o.file(IN_FLIGHT))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .map(|v| field(&v, "version"))
-        .filter(|v| !v.is_empty())
-    else {
+    let Some((version, confirmed)) = in_flight_outcome(o, &store.slots()) else {
         return Ok(false);
     };
-    let slots = store.slots();
-    if deciding(&slots).is_some_and(|i| i.version.to_string() == version) {
-        return Ok(false);
-    }
-    let active = slots.info(slots.active());
-    let confirmed = active.state == SlotState::Good
-        && active
-            .image
-            .is_some_and(|i| i.version.to_string() == version);
+    let (result, reason) = in_flight_result(&version, confirmed);
     if confirmed {
         say!("{version} was confirmed before the last restart: reporting it");
-        set_last(o, "installed", &version)?;
+        set_last(o, result, &reason)?;
         conclude_install(o, &version, "confirmed")?;
     } else {
         say!("{version} was reverted before the last restart: reporting it");
-        set_last(
-            o,
-            "reverted",
-            &format!(
-                "{version} did not run to its confirmation (the pump restarted before the \
-                 reason was kept)"
-            ),
-        )?;
+        set_last(o, result, &reason)?;
         conclude_install(o, &version, "reverted")?;
     }
     // whatever this process does next (a bundle's check too), the server hears of it first
     keep_result_to_report(o)?;
     clear_in_flight(o)?;
     Ok(true)
+}
+
+/// The outcome of the trial an [`IN_FLIGHT`] note stands for, read from `slots`: its version
+/// and whether it was confirmed (else reverted). `None` without a note, or while that image is
+/// still pending or on trial (no decision recorded yet).
+fn in_flight_outcome(o: &Opts, slots: &device_agent::Slots) -> Option<(String, bool)> {
+    let version = std::fs::read(o.file(IN_FLIGHT))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map(|v| field(&v, "version"))
+        .filter(|v| !v.is_empty())?;
+    if deciding(slots).is_some_and(|i| i.version.to_string() == version) {
+        return None;
+    }
+    let active = slots.info(slots.active());
+    let confirmed = active.state == SlotState::Good
+        && active
+            .image
+            .is_some_and(|i| i.version.to_string() == version);
+    Some((version, confirmed))
+}
+
+/// The result [`conclude_in_flight`] keeps for such an outcome: `(result, reason)`.
+fn in_flight_result(version: &str, confirmed: bool) -> (&'static str, String) {
+    if confirmed {
+        ("installed", version.to_string())
+    } else {
+        (
+            "reverted",
+            format!(
+                "{version} did not run to its confirmation (the pump restarted before the \
+                 reason was kept)"
+            ),
+        )
+    }
 }
 
 /// The image pending or on trial, which the next boot decides (one at most).
