@@ -718,6 +718,42 @@ impl FileFlash {
         Ok(flash)
     }
 
+    /// Open the simulated pump's flash at `path`, which must exist, with the layout its length
+    /// tells ([`pump_layout`]), the length taken from the file opened: for this process alone,
+    /// or `read_only` to read what was last synced beside a process that holds it. A length no
+    /// pump's flash has is refused (`InvalidData`) before the file is read.
+    pub fn open_pump(path: &Path, read_only: bool) -> std::io::Result<(Self, crate::Layout)> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)?;
+        if !read_only {
+            lock(&file, path)?;
+        }
+        let len = file.metadata()?.len();
+        let layout = pump_layout(len).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{}: flash image is {len} bytes, expected {} (or {}, provisioned before \
+                     2026-11-24); run `provision` again",
+                    path.display(),
+                    PUMP_LAYOUT.end(),
+                    PUMP_LAYOUT_64K.end()
+                ),
+            )
+        })?;
+        let size = layout.end() as usize;
+        let flash = Self::load(file, path, size, read_only)?;
+        if flash.mem.len() != size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: empty flash image", path.display()),
+            ));
+        }
+        Ok((flash, layout))
+    }
+
     fn load(file: fs::File, path: &Path, size: usize, read_only: bool) -> std::io::Result<Self> {
         // the size first: a file of another length is refused before it is read
         let len = file.metadata()?.len();

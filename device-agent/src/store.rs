@@ -1505,6 +1505,67 @@ mod tests {
     }
 
     #[test]
+    fn a_region_of_record_len_holds_the_fullest_record_and_a_byte_less_does_not() {
+        let mut mem = vec![0u8; L.end() as usize];
+        let fw = b"firmware-1".as_slice();
+        drop(
+            FirmwareStore::provision(MemFlash::<1024>::new(&mut mem), L, b"{}", fw, img(fw, 1))
+                .unwrap(),
+        );
+        let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        for i in 1..=REFUSED_MAX as u8 {
+            let slots = s.slots();
+            s.set_slots_refusing(slots, Some([i; 32])).unwrap();
+        }
+        let check = LastCheck {
+            snapshot_version: 7,
+            running_sha256: [3; 32],
+            valid_until: 1_900_000_000,
+            conclusion: Conclusion::UpToDate,
+        };
+        // the most metadata a region of exactly record_len bytes takes, in four roles
+        let most = L.state_len as usize - record_len(0);
+        assert_eq!(record_len(most), L.state_len as usize);
+        let root = vec![b'r'; most - 30];
+        let meta = |extra: &'static [u8]| {
+            [
+                Meta::Set(&root),
+                Meta::Set(b"timestamp"),
+                Meta::Set(b"snapshot"),
+                Meta::Set(extra),
+            ]
+        };
+        // one byte more: refused before anything is erased or written
+        let seq = s.sequence();
+        assert_eq!(
+            s.record_check(Some(check), meta(b"targets......x")),
+            Err(StoreError::RecordTooSmall {
+                needed: L.state_len as usize + 1,
+                capacity: L.state_len as usize
+            })
+        );
+        assert_eq!(s.sequence(), seq);
+        s.record_check(Some(check), meta(b"targets......")).unwrap();
+        drop(s);
+        // read back whole: the metadata, the last check and the full refused list
+        let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        assert_eq!(s.sequence(), seq + 1);
+        let mut buf = vec![0u8; L.state_len as usize];
+        assert_eq!(
+            s.read_metadata(Role::Root, &mut buf).unwrap(),
+            Some(root.as_slice())
+        );
+        assert_eq!(
+            s.read_metadata(Role::Targets, &mut buf).unwrap(),
+            Some(b"targets......".as_slice())
+        );
+        assert_eq!(s.last_check(), Some(check));
+        for i in 1..=REFUSED_MAX as u8 {
+            assert!(s.refused(&[i; 32]), "refused entry {i}");
+        }
+    }
+
+    #[test]
     fn refuses_bad_layouts_and_unprovisioned_flash() {
         let mut mem = vec![0u8; 32768];
         let overlapping = Layout {

@@ -2421,19 +2421,19 @@ fn a_held_rollback_authorization_stops_being_offered_once_used_expired_or_gone()
     assert_eq!(running, "1.0.0", "{status}");
 }
 
-/// The served top-level metadata's sizes: root (the newest), timestamp, snapshot, targets.
-fn top_level_sizes(sim: &hale_tests::RepoSim) -> [usize; 4] {
+/// The served top-level metadata: root (the newest), timestamp, snapshot, targets.
+fn top_level(sim: &hale_tests::RepoSim) -> [Vec<u8>; 4] {
     let newest = |suffix: &str| {
         sim.files
             .iter()
             .filter(|(k, _)| k.ends_with(suffix) && k.split('.').count() == 3)
             .max_by_key(|(k, _)| k.split('.').next().unwrap().parse::<u64>().unwrap())
-            .map(|(_, v)| v.len())
+            .map(|(_, v)| v.clone())
             .unwrap()
     };
     [
         newest(".root.json"),
-        sim.files["timestamp.json"].len(),
+        sim.files["timestamp.json"].clone(),
         newest(".snapshot.json"),
         newest(".targets.json"),
     ]
@@ -2502,11 +2502,14 @@ fn metadata_past_64_kib_in_all_is_recorded_and_a_flash_provisioned_before_still_
         );
     }
     publish(&mut sim, "3.0.0", 8, 3000, "pump-a");
-    let sizes = top_level_sizes(&sim);
+    let served = top_level(&sim);
+    let sizes = served.each_ref().map(Vec::len);
     let all: usize = sizes.iter().sum();
     assert!(sizes.iter().all(|s| *s <= PUMP_ROLE_MAX), "{sizes:?}");
+    // the record the install writes before it stages: header (256 B), the metadata, a digest
+    let staging_record = 256 + all + 32;
     assert!(
-        device_agent::store::record_len(all) > PUMP_LAYOUT_64K.state_len as usize,
+        staging_record > PUMP_LAYOUT_64K.state_len as usize,
         "{sizes:?}: fits the old record"
     );
     set_files(state, &sim);
@@ -2522,20 +2525,25 @@ fn metadata_past_64_kib_in_all_is_recorded_and_a_flash_provisioned_before_still_
         FileFlash::open_read_only(&pump.dir.join("flash.bin"), PUMP_LAYOUT.end() as usize).unwrap();
     let mut store = device_agent::FirmwareStore::open(flash, PUMP_LAYOUT).unwrap();
     let mut buf = vec![0u8; PUMP_ROLE_MAX];
-    let stored = store
-        .read_metadata(hale_core::Role::Targets, &mut buf)
-        .unwrap()
-        .unwrap();
-    assert_eq!(stored.len(), sizes[3]);
+    for (role, bytes) in [
+        hale_core::Role::Root,
+        hale_core::Role::Timestamp,
+        hale_core::Role::Snapshot,
+        hale_core::Role::Targets,
+    ]
+    .into_iter()
+    .zip(&served)
+    {
+        let stored = store.read_metadata(role, &mut buf).unwrap();
+        assert_eq!(stored, Some(bytes.as_slice()), "{role:?}");
+    }
 
     // the flash provisioned before: refused for the record's size, and nothing changes
     let before: Value = serde_json::from_str(&agent(&old, &["status"])).unwrap();
     let flash_before = read(&old.join("flash.bin"));
     let out = agent(&old, &run);
-    // the record the install writes before it stages: header (256 B), the metadata, a digest
     let failed = format!(
-        "update check failed: state record needs {} bytes, region holds {}",
-        256 + all + 32,
+        "update check failed: state record needs {staging_record} bytes, region holds {}",
         PUMP_LAYOUT_64K.state_len
     );
     assert!(out.contains(&failed), "{out}");

@@ -80,9 +80,9 @@ const ROOT_BUF: usize = 2048;
 const TIMESTAMP_BUF: usize = 1024;
 const SNAPSHOT_BUF: usize = 1024;
 /// Each state record: 8 KiB, which holds the four roles at their buffers' sizes
-/// (`store::record_len`: 6,721 bytes in the rollback variant), so whatever the check verifies
-/// can be recorded. A power of two: offsets derived from a region of exactly the record's
-/// sectors (7 KiB) took 16 B more code in each variant.
+/// (`store::record_len`: 6,641 bytes in the rollback variant, 5,617 in the update variant), so
+/// whatever the check verifies can be recorded. A power of two: regions of exactly the record's
+/// sectors (7 and 6 KiB) took 16 B more code in each variant.
 const STATE_LEN: u32 = 8192;
 const _: () = assert!(
     device_agent::store::record_len(ROOT_BUF + TIMESTAMP_BUF + SNAPSHOT_BUF + TARGETS_BUF)

@@ -109,38 +109,23 @@ impl Application for Pump<'_> {
 /// recorded just before the last process died ([`conclude_in_flight`]), before anything else
 /// this process keeps or reports.
 fn open_store(o: &Opts) -> Result<FirmwareStore<FileFlash>> {
-    let store = open_store_with(o, FileFlash::open)?;
+    let store = open_store_with(o, false)?;
     conclude_in_flight(o, &store)?;
     Ok(store)
 }
 
 /// The pump's store as last synced, to read beside a running hale-agent (`status`).
 fn read_store(o: &Opts) -> Result<FirmwareStore<FileFlash>> {
-    open_store_with(o, FileFlash::open_read_only)
+    open_store_with(o, true)
 }
 
-fn open_store_with(
-    o: &Opts,
-    open: fn(&std::path::Path, usize) -> std::io::Result<FileFlash>,
-) -> Result<FirmwareStore<FileFlash>> {
+/// The flash with the layout it was provisioned with, told by its length (`host::pump_layout`).
+fn open_store_with(o: &Opts, read_only: bool) -> Result<FirmwareStore<FileFlash>> {
     let path = o.file("flash.bin");
     if !path.exists() {
         bail!("{}: no flash; run `provision` first", path.display());
     }
-    // the layout it was provisioned with, told by its length
-    let len = std::fs::metadata(&path)
-        .with_context(|| path.display().to_string())?
-        .len();
-    let Some(layout) = host::pump_layout(len) else {
-        bail!(
-            "{}: flash image is {len} bytes, expected {} (or {}, provisioned before 2026-11-24); \
-             run `provision` again",
-            path.display(),
-            host::PUMP_LAYOUT.end(),
-            host::PUMP_LAYOUT_64K.end()
-        );
-    };
-    let flash = open(&path, layout.end() as usize).with_context(|| path.display().to_string())?;
+    let (flash, layout) = FileFlash::open_pump(&path, read_only)?;
     FirmwareStore::open(flash, layout).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -531,7 +516,7 @@ fn provision(o: &Opts) -> Result<()> {
     if flash_path.exists() {
         // refused while a running hale-agent holds the old flash
         match FileFlash::open(&flash_path, LAYOUT.end() as usize) {
-            // another size: not a flash this build writes, replaced all the same
+            // not held: replaced, whatever its length (a flash of the layout before too)
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {}
             Err(e) => return Err(e).with_context(|| flash_path.display().to_string()),
