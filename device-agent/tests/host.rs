@@ -726,6 +726,23 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
     assert_eq!(slot_images(dir), images_before, "slot images");
 }
 
+/// `hale-agent run` (`args`) that dies right after the flash records a boot decision (the
+/// tester's `crash after-record` set before).
+fn crashing_run(dir: &Path, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+        .arg("--state")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(137), "{text}");
+    assert!(
+        text.contains("crash after the flash record (simulated)"),
+        "{text}"
+    );
+}
+
 /// The flash records a trial's outcome (a failed health check: reverted; a passed one:
 /// confirmed) and the process dies before it keeps the result for the report: the next start
 /// reads the outcome from the slots and reports it, instead of the result before the install.
@@ -741,20 +758,7 @@ fn a_trial_outcome_recorded_just_before_a_crash_is_reported_after_the_restart() 
         last_report(state, dir)["last_result"]["result"],
         "installed"
     );
-    let crashing_run = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
-            .arg("--state")
-            .arg(dir)
-            .args(run)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert_eq!(out.status.code(), Some(137), "{text}");
-        assert!(
-            text.contains("crash after the flash record (simulated)"),
-            "{text}"
-        );
-    };
+    let crashing_run = || crashing_run(dir, &run);
     let status = || -> Value { serde_json::from_str(&agent(dir, &["status"])).unwrap() };
     let reports_of = |f: &dyn Fn()| {
         let sent = state.lock().unwrap().reports.len();
@@ -814,7 +818,13 @@ fn a_trial_outcome_recorded_just_before_a_crash_is_reported_after_the_restart() 
     agent(dir, &["crash", "after-record"]);
     state.lock().unwrap().refuse_reports = 1; // the crashing run's report of the kept result
     crashing_run();
+    let files = state_tree(dir);
     assert_eq!(status()["last_result"], confirmed);
+    assert_eq!(
+        state_tree(dir),
+        files,
+        "status wrote to the state directory"
+    );
     state.lock().unwrap().refuse_reports = 1; // the restart's first
     let reports = reports_of(&|| {
         agent(dir, &run);
@@ -2573,4 +2583,58 @@ fn metadata_past_64_kib_in_all_is_recorded_and_a_flash_provisioned_before_still_
         )),
         "{err}"
     );
+}
+
+/// A pump provisioned again after a process died with a trial's outcome on the flash: the
+/// outcome is kept for the server first (it happened on the flash replaced), and the note does
+/// not outlive that flash (read against the new one, it would report a revert that never was).
+#[test]
+fn provisioning_again_keeps_the_outcome_the_old_flash_decided_and_drops_its_note() {
+    let mut sim = repo_with("2.0.0", 7, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+    let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
+    agent(dir, &run);
+    publish(&mut sim, "3.0.0", 7, 3000, "pump-a");
+    set_files(state, &sim);
+    agent(dir, &["health", "fail"]);
+    agent(dir, &["crash", "after-record"]);
+    crashing_run(dir, &run);
+    assert!(dir.join("in_flight.json").exists());
+
+    let args: Vec<&str> = pump.provision.iter().map(String::as_str).collect();
+    agent(dir, &args);
+    assert!(!dir.join("in_flight.json").exists());
+    let reverted = serde_json::json!({
+        "result": "reverted",
+        "reason": "3.0.0 did not run to its confirmation (the pump restarted before the reason was kept)"
+    });
+    assert_eq!(
+        read_json(&dir.join("result_to_report.json")),
+        serde_json::json!([reverted])
+    );
+    let s: Value = serde_json::from_str(&agent(dir, &["status"])).unwrap();
+    assert_eq!(
+        s["last_result"],
+        serde_json::json!({"result": "installed", "reason": "1.0.0"}),
+        "{s}"
+    );
+    assert_eq!(s["slots"][0]["version"], "1.0.0", "{s}");
+    assert_eq!(s["slots"][0]["active"], true, "{s}");
+    assert_eq!(s["slots"][1]["state"], "empty", "{s}");
+
+    // the next poll reports the old flash's outcome first, then its own
+    let sent = state.lock().unwrap().reports.len();
+    agent(dir, &run);
+    let reports = state.lock().unwrap().reports[sent..].to_vec();
+    assert!(reports.len() >= 2, "{reports:?}");
+    assert_eq!(
+        reports[0]["last_result"]["result"], "reverted",
+        "{reports:?}"
+    );
+    assert_eq!(
+        reports[0]["last_result"]["reason"], reverted["reason"],
+        "{reports:?}"
+    );
+    assert!(!dir.join("result_to_report.json").exists());
 }

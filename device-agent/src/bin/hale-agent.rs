@@ -192,10 +192,13 @@ fn last(o: &Opts) -> (String, String) {
 
 /// `status`: the pump's local view. A trial the flash decided before the last process died,
 /// which the next start keeps and reports ([`conclude_in_flight`]), is shown as that result
-/// already; nothing is written here (`status` reads beside a running pump).
-fn report(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<Value> {
+/// already (`note`: the version its note names, read before the flash); nothing is written here
+/// (`status` reads beside a running pump). Beside a running pump that has just recorded a
+/// decision, this shows the outcome with the restart's reason for the moment until that pump
+/// keeps its own (the read-only view cannot tell a live process's note from a dead one's).
+fn report(o: &Opts, store: &FirmwareStore<FileFlash>, note: Option<&str>) -> Result<Value> {
     let d = device_config(o)?;
-    let (result, reason) = match in_flight_outcome(o, &store.slots()) {
+    let (result, reason) = match note.and_then(|v| in_flight_outcome(v, &store.slots())) {
         Some((version, confirmed)) => {
             let (result, reason) = in_flight_result(&version, confirmed);
             (result.to_string(), reason)
@@ -299,7 +302,9 @@ fn crash_point(o: &Opts) -> Result<()> {
 /// (`IN_FLIGHT` left by an earlier boot): the result is read from the slots now. Nothing while
 /// the image is still pending or on trial (the flash recorded no decision: a boot will make it).
 fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool> {
-    let Some((version, confirmed)) = in_flight_outcome(o, &store.slots()) else {
+    let Some((version, confirmed)) =
+        in_flight_note(o).and_then(|v| in_flight_outcome(&v, &store.slots()))
+    else {
         return Ok(false);
     };
     let (result, reason) = in_flight_result(&version, confirmed);
@@ -318,15 +323,20 @@ fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool
     Ok(true)
 }
 
-/// The outcome of the trial an [`IN_FLIGHT`] note stands for, read from `slots`: its version
-/// and whether it was confirmed (else reverted). `None` without a note, or while that image is
-/// still pending or on trial (no decision recorded yet).
-fn in_flight_outcome(o: &Opts, slots: &device_agent::Slots) -> Option<(String, bool)> {
-    let version = std::fs::read(o.file(IN_FLIGHT))
+/// The version an [`IN_FLIGHT`] note names; `None` without a note, or one unreadable or empty
+/// (left in place: the next start finds the same).
+fn in_flight_note(o: &Opts) -> Option<String> {
+    std::fs::read(o.file(IN_FLIGHT))
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .map(|v| field(&v, "version"))
-        .filter(|v| !v.is_empty())?;
+        .filter(|v| !v.is_empty())
+}
+
+/// The outcome of the trial a note for `version` stands for, read from `slots`: its version
+/// and whether it was confirmed (else reverted). `None` while that image is still pending or on
+/// trial (no decision recorded yet).
+fn in_flight_outcome(version: &str, slots: &device_agent::Slots) -> Option<(String, bool)> {
     if deciding(slots).is_some_and(|i| i.version.to_string() == version) {
         return None;
     }
@@ -335,7 +345,7 @@ fn in_flight_outcome(o: &Opts, slots: &device_agent::Slots) -> Option<(String, b
         && active
             .image
             .is_some_and(|i| i.version.to_string() == version);
-    Some((version, confirmed))
+    Some((version.to_string(), confirmed))
 }
 
 /// The result [`conclude_in_flight`] keeps for such an outcome: `(result, reason)`.
@@ -515,14 +525,23 @@ fn provision(o: &Opts) -> Result<()> {
     let flash_path = o.file("flash.bin");
     if flash_path.exists() {
         // refused while a running hale-agent holds the old flash
-        match FileFlash::open(&flash_path, LAYOUT.end() as usize) {
-            // not held: replaced, whatever its length (a flash of the layout before too)
-            Ok(_) => {}
+        match FileFlash::open_pump(&flash_path, false) {
+            // not held: replaced. A trial it decided before the last process died is kept for
+            // the report first: an outcome of the flash replaced, which its note would
+            // otherwise be read against the new one
+            Ok((flash, layout)) => {
+                if let Ok(store) = FirmwareStore::open(flash, layout) {
+                    conclude_in_flight(o, &store)?;
+                }
+            }
+            // of no length a pump's flash has: replaced all the same
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {}
             Err(e) => return Err(e).with_context(|| flash_path.display().to_string()),
         }
         std::fs::remove_file(&flash_path).with_context(|| flash_path.display().to_string())?;
     }
+    // a note the old flash did not decide (or could not be read against) ends with it
+    clear_in_flight(o)?;
     let flash = FileFlash::open(&flash_path, LAYOUT.end() as usize)
         .with_context(|| flash_path.display().to_string())?;
     FirmwareStore::provision(flash, LAYOUT, &root, &image, record)
@@ -1565,8 +1584,14 @@ fn main() -> Result<()> {
         "factory-install" => factory_install(&o)?,
         "enroll" => enroll(&o)?,
         "status" => {
+            // the note before the flash: a note is written only after the flash record that
+            // makes its image pending is synced, so the flash read next is at least that far
+            let note = in_flight_note(&o);
             let store = read_store(&o)?;
-            say!("{}", serde_json::to_string_pretty(&report(&o, &store)?)?);
+            say!(
+                "{}",
+                serde_json::to_string_pretty(&report(&o, &store, note.as_deref())?)?
+            );
         }
         "run" => {
             let server = o.req("--server")?;
