@@ -1255,6 +1255,17 @@ mod tests {
         }
     }
 
+    /// A flash provisioned with `{}` as the root and a small image in slot A.
+    fn provisioned() -> Vec<u8> {
+        let mut mem = vec![0u8; L.end() as usize];
+        let fw = b"firmware-1".as_slice();
+        drop(
+            FirmwareStore::provision(MemFlash::<1024>::new(&mut mem), L, b"{}", fw, img(fw, 1))
+                .unwrap(),
+        );
+        mem
+    }
+
     #[test]
     fn records_round_trip_and_a_torn_record_leaves_the_previous_state() {
         let mut mem = vec![0u8; L.end() as usize];
@@ -1362,12 +1373,7 @@ mod tests {
 
     #[test]
     fn the_last_check_persists_survives_other_commits_and_a_torn_write() {
-        let mut mem = vec![0u8; L.end() as usize];
-        let fw = b"firmware-1".as_slice();
-        drop(
-            FirmwareStore::provision(MemFlash::<1024>::new(&mut mem), L, b"{}", fw, img(fw, 1))
-                .unwrap(),
-        );
+        let mut mem = provisioned();
         let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
         assert_eq!(
             s.last_check(),
@@ -1410,12 +1416,7 @@ mod tests {
 
     #[test]
     fn refused_images_persist_keep_the_newest_and_survive_a_torn_write() {
-        let mut mem = vec![0u8; L.end() as usize];
-        let fw = b"firmware-1".as_slice();
-        drop(
-            FirmwareStore::provision(MemFlash::<1024>::new(&mut mem), L, b"{}", fw, img(fw, 1))
-                .unwrap(),
-        );
+        let mut mem = provisioned();
         let open = |mem: &mut [u8]| {
             let flash = MemFlash::<1024>::new(mem);
             // the borrow ends with the store: the caller drops it before reopening
@@ -1480,11 +1481,7 @@ mod tests {
 
         // a slot change never fails for want of room for the list: without room (a state region
         // its metadata nearly fills, as on a small part), it is written without the new entry
-        let mut mem = vec![0u8; L.end() as usize];
-        drop(
-            FirmwareStore::provision(MemFlash::<1024>::new(&mut mem), L, b"{}", fw, img(fw, 1))
-                .unwrap(),
-        );
+        let mut mem = provisioned();
         let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
         let big = vec![b' '; L.state_len as usize - HEADER_LEN - DIGEST_LEN - 60];
         s.record_check(
@@ -1506,12 +1503,7 @@ mod tests {
 
     #[test]
     fn a_region_of_record_len_holds_the_fullest_record_and_a_byte_less_does_not() {
-        let mut mem = vec![0u8; L.end() as usize];
-        let fw = b"firmware-1".as_slice();
-        drop(
-            FirmwareStore::provision(MemFlash::<1024>::new(&mut mem), L, b"{}", fw, img(fw, 1))
-                .unwrap(),
-        );
+        let mut mem = provisioned();
         let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
         for i in 1..=REFUSED_MAX as u8 {
             let slots = s.slots();

@@ -499,13 +499,18 @@ fn conformance_client_honours_faketime_style_clock_via_expiry() {
     assert_eq!(state_tree(tmp.path()), before, "the trusted metadata");
 }
 
-fn agent(state: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+/// `hale-agent --state STATE ARGS…`, run to its end, whatever its exit.
+fn agent_output(state: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hale-agent"))
         .arg("--state")
         .arg(state)
         .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn agent(state: &Path, args: &[&str]) -> String {
+    let out = agent_output(state, args);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -729,12 +734,7 @@ fn simulated_pump_installs_defers_reverts_and_reports() {
 /// `hale-agent run` (`args`) that dies right after the flash records a boot decision (the
 /// tester's `crash after-record` set before).
 fn crashing_run(dir: &Path, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
-        .arg("--state")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = agent_output(dir, args);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(137), "{text}");
     assert!(
@@ -743,21 +743,37 @@ fn crashing_run(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A pump that installed 2.0.0 (`sim` served on loopback), then is offered 3.0.0 with its
+/// health check set to fail and the tester's `crash after-record` set: its next `run` dies
+/// once the flash holds 3.0.0's revert.
+fn running_2_0_0_offered_3_0_0_that_fails_and_crashes() -> (hale_tests::RepoSim, Pump) {
+    let mut sim = repo_with("2.0.0", 7, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+    agent(
+        dir,
+        &["run", "--server", addr.as_str(), "--once", "--jitter", "0"],
+    );
+    assert_eq!(
+        last_report(state, dir)["last_result"]["result"],
+        "installed"
+    );
+    publish(&mut sim, "3.0.0", 7, 3000, "pump-a");
+    set_files(state, &sim);
+    agent(dir, &["health", "fail"]);
+    agent(dir, &["crash", "after-record"]);
+    (sim, pump)
+}
+
 /// The flash records a trial's outcome (a failed health check: reverted; a passed one:
 /// confirmed) and the process dies before it keeps the result for the report: the next start
 /// reads the outcome from the slots and reports it, instead of the result before the install.
 /// Results kept while the server refuses reports wait, oldest first, each for its own report.
 #[test]
 fn a_trial_outcome_recorded_just_before_a_crash_is_reported_after_the_restart() {
-    let mut sim = repo_with("2.0.0", 7, 3000);
-    let pump = provisioned_pump(&sim);
+    let (mut sim, pump) = running_2_0_0_offered_3_0_0_that_fails_and_crashes();
     let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
     let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
-    agent(dir, &run);
-    assert_eq!(
-        last_report(state, dir)["last_result"]["result"],
-        "installed"
-    );
     let crashing_run = || crashing_run(dir, &run);
     let status = || -> Value { serde_json::from_str(&agent(dir, &["status"])).unwrap() };
     let reports_of = |f: &dyn Fn()| {
@@ -772,24 +788,24 @@ fn a_trial_outcome_recorded_just_before_a_crash_is_reported_after_the_restart() 
         "reason": "3.0.0 did not run to its confirmation (the pump restarted before the reason was kept)"
     });
     let confirmed = serde_json::json!({"result": "installed", "reason": "3.1.0"});
+    // `status` shows `want` as the last result, and writes nothing
+    let shows_without_writing = |want: &Value| {
+        let files = state_tree(dir);
+        assert_eq!(status()["last_result"], *want);
+        assert_eq!(
+            state_tree(dir),
+            files,
+            "status wrote to the state directory"
+        );
+    };
 
     // 3.0.0 fails its health check; the process dies once the flash holds the revert
-    publish(&mut sim, "3.0.0", 7, 3000, "pump-a");
-    set_files(state, &sim);
-    agent(dir, &["health", "fail"]);
-    agent(dir, &["crash", "after-record"]);
     let before = status()["last_result"].clone();
     assert_eq!(before["result"], "installed", "{before}");
     crashing_run();
     // the flash holds the outcome; the result kept for the report is still the one before it,
     // and `status` shows the outcome the next start will keep, writing nothing
-    let files = state_tree(dir);
-    assert_eq!(status()["last_result"], reverted);
-    assert_eq!(
-        state_tree(dir),
-        files,
-        "status wrote to the state directory"
-    );
+    shows_without_writing(&reverted);
     assert_eq!(
         read_json(&dir.join("last_result.json")),
         before,
@@ -818,13 +834,7 @@ fn a_trial_outcome_recorded_just_before_a_crash_is_reported_after_the_restart() 
     agent(dir, &["crash", "after-record"]);
     state.lock().unwrap().refuse_reports = 1; // the crashing run's report of the kept result
     crashing_run();
-    let files = state_tree(dir);
-    assert_eq!(status()["last_result"], confirmed);
-    assert_eq!(
-        state_tree(dir),
-        files,
-        "status wrote to the state directory"
-    );
+    shows_without_writing(&confirmed);
     state.lock().unwrap().refuse_reports = 1; // the restart's first
     let reports = reports_of(&|| {
         agent(dir, &run);
@@ -1153,12 +1163,7 @@ fn a_target_no_report_could_carry_is_refused_at_provisioning() {
         let mut args: Vec<&str> = pump.provision.iter().map(String::as_str).collect();
         let last = args.len() - 1;
         args[last] = bad;
-        let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
-            .arg("--state")
-            .arg(&pump.dir)
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = agent_output(&pump.dir, &args);
         assert!(!out.status.success());
         assert_eq!(
             String::from_utf8_lossy(&out.stderr).lines().next(),
@@ -1487,12 +1492,7 @@ fn a_running_pump_holds_its_flash_and_status_reads_beside_it() {
 
     // a second writer is refused with the reason, and the flash is untouched
     for args in [&["reboot"][..], &provision[..]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
-            .arg("--state")
-            .arg(dir)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = agent_output(dir, args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success(),
@@ -2257,19 +2257,17 @@ fn a_check_the_server_never_answers_is_not_followed_by_a_report_to_it() {
         "{status}"
     );
     // a timeout outside 1 to 600 s is refused
-    let bad = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
-        .arg("--state")
-        .arg(&pump.dir)
-        .args([
+    let bad = agent_output(
+        &pump.dir,
+        &[
             "run",
             "--server",
             &silent,
             "--once",
             "--request-timeout",
             "0",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(!bad.status.success());
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("--request-timeout 0: 1 to 600 seconds"),
@@ -2567,12 +2565,7 @@ fn metadata_past_64_kib_in_all_is_recorded_and_a_flash_provisioned_before_still_
     let odd = pump.dir.parent().unwrap().join("pump-odd");
     agent(&odd, &args);
     std::fs::write(odd.join("flash.bin"), vec![0xff; 4096]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
-        .arg("--state")
-        .arg(&odd)
-        .arg("status")
-        .output()
-        .unwrap();
+    let out = agent_output(&odd, &["status"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -2590,15 +2583,9 @@ fn metadata_past_64_kib_in_all_is_recorded_and_a_flash_provisioned_before_still_
 /// not outlive that flash (read against the new one, it would report a revert that never was).
 #[test]
 fn provisioning_again_keeps_the_outcome_the_old_flash_decided_and_drops_its_note() {
-    let mut sim = repo_with("2.0.0", 7, 3000);
-    let pump = provisioned_pump(&sim);
+    let (_sim, pump) = running_2_0_0_offered_3_0_0_that_fails_and_crashes();
     let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
     let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
-    agent(dir, &run);
-    publish(&mut sim, "3.0.0", 7, 3000, "pump-a");
-    set_files(state, &sim);
-    agent(dir, &["health", "fail"]);
-    agent(dir, &["crash", "after-record"]);
     crashing_run(dir, &run);
     assert!(dir.join("in_flight.json").exists());
 
