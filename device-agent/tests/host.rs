@@ -922,6 +922,75 @@ fn a_pump_whose_running_image_rotted_boots_the_one_before_installs_again_and_rep
     assert!(posted.get("install_record").is_none(), "{posted}");
 }
 
+/// The same rot found by a boot whose process dies right after the flash forgot the image: the
+/// next start finds the image gone from its slot, and keeps and reports what that boot would
+/// have (the result and the damage's own record); `status` shows it before, writing nothing.
+#[test]
+fn a_rotted_image_forgotten_just_before_a_crash_is_reported_after_the_restart() {
+    let sim = repo_with("2.0.0", 1, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+    let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
+    agent(dir, &run);
+    assert_eq!(last_report(state, dir)["slots"][1]["version"], "2.0.0");
+    let path = dir.join("flash.bin");
+    let mut flash = read(&path);
+    flash[device_agent::host::PUMP_LAYOUT.slots[1] as usize + 100] ^= 0x40;
+    std::fs::write(&path, &flash).unwrap();
+    agent(dir, &["crash", "after-record"]);
+    crashing_run(dir, &["reboot"]);
+    let damaged = serde_json::json!({
+        "result": "reverted",
+        "reason": "2.0.0 in slot b was damaged (its bytes no longer match its record): running 1.0.0"
+    });
+    // the flash forgot the image; nothing was kept of it yet
+    assert!(!dir.join("install_records.json").exists());
+    assert_eq!(
+        read_json(&dir.join("last_result.json")),
+        serde_json::json!({"result": "installed", "reason": "2.0.0"})
+    );
+    let files = state_tree(dir);
+    let status: Value = serde_json::from_str(&agent(dir, &["status"])).unwrap();
+    assert_eq!(status["last_result"], damaged, "{status}");
+    assert_eq!(status["slots"][1]["state"], "empty", "{status}");
+    assert_eq!(
+        state_tree(dir),
+        files,
+        "status wrote to the state directory"
+    );
+
+    // the restart keeps it and reports it first: the result, then the damage's record with the
+    // check's own report (which installs 2.0.0 again)
+    let sent = state.lock().unwrap().reports.len();
+    agent(dir, &run);
+    let reports = state.lock().unwrap().reports[sent..].to_vec();
+    assert!(!dir.join("in_flight.json").exists());
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert_eq!(
+        reports[0]["last_result"]["result"], "reverted",
+        "{reports:?}"
+    );
+    assert_eq!(
+        reports[0]["last_result"]["reason"], damaged["reason"],
+        "{reports:?}"
+    );
+    let rec = &reports[0]["install_record"];
+    assert_eq!(rec["kind"], "damaged", "{reports:?}");
+    assert_eq!(rec["version"], "2.0.0");
+    assert_eq!(rec["target"], TARGET);
+    assert_eq!(rec["outcome"], "reverted");
+    assert_eq!(rec["reason"], damaged["reason"]);
+    assert_eq!(
+        reports[1]["last_result"]["result"], "installed",
+        "{reports:?}"
+    );
+    assert!(reports[1].get("install_record").is_none(), "{reports:?}");
+    // and once only
+    agent(dir, &run);
+    let posted = state.lock().unwrap().reports.last().cloned().unwrap();
+    assert!(posted.get("install_record").is_none(), "{posted}");
+}
+
 /// An install record the server refuses for good (400 for a field, 413 for the size) would hold
 /// back every later report: the pump sends the same report without it, and once the server took
 /// that, sets the record aside (`install_records_refused.json`, shown by `status`) and does not

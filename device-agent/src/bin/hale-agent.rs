@@ -192,15 +192,16 @@ fn last(o: &Opts) -> (String, String) {
 
 /// `status`: the pump's local view. A trial the flash decided before the last process died,
 /// which the next start keeps and reports ([`conclude_in_flight`]), is shown as that result
-/// already (`note`: the version its note names, read before the flash); nothing is written here
+/// already (`note`: its note, read before the flash); nothing is written here
 /// (`status` reads beside a running pump). Beside a running pump that has just recorded a
 /// decision, this shows the outcome with the restart's reason for the moment until that pump
 /// keeps its own (the read-only view cannot tell a live process's note from a dead one's).
-fn report(o: &Opts, store: &FirmwareStore<FileFlash>, note: Option<&str>) -> Result<Value> {
+fn report(o: &Opts, store: &FirmwareStore<FileFlash>, note: Option<&Note>) -> Result<Value> {
     let d = device_config(o)?;
-    let (result, reason) = match note.and_then(|v| in_flight_outcome(v, &store.slots())) {
-        Some((version, confirmed)) => {
-            let (result, reason) = in_flight_result(&version, confirmed);
+    let decided = note.and_then(|n| n.decided(&store.slots(), &|s| store.refused(s)));
+    let (result, reason) = match decided {
+        Some(decided) => {
+            let (result, reason) = decided.result();
             (result.to_string(), reason)
         }
         None => last(o),
@@ -226,9 +227,10 @@ fn report(o: &Opts, store: &FirmwareStore<FileFlash>, note: Option<&str>) -> Res
     Ok(r)
 }
 
-/// The image whose trial a boot is about to decide (`{"version"}`), written before the flash
-/// records the decision and removed once its result is kept for the report: found at a later
-/// boot, the process died in between, and the flash says how the trial ended.
+/// What a boot may decide ([`Note`]: `{"version", "sha256"}` of the image pending or on trial,
+/// `{"good": {"slot", "version", "sha256"}}` of the active good image), written before every
+/// boot and removed once its result is kept for the report: found at a later start, the process
+/// died in between, and the flash says what the boot decided ([`conclude_in_flight`]).
 const IN_FLIGHT: &str = "in_flight.json";
 /// Tester flag: die right after the flash records a boot's decision (`crash after-record`).
 const CRASH_AFTER_RECORD: &str = "crash-after-record";
@@ -298,24 +300,37 @@ fn crash_point(o: &Opts) -> Result<()> {
     Ok(())
 }
 
-/// A trial whose outcome the flash recorded but the process died before keeping for the report
-/// (`IN_FLIGHT` left by an earlier boot): the result is read from the slots now. Nothing while
-/// the image is still pending or on trial (the flash recorded no decision: a boot will make it).
+/// A boot decision the flash recorded but the process died before keeping for the report
+/// (`IN_FLIGHT` left by an earlier boot): the result is read from the slots now (a trial
+/// confirmed or reverted, or an image the boot found damaged), kept, and reported first.
+/// Nothing while the image is still pending or on trial (no decision recorded: a boot will
+/// make it), nor after a boot that found nothing to decide.
 fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool> {
-    let Some((version, confirmed)) =
-        in_flight_note(o).and_then(|v| in_flight_outcome(&v, &store.slots()))
+    let Some(decided) =
+        in_flight_note(o).and_then(|n| n.decided(&store.slots(), &|s| store.refused(s)))
     else {
+        // a note of a boot that decided nothing ends here too
+        clear_in_flight(o)?;
         return Ok(false);
     };
-    let (result, reason) = in_flight_result(&version, confirmed);
-    if confirmed {
-        say!("{version} was confirmed before the last restart: reporting it");
-        set_last(o, result, &reason)?;
-        conclude_install(o, &version, "confirmed")?;
-    } else {
-        say!("{version} was reverted before the last restart: reporting it");
-        set_last(o, result, &reason)?;
-        conclude_install(o, &version, "reverted")?;
+    let (result, reason) = decided.result();
+    set_last(o, result, &reason)?;
+    match &decided {
+        Decided::Confirmed { version } => {
+            say!("{version} was confirmed before the last restart: reporting it");
+            conclude_install(o, version, "confirmed")?;
+        }
+        Decided::Reverted { version } => {
+            say!("{version} was reverted before the last restart: reporting it");
+            conclude_install(o, version, "reverted")?;
+        }
+        Decided::Damaged { version, trial, .. } => {
+            say!("{version} was found damaged before the last restart: reporting it");
+            record_damage(o, version, &reason)?;
+            if *trial {
+                conclude_install(o, version, "reverted")?;
+            }
+        }
     }
     // whatever this process does next (a bundle's check too), the server hears of it first
     keep_result_to_report(o)?;
@@ -323,44 +338,196 @@ fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool
     Ok(true)
 }
 
-/// The version an [`IN_FLIGHT`] note names; `None` without a note, or one unreadable or empty
-/// (left in place: the next start finds the same).
-fn in_flight_note(o: &Opts) -> Option<String> {
+/// What a boot was about to decide, noted before the flash records it ([`IN_FLIGHT`]): the
+/// image pending or on trial, and the good image the boot checks when there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Note {
+    /// The image pending or on trial: its version, and its sha256 (absent from the notes of
+    /// agents before 2026-11-24, which named only the version).
+    deciding: Option<(String, Option<[u8; 32]>)>,
+    /// The active slot's image when it is good: a boot that finds its bytes damaged forgets
+    /// it (the slot empties) and runs the other slot's.
+    good: Option<(Slot, String, [u8; 32])>,
+}
+
+/// What an earlier boot decided, read from the slots ([`Note::decided`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decided {
+    /// The trial passed its health checks.
+    Confirmed { version: String },
+    /// The trial ended without a confirmation (failed health checks, a reset): refused for good.
+    Reverted { version: String },
+    /// The boot found the image's bytes no longer matching its record (`trial`: it was pending
+    /// or on trial, so its install ends here; else it was the good image, now forgotten).
+    Damaged {
+        version: String,
+        slot: Slot,
+        running: String,
+        trial: bool,
+    },
+}
+
+impl Note {
+    /// The note for a boot of `slots` (before it decides), as JSON.
+    fn of(slots: &device_agent::Slots) -> Value {
+        let mut v = json!({});
+        if let Some(image) = deciding(slots) {
+            v["version"] = image.version.to_string().into();
+            v["sha256"] = hex(&image.sha256).into();
+        }
+        let active = slots.info(slots.active());
+        if let (SlotState::Good, Some(image)) = (active.state, active.image) {
+            v["good"] = json!({
+                "slot": slots.active().as_str(),
+                "version": image.version.to_string(),
+                "sha256": hex(&image.sha256),
+            });
+        }
+        v
+    }
+
+    fn parse(v: &Value) -> Note {
+        let deciding = Some(field(v, "version"))
+            .filter(|s| !s.is_empty())
+            .map(|version| (version, unhex(&field(v, "sha256"))));
+        let good = v.get("good").and_then(|g| {
+            let slot = match field(g, "slot").as_str() {
+                "a" => Slot::A,
+                "b" => Slot::B,
+                _ => return None,
+            };
+            Some((slot, field(g, "version"), unhex(&field(g, "sha256"))?))
+        });
+        Note { deciding, good }
+    }
+
+    /// What the boot decided, now that `slots` are past it (`refused`: the flash's list of
+    /// images refused for good). `None` while the image noted is still pending or on trial,
+    /// and after a boot that decided nothing.
+    fn decided(
+        &self,
+        slots: &device_agent::Slots,
+        refused: &dyn Fn(&[u8; 32]) -> bool,
+    ) -> Option<Decided> {
+        let running = slots
+            .info(slots.active())
+            .image
+            .map(|i| i.version.to_string())
+            .unwrap_or_default();
+        if let Some((version, sha)) = &self.deciding {
+            if deciding(slots).is_some_and(|i| i.version.to_string() == *version) {
+                return None;
+            }
+            let active = slots.info(slots.active());
+            let confirmed = active.state == SlotState::Good
+                && active
+                    .image
+                    .is_some_and(|i| i.version.to_string() == *version);
+            if confirmed {
+                return Some(Decided::Confirmed {
+                    version: version.clone(),
+                });
+            }
+            // rejected without being refused for good: the boot found it damaged (a trial that
+            // ended unconfirmed is on the refused list)
+            let damaged = sha.and_then(|sha| {
+                [Slot::A, Slot::B].into_iter().find(|s| {
+                    let info = slots.info(*s);
+                    info.state == SlotState::Rejected
+                        && info.image.is_some_and(|i| i.sha256 == sha)
+                        && !refused(&sha)
+                })
+            });
+            return Some(match damaged {
+                Some(slot) => Decided::Damaged {
+                    version: version.clone(),
+                    slot,
+                    running,
+                    trial: true,
+                },
+                None => Decided::Reverted {
+                    version: version.clone(),
+                },
+            });
+        }
+        let (slot, version, sha) = self.good.as_ref()?;
+        // the good image left its slot at that boot: the only way a boot empties one
+        let held = slots.info(*slot).image.is_some_and(|i| i.sha256 == *sha);
+        (!held).then(|| Decided::Damaged {
+            version: version.clone(),
+            slot: *slot,
+            running,
+            trial: false,
+        })
+    }
+}
+
+impl Decided {
+    /// The result [`conclude_in_flight`] keeps: `(result, reason)`.
+    fn result(&self) -> (&'static str, String) {
+        match self {
+            Decided::Confirmed { version } => ("installed", version.clone()),
+            Decided::Reverted { version } => (
+                "reverted",
+                format!(
+                    "{version} did not run to its confirmation (the pump restarted before the \
+                     reason was kept)"
+                ),
+            ),
+            Decided::Damaged {
+                version,
+                slot,
+                running,
+                ..
+            } => ("reverted", damaged_reason(version, *slot, running)),
+        }
+    }
+}
+
+/// The result's reason for an image a boot found damaged in `slot` while `running` runs.
+fn damaged_reason(version: &str, slot: Slot, running: &str) -> String {
+    format!(
+        "{version} in slot {} was damaged (its bytes no longer match its record): running {running}",
+        slot.as_str()
+    )
+}
+
+/// The damage goes to the server in a record of its own, queued until a report carries it:
+/// the next check may install the image again and replace the result. (`target`: the device's
+/// channel target; a slot record keeps no path, so an image a rollback authorization installed
+/// from another path is named by its channel's.)
+fn record_damage(o: &Opts, version: &str, reason: &str) -> Result<()> {
+    let target = field(&device_config(o)?, "target");
+    let mut rec = offline::install_record("damaged", &target, version, None);
+    rec["reason"] = reason.into();
+    rec["outcome"] = "reverted".into();
+    // when it was found: two damages of one image are two records
+    rec["staged"] = offline::iso8601(host::now()).into();
+    queue_install(o, rec)
+}
+
+fn hex(b: &[u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    for (o, i) in out.iter_mut().zip((0..64).step_by(2)) {
+        *o = u8::from_str_radix(s.get(i..i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The [`IN_FLIGHT`] note; `None` without one, or one unreadable (it tells nothing: the next
+/// start removes it).
+fn in_flight_note(o: &Opts) -> Option<Note> {
     std::fs::read(o.file(IN_FLIGHT))
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .map(|v| field(&v, "version"))
-        .filter(|v| !v.is_empty())
-}
-
-/// The outcome of the trial a note for `version` stands for, read from `slots`: its version
-/// and whether it was confirmed (else reverted). `None` while that image is still pending or on
-/// trial (no decision recorded yet).
-fn in_flight_outcome(version: &str, slots: &device_agent::Slots) -> Option<(String, bool)> {
-    if deciding(slots).is_some_and(|i| i.version.to_string() == version) {
-        return None;
-    }
-    let active = slots.info(slots.active());
-    let confirmed = active.state == SlotState::Good
-        && active
-            .image
-            .is_some_and(|i| i.version.to_string() == version);
-    Some((version.to_string(), confirmed))
-}
-
-/// The result [`conclude_in_flight`] keeps for such an outcome: `(result, reason)`.
-fn in_flight_result(version: &str, confirmed: bool) -> (&'static str, String) {
-    if confirmed {
-        ("installed", version.to_string())
-    } else {
-        (
-            "reverted",
-            format!(
-                "{version} did not run to its confirmation (the pump restarted before the \
-                 reason was kept)"
-            ),
-        )
-    }
+        .map(|v| Note::parse(&v))
 }
 
 /// The image pending or on trial, which the next boot decides (one at most).
@@ -384,19 +551,11 @@ fn clear_in_flight(o: &Opts) -> Result<()> {
 fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<bool> {
     // (a damaged good image is forgotten by the boot step: its record is read here)
     let before = store.slots();
-    // a trial this boot decides: noted before the flash records the decision
-    let deciding = deciding(&before);
     // an earlier boot's decision whose result was not kept
     let concluded = conclude_in_flight(o, store)?;
-    if let Some(image) = deciding {
-        replace_file(
-            o,
-            IN_FLIGHT,
-            json!({"version": image.version.to_string()})
-                .to_string()
-                .as_bytes(),
-        )?;
-    }
+    // what this boot may decide (a trial's outcome, a damaged image): noted before the flash
+    // records it
+    replace_file(o, IN_FLIGHT, Note::of(&before).to_string().as_bytes())?;
     let boot = store.boot().map_err(|e| anyhow::anyhow!("boot: {e}"))?;
     let version = |slot: Slot| {
         store
@@ -409,6 +568,7 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<bool> {
     match boot {
         Boot::Normal { slot } => {
             say!("booted slot {}", slot.as_str());
+            clear_in_flight(o)?;
             return Ok(concluded);
         }
         Boot::Damaged { slot, damaged } => {
@@ -418,11 +578,11 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<bool> {
             let damaged_image = was.image.filter(|_| was.state != SlotState::Rejected);
             let (said, reason) = match damaged_image {
                 Some(image) => (
-                    format!("slot {d}'s image ({}) no longer matches its record", image.version),
                     format!(
-                        "{} in slot {d} was damaged (its bytes no longer match its record): running {running}",
+                        "slot {d}'s image ({}) no longer matches its record",
                         image.version
                     ),
+                    damaged_reason(&image.version.to_string(), damaged, &running),
                 ),
                 // (no transition leaves the active slot so; a record might)
                 None => (
@@ -433,19 +593,8 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<bool> {
             crash_point(o)?;
             say!("{said}: booted {running} in slot {s}");
             set_last(o, "reverted", &reason)?;
-            // the damage goes to the server in a record of its own, queued until a report
-            // carries it: the next check may install the image again and replace the result.
-            // (`target`: the device's channel target; a slot record keeps no path, so an image
-            // a rollback authorization installed from another path is named by its channel's)
             if let Some(image) = damaged_image {
-                let version = image.version.to_string();
-                let target = field(&device_config(o)?, "target");
-                let mut rec = offline::install_record("damaged", &target, &version, None);
-                rec["reason"] = reason.into();
-                rec["outcome"] = "reverted".into();
-                // when it was found: two damages of one image are two records
-                rec["staged"] = offline::iso8601(host::now()).into();
-                queue_install(o, rec)?;
+                record_damage(o, &image.version.to_string(), &reason)?;
             }
             // an install that never ran ends here; a confirmed one ended at its confirmation
             if let (SlotState::Pending | SlotState::Trial, Some(image)) = (was.state, was.image) {
@@ -1590,7 +1739,7 @@ fn main() -> Result<()> {
             let store = read_store(&o)?;
             say!(
                 "{}",
-                serde_json::to_string_pretty(&report(&o, &store, note.as_deref())?)?
+                serde_json::to_string_pretty(&report(&o, &store, note.as_ref())?)?
             );
         }
         "run" => {
@@ -1632,4 +1781,131 @@ fn main() -> Result<()> {
         other => bail!("unknown command {other:?}\n{}", USAGE.trim_end()),
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use device_agent::Slots;
+
+    fn image(major: u64, sha: u8) -> Image {
+        Image {
+            version: Version::new(major, 0, 0),
+            security_counter: 1,
+            length: 100,
+            sha256: [sha; 32],
+        }
+    }
+
+    /// 1.0.0 good in slot A, 2.0.0 (sha 2s) pending in slot B.
+    fn pending() -> Slots {
+        let mut s = Slots::factory(image(1, 1));
+        s.begin_staging_in_place(image(2, 2)).unwrap();
+        s.finish_staging_in_place().unwrap();
+        s
+    }
+
+    fn note(before: &Slots) -> Note {
+        let v: Value = serde_json::from_str(&Note::of(before).to_string()).unwrap();
+        Note::parse(&v)
+    }
+
+    #[test]
+    fn a_note_names_the_image_decided_and_the_good_one_and_reads_back() {
+        let n = note(&pending());
+        assert_eq!(n.deciding, Some(("2.0.0".into(), Some([2; 32]))));
+        assert_eq!(n.good, Some((Slot::A, "1.0.0".into(), [1; 32])));
+        // a note of an agent before 2026-11-24: the version alone
+        let old = Note::parse(&json!({"version": "2.0.0"}));
+        assert_eq!(old.deciding, Some(("2.0.0".into(), None)));
+        assert_eq!(old.good, None);
+        // a note whose fields do not read is a note of nothing
+        let bad = Note::parse(&json!({"good": {"slot": "c", "version": "1.0.0", "sha256": "zz"}}));
+        assert_eq!(
+            bad,
+            Note {
+                deciding: None,
+                good: None
+            }
+        );
+    }
+
+    #[test]
+    fn the_slots_after_the_boot_tell_what_it_decided() {
+        let none: &dyn Fn(&[u8; 32]) -> bool = &|_| false;
+        let listed: &dyn Fn(&[u8; 32]) -> bool = &|s| *s == [2; 32];
+        let before = pending();
+        let n = note(&before);
+        // not decided yet: pending, then on trial
+        assert_eq!(n.decided(&before, none), None);
+        let mut trial = before;
+        trial.boot_in_place();
+        assert_eq!(n.decided(&trial, none), None);
+        // confirmed
+        let mut good = trial;
+        good.confirm_in_place().unwrap();
+        assert_eq!(
+            n.decided(&good, none),
+            Some(Decided::Confirmed {
+                version: "2.0.0".into()
+            })
+        );
+        // reverted: rejected and refused for good
+        let mut rejected = trial;
+        rejected.reject_in_place().unwrap();
+        assert_eq!(
+            n.decided(&rejected, listed),
+            Some(Decided::Reverted {
+                version: "2.0.0".into()
+            })
+        );
+        // found damaged: rejected, not refused; the install ends
+        let mut damaged = before;
+        damaged.image_damaged_in_place(Slot::B);
+        assert_eq!(
+            n.decided(&damaged, none),
+            Some(Decided::Damaged {
+                version: "2.0.0".into(),
+                slot: Slot::B,
+                running: "1.0.0".into(),
+                trial: true
+            })
+        );
+        // an old note (no sha256) cannot tell: reverted, as before
+        let old = Note::parse(&json!({"version": "2.0.0"}));
+        assert_eq!(
+            old.decided(&damaged, none),
+            Some(Decided::Reverted {
+                version: "2.0.0".into()
+            })
+        );
+        // the good image: still there after a normal boot; forgotten when found damaged
+        let mut two_good = good;
+        two_good.boot_in_place();
+        let n = note(&two_good);
+        assert_eq!(n.deciding, None);
+        assert_eq!(n.good, Some((Slot::B, "2.0.0".into(), [2; 32])));
+        assert_eq!(n.decided(&two_good, none), None);
+        let mut forgotten = two_good;
+        forgotten.image_damaged_in_place(Slot::B);
+        assert_eq!(forgotten.info(Slot::B).state, SlotState::Empty);
+        assert_eq!(
+            n.decided(&forgotten, none),
+            Some(Decided::Damaged {
+                version: "2.0.0".into(),
+                slot: Slot::B,
+                running: "1.0.0".into(),
+                trial: false
+            })
+        );
+        assert_eq!(
+            n.decided(&forgotten, none).unwrap().result(),
+            (
+                "reverted",
+                "2.0.0 in slot b was damaged (its bytes no longer match its record): running 1.0.0"
+                    .to_string()
+            )
+        );
+    }
 }
