@@ -833,11 +833,18 @@ impl<F: Durable> FirmwareStore<F> {
     /// the device back from it (the newest [`REFUSED_MAX`] such images, and the slots' own
     /// `Rejected` records)? It is never installed again.
     pub fn refused(&self, sha256: &[u8; 32]) -> bool {
-        self.state.refused.entries().contains(sha256)
+        self.refused_listed(sha256)
             || [Slot::A, Slot::B].into_iter().any(|s| {
                 let i = self.state.slots.info(s);
                 i.state == SlotState::Rejected && i.image.is_some_and(|i| i.sha256 == *sha256)
             })
+    }
+
+    /// Is this sha256 on the refused list itself (a failed trial, an image an authorized
+    /// rollback left), whatever the slots say? An image a boot found damaged is `Rejected` in
+    /// its slot but not listed.
+    pub fn refused_listed(&self, sha256: &[u8; 32]) -> bool {
+        self.state.refused.entries().contains(sha256)
     }
 
     /// What the last completed update check concluded (`None`: search in full).

@@ -991,6 +991,62 @@ fn a_rotted_image_forgotten_just_before_a_crash_is_reported_after_the_restart() 
     assert!(posted.get("install_record").is_none(), "{posted}");
 }
 
+/// A pending image whose bytes are not what its record says (here: never written), found by a
+/// boot whose process dies right after the flash rejected it: the next start reports it damaged,
+/// with its own record, not as a trial that failed.
+#[test]
+fn a_damaged_pending_image_rejected_just_before_a_crash_is_reported_as_damaged() {
+    use device_agent::host::FileFlash;
+    let sim = repo_with("2.0.0", 1, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
+    // 3.0.0 pending in slot b, its bytes never written
+    {
+        let (flash, layout) = FileFlash::open_pump(&dir.join("flash.bin"), false).unwrap();
+        let mut store = device_agent::FirmwareStore::open(flash, layout).unwrap();
+        let bytes = image_bytes("3.0.0", 5000);
+        let mut slots = store.slots();
+        slots
+            .begin_staging_in_place(image_record(&bytes, "3.0.0", 1))
+            .unwrap();
+        slots.finish_staging_in_place().unwrap();
+        store
+            .commit(slots, 0, [device_agent::store::Meta::Keep; 4])
+            .unwrap();
+    }
+    agent(dir, &["crash", "after-record"]);
+    crashing_run(dir, &["reboot"]);
+    let damaged = serde_json::json!({
+        "result": "reverted",
+        "reason": "3.0.0 in slot b was damaged (its bytes no longer match its record): running 1.0.0"
+    });
+    let status: Value = serde_json::from_str(&agent(dir, &["status"])).unwrap();
+    assert_eq!(status["last_result"], damaged, "{status}");
+    assert_eq!(status["slots"][1]["state"], "rejected", "{status}");
+    let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
+    let sent = state.lock().unwrap().reports.len();
+    agent(dir, &run);
+    let reports = state.lock().unwrap().reports[sent..].to_vec();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert_eq!(
+        reports[0]["last_result"]["result"], "reverted",
+        "{reports:?}"
+    );
+    assert_eq!(
+        reports[0]["last_result"]["reason"], damaged["reason"],
+        "{reports:?}"
+    );
+    let rec = &reports[0]["install_record"];
+    assert_eq!(rec["kind"], "damaged", "{reports:?}");
+    assert_eq!(rec["version"], "3.0.0");
+    assert_eq!(rec["reason"], damaged["reason"]);
+    // not refused for good: it never ran (the check installs 2.0.0, the channel's)
+    assert_eq!(
+        reports[1]["last_result"]["result"], "installed",
+        "{reports:?}"
+    );
+}
+
 /// An install record the server refuses for good (400 for a field, 413 for the size) would hold
 /// back every later report: the pump sends the same report without it, and once the server took
 /// that, sets the record aside (`install_records_refused.json`, shown by `status`) and does not

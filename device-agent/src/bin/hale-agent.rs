@@ -198,7 +198,7 @@ fn last(o: &Opts) -> (String, String) {
 /// keeps its own (the read-only view cannot tell a live process's note from a dead one's).
 fn report(o: &Opts, store: &FirmwareStore<FileFlash>, note: Option<&Note>) -> Result<Value> {
     let d = device_config(o)?;
-    let decided = note.and_then(|n| n.decided(&store.slots(), &|s| store.refused(s)));
+    let decided = note.and_then(|n| n.decided(&store.slots(), &|s| store.refused_listed(s)));
     let (result, reason) = match decided {
         Some(decided) => {
             let (result, reason) = decided.result();
@@ -307,7 +307,7 @@ fn crash_point(o: &Opts) -> Result<()> {
 /// make it), nor after a boot that found nothing to decide.
 fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool> {
     let Some(decided) =
-        in_flight_note(o).and_then(|n| n.decided(&store.slots(), &|s| store.refused(s)))
+        in_flight_note(o).and_then(|n| n.decided(&store.slots(), &|s| store.refused_listed(s)))
     else {
         // a note of a boot that decided nothing ends here too
         clear_in_flight(o)?;
@@ -326,7 +326,13 @@ fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool
         }
         Decided::Damaged { version, trial, .. } => {
             say!("{version} was found damaged before the last restart: reporting it");
-            record_damage(o, version, &reason)?;
+            // queued already when the process died after queuing it
+            let queued = install_records(o).last().is_some_and(|r| {
+                r["kind"] == "damaged" && r["version"] == version.as_str() && r["reason"] == reason
+            });
+            if !queued {
+                record_damage(o, version, &reason)?;
+            }
             if *trial {
                 conclude_install(o, version, "reverted")?;
             }
@@ -401,13 +407,13 @@ impl Note {
         Note { deciding, good }
     }
 
-    /// What the boot decided, now that `slots` are past it (`refused`: the flash's list of
-    /// images refused for good). `None` while the image noted is still pending or on trial,
+    /// What the boot decided, now that `slots` are past it (`listed`: is a sha256 on the
+    /// flash's refused list itself, [`FirmwareStore::refused_listed`]). `None` while the image noted is still pending or on trial,
     /// and after a boot that decided nothing.
     fn decided(
         &self,
         slots: &device_agent::Slots,
-        refused: &dyn Fn(&[u8; 32]) -> bool,
+        listed: &dyn Fn(&[u8; 32]) -> bool,
     ) -> Option<Decided> {
         let running = slots
             .info(slots.active())
@@ -435,7 +441,7 @@ impl Note {
                     let info = slots.info(*s);
                     info.state == SlotState::Rejected
                         && info.image.is_some_and(|i| i.sha256 == sha)
-                        && !refused(&sha)
+                        && !listed(&sha)
                 })
             });
             return Some(match damaged {
@@ -512,7 +518,7 @@ fn hex(b: &[u8; 32]) -> String {
 
 fn unhex(s: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
-    if s.len() != 64 || !s.is_ascii() {
+    if s.len() != 64 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     for (o, i) in out.iter_mut().zip((0..64).step_by(2)) {
@@ -680,7 +686,11 @@ fn provision(o: &Opts) -> Result<()> {
             // otherwise be read against the new one
             Ok((flash, layout)) => {
                 if let Ok(store) = FirmwareStore::open(flash, layout) {
-                    conclude_in_flight(o, &store)?;
+                    // (a state directory too broken to keep it, e.g. no device.json, does not
+                    // stop the provisioning that mends it)
+                    if let Err(e) = conclude_in_flight(o, &store) {
+                        say!("the old flash's last boot decision was not kept: {e:#}");
+                    }
                 }
             }
             // of no length a pump's flash has: replaced all the same
@@ -1821,18 +1831,30 @@ mod tests {
         assert_eq!(old.deciding, Some(("2.0.0".into(), None)));
         assert_eq!(old.good, None);
         // a note whose fields do not read is a note of nothing
+        let nothing = Note {
+            deciding: None,
+            good: None,
+        };
         let bad = Note::parse(&json!({"good": {"slot": "c", "version": "1.0.0", "sha256": "zz"}}));
-        assert_eq!(
-            bad,
-            Note {
-                deciding: None,
-                good: None
-            }
+        assert_eq!(bad, nothing);
+        for sha in [
+            "zz".repeat(32),
+            format!("+{}", "1".repeat(63)),
+            "é".repeat(32),
+        ] {
+            let bad =
+                Note::parse(&json!({"good": {"slot": "a", "version": "1.0.0", "sha256": sha}}));
+            assert_eq!(bad, nothing, "{sha}");
+        }
+        let fine = Note::parse(
+            &json!({"good": {"slot": "a", "version": "1.0.0", "sha256": "0A".repeat(32)}}),
         );
+        assert_eq!(fine.good, Some((Slot::A, "1.0.0".into(), [10; 32])));
     }
 
     #[test]
     fn the_slots_after_the_boot_tell_what_it_decided() {
+        // is a sha256 on the refused list itself (`FirmwareStore::refused_listed`)
         let none: &dyn Fn(&[u8; 32]) -> bool = &|_| false;
         let listed: &dyn Fn(&[u8; 32]) -> bool = &|s| *s == [2; 32];
         let before = pending();
@@ -1860,7 +1882,13 @@ mod tests {
                 version: "2.0.0".into()
             })
         );
-        // found damaged: rejected, not refused; the install ends
+        // the same slots without the list's entry (a record with no room for it) read as
+        // damaged: the list is what tells the two apart
+        assert!(matches!(
+            n.decided(&rejected, none),
+            Some(Decided::Damaged { trial: true, .. })
+        ));
+        // found damaged: rejected, not listed; the install ends
         let mut damaged = before;
         damaged.image_damaged_in_place(Slot::B);
         assert_eq!(
