@@ -927,6 +927,13 @@ fn a_pump_whose_running_image_rotted_boots_the_one_before_installs_again_and_rep
 /// have (the result and the damage's own record); `status` shows it before, writing nothing.
 #[test]
 fn a_rotted_image_forgotten_just_before_a_crash_is_reported_after_the_restart() {
+    // (and once only when a restart had queued its record before it died too)
+    for queued_before in [false, true] {
+        rotted_image_forgotten_just_before_a_crash(queued_before);
+    }
+}
+
+fn rotted_image_forgotten_just_before_a_crash(queued_before: bool) {
     let sim = repo_with("2.0.0", 1, 3000);
     let pump = provisioned_pump(&sim);
     let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
@@ -958,6 +965,12 @@ fn a_rotted_image_forgotten_just_before_a_crash_is_reported_after_the_restart() 
         files,
         "status wrote to the state directory"
     );
+    if queued_before {
+        // a restart that queued the damage's record and died before removing the note
+        let rec = serde_json::json!([{"kind": "damaged", "target": TARGET, "version": "2.0.0",
+            "reason": damaged["reason"], "outcome": "reverted", "staged": "2026-11-24T00:00:00Z"}]);
+        std::fs::write(dir.join("install_records.json"), rec.to_string()).unwrap();
+    }
 
     // the restart keeps it and reports it first: the result, then the damage's record with the
     // check's own report (which installs 2.0.0 again)
