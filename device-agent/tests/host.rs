@@ -922,6 +922,42 @@ fn a_pump_whose_running_image_rotted_boots_the_one_before_installs_again_and_rep
     assert!(posted.get("install_record").is_none(), "{posted}");
 }
 
+/// The next `run` (`run`) reports what a boot found damaged first (`damaged`: the result, and
+/// the damage's own record for `version`), then its check's own report (2.0.0 installed again);
+/// nothing is left of the note.
+fn reports_the_damage_then_installs(
+    state: &Arc<Mutex<Served>>,
+    dir: &Path,
+    run: &[&str],
+    version: &str,
+    damaged: &Value,
+) {
+    let sent = state.lock().unwrap().reports.len();
+    agent(dir, run);
+    let reports = state.lock().unwrap().reports[sent..].to_vec();
+    assert!(!dir.join("in_flight.json").exists());
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert_eq!(
+        reports[0]["last_result"]["result"], "reverted",
+        "{reports:?}"
+    );
+    assert_eq!(
+        reports[0]["last_result"]["reason"], damaged["reason"],
+        "{reports:?}"
+    );
+    let rec = &reports[0]["install_record"];
+    assert_eq!(rec["kind"], "damaged", "{reports:?}");
+    assert_eq!(rec["version"], version);
+    assert_eq!(rec["target"], TARGET);
+    assert_eq!(rec["outcome"], "reverted");
+    assert_eq!(rec["reason"], damaged["reason"]);
+    assert_eq!(
+        reports[1]["last_result"]["result"], "installed",
+        "{reports:?}"
+    );
+    assert!(reports[1].get("install_record").is_none(), "{reports:?}");
+}
+
 /// The same rot found by a boot whose process dies right after the flash forgot the image: the
 /// next start finds the image gone from its slot, and keeps and reports what that boot would
 /// have (the result and the damage's own record); `status` shows it before, writing nothing.
@@ -974,30 +1010,7 @@ fn rotted_image_forgotten_just_before_a_crash(queued_before: bool) {
 
     // the restart keeps it and reports it first: the result, then the damage's record with the
     // check's own report (which installs 2.0.0 again)
-    let sent = state.lock().unwrap().reports.len();
-    agent(dir, &run);
-    let reports = state.lock().unwrap().reports[sent..].to_vec();
-    assert!(!dir.join("in_flight.json").exists());
-    assert_eq!(reports.len(), 2, "{reports:?}");
-    assert_eq!(
-        reports[0]["last_result"]["result"], "reverted",
-        "{reports:?}"
-    );
-    assert_eq!(
-        reports[0]["last_result"]["reason"], damaged["reason"],
-        "{reports:?}"
-    );
-    let rec = &reports[0]["install_record"];
-    assert_eq!(rec["kind"], "damaged", "{reports:?}");
-    assert_eq!(rec["version"], "2.0.0");
-    assert_eq!(rec["target"], TARGET);
-    assert_eq!(rec["outcome"], "reverted");
-    assert_eq!(rec["reason"], damaged["reason"]);
-    assert_eq!(
-        reports[1]["last_result"]["result"], "installed",
-        "{reports:?}"
-    );
-    assert!(reports[1].get("install_record").is_none(), "{reports:?}");
+    reports_the_damage_then_installs(state, dir, &run, "2.0.0", &damaged);
     // and once only
     agent(dir, &run);
     let posted = state.lock().unwrap().reports.last().cloned().unwrap();
@@ -1037,27 +1050,8 @@ fn a_damaged_pending_image_rejected_just_before_a_crash_is_reported_as_damaged()
     assert_eq!(status["last_result"], damaged, "{status}");
     assert_eq!(status["slots"][1]["state"], "rejected", "{status}");
     let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
-    let sent = state.lock().unwrap().reports.len();
-    agent(dir, &run);
-    let reports = state.lock().unwrap().reports[sent..].to_vec();
-    assert_eq!(reports.len(), 2, "{reports:?}");
-    assert_eq!(
-        reports[0]["last_result"]["result"], "reverted",
-        "{reports:?}"
-    );
-    assert_eq!(
-        reports[0]["last_result"]["reason"], damaged["reason"],
-        "{reports:?}"
-    );
-    let rec = &reports[0]["install_record"];
-    assert_eq!(rec["kind"], "damaged", "{reports:?}");
-    assert_eq!(rec["version"], "3.0.0");
-    assert_eq!(rec["reason"], damaged["reason"]);
     // not refused for good: it never ran (the check installs 2.0.0, the channel's)
-    assert_eq!(
-        reports[1]["last_result"]["result"], "installed",
-        "{reports:?}"
-    );
+    reports_the_damage_then_installs(state, dir, &run, "3.0.0", &damaged);
 }
 
 /// An install record the server refuses for good (400 for a field, 413 for the size) would hold
