@@ -599,7 +599,8 @@ pub enum FileFlashError {
     NotErased {
         offset: u32,
     },
-    /// A write or erase on a flash opened with [`FileFlash::open_read_only`].
+    /// A write or erase on a flash opened read-only ([`FileFlash::open_read_only`],
+    /// [`FileFlash::open_pump`]).
     ReadOnly,
 }
 
@@ -621,9 +622,10 @@ impl NorFlashError for FileFlashError {
 /// state of the last record (or of the one being written) with the bytes it claims. Writes not
 /// yet synced are lost then, as `cachedflash::CachedFlash` models for the tests.
 ///
-/// One process writes a flash: [`open`](Self::open) locks the file (`flock`) and refuses one
-/// that another process holds, since each keeps its own copy and they would overwrite each
-/// other's records. [`open_read_only`](Self::open_read_only) reads what was last synced.
+/// One process writes a flash: [`open`](Self::open) and [`open_pump`](Self::open_pump) lock the
+/// file (`flock`) and refuse one that another process holds, since each keeps its own copy and
+/// they would overwrite each other's records. [`open_read_only`](Self::open_read_only) (and
+/// `open_pump` read-only) read what was last synced.
 #[derive(Debug)]
 pub struct FileFlash {
     file: fs::File,
@@ -680,13 +682,12 @@ pub const PUMP_LAYOUT_64K: crate::Layout =
     crate::Layout::contiguous(0, 64 << 10, 1 << 20).with_checkpoint(64 << 10);
 
 /// The layout of a simulated pump's flash file `len` bytes long: [`PUMP_LAYOUT`], or
-/// [`PUMP_LAYOUT_64K`] for a flash provisioned with it; `None` for any other length (not a
-/// flash `hale-agent` made). An empty file (a flash never provisioned) takes the current one.
+/// [`PUMP_LAYOUT_64K`] for a flash provisioned with it; `None` for any other length, an empty
+/// file's included (not a flash `hale-agent` provisioned).
 pub fn pump_layout(len: u64) -> Option<crate::Layout> {
     [PUMP_LAYOUT, PUMP_LAYOUT_64K]
         .into_iter()
         .find(|l| u64::from(l.end()) == len)
-        .or((len == 0).then_some(PUMP_LAYOUT))
 }
 
 impl FileFlash {
@@ -743,15 +744,10 @@ impl FileFlash {
                 ),
             )
         })?;
-        let size = layout.end() as usize;
-        let flash = Self::load(file, path, size, read_only)?;
-        if flash.mem.len() != size {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: empty flash image", path.display()),
-            ));
-        }
-        Ok((flash, layout))
+        Ok((
+            Self::load(file, path, layout.end() as usize, read_only)?,
+            layout,
+        ))
     }
 
     fn load(file: fs::File, path: &Path, size: usize, read_only: bool) -> std::io::Result<Self> {

@@ -833,18 +833,11 @@ impl<F: Durable> FirmwareStore<F> {
     /// the device back from it (the newest [`REFUSED_MAX`] such images, and the slots' own
     /// `Rejected` records)? It is never installed again.
     pub fn refused(&self, sha256: &[u8; 32]) -> bool {
-        self.refused_listed(sha256)
+        self.state.refused.entries().contains(sha256)
             || [Slot::A, Slot::B].into_iter().any(|s| {
                 let i = self.state.slots.info(s);
                 i.state == SlotState::Rejected && i.image.is_some_and(|i| i.sha256 == *sha256)
             })
-    }
-
-    /// Is this sha256 on the refused list itself (a failed trial, an image an authorized
-    /// rollback left), whatever the slots say? An image a boot found damaged is `Rejected` in
-    /// its slot but not listed.
-    pub fn refused_listed(&self, sha256: &[u8; 32]) -> bool {
-        self.state.refused.entries().contains(sha256)
     }
 
     /// What the last completed update check concluded (`None`: search in full).
@@ -1535,7 +1528,7 @@ mod tests {
             ]
         };
         // one byte more: refused before anything is erased or written
-        let seq = s.sequence();
+        let (seq, ops) = (s.sequence(), s.flash_mut().operations());
         assert_eq!(
             s.record_check(Some(check), meta(b"targets......x")),
             Err(StoreError::RecordTooSmall {
@@ -1544,6 +1537,7 @@ mod tests {
             })
         );
         assert_eq!(s.sequence(), seq);
+        assert_eq!(s.flash_mut().operations(), ops, "the flash was written");
         s.record_check(Some(check), meta(b"targets......")).unwrap();
         drop(s);
         // read back whole: the metadata, the last check and the full refused list

@@ -931,7 +931,7 @@ fn reports_the_damage_then_installs(
     run: &[&str],
     version: &str,
     damaged: &Value,
-) {
+) -> Value {
     let sent = state.lock().unwrap().reports.len();
     agent(dir, run);
     let reports = state.lock().unwrap().reports[sent..].to_vec();
@@ -956,6 +956,7 @@ fn reports_the_damage_then_installs(
         "{reports:?}"
     );
     assert!(reports[1].get("install_record").is_none(), "{reports:?}");
+    reports[0]["install_record"].clone()
 }
 
 /// The same rot found by a boot whose process dies right after the flash forgot the image: the
@@ -963,13 +964,16 @@ fn reports_the_damage_then_installs(
 /// have (the result and the damage's own record); `status` shows it before, writing nothing.
 #[test]
 fn a_rotted_image_forgotten_just_before_a_crash_is_reported_after_the_restart() {
-    // (and once only when a restart had queued its record before it died too)
-    for queued_before in [false, true] {
+    // (and once only when a restart had queued its record before it died too; an earlier
+    // damage of the same image, not reported yet, is a record of its own)
+    for queued_before in [None, Some(false), Some(true)] {
         rotted_image_forgotten_just_before_a_crash(queued_before);
     }
 }
 
-fn rotted_image_forgotten_just_before_a_crash(queued_before: bool) {
+/// `queued_before`: a damaged record of 2.0.0 queued before the restart: this damage's (true:
+/// found when the boot noted it) or an earlier one's (false).
+fn rotted_image_forgotten_just_before_a_crash(queued_before: Option<bool>) {
     let sim = repo_with("2.0.0", 1, 3000);
     let pump = provisioned_pump(&sim);
     let (addr, state, dir) = (&pump.addr, &pump.state, &pump.dir);
@@ -1001,16 +1005,37 @@ fn rotted_image_forgotten_just_before_a_crash(queued_before: bool) {
         files,
         "status wrote to the state directory"
     );
-    if queued_before {
-        // a restart that queued the damage's record and died before removing the note
+    let at = read_json(&dir.join("in_flight.json"))["at"].clone();
+    assert_eq!(at.as_str().map(str::len), Some(20), "{at}");
+    let earlier = serde_json::json!("2026-01-01T00:00:00Z");
+    if let Some(same) = queued_before {
+        // a restart that queued this damage's record and died before removing the note, or a
+        // damage before it the server has not heard of yet
+        let staged = if same { &at } else { &earlier };
         let rec = serde_json::json!([{"kind": "damaged", "target": TARGET, "version": "2.0.0",
-            "reason": damaged["reason"], "outcome": "reverted", "staged": "2026-11-24T00:00:00Z"}]);
+            "reason": damaged["reason"], "outcome": "reverted", "staged": staged}]);
         std::fs::write(dir.join("install_records.json"), rec.to_string()).unwrap();
     }
 
     // the restart keeps it and reports it first: the result, then the damage's record with the
     // check's own report (which installs 2.0.0 again)
-    reports_the_damage_then_installs(state, dir, &run, "2.0.0", &damaged);
+    if queued_before == Some(false) {
+        let sent = state.lock().unwrap().reports.len();
+        agent(dir, &run);
+        let reports = state.lock().unwrap().reports[sent..].to_vec();
+        let staged: Vec<&Value> = reports
+            .iter()
+            .map(|r| &r["install_record"]["staged"])
+            .collect();
+        assert_eq!(staged, [&earlier, &at, &Value::Null], "{reports:?}");
+        assert_eq!(
+            reports[2]["last_result"]["result"], "installed",
+            "{reports:?}"
+        );
+    } else {
+        let rec = reports_the_damage_then_installs(state, dir, &run, "2.0.0", &damaged);
+        assert_eq!(rec["staged"], at, "found when the boot noted it");
+    }
     // and once only
     agent(dir, &run);
     let posted = state.lock().unwrap().reports.last().cloned().unwrap();
@@ -1050,7 +1075,7 @@ fn a_damaged_pending_image_rejected_just_before_a_crash_is_reported_as_damaged()
     assert_eq!(status["last_result"], damaged, "{status}");
     assert_eq!(status["slots"][1]["state"], "rejected", "{status}");
     let run = ["run", "--server", addr.as_str(), "--once", "--jitter", "0"];
-    // not refused for good: it never ran (the check installs 2.0.0, the channel's)
+    // (the check installs 2.0.0, the channel's, into slot b)
     reports_the_damage_then_installs(state, dir, &run, "3.0.0", &damaged);
 }
 
@@ -2742,11 +2767,18 @@ fn provisioning_again_keeps_the_outcome_the_old_flash_decided_and_drops_its_note
     assert_eq!(s["slots"][0]["active"], true, "{s}");
     assert_eq!(s["slots"][1]["state"], "empty", "{s}");
 
-    // the next poll reports the old flash's outcome first, then its own
+    // the next poll reports the old flash's outcome first, then its own (the new flash has
+    // refused nothing: 3.0.0 installs, its health check passing now)
+    agent(dir, &["health", "pass"]);
     let sent = state.lock().unwrap().reports.len();
     agent(dir, &run);
     let reports = state.lock().unwrap().reports[sent..].to_vec();
-    assert!(reports.len() >= 2, "{reports:?}");
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert_eq!(
+        reports[1]["last_result"],
+        serde_json::json!({"result": "installed", "target": TARGET, "version": "3.0.0", "reason": "3.0.0"}),
+        "{reports:?}"
+    );
     assert_eq!(
         reports[0]["last_result"]["result"], "reverted",
         "{reports:?}"

@@ -105,9 +105,9 @@ impl Application for Pump<'_> {
     }
 }
 
-/// The pump's store, for this process alone (another hale-agent writing it is refused); first, the outcome of a boot decision the flash
-/// recorded just before the last process died ([`conclude_in_flight`]), before anything else
-/// this process keeps or reports.
+/// The pump's store, for this process alone (another hale-agent writing it is refused); first,
+/// the outcome of a boot decision the flash recorded just before the last process died
+/// ([`conclude_in_flight`]), before anything else this process keeps or reports.
 fn open_store(o: &Opts) -> Result<FirmwareStore<FileFlash>> {
     let store = open_store_with(o, false)?;
     conclude_in_flight(o, &store)?;
@@ -198,7 +198,7 @@ fn last(o: &Opts) -> (String, String) {
 /// keeps its own (the read-only view cannot tell a live process's note from a dead one's).
 fn report(o: &Opts, store: &FirmwareStore<FileFlash>, note: Option<&Note>) -> Result<Value> {
     let d = device_config(o)?;
-    let decided = note.and_then(|n| n.decided(&store.slots(), &|s| store.refused_listed(s)));
+    let decided = note.and_then(|n| n.decided(&store.slots()));
     let (result, reason) = match decided {
         Some(decided) => {
             let (result, reason) = decided.result();
@@ -227,10 +227,12 @@ fn report(o: &Opts, store: &FirmwareStore<FileFlash>, note: Option<&Note>) -> Re
     Ok(r)
 }
 
-/// What a boot may decide ([`Note`]: `{"version", "sha256"}` of the image pending or on trial,
-/// `{"good": {"slot", "version", "sha256"}}` of the active good image), written before every
-/// boot and removed once its result is kept for the report: found at a later start, the process
-/// died in between, and the flash says what the boot decided ([`conclude_in_flight`]).
+/// What a boot may decide ([`Note`]: `{"at"}`, the time it was noted; `{"version", "sha256",
+/// "trial"}` of the image pending or on trial; `{"good": {"slot", "version", "sha256"}}` of the
+/// active good image), written before every boot (and again once a trial boot verified its
+/// image) and removed once the boot's result is kept, or by a start that finds the boot decided
+/// nothing: found at a later start with a decision on the flash, the process died in between
+/// ([`conclude_in_flight`]).
 const IN_FLIGHT: &str = "in_flight.json";
 /// Tester flag: die right after the flash records a boot's decision (`crash after-record`).
 const CRASH_AFTER_RECORD: &str = "crash-after-record";
@@ -306,9 +308,8 @@ fn crash_point(o: &Opts) -> Result<()> {
 /// Nothing while the image is still pending or on trial (no decision recorded: a boot will
 /// make it), nor after a boot that found nothing to decide.
 fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool> {
-    let Some(decided) =
-        in_flight_note(o).and_then(|n| n.decided(&store.slots(), &|s| store.refused_listed(s)))
-    else {
+    let note = in_flight_note(o);
+    let Some(decided) = note.as_ref().and_then(|n| n.decided(&store.slots())) else {
         // a note of a boot that decided nothing ends here too
         clear_in_flight(o)?;
         return Ok(false);
@@ -326,12 +327,20 @@ fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool
         }
         Decided::Damaged { version, trial, .. } => {
             say!("{version} was found damaged before the last restart: reporting it");
-            // queued already when the process died after queuing it
+            // found when the boot noted it (a note of an agent before: now)
+            let at = note
+                .map(|n| n.at)
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| offline::iso8601(host::now()));
+            // queued already when the process died after queuing it: the same record
             let queued = install_records(o).last().is_some_and(|r| {
-                r["kind"] == "damaged" && r["version"] == version.as_str() && r["reason"] == reason
+                r["kind"] == "damaged"
+                    && r["version"] == version.as_str()
+                    && r["reason"] == reason
+                    && r["staged"] == at.as_str()
             });
             if !queued {
-                record_damage(o, version, &reason)?;
+                record_damage(o, version, &reason, &at)?;
             }
             if *trial {
                 conclude_install(o, version, "reverted")?;
@@ -348,12 +357,23 @@ fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool
 /// image pending or on trial, and the good image the boot checks when there is none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Note {
-    /// The image pending or on trial: its version, and its sha256 (absent from the notes of
-    /// agents before 2026-11-24, which named only the version).
-    deciding: Option<(String, Option<[u8; 32]>)>,
+    /// The image pending or on trial.
+    deciding: Option<Deciding>,
     /// The active slot's image when it is good: a boot that finds its bytes damaged forgets
     /// it (the slot empties) and runs the other slot's.
     good: Option<(Slot, String, [u8; 32])>,
+    /// When it was noted (ISO 8601): a damage the boot finds is recorded as found then, by
+    /// the boot or by the restart that reads it back.
+    at: String,
+}
+
+/// The image a boot was about to decide, as its note names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Deciding {
+    version: String,
+    /// Its sha256, and whether it was on trial (booted with its bytes verified) when noted;
+    /// notes of agents before 2026-11-24 name only the version.
+    verified: Option<([u8; 32], bool)>,
 }
 
 /// What an earlier boot decided, read from the slots ([`Note::decided`]).
@@ -374,12 +394,16 @@ enum Decided {
 }
 
 impl Note {
-    /// The note for a boot of `slots` (before it decides), as JSON.
-    fn of(slots: &device_agent::Slots) -> Value {
-        let mut v = json!({});
+    /// The note for a boot of `slots` (before it decides) at `at`, as JSON.
+    fn of(slots: &device_agent::Slots, at: &str) -> Value {
+        let mut v = json!({ "at": at });
         if let Some(image) = deciding(slots) {
+            let trial = [Slot::A, Slot::B]
+                .into_iter()
+                .any(|s| slots.info(s).state == SlotState::Trial);
             v["version"] = image.version.to_string().into();
             v["sha256"] = hex(&image.sha256).into();
+            v["trial"] = trial.into();
         }
         let active = slots.info(slots.active());
         if let (SlotState::Good, Some(image)) = (active.state, active.image) {
@@ -393,9 +417,13 @@ impl Note {
     }
 
     fn parse(v: &Value) -> Note {
+        let trial = v.get("trial").and_then(Value::as_bool);
         let deciding = Some(field(v, "version"))
             .filter(|s| !s.is_empty())
-            .map(|version| (version, unhex(&field(v, "sha256"))));
+            .map(|version| Deciding {
+                version,
+                verified: unhex(&field(v, "sha256")).zip(trial),
+            });
         let good = v.get("good").and_then(|g| {
             let slot = match field(g, "slot").as_str() {
                 "a" => Slot::A,
@@ -404,23 +432,22 @@ impl Note {
             };
             Some((slot, field(g, "version"), unhex(&field(g, "sha256"))?))
         });
-        Note { deciding, good }
+        Note {
+            deciding,
+            good,
+            at: field(v, "at"),
+        }
     }
 
-    /// What the boot decided, now that `slots` are past it (`listed`: is a sha256 on the
-    /// flash's refused list itself, [`FirmwareStore::refused_listed`]). `None` while the image noted is still pending or on trial,
-    /// and after a boot that decided nothing.
-    fn decided(
-        &self,
-        slots: &device_agent::Slots,
-        listed: &dyn Fn(&[u8; 32]) -> bool,
-    ) -> Option<Decided> {
+    /// What the boot decided, now that `slots` are past it. `None` while the image noted is
+    /// still pending or on trial, and after a boot that decided nothing.
+    fn decided(&self, slots: &device_agent::Slots) -> Option<Decided> {
         let running = slots
             .info(slots.active())
             .image
             .map(|i| i.version.to_string())
             .unwrap_or_default();
-        if let Some((version, sha)) = &self.deciding {
+        if let Some(Deciding { version, verified }) = &self.deciding {
             if deciding(slots).is_some_and(|i| i.version.to_string() == *version) {
                 return None;
             }
@@ -434,14 +461,14 @@ impl Note {
                     version: version.clone(),
                 });
             }
-            // rejected without being refused for good: the boot found it damaged (a trial that
-            // ended unconfirmed is on the refused list)
-            let damaged = sha.and_then(|sha| {
+            // rejected while pending, before a trial verified its bytes: the boot found it
+            // damaged (a trial that ended unconfirmed was noted on trial, after its boot)
+            let damaged = verified.and_then(|(sha, trial)| {
                 [Slot::A, Slot::B].into_iter().find(|s| {
                     let info = slots.info(*s);
-                    info.state == SlotState::Rejected
+                    !trial
+                        && info.state == SlotState::Rejected
                         && info.image.is_some_and(|i| i.sha256 == sha)
-                        && !listed(&sha)
                 })
             });
             return Some(match damaged {
@@ -502,13 +529,13 @@ fn damaged_reason(version: &str, slot: Slot, running: &str) -> String {
 /// the next check may install the image again and replace the result. (`target`: the device's
 /// channel target; a slot record keeps no path, so an image a rollback authorization installed
 /// from another path is named by its channel's.)
-fn record_damage(o: &Opts, version: &str, reason: &str) -> Result<()> {
+fn record_damage(o: &Opts, version: &str, reason: &str, at: &str) -> Result<()> {
     let target = field(&device_config(o)?, "target");
     let mut rec = offline::install_record("damaged", &target, version, None);
     rec["reason"] = reason.into();
     rec["outcome"] = "reverted".into();
-    // when it was found: two damages of one image are two records
-    rec["staged"] = offline::iso8601(host::now()).into();
+    // when it was found (the boot's note): two damages of one image are two records
+    rec["staged"] = at.into();
     queue_install(o, rec)
 }
 
@@ -561,7 +588,8 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<bool> {
     let concluded = conclude_in_flight(o, store)?;
     // what this boot may decide (a trial's outcome, a damaged image): noted before the flash
     // records it
-    replace_file(o, IN_FLIGHT, Note::of(&before).to_string().as_bytes())?;
+    let at = offline::iso8601(host::now());
+    replace_file(o, IN_FLIGHT, Note::of(&before, &at).to_string().as_bytes())?;
     let boot = store.boot().map_err(|e| anyhow::anyhow!("boot: {e}"))?;
     let version = |slot: Slot| {
         store
@@ -600,7 +628,7 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<bool> {
             say!("{said}: booted {running} in slot {s}");
             set_last(o, "reverted", &reason)?;
             if let Some(image) = damaged_image {
-                record_damage(o, &image.version.to_string(), &reason)?;
+                record_damage(o, &image.version.to_string(), &reason, &at)?;
             }
             // an install that never ran ends here; a confirmed one ended at its confirmation
             if let (SlotState::Pending | SlotState::Trial, Some(image)) = (was.state, was.image) {
@@ -622,6 +650,12 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<bool> {
         Boot::Trial { slot } => {
             let version = version(slot);
             say!("trial boot of {version} in slot {}", slot.as_str());
+            // its bytes verified: from here a rejection is its trial's, not damage
+            replace_file(
+                o,
+                IN_FLIGHT,
+                Note::of(&store.slots(), &at).to_string().as_bytes(),
+            )?;
             let crash = o.file("crash-before-confirm");
             if crash.exists() {
                 std::fs::remove_file(&crash).with_context(|| crash.display().to_string())?;
@@ -678,11 +712,14 @@ fn provision(o: &Opts) -> Result<()> {
         sha256: Sha256::digest(&image).into(),
     };
     let flash_path = o.file("flash.bin");
+    // the old flash, held (locked) until it and its note are gone: a `run` starting meanwhile
+    // would boot it and note that boot
+    let mut old = None;
     if flash_path.exists() {
         // refused while a running hale-agent holds the old flash
         match FileFlash::open_pump(&flash_path, false) {
-            // not held: replaced. A trial it decided before the last process died is kept for
-            // the report first: an outcome of the flash replaced, which its note would
+            // not held: replaced. A boot decision it recorded before the last process died is
+            // kept for the report first: an outcome of the flash replaced, which its note would
             // otherwise be read against the new one
             Ok((flash, layout)) => {
                 if let Ok(store) = FirmwareStore::open(flash, layout) {
@@ -691,6 +728,7 @@ fn provision(o: &Opts) -> Result<()> {
                     if let Err(e) = conclude_in_flight(o, &store) {
                         say!("the old flash's last boot decision was not kept: {e:#}");
                     }
+                    old = Some(store);
                 }
             }
             // of no length a pump's flash has: replaced all the same
@@ -701,6 +739,7 @@ fn provision(o: &Opts) -> Result<()> {
     }
     // a note the old flash did not decide (or could not be read against) ends with it
     clear_in_flight(o)?;
+    drop(old);
     let flash = FileFlash::open(&flash_path, LAYOUT.end() as usize)
         .with_context(|| flash_path.display().to_string())?;
     FirmwareStore::provision(flash, LAYOUT, &root, &image, record)
@@ -1799,6 +1838,8 @@ mod tests {
     use super::*;
     use device_agent::Slots;
 
+    const AT: &str = "2026-11-24T09:00:00Z";
+
     fn image(major: u64, sha: u8) -> Image {
         Image {
             version: Version::new(major, 0, 0),
@@ -1816,24 +1857,42 @@ mod tests {
         s
     }
 
+    /// The note written before a boot of `before`, as read back from its file.
     fn note(before: &Slots) -> Note {
-        let v: Value = serde_json::from_str(&Note::of(before).to_string()).unwrap();
+        let v: Value = serde_json::from_str(&Note::of(before, AT).to_string()).unwrap();
         Note::parse(&v)
     }
 
     #[test]
     fn a_note_names_the_image_decided_and_the_good_one_and_reads_back() {
         let n = note(&pending());
-        assert_eq!(n.deciding, Some(("2.0.0".into(), Some([2; 32]))));
+        let deciding = |trial| {
+            Some(Deciding {
+                version: "2.0.0".into(),
+                verified: Some(([2; 32], trial)),
+            })
+        };
+        assert_eq!(n.deciding, deciding(false));
         assert_eq!(n.good, Some((Slot::A, "1.0.0".into(), [1; 32])));
+        assert_eq!(n.at, AT);
+        let mut trial = pending();
+        trial.boot_in_place();
+        assert_eq!(note(&trial).deciding, deciding(true));
         // a note of an agent before 2026-11-24: the version alone
         let old = Note::parse(&json!({"version": "2.0.0"}));
-        assert_eq!(old.deciding, Some(("2.0.0".into(), None)));
-        assert_eq!(old.good, None);
+        assert_eq!(
+            old.deciding,
+            Some(Deciding {
+                version: "2.0.0".into(),
+                verified: None
+            })
+        );
+        assert_eq!((old.good, old.at.as_str()), (None, ""));
         // a note whose fields do not read is a note of nothing
         let nothing = Note {
             deciding: None,
             good: None,
+            at: String::new(),
         };
         let bad = Note::parse(&json!({"good": {"slot": "c", "version": "1.0.0", "sha256": "zz"}}));
         assert_eq!(bad, nothing);
@@ -1854,45 +1913,43 @@ mod tests {
 
     #[test]
     fn the_slots_after_the_boot_tell_what_it_decided() {
-        // is a sha256 on the refused list itself (`FirmwareStore::refused_listed`)
-        let none: &dyn Fn(&[u8; 32]) -> bool = &|_| false;
-        let listed: &dyn Fn(&[u8; 32]) -> bool = &|s| *s == [2; 32];
         let before = pending();
         let n = note(&before);
         // not decided yet: pending, then on trial
-        assert_eq!(n.decided(&before, none), None);
+        assert_eq!(n.decided(&before), None);
         let mut trial = before;
         trial.boot_in_place();
-        assert_eq!(n.decided(&trial, none), None);
+        assert_eq!(n.decided(&trial), None);
+        // the trial boot notes it again, on trial
+        let t = note(&trial);
+        assert_eq!(t.decided(&trial), None);
         // confirmed
         let mut good = trial;
         good.confirm_in_place().unwrap();
         assert_eq!(
-            n.decided(&good, none),
+            t.decided(&good),
             Some(Decided::Confirmed {
                 version: "2.0.0".into()
             })
         );
-        // reverted: rejected and refused for good
+        // reverted: rejected after its trial's note (failed health checks, a reset)
         let mut rejected = trial;
         rejected.reject_in_place().unwrap();
-        assert_eq!(
-            n.decided(&rejected, listed),
-            Some(Decided::Reverted {
-                version: "2.0.0".into()
-            })
-        );
-        // the same slots without the list's entry (a record with no room for it) read as
-        // damaged: the list is what tells the two apart
-        assert!(matches!(
-            n.decided(&rejected, none),
-            Some(Decided::Damaged { trial: true, .. })
-        ));
-        // found damaged: rejected, not listed; the install ends
-        let mut damaged = before;
+        let reverted = Some(Decided::Reverted {
+            version: "2.0.0".into(),
+        });
+        assert_eq!(t.decided(&rejected), reverted);
+        let mut reset = trial;
+        reset.boot_in_place();
+        assert_eq!(reset.info(Slot::B).state, SlotState::Rejected);
+        assert_eq!(t.decided(&reset), reverted);
+        // found damaged: rejected while still pending (the boot checks a pending image's bytes
+        // as its trial starts); the install ends
+        let mut damaged = trial;
         damaged.image_damaged_in_place(Slot::B);
+        assert_eq!(damaged.info(Slot::B).state, SlotState::Rejected);
         assert_eq!(
-            n.decided(&damaged, none),
+            n.decided(&damaged),
             Some(Decided::Damaged {
                 version: "2.0.0".into(),
                 slot: Slot::B,
@@ -1900,26 +1957,22 @@ mod tests {
                 trial: true
             })
         );
-        // an old note (no sha256) cannot tell: reverted, as before
+        // an old note (no sha256, no trial) cannot tell: reverted, as before
         let old = Note::parse(&json!({"version": "2.0.0"}));
-        assert_eq!(
-            old.decided(&damaged, none),
-            Some(Decided::Reverted {
-                version: "2.0.0".into()
-            })
-        );
+        assert_eq!(old.decided(&damaged), reverted);
         // the good image: still there after a normal boot; forgotten when found damaged
         let mut two_good = good;
         two_good.boot_in_place();
         let n = note(&two_good);
         assert_eq!(n.deciding, None);
         assert_eq!(n.good, Some((Slot::B, "2.0.0".into(), [2; 32])));
-        assert_eq!(n.decided(&two_good, none), None);
+        assert_eq!(n.decided(&two_good), None);
         let mut forgotten = two_good;
         forgotten.image_damaged_in_place(Slot::B);
         assert_eq!(forgotten.info(Slot::B).state, SlotState::Empty);
+        let decided = n.decided(&forgotten);
         assert_eq!(
-            n.decided(&forgotten, none),
+            decided,
             Some(Decided::Damaged {
                 version: "2.0.0".into(),
                 slot: Slot::B,
@@ -1928,7 +1981,7 @@ mod tests {
             })
         );
         assert_eq!(
-            n.decided(&forgotten, none).unwrap().result(),
+            decided.unwrap().result(),
             (
                 "reverted",
                 "2.0.0 in slot b was damaged (its bytes no longer match its record): running 1.0.0"
