@@ -1005,8 +1005,13 @@ fn rotted_image_forgotten_just_before_a_crash(queued_before: Option<bool>) {
         files,
         "status wrote to the state directory"
     );
-    let at = read_json(&dir.join("in_flight.json"))["at"].clone();
-    assert_eq!(at.as_str().map(str::len), Some(20), "{at}");
+    let note_path = dir.join("in_flight.json");
+    let mut note = read_json(&note_path);
+    assert_eq!(note["at"].as_str().map(str::len), Some(20), "{note}");
+    // the time found is the note's: set to one the restart could not take from its clock
+    let at = serde_json::json!("2026-02-02T02:02:02Z");
+    note["at"] = at.clone();
+    std::fs::write(&note_path, note.to_string()).unwrap();
     let earlier = serde_json::json!("2026-01-01T00:00:00Z");
     if let Some(same) = queued_before {
         // a restart that queued this damage's record and died before removing the note, or a

@@ -327,17 +327,18 @@ fn conclude_in_flight(o: &Opts, store: &FirmwareStore<FileFlash>) -> Result<bool
         }
         Decided::Damaged { version, trial, .. } => {
             say!("{version} was found damaged before the last restart: reporting it");
-            // found when the boot noted it (a note of an agent before: now)
-            let at = note
-                .map(|n| n.at)
-                .filter(|a| !a.is_empty())
+            // found when the boot noted it (a note of an earlier agent has no time: now)
+            let noted = note.map(|n| n.at).filter(|a| !a.is_empty());
+            let at = noted
+                .clone()
                 .unwrap_or_else(|| offline::iso8601(host::now()));
-            // queued already when the process died after queuing it: the same record
+            // queued already when the process died after queuing it: the same record (without
+            // a noted time, the same but for the time)
             let queued = install_records(o).last().is_some_and(|r| {
                 r["kind"] == "damaged"
                     && r["version"] == version.as_str()
                     && r["reason"] == reason
-                    && r["staged"] == at.as_str()
+                    && (noted.is_none() || r["staged"] == at.as_str())
             });
             if !queued {
                 record_damage(o, version, &reason, &at)?;
@@ -372,7 +373,7 @@ struct Note {
 struct Deciding {
     version: String,
     /// Its sha256, and whether it was on trial (booted with its bytes verified) when noted;
-    /// notes of agents before 2026-11-24 name only the version.
+    /// notes of earlier agents name only the version (or the version and the sha256).
     verified: Option<([u8; 32], bool)>,
 }
 
