@@ -92,24 +92,8 @@ fn full_update_stages_trials_and_confirms_raising_the_counter_at_confirmation() 
 fn wrong_image_bytes_are_not_downloaded_again_for_a_day_unless_a_new_snapshot_comes() {
     use device_agent::agent::RETRY_WRONG_BYTES;
     let mut sim = repo_with("2.0.0", 7, 3000);
-    let file = sim.target_file_name(TARGET);
-    let mut wrong = sim.files.clone();
-    wrong.get_mut(&file).unwrap()[2000] ^= 1;
-    let mut mem = provisioned(&sim);
-    let mut store = open_store(&mut mem);
-    let slots = store.slots();
-    let mut t = MapTransport::new(&wrong);
-    assert_eq!(
-        check_at(&mut store, &mut t, &mut Pump::default(), NOW).unwrap_err(),
-        AgentError::Trust(Error::HashMismatch {
-            what: Name::new(TARGET),
-            algorithm: "sha256"
-        })
-    );
-    assert!(t.target_bytes > 0, "the image was downloaded once");
-    assert_eq!(store.slots(), slots, "the slots are as they were");
-    let last = store.last_check().unwrap();
-    assert_eq!(last.conclusion, device_agent::Conclusion::WrongBytes);
+    let (mut mem, last, first) = waiting_for_wrong_bytes(&sim);
+    let slots = first.slots;
     assert_eq!(last.snapshot_version, sim.snapshot.version);
     assert_eq!(last.running_sha256, slots.running().unwrap().sha256);
     assert_eq!(last.valid_until, NOW + RETRY_WRONG_BYTES);
@@ -119,7 +103,6 @@ fn wrong_image_bytes_are_not_downloaded_again_for_a_day_unless_a_new_snapshot_co
 
     // within the day, even after a power cycle and with the right bytes back on the server:
     // root probe and timestamp only, no record, the exact error
-    drop(store);
     let mut store = open_store(&mut mem);
     let (seq, kept) = (store.sequence(), persisted(&mut store));
     for at in [NOW + 1, NOW + RETRY_WRONG_BYTES - 1] {
@@ -219,9 +202,9 @@ impl device_agent::NorFlash for RefusesOnce<'_> {
 
 impl device_agent::Durable for RefusesOnce<'_> {}
 
-/// The flash of a pump provisioned against `sim` whose first check found the served image's
-/// bytes wrong (the exact error asserted), with the `WrongBytes` conclusion it recorded and
-/// everything it persists then.
+/// The flash of a pump provisioned against `sim` whose first check downloaded the image once
+/// and found the served bytes wrong (the exact error asserted, the slots as they were), with
+/// the `WrongBytes` conclusion it recorded and everything it persists then.
 fn waiting_for_wrong_bytes(
     sim: &hale_tests::RepoSim,
 ) -> (Vec<u8>, device_agent::LastCheck, Persisted) {
@@ -229,6 +212,7 @@ fn waiting_for_wrong_bytes(
     wrong.get_mut(&sim.target_file_name(TARGET)).unwrap()[2000] ^= 1;
     let mut mem = provisioned(sim);
     let mut store = open_store(&mut mem);
+    let slots = store.slots();
     let mut t = MapTransport::new(&wrong);
     assert_eq!(
         check_at(&mut store, &mut t, &mut Pump::default(), NOW).unwrap_err(),
@@ -237,6 +221,8 @@ fn waiting_for_wrong_bytes(
             algorithm: "sha256"
         })
     );
+    assert!(t.target_bytes > 0, "the image was downloaded once");
+    assert_eq!(store.slots(), slots, "the slots are as they were");
     let last = store.last_check().unwrap();
     assert_eq!(last.conclusion, device_agent::Conclusion::WrongBytes);
     let kept = persisted(&mut store);
