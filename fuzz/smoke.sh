@@ -49,6 +49,20 @@ cargo build --release --locked -j "$jobs" --target "$host" ${features:+--feature
 bin="$CARGO_TARGET_DIR/$host/release"
 
 failed=()
+# inputs that once failed (regressions/<target>-<what>): each must pass its target, at once
+for r in regressions/*; do
+    [ -f "$r" ] || continue
+    t="${r#regressions/}"; t="${t%%-*}"
+    case " $targets " in *" $t "*) ;; *) continue ;; esac
+    if "$bin/$t" -timeout=1 -rss_limit_mb=1024 "$r" >"$CARGO_TARGET_DIR/regression.log" 2>&1; then
+        echo "== regression $r: passes"
+    else
+        failed+=("$r")
+        echo "!! regression $r FAILED; log: $CARGO_TARGET_DIR/regression-$(basename "$r").log"
+        cp "$CARGO_TARGET_DIR/regression.log" "$CARGO_TARGET_DIR/regression-$(basename "$r").log"
+        grep -E -A40 "panicked at|==ERROR|ERROR: libFuzzer|deadly signal|timeout after|out-of-memory" "$CARGO_TARGET_DIR/regression.log" | head -60 | sed 's/^/   /'
+    fi
+done
 for t in $targets; do
     corpus="$CARGO_TARGET_DIR/corpus/$t"
     artifacts="$CARGO_TARGET_DIR/artifacts/$t/"
