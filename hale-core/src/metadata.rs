@@ -1240,6 +1240,25 @@ pub fn check_role_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `name` is a top-level role's (`root`, `timestamp`, `snapshot`, `targets`).
+pub fn is_top_level_role(name: &str) -> bool {
+    matches!(name, "root" | "timestamp" | "snapshot" | "targets")
+}
+
+/// [`check_role_name`], and not a top-level role's name: a delegated role's metadata would be
+/// confused with the top-level role's wherever roles are kept by name (a device's search, a
+/// server's `N.root.json`). python-tuf refuses a delegator that names one; a device refuses the
+/// delegation when its search reaches it; a repository refuses it at publish.
+pub fn check_delegated_role_name(name: &str) -> Result<(), Error> {
+    check_role_name(name)?;
+    if is_top_level_role(name) {
+        return Err(Error::UnsafeName {
+            name: Name::new(name),
+        });
+    }
+    Ok(())
+}
+
 /// See [`check_role_name`].
 pub fn check_target_path(path: &str) -> Result<(), Error> {
     if path.is_empty()
@@ -1476,6 +1495,12 @@ mod tests {
         }
         assert!(check_target_path("pump-a/v1.2/fw.bin").is_ok());
         assert!(check_role_name("bin-0a").is_ok());
+        for top in ["root", "timestamp", "snapshot", "targets"] {
+            assert!(check_role_name(top).is_ok());
+            assert_eq!(check_delegated_role_name(top), unsafe_name(top), "{top:?}");
+        }
+        assert!(check_delegated_role_name("root-a").is_ok());
+        assert_eq!(check_delegated_role_name("a/b"), unsafe_name("a/b"));
     }
 
     #[test]

@@ -1145,7 +1145,7 @@ fn child(
     visited: &[[u8; 32]],
 ) -> Result<Child, Error> {
     let cname = name.as_str();
-    if matches!(cname, "root" | "timestamp" | "snapshot" | "targets") || name.is_truncated() {
+    if crate::metadata::is_top_level_role(cname) || name.is_truncated() {
         // a delegated role may not take a top-level role's name (python-tuf refuses such
         // delegations too): its metadata would be confused with the top-level role's
         // wherever roles are kept by name. (A name too long to hold was refused when its

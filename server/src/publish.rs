@@ -18,7 +18,8 @@ use std::io::Read;
 
 use bytes::Bytes;
 use hale_core::metadata::{
-    check_role_name, check_target_path, DelegatedRole, Envelope, Root, Targets,
+    check_delegated_role_name, check_role_name, check_target_path, DelegatedRole, Envelope, Root,
+    Targets,
 };
 use hale_core::verify::verify_threshold;
 use hale_core::{Name, PolicyError, Storage, TrustedSet};
@@ -287,7 +288,14 @@ pub fn prepare(
 
     // 2. shape, version increase and expiry of every uploaded role
     for (name, bytes) in &upload.roles {
-        check_role_name(name).map_err(trust(name))?;
+        // `targets`, or a delegated role: never another top-level role's name, whose files it
+        // would take the place of (`N.root.json`, `N.snapshot.json`)
+        if name == "targets" {
+            check_role_name(name)
+        } else {
+            check_delegated_role_name(name)
+        }
+        .map_err(trust(name))?;
         if bytes.len() > MAX_METADATA_LEN {
             return Err(PublishError::BadRequest(format!(
                 "{name}: larger than {MAX_METADATA_LEN} bytes"
@@ -342,7 +350,7 @@ pub fn prepare(
         let env = Envelope::parse(&d.bytes, dname).map_err(trust(dname))?;
         let t = Targets::parse(&env.signed, Name::new(dname)).map_err(trust(dname))?;
         for child in delegated_names(&t, names.iter()) {
-            check_role_name(&child).map_err(trust(dname))?;
+            check_delegated_role_name(&child).map_err(trust(dname))?;
             delegators.entry(child).or_default().push(dname.clone());
         }
     }

@@ -274,6 +274,46 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
         "orphan: no published or uploaded role delegates to it",
     );
 
+    // a delegated role that takes a top-level role's name: its files would take the place of
+    // the top-level role's (`2.snapshot.json` served as a targets document, `1.root.json`
+    // overwritten on disk), whether it is uploaded or only delegated to
+    for top in ["snapshot", "root", "timestamp"] {
+        let d = f.delegation(top, &["nothing-matches/*"]);
+        let t2 = f.targets(2, &[("fw.bin", &fw2, None)], Some(&d));
+        let v = if top == "root" { 1 } else { 2 };
+        // listing nothing: no device's search would ever reach it to refuse it
+        let shadow = f.delegated(v, &[]);
+        refused(
+            &f,
+            &s,
+            None,
+            &[("targets", &t2), (top, &shadow)],
+            "rejected_metadata",
+            &format!("{top}: unsafe role or target name \"{top}\""),
+        );
+        refused(
+            &f,
+            &s,
+            None,
+            &[("targets", &t2)],
+            "rejected_metadata",
+            &format!("targets: unsafe role or target name \"{top}\""),
+        );
+    }
+    // ... or `targets` itself, which the uploaded `targets` is
+    let d = f.delegation("targets", &["nothing-matches/*"]);
+    let t2 = f.targets(2, &[("fw.bin", &fw2, None)], Some(&d));
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &t2)],
+        "rejected_metadata",
+        "targets: unsafe role or target name \"targets\"",
+    );
+    assert_eq!(get(&s.url("1.root.json")).body, f.root);
+    assert_eq!(get(&s.url("2.snapshot.json")).status, 404);
+
     // a root not signed by the trusted root key
     let other = hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[9; 32]).unwrap();
     let root2 = f.root_v(2, &f.ts_key, &f.snap_key, &[&other]);
@@ -382,6 +422,13 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
             "target_mismatch",
             "bad_policy",
             "not_delegated",
+            "rejected_metadata",
+            "rejected_metadata",
+            "rejected_metadata",
+            "rejected_metadata",
+            "rejected_metadata",
+            "rejected_metadata",
+            "rejected_metadata",
             "threshold_not_met",
             "online_keys_not_listed"
         ]

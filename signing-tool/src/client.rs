@@ -247,7 +247,7 @@ fn walk(
                 },
             ));
         }
-        hale_core::metadata::check_role_name(&child).map_err(trust(&child))?;
+        hale_core::metadata::check_delegated_role_name(&child).map_err(trust(&child))?;
         let meta = set
             .delegated_meta(&child)
             .map_err(trust(format!("{child} (delegated by {dname})")))?;
