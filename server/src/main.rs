@@ -789,7 +789,16 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
                 .ok()
                 .map(|m| m.len())
         };
-        match hale_server::repo::verify_as_client(None, st, hale_server::now(), &blob_len) {
+        // an expired delegated role is the expiry report's to tell (below): devices refuse the
+        // targets it holds, not the repository
+        let delegated = |role: &str| role != "targets";
+        match hale_server::repo::verify_as_client(
+            None,
+            st,
+            hale_server::now(),
+            &blob_len,
+            &delegated,
+        ) {
             Ok(()) => tracing::info!(
                 root = st.root_version(),
                 timestamp = st.timestamp_version(),
@@ -1093,7 +1102,10 @@ fn export(data: &Path, out: &Path) -> Result<()> {
     let repo = RepoDir::new(data);
     let st = repo.load()?;
     let blob_len = |sha: &str| std::fs::metadata(repo.blob_path(sha)).ok().map(|m| m.len());
-    if let Err(e) = hale_server::repo::verify_as_client(None, &st, hale_server::now(), &blob_len) {
+    let delegated = |role: &str| role != "targets";
+    if let Err(e) =
+        hale_server::repo::verify_as_client(None, &st, hale_server::now(), &blob_len, &delegated)
+    {
         tracing::warn!(error = %e, "exporting a repository that does not verify now (expired? re-sign by running the server)");
     }
     // an image a staged rollout holds back stays out: a CDN serving the export would otherwise

@@ -396,11 +396,15 @@ pub fn verify_final(
     repo: &RepoDir,
 ) -> Result<(), PublishError> {
     let blob_len = |sha: &str| std::fs::metadata(repo.blob_path(sha)).ok().map(|m| m.len());
+    // a role this change leaves as it was may have expired: devices refuse what it holds either
+    // way, and the re-sign and the other roles' releases go on (see `verify_as_client`)
+    let untouched =
+        |role: &str| old.roles.get(role).map(|m| &m.bytes) == new.roles.get(role).map(|m| &m.bytes);
     if old.timestamp.is_some() {
-        crate::repo::verify_as_client(Some(old), new, now, &blob_len)
+        crate::repo::verify_as_client(Some(old), new, now, &blob_len, &untouched)
             .map_err(PublishError::ClientCheck)?;
     }
-    crate::repo::verify_as_client(None, new, now, &blob_len)
+    crate::repo::verify_as_client(None, new, now, &blob_len, &untouched)
         .map_err(|e| PublishError::ClientCheck(format!("fresh device: {e}")))
 }
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hale_core::metadata::{Envelope, Snapshot, TargetFile, Targets, Timestamp};
-use hale_core::{Name, RoleSource, Storage, TrustedSet};
+use hale_core::{Name, RoleSource, SearchError, Storage, TrustedSet};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -426,12 +426,23 @@ pub fn is_top_level(role: &str) -> bool {
 /// timestamp, snapshot, targets, every delegated role against every delegator that names it, and a
 /// search for every listed target, whose content must be stored. Anything a device would reject
 /// is refused here, before it is published.
+///
+/// `may_have_expired` names the offline roles (`targets` or delegated) that may be found expired
+/// without failing the check: those the change does not touch. Devices already refuse what they
+/// hold, and the expiry report says so (`/healthz`, the log); re-signing the timestamp and
+/// publishing other roles must go on meanwhile, or one lapsed delegation would stop every
+/// device's updates a day later. A role the change does touch must be current, and so must every
+/// role on the way to a target it lists.
 pub fn verify_as_client(
     old: Option<&State>,
     new: &State,
     now: i64,
     blob_len: &dyn Fn(&str) -> Option<u64>,
+    may_have_expired: &dyn Fn(&str) -> bool,
 ) -> Result<(), String> {
+    // an expiry that does not fail the check: of a role named above (the rest of that role's
+    // checks passed: hale-core checks the expiry last)
+    let lapsed = |e: &hale_core::Error| matches!(e, hale_core::Error::Expired { role, .. } if may_have_expired(role.as_str()));
     let trusted_root = old
         .and_then(|o| o.root())
         .or_else(|| new.roots.iter().next().map(|(v, b)| (*v, b)))
@@ -468,8 +479,20 @@ pub fn verify_as_client(
             .map_err(|e| format!("{}.snapshot.json: {e}", snap.version))?;
     }
     let targets = new.roles.get("targets").ok_or("targets: not stored")?;
-    set.update_targets(&targets.bytes)
-        .map_err(|e| format!("{}.targets.json: {e}", targets.version))?;
+    match set.update_targets(&targets.bytes) {
+        Ok(_) => {}
+        // nothing below it reaches a device until it is renewed: fine if nothing below changed
+        Err(e) if lapsed(&e) => {
+            return match new.roles.keys().find(|r| !may_have_expired(r)) {
+                None => Ok(()),
+                Some(r) => Err(format!(
+                    "{}.targets.json: {e}: no device would reach {r} until targets is renewed",
+                    targets.version
+                )),
+            }
+        }
+        Err(e) => return Err(format!("{}.targets.json: {e}", targets.version)),
+    }
 
     // every delegated role against every delegator that names it (diamonds included)
     for (dname, d) in &new.roles {
@@ -478,8 +501,11 @@ pub fn verify_as_client(
             Targets::parse(&env.signed, Name::new(dname)).map_err(|e| format!("{dname}: {e}"))?;
         for child in crate::publish::delegated_names(&delegator, new.roles.keys()) {
             if let Some(c) = new.roles.get(&child) {
-                set.verify_delegated(&delegator, &child, &c.bytes)
-                    .map_err(|e| format!("{child} (delegated by {dname}): {e}"))?;
+                match set.verify_delegated(&delegator, &child, &c.bytes) {
+                    Ok(_) => {}
+                    Err(e) if lapsed(&e) => {}
+                    Err(e) => return Err(format!("{child} (delegated by {dname}): {e}")),
+                }
             }
         }
     }
@@ -508,9 +534,13 @@ pub fn verify_as_client(
             continue;
         }
         for (path, _, _) in &list {
-            let found = set
-                .find_target(path, &mut StateSource(new))
-                .map_err(|e| format!("searching {path}: {e}"))?;
+            let found = match set.find_target(path, &mut StateSource(new)) {
+                Ok(found) => found,
+                // a role that may have expired, holding a target of another such role: devices
+                // refuse it as they did before this change
+                Err(SearchError::Trust(e)) if lapsed(&e) && may_have_expired(role) => continue,
+                Err(e) => return Err(format!("searching {path}: {e}")),
+            };
             if let Some(found) = found {
                 found.file(path).map_err(|e| format!("{path}: {e}"))?;
             } // None: shadowed by a terminating delegation, never fetched
@@ -731,13 +761,13 @@ mod tests {
         let st = state(20);
         let len = |_: &str| Some(1u64);
         // every entry's content is 1 or 2 bytes long ("0".."19"): lengths differ for two-digit ones
-        let err = verify_as_client(None, &st, crate::now(), &len).unwrap_err();
+        let err = verify_as_client(None, &st, crate::now(), &len, &|_| false).unwrap_err();
         assert!(
             err.contains("fw/000010.bin: stored content has 1 bytes, metadata says 2"),
             "{err}"
         );
         let none = |_: &str| None;
-        let err = verify_as_client(None, &st, crate::now(), &none).unwrap_err();
+        let err = verify_as_client(None, &st, crate::now(), &none, &|_| false).unwrap_err();
         assert!(err.starts_with("fw/000000.bin: content "), "{err}");
     }
 
@@ -863,7 +893,14 @@ mod tests {
                 .into_iter()
                 .map(|(_, sha, len)| (sha, len))
                 .collect();
-            verify_as_client(None, &st, crate::now(), &|s: &str| lens.get(s).copied()).unwrap();
+            verify_as_client(
+                None,
+                &st,
+                crate::now(),
+                &|s: &str| lens.get(s).copied(),
+                &|_| false,
+            )
+            .unwrap();
             eprintln!("{n} targets: {:?}", t0.elapsed());
         }
     }

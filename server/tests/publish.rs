@@ -645,3 +645,163 @@ fn refusals_reach_a_client_still_sending_a_large_body() {
     // the server still answers on a new connection
     assert_eq!(upload(&s, &f.token, &[1u8; 10]).unwrap().status, 200);
 }
+
+/// The served state's `path` as a device at `now` finds it: the sha256 it would install.
+fn device_finds(
+    st: &hale_server::repo::State,
+    now: i64,
+    path: &str,
+) -> Result<Option<String>, String> {
+    struct Roles<'a>(&'a hale_server::repo::State);
+    impl hale_core::RoleSource for Roles<'_> {
+        type Buf = bytes::Bytes;
+        type Error = String;
+        fn fetch_role(
+            &mut self,
+            name: &str,
+            _: &hale_core::metadata::MetaFile<'_>,
+        ) -> Result<bytes::Bytes, String> {
+            let m = self.0.roles.get(name).ok_or(name.to_string())?;
+            Ok(m.bytes.clone())
+        }
+    }
+    let e = |e: hale_core::Error| e.to_string();
+    let (_, root) = st.root().unwrap();
+    let storage = hale_core::Storage::with_capacity(1 << 20);
+    let mut set = hale_core::TrustedSet::new(storage, root, now).map_err(e)?;
+    set.update_timestamp(&st.timestamp.as_ref().unwrap().bytes)
+        .map_err(e)?;
+    set.update_snapshot(&st.snapshot.as_ref().unwrap().bytes)
+        .map_err(e)?;
+    set.update_targets(&st.roles["targets"].bytes).map_err(e)?;
+    let found = set
+        .find_target(path, &mut Roles(st))
+        .map_err(|e| e.to_string())?;
+    Ok(found.map(|f| hex::encode(f.file(path).unwrap().sha256().unwrap())))
+}
+
+/// A lapsed delegation stops the targets it holds, as `/healthz` says, not the repository: the
+/// server still re-signs the timestamp and snapshot, and other roles are still released. Before
+/// 2026-11-24 the whole-repository client check at each re-sign failed on the expired role, so a
+/// day later every device's timestamp had expired too, and every publish was refused (found by
+/// review). Time is the functions' parameter: days pass without waiting.
+#[test]
+fn an_expired_delegated_role_stops_neither_the_resign_nor_other_releases() {
+    use hale_server::publish::{prepare, resign, Lifetimes, OnlineKeys, PublishError, Upload};
+    let f = Fixture::new();
+    let s = f.start();
+    let (a1, b1, a2) = (
+        b"pump-a 1".to_vec(),
+        b"pump-b 1".to_vec(),
+        b"pump-a 2".to_vec(),
+    );
+    for fw in [&a1, &b1, &a2] {
+        assert_eq!(upload(&s, &f.token, fw).unwrap().status, 200);
+    }
+    let day = 86_400;
+    let t0 = now();
+    let body = |v: u64, life: i64, files: &[(&str, &[u8])], d: Option<&serde_json::Value>| {
+        let mut t = serde_json::Map::new();
+        for (path, content) in files {
+            t.insert(
+                path.to_string(),
+                hale_repo::build::target_entry(content, None),
+            );
+        }
+        let exp = hale_repo::build::expires_at(t0, life).unwrap();
+        hale_repo::build::targets(hale_repo::build::Profile::Standard, v, &exp, &t, d)
+    };
+    let k = &f.delegate_key;
+    let delegations = json!({
+        "keys": {k.keyid(): k.public()},
+        "roles": [
+            {"name": "pump-a", "keyids": [k.keyid()], "threshold": 1, "terminating": true, "paths": ["pump-a/*"]},
+            {"name": "pump-b", "keyids": [k.keyid()], "threshold": 1, "terminating": true, "paths": ["pump-b/*"]},
+        ],
+    });
+    // targets for two days, pump-a for thirty, pump-b for one
+    let targets = &[&f.targets_keys[0], &f.targets_keys[1]];
+    let t1 = hale_repo::sign::sign_new(&body(1, 2 * day, &[], Some(&delegations)), targets);
+    let pa1 = hale_repo::sign::sign_new(&body(1, 30 * day, &[("pump-a/fw.bin", &a1)], None), &[k]);
+    let pb1 = hale_repo::sign::sign_new(&body(1, day, &[("pump-b/fw.bin", &b1)], None), &[k]);
+    let (t1, pa1, pb1) = (t1.unwrap(), pa1.unwrap(), pb1.unwrap());
+    let r = publish(
+        &s,
+        &f.token,
+        None,
+        &[("targets", &t1), ("pump-a", &pa1), ("pump-b", &pb1)],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mut s = s;
+    assert!(s.terminate().success());
+    let repo = hale_server::repo::RepoDir::new(&f.data);
+    let st = repo.load().unwrap();
+    let keys = OnlineKeys {
+        timestamp: vec![f.ts_key.clone()],
+        snapshot: vec![f.snap_key.clone()],
+    };
+    let life = Lifetimes {
+        timestamp_secs: day,
+        timestamp_resign_before_secs: day / 2,
+        snapshot_secs: 7 * day,
+        snapshot_resign_before_secs: 3 * day,
+        profile: hale_repo::build::Profile::Standard,
+    };
+    let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+
+    // a day and an hour on: pump-b expired, the timestamp due. Re-signed all the same; a device
+    // finds pump-a's image and refuses pump-b's, as `/healthz` says (`delegated_role_expired`)
+    let t = t0 + day + 3_600;
+    let st = resign(&st, &keys, &life, t, &repo).unwrap().unwrap();
+    assert_eq!(st.timestamp.as_ref().unwrap().version, 2);
+    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a1))));
+    let at = |t: i64| hale_repo::build::expires_at(t, 0).unwrap();
+    assert_eq!(
+        device_finds(&st, t, "pump-b/fw.bin"),
+        Err(format!(
+            "pump-b: expired at {} (update started at {})",
+            at(t0 + day),
+            at(t)
+        ))
+    );
+
+    // pump-a's next release goes out meanwhile
+    let pa2 = hale_repo::sign::sign_new(&body(2, 30 * day, &[("pump-a/fw.bin", &a2)], None), &[k])
+        .unwrap();
+    let up = |role: &str, bytes: &[u8]| Upload {
+        root: None,
+        roles: [(role.to_string(), bytes::Bytes::from(bytes.to_vec()))].into(),
+    };
+    let st = prepare(&st, &up("pump-a", &pa2), &keys, &life, t, &repo).unwrap();
+    assert_eq!(st.roles["pump-a"].version, 2);
+    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a2))));
+    // pump-b signed again as it was (still expired) is refused, as before
+    let stale =
+        hale_repo::sign::sign_new(&body(2, day, &[("pump-b/fw.bin", &b1)], None), &[k]).unwrap();
+    let e = prepare(&st, &up("pump-b", &stale), &keys, &life, t, &repo).unwrap_err();
+    assert!(
+        matches!(&e, PublishError::Trust { role, error: hale_core::Error::Expired { .. } } if role == "pump-b"),
+        "{e}"
+    );
+
+    // two days on, targets expired too: still re-signed (devices refuse every update, and
+    // `/healthz` says `metadata_expired`), but a release under it is refused: no device would
+    // reach it until targets is renewed
+    let t = t0 + 2 * day + 3_600;
+    let st = resign(&st, &keys, &life, t, &repo).unwrap().unwrap();
+    assert_eq!(st.timestamp.as_ref().unwrap().version, 4);
+    let pa3 = hale_repo::sign::sign_new(&body(3, 30 * day, &[("pump-a/fw.bin", &a1)], None), &[k])
+        .unwrap();
+    let e = prepare(&st, &up("pump-a", &pa3), &keys, &life, t, &repo).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "a device would reject the result: 1.targets.json: targets: expired at {} (update \
+             started at {}): no device would reach pump-a until targets is renewed",
+            at(t0 + 2 * day),
+            at(t)
+        )
+    );
+    assert_eq!(e.code(), "client_check_failed");
+}
