@@ -682,9 +682,11 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
         "{} is not initialised: run `hale-server init` (or `hale-server demo`)",
         data.display()
     );
+    // the database's lock first: a second server on this directory stops here, before it removes
+    // the running one's uploads and temporary files (`clean_temporaries`)
+    let sled = SledStore::open(&data.join("db"))?;
     repo.clean_temporaries();
     let keys = load_keys(data, &cfg)?;
-    let sled = SledStore::open(&data.join("db"))?;
     let store: Arc<dyn Store> = Arc::new(sled.clone());
     let audit = Audit::open(store.clone())?;
     let tls = tls.and_then(|t| t.tls_dir.as_ref().map(|d| (t, d)));

@@ -166,6 +166,36 @@ fn a_command_beside_a_running_server_says_the_database_is_in_use() {
     );
 }
 
+/// A second `serve` on a running server's directory stops at the database's lock before it
+/// touches anything: until 2026-11-24 it first removed the running server's uploads in progress
+/// and temporary files, failing them (found by review).
+#[test]
+fn a_second_server_on_a_running_ones_directory_stops_before_removing_its_uploads() {
+    let f = Fixture::new();
+    let _s = f.start();
+    let data = f.data.to_str().unwrap();
+    // what a running server has in progress: an upload's part file, a metadata temporary
+    let part = f.data.join("repo/upload/in-progress.part");
+    let tmp = f.data.join("repo/metadata/.2.targets.json.tmp4242");
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, b"half an image").unwrap();
+    std::fs::write(&tmp, b"being written").unwrap();
+    let out = run_bin(
+        &["serve", "--data", data, "--listen", "127.0.0.1:0"],
+        &f.pass_file,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: database: {}: in use by another process (a running hale-server? stop it first)",
+            f.data.join("db").display()
+        )
+    );
+    assert_eq!(std::fs::read(&part).unwrap(), b"half an image");
+    assert_eq!(std::fs::read(&tmp).unwrap(), b"being written");
+}
+
 #[test]
 fn an_operator_token_can_be_listed_and_revoked_and_a_revoked_one_no_longer_uploads() {
     let f = Fixture::new();
