@@ -256,6 +256,9 @@ pub enum Error {
     },
     /// Trusted root has expired at the end of the root update.
     ExpiredRoot { expires: UnixTime, now: UnixTime },
+    /// The stored timestamp no longer verifies (its keys rotated), so the stored snapshot is not
+    /// used as a baseline either (spec 5.3.11, the fast-forward attack's recovery).
+    OnlineKeysRotated,
     /// Delegations nested deeper than [`crate::limits::MAX_DELEGATION_DEPTH`].
     DelegationTooDeep { role: Name },
     /// More delegated roles visited than [`crate::limits::MAX_DELEGATION_VISITS`].
@@ -384,6 +387,10 @@ impl fmt::Display for Error {
                 operation,
                 requires,
             } => write!(f, "{operation} requires {requires} first"),
+            OnlineKeysRotated => f.write_str(
+                "the stored timestamp no longer verifies (rotated keys): the stored snapshot is \
+                 not used either (spec 5.3.11)",
+            ),
             ExpiredRoot { expires, now } => {
                 let (expires, now) = (Date(*expires), Date(*now));
                 write!(f, "root expired at {expires} (update started at {now})")

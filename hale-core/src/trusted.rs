@@ -183,6 +183,9 @@ pub struct TrustedSet<B> {
     rotations: u32,
     /// the stored snapshot passed the final checks (version named by timestamp, unexpired)
     snapshot_final: bool,
+    /// the stored timestamp did not verify (its keys rotated): the stored snapshot is not loaded
+    /// as a baseline either (spec 5.3.11)
+    online_rotated: bool,
     spans: Spans,
 }
 
@@ -282,6 +285,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
             max_root_rotations: DEFAULT_MAX_ROOT_ROTATIONS,
             rotations: 0,
             snapshot_final: false,
+            online_rotated: false,
             spans: Spans::default(),
         };
         let env = Envelope::parse(trusted_root, "root")?;
@@ -327,6 +331,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
             max_root_rotations: self.max_root_rotations,
             rotations: self.rotations,
             snapshot_final: self.snapshot_final,
+            online_rotated: self.online_rotated,
             spans: self.spans,
         })
     }
@@ -541,8 +546,15 @@ impl<B: RoleBuffer> TrustedSet<B> {
     // --- timestamp ---------------------------------------------------------------------------
 
     /// Load the previously trusted timestamp (from the device's storage) as the rollback baseline.
-    /// Expiry is not checked. An error here means "drop it": in particular, after the timestamp
-    /// keys rotated it no longer verifies, which is the fast-forward-attack recovery of spec 5.3.11.
+    /// Expiry is not checked. An error here means "drop it". Spec 5.3.11 (the fast-forward
+    /// attack's recovery): once the timestamp keys rotate, the stored timestamp no longer
+    /// verifies and is dropped, and the stored snapshot must go with it, or a snapshot version an
+    /// attacker holding the old online keys pushed up would refuse every genuine one. So after
+    /// this fails, [`load_trusted_snapshot`](Self::load_trusted_snapshot) refuses
+    /// ([`Error::OnlineKeysRotated`]). (A rotation of the snapshot keys alone leaves the stored
+    /// timestamp, which still verifies, as the baseline: every fast-forward needs the timestamp
+    /// key, so its recovery rotates that key. Comparing the roots' online roles as the spec puts
+    /// it cost more flash than the device build has; docs/threat-model.md.)
     pub fn load_trusted_timestamp(&mut self, bytes: &[u8]) -> Result<(), Error> {
         if self.len.get(Role::Timestamp) != 0 {
             return Err(Error::WrongOrder {
@@ -550,9 +562,15 @@ impl<B: RoleBuffer> TrustedSet<B> {
                 requires: "no timestamp loaded yet",
             });
         }
+        if self.online_rotated {
+            return Err(Error::OnlineKeysRotated);
+        }
+        // until it verifies: a stored timestamp refused takes the stored snapshot with it
+        self.online_rotated = true;
         pass!(self.check_root_unexpired());
         let env = pass!(self.verified_by_root(Role::Timestamp, bytes));
         pass!(Timestamp::parse(&env.signed));
+        self.online_rotated = false;
         self.put(Role::Timestamp, bytes, &env)
     }
 
@@ -628,6 +646,9 @@ impl<B: RoleBuffer> TrustedSet<B> {
                 operation: "load_trusted_snapshot",
                 requires: "no snapshot loaded yet",
             });
+        }
+        if self.online_rotated {
+            return Err(Error::OnlineKeysRotated);
         }
         let (ts_version, expected) = {
             let ts = pass!(self.final_timestamp());

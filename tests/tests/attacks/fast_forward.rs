@@ -98,3 +98,65 @@ fn rotating_another_key_does_not_discard_the_timestamp_baseline() {
     );
     assert_eq!(c.core_stored(Role::Timestamp), c.timestamp.as_deref());
 }
+
+/// The attacker holds both online keys and gets timestamp 1000 naming snapshot 1000 (its
+/// `meta` genuine) onto the device, which keeps both.
+fn fast_forwarded_both() -> (RepoSim, Client) {
+    let mut r = RepoSim::new();
+    let mut c = Client::new(r.initial_root());
+    c.refresh(&r.files, NOW).unwrap();
+    let mut evil = r.clone();
+    evil.snapshot.version = 1000;
+    evil.write_snapshot();
+    evil.timestamp.version = 1000;
+    evil.write_timestamp();
+    c.refresh(&evil.files, NOW).unwrap();
+    assert_eq!(
+        (c.trusted().timestamp, c.trusted().snapshot),
+        (Some(1000), Some(1000))
+    );
+    r.publish();
+    (r, c)
+}
+
+/// Spec 5.3.11: once the timestamp keys rotate, neither stored file is a baseline. Rotating the
+/// timestamp key dropped the stored timestamp (it no longer verifies) but kept the stored
+/// snapshot 1000, which then refused every genuine snapshot as a rollback: the recovery the
+/// threat model names did not recover (found by review, 2026-11-24).
+#[test]
+fn recovers_from_a_fast_forwarded_snapshot_when_only_the_timestamp_key_rotates() {
+    let (mut r, mut c) = fast_forwarded_both();
+    r.rotate_root(|r| r.timestamp.keys = vec![key("timestamp-2", KeyKind::Ed25519)]);
+    r.publish();
+    c.refresh(&r.files, NOW).unwrap();
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 2,
+            timestamp: Some(3),
+            snapshot: Some(3),
+            targets: Some(1)
+        }
+    );
+}
+
+/// A device that took the new root in an earlier update but not the files after it (here: its
+/// stored root is already the rotated one): the stored timestamp no longer verifies, and the
+/// stored snapshot is dropped with it.
+#[test]
+fn a_stored_timestamp_that_no_longer_verifies_takes_the_stored_snapshot_with_it() {
+    let (mut r, mut c) = fast_forwarded_both();
+    r.rotate_root(|r| r.timestamp.keys = vec![key("timestamp-2", KeyKind::Ed25519)]);
+    r.publish();
+    c.root = r.files["2.root.json"].clone();
+    c.refresh(&r.files, NOW).unwrap();
+    assert_eq!(
+        c.trusted(),
+        Trusted {
+            root: 2,
+            timestamp: Some(3),
+            snapshot: Some(3),
+            targets: Some(1)
+        }
+    );
+}
