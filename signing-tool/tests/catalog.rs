@@ -433,3 +433,110 @@ fn status_counts_expiring_hashed_bins_on_one_line_and_renews_them_by_prefix() {
         r.stdout
     );
 }
+
+/// `bins` moves the targets its delegator lists into their bins: clients look in the delegator
+/// before its delegations, so an entry left there answered for its name forever, and a rebuilt
+/// image added under the same name (routed into its bin) never reached a device (found by review,
+/// 2026-11-24). A catalog binned before still lists some in the delegator: `target add` of such a
+/// name moves it out, and keeps the firmware-policy guard on the entry devices find now.
+#[test]
+fn hashed_bins_take_the_targets_their_delegator_listed_so_a_new_image_is_the_one_found() {
+    let e = Env::new();
+    e.published_repo();
+    e.key("bins", "ed25519");
+    let name = "pump-a/2.1.0/firmware.bin";
+    let policy = [
+        "--model",
+        "pump-a",
+        "--revisions",
+        "r2",
+        "--version",
+        "2.1.0",
+    ];
+    let add = |file: &str, with_policy: bool| {
+        let mut args = vec!["target", "add", "repo", "--file", file, "--name", name];
+        if with_policy {
+            args.extend(policy);
+        }
+        e.run(&args)
+    };
+    e.write("fw-1.bin", b"first build");
+    assert_eq!(add("fw-1.bin", true).code, 0);
+    e.sign("repo/staged/targets.json", "targets");
+    e.publish();
+    e.ok(&[
+        "bins",
+        "repo",
+        "--from",
+        "targets",
+        "--bit-length",
+        "2",
+        "--key",
+        "bins.pub",
+    ]);
+    let bin = hale_repo::build::bin_for(name, 2, "bin");
+    let t = e.json("repo/staged/targets.json");
+    assert_eq!(t["signed"]["targets"], serde_json::json!({}));
+    let b = e.json(&format!("repo/staged/{bin}.json"));
+    assert_eq!(
+        b["signed"]["targets"][name]["hashes"]["sha256"],
+        sha(b"first build")
+    );
+    assert_eq!(b["signed"]["targets"][name]["custom"]["version"], "2.1.0");
+
+    // a rebuilt image under the same name goes into the bin, the one entry for the name
+    e.write("fw-2.bin", b"second build");
+    assert_eq!(add("fw-2.bin", true).code, 0);
+    let b = e.json(&format!("repo/staged/{bin}.json"));
+    assert_eq!(
+        b["signed"]["targets"][name]["hashes"]["sha256"],
+        sha(b"second build")
+    );
+    e.sign("repo", "bins");
+    e.sign("repo/staged/targets.json", "targets");
+    e.publish();
+    let v = e.verify();
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    let published = e.json("repo/repository/3.targets.json");
+    assert_eq!(published["signed"]["targets"], serde_json::json!({}));
+
+    // a catalog binned before: the delegator still lists the name itself
+    let staged = e.path("repo/staged/targets.json");
+    let mut t = e.json("repo/repository/3.targets.json");
+    t["signed"]["version"] = 4.into();
+    t["signed"]["targets"][name] = b["signed"]["targets"][name].clone();
+    t["signatures"] = serde_json::json!([]);
+    std::fs::write(&staged, serde_json::to_vec(&t).unwrap()).unwrap();
+    // without a policy: refused, on the entry devices find now (the delegator's)
+    e.write("fw-3.bin", b"third build");
+    let r = add("fw-3.bin", false);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "error: target \"{name}\" in targets has a firmware policy ({}); the new entry has \
+             none: give its --version, --model and --revisions (and --security-counter) again",
+            b["signed"]["targets"][name]["custom"]
+        )
+    );
+    assert_eq!(e.json("repo/staged/targets.json"), t, "nothing staged");
+    // with one: moved out of the delegator, into the bin
+    let r = add("fw-3.bin", true);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "note: target {name} was listed in targets itself, where clients find it before its \
+             bin: removed there (the new entry goes into {bin})"
+        )),
+        "{}",
+        r.stderr
+    );
+    let t = e.json("repo/staged/targets.json");
+    assert_eq!(t["signed"]["targets"], serde_json::json!({}));
+    assert_eq!(t["signed"]["version"], 4);
+    let b = e.json(&format!("repo/staged/{bin}.json"));
+    assert_eq!(
+        b["signed"]["targets"][name]["hashes"]["sha256"],
+        sha(b"third build")
+    );
+}

@@ -1,15 +1,17 @@
 //! `hale-sign bins DIR --from targets --bit-length B --key K.pub`: TAP 15 succinct hashed bins for
 //! big catalogs. The delegator's next version delegates to `2^B` bins named `<prefix>-<hex>`;
-//! every bin is staged (empty ones too: clients fetch every bin the snapshot lists) and
-//! `target add --role <from>` routes each target into its bin from now on.
+//! every bin is staged (empty ones too: clients fetch every bin the snapshot lists), the targets
+//! the delegator listed itself move into their bins, and `target add --role <from>` routes each
+//! target into its bin from now on.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use hale_repo::build;
-use serde_json::Map;
+use serde_json::{Map, Value};
 
 use super::{check_threshold, chosen_threshold, key_map, load_keys};
 use crate::config::Bins;
@@ -75,19 +77,34 @@ pub fn run(a: BinsArgs) -> anyhow::Result<ExitCode> {
     check_threshold("bins", threshold, keys.len())?;
     let keyids: Vec<String> = keys.iter().map(|k| k.keyid.clone()).collect();
     let mut body = state.next_body(&a.from)?;
+    // the role's own targets move into their bins: a client looks in the role itself before its
+    // delegations, so an entry left there would answer for its name whatever its bin lists later
+    // (a new image under that name would never reach a device)
+    let listed = body
+        .get_mut("targets")
+        .and_then(Value::as_object_mut)
+        .map(std::mem::take)
+        .unwrap_or_default();
+    let moved = listed.len();
+    let mut binned: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for (name, entry) in listed {
+        let bin = build::bin_for(&name, a.bit_length, &a.prefix);
+        binned.entry(bin).or_default().insert(name, entry);
+    }
     body["delegations"] =
         build::succinct_delegation(&key_map(&keys), &keyids, threshold, a.bit_length, &a.prefix);
     let mut batch = Batch::new();
     state.stage(&mut batch, &a.from, body)?;
     let exp = build::expires_at(state.now, state.config.expires.delegated)?;
-    let empty = build::targets(state.profile, 1, &exp, &Map::new(), None);
     let count = 1u32 << a.bit_length;
     for bin in 0..count {
         let name = build::bin_name(bin, a.bit_length, &a.prefix);
         if state.roles.contains_key(&name) {
             bail!("role {name} already exists");
         }
-        state.stage(&mut batch, &name, empty.clone())?;
+        let targets = binned.remove(&name).unwrap_or_default();
+        let body = build::targets(state.profile, 1, &exp, &targets, None);
+        state.stage(&mut batch, &name, body)?;
     }
     batch
         .commit()
@@ -107,6 +124,12 @@ pub fn run(a: BinsArgs) -> anyhow::Result<ExitCode> {
         threshold,
         keys.len()
     );
+    if moved > 0 {
+        println!(
+            "moved the {moved} target(s) {} listed into their bins",
+            a.from
+        );
+    }
     super::staged_hint(&state);
     Ok(ExitCode::SUCCESS)
 }

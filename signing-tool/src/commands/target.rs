@@ -322,17 +322,49 @@ pub fn run(cmd: TargetCmd) -> anyhow::Result<ExitCode> {
         }
     }
 
+    // A catalog binned before `bins` moved the delegator's own targets into the bins can still
+    // list some in the delegator itself, where clients look before its delegations: that entry
+    // would answer for the name whatever the bin lists. An input of such a name moves out of it.
+    let mut unbinned: Option<Unbinned> = None;
+    if let Some(b) = &bins {
+        let mut body = state
+            .next_body(&b.from)
+            .with_context(|| format!("role {}", b.from))?;
+        if let Some(listed) = body.get_mut("targets").and_then(Value::as_object_mut) {
+            let moved: Vec<(String, Value)> = inputs
+                .iter()
+                .filter_map(|i| listed.remove(&i.name).map(|e| (i.name.clone(), e)))
+                .collect();
+            if !moved.is_empty() {
+                unbinned = Some((b.from.clone(), body, moved));
+            }
+        }
+    }
+
     // a release that replaces an entry with a firmware policy must state its own: without one,
     // every device would refuse the new image (checked before anything is copied)
     for i in inputs.iter().filter(|i| i.custom.is_none()) {
         let role = route(&i.name);
-        let Ok(body) = state.next_body(&role) else {
-            continue;
-        };
-        let old = body.pointer(&format!(
+        let pointer = format!(
             "/targets/{}/custom",
             i.name.replace('~', "~0").replace('/', "~1")
-        ));
+        );
+        // the entry devices find now: the delegator's own, if it lists the name, else the bin's
+        let shadowing = unbinned
+            .as_ref()
+            .and_then(|(_, _, moved)| moved.iter().find(|(n, _)| *n == i.name))
+            .map(|(_, e)| e.get("custom").cloned());
+        let (role, old) = match shadowing {
+            Some(custom) => (a.role.clone(), custom),
+            None => {
+                let Ok(body) = state.next_body(&role) else {
+                    continue;
+                };
+                let old = body.pointer(&pointer).cloned();
+                (role, old)
+            }
+        };
+        let old = old.as_ref();
         if old.is_some_and(|c| c.get("version").is_some()) {
             bail!(
                 "target {:?} in {role} has a firmware policy ({}); the new entry has none: give \
@@ -357,7 +389,22 @@ pub fn run(cmd: TargetCmd) -> anyhow::Result<ExitCode> {
 
     let mut meta_batch = Batch::new();
     let mut summary = Vec::new();
-    let mut bodies = Vec::with_capacity(by_role.len());
+    let mut bodies = Vec::with_capacity(by_role.len() + 1);
+    if let Some((from, body, moved)) = unbinned {
+        for (name, _) in &moved {
+            eprintln!(
+                "note: target {name} was listed in {from} itself, where clients find it before \
+                 its bin: removed there (the new entry goes into {})",
+                route(name)
+            );
+        }
+        let version = body.get("version").and_then(Value::as_u64).unwrap_or(0);
+        summary.push(format!(
+            "{from} v{version} (-{} moved to bins)",
+            moved.len()
+        ));
+        bodies.push((from, body));
+    }
     for (role, entries) in by_role {
         let mut body = state
             .next_body(&role)
@@ -397,6 +444,10 @@ pub fn run(cmd: TargetCmd) -> anyhow::Result<ExitCode> {
     t.finish();
     Ok(ExitCode::SUCCESS)
 }
+
+/// The delegator of hashed bins that still lists some of the names being added itself: its
+/// name, its next body without them, and the (name, entry) pairs taken out of it.
+type Unbinned = (String, Value, Vec<(String, Value)>);
 
 /// (target name, entry) for each input; replacements still to commit; new files written.
 type Copied = (Vec<(String, Value)>, Batch, usize);
