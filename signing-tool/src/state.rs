@@ -296,30 +296,60 @@ impl State {
         read(&repository_dir(&self.dir).join(format!("{v}.root.json")))
     }
 
+    /// Who must sign `bytes`, metadata of `role` given as a file of its own (`--repo`: a file
+    /// mailed to a signer, say): a root by its own root role and by the published root before
+    /// it, when it is a new one, whatever root the repository stages; another role as
+    /// [`authorities`](Self::authorities) says.
+    pub fn authorities_of(&self, role: &str, bytes: &[u8]) -> Result<Vec<Authority>> {
+        if role != "root" {
+            return self.authorities(role);
+        }
+        // (a file that holds another role is refused as such, not as a root that does not parse)
+        check_body(role, bytes)?;
+        let version = hale_core::metadata::peek_header(bytes, "root")
+            .map_err(|e| ToolError::trust("root", e))?
+            .version;
+        let published = self.published.get("root").copied().unwrap_or(0);
+        self.root_authorities(version, bytes, version > 1 && version > published)
+    }
+
+    /// A root of `version`: its own root role, and the previous (published) root when `rotates`.
+    fn root_authorities(
+        &self,
+        version: u64,
+        bytes: &[u8],
+        rotates: bool,
+    ) -> Result<Vec<Authority>> {
+        let mut v = vec![Authority {
+            label: format!("root v{version} (its own root role)"),
+            delegator: "root".into(),
+            bytes: bytes.to_vec(),
+        }];
+        if rotates {
+            let prev = version - 1;
+            let bytes = self.published_root(prev).map_err(|e| {
+                invalid(format!(
+                    "root v{version} is new but the previous root v{prev} is not published: {e}"
+                ))
+            })?;
+            v.push(Authority {
+                label: format!("root v{prev} (the trusted root it rotates from)"),
+                delegator: "root".into(),
+                bytes,
+            });
+        }
+        Ok(v)
+    }
+
     /// Who must sign `role`'s current metadata.
     pub fn authorities(&self, role: &str) -> Result<Vec<Authority>> {
         let root = self.root()?;
         if role == "root" {
-            let mut v = vec![Authority {
-                label: format!("root v{} (its own root role)", root.version),
-                delegator: "root".into(),
-                bytes: root.bytes.clone(),
-            }];
-            if root.version > 1 && root.staged {
-                let prev = root.version - 1;
-                let bytes = self.published_root(prev).map_err(|e| {
-                    invalid(format!(
-                        "root v{} is staged but the previous root v{prev} is not published: {e}",
-                        root.version
-                    ))
-                })?;
-                v.push(Authority {
-                    label: format!("root v{prev} (the trusted root it rotates from)"),
-                    delegator: "root".into(),
-                    bytes,
-                });
-            }
-            return Ok(v);
+            return self.root_authorities(
+                root.version,
+                &root.bytes,
+                root.version > 1 && root.staged,
+            );
         }
         if top_level(role).is_some() {
             return Ok(vec![Authority {

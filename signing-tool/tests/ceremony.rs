@@ -1237,3 +1237,72 @@ fn new_key_files_get_the_full_scrypt_cost_and_a_cheaper_one_is_named_when_opened
         "{err}"
     );
 }
+
+/// A root given as a file of its own (`--repo`: mailed to the signers) is checked against its
+/// own root role and the published root before it, not the repository's: a clone without the
+/// staged rotation refused a new root key ("not listed … by root v1") and `status` called the
+/// file met on the old root's keys alone, never checking its own (found by review, 2026-11-24).
+#[test]
+fn a_mailed_root_is_signed_and_reported_against_its_own_root_role() {
+    let e = Env::new();
+    e.published_repo();
+    e.key("root-d", "ed25519");
+    e.ok(&[
+        "rotate",
+        "repo",
+        "--role",
+        "root",
+        "--add-key",
+        "root-d.pub",
+        "--remove-key",
+        "root-a.pub",
+    ]);
+    std::fs::create_dir(e.path("m")).unwrap();
+    std::fs::copy(e.path("repo/staged/root.json"), e.path("m/root.json")).unwrap();
+    // a signer's clone: the published repository, no staged rotation
+    let cp = std::process::Command::new("cp")
+        .args(["-r", &e.p("repo"), &e.p("clone")])
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    std::fs::remove_file(e.path("clone/staged/root.json")).unwrap();
+    let sign = |key: &str| {
+        let mut a: Vec<&str> = sign_args("m/root.json", key).to_vec();
+        a.extend(["--repo", "clone"]);
+        e.run(&a)
+    };
+    let status = || e.run(&["status", "m/root.json", "--repo", "clone"]);
+    let r = sign("root-d.key");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let s = status();
+    assert_eq!(s.code, 1, "{}", s.stdout);
+    for line in [
+        "root v2 (its own root role): threshold 2 — 1 valid — NOT MET",
+        "root v1 (the trusted root it rotates from): threshold 2 — 0 valid — NOT MET",
+    ] {
+        assert!(s.stdout.contains(line), "{line}\n{}", s.stdout);
+    }
+    // the removed key signs for the root it rotates from, and does not count for its own role
+    let before = std::fs::read(e.path("m/root.json")).unwrap();
+    let r = sign("root-a.key");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_ne!(std::fs::read(e.path("m/root.json")).unwrap(), before);
+    let s = status();
+    assert!(
+        s.stdout
+            .contains("root v2 (its own root role): threshold 2 — 1 valid — NOT MET"),
+        "{}",
+        s.stdout
+    );
+    // the two that stay on both: met on both
+    sign("root-b.key");
+    sign("root-c.key");
+    let s = status();
+    assert_eq!(s.code, 0, "{}", s.stdout);
+    for line in [
+        "root v2 (its own root role): threshold 2 — 3 valid — MET",
+        "root v1 (the trusted root it rotates from): threshold 2 — 3 valid — MET",
+    ] {
+        assert!(s.stdout.contains(line), "{line}\n{}", s.stdout);
+    }
+}

@@ -196,7 +196,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
         let role = role_of(p)?;
         let bytes = read(p)?;
         let auths = st
-            .authorities(&role)
+            .authorities_of(&role, &bytes)
             .with_context(|| format!("{}", p.display()))?;
         let ids = listed(&role, &bytes, &auths).with_context(|| format!("{}", p.display()))?;
         for s in &signers {

@@ -183,7 +183,7 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
             stale.push(role.clone());
         }
         let auths = state
-            .authorities(role)
+            .authorities_of(role, bytes)
             .with_context(|| format!("{}", path.display()))?;
         let reps = reports(role, bytes, &auths).with_context(|| format!("{}", path.display()))?;
         let met = reps.iter().all(|(_, r)| r.met());
