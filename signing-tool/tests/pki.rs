@@ -501,6 +501,65 @@ fn factory_refuses_a_csr_whose_signature_does_not_verify() {
     );
 }
 
+/// notAfter of the certificate in the PEM file `p`, in Unix seconds.
+fn not_after(env: &Env, p: &str) -> u64 {
+    let c = x509_cert::Certificate::from_der(&cert(env, p)).unwrap();
+    c.tbs_certificate
+        .validity
+        .not_after
+        .to_unix_duration()
+        .as_secs()
+}
+
+/// A factory certificate asked to outlive the Manufacturing CA ends with it, and the station is
+/// told so on stderr with the days it really lasts; one within the CA's life is as asked, with no
+/// note. Before, the default (7,300 days against the CA's 3,650) was cut without a word.
+#[test]
+fn a_factory_certificate_past_its_ca_ends_with_it_and_the_station_is_told() {
+    let env = Env::new();
+    ca_init(&env);
+    let ca_end = not_after(&env, "ca/manufacturing.crt");
+    env.write("dev.csr", device_csr("pump-0001").as_bytes());
+    let r = env.ok(&factory_issue_args(
+        &env,
+        "dev.csr",
+        "SN-1",
+        "long.crt",
+        &[],
+    ));
+    assert_eq!(not_after(&env, "long.crt"), ca_end);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // the days left, whole ones: the CA's 3,650 less the seconds since `ca init`
+    let days = (ca_end - now) / 86_400;
+    let note = |d: u64| {
+        format!(
+            "note: --days 7300: the certificate ends with the Manufacturing CA, {d} days from \
+             now; after that the device enrolls again only with an enrollment token (renewal of \
+             its operational certificate does not need this one)"
+        )
+    };
+    let err = r.stderr.trim_end();
+    assert!(err == note(days) || err == note(days - 1), "{err}");
+    assert!(r.stdout.contains(" valid until "), "{}", r.stdout);
+
+    let r = env.ok(&factory_issue_args(
+        &env,
+        "dev.csr",
+        "SN-2",
+        "short.crt",
+        &["--days", "365"],
+    ));
+    assert_eq!(r.stderr, "");
+    let end = not_after(&env, "short.crt");
+    assert!(
+        end < ca_end && end.abs_diff(now + 365 * 86_400) < 120,
+        "{end}"
+    );
+}
+
 #[test]
 fn staff_certificates_are_limited_to_one_shift() {
     let env = Env::new();

@@ -42,7 +42,8 @@ pub struct IssueArgs {
     /// The device model.
     #[arg(long, value_name = "M")]
     model: String,
-    /// Validity of the factory certificate in days (the device's lifetime).
+    /// Validity of the factory certificate in days (the device's lifetime); it ends with the
+    /// Manufacturing CA at the latest, and says so.
     #[arg(long, default_value_t = 7300)]
     days: u64,
     /// Where to write the factory certificate (PEM).
@@ -121,12 +122,30 @@ fn issue(a: IssueArgs) -> anyhow::Result<ExitCode> {
     }
     batch_w.commit()?;
     println!(
-        "factory certificate {} for {} ({}) serial {} key sha256 {key_hash}",
+        "factory certificate {} for {} ({}) serial {} key sha256 {key_hash} valid until {}",
         a.out.display(),
         a.serial,
         a.model,
-        cert.serial_hex
+        cert.serial_hex,
+        hale_pki::utc(cert.not_after)
     );
+    // no certificate outlives its issuer: a factory certificate asked to last longer than the
+    // Manufacturing CA ends with it, and the station is told (the default, 20 years, is the
+    // device's lifetime; the CA's is 10 unless `ca init --days` said more)
+    if cert.not_after >= ca.not_after()? {
+        let days = cert
+            .not_after
+            .duration_since(now)
+            .unwrap_or_default()
+            .as_secs()
+            / 86_400;
+        eprintln!(
+            "note: --days {}: the certificate ends with the Manufacturing CA, {days} days from now; \
+             after that the device enrolls again only with an enrollment token (renewal of its \
+             operational certificate does not need this one)",
+            a.days
+        );
+    }
     if let Some(p) = &a.manifest {
         println!("manifest {}: {} device(s)", p.display(), entries.len());
     }
