@@ -1306,3 +1306,39 @@ fn a_mailed_root_is_signed_and_reported_against_its_own_root_role() {
         assert!(s.stdout.contains(line), "{line}\n{}", s.stdout);
     }
 }
+
+/// `target add --from-dir` refuses a symbolic link in the directory, naming it, and adds nothing:
+/// before, it was left out without a word and the release missed an image the engineer saw
+/// there (found by review, 2026-11-24).
+#[test]
+fn from_dir_refuses_a_symbolic_link_and_adds_nothing() {
+    let e = Env::new();
+    e.published_repo();
+    e.write("src/a.bin", b"image a");
+    e.write("elsewhere.bin", b"image b");
+    std::os::unix::fs::symlink(e.path("elsewhere.bin"), e.path("src/b.bin")).unwrap();
+    let repo_before = snapshot_tree(&e.path("repo/repository"));
+    let staged_before = snapshot_tree(&e.path("repo/staged"));
+    let r = e.run(&["target", "add", "repo", "--from-dir", "src"]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert_eq!(
+        r.stderr.trim_end(),
+        "error: src/b.bin: a symbolic link: --from-dir adds regular files and directories only; \
+         give it with --file, or copy the file in"
+    );
+    assert_eq!(snapshot_tree(&e.path("repo/repository")), repo_before);
+    assert_eq!(snapshot_tree(&e.path("repo/staged")), staged_before);
+    // given with --file, the file the link names is added under the link's name
+    e.ok(&[
+        "target",
+        "add",
+        "repo",
+        "--file",
+        "src/a.bin",
+        "--file",
+        "src/b.bin",
+    ]);
+    let t = e.json("repo/staged/targets.json");
+    assert_eq!(t["signed"]["targets"]["b.bin"]["length"], 7);
+    assert_eq!(t["signed"]["targets"]["a.bin"]["length"], 7);
+}

@@ -120,6 +120,19 @@ fn walk_dir(root: &Path, rel: &str, out: &mut Vec<(PathBuf, String)>) -> anyhow:
             walk_dir(root, &r, out)?;
         } else if ft.is_file() {
             out.push((e.path(), r));
+        } else {
+            // a link (to what? outside the directory, maybe) or a device, socket or pipe: left
+            // out, the release would miss an image the engineer saw in the directory
+            let what = if ft.is_symlink() {
+                "a symbolic link"
+            } else {
+                "not a regular file"
+            };
+            bail!(
+                "{}: {what}: --from-dir adds regular files and directories only; give it with \
+                 --file, or copy the file in",
+                e.path().display()
+            );
         }
     }
     Ok(())
