@@ -1342,3 +1342,88 @@ fn from_dir_refuses_a_symbolic_link_and_adds_nothing() {
     assert_eq!(t["signed"]["targets"]["b.bin"]["length"], 7);
     assert_eq!(t["signed"]["targets"]["a.bin"]["length"], 7);
 }
+
+/// A snapshot threshold of 2 (which `init` allows) is met at publish by giving `--snapshot-key`
+/// twice; one key, a key given twice or a key that is not a snapshot key is refused with what is
+/// missing, and nothing is written. Before, publish took one key and called the snapshot key
+/// "not a snapshot key" (found by review, 2026-11-24).
+#[test]
+fn publish_meets_an_online_threshold_above_one_with_repeated_keys() {
+    let e = Env::new();
+    e.standard_keys();
+    e.key("snapshot-2", "ecdsa-p256");
+    e.ok(&[
+        "init",
+        "repo",
+        "--root-key",
+        "root-a.pub",
+        "--root-key",
+        "root-b.pub",
+        "--root-key",
+        "root-c.pub",
+        "--root-threshold",
+        "2",
+        "--targets-key",
+        "targets.pub",
+        "--snapshot-key",
+        "snapshot.pub",
+        "--snapshot-key",
+        "snapshot-2.pub",
+        "--snapshot-threshold",
+        "2",
+        "--timestamp-key",
+        "timestamp.pub",
+    ]);
+    e.sign("repo/staged/root.json", "root-a");
+    e.sign("repo/staged/root.json", "root-b");
+    e.sign("repo/staged/targets.json", "targets");
+    let publish = |snapshot: &[&str]| {
+        let mut a = vec!["publish", "repo"];
+        for k in snapshot {
+            a.extend(["--snapshot-key", k]);
+        }
+        a.extend([
+            "--timestamp-key",
+            "timestamp.key",
+            "--passphrase-env",
+            PW_ENV,
+        ]);
+        e.run(&a)
+    };
+    let staged_before = snapshot_tree(&e.path("repo/staged"));
+    for (keys, error) in [
+        (
+            &["snapshot.key"][..],
+            "error: snapshot: root v1 asks 2 signatures, 1 key(s) given: give --snapshot-key \
+             once for each of 2 of its keys"
+                .to_string(),
+        ),
+        (
+            &["snapshot.key", "snapshot.key"][..],
+            format!(
+                "error: snapshot.key: key {} is given twice for snapshot",
+                e.keyid("snapshot")
+            ),
+        ),
+        (
+            &["snapshot.key", "targets.key"][..],
+            format!(
+                "error: targets.key: key {} is not a snapshot key of root v1",
+                e.keyid("targets")
+            ),
+        ),
+    ] {
+        let r = publish(keys);
+        assert_eq!(r.code, 2, "{keys:?}: {}", r.stdout);
+        assert_eq!(r.stderr.trim_end(), error, "{keys:?}");
+        assert!(!e.path("repo/repository/1.root.json").exists(), "{keys:?}");
+        assert!(!e.path("repo/repository/timestamp.json").exists());
+        assert_eq!(snapshot_tree(&e.path("repo/staged")), staged_before);
+    }
+    let r = publish(&["snapshot.key", "snapshot-2.key"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let snap = e.json("repo/repository/1.snapshot.json");
+    assert_eq!(snap["signatures"].as_array().unwrap().len(), 2);
+    let v = e.verify();
+    assert_eq!(v.code, 0, "{}", v.stderr);
+}

@@ -1,4 +1,4 @@
-//! `hale-sign publish DIR [--snapshot-key S.key --timestamp-key TS.key]`: move fully signed staged
+//! `hale-sign publish DIR [--snapshot-key S.key… --timestamp-key TS.key…]`: move fully signed staged
 //! metadata into `repository/` under its consistent names, sign snapshot and timestamp when their
 //! keys are given (the directory is then a complete repository any static web server can serve),
 //! and run the client workflow over the result. Refuses — writing nothing — while any staged file
@@ -27,12 +27,14 @@ use crate::PassArgs;
 pub struct PublishArgs {
     /// The repository working directory.
     dir: PathBuf,
-    /// The snapshot key (.key): sign a new snapshot listing every targets role.
-    #[arg(long, value_name = "KEY", requires = "timestamp_key")]
-    snapshot_key: Option<PathBuf>,
-    /// The timestamp key (.key): sign a new timestamp for the newest snapshot.
-    #[arg(long, value_name = "KEY")]
-    timestamp_key: Option<PathBuf>,
+    /// A snapshot key (.key): sign a new snapshot listing every targets role. Repeat it for
+    /// each of the keys root's snapshot threshold asks.
+    #[arg(long = "snapshot-key", value_name = "KEY", requires = "timestamp_keys")]
+    snapshot_keys: Vec<PathBuf>,
+    /// A timestamp key (.key): sign a new timestamp for the newest snapshot. Repeat it for each
+    /// of the keys root's timestamp threshold asks.
+    #[arg(long = "timestamp-key", value_name = "KEY")]
+    timestamp_keys: Vec<PathBuf>,
     #[command(flatten)]
     pass: PassArgs,
     /// Print phase timings as one JSON line on stderr (also HALE_SIGN_TIMINGS=1).
@@ -207,6 +209,56 @@ fn timestamp_version(repo: &Path) -> anyhow::Result<u64> {
         .with_context(|| format!("{}: no signed.version", p.display()))
 }
 
+/// Sign `body` as `role` (snapshot or timestamp) with every key in `paths` and check the result
+/// against `root` (version `root_version`): each key must be one of the role's, and together
+/// they must meet its threshold. The error names the key that is not the role's, or how many
+/// more are needed.
+fn sign_online(
+    role: &str,
+    body: &Value,
+    paths: &[PathBuf],
+    root: &Authority,
+    root_version: u64,
+    pass: &PassArgs,
+    t: &mut Timings,
+) -> anyhow::Result<Vec<u8>> {
+    let keys = paths
+        .iter()
+        .map(|p| {
+            t.time("unlock", || {
+                load_private(p, &pass.source(&p.display().to_string()))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = t.time("sign", || {
+        hale_repo::sign::sign_new(body, &keys.iter().collect::<Vec<_>>())
+    })?;
+    let r = root.report(role, &bytes)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (p, k) in paths.iter().zip(&keys) {
+        let id = k.keyid();
+        if !r.keys.iter().any(|(kid, _)| kid.as_str() == id) {
+            bail!(
+                "{}: key {id} is not a {role} key of root v{root_version}",
+                p.display()
+            );
+        }
+        if !seen.insert(id.clone()) {
+            bail!("{}: key {id} is given twice for {role}", p.display());
+        }
+    }
+    if !r.met() {
+        bail!(
+            "{role}: root v{root_version} asks {} signatures, {} key(s) given: give \
+             --{role}-key once for each of {} of its keys",
+            r.threshold,
+            r.valid(),
+            r.threshold
+        );
+    }
+    Ok(bytes)
+}
+
 pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
     let mut t = Timings::start("publish", a.timings);
     // a publish killed before it finished: undo what it wrote, then publish afresh
@@ -250,7 +302,7 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
     let staged: Vec<_> = state.staged().collect();
     // a new targets role needs a new snapshot: a timestamp alone would point devices at one that
     // does not list it
-    if a.timestamp_key.is_some() && a.snapshot_key.is_none() {
+    if !a.timestamp_keys.is_empty() && a.snapshot_keys.is_empty() {
         let changed: Vec<&str> = staged
             .iter()
             .filter(|m| m.kind() == "targets")
@@ -264,7 +316,7 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    if staged.is_empty() && a.timestamp_key.is_none() {
+    if staged.is_empty() && a.timestamp_keys.is_empty() {
         bail!(
             "{}: nothing staged to publish (and no --timestamp-key to refresh the timestamp)",
             a.dir.display()
@@ -351,17 +403,14 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
     // 3. snapshot and timestamp, when their keys are given
     let mut online: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     let mut snapshot_note = String::new();
-    if let Some(ts_key) = &a.timestamp_key {
+    if !a.timestamp_keys.is_empty() {
         let root = state.root()?;
         let root_auth = Authority {
             label: format!("root v{}", root.version),
             delegator: "root".into(),
             bytes: root.bytes.clone(),
         };
-        let (snap_version, snap_bytes) = if let Some(sk) = &a.snapshot_key {
-            let key = t.time("unlock", || {
-                load_private(sk, &a.pass.source(&sk.display().to_string()))
-            })?;
+        let (snap_version, snap_bytes) = if !a.snapshot_keys.is_empty() {
             let meta: BTreeMap<String, u64> = state
                 .roles
                 .values()
@@ -371,18 +420,15 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
             let v = state.published.get("snapshot").copied().unwrap_or(0) + 1;
             let exp = build::expires_at(state.now, state.config.expires.snapshot)?;
             let body = build::snapshot(state.profile, v, &exp, &meta);
-            let bytes = t.time("sign", || hale_repo::sign::sign_new(&body, &[&key]))?;
-            let r = root_auth.report("snapshot", &bytes)?;
-            if !r.met() {
-                bail!(
-                    "{}: key {} is not a snapshot key of root v{} ({} of {} signatures)",
-                    sk.display(),
-                    key.keyid(),
-                    root.version,
-                    r.valid(),
-                    r.threshold
-                );
-            }
+            let bytes = sign_online(
+                "snapshot",
+                &body,
+                &a.snapshot_keys,
+                &root_auth,
+                root.version,
+                &a.pass,
+                &mut t,
+            )?;
             online.push((repo.join(format!("{v}.snapshot.json")), bytes.clone()));
             snapshot_note = format!(", snapshot v{v} ({} roles)", meta.len());
             (v, bytes)
@@ -398,24 +444,18 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
                 std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
             )
         };
-        let key = t.time("unlock", || {
-            load_private(ts_key, &a.pass.source(&ts_key.display().to_string()))
-        })?;
         let v = timestamp_version(&repo)? + 1;
         let exp = build::expires_at(state.now, state.config.expires.timestamp)?;
         let body = build::timestamp(state.profile, v, &exp, snap_version, &snap_bytes);
-        let bytes = t.time("sign", || hale_repo::sign::sign_new(&body, &[&key]))?;
-        let r = root_auth.report("timestamp", &bytes)?;
-        if !r.met() {
-            bail!(
-                "{}: key {} is not a timestamp key of root v{} ({} of {} signatures)",
-                ts_key.display(),
-                key.keyid(),
-                root.version,
-                r.valid(),
-                r.threshold
-            );
-        }
+        let bytes = sign_online(
+            "timestamp",
+            &body,
+            &a.timestamp_keys,
+            &root_auth,
+            root.version,
+            &a.pass,
+            &mut t,
+        )?;
         online.push((repo.join("timestamp.json"), bytes));
         snapshot_note.push_str(&format!(", timestamp v{v}"));
     }
@@ -483,7 +523,7 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
         .map(|m| format!("{} v{}", m.name, m.version))
         .collect();
     // targets roles published without a new snapshot: in the repository, not yet seen by devices
-    let unlisted: Vec<&str> = if a.timestamp_key.is_none() {
+    let unlisted: Vec<&str> = if a.timestamp_keys.is_empty() {
         staged
             .iter()
             .filter(|m| m.kind() == "targets")
