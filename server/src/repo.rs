@@ -311,9 +311,39 @@ impl RoleSource for StateSource<'_> {
 /// for the release engineers to gather a threshold of signers (`hale-sign renew`).
 pub const OFFLINE_EXPIRY_WARNING_SECS: i64 = 14 * 86_400;
 
-/// `(role, version, expires)` of every role served now: root (the current one), timestamp,
-/// snapshot, targets and every delegated role. A role whose header does not parse is left out
-/// (publish refuses such a role: it cannot be served).
+/// The targets roles a device's search can reach: targets, and every role delegated to by a
+/// role reachable itself. A role no longer delegated stays stored and listed in the snapshot
+/// (clients refuse a snapshot that drops one) but no device reads it.
+pub fn reachable_roles(st: &State) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let names: Vec<String> = st.roles.keys().cloned().collect();
+    let mut todo = vec!["targets".to_string()];
+    while let Some(name) = todo.pop() {
+        let Some(m) = st.roles.get(&name) else {
+            continue;
+        };
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let Ok(env) = Envelope::parse(&m.bytes, &name) else {
+            continue;
+        };
+        let Ok(t) = Targets::parse(&env.signed, Name::new(&name)) else {
+            continue;
+        };
+        todo.extend(
+            crate::publish::delegated_names(&t, names.iter())
+                .into_iter()
+                .filter(|c| !seen.contains(c)),
+        );
+    }
+    seen
+}
+
+/// `(role, version, expires)` of every role served now that a device reads: root (the current
+/// one), timestamp, snapshot, targets and every delegated role [reachable](reachable_roles). A
+/// role whose header does not parse is left out (publish refuses such a role: it cannot be
+/// served).
 pub fn served_expiries(st: &State) -> Vec<(String, u64, i64)> {
     let header = |bytes: &[u8], ty: &'static str| {
         hale_core::metadata::peek_header(bytes, ty)
@@ -330,14 +360,15 @@ pub fn served_expiries(st: &State) -> Vec<(String, u64, i64)> {
     if let Some(m) = &st.snapshot {
         out.extend(header(&m.bytes, "snapshot").map(|(v, e)| ("snapshot".to_string(), v, e)));
     }
-    for (role, m) in &st.roles {
+    let reachable = reachable_roles(st);
+    for (role, m) in st.roles.iter().filter(|(r, _)| reachable.contains(*r)) {
         out.extend(header(&m.bytes, "targets").map(|(v, e)| (role.clone(), v, e)));
     }
     out
 }
 
-/// Why devices cannot update now or soon, for `/healthz` and the log: every served role that
-/// expired (a top-level one: devices refuse every update; a delegated one: the targets it
+/// Why devices cannot update now or soon, for `/healthz` and the log: every served role a
+/// device reads that expired (a top-level one: devices refuse every update; a delegated one: the targets it
 /// holds), and every offline-signed role (root, targets, delegated: renewed only by people)
 /// within [`OFFLINE_EXPIRY_WARNING_SECS`] of its expiry.
 /// Timestamp and snapshot are the server's to renew, so they only count once expired.
@@ -857,6 +888,36 @@ mod tests {
             Meta {
                 version: 3,
                 bytes: Bytes::from(pump_b),
+            },
+        );
+        // not delegated (stored, unreachable): not counted
+        let (code, h) = crate::http::health(&st, now + 11);
+        assert_eq!(
+            (code.as_u16(), &h["status"], &h["expired"]),
+            (200, &json!("ok"), &json!([]))
+        );
+        // delegated by targets: counted
+        let delegations = json!({
+            "keys": {k.keyid(): k.public()},
+            "roles": [{"name": "pump-b", "keyids": [k.keyid()], "threshold": 1,
+                       "terminating": true, "paths": ["pump-b/*"]}],
+        });
+        let targets = hale_repo::sign::sign_new(
+            &build::targets(
+                Profile::Standard,
+                1,
+                &build::expires_at(now, 30 * day).unwrap(),
+                &serde_json::Map::new(),
+                Some(&delegations),
+            ),
+            &[&SigningKey::from_seed(KeyKind::Ed25519, &[2; 32]).unwrap()],
+        )
+        .unwrap();
+        st.roles.insert(
+            "targets".into(),
+            Meta {
+                version: 1,
+                bytes: Bytes::from(targets),
             },
         );
         let (code, h) = crate::http::health(&st, now + 11);

@@ -804,4 +804,28 @@ fn an_expired_delegated_role_stops_neither_the_resign_nor_other_releases() {
         )
     );
     assert_eq!(e.code(), "client_check_failed");
+
+    // targets renewed without pump-b: pump-b stays stored and listed (clients refuse a snapshot
+    // that drops a role) but no device reads it, so neither /healthz nor the log counts it
+    // expired (before, /healthz said delegated_role_expired and asked to renew a role that
+    // publish then refused as not delegated)
+    let only_a = json!({
+        "keys": {k.keyid(): k.public()},
+        "roles": [
+            {"name": "pump-a", "keyids": [k.keyid()], "threshold": 1, "terminating": true, "paths": ["pump-a/*"]},
+        ],
+    });
+    let t2 = hale_repo::sign::sign_new(&body(2, 30 * day, &[], Some(&only_a)), targets).unwrap();
+    let st = prepare(&st, &up("targets", &t2), &keys, &life, t, &repo).unwrap();
+    assert!(st.roles.contains_key("pump-b"));
+    assert_eq!(
+        hale_server::repo::reachable_roles(&st),
+        ["pump-a".to_string(), "targets".to_string()].into()
+    );
+    let r = hale_server::repo::ExpiryReport::of(&st, t);
+    assert_eq!(r.expired, []);
+    let (code, h) = hale_server::http::health(&st, t);
+    assert_eq!((code.as_u16(), &h["status"]), (200, &json!("ok")), "{h}");
+    assert_eq!(h["warnings"], json!([]));
+    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a2))));
 }
