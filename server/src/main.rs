@@ -800,6 +800,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
             hale_server::now(),
             &blob_len,
             &delegated,
+            None,
         ) {
             Ok(()) => tracing::info!(
                 root = st.root_version(),
@@ -1105,9 +1106,14 @@ fn export(data: &Path, out: &Path) -> Result<()> {
     let st = repo.load()?;
     let blob_len = |sha: &str| std::fs::metadata(repo.blob_path(sha)).ok().map(|m| m.len());
     let delegated = |role: &str| role != "targets";
-    if let Err(e) =
-        hale_server::repo::verify_as_client(None, &st, hale_server::now(), &blob_len, &delegated)
-    {
+    if let Err(e) = hale_server::repo::verify_as_client(
+        None,
+        &st,
+        hale_server::now(),
+        &blob_len,
+        &delegated,
+        None,
+    ) {
         tracing::warn!(error = %e, "exporting a repository that does not verify now (expired? re-sign by running the server)");
     }
     // an image a staged rollout holds back stays out: a CDN serving the export would otherwise

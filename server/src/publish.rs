@@ -401,10 +401,10 @@ pub fn verify_final(
     let untouched =
         |role: &str| old.roles.get(role).map(|m| &m.bytes) == new.roles.get(role).map(|m| &m.bytes);
     if old.timestamp.is_some() {
-        crate::repo::verify_as_client(Some(old), new, now, &blob_len, &untouched)
+        crate::repo::verify_as_client(Some(old), new, now, &blob_len, &untouched, Some(old))
             .map_err(PublishError::ClientCheck)?;
     }
-    crate::repo::verify_as_client(None, new, now, &blob_len, &untouched)
+    crate::repo::verify_as_client(None, new, now, &blob_len, &untouched, Some(old))
         .map_err(|e| PublishError::ClientCheck(format!("fresh device: {e}")))
 }
 

@@ -463,17 +463,33 @@ pub fn is_top_level(role: &str) -> bool {
 /// hold, and the expiry report says so (`/healthz`, the log); re-signing the timestamp and
 /// publishing other roles must go on meanwhile, or one lapsed delegation would stop every
 /// device's updates a day later. A role the change does touch must be current, and so must every
-/// role on the way to a target it lists.
+/// role on the way to a target it lists. `before`, the state the change starts from, keeps the
+/// change from putting a lapsed role in a device's way: a target whose search ends at an expired
+/// role is let pass only if its search in `before`, at the same time, failed too (a targets that
+/// moves a lapsed delegation ahead of a current one would otherwise cut devices off from what
+/// they find today). Without `before` (the server's start check, export: reports), or when
+/// `before` no longer loads at `now` (its targets expired: every search failed; its timestamp
+/// expired while the server was down), the lapsed roles alone decide.
 pub fn verify_as_client(
     old: Option<&State>,
     new: &State,
     now: i64,
     blob_len: &dyn Fn(&str) -> Option<u64>,
     may_have_expired: &dyn Fn(&str) -> bool,
+    before: Option<&State>,
 ) -> Result<(), String> {
-    // an expiry that does not fail the check: of a role named above (the rest of that role's
-    // checks passed: hale-core checks the expiry last)
-    let lapsed = |e: &hale_core::Error| matches!(e, hale_core::Error::Expired { role, .. } if may_have_expired(role.as_str()));
+    // an expiry that does not fail the check: of an offline role named above (the rest of that
+    // role's checks passed: hale-core checks the expiry last); a name cut short in the error is
+    // not looked up (it could name another role)
+    let lapsed = |e: &hale_core::Error| {
+        matches!(e, hale_core::Error::Expired { role, .. }
+            if !role.is_truncated()
+                && (role.as_str() == "targets" || !is_top_level(role.as_str()))
+                && may_have_expired(role.as_str()))
+    };
+    // the search a device made in `before` at `now`: None when its chain no longer loads (an
+    // expired targets: every search failed)
+    let before_set = before.map(|b| searchable(b, now).ok());
     let trusted_root = old
         .and_then(|o| o.root())
         .or_else(|| new.roots.iter().next().map(|(v, b)| (*v, b)))
@@ -568,8 +584,22 @@ pub fn verify_as_client(
             let found = match set.find_target(path, &mut StateSource(new)) {
                 Ok(found) => found,
                 // a role that may have expired, holding a target of another such role: devices
-                // refuse it as they did before this change
-                Err(SearchError::Trust(e)) if lapsed(&e) && may_have_expired(role) => continue,
+                // refuse it as they did before this change (and, `before` given, did then)
+                Err(SearchError::Trust(e)) if lapsed(&e) && may_have_expired(role) => {
+                    let found_before = match (&before_set, before) {
+                        (Some(Some(b)), Some(bst)) => {
+                            b.find_target(path, &mut StateSource(bst)).is_ok()
+                        }
+                        _ => false,
+                    };
+                    if found_before {
+                        return Err(format!(
+                            "searching {path}: {e}: devices find it now; this change puts the \
+                             expired role in their way"
+                        ));
+                    }
+                    continue;
+                }
                 Err(e) => return Err(format!("searching {path}: {e}")),
             };
             if let Some(found) = found {
@@ -578,6 +608,27 @@ pub fn verify_as_client(
         }
     }
     Ok(())
+}
+
+/// A trusted set over `st` as a device holding only its oldest root would build it at `now`, up
+/// to targets, for searches; the error of the first step that fails.
+fn searchable(st: &State, now: i64) -> Result<TrustedSet<Vec<u8>>, String> {
+    let (_, first) = st.roots.iter().next().ok_or("no root")?;
+    let mut set = TrustedSet::new(Storage::with_capacity(MAX_METADATA_LEN), first, now)
+        .map_err(|e| e.to_string())?
+        .with_max_root_rotations(u32::MAX);
+    for b in st.roots.values().skip(1) {
+        set.update_root(b).map_err(|e| e.to_string())?;
+    }
+    let (Some(ts), Some(snap), Some(t)) = (&st.timestamp, &st.snapshot, st.roles.get("targets"))
+    else {
+        return Err("nothing published".into());
+    };
+    set.update_timestamp(&ts.bytes).map_err(|e| e.to_string())?;
+    set.update_snapshot(&snap.bytes)
+        .map_err(|e| e.to_string())?;
+    set.update_targets(&t.bytes).map_err(|e| e.to_string())?;
+    Ok(set)
 }
 
 /// A response entry served from memory.
@@ -792,13 +843,13 @@ mod tests {
         let st = state(20);
         let len = |_: &str| Some(1u64);
         // every entry's content is 1 or 2 bytes long ("0".."19"): lengths differ for two-digit ones
-        let err = verify_as_client(None, &st, crate::now(), &len, &|_| false).unwrap_err();
+        let err = verify_as_client(None, &st, crate::now(), &len, &|_| false, None).unwrap_err();
         assert!(
             err.contains("fw/000010.bin: stored content has 1 bytes, metadata says 2"),
             "{err}"
         );
         let none = |_: &str| None;
-        let err = verify_as_client(None, &st, crate::now(), &none, &|_| false).unwrap_err();
+        let err = verify_as_client(None, &st, crate::now(), &none, &|_| false, None).unwrap_err();
         assert!(err.starts_with("fw/000000.bin: content "), "{err}");
     }
 
@@ -960,6 +1011,7 @@ mod tests {
                 crate::now(),
                 &|s: &str| lens.get(s).copied(),
                 &|_| false,
+                None,
             )
             .unwrap();
             eprintln!("{n} targets: {:?}", t0.elapsed());

@@ -829,3 +829,140 @@ fn an_expired_delegated_role_stops_neither_the_resign_nor_other_releases() {
     assert_eq!(h["warnings"], json!([]));
     assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a2))));
 }
+
+/// A targets that moves an expired delegation ahead of a current one is refused: devices find
+/// pump-a's image today (their search reaches pump-a before the lapsed legacy role) and would
+/// stop at legacy after it. The expired role is untouched, and so is pump-a, so the tolerance of
+/// lapsed roles let it through before (found by review, 2026-11-24; fails on the old check).
+/// The same targets keeping the order is accepted: devices refuse legacy's image either way.
+#[test]
+fn a_targets_that_puts_an_expired_delegation_in_the_way_is_refused() {
+    use hale_server::publish::{prepare, resign, Lifetimes, OnlineKeys, Upload};
+    let f = Fixture::new();
+    let s = f.start();
+    let (a1, l1) = (b"pump-a 1".to_vec(), b"legacy 1".to_vec());
+    for fw in [&a1, &l1] {
+        assert_eq!(upload(&s, &f.token, fw).unwrap().status, 200);
+    }
+    let day = 86_400;
+    let t0 = now();
+    let body = |v: u64, life: i64, files: &[(&str, &[u8])], d: Option<&serde_json::Value>| {
+        let mut t = serde_json::Map::new();
+        for (path, content) in files {
+            t.insert(
+                path.to_string(),
+                hale_repo::build::target_entry(content, None),
+            );
+        }
+        let exp = hale_repo::build::expires_at(t0, life).unwrap();
+        hale_repo::build::targets(hale_repo::build::Profile::Standard, v, &exp, &t, d)
+    };
+    let k = &f.delegate_key;
+    let role = |name: &str, paths: &[&str]| json!({"name": name, "keyids": [k.keyid()], "threshold": 1, "terminating": false, "paths": paths});
+    let delegations =
+        |roles: Vec<serde_json::Value>| json!({"keys": {k.keyid(): k.public()}, "roles": roles});
+    let targets = &[&f.targets_keys[0], &f.targets_keys[1]];
+    let t1 = hale_repo::sign::sign_new(
+        &body(
+            1,
+            30 * day,
+            &[],
+            Some(&delegations(vec![
+                role("pump-a", &["pump-a/*"]),
+                role("legacy", &["legacy/*"]),
+            ])),
+        ),
+        targets,
+    )
+    .unwrap();
+    let pa = hale_repo::sign::sign_new(&body(1, 30 * day, &[("pump-a/fw.bin", &a1)], None), &[k])
+        .unwrap();
+    let lg =
+        hale_repo::sign::sign_new(&body(1, day, &[("legacy/fw.bin", &l1)], None), &[k]).unwrap();
+    let r = publish(
+        &s,
+        &f.token,
+        None,
+        &[("targets", &t1), ("pump-a", &pa), ("legacy", &lg)],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mut s = s;
+    assert!(s.terminate().success());
+    let repo = hale_server::repo::RepoDir::new(&f.data);
+    let st = repo.load().unwrap();
+    let keys = OnlineKeys {
+        timestamp: vec![f.ts_key.clone()],
+        snapshot: vec![f.snap_key.clone()],
+    };
+    let life = Lifetimes {
+        timestamp_secs: day,
+        timestamp_resign_before_secs: day / 2,
+        snapshot_secs: 7 * day,
+        snapshot_resign_before_secs: 3 * day,
+        profile: hale_repo::build::Profile::Standard,
+    };
+    let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+    let up = |bytes: &[u8]| Upload {
+        root: None,
+        roles: [("targets".to_string(), bytes::Bytes::from(bytes.to_vec()))].into(),
+    };
+    // a day and an hour on: legacy expired, the timestamp re-signed (as the server does);
+    // devices find pump-a's image
+    let t = t0 + day + 3_600;
+    let st = resign(&st, &keys, &life, t, &repo).unwrap().unwrap();
+    let at = |t: i64| hale_repo::build::expires_at(t, 0).unwrap();
+    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a1))));
+
+    // legacy first, for every path (`*/*`: a pattern matches name by name): refused, and
+    // nothing changes
+    let ahead = hale_repo::sign::sign_new(
+        &body(
+            2,
+            30 * day,
+            &[],
+            Some(&delegations(vec![
+                role("legacy", &["*/*"]),
+                role("pump-a", &["pump-a/*"]),
+            ])),
+        ),
+        targets,
+    )
+    .unwrap();
+    let disk = repo.load().unwrap();
+    let e = prepare(&st, &up(&ahead), &keys, &life, t, &repo).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "a device would reject the result: searching pump-a/fw.bin: legacy: expired at {} \
+             (update started at {}): devices find it now; this change puts the expired role in \
+             their way",
+            at(t0 + day),
+            at(t)
+        )
+    );
+    assert_eq!(e.code(), "client_check_failed");
+    assert!(repo.load().unwrap() == disk, "stored state changed");
+
+    // the same delegations in the same order, renewed: accepted; devices still find pump-a's
+    // image and refuse legacy's, as before
+    let same = hale_repo::sign::sign_new(
+        &body(
+            2,
+            30 * day,
+            &[],
+            Some(&delegations(vec![
+                role("pump-a", &["pump-a/*"]),
+                role("legacy", &["legacy/*"]),
+            ])),
+        ),
+        targets,
+    )
+    .unwrap();
+    let st = prepare(&st, &up(&same), &keys, &life, t, &repo).unwrap();
+    assert_eq!(st.roles["targets"].version, 2);
+    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a1))));
+    assert!(device_finds(&st, t, "legacy/fw.bin")
+        .unwrap_err()
+        .starts_with("legacy: expired at "));
+}
