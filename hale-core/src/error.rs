@@ -256,8 +256,9 @@ pub enum Error {
     },
     /// Trusted root has expired at the end of the root update.
     ExpiredRoot { expires: UnixTime, now: UnixTime },
-    /// The stored timestamp no longer verifies (its keys rotated), so the stored snapshot is not
-    /// used as a baseline either (spec 5.3.11, the fast-forward attack's recovery).
+    /// The stored timestamp did not load (its keys rotated, most often: the fast-forward attack's
+    /// recovery, spec 5.3.11; or it no longer verifies or parses for another reason), so the
+    /// stored snapshot is not used as a baseline either.
     OnlineKeysRotated,
     /// Delegations nested deeper than [`crate::limits::MAX_DELEGATION_DEPTH`].
     DelegationTooDeep { role: Name },

@@ -21,7 +21,11 @@
 //!                                       verified against the delegator that led to it
 //! ```
 //!
-//! A failed call leaves the set exactly as it was. Storage is the caller's: four buffers (one per
+//! A failed call leaves the set exactly as it was, but for one step of the spec (5.3.11): a stored
+//! timestamp that `load_trusted_timestamp` refuses, whatever the reason (its keys rotated, most
+//! often; an expired root, a damaged store), takes the stored snapshot with it, and
+//! `load_trusted_snapshot` then fails with [`Error::OnlineKeysRotated`] (the next snapshot is
+//! downloaded, without a rollback baseline). Storage is the caller's: four buffers (one per
 //! top-level role) sized for its repository — a few KiB each on a microcontroller.
 
 use heapless::Vec as HVec;

@@ -67,6 +67,8 @@ pub enum PublishError {
     },
     #[error("{role}: no published or uploaded role delegates to it")]
     NotDelegated { role: String },
+    #[error("{role}: differs from the role {other} only in case: a case-insensitive file system (an export, a signer's staged directory) would keep both in one file")]
+    CaseCollision { role: String, other: String },
     #[error("root: {role} needs {threshold} signatures but the server holds {held} of the keys it lists")]
     OnlineKeys {
         role: &'static str,
@@ -102,6 +104,7 @@ impl PublishError {
             PublishError::NoSha256 { .. } => "target_no_sha256",
             PublishError::Policy { .. } => "bad_policy",
             PublishError::NotDelegated { .. } => "not_delegated",
+            PublishError::CaseCollision { .. } => "role_name_collision",
             PublishError::OnlineKeys { .. } => "online_keys_not_listed",
             PublishError::NotConsistent => "not_consistent",
             PublishError::NoTargets => "no_targets",
@@ -223,6 +226,25 @@ pub fn delegated_names<'a>(
         .collect()
 }
 
+/// `name` against the top-level roles' names and `others`: refused when it differs from one only
+/// in ASCII case. Devices compare names exactly, but files named after roles meet
+/// case-insensitive file systems (an export copied to a macOS or Windows disk, a signer's staged
+/// directory), where `Root.json` is `root.json`.
+fn check_case(name: &str, others: &[&str]) -> Result<(), PublishError> {
+    let tops = ["root", "timestamp", "snapshot", "targets"];
+    match tops
+        .iter()
+        .chain(others)
+        .find(|o| **o != name && o.eq_ignore_ascii_case(name))
+    {
+        Some(o) => Err(PublishError::CaseCollision {
+            role: name.to_string(),
+            other: (*o).to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The keys `delegator` gives to `name` (`None` if it does not delegate to it).
 fn delegation_keys<'a>(
     delegator: &Targets<'a>,
@@ -287,15 +309,22 @@ pub fn prepare(
     online_signers(&root_bytes, "snapshot", &keys.snapshot)?;
 
     // 2. shape, version increase and expiry of every uploaded role
+    let all: Vec<&str> = old
+        .roles
+        .keys()
+        .chain(upload.roles.keys())
+        .map(String::as_str)
+        .collect();
     for (name, bytes) in &upload.roles {
         // `targets`, or a delegated role: never another top-level role's name, whose files it
-        // would take the place of (`N.root.json`, `N.snapshot.json`)
+        // would take the place of (`N.root.json`, `N.snapshot.json`), nor one in another case
         if name == "targets" {
             check_role_name(name)
         } else {
             check_delegated_role_name(name)
         }
         .map_err(trust(name))?;
+        check_case(name, &all)?;
         if bytes.len() > MAX_METADATA_LEN {
             return Err(PublishError::BadRequest(format!(
                 "{name}: larger than {MAX_METADATA_LEN} bytes"
@@ -351,6 +380,9 @@ pub fn prepare(
         let t = Targets::parse(&env.signed, Name::new(dname)).map_err(trust(dname))?;
         for child in delegated_names(&t, names.iter()) {
             check_delegated_role_name(&child).map_err(trust(dname))?;
+            if upload.roles.contains_key(dname) {
+                check_case(&child, &[])?;
+            }
             delegators.entry(child).or_default().push(dname.clone());
         }
     }

@@ -311,6 +311,30 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
         "rejected_metadata",
         "targets: unsafe role or target name \"targets\"",
     );
+    // ... or one of them in another case: one file with it on a case-insensitive file system
+    // (an export on a macOS disk: `2.Snapshot.json` is `2.snapshot.json`)
+    let collision = "Snapshot: differs from the role snapshot only in case: a case-insensitive \
+                     file system (an export, a signer's staged directory) would keep both in one \
+                     file";
+    let d = f.delegation("Snapshot", &["nothing-matches/*"]);
+    let t2 = f.targets(2, &[("fw.bin", &fw2, None)], Some(&d));
+    let shadow = f.delegated(1, &[]);
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &t2), ("Snapshot", &shadow)],
+        "role_name_collision",
+        collision,
+    );
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &t2)],
+        "role_name_collision",
+        collision,
+    );
     assert_eq!(get(&s.url("1.root.json")).body, f.root);
     assert_eq!(get(&s.url("2.snapshot.json")).status, 404);
 
@@ -429,6 +453,8 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
             "rejected_metadata",
             "rejected_metadata",
             "rejected_metadata",
+            // twice, the same message: once an hour per repeat
+            "role_name_collision",
             "threshold_not_met",
             "online_keys_not_listed"
         ]

@@ -540,3 +540,56 @@ fn hashed_bins_take_the_targets_their_delegator_listed_so_a_new_image_is_the_one
         sha(b"third build")
     );
 }
+
+/// `delegate --to` refuses a top-level role's name and a name that differs from a role's only in
+/// case: on a signer's Mac `staged/Root.json` is `staged/root.json` (hale-server refuses both
+/// too). Nothing is staged (found by review, 2026-11-24; fails on the old code).
+#[test]
+fn delegate_refuses_a_name_a_case_insensitive_file_system_would_confuse() {
+    let e = Env::new();
+    e.published_repo();
+    e.key("pump-a", "ed25519");
+    let delegate = |to: &str| {
+        e.run(&[
+            "delegate",
+            "repo",
+            "--from",
+            "targets",
+            "--to",
+            to,
+            "--key",
+            "pump-a.pub",
+            "--paths",
+            "pump-a/*",
+        ])
+    };
+    assert_eq!(delegate("pump-a").code, 0);
+    let staged = common::snapshot_tree(&e.path("repo/staged"));
+    for (to, error) in [
+        (
+            "root",
+            "error: --to root: a top-level role cannot be delegated".to_string(),
+        ),
+        (
+            "Root",
+            "error: --to Root: differs from the role root only in case: a case-insensitive file \
+             system would keep both in one file"
+                .to_string(),
+        ),
+        (
+            "Pump-A",
+            "error: --to Pump-A: differs from the role pump-a only in case: a case-insensitive \
+             file system would keep both in one file"
+                .to_string(),
+        ),
+    ] {
+        let r = delegate(to);
+        assert_eq!(r.code, 2, "{to}");
+        assert_eq!(r.stderr.trim_end(), error);
+        assert_eq!(
+            common::snapshot_tree(&e.path("repo/staged")),
+            staged,
+            "{to}"
+        );
+    }
+}

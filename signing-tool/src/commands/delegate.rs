@@ -51,6 +51,19 @@ pub fn run(a: DelegateArgs) -> anyhow::Result<ExitCode> {
             a.to
         );
     }
+    // staged/Root.json is staged/root.json on a case-insensitive file system (a signer's Mac),
+    // and so is an export of the repository: hale-server refuses such a name too
+    if let Some(other) = ["root", "timestamp", "snapshot", "targets"]
+        .into_iter()
+        .chain(state.roles.keys().map(String::as_str))
+        .find(|o| o.eq_ignore_ascii_case(&a.to))
+    {
+        bail!(
+            "--to {}: differs from the role {other} only in case: a case-insensitive file system \
+             would keep both in one file",
+            a.to
+        );
+    }
     let from = state
         .get(&a.from)
         .with_context(|| format!("--from {}", a.from))?;
