@@ -297,9 +297,10 @@ impl State {
     }
 
     /// Who must sign `bytes`, metadata of `role` given as a file of its own (`--repo`: a file
-    /// mailed to a signer, say): a root by its own root role and by the published root before
-    /// it, when it is a new one, whatever root the repository stages; another role as
-    /// [`authorities`](Self::authorities) says.
+    /// mailed to a signer, say): a root by its own root role and by the root before it (as a
+    /// device checks it), whatever root the repository stages; a root of a version already
+    /// published must be the published one. Another role as [`authorities`](Self::authorities)
+    /// says.
     pub fn authorities_of(&self, role: &str, bytes: &[u8]) -> Result<Vec<Authority>> {
         if role != "root" {
             return self.authorities(role);
@@ -310,7 +311,24 @@ impl State {
             .map_err(|e| ToolError::trust("root", e))?
             .version;
         let published = self.published.get("root").copied().unwrap_or(0);
-        self.root_authorities(version, bytes, version > 1 && version > published)
+        if version <= published {
+            // a root of a version already published must be that root: checked against its
+            // own keys alone, another one signed by keys it lists itself would look ready
+            let theirs = self.published_root(version)?;
+            let signed = |b: &[u8]| {
+                serde_json::from_slice::<Value>(b)
+                    .ok()
+                    .and_then(|v| v.get("signed").cloned())
+            };
+            if signed(bytes) != signed(&theirs) {
+                return Err(invalid(format!(
+                    "root v{version} is published with other content: this file is not it (a \
+                     new root takes version {})",
+                    published + 1
+                )));
+            }
+        }
+        self.root_authorities(version, bytes, version > 1)
     }
 
     /// A root of `version`: its own root role, and the previous (published) root when `rotates`.

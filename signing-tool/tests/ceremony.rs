@@ -1427,3 +1427,37 @@ fn publish_meets_an_online_threshold_above_one_with_repeated_keys() {
     let v = e.verify();
     assert_eq!(v.code, 0, "{}", v.stderr);
 }
+
+/// A mailed root of a version already published must be the published one: another, signed by
+/// keys it lists itself, was called ready by `status` (checked against its own root role alone)
+/// and signed by `sign` (found by review, 2026-11-24). Refused by both, the file unchanged.
+#[test]
+fn a_mailed_root_of_a_published_version_must_be_the_published_one() {
+    let e = Env::new();
+    e.published_repo();
+    let mut forged = e.json("repo/repository/1.root.json");
+    forged["signed"]["expires"] = serde_json::json!("2099-01-01T00:00:00Z");
+    e.write("m/root.json", &serde_json::to_vec(&forged).unwrap());
+    let before = std::fs::read(e.path("m/root.json")).unwrap();
+    let error = "root v1 is published with other content: this file is not it (a new root takes \
+                 version 2)";
+    let s = e.run(&["status", "m/root.json", "--repo", "repo"]);
+    assert_eq!(s.code, 2, "{}", s.stdout);
+    assert!(s.stderr.contains(error), "{}", s.stderr);
+    let mut a: Vec<&str> = sign_args("m/root.json", "root-a.key").to_vec();
+    a.extend(["--repo", "repo"]);
+    let r = e.run(&a);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stderr.contains(error), "{}", r.stderr);
+    assert_eq!(std::fs::read(e.path("m/root.json")).unwrap(), before);
+    // the published root itself, mailed: reported against its own root role
+    std::fs::copy(e.path("repo/repository/1.root.json"), e.path("m/root.json")).unwrap();
+    let s = e.run(&["status", "m/root.json", "--repo", "repo"]);
+    assert_eq!(s.code, 0, "{}\n{}", s.stdout, s.stderr);
+    assert!(
+        s.stdout
+            .contains("root v1 (its own root role): threshold 2 — 2 valid — MET"),
+        "{}",
+        s.stdout
+    );
+}
