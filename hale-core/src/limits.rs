@@ -64,6 +64,8 @@ pub const MAX_HARDWARE_ENTRIES: usize = 64;
 /// need no budget.
 pub const MAX_CANONICAL_WORK: usize = 4 << 20;
 
-/// Signature entries verified for one document in all (each verification canonicalises
-/// `signed` once more): the threshold plus this many.
+/// Repeated signature entries of a key verified for one document in all (each verification
+/// canonicalises `signed` once more): the threshold plus this many. Each listed key's first
+/// entry is always tried ([`MAX_KEYS_PER_ROLE`] at most), so stale signatures of some listed
+/// keys never fail a document the others sign to its threshold.
 pub const EXTRA_SIGNATURE_ATTEMPTS: u32 = 2;

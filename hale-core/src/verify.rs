@@ -118,8 +118,9 @@ pub fn check_signatures(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<Repor
 }
 
 /// Refuse unless the threshold is met. Same rules as [`check_signatures`], without the report:
-/// it stops verifying as soon as the threshold is met and tries at most `threshold +`
-/// [`EXTRA_SIGNATURE_ATTEMPTS`] signature entries.
+/// it stops verifying as soon as the threshold is met, and tries the first signature entry of
+/// each listed key (at most [`MAX_KEYS_PER_ROLE`]) and at most `threshold +`
+/// [`EXTRA_SIGNATURE_ATTEMPTS`] repeated entries of a key.
 pub fn verify_threshold(env: &Envelope<'_>, role: &RoleKeys<'_>) -> Result<(), Error> {
     let name = role.name;
     let threshold = pass!(check_role(role));
@@ -203,10 +204,15 @@ fn signature_status(
             continue;
         }
         tried += 1;
-        if tried > MAX_SIGNATURES_PER_KEY || *attempts == 0 {
-            break;
+        // each listed key's first entry is tried (at most MAX_KEYS_PER_ROLE in all): stale
+        // signatures of other listed keys never use up a good one's; repeats of one key share
+        // the extra budget
+        if tried > 1 {
+            if tried > MAX_SIGNATURES_PER_KEY || *attempts == 0 {
+                break;
+            }
+            *attempts -= 1;
         }
-        *attempts -= 1;
         let Some(s) = o.get("sig").ok().flatten().and_then(|v| v.as_str()) else {
             continue;
         };

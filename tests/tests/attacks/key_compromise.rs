@@ -117,6 +117,76 @@ fn extra_bad_and_unlisted_signatures_do_not_fail_metadata_that_meets_its_thresho
     assert_eq!(c.trusted().timestamp, Some(1));
 }
 
+/// Stale signatures of listed keys (signers of an earlier draft, say) do not fail a document
+/// that the other listed keys sign to its threshold, however many come first: 3 of a 2-of-5
+/// timestamp's keys signed something else, the other 2 this. python-tuf accepts it. Before,
+/// the attempts were shared (threshold + 2 in all), and the third stale one used the last.
+/// Each listed key's first entry is tried; the extra budget bounds repeats of one key.
+#[test]
+fn stale_signatures_of_listed_keys_do_not_fail_a_document_the_others_sign() {
+    let ks: Vec<SigningKey> = (0..5)
+        .map(|i| key(&format!("ts-{i}"), KeyKind::Ed25519))
+        .collect();
+    let mut r = RepoSim::new();
+    r.rotate_root(|r| {
+        r.timestamp.keys = ks.clone();
+        r.timestamp.threshold = 2;
+        r.timestamp.signers = Some(ks[3..].to_vec());
+    });
+    r.publish();
+    let mut c = Client::new(r.initial_root());
+    let mut doc: serde_json::Value = serde_json::from_slice(&r.files["timestamp.json"]).unwrap();
+    let stale = sign::canonical(&json!({"an": "earlier draft"})).unwrap();
+    let sigs = doc["signatures"].as_array_mut().unwrap();
+    assert_eq!(sigs.len(), 2);
+    for k in &ks[..3] {
+        sigs.insert(
+            0,
+            json!({"keyid": k.keyid(), "sig": hex::encode(k.sign(&stale))}),
+        );
+    }
+    r.files
+        .insert("timestamp.json".into(), serde_json::to_vec(&doc).unwrap());
+    c.refresh(&r.files, NOW).unwrap();
+    assert_eq!(c.trusted().timestamp, Some(r.timestamp.version));
+
+    // one key's repeats still share the budget: five stale entries of ts-3 before its good one
+    // leave ts-3 uncounted (python-tuf refuses any repeated key id outright)
+    let mut r2 = RepoSim::new();
+    r2.rotate_root(|r| {
+        r.timestamp.keys = ks.clone();
+        r.timestamp.threshold = 2;
+        r.timestamp.signers = Some(ks[3..].to_vec());
+    });
+    r2.publish();
+    let mut c2 = Client::new(r2.initial_root());
+    let mut doc: serde_json::Value = serde_json::from_slice(&r2.files["timestamp.json"]).unwrap();
+    let sigs = doc["signatures"].as_array_mut().unwrap();
+    for _ in 0..5 {
+        sigs.insert(
+            0,
+            json!({"keyid": ks[3].keyid(), "sig": hex::encode(ks[3].sign(&stale))}),
+        );
+    }
+    r2.files
+        .insert("timestamp.json".into(), serde_json::to_vec(&doc).unwrap());
+    let before = {
+        c2.refresh(&r2.files, NOW).unwrap_err();
+        c2.trusted()
+    };
+    let err = c2.refresh(&r2.files, NOW).unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::Trust(Error::ThresholdNotMet {
+            role: Name::new("timestamp"),
+            threshold: 2,
+            valid: 1
+        })
+    );
+    assert_eq!(c2.trusted(), before);
+    assert_eq!(before.timestamp, None);
+}
+
 /// A root v2 that hands the root role to a new key, signed by `signer` only: it must carry
 /// both thresholds (old and new), so either alone is refused and nothing is trusted.
 fn assert_one_sided_rotation_refused(signer: impl FnOnce(&RepoSim, &SigningKey) -> SigningKey) {
