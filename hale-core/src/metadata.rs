@@ -1137,26 +1137,33 @@ pub(crate) const PATTERN_TOO_LONG: &str = "paths (a pattern longer than 256 byte
 
 /// Shell-style match of one path segment (no `/` in either). Iterative with one backtrack point,
 /// so its work is bounded by `pattern.len() * name.len()`.
+///
+/// `?` and classes match one ASCII character, and never a non-ASCII one: python's `fnmatch`
+/// takes a whole character there (`fw-?.bin` matches `fw-é.bin`), which costs flash the
+/// microcontroller build lacks. Whatever matches here matches in python-tuf too (literals
+/// compare bytes, and a match never splits a character: a continuation byte matches nothing),
+/// so the difference only ever withholds trust, never grants it; hale-sign refuses to add a
+/// target its delegation does not match. Before 2026-11-24 `?` and classes took any byte, and a
+/// pattern could match a path python-tuf does not (`*?[a-é]?` and `éb]é`).
 fn fnmatch(pattern: &[u8], name: &[u8]) -> bool {
     let (mut p, mut n) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while n < name.len() {
+        let c = name.get(n).copied().unwrap_or(0);
         match pattern.get(p) {
             Some(b'*') => {
                 star = Some((p, n));
                 p += 1;
                 continue;
             }
-            Some(b'?') => {
+            Some(b'?') if c.is_ascii() => {
                 p += 1;
                 n += 1;
                 continue;
             }
             Some(b'[') => {
-                if let Some((matched, next)) =
-                    class_match(pattern, p, name.get(n).copied().unwrap_or(0))
-                {
-                    if matched {
+                if let Some((matched, next)) = class_match(pattern, p, c) {
+                    if matched && c.is_ascii() {
                         p = next;
                         n += 1;
                         continue;
@@ -1456,6 +1463,21 @@ mod tests {
             ("\"*.bin\"", "firmware.hex", false),
             ("\"a*b*c\"", "axxbyyc", true),
             ("\"a*b*c\"", "axxbyy", false),
+            ("\"[]a]\"", "]", true),
+            ("\"[!]]\"", "]", false),
+            ("\"[a-]\"", "-", true),
+            ("\"[a\"", "[a", true),
+            ("\"fw-é.bin\"", "fw-é.bin", true),
+            ("\"*é\"", "aéé", true),
+            ("\"[!é]\"", "a", true),
+            ("\"[a-é]\"", "z", true),
+            ("\"[é-z]\"", "a", false),
+            // `?` and classes never take a non-ASCII character (python's do; see `fnmatch`),
+            // and never a byte of one: these matched before 2026-11-24, and python-tuf says no
+            ("\"*?[a-é]?\"", "éb]é", false),
+            ("\"*??\"", "é", false),
+            ("\"fw-?.bin\"", "fw-é.bin", false),
+            ("\"fw-[!a].bin\"", "fw-é.bin", false),
         ];
         for (p, t, want) in cases {
             assert_eq!(path_matches(&js(p), t), Some(want), "{p} vs {t}");
