@@ -168,6 +168,10 @@ pub struct State {
     pub roles: BTreeMap<String, Meta>,
     /// Latest published version of each role (root and the `N.role.json` files).
     pub published: BTreeMap<String, u64>,
+    /// Staged files that a publish killed before removing them left: the same bytes as the
+    /// published version. Not staged for any command (a change builds on the published version);
+    /// `publish` removes them.
+    pub already_published: Vec<PathBuf>,
     pub now: i64,
 }
 
@@ -198,6 +202,7 @@ impl State {
             profile,
             roles: BTreeMap::new(),
             published: BTreeMap::new(),
+            already_published: Vec::new(),
             now: unix_now(),
         };
         // (role, file, staged): the newest published version of each role, then the staged files
@@ -244,6 +249,14 @@ impl State {
         });
         for meta in metas {
             let meta = meta?;
+            if meta.staged
+                && st.roles.get(&meta.name).is_some_and(|p| {
+                    !p.staged && p.version == meta.version && p.bytes == meta.bytes
+                })
+            {
+                st.already_published.push(meta.path.clone());
+                continue;
+            }
             st.roles.insert(meta.name.clone(), meta);
         }
         // the hashed bins as the metadata delegates them, when hale-repo.json does not say (a
@@ -267,6 +280,23 @@ impl State {
             });
         }
         Ok(st)
+    }
+
+    /// [`load`](Self::load) for a command that changes the working directory or sends it out
+    /// (target add, sign, push…): refused while a publish that was interrupted has not been
+    /// undone, since the repository then holds files that were never verified.
+    pub fn load_for_change(dir: &Path) -> Result<Self> {
+        let journal = dir.join(crate::commands::publish::JOURNAL);
+        if journal.exists() {
+            return Err(invalid(format!(
+                "{}: a publish was interrupted ({} is there): run `hale-sign publish {}` first, \
+                 which restores the repository to before it",
+                dir.display(),
+                journal.display(),
+                dir.display()
+            )));
+        }
+        Self::load(dir)
     }
 
     pub fn staged(&self) -> impl Iterator<Item = &Meta> {

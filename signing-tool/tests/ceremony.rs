@@ -1461,3 +1461,65 @@ fn a_mailed_root_of_a_published_version_must_be_the_published_one() {
         s.stdout
     );
 }
+
+/// After a publish killed midway, a change waits for the next `publish` to undo it (the
+/// repository holds files never verified: a target added or an authorization made now would
+/// build on them, a push would send them); after one killed once it stood, before removing the
+/// staged copies, a change builds on the published version instead of re-staging it (before,
+/// `target add` changed targets v3 in place and the publish refused it as already published
+/// with other content). Found by review, 2026-11-24; fails on the old code.
+#[test]
+fn after_a_killed_publish_changes_wait_for_the_undo_and_build_on_what_was_published() {
+    let e = Env::new();
+    e.signed_release();
+    let crash = |point: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_hale-sign"))
+            .args(publish_args("repo"))
+            .current_dir(e.tmp.path())
+            .env(common::PW_ENV, PW)
+            .env("HALE_SIGN_INSECURE_TEST_SCRYPT_LOG_N", "10")
+            .env("HALE_SIGN_TEST_CRASH_AFTER", point)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{point}: the publish was to die");
+    };
+    crash("written");
+    let repo = snapshot_tree(&e.path("repo/repository"));
+    let staged = snapshot_tree(&e.path("repo/staged"));
+    e.write("fw3.bin", b"firmware 3");
+    let refusal = "error: repo: a publish was interrupted (repo/publishing.json is there): run \
+                   `hale-sign publish repo` first, which restores the repository to before it";
+    for args in [
+        &["target", "add", "repo", "--file", "fw3.bin"][..],
+        &sign_args("repo", "targets.key")[..],
+        &["renew", "repo", "--role", "targets"][..],
+    ] {
+        let r = e.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stdout);
+        assert_eq!(r.stderr.trim_end(), refusal, "{args:?}");
+        assert_eq!(snapshot_tree(&e.path("repo/repository")), repo, "{args:?}");
+        assert_eq!(snapshot_tree(&e.path("repo/staged")), staged, "{args:?}");
+        assert!(e.path("repo/publishing.json").exists());
+    }
+    // the publish undoes it and goes out (targets v2)
+    e.publish();
+    assert_eq!(e.verify().code, 0);
+
+    // a release of targets v3 that stood, killed before its staged copy was removed
+    e.ok(&["target", "add", "repo", "--file", "fw3.bin"]);
+    e.sign("repo/staged/targets.json", "targets");
+    crash("done");
+    assert_eq!(e.json("repo/staged/targets.json")["signed"]["version"], 3);
+    assert!(e.path("repo/repository/3.targets.json").exists());
+    // the next change stages v4 over the published v3, which publishes
+    e.write("fw4.bin", b"firmware 4");
+    e.ok(&["target", "add", "repo", "--file", "fw4.bin"]);
+    let t = e.json("repo/staged/targets.json");
+    assert_eq!(t["signed"]["version"], 4);
+    assert_eq!(t["signed"]["targets"]["fw3.bin"]["length"], 10);
+    assert_eq!(t["signed"]["targets"]["fw4.bin"]["length"], 10);
+    e.sign("repo/staged/targets.json", "targets");
+    let r = e.publish();
+    assert!(r.stdout.starts_with("published targets v4"), "{}", r.stdout);
+    assert_eq!(e.verify().code, 0);
+}

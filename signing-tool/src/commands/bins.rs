@@ -43,7 +43,7 @@ pub struct BinsArgs {
 }
 
 pub fn run(a: BinsArgs) -> anyhow::Result<ExitCode> {
-    let mut state = State::load(&a.dir)?;
+    let mut state = State::load_for_change(&a.dir)?;
     if !(1..=MAX_BIT_LENGTH).contains(&a.bit_length) {
         bail!(
             "--bit-length {}: must be 1..={MAX_BIT_LENGTH}",

@@ -316,7 +316,7 @@ pub fn published_root(dir: &Path, v: u64) -> anyhow::Result<Vec<u8>> {
 
 pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
     crate::durable::refuse_existing(&a.out, a.force)?;
-    let state = State::load(&a.dir)?;
+    let state = State::load_for_change(&a.dir)?;
     state.warn_demo();
     let now = unix_now();
     let root = published_root(&a.dir, a.from_root_version)?;

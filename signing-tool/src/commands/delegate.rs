@@ -40,7 +40,7 @@ pub struct DelegateArgs {
 }
 
 pub fn run(a: DelegateArgs) -> anyhow::Result<ExitCode> {
-    let mut state = State::load(&a.dir)?;
+    let mut state = State::load_for_change(&a.dir)?;
     hale_core::metadata::check_role_name(&a.to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
     if top_level(&a.to).is_some() {
         bail!("--to {}: a top-level role cannot be delegated", a.to);

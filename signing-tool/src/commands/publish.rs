@@ -280,23 +280,9 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
     }
     let mut state = t.time("load", || State::load(&a.dir))?;
     // staged copies of what a finished publish wrote (killed before it removed them)
-    let leftovers: Vec<PathBuf> = state
-        .staged()
-        .filter(|m| {
-            state.published.get(&m.name) == Some(&m.version)
-                && std::fs::read(
-                    repo.join(hale_repo::layout::metadata_name(&m.name, m.version, true)),
-                )
-                .is_ok_and(|b| b == m.bytes)
-        })
-        .map(|m| m.path.clone())
-        .collect();
-    if !leftovers.is_empty() {
-        for p in &leftovers {
-            std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
-            eprintln!("{}: already published; staged copy removed", p.display());
-        }
-        state = State::load(&a.dir)?;
+    for p in std::mem::take(&mut state.already_published) {
+        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        eprintln!("{}: already published; staged copy removed", p.display());
     }
     state.warn_demo();
     let staged: Vec<_> = state.staged().collect();

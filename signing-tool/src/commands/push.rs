@@ -375,7 +375,7 @@ fn sha256s(doc: &[u8]) -> BTreeSet<String> {
 }
 
 pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
-    let state = State::load(&a.dir)?;
+    let state = State::load_for_change(&a.dir)?;
     state.warn_demo();
     let timeout = Duration::from_secs(a.timeout.max(1));
     let (agent, token) = match &a.cert {

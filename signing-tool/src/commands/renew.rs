@@ -57,7 +57,7 @@ pub(super) fn roles_named(state: &State, name: &str) -> anyhow::Result<Vec<Strin
 }
 
 pub fn run(a: RenewArgs) -> anyhow::Result<ExitCode> {
-    let mut state = State::load(&a.dir)?;
+    let mut state = State::load_for_change(&a.dir)?;
     let mut names = Vec::new();
     for r in &a.role {
         for n in roles_named(&state, r)? {

@@ -393,7 +393,7 @@ fn authorize(a: AuthorizeArgs) -> anyhow::Result<ExitCode> {
         bail!("--reason: {REASON_RULE}");
     }
     crate::durable::refuse_existing(&a.out, a.force)?;
-    let state = State::load(&a.dir)?;
+    let state = State::load_for_change(&a.dir)?;
     state.warn_demo();
     let now = unix_now();
     let max = max_validity(&state, a.max_validity.as_deref())?;
@@ -450,7 +450,7 @@ fn reason_of_fits(bytes: &[u8]) -> anyhow::Result<bool> {
 }
 
 fn sign_existing(a: SignArgs) -> anyhow::Result<ExitCode> {
-    let state = State::load(&a.dir)?;
+    let state = State::load_for_change(&a.dir)?;
     let max = max_validity(&state, a.max_validity.as_deref())?;
     let bytes = std::fs::read(&a.file).with_context(|| a.file.display().to_string())?;
     let target = target_of(&bytes).with_context(|| a.file.display().to_string())?;

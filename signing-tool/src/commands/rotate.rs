@@ -102,7 +102,7 @@ fn used_ids<'a>(entries: impl Iterator<Item = &'a Value>) -> BTreeSet<String> {
 }
 
 pub fn run(a: RotateArgs) -> anyhow::Result<ExitCode> {
-    let mut state = State::load(&a.dir)?;
+    let mut state = State::load_for_change(&a.dir)?;
     if a.add.is_empty() && a.remove.is_empty() && a.threshold.is_none() {
         bail!("nothing to change: give --add-key, --remove-key or --threshold");
     }

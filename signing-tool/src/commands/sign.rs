@@ -154,7 +154,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
     let mut states: BTreeMap<PathBuf, State> = BTreeMap::new();
     for p in &a.paths {
         if p.is_dir() {
-            let st = t.time("load", || State::load(p))?;
+            let st = t.time("load", || State::load_for_change(p))?;
             let check_start = Instant::now();
             let staged: Vec<&Meta> = st.staged().collect();
             let found = par::map(&staged, |m| -> anyhow::Result<Option<Job>> {
@@ -190,7 +190,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
         let dir = repo_of(p, a.repo.as_deref())?;
         let st = match states.remove(&dir) {
             Some(s) => s,
-            None => t.time("load", || State::load(&dir))?,
+            None => t.time("load", || State::load_for_change(&dir))?,
         };
         let check_start = Instant::now();
         let role = role_of(p)?;

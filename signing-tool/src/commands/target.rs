@@ -230,7 +230,7 @@ fn true_bin(state: &State, role: &str, name: &str) -> bool {
 pub fn run(cmd: TargetCmd) -> anyhow::Result<ExitCode> {
     let TargetCmd::Add(a) = cmd;
     let mut t = Timings::start("target add", a.timings);
-    let mut state = t.time("load", || State::load(&a.dir))?;
+    let mut state = t.time("load", || State::load_for_change(&a.dir))?;
     state.warn_demo();
     let profile = state.profile;
     let role_meta = state
