@@ -2591,6 +2591,121 @@ fn a_held_rollback_authorization_stops_being_offered_once_used_expired_or_gone()
     assert_eq!(running, "1.0.0", "{status}");
 }
 
+/// A held authorization the pump refuses (a file that is no authorization, one for another pump)
+/// does not keep it off its channel until the date it claims: the poll says so and checks the
+/// channel too, which installs what it offers; once the pump runs that, the refusal is the result
+/// the server hears, the same at every poll. Before, every poll was refused (NotARollback,
+/// NotForThisDevice) and the pump installed no release, security fixes included, while the file
+/// stayed: until 2099 for the first file below.
+#[test]
+fn a_held_rollback_authorization_the_pump_refuses_does_not_keep_it_off_the_channel() {
+    const OLD: &str = "pump-a/fw-1.0.0.bin";
+    let mut sim = offline::repo_offering("2.0.0", 1);
+    let old_image = image_bytes("1.0.0", 5000);
+    sim.add_target(
+        "targets",
+        OLD,
+        &old_image,
+        Some(offline::custom_for("1.0.0", 1, &["r1", "r2"], "1.0.0")),
+    );
+    sim.publish();
+    let pump = provisioned_pump(&sim);
+    let (addr, dir) = (pump.addr.as_str(), &pump.dir);
+    let run = |auth: &Path| {
+        agent(
+            dir,
+            &[
+                "run",
+                "--server",
+                addr,
+                "--once",
+                "--authorization",
+                auth.to_str().unwrap(),
+            ],
+        )
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let used_before = || agent(dir, &["status"]);
+
+    // 1. no signatures, the channel's own target, "valid" until 2099: refused (not a downgrade),
+    // and the channel's 2.0.0 installed in the same poll
+    let forged = dir.parent().unwrap().join("forged.json");
+    let body = format!(
+        r#"{{"signed":{{"_type":"rollback-authorization","target":"{TARGET}","issued":"{}","expires":"2099-01-01T00:00:00Z","devices":["pump-0001"]}},"signatures":[]}}"#,
+        hale_core::Date(now - 60)
+    );
+    std::fs::write(&forged, body).unwrap();
+    let out = run(&forged);
+    let refused = format!(
+        "rollback authorization {} refused: this poll follows the channel",
+        forged.display()
+    );
+    assert!(out.lines().any(|l| l == refused), "{out}");
+    assert!(
+        out.lines().any(|l| l
+            == format!(
+                "update refused: {TARGET} 2.0.0 is not older than running 1.0.0: a rollback \
+             authorization's target installs only as the downgrade it authorizes"
+            )),
+        "{out}"
+    );
+    assert!(
+        out.contains("health check passed: 2.0.0 confirmed"),
+        "{out}"
+    );
+    let r = pump.state.lock().unwrap().reports.last().cloned().unwrap();
+    assert_eq!(r["last_result"]["result"], "installed", "{r}");
+
+    // 2. signed by the rollback role, for another pump: refused, the channel holds nothing new,
+    // and the refusal is what the server hears (the same at the next poll); nothing changed
+    let mut a = offline::authorization_for("1.0.0");
+    a.target = OLD.into();
+    a.target_sha256 = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&old_image)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    a.installed = Some("2.0.0".into());
+    a.devices = vec!["pump-9999".into()];
+    a.issued = now - 60;
+    a.expires = now + 3600;
+    let other = dir.parent().unwrap().join("other.json");
+    std::fs::write(&other, offline::signed(&a, &offline::rollback_keys())).unwrap();
+    let status_before = used_before();
+    let reports_before = pump.state.lock().unwrap().reports.len();
+    for _ in 0..2 {
+        let out = run(&other);
+        let refused = format!(
+            "rollback authorization {} refused: this poll follows the channel",
+            other.display()
+        );
+        assert!(out.lines().any(|l| l == refused), "{out}");
+        assert!(out.contains("up to date: running 2.0.0"), "{out}");
+    }
+    let reports = pump.state.lock().unwrap().reports.clone();
+    assert_eq!(reports.len(), reports_before + 2);
+    let (first, second) = (&reports[reports_before], &reports[reports_before + 1]);
+    assert_eq!(first, second, "the same report at each poll");
+    assert_eq!(first["last_result"]["result"], "rejected", "{first}");
+    assert_eq!(
+        first["last_result"]["reason"],
+        "rollback authorization refused: rollback authorization does not name device pump-0001",
+        "{first}"
+    );
+    let status: Value = serde_json::from_str(&used_before()).unwrap();
+    let before: Value = serde_json::from_str(&status_before).unwrap();
+    assert_eq!(status["slots"], before["slots"], "{status}");
+    assert_eq!(
+        status["security_counter"], before["security_counter"],
+        "{status}"
+    );
+}
+
 /// The served top-level metadata: root (the newest), timestamp, snapshot, targets.
 fn top_level(sim: &hale_tests::RepoSim) -> [Vec<u8>; 4] {
     let newest = |suffix: &str| {

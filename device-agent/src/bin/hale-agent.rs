@@ -760,7 +760,8 @@ fn provision(o: &Opts) -> Result<()> {
 /// offer: the file is gone or unreadable (a technician cleaned up), the pump has used it, or it
 /// has expired (its dates read unverified, only to stop offering it). The poll then follows
 /// the channel: a held authorization no longer ties the pump to its target, and a missing file
-/// no longer ends the pump's polling.
+/// no longer ends the pump's polling. One offered and refused is followed by a channel check in
+/// the same poll ([`poll`]).
 fn held_authorization(store: &FirmwareStore<FileFlash>, path: &str) -> Option<Vec<u8>> {
     let bytes = match offline::read_bounded(Path::new(path), offline::MAX_AUTHORIZATION) {
         Ok(b) => b,
@@ -812,13 +813,28 @@ fn poll(
     }
     let delivered_kept = delivered_kept && kept.is_empty();
     // a rollback authorization handed to this run (a bundle's comes with the bundle)
-    let authorization = match o.opt("--authorization") {
-        Some(p) => held_authorization(store, &p),
-        None => None,
-    };
+    let held = o.opt("--authorization");
+    let authorization = held.as_deref().and_then(|p| held_authorization(store, p));
     // a poll that ends without an install is no failure of the process: it polls again
     http.clear_timed_out();
-    install_once(o, store, &d, http, authorization.as_deref(), "online")?;
+    let ended = install_once(
+        o,
+        store,
+        &d,
+        http,
+        authorization.as_deref(),
+        "online",
+        false,
+    )?;
+    if let (Some(p), Some(_), Ended::Refused) = (&held, &authorization, ended) {
+        // refused (another pump's, not a downgrade, its signatures, its target's policy, or a
+        // file that is no authorization at all): it does not tie the pump to its target until
+        // the date it claims. The channel is checked in the same poll; the refusal stays the
+        // result the server hears unless the channel changes something (one report a poll, the
+        // same at each, so the audit log gets one record, not two a poll)
+        say!("rollback authorization {p} refused: this poll follows the channel");
+        install_once(o, store, &d, http, None, "online", true)?;
+    }
     if http.timed_out() && !delivered_kept {
         // the report would wait as long again for the same silent server; what it would say
         // is kept (status, last check) and goes with the next poll that reaches it. (After
@@ -1121,8 +1137,10 @@ enum Ended {
     Running,
     /// Not now (therapy, a trial under way): the same bundle installs later.
     Deferred,
-    /// Refused, failed, or reverted at its trial: the pump runs what it ran.
+    /// Failed, or reverted at its trial: the pump runs what it ran.
     NotInstalled,
+    /// Refused (by hale-core, policy or the agent's rules): the pump runs what it ran.
+    Refused,
 }
 
 impl Ended {
@@ -1131,7 +1149,7 @@ impl Ended {
         match self {
             Ended::Running => {}
             Ended::Deferred => std::process::exit(3),
-            Ended::NotInstalled => std::process::exit(1),
+            Ended::NotInstalled | Ended::Refused => std::process::exit(1),
         }
     }
 }
@@ -1157,6 +1175,7 @@ fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
     transport: &mut T,
     authorization: Option<&[u8]>,
     via: &str,
+    after_refusal: bool,
 ) -> Result<Ended> {
     let (model, revision, id, group) = (
         field(d, "model"),
@@ -1279,8 +1298,10 @@ fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
         Ok(Outcome::UpToDate { .. }) => {
             say!("{summary}");
             // a refusal or a deferral an earlier check reported holds no more (the server's
-            // answer was bad once, or the offer is gone); what was installed or reverted stands
-            if matches!(last(o).0.as_str(), "rejected" | "deferred") {
+            // answer was bad once, or the offer is gone); what was installed or reverted stands.
+            // Not the refusal of the authorization this poll offered first: it holds, and the
+            // server hears it
+            if !after_refusal && matches!(last(o).0.as_str(), "rejected" | "deferred") {
                 clear_last(o)?;
             }
             Ended::Running
@@ -1313,7 +1334,7 @@ fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
         Err(e) => {
             say!("{summary}");
             set_last(o, "rejected", &e.to_string())?;
-            Ended::NotInstalled
+            Ended::Refused
         }
     };
     Ok(ended)
@@ -1341,7 +1362,15 @@ fn bundle_install(o: &Opts) -> Result<Ended> {
     let mut store = open_store(o)?;
     let authorization = transport.authorization();
     bundle_carries(&transport, &d, authorization)?;
-    install_once(o, &mut store, &d, &mut transport, authorization, "bundle")
+    install_once(
+        o,
+        &mut store,
+        &d,
+        &mut transport,
+        authorization,
+        "bundle",
+        false,
+    )
 }
 
 /// Refuse a bundle that carries images but none for the target this pump looks up (its channel,
@@ -1572,7 +1601,15 @@ fn link(o: &Opts) -> Result<Ended> {
         rx.discard().map_err(|e| anyhow::anyhow!("{e}"))?;
         return Err(e);
     }
-    let ended = install_once(o, &mut store, &d, &mut transport, authorization, "bundle")?;
+    let ended = install_once(
+        o,
+        &mut store,
+        &d,
+        &mut transport,
+        authorization,
+        "bundle",
+        false,
+    )?;
     // installed, deferred or refused: the bundle has been through the verified path; a kill before
     // this line leaves it complete in the store, and the next push re-offers it
     rx.discard().map_err(|e| anyhow::anyhow!("{e}"))?;
