@@ -107,11 +107,18 @@ impl App {
             Ok(mut g) => *g = served,
             Err(p) => *p.into_inner() = served,
         }
-        if key_change {
-            let _ = self.audit.append("key-change", actor, json!({"root": detail["root"], "online_keys": root_online_keys(&self.served().state)}));
-        }
         // the change is committed and served: an audit failure cannot undo it, so it is reported
-        // (logged, and in the response) rather than turned into a failed publish
+        // (logged, and in the response and the change's own record) rather than turned into a
+        // failed publish
+        if key_change {
+            let keys = json!({"root": detail["root"], "online_keys": root_online_keys(&self.served().state)});
+            if let Err(e) = self.audit.append("key-change", actor, keys) {
+                tracing::error!(error = %e, "online key change not recorded in the audit log");
+                if let Some(o) = detail.as_object_mut() {
+                    o.insert("key_change_audit".into(), json!({"error": e.to_string()}));
+                }
+            }
+        }
         let audit = match self.audit.append(kind, actor, detail.clone()) {
             Ok(hash) => Value::String(hash),
             Err(e) => {
@@ -219,8 +226,22 @@ impl App {
             }
             tracing::warn!(%detail, "committed state has no audit record (crash after commit): recording it");
             self.audit
-                .append("recovered", "startup", detail)
+                .append("recovered", "startup", detail.clone())
                 .map_err(|e| e.to_string())?;
+            // and the online key change it made, as a publish records it: against the root the
+            // last record names (every root version is kept)
+            let then = st.roots.get(&recorded.0).map(|b| online_keys_of(b));
+            let now = root_online_keys(st);
+            if then.is_some_and(|then| then != now) {
+                tracing::warn!(%now, "the lost change rotated online keys: recording it");
+                self.audit
+                    .append(
+                        "key-change",
+                        "startup",
+                        json!({"root": detail["root"], "online_keys": now, "recovered_at_start": true}),
+                    )
+                    .map_err(|e| e.to_string())?;
+            }
         }
         Ok(())
     }
@@ -228,9 +249,14 @@ impl App {
 
 /// Key ids the root lists for timestamp and snapshot (to notice key changes).
 fn root_online_keys(st: &State) -> Value {
-    let Some((_, root)) = st.root() else {
-        return Value::Null;
-    };
+    match st.root() {
+        Some((_, root)) => online_keys_of(root),
+        None => Value::Null,
+    }
+}
+
+/// Key ids `root` (a root.json's bytes) lists for timestamp and snapshot.
+fn online_keys_of(root: &[u8]) -> Value {
     let Ok(v) = serde_json::from_slice::<Value>(root) else {
         return Value::Null;
     };

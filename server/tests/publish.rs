@@ -570,6 +570,117 @@ fn online_key_rotation_add_key_then_publish_root_listing_it() {
     );
 }
 
+/// A crash after a root that rotates the online keys was committed, before its audit records:
+/// the start records the change as `recovered` and the key rotation as `key-change` (it recorded
+/// only `recovered`, and the log never told that the online keys had changed).
+#[test]
+fn an_online_key_rotation_a_crash_kept_from_the_audit_log_is_recorded_at_the_start() {
+    let f = Fixture::new();
+    let mut s = f.start();
+    let fw = b"fw".to_vec();
+    upload(&s, &f.token, &fw).unwrap();
+    let t = f.targets(1, &[("fw.bin", &fw, None)], None);
+    assert_eq!(
+        publish(&s, &f.token, None, &[("targets", &t)])
+            .unwrap()
+            .status,
+        200
+    );
+    assert!(s.terminate().success());
+    let new_ts = hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[42; 32]).unwrap();
+    let p = f.write_key("new-ts.key", &new_ts);
+    let data = f.data.to_str().unwrap();
+    let out = run_bin(
+        &[
+            "key",
+            "add",
+            "--data",
+            data,
+            "--role",
+            "timestamp",
+            "--key",
+            p.to_str().unwrap(),
+        ],
+        &f.pass_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // what a publish of root 2 commits, with no audit record after it (the crash)
+    let repo = hale_server::repo::RepoDir::new(&f.data);
+    let old = repo.load().unwrap();
+    let root2 = f.root_v(2, &new_ts, &f.snap_key, &[&f.root_key]);
+    let upload = hale_server::publish::Upload {
+        root: Some(root2.into()),
+        roles: Default::default(),
+    };
+    let online = hale_server::publish::OnlineKeys {
+        timestamp: vec![new_ts.clone()],
+        snapshot: vec![f.snap_key.clone()],
+    };
+    let life = hale_server::publish::Lifetimes {
+        timestamp_secs: 86_400,
+        timestamp_resign_before_secs: 3_600,
+        snapshot_secs: 7 * 86_400,
+        snapshot_resign_before_secs: 86_400,
+        profile: hale_repo::build::Profile::Standard,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let new = hale_server::publish::prepare(&old, &upload, &online, &life, now, &repo).unwrap();
+    repo.commit(&old, &new).unwrap();
+
+    let mut s = f.start();
+    let v = client_update(&s.base, &f.root, &["fw.bin"]).unwrap();
+    assert_eq!((v.root, v.timestamp), (2, 2));
+    assert!(s.terminate().success());
+    let out = run_bin(&["audit", "verify", "--data", data], &f.pass_file);
+    assert!(out.status.success());
+    let records: Vec<serde_json::Value> = with_store(&f.data, |store| {
+        hale_server::store::Store::audit_all(store).unwrap()
+    })
+    .iter()
+    .map(|(_, b)| serde_json::from_slice(b).unwrap())
+    .collect();
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "init",
+            "token-add",
+            "publish",
+            "key-add",
+            "recovered",
+            "key-change"
+        ]
+    );
+    let change = &records[5];
+    assert_eq!(change["actor"], "startup", "{change}");
+    assert_eq!(change["detail"]["root"], 2, "{change}");
+    assert_eq!(
+        change["detail"]["online_keys"]["timestamp"],
+        json!([new_ts.keyid()]),
+        "{change}"
+    );
+    assert_eq!(change["detail"]["recovered_at_start"], true, "{change}");
+
+    // and once only: the next start finds everything recorded
+    let mut s = f.start();
+    assert!(s.terminate().success());
+    let n = with_store(&f.data, |store| {
+        hale_server::store::Store::audit_all(store).unwrap().len()
+    });
+    assert_eq!(n, records.len());
+}
+
 #[test]
 fn init_refuses_online_keys_the_root_does_not_list() {
     let f = Fixture::new(); // reuse its keys and root
