@@ -205,7 +205,7 @@ grep -q 'token_used' <<<"$out" || { echo "expected token_used" >&2; exit 1; }
     { echo "a refused enrollment changed pump2's certificate" >&2; exit 1; }
 note "the token is single-use: its replay is refused and pump2's certificate is unchanged"
 
-say "9. release v2 (2.0.0), held back by a staged rollout until operator olga widens it"
+say "9. release v2 (2.0.0), held back by a staged rollout until operator olga ends it"
 fw2=$(make_image 2.0.0)
 sha2=$(sha256sum "$fw2" | cut -d' ' -f1)
 staff PUT "/api/v1/staff/rollouts/$sha2" --json '{"percent": 0, "target": "pump-a/firmware.bin"}' |

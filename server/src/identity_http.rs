@@ -728,6 +728,7 @@ fn rollout_routes(
         crate::rollout::RolloutError::Store(m) => IdentityError::Internal(m),
         crate::rollout::RolloutError::Unknown(sha) => IdentityError::RolloutUnknown(sha),
         e @ (crate::rollout::RolloutError::NotRecorded(_)
+        | crate::rollout::RolloutError::EarlierUnsettled { .. }
         | crate::rollout::RolloutError::InForceUnsettled(_)) => {
             IdentityError::Internal(e.to_string())
         }

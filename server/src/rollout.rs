@@ -71,6 +71,15 @@ pub enum RolloutError {
     Store(String),
     #[error("the change is not made: its audit record could not be written: {0}")]
     NotRecorded(String),
+    /// A note of an earlier change is left (its undo failed, or a recorded change could not
+    /// remove it): the file may hold that change without its record, so changes wait for the
+    /// start that settles it.
+    #[error("the change is not made: an earlier change ({kind} of {sha256} by {by}) may lack its audit record; rollout changes wait for a restart of the server, which records it if the audit log lost it")]
+    EarlierUnsettled {
+        kind: String,
+        sha256: String,
+        by: String,
+    },
     /// The change is in force and its record reached the audit log, which could not be synced
     /// (or the change could not be undone): the next start records it if the log lost it, and
     /// further changes wait for that start.
@@ -340,10 +349,11 @@ impl Rollouts {
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(p) = self.read_pending()? {
             // an earlier change whose undo failed: the file may hold it unrecorded
-            return Err(RolloutError::NotRecorded(format!(
-                "an earlier change ({} of {} by {}) may lack its record; restart the server to record it",
-                p.kind, p.rollout.sha256, p.by
-            )));
+            return Err(RolloutError::EarlierUnsettled {
+                kind: p.kind,
+                sha256: p.rollout.sha256,
+                by: p.by,
+            });
         }
         let prev = self
             .current
@@ -593,10 +603,26 @@ mod tests {
 
         // a note left by a failed undo holds further changes until a start records it
         restarted.write_pending(&note("rollout", &set10)).unwrap();
-        assert!(matches!(
-            restarted.set(&sha, 20, None, by, 4, record("rollout")),
-            Err(RolloutError::NotRecorded(m)) if m.contains("restart the server")
-        ));
+        let held = restarted
+            .set(&sha, 20, None, by, 4, record("rollout"))
+            .unwrap_err();
+        assert_eq!(
+            held,
+            RolloutError::EarlierUnsettled {
+                kind: "rollout".into(),
+                sha256: sha.clone(),
+                by: by.into()
+            }
+        );
+        // what the operator reads: no record was tried for this change
+        assert_eq!(
+            held.to_string(),
+            format!(
+                "the change is not made: an earlier change (rollout of {sha} by {by}) may lack \
+                 its audit record; rollout changes wait for a restart of the server, which \
+                 records it if the audit log lost it"
+            )
+        );
         assert_eq!(restarted.list(), vec![]);
         records(3);
         std::fs::remove_file(&pending).unwrap();
