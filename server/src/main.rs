@@ -832,6 +832,9 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
             }
             _ => None,
         };
+        // the handlers are in place before the server is announced: a SIGTERM right after the
+        // "listening" line (a supervisor, a test) stops it in order, not by the default action
+        let shutdown = shutdown_signal();
         let addr = listener.local_addr()?;
         tracing::info!(%addr, data = %data.display(), "hale-server listening");
         // machine-readable lines for scripts and tests (ephemeral ports)
@@ -908,7 +911,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
             )));
         }
         let plain = tokio::spawn(hale_server::http::serve(app, listener, stopped()));
-        shutdown_signal().await;
+        shutdown.await;
         let _ = stop_tx.send(true);
         let _ = plain.await;
         for t in tasks {
@@ -923,26 +926,39 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGINT or SIGTERM. The handlers are registered when this is called (inside the runtime), not
+/// when the future is first polled.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let mut term = signal(SignalKind::terminate()).ok();
+    async move {
+        tokio::select! {
+            _ = recv(&mut int) => {}
+            _ = recv(&mut term) => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
+}
+
+/// The next delivery of `s`; never, for a handler that could not be registered.
+#[cfg(unix)]
+async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
+    }
 }
 
 /// Demo: throwaway keys and a first release, so `hale-server demo` alone gives a working server.
