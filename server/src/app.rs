@@ -100,6 +100,14 @@ impl App {
         let mut detail = crate::publish::summary(&new);
         if kind == "publish" {
             detail["targets"] = crate::publish::target_changes(&prev.state, &new);
+            let warnings =
+                crate::publish::rollout_warnings(&prev.state, &new, &self.rollouts.list());
+            for w in &warnings {
+                tracing::warn!(warning = %w, "release not held back by a rollout");
+            }
+            if !warnings.is_empty() {
+                detail["warnings"] = json!(warnings);
+            }
         }
         let key_change = root_online_keys(&prev.state) != root_online_keys(&new);
         let served = Arc::new(Served::build(new, Some(&prev), &self.repo));

@@ -624,25 +624,7 @@ pub const AUDITED_TARGETS_MAX: usize = 100;
 /// "removed": [{role, path, sha256, length}…], "added_count", "removed_count"}`, a target whose content changed
 /// counting as removed and added. For the audit log: which firmware went out, by its hash.
 pub fn target_changes(old: &State, new: &State) -> serde_json::Value {
-    // only roles whose version changed can list other targets
-    let changed = |role: &String| {
-        old.roles.get(role).map(|m| m.version) != new.roles.get(role).map(|m| m.version)
-    };
-    let listed = |st: &State| -> std::collections::BTreeSet<(String, String, String, u64)> {
-        st.roles
-            .iter()
-            .filter(|(role, _)| changed(role))
-            .flat_map(|(role, m)| {
-                crate::repo::role_targets(role, &m.bytes)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(move |(path, sha, len)| (role.clone(), path, sha, len))
-            })
-            .collect()
-    };
-    let (before, after) = (listed(old), listed(new));
-    let added: Vec<_> = after.difference(&before).collect();
-    let removed: Vec<_> = before.difference(&after).collect();
+    let (added, removed) = listing_changes(old, new);
     json!({
         "added": added
             .iter()
@@ -657,6 +639,63 @@ pub fn target_changes(old: &State, new: &State) -> serde_json::Value {
         "added_count": added.len(),
         "removed_count": removed.len(),
     })
+}
+
+/// `(role, path, sha256, length)` of every target entry `new` lists that `old` did not, and of
+/// every one `old` listed that `new` does not.
+type Listed = (String, String, String, u64);
+fn listing_changes(old: &State, new: &State) -> (Vec<Listed>, Vec<Listed>) {
+    // only roles whose version changed can list other targets
+    let changed = |role: &String| {
+        old.roles.get(role).map(|m| m.version) != new.roles.get(role).map(|m| m.version)
+    };
+    let listed = |st: &State| -> std::collections::BTreeSet<Listed> {
+        st.roles
+            .iter()
+            .filter(|(role, _)| changed(role))
+            .flat_map(|(role, m)| {
+                crate::repo::role_targets(role, &m.bytes)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |(path, sha, len)| (role.clone(), path, sha, len))
+            })
+            .collect()
+    };
+    let (before, after) = (listed(old), listed(new));
+    let added = after.difference(&before).cloned().collect();
+    let removed = before.difference(&after).cloned().collect();
+    (added, removed)
+}
+
+/// What a release does past the staged rollouts it was meant to go through: each image it adds
+/// under a path a rollout names, with other bytes than the rollout's, and that no rollout holds
+/// back (the rollout's sha256 taken over other bytes: the image is offered to every device).
+/// The gate goes by the hash; the path is the operator's note of what it meant.
+pub fn rollout_warnings(
+    old: &State,
+    new: &State,
+    rollouts: &[crate::rollout::Rollout],
+) -> Vec<String> {
+    let held: std::collections::BTreeSet<&str> =
+        rollouts.iter().map(|r| r.sha256.as_str()).collect();
+    let (added, _) = listing_changes(old, new);
+    let mut out = Vec::new();
+    for (_, path, sha, _) in &added {
+        if held.contains(sha.as_str()) {
+            continue;
+        }
+        for r in rollouts {
+            if r.target.as_deref() == Some(path.as_str()) && r.sha256 != *sha {
+                out.push(format!(
+                    "{path} is released as sha256 {sha}, which no rollout holds back: every \
+                     device is offered it. The rollout naming {path} ({}%, set by {}) holds \
+                     sha256 {}: set the rollout on the image's sha256",
+                    r.percent, r.by, r.sha256
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// A JSON summary of a state (for responses and the audit log).

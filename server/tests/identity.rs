@@ -2659,6 +2659,77 @@ fn a_staged_rollout_holds_an_image_back_from_devices_outside_its_share() {
     );
 }
 
+/// A rollout set on the sha256 of other bytes than the release's (a wrapped or compressed file, a
+/// typo) holds nothing back: the publish that releases an image under the path the rollout names
+/// says so in its answer, its audit record and the log, as the image goes to every device. A
+/// release the rollouts do hold gets no warning.
+#[test]
+fn a_release_under_a_rollouts_path_that_no_rollout_holds_is_published_with_a_warning() {
+    let e = enrolled_pump_1(json!({}));
+    let (f, p, op, t) = (&e._f, &e.p, &e.op, &e.t);
+    let fw: Vec<u8> = (0..20_000u32).map(|i| (i % 241) as u8).collect();
+    let sha = hex::encode(sha2::Sha256::digest(&fw));
+    let wrong = hex::encode(sha2::Sha256::digest(b"fw.bin.zip"));
+    let rollout = |sha: &str| {
+        let body = json!({"percent": 0, "target": "fw.bin"}).to_string();
+        assert_status(
+            once(
+                &t.staff,
+                op.clone(),
+                "PUT",
+                &format!("/api/v1/staff/rollouts/{sha}"),
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            ),
+            200,
+        );
+    };
+    rollout(&wrong);
+    let json_ct = ("Content-Type", "application/json");
+    let mut c = connect(&t.staff, op.clone());
+    assert_status(c.send("POST", "/api/v1/targets", &[], &fw), 200);
+    let body = publish_body(
+        None,
+        &[("targets", &f.targets(1, &[("fw.bin", &fw, None)], None))],
+    );
+    let r = assert_status(c.send("POST", "/api/v1/publish", &[json_ct], &body), 200).json();
+    let warning = format!(
+        "fw.bin is released as sha256 {sha}, which no rollout holds back: every device is \
+         offered it. The rollout naming fw.bin (0%, set by operator:olivia) holds sha256 \
+         {wrong}: set the rollout on the image's sha256"
+    );
+    assert_eq!(r["published"]["warnings"], json!([warning]), "{r}");
+    // as it says: pump-1 (outside a 0 % share) gets the image
+    let device = holder_cfg(p, &e.d1);
+    let image = format!("/targets/{sha}.fw.bin");
+    assert_eq!(
+        assert_status(get_on(&t.device, &device, &image), 200).body,
+        fw
+    );
+    let published = audit_of(t, op, "publish");
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0]["detail"]["warnings"], json!([warning]));
+    let log = std::fs::read_to_string(f.data.join("server.log")).unwrap();
+    assert!(log.contains("release not held back by a rollout"), "{log}");
+
+    // the next release, its rollout set on its own sha256: held, and no warning
+    let fw2: Vec<u8> = (0..20_000u32).map(|i| (i % 233) as u8).collect();
+    let sha2 = hex::encode(sha2::Sha256::digest(&fw2));
+    rollout(&sha2);
+    assert_status(c.send("POST", "/api/v1/targets", &[], &fw2), 200);
+    let body = publish_body(
+        None,
+        &[("targets", &f.targets(2, &[("fw.bin", &fw2, None)], None))],
+    );
+    let r = assert_status(c.send("POST", "/api/v1/publish", &[json_ct], &body), 200).json();
+    assert!(r["published"].get("warnings").is_none(), "{r}");
+    let held = get_on(&t.device, &device, &format!("/targets/{sha2}.fw.bin")).unwrap();
+    assert_eq!(
+        (held.status, held.code().as_str()),
+        (403, "rollout_pending")
+    );
+}
+
 /// A server certificate issued by `ca` for `dns` and 127.0.0.1, valid `days`, with its key, into
 /// the TLS directory `tls` (the key first, then the chain); returns its serial.
 fn put_server_certificate(tls: &Path, ca: &Ca, dns: &[&str], days: u64) -> String {
