@@ -69,6 +69,8 @@ pub enum PublishError {
     NotDelegated { role: String },
     #[error("{role}: differs from the role {other} only in case: a case-insensitive file system (an export, a signer's staged directory) would keep both in one file")]
     CaseCollision { role: String, other: String },
+    #[error("{delegator}: delegates paths to the rollback role: its keys sign rollback authorizations and are delegated no paths (\"paths\": []), so they can never sign targets")]
+    RollbackPaths { delegator: String },
     #[error("root: {role} needs {threshold} signatures but the server holds {held} of the keys it lists")]
     OnlineKeys {
         role: &'static str,
@@ -105,6 +107,7 @@ impl PublishError {
             PublishError::Policy { .. } => "bad_policy",
             PublishError::NotDelegated { .. } => "not_delegated",
             PublishError::CaseCollision { .. } => "role_name_collision",
+            PublishError::RollbackPaths { .. } => "rollback_role_paths",
             PublishError::OnlineKeys { .. } => "online_keys_not_listed",
             PublishError::NotConsistent => "not_consistent",
             PublishError::NoTargets => "no_targets",
@@ -245,6 +248,31 @@ fn check_case(name: &str, others: &[&str]) -> Result<(), PublishError> {
     }
 }
 
+/// `delegator` delegates no paths to the `rollback` role. Its keys (field service, clinical
+/// engineering) sign rollback authorizations; delegated a path, they could sign firmware devices
+/// install (hale-core checks the authorization's signers, and the device's search would take a
+/// target from the role like any other). hale-sign never writes such a delegation; this refuses
+/// one made with another tool or by hand.
+fn check_rollback_role(delegator: &str, t: &Targets<'_>) -> Result<(), PublishError> {
+    let Some(roles) = t.delegations.and_then(|d| d.roles) else {
+        return Ok(());
+    };
+    let pathless = |r: &DelegatedRole<'_>| {
+        r.paths.is_some_and(|p| p.iter().next().is_none()) && r.path_hash_prefixes.is_none()
+    };
+    let lists_paths = roles
+        .iter()
+        .filter_map(|v| v.as_object())
+        .filter_map(|o| DelegatedRole::parse(&o, Name::new(delegator)).ok())
+        .any(|r| r.name.eq_str(hale_core::rollback::ROLLBACK_ROLE) && !pathless(&r));
+    if lists_paths {
+        return Err(PublishError::RollbackPaths {
+            delegator: delegator.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// The keys `delegator` gives to `name` (`None` if it does not delegate to it).
 fn delegation_keys<'a>(
     delegator: &Targets<'a>,
@@ -378,6 +406,9 @@ pub fn prepare(
     for (dname, d) in &new.roles {
         let env = Envelope::parse(&d.bytes, dname).map_err(trust(dname))?;
         let t = Targets::parse(&env.signed, Name::new(dname)).map_err(trust(dname))?;
+        if upload.roles.contains_key(dname) {
+            check_rollback_role(dname, &t)?;
+        }
         for child in delegated_names(&t, names.iter()) {
             check_delegated_role_name(&child).map_err(trust(dname))?;
             if upload.roles.contains_key(dname) {

@@ -335,6 +335,38 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
         "role_name_collision",
         collision,
     );
+    // paths delegated to the rollback role (its keys sign rollback authorizations, never
+    // firmware): by pattern or by hash prefix, with or without the role's own file
+    let rollback_paths = "targets: delegates paths to the rollback role: its keys sign rollback \
+                          authorizations and are delegated no paths (\"paths\": []), so they \
+                          can never sign targets";
+    let d = f.delegation("rollback", &["pump-a/*"]);
+    let t2 = f.targets(2, &[("fw.bin", &fw2, None)], Some(&d));
+    let firmware = f.delegated(1, &[("pump-a/fw.bin", &fw2, None)]);
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &t2), ("rollback", &firmware)],
+        "rollback_role_paths",
+        rollback_paths,
+    );
+    let mut d = f.delegation("rollback", &[]);
+    d["roles"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("paths")
+        .unwrap();
+    d["roles"][0]["path_hash_prefixes"] = json!(["8"]);
+    let t2 = f.targets(2, &[("fw.bin", &fw2, None)], Some(&d));
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &t2)],
+        "rollback_role_paths",
+        rollback_paths,
+    );
     assert_eq!(get(&s.url("1.root.json")).body, f.root);
     assert_eq!(get(&s.url("2.snapshot.json")).status, 404);
 
@@ -455,6 +487,8 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
             "rejected_metadata",
             // twice, the same message: once an hour per repeat
             "role_name_collision",
+            // twice, the same message
+            "rollback_role_paths",
             "threshold_not_met",
             "online_keys_not_listed"
         ]
