@@ -959,8 +959,8 @@ impl<'a> DelegatedRole<'a> {
     }
 
     /// Is `target` delegated to this role (by glob patterns or by hash prefixes)? `None` when
-    /// that cannot be told: a pattern longer than [`MAX_PATTERN_LEN`] comes before any that
-    /// matches (the search refuses it rather than pass the delegation over).
+    /// that cannot be told: a pattern that cannot be told ([`path_matches`]) comes before any
+    /// that matches (the search refuses it rather than pass the delegation over).
     pub fn matches(&self, target: &str, target_hash: &[u8; 32]) -> Option<bool> {
         if let Some(paths) = &self.paths {
             for p in paths.iter().filter_map(|v| v.as_str()) {
@@ -1109,8 +1109,9 @@ fn hex_prefix_matches(prefix: &JStr<'_>, hash: &[u8; 32]) -> bool {
 
 /// python-tuf's rule: pattern and target split on `/` must have the same number of parts, and
 /// each part must match with shell-style wildcards (`*`, `?`, `[seq]`, `[!seq]`).
-/// `None`: the pattern is longer than [`MAX_PATTERN_LEN`] bytes, and whether it matches is not
-/// told.
+/// `None`: whether it matches is not told: the pattern is longer than [`MAX_PATTERN_LEN`]
+/// bytes, or it does not match a non-ASCII target here and has a `?` or a class, which python
+/// could match there (see [`fnmatch`]).
 pub fn path_matches(pattern: &JStr<'_>, target: &str) -> Option<bool> {
     let mut buf = [0u8; MAX_PATTERN_LEN];
     let pattern = pattern.decode_into(&mut buf)?;
@@ -1123,7 +1124,7 @@ pub fn path_matches(pattern: &JStr<'_>, target: &str) -> Option<bool> {
         match (p.next(), t.next()) {
             (None, None) => return Some(true),
             (Some(ps), Some(ts)) => {
-                if !fnmatch(ps, ts) {
+                if !fnmatch(ps, ts)? {
                     return Some(false);
                 }
             }
@@ -1132,20 +1133,24 @@ pub fn path_matches(pattern: &JStr<'_>, target: &str) -> Option<bool> {
     }
 }
 
-/// The refusal of a delegation whose `paths` pattern is too long to match.
-pub(crate) const PATTERN_TOO_LONG: &str = "paths (a pattern longer than 256 bytes)";
+/// The refusal of a delegation whose `paths` pattern is too long to match, or whose match this
+/// build cannot tell ([`fnmatch`]): the search stops there, as it would at a match.
+pub(crate) const PATTERN_TOO_LONG: &str = "paths (a pattern too long, or ?/[] on non-ASCII)";
 
 /// Shell-style match of one path segment (no `/` in either). Iterative with one backtrack point,
 /// so its work is bounded by `pattern.len() * name.len()`.
 ///
-/// `?` and classes match one ASCII character, and never a non-ASCII one: python's `fnmatch`
-/// takes a whole character there (`fw-?.bin` matches `fw-é.bin`), which costs flash the
-/// microcontroller build lacks. Whatever matches here matches in python-tuf too (literals
-/// compare bytes, and a match never splits a character: a continuation byte matches nothing),
-/// so the difference only ever withholds trust, never grants it; hale-sign refuses to add a
-/// target its delegation does not match. Before 2026-11-24 `?` and classes took any byte, and a
-/// pattern could match a path python-tuf does not (`*?[a-é]?` and `éb]é`).
-fn fnmatch(pattern: &[u8], name: &[u8]) -> bool {
+/// `?` and classes match one ASCII character here, where python's `fnmatch` takes a whole
+/// character (`fw-?.bin` matches `fw-é.bin`), which costs flash the microcontroller build lacks.
+/// Whatever matches here matches in python-tuf too (literals compare bytes, and a match never
+/// splits a character: a continuation byte matches nothing). Where a pattern with `?` or a
+/// class does not match a non-ASCII path, python's might: [`path_matches`] does not tell, and
+/// the search stops with an error rather than pass the delegation over (passing it over would
+/// give the path to a later delegation that a terminating match here shuts out, or that python
+/// asks first). Before 2026-11-24 `?` and classes took any byte, and a pattern could match a
+/// path python-tuf does not (`*?[a-é]?` and `éb]é`); from then until the next fix the
+/// undecided case was read as no match.
+fn fnmatch(pattern: &[u8], name: &[u8]) -> Option<bool> {
     let (mut p, mut n) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while n < name.len() {
@@ -1156,14 +1161,16 @@ fn fnmatch(pattern: &[u8], name: &[u8]) -> bool {
                 p += 1;
                 continue;
             }
-            Some(b'?') if c.is_ascii() => {
+            // a non-ASCII character python's `?` or class would take: not told
+            Some(b'?' | b'[') if !c.is_ascii() => return None,
+            Some(b'?') => {
                 p += 1;
                 n += 1;
                 continue;
             }
             Some(b'[') => {
                 if let Some((matched, next)) = class_match(pattern, p, c) {
-                    if matched && c.is_ascii() {
+                    if matched {
                         p = next;
                         n += 1;
                         continue;
@@ -1188,13 +1195,13 @@ fn fnmatch(pattern: &[u8], name: &[u8]) -> bool {
                 n = sn + 1;
                 star = Some((sp, sn + 1));
             }
-            None => return false,
+            None => return Some(false),
         }
     }
     while pattern.get(p) == Some(&b'*') {
         p += 1;
     }
-    p == pattern.len()
+    Some(p == pattern.len())
 }
 
 /// Match `c` against the class starting at `pattern[start] == '['`. Returns (matched, index after
@@ -1472,16 +1479,25 @@ mod tests {
             ("\"[!é]\"", "a", true),
             ("\"[a-é]\"", "z", true),
             ("\"[é-z]\"", "a", false),
-            // `?` and classes never take a non-ASCII character (python's do; see `fnmatch`),
-            // and never a byte of one: these matched before 2026-11-24, and python-tuf says no
-            ("\"*?[a-é]?\"", "éb]é", false),
-            ("\"*??\"", "é", false),
-            ("\"fw-?.bin\"", "fw-é.bin", false),
-            ("\"fw-[!a].bin\"", "fw-é.bin", false),
         ];
         for (p, t, want) in cases {
             assert_eq!(path_matches(&js(p), t), Some(want), "{p} vs {t}");
         }
+        // `?` and classes never take a non-ASCII character (python's do; see `fnmatch`), nor a
+        // byte of one: the first two matched before 2026-11-24, where python-tuf says no. Where
+        // such a pattern does not match a non-ASCII path, the match is not told (python: no,
+        // no, yes, yes; and no for the fifth, whose second part cannot match)
+        for (p, t) in [
+            ("\"*?[a-é]?\"", "éb]é"),
+            ("\"*??\"", "é"),
+            ("\"fw-?.bin\"", "fw-é.bin"),
+            ("\"fw-[!a].bin\"", "fw-é.bin"),
+            ("\"?/b\"", "é/c"),
+        ] {
+            assert_eq!(path_matches(&js(p), t), None, "{p} vs {t}");
+        }
+        assert_eq!(path_matches(&js("\"a/b\""), "é/c"), Some(false));
+        assert_eq!(path_matches(&js("\"?é\""), "aé"), Some(true));
     }
 
     #[test]

@@ -467,7 +467,7 @@ fn a_delegation_the_search_could_not_follow_is_refused_with_its_delegator() {
         ),
         (
             json!({"name": "t", "keyids": [k("t").keyid()], "threshold": 1, "terminating": true, "paths": [pattern]}),
-            "paths (a pattern longer than 256 bytes)",
+            "paths (a pattern too long, or ?/[] on non-ASCII)",
         ),
     ] {
         let y = json!({"name": "y", "keyids": [k("y").keyid()], "threshold": 1, "terminating": false, "paths": ["fw/*"]});
@@ -490,6 +490,41 @@ fn a_delegation_the_search_could_not_follow_is_refused_with_its_delegator() {
             c.fetched
         );
     }
+}
+
+/// A pattern whose `?` or class meets a non-ASCII character, where hale-core cannot tell whether
+/// python-tuf's match (which takes a whole character there) would succeed: the search stops with
+/// an error. Passed over as no match (from 2026-11-24 until this test), it gave the path to the
+/// next delegation: here `y`, which python-tuf never asks, as the terminating `t` matches
+/// `fw-é.bin` first (found by review).
+#[test]
+fn a_pattern_whose_match_cannot_be_told_stops_the_search_before_a_later_delegation() {
+    let t = json!({"name": "t", "keyids": [k("t").keyid()], "threshold": 1, "terminating": true, "paths": ["fw-?.bin"]});
+    let y = json!({"name": "y", "keyids": [k("y").keyid()], "threshold": 1, "terminating": false, "paths": ["*"]});
+    let r = repo_with_roles(
+        vec![t, y],
+        &[&k("t"), &k("y")],
+        &[
+            ("y", vec![k("y")], "fw-é.bin"),
+            ("t", vec![k("t")], "fw-1.bin"),
+        ],
+    );
+    let mut c = Client::new(r.initial_root());
+    assert_eq!(
+        c.download(&r.files, "fw-é.bin", NOW).unwrap_err(),
+        ClientError::Trust(Error::Field {
+            role: Name::new("delegations"),
+            field: "paths (a pattern too long, or ?/[] on non-ASCII)"
+        })
+    );
+    assert!(
+        !c.fetched.iter().any(|f| f.contains(".y.")),
+        "{:?}",
+        c.fetched
+    );
+    // an ASCII path is told as before: t answers for it
+    let mut c = Client::new(r.initial_root());
+    assert!(c.download(&r.files, "fw-1.bin", NOW).is_ok());
 }
 
 #[test]

@@ -228,11 +228,12 @@ fn python_tuf_ngclient_rejects_a_tampered_hale_repository() {
 /// Delegation path patterns match as python-tuf matches them (`DelegatedRole.
 /// _is_target_in_pathpattern`: split on `/`, `fnmatch` each part), over 20,000 generated pairs
 /// of patterns and target paths with wildcards, classes, ranges and non-ASCII characters:
-/// exactly for ASCII targets, and never more than python-tuf for the others (hale-core's `?`
-/// and classes take no non-ASCII character, where python's take one: trust withheld, never
-/// granted; `hale_core::metadata::fnmatch`). Until 2026-11-24 they took a byte, and about 2,000
-/// of these pairs differed, some matching where python-tuf does not (found by review; this test
-/// fails on that code).
+/// exactly for ASCII targets; for the others, where hale-core answers it answers as python-tuf
+/// does, and it does not answer ("not told": the search stops there with an error) where its `?`
+/// or a class met a non-ASCII character and nothing matched (python's take one;
+/// `hale_core::metadata::fnmatch`). Until 2026-11-24 they took a byte, and about 2,000 of these
+/// pairs differed, some matching where python-tuf does not (found by review; this test fails on
+/// that code, and on the code that read "not told" as no match until the next fix).
 #[test]
 fn path_patterns_match_as_python_tuf_matches_them() {
     // a small deterministic generator (xorshift): the same pairs every run
@@ -311,7 +312,7 @@ json.dump([DelegatedRole._is_target_in_pathpattern(t, p) for p, t in pairs], sys
     let want: Vec<bool> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(want.len(), pairs.len());
     let mut differ = Vec::new();
-    let (mut ascii, mut withheld) = (0, 0);
+    let (mut ascii, mut untold) = (0, 0);
     for ((p, t), want) in pairs.iter().zip(&want) {
         let lit = serde_json::to_string(p).unwrap();
         let hale_core::json::Value::Str(js) = hale_core::json::parse(lit.as_bytes()).unwrap()
@@ -324,8 +325,8 @@ json.dump([DelegatedRole._is_target_in_pathpattern(t, p) for p, t in pairs], sys
         }
         match (got, *want) {
             (Some(g), w) if g == w => {}
-            // a non-ASCII character python's `?` or class took
-            (Some(false), true) if !t.is_ascii() => withheld += 1,
+            // `?` or a class met a non-ASCII character, and nothing matched
+            (None, _) if !t.is_ascii() => untold += 1,
             _ => differ.push(format!(
                 "{p:?} vs {t:?}: python-tuf {want}, hale-core {got:?}"
             )),
@@ -337,7 +338,13 @@ json.dump([DelegatedRole._is_target_in_pathpattern(t, p) for p, t in pairs], sys
         "too few matching pairs to mean much: {matched}"
     );
     assert!(ascii > 4_000, "too few ASCII targets: {ascii}");
-    assert!(withheld < matched / 4, "{withheld} of {matched} withheld");
+    // most non-ASCII targets are still told
+    let non_ascii = pairs.len() - ascii;
+    assert!(
+        untold < non_ascii / 2,
+        "{untold} of {non_ascii} non-ASCII targets not told"
+    );
+    eprintln!("{untold} of {non_ascii} pairs with a non-ASCII target not told");
     assert!(
         differ.is_empty(),
         "{} differ:\n{}",
