@@ -479,13 +479,23 @@ pub fn verify_as_client(
     before: Option<&State>,
 ) -> Result<(), String> {
     // an expiry that does not fail the check: of an offline role named above (the rest of that
-    // role's checks passed: hale-core checks the expiry last); a name cut short in the error is
-    // not looked up (it could name another role)
+    // role's checks passed: hale-core checks the expiry last). A name cut short in the error
+    // (over 32 bytes) stands for every stored role it begins: each must be such a role (a
+    // touched role with the same beginning fails the check, whichever expired)
     let lapsed = |e: &hale_core::Error| {
-        matches!(e, hale_core::Error::Expired { role, .. }
-            if !role.is_truncated()
-                && (role.as_str() == "targets" || !is_top_level(role.as_str()))
-                && may_have_expired(role.as_str()))
+        let hale_core::Error::Expired { role, .. } = e else {
+            return false;
+        };
+        let name = role.as_str();
+        if !role.is_truncated() {
+            return (name == "targets" || !is_top_level(name)) && may_have_expired(name);
+        }
+        let mut could_be = new
+            .roles
+            .keys()
+            .filter(|r| r.len() > name.len() && r.starts_with(name))
+            .peekable();
+        could_be.peek().is_some() && could_be.all(|r| may_have_expired(r))
     };
     // the search a device made in `before` at `now`: None when its chain no longer loads (an
     // expired targets: every search failed)
@@ -587,8 +597,9 @@ pub fn verify_as_client(
                 // refuse it as they did before this change (and, `before` given, did then)
                 Err(SearchError::Trust(e)) if lapsed(&e) && may_have_expired(role) => {
                     let found_before = match (&before_set, before) {
+                        // a search that ended without a target found nothing either
                         (Some(Some(b)), Some(bst)) => {
-                            b.find_target(path, &mut StateSource(bst)).is_ok()
+                            matches!(b.find_target(path, &mut StateSource(bst)), Ok(Some(_)))
                         }
                         _ => false,
                     };

@@ -856,6 +856,102 @@ fn device_finds(
 /// 2026-11-24 the whole-repository client check at each re-sign failed on the expired role, so a
 /// day later every device's timestamp had expired too, and every publish was refused (found by
 /// review). Time is the functions' parameter: days pass without waiting.
+/// The same with a delegated role whose name is longer than an error holds (32 bytes): hale-core
+/// names it cut short in its `Expired`, and the check before a commit took such a name for a
+/// role that must not have expired, so the expiry of one long-named role untouched by the change
+/// stopped every re-sign and every release (the timestamp would then expire a day later, and
+/// the whole fleet refuse every update). Found by review; fails on the old check.
+#[test]
+fn an_expired_delegated_role_with_a_long_name_stops_neither_the_resign_nor_other_releases() {
+    use hale_server::publish::{prepare, resign, Lifetimes, OnlineKeys, Upload};
+    const LONG: &str = "infusion-pump-model-b-firmware-2026";
+    assert!(LONG.len() > 32);
+    let f = Fixture::new();
+    let s = f.start();
+    let (a1, b1, a2) = (
+        b"pump-a 1".to_vec(),
+        b"pump-b 1".to_vec(),
+        b"pump-a 2".to_vec(),
+    );
+    for fw in [&a1, &b1, &a2] {
+        assert_eq!(upload(&s, &f.token, fw).unwrap().status, 200);
+    }
+    let day = 86_400;
+    let t0 = now();
+    let body = |v: u64, life: i64, files: &[(&str, &[u8])], d: Option<&serde_json::Value>| {
+        let mut t = serde_json::Map::new();
+        for (path, content) in files {
+            t.insert(
+                path.to_string(),
+                hale_repo::build::target_entry(content, None),
+            );
+        }
+        let exp = hale_repo::build::expires_at(t0, life).unwrap();
+        hale_repo::build::targets(hale_repo::build::Profile::Standard, v, &exp, &t, d)
+    };
+    let k = &f.delegate_key;
+    let delegations = json!({
+        "keys": {k.keyid(): k.public()},
+        "roles": [
+            {"name": "pump-a", "keyids": [k.keyid()], "threshold": 1, "terminating": true, "paths": ["pump-a/*"]},
+            {"name": LONG, "keyids": [k.keyid()], "threshold": 1, "terminating": true, "paths": ["pump-b/*"]},
+        ],
+    });
+    let targets = &[&f.targets_keys[0], &f.targets_keys[1]];
+    let t1 = hale_repo::sign::sign_new(&body(1, 30 * day, &[], Some(&delegations)), targets);
+    let pa1 = hale_repo::sign::sign_new(&body(1, 30 * day, &[("pump-a/fw.bin", &a1)], None), &[k]);
+    let pb1 = hale_repo::sign::sign_new(&body(1, day, &[("pump-b/fw.bin", &b1)], None), &[k]);
+    let (t1, pa1, pb1) = (t1.unwrap(), pa1.unwrap(), pb1.unwrap());
+    let r = publish(
+        &s,
+        &f.token,
+        None,
+        &[("targets", &t1), ("pump-a", &pa1), (LONG, &pb1)],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mut s = s;
+    assert!(s.terminate().success());
+    let repo = hale_server::repo::RepoDir::new(&f.data);
+    let st = repo.load().unwrap();
+    let keys = OnlineKeys {
+        timestamp: vec![f.ts_key.clone()],
+        snapshot: vec![f.snap_key.clone()],
+    };
+    let life = Lifetimes {
+        timestamp_secs: day,
+        timestamp_resign_before_secs: day / 2,
+        snapshot_secs: 7 * day,
+        snapshot_resign_before_secs: 3 * day,
+        profile: hale_repo::build::Profile::Standard,
+    };
+    let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+
+    // a day and an hour on: the long-named role expired, the timestamp due: re-signed
+    let t = t0 + day + 3_600;
+    let st = resign(&st, &keys, &life, t, &repo).unwrap().unwrap();
+    assert_eq!(st.timestamp.as_ref().unwrap().version, 2);
+    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a1))));
+    let at = |t: i64| hale_repo::build::expires_at(t, 0).unwrap();
+    assert_eq!(
+        device_finds(&st, t, "pump-b/fw.bin"),
+        Err(format!(
+            "infusion-pump-model-b-firmware-2…: expired at {} (update started at {})",
+            at(t0 + day),
+            at(t)
+        ))
+    );
+    // and pump-a's next release goes out
+    let pa2 = hale_repo::sign::sign_new(&body(2, 30 * day, &[("pump-a/fw.bin", &a2)], None), &[k])
+        .unwrap();
+    let up = Upload {
+        root: None,
+        roles: [("pump-a".to_string(), bytes::Bytes::from(pa2))].into(),
+    };
+    let st = prepare(&st, &up, &keys, &life, t, &repo).unwrap();
+    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a2))));
+}
+
 #[test]
 fn an_expired_delegated_role_stops_neither_the_resign_nor_other_releases() {
     use hale_server::publish::{prepare, resign, Lifetimes, OnlineKeys, PublishError, Upload};
@@ -1134,6 +1230,55 @@ fn a_targets_that_puts_an_expired_delegation_in_the_way_is_refused() {
     assert_eq!(st.roles["targets"].version, 2);
     assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a1))));
     assert!(device_finds(&st, t, "legacy/fw.bin")
+        .unwrap_err()
+        .starts_with("legacy: expired at "));
+
+    // a terminating role that lists nothing ahead of pump-a: devices find nothing for
+    // pump-a/fw.bin (a search that ends without a target is no finding) ...
+    let term = |name: &str, paths: &[&str]| json!({"name": name, "keyids": [k.keyid()], "threshold": 1, "terminating": true, "paths": paths});
+    let blocked = hale_repo::sign::sign_new(
+        &body(
+            3,
+            30 * day,
+            &[],
+            Some(&delegations(vec![
+                term("block", &["pump-a/*"]),
+                role("pump-a", &["pump-a/*"]),
+                role("legacy", &["legacy/*"]),
+            ])),
+        ),
+        targets,
+    )
+    .unwrap();
+    let block = hale_repo::sign::sign_new(&body(1, 30 * day, &[], None), &[k]).unwrap();
+    let both = Upload {
+        root: None,
+        roles: [
+            ("targets".to_string(), bytes::Bytes::from(blocked)),
+            ("block".to_string(), bytes::Bytes::from(block)),
+        ]
+        .into(),
+    };
+    let st = prepare(&st, &both, &keys, &life, t, &repo).unwrap();
+    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(None));
+    // ... so a targets that puts the expired legacy there instead takes nothing from them:
+    // accepted (it was refused as "devices find it now")
+    let instead = hale_repo::sign::sign_new(
+        &body(
+            4,
+            30 * day,
+            &[],
+            Some(&delegations(vec![
+                role("legacy", &["*/*"]),
+                role("pump-a", &["pump-a/*"]),
+            ])),
+        ),
+        targets,
+    )
+    .unwrap();
+    let st = prepare(&st, &up(&instead), &keys, &life, t, &repo).unwrap();
+    assert_eq!(st.roles["targets"].version, 4);
+    assert!(device_finds(&st, t, "pump-a/fw.bin")
         .unwrap_err()
         .starts_with("legacy: expired at "));
 }
