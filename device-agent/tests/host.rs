@@ -2592,8 +2592,8 @@ fn a_held_rollback_authorization_stops_being_offered_once_used_expired_or_gone()
 }
 
 /// A held authorization the pump refuses (a file that is no authorization, one for another pump)
-/// does not keep it off its channel until the date it claims: the poll says so and checks the
-/// channel too, which installs what it offers; once the pump runs that, the refusal is the result
+/// or that names the image it runs does not keep it off its channel until the date it claims:
+/// the poll says so and checks the channel too, which installs what it offers; once the pump runs that, the refusal is the result
 /// the server hears, the same at every poll. Before, every poll was refused (NotARollback,
 /// NotForThisDevice) and the pump installed no release, security fixes included, while the file
 /// stayed: until 2099 for the first file below.
@@ -2629,6 +2629,37 @@ fn a_held_rollback_authorization_the_pump_refuses_does_not_keep_it_off_the_chann
         .unwrap()
         .as_secs() as i64;
     let used_before = || agent(dir, &["status"]);
+
+    // 0. (another pump) no signatures, naming the image the pump runs, "valid" until 2099: the
+    // check finds the pump up to date with it, and the channel's 2.0.0 is installed in the same
+    // poll (it was never looked at)
+    let other_pump = provisioned_pump(&sim);
+    let running = dir.parent().unwrap().join("running.json");
+    let body = format!(
+        r#"{{"signed":{{"_type":"rollback-authorization","target":"{OLD}","issued":"{}","expires":"2099-01-01T00:00:00Z","devices":["pump-0001"]}},"signatures":[]}}"#,
+        hale_core::Date(now - 60)
+    );
+    std::fs::write(&running, body).unwrap();
+    let out = agent(
+        &other_pump.dir,
+        &[
+            "run",
+            "--server",
+            &other_pump.addr,
+            "--once",
+            "--authorization",
+            running.to_str().unwrap(),
+        ],
+    );
+    let names = format!(
+        "rollback authorization {} names the running image: this poll follows the channel",
+        running.display()
+    );
+    assert!(out.lines().any(|l| l == names), "{out}");
+    assert!(
+        out.contains("health check passed: 2.0.0 confirmed"),
+        "{out}"
+    );
 
     // 1. no signatures, the channel's own target, "valid" until 2099: refused (not a downgrade),
     // and the channel's 2.0.0 installed in the same poll

@@ -826,14 +826,24 @@ fn poll(
         "online",
         false,
     )?;
-    if let (Some(p), Some(_), Ended::Refused) = (&held, &authorization, ended) {
+    if let (Some(p), Some(_)) = (&held, &authorization) {
         // refused (another pump's, not a downgrade, its signatures, its target's policy, or a
-        // file that is no authorization at all): it does not tie the pump to its target until
-        // the date it claims. The channel is checked in the same poll; the refusal stays the
-        // result the server hears unless the channel changes something (one report a poll, the
-        // same at each, so the audit log gets one record, not two a poll)
-        say!("rollback authorization {p} refused: this poll follows the channel");
-        install_once(o, store, &d, http, None, "online", true)?;
+        // file that is no authorization at all), or naming the image the pump runs: it does not
+        // tie the pump to that image until the date it claims. The channel is checked in the
+        // same poll; a refusal stays the result the server hears unless the channel changes
+        // something (one report a poll, the same at each, so the audit log gets one record,
+        // not two a poll)
+        let refused = matches!(ended, Ended::Refused);
+        if refused {
+            say!("rollback authorization {p} refused: this poll follows the channel");
+        } else if matches!(ended, Ended::UpToDate) {
+            say!(
+                "rollback authorization {p} names the running image: this poll follows the channel"
+            );
+        }
+        if refused || matches!(ended, Ended::UpToDate) {
+            install_once(o, store, &d, http, None, "online", refused)?;
+        }
     }
     if http.timed_out() && !delivered_kept {
         // the report would wait as long again for the same silent server; what it would say
@@ -1141,13 +1151,15 @@ enum Ended {
     NotInstalled,
     /// Refused (by hale-core, policy or the agent's rules): the pump runs what it ran.
     Refused,
+    /// The offered image is the one running: nothing to do.
+    UpToDate,
 }
 
 impl Ended {
     /// The exit status of `bundle install` and `link`: 0 running, 3 deferred, 1 otherwise.
     fn exit(self) {
         match self {
-            Ended::Running => {}
+            Ended::Running | Ended::UpToDate => {}
             Ended::Deferred => std::process::exit(3),
             Ended::NotInstalled | Ended::Refused => std::process::exit(1),
         }
@@ -1304,7 +1316,7 @@ fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
             if !after_refusal && matches!(last(o).0.as_str(), "rejected" | "deferred") {
                 clear_last(o)?;
             }
-            Ended::Running
+            Ended::UpToDate
         }
         Ok(Outcome::TrialRunning { .. }) => {
             say!("{summary}");
