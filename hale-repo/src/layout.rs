@@ -16,6 +16,14 @@ use std::path::{Path, PathBuf};
 
 use crate::RepoError;
 
+/// Would a case-insensitive file system keep files named `a` and `b` (two different names) as
+/// one? ASCII case, and Unicode case both ways: NTFS compares names upper-cased (`ſ`, U+017F,
+/// is `S`), APFS folds them (`K`, U+212A KELVIN SIGN, is `k`). Role names become file names
+/// (`N.role.json`) in a signer's staged directory and in an export.
+pub fn same_file_name(a: &str, b: &str) -> bool {
+    a != b && (a.to_lowercase() == b.to_lowercase() || a.to_uppercase() == b.to_uppercase())
+}
+
 /// `N.role.json`, or `role.json` for timestamp (and without consistent snapshots).
 pub fn metadata_name(role: &str, version: u64, consistent: bool) -> String {
     if role == "timestamp" || !consistent {
@@ -109,5 +117,25 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"sealed");
         assert_eq!(mode(&p), 0o600);
         assert!(!stale.exists());
+    }
+}
+
+#[cfg(test)]
+mod case_tests {
+    use super::same_file_name;
+
+    #[test]
+    fn names_a_case_insensitive_file_system_keeps_as_one() {
+        for (a, b) in [
+            ("Snapshot", "snapshot"),
+            ("\u{17f}napshot", "snapshot"),
+            ("pump-\u{212a}", "pump-k"),
+            ("ÉCLAIR", "éclair"),
+        ] {
+            assert!(same_file_name(a, b), "{a} {b}");
+        }
+        for (a, b) in [("snapshot", "snapshot"), ("pump-a", "pump-b"), ("é", "e")] {
+            assert!(!same_file_name(a, b), "{a} {b}");
+        }
     }
 }

@@ -238,7 +238,7 @@ fn check_case(name: &str, others: &[&str]) -> Result<(), PublishError> {
     match tops
         .iter()
         .chain(others)
-        .find(|o| **o != name && o.eq_ignore_ascii_case(name))
+        .find(|o| hale_repo::layout::same_file_name(o, name))
     {
         Some(o) => Err(PublishError::CaseCollision {
             role: name.to_string(),

@@ -335,6 +335,18 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
         "role_name_collision",
         collision,
     );
+    // in Unicode case too: NTFS compares names upper-cased, and `ſ` (U+017F) is `S`
+    let d = f.delegation("\u{17f}napshot", &["nothing-matches/*"]);
+    let t2 = f.targets(2, &[("fw.bin", &fw2, None)], Some(&d));
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &t2)],
+        "role_name_collision",
+        "\u{17f}napshot: differs from the role snapshot only in case: a case-insensitive file \
+         system (an export, a signer's staged directory) would keep both in one file",
+    );
     // paths delegated to the rollback role (its keys sign rollback authorizations, never
     // firmware): by pattern or by hash prefix, with or without the role's own file
     let rollback_paths = "targets: delegates paths to the rollback role: its keys sign rollback \
@@ -486,6 +498,7 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
             "rejected_metadata",
             "rejected_metadata",
             // twice, the same message: once an hour per repeat
+            "role_name_collision",
             "role_name_collision",
             // twice, the same message
             "rollback_role_paths",

@@ -56,7 +56,7 @@ pub fn run(a: DelegateArgs) -> anyhow::Result<ExitCode> {
     if let Some(other) = ["root", "timestamp", "snapshot", "targets"]
         .into_iter()
         .chain(state.roles.keys().map(String::as_str))
-        .find(|o| o.eq_ignore_ascii_case(&a.to))
+        .find(|o| *o == a.to || hale_repo::layout::same_file_name(o, &a.to))
     {
         bail!(
             "--to {}: differs from the role {other} only in case: a case-insensitive file system \
