@@ -240,7 +240,14 @@ impl App {
             // last record names (every root version is kept)
             let then = st.roots.get(&recorded.0).map(|b| online_keys_of(b));
             let now = root_online_keys(st);
-            if then.is_some_and(|then| then != now) {
+            // unless its key-change record made it (the crash came between the two records)
+            let recorded_change = self
+                .store
+                .audit_last_of(&["key-change"])
+                .map_err(|e| e.to_string())?
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|r| r.pointer("/detail/root") == detail.get("root"));
+            if !recorded_change && then.is_some_and(|then| then != now) {
                 tracing::warn!(%now, "the lost change rotated online keys: recording it");
                 self.audit
                     .append(

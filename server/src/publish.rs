@@ -406,7 +406,13 @@ pub fn prepare(
     for (dname, d) in &new.roles {
         let env = Envelope::parse(&d.bytes, dname).map_err(trust(dname))?;
         let t = Targets::parse(&env.signed, Name::new(dname)).map_err(trust(dname))?;
-        if upload.roles.contains_key(dname) {
+        // each delegator uploaded, and every one when the rollback role itself is (a
+        // delegation stored before this check existed)
+        if upload.roles.contains_key(dname)
+            || upload
+                .roles
+                .contains_key(hale_core::rollback::ROLLBACK_ROLE)
+        {
             check_rollback_role(dname, &t)?;
         }
         for child in delegated_names(&t, names.iter()) {

@@ -726,6 +726,135 @@ fn an_online_key_rotation_a_crash_kept_from_the_audit_log_is_recorded_at_the_sta
         hale_server::store::Store::audit_all(store).unwrap().len()
     });
     assert_eq!(n, records.len());
+
+    // a crash between a publish's two records: the key change recorded, the publish not. The
+    // start records the publish as recovered, and the key change no second time
+    let newer_ts =
+        hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[43; 32]).unwrap();
+    let p = f.write_key("newer-ts.key", &newer_ts);
+    let out = run_bin(
+        &[
+            "key",
+            "add",
+            "--data",
+            data,
+            "--role",
+            "timestamp",
+            "--key",
+            p.to_str().unwrap(),
+        ],
+        &f.pass_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old = repo.load().unwrap();
+    let root3 = f.root_v(3, &newer_ts, &f.snap_key, &[&f.root_key]);
+    let upload = hale_server::publish::Upload {
+        root: Some(root3.into()),
+        roles: Default::default(),
+    };
+    let online = hale_server::publish::OnlineKeys {
+        timestamp: vec![newer_ts.clone()],
+        snapshot: vec![f.snap_key.clone()],
+    };
+    let new = hale_server::publish::prepare(&old, &upload, &online, &life, now, &repo).unwrap();
+    repo.commit(&old, &new).unwrap();
+    with_store(&f.data, |store| {
+        let audit = hale_server::audit::Audit::open(std::sync::Arc::new(store.clone())).unwrap();
+        let keys = json!({"timestamp": [newer_ts.keyid()], "snapshot": [f.snap_key.keyid()]});
+        audit
+            .append(
+                "key-change",
+                "operator:olivia",
+                json!({"root": 3, "online_keys": keys}),
+            )
+            .unwrap();
+    });
+    let mut s = f.start();
+    assert!(s.terminate().success());
+    let kinds: Vec<String> = with_store(&f.data, |store| {
+        hale_server::store::Store::audit_all(store).unwrap()
+    })
+    .iter()
+    .map(|(_, b)| {
+        serde_json::from_slice::<serde_json::Value>(b).unwrap()["kind"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    })
+    .collect();
+    assert_eq!(
+        kinds[records.len()..],
+        ["key-add", "key-change", "recovered"]
+    );
+}
+
+/// A targets stored before the server refused paths delegated to the rollback role (committed
+/// here without the check): an upload of the rollback role itself, listing firmware, is refused
+/// all the same (it was checked only against the delegators uploaded with it).
+#[test]
+fn the_rollback_role_is_refused_under_a_stored_delegation_of_paths() {
+    let f = Fixture::new();
+    let mut s = f.start();
+    let fw = b"fw".to_vec();
+    upload(&s, &f.token, &fw).unwrap();
+    let t = f.targets(1, &[("fw.bin", &fw, None)], None);
+    assert_eq!(
+        publish(&s, &f.token, None, &[("targets", &t)])
+            .unwrap()
+            .status,
+        200
+    );
+    assert!(s.terminate().success());
+    let repo = hale_server::repo::RepoDir::new(&f.data);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let keys = hale_server::publish::OnlineKeys {
+        timestamp: vec![f.ts_key.clone()],
+        snapshot: vec![f.snap_key.clone()],
+    };
+    // every re-sign due: the snapshot is signed again over the roles as they are
+    let life = hale_server::publish::Lifetimes {
+        timestamp_secs: 86_400,
+        timestamp_resign_before_secs: 86_400,
+        snapshot_secs: 7 * 86_400,
+        snapshot_resign_before_secs: 7 * 86_400,
+        profile: hale_repo::build::Profile::Standard,
+    };
+    let old = repo.load().unwrap();
+    let mut st = old.clone();
+    let d = f.delegation("rollback", &["fw*"]);
+    let t2 = f.targets(2, &[("fw.bin", &fw, None)], Some(&d));
+    st.roles.insert(
+        "targets".into(),
+        hale_server::repo::Meta {
+            version: 2,
+            bytes: t2.into(),
+        },
+    );
+    let st = hale_server::publish::resign(&st, &keys, &life, now, &repo)
+        .unwrap()
+        .unwrap();
+    repo.commit(&old, &st).unwrap();
+
+    let firmware = f.delegated(1, &[("fw-evil.bin", &fw, None)]);
+    let up = hale_server::publish::Upload {
+        root: None,
+        roles: [("rollback".to_string(), bytes::Bytes::from(firmware))].into(),
+    };
+    let e = hale_server::publish::prepare(&st, &up, &keys, &life, now, &repo).unwrap_err();
+    assert_eq!(e.code(), "rollback_role_paths");
+    assert_eq!(
+        e.to_string(),
+        "targets: delegates paths to the rollback role: its keys sign rollback authorizations \
+         and are delegated no paths (\"paths\": []), so they can never sign targets"
+    );
+    assert!(repo.load().unwrap() == st, "stored state changed");
 }
 
 #[test]
