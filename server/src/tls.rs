@@ -851,7 +851,21 @@ impl Listeners {
         Ok(number)
     }
 
-    /// Re-read CRL files that changed on disk. Returns the (CA, number) of each one loaded.
+    /// `pem` is a CRL signed by `ca` whose thisUpdate is after `now`.
+    fn crl_not_yet_valid(&self, ca: CaRole, pem: &str, now: SystemTime) -> bool {
+        let cert = match ca {
+            CaRole::Manufacturing => &self.manufacturing_der,
+            CaRole::Technician => &self.technician_der,
+            _ => return false,
+        };
+        hale_pki::tls::crl_from_pem(pem)
+            .ok()
+            .and_then(|der| hale_pki::crl::verify_crl_signature(&der, cert).ok())
+            .is_some_and(|v| v.this_update > now)
+    }
+
+    /// Re-read CRL files that changed on disk (one not valid yet at every call until it is).
+    /// Returns the (CA, number) of each one loaded.
     pub fn poll_crl_files(&self, now: SystemTime) -> Vec<(CaRole, Result<u64, IdentityError>)> {
         let mut out = Vec::new();
         for ca in [CaRole::Manufacturing, CaRole::Technician] {
@@ -867,10 +881,19 @@ impl Listeners {
             if m.is_none() || m == known {
                 continue;
             }
-            let r = read_text(&p)
-                .map_err(|e| IdentityError::BadCrl(format!("{e:#}")))
-                .and_then(|pem| self.load_offline_crl(ca, &pem, now, false));
-            if r.is_err() {
+            let text = read_text(&p).map_err(|e| IdentityError::BadCrl(format!("{e:#}")));
+            let r = text
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|pem| self.load_offline_crl(ca, pem, now, false));
+            // a CRL signed by a clock ahead of this one (not valid yet) is read again at every
+            // poll until it is: remembered as refused, the revocation it carries would wait for
+            // the file to change or a restart
+            let not_yet = r.is_err()
+                && text
+                    .as_ref()
+                    .is_ok_and(|pem| self.crl_not_yet_valid(ca, pem, now));
+            if r.is_err() && !not_yet {
                 // do not retry the same file every poll: remember its time
                 let mut crls = self.crls();
                 match ca {

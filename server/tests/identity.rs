@@ -2234,6 +2234,59 @@ fn crl_keeps_only_certificates_that_have_not_expired() {
     assert_eq!((n2, revoked), (n1 + 1, Vec::<String>::new()));
 }
 
+/// A CRL put into `DIR/crl/` by a signer whose clock runs ahead of the server's (thisUpdate a
+/// few seconds from now, past the first check) is refused while it is not valid yet, and read
+/// again at each check until it is: the revocation it carries takes effect then. It was remembered as refused by its
+/// file time and never read again until the file changed or the server restarted, with
+/// technician sam let in all along (found by review).
+#[test]
+fn a_crl_file_signed_ahead_of_the_servers_clock_takes_effect_once_it_is_valid() {
+    let e = enrolled_pump_1(json!({}));
+    let (f, p, t) = (&e._f, &e.p, &e.t);
+    let tls = f.dir.path().join("tls");
+    let sam = staff_holder(p, "sam", StaffRole::Technician);
+    let sam_cfg = holder_cfg(p, &sam);
+    assert_status(get_on(&t.staff, &sam_cfg, "/api/v1/staff/devices"), 200);
+    let ahead = SystemTime::now() + Duration::from_secs(12);
+    let crl =
+        p.h.technician
+            .crl(
+                &[hale_pki::crl::RevokedCertificate {
+                    serial_hex: sam.cert.serial_hex.clone(),
+                    revoked_at: ahead,
+                    reason: None,
+                }],
+                2,
+                ahead,
+                Duration::from_secs(86_400),
+            )
+            .unwrap();
+    write(&tls.join("crl/technician.crl"), crl.pem.as_bytes());
+    // refused while not valid yet (the log says why), sam still in ...
+    wait_until(
+        "the CRL refused as not valid yet",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(f.data.join("server.log"))
+                .unwrap()
+                .contains("not yet valid")
+        },
+    );
+    if SystemTime::now() + Duration::from_millis(500) < ahead {
+        assert_status(get_on(&t.staff, &sam_cfg, "/api/v1/staff/devices"), 200);
+    }
+    // ... then loaded: sam is out
+    wait_until("technician CRL loaded", Duration::from_secs(20), || {
+        get_on(&t.staff, &sam_cfg, "/api/v1/staff/devices").is_err()
+    });
+    assert_alert(
+        get_on(&t.staff, &sam_cfg, "/api/v1/staff/devices"),
+        "CertificateRevoked",
+    );
+    let h = get(&format!("{}/healthz", t.plain)).json();
+    assert_eq!(h["offline_crls"]["technician"]["crl_number"], 2);
+}
+
 #[test]
 fn an_expired_staff_crl_locks_staff_out_but_not_devices_and_says_so_until_a_new_one_arrives() {
     let e = enrolled_pump_1(json!({}));
