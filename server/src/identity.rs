@@ -74,6 +74,10 @@ pub enum IdentityError {
         "certificate {serial} is not the device's current certificate (revoked or superseded)"
     )]
     CertificateRevoked { serial: String },
+    /// The loaded CRL of the CA that issued the peer's certificate has expired: a connection
+    /// opened (or a session resumed) before it did is refused as a new handshake is.
+    #[error("the {ca} CRL expired at {expired_at} (unix seconds): its certificates are refused until a current CRL is loaded")]
+    CrlExpired { ca: String, expired_at: u64 },
     #[error(
         "certificate {serial} is valid from {not_before} to {not_after} (unix seconds), not at {now}"
     )]
@@ -125,6 +129,7 @@ impl IdentityError {
             IdentityError::DeviceQuarantined(_) => "device_quarantined",
             IdentityError::DeviceDecommissioned(_) => "device_decommissioned",
             IdentityError::CertificateRevoked { .. } => "certificate_revoked",
+            IdentityError::CrlExpired { .. } => "crl_expired",
             IdentityError::CertificateExpired { .. } => "certificate_expired",
             IdentityError::RenewalTooEarly { .. } => "renewal_too_early",
             IdentityError::CertificateUnknown(_) => "certificate_unknown",
@@ -151,6 +156,7 @@ impl IdentityError {
             | IdentityError::DeviceQuarantined(_)
             | IdentityError::DeviceDecommissioned(_)
             | IdentityError::CertificateRevoked { .. }
+            | IdentityError::CrlExpired { .. }
             | IdentityError::CertificateExpired { .. }
             | IdentityError::RoleForbidden { .. } => StatusCode::FORBIDDEN,
             IdentityError::DeviceUnknown(_)
@@ -583,6 +589,10 @@ pub trait CrlListener: Send + Sync + std::fmt::Debug {
     /// checks it when a connection opens; `simpleenroll` checks it again on every request, for
     /// connections that were open when the CRL arrived.
     fn factory_certificate_revoked(&self, certificate_serial: &str) -> bool;
+    /// When the loaded Manufacturing CA CRL expired (unix seconds), if it has at `now`: the
+    /// handshake then refuses every factory certificate, and `simpleenroll` refuses connections
+    /// and resumed sessions from before.
+    fn factory_crl_expired(&self, now: SystemTime) -> Option<u64>;
 }
 
 /// What an enrollment returns.
@@ -839,6 +849,12 @@ impl Identity {
         if listener.factory_certificate_revoked(&peer.certificate_serial) {
             return Err(IdentityError::CertificateRevoked {
                 serial: peer.certificate_serial.clone(),
+            });
+        }
+        if let Some(expired_at) = listener.factory_crl_expired(SystemTime::now()) {
+            return Err(IdentityError::CrlExpired {
+                ca: "Manufacturing CA".into(),
+                expired_at,
             });
         }
         Ok(())

@@ -339,7 +339,8 @@ pub fn staff_handler(
     }
 }
 
-/// A staff certificate at `now`: within its validity and not on the loaded Technician CA CRL.
+/// A staff certificate at `now`: within its validity, not on the loaded Technician CA CRL, and
+/// that CRL current.
 fn check_staff_certificate(
     listeners: &Listeners,
     peer: &PeerIdentity,
@@ -349,6 +350,12 @@ fn check_staff_certificate(
     if listeners.staff_certificate_revoked(&peer.certificate_serial) {
         return Err(IdentityError::CertificateRevoked {
             serial: peer.certificate_serial.clone(),
+        });
+    }
+    if let Some(expired_at) = listeners.staff_crl_expired(now) {
+        return Err(IdentityError::CrlExpired {
+            ca: "Technician CA".into(),
+            expired_at,
         });
     }
     Ok(())

@@ -769,6 +769,13 @@ impl Listeners {
         self.crls().technician.revoked.contains(certificate_serial)
     }
 
+    /// When the loaded Technician CA CRL expired (unix seconds), if it has at `now`. The
+    /// handshake refuses every staff certificate then; staff requests check it again, for
+    /// connections and resumed sessions from before.
+    pub fn staff_crl_expired(&self, now: SystemTime) -> Option<u64> {
+        expired_at(self.crls().technician.next_update, now)
+    }
+
     /// The number of the loaded CRL of the Manufacturing or Technician CA.
     pub fn offline_crl_number(&self, ca: CaRole) -> Option<u64> {
         let crls = self.crls();
@@ -953,12 +960,25 @@ fn offline_crl(
     }
 }
 
+/// `next_update` in unix seconds, when it is not after `now`.
+fn expired_at(next_update: SystemTime, now: SystemTime) -> Option<u64> {
+    (next_update <= now).then(|| {
+        next_update
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
+}
+
 impl CrlListener for Listeners {
     fn factory_certificate_revoked(&self, certificate_serial: &str) -> bool {
         self.crls()
             .manufacturing
             .revoked
             .contains(certificate_serial)
+    }
+
+    fn factory_crl_expired(&self, now: SystemTime) -> Option<u64> {
+        expired_at(self.crls().manufacturing.next_update, now)
     }
 
     fn device_crl_changed(&self, crl_der: &[u8]) {

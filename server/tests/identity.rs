@@ -2287,6 +2287,50 @@ fn a_crl_file_signed_ahead_of_the_servers_clock_takes_effect_once_it_is_valid() 
     assert_eq!(h["offline_crls"]["technician"]["crl_number"], 2);
 }
 
+/// Once the loaded Technician CA CRL expires, a connection an operator opened before is refused
+/// on its next request as a new handshake is (it was served: the per-request check looked only
+/// at the serials listed). Found by review.
+#[test]
+fn an_expired_staff_crl_refuses_a_connection_kept_alive_from_before() {
+    let e = enrolled_pump_1(json!({}));
+    let (p, t, op) = (&e.p, &e.t, &e.op);
+    let now = SystemTime::now();
+    let short =
+        p.h.technician
+            .crl(&[], 2, now, Duration::from_secs(4))
+            .unwrap();
+    let r = once(
+        &t.staff,
+        op.clone(),
+        "PUT",
+        "/api/v1/staff/crl/technician",
+        &[],
+        short.pem.as_bytes(),
+    );
+    assert_status(r, 200);
+    let mut open = connect(&t.staff, op.clone());
+    assert_status(open.get("/api/v1/staff/devices"), 200);
+    while SystemTime::now() < short.next_update + Duration::from_millis(200) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let expired_at = short
+        .next_update
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let r = open.get("/api/v1/staff/devices").unwrap();
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            403,
+            json!({"error": "crl_expired", "message": format!(
+                "the Technician CA CRL expired at {expired_at} (unix seconds): its certificates \
+                 are refused until a current CRL is loaded"
+            )})
+        )
+    );
+}
+
 #[test]
 fn an_expired_staff_crl_locks_staff_out_but_not_devices_and_says_so_until_a_new_one_arrives() {
     let e = enrolled_pump_1(json!({}));
