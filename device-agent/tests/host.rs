@@ -2473,15 +2473,12 @@ fn an_image_held_back_by_a_staged_rollout_is_a_deferral_until_it_is_offered() {
     assert_eq!(r["last_result"]["result"], "installed", "{r}");
 }
 
-/// `run --authorization FILE` offers the authorization while it can still be used: once the pump
-/// has used it, it has expired, or the file is gone, each poll says so and follows the channel
-/// (before, a spent one was refused at every poll and the channel never looked at again, and a
-/// removed file ended the pump's polling).
-#[test]
-fn a_held_rollback_authorization_stops_being_offered_once_used_expired_or_gone() {
-    const OLD: &str = "pump-a/fw-1.0.0.bin";
+/// The image a provisioned pump runs (1.0.0), listed under its own path for the way back.
+const OLD: &str = "pump-a/fw-1.0.0.bin";
+
+/// A repository offering 2.0.0 on the channel and listing [`OLD`].
+fn offering_2_0_0_and_the_way_back() -> hale_tests::RepoSim {
     let mut sim = offline::repo_offering("2.0.0", 1);
-    // the image the pump was provisioned with, under its own path, for the way back
     sim.add_target(
         "targets",
         OLD,
@@ -2489,21 +2486,34 @@ fn a_held_rollback_authorization_stops_being_offered_once_used_expired_or_gone()
         Some(offline::custom_for("1.0.0", 1, &["r1", "r2"], "1.0.0")),
     );
     sim.publish();
+    sim
+}
+
+/// One poll of `pump` holding the rollback authorization at `auth`.
+fn run_with_authorization(pump: &Pump, auth: &Path) -> String {
+    agent(
+        &pump.dir,
+        &[
+            "run",
+            "--server",
+            &pump.addr,
+            "--once",
+            "--authorization",
+            auth.to_str().unwrap(),
+        ],
+    )
+}
+
+/// `run --authorization FILE` offers the authorization while it can still be used: once the pump
+/// has used it, it has expired, or the file is gone, each poll says so and follows the channel
+/// (before, a spent one was refused at every poll and the channel never looked at again, and a
+/// removed file ended the pump's polling).
+#[test]
+fn a_held_rollback_authorization_stops_being_offered_once_used_expired_or_gone() {
+    let sim = offering_2_0_0_and_the_way_back();
     let pump = provisioned_pump(&sim);
     let (addr, dir) = (pump.addr.as_str(), &pump.dir);
-    let run = |auth: &Path| {
-        agent(
-            dir,
-            &[
-                "run",
-                "--server",
-                addr,
-                "--once",
-                "--authorization",
-                auth.to_str().unwrap(),
-            ],
-        )
-    };
+    let run = |auth: &Path| run_with_authorization(&pump, auth);
     let out = agent(dir, &["run", "--server", addr, "--once"]);
     assert!(
         out.contains("health check passed: 2.0.0 confirmed"),
@@ -2599,31 +2609,11 @@ fn a_held_rollback_authorization_stops_being_offered_once_used_expired_or_gone()
 /// stayed: until 2099 for the first file below.
 #[test]
 fn a_held_rollback_authorization_the_pump_refuses_does_not_keep_it_off_the_channel() {
-    const OLD: &str = "pump-a/fw-1.0.0.bin";
-    let mut sim = offline::repo_offering("2.0.0", 1);
+    let sim = offering_2_0_0_and_the_way_back();
     let old_image = image_bytes("1.0.0", 5000);
-    sim.add_target(
-        "targets",
-        OLD,
-        &old_image,
-        Some(offline::custom_for("1.0.0", 1, &["r1", "r2"], "1.0.0")),
-    );
-    sim.publish();
     let pump = provisioned_pump(&sim);
-    let (addr, dir) = (pump.addr.as_str(), &pump.dir);
-    let run = |auth: &Path| {
-        agent(
-            dir,
-            &[
-                "run",
-                "--server",
-                addr,
-                "--once",
-                "--authorization",
-                auth.to_str().unwrap(),
-            ],
-        )
-    };
+    let dir = &pump.dir;
+    let run = |auth: &Path| run_with_authorization(&pump, auth);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -2640,17 +2630,7 @@ fn a_held_rollback_authorization_the_pump_refuses_does_not_keep_it_off_the_chann
         hale_core::Date(now - 60)
     );
     std::fs::write(&running, body).unwrap();
-    let out = agent(
-        &other_pump.dir,
-        &[
-            "run",
-            "--server",
-            &other_pump.addr,
-            "--once",
-            "--authorization",
-            running.to_str().unwrap(),
-        ],
-    );
+    let out = run_with_authorization(&other_pump, &running);
     let names = format!(
         "rollback authorization {} names the running image: this poll follows the channel",
         running.display()

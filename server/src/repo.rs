@@ -469,7 +469,8 @@ pub fn is_top_level(role: &str) -> bool {
 /// moves a lapsed delegation ahead of a current one would otherwise cut devices off from what
 /// they find today). Without `before` (the server's start check, export: reports), or when
 /// `before` no longer loads at `now` (its targets expired: every search failed; its timestamp
-/// expired while the server was down), the lapsed roles alone decide.
+/// expired while the server was down, and the re-sign at start failed), the lapsed roles alone
+/// decide.
 pub fn verify_as_client(
     old: Option<&State>,
     new: &State,

@@ -536,28 +536,28 @@ fn oversized_uploads_are_refused_and_change_nothing() {
     assert_eq!(upload(&s, &f.token, &vec![0u8; 1000]).unwrap().status, 200);
 }
 
-#[test]
-fn online_key_rotation_add_key_then_publish_root_listing_it() {
+/// A fixture whose server published `fw.bin` (targets v1) and was stopped.
+fn first_release_stopped() -> Fixture {
     let f = Fixture::new();
     let mut s = f.start();
     let fw = b"fw".to_vec();
     upload(&s, &f.token, &fw).unwrap();
+    let t = f.targets(1, &[("fw.bin", &fw, None)], None);
     assert_eq!(
-        publish(
-            &s,
-            &f.token,
-            None,
-            &[("targets", &f.targets(1, &[("fw.bin", &fw, None)], None))]
-        )
-        .unwrap()
-        .status,
+        publish(&s, &f.token, None, &[("targets", &t)])
+            .unwrap()
+            .status,
         200
     );
     assert!(s.terminate().success());
+    f
+}
 
-    // the new timestamp key is added while the server is stopped (the store is locked otherwise)
-    let new_ts = hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[42; 32]).unwrap();
-    let p = f.write_key("new-ts.key", &new_ts);
+/// A new timestamp key from `seed`, added with `hale-server key add` (the server stopped: the
+/// store is locked otherwise).
+fn add_timestamp_key(f: &Fixture, seed: u8) -> hale_repo::SigningKey {
+    let key = hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[seed; 32]).unwrap();
+    let p = f.write_key(&format!("ts-{seed}.key"), &key);
     let data = f.data.to_str().unwrap();
     let out = run_bin(
         &[
@@ -577,6 +577,62 @@ fn online_key_rotation_add_key_then_publish_root_listing_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    key
+}
+
+/// Lifetimes for commits made in process.
+fn test_lifetimes() -> hale_server::publish::Lifetimes {
+    hale_server::publish::Lifetimes {
+        timestamp_secs: 86_400,
+        timestamp_resign_before_secs: 3_600,
+        snapshot_secs: 7 * 86_400,
+        snapshot_resign_before_secs: 86_400,
+        profile: hale_repo::build::Profile::Standard,
+    }
+}
+
+/// The audit log's records, oldest first (the server stopped).
+fn audit_records(f: &Fixture) -> Vec<serde_json::Value> {
+    with_store(&f.data, |store| {
+        hale_server::store::Store::audit_all(store).unwrap()
+    })
+    .iter()
+    .map(|(_, b)| serde_json::from_slice(b).unwrap())
+    .collect()
+}
+
+/// Their kinds.
+fn audit_kinds(f: &Fixture) -> Vec<String> {
+    audit_records(f)
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// What a publish of root `v` listing `ts` as the timestamp key commits, committed in process
+/// with no audit record after it (a crash between the commit and its records).
+fn commit_root_without_records(f: &Fixture, v: u64, ts: &hale_repo::SigningKey) {
+    let repo = hale_server::repo::RepoDir::new(&f.data);
+    let old = repo.load().unwrap();
+    let upload = hale_server::publish::Upload {
+        root: Some(f.root_v(v, ts, &f.snap_key, &[&f.root_key]).into()),
+        roles: Default::default(),
+    };
+    let online = hale_server::publish::OnlineKeys {
+        timestamp: vec![ts.clone()],
+        snapshot: vec![f.snap_key.clone()],
+    };
+    let new =
+        hale_server::publish::prepare(&old, &upload, &online, &test_lifetimes(), now(), &repo)
+            .unwrap();
+    repo.commit(&old, &new).unwrap();
+}
+
+#[test]
+fn online_key_rotation_add_key_then_publish_root_listing_it() {
+    let f = first_release_stopped();
+    let new_ts = add_timestamp_key(&f, 42);
+    let data = f.data.to_str().unwrap();
 
     let s = f.start();
     let root2 = f.root_v(2, &new_ts, &f.snap_key, &[&f.root_key]);
@@ -592,20 +648,8 @@ fn online_key_rotation_add_key_then_publish_root_listing_it() {
     assert!(s.terminate().success());
     let out = run_bin(&["audit", "verify", "--data", data], &f.pass_file);
     assert!(out.status.success());
-    let records = with_store(&f.data, |store| {
-        hale_server::store::Store::audit_all(store).unwrap()
-    });
-    let kinds: Vec<String> = records
-        .iter()
-        .map(|(_, b)| {
-            serde_json::from_slice::<serde_json::Value>(b).unwrap()["kind"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
     assert_eq!(
-        kinds,
+        audit_kinds(&f),
         [
             "init",
             "token-add",
@@ -622,65 +666,10 @@ fn online_key_rotation_add_key_then_publish_root_listing_it() {
 /// only `recovered`, and the log never told that the online keys had changed).
 #[test]
 fn an_online_key_rotation_a_crash_kept_from_the_audit_log_is_recorded_at_the_start() {
-    let f = Fixture::new();
-    let mut s = f.start();
-    let fw = b"fw".to_vec();
-    upload(&s, &f.token, &fw).unwrap();
-    let t = f.targets(1, &[("fw.bin", &fw, None)], None);
-    assert_eq!(
-        publish(&s, &f.token, None, &[("targets", &t)])
-            .unwrap()
-            .status,
-        200
-    );
-    assert!(s.terminate().success());
-    let new_ts = hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[42; 32]).unwrap();
-    let p = f.write_key("new-ts.key", &new_ts);
+    let f = first_release_stopped();
+    let new_ts = add_timestamp_key(&f, 42);
     let data = f.data.to_str().unwrap();
-    let out = run_bin(
-        &[
-            "key",
-            "add",
-            "--data",
-            data,
-            "--role",
-            "timestamp",
-            "--key",
-            p.to_str().unwrap(),
-        ],
-        &f.pass_file,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    // what a publish of root 2 commits, with no audit record after it (the crash)
-    let repo = hale_server::repo::RepoDir::new(&f.data);
-    let old = repo.load().unwrap();
-    let root2 = f.root_v(2, &new_ts, &f.snap_key, &[&f.root_key]);
-    let upload = hale_server::publish::Upload {
-        root: Some(root2.into()),
-        roles: Default::default(),
-    };
-    let online = hale_server::publish::OnlineKeys {
-        timestamp: vec![new_ts.clone()],
-        snapshot: vec![f.snap_key.clone()],
-    };
-    let life = hale_server::publish::Lifetimes {
-        timestamp_secs: 86_400,
-        timestamp_resign_before_secs: 3_600,
-        snapshot_secs: 7 * 86_400,
-        snapshot_resign_before_secs: 86_400,
-        profile: hale_repo::build::Profile::Standard,
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let new = hale_server::publish::prepare(&old, &upload, &online, &life, now, &repo).unwrap();
-    repo.commit(&old, &new).unwrap();
+    commit_root_without_records(&f, 2, &new_ts);
 
     let mut s = f.start();
     let v = client_update(&s.base, &f.root, &["fw.bin"]).unwrap();
@@ -688,12 +677,7 @@ fn an_online_key_rotation_a_crash_kept_from_the_audit_log_is_recorded_at_the_sta
     assert!(s.terminate().success());
     let out = run_bin(&["audit", "verify", "--data", data], &f.pass_file);
     assert!(out.status.success());
-    let records: Vec<serde_json::Value> = with_store(&f.data, |store| {
-        hale_server::store::Store::audit_all(store).unwrap()
-    })
-    .iter()
-    .map(|(_, b)| serde_json::from_slice(b).unwrap())
-    .collect();
+    let records = audit_records(&f);
     let kinds: Vec<&str> = records
         .iter()
         .map(|r| r["kind"].as_str().unwrap())
@@ -729,39 +713,8 @@ fn an_online_key_rotation_a_crash_kept_from_the_audit_log_is_recorded_at_the_sta
 
     // a crash between a publish's two records: the key change recorded, the publish not. The
     // start records the publish as recovered, and the key change no second time
-    let newer_ts =
-        hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[43; 32]).unwrap();
-    let p = f.write_key("newer-ts.key", &newer_ts);
-    let out = run_bin(
-        &[
-            "key",
-            "add",
-            "--data",
-            data,
-            "--role",
-            "timestamp",
-            "--key",
-            p.to_str().unwrap(),
-        ],
-        &f.pass_file,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let old = repo.load().unwrap();
-    let root3 = f.root_v(3, &newer_ts, &f.snap_key, &[&f.root_key]);
-    let upload = hale_server::publish::Upload {
-        root: Some(root3.into()),
-        roles: Default::default(),
-    };
-    let online = hale_server::publish::OnlineKeys {
-        timestamp: vec![newer_ts.clone()],
-        snapshot: vec![f.snap_key.clone()],
-    };
-    let new = hale_server::publish::prepare(&old, &upload, &online, &life, now, &repo).unwrap();
-    repo.commit(&old, &new).unwrap();
+    let newer_ts = add_timestamp_key(&f, 43);
+    commit_root_without_records(&f, 3, &newer_ts);
     with_store(&f.data, |store| {
         let audit = hale_server::audit::Audit::open(std::sync::Arc::new(store.clone())).unwrap();
         let keys = json!({"timestamp": [newer_ts.keyid()], "snapshot": [f.snap_key.keyid()]});
@@ -775,19 +728,8 @@ fn an_online_key_rotation_a_crash_kept_from_the_audit_log_is_recorded_at_the_sta
     });
     let mut s = f.start();
     assert!(s.terminate().success());
-    let kinds: Vec<String> = with_store(&f.data, |store| {
-        hale_server::store::Store::audit_all(store).unwrap()
-    })
-    .iter()
-    .map(|(_, b)| {
-        serde_json::from_slice::<serde_json::Value>(b).unwrap()["kind"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    })
-    .collect();
     assert_eq!(
-        kinds[records.len()..],
+        audit_kinds(&f)[records.len()..],
         ["key-add", "key-change", "recovered"]
     );
 }
@@ -797,34 +739,19 @@ fn an_online_key_rotation_a_crash_kept_from_the_audit_log_is_recorded_at_the_sta
 /// all the same (it was checked only against the delegators uploaded with it).
 #[test]
 fn the_rollback_role_is_refused_under_a_stored_delegation_of_paths() {
-    let f = Fixture::new();
-    let mut s = f.start();
+    let f = first_release_stopped();
     let fw = b"fw".to_vec();
-    upload(&s, &f.token, &fw).unwrap();
-    let t = f.targets(1, &[("fw.bin", &fw, None)], None);
-    assert_eq!(
-        publish(&s, &f.token, None, &[("targets", &t)])
-            .unwrap()
-            .status,
-        200
-    );
-    assert!(s.terminate().success());
     let repo = hale_server::repo::RepoDir::new(&f.data);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = now();
     let keys = hale_server::publish::OnlineKeys {
         timestamp: vec![f.ts_key.clone()],
         snapshot: vec![f.snap_key.clone()],
     };
     // every re-sign due: the snapshot is signed again over the roles as they are
     let life = hale_server::publish::Lifetimes {
-        timestamp_secs: 86_400,
         timestamp_resign_before_secs: 86_400,
-        snapshot_secs: 7 * 86_400,
         snapshot_resign_before_secs: 7 * 86_400,
-        profile: hale_repo::build::Profile::Standard,
+        ..test_lifetimes()
     };
     let old = repo.load().unwrap();
     let mut st = old.clone();
@@ -998,6 +925,154 @@ fn device_finds(
 /// 2026-11-24 the whole-repository client check at each re-sign failed on the expired role, so a
 /// day later every device's timestamp had expired too, and every publish was refused (found by
 /// review). Time is the functions' parameter: days pass without waiting.
+const DAY: i64 = 86_400;
+
+/// Targets metadata (unsigned) of version `v` expiring `life` seconds after `t0`.
+fn targets_at(
+    t0: i64,
+    v: u64,
+    life: i64,
+    files: &[(&str, &[u8])],
+    d: Option<&serde_json::Value>,
+) -> serde_json::Value {
+    let mut t = serde_json::Map::new();
+    for (path, content) in files {
+        t.insert(
+            path.to_string(),
+            hale_repo::build::target_entry(content, None),
+        );
+    }
+    let exp = hale_repo::build::expires_at(t0, life).unwrap();
+    hale_repo::build::targets(hale_repo::build::Profile::Standard, v, &exp, &t, d)
+}
+
+/// The expired-delegation tests' start: `targets` (for `targets_days`) delegating `pump-a/*` to
+/// pump-a (thirty days, listing `a1`) and `pump-b/*` to `b` (one day, listing `b1`), published
+/// at `t0` with `a2` uploaded too, the server stopped; the online keys and lifetimes to go on
+/// in process.
+struct TwoDelegations {
+    f: Fixture,
+    t0: i64,
+    repo: hale_server::repo::RepoDir,
+    st: hale_server::repo::State,
+    keys: hale_server::publish::OnlineKeys,
+    life: hale_server::publish::Lifetimes,
+    a1: Vec<u8>,
+    b1: Vec<u8>,
+    a2: Vec<u8>,
+}
+
+fn two_delegations(b: &str, targets_days: i64) -> TwoDelegations {
+    let f = Fixture::new();
+    let mut s = f.start();
+    let (a1, b1, a2) = (
+        b"pump-a 1".to_vec(),
+        b"pump-b 1".to_vec(),
+        b"pump-a 2".to_vec(),
+    );
+    for fw in [&a1, &b1, &a2] {
+        assert_eq!(upload(&s, &f.token, fw).unwrap().status, 200);
+    }
+    let t0 = now();
+    let k = &f.delegate_key;
+    let delegations = json!({
+        "keys": {k.keyid(): k.public()},
+        "roles": [
+            {"name": "pump-a", "keyids": [k.keyid()], "threshold": 1, "terminating": true, "paths": ["pump-a/*"]},
+            {"name": b, "keyids": [k.keyid()], "threshold": 1, "terminating": true, "paths": ["pump-b/*"]},
+        ],
+    });
+    let targets = &[&f.targets_keys[0], &f.targets_keys[1]];
+    let sign = |body: serde_json::Value, keys: &[&hale_repo::SigningKey]| {
+        hale_repo::sign::sign_new(&body, keys).unwrap()
+    };
+    let t1 = sign(
+        targets_at(t0, 1, targets_days * DAY, &[], Some(&delegations)),
+        targets,
+    );
+    let pa1 = sign(
+        targets_at(t0, 1, 30 * DAY, &[("pump-a/fw.bin", &a1)], None),
+        &[k],
+    );
+    let pb1 = sign(
+        targets_at(t0, 1, DAY, &[("pump-b/fw.bin", &b1)], None),
+        &[k],
+    );
+    let r = publish(
+        &s,
+        &f.token,
+        None,
+        &[("targets", &t1), ("pump-a", &pa1), (b, &pb1)],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(s.terminate().success());
+    let repo = hale_server::repo::RepoDir::new(&f.data);
+    let st = repo.load().unwrap();
+    let keys = hale_server::publish::OnlineKeys {
+        timestamp: vec![f.ts_key.clone()],
+        snapshot: vec![f.snap_key.clone()],
+    };
+    let life = hale_server::publish::Lifetimes {
+        timestamp_secs: DAY,
+        timestamp_resign_before_secs: DAY / 2,
+        snapshot_secs: 7 * DAY,
+        snapshot_resign_before_secs: 3 * DAY,
+        profile: hale_repo::build::Profile::Standard,
+    };
+    TwoDelegations {
+        f,
+        t0,
+        repo,
+        st,
+        keys,
+        life,
+        a1,
+        b1,
+        a2,
+    }
+}
+
+/// A day and an hour on: `b` expired, the timestamp due. Re-signed all the same; a device finds
+/// pump-a's image and refuses pump-b's (naming the role as an error shows it, `shown`), as
+/// `/healthz` says (`delegated_role_expired`); and pump-a's next release goes out meanwhile.
+/// The state after it, and the time.
+fn resign_and_release_past_the_expired(
+    d: &TwoDelegations,
+    shown: &str,
+) -> (hale_server::repo::State, i64) {
+    use hale_server::publish::{prepare, resign, Upload};
+    let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+    let t = d.t0 + DAY + 3_600;
+    let st = resign(&d.st, &d.keys, &d.life, t, &d.repo)
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.timestamp.as_ref().unwrap().version, 2);
+    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&d.a1))));
+    let at = |t: i64| hale_repo::build::expires_at(t, 0).unwrap();
+    assert_eq!(
+        device_finds(&st, t, "pump-b/fw.bin"),
+        Err(format!(
+            "{shown}: expired at {} (update started at {})",
+            at(d.t0 + DAY),
+            at(t)
+        ))
+    );
+    let pa2 = hale_repo::sign::sign_new(
+        &targets_at(d.t0, 2, 30 * DAY, &[("pump-a/fw.bin", &d.a2)], None),
+        &[&d.f.delegate_key],
+    )
+    .unwrap();
+    let up = Upload {
+        root: None,
+        roles: [("pump-a".to_string(), bytes::Bytes::from(pa2))].into(),
+    };
+    let st = prepare(&st, &up, &d.keys, &d.life, t, &d.repo).unwrap();
+    assert_eq!(st.roles["pump-a"].version, 2);
+    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&d.a2))));
+    (st, t)
+}
+
 /// The same with a delegated role whose name is longer than an error holds (32 bytes): hale-core
 /// names it cut short in its `Expired`, and the check before a commit took such a name for a
 /// role that must not have expired, so the expiry of one long-named role untouched by the change
@@ -1005,186 +1080,38 @@ fn device_finds(
 /// the whole fleet refuse every update). Found by review; fails on the old check.
 #[test]
 fn an_expired_delegated_role_with_a_long_name_stops_neither_the_resign_nor_other_releases() {
-    use hale_server::publish::{prepare, resign, Lifetimes, OnlineKeys, Upload};
     const LONG: &str = "infusion-pump-model-b-firmware-2026";
     assert!(LONG.len() > 32);
-    let f = Fixture::new();
-    let s = f.start();
-    let (a1, b1, a2) = (
-        b"pump-a 1".to_vec(),
-        b"pump-b 1".to_vec(),
-        b"pump-a 2".to_vec(),
-    );
-    for fw in [&a1, &b1, &a2] {
-        assert_eq!(upload(&s, &f.token, fw).unwrap().status, 200);
-    }
-    let day = 86_400;
-    let t0 = now();
-    let body = |v: u64, life: i64, files: &[(&str, &[u8])], d: Option<&serde_json::Value>| {
-        let mut t = serde_json::Map::new();
-        for (path, content) in files {
-            t.insert(
-                path.to_string(),
-                hale_repo::build::target_entry(content, None),
-            );
-        }
-        let exp = hale_repo::build::expires_at(t0, life).unwrap();
-        hale_repo::build::targets(hale_repo::build::Profile::Standard, v, &exp, &t, d)
-    };
-    let k = &f.delegate_key;
-    let delegations = json!({
-        "keys": {k.keyid(): k.public()},
-        "roles": [
-            {"name": "pump-a", "keyids": [k.keyid()], "threshold": 1, "terminating": true, "paths": ["pump-a/*"]},
-            {"name": LONG, "keyids": [k.keyid()], "threshold": 1, "terminating": true, "paths": ["pump-b/*"]},
-        ],
-    });
-    let targets = &[&f.targets_keys[0], &f.targets_keys[1]];
-    let t1 = hale_repo::sign::sign_new(&body(1, 30 * day, &[], Some(&delegations)), targets);
-    let pa1 = hale_repo::sign::sign_new(&body(1, 30 * day, &[("pump-a/fw.bin", &a1)], None), &[k]);
-    let pb1 = hale_repo::sign::sign_new(&body(1, day, &[("pump-b/fw.bin", &b1)], None), &[k]);
-    let (t1, pa1, pb1) = (t1.unwrap(), pa1.unwrap(), pb1.unwrap());
-    let r = publish(
-        &s,
-        &f.token,
-        None,
-        &[("targets", &t1), ("pump-a", &pa1), (LONG, &pb1)],
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let mut s = s;
-    assert!(s.terminate().success());
-    let repo = hale_server::repo::RepoDir::new(&f.data);
-    let st = repo.load().unwrap();
-    let keys = OnlineKeys {
-        timestamp: vec![f.ts_key.clone()],
-        snapshot: vec![f.snap_key.clone()],
-    };
-    let life = Lifetimes {
-        timestamp_secs: day,
-        timestamp_resign_before_secs: day / 2,
-        snapshot_secs: 7 * day,
-        snapshot_resign_before_secs: 3 * day,
-        profile: hale_repo::build::Profile::Standard,
-    };
-    let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
-
-    // a day and an hour on: the long-named role expired, the timestamp due: re-signed
-    let t = t0 + day + 3_600;
-    let st = resign(&st, &keys, &life, t, &repo).unwrap().unwrap();
-    assert_eq!(st.timestamp.as_ref().unwrap().version, 2);
-    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a1))));
-    let at = |t: i64| hale_repo::build::expires_at(t, 0).unwrap();
-    assert_eq!(
-        device_finds(&st, t, "pump-b/fw.bin"),
-        Err(format!(
-            "infusion-pump-model-b-firmware-2…: expired at {} (update started at {})",
-            at(t0 + day),
-            at(t)
-        ))
-    );
-    // and pump-a's next release goes out
-    let pa2 = hale_repo::sign::sign_new(&body(2, 30 * day, &[("pump-a/fw.bin", &a2)], None), &[k])
-        .unwrap();
-    let up = Upload {
-        root: None,
-        roles: [("pump-a".to_string(), bytes::Bytes::from(pa2))].into(),
-    };
-    let st = prepare(&st, &up, &keys, &life, t, &repo).unwrap();
-    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a2))));
+    let d = two_delegations(LONG, 30);
+    resign_and_release_past_the_expired(&d, "infusion-pump-model-b-firmware-2…");
 }
 
 #[test]
 fn an_expired_delegated_role_stops_neither_the_resign_nor_other_releases() {
-    use hale_server::publish::{prepare, resign, Lifetimes, OnlineKeys, PublishError, Upload};
-    let f = Fixture::new();
-    let s = f.start();
-    let (a1, b1, a2) = (
-        b"pump-a 1".to_vec(),
-        b"pump-b 1".to_vec(),
-        b"pump-a 2".to_vec(),
-    );
-    for fw in [&a1, &b1, &a2] {
-        assert_eq!(upload(&s, &f.token, fw).unwrap().status, 200);
-    }
-    let day = 86_400;
-    let t0 = now();
-    let body = |v: u64, life: i64, files: &[(&str, &[u8])], d: Option<&serde_json::Value>| {
-        let mut t = serde_json::Map::new();
-        for (path, content) in files {
-            t.insert(
-                path.to_string(),
-                hale_repo::build::target_entry(content, None),
-            );
-        }
-        let exp = hale_repo::build::expires_at(t0, life).unwrap();
-        hale_repo::build::targets(hale_repo::build::Profile::Standard, v, &exp, &t, d)
-    };
-    let k = &f.delegate_key;
-    let delegations = json!({
-        "keys": {k.keyid(): k.public()},
-        "roles": [
-            {"name": "pump-a", "keyids": [k.keyid()], "threshold": 1, "terminating": true, "paths": ["pump-a/*"]},
-            {"name": "pump-b", "keyids": [k.keyid()], "threshold": 1, "terminating": true, "paths": ["pump-b/*"]},
-        ],
-    });
+    use hale_server::publish::{prepare, resign, PublishError, Upload};
     // targets for two days, pump-a for thirty, pump-b for one
-    let targets = &[&f.targets_keys[0], &f.targets_keys[1]];
-    let t1 = hale_repo::sign::sign_new(&body(1, 2 * day, &[], Some(&delegations)), targets);
-    let pa1 = hale_repo::sign::sign_new(&body(1, 30 * day, &[("pump-a/fw.bin", &a1)], None), &[k]);
-    let pb1 = hale_repo::sign::sign_new(&body(1, day, &[("pump-b/fw.bin", &b1)], None), &[k]);
-    let (t1, pa1, pb1) = (t1.unwrap(), pa1.unwrap(), pb1.unwrap());
-    let r = publish(
-        &s,
-        &f.token,
-        None,
-        &[("targets", &t1), ("pump-a", &pa1), ("pump-b", &pb1)],
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let mut s = s;
-    assert!(s.terminate().success());
-    let repo = hale_server::repo::RepoDir::new(&f.data);
-    let st = repo.load().unwrap();
-    let keys = OnlineKeys {
-        timestamp: vec![f.ts_key.clone()],
-        snapshot: vec![f.snap_key.clone()],
-    };
-    let life = Lifetimes {
-        timestamp_secs: day,
-        timestamp_resign_before_secs: day / 2,
-        snapshot_secs: 7 * day,
-        snapshot_resign_before_secs: 3 * day,
-        profile: hale_repo::build::Profile::Standard,
-    };
+    let d = two_delegations("pump-b", 2);
+    let (st, t) = resign_and_release_past_the_expired(&d, "pump-b");
+    let TwoDelegations {
+        f,
+        t0,
+        repo,
+        keys,
+        life,
+        a1,
+        b1,
+        a2,
+        ..
+    } = d;
+    let (day, k) = (DAY, &f.delegate_key);
     let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
-
-    // a day and an hour on: pump-b expired, the timestamp due. Re-signed all the same; a device
-    // finds pump-a's image and refuses pump-b's, as `/healthz` says (`delegated_role_expired`)
-    let t = t0 + day + 3_600;
-    let st = resign(&st, &keys, &life, t, &repo).unwrap().unwrap();
-    assert_eq!(st.timestamp.as_ref().unwrap().version, 2);
-    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a1))));
-    let at = |t: i64| hale_repo::build::expires_at(t, 0).unwrap();
-    assert_eq!(
-        device_finds(&st, t, "pump-b/fw.bin"),
-        Err(format!(
-            "pump-b: expired at {} (update started at {})",
-            at(t0 + day),
-            at(t)
-        ))
-    );
-
-    // pump-a's next release goes out meanwhile
-    let pa2 = hale_repo::sign::sign_new(&body(2, 30 * day, &[("pump-a/fw.bin", &a2)], None), &[k])
-        .unwrap();
+    let targets = &[&f.targets_keys[0], &f.targets_keys[1]];
+    let body = |v, life, files: &[(&str, &[u8])], d| targets_at(t0, v, life, files, d);
     let up = |role: &str, bytes: &[u8]| Upload {
         root: None,
         roles: [(role.to_string(), bytes::Bytes::from(bytes.to_vec()))].into(),
     };
-    let st = prepare(&st, &up("pump-a", &pa2), &keys, &life, t, &repo).unwrap();
-    assert_eq!(st.roles["pump-a"].version, 2);
-    assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a2))));
+    let at = |t: i64| hale_repo::build::expires_at(t, 0).unwrap();
     // pump-b signed again as it was (still expired) is refused, as before
     let stale =
         hale_repo::sign::sign_new(&body(2, day, &[("pump-b/fw.bin", &b1)], None), &[k]).unwrap();
@@ -1271,19 +1198,15 @@ fn a_targets_that_puts_an_expired_delegation_in_the_way_is_refused() {
     let delegations =
         |roles: Vec<serde_json::Value>| json!({"keys": {k.keyid(): k.public()}, "roles": roles});
     let targets = &[&f.targets_keys[0], &f.targets_keys[1]];
-    let t1 = hale_repo::sign::sign_new(
-        &body(
-            1,
-            30 * day,
-            &[],
-            Some(&delegations(vec![
-                role("pump-a", &["pump-a/*"]),
-                role("legacy", &["legacy/*"]),
-            ])),
-        ),
-        targets,
-    )
-    .unwrap();
+    // targets for thirty days delegating to `roles`
+    let delegating = |v: u64, roles: Vec<serde_json::Value>| {
+        hale_repo::sign::sign_new(&body(v, 30 * day, &[], Some(&delegations(roles))), targets)
+            .unwrap()
+    };
+    let t1 = delegating(
+        1,
+        vec![role("pump-a", &["pump-a/*"]), role("legacy", &["legacy/*"])],
+    );
     let pa = hale_repo::sign::sign_new(&body(1, 30 * day, &[("pump-a/fw.bin", &a1)], None), &[k])
         .unwrap();
     let lg =
@@ -1325,19 +1248,10 @@ fn a_targets_that_puts_an_expired_delegation_in_the_way_is_refused() {
 
     // legacy first, for every path (`*/*`: a pattern matches name by name): refused, and
     // nothing changes
-    let ahead = hale_repo::sign::sign_new(
-        &body(
-            2,
-            30 * day,
-            &[],
-            Some(&delegations(vec![
-                role("legacy", &["*/*"]),
-                role("pump-a", &["pump-a/*"]),
-            ])),
-        ),
-        targets,
-    )
-    .unwrap();
+    let ahead = delegating(
+        2,
+        vec![role("legacy", &["*/*"]), role("pump-a", &["pump-a/*"])],
+    );
     let disk = repo.load().unwrap();
     let e = prepare(&st, &up(&ahead), &keys, &life, t, &repo).unwrap_err();
     assert_eq!(
@@ -1355,19 +1269,10 @@ fn a_targets_that_puts_an_expired_delegation_in_the_way_is_refused() {
 
     // the same delegations in the same order, renewed: accepted; devices still find pump-a's
     // image and refuse legacy's, as before
-    let same = hale_repo::sign::sign_new(
-        &body(
-            2,
-            30 * day,
-            &[],
-            Some(&delegations(vec![
-                role("pump-a", &["pump-a/*"]),
-                role("legacy", &["legacy/*"]),
-            ])),
-        ),
-        targets,
-    )
-    .unwrap();
+    let same = delegating(
+        2,
+        vec![role("pump-a", &["pump-a/*"]), role("legacy", &["legacy/*"])],
+    );
     let st = prepare(&st, &up(&same), &keys, &life, t, &repo).unwrap();
     assert_eq!(st.roles["targets"].version, 2);
     assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(Some(sha(&a1))));
@@ -1378,20 +1283,14 @@ fn a_targets_that_puts_an_expired_delegation_in_the_way_is_refused() {
     // a terminating role that lists nothing ahead of pump-a: devices find nothing for
     // pump-a/fw.bin (a search that ends without a target is no finding) ...
     let term = |name: &str, paths: &[&str]| json!({"name": name, "keyids": [k.keyid()], "threshold": 1, "terminating": true, "paths": paths});
-    let blocked = hale_repo::sign::sign_new(
-        &body(
-            3,
-            30 * day,
-            &[],
-            Some(&delegations(vec![
-                term("block", &["pump-a/*"]),
-                role("pump-a", &["pump-a/*"]),
-                role("legacy", &["legacy/*"]),
-            ])),
-        ),
-        targets,
-    )
-    .unwrap();
+    let blocked = delegating(
+        3,
+        vec![
+            term("block", &["pump-a/*"]),
+            role("pump-a", &["pump-a/*"]),
+            role("legacy", &["legacy/*"]),
+        ],
+    );
     let block = hale_repo::sign::sign_new(&body(1, 30 * day, &[], None), &[k]).unwrap();
     let both = Upload {
         root: None,
@@ -1405,19 +1304,10 @@ fn a_targets_that_puts_an_expired_delegation_in_the_way_is_refused() {
     assert_eq!(device_finds(&st, t, "pump-a/fw.bin"), Ok(None));
     // ... so a targets that puts the expired legacy there instead takes nothing from them:
     // accepted (it was refused as "devices find it now")
-    let instead = hale_repo::sign::sign_new(
-        &body(
-            4,
-            30 * day,
-            &[],
-            Some(&delegations(vec![
-                role("legacy", &["*/*"]),
-                role("pump-a", &["pump-a/*"]),
-            ])),
-        ),
-        targets,
-    )
-    .unwrap();
+    let instead = delegating(
+        4,
+        vec![role("legacy", &["*/*"]), role("pump-a", &["pump-a/*"])],
+    );
     let st = prepare(&st, &up(&instead), &keys, &life, t, &repo).unwrap();
     assert_eq!(st.roles["targets"].version, 4);
     assert!(device_finds(&st, t, "pump-a/fw.bin")
