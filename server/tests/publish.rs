@@ -1182,16 +1182,8 @@ fn a_targets_that_puts_an_expired_delegation_in_the_way_is_refused() {
     }
     let day = 86_400;
     let t0 = now();
-    let body = |v: u64, life: i64, files: &[(&str, &[u8])], d: Option<&serde_json::Value>| {
-        let mut t = serde_json::Map::new();
-        for (path, content) in files {
-            t.insert(
-                path.to_string(),
-                hale_repo::build::target_entry(content, None),
-            );
-        }
-        let exp = hale_repo::build::expires_at(t0, life).unwrap();
-        hale_repo::build::targets(hale_repo::build::Profile::Standard, v, &exp, &t, d)
+    let body = |v, life, files: &[(&str, &[u8])], d: Option<&serde_json::Value>| {
+        targets_at(t0, v, life, files, d)
     };
     let k = &f.delegate_key;
     let role = |name: &str, paths: &[&str]| json!({"name": name, "keyids": [k.keyid()], "threshold": 1, "terminating": false, "paths": paths});

@@ -715,17 +715,7 @@ fn a_publish_killed_midway_is_undone_by_the_next_and_never_blocks_it() {
     e.signed_release();
     let before = snapshot_tree(&e.path("repo/repository"));
     let staged = snapshot_tree(&e.path("repo/staged"));
-    let crash = |point: &str| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_hale-sign"))
-            .args(publish_args("repo"))
-            .current_dir(e.tmp.path())
-            .env(common::PW_ENV, PW)
-            .env("HALE_SIGN_INSECURE_TEST_SCRYPT_LOG_N", "10")
-            .env("HALE_SIGN_TEST_CRASH_AFTER", point)
-            .output()
-            .unwrap();
-        assert!(!o.status.success(), "{point}: the publish was to die");
-    };
+    let crash = |point: &str| e.crash_publish(point);
 
     // killed after writing, before verifying: the unverified files are on disk, with the journal
     crash("written");
@@ -1472,17 +1462,7 @@ fn a_mailed_root_of_a_published_version_must_be_the_published_one() {
 fn after_a_killed_publish_changes_wait_for_the_undo_and_build_on_what_was_published() {
     let e = Env::new();
     e.signed_release();
-    let crash = |point: &str| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_hale-sign"))
-            .args(publish_args("repo"))
-            .current_dir(e.tmp.path())
-            .env(common::PW_ENV, PW)
-            .env("HALE_SIGN_INSECURE_TEST_SCRYPT_LOG_N", "10")
-            .env("HALE_SIGN_TEST_CRASH_AFTER", point)
-            .output()
-            .unwrap();
-        assert!(!o.status.success(), "{point}: the publish was to die");
-    };
+    let crash = |point: &str| e.crash_publish(point);
     crash("written");
     let repo = snapshot_tree(&e.path("repo/repository"));
     let staged = snapshot_tree(&e.path("repo/staged"));

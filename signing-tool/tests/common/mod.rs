@@ -67,6 +67,20 @@ impl Env {
         Run::from(o)
     }
 
+    /// `publish repo` killed at `point` (`HALE_SIGN_TEST_CRASH_AFTER`): it must not succeed.
+    #[allow(dead_code)] // not every test binary that includes this module crashes a publish
+    pub fn crash_publish(&self, point: &str) {
+        let o = Command::new(env!("CARGO_BIN_EXE_hale-sign"))
+            .args(publish_args("repo"))
+            .current_dir(self.tmp.path())
+            .env(PW_ENV, PW)
+            .env("HALE_SIGN_INSECURE_TEST_SCRYPT_LOG_N", "10")
+            .env("HALE_SIGN_TEST_CRASH_AFTER", point)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{point}: the publish was to die");
+    }
+
     /// Run and require exit 0.
     pub fn ok<S: AsRef<OsStr> + Debug>(&self, args: &[S]) -> Run {
         let r = self.run(args);
