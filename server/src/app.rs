@@ -99,9 +99,9 @@ impl App {
             .map_err(|e| ApplyError::Internal(e.to_string()))?;
         let mut detail = crate::publish::summary(&new);
         if kind == "publish" {
-            detail["targets"] = crate::publish::target_changes(&prev.state, &new);
-            let warnings =
-                crate::publish::rollout_warnings(&prev.state, &new, &self.rollouts.list());
+            let (added, removed) = crate::publish::listing_changes(&prev.state, &new);
+            detail["targets"] = crate::publish::changes_json(&added, &removed);
+            let warnings = crate::publish::rollout_warnings(&added, &self.rollouts.list());
             for w in &warnings {
                 tracing::warn!(warning = %w, "release not held back by a rollout");
             }

@@ -662,6 +662,11 @@ pub const AUDITED_TARGETS_MAX: usize = 100;
 /// counting as removed and added. For the audit log: which firmware went out, by its hash.
 pub fn target_changes(old: &State, new: &State) -> serde_json::Value {
     let (added, removed) = listing_changes(old, new);
+    changes_json(&added, &removed)
+}
+
+/// [`target_changes`]' answer for listings [`listing_changes`] gave.
+pub fn changes_json(added: &[Listed], removed: &[Listed]) -> serde_json::Value {
     json!({
         "added": added
             .iter()
@@ -680,8 +685,8 @@ pub fn target_changes(old: &State, new: &State) -> serde_json::Value {
 
 /// `(role, path, sha256, length)` of every target entry `new` lists that `old` did not, and of
 /// every one `old` listed that `new` does not.
-type Listed = (String, String, String, u64);
-fn listing_changes(old: &State, new: &State) -> (Vec<Listed>, Vec<Listed>) {
+pub type Listed = (String, String, String, u64);
+pub fn listing_changes(old: &State, new: &State) -> (Vec<Listed>, Vec<Listed>) {
     // only roles whose version changed can list other targets
     let changed = |role: &String| {
         old.roles.get(role).map(|m| m.version) != new.roles.get(role).map(|m| m.version)
@@ -704,20 +709,15 @@ fn listing_changes(old: &State, new: &State) -> (Vec<Listed>, Vec<Listed>) {
     (added, removed)
 }
 
-/// What a release does past the staged rollouts it was meant to go through: each image it adds
-/// under a path a rollout names, with other bytes than the rollout's, and that no rollout holds
+/// What a release does past the staged rollouts it was meant to go through: each image `added`
+/// ([`listing_changes`]) under a path a rollout names, with other bytes than the rollout's, and that no rollout holds
 /// back (the rollout's sha256 taken over other bytes: the image is offered to every device).
 /// The gate goes by the hash; the path is the operator's note of what it meant.
-pub fn rollout_warnings(
-    old: &State,
-    new: &State,
-    rollouts: &[crate::rollout::Rollout],
-) -> Vec<String> {
+pub fn rollout_warnings(added: &[Listed], rollouts: &[crate::rollout::Rollout]) -> Vec<String> {
     let held: std::collections::BTreeSet<&str> =
         rollouts.iter().map(|r| r.sha256.as_str()).collect();
-    let (added, _) = listing_changes(old, new);
     let mut out = Vec::new();
-    for (_, path, sha, _) in &added {
+    for (_, path, sha, _) in added {
         if held.contains(sha.as_str()) {
             continue;
         }
