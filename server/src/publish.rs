@@ -710,9 +710,9 @@ pub fn listing_changes(old: &State, new: &State) -> (Vec<Listed>, Vec<Listed>) {
 }
 
 /// What a release does past the staged rollouts it was meant to go through: each image `added`
-/// ([`listing_changes`]) under a path a rollout names, with other bytes than the rollout's, and that no rollout holds
-/// back (the rollout's sha256 taken over other bytes: the image is offered to every device).
-/// The gate goes by the hash; the path is the operator's note of what it meant.
+/// ([`listing_changes`]) under a path a rollout names, with other bytes than the rollout's, and
+/// that no rollout holds back (the rollout's sha256 taken over other bytes: the image is offered
+/// to every device). The gate goes by the hash; the path is the operator's note of what it meant.
 pub fn rollout_warnings(added: &[Listed], rollouts: &[crate::rollout::Rollout]) -> Vec<String> {
     let held: std::collections::BTreeSet<&str> =
         rollouts.iter().map(|r| r.sha256.as_str()).collect();
