@@ -147,6 +147,8 @@ pub struct HttpTransport {
     ahead: Option<AskedAhead>,
     /// a request timed out ([`timed_out`](Self::timed_out))
     timed_out: bool,
+    /// the server refused the client certificate ([`take_certificate_refusal`](Self::take_certificate_refusal))
+    certificate_refused: Option<String>,
     request_timeout: Duration,
     /// Every URL requested, in order (tests and the conformance suite count them).
     pub requests: Vec<String>,
@@ -216,6 +218,7 @@ impl HttpTransport {
             target: None,
             ahead: None,
             timed_out: false,
+            certificate_refused: None,
             request_timeout: crate::http1::REQUEST_DEADLINE,
             requests: vec![],
         }
@@ -274,12 +277,7 @@ impl HttpTransport {
                 return Ok(None);
             }
             Err(ureq::Error::Status(code, r)) => return Err(status_error(url, code, r)),
-            Err(ureq::Error::Transport(t)) => {
-                return Err(HttpError::Io {
-                    url: url.into(),
-                    message: transport_message(&t),
-                })
-            }
+            Err(ureq::Error::Transport(t)) => return Err(self.transport_error(url, &t)),
         };
         let mut body = Vec::new();
         resp.into_reader()
@@ -388,12 +386,53 @@ impl Transport for HttpTransport {
 }
 
 impl HttpTransport {
-    /// Remember whether `r` is a request the server did not answer in time ([`timed_out`](Self::timed_out)).
+    /// Remember whether `r` is a request the server did not answer in time ([`timed_out`](Self::timed_out)),
+    /// or one it refused for the client certificate on a kept connection (the device listener
+    /// checks every request against the device's record: `403 certificate_revoked`, or
+    /// `certificate_expired` by the server's clock).
     fn note<T>(&mut self, r: Result<T, HttpError>) -> Result<T, HttpError> {
-        if r.as_ref().is_err_and(HttpError::is_timeout) {
-            self.timed_out = true;
+        match &r {
+            Err(e) if e.is_timeout() => self.timed_out = true,
+            Err(
+                e @ HttpError::Refused {
+                    code: 403, error, ..
+                },
+            ) if matches!(
+                error.as_str(),
+                "certificate_revoked" | "certificate_expired"
+            ) =>
+            {
+                self.certificate_refused = Some(e.to_string());
+            }
+            _ => {}
         }
         r
+    }
+
+    /// The error of a request that got no answer, and, when the server ended the TLS exchange
+    /// with an alert refusing the client certificate ([`alert_refuses_certificate`]), that
+    /// refusal remembered ([`take_certificate_refusal`](Self::take_certificate_refusal)).
+    ///
+    /// [`alert_refuses_certificate`]: crate::identity::alert_refuses_certificate
+    fn transport_error(&mut self, url: &str, t: &ureq::Transport) -> HttpError {
+        let e = HttpError::Io {
+            url: url.into(),
+            message: transport_message(t),
+        };
+        if crate::identity::alert_received(t)
+            .is_some_and(crate::identity::alert_refuses_certificate)
+        {
+            self.certificate_refused = Some(e.to_string());
+        }
+        e
+    }
+
+    /// The server's last refusal of the client certificate (an alert in place of an answer, or
+    /// `403 certificate_revoked`/`certificate_expired`) since the last call, as the request met
+    /// it; `None` if there was none. The pump then enrolls again with its factory certificate
+    /// ([`Identity::replace_refused`](crate::identity::Identity::replace_refused)).
+    pub fn take_certificate_refusal(&mut self) -> Option<String> {
+        self.certificate_refused.take()
     }
 
     /// Did a request of a check time out since [`new`](Self::new) or the last
@@ -512,7 +551,7 @@ impl HttpTransport {
         {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => return Err(status_error(url, code, r)),
-            Err(ureq::Error::Transport(t)) => return Err(io(transport_message(&t))),
+            Err(ureq::Error::Transport(t)) => return Err(self.transport_error(url, &t)),
         };
         let partial = resp.status() == 206;
         if partial {

@@ -9,7 +9,9 @@
 //! run           every request (metadata, targets, reports) over mTLS with the operational cert;
 //!               at 2/3 of its lifetime: simplereenroll with the current cert; refused by the
 //!               server (its answer to an earlier renewal lost): simpleenroll with the factory
-//!               cert; expired (back from storage): simpleenroll again with the factory cert
+//!               cert; expired (back from storage): simpleenroll again with the factory cert;
+//!               refused by the device listener before then (revoked by an operator):
+//!               simpleenroll with the factory cert at once (`Identity::replace_refused`)
 //! ```
 //!
 //! ## Keys at rest
@@ -240,6 +242,17 @@ fn retry_after(value: Option<&str>) -> Option<u64> {
     Some(v.parse::<u64>().unwrap_or(u64::MAX).min(MAX_RETRY_AFTER))
 }
 
+/// The server's wait `until` (its `Retry-After`), while it lasts at `now`. A wait longer than the
+/// longest the server may ask is void (a clock set back).
+fn waiting(until: Option<SystemTime>, now: SystemTime) -> Option<SystemTime> {
+    let longest = Duration::from_secs(MAX_RETRY_AFTER);
+    until.filter(|until| {
+        until
+            .duration_since(now)
+            .is_ok_and(|left| !left.is_zero() && left <= longest)
+    })
+}
+
 /// When a certificate valid from `not_before` to `not_after` is due for renewal: 2/3 through.
 pub fn renewal_time(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
     let life = not_after
@@ -286,9 +299,19 @@ pub enum Action {
     /// the next poll tries again, or, when the refusal said how long to wait (`Retry-After`),
     /// the first poll after that.
     RenewalFailed { reason: String },
-    /// Renewal is due, but the server's last refusal asked to wait until `until`: nothing was
-    /// asked. The current certificate stays in use.
+    /// Renewal is due (or the device listener refused the certificate), but the server's last
+    /// refusal asked to wait until `until`: nothing was asked. The current certificate stays in
+    /// use.
     RenewalWaiting { until: SystemTime },
+    /// The device listener refused the current certificate before it was due for renewal
+    /// (revoked by an operator, or expired by the server's clock: `refusal`, as the pump's
+    /// request met it), and the factory certificate enrolled the device again.
+    ReplacedRefused { serial_hex: String, refusal: String },
+    /// The device listener refused the current certificate, and enrolling again with the
+    /// factory certificate failed (or there is none). Nothing changed; the next poll that meets
+    /// the refusal tries again, or, when the server asked for a wait (`Retry-After`), the
+    /// first poll after it.
+    ReplacementFailed { reason: String },
 }
 
 /// An operational certificate with its (open) key.
@@ -617,11 +640,16 @@ impl Identity {
     }
 
     /// mTLS client configuration with the operational certificate (device API, renewal).
-    pub fn device_tls(&self) -> Result<Arc<ClientConfig>, IdentityError> {
+    /// With it, the serial of the certificate it presents.
+    pub fn device_tls(&self) -> Result<(Arc<ClientConfig>, String), IdentityError> {
         let op = self.operational()?.ok_or_else(|| {
             IdentityError::NotEnrolled("no operational certificate; run `enroll`".into())
         })?;
-        client_config(self.server_ca()?, Some((op.chain, op.key)))
+        let serial_hex = op.identity.certificate_serial;
+        Ok((
+            client_config(self.server_ca()?, Some((op.chain, op.key)))?,
+            serial_hex,
+        ))
     }
 
     /// Enroll (or renew) so that a usable operational certificate is stored at `now`.
@@ -640,13 +668,7 @@ impl Identity {
                     .renew_not_before
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                // a wait longer than the longest the server may ask is void (a clock set back)
-                let longest = Duration::from_secs(MAX_RETRY_AFTER);
-                if let Some(until) = wait.filter(|until| {
-                    until
-                        .duration_since(now)
-                        .is_ok_and(|left| !left.is_zero() && left <= longest)
-                }) {
+                if let Some(until) = waiting(*wait, now) {
                     return Ok(Action::RenewalWaiting { until });
                 }
                 let renewal_error =
@@ -713,6 +735,73 @@ impl Identity {
                 })?;
                 let serial_hex = self.request(Auth::Factory(chain, key), "simpleenroll")?;
                 Ok(Action::Enrolled { serial_hex })
+            }
+        }
+    }
+
+    /// The device listener refused the operational certificate `serial_hex` (`refusal`: the
+    /// alert or the error its request met) although the pump holds it valid, or not yet due for
+    /// renewal: an operator revoked it, or the server's clock has it expired. Waiting for the
+    /// renewal time would leave the pump without updates or reports for up to a third of the
+    /// lifetime (20 days of the default 30), and a renewal with the refused certificate would be
+    /// refused too; the factory certificate enrolls the device again at once (the server takes
+    /// it: a revoked or expired certificate does not hold a re-enrollment back; a current one
+    /// younger than the factory minimum age does, with `429` and `Retry-After`, kept as a
+    /// renewal's is).
+    ///
+    /// `serial_hex` is the certificate the refused requests were made with: when another
+    /// process replaced it since, nothing is done ([`Action::Current`]). An expired certificate
+    /// goes the way [`ensure`](Self::ensure) takes it.
+    pub fn replace_refused(
+        &self,
+        serial_hex: &str,
+        refusal: &str,
+        now: SystemTime,
+    ) -> Result<Action, IdentityError> {
+        let Some(op) = self.operational()? else {
+            return self.ensure(now);
+        };
+        if op.identity.certificate_serial != serial_hex {
+            return Ok(Action::Current);
+        }
+        if lifetime(op.identity.not_before, op.identity.not_after, now) == Lifetime::Expired {
+            return self.ensure(now);
+        }
+        let mut wait = self
+            .renew_not_before
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(until) = waiting(*wait, now) {
+            return Ok(Action::RenewalWaiting { until });
+        }
+        let Some((chain, key)) = self.factory()? else {
+            return Ok(Action::ReplacementFailed {
+                reason: format!(
+                    "{refusal}; there is no factory certificate to enroll again with (enroll with a token)"
+                ),
+            });
+        };
+        match self.request(Auth::Factory(chain, key), "simpleenroll") {
+            Ok(serial_hex) => {
+                *wait = None;
+                self.keep_wait(None);
+                Ok(Action::ReplacedRefused {
+                    serial_hex,
+                    refusal: refusal.to_string(),
+                })
+            }
+            Err(e) => {
+                if let IdentityError::Refused {
+                    retry_after: Some(s),
+                    ..
+                } = &e
+                {
+                    *wait = now.checked_add(Duration::from_secs(*s));
+                    self.keep_wait(*wait);
+                }
+                Ok(Action::ReplacementFailed {
+                    reason: format!("{refusal}; with the factory certificate: {e}"),
+                })
             }
         }
     }
@@ -835,13 +924,30 @@ pub fn agent_with_timeout(config: Arc<ClientConfig>, timeout: Duration) -> ureq:
         .build()
 }
 
+/// Does the server's `alert` refuse the client certificate (revoked, expired by its clock, not
+/// under a CA it trusts, or otherwise not acceptable), as opposed to the handshake's other
+/// failures (no common protocol version or cipher suite, an internal error), which another
+/// certificate would not mend?
+pub fn alert_refuses_certificate(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        alert,
+        A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+    )
+}
+
 /// The alert the server ended the TLS exchange with, if that is how `e` failed: rustls's
 /// `AlertReceived`, in an `io::Error` somewhere down ureq's chain of sources (ureq's
 /// `ErrorKind::ConnectionFailed` when the alert came during the handshake, TLS 1.2;
 /// `ErrorKind::Io`, around the status line's read error, when it came in place of the answer,
 /// TLS 1.3). Refusing the server (its certificate) is another rustls error, not this one; a
 /// refused or timed-out connect, a failed name lookup or a hang-up carry no rustls error.
-fn alert_received(e: &ureq::Transport) -> Option<rustls::AlertDescription> {
+pub(crate) fn alert_received(e: &ureq::Transport) -> Option<rustls::AlertDescription> {
     let mut next = std::error::Error::source(e);
     while let Some(err) = next {
         let tls = err.downcast_ref::<rustls::Error>().or_else(|| {

@@ -2211,6 +2211,82 @@ fn a_connection_idle_longer_than_the_limit_is_not_written_to_again() {
     });
 }
 
+/// A server answering each request (one per connection) with `403` and the JSON error its path
+/// names, `/<error>` or `/targets/<error>`, as hale-server's device listener refuses.
+fn refusing_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let path = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            while r.read_line(&mut line).is_ok_and(|n| n > 2) {}
+            let error = path.rsplit('/').next().unwrap_or_default();
+            let body = serde_json::json!({"error": error, "message": format!("{error} here")});
+            let body = body.to_string();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    base
+}
+
+/// The device listener's refusal of the client certificate on a kept connection (`403
+/// certificate_revoked`, or `certificate_expired` by the server's clock) is remembered for the
+/// pump to enroll again, once, whether a metadata or a target request met it; its other refusals
+/// are not.
+#[test]
+fn a_refusal_of_the_client_certificate_is_remembered_once() {
+    use device_agent::host::HttpTransport;
+    use device_agent::Transport;
+    let base = refusing_server();
+    let mut t = HttpTransport::new(&base, &format!("{base}/targets"));
+    let refused = |error: &str| format!("refused (HTTP 403 {error}): {error} here");
+    for error in [
+        "device_decommissioned",
+        "device_quarantined",
+        "rollout_pending",
+        "client_certificate_required",
+    ] {
+        let e = t.fetch_metadata(error, &mut [0u8; 256]).unwrap_err();
+        assert_eq!(e.to_string(), format!("{base}/{error}: {}", refused(error)));
+        let e = t.fetch_target(error, 0, &mut [0u8; 16]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{base}/targets/{error}: {}", refused(error))
+        );
+        assert_eq!(t.take_certificate_refusal(), None, "{error}");
+    }
+    for error in ["certificate_revoked", "certificate_expired"] {
+        let e = t.fetch_metadata(error, &mut [0u8; 256]).unwrap_err();
+        assert_eq!(
+            t.take_certificate_refusal().as_deref(),
+            Some(e.to_string().as_str())
+        );
+        assert_eq!(e.to_string(), format!("{base}/{error}: {}", refused(error)));
+        assert_eq!(t.take_certificate_refusal(), None, "taken once");
+        let e = t.fetch_target(error, 0, &mut [0u8; 16]).unwrap_err();
+        assert_eq!(
+            t.take_certificate_refusal(),
+            Some(format!("{base}/targets/{error}: {}", refused(error)))
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("{base}/targets/{error}: {}", refused(error))
+        );
+    }
+}
+
 /// A request that gets no answer says what the system said, after its URL, once (ureq puts the
 /// URL in its own text too, normalised).
 #[test]

@@ -34,6 +34,9 @@ enum Mode {
     RevokedForRenewal,
     /// Refuse renewals as hale-server does a certificate younger than its minimum age.
     TooEarlyForRenewal,
+    /// Refuse enrollments with the factory certificate as hale-server does while the current
+    /// certificate is younger than the factory minimum age.
+    TooEarlyForFactory,
 }
 
 struct Est {
@@ -268,6 +271,22 @@ fn serve_one(
             ),
         ),
         ("/.well-known/est/simplereenroll", _, Some(_)) if mode == Mode::TooEarlyForRenewal => {
+            extra = "Retry-After: 600\r\n".into();
+            (
+                "429 Too Many Requests",
+                "application/json",
+                r#"{"error":"renewal_too_early","message":"the certificate is too young to be replaced"}"#
+                    .to_string(),
+            )
+        }
+        (
+            "/.well-known/est/simpleenroll",
+            _,
+            Some(PeerIdentity {
+                kind: PeerKind::Factory,
+                ..
+            }),
+        ) if mode == Mode::TooEarlyForFactory => {
             extra = "Retry-After: 600\r\n".into();
             (
                 "429 Too Many Requests",
@@ -721,6 +740,112 @@ fn a_renewal_the_server_finds_too_early_is_not_retried_with_the_factory_certific
         !tree(&dir).contains_key("renew-not-before"),
         "the wait is over"
     );
+}
+
+/// The device listener refused a certificate the pump holds young (an operator revoked it): the
+/// factory certificate enrolls the device again at once, with no renewal asked first (the server
+/// would refuse the certificate there too). A refusal of a certificate the pump no longer holds
+/// asks nothing; a wait the server asks for is kept as a renewal's is.
+#[test]
+fn a_young_certificate_the_server_refused_is_replaced_with_the_factory_certificate() {
+    let (est, _tmp, dir) = est_and_identity_dir();
+    let (id, first) = enrolled(&est, &dir, "SN-REVOKED");
+    let now = SystemTime::now();
+    assert_eq!(
+        id.ensure(now).unwrap(),
+        Action::Current,
+        "young by its lifetime"
+    );
+    let requests = || est.log.lock().unwrap().clone();
+    let refusal = "https://pumps.example:8443/2.root.json: Network Error: received fatal alert: CertificateRevoked";
+    let before = tree(&dir);
+
+    // the refused requests were made with another certificate (replaced since): nothing asked
+    assert_eq!(
+        id.replace_refused("0badc0de", refusal, now).unwrap(),
+        Action::Current
+    );
+    assert_eq!((requests().len(), tree(&dir)), (1, before.clone()));
+
+    // the server asks for a wait: nothing changes but the wait, and nothing is asked before it
+    *est.mode.lock().unwrap() = Mode::TooEarlyForFactory;
+    assert_eq!(
+        id.replace_refused(&first, refusal, now).unwrap(),
+        Action::ReplacementFailed {
+            reason: format!(
+                "{refusal}; with the factory certificate: {}/.well-known/est/simpleenroll: refused (HTTP 429 renewal_too_early): the certificate is too young to be replaced (asked to wait 600 s)",
+                est.url
+            )
+        }
+    );
+    let log = requests();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[1].0, "/.well-known/est/simpleenroll");
+    assert!(log[1].1.starts_with("factory:SN-REVOKED:"), "{:?}", log[1]);
+    let until = now + Duration::from_secs(600);
+    let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let mut waiting = before.clone();
+    waiting.insert(
+        "renew-not-before".into(),
+        secs(until).to_string().into_bytes(),
+    );
+    assert_eq!(tree(&dir), waiting);
+    assert_eq!(
+        id.replace_refused(&first, refusal, now + Duration::from_secs(599))
+            .unwrap(),
+        Action::RenewalWaiting { until }
+    );
+    assert_eq!((requests().len(), tree(&dir)), (2, waiting));
+
+    // once the wait is over and the server agrees: a new certificate, the wait forgotten
+    *est.mode.lock().unwrap() = Mode::Issue;
+    let Action::ReplacedRefused {
+        serial_hex,
+        refusal: said,
+    } = id.replace_refused(&first, refusal, until).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(said, refusal);
+    assert_ne!(serial_hex, first);
+    assert_eq!(serial(&id), serial_hex);
+    let log = requests();
+    assert_eq!(log.len(), 3, "no renewal asked: {log:?}");
+    assert_eq!(log[2].0, "/.well-known/est/simpleenroll");
+    assert!(log[2].1.starts_with("factory:SN-REVOKED:"), "{:?}", log[2]);
+    assert!(!tree(&dir).contains_key("renew-not-before"));
+    // the refusal of the certificate replaced, met again (a request still under way): nothing
+    assert_eq!(
+        id.replace_refused(&first, refusal, until).unwrap(),
+        Action::Current
+    );
+    assert_eq!(requests().len(), 3);
+}
+
+/// A device enrolled by token has no factory certificate: a refusal of its certificate is said,
+/// nothing is asked and nothing changes (an operator's token enrolls it again).
+#[test]
+fn a_refused_certificate_without_a_factory_certificate_stays() {
+    let (est, _tmp, dir) = est_and_identity_dir();
+    let id = Identity::new(&dir, DeviceSecret::from_bytes(SECRET));
+    id.factory_csr("SN-TOKEN", KeyAlgorithm::P256).unwrap();
+    id.configure(&est.url, &est.server_ca_pem).unwrap();
+    let Action::Enrolled { serial_hex } = id.enroll_with_token("good-token").unwrap() else {
+        panic!()
+    };
+    let before = tree(&dir);
+    let refusal = "https://pumps.example:8443/2.root.json: refused (HTTP 403 certificate_revoked): certificate is revoked";
+    assert_eq!(
+        id.replace_refused(&serial_hex, refusal, SystemTime::now())
+            .unwrap(),
+        Action::ReplacementFailed {
+            reason: format!(
+                "{refusal}; there is no factory certificate to enroll again with (enroll with a token)"
+            )
+        }
+    );
+    assert_eq!(tree(&dir), before);
+    assert_eq!(est.log.lock().unwrap().len(), 1);
 }
 
 #[test]

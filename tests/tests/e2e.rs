@@ -1043,18 +1043,18 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
     assert_eq!(served(), before);
 
     // enroll with the factory certificate; the pump trusts only the Server CA
-    let out = agent(&[
+    let out_enroll = agent(&[
         "enroll",
         "--est",
         &enroll,
         "--ca-cert",
         &t.p("ca/server.crt"),
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out_enroll.status.success(), "{}", text(&out_enroll));
     assert!(
-        text(&out).starts_with("enrolled: operational certificate "),
+        text(&out_enroll).starts_with("enrolled: operational certificate "),
         "{}",
-        text(&out)
+        text(&out_enroll)
     );
 
     // v2 over mTLS: poll, stage, trial boot, confirm, report
@@ -1082,6 +1082,38 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
     assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
     assert!(resp.contains("client_certificate_required"), "{resp}");
 
+    // an operator revokes the pump's certificate, young (its renewal is 20 s after issue): the
+    // next poll meets the refusal, enrolls again with the factory certificate at once, and polls
+    // with the new certificate
+    let enrolled = enrolled_serial(&out_enroll);
+    let (code, body) = staff_post(
+        &t,
+        &staff,
+        "olga",
+        &format!("/api/v1/staff/certificates/{enrolled}/revoke"),
+        serde_json::json!({"reason": "key_compromise"}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let out = poll();
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    let said = log
+        .lines()
+        .find(|l| l.starts_with("the server refused the operational certificate ("))
+        .unwrap_or_else(|| panic!("no re-enrollment: {log}"));
+    assert!(said.contains("CertificateRevoked"), "{said}");
+    let replaced = said
+        .rsplit_once("): enrolled again with the factory certificate (")
+        .and_then(|(_, s)| s.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{said}"));
+    assert_ne!(replaced, enrolled);
+    assert_eq!(
+        device_record(&t, &staff, serial)["certificate"]["serial"],
+        replaced,
+        "the server's record holds the new certificate"
+    );
+    assert!(log.ends_with("up to date: running 2.0.0\n"), "{log}");
+
     // past the 2/3 point (20 s after issue): the next poll renews with simplereenroll first
     std::thread::sleep(Duration::from_secs(22));
     let out = poll();
@@ -1090,21 +1122,27 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
     assert!(log.contains("renewed: operational certificate "), "{log}");
     assert!(!log.contains("refused") && !log.contains("failed"), "{log}");
 
-    // the audit log, read by an operator over the staff listener: both polls reported, and the
-    // second report (2.0.0 installed, as before) said nothing new, so only the first is audited
+    // the audit log, read by an operator over the staff listener: three polls reported (the
+    // refused one could not), and the later reports (2.0.0 installed, as before) said nothing
+    // new, so only the first is audited
     let metrics = String::from_utf8(http_get_bytes(&format!("{plain}/metrics"))).unwrap();
-    assert!(metrics.contains("hale_reports_total 2\n"), "{metrics}");
+    assert!(metrics.contains("hale_reports_total 3\n"), "{metrics}");
     let kinds = audit_kinds(&t, &staff);
     eprintln!("audit kinds: {kinds:?}");
     let count = |step: &str| kinds.iter().filter(|k| **k == step).count();
     for (step, n) in [
         ("manifest-import", 1),
-        ("enroll", 1),
+        ("enroll", 2),
+        ("certificate-revoke", 1),
         ("reenroll", 1),
         ("report", 1),
     ] {
         assert_eq!(count(step), n, "audit {step}: {kinds:?}");
     }
+    assert!(
+        kinds.ends_with(&["report", "certificate-revoke", "enroll", "reenroll"].map(String::from)),
+        "{kinds:?}"
+    );
     drop(server);
     t.ok("hale-server", &["audit", "verify", "--data", &data]);
 }

@@ -1685,6 +1685,15 @@ fn print_action(a: &Action) {
         }
         // said once, by the refusal that asked for the wait
         Action::RenewalWaiting { .. } => {}
+        Action::ReplacedRefused {
+            serial_hex,
+            refusal,
+        } => say!(
+            "the server refused the operational certificate ({refusal}): enrolled again with the factory certificate ({serial_hex})"
+        ),
+        Action::ReplacementFailed { reason } => say!(
+            "the server refused the operational certificate, and enrolling again failed: {reason}"
+        ),
     }
 }
 
@@ -1712,8 +1721,10 @@ fn enroll(o: &Opts) -> Result<()> {
 }
 
 /// `run` against the device listener: before each poll, renew (2/3 of the lifetime) or re-enroll
-/// (expired) as needed; every request uses the current operational certificate. Failures are
-/// printed and the pump keeps running its verified firmware.
+/// (expired) as needed; every request uses the current operational certificate. A poll whose
+/// certificate the server refused (revoked before its renewal time) enrolls again with the
+/// factory certificate at once and polls again with the new one. Failures are printed and the
+/// pump keeps running its verified firmware.
 #[allow(clippy::too_many_arguments)]
 fn run_mtls(
     o: &Opts,
@@ -1730,34 +1741,54 @@ fn run_mtls(
     if dev != serial {
         bail!("device.json id {dev:?} is not the certificate identity {serial:?}");
     }
-    let mut http: Option<HttpTransport> = None;
+    // the transport and the serial of the certificate it presents
+    let mut http: Option<(HttpTransport, String)> = None;
+    // a new certificate: the next requests present it
+    let replaced = |a: &Action| {
+        matches!(
+            a,
+            Action::Enrolled { .. }
+                | Action::Renewed { .. }
+                | Action::ReEnrolled { .. }
+                | Action::RenewedWithFactory { .. }
+                | Action::ReplacedRefused { .. }
+        )
+    };
     loop {
         match id.ensure(std::time::SystemTime::now()) {
             Ok(a) => {
-                // a new certificate: the next requests present it
-                if !matches!(
-                    a,
-                    Action::Current | Action::RenewalFailed { .. } | Action::RenewalWaiting { .. }
-                ) {
+                if replaced(&a) {
                     http = None;
                 }
                 print_action(&a);
             }
             Err(e) => say!("enrollment failed: {e}"),
         }
-        if http.is_none() {
-            match id.device_tls() {
-                Ok(tls) => {
-                    http = Some(
-                        HttpTransport::with_tls(murl, turl, tls)
-                            .with_request_timeout(request_timeout(o)?),
-                    )
-                }
-                Err(e) => say!("no usable device certificate: {e}"),
+        // a second round only after the server refused the certificate and another replaced it
+        for _round in 0..2 {
+            if http.is_none() {
+                http = device_transport(o, &id, murl, turl)?;
             }
-        }
-        if let Some(h) = http.as_mut() {
+            let Some((h, serial_hex)) = http.as_mut() else {
+                break;
+            };
             poll(o, store, server, h)?;
+            let Some(refusal) = h.take_certificate_refusal() else {
+                break;
+            };
+            match id.replace_refused(serial_hex, &refusal, std::time::SystemTime::now()) {
+                Ok(a) => {
+                    print_action(&a);
+                    if !replaced(&a) {
+                        break;
+                    }
+                    http = None;
+                }
+                Err(e) => {
+                    say!("the server refused the operational certificate ({refusal}), and enrolling again failed: {e}");
+                    break;
+                }
+            }
         }
         if o.flag("--once") {
             break;
@@ -1765,6 +1796,26 @@ fn run_mtls(
         std::thread::sleep(Duration::from_secs(interval + jitter(jit)));
     }
     Ok(())
+}
+
+/// A transport presenting the current operational certificate, with that certificate's serial;
+/// `None` (said) when there is no usable one.
+fn device_transport(
+    o: &Opts,
+    id: &device_agent::identity::Identity,
+    murl: &str,
+    turl: &str,
+) -> Result<Option<(HttpTransport, String)>> {
+    match id.device_tls() {
+        Ok((tls, serial_hex)) => Ok(Some((
+            HttpTransport::with_tls(murl, turl, tls).with_request_timeout(request_timeout(o)?),
+            serial_hex,
+        ))),
+        Err(e) => {
+            say!("no usable device certificate: {e}");
+            Ok(None)
+        }
+    }
 }
 
 fn jitter(max: u64) -> u64 {
