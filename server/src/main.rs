@@ -654,7 +654,7 @@ fn newest_crls_or_refuse(
         };
         let slug = ca.slug();
         let before = store
-            .audit_last_where("crl-load", &|r| {
+            .audit_last_where(&["crl-load"], &|r| {
                 r.pointer("/detail/ca").and_then(|c| c.as_str()) == Some(slug)
             })?
             .and_then(|r| {

@@ -216,12 +216,16 @@ impl Rollouts {
         };
         let detail =
             serde_json::to_value(&p.rollout).map_err(|e| RolloutError::Store(e.to_string()))?;
-        // the last record of this kind for this image is the change's when it was recorded
+        // the change's record, when it was written, is the last rollout record of this image:
+        // its note holds every later change back until a start settles it. (The last record of
+        // the note's kind alone is not enough: the same change made again within the second,
+        // after another, as `PUT 10`, `DELETE`, `PUT 10`, would read as recorded by the first.)
         let recorded = store
-            .audit_last_where(&p.kind, &|r| {
+            .audit_last_where(&["rollout", "rollout-end"], &|r| {
                 r.pointer("/detail/sha256").and_then(|v| v.as_str()) == Some(sha)
             })
             .map_err(|e| RolloutError::Store(e.to_string()))?
+            .filter(|r| r.get("kind").and_then(|k| k.as_str()) == Some(p.kind.as_str()))
             .is_some_and(|r| {
                 // a record made by an earlier start carries the flag
                 let mut d = r.get("detail").cloned().unwrap_or_default();
@@ -647,6 +651,49 @@ mod tests {
             Some(at60.clone())
         );
         assert_eq!(records(4)["detail"]["percent"], 60);
+        assert!(!pending.exists());
+
+        // the same change made again within the second, after another (`PUT 10`, `DELETE`,
+        // `PUT 10`), and a crash before its record: the image's last record is the DELETE's, so
+        // the change is recorded at the start (the log would end at the end of a rollout in force)
+        let at10 = again.set(&sha, 10, None, by, 6, record("rollout")).unwrap();
+        assert_eq!(again.end(&sha, by, record("rollout-end")).unwrap(), at10);
+        assert_eq!(records(6)["kind"], "rollout-end");
+        crashed(
+            note("rollout", &at10),
+            BTreeMap::from([(sha.clone(), at10.clone())]),
+        );
+        let restarted = Rollouts::load(&path).unwrap();
+        assert_eq!(restarted.list(), vec![at10.clone()]);
+        assert_eq!(
+            restarted.reconcile(&audit, &*store).unwrap(),
+            Some(at10.clone())
+        );
+        let rec = records(7);
+        assert_eq!(
+            (
+                &rec["kind"],
+                &rec["detail"]["percent"],
+                &rec["detail"]["updated_at"]
+            ),
+            (&"rollout".into(), &10.into(), &6.into())
+        );
+        assert_eq!(rec["detail"]["recovered_at_start"], true);
+        // and the same for an end made again within the second (`DELETE`, `PUT 10`, `DELETE`)
+        restarted.end(&sha, by, record("rollout-end")).unwrap();
+        restarted
+            .set(&sha, 10, None, by, 6, record("rollout"))
+            .unwrap();
+        records(9);
+        crashed(note("rollout-end", &at10), BTreeMap::new());
+        let restarted = Rollouts::load(&path).unwrap();
+        assert_eq!(
+            restarted.reconcile(&audit, &*store).unwrap(),
+            Some(at10.clone())
+        );
+        let rec = records(10);
+        assert_eq!(rec["kind"], "rollout-end");
+        assert_eq!(rec["detail"]["recovered_at_start"], true);
         assert!(!pending.exists());
     }
 }

@@ -76,10 +76,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn audit_append(&self, seq: u64, record: &[u8]) -> Result<(), StoreError>;
     /// The newest audit record whose `kind` is one of `kinds` (searching backwards).
     fn audit_last_of(&self, kinds: &[&str]) -> Result<Option<Vec<u8>>, StoreError>;
-    /// The last audit record of `kind` that `matches` (parsed), newest first.
+    /// The last audit record whose `kind` is one of `kinds` and that `matches` (parsed), newest first.
     fn audit_last_where(
         &self,
-        kind: &str,
+        kinds: &[&str],
         matches: &dyn Fn(&serde_json::Value) -> bool,
     ) -> Result<Option<serde_json::Value>, StoreError>;
     /// All audit records in sequence order.
@@ -295,7 +295,7 @@ impl Store for SledStore {
 
     fn audit_last_where(
         &self,
-        kind: &str,
+        kinds: &[&str],
         matches: &dyn Fn(&serde_json::Value) -> bool,
     ) -> Result<Option<serde_json::Value>, StoreError> {
         for kv in self.audit.iter().rev() {
@@ -303,7 +303,8 @@ impl Store for SledStore {
             let Ok(r) = serde_json::from_slice::<serde_json::Value>(&v) else {
                 continue;
             };
-            if r.get("kind").and_then(|k| k.as_str()) == Some(kind) && matches(&r) {
+            let kind = r.get("kind").and_then(|k| k.as_str());
+            if kind.is_some_and(|k| kinds.contains(&k)) && matches(&r) {
                 return Ok(Some(r));
             }
         }
