@@ -409,26 +409,24 @@ impl HttpTransport {
         r
     }
 
-    /// The error of a request that got no answer, and, when the server ended the TLS exchange
-    /// with an alert refusing the client certificate ([`alert_refuses_certificate`]), that
-    /// refusal remembered ([`take_certificate_refusal`](Self::take_certificate_refusal)).
+    /// The error of a request that got no answer, and, when the server answered with an alert
+    /// refusing the client certificate ([`refuses_certificate`]), that refusal remembered
+    /// ([`take_certificate_refusal`](Self::take_certificate_refusal)).
     ///
-    /// [`alert_refuses_certificate`]: crate::identity::alert_refuses_certificate
+    /// [`refuses_certificate`]: crate::identity::refuses_certificate
     fn transport_error(&mut self, url: &str, t: &ureq::Transport) -> HttpError {
         let e = HttpError::Io {
             url: url.into(),
             message: transport_message(t),
         };
-        if crate::identity::alert_received(t)
-            .is_some_and(crate::identity::alert_refuses_certificate)
-        {
+        if crate::identity::refuses_certificate(t) {
             self.certificate_refused = Some(e.to_string());
         }
         e
     }
 
-    /// The server's last refusal of the client certificate (an alert in place of an answer, or
-    /// `403 certificate_revoked`/`certificate_expired`) since the last call, as the request met
+    /// The server's last refusal of the client certificate (an alert after the handshake in
+    /// place of an answer, or `403 certificate_revoked`/`certificate_expired`) since the last call, as the request met
     /// it; `None` if there was none. The pump then enrolls again with its factory certificate
     /// ([`Identity::replace_refused`](crate::identity::Identity::replace_refused)).
     pub fn take_certificate_refusal(&mut self) -> Option<String> {

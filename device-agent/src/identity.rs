@@ -613,6 +613,18 @@ impl Identity {
         Ok(Some((chain, self.open_factory_key()?)))
     }
 
+    /// The serial of the stored operational certificate, if any, read without opening its key
+    /// (what [`operational`](Self::operational) would give, for a check at every poll).
+    pub fn current_serial(&self) -> Result<Option<String>, IdentityError> {
+        let Some(b) = self.read(OPERATIONAL)? else {
+            return Ok(None);
+        };
+        let v: Value = serde_json::from_slice(&b).map_err(|e| {
+            IdentityError::Invalid(format!("{}: {e}", self.path(OPERATIONAL).display()))
+        })?;
+        Ok(v.get("serial").and_then(Value::as_str).map(str::to_string))
+    }
+
     /// The stored operational certificate and its key, if any.
     pub fn operational(&self) -> Result<Option<Operational>, IdentityError> {
         let Some(b) = self.read(OPERATIONAL)? else {
@@ -672,7 +684,7 @@ impl Identity {
                     return Ok(Action::RenewalWaiting { until });
                 }
                 let renewal_error =
-                    match self.request(Auth::Current(op.chain, op.key), "simplereenroll") {
+                    match self.request(Auth::Current(op.chain, op.key), "simplereenroll", None) {
                         Ok(serial_hex) => {
                             *wait = None;
                             self.keep_wait(None);
@@ -710,7 +722,7 @@ impl Identity {
                         reason: renewal_error,
                     });
                 };
-                match self.request(Auth::Factory(chain, key), "simpleenroll") {
+                match self.request(Auth::Factory(chain, key), "simpleenroll", None) {
                     Ok(serial_hex) => Ok(Action::RenewedWithFactory {
                         serial_hex,
                         renewal_error,
@@ -726,14 +738,14 @@ impl Identity {
                         "the operational certificate expired and there is no factory certificate; enroll with a token".into(),
                     )
                 })?;
-                let serial_hex = self.request(Auth::Factory(chain, key), "simpleenroll")?;
+                let serial_hex = self.request(Auth::Factory(chain, key), "simpleenroll", None)?;
                 Ok(Action::ReEnrolled { serial_hex })
             }
             None => {
                 let (chain, key) = self.factory()?.ok_or_else(|| {
                     IdentityError::NotEnrolled("no factory certificate; enroll with a token".into())
                 })?;
-                let serial_hex = self.request(Auth::Factory(chain, key), "simpleenroll")?;
+                let serial_hex = self.request(Auth::Factory(chain, key), "simpleenroll", None)?;
                 Ok(Action::Enrolled { serial_hex })
             }
         }
@@ -781,7 +793,7 @@ impl Identity {
                 ),
             });
         };
-        match self.request(Auth::Factory(chain, key), "simpleenroll") {
+        match self.request(Auth::Factory(chain, key), "simpleenroll", Some(serial_hex)) {
             Ok(serial_hex) => {
                 *wait = None;
                 self.keep_wait(None);
@@ -808,15 +820,26 @@ impl Identity {
 
     /// First enrollment with a single-use token (no client certificate).
     pub fn enroll_with_token(&self, token: &str) -> Result<Action, IdentityError> {
-        let serial_hex = self.request(Auth::Token(token.to_string()), "simpleenroll")?;
+        let serial_hex = self.request(Auth::Token(token.to_string()), "simpleenroll", None)?;
         Ok(Action::Enrolled { serial_hex })
     }
 
     /// POST a fresh CSR to `/.well-known/est/<op>`; on success store the new key and
     /// certificate atomically and return the certificate serial.
-    fn request(&self, auth: Auth, op: &str) -> Result<String, IdentityError> {
+    ///
+    /// `replacing`: the serial of the certificate this request is to replace; when another
+    /// process stored another since, nothing is asked ([`IdentityError::Busy`]).
+    fn request(
+        &self,
+        auth: Auth,
+        op: &str,
+        replacing: Option<&str>,
+    ) -> Result<String, IdentityError> {
         // held through the exchange: the certificate stored is the one for the key sent
         let _changing = self.changing()?;
+        if replacing.is_some_and(|s| self.current_serial().ok().flatten().as_deref() != Some(s)) {
+            return Err(IdentityError::Busy(self.dir.clone()));
+        }
         let serial = self.serial()?;
         let base = self.config_str("est")?;
         let url = format!("{}/.well-known/est/{op}", base.trim_end_matches('/'));
@@ -924,21 +947,31 @@ pub fn agent_with_timeout(config: Arc<ClientConfig>, timeout: Duration) -> ureq:
         .build()
 }
 
-/// Does the server's `alert` refuse the client certificate (revoked, expired by its clock, not
-/// under a CA it trusts, or otherwise not acceptable), as opposed to the handshake's other
-/// failures (no common protocol version or cipher suite, an internal error), which another
-/// certificate would not mend?
-pub fn alert_refuses_certificate(alert: rustls::AlertDescription) -> bool {
+/// The alert with which the server refused the client certificate itself, after the handshake:
+/// revoked, or expired by the server's clock (rustls sends `CertificateExpired` for a
+/// certificate not valid yet too), the refusals a certificate enrolled anew mends. Not:
+/// - an alert during the handshake: before the client has checked the server's `Finished`, an
+///   alert may come from anyone in the network path (a plaintext one in place of the server's
+///   answer to the ClientHello, or one under handshake keys agreed with an impostor). With TLS
+///   1.3 the server judges the client certificate after the client's handshake is done, so its
+///   refusal arrives as an error of the first read (ureq's `ErrorKind::Io`); with TLS 1.2 it ends
+///   the handshake and is not taken;
+/// - the other alerts about the certificate: `UnknownCA` is also what every device hears when
+///   the server's own CRL expired (`enforce_revocation_expiration`), and `DecryptError`,
+///   `BadCertificate` or `CertificateUnknown` say nothing a new certificate from the same CA
+///   would mend: a whole fleet would enroll again at every poll.
+fn refusal_of_certificate(t: &ureq::Transport) -> Option<rustls::AlertDescription> {
     use rustls::AlertDescription as A;
-    matches!(
-        alert,
-        A::BadCertificate
-            | A::UnsupportedCertificate
-            | A::CertificateRevoked
-            | A::CertificateExpired
-            | A::CertificateUnknown
-            | A::UnknownCA
-    )
+    if t.kind() != ureq::ErrorKind::Io {
+        return None;
+    }
+    alert_received(t).filter(|a| matches!(a, A::CertificateRevoked | A::CertificateExpired))
+}
+
+/// The server's refusal of the client certificate in `t`, if that is how it failed (see
+/// [`refusal_of_certificate`]).
+pub fn refuses_certificate(t: &ureq::Transport) -> bool {
+    refusal_of_certificate(t).is_some()
 }
 
 /// The alert the server ended the TLS exchange with, if that is how `e` failed: rustls's
@@ -947,7 +980,7 @@ pub fn alert_refuses_certificate(alert: rustls::AlertDescription) -> bool {
 /// `ErrorKind::Io`, around the status line's read error, when it came in place of the answer,
 /// TLS 1.3). Refusing the server (its certificate) is another rustls error, not this one; a
 /// refused or timed-out connect, a failed name lookup or a hang-up carry no rustls error.
-pub(crate) fn alert_received(e: &ureq::Transport) -> Option<rustls::AlertDescription> {
+fn alert_received(e: &ureq::Transport) -> Option<rustls::AlertDescription> {
     let mut next = std::error::Error::source(e);
     while let Some(err) = next {
         let tls = err.downcast_ref::<rustls::Error>().or_else(|| {

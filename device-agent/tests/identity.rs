@@ -822,6 +822,49 @@ fn a_young_certificate_the_server_refused_is_replaced_with_the_factory_certifica
     assert_eq!(requests().len(), 3);
 }
 
+/// Anyone in the network path can answer the ClientHello with a plaintext alert: an alert that
+/// ends the handshake is not taken as the server's refusal of the certificate (the pump would
+/// otherwise enroll again at every poll on a stranger's word).
+#[test]
+fn an_alert_before_the_handshake_is_done_is_not_a_refusal_of_the_certificate() {
+    use device_agent::host::HttpTransport;
+    use device_agent::Transport;
+    let est = start();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut hello = [0u8; 5];
+            let _ = conn.read_exact(&mut hello);
+            // a TLS record: alert (21), TLS 1.2, 2 bytes: fatal (2), certificate_revoked (44)
+            let _ = conn.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x2c]);
+            linger(&mut conn);
+        }
+    });
+    let ca = device_agent::identity::parse_chain(&est.server_ca_pem)
+        .unwrap()
+        .remove(0);
+    let tls = device_agent::identity::client_config(ca, None).unwrap();
+    let mut t = HttpTransport::with_tls(&base, &format!("{base}/targets"), tls);
+    let e = t.fetch_metadata("2.root.json", &mut [0u8; 64]).unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("received fatal alert: CertificateRevoked"),
+        "{e}"
+    );
+    let e = t.fetch_target("fw.bin", 0, &mut [0u8; 64]).unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("received fatal alert: CertificateRevoked"),
+        "{e}"
+    );
+    assert_eq!(t.take_certificate_refusal(), None);
+}
+
 /// A device enrolled by token has no factory certificate: a refusal of its certificate is said,
 /// nothing is asked and nothing changes (an operator's token enrolls it again).
 #[test]

@@ -1114,6 +1114,84 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
     );
     assert!(log.ends_with("up to date: running 2.0.0\n"), "{log}");
 
+    // a running pump whose certificate another process replaces (an operator's token, enrolled
+    // beside it; the server supersedes the certificate the pump's connections present): its
+    // next poll presents the new one, and it does not enroll again on its own
+    let mut running = Command::new(t.bin.join("hale-agent"))
+        .args(["--state", &t.p("pump1")])
+        .args([
+            "run",
+            "--server",
+            &device,
+            "--interval",
+            "1",
+            "--jitter",
+            "0",
+        ])
+        .env(
+            "HALE_DEVICE_SECRET",
+            "e2e device secret, a secure element stands here",
+        )
+        .env("HALE_AGENT_INSECURE_TEST_SCRYPT_LOG_N", "10")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let (stdout, lines) = (running.stdout.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let up_to_date = |from: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen = lines.lock().unwrap().clone();
+            if let Some(i) = (from..seen.len()).find(|&i| seen[i] == "up to date: running 2.0.0") {
+                return i + 1;
+            }
+            assert!(Instant::now() < deadline, "no poll went through: {seen:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let polled = up_to_date(0);
+    let (code, v) = staff_post(
+        &t,
+        &staff,
+        "olga",
+        "/api/v1/staff/enroll-tokens",
+        serde_json::json!({"serial": serial, "model": "pump-a"}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let by_token = enrolled_serial(&agent(&[
+        "enroll",
+        "--est",
+        &enroll,
+        "--ca-cert",
+        &t.p("ca/server.crt"),
+        "--token",
+        v["token"].as_str().unwrap(),
+    ]));
+    let seen_then = lines.lock().unwrap().len().max(polled);
+    up_to_date(seen_then);
+    running.kill().unwrap();
+    running.wait().unwrap();
+    reader.join().unwrap();
+    let seen = lines.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|l| l.contains("enrolled again")),
+        "the pump replaced the token's certificate: {seen:?}"
+    );
+    assert_eq!(
+        device_record(&t, &staff, serial)["certificate"]["serial"],
+        by_token.as_str(),
+        "{seen:?}"
+    );
+
     // past the 2/3 point (20 s after issue): the next poll renews with simplereenroll first
     std::thread::sleep(Duration::from_secs(22));
     let out = poll();
@@ -1122,17 +1200,32 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
     assert!(log.contains("renewed: operational certificate "), "{log}");
     assert!(!log.contains("refused") && !log.contains("failed"), "{log}");
 
-    // the audit log, read by an operator over the staff listener: three polls reported (the
-    // refused one could not), and the later reports (2.0.0 installed, as before) said nothing
-    // new, so only the first is audited
+    // the audit log, read by an operator over the staff listener: every poll that went through
+    // reported (the refused one could not; the running pump's last report may have been cut
+    // short), and the later reports (2.0.0 installed, as before) said nothing new, so only the
+    // first is audited
     let metrics = String::from_utf8(http_get_bytes(&format!("{plain}/metrics"))).unwrap();
-    assert!(metrics.contains("hale_reports_total 3\n"), "{metrics}");
+    let reports: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hale_reports_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let loop_polls = seen
+        .iter()
+        .filter(|l| *l == "up to date: running 2.0.0")
+        .count();
+    assert!(
+        (2 + loop_polls..=3 + loop_polls).contains(&reports),
+        "{reports} reports, {loop_polls} polls of the running pump"
+    );
     let kinds = audit_kinds(&t, &staff);
     eprintln!("audit kinds: {kinds:?}");
     let count = |step: &str| kinds.iter().filter(|k| **k == step).count();
     for (step, n) in [
         ("manifest-import", 1),
-        ("enroll", 2),
+        ("enroll", 3),
+        ("enroll-token", 1),
         ("certificate-revoke", 1),
         ("reenroll", 1),
         ("report", 1),
@@ -1140,7 +1233,17 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
         assert_eq!(count(step), n, "audit {step}: {kinds:?}");
     }
     assert!(
-        kinds.ends_with(&["report", "certificate-revoke", "enroll", "reenroll"].map(String::from)),
+        kinds.ends_with(
+            &[
+                "report",
+                "certificate-revoke",
+                "enroll",
+                "enroll-token",
+                "enroll",
+                "reenroll"
+            ]
+            .map(String::from)
+        ),
         "{kinds:?}"
     );
     drop(server);
@@ -1942,7 +2045,25 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
     let log = text(&out);
     assert!(out.status.success(), "the pump keeps running: {log}");
     let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines.len(), 3, "{log}");
+    // the alert read (not a broken pipe): the pump, enrolled by token, has no factory
+    // certificate to enroll again with, and says so
+    let alert = lines
+        .get(1)
+        .and_then(|l| l.strip_prefix("update check failed: fetching 2.root.json: "))
+        .filter(|l| l.ends_with("received fatal alert: CertificateRevoked"));
+    match alert {
+        Some(refusal) => assert_eq!(
+            lines.get(3).copied(),
+            Some(format!(
+                "the server refused the operational certificate, and enrolling again failed: \
+                 {refusal}; there is no factory certificate to enroll again with (enroll with a token)"
+            ))
+            .as_deref(),
+            "{log}"
+        ),
+        None => assert_eq!(lines.len(), 3, "{log}"),
+    }
+    assert_eq!(lines.len(), 3 + usize::from(alert.is_some()), "{log}");
     assert_eq!(lines[0], "booted slot a", "{log}");
     assert!(
         lines[1].starts_with(&format!(
@@ -1957,7 +2078,7 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
         "{log}"
     );
     assert!(
-        lines[1..].iter().all(|l| l.matches(&*device).count() == 1),
+        lines[1..3].iter().all(|l| l.matches(&*device).count() == 1),
         "{log}"
     );
     // the same state, the last check aside (when it ran, and why it failed)

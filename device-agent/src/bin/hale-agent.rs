@@ -1766,6 +1766,12 @@ fn run_mtls(
         }
         // a second round only after the server refused the certificate and another replaced it
         for _round in 0..2 {
+            // another process (`enroll --token`, say) stored another certificate: present it
+            if let Some((_, used)) = &http {
+                if id.current_serial().ok().flatten().as_deref() != Some(used.as_str()) {
+                    http = None;
+                }
+            }
             if http.is_none() {
                 http = device_transport(o, &id, murl, turl)?;
             }
@@ -1777,6 +1783,8 @@ fn run_mtls(
                 break;
             };
             match id.replace_refused(serial_hex, &refusal, std::time::SystemTime::now()) {
+                // replaced by another process since the transport was made: poll with that one
+                Ok(Action::Current) => http = None,
                 Ok(a) => {
                     print_action(&a);
                     if !replaced(&a) {
