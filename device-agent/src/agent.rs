@@ -284,6 +284,25 @@ type Res<T, Tr, F> = Result<
     AgentError<<Tr as Transport>::Error, <F as embedded_storage::nor_flash::ErrorType>::Error>,
 >;
 
+/// `Err(AgentError::Trust(e))` built out of line: a `?` on a hale-core `Result` copies the
+/// ~136-byte [`Error`] into the caller's differently laid out `Result` at every exit;
+/// [`trust!`] hands it to this one copy (per result type) instead.
+#[inline(never)]
+fn trust_err<T, E, S>(e: Error) -> Result<T, AgentError<E, S>> {
+    Err(AgentError::Trust(e))
+}
+
+/// `r?` for a hale-core `Result<_, Error>` in a function returning `Result<_, AgentError>`
+/// (the error as [`AgentError::Trust`]), through [`trust_err`].
+macro_rules! trust {
+    ($r:expr) => {
+        match $r {
+            Ok(v) => v,
+            Err(e) => return trust_err(e),
+        }
+    };
+}
+
 const NAME_CAP: usize = 256;
 
 /// How long an image whose downloaded bytes failed their hashes is not downloaded again from
@@ -518,7 +537,7 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
     if transport.asks_ahead() {
         ask_next_root(transport, root);
     }
-    let mut set = TrustedSet::new(metadata, root, now)?;
+    let mut set = trust!(TrustedSet::new(metadata, root, now));
     // a last check's "up to date" is about `device.target`: a rollback looks up another target
     // (and must verify its authorization), so it neither stops at it nor records one
     let channel = device.rollback_target.is_none();
@@ -758,7 +777,7 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
                 target: Name::new(lookup),
             })
         }
-        Err(SearchError::Trust(e)) => return Err(AgentError::Trust(e)),
+        Err(SearchError::Trust(e)) => return trust_err(e),
         Err(SearchError::Fetch(RoleFetch::Transport(what, error))) => {
             return Err(AgentError::Transport { what, error })
         }
@@ -770,7 +789,7 @@ fn install<F: Durable, T: Transport, A: Application, R: RollbackHook>(
         }
     };
     *delegated_expires = source.expires;
-    let file = found.file(lookup)?;
+    let file = trust!(found.file(lookup));
     let target = Name::new(lookup);
     let sha256 = file
         .sha256()
@@ -917,7 +936,7 @@ fn stage<F: Durable, T: Transport, A: Application>(
     let mut file_name = HString::new();
     write_target_file_name(&mut file_name, path, &sha256, consistent)
         .ok_or_else(|| AgentError::NameTooLong { what: target })?;
-    let mut hasher = file.hasher(target)?;
+    let mut hasher = trust!(file.hasher(target));
     let resume = info.state == SlotState::Staging && info.image == Some(image);
     let mut offset = if resume {
         store.download_offset().min(image.length)
@@ -945,7 +964,7 @@ fn stage<F: Durable, T: Transport, A: Application>(
         let n = (offset - pos).min(chunk.len() as u64) as usize;
         let c = chunk.get_mut(..n).unwrap_or(&mut []);
         store.read_slot(inactive, pos, c)?;
-        hasher.update(c)?;
+        trust!(hasher.update(c));
         pos += n as u64;
     }
     let mut staging = store.slots();
@@ -1035,7 +1054,7 @@ fn stage<F: Durable, T: Transport, A: Application>(
     .map_err(AgentError::Slot)?;
     // a staged downgrade spends its authorization in the same record
     store.commit_authorized(staging, authorized.filter(|_| verified.is_ok()))?;
-    verified.map_err(AgentError::Trust)?;
+    trust!(verified);
     Ok(Outcome::Staged {
         version: image.version,
     })

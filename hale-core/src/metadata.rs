@@ -8,7 +8,7 @@
 
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::error::{Error, Name};
+use crate::error::{pass, Error, Name};
 use crate::json::{self, Array, Elements, JStr, JsonError, Members, Object, Value};
 use crate::limits::{MAX_NAME_LEN, MAX_PATTERN_LEN};
 use crate::time::{parse_expires, UnixTime};
@@ -204,7 +204,7 @@ impl<'a> Root<'a> {
             Ok((keyids, threshold))
         };
         let (keyids, threshold) =
-            read().map_err(|shape: Shape<'_>| shape.named(Name::new("root")))?;
+            pass!(read().map_err(|shape: Shape<'_>| shape.named(Name::new("root"))));
         Ok(RoleKeys {
             name: Name::new(name),
             keys: self.keys,
@@ -296,9 +296,9 @@ impl<'a> MetaFile<'a> {
             }
         }
         if let Some(h) = &self.hashes {
-            let mut hs = Hasher::new(h, what)?;
+            let mut hs = pass!(Hasher::new(h, what));
             hs.update(bytes);
-            hs.finish()?;
+            pass!(hs.finish());
         }
         Ok(())
     }
@@ -336,12 +336,12 @@ pub struct Snapshot<'a> {
 
 impl<'a> Snapshot<'a> {
     pub fn parse(signed: &Object<'a>) -> Result<Self, Error> {
-        let snapshot = Self::parse_stored(signed)?;
+        let snapshot = pass!(Self::parse_stored(signed));
         // every entry must be well formed, so that later lookups cannot fail on shape (each
         // entry's fields read as the walk steps over it: a catalog lists hundreds)
         let mut entries = snapshot.meta.members();
         while let Some((k, checked)) = MetaFile::check_next(&mut entries) {
-            checked.map_err(|shape| shape.named(Name::from_json(&k)))?;
+            pass!(checked.map_err(|shape| shape.named(Name::from_json(&k))));
         }
         Ok(snapshot)
     }
@@ -503,7 +503,7 @@ impl<'a> TargetFile<'a> {
     /// arrive (endless data) and checks every listed hash at the end.
     pub fn hasher(&self, what: Name) -> Result<TargetHasher, Error> {
         Ok(TargetHasher {
-            inner: Hasher::new(&self.hashes, what)?,
+            inner: pass!(Hasher::new(&self.hashes, what)),
             expected: self.length,
             received: 0,
             what,
@@ -655,12 +655,12 @@ impl Hasher {
             }
             Ok(Some(out))
         };
-        if let Some(d) = field("sha256")? {
+        if let Some(d) = pass!(field("sha256")) {
             let mut d32 = [0u8; 32];
             d32.copy_from_slice(d.get(..32).unwrap_or(&[0; 32]));
             h.sha256 = Some((Sha256::new(), d32));
         }
-        if let Some(d) = field("sha512")? {
+        if let Some(d) = pass!(field("sha512")) {
             h.sha512 = Some((Sha512::new(), d));
         }
         if h.sha256.is_none() && h.sha512.is_none() {

@@ -157,7 +157,7 @@ fn terms<'a>(
 /// [`Error::NoRollbackRole`] when `delegations.roles` does not list it.
 pub fn rollback_keys<'t>(targets: &Targets<'t>) -> Result<RoleKeys<'t>, Error> {
     match targets.delegations {
-        Some(d) => d.listed_keys(ROLLBACK_ROLE)?.ok_or(Error::NoRollbackRole),
+        Some(d) => pass!(d.listed_keys(ROLLBACK_ROLE)).ok_or(Error::NoRollbackRole),
         None => Err(Error::NoRollbackRole),
     }
 }

@@ -292,10 +292,10 @@ impl<B: RoleBuffer> TrustedSet<B> {
             online_rotated: false,
             spans: Spans::default(),
         };
-        let env = Envelope::parse(trusted_root, "root")?;
+        let env = pass!(Envelope::parse(trusted_root, "root"));
         let root = Root::parse(&env.signed)?;
-        verify_threshold(&env, &root.role("root")?)?;
-        set.put_root(trusted_root, &env, &root)?;
+        pass!(verify_threshold(&env, &pass!(root.role("root"))));
+        pass!(set.put_root(trusted_root, &env, &root));
         Ok(set)
     }
 
@@ -1280,9 +1280,9 @@ impl<B: AsRef<[u8]>> Found<'_, B> {
 
     /// The target entry (length, hashes, custom).
     pub fn file(&self, path: &str) -> Result<TargetFile<'_>, Error> {
-        let env = Envelope::parse(self.role_bytes(), self.role.as_str())?;
-        let t = Targets::parse_stored(&env.signed, self.role)?;
-        t.target(path, self.role)?.ok_or_else(|| Error::Field {
+        let env = pass!(Envelope::parse(self.role_bytes(), self.role.as_str()));
+        let t = pass!(Targets::parse_stored(&env.signed, self.role));
+        pass!(t.target(path, self.role)).ok_or_else(|| Error::Field {
             role: self.role,
             field: "targets",
         })
