@@ -985,6 +985,15 @@ impl<B: RoleBuffer> TrustedSet<B> {
             });
         }
         pass!(check_role_name(cname));
+        // the rollback role signs rollback authorizations, never targets: a delegation that
+        // gives it this path would let its keys answer for firmware (hale-server refuses such a
+        // delegation at publish; a device refuses it here, whoever made it)
+        if cname == crate::rollback::ROLLBACK_ROLE {
+            return Err(Error::Field {
+                role: dname,
+                field: "delegations (paths given to the rollback role)",
+            });
+        }
         let meta = pass!(self.delegated_meta(cname));
         Ok(Probe::Fetch {
             after,

@@ -527,6 +527,41 @@ fn a_pattern_whose_match_cannot_be_told_stops_the_search_before_a_later_delegati
     assert!(c.download(&r.files, "fw-1.bin", NOW).is_ok());
 }
 
+/// The rollback role signs rollback authorizations only: a delegation that gives it paths (which
+/// hale-server refuses at publish, but a repository made elsewhere may hold) stops the search
+/// when it matches, before its role is fetched, and no later delegation answers instead. A path
+/// it does not match is found as before.
+#[test]
+fn a_delegation_that_gives_the_rollback_role_paths_stops_the_search() {
+    let rb = json!({"name": "rollback", "keyids": [k("rollback").keyid()], "threshold": 1, "terminating": false, "paths": ["fw-*.bin"]});
+    let y = json!({"name": "y", "keyids": [k("y").keyid()], "threshold": 1, "terminating": false, "paths": ["*"]});
+    let r = repo_with_roles(
+        vec![rb, y],
+        &[&k("rollback"), &k("y")],
+        &[
+            ("rollback", vec![k("rollback")], "fw-1.bin"),
+            ("y", vec![k("y")], "other.bin"),
+        ],
+    );
+    let mut c = Client::new(r.initial_root());
+    assert_eq!(
+        c.download(&r.files, "fw-1.bin", NOW).unwrap_err(),
+        ClientError::Trust(Error::Field {
+            role: Name::new("targets"),
+            field: "delegations (paths given to the rollback role)"
+        })
+    );
+    assert!(
+        !c.fetched
+            .iter()
+            .any(|f| f.contains(".rollback.") || f.contains(".y.")),
+        "{:?}",
+        c.fetched
+    );
+    let mut c = Client::new(r.initial_root());
+    assert!(c.download(&r.files, "other.bin", NOW).is_ok());
+}
+
 #[test]
 fn path_hash_prefixes_match_lowercase_hex_only() {
     use sha2::{Digest, Sha256};
