@@ -389,18 +389,25 @@ impl HttpTransport {
     /// Remember whether `r` is a request the server did not answer in time ([`timed_out`](Self::timed_out)),
     /// or one it refused for the client certificate on a kept connection (the device listener
     /// checks every request against the device's record: `403 certificate_revoked`, or
-    /// `certificate_expired` by the server's clock).
+    /// `certificate_expired` by the server's clock). Only an answer over this transport's TLS
+    /// (`https://`, the server verified) counts: over plain `http://` (a metadata mirror, say)
+    /// anyone in the path could write it.
     fn note<T>(&mut self, r: Result<T, HttpError>) -> Result<T, HttpError> {
         match &r {
             Err(e) if e.is_timeout() => self.timed_out = true,
             Err(
                 e @ HttpError::Refused {
-                    code: 403, error, ..
+                    url,
+                    code: 403,
+                    error,
+                    ..
                 },
-            ) if matches!(
-                error.as_str(),
-                "certificate_revoked" | "certificate_expired"
-            ) =>
+            ) if self.tls.is_some()
+                && url.starts_with("https://")
+                && matches!(
+                    error.as_str(),
+                    "certificate_revoked" | "certificate_expired"
+                ) =>
             {
                 self.certificate_refused = Some(e.to_string());
             }

@@ -802,6 +802,13 @@ impl Identity {
                     refusal: refusal.to_string(),
                 })
             }
+            // another process stored another certificate since the check above (a token's
+            // enrollment beside the pump): the transport presents it from the next poll
+            Err(IdentityError::Busy(_))
+                if self.current_serial().ok().flatten().as_deref() != Some(serial_hex) =>
+            {
+                Ok(Action::Current)
+            }
             Err(e) => {
                 if let IdentityError::Refused {
                     retry_after: Some(s),

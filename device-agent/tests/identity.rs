@@ -822,6 +822,93 @@ fn a_young_certificate_the_server_refused_is_replaced_with_the_factory_certifica
     assert_eq!(requests().len(), 3);
 }
 
+/// A server on the test EST server's TLS configuration answering each request (one per
+/// connection) with `403` and the JSON error its path names, `/<error>` or `/targets/<error>`,
+/// as hale-server's device listener refuses on a kept connection; its `https://` base URL.
+fn tls_refusing_server(est: &Est) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let config = est.config.lock().unwrap().clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, stream);
+            let mut r = BufReader::new(&mut tls);
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut header = String::new();
+            while r.read_line(&mut header).is_ok_and(|n| n > 2) {
+                header.clear();
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or_default();
+            let error = path.rsplit('/').next().unwrap_or_default().to_string();
+            let body =
+                serde_json::json!({"error": error, "message": format!("{error} here")}).to_string();
+            let _ = write!(
+                tls,
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.flush();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+            linger(&mut tls.sock);
+        }
+    });
+    base
+}
+
+/// The device listener's refusal of the client certificate on a kept connection (`403
+/// certificate_revoked`, or `certificate_expired` by the server's clock), over TLS, is
+/// remembered for the pump to enroll again, once, whether a metadata or a target request met
+/// it; its other refusals are not.
+#[test]
+fn a_refusal_of_the_client_certificate_over_tls_is_remembered_once() {
+    use device_agent::host::HttpTransport;
+    use device_agent::Transport;
+    let est = start();
+    let base = tls_refusing_server(&est);
+    let ca = device_agent::identity::parse_chain(&est.server_ca_pem)
+        .unwrap()
+        .remove(0);
+    let tls = device_agent::identity::client_config(ca, None).unwrap();
+    let mut t = HttpTransport::with_tls(&base, &format!("{base}/targets"), tls);
+    let refused = |error: &str| format!("refused (HTTP 403 {error}): {error} here");
+    for error in [
+        "device_decommissioned",
+        "device_quarantined",
+        "rollout_pending",
+        "client_certificate_required",
+    ] {
+        let e = t.fetch_metadata(error, &mut [0u8; 256]).unwrap_err();
+        assert_eq!(e.to_string(), format!("{base}/{error}: {}", refused(error)));
+        let e = t.fetch_target(error, 0, &mut [0u8; 16]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{base}/targets/{error}: {}", refused(error))
+        );
+        assert_eq!(t.take_certificate_refusal(), None, "{error}");
+    }
+    for error in ["certificate_revoked", "certificate_expired"] {
+        let e = t.fetch_metadata(error, &mut [0u8; 256]).unwrap_err();
+        assert_eq!(e.to_string(), format!("{base}/{error}: {}", refused(error)));
+        assert_eq!(t.take_certificate_refusal(), Some(e.to_string()));
+        assert_eq!(t.take_certificate_refusal(), None, "taken once");
+        let e = t.fetch_target(error, 0, &mut [0u8; 16]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{base}/targets/{error}: {}", refused(error))
+        );
+        assert_eq!(t.take_certificate_refusal(), Some(e.to_string()));
+    }
+}
+
 /// Anyone in the network path can answer the ClientHello with a plaintext alert: an alert that
 /// ends the handshake is not taken as the server's refusal of the certificate (the pump would
 /// otherwise enroll again at every poll on a stranger's word).
