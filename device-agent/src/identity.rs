@@ -450,6 +450,22 @@ impl Identity {
         };
     }
 
+    /// The server's renewal wait, held while the caller asks (one replacement at a time in this
+    /// process), or `Err(until)` while it lasts at `now` ([`waiting`]).
+    fn renewal_wait(
+        &self,
+        now: SystemTime,
+    ) -> Result<std::sync::MutexGuard<'_, Option<SystemTime>>, SystemTime> {
+        let wait = self
+            .renew_not_before
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match waiting(*wait, now) {
+            Some(until) => Err(until),
+            None => Ok(wait),
+        }
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -676,13 +692,10 @@ impl Identity {
                 let Some(op) = current else {
                     return Ok(Action::Current);
                 };
-                let mut wait = self
-                    .renew_not_before
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some(until) = waiting(*wait, now) {
-                    return Ok(Action::RenewalWaiting { until });
-                }
+                let mut wait = match self.renewal_wait(now) {
+                    Ok(wait) => wait,
+                    Err(until) => return Ok(Action::RenewalWaiting { until }),
+                };
                 let renewal_error =
                     match self.request(Auth::Current(op.chain, op.key), "simplereenroll", None) {
                         Ok(serial_hex) => {
@@ -779,13 +792,10 @@ impl Identity {
         if lifetime(op.identity.not_before, op.identity.not_after, now) == Lifetime::Expired {
             return self.ensure(now);
         }
-        let mut wait = self
-            .renew_not_before
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(until) = waiting(*wait, now) {
-            return Ok(Action::RenewalWaiting { until });
-        }
+        let mut wait = match self.renewal_wait(now) {
+            Ok(wait) => wait,
+            Err(until) => return Ok(Action::RenewalWaiting { until }),
+        };
         let Some((chain, key)) = self.factory()? else {
             return Ok(Action::ReplacementFailed {
                 reason: format!(

@@ -403,6 +403,21 @@ fn enrolled(est: &Est, dir: &Path, serial: &str) -> (Identity, String) {
     (id, serial_hex)
 }
 
+/// Unix seconds of `t`.
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// The identity files `before` with the renewal wait until `until` kept beside them.
+fn with_wait(before: &BTreeMap<String, Vec<u8>>, until: SystemTime) -> BTreeMap<String, Vec<u8>> {
+    let mut waiting = before.clone();
+    waiting.insert(
+        "renew-not-before".into(),
+        secs(until).to_string().into_bytes(),
+    );
+    waiting
+}
+
 /// The serial of the operational certificate `id` holds.
 fn serial(id: &Identity) -> String {
     id.operational()
@@ -688,12 +703,7 @@ fn a_renewal_the_server_finds_too_early_is_not_retried_with_the_factory_certific
     assert_eq!(log[1].0, "/.well-known/est/simplereenroll");
     // nothing changed but the wait, kept beside the identity
     let until = due + Duration::from_secs(600);
-    let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-    let mut waiting = before.clone();
-    waiting.insert(
-        "renew-not-before".into(),
-        secs(until).to_string().into_bytes(),
-    );
+    let waiting = with_wait(&before, until);
     assert_eq!(tree(&dir), waiting);
     assert_eq!(serial(&id), first);
 
@@ -783,12 +793,7 @@ fn a_young_certificate_the_server_refused_is_replaced_with_the_factory_certifica
     assert_eq!(log[1].0, "/.well-known/est/simpleenroll");
     assert!(log[1].1.starts_with("factory:SN-REVOKED:"), "{:?}", log[1]);
     let until = now + Duration::from_secs(600);
-    let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-    let mut waiting = before.clone();
-    waiting.insert(
-        "renew-not-before".into(),
-        secs(until).to_string().into_bytes(),
-    );
+    let waiting = with_wait(&before, until);
     assert_eq!(tree(&dir), waiting);
     assert_eq!(
         id.replace_refused(&first, refusal, now + Duration::from_secs(599))
