@@ -537,7 +537,8 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
     if transport.asks_ahead() {
         ask_next_root(transport, root);
     }
-    let mut set = trust!(TrustedSet::new(metadata, root, now));
+    // (the root and timestamp the last check in this boot verified are not checked again)
+    let mut set = trust!(TrustedSet::resume(metadata, root, now, store.seal()));
     // a last check's "up to date" is about `device.target`: a rollback looks up another target
     // (and must verify its authorization), so it neither stops at it nor records one
     let channel = device.rollback_target.is_none();
@@ -554,6 +555,9 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
         channel,
         &mut verified,
     );
+    // whatever `refresh` ended in, the set holds a root and timestamp it verified (bound to
+    // their bytes: the next check reads them back from the record, or verifies what it reads)
+    store.keep_seal(set.seal());
     let mut unrecorded = match refreshed {
         Ok(Refreshed::Unchanged) => {
             return match store.last_check() {

@@ -42,7 +42,7 @@
 use embedded_storage::nor_flash::NorFlash;
 use hale_core::crypto::{sha256_finish, sha256_update};
 use hale_core::slots::{Boot, Image, Slot, SlotInfo, SlotState, Slots};
-use hale_core::{Role, UnixTime, Version};
+use hale_core::{Role, Seal, UnixTime, Version};
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 4] = b"HALS";
@@ -341,6 +341,10 @@ pub struct FirmwareStore<F> {
     flash: F,
     layout: Layout,
     state: State,
+    /// What the last update check verified of the root and timestamp it left (hale-core's
+    /// [`Seal`]): the next check in this boot does not check their signatures again when it
+    /// reads the same bytes back. In memory only: after a reset they are verified again.
+    seal: Option<Seal>,
 }
 
 fn role_idx(r: Role) -> usize {
@@ -693,6 +697,7 @@ impl<F: Durable> FirmwareStore<F> {
             flash,
             layout,
             state,
+            seal: None,
         })
     }
 
@@ -745,6 +750,7 @@ impl<F: Durable> FirmwareStore<F> {
             flash,
             layout,
             state,
+            seal: None,
         };
         store.commit(
             slots,
@@ -803,6 +809,16 @@ impl<F: Durable> FirmwareStore<F> {
             .unwrap_or(0)
             + HEADER_LEN as u32
             + before
+    }
+
+    /// The seal the last update check in this boot left, if any.
+    pub(crate) fn seal(&self) -> Option<&Seal> {
+        self.seal.as_ref()
+    }
+
+    /// Keep `seal` for the next update check.
+    pub(crate) fn keep_seal(&mut self, seal: Option<Seal>) {
+        self.seal = seal;
     }
 
     /// Read the stored metadata of `role` into `buf`; `None` when none is stored.

@@ -1270,6 +1270,49 @@ fn follows_a_root_rotation() {
 }
 
 #[test]
+fn a_running_pump_drops_a_fast_forwarded_timestamp_when_a_new_root_rotates_its_key() {
+    // spec 5.3.11 on a pump that keeps polling: its later checks take the root and timestamp
+    // the last one verified without their signature checks (hale-core's seal), but not once a
+    // new root is applied
+    let mut sim = repo_with("1.0.0", 1, 5000);
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    assert_eq!(check_fresh(&mut store, &sim.files).unwrap(), up_to_date());
+    // whoever stole the timestamp key pushes the timestamp version far ahead
+    let mut stolen = sim.clone();
+    stolen.timestamp.version += 1000;
+    stolen.write_timestamp();
+    assert_eq!(
+        check_fresh(&mut store, &stolen.files).unwrap(),
+        up_to_date()
+    );
+    assert_eq!(
+        persisted(&mut store).metadata[1].as_ref(),
+        Some(&stolen.files["timestamp.json"])
+    );
+    // the repository rotates the timestamp key; its own timestamp is far behind the stolen one
+    sim.rotate_root(|s| {
+        s.timestamp.keys = vec![hale_tests::key("timestamp-2", hale_repo::KeyKind::Ed25519)]
+    });
+    sim.publish();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check(&mut store, &mut t, &mut Pump::default()).unwrap(),
+        up_to_date()
+    );
+    assert_eq!(
+        t.requests[..3],
+        ["2.root.json", "3.root.json", "timestamp.json"]
+    );
+    let after = persisted(&mut store);
+    assert_eq!(after.metadata[0], Some(sim.root_bytes(2)));
+    assert_eq!(
+        after.metadata[1].as_ref(),
+        Some(&sim.files["timestamp.json"])
+    );
+}
+
+#[test]
 fn expired_timestamp_is_refused_and_nothing_changes() {
     let mut sim = repo_with("2.0.0", 7, 100);
     sim.timestamp.expires = NOW - 1;

@@ -75,5 +75,5 @@ pub use time::UnixTime;
 #[cfg(feature = "alloc")]
 pub use trusted::HeapBuffer;
 pub use trusted::{
-    Found, Freshness, RoleBuffer, RoleSource, SearchError, Storage, TrustedSet, Update,
+    Found, Freshness, RoleBuffer, RoleSource, Seal, SearchError, Storage, TrustedSet, Update,
 };

@@ -6,10 +6,12 @@
 //!
 //! ```text
 //! new(storage, trusted_root, now)       root verified by itself (threshold of its root role)
+//!   or resume(.., seal)                 ... unless it is the root a `Seal` was made of
 //! update_root(N+1.root.json)*           signed by the trusted root AND by itself; version N+1;
 //!                                       at most `max_root_rotations` per update
 //! load_trusted_timestamp(local)?        previous timestamp: the rollback baseline. Fails when the
-//!                                       timestamp keys rotated -> dropped (fast-forward recovery)
+//!                                       timestamp keys rotated -> dropped (fast-forward recovery);
+//!                                       not verified again when sealed with the same root
 //! update_timestamp(remote)              root unexpired; threshold; no rollback of timestamp or of
 //!                                       the snapshot version it names; unexpired. Same version:
 //!                                       Ok(Unchanged), the trusted one stays (and must be unexpired)
@@ -30,7 +32,7 @@
 
 use heapless::Vec as HVec;
 
-use crate::crypto::sha256;
+use crate::crypto::{sha256, sha256_finish, sha256_update};
 use crate::error::{pass, Error, Name, Role, RoleName};
 use crate::json::{Object, Value};
 use crate::limits::{
@@ -190,7 +192,34 @@ pub struct TrustedSet<B> {
     /// the stored timestamp did not verify (its keys rotated): the stored snapshot is not loaded
     /// as a baseline either (spec 5.3.11)
     online_rotated: bool,
+    /// the seal `resume` was given, while it can still stand for the stored timestamp's check
+    /// (until the root changes or a timestamp is loaded)
+    seal: Option<Seal>,
     spans: Spans,
+}
+
+/// What a [`TrustedSet`] verified of its root and timestamp, bound to their bytes
+/// ([`TrustedSet::seal`]). Given back to [`TrustedSet::resume`] with byte for byte the same root,
+/// and then to [`TrustedSet::load_trusted_timestamp`] with the same timestamp, it stands for
+/// their signature checks, which could only give the same answer again: a running device's next
+/// check, reading back from its flash what the last one recorded. Other bytes (a new root
+/// applied, a damaged record, another timestamp) are verified in full; expiry is checked as
+/// always. It holds digests, not a verdict: only hale-core makes one, from bytes it verified,
+/// and a caller keeps it in memory (after a restart everything is verified again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seal {
+    /// of the root's bytes
+    root: [u8; 32],
+    /// of the root's digest and the timestamp's bytes: the timestamp verified by that root
+    timestamp: [u8; 32],
+}
+
+/// The digest a [`Seal`] holds of a timestamp's `bytes` verified by the root of `root` digest.
+fn seal_timestamp(root: &[u8; 32], bytes: &[u8]) -> [u8; 32] {
+    let mut h = sha2::Sha256::default();
+    sha256_update(&mut h, root);
+    sha256_update(&mut h, bytes);
+    sha256_finish(h)
 }
 
 /// Lengths of the stored bytes (0: nothing stored).
@@ -282,6 +311,20 @@ impl<B: RoleBuffer> TrustedSet<B> {
     /// Start an update from a trusted root (shipped with the device, or stored by the last
     /// update). `now` is the update start time used for every expiry check.
     pub fn new(store: Storage<B>, trusted_root: &[u8], now: UnixTime) -> Result<Self, Error> {
+        Self::resume(store, trusted_root, now, None)
+    }
+
+    /// [`new`](Self::new), where `seal` is what the last update of this device verified
+    /// ([`seal`](Self::seal)): when `trusted_root` is the root it was made of, the root's own
+    /// signatures are not checked again, and neither are the stored timestamp's if
+    /// [`load_trusted_timestamp`](Self::load_trusted_timestamp) gets the sealed one before any
+    /// new root is applied ([`Seal`]).
+    pub fn resume(
+        store: Storage<B>,
+        trusted_root: &[u8],
+        now: UnixTime,
+        seal: Option<&Seal>,
+    ) -> Result<Self, Error> {
         let mut set = TrustedSet {
             store,
             len: Lens::default(),
@@ -290,13 +333,29 @@ impl<B: RoleBuffer> TrustedSet<B> {
             rotations: 0,
             snapshot_final: false,
             online_rotated: false,
+            seal: None,
             spans: Spans::default(),
         };
         let env = pass!(Envelope::parse(trusted_root, "root"));
         let root = Root::parse(&env.signed)?;
-        pass!(verify_threshold(&env, &pass!(root.role("root"))));
+        match seal {
+            Some(s) if s.root == sha256(trusted_root) => set.seal = Some(*s),
+            _ => pass!(verify_threshold(&env, &pass!(root.role("root")))),
+        }
         pass!(set.put_root(trusted_root, &env, &root));
         Ok(set)
+    }
+
+    /// The [`Seal`] of the trusted root and timestamp, for the next update's
+    /// [`resume`](Self::resume); `None` before a timestamp is loaded. (Each timestamp this set
+    /// holds was verified by the root it holds: no root is applied after a timestamp.)
+    pub fn seal(&self) -> Option<Seal> {
+        let timestamp = self.stored(Role::Timestamp)?;
+        let root = sha256(self.stored(Role::Root)?);
+        Some(Seal {
+            root,
+            timestamp: seal_timestamp(&root, timestamp),
+        })
     }
 
     /// Cap the root versions applied in this update (default
@@ -336,6 +395,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
             rotations: self.rotations,
             snapshot_final: self.snapshot_final,
             online_rotated: self.online_rotated,
+            seal: self.seal,
             spans: self.spans,
         })
     }
@@ -543,6 +603,8 @@ impl<B: RoleBuffer> TrustedSet<B> {
         pass!(verify_threshold(&env, &pass!(new.role("root"))));
         let version = new.header.version;
         pass!(self.put_root(bytes, &env, &new));
+        // a seal stands for what the root it was made of verified
+        self.seal = None;
         self.rotations += 1;
         Ok(version)
     }
@@ -572,7 +634,13 @@ impl<B: RoleBuffer> TrustedSet<B> {
         // until it verifies: a stored timestamp refused takes the stored snapshot with it
         self.online_rotated = true;
         pass!(self.check_root_unexpired());
-        let env = pass!(self.verified_by_root(Role::Timestamp, bytes));
+        let env = match self.seal.take() {
+            // the timestamp this root verified when the seal was made
+            Some(s) if s.timestamp == seal_timestamp(&s.root, bytes) => {
+                pass!(Envelope::parse(bytes, "timestamp"))
+            }
+            _ => pass!(self.verified_by_root(Role::Timestamp, bytes)),
+        };
         pass!(Timestamp::parse(&env.signed));
         self.online_rotated = false;
         self.put(Role::Timestamp, bytes, &env)

@@ -7,7 +7,7 @@
     clippy::indexing_slicing
 )]
 
-use hale_core::{Error, Freshness, Name, Role, Storage, TrustedSet, Update};
+use hale_core::{Error, Freshness, Name, Role, Seal, Storage, TrustedSet, Update};
 use hale_repo::keys::KeyKind;
 use hale_tests::*;
 
@@ -72,6 +72,140 @@ fn same_timestamp_again_is_unchanged_not_an_error() {
     assert_eq!(
         s.stored(Role::Timestamp),
         Some(&r.files["timestamp.json"][..])
+    );
+}
+
+/// The seal of a set that verified `r`'s root and timestamp, as a device's check leaves it.
+fn sealed(r: &RepoSim) -> Seal {
+    let mut s = set(r);
+    assert_eq!(s.seal(), None, "no seal before a timestamp");
+    s.update_timestamp(&r.files["timestamp.json"]).unwrap();
+    s.seal().unwrap()
+}
+
+fn resume(root: &[u8], seal: &Seal, now: i64) -> Result<TrustedSet<Vec<u8>>, Error> {
+    TrustedSet::resume(Storage::with_capacity(1 << 16), root, now, Some(seal))
+}
+
+#[test]
+fn a_seal_takes_the_same_root_and_timestamp_again_and_gives_the_same_seal() {
+    let r = RepoSim::new();
+    let seal = sealed(&r);
+    let mut s = resume(&r.initial_root(), &seal, NOW).unwrap();
+    s.load_trusted_timestamp(&r.files["timestamp.json"])
+        .unwrap();
+    assert_eq!(
+        s.update_timestamp(&r.files["timestamp.json"]).unwrap(),
+        Update::Unchanged { version: 1 }
+    );
+    assert_eq!(s.seal(), Some(seal));
+    // a set that verified everything itself seals the same bytes alike
+    let mut full = set(&r);
+    full.load_trusted_timestamp(&r.files["timestamp.json"])
+        .unwrap();
+    assert_eq!(full.seal(), Some(seal));
+}
+
+#[test]
+fn a_seal_does_not_stand_for_a_root_it_was_not_made_of() {
+    let r = RepoSim::new();
+    let seal = sealed(&r);
+    let tampered = tamper_signed(&r.initial_root(), |s| s["version"] = 7.into());
+    assert_eq!(
+        resume(&tampered, &seal, NOW).unwrap_err(),
+        Error::ThresholdNotMet {
+            role: Name::new("root"),
+            threshold: 1,
+            valid: 0
+        }
+    );
+}
+
+#[test]
+fn a_seal_does_not_stand_for_a_timestamp_it_was_not_made_of() {
+    let r = RepoSim::new();
+    let seal = sealed(&r);
+    let mut s = resume(&r.initial_root(), &seal, NOW).unwrap();
+    let tampered = tamper_signed(&r.files["timestamp.json"], |s| s["version"] = 9.into());
+    assert_eq!(
+        s.load_trusted_timestamp(&tampered).unwrap_err(),
+        Error::ThresholdNotMet {
+            role: Name::new("timestamp"),
+            threshold: 1,
+            valid: 0
+        }
+    );
+    // dropped, and the stored snapshot with it, as without a seal
+    assert_eq!(s.stored(Role::Timestamp), None);
+    assert_eq!(
+        s.load_trusted_snapshot(&r.files["1.snapshot.json"])
+            .unwrap_err(),
+        Error::OnlineKeysRotated
+    );
+}
+
+#[test]
+fn after_a_new_root_the_sealed_timestamp_is_verified_again_and_dropped_when_its_keys_rotated() {
+    // spec 5.3.11: the timestamp key rotated (a compromise); the stored timestamp, which the
+    // seal was made of under the old root, must not stay the rollback baseline
+    let mut r = RepoSim::new();
+    let seal = sealed(&r);
+    let old_timestamp = r.files["timestamp.json"].clone();
+    r.rotate_root(|r| r.timestamp.keys = vec![key("ts-rotated", KeyKind::Ed25519)]);
+    r.publish();
+    let mut s = resume(&r.initial_root(), &seal, NOW).unwrap();
+    assert_eq!(s.update_root(&r.root_bytes(2)).unwrap(), 2);
+    assert_eq!(
+        s.load_trusted_timestamp(&old_timestamp).unwrap_err(),
+        Error::ThresholdNotMet {
+            role: Name::new("timestamp"),
+            threshold: 1,
+            valid: 0
+        }
+    );
+    assert_eq!(s.stored(Role::Timestamp), None);
+    assert_eq!(
+        s.load_trusted_snapshot(&r.files["1.snapshot.json"])
+            .unwrap_err(),
+        Error::OnlineKeysRotated
+    );
+    // the new timestamp verifies under the new root, and the seal is of both
+    assert_eq!(
+        updated(s.update_timestamp(&r.files["timestamp.json"]).unwrap()),
+        2
+    );
+    assert_ne!(s.seal(), Some(seal));
+}
+
+#[test]
+fn a_sealed_root_and_timestamp_are_still_checked_for_expiry() {
+    let r = RepoSim::new();
+    let seal = sealed(&r);
+    let root_expires = hale_core::metadata::peek_header(&r.initial_root(), "root")
+        .unwrap()
+        .expires;
+    let mut s = resume(&r.initial_root(), &seal, root_expires).unwrap();
+    assert_eq!(
+        s.load_trusted_timestamp(&r.files["timestamp.json"])
+            .unwrap_err(),
+        Error::ExpiredRoot {
+            expires: root_expires,
+            now: root_expires
+        }
+    );
+    assert_eq!(s.stored(Role::Timestamp), None);
+
+    let expires = r.timestamp.expires;
+    let mut s = resume(&r.initial_root(), &seal, expires).unwrap();
+    s.load_trusted_timestamp(&r.files["timestamp.json"])
+        .unwrap();
+    assert_eq!(
+        s.update_timestamp(&r.files["timestamp.json"]).unwrap_err(),
+        Error::Expired {
+            role: Name::new("timestamp"),
+            expires,
+            now: expires,
+        }
     );
 }
 
