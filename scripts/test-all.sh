@@ -39,7 +39,7 @@ cargo fmt --all -- --check
 
 step "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo clippy -p hale-core --target thumbv7em-none-eabihf --locked -- -D warnings
+cargo clippy -p hale-core -p hale-mem --target thumbv7em-none-eabihf --locked -- -D warnings
 
 step "binaries (the end-to-end test drives them; same command as scripts/demo.sh)"
 cargo build -p hale-sign -p hale-server --bins --locked

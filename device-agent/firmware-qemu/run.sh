@@ -5,7 +5,8 @@
 #   3. the rollback variant must refuse an authorization for another device (exact error, slots
 #      unchanged), then roll back from 2.0.0 to 1.0.0 with this device's authorization: exit 0.
 # Prints flash (.text+.rodata+.data), static RAM (.data+.bss), the stack high-water mark and the
-# instructions for one update check. With HALE_ENFORCE_BUDGET=1 (scripts/test-all.sh, CI) a
+# instructions for one update check, and for a poll with nothing new after a reset and in the
+# same boot (update variant). With HALE_ENFORCE_BUDGET=1 (scripts/test-all.sh, CI) a
 # variant over 64 KiB flash or 32 KiB RAM (static + stack) fails the run. Needs qemu-system-arm,
 # arm-none-eabi-size and the thumbv7em-none-eabihf target (bash .ci/install.sh).
 set -euo pipefail
@@ -50,6 +51,8 @@ data=$(sec .data); bss=$(sec .bss)
 ram=$(( ${data:-0} + ${bss:-0} ))
 stack=$(grep -oE 'stack high-water mark: [0-9]+' <<<"$LAST_OUT" | grep -oE '[0-9]+$' || echo 0)
 instr=$(grep -oE '= [0-9]+ instructions' <<<"$LAST_OUT" | grep -oE '[0-9]+' || echo 0)
+poll_reset=$(grep -oE 'nothing new, after a reset: [0-9]+' <<<"$LAST_OUT" | grep -oE '[0-9]+$' || echo 0)
+poll_same=$(grep -oE 'nothing new, in the same boot: [0-9]+' <<<"$LAST_OUT" | grep -oE '[0-9]+$' || echo 0)
 
 run_variant tampered 1 --features tampered
 if ! grep -q "ThresholdNotMet for targets (exact): yes; slots unchanged: yes" <<<"$LAST_OUT"; then
@@ -74,6 +77,7 @@ echo "  budget $FLASH_BUDGET"
 echo "static RAM (.data+.bss): $ram bytes; stack high-water mark: $stack bytes; total: $((ram + stack)) bytes (budget $RAM_BUDGET)"
 echo "rollback variant: static RAM $rb_ram bytes; stack high-water mark: $rb_stack bytes; total: $((rb_ram + rb_stack)) bytes"
 echo "one update check: $instr instructions (SysTick ticks x 40 at 25 MHz under -icount shift=0)"
+echo "one poll with nothing new: $poll_reset instructions after a reset, $poll_same in the same boot (the last check's seal)"
 over=0
 for v in "update:$flash_update" "rollback:$flash_rollback"; do
   f=${v#*:}
