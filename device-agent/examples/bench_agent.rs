@@ -13,7 +13,9 @@
 //!
 //! Each check builds a new HTTP client (its own connection) and the buffers `hale-agent`
 //! allocates per check, so nothing is carried between iterations that `hale-agent` would not
-//! carry between polls: the flash (the pump's trusted metadata, slots and last check) is.
+//! carry between polls: the flash (the pump's trusted metadata, slots and last check) is, and
+//! so is the store's seal in RAM (the root and timestamp the last check verified are not
+//! checked again while they are what the flash holds; `docs/decisions.md`).
 //! The flash file is synced (`fdatasync`) where the store asks, around every state record, as
 //! `hale-agent`'s is.
 //!
