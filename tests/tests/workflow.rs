@@ -44,6 +44,22 @@ fn calls_out_of_order_are_refused_and_change_nothing() {
     assert!(s.stored(Role::Snapshot).is_none() && s.stored(Role::Targets).is_none());
 }
 
+/// `s`, started at `r`'s timestamp expiry, loads that timestamp as the stored one and refuses
+/// the same bytes served again: `Expired`.
+fn refused_once_expired(s: &mut TrustedSet<Vec<u8>>, r: &RepoSim) {
+    let expires = r.timestamp.expires;
+    s.load_trusted_timestamp(&r.files["timestamp.json"])
+        .unwrap();
+    assert_eq!(
+        s.update_timestamp(&r.files["timestamp.json"]).unwrap_err(),
+        Error::Expired {
+            role: Name::new("timestamp"),
+            expires,
+            now: expires,
+        }
+    );
+}
+
 #[test]
 fn same_timestamp_again_is_unchanged_not_an_error() {
     let r = RepoSim::new();
@@ -59,16 +75,7 @@ fn same_timestamp_again_is_unchanged_not_an_error() {
     let expires = r.timestamp.expires;
     let mut s =
         TrustedSet::new(Storage::with_capacity(1 << 16), &r.initial_root(), expires).unwrap();
-    s.load_trusted_timestamp(&r.files["timestamp.json"])
-        .unwrap();
-    assert_eq!(
-        s.update_timestamp(&r.files["timestamp.json"]).unwrap_err(),
-        Error::Expired {
-            role: Name::new("timestamp"),
-            expires,
-            now: expires,
-        }
-    );
+    refused_once_expired(&mut s, &r);
     assert_eq!(
         s.stored(Role::Timestamp),
         Some(&r.files["timestamp.json"][..])
@@ -187,18 +194,8 @@ fn a_sealed_root_and_timestamp_are_still_checked_for_expiry() {
     );
     assert_eq!(s.stored(Role::Timestamp), None);
 
-    let expires = r.timestamp.expires;
-    let mut s = resume(&r.initial_root(), &seal, expires).unwrap();
-    s.load_trusted_timestamp(&r.files["timestamp.json"])
-        .unwrap();
-    assert_eq!(
-        s.update_timestamp(&r.files["timestamp.json"]).unwrap_err(),
-        Error::Expired {
-            role: Name::new("timestamp"),
-            expires,
-            now: expires,
-        }
-    );
+    let mut s = resume(&r.initial_root(), &seal, r.timestamp.expires).unwrap();
+    refused_once_expired(&mut s, &r);
 }
 
 #[test]
