@@ -11,11 +11,12 @@
 //! - warm: the same pump after it booted and confirmed that image, nothing new on the server →
 //!   one check (`UpToDate`), as every later poll of a running pump.
 //!
-//! Each check builds a new HTTP client (its own connection) and the buffers `hale-agent`
-//! allocates per check, so nothing is carried between iterations that `hale-agent` would not
-//! carry between polls: the flash (the pump's trusted metadata, slots and last check) is, and
-//! so is the store's seal in RAM (the root and timestamp the last check verified are not
-//! checked again while they are what the flash holds; `docs/decisions.md`).
+//! Each check builds a new HTTP client (its own connection), so nothing is carried between
+//! iterations that `hale-agent` would not carry between polls: the flash (the pump's trusted
+//! metadata, slots and last check) is, and so is the store's seal in RAM (the root and
+//! timestamp the last check verified are not checked again while they are what the flash
+//! holds; `docs/decisions.md`). The buffers a check works in are made with the pump, outside
+//! the timing, as `hale-agent run` makes them once at its start (a device's are static RAM).
 //! The flash file is synced (`fdatasync`) where the store asks, around every state record, as
 //! `hale-agent`'s is.
 //!
@@ -68,10 +69,19 @@ fn provision(dir: &Path, root: &[u8], version: Version) -> Result<FirmwareStore<
         .map_err(|e| anyhow::anyhow!("provision: {e}"))
 }
 
-/// One check as `hale-agent`'s poll makes it: new buffers, a new HTTP client.
-fn check(store: &mut FirmwareStore<FileFlash>, url: &str, device: &DeviceInfo) -> Result<Outcome> {
+/// The buffers `hale-agent run` makes at its start.
+fn buffers() -> CheckBuffers {
+    CheckBuffers::new(BUF, 4096, 4 * BUF)
+}
+
+/// One check as `hale-agent`'s poll makes it: a new HTTP client, the pump's buffers.
+fn check(
+    store: &mut FirmwareStore<FileFlash>,
+    buffers: &mut CheckBuffers,
+    url: &str,
+    device: &DeviceInfo,
+) -> Result<Outcome> {
     let mut http = HttpTransport::new(url, &format!("{url}/targets"));
-    let mut buffers = CheckBuffers::new(BUF, 4096, 4 * BUF);
     check_for_update(
         store,
         device,
@@ -122,8 +132,9 @@ fn main() -> Result<()> {
             for i in 0..iters {
                 let dir = work.path().join(format!("pump{i}"));
                 let mut store = provision(&dir, &root, running)?;
+                let mut buffers = buffers();
                 let t0 = Instant::now();
-                let outcome = check(&mut store, &url, &device)?;
+                let outcome = check(&mut store, &mut buffers, &url, &device)?;
                 runs.push(t0.elapsed().as_secs_f64());
                 ensure!(
                     matches!(
@@ -141,7 +152,8 @@ fn main() -> Result<()> {
         }
         "warm" => {
             let mut store = provision(&work.path().join("pump"), &root, Version::new(1, 0, 0))?;
-            let outcome = check(&mut store, &url, &device)?;
+            let mut buffers = buffers();
+            let outcome = check(&mut store, &mut buffers, &url, &device)?;
             ensure!(
                 matches!(outcome, Outcome::Staged { .. }),
                 "the first check should stage the served image, got {outcome:?}"
@@ -152,10 +164,10 @@ fn main() -> Result<()> {
                 .confirm()
                 .map_err(|e| anyhow::anyhow!("confirm: {e}"))?;
             // the first check after the install concludes "up to date" and remembers it
-            check(&mut store, &url, &device)?;
+            check(&mut store, &mut buffers, &url, &device)?;
             for _ in 0..iters {
                 let t0 = Instant::now();
-                let outcome = check(&mut store, &url, &device)?;
+                let outcome = check(&mut store, &mut buffers, &url, &device)?;
                 runs.push(t0.elapsed().as_secs_f64());
                 ensure!(
                     matches!(outcome, Outcome::UpToDate { .. }),

@@ -67,6 +67,12 @@ use sha2::{Digest, Sha256};
 const LAYOUT: Layout = host::PUMP_LAYOUT;
 const BUF: usize = host::PUMP_ROLE_MAX;
 
+/// The buffers an update check works in ([`host::CheckBuffers`]): a device's are static;
+/// `run` makes them once, at its start, and every poll uses them.
+fn check_buffers() -> CheckBuffers {
+    CheckBuffers::new(BUF, 4096, 4 * BUF)
+}
+
 struct Opts {
     state: PathBuf,
     args: Vec<String>,
@@ -796,6 +802,7 @@ fn held_authorization(store: &FirmwareStore<FileFlash>, path: &str) -> Option<Ve
 fn poll(
     o: &Opts,
     store: &mut FirmwareStore<FileFlash>,
+    buffers: &mut CheckBuffers,
     server: &str,
     http: &mut HttpTransport,
 ) -> Result<()> {
@@ -820,6 +827,7 @@ fn poll(
     let ended = install_once(
         o,
         store,
+        buffers,
         &d,
         http,
         authorization.as_deref(),
@@ -842,7 +850,7 @@ fn poll(
             );
         }
         if refused || matches!(ended, Ended::UpToDate) {
-            install_once(o, store, &d, http, None, "online", refused)?;
+            install_once(o, store, buffers, &d, http, None, "online", refused)?;
         }
     }
     if http.timed_out() && !delivered_kept {
@@ -1180,9 +1188,11 @@ fn held_back<E: 'static, F>(e: &AgentError<E, F>) -> Option<String> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
     o: &Opts,
     store: &mut FirmwareStore<FileFlash>,
+    buffers: &mut CheckBuffers,
     d: &Value,
     transport: &mut T,
     authorization: Option<&[u8]>,
@@ -1209,7 +1219,6 @@ fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
         target: &channel,
         rollback_target: rollback_target.as_deref(),
     };
-    let mut buffers = CheckBuffers::new(BUF, 4096, 4 * BUF);
     let ws = buffers.workspace();
     let mut app = Pump { dir: &o.state };
     let group = (!group.is_empty()).then_some(group.as_str());
@@ -1377,6 +1386,7 @@ fn bundle_install(o: &Opts) -> Result<Ended> {
     install_once(
         o,
         &mut store,
+        &mut check_buffers(),
         &d,
         &mut transport,
         authorization,
@@ -1616,6 +1626,7 @@ fn link(o: &Opts) -> Result<Ended> {
     let ended = install_once(
         o,
         &mut store,
+        &mut check_buffers(),
         &d,
         &mut transport,
         authorization,
@@ -1729,6 +1740,7 @@ fn enroll(o: &Opts) -> Result<()> {
 fn run_mtls(
     o: &Opts,
     store: &mut FirmwareStore<FileFlash>,
+    buffers: &mut CheckBuffers,
     server: &str,
     murl: &str,
     turl: &str,
@@ -1778,7 +1790,7 @@ fn run_mtls(
             let Some((h, serial_hex)) = http.as_mut() else {
                 break;
             };
-            poll(o, store, server, h)?;
+            poll(o, store, buffers, server, h)?;
             let Some(refusal) = h.take_certificate_refusal() else {
                 break;
             };
@@ -1922,13 +1934,24 @@ fn main() -> Result<()> {
             if power_on(&o, &mut store)? {
                 keep_result_to_report(&o)?;
             }
+            // what a device keeps in static RAM: made once, at the start, and used by every poll
+            let mut buffers = check_buffers();
             if server.starts_with("https://") {
                 // device listener: mTLS with the operational certificate for every call
-                return run_mtls(&o, &mut store, &server, &murl, &turl, interval, jit);
+                return run_mtls(
+                    &o,
+                    &mut store,
+                    &mut buffers,
+                    &server,
+                    &murl,
+                    &turl,
+                    interval,
+                    jit,
+                );
             }
             let mut http = HttpTransport::new(&murl, &turl).with_request_timeout(timeout);
             loop {
-                poll(&o, &mut store, &server, &mut http)?;
+                poll(&o, &mut store, &mut buffers, &server, &mut http)?;
                 if o.flag("--once") {
                     break;
                 }
