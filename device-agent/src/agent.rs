@@ -410,10 +410,12 @@ fn fetch_required<'b, T: Transport, E>(
     }
 }
 
-/// Ask ahead for the root after the stored one, `refresh`'s first request, so that its answer
-/// travels while `TrustedSet::new` checks the stored root. Only that request's name is read from
-/// the bytes before they are checked; a stored root that fails its check ends the check with
-/// the answer unread, and one that cannot be read asks nothing ahead.
+/// Ask ahead for the root after the stored one and for the timestamp, `refresh`'s first two
+/// requests (the timestamp comes after the last root of the chain, and its name is always the
+/// same), so that their answers travel while `TrustedSet::new` checks the stored root: one round
+/// trip for both. Only the first request's name is read from the bytes before they are
+/// checked; a stored root that fails its check ends the check with the answers unread, and one
+/// that cannot be read asks nothing ahead (and ends the check).
 fn ask_next_root<T: Transport>(transport: &mut T, root: &[u8]) {
     let Ok(header) = Envelope::parse(root, "root")
         .and_then(|env| parse_header(&env.signed, "root", Name::empty()))
@@ -422,7 +424,7 @@ fn ask_next_root<T: Transport>(transport: &mut T, root: &[u8]) {
     };
     let mut name = HString::new();
     if let Some(name) = meta_name(&mut name, "root", Some(header.version.saturating_add(1))) {
-        transport.ask_ahead(name);
+        transport.ask_ahead(&[name, "timestamp.json"]);
     }
 }
 
@@ -1159,9 +1161,9 @@ fn refresh<F: Durable, T: Transport>(
     let consistent = set.root().consistent_snapshot;
 
     // 2. timestamp (the stored one is the rollback baseline; dropped if it no longer verifies).
-    // Verified, fresh and unexpired at every check. Asked for first: the answer travels while
-    // the stored one is checked, whose result does not change what is asked.
-    transport.ask_ahead("timestamp.json");
+    // Verified, fresh and unexpired at every check. Asked for at the start of the check, with
+    // the next root (`ask_next_root`): the answer has travelled while the roots were checked,
+    // and travels while the stored timestamp is, whose result does not change what is asked.
     if let Some(local) = store.read_metadata(Role::Timestamp, scratch)? {
         let _ = set.load_trusted_timestamp(local);
     }

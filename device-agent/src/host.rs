@@ -143,8 +143,12 @@ pub struct HttpTransport {
     target_url: String,
     /// The target response being read, if any.
     target: Option<TargetStream>,
-    /// The metadata request sent ahead ([`Transport::ask_ahead`]), its answer not read yet.
-    ahead: Option<AskedAhead>,
+    /// The metadata requests sent ahead ([`Transport::ask_ahead`]), their answers not read
+    /// yet, oldest first.
+    ahead: std::collections::VecDeque<AskedAhead>,
+    /// An answer asked for ahead that a fetch of another file read past (see
+    /// [`Transport::ask_ahead`]), kept for its own fetch.
+    read_past: Option<ReadPast>,
     /// a request timed out ([`timed_out`](Self::timed_out))
     timed_out: bool,
     /// the server refused the client certificate ([`take_certificate_refusal`](Self::take_certificate_refusal))
@@ -161,6 +165,15 @@ struct AskedAhead {
     url: String,
     sent: Instant,
     sending: Result<(), HttpError>,
+}
+
+/// An answer asked for ahead, read before the one a fetch wanted: its URL, when it was asked,
+/// the body (`None`: 404).
+#[derive(Debug)]
+struct ReadPast {
+    url: String,
+    sent: Instant,
+    body: Option<Vec<u8>>,
 }
 
 /// An open target response: what it delivers next.
@@ -216,7 +229,8 @@ impl HttpTransport {
             metadata_url: metadata_url.into(),
             target_url: target_url.into(),
             target: None,
-            ahead: None,
+            ahead: Default::default(),
+            read_past: None,
             timed_out: false,
             certificate_refused: None,
             request_timeout: crate::http1::REQUEST_DEADLINE,
@@ -229,7 +243,8 @@ impl HttpTransport {
     #[must_use]
     pub fn with_max_idle(mut self, max_idle: Duration) -> Self {
         // (a request asked ahead goes with the client it was sent on)
-        self.ahead = None;
+        self.ahead.clear();
+        self.read_past = None;
         self.max_idle = max_idle;
         self.plain = crate::http1::Http1::with_max_idle(max_idle)
             .with_request_deadline(self.request_timeout);
@@ -239,7 +254,8 @@ impl HttpTransport {
     /// Give each request at most `timeout` (60 s by default): how long a silent server holds
     /// a check.
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.ahead = None;
+        self.ahead.clear();
+        self.read_past = None;
         self.request_timeout = timeout;
         self.plain =
             crate::http1::Http1::with_max_idle(self.max_idle).with_request_deadline(timeout);
@@ -260,10 +276,15 @@ impl HttpTransport {
         &self.agent
     }
 
-    /// GET `url`: `None` on 404, otherwise at most `limit` bytes (more is an error). A request
-    /// asked ahead and not fetched yet is dropped first, its answer unread.
+    /// GET `url`: `None` on 404, otherwise at most `limit` bytes (more is an error). Requests
+    /// asked ahead and not fetched yet are dropped first, their answers unread.
     pub fn get(&mut self, url: &str, limit: usize) -> Result<Option<Vec<u8>>, HttpError> {
         self.drop_ahead();
+        self.get_now(url, limit)
+    }
+
+    /// [`get`](Self::get), with nothing asked ahead on the way.
+    fn get_now(&mut self, url: &str, limit: usize) -> Result<Option<Vec<u8>>, HttpError> {
         self.requests.push(url.to_string());
         if crate::http1::Http1::handles(url) {
             return self.plain.get(url, limit);
@@ -362,26 +383,37 @@ impl Transport for HttpTransport {
         !self.max_idle.is_zero() && crate::http1::Http1::handles(&self.metadata_url)
     }
 
-    /// Taken by a [`fetch_metadata`](Transport::fetch_metadata) of `name` within `max_idle`
-    /// (10 s by default). A fetch of other metadata or of a target, another ask, or a
-    /// [`get`](Self::get) first drops the answer unread and closes its connection.
-    fn ask_ahead(&mut self, name: &str) {
+    /// At most [`MAX_PIPELINED`](crate::http1::MAX_PIPELINED) requests, pipelined on one
+    /// connection; one that cannot be sent is its fetch's error, and the names after it are
+    /// not asked. Each answer is taken by a [`fetch_metadata`](Transport::fetch_metadata) of
+    /// its file within `max_idle` (10 s by default). A fetch of another file first reads the
+    /// answers asked before it and keeps the last, bounded by that fetch's buffer, for its own
+    /// fetch (a server that does not answer one in time fails that fetch). A fetch of a target,
+    /// another ask, or a [`get`](Self::get) first drops the answers unread (their connection is
+    /// closed) and any kept.
+    fn ask_ahead(&mut self, names: &[&str]) {
         if !self.asks_ahead() {
-            return;
-        }
-        let url = join(&self.metadata_url, name);
-        if !crate::http1::Http1::handles(&url) {
             return;
         }
         self.drop_ahead();
         self.target = None;
-        self.requests.push(url.clone());
-        let sending = self.plain.send(&url);
-        self.ahead = Some(AskedAhead {
-            url,
-            sent: Instant::now(),
-            sending,
-        });
+        for name in names.iter().take(crate::http1::MAX_PIPELINED) {
+            let url = join(&self.metadata_url, name);
+            if !crate::http1::Http1::handles(&url) {
+                return;
+            }
+            self.requests.push(url.clone());
+            let sending = self.plain.send(&url);
+            let failed = sending.is_err();
+            self.ahead.push_back(AskedAhead {
+                url,
+                sent: Instant::now(),
+                sending,
+            });
+            if failed {
+                return;
+            }
+        }
     }
 }
 
@@ -451,11 +483,13 @@ impl HttpTransport {
         self.timed_out = false;
     }
 
-    /// Forget a request sent ahead whose answer was not taken (its connection is closed).
+    /// Forget the requests sent ahead whose answers were not taken (their connection is
+    /// closed), and an answer kept.
     fn drop_ahead(&mut self) {
-        if self.ahead.take().is_some() {
-            self.plain.abandon();
-        }
+        self.read_past = None;
+        self.ahead.clear();
+        // (only requests asked ahead wait for their answers there)
+        self.plain.abandon();
     }
 
     fn metadata_into(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, HttpError> {
@@ -463,30 +497,58 @@ impl HttpTransport {
         // earlier check, and its connection is let go
         self.target = None;
         let url = join(&self.metadata_url, name);
-        let answer = match self.ahead.take() {
-            // the answer to the request sent ahead for this very file
-            // (within the time a kept connection is trusted: the agent reads it after one
-            // signature check; an answer older than that was left by a check that ended early,
-            // and is not taken for the answer of now)
-            Some(a) if a.url == url && a.sent.elapsed() < self.max_idle => {
-                a.sending?;
-                self.plain.receive(buf.len())?
-            }
-            // (an answer for another file, or a stale one, is dropped unread)
-            other => {
-                if other.is_some() {
-                    self.plain.abandon();
+        // (within the time a kept connection is trusted: the agent reads an answer asked for
+        // ahead after a signature check or two; one older than that was left by a check that
+        // ended early, and is not taken for the answer of now)
+        let max_idle = self.max_idle;
+        let fresh = move |sent: Instant| sent.elapsed() < max_idle;
+        let kept = self.read_past.take_if(|p| p.url == url);
+        let answer = match kept {
+            Some(p) if fresh(p.sent) => p.body,
+            _ => loop {
+                match self.ahead.pop_front() {
+                    // the answer to the request sent ahead for this very file
+                    Some(a) if a.url == url && fresh(a.sent) => {
+                        a.sending?;
+                        break self.plain.receive(buf.len())?;
+                    }
+                    // one asked before it, for a file fetched later (the timestamp, after a
+                    // rotation's next root): read, and kept for that fetch
+                    Some(a) if a.sending.is_ok() && fresh(a.sent) => {
+                        match self.plain.receive(buf.len()) {
+                            Ok(body) => {
+                                self.read_past = Some(ReadPast {
+                                    url: a.url,
+                                    sent: a.sent,
+                                    body,
+                                })
+                            }
+                            // a server that did not answer that in time would not answer this
+                            Err(e) if e.is_timeout() => {
+                                self.drop_ahead();
+                                return Err(e);
+                            }
+                            // (its own fetch asks again)
+                            Err(_) => self.read_past = None,
+                        }
+                    }
+                    // a stale answer, or one that could not be asked: dropped with the rest
+                    Some(_) => {
+                        let kept = self.read_past.take();
+                        self.drop_ahead();
+                        self.read_past = kept;
+                    }
+                    None => break self.get_now(&url, buf.len())?,
                 }
-                self.get(&url, buf.len())?
-            }
+            },
         };
         let Some(body) = answer else {
             return Ok(None);
         };
-        let dst = buf.get_mut(..body.len()).ok_or(HttpError::TooLarge {
-            url,
-            limit: body.len(),
-        })?;
+        let limit = buf.len();
+        let dst = buf
+            .get_mut(..body.len())
+            .ok_or(HttpError::TooLarge { url, limit })?;
         dst.copy_from_slice(&body);
         Ok(Some(body.len()))
     }

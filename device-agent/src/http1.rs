@@ -1,7 +1,10 @@
 //! Plain HTTP/1.1 GETs over one kept-alive connection, with the request sent and the answer read
 //! as two calls ([`Http1::send`], [`Http1::receive`]), so that a client can do its own work while
 //! the server answers (the conformance client checks the stored metadata then: see
-//! `host::ConformanceClient::refresh`). Only `http://`; HTTPS goes through `host::HttpTransport`.
+//! `host::ConformanceClient::refresh`). Up to [`MAX_PIPELINED`] requests may wait for their
+//! answers, which come in the order they were sent (HTTP/1.1 pipelining: the pump asks for the
+//! next root and the timestamp together). Only `http://`; HTTPS goes through
+//! `host::HttpTransport`.
 //!
 //! Bounded like the rest of the shells: a response head of at most [`MAX_HEAD`] bytes, a body of
 //! at most the caller's limit (refused as soon as the length says more, or once more arrives),
@@ -13,6 +16,7 @@
 //! polls once a minute or less often, and a connection left that long may be gone without either
 //! end being told.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -36,13 +40,17 @@ const DRAIN_LIMIT: usize = 4096;
 /// below hale-server's own idle close (15 s, its header-read timeout) and nginx's (75 s), and
 /// far above the gaps between the requests of one check.
 pub const MAX_IDLE: Duration = Duration::from_secs(10);
+/// Most requests sent and not answered yet.
+pub const MAX_PIPELINED: usize = 2;
 
 /// A plain-HTTP client keeping one connection (to the origin of the last request).
 #[derive(Debug)]
 pub struct Http1 {
     conn: Option<Conn>,
-    /// the request sent and not yet answered: URL, deadline, whether on a reused connection
-    pending: Option<(String, Instant, bool)>,
+    /// connections opened so far (a connection's number: which one a request was written on)
+    opened: u64,
+    /// the requests sent and not yet answered, oldest first
+    pending: VecDeque<Pending>,
     /// how long a kept connection may have been idle and still serve a request
     max_idle: Duration,
     /// how long one request may take, answer included ([`REQUEST_DEADLINE`] by default)
@@ -55,8 +63,21 @@ impl Default for Http1 {
     }
 }
 
+/// A request sent and not answered yet.
+#[derive(Debug)]
+struct Pending {
+    url: String,
+    deadline: Instant,
+    /// the connection it was written on ([`Conn::number`])
+    conn: u64,
+    /// whether that connection had served a request before
+    reused: bool,
+}
+
 #[derive(Debug)]
 struct Conn {
+    /// which connection of this client it is (1, 2, …)
+    number: u64,
     origin: String,
     stream: TcpStream,
     /// bytes read past the last response
@@ -103,7 +124,8 @@ impl Http1 {
     pub fn with_max_idle(max_idle: Duration) -> Self {
         Http1 {
             conn: None,
-            pending: None,
+            opened: 0,
+            pending: VecDeque::new(),
             max_idle,
             deadline: REQUEST_DEADLINE,
         }
@@ -119,25 +141,54 @@ impl Http1 {
         split_url(url).is_some()
     }
 
-    /// Send a GET for `url` (connecting first if needed). Its answer must be taken with
-    /// [`receive`](Self::receive) before the next `send`.
+    /// Send a GET for `url` (connecting first if needed), behind the requests sent before it
+    /// (at most [`MAX_PIPELINED`] wait for their answers). Its answer is taken with
+    /// [`receive`](Self::receive), after theirs.
     pub fn send(&mut self, url: &str) -> Result<(), HttpError> {
-        if self.pending.is_some() {
-            return Err(io(url, "a request is already waiting for its answer"));
+        if self.pending.len() >= MAX_PIPELINED {
+            return Err(io(
+                url,
+                format_args!("{MAX_PIPELINED} requests already wait for their answers"),
+            ));
         }
         let deadline = Instant::now() + self.deadline;
         let reused = self.write_request(url, deadline)?;
-        self.pending = Some((url.to_string(), deadline, reused));
+        self.pending.push_back(Pending {
+            url: url.to_string(),
+            deadline,
+            conn: self.opened,
+            reused,
+        });
         Ok(())
     }
 
-    /// The answer to the request [`send`](Self::send) sent: `None` on 404, else the body of
-    /// at most `limit` bytes (more: [`HttpError::TooLarge`]); other statuses are errors. A
-    /// kept-alive connection the server had closed before the request is retried once, fresh.
+    /// The answer to the oldest request [`send`](Self::send) sent and not answered: `None` on
+    /// 404, else the body of at most `limit` bytes (more: [`HttpError::TooLarge`]); other
+    /// statuses are errors. A kept-alive connection the server had closed before the request is
+    /// retried once, fresh; so is a request whose connection an earlier answer closed (an
+    /// error, `Connection: close`) before this one's answer came.
     pub fn receive(&mut self, limit: usize) -> Result<Option<Vec<u8>>, HttpError> {
-        let Some((url, deadline, reused)) = self.pending.take() else {
+        let Some(Pending {
+            url,
+            deadline,
+            conn,
+            mut reused,
+        }) = self.pending.pop_front()
+        else {
             return Err(io("", "no request sent"));
         };
+        if self.conn_number() != Some(conn) {
+            // its connection is gone: asked again, on a connection that carries no later
+            // request (that one's answer would come first)
+            if self
+                .pending
+                .iter()
+                .any(|p| Some(p.conn) == self.conn_number())
+            {
+                self.conn = None;
+            }
+            reused = self.write_request(&url, deadline)?;
+        }
         let first = self.read_response(&url, limit, deadline);
         let result = match first {
             Err(Fresh::Closed) if reused => {
@@ -159,12 +210,18 @@ impl Http1 {
         })
     }
 
-    /// Forget the request [`send`](Self::send) sent, its answer unread: the connection it
-    /// would arrive on is closed, so no later request can take that answer for its own.
+    /// Forget the requests [`send`](Self::send) sent, their answers unread: the connection
+    /// they would arrive on is closed, so no later request can take one for its own.
     pub fn abandon(&mut self) {
-        if self.pending.take().is_some() {
+        if !self.pending.is_empty() {
+            self.pending.clear();
             self.conn = None;
         }
+    }
+
+    /// How many requests wait for their answers.
+    pub fn waiting(&self) -> usize {
+        self.pending.len()
     }
 
     /// GET `url` (send, then receive).
@@ -177,11 +234,14 @@ impl Http1 {
     /// whether the connection was reused.
     fn write_request(&mut self, url: &str, deadline: Instant) -> Result<bool, HttpError> {
         let (addr, host, path) = split_url(url).ok_or_else(|| io(url, "not an http:// URL"))?;
-        if self
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.origin != addr || c.idle_since.elapsed() >= self.max_idle)
-        {
+        // (a connection with answers on their way is not idle)
+        let waiting = self
+            .pending
+            .iter()
+            .any(|p| Some(p.conn) == self.conn_number());
+        if self.conn.as_ref().is_some_and(|c| {
+            c.origin != addr || (!waiting && c.idle_since.elapsed() >= self.max_idle)
+        }) {
             self.conn = None;
         }
         let reused = self.conn.is_some();
@@ -198,7 +258,9 @@ impl Http1 {
                 .and_then(|()| stream.set_write_timeout(Some(self.deadline)))
                 .and_then(|()| stream.set_read_timeout(Some(self.deadline)))
                 .map_err(|e| io(url, e))?;
+            self.opened += 1;
             self.conn = Some(Conn {
+                number: self.opened,
                 origin: addr,
                 stream,
                 buf: Vec::new(),
@@ -217,6 +279,10 @@ impl Http1 {
             return Err(io(url, format_args!("send: {e}")));
         }
         Ok(reused)
+    }
+
+    fn conn_number(&self) -> Option<u64> {
+        self.conn.as_ref().map(|c| c.number)
     }
 
     fn read_response(
@@ -648,6 +714,74 @@ mod tests {
         assert_eq!(seen.1, ["GET /a HTTP/1.1", "GET /b HTTP/1.1"]);
     }
 
+    /// Two requests sent before either answer is read: one connection, the answers in the
+    /// order of the requests; a third waits for no answer to be read, and is refused.
+    #[test]
+    fn pipelines_two_requests_on_one_connection_and_answers_them_in_order() {
+        let (base, seen) = server(vec![
+            (
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nfile b", false),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nfile c", false),
+        ]);
+        let mut h = Http1::default();
+        h.send(&format!("{base}/a")).unwrap();
+        h.send(&format!("{base}/b")).unwrap();
+        assert_eq!(h.waiting(), 2);
+        match h.send(&format!("{base}/c")) {
+            Err(HttpError::Io { url, message }) => assert_eq!(
+                (url.as_str(), message.as_str()),
+                (
+                    format!("{base}/c").as_str(),
+                    "2 requests already wait for their answers"
+                )
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h.receive(100).unwrap(), None);
+        assert_eq!(h.receive(100).unwrap(), Some(b"file b".to_vec()));
+        assert_eq!(h.waiting(), 0);
+        assert_eq!(
+            h.get(&format!("{base}/c"), 100).unwrap(),
+            Some(b"file c".to_vec())
+        );
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.0, 1, "one connection for all three");
+        assert_eq!(
+            seen.1,
+            ["GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /c HTTP/1.1"]
+        );
+    }
+
+    /// The server closes the connection after the first of two pipelined answers (it said so,
+    /// or it did not): the second request is asked again on a new connection, once, and its
+    /// answer is the one read.
+    #[test]
+    fn a_request_behind_an_answer_that_closes_is_asked_again_on_a_new_connection() {
+        for said in [true, false] {
+            let first: &'static [u8] = if said {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\na"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
+            };
+            let (base, seen) = server(vec![
+                (first, true),
+                (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb", false),
+            ]);
+            let mut h = Http1::default();
+            h.send(&format!("{base}/a")).unwrap();
+            h.send(&format!("{base}/b")).unwrap();
+            assert_eq!(h.receive(100).unwrap(), Some(b"a".to_vec()), "{said}");
+            assert_eq!(h.receive(100).unwrap(), Some(b"b".to_vec()), "{said}");
+            let seen = seen.lock().unwrap();
+            // (the server read only the first request of the first connection)
+            assert_eq!(seen.0, 2, "{said}: b asked again on a second connection");
+            assert_eq!(seen.1, ["GET /a HTTP/1.1", "GET /b HTTP/1.1"], "{said}");
+        }
+    }
+
     #[test]
     fn reconnects_after_close_and_retries_a_dropped_idle_connection_once() {
         let (base, seen) = server(vec![
@@ -716,7 +850,7 @@ mod tests {
             Err(HttpError::Status { code: 500, .. })
         ));
         assert!(matches!(h.get(&u("/short"), 10), Err(HttpError::Io { .. })));
-        // a receive without a send, a second send before the answer
+        // a receive without a send (a third send before an answer: see the pipelining test)
         assert!(Http1::default().receive(1).is_err());
     }
 

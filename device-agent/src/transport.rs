@@ -35,16 +35,18 @@ pub trait Transport {
         false
     }
 
-    /// Send the request for metadata file `name` now, so that its answer travels while the
-    /// agent checks what it already holds; the next [`fetch_metadata`](Self::fetch_metadata)
-    /// takes that answer if it is of `name`. The agent asks ahead only for the request its
-    /// workflow makes next unless what it checks meanwhile ends the whole check (a stored root
-    /// that fails its check, a flash that cannot be read): a check that goes on makes the same
-    /// requests, some earlier (`docs/decisions.md`, "The pump asks for its next file while it
-    /// checks"). A transport may ignore it. One whose next fetch is of another file, or comes
-    /// much later, drops the answer unread and asks again.
-    fn ask_ahead(&mut self, name: &str) {
-        let _ = name;
+    /// Send the requests for metadata files `names` now, in that order, so that their answers
+    /// travel while the agent checks what it already holds; a later
+    /// [`fetch_metadata`](Self::fetch_metadata) of one of them takes its answer. Answers asked
+    /// for by an earlier call and not taken are dropped first. The agent asks ahead only for
+    /// requests its workflow makes, whose names it knows without the server's answers, unless
+    /// what it checks meanwhile ends the whole check (a stored root that fails its check, a
+    /// flash that cannot be read): a check that goes on makes the same requests, some earlier
+    /// (`docs/decisions.md`, "The pump asks for its next file while it checks"). A transport
+    /// may ignore it, or ask for only the first few. One whose fetch comes much later, or is
+    /// of a target, drops the answers unread and asks again.
+    fn ask_ahead(&mut self, names: &[&str]) {
+        let _ = names;
     }
 }
 
@@ -62,7 +64,7 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     fn asks_ahead(&self) -> bool {
         (**self).asks_ahead()
     }
-    fn ask_ahead(&mut self, name: &str) {
-        (**self).ask_ahead(name)
+    fn ask_ahead(&mut self, names: &[&str]) {
+        (**self).ask_ahead(names)
     }
 }

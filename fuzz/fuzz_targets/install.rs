@@ -145,18 +145,20 @@ impl Input<'_> {
 struct Failed;
 
 /// The fixture repository, with the failures the script asks for. It takes requests asked
-/// ahead, as the pump's HTTP transport does, and holds the agent to their contract: the next
-/// fetch after an ask is of the file asked for.
+/// ahead, as the pump's HTTP transport does, and holds the agent to their contract: the files
+/// asked for are fetched in the order asked (a fetch of another may come between), and none is
+/// left when a target is fetched.
 struct Scripted<'i, 'a> {
     input: &'i mut Input<'a>,
-    asked: Option<String>,
+    asked: Vec<String>,
 }
 
 impl Transport for Scripted<'_, '_> {
     type Error = Failed;
     fn fetch_metadata(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, Failed> {
-        if let Some(asked) = self.asked.take() {
-            assert_eq!(asked, name, "asked ahead for {asked}, then fetched {name}");
+        if let Some(at) = self.asked.iter().position(|a| a == name) {
+            assert_eq!(at, 0, "asked ahead for {:?}, then fetched {name}", self.asked);
+            self.asked.remove(0);
         }
         let action = self.input.byte();
         let Some(f) = fixture().files[self.input.2 as usize].get(name) else {
@@ -172,7 +174,11 @@ impl Transport for Scripted<'_, '_> {
         Ok(Some(f.len()))
     }
     fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), Failed> {
-        assert_eq!(self.asked, None, "asked ahead, then fetched target {name}");
+        assert!(
+            self.asked.is_empty(),
+            "asked ahead for {:?}, then fetched target {name}",
+            self.asked
+        );
         let action = self.input.byte() % 8;
         let f = fixture().files[self.input.2 as usize]
             .get(&format!("targets/{name}"))
@@ -196,8 +202,8 @@ impl Transport for Scripted<'_, '_> {
     fn asks_ahead(&self) -> bool {
         true
     }
-    fn ask_ahead(&mut self, name: &str) {
-        self.asked = Some(name.to_string());
+    fn ask_ahead(&mut self, names: &[&str]) {
+        self.asked = names.iter().map(|n| n.to_string()).collect();
     }
 }
 
@@ -245,7 +251,7 @@ fn run<F: Durable>(store: &mut FirmwareStore<F>, input: &mut Input<'_>, lost: im
             return;
         }
         let ok = match input.byte() % 5 {
-            0 => check(store, &mut Scripted { input, asked: None }).is_ok(),
+            0 => check(store, &mut Scripted { input, asked: Vec::new() }).is_ok(),
             1 => store.boot().is_ok(),
             2 => store.confirm().is_ok(),
             3 => store.reject().is_ok(),
@@ -327,7 +333,7 @@ fn power_up_and_settle(mem: &mut [u8], layout: Layout, corrupted: bool, served: 
             &mut store,
             &mut Scripted {
                 input: &mut honest,
-                asked: None,
+                asked: Vec::new(),
             },
             now,
         ) {

@@ -81,7 +81,9 @@ pub fn publish(sim: &mut RepoSim, version: &str, counter: u64, len: usize, model
 
 /// Serves a map of files; records every request; can fail target reads past a byte budget.
 /// Takes requests asked ahead (`Transport::ask_ahead`), as the pump's HTTP transport does, and
-/// holds the agent to their contract: the fetch after an ask is of the file asked for.
+/// holds the agent to their contract: the files asked for are fetched in the order asked (a
+/// fetch of a file not asked for may come between: the HTTP transport reads past the answers
+/// asked before it), and none is left when a target is fetched.
 #[derive(Debug, Default)]
 pub struct MapTransport {
     pub files: BTreeMap<String, Vec<u8>>,
@@ -92,10 +94,10 @@ pub struct MapTransport {
     pub no_ahead: bool,
     /// Every request asked ahead, in order.
     pub asked: Vec<String>,
-    /// Asked ahead and not fetched yet.
-    pub pending: Option<String>,
-    /// Asked ahead and never fetched, seen when a later ask replaced it (the one still
-    /// `pending` when a check ended is not in it).
+    /// Asked ahead and not fetched yet, oldest first.
+    pub pending: Vec<String>,
+    /// Asked ahead and never fetched, seen when a later ask replaced them (those still
+    /// `pending` when a check ended are not in it).
     pub unread: Vec<String>,
 }
 
@@ -118,8 +120,13 @@ impl MapTransport {
 impl Transport for MapTransport {
     type Error = MapError;
     fn fetch_metadata(&mut self, name: &str, buf: &mut [u8]) -> Result<Option<usize>, MapError> {
-        if let Some(asked) = self.pending.take() {
-            assert_eq!(asked, name, "asked ahead for {asked}, then fetched {name}");
+        if let Some(at) = self.pending.iter().position(|p| p == name) {
+            assert_eq!(
+                at, 0,
+                "asked ahead for {:?}, then fetched {name} first",
+                self.pending
+            );
+            self.pending.remove(0);
         }
         self.requests.push(name.to_string());
         let Some(f) = self.files.get(name) else {
@@ -132,9 +139,10 @@ impl Transport for MapTransport {
         Ok(Some(f.len()))
     }
     fn fetch_target(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), MapError> {
-        assert_eq!(
-            self.pending, None,
-            "asked ahead, then fetched target {name}"
+        assert!(
+            self.pending.is_empty(),
+            "asked ahead for {:?}, then fetched target {name}",
+            self.pending
         );
         self.requests.push(format!("targets/{name}@{offset}"));
         if self
@@ -157,13 +165,14 @@ impl Transport for MapTransport {
     fn asks_ahead(&self) -> bool {
         !self.no_ahead
     }
-    fn ask_ahead(&mut self, name: &str) {
+    fn ask_ahead(&mut self, names: &[&str]) {
         if self.no_ahead {
             return;
         }
-        self.asked.push(name.to_string());
-        if let Some(unread) = self.pending.replace(name.to_string()) {
-            self.unread.push(unread);
+        self.unread.append(&mut self.pending);
+        for name in names {
+            self.asked.push(name.to_string());
+            self.pending.push(name.to_string());
         }
     }
 }
@@ -297,7 +306,7 @@ pub fn all_asks_read(t: &MapTransport, r: &CheckResult) {
     if r.is_ok() {
         assert_eq!(
             (&t.pending, &t.unread),
-            (&None, &Vec::new()),
+            (&Vec::new(), &Vec::new()),
             "a check that ended well left an answer asked for ahead unread"
         );
     }
