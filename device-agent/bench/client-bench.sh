@@ -4,7 +4,9 @@
 # whole process), same repository, same loopback server, one run, in process in ROUNDS
 # alternating rounds (default 3); then hale-conformance against python-tuf in a catalog of 10,000
 # targets in 256 hashed bins (see the end).
-#   [ROUNDS=3] [CATALOG_ROUNDS=3] [CATALOG_TARGETS=10000] device-agent/bench/client-bench.sh [ITERS]
+# Then the pump's check and python-tuf over a link with a round trip of LINK_MS (default 20; 0
+# skips it): the same server behind delay-proxy.py, where round trips, not CPU, set the time.
+#   [ROUNDS=3] [CATALOG_ROUNDS=3] [CATALOG_TARGETS=10000] [LINK_MS=20] device-agent/bench/client-bench.sh [ITERS]
 # Needs the python-tuf venv from .ci/install.sh (target/venv) and the shared bench client.
 # Every client works under $TMPDIR (default /tmp): TMPDIR=/dev/shm compares them on tmpfs, where
 # file creation costs little (and the pump's fdatasync nothing).
@@ -19,6 +21,7 @@ NGINX_REPO=${NGINX_REPO:-$REPO_ROOT/../shared/bench/nginx-repo.sh}
 export NGINX_RUN="$TMP/nginx"
 cleanup() {
   [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null
+  [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null
   [ -n "${NGINX_UP:-}" ] && bash "$NGINX_REPO" stop >/dev/null 2>&1
   rm -rf "$TMP"
 }
@@ -128,6 +131,41 @@ print(f"  most a client could show: cold python-tuf / (requests + checks) = {pc 
 PYEOF
 else
   echo "python-tuf venv or shared client missing: skipped (bash .ci/install.sh)"
+fi
+
+# A link: the same server behind a proxy that holds every byte from the server LINK_MS (a
+# pump on a cellular or a long link). Each check then waits a round trip per request it cannot
+# overlap: the pump asks for the next root and the timestamp together, python-tuf one after the
+# other. A few checks each (each takes tens of ms); no TCP handshake delay (the proxy accepts
+# at once), so a new connection costs nothing here that it would cost on a real link.
+LINK_MS=${LINK_MS:-20}
+if [ "$LINK_MS" -gt 0 ] && [ -n "$HAVE_PY" ]; then
+  LPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  python3 device-agent/bench/delay-proxy.py "$LPORT" "$PORT" "$LINK_MS" &
+  PROXY_PID=$!
+  sleep 1
+  LURL="http://127.0.0.1:$LPORT"
+  LITERS=10
+  link_agent() { "$AGENT" --root "$R" --url "$LURL" --target "$T" --model pump-a --revision r2 "$@" --iters "$LITERS"; }
+  link_agent --mode cold >"$TMP/l-a-cold"
+  link_agent --mode refresh --running 2.0.0 >"$TMP/l-a-refresh"
+  link_agent --mode warm >"$TMP/l-a-warm"
+  for mode in cold warm; do
+    "$PY" "$SHARED_CLIENT" --root "$R" --url "$LURL" --target "$T" --mode "$mode" --iters "$LITERS" >"$TMP/l-p-$mode"
+  done
+  kill "$PROXY_PID" 2>/dev/null
+  PROXY_PID=
+  python3 - "$TMP" "$LINK_MS" "$LITERS" <<'PYEOF'
+import json, sys
+d, ms, n = sys.argv[1], sys.argv[2], sys.argv[3]
+sec = lambda f, part="total": json.load(open(f"{d}/{f}"))["seconds"][part]["median"]
+print(f"\nover a link with a {ms} ms round trip (delay-proxy.py; medians of {n} checks each; > 1: hale faster)")
+for label, p, h in (("hale-agent check, cold (image staged)", sec("l-p-cold"), sec("l-a-cold")),
+                    ("hale-agent check, cold refresh (nothing new)",
+                     sec("l-p-cold", "refresh") + sec("l-p-cold", "lookup"), sec("l-a-refresh")),
+                    ("hale-agent check, warm (nothing new)", sec("l-p-warm"), sec("l-a-warm"))):
+    print(f"  {label:<44} python-tuf {p * 1e3:6.1f} ms   hale {h * 1e3:6.1f} ms   {p / h:4.1f}x")
+PYEOF
 fi
 
 # A catalog: the shared harness's repository shape (make-repo.py, python-tuf's own signing):

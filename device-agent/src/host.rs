@@ -529,7 +529,7 @@ impl HttpTransport {
                                 return Err(e);
                             }
                             // (its own fetch asks again)
-                            Err(_) => self.read_past = None,
+                            Err(_) => {}
                         }
                     }
                     // a stale answer, or one that could not be asked: dropped with the rest
