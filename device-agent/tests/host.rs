@@ -2503,7 +2503,7 @@ fn file_flash_writes_back_the_changed_sectors_at_sync() {
     assert_eq!(std::fs::read(&path).unwrap(), file, "held until the sync");
     flash.sync().unwrap();
     drop(flash);
-    let mut again = FileFlash::open(&path, 4 * E).unwrap();
+    let mut again = when_unlocked(|| FileFlash::open(&path, 4 * E)).unwrap();
     let mut all = vec![0u8; 4 * E];
     again.read(0, &mut all).unwrap();
     assert_eq!(&all[..4], b"next");
@@ -2535,19 +2535,8 @@ fn file_flash_writes_back_the_changed_sectors_at_sync() {
     ));
     drop(again);
 
-    // a flash file of another size is refused, not erased (tried again while the file is
-    // locked: a child another test forks holds a copy of `again`'s descriptor, and its lock,
-    // until the child's exec closes it)
-    let err = (0..100)
-        .map(|_| FileFlash::open(&path, 2 * E).unwrap_err())
-        .find(|e| {
-            let locked = e.kind() == std::io::ErrorKind::WouldBlock;
-            if locked {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            !locked
-        })
-        .expect("the lock is let go");
+    // a flash file of another size is refused, not erased
+    let err = when_unlocked(|| FileFlash::open(&path, 2 * E)).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     assert_eq!(std::fs::read(&path).unwrap().len(), 4 * E, "left as it was");
     // and refused by its length before a byte is read: a (sparse) 1 TiB file
@@ -2563,6 +2552,21 @@ fn file_flash_writes_back_the_changed_sectors_at_sync() {
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("1099511627776 bytes"), "{err}");
     }
+}
+
+/// `open()` again while it finds the file locked, for up to a second: after a `FileFlash` is
+/// dropped, a child another test is forking may hold a copy of its descriptor, and with it the
+/// lock, until the child's exec closes it.
+fn when_unlocked<T>(open: impl Fn() -> std::io::Result<T>) -> std::io::Result<T> {
+    for _ in 0..100 {
+        match open() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => return other,
+        }
+    }
+    open()
 }
 
 /// A server that takes connections and never answers: the check times out (after
