@@ -30,6 +30,9 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
 /// The connect alone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 use crate::host::TIMED_OUT;
+/// How a connection the server reset reads ([`Http1::receive`] asks again a request that had
+/// another pipelined behind it).
+const RESET: &str = "connection reset by the server";
 /// Largest error or 404 body read to its end to keep the connection (longer: closed instead).
 const DRAIN_LIMIT: usize = 4096;
 /// A kept connection idle longer than this is closed and a new one opened for the next request.
@@ -166,7 +169,8 @@ impl Http1 {
     /// 404, else the body of at most `limit` bytes (more: [`HttpError::TooLarge`]); other
     /// statuses are errors. A kept-alive connection the server had closed before the request is
     /// retried once, fresh; so is a request whose connection an earlier answer closed (an
-    /// error, `Connection: close`) before this one's answer came.
+    /// error, `Connection: close`) before this one's answer came, and one with another
+    /// pipelined behind it whose connection was closed or reset before its answer was whole.
     pub fn receive(&mut self, limit: usize) -> Result<Option<Vec<u8>>, HttpError> {
         let Some(Pending {
             url,
@@ -189,14 +193,25 @@ impl Http1 {
             }
             reused = self.write_request(&url, deadline)?;
         }
+        // another request written behind this one: a server that closes after this answer, with
+        // that request unread, resets the connection (RFC 9112 §9.6), and the reset may take
+        // this answer with it; asked again then (§9.3.2)
+        let behind = self
+            .pending
+            .iter()
+            .any(|p| Some(p.conn) == self.conn_number());
         let first = self.read_response(&url, limit, deadline);
-        let result = match first {
-            Err(Fresh::Closed) if reused => {
-                self.conn = None;
-                self.write_request(&url, deadline)?;
-                self.read_response(&url, limit, deadline)
-            }
-            other => other,
+        let again = match &first {
+            Err(Fresh::Closed) => reused || behind,
+            Err(Fresh::Err(HttpError::Io { message, .. })) => behind && message == RESET,
+            _ => false,
+        };
+        let result = if again {
+            self.conn = None;
+            self.write_request(&url, deadline)?;
+            self.read_response(&url, limit, deadline)
+        } else {
+            first
         };
         if let Some(c) = self.conn.as_mut() {
             c.idle_since = Instant::now();
@@ -454,6 +469,9 @@ impl Conn {
                     ) =>
                 {
                     return Err(io(url, TIMED_OUT))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Err(io(url, RESET))
                 }
                 Err(e) => return Err(io(url, e)),
             }
@@ -753,6 +771,64 @@ mod tests {
             seen.1,
             ["GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /c HTTP/1.1"]
         );
+    }
+
+    /// A server that resets the connection in the middle of the first of two pipelined answers
+    /// (it closes with the second request unread, RFC 9112 §9.6: the reset can take an answer
+    /// already sent with it). Both requests are asked again, each once, on new connections
+    /// (§9.3.2), and each answer is the one read.
+    #[test]
+    fn a_reset_in_an_answer_with_a_request_behind_it_is_asked_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for (i, conn) in listener.incoming().enumerate() {
+                let Ok(mut conn) = conn else { return };
+                // the first request's head, byte by byte: what follows stays in the socket
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    head.push(byte[0]);
+                }
+                let line = String::from_utf8_lossy(&head);
+                let line = line.lines().next().unwrap_or("").to_string();
+                let body = ["a", "b", "c"]
+                    .into_iter()
+                    .find(|b| line.contains(&format!("/{b} ")))
+                    .unwrap_or("?");
+                log.lock().unwrap().push(line);
+                let head = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n";
+                let _ = conn.write_all(head.as_bytes());
+                if i > 0 && body != "c" {
+                    let _ = conn.write_all(body.as_bytes());
+                }
+                // the first connection: the second request is there, unread, when it closes
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let mut h = Http1::default();
+        h.send(&format!("{base}/a")).unwrap();
+        h.send(&format!("{base}/b")).unwrap();
+        assert_eq!(h.receive(100).unwrap(), Some(b"a".to_vec()));
+        assert_eq!(h.receive(100).unwrap(), Some(b"b".to_vec()));
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            *seen,
+            ["GET /a HTTP/1.1", "GET /a HTTP/1.1", "GET /b HTTP/1.1"],
+            "a, a again on a new connection, then b on another"
+        );
+        // without a request behind it, an answer cut short is the answer's error
+        drop(seen);
+        let mut h = Http1::default();
+        match h.get(&format!("{base}/c"), 100) {
+            Ok(answer) => panic!("{answer:?}"),
+            Err(e) => assert!(e.to_string().starts_with(&format!("{base}/c: ")), "{e}"),
+        }
     }
 
     /// The server closes the connection after the first of two pipelined answers (it said so,

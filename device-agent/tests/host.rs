@@ -2027,6 +2027,40 @@ fn the_pump_reads_a_target_as_one_stream_and_goes_on_where_it_broke() {
     );
 }
 
+/// The ask-ahead tests' calls on a `serve()` server: put a file, take the requests it served,
+/// a file's URL.
+#[allow(clippy::type_complexity)]
+fn files_served<'s>(
+    addr: &'s str,
+    state: &'s Arc<Mutex<Served>>,
+) -> (
+    impl Fn(&str, &[u8]) + 's,
+    impl Fn() -> Vec<String> + 's,
+    impl Fn(&str) -> String + 's,
+) {
+    let put = move |name: &str, body: &[u8]| {
+        state
+            .lock()
+            .unwrap()
+            .files
+            .insert(name.into(), body.to_vec());
+    };
+    let served = move || std::mem::take(&mut state.lock().unwrap().requests);
+    let url = move |name: &str| format!("{addr}/{name}");
+    (put, served, url)
+}
+
+/// A metadata fetch through `t`, its answer as text.
+fn fetch(
+    t: &mut device_agent::host::HttpTransport,
+    name: &str,
+) -> Result<Option<String>, device_agent::host::HttpError> {
+    use device_agent::Transport;
+    let mut buf = [0u8; 16];
+    t.fetch_metadata(name, &mut buf)
+        .map(|n| n.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned()))
+}
+
 /// A metadata request the pump's transport sends ahead (`Transport::ask_ahead`) is answered to
 /// the fetch of that file only, and only within the time a kept connection is trusted
 /// (`max_idle`, 1 s here): a fetch later drops that answer and asks again. A request that could not be sent ahead is its
@@ -2037,22 +2071,9 @@ fn an_answer_asked_for_ahead_is_taken_only_by_the_fetch_of_that_file_soon_after(
     use device_agent::host::HttpTransport;
     use device_agent::Transport;
     let (addr, state) = serve();
-    let put = |name: &str, body: &[u8]| {
-        state
-            .lock()
-            .unwrap()
-            .files
-            .insert(name.into(), body.to_vec());
-    };
+    let (put, served, url) = files_served(&addr, &state);
     put("a.json", b"file a");
     put("b.json", b"file b");
-    let fetch = |t: &mut HttpTransport, name: &str| {
-        let mut buf = [0u8; 16];
-        t.fetch_metadata(name, &mut buf)
-            .map(|n| n.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned()))
-    };
-    let served = || std::mem::take(&mut state.lock().unwrap().requests);
-    let url = |name: &str| format!("{addr}/{name}");
     let mut t = HttpTransport::new(&addr, &format!("{addr}/targets"))
         .with_max_idle(std::time::Duration::from_secs(1));
     assert!(t.asks_ahead());
@@ -2127,23 +2148,10 @@ fn an_answer_asked_for_before_another_fetch_is_kept_for_its_own() {
     use device_agent::Transport;
     use std::time::Duration;
     let (addr, state) = serve();
-    let put = |name: &str, body: &[u8]| {
-        state
-            .lock()
-            .unwrap()
-            .files
-            .insert(name.into(), body.to_vec());
-    };
+    let (put, served, url) = files_served(&addr, &state);
     put("2.root.json", b"root 2");
     put("3.root.json", b"root 3");
     put("timestamp.json", b"timestamp");
-    let fetch = |t: &mut HttpTransport, name: &str| {
-        let mut buf = [0u8; 16];
-        t.fetch_metadata(name, &mut buf)
-            .map(|n| n.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned()))
-    };
-    let served = || std::mem::take(&mut state.lock().unwrap().requests);
-    let url = |name: &str| format!("{addr}/{name}");
     let mut t =
         HttpTransport::new(&addr, &format!("{addr}/targets")).with_max_idle(Duration::from_secs(1));
 
@@ -2183,7 +2191,7 @@ fn an_answer_asked_for_before_another_fetch_is_kept_for_its_own() {
         "3.root.json",
         "4.root.json",
     ];
-    assert_eq!(t.requests, asked.map(url));
+    assert_eq!(t.requests, asked.map(&url));
     assert_eq!(served(), asked.map(|n| format!("GET /{n}")));
 
     // kept longer than max_idle: not taken, asked again
@@ -2209,7 +2217,7 @@ fn an_answer_asked_for_before_another_fetch_is_kept_for_its_own() {
         "3.root.json",
         "timestamp.json",
     ];
-    assert_eq!(t.requests, asked.map(url));
+    assert_eq!(t.requests, asked.map(&url));
     assert_eq!(served(), asked.map(|n| format!("GET /{n}")));
 
     // a kept answer goes with the next ask, and with a target fetch
