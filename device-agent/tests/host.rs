@@ -2168,64 +2168,59 @@ fn an_answer_asked_for_before_another_fetch_is_kept_for_its_own() {
     assert_eq!(t.requests, [url("2.root.json"), url("timestamp.json")]);
     assert_eq!(served(), ["GET /2.root.json", "GET /timestamp.json"]);
 
+    // roots 2 and 3 taken after both were asked for (a rotation)
+    let rotate = |t: &mut HttpTransport| {
+        t.requests.clear();
+        t.ask_ahead(&["2.root.json", "timestamp.json"]);
+        for (name, body) in [("2.root.json", "root 2"), ("3.root.json", "root 3")] {
+            assert_eq!(fetch(t, name).unwrap().as_deref(), Some(body));
+        }
+    };
+    // what the transport asked for and the server served, in order
+    let asked = |t: &HttpTransport, asked: [&str; 4]| {
+        assert_eq!(t.requests, asked.map(&url));
+        assert_eq!(served(), asked.map(|n| format!("GET /{n}")));
+    };
+
     // a rotation: 3 is fetched before the timestamp, whose answer is kept for it
-    t.requests.clear();
-    t.ask_ahead(&["2.root.json", "timestamp.json"]);
-    assert_eq!(
-        fetch(&mut t, "2.root.json").unwrap().as_deref(),
-        Some("root 2")
-    );
-    assert_eq!(
-        fetch(&mut t, "3.root.json").unwrap().as_deref(),
-        Some("root 3")
-    );
+    rotate(&mut t);
     assert_eq!(fetch(&mut t, "4.root.json").unwrap(), None);
     put("timestamp.json", b"timestamp 2");
     assert_eq!(
         fetch(&mut t, "timestamp.json").unwrap().as_deref(),
         Some("timestamp")
     );
-    let asked = [
-        "2.root.json",
-        "timestamp.json",
-        "3.root.json",
-        "4.root.json",
-    ];
-    assert_eq!(t.requests, asked.map(&url));
-    assert_eq!(served(), asked.map(|n| format!("GET /{n}")));
+    asked(
+        &t,
+        [
+            "2.root.json",
+            "timestamp.json",
+            "3.root.json",
+            "4.root.json",
+        ],
+    );
 
     // kept longer than max_idle: not taken, asked again
-    t.requests.clear();
-    t.ask_ahead(&["2.root.json", "timestamp.json"]);
-    assert_eq!(
-        fetch(&mut t, "2.root.json").unwrap().as_deref(),
-        Some("root 2")
-    );
-    assert_eq!(
-        fetch(&mut t, "3.root.json").unwrap().as_deref(),
-        Some("root 3")
-    );
+    rotate(&mut t);
     std::thread::sleep(Duration::from_millis(1100));
     put("timestamp.json", b"timestamp 3");
     assert_eq!(
         fetch(&mut t, "timestamp.json").unwrap().as_deref(),
         Some("timestamp 3")
     );
-    let asked = [
-        "2.root.json",
-        "timestamp.json",
-        "3.root.json",
-        "timestamp.json",
-    ];
-    assert_eq!(t.requests, asked.map(&url));
-    assert_eq!(served(), asked.map(|n| format!("GET /{n}")));
+    asked(
+        &t,
+        [
+            "2.root.json",
+            "timestamp.json",
+            "3.root.json",
+            "timestamp.json",
+        ],
+    );
 
     // a kept answer goes with the next ask, and with a target fetch
     for drop_it in ["ask", "target"] {
-        t.requests.clear();
-        t.ask_ahead(&["2.root.json", "timestamp.json"]);
-        fetch(&mut t, "2.root.json").unwrap();
-        fetch(&mut t, "3.root.json").unwrap();
+        rotate(&mut t);
         match drop_it {
             "ask" => t.ask_ahead(&["5.root.json"]),
             _ => {
