@@ -681,6 +681,16 @@ mod tests {
         (base, seen)
     }
 
+    /// The server saw `/a`, `/b` and `/c`, in order, on one connection.
+    fn abc_on_one_connection(seen: &Seen) {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.0, 1, "one connection for all three");
+        assert_eq!(
+            seen.1,
+            ["GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /c HTTP/1.1"]
+        );
+    }
+
     #[test]
     fn keeps_one_connection_and_reads_lengths_chunks_and_404s() {
         let (base, seen) = server(vec![
@@ -700,12 +710,7 @@ mod tests {
         // the request goes out before its answer is read
         h.send(&format!("{base}/c")).unwrap();
         assert_eq!(h.receive(100).unwrap(), Some(b"wikipedia".to_vec()));
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.0, 1, "one connection for all three");
-        assert_eq!(
-            seen.1,
-            ["GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /c HTTP/1.1"]
-        );
+        abc_on_one_connection(&seen);
     }
 
     /// A request sent and then abandoned: its answer is never read, not even by the next
@@ -765,12 +770,7 @@ mod tests {
             h.get(&format!("{base}/c"), 100).unwrap(),
             Some(b"file c".to_vec())
         );
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.0, 1, "one connection for all three");
-        assert_eq!(
-            seen.1,
-            ["GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /c HTTP/1.1"]
-        );
+        abc_on_one_connection(&seen);
     }
 
     /// A server that resets the connection in the middle of the first of two pipelined answers
