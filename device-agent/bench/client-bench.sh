@@ -174,10 +174,10 @@ fi
 # revisions and channels grows toward it; the one-image repository above is the other end.
 # hale-conformance against python-tuf there, in CATALOG_ROUNDS rounds (default 3) of ITERS each,
 # alternating: this machine is shared, so each round's ratio is taken in one go.
-# CATALOG_TARGETS=0 skips it.
+# CATALOG_TARGETS=0 or CATALOG_ROUNDS=0 skips it.
 MAKE_REPO=${MAKE_REPO:-$REPO_ROOT/../shared/bench/make-repo.py}
 CATALOG_TARGETS=${CATALOG_TARGETS:-10000}
-if [ "$CATALOG_TARGETS" -gt 0 ] && [ -x "$PY" ] && [ -f "$SHARED_CLIENT" ] && [ -f "$MAKE_REPO" ]; then
+if [ "$CATALOG_TARGETS" -gt 0 ] && [ "${CATALOG_ROUNDS:-3}" -gt 0 ] && [ -x "$PY" ] && [ -f "$SHARED_CLIENT" ] && [ -f "$MAKE_REPO" ]; then
   # the contents are made beside the repository and kept until the end: deleting 10,000 files
   # just before the runs leaves ext4 searching freed inodes on every file the clients create
   "$PY" "$MAKE_REPO" --targets "$CATALOG_TARGETS" --size 1024 --bins 256 \

@@ -1118,7 +1118,10 @@ impl<F: Durable> FirmwareStore<F> {
     /// before it may run: a damaged one gives way to the good image in the other slot
     /// ([`Boot::Damaged`]; a good image only to one the security counter allows), else
     /// [`StoreError::NoBootableImage`]. The decision is committed before it is returned.
+    /// A reset clears RAM: the seal the last update check left goes (the next check verifies
+    /// the stored root and timestamp again), also when one process simulates the reset.
     pub fn boot(&mut self) -> Result<Boot, StoreError<F::Error>> {
+        self.seal = None;
         // decided on a copy: the current state changes only by committing the next record
         let mut next = self.state.slots;
         let mut boot = next.boot_in_place();
@@ -1594,5 +1597,30 @@ mod tests {
             FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap_err(),
             StoreError::NoValidState
         );
+    }
+
+    #[test]
+    fn a_boot_drops_the_seal_the_last_check_left() {
+        // a seal made by hale-core from a verified root and timestamp
+        let sim = hale_tests::RepoSim::new();
+        let root = sim.root_bytes(1);
+        let mut set = hale_core::TrustedSet::new(
+            hale_core::Storage::on_heap(1 << 16),
+            &root,
+            hale_tests::NOW,
+        )
+        .unwrap();
+        set.update_timestamp(&sim.files["timestamp.json"]).unwrap();
+        let seal = set.seal();
+        assert!(seal.is_some());
+        let mut mem = provisioned();
+        let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        s.keep_seal(seal);
+        assert_eq!(s.seal(), seal.as_ref());
+        // a record kept it; the boot step (a reset) does not
+        s.set_slots(s.slots()).unwrap();
+        assert_eq!(s.seal(), seal.as_ref());
+        assert!(matches!(s.boot().unwrap(), Boot::Normal { slot: Slot::A }));
+        assert_eq!(s.seal(), None);
     }
 }
