@@ -485,11 +485,33 @@ impl<'w, T: Transport> RoleSource for Delegated<'_, 'w, T> {
 /// reboots when the application allows, runs [`FirmwareStore::boot`], and the application
 /// calls [`FirmwareStore::confirm`] after its health checks.
 ///
-/// `now` is the update start time for every expiry check. On any error the device keeps its
-/// running image, trusted metadata stays what verified, and an interrupted download resumes from
-/// its last checkpoint at the next check.
+/// `clock` is the device's time at the start of the update. Every expiry check runs at it, or
+/// at the store's time floor when the clock is behind it ([`hale_core::time::check_time`]): the
+/// latest time an earlier check showed to be past, which this check raises
+/// ([`FirmwareStore::time_floor`]). On any error the device keeps its running image, trusted
+/// metadata stays what verified, and an interrupted download resumes from its last checkpoint
+/// at the next check.
 #[allow(clippy::too_many_arguments)]
 pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHook>(
+    store: &mut FirmwareStore<F>,
+    device: &DeviceInfo<'_>,
+    transport: &mut T,
+    app: &mut A,
+    rollback: &mut R,
+    clock: UnixTime,
+    ws: Workspace<'_>,
+) -> Res<Outcome, T, F> {
+    let now = hale_core::time::check_time(clock, store.time_floor());
+    let outcome = check(store, device, transport, app, rollback, now, ws);
+    // a floor an hour past the recorded one is recorded by itself (a record carries it anyway);
+    // a flash failure comes before the outcome: the device must hear of it
+    store.record_time_floor_when_due()?;
+    outcome
+}
+
+/// [`check_for_update`] at `now`, the time its checks run at.
+#[allow(clippy::too_many_arguments)]
+fn check<F: Durable, T: Transport, A: Application, R: RollbackHook>(
     store: &mut FirmwareStore<F>,
     device: &DeviceInfo<'_>,
     transport: &mut T,
@@ -560,6 +582,7 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
     // whatever `refresh` ended in, the set holds a root and timestamp it verified (bound to
     // their bytes: the next check reads them back from the record, or verifies what it reads)
     store.keep_seal(set.seal());
+    store.raise_time_floor(set.time_passed());
     let mut unrecorded = match refreshed {
         Ok(Refreshed::Unchanged) => {
             return match store.last_check() {
@@ -672,8 +695,10 @@ enum Failed {
     Broken,
 }
 
-/// The wait a remembered failure sets, at most: a valid-until further away than this from now
-/// was set by a clock that ran ahead, and is not waited for.
+/// The wait a remembered failure sets, at most: a valid-until further away than this from the
+/// check's time was set by a clock that ran ahead, and is not waited for. (A wait recorded with
+/// a time floor never is: the floor is at least the time it was set. One recorded without, by
+/// an agent before the floor, may be.)
 fn longest_wait(c: Conclusion) -> UnixTime {
     match c {
         Conclusion::Broken { tries } => retry_broken(tries),
@@ -1192,8 +1217,8 @@ fn refresh<F: Durable, T: Transport>(
             && c.running_sha256 == *running_sha256
             && now < c.valid_until
             && (c.conclusion == Conclusion::UpToDate
-                // wrong bytes wait for this server only, and a clock set back does not
-                // stretch the wait
+                // wrong bytes wait for this server only, and a wait set by a clock that ran
+                // ahead is not waited for (`longest_wait`)
                 || transport.remote()
                     && c.valid_until.saturating_sub(longest_wait(c.conclusion)) <= now)
     });

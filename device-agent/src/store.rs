@@ -8,7 +8,7 @@
 //! leaves an invalid record and the previous state stands.
 //!
 //! ```text
-//! 0    "HALS" format(1) active(1) pad(2) seq:u32 authorization:u32
+//! 0    "HALS" format(1) active(1) floor(1) pad(1) seq:u32 authorization:u32
 //! 16   security_counter:u64
 //! 24   slot A: state, has_image, version_len, pad, version[48], counter:u64, length:u64, sha256[32]
 //! 124  slot B: (same, 100 bytes)
@@ -22,7 +22,16 @@
 //! ...  sha256 over everything before it
 //! ...  when 252 is not 0: the refused list, sha256[32] each, oldest first, and a sha256 over
 //!      the record's digest and the list
+//! ...  when bit 0 of 6 is set: the time floor (Unix seconds, i64) and a sha256 over the digest
+//!      before it and the floor
 //! ```
+//!
+//! The time floor is the latest time an update check showed to be past
+//! ([`hale_core::TrustedSet::time_passed`]): the device's checks never run at an earlier time
+//! ([`hale_core::time::check_time`]), whatever its clock says. Every record carries the floor the
+//! store holds in RAM; a check writes a record for it alone once it is
+//! [`FLOOR_RECORD_STEP`] past the recorded one. It comes last, for the reason the refused list
+//! comes after the digest; a record written before it existed has 0 at 6 (pad then): floor 0.
 //!
 //! The refused list holds the images that failed their trial here (a reset or a failed health
 //! check before confirmation) and the one an authorized rollback took the device back from:
@@ -53,6 +62,12 @@ const SLOT_INFO_LEN: usize = 100;
 pub const VERSION_MAX: usize = 48;
 const DIGEST_LEN: usize = 32;
 const LAST_CHECK_LEN: usize = 49;
+/// The time floor and its digest.
+const FLOOR_LEN: usize = 8 + DIGEST_LEN;
+/// A time floor this far past the recorded one is recorded by itself (seconds): a pump polling
+/// every minute writes at most one record an hour for it (a new timestamp, about twice a day,
+/// carries it anyway), and after a reset its floor is at most this much behind.
+pub const FLOOR_RECORD_STEP: UnixTime = 3600;
 /// Images refused for good that a record remembers (newest kept).
 pub const REFUSED_MAX: usize = 4;
 /// Bytes a state record region must hold for `metadata` bytes of trusted metadata in all: the
@@ -60,7 +75,7 @@ pub const REFUSED_MAX: usize = 4;
 /// least this for the most metadata its check's buffers take never refuses a record for its
 /// size ([`StoreError::RecordTooSmall`]).
 pub const fn record_len(metadata: usize) -> usize {
-    HEADER_LEN + metadata + LAST_CHECK_LEN + DIGEST_LEN + REFUSED_MAX * 32 + DIGEST_LEN
+    HEADER_LEN + metadata + LAST_CHECK_LEN + DIGEST_LEN + REFUSED_MAX * 32 + DIGEST_LEN + FLOOR_LEN
 }
 /// Bytes moved per flash read or write when copying (stack buffer).
 const COPY_CHUNK: usize = 64;
@@ -267,6 +282,8 @@ struct State {
     authorization: u32,
     /// images refused for good, oldest first
     refused: Refused,
+    /// the time floor (0: none)
+    floor: UnixTime,
 }
 
 /// The sha256 values of images never to be installed again (see the module's documentation): a
@@ -345,6 +362,10 @@ pub struct FirmwareStore<F> {
     /// [`Seal`]): the next check in this boot does not check their signatures again when it
     /// reads the same bytes back. In memory only: after a reset they are verified again.
     seal: Option<Seal>,
+    /// The time floor: the recorded one, or later checks' (recorded with the next record).
+    floor: UnixTime,
+    /// The last record had no room for the floor: a record for it alone would not take it.
+    floor_unfit: bool,
 }
 
 fn role_idx(r: Role) -> usize {
@@ -568,6 +589,9 @@ fn encode_header(st: &State) -> [u8; HEADER_LEN] {
     if let Some(b) = h.get_mut(5) {
         *b = st.slots.active().index() as u8;
     }
+    if let Some(b) = h.get_mut(6) {
+        *b = u8::from(st.floor > 0);
+    }
     put_u32(&mut h, 8, st.seq);
     put_u32(&mut h, 12, st.authorization);
     put_u64(&mut h, 16, st.slots.security_counter());
@@ -610,6 +634,7 @@ fn decode_header(h: &[u8; HEADER_LEN], region: usize) -> Option<State> {
         last_check: None,
         authorization: get_u32(h, 12),
         refused: Refused::default(),
+        floor: 0,
     })
 }
 
@@ -698,6 +723,8 @@ impl<F: Durable> FirmwareStore<F> {
             layout,
             state,
             seal: None,
+            floor: state.floor,
+            floor_unfit: false,
         })
     }
 
@@ -745,12 +772,15 @@ impl<F: Durable> FirmwareStore<F> {
             last_check: None,
             authorization: 0,
             refused: Refused::default(),
+            floor: 0,
         };
         let mut store = FirmwareStore {
             flash,
             layout,
             state,
             seal: None,
+            floor: 0,
+            floor_unfit: false,
         };
         store.commit(
             slots,
@@ -819,6 +849,26 @@ impl<F: Durable> FirmwareStore<F> {
     /// Keep `seal` for the next update check.
     pub(crate) fn keep_seal(&mut self, seal: Option<Seal>) {
         self.seal = seal;
+    }
+
+    /// The time floor: no update check runs at an earlier time (see the module's documentation).
+    pub fn time_floor(&self) -> UnixTime {
+        self.floor
+    }
+
+    /// Raise the time floor to `t` (what a check showed to be past); recorded with the next
+    /// record.
+    pub(crate) fn raise_time_floor(&mut self, t: UnixTime) {
+        self.floor = self.floor.max(t);
+    }
+
+    /// Record the time floor by itself once it is [`FLOOR_RECORD_STEP`] past the recorded one
+    /// (unless the last record had no room for it).
+    pub(crate) fn record_time_floor_when_due(&mut self) -> Result<(), StoreError<F::Error>> {
+        if !self.floor_unfit && self.floor.saturating_sub(self.state.floor) >= FLOOR_RECORD_STEP {
+            return self.set_slots_refusing(self.state.slots, None);
+        }
+        Ok(())
     }
 
     /// Read the stored metadata of `role` into `buf`; `None` when none is stored.
@@ -937,11 +987,13 @@ impl<F: Durable> FirmwareStore<F> {
         };
         let capacity = self.layout.state_len as usize;
         // a slot change (a revert, a confirmation) must not fail for want of room for the list:
-        // then it goes without the new entry
+        // then it goes without the new entry; nor for the time floor (then kept in RAM only)
         if fixed + list_len(&refused) > capacity {
             refused = self.state.refused;
         }
-        let total = fixed + list_len(&refused);
+        let unfit = fixed + list_len(&refused) + FLOOR_LEN > capacity;
+        let floor = if unfit { 0 } else { self.floor };
+        let total = fixed + list_len(&refused) + if floor > 0 { FLOOR_LEN } else { 0 };
         if total > capacity {
             return Err(StoreError::RecordTooSmall {
                 needed: total,
@@ -959,6 +1011,7 @@ impl<F: Durable> FirmwareStore<F> {
             last_check,
             authorization,
             refused,
+            floor,
         };
         let header = encode_header(&next);
         // erase only the sectors the record's writes reach (64-byte pieces): what lies beyond
@@ -1013,10 +1066,16 @@ impl<F: Durable> FirmwareStore<F> {
                 w.push(f, d, true).map_err(StoreError::Flash)?;
             }
         }
+        if floor > 0 {
+            w.seal(f).map_err(StoreError::Flash)?;
+            w.push(f, &floor.to_le_bytes(), true)
+                .map_err(StoreError::Flash)?;
+        }
         w.finish(f).map_err(StoreError::Flash)?;
         // and the record is on the medium before anything it allows
         f.sync().map_err(StoreError::Flash)?;
         self.state = next;
+        self.floor_unfit = unfit;
         Ok(())
     }
 
@@ -1197,8 +1256,14 @@ fn read_record<F: NorFlash>(
         0 => 0,
         n => n + DIGEST_LEN,
     };
+    // (bit 0; other bits are left to later sections, which come after it)
+    let (floor_len, floor_section) = match h.get(6) {
+        Some(b) if b & 1 == 1 => (8, FLOOR_LEN),
+        _ => (0, 0),
+    };
     let meta: u64 = st.meta_lens.iter().map(|l| u64::from(*l)).sum();
-    if meta + (check_len + list_len + HEADER_LEN + DIGEST_LEN) as u64 > u64::from(layout.state_len)
+    if meta + (check_len + list_len + floor_section + HEADER_LEN + DIGEST_LEN) as u64
+        > u64::from(layout.state_len)
     {
         return Ok(None);
     }
@@ -1223,29 +1288,41 @@ fn read_record<F: NorFlash>(
     }
     let mut stored = [0u8; DIGEST_LEN];
     flash.read(off, &mut stored)?;
-    let d = sha256_finish(hash);
-    if d != stored {
+    if sha256_finish(hash) != stored {
         return Ok(None);
     }
     // the refused list after the digest, hashed from it: a torn list is a torn record
+    // then the refused list and the time floor, each hashed from the digest before it: a torn
+    // one is a torn record
     let mut refused = Refused::default();
-    if refused_len > 0 {
-        let mut hash = Sha256::new();
-        sha256_update(&mut hash, &d);
-        off += DIGEST_LEN as u32;
-        for e in refused.list.iter_mut().take(refused_len / 32) {
-            flash.read(off, e)?;
-            sha256_update(&mut hash, e);
-            off += 32;
+    let mut floor = [0u8; 8];
+    let sections = [
+        refused
+            .list
+            .as_flattened_mut()
+            .get_mut(..refused_len)
+            .unwrap_or(&mut []),
+        floor.get_mut(..floor_len).unwrap_or(&mut []),
+    ];
+    for data in sections {
+        if data.is_empty() {
+            continue;
         }
+        let mut hash = Sha256::new();
+        sha256_update(&mut hash, &stored);
+        off += DIGEST_LEN as u32;
+        flash.read(off, data)?;
+        sha256_update(&mut hash, data);
+        off += data.len() as u32;
         flash.read(off, &mut stored)?;
         if sha256_finish(hash) != stored {
             return Ok(None);
         }
-        refused.len = (refused_len / 32) as u8;
-        // read oldest first: the next one overwrites the oldest once the ring is full
-        refused.next = (usize::from(refused.len) % REFUSED_MAX) as u8;
     }
+    refused.len = (refused_len / 32) as u8;
+    // read oldest first: the next one overwrites the oldest once the ring is full
+    refused.next = (usize::from(refused.len) % REFUSED_MAX) as u8;
+    st.floor = i64::from_le_bytes(floor);
     if check_len > 0 {
         // an unknown conclusion (a newer format) is dropped: the next check searches in full
         st.last_check = LastCheck::decode(&check);
@@ -1538,18 +1615,21 @@ mod tests {
         let most = L.state_len as usize - record_len(0);
         assert_eq!(record_len(most), L.state_len as usize);
         let root = vec![b'r'; most - 30];
-        let meta = |extra: &'static [u8]| {
+        fn meta<'a>(root: &'a [u8], extra: &'a [u8]) -> [Meta<'a>; 4] {
             [
-                Meta::Set(&root),
+                Meta::Set(root),
                 Meta::Set(b"timestamp"),
                 Meta::Set(b"snapshot"),
                 Meta::Set(extra),
             ]
-        };
-        // one byte more: refused before anything is erased or written
+        }
+        const FLOOR: UnixTime = 1_900_000_000;
+        s.raise_time_floor(FLOOR);
+        let extra = vec![b't'; 13 + FLOOR_LEN + 1];
+        // more than the floor's length more: refused before anything is erased or written
         let (seq, ops) = (s.sequence(), s.flash_mut().operations());
         assert_eq!(
-            s.record_check(Some(check), meta(b"targets......x")),
+            s.record_check(Some(check), meta(&root, &extra)),
             Err(StoreError::RecordTooSmall {
                 needed: L.state_len as usize + 1,
                 capacity: L.state_len as usize
@@ -1557,11 +1637,23 @@ mod tests {
         );
         assert_eq!(s.sequence(), seq);
         assert_eq!(s.flash_mut().operations(), ops, "the flash was written");
-        s.record_check(Some(check), meta(b"targets......")).unwrap();
-        drop(s);
-        // read back whole: the metadata, the last check and the full refused list
-        let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        // one byte more: written without the floor, which stays in RAM, and is not recorded
+        // by itself (it would not fit either)
+        s.record_check(Some(check), meta(&root, &extra[..14]))
+            .unwrap();
+        assert_eq!(s.time_floor(), FLOOR);
+        s.record_time_floor_when_due().unwrap();
         assert_eq!(s.sequence(), seq + 1);
+        // the fullest record holds it
+        s.record_check(Some(check), meta(&root, &extra[..13]))
+            .unwrap();
+        s.record_time_floor_when_due().unwrap();
+        assert_eq!(s.sequence(), seq + 2);
+        drop(s);
+        // read back whole: the metadata, the last check, the full refused list and the floor
+        let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        assert_eq!(s.sequence(), seq + 2);
+        assert_eq!(s.time_floor(), FLOOR);
         let mut buf = vec![0u8; L.state_len as usize];
         assert_eq!(
             s.read_metadata(Role::Root, &mut buf).unwrap(),
@@ -1569,7 +1661,7 @@ mod tests {
         );
         assert_eq!(
             s.read_metadata(Role::Targets, &mut buf).unwrap(),
-            Some(b"targets......".as_slice())
+            Some(&extra[..13])
         );
         assert_eq!(s.last_check(), Some(check));
         for i in 1..=REFUSED_MAX as u8 {
@@ -1622,5 +1714,71 @@ mod tests {
         assert_eq!(s.seal(), seal.as_ref());
         assert!(matches!(s.boot().unwrap(), Boot::Normal { slot: Slot::A }));
         assert_eq!(s.seal(), None);
+    }
+
+    #[test]
+    fn the_time_floor_persists_survives_a_torn_write_and_an_older_agent_reads_around_it() {
+        const FLOOR: UnixTime = 1_900_000_000;
+        let mut mem = provisioned();
+        let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        assert_eq!(s.time_floor(), 0);
+        let slots = s.slots();
+        s.set_slots_refusing(slots, Some([7; 32])).unwrap();
+        // less than an hour past the recorded floor (none): not recorded by itself
+        let seq = s.sequence();
+        s.raise_time_floor(FLOOR_RECORD_STEP - 1);
+        s.record_time_floor_when_due().unwrap();
+        assert_eq!(s.sequence(), seq);
+        s.raise_time_floor(FLOOR);
+        s.raise_time_floor(5);
+        assert_eq!(s.time_floor(), FLOOR, "never lowered");
+        drop(s);
+        // raised in RAM only: a reset before a record loses it
+        let s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        assert_eq!(s.time_floor(), 0);
+        drop(s);
+        // a power cut in every operation of the record for it alone: the old record (no floor)
+        // or the new one (the floor), the refused list in both
+        let mut cut = 0;
+        loop {
+            let mut m2 = mem.clone();
+            let mut s =
+                FirmwareStore::open(MemFlash::<1024>::new(&mut m2).fail_after(cut), L).unwrap();
+            s.raise_time_floor(FLOOR);
+            let r = s.record_time_floor_when_due();
+            drop(s);
+            let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut m2), L).unwrap();
+            assert!(s.refused(&[7; 32]));
+            if r.is_ok() {
+                assert_eq!(s.time_floor(), FLOOR);
+                // recorded: not again
+                let seq = s.sequence();
+                s.record_time_floor_when_due().unwrap();
+                assert_eq!(s.sequence(), seq);
+                drop(s);
+                mem = m2;
+                break;
+            }
+            assert!(s.time_floor() == 0 || s.time_floor() == FLOOR);
+            cut += 1;
+        }
+        assert!(cut > 3, "only {cut} cuts");
+        // an agent built before the floor reads the record as it always did: the digest over
+        // the header and metadata, then the list and the digest over both (the floor follows)
+        let s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
+        let st = s.state;
+        drop(s);
+        assert_eq!(st.floor, FLOOR);
+        let base = L.state[st.region] as usize;
+        let body = base + HEADER_LEN + st.meta_lens.iter().sum::<u32>() as usize;
+        let d = sha256(&mem[base..body]);
+        assert_eq!(&mem[body..body + DIGEST_LEN], &d[..]);
+        let list = body + DIGEST_LEN;
+        let mut h = Sha256::new();
+        h.update(d);
+        h.update([7u8; 32]);
+        assert_eq!(&mem[list..list + 32], &[7u8; 32][..]);
+        assert_eq!(&mem[list + 32..list + 64], &h.finalize()[..]);
+        assert_eq!(&mem[list + 64..list + 72], &FLOOR.to_le_bytes()[..]);
     }
 }

@@ -102,18 +102,24 @@ fn wrong_image_bytes_are_not_downloaded_again_for_a_day_unless_a_new_snapshot_co
     };
 
     // within the day, even after a power cycle and with the right bytes back on the server:
-    // root probe and timestamp only, no record, the exact error
+    // root probe and timestamp only, no record but the time floor's (an hour on), the exact
+    // error
     let mut store = open_store(&mut mem);
     let (seq, kept) = (store.sequence(), persisted(&mut store));
-    for at in [NOW + 1, NOW + RETRY_WRONG_BYTES - 1] {
+    for (at, records) in [(NOW + 1, 0), (NOW + RETRY_WRONG_BYTES - 1, 1)] {
         let mut t = MapTransport::new(&sim.files);
         assert_eq!(
             check_at(&mut store, &mut t, &mut Pump::default(), at).unwrap_err(),
             refused
         );
         assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
-        assert_eq!(store.sequence(), seq, "no flash write while it waits");
+        assert_eq!(
+            store.sequence(),
+            seq + records,
+            "no other flash write while it waits"
+        );
         assert_eq!(persisted(&mut store), kept);
+        assert_eq!(store.time_floor(), at);
     }
     // a new timestamp naming the same snapshot (the repository re-signs it daily) is verified
     // and stored, and the wait goes on
@@ -283,8 +289,9 @@ fn a_flash_error_while_the_wait_for_wrong_bytes_goes_on_keeps_the_wait() {
     assert_eq!(kept.slots, slots);
     let seq = store.sequence();
     let mut t = MapTransport::new(&sim.files);
+    // (within an hour of the time floor the timestamp's record carries: no record for it)
     assert_eq!(
-        check_at(&mut store, &mut t, &mut Pump::default(), NOW + 7200).unwrap_err(),
+        check_at(&mut store, &mut t, &mut Pump::default(), NOW + 7000).unwrap_err(),
         AgentError::WrongBytes {
             retry_at: NOW + RETRY_WRONG_BYTES
         }
@@ -361,7 +368,7 @@ fn a_failed_check_that_verified_a_newer_snapshot_leaves_the_wait_behind() {
 }
 
 #[test]
-fn wrong_image_bytes_are_tried_again_at_once_from_a_new_snapshot_or_after_the_clock_went_back() {
+fn wrong_image_bytes_are_tried_again_at_once_from_a_new_snapshot_not_after_the_clock_went_back() {
     use device_agent::agent::RETRY_WRONG_BYTES;
     let sim = repo_with("2.0.0", 7, 3000);
     let file = sim.target_file_name(TARGET);
@@ -378,7 +385,7 @@ fn wrong_image_bytes_are_tried_again_at_once_from_a_new_snapshot_or_after_the_cl
         let err = check_at(store, &mut t, &mut Pump::default(), at).unwrap_err();
         (err, t.target_bytes)
     };
-    assert_eq!(refuse(&mut store, NOW), (hash_mismatch.clone(), 3000));
+    assert_eq!(refuse(&mut store, NOW), (hash_mismatch, 3000));
     assert_eq!(
         refuse(&mut store, NOW + 60),
         (
@@ -388,25 +395,21 @@ fn wrong_image_bytes_are_tried_again_at_once_from_a_new_snapshot_or_after_the_cl
             0
         )
     );
-    // a clock set back by more than the wait (a reset real-time clock) does not stretch it
+    // a clock set back by more than the wait (a reset real-time clock, or time spoofed): the
+    // check runs at the time floor, the last check's time, and the wait goes on (it ended
+    // before the time floor: the same server could be made to wear the slot's sectors out)
     let back = NOW - RETRY_WRONG_BYTES - 1;
-    assert_eq!(refuse(&mut store, back), (hash_mismatch.clone(), 3000));
     assert_eq!(
-        store.last_check().unwrap().valid_until,
-        back + RETRY_WRONG_BYTES
-    );
-
-    // waiting again from then: the same snapshot is not downloaded
-    let soon = back + 60;
-    assert_eq!(
-        refuse(&mut store, soon),
+        refuse(&mut store, back),
         (
             AgentError::WrongBytes {
-                retry_at: back + RETRY_WRONG_BYTES
+                retry_at: NOW + RETRY_WRONG_BYTES
             },
             0
         )
     );
+    assert_eq!(store.time_floor(), NOW + 60);
+    let soon = back + 60;
     // a new release (a new snapshot) is tried at once, within the wait
     let mut next = sim.clone();
     publish(&mut next, "2.0.1", 7, 3000, "pump-a");
@@ -616,24 +619,21 @@ fn a_download_that_keeps_breaking_off_before_its_next_checkpoint_waits_longer_ea
     assert_eq!(last.snapshot_version, sim2.snapshot.version);
     assert_eq!(last.valid_until, later + 1 + RETRY_BROKEN_FIRST);
     drop(store2);
-    // a clock set back to before the break does not stretch the wait: tried at once
+    // a clock set back to before the break: the check runs at the time floor (the break's
+    // time), and the wait goes on
     assert_eq!(
         check_at(&mut store, &mut cut_at(512), &mut Pump::default(), NOW).unwrap_err(),
         cut
     );
     assert!(store.last_check().is_some());
+    let mut t = MapTransport::new(&sim.files);
     assert_eq!(
-        check_at(
-            &mut store,
-            &mut MapTransport::new(&sim.files),
-            &mut Pump::default(),
-            NOW - 10
-        )
-        .unwrap(),
-        Outcome::Staged {
-            version: v("2.0.0")
+        check_at(&mut store, &mut t, &mut Pump::default(), NOW - 10).unwrap_err(),
+        AgentError::DownloadBroken {
+            retry_at: NOW + RETRY_BROKEN_FIRST
         }
     );
+    assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
 }
 
 /// A pump that updated to 2.0.0 and confirmed it, so slot A still holds 1.0.0 (good); `counter`
@@ -1330,6 +1330,107 @@ fn expired_timestamp_is_refused_and_nothing_changes() {
         })
     );
     assert_eq!(persisted(&mut store), before);
+}
+
+#[test]
+fn a_clock_set_back_does_not_make_an_expired_timestamp_good_again() {
+    // a freeze: the server (or whoever stands in for it) keeps serving the last timestamp, and
+    // the pump's clock is set back (time spoofed on the network, a reset real-time clock) to
+    // when it was still good
+    const DAY: i64 = 86_400;
+    let sim = repo_with("1.0.0", 1, 5000);
+    assert_eq!(sim.timestamp.expires, NOW + DAY);
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    let at = |store: &mut FirmwareStore<Flash<'_>>, t: i64| {
+        check_at(
+            store,
+            &mut MapTransport::new(&sim.files),
+            &mut Pump::default(),
+            t,
+        )
+    };
+    assert_eq!(at(&mut store, NOW).unwrap(), up_to_date());
+    assert_eq!(store.time_floor(), NOW);
+    let expired = |now: i64| {
+        AgentError::Trust(Error::Expired {
+            role: Name::new("timestamp"),
+            expires: NOW + DAY,
+            now,
+        })
+    };
+    assert_eq!(
+        at(&mut store, NOW + DAY + 5).unwrap_err(),
+        expired(NOW + DAY + 5)
+    );
+    // the timestamp's own expiry is now the floor, recorded at once (a day past the last)
+    assert_eq!(store.time_floor(), NOW + DAY);
+    let (seq, before) = (store.sequence(), persisted(&mut store));
+    drop(store);
+    // after a power cycle, with the clock set back to the day before: the same refusal, at the
+    // floor, and nothing changes
+    let mut store = open_store(&mut mem);
+    assert_eq!(store.time_floor(), NOW + DAY);
+    for back in [NOW + 10, NOW - 365 * DAY] {
+        assert_eq!(at(&mut store, back).unwrap_err(), expired(NOW + DAY));
+        assert_eq!(store.sequence(), seq);
+        assert_eq!(persisted(&mut store), before);
+        assert_eq!(store.time_floor(), NOW + DAY);
+    }
+}
+
+#[test]
+fn a_clock_that_ran_ahead_raises_the_floor_only_to_a_signed_expiry_and_the_next_timestamp_mends_it()
+{
+    // a clock a month ahead: the timestamp is refused as expired, and the floor goes no
+    // further than its expiry (not to the clock's month); a clock past the root's expiry
+    // (a year) raises nothing: a root lives long, and the floor would hold every check back
+    // until the next root
+    const DAY: i64 = 86_400;
+    let mut sim = repo_with("1.0.0", 1, 5000);
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    let year = NOW + 366 * DAY;
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), year).unwrap_err(),
+        AgentError::Trust(Error::ExpiredRoot {
+            expires: sim.root.expires,
+            now: year,
+        })
+    );
+    assert_eq!(store.time_floor(), 0);
+    let month = NOW + 30 * DAY;
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), month).unwrap_err(),
+        AgentError::Trust(Error::Expired {
+            role: Name::new("timestamp"),
+            expires: NOW + DAY,
+            now: month,
+        })
+    );
+    assert_eq!(store.time_floor(), NOW + DAY);
+    // the clock put right: the checks run at the floor, where that timestamp has expired...
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), NOW + 60).unwrap_err(),
+        AgentError::Trust(Error::Expired {
+            role: Name::new("timestamp"),
+            expires: NOW + DAY,
+            now: NOW + DAY,
+        })
+    );
+    // ...until the repository's next one (re-signed half a day before expiry)
+    sim.timestamp.version += 1;
+    sim.timestamp.expires = NOW + 2 * DAY;
+    sim.write_timestamp();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_at(&mut store, &mut t, &mut Pump::default(), NOW + 120).unwrap(),
+        up_to_date()
+    );
+    assert_eq!(store.time_floor(), NOW + DAY);
 }
 
 /// A repository whose targets role delegates `pump-a/*` to role `pump-a` (one ed25519 key);

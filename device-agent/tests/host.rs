@@ -3147,3 +3147,42 @@ fn provisioning_again_keeps_the_outcome_the_old_flash_decided_and_drops_its_note
     );
     assert!(!dir.join("result_to_report.json").exists());
 }
+
+#[test]
+fn a_pump_whose_clock_went_back_checks_at_the_time_an_earlier_check_showed_past() {
+    if Command::new("faketime").arg("--version").output().is_err() {
+        eprintln!("faketime not installed: skipped (bash .ci/install.sh installs it)");
+        return;
+    }
+    // the fixture repository's timestamp expires on 2030-01-02 (NOW + 1 day)
+    let sim = repo_with("2.0.0", 7, 3000);
+    let pump = provisioned_pump(&sim);
+    let (addr, dir) = (&pump.addr, &pump.dir);
+    let status = || -> Value { serde_json::from_str(&agent(dir, &["status"])).unwrap() };
+    assert_eq!(status()["time_floor"], Value::Null, "none before a check");
+    // a check on the last day of 2029 (the timestamp verifies: that time is past)
+    let out = Command::new("faketime")
+        .arg("2029-12-31 00:00:00")
+        .arg(env!("CARGO_BIN_EXE_hale-agent"))
+        .arg("--state")
+        .arg(dir)
+        .args(["run", "--server", addr.as_str(), "--once"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let floor = status()["time_floor"].as_str().unwrap().to_string();
+    assert!(floor.starts_with("2029-12-31T00:0"), "{floor}");
+    // the clock back to today's: the pump says so, and checks at the floor
+    let text = agent(dir, &["run", "--server", addr.as_str(), "--once"]);
+    let said = text
+        .lines()
+        .find(|l| l.starts_with("clock: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let (clock, rest) = said["clock: ".len()..].split_once(" is before ").unwrap();
+    assert!(clock < "2029", "{said}");
+    assert_eq!(
+        rest,
+        format!("{floor}, a time an earlier check showed to be past: the check runs at that time")
+    );
+    assert_eq!(status()["time_floor"].as_str(), Some(floor.as_str()));
+}

@@ -12,6 +12,17 @@ pub fn is_expired(expires: UnixTime, now: UnixTime) -> bool {
     expires <= now
 }
 
+/// The time a device's update check runs at: its `clock`, but never earlier than `floor`, the
+/// latest [`crate::TrustedSet::time_passed`] it has kept. A clock set back (a fault, a reset
+/// real-time clock, time spoofed on the network) cannot make metadata or a rollback
+/// authorization good again once the device has seen a time at which it was expired: a verified
+/// check's start, or a signed expiry it refused. The floor runs ahead of true time only as far
+/// as the clock had at such a check, and never past the expiry of a timestamp the repository
+/// signed (so at most a timestamp's lifetime).
+pub fn check_time(clock: UnixTime, floor: UnixTime) -> UnixTime {
+    clock.max(floor)
+}
+
 /// Parse `YYYY-MM-DDTHH:MM:SSZ`. Fractional seconds and other offsets are refused: the spec fixes
 /// this one form and two readers must agree.
 pub fn parse_expires(s: &[u8]) -> Option<UnixTime> {

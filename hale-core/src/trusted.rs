@@ -196,6 +196,8 @@ pub struct TrustedSet<B> {
     /// (until the root changes or a timestamp is loaded)
     seal: Option<Seal>,
     spans: Spans,
+    /// [`TrustedSet::time_passed`]
+    passed: UnixTime,
 }
 
 /// What a [`TrustedSet`] verified of its root and timestamp, bound to their bytes
@@ -335,6 +337,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
             online_rotated: false,
             seal: None,
             spans: Spans::default(),
+            passed: UnixTime::MIN,
         };
         let env = pass!(Envelope::parse(trusted_root, "root"));
         let root = Root::parse(&env.signed)?;
@@ -370,6 +373,18 @@ impl<B: RoleBuffer> TrustedSet<B> {
         self.now
     }
 
+    /// The latest time this update has shown to be past, from
+    /// [`update_timestamp`](Self::update_timestamp): the start time once a timestamp verified
+    /// unexpired at it, or the expiry of a timestamp it refused as expired (checked only after
+    /// its signatures); `UnixTime::MIN` before either. (Later roles add nothing: what they find
+    /// expired expired before a start time already noted.) A device keeps the latest it has
+    /// seen as the floor under its clock ([`crate::time::check_time`]). It is at most the start
+    /// time, and at most the expiry of a timestamp the repository signed: a clock that ran
+    /// ahead holds a device's checks back until the repository's next timestamp, no longer.
+    pub fn time_passed(&self) -> UnixTime {
+        self.passed
+    }
+
     /// Verified bytes of a top-level role, exactly as received (to persist them).
     pub fn stored(&self, role: Role) -> Option<&[u8]> {
         let n = self.len.get(role);
@@ -397,6 +412,7 @@ impl<B: RoleBuffer> TrustedSet<B> {
             online_rotated: self.online_rotated,
             seal: self.seal,
             spans: self.spans,
+            passed: self.passed,
         })
     }
 
@@ -649,6 +665,19 @@ impl<B: RoleBuffer> TrustedSet<B> {
     /// Verify a new timestamp (spec 5.4).
     #[inline(never)]
     pub fn update_timestamp(&mut self, bytes: &[u8]) -> Result<Update, Error> {
+        let r = self.timestamp_update(bytes);
+        let t = match r {
+            Ok(_) => self.now,
+            // (not a root's expiry: a root lives a year or so, and a clock that once ran
+            // ahead past it would stop every update until the next root)
+            Err(Error::Expired { expires, .. }) => expires,
+            Err(_) => UnixTime::MIN,
+        };
+        self.passed = self.passed.max(t);
+        r
+    }
+
+    fn timestamp_update(&mut self, bytes: &[u8]) -> Result<Update, Error> {
         if self.len.get(Role::Snapshot) != 0 {
             return Err(Error::WrongOrder {
                 operation: "update_timestamp",

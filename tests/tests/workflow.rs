@@ -346,3 +346,59 @@ fn rsa_pss_keys_verify_in_std_builds() {
         }
     );
 }
+
+#[test]
+fn the_time_passed_is_a_fresh_timestamps_start_time_or_a_signed_timestamps_expiry_only() {
+    let r = RepoSim::new();
+    let ts = &r.files["timestamp.json"];
+    let mut s = set(&r);
+    assert_eq!(s.time_passed(), i64::MIN, "nothing before a timestamp");
+    s.update_timestamp(ts).unwrap();
+    assert_eq!(s.time_passed(), NOW);
+    // a signed timestamp refused as expired: its expiry, not the later start time
+    let late = r.timestamp.expires + 500;
+    let mut s = TrustedSet::new(Storage::with_capacity(1 << 16), &r.initial_root(), late).unwrap();
+    assert_eq!(
+        s.update_timestamp(ts).unwrap_err(),
+        Error::Expired {
+            role: Name::new("timestamp"),
+            expires: r.timestamp.expires,
+            now: late,
+        }
+    );
+    assert_eq!(s.time_passed(), r.timestamp.expires);
+    // an expired timestamp the root's keys did not sign: nothing (anyone can write an expiry)
+    let mut forged = r.clone();
+    forged.timestamp.version += 1;
+    forged.timestamp.expires = NOW - 100;
+    forged.timestamp.keys = vec![key("intruder", KeyKind::Ed25519)];
+    forged.write_timestamp();
+    let mut s = set(&r);
+    assert_eq!(
+        s.update_timestamp(&forged.files["timestamp.json"])
+            .unwrap_err(),
+        Error::ThresholdNotMet {
+            role: Name::new("timestamp"),
+            threshold: 1,
+            valid: 0,
+        }
+    );
+    assert_eq!(s.time_passed(), i64::MIN);
+    // an expired root: nothing either (a root lives long: a clock that ran past it once would
+    // hold every check back until the next root)
+    let after_root = r.root.expires + 1;
+    let mut s = TrustedSet::new(
+        Storage::with_capacity(1 << 16),
+        &r.initial_root(),
+        after_root,
+    )
+    .unwrap();
+    assert_eq!(
+        s.update_timestamp(ts).unwrap_err(),
+        Error::ExpiredRoot {
+            expires: r.root.expires,
+            now: after_root,
+        }
+    );
+    assert_eq!(s.time_passed(), i64::MIN);
+}

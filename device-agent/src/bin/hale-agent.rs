@@ -225,6 +225,10 @@ fn report(o: &Opts, store: &FirmwareStore<FileFlash>, note: Option<&Note>) -> Re
         &reason,
     );
     r["last_check"] = last_check;
+    // the time its checks run at when the clock is behind it (as recorded)
+    if store.time_floor() > 0 {
+        r["time_floor"] = offline::iso8601(store.time_floor()).into();
+    }
     match refused_records(o) {
         Some(refused) if refused.is_empty() => {}
         Some(refused) => r["install_records_refused"] = refused.into(),
@@ -1224,6 +1228,14 @@ fn install_once<T: Transport<Error: std::fmt::Display + 'static>>(
     let group = (!group.is_empty()).then_some(group.as_str());
     let mut hook = authorization.map(|a| RollbackAuthorization::new(a, &id, group));
     let now = host::now();
+    let floor = store.time_floor();
+    if now < floor {
+        say!(
+            "clock: {} is before {}, a time an earlier check showed to be past: the check runs at that time",
+            offline::iso8601(now),
+            offline::iso8601(floor)
+        );
+    }
     let checked = check_for_update(store, &device, transport, &mut app, &mut hook, now, ws);
     // what this check came to, kept for `status` (a failure to reach the server included: the
     // report that would carry it is likely not to get through either)
