@@ -419,6 +419,45 @@ fn refuses_an_expired_authorization() {
 }
 
 #[test]
+fn an_expired_authorization_is_not_good_again_with_the_clock_set_back() {
+    // the pump polled at NOW (nothing held: the offered 0.9.0 is not newer); then its clock is
+    // set back to when a technician's authorization, expired a minute before NOW, was good
+    let sim = repo_offering("0.9.0", 1);
+    let mut a = authorization_for("0.9.0");
+    a.issued = NOW - 10 * 3600;
+    a.expires = NOW - 60;
+    let auth = signed(&a, &rollback_keys());
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut t = MapTransport::new(&sim.files);
+    let err = check_with(&mut store, &mut t, &mut Pump::default(), &mut NoRollback).unwrap_err();
+    assert_eq!(err, not_newer());
+    assert_eq!(store.time_floor(), NOW);
+    let before = persisted(&mut store);
+    let mut bufs = Bufs::new();
+    let err = device_agent::check_for_update(
+        &mut store,
+        &device(),
+        &mut t,
+        &mut Pump::default(),
+        &mut hook(&auth),
+        NOW - 3600,
+        bufs.ws(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        AgentError::Authorization(Error::Expired {
+            role: Name::new("rollback-authorization"),
+            expires: NOW - 60,
+            now: NOW,
+        })
+    );
+    assert_eq!(persisted(&mut store), before);
+    assert_eq!(store.slots().running().unwrap().version, v("1.0.0"));
+}
+
+#[test]
 fn refuses_an_authorization_valid_longer_than_the_device_allows() {
     let sim = repo_offering("0.9.0", 1);
     let auth = signed(&authorization_for("0.9.0"), &rollback_keys());
