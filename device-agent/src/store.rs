@@ -1342,6 +1342,33 @@ mod tests {
 
     const L: Layout = Layout::contiguous(0, 4096, 8192);
 
+    type MemStore<'a> = FirmwareStore<MemFlash<'a, 1024>>;
+
+    /// `change` on a copy of `mem` with the power cut after 0, 1, 2… flash operations, until
+    /// one completes; `after` gets each time the store opened again, and whether `change`
+    /// completed. The flash the completed change left, and the cuts before it.
+    fn every_cut(
+        mem: &[u8],
+        change: impl Fn(&mut MemStore<'_>) -> Result<(), StoreError<crate::memflash::MemFlashError>>,
+        mut after: impl FnMut(&mut MemStore<'_>, bool),
+    ) -> (Vec<u8>, u32) {
+        let mut cut = 0;
+        loop {
+            let mut m2 = mem.to_vec();
+            let mut s =
+                FirmwareStore::open(MemFlash::<1024>::new(&mut m2).fail_after(cut), L).unwrap();
+            let done = change(&mut s).is_ok();
+            drop(s);
+            let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut m2), L).unwrap();
+            after(&mut s, done);
+            drop(s);
+            if done {
+                return (m2, cut);
+            }
+            cut += 1;
+        }
+    }
+
     fn img(bytes: &[u8], v: u64) -> Image {
         Image {
             version: Version::new(v, 0, 0),
@@ -1543,24 +1570,19 @@ mod tests {
         drop(s);
 
         // a power cut in every operation of refusing a sixth: the old list or the new one
-        let mut cut = 0;
-        loop {
-            let mut m2 = mem.clone();
-            let mut s =
-                FirmwareStore::open(MemFlash::<1024>::new(&mut m2).fail_after(cut), L).unwrap();
-            let slots = s.slots();
-            let r = s.set_slots_refusing(slots, Some([6; 32]));
-            drop(s);
-            let after = open(&mut m2);
-            let six = [[3; 32], [4; 32], [5; 32], [6; 32]];
-            if r.is_ok() {
-                assert_eq!(order(&after), six);
-                break;
-            }
-            assert!(order(&after) == order(&kept) || order(&after) == six);
-            cut += 1;
-        }
-        assert!(cut > 3, "only {cut} cuts");
+        let six = [[3; 32], [4; 32], [5; 32], [6; 32]];
+        let (_, cuts) = every_cut(
+            &mem,
+            |s| {
+                let slots = s.slots();
+                s.set_slots_refusing(slots, Some([6; 32]))
+            },
+            |s, done| {
+                let after = order(&s.state.refused);
+                assert!(after == six || !done && after == order(&kept));
+            },
+        );
+        assert!(cuts > 3, "only {cuts} cuts");
 
         // an agent built before the list reads the record as it always did: the header, the
         // metadata, then the digest over them (the list follows it)
@@ -1739,30 +1761,23 @@ mod tests {
         drop(s);
         // a power cut in every operation of the record for it alone: the old record (no floor)
         // or the new one (the floor), the refused list in both
-        let mut cut = 0;
-        loop {
-            let mut m2 = mem.clone();
-            let mut s =
-                FirmwareStore::open(MemFlash::<1024>::new(&mut m2).fail_after(cut), L).unwrap();
-            s.raise_time_floor(FLOOR);
-            let r = s.record_time_floor_when_due();
-            drop(s);
-            let mut s = FirmwareStore::open(MemFlash::<1024>::new(&mut m2), L).unwrap();
-            assert!(s.refused(&[7; 32]));
-            if r.is_ok() {
-                assert_eq!(s.time_floor(), FLOOR);
+        let (done, cuts) = every_cut(
+            &mem,
+            |s| {
+                s.raise_time_floor(FLOOR);
+                s.record_time_floor_when_due()
+            },
+            |s, done| {
+                assert!(s.refused(&[7; 32]));
+                assert!(s.time_floor() == FLOOR || !done && s.time_floor() == 0);
                 // recorded: not again
                 let seq = s.sequence();
                 s.record_time_floor_when_due().unwrap();
                 assert_eq!(s.sequence(), seq);
-                drop(s);
-                mem = m2;
-                break;
-            }
-            assert!(s.time_floor() == 0 || s.time_floor() == FLOOR);
-            cut += 1;
-        }
-        assert!(cut > 3, "only {cut} cuts");
+            },
+        );
+        assert!(cuts > 3, "only {cuts} cuts");
+        let mut mem = done;
         // an agent built before the floor reads the record as it always did: the digest over
         // the header and metadata, then the list and the digest over both (the floor follows)
         let s = FirmwareStore::open(MemFlash::<1024>::new(&mut mem), L).unwrap();
