@@ -1679,10 +1679,18 @@ fn a_running_pump_holds_its_flash_and_status_reads_beside_it() {
     agent(dir, &["reboot"]);
 }
 
+/// Whether `faketime` is missing (the test that needs it is then skipped, and says so).
+fn no_faketime() -> bool {
+    let missing = Command::new("faketime").arg("--version").output().is_err();
+    if missing {
+        eprintln!("faketime not installed: skipped (bash .ci/install.sh installs it)");
+    }
+    missing
+}
+
 #[test]
 fn conformance_client_reads_time_from_the_c_library_so_faketime_moves_it() {
-    if Command::new("faketime").arg("--version").output().is_err() {
-        eprintln!("faketime not installed: skipped (bash .ci/install.sh installs it)");
+    if no_faketime() {
         return;
     }
     // the fixture repository's timestamp expires on 2030-01-02 (NOW + 1 day)
@@ -3150,8 +3158,7 @@ fn provisioning_again_keeps_the_outcome_the_old_flash_decided_and_drops_its_note
 
 #[test]
 fn a_pump_whose_clock_went_back_checks_at_the_time_an_earlier_check_showed_past() {
-    if Command::new("faketime").arg("--version").output().is_err() {
-        eprintln!("faketime not installed: skipped (bash .ci/install.sh installs it)");
+    if no_faketime() {
         return;
     }
     // the fixture repository's timestamp expires on 2030-01-02 (NOW + 1 day)
