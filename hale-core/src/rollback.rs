@@ -162,6 +162,77 @@ pub fn rollback_keys<'t>(targets: &Targets<'t>) -> Result<RoleKeys<'t>, Error> {
     }
 }
 
+/// The keys that sign rollback authorizations (field service, clinical engineering) sign nothing
+/// else. Listed by another role, they could sign firmware devices install (a delegation with
+/// paths, root's `targets`), new keys for every role (`root`), or the online roles' metadata
+/// (`timestamp`, `snapshot`: then the repository server's keys sign authorizations). The first
+/// of root's four roles that lists one of `rollback`'s keys (compared by the key, not by its key
+/// id), if any: the role's name and the key id it lists the key under. Not a device's check: a
+/// publisher's (hale-sign before it stages, hale-server before it publishes).
+pub fn shared_in_root<'a>(
+    rollback: &RoleKeys<'_>,
+    root: &metadata::Root<'a>,
+) -> Option<(&'static str, JStr<'a>)> {
+    let fingerprints = fingerprints(rollback);
+    ["root", "targets", "snapshot", "timestamp"]
+        .into_iter()
+        .find_map(|name| Some((name, shared(&fingerprints, &root.role(name).ok()?)?)))
+}
+
+/// As [`shared_in_root`], for the roles `delegator` delegates paths to: the first that lists one
+/// of `rollback`'s keys, by its name (`name_prefix` for hashed bins), and the key id. A role
+/// delegated no paths signs no targets and is not looked at, nor is the rollback role: it holds
+/// its own keys, and paths given to it are refused on their own (`rollback_role_paths`).
+pub fn shared_in_delegations<'a>(
+    rollback: &RoleKeys<'_>,
+    delegator: &Targets<'a>,
+) -> Option<(JStr<'a>, JStr<'a>)> {
+    let d = delegator.delegations?;
+    let fingerprints = fingerprints(rollback);
+    if let Some(s) = d.succinct {
+        let role = RoleKeys {
+            name: Name::from_json(&s.name_prefix),
+            keys: d.keys,
+            keyids: s.keyids,
+            threshold: s.threshold,
+        };
+        return shared(&fingerprints, &role).map(|keyid| (s.name_prefix, keyid));
+    }
+    d.roles?.iter().find_map(|v| {
+        let r = metadata::DelegatedRole::parse(&v.as_object()?, Name::new("delegations")).ok()?;
+        let pathless =
+            r.paths.is_some_and(|p| p.iter().next().is_none()) && r.path_hash_prefixes.is_none();
+        if pathless || r.name.eq_str(ROLLBACK_ROLE) {
+            return None;
+        }
+        Some((r.name, shared(&fingerprints, &r.keys(d.keys))?))
+    })
+}
+
+/// The fingerprints of the keys `role` lists (at most [`crate::limits::MAX_KEYS_PER_ROLE`]: a
+/// role listing more is refused by every device, and signs nothing).
+fn fingerprints(
+    role: &RoleKeys<'_>,
+) -> heapless::Vec<[u8; 32], { crate::limits::MAX_KEYS_PER_ROLE }> {
+    role.keyids
+        .iter()
+        .filter_map(|kid| crate::verify::key_for(&role.keys, &kid.as_str()?).ok())
+        .map(|k| k.fingerprint())
+        .take(crate::limits::MAX_KEYS_PER_ROLE)
+        .collect()
+}
+
+/// The first key id of `role` whose key is one of `fingerprints`.
+fn shared<'a>(fingerprints: &[[u8; 32]], role: &RoleKeys<'a>) -> Option<JStr<'a>> {
+    role.keyids
+        .iter()
+        .filter_map(|kid| kid.as_str())
+        .find(|kid| {
+            crate::verify::key_for(&role.keys, kid)
+                .is_ok_and(|k| fingerprints.contains(&k.fingerprint()))
+        })
+}
+
 /// Why [`check`] refuses; [`verify_authorization`] turns it into the [`Error`] once. Small, so a
 /// refusal moves a few bytes where an `Error` (with its names) would move over a hundred.
 enum Refusal<'a> {

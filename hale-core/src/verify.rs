@@ -178,7 +178,10 @@ fn check_role(role: &RoleKeys<'_>) -> Result<u32, Error> {
 }
 
 #[inline(never)]
-fn key_for(keys: &Object<'_>, kid: &crate::json::JStr<'_>) -> Result<PublicKey, &'static str> {
+pub(crate) fn key_for(
+    keys: &Object<'_>,
+    kid: &crate::json::JStr<'_>,
+) -> Result<PublicKey, &'static str> {
     let v = keys
         .get_by(|k| k == kid)
         .map_err(|_| "duplicate key id in keys")?;

@@ -71,6 +71,12 @@ pub enum PublishError {
     CaseCollision { role: String, other: String },
     #[error("{delegator}: delegates paths to the rollback role: its keys sign rollback authorizations and are delegated no paths (\"paths\": []), so they can never sign targets")]
     RollbackPaths { delegator: String },
+    #[error("{delegator}: {role} lists the rollback role's key {keyid}: the keys that sign rollback authorizations sign nothing else (delegated paths or one of root's roles, they would sign what devices install or trust)")]
+    RollbackKeys {
+        delegator: String,
+        role: String,
+        keyid: String,
+    },
     #[error("root: {role} needs {threshold} signatures but the server holds {held} of the keys it lists")]
     OnlineKeys {
         role: &'static str,
@@ -108,6 +114,7 @@ impl PublishError {
             PublishError::NotDelegated { .. } => "not_delegated",
             PublishError::CaseCollision { .. } => "role_name_collision",
             PublishError::RollbackPaths { .. } => "rollback_role_paths",
+            PublishError::RollbackKeys { .. } => "rollback_keys_shared",
             PublishError::OnlineKeys { .. } => "online_keys_not_listed",
             PublishError::NotConsistent => "not_consistent",
             PublishError::NoTargets => "no_targets",
@@ -393,13 +400,26 @@ pub fn prepare(
 
     // 3. signatures: targets by the root's targets role; every delegated role by every delegator
     //    that names it (a device may reach it through any of them)
+    let env = Envelope::parse(&root_bytes, "root").map_err(trust("root"))?;
+    let root = Root::parse(&env.signed).map_err(trust("root"))?;
+    let top_env =
+        Envelope::parse(&new.roles["targets"].bytes, "targets").map_err(trust("targets"))?;
+    verify_threshold(&top_env, &root.role("targets").map_err(trust("root"))?)
+        .map_err(trust("targets"))?;
+    let top = Targets::parse(&top_env.signed, Name::new("targets")).map_err(trust("targets"))?;
+    // the keys that sign rollback authorizations sign nothing else, checked over the whole new
+    // state at every publish: a delegation stored before this check existed holds every publish
+    // back until a new version of its delegator mends it
+    let rollback = hale_core::rollback::rollback_keys(&top).ok();
+    if let Some((role, keyid)) = rollback
+        .as_ref()
+        .and_then(|r| hale_core::rollback::shared_in_root(r, &root))
     {
-        let env = Envelope::parse(&root_bytes, "root").map_err(trust("root"))?;
-        let root = Root::parse(&env.signed).map_err(trust("root"))?;
-        let t = &new.roles["targets"];
-        let tenv = Envelope::parse(&t.bytes, "targets").map_err(trust("targets"))?;
-        verify_threshold(&tenv, &root.role("targets").map_err(trust("root"))?)
-            .map_err(trust("targets"))?;
+        return Err(PublishError::RollbackKeys {
+            delegator: "root".into(),
+            role: role.into(),
+            keyid: keyid.to_string(),
+        });
     }
     let mut delegators: HashMap<String, Vec<String>> = HashMap::new();
     let names: Vec<String> = new.roles.keys().cloned().collect();
@@ -414,6 +434,16 @@ pub fn prepare(
                 .contains_key(hale_core::rollback::ROLLBACK_ROLE)
         {
             check_rollback_role(dname, &t)?;
+        }
+        if let Some((role, keyid)) = rollback
+            .as_ref()
+            .and_then(|r| hale_core::rollback::shared_in_delegations(r, &t))
+        {
+            return Err(PublishError::RollbackKeys {
+                delegator: dname.clone(),
+                role: role.to_string(),
+                keyid: keyid.to_string(),
+            });
         }
         for child in delegated_names(&t, names.iter()) {
             check_delegated_role_name(&child).map_err(trust(dname))?;

@@ -1306,3 +1306,113 @@ fn a_targets_that_puts_an_expired_delegation_in_the_way_is_refused() {
         .unwrap_err()
         .starts_with("legacy: expired at "));
 }
+
+#[test]
+fn the_rollback_roles_keys_are_refused_anywhere_else_and_nothing_changes() {
+    let f = Fixture::new();
+    let s = f.start();
+    let fw = b"release one".to_vec();
+    upload(&s, &f.token, &fw).unwrap();
+    let rollback_key =
+        hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[7; 32]).unwrap();
+    let (r, d) = (rollback_key.keyid(), f.delegate_key.keyid());
+    // top-level targets delegating to the rollback role (no paths) with `rollback_keys`, and
+    // pump-a/* to the firmware role with `firmware_keys`
+    let delegations = |rollback_keys: &[&hale_repo::SigningKey],
+                       firmware_keys: &[&hale_repo::SigningKey]| {
+        let mut keys = serde_json::Map::new();
+        for k in rollback_keys.iter().chain(firmware_keys) {
+            keys.insert(k.keyid(), k.public());
+        }
+        let ids = |ks: &[&hale_repo::SigningKey]| ks.iter().map(|k| k.keyid()).collect::<Vec<_>>();
+        json!({
+            "keys": keys,
+            "roles": [
+                {"name": "rollback", "keyids": ids(rollback_keys), "threshold": 1, "terminating": false, "paths": []},
+                {"name": "firmware", "keyids": ids(firmware_keys), "threshold": 1, "terminating": true, "paths": ["pump-a/*"]},
+            ],
+        })
+    };
+    let firmware = f.delegated(1, &[]);
+
+    // the firmware role lists the rollback key beside its own
+    let t1 = f.targets(
+        1,
+        &[("fw.bin", &fw, None)],
+        Some(&delegations(
+            &[&rollback_key],
+            &[&f.delegate_key, &rollback_key],
+        )),
+    );
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &t1), ("firmware", &firmware)],
+        "rollback_keys_shared",
+        &format!(
+            "targets: firmware lists the rollback role's key {r}: the keys that sign rollback \
+             authorizations sign nothing else (delegated paths or one of root's roles, they \
+             would sign what devices install or trust)"
+        ),
+    );
+    // the rollback role given the snapshot key (the server's online key would sign
+    // authorizations)
+    let t1 = f.targets(
+        1,
+        &[("fw.bin", &fw, None)],
+        Some(&delegations(
+            &[&rollback_key, &f.snap_key],
+            &[&f.delegate_key],
+        )),
+    );
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &t1), ("firmware", &firmware)],
+        "rollback_keys_shared",
+        &format!(
+            "root: snapshot lists the rollback role's key {}: the keys that sign rollback \
+             authorizations sign nothing else (delegated paths or one of root's roles, they \
+             would sign what devices install or trust)",
+            f.snap_key.keyid()
+        ),
+    );
+
+    // kept apart: published
+    let t1 = f.targets(
+        1,
+        &[("fw.bin", &fw, None)],
+        Some(&delegations(&[&rollback_key], &[&f.delegate_key])),
+    );
+    let ok = publish(
+        &s,
+        &f.token,
+        None,
+        &[("targets", &t1), ("firmware", &firmware)],
+    )
+    .unwrap();
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    // then the rollback role rotated to the firmware role's key: the stored firmware delegation
+    // now shares it
+    let t2 = f.targets(
+        2,
+        &[("fw.bin", &fw, None)],
+        Some(&delegations(&[&f.delegate_key], &[&f.delegate_key])),
+    );
+    refused(
+        &f,
+        &s,
+        None,
+        &[("targets", &t2)],
+        "rollback_keys_shared",
+        &format!(
+            "targets: firmware lists the rollback role's key {d}: the keys that sign rollback \
+             authorizations sign nothing else (delegated paths or one of root's roles, they \
+             would sign what devices install or trust)"
+        ),
+    );
+    assert_eq!(get(&s.url("2.targets.json")).status, 404);
+    assert_eq!(get(&s.url("1.targets.json")).body, t1);
+}

@@ -488,8 +488,14 @@ impl State {
                 .ok_or_else(|| invalid(format!("{role}: `version` missing")))?;
             Ok((hale_repo::sign::unsigned(signed)?, version))
         });
-        for ((role, signed), enc) in bodies.into_iter().zip(encoded) {
-            let (bytes, version) = enc?;
+        let encoded = encoded.into_iter().collect::<Result<Vec<_>>>()?;
+        let staged: Vec<(&str, &[u8])> = bodies
+            .iter()
+            .zip(&encoded)
+            .map(|((role, _), (bytes, _))| (role.as_str(), bytes.as_slice()))
+            .collect();
+        self.check_rollback_keys(&staged)?;
+        for ((role, signed), (bytes, version)) in bodies.into_iter().zip(encoded) {
             let path = staged_dir(&self.dir).join(format!("{role}.json"));
             // a ceremony's signatures are other people's work: say when a change voids them
             let collected = std::fs::read(&path)
@@ -514,6 +520,68 @@ impl State {
                 path,
             };
             self.roles.insert(role, meta);
+        }
+        Ok(())
+    }
+
+    /// The keys that sign rollback authorizations sign nothing else: refuse `staged` (role,
+    /// unsigned bytes) when, with it in place, root or a delegation with paths lists one of the
+    /// rollback role's keys (hale-core's `rollback::shared_in_root` and
+    /// `shared_in_delegations`, the checks hale-server makes at every publish).
+    fn check_rollback_keys(&self, staged: &[(&str, &[u8])]) -> Result<()> {
+        let bytes_of = |name: &str| {
+            staged
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, b)| *b)
+                .or_else(|| self.roles.get(name).map(|m| m.bytes.as_slice()))
+        };
+        let parse = |name: &str, bytes| {
+            hale_core::metadata::Envelope::parse(bytes, name).map_err(|e| ToolError::trust(name, e))
+        };
+        let Some(top) = bytes_of("targets") else {
+            return Ok(());
+        };
+        let top = parse("targets", top)?;
+        let top = hale_core::metadata::Targets::parse(&top.signed, hale_core::Name::new("targets"))
+            .map_err(|e| ToolError::trust("targets", e))?;
+        let Ok(rollback) = hale_core::rollback::rollback_keys(&top) else {
+            return Ok(());
+        };
+        let refuse =
+            |delegator: &str, role: &dyn std::fmt::Display, keyid: &dyn std::fmt::Display| {
+                invalid(format!(
+                "{delegator}: {role} lists the rollback role's key {keyid}: the keys that sign \
+                 rollback authorizations sign nothing else (delegated paths or one of root's \
+                 roles, they would sign what devices install or trust)"
+            ))
+            };
+        if let Some(root) = bytes_of("root") {
+            let env = parse("root", root)?;
+            let root = hale_core::metadata::Root::parse(&env.signed)
+                .map_err(|e| ToolError::trust("root", e))?;
+            if let Some((role, keyid)) = hale_core::rollback::shared_in_root(&rollback, &root) {
+                return Err(refuse("root", &role, &keyid));
+            }
+        }
+        // every targets role that delegates, as it is staged or published
+        let delegators = self
+            .roles
+            .iter()
+            .filter(|(n, _)| !staged.iter().any(|(s, _)| s == n))
+            .filter(|(_, m)| m.kind() == "targets" && m.signed.get("delegations").is_some())
+            .map(|(n, m)| (n.as_str(), m.bytes.as_slice()))
+            .chain(staged.iter().copied().filter(|(n, _)| *n != "root"));
+        for (name, bytes) in delegators {
+            let env = parse(name, bytes)?;
+            if env.signed.get("delegations").ok().flatten().is_none() {
+                continue;
+            }
+            let t = hale_core::metadata::Targets::parse(&env.signed, hale_core::Name::new(name))
+                .map_err(|e| ToolError::trust(name, e))?;
+            if let Some((role, keyid)) = hale_core::rollback::shared_in_delegations(&rollback, &t) {
+                return Err(refuse(name, &role, &keyid));
+            }
         }
         Ok(())
     }

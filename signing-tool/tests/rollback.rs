@@ -642,3 +642,98 @@ fn an_authorization_naming_an_empty_device_or_group_is_refused() {
         );
     }
 }
+
+#[test]
+fn the_rollback_roles_keys_are_refused_for_any_other_role_and_nothing_is_staged() {
+    let e = repo_with_rollback_role();
+    e.key("firmware", "ed25519");
+    let (field_a, targets) = (e.keyid("field-a"), e.keyid("targets"));
+    let refusal = |delegator: &str, role: &str, keyid: &str| {
+        format!(
+            "error: {delegator}: {role} lists the rollback role's key {keyid}: the keys that sign \
+             rollback authorizations sign nothing else (delegated paths or one of root's roles, \
+             they would sign what devices install or trust)"
+        )
+    };
+    let staged = snapshot_tree(&e.path("repo/staged"));
+    let published = snapshot_tree(&e.path("repo/repository"));
+    let refused = |args: &[&str], expected: &str| {
+        let r = e.run(args);
+        assert_eq!((r.code, r.stderr.trim_end()), (2, expected), "{args:?}");
+        assert_eq!(
+            snapshot_tree(&e.path("repo/staged")),
+            staged,
+            "{args:?}: staged"
+        );
+        assert_eq!(snapshot_tree(&e.path("repo/repository")), published);
+    };
+    // a firmware role holding a technician's key beside its own
+    refused(
+        &[
+            "delegate",
+            "repo",
+            "--to",
+            "firmware",
+            "--key",
+            "firmware.pub",
+            "--key",
+            "field-a.pub",
+            "--threshold",
+            "1",
+            "--paths",
+            "pump-a/*",
+        ],
+        &refusal("targets", "firmware", &field_a),
+    );
+    // root's targets role given a technician's key
+    refused(
+        &[
+            "rotate",
+            "repo",
+            "--role",
+            "targets",
+            "--add-key",
+            "field-a.pub",
+        ],
+        &refusal("root", "targets", &field_a),
+    );
+    // the rollback role given the targets key
+    refused(
+        &[
+            "rotate",
+            "repo",
+            "--role",
+            "rollback",
+            "--add-key",
+            "targets.pub",
+        ],
+        &refusal("root", "targets", &targets),
+    );
+    // kept apart: staged
+    e.ok(&[
+        "delegate",
+        "repo",
+        "--to",
+        "firmware",
+        "--key",
+        "firmware.pub",
+        "--paths",
+        "pump-a/*",
+    ]);
+    // then the rollback role given the firmware key: the staged delegation shares it
+    let r = e.run(&[
+        "rotate",
+        "repo",
+        "--role",
+        "rollback",
+        "--add-key",
+        "firmware.pub",
+    ]);
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            refusal("targets", "firmware", &e.keyid("firmware")).as_str()
+        )
+    );
+}
