@@ -501,7 +501,7 @@ pub fn check_for_update<F: Durable, T: Transport, A: Application, R: RollbackHoo
     clock: UnixTime,
     ws: Workspace<'_>,
 ) -> Res<Outcome, T, F> {
-    let now = hale_core::time::check_time(clock, store.time_floor());
+    let now = store.check_time(clock);
     let outcome = check(store, device, transport, app, rollback, now, ws);
     // a floor an hour past the recorded one is recorded by itself (a record carries it anyway);
     // a flash failure comes before the outcome: the device must hear of it
@@ -675,7 +675,10 @@ fn check<F: Durable, T: Transport, A: Application, R: RollbackHook>(
         }),
         _ => None,
     }
-    .map(|c| conclude(&set, running.sha256, c))
+    .map(|c| {
+        store.start_wait();
+        conclude(&set, running.sha256, c)
+    })
     .transpose()?;
     if unrecorded || store.last_check() != check {
         // a flash failure comes before the outcome: the device must hear of it
@@ -1218,9 +1221,12 @@ fn refresh<F: Durable, T: Transport>(
             && now < c.valid_until
             && (c.conclusion == Conclusion::UpToDate
                 // wrong bytes wait for this server only, and a wait set by a clock that ran
-                // ahead is not waited for (`longest_wait`)
-                || transport.remote()
-                    && c.valid_until.saturating_sub(longest_wait(c.conclusion)) <= now)
+                // ahead is not waited for (`longest_wait`), nor one the clock has gone past
+                // while behind the time floor (the checks' time stood still)
+                || transport.remote() && {
+                    let wait = longest_wait(c.conclusion);
+                    c.valid_until.saturating_sub(wait) <= now && !store.waited_out(wait)
+                })
     });
     if unchanged.is_some() {
         if changed {

@@ -366,6 +366,14 @@ pub struct FirmwareStore<F> {
     floor: UnixTime,
     /// The last record had no room for the floor: a record for it alone would not take it.
     floor_unfit: bool,
+    /// The highest clock an update check had since the store was opened (0: none yet, or none
+    /// after 1970), and what it was when the remembered wait began, or when a check first met
+    /// that wait since (0: not met yet). A wait ends once the clock has gone its length
+    /// past that, though a clock behind the time floor leaves the checks' own time standing
+    /// ([`waited_out`](Self::waited_out)). In memory only: after a reset a wait counts from
+    /// the first check.
+    clock_max: UnixTime,
+    wait_from: UnixTime,
 }
 
 fn role_idx(r: Role) -> usize {
@@ -725,6 +733,8 @@ impl<F: Durable> FirmwareStore<F> {
             seal: None,
             floor: state.floor,
             floor_unfit: false,
+            clock_max: 0,
+            wait_from: 0,
         })
     }
 
@@ -781,6 +791,8 @@ impl<F: Durable> FirmwareStore<F> {
             seal: None,
             floor: 0,
             floor_unfit: false,
+            clock_max: 0,
+            wait_from: 0,
         };
         store.commit(
             slots,
@@ -860,6 +872,29 @@ impl<F: Durable> FirmwareStore<F> {
     /// record.
     pub(crate) fn raise_time_floor(&mut self, t: UnixTime) {
         self.floor = self.floor.max(t);
+    }
+
+    /// The time an update check that starts at `clock` runs at: hale-core's
+    /// [`check_time`](hale_core::time::check_time) over the time floor. The clock is noted for
+    /// waits: the highest since the store was opened is kept.
+    pub(crate) fn check_time(&mut self, clock: UnixTime) -> UnixTime {
+        self.clock_max = self.clock_max.max(clock);
+        hale_core::time::check_time(clock, self.floor)
+    }
+
+    /// The remembered wait begins now (a check concluded one).
+    pub(crate) fn start_wait(&mut self) {
+        self.wait_from = self.clock_max;
+    }
+
+    /// Has the clock gone `length` past where it was when the remembered wait began (or when a
+    /// check first met it since the store was opened)? Only a clock that rises past its highest
+    /// counts: one set back and forward again does not end a wait twice.
+    pub(crate) fn waited_out(&mut self, length: UnixTime) -> bool {
+        if self.wait_from == 0 {
+            self.wait_from = self.clock_max;
+        }
+        self.clock_max.saturating_sub(self.wait_from) >= length
     }
 
     /// Record the time floor by itself once it is [`FLOOR_RECORD_STEP`] past the recorded one
@@ -1178,7 +1213,9 @@ impl<F: Durable> FirmwareStore<F> {
     /// ([`Boot::Damaged`]; a good image only to one the security counter allows), else
     /// [`StoreError::NoBootableImage`]. The decision is committed before it is returned.
     /// A reset clears RAM: the seal the last update check left goes (the next check verifies
-    /// the stored root and timestamp again), also when one process simulates the reset.
+    /// the stored root and timestamp again), also when one process simulates the reset. (The
+    /// clock a wait is measured by stays: counted from the store's opening, a wait only lasts
+    /// longer.)
     pub fn boot(&mut self) -> Result<Boot, StoreError<F::Error>> {
         self.seal = None;
         // decided on a copy: the current state changes only by committing the next record

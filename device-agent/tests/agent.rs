@@ -636,6 +636,114 @@ fn a_download_that_keeps_breaking_off_before_its_next_checkpoint_waits_longer_ea
     assert_eq!(t.requests, ["2.root.json", "timestamp.json"]);
 }
 
+/// A clock behind the time floor leaves the checks' time standing at the floor, and a wait
+/// measured by it alone would never end (a download broken just before the real-time clock's
+/// battery failed: the pump would not try again until the next snapshot, days later). A wait
+/// also ends once the clock has gone its length past the highest it had in this boot when the
+/// wait began (after a reset, at the boot's first check); a clock set back and forward again
+/// within one boot does not end it (a server that serves broken downloads and sets the time
+/// would otherwise wear the slot out).
+#[test]
+fn a_wait_ends_when_the_clock_moves_its_length_though_it_is_behind_the_time_floor() {
+    use device_agent::agent::{retry_broken, RETRY_BROKEN_FIRST};
+    use device_agent::Conclusion;
+    const DAY: i64 = 86_400;
+    let sim = repo_with("2.0.0", 7, 3000);
+    let mut mem = provisioned(&sim);
+    let mut store = open_store(&mut mem);
+    let cut = AgentError::Transport {
+        what: Name::new(TARGET),
+        error: MapError::Cut,
+    };
+    let waiting = |retry_at| AgentError::DownloadBroken { retry_at };
+    // a break at NOW after erasing a sector: a five-minute wait
+    assert_eq!(
+        check_at(
+            &mut store,
+            &mut cut_after(&sim.files, 512),
+            &mut Pump::default(),
+            NOW
+        )
+        .unwrap_err(),
+        cut
+    );
+    assert_eq!(store.time_floor(), NOW);
+    // in the same boot, the clock set a year back and moving on: the wait holds until the
+    // clock passes the highest it had (NOW) by the wait's length
+    let back = NOW - 365 * DAY;
+    for at in [
+        back,
+        back + RETRY_BROKEN_FIRST,
+        back + 2 * DAY,
+        NOW + RETRY_BROKEN_FIRST - 1,
+    ] {
+        let mut t = MapTransport::new(&sim.files);
+        assert_eq!(
+            check_at(&mut store, &mut t, &mut Pump::default(), at).unwrap_err(),
+            waiting(NOW + RETRY_BROKEN_FIRST),
+            "at {at}"
+        );
+        assert_eq!(t.target_bytes, 0, "at {at}");
+    }
+    // the real-time clock resets a year back with the power: the wait counts from the boot's
+    // first check, though the checks run at the time floor
+    let before = persisted(&mut store);
+    drop(store);
+    let mut store = open_store(&mut mem);
+    let first = back + 600;
+    for at in [first, first + RETRY_BROKEN_FIRST - 1] {
+        let mut t = MapTransport::new(&sim.files);
+        assert_eq!(
+            check_at(&mut store, &mut t, &mut Pump::default(), at).unwrap_err(),
+            waiting(NOW + RETRY_BROKEN_FIRST),
+            "at {at}"
+        );
+        assert_eq!(t.target_bytes, 0, "at {at}");
+    }
+    assert_eq!(persisted(&mut store), before, "waiting wrote nothing");
+    // the wait's length later by the clock: tried again (and broken again: the next wait,
+    // twice as long, set at the checks' time, the floor)
+    let ended = first + RETRY_BROKEN_FIRST;
+    assert_eq!(
+        check_at(
+            &mut store,
+            &mut cut_after(&sim.files, 512),
+            &mut Pump::default(),
+            ended
+        )
+        .unwrap_err(),
+        cut
+    );
+    let last = store.last_check().unwrap();
+    assert_eq!(last.conclusion, Conclusion::Broken { tries: 1 });
+    assert_eq!(last.valid_until, NOW + retry_broken(1));
+    assert_eq!(store.time_floor(), NOW);
+    // set back and forward again within the boot: the highest clock (`ended`) counts
+    for at in [first, ended, ended + retry_broken(1) - 1] {
+        let mut t = MapTransport::new(&sim.files);
+        assert_eq!(
+            check_at(&mut store, &mut t, &mut Pump::default(), at).unwrap_err(),
+            waiting(NOW + retry_broken(1)),
+            "at {at}"
+        );
+        assert_eq!(t.target_bytes, 0, "at {at}");
+    }
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_at(
+            &mut store,
+            &mut t,
+            &mut Pump::default(),
+            ended + retry_broken(1)
+        )
+        .unwrap(),
+        Outcome::Staged {
+            version: v("2.0.0")
+        }
+    );
+    assert_eq!(store.time_floor(), NOW);
+}
+
 /// A pump that updated to 2.0.0 and confirmed it, so slot A still holds 1.0.0 (good); `counter`
 /// is 2.0.0's security counter (1.0.0's is 1).
 fn updated_and_confirmed(sim: &hale_tests::RepoSim) -> Vec<u8> {

@@ -3192,4 +3192,22 @@ fn a_pump_whose_clock_went_back_checks_at_the_time_an_earlier_check_showed_past(
         format!("{floor}, a time an earlier check showed to be past: the check runs at that time")
     );
     assert_eq!(status()["time_floor"].as_str(), Some(floor.as_str()));
+    // a rollback authorization good for an hour by the clock has expired at the floor: said
+    // so, and not offered (hale-core would refuse it as expired)
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut a = offline::authorization_for("1.0.0");
+    a.issued = now - 60;
+    a.expires = now + 3600;
+    let auth = dir.parent().unwrap().join("auth.json");
+    std::fs::write(&auth, offline::signed(&a, &offline::rollback_keys())).unwrap();
+    let out = run_with_authorization(&pump, &auth);
+    let said = format!(
+        "rollback authorization {} expired at {}: this poll follows the channel",
+        auth.display(),
+        hale_core::Date(now + 3600)
+    );
+    assert!(out.lines().any(|l| l == said), "{out}");
 }

@@ -788,7 +788,13 @@ fn held_authorization(store: &FirmwareStore<FileFlash>, path: &str) -> Option<Ve
             );
             None
         }
-        Some((_, expires)) if hale_core::time::is_expired(expires, host::now()) => {
+        // at the time the check runs at (a clock behind the time floor runs at the floor)
+        Some((_, expires))
+            if hale_core::time::is_expired(
+                expires,
+                hale_core::time::check_time(host::now(), store.time_floor()),
+            ) =>
+        {
             say!(
                 "rollback authorization {path} expired at {}: this poll follows the channel",
                 hale_core::Date(expires)
