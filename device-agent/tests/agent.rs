@@ -651,83 +651,79 @@ fn a_wait_ends_when_the_clock_moves_its_length_though_it_is_behind_the_time_floo
     let sim = repo_with("2.0.0", 7, 3000);
     let mut mem = provisioned(&sim);
     let mut store = open_store(&mut mem);
-    let cut = AgentError::Transport {
-        what: Name::new(TARGET),
-        error: MapError::Cut,
-    };
-    let waiting = |retry_at| AgentError::DownloadBroken { retry_at };
-    // a break at NOW after erasing a sector: a five-minute wait
-    assert_eq!(
-        check_at(
-            &mut store,
+    // a check at `at` against a server that breaks the download off after one sector
+    let breaks = |store: &mut FirmwareStore<Flash<'_>>, at: i64| {
+        let err = check_at(
+            store,
             &mut cut_after(&sim.files, 512),
             &mut Pump::default(),
-            NOW
-        )
-        .unwrap_err(),
-        cut
-    );
+            at,
+        );
+        assert_eq!(
+            err.unwrap_err(),
+            AgentError::Transport {
+                what: Name::new(TARGET),
+                error: MapError::Cut,
+            },
+            "at {at}"
+        );
+    };
+    // checks at each of `ats` against the mended server still wait, fetching nothing
+    let waits = |store: &mut FirmwareStore<Flash<'_>>, ats: &[i64], retry_at: i64| {
+        for &at in ats {
+            let mut t = MapTransport::new(&sim.files);
+            assert_eq!(
+                check_at(store, &mut t, &mut Pump::default(), at).unwrap_err(),
+                AgentError::DownloadBroken { retry_at },
+                "at {at}"
+            );
+            assert_eq!(t.target_bytes, 0, "at {at}");
+        }
+    };
+    // a break at NOW after erasing a sector: a five-minute wait
+    breaks(&mut store, NOW);
     assert_eq!(store.time_floor(), NOW);
     // in the same boot, the clock set a year back and moving on: the wait holds until the
     // clock passes the highest it had (NOW) by the wait's length
     let back = NOW - 365 * DAY;
-    for at in [
-        back,
-        back + RETRY_BROKEN_FIRST,
-        back + 2 * DAY,
-        NOW + RETRY_BROKEN_FIRST - 1,
-    ] {
-        let mut t = MapTransport::new(&sim.files);
-        assert_eq!(
-            check_at(&mut store, &mut t, &mut Pump::default(), at).unwrap_err(),
-            waiting(NOW + RETRY_BROKEN_FIRST),
-            "at {at}"
-        );
-        assert_eq!(t.target_bytes, 0, "at {at}");
-    }
+    let retry_at = NOW + RETRY_BROKEN_FIRST;
+    waits(
+        &mut store,
+        &[
+            back,
+            back + RETRY_BROKEN_FIRST,
+            back + 2 * DAY,
+            retry_at - 1,
+        ],
+        retry_at,
+    );
     // the real-time clock resets a year back with the power: the wait counts from the boot's
     // first check, though the checks run at the time floor
     let before = persisted(&mut store);
     drop(store);
     let mut store = open_store(&mut mem);
     let first = back + 600;
-    for at in [first, first + RETRY_BROKEN_FIRST - 1] {
-        let mut t = MapTransport::new(&sim.files);
-        assert_eq!(
-            check_at(&mut store, &mut t, &mut Pump::default(), at).unwrap_err(),
-            waiting(NOW + RETRY_BROKEN_FIRST),
-            "at {at}"
-        );
-        assert_eq!(t.target_bytes, 0, "at {at}");
-    }
+    waits(
+        &mut store,
+        &[first, first + RETRY_BROKEN_FIRST - 1],
+        retry_at,
+    );
     assert_eq!(persisted(&mut store), before, "waiting wrote nothing");
     // the wait's length later by the clock: tried again (and broken again: the next wait,
     // twice as long, set at the checks' time, the floor)
     let ended = first + RETRY_BROKEN_FIRST;
-    assert_eq!(
-        check_at(
-            &mut store,
-            &mut cut_after(&sim.files, 512),
-            &mut Pump::default(),
-            ended
-        )
-        .unwrap_err(),
-        cut
-    );
+    breaks(&mut store, ended);
     let last = store.last_check().unwrap();
     assert_eq!(last.conclusion, Conclusion::Broken { tries: 1 });
     assert_eq!(last.valid_until, NOW + retry_broken(1));
     assert_eq!(store.time_floor(), NOW);
     // set back and forward again within the boot: the highest clock (`ended`) counts
-    for at in [first, ended, ended + retry_broken(1) - 1] {
-        let mut t = MapTransport::new(&sim.files);
-        assert_eq!(
-            check_at(&mut store, &mut t, &mut Pump::default(), at).unwrap_err(),
-            waiting(NOW + retry_broken(1)),
-            "at {at}"
-        );
-        assert_eq!(t.target_bytes, 0, "at {at}");
-    }
+    let retry_at = NOW + retry_broken(1);
+    waits(
+        &mut store,
+        &[first, ended, ended + retry_broken(1) - 1],
+        retry_at,
+    );
     let mut t = MapTransport::new(&sim.files);
     assert_eq!(
         check_at(

@@ -1334,6 +1334,13 @@ fn the_rollback_roles_keys_are_refused_anywhere_else_and_nothing_changes() {
         })
     };
     let firmware = f.delegated(1, &[]);
+    let shared = |delegator: &str, role: &str, keyid: &str| {
+        format!(
+            "{delegator}: {role} lists the rollback role's key {keyid}: the keys that sign \
+             rollback authorizations sign nothing else (delegated paths or one of root's roles, \
+             they would sign what devices install or trust)"
+        )
+    };
 
     // the firmware role lists the rollback key beside its own
     let t1 = f.targets(
@@ -1350,11 +1357,7 @@ fn the_rollback_roles_keys_are_refused_anywhere_else_and_nothing_changes() {
         None,
         &[("targets", &t1), ("firmware", &firmware)],
         "rollback_keys_shared",
-        &format!(
-            "targets: firmware lists the rollback role's key {r}: the keys that sign rollback \
-             authorizations sign nothing else (delegated paths or one of root's roles, they \
-             would sign what devices install or trust)"
-        ),
+        &shared("targets", "firmware", &r),
     );
     // the rollback role given the snapshot key (the server's online key would sign
     // authorizations)
@@ -1372,12 +1375,7 @@ fn the_rollback_roles_keys_are_refused_anywhere_else_and_nothing_changes() {
         None,
         &[("targets", &t1), ("firmware", &firmware)],
         "rollback_keys_shared",
-        &format!(
-            "root: snapshot lists the rollback role's key {}: the keys that sign rollback \
-             authorizations sign nothing else (delegated paths or one of root's roles, they \
-             would sign what devices install or trust)",
-            f.snap_key.keyid()
-        ),
+        &shared("root", "snapshot", &f.snap_key.keyid()),
     );
 
     // kept apart: published
@@ -1407,11 +1405,7 @@ fn the_rollback_roles_keys_are_refused_anywhere_else_and_nothing_changes() {
         None,
         &[("targets", &t2)],
         "rollback_keys_shared",
-        &format!(
-            "targets: firmware lists the rollback role's key {d}: the keys that sign rollback \
-             authorizations sign nothing else (delegated paths or one of root's roles, they \
-             would sign what devices install or trust)"
-        ),
+        &shared("targets", "firmware", &d),
     );
     assert_eq!(get(&s.url("2.targets.json")).status, 404);
     assert_eq!(get(&s.url("1.targets.json")).body, t1);

@@ -655,6 +655,19 @@ fn the_rollback_roles_keys_are_refused_for_any_other_role_and_nothing_is_staged(
              they would sign what devices install or trust)"
         )
     };
+    let delegate_firmware = [
+        "delegate",
+        "repo",
+        "--to",
+        "firmware",
+        "--paths",
+        "pump-a/*",
+        "--key",
+        "firmware.pub",
+    ];
+    let rotate_adding = |role: &'static str, key: &'static str| {
+        ["rotate", "repo", "--role", role, "--add-key", key]
+    };
     let staged = snapshot_tree(&e.path("repo/staged"));
     let published = snapshot_tree(&e.path("repo/repository"));
     let refused = |args: &[&str], expected: &str| {
@@ -670,65 +683,26 @@ fn the_rollback_roles_keys_are_refused_for_any_other_role_and_nothing_is_staged(
     // a firmware role holding a technician's key beside its own
     refused(
         &[
-            "delegate",
-            "repo",
-            "--to",
-            "firmware",
-            "--key",
-            "firmware.pub",
-            "--key",
-            "field-a.pub",
-            "--threshold",
-            "1",
-            "--paths",
-            "pump-a/*",
-        ],
+            &delegate_firmware[..],
+            &["--key", "field-a.pub", "--threshold", "1"],
+        ]
+        .concat(),
         &refusal("targets", "firmware", &field_a),
     );
     // root's targets role given a technician's key
     refused(
-        &[
-            "rotate",
-            "repo",
-            "--role",
-            "targets",
-            "--add-key",
-            "field-a.pub",
-        ],
+        &rotate_adding("targets", "field-a.pub"),
         &refusal("root", "targets", &field_a),
     );
     // the rollback role given the targets key
     refused(
-        &[
-            "rotate",
-            "repo",
-            "--role",
-            "rollback",
-            "--add-key",
-            "targets.pub",
-        ],
+        &rotate_adding("rollback", "targets.pub"),
         &refusal("root", "targets", &targets),
     );
     // kept apart: staged
-    e.ok(&[
-        "delegate",
-        "repo",
-        "--to",
-        "firmware",
-        "--key",
-        "firmware.pub",
-        "--paths",
-        "pump-a/*",
-    ]);
+    e.ok(&delegate_firmware);
     // then the rollback role given the firmware key: the staged delegation shares it
-    let r = e.run(&[
-        "rotate",
-        "repo",
-        "--role",
-        "rollback",
-        "--add-key",
-        "firmware.pub",
-    ]);
+    let r = e.run(&rotate_adding("rollback", "firmware.pub"));
     assert_eq!(
         (r.code, r.stderr.trim_end()),
         (
