@@ -120,7 +120,8 @@ impl HttpError {
 /// block (256 per MiB in 4 KiB blocks, each waiting a round trip). A request may last 60 s; a
 /// stream that fails after it delivered at least a block since it was opened (its 60 s ran out
 /// on a slow link, the connection dropped) is opened again where it stopped, so a download
-/// needs at least a block per 60 s, as one request per block did.
+/// needs at least a block per 60 s, as one request per block did. Over plain `http://` the
+/// stream goes on the connection the metadata came over; over `https://` through the agent.
 ///
 /// Kept connections serve a request only after less than [`http1::MAX_IDLE`] of quiet, through
 /// either client: the agent's pool is dropped once it has been idle that long (a connection a
@@ -135,9 +136,10 @@ pub struct HttpTransport {
     /// when the agent's connections were last used
     agent_used: Option<Instant>,
     max_idle: Duration,
-    /// `http://` GETs of whole files (metadata): the same requests as the agent's, with a
-    /// system call or two per request where the agent makes about twenty (it sets the socket's
-    /// timeouts before every read and write). Targets stream through the agent.
+    /// `http://` requests: metadata, and targets streamed on the same connection
+    /// ([`Http1::open`](crate::http1::Http1::open)), with a system call or two per request
+    /// where the agent makes about twenty (it sets the socket's timeouts before every read and
+    /// write).
     plain: crate::http1::Http1,
     metadata_url: String,
     target_url: String,
@@ -183,7 +185,16 @@ struct TargetStream {
     next: u64,
     /// Bytes delivered since it was opened.
     delivered: u64,
-    body: Box<dyn Read + Send + Sync + 'static>,
+    body: TargetBody,
+}
+
+/// Where a target response's body is read from.
+enum TargetBody {
+    /// the agent's (`https://`)
+    Agent(Box<dyn Read + Send + Sync + 'static>),
+    /// the plain client's open body ([`Http1::read`](crate::http1::Http1::read)), on the
+    /// connection the metadata came over
+    Plain,
 }
 
 impl fmt::Debug for TargetStream {
@@ -561,14 +572,37 @@ impl HttpTransport {
         }
         let url = join(&self.target_url, name);
         // the open response goes on from here, or a new one starts here
+        // (a plain stream goes on only while its body is still the plain client's open one:
+        // another request on that connection ends it)
         let mut stream = match self.target.take() {
-            Some(s) if s.url == url && s.next == offset => s,
+            Some(s)
+                if s.url == url
+                    && s.next == offset
+                    && (matches!(s.body, TargetBody::Agent(_))
+                        || self.plain.reading() == Some(url.as_str())) =>
+            {
+                s
+            }
             _ => self.open_target(&url, offset)?,
         };
         let mut got = 0;
         while got < buf.len() {
             let dst = buf.get_mut(got..).unwrap_or(&mut []);
-            match stream.body.read(dst) {
+            let read = match &mut stream.body {
+                TargetBody::Plain => self.plain.read(dst),
+                TargetBody::Agent(body) => loop {
+                    match body.read(dst) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        r => {
+                            break r.map_err(|e| HttpError::Io {
+                                url: url.clone(),
+                                message: e.to_string(),
+                            })
+                        }
+                    }
+                },
+            };
+            match read {
                 Ok(0) => {
                     return Err(HttpError::Short {
                         url,
@@ -581,21 +615,17 @@ impl HttpTransport {
                     stream.next += n as u64;
                     stream.delivered += n as u64;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) if stream.delivered >= buf.len() as u64 => {
                     // it made progress: go on from where it stopped, on a new request
                     stream = self.open_target(&url, stream.next)?;
                 }
-                Err(e) => {
-                    return Err(HttpError::Io {
-                        url,
-                        message: e.to_string(),
-                    })
-                }
+                Err(e) => return Err(e),
             }
         }
-        // the stream's connection goes back to the agent's pool once its body has been read
-        self.agent_used = Some(Instant::now());
+        if matches!(stream.body, TargetBody::Agent(_)) {
+            // the stream's connection goes back to the agent's pool once its body has been read
+            self.agent_used = Some(Instant::now());
+        }
         self.target = Some(stream);
         Ok(())
     }
@@ -606,6 +636,9 @@ impl HttpTransport {
     /// the whole file: the first `offset` bytes are skipped. A 206 must start at `offset`.
     fn open_target(&mut self, url: &str, offset: u64) -> Result<TargetStream, HttpError> {
         self.requests.push(format!("{url} bytes={offset}-"));
+        if crate::http1::Http1::handles(url) {
+            return self.open_plain_target(url, offset);
+        }
         let io = |message: String| HttpError::Io {
             url: url.into(),
             message,
@@ -650,7 +683,36 @@ impl HttpTransport {
             url: url.into(),
             next: offset,
             delivered: 0,
-            body,
+            body: TargetBody::Agent(body),
+        })
+    }
+
+    /// [`open_target`](Self::open_target) over plain `http://`: on the plain client's kept
+    /// connection, the one the check's metadata came over (a new connection through the agent
+    /// cost a handshake, and the agent about twenty system calls per read).
+    fn open_plain_target(&mut self, url: &str, offset: u64) -> Result<TargetStream, HttpError> {
+        let start = self.plain.open(url, offset)?;
+        // a whole file (no ranges): the bytes before `offset` are skipped
+        let mut skipped = start;
+        let mut sink = [0u8; 4096];
+        while skipped < offset {
+            let n = (offset - skipped).min(sink.len() as u64) as usize;
+            match self.plain.read(sink.get_mut(..n).unwrap_or_default())? {
+                0 => {
+                    return Err(HttpError::Short {
+                        url: url.into(),
+                        wanted: usize::try_from(offset).unwrap_or(usize::MAX),
+                        got: usize::try_from(skipped).unwrap_or(usize::MAX),
+                    })
+                }
+                got => skipped += got as u64,
+            }
+        }
+        Ok(TargetStream {
+            url: url.into(),
+            next: offset,
+            delivered: 0,
+            body: TargetBody::Plain,
         })
     }
 }

@@ -58,12 +58,36 @@ pub struct Http1 {
     max_idle: Duration,
     /// how long one request may take, answer included ([`REQUEST_DEADLINE`] by default)
     deadline: Duration,
+    /// the body [`open`](Http1::open) began, read by [`read`](Http1::read)
+    body: Option<Body>,
 }
 
 impl Default for Http1 {
     fn default() -> Self {
         Http1::with_max_idle(MAX_IDLE)
     }
+}
+
+/// A body being read a piece at a time ([`Http1::read`]).
+#[derive(Debug)]
+struct Body {
+    url: String,
+    deadline: Instant,
+    framing: Framing,
+    /// whether the connection serves another request once the body is read to its end
+    keep: bool,
+}
+
+/// How a body's end is told.
+#[derive(Debug)]
+enum Framing {
+    /// by its length: this many bytes are left
+    Length(u64),
+    /// by chunks: this many bytes are left of the current one; `started`: a chunk was read, so
+    /// its CRLF comes before the next size line
+    Chunked { left: u64, started: bool },
+    /// by the end of the stream
+    ToEnd,
 }
 
 /// A request sent and not answered yet.
@@ -131,6 +155,7 @@ impl Http1 {
             pending: VecDeque::new(),
             max_idle,
             deadline: REQUEST_DEADLINE,
+            body: None,
         }
     }
 
@@ -245,9 +270,203 @@ impl Http1 {
         self.receive(limit)
     }
 
+    /// GET `url` from byte `from` on (`Range: bytes=FROM-`) and read the answer's
+    /// head; the body is then read with [`read`](Self::read). Requests sent and not answered
+    /// are dropped first ([`abandon`](Self::abandon)). Returns the file offset the body starts
+    /// at: `from` for a `206` whose `Content-Range` starts there, 0 for a `200` (a server
+    /// without ranges sends the whole file: the caller skips to `from`). Another status is an
+    /// error (a `404` too: [`HttpError::Status`]), and so is a `206` from elsewhere. A kept
+    /// connection the server had closed before the request is retried once, fresh.
+    pub fn open(&mut self, url: &str, from: u64) -> Result<u64, HttpError> {
+        self.abandon();
+        let deadline = Instant::now() + self.deadline;
+        let range = format!("Range: bytes={from}-\r\n");
+        let reused = self.write(url, deadline, &range)?;
+        let result = match self.open_response(url, from, deadline) {
+            Err(Fresh::Closed) if reused => {
+                self.conn = None;
+                self.write(url, deadline, &range)?;
+                self.open_response(url, from, deadline)
+            }
+            other => other,
+        };
+        // (a refusal read to its end keeps its connection: `open_response` closes the others)
+        result.map_err(|e| match e {
+            Fresh::Closed => {
+                self.conn = None;
+                io(url, "connection closed before an answer")
+            }
+            Fresh::Err(e) => e,
+        })
+    }
+
+    /// Read the next bytes of the body [`open`](Self::open) began into `into`: how many (at
+    /// least one while `into` is not empty), 0 at the body's end or with no body open. A
+    /// failure ends the body and closes its connection; so does a request sent before the body
+    /// was read to its end.
+    pub fn read(&mut self, into: &mut [u8]) -> Result<usize, HttpError> {
+        if into.is_empty() {
+            return Ok(0);
+        }
+        let r = self.read_open(into);
+        match &r {
+            Ok(0) => self.end_body(),
+            Ok(_) => {
+                // a length-delimited body read whole ends here, so that the connection serves
+                // the next request (the caller reads no further than it needs)
+                if matches!(
+                    self.body,
+                    Some(Body {
+                        framing: Framing::Length(0),
+                        ..
+                    })
+                ) {
+                    self.end_body();
+                }
+            }
+            Err(_) => {
+                self.body = None;
+                self.conn = None;
+            }
+        }
+        r
+    }
+
+    /// The URL of the body [`open`](Self::open) began, while it is not read to its end.
+    pub fn reading(&self) -> Option<&str> {
+        self.body.as_ref().map(|b| b.url.as_str())
+    }
+
+    /// A body read to its end: its connection kept for the next request, or closed.
+    fn end_body(&mut self) {
+        if let Some(body) = self.body.take() {
+            match self.conn.as_mut() {
+                Some(c) if body.keep => c.idle_since = Instant::now(),
+                _ => self.conn = None,
+            }
+        }
+    }
+
+    fn read_open(&mut self, into: &mut [u8]) -> Result<usize, HttpError> {
+        let (Some(body), Some(conn)) = (self.body.as_mut(), self.conn.as_mut()) else {
+            return Ok(0);
+        };
+        let (url, deadline) = (body.url.as_str(), body.deadline);
+        let left = match &mut body.framing {
+            Framing::Length(left) => left,
+            Framing::ToEnd => return conn.read_into(url, deadline, into),
+            Framing::Chunked { left, started } => {
+                if *left == 0 {
+                    if *started && !conn.read_line(url, deadline)?.is_empty() {
+                        return Err(io(url, "bad chunk end"));
+                    }
+                    let line = conn.read_line(url, deadline)?;
+                    let size = line.split(';').next().unwrap_or("").trim();
+                    *left = u64::from_str_radix(size, 16).map_err(|_| io(url, "bad chunk size"))?;
+                    *started = true;
+                    if *left == 0 {
+                        // trailers, up to the blank line
+                        while !conn.read_line(url, deadline)?.is_empty() {}
+                        return Ok(0);
+                    }
+                }
+                left
+            }
+        };
+        if *left == 0 {
+            return Ok(0);
+        }
+        let n = into.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+        let got = match conn.read_into(url, deadline, into.get_mut(..n).unwrap_or_default())? {
+            0 => return Err(io(url, "connection closed in the body")),
+            got => got,
+        };
+        *left -= got as u64;
+        Ok(got)
+    }
+
+    /// The head of the answer to a ranged request, its body made the one [`read`](Self::read)
+    /// reads; returns the offset the body starts at.
+    fn open_response(&mut self, url: &str, from: u64, deadline: Instant) -> Result<u64, Fresh> {
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| Fresh::Err(io(url, "no connection")))?;
+        let head = conn.read_head(url, deadline).and_then(|head| {
+            Head::parse(&head).ok_or_else(|| Fresh::Err(io(url, "malformed response")))
+        });
+        let head = match head {
+            Ok(head) => head,
+            Err(e) => {
+                self.conn = None;
+                return Err(e);
+            }
+        };
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(Fresh::Err(io(url, "no connection")));
+        };
+        let start = match head.status {
+            200 => 0,
+            206 if head.range_start == Some(from) => from,
+            206 => {
+                self.conn = None;
+                return Err(Fresh::Err(io(
+                    url,
+                    format_args!(
+                        "asked for bytes from {from}, the server sent Content-Range {}",
+                        head.range.as_deref().unwrap_or("(none)")
+                    ),
+                )));
+            }
+            code => {
+                let small = head.length.is_none_or(|n| n <= DRAIN_LIMIT as u64) && !head.chunked;
+                let body = if small {
+                    conn.read_body(url, &head, DRAIN_LIMIT, deadline, false)
+                        .ok()
+                } else {
+                    None
+                };
+                let keep = head.keep_alive && (head.length.is_some() || head.chunked);
+                if !(keep && body.is_some()) {
+                    self.conn = None;
+                }
+                return Err(Fresh::Err(HttpError::from_status(
+                    url,
+                    code,
+                    &body.unwrap_or_default(),
+                )));
+            }
+        };
+        let framing = match head.length {
+            _ if head.chunked => Framing::Chunked {
+                left: 0,
+                started: false,
+            },
+            Some(n) => Framing::Length(n),
+            None => Framing::ToEnd,
+        };
+        self.body = Some(Body {
+            url: url.to_string(),
+            deadline,
+            keep: head.keep_alive && !matches!(framing, Framing::ToEnd),
+            framing,
+        });
+        Ok(start)
+    }
+
     /// Write the request on the kept connection to `url`'s origin, or on a new one; returns
     /// whether the connection was reused.
     fn write_request(&mut self, url: &str, deadline: Instant) -> Result<bool, HttpError> {
+        self.write(url, deadline, "")
+    }
+
+    /// [`write_request`](Self::write_request) with `extra` header lines (each ending in CRLF).
+    /// A body [`open`](Self::open) began and not read to its end is dropped with its
+    /// connection.
+    fn write(&mut self, url: &str, deadline: Instant, extra: &str) -> Result<bool, HttpError> {
+        if self.body.take().is_some() {
+            self.conn = None;
+        }
         let (addr, host, path) = split_url(url).ok_or_else(|| io(url, "not an http:// URL"))?;
         // (a connection with answers on their way is not idle)
         let waiting = self
@@ -286,7 +505,7 @@ impl Http1 {
         let conn = self.conn.as_mut().ok_or_else(|| io(url, "no connection"))?;
         conn.set_deadline(url, deadline)?;
         let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: hale/{}\r\nAccept: */*\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: hale/{}\r\nAccept: */*\r\n{extra}\r\n",
             env!("CARGO_PKG_VERSION")
         );
         if let Err(e) = conn.stream.write_all(req.as_bytes()) {
@@ -366,7 +585,14 @@ struct Head {
     length: Option<u64>,
     chunked: bool,
     keep_alive: bool,
+    /// `Content-Range` (at most [`MAX_RANGE`] bytes kept, for the error that quotes it) and
+    /// its first byte
+    range: Option<String>,
+    range_start: Option<u64>,
 }
+
+/// Most of a `Content-Range` quoted in an error.
+const MAX_RANGE: usize = 80;
 
 impl Head {
     fn parse(bytes: &[u8]) -> Option<Head> {
@@ -386,6 +612,8 @@ impl Head {
             length: None,
             chunked: false,
             keep_alive: http11,
+            range: None,
+            range_start: None,
         };
         for line in lines.filter(|l| !l.is_empty()) {
             let (name, value) = line.split_once(':')?;
@@ -404,6 +632,13 @@ impl Head {
                     return None;
                 }
                 head.chunked = true;
+            } else if name.eq_ignore_ascii_case("content-range") {
+                // `bytes FIRST-LAST/TOTAL`: only the first byte is used
+                head.range_start = value
+                    .strip_prefix("bytes ")
+                    .and_then(|v| v.split_once('-'))
+                    .and_then(|(a, _)| a.trim().parse().ok());
+                head.range = Some(value.chars().take(MAX_RANGE).collect());
             } else if name.eq_ignore_ascii_case("connection") {
                 for token in value.split(',').map(str::trim) {
                     if token.eq_ignore_ascii_case("close") {
@@ -476,6 +711,25 @@ impl Conn {
                 Err(e) => return Err(io(url, e)),
             }
         }
+    }
+
+    /// Bytes of the stream into `into`: those buffered first, else one read from the socket;
+    /// `Ok(0)` at the stream's end.
+    fn read_into(
+        &mut self,
+        url: &str,
+        deadline: Instant,
+        into: &mut [u8],
+    ) -> Result<usize, HttpError> {
+        if !self.buf.is_empty() {
+            let n = self.buf.len().min(into.len());
+            into.get_mut(..n)
+                .unwrap_or_default()
+                .copy_from_slice(self.buf.get(..n).unwrap_or_default());
+            self.buf.drain(..n);
+            return Ok(n);
+        }
+        self.read_some(url, deadline, into)
     }
 
     /// The response head, taken out of the buffer (without its final blank line).
@@ -661,13 +915,18 @@ mod tests {
                     if r.read_line(&mut line).unwrap_or(0) == 0 {
                         break;
                     }
+                    let mut line = line.trim().to_string();
                     loop {
                         let mut h = String::new();
                         if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
                             break;
                         }
+                        // a range asked for is logged with its request line
+                        if h.starts_with("Range:") {
+                            line = format!("{line} [{}]", h.trim());
+                        }
                     }
-                    log.lock().unwrap().1.push(line.trim().to_string());
+                    log.lock().unwrap().1.push(line);
                     let Some((answer, close)) = answers.next() else {
                         return;
                     };
@@ -711,6 +970,177 @@ mod tests {
         h.send(&format!("{base}/c")).unwrap();
         assert_eq!(h.receive(100).unwrap(), Some(b"wikipedia".to_vec()));
         abc_on_one_connection(&seen);
+    }
+
+    /// Read an open body to its end in pieces of at most `piece` bytes.
+    fn read_all(h: &mut Http1, piece: usize) -> Result<Vec<u8>, HttpError> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; piece];
+        loop {
+            match h.read(&mut buf)? {
+                0 => return Ok(out),
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// A ranged GET: the `Range` asked, the body read in pieces (a length and chunks), and the
+    /// connection kept for the next request once a body is read to its end; a 200 (a server
+    /// without ranges) starts at 0, for the caller to skip.
+    #[test]
+    fn opens_a_range_reads_its_body_in_pieces_and_keeps_the_connection() {
+        let (base, seen) = server(vec![
+            (
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 3-9/10\r\nContent-Length: 7\r\n\r\n3456789",
+                false,
+            ),
+            (
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 2-9/10\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n234\r\n5;x=y\r\n56789\r\n0\r\n\r\n",
+                false,
+            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789", false),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+        ]);
+        let mut h = Http1::default();
+        let url = format!("{base}/fw");
+        assert_eq!(h.open(&url, 3).unwrap(), 3);
+        assert_eq!(h.reading(), Some(url.as_str()));
+        assert_eq!(read_all(&mut h, 2).unwrap(), b"3456789");
+        assert_eq!(h.reading(), None);
+        assert_eq!(h.open(&url, 2).unwrap(), 2);
+        assert_eq!(read_all(&mut h, 4).unwrap(), b"23456789");
+        assert_eq!(h.open(&url, 5).unwrap(), 0);
+        assert_eq!(read_all(&mut h, 4).unwrap(), b"0123456789");
+        assert_eq!(
+            h.get(&format!("{base}/a"), 10).unwrap(),
+            Some(b"ok".to_vec())
+        );
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.0, 1, "one connection for all four");
+        assert_eq!(
+            seen.1,
+            [
+                "GET /fw HTTP/1.1 [Range: bytes=3-]",
+                "GET /fw HTTP/1.1 [Range: bytes=2-]",
+                "GET /fw HTTP/1.1 [Range: bytes=5-]",
+                "GET /a HTTP/1.1",
+            ]
+        );
+    }
+
+    /// What ends an open body early: another request (its connection closed with the rest
+    /// unread, the request on a new one), a connection that closes in it, a bad chunk; and
+    /// what is refused at the head: a range from elsewhere, a 404, another status.
+    #[test]
+    fn an_open_body_ends_on_another_request_or_a_break_and_wrong_ranges_are_refused() {
+        let (base, seen) = server(vec![
+            (
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-9/10\r\nContent-Length: 10\r\n\r\n0123456789",
+                false,
+            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+            (
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-9/10\r\nContent-Length: 10\r\n\r\n0123",
+                true,
+            ),
+            (
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 4-9/10\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n45XX\r\n",
+                true,
+            ),
+            (
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-9/10\r\nContent-Length: 10\r\n\r\n0123456789",
+                true,
+            ),
+            (
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found",
+                false,
+            ),
+            (
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 52\r\n\r\n{\"error\": \"rollout_pending\", \"message\": \"held back\"}",
+                false,
+            ),
+        ]);
+        let mut h = Http1::default();
+        let url = format!("{base}/fw");
+        // read in part, then another request
+        assert_eq!(h.open(&url, 0).unwrap(), 0);
+        let mut four = [0u8; 4];
+        assert_eq!(h.read(&mut four).unwrap(), 4);
+        assert_eq!(
+            h.get(&format!("{base}/a"), 10).unwrap(),
+            Some(b"ok".to_vec())
+        );
+        assert_eq!(h.reading(), None);
+        assert_eq!(h.read(&mut four).unwrap(), 0, "nothing is open");
+        // closed in the body: an error, the body ended
+        assert_eq!(h.open(&url, 0).unwrap(), 0);
+        let err = read_all(&mut h, 3).unwrap_err();
+        assert!(
+            matches!(&err, HttpError::Io { message, .. } if message == "connection closed in the body"),
+            "{err:?}"
+        );
+        assert_eq!(h.reading(), None);
+        // a chunk that does not end in CRLF
+        assert_eq!(h.open(&url, 4).unwrap(), 4);
+        let err = read_all(&mut h, 8).unwrap_err();
+        assert!(
+            matches!(&err, HttpError::Io { message, .. } if message == "bad chunk end"),
+            "{err:?}"
+        );
+        // a 206 that starts elsewhere than asked
+        match h.open(&url, 6) {
+            Err(HttpError::Io { message, .. }) => assert_eq!(
+                message,
+                "asked for bytes from 6, the server sent Content-Range bytes 0-9/10"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h.reading(), None);
+        // a 404 is an error here (a target the repository lists is missing), and a refusal
+        // is the server's
+        match h.open(&url, 0) {
+            Err(HttpError::Status { code: 404, url: u }) => assert_eq!(u, url),
+            other => panic!("{other:?}"),
+        }
+        match h.open(&url, 0) {
+            Err(HttpError::Refused {
+                code: 403, error, ..
+            }) => assert_eq!(error, "rollout_pending"),
+            other => panic!("{other:?}"),
+        }
+        let seen = seen.lock().unwrap();
+        // the first body's connection closed for /a; the break, the bad chunk and the wrong
+        // range each closed theirs; the 404's was kept for the 403
+        assert_eq!(seen.0, 5);
+        assert_eq!(seen.1.len(), 7);
+    }
+
+    /// A kept connection the server closed while idle: the ranged request is asked again, once,
+    /// on a new connection.
+    #[test]
+    fn a_range_on_a_kept_connection_the_server_closed_is_asked_again() {
+        let (base, seen) = server(vec![
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true),
+            (
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 8-9/10\r\nContent-Length: 2\r\n\r\n89",
+                false,
+            ),
+        ]);
+        let mut h = Http1::default();
+        assert_eq!(
+            h.get(&format!("{base}/a"), 10).unwrap(),
+            Some(b"ok".to_vec())
+        );
+        // (the server's close has arrived)
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(h.open(&format!("{base}/fw"), 8).unwrap(), 8);
+        assert_eq!(read_all(&mut h, 10).unwrap(), b"89");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.0, 2);
+        assert_eq!(
+            seen.1,
+            ["GET /a HTTP/1.1", "GET /fw HTTP/1.1 [Range: bytes=8-]"]
+        );
     }
 
     /// A request sent and then abandoned: its answer is never read, not even by the next

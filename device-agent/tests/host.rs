@@ -2035,6 +2035,143 @@ fn the_pump_reads_a_target_as_one_stream_and_goes_on_where_it_broke() {
     );
 }
 
+/// Over plain `http://` the pump's image comes over the connection its metadata came over (a
+/// server that keeps connections), and that connection goes on serving once the image is read
+/// to its end; an image left half read costs its connection, and the next request takes a new
+/// one. A whole file from a server without ranges is skipped to the offset asked.
+#[test]
+fn the_pump_reads_a_target_over_the_connection_its_metadata_came_over() {
+    use device_agent::host::HttpTransport;
+    use device_agent::Transport;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let fw: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    // the requests served, each with its connection's number; whether ranges are answered
+    let conns: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
+    let ranges = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (log, image, ranged) = (conns.clone(), fw.clone(), ranges.clone());
+    std::thread::spawn(move || {
+        for (number, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut from = None;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.strip_prefix("Range: bytes=") {
+                        from = v.trim().trim_end_matches('-').parse::<usize>().ok();
+                    }
+                }
+                let entry = match from {
+                    Some(a) => format!("{path} bytes={a}-"),
+                    None => path.clone(),
+                };
+                log.lock().unwrap().push((number, entry));
+                let answer = match (path.as_str(), from) {
+                    ("/m.json", _) => b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmeta".to_vec(),
+                    ("/targets/fw.bin", Some(a))
+                        if ranged.load(std::sync::atomic::Ordering::SeqCst) =>
+                    {
+                        let mut h = format!(
+                            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{}/{}\r\nContent-Length: {}\r\n\r\n",
+                            image.len() - 1,
+                            image.len(),
+                            image.len() - a
+                        )
+                        .into_bytes();
+                        h.extend_from_slice(&image[a..]);
+                        h
+                    }
+                    ("/targets/fw.bin", _) => {
+                        let mut h =
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", image.len())
+                                .into_bytes();
+                        h.extend_from_slice(&image);
+                        h
+                    }
+                    _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                };
+                if conn.write_all(&answer).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut t = HttpTransport::new(&addr, &format!("{addr}/targets"));
+    let meta = |t: &mut HttpTransport| {
+        let mut buf = [0u8; 16];
+        assert_eq!(t.fetch_metadata("m.json", &mut buf).unwrap(), Some(4));
+        assert_eq!(&buf[..4], b"meta");
+    };
+    // `[from, to)` in 4 KiB blocks, as the agent asks for them
+    let read = |t: &mut HttpTransport, from: usize, to: usize| {
+        let mut at = from;
+        while at < to {
+            let mut block = vec![0u8; (to - at).min(4096)];
+            t.fetch_target("fw.bin", at as u64, &mut block).unwrap();
+            assert_eq!(block, fw[at..at + block.len()]);
+            at += block.len();
+        }
+    };
+    // the requests served since the last call, by connection
+    let served = || {
+        let mut by_conn: Vec<(usize, Vec<String>)> = vec![];
+        for (n, entry) in std::mem::take(&mut *conns.lock().unwrap()) {
+            match by_conn.last_mut() {
+                Some((m, v)) if *m == n => v.push(entry),
+                _ => by_conn.push((n, vec![entry])),
+            }
+        }
+        by_conn.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
+    };
+
+    // metadata, the whole image, metadata again: one connection
+    meta(&mut t);
+    read(&mut t, 0, fw.len());
+    meta(&mut t);
+    assert_eq!(
+        served(),
+        [["/m.json", "/targets/fw.bin bytes=0-", "/m.json"]]
+    );
+
+    // half the image, then metadata: the half-read answer's connection is closed
+    read(&mut t, 0, 8192);
+    meta(&mut t);
+    assert_eq!(
+        served(),
+        [vec!["/targets/fw.bin bytes=0-"], vec!["/m.json"]]
+    );
+
+    // half the image, another request on its connection, the rest: asked again from there
+    read(&mut t, 0, 8192);
+    assert_eq!(
+        t.get(&format!("{addr}/m.json"), 16).unwrap(),
+        Some(b"meta".to_vec())
+    );
+    read(&mut t, 8192, fw.len());
+    assert_eq!(
+        served(),
+        [
+            vec!["/targets/fw.bin bytes=0-"],
+            vec!["/m.json", "/targets/fw.bin bytes=8192-"]
+        ]
+    );
+
+    // a server without ranges: the whole file, the first 6,000 bytes skipped
+    ranges.store(false, std::sync::atomic::Ordering::SeqCst);
+    read(&mut t, 6000, fw.len());
+    meta(&mut t);
+    assert_eq!(served(), [["/targets/fw.bin bytes=6000-", "/m.json"]]);
+}
+
 /// The ask-ahead tests' calls on a `serve()` server: put a file, take the requests it served,
 /// a file's URL.
 #[allow(clippy::type_complexity)]
