@@ -1323,7 +1323,12 @@ impl ConformanceClient {
     /// The answer to the last [`send`](Self::send): `None` on 404, else at most `limit` bytes.
     /// Queued files are written first, while the server works on the answer.
     fn receive(&mut self, limit: usize) -> Result<Option<Vec<u8>>, ClientError> {
-        self.flush()?;
+        if let Err(e) = self.flush() {
+            // the request sent is not answered here: its answer is never another's
+            self.pending = None;
+            self.plain.abandon();
+            return Err(e);
+        }
         match self.pending.take() {
             Some(url) => Ok(self.http.get(&url, limit)?),
             None => Ok(self.plain.receive(limit)?),

@@ -238,8 +238,16 @@ impl Http1 {
         } else {
             first
         };
+        let behind = self
+            .pending
+            .iter()
+            .any(|p| Some(p.conn) == self.conn_number());
         if let Some(c) = self.conn.as_mut() {
             c.idle_since = Instant::now();
+            // bytes past the answer with no request behind it: not an answer to anything
+            if !behind && !c.buf.is_empty() {
+                self.conn = None;
+            }
         }
         result.map_err(|e| {
             self.conn = None;
@@ -341,7 +349,8 @@ impl Http1 {
     fn end_body(&mut self) {
         if let Some(body) = self.body.take() {
             match self.conn.as_mut() {
-                Some(c) if body.keep => c.idle_since = Instant::now(),
+                // (bytes past the body: not an answer to anything, see `Conn::quiet`)
+                Some(c) if body.keep && c.buf.is_empty() => c.idle_since = Instant::now(),
                 _ => self.conn = None,
             }
         }
@@ -474,7 +483,8 @@ impl Http1 {
             .iter()
             .any(|p| Some(p.conn) == self.conn_number());
         if self.conn.as_ref().is_some_and(|c| {
-            c.origin != addr || (!waiting && c.idle_since.elapsed() >= self.max_idle)
+            c.origin != addr
+                || (!waiting && (c.idle_since.elapsed() >= self.max_idle || !c.quiet()))
         }) {
             self.conn = None;
         }
@@ -485,8 +495,19 @@ impl Http1 {
                 .map_err(|e| io(url, format_args!("resolve {addr}: {e}")))?
                 .next()
                 .ok_or_else(|| io(url, format_args!("resolve {addr}: no address")))?;
-            let stream = TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT)
-                .map_err(|e| io(url, format_args!("connect: {e}")))?;
+            // within what is left of the request's deadline (a request asked again late in it)
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| io(url, TIMED_OUT))?;
+            let stream = TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT.min(left)).map_err(
+                |e| match e.kind() {
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+                        io(url, TIMED_OUT)
+                    }
+                    _ => io(url, format_args!("connect: {e}")),
+                },
+            )?;
             stream
                 .set_nodelay(true)
                 .and_then(|()| stream.set_write_timeout(Some(self.deadline)))
@@ -650,14 +671,37 @@ impl Head {
             }
         }
         if head.chunked {
-            // RFC 9112 §6.3: chunked wins over a length; the length is not trusted then
+            // RFC 9112 §6.3: chunked wins over a length, but the two together (or chunked in
+            // HTTP/1.0, §6.1) may be framed otherwise by something on the way: the connection
+            // is closed after the answer, so what follows it is never another's answer
+            if head.length.is_some() || !http11 {
+                head.keep_alive = false;
+            }
             head.length = None;
+        }
+        // no body whatever the headers say (RFC 9112 §6.3 rule 1)
+        if matches!(status, 100..=199 | 204 | 304) {
+            head.chunked = false;
+            head.length = Some(0);
         }
         Some(head)
     }
 }
 
 impl Conn {
+    /// Whether an idle connection holds nothing: no byte past the last answer, buffered or on
+    /// its way, and no close. Anything there was not asked for, and must not be read as the
+    /// next request's answer (RFC 9112 §6.3: extra data after a response is not a response);
+    /// a close would cost the request a retry.
+    fn quiet(&self) -> bool {
+        if !self.buf.is_empty() || self.stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let quiet = matches!(self.stream.peek(&mut [0u8; 1]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        self.stream.set_nonblocking(false).is_ok() && quiet
+    }
+
     /// Keep the socket's read timeout within the request's deadline: set again only when the
     /// time left is a second or more below it, so a fast answer costs no system call.
     fn set_deadline(&mut self, url: &str, deadline: Instant) -> Result<(), HttpError> {
@@ -732,8 +776,23 @@ impl Conn {
         self.read_some(url, deadline, into)
     }
 
-    /// The response head, taken out of the buffer (without its final blank line).
+    /// The final response head (interim `1xx` answers before it skipped, RFC 9110 §15.2; a
+    /// `101` is no answer to a GET), taken out of the buffer.
     fn read_head(&mut self, url: &str, deadline: Instant) -> Result<Vec<u8>, Fresh> {
+        // each interim head is bounded, and all come within the request's deadline
+        loop {
+            let head = self.read_one_head(url, deadline)?;
+            let status = head.get(9..12).and_then(|s| std::str::from_utf8(s).ok());
+            match status {
+                Some("101") => return Err(Fresh::Err(io(url, "101 Switching Protocols"))),
+                Some(s) if s.starts_with('1') && head.starts_with(b"HTTP/1.") => continue,
+                _ => return Ok(head),
+            }
+        }
+    }
+
+    /// One response head, taken out of the buffer (without its final blank line).
+    fn read_one_head(&mut self, url: &str, deadline: Instant) -> Result<Vec<u8>, Fresh> {
         let mut scanned = 0usize;
         loop {
             if let Some(i) = self
@@ -1141,6 +1200,157 @@ mod tests {
             seen.1,
             ["GET /a HTTP/1.1", "GET /fw HTTP/1.1 [Range: bytes=8-]"]
         );
+    }
+
+    /// Bytes past a whole answer are no answer (RFC 9112 §6.3): a 404 written after /a's
+    /// answer, with nothing asked behind it, is never /b's; nor is one behind an answer framed
+    /// both by a length and by chunks (something on the way may frame it by the length): the
+    /// connection is closed after such an answer and the request behind it asked again.
+    #[test]
+    fn bytes_past_an_answer_are_never_the_next_requests_answer() {
+        let (base, seen) = server(vec![
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb", false),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 27\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nc\r\n0\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+            // /d on the connection closed after /c's answer (never read), then again
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", true),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nd", false),
+        ]);
+        let mut h = Http1::default();
+        assert_eq!(
+            h.get(&format!("{base}/a"), 10).unwrap(),
+            Some(b"a".to_vec())
+        );
+        assert_eq!(
+            h.get(&format!("{base}/b"), 10).unwrap(),
+            Some(b"b".to_vec())
+        );
+        h.send(&format!("{base}/c")).unwrap();
+        h.send(&format!("{base}/d")).unwrap();
+        assert_eq!(h.receive(10).unwrap(), Some(b"c".to_vec()));
+        assert_eq!(h.receive(10).unwrap(), Some(b"d".to_vec()));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.0, 3);
+        assert_eq!(
+            seen.1,
+            [
+                "GET /a HTTP/1.1",
+                "GET /b HTTP/1.1",
+                "GET /c HTTP/1.1",
+                "GET /d HTTP/1.1",
+                "GET /d HTTP/1.1"
+            ]
+        );
+    }
+
+    /// Bytes an idle kept connection receives after its answer was read (a server's late
+    /// extra bytes) are not the next request's answer either: the next request goes on a new
+    /// connection.
+    #[test]
+    fn bytes_an_idle_connection_receives_are_no_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(mut conn) = conn else { return };
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 2 {
+                    if !line.starts_with("GET") {
+                        line.clear();
+                        continue;
+                    }
+                    log.lock().unwrap().push(format!("{n} {}", line.trim()));
+                    line.clear();
+                    if n == 0 {
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na");
+                        std::thread::sleep(Duration::from_millis(100));
+                        let _ =
+                            conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                    } else {
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb");
+                    }
+                }
+            }
+        });
+        let mut h = Http1::default();
+        assert_eq!(
+            h.get(&format!("{base}/a"), 10).unwrap(),
+            Some(b"a".to_vec())
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            h.get(&format!("{base}/b"), 10).unwrap(),
+            Some(b"b".to_vec())
+        );
+        assert_eq!(
+            *requests.lock().unwrap(),
+            ["0 GET /a HTTP/1.1", "1 GET /b HTTP/1.1"]
+        );
+    }
+
+    /// An answer with no body whatever its headers say (204, 304) is read at once, and interim
+    /// 1xx answers before the final one are skipped (RFC 9110 §15.2).
+    #[test]
+    fn interim_answers_are_skipped_and_bodyless_ones_read_at_once() {
+        let (base, seen) = server(vec![
+            (
+                b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                false,
+            ),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n", false),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+        ]);
+        let mut h = Http1::default().with_request_deadline(Duration::from_secs(5));
+        let t = Instant::now();
+        assert_eq!(
+            h.get(&format!("{base}/a"), 10).unwrap(),
+            Some(b"hello".to_vec())
+        );
+        for (path, code) in [("/b", 204), ("/c", 304)] {
+            match h.get(&format!("{base}{path}"), 10) {
+                Err(HttpError::Status { code: c, .. }) => assert_eq!(c, code),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            h.get(&format!("{base}/d"), 10).unwrap(),
+            Some(b"ok".to_vec())
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.1.len(), 4);
+    }
+
+    /// A connect is given at most what is left of the request's deadline, and one that runs out
+    /// reads as a timeout (`HttpError::is_timeout`), as a silent answer does.
+    #[test]
+    fn a_connect_stays_within_the_request_deadline_and_reads_as_a_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // the accept queue filled: later connects hang, as to a black hole
+        let mut held = Vec::new();
+        for _ in 0..4096 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(50)) {
+                Ok(s) => held.push(s),
+                Err(_) => break,
+            }
+        }
+        let mut h = Http1::default().with_request_deadline(Duration::from_secs(1));
+        let t = Instant::now();
+        let err = h.get(&format!("http://{addr}/a"), 100).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(err.is_timeout(), "{err:?}");
+        drop(held);
     }
 
     /// A request sent and then abandoned: its answer is never read, not even by the next
