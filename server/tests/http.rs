@@ -547,3 +547,93 @@ fn a_listener_holds_its_max_connections_and_closes_silent_ones() {
         "{log}"
     );
 }
+
+/// The server's resident memory, in KiB (Linux).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// HTTP/2 clients that ask for an image and never read it (a window of 0) make the server hold
+/// little: at most 8 streams a connection, each with a 64 KiB piece read ahead. With hyper's
+/// defaults (200 streams) and 1 MiB pieces, each such connection held about 200 MiB, so a few
+/// dozen unauthenticated connections to the plain listener could exhaust the server's memory
+/// and stop updates, reports and enrollment for the whole fleet (review). A pump's one stream
+/// at a time is not affected.
+#[test]
+fn http2_streams_that_never_read_hold_a_bounded_amount_of_memory() {
+    let f = Fixture::new();
+    let s = f.start();
+    let fw: Vec<u8> = (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    assert_eq!(upload(&s, &f.token, &fw).unwrap().status, 200);
+    let t = f.targets(1, &[("fw.bin", &fw, None)], None);
+    assert_eq!(
+        publish(&s, &f.token, None, &[("targets", &t)])
+            .unwrap()
+            .status,
+        200
+    );
+    let sha = hex::encode(sha2::Sha256::digest(&fw));
+    let addr = s
+        .base
+        .strip_prefix("http://")
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let url = format!("http://{addr}/targets/{sha}.fw.bin");
+    let pid = s.child.id();
+    let before = rss_kib(pid);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (after, status) = rt.block_on(async {
+        let (mut held, mut clients) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let (mut client, conn) = h2::client::Builder::new()
+                // never room for the server to send a byte of a body
+                .initial_window_size(0)
+                .handshake::<_, bytes::Bytes>(tcp)
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            for _ in 0..200 {
+                // (the server's limit holds further streams back)
+                let ready = std::future::poll_fn(|cx| client.poll_ready(cx));
+                match tokio::time::timeout(std::time::Duration::from_millis(500), ready).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+                let req = http::Request::get(url.as_str()).body(()).unwrap();
+                let Ok((resp, _)) = client.send_request(req, true) else {
+                    break;
+                };
+                held.push(resp);
+            }
+            clients.push(client);
+        }
+        // the answers' heads come; their bodies wait for a window that never opens
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let after = rss_kib(pid);
+        // (the first stream is answered: the server does serve HTTP/2)
+        let first = held.swap_remove(0);
+        let status = tokio::time::timeout(std::time::Duration::from_secs(5), first)
+            .await
+            .unwrap()
+            .unwrap()
+            .status();
+        drop((held, clients));
+        (after, status)
+    });
+    let grown = after.saturating_sub(before);
+    eprintln!("server RSS {before} KiB, then {after} KiB with 3 connections that never read");
+    assert_eq!(status, http::StatusCode::OK);
+    assert!(
+        grown < 16 << 10,
+        "the server grew {grown} KiB for 3 connections that never read"
+    );
+}
