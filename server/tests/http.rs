@@ -14,9 +14,14 @@ use serde_json::json;
 use sha2::Digest;
 
 fn published() -> (Fixture, Server, Vec<u8>, String) {
+    published_image(300_000)
+}
+
+/// A server with an image of `len` bytes published as `dir/fw.bin`, and the image's URL.
+fn published_image(len: u32) -> (Fixture, Server, Vec<u8>, String) {
     let f = Fixture::new();
     let s = f.start();
-    let fw: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let fw: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
     assert_eq!(upload(&s, &f.token, &fw).unwrap().status, 200);
     let t = f.targets(1, &[("dir/fw.bin", &fw, None)], None);
     assert_eq!(
@@ -563,25 +568,13 @@ fn rss_kib(pid: u32) -> u64 {
 /// at a time is not affected.
 #[test]
 fn http2_streams_that_never_read_hold_a_bounded_amount_of_memory() {
-    let f = Fixture::new();
-    let s = f.start();
-    let fw: Vec<u8> = (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    assert_eq!(upload(&s, &f.token, &fw).unwrap().status, 200);
-    let t = f.targets(1, &[("fw.bin", &fw, None)], None);
-    assert_eq!(
-        publish(&s, &f.token, None, &[("targets", &t)])
-            .unwrap()
-            .status,
-        200
-    );
-    let sha = hex::encode(sha2::Sha256::digest(&fw));
+    let (_f, s, _fw, url) = published_image(4_000_000);
     let addr = s
         .base
         .strip_prefix("http://")
         .unwrap()
         .trim_end_matches('/')
         .to_string();
-    let url = format!("http://{addr}/targets/{sha}.fw.bin");
     let pid = s.child.id();
     let before = rss_kib(pid);
     let rt = tokio::runtime::Builder::new_multi_thread()
