@@ -238,7 +238,46 @@ fn targets(old: &Value, new: &Value) -> Vec<String> {
     out
 }
 
-/// Delegations added, removed or changed (keys, threshold, paths, terminating), and hashed bins.
+/// The order devices search the delegations in, when it is not the published one with new
+/// delegations after it: the first delegation whose paths match answers for a path (and a
+/// terminating one ends the search), so moving a delegation ahead of another, or adding one
+/// ahead of those published, changes which key signs for a path without changing a delegation.
+fn search_order(old: &Value, new: &Value) -> Option<String> {
+    let names = |v: &Value| -> Vec<String> {
+        v.pointer("/delegations/roles")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        r.get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?")
+                            .to_string()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (o, n) = (names(old), names(new));
+    let kept: Vec<&String> = o.iter().filter(|name| n.contains(name)).collect();
+    let added = n.iter().filter(|name| !o.contains(name));
+    let expected: Vec<&String> = kept.into_iter().chain(added).collect();
+    if expected == n.iter().collect::<Vec<_>>() {
+        return None;
+    }
+    Some(format!(
+        "delegations searched in a NEW ORDER: {} (was {})",
+        n.join(", "),
+        if o.is_empty() {
+            "-".into()
+        } else {
+            o.join(", ")
+        }
+    ))
+}
+
+/// Delegations added, removed or changed (keys, threshold, paths, terminating), their order, and
+/// hashed bins.
 fn delegations(old: &Value, new: &Value) -> Vec<String> {
     let empty = Value::Null;
     let keys = new.pointer("/delegations/keys").unwrap_or(&empty);
@@ -291,6 +330,7 @@ fn delegations(old: &Value, new: &Value) -> Vec<String> {
     for name in o.keys().filter(|k| !n.contains_key(*k)) {
         out.push(format!("removes the delegation to {name}"));
     }
+    out.extend(search_order(old, new));
     let bins = |v: &Value| v.pointer("/delegations/succinct_roles").cloned();
     match (bins(old), bins(new)) {
         (before, Some(b)) if before.as_ref() != Some(&b) => {
@@ -413,6 +453,64 @@ mod tests {
         assert_eq!(
             describe(Some(&binned), &plain).trust,
             ["removes the hashed bins bin-*"]
+        );
+    }
+
+    /// Devices search delegations in their order and the first match answers: a staged targets
+    /// that only swaps two delegations (a terminating pump-a/* behind a catalog's */*, so the
+    /// catalog's key signs pump-a's firmware), or adds one ahead of those published, says so
+    /// as a change of trust; one that appends a delegation, or drops one, keeps the order.
+    #[test]
+    fn a_new_search_order_of_delegations_is_a_trust_change() {
+        let (k, kk) = key(6);
+        let role = |name: &str, paths: &str, terminating: bool| {
+            json!({"name": name, "keyids": [&k], "threshold": 1, "terminating": terminating,
+                   "paths": [paths]})
+        };
+        let doc = |roles: Vec<Value>| {
+            json!({"_type": "targets", "targets": {},
+                   "delegations": {"keys": {&k: kk.clone()}, "roles": roles}})
+        };
+        let old = doc(vec![
+            role("pump-a", "pump-a/*", true),
+            role("catalog", "*/*", false),
+        ]);
+        let swapped = doc(vec![
+            role("catalog", "*/*", false),
+            role("pump-a", "pump-a/*", true),
+        ]);
+        let c = describe(Some(&old), &swapped);
+        assert_eq!(
+            c.trust,
+            ["delegations searched in a NEW ORDER: catalog, pump-a (was pump-a, catalog)"]
+        );
+        assert!(!c.lines().iter().any(|l| l.contains("renewal")), "{c:?}");
+        // a delegation added ahead of the published ones
+        let ahead = doc(vec![
+            role("any", "*", true),
+            role("pump-a", "pump-a/*", true),
+            role("catalog", "*/*", false),
+        ]);
+        let c = describe(Some(&old), &ahead);
+        assert_eq!(
+            c.trust[1],
+            "delegations searched in a NEW ORDER: any, pump-a, catalog (was pump-a, catalog)"
+        );
+        // appended, or one dropped: the order of the rest is the published one
+        let appended = doc(vec![
+            role("pump-a", "pump-a/*", true),
+            role("catalog", "*/*", false),
+            role("late", "late/*", false),
+        ]);
+        assert_eq!(
+            describe(Some(&old), &appended).trust.len(),
+            1,
+            "only the new delegation"
+        );
+        let dropped = doc(vec![role("catalog", "*/*", false)]);
+        assert_eq!(
+            describe(Some(&old), &dropped).trust,
+            ["removes the delegation to pump-a"]
         );
     }
 }

@@ -593,3 +593,71 @@ fn delegate_refuses_a_name_a_case_insensitive_file_system_would_confuse() {
         );
     }
 }
+
+/// A staged targets that only swaps two delegations hands a path to another key (devices take
+/// the first delegation that matches: the catalog's `*/*` ahead of a terminating `pump-a/*` lets
+/// the catalog's key sign pump-a's firmware). `sign` shows that as a change of who may sign; it
+/// called it "no change but the version (a renewal)" (review: the reorder was signed and
+/// published, and a catalog image reached pump-a's devices).
+#[test]
+fn sign_shows_a_new_search_order_of_delegations_as_a_trust_change() {
+    let e = Env::new();
+    e.published_repo();
+    e.key("pump-a", "ed25519");
+    e.key("catalog", "ed25519");
+    e.ok(&[
+        "delegate",
+        "repo",
+        "--from",
+        "targets",
+        "--to",
+        "pump-a",
+        "--key",
+        "pump-a.pub",
+        "--paths",
+        "pump-a/*",
+        "--terminating",
+    ]);
+    e.ok(&[
+        "delegate",
+        "repo",
+        "--from",
+        "targets",
+        "--to",
+        "catalog",
+        "--key",
+        "catalog.pub",
+        "--paths",
+        "*/*",
+    ]);
+    for (file, key) in [
+        ("targets", "targets"),
+        ("pump-a", "pump-a"),
+        ("catalog", "catalog"),
+    ] {
+        e.sign(&format!("repo/staged/{file}.json"), key);
+    }
+    e.publish();
+    // someone who can write the staged files swaps the two delegations
+    let published = e.json("repo/repository/2.targets.json");
+    let mut signed = published["signed"].clone();
+    signed["delegations"]["roles"]
+        .as_array_mut()
+        .unwrap()
+        .swap(0, 1);
+    signed["version"] = serde_json::json!(3);
+    let doc = serde_json::json!({"signatures": [], "signed": signed});
+    e.write(
+        "repo/staged/targets.json",
+        &serde_json::to_vec(&doc).unwrap(),
+    );
+    let r = e.sign("repo/staged/targets.json", "targets");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("delegations searched in a NEW ORDER: catalog, pump-a (was pump-a, catalog)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("renewal"), "{}", r.stderr);
+}
