@@ -178,6 +178,70 @@ fn check_role(role: &RoleKeys<'_>) -> Result<u32, Error> {
 }
 
 #[inline(never)]
+/// The first two key ids `role` lists for one key (compared by the key: an ECDSA key under
+/// `ecdsa` and under `ecdsa-sha2-nistp256`, or as PEM and as hex, has another key id each).
+/// [`verify_threshold`] counts such a key once, so this decides nothing for a client; it is a
+/// publisher's check (hale-sign before it stages): the key would look like two key holders to a
+/// signer, and removing it by one key id would leave it trusted under the other.
+pub fn repeated_key<'a>(
+    role: &RoleKeys<'a>,
+) -> Option<(crate::json::JStr<'a>, crate::json::JStr<'a>)> {
+    let mut seen: HVec<([u8; 32], crate::json::JStr<'a>), MAX_KEYS_PER_ROLE> = HVec::new();
+    for kid in role.keyids.iter().filter_map(|k| k.as_str()) {
+        let Ok(key) = key_for(&role.keys, &kid) else {
+            continue;
+        };
+        let f = key.fingerprint();
+        if let Some((_, first)) = seen.iter().find(|(g, id)| *g == f && *id != kid) {
+            return Some((*first, kid));
+        }
+        if seen.push((f, kid)).is_err() {
+            break;
+        }
+    }
+    None
+}
+
+/// [`repeated_key`] for root's four roles: the role's name and the two key ids.
+pub fn repeated_key_in_root<'a>(
+    root: &crate::metadata::Root<'a>,
+) -> Option<(&'static str, crate::json::JStr<'a>, crate::json::JStr<'a>)> {
+    ["root", "targets", "snapshot", "timestamp"]
+        .into_iter()
+        .find_map(|name| {
+            let (a, b) = repeated_key(&root.role(name).ok()?)?;
+            Some((name, a, b))
+        })
+}
+
+/// [`repeated_key`] for every role `delegator` delegates to (`name_prefix` for hashed bins):
+/// the role's name and the two key ids.
+pub fn repeated_key_in_delegations<'a>(
+    delegator: &crate::metadata::Targets<'a>,
+) -> Option<(
+    crate::json::JStr<'a>,
+    crate::json::JStr<'a>,
+    crate::json::JStr<'a>,
+)> {
+    let d = delegator.delegations?;
+    if let Some(s) = d.succinct {
+        let role = RoleKeys {
+            name: Name::from_json(&s.name_prefix),
+            keys: d.keys,
+            keyids: s.keyids,
+            threshold: s.threshold,
+        };
+        let (a, b) = repeated_key(&role)?;
+        return Some((s.name_prefix, a, b));
+    }
+    d.roles?.iter().find_map(|v| {
+        let r = crate::metadata::DelegatedRole::parse(&v.as_object()?, Name::new("delegations"))
+            .ok()?;
+        let (a, b) = repeated_key(&r.keys(d.keys))?;
+        Some((r.name, a, b))
+    })
+}
+
 pub(crate) fn key_for(
     keys: &Object<'_>,
     kid: &crate::json::JStr<'_>,

@@ -495,6 +495,7 @@ impl State {
             .map(|((role, _), (bytes, _))| (role.as_str(), bytes.as_slice()))
             .collect();
         self.check_rollback_keys(&staged)?;
+        check_repeated_keys(&staged)?;
         for ((role, signed), (bytes, version)) in bodies.into_iter().zip(encoded) {
             let path = staged_dir(&self.dir).join(format!("{role}.json"));
             // a ceremony's signatures are other people's work: say when a change voids them
@@ -643,6 +644,41 @@ impl State {
             &self.demo_hits(),
         );
     }
+}
+
+/// A staged root or delegation may not list one key under two key ids (`hale_core::verify::
+/// repeated_key`): a signer would read it as two key holders, and a rotation that removes the
+/// key by one key id would leave it trusted under the other.
+fn check_repeated_keys(staged: &[(&str, &[u8])]) -> Result<()> {
+    let refuse = |delegator: &str,
+                  role: &dyn std::fmt::Display,
+                  a: &dyn std::fmt::Display,
+                  b: &dyn std::fmt::Display| {
+        invalid(format!(
+            "{delegator}: {role} lists one key under two key ids ({a} and {b}; an ECDSA key as \
+             `ecdsa` and as `ecdsa-sha2-nistp256`, or as PEM and as hex): it counts once toward \
+             the threshold, would read as two key holders, and removing it by one key id would \
+             leave it trusted under the other"
+        ))
+    };
+    for (name, bytes) in staged {
+        let env = hale_core::metadata::Envelope::parse(bytes, name)
+            .map_err(|e| ToolError::trust(name, e))?;
+        if *name == "root" {
+            let root = hale_core::metadata::Root::parse(&env.signed)
+                .map_err(|e| ToolError::trust(name, e))?;
+            if let Some((role, a, b)) = hale_core::verify::repeated_key_in_root(&root) {
+                return Err(refuse(name, &role, &a, &b));
+            }
+        } else if env.signed.get("delegations").ok().flatten().is_some() {
+            let t = hale_core::metadata::Targets::parse(&env.signed, hale_core::Name::new(name))
+                .map_err(|e| ToolError::trust(name, e))?;
+            if let Some((role, a, b)) = hale_core::verify::repeated_key_in_delegations(&t) {
+                return Err(refuse(name, &role, &a, &b));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

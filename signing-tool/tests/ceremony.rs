@@ -1503,3 +1503,72 @@ fn after_a_killed_publish_changes_wait_for_the_undo_and_build_on_what_was_publis
     assert!(r.stdout.starts_with("published targets v4"), "{}", r.stdout);
     assert_eq!(e.verify().code, 0);
 }
+
+/// One key under two key ids (a P-256 key as `ecdsa` and as `ecdsa-sha2-nistp256`: each form
+/// has its own key id) is refused in a root role or a delegation, and nothing is staged: it
+/// counts once toward a threshold, reads to a co-signer as two key holders, and a rotation
+/// removing it by one key id left it trusted under the other, so a stolen key still signed
+/// releases after its "removal" (review).
+#[test]
+fn one_key_under_two_key_ids_is_refused_and_nothing_is_staged() {
+    let e = Env::new();
+    e.published_repo();
+    let t1 = e.key("t1", "ecdsa-p256");
+    let mut alt = e.json("t1.pub");
+    alt["keytype"] = serde_json::json!("ecdsa-sha2-nistp256");
+    alt.as_object_mut().unwrap().remove("keyid");
+    e.write("t1-alt.pub", &serde_json::to_vec_pretty(&alt).unwrap());
+    let alt_id = hale_repo::keys::keyid_of(&alt).unwrap();
+    assert_ne!(alt_id, t1);
+    let staged = snapshot_tree(&e.path("repo/staged"));
+    let refusal = |delegator: &str, role: &str| {
+        format!(
+            "error: {delegator}: {role} lists one key under two key ids ({t1} and {alt_id}; an \
+             ECDSA key as `ecdsa` and as `ecdsa-sha2-nistp256`, or as PEM and as hex): it counts \
+             once toward the threshold, would read as two key holders, and removing it by one key \
+             id would leave it trusted under the other"
+        )
+    };
+    for (args, delegator, role) in [
+        (
+            vec![
+                "rotate",
+                "repo",
+                "--role",
+                "targets",
+                "--add-key",
+                "t1.pub",
+                "--add-key",
+                "t1-alt.pub",
+            ],
+            "root",
+            "targets",
+        ),
+        (
+            vec![
+                "delegate",
+                "repo",
+                "--to",
+                "pump-a",
+                "--paths",
+                "pump-a/*",
+                "--key",
+                "t1.pub",
+                "--key",
+                "t1-alt.pub",
+                "--threshold",
+                "2",
+            ],
+            "targets",
+            "pump-a",
+        ),
+    ] {
+        let r = e.run(&args);
+        assert_eq!(
+            (r.code, r.stderr.trim_end()),
+            (2, refusal(delegator, role).as_str()),
+            "{args:?}"
+        );
+        assert_eq!(snapshot_tree(&e.path("repo/staged")), staged, "{args:?}");
+    }
+}

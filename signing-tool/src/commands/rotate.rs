@@ -38,34 +38,71 @@ pub struct RotateArgs {
     from: Option<String>,
 }
 
-fn keyid_of_arg(s: &str) -> anyhow::Result<String> {
+/// A key to remove: its key id, and the key itself when the argument is a key file.
+fn keyid_of_arg(s: &str) -> anyhow::Result<(String, Option<Value>)> {
     let p = Path::new(s);
     if p.exists() {
-        return Ok(load_public(p)?.keyid);
+        let k = load_public(p)?;
+        return Ok((k.keyid, Some(k.key)));
     }
     if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Ok(s.to_ascii_lowercase());
+        return Ok((s.to_ascii_lowercase(), None));
     }
     bail!("--remove-key {s:?}: neither a key file nor a keyid")
 }
 
+/// hale-core's fingerprint of a TUF key object (`None`: a key it cannot use).
+fn fingerprint(key: &Value) -> Option<[u8; 32]> {
+    let bytes = serde_json::to_vec(key).ok()?;
+    let parsed = hale_core::json::parse(&bytes).ok()?;
+    let key = hale_core::crypto::PublicKey::from_tuf(&parsed.as_object()?).ok()?;
+    Some(key.fingerprint())
+}
+
+/// The key ids of the key map `keys` that name the key to remove (its own key id and any other
+/// the same key is listed under: an ECDSA key as `ecdsa` and as `ecdsa-sha2-nistp256`, or as
+/// PEM and as hex), so that a removed key is not left trusted under another key id.
+fn ids_of_key(keys: Option<&Value>, (id, key): &(String, Option<Value>)) -> Vec<String> {
+    let map = keys.and_then(Value::as_object);
+    let target = key
+        .as_ref()
+        .or_else(|| map.and_then(|m| m.get(id)))
+        .and_then(fingerprint);
+    let mut ids = vec![id.clone()];
+    if let (Some(map), Some(target)) = (map, target) {
+        for (other, k) in map {
+            if other != id && fingerprint(k) == Some(target) {
+                ids.push(other.clone());
+            }
+        }
+    }
+    ids
+}
+
 /// Apply the change to one `{keyids, threshold}` entry.
+/// `remove`: for each key to remove, every key id it is listed under (the first is the one
+/// given).
 fn change(
     entry: &mut Value,
     role: &str,
     add: &[String],
-    remove: &[String],
+    remove: &[Vec<String>],
     threshold: Option<u32>,
 ) -> anyhow::Result<(u32, usize)> {
     let ids = entry
         .get_mut("keyids")
         .and_then(Value::as_array_mut)
         .with_context(|| format!("{role}: no keyids"))?;
-    for r in remove {
+    for group in remove {
         let before = ids.len();
-        ids.retain(|k| k.as_str() != Some(r.as_str()));
-        if ids.len() == before {
-            bail!("--remove-key {r}: not a key of {role}");
+        ids.retain(|k| !k.as_str().is_some_and(|k| group.iter().any(|g| g == k)));
+        let given = group.first().map_or("", String::as_str);
+        match before - ids.len() {
+            0 => bail!("--remove-key {given}: not a key of {role}"),
+            1 => {}
+            n => eprintln!(
+                "note: the key {given} is listed under {n} key ids in {role}: removed under all"
+            ),
         }
     }
     for k in add {
@@ -108,11 +145,14 @@ pub fn run(a: RotateArgs) -> anyhow::Result<ExitCode> {
     }
     let added = load_keys(&a.add, state.profile, &a.role)?;
     let add_ids: Vec<String> = added.iter().map(|k| k.keyid.clone()).collect();
-    let remove_ids: Vec<String> = a
+    let remove_keys: Vec<(String, Option<Value>)> = a
         .remove
         .iter()
         .map(|r| keyid_of_arg(r))
         .collect::<anyhow::Result<_>>()?;
+    let remove_ids = |keys: Option<&Value>| -> Vec<Vec<String>> {
+        remove_keys.iter().map(|k| ids_of_key(keys, k)).collect()
+    };
 
     let (delegator, mut body) = if top_level(&a.role).is_some() {
         ("root".to_string(), state.next_body("root")?)
@@ -137,10 +177,11 @@ pub fn run(a: RotateArgs) -> anyhow::Result<ExitCode> {
     };
 
     let (t, n) = if delegator == "root" {
+        let remove = remove_ids(body.get("keys"));
         let entry = body
             .pointer_mut(&format!("/roles/{}", a.role))
             .with_context(|| format!("root has no role {}", a.role))?;
-        let r = change(entry, &a.role, &add_ids, &remove_ids, a.threshold)?;
+        let r = change(entry, &a.role, &add_ids, &remove, a.threshold)?;
         let used = used_ids(
             body.get("roles")
                 .and_then(Value::as_object)
@@ -157,6 +198,7 @@ pub fn run(a: RotateArgs) -> anyhow::Result<ExitCode> {
         prune(keys, &used);
         r
     } else {
+        let remove = remove_ids(body.pointer("/delegations/keys"));
         let dels = body
             .get_mut("delegations")
             .with_context(|| format!("{delegator} has no delegations"))?;
@@ -165,7 +207,7 @@ pub fn run(a: RotateArgs) -> anyhow::Result<ExitCode> {
                 .iter_mut()
                 .find(|r| r.get("name").and_then(Value::as_str) == Some(a.role.as_str()))
                 .with_context(|| format!("{delegator} does not delegate to {}", a.role))?;
-            change(entry, &a.role, &add_ids, &remove_ids, a.threshold)?
+            change(entry, &a.role, &add_ids, &remove, a.threshold)?
         } else if let Some(s) = dels.get_mut("succinct_roles") {
             let prefix = s
                 .get("name_prefix")
@@ -181,7 +223,7 @@ pub fn run(a: RotateArgs) -> anyhow::Result<ExitCode> {
                 s,
                 &format!("{prefix}-* bins"),
                 &add_ids,
-                &remove_ids,
+                &remove,
                 a.threshold,
             )?
         } else {
@@ -268,4 +310,45 @@ pub fn run(a: RotateArgs) -> anyhow::Result<ExitCode> {
     }
     super::staged_hint(&state);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key removed by one key id, or by its key file in the other form, goes under every key
+    /// id the role lists it under (a P-256 key as `ecdsa` and as `ecdsa-sha2-nistp256`); other
+    /// keys stay.
+    #[test]
+    fn a_removed_key_goes_under_every_key_id_it_is_listed_under() {
+        let k = hale_repo::SigningKey::from_seed(hale_repo::KeyKind::EcdsaP256, &[3; 32])
+            .expect("a key");
+        let other =
+            hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[4; 32]).expect("a key");
+        let (id, key) = (k.keyid(), k.public());
+        let mut alt = key.clone();
+        alt["keytype"] = json!("ecdsa-sha2-nistp256");
+        let alt_id = hale_repo::keys::keyid_of(&alt).expect("a key id");
+        assert_ne!(alt_id, id);
+        let keys = json!({&id: key, &alt_id: alt.clone(), other.keyid(): other.public()});
+        let entry = json!({"keyids": [&id, &alt_id, other.keyid()], "threshold": 1});
+        for given in [
+            (id.clone(), None),
+            (alt_id.clone(), None),
+            (alt_id.clone(), Some(alt)),
+        ] {
+            let group = ids_of_key(Some(&keys), &given);
+            let mut e = entry.clone();
+            assert_eq!(
+                change(&mut e, "targets", &[], &[group], None).expect("removed"),
+                (1, 1)
+            );
+            assert_eq!(e["keyids"], json!([other.keyid()]), "{given:?}");
+        }
+        // a key id not in the key map is itself only
+        assert_eq!(
+            ids_of_key(Some(&keys), &("ab".repeat(32), None)),
+            ["ab".repeat(32)]
+        );
+    }
 }
