@@ -751,7 +751,9 @@ impl Identity {
         let mut expired = Vec::new();
         let stored = self.store.revoked()?;
         for r in stored.iter().chain(adding) {
-            if r.not_after <= now_s {
+            // (webpki accepts a certificate up to and including its notAfter second: the entry
+            // stays through it)
+            if r.not_after < now_s {
                 expired.push(r.serial.clone());
                 continue;
             }
