@@ -710,6 +710,18 @@ pub struct Delegations<'a> {
 }
 
 impl<'a> Delegations<'a> {
+    /// The hashed bins' `name_prefix` and the keys they share (`None`: no hashed bins).
+    pub fn bins_keys(&self) -> Option<(JStr<'a>, RoleKeys<'a>)> {
+        let s = self.succinct?;
+        let role = RoleKeys {
+            name: Name::from_json(&s.name_prefix),
+            keys: self.keys,
+            keyids: s.keyids,
+            threshold: s.threshold,
+        };
+        Some((s.name_prefix, role))
+    }
+
     /// `all`: check every entry of `roles` too.
     fn read(d: &Object<'a>, all: bool) -> Result<Self, Shape<'a>> {
         // one pass over the delegations (`roles` may be most of the document)

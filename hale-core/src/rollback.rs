@@ -189,14 +189,8 @@ pub fn shared_in_delegations<'a>(
 ) -> Option<(JStr<'a>, JStr<'a>)> {
     let d = delegator.delegations?;
     let fingerprints = fingerprints(rollback);
-    if let Some(s) = d.succinct {
-        let role = RoleKeys {
-            name: Name::from_json(&s.name_prefix),
-            keys: d.keys,
-            keyids: s.keyids,
-            threshold: s.threshold,
-        };
-        return shared(&fingerprints, &role).map(|keyid| (s.name_prefix, keyid));
+    if let Some((prefix, role)) = d.bins_keys() {
+        return shared(&fingerprints, &role).map(|keyid| (prefix, keyid));
     }
     d.roles?.iter().find_map(|v| {
         let r = metadata::DelegatedRole::parse(&v.as_object()?, Name::new("delegations")).ok()?;

@@ -224,15 +224,9 @@ pub fn repeated_key_in_delegations<'a>(
     crate::json::JStr<'a>,
 )> {
     let d = delegator.delegations?;
-    if let Some(s) = d.succinct {
-        let role = RoleKeys {
-            name: Name::from_json(&s.name_prefix),
-            keys: d.keys,
-            keyids: s.keyids,
-            threshold: s.threshold,
-        };
+    if let Some((prefix, role)) = d.bins_keys() {
         let (a, b) = repeated_key(&role)?;
-        return Some((s.name_prefix, a, b));
+        return Some((prefix, a, b));
     }
     d.roles?.iter().find_map(|v| {
         let r = crate::metadata::DelegatedRole::parse(&v.as_object()?, Name::new("delegations"))
