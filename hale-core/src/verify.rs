@@ -177,7 +177,6 @@ fn check_role(role: &RoleKeys<'_>) -> Result<u32, Error> {
     Ok(threshold)
 }
 
-#[inline(never)]
 /// The first two key ids `role` lists for one key (compared by the key: an ECDSA key under
 /// `ecdsa` and under `ecdsa-sha2-nistp256`, or as PEM and as hex, has another key id each).
 /// [`verify_threshold`] counts such a key once, so this decides nothing for a client; it is a
@@ -236,6 +235,7 @@ pub fn repeated_key_in_delegations<'a>(
     })
 }
 
+#[inline(never)]
 pub(crate) fn key_for(
     keys: &Object<'_>,
     kid: &crate::json::JStr<'_>,
