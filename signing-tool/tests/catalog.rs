@@ -11,6 +11,21 @@ mod common;
 use common::{publish_args, Env, PW_ENV};
 use sha2::{Digest, Sha256};
 
+/// `targets` delegates `pump-a/*` to `pump-a` (key `pump-a.pub`), terminating.
+const DELEGATE_PUMP_A: [&str; 11] = [
+    "delegate",
+    "repo",
+    "--from",
+    "targets",
+    "--to",
+    "pump-a",
+    "--key",
+    "pump-a.pub",
+    "--paths",
+    "pump-a/*",
+    "--terminating",
+];
+
 fn sha(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
@@ -124,19 +139,7 @@ fn delegation_and_hashed_bins_route_targets_and_verify_against_their_delegators(
     e.published_repo();
     let pa = e.key("pump-a", "ecdsa-p256");
     e.key("bins", "ed25519");
-    e.ok(&[
-        "delegate",
-        "repo",
-        "--from",
-        "targets",
-        "--to",
-        "pump-a",
-        "--key",
-        "pump-a.pub",
-        "--paths",
-        "pump-a/*",
-        "--terminating",
-    ]);
+    e.ok(&DELEGATE_PUMP_A);
     let t = e.json("repo/staged/targets.json");
     assert_eq!(
         t["signed"]["delegations"]["roles"][0],
@@ -605,19 +608,7 @@ fn sign_shows_a_new_search_order_of_delegations_as_a_trust_change() {
     e.published_repo();
     e.key("pump-a", "ed25519");
     e.key("catalog", "ed25519");
-    e.ok(&[
-        "delegate",
-        "repo",
-        "--from",
-        "targets",
-        "--to",
-        "pump-a",
-        "--key",
-        "pump-a.pub",
-        "--paths",
-        "pump-a/*",
-        "--terminating",
-    ]);
+    e.ok(&DELEGATE_PUMP_A);
     e.ok(&[
         "delegate",
         "repo",
