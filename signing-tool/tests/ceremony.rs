@@ -972,6 +972,64 @@ fn a_change_that_voids_collected_signatures_says_so() {
 }
 
 #[test]
+fn a_file_changed_after_someone_signed_it_is_not_co_signed() {
+    let e = Env::new();
+    e.standard_keys();
+    e.init();
+    e.sign("repo/staged/root.json", "root-a");
+    let (a, b) = (e.keyid("root-a"), e.keyid("root-b"));
+    // someone edits the staged root after root-a signed (a key's expiry moved out by a year),
+    // keeping root-a's signature
+    let mut doc = e.json("repo/staged/root.json");
+    let expires = doc["signed"]["expires"].as_str().unwrap().to_string();
+    let later = format!(
+        "{}{}",
+        expires[..4].parse::<u32>().unwrap() + 1,
+        &expires[4..]
+    );
+    doc["signed"]["expires"] = serde_json::Value::String(later);
+    e.write("repo/staged/root.json", &serde_json::to_vec(&doc).unwrap());
+    let before = std::fs::read(e.path("repo/staged/root.json")).unwrap();
+
+    // root-b is refused before any passphrase, by file and by directory, and nothing is written
+    for path in ["repo/staged/root.json", "repo"] {
+        let r = e.run(&sign_args(path, "root-b.key"));
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert_eq!(
+            r.stderr.trim_end(),
+            format!(
+                "error: refusing to sign repo/staged/root.json: the signature of {a} does not \
+                 verify over this content (changed after it was signed?); nothing written. Stage \
+                 it again (its signatures are dropped), or let the holder of that key sign it \
+                 again first"
+            ),
+            "{path}"
+        );
+        assert_eq!(
+            std::fs::read(e.path("repo/staged/root.json")).unwrap(),
+            before,
+            "byte for byte ({path})"
+        );
+    }
+
+    // root-a signs the new content again (their signature replaces the old one), then root-b
+    e.sign("repo/staged/root.json", "root-a");
+    e.sign("repo/staged/root.json", "root-b");
+    let s = e.run(&["status", "repo/staged/root.json"]);
+    assert_eq!(s.code, 0, "{}", s.stdout);
+    assert!(
+        s.stdout.contains("threshold 2 — 2 valid — MET"),
+        "{}",
+        s.stdout
+    );
+    assert!(
+        s.stdout.contains(&format!("signed   {a}, {b}\n")),
+        "{}",
+        s.stdout
+    );
+}
+
+#[test]
 fn a_publish_without_online_keys_says_devices_do_not_see_the_release_yet() {
     let env = Env::new();
     env.signed_release();

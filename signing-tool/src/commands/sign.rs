@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use hale_core::verify::KeyStatus;
 use hale_repo::SigningKey;
 
 use crate::durable::Batch;
@@ -143,6 +144,24 @@ fn listed(role: &str, bytes: &[u8], auths: &[Authority]) -> anyhow::Result<Vec<S
     Ok(out)
 }
 
+/// Key ids (not in `mine`) whose signature entry on `j`'s file does not verify over its content,
+/// under any of its authorities.
+fn not_verifying(j: &Job, mine: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for auth in &j.auths {
+        let r = auth
+            .report(&j.role, &j.bytes)
+            .with_context(|| format!("{}", j.path.display()))?;
+        for (id, st) in r.keys.iter() {
+            let id = id.as_str();
+            if *st == KeyStatus::Invalid && !mine.contains(&id) && !out.iter().any(|o| o == id) {
+                out.push(id.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
     let mut t = Timings::start("sign", a.timings);
     let signers: Vec<PublicKey> = a
@@ -240,6 +259,28 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+    // a signature that no longer verifies: the content changed after it was given. The next
+    // signer must not co-sign what the first did not sign (their signature would count with a
+    // fresh one of the first key's holder, over content that holder never saw). A signer's own
+    // keys are exempt: their new signature replaces the old one.
+    for j in &jobs {
+        let mine: Vec<&str> = j
+            .keys
+            .iter()
+            .filter_map(|i| signers.get(*i))
+            .map(|s| s.keyid.as_str())
+            .collect();
+        let invalid = not_verifying(j, &mine)?;
+        if !invalid.is_empty() {
+            bail!(
+                "refusing to sign {}: the signature of {} does not verify over this content \
+                 (changed after it was signed?); nothing written. Stage it again (its signatures \
+                 are dropped), or let the holder of that key sign it again first",
+                j.path.display(),
+                invalid.join(", ")
+            );
+        }
     }
     for s in &states {
         s.1.warn_demo();
