@@ -1563,7 +1563,7 @@ fn after_a_killed_publish_changes_wait_for_the_undo_and_build_on_what_was_publis
 }
 
 /// One key under two key ids (a P-256 key as `ecdsa` and as `ecdsa-sha2-nistp256`: each form
-/// has its own key id) is refused in a root role or a delegation, and nothing is staged: it
+/// has its own key id) is refused in a root role, a delegation or hashed bins, and nothing is staged: it
 /// counts once toward a threshold, reads to a co-signer as two key holders, and a rotation
 /// removing it by one key id left it trusted under the other, so a stolen key still signed
 /// releases after its "removal" (review).
@@ -1619,6 +1619,22 @@ fn one_key_under_two_key_ids_is_refused_and_nothing_is_staged() {
             ],
             "targets",
             "pump-a",
+        ),
+        (
+            vec![
+                "bins",
+                "repo",
+                "--bit-length",
+                "3",
+                "--key",
+                "t1.pub",
+                "--key",
+                "t1-alt.pub",
+                "--threshold",
+                "2",
+            ],
+            "targets",
+            "bin",
         ),
     ] {
         let r = e.run(&args);
