@@ -146,12 +146,22 @@ fn check_entry_name(name: &str) -> Result<(), Error> {
     if let Some(path) = name.strip_prefix("targets/") {
         return crate::metadata::check_target_path(path);
     }
-    if name.contains('/') || name.is_empty() || !name.ends_with(".json") {
-        return Err(Error::UnsafeName {
-            name: Name::new(name),
-        });
-    }
-    crate::metadata::check_role_name(name)
+    let unsafe_name = || Error::UnsafeName {
+        name: Name::new(name),
+    };
+    // `<role>.json` or `<version>.<role>.json`: the role's name is held to the rules (and the
+    // length) of role names everywhere else; a delegated role with a name of 128 bytes is
+    // published and fetched online, so its file goes into a bundle too
+    let stem = name.strip_suffix(".json").ok_or_else(unsafe_name)?;
+    let role = match stem.split_once('.') {
+        Some((v, role))
+            if !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            role
+        }
+        _ => stem,
+    };
+    crate::metadata::check_role_name(role).map_err(|_| unsafe_name())
 }
 
 /// Write a bundle into `out`; returns the bytes used. (Hosts use `hale_repo::bundle`.)
@@ -194,6 +204,38 @@ pub fn encoded_len(entries: &[(&str, &[u8])]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A delegated role's name may have 128 bytes (`check_delegated_role_name`), and its
+    /// metadata file takes a version and `.json` on top: it goes into a bundle as it is fetched
+    /// online (review: such a role's targets could not be carried to a pump without a network).
+    #[test]
+    fn a_delegated_role_with_the_longest_name_goes_into_a_bundle() {
+        let role = [b'r'; crate::limits::MAX_NAME_LEN];
+        let role = core::str::from_utf8(&role).unwrap();
+        crate::metadata::check_delegated_role_name(role).unwrap();
+        let mut file = [0u8; 20 + 1 + crate::limits::MAX_NAME_LEN + 5];
+        let prefix = b"18446744073709551615.";
+        file[..prefix.len()].copy_from_slice(prefix);
+        file[prefix.len()..prefix.len() + role.len()].copy_from_slice(role.as_bytes());
+        file[prefix.len() + role.len()..].copy_from_slice(b".json");
+        let file = core::str::from_utf8(&file).unwrap();
+        let mut buf = [0u8; 512];
+        let bytes = write(&[(file, b"{}"), ("1.root.json", b"{}")], &mut buf).unwrap();
+        let b = Bundle::parse(bytes).unwrap();
+        assert_eq!(b.get(file), Some(&b"{}"[..]));
+        // one byte longer is a name no role may have
+        let mut longer = [0u8; 20 + 1 + crate::limits::MAX_NAME_LEN + 1 + 5];
+        longer[..file.len() - 5].copy_from_slice(&file.as_bytes()[..file.len() - 5]);
+        longer[file.len() - 5] = b'r';
+        longer[file.len() - 4..].copy_from_slice(b".json");
+        let longer = core::str::from_utf8(&longer).unwrap();
+        assert_eq!(
+            write(&[(longer, b"{}")], &mut buf).unwrap_err(),
+            Error::UnsafeName {
+                name: Name::new(longer)
+            }
+        );
+    }
 
     fn sample(out: &mut [u8]) -> &[u8] {
         write(
@@ -271,6 +313,23 @@ mod tests {
             }
         );
         assert!(write(&[("a/b.json", b"")], &mut buf).is_err());
+        for bad_name in [
+            "json",
+            ".json",
+            "1..json",
+            "1.a/b.json",
+            "1.json.x",
+            "x.txt",
+            "1...json",
+        ] {
+            assert_eq!(
+                write(&[(bad_name, b"")], &mut buf).unwrap_err(),
+                Error::UnsafeName {
+                    name: Name::new(bad_name)
+                },
+                "{bad_name}"
+            );
+        }
         let dup = write(
             &[("timestamp.json", b"1"), ("timestamp.json", b"2")],
             &mut buf,
