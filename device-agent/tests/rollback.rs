@@ -22,7 +22,7 @@ use device_agent::{
 };
 use hale_core::metadata::Targets;
 use hale_core::policy::PolicyError;
-use hale_core::rollback::DEFAULT_MAX_VALIDITY;
+use hale_core::rollback::{DEFAULT_MAX_VALIDITY, ISSUED_LEEWAY};
 use hale_core::verify::KeyStatus;
 use hale_core::{Error, Name, Role, Version};
 use hale_tests::RepoSim;
@@ -485,20 +485,54 @@ fn refuses_an_authorization_valid_longer_than_the_device_allows() {
 
 #[test]
 fn refuses_an_authorization_dated_ahead_of_the_device() {
-    // a day's validity, but starting a year from now: good from today until then otherwise
+    let sim = repo_offering("0.9.0", 1);
+    // a year ahead (valid a day), and 12 h ahead for 8 h (issued for tomorrow morning, valid
+    // within a day of now: it was good from tonight, and once used the device's last one)
+    for (issued_in, valid) in [(365 * 86_400, 8 * 3600), (12 * 3600, 8 * 3600)] {
+        let mut a = authorization_for("0.9.0");
+        a.issued = NOW + issued_in;
+        a.expires = a.issued + valid;
+        let auth = signed(&a, &rollback_keys());
+        assert_refused(
+            &sim,
+            &mut hook(&auth),
+            AgentError::Authorization(Error::AuthorizationAhead {
+                ahead: issued_in,
+                leeway: ISSUED_LEEWAY,
+            }),
+        );
+    }
+}
+
+/// Clocks a little apart: one issued up to `ISSUED_LEEWAY` after the pump's time is good, and
+/// one past it is refused (the pump's clock behind the signer's).
+#[test]
+fn an_authorization_issued_within_the_leeway_ahead_of_the_device_is_good() {
     let sim = repo_offering("0.9.0", 1);
     let mut a = authorization_for("0.9.0");
-    a.issued = NOW + 365 * 86_400;
+    a.issued = NOW + ISSUED_LEEWAY + 1;
     a.expires = a.issued + 8 * 3600;
-    let auth = signed(&a, &rollback_keys());
     assert_refused(
         &sim,
-        &mut hook(&auth),
+        &mut hook(&signed(&a, &rollback_keys())),
         AgentError::Authorization(Error::AuthorizationAhead {
-            max: DEFAULT_MAX_VALIDITY,
-            remaining: 365 * 86_400 + 8 * 3600,
+            ahead: ISSUED_LEEWAY + 1,
+            leeway: ISSUED_LEEWAY,
         }),
     );
+    a.issued = NOW + ISSUED_LEEWAY;
+    a.expires = a.issued + 8 * 3600;
+    let auth = signed(&a, &rollback_keys());
+    let mut mem = provisioned(&sim);
+    let mut store = FirmwareStore::open(Flash::new(&mut mem), LAYOUT).unwrap();
+    let mut t = MapTransport::new(&sim.files);
+    assert_eq!(
+        check_with(&mut store, &mut t, &mut Pump::default(), &mut hook(&auth)),
+        Ok(Outcome::Staged {
+            version: v("0.9.0")
+        })
+    );
+    assert_eq!(store.last_authorization(), NOW + ISSUED_LEEWAY);
 }
 
 #[test]

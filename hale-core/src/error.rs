@@ -283,9 +283,9 @@ pub enum Error {
     },
     /// A rollback authorization valid for longer than the configured maximum (seconds).
     AuthorizationTooLong { max: i64, validity: i64 },
-    /// A rollback authorization that runs longer from now than the most a device accepts, though
-    /// its own validity is within it: dated ahead of this clock (or this clock runs behind).
-    AuthorizationAhead { max: i64, remaining: i64 },
+    /// A rollback authorization issued `ahead` seconds after this clock's time, more than the
+    /// `leeway` allowed for clocks apart: dated ahead of this clock (or this clock runs behind).
+    AuthorizationAhead { ahead: i64, leeway: i64 },
     /// A rollback authorization issued no later than the last one this device installed by: an
     /// authorization is used once (Unix seconds).
     AuthorizationUsed { issued: UnixTime, last: UnixTime },
@@ -430,11 +430,11 @@ impl fmt::Display for Error {
                     "rollback authorization valid for {validity} s, more than the {max} s allowed"
                 )
             }
-            AuthorizationAhead { max, remaining } => write!(
+            AuthorizationAhead { ahead, leeway } => write!(
                 f,
-                "rollback authorization runs for {remaining} s more from now, more than the \
-                 {max} s allowed: it is dated ahead of this clock (check the clock here and the \
-                 signer's)"
+                "rollback authorization issued {ahead} s after this clock's time, more than the \
+                 {leeway} s allowed: it is dated ahead of this clock (check the clock here and \
+                 the signer's)"
             ),
             AuthorizationUsed { issued, last } => write!(
                 f,
@@ -520,11 +520,11 @@ mod tests {
         );
         assert_eq!(
             Error::AuthorizationAhead {
-                max: 86_400,
-                remaining: 115_200
+                ahead: 43_200,
+                leeway: 3_600
             }
             .to_string(),
-            "rollback authorization runs for 115200 s more from now, more than the 86400 s \
+            "rollback authorization issued 43200 s after this clock's time, more than the 3600 s \
              allowed: it is dated ahead of this clock (check the clock here and the signer's)"
         );
         assert_eq!(

@@ -37,6 +37,11 @@ pub const ROLLBACK_ROLE: &str = "rollback";
 pub const AUTHORIZATION_TYPE: &str = "rollback-authorization";
 /// Default longest validity (expires − issued) a device accepts: one day.
 pub const DEFAULT_MAX_VALIDITY: i64 = 24 * 3600;
+/// How far `issued` may be ahead of the device's clock (seconds): an authorization is good from
+/// its issue time until it expires, with an hour for a pump's clock and the signer's to be
+/// apart. Without it one issued for tomorrow morning was good from tonight, and once used it
+/// was the device's last (`AuthorizationUsed` for any issued before that time).
+pub const ISSUED_LEEWAY: i64 = 3600;
 /// Longest `reason` (bytes, one line) an authorization should carry: a device reports it with
 /// the rollback and hale-server audits it, and refuses a longer one
 /// ([`crate::report::MAX_REASON`]). hale-sign signs none longer; a device verifies the signature
@@ -115,9 +120,9 @@ fn terms<'a>(
                 max: max_validity,
                 validity,
             },
-            Refusal::Ahead(remaining) => Error::AuthorizationAhead {
-                max: max_validity,
-                remaining,
+            Refusal::Ahead(ahead) => Error::AuthorizationAhead {
+                ahead,
+                leeway: ISSUED_LEEWAY,
             },
             Refusal::Used(issued) => Error::AuthorizationUsed {
                 issued,
@@ -275,11 +280,12 @@ fn check<'a>(
     if validity <= 0 || validity > max_validity {
         return Err(Refusal::TooLong(validity));
     }
-    // and from now: an authorization dated ahead (issued in 2040, valid for a day) would
-    // otherwise be good from today until then
-    let remaining = expires.saturating_sub(now);
-    if remaining > max_validity {
-        return Err(Refusal::Ahead(remaining));
+    // and good only from its issue time: one dated ahead (issued in 2040, or tomorrow morning)
+    // would otherwise be good from now until then, and once used would refuse every one issued
+    // before its date (`Used`)
+    let ahead = issued.saturating_sub(now);
+    if ahead > ISSUED_LEEWAY {
+        return Err(Refusal::Ahead(ahead));
     }
     if crate::time::is_expired(expires, now) {
         return Err(Refusal::Expired);
