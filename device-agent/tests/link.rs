@@ -374,6 +374,61 @@ fn a_cut_and_a_killed_transfer_resume_from_the_pumps_offset_then_install() {
     assert!(!state.join("link/bundle.progress").exists());
 }
 
+/// Therapy running when a bundle arrives: not installed, and kept whole in the pump's store, so
+/// that the technician's next push once therapy stops sends nothing again (it was discarded:
+/// the whole bundle went over the line a second time).
+#[test]
+fn a_bundle_deferred_by_therapy_is_kept_and_the_next_push_sends_nothing_again() {
+    let sim = repo_offering("2.0.0", 2);
+    let bundle = bundle_for(&sim, &[]);
+    let len = bundle.len() as u32;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = provision(&sim, tmp.path());
+    agent(&state, &["therapy", "on"]);
+    let slots_before = pump_state(&state).0["slots"].clone();
+
+    let s = session(&state, &[], &bundle, |_| Action::Forward);
+    let pushed = s.pushed.unwrap();
+    assert_eq!(pushed.bytes_sent, u64::from(len));
+    // (exit 3: not now)
+    assert_eq!(s.success, Some(false), "{}{}", s.stdout, s.stderr);
+    assert!(
+        s.stdout.contains("2.0.0 deferred: therapy running"),
+        "{}",
+        s.stdout
+    );
+    assert!(
+        s.stderr.contains(&format!(
+            "link: bundle {} kept: push it again once installing is safe; nothing is sent again",
+            pushed.id
+        )),
+        "{}",
+        s.stderr
+    );
+    let (status, _, records) = pump_state(&state);
+    assert_eq!(status["slots"], slots_before, "nothing staged");
+    assert_eq!(records, None, "nothing installed");
+    assert!(state.join("link/bundle.progress").exists(), "kept");
+
+    // therapy stops; the next push finds the whole bundle there: a swap, no block, installed
+    agent(&state, &["therapy", "off"]);
+    let s = session(&state, &[], &bundle, |_| Action::Forward);
+    let again = s.pushed.unwrap();
+    assert_eq!(again.id, pushed.id);
+    assert_eq!((again.resumed_from, again.bytes_sent), (len, 0));
+    assert_eq!(s.sent.last(), Some(&Sent::Swap));
+    assert!(writes(&s.sent).is_empty(), "{:?}", s.sent);
+    assert_eq!(s.success, Some(true), "{}{}", s.stdout, s.stderr);
+    assert!(
+        s.stdout.contains("health check passed: 2.0.0 confirmed"),
+        "{}",
+        s.stdout
+    );
+    assert_eq!(running_version(&state), "2.0.0");
+    // installed: the store is emptied
+    assert!(!state.join("link/bundle.progress").exists());
+}
+
 #[test]
 fn a_corrupted_block_is_refused_at_the_checksum_and_nothing_is_installed() {
     let sim = repo_offering("2.0.0", 2);

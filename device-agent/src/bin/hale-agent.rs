@@ -1606,8 +1606,8 @@ fn link(o: &Opts) -> Result<Ended> {
             .map(|(id, offset)| format!("{offset} of {} bytes stored", id.bundle_len()))
             .unwrap_or_else(|| "nothing stored".into())
     };
-    match served {
-        Ok(_) => {}
+    let id = match served {
+        Ok((id, _)) => id,
         Err(ServeError::Closed) => bail!(
             "link {device} closed before a bundle was complete ({}; push again to resume)",
             held()
@@ -1623,7 +1623,7 @@ fn link(o: &Opts) -> Result<Ended> {
             held()
         ),
         Err(ServeError::Port(e)) => bail!("link {device}: {e}"),
-    }
+    };
     let bytes = rx
         .sink_mut()
         .read_complete()
@@ -1651,8 +1651,17 @@ fn link(o: &Opts) -> Result<Ended> {
         "bundle",
         false,
     )?;
-    // installed, deferred or refused: the bundle has been through the verified path; a kill before
-    // this line leaves it complete in the store, and the next push re-offers it
+    // not now (therapy, a trial under way): the bundle stays whole in the store, so that the next
+    // push of it, once installing is safe, sends nothing again (the authorization it may carry is
+    // spent only when its image is staged, and is checked again then)
+    if ended == Ended::Deferred {
+        eprintln!(
+            "link: bundle {id} kept: push it again once installing is safe; nothing is sent again"
+        );
+        return Ok(ended);
+    }
+    // installed or refused: the bundle has been through the verified path; a kill before this
+    // line leaves it complete in the store, and the next push re-offers it
     rx.discard().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(ended)
 }
