@@ -494,7 +494,7 @@ fn the_second_signer_sees_what_they_sign_and_never_signs_what_the_first_did_not(
     let terms = r.stdout.lines().next().unwrap();
     assert!(
         terms.starts_with(&format!(
-            "rollback authorization: target {TARGET}; devices [\"pump-a-000123\"]; group -; \
+            "rollback authorization: target {TARGET}; for devices [\"pump-a-000123\"]; \
              while running 2.1.0; reason \"INC-4711: occlusion alarm regression in 2.1.0\"; issued "
         )),
         "{terms}"
@@ -627,6 +627,36 @@ fn a_second_signature_is_refused_for_a_reason_the_server_would_refuse() {
         r.stdout
     );
     assert!(r.stdout.contains("INVALID signature"), "{}", r.stdout);
+}
+
+/// A device named in `devices` or in `group` takes an authorization: a co-signer reads the two
+/// as either one, not both (review: "devices X; group Y" read as a device of Y named X).
+#[test]
+fn the_second_signer_reads_devices_and_group_as_either_one() {
+    let e = repo_with_rollback_role();
+    let r = authorize(
+        &e,
+        &[
+            "--group",
+            "ward-7",
+            "--target",
+            TARGET,
+            "--expires-in",
+            "8h",
+            "--key",
+            "field-a.key",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = e.ok(&rollback_sign_args("field-b.key"));
+    let terms = r.stdout.lines().next().unwrap();
+    assert!(
+        terms.starts_with(&format!(
+            "rollback authorization: target {TARGET}; for devices [\"pump-a-000123\"] and any \
+             device of group ward-7; while running 2.1.0;"
+        )),
+        "{terms}"
+    );
 }
 
 #[test]

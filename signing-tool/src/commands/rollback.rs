@@ -358,12 +358,21 @@ fn describe(bytes: &[u8]) -> anyhow::Result<String> {
         Value::String(s) => s.clone(),
         v => v.to_string(),
     };
+    // a device named in `devices` or in `group` takes it: either one, not both
+    let who = match (d["devices"].is_null(), d["group"].is_null()) {
+        (false, true) => format!("devices {}", field("devices")),
+        (true, false) => format!("any device of group {}", field("group")),
+        (false, false) => format!(
+            "devices {} and any device of group {}",
+            field("devices"),
+            field("group")
+        ),
+        (true, true) => "no device (neither devices nor group)".to_string(),
+    };
     Ok(format!(
-        "rollback authorization: target {}; devices {}; group {}; while running {}; reason {:?}; \
-         issued {}; expires {}",
+        "rollback authorization: target {}; for {who}; while running {}; reason {:?}; issued {}; \
+         expires {}",
         field("target"),
-        field("devices"),
-        field("group"),
         field("installed"),
         field("reason"),
         field("issued"),
