@@ -177,11 +177,7 @@ fn refuses_a_signature_from_a_key_the_role_does_not_list_and_leaves_the_file_unc
              (its own root role) (listed keys: {a}, {b}, {c}); the file is unchanged"
         )
     );
-    assert_eq!(
-        std::fs::read(e.path("repo/staged/root.json")).unwrap(),
-        before,
-        "byte for byte"
-    );
+    e.unchanged("repo/staged/root.json", &before, "refused");
 
     // and the other way round: a root key cannot sign targets
     let targets_before = std::fs::read(e.path("repo/staged/targets.json")).unwrap();
@@ -194,11 +190,7 @@ fn refuses_a_signature_from_a_key_the_role_does_not_list_and_leaves_the_file_unc
              (listed keys: {t}); the file is unchanged"
         )
     );
-    assert_eq!(
-        std::fs::read(e.path("repo/staged/targets.json")).unwrap(),
-        targets_before,
-        "byte for byte"
-    );
+    e.unchanged("repo/staged/targets.json", &targets_before, "refused");
 
     // a wrong passphrase opens no key: refused before anything is written
     e.write("wrong.txt", b"not the passphrase\n");
@@ -231,16 +223,8 @@ fn refuses_a_signature_from_a_key_the_role_does_not_list_and_leaves_the_file_unc
         r.stderr.trim_end().lines().last(),
         Some("error: targets.key: passphrase: environment variable NO_SUCH_VAR is not set")
     );
-    assert_eq!(
-        std::fs::read(e.path("repo/staged/targets.json")).unwrap(),
-        targets_before,
-        "byte for byte"
-    );
-    assert_eq!(
-        std::fs::read(e.path("repo/staged/root.json")).unwrap(),
-        before,
-        "byte for byte"
-    );
+    e.unchanged("repo/staged/targets.json", &targets_before, "refused");
+    e.unchanged("repo/staged/root.json", &before, "refused");
     // the right passphrase signs: the refusal was the passphrase
     e.sign("repo/staged/targets.json", "targets");
     assert_ne!(
@@ -1005,11 +989,7 @@ fn a_file_changed_after_someone_signed_it_is_not_co_signed() {
             ),
             "{path}"
         );
-        assert_eq!(
-            std::fs::read(e.path("repo/staged/root.json")).unwrap(),
-            before,
-            "byte for byte ({path})"
-        );
+        e.unchanged("repo/staged/root.json", &before, path);
     }
 
     // root-a signs the new content again (their signature replaces the old one), then root-b

@@ -119,6 +119,15 @@ impl Env {
         self.ok(&sign_args(target, &format!("{key}.key")))
     }
 
+    /// Assert that file `p` holds `before`, byte for byte (a refusal wrote nothing).
+    pub fn unchanged(&self, p: &str, before: &[u8], what: &str) {
+        assert_eq!(
+            std::fs::read(self.path(p)).unwrap(),
+            before,
+            "{p} byte for byte ({what})"
+        );
+    }
+
     pub fn json(&self, p: &str) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.path(p)).unwrap()).unwrap()
     }
