@@ -132,6 +132,7 @@ say "5. hale-server: init with the root and the online keys; manifest, enrollmen
 note "releases are pushed by operator olga with her certificate (no operator token with TLS on)"
 "$SERVER" manifest import --data "$DATA" --tls-dir "$TLS" "$WORK/manifest.json" 2>/dev/null | sed 's/^/   /'
 ENROLL_TOKEN=$("$SERVER" enroll-token --data "$DATA" --serial pump-0002 --model pump-a --ttl 3600 2>/dev/null)
+export ENROLL_TOKEN   # handed to the pump through its environment, never its command line
 note "single-use enrollment token for pump-0002 (${ENROLL_TOKEN:0:12}…), handed to the pump"
 "$SERVER" serve --data "$DATA" --listen 127.0.0.1:0 --tls-dir "$TLS" \
     --device-listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --staff-listen 127.0.0.1:0 \
@@ -192,11 +193,11 @@ done
 
 say "8. enrollment (EST): pump1 with its factory certificate, pump2 with its token"
 ident 1 enroll --est "$ENROLL" --ca-cert "$CA/server.crt"
-ident 2 enroll --est "$ENROLL" --ca-cert "$CA/server.crt" --token "$ENROLL_TOKEN"
+ident 2 enroll --est "$ENROLL" --ca-cert "$CA/server.crt" --token-env ENROLL_TOKEN
 note "each pump trusts only the Server CA; its operational certificate (Device Issuing CA) is"
 note "what it shows on every device call from now on"
 before=$(sha256sum "$WORK/pump2/identity/operational.json")
-if out=$(ident 2 enroll --est "$ENROLL" --ca-cert "$CA/server.crt" --token "$ENROLL_TOKEN"); then
+if out=$(ident 2 enroll --est "$ENROLL" --ca-cert "$CA/server.crt" --token-env ENROLL_TOKEN); then
     echo "$out"; echo "a replayed enrollment token was accepted" >&2; exit 1
 fi
 echo "$out"

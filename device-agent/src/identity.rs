@@ -529,7 +529,13 @@ impl Identity {
 
     /// The hardware serial (the device id).
     pub fn serial(&self) -> Result<String, IdentityError> {
-        self.config_str("serial")
+        self.config_str("serial").map_err(|e| match e {
+            // the device has not made its key yet: say the step that does
+            IdentityError::NotEnrolled(m) => IdentityError::NotEnrolled(format!(
+                "{m}: make the device's key first (`hale-agent --state DIR factory-csr --serial S`)"
+            )),
+            e => e,
+        })
     }
 
     fn key_algorithm(&self) -> KeyAlgorithm {

@@ -588,6 +588,60 @@ fn help_lists_every_command_and_a_line_it_cannot_read_is_refused_with_it() {
     );
 }
 
+/// An enrollment token is a secret: never taken from the command line (`ps` and the shell's
+/// history show it), from a file or the environment instead; a refusal changes nothing.
+#[test]
+fn an_enrollment_token_is_never_taken_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("pump");
+    let dir = state.to_str().unwrap();
+    let token_file = tmp.path().join("empty.token");
+    std::fs::write(&token_file, "\n").unwrap();
+    let enroll = [
+        "--state",
+        dir,
+        "enroll",
+        "--est",
+        "https://127.0.0.1:9",
+        "--ca-cert",
+        "ca.crt",
+    ];
+    for (extra, reason) in [
+        (
+            &["--token", "hale-et-0123"][..],
+            "--token: an enrollment token is a secret and is not taken from the command line; \
+             give it with --token-file F or --token-env VAR",
+        ),
+        (
+            &["--token-file", "t", "--token-env", "T"],
+            "--token-file and --token-env: give one of them",
+        ),
+        (
+            &["--token-env", "HALE_TEST_NO_SUCH_TOKEN"],
+            "--token-env: environment variable HALE_TEST_NO_SUCH_TOKEN is not set",
+        ),
+        (
+            &["--token-file", token_file.to_str().unwrap()],
+            "the enrollment token is empty",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+            .args(enroll)
+            .args(extra)
+            .env_remove("HALE_TEST_NO_SUCH_TOKEN")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("Error: {reason}\n"),
+            "{extra:?}"
+        );
+        assert!(!state.exists(), "nothing was made ({extra:?})");
+    }
+}
+
 /// The pump's own view (`hale-agent status`), after checking that what it POSTed to the
 /// server is in hale-server's report schema and agrees with it.
 fn last_report(state: &Arc<Mutex<Served>>, dir: &Path) -> Value {
@@ -661,6 +715,90 @@ fn provisioned_pump(sim: &hale_tests::RepoSim) -> Pump {
         provision,
         _tmp: tmp,
     }
+}
+
+/// Every file of a pump's state directory, by name (the flash, its device.json, its results).
+fn state_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+/// A provision refused (an option missing, a root that is not one, an id that is not the
+/// pump's serial) leaves the pump as it was, byte for byte: it wrote the new flash before it
+/// read every option, and removed the old flash before the root was checked.
+#[test]
+fn a_refused_provision_leaves_the_pump_as_it_was() {
+    let sim = repo_with("2.0.0", 7, 3000);
+    let pump = provisioned_pump(&sim);
+    let dir = &pump.dir;
+    let before = state_files(dir);
+    assert!(before.contains_key("flash.bin") && before.contains_key("device.json"));
+    let with = |name: &str, value: Option<&str>| -> Vec<String> {
+        let mut args = pump.provision.clone();
+        let i = args.iter().position(|a| a == name).unwrap();
+        match value {
+            Some(v) => args[i + 1] = v.to_string(),
+            None => {
+                args.drain(i..i + 2);
+            }
+        }
+        args
+    };
+    let not_a_root = dir.parent().unwrap().join("not-a-root.json");
+    std::fs::write(&not_a_root, b"{\"signed\": {}}").unwrap();
+    let refused = |args: &[String], why: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+            .arg("--state")
+            .arg(dir)
+            .args(&args)
+            .env("HALE_DEVICE_SECRET", "a device secret of the test")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.starts_with(&format!("Error: {why}")), "{args:?}: {err}");
+        assert_eq!(state_files(dir), before, "{args:?} changed the pump");
+    };
+    refused(&with("--revision", None), "--revision is required");
+    refused(&with("--id", None), "--id is required");
+    refused(
+        &with("--root", Some(not_a_root.to_str().unwrap())),
+        &format!(
+            "--root {}: not a root this pump can start from: ",
+            not_a_root.display()
+        ),
+    );
+    // the pump made its identity (serial SN-0001): the server knows it by that serial
+    let out = Command::new(env!("CARGO_BIN_EXE_hale-agent"))
+        .arg("--state")
+        .arg(dir)
+        .args(["factory-csr", "--serial", "SN-0001"])
+        .env("HALE_DEVICE_SECRET", "a device secret of the test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    refused(
+        &pump.provision,
+        "--id \"pump-0001\": this pump's identity is serial \"SN-0001\" (factory-csr), and the \
+         server knows a pump by its serial: give --id SN-0001",
+    );
+    // with its serial, provisioned again
+    let args: Vec<String> = with("--id", Some("SN-0001"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    agent(dir, &args);
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("device.json")).unwrap()).unwrap();
+    assert_eq!(cfg["id"], "SN-0001");
+    assert!(!dir.join(".flash.bin.provisioning").exists());
 }
 
 #[test]

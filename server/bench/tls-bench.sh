@@ -64,6 +64,7 @@ cp "$CA"/{root,manufacturing,device-issuing,technician,server}.crt "$CA/device-i
 quiet "$SIGN" ca crl --ca-dir "$CA" --ca manufacturing --out "$TLS/crl/manufacturing.crl" --passphrase-env BENCH_CA_OFFLINE
 quiet "$SIGN" ca crl --ca-dir "$CA" --ca technician --out "$TLS/crl/technician.crl" --passphrase-env HALE_CA_PASSPHRASE
 ENROLL_TOKEN=$("$SERVER" enroll-token --data "$DATA" --serial BENCH-0001 --model pump-a 2>/dev/null)
+export ENROLL_TOKEN
 
 "$SERVER" serve --data "$DATA" --listen 127.0.0.1:0 --tls-dir "$TLS" --device-listen 127.0.0.1:0 \
     --enroll-listen 127.0.0.1:0 --staff-listen 127.0.0.1:0 >"$WORK/server.out" 2>"$WORK/server.log" &
@@ -85,7 +86,7 @@ quiet "$SIGN" push "$WORK/repo" --server "$PLAIN" --token-env HALE_TOKEN
 
 # one pump, enrolled with its token: its operational certificate is the load client's
 quiet "$AGENT" --state "$WORK/pump" factory-csr --serial BENCH-0001
-quiet "$AGENT" --state "$WORK/pump" enroll --est "$ENROLL" --ca-cert "$CA/server.crt" --token "$ENROLL_TOKEN"
+quiet "$AGENT" --state "$WORK/pump" enroll --est "$ENROLL" --ca-cert "$CA/server.crt" --token-env ENROLL_TOKEN
 
 echo "hale-server $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') (release), pid $SERVER_PID; $(nproc) cores"
 "$LOAD" --device "$DEVICE" --plain "$PLAIN" --server-ca "$CA/server.crt" --device-state "$WORK/pump" \

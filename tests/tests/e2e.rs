@@ -1167,14 +1167,15 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
         serde_json::json!({"serial": serial, "model": "pump-a"}),
     );
     assert_eq!(code, 200, "{v}");
+    std::fs::write(t.p("enroll.token"), v["token"].as_str().unwrap()).unwrap();
     let by_token = enrolled_serial(&agent(&[
         "enroll",
         "--est",
         &enroll,
         "--ca-cert",
         &t.p("ca/server.crt"),
-        "--token",
-        v["token"].as_str().unwrap(),
+        "--token-file",
+        &t.p("enroll.token"),
     ]));
     let seen_then = lines.lock().unwrap().len().max(polled);
     up_to_date(seen_then);
@@ -1786,6 +1787,9 @@ fn poll_once(t: &Tools, state: &str, url: &str) -> Output {
 /// `hale-agent enroll` of the agent in `state` ([`agent_in`]) over EST at `enroll` with `token`,
 /// trusting only the Server CA; the output whatever the exit status.
 fn enroll_with_token(t: &Tools, state: &str, enroll: &str, token: &str) -> Output {
+    // a secret: from a file, never the command line
+    let file = t.p(&format!("{state}.token"));
+    std::fs::write(&file, format!("{token}\n")).unwrap();
     agent_in(
         t,
         state,
@@ -1795,8 +1799,8 @@ fn enroll_with_token(t: &Tools, state: &str, enroll: &str, token: &str) -> Outpu
             enroll,
             "--ca-cert",
             &t.p("ca/server.crt"),
-            "--token",
-            token,
+            "--token-file",
+            &file,
         ],
     )
 }

@@ -31,7 +31,9 @@ usage:
   hale-agent --state DIR status                print the report as JSON
   hale-agent --state DIR factory-csr --serial S [--key-type p256|ed25519] [--out CSR]
   hale-agent --state DIR factory-install --cert FACTORY_CERT
-  hale-agent --state DIR enroll --est URL --ca-cert SERVER_CA [--token T]
+  hale-agent --state DIR enroll --est URL --ca-cert SERVER_CA [--token-file F | --token-env VAR]
+                                               with the factory certificate, or a single-use token
+                                               (never on the command line)
 The identity commands and `run --server https://…` (mTLS) read the device secret that seals the
 device's keys from --device-secret-file F or HALE_DEVICE_SECRET.
 ";
@@ -50,7 +52,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use device_agent::host::{self, CheckBuffers, FileFlash, HttpTransport};
-use device_agent::identity::{Action, DeviceSecret, Identity};
+use device_agent::identity::{Action, DeviceSecret, Identity, IdentityError};
 use device_agent::offline;
 use device_agent::{
     check_for_update, AgentError, Application, Boot, BundleTransport, DeferReason, DeviceInfo,
@@ -695,6 +697,18 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<bool> {
     Ok(true)
 }
 
+/// The serial in the pump's identity (`factory-csr` wrote it), if it has one.
+fn identity_serial(o: &Opts) -> Result<Option<String>> {
+    let path = o.file("identity").join("identity.json");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| path.display().to_string()),
+    };
+    let v: Value = serde_json::from_slice(&bytes).with_context(|| path.display().to_string())?;
+    Ok(v.get("serial").and_then(Value::as_str).map(str::to_string))
+}
+
 fn provision(o: &Opts) -> Result<()> {
     // every report names the target, and hale-server refuses a report whose target is longer
     // than 256 bytes or has control characters: such a pump could never report
@@ -705,9 +719,18 @@ fn provision(o: &Opts) -> Result<()> {
             hale_core::report::MAX_TARGET
         );
     }
-    std::fs::create_dir_all(&o.state).with_context(|| o.state.display().to_string())?;
+    // every option is read before anything is written: a provision refused for a missing or bad
+    // one leaves the pump as it was
     let root_path = o.req("--root")?;
     let root = std::fs::read(&root_path).with_context(|| root_path.clone())?;
+    // the root every check of this pump starts from: signed by its own threshold (hale-core's
+    // check at the start of every update), else no update could ever verify
+    hale_core::trusted::TrustedSet::new(
+        hale_core::trusted::Storage::on_heap(BUF),
+        &root,
+        host::now(),
+    )
+    .map_err(|e| anyhow::anyhow!("--root {root_path}: not a root this pump can start from: {e}"))?;
     let image_path = o.req("--image")?;
     let image = std::fs::read(&image_path).with_context(|| image_path.clone())?;
     let version =
@@ -716,13 +739,48 @@ fn provision(o: &Opts) -> Result<()> {
         .opt("--security-counter")
         .map_or(Ok(0), |s| s.parse())
         .context("--security-counter")?;
+    let id = o.req("--id")?;
+    let cfg = json!({
+        "id": id, "model": o.req("--model")?, "revision": o.req("--revision")?,
+        "target": target, "bootloader": o.opt("--bootloader").unwrap_or_else(|| "1.0.0".into()),
+        "group": o.opt("--group").unwrap_or_default(),
+    });
+    // a pump with an identity (factory-csr) is known to the server by its serial
+    if let Some(serial) = identity_serial(o)? {
+        if serial != id {
+            bail!(
+                "--id {id:?}: this pump's identity is serial {serial:?} (factory-csr), and the \
+                 server knows a pump by its serial: give --id {serial}"
+            );
+        }
+    }
     let record = Image {
         version,
         security_counter: counter,
         length: image.len() as u64,
         sha256: Sha256::digest(&image).into(),
     };
+    std::fs::create_dir_all(&o.state).with_context(|| o.state.display().to_string())?;
+    // the new flash is made beside the old one, which is replaced only once it is whole: a root
+    // or an image refused here leaves the pump as it was
     let flash_path = o.file("flash.bin");
+    let new_path = o.file(".flash.bin.provisioning");
+    match std::fs::remove_file(&new_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| new_path.display().to_string())
+        }
+        _ => {}
+    }
+    let flash = FileFlash::open(&new_path, LAYOUT.end() as usize)
+        .with_context(|| new_path.display().to_string())?;
+    let made = FirmwareStore::provision(flash, LAYOUT, &root, &image, record);
+    let new_store = match made {
+        Ok(store) => store,
+        Err(e) => {
+            let _ = std::fs::remove_file(&new_path);
+            bail!("provision: {e} (the pump is as it was)");
+        }
+    };
     // the old flash, held (locked) until it and its note are gone: a `run` starting meanwhile
     // would boot it and note that boot
     let mut old = None;
@@ -744,22 +802,22 @@ fn provision(o: &Opts) -> Result<()> {
             }
             // of no length a pump's flash has: replaced all the same
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {}
-            Err(e) => return Err(e).with_context(|| flash_path.display().to_string()),
+            Err(e) => {
+                drop(new_store);
+                let _ = std::fs::remove_file(&new_path);
+                return Err(e).with_context(|| flash_path.display().to_string());
+            }
         }
-        std::fs::remove_file(&flash_path).with_context(|| flash_path.display().to_string())?;
     }
     // a note the old flash did not decide (or could not be read against) ends with it
     clear_in_flight(o)?;
     drop(old);
-    let flash = FileFlash::open(&flash_path, LAYOUT.end() as usize)
-        .with_context(|| flash_path.display().to_string())?;
-    FirmwareStore::provision(flash, LAYOUT, &root, &image, record)
-        .map_err(|e| anyhow::anyhow!("provision: {e}"))?;
-    let cfg = json!({
-        "id": o.req("--id")?, "model": o.req("--model")?, "revision": o.req("--revision")?,
-        "target": target, "bootloader": o.opt("--bootloader").unwrap_or_else(|| "1.0.0".into()),
-        "group": o.opt("--group").unwrap_or_default(),
-    });
+    drop(new_store);
+    (|| {
+        std::fs::rename(&new_path, &flash_path)?;
+        std::fs::File::open(&o.state)?.sync_all()
+    })()
+    .with_context(|| flash_path.display().to_string())?;
     replace_file(o, "device.json", &serde_json::to_vec_pretty(&cfg)?)?;
     set_last(o, "installed", &version.to_string())?;
     say!("provisioned {} with {version}", o.state.display());
@@ -1735,23 +1793,56 @@ fn print_action(a: &Action) {
     }
 }
 
-/// `enroll --est URL --ca-cert FILE [--token T]`: first enrollment, with the factory certificate
+/// The single-use enrollment token, from `--token-file F` (its first line) or `--token-env VAR`:
+/// a secret, so never from the command line, where `ps` and the shell's history show it.
+fn enrollment_token(o: &Opts) -> Result<Option<String>> {
+    if o.opt("--token").is_some() {
+        bail!(
+            "--token: an enrollment token is a secret and is not taken from the command line; \
+             give it with --token-file F or --token-env VAR"
+        );
+    }
+    let token = match (o.opt("--token-file"), o.opt("--token-env")) {
+        (Some(_), Some(_)) => bail!("--token-file and --token-env: give one of them"),
+        (Some(f), None) => {
+            let text = std::fs::read_to_string(&f).with_context(|| format!("--token-file {f}"))?;
+            text.lines().next().unwrap_or("").trim().to_string()
+        }
+        (None, Some(var)) => match std::env::var(&var) {
+            Ok(t) => t.trim().to_string(),
+            Err(_) => bail!("--token-env: environment variable {var} is not set"),
+        },
+        (None, None) => return Ok(None),
+    };
+    if token.is_empty() {
+        bail!("the enrollment token is empty");
+    }
+    Ok(Some(token))
+}
+
+/// `enroll --est URL --ca-cert FILE [--token-file F | --token-env VAR]`: first enrollment, with the factory certificate
 /// or a single-use token. A refusal prints the server's error code and exits 1.
 fn enroll(o: &Opts) -> Result<()> {
+    let token = enrollment_token(o)?;
     let id = identity(o)?;
     let est = o.req("--est")?;
     let ca_path = o.req("--ca-cert")?;
     let ca = std::fs::read_to_string(&ca_path).with_context(|| ca_path.clone())?;
     id.configure(&est, &ca).with_context(|| ca_path.clone())?;
-    let result = match o.opt("--token") {
+    let result = match token {
         Some(t) => id.enroll_with_token(&t),
         None => id.ensure(std::time::SystemTime::now()),
     };
     match result {
         Ok(Action::Current) => say!("already enrolled: operational certificate is current"),
         Ok(a) => print_action(&a),
-        Err(e) => {
+        // the server's refusal, or a failure here (nothing asked, no answer)
+        Err(e @ (IdentityError::Refused { .. } | IdentityError::HandshakeRefused { .. })) => {
             say!("enrollment refused: {e}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            say!("enrollment failed: {e}");
             std::process::exit(1);
         }
     }
