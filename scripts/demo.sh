@@ -87,7 +87,7 @@ say "3. device identity: the CA ceremony (hale-sign ca, offline), a throwaway CA
 # environment, never on a command line, never written to the repository
 secret() { head -c 24 /dev/urandom | base64 | tr -d '\n'; }
 HALE_DEMO_CA_OFFLINE=$(secret) # root + Manufacturing CA: stays with the ceremony
-HALE_CA_PASSPHRASE=$(secret)   # the CA files the server holds, and its TLS key
+HALE_CA_PASSPHRASE=$(secret)   # the online CA files (the server holds device-issuing.key only) and its TLS key
 HALE_STAFF_PASSPHRASE=$(secret) # the operator's own key
 export HALE_DEMO_CA_OFFLINE HALE_CA_PASSPHRASE HALE_STAFF_PASSPHRASE
 OFFLINE=(--passphrase-env HALE_DEMO_CA_OFFLINE)

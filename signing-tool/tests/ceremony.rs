@@ -1108,7 +1108,7 @@ fn a_new_key_needs_a_passphrase_of_twelve_bytes_or_more() {
         );
         assert!(!env.path("k.key").exists() && !env.path("k.pub").exists());
     }
-    // the CA files the server holds too
+    // the online CA files too
     env.write("s", b"short\n");
     let r = env.run(&[
         "ca",

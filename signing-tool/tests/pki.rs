@@ -295,9 +295,8 @@ fn ca_init_refuses_to_overwrite_and_changes_nothing() {
 fn server_files_get_their_own_passphrase() {
     let env = Env::new();
     env.write("server-pass", b"the server's own passphrase\n");
-    let warning =
-        "WARNING: the CA files the server holds (device-issuing, technician, server) are \
-                   sealed with the offline CA passphrase";
+    let warning = "WARNING: the Device Issuing CA file the server holds is sealed with the \
+                   offline CA passphrase";
     let r = env.ok(&[
         "ca",
         "init",
@@ -312,6 +311,16 @@ fn server_files_get_their_own_passphrase() {
     // one passphrase for all: allowed, and said loudly
     let r = env.ok(&["ca", "init", "--out", &env.p("ca1"), PW_ARGS[0], PW_ARGS[1]]);
     assert!(r.stderr.contains(warning), "{}", r.stderr);
+    // what goes to the server, and what never does (review: it named the technician and server
+    // CA keys, with which anyone who breaks into the server would mint operator certificates)
+    assert!(
+        r.stderr.contains(
+            "the server needs the five CA certificates (*.crt) and device-issuing.key, and \
+             nothing else of this directory"
+        ),
+        "{}",
+        r.stderr
+    );
     for (role, pass) in [
         (CaRole::Root, PW),
         (CaRole::Manufacturing, PW),

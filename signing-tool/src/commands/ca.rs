@@ -14,9 +14,10 @@
 //! XChaCha20-Poly1305, the public key bound as associated data), opened with
 //! `hale_pki::tls::open_private_key`. Passphrases come from the environment, a file or a prompt, never argv.
 //!
-//! Threat notes: `init` can give the CA files the server holds (Device Issuing, Technician, Server)
-//! their own passphrase (`--server-passphrase-*`), so the server's secret never opens the root or
-//! the Manufacturing CA. `crl` keeps the revoked list and the CRL number in
+//! Threat notes: `init` can give the online CA files (Device Issuing, which the server holds;
+//! Technician and Server, which issue staff and server certificates from the operations side and
+//! never go to the server) their own passphrase (`--server-passphrase-*`), so the server's secret
+//! never opens the root or the Manufacturing CA. `crl` keeps the revoked list and the CRL number in
 //! `CA_DIR/<slug>.crl.json`: a serial once revoked stays in every later CRL, and numbers only rise.
 
 use std::net::IpAddr;
@@ -64,8 +65,8 @@ pub struct InitArgs {
     /// Passphrase of the root and Manufacturing CA files (and of all, unless --server-passphrase-*).
     #[command(flatten)]
     pass: PassArgs,
-    /// Separate passphrase for the CA files the server holds (Device Issuing, Technician,
-    /// Server): read from this environment variable.
+    /// Separate passphrase for the online CA files (Device Issuing, the one CA key the server
+    /// holds; Technician and Server, kept off the server): read from this environment variable.
     #[arg(long, value_name = "VAR", conflicts_with = "server_passphrase_file")]
     server_passphrase_env: Option<String>,
     /// As --server-passphrase-env, from the first line of this file.
@@ -317,14 +318,16 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     );
     if online.is_none() {
         eprintln!(
-            "WARNING: the CA files the server holds (device-issuing, technician, server) are \
-             sealed with the offline CA passphrase, so the server will need it; give \
-             --server-passphrase-env or --server-passphrase-file to keep it off the server"
+            "WARNING: the Device Issuing CA file the server holds is sealed with the offline CA \
+             passphrase, so the server will need it; give --server-passphrase-env or \
+             --server-passphrase-file to keep it off the server"
         );
     }
     eprintln!(
-        "the root and manufacturing CA files belong offline; the server needs device-issuing, \
-         technician and server .key/.crt and root.crt"
+        "the server needs the five CA certificates (*.crt) and device-issuing.key, and nothing \
+         else of this directory: the root and manufacturing CA files stay offline, and the \
+         technician and server CA keys, which issue staff and server certificates, never go to \
+         the server"
     );
     Ok(ExitCode::SUCCESS)
 }
