@@ -64,6 +64,7 @@ enum Cmd {
         timestamp_keys: Vec<PathBuf>,
         #[arg(long = "snapshot-key", required = true)]
         snapshot_keys: Vec<PathBuf>,
+        /// File holding the online keys' passphrase (else $HALE_KEY_PASSPHRASE).
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
     },
@@ -434,10 +435,21 @@ fn keys_dir(data: &Path) -> PathBuf {
     data.join("keys")
 }
 
+/// The online keys' passphrase, and where it is looked for when it cannot be read.
+fn online_passphrase(cfg: &Config) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    cfg.passphrase().read().with_context(|| {
+        format!(
+            "reading the online keys' passphrase (from --passphrase-file F, HALE_PASSPHRASE_FILE \
+             or the config's passphrase_file, else the environment variable {})",
+            cfg.passphrase_env
+        )
+    })
+}
+
 /// Decrypt `src`, then copy it into `DATA/keys/<role>-<keyid prefix>.key`.
 fn install_key(data: &Path, role: &str, src: &Path, cfg: &Config) -> Result<SigningKey> {
     let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
-    let pass = cfg.passphrase().read()?;
+    let pass = online_passphrase(cfg)?;
     let key = SigningKey::from_encrypted_file(&bytes, &pass)
         .with_context(|| format!("opening {}", src.display()))?;
     let id = key.keyid();
@@ -448,10 +460,7 @@ fn install_key(data: &Path, role: &str, src: &Path, cfg: &Config) -> Result<Sign
 }
 
 fn load_keys(data: &Path, cfg: &Config) -> Result<OnlineKeys> {
-    let pass = cfg
-        .passphrase()
-        .read()
-        .context("reading the online keys' passphrase")?;
+    let pass = online_passphrase(cfg)?;
     let mut keys = OnlineKeys::default();
     let dir = keys_dir(data);
     let rd = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
@@ -514,14 +523,14 @@ fn init(
     for p in ts {
         let b = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
         held.timestamp.push(
-            SigningKey::from_encrypted_file(&b, &cfg.passphrase().read()?)
+            SigningKey::from_encrypted_file(&b, &online_passphrase(cfg)?)
                 .with_context(|| format!("opening {}", p.display()))?,
         );
     }
     for p in snap {
         let b = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
         held.snapshot.push(
-            SigningKey::from_encrypted_file(&b, &cfg.passphrase().read()?)
+            SigningKey::from_encrypted_file(&b, &online_passphrase(cfg)?)
                 .with_context(|| format!("opening {}", p.display()))?,
         );
     }

@@ -837,6 +837,32 @@ fn init_refuses_online_keys_the_root_does_not_list() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase or damaged key file"));
+    // no passphrase given at all: where it is looked for
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hale-server"))
+        .args([
+            "init",
+            "--data",
+            data.to_str().unwrap(),
+            "--root",
+            root_path.to_str().unwrap(),
+            "--timestamp-key",
+            ts.to_str().unwrap(),
+            "--snapshot-key",
+            snap.to_str().unwrap(),
+        ])
+        .env_remove("HALE_PASSPHRASE_FILE")
+        .env_remove("HALE_KEY_PASSPHRASE")
+        .env("HALE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: reading the online keys' passphrase (from --passphrase-file F, \
+         HALE_PASSPHRASE_FILE or the config's passphrase_file, else the environment variable \
+         HALE_KEY_PASSPHRASE): environment variable HALE_KEY_PASSPHRASE is not set"
+    );
+    assert!(!data.join("repo/CURRENT").exists());
 }
 
 /// A refusal given before the body is read (a bad token, a declared size over the limit) must
