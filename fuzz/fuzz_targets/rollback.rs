@@ -3,12 +3,12 @@
 //! the authorization is a raw envelope, not a `signed` body to sign here), then 0xFF-separated
 //! parts: authorization, device id, group, target path. An accepted authorization must name
 //! this device (or its group), this target and its hash, and be valid now for at most the
-//! maximum validity.
+//! maximum validity, issued no more than `ISSUED_LEEWAY` after now.
 #![no_main]
 use std::sync::OnceLock;
 
 use hale_core::metadata::{Envelope, Targets};
-use hale_core::rollback::{verify_authorization, Request, DEFAULT_MAX_VALIDITY};
+use hale_core::rollback::{verify_authorization, Request, DEFAULT_MAX_VALIDITY, ISSUED_LEEWAY};
 use hale_core::{Name, Version};
 use hale_fuzz::fixture::{self, Signer25519};
 use libfuzzer_sys::fuzz_target;
@@ -66,6 +66,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(
                 a.target.eq_str(target),
                 "accepted an authorization for another target"
+            );
+            assert!(
+                a.issued - fixture::NOW <= ISSUED_LEEWAY,
+                "accepted an authorization issued {} s ahead",
+                a.issued - fixture::NOW
             );
         }
     }
