@@ -386,6 +386,56 @@ fn refuses_a_validity_above_the_maximum_and_writes_nothing() {
     e.ok(&rollback_sign_args("field-b.key"));
 }
 
+/// Releases pushed to hale-server: `repository/` holds their targets, and the server signs
+/// their snapshot and timestamp. An authorization for such a release, read from the local
+/// repository (whose snapshot lists the older targets), says to read from the server (review:
+/// "not in the repository", though the file was there).
+#[test]
+fn a_target_pushed_to_a_server_names_from_server() {
+    let e = repo_with_rollback_role();
+    e.write("build/fw-2.1.0.bin", b"pump firmware 2.1.0");
+    e.ok(&[
+        "target",
+        "add",
+        "repo",
+        "--file",
+        "build/fw-2.1.0.bin",
+        "--name",
+        "pump-a/fw-2.1.0.bin",
+        "--model",
+        "pump-a",
+        "--revisions",
+        "r2",
+        "--version",
+        "2.1.0",
+        "--security-counter",
+        "3",
+    ]);
+    e.sign("repo/staged/targets.json", "targets");
+    // what `push` does once the server took it: the staged targets moves into repository/
+    let v = e.json("repo/staged/targets.json")["signed"]["version"]
+        .as_u64()
+        .unwrap();
+    std::fs::rename(
+        e.path("repo/staged/targets.json"),
+        e.path(&format!("repo/repository/{v}.targets.json")),
+    )
+    .unwrap();
+    let r = authorize_for(&e, "pump-a/fw-2.1.0.bin", "8h", "field-a.key");
+    assert_refused(
+        &e,
+        &r,
+        &format!(
+            "error: pump-a/fw-2.1.0.bin in the published repository of repo (repository/ holds \
+             targets v{v}, newer than the v{} its own snapshot lists: releases pushed to \
+             hale-server are listed in the server's snapshot; give --from-server URL): target \
+             pump-a/fw-2.1.0.bin is not in the repository",
+            v - 1
+        ),
+        "auth.json",
+    );
+}
+
 #[test]
 fn refuses_a_target_not_in_the_repository_and_a_key_outside_the_role() {
     let e = repo_with_rollback_role();

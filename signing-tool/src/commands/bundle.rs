@@ -277,6 +277,39 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// When `dir`'s `repository/` holds a targets version newer than its own snapshot lists (releases
+/// pushed to hale-server, which signs their snapshot and timestamp), what to do: read from the
+/// server. Read unverified, only to say so.
+pub fn pushed_hint(dir: &Path) -> Option<String> {
+    let repo = crate::config::repository_dir(dir);
+    let newest = std::fs::read_dir(&repo)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            match crate::state::split_versioned(&name)? {
+                (v, "targets") => Some(v),
+                _ => None,
+            }
+        })
+        .max()?;
+    let json = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(repo.join(name)).ok()?).ok()
+    };
+    let listed = json("timestamp.json")
+        .and_then(|t| t["signed"]["meta"]["snapshot.json"]["version"].as_u64())
+        .and_then(|sv| json(&format!("{sv}.snapshot.json")))
+        .and_then(|s| s["signed"]["meta"]["targets.json"]["version"].as_u64())
+        .unwrap_or(0);
+    (newest > listed).then(|| {
+        format!(
+            "repository/ holds targets v{newest}, newer than the v{listed} its own snapshot lists: \
+             releases pushed to hale-server are listed in the server's snapshot; give \
+             --from-server URL"
+        )
+    })
+}
+
 /// Where `resolve` reads: the server at `from_server`, else the published `repository/` of `dir`.
 pub fn source(dir: &Path, from_server: Option<&str>) -> Files {
     match from_server {
@@ -328,7 +361,10 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
     )
     .with_context(|| match &a.from_server {
         Some(url) => format!("resolving {} at {url}", a.target),
-        None => format!("resolving {} in {}", a.target, a.dir.display()),
+        None => match pushed_hint(&a.dir) {
+            Some(hint) => format!("resolving {} in {} ({hint})", a.target, a.dir.display()),
+            None => format!("resolving {} in {}", a.target, a.dir.display()),
+        },
     })?;
     let mut entries = resolved.files.clone();
     let mut note = String::new();

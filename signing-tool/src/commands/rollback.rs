@@ -239,7 +239,13 @@ fn published_target(
     let r = resolve_with(&mut *source(dir, from_server), &root, target, now, false).with_context(
         || match from_server {
             Some(url) => format!("{target} in the repository at {url}"),
-            None => format!("{target} in the published repository of {}", dir.display()),
+            None => match super::bundle::pushed_hint(dir) {
+                Some(hint) => format!(
+                    "{target} in the published repository of {} ({hint})",
+                    dir.display()
+                ),
+                None => format!("{target} in the published repository of {}", dir.display()),
+            },
         },
     )?;
     Ok((r.targets, r.sha256))
