@@ -27,6 +27,21 @@ use serde_json::Value;
 /// Largest response read.
 const MAX_RESPONSE: usize = 4 << 20;
 
+const USAGE: &str = "\
+usage: hale-staff --url https://STAFF --ca-cert SERVER_CA.crt --cert PREFIX.crt --key PREFIX.key
+                  [--passphrase-env VAR] METHOD PATH [--json TEXT | --body FILE]
+
+One request to hale-server's staff API over mTLS, with a technician's or operator's certificate
+(hale-sign ca staff). The key's passphrase comes from the environment variable VAR (default
+HALE_STAFF_PASSPHRASE), never the command line. --json sends TEXT as application/json, --body
+sends FILE's bytes as application/octet-stream. Prints the response body; on an error status
+prints `refused (HTTP STATUS CODE): MESSAGE` on stderr and exits 1. Endpoints: docs/pki.md and
+server/README.md, e.g.
+  hale-staff ... GET /api/v1/staff/devices
+  hale-staff ... PUT /api/v1/staff/rollouts/SHA256 --json '{\"percent\": 5}'
+  hale-staff ... POST /api/v1/staff/devices/SN-0001/decommission
+";
+
 struct Args {
     url: String,
     ca_cert: String,
@@ -49,6 +64,10 @@ fn parse_args() -> Result<Args> {
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
             "--url" => url = Some(value()?),
             "--ca-cert" => ca_cert = Some(value()?),
             "--cert" => cert = Some(value()?),
@@ -60,13 +79,13 @@ fn parse_args() -> Result<Args> {
                 body = std::fs::read(&p).with_context(|| p.clone())?;
                 content_type = "application/octet-stream";
             }
-            _ if a.starts_with("--") => bail!("unknown option {a}"),
+            _ if a.starts_with("--") => bail!("unknown option {a}\n{USAGE}"),
             _ => positional.push(a),
         }
     }
     let [method, path]: [String; 2] = positional
         .try_into()
-        .map_err(|_| anyhow::anyhow!("expected METHOD PATH"))?;
+        .map_err(|_| anyhow::anyhow!("expected METHOD PATH\n{USAGE}"))?;
     Ok(Args {
         url: url.context("--url is required")?,
         ca_cert: ca_cert.context("--ca-cert is required")?,
