@@ -805,7 +805,8 @@ impl Identity {
         let Some((chain, key)) = self.factory()? else {
             return Ok(Action::ReplacementFailed {
                 reason: format!(
-                    "{refusal}; there is no factory certificate to enroll again with (enroll with a token)"
+                    "{refusal}; there is no factory certificate to enroll again with (it needs \
+                     an enrollment token from an operator; a decommissioned pump gets none)"
                 ),
             });
         };

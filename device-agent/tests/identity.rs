@@ -975,7 +975,8 @@ fn a_refused_certificate_without_a_factory_certificate_stays() {
             .unwrap(),
         Action::ReplacementFailed {
             reason: format!(
-                "{refusal}; there is no factory certificate to enroll again with (enroll with a token)"
+                "{refusal}; there is no factory certificate to enroll again with (it needs an \
+                 enrollment token from an operator; a decommissioned pump gets none)"
             )
         }
     );

@@ -2060,7 +2060,8 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
             lines.get(3).copied(),
             Some(format!(
                 "the server refused the operational certificate, and enrolling again failed: \
-                 {refusal}; there is no factory certificate to enroll again with (enroll with a token)"
+                 {refusal}; there is no factory certificate to enroll again with (it needs an \
+                 enrollment token from an operator; a decommissioned pump gets none)"
             ))
             .as_deref(),
             "{log}"
