@@ -1820,8 +1820,9 @@ fn enrollment_token(o: &Opts) -> Result<Option<String>> {
     Ok(Some(token))
 }
 
-/// `enroll --est URL --ca-cert FILE [--token-file F | --token-env VAR]`: first enrollment, with the factory certificate
-/// or a single-use token. A refusal prints the server's error code and exits 1.
+/// `enroll --est URL --ca-cert FILE [--token-file F | --token-env VAR]`: first enrollment, with
+/// the factory certificate or a single-use token. A refusal prints the server's error code and
+/// exits 1.
 fn enroll(o: &Opts) -> Result<()> {
     let token = enrollment_token(o)?;
     let id = identity(o)?;
