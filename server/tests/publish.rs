@@ -794,22 +794,26 @@ fn init_refuses_online_keys_the_root_does_not_list() {
         hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[77; 32]).unwrap();
     let bad = f.write_key("stranger.key", &stranger);
     let snap = f.write_key("snap2.key", &f.snap_key);
-    let args = |ts: &str| {
-        run_bin(
-            &[
-                "init",
-                "--data",
-                data.to_str().unwrap(),
-                "--root",
-                root_path.to_str().unwrap(),
-                "--timestamp-key",
-                ts,
-                "--snapshot-key",
-                snap.to_str().unwrap(),
-            ],
-            &f.pass_file,
-        )
+    let init = |ts: &str| -> Vec<String> {
+        [
+            "init",
+            "--data",
+            data.to_str().unwrap(),
+            "--root",
+            root_path.to_str().unwrap(),
+            "--timestamp-key",
+            ts,
+            "--snapshot-key",
+            snap.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .into()
     };
+    let run = |args: Vec<String>, pass: &std::path::Path| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_bin(&args, pass)
+    };
+    let args = |ts: &str| run(init(ts), &f.pass_file);
     let out = args(bad.to_str().unwrap());
     assert!(!out.status.success());
     assert_eq!(
@@ -821,35 +825,12 @@ fn init_refuses_online_keys_the_root_does_not_list() {
     let wrong = f.dir.path().join("wrong-pass");
     std::fs::write(&wrong, "nope").unwrap();
     let ts = f.write_key("ts2.key", &f.ts_key);
-    let out = run_bin(
-        &[
-            "init",
-            "--data",
-            data.to_str().unwrap(),
-            "--root",
-            root_path.to_str().unwrap(),
-            "--timestamp-key",
-            ts.to_str().unwrap(),
-            "--snapshot-key",
-            snap.to_str().unwrap(),
-        ],
-        &wrong,
-    );
+    let out = run(init(ts.to_str().unwrap()), &wrong);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase or damaged key file"));
     // no passphrase given at all: where it is looked for
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hale-server"))
-        .args([
-            "init",
-            "--data",
-            data.to_str().unwrap(),
-            "--root",
-            root_path.to_str().unwrap(),
-            "--timestamp-key",
-            ts.to_str().unwrap(),
-            "--snapshot-key",
-            snap.to_str().unwrap(),
-        ])
+        .args(init(ts.to_str().unwrap()))
         .env_remove("HALE_PASSPHRASE_FILE")
         .env_remove("HALE_KEY_PASSPHRASE")
         .env("HALE_LOG", "warn")
