@@ -527,6 +527,20 @@ impl Identity {
         write_atomic(&self.path(CONFIG), c.to_string().as_bytes())
     }
 
+    /// The serial a pump's identity in `dir` (`STATE/identity`) was made with (`factory-csr`),
+    /// if it has one; read without the device secret, which opens keys only.
+    pub fn stored_serial(dir: &Path) -> Result<Option<String>, IdentityError> {
+        let id = Identity::new(dir, DeviceSecret::from_bytes(&[]));
+        if id.read(CONFIG)?.is_none() {
+            return Ok(None);
+        }
+        Ok(id
+            .config()?
+            .get("serial")
+            .and_then(Value::as_str)
+            .map(str::to_string))
+    }
+
     /// The hardware serial (the device id).
     pub fn serial(&self) -> Result<String, IdentityError> {
         self.config_str("serial").map_err(|e| match e {

@@ -697,18 +697,6 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<bool> {
     Ok(true)
 }
 
-/// The serial in the pump's identity (`factory-csr` wrote it), if it has one.
-fn identity_serial(o: &Opts) -> Result<Option<String>> {
-    let path = o.file("identity").join("identity.json");
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| path.display().to_string()),
-    };
-    let v: Value = serde_json::from_slice(&bytes).with_context(|| path.display().to_string())?;
-    Ok(v.get("serial").and_then(Value::as_str).map(str::to_string))
-}
-
 fn provision(o: &Opts) -> Result<()> {
     // every report names the target, and hale-server refuses a report whose target is longer
     // than 256 bytes or has control characters: such a pump could never report
@@ -746,7 +734,7 @@ fn provision(o: &Opts) -> Result<()> {
         "group": o.opt("--group").unwrap_or_default(),
     });
     // a pump with an identity (factory-csr) is known to the server by its serial
-    if let Some(serial) = identity_serial(o)? {
+    if let Some(serial) = Identity::stored_serial(&o.file("identity"))? {
         if serial != id {
             bail!(
                 "--id {id:?}: this pump's identity is serial {serial:?} (factory-csr), and the \
