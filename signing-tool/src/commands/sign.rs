@@ -90,6 +90,8 @@ struct Job {
     version: String,
     /// the published version of the role, if any
     published: Option<u64>,
+    /// key ids whose signature on the file does not verify
+    invalid: Vec<String>,
 }
 
 /// Staged files whose changes are shown in full before signing; the rest are counted.
@@ -133,33 +135,28 @@ fn show(j: &Job) -> String {
 }
 
 /// Key ids the authorities list for `role`, as hale-core reads them (after checking the file
-/// holds that role).
-fn listed(role: &str, bytes: &[u8], auths: &[Authority]) -> anyhow::Result<Vec<String>> {
+/// holds that role), and those among them whose signature on the file does not verify.
+fn listed(role: &str, bytes: &[u8], auths: &[Authority]) -> anyhow::Result<Listed> {
     crate::state::check_body(role, bytes)?;
-    let mut out = Vec::new();
+    let mut out = Listed::default();
     for a in auths {
         let r = a.report(role, bytes)?;
-        out.extend(r.keys.iter().map(|(k, _)| k.as_str().to_string()));
+        for (k, st) in r.keys.iter() {
+            let id = k.as_str().to_string();
+            if *st == KeyStatus::Invalid && !out.invalid.contains(&id) {
+                out.invalid.push(id.clone());
+            }
+            out.ids.push(id);
+        }
     }
     Ok(out)
 }
 
-/// Key ids (not in `mine`) whose signature entry on `j`'s file does not verify over its content,
-/// under any of its authorities.
-fn not_verifying(j: &Job, mine: &[&str]) -> anyhow::Result<Vec<String>> {
-    let mut out: Vec<String> = Vec::new();
-    for auth in &j.auths {
-        let r = auth
-            .report(&j.role, &j.bytes)
-            .with_context(|| format!("{}", j.path.display()))?;
-        for (id, st) in r.keys.iter() {
-            let id = id.as_str();
-            if *st == KeyStatus::Invalid && !mine.contains(&id) && !out.iter().any(|o| o == id) {
-                out.push(id.to_string());
-            }
-        }
-    }
-    Ok(out)
+#[derive(Default)]
+struct Listed {
+    ids: Vec<String>,
+    /// a signature entry that does not verify over the content (changed after it was given)
+    invalid: Vec<String>,
 }
 
 pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
@@ -180,10 +177,14 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
                 let auths = st
                     .authorities(&m.name)
                     .with_context(|| format!("{}", m.path.display()))?;
-                let ids = listed(&m.name, &m.bytes, &auths)
+                let listed = listed(&m.name, &m.bytes, &auths)
                     .with_context(|| format!("{}", m.path.display()))?;
                 let keys: Vec<usize> = (0..signers.len())
-                    .filter(|i| signers.get(*i).is_some_and(|s| ids.contains(&s.keyid)))
+                    .filter(|i| {
+                        signers
+                            .get(*i)
+                            .is_some_and(|s| listed.ids.contains(&s.keyid))
+                    })
                     .collect();
                 Ok((!keys.is_empty()).then(|| {
                     let (changes, version) = changes_of(&st, &m.name, &m.signed);
@@ -196,6 +197,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
                         changes,
                         version,
                         published: st.published.get(&m.name).copied(),
+                        invalid: listed.invalid,
                     }
                 }))
             });
@@ -217,7 +219,8 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
         let auths = st
             .authorities_of(&role, &bytes)
             .with_context(|| format!("{}", p.display()))?;
-        let ids = listed(&role, &bytes, &auths).with_context(|| format!("{}", p.display()))?;
+        let Listed { ids, invalid } =
+            listed(&role, &bytes, &auths).with_context(|| format!("{}", p.display()))?;
         for s in &signers {
             if !ids.contains(&s.keyid) {
                 let who: Vec<&str> = auths.iter().map(|a| a.label.as_str()).collect();
@@ -246,6 +249,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
             bytes,
             auths,
             keys: (0..signers.len()).collect(),
+            invalid,
         });
         states.insert(dir, st);
         t.add("check", check_start.elapsed());
@@ -271,7 +275,12 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
             .filter_map(|i| signers.get(*i))
             .map(|s| s.keyid.as_str())
             .collect();
-        let invalid = not_verifying(j, &mine)?;
+        let invalid: Vec<&str> = j
+            .invalid
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !mine.contains(id))
+            .collect();
         if !invalid.is_empty() {
             bail!(
                 "refusing to sign {}: the signature of {} does not verify over this content \
