@@ -133,7 +133,7 @@ struct TlsArgs {
     enroll_listen: Option<std::net::SocketAddr>,
     /// Staff API (mTLS, Technician CA): fleet, device reports, revocation, tokens, manifests,
     /// audit, CRLs; the publish API for operator certificates (`hale-sign push --cert`) and the
-    /// TUF read path it reads.
+    /// TUF read path (what push, bundle and rollback read with a staff certificate).
     #[arg(long, requires = "tls_dir")]
     staff_listen: Option<std::net::SocketAddr>,
     /// File whose first line opens ca/device-issuing.key and server.key (else

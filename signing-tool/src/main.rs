@@ -19,6 +19,7 @@ mod durable;
 mod error;
 mod key_source;
 mod par;
+mod staff;
 mod state;
 mod timings;
 

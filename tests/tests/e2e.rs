@@ -1042,6 +1042,62 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
     );
     assert_eq!(served(), before);
 
+    // with TLS on, the repository is read on the staff listener: technician tom bundles v2 from
+    // it for a pump out of reach; without a staff certificate the read is refused, named
+    let (bundle, release) = (t.p("v2-from-staff.bin"), t.p("release"));
+    let from_staff = |creds: &[&str]| {
+        let mut args = vec![
+            "bundle",
+            &release,
+            "--from-server",
+            &staff,
+            "--target",
+            TARGET,
+            "--out",
+            &bundle,
+        ];
+        args.extend(creds);
+        t.run("hale-sign", &args)
+    };
+    let out = from_staff(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(
+        text(&out).trim_end(),
+        format!(
+            "error: resolving {TARGET} at {staff}: {staff}/2.root.json: Connection Failed: tls \
+             connection init failed: invalid peer certificate: UnknownIssuer (a server with TLS \
+             on serves its repository to staff on the staff listener: give --staff-cert, \
+             --staff-key and --server-ca-cert)"
+        ),
+        "read without a certificate"
+    );
+    assert!(!t.work.join("v2-from-staff.bin").exists());
+    let (tom_crt, tom_key, server_ca) = (t.p("tom.crt"), t.p("tom.key"), t.p("ca/server.crt"));
+    let out = from_staff(&[
+        "--staff-cert",
+        &tom_crt,
+        "--staff-key",
+        &tom_key,
+        "--server-ca-cert",
+        &server_ca,
+        "--staff-key-passphrase-env",
+        PASS_VAR,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{TARGET} for devices trusting root v1")),
+        "{}",
+        text(&out)
+    );
+    let (carried, v2) = (
+        std::fs::read(&bundle).unwrap(),
+        std::fs::read(t.work.join("fw-2.0.0-pump-a.bin")).unwrap(),
+    );
+    assert!(
+        carried.windows(v2.len()).any(|w| w == v2),
+        "v2's image bundled"
+    );
+
     // enroll with the factory certificate; the pump trusts only the Server CA
     let out_enroll = agent(&[
         "enroll",

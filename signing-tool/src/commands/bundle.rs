@@ -42,11 +42,47 @@ pub struct BundleArgs {
     /// Overwrite FILE if it exists.
     #[arg(long)]
     force: bool,
-    /// Read the repository hale-server serves (its base URL, e.g. http://host:8080) instead
-    /// of the local `repository/`: releases pushed to hale-server get their timestamp and
-    /// snapshot there. What it serves is verified from the local root, as a device would.
+    #[command(flatten)]
+    pub server: FromServer,
+}
+
+/// Where the published repository is read: hale-server, or the local `repository/`.
+#[derive(Args, Debug)]
+pub struct FromServer {
+    /// Read the repository hale-server serves (its base URL) instead of the local
+    /// `repository/`: releases pushed to hale-server get their timestamp and snapshot there.
+    /// What it serves is verified from the local root, as a device would. A server with TLS on
+    /// serves it on the staff listener (https://HOST:PORT, with --staff-cert); a development
+    /// server on its plain listener (e.g. http://127.0.0.1:8080).
     #[arg(long, value_name = "URL")]
     pub from_server: Option<String>,
+    /// Staff certificate chain (PEM) from `hale-sign ca staff` (technician or operator): read
+    /// the staff listener over mTLS.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires_all = ["from_server", "staff_key", "server_ca_cert"]
+    )]
+    pub staff_cert: Option<PathBuf>,
+    /// The staff certificate's private key, sealed as `hale-sign ca staff` writes it.
+    #[arg(long, value_name = "FILE", requires = "staff_cert")]
+    pub staff_key: Option<PathBuf>,
+    /// The Server CA certificate (PEM): the only anchor the server's certificate is checked
+    /// against.
+    #[arg(long, value_name = "FILE", requires = "staff_cert")]
+    pub server_ca_cert: Option<PathBuf>,
+    /// Open --staff-key with the passphrase in this environment variable (else
+    /// --staff-key-passphrase-file, else a prompt).
+    #[arg(
+        long,
+        value_name = "VAR",
+        requires = "staff_cert",
+        conflicts_with = "staff_key_passphrase_file"
+    )]
+    pub staff_key_passphrase_env: Option<String>,
+    /// Open --staff-key with the first line of this file.
+    #[arg(long, value_name = "PATH", requires = "staff_cert")]
+    pub staff_key_passphrase_file: Option<PathBuf>,
 }
 
 /// Largest metadata file read while resolving (the host-side bound).
@@ -209,16 +245,21 @@ pub fn resolve_with(
     })
 }
 
+/// Time to connect to hale-server, and to read one file (an image may be large).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Files of the repository hale-server serves at `base` (metadata at `{base}/NAME`, targets at
-/// `{base}/targets/…`, hale-server's layout): `None` on 404, at most `MAX_METADATA` bytes of
-/// metadata and `MAX_IMAGE` of a target. Untrusted bytes: `resolve` verifies them.
-pub fn server_source(base: &str) -> impl FnMut(&str) -> anyhow::Result<Option<Vec<u8>>> {
+/// `{base}/targets/…`, hale-server's layout) through `agent`: `None` on 404, at most
+/// `MAX_METADATA` bytes of metadata and `MAX_IMAGE` of a target. Untrusted bytes: `resolve`
+/// verifies them. `hint` follows a failed connection (what the staff listener needs).
+pub fn server_source(
+    base: &str,
+    agent: ureq::Agent,
+    hint: Option<&'static str>,
+) -> impl FnMut(&str) -> anyhow::Result<Option<Vec<u8>>> {
     use std::io::Read as _;
     let base = base.trim_end_matches('/').to_string();
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(std::time::Duration::from_secs(30))
-        .timeout(std::time::Duration::from_secs(300))
-        .build();
     move |name: &str| {
         if name
             .split('/')
@@ -259,7 +300,10 @@ pub fn server_source(base: &str) -> impl FnMut(&str) -> anyhow::Result<Option<Ve
                 }
                 bail!("{url}: HTTP {code}: {}", body.trim())
             }
-            Err(e) => bail!("{url}: {e}"),
+            Err(e) => match hint {
+                Some(h) => bail!("{url}: {} ({h})", crate::staff::without_url(&e)),
+                None => bail!("{url}: {}", crate::staff::without_url(&e)),
+            },
         }
     }
 }
@@ -310,12 +354,41 @@ pub fn pushed_hint(dir: &Path) -> Option<String> {
     })
 }
 
-/// Where `resolve` reads: the server at `from_server`, else the published `repository/` of `dir`.
-pub fn source(dir: &Path, from_server: Option<&str>) -> Files {
-    match from_server {
-        Some(url) => Box::new(server_source(url)),
-        None => Box::new(repository_source(dir)),
-    }
+/// Where `resolve` reads: the server at `--from-server` (over the staff listener's mTLS with
+/// `--staff-cert`), else the published `repository/` of `dir`.
+pub fn source(dir: &Path, from: &FromServer) -> anyhow::Result<Files> {
+    let Some(url) = &from.from_server else {
+        return Ok(Box::new(repository_source(dir)));
+    };
+    let (builder, hint) = match (&from.staff_cert, &from.staff_key, &from.server_ca_cert) {
+        (Some(cert), Some(key), Some(ca_cert)) => {
+            let c = crate::staff::Credentials {
+                cert,
+                key,
+                ca_cert,
+                passphrase_env: from.staff_key_passphrase_env.as_deref(),
+                passphrase_file: from.staff_key_passphrase_file.as_ref(),
+                flags: crate::staff::Flags {
+                    url: "--from-server",
+                    cert: "--staff-cert",
+                },
+            };
+            let b = crate::staff::agent(url, &c, CONNECT_TIMEOUT)?.timeout(READ_TIMEOUT);
+            (b, None)
+        }
+        (None, _, _) => {
+            let hint = url.starts_with("https://").then_some(
+                "a server with TLS on serves its repository to staff on the staff listener: \
+                 give --staff-cert, --staff-key and --server-ca-cert",
+            );
+            let b = ureq::AgentBuilder::new()
+                .timeout_connect(CONNECT_TIMEOUT)
+                .timeout(READ_TIMEOUT);
+            (b, hint)
+        }
+        _ => bail!("--staff-cert needs --staff-key and --server-ca-cert"),
+    };
+    Ok(Box::new(server_source(url, builder.build(), hint)))
 }
 
 /// Files of the published repository in `dir` (refusing names that leave it).
@@ -353,19 +426,15 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
     state.warn_demo();
     let now = unix_now();
     let root = published_root(&a.dir, a.from_root_version)?;
-    let resolved = resolve(
-        &mut *source(&a.dir, a.from_server.as_deref()),
-        &root,
-        &a.target,
-        now,
-    )
-    .with_context(|| match &a.from_server {
-        Some(url) => format!("resolving {} at {url}", a.target),
-        None => match pushed_hint(&a.dir) {
-            Some(hint) => format!("resolving {} in {} ({hint})", a.target, a.dir.display()),
-            None => format!("resolving {} in {}", a.target, a.dir.display()),
+    let resolved = resolve(&mut *source(&a.dir, &a.server)?, &root, &a.target, now).with_context(
+        || match &a.server.from_server {
+            Some(url) => format!("resolving {} at {url}", a.target),
+            None => match pushed_hint(&a.dir) {
+                Some(hint) => format!("resolving {} in {} ({hint})", a.target, a.dir.display()),
+                None => format!("resolving {} in {}", a.target, a.dir.display()),
+            },
         },
-    })?;
+    )?;
     let mut entries = resolved.files.clone();
     let mut note = String::new();
     if let Some(path) = &a.authorization {

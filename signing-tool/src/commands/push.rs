@@ -30,18 +30,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use hale_repo::Passphrase;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::status::unmet_thresholds;
 use crate::config::repository_dir;
 use crate::durable::Batch;
+use crate::staff;
 use crate::state::{Meta, State};
 
 /// Largest metadata document read from the server to decide what to send.
@@ -117,89 +116,6 @@ fn token(a: &PushArgs) -> anyhow::Result<String> {
     Ok(t)
 }
 
-/// Every certificate of a PEM chain, in order.
-/// `e` in ureq's words without the URL its transport errors start with (the message names the
-/// URL first already).
-fn without_url(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::Transport(t) => {
-            let mut m = t.kind().to_string();
-            for part in [
-                t.message().map(str::to_string),
-                std::error::Error::source(t).map(ToString::to_string),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                // ureq's I/O errors repeat their kind
-                m = if part.starts_with(&m) {
-                    part
-                } else {
-                    format!("{m}: {part}")
-                };
-            }
-            m
-        }
-        other => other.to_string(),
-    }
-}
-
-fn pem_chain(pem: &str) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
-    let certs = pem
-        .split_inclusive("-----END CERTIFICATE-----")
-        .filter(|c| c.contains("-----BEGIN CERTIFICATE-----"))
-        .map(hale_pki::tls::certificate_from_pem)
-        .collect::<Result<Vec<_>, _>>()?;
-    if certs.is_empty() {
-        bail!("no certificate");
-    }
-    Ok(certs)
-}
-
-/// The mTLS client of the staff listener: the operator's certificate and unsealed key, the
-/// Server CA as the only trust anchor, HTTP/1.1 (what ureq speaks).
-fn certificate_agent(
-    a: &PushArgs,
-    cert: &Path,
-    timeout: Duration,
-) -> anyhow::Result<ureq::AgentBuilder> {
-    let (Some(key), Some(ca_cert)) = (&a.key, &a.ca_cert) else {
-        bail!("--cert needs --key and --ca-cert");
-    };
-    if !a.server.starts_with("https://") {
-        bail!(
-            "--server {}: with --cert, give the staff listener's https:// URL",
-            a.server
-        );
-    }
-    let read =
-        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-    let chain = pem_chain(&read(cert)?).with_context(|| cert.display().to_string())?;
-    let server_ca = hale_pki::tls::certificate_from_pem(&read(ca_cert)?)
-        .with_context(|| ca_cert.display().to_string())?;
-    let sealed = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-    let source = if let Some(v) = &a.key_passphrase_env {
-        Passphrase::Env(v.clone())
-    } else if let Some(p) = &a.key_passphrase_file {
-        Passphrase::File(p.clone())
-    } else {
-        Passphrase::Prompt(format!("passphrase for {}: ", key.display()))
-    };
-    let pass = source
-        .read()
-        .with_context(|| format!("passphrase for {}", key.display()))?;
-    let key_der = hale_pki::tls::open_private_key(&sealed, &pass)
-        .with_context(|| format!("opening {}", key.display()))?;
-    let config = hale_pki::tls::client_config(server_ca, chain, key_der)
-        .with_context(|| format!("{}: certificate and key", cert.display()))?;
-    let mut config = (*config).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(ureq::AgentBuilder::new()
-        .timeout_connect(timeout)
-        .timeout(timeout)
-        .tls_config(Arc::new(config)))
-}
-
 /// The server's answer to a refused request, as it sent it.
 fn refusal(url: &str, code: u16, resp: ureq::Response) -> anyhow::Error {
     let body = resp
@@ -236,7 +152,7 @@ impl Server {
         let resp = match self.authorized(self.agent.get(&url)).call() {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => return Err(refusal(&url, code, r)),
-            Err(e) => bail!("{url}: {}", without_url(&e)),
+            Err(e) => bail!("{url}: {}", staff::without_url(&e)),
         };
         let body: Value = serde_json::from_str(
             &resp
@@ -273,7 +189,7 @@ impl Server {
             }
             Err(ureq::Error::Status(404, _)) => Ok(None),
             Err(ureq::Error::Status(code, r)) => Err(refusal(&url, code, r)),
-            Err(e) => Err(anyhow::anyhow!("{url}: {}", without_url(&e))),
+            Err(e) => Err(anyhow::anyhow!("{url}: {}", staff::without_url(&e))),
         }
     }
 
@@ -318,7 +234,11 @@ impl Server {
         {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => return Err(refusal(&url, code, r)),
-            Err(e) => bail!("{url}: uploading {}: {}", path.display(), without_url(&e)),
+            Err(e) => bail!(
+                "{url}: uploading {}: {}",
+                path.display(),
+                staff::without_url(&e)
+            ),
         };
         let body: Value = serde_json::from_str(
             &resp
@@ -379,7 +299,23 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
     state.warn_demo();
     let timeout = Duration::from_secs(a.timeout.max(1));
     let (agent, token) = match &a.cert {
-        Some(cert) => (certificate_agent(&a, cert, timeout)?.build(), None),
+        Some(cert) => {
+            let (Some(key), Some(ca_cert)) = (&a.key, &a.ca_cert) else {
+                bail!("--cert needs --key and --ca-cert");
+            };
+            let c = staff::Credentials {
+                cert,
+                key,
+                ca_cert,
+                passphrase_env: a.key_passphrase_env.as_deref(),
+                passphrase_file: a.key_passphrase_file.as_ref(),
+                flags: staff::Flags {
+                    url: "--server",
+                    cert: "--cert",
+                },
+            };
+            (staff::agent(&a.server, &c, timeout)?.build(), None)
+        }
         None => (
             ureq::AgentBuilder::new()
                 .timeout_connect(timeout)
@@ -508,7 +444,7 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
     {
         Ok(r) => r,
         Err(ureq::Error::Status(code, r)) => return Err(refusal(&url, code, r)),
-        Err(e) => bail!("{url}: {}", without_url(&e)),
+        Err(e) => bail!("{url}: {}", staff::without_url(&e)),
     };
     let answer = resp
         .into_string()

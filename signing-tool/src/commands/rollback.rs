@@ -31,7 +31,7 @@ use hale_repo::build::{self, RollbackAuthorization};
 use hale_repo::{sign, SigningKey};
 use serde_json::Value;
 
-use super::bundle::{published_root, resolve_with, source};
+use super::bundle::{published_root, resolve_with, source, FromServer};
 use crate::config::parse_duration;
 use crate::key_source::{load_private, peek_private};
 use crate::state::{unix_now, Authority, State};
@@ -83,10 +83,8 @@ pub struct AuthorizeArgs {
     /// Overwrite FILE if it exists.
     #[arg(long)]
     force: bool,
-    /// Read the repository hale-server serves (its base URL) instead of the local
-    /// `repository/` (releases pushed to hale-server get their timestamp and snapshot there).
-    #[arg(long, value_name = "URL")]
-    from_server: Option<String>,
+    #[command(flatten)]
+    server: FromServer,
     #[command(flatten)]
     pass: PassArgs,
 }
@@ -104,10 +102,8 @@ pub struct SignArgs {
     /// the most devices accept: it may only be lowered).
     #[arg(long, value_name = "DURATION")]
     max_validity: Option<String>,
-    /// Read the repository hale-server serves (its base URL) instead of the local
-    /// `repository/` (releases pushed to hale-server get their timestamp and snapshot there).
-    #[arg(long, value_name = "URL")]
-    from_server: Option<String>,
+    #[command(flatten)]
+    server: FromServer,
     #[command(flatten)]
     pass: PassArgs,
 }
@@ -122,10 +118,8 @@ pub struct StatusArgs {
     /// the most devices accept: it may only be lowered).
     #[arg(long, value_name = "DURATION")]
     max_validity: Option<String>,
-    /// Read the repository hale-server serves (its base URL) instead of the local
-    /// `repository/` (releases pushed to hale-server get their timestamp and snapshot there).
-    #[arg(long, value_name = "URL")]
-    from_server: Option<String>,
+    #[command(flatten)]
+    server: FromServer,
 }
 
 pub fn run(cmd: RollbackCmd) -> anyhow::Result<ExitCode> {
@@ -231,23 +225,24 @@ fn check_for_target(
 /// repository does not list).
 fn published_target(
     dir: &Path,
-    from_server: Option<&str>,
+    from: &FromServer,
     target: &str,
     now: i64,
 ) -> anyhow::Result<(Vec<u8>, [u8; 32])> {
     let root = published_root(dir, 1)?;
-    let r = resolve_with(&mut *source(dir, from_server), &root, target, now, false).with_context(
-        || match from_server {
-            Some(url) => format!("{target} in the repository at {url}"),
-            None => match super::bundle::pushed_hint(dir) {
-                Some(hint) => format!(
-                    "{target} in the published repository of {} ({hint})",
-                    dir.display()
-                ),
-                None => format!("{target} in the published repository of {}", dir.display()),
-            },
-        },
-    )?;
+    let r =
+        resolve_with(&mut *source(dir, from)?, &root, target, now, false).with_context(|| {
+            match &from.from_server {
+                Some(url) => format!("{target} in the repository at {url}"),
+                None => match super::bundle::pushed_hint(dir) {
+                    Some(hint) => format!(
+                        "{target} in the published repository of {} ({hint})",
+                        dir.display()
+                    ),
+                    None => format!("{target} in the published repository of {}", dir.display()),
+                },
+            }
+        })?;
     Ok((r.targets, r.sha256))
 }
 
@@ -422,7 +417,7 @@ fn authorize(a: AuthorizeArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = &a.installed {
         Version::parse(v).with_context(|| format!("--installed {v}: not a semantic version"))?;
     }
-    let (targets, sha) = published_target(&a.dir, a.from_server.as_deref(), &a.target, now)?;
+    let (targets, sha) = published_target(&a.dir, &a.server, &a.target, now)?;
     let body = build::rollback_authorization(
         state.profile,
         &RollbackAuthorization {
@@ -475,7 +470,7 @@ fn sign_existing(a: SignArgs) -> anyhow::Result<ExitCode> {
             a.file.display()
         );
     }
-    let (targets, sha) = published_target(&a.dir, a.from_server.as_deref(), &target, unix_now())?;
+    let (targets, sha) = published_target(&a.dir, &a.server, &target, unix_now())?;
     let listed = report(&targets, &bytes)?;
     // a signature that does not verify: the content changed after it was given; the second
     // person must not co-sign what the first did not sign
@@ -534,7 +529,7 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             a.file.display()
         );
     }
-    let (targets, sha) = published_target(&a.dir, a.from_server.as_deref(), &target, unix_now())?;
+    let (targets, sha) = published_target(&a.dir, &a.server, &target, unix_now())?;
     Ok(if finish(&a.dir, &a.file, &bytes, &targets, sha, max)? {
         ExitCode::SUCCESS
     } else {
