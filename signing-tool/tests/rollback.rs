@@ -434,6 +434,22 @@ fn a_target_pushed_to_a_server_names_from_server() {
         ),
         "auth.json",
     );
+    // verify reports what the directory's own snapshot lists, and says the push is not in it
+    let r = e.ok(&["verify", "repo", "--root", "repo/repository/1.root.json"]);
+    assert!(
+        r.stdout.contains(&format!("targets    v{}\n", v - 1)),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "note: repo/repository also holds targets v{v}, newer than the v{} verified above: \
+             releases pushed to hale-server are listed in the server's snapshot, and what the \
+             pumps get is what it serves",
+            v - 1
+        )
+    );
 }
 
 #[test]

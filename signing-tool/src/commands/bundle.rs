@@ -323,10 +323,21 @@ fn percent_encode(s: &str) -> String {
 
 /// When `dir`'s `repository/` holds a targets version newer than its own snapshot lists (releases
 /// pushed to hale-server, which signs their snapshot and timestamp), what to do: read from the
-/// server. Read unverified, only to say so.
+/// server.
 pub fn pushed_hint(dir: &Path) -> Option<String> {
-    let repo = crate::config::repository_dir(dir);
-    let newest = std::fs::read_dir(&repo)
+    let (newest, listed) = pushed_past_snapshot(&repository_dir(dir))?;
+    Some(format!(
+        "repository/ holds targets v{newest}, newer than the v{listed} its own snapshot lists: \
+         releases pushed to hale-server are listed in the server's snapshot; give \
+         --from-server URL"
+    ))
+}
+
+/// The newest targets version in the repository directory `repo` and the one its own snapshot
+/// lists (0 if none), when the first is newer: releases pushed to hale-server, whose snapshot
+/// and timestamp only the server has. Read unverified, only to say so.
+pub fn pushed_past_snapshot(repo: &Path) -> Option<(u64, u64)> {
+    let newest = std::fs::read_dir(repo)
         .ok()?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -345,13 +356,7 @@ pub fn pushed_hint(dir: &Path) -> Option<String> {
         .and_then(|sv| json(&format!("{sv}.snapshot.json")))
         .and_then(|s| s["signed"]["meta"]["targets.json"]["version"].as_u64())
         .unwrap_or(0);
-    (newest > listed).then(|| {
-        format!(
-            "repository/ holds targets v{newest}, newer than the v{listed} its own snapshot lists: \
-             releases pushed to hale-server are listed in the server's snapshot; give \
-             --from-server URL"
-        )
-    })
+    (newest > listed).then_some((newest, listed))
 }
 
 /// Where `resolve` reads: the server at `--from-server` (over the staff listener's mTLS with

@@ -60,5 +60,13 @@ pub fn run(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         "  targets    {} file(s), {} bytes, {} with firmware policy",
         s.target_files, s.target_bytes, s.firmware
     );
+    if let Some((newest, listed)) = crate::commands::bundle::pushed_past_snapshot(&repo) {
+        eprintln!(
+            "note: {} also holds targets v{newest}, newer than the v{listed} verified above: \
+             releases pushed to hale-server are listed in the server's snapshot, and what the \
+             pumps get is what it serves",
+            repo.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
