@@ -143,20 +143,73 @@ pub struct Config {
     pub expires: Expiry,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bins: Option<Bins>,
+    /// The key types every device of the fleet verifies (`device_key_types`; absent in
+    /// repositories made before it: [`DEFAULT_DEVICE_KEY_TYPES`]). A key of another type is
+    /// refused for every role: a device that skips it counts no signature of it, and a root
+    /// whose threshold needs one strands the fleet on the root before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_key_types: Option<Vec<String>>,
     /// Unknown fields are kept.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+/// Key types hale-core's default device build verifies (feature `ecdsa` on; RSA needs `std`).
+pub const DEFAULT_DEVICE_KEY_TYPES: &[&str] = &["ed25519", "ecdsa-p256"];
+/// Every key type hale-core verifies in some build.
+pub const KEY_TYPES: &[&str] = &["ed25519", "ecdsa-p256", "rsa"];
+
+/// The type name (as `device_key_types` and `key generate --type` spell it) of a TUF key's
+/// `keytype`.
+pub fn key_type_name(keytype: &str) -> &str {
+    match keytype {
+        "ecdsa" | "ecdsa-sha2-nistp256" => "ecdsa-p256",
+        other => other,
+    }
+}
+
+/// `device_key_types` from a comma-separated list: known types, each once, ed25519 among them
+/// (every build verifies it).
+pub fn parse_device_key_types(list: &str) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for t in list.split(',').map(str::trim) {
+        if !KEY_TYPES.contains(&t) {
+            return Err(invalid(format!(
+                "device key type {t:?}: not one of {}",
+                KEY_TYPES.join(", ")
+            )));
+        }
+        if out.iter().any(|o| o == t) {
+            return Err(invalid(format!("device key type {t} is listed twice")));
+        }
+        out.push(t.to_string());
+    }
+    if !out.iter().any(|t| t == "ed25519") {
+        return Err(invalid(
+            "device key types must include ed25519 (every device build verifies it)".to_string(),
+        ));
+    }
+    Ok(out)
+}
+
 impl Config {
-    pub fn new(profile: Profile, expires: Expiry) -> Self {
+    pub fn new(profile: Profile, expires: Expiry, device_key_types: Vec<String>) -> Self {
         Config {
             format: FORMAT.into(),
             profile: profile.as_str().into(),
             consistent_snapshot: true,
             expires,
             bins: None,
+            device_key_types: Some(device_key_types),
             extra: BTreeMap::new(),
+        }
+    }
+
+    /// The key types the fleet's devices verify.
+    pub fn device_key_types(&self) -> Vec<&str> {
+        match &self.device_key_types {
+            Some(v) => v.iter().map(String::as_str).collect(),
+            None => DEFAULT_DEVICE_KEY_TYPES.to_vec(),
         }
     }
 
@@ -189,6 +242,10 @@ impl Config {
         }
         c.profile()
             .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        if let Some(types) = &c.device_key_types {
+            parse_device_key_types(&types.join(","))
+                .map_err(|e| invalid(format!("{}: device_key_types: {e}", path.display())))?;
+        }
         let e = &c.expires;
         for (role, secs) in [
             ("root", e.root),

@@ -267,6 +267,118 @@ fn publish_refuses_below_threshold_and_leaves_the_repository_unchanged() {
 }
 
 #[test]
+fn a_key_type_the_fleet_does_not_verify_is_refused_for_every_role_and_nothing_changes() {
+    let e = Env::new();
+    e.standard_keys();
+    let b = e.keyid("root-b");
+    let init = |types: &'static str, root_keys: &[&'static str]| {
+        [
+            &["init", "fleet", "--device-key-types", types][..],
+            root_keys,
+            &[
+                "--targets-key",
+                "targets.pub",
+                "--snapshot-key",
+                "snapshot.pub",
+                "--timestamp-key",
+                "timestamp.pub",
+            ],
+        ]
+        .concat()
+    };
+    let refused = format!(
+        "error: root-b.pub: key {b} is of type ecdsa-p256, and this repository's devices verify \
+         ed25519 only (device_key_types in hale-repo.json): its signatures would count for \
+         nothing on them, and a root threshold that needs one would stop every update"
+    );
+    // firmware built without hale-core's `ecdsa`: a P-256 root key is refused at init
+    let both = [
+        "--root-key",
+        "root-a.pub",
+        "--root-key",
+        "root-b.pub",
+        "--root-threshold",
+        "2",
+    ];
+    let r = e.run(&init("ed25519", &both));
+    assert_eq!((r.code, r.stderr.trim_end()), (2, refused.as_str()));
+    assert!(!e.path("fleet").exists(), "nothing written");
+    for (types, error) in [
+        (
+            "ecdsa-p256",
+            "error: device key types must include ed25519 (every device build verifies it)",
+        ),
+        (
+            "ed25519,ed448",
+            "error: device key type \"ed448\": not one of ed25519, ecdsa-p256, rsa",
+        ),
+        (
+            "ed25519,ed25519",
+            "error: device key type ed25519 is listed twice",
+        ),
+    ] {
+        let r = e.run(&init(types, &["--root-key", "root-a.pub"]));
+        assert_eq!((r.code, r.stderr.trim_end()), (2, error), "{types}");
+        assert!(!e.path("fleet").exists(), "nothing written: {types}");
+    }
+
+    // and at every later door: a rotation and a delegation
+    e.ok(&init("ed25519", &["--root-key", "root-a.pub"]));
+    assert_eq!(
+        e.json("fleet/hale-repo.json")["device_key_types"],
+        serde_json::json!(["ed25519"])
+    );
+    let staged = std::fs::read(e.path("fleet/staged/root.json")).unwrap();
+    let r = e.run(&[
+        "rotate",
+        "fleet",
+        "--role",
+        "root",
+        "--add-key",
+        "root-b.pub",
+    ]);
+    assert_eq!((r.code, r.stderr.trim_end()), (2, refused.as_str()));
+    e.unchanged(
+        "fleet/staged/root.json",
+        &staged,
+        "root after a refused rotation",
+    );
+    let targets = std::fs::read(e.path("fleet/staged/targets.json")).unwrap();
+    let r = e.run(&[
+        "delegate",
+        "fleet",
+        "--to",
+        "pumps",
+        "--key",
+        "root-b.pub",
+        "--paths",
+        "pump-a/*",
+    ]);
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            refused
+                .replace("a root threshold", "a pumps threshold")
+                .as_str()
+        )
+    );
+    e.unchanged(
+        "fleet/staged/targets.json",
+        &targets,
+        "targets after a refused delegation",
+    );
+    assert!(!e.path("fleet/staged/pumps.json").exists());
+
+    // without the option: what hale-core's default device build verifies, written down
+    e.init();
+    assert_eq!(
+        e.json("repo/hale-repo.json")["device_key_types"],
+        serde_json::json!(["ed25519", "ecdsa-p256"])
+    );
+}
+
+#[test]
 fn root_rotation_needs_the_old_and_the_new_threshold() {
     let e = Env::new();
     e.published_repo();

@@ -72,7 +72,7 @@ pub fn run(a: BinsArgs) -> anyhow::Result<ExitCode> {
             a.from
         );
     }
-    let keys = load_keys(&a.keys, state.profile, "bins")?;
+    let keys = load_keys(&a.keys, &state.config, "bins")?;
     let threshold = chosen_threshold("bins", "--threshold", a.threshold, keys.len())?;
     check_threshold("bins", threshold, keys.len())?;
     let keyids: Vec<String> = keys.iter().map(|k| k.keyid.clone()).collect();

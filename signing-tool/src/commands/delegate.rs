@@ -82,7 +82,7 @@ pub fn run(a: DelegateArgs) -> anyhow::Result<ExitCode> {
             bail!("--paths {p:?}: not a usable path pattern");
         }
     }
-    let keys = load_keys(&a.keys, state.profile, &a.to)?;
+    let keys = load_keys(&a.keys, &state.config, &a.to)?;
     let threshold = chosen_threshold(&a.to, "--threshold", a.threshold, keys.len())?;
     check_threshold(&a.to, threshold, keys.len())?;
     let mut body = state.next_body(&a.from)?;

@@ -49,6 +49,12 @@ pub struct InitArgs {
     /// standard (TUF 1.0.34) or compat (rust-tuf 0.3 clients: spec 1.0.0, ed25519 only).
     #[arg(long, default_value = "standard")]
     profile: String,
+    /// The key types every device of the fleet verifies, comma-separated: ed25519, ecdsa-p256
+    /// (hale-core's `ecdsa` feature, on by default), rsa (host builds only). Keys of any other
+    /// type are refused for every role. Default: ed25519,ecdsa-p256 (ed25519 in the compat
+    /// profile); give ed25519 for firmware built without `ecdsa`.
+    #[arg(long, value_name = "TYPES")]
+    device_key_types: Option<String>,
 }
 
 pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
@@ -61,6 +67,15 @@ pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
             cfg_path.display()
         );
     }
+    let device_key_types = match (&a.device_key_types, profile) {
+        (Some(list), _) => config::parse_device_key_types(list)?,
+        (None, Profile::Compat) => vec!["ed25519".to_string()],
+        (None, _) => config::DEFAULT_DEVICE_KEY_TYPES
+            .iter()
+            .map(|t| t.to_string())
+            .collect(),
+    };
+    let cfg = Config::new(profile, Expiry::default(), device_key_types);
     let mut expires = Expiry::default();
     if let Some(e) = &a.expires {
         expires.apply(e)?;
@@ -73,7 +88,7 @@ pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
         ("snapshot", &a.snapshot_keys, a.snapshot_threshold),
         ("timestamp", &a.timestamp_keys, a.timestamp_threshold),
     ] {
-        let ks = load_keys(paths, profile, role)?;
+        let ks = load_keys(paths, &cfg, role)?;
         let flag = format!("--{role}-threshold");
         let threshold = chosen_threshold(role, &flag, threshold, ks.len())?;
         check_threshold(role, threshold, ks.len())?;
@@ -108,7 +123,7 @@ pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
     }
     let created = !a.dir.exists();
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
-    let cfg = Config::new(profile, expires);
+    let cfg = Config { expires, ..cfg };
     cfg.save(&a.dir)?;
     let r = stage_first(&a, profile, &keys, &roles, &root_expires, &targets_expires);
     if r.is_err() {

@@ -24,22 +24,21 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
+use crate::config::Config;
 use crate::key_source::{load_public, PublicKey};
 use crate::state::State;
 
-/// Load public keys, refusing duplicates and (in the compat profile) anything but ed25519.
-pub fn load_keys(
-    paths: &[PathBuf],
-    state_profile: hale_repo::build::Profile,
-    role: &str,
-) -> anyhow::Result<Vec<PublicKey>> {
+/// Load public keys, refusing duplicates, a type the fleet's devices do not verify
+/// (`device_key_types`) and (in the compat profile) anything but ed25519.
+pub fn load_keys(paths: &[PathBuf], config: &Config, role: &str) -> anyhow::Result<Vec<PublicKey>> {
     let mut out: Vec<PublicKey> = Vec::new();
     for p in paths {
         let k = load_public(p).with_context(|| format!("loading a {role} key"))?;
         if out.iter().any(|o| o.keyid == k.keyid) {
             bail!("{}: key {} is given twice for {role}", p.display(), k.keyid);
         }
-        check_profile_key(state_profile, &k)?;
+        check_profile_key(config.profile()?, &k)?;
+        check_device_key(config, &k, role)?;
         out.push(k);
     }
     Ok(out)
@@ -53,6 +52,25 @@ pub fn check_profile_key(profile: hale_repo::build::Profile, k: &PublicKey) -> a
             k.path.display(),
             k.keyid,
             k.keytype()
+        );
+    }
+    Ok(())
+}
+
+/// A key of a type every device verifies: a device skips the others, so their signatures count
+/// for nothing there, and a root whose threshold needs one is refused by the whole fleet.
+fn check_device_key(config: &Config, k: &PublicKey, role: &str) -> anyhow::Result<()> {
+    let types = config.device_key_types();
+    let t = crate::config::key_type_name(k.keytype());
+    if !types.contains(&t) {
+        bail!(
+            "{}: key {} is of type {t}, and this repository's devices verify {} only \
+             (device_key_types in {}): its signatures would count for nothing on them, and a \
+             {role} threshold that needs one would stop every update",
+            k.path.display(),
+            k.keyid,
+            types.join(", "),
+            crate::config::CONFIG_FILE
         );
     }
     Ok(())

@@ -143,7 +143,7 @@ pub fn run(a: RotateArgs) -> anyhow::Result<ExitCode> {
     if a.add.is_empty() && a.remove.is_empty() && a.threshold.is_none() {
         bail!("nothing to change: give --add-key, --remove-key or --threshold");
     }
-    let added = load_keys(&a.add, state.profile, &a.role)?;
+    let added = load_keys(&a.add, &state.config, &a.role)?;
     let add_ids: Vec<String> = added.iter().map(|k| k.keyid.clone()).collect();
     let remove_keys: Vec<(String, Option<Value>)> = a
         .remove
