@@ -379,6 +379,25 @@ fn a_key_type_the_fleet_does_not_verify_is_refused_for_every_role_and_nothing_ch
 }
 
 #[test]
+fn a_published_file_is_never_signed_in_place() {
+    let e = Env::new();
+    e.published_repo();
+    let before = std::fs::read(e.path("repo/repository/1.root.json")).unwrap();
+    let sign = sign_args("repo/repository/1.root.json", "root-c.key");
+    let r = e.run(&[&sign[..], &["--repo", "repo"]].concat());
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            "error: refusing to sign repo/repository/1.root.json: it is published (in \
+             repo/repository), and a published version never changes; stage a new version \
+             (rotate, renew, target add) and sign the staged file; the file is unchanged"
+        )
+    );
+    e.unchanged("repo/repository/1.root.json", &before, "published root");
+}
+
+#[test]
 fn root_rotation_needs_the_old_and_the_new_threshold() {
     let e = Env::new();
     e.published_repo();

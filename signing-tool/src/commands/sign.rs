@@ -65,6 +65,29 @@ pub fn repo_of(file: &Path, explicit: Option<&Path>) -> anyhow::Result<PathBuf> 
     bail!("{}: cannot tell which repository it belongs to (it is not in DIR/staged/); pass --repo DIR", file.display())
 }
 
+/// A file of `dir`'s published `repository/` is never signed in place: a published version is
+/// what devices and hale-server already hold, and a copy changed under the same name would
+/// differ from theirs (the next push is refused).
+fn refuse_published(file: &Path, dir: &Path) -> anyhow::Result<()> {
+    let canonical = |p: &Path| p.canonicalize().ok();
+    let (Some(f), Some(published)) = (
+        canonical(file),
+        canonical(&crate::config::repository_dir(dir)),
+    ) else {
+        return Ok(());
+    };
+    if f.starts_with(&published) {
+        bail!(
+            "refusing to sign {}: it is published (in {}), and a published version never \
+             changes; stage a new version (rotate, renew, target add) and sign the staged file; \
+             the file is unchanged",
+            file.display(),
+            crate::config::repository_dir(dir).display()
+        );
+    }
+    Ok(())
+}
+
 /// The role a metadata file holds: its name without `.json` (and without a `N.` version prefix
 /// for published copies).
 pub fn role_of(file: &Path) -> anyhow::Result<String> {
@@ -209,6 +232,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         let dir = repo_of(p, a.repo.as_deref())?;
+        refuse_published(p, &dir)?;
         let st = match states.remove(&dir) {
             Some(s) => s,
             None => t.time("load", || State::load_for_change(&dir))?,
