@@ -398,6 +398,56 @@ fn a_published_file_is_never_signed_in_place() {
 }
 
 #[test]
+fn a_root_rotating_the_online_keys_is_published_only_with_them_and_nothing_is_written_before() {
+    let e = Env::new();
+    e.published_repo();
+    e.key("timestamp-2", "ed25519");
+    e.ok(&[
+        "rotate",
+        "repo",
+        "--role",
+        "timestamp",
+        "--add-key",
+        "timestamp-2.pub",
+        "--remove-key",
+        "timestamp.pub",
+    ]);
+    e.sign("repo/staged/root.json", "root-a");
+    e.sign("repo/staged/root.json", "root-b");
+    let before = snapshot_tree(&e.path("repo"));
+    // without online keys the served timestamp (old key) would fail under root v2: refused
+    // before the write, so no device can fetch a root v2 that is then taken back
+    let r = e.run(&["publish", "repo"]);
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            "error: refusing to publish repo: root v2 changes the timestamp role's keys, and the \
+             timestamp served now meets 0 of its threshold 1 (devices would take the new root, \
+             then refuse every timestamp): give --timestamp-key with the new key(s), or push to \
+             a hale-server that holds them (repository unchanged)"
+        )
+    );
+    assert_eq!(snapshot_tree(&e.path("repo")), before, "nothing written");
+    // with the old timestamp key: hale-core's refusal of that key under root v2, as before
+    let r = e.run(&publish_args("repo"));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(snapshot_tree(&e.path("repo")), before, "nothing written");
+    // with the new one: published, and the repository verifies from root v1
+    e.ok(&[
+        "publish",
+        "repo",
+        "--snapshot-key",
+        "snapshot.key",
+        "--timestamp-key",
+        "timestamp-2.key",
+        "--passphrase-env",
+        PW_ENV,
+    ]);
+    e.ok(&["verify", "repo", "--root", "repo/repository/1.root.json"]);
+}
+
+#[test]
 fn root_rotation_needs_the_old_and_the_new_threshold() {
     let e = Env::new();
     e.published_repo();

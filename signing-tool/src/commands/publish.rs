@@ -195,6 +195,63 @@ fn remove_journal(journal: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// A new root must be met by the timestamp and snapshot the repository will serve: those already
+/// served, unless new ones are signed in this publish. One that rotates their keys is refused
+/// before anything is written, naming the keys to give (the served copies would fail the
+/// client check after the write; a device that fetched the new root meanwhile would keep it).
+fn online_roles_under(
+    root: &crate::state::Meta,
+    repo: &Path,
+    a: &PublishArgs,
+) -> anyhow::Result<()> {
+    let auth = Authority {
+        label: format!("root v{}", root.version),
+        delegator: "root".into(),
+        bytes: root.bytes.clone(),
+    };
+    let read = |name: &str| std::fs::read(repo.join(name)).ok();
+    let Some(ts) = read("timestamp.json") else {
+        return Ok(());
+    };
+    let snapshot = serde_json::from_slice::<Value>(&ts)
+        .ok()
+        .and_then(|v| v.pointer("/signed/meta/snapshot.json/version")?.as_u64())
+        .and_then(|v| read(&format!("{v}.snapshot.json")));
+    let served = [
+        (
+            "timestamp",
+            Some(ts),
+            a.timestamp_keys.is_empty(),
+            "--timestamp-key",
+        ),
+        (
+            "snapshot",
+            snapshot,
+            a.snapshot_keys.is_empty(),
+            "--snapshot-key and --timestamp-key",
+        ),
+    ];
+    for (role, bytes, keep, give) in served {
+        let Some(bytes) = bytes.filter(|_| keep) else {
+            continue;
+        };
+        let report = auth.report(role, &bytes)?;
+        if !report.met() {
+            bail!(
+                "refusing to publish {}: root v{} changes the {role} role's keys, and the {role} \
+                 served now meets {} of its threshold {} (devices would take the new root, then \
+                 refuse every {role}): give {give} with the new key(s), or push to a hale-server \
+                 that holds them (repository unchanged)",
+                a.dir.display(),
+                root.version,
+                report.valid(),
+                report.threshold
+            );
+        }
+    }
+    Ok(())
+}
+
 fn timestamp_version(repo: &Path) -> anyhow::Result<u64> {
     let p = repo.join("timestamp.json");
     if !p.exists() {
@@ -362,6 +419,10 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
             if unmet.len() > 10 { " …" } else { "" },
             a.dir.display()
         );
+    }
+
+    if let Some(root) = staged.iter().find(|m| m.name == "root") {
+        online_roles_under(root, &repo, &a)?;
     }
 
     t.add("check", check_start.elapsed());
