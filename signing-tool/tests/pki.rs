@@ -105,6 +105,25 @@ fn chain(env: &Env, p: &str) -> Vec<CertificateDer<'static>> {
         .collect()
 }
 
+/// Whether the sealed P-256 key in `key` (opened with `pass`) is the key of the first
+/// certificate of the chain file `crt`.
+fn key_is_the_certificates(env: &Env, crt: &str, key: &str, pass: &str) -> bool {
+    let sealed = std::fs::read(env.path(key)).unwrap();
+    // what hale-server opens
+    hale_pki::tls::open_private_key(&sealed, pass.as_bytes()).unwrap();
+    let sk = hale_repo::SigningKey::from_encrypted_file(&sealed, pass.as_bytes()).unwrap();
+    let hale_repo::SigningKey::EcdsaP256(sk) = sk else {
+        panic!("P-256 expected")
+    };
+    let parsed = x509_cert::Certificate::from_der(&chain(env, crt)[0]).unwrap();
+    parsed
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes()
+        == sk.verifying_key().to_encoded_point(false).as_bytes()
+}
+
 fn roots(env: &Env) -> Arc<RootCertStore> {
     let mut r = RootCertStore::empty();
     r.add(cert(env, "ca/root.crt")).unwrap();
@@ -257,22 +276,12 @@ fn ca_init_writes_a_hierarchy_that_verifies_with_sealed_keys() {
         "{wrong:?}"
     );
     // the sealed server key is the key of the certificate
-    let sealed = std::fs::read(env.path("server.key")).unwrap();
-    // what hale-server opens
-    hale_pki::tls::open_private_key(&sealed, PW.as_bytes()).unwrap();
-    let sk = hale_repo::SigningKey::from_encrypted_file(&sealed, PW.as_bytes()).unwrap();
-    let hale_repo::SigningKey::EcdsaP256(sk) = sk else {
-        panic!("P-256 expected")
-    };
-    let parsed = x509_cert::Certificate::from_der(&server[0]).unwrap();
-    assert_eq!(
-        parsed
-            .tbs_certificate
-            .subject_public_key_info
-            .subject_public_key
-            .raw_bytes(),
-        sk.verifying_key().to_encoded_point(false).as_bytes()
-    );
+    assert!(key_is_the_certificates(
+        &env,
+        "server.crt",
+        "server.key",
+        PW
+    ));
 }
 
 #[test]
@@ -308,9 +317,32 @@ fn server_files_get_their_own_passphrase() {
         &env.p("server-pass"),
     ]);
     assert!(!r.stderr.contains(warning), "{}", r.stderr);
+    // the Technician and Server CA files share the server's passphrase: allowed (as before the
+    // operations passphrase), and said loudly
+    assert!(
+        r.stderr.contains(
+            "WARNING: the Technician and Server CA files, which issue operator (release \
+             publishing) and server certificates, are sealed with the server's passphrase, so \
+             anyone who reads it on the server can open them wherever they are copied; give \
+             --operations-passphrase-env or --operations-passphrase-file to seal them with their \
+             own"
+        ),
+        "{}",
+        r.stderr
+    );
     // one passphrase for all: allowed, and said loudly
     let r = env.ok(&["ca", "init", "--out", &env.p("ca1"), PW_ARGS[0], PW_ARGS[1]]);
     assert!(r.stderr.contains(warning), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "WARNING: the Technician and Server CA files, which issue operator (release \
+             publishing) and server certificates, are sealed with the offline CA passphrase, so \
+             whoever issues staff and server certificates holds the root's passphrase; give \
+             --operations-passphrase-env or --operations-passphrase-file"
+        ),
+        "{}",
+        r.stderr
+    );
     // what goes to the server, and what never does (review: it named the technician and server
     // CA keys, with which anyone who breaks into the server would mint operator certificates)
     assert!(
@@ -342,6 +374,150 @@ fn server_files_get_their_own_passphrase() {
             "{role} with the other passphrase"
         );
     }
+}
+
+const SERVER_PASS: &str = "the server's own passphrase";
+const OPS_PASS: &str = "the operations' own passphrase";
+
+/// `ca init` of ca/ with its three passphrases: the offline one (`PW`, from the environment), the
+/// server's (`SERVER_PASS`, file server-pass) and the operations one (file ops-pass, holding
+/// `ops`), for `Env::run` or `Env::ok`.
+fn ca_init_apart_args(env: &Env, ops: &str) -> Vec<String> {
+    env.write("server-pass", format!("{SERVER_PASS}\n").as_bytes());
+    env.write("ops-pass", format!("{ops}\n").as_bytes());
+    let mut a = vec!["ca".to_string(), "init".into(), "--out".into(), env.p("ca")];
+    a.extend(PW_ARGS.map(String::from));
+    a.extend([
+        "--server-passphrase-file".to_string(),
+        env.p("server-pass"),
+        "--operations-passphrase-file".into(),
+        env.p("ops-pass"),
+    ]);
+    a
+}
+
+/// The server's passphrase opened the Technician and Server CA files wherever they were copied:
+/// whoever read it on the server minted operator certificates (which publish releases). Now they
+/// open with the operations passphrase only, and the commands that use them take it.
+#[test]
+fn technician_and_server_ca_files_open_with_the_operations_passphrase_only() {
+    let env = Env::new();
+    let r = env.ok(&ca_init_apart_args(&env, OPS_PASS));
+    assert!(!r.stderr.contains("WARNING"), "{}", r.stderr);
+    let wrong = "key file: wrong passphrase or damaged key file";
+    for (role, pass) in [
+        (CaRole::Root, PW),
+        (CaRole::Manufacturing, PW),
+        (CaRole::DeviceIssuing, SERVER_PASS),
+        (CaRole::Technician, OPS_PASS),
+        (CaRole::Server, OPS_PASS),
+    ] {
+        let file = std::fs::read(env.path(&format!("ca/{}.key", role.slug()))).unwrap();
+        assert_eq!(Ca::from_file(&file, pass.as_bytes()).unwrap().role(), role);
+        for other in [PW, SERVER_PASS, OPS_PASS]
+            .into_iter()
+            .filter(|p| *p != pass)
+        {
+            let err = Ca::from_file(&file, other.as_bytes()).unwrap_err();
+            assert_eq!(err.to_string(), wrong, "{role} with {other:?}");
+        }
+    }
+
+    // the commands open them with the operations passphrase ...
+    let ops = ["--passphrase-file".to_string(), env.p("ops-pass")];
+    let server_key = ["--key-passphrase-file".to_string(), env.p("server-pass")];
+    let staff = |pass: &[String]| {
+        let mut a = ca_staff_args(&env, "operator", "olga", "8", "olga");
+        a.truncate(a.len() - 4); // the CA and key passphrases from the environment
+        a.extend(pass.iter().cloned());
+        a.extend(KEY_PW.map(String::from));
+        a
+    };
+    let server_cert = |pass: &[String]| {
+        let mut a = [
+            "ca",
+            "server-cert",
+            "--ca-dir",
+            &env.p("ca"),
+            "--dns",
+            "localhost",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(["--out".to_string(), env.p("tls/server")]);
+        a.extend(pass.iter().cloned());
+        a.extend(server_key.iter().cloned());
+        a
+    };
+    let crl = |pass: &[String]| {
+        let mut a = ["ca", "crl", "--ca-dir", &env.p("ca"), "--ca", "technician"]
+            .map(String::from)
+            .to_vec();
+        a.extend(["--out".to_string(), env.p("tls/technician.crl")]);
+        a.extend(pass.iter().cloned());
+        a
+    };
+    // ... and not with the server's, naming the file and the passphrase it takes; nothing written
+    let server = ["--passphrase-file".to_string(), env.p("server-pass")];
+    let refusal = |file: &str| {
+        format!(
+            "error: {}: {wrong}; `ca init` seals it with the operations passphrase \
+             (--operations-passphrase-*; without it, the server's, or without that the offline \
+             one)",
+            env.path(file).display()
+        )
+    };
+    let root = env.path("");
+    assert_refused_unchanged(&env, &root, &staff(&server), &refusal("ca/technician.key"));
+    assert_refused_unchanged(
+        &env,
+        &root,
+        &server_cert(&server),
+        &refusal("ca/server.key"),
+    );
+    assert_refused_unchanged(&env, &root, &crl(&server), &refusal("ca/technician.key"));
+    assert!(!env.path("olga.crt").exists() && !env.path("tls").exists());
+
+    env.ok(&staff(&ops));
+    env.ok(&server_cert(&ops));
+    env.ok(&crl(&ops));
+    assert!(key_is_the_certificates(&env, "olga.crt", "olga.key", PW));
+    // the server's TLS key is sealed with the server's passphrase: the server opens it
+    assert!(key_is_the_certificates(
+        &env,
+        "tls/server.crt",
+        "tls/server.key",
+        SERVER_PASS
+    ));
+}
+
+#[test]
+fn ca_init_refuses_an_operations_passphrase_equal_to_the_offline_or_the_servers() {
+    let env = Env::new();
+    let root = env.path("");
+    let offline = "error: the operations passphrase (Technician and Server CA files) must differ \
+                   from the offline CA files' passphrase";
+    assert_refused_unchanged(&env, &root, &ca_init_apart_args(&env, PW), offline);
+    assert_refused_unchanged(
+        &env,
+        &root,
+        &ca_init_apart_args(&env, SERVER_PASS),
+        "error: the operations passphrase (Technician and Server CA files) must differ from the \
+         server's passphrase: the server holds that one",
+    );
+    // without a server's passphrase the Device Issuing CA file takes the offline one: same rule
+    let mut args = ca_init_apart_args(&env, PW);
+    args.drain(6..8);
+    assert!(!args.iter().any(|a| a.contains("server-pass")), "{args:?}");
+    assert_refused_unchanged(&env, &root, &args, offline);
+    // as short as no new key's may be
+    assert_refused_unchanged(
+        &env,
+        &root,
+        &ca_init_apart_args(&env, "short"),
+        "error: passphrase for the operations CA files: 5 bytes; a new key's needs at least 12",
+    );
+    assert!(!env.path("ca").exists());
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! ca init        --out CA_DIR                       Device Root CA + Manufacturing, Device Issuing,
-//!                                                   Technician and Server CA: CA_DIR/<slug>.crt (PEM)
-//!                                                   and CA_DIR/<slug>.key (hale-pki CA file, key sealed)
+//!                [--server-passphrase-*]            Technician and Server CA: CA_DIR/<slug>.crt (PEM)
+//!                [--operations-passphrase-*]        and CA_DIR/<slug>.key (hale-pki CA file, key sealed)
 //! ca server-cert --ca-dir D --dns N... [--ip IP...] --out PREFIX    PREFIX.crt (chain), PREFIX.key
 //! ca staff       --ca-dir D --role R --name N --hours H --out PREFIX PREFIX.crt, PREFIX.key
 //! ca crl         --ca-dir D --ca SLUG [--revoke SERIAL...] --out FILE
@@ -14,10 +14,13 @@
 //! XChaCha20-Poly1305, the public key bound as associated data), opened with
 //! `hale_pki::tls::open_private_key`. Passphrases come from the environment, a file or a prompt, never argv.
 //!
-//! Threat notes: `init` can give the online CA files (Device Issuing, which the server holds;
-//! Technician and Server, which issue staff and server certificates from the operations side and
-//! never go to the server) their own passphrase (`--server-passphrase-*`), so the server's secret
-//! never opens the root or the Manufacturing CA. `crl` keeps the revoked list and the CRL number in
+//! Threat notes: `init` seals the CA files under up to three passphrases, one per place that
+//! holds them: the offline one (root, Manufacturing: the ceremony), the server's
+//! (`--server-passphrase-*`: Device Issuing, the one CA key the server holds) and the operations
+//! one (`--operations-passphrase-*`: Technician and Server, which issue operator and server
+//! certificates from the operations side and never go to the server). So the server's secret
+//! opens neither the root nor a CA that mints operators (who publish releases), wherever those
+//! files are copied; the three must differ. `crl` keeps the revoked list and the CRL number in
 //! `CA_DIR/<slug>.crl.json`: a serial once revoked stays in every later CRL, and numbers only rise.
 
 use std::net::IpAddr;
@@ -62,16 +65,29 @@ pub struct InitArgs {
     /// DNS subtree(s) the Server CA may issue for (name constraints); none = unconstrained.
     #[arg(long = "server-dns-constraint", value_name = "DOMAIN")]
     server_dns_constraints: Vec<String>,
-    /// Passphrase of the root and Manufacturing CA files (and of all, unless --server-passphrase-*).
+    /// Passphrase of the root and Manufacturing CA files (and of the others not given their own).
     #[command(flatten)]
     pass: PassArgs,
-    /// Separate passphrase for the online CA files (Device Issuing, the one CA key the server
-    /// holds; Technician and Server, kept off the server): read from this environment variable.
+    /// Separate passphrase for the Device Issuing CA file, the one CA key the server holds
+    /// (and for the Technician and Server CA files, unless --operations-passphrase-*): read
+    /// from this environment variable.
     #[arg(long, value_name = "VAR", conflicts_with = "server_passphrase_file")]
     server_passphrase_env: Option<String>,
     /// As --server-passphrase-env, from the first line of this file.
     #[arg(long, value_name = "PATH")]
     server_passphrase_file: Option<PathBuf>,
+    /// Separate passphrase for the Technician and Server CA files (they issue operator,
+    /// technician and server certificates; kept on the operations side, never on the server),
+    /// different from the offline and the server's: read from this environment variable.
+    #[arg(
+        long,
+        value_name = "VAR",
+        conflicts_with = "operations_passphrase_file"
+    )]
+    operations_passphrase_env: Option<String>,
+    /// As --operations-passphrase-env, from the first line of this file.
+    #[arg(long, value_name = "PATH")]
+    operations_passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -79,7 +95,9 @@ pub struct CaDirArgs {
     /// The directory `ca init` wrote.
     #[arg(long, value_name = "CA_DIR")]
     pub ca_dir: PathBuf,
-    /// Passphrase of the CA file used.
+    /// Passphrase of the CA file used: the one `ca init` sealed it with (the operations
+    /// passphrase for the Technician and Server CA, the server's for Device Issuing, the offline
+    /// one for root and Manufacturing).
     #[command(flatten)]
     pub pass: PassArgs,
 }
@@ -218,7 +236,18 @@ pub fn open_ca(a: &CaDirArgs, role: CaRole) -> anyhow::Result<Ca> {
         .source(&path.display().to_string())
         .read()
         .with_context(|| format!("passphrase for {}", path.display()))?;
-    let ca = Ca::from_file(&bytes, &pass).with_context(|| path.display().to_string())?;
+    let ca = match Ca::from_file(&bytes, &pass) {
+        Ok(ca) => ca,
+        // a wrong passphrase and a damaged file look the same: say which passphrase it takes
+        Err(e @ hale_pki::PkiError::KeyFile(_)) => {
+            bail!(
+                "{}: {e}; `ca init` seals it with {}",
+                path.display(),
+                sealed_with(role)
+            )
+        }
+        Err(e) => return Err(e).with_context(|| path.display().to_string()),
+    };
     if ca.role() != role {
         bail!(
             "{}: holds the {}, expected the {role}",
@@ -227,6 +256,20 @@ pub fn open_ca(a: &CaDirArgs, role: CaRole) -> anyhow::Result<Ca> {
         );
     }
     Ok(ca)
+}
+
+/// Which of `ca init`'s passphrases seals the CA file of `role`.
+fn sealed_with(role: CaRole) -> &'static str {
+    match role {
+        CaRole::Root | CaRole::Manufacturing => "the offline CA passphrase (--passphrase-*)",
+        CaRole::DeviceIssuing => {
+            "the server's passphrase (--server-passphrase-*; without it, the offline one)"
+        }
+        CaRole::Technician | CaRole::Server => {
+            "the operations passphrase (--operations-passphrase-*; without it, the server's, \
+             or without that the offline one)"
+        }
+    }
 }
 
 /// Seal a PKCS#8 PEM private key (hale-pki's sealed key file, opened by
@@ -276,19 +319,40 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     refuse_existing(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
     let offline_src = a.pass.source("the offline CA files (root, manufacturing)");
     let offline = key_source::read_new_passphrase(&offline_src, "the offline CA files")?;
-    let online = match (&a.server_passphrase_env, &a.server_passphrase_file) {
-        (Some(v), _) => Some(key_source::read_new_passphrase(
-            &Passphrase::Env(v.clone()),
-            "the server's CA files",
-        )?),
-        (None, Some(p)) => Some(key_source::read_new_passphrase(
-            &Passphrase::File(p.clone()),
-            "the server's CA files",
-        )?),
-        (None, None) => None,
+    let separate = |env: &Option<String>, file: &Option<PathBuf>, what: &str| {
+        let src = match (env, file) {
+            (Some(v), _) => Passphrase::Env(v.clone()),
+            (None, Some(p)) => Passphrase::File(p.clone()),
+            (None, None) => return Ok(None),
+        };
+        key_source::read_new_passphrase(&src, what).map(Some)
     };
+    let online = separate(
+        &a.server_passphrase_env,
+        &a.server_passphrase_file,
+        "the server's CA files",
+    )?;
     if online.as_ref().is_some_and(|o| **o == *offline) {
         bail!("the server's passphrase must differ from the offline CA files' passphrase");
+    }
+    let operations = separate(
+        &a.operations_passphrase_env,
+        &a.operations_passphrase_file,
+        "the operations CA files",
+    )?;
+    if let Some(ops) = &operations {
+        if **ops == *offline {
+            bail!(
+                "the operations passphrase (Technician and Server CA files) must differ from the \
+                 offline CA files' passphrase"
+            );
+        }
+        if online.as_ref().is_some_and(|o| **o == **ops) {
+            bail!(
+                "the operations passphrase (Technician and Server CA files) must differ from the \
+                 server's passphrase: the server holds that one"
+            );
+        }
     }
     let h = Hierarchy::create_with(
         &HierarchyOptions {
@@ -301,9 +365,12 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     let mut batch = durable::Batch::new();
     for role in CaRole::ALL {
         let ca = h.get(role);
-        let pass = match (role, &online) {
-            (CaRole::DeviceIssuing | CaRole::Technician | CaRole::Server, Some(o)) => o,
-            _ => &offline,
+        let pass = match role {
+            CaRole::Root | CaRole::Manufacturing => &offline,
+            CaRole::DeviceIssuing => online.as_ref().unwrap_or(&offline),
+            CaRole::Technician | CaRole::Server => {
+                operations.as_ref().or(online.as_ref()).unwrap_or(&offline)
+            }
         };
         batch.add(&cert_path(&a.out, role), ca.certificate_pem()?.as_bytes())?;
         batch.add_secret(&key_path(&a.out, role), &seal_ca(ca, pass)?)?;
@@ -321,6 +388,21 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
             "WARNING: the Device Issuing CA file the server holds is sealed with the offline CA \
              passphrase, so the server will need it; give --server-passphrase-env or \
              --server-passphrase-file to keep it off the server"
+        );
+    }
+    if operations.is_none() {
+        let shared = if online.is_some() {
+            "the server's passphrase, so anyone who reads it on the server can open them \
+             wherever they are copied"
+        } else {
+            "the offline CA passphrase, so whoever issues staff and server certificates holds \
+             the root's passphrase"
+        };
+        eprintln!(
+            "WARNING: the Technician and Server CA files, which issue operator (release \
+             publishing) and server certificates, are sealed with {shared}; give \
+             --operations-passphrase-env or --operations-passphrase-file to seal them with \
+             their own"
         );
     }
     eprintln!(
