@@ -520,6 +520,86 @@ fn ca_init_refuses_an_operations_passphrase_equal_to_the_offline_or_the_servers(
     assert!(!env.path("ca").exists());
 }
 
+/// Renewing the server's TLS certificate into the TLS directory (`--out TLS/server`, which
+/// hale-server reloads) was refused: "exists; refusing to overwrite". Now `--force` replaces
+/// the certificate and its key together, for `server-cert` and for `staff` (the next shift's
+/// certificate); without it the refusal says so and changes nothing.
+#[test]
+fn server_cert_and_staff_replace_their_pair_with_force_only() {
+    let env = Env::new();
+    ca_init(&env);
+    let root = env.path("");
+    let server_cert = |days: &str, extra: &[&str]| {
+        let mut a = [
+            "ca",
+            "server-cert",
+            "--ca-dir",
+            &env.p("ca"),
+            "--dns",
+            "localhost",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(["--days", days, "--out", &env.p("tls/server")].map(String::from));
+        a.extend(PW_ARGS.into_iter().chain(KEY_PW).map(String::from));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let staff = |hours: &str, extra: &[&str]| {
+        let mut a = ca_staff_args(&env, "operator", "olga", hours, "tls/olga");
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    type Args<'a> = &'a dyn Fn(&str, &[&str]) -> Vec<String>;
+    let cases: [(&str, Args, &str, &str); 2] = [
+        (
+            "server",
+            &server_cert,
+            "397",
+            "error: invalid validity of 0 days",
+        ),
+        ("olga", &staff, "8", "error: --hours 0: invalid"),
+    ];
+    for (prefix, args, good, invalid) in cases {
+        let (crt, key) = (format!("tls/{prefix}.crt"), format!("tls/{prefix}.key"));
+        env.ok(&args(good, &[]));
+        let before = snapshot_tree(&env.path("tls"));
+        assert_refused_unchanged(
+            &env,
+            &root,
+            &args(good, &[]),
+            &format!(
+                "error: {}: exists (use --force to overwrite)",
+                env.path(&crt).display()
+            ),
+        );
+        // a refusal with --force leaves the old pair too
+        assert_refused_unchanged(&env, &root, &args("0", &["--force"]), invalid);
+
+        let old_leaf = chain(&env, &crt)[0].clone();
+        env.ok(&args(good, &["--force"]));
+        let new = |p: &str| std::fs::read(env.path(p)).unwrap();
+        let old = |p: &str| before[&env.path(p)].clone();
+        assert_ne!(new(&crt), old(&crt), "{prefix}: a new certificate");
+        let new_leaf = chain(&env, &crt)[0].clone();
+        assert_ne!(
+            hale_pki::tls::certificate_serial(&new_leaf).unwrap(),
+            hale_pki::tls::certificate_serial(&old_leaf).unwrap(),
+            "{prefix}"
+        );
+        assert_ne!(new(&key), old(&key), "{prefix}: a new key");
+        assert!(key_is_the_certificates(&env, &crt, &key, PW), "{prefix}");
+        assert_eq!(env.mode(&key), 0o600, "{prefix}");
+    }
+    // the new pair replaced the old, nothing left beside them
+    let mut names: Vec<String> = std::fs::read_dir(env.path("tls"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["olga.crt", "olga.key", "server.crt", "server.key"]);
+}
+
 #[test]
 fn factory_certificate_from_a_hostile_csr_carries_only_our_profile() {
     let env = Env::new();

@@ -4,8 +4,10 @@
 //! ca init        --out CA_DIR                       Device Root CA + Manufacturing, Device Issuing,
 //!                [--server-passphrase-*]            Technician and Server CA: CA_DIR/<slug>.crt (PEM)
 //!                [--operations-passphrase-*]        and CA_DIR/<slug>.key (hale-pki CA file, key sealed)
-//! ca server-cert --ca-dir D --dns N... [--ip IP...] --out PREFIX    PREFIX.crt (chain), PREFIX.key
-//! ca staff       --ca-dir D --role R --name N --hours H --out PREFIX PREFIX.crt, PREFIX.key
+//! ca server-cert --ca-dir D --dns N... [--ip IP...] --out PREFIX [--force]
+//!                                                   PREFIX.crt (chain), PREFIX.key
+//! ca staff       --ca-dir D --role R --name N --hours H --out PREFIX [--force]
+//!                                                   PREFIX.crt, PREFIX.key
 //! ca crl         --ca-dir D --ca SLUG [--revoke SERIAL...] --out FILE
 //! ```
 //!
@@ -22,6 +24,9 @@
 //! opens neither the root nor a CA that mints operators (who publish releases), wherever those
 //! files are copied; the three must differ. `crl` keeps the revoked list and the CRL number in
 //! `CA_DIR/<slug>.crl.json`: a serial once revoked stays in every later CRL, and numbers only rise.
+//! `server-cert --force` and `staff --force` replace PREFIX.crt and PREFIX.key together, after
+//! every check ([`durable::Batch`]): a server reloading its certificate can meet the new
+//! certificate with the old key only between the two renames, and refuses that pair.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -141,6 +146,10 @@ pub struct ServerCertArgs {
     /// Output prefix: PREFIX.crt (server certificate then Server CA) and PREFIX.key (sealed).
     #[arg(long, value_name = "PREFIX")]
     out: PathBuf,
+    /// Replace an existing PREFIX.crt and PREFIX.key (a renewal: hale-server loads the new pair
+    /// without a restart). Both are written beside the old ones, then renamed over them.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     key_pass: OutPassArgs,
 }
@@ -164,6 +173,9 @@ pub struct StaffArgs {
     /// Output prefix: PREFIX.crt (certificate then Technician CA) and PREFIX.key (sealed).
     #[arg(long, value_name = "PREFIX")]
     out: PathBuf,
+    /// Replace an existing PREFIX.crt and PREFIX.key (the next shift's certificate), together.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     key_pass: OutPassArgs,
 }
@@ -272,10 +284,13 @@ fn sealed_with(role: CaRole) -> &'static str {
     }
 }
 
-/// Seal a PKCS#8 PEM private key (hale-pki's sealed key file, opened by
-/// `hale_pki::tls::open_private_key`), at the test knob's scrypt cost when it is set.
 /// Write an issued certificate (followed by its CA's, so a peer gets the chain) and its new key,
-/// sealed under a passphrase from `key_pass`, together: both files or neither.
+/// sealed under a passphrase from `key_pass`, together: both are written and flushed under
+/// temporary names beside them, then renamed over PREFIX.crt and then PREFIX.key. A failure
+/// before the renames leaves the old files (or none); between the two renames a reader can find
+/// the new certificate with the old key for an instant, which hale-server refuses to load (the
+/// key must be the certificate's: it keeps what it presents and loads the pair once the key
+/// lands).
 fn write_issued(
     (crt, key): (&Path, &Path),
     cert_pem: &str,
@@ -295,6 +310,8 @@ fn write_issued(
     Ok(())
 }
 
+/// Seal a PKCS#8 PEM private key (hale-pki's sealed key file, opened by
+/// `hale_pki::tls::open_private_key`), at the test knob's scrypt cost when it is set.
 fn seal_key(pem: &str, pass: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(match key_source::new_key_cost()? {
         Some(n) => hale_pki::tls::seal_private_key_with_cost(pem, pass, n)?,
@@ -416,7 +433,8 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
 
 fn server_cert(a: ServerCertArgs) -> anyhow::Result<ExitCode> {
     let (crt, key) = (with_ext(&a.out, "crt"), with_ext(&a.out, "key"));
-    refuse_existing(&[&crt, &key])?;
+    durable::refuse_existing(&crt, a.force)?;
+    durable::refuse_existing(&key, a.force)?;
     if a.dns.is_empty() && a.ip.is_empty() {
         bail!("give the server's names with --dns and/or --ip");
     }
@@ -469,7 +487,8 @@ fn parse_key_type(s: &str) -> anyhow::Result<KeyAlgorithm> {
 
 fn staff(a: StaffArgs) -> anyhow::Result<ExitCode> {
     let (crt, key) = (with_ext(&a.out, "crt"), with_ext(&a.out, "key"));
-    refuse_existing(&[&crt, &key])?;
+    durable::refuse_existing(&crt, a.force)?;
+    durable::refuse_existing(&key, a.force)?;
     let role = match a.role.as_str() {
         "operator" => StaffRole::Operator,
         "technician" => StaffRole::Technician,
