@@ -87,25 +87,26 @@ say "3. device identity: the CA ceremony (hale-sign ca, offline), a throwaway CA
 # environment, never on a command line, never written to the repository
 secret() { head -c 24 /dev/urandom | base64 | tr -d '\n'; }
 HALE_DEMO_CA_OFFLINE=$(secret) # root + Manufacturing CA: stays with the ceremony
-HALE_CA_PASSPHRASE=$(secret)   # the online CA files (the server holds device-issuing.key only) and its TLS key
+HALE_CA_PASSPHRASE=$(secret)   # the server's: device-issuing.key (the one CA file it holds) and its TLS key
+HALE_DEMO_CA_OPERATIONS=$(secret) # Technician + Server CA: issue staff and server certificates, never on the server
 HALE_STAFF_PASSPHRASE=$(secret) # the operator's own key
-export HALE_DEMO_CA_OFFLINE HALE_CA_PASSPHRASE HALE_STAFF_PASSPHRASE
+export HALE_DEMO_CA_OFFLINE HALE_CA_PASSPHRASE HALE_DEMO_CA_OPERATIONS HALE_STAFF_PASSPHRASE
 OFFLINE=(--passphrase-env HALE_DEMO_CA_OFFLINE)
-ONLINE=(--passphrase-env HALE_CA_PASSPHRASE)
-"$SIGN" ca init --out "$CA" "${OFFLINE[@]}" --server-passphrase-env HALE_CA_PASSPHRASE 2>&1 |
-    sed 's/^/   /'
+OPERATIONS=(--passphrase-env HALE_DEMO_CA_OPERATIONS)
+"$SIGN" ca init --out "$CA" "${OFFLINE[@]}" --server-passphrase-env HALE_CA_PASSPHRASE \
+    --operations-passphrase-env HALE_DEMO_CA_OPERATIONS 2>&1 | sed 's/^/   /'
 mkdir -p "$TLS/ca" "$TLS/crl"
 "$SIGN" ca server-cert --ca-dir "$CA" --dns localhost --ip 127.0.0.1 --out "$TLS/server" \
-    "${ONLINE[@]}" --key-passphrase-env HALE_CA_PASSPHRASE | sed 's/^/   /'
+    "${OPERATIONS[@]}" --key-passphrase-env HALE_CA_PASSPHRASE | sed 's/^/   /'
 # the server gets the CA certificates and only one CA key: the Device Issuing CA's (sealed)
 cp "$CA"/{root,manufacturing,device-issuing,technician,server}.crt "$TLS/ca/"
 cp "$CA/device-issuing.key" "$TLS/ca/"
 "$SIGN" ca crl --ca-dir "$CA" --ca manufacturing --out "$TLS/crl/manufacturing.crl" "${OFFLINE[@]}" |
     sed 's/^/   /'
-"$SIGN" ca crl --ca-dir "$CA" --ca technician --out "$TLS/crl/technician.crl" "${ONLINE[@]}" |
+"$SIGN" ca crl --ca-dir "$CA" --ca technician --out "$TLS/crl/technician.crl" "${OPERATIONS[@]}" |
     sed 's/^/   /'
 "$SIGN" ca staff --ca-dir "$CA" --role operator --name olga --hours 1 --out "$WORK/olga" \
-    "${ONLINE[@]}" --key-passphrase-env HALE_STAFF_PASSPHRASE | sed 's/^/   /'
+    "${OPERATIONS[@]}" --key-passphrase-env HALE_STAFF_PASSPHRASE | sed 's/^/   /'
 note "TLS directory $TLS: server certificate + sealed key, CA certificates, CRLs"
 note "operator olga: a one-hour staff certificate (Technician CA), key sealed"
 

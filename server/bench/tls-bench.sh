@@ -35,8 +35,8 @@ trap cleanup EXIT INT TERM
 # secrets for this run only, never on a command line
 secret() { head -c 24 /dev/urandom | base64 | tr -d '\n'; }
 HALE_KEY_PASSPHRASE=$(secret) BENCH_CA_OFFLINE=$(secret) HALE_CA_PASSPHRASE=$(secret)
-HALE_DEVICE_SECRET=$(secret)
-export HALE_KEY_PASSPHRASE BENCH_CA_OFFLINE HALE_CA_PASSPHRASE HALE_DEVICE_SECRET
+BENCH_CA_OPERATIONS=$(secret) HALE_DEVICE_SECRET=$(secret)
+export HALE_KEY_PASSPHRASE BENCH_CA_OFFLINE HALE_CA_PASSPHRASE BENCH_CA_OPERATIONS HALE_DEVICE_SECRET
 export HALE_LOG=warn
 quiet() { "$@" >/dev/null 2>"$WORK/step.err" || { cat "$WORK/step.err" >&2; exit 1; }; }
 
@@ -56,13 +56,14 @@ HALE_TOKEN=$("$SERVER" token add --data "$DATA" --name bench 2>/dev/null)
 export HALE_TOKEN
 
 # the device-identity side: CA hierarchy, server certificate, TLS directory, CRLs, a token
-quiet "$SIGN" ca init --out "$CA" --passphrase-env BENCH_CA_OFFLINE --server-passphrase-env HALE_CA_PASSPHRASE
+quiet "$SIGN" ca init --out "$CA" --passphrase-env BENCH_CA_OFFLINE --server-passphrase-env HALE_CA_PASSPHRASE \
+    --operations-passphrase-env BENCH_CA_OPERATIONS
 mkdir -p "$TLS/ca" "$TLS/crl"
 quiet "$SIGN" ca server-cert --ca-dir "$CA" --dns localhost --ip 127.0.0.1 --out "$TLS/server" \
-    --passphrase-env HALE_CA_PASSPHRASE --key-passphrase-env HALE_CA_PASSPHRASE
+    --passphrase-env BENCH_CA_OPERATIONS --key-passphrase-env HALE_CA_PASSPHRASE
 cp "$CA"/{root,manufacturing,device-issuing,technician,server}.crt "$CA/device-issuing.key" "$TLS/ca/"
 quiet "$SIGN" ca crl --ca-dir "$CA" --ca manufacturing --out "$TLS/crl/manufacturing.crl" --passphrase-env BENCH_CA_OFFLINE
-quiet "$SIGN" ca crl --ca-dir "$CA" --ca technician --out "$TLS/crl/technician.crl" --passphrase-env HALE_CA_PASSPHRASE
+quiet "$SIGN" ca crl --ca-dir "$CA" --ca technician --out "$TLS/crl/technician.crl" --passphrase-env BENCH_CA_OPERATIONS
 ENROLL_TOKEN=$("$SERVER" enroll-token --data "$DATA" --serial BENCH-0001 --model pump-a 2>/dev/null)
 export ENROLL_TOKEN
 

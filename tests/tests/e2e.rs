@@ -939,7 +939,7 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
     let t = Tools::new();
     identity_setup(&t);
     let data = t.p("server");
-    let pass = ["--passphrase-env", PASS_VAR];
+    let pass = offline_ca_pass(&t);
     // short device certificates, so renewal happens within the test: issued backdated by 300 s,
     // valid 180 s ahead, a 480 s lifetime whose 2/3 point is 20 s after issue
     std::fs::write(
@@ -983,8 +983,8 @@ fn pump_enrolls_updates_reports_and_renews_over_mtls() {
             &t.p("pump1-factory.crt"),
             "--manifest",
             &t.p("manifest.json"),
-            pass[0],
-            pass[1],
+            &pass[0],
+            &pass[1],
         ],
     );
     let out = agent(&["factory-install", "--cert", &t.p("pump1-factory.crt")]);
@@ -1596,9 +1596,17 @@ fn authorized_rollback_travels_offline_over_the_link_and_the_server_records_its_
 
 // --- device identity: token enrollment and decommission (issue 5) ------------------------------
 
+/// `--passphrase-file` of the offline CA files (root, Manufacturing) of `identity_setup`.
+fn offline_ca_pass(t: &Tools) -> [String; 2] {
+    ["--passphrase-file".to_string(), t.p("ca-offline-pass")]
+}
+
 /// A TUF repository, an initialised hale-server (`server/`), the device-identity hierarchy
-/// (`ca/`), the server's TLS directory and an operator (`olga.crt`/`olga.key`) and a technician
-/// (`tom.crt`/`tom.key`) certificate, all through the real binaries.
+/// (`ca/`, its three passphrases apart as the ceremony's: the offline one in `ca-offline-pass`
+/// ([`offline_ca_pass`]), the server's `PASS` (Device Issuing CA and the server's TLS key), the
+/// operations one in `ca-operations-pass` (Technician and Server CA)), the server's TLS
+/// directory and an operator (`olga.crt`/`olga.key`) and a technician (`tom.crt`/`tom.key`)
+/// certificate, all through the real binaries.
 fn identity_setup(t: &Tools) {
     t.generate_keys(&[
         ("root", "ed25519"),
@@ -1610,10 +1618,37 @@ fn identity_setup(t: &Tools) {
     t.sign(&["sign", &staged_root, "--key", &t.key("root.key")]);
     t.init_server(&staged_root);
 
-    let pass = ["--passphrase-env", PASS_VAR];
+    std::fs::write(
+        t.work.join("ca-offline-pass"),
+        "e2e-only offline CA passphrase\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.work.join("ca-operations-pass"),
+        "e2e-only operations CA passphrase\n",
+    )
+    .unwrap();
+    let offline = offline_ca_pass(t);
+    let offline = [offline[0].as_str(), offline[1].as_str()];
+    let ops_file = t.p("ca-operations-pass");
+    let pass = ["--passphrase-file", ops_file.as_str()];
     let kpass = ["--key-passphrase-env", PASS_VAR];
     let ca = t.p("ca");
-    t.ok("hale-sign", &["ca", "init", "--out", &ca, pass[0], pass[1]]);
+    t.ok(
+        "hale-sign",
+        &[
+            "ca",
+            "init",
+            "--out",
+            &ca,
+            offline[0],
+            offline[1],
+            "--server-passphrase-env",
+            PASS_VAR,
+            "--operations-passphrase-file",
+            &ops_file,
+        ],
+    );
     std::fs::create_dir_all(t.work.join("server/tls/ca")).unwrap();
     std::fs::create_dir_all(t.work.join("server/tls/crl")).unwrap();
     let server_prefix = t.p("server/tls/server");
@@ -1650,7 +1685,7 @@ fn identity_setup(t: &Tools) {
         )
         .unwrap();
     }
-    for slug in ["manufacturing", "technician"] {
+    for (slug, pass) in [("manufacturing", offline), ("technician", pass)] {
         let out = t.p(&format!("server/tls/crl/{slug}.crl"));
         t.ok(
             "hale-sign",
