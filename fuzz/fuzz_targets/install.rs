@@ -43,6 +43,7 @@ use device_agent::{
     Image, Layout, NoRollback, Outcome, Slot, SlotState, Transport, Workspace,
 };
 use hale_core::{Storage, Version};
+use hale_fuzz::fixture::unpack;
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 
@@ -60,22 +61,6 @@ struct Fixture {
     v1: Vec<u8>,
     v2: Vec<u8>,
     v3: Vec<u8>,
-}
-
-fn unpack(mut packed: &[u8]) -> BTreeMap<String, Vec<u8>> {
-    fn take<'p>(packed: &mut &'p [u8], n: usize) -> &'p [u8] {
-        let (a, b) = packed.split_at(n);
-        *packed = b;
-        a
-    }
-    let mut files = BTreeMap::new();
-    while !packed.is_empty() {
-        let n = u16::from_le_bytes(take(&mut packed, 2).try_into().unwrap()) as usize;
-        let name = String::from_utf8(take(&mut packed, n).to_vec()).unwrap();
-        let len = u32::from_le_bytes(take(&mut packed, 4).try_into().unwrap()) as usize;
-        files.insert(name, take(&mut packed, len).to_vec());
-    }
-    files
 }
 
 /// The firmware image of `len` bytes the repository `files` serves.

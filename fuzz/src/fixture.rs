@@ -113,3 +113,21 @@ impl Default for Keys {
 pub fn parts(data: &[u8]) -> Vec<&[u8]> {
     data.split(|b| *b == 0xFF).collect()
 }
+
+/// The served files of a packed fixture repository (`fixtures/install*.bin`: each file as
+/// `name_len:u16 name len:u32 bytes`, little-endian), by name.
+pub fn unpack(mut packed: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn take<'p>(packed: &mut &'p [u8], n: usize) -> &'p [u8] {
+        let (a, b) = packed.split_at(n);
+        *packed = b;
+        a
+    }
+    let mut files = std::collections::BTreeMap::new();
+    while !packed.is_empty() {
+        let n = u16::from_le_bytes(take(&mut packed, 2).try_into().unwrap()) as usize;
+        let name = String::from_utf8(take(&mut packed, n).to_vec()).unwrap();
+        let len = u32::from_le_bytes(take(&mut packed, 4).try_into().unwrap()) as usize;
+        files.insert(name, take(&mut packed, len).to_vec());
+    }
+    files
+}
