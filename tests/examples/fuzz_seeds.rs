@@ -458,30 +458,21 @@ fn install_fixture(out: &Path) {
     let mut sim = RepoSim::new();
     sim.targets.keys = vec![key("fuzz-targets", KeyKind::Ed25519)];
     sim.write_root();
+    // the offline bundle of each release, for the bundle_install target's seeds
+    let mut bundles = Vec::new();
     for (file, version, counter, len, seed) in [
         ("install.bin", "2.0.0", 7, 3000, 0x2545_f491u32),
         ("install-v3.bin", "3.0.0", 9, 3500, 0x0bad_5eed),
     ] {
-        let mut x = seed;
-        let image: Vec<u8> = (0..len)
-            .map(|_| {
-                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (x >> 24) as u8
-            })
-            .collect();
+        let image = lcg_image(len, seed);
         let custom = json!({"hardware": [{"model": "pump-a", "revisions": ["r2"]}],
                             "version": version, "security_counter": counter, "min_bootloader": "1.0.0"});
         sim.add_target("targets", "pump-a/firmware.bin", &image, Some(custom));
         sim.publish();
-        let mut packed = Vec::new();
-        for (name, bytes) in &sim.files {
-            packed.extend_from_slice(&u16::try_from(name.len()).unwrap().to_le_bytes());
-            packed.extend_from_slice(name.as_bytes());
-            packed.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_le_bytes());
-            packed.extend_from_slice(bytes);
-        }
-        std::fs::write(out.join("fixtures").join(file), &packed).unwrap();
+        std::fs::write(out.join("fixtures").join(file), pack(&sim.files)).unwrap();
+        bundles.push(offline_bundle(&sim, &[]));
     }
+    bundle_install_fixture(out, &mut sim, bundles);
     // flags (bit 0 cached flash, bit 1 cut, bit 2 two-sector checkpoints, bit 3 cut instead of
     // a sync), cut:u16, keep mode, then steps (0 check, 1 boot, 2 confirm, 3 reject, 4 publish
     // 3.0.0) and transport actions read as needed
@@ -526,6 +517,134 @@ fn install_fixture(out: &Path) {
         script.extend([0, 120]);
     }
     write(out, "install", "sync-after-a-record", &script);
+}
+
+/// `len` bytes from a linear congruential generator seeded with `seed` (a fixture image).
+fn lcg_image(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Every served file of a repository packed as `name_len:u16 name len:u32 bytes`, little-endian.
+fn pack(files: &std::collections::BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    let mut packed = Vec::new();
+    for (name, bytes) in files {
+        packed.extend_from_slice(&u16::try_from(name.len()).unwrap().to_le_bytes());
+        packed.extend_from_slice(name.as_bytes());
+        packed.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_le_bytes());
+        packed.extend_from_slice(bytes);
+    }
+    packed
+}
+
+/// The offline bundle a pump provisioned with root 1 needs for `pump-a/firmware.bin` from `sim`
+/// as published now (what `hale-sign bundle` and device-agent's tests put in one: the timestamp,
+/// the snapshot and targets it names, the image), plus `extra` entries; entries in name order.
+/// The bundle_install target builds the same bundles from the packed fixtures.
+fn offline_bundle(sim: &RepoSim, extra: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut entries = std::collections::BTreeMap::new();
+    for name in [
+        "timestamp.json".to_string(),
+        format!("{}.snapshot.json", sim.snapshot.version),
+        format!("{}.targets.json", sim.targets.version),
+        sim.target_file_name("pump-a/firmware.bin"),
+    ] {
+        entries.insert(name.clone(), sim.files[&name].clone());
+    }
+    for (name, bytes) in extra {
+        entries.insert(name.to_string(), bytes.to_vec());
+    }
+    hale_repo::bundle::encode(&entries.into_iter().collect::<Vec<_>>()).unwrap()
+}
+
+/// The bundle_install target's (fuzz/fuzz_targets/bundle_install.rs) third repository state:
+/// the install repository after 3.0.0, taken back to 0.9.0 (counter 1, 2000 bytes) with a
+/// `rollback` role (the `fuzz-delegate` key, threshold 1), and a rollback authorization it signs
+/// for pump-a-000123 to go from 1.0.0 to 0.9.0 (issued an hour before the fixed "now", valid 8
+/// hours). `fixtures/install-rollback.bin` packs every served file, and the authorization under
+/// `rollback-authorization.json`. Seeds: the offline bundles of 2.0.0, 3.0.0 and 0.9.0 (with the
+/// authorization), the 2.0.0 bundle with one image byte flipped, with its image cut short, and
+/// cut off in the middle of the image (as an interrupted copy leaves it), and a bundle of every
+/// file the repository serves with the authorization.
+fn bundle_install_fixture(out: &Path, sim: &mut RepoSim, bundles: Vec<Vec<u8>>) {
+    let image = lcg_image(2000, 0x0909_0909);
+    sim.delegate(
+        "targets",
+        "rollback",
+        &[],
+        false,
+        vec![key("fuzz-delegate", KeyKind::Ed25519)],
+        1,
+    );
+    let custom = json!({"hardware": [{"model": "pump-a", "revisions": ["r2"]}],
+                        "version": "0.9.0", "security_counter": 1, "min_bootloader": "1.0.0"});
+    sim.add_target("targets", "pump-a/firmware.bin", &image, Some(custom));
+    sim.publish();
+    let authorization = hale_repo::sign::sign_new(
+        &build::rollback_authorization(
+            build::Profile::Standard,
+            &build::RollbackAuthorization {
+                devices: vec!["pump-a-000123".into()],
+                group: None,
+                target: "pump-a/firmware.bin".into(),
+                target_sha256: hex::encode(sha2::Sha256::digest(&image)),
+                installed: Some("1.0.0".into()),
+                reason: "INC-4711: occlusion alarm regression in 1.0.0".into(),
+                issued: hale_tests::NOW - 3600,
+                expires: hale_tests::NOW + 8 * 3600,
+            },
+        )
+        .unwrap(),
+        &[&key("fuzz-delegate", KeyKind::Ed25519)],
+    )
+    .unwrap();
+    let mut files = sim.files.clone();
+    files.insert(
+        hale_core::bundle::AUTHORIZATION.to_string(),
+        authorization.clone(),
+    );
+    std::fs::write(out.join("fixtures/install-rollback.bin"), pack(&files)).unwrap();
+
+    let rollback = offline_bundle(sim, &[(hale_core::bundle::AUTHORIZATION, &authorization)]);
+    let [v2, v3] = <[Vec<u8>; 2]>::try_from(bundles).unwrap();
+    // the 2.0.0 bundle with one byte of its image flipped, and with its image 500 bytes short
+    let parsed = hale_core::bundle::Bundle::parse(&v2).unwrap();
+    let with_image = |f: &dyn Fn(&mut Vec<u8>)| {
+        let entries: Vec<(String, Vec<u8>)> = parsed
+            .iter()
+            .map(|(n, d)| {
+                let mut d = d.to_vec();
+                if n.starts_with("targets/") {
+                    f(&mut d);
+                }
+                (n.to_string(), d)
+            })
+            .collect();
+        hale_repo::bundle::encode(&entries).unwrap()
+    };
+    let tampered = with_image(&|d| d[1500] ^= 0x01);
+    let short_image = with_image(&|d| d.truncate(2500));
+    let truncated = v2[..v2.len() - 1000].to_vec();
+    // every file the repository ever served (all releases' metadata and images) and the
+    // authorization: splice material for the mutator, and room for it (libFuzzer's -max_len
+    // defaults to the largest seed)
+    let whole = hale_repo::bundle::encode(&files.into_iter().collect::<Vec<_>>()).unwrap();
+    for (name, bytes) in [
+        ("valid-v2", &v2),
+        ("valid-v3", &v3),
+        ("rollback-authorized", &rollback),
+        ("tampered-image", &tampered),
+        ("short-image", &short_image),
+        ("truncated", &truncated),
+        ("whole-repository", &whole),
+    ] {
+        write(out, "bundle_install", name, bytes);
+    }
 }
 
 fn join_plain(parts: &[Vec<u8>]) -> Vec<u8> {
