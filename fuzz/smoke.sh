@@ -15,7 +15,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
 seconds="${FUZZ_SECONDS:-20}"
-targets="${FUZZ_TARGETS:-json_parse canonical metadata trusted_set policy expires key bundle rollback link_receiver store install}"
+targets="${FUZZ_TARGETS:-json_parse canonical metadata trusted_set policy expires key bundle rollback link_receiver store install bundle_install}"
 features="${FUZZ_FEATURES:-}"
 jobs="${FUZZ_JOBS:-1}"
 
