@@ -44,12 +44,12 @@ use device_agent::memflash::{MemFlash, MemFlashError};
 use device_agent::{
     check_for_update, AgentError, Application, Boot, BundleTransport, DeferReason, DeviceInfo,
     FirmwareStore, Image, LastCheck, Layout, Outcome, RollbackAuthorization, Slot, SlotState,
-    Slots, Transport, Workspace,
+    Slots, Transport,
 };
 use hale_core::bundle::{Bundle, AUTHORIZATION};
 use hale_core::json::Value;
 use hale_core::metadata::{peek_header, Envelope, Targets};
-use hale_core::{Name, Role, Storage, Version};
+use hale_core::{Name, Role, Version};
 use hale_fuzz::fixture::{unpack, NOW};
 use hale_fuzz::VecSink;
 use libfuzzer_sys::{fuzz_crossover, fuzz_mutator, fuzz_target, fuzzer_mutate};
@@ -177,19 +177,8 @@ fn install(
         rollback_target: rollback_target.as_deref(),
     };
     let mut hook = authorization.map(|a| RollbackAuthorization::new(a, DEVICE_ID, None));
-    let (mut root, mut ts, mut snap, mut tg) = ([0u8; 4096], [0u8; 2048], [0u8; 2048], [0u8; 4096]);
-    let (mut scratch, mut chunk, mut delegations) = ([0u8; 4096], [0u8; 256], [0u8; 4096]);
-    let ws = Workspace {
-        metadata: Storage {
-            root: &mut root[..],
-            timestamp: &mut ts[..],
-            snapshot: &mut snap[..],
-            targets: &mut tg[..],
-        },
-        scratch: &mut scratch[..],
-        chunk: &mut chunk[..],
-        delegations: &mut delegations[..],
-    };
+    let mut buffers = hale_fuzz::Buffers::new();
+    let ws = buffers.workspace(true);
     check_for_update(store, &device, t, &mut Idle, &mut hook, NOW, ws)
 }
 
@@ -272,19 +261,8 @@ fn bundle_for(
         files: repo,
         asked: BTreeSet::new(),
     };
-    let (mut root, mut ts, mut snap, mut tg) = ([0u8; 4096], [0u8; 2048], [0u8; 2048], [0u8; 4096]);
-    let (mut scratch, mut chunk) = ([0u8; 4096], [0u8; 256]);
-    let ws = Workspace {
-        metadata: Storage {
-            root: &mut root[..],
-            timestamp: &mut ts[..],
-            snapshot: &mut snap[..],
-            targets: &mut tg[..],
-        },
-        scratch: &mut scratch[..],
-        chunk: &mut chunk[..],
-        delegations: &mut [],
-    };
+    let mut buffers = hale_fuzz::Buffers::new();
+    let ws = buffers.workspace(false);
     let device = DeviceInfo {
         model: "pump-a",
         revision: "r2",

@@ -40,9 +40,9 @@ use device_agent::cachedflash::{CachedFlash, Cut};
 use device_agent::memflash::MemFlash;
 use device_agent::{
     check_for_update, AgentError, Application, DeferReason, DeviceInfo, Durable, FirmwareStore,
-    Image, Layout, NoRollback, Outcome, Slot, SlotState, Transport, Workspace,
+    Image, Layout, NoRollback, Outcome, Slot, SlotState, Transport,
 };
-use hale_core::{Storage, Version};
+use hale_core::Version;
 use hale_fuzz::fixture::unpack;
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
@@ -212,19 +212,8 @@ fn check_at<F: Durable, T: Transport>(
     t: &mut T,
     now: hale_core::UnixTime,
 ) -> Result<Outcome, AgentError<T::Error, F::Error>> {
-    let (mut root, mut ts, mut snap, mut tg) = ([0u8; 4096], [0u8; 2048], [0u8; 2048], [0u8; 4096]);
-    let (mut scratch, mut chunk) = ([0u8; 4096], [0u8; 256]);
-    let ws = Workspace {
-        metadata: Storage {
-            root: &mut root[..],
-            timestamp: &mut ts[..],
-            snapshot: &mut snap[..],
-            targets: &mut tg[..],
-        },
-        scratch: &mut scratch[..],
-        chunk: &mut chunk[..],
-        delegations: &mut [],
-    };
+    let mut buffers = hale_fuzz::Buffers::new();
+    let ws = buffers.workspace(false);
     check_for_update(store, &device(), t, &mut Idle, &mut NoRollback, now, ws)
 }
 

@@ -13,6 +13,58 @@ use hale_core::json::{JStr, Value};
 
 pub mod fixture;
 
+/// The agent's working buffers for one check (the sizes the fuzzed pumps use), so each target
+/// builds its `Workspace` the same way.
+pub struct Buffers {
+    root: [u8; 4096],
+    timestamp: [u8; 2048],
+    snapshot: [u8; 2048],
+    targets: [u8; 4096],
+    scratch: [u8; 4096],
+    chunk: [u8; 256],
+    delegations: [u8; 4096],
+}
+
+impl Buffers {
+    pub fn new() -> Self {
+        Buffers {
+            root: [0; 4096],
+            timestamp: [0; 2048],
+            snapshot: [0; 2048],
+            targets: [0; 4096],
+            scratch: [0; 4096],
+            chunk: [0; 256],
+            delegations: [0; 4096],
+        }
+    }
+
+    /// A workspace over these buffers; `delegations` false leaves it none (a pump whose
+    /// repository delegates nothing).
+    pub fn workspace(&mut self, delegations: bool) -> device_agent::Workspace<'_> {
+        device_agent::Workspace {
+            metadata: hale_core::Storage {
+                root: &mut self.root[..],
+                timestamp: &mut self.timestamp[..],
+                snapshot: &mut self.snapshot[..],
+                targets: &mut self.targets[..],
+            },
+            scratch: &mut self.scratch[..],
+            chunk: &mut self.chunk[..],
+            delegations: if delegations {
+                &mut self.delegations[..]
+            } else {
+                &mut []
+            },
+        }
+    }
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Canonical bytes into a `Vec` (hale-core only implements `Sink for Vec` with `alloc`).
 #[derive(Debug, Default)]
 pub struct VecSink(pub Vec<u8>);
