@@ -272,19 +272,7 @@ fn a_key_type_the_fleet_does_not_verify_is_refused_for_every_role_and_nothing_ch
     e.standard_keys();
     let b = e.keyid("root-b");
     let init = |types: &'static str, root_keys: &[&'static str]| {
-        [
-            &["init", "fleet", "--device-key-types", types][..],
-            root_keys,
-            &[
-                "--targets-key",
-                "targets.pub",
-                "--snapshot-key",
-                "snapshot.pub",
-                "--timestamp-key",
-                "timestamp.pub",
-            ],
-        ]
-        .concat()
+        init_with(&["fleet", "--device-key-types", types], root_keys)
     };
     let refused = format!(
         "error: root-b.pub: key {b} is of type ecdsa-p256, and this repository's devices verify \
@@ -565,21 +553,8 @@ fn compat_profile_refuses_an_ecdsa_key_and_writes_spec_1_0_0() {
     let b = e.keyid("root-b");
     // `init compat --profile compat` with ROOT_KEYS, then the standard targets, snapshot and
     // timestamp keys
-    let init_compat = |root_keys: &[&'static str]| {
-        [
-            &["init", "compat", "--profile", "compat"][..],
-            root_keys,
-            &[
-                "--targets-key",
-                "targets.pub",
-                "--snapshot-key",
-                "snapshot.pub",
-                "--timestamp-key",
-                "timestamp.pub",
-            ],
-        ]
-        .concat()
-    };
+    let init_compat =
+        |root_keys: &[&'static str]| init_with(&["compat", "--profile", "compat"], root_keys);
     let r = e.run(&init_compat(&[
         "--root-key",
         "root-a.pub",
@@ -1806,4 +1781,22 @@ fn one_key_under_two_key_ids_is_refused_and_nothing_is_staged() {
         );
         assert_eq!(snapshot_tree(&e.path("repo/staged")), staged, "{args:?}");
     }
+}
+
+/// `init DIR OPTIONS…` with `root_keys`, then the standard targets, snapshot and timestamp keys.
+fn init_with(dir_and_options: &[&'static str], root_keys: &[&'static str]) -> Vec<&'static str> {
+    [
+        &["init"][..],
+        dir_and_options,
+        root_keys,
+        &[
+            "--targets-key",
+            "targets.pub",
+            "--snapshot-key",
+            "snapshot.pub",
+            "--timestamp-key",
+            "timestamp.pub",
+        ],
+    ]
+    .concat()
 }
