@@ -162,6 +162,18 @@ fn authorization_target(bytes: &[u8]) -> Option<String> {
     }
 }
 
+/// The fuzzed pumps' hardware, following TARGET (or `rollback_target`, which an authorization
+/// names).
+fn device(rollback_target: Option<&str>) -> DeviceInfo<'_> {
+    DeviceInfo {
+        model: "pump-a",
+        revision: "r2",
+        bootloader: Version::new(1, 2, 0),
+        target: TARGET,
+        rollback_target,
+    }
+}
+
 /// One `bundle install` of the bundle `t` serves, as `hale-agent` runs it.
 fn install(
     store: &mut FirmwareStore<Flash<'_>>,
@@ -169,13 +181,7 @@ fn install(
 ) -> Result<Outcome, Err> {
     let authorization = t.authorization();
     let rollback_target = authorization.and_then(authorization_target);
-    let device = DeviceInfo {
-        model: "pump-a",
-        revision: "r2",
-        bootloader: Version::new(1, 2, 0),
-        target: TARGET,
-        rollback_target: rollback_target.as_deref(),
-    };
+    let device = device(rollback_target.as_deref());
     let mut hook = authorization.map(|a| RollbackAuthorization::new(a, DEVICE_ID, None));
     let mut buffers = hale_fuzz::Buffers::new();
     let ws = buffers.workspace(true);
@@ -263,13 +269,7 @@ fn bundle_for(
     };
     let mut buffers = hale_fuzz::Buffers::new();
     let ws = buffers.workspace(false);
-    let device = DeviceInfo {
-        model: "pump-a",
-        revision: "r2",
-        bootloader: Version::new(1, 2, 0),
-        target: TARGET,
-        rollback_target: None,
-    };
+    let device = device(None);
     // whatever the probe decides (0.9.0 is refused without an authorization), it has asked for
     // every metadata file the workflow needs
     let _ = check_for_update(

@@ -434,16 +434,7 @@ fn technician_and_server_ca_files_open_with_the_operations_passphrase_only() {
         a
     };
     let server_cert = |pass: &[String]| {
-        let mut a = [
-            "ca",
-            "server-cert",
-            "--ca-dir",
-            &env.p("ca"),
-            "--dns",
-            "localhost",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut a = server_cert_args(&env);
         a.extend(["--out".to_string(), env.p("tls/server")]);
         a.extend(pass.iter().cloned());
         a.extend(server_key.iter().cloned());
@@ -530,16 +521,7 @@ fn server_cert_and_staff_replace_their_pair_with_force_only() {
     ca_init(&env);
     let root = env.path("");
     let server_cert = |days: &str, extra: &[&str]| {
-        let mut a = [
-            "ca",
-            "server-cert",
-            "--ca-dir",
-            &env.p("ca"),
-            "--dns",
-            "localhost",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut a = server_cert_args(&env);
         a.extend(["--days", days, "--out", &env.p("tls/server")].map(String::from));
         a.extend(PW_ARGS.into_iter().chain(KEY_PW).map(String::from));
         a.extend(extra.iter().map(|s| s.to_string()));
@@ -987,4 +969,19 @@ fn ca_init_and_server_cert_refuse_what_no_client_could_use_and_change_nothing() 
     assert_eq!(snapshot_tree(&root), before);
     let r = env.ok(&server_cert("updates.hale.example", "10"));
     assert!(r.stdout.contains(" valid until "), "{}", r.stdout);
+}
+
+/// `ca server-cert --ca-dir ENV/ca --dns localhost`, for the caller to add its output and
+/// passphrases.
+fn server_cert_args(env: &Env) -> Vec<String> {
+    [
+        "ca",
+        "server-cert",
+        "--ca-dir",
+        &env.p("ca"),
+        "--dns",
+        "localhost",
+    ]
+    .map(String::from)
+    .to_vec()
 }
