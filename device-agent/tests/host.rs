@@ -2100,6 +2100,82 @@ fn conformance_refresh_look_ahead_ends_as_the_workflow_does() {
     }
 }
 
+/// A file the refresh cannot write ends it with that write's error, naming the file. The request
+/// sent while the write was waiting (the next step's) is abandoned with its connection: its
+/// answer is never taken for another's, so the same client's next refresh, once the file can be
+/// written, asks again and stores exactly what the repository serves.
+#[test]
+fn a_refresh_that_cannot_write_a_file_ends_with_its_error_and_the_next_one_asks_afresh() {
+    use device_agent::host::{ClientError, ConformanceClient};
+    let mut sim = repo_with("2.0.0", 7, 300);
+    let (addr, state) = serve();
+    set_files(&state, &sim);
+    let tmp = tempfile::tempdir().unwrap();
+    let md = tmp.path().join("metadata");
+    std::fs::create_dir_all(&md).unwrap();
+    let root = tmp.path().join("root.json");
+    std::fs::write(&root, sim.initial_root()).unwrap();
+    ConformanceClient::init(&md, &root).unwrap();
+    let mut c =
+        ConformanceClient::new(&md, &format!("{addr}/metadata"), &format!("{addr}/targets"));
+    c.refresh(NOW).unwrap();
+    let requests = |state: &Arc<Mutex<Served>>| std::mem::take(&mut state.lock().unwrap().requests);
+    requests(&state);
+    let before = state_tree(&md);
+
+    // a new release; the verified timestamp cannot be written (a directory where its
+    // temporary file goes)
+    publish(&mut sim, "2.1.0", 8, 300, "pump-a");
+    set_files(&state, &sim);
+    let blocker = md.join(".timestamp.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("keep"), b"x").unwrap();
+    match c.refresh(NOW) {
+        Err(ClientError::Io(path, e)) => {
+            assert_eq!(path, md.join("timestamp.json").display().to_string());
+            assert_eq!(e.kind(), std::io::ErrorKind::IsADirectory, "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let (s, t) = (sim.snapshot.version, sim.targets.version);
+    // the snapshot was asked for while the timestamp waited to be written; nothing after it
+    assert_eq!(
+        requests(&state),
+        [
+            "GET /metadata/2.root.json".to_string(),
+            "GET /metadata/timestamp.json".into(),
+            format!("GET /metadata/{s}.snapshot.json"),
+        ]
+    );
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let mut after = state_tree(&md);
+    assert_eq!(after, before, "nothing stored changed");
+
+    // the same client again: the abandoned snapshot answer is not read as the root probe's
+    let set = c.refresh(NOW).unwrap();
+    assert_eq!(set.root().header.version, 1);
+    assert_eq!(
+        requests(&state),
+        [
+            "GET /metadata/2.root.json".to_string(),
+            "GET /metadata/timestamp.json".into(),
+            format!("GET /metadata/{s}.snapshot.json"),
+            format!("GET /metadata/{t}.targets.json"),
+        ]
+    );
+    after = state_tree(&md);
+    assert_eq!(after["timestamp.json"], sim.files["timestamp.json"]);
+    assert_eq!(
+        after["snapshot.json"],
+        sim.files[&format!("{s}.snapshot.json")]
+    );
+    assert_eq!(
+        after["targets.json"],
+        sim.files[&format!("{t}.targets.json")]
+    );
+    assert_eq!(after["root.json"], before["root.json"]);
+}
+
 /// The pump's transport reads a target as one stream: one request for the whole download, one
 /// for a resumed one, a new request from where a broken stream stopped (once it had delivered a
 /// block), and an error when a new stream breaks before delivering a block.
