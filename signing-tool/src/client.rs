@@ -2,11 +2,13 @@
 //! `hale_core::TrustedSet`: the root chain from `N.root.json`, timestamp, snapshot, top-level
 //! targets, every delegated role verified against each delegator that leads to it (never cached
 //! by name), and every target file's length and hashes. Used by `verify` and by `publish` (which
-//! refuses to leave behind a repository a device would reject).
+//! refuses to leave behind a repository a device would reject). Files are read through
+//! [`Repository`].
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hale_core::limits::MAX_DELEGATION_DEPTH;
 use hale_core::metadata::{DelegatedRole, Envelope, TargetFile, Targets};
@@ -34,28 +36,75 @@ pub struct Summary {
     pub keyids: Vec<(String, Vec<String>)>,
 }
 
+/// The files the client workflow reads: a repository directory, and the files not yet written
+/// that `publish` lays over it (by name relative to the directory, `/`-separated). Every error
+/// names the file under the directory, where it is or will be.
+#[derive(Debug, Clone)]
+pub struct Repository<'a> {
+    dir: &'a Path,
+    overlay: BTreeMap<String, &'a [u8]>,
+}
+
+impl<'a> Repository<'a> {
+    /// The directory as it is on disk.
+    pub fn on_disk(dir: &'a Path) -> Self {
+        Repository {
+            dir,
+            overlay: BTreeMap::new(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.overlay.contains_key(name) || self.path(name).exists()
+    }
+
+    /// The bytes of `name`, from the overlay or the directory.
+    pub fn read(&self, name: &str) -> Result<Cow<'a, [u8]>> {
+        match self.overlay.get(name) {
+            Some(b) => Ok(Cow::Borrowed(*b)),
+            None => read(&self.path(name)).map(Cow::Owned),
+        }
+    }
+
+    /// A reader over `name` (a target file: streamed, not read whole).
+    fn open(&self, name: &str) -> Result<Box<dyn Read + 'a>> {
+        match self.overlay.get(name) {
+            Some(b) => Ok(Box::new(*b)),
+            None => {
+                let path = self.path(name);
+                let f = std::fs::File::open(&path).map_err(|e| ToolError::io(&path, e))?;
+                Ok(Box::new(f))
+            }
+        }
+    }
+}
+
 fn trust(what: impl std::fmt::Display) -> impl FnOnce(hale_core::Error) -> ToolError {
     let what = what.to_string();
     move |e| ToolError::trust(what, e)
 }
 
 /// Verify the root chain only (no timestamp yet): returns the versions applied.
-pub fn verify_root_chain(repo: &Path, trusted_root: &[u8], now: i64) -> Result<Vec<u64>> {
+pub fn verify_root_chain(repo: &Repository, trusted_root: &[u8], now: i64) -> Result<Vec<u64>> {
     let cap = capacity(repo, trusted_root.len())?;
     let mut set = TrustedSet::new(Storage::with_capacity(cap), trusted_root, now)
         .map_err(trust("trusted root"))?;
     update_roots(&mut set, repo)
 }
 
-fn update_roots(set: &mut TrustedSet<Vec<u8>>, repo: &Path) -> Result<Vec<u64>> {
+fn update_roots(set: &mut TrustedSet<Vec<u8>>, repo: &Repository) -> Result<Vec<u64>> {
     let mut chain = vec![set.root().header.version];
     loop {
         let next = set.root().header.version + 1;
-        let path = repo.join(format!("{next}.root.json"));
-        if !path.exists() {
+        let name = format!("{next}.root.json");
+        if !repo.exists(&name) {
             break;
         }
-        let bytes = read(&path)?;
+        let bytes = repo.read(&name)?;
         set.update_root(&bytes)
             .map_err(trust(format!("{next}.root.json")))?;
         chain.push(next);
@@ -63,19 +112,30 @@ fn update_roots(set: &mut TrustedSet<Vec<u8>>, repo: &Path) -> Result<Vec<u64>> 
     Ok(chain)
 }
 
-/// Buffer size for the top-level roles: the largest metadata file in the directory.
-fn capacity(repo: &Path, at_least: usize) -> Result<usize> {
+/// Whether `name` is a top-level role's file (root, timestamp, snapshot, top-level targets).
+fn top_level_file(name: &str) -> bool {
+    name == "timestamp.json"
+        || name == "root.json"
+        || [".root.json", ".snapshot.json", ".targets.json"]
+            .iter()
+            .any(|s| name.ends_with(s))
+}
+
+/// Buffer size for the top-level roles: the largest metadata file in the directory or the
+/// overlay.
+fn capacity(repo: &Repository, at_least: usize) -> Result<usize> {
     let mut cap = at_least.max(4096);
-    for e in std::fs::read_dir(repo).map_err(|e| ToolError::io(repo, e))? {
-        let e = e.map_err(|e| ToolError::io(repo, e))?;
+    for (name, bytes) in &repo.overlay {
+        if top_level_file(name) {
+            cap = cap.max(bytes.len());
+        }
+    }
+    let dir = repo.dir;
+    for e in std::fs::read_dir(dir).map_err(|e| ToolError::io(dir, e))? {
+        let e = e.map_err(|e| ToolError::io(dir, e))?;
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let top = name == "timestamp.json"
-            || name == "root.json"
-            || [".root.json", ".snapshot.json", ".targets.json"]
-                .iter()
-                .any(|s| name.ends_with(s));
-        if top {
+        if top_level_file(name) {
             let len = e
                 .metadata()
                 .map_err(|err| ToolError::io(&e.path(), err))?
@@ -87,9 +147,9 @@ fn capacity(repo: &Path, at_least: usize) -> Result<usize> {
 }
 
 /// The whole client workflow over `repo`, starting from `trusted_root`, at time `now`.
-pub fn verify_repository(repo: &Path, trusted_root: &[u8], now: i64) -> Result<Summary> {
-    if !repo.is_dir() {
-        return Err(invalid(format!("{}: not a directory", repo.display())));
+pub fn verify_repository(repo: &Repository, trusted_root: &[u8], now: i64) -> Result<Summary> {
+    if !repo.dir.is_dir() {
+        return Err(invalid(format!("{}: not a directory", repo.dir.display())));
     }
     let cap = capacity(repo, trusted_root.len())?;
     let mut set = TrustedSet::new(Storage::with_capacity(cap), trusted_root, now)
@@ -100,28 +160,27 @@ pub fn verify_repository(repo: &Path, trusted_root: &[u8], now: i64) -> Result<S
     };
     s.root_expires = set.root().header.expires;
 
-    let ts_path = repo.join("timestamp.json");
-    if !ts_path.exists() {
+    if !repo.exists("timestamp.json") {
         return Err(invalid(format!(
             "{}: no timestamp.json (publish with --snapshot-key and --timestamp-key, or let the server sign them)",
-            repo.display()
+            repo.dir.display()
         )));
     }
-    set.update_timestamp(&read(&ts_path)?)
+    set.update_timestamp(&repo.read("timestamp.json")?)
         .map_err(trust("timestamp.json"))?;
     let snap_v = set
         .timestamp()
         .map(|t| t.snapshot.version)
         .ok_or_else(|| invalid("timestamp vanished"))?;
     let snap_file = format!("{snap_v}.snapshot.json");
-    set.update_snapshot(&read(&repo.join(&snap_file))?)
+    set.update_snapshot(&repo.read(&snap_file)?)
         .map_err(trust(&snap_file))?;
     let targets_v = set
         .delegated_meta("targets")
         .map_err(trust("snapshot"))?
         .version;
     let targets_file = format!("{targets_v}.targets.json");
-    set.update_targets(&read(&repo.join(&targets_file))?)
+    set.update_targets(&repo.read(&targets_file)?)
         .map_err(trust(&targets_file))?;
     s.timestamp = set.timestamp().map(|t| t.header.version).unwrap_or(0);
     s.snapshot = snap_v;
@@ -183,7 +242,7 @@ fn keyid_list(v: Option<&serde_json::Value>) -> Vec<String> {
 #[allow(clippy::too_many_arguments)]
 fn walk(
     set: &TrustedSet<Vec<u8>>,
-    repo: &Path,
+    repo: &Repository,
     delegator: &Targets<'_>,
     dname: &str,
     depth: usize,
@@ -253,7 +312,7 @@ fn walk(
             .map_err(trust(format!("{child} (delegated by {dname})")))?;
         let version = meta.version;
         let file = format!("{version}.{child}.json");
-        let bytes = read(&repo.join(&file))?;
+        let bytes = repo.read(&file)?.into_owned();
         {
             let t = set
                 .verify_delegated(delegator, &child, &bytes)
@@ -269,7 +328,7 @@ fn walk(
 
 /// Every target of every verified role: the file under its consistent name, its length and
 /// hashes (hale-core's streaming checker), and firmware policy fields when present.
-fn check_targets(repo: &Path, roles: &[(String, Vec<u8>)], s: &mut Summary) -> Result<()> {
+fn check_targets(repo: &Repository, roles: &[(String, Vec<u8>)], s: &mut Summary) -> Result<()> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -297,7 +356,7 @@ fn check_targets(repo: &Path, roles: &[(String, Vec<u8>)], s: &mut Summary) -> R
     Ok(())
 }
 
-fn check_roles(repo: &Path, roles: &[(String, Vec<u8>)]) -> Result<(usize, u64, usize)> {
+fn check_roles(repo: &Repository, roles: &[(String, Vec<u8>)]) -> Result<(usize, u64, usize)> {
     let (mut n, mut total, mut fw) = (0usize, 0u64, 0usize);
     let mut buf = vec![0u8; 64 * 1024];
     for (role, bytes) in roles {
@@ -316,8 +375,7 @@ fn check_roles(repo: &Path, roles: &[(String, Vec<u8>)]) -> Result<(usize, u64, 
                 ))
             })?;
             let rel = hale_repo::layout::target_path(&target, &hex::encode(sha), true)?;
-            let path = repo.join(&rel);
-            check_file(&path, &tf, &target, &mut buf)?;
+            check_file(repo, &rel, &tf, &target, &mut buf)?;
             if let Some(c) = tf.custom {
                 if c.get("hardware").ok().flatten().is_some() {
                     hale_core::policy::parse_firmware(Some(&c)).map_err(|e| {
@@ -333,12 +391,19 @@ fn check_roles(repo: &Path, roles: &[(String, Vec<u8>)]) -> Result<(usize, u64, 
     Ok((n, total, fw))
 }
 
-fn check_file(path: &Path, tf: &TargetFile<'_>, target: &str, buf: &mut [u8]) -> Result<()> {
+fn check_file(
+    repo: &Repository,
+    rel: &str,
+    tf: &TargetFile<'_>,
+    target: &str,
+    buf: &mut [u8],
+) -> Result<()> {
+    let path = repo.path(rel);
     let what = |e| ToolError::trust(format!("target {target} ({})", path.display()), e);
     let mut h = tf.hasher(Name::new(target)).map_err(what)?;
-    let mut f = std::fs::File::open(path).map_err(|e| ToolError::io(path, e))?;
+    let mut f = repo.open(rel)?;
     loop {
-        let n = f.read(buf).map_err(|e| ToolError::io(path, e))?;
+        let n = f.read(buf).map_err(|e| ToolError::io(&path, e))?;
         if n == 0 {
             break;
         }

@@ -527,11 +527,11 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
         let first = std::fs::read(repo.join("1.root.json"))
             .with_context(|| format!("reading {}/1.root.json", repo.display()))?;
         if repo.join("timestamp.json").exists() {
-            client::verify_repository(&repo, &first, state.now)
+            client::verify_repository(&client::Repository::on_disk(&repo), &first, state.now)
                 .map(Some)
                 .map_err(anyhow::Error::from)
         } else {
-            client::verify_root_chain(&repo, &first, state.now)
+            client::verify_root_chain(&client::Repository::on_disk(&repo), &first, state.now)
                 .map(|_| None)
                 .map_err(anyhow::Error::from)
         }

@@ -32,7 +32,7 @@ pub fn run(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let trusted = std::fs::read(&a.root)
         .with_context(|| format!("reading trusted root {}", a.root.display()))?;
     let now = a.now.unwrap_or_else(crate::state::unix_now);
-    let s = client::verify_repository(&repo, &trusted, now)
+    let s = client::verify_repository(&client::Repository::on_disk(&repo), &trusted, now)
         .with_context(|| format!("verifying {}", repo.display()))?;
     crate::demo::warn(
         &format!("repository {}", repo.display()),
