@@ -1,9 +1,9 @@
 //! The TUF client workflow (spec §5) over a repository directory, with every decision made by
 //! `hale_core::TrustedSet`: the root chain from `N.root.json`, timestamp, snapshot, top-level
 //! targets, every delegated role verified against each delegator that leads to it (never cached
-//! by name), and every target file's length and hashes. Used by `verify` and by `publish` (which
-//! refuses to leave behind a repository a device would reject). Files are read through
-//! [`Repository`].
+//! by name), and every target file's length and hashes. Used by `verify` and by `publish`, which
+//! runs it over the repository as it will be ([`Repository::with_overlay`]: the files it is about
+//! to write laid over the directory) and writes nothing a device would reject.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,6 +52,12 @@ impl<'a> Repository<'a> {
             dir,
             overlay: BTreeMap::new(),
         }
+    }
+
+    /// The directory as it would be with `overlay` written over it (names relative to `dir`);
+    /// nothing is written.
+    pub fn with_overlay(dir: &'a Path, overlay: BTreeMap<String, &'a [u8]>) -> Self {
+        Repository { dir, overlay }
     }
 
     fn path(&self, name: &str) -> PathBuf {

@@ -857,7 +857,7 @@ fn a_publish_killed_midway_is_undone_by_the_next_and_never_blocks_it() {
     let staged = snapshot_tree(&e.path("repo/staged"));
     let crash = |point: &str| e.crash_publish(point);
 
-    // killed after writing, before verifying: the unverified files are on disk, with the journal
+    // killed after writing, before the journal is removed: the files are on disk, with the journal
     crash("written");
     assert!(e.path("repo/repository/2.targets.json").exists());
     assert!(e.path("repo/publishing.json").exists());

@@ -1,8 +1,11 @@
 //! `hale-sign publish DIR [--snapshot-key S.key… --timestamp-key TS.key…]`: move fully signed staged
 //! metadata into `repository/` under its consistent names, sign snapshot and timestamp when their
 //! keys are given (the directory is then a complete repository any static web server can serve),
-//! and run the client workflow over the result. Refuses — writing nothing — while any staged file
-//! is below its threshold; rolls back its own writes when hale-core rejects the result.
+//! after running the client workflow over the result. Refuses — writing nothing — while any staged
+//! file is below its threshold, and when hale-core rejects the repository as it would be: the
+//! workflow reads the files to write from memory, laid over `repository/`, and only a result it
+//! accepts is written. A device or a server syncing the directory never sees a file (a new root
+//! above all: a published root version can never be replaced) that is then taken back.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +18,7 @@ use hale_repo::build;
 use serde_json::Value;
 
 use super::status::unmet_thresholds;
-use crate::client;
+use crate::client::{self, Repository};
 use crate::config::repository_dir;
 use crate::durable::Batch;
 use crate::key_source::load_private;
@@ -44,14 +47,16 @@ pub struct PublishArgs {
 
 /// The publish journal, `DIR/publishing.json`: every repository file this publish writes and
 /// what it held before, made durable before the first write and removed once the publish is
-/// done (or undone). A publish killed in between leaves it, and the next `publish` restores the
-/// repository from it first: a crash never leaves unverified metadata served, nor a working
-/// directory whose staged files no longer follow what is published.
+/// done (or undone). Everything it lists was verified before the write; a publish killed in
+/// between leaves it, and the next `publish` restores the repository from it first: a crash
+/// never leaves half a publish served (a new snapshot without the timestamp that points at it),
+/// nor a working directory whose staged files no longer follow what is published.
 pub(crate) const JOURNAL: &str = "publishing.json";
 
 /// Test-only fault injection: the process dies (abort, no clean-up) at the named point of a
-/// publish: `written` (everything written, nothing verified) or `done` (the journal removed, the
-/// staged copies not yet).
+/// publish: `verified` (the client workflow run over the repository as it would be, its result
+/// not acted on, nothing written), `written` (everything written, the journal still there) or
+/// `done` (the journal removed, the staged copies not yet).
 const CRASH_ENV: &str = "HALE_SIGN_TEST_CRASH_AFTER";
 
 fn crash_point(name: &str) {
@@ -137,16 +142,18 @@ impl Written {
         }))
     }
 
-    fn write(&mut self, files: &[(PathBuf, Vec<u8>)]) -> anyhow::Result<()> {
+    /// Write `files` (names in the repository) as one batch, journalled first.
+    fn write(&mut self, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
         let mut batch = Batch::new();
-        for (p, bytes) in files {
+        for (name, bytes) in files {
+            let p = self.repo.join(name);
             let before = if p.exists() {
-                Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                Some(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
             } else {
                 None
             };
             self.undo.push((p.clone(), before));
-            batch.add(p, bytes)?;
+            batch.add(&p, bytes)?;
         }
         // what to undo is on the disk before anything it undoes
         self.save_journal()?;
@@ -197,8 +204,9 @@ fn remove_journal(journal: &Path) -> anyhow::Result<()> {
 
 /// A new root must be met by the timestamp and snapshot the repository will serve: those already
 /// served, unless new ones are signed in this publish. One that rotates their keys is refused
-/// before anything is written, naming the keys to give (the served copies would fail the
-/// client check after the write; a device that fetched the new root meanwhile would keep it).
+/// before any key is unlocked, naming the keys to give (the client workflow over the repository
+/// as it would be refuses it too, later, with hale-core's error on the served timestamp, which
+/// does not say what to do).
 fn online_roles_under(
     root: &crate::state::Meta,
     repo: &Path,
@@ -250,6 +258,19 @@ fn online_roles_under(
         }
     }
     Ok(())
+}
+
+/// The client workflow from the first root over `repo`, as a device starting from the root it
+/// shipped with: the whole repository when it has a timestamp, the root chain alone otherwise
+/// (`None`).
+fn verify_as_client(repo: &Repository, now: i64) -> anyhow::Result<Option<client::Summary>> {
+    let first = repo.read("1.root.json")?;
+    if repo.exists("timestamp.json") {
+        Ok(Some(client::verify_repository(repo, &first, now)?))
+    } else {
+        client::verify_root_chain(repo, &first, now)?;
+        Ok(None)
+    }
 }
 
 fn timestamp_version(repo: &Path) -> anyhow::Result<u64> {
@@ -427,9 +448,9 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
 
     t.add("check", check_start.elapsed());
 
-    // 2. what to write
+    // 2. what to write (names in the repository)
     let build_start = Instant::now();
-    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for m in &staged {
         let name = hale_repo::layout::metadata_name(&m.name, m.version, true);
         let path = repo.join(&name);
@@ -441,14 +462,14 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        files.push((path, m.bytes.clone()));
+        files.push((name, m.bytes.clone()));
         if m.name == "root" {
-            files.push((repo.join("root.json"), m.bytes.clone()));
+            files.push(("root.json".into(), m.bytes.clone()));
         }
     }
 
     // 3. snapshot and timestamp, when their keys are given
-    let mut online: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    let mut online: Vec<(String, Vec<u8>)> = Vec::new();
     let mut snapshot_note = String::new();
     if !a.timestamp_keys.is_empty() {
         let root = state.root()?;
@@ -476,7 +497,7 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
                 &a.pass,
                 &mut t,
             )?;
-            online.push((repo.join(format!("{v}.snapshot.json")), bytes.clone()));
+            online.push((format!("{v}.snapshot.json"), bytes.clone()));
             snapshot_note = format!(", snapshot v{v} ({} roles)", meta.len());
             (v, bytes)
         } else {
@@ -503,7 +524,7 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
             &a.pass,
             &mut t,
         )?;
-        online.push((repo.join("timestamp.json"), bytes));
+        online.push(("timestamp.json".into(), bytes));
         snapshot_note.push_str(&format!(", timestamp v{v}"));
     }
 
@@ -511,50 +532,57 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
     let signing = t.get("unlock") + t.get("sign");
     t.add("build", build_start.elapsed().saturating_sub(signing));
 
-    // 4. write: metadata and snapshot first, the timestamp that points at them last
-    let write_start = Instant::now();
-    let mut written = Written::new(&a.dir, &repo);
+    // 4. the client workflow over the repository as it would be: the files to write laid over
+    // it in memory. Nothing is written unless hale-core accepts the whole result.
     let (ts, rest): (Vec<_>, Vec<_>) = online
         .into_iter()
-        .partition(|(p, _)| p.ends_with("timestamp.json"));
+        .partition(|(name, _)| name == "timestamp.json");
     files.extend(rest);
+    let verify_start = Instant::now();
+    let overlay = Repository::with_overlay(
+        &repo,
+        files
+            .iter()
+            .chain(&ts)
+            .map(|(name, bytes)| (name.clone(), bytes.as_slice()))
+            .collect(),
+    );
+    let check = verify_as_client(&overlay, state.now);
+    crash_point("verified");
+    t.add("verify", verify_start.elapsed());
+    let summary = check.map_err(|e| {
+        anyhow::anyhow!(
+            "refusing to publish {}: {} (repository restored; staged files kept)",
+            a.dir.display(),
+            crate::render(&e)
+        )
+    })?;
+
+    // 5. write: metadata and snapshot first, the timestamp that points at them last. The bytes
+    // are those verified above; the journal undoes a write that fails or is cut short. No second
+    // client check after the write: it would find what was verified above (re-hashing every
+    // target to do so), and could act only once the files are served, by taking back what a
+    // device may already hold (a root above all) — the window this order closes.
+    let write_start = Instant::now();
+    let mut written = Written::new(&a.dir, &repo);
     let result = written.write(&files).and_then(|_| written.write(&ts));
     crash_point("written");
     t.add("write", write_start.elapsed());
-    let verify_start = Instant::now();
-    // 5. the client workflow over the result, from the first root
-    let check = result.and_then(|_| {
-        let first = std::fs::read(repo.join("1.root.json"))
-            .with_context(|| format!("reading {}/1.root.json", repo.display()))?;
-        if repo.join("timestamp.json").exists() {
-            client::verify_repository(&client::Repository::on_disk(&repo), &first, state.now)
-                .map(Some)
-                .map_err(anyhow::Error::from)
-        } else {
-            client::verify_root_chain(&client::Repository::on_disk(&repo), &first, state.now)
-                .map(|_| None)
-                .map_err(anyhow::Error::from)
-        }
-    });
-    t.add("verify", verify_start.elapsed());
-    let summary = match check {
-        Ok(s) => s,
-        Err(e) => {
-            let problems = written.roll_back();
-            if !problems.is_empty() {
-                bail!(
-                    "publish failed: {}; rolling back ALSO failed: {}",
-                    crate::render(&e),
-                    problems.join("; ")
-                );
-            }
+    if let Err(e) = result {
+        let problems = written.roll_back();
+        if !problems.is_empty() {
             bail!(
-                "refusing to publish {}: {} (repository restored; staged files kept)",
-                a.dir.display(),
-                crate::render(&e)
+                "publish failed: {}; rolling back ALSO failed: {}",
+                crate::render(&e),
+                problems.join("; ")
             );
         }
-    };
+        bail!(
+            "refusing to publish {}: {} (repository restored; staged files kept)",
+            a.dir.display(),
+            crate::render(&e)
+        );
+    }
     // the publish stands from here (a kill after this leaves staged copies of what is published,
     // which the next publish clears)
     written.done()?;
