@@ -372,14 +372,14 @@ fn publish_rolls_back_when_hale_core_rejects_the_result() {
     assert_eq!(common::snapshot_tree(&e.path("repo/repository")), before);
 
     // an engineer who throws the staged targets away: the threshold checks pass, the client
-    // workflow over the result does not, and publish restores everything
+    // workflow over the result does not, and publish writes nothing
     std::fs::remove_file(e.path("repo/staged/targets.json")).unwrap();
     let r = e.run(&publish_args("repo"));
     assert_eq!(r.code, 2);
     assert_eq!(
         r.stderr.trim_end(),
         "error: refusing to publish repo: 1.targets.json: targets: 0 valid signatures from distinct authorized keys, \
-         threshold is 1 (repository restored; staged files kept)"
+         threshold is 1 (repository unchanged; staged files kept)"
     );
     assert_eq!(common::snapshot_tree(&e.path("repo/repository")), before);
     assert!(e.path("repo/staged/root.json").exists());

@@ -160,7 +160,7 @@ fn a_root_under_which_the_served_targets_fail_is_refused_before_anything_is_writ
     refused_before_anything_is_written(
         &e,
         "error: refusing to publish repo: 1.targets.json: targets: 0 valid signatures from \
-         distinct authorized keys, threshold is 1 (repository restored; staged files kept)",
+         distinct authorized keys, threshold is 1 (repository unchanged; staged files kept)",
     );
     assert!(!e.path("repo/repository/2.root.json").exists());
 }
@@ -201,7 +201,7 @@ fn a_delegated_role_that_fails_under_its_new_delegator_is_refused_before_anythin
     refused_before_anything_is_written(
         &e,
         "error: refusing to publish repo: 1.pump-a.json (delegated by targets): pump-a: 0 valid \
-         signatures from distinct authorized keys, threshold is 1 (repository restored; staged \
+         signatures from distinct authorized keys, threshold is 1 (repository unchanged; staged \
          files kept)",
     );
     assert!(!e.path("repo/repository/3.targets.json").exists());
@@ -224,7 +224,7 @@ fn a_target_whose_file_does_not_match_its_hashes_is_refused_before_anything_is_w
         &e,
         &format!(
             "error: refusing to publish repo: target fw.bin (repo/repository/targets/{name}): \
-             fw.bin: sha256 hash does not match (repository restored; staged files kept)"
+             fw.bin: sha256 hash does not match (repository unchanged; staged files kept)"
         ),
     );
     assert!(!e.path("repo/repository/2.targets.json").exists());

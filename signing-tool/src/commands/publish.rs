@@ -552,7 +552,7 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
     t.add("verify", verify_start.elapsed());
     let summary = check.map_err(|e| {
         anyhow::anyhow!(
-            "refusing to publish {}: {} (repository restored; staged files kept)",
+            "refusing to publish {}: {} (repository unchanged; staged files kept)",
             a.dir.display(),
             crate::render(&e)
         )
