@@ -169,8 +169,10 @@ pub struct State {
     /// Latest published version of each role (root and the `N.role.json` files).
     pub published: BTreeMap<String, u64>,
     /// Staged files that a publish killed before removing them left: the same bytes as the
-    /// published version. Not staged for any command (a change builds on the published version);
-    /// `publish` removes them.
+    /// published version; or a staged root whose content is published as its version, signed
+    /// there by others (a copy of the repository collected its signatures and published it).
+    /// Not staged for any command (a change builds on the published version); `publish` removes
+    /// them.
     pub already_published: Vec<PathBuf>,
     pub now: i64,
 }
@@ -250,9 +252,9 @@ impl State {
         for meta in metas {
             let meta = meta?;
             if meta.staged
-                && st.roles.get(&meta.name).is_some_and(|p| {
+                && (st.roles.get(&meta.name).is_some_and(|p| {
                     !p.staged && p.version == meta.version && p.bytes == meta.bytes
-                })
+                }) || st.published_root_content(&meta))
             {
                 st.already_published.push(meta.path.clone());
                 continue;
@@ -326,6 +328,47 @@ impl State {
         read(&repository_dir(&self.dir).join(format!("{v}.root.json")))
     }
 
+    /// Is `meta` a staged root whose content (`signed`) is published as its version? Its
+    /// signatures may differ from the published file's: signers of another copy of the
+    /// repository completed it there, and it was published from that copy.
+    fn published_root_content(&self, meta: &Meta) -> bool {
+        let published = self.published.get("root").copied().unwrap_or(0);
+        if meta.name != "root" || !meta.staged || meta.version > published {
+            return false;
+        }
+        self.published_root(meta.version)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|doc| doc.get("signed") == Some(&meta.signed))
+    }
+
+    /// Refuse a staged root whose version is already published: one with the same content is
+    /// not staged (see [`load`](Self::load)), so this one has other content. It can never be
+    /// published, and a root built on it (`rotate`, `renew`) would be a second root of a version
+    /// devices already follow, or skip the published ones: a fork of the chain once signed.
+    /// Signing it is refused too. The release engineer decides what becomes of its changes: it
+    /// is moved out of `staged/` by hand, never dropped by a command.
+    pub fn check_staged_root(&self) -> Result<()> {
+        let Some(root) = self.roles.get("root").filter(|m| m.staged) else {
+            return Ok(());
+        };
+        let published = self.published.get("root").copied().unwrap_or(0);
+        if root.version > published {
+            return Ok(());
+        }
+        Err(invalid(format!(
+            "staged root v{} is already published with other content (the newest published root \
+             is v{published}): this draft can never be published, and a root built on it would \
+             fork the chain of roots devices follow. Move {} out of {} (its changes are not in \
+             the published root: make them again if still wanted), then run this again to build \
+             on root v{published} as root v{}",
+            root.version,
+            root.path.display(),
+            staged_dir(&self.dir).display(),
+            published + 1
+        )))
+    }
+
     /// Who must sign `bytes`, metadata of `role` given as a file of its own (`--repo`: a file
     /// mailed to a signer, say): a root by its own root role and by the root before it (as a
     /// device checks it), whatever root the repository stages; a root of a version already
@@ -337,6 +380,14 @@ impl State {
         }
         // (a file that holds another role is refused as such, not as a root that does not parse)
         check_body(role, bytes)?;
+        // the staged root itself: a draft whose version is published is said as such
+        if self
+            .roles
+            .get("root")
+            .is_some_and(|m| m.staged && m.bytes == bytes)
+        {
+            self.check_staged_root()?;
+        }
         let version = hale_core::metadata::peek_header(bytes, "root")
             .map_err(|e| ToolError::trust("root", e))?
             .version;
@@ -393,6 +444,7 @@ impl State {
     pub fn authorities(&self, role: &str) -> Result<Vec<Authority>> {
         let root = self.root()?;
         if role == "root" {
+            self.check_staged_root()?;
             return self.root_authorities(
                 root.version,
                 &root.bytes,
@@ -450,8 +502,12 @@ impl State {
     }
 
     /// The body to modify for `role`: the staged one as is, or a copy of the published one with
-    /// the next version. Expiry and spec_version are renewed.
+    /// the next version. Expiry and spec_version are renewed. A staged root whose version is
+    /// already published is refused ([`check_staged_root`](Self::check_staged_root)).
     pub fn next_body(&self, role: &str) -> Result<Value> {
+        if role == "root" {
+            self.check_staged_root()?;
+        }
         let m = self.get(role)?;
         let mut body = m.signed.clone();
         if !m.staged {
@@ -496,6 +552,17 @@ impl State {
             .collect();
         self.check_rollback_keys(&staged)?;
         check_repeated_keys(&staged)?;
+        // a root of a version already published is another root of that version: never staged
+        let published_root = self.published.get("root").copied().unwrap_or(0);
+        for ((role, _), (_, version)) in bodies.iter().zip(&encoded) {
+            if role == "root" && *version <= published_root {
+                return Err(invalid(format!(
+                    "root v{version}: root v{published_root} is published, a new root takes \
+                     version {}; nothing staged",
+                    published_root + 1
+                )));
+            }
+        }
         for ((role, signed), (bytes, version)) in bodies.into_iter().zip(encoded) {
             let path = staged_dir(&self.dir).join(format!("{role}.json"));
             // a ceremony's signatures are other people's work: say when a change voids them
