@@ -175,6 +175,9 @@ pub struct State {
     /// them.
     pub already_published: Vec<PathBuf>,
     pub now: i64,
+    /// The engineer's `--discard-signed-root`: [`stage`](Self::stage) replaces a staged root that
+    /// meets every threshold it needs, with a warning, instead of refusing.
+    pub discard_signed_root: bool,
 }
 
 pub fn unix_now() -> i64 {
@@ -206,6 +209,7 @@ impl State {
             published: BTreeMap::new(),
             already_published: Vec::new(),
             now: unix_now(),
+            discard_signed_root: false,
         };
         // (role, file, staged): the newest published version of each role, then the staged files
         // that override them; read and parsed in parallel (hundreds of hashed bins)
@@ -563,6 +567,11 @@ impl State {
                 )));
             }
         }
+        if bodies.iter().any(|(role, _)| role == "root") {
+            if let Some(warning) = self.check_replace_root()? {
+                eprintln!("{warning}");
+            }
+        }
         for ((role, signed), (bytes, version)) in bodies.into_iter().zip(encoded) {
             let path = staged_dir(&self.dir).join(format!("{role}.json"));
             // a ceremony's signatures are other people's work: say when a change voids them
@@ -590,6 +599,51 @@ impl State {
             self.roles.insert(role, meta);
         }
         Ok(())
+    }
+
+    /// A staged root about to be replaced: refused when it meets every threshold it needs
+    /// (hale-core's reports against its own root role and, from v2, the published root before
+    /// it), unless [`discard_signed_root`](Self::discard_signed_root), which gets the warning
+    /// returned. Such a root is already valid: every signer had a copy, and whoever kept one can
+    /// give it to devices (as the next root of those on the root before it, or to provision them,
+    /// for v1); a different root of the same version forks the fleet. The way on is to publish it
+    /// and make the change in the next version.
+    fn check_replace_root(&self) -> Result<Option<String>> {
+        let Some(old) = self.roles.get("root").filter(|m| m.staged) else {
+            return Ok(None);
+        };
+        for auth in self.authorities("root")? {
+            if !auth.report("root", &old.bytes)?.met() {
+                return Ok(None);
+            }
+        }
+        let n = old.version;
+        let (met, valid) = if n > 1 {
+            (
+                format!("both thresholds (root v{}'s and its own)", n - 1),
+                format!("a valid root v{n} for every device on root v{}", n - 1),
+            )
+        } else {
+            ("its threshold".to_string(), format!("a valid root v{n}"))
+        };
+        if self.discard_signed_root {
+            return Ok(Some(format!(
+                "WARNING: --discard-signed-root: {} held root v{n}, which meets {met}: it stays \
+                 {valid}, and a copy of it given to devices forks them from the root v{n} staged \
+                 now; destroy every copy of it (each signer had one)",
+                old.path.display()
+            )));
+        }
+        Err(invalid(format!(
+            "refusing to change {}: root v{n} meets {met}, so it is already {valid}: whoever kept \
+             a copy (each signer had one) can give it to devices, and a different root v{n} would \
+             fork the fleet. Publish it (`hale-sign publish {}`) and make this change in root \
+             v{}, or give --discard-signed-root to replace it anyway (then destroy every copy of \
+             it); nothing staged",
+            old.path.display(),
+            self.dir.display(),
+            n + 1
+        )))
     }
 
     /// The keys that sign rollback authorizations sign nothing else: refuse `staged` (role,

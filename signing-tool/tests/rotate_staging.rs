@@ -1,7 +1,9 @@
 //! A root staged on top of a staged root, through the real binary: a draft whose version is
 //! already published (from another copy of the repository, or published after the draft was
-//! made) is never built on nor signed. From the adversarial review of root rotation (L2); each
-//! test fails on the code before it.
+//! made) is never built on nor signed, and a staged root that already meets every threshold it
+//! needs (a valid root for devices, whoever kept a copy) is not replaced unless the engineer says
+//! `--discard-signed-root`. Both from the adversarial review of root rotation (L2, L4); each test
+//! fails on the code before it.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -224,4 +226,193 @@ fn a_staged_root_published_from_another_copy_is_built_on_as_published() {
         "{}",
         v.stdout
     );
+}
+
+/// The refusal to change a staged root that meets both thresholds.
+fn signed_root_refusal(version: u64) -> String {
+    format!(
+        "error: refusing to change repo/staged/root.json: root v{version} meets both thresholds \
+         (root v{}'s and its own), so it is already a valid root v{version} for every device on \
+         root v{}: whoever kept a copy (each signer had one) can give it to devices, and a \
+         different root v{version} would fork the fleet. Publish it (`hale-sign publish repo`) \
+         and make this change in root v{}, or give --discard-signed-root to replace it anyway \
+         (then destroy every copy of it); nothing staged",
+        version - 1,
+        version - 1,
+        version + 1
+    )
+}
+
+/// L4: a staged root v2 signed by both thresholds is a root every device on v1 accepts, from
+/// whoever kept a copy. Before, `rotate` and `renew` replaced it with a different root v2 and
+/// only said "the signatures no longer apply"; now they refuse, nothing changes, and the way on
+/// is to publish it and change root v3. `--discard-signed-root` replaces it, with a warning.
+#[test]
+fn a_staged_root_that_meets_both_thresholds_is_not_replaced_without_discard_signed_root() {
+    let e = Env::new();
+    e.published_repo();
+    e.key("root-d", "ed25519");
+    e.key("targets-2", "ed25519");
+    e.ok(&[
+        "rotate",
+        "repo",
+        "--role",
+        "root",
+        "--add-key",
+        "root-d.pub",
+    ]);
+    e.sign("repo/staged/root.json", "root-a");
+    e.sign("repo/staged/root.json", "root-b");
+    // a signer's copy: ready, as devices would judge it
+    std::fs::create_dir(e.path("kept")).unwrap();
+    std::fs::copy(e.path("repo/staged/root.json"), e.path("kept/root.json")).unwrap();
+    let s = e.run(&["status", "kept/root.json", "--repo", "repo"]);
+    assert_eq!(s.code, 0, "{}\n{}", s.stdout, s.stderr);
+
+    let staged = snapshot_tree(&e.path("repo/staged"));
+    let published = snapshot_tree(&e.path("repo/repository"));
+    for args in [
+        &[
+            "rotate",
+            "repo",
+            "--role",
+            "targets",
+            "--add-key",
+            "targets-2.pub",
+        ][..],
+        &[
+            "rotate",
+            "repo",
+            "--role",
+            "root",
+            "--remove-key",
+            "root-d.pub",
+        ][..],
+        &["renew", "repo", "--role", "root", "--expires-in", "800d"][..],
+    ] {
+        let r = e.run(args);
+        assert_eq!(
+            (r.code, r.stderr.trim_end()),
+            (2, signed_root_refusal(2).as_str()),
+            "{args:?}: {}",
+            r.stdout
+        );
+        assert_eq!(
+            snapshot_tree(&e.path("repo/staged")),
+            staged,
+            "{args:?}: staged/ byte for byte"
+        );
+        assert_eq!(
+            snapshot_tree(&e.path("repo/repository")),
+            published,
+            "{args:?}: repository/ byte for byte"
+        );
+    }
+
+    // the way on: publish root v2, then the change is root v3
+    e.publish();
+    let r = e.ok(&[
+        "rotate",
+        "repo",
+        "--role",
+        "targets",
+        "--add-key",
+        "targets-2.pub",
+    ]);
+    assert!(
+        r.stdout
+            .starts_with("root v3 staged: targets is now 1-of-2"),
+        "{}",
+        r.stdout
+    );
+
+    // root v3 signed by both thresholds, then replaced on purpose: said loudly
+    e.sign("repo/staged/root.json", "root-a");
+    e.sign("repo/staged/root.json", "root-b");
+    let r = e.ok(&[
+        "rotate",
+        "repo",
+        "--role",
+        "targets",
+        "--threshold",
+        "2",
+        "--discard-signed-root",
+    ]);
+    assert!(
+        r.stderr.contains(
+            "WARNING: --discard-signed-root: repo/staged/root.json held root v3, which meets \
+             both thresholds (root v2's and its own): it stays a valid root v3 for every device \
+             on root v2, and a copy of it given to devices forks them from the root v3 staged \
+             now; destroy every copy of it (each signer had one)\n"
+        ),
+        "{}",
+        r.stderr
+    );
+    let root = e.json("repo/staged/root.json");
+    assert_eq!(root["signed"]["version"], 3);
+    assert_eq!(root["signatures"], serde_json::json!([]));
+    assert!(
+        r.stdout
+            .starts_with("root v3 staged: targets is now 2-of-2"),
+        "{}",
+        r.stdout
+    );
+}
+
+/// L4 for root v1, staged by `init` and signed by its threshold before its first publish: a
+/// signer's copy can provision devices. Not replaced without `--discard-signed-root`; a root
+/// below its threshold is changed as before (the note about the signatures it drops).
+#[test]
+fn a_first_root_that_meets_its_threshold_is_not_replaced_without_discard_signed_root() {
+    let e = Env::new();
+    e.standard_keys();
+    e.init();
+    e.key("targets-2", "ed25519");
+    e.sign("repo/staged/root.json", "root-a");
+    e.sign("repo/staged/root.json", "root-b");
+    let staged = snapshot_tree(&e.path("repo/staged"));
+    let args = [
+        "rotate",
+        "repo",
+        "--role",
+        "targets",
+        "--add-key",
+        "targets-2.pub",
+    ];
+    let r = e.run(&args);
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            "error: refusing to change repo/staged/root.json: root v1 meets its threshold, so it \
+             is already a valid root v1: whoever kept a copy (each signer had one) can give it to \
+             devices, and a different root v1 would fork the fleet. Publish it (`hale-sign \
+             publish repo`) and make this change in root v2, or give --discard-signed-root to \
+             replace it anyway (then destroy every copy of it); nothing staged"
+        ),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(snapshot_tree(&e.path("repo/staged")), staged, "staged/");
+    assert_eq!(
+        snapshot_tree(&e.path("repo/repository")),
+        std::collections::BTreeMap::new(),
+        "nothing published"
+    );
+
+    let r = e.ok(&[&args[..], &["--discard-signed-root"]].concat());
+    assert!(
+        r.stderr.contains(
+            "WARNING: --discard-signed-root: repo/staged/root.json held root v1, which meets its \
+             threshold: it stays a valid root v1, and a copy of it given to devices forks them \
+             from the root v1 staged now; destroy every copy of it (each signer had one)\n"
+        ),
+        "{}",
+        r.stderr
+    );
+    // below its threshold now: changed with the note alone
+    e.sign("repo/staged/root.json", "root-a");
+    let r = e.ok(&["rotate", "repo", "--role", "targets", "--threshold", "2"]);
+    assert!(!r.stderr.contains("WARNING"), "{}", r.stderr);
+    assert!(r.stderr.contains("no longer apply"), "{}", r.stderr);
 }

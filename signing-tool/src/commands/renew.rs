@@ -25,6 +25,11 @@ pub struct RenewArgs {
     /// The new lifetime from now (e.g. 90d), instead of the repository's policy for the role.
     #[arg(long, value_name = "DURATION", value_parser = parse_lifetime)]
     expires_in: Option<i64>,
+    /// Replace a staged root that already meets every threshold it needs. Such a root is valid
+    /// for devices in the hands of whoever kept a copy; replacing it forks the fleet unless every
+    /// copy is destroyed. Without it, publish that root and renew the next version.
+    #[arg(long)]
+    discard_signed_root: bool,
 }
 
 fn parse_lifetime(s: &str) -> Result<i64, String> {
@@ -58,6 +63,7 @@ pub(super) fn roles_named(state: &State, name: &str) -> anyhow::Result<Vec<Strin
 
 pub fn run(a: RenewArgs) -> anyhow::Result<ExitCode> {
     let mut state = State::load_for_change(&a.dir)?;
+    state.discard_signed_root = a.discard_signed_root;
     let mut names = Vec::new();
     for r in &a.role {
         for n in roles_named(&state, r)? {

@@ -36,6 +36,11 @@ pub struct RotateArgs {
     /// The delegator, when several delegate to the role.
     #[arg(long)]
     from: Option<String>,
+    /// Replace a staged root that already meets every threshold it needs. Such a root is valid
+    /// for devices in the hands of whoever kept a copy; replacing it forks the fleet unless every
+    /// copy is destroyed. Without it, publish that root and make the change in the next version.
+    #[arg(long)]
+    discard_signed_root: bool,
 }
 
 /// A key to remove: its key id, and the key itself when the argument is a key file.
@@ -140,6 +145,7 @@ fn used_ids<'a>(entries: impl Iterator<Item = &'a Value>) -> BTreeSet<String> {
 
 pub fn run(a: RotateArgs) -> anyhow::Result<ExitCode> {
     let mut state = State::load_for_change(&a.dir)?;
+    state.discard_signed_root = a.discard_signed_root;
     if a.add.is_empty() && a.remove.is_empty() && a.threshold.is_none() {
         bail!("nothing to change: give --add-key, --remove-key or --threshold");
     }
