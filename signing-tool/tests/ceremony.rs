@@ -366,6 +366,91 @@ fn a_key_type_the_fleet_does_not_verify_is_refused_for_every_role_and_nothing_ch
     );
 }
 
+/// `device_key_types` narrowed by hand after a key of the dropped type was listed: `status` and
+/// `publish` judge the staged files as the fleet will, not as the signing tool's own build
+/// does (it verifies every type). A root whose threshold is met with a P-256 signature is
+/// refused by an ed25519-only fleet.
+#[test]
+fn a_listed_key_of_a_type_the_fleet_no_longer_verifies_keeps_the_draft_from_publishing() {
+    let e = Env::new();
+    e.standard_keys();
+    e.init();
+    e.sign("repo/staged/root.json", "root-a");
+    e.sign("repo/staged/root.json", "root-b");
+    e.sign("repo/staged/targets.json", "targets");
+    let b = e.keyid("root-b");
+    let mut cfg = e.json("repo/hale-repo.json");
+    cfg["device_key_types"] = serde_json::json!(["ed25519"]);
+    e.write(
+        "repo/hale-repo.json",
+        &serde_json::to_vec_pretty(&cfg).unwrap(),
+    );
+    let before = snapshot_tree(&e.path("repo"));
+
+    let r = e.run(&["status", "repo"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains("root v1 (expires ")
+            && r.stdout
+                .contains("— lists keys devices do not verify: not ready to publish"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(&format!(
+            "    key {b} (ecdsa-p256) for root: devices verify ed25519 only (device_key_types): \
+             its signatures count for nothing there; remove it (`hale-sign rotate \
+             --remove-key`) or list its type"
+        )),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(
+            "1 of 2 staged file(s) list keys this repository's devices do not verify, not ready \
+             to publish: root"
+        ),
+        "{}",
+        r.stdout
+    );
+
+    let r = e.run(&publish_args("repo"));
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            format!(
+                "error: repo/staged/root.json: root v1 lists a key of a type this repository's \
+                 devices do not verify (ed25519 only, device_key_types in hale-repo.json): {b} \
+                 (ecdsa-p256) for root. Their signatures count for nothing there, and a \
+                 threshold met with them is not met on a device. Remove them (`hale-sign rotate \
+                 repo --role ROLE --remove-key KEYID`), or list the type in device_key_types if \
+                 every device verifies it (repository unchanged)"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(snapshot_tree(&e.path("repo")), before, "nothing written");
+
+    // the way on: the key removed (the signed draft discarded: it met its threshold with it),
+    // signed by two ed25519 keys, published
+    e.ok(&[
+        "rotate",
+        "repo",
+        "--role",
+        "root",
+        "--remove-key",
+        "root-b.pub",
+        "--discard-signed-root",
+    ]);
+    e.sign("repo/staged/root.json", "root-a");
+    e.sign("repo/staged/root.json", "root-c");
+    e.ok(&["status", "repo"]);
+    e.publish();
+    let r = e.verify();
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}
+
 #[test]
 fn a_published_file_is_never_signed_in_place() {
     let e = Env::new();

@@ -405,6 +405,28 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
                 m.name
             );
         }
+        let skipped = state.config.keys_devices_skip(&m.signed);
+        if !skipped.is_empty() {
+            bail!(
+                "{}: {} v{} lists {} this repository's devices do not verify ({} only, \
+                 device_key_types in {}): {}. Their signatures count for nothing there, and a \
+                 threshold met with them is not met on a device. Remove them (`hale-sign rotate \
+                 {} --role ROLE --remove-key KEYID`), or list the type in device_key_types if \
+                 every device verifies it (repository unchanged)",
+                m.path.display(),
+                m.name,
+                m.version,
+                if skipped.len() == 1 {
+                    "a key of a type"
+                } else {
+                    "keys of types"
+                },
+                state.config.device_key_types().join(", "),
+                crate::config::CONFIG_FILE,
+                skipped.join("; "),
+                state.dir.display()
+            );
+        }
         unmet.extend(unmet_thresholds(&state, m)?);
         build::check_profile(state.profile, &m.signed)
             .map_err(|e| anyhow::anyhow!("{}: {e}", m.path.display()))?;

@@ -178,6 +178,7 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let mut all_met = true;
     let mut unmet = Vec::new();
     let mut stale = Vec::new();
+    let mut skipping = Vec::new();
     for (role, path, bytes, version, expired) in &files {
         if expired.is_some() {
             stale.push(role.clone());
@@ -191,15 +192,30 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
         if !met {
             unmet.push(role.clone());
         }
-        if a.quiet && files.len() > 16 && met && expired.is_none() {
+        let skipped = serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .and_then(|v| v.get("signed").map(|s| state.config.keys_devices_skip(s)))
+            .unwrap_or_default();
+        if !skipped.is_empty() {
+            skipping.push(role.clone());
+        }
+        if a.quiet && files.len() > 16 && met && expired.is_none() && skipped.is_empty() {
             continue;
         }
-        let verdict = match (expired, met) {
-            (Some(why), _) => format!("{why}: devices would refuse it"),
-            (None, true) => "ready".into(),
-            (None, false) => "needs signatures".into(),
+        let verdict = match (expired, met, skipped.is_empty()) {
+            (Some(why), _, _) => format!("{why}: devices would refuse it"),
+            (None, _, false) => "lists keys devices do not verify: not ready to publish".into(),
+            (None, true, true) => "ready".into(),
+            (None, false, true) => "needs signatures".into(),
         };
         println!("{}: {role} {version} — {verdict}", path.display());
+        for k in &skipped {
+            println!(
+                "    key {k}: devices verify {} only (device_key_types): its signatures count \
+                 for nothing there; remove it (`hale-sign rotate --remove-key`) or list its type",
+                state.config.device_key_types().join(", ")
+            );
+        }
         for (auth, r) in &reps {
             print_report(auth, r, a.quiet);
         }
@@ -224,7 +240,16 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
             renew_command(&state, &stale)
         );
     }
-    if all_met && stale.is_empty() {
+    if !skipping.is_empty() {
+        println!(
+            "{} of {} staged file(s) list keys this repository's devices do not verify, not ready \
+             to publish: {}",
+            skipping.len(),
+            files.len(),
+            summarize(&skipping)
+        );
+    }
+    if all_met && stale.is_empty() && skipping.is_empty() {
         println!(
             "all {} staged file(s) meet their thresholds: ready to publish",
             files.len()
