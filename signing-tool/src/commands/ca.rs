@@ -9,6 +9,8 @@
 //! ca staff       --ca-dir D --role R --name N --hours H --out PREFIX [--force]
 //!                                                   PREFIX.crt, PREFIX.key
 //! ca crl         --ca-dir D --ca SLUG [--revoke SERIAL...] --out FILE
+//! ca reseal      --ca-dir D --ca technician|server|operations [--new-passphrase-*]
+//!                                                   the CA file(s) sealed again, certificate unchanged
 //! ```
 //!
 //! Every private key is sealed at rest: CA keys inside hale-pki's CA file, issued keys (server TLS,
@@ -27,6 +29,12 @@
 //! `server-cert --force` and `staff --force` replace PREFIX.crt and PREFIX.key together, after
 //! every check ([`durable::Batch`]): a server reloading its certificate can meet the new
 //! certificate with the old key only between the two renames, and refuses that pair.
+//! `reseal` gives the Technician and Server CA files of a hierarchy made without
+//! `--operations-passphrase-*` (sealed with the server's passphrase, or the offline one) their
+//! own: it refuses a new passphrase that is the current one or that opens the Device Issuing
+//! (the server's), root or Manufacturing CA file beside them, and replaces a file only with one
+//! that opens with the new passphrase to the same CA. Copies of the old file still open with the
+//! old passphrase: it says so.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -54,6 +62,13 @@ pub enum CaCmd {
     Staff(StaffArgs),
     /// Sign the CRL of a CA, adding serials to its revoked list.
     Crl(CrlArgs),
+    /// Seal the Technician and/or Server CA file again under a new (operations) passphrase.
+    #[command(
+        after_help = "--passphrase-env/--passphrase-file: the passphrase the file(s) are sealed \
+                      with now (a hierarchy made without --operations-passphrase-*: the \
+                      server's); without either, a prompt. The certificates do not change."
+    )]
+    Reseal(ResealArgs),
 }
 
 #[derive(Args, Debug)]
@@ -100,9 +115,9 @@ pub struct CaDirArgs {
     /// The directory `ca init` wrote.
     #[arg(long, value_name = "CA_DIR")]
     pub ca_dir: PathBuf,
-    /// Passphrase of the CA file used: the one `ca init` sealed it with (the operations
-    /// passphrase for the Technician and Server CA, the server's for Device Issuing, the offline
-    /// one for root and Manufacturing).
+    /// Passphrase of the CA file used: the one `ca init` (or `ca reseal`) sealed it with (the
+    /// operations passphrase for the Technician and Server CA, the server's for Device Issuing,
+    /// the offline one for root and Manufacturing).
     #[command(flatten)]
     pub pass: PassArgs,
 }
@@ -198,12 +213,32 @@ pub struct CrlArgs {
     out: PathBuf,
 }
 
+#[derive(Args, Debug)]
+pub struct ResealArgs {
+    /// The directory `ca init` wrote, and with --passphrase-env/--passphrase-file the passphrase
+    /// the CA file(s) are sealed with now (a hierarchy made without --operations-passphrase-*:
+    /// the server's, or without that the offline one); else a prompt.
+    #[command(flatten)]
+    ca: CaDirArgs,
+    /// The CA file(s) to seal again: technician, server, or operations (both).
+    #[arg(long = "ca", value_name = "CA")]
+    which: String,
+    /// The new passphrase (the operations passphrase: different from the offline and the
+    /// server's), from this environment variable; else a prompt (typed twice).
+    #[arg(long, value_name = "VAR", conflicts_with = "new_passphrase_file")]
+    new_passphrase_env: Option<String>,
+    /// As --new-passphrase-env, from the first line of this file.
+    #[arg(long, value_name = "PATH")]
+    new_passphrase_file: Option<PathBuf>,
+}
+
 pub fn run(cmd: CaCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         CaCmd::Init(a) => init(a),
         CaCmd::ServerCert(a) => server_cert(a),
         CaCmd::Staff(a) => staff(a),
         CaCmd::Crl(a) => crl(a),
+        CaCmd::Reseal(a) => reseal(a),
     }
 }
 
@@ -248,7 +283,13 @@ pub fn open_ca(a: &CaDirArgs, role: CaRole) -> anyhow::Result<Ca> {
         .source(&path.display().to_string())
         .read()
         .with_context(|| format!("passphrase for {}", path.display()))?;
-    let ca = match Ca::from_file(&bytes, &pass) {
+    open_ca_file(&path, &bytes, &pass, role)
+}
+
+/// Open the CA file `bytes` read from `path` with `pass`, checking it is the CA of `role`; a
+/// file that does not open names the passphrase `ca init` seals it with.
+fn open_ca_file(path: &Path, bytes: &[u8], pass: &[u8], role: CaRole) -> anyhow::Result<Ca> {
+    let ca = match Ca::from_file(bytes, pass) {
         Ok(ca) => ca,
         // a wrong passphrase and a damaged file look the same: say which passphrase it takes
         Err(e @ hale_pki::PkiError::KeyFile(_)) => {
@@ -606,6 +647,134 @@ fn crl(a: CrlArgs) -> anyhow::Result<ExitCode> {
         number,
         revoked.len(),
         hale_pki::utc(crl.next_update)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reseal(a: ResealArgs) -> anyhow::Result<ExitCode> {
+    let (roles, what): (&[CaRole], &str) = match a.which.as_str() {
+        "technician" => (&[CaRole::Technician], "Technician CA file"),
+        "server" => (&[CaRole::Server], "Server CA file"),
+        "operations" => (
+            &[CaRole::Technician, CaRole::Server],
+            "Technician and Server CA files",
+        ),
+        s => bail!(
+            "--ca {s:?}: expected technician, server or operations (both: the CA files that \
+             take the operations passphrase)"
+        ),
+    };
+    let dir = &a.ca.ca_dir;
+    let paths: Vec<PathBuf> = roles.iter().map(|r| key_path(dir, *r)).collect();
+    let files: Vec<Vec<u8>> = paths
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| p.display().to_string()))
+        .collect::<anyhow::Result<_>>()?;
+    let names = paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let old =
+        a.ca.pass
+            .source(&names)
+            .read()
+            .with_context(|| format!("passphrase for {names}"))?;
+    let cas: Vec<Ca> = roles
+        .iter()
+        .zip(&paths)
+        .zip(&files)
+        .map(|((role, path), bytes)| open_ca_file(path, bytes, &old, *role))
+        .collect::<anyhow::Result<_>>()?;
+
+    let new_src = match (&a.new_passphrase_env, &a.new_passphrase_file) {
+        (Some(v), _) => Passphrase::Env(v.clone()),
+        (None, Some(p)) => Passphrase::File(p.clone()),
+        (None, None) => Passphrase::Prompt(format!("new passphrase for {names}: ")),
+    };
+    let new = key_source::read_new_passphrase(&new_src, &format!("the {what}"))?;
+    if *new == *old {
+        bail!("the new passphrase ({what}) must differ from the current one");
+    }
+    // the separation `ca init` makes: the new passphrase must open no other CA file here
+    let mut not_compared = Vec::new();
+    for (others, whose, held) in [
+        (
+            &[CaRole::DeviceIssuing][..],
+            "the server's passphrase",
+            ", the CA file the server holds",
+        ),
+        (
+            &[CaRole::Root, CaRole::Manufacturing][..],
+            "the offline CA files' passphrase",
+            "",
+        ),
+    ] {
+        let mut compared = false;
+        for role in others {
+            let path = key_path(dir, *role);
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| path.display().to_string()),
+            };
+            match Ca::from_file(&bytes, &new) {
+                Ok(_) => bail!(
+                    "the new passphrase ({what}) must differ from {whose}: it opens {}{held}",
+                    path.display()
+                ),
+                Err(hale_pki::PkiError::KeyFile(_)) => compared = true,
+                Err(e) => return Err(e).with_context(|| path.display().to_string()),
+            }
+        }
+        if !compared {
+            not_compared.push((others, whose));
+        }
+    }
+
+    // what is written must open with the new passphrase to the same CA: its role, CRL URL and
+    // certificate (`Ca::from_file` checks the key is the certificate's)
+    let mut sealed = Vec::with_capacity(cas.len());
+    for (ca, path) in cas.iter().zip(&paths) {
+        let file = seal_ca(ca, &new)?;
+        let again = Ca::from_file(&file, &new)
+            .with_context(|| format!("{}: sealed again, it does not open", path.display()))?;
+        if again.role() != ca.role()
+            || again.certificate_der() != ca.certificate_der()
+            || again.crl_url() != ca.crl_url()
+        {
+            bail!("{}: sealed again, it holds another CA", path.display());
+        }
+        sealed.push(file);
+    }
+    let mut batch = durable::Batch::new();
+    for (path, file) in paths.iter().zip(&sealed) {
+        batch.add_secret(path, file)?;
+    }
+    batch
+        .commit()
+        .with_context(|| format!("sealing {names} again"))?;
+    for (ca, path) in cas.iter().zip(&paths) {
+        println!(
+            "{:<15} {} sealed with the new passphrase (certificate unchanged)",
+            ca.role().slug(),
+            path.display()
+        );
+    }
+    for (others, whose) in not_compared {
+        let files = others
+            .iter()
+            .map(|r| key_path(dir, *r).display().to_string())
+            .collect::<Vec<_>>()
+            .join(" or ");
+        eprintln!(
+            "note: no {files}: the new passphrase was not compared with {whose}; it must \
+             differ from it"
+        );
+    }
+    eprintln!(
+        "copies of the old {what} (backups, other machines) still open with the old passphrase: \
+         replace or destroy them"
     );
     Ok(ExitCode::SUCCESS)
 }
