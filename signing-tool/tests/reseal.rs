@@ -22,7 +22,7 @@ const WRONG: &str = "key file: wrong passphrase or damaged key file";
 /// environment) and the server's (`SERVER_PASS`, file server-pass), which then also seals the
 /// Technician and Server CA files. With `operations`, the operations passphrase too
 /// (`OPS_PASS`, file ops-pass), as `ca init` seals them now.
-fn ca_init(env: &Env, operations: bool) {
+fn ca_init(env: &Env, operations: bool) -> common::Run {
     env.write("server-pass", format!("{SERVER_PASS}\n").as_bytes());
     env.write("ops-pass", format!("{OPS_PASS}\n").as_bytes());
     let mut a = [
@@ -39,7 +39,7 @@ fn ca_init(env: &Env, operations: bool) {
     if operations {
         a.extend(["--operations-passphrase-file".into(), env.p("ops-pass")]);
     }
-    env.ok(&a);
+    env.ok(&a)
 }
 
 /// `ca reseal --ca-dir DIR --ca WHICH`, then `pass` (the current passphrase's and the new one's
@@ -89,10 +89,23 @@ fn opens_with(env: &Env, dir: &str, role: CaRole, pass: &str) -> bool {
 #[test]
 fn reseal_gives_the_technician_and_server_ca_files_their_own_passphrase() {
     let env = Env::new();
-    ca_init(&env, false);
+    let init = ca_init(&env, false);
     for role in [CaRole::Technician, CaRole::Server] {
         assert!(opens_with(&env, "ca", role, SERVER_PASS), "{role}");
     }
+    // init says so, and names the command that separates them
+    assert!(
+        init.stderr.contains(&format!(
+            "are sealed with the server's passphrase, so anyone who reads it on the server can \
+             open them wherever they are copied; give --operations-passphrase-env or \
+             --operations-passphrase-file to seal them with their own, or seal them again with \
+             `hale-sign ca reseal --ca-dir {} --ca operations` (as those of a hierarchy made \
+             before)\n",
+            env.p("ca")
+        )),
+        "{}",
+        init.stderr
+    );
     let before = snapshot_tree(&env.path("ca"));
     let r = env.ok(&reseal_args(
         &env,

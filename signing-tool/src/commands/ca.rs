@@ -460,7 +460,9 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
             "WARNING: the Technician and Server CA files, which issue operator (release \
              publishing) and server certificates, are sealed with {shared}; give \
              --operations-passphrase-env or --operations-passphrase-file to seal them with \
-             their own"
+             their own, or seal them again with `hale-sign ca reseal --ca-dir {} --ca \
+             operations` (as those of a hierarchy made before)",
+            a.out.display()
         );
     }
     eprintln!(
