@@ -22,7 +22,7 @@ use hale_pki::{Ca, CaRole, PeerIdentity};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, ServerName};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
@@ -248,7 +248,7 @@ pub struct Listeners {
 }
 
 /// How long before the server's own TLS certificate expires the log and `/healthz` warn: 30
-/// days, time to issue a new one and restart.
+/// days, time to issue a new one (the server reloads it: no restart).
 pub const SERVER_CERT_WARNING: Duration = Duration::from_secs(30 * 86_400);
 /// How long before a CA certificate expires they warn: 180 days, as renewing one is a key
 /// ceremony (and replacing the hierarchy means enrolling every device again).
@@ -265,6 +265,8 @@ struct Served {
     /// what stops once it has expired
     stops: &'static str,
     not_after: SystemTime,
+    /// the names it is for (the server's own certificate: a renewal must keep them)
+    names: Vec<ServerName<'static>>,
 }
 
 /// A certificate that expired or expires soon ([`Listeners::certificate_status`]).
@@ -327,6 +329,7 @@ fn add_served(
             what,
             stops,
             not_after,
+            names: Vec::new(),
         }),
         Err(e) => {
             tracing::error!(certificate = file, error = %e, "its expiry cannot be read: not watched")
@@ -341,6 +344,8 @@ fn served_server(chain: &[CertificateDer<'static>], dir: &Path) -> Vec<Served> {
     let mut out = Vec::new();
     let mut add = |n, f, w, st, der| add_served(&mut out, (n, f, w, st), der);
     let leaf = chain.first().map(|c| c.to_vec()).unwrap_or_default();
+    // what a renewal is issued for (none readable: the hint shows where they go)
+    let names = hale_pki::tls::server_names(&leaf).unwrap_or_default();
     add(
         "server",
         "server.crt",
@@ -365,7 +370,44 @@ fn served_server(chain: &[CertificateDer<'static>], dir: &Path) -> Vec<Served> {
             server_ca(dir).map(|d| d.to_vec()),
         ),
     }
+    if let Some(server) = out.iter_mut().find(|c| c.name == "server") {
+        server.names = names;
+    }
     out
+}
+
+/// The command that renews the server's certificate in `dir` in place: issued for `names`, the
+/// names of the certificate presented now (a reload takes only a certificate valid for all of
+/// them), `--force` replacing `server.crt` and `server.key` together (hale-sign's
+/// `ServerCertArgs`). `CA_DIR` stands for the `ca init` directory, which the server does not
+/// know (its Server CA file never comes here).
+fn server_cert_renewal(dir: &Path, names: &[ServerName<'_>]) -> String {
+    let mut args = String::from("hale-sign ca server-cert --ca-dir CA_DIR");
+    for n in names {
+        let flag = match n {
+            ServerName::IpAddress(_) => "--ip",
+            _ => "--dns",
+        };
+        args.push_str(&format!(" {flag} {}", n.to_str()));
+    }
+    if names.is_empty() {
+        args.push_str(" --dns NAME… [--ip IP…]");
+    }
+    let out = dir.join("server");
+    format!(
+        "{args} --out {} --force",
+        shell_word(&out.to_string_lossy())
+    )
+}
+
+/// `s` as one word of a POSIX shell command: as it is when that is safe, else single-quoted.
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%=,".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// The Server CA certificate as the TLS directory keeps it (`ca/server.crt`): what clients trust.
@@ -625,7 +667,8 @@ impl Listeners {
                 (
                     SERVER_CERT_WARNING,
                     format!(
-                        "issue a new one (`hale-sign ca server-cert …`) for the same names and put it and its key at {} and {}: the server presents it from the next connection (no restart)",
+                        "issue a new one for the same names, its key sealed with the server's passphrase: `{}` (CA_DIR: where the Server CA file is kept; issued elsewhere, put the pair at {} and {}): the server presents it from the next connection (no restart)",
+                        server_cert_renewal(&self.dir, &c.names),
                         self.dir.join("server.crt").display(),
                         self.dir.join("server.key").display()
                     ),
@@ -1114,4 +1157,32 @@ pub async fn serve<F, Fut>(
         }
     }
     drop(watch_tx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The expiry hint's command renews in place with hale-sign's own options, for every name
+    /// the certificate presented now is for (a reload takes nothing less).
+    #[test]
+    fn server_cert_renewal_names_the_command_for_the_same_names() {
+        let names = [
+            ServerName::try_from("updates.example").unwrap(),
+            ServerName::try_from("pumps.example").unwrap(),
+            ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into()),
+            ServerName::IpAddress(std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST).into()),
+        ];
+        assert_eq!(
+            server_cert_renewal(Path::new("/srv/hale/tls"), &names),
+            "hale-sign ca server-cert --ca-dir CA_DIR --dns updates.example --dns pumps.example \
+             --ip 127.0.0.1 --ip ::1 --out /srv/hale/tls/server --force"
+        );
+        // no readable names: where they go; a directory a shell would split is quoted
+        assert_eq!(
+            server_cert_renewal(Path::new("/srv/it's tls"), &[]),
+            "hale-sign ca server-cert --ca-dir CA_DIR --dns NAME… [--ip IP…] --out \
+             '/srv/it'\\''s tls/server' --force"
+        );
+    }
 }

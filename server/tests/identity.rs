@@ -2478,9 +2478,12 @@ fn certificates_near_their_end_are_warned_about_at_start_and_in_healthz() {
     let server_msg = format!(
         "the server's TLS certificate (server.crt) expires at {} (in 9 days): then devices, \
          technicians, operators and factory enrollment refuse every connection to this server; \
-         issue a new one (`hale-sign ca server-cert …`) for the same names and put it and its \
-         key at {} and {}: the server presents it from the next connection (no restart)",
+         issue a new one for the same names, its key sealed with the server's passphrase: \
+         `hale-sign ca server-cert --ca-dir CA_DIR --dns localhost --ip 127.0.0.1 --out {} \
+         --force` (CA_DIR: where the Server CA file is kept; issued elsewhere, put the pair at {} \
+         and {}): the server presents it from the next connection (no restart)",
         hale_pki::utc(server_end),
+        tls.join("server").display(),
         tls.join("server.crt").display(),
         tls.join("server.key").display()
     );
