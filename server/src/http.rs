@@ -1467,7 +1467,7 @@ fn metrics_handler(app: Arc<App>) -> warp::reply::Response {
     if let Some(l) = &app.listeners {
         let _ = write!(
             s,
-            "# HELP hale_certificate_expires_in_seconds seconds until a certificate the TLS listeners present or trust expires (a new one takes a restart)\n\
+            "# HELP hale_certificate_expires_in_seconds seconds until a certificate the TLS listeners present or trust expires (the server's own is reloaded when its files change; a new CA certificate takes a restart)\n\
              # TYPE hale_certificate_expires_in_seconds gauge\n"
         );
         for (name, end) in l.certificate_validity() {
