@@ -178,6 +178,37 @@ pub struct State {
     /// The engineer's `--discard-signed-root`: [`stage`](Self::stage) replaces a staged root that
     /// meets every threshold it needs, with a warning, instead of refusing.
     pub discard_signed_root: bool,
+    /// The working directory's lock, held by a command that changes it
+    /// ([`load_for_change`](Self::load_for_change)) until it exits.
+    lock: Option<std::fs::File>,
+}
+
+/// The file a command that changes a working directory holds an exclusive lock on (`flock`),
+/// made by `init`: two such commands at once (two signers of a shared directory, a publish
+/// started twice) would each write what it read, and one's signature or file would be lost.
+pub const LOCK_FILE: &str = ".hale-sign.lock";
+
+/// Lock the working directory `dir` for a change, or refuse at once (a command never waits
+/// behind another one, which may be waiting for a passphrase).
+pub fn lock_for_change(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let io = |e: std::io::Error| invalid(format!("{}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(invalid(format!(
+            "{}: another hale-sign command is changing this working directory ({} is locked): \
+             run this again when it has finished; nothing done",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
 }
 
 pub fn unix_now() -> i64 {
@@ -210,6 +241,7 @@ impl State {
             already_published: Vec::new(),
             now: unix_now(),
             discard_signed_root: false,
+            lock: None,
         };
         // (role, file, staged): the newest published version of each role, then the staged files
         // that override them; read and parsed in parallel (hundreds of hashed bins)
@@ -292,6 +324,9 @@ impl State {
     /// (target add, sign, push…): refused while a publish that was interrupted has not been
     /// undone, since the repository then holds files that were never verified.
     pub fn load_for_change(dir: &Path) -> Result<Self> {
+        // (a directory that is not one is said as such, not as a lock file it cannot make)
+        Config::load(dir)?;
+        let lock = lock_for_change(dir)?;
         let journal = dir.join(crate::commands::publish::JOURNAL);
         if journal.exists() {
             return Err(invalid(format!(
@@ -302,7 +337,9 @@ impl State {
                 dir.display()
             )));
         }
-        Self::load(dir)
+        let mut st = Self::load(dir)?;
+        st.lock = Some(lock);
+        Ok(st)
     }
 
     pub fn staged(&self) -> impl Iterator<Item = &Meta> {

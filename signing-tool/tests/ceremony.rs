@@ -451,6 +451,55 @@ fn a_listed_key_of_a_type_the_fleet_no_longer_verifies_keeps_the_draft_from_publ
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
 
+/// Two commands changing one working directory at once (two signers of a shared directory, a
+/// publish started twice) would each write what it read, and one's signature or files would be
+/// lost: the second is refused at once, with nothing done, while the first holds the directory.
+#[test]
+fn a_command_changing_a_working_directory_another_one_is_changing_is_refused() {
+    let e = Env::new();
+    e.standard_keys();
+    e.init();
+    e.sign("repo/staged/root.json", "root-a");
+    assert!(e.path("repo/.hale-sign.lock").is_file(), "init makes it");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(e.path("repo/.hale-sign.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    let before = snapshot_tree(&e.path("repo"));
+    let busy = "error: repo: another hale-sign command is changing this working directory \
+                (repo/.hale-sign.lock is locked): run this again when it has finished; nothing \
+                done";
+    let sign = sign_args("repo/staged/root.json", "root-b.key");
+    for args in [
+        &sign[..],
+        &publish_args("repo")[..],
+        &["target", "add", "repo", "--file", "root-a.pub"][..],
+        &[
+            "rotate",
+            "repo",
+            "--role",
+            "targets",
+            "--add-key",
+            "root-c.pub",
+        ][..],
+    ] {
+        let r = e.run(args);
+        // (sign names the directory it found the file in, absolute)
+        let said = r.stderr.replace(e.p("repo").as_str(), "repo");
+        assert_eq!((r.code, said.trim_end()), (2, busy), "{args:?}");
+        assert_eq!(snapshot_tree(&e.path("repo")), before, "{args:?}");
+    }
+    // reading is not changing
+    let r = e.run(&["status", "repo"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    lock.unlock().unwrap();
+    e.sign("repo/staged/root.json", "root-b");
+    e.ok(&["status", "repo/staged/root.json"]);
+}
+
 #[test]
 fn a_published_file_is_never_signed_in_place() {
     let e = Env::new();

@@ -132,6 +132,7 @@ pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_dir_all(&a.dir);
         } else {
             let _ = std::fs::remove_file(&cfg_path);
+            let _ = std::fs::remove_file(a.dir.join(crate::state::LOCK_FILE));
         }
     }
     r
@@ -146,7 +147,7 @@ fn stage_first(
     root_expires: &str,
     targets_expires: &str,
 ) -> anyhow::Result<ExitCode> {
-    let mut state = State::load(&a.dir)?;
+    let mut state = State::load_for_change(&a.dir)?;
     let root = build::root(profile, 1, root_expires, keys, roles, true);
     let targets = build::targets(profile, 1, targets_expires, &Map::new(), None);
     let mut batch = Batch::new();

@@ -339,6 +339,9 @@ fn sign_online(
 
 pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
     let mut t = Timings::start("publish", a.timings);
+    // no other command changes the directory until this one exits (the journal's undo first)
+    crate::config::Config::load(&a.dir)?;
+    let _lock = crate::state::lock_for_change(&a.dir)?;
     // a publish killed before it finished: undo what it wrote, then publish afresh
     let repo = repository_dir(&a.dir);
     if let Some(interrupted) = Written::load_journal(&a.dir, &repo)? {
