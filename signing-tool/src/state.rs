@@ -199,15 +199,17 @@ pub fn lock_for_change(dir: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .map_err(io)?;
-    match file.try_lock() {
+    match fs2::FileExt::try_lock_exclusive(&file) {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(invalid(format!(
-            "{}: another hale-sign command is changing this working directory ({} is locked): \
+        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
+            Err(invalid(format!(
+                "{}: another hale-sign command is changing this working directory ({} is locked): \
              run this again when it has finished; nothing done",
-            dir.display(),
-            path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+                dir.display(),
+                path.display()
+            )))
+        }
+        Err(e) => Err(io(e)),
     }
 }
 

@@ -467,7 +467,7 @@ fn a_command_changing_a_working_directory_another_one_is_changing_is_refused() {
         .write(true)
         .open(e.path("repo/.hale-sign.lock"))
         .unwrap();
-    lock.try_lock().unwrap();
+    fs2::FileExt::try_lock_exclusive(&lock).unwrap();
     let before = snapshot_tree(&e.path("repo"));
     let busy = "error: repo: another hale-sign command is changing this working directory \
                 (repo/.hale-sign.lock is locked): run this again when it has finished; nothing \
@@ -495,7 +495,7 @@ fn a_command_changing_a_working_directory_another_one_is_changing_is_refused() {
     // reading is not changing
     let r = e.run(&["status", "repo"]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
-    lock.unlock().unwrap();
+    fs2::FileExt::unlock(&lock).unwrap();
     e.sign("repo/staged/root.json", "root-b");
     e.ok(&["status", "repo/staged/root.json"]);
 }
