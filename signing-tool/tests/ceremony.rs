@@ -496,6 +496,29 @@ fn a_command_changing_a_working_directory_another_one_is_changing_is_refused() {
     let r = e.run(&["status", "repo"]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     fs2::FileExt::unlock(&lock).unwrap();
+    // one command, one lock: a directory named twice (however spelled) is said as such
+    let absolute = e.p("repo");
+    let r = e.run(&[
+        "sign",
+        "repo",
+        absolute.as_str(),
+        "--key",
+        "root-b.key",
+        "--passphrase-env",
+        PW_ENV,
+    ]);
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            format!(
+                "error: {absolute}: given twice (its staged files are signed once; the \
+                 directory is locked by this command)"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(snapshot_tree(&e.path("repo")), before);
     e.sign("repo/staged/root.json", "root-b");
     e.ok(&["status", "repo/staged/root.json"]);
 }

@@ -182,6 +182,12 @@ struct Listed {
     invalid: Vec<String>,
 }
 
+/// The working directory `p` names, as one key however it is spelled (`repo`, `./repo`, an
+/// absolute path): a second State of it would take its lock a second time, and be refused.
+fn same_dir(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
     let mut t = Timings::start("sign", a.timings);
     let signers: Vec<PublicKey> = a
@@ -193,6 +199,13 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
     let mut states: BTreeMap<PathBuf, State> = BTreeMap::new();
     for p in &a.paths {
         if p.is_dir() {
+            if states.contains_key(&same_dir(p)) {
+                bail!(
+                    "{}: given twice (its staged files are signed once; the directory is locked \
+                     by this command)",
+                    p.display()
+                );
+            }
             let st = t.time("load", || State::load_for_change(p))?;
             let check_start = Instant::now();
             let staged: Vec<&Meta> = st.staged().collect();
@@ -227,13 +240,15 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
             for job in found {
                 jobs.extend(job?);
             }
-            states.insert(p.clone(), st);
+            states.insert(same_dir(p), st);
             t.add("check", check_start.elapsed());
             continue;
         }
         let dir = repo_of(p, a.repo.as_deref())?;
         refuse_published(p, &dir)?;
-        let st = match states.remove(&dir) {
+        // (one State, and one lock, per working directory however its path is spelled)
+        let dir_key = same_dir(&dir);
+        let st = match states.remove(&dir_key) {
             Some(s) => s,
             None => t.time("load", || State::load_for_change(&dir))?,
         };
@@ -275,7 +290,7 @@ pub fn run(a: SignArgs) -> anyhow::Result<ExitCode> {
             keys: (0..signers.len()).collect(),
             invalid,
         });
-        states.insert(dir, st);
+        states.insert(dir_key, st);
         t.add("check", check_start.elapsed());
     }
     if jobs.is_empty() {
