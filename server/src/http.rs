@@ -684,7 +684,14 @@ where
     let check = warp::get()
         .and(warp::path!("api" / "v1" / "publish"))
         .and(auth)
-        .map(|actor: String| json_reply(StatusCode::OK, &json!({"publisher": actor})));
+        .map(|actor: String| {
+            // `root_chain`: the publish body's `roots` is understood (an older server ignores
+            // the field, and a chain sent to it would lose its roots)
+            json_reply(
+                StatusCode::OK,
+                &json!({"publisher": actor, "root_chain": true}),
+            )
+        });
     publish.or(upload).unify().or(check).unify()
 }
 
@@ -767,13 +774,16 @@ pub(crate) async fn recover(r: Rejection) -> Result<warp::reply::Response, Infal
     ))
 }
 
-/// `{"root": <envelope>?, "roles": {"targets": <envelope>, "<delegated>": <envelope>}}`. Each
-/// envelope is kept byte for byte as sent (RawValue): signatures cover its canonical form, and
-/// the served bytes are exactly what was signed and verified.
+/// `{"root": <envelope>?, "roles": {"targets": <envelope>, "<delegated>": <envelope>}}`, or
+/// `"roots": [<envelope>, …]` for several root versions in order (N+1, N+2… after the served N),
+/// applied in one publish. Each envelope is kept byte for byte as sent (RawValue): signatures
+/// cover its canonical form, and the served bytes are exactly what was signed and verified.
 #[derive(Deserialize)]
 struct PublishBody<'a> {
     #[serde(borrow, default)]
     root: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    roots: Vec<&'a serde_json::value::RawValue>,
     #[serde(borrow, default)]
     roles: std::collections::BTreeMap<String, &'a serde_json::value::RawValue>,
 }
@@ -783,17 +793,22 @@ async fn publish_handler(
     body: Bytes,
     app: Arc<App>,
 ) -> Result<warp::reply::Response, Rejection> {
-    let parsed: PublishBody<'_> = serde_json::from_slice(&body).map_err(|e| {
-        api_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("publish body: {e}"),
-        )
-    })?;
+    let bad = |message: String| api_error(StatusCode::BAD_REQUEST, "bad_request", message);
+    let parsed: PublishBody<'_> =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("publish body: {e}")))?;
+    if parsed.root.is_some() && !parsed.roots.is_empty() {
+        return Err(bad(
+            "publish body: give one root as `root` or several, in order, as `roots`, not both"
+                .into(),
+        ));
+    }
     let upload = Upload {
-        root: parsed
+        roots: parsed
             .root
-            .map(|r| Bytes::copy_from_slice(r.get().as_bytes())),
+            .into_iter()
+            .chain(parsed.roots)
+            .map(|r| Bytes::copy_from_slice(r.get().as_bytes()))
+            .collect(),
         roles: parsed
             .roles
             .iter()

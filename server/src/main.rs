@@ -1086,7 +1086,7 @@ fn demo(
         };
         let old = repo.load()?;
         let upload = Upload {
-            root: None,
+            roots: Vec::new(),
             roles: [("targets".to_string(), bytes::Bytes::from(tbytes))]
                 .into_iter()
                 .collect(),

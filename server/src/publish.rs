@@ -163,7 +163,9 @@ pub struct Lifetimes {
 /// An upload: metadata bytes exactly as the release engineers signed them.
 #[derive(Debug, Default)]
 pub struct Upload {
-    pub root: Option<Bytes>,
+    /// New root versions in order, N+1, N+2… after the trusted N: each is a version devices walk
+    /// through, so a repository that published several since the last upload sends them all.
+    pub roots: Vec<Bytes>,
     pub roles: BTreeMap<String, Bytes>,
 }
 
@@ -307,34 +309,45 @@ pub fn prepare(
     now: i64,
     repo: &RepoDir,
 ) -> Result<State, PublishError> {
-    if upload.root.is_none() && upload.roles.is_empty() {
+    if upload.roots.is_empty() && upload.roles.is_empty() {
         return Err(PublishError::Empty);
     }
     let mut new = old.clone();
 
-    // 1. root: signed by the trusted root and by itself, version N+1 (hale-core's update_root)
-    if let Some(root) = &upload.root {
+    // 1. roots, in order as a device walks them: each signed by the root before it and by
+    //    itself, the next version (hale-core's update_root); only the last must be unexpired
+    //    (spec 5.3.10: a device passes through an expired root on the way). One sent as `root`
+    //    is named `root` in a refusal, one of several by its place in `roots`.
+    if !upload.roots.is_empty() {
         let (_, cur) = old
             .root()
             .ok_or_else(|| PublishError::Internal("no trusted root".into()))?;
         let mut set = TrustedSet::new(Storage::with_capacity(MAX_METADATA_LEN), cur, now)
             .map_err(trust("root"))?;
-        let v = set.update_root(root).map_err(trust("root"))?;
-        let env = Envelope::parse(root, "root").map_err(trust("root"))?;
-        let r = Root::parse(&env.signed).map_err(trust("root"))?;
-        if !r.consistent_snapshot {
-            return Err(PublishError::NotConsistent);
+        let last = upload.roots.len() - 1;
+        for (i, root) in upload.roots.iter().enumerate() {
+            let what = if last == 0 {
+                "root".to_string()
+            } else {
+                format!("roots[{i}]")
+            };
+            let v = set.update_root(root).map_err(trust(&what))?;
+            let env = Envelope::parse(root, "root").map_err(trust(&what))?;
+            let r = Root::parse(&env.signed).map_err(trust(&what))?;
+            if !r.consistent_snapshot {
+                return Err(PublishError::NotConsistent);
+            }
+            if i == last && r.header.expires <= now {
+                return Err(PublishError::Trust {
+                    role: what,
+                    error: hale_core::Error::ExpiredRoot {
+                        expires: r.header.expires,
+                        now,
+                    },
+                });
+            }
+            new.roots.insert(v, root.clone());
         }
-        if r.header.expires <= now {
-            return Err(PublishError::Trust {
-                role: "root".into(),
-                error: hale_core::Error::ExpiredRoot {
-                    expires: r.header.expires,
-                    now,
-                },
-            });
-        }
-        new.roots.insert(v, root.clone());
     }
     let (_, root_bytes) = new
         .root()

@@ -615,7 +615,7 @@ fn commit_root_without_records(f: &Fixture, v: u64, ts: &hale_repo::SigningKey) 
     let repo = hale_server::repo::RepoDir::new(&f.data);
     let old = repo.load().unwrap();
     let upload = hale_server::publish::Upload {
-        root: Some(f.root_v(v, ts, &f.snap_key, &[&f.root_key]).into()),
+        roots: vec![f.root_v(v, ts, &f.snap_key, &[&f.root_key]).into()],
         roles: Default::default(),
     };
     let online = hale_server::publish::OnlineKeys {
@@ -771,7 +771,7 @@ fn the_rollback_role_is_refused_under_a_stored_delegation_of_paths() {
 
     let firmware = f.delegated(1, &[("fw-evil.bin", &fw, None)]);
     let up = hale_server::publish::Upload {
-        root: None,
+        roots: Vec::new(),
         roles: [("rollback".to_string(), bytes::Bytes::from(firmware))].into(),
     };
     let e = hale_server::publish::prepare(&st, &up, &keys, &life, now, &repo).unwrap_err();
@@ -1071,7 +1071,7 @@ fn resign_and_release_past_the_expired(
     )
     .unwrap();
     let up = Upload {
-        root: None,
+        roots: Vec::new(),
         roles: [("pump-a".to_string(), bytes::Bytes::from(pa2))].into(),
     };
     let st = prepare(&st, &up, &d.keys, &d.life, t, &d.repo).unwrap();
@@ -1115,7 +1115,7 @@ fn an_expired_delegated_role_stops_neither_the_resign_nor_other_releases() {
     let targets = &[&f.targets_keys[0], &f.targets_keys[1]];
     let body = |v, life, files: &[(&str, &[u8])], d| targets_at(t0, v, life, files, d);
     let up = |role: &str, bytes: &[u8]| Upload {
-        root: None,
+        roots: Vec::new(),
         roles: [(role.to_string(), bytes::Bytes::from(bytes.to_vec()))].into(),
     };
     let at = |t: i64| hale_repo::build::expires_at(t, 0).unwrap();
@@ -1235,7 +1235,7 @@ fn a_targets_that_puts_an_expired_delegation_in_the_way_is_refused() {
     };
     let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
     let up = |bytes: &[u8]| Upload {
-        root: None,
+        roots: Vec::new(),
         roles: [("targets".to_string(), bytes::Bytes::from(bytes.to_vec()))].into(),
     };
     // a day and an hour on: legacy expired, the timestamp re-signed (as the server does);
@@ -1292,7 +1292,7 @@ fn a_targets_that_puts_an_expired_delegation_in_the_way_is_refused() {
     );
     let block = hale_repo::sign::sign_new(&body(1, 30 * day, &[], None), &[k]).unwrap();
     let both = Upload {
-        root: None,
+        roots: Vec::new(),
         roles: [
             ("targets".to_string(), bytes::Bytes::from(blocked)),
             ("block".to_string(), bytes::Bytes::from(block)),
