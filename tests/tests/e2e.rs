@@ -2250,3 +2250,7 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
     drop(server);
     t.ok("hale-server", &["audit", "verify", "--data", &data]);
 }
+
+// `hale-sign push` and the root chain (tests/tests/e2e/push_roots.rs)
+#[path = "e2e/push_roots.rs"]
+mod push_roots;

@@ -5,7 +5,8 @@
 //!
 //! 1. Every role to send (staged, else the latest published in `repository/`) must meet every
 //!    threshold it needs, as hale-core's `check_signatures` reports them (the same check as
-//!    `status` and `publish`). Otherwise nothing is sent.
+//!    `status` and `publish`); a root, staged or published, a threshold of its own root keys
+//!    AND of the root before it. Otherwise nothing is sent.
 //! 2. What the server already serves is read from its repository (`timestamp.json` → snapshot),
 //!    only to choose what to send: roles whose local version is newer, and contents the server's
 //!    copy of a role does not already list. The server verifies everything itself (signatures,
@@ -37,7 +38,7 @@ use clap::Args;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::status::unmet_thresholds;
+use super::status::{unmet_root_thresholds, unmet_thresholds};
 use crate::config::repository_dir;
 use crate::durable::Batch;
 use crate::staff;
@@ -355,22 +356,44 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
         return nothing_newer(&a, &state, &server, &served, root);
     }
 
-    // 2. every threshold met (hale-core decides)
+    // 2. every threshold met, a root's against the root before it too (hale-core decides)
     let mut to_send: Vec<&Meta> = roles.clone();
     if send_root {
         to_send.insert(0, root);
     }
     let mut unmet = Vec::new();
+    let mut hints = Vec::new();
     for m in &to_send {
-        unmet.extend(unmet_thresholds(&state, m)?);
+        let short = if m.name == "root" {
+            unmet_root_thresholds(&state, m)?
+        } else {
+            unmet_thresholds(&state, m)?
+        };
+        if short.is_empty() {
+            continue;
+        }
+        // `status DIR` reports the staged files; a published root is given as a file
+        let hint = if m.staged {
+            format!("`hale-sign status {}`", a.dir.display())
+        } else {
+            format!(
+                "`hale-sign status {} --repo {}`",
+                m.path.display(),
+                a.dir.display()
+            )
+        };
+        if !hints.contains(&hint) {
+            hints.push(hint);
+        }
+        unmet.extend(short);
     }
     if !unmet.is_empty() {
         bail!(
-            "refusing to push {}: {} threshold(s) not met: {} (nothing sent; see `hale-sign status {}`)",
+            "refusing to push {}: {} threshold(s) not met: {} (nothing sent; see {})",
             a.dir.display(),
             unmet.len(),
             unmet.join("; "),
-            a.dir.display()
+            hints.join(" and ")
         );
     }
 

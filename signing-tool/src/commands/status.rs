@@ -53,18 +53,59 @@ pub fn unmet_thresholds(
     let auths = state
         .authorities(&m.name)
         .with_context(|| format!("{}", m.path.display()))?;
-    Ok(reports(&m.name, &m.bytes, &auths)
+    unmet(m, &auths, false)
+}
+
+/// [`unmet_thresholds`] of a root as a device applies it, whether it is staged or already in
+/// `repository/`: a threshold of its own root keys AND of the root before it
+/// ([`State::authorities_of`]); each threshold not met also names the keys whose signature it
+/// lacks ("…, missing: K, K").
+pub fn unmet_root_thresholds(
+    state: &crate::state::State,
+    m: &crate::state::Meta,
+) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    let auths = state
+        .authorities_of("root", &m.bytes)
+        .with_context(|| format!("{}", m.path.display()))?;
+    unmet(m, &auths, true)
+}
+
+fn unmet(
+    m: &crate::state::Meta,
+    auths: &[Authority],
+    name_keys: bool,
+) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    Ok(reports(&m.name, &m.bytes, auths)
         .with_context(|| format!("{}", m.path.display()))?
         .into_iter()
         .filter(|(_, r)| !r.met())
-        .map(|(label, r)| {
-            format!(
-                "{} v{}: {}/{} by {label}",
+        .map(|(by, r)| {
+            let mut line = format!(
+                "{} v{}: {}/{} by {by}",
                 m.name,
                 m.version,
                 r.valid(),
                 r.threshold
-            )
+            );
+            if name_keys {
+                for (what, status) in [
+                    ("missing", KeyStatus::Missing),
+                    ("invalid", KeyStatus::Invalid),
+                ] {
+                    let keys: Vec<String> = r
+                        .keys
+                        .iter()
+                        .filter(|(_, s)| *s == status)
+                        .map(|(k, _)| label(k.as_str()))
+                        .collect();
+                    if !keys.is_empty() {
+                        line.push_str(&format!(", {what}: {}", keys.join(", ")));
+                    }
+                }
+            }
+            line
         })
         .collect())
 }
