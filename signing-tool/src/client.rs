@@ -102,6 +102,22 @@ pub fn verify_root_chain(repo: &Repository, trusted_root: &[u8], now: i64) -> Re
     update_roots(&mut set, repo)
 }
 
+/// Apply `roots` (each named by its file, for the error) in order on `trusted_root`, as a device
+/// walks them (spec 5.3): each the next version, signed by a threshold of the root before it and
+/// of its own root keys.
+pub fn apply_roots(trusted_root: &[u8], roots: &[(String, &[u8])], now: i64) -> Result<()> {
+    let cap = roots
+        .iter()
+        .map(|(_, b)| b.len())
+        .fold(trusted_root.len().max(4096), usize::max);
+    let mut set = TrustedSet::new(Storage::with_capacity(cap), trusted_root, now)
+        .map_err(trust("trusted root"))?;
+    for (name, bytes) in roots {
+        set.update_root(bytes).map_err(trust(name))?;
+    }
+    Ok(())
+}
+
 fn update_roots(set: &mut TrustedSet<Vec<u8>>, repo: &Repository) -> Result<Vec<u64>> {
     let mut chain = vec![set.root().header.version];
     loop {

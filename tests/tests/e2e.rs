@@ -886,9 +886,9 @@ fn pumps_update_defer_revert_and_refuse_through_hale_sign_and_hale_server() {
         (
             Some(2),
             format!(
-                "error: {repo}: nothing to push: the server serves a newer root (2.root.json) \
-                 than this copy's root v1; the server is ahead: this copy is not the one its \
-                 releases come from"
+                "error: {repo}: the server serves a newer root (2.root.json) than this copy's \
+                 root v1; the server is ahead: this copy is not the one its releases come from \
+                 (nothing sent)"
             )
             .as_str()
         )
@@ -2251,6 +2251,7 @@ fn decommissioned_pump_is_refused_on_its_next_poll_and_keeps_its_image() {
     t.ok("hale-server", &["audit", "verify", "--data", &data]);
 }
 
-// `hale-sign push` and the root chain (tests/tests/e2e/push_roots.rs)
+// `hale-sign push` and the root chain: every root the server lacks, a root the one before it did
+// not sign, a server ahead or with another root (tests/tests/e2e/push_roots.rs)
 #[path = "e2e/push_roots.rs"]
 mod push_roots;

@@ -3,15 +3,22 @@
 //! keys; this command sends what only the offline side can sign — a new root, `targets` and the
 //! delegated roles — plus the target contents they name.
 //!
-//! 1. Every role to send (staged, else the latest published in `repository/`) must meet every
+//! 1. What the server already serves is read from its repository (`root.json`, `timestamp.json`
+//!    → snapshot), only to choose what to send: every root version after the server's, in order
+//!    (each is a version devices walk through, not only the newest), roles whose local version
+//!    is newer, and contents the server's copy of a role does not already list. A server whose
+//!    root is newer than this copy's, or another than this copy's of the same version, is
+//!    refused (this copy is not the one its releases come from). The server verifies
+//!    everything itself (signatures, thresholds, version increase, every named target present
+//!    with its length and hashes).
+//! 2. Every role to send (staged, else the latest published in `repository/`) must meet every
 //!    threshold it needs, as hale-core's `check_signatures` reports them (the same check as
 //!    `status` and `publish`); a root, staged or published, a threshold of its own root keys
-//!    AND of the root before it. Otherwise nothing is sent.
-//! 2. What the server already serves is read from its repository (`timestamp.json` → snapshot),
-//!    only to choose what to send: roles whose local version is newer, and contents the server's
-//!    copy of a role does not already list. The server verifies everything itself (signatures,
-//!    thresholds, version increase, every named target present with its length and hashes).
-//! 3. Contents go to `POST /api/v1/targets`, then the metadata to `POST /api/v1/publish`. A
+//!    AND of the root before it, and the chain must apply on the server's root as a device
+//!    applies it (`TrustedSet::update_root`). Otherwise nothing is sent.
+//! 3. Contents go to `POST /api/v1/targets`, then the metadata to `POST /api/v1/publish` (one
+//!    root as `root`; several as `roots`, in one publish, to a server whose `GET
+//!    /api/v1/publish` says `"root_chain": true`). A
 //!    refusal is printed verbatim (the server's `{"error", "message"}`), exit 2, nothing local
 //!    changes. On success the pushed staged files move into `repository/` under their consistent
 //!    names (as `publish` without online keys does), so the next `target add` starts a new
@@ -125,6 +132,14 @@ fn refusal(url: &str, code: u16, resp: ureq::Response) -> anyhow::Error {
     anyhow::anyhow!("{url}: the server refused (HTTP {code}): {}", body.trim())
 }
 
+/// The answer of `GET /api/v1/publish`.
+struct Publisher {
+    name: String,
+    /// `"root_chain": true`: the publish body may carry `roots`, several root versions in order
+    /// (older servers ignore the field: a chain sent to them would lose its roots).
+    takes_root_chain: bool,
+}
+
 struct Server {
     base: String,
     agent: ureq::Agent,
@@ -147,8 +162,9 @@ impl Server {
     }
 
     /// Ask whether these credentials may publish, before any upload: a refusal costs no image
-    /// sent for nothing. The publisher's name.
-    fn may_publish(&self) -> anyhow::Result<String> {
+    /// sent for nothing. The publisher's name, and whether the server takes several root
+    /// versions in one publish.
+    fn may_publish(&self) -> anyhow::Result<Publisher> {
         let url = self.url("api/v1/publish");
         let resp = match self.authorized(self.agent.get(&url)).call() {
             Ok(r) => r,
@@ -161,11 +177,14 @@ impl Server {
                 .with_context(|| format!("{url}: reading the answer"))?,
         )
         .with_context(|| format!("{url}: the answer is not JSON"))?;
-        Ok(body
-            .get("publisher")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string())
+        Ok(Publisher {
+            name: body
+                .get("publisher")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string(),
+            takes_root_chain: body.get("root_chain") == Some(&Value::Bool(true)),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -295,6 +314,57 @@ fn sha256s(doc: &[u8]) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// This copy's root of version `v`: `root` (the effective one, maybe staged) or the published
+/// `repository/v.root.json`.
+fn local_root(state: &State, root: &Meta, v: u64) -> anyhow::Result<Meta> {
+    if v == root.version {
+        return Ok(root.clone());
+    }
+    let path = repository_dir(&state.dir).join(format!("{v}.root.json"));
+    let bytes = state.published_root(v)?;
+    Ok(Meta::from_bytes("root", bytes, &path, false)?)
+}
+
+/// The server's root (`root.json`, the bytes it serves) and the root versions this copy has
+/// after it, in order: each is a version devices walk through, so every one goes, not only the
+/// newest. Refused, before anything is sent, when the server's root is newer than this copy's or
+/// another than this copy's of the same version.
+fn roots_to_send(
+    a: &PushArgs,
+    state: &State,
+    server: &Server,
+    root: &Meta,
+) -> anyhow::Result<(Vec<u8>, Vec<Meta>)> {
+    let theirs = server
+        .metadata("root.json")?
+        .with_context(|| format!("{}: not served", server.url("root.json")))?;
+    let v = hale_core::metadata::peek_header(&theirs, "root")
+        .map_err(|e| anyhow::anyhow!("{}: {e}", server.url("root.json")))?
+        .version;
+    if v > root.version {
+        bail!(
+            "{}: the server serves a newer root ({v}.root.json) than this copy's root v{}; the \
+             server is ahead: this copy is not the one its releases come from (nothing sent)",
+            a.dir.display(),
+            root.version
+        );
+    }
+    let ours = local_root(state, root, v)?;
+    // (what was pushed is served as sent: the signed JSON without surrounding whitespace)
+    if ours.bytes.trim_ascii() != theirs.trim_ascii() {
+        bail!(
+            "{}: the server serves another root v{v} ({}) than this copy's: this copy is not the \
+             one its releases come from (nothing sent)",
+            ours.path.display(),
+            server.url(&format!("{v}.root.json"))
+        );
+    }
+    let chain = (v + 1..=root.version)
+        .map(|n| local_root(state, root, n))
+        .collect::<anyhow::Result<_>>()?;
+    Ok((theirs, chain))
+}
+
 pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
     let state = State::load_for_change(&a.dir)?;
     state.warn_demo();
@@ -335,32 +405,20 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
     let publisher = server.may_publish()?;
     let served = server.served_versions()?;
     let root = state.root()?;
-    // root v1 is the one the server was initialised with (`hale-server init --root`)
-    let send_root = match server.metadata(&format!("{}.root.json", root.version))? {
-        // (what was pushed is served as sent: the signed JSON without surrounding whitespace)
-        Some(b) if b.trim_ascii() == root.bytes.trim_ascii() => false,
-        Some(_) => bail!(
-            "{}: the server serves a different root v{} (not the repository the server was initialised with)",
-            root.path.display(),
-            root.version
-        ),
-        None => root.version > 1,
-    };
+    let (their_root, roots) = roots_to_send(&a, &state, &server, root)?;
     let roles: Vec<&Meta> = state
         .roles
         .values()
         .filter(|m| m.kind() == "targets")
         .filter(|m| served.get(&m.name).is_none_or(|v| m.version > *v))
         .collect();
-    if !send_root && roles.is_empty() {
+    if roots.is_empty() && roles.is_empty() {
         return nothing_newer(&a, &state, &server, &served, root);
     }
 
-    // 2. every threshold met, a root's against the root before it too (hale-core decides)
-    let mut to_send: Vec<&Meta> = roles.clone();
-    if send_root {
-        to_send.insert(0, root);
-    }
+    // 2. every threshold met, each root's against the root before it too (hale-core decides)
+    let mut to_send: Vec<&Meta> = roots.iter().collect();
+    to_send.extend(&roles);
     let mut unmet = Vec::new();
     let mut hints = Vec::new();
     for m in &to_send {
@@ -394,6 +452,27 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
             unmet.len(),
             unmet.join("; "),
             hints.join(" and ")
+        );
+    }
+    // and the chain as a device walks it from the server's root: each the next version
+    let chain: Vec<(String, &[u8])> = roots
+        .iter()
+        .map(|m| (m.path.display().to_string(), m.bytes.as_slice()))
+        .collect();
+    crate::client::apply_roots(&their_root, &chain, state.now)
+        .map_err(|e| anyhow::anyhow!("refusing to push {}: {e} (nothing sent)", a.dir.display()))?;
+    if roots.len() > 1 && !publisher.takes_root_chain {
+        bail!(
+            "refusing to push {}: the server lacks {} root versions ({}), which go in one \
+             publish, and this server takes one root per publish (a hale-server older than this \
+             hale-sign): upgrade it first (nothing sent)",
+            a.dir.display(),
+            roots.len(),
+            roots
+                .iter()
+                .map(|m| format!("v{}", m.version))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
     }
 
@@ -448,8 +527,15 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{}: not UTF-8", m.path.display()))
     };
     let mut body = String::from("{");
-    if send_root {
-        body.push_str(&format!("\"root\":{},", raw(root)?));
+    match roots.as_slice() {
+        [] => {}
+        // one root as every hale-server takes it
+        [one] => body.push_str(&format!("\"root\":{},", raw(one)?)),
+        // several: in order, in one publish the server verifies link by link (all or nothing)
+        chain => {
+            let chain: Vec<String> = chain.iter().map(raw).collect::<anyhow::Result<_>>()?;
+            body.push_str(&format!("\"roots\":[{}],", chain.join(",")));
+        }
     }
     body.push_str("\"roles\":{");
     for (i, m) in roles.iter().enumerate() {
@@ -477,16 +563,17 @@ pub fn run(a: PushArgs) -> anyhow::Result<ExitCode> {
         .map(|m| format!("{} v{}", m.name, m.version))
         .collect();
     println!(
-        "pushed {} to {} as {publisher}",
+        "pushed {} to {} as {}",
         names.join(", "),
-        server.base
+        server.base,
+        publisher.name
     );
     println!("server: {}", answer.trim());
 
     // 5. what was pushed from staged/ is now published
     //    (a staged root not sent is the one the server already has)
     let mut pushed = to_send.clone();
-    if root.staged && !send_root {
+    if root.staged && roots.is_empty() {
         pushed.push(root);
     }
     move_published(&repo, &pushed)?;
@@ -532,16 +619,6 @@ fn nothing_newer(
     root: &Meta,
 ) -> anyhow::Result<ExitCode> {
     let targets_roles = || state.roles.values().filter(|m| m.kind() == "targets");
-    // a root after this copy's: another copy rotated it
-    let next_root = format!("{}.root.json", root.version + 1);
-    if server.metadata(&next_root)?.is_some() {
-        bail!(
-            "{}: nothing to push: the server serves a newer root ({next_root}) than this copy's \
-             root v{}; the server is ahead: this copy is not the one its releases come from",
-            a.dir.display(),
-            root.version
-        );
-    }
     if targets_roles().any(|m| served.get(&m.name).is_some_and(|v| *v > m.version)) {
         // a server ahead of this copy: another copy published since
         let versions: Vec<String> = targets_roles()
