@@ -1954,6 +1954,22 @@ fn conformance_refresh_checks_the_trusted_root_before_reading_anything_else() {
     assert!(md.join("timestamp.json").is_dir());
 }
 
+/// A server on loopback serving `sim`'s files, and a conformance client's metadata directory
+/// (`metadata` in the temporary directory returned) initialised with `sim`'s first root.
+fn served_and_initialised(
+    sim: &hale_tests::RepoSim,
+) -> (String, Arc<Mutex<Served>>, tempfile::TempDir) {
+    let (addr, state) = serve();
+    set_files(&state, sim);
+    let tmp = tempfile::tempdir().unwrap();
+    let md = tmp.path().join("metadata");
+    std::fs::create_dir_all(&md).unwrap();
+    let root = tmp.path().join("root.json");
+    std::fs::write(&root, sim.initial_root()).unwrap();
+    device_agent::host::ConformanceClient::init(&md, &root).unwrap();
+    (addr, state, tmp)
+}
+
 /// The refresh runs its steps on the stored files ahead, while the server answers a request;
 /// each way that look-ahead is used or dropped must end as the plain workflow does: same
 /// requests in the same order, same stored files, same error.
@@ -1961,14 +1977,8 @@ fn conformance_refresh_checks_the_trusted_root_before_reading_anything_else() {
 fn conformance_refresh_look_ahead_ends_as_the_workflow_does() {
     use device_agent::host::{ClientError, ConformanceClient};
     let mut sim = repo_with("2.0.0", 7, 300);
-    let (addr, state) = serve();
-    set_files(&state, &sim);
-    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state, tmp) = served_and_initialised(&sim);
     let md = tmp.path().join("metadata");
-    std::fs::create_dir_all(&md).unwrap();
-    let root = tmp.path().join("root.json");
-    std::fs::write(&root, sim.initial_root()).unwrap();
-    ConformanceClient::init(&md, &root).unwrap();
     let murl = format!("{addr}/metadata");
     let refresh = |now: i64| {
         let mut c = ConformanceClient::new(&md, &murl, &format!("{addr}/targets"));
@@ -2108,14 +2118,8 @@ fn conformance_refresh_look_ahead_ends_as_the_workflow_does() {
 fn a_refresh_that_cannot_write_a_file_ends_with_its_error_and_the_next_one_asks_afresh() {
     use device_agent::host::{ClientError, ConformanceClient};
     let mut sim = repo_with("2.0.0", 7, 300);
-    let (addr, state) = serve();
-    set_files(&state, &sim);
-    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state, tmp) = served_and_initialised(&sim);
     let md = tmp.path().join("metadata");
-    std::fs::create_dir_all(&md).unwrap();
-    let root = tmp.path().join("root.json");
-    std::fs::write(&root, sim.initial_root()).unwrap();
-    ConformanceClient::init(&md, &root).unwrap();
     let mut c =
         ConformanceClient::new(&md, &format!("{addr}/metadata"), &format!("{addr}/targets"));
     c.refresh(NOW).unwrap();
