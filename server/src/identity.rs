@@ -791,13 +791,28 @@ impl Identity {
         }
     }
 
-    /// Sign a new CRL if there is none or half of its lifetime has passed. Returns whether it did.
+    /// Sign a new CRL if there is none, half of its lifetime has passed, or the stored one was
+    /// signed by another key (the Device Issuing CA was replaced: the listeners find a CRL by
+    /// its issuer's name, the same for the new CA, and would refuse every device certificate
+    /// whose CRL does not verify). Returns whether it did.
     pub fn refresh_crl(&self, now: SystemTime) -> Result<bool, IdentityError> {
         let _g = self.locked();
         let due = match self.store.crl()? {
             None => true,
             Some(c) => {
-                unix(now) >= c.this_update + (c.next_update - c.this_update.min(c.next_update)) / 2
+                let other_key = self.ca.as_ref().is_some_and(|ca| {
+                    hale_pki::crl::verify_crl_signature(&c.der, ca.certificate_der()).is_err()
+                });
+                if other_key {
+                    tracing::warn!(
+                        crl_number = c.number,
+                        "the stored Device Issuing CA CRL does not verify with the CA loaded now \
+                         (a new Device Issuing CA?): signing a new one"
+                    );
+                }
+                other_key
+                    || unix(now)
+                        >= c.this_update + (c.next_update - c.this_update.min(c.next_update)) / 2
             }
         };
         if !due {

@@ -2969,3 +2969,44 @@ fn a_new_server_certificate_is_presented_without_a_restart_and_one_clients_would
     let t = start_tls(&f, &tls);
     assert_eq!(presented_serial(&t.staff, &p.server_ca), third);
 }
+
+// --- review of 2026-11-25: server identity paths ------------------------------------------------
+
+/// A new Device Issuing CA put into the TLS directory (a new hierarchy, its CAs named as the
+/// old ones) is taken at the next start: the CRL the server signed with the old CA's key, kept
+/// in its database, is signed again with the new key before the listeners load it. Kept, it
+/// was found by name for the new CA's certificates and did not verify with the new key, so the
+/// device listener refused every device, those enrolled under the new CA included, until the
+/// CRL was due (half its lifetime: 3.5 days by default).
+#[test]
+fn a_new_device_issuing_ca_is_taken_with_a_crl_it_signed() {
+    let f = Fixture::new();
+    let old_tls = f.dir.path().join("tls-old");
+    tls_dir(&old_tls);
+    // the first start signs the Device Issuing CA's CRL with the old key and keeps it
+    drop(start_tls(&f, &old_tls));
+
+    let tls = f.dir.path().join("tls");
+    let p = tls_dir(&tls);
+    let t = start_tls(&f, &tls);
+    let op = staff(&p, "olivia", StaffRole::Operator);
+    let f1 = factory(&p, "pump-1");
+    import_factories(&t, &p, &op, &[&f1]);
+    let k1 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+    let d1 = operational(
+        &assert_status(enroll(&t, &holder_cfg(&p, &f1), None, &k1.csr_pem), 200).body,
+        &k1.private_key_pem,
+    );
+    // a device enrolled under it is served
+    let r = assert_status(get_on(&t.device, &holder_cfg(&p, &d1), "/1.root.json"), 200);
+    assert_eq!(r.body, f.root);
+    // the CRL the listeners load and serve verifies with the Device Issuing CA they anchor on
+    let anon = client_config_without_certificate(p.server_ca.clone()).unwrap();
+    let crl = assert_status(get_on(&t.enroll, &anon, "/crl/device-issuing.crl"), 200).body;
+    hale_pki::crl::verify_crl(
+        &crl,
+        p.h.device_issuing.certificate_der(),
+        SystemTime::now(),
+    )
+    .unwrap();
+}
