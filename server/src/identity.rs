@@ -856,9 +856,13 @@ impl Identity {
         Ok((summary, pem))
     }
 
-    /// The Manufacturing CA CRL as loaded now, not as it was when the connection opened. Without
-    /// the listeners (no CRL loaded) no factory certificate is taken.
-    fn check_factory_not_revoked(&self, peer: &PeerIdentity) -> Result<(), IdentityError> {
+    /// The Manufacturing CA CRL as loaded now, not as it was when the connection opened, current
+    /// at `now`. Without the listeners (no CRL loaded) no factory certificate is taken.
+    fn check_factory_not_revoked(
+        &self,
+        peer: &PeerIdentity,
+        now: SystemTime,
+    ) -> Result<(), IdentityError> {
         let listener = self
             .listener
             .get()
@@ -868,7 +872,7 @@ impl Identity {
                 serial: peer.certificate_serial.clone(),
             });
         }
-        if let Some(expired_at) = listener.factory_crl_expired(SystemTime::now()) {
+        if let Some(expired_at) = listener.factory_crl_expired(now) {
             return Err(IdentityError::CrlExpired {
                 ca: "Manufacturing CA".into(),
                 expired_at,
@@ -916,7 +920,7 @@ impl Identity {
             }
             EnrollAuth::Certificate(Some(peer)) if peer.kind == PeerKind::Factory => {
                 check_validity(peer, now)?;
-                self.check_factory_not_revoked(peer)?;
+                self.check_factory_not_revoked(peer, now)?;
                 let entry = self
                     .store
                     .manifest_entry(&peer.name)?
@@ -1559,5 +1563,117 @@ mod tests {
             .retry_after(),
             None
         );
+    }
+
+    // --- review of 2026-11-25: time as a parameter ---------------------------------------------
+
+    /// The Manufacturing CA's CRL as the listeners hold it: valid until `next_update`.
+    #[derive(Debug)]
+    struct FactoryCrl {
+        next_update: SystemTime,
+    }
+
+    impl CrlListener for FactoryCrl {
+        fn device_crl_changed(&self, _crl_der: &[u8]) {}
+        fn factory_certificate_revoked(&self, _certificate_serial: &str) -> bool {
+            false
+        }
+        fn factory_crl_expired(&self, now: SystemTime) -> Option<u64> {
+            (self.next_update <= now).then(|| unix(self.next_update))
+        }
+    }
+
+    /// `simpleenroll` with a factory certificate judges the Manufacturing CA CRL's expiry at
+    /// the `now` it is given, as every other check of the enrollment: it read the wall clock,
+    /// so an enrollment at a time past the CRL's end was taken (and one before it refused).
+    #[test]
+    fn a_factory_enrollment_judges_the_manufacturing_crl_at_its_own_time() {
+        use crate::audit::Audit;
+        use crate::store::{SledStore, Store};
+        use hale_pki::{generate_key_and_csr, Hierarchy, KeyAlgorithm};
+        let wall = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let h = Hierarchy::create(Duration::from_secs(30 * 86_400), wall - 24 * hour).unwrap();
+        let Hierarchy {
+            device_issuing,
+            manufacturing,
+            ..
+        } = h;
+        let fk = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+        let factory = manufacturing
+            .issue_factory_certificate(
+                &fk.csr_pem,
+                "pump-1",
+                "pump-x1",
+                24 * hour,
+                wall - 12 * hour,
+            )
+            .unwrap();
+        let peer = PeerIdentity::from_der(&factory.der).unwrap();
+        let manifest = Manifest::sign(
+            &manufacturing,
+            "batch-1",
+            &[ManifestEntry::new(
+                "pump-1",
+                "pump-x1",
+                &factory.spki_sha256,
+            )],
+            wall,
+        )
+        .unwrap();
+        let csr = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+        let setup = |crl_end: SystemTime| {
+            let dir = tempfile::tempdir().unwrap();
+            let sled = SledStore::open(dir.path()).unwrap();
+            let store: Arc<dyn Store> = Arc::new(sled.clone());
+            let ca =
+                Ca::from_file(&device_issuing.to_file_with_cost(b"p", 10).unwrap(), b"p").unwrap();
+            let identity = Identity::new(
+                Arc::new(SledIdentityStore::new(&sled).unwrap()),
+                Audit::open(store.clone()).unwrap(),
+                Some(ca),
+                None,
+                Some(manufacturing.certificate_der().to_vec()),
+                IdentitySettings {
+                    device_certificate_validity: 24 * hour,
+                    device_crl_lifetime: 24 * hour,
+                    device_renewal_min_age: hour,
+                    device_factory_reenroll_min_age: hour,
+                },
+            )
+            .unwrap();
+            identity.import_manifest(&manifest, "cli").unwrap();
+            identity.set_crl_listener(Arc::new(FactoryCrl {
+                next_update: crl_end,
+            }));
+            (dir, store, identity)
+        };
+        let enroll = |identity: &Identity, now| {
+            identity.enroll(
+                EnrollAuth::Certificate(Some(&peer)),
+                csr.csr_pem.as_bytes(),
+                now,
+            )
+        };
+
+        // the CRL ends an hour from the wall clock; the enrollment is at two hours from it
+        let crl_end = wall + hour;
+        let (_dir, store, identity) = setup(crl_end);
+        let e = enroll(&identity, wall + 2 * hour).map(|e| e.record.id);
+        assert_eq!(
+            e,
+            Err(IdentityError::CrlExpired {
+                ca: "Manufacturing CA".into(),
+                expired_at: unix(crl_end),
+            })
+        );
+        // nothing stored: no device, the audit log holds the manifest import only
+        assert_eq!(identity.store().device("pump-1").unwrap(), None);
+        assert_eq!(crate::audit::verify(&*store).unwrap().0, 1);
+
+        // the CRL ended an hour ago; the enrollment is at two hours ago, when it was current
+        let (_dir, _store, identity) = setup(wall - hour);
+        let e = enroll(&identity, wall - 2 * hour).map(|e| e.record.id);
+        assert_eq!(e, Ok("pump-1".to_string()));
     }
 }
