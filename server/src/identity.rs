@@ -296,6 +296,13 @@ fn is_technician(actor: &str) -> bool {
     actor.starts_with("technician:")
 }
 
+/// How the audit log names an enrollment token: the start of its hash (the stored key), as
+/// `hale-server token list` names operator tokens. The `enroll-token` record that issued it and
+/// the `enroll` record that redeemed it carry the same.
+fn token_id(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEvent {
     pub time: u64,
@@ -894,6 +901,7 @@ impl Identity {
         })?;
         let _g = self.locked();
         let mut batch = IdentityBatch::default();
+        let mut token = None;
         let (model, actor, method, by_factory) = match auth {
             EnrollAuth::Token(secret) => {
                 let mut stored = self
@@ -915,6 +923,8 @@ impl Identity {
                     });
                 }
                 let model = stored.model.clone();
+                token = Some(json!({"token": token_id(&stored.record.hash),
+                                    "issued_by": stored.issued_by}));
                 batch.tokens.push(stored);
                 (model, format!("token:{id}"), "token", false)
             }
@@ -967,7 +977,10 @@ impl Identity {
                 }
             }
         }
-        let detail = json!({"device": id, "model": model, "method": method});
+        let mut detail = json!({"device": id, "model": model, "method": method});
+        if let (Some(d), Some(Value::Object(t))) = (detail.as_object_mut(), token) {
+            d.extend(t);
+        }
         self.issue(
             old, &id, &model, &csr_pem, &actor, "enroll", batch, detail, now,
         )
@@ -1063,6 +1076,8 @@ impl Identity {
         });
         let mut superseded = Vec::new();
         if let Some(prev) = record.certificate.take() {
+            // revoked by this change: its record names it
+            detail["superseded"] = Value::String(prev.serial.clone());
             superseded.push(RevokedEntry {
                 serial: prev.serial,
                 device: id.to_string(),
@@ -1352,7 +1367,7 @@ impl Identity {
         check_model(&model)?;
         let expires_at = record.expires_at;
         let detail = json!({"serial": serial, "model": model, "expires_at": expires_at,
-                            "replaces": replaces});
+                            "replaces": replaces, "token": token_id(&record.hash)});
         self.commit_audited(
             IdentityBatch {
                 tokens: vec![StoredToken {

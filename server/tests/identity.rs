@@ -3010,3 +3010,74 @@ fn a_new_device_issuing_ca_is_taken_with_a_crl_it_signed() {
     )
     .unwrap();
 }
+
+/// An enrollment by token says in the audit log which token it redeemed and who issued it,
+/// and an enrollment that supersedes a certificate names it (a revocation: a CRL entry). The
+/// `enroll` record said `token:<serial>` only: with a technician's and an operator's token out
+/// for one device (their powers differ), the log could not tell whose enrolled it, and the
+/// certificate the enrollment revoked was named nowhere.
+#[test]
+fn an_enrollment_by_token_names_the_token_its_issuer_and_the_certificate_it_supersedes() {
+    let f = Fixture::new();
+    let tls = f.dir.path().join("tls");
+    let p = tls_dir(&tls);
+    let t = start_tls(&f, &tls);
+    let op = staff(&p, "olivia", StaffRole::Operator);
+    let tech = staff(&p, "theo", StaffRole::Technician);
+    let anon = client_config_without_certificate(p.server_ca.clone()).unwrap();
+    let request = json!({"serial": "pump-7", "model": MODEL});
+    let by_theo = enroll_token(&t, &tech, request.clone());
+    let by_olivia = enroll_token(&t, &op, request.clone());
+    let id_of = |token: &str| hex::encode(sha2::Sha256::digest(token.as_bytes()))[..16].to_string();
+    // each token's record names it
+    let issued: Vec<(Value, Value)> = audit_of(&t, &op, "enroll-token")
+        .iter()
+        .map(|r| (r["actor"].clone(), r["detail"]["token"].clone()))
+        .collect();
+    assert_eq!(
+        issued,
+        [
+            (json!("technician:theo"), json!(id_of(&by_theo))),
+            (json!("operator:olivia"), json!(id_of(&by_olivia))),
+        ]
+    );
+
+    // the technician's token is redeemed: its record says so
+    let k7 = generate_key_and_csr(KeyAlgorithm::P256, "pump-7").unwrap();
+    let d7 = operational(
+        &assert_status(
+            enroll(&t, &anon, Some(&format!("Bearer {by_theo}")), &k7.csr_pem),
+            200,
+        )
+        .body,
+        &k7.private_key_pem,
+    );
+    let enrolled = audit_of(&t, &op, "enroll");
+    assert_eq!(enrolled.len(), 1);
+    assert_eq!(enrolled[0]["actor"], "token:pump-7");
+    assert_eq!(enrolled[0]["detail"]["token"], id_of(&by_theo));
+    assert_eq!(enrolled[0]["detail"]["issued_by"], "technician:theo");
+    assert_eq!(enrolled[0]["detail"]["superseded"], Value::Null);
+
+    // the operator's token replaces the certificate: the record names the one it revoked
+    let k7b = generate_key_and_csr(KeyAlgorithm::P256, "pump-7").unwrap();
+    assert_status(
+        enroll(
+            &t,
+            &anon,
+            Some(&format!("Bearer {by_olivia}")),
+            &k7b.csr_pem,
+        ),
+        200,
+    );
+    let enrolled = audit_of(&t, &op, "enroll");
+    assert_eq!(enrolled.len(), 2);
+    assert_eq!(enrolled[1]["detail"]["token"], id_of(&by_olivia));
+    assert_eq!(enrolled[1]["detail"]["issued_by"], "operator:olivia");
+    assert_eq!(
+        enrolled[1]["detail"]["superseded"],
+        d7.cert.serial_hex.as_str()
+    );
+    drop(t);
+    audit_verify(&f);
+}
