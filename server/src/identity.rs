@@ -1164,7 +1164,10 @@ impl Identity {
         Ok(record)
     }
 
-    /// Quarantine, reactivate or decommission a device.
+    /// Quarantine, reactivate or decommission a device. `reason` is one line of at most 512
+    /// bytes without control characters (the rule of every text a device reports,
+    /// [`hale_core::report::one_line`]): the history and the audit log keep it as given, and
+    /// staff tools print it.
     pub fn set_status(
         &self,
         id: &str,
@@ -1173,6 +1176,12 @@ impl Identity {
         reason: Option<&str>,
         now: SystemTime,
     ) -> Result<DeviceRecord, IdentityError> {
+        use hale_core::report::{one_line, MAX_REASON};
+        if reason.is_some_and(|r| !one_line(r, MAX_REASON)) {
+            return Err(IdentityError::BadRequest(format!(
+                "reason: one line of at most {MAX_REASON} bytes, without control characters"
+            )));
+        }
         let _g = self.locked();
         let mut record = self
             .store

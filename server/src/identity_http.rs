@@ -523,9 +523,6 @@ pub fn staff_routes(
                         };
                         let actor = allow(&id, &p, what, operator_only)?;
                         let b: ReasonBody = parse_json(&body)?;
-                        if b.reason.as_ref().is_some_and(|r| r.len() > 512) {
-                            return Err(IdentityError::BadRequest("reason: at most 512 bytes".into()));
-                        }
                         let r = id.set_status(&dev, action, &actor, b.reason.as_deref(), SystemTime::now())?;
                         serde_json::to_value(r).map_err(|e| IdentityError::Internal(e.to_string()))
                     })

@@ -3081,3 +3081,50 @@ fn an_enrollment_by_token_names_the_token_its_issuer_and_the_certificate_it_supe
     drop(t);
     audit_verify(&f);
 }
+
+/// The reason a staff member gives a status change is one line without control characters, as
+/// every text a device reports (`hale_core::report::one_line`): it is kept in the device's
+/// history and the audit log, which staff tools print. A reason with a line break and an escape
+/// sequence (a forged second line, a console rewritten) was stored as given.
+#[test]
+fn a_status_reason_with_control_characters_is_refused_and_changes_nothing() {
+    let Enrolled { _f, t, op, .. } = enrolled_pump_1(json!({}));
+    let before = state(&t, &op);
+    for action in ["quarantine", "reactivate", "decommission"] {
+        for reason in [
+            "battery swollen\n2026-11-25 operator:olivia decommission pump-2: done",
+            "\u{1b}[2Jall clear",
+            "tab\there",
+        ] {
+            let r = post_on(
+                &t.staff,
+                &op,
+                &format!("/api/v1/staff/devices/pump-1/{action}"),
+                json!({ "reason": reason }).to_string().as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(
+                (r.status, r.json()),
+                (
+                    400,
+                    json!({"error": "bad_request",
+                           "message": "reason: one line of at most 512 bytes, without control characters"})
+                ),
+                "{action} {reason:?}"
+            );
+        }
+    }
+    // nothing stored, nothing audited
+    assert_eq!(state(&t, &op), before);
+    // a reason of one line is taken
+    let r = assert_status(
+        post_on(
+            &t.staff,
+            &op,
+            "/api/v1/staff/devices/pump-1/quarantine",
+            br#"{"reason": "battery swollen: returned to the maker"}"#,
+        ),
+        200,
+    );
+    assert_eq!(r.json()["status"], "quarantined");
+}
