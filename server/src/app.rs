@@ -60,6 +60,9 @@ pub struct App {
     pub listeners: Option<Arc<crate::tls::Listeners>>,
     /// `(role, version, expired)` already logged by [`log_expiries`](Self::log_expiries)
     pub expiry_logged: Mutex<std::collections::BTreeSet<(String, u64, bool)>>,
+    /// The audit records each device's reports made this hour
+    /// ([`crate::http::ReportBudget`]).
+    pub report_budget: crate::http::ReportBudget,
 }
 
 /// A change that failed: a refusal (the caller's fault) or an internal error.

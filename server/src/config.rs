@@ -30,6 +30,10 @@ pub struct Config {
     pub max_publish_bytes: u64,
     /// Largest device report.
     pub max_report_bytes: u64,
+    /// Reports of one device that make an audit record (say something new), at most this many
+    /// an hour; past it such a report is refused (`429 too_many_reports`, `Retry-After`) and
+    /// the pump reports at a later poll. A report that says nothing new is always taken.
+    pub max_audited_reports_per_hour: u32,
     /// "standard" (TUF 1.0.34) or "compat" (older clients such as rust-tuf).
     pub profile: String,
     /// Validity of operational device certificates issued by EST.
@@ -72,6 +76,7 @@ impl Default for Config {
             max_target_bytes: 1 << 30,
             max_publish_bytes: 16 << 20,
             max_report_bytes: 16 << 10,
+            max_audited_reports_per_hour: 60,
             profile: "standard".into(),
             device_certificate_validity_secs: 30 * 86_400,
             device_renewal_min_age_secs: None,
@@ -165,6 +170,10 @@ impl Config {
         anyhow::ensure!(
             self.max_connections > 0 && self.idle_timeout_secs > 0,
             "max_connections and idle_timeout_secs must be positive"
+        );
+        anyhow::ensure!(
+            self.max_audited_reports_per_hour > 0,
+            "max_audited_reports_per_hour must be positive"
         );
         hale_repo::build::Profile::parse(&self.profile)?;
         Ok(())

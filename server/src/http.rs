@@ -1106,7 +1106,11 @@ pub(crate) async fn report_handler(
         .map(|r| json!({"received": received, "record": r}));
     let record = json!({"device": id, "received": received, "report": report});
     let app2 = app.clone();
-    let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
+    let r = tokio::task::spawn_blocking(move || -> Result<Stored, String> {
+        let budget = (
+            &app2.report_budget,
+            app2.config.max_audited_reports_per_hour,
+        );
         store_report(
             &*app2.store,
             &app2.audit,
@@ -1114,14 +1118,27 @@ pub(crate) async fn report_handler(
             &record,
             entry.as_ref(),
             install.as_ref(),
+            Some(budget),
         )
         .map_err(|e| e.to_string())
     })
     .await;
     match r {
-        Ok(Ok(())) => {
+        Ok(Ok(Stored::Kept | Stored::Recorded)) => {
             inc(&app.metrics.reports);
             Ok(status_reply(StatusCode::NO_CONTENT))
+        }
+        Ok(Ok(Stored::OverBudget { retry_after })) => {
+            let mut r = json_reply(
+                StatusCode::TOO_MANY_REQUESTS,
+                &json!({"error": "too_many_reports", "message": format!(
+                    "this device's reports made {} audit records within the hour: a report that says something new is taken again in {retry_after} s (one that says nothing new at any time)",
+                    app.config.max_audited_reports_per_hour
+                )}),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            Ok(r)
         }
         Ok(Err(e)) => Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)),
         Err(e) => Err(api_error(
@@ -1143,6 +1160,10 @@ pub(crate) async fn report_handler(
 /// newest in the history was sent again (our answer to it was lost: the device sends each until
 /// an answer arrives) and is kept and audited once. The rest of a polling fleet's reports say
 /// nothing new: stored without the audit chain's lock, a transaction or a sync.
+///
+/// `budget` (the budget and the records a device may make an hour) bounds the records one
+/// device's reports make: past it a report that would make one is not stored
+/// ([`Stored::OverBudget`]).
 pub(crate) fn store_report(
     store: &dyn crate::store::Store,
     audit: &crate::audit::Audit,
@@ -1150,7 +1171,8 @@ pub(crate) fn store_report(
     record: &Value,
     entry: Option<&Value>,
     install: Option<&Value>,
-) -> Result<(), crate::audit::AuditError> {
+    budget: Option<(&ReportBudget, u32)>,
+) -> Result<Stored, crate::audit::AuditError> {
     use crate::store::StoreError;
     // the next record, and whether the report and the install record are new
     let next_of = |old: Option<&[u8]>| -> Result<(Vec<u8>, bool, bool), StoreError> {
@@ -1178,7 +1200,12 @@ pub(crate) fn store_report(
         _ => None,
     })?;
     if unremarkable {
-        return Ok(());
+        return Ok(Stored::Kept);
+    }
+    if let Some((budget, per_hour)) = budget {
+        if let Err(retry_after) = budget.take(id, per_hour, std::time::Instant::now()) {
+            return Ok(Stored::OverBudget { retry_after });
+        }
     }
     let encode = |e: crate::audit::AuditError| StoreError::Db(e.to_string());
     audit.commit_with(|head| {
@@ -1200,8 +1227,63 @@ pub(crate) fn store_report(
             done = staged;
             Ok(Some((bytes, records)))
         })?;
-        Ok(((), done))
+        Ok((Stored::Recorded, done))
     })
+}
+
+/// What [`store_report`] did with a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// it says nothing new: stored, no audit record
+    Kept,
+    /// stored with its audit records
+    Recorded,
+    /// it would make an audit record and the device has made its hour's: not stored; it may
+    /// be sent again in `retry_after` seconds
+    OverBudget { retry_after: u64 },
+}
+
+/// The audit records each device's reports made, in windows of an hour from the first: a
+/// device that changes its report at every request (a stolen certificate, a lying pump) makes
+/// a bounded number of records, each synced, rather than as many as it can send.
+#[derive(Debug, Default)]
+pub struct ReportBudget {
+    /// device id → (start of its window, records made in it)
+    windows: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u32)>>,
+}
+
+/// The window of a [`ReportBudget`].
+pub const REPORT_BUDGET_WINDOW: Duration = Duration::from_secs(3600);
+/// Devices whose windows are remembered at most (past it, those whose window ended are
+/// forgotten, then all: memory stays bounded whatever ids the plain listener is sent).
+const REPORT_BUDGETS_REMEMBERED: usize = 100_000;
+
+impl ReportBudget {
+    /// Take one of `per_hour` records for device `id` at `now`, or the whole seconds (at least
+    /// 1) until its window ends.
+    pub fn take(&self, id: &str, per_hour: u32, now: std::time::Instant) -> Result<(), u64> {
+        let mut windows = self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if windows.len() >= REPORT_BUDGETS_REMEMBERED && !windows.contains_key(id) {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < REPORT_BUDGET_WINDOW);
+            if windows.len() >= REPORT_BUDGETS_REMEMBERED {
+                windows.clear();
+            }
+        }
+        let w = windows.entry(id.to_string()).or_insert((now, 0));
+        if now.duration_since(w.0) >= REPORT_BUDGET_WINDOW {
+            *w = (now, 0);
+        }
+        if w.1 >= per_hour {
+            let left = REPORT_BUDGET_WINDOW.saturating_sub(now.duration_since(w.0));
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            return Err(secs.max(1));
+        }
+        w.1 += 1;
+        Ok(())
+    }
 }
 
 fn status_reply(s: StatusCode) -> warp::reply::Response {
@@ -1537,10 +1619,10 @@ mod tests {
                 })
                 .collect()
         };
-        store_report(&*store, &audit, id, &report(1, 10), None, None).unwrap();
+        store_report(&*store, &audit, id, &report(1, 10), None, None, None).unwrap();
         assert_eq!(kinds(), ["report"]);
         // the same report later: stored, not audited
-        store_report(&*store, &audit, id, &report(1, 20), None, None).unwrap();
+        store_report(&*store, &audit, id, &report(1, 20), None, None, None).unwrap();
         assert_eq!(stored()["received"], 20);
         assert_eq!(kinds(), ["report"]);
 
@@ -1549,7 +1631,7 @@ mod tests {
             .unwrap()
             .append("token-add", "cli", json!({}))
             .unwrap();
-        let e = store_report(&*store, &audit, id, &report(2, 30), None, None).unwrap_err();
+        let e = store_report(&*store, &audit, id, &report(2, 30), None, None, None).unwrap_err();
         assert!(
             matches!(e, AuditError::Store(StoreError::AuditConflict(1))),
             "{e:?}"
@@ -1558,7 +1640,7 @@ mod tests {
         assert_eq!(stored()["received"], 20);
         assert_eq!(audit::verify(&*store).unwrap().0, 2);
         // the head was read again: the device's retry is stored, and audited after that record
-        store_report(&*store, &audit, id, &report(2, 40), None, None).unwrap();
+        store_report(&*store, &audit, id, &report(2, 40), None, None, None).unwrap();
         assert_eq!(stored()["report"]["n"], 2);
         assert_eq!(kinds(), ["report", "token-add", "report"]);
 
@@ -1574,12 +1656,34 @@ mod tests {
                 &report(2, t),
                 Some(&entry(t)),
                 Some(&install),
+                None,
             )
             .unwrap();
         }
         assert_eq!(stored()["history"], json!([entry(50)]));
         assert_eq!(kinds(), ["report", "token-add", "report", "install-record"]);
         assert_eq!(audit::verify(&*store).unwrap().0, 4);
+    }
+
+    #[test]
+    fn a_devices_report_budget_is_spent_in_its_window_and_renewed_after_it() {
+        let b = ReportBudget::default();
+        let t0 = std::time::Instant::now();
+        let secs = Duration::from_secs;
+        assert_eq!(b.take("pump-1", 2, t0), Ok(()));
+        assert_eq!(b.take("pump-1", 2, t0 + secs(10)), Ok(()));
+        // spent: the whole seconds to the end of the window that began at t0, at least 1
+        assert_eq!(b.take("pump-1", 2, t0 + secs(10)), Err(3590));
+        assert_eq!(
+            b.take("pump-1", 2, t0 + secs(3599) + Duration::from_millis(500)),
+            Err(1)
+        );
+        // another device has its own
+        assert_eq!(b.take("pump-2", 2, t0 + secs(10)), Ok(()));
+        // a new window once the hour has passed
+        assert_eq!(b.take("pump-1", 2, t0 + REPORT_BUDGET_WINDOW), Ok(()));
+        assert_eq!(b.take("pump-1", 2, t0 + REPORT_BUDGET_WINDOW), Ok(()));
+        assert_eq!(b.take("pump-1", 2, t0 + REPORT_BUDGET_WINDOW), Err(3600));
     }
 
     #[test]

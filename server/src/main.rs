@@ -779,6 +779,7 @@ fn serve(data: &Path, cfg: Config, tls: Option<&TlsArgs>) -> Result<()> {
         rollouts,
         listeners: listeners.as_ref().map(|(l, _)| l.clone()),
         expiry_logged: Default::default(),
+        report_budget: Default::default(),
     });
     if let Err(e) = app.reconcile_audit() {
         tracing::error!(error = %e, "audit reconciliation failed");

@@ -3128,3 +3128,59 @@ fn a_status_reason_with_control_characters_is_refused_and_changes_nothing() {
     );
     assert_eq!(r.json()["status"], "quarantined");
 }
+
+/// One device's reports make at most `max_audited_reports_per_hour` audit records an hour:
+/// past it a report that says something new is refused with `429 too_many_reports` and a
+/// `Retry-After`, and nothing is stored (the pump keeps it and reports at a later poll); a
+/// report that says nothing new is taken as before. Every new report was audited and synced:
+/// one stolen pump certificate sending reports that differ each time (any field) grew the
+/// database by about 4.7 MB a second here (2,000 reports of 4.7 KB in 28 s, 130 MB), until the
+/// disk was full and every audited change failed, its own decommissioning included.
+#[test]
+fn a_device_makes_a_bounded_number_of_audit_records_an_hour() {
+    let Enrolled {
+        _f, t, p, op, d1, ..
+    } = enrolled_pump_1(json!({"max_audited_reports_per_hour": 3}));
+    let report = |i: usize| {
+        json!({"slots": [{"name": "a", "version": "1.0.0", "state": "active"}],
+               "last_result": {"result": "deferred", "reason": format!("reason {i}")}})
+        .to_string()
+    };
+    let mut pump = connect(&t.device, holder_cfg(&p, &d1));
+    let mut post = |i: usize| {
+        pump.send(
+            "POST",
+            "/api/v1/devices/pump-1/report",
+            &[("Content-Type", "application/json")],
+            report(i).as_bytes(),
+        )
+    };
+    for i in 0..3 {
+        assert_status(post(i), 204);
+    }
+    let stored_reports = || {
+        assert_status(get_on(&t.staff, &op, "/api/v1/staff/reports"), 200).json()["reports"].clone()
+    };
+    let before = (state(&t, &op), stored_reports());
+    assert_eq!(
+        before.1[0]["report"]["last_result"]["reason"], "reason 2",
+        "{}",
+        before.1
+    );
+
+    // a fourth that says something new: refused, nothing stored or audited
+    let r = post(3).unwrap();
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (429, "too_many_reports"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&wait), "{wait}");
+    assert_eq!((state(&t, &op), stored_reports()), before);
+
+    // the report it has already: taken (a polling pump repeats itself), not audited
+    assert_status(post(2), 204);
+    assert_eq!(state(&t, &op).1, before.0 .1);
+}
