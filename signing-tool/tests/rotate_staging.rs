@@ -42,6 +42,24 @@ fn publish_from_another_copy(e: &Env, change_in_b: impl FnOnce(&Env)) {
 
 /// The refusal of a stale staged root v2 when root v2 is published with other content, in the
 /// repository `dir`.
+/// `rotate repo --role targets --add-key targets-2.pub`, which must stage root v3.
+fn add_targets_key_as_root_v3(e: &Env) {
+    let r = e.ok(&[
+        "rotate",
+        "repo",
+        "--role",
+        "targets",
+        "--add-key",
+        "targets-2.pub",
+    ]);
+    assert!(
+        r.stdout
+            .starts_with("root v3 staged: targets is now 1-of-2"),
+        "{}",
+        r.stdout
+    );
+}
+
 fn stale_v2(dir: &str) -> String {
     format!(
         "staged root v2 is already published with other content (the newest published root is \
@@ -147,20 +165,7 @@ fn a_staged_root_whose_version_is_published_with_other_content_is_never_built_on
 
     // the way on: the draft moved aside, the change builds on the published root v2
     std::fs::rename(e.path("repo/staged/root.json"), e.path("draft-root.json")).unwrap();
-    let r = e.ok(&[
-        "rotate",
-        "repo",
-        "--role",
-        "targets",
-        "--add-key",
-        "targets-2.pub",
-    ]);
-    assert!(
-        r.stdout
-            .starts_with("root v3 staged: targets is now 1-of-2"),
-        "{}",
-        r.stdout
-    );
+    add_targets_key_as_root_v3(&e);
     let root = e.json("repo/staged/root.json");
     assert_eq!(root["signed"]["version"], 3);
     assert!(
@@ -198,20 +203,7 @@ fn a_staged_root_published_from_another_copy_is_built_on_as_published() {
         "one signature here, two published"
     );
 
-    let r = e.ok(&[
-        "rotate",
-        "repo",
-        "--role",
-        "targets",
-        "--add-key",
-        "targets-2.pub",
-    ]);
-    assert!(
-        r.stdout
-            .starts_with("root v3 staged: targets is now 1-of-2"),
-        "{}",
-        r.stdout
-    );
+    add_targets_key_as_root_v3(&e);
     let root = e.json("repo/staged/root.json");
     assert_eq!(root["signed"]["version"], 3);
     assert!(root["signed"]["keys"].get(&d).is_some(), "built on v2");
@@ -311,20 +303,7 @@ fn a_staged_root_that_meets_both_thresholds_is_not_replaced_without_discard_sign
 
     // the way on: publish root v2, then the change is root v3
     e.publish();
-    let r = e.ok(&[
-        "rotate",
-        "repo",
-        "--role",
-        "targets",
-        "--add-key",
-        "targets-2.pub",
-    ]);
-    assert!(
-        r.stdout
-            .starts_with("root v3 staged: targets is now 1-of-2"),
-        "{}",
-        r.stdout
-    );
+    add_targets_key_as_root_v3(&e);
 
     // root v3 signed by both thresholds, then replaced on purpose: said loudly
     e.sign("repo/staged/root.json", "root-a");
