@@ -1987,8 +1987,13 @@ struct Enrolled {
 fn enrolled_pump_1(config: Value) -> Enrolled {
     let f = Fixture::with_config(config);
     let tls = f.dir.path().join("tls");
-    let p = tls_dir(&tls);
-    let t = start_tls(&f, &tls);
+    enrolled_pump_1_in(f, &tls)
+}
+
+/// [`enrolled_pump_1`] on `f`'s server with a new CA hierarchy in `tls`.
+fn enrolled_pump_1_in(f: Fixture, tls: &Path) -> Enrolled {
+    let p = tls_dir(tls);
+    let t = start_tls(&f, tls);
     let op = staff(&p, "olivia", StaffRole::Operator);
     let f1 = factory(&p, "pump-1");
     import_factories(&t, &p, &op, &[&f1]);
@@ -2987,16 +2992,9 @@ fn a_new_device_issuing_ca_is_taken_with_a_crl_it_signed() {
     drop(start_tls(&f, &old_tls));
 
     let tls = f.dir.path().join("tls");
-    let p = tls_dir(&tls);
-    let t = start_tls(&f, &tls);
-    let op = staff(&p, "olivia", StaffRole::Operator);
-    let f1 = factory(&p, "pump-1");
-    import_factories(&t, &p, &op, &[&f1]);
-    let k1 = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
-    let d1 = operational(
-        &assert_status(enroll(&t, &holder_cfg(&p, &f1), None, &k1.csr_pem), 200).body,
-        &k1.private_key_pem,
-    );
+    let Enrolled {
+        _f: f, t, p, d1, ..
+    } = enrolled_pump_1_in(f, &tls);
     // a device enrolled under it is served
     let r = assert_status(get_on(&t.device, &holder_cfg(&p, &d1), "/1.root.json"), 200);
     assert_eq!(r.body, f.root);
