@@ -770,6 +770,16 @@ fn a_refused_provision_leaves_the_pump_as_it_was() {
     };
     refused(&with("--revision", None), "--revision is required");
     refused(&with("--id", None), "--id is required");
+    // an id no device certificate can name: the server would refuse every report under it
+    for id in ["pump:1", "pump 1", "-pump", ""] {
+        refused(
+            &with("--id", Some(id)),
+            &format!(
+                "--id: invalid device id {id:?}: 1 to 64 of A-Z a-z 0-9 . _ -, not starting \
+                 with . or -"
+            ),
+        );
+    }
     refused(
         &with("--root", Some(not_a_root.to_str().unwrap())),
         &format!(

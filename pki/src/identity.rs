@@ -160,6 +160,13 @@ impl PeerIdentity {
         })
     }
 
+    /// Is the certificate valid at `now`? webpki's rule, the one the handshake applied:
+    /// `not_before <= now <= not_after`. Every request a certificate authorizes asks again, so a
+    /// kept-alive connection does not outlive its certificate.
+    pub fn valid_at(&self, now: SystemTime) -> bool {
+        self.not_before <= now && now <= self.not_after
+    }
+
     /// The device id, if this is an operational device certificate.
     pub fn device_id(&self) -> Option<&str> {
         (self.kind == PeerKind::Device).then_some(self.name.as_str())
@@ -196,5 +203,27 @@ mod tests {
                 if uri == "urn:hale:device:pump-1" && issuer == "Hale Technician CA"),
             "{err}"
         );
+    }
+
+    /// Valid from `not_before` to `not_after`, both included (webpki's rule), and at no other time.
+    #[test]
+    fn a_certificate_is_valid_from_its_start_to_its_end_both_included() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let end = start + Duration::from_secs(3600);
+        let peer = PeerIdentity {
+            kind: PeerKind::Device,
+            name: "pump-1".into(),
+            model: None,
+            hardware_serial: None,
+            certificate_serial: "01".into(),
+            not_before: start,
+            not_after: end,
+            spki_sha256: [0; 32],
+        };
+        let s = Duration::from_secs(1);
+        assert!(!peer.valid_at(start - s));
+        assert!(peer.valid_at(start));
+        assert!(peer.valid_at(end));
+        assert!(!peer.valid_at(end + s));
     }
 }

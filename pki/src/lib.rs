@@ -35,4 +35,4 @@ pub use identity::{PeerIdentity, PeerKind};
 pub use manifest::{Manifest, ManifestEntry};
 pub use profile::{IssuedCertificate, StaffRole};
 pub use token::{Token, TokenError, TokenRecord};
-pub use x509::{spki_sha256_of_certificate, utc};
+pub use x509::{check_name, spki_sha256_of_certificate, utc};

@@ -86,7 +86,10 @@ pub(crate) fn validity_window(
 }
 
 /// Names that go into subjects and URIs: `[A-Za-z0-9._-]{1,64}`, not starting with `.` or `-`.
-pub(crate) fn check_name(field: &'static str, value: &str) -> Result<(), PkiError> {
+/// The one rule for device ids, serials, models and staff names wherever they are taken: the
+/// CA issues no certificate for a name outside it, so the server and the agent refuse such a
+/// name with it rather than with a rule of their own.
+pub fn check_name(field: &'static str, value: &str) -> Result<(), PkiError> {
     let ok = !value.is_empty()
         && value.len() <= 64
         && !value.starts_with(['.', '-'])

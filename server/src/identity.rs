@@ -231,11 +231,11 @@ fn internal(e: impl std::fmt::Display) -> IdentityError {
     IdentityError::Internal(e.to_string())
 }
 
-/// Is `peer`'s certificate valid at `now` (webpki's rule: `not_before <= now <= not_after`)? The
-/// handshake checked it when the connection opened; every request that the certificate
+/// Is `peer`'s certificate valid at `now` ([`PeerIdentity::valid_at`], the handshake's rule)?
+/// The handshake checked it when the connection opened; every request that the certificate
 /// authorizes checks it again, so a kept-alive connection does not outlive its certificate.
 pub fn check_validity(peer: &PeerIdentity, now: SystemTime) -> Result<(), IdentityError> {
-    if now < peer.not_before || now > peer.not_after {
+    if !peer.valid_at(now) {
         return Err(IdentityError::CertificateExpired {
             serial: peer.certificate_serial.clone(),
             not_before: unix(peer.not_before),
@@ -1447,19 +1447,10 @@ impl Identity {
     }
 }
 
+/// A model name: hale-pki's rule for names, as the CA applies it when it issues a certificate
+/// naming the model.
 fn check_model(m: &str) -> Result<(), IdentityError> {
-    let ok = !m.is_empty()
-        && m.len() <= 64
-        && !m.starts_with(['.', '-'])
-        && m.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(IdentityError::BadRequest(format!(
-            "model {m:?}: 1 to 64 of A-Z a-z 0-9 . _ -"
-        )))
-    }
+    hale_pki::check_name("model", m).map_err(|e| IdentityError::BadRequest(e.to_string()))
 }
 
 fn x509_pem(label: &str, der: &[u8]) -> String {

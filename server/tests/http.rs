@@ -216,6 +216,20 @@ fn device_reports_inventory_health_metrics_audit_and_shutdown() {
         (400, Some("bad_report"))
     );
     assert_eq!(post("bad%2Fid", &report).status, 400);
+    // ids no device certificate can name (hale-pki's rule): refused, nothing stored (the
+    // inventory below holds the two reported above only)
+    for id in ["pump:0005", "-pump-0005", ".pump-0005"] {
+        let r = post(id, &report);
+        assert_eq!(
+            (r.status, r.json()),
+            (
+                400,
+                json!({"error": "bad_device_id", "message": format!(
+                    "invalid device id {id:?}: 1 to 64 of A-Z a-z 0-9 . _ -, not starting with . or -"
+                )})
+            )
+        );
+    }
     // an oversized report is refused on its Content-Length, before the body is read: send the
     // headers only and read the answer (writing the body could race the server's close)
     assert_eq!(

@@ -1247,6 +1247,28 @@ fn cli_imports_manifests_and_issues_tokens_the_server_honours() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("\"pump-5\" is in no imported manifest: give the model"));
     assert_eq!(audit_records(&f), before);
+    // refused: a model no certificate can carry (hale-pki's rule for names)
+    let out = run_bin(
+        &[
+            "enroll-token",
+            "--data",
+            data,
+            "--serial",
+            "pump-5",
+            "--model",
+            "pump/a",
+        ],
+        &f.pass_file,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "invalid model \"pump/a\": 1 to 64 of A-Z a-z 0-9 . _ -, not starting with . or -"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(audit_records(&f), before);
 
     let good = f.dir.path().join("manifest.json");
     write(

@@ -728,6 +728,8 @@ fn provision(o: &Opts) -> Result<()> {
         .map_or(Ok(0), |s| s.parse())
         .context("--security-counter")?;
     let id = o.req("--id")?;
+    // the server takes reports only under an id a device certificate can name (hale-pki's rule)
+    hale_pki::check_name("device id", &id).map_err(|e| anyhow::anyhow!("--id: {e}"))?;
     let cfg = json!({
         "id": id, "model": o.req("--model")?, "revision": o.req("--revision")?,
         "target": target, "bootloader": o.opt("--bootloader").unwrap_or_else(|| "1.0.0".into()),
