@@ -7,8 +7,8 @@
 //! same code the devices and the server run. See `hale-sign --help` and the README's key ceremony.
 //!
 //! Threats handled here: a signature from a key the role does not list is refused before it is
-//! written; nothing below threshold is published; a publish that a client would reject is rolled
-//! back; passphrases never come from the command line; demo keys are announced loudly.
+//! written; nothing below threshold is published; a publish that a client would reject is never
+//! written, and one interrupted is finished, never taken back; passphrases never come from the command line; demo keys are announced loudly.
 
 mod changes;
 mod client;
@@ -17,6 +17,7 @@ mod config;
 mod demo;
 mod durable;
 mod error;
+mod journal;
 mod key_source;
 mod par;
 mod staff;

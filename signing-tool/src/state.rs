@@ -324,21 +324,13 @@ impl State {
 
     /// [`load`](Self::load) for a command that changes the working directory or sends it out
     /// (target add, sign, push…): refused while a publish that was interrupted has not been
-    /// undone, since the repository then holds files that were never verified.
+    /// finished, since the repository then holds part of it
+    /// ([`refuse_if_interrupted`](crate::journal::refuse_if_interrupted)).
     pub fn load_for_change(dir: &Path) -> Result<Self> {
         // (a directory that is not one is said as such, not as a lock file it cannot make)
         Config::load(dir)?;
         let lock = lock_for_change(dir)?;
-        let journal = dir.join(crate::commands::publish::JOURNAL);
-        if journal.exists() {
-            return Err(invalid(format!(
-                "{}: a publish was interrupted ({} is there): run `hale-sign publish {}` first, \
-                 which restores the repository to before it",
-                dir.display(),
-                journal.display(),
-                dir.display()
-            )));
-        }
+        crate::journal::refuse_if_interrupted(dir)?;
         let mut st = Self::load(dir)?;
         st.lock = Some(lock);
         Ok(st)

@@ -1006,27 +1006,35 @@ fn a_timestamp_alone_never_publishes_a_targets_role_no_snapshot_lists() {
     assert_eq!(e.verify().code, 0);
 }
 
+/// A publish killed after its journal, partway through its writes, is finished by the next: the
+/// files it verified stay served (a device may hold them) and the rest are written, never taken
+/// back. Before (2026-11-25), the next publish undid them first. Fails on the old code.
 #[test]
-fn a_publish_killed_midway_is_undone_by_the_next_and_never_blocks_it() {
+fn a_publish_killed_midway_is_finished_by_the_next_and_never_blocks_it() {
     let e = Env::new();
     e.signed_release();
-    let before = snapshot_tree(&e.path("repo/repository"));
-    let staged = snapshot_tree(&e.path("repo/staged"));
     let crash = |point: &str| e.crash_publish(point);
 
-    // killed after writing, before the journal is removed: the files are on disk, with the journal
-    crash("written");
+    // killed after writing the metadata and the snapshot, before the timestamp
+    crash("metadata");
     assert!(e.path("repo/repository/2.targets.json").exists());
+    assert!(e.path("repo/repository/2.snapshot.json").exists());
+    assert_eq!(
+        e.json("repo/repository/timestamp.json")["signed"]["version"],
+        1
+    );
     assert!(e.path("repo/publishing.json").exists());
     let st = e.run(&["status", "repo"]);
     assert!(
         st.stdout.starts_with(
-            "repo/publishing.json: a publish was interrupted; the next `hale-sign publish repo` undoes it first\n"
+            "repo/publishing.json: a publish was interrupted and the repository holds part of \
+             it: run `hale-sign publish repo` to finish the interrupted publish (it writes the \
+             verified files the journal lists)\n"
         ),
         "{}",
         st.stdout
     );
-    // the next publish undoes them first (shown here by one that then fails: no passphrase)
+    // the next publish finishes it first (shown here by one that then fails: no passphrase)
     let r = e.run(&[
         "publish",
         "repo",
@@ -1039,25 +1047,28 @@ fn a_publish_killed_midway_is_undone_by_the_next_and_never_blocks_it() {
     ]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        r.stderr.starts_with(
-            "repo: a publish was interrupted; its 3 repository file(s) restored to before it\n"
+        r.stdout.starts_with(
+            "finished the publish that was interrupted: targets v2, snapshot v2, timestamp v2 \
+             into repo/repository (2 of 3 file(s) were already written; the bytes it verified \
+             before it was interrupted, nothing taken back)\n"
         ),
         "{}",
-        r.stderr
+        r.stdout
     );
-    assert_eq!(snapshot_tree(&e.path("repo/repository")), before);
-    assert_eq!(snapshot_tree(&e.path("repo/staged")), staged);
-    assert!(!e.path("repo/publishing.json").exists());
-    // and publishes afresh
-    crash("written");
-    let r = e.publish();
     assert!(
-        r.stderr.contains("a publish was interrupted"),
+        r.stderr
+            .starts_with("repo/staged/targets.json: already published; staged copy removed\n"),
         "{}",
         r.stderr
     );
     assert!(!e.path("repo/publishing.json").exists());
-    assert_eq!(e.verify().code, 0);
+    assert!(!e.path("repo/staged/targets.json").exists());
+    assert_eq!(
+        e.json("repo/repository/timestamp.json")["signed"]["version"],
+        2
+    );
+    let v = e.verify();
+    assert_eq!(v.code, 0, "{}", v.stderr);
     let published = snapshot_tree(&e.path("repo/repository"));
 
     // killed after the publish stood, before the staged copies were removed: the next publish
@@ -1077,6 +1088,7 @@ fn a_publish_killed_midway_is_undone_by_the_next_and_never_blocks_it() {
         "{}",
         r.stderr
     );
+    assert!(!r.stdout.contains("finished the publish"), "{}", r.stdout);
     assert!(!e.path("repo/staged/targets.json").exists());
     assert!(e.path("repo/repository/3.targets.json").exists());
     assert_eq!(e.verify().code, 0);
@@ -1803,14 +1815,15 @@ fn a_mailed_root_of_a_published_version_must_be_the_published_one() {
     );
 }
 
-/// After a publish killed midway, a change waits for the next `publish` to undo it (the
-/// repository holds files never verified: a target added or an authorization made now would
-/// build on them, a push would send them); after one killed once it stood, before removing the
-/// staged copies, a change builds on the published version instead of re-staging it (before,
+/// After a publish killed midway, a change waits for the next `publish` to finish it (the
+/// repository holds part of a publish: a target added or an authorization made now would build
+/// on it, a push would send it); after one killed once it stood, before removing the staged
+/// copies, a change builds on the published version instead of re-staging it (before,
 /// `target add` changed targets v3 in place and the publish refused it as already published
-/// with other content). Found by review, 2026-11-24; fails on the old code.
+/// with other content). Found by review, 2026-11-24; fails on the old code. Since 2026-11-25 the
+/// refusal says the publish finishes the interrupted one (it undid it before).
 #[test]
-fn after_a_killed_publish_changes_wait_for_the_undo_and_build_on_what_was_published() {
+fn after_a_killed_publish_changes_wait_for_its_finish_and_build_on_what_was_published() {
     let e = Env::new();
     e.signed_release();
     let crash = |point: &str| e.crash_publish(point);
@@ -1818,8 +1831,9 @@ fn after_a_killed_publish_changes_wait_for_the_undo_and_build_on_what_was_publis
     let repo = snapshot_tree(&e.path("repo/repository"));
     let staged = snapshot_tree(&e.path("repo/staged"));
     e.write("fw3.bin", b"firmware 3");
-    let refusal = "error: repo: a publish was interrupted (repo/publishing.json is there): run \
-                   `hale-sign publish repo` first, which restores the repository to before it";
+    let refusal = "error: repo: a publish was interrupted (repo/publishing.json is there) and \
+                   the repository holds part of it: run `hale-sign publish repo` to finish the \
+                   interrupted publish, then this again; nothing done";
     for args in [
         &["target", "add", "repo", "--file", "fw3.bin"][..],
         &sign_args("repo", "targets.key")[..],
@@ -1832,7 +1846,7 @@ fn after_a_killed_publish_changes_wait_for_the_undo_and_build_on_what_was_publis
         assert_eq!(snapshot_tree(&e.path("repo/staged")), staged, "{args:?}");
         assert!(e.path("repo/publishing.json").exists());
     }
-    // the publish undoes it and goes out (targets v2)
+    // the publish finishes it (targets v2), and signs a new snapshot and timestamp after it
     e.publish();
     assert_eq!(e.verify().code, 0);
 

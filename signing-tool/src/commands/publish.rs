@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::status::unmet_thresholds;
 use crate::client::{self, Repository};
 use crate::config::repository_dir;
-use crate::durable::Batch;
+use crate::journal::{Entry, Journal};
 use crate::key_source::load_private;
 use crate::state::{Authority, State};
 use crate::timings::Timings;
@@ -45,18 +45,12 @@ pub struct PublishArgs {
     timings: bool,
 }
 
-/// The publish journal, `DIR/publishing.json`: every repository file this publish writes and
-/// what it held before, made durable before the first write and removed once the publish is
-/// done (or undone). Everything it lists was verified before the write; a publish killed in
-/// between leaves it, and the next `publish` restores the repository from it first: a crash
-/// never leaves half a publish served (a new snapshot without the timestamp that points at it),
-/// nor a working directory whose staged files no longer follow what is published.
-pub(crate) const JOURNAL: &str = "publishing.json";
-
 /// Test-only fault injection: the process dies (abort, no clean-up) at the named point of a
 /// publish: `verified` (the client workflow run over the repository as it would be, its result
-/// not acted on, nothing written), `written` (everything written, the journal still there) or
-/// `done` (the journal removed, the staged copies not yet).
+/// not acted on, nothing written), `journaled` (the journal durable, nothing written yet),
+/// `metadata` (the metadata and snapshot written, not the timestamp), `written` (everything
+/// written, the journal still there) or `done` (the journal removed, the staged copies not yet).
+/// `metadata` applies to a publish finishing an interrupted one too.
 const CRASH_ENV: &str = "HALE_SIGN_TEST_CRASH_AFTER";
 
 fn crash_point(name: &str) {
@@ -65,141 +59,70 @@ fn crash_point(name: &str) {
     }
 }
 
-/// Files written by this publish and what they held before (to roll back).
-struct Written {
-    repo: PathBuf,
-    journal: PathBuf,
-    undo: Vec<(PathBuf, Option<Vec<u8>>)>,
-}
-
-impl Written {
-    fn new(dir: &Path, repo: &Path) -> Self {
-        Written {
-            repo: repo.to_path_buf(),
-            journal: dir.join(JOURNAL),
-            undo: Vec::new(),
-        }
-    }
-
-    /// The journal's entries: names relative to the repository, prior bytes in hex.
-    fn save_journal(&self) -> anyhow::Result<()> {
-        let entries: Vec<Value> = self
-            .undo
-            .iter()
-            .map(|(p, before)| {
-                let name = p.strip_prefix(&self.repo).unwrap_or(p);
-                serde_json::json!({
-                    "file": name.to_string_lossy(),
-                    "before": before.as_ref().map(hex::encode),
-                })
-            })
-            .collect();
-        let bytes = serde_json::to_vec_pretty(&serde_json::json!({ "files": entries }))?;
-        crate::durable::write_one(&self.journal, &bytes)?;
-        Ok(())
-    }
-
-    /// The journal a killed publish left in `dir`, if any.
-    fn load_journal(dir: &Path, repo: &Path) -> anyhow::Result<Option<Self>> {
-        let journal = dir.join(JOURNAL);
-        let bytes = match std::fs::read(&journal) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", journal.display())),
+/// Finish the publish the journal in `a.dir` records (one killed, or stopped by a write that
+/// failed): write what it lists, in its order, and remove it. Not undone: a device may already
+/// hold part of it (a root above all), and a root taken back and then published again with other
+/// content forks the fleet.
+///
+/// The client workflow is not run again first: everything listed was verified as a whole before
+/// the first write, and a part of it may already be served. A check could only refuse to write
+/// the rest, which leaves the repository half a publish (a new root served with a timestamp that
+/// the new root's keys do not sign, say: devices stuck until it is finished), and the way on from
+/// there would be to take back what was served. What can have changed since is the clock: a
+/// timestamp (or any role) that expired while the publish was interrupted is written all the
+/// same, with a note. A device refuses an expired file and keeps running the firmware it
+/// verified; a newer timestamp, from the next publish with the online keys or from hale-server,
+/// supersedes it. A repository changed since by hand is refused ([`Journal::check_repository`]).
+///
+/// If the finish fails in turn (a full disk), the journal stays and the error says to run
+/// `publish` again: nothing is lost, and a file written is never written twice with other bytes.
+fn finish_interrupted(a: &PublishArgs, repo: &Path, journal: &Journal) -> anyhow::Result<()> {
+    journal.check_repository(repo)?;
+    let written = journal
+        .write(repo, || crash_point("metadata"))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "finishing the interrupted publish of {} failed: {}. Nothing taken back and {} \
+                 kept: fix the cause (disk space, permissions) and run `hale-sign publish {}` \
+                 again to finish it",
+                a.dir.display(),
+                crate::render(&e),
+                journal.path().display(),
+                a.dir.display()
+            )
+        })?;
+    journal.remove()?;
+    let total = journal.entries().count();
+    println!(
+        "finished the publish that was interrupted: {} into {} ({} of {total} file(s) were \
+         already written; the bytes it verified before it was interrupted, nothing taken back)",
+        journal.describe(),
+        repo.display(),
+        written.already,
+    );
+    let now = crate::state::unix_now();
+    for e in journal.entries() {
+        let role = match crate::state::split_versioned(&e.name) {
+            Some((_, role)) => role,
+            None if e.name == "timestamp.json" => "timestamp",
+            None => continue,
         };
-        let bad = |why: &str| anyhow::anyhow!("{}: {why}", journal.display());
-        let doc: Value = serde_json::from_slice(&bytes).map_err(|e| bad(&e.to_string()))?;
-        let mut undo = Vec::new();
-        for f in doc
-            .get("files")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("no files"))?
-        {
-            let name = f
-                .get("file")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("an entry without a file"))?;
-            // only names inside the repository
-            let rel = Path::new(name);
-            if name.is_empty()
-                || !rel
-                    .components()
-                    .all(|c| matches!(c, std::path::Component::Normal(_)))
-            {
-                return Err(bad(&format!("{name:?} is not a file of the repository")));
-            }
-            let before = match f.get("before") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(h)) => Some(hex::decode(h).map_err(|e| bad(&e.to_string()))?),
-                Some(_) => return Err(bad("an entry's before is not hex")),
-            };
-            undo.push((repo.join(rel), before));
+        let Ok(m) =
+            crate::state::Meta::from_bytes(role, e.bytes.clone(), &repo.join(&e.name), false)
+        else {
+            continue;
+        };
+        if let Some(why) = m.expired(now) {
+            eprintln!(
+                "note: {role} v{} {why}, while the publish was interrupted: written all the same \
+                 (a device refuses it and keeps the firmware it verified; taking it back could \
+                 take back what a device holds). Devices take no update until a newer one is \
+                 published",
+                m.version
+            );
         }
-        Ok(Some(Written {
-            repo: repo.to_path_buf(),
-            journal,
-            undo,
-        }))
     }
-
-    /// Write `files` (names in the repository) as one batch, journalled first.
-    fn write(&mut self, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
-        let mut batch = Batch::new();
-        for (name, bytes) in files {
-            let p = self.repo.join(name);
-            let before = if p.exists() {
-                Some(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
-            } else {
-                None
-            };
-            self.undo.push((p.clone(), before));
-            batch.add(&p, bytes)?;
-        }
-        // what to undo is on the disk before anything it undoes
-        self.save_journal()?;
-        batch.commit()?;
-        Ok(())
-    }
-
-    /// The publish stands: forget the journal.
-    fn done(self) -> anyhow::Result<()> {
-        remove_journal(&self.journal)
-    }
-
-    fn roll_back(self) -> Vec<String> {
-        let mut problems = Vec::new();
-        // newest first: the timestamp goes back before the files it pointed at
-        for (p, before) in self.undo.into_iter().rev() {
-            let r = match before {
-                Some(b) => crate::durable::write_one(&p, &b).map_err(|e| e.to_string()),
-                None => match std::fs::remove_file(&p) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        Err(format!("{}: {e}", p.display()))
-                    }
-                    _ => Ok(()),
-                },
-            };
-            if let Err(e) = r {
-                problems.push(e);
-            }
-        }
-        // a journal whose undo failed stays, for the next publish to try again
-        if problems.is_empty() {
-            if let Err(e) = remove_journal(&self.journal) {
-                problems.push(e.to_string());
-            }
-        }
-        problems
-    }
-}
-
-fn remove_journal(journal: &Path) -> anyhow::Result<()> {
-    match std::fs::remove_file(journal) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", journal.display()))
-        }
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 /// A new root must be met by the timestamp and snapshot the repository will serve: those already
@@ -339,28 +262,18 @@ fn sign_online(
 
 pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
     let mut t = Timings::start("publish", a.timings);
-    // no other command changes the directory until this one exits (the journal's undo first)
+    // no other command changes the directory until this one exits (the journal's finish first)
     crate::config::Config::load(&a.dir)?;
     let _lock = crate::state::lock_for_change(&a.dir)?;
-    // a publish killed before it finished: undo what it wrote, then publish afresh
+    // a publish killed (or stopped by a failed write) before it finished: finish it, then go on
     let repo = repository_dir(&a.dir);
-    if let Some(interrupted) = Written::load_journal(&a.dir, &repo)? {
-        let n = interrupted.undo.len();
-        let problems = interrupted.roll_back();
-        if !problems.is_empty() {
-            bail!(
-                "{}: undoing an interrupted publish failed: {} ({JOURNAL} kept)",
-                a.dir.display(),
-                problems.join("; ")
-            );
-        }
-        eprintln!(
-            "{}: a publish was interrupted; its {n} repository file(s) restored to before it",
-            a.dir.display()
-        );
+    let interrupted = Journal::load(&a.dir)?;
+    if let Some(journal) = &interrupted {
+        finish_interrupted(&a, &repo, journal)?;
     }
     let mut state = t.time("load", || State::load(&a.dir))?;
-    // staged copies of what a finished publish wrote (killed before it removed them)
+    // staged copies of what a finished publish wrote (killed before it removed them, or just
+    // finished above)
     for p in std::mem::take(&mut state.already_published) {
         std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         eprintln!("{}: already published; staged copy removed", p.display());
@@ -384,6 +297,12 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if staged.is_empty() && a.timestamp_keys.is_empty() {
+        if interrupted.is_some() {
+            // the interrupted publish was the whole of it
+            println!("{}: nothing else staged", a.dir.display());
+            t.finish();
+            return Ok(ExitCode::SUCCESS);
+        }
         bail!(
             "{}: nothing staged to publish (and no --timestamp-key to refresh the timestamp)",
             a.dir.display()
@@ -584,33 +503,46 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
     })?;
 
     // 5. write: metadata and snapshot first, the timestamp that points at them last. The bytes
-    // are those verified above; the journal undoes a write that fails or is cut short. No second
-    // client check after the write: it would find what was verified above (re-hashing every
-    // target to do so), and could act only once the files are served, by taking back what a
-    // device may already hold (a root above all) — the window this order closes.
+    // are those verified above, and the journal that lists them is durable before the first
+    // write: a write that fails or is cut short is finished by the next publish, never undone
+    // (see `finish_interrupted`). No second client check after the write: it would find what was
+    // verified above (re-hashing every target to do so), and could act only once the files are
+    // served, by taking back what a device may already hold (a root above all).
     let write_start = Instant::now();
-    let mut written = Written::new(&a.dir, &repo);
-    let result = written.write(&files).and_then(|_| written.write(&ts));
+    let entries = |v: Vec<(String, Vec<u8>)>| {
+        v.into_iter()
+            .map(|(name, bytes)| Entry { name, bytes })
+            .collect::<Vec<_>>()
+    };
+    let journal = Journal::new(&a.dir, entries(files), entries(ts).pop());
+    journal.save().map_err(|e| {
+        anyhow::anyhow!(
+            "refusing to publish {}: writing {}: {} (repository unchanged; staged files kept)",
+            a.dir.display(),
+            journal.path().display(),
+            crate::render(&e)
+        )
+    })?;
+    crash_point("journaled");
+    let result = journal.write(&repo, || crash_point("metadata"));
     crash_point("written");
     t.add("write", write_start.elapsed());
     if let Err(e) = result {
-        let problems = written.roll_back();
-        if !problems.is_empty() {
-            bail!(
-                "publish failed: {}; rolling back ALSO failed: {}",
-                crate::render(&e),
-                problems.join("; ")
-            );
-        }
+        // an in-process failure follows the rule of a kill: what was written may be served
+        // already, and the rest was verified with it
         bail!(
-            "refusing to publish {}: {} (repository restored; staged files kept)",
+            "publishing {} stopped while writing: {}. Nothing taken back: every file it writes \
+             was verified before the first write, and {} lists them. Fix the cause (disk space, \
+             permissions) and run `hale-sign publish {}` to finish it",
             a.dir.display(),
-            crate::render(&e)
+            crate::render(&e),
+            journal.path().display(),
+            a.dir.display()
         );
     }
     // the publish stands from here (a kill after this leaves staged copies of what is published,
     // which the next publish clears)
-    written.done()?;
+    journal.remove()?;
     crash_point("done");
     t.time("write", || {
         staged.iter().try_for_each(|m| {

@@ -202,10 +202,13 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
         )
     };
     state.warn_demo();
-    if state.dir.join(super::publish::JOURNAL).exists() {
+    let journal = state.dir.join(crate::journal::JOURNAL);
+    if journal.exists() {
         println!(
-            "{}: a publish was interrupted; the next `hale-sign publish {}` undoes it first",
-            state.dir.join(super::publish::JOURNAL).display(),
+            "{}: a publish was interrupted and the repository holds part of it: run `hale-sign \
+             publish {}` to finish the interrupted publish (it writes the verified files the \
+             journal lists)",
+            journal.display(),
             state.dir.display()
         );
     }
