@@ -382,7 +382,9 @@ impl State {
     /// published, and a root built on it (`rotate`, `renew`) would be a second root of a version
     /// devices already follow, or skip the published ones: a fork of the chain once signed.
     /// Signing it is refused too. The release engineer decides what becomes of its changes: it
-    /// is moved out of `staged/` by hand, never dropped by a command.
+    /// is moved out of `staged/` by hand, never dropped by a command. A draft that meets every
+    /// threshold it needs is said to: it is a valid root for devices from any signer's copy, a
+    /// fork of the published one, and every copy of it is to be destroyed.
     pub fn check_staged_root(&self) -> Result<()> {
         let Some(root) = self.roles.get("root").filter(|m| m.staged) else {
             return Ok(());
@@ -391,13 +393,38 @@ impl State {
         if root.version > published {
             return Ok(());
         }
+        let n = root.version;
+        // a draft that meets every threshold it needs is a valid root for devices, from whoever
+        // kept a copy: a fork of the published root of its version, and said to be one
+        let met = self
+            .root_authorities(n, &root.bytes, n > 1)
+            .is_ok_and(|auths| {
+                auths
+                    .iter()
+                    .all(|a| a.report("root", &root.bytes).is_ok_and(|r| r.met()))
+            });
+        let signed = match (met, n > 1) {
+            (false, _) => String::new(),
+            (true, true) => format!(
+                " It is also fully signed, meeting both thresholds (root v{}'s and its own): a \
+                 valid root v{n} for every device on root v{}, so a copy of it given to devices \
+                 (each signer had one) forks them from the published root v{n}; destroy every \
+                 copy of it.",
+                n - 1,
+                n - 1
+            ),
+            (true, false) => format!(
+                " It is also fully signed, meeting its threshold: a valid root v{n}, so a copy of \
+                 it given to devices (each signer had one) forks them from the published root \
+                 v{n}; destroy every copy of it."
+            ),
+        };
         Err(invalid(format!(
-            "staged root v{} is already published with other content (the newest published root \
+            "staged root v{n} is already published with other content (the newest published root \
              is v{published}): this draft can never be published, and a root built on it would \
-             fork the chain of roots devices follow. Move {} out of {} (its changes are not in \
-             the published root: make them again if still wanted), then run this again to build \
-             on root v{published} as root v{}",
-            root.version,
+             fork the chain of roots devices follow.{signed} Move {} out of {} (its changes are \
+             not in the published root: make them again if still wanted), then run this again to \
+             build on root v{published} as root v{}",
             root.path.display(),
             staged_dir(&self.dir).display(),
             published + 1

@@ -175,6 +175,142 @@ fn a_staged_root_whose_version_is_published_with_other_content_is_never_built_on
     assert!(root["signed"]["keys"].get(&d).is_none(), "not the draft's");
 }
 
+/// A stale staged root v2 (root v2 published from another copy with other content) that is also
+/// fully signed — root v1's threshold and its own — is a valid root v2 for every device on root
+/// v1, from any signer's copy: a fork of the published root v2. The refusal says so, and that
+/// every copy is to be destroyed; before, it was refused as stale alone. Nothing changes. Fails
+/// on the old code (the message).
+#[test]
+fn a_stale_staged_root_that_is_fully_signed_is_refused_as_such() {
+    let e = Env::new();
+    e.published_repo();
+    e.key("root-d", "ed25519");
+    e.key("root-e", "ed25519");
+    e.key("targets-2", "ed25519");
+    e.ok(&[
+        "rotate",
+        "repo",
+        "--role",
+        "root",
+        "--add-key",
+        "root-d.pub",
+    ]);
+    e.sign("repo/staged/root.json", "root-a");
+    e.sign("repo/staged/root.json", "root-b");
+    publish_from_another_copy(&e, |e| {
+        std::fs::remove_file(e.path("repo-b/staged/root.json")).unwrap();
+        e.ok(&[
+            "rotate",
+            "repo-b",
+            "--role",
+            "root",
+            "--add-key",
+            "root-e.pub",
+        ]);
+        e.sign("repo-b/staged/root.json", "root-a");
+        e.sign("repo-b/staged/root.json", "root-b");
+    });
+    assert_ne!(
+        e.json("repo/staged/root.json")["signed"],
+        e.json("repo/repository/2.root.json")["signed"]
+    );
+
+    let staged = snapshot_tree(&e.path("repo/staged"));
+    let published = snapshot_tree(&e.path("repo/repository"));
+    let stale = "staged root v2 is already published with other content (the newest published \
+                 root is v2): this draft can never be published, and a root built on it would \
+                 fork the chain of roots devices follow. It is also fully signed, meeting both \
+                 thresholds (root v1's and its own): a valid root v2 for every device on root v1, \
+                 so a copy of it given to devices (each signer had one) forks them from the \
+                 published root v2; destroy every copy of it. Move repo/staged/root.json out of \
+                 repo/staged (its changes are not in the published root: make them again if \
+                 still wanted), then run this again to build on root v2 as root v3";
+    for (args, refusal) in [
+        (
+            &[
+                "rotate",
+                "repo",
+                "--role",
+                "targets",
+                "--add-key",
+                "targets-2.pub",
+            ][..],
+            format!("error: {stale}"),
+        ),
+        (
+            &["renew", "repo", "--role", "root"][..],
+            format!("error: {stale}"),
+        ),
+        (
+            &["status", "repo"][..],
+            format!("error: repo/staged/root.json: {stale}"),
+        ),
+        (
+            &publish_args("repo")[..],
+            format!("error: repo/staged/root.json: {stale}"),
+        ),
+    ] {
+        let r = e.run(args);
+        assert_eq!(
+            (r.code, r.stderr.trim_end()),
+            (2, refusal.as_str()),
+            "{args:?}: {}",
+            r.stdout
+        );
+        assert_eq!(snapshot_tree(&e.path("repo/staged")), staged, "{args:?}");
+        assert_eq!(
+            snapshot_tree(&e.path("repo/repository")),
+            published,
+            "{args:?}"
+        );
+    }
+}
+
+/// The same for root v1, signed by its threshold in one copy while another copy published a
+/// different root v1: the draft is a valid root v1 (it can provision devices), said as such.
+#[test]
+fn a_stale_first_root_that_is_fully_signed_is_refused_as_such() {
+    let e = Env::new();
+    e.standard_keys();
+    e.init();
+    e.key("targets-2", "ed25519");
+    e.sign("repo/staged/root.json", "root-a");
+    e.sign("repo/staged/root.json", "root-b");
+    publish_from_another_copy(&e, |e| {
+        e.ok(&[
+            "rotate",
+            "repo-b",
+            "--role",
+            "targets",
+            "--add-key",
+            "targets-2.pub",
+            "--discard-signed-root",
+        ]);
+        e.sign("repo-b/staged/root.json", "root-a");
+        e.sign("repo-b/staged/root.json", "root-b");
+        e.sign("repo-b/staged/targets.json", "targets");
+    });
+    let staged = snapshot_tree(&e.path("repo/staged"));
+    let r = e.run(&["renew", "repo", "--role", "root"]);
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            "error: staged root v1 is already published with other content (the newest \
+             published root is v1): this draft can never be published, and a root built on it \
+             would fork the chain of roots devices follow. It is also fully signed, meeting its \
+             threshold: a valid root v1, so a copy of it given to devices (each signer had one) \
+             forks them from the published root v1; destroy every copy of it. Move \
+             repo/staged/root.json out of repo/staged (its changes are not in the published \
+             root: make them again if still wanted), then run this again to build on root v1 as \
+             root v2"
+        ),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(snapshot_tree(&e.path("repo/staged")), staged);
+}
+
 /// L2, the draft's content published: root v2 staged and signed by root-a in one copy, signed by
 /// root-b and published from another, synced back. The staged copy differs from the published
 /// one in its signatures alone: a change builds on the published root (before, `rotate` changed
