@@ -807,3 +807,53 @@ fn the_rollback_roles_keys_are_refused_for_any_other_role_and_nothing_is_staged(
         )
     );
 }
+
+/// `bundle` only reads the working directory (it writes --out): it is made while another command
+/// holds the directory's lock (a signer at a passphrase prompt, a publish). Before, it took the
+/// lock and was refused as "another hale-sign command is changing this working directory". It is
+/// still refused while a publish is interrupted (the repository holds part of one), writing
+/// nothing. The first part fails on the old code.
+#[test]
+fn a_bundle_is_made_while_another_command_holds_the_directory_not_during_an_interrupted_publish() {
+    let e = Env::new();
+    e.signed_release();
+    e.publish();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(e.path("repo/.hale-sign.lock"))
+        .unwrap();
+    fs2::FileExt::try_lock_exclusive(&lock).unwrap();
+    let before = snapshot_tree(&e.path("repo"));
+    let r = e.run(&bundle_args("fw.bin", &[]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("wrote b.bin ("), "{}", r.stdout);
+    let bundle = std::fs::read(e.path("b.bin")).unwrap();
+    let parsed = Bundle::parse(&bundle).unwrap();
+    assert!(
+        parsed.iter().any(|(_, bytes)| bytes == b"firmware"),
+        "the image"
+    );
+    assert_eq!(snapshot_tree(&e.path("repo")), before, "DIR only read");
+    fs2::FileExt::unlock(&lock).unwrap();
+    std::fs::remove_file(e.path("b.bin")).unwrap();
+
+    // a publish interrupted: refused, nothing written
+    e.write("fw3.bin", b"firmware 3");
+    e.ok(&["target", "add", "repo", "--file", "fw3.bin"]);
+    e.sign("repo/staged/targets.json", "targets");
+    e.crash_publish("metadata");
+    let r = e.run(&bundle_args("fw.bin", &[]));
+    assert_refused(
+        &e,
+        &r,
+        "error: repo: a publish was interrupted (repo/publishing.json is there) and the \
+         repository holds part of it: run `hale-sign publish repo` to finish the interrupted \
+         publish, then this again; nothing done",
+        "b.bin",
+    );
+    // finished, the bundle is made again
+    e.ok(&["publish", "repo"]);
+    e.ok(&bundle_args("fw3.bin", &[]));
+}

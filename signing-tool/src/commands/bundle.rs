@@ -427,7 +427,16 @@ pub fn published_root(dir: &Path, v: u64) -> anyhow::Result<Vec<u8>> {
 
 pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
     crate::durable::refuse_existing(&a.out, a.force)?;
-    let state = State::load_for_change(&a.dir)?;
+    // DIR is only read (the bundle is written to --out): no lock, so a bundle is made while a
+    // signer or a publish holds the directory. What it reads of repository/ was verified before
+    // it was written and is never taken back (an interrupted publish is finished), and the bundle
+    // is verified as a device would, from its own bytes, before it is written: files read while
+    // a publish renames new ones in make a bundle that verifies as a whole, or none. Refused
+    // while a publish is interrupted, though: the repository then holds part of one (a new root
+    // whose timestamp is not written yet, say).
+    crate::config::Config::load(&a.dir)?;
+    crate::journal::refuse_if_interrupted(&a.dir)?;
+    let state = State::load(&a.dir)?;
     state.warn_demo();
     let now = unix_now();
     let root = published_root(&a.dir, a.from_root_version)?;
