@@ -336,6 +336,20 @@ impl State {
         Ok(st)
     }
 
+    /// [`load`](Self::load) for a command that only reads the working directory and writes
+    /// elsewhere (`bundle`, `rollback authorize`, `rollback sign`): no lock, so it runs while a
+    /// signer waits at a passphrase prompt or a publish runs, but refused while a publish is
+    /// interrupted ([`refuse_if_interrupted`](crate::journal::refuse_if_interrupted)): the
+    /// repository then holds part of one. What such a command reads of `repository/` was
+    /// verified before it was written and is never taken back (an interrupted publish is
+    /// finished), and it verifies what it writes with hale-core from those bytes.
+    pub fn load_to_read(dir: &Path) -> Result<Self> {
+        // (a directory that is not one is said as such, not as a publish it cannot find)
+        Config::load(dir)?;
+        crate::journal::refuse_if_interrupted(dir)?;
+        Self::load(dir)
+    }
+
     pub fn staged(&self) -> impl Iterator<Item = &Meta> {
         self.roles.values().filter(|m| m.staged)
     }

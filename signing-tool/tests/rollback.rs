@@ -857,3 +857,226 @@ fn a_bundle_is_made_while_another_command_holds_the_directory_not_during_an_inte
     e.ok(&["publish", "repo"]);
     e.ok(&bundle_args("fw3.bin", &[]));
 }
+
+/// Hold `repo`'s working-directory lock, as a command that changes it does (a signer at a
+/// passphrase prompt, a publish), until the file returned is dropped.
+fn hold_lock(e: &Env) -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(e.path("repo/.hale-sign.lock"))
+        .unwrap();
+    fs2::FileExt::try_lock_exclusive(&lock).unwrap();
+    lock
+}
+
+/// The refusal of every command but `publish` while a publish of `repo` is interrupted.
+const INTERRUPTED: &str = "error: repo: a publish was interrupted (repo/publishing.json is there) \
+     and the repository holds part of it: run `hale-sign publish repo` to finish the interrupted \
+     publish, then this again; nothing done";
+
+/// `rollback authorize` and `rollback sign` only read the working directory (its hale-repo.json
+/// and published repository/; they write --out and FILE): they work while another command holds
+/// the directory's lock, and DIR stays byte for byte as it was. Before, they took the lock and
+/// were refused as "another hale-sign command is changing this working directory". They are
+/// still refused while a publish is interrupted (the repository holds part of one), writing
+/// nothing. The first part fails on the old code.
+#[test]
+fn rollback_authorize_and_sign_work_while_another_command_holds_the_directory_not_during_an_interrupted_publish(
+) {
+    let e = repo_with_rollback_role();
+    let lock = hold_lock(&e);
+    let before = snapshot_tree(&e.path("repo"));
+    let r = authorize_for(&e, TARGET, "8h", "field-a.key");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("1 of 2 required signatures"),
+        "{}",
+        r.stdout
+    );
+    let r = e.ok(&rollback_sign_args("field-b.key"));
+    assert!(
+        r.stdout.contains("complete: verified by hale-core"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(snapshot_tree(&e.path("repo")), before, "DIR only read");
+    drop(lock);
+
+    // a publish interrupted: refused, nothing written
+    std::fs::rename(e.path("auth.json"), e.path("complete.json")).unwrap();
+    let r = authorize_for(&e, TARGET, "8h", "field-a.key");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    std::fs::rename(e.path("auth.json"), e.path("pending.json")).unwrap();
+    e.write("fw3.bin", b"firmware 3");
+    e.ok(&["target", "add", "repo", "--file", "fw3.bin"]);
+    e.sign("repo/staged/targets.json", "targets");
+    e.crash_publish("metadata");
+    let before = snapshot_tree(&e.path("repo"));
+    let r = authorize_for(&e, TARGET, "8h", "field-a.key");
+    assert_refused(&e, &r, INTERRUPTED, "auth.json");
+    let pending = std::fs::read(e.path("pending.json")).unwrap();
+    let sign_pending = [
+        "rollback",
+        "sign",
+        "repo",
+        "pending.json",
+        "--key",
+        "field-b.key",
+        "--passphrase-env",
+        PW_ENV,
+    ];
+    let r = e.run(&sign_pending);
+    assert_eq!((r.code, r.stderr.trim_end()), (2, INTERRUPTED));
+    e.unchanged("pending.json", &pending, "refused");
+    assert_eq!(snapshot_tree(&e.path("repo")), before, "DIR unchanged");
+    // finished, both work again
+    e.ok(&["publish", "repo"]);
+    let r = e.ok(&sign_pending);
+    assert!(
+        r.stdout.contains("complete: verified by hale-core"),
+        "{}",
+        r.stdout
+    );
+    let r = authorize_for(&e, TARGET, "8h", "field-a.key");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+/// Run hale-sign with `args` in `e`, its passphrase read from the named pipe `fifo`; then run
+/// `meanwhile` once it waits there (it has read what it signs), then give it the passphrase.
+fn with_passphrase_held(
+    e: &Env,
+    args: &[&str],
+    fifo: &str,
+    meanwhile: impl FnOnce(),
+) -> std::process::Output {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let status = std::process::Command::new("mkfifo")
+        .arg(e.path(fifo))
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hale-sign"))
+        .args(args)
+        .args(["--passphrase-file", fifo])
+        .current_dir(e.tmp.path())
+        .env("HALE_SIGN_INSECURE_TEST_SCRYPT_LOG_N", "10")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // opened without waiting (O_NONBLOCK, Linux) until the command opens it to read: a command
+    // that ends before then fails the test instead of hanging it
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut pipe = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(0o4000)
+            .open(e.path(fifo))
+        {
+            Ok(f) => break f,
+            Err(_) if std::time::Instant::now() < deadline => {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let out = child.wait_with_output().unwrap();
+                    panic!(
+                        "{args:?} ended ({status}) before asking for its passphrase: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(err) => panic!("{args:?} never read its passphrase: {err}"),
+        }
+    };
+    meanwhile();
+    pipe.write_all(format!("{PW}\n").as_bytes()).unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+/// With no lock, two signers of one authorization file may sign it at once: one that waited at
+/// its passphrase prompt while the other added a signature refuses to write over it (which would
+/// drop that signature), and an `authorize` whose --out another one wrote meanwhile refuses to
+/// write over it. Fails on the old code (the second command is refused by the lock).
+#[test]
+fn a_signature_added_while_a_signer_waits_for_a_passphrase_is_not_written_over() {
+    let e = repo_with_rollback_role();
+    let r = authorize_for(&e, TARGET, "8h", "field-a.key");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut theirs = Vec::new();
+    let out = with_passphrase_held(
+        &e,
+        &[
+            "rollback",
+            "sign",
+            "repo",
+            "auth.json",
+            "--key",
+            "field-b.key",
+        ],
+        "pass-1",
+        || {
+            e.ok(&rollback_sign_args("field-b.key"));
+            theirs = std::fs::read(e.path("auth.json")).unwrap();
+        },
+    );
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ),
+        (
+            Some(2),
+            "error: auth.json: changed while this signature was made (another signer added \
+             theirs?); refusing to write over it (nothing written): run this again to sign what \
+             it holds now"
+        )
+    );
+    e.unchanged("auth.json", &theirs, "the other signer's");
+    assert_eq!(
+        e.json("auth.json")["signatures"].as_array().unwrap().len(),
+        2
+    );
+
+    std::fs::remove_file(e.path("auth.json")).unwrap();
+    let mut theirs = Vec::new();
+    let out = with_passphrase_held(
+        &e,
+        &[
+            "rollback",
+            "authorize",
+            "repo",
+            "--device",
+            "pump-a-000123",
+            "--target",
+            TARGET,
+            "--reason",
+            "x",
+            "--expires-in",
+            "1h",
+            "--key",
+            "field-a.key",
+            "--out",
+            "auth.json",
+        ],
+        "pass-2",
+        || {
+            let r = authorize_for(&e, TARGET, "8h", "field-a.key");
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            theirs = std::fs::read(e.path("auth.json")).unwrap();
+        },
+    );
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ),
+        (
+            Some(2),
+            "error: auth.json: exists (use --force to overwrite)"
+        )
+    );
+    e.unchanged("auth.json", &theirs, "the other authorization");
+}

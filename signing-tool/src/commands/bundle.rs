@@ -434,9 +434,7 @@ pub fn run(a: BundleArgs) -> anyhow::Result<ExitCode> {
     // a publish renames new ones in make a bundle that verifies as a whole, or none. Refused
     // while a publish is interrupted, though: the repository then holds part of one (a new root
     // whose timestamp is not written yet, say).
-    crate::config::Config::load(&a.dir)?;
-    crate::journal::refuse_if_interrupted(&a.dir)?;
-    let state = State::load(&a.dir)?;
+    let state = State::load_to_read(&a.dir)?;
     state.warn_demo();
     let now = unix_now();
     let root = published_root(&a.dir, a.from_root_version)?;

@@ -403,7 +403,10 @@ fn authorize(a: AuthorizeArgs) -> anyhow::Result<ExitCode> {
         bail!("--reason: {REASON_RULE}");
     }
     crate::durable::refuse_existing(&a.out, a.force)?;
-    let state = State::load_for_change(&a.dir)?;
+    // DIR is only read (its hale-repo.json and published repository/; the authorization is
+    // written to --out): no lock, so it is made while a signer or a publish holds the directory;
+    // refused while a publish is interrupted
+    let state = State::load_to_read(&a.dir)?;
     state.warn_demo();
     let now = unix_now();
     let max = max_validity(&state, a.max_validity.as_deref())?;
@@ -435,6 +438,8 @@ fn authorize(a: AuthorizeArgs) -> anyhow::Result<ExitCode> {
     let keys = signing_keys(&a.keys, &listed, &a.pass)?;
     let refs: Vec<&SigningKey> = keys.iter().collect();
     let bytes = sign::sign_new(&body, &refs)?;
+    // again: no lock keeps another command from writing --out while a passphrase was asked for
+    crate::durable::refuse_existing(&a.out, a.force)?;
     crate::durable::write_one(&a.out, &bytes)?;
     println!("wrote {}", a.out.display());
     finish(&a.dir, &a.out, &bytes, &targets, sha, max)?;
@@ -460,7 +465,10 @@ fn reason_of_fits(bytes: &[u8]) -> anyhow::Result<bool> {
 }
 
 fn sign_existing(a: SignArgs) -> anyhow::Result<ExitCode> {
-    let state = State::load_for_change(&a.dir)?;
+    // DIR is only read (its hale-repo.json and published repository/; the signature is added to
+    // FILE): no lock, so it signs while another signer or a publish holds the directory; refused
+    // while a publish is interrupted
+    let state = State::load_to_read(&a.dir)?;
     let max = max_validity(&state, a.max_validity.as_deref())?;
     let bytes = std::fs::read(&a.file).with_context(|| a.file.display().to_string())?;
     let target = target_of(&bytes).with_context(|| a.file.display().to_string())?;
@@ -512,6 +520,17 @@ fn sign_existing(a: SignArgs) -> anyhow::Result<ExitCode> {
                 a.file.display()
             )
         })?;
+    }
+    // another signer may have added a signature to FILE while this one waited for a passphrase
+    // (no lock keeps them apart): writing over it would drop theirs
+    let now_there = std::fs::read(&a.file).with_context(|| a.file.display().to_string())?;
+    if now_there != bytes {
+        bail!(
+            "{}: changed while this signature was made (another signer added theirs?); \
+             refusing to write over it (nothing written): run this again to sign what it holds \
+             now",
+            a.file.display()
+        );
     }
     crate::durable::write_one(&a.file, &signed)?;
     finish(&a.dir, &a.file, &signed, &targets, sha, max)?;
