@@ -169,8 +169,9 @@ pub struct State {
     /// Latest published version of each role (root and the `N.role.json` files).
     pub published: BTreeMap<String, u64>,
     /// Staged files that a publish killed before removing them left: the same bytes as the
-    /// published version; or a staged root whose content is published as its version, signed
-    /// there by others (a copy of the repository collected its signatures and published it).
+    /// published version; or a staged file (a root or another role) whose content is published
+    /// as its version, signed there by others (a copy of the repository collected its
+    /// signatures and published it).
     /// Not staged for any command (a change builds on the published version); `publish` removes
     /// them.
     pub already_published: Vec<PathBuf>,
@@ -292,7 +293,7 @@ impl State {
             if meta.staged
                 && (st.roles.get(&meta.name).is_some_and(|p| {
                     !p.staged && p.version == meta.version && p.bytes == meta.bytes
-                }) || st.published_root_content(&meta))
+                }) || st.published_content(&meta))
             {
                 st.already_published.push(meta.path.clone());
                 continue;
@@ -325,13 +326,16 @@ impl State {
     /// [`load`](Self::load) for a command that changes the working directory or sends it out
     /// (target add, sign, push…): refused while a publish that was interrupted has not been
     /// finished, since the repository then holds part of it
-    /// ([`refuse_if_interrupted`](crate::journal::refuse_if_interrupted)).
+    /// ([`refuse_if_interrupted`](crate::journal::refuse_if_interrupted)), and while a staged
+    /// role other than root is of a version already published
+    /// ([`check_staged_roles`](Self::check_staged_roles)).
     pub fn load_for_change(dir: &Path) -> Result<Self> {
         // (a directory that is not one is said as such, not as a lock file it cannot make)
         Config::load(dir)?;
         let lock = lock_for_change(dir)?;
         crate::journal::refuse_if_interrupted(dir)?;
         let mut st = Self::load(dir)?;
+        st.check_staged_roles()?;
         st.lock = Some(lock);
         Ok(st)
     }
@@ -377,18 +381,90 @@ impl State {
         read(&repository_dir(&self.dir).join(format!("{v}.root.json")))
     }
 
-    /// Is `meta` a staged root whose content (`signed`) is published as its version? Its
-    /// signatures may differ from the published file's: signers of another copy of the
-    /// repository completed it there, and it was published from that copy.
-    fn published_root_content(&self, meta: &Meta) -> bool {
-        let published = self.published.get("root").copied().unwrap_or(0);
-        if meta.name != "root" || !meta.staged || meta.version > published {
+    /// Is `meta` a staged file whose content (`signed`) is published as its version (a root, or
+    /// `N.ROLE.json` of another role; the timestamp as `timestamp.json`, which holds its newest
+    /// version only)? Its signatures may differ from the published file's: signers of another
+    /// copy of the repository completed it there, and it was published from that copy.
+    fn published_content(&self, meta: &Meta) -> bool {
+        let published = self.published_version(&meta.name);
+        if !meta.staged || meta.version > published {
             return false;
         }
-        self.published_root(meta.version)
+        let file = if meta.name == "timestamp" {
+            "timestamp.json".to_string()
+        } else {
+            format!("{}.{}.json", meta.version, meta.name)
+        };
+        read(&repository_dir(&self.dir).join(file))
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
             .is_some_and(|doc| doc.get("signed") == Some(&meta.signed))
+    }
+
+    /// The newest published version of `role`: its newest `N.ROLE.json`, or for the timestamp
+    /// the version `repository/timestamp.json` holds (read unverified: bookkeeping, as the file
+    /// names are). 0 when none is published.
+    pub fn published_version(&self, role: &str) -> u64 {
+        if role == "timestamp" {
+            return read(&repository_dir(&self.dir).join("timestamp.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|doc| doc.pointer("/signed/version").and_then(Value::as_u64))
+                .unwrap_or(0);
+        }
+        self.published.get(role).copied().unwrap_or(0)
+    }
+
+    /// Refuse staged roles other than root (targets, delegated roles, snapshot, timestamp)
+    /// whose version is already published: one with the same content is not staged (see
+    /// [`load`](Self::load)), so each has other content. It can never be published (versions
+    /// are immutable), and a change built on it (`target add`, `rotate`, `renew`...) would be
+    /// staged at that version again, signed, and refused only at publish. The release engineer
+    /// decides what becomes of its changes: it is moved out of `staged/` by hand, never dropped
+    /// by a command. (The root: [`check_staged_root`](Self::check_staged_root).)
+    pub fn check_staged_roles(&self) -> Result<()> {
+        let stale: Vec<(&Meta, u64)> = self
+            .staged()
+            .filter(|m| m.name != "root")
+            .map(|m| (m, self.published_version(&m.name)))
+            .filter(|(m, published)| m.version <= *published)
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let drafts: Vec<String> = stale
+            .iter()
+            .map(|(m, p)| {
+                format!(
+                    "{} v{} (the newest published {} is v{p})",
+                    m.name, m.version, m.name
+                )
+            })
+            .collect();
+        let files: Vec<String> = stale
+            .iter()
+            .map(|(m, _)| m.path.display().to_string())
+            .collect();
+        let next: Vec<String> = stale
+            .iter()
+            .map(|(m, p)| format!("{} v{p} as {} v{}", m.name, m.name, p + 1))
+            .collect();
+        let (is, draft, it, its) = if stale.len() == 1 {
+            ("is", "this draft", "it", "its")
+        } else {
+            ("are", "these drafts", "them", "their")
+        };
+        Err(invalid(format!(
+            "staged {} {is} already published with other content: {draft} can never be \
+             published (versions are immutable), and a change built on {it} would be staged at a \
+             version already published. Move {} out of {} ({its} changes are not in what is \
+             published: make them again if still wanted), then run this again to build on {}; \
+             nothing done",
+            drafts.join(", "),
+            files.join(", "),
+            staged_dir(&self.dir).display(),
+            next.join(", ")
+        )))
     }
 
     /// Refuse a staged root whose version is already published: one with the same content is

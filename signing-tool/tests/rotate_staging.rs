@@ -531,3 +531,230 @@ fn a_first_root_that_meets_its_threshold_is_not_replaced_without_discard_signed_
     assert!(!r.stderr.contains("WARNING"), "{}", r.stderr);
     assert!(r.stderr.contains("no longer apply"), "{}", r.stderr);
 }
+
+/// A published repository whose targets delegates `pump-a/*` to pump-a (key pa, 1-of-1): targets
+/// v2 and pump-a v1 published.
+fn repo_with_pump_a(e: &Env) {
+    e.published_repo();
+    e.key("pa", "ed25519");
+    e.key("pb", "ed25519");
+    e.ok(&[
+        "delegate", "repo", "--to", "pump-a", "--key", "pa.pub", "--paths", "pump-a/*",
+    ]);
+    e.sign("repo/staged/targets.json", "targets");
+    e.sign("repo/staged/pump-a.json", "pa");
+    e.publish();
+}
+
+/// `target add DIR --file FILE [--role pump-a --name pump-a/FILE]`.
+fn add(e: &Env, dir: &str, file: &str, pump_a: bool) {
+    e.write(file, file.as_bytes());
+    let name = format!("pump-a/{file}");
+    let mut args = vec!["target", "add", dir, "--file", file];
+    if pump_a {
+        args.extend_from_slice(&["--role", "pump-a", "--name", &name]);
+    }
+    e.ok(&args);
+}
+
+/// Staged targets v3 and pump-a v2 (adding a.bin) in one copy; targets v3 and pump-a v2 (adding
+/// b.bin instead) published from another and synced into the first. Before, every command built
+/// on the stale drafts or signed them: `target add` changed targets v3 in place (still v3),
+/// `rotate --role pump-a` and `renew --role targets` staged targets v3 again, `sign DIR` signed
+/// it (shown as "targets v3 (published: v3)"), `status` called it "needs signatures" (exit 1),
+/// and only `publish` refused ("targets v3 is not newer than published v3"). Now each is refused
+/// before anything is written, naming the drafts and the way on; nothing changes. Fails on the
+/// old code (`target add` succeeds).
+#[test]
+fn staged_roles_whose_versions_are_published_with_other_content_are_never_built_on_nor_signed() {
+    let e = Env::new();
+    repo_with_pump_a(&e);
+    add(&e, "repo", "a.bin", true);
+    add(&e, "repo", "a.bin", false);
+    e.sign("repo/staged/pump-a.json", "pa");
+    publish_from_another_copy(&e, |e| {
+        for role in ["targets", "pump-a"] {
+            std::fs::remove_file(e.path(&format!("repo-b/staged/{role}.json"))).unwrap();
+        }
+        add(e, "repo-b", "b.bin", true);
+        add(e, "repo-b", "b.bin", false);
+        e.sign("repo-b/staged/targets.json", "targets");
+        e.sign("repo-b/staged/pump-a.json", "pa");
+    });
+    assert_eq!(e.json("repo/staged/targets.json")["signed"]["version"], 3);
+    assert_eq!(e.json("repo/staged/pump-a.json")["signed"]["version"], 2);
+    assert!(e.path("repo/repository/3.targets.json").exists());
+    assert!(e.path("repo/repository/2.pump-a.json").exists());
+
+    e.write("c.bin", b"c.bin");
+    let staged = snapshot_tree(&e.path("repo/staged"));
+    let published = snapshot_tree(&e.path("repo/repository"));
+    let stale = |dir: &str| {
+        format!(
+            "error: staged pump-a v2 (the newest published pump-a is v2), targets v3 (the newest \
+             published targets is v3) are already published with other content: these drafts can \
+             never be published (versions are immutable), and a change built on them would be \
+             staged at a version already published. Move {dir}/staged/pump-a.json, \
+             {dir}/staged/targets.json out of {dir}/staged (their changes are not in what is \
+             published: make them again if still wanted), then run this again to build on pump-a \
+             v2 as pump-a v3, targets v3 as targets v4; nothing done"
+        )
+    };
+    // (a file is placed in its repository by its absolute path)
+    let absolute = e.path("repo").canonicalize().unwrap();
+    let absolute = absolute.display().to_string();
+    for (args, dir) in [
+        (&["target", "add", "repo", "--file", "c.bin"][..], "repo"),
+        (
+            &["rotate", "repo", "--role", "pump-a", "--add-key", "pb.pub"],
+            "repo",
+        ),
+        (&["renew", "repo", "--role", "targets"], "repo"),
+        (&sign_args("repo", "targets.key"), "repo"),
+        (
+            &sign_args("repo/staged/targets.json", "targets.key"),
+            &absolute,
+        ),
+        (&["status", "repo"], "repo"),
+        (&["status", "repo/staged/pump-a.json"], &absolute),
+        (&publish_args("repo"), "repo"),
+    ] {
+        let r = e.run(args);
+        assert_eq!(
+            (r.code, r.stderr.trim_end()),
+            (2, stale(dir).as_str()),
+            "{args:?}: {}",
+            r.stdout
+        );
+        assert_eq!(
+            snapshot_tree(&e.path("repo/staged")),
+            staged,
+            "{args:?}: staged/ byte for byte"
+        );
+        assert_eq!(
+            snapshot_tree(&e.path("repo/repository")),
+            published,
+            "{args:?}: repository/ byte for byte"
+        );
+    }
+
+    // the way on: one draft moved aside, the other is still named
+    std::fs::rename(
+        e.path("repo/staged/pump-a.json"),
+        e.path("draft-pump-a.json"),
+    )
+    .unwrap();
+    let r = e.run(&["renew", "repo", "--role", "targets"]);
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (
+            2,
+            "error: staged targets v3 (the newest published targets is v3) is already published \
+             with other content: this draft can never be published (versions are immutable), and \
+             a change built on it would be staged at a version already published. Move \
+             repo/staged/targets.json out of repo/staged (its changes are not in what is \
+             published: make them again if still wanted), then run this again to build on \
+             targets v3 as targets v4; nothing done"
+        )
+    );
+    // both moved aside: the change builds on the published targets v3
+    std::fs::rename(
+        e.path("repo/staged/targets.json"),
+        e.path("draft-targets.json"),
+    )
+    .unwrap();
+    e.ok(&["target", "add", "repo", "--file", "c.bin"]);
+    let t = e.json("repo/staged/targets.json");
+    assert_eq!(t["signed"]["version"], 4);
+    let names: Vec<&String> = t["signed"]["targets"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["b.bin", "c.bin"], "published v3's, and the new one");
+    e.sign("repo/staged/targets.json", "targets");
+    e.publish();
+    let v = e.verify();
+    assert_eq!(v.code, 0, "{}", v.stderr);
+}
+
+/// A staged targets v2 whose content is published as targets v2, signed there by others (its
+/// signatures were collected in another copy of the repository, published from it and synced
+/// back): read as published, as a root is. Before, it stayed staged: `status` called it "needs
+/// signatures" (exit 1) and `target add` changed it in place as targets v2, which could never
+/// be published. Fails on the old code.
+#[test]
+fn a_staged_role_published_from_another_copy_is_built_on_as_published() {
+    let e = Env::new();
+    e.published_repo();
+    add(&e, "repo", "a.bin", false);
+    publish_from_another_copy(&e, |e| {
+        e.sign("repo-b/staged/targets.json", "targets");
+    });
+    assert_ne!(
+        std::fs::read(e.path("repo/staged/targets.json")).unwrap(),
+        std::fs::read(e.path("repo/repository/2.targets.json")).unwrap(),
+        "no signature here, one published"
+    );
+    let r = e.ok(&["status", "repo"]);
+    assert_eq!(r.stdout.trim_end(), "repo: nothing staged");
+    add(&e, "repo", "c.bin", false);
+    let t = e.json("repo/staged/targets.json");
+    assert_eq!(t["signed"]["version"], 3);
+    let names: Vec<&String> = t["signed"]["targets"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["a.bin", "c.bin"]);
+}
+
+/// A staged snapshot or timestamp (put there by hand: both are signed at publish or by the
+/// server) is treated as any other role: a copy of the published one is read as published, one
+/// of a published version with other content is refused, naming it. Before, both stayed staged:
+/// `status` reported the copy of timestamp.json as staged. Fails on the old code.
+#[test]
+fn a_staged_snapshot_or_timestamp_of_a_published_version_is_read_as_published_or_refused() {
+    let e = Env::new();
+    e.published_repo();
+    std::fs::copy(
+        e.path("repo/repository/timestamp.json"),
+        e.path("repo/staged/timestamp.json"),
+    )
+    .unwrap();
+    let r = e.ok(&["status", "repo"]);
+    assert_eq!(r.stdout.trim_end(), "repo: nothing staged");
+
+    // the same versions with other content (a later expiry)
+    for (from, to) in [
+        (
+            "repo/repository/timestamp.json",
+            "repo/staged/timestamp.json",
+        ),
+        (
+            "repo/repository/1.snapshot.json",
+            "repo/staged/snapshot.json",
+        ),
+    ] {
+        let mut doc = e.json(from);
+        doc["signed"]["expires"] = serde_json::json!("2099-01-01T00:00:00Z");
+        e.write(to, &serde_json::to_vec(&doc).unwrap());
+    }
+    let staged = snapshot_tree(&e.path("repo/staged"));
+    e.write("c.bin", b"c.bin");
+    for args in [
+        &["status", "repo"][..],
+        &["target", "add", "repo", "--file", "c.bin"],
+    ] {
+        let r = e.run(args);
+        assert_eq!(
+            (r.code, r.stderr.trim_end()),
+            (
+                2,
+                "error: staged snapshot v1 (the newest published snapshot is v1), timestamp v1 \
+                 (the newest published timestamp is v1) are already published with other \
+                 content: these drafts can never be published (versions are immutable), and a \
+                 change built on them would be staged at a version already published. Move \
+                 repo/staged/snapshot.json, repo/staged/timestamp.json out of repo/staged (their \
+                 changes are not in what is published: make them again if still wanted), then \
+                 run this again to build on snapshot v1 as snapshot v2, timestamp v1 as timestamp \
+                 v2; nothing done"
+            ),
+            "{args:?}: {}",
+            r.stdout
+        );
+        assert_eq!(snapshot_tree(&e.path("repo/staged")), staged, "{args:?}");
+    }
+}

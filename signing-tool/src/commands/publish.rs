@@ -278,6 +278,7 @@ pub fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
         std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         eprintln!("{}: already published; staged copy removed", p.display());
     }
+    state.check_staged_roles()?;
     state.warn_demo();
     let staged: Vec<_> = state.staged().collect();
     // a new targets role needs a new snapshot: a timestamp alone would point devices at one that

@@ -212,6 +212,8 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
             state.dir.display()
         );
     }
+    // a stale staged role is said, with the way on, before any threshold is counted on it
+    state.check_staged_roles()?;
     if a.path.is_dir() {
         expiry_notes(&state);
     }
