@@ -215,65 +215,14 @@ impl Config {
 
     /// The keys `signed` (a root, or a targets role's delegations) lists whose type the fleet's
     /// devices do not verify: "KEYID (TYPE) for ROLE[, ROLE…]". Keys are refused at every command
-    /// that adds one ([`crate::commands::load_keys`]), but `device_key_types` narrowed by hand,
-    /// or a draft made before it, can still list one; its signatures count for nothing on a
-    /// device, so a threshold met with it is met for the signing tool only.
+    /// that adds one ([`crate::commands::load_keys`]), and `hale-sign config` refuses to narrow
+    /// `device_key_types` while one of a dropped type is listed ([`keys_of_types`]), but the
+    /// setting narrowed by hand, or a draft made before it, can still list one; its signatures
+    /// count for nothing on a device, so a threshold met with it is met for the signing tool
+    /// only.
     pub fn keys_devices_skip(&self, signed: &serde_json::Value) -> Vec<String> {
-        use serde_json::Value;
         let types = self.device_key_types();
-        // root lists its keys and roles at the top; a targets role in its delegations
-        let (keys, roles): (Option<&Value>, Vec<(String, &Value)>) = match signed.get("keys") {
-            Some(keys) => (
-                Some(keys),
-                signed
-                    .get("roles")
-                    .and_then(Value::as_object)
-                    .map(|r| r.iter().map(|(n, v)| (n.clone(), v)).collect())
-                    .unwrap_or_default(),
-            ),
-            None => {
-                let d = signed.get("delegations");
-                let mut roles: Vec<(String, &Value)> = d
-                    .and_then(|d| d.get("roles"))
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .map(|r| (r["name"].as_str().unwrap_or("?").to_string(), r))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if let Some(s) = d.and_then(|d| d.get("succinct_roles")) {
-                    let prefix = s["name_prefix"].as_str().unwrap_or("?");
-                    roles.push((format!("{prefix}-* bins"), s));
-                }
-                (d.and_then(|d| d.get("keys")), roles)
-            }
-        };
-        let Some(keys) = keys.and_then(Value::as_object) else {
-            return Vec::new();
-        };
-        keys.iter()
-            .filter_map(|(id, key)| {
-                let t = key_type_name(key.get("keytype")?.as_str()?);
-                if types.contains(&t) {
-                    return None;
-                }
-                let users: Vec<&str> = roles
-                    .iter()
-                    .filter(|(_, r)| {
-                        r.get("keyids")
-                            .and_then(Value::as_array)
-                            .is_some_and(|ids| ids.iter().any(|k| k.as_str() == Some(id)))
-                    })
-                    .map(|(n, _)| n.as_str())
-                    .collect();
-                Some(if users.is_empty() {
-                    format!("{id} ({t}, no role)")
-                } else {
-                    format!("{id} ({t}) for {}", users.join(", "))
-                })
-            })
-            .collect()
+        keys_of_types(signed, |t| !types.contains(&t))
     }
 
     pub fn profile(&self) -> Result<Profile> {
@@ -333,6 +282,66 @@ impl Config {
         bytes.push(b'\n');
         crate::durable::write_one(&path, &bytes)
     }
+}
+
+/// The keys `signed` (a root, or a targets role's delegations) lists whose type (as
+/// `device_key_types` spells it, [`key_type_name`]) `pick` takes: "KEYID (TYPE) for ROLE[,
+/// ROLE…]", or "KEYID (TYPE, no role)".
+pub fn keys_of_types(signed: &serde_json::Value, pick: impl Fn(&str) -> bool) -> Vec<String> {
+    use serde_json::Value;
+    // root lists its keys and roles at the top; a targets role in its delegations
+    let (keys, roles): (Option<&Value>, Vec<(String, &Value)>) = match signed.get("keys") {
+        Some(keys) => (
+            Some(keys),
+            signed
+                .get("roles")
+                .and_then(Value::as_object)
+                .map(|r| r.iter().map(|(n, v)| (n.clone(), v)).collect())
+                .unwrap_or_default(),
+        ),
+        None => {
+            let d = signed.get("delegations");
+            let mut roles: Vec<(String, &Value)> = d
+                .and_then(|d| d.get("roles"))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|r| (r["name"].as_str().unwrap_or("?").to_string(), r))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(s) = d.and_then(|d| d.get("succinct_roles")) {
+                let prefix = s["name_prefix"].as_str().unwrap_or("?");
+                roles.push((format!("{prefix}-* bins"), s));
+            }
+            (d.and_then(|d| d.get("keys")), roles)
+        }
+    };
+    let Some(keys) = keys.and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    keys.iter()
+        .filter_map(|(id, key)| {
+            let t = key_type_name(key.get("keytype")?.as_str()?);
+            if !pick(t) {
+                return None;
+            }
+            let users: Vec<&str> = roles
+                .iter()
+                .filter(|(_, r)| {
+                    r.get("keyids")
+                        .and_then(Value::as_array)
+                        .is_some_and(|ids| ids.iter().any(|k| k.as_str() == Some(id)))
+                })
+                .map(|(n, _)| n.as_str())
+                .collect();
+            Some(if users.is_empty() {
+                format!("{id} ({t}, no role)")
+            } else {
+                format!("{id} ({t}) for {}", users.join(", "))
+            })
+        })
+        .collect()
 }
 
 pub fn staged_dir(dir: &Path) -> PathBuf {

@@ -81,6 +81,8 @@ enum Cmd {
     },
     /// Start a repository: root k-of-n, targets, snapshot and timestamp keys, expiry policy.
     Init(commands::init::InitArgs),
+    /// Change the repository's settings (hale-repo.json): the key types the fleet's devices verify.
+    Config(commands::config::ConfigArgs),
     /// Add your signature to staged metadata (a file, or every staged file your key may sign).
     Sign(commands::sign::SignArgs),
     /// Who signed staged metadata and who still has to (exit 1 while a threshold is unmet).
@@ -128,6 +130,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Key { cmd } => commands::key::run(cmd),
         Cmd::Init(a) => commands::init::run(a),
+        Cmd::Config(a) => commands::config::run(a),
         Cmd::Sign(a) => commands::sign::run(a),
         Cmd::Status(a) => commands::status::run(a),
         Cmd::Target { cmd } => commands::target::run(cmd),

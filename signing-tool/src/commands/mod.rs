@@ -4,6 +4,7 @@
 pub mod bins;
 pub mod bundle;
 pub mod ca;
+pub mod config;
 pub mod delegate;
 pub mod factory;
 pub mod init;
