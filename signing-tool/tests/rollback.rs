@@ -1080,3 +1080,58 @@ fn a_signature_added_while_a_signer_waits_for_a_passphrase_is_not_written_over()
     );
     e.unchanged("auth.json", &theirs, "the other authorization");
 }
+
+/// A signature added between a signer's check that the file is unchanged and its write is not
+/// written over either: the check and the write are one step under an flock on the file. Here the
+/// test holds that flock while the signer is given its passphrase, writes another signer's version
+/// of the file in place, and only then lets go: the signer, which reaches the check while the lock
+/// is held, reads the file anew and refuses. Fails on the old code (checked and wrote without
+/// waiting, exit 0).
+#[test]
+fn a_signature_written_while_a_signer_writes_is_not_written_over() {
+    let e = repo_with_rollback_role();
+    let r = authorize_for(&e, TARGET, "8h", "field-a.key");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // the other signer's version: field-b's signature added to a copy
+    let ours = std::fs::read(e.path("auth.json")).unwrap();
+    e.ok(&rollback_sign_args("field-b.key"));
+    let theirs = std::fs::read(e.path("auth.json")).unwrap();
+    std::fs::write(e.path("auth.json"), &ours).unwrap();
+    let mut writer = None;
+    let out = with_passphrase_held(
+        &e,
+        &[
+            "rollback",
+            "sign",
+            "repo",
+            "auth.json",
+            "--key",
+            "field-b.key",
+        ],
+        "pass-3",
+        || {
+            let held = std::fs::File::open(e.path("auth.json")).unwrap();
+            fs2::FileExt::lock_exclusive(&held).unwrap();
+            let (path, theirs) = (e.path("auth.json"), theirs.clone());
+            writer = Some(std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(3));
+                std::fs::write(path, theirs).unwrap();
+                drop(held);
+            }));
+        },
+    );
+    writer.unwrap().join().unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ),
+        (
+            Some(2),
+            "error: auth.json: changed while this signature was made (another signer added \
+             theirs?); refusing to write over it (nothing written): run this again to sign what \
+             it holds now"
+        )
+    );
+    e.unchanged("auth.json", &theirs, "the other signer's");
+}

@@ -522,7 +522,11 @@ fn sign_existing(a: SignArgs) -> anyhow::Result<ExitCode> {
         })?;
     }
     // another signer may have added a signature to FILE while this one waited for a passphrase
-    // (no lock keeps them apart): writing over it would drop theirs
+    // (no lock keeps them apart): writing over it would drop theirs. The comparison and the write
+    // are one step under an flock on FILE, held only for them: a signer that takes it after
+    // another's write reads FILE anew by its path, so sees the other's signature and refuses.
+    let held = std::fs::File::open(&a.file).with_context(|| a.file.display().to_string())?;
+    fs2::FileExt::lock_exclusive(&held).with_context(|| format!("locking {}", a.file.display()))?;
     let now_there = std::fs::read(&a.file).with_context(|| a.file.display().to_string())?;
     if now_there != bytes {
         bail!(
@@ -533,6 +537,7 @@ fn sign_existing(a: SignArgs) -> anyhow::Result<ExitCode> {
         );
     }
     crate::durable::write_one(&a.file, &signed)?;
+    drop(held);
     finish(&a.dir, &a.file, &signed, &targets, sha, max)?;
     Ok(ExitCode::SUCCESS)
 }
