@@ -1164,15 +1164,22 @@ pub fn server_report_json<F: Durable>(
 /// Longest `last_result.reason` hale-server takes (bytes, one line).
 pub const MAX_REASON: usize = hale_core::report::MAX_REASON;
 
-/// `text` as hale-server takes a report's free text: control characters (line breaks) as
-/// spaces, at most `max` bytes, cut between characters and ended with "…" when cut (when `max`
-/// leaves room for it). A reason is the pump's own words (an error's text may quote a long URL
-/// or a server's answer); a longer one would have the server refuse every report until the
-/// next result.
+/// `text` as hale-server takes a report's free text: every character it refuses
+/// ([`hale_core::report::refused`]: control characters such as line breaks, line and paragraph
+/// separators, bidirectional and other format characters) as a space, at most `max` bytes, cut
+/// between characters and ended with "…" when cut (when `max` leaves room for it). A reason is
+/// the pump's own words (an error's text may quote a long URL, a file name or a server's
+/// answer); one the server refuses would have it refuse every report until the next result.
 pub fn fit_text(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if hale_core::report::refused(c) {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
     if out.len() > max {
         let mark = if max >= '…'.len_utf8() { "…" } else { "" };

@@ -127,7 +127,7 @@ fn serve() -> (String, Arc<Mutex<Served>>) {
                     _ => (
                         "Bad Request",
                         "bad_report",
-                        "install_record: field too long or has control characters",
+                        "install_record: field too long or has control or format characters",
                     ),
                 };
                 let body = serde_json::json!({"error": error, "message": message});
@@ -1281,7 +1281,7 @@ fn an_install_record_the_server_refuses_is_set_aside_and_the_report_goes_without
         let refused = if code == 413 {
             "refused (HTTP 413): {\"error\":\"too_large\",\"message\":\"request body is larger than the configured limit\"}"
         } else {
-            "refused (HTTP 400): {\"error\":\"bad_report\",\"message\":\"install_record: field too long or has control characters\"}"
+            "refused (HTTP 400): {\"error\":\"bad_report\",\"message\":\"install_record: field too long or has control or format characters\"}"
         };
         assert!(out.contains(refused), "{out}");
         assert!(
@@ -1462,14 +1462,21 @@ fn records_set_aside_are_kept_once_and_at_most_32_and_an_unreadable_file_is_not_
 }
 
 /// Every report names the pump's target, and hale-server refuses one longer than 256 bytes or
-/// with a control character: `provision` refuses such a target before it writes anything.
+/// with a control or format character (a line break, a bidirectional control): `provision`
+/// refuses such a target before it writes anything.
 #[test]
 fn a_target_no_report_could_carry_is_refused_at_provisioning() {
     let sim = repo_with("2.0.0", 1, 3000);
     let pump = provisioned_pump(&sim);
     let before = state_tree(&pump.dir);
     let long = "p/".repeat(129);
-    for bad in ["pump-a/\nfirmware.bin", long.as_str(), ""] {
+    for bad in [
+        "pump-a/\nfirmware.bin",
+        "pump-a/\u{2028}firmware.bin",
+        "pump-a/\u{202E}nib.erawmrif",
+        long.as_str(),
+        "",
+    ] {
         let mut args: Vec<&str> = pump.provision.iter().map(String::as_str).collect();
         let last = args.len() - 1;
         args[last] = bad;
@@ -1477,19 +1484,25 @@ fn a_target_no_report_could_carry_is_refused_at_provisioning() {
         assert!(!out.status.success());
         assert_eq!(
             String::from_utf8_lossy(&out.stderr).lines().next(),
-            Some(format!("Error: --target {bad:?}: 1 to 256 bytes, no control characters (every report names it)").as_str())
+            Some(format!("Error: --target {bad:?}: 1 to 256 bytes, one line without control or format characters (every report names it)").as_str())
         );
         assert_eq!(state_tree(&pump.dir), before, "nothing written");
     }
 }
 
 /// A reason the pump writes (an error's text) goes to the server as one line of at most 512
-/// bytes, which hale-server takes: control characters become spaces, and a longer one is cut
+/// bytes, which hale-server takes: control characters, line and paragraph separators and format
+/// characters (bidirectional controls, zero-width ones) become spaces, and a longer one is cut
 /// between characters and ends with "…".
 #[test]
 fn a_result_reason_is_fitted_to_what_the_server_takes() {
     use device_agent::host::{fit_text, MAX_REASON};
     assert_eq!(fit_text("a\nb\tc\u{7f}", MAX_REASON), "a b c ");
+    // an error that quotes a file name or a server's answer with them
+    let quoted = "fetch /\u{202E}nib.wf failed:\u{2028}HTTP 500\u{2029}\u{200B}\u{FEFF}";
+    let fitted = fit_text(quoted, MAX_REASON);
+    assert_eq!(fitted, "fetch / nib.wf failed: HTTP 500   ");
+    assert!(hale_core::report::one_line(&fitted, MAX_REASON));
     let exact = "x".repeat(MAX_REASON);
     assert_eq!(fit_text(&exact, MAX_REASON), exact);
     let long = fit_text(&"x".repeat(MAX_REASON + 1), MAX_REASON);

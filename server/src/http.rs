@@ -1042,7 +1042,7 @@ impl Report {
         for s in &self.slots {
             if s.name.is_empty() || !short(&s.name, 32) || !short(&s.version, VERSION) {
                 return Err(format!(
-                    "slot name (1-32) or version (≤{VERSION}) too long or has control characters"
+                    "slot name (1-32) or version (≤{VERSION}) too long or has control or format characters"
                 ));
             }
         }
@@ -1051,7 +1051,9 @@ impl Report {
                 || !r.version.as_deref().is_none_or(|t| short(t, VERSION))
                 || !r.reason.as_deref().is_none_or(|t| short(t, REASON))
             {
-                return Err("last_result: field too long or has control characters".into());
+                return Err(
+                    "last_result: field too long or has control or format characters".into(),
+                );
             }
         }
         if let Some(r) = &self.install_record {
@@ -1063,7 +1065,9 @@ impl Report {
                 || r.signers.len() > 16
                 || r.signers.iter().any(|k| k.is_empty() || !short(k, 128))
             {
-                return Err("install_record: field too long or has control characters".into());
+                return Err(
+                    "install_record: field too long or has control or format characters".into(),
+                );
             }
         }
         Ok(())

@@ -1165,9 +1165,10 @@ impl Identity {
     }
 
     /// Quarantine, reactivate or decommission a device. `reason` is one line of at most 512
-    /// bytes without control characters (the rule of every text a device reports,
-    /// [`hale_core::report::one_line`]): the history and the audit log keep it as given, and
-    /// staff tools print it.
+    /// bytes without control or format characters (the rule of every text a device reports,
+    /// [`hale_core::report::one_line`]: no line break or line separator, no bidirectional or
+    /// zero-width character): the history and the audit log keep it as given, and staff tools
+    /// print it.
     pub fn set_status(
         &self,
         id: &str,
@@ -1179,7 +1180,8 @@ impl Identity {
         use hale_core::report::{one_line, MAX_REASON};
         if reason.is_some_and(|r| !one_line(r, MAX_REASON)) {
             return Err(IdentityError::BadRequest(format!(
-                "reason: one line of at most {MAX_REASON} bytes, without control characters"
+                "reason: one line of at most {MAX_REASON} bytes, without control or format \
+                 characters (line breaks, line separators, bidirectional or zero-width characters)"
             )));
         }
         let _g = self.locked();

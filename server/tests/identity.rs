@@ -3102,6 +3102,10 @@ fn an_enrollment_by_token_names_the_token_its_issuer_and_the_certificate_it_supe
     audit_verify(&f);
 }
 
+/// What a status change's reason that breaks [`hale_core::report::one_line`] is answered.
+const REASON_RULE: &str = "reason: one line of at most 512 bytes, without control or format \
+    characters (line breaks, line separators, bidirectional or zero-width characters)";
+
 /// The reason a staff member gives a status change is one line without control characters, as
 /// every text a device reports (`hale_core::report::one_line`): it is kept in the device's
 /// history and the audit log, which staff tools print. A reason with a line break and an escape
@@ -3128,7 +3132,7 @@ fn a_status_reason_with_control_characters_is_refused_and_changes_nothing() {
                 (
                     400,
                     json!({"error": "bad_request",
-                           "message": "reason: one line of at most 512 bytes, without control characters"})
+                           "message": REASON_RULE})
                 ),
                 "{action} {reason:?}"
             );
@@ -3147,6 +3151,76 @@ fn a_status_reason_with_control_characters_is_refused_and_changes_nothing() {
         200,
     );
     assert_eq!(r.json()["status"], "quarantined");
+}
+
+/// A status change's reason and a device's report are refused with a line or paragraph
+/// separator (U+2028, U+2029: a line break to a browser or an editor showing the audit log),
+/// a bidirectional control (U+202E: the text after it shown backwards, "Trojan Source") or a
+/// zero-width character, and nothing is stored: they were taken as one line, into the device's
+/// history, its stored report and the audit log.
+#[test]
+fn a_reason_or_report_with_a_line_separator_or_a_bidirectional_control_is_refused() {
+    let Enrolled {
+        _f, t, p, op, d1, ..
+    } = enrolled_pump_1(json!({}));
+    let stored_reports = || {
+        assert_status(get_on(&t.staff, &op, "/api/v1/staff/reports"), 200).json()["reports"].clone()
+    };
+    let before = (state(&t, &op), stored_reports());
+    let forged = [
+        "battery swollen\u{2028}2026-11-25 operator:olivia decommission pump-2: done",
+        "battery swollen\u{2029}done",
+        "approved by \u{202E}aivilo\u{202C}",
+        "all\u{200B}clear",
+    ];
+    for action in ["quarantine", "decommission"] {
+        for reason in forged {
+            let r = post_on(
+                &t.staff,
+                &op,
+                &format!("/api/v1/staff/devices/pump-1/{action}"),
+                json!({ "reason": reason }).to_string().as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(
+                (r.status, r.json()),
+                (400, json!({"error": "bad_request", "message": REASON_RULE})),
+                "{action} {reason:?}"
+            );
+        }
+    }
+    let mut pump = connect(&t.device, holder_cfg(&p, &d1));
+    let slot = "slot name (1-32) or version (≤95) too long or has control or format characters";
+    let result = "last_result: field too long or has control or format characters";
+    let mut reports: Vec<(Value, &str)> = forged
+        .iter()
+        .map(|reason| {
+            let r = json!({"slots": [{"name": "a", "version": "1.0.0", "state": "active"}],
+                           "last_result": {"result": "deferred", "reason": reason}});
+            (r, result)
+        })
+        .collect();
+    for name in ["a\u{2028}b", "\u{202E}a", "a\u{FEFF}"] {
+        let r = json!({"slots": [{"name": name, "version": "1.0.0", "state": "active"}]});
+        reports.push((r, slot));
+    }
+    for (report, message) in reports {
+        let r = pump
+            .send(
+                "POST",
+                "/api/v1/devices/pump-1/report",
+                &[("Content-Type", "application/json")],
+                report.to_string().as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(
+            (r.status, r.json()),
+            (400, json!({"error": "bad_report", "message": message})),
+            "{report}"
+        );
+    }
+    // nothing stored, nothing audited: the device, its reports and the audit log as they were
+    assert_eq!((state(&t, &op), stored_reports()), before);
 }
 
 /// One device's reports make at most `max_audited_reports_per_hour` audit records an hour:

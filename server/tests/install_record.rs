@@ -96,7 +96,7 @@ fn a_rollback_record_is_stored_with_the_device_and_audited_with_its_signers() {
     assert_eq!(rec, &rollback_report()["install_record"]);
 
     // refused records: exact error, nothing stored (the device's record is still the rollback)
-    let too_long = "field too long or has control characters";
+    let too_long = "field too long or has control or format characters";
     let refusals: Vec<(&str, Value, String)> = vec![
         (
             "17 signers",
@@ -378,7 +378,7 @@ fn an_install_record_sent_again_after_a_lost_answer_is_kept_and_audited_once() {
         (r.status, r.json()["message"].clone()),
         (
             400,
-            json!("install_record: field too long or has control characters")
+            json!("install_record: field too long or has control or format characters")
         )
     );
     assert!(s.terminate().success());

@@ -625,18 +625,25 @@ fn authorize_with_reason(e: &Env, reason: &str) -> Run {
 }
 
 /// The reason goes to hale-server with the device's report and into its audit log, which
-/// takes one line of at most 512 bytes: a longer one, a line break or an empty one is refused
-/// before anything is signed.
+/// takes one line of at most 512 bytes: a longer one, a line break (or line separator), a
+/// bidirectional control or an empty one is refused before anything is signed.
 #[test]
 fn an_authorization_reason_the_server_would_refuse_is_refused() {
     let e = repo_with_rollback_role();
     let long = "x".repeat(513);
-    for reason in ["INC-4711\nsecond line", &long, " ", "tab\there"] {
+    for reason in [
+        "INC-4711\nsecond line",
+        &long,
+        " ",
+        "tab\there",
+        "INC-4711\u{2028}second line",
+        "INC-\u{202E}1174",
+    ] {
         let r = authorize_with_reason(&e, reason);
         assert_refused(
             &e,
             &r,
-            "error: --reason: 1 to 512 bytes on one line, no control characters (devices report it and hale-server audits it)",
+            "error: --reason: 1 to 512 bytes on one line, no control or format characters (devices report it and hale-server audits it)",
             "auth.json",
         );
     }
@@ -673,7 +680,7 @@ fn a_second_signature_is_refused_for_a_reason_the_server_would_refuse() {
         (r.code, r.stderr.trim_end()),
         (
             2,
-            "error: auth.json: its reason must be 1 to 512 bytes on one line, no control characters (devices report it and hale-server audits it); refusing to sign it (nothing written)"
+            "error: auth.json: its reason must be 1 to 512 bytes on one line, no control or format characters (devices report it and hale-server audits it); refusing to sign it (nothing written)"
         )
     );
     assert_eq!(std::fs::read_to_string(e.path("auth.json")).unwrap(), bad);
@@ -682,7 +689,7 @@ fn a_second_signature_is_refused_for_a_reason_the_server_would_refuse() {
     let r = e.run(&["rollback", "status", "repo", "auth.json"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr.contains("warning: auth.json: its reason is not 1 to 512 bytes on one line, no control characters (devices report it and hale-server audits it); a device reports it cut to fit"),
+        r.stderr.contains("warning: auth.json: its reason is not 1 to 512 bytes on one line, no control or format characters (devices report it and hale-server audits it); a device reports it cut to fit"),
         "{}",
         r.stderr
     );

@@ -699,11 +699,12 @@ fn power_on(o: &Opts, store: &mut FirmwareStore<FileFlash>) -> Result<bool> {
 
 fn provision(o: &Opts) -> Result<()> {
     // every report names the target, and hale-server refuses a report whose target is longer
-    // than 256 bytes or has control characters: such a pump could never report
+    // than 256 bytes or has control or format characters (hale_core::report::one_line): such a
+    // pump could never report
     let target = o.req("--target")?;
     if target.is_empty() || !hale_core::report::one_line(&target, hale_core::report::MAX_TARGET) {
         bail!(
-            "--target {target:?}: 1 to {} bytes, no control characters (every report names it)",
+            "--target {target:?}: 1 to {} bytes, one line without control or format characters (every report names it)",
             hale_core::report::MAX_TARGET
         );
     }

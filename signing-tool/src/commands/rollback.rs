@@ -449,7 +449,7 @@ fn authorize(a: AuthorizeArgs) -> anyhow::Result<ExitCode> {
 /// What a reason must be. Devices report it with the rollback and hale-server audits it: it
 /// takes one line of at most `MAX_REASON` bytes, and would refuse every report carrying a
 /// longer one. (Not empty either: it is the audit trail's why.)
-const REASON_RULE: &str = "1 to 512 bytes on one line, no control characters (devices report it and hale-server audits it)";
+const REASON_RULE: &str = "1 to 512 bytes on one line, no control or format characters (devices report it and hale-server audits it)";
 
 const _: () = assert!(MAX_REASON == 512, "REASON_RULE names the limit");
 
