@@ -51,6 +51,7 @@ pub struct Config {
     /// Lifetime of the Device Issuing CA's CRL (re-signed after half of it, and on revocation).
     pub device_crl_lifetime_secs: u64,
     /// How often CRL files in the TLS directory are checked and the server's CRL kept fresh.
+    /// Less than half of `device_crl_lifetime_secs` (see [`Config::check`]).
     pub crl_check_secs: u64,
     /// Connections one listener holds at once; past it the listener accepts again only as
     /// connections close (the others listeners are not affected: a flood on the enrollment
@@ -157,6 +158,23 @@ impl Config {
                 && self.crl_check_secs > 0,
             "device certificate validity, CRL lifetime and CRL check interval must be positive"
         );
+        // The Device Issuing CA's CRL is valid from its signing for device_crl_lifetime_secs
+        // (L); a check every crl_check_secs (C) signs a new one once half of that has passed
+        // (`Identity::refresh_crl`: at or after thisUpdate + L/2, in whole seconds), so the
+        // first check that finds it due comes up to C after thisUpdate + L/2, and must come
+        // before nextUpdate = thisUpdate + L, when the listeners stop taking device
+        // certificates under it. 2C < L leaves at least a second for the check itself (L/2 is
+        // rounded down; the interval waits for a late check rather than bursting).
+        anyhow::ensure!(
+            self.crl_check_secs.saturating_mul(2) < self.device_crl_lifetime_secs,
+            "crl_check_secs is {check} and device_crl_lifetime_secs is {life}: crl_check_secs must \
+             be less than half of device_crl_lifetime_secs ({half}), or the Device Issuing CA's \
+             CRL, signed again at the first check after half its lifetime, can expire before that \
+             check and every device handshake is refused until it comes",
+            check = self.crl_check_secs,
+            life = self.device_crl_lifetime_secs,
+            half = self.device_crl_lifetime_secs / 2,
+        );
         anyhow::ensure!(
             self.device_renewal_min_age_secs().saturating_mul(3)
                 <= self.device_certificate_validity_secs.saturating_mul(2),
@@ -237,6 +255,49 @@ mod tests {
             ..Config::default()
         };
         assert!(edge.check().is_ok());
+    }
+
+    /// The CRL is signed again at the first check after half its lifetime: a check interval of
+    /// half the lifetime or more lets it expire before that check (every device handshake then
+    /// fails), and nothing refused such a configuration.
+    #[test]
+    fn a_crl_check_interval_that_lets_the_device_crl_expire_is_refused() {
+        let refused = |check: u64, life: u64| {
+            Err(format!(
+                "crl_check_secs is {check} and device_crl_lifetime_secs is {life}: \
+                 crl_check_secs must be less than half of device_crl_lifetime_secs ({}), or the \
+                 Device Issuing CA's CRL, signed again at the first check after half its \
+                 lifetime, can expire before that check and every device handshake is refused \
+                 until it comes",
+                life / 2
+            ))
+        };
+        for (check, life) in [
+            (3600, 7200),
+            (3601, 7200),
+            (86_400, 86_400),
+            (5, 10),
+            (5, 9),
+        ] {
+            let c = Config {
+                crl_check_secs: check,
+                device_crl_lifetime_secs: life,
+                ..Config::default()
+            };
+            assert_eq!(
+                c.check().map_err(|e| e.to_string()),
+                refused(check, life),
+                "{check} {life}"
+            );
+        }
+        for (check, life) in [(3599, 7200), (4, 9), (5, 7 * 86_400)] {
+            let c = Config {
+                crl_check_secs: check,
+                device_crl_lifetime_secs: life,
+                ..Config::default()
+            };
+            assert!(c.check().is_ok(), "{check} {life}");
+        }
     }
 
     #[test]
