@@ -1449,6 +1449,12 @@ impl Identity {
     }
 }
 
+/// Whether `name` is a name certificates carry (a device id, a model): hale-pki's rule for the
+/// names it puts into subjects. Every enrolled device's id is one.
+pub fn is_certificate_name(name: &str) -> bool {
+    hale_pki::check_name("name", name).is_ok()
+}
+
 /// A model name: hale-pki's rule for names, as the CA applies it when it issues a certificate
 /// naming the model.
 fn check_model(m: &str) -> Result<(), IdentityError> {

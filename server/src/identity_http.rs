@@ -363,13 +363,59 @@ fn check_staff_certificate(
 
 // --- staff API -----------------------------------------------------------------------------------
 
+/// What a staff request is about, for the audit record of its refusal.
+#[derive(Debug, Clone, Copy)]
+enum Target<'a> {
+    /// no one device (a listing, an import, a rollout)
+    None,
+    /// the device of this id, as the request gives it
+    Device(&'a str),
+    /// the certificate of this serial, as the request gives it, and the device it was issued to
+    Certificate(&'a str),
+}
+
+impl Target<'_> {
+    /// `detail` with the device (and certificate) the request named, when it named one. Only a
+    /// name that can be a device's (an enrolled device's id is a certificate name) or a
+    /// certificate's serial (1 to 40 hex digits) is copied: anything else names no device, and
+    /// the log takes no more of what the requester chose than a device id's 64 bytes.
+    fn describe(self, id: &Identity, mut detail: Value) -> Value {
+        let Some(d) = detail.as_object_mut() else {
+            return detail;
+        };
+        match self {
+            Target::None => {}
+            Target::Device(device) => {
+                if crate::identity::is_certificate_name(device) {
+                    d.insert("device".into(), json!(device));
+                }
+            }
+            Target::Certificate(serial) => {
+                let serial = serial.to_ascii_lowercase();
+                let hex = !serial.is_empty()
+                    && serial.len() <= 40
+                    && serial.bytes().all(|b| b.is_ascii_hexdigit());
+                if hex {
+                    if let Ok(Some(c)) = id.store().certificate(&serial) {
+                        d.insert("device".into(), json!(c.device));
+                    }
+                    d.insert("certificate".into(), json!(serial));
+                }
+            }
+        }
+        detail
+    }
+}
+
 /// What a staff role may do. A refusal is audited (`staff-refused`): the peer holds a
-/// certificate of our Technician CA, so it is someone the log should name.
+/// certificate of our Technician CA, so it is someone the log should name, and the record names
+/// the device the request was about (`target`), when it was about one.
 fn allow(
     id: &Identity,
     peer: &PeerIdentity,
     action: &'static str,
     operator_only: bool,
+    target: Target<'_>,
 ) -> Result<String, IdentityError> {
     let r = allow_role(peer, action, operator_only);
     if let Err(e) = &r {
@@ -377,7 +423,7 @@ fn allow(
             "staff-refused",
             &format!("{}:{}", peer.kind, peer.name),
             e,
-            json!({"action": action}),
+            target.describe(id, json!({"action": action})),
         );
     }
     r
@@ -415,7 +461,7 @@ fn operator_certificate(
     warp::ext::get::<PeerIdentity>().and_then(move |p: PeerIdentity| {
         let id = identity.clone();
         async move {
-            allow(&id, &p, "publish", true).map_err(|e| {
+            allow(&id, &p, "publish", true, Target::None).map_err(|e| {
                 tracing::warn!(peer = %p.name, error = %e, "publish refused");
                 crate::http::api_error(e.status(), e.code(), e.to_string())
             })
@@ -486,7 +532,7 @@ pub fn staff_routes(
             |p: PeerIdentity, q: PageQuery, id: Arc<Identity>| async move {
                 reply(
                     blocking(move || {
-                        allow(&id, &p, "list devices", false)?;
+                        allow(&id, &p, "list devices", false, Target::None)?;
                         let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
                         let rows = id.store().devices(q.after.as_deref(), limit)?;
                         let next = (rows.len() == limit)
@@ -521,7 +567,7 @@ pub fn staff_routes(
                                 )))
                             }
                         };
-                        let actor = allow(&id, &p, what, operator_only)?;
+                        let actor = allow(&id, &p, what, operator_only, Target::Device(&dev))?;
                         let b: ReasonBody = parse_json(&body)?;
                         let r = id.set_status(&dev, action, &actor, b.reason.as_deref(), SystemTime::now())?;
                         serde_json::to_value(r).map_err(|e| IdentityError::Internal(e.to_string()))
@@ -541,7 +587,13 @@ pub fn staff_routes(
             |serial: String, p: PeerIdentity, body: Bytes, id: Arc<Identity>| async move {
                 reply(
                     blocking(move || {
-                        let actor = allow(&id, &p, "revoke a certificate", true)?;
+                        let actor = allow(
+                            &id,
+                            &p,
+                            "revoke a certificate",
+                            true,
+                            Target::Certificate(&serial),
+                        )?;
                         let b: ReasonBody = parse_json(&body)?;
                         id.revoke(
                             &serial,
@@ -564,9 +616,13 @@ pub fn staff_routes(
         .then(|p: PeerIdentity, body: Bytes, id: Arc<Identity>| async move {
             reply(
                 blocking(move || {
-                    let actor = allow(&id, &p, "issue an enrollment token", false)?;
-                    let b: TokenBody = serde_json::from_slice(&body)
-                        .map_err(|e| IdentityError::BadRequest(e.to_string()))?;
+                    let parsed = serde_json::from_slice::<TokenBody>(&body);
+                    let target = match &parsed {
+                        Ok(b) => Target::Device(&b.serial),
+                        Err(_) => Target::None,
+                    };
+                    let actor = allow(&id, &p, "issue an enrollment token", false, target)?;
+                    let b = parsed.map_err(|e| IdentityError::BadRequest(e.to_string()))?;
                     let ttl = b.ttl_secs.unwrap_or(86_400);
                     if ttl == 0 || ttl > MAX_TOKEN_TTL {
                         return Err(IdentityError::BadRequest(format!(
@@ -596,7 +652,7 @@ pub fn staff_routes(
             |p: PeerIdentity, body: Bytes, id: Arc<Identity>| async move {
                 reply(
                     blocking(move || {
-                        let actor = allow(&id, &p, "import a manifest", true)?;
+                        let actor = allow(&id, &p, "import a manifest", true, Target::None)?;
                         id.import_manifest(&body, &actor)
                     })
                     .await,
@@ -615,7 +671,7 @@ pub fn staff_routes(
             |p: PeerIdentity, q: PageQuery, app: Arc<App>, id: Arc<Identity>| async move {
                 reply(
                     blocking(move || {
-                        allow(&id, &p, "list device reports", false)?;
+                        allow(&id, &p, "list device reports", false, Target::None)?;
                         let (reports, next) =
                             crate::http::report_page(&*app.store, q.after.as_deref(), q.limit)
                                 .map_err(|e| IdentityError::Internal(e.to_string()))?;
@@ -638,7 +694,7 @@ pub fn staff_routes(
             |p: PeerIdentity, q: AuditQuery, app: Arc<App>, id: Arc<Identity>| async move {
                 reply(
                     blocking(move || {
-                        allow(&id, &p, "read the audit log", true)?;
+                        allow(&id, &p, "read the audit log", true, Target::None)?;
                         let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
                         let from = q.after.map_or(0, |a| a.saturating_add(1));
                         let records: Vec<Value> = app
@@ -673,7 +729,7 @@ pub fn staff_routes(
                  l: Arc<Listeners>| async move {
                     reply(
                         blocking(move || {
-                            let actor = allow(&id, &p, "load a CRL", true)?;
+                            let actor = allow(&id, &p, "load a CRL", true, Target::None)?;
                             let ca = CaRole::from_slug(&slug)
                                 .filter(|c| matches!(c, CaRole::Manufacturing | CaRole::Technician))
                                 .ok_or_else(|| {
@@ -760,7 +816,7 @@ fn rollout_routes(
             |p: PeerIdentity, app: Arc<App>, id: Arc<Identity>| async move {
                 reply(
                     blocking(move || {
-                        allow(&id, &p, "list rollouts", false)?;
+                        allow(&id, &p, "list rollouts", false, Target::None)?;
                         Ok(json!({"rollouts": app.rollouts.list()}))
                     })
                     .await,
@@ -779,7 +835,7 @@ fn rollout_routes(
             move |sha: String, p: PeerIdentity, body: Bytes, app: Arc<App>, id: Arc<Identity>| async move {
                 reply(
                     blocking(move || {
-                        let actor = allow(&id, &p, "change a rollout", true)?;
+                        let actor = allow(&id, &p, "change a rollout", true, Target::None)?;
                         let b: RolloutBody = serde_json::from_slice(&body)
                             .map_err(|e| IdentityError::BadRequest(e.to_string()))?;
                         let r = app
@@ -805,7 +861,7 @@ fn rollout_routes(
             move |sha: String, p: PeerIdentity, app: Arc<App>, id: Arc<Identity>| async move {
                 reply(
                     blocking(move || {
-                        let actor = allow(&id, &p, "end a rollout", true)?;
+                        let actor = allow(&id, &p, "end a rollout", true, Target::None)?;
                         let r = app
                             .rollouts
                             .end(&sha, &actor, |r| audited(&app, "rollout-end", &actor, r))

@@ -3223,6 +3223,96 @@ fn a_reason_or_report_with_a_line_separator_or_a_bidirectional_control_is_refuse
     assert_eq!((state(&t, &op), stored_reports()), before);
 }
 
+/// A staff request refused for the requester's role names, in its `staff-refused` record, the
+/// device it was about: the one in its path, the one a certificate to revoke was issued to (and
+/// the certificate), the one a token was asked for. The records named the action alone, so the
+/// log could not tell which pump a technician tried to decommission. A name that can be no
+/// device's is not copied.
+#[test]
+fn a_refused_staff_request_names_the_device_it_was_about() {
+    let Enrolled {
+        _f, t, p, op, d1, ..
+    } = enrolled_pump_1(json!({}));
+    let tech = staff(&p, "theo", StaffRole::Technician);
+    let serial = d1.cert.serial_hex.clone();
+    let before = stored(&t, &p, &op);
+    let refused = |path: &str, body: &[u8], message: &str| {
+        let r = post_on(&t.staff, &tech, path, body).unwrap();
+        assert_eq!(
+            (r.status, r.json()),
+            (403, json!({"error": "role_forbidden", "message": message})),
+            "{path}"
+        );
+    };
+    refused(
+        "/api/v1/staff/devices/pump-1/decommission",
+        b"",
+        "a technician may not decommission a device",
+    );
+    refused(
+        &format!(
+            "/api/v1/staff/certificates/{}/revoke",
+            serial.to_uppercase()
+        ),
+        b"",
+        "a technician may not revoke a certificate",
+    );
+    refused(
+        "/api/v1/staff/enroll-tokens",
+        br#"{"serial": "pump-1"}"#,
+        "a technician may not issue an enrollment token for a device that holds a current \
+         certificate",
+    );
+    // a path segment that is no device id: the refusal is recorded, without it
+    refused(
+        "/api/v1/staff/devices/-pump%E2%80%AE1/decommission",
+        b"",
+        "a technician may not decommission a device",
+    );
+    let detail = |r: &Value| {
+        let mut d = r["detail"].clone();
+        d.as_object_mut().unwrap().remove("message");
+        d
+    };
+    let records: Vec<(Value, Value)> = audit_of(&t, &op, "staff-refused")
+        .iter()
+        .map(|r| (r["actor"].clone(), detail(r)))
+        .collect();
+    let theo = json!("technician:theo");
+    assert_eq!(
+        records,
+        [
+            (
+                theo.clone(),
+                json!({"action": "decommission a device", "device": "pump-1",
+                       "error": "role_forbidden"})
+            ),
+            (
+                theo.clone(),
+                json!({"action": "revoke a certificate", "device": "pump-1",
+                       "certificate": serial, "error": "role_forbidden"})
+            ),
+            (
+                theo.clone(),
+                json!({"action": "issue an enrollment token", "device": "pump-1",
+                       "error": "role_forbidden"})
+            ),
+            (
+                theo,
+                json!({"action": "decommission a device", "error": "role_forbidden"})
+            ),
+        ]
+    );
+    // nothing else changed: the device, its certificate, the CRL
+    only_refusals_stored(
+        &t,
+        &p,
+        &op,
+        &before,
+        &[("staff-refused", "technician:theo", "role_forbidden"); 4],
+    );
+}
+
 /// One device's reports make at most `max_audited_reports_per_hour` audit records an hour:
 /// past it a report that says something new is refused with `429 too_many_reports` and a
 /// `Retry-After`, and nothing is stored (the pump keeps it and reports at a later poll); a
