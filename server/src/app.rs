@@ -143,7 +143,14 @@ impl App {
         Ok(Some(detail))
     }
 
-    pub fn publish(&self, actor: &str, upload: Upload) -> Result<Value, ApplyError> {
+    /// Publish `upload` for `actor`. `offered` names what was sent, for the audit record of a
+    /// refusal ([`crate::http::offered`]: the body's sha256 and length, never its content).
+    pub fn publish(
+        &self,
+        actor: &str,
+        upload: Upload,
+        offered: Value,
+    ) -> Result<Value, ApplyError> {
         let r = self.apply("publish", actor, |old, now| {
             crate::publish::prepare(old, &upload, &self.keys, &self.life, now, &self.repo).map(Some)
         });
@@ -153,17 +160,21 @@ impl App {
                 inc(&self.metrics.publishes_rejected);
                 // an authenticated operator's release that did not verify: who tried what
                 if let ApplyError::Refused(e) = e {
-                    self.audit.refusal(
-                        "publish-refused",
-                        actor,
-                        e.code(),
-                        json!({"message": e.to_string()}),
-                        None,
-                    );
+                    self.refused_publish(actor, e.code(), offered, e.to_string());
                 }
             }
         }
         r.map(|v| v.unwrap_or(Value::Null))
+    }
+
+    /// Record that the publish API refused `actor`'s request (`publish-refused`): `offered`
+    /// says which request ([`crate::http::offered`]) and `code` why; `message` is kept cut, out
+    /// of what makes a repeat ([`Audit::refusal`]: a body refused again within the hour is
+    /// recorded once, and an actor's refusals at most
+    /// [`crate::audit::REFUSALS_PER_ACTOR_PER_HOUR`] an hour). Blocking (a synced write).
+    pub fn refused_publish(&self, actor: &str, code: &str, offered: Value, message: String) {
+        self.audit
+            .refusal("publish-refused", actor, code, offered, Some(message));
     }
 
     /// Re-sign timestamp (and snapshot) if they expire soon. `Ok(None)`: nothing was due.

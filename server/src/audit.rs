@@ -38,6 +38,8 @@ pub struct Audit {
     head: Arc<Mutex<(u64, String)>>,
     /// `(kind, actor, code and detail)` of refusals recorded lately, and when ([`Audit::refusal`])
     refusals: Arc<Mutex<RecentRefusals>>,
+    /// Refusals recorded per actor in its current window ([`REFUSALS_PER_ACTOR_PER_HOUR`])
+    refusal_budget: Arc<Mutex<RefusalBudget>>,
 }
 
 /// Records made on top of the chain's head, not written yet ([`Audit::commit_with`]).
@@ -71,9 +73,18 @@ impl Staged {
 /// `(kind, actor, code and detail)` → when it was last recorded.
 type RecentRefusals = std::collections::HashMap<(String, String, String), std::time::Instant>;
 
+/// actor → the start of its window and the refusals recorded in it.
+type RefusalBudget = std::collections::HashMap<String, (std::time::Instant, u32)>;
+
 /// A refusal repeated by the same actor for the same request and reason is recorded once in this
 /// window: a device retrying on every poll would otherwise grow the log without bound.
 pub const REFUSAL_REPEAT_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+/// At most this many refusals of one actor are recorded in an hour (a window from the first),
+/// whatever they say: one whose request differs each time (a publish body, a device id in a
+/// staff request's path, a CSR) is not a repeat, and a holder of one certificate or token
+/// sending them in a loop grew the log without bound. The last one recorded says so
+/// (`"more_refusals_not_recorded": true`); the ones after it are logged.
+pub const REFUSALS_PER_ACTOR_PER_HOUR: u32 = 60;
 /// At most this many distinct recent refusals are remembered (then the memory starts afresh).
 const REFUSALS_REMEMBERED: usize = 10_000;
 /// Longest refusal message recorded, in characters (the rest is cut, marked `…`).
@@ -87,6 +98,7 @@ impl Audit {
             store,
             head: Arc::new(Mutex::new(head)),
             refusals: Arc::default(),
+            refusal_budget: Arc::default(),
         })
     }
 
@@ -153,10 +165,10 @@ impl Audit {
         }
     }
 
-    /// Records appended so far.
     /// Record a refusal of an authenticated request (`kind` e.g. `enroll-refused`; `detail`
     /// gets `error`: `code`, and `message` when one is given), unless the same actor was
-    /// refused for the same reason within [`REFUSAL_REPEAT_WINDOW`]: the same code and detail.
+    /// refused for the same reason within [`REFUSAL_REPEAT_WINDOW`]: the same code and detail,
+    /// or the actor's refusals of the hour are spent ([`REFUSALS_PER_ACTOR_PER_HOUR`]).
     /// `message` is not part of the reason: it may quote what the requester chose (a CSR's
     /// CN), and one that varied it at will got a record per request. A message, in `detail`
     /// or not, is cut to [`REFUSAL_MESSAGE_MAX`] characters. Anonymous refusals are not for the
@@ -167,8 +179,28 @@ impl Audit {
         kind: &str,
         actor: &str,
         code: &str,
+        detail: Value,
+        message: Option<String>,
+    ) {
+        self.refusal_at(
+            kind,
+            actor,
+            code,
+            detail,
+            message,
+            std::time::Instant::now(),
+        );
+    }
+
+    /// [`refusal`](Self::refusal) at `now`.
+    pub fn refusal_at(
+        &self,
+        kind: &str,
+        actor: &str,
+        code: &str,
         mut detail: Value,
         message: Option<String>,
+        now: std::time::Instant,
     ) {
         // the same request refused again: same kind, actor, reason and detail
         let key = (
@@ -181,10 +213,9 @@ impl Audit {
                 .refusals
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = std::time::Instant::now();
             if recent
                 .get(&key)
-                .is_some_and(|t| now.duration_since(*t) < REFUSAL_REPEAT_WINDOW)
+                .is_some_and(|t| now.saturating_duration_since(*t) < REFUSAL_REPEAT_WINDOW)
             {
                 return;
             }
@@ -193,7 +224,36 @@ impl Audit {
             }
             recent.insert(key, now);
         }
+        // a new refusal: within the actor's budget of the hour (a repeat above spends none)
+        let last_of_the_hour = {
+            let mut budget = self
+                .refusal_budget
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if budget.len() >= REFUSALS_REMEMBERED && !budget.contains_key(actor) {
+                budget.clear();
+            }
+            let (start, recorded) = budget.entry(actor.to_string()).or_insert((now, 0));
+            if now.saturating_duration_since(*start) >= REFUSAL_REPEAT_WINDOW {
+                (*start, *recorded) = (now, 0);
+            }
+            if *recorded >= REFUSALS_PER_ACTOR_PER_HOUR {
+                tracing::warn!(
+                    kind,
+                    actor,
+                    code,
+                    "refusal not recorded in the audit log: {REFUSALS_PER_ACTOR_PER_HOUR} of this \
+                     actor's were within the hour"
+                );
+                return;
+            }
+            *recorded += 1;
+            *recorded == REFUSALS_PER_ACTOR_PER_HOUR
+        };
         if let Some(o) = detail.as_object_mut() {
+            if last_of_the_hour {
+                o.insert("more_refusals_not_recorded".into(), Value::Bool(true));
+            }
             if let Some(m) = message {
                 o.insert("message".into(), Value::String(m));
             }
@@ -218,6 +278,7 @@ impl Audit {
             .unwrap_or_else(|_| GENESIS.to_string())
     }
 
+    /// Records appended so far.
     pub fn len(&self) -> u64 {
         self.head.lock().map(|h| h.0).unwrap_or(0)
     }
@@ -413,6 +474,58 @@ mod tests {
             ]
         );
         assert_eq!(verify(store.as_ref()).unwrap().0, 2);
+    }
+
+    /// One actor's refusals that each differ (a publish body, a device id in a path) are not
+    /// repeats: they made a record each, without bound. At most REFUSALS_PER_ACTOR_PER_HOUR are
+    /// recorded an hour, the last saying so; another actor has its own; the next hour, again.
+    #[test]
+    fn one_actors_refusals_are_recorded_at_most_so_many_an_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let audit = Audit::open(store.clone()).unwrap();
+        let start = std::time::Instant::now();
+        let refuse = |actor: &str, i: u32, at: std::time::Duration| {
+            audit.refusal_at(
+                "publish-refused",
+                actor,
+                "bad_request",
+                json!({"sha256": format!("{i:064x}")}),
+                Some(format!("body {i}")),
+                start + at,
+            );
+        };
+        let per_hour = REFUSALS_PER_ACTOR_PER_HOUR;
+        for i in 0..per_hour + 20 {
+            refuse("alice", i, std::time::Duration::from_secs(u64::from(i)));
+        }
+        refuse("bob", 0, std::time::Duration::from_secs(100));
+        let recs = records(&store);
+        let alice: Vec<&Value> = recs.iter().filter(|r| r["actor"] == "alice").collect();
+        assert_eq!(alice.len(), per_hour as usize);
+        assert_eq!(recs.len(), per_hour as usize + 1, "bob's is recorded");
+        // the last of the hour says so, the others do not
+        let marked: Vec<bool> = alice
+            .iter()
+            .map(|r| r["detail"]["more_refusals_not_recorded"] == json!(true))
+            .collect();
+        assert_eq!(marked.iter().filter(|m| **m).count(), 1);
+        assert_eq!(marked.last(), Some(&true));
+        assert_eq!(
+            alice.last().unwrap()["detail"]["sha256"],
+            format!("{:064x}", per_hour - 1)
+        );
+        // a refusal in the last second of the window: not recorded; the next hour's is
+        refuse("alice", 1000, std::time::Duration::from_secs(3599));
+        assert_eq!(records(&store).len(), per_hour as usize + 1);
+        refuse("alice", 1001, std::time::Duration::from_secs(3600));
+        let recs = records(&store);
+        assert_eq!(recs.len(), per_hour as usize + 2);
+        assert_eq!(
+            recs.last().unwrap()["detail"]["sha256"],
+            format!("{:064x}", 1001)
+        );
+        assert_eq!(verify(store.as_ref()).unwrap().0, u64::from(per_hour) + 2);
     }
 
     #[test]

@@ -668,6 +668,9 @@ where
     let publish = warp::post()
         .and(warp::path!("api" / "v1" / "publish"))
         .and(auth.clone())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(with_app(app.clone()))
+        .and_then(move |actor, declared, app| publish_length(actor, declared, max_publish, app))
         .and(warp::body::content_length_limit(max_publish))
         .and(warp::body::bytes())
         .and(with_app(app.clone()))
@@ -774,6 +777,52 @@ pub(crate) async fn recover(r: Rejection) -> Result<warp::reply::Response, Infal
     ))
 }
 
+/// What a publish request sent, for the audit record of its refusal: the endpoint, the sha256
+/// and the length of its body. Never the body (its signer keeps it, and can match it by its
+/// hash): a record holds a fixed amount whatever was sent.
+pub(crate) fn offered(body: &[u8]) -> Value {
+    json!({"endpoint": "/api/v1/publish", "sha256": hex::encode(Sha256::digest(body)),
+           "bytes": body.len()})
+}
+
+/// Record a refusal of the publish API to an authenticated `actor` (`publish-refused`, see
+/// [`App::refused_publish`]) off the async runtime (a synced write), and answer with it.
+async fn refuse_publish(app: &Arc<App>, actor: &str, detail: Value, e: ApiError) -> Rejection {
+    let (app, actor, code, message) = (app.clone(), actor.to_string(), e.code, e.message.clone());
+    tracing::warn!(%actor, code, message = %e.message, "publish API request refused");
+    let _ = tokio::task::spawn_blocking(move || {
+        app.refused_publish(&actor, code, detail, message);
+    })
+    .await;
+    warp::reject::custom(e)
+}
+
+/// A publish body must say its length, and not pass `max`, before it is read (warp's
+/// `content_length_limit` checks the same after this, and answers the same): checked here
+/// first so that the refusal of an authenticated `actor` is audited.
+async fn publish_length(
+    actor: String,
+    declared: Option<u64>,
+    max: u64,
+    app: Arc<App>,
+) -> Result<String, Rejection> {
+    let refusal = match declared {
+        None => ApiError {
+            status: StatusCode::LENGTH_REQUIRED,
+            code: "length_required",
+            message: "Content-Length is required".into(),
+        },
+        Some(n) if n > max => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "too_large",
+            message: "request body is larger than the configured limit".into(),
+        },
+        Some(_) => return Ok(actor),
+    };
+    let detail = json!({"endpoint": "/api/v1/publish", "declared_bytes": declared});
+    Err(refuse_publish(&app, &actor, detail, refusal).await)
+}
+
 /// `{"root": <envelope>?, "roles": {"targets": <envelope>, "<delegated>": <envelope>}}`, or
 /// `"roots": [<envelope>, …]` for several root versions in order (N+1, N+2… after the served N),
 /// applied in one publish. Each envelope is kept byte for byte as sent (RawValue): signatures
@@ -793,14 +842,24 @@ async fn publish_handler(
     body: Bytes,
     app: Arc<App>,
 ) -> Result<warp::reply::Response, Rejection> {
-    let bad = |message: String| api_error(StatusCode::BAD_REQUEST, "bad_request", message);
-    let parsed: PublishBody<'_> =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("publish body: {e}")))?;
+    let bad = |message: String| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_request",
+        message,
+    };
+    let parsed: PublishBody<'_> = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            let e = bad(format!("publish body: {e}"));
+            return Err(refuse_publish(&app, &operator, offered(&body), e).await);
+        }
+    };
     if parsed.root.is_some() && !parsed.roots.is_empty() {
-        return Err(bad(
+        let e = bad(
             "publish body: give one root as `root` or several, in order, as `roots`, not both"
                 .into(),
-        ));
+        );
+        return Err(refuse_publish(&app, &operator, offered(&body), e).await);
     }
     let upload = Upload {
         roots: parsed
@@ -817,7 +876,8 @@ async fn publish_handler(
     };
     let who = operator.clone();
     let app2 = app.clone();
-    let r = tokio::task::spawn_blocking(move || app2.publish(&who, upload))
+    let what = offered(&body);
+    let r = tokio::task::spawn_blocking(move || app2.publish(&who, upload, what))
         .await
         .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(match r {
@@ -844,7 +904,10 @@ async fn publish_handler(
 
 /// Target content upload, streamed to a temporary file while sha256/sha512 are computed, then
 /// moved to `blobs/<sha256>`. Refused (413) as soon as it passes the configured size, whatever
-/// Content-Length said. Content becomes visible only when published metadata names it.
+/// Content-Length said. Content becomes visible only when published metadata names it. A
+/// refusal (too large, a body that broke off) is audited as `publish-refused` with the lengths
+/// declared and received; an accepted upload is not (it changes nothing served: the publish
+/// that names it is recorded, by its sha256).
 async fn upload_handler<S, B>(
     operator: String,
     declared: Option<u64>,
@@ -856,32 +919,42 @@ where
     B: Buf,
 {
     let limit = app.config.max_target_bytes;
-    let too_large = || {
-        api_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("target upload larger than {limit} bytes"),
-        )
+    let too_large = || ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        code: "too_large",
+        message: format!("target upload larger than {limit} bytes"),
+    };
+    let refused = |received: u64| {
+        json!({"endpoint": "/api/v1/targets", "declared_bytes": declared,
+               "received_bytes": received})
     };
     if declared.is_some_and(|d| d > limit) {
-        return Err(too_large());
+        return Err(refuse_publish(&app, &operator, refused(0), too_large()).await);
     }
-    let internal =
-        |e: std::io::Error| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+    let internal = |e: std::io::Error| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "internal",
+        message: e.to_string(),
+    };
     let dir = app.repo.upload_dir();
-    tokio::fs::create_dir_all(&dir).await.map_err(internal)?;
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| warp::reject::custom(internal(e)))?;
     let mut rnd = [0u8; 16];
     getrandom::getrandom(&mut rnd)
         .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let tmp = dir.join(format!("{}.part", hex::encode(rnd)));
+    let mut n: u64 = 0;
     let result = async {
         let mut f = tokio::fs::File::create(&tmp).await.map_err(internal)?;
         let mut s256 = Sha256::new();
         let mut s512 = sha2::Sha512::new();
-        let mut n: u64 = 0;
         while let Some(chunk) = body.next().await {
-            let mut chunk = chunk
-                .map_err(|e| api_error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+            let mut chunk = chunk.map_err(|e| ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "bad_request",
+                message: e.to_string(),
+            })?;
             while chunk.has_remaining() {
                 let c = chunk.chunk();
                 n += c.len() as u64;
@@ -907,9 +980,14 @@ where
         Ok(x) => x,
         Err(e) => {
             let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
+            // the server's own failure is not the requester's refusal
+            if e.status == StatusCode::INTERNAL_SERVER_ERROR {
+                return Err(warp::reject::custom(e));
+            }
+            return Err(refuse_publish(&app, &operator, refused(n), e).await);
         }
     };
+    let internal = |e: std::io::Error| warp::reject::custom(internal(e));
     let dst = app.repo.blob_path(&sha256);
     tokio::fs::create_dir_all(app.repo.blobs_dir())
         .await

@@ -497,10 +497,13 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
             "rejected_metadata",
             "rejected_metadata",
             "rejected_metadata",
-            // twice, the same message: once an hour per repeat
+            // three requests, two with the same message: a record each (a request is told by
+            // its body's sha256, and the same body refused again within the hour is one)
             "role_name_collision",
             "role_name_collision",
-            // twice, the same message
+            "role_name_collision",
+            // two requests, the same message
+            "rollback_role_paths",
             "rollback_role_paths",
             "threshold_not_met",
             "online_keys_not_listed"
@@ -891,6 +894,132 @@ fn refusals_reach_a_client_still_sending_a_large_body() {
     );
     // the server still answers on a new connection
     assert_eq!(upload(&s, &f.token, &[1u8; 10]).unwrap().status, 200);
+}
+
+/// A refused publish or target upload of an authenticated operator is an audit record
+/// (`publish-refused`): who, the error code, and what was sent, by its sha256 and length (never
+/// the body: a record holds a bounded amount whatever was sent). A body that did not parse or
+/// gave both `root` and `roots`, and a publish or an upload over its limit, were refused without
+/// one. One operator's are recorded at most REFUSALS_PER_ACTOR_PER_HOUR an hour, the last saying
+/// so: a script sending a new bad body in a loop grew the log by a record each.
+#[test]
+fn refused_publishes_and_uploads_are_audited_by_what_was_sent_and_bounded() {
+    use sha2::Digest;
+    let f = Fixture::with_config(json!({"max_target_bytes": 1000, "max_publish_bytes": 4096}));
+    let mut s = f.start();
+    let fw = b"firmware".to_vec();
+    assert_eq!(upload(&s, &f.token, &fw).unwrap().status, 200);
+    let before = f.repo_digest();
+    let bearer = format!("Bearer {}", f.token);
+    let post = |path: &str, body: &[u8]| {
+        request(
+            "POST",
+            &s.url(path),
+            &[("Authorization", &bearer)],
+            Some(body),
+        )
+        .unwrap()
+    };
+    let refused = |r: Resp, status: u16, code: &str| {
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (status, Some(code)),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+    };
+    let sha = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+
+    let garbage = br#"{"roles": {"targets": <script>alert(1)</script>"#.to_vec();
+    refused(post("/api/v1/publish", &garbage), 400, "bad_request");
+    let root2 = f.root_v(2, &f.ts_key, &f.snap_key, &[&f.root_key]);
+    let both = format!(
+        "{{\"root\":{0},\"roots\":[{0}]}}",
+        String::from_utf8_lossy(&root2)
+    )
+    .into_bytes();
+    refused(post("/api/v1/publish", &both), 400, "bad_request");
+    refused(post("/api/v1/publish", &[b' '; 5000]), 413, "too_large");
+    refused(
+        upload(&s, &f.token, &[0u8; 1001]).unwrap(),
+        413,
+        "too_large",
+    );
+    // a release hale-core refuses (signed by a key the root does not list), sent twice: one
+    // record, the body by its hash
+    let other = hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[9; 32]).unwrap();
+    let t = hale_repo::sign::sign_new(&targets_body(1, &[("fw.bin", &fw, None)], None), &[&other])
+        .unwrap();
+    let forged = publish_body(None, &[("targets", &t)]);
+    for _ in 0..2 {
+        refused(post("/api/v1/publish", &forged), 400, "threshold_not_met");
+    }
+    // a storm of bodies that differ: the operator's hour is spent at the REFUSALS_PER_ACTOR_PER_HOUR-th
+    for i in 0..70 {
+        refused(
+            post("/api/v1/publish", format!("not a publish {i}").as_bytes()),
+            400,
+            "bad_request",
+        );
+    }
+    assert_eq!(
+        f.repo_digest(),
+        before,
+        "a refused request changed the repository"
+    );
+    assert!(s.terminate().success());
+
+    let records: Vec<serde_json::Value> = audit_records(&f)
+        .into_iter()
+        .filter(|r| r["kind"] == "publish-refused")
+        .collect();
+    let per_hour = hale_server::audit::REFUSALS_PER_ACTOR_PER_HOUR as usize;
+    assert_eq!(records.len(), per_hour);
+    assert!(records.iter().all(|r| r["actor"] == "alice"));
+    let without_message = |r: &serde_json::Value| {
+        let mut d = r["detail"].clone();
+        d.as_object_mut().unwrap().remove("message");
+        d
+    };
+    let first: Vec<serde_json::Value> = records[..5].iter().map(without_message).collect();
+    assert_eq!(
+        first,
+        [
+            json!({"endpoint": "/api/v1/publish", "sha256": sha(&garbage),
+                   "bytes": garbage.len(), "error": "bad_request"}),
+            json!({"endpoint": "/api/v1/publish", "sha256": sha(&both), "bytes": both.len(),
+                   "error": "bad_request"}),
+            json!({"endpoint": "/api/v1/publish", "declared_bytes": 5000, "error": "too_large"}),
+            json!({"endpoint": "/api/v1/targets", "declared_bytes": 1001, "received_bytes": 0,
+                   "error": "too_large"}),
+            json!({"endpoint": "/api/v1/publish", "sha256": sha(&forged),
+                   "bytes": forged.len(), "error": "threshold_not_met"}),
+        ]
+    );
+    assert_eq!(
+        records[1]["detail"]["message"],
+        "publish body: give one root as `root` or several, in order, as `roots`, not both"
+    );
+    assert_eq!(
+        records[4]["detail"]["message"],
+        "targets: 0 valid signatures from distinct authorized keys, threshold is 2"
+    );
+    // nothing of a body is copied
+    assert!(records.iter().all(|r| !r.to_string().contains("<script>")));
+    // the last of the hour says so; the storm's first 55 are recorded, the rest are not
+    let last = records.last().unwrap();
+    assert_eq!(last["detail"]["more_refusals_not_recorded"], true);
+    assert_eq!(
+        last["detail"]["sha256"],
+        sha(format!("not a publish {}", per_hour - 6).as_bytes())
+    );
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["detail"].get("more_refusals_not_recorded").is_some())
+            .count(),
+        1
+    );
 }
 
 /// The served state's `path` as a device at `now` finds it: the sha256 it would install.
