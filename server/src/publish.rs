@@ -39,6 +39,16 @@ pub enum PublishError {
         role: String,
         error: hale_core::Error,
     },
+    /// hale-core's `update_root` refused a new root for a threshold: `which` says whose, the
+    /// root before it (which must sign its successor) or the new root's own (its root role must
+    /// sign it too). hale-core's error is the same for both; the decision is hale-core's, the
+    /// server only finds which of the two checks it failed, to say so.
+    #[error("{}: {which}", with_role(role, error))]
+    RootThreshold {
+        role: String,
+        error: hale_core::Error,
+        which: String,
+    },
     #[error("{role}: version {received} is not greater than the published version {published}")]
     VersionNotIncreased {
         role: String,
@@ -106,6 +116,7 @@ impl PublishError {
                 ..
             } => "threshold_not_met",
             PublishError::Trust { .. } => "rejected_metadata",
+            PublishError::RootThreshold { .. } => "threshold_not_met",
             PublishError::VersionNotIncreased { .. } => "version_not_increased",
             PublishError::TargetMissing { .. } => "target_missing",
             PublishError::TargetContent { .. } => "target_mismatch",
@@ -132,6 +143,44 @@ fn with_role(role: &str, e: &hale_core::Error) -> String {
         text
     } else {
         format!("{role}: {text}")
+    }
+}
+
+/// The refusal of `new` (a root, named `what` in the upload) by hale-core's `update_root` from
+/// `previous` (the root it follows). A threshold not met is either the previous root's (checked
+/// first) or the new root's own, and hale-core's error does not say which: it is the previous
+/// root's if hale-core's threshold check of `new` against the previous root's root role fails,
+/// else its own. Any other error, or a root that does not parse, is hale-core's as it is.
+fn root_refused(what: &str, previous: &[u8], new: &[u8], error: hale_core::Error) -> PublishError {
+    if !matches!(error, hale_core::Error::ThresholdNotMet { .. }) {
+        return trust(what)(error);
+    }
+    let version = |bytes: &[u8]| {
+        Envelope::parse(bytes, "root")
+            .and_then(|env| Root::parse(&env.signed).map(|r| r.header.version))
+            .ok()
+    };
+    let by_previous = Envelope::parse(previous, "root").and_then(|p| {
+        let keys = Root::parse(&p.signed)?.role("root")?;
+        verify_threshold(&Envelope::parse(new, "root")?, &keys)
+    });
+    let (Some(prev_v), Some(new_v)) = (version(previous), version(new)) else {
+        return trust(what)(error);
+    };
+    let which = match by_previous {
+        Err(hale_core::Error::ThresholdNotMet { .. }) => {
+            format!("root v{prev_v}'s threshold, the root before it, which must sign root v{new_v}")
+        }
+        Ok(()) => format!(
+            "root v{new_v}'s own threshold (a new root is signed by the keys it lists for root \
+             too, not only by the root before it)"
+        ),
+        Err(_) => return trust(what)(error),
+    };
+    PublishError::RootThreshold {
+        role: what.to_string(),
+        error,
+        which,
     }
 }
 
@@ -325,13 +374,17 @@ pub fn prepare(
         let mut set = TrustedSet::new(Storage::with_capacity(MAX_METADATA_LEN), cur, now)
             .map_err(trust("root"))?;
         let last = upload.roots.len() - 1;
+        let mut previous = cur.clone();
         for (i, root) in upload.roots.iter().enumerate() {
             let what = if last == 0 {
                 "root".to_string()
             } else {
                 format!("roots[{i}]")
             };
-            let v = set.update_root(root).map_err(trust(&what))?;
+            let v = set
+                .update_root(root)
+                .map_err(|e| root_refused(&what, &previous, root, e))?;
+            previous = root.clone();
             let env = Envelope::parse(root, "root").map_err(trust(&what))?;
             let r = Root::parse(&env.signed).map_err(trust(&what))?;
             if !r.consistent_snapshot {

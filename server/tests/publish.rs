@@ -391,7 +391,8 @@ fn bad_publishes_are_refused_with_the_exact_error_and_change_nothing() {
         Some(&root2),
         &[],
         "threshold_not_met",
-        "root: 0 valid signatures from distinct authorized keys, threshold is 1",
+        "root: 0 valid signatures from distinct authorized keys, threshold is 1: root v1's \
+         threshold, the root before it, which must sign root v2",
     );
 
     // a root listing online keys the server does not hold

@@ -29,8 +29,20 @@ fn root(
     expires: &str,
     signers: &[&SigningKey],
 ) -> Vec<u8> {
+    root_keyed(f, v, &f.root_key, targets, expires, signers)
+}
+
+/// [`root`] with `root_key` as its root role's key.
+fn root_keyed(
+    f: &Fixture,
+    v: u64,
+    root_key: &SigningKey,
+    targets: &[&SigningKey],
+    expires: &str,
+    signers: &[&SigningKey],
+) -> Vec<u8> {
     let mut keys = BTreeMap::new();
-    for k in [&f.root_key, &f.ts_key, &f.snap_key]
+    for k in [root_key, &f.ts_key, &f.snap_key]
         .into_iter()
         .chain(targets.iter().copied())
     {
@@ -41,7 +53,7 @@ fn root(
         threshold: 1,
     };
     let mut roles = BTreeMap::new();
-    roles.insert("root".to_string(), one(&f.root_key));
+    roles.insert("root".to_string(), one(root_key));
     roles.insert("timestamp".to_string(), one(&f.ts_key));
     roles.insert("snapshot".to_string(), one(&f.snap_key));
     roles.insert(
@@ -201,7 +213,30 @@ fn a_root_chain_is_refused_whole_when_a_link_fails_and_nothing_is_stored() {
             &chain_body(&[&root2, &unsigned3], &[]),
             "threshold_not_met"
         ),
-        "roots[1]: root: 0 valid signatures from distinct authorized keys, threshold is 1"
+        "roots[1]: root: 0 valid signatures from distinct authorized keys, threshold is 1: \
+         root v2's threshold, the root before it, which must sign root v3"
+    );
+    // root v3 hands root to a new key and is signed by root v2's key alone: the threshold of
+    // the root before it is met, its own is not (hale-core's error is the same for both)
+    let new_root_key = &f.delegate_key;
+    let unsigned_by_its_own = root_keyed(
+        &f,
+        3,
+        new_root_key,
+        &old_targets,
+        &in_a_year(),
+        &[&f.root_key],
+    );
+    assert_eq!(
+        refused(
+            &f,
+            &s,
+            &chain_body(&[&root2, &unsigned_by_its_own], &[]),
+            "threshold_not_met"
+        ),
+        "roots[1]: root: 0 valid signatures from distinct authorized keys, threshold is 1: \
+         root v3's own threshold (a new root is signed by the keys it lists for root too, not \
+         only by the root before it)"
     );
     // a version left out
     let root4 = root(&f, 4, &old_targets, &in_a_year(), &[&f.root_key]);
@@ -238,6 +273,51 @@ fn a_root_chain_is_refused_whole_when_a_link_fails_and_nothing_is_stored() {
     assert_eq!(
         refused(&f, &s, both.as_bytes(), "bad_request"),
         "publish body: give one root as `root` or several, in order, as `roots`, not both"
+    );
+    // root v3 signed by root v2's key and by its own new one: a link like any other
+    let signed_by_both = root_keyed(
+        &f,
+        3,
+        new_root_key,
+        &old_targets,
+        &in_a_year(),
+        &[&f.root_key, new_root_key],
+    );
+    let r = publish_raw(&s, &f, &chain_body(&[&root2, &signed_by_both], &[]));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(get(&s.url("3.root.json")).body, signed_by_both);
+}
+
+/// A single root refused for a threshold says whose, as a link of a chain does.
+#[test]
+fn a_single_root_refused_for_a_threshold_says_whose() {
+    let f = Fixture::new();
+    let (s, _) = first_release(&f);
+    let old_targets = [&f.targets_keys[0], &f.targets_keys[1]];
+    let not_by_v1 = root(&f, 2, &old_targets, &in_a_year(), &[&f.delegate_key]);
+    assert_eq!(
+        refused(&f, &s, &chain_body(&[&not_by_v1], &[]), "threshold_not_met"),
+        "root: 0 valid signatures from distinct authorized keys, threshold is 1: root v1's \
+         threshold, the root before it, which must sign root v2"
+    );
+    let not_by_itself = root_keyed(
+        &f,
+        2,
+        &f.delegate_key,
+        &old_targets,
+        &in_a_year(),
+        &[&f.root_key],
+    );
+    assert_eq!(
+        refused(
+            &f,
+            &s,
+            &chain_body(&[&not_by_itself], &[]),
+            "threshold_not_met"
+        ),
+        "root: 0 valid signatures from distinct authorized keys, threshold is 1: root v2's own \
+         threshold (a new root is signed by the keys it lists for root too, not only by the root \
+         before it)"
     );
 }
 
