@@ -229,6 +229,14 @@ impl Ca {
         Ok(c.tbs_certificate.validity.not_after.to_system_time())
     }
 
+    /// When this CA's certificate begins: it issued nothing before, so a certificate whose
+    /// validity starts earlier than this by more than [`crate::profile::BACKDATE`] is another
+    /// CA's.
+    pub fn not_before(&self) -> Result<SystemTime, PkiError> {
+        let c = x509::parse_certificate(&self.cert_der)?;
+        Ok(c.tbs_certificate.validity.not_before.to_system_time())
+    }
+
     /// The DNS subtrees this CA's certificate permits (name constraints); empty: unconstrained.
     pub(crate) fn permitted_dns(&self) -> Result<Vec<String>, PkiError> {
         use x509_cert::ext::pkix::{name::GeneralName, NameConstraints};

@@ -262,6 +262,10 @@ pub struct CertificateRef {
     pub serial: String,
     pub not_before: u64,
     pub not_after: u64,
+    /// The hex sha256 of the SubjectPublicKeyInfo of the Device Issuing CA that issued it (the
+    /// key its signature verifies with); absent in a record written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_spki_sha256: Option<String>,
 }
 
 /// A current certificate is superseded by the device itself (renewal, factory certificate)
@@ -289,6 +293,40 @@ fn check_age(
         });
     }
     Ok(())
+}
+
+/// The Device Issuing CA loaded now, as [`Identity::issued_by_loaded_ca`] tells its certificates.
+#[derive(Debug, Clone)]
+struct LoadedCa {
+    /// hex sha256 of its SubjectPublicKeyInfo ([`CertificateRef::issuer_spki_sha256`])
+    spki_sha256: String,
+    /// its certificate's notBefore (unix seconds)
+    not_before: u64,
+}
+
+impl LoadedCa {
+    fn of(ca: &Ca) -> Result<LoadedCa, IdentityError> {
+        Ok(LoadedCa {
+            spki_sha256: hex::encode(
+                hale_pki::spki_sha256_of_certificate(ca.certificate_der()).map_err(internal)?,
+            ),
+            not_before: unix(ca.not_before().map_err(internal)?),
+        })
+    }
+
+    /// Whether `c` may have been issued by this CA. Its record names the issuer's key since
+    /// 2026-11-25; an older one is this CA's unless it begins before this CA did, by more than
+    /// the backdating every certificate gets ([`hale_pki::profile::BACKDATE`]).
+    fn may_have_issued(&self, c: &CertificateRef) -> bool {
+        match &c.issuer_spki_sha256 {
+            Some(key) => *key == self.spki_sha256,
+            None => {
+                c.not_before
+                    .saturating_add(hale_pki::profile::BACKDATE.as_secs())
+                    >= self.not_before
+            }
+        }
+    }
 }
 
 /// Staff actors are `<role>:<certificate name>` ([`crate::identity_http`]); the CLI is `cli`.
@@ -624,6 +662,8 @@ pub struct Identity {
     store: Arc<dyn IdentityStore>,
     audit: Audit,
     ca: Option<Ca>,
+    /// `ca`'s key and start, to tell the certificates it issued
+    loaded_ca: Option<LoadedCa>,
     /// PEM of the Device Issuing CA then the root (`cacerts`).
     cacerts_pem: String,
     manufacturing_der: Option<Vec<u8>>,
@@ -650,10 +690,12 @@ impl Identity {
             cacerts_pem.push_str(r);
         }
         let crl = store.crl()?.map(Arc::new);
+        let loaded_ca = ca.as_ref().map(LoadedCa::of).transpose()?;
         Ok(Identity {
             store,
             audit,
             ca,
+            loaded_ca,
             cacerts_pem,
             manufacturing_der,
             settings,
@@ -970,10 +1012,20 @@ impl Identity {
                 DeviceStatus::Active => {}
             }
             // the device replacing its own current certificate waits for the minimum age (a
-            // token that gets here is an operator's: a technician's cannot replace it)
+            // token that gets here is an operator's: a technician's cannot replace it), unless
+            // that certificate is another Device Issuing CA's (the one before a replacement):
+            // the listeners, anchored on the CA loaded now, refuse it, so the device holds no
+            // certificate it can use and must not wait a day for one. The minimum age bounds
+            // how fast one device grows the CRL (each supersession is an entry until the
+            // certificate expires); that bound still holds: the certificate this issues is the
+            // loaded CA's, to which the minimum age applies again, so a device supersedes
+            // another CA's certificate this way at most once per CA replacement (an offline
+            // ceremony), one entry per device.
             if by_factory {
                 if let Some(c) = d.current_certificate(now) {
-                    check_age(c, self.settings.device_factory_reenroll_min_age, now)?;
+                    if self.issued_by_loaded_ca(c) {
+                        check_age(c, self.settings.device_factory_reenroll_min_age, now)?;
+                    }
                 }
             }
         }
@@ -984,6 +1036,14 @@ impl Identity {
         self.issue(
             old, &id, &model, &csr_pem, &actor, "enroll", batch, detail, now,
         )
+    }
+
+    /// Whether `c` may have been issued by the Device Issuing CA loaded now (with none loaded,
+    /// nothing is issued anyway: taken as its).
+    fn issued_by_loaded_ca(&self, c: &CertificateRef) -> bool {
+        self.loaded_ca
+            .as_ref()
+            .is_none_or(|ca| ca.may_have_issued(c))
     }
 
     /// `simplereenroll`: the device's current operational certificate, a CSR for the same id.
@@ -1090,6 +1150,7 @@ impl Identity {
             serial: cert.serial_hex.clone(),
             not_before: unix(cert.not_before),
             not_after: unix(cert.not_after),
+            issuer_spki_sha256: self.loaded_ca.as_ref().map(|ca| ca.spki_sha256.clone()),
         };
         record.model = model.to_string();
         record.certificate = Some(cref.clone());
@@ -1555,6 +1616,7 @@ mod tests {
             serial: "0a".into(),
             not_before: 1000,
             not_after: 5000,
+            issuer_spki_sha256: None,
         };
         let age = Duration::from_secs(300);
         let refused = |retry_after| {
@@ -1586,6 +1648,29 @@ mod tests {
             .retry_after(),
             None
         );
+    }
+
+    /// A certificate's record names the key of the CA that issued it; a record written before
+    /// it did is the loaded CA's unless it begins before that CA did by more than the
+    /// backdating (it then cannot be that CA's, and is not held to the minimum age).
+    #[test]
+    fn a_certificate_is_told_as_the_loaded_cas_by_its_issuer_key_or_else_by_its_start() {
+        let ca = LoadedCa {
+            spki_sha256: "aa".into(),
+            not_before: 10_000,
+        };
+        let cert = |issuer: Option<&str>, not_before| CertificateRef {
+            serial: "0a".into(),
+            not_before,
+            not_after: 50_000,
+            issuer_spki_sha256: issuer.map(str::to_string),
+        };
+        assert!(ca.may_have_issued(&cert(Some("aa"), 1)));
+        assert!(!ca.may_have_issued(&cert(Some("bb"), 20_000)));
+        // no key recorded: issued by this CA at the earliest when it began, backdated 300 s
+        assert!(ca.may_have_issued(&cert(None, 9_700)));
+        assert!(ca.may_have_issued(&cert(None, 20_000)));
+        assert!(!ca.may_have_issued(&cert(None, 9_699)));
     }
 
     // --- review of 2026-11-25: time as a parameter ---------------------------------------------

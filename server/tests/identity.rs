@@ -3031,6 +3031,103 @@ fn a_new_device_issuing_ca_is_taken_with_a_crl_it_signed() {
     .unwrap();
 }
 
+/// A pump enrolled under a Device Issuing CA that has since been replaced holds a certificate
+/// the device listener refuses: it enrolls again with its factory certificate at once, even
+/// within a minute of its last enrollment. The minimum age of the certificate it replaces
+/// (`device_factory_reenroll_min_age_secs`, a day) held it back with `429 renewal_too_early`:
+/// a day without updates or reports. With the CA not replaced, and again once the pump holds
+/// the new CA's certificate, the minimum age holds (it bounds how fast a device grows the CRL).
+#[test]
+fn a_certificate_of_a_replaced_device_issuing_ca_is_replaced_at_once() {
+    let Enrolled {
+        _f: f,
+        t,
+        p,
+        op,
+        f1,
+        d1,
+        not_before,
+    } = enrolled_pump_1(json!({}));
+    let day = 86_400;
+    let reenroll = |t: &TlsServer| {
+        let k = generate_key_and_csr(KeyAlgorithm::P256, "pump-1").unwrap();
+        let (now, r) =
+            within_the_next_second(|| enroll(t, &holder_cfg(&p, &f1), None, &k.csr_pem).unwrap());
+        (now, r, k)
+    };
+    let too_early = |serial: &str, not_before: u64| {
+        json!({"error": "renewal_too_early",
+               "message": format!("certificate {serial} may be renewed or replaced from {} \
+                                   (unix seconds) on", not_before + day)})
+    };
+    // the CA not replaced: refused, nothing stored
+    let before = stored(&t, &p, &op);
+    let (now, r, _) = reenroll(&t);
+    let wait = (not_before + day - now).to_string();
+    assert_eq!(
+        (r.status, r.json(), r.header("retry-after")),
+        (
+            429,
+            too_early(&d1.cert.serial_hex, not_before),
+            Some(wait.as_str())
+        )
+    );
+    assert_eq!(stored(&t, &p, &op), before);
+    drop(t);
+
+    // a new Device Issuing CA, the rest of the hierarchy as it was
+    let tls = f.dir.path().join("tls");
+    let new_ca = Hierarchy::create(Duration::from_secs(365 * 86_400), SystemTime::now())
+        .unwrap()
+        .device_issuing;
+    write(
+        &tls.join("ca/device-issuing.crt"),
+        new_ca.certificate_pem().unwrap().as_bytes(),
+    );
+    write(
+        &tls.join("ca/device-issuing.key"),
+        &new_ca.to_file_with_cost(CA_PASS.as_bytes(), 10).unwrap(),
+    );
+    let t = start_tls(&f, &tls);
+    // the pump's certificate is of no use now: its signature does not verify with the new key
+    assert_alert(
+        get_on(&t.device, &holder_cfg(&p, &d1), "/1.root.json"),
+        "DecryptError",
+    );
+    // its factory certificate enrolls it again at once, within a minute of its last enrollment
+    let (now, r, k2) = reenroll(&t);
+    assert!(now < not_before + 300 + 60, "{now} {not_before}");
+    let r = assert_status(Ok(r), 200);
+    let d2 = operational(&r.body, &k2.private_key_pem);
+    let r = assert_status(get_on(&t.device, &holder_cfg(&p, &d2), "/1.root.json"), 200);
+    assert_eq!(r.body, f.root);
+    let enrolled = audit_of(&t, &op, "enroll");
+    let last = &enrolled.last().unwrap()["detail"];
+    assert_eq!(last["superseded"], d1.cert.serial_hex.as_str());
+    let new_key =
+        hex::encode(hale_pki::spki_sha256_of_certificate(new_ca.certificate_der()).unwrap());
+    assert_eq!(last["certificate"]["issuer_spki_sha256"], new_key.as_str());
+    // the new CA's certificate is held to the minimum age again
+    let before = stored(&t, &p, &op);
+    let nb2 = d2
+        .cert
+        .not_before
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (now, r, _) = reenroll(&t);
+    let wait = (nb2 + day - now).to_string();
+    assert_eq!(
+        (r.status, r.json(), r.header("retry-after")),
+        (
+            429,
+            too_early(&d2.cert.serial_hex, nb2),
+            Some(wait.as_str())
+        )
+    );
+    assert_eq!(stored(&t, &p, &op), before);
+}
+
 /// An enrollment by token says in the audit log which token it redeemed and who issued it,
 /// and an enrollment that supersedes a certificate names it (a revocation: a CRL entry). The
 /// `enroll` record said `token:<serial>` only: with a technician's and an operator's token out
