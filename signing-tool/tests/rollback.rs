@@ -1003,6 +1003,24 @@ fn with_passphrase_held(
     child.wait_with_output().unwrap()
 }
 
+/// `rollback sign` of auth.json refused because another signer's version (`theirs`) was written
+/// while it signed; auth.json is theirs, byte for byte.
+fn refused_as_changed_meanwhile(e: &Env, out: &std::process::Output, theirs: &[u8]) {
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ),
+        (
+            Some(2),
+            "error: auth.json: changed while this signature was made (another signer added \
+             theirs?); refusing to write over it (nothing written): run this again to sign what \
+             it holds now"
+        )
+    );
+    e.unchanged("auth.json", theirs, "the other signer's");
+}
+
 /// With no lock, two signers of one authorization file may sign it at once: one that waited at
 /// its passphrase prompt while the other added a signature refuses to write over it (which would
 /// drop that signature), and an `authorize` whose --out another one wrote meanwhile refuses to
@@ -1029,19 +1047,7 @@ fn a_signature_added_while_a_signer_waits_for_a_passphrase_is_not_written_over()
             theirs = std::fs::read(e.path("auth.json")).unwrap();
         },
     );
-    assert_eq!(
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        ),
-        (
-            Some(2),
-            "error: auth.json: changed while this signature was made (another signer added \
-             theirs?); refusing to write over it (nothing written): run this again to sign what \
-             it holds now"
-        )
-    );
-    e.unchanged("auth.json", &theirs, "the other signer's");
+    refused_as_changed_meanwhile(&e, &out, &theirs);
     assert_eq!(
         e.json("auth.json")["signatures"].as_array().unwrap().len(),
         2
@@ -1128,17 +1134,5 @@ fn a_signature_written_while_a_signer_writes_is_not_written_over() {
         },
     );
     writer.unwrap().join().unwrap();
-    assert_eq!(
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        ),
-        (
-            Some(2),
-            "error: auth.json: changed while this signature was made (another signer added \
-             theirs?); refusing to write over it (nothing written): run this again to sign what \
-             it holds now"
-        )
-    );
-    e.unchanged("auth.json", &theirs, "the other signer's");
+    refused_as_changed_meanwhile(&e, &out, &theirs);
 }

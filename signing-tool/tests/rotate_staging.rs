@@ -70,17 +70,9 @@ fn stale_v2(dir: &str) -> String {
     )
 }
 
-/// L2: root v2 staged in one copy (adding root-d), root v2 published from another (adding
-/// root-e) and synced into the first. Before, `rotate` changed the stale draft in place and
-/// staged a second root v2 (it can never be published, and signed by both thresholds it would
-/// be a fork of the chain), `renew --role root` did the same, and `sign DIR` signed it.
-#[test]
-fn a_staged_root_whose_version_is_published_with_other_content_is_never_built_on_nor_signed() {
-    let e = Env::new();
-    e.published_repo();
-    let d = e.key("root-d", "ed25519");
-    let root_e = e.key("root-e", "ed25519");
-    e.key("targets-2", "ed25519");
+/// In `repo`, a root v2 adding root-d.pub staged and signed by `signers`; meanwhile another copy
+/// published a root v2 adding root-e.pub instead (signed by root-a and root-b).
+fn stale_root_v2(e: &Env, signers: &[&str]) {
     e.ok(&[
         "rotate",
         "repo",
@@ -89,8 +81,10 @@ fn a_staged_root_whose_version_is_published_with_other_content_is_never_built_on
         "--add-key",
         "root-d.pub",
     ]);
-    e.sign("repo/staged/root.json", "root-a");
-    publish_from_another_copy(&e, |e| {
+    for signer in signers {
+        e.sign("repo/staged/root.json", signer);
+    }
+    publish_from_another_copy(e, |e| {
         std::fs::remove_file(e.path("repo-b/staged/root.json")).unwrap();
         e.ok(&[
             "rotate",
@@ -103,6 +97,20 @@ fn a_staged_root_whose_version_is_published_with_other_content_is_never_built_on
         e.sign("repo-b/staged/root.json", "root-a");
         e.sign("repo-b/staged/root.json", "root-b");
     });
+}
+
+/// L2: root v2 staged in one copy (adding root-d), root v2 published from another (adding
+/// root-e) and synced into the first. Before, `rotate` changed the stale draft in place and
+/// staged a second root v2 (it can never be published, and signed by both thresholds it would
+/// be a fork of the chain), `renew --role root` did the same, and `sign DIR` signed it.
+#[test]
+fn a_staged_root_whose_version_is_published_with_other_content_is_never_built_on_nor_signed() {
+    let e = Env::new();
+    e.published_repo();
+    let d = e.key("root-d", "ed25519");
+    let root_e = e.key("root-e", "ed25519");
+    e.key("targets-2", "ed25519");
+    stale_root_v2(&e, &["root-a"]);
     assert_eq!(e.json("repo/staged/root.json")["signed"]["version"], 2);
     assert_eq!(
         e.json("repo/repository/2.root.json")["signed"]["version"],
@@ -187,29 +195,7 @@ fn a_stale_staged_root_that_is_fully_signed_is_refused_as_such() {
     e.key("root-d", "ed25519");
     e.key("root-e", "ed25519");
     e.key("targets-2", "ed25519");
-    e.ok(&[
-        "rotate",
-        "repo",
-        "--role",
-        "root",
-        "--add-key",
-        "root-d.pub",
-    ]);
-    e.sign("repo/staged/root.json", "root-a");
-    e.sign("repo/staged/root.json", "root-b");
-    publish_from_another_copy(&e, |e| {
-        std::fs::remove_file(e.path("repo-b/staged/root.json")).unwrap();
-        e.ok(&[
-            "rotate",
-            "repo-b",
-            "--role",
-            "root",
-            "--add-key",
-            "root-e.pub",
-        ]);
-        e.sign("repo-b/staged/root.json", "root-a");
-        e.sign("repo-b/staged/root.json", "root-b");
-    });
+    stale_root_v2(&e, &["root-a", "root-b"]);
     assert_ne!(
         e.json("repo/staged/root.json")["signed"],
         e.json("repo/repository/2.root.json")["signed"]
