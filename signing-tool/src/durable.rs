@@ -190,9 +190,73 @@ pub fn refuse_existing(path: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Write one new file crash-safely, refused with [`refuse_existing`]'s error when `path` exists
+/// at the moment it is made, not only when it was checked: the bytes are written and flushed
+/// under a temporary name, then hard-linked to `path`, which fails if `path` exists (another
+/// command wrote it meanwhile). No window between a check and a write.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut made = BTreeSet::new();
+    let tmp = temp_name(path, &mut made)?;
+    let written = hale_repo::layout::create_new_with_mode(&tmp, 0o666)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
+    let linked = written.map_err(|e| ToolError::io(&tmp, e)).and_then(|()| {
+        fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => ToolError::Invalid(format!(
+                "{}: exists (use --force to overwrite)",
+                path.display()
+            )),
+            _ => ToolError::io(path, e),
+        })
+    });
+    let _ = fs::remove_file(&tmp);
+    linked?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| ToolError::io(dir, e))?;
+    }
+    Ok(())
+}
+
 /// Write one file crash-safely.
 pub fn write_one(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut b = Batch::new();
     b.add(path, bytes)?;
     b.commit().map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The files of `dir` by name, with their bytes.
+    fn files(dir: &Path) -> BTreeSet<(String, Vec<u8>)> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, fs::read(e.path()).unwrap())
+            })
+            .collect()
+    }
+
+    /// A new file is written whole; over a file that exists (written by another command after
+    /// this one checked) it is refused with refuse_existing's error, the file there is kept byte
+    /// for byte and no temporary file is left.
+    #[test]
+    fn write_new_writes_a_new_file_and_never_one_that_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("auth.json");
+        write_new(&out, b"ours").unwrap();
+        assert_eq!(fs::read(&out).unwrap(), b"ours");
+        let before = files(dir.path());
+        let err = write_new(&out, b"theirs").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{}: exists (use --force to overwrite)", out.display())
+        );
+        assert_eq!(files(dir.path()), before);
+    }
 }

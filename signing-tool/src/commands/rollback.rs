@@ -438,9 +438,13 @@ fn authorize(a: AuthorizeArgs) -> anyhow::Result<ExitCode> {
     let keys = signing_keys(&a.keys, &listed, &a.pass)?;
     let refs: Vec<&SigningKey> = keys.iter().collect();
     let bytes = sign::sign_new(&body, &refs)?;
-    // again: no lock keeps another command from writing --out while a passphrase was asked for
-    crate::durable::refuse_existing(&a.out, a.force)?;
-    crate::durable::write_one(&a.out, &bytes)?;
+    // again, as it is written: no lock keeps another command from writing --out while a
+    // passphrase was asked for, and a check before the write would leave a window between them
+    if a.force {
+        crate::durable::write_one(&a.out, &bytes)?;
+    } else {
+        crate::durable::write_new(&a.out, &bytes)?;
+    }
     println!("wrote {}", a.out.display());
     finish(&a.dir, &a.out, &bytes, &targets, sha, max)?;
     Ok(ExitCode::SUCCESS)
