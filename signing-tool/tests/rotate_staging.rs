@@ -70,6 +70,30 @@ fn stale_v2(dir: &str) -> String {
     )
 }
 
+/// `args` exits 2 with `expected` on stderr, and `repo`'s staged/ and repository/ are as they
+/// were, byte for byte.
+fn refused_leaving_it_as_it_was(e: &Env, args: &[&str], expected: &str) {
+    let staged = snapshot_tree(&e.path("repo/staged"));
+    let published = snapshot_tree(&e.path("repo/repository"));
+    let r = e.run(args);
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (2, expected),
+        "{args:?}: {}",
+        r.stdout
+    );
+    assert_eq!(
+        snapshot_tree(&e.path("repo/staged")),
+        staged,
+        "{args:?}: staged/ byte for byte"
+    );
+    assert_eq!(
+        snapshot_tree(&e.path("repo/repository")),
+        published,
+        "{args:?}: repository/ byte for byte"
+    );
+}
+
 /// In `repo`, a root v2 adding root-d.pub staged and signed by `signers`; meanwhile another copy
 /// published a root v2 adding root-e.pub instead (signed by root-a and root-b).
 fn stale_root_v2(e: &Env, signers: &[&str]) {
@@ -117,26 +141,8 @@ fn a_staged_root_whose_version_is_published_with_other_content_is_never_built_on
         2
     );
 
-    let staged = snapshot_tree(&e.path("repo/staged"));
-    let published = snapshot_tree(&e.path("repo/repository"));
     let refused = |args: &[&str], expected: &str| {
-        let r = e.run(args);
-        assert_eq!(
-            (r.code, r.stderr.trim_end()),
-            (2, expected),
-            "{args:?}: {}",
-            r.stdout
-        );
-        assert_eq!(
-            snapshot_tree(&e.path("repo/staged")),
-            staged,
-            "{args:?}: staged/ byte for byte"
-        );
-        assert_eq!(
-            snapshot_tree(&e.path("repo/repository")),
-            published,
-            "{args:?}: repository/ byte for byte"
-        );
+        refused_leaving_it_as_it_was(&e, args, expected);
     };
     let stale = format!("error: {}", stale_v2("repo"));
     refused(
@@ -383,8 +389,6 @@ fn a_staged_root_that_meets_both_thresholds_is_not_replaced_without_discard_sign
     let s = e.run(&["status", "kept/root.json", "--repo", "repo"]);
     assert_eq!(s.code, 0, "{}\n{}", s.stdout, s.stderr);
 
-    let staged = snapshot_tree(&e.path("repo/staged"));
-    let published = snapshot_tree(&e.path("repo/repository"));
     for args in [
         &[
             "rotate",
@@ -404,23 +408,7 @@ fn a_staged_root_that_meets_both_thresholds_is_not_replaced_without_discard_sign
         ][..],
         &["renew", "repo", "--role", "root", "--expires-in", "800d"][..],
     ] {
-        let r = e.run(args);
-        assert_eq!(
-            (r.code, r.stderr.trim_end()),
-            (2, signed_root_refusal(2).as_str()),
-            "{args:?}: {}",
-            r.stdout
-        );
-        assert_eq!(
-            snapshot_tree(&e.path("repo/staged")),
-            staged,
-            "{args:?}: staged/ byte for byte"
-        );
-        assert_eq!(
-            snapshot_tree(&e.path("repo/repository")),
-            published,
-            "{args:?}: repository/ byte for byte"
-        );
+        refused_leaving_it_as_it_was(&e, args, signed_root_refusal(2).as_str());
     }
 
     // the way on: publish root v2, then the change is root v3
@@ -573,8 +561,6 @@ fn staged_roles_whose_versions_are_published_with_other_content_are_never_built_
     assert!(e.path("repo/repository/2.pump-a.json").exists());
 
     e.write("c.bin", b"c.bin");
-    let staged = snapshot_tree(&e.path("repo/staged"));
-    let published = snapshot_tree(&e.path("repo/repository"));
     let stale = |dir: &str| {
         format!(
             "error: staged pump-a v2 (the newest published pump-a is v2), targets v3 (the newest \
@@ -605,23 +591,7 @@ fn staged_roles_whose_versions_are_published_with_other_content_are_never_built_
         (&["status", "repo/staged/pump-a.json"], &absolute),
         (&publish_args("repo"), "repo"),
     ] {
-        let r = e.run(args);
-        assert_eq!(
-            (r.code, r.stderr.trim_end()),
-            (2, stale(dir).as_str()),
-            "{args:?}: {}",
-            r.stdout
-        );
-        assert_eq!(
-            snapshot_tree(&e.path("repo/staged")),
-            staged,
-            "{args:?}: staged/ byte for byte"
-        );
-        assert_eq!(
-            snapshot_tree(&e.path("repo/repository")),
-            published,
-            "{args:?}: repository/ byte for byte"
-        );
+        refused_leaving_it_as_it_was(&e, args, stale(dir).as_str());
     }
 
     // the way on: one draft moved aside, the other is still named
