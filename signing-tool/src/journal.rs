@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::durable::Batch;
-use crate::state::split_versioned;
+use crate::state::{split_versioned, version_of};
 
 /// The journal's file name in the working directory.
 pub const JOURNAL: &str = "publishing.json";
@@ -90,14 +90,6 @@ fn is_metadata_name(name: &str) -> bool {
         || name == "timestamp.json"
         || split_versioned(name)
             .is_some_and(|(_, role)| hale_core::metadata::check_role_name(role).is_ok())
-}
-
-/// `signed.version` of metadata `bytes`, if it has one.
-fn version_of(bytes: &[u8]) -> Option<u64> {
-    serde_json::from_slice::<serde_json::Value>(bytes)
-        .ok()?
-        .pointer("/signed/version")?
-        .as_u64()
 }
 
 /// The refusal of every command but `publish` while a journal is there: the repository holds part

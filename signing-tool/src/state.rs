@@ -221,6 +221,14 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// `signed.version` of metadata `bytes`, if it has one (read unverified: bookkeeping).
+pub(crate) fn version_of(bytes: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()?
+        .pointer("/signed/version")?
+        .as_u64()
+}
+
 /// `N.role.json` → (N, role).
 pub fn split_versioned(file: &str) -> Option<(u64, &str)> {
     let stem = file.strip_suffix(".json")?;
@@ -408,8 +416,7 @@ impl State {
         if role == "timestamp" {
             return read(&repository_dir(&self.dir).join("timestamp.json"))
                 .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .and_then(|doc| doc.pointer("/signed/version").and_then(Value::as_u64))
+                .and_then(|b| version_of(&b))
                 .unwrap_or(0);
         }
         self.published.get(role).copied().unwrap_or(0)
