@@ -3055,24 +3055,26 @@ fn a_certificate_of_a_replaced_device_issuing_ca_is_replaced_at_once() {
             within_the_next_second(|| enroll(t, &holder_cfg(&p, &f1), None, &k.csr_pem).unwrap());
         (now, r, k)
     };
-    let too_early = |serial: &str, not_before: u64| {
-        json!({"error": "renewal_too_early",
-               "message": format!("certificate {serial} may be renewed or replaced from {} \
-                                   (unix seconds) on", not_before + day)})
+    // a re-enrollment refused: the certificate `serial` (valid from `not_before`) is less than
+    // a day old; nothing stored
+    let refused_too_early = |t: &TlsServer, serial: &str, not_before: u64| {
+        let before = stored(t, &p, &op);
+        let (now, r, _) = reenroll(t);
+        let wait = (not_before + day - now).to_string();
+        assert_eq!(
+            (r.status, r.json(), r.header("retry-after")),
+            (
+                429,
+                json!({"error": "renewal_too_early",
+                       "message": format!("certificate {serial} may be renewed or replaced from \
+                                           {} (unix seconds) on", not_before + day)}),
+                Some(wait.as_str())
+            )
+        );
+        assert_eq!(stored(t, &p, &op), before);
     };
     // the CA not replaced: refused, nothing stored
-    let before = stored(&t, &p, &op);
-    let (now, r, _) = reenroll(&t);
-    let wait = (not_before + day - now).to_string();
-    assert_eq!(
-        (r.status, r.json(), r.header("retry-after")),
-        (
-            429,
-            too_early(&d1.cert.serial_hex, not_before),
-            Some(wait.as_str())
-        )
-    );
-    assert_eq!(stored(&t, &p, &op), before);
+    refused_too_early(&t, &d1.cert.serial_hex, not_before);
     drop(t);
 
     // a new Device Issuing CA, the rest of the hierarchy as it was
@@ -3108,24 +3110,13 @@ fn a_certificate_of_a_replaced_device_issuing_ca_is_replaced_at_once() {
         hex::encode(hale_pki::spki_sha256_of_certificate(new_ca.certificate_der()).unwrap());
     assert_eq!(last["certificate"]["issuer_spki_sha256"], new_key.as_str());
     // the new CA's certificate is held to the minimum age again
-    let before = stored(&t, &p, &op);
     let nb2 = d2
         .cert
         .not_before
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let (now, r, _) = reenroll(&t);
-    let wait = (nb2 + day - now).to_string();
-    assert_eq!(
-        (r.status, r.json(), r.header("retry-after")),
-        (
-            429,
-            too_early(&d2.cert.serial_hex, nb2),
-            Some(wait.as_str())
-        )
-    );
-    assert_eq!(stored(&t, &p, &op), before);
+    refused_too_early(&t, &d2.cert.serial_hex, nb2);
 }
 
 /// An enrollment by token says in the audit log which token it redeemed and who issued it,
