@@ -39,7 +39,7 @@ pub struct Audit {
     /// `(kind, actor, code and detail)` of refusals recorded lately, and when ([`Audit::refusal`])
     refusals: Arc<Mutex<RecentRefusals>>,
     /// Refusals recorded per actor in its current window ([`REFUSALS_PER_ACTOR_PER_HOUR`])
-    refusal_budget: Arc<Mutex<RefusalBudget>>,
+    refusal_budget: Arc<crate::http::HourlyBudget>,
 }
 
 /// Records made on top of the chain's head, not written yet ([`Audit::commit_with`]).
@@ -73,9 +73,6 @@ impl Staged {
 /// `(kind, actor, code and detail)` → when it was last recorded.
 type RecentRefusals = std::collections::HashMap<(String, String, String), std::time::Instant>;
 
-/// actor → the start of its window and the refusals recorded in it.
-type RefusalBudget = std::collections::HashMap<String, (std::time::Instant, u32)>;
-
 /// A refusal repeated by the same actor for the same request and reason is recorded once in this
 /// window: a device retrying on every poll would otherwise grow the log without bound.
 pub const REFUSAL_REPEAT_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -98,7 +95,7 @@ impl Audit {
             store,
             head: Arc::new(Mutex::new(head)),
             refusals: Arc::default(),
-            refusal_budget: Arc::default(),
+            refusal_budget: Arc::new(crate::http::HourlyBudget::new(REFUSALS_REMEMBERED)),
         })
     }
 
@@ -225,31 +222,23 @@ impl Audit {
             recent.insert(key, now);
         }
         // a new refusal: within the actor's budget of the hour (a repeat above spends none)
-        let last_of_the_hour = {
-            let mut budget = self
+        let last_of_the_hour =
+            match self
                 .refusal_budget
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if budget.len() >= REFUSALS_REMEMBERED && !budget.contains_key(actor) {
-                budget.clear();
-            }
-            let (start, recorded) = budget.entry(actor.to_string()).or_insert((now, 0));
-            if now.saturating_duration_since(*start) >= REFUSAL_REPEAT_WINDOW {
-                (*start, *recorded) = (now, 0);
-            }
-            if *recorded >= REFUSALS_PER_ACTOR_PER_HOUR {
-                tracing::warn!(
+                .take(actor, REFUSALS_PER_ACTOR_PER_HOUR, now)
+            {
+                Ok(left) => left == 0,
+                Err(_) => {
+                    tracing::warn!(
                     kind,
                     actor,
                     code,
                     "refusal not recorded in the audit log: {REFUSALS_PER_ACTOR_PER_HOUR} of this \
                      actor's were within the hour"
                 );
-                return;
-            }
-            *recorded += 1;
-            *recorded == REFUSALS_PER_ACTOR_PER_HOUR
-        };
+                    return;
+                }
+            };
         if let Some(o) = detail.as_object_mut() {
             if last_of_the_hour {
                 o.insert("more_refusals_not_recorded".into(), Value::Bool(true));

@@ -1322,14 +1322,15 @@ pub(crate) enum Stored {
 /// The audit records each device's reports made, in windows of an hour from the first: a
 /// device that changes its report at every request (a stolen certificate, a lying pump) makes
 /// a bounded number of records, each synced, rather than as many as it can send.
-#[derive(Debug, Default)]
-pub struct ReportBudget {
-    /// device id → (start of its window, records made in it)
-    windows: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u32)>>,
+#[derive(Debug)]
+pub struct ReportBudget(pub(crate) HourlyBudget);
+
+impl Default for ReportBudget {
+    fn default() -> Self {
+        ReportBudget(HourlyBudget::new(REPORT_BUDGETS_REMEMBERED))
+    }
 }
 
-/// The window of a [`ReportBudget`].
-pub const REPORT_BUDGET_WINDOW: Duration = Duration::from_secs(3600);
 /// Devices whose windows are remembered at most (past it, those whose window ended are
 /// forgotten, then all: memory stays bounded whatever ids the plain listener is sent).
 const REPORT_BUDGETS_REMEMBERED: usize = 100_000;
@@ -1338,27 +1339,60 @@ impl ReportBudget {
     /// Take one of `per_hour` records for device `id` at `now`, or the whole seconds (at least
     /// 1) until its window ends.
     pub fn take(&self, id: &str, per_hour: u32, now: std::time::Instant) -> Result<(), u64> {
+        self.0.take(id, per_hour, now).map(|_| ())
+    }
+}
+
+/// A count per key (a device, an actor) in windows of an hour ([`HOURLY_WINDOW`]) from the
+/// first taken: at most `per_hour` in each. Keys remembered are bounded: past `remembered`,
+/// those whose window ended are forgotten, then all.
+#[derive(Debug)]
+pub(crate) struct HourlyBudget {
+    /// key → (start of its window, taken in it)
+    windows: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u32)>>,
+    remembered: usize,
+}
+
+/// The window of an [`HourlyBudget`].
+pub const HOURLY_WINDOW: Duration = Duration::from_secs(3600);
+
+impl HourlyBudget {
+    pub(crate) fn new(remembered: usize) -> Self {
+        HourlyBudget {
+            windows: std::sync::Mutex::default(),
+            remembered,
+        }
+    }
+
+    /// Take one of `per_hour` for `key` at `now`: how many are left in its window after this
+    /// one, or, when none was left, the whole seconds (at least 1) until its window ends.
+    pub(crate) fn take(
+        &self,
+        key: &str,
+        per_hour: u32,
+        now: std::time::Instant,
+    ) -> Result<u32, u64> {
         let mut windows = self
             .windows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if windows.len() >= REPORT_BUDGETS_REMEMBERED && !windows.contains_key(id) {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < REPORT_BUDGET_WINDOW);
-            if windows.len() >= REPORT_BUDGETS_REMEMBERED {
+        if windows.len() >= self.remembered && !windows.contains_key(key) {
+            windows.retain(|_, (start, _)| now.saturating_duration_since(*start) < HOURLY_WINDOW);
+            if windows.len() >= self.remembered {
                 windows.clear();
             }
         }
-        let w = windows.entry(id.to_string()).or_insert((now, 0));
-        if now.duration_since(w.0) >= REPORT_BUDGET_WINDOW {
+        let w = windows.entry(key.to_string()).or_insert((now, 0));
+        if now.saturating_duration_since(w.0) >= HOURLY_WINDOW {
             *w = (now, 0);
         }
         if w.1 >= per_hour {
-            let left = REPORT_BUDGET_WINDOW.saturating_sub(now.duration_since(w.0));
+            let left = HOURLY_WINDOW.saturating_sub(now.saturating_duration_since(w.0));
             let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
             return Err(secs.max(1));
         }
         w.1 += 1;
-        Ok(())
+        Ok(per_hour - w.1)
     }
 }
 
@@ -1757,9 +1791,9 @@ mod tests {
         // another device has its own
         assert_eq!(b.take("pump-2", 2, t0 + secs(10)), Ok(()));
         // a new window once the hour has passed
-        assert_eq!(b.take("pump-1", 2, t0 + REPORT_BUDGET_WINDOW), Ok(()));
-        assert_eq!(b.take("pump-1", 2, t0 + REPORT_BUDGET_WINDOW), Ok(()));
-        assert_eq!(b.take("pump-1", 2, t0 + REPORT_BUDGET_WINDOW), Err(3600));
+        assert_eq!(b.take("pump-1", 2, t0 + HOURLY_WINDOW), Ok(()));
+        assert_eq!(b.take("pump-1", 2, t0 + HOURLY_WINDOW), Ok(()));
+        assert_eq!(b.take("pump-1", 2, t0 + HOURLY_WINDOW), Err(3600));
     }
 
     #[test]
