@@ -1321,8 +1321,7 @@ impl Identity {
         now: SystemTime,
     ) -> Result<Value, IdentityError> {
         let serial = serial.to_ascii_lowercase();
-        if serial.is_empty() || serial.len() > 40 || !serial.bytes().all(|b| b.is_ascii_hexdigit())
-        {
+        if !is_certificate_serial(&serial) {
             return Err(IdentityError::BadRequest(
                 "certificate serial: 1-40 hex digits".into(),
             ));
@@ -1514,6 +1513,12 @@ impl Identity {
 /// names it puts into subjects. Every enrolled device's id is one.
 pub fn is_certificate_name(name: &str) -> bool {
     hale_pki::check_name("name", name).is_ok()
+}
+
+/// Whether `serial` can be a certificate's serial as the store keys it: 1 to 40 hex digits (an
+/// X.509 serial is at most 20 bytes).
+pub fn is_certificate_serial(serial: &str) -> bool {
+    !serial.is_empty() && serial.len() <= 40 && serial.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A model name: hale-pki's rule for names, as the CA applies it when it issues a certificate

@@ -392,10 +392,7 @@ impl Target<'_> {
             }
             Target::Certificate(serial) => {
                 let serial = serial.to_ascii_lowercase();
-                let hex = !serial.is_empty()
-                    && serial.len() <= 40
-                    && serial.bytes().all(|b| b.is_ascii_hexdigit());
-                if hex {
+                if crate::identity::is_certificate_serial(&serial) {
                     if let Ok(Some(c)) = id.store().certificate(&serial) {
                         d.insert("device".into(), json!(c.device));
                     }
