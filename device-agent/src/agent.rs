@@ -428,6 +428,62 @@ fn ask_next_root<T: Transport>(transport: &mut T, root: &[u8]) {
     }
 }
 
+/// What the flash holds of a role, for deciding whether a request may be asked ahead.
+enum Stored {
+    /// Nothing: the check fetches the role when it gets that far.
+    Nothing,
+    /// This version.
+    Version(u64),
+    /// Not known here (it does not fit the buffer, or cannot be read or parsed): nothing is
+    /// asked ahead on it.
+    Unknown,
+}
+
+/// The version of the stored metadata of `role` (its header, read into `buf`, not verified: it
+/// only decides whether to ask ahead, and the check verifies what it then reads).
+fn stored_version<F: Durable>(
+    store: &mut FirmwareStore<F>,
+    role: Role,
+    kind: &'static str,
+    buf: &mut [u8],
+) -> Stored {
+    match store.read_metadata(role, buf) {
+        Ok(None) => Stored::Nothing,
+        Ok(Some(bytes)) => match Envelope::parse(bytes, kind)
+            .and_then(|env| parse_header(&env.signed, kind, Name::empty()))
+        {
+            Ok(header) => Stored::Version(header.version),
+            Err(_) => Stored::Unknown,
+        },
+        Err(_) => Stored::Unknown,
+    }
+}
+
+/// Ask ahead for `role` at `version` (`N.role.json` with consistent snapshots) when the check
+/// will fetch it, the stored copy being another version or none, if the answer that named it
+/// verifies: see [`refresh`].
+fn ask_role_ahead<F: Durable, T: Transport>(
+    store: &mut FirmwareStore<F>,
+    transport: &mut T,
+    role: Role,
+    kind: &'static str,
+    version: u64,
+    consistent: bool,
+    spare: &mut [u8],
+) {
+    let fetched = match stored_version(store, role, kind, spare) {
+        Stored::Nothing => true,
+        Stored::Version(v) => v != version,
+        Stored::Unknown => false,
+    };
+    let mut name = HString::new();
+    if let Some(name) =
+        meta_name(&mut name, kind, consistent.then_some(version)).filter(|_| fetched)
+    {
+        transport.ask_ahead(&[name]);
+    }
+}
+
 /// Delegated roles from the transport, each kept in its own piece of the arena.
 struct Delegated<'t, 'w, T> {
     transport: &'t mut T,
@@ -570,11 +626,21 @@ fn check<F: Durable, T: Transport, A: Application, R: RollbackHook>(
     // (staging records the metadata without it: a break counts on from this one; a refresh
     // that fails keeps it, unless a new root verified)
     let previous = store.last_check();
+    // (the larger of the two buffers the target search and the download use later; none
+    // without asks)
+    let spare: &mut [u8] = if !transport.asks_ahead() {
+        &mut []
+    } else if delegations.len() >= chunk.len() {
+        &mut *delegations
+    } else {
+        &mut *chunk
+    };
     let refreshed = refresh(
         store,
         transport,
         &mut set,
         scratch,
+        spare,
         &running.sha256,
         channel,
         &mut verified,
@@ -1145,12 +1211,25 @@ fn fetch_listed<'b, T: Transport, E>(
 /// A step that fails after a new root, timestamp or snapshot verified does not lose them: the
 /// caller records those `verified` (bits by [`Role`]). Not inlined: its frame and the
 /// staging frame are never on the stack together.
+///
+/// With a transport that [asks ahead](Transport::ask_ahead), the snapshot is asked for as soon
+/// as the timestamp's bytes are in, before their signature check, and the targets as soon as
+/// the snapshot's are: each answer travels while the file before it is checked. The version
+/// that names the request is read from bytes not checked yet; the answer is taken only after
+/// they verified, by the fetch of the file they name. It is asked only when this check then
+/// fetches it: the timestamp names a snapshot version a last check that may end the check
+/// here was not about, and the stored copy of the role (read into `spare`, a buffer the target
+/// search or the download uses later) is another version or none. A check that ends before that
+/// fetch (the bytes do not verify, are expired or a rollback, a flash error) leaves that one
+/// answer unread (`docs/decisions.md`, "The pump asks for its next file while it checks").
 #[inline(never)]
+#[allow(clippy::too_many_arguments)]
 fn refresh<F: Durable, T: Transport>(
     store: &mut FirmwareStore<F>,
     transport: &mut T,
     set: &mut TrustedSet<&mut [u8]>,
     scratch: &mut [u8],
+    spare: &mut [u8],
     running_sha256: &[u8; 32],
     may_stop: bool,
     verified: &mut u8,
@@ -1196,6 +1275,33 @@ fn refresh<F: Durable, T: Transport>(
         let _ = set.load_trusted_timestamp(local);
     }
     let remote = fetch_required(transport, "timestamp.json", scratch)?;
+    if transport.asks_ahead() {
+        // the snapshot this timestamp names, unless a last check may end this one at 2b
+        let named = Envelope::parse(remote, "timestamp")
+            .and_then(|env| hale_core::metadata::Timestamp::parse(&env.signed))
+            .map(|ts| ts.snapshot.version);
+        if let Ok(version) = named {
+            let may_end_here = store.last_check().is_some_and(|c| {
+                may_stop
+                    && !root_changed
+                    && c.snapshot_version == version
+                    && c.running_sha256 == *running_sha256
+                    && set.now() < c.valid_until
+            });
+            if !may_end_here {
+                let kind = "snapshot";
+                ask_role_ahead(
+                    store,
+                    transport,
+                    Role::Snapshot,
+                    kind,
+                    version,
+                    consistent,
+                    spare,
+                );
+            }
+        }
+    }
     if let Update::Updated { .. } = set.update_timestamp(remote)? {
         changed = true;
         *verified |= 1 << Role::Timestamp as u8;
@@ -1244,6 +1350,27 @@ fn refresh<F: Durable, T: Transport>(
     if !fresh {
         let version = consistent.then_some(snapshot_version);
         let remote = fetch_listed(transport, "snapshot", version, snapshot_length, scratch)?;
+        if transport.asks_ahead() {
+            // the targets this snapshot names
+            // (read as far as that entry: the signature check parses all of it)
+            let named = Envelope::parse(remote, "snapshot").ok().and_then(|env| {
+                let meta = env.signed.get("meta").ok()??.as_object()?;
+                let targets = meta.get("targets.json").ok()??.as_object()?;
+                targets.get("version").ok()??.as_u64()
+            });
+            if let Some(version) = named {
+                let kind = "targets";
+                ask_role_ahead(
+                    store,
+                    transport,
+                    Role::Targets,
+                    kind,
+                    version,
+                    consistent,
+                    spare,
+                );
+            }
+        }
         set.update_snapshot(remote)?;
         changed = true;
         *verified |= 1 << Role::Snapshot as u8;

@@ -36,15 +36,18 @@ pub trait Transport {
     }
 
     /// Send the requests for metadata files `names` now, in that order, so that their answers
-    /// travel while the agent checks what it already holds; a later
+    /// travel while the agent checks what it already holds, or what named them; a later
     /// [`fetch_metadata`](Self::fetch_metadata) of one of them takes its answer. Answers asked
     /// for by an earlier call and not taken are dropped first. The agent asks ahead only for
-    /// requests its workflow makes, whose names it knows without the server's answers, unless
-    /// what it checks meanwhile ends the whole check (a stored root that fails its check, a
-    /// flash that cannot be read): a check that goes on makes the same requests, some earlier
-    /// (`docs/decisions.md`, "The pump asks for its next file while it checks"). A transport
-    /// may ignore it, or ask for only the first few. One whose fetch comes much later, or is
-    /// of a target, drops the answers unread and asks again.
+    /// requests its workflow makes next, unless what it checks meanwhile ends the whole check
+    /// (a stored root, a timestamp or a snapshot that fails its check, a flash that cannot be
+    /// read): a check that goes on makes the same requests, some earlier. The names of the
+    /// next root and the timestamp come from the stored root; the snapshot's and the targets'
+    /// from the timestamp and snapshot just fetched, before their signature checks, whose
+    /// answers are taken only after those verified (`docs/decisions.md`, "The pump asks for its
+    /// next file while it checks"). A transport may ignore it, or ask for only the first few.
+    /// One whose fetch comes much later, or is of a target, drops the answers unread and asks
+    /// again.
     fn ask_ahead(&mut self, names: &[&str]) {
         let _ = names;
     }

@@ -1970,12 +1970,15 @@ fn a_new_root_searches_again_even_with_the_same_snapshot() {
 }
 
 /// A transport that takes requests asked ahead (`Transport::ask_ahead`, the pump's HTTP one)
-/// is asked for the next root while the agent checks the stored root, and for the timestamp
-/// while it checks the stored timestamp: nothing else, and each is the next file it fetches
-/// (`MapTransport` fails a test whose agent fetches another). The checks make the same requests
-/// in the same order, end the same and leave the same flash as with a transport that asks
-/// nothing ahead (a device's): a first check that stages, a check after a root rotation, and an
-/// up-to-date check.
+/// is asked for the next root while the agent checks the stored root, for the timestamp while
+/// it checks the stored timestamp, for the snapshot while it checks the timestamp that names
+/// it, and for the targets while it checks that snapshot: only a file it fetches next
+/// (`MapTransport` fails a test whose agent fetches another), so not the snapshot when the
+/// stored one is what the new timestamp names, nor the targets when the stored ones are. The
+/// checks make the same requests in the same order, end the same and leave the same flash as
+/// with a transport that asks nothing ahead (a device's): a first check that stages, a check
+/// after a root rotation, an up-to-date check, one after a new timestamp alone, one after a new
+/// snapshot with the same targets, and one after a new release.
 #[test]
 fn requests_asked_ahead_are_the_workflows_next_ones_and_change_nothing() {
     let mut sim = repo_with("2.0.0", 7, 3000);
@@ -2006,7 +2009,15 @@ fn requests_asked_ahead_are_the_workflows_next_ones_and_change_nothing() {
             version: v("2.0.0")
         }
     );
-    assert_eq!(t.asked, ["2.root.json", "timestamp.json"]);
+    assert_eq!(
+        t.asked,
+        [
+            "2.root.json",
+            "timestamp.json",
+            "2.snapshot.json",
+            "2.targets.json"
+        ]
+    );
     assert_eq!((t.pending.len(), t.unread.len()), (0, 0));
     assert_eq!(t.requests, plain.requests);
     assert!(plain.asked.is_empty());
@@ -2063,6 +2074,139 @@ fn requests_asked_ahead_are_the_workflows_next_ones_and_change_nothing() {
     assert_eq!(t.requests, plain.requests);
     assert_eq!(kept, kept_too);
     assert_eq!(with, without);
+
+    // a new timestamp naming the same snapshot: nothing more is fetched, nor asked
+    sim.timestamp.version += 1;
+    sim.write_timestamp();
+    let (up_to_date, t, kept) = run(&sim.files, &mut with, true);
+    let (up_to_date_too, plain, kept_too) = run(&sim.files, &mut without, false);
+    assert_eq!(up_to_date.unwrap(), up_to_date_too.unwrap());
+    assert_eq!(t.asked, ["4.root.json", "timestamp.json"]);
+    assert_eq!(t.requests, plain.requests);
+    assert_eq!(t.requests, ["4.root.json", "timestamp.json"]);
+    assert_eq!(kept, kept_too);
+    assert_eq!(with, without);
+
+    // a new snapshot listing the same targets: the snapshot asked ahead, the stored targets kept
+    sim.snapshot.version += 1;
+    sim.write_snapshot();
+    sim.timestamp.version += 1;
+    sim.write_timestamp();
+    let (up_to_date, t, kept) = run(&sim.files, &mut with, true);
+    let (up_to_date_too, plain, kept_too) = run(&sim.files, &mut without, false);
+    assert_eq!(up_to_date.unwrap(), up_to_date_too.unwrap());
+    assert_eq!(
+        t.asked,
+        ["4.root.json", "timestamp.json", "3.snapshot.json"]
+    );
+    assert_eq!(t.requests, plain.requests);
+    assert_eq!(
+        t.requests,
+        ["4.root.json", "timestamp.json", "3.snapshot.json"]
+    );
+    assert_eq!((t.pending.len(), t.unread.len()), (0, 0));
+    assert_eq!(kept, kept_too);
+    assert_eq!(with, without);
+
+    // a new release: snapshot and targets asked ahead, the image staged
+    publish(&mut sim, "3.0.0", 8, 3000, "pump-a");
+    let (staged, t, kept) = run(&sim.files, &mut with, true);
+    let (staged_too, plain, kept_too) = run(&sim.files, &mut without, false);
+    let three = Outcome::Staged {
+        version: v("3.0.0"),
+    };
+    assert_eq!((staged.unwrap(), staged_too.unwrap()), (three, three));
+    assert_eq!(
+        t.asked,
+        [
+            "4.root.json",
+            "timestamp.json",
+            "4.snapshot.json",
+            "3.targets.json"
+        ]
+    );
+    assert_eq!(t.requests, plain.requests);
+    assert_eq!((t.pending.len(), t.unread.len()), (0, 0));
+    assert_eq!(kept, kept_too);
+    assert_eq!(with, without);
+}
+
+/// A timestamp, or a snapshot, that fails its check ends the check with the trust error, as
+/// without asks. The file it names was asked for ahead, while it was checked: the one
+/// request the workflow would not have made, its answer never read. Nothing stored changes.
+#[test]
+fn a_file_that_fails_its_check_leaves_the_file_it_named_unread() {
+    for (file, asked, role) in [
+        (
+            "timestamp.json",
+            &["2.root.json", "timestamp.json", "2.snapshot.json"][..],
+            "timestamp",
+        ),
+        (
+            "2.snapshot.json",
+            &[
+                "2.root.json",
+                "timestamp.json",
+                "2.snapshot.json",
+                "2.targets.json",
+            ][..],
+            "snapshot",
+        ),
+    ] {
+        let mut sim = repo_with("2.0.0", 7, 3000);
+        let bytes = sim.files.get_mut(file).unwrap();
+        // a byte of the first signature's value, hex either way (the timestamp lists the
+        // snapshot's hash: that check fails first)
+        let at = bytes
+            .windows(6)
+            .position(|w| w == b"\"sig\":")
+            .expect("a signature")
+            + 8;
+        bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+        let mem = provisioned(&sim);
+        let mut refusals = Vec::new();
+        for ahead in [true, false] {
+            let mut copy = mem.clone();
+            let mut store = open_store(&mut copy);
+            let before = persisted(&mut store);
+            let mut t = MapTransport::new(&sim.files);
+            t.no_ahead = !ahead;
+            refusals.push(check(&mut store, &mut t, &mut Pump::default()).unwrap_err());
+            assert_eq!(t.requests, asked[..asked.len() - 1], "{file}");
+            if ahead {
+                assert_eq!(t.asked, asked, "{file}");
+                assert_eq!(t.pending, asked[asked.len() - 1..], "{file}: never read");
+            } else {
+                assert!(t.asked.is_empty());
+            }
+            if role == "timestamp" {
+                assert_eq!(persisted(&mut store), before, "{file}");
+                drop(store);
+                assert_eq!(copy, mem, "{file}: the flash is as it was");
+            } else {
+                // the timestamp verified before the snapshot failed: it is kept (spec 5.4.5),
+                // as without asks
+                assert_eq!(
+                    persisted(&mut store).metadata[1].as_deref(),
+                    Some(&sim.files["timestamp.json"][..])
+                );
+            }
+        }
+        assert_eq!(refusals[0], refusals[1], "{file}");
+        let refused = if role == "timestamp" {
+            Error::ThresholdNotMet {
+                role: Name::new(role),
+                valid: 0,
+                threshold: 1,
+            }
+        } else {
+            Error::HashMismatch {
+                what: Name::new("snapshot.json"),
+                algorithm: "sha256",
+            }
+        };
+        assert_eq!(refusals[0], AgentError::Trust(refused), "{file}");
+    }
 }
 
 /// A stored root that fails its check ends the check with the trust error, as without asks;

@@ -131,8 +131,8 @@ struct Failed;
 
 /// The fixture repository, with the failures the script asks for. It takes requests asked
 /// ahead, as the pump's HTTP transport does, and holds the agent to their contract: the files
-/// asked for are fetched in the order asked (a fetch of another may come between), and none is
-/// left when a target is fetched.
+/// asked for are fetched in the order asked (a fetch of another may come between), none is
+/// left when a target is fetched, and none when a check ends well ([`scripted_check`]).
 struct Scripted<'i, 'a> {
     input: &'i mut Input<'a>,
     asked: Vec<String>,
@@ -200,11 +200,26 @@ impl Application for Idle {
     }
 }
 
-fn check<F: Durable, T: Transport>(
+/// A check over the script's transport; one that ends well has fetched every file it asked
+/// for ahead (else it made a request its workflow does not make).
+fn scripted_check<F: Durable>(
     store: &mut FirmwareStore<F>,
-    t: &mut T,
-) -> Result<Outcome, AgentError<T::Error, F::Error>> {
-    check_at(store, t, NOW)
+    input: &mut Input<'_>,
+    now: hale_core::UnixTime,
+) -> Result<Outcome, AgentError<Failed, F::Error>> {
+    let mut t = Scripted {
+        input,
+        asked: Vec::new(),
+    };
+    let r = check_at(store, &mut t, now);
+    if r.is_ok() {
+        assert!(
+            t.asked.is_empty(),
+            "a check that ended well ({r:?}) left {:?} asked ahead and unread",
+            t.asked
+        );
+    }
+    r
 }
 
 fn check_at<F: Durable, T: Transport>(
@@ -225,7 +240,7 @@ fn run<F: Durable>(store: &mut FirmwareStore<F>, input: &mut Input<'_>, lost: im
             return;
         }
         let ok = match input.byte() % 5 {
-            0 => check(store, &mut Scripted { input, asked: Vec::new() }).is_ok(),
+            0 => scripted_check(store, input, NOW).is_ok(),
             1 => store.boot().is_ok(),
             2 => store.confirm().is_ok(),
             3 => store.reject().is_ok(),
@@ -303,14 +318,7 @@ fn power_up_and_settle(mem: &mut [u8], layout: Layout, corrupted: bool, served: 
             store.confirm().unwrap();
             continue;
         }
-        match check_at(
-            &mut store,
-            &mut Scripted {
-                input: &mut honest,
-                asked: Vec::new(),
-            },
-            now,
-        ) {
+        match scripted_check(&mut store, &mut honest, now) {
             Ok(Outcome::Staged { .. } | Outcome::AwaitingReboot { .. }) => {
                 store.boot().unwrap();
             }
