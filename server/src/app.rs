@@ -112,7 +112,10 @@ impl App {
                 detail["warnings"] = json!(warnings);
             }
         }
-        let key_change = root_online_keys(&prev.state) != root_online_keys(&new);
+        // every root of the change that lists other online keys than the root before it: a
+        // chain that rotates them and rotates them back still says so
+        let key_changes =
+            online_key_changes(&new.roots, prev.state.root_version(), new.root_version());
         let served = Arc::new(Served::build(new, Some(&prev), &self.repo));
         match self.current.write() {
             Ok(mut g) => *g = served,
@@ -121,10 +124,10 @@ impl App {
         // the change is committed and served: an audit failure cannot undo it, so it is reported
         // (logged, and in the response and the change's own record) rather than turned into a
         // failed publish
-        if key_change {
-            let keys = json!({"root": detail["root"], "online_keys": root_online_keys(&self.served().state)});
-            if let Err(e) = self.audit.append("key-change", actor, keys) {
-                tracing::error!(error = %e, "online key change not recorded in the audit log");
+        for (root, keys) in key_changes {
+            let record = json!({"root": root, "online_keys": keys});
+            if let Err(e) = self.audit.append("key-change", actor, record) {
+                tracing::error!(error = %e, root, "online key change not recorded in the audit log");
                 if let Some(o) = detail.as_object_mut() {
                     o.insert("key_change_audit".into(), json!({"error": e.to_string()}));
                 }
@@ -250,24 +253,26 @@ impl App {
             self.audit
                 .append("recovered", "startup", detail.clone())
                 .map_err(|e| e.to_string())?;
-            // and the online key change it made, as a publish records it: against the root the
-            // last record names (every root version is kept)
-            let then = st.roots.get(&recorded.0).map(|b| online_keys_of(b));
-            let now = root_online_keys(st);
-            // unless its key-change record made it (the crash came between the two records)
+            // and the online key changes it made, as a publish records them: each root after
+            // the one the last record names (every root version is kept) against the root before
+            // it, unless its key-change record made it (the crash came between the records: a
+            // publish writes them in root order, before its own)
             let recorded_change = self
                 .store
                 .audit_last_of(&["key-change"])
                 .map_err(|e| e.to_string())?
                 .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .is_some_and(|r| r.pointer("/detail/root") == detail.get("root"));
-            if !recorded_change && then.is_some_and(|then| then != now) {
-                tracing::warn!(%now, "the lost change rotated online keys: recording it");
+                .and_then(|r| r.pointer("/detail/root").and_then(Value::as_u64))
+                .filter(|&root| root > recorded.0)
+                .unwrap_or(0);
+            let changes = online_key_changes(&st.roots, recorded.0, st.root_version());
+            for (root, now) in changes.into_iter().filter(|(v, _)| *v > recorded_change) {
+                tracing::warn!(%now, root, "the lost change rotated online keys: recording it");
                 self.audit
                     .append(
                         "key-change",
                         "startup",
-                        json!({"root": detail["root"], "online_keys": now, "recovered_at_start": true}),
+                        json!({"root": root, "online_keys": now, "recovered_at_start": true}),
                     )
                     .map_err(|e| e.to_string())?;
             }
@@ -276,12 +281,28 @@ impl App {
     }
 }
 
-/// Key ids the root lists for timestamp and snapshot (to notice key changes).
-fn root_online_keys(st: &State) -> Value {
-    match st.root() {
-        Some((_, root)) => online_keys_of(root),
-        None => Value::Null,
+/// Each root in `roots` after version `from` up to `to` that lists other timestamp or snapshot
+/// key ids than the root before it: its version and those key ids, oldest first. None when
+/// `roots` has no version `from` to compare with.
+fn online_key_changes(
+    roots: &std::collections::BTreeMap<u64, bytes::Bytes>,
+    from: u64,
+    to: u64,
+) -> Vec<(u64, Value)> {
+    let keys = |v: u64| roots.get(&v).map_or(Value::Null, |b| online_keys_of(b));
+    if !roots.contains_key(&from) {
+        return Vec::new();
     }
+    let mut before = keys(from);
+    let mut changes = Vec::new();
+    for v in from.saturating_add(1)..=to {
+        let now = keys(v);
+        if now != before {
+            changes.push((v, now.clone()));
+        }
+        before = now;
+    }
+    changes
 }
 
 /// Key ids `root` (a root.json's bytes) lists for timestamp and snapshot.

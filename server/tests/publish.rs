@@ -616,10 +616,16 @@ fn audit_kinds(f: &Fixture) -> Vec<String> {
 /// What a publish of root `v` listing `ts` as the timestamp key commits, committed in process
 /// with no audit record after it (a crash between the commit and its records).
 fn commit_root_without_records(f: &Fixture, v: u64, ts: &hale_repo::SigningKey) {
+    let root = f.root_v(v, ts, &f.snap_key, &[&f.root_key]);
+    commit_roots_without_records(f, &[&root], ts);
+}
+
+/// [`commit_root_without_records`] for a chain of roots, the last listing `ts`.
+fn commit_roots_without_records(f: &Fixture, roots: &[&[u8]], ts: &hale_repo::SigningKey) {
     let repo = hale_server::repo::RepoDir::new(&f.data);
     let old = repo.load().unwrap();
     let upload = hale_server::publish::Upload {
-        roots: vec![f.root_v(v, ts, &f.snap_key, &[&f.root_key]).into()],
+        roots: roots.iter().map(|r| r.to_vec().into()).collect(),
         roles: Default::default(),
     };
     let online = hale_server::publish::OnlineKeys {
@@ -663,6 +669,73 @@ fn online_key_rotation_add_key_then_publish_root_listing_it() {
             "publish"
         ]
     );
+}
+
+/// `{"roots": [...], "roles": {}}`: several roots in one publish, in order.
+fn roots_body(roots: &[&[u8]]) -> Vec<u8> {
+    let roots: Vec<&str> = roots
+        .iter()
+        .map(|r| std::str::from_utf8(r).unwrap())
+        .collect();
+    format!("{{\"roots\":[{}],\"roles\":{{}}}}", roots.join(",")).into_bytes()
+}
+
+/// The online keys a key-change record lists for a root listing `ts` and the fixture's
+/// snapshot key.
+fn online_keys(f: &Fixture, ts: &hale_repo::SigningKey) -> serde_json::Value {
+    json!({"timestamp": [ts.keyid()], "snapshot": [f.snap_key.keyid()]})
+}
+
+/// A chain of roots in one publish that lists another timestamp key, then the first again:
+/// each root that changed the online keys has its key-change record, in order (the records
+/// compared the first and the last root only, and here recorded nothing).
+#[test]
+fn each_root_of_a_chain_that_changes_the_online_keys_has_its_key_change_record() {
+    let f = first_release_stopped();
+    let other = hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[42; 32]).unwrap();
+    let root2 = f.root_v(2, &other, &f.snap_key, &[&f.root_key]);
+    let root3 = f.root_v(3, &f.ts_key, &f.snap_key, &[&f.root_key]);
+    let root4 = f.root_v(4, &f.ts_key, &f.snap_key, &[&f.root_key]);
+    let mut s = f.start();
+    let r = request(
+        "POST",
+        &s.url("/api/v1/publish"),
+        &[
+            ("Authorization", &format!("Bearer {}", f.token)),
+            ("Content-Type", "application/json"),
+        ],
+        Some(&roots_body(&[&root2, &root3, &root4])),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = client_update(&s.base, &f.root, &["fw.bin"]).unwrap();
+    assert_eq!(v.root, 4);
+    assert!(s.terminate().success());
+    let records = audit_records(&f);
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "init",
+            "token-add",
+            "publish",
+            "key-change",
+            "key-change",
+            "publish"
+        ]
+    );
+    assert_eq!(
+        (&records[3]["detail"], &records[4]["detail"]),
+        (
+            &json!({"root": 2, "online_keys": online_keys(&f, &other)}),
+            &json!({"root": 3, "online_keys": online_keys(&f, &f.ts_key)})
+        )
+    );
+    assert_eq!(records[3]["actor"], records[5]["actor"]);
+    assert_eq!(records[5]["detail"]["root"], 4);
 }
 
 /// A crash after a root that rotates the online keys was committed, before its audit records:
@@ -735,6 +808,33 @@ fn an_online_key_rotation_a_crash_kept_from_the_audit_log_is_recorded_at_the_sta
     assert_eq!(
         audit_kinds(&f)[records.len()..],
         ["key-add", "key-change", "recovered"]
+    );
+
+    // a crash after a chain that rotated the key and rotated it back: the start records each
+    // root's change, as the publish would have
+    let records = audit_records(&f);
+    let other = hale_repo::SigningKey::from_seed(hale_repo::KeyKind::Ed25519, &[44; 32]).unwrap();
+    let root4 = f.root_v(4, &other, &f.snap_key, &[&f.root_key]);
+    let root5 = f.root_v(5, &newer_ts, &f.snap_key, &[&f.root_key]);
+    commit_roots_without_records(&f, &[&root4, &root5], &newer_ts);
+    let mut s = f.start();
+    assert!(s.terminate().success());
+    let after = audit_records(&f);
+    let kinds: Vec<&str> = after[records.len()..]
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["recovered", "key-change", "key-change"]);
+    let details: Vec<&serde_json::Value> = after[records.len() + 1..]
+        .iter()
+        .map(|r| &r["detail"])
+        .collect();
+    assert_eq!(
+        details,
+        [
+            &json!({"root": 4, "online_keys": online_keys(&f, &other), "recovered_at_start": true}),
+            &json!({"root": 5, "online_keys": online_keys(&f, &newer_ts), "recovered_at_start": true})
+        ]
     );
 }
 
