@@ -2131,16 +2131,69 @@ fn requests_asked_ahead_are_the_workflows_next_ones_and_change_nothing() {
     assert_eq!(with, without);
 }
 
+/// Flip a hex digit of the first signature's value in `bytes` (a metadata file).
+fn break_first_signature(bytes: &mut [u8]) {
+    let at = bytes
+        .windows(6)
+        .position(|w| w == b"\"sig\":")
+        .expect("a signature")
+        + 8;
+    bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+}
+
+/// A check of the pump whose flash is `mem` against `files`, with asks and without, that must
+/// be refused: both make `requests` and are refused alike; the one with asks asked for `asked`
+/// ahead and left the last `unread` of them never read. The refusal, and the flash after each
+/// (with asks first; the caller says what may have changed).
+fn refused_with_and_without_asks(
+    mem: &[u8],
+    files: &std::collections::BTreeMap<String, Vec<u8>>,
+    requests: &[&str],
+    asked: &[&str],
+    unread: usize,
+) -> (
+    AgentError<MapError, device_agent::memflash::MemFlashError>,
+    [Vec<u8>; 2],
+) {
+    let mut refusals = Vec::new();
+    let mut flashes = Vec::new();
+    for ahead in [true, false] {
+        let mut copy = mem.to_vec();
+        let mut store = open_store(&mut copy);
+        let mut t = MapTransport::new(files);
+        t.no_ahead = !ahead;
+        refusals.push(check(&mut store, &mut t, &mut Pump::default()).unwrap_err());
+        assert_eq!(t.requests, requests);
+        if ahead {
+            assert_eq!(t.asked, asked);
+            assert_eq!(t.pending, asked[asked.len() - unread..], "never read");
+        } else {
+            assert!(t.asked.is_empty());
+        }
+        drop(store);
+        flashes.push(copy);
+    }
+    assert_eq!(refusals[0], refusals[1]);
+    let [with, without]: [Vec<u8>; 2] = flashes.try_into().unwrap();
+    (refusals.swap_remove(0), [with, without])
+}
+
 /// A timestamp, or a snapshot, that fails its check ends the check with the trust error, as
-/// without asks. The file it names was asked for ahead, while it was checked: the one
-/// request the workflow would not have made, its answer never read. Nothing stored changes.
+/// without asks. The file it names was asked for ahead, while it was checked: the one request
+/// the workflow would not have made, its answer never read. Nothing stored changes but what
+/// verified before (the timestamp, when the snapshot fails).
 #[test]
 fn a_file_that_fails_its_check_leaves_the_file_it_named_unread() {
-    for (file, asked, role) in [
+    // (the timestamp lists the snapshot's hash: the snapshot's check fails there)
+    for (file, asked, refused) in [
         (
             "timestamp.json",
             &["2.root.json", "timestamp.json", "2.snapshot.json"][..],
-            "timestamp",
+            Error::ThresholdNotMet {
+                role: Name::new("timestamp"),
+                valid: 0,
+                threshold: 1,
+            },
         ),
         (
             "2.snapshot.json",
@@ -2150,62 +2203,32 @@ fn a_file_that_fails_its_check_leaves_the_file_it_named_unread() {
                 "2.snapshot.json",
                 "2.targets.json",
             ][..],
-            "snapshot",
-        ),
-    ] {
-        let mut sim = repo_with("2.0.0", 7, 3000);
-        let bytes = sim.files.get_mut(file).unwrap();
-        // a byte of the first signature's value, hex either way (the timestamp lists the
-        // snapshot's hash: that check fails first)
-        let at = bytes
-            .windows(6)
-            .position(|w| w == b"\"sig\":")
-            .expect("a signature")
-            + 8;
-        bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
-        let mem = provisioned(&sim);
-        let mut refusals = Vec::new();
-        for ahead in [true, false] {
-            let mut copy = mem.clone();
-            let mut store = open_store(&mut copy);
-            let before = persisted(&mut store);
-            let mut t = MapTransport::new(&sim.files);
-            t.no_ahead = !ahead;
-            refusals.push(check(&mut store, &mut t, &mut Pump::default()).unwrap_err());
-            assert_eq!(t.requests, asked[..asked.len() - 1], "{file}");
-            if ahead {
-                assert_eq!(t.asked, asked, "{file}");
-                assert_eq!(t.pending, asked[asked.len() - 1..], "{file}: never read");
-            } else {
-                assert!(t.asked.is_empty());
-            }
-            if role == "timestamp" {
-                assert_eq!(persisted(&mut store), before, "{file}");
-                drop(store);
-                assert_eq!(copy, mem, "{file}: the flash is as it was");
-            } else {
-                // the timestamp verified before the snapshot failed: it is kept (spec 5.4.5),
-                // as without asks
-                assert_eq!(
-                    persisted(&mut store).metadata[1].as_deref(),
-                    Some(&sim.files["timestamp.json"][..])
-                );
-            }
-        }
-        assert_eq!(refusals[0], refusals[1], "{file}");
-        let refused = if role == "timestamp" {
-            Error::ThresholdNotMet {
-                role: Name::new(role),
-                valid: 0,
-                threshold: 1,
-            }
-        } else {
             Error::HashMismatch {
                 what: Name::new("snapshot.json"),
                 algorithm: "sha256",
-            }
-        };
-        assert_eq!(refusals[0], AgentError::Trust(refused), "{file}");
+            },
+        ),
+    ] {
+        let mut sim = repo_with("2.0.0", 7, 3000);
+        break_first_signature(sim.files.get_mut(file).unwrap());
+        let mem = provisioned(&sim);
+        let requests = &asked[..asked.len() - 1];
+        let (refusal, [with, without]) =
+            refused_with_and_without_asks(&mem, &sim.files, requests, asked, 1);
+        assert_eq!(refusal, AgentError::Trust(refused), "{file}");
+        assert_eq!(with, without, "{file}: the same flash, byte for byte");
+        let mut with = with;
+        let kept = persisted(&mut open_store(&mut with));
+        if file == "timestamp.json" {
+            assert_eq!(with, mem, "{file}: the flash is as it was");
+        } else {
+            // the timestamp verified before the snapshot failed: it is kept (spec 5.4.5), as
+            // without asks
+            assert_eq!(
+                kept.metadata[1].as_deref(),
+                Some(&sim.files["timestamp.json"][..])
+            );
+        }
     }
 }
 
@@ -2216,13 +2239,7 @@ fn a_file_that_fails_its_check_leaves_the_file_it_named_unread() {
 fn a_stored_root_that_fails_its_check_leaves_the_root_asked_ahead_unread() {
     let sim = repo_with("2.0.0", 7, 3000);
     let mut root = sim.initial_root();
-    // a byte of the first signature's value, hex either way
-    let at = root
-        .windows(6)
-        .position(|w| w == b"\"sig\":")
-        .expect("a signature")
-        + 8;
-    root[at] = if root[at] == b'0' { b'1' } else { b'0' };
+    break_first_signature(&mut root);
     let mut mem = vec![0u8; LAYOUT.end() as usize];
     let fw = image_bytes("1.0.0", 5000);
     FirmwareStore::provision(
@@ -2233,28 +2250,12 @@ fn a_stored_root_that_fails_its_check_leaves_the_root_asked_ahead_unread() {
         image_record(&fw, "1.0.0", 1),
     )
     .unwrap();
-    let mut refusals = Vec::new();
-    for ahead in [true, false] {
-        let mut copy = mem.clone();
-        let mut store = open_store(&mut copy);
-        let before = persisted(&mut store);
-        let mut t = MapTransport::new(&sim.files);
-        t.no_ahead = !ahead;
-        refusals.push(check(&mut store, &mut t, &mut Pump::default()).unwrap_err());
-        assert!(t.requests.is_empty(), "nothing fetched");
-        if ahead {
-            assert_eq!(t.asked, ["2.root.json", "timestamp.json"]);
-            assert_eq!(t.pending, ["2.root.json", "timestamp.json"], "never read");
-        } else {
-            assert!(t.asked.is_empty());
-        }
-        assert_eq!(persisted(&mut store), before);
-        drop(store);
-        assert_eq!(copy, mem, "the flash is as it was");
-    }
-    assert_eq!(refusals[0], refusals[1]);
+    let asked = ["2.root.json", "timestamp.json"];
+    let (refusal, [with, without]) =
+        refused_with_and_without_asks(&mem, &sim.files, &[], &asked, 2);
+    assert_eq!((&with, &without), (&mem, &mem), "the flash is as it was");
     assert_eq!(
-        refusals[0],
+        refusal,
         AgentError::Trust(Error::ThresholdNotMet {
             role: Name::new("root"),
             valid: 0,
