@@ -446,6 +446,23 @@ fn operational(chain_pem: &[u8], key_pem: &str) -> Holder {
     }
 }
 
+/// Staff `action` (quarantine, reactivate, decommission) of pump-1 with `reason` is refused
+/// for its reason: 400, `bad_request`, the rule for reasons.
+fn reason_refused(t: &TlsServer, op: &Arc<ClientConfig>, action: &str, reason: &str) {
+    let r = post_on(
+        &t.staff,
+        op,
+        &format!("/api/v1/staff/devices/pump-1/{action}"),
+        json!({ "reason": reason }).to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()),
+        (400, json!({"error": "bad_request", "message": REASON_RULE})),
+        "{action} {reason:?}"
+    );
+}
+
 /// The server's state as staff see it: device records and the number of audit records.
 fn state(t: &TlsServer, op: &Arc<ClientConfig>) -> (Value, usize) {
     let d = get_on(&t.staff, op, "/api/v1/staff/devices").unwrap();
@@ -3208,22 +3225,7 @@ fn a_status_reason_with_control_characters_is_refused_and_changes_nothing() {
             "\u{1b}[2Jall clear",
             "tab\there",
         ] {
-            let r = post_on(
-                &t.staff,
-                &op,
-                &format!("/api/v1/staff/devices/pump-1/{action}"),
-                json!({ "reason": reason }).to_string().as_bytes(),
-            )
-            .unwrap();
-            assert_eq!(
-                (r.status, r.json()),
-                (
-                    400,
-                    json!({"error": "bad_request",
-                           "message": REASON_RULE})
-                ),
-                "{action} {reason:?}"
-            );
+            reason_refused(&t, &op, action, reason);
         }
     }
     // nothing stored, nothing audited
@@ -3263,18 +3265,7 @@ fn a_reason_or_report_with_a_line_separator_or_a_bidirectional_control_is_refuse
     ];
     for action in ["quarantine", "decommission"] {
         for reason in forged {
-            let r = post_on(
-                &t.staff,
-                &op,
-                &format!("/api/v1/staff/devices/pump-1/{action}"),
-                json!({ "reason": reason }).to_string().as_bytes(),
-            )
-            .unwrap();
-            assert_eq!(
-                (r.status, r.json()),
-                (400, json!({"error": "bad_request", "message": REASON_RULE})),
-                "{action} {reason:?}"
-            );
+            reason_refused(&t, &op, action, reason);
         }
     }
     let mut pump = connect(&t.device, holder_cfg(&p, &d1));

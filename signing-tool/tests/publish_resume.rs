@@ -64,6 +64,14 @@ fn working_dir(e: &Env) -> BTreeMap<PathBuf, Vec<u8>> {
 /// missing, byte for byte the files it verified (the staged targets v2 as signed, the snapshot and
 /// timestamp it signed), removes the journal and the staged copy, and hale-core accepts the
 /// repository. Before, the journal was an undo journal: the next publish took the files back.
+/// `hale-sign verify` of the served repository passes and prints `line` (`what` says which
+/// check, in a failure's message).
+fn verifies_showing(e: &Env, line: &str, what: impl std::fmt::Display) {
+    let v = e.verify();
+    assert_eq!(v.code, 0, "{what}: {}", v.stderr);
+    assert!(v.stdout.contains(line), "{what}: {}", v.stdout);
+}
+
 #[test]
 fn a_publish_killed_partway_is_finished_with_the_files_it_verified() {
     for (point, already) in [("written", 3), ("metadata", 2), ("journaled", 0)] {
@@ -118,13 +126,10 @@ fn a_publish_killed_partway_is_finished_with_the_files_it_verified() {
         );
         assert!(!e.path("repo/publishing.json").exists(), "{point}");
         assert!(!e.path("repo/staged/targets.json").exists(), "{point}");
-        let v = e.verify();
-        assert_eq!(v.code, 0, "{point}: {}", v.stderr);
-        assert!(
-            v.stdout
-                .contains("\n  timestamp  v2\n  snapshot   v2\n  targets    v2\n"),
-            "{point}: {}",
-            v.stdout
+        verifies_showing(
+            &e,
+            "\n  timestamp  v2\n  snapshot   v2\n  targets    v2\n",
+            point,
         );
         // and the directory is a normal one again
         e.write("fw3.bin", b"firmware 3");
@@ -192,13 +197,7 @@ fn a_root_written_by_a_killed_publish_is_never_taken_back() {
         );
         assert!(!e.path("repo/publishing.json").exists(), "{point}");
         assert!(!e.path("repo/staged/root.json").exists(), "{point}");
-        let v = e.verify();
-        assert_eq!(v.code, 0, "{point}: {}", v.stderr);
-        assert!(
-            v.stdout.contains("  root       chain 1 -> 2 "),
-            "{point}: {}",
-            v.stdout
-        );
+        verifies_showing(&e, "  root       chain 1 -> 2 ", point);
 
         // the same command with its keys: a publish with nothing staged
         let r = e.publish();
@@ -210,13 +209,7 @@ fn a_root_written_by_a_killed_publish_is_never_taken_back() {
             "{point}: {}",
             r.stdout
         );
-        let v = e.verify();
-        assert_eq!(v.code, 0, "{point}: {}", v.stderr);
-        assert!(
-            v.stdout.contains("  timestamp  v3\n"),
-            "{point}: {}",
-            v.stdout
-        );
+        verifies_showing(&e, "  timestamp  v3\n", point);
     }
 }
 
@@ -296,13 +289,7 @@ fn a_write_that_fails_partway_is_finished_by_the_next_publish_not_undone() {
     );
     assert!(!e.path("repo/publishing.json").exists());
     assert!(!e.path("repo/staged/root.json").exists());
-    let v = e.verify();
-    assert_eq!(v.code, 0, "{}", v.stderr);
-    assert!(
-        v.stdout.contains("  root       chain 1 -> 2 "),
-        "{}",
-        v.stdout
-    );
+    verifies_showing(&e, "  root       chain 1 -> 2 ", "");
 }
 
 /// The timestamp of a publish killed after its journal expires before the next publish: it is

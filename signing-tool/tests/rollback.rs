@@ -98,9 +98,9 @@ fn repo_with_rollback_role() -> Env {
     e
 }
 
-/// `rollback authorize` of TARGET for `whom` (`--device ID`, `--group G`, or nothing), reason
-/// "x", one hour, signed with field-a.key into auth.json. Does not check the exit status.
-fn authorize_whom(e: &Env, whom: &[&str]) -> Run {
+/// The arguments of `rollback authorize` of TARGET for `whom` (`--device ID`, `--group G`, or
+/// nothing), reason "x", one hour, signed with field-a.key into auth.json.
+fn authorize_args<'a>(whom: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["rollback", "authorize", "repo"];
     args.extend_from_slice(whom);
     args.extend_from_slice(&[
@@ -115,7 +115,12 @@ fn authorize_whom(e: &Env, whom: &[&str]) -> Run {
         "--out",
         "auth.json",
     ]);
-    e.run(&args)
+    args
+}
+
+/// `rollback authorize` with [`authorize_args`]. Does not check the exit status.
+fn authorize_whom(e: &Env, whom: &[&str]) -> Run {
+    e.run(&authorize_args(whom))
 }
 
 /// `rollback authorize` for device pump-a-000123 (fixed reason, installed 2.1.0) with `extra`
@@ -1057,23 +1062,7 @@ fn a_signature_added_while_a_signer_waits_for_a_passphrase_is_not_written_over()
     let mut theirs = Vec::new();
     let out = with_passphrase_held(
         &e,
-        &[
-            "rollback",
-            "authorize",
-            "repo",
-            "--device",
-            "pump-a-000123",
-            "--target",
-            TARGET,
-            "--reason",
-            "x",
-            "--expires-in",
-            "1h",
-            "--key",
-            "field-a.key",
-            "--out",
-            "auth.json",
-        ],
+        &authorize_args(&["--device", "pump-a-000123"]),
         "pass-2",
         || {
             let r = authorize_for(&e, TARGET, "8h", "field-a.key");
