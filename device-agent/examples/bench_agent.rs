@@ -11,13 +11,14 @@
 //! - warm: the same pump after it booted and confirmed that image, nothing new on the server →
 //!   one check (`UpToDate`), as every later poll of a running pump.
 //!
-//! Each check builds a new HTTP client (its own connection), so nothing is carried between
-//! iterations that `hale-agent` would not carry between polls: the flash (the pump's trusted
-//! metadata, slots and last check) is, and so is the store's seal in RAM (the root and
-//! timestamp the last check verified are not checked again while they are what the flash
-//! holds; `docs/decisions.md`). The buffers a check works in are made with the pump, outside
-//! the timing, as `hale-agent run` makes them once at its start (a device's are static RAM).
-//! The flash file is synced (`fdatasync`) where the store asks, around every state record, as
+//! Each check builds a new HTTP client (its own connection; closed after the timing stops, as the
+//! shared python-tuf client's `Updater` is dropped after its timing and `bench_client`'s client
+//! after its), so nothing is carried between iterations that `hale-agent` would not carry between
+//! polls: the flash (the pump's trusted metadata, slots and last check) is, and so is the store's
+//! seal in RAM (the root and timestamp the last check verified are not checked again while they are
+//! what the flash holds; `docs/decisions.md`). The buffers a check works in are made with the pump,
+//! outside the timing, as `hale-agent run` makes them once at its start (a device's are static
+//! RAM). The flash file is synced (`fdatasync`) where the store asks, around every state record, as
 //! `hale-agent`'s is.
 //!
 //! ```text
@@ -74,15 +75,17 @@ fn buffers() -> CheckBuffers {
     CheckBuffers::new(BUF, 4096, 4 * BUF)
 }
 
-/// One check as `hale-agent`'s poll makes it: a new HTTP client, the pump's buffers.
+/// One check as `hale-agent`'s poll makes it: a new HTTP client, the pump's buffers. The client
+/// is handed back, to be dropped (its connection closed) after the timing stops, as the shared
+/// python-tuf client's `Updater` and `bench_client`'s client are.
 fn check(
     store: &mut FirmwareStore<FileFlash>,
     buffers: &mut CheckBuffers,
     url: &str,
     device: &DeviceInfo,
-) -> Result<Outcome> {
+) -> Result<(Outcome, HttpTransport)> {
     let mut http = HttpTransport::new(url, &format!("{url}/targets"));
-    check_for_update(
+    let outcome = check_for_update(
         store,
         device,
         &mut http,
@@ -91,7 +94,8 @@ fn check(
         now(),
         buffers.workspace(),
     )
-    .map_err(|e| anyhow::anyhow!("check: {e}"))
+    .map_err(|e| anyhow::anyhow!("check: {e}"))?;
+    Ok((outcome, http))
 }
 
 fn main() -> Result<()> {
@@ -134,8 +138,9 @@ fn main() -> Result<()> {
                 let mut store = provision(&dir, &root, running)?;
                 let mut buffers = buffers();
                 let t0 = Instant::now();
-                let outcome = check(&mut store, &mut buffers, &url, &device)?;
+                let (outcome, http) = check(&mut store, &mut buffers, &url, &device)?;
                 runs.push(t0.elapsed().as_secs_f64());
+                drop(http);
                 ensure!(
                     matches!(
                         (staged, outcome),
@@ -153,7 +158,7 @@ fn main() -> Result<()> {
         "warm" => {
             let mut store = provision(&work.path().join("pump"), &root, Version::new(1, 0, 0))?;
             let mut buffers = buffers();
-            let outcome = check(&mut store, &mut buffers, &url, &device)?;
+            let (outcome, _) = check(&mut store, &mut buffers, &url, &device)?;
             ensure!(
                 matches!(outcome, Outcome::Staged { .. }),
                 "the first check should stage the served image, got {outcome:?}"
@@ -167,8 +172,9 @@ fn main() -> Result<()> {
             check(&mut store, &mut buffers, &url, &device)?;
             for _ in 0..iters {
                 let t0 = Instant::now();
-                let outcome = check(&mut store, &mut buffers, &url, &device)?;
+                let (outcome, http) = check(&mut store, &mut buffers, &url, &device)?;
                 runs.push(t0.elapsed().as_secs_f64());
+                drop(http);
                 ensure!(
                     matches!(outcome, Outcome::UpToDate { .. }),
                     "a warm check should find nothing new, got {outcome:?}"
