@@ -395,8 +395,9 @@ impl Transport for HttpTransport {
     }
 
     /// At most [`MAX_PIPELINED`](crate::http1::MAX_PIPELINED) requests, pipelined on one
-    /// connection; one that cannot be sent is its fetch's error, and the names after it are
-    /// not asked. Each answer is taken by a [`fetch_metadata`](Transport::fetch_metadata) of
+    /// connection and written together ([`send_all`](crate::http1::Http1::send_all)); if they
+    /// cannot be sent, that is the first one's fetch's error, and the names after it are not
+    /// asked. Each answer is taken by a [`fetch_metadata`](Transport::fetch_metadata) of
     /// its file within `max_idle` (10 s by default). A fetch of another file first reads the
     /// answers asked before it and keeps the last, bounded by that fetch's buffer, for its own
     /// fetch (a server that does not answer one in time fails that fetch). A fetch of a target,
@@ -408,19 +409,23 @@ impl Transport for HttpTransport {
         }
         self.drop_ahead();
         self.target = None;
-        for name in names.iter().take(crate::http1::MAX_PIPELINED) {
-            let url = join(&self.metadata_url, name);
-            if !crate::http1::Http1::handles(&url) {
-                return;
-            }
+        let urls: Vec<String> = names
+            .iter()
+            .take(crate::http1::MAX_PIPELINED)
+            .map(|name| join(&self.metadata_url, name))
+            .take_while(|url| crate::http1::Http1::handles(url))
+            .collect();
+        // written together (one segment for the server, not one each): all sent, or none, and
+        // then the first one's fetch fails with the error and the others are not asked
+        let mut sending = self
+            .plain
+            .send_all(&urls.iter().map(String::as_str).collect::<Vec<_>>());
+        let sent = Instant::now();
+        for url in urls {
             self.requests.push(url.clone());
-            let sending = self.plain.send(&url);
+            let sending = std::mem::replace(&mut sending, Ok(()));
             let failed = sending.is_err();
-            self.ahead.push_back(AskedAhead {
-                url,
-                sent: Instant::now(),
-                sending,
-            });
+            self.ahead.push_back(AskedAhead { url, sent, sending });
             if failed {
                 return;
             }

@@ -173,20 +173,42 @@ impl Http1 {
     /// (at most [`MAX_PIPELINED`] wait for their answers). Its answer is taken with
     /// [`receive`](Self::receive), after theirs.
     pub fn send(&mut self, url: &str) -> Result<(), HttpError> {
-        if self.pending.len() >= MAX_PIPELINED {
+        self.send_all(&[url])
+    }
+
+    /// [`send`](Self::send) for each of `urls` (one origin), in order, written together: one
+    /// write, one segment for the server to read, instead of one each. All are sent or none:
+    /// an error (another origin, too many waiting, the connect or the write failed) sends none
+    /// of them (a write that failed part way closed the connection: no answer comes).
+    pub fn send_all(&mut self, urls: &[&str]) -> Result<(), HttpError> {
+        let Some(first) = urls.first() else {
+            return Ok(());
+        };
+        let waiting = self.pending.len();
+        if waiting + urls.len() > MAX_PIPELINED {
             return Err(io(
-                url,
-                format_args!("{MAX_PIPELINED} requests already wait for their answers"),
+                first,
+                if waiting >= MAX_PIPELINED {
+                    format!("{MAX_PIPELINED} requests already wait for their answers")
+                } else {
+                    format!(
+                        "{} requests and the {waiting} waiting are more than the \
+                         {MAX_PIPELINED} that may wait for their answers",
+                        urls.len()
+                    )
+                },
             ));
         }
         let deadline = Instant::now() + self.deadline;
-        let reused = self.write_request(url, deadline)?;
-        self.pending.push_back(Pending {
-            url: url.to_string(),
-            deadline,
-            conn: self.opened,
-            reused,
-        });
+        let reused = self.write(urls, deadline, "")?;
+        for url in urls {
+            self.pending.push_back(Pending {
+                url: url.to_string(),
+                deadline,
+                conn: self.opened,
+                reused,
+            });
+        }
         Ok(())
     }
 
@@ -289,11 +311,11 @@ impl Http1 {
         self.abandon();
         let deadline = Instant::now() + self.deadline;
         let range = format!("Range: bytes={from}-\r\n");
-        let reused = self.write(url, deadline, &range)?;
+        let reused = self.write(&[url], deadline, &range)?;
         let result = match self.open_response(url, from, deadline) {
             Err(Fresh::Closed) if reused => {
                 self.conn = None;
-                self.write(url, deadline, &range)?;
+                self.write(&[url], deadline, &range)?;
                 self.open_response(url, from, deadline)
             }
             other => other,
@@ -466,17 +488,33 @@ impl Http1 {
     /// Write the request on the kept connection to `url`'s origin, or on a new one; returns
     /// whether the connection was reused.
     fn write_request(&mut self, url: &str, deadline: Instant) -> Result<bool, HttpError> {
-        self.write(url, deadline, "")
+        self.write(&[url], deadline, "")
     }
 
-    /// [`write_request`](Self::write_request) with `extra` header lines (each ending in CRLF).
-    /// A body [`open`](Self::open) began and not read to its end is dropped with its
-    /// connection.
-    fn write(&mut self, url: &str, deadline: Instant, extra: &str) -> Result<bool, HttpError> {
+    /// [`write_request`](Self::write_request) for each of `urls` (one origin: the first's; none
+    /// is written if another's differs), in one write, each with `extra` header lines (each
+    /// ending in CRLF). A body [`open`](Self::open) began and not read to its end is dropped
+    /// with its connection.
+    fn write(&mut self, urls: &[&str], deadline: Instant, extra: &str) -> Result<bool, HttpError> {
+        let url = *urls.first().ok_or_else(|| io("", "no request"))?;
+        let (addr, _, _) = split_url(url).ok_or_else(|| io(url, "not an http:// URL"))?;
+        let mut req = String::new();
+        for u in urls {
+            let (a, host, path) = split_url(u).ok_or_else(|| io(u, "not an http:// URL"))?;
+            if a != addr {
+                return Err(io(
+                    u,
+                    format_args!("not on {addr}, with the requests before it"),
+                ));
+            }
+            req.push_str(&format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: hale/{}\r\nAccept: */*\r\n{extra}\r\n",
+                env!("CARGO_PKG_VERSION")
+            ));
+        }
         if self.body.take().is_some() {
             self.conn = None;
         }
-        let (addr, host, path) = split_url(url).ok_or_else(|| io(url, "not an http:// URL"))?;
         // (a connection with answers on their way is not idle)
         let waiting = self
             .pending
@@ -525,10 +563,6 @@ impl Http1 {
         }
         let conn = self.conn.as_mut().ok_or_else(|| io(url, "no connection"))?;
         conn.set_deadline(url, deadline)?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: hale/{}\r\nAccept: */*\r\n{extra}\r\n",
-            env!("CARGO_PKG_VERSION")
-        );
         if let Err(e) = conn.stream.write_all(req.as_bytes()) {
             self.conn = None;
             return Err(io(url, format_args!("send: {e}")));
@@ -1410,6 +1444,64 @@ mod tests {
             h.get(&format!("{base}/c"), 100).unwrap(),
             Some(b"file c".to_vec())
         );
+        abc_on_one_connection(&seen);
+    }
+
+    /// Requests sent together are pipelined as sent one by one; a batch that another origin's
+    /// URL or too many requests refuse sends none of its requests.
+    #[test]
+    fn sends_requests_together_or_none_of_them() {
+        let (base, seen) = server(vec![
+            (
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nfile b", false),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nfile c", false),
+        ]);
+        let (a, b, c) = (
+            format!("{base}/a"),
+            format!("{base}/b"),
+            format!("{base}/c"),
+        );
+        let refused = |r: Result<(), HttpError>| match r {
+            Err(HttpError::Io { url, message }) => (url, message),
+            other => panic!("{other:?}"),
+        };
+        let mut h = Http1::default();
+        h.send_all(&[]).unwrap();
+        assert_eq!(h.waiting(), 0);
+        h.send_all(&[&a, &b]).unwrap();
+        assert_eq!(h.waiting(), 2);
+        assert_eq!(
+            refused(h.send_all(&[&c])),
+            (
+                c.clone(),
+                "2 requests already wait for their answers".into()
+            )
+        );
+        assert_eq!(h.receive(100).unwrap(), None);
+        assert_eq!(h.receive(100).unwrap(), Some(b"file b".to_vec()));
+        let elsewhere = "http://127.0.0.1:1/d";
+        let origin = base.trim_start_matches("http://");
+        assert_eq!(
+            refused(h.send_all(&[&c, elsewhere])),
+            (
+                elsewhere.into(),
+                format!("not on {origin}, with the requests before it")
+            )
+        );
+        assert_eq!(
+            refused(h.send_all(&[&c, &c, &c])),
+            (
+                c.clone(),
+                "3 requests and the 0 waiting are more than the 2 that may wait for their answers"
+                    .into()
+            )
+        );
+        assert_eq!(h.waiting(), 0);
+        assert_eq!(h.get(&c, 100).unwrap(), Some(b"file c".to_vec()));
+        // (the refused batches wrote nothing: the server read /c once)
         abc_on_one_connection(&seen);
     }
 
