@@ -373,3 +373,50 @@ impl Journal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A publish whose journal would be larger than [`MAX_JOURNAL`] is refused before anything
+    /// is written, counting every file it lists, the timestamp too (each file's bytes twice, in
+    /// hex, its name and 128 bytes for the rest of its entry). The bytes are never read: the
+    /// large one is a zeroed allocation the test never touches.
+    #[test]
+    fn a_journal_larger_than_the_most_a_journal_holds_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |name: &str, len: usize| Entry {
+            name: name.into(),
+            bytes: vec![0; len],
+        };
+        let small = entry("2.targets.json", 1000);
+        let small_size = 2 * 1000 + "2.targets.json".len() as u64 + 128;
+        // the timestamp's share that takes the journal one byte past the cap
+        let over = MAX_JOURNAL + 1 - small_size - "timestamp.json".len() as u64 - 128;
+        let journal = Journal::new(
+            dir.path(),
+            vec![small.clone()],
+            Some(entry("timestamp.json", over.div_ceil(2) as usize)),
+        );
+        let size = small_size + 2 * over.div_ceil(2) + "timestamp.json".len() as u64 + 128;
+        assert!(size > MAX_JOURNAL && size <= MAX_JOURNAL + 2);
+        assert_eq!(
+            journal.save().unwrap_err().to_string(),
+            format!(
+                "the publish writes {size} bytes of journal, more than 1073741824 (the most a \
+                 journal holds): publish fewer roles at once"
+            )
+        );
+        assert!(!dir.path().join(JOURNAL).exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // the same files without the large one: written, and read back as they were
+        let journal = Journal::new(dir.path(), vec![small], None);
+        journal.save().unwrap();
+        let back = Journal::load(dir.path()).unwrap().unwrap();
+        assert_eq!(back.metadata.len(), 1);
+        assert_eq!(back.metadata[0].name, "2.targets.json");
+        assert_eq!(back.metadata[0].bytes, vec![0; 1000]);
+        assert!(back.timestamp.is_none());
+    }
+}
