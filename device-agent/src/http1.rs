@@ -201,12 +201,15 @@ impl Http1 {
         }
         let deadline = Instant::now() + self.deadline;
         let reused = self.write(urls, deadline, "")?;
-        for url in urls {
+        for (i, url) in urls.iter().enumerate() {
             self.pending.push_back(Pending {
                 url: url.to_string(),
                 deadline,
                 conn: self.opened,
-                reused,
+                // each after the first was written on a connection that serves one before it
+                // (a server may close after that one's answer: asked again then), as when sent
+                // one by one
+                reused: reused || i > 0,
             });
         }
         Ok(())
@@ -1568,7 +1571,7 @@ mod tests {
     /// answer is the one read.
     #[test]
     fn a_request_behind_an_answer_that_closes_is_asked_again_on_a_new_connection() {
-        for said in [true, false] {
+        for (said, together) in [(true, false), (false, false), (true, true), (false, true)] {
             let first: &'static [u8] = if said {
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\na"
             } else {
@@ -1579,14 +1582,21 @@ mod tests {
                 (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb", false),
             ]);
             let mut h = Http1::default();
-            h.send(&format!("{base}/a")).unwrap();
-            h.send(&format!("{base}/b")).unwrap();
-            assert_eq!(h.receive(100).unwrap(), Some(b"a".to_vec()), "{said}");
-            assert_eq!(h.receive(100).unwrap(), Some(b"b".to_vec()), "{said}");
+            let (a, b) = (format!("{base}/a"), format!("{base}/b"));
+            // sent one by one, or together (`send_all`, as the pump asks ahead)
+            if together {
+                h.send_all(&[&a, &b]).unwrap();
+            } else {
+                h.send(&a).unwrap();
+                h.send(&b).unwrap();
+            }
+            let case = format!("said {said}, together {together}");
+            assert_eq!(h.receive(100).unwrap(), Some(b"a".to_vec()), "{case}");
+            assert_eq!(h.receive(100).unwrap(), Some(b"b".to_vec()), "{case}");
             let seen = seen.lock().unwrap();
             // (the server read only the first request of the first connection)
-            assert_eq!(seen.0, 2, "{said}: b asked again on a second connection");
-            assert_eq!(seen.1, ["GET /a HTTP/1.1", "GET /b HTTP/1.1"], "{said}");
+            assert_eq!(seen.0, 2, "{case}: b asked again on a second connection");
+            assert_eq!(seen.1, ["GET /a HTTP/1.1", "GET /b HTTP/1.1"], "{case}");
         }
     }
 
