@@ -461,13 +461,7 @@ fn a_command_changing_a_working_directory_another_one_is_changing_is_refused() {
     e.init();
     e.sign("repo/staged/root.json", "root-a");
     assert!(e.path("repo/.hale-sign.lock").is_file(), "init makes it");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(e.path("repo/.hale-sign.lock"))
-        .unwrap();
-    fs2::FileExt::try_lock_exclusive(&lock).unwrap();
+    let lock = e.hold_lock();
     let before = snapshot_tree(&e.path("repo"));
     let busy = "error: repo: another hale-sign command is changing this working directory \
                 (repo/.hale-sign.lock is locked): run this again when it has finished; nothing \

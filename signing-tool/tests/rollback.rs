@@ -830,13 +830,7 @@ fn a_bundle_is_made_while_another_command_holds_the_directory_not_during_an_inte
     let e = Env::new();
     e.signed_release();
     e.publish();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(e.path("repo/.hale-sign.lock"))
-        .unwrap();
-    fs2::FileExt::try_lock_exclusive(&lock).unwrap();
+    let lock = e.hold_lock();
     let before = snapshot_tree(&e.path("repo"));
     let r = e.run(&bundle_args("fw.bin", &[]));
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -870,19 +864,6 @@ fn a_bundle_is_made_while_another_command_holds_the_directory_not_during_an_inte
     e.ok(&bundle_args("fw3.bin", &[]));
 }
 
-/// Hold `repo`'s working-directory lock, as a command that changes it does (a signer at a
-/// passphrase prompt, a publish), until the file returned is dropped.
-fn hold_lock(e: &Env) -> std::fs::File {
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(e.path("repo/.hale-sign.lock"))
-        .unwrap();
-    fs2::FileExt::try_lock_exclusive(&lock).unwrap();
-    lock
-}
-
 /// The refusal of every command but `publish` while a publish of `repo` is interrupted.
 const INTERRUPTED: &str = "error: repo: a publish was interrupted (repo/publishing.json is there) \
      and the repository holds part of it: run `hale-sign publish repo` to finish the interrupted \
@@ -898,7 +879,7 @@ const INTERRUPTED: &str = "error: repo: a publish was interrupted (repo/publishi
 fn rollback_authorize_and_sign_work_while_another_command_holds_the_directory_not_during_an_interrupted_publish(
 ) {
     let e = repo_with_rollback_role();
-    let lock = hold_lock(&e);
+    let lock = e.hold_lock();
     let before = snapshot_tree(&e.path("repo"));
     let r = authorize_for(&e, TARGET, "8h", "field-a.key");
     assert_eq!(r.code, 0, "{}", r.stderr);

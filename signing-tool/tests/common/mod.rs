@@ -207,6 +207,19 @@ impl Env {
             & 0o777
     }
 
+    /// Hold `repo`'s working-directory lock, as a command that changes it does (a signer at a
+    /// passphrase prompt, a publish), until the file returned is dropped.
+    pub fn hold_lock(&self) -> std::fs::File {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path("repo/.hale-sign.lock"))
+            .unwrap();
+        fs2::FileExt::try_lock_exclusive(&lock).unwrap();
+        lock
+    }
+
     pub fn write(&self, p: &str, bytes: &[u8]) {
         let path = self.path(p);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
